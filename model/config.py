@@ -1,0 +1,69 @@
+"""The model's architecture and the names every deployable agrees on.
+
+Signature names, their tensor names and shapes are constants here and nowhere else: the
+exporter builds them, the edge runtime calls them, the tests tie the two together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 4000      # SentencePiece pieces; small vocab keeps the softmax and embedding cheap
+    embed_dim: int = 96         # input embedding width (and output embedding width when tied)
+    hidden_dim: int = 192       # LSTM state width (2-core CPUs pretrain ~8k tokens/s at this size)
+    tie_embeddings: bool = True  # logits = (h @ proj) @ embedding.T: saves vocab*hidden parameters
+    train_batch: int = 16       # fixed batch of the `train`/`evaluate` signatures (dynamic shapes bring Flex ops)
+    seq_len: int = 20           # fixed window length T of `train`/`evaluate`, unrolled in the graph
+    clip_norm: float = 5.0      # global gradient-norm clip inside `train` (plain SGD on an LSTM can blow up)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def weight_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Trainable tensors in their fixed order (the order of get_weights/set_weights and the manifest)."""
+        V, E, H = self.vocab_size, self.embed_dim, self.hidden_dim
+        shapes = [
+            ("embedding", (V, E)),
+            ("lstm_kernel", (E + H, 4 * H)),   # gates i, f, g, o stacked along the last axis
+            ("lstm_bias", (4 * H,)),
+        ]
+        if self.tie_embeddings:
+            shapes.append(("out_proj", (H, E)))
+        else:
+            shapes.append(("out_kernel", (H, V)))
+        shapes.append(("out_bias", (V,)))
+        return shapes
+
+    @property
+    def num_params(self) -> int:
+        n = 0
+        for _, s in self.weight_shapes():
+            p = 1
+            for d in s:
+                p *= d
+            n += p
+        return n
+
+
+# Signature names (TFLite `get_signature_runner(name)`), with their inputs -> outputs.
+SIG_STEP = "step"            # tokens int32[N], h float32[N,H], c float32[N,H] -> logprobs float32[N,V], h, c
+SIG_TRAIN = "train"          # x int32[B,T], y int32[B,T], mask float32[B,T], lr float32[1] -> loss float32[1]
+SIG_EVALUATE = "evaluate"    # x, y, mask -> loss_sum, top1, top3, count (all float32[1])
+SIG_GET_WEIGHTS = "get_weights"  # () -> one output per weight name
+SIG_SET_WEIGHTS = "set_weights"  # one input per weight name -> ok float32[1]
+SIGNATURES = (SIG_STEP, SIG_TRAIN, SIG_EVALUATE, SIG_GET_WEIGHTS, SIG_SET_WEIGHTS)
+
+# Special token ids, fixed in the tokenizer trainer.
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3

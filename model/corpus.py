@@ -1,0 +1,110 @@
+"""Reading corpora and splitting them by user.
+
+Accepts JSON Lines of ``{"user": ..., "text": ...}`` (extra fields ignored) or plain text
+(one record a line, all from one user). Users, not records, are split into train /
+validation / test, so held-out users are people the keyboard never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CorpusError(ValueError):
+    """The corpus file cannot be used; the message says why (and where)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    user: str
+    text: str
+
+
+def read_corpus(path: str | Path) -> list[Record]:
+    """Read a JSONL or plain-text corpus, raising CorpusError with a precise reason."""
+    p = Path(path)
+    if not p.exists():
+        raise CorpusError(f"{p}: no such file")
+    if p.is_dir():
+        raise CorpusError(f"{p}: is a directory, expected a .jsonl or text file")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    first = next((ln for ln in lines if ln.strip()), None)
+    if first is None:
+        raise CorpusError(f"{p}: file is empty")
+    if not first.lstrip().startswith("{"):
+        records = [Record("default", ln.strip()) for ln in lines if ln.strip()]
+        return records
+    records = []
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{p}:{no}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{p}:{no}: expected a JSON object with 'user' and 'text'")
+        missing = [k for k in ("user", "text") if k not in obj]
+        if missing:
+            raise CorpusError(f"{p}:{no}: missing field(s) {', '.join(repr(m) for m in missing)}")
+        if not isinstance(obj["text"], str):
+            raise CorpusError(f"{p}:{no}: field 'text' must be a string")
+        if obj["text"].strip():
+            records.append(Record(str(obj["user"]), obj["text"].strip()))
+    if not records:
+        raise CorpusError(f"{p}: no records with text")
+    return records
+
+
+def by_user(records: list[Record]) -> "OrderedDict[str, list[str]]":
+    """Texts grouped by user, users and texts in file order."""
+    out: OrderedDict[str, list[str]] = OrderedDict()
+    for r in records:
+        out.setdefault(r.user, []).append(r.text)
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    train: "OrderedDict[str, list[str]]"
+    validation: "OrderedDict[str, list[str]]"
+    test: "OrderedDict[str, list[str]]"
+
+    def part(self, name: str) -> "OrderedDict[str, list[str]]":
+        if name not in ("train", "validation", "test"):
+            raise CorpusError(f"unknown split {name!r}: use train, validation or test")
+        return getattr(self, name)
+
+    def texts(self, name: str) -> list[str]:
+        return [t for texts in self.part(name).values() for t in texts]
+
+
+def split_users(records: list[Record], *, seed: int = 0, validation: float = 0.1, test: float = 0.1) -> Split:
+    """Deterministic split by user: each user lands in one part by a seeded hash of its name.
+
+    A hash (not a shuffle) keeps a user's part stable when other users are added. With a
+    single user (plain text) the user's records are split instead, in order, so the test
+    part is still text that training never saw.
+    """
+    users = by_user(records)
+    if len(users) == 1:
+        (user, texts), = users.items()
+        n = len(texts)
+        n_test = max(1, int(round(n * test))) if n >= 3 else 0
+        n_val = max(1, int(round(n * validation))) if n >= 3 else 0
+        cut1, cut2 = n - n_test - n_val, n - n_test
+        mk = lambda a, b: OrderedDict([(user, texts[a:b])] if b > a else [])  # noqa: E731
+        return Split(mk(0, cut1), mk(cut1, cut2), mk(cut2, n))
+    parts: dict[str, OrderedDict[str, list[str]]] = {k: OrderedDict() for k in ("train", "validation", "test")}
+    for user, texts in users.items():
+        u = int.from_bytes(hashlib.sha256(f"{seed}:{user}".encode()).digest()[:8], "big") / 2**64
+        part = "test" if u < test else "validation" if u < test + validation else "train"
+        parts[part][user] = texts
+    return Split(parts["train"], parts["validation"], parts["test"])

@@ -1,0 +1,116 @@
+"""Central training in TensorFlow: version 0 on proxy text, or a central reference model.
+
+Uses Adam (central training is not bound by what the on-device `train` signature can do),
+a validation pass per epoch, early stopping on validation loss, and keeps the best weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from model.config import ModelConfig
+from model.data import batches, encode_texts, windows
+from model.lstm import NextWordLSTM
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 3
+    steps_per_epoch: int | None = None  # cap an epoch on large corpora (None: one full pass)
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    patience: int = 1                   # epochs without validation improvement before stopping
+    val_windows: int = 2000             # validation windows evaluated per epoch (capped for speed)
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    tokens_seen: int = 0
+
+    def to_dict(self) -> dict:
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, "best_epoch": self.best_epoch,
+                "tokens_seen": self.tokens_seen}
+
+
+def validation_loss(m: NextWordLSTM, x: np.ndarray, y: np.ndarray, mask: np.ndarray, batch: int = 256) -> float:
+    total, count = 0.0, 0.0
+    for bx, by, bm in batches(x, y, mask, batch, fixed=False):
+        nll, _, _ = m.token_nll(tf.constant(bx), tf.constant(by))
+        w = bm.reshape(-1)
+        total += float(tf.reduce_sum(nll * w))
+        count += float(w.sum())
+    return total / max(count, 1.0)
+
+
+def train(m: NextWordLSTM, sp, train_texts: list[str], val_texts: list[str], s: TrainSettings) -> History:
+    """Train `m` in place on `train_texts`; returns the loss history (best weights restored)."""
+    cfg: ModelConfig = m.cfg
+    rng = np.random.default_rng(s.seed)
+    x, y, mask = windows(encode_texts(sp, train_texts), cfg.seq_len)
+    vx, vy, vm = windows(encode_texts(sp, val_texts), cfg.seq_len)
+    if len(x) == 0:
+        raise ValueError("no training text: the training split is empty")
+    if len(vx) > s.val_windows:
+        keep = rng.choice(len(vx), s.val_windows, replace=False)
+        vx, vy, vm = vx[keep], vy[keep], vm[keep]
+    opt = tf.keras.optimizers.Adam(s.learning_rate)
+    variables = m.variables_in_order
+
+    @tf.function
+    def step(bx, by, bm):
+        with tf.GradientTape() as tape:
+            loss = m.loss(bx, by, bm)
+        grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), cfg.clip_norm)
+        opt.apply_gradients(zip(grads, variables))
+        return loss
+
+    hist = History()
+    best, best_weights, bad = math.inf, None, 0
+    steps = math.ceil(len(x) / s.batch_size)
+    if s.steps_per_epoch:
+        steps = min(steps, s.steps_per_epoch)
+    for epoch in range(s.epochs):
+        losses = []
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=not s.progress, leave=False)
+        for i, (bx, by, bm) in enumerate(batches(x, y, mask, s.batch_size, rng=rng, fixed=False)):
+            if i >= steps:
+                break
+            losses.append(float(step(bx, by, bm)))
+            hist.tokens_seen += int(bm.sum())
+            bar.update(1)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        bar.close()
+        val = validation_loss(m, vx, vy, vm) if len(vx) else float(np.mean(losses))
+        hist.train_loss.append(float(np.mean(losses)))
+        hist.val_loss.append(val)
+        msg = f"epoch {epoch + 1}: train loss {hist.train_loss[-1]:.3f}, validation loss {val:.3f}"
+        log.info(msg)
+        if s.progress:
+            tqdm.write(msg)
+        if val < best - 1e-4:
+            best, bad, hist.best_epoch = val, 0, epoch
+            best_weights = [v.numpy() for v in variables]
+        else:
+            bad += 1
+            if bad > s.patience - 1 and s.patience >= 0:
+                if s.progress:
+                    tqdm.write(f"early stop: no validation improvement for {bad} epoch(s)")
+                break
+    if best_weights is not None:
+        for v, w in zip(variables, best_weights):
+            v.assign(w)
+    return hist

@@ -1,0 +1,252 @@
+"""Model version artifacts: one weight format (safetensors) and one manifest.
+
+A *version directory* holds::
+
+    manifest.json         names, shapes, dtypes, hashes, architecture, version id (+ signature)
+    weights.safetensors   the trainable tensors, float32, in WEIGHT order of the manifest
+    model.tflite          the trainable graph (shared by every version of one architecture)
+    tokenizer.model       the SentencePiece model (shared likewise)
+
+A new version ships only new weights; graph and tokenizer are identified by their sha256 in
+the manifest, so a device that already holds them downloads weights alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+MANIFEST_FORMAT = "fedkeys-model/1"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+GRAPH = "model.tflite"
+TOKENIZER = "tokenizer.model"
+
+
+class ArtifactError(ValueError):
+    """A version artifact is missing, malformed, or does not match its manifest."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass
+class Manifest:
+    """Describes one model version. `tensors` fixes the weight order used everywhere."""
+
+    version_id: str
+    arch: dict[str, Any]
+    arch_hash: str
+    tensors: list[TensorSpec]
+    graph_sha256: str
+    tokenizer_sha256: str
+    weights_sha256: str
+    parent: str | None = None
+    created_at: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
+    signature: str | None = None
+    format: str = MANIFEST_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tensors"] = [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.tensors]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
+        if d.get("format") != MANIFEST_FORMAT:
+            raise ArtifactError(f"unknown manifest format {d.get('format')!r}, expected {MANIFEST_FORMAT}")
+        try:
+            tensors = [TensorSpec(t["name"], tuple(int(s) for s in t["shape"]), t["dtype"]) for t in d["tensors"]]
+            known = {f for f in cls.__dataclass_fields__}
+            kw = {k: v for k, v in d.items() if k in known and k != "tensors"}
+            return cls(tensors=tensors, **kw)
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"malformed manifest: {e}") from e
+
+    def signing_bytes(self) -> bytes:
+        """Canonical bytes that a signature covers: the manifest without its signature."""
+        d = self.to_dict()
+        d.pop("signature", None)
+        return canonical_json(d)
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(int(np.prod(t.shape)) for t in self.tensors))
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def arch_hash(arch: Mapping[str, Any]) -> str:
+    return sha256_bytes(canonical_json(dict(arch)))
+
+
+def encode_weights(weights: Mapping[str, np.ndarray], dtype: str | None = None) -> bytes:
+    """Serialize named arrays as safetensors bytes (optionally cast, e.g. to float16)."""
+    arrays = {k: np.ascontiguousarray(v.astype(dtype) if dtype else v) for k, v in weights.items()}
+    return st_save(arrays)
+
+
+def decode_weights(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        return dict(st_load(data))
+    except Exception as e:  # safetensors raises its own error types for every malformation
+        raise ArtifactError(f"not a valid safetensors body: {e}") from e
+
+
+def check_weights(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], *,
+                  dtypes: tuple[str, ...] | None = None) -> None:
+    """Raise ArtifactError unless names and shapes match the manifest exactly and all values are finite."""
+    expected = {t.name: t for t in tensors}
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise ArtifactError(f"tensor names differ from the manifest: missing {missing}, unexpected {extra}")
+    for name, spec in expected.items():
+        arr = weights[name]
+        if tuple(arr.shape) != spec.shape:
+            raise ArtifactError(f"{name}: shape {tuple(arr.shape)} != manifest {spec.shape}")
+        allowed = dtypes or (spec.dtype,)
+        if str(arr.dtype) not in allowed:
+            raise ArtifactError(f"{name}: dtype {arr.dtype} not in {allowed}")
+        if not np.all(np.isfinite(arr)):
+            raise ArtifactError(f"{name}: contains NaN or Inf")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write, fsync, rename: a crash leaves either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_version(directory: str | os.PathLike, manifest: Manifest, weights: Mapping[str, np.ndarray]) -> Manifest:
+    """Write weights and manifest (graph and tokenizer must already be in `directory`).
+
+    Fills in `weights_sha256`, checks graph and tokenizer hashes, and returns the manifest.
+    """
+    d = Path(directory)
+    ordered = {t.name: np.asarray(weights[t.name], dtype=np.float32) for t in manifest.tensors}
+    check_weights(ordered, manifest.tensors)
+    data = encode_weights(ordered)
+    manifest.weights_sha256 = sha256_bytes(data)
+    for fname, want in ((GRAPH, manifest.graph_sha256), (TOKENIZER, manifest.tokenizer_sha256)):
+        got = sha256_file(d / fname)
+        if got != want:
+            raise ArtifactError(f"{fname} in {d} has sha256 {got[:12]}…, manifest says {want[:12]}…")
+    atomic_write(d / WEIGHTS, data)
+    atomic_write(d / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode())
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    p = Path(directory) / MANIFEST
+    if not p.exists():
+        raise ArtifactError(f"no {MANIFEST} in {directory}: not a model version directory")
+    try:
+        return Manifest.from_dict(json.loads(p.read_text()))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{p}: not valid JSON ({e})") from e
+
+
+def load_version(directory: str | os.PathLike, *, verify: bool = True) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """Read a version directory, verifying every sha256 in the manifest."""
+    d = Path(directory)
+    manifest = read_manifest(d)
+    data = (d / WEIGHTS).read_bytes()
+    if verify:
+        checks = ((WEIGHTS, manifest.weights_sha256, sha256_bytes(data)),
+                  (GRAPH, manifest.graph_sha256, sha256_file(d / GRAPH)),
+                  (TOKENIZER, manifest.tokenizer_sha256, sha256_file(d / TOKENIZER)))
+        for fname, want, got in checks:
+            if want != got:
+                raise ArtifactError(f"{d / fname}: sha256 mismatch (manifest {want[:12]}…, file {got[:12]}…)")
+    weights = decode_weights(data)
+    check_weights(weights, manifest.tensors)
+    return manifest, {t.name: weights[t.name] for t in manifest.tensors}
+
+
+def flatten(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec]) -> np.ndarray:
+    """Concatenate tensors in manifest order into one float32 vector (for norms and deltas)."""
+    return np.concatenate([np.asarray(weights[t.name], dtype=np.float32).ravel() for t in tensors])
+
+
+def unflatten(vector: np.ndarray, tensors: list[TensorSpec]) -> dict[str, np.ndarray]:
+    out, i = {}, 0
+    for t in tensors:
+        n = int(np.prod(t.shape))
+        out[t.name] = vector[i:i + n].reshape(t.shape).astype(np.float32)
+        i += n
+    if i != vector.size:
+        raise ArtifactError(f"vector has {vector.size} values, manifest needs {i}")
+    return out
+
+
+# --- Signatures: the coordinator signs each manifest; devices refuse unsigned or tampered ones ---
+
+def sign_manifest(manifest: Manifest, private_key: Any) -> Manifest:
+    """Set `manifest.signature` to the hex Ed25519 signature over `signing_bytes()`.
+
+    `private_key` is a `cryptography` Ed25519PrivateKey. The manifest carries the weights'
+    sha256, so the signature covers the weights too.
+    """
+    manifest.signature = private_key.sign(manifest.signing_bytes()).hex()
+    return manifest
+
+
+def verify_manifest(manifest: Manifest, public_key_hex: str) -> None:
+    """Raise ArtifactError unless the manifest is signed by the key (raw 32 bytes as hex)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if not manifest.signature:
+        raise ArtifactError(f"manifest of {manifest.version_id} is not signed")
+    try:
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
+        key.verify(bytes.fromhex(manifest.signature), manifest.signing_bytes())
+    except (ValueError, InvalidSignature) as e:
+        raise ArtifactError(f"manifest of {manifest.version_id}: bad signature") from e

@@ -1,0 +1,64 @@
+"""`python -m tools.evaluate` as a user runs it: JSON on an unseen corpus, clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = "the king my lord good night sweet prince shall we go and see the sea at dawn".split()
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "tools.evaluate", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+
+
+@pytest.fixture
+def fresh_corpus(tmp_path) -> Path:
+    """A corpus no model has seen, in the JSONL format, with enough users for a test split."""
+    lines = []
+    for u in range(40):
+        for r in range(4):
+            words = [WORDS[(u * 7 + r * 3 + i) % len(WORDS)] for i in range(8)]
+            lines.append(json.dumps({"user": f"person {u}", "text": " ".join(words) + ".", "extra": r}))
+    p = tmp_path / "fresh.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_json_on_a_corpus_it_has_never_seen(exported_version, fresh_corpus):
+    res = run("--model", str(exported_version), "--corpus", str(fresh_corpus), "--json", "--max-words", "200",
+              "--baseline")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert {"top1", "top3", "word_perplexity", "ksr", "words"} <= set(out)
+    assert 0 < out["words"] <= 200
+    assert 0.0 <= out["top1"] <= out["top3"] <= 1.0 and 0.0 <= out["ksr"] < 1.0 and out["word_perplexity"] > 1.0
+    assert out["ngram"]["words"] == out["words"]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "no such file"),
+    ("", "file is empty"),
+    ('{"user": "a", "text": "fine"}\n{"user": "a", "text": \n', "bad.jsonl:2: malformed JSON"),
+    ('{"user": "a", "text": "fine"}\n{"user": "b"}\n', "bad.jsonl:2: missing field(s) 'text'"),
+])
+def test_bad_corpus_is_one_line_and_exit_2(tmp_path, exported_version, content, needle):
+    p = tmp_path / "bad.jsonl"
+    if content is not None:
+        p.write_text(content)
+    res = run("--model", str(exported_version), "--corpus", str(p), "--json")
+    assert res.returncode == 2
+    assert needle in res.stderr and "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path, fresh_corpus):
+    res = run("--model", str(tmp_path / "nothing"), "--corpus", str(fresh_corpus))
+    assert res.returncode == 2 and "not a model version directory" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,28 @@
+"""Shared fixtures. `exported_version` is a real, linted model version directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+
+
+@pytest.fixture(scope="session")
+def exported_version(tmp_path_factory) -> Path:
+    """FEDKEYS_TEST_VERSION if set (the slim edge venv has no TensorFlow to build one), else a
+    tiny version built once per test session."""
+    given = os.environ.get("FEDKEYS_TEST_VERSION")
+    if given:
+        p = Path(given)
+        assert (p / "manifest.json").exists(), f"FEDKEYS_TEST_VERSION={given} is not a version directory"
+        return p
+    if not HAS_TF:
+        pytest.fail("no TensorFlow to build a test model: set FEDKEYS_TEST_VERSION to a version directory "
+                    "(python -m tests.tiny_version DIR in the full environment)")
+    from tests.tiny_version import build
+
+    return build(tmp_path_factory.mktemp("tiny-version"))

@@ -1,0 +1,116 @@
+"""TensorFlow and the exported TFLite graph agree; the exporter refuses Flex graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow", reason="model tests need the full environment")  # noqa: F841
+
+from edge_runtime.interpreter import Model  # noqa: E402
+from model.config import SIG_EVALUATE, SIG_STEP, SIG_TRAIN  # noqa: E402
+from model.export import ExportError, config_of, lint, list_ops, load_module  # noqa: E402
+from protocol import artifact  # noqa: E402
+
+STEP_ATOL = 1e-4   # log-probabilities: float32 reassociation between TF and TFLite kernels
+WEIGHT_ATOL = 1e-5  # weights after one SGD step with lr 0.5
+
+
+@pytest.fixture(scope="module")
+def pair(exported_version):
+    m, manifest = load_module(exported_version)
+    return m, Model.load(exported_version, backend="ai_edge_litert"), config_of(manifest)
+
+
+def _batch(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(4, cfg.vocab_size, (cfg.train_batch, cfg.seq_len)).astype(np.int32)
+    mask = np.ones_like(x, dtype=np.float32)
+    mask[-1, cfg.seq_len // 2:] = 0.0
+    return x, np.roll(x, -1, axis=1), mask
+
+
+def test_graph_has_builtin_ops_only_and_all_signatures(exported_version):
+    graph = (exported_version / artifact.GRAPH).read_bytes()
+    ops = list_ops(graph)
+    assert ops and not [o for o in ops if o.startswith("Flex")]
+    assert "READ_VARIABLE" in ops and "ASSIGN_VARIABLE" in ops  # resource variables, trained in place
+    m = Model(graph, backend="ai_edge_litert")
+    sigs = m._interp.get_signature_list()
+    assert set(sigs) == {"step", "train", "evaluate", "get_weights", "set_weights"}
+
+
+def test_step_matches_tensorflow(pair):
+    tfm, lite, cfg = pair
+    tokens = np.array([2, 17, 40, 5, 99], np.int32)
+    h = np.zeros((1, cfg.hidden_dim), np.float32)
+    c = np.zeros_like(h)
+    th, tc = tf.constant(h), tf.constant(c)
+    for t in tokens:
+        out = lite.runner(SIG_STEP)(tokens=np.array([t], np.int32), h=h, c=c)
+        ref = tfm.step(tf.constant([t]), th, tc)
+        np.testing.assert_allclose(out["logprobs"], ref["logprobs"].numpy(), atol=STEP_ATOL)
+        h, c, th, tc = out["h"], out["c"], ref["h"], ref["c"]
+
+
+def test_one_train_step_gives_the_same_weights(pair, exported_version):
+    tfm, lite, cfg = pair
+    x, y, mask = _batch(cfg)
+    lr = np.array([0.5], np.float32)
+    loss_lite = lite.runner(SIG_TRAIN)(x=x, y=y, mask=mask, lr=lr)["loss"]
+    loss_tf = tfm.train_step(tf.constant(x), tf.constant(y), tf.constant(mask), tf.constant(lr))["loss"].numpy()
+    np.testing.assert_allclose(loss_lite, loss_tf, rtol=1e-5)
+    after = lite.get_weights()
+    _, before = artifact.load_version(exported_version)
+    moved = 0.0
+    for name, v in tfm.vars.items():
+        np.testing.assert_allclose(after[name], v.numpy(), atol=WEIGHT_ATOL)
+        moved = max(moved, float(np.abs(after[name] - before[name]).max()))
+    assert moved > 1e-4, "the train step did not change the weights"
+    lite.set_weights(before)  # leave the shared fixture as it was
+    for name, v in tfm.vars.items():
+        v.assign(before[name])
+
+
+def test_evaluate_matches_tensorflow_and_changes_nothing(pair):
+    tfm, lite, cfg = pair
+    x, y, mask = _batch(cfg, seed=1)
+    before = lite.get_weights()
+    out = lite.runner(SIG_EVALUATE)(x=x, y=y, mask=mask)
+    ref = tfm.evaluate(tf.constant(x), tf.constant(y), tf.constant(mask))
+    for k in ("loss_sum", "top1", "top3", "count"):
+        np.testing.assert_allclose(out[k], ref[k].numpy(), rtol=1e-4)
+    assert out["count"][0] == mask.sum()
+    assert out["top1"][0] <= out["top3"][0] <= out["count"][0]
+    after = lite.get_weights()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_lint_refuses_a_graph_that_needs_flex(pair):
+    """Erf has no TFLite builtin: allowed SELECT_TF_OPS, the converter emits FlexErf."""
+    _, _, cfg = pair
+    f = tf.function(lambda x: {"y": tf.math.erf(x)}, input_signature=[tf.TensorSpec([3, 3], tf.float32)])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    flex = conv.convert()
+    assert "FlexErf" in list_ops(flex)
+    with pytest.raises(ExportError, match="Flex"):
+        lint(flex, cfg, {})
+
+
+def test_manifest_hashes_and_weight_order(exported_version):
+    manifest, weights = artifact.load_version(exported_version)
+    cfg = config_of(manifest)
+    assert [t.name for t in manifest.tensors] == [n for n, _ in cfg.weight_shapes()]
+    assert manifest.num_params == cfg.num_params
+    assert manifest.arch_hash == artifact.arch_hash(manifest.arch)
+    assert manifest.tokenizer_sha256 == artifact.sha256_file(exported_version / artifact.TOKENIZER)
+    (exported_version / "copy").mkdir(exist_ok=True)
+    tampered = exported_version / "copy"
+    for f in (artifact.GRAPH, artifact.TOKENIZER, artifact.MANIFEST):
+        (tampered / f).write_bytes((exported_version / f).read_bytes())
+    data = bytearray((exported_version / artifact.WEIGHTS).read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / artifact.WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(artifact.ArtifactError, match="sha256"):
+        artifact.load_version(tampered)

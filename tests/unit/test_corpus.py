@@ -1,0 +1,69 @@
+"""Corpus reading and the split by user."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model.corpus import CorpusError, read_corpus, split_users
+from model.data import windows
+
+
+def write(tmp_path, name, lines):
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_reads_jsonl_and_ignores_extra_fields(tmp_path):
+    p = write(tmp_path, "c.jsonl", [json.dumps({"user": "a", "text": "hello there", "year": 1790}),
+                                    "", json.dumps({"user": 7, "text": "  general kenobi "})])
+    recs = read_corpus(p)
+    assert [(r.user, r.text) for r in recs] == [("a", "hello there"), ("7", "general kenobi")]
+
+
+def test_plain_text_is_one_user(tmp_path):
+    recs = read_corpus(write(tmp_path, "t.txt", ["first line", "", "second line"]))
+    assert [r.text for r in recs] == ["first line", "second line"] and {r.user for r in recs} == {"default"}
+
+
+@pytest.mark.parametrize("lines,match", [
+    ([], "empty"),
+    (['{"user": "a", "text": "ok"}', '{"user": "b", "text": '], r":2: malformed JSON"),
+    (['{"user": "a", "text": "ok"}', '{"user": "b"}'], r":2: missing field\(s\) 'text'"),
+    (['{"text": "ok"}'], r":1: missing field\(s\) 'user'"),
+    (['{"user": "a", "text": 5}'], "must be a string"),
+    (['{"user": "a", "text": "ok"}', '[1, 2]'], r":2: expected a JSON object"),
+])
+def test_bad_files_say_what_and_where(tmp_path, lines, match):
+    with pytest.raises(CorpusError, match=match):
+        read_corpus(write(tmp_path, "bad.jsonl", lines))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CorpusError, match="no such file"):
+        read_corpus(tmp_path / "nope.jsonl")
+
+
+def test_split_is_by_user_deterministic_and_disjoint(tmp_path):
+    recs = read_corpus(write(tmp_path, "c.jsonl", [json.dumps({"user": f"u{i % 50}", "text": f"t {i}"})
+                                                   for i in range(500)]))
+    a, b = split_users(recs, seed=1), split_users(recs, seed=1)
+    assert a == b
+    parts = [set(a.train), set(a.validation), set(a.test)]
+    assert sum(len(p) for p in parts) == 50 and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert a.test and a.validation
+    assert split_users(recs, seed=2).test != a.test  # the seed matters
+
+
+def test_single_user_text_is_split_in_order(tmp_path):
+    recs = read_corpus(write(tmp_path, "t.txt", [f"line {i}" for i in range(20)]))
+    s = split_users(recs)
+    assert s.texts("test") == ["line 18", "line 19"] and s.texts("validation") == ["line 16", "line 17"]
+
+
+def test_windows_pad_and_mask():
+    x, y, m = windows([[2, 10, 11, 12, 3]], seq_len=3)
+    assert x.tolist() == [[2, 10, 11], [12, 0, 0]] and y.tolist() == [[10, 11, 12], [3, 0, 0]]
+    assert m.tolist() == [[1, 1, 1], [1, 0, 0]]

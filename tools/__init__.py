@@ -1,0 +1,1 @@
+"""FedKeys command line: prepare, pretrain, evaluate, simulate, benchmark, demo."""

@@ -1,0 +1,38 @@
+"""What every FedKeys command shares: logging set-up and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from model.corpus import CorpusError
+from protocol.artifact import ArtifactError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("FEDKEYS_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
+DEFAULT_CORPUS = os.path.join(SHARED, "corpora", "shakespeare.jsonl")
+DEFAULT_PROXY = os.path.join(SHARED, "corpora", "sotu.jsonl")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (CorpusError, ArtifactError, FileNotFoundError, ValueError)
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow's start-up chatter hides the progress bar and the results."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run a command's main; a user error prints one line and exits 2, Ctrl-C exits 130."""
+    logging.basicConfig(level=os.environ.get("FEDKEYS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,83 @@
+"""Next-word metrics on the held-out users of any corpus.
+
+    python -m tools.evaluate --model DIR --corpus FILE [--split test] [--baseline] [--json]
+
+Prints next-word top-1/top-3 accuracy, word perplexity and keystroke savings rate of a model
+version (through the same TFLite predictor the keyboard uses), optionally next to a
+Kneser-Ney word trigram fitted on the corpus's train users. `--json` prints one JSON object
+with keys top1, top3, word_perplexity, ksr, words (and `ngram` with --baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tools._cli import DEFAULT_CORPUS, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, action="append", help="version directory (repeat to compare)")
+    p.add_argument("--corpus", default=DEFAULT_CORPUS, help="JSONL or plain-text corpus")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--seed", type=int, default=0, help="user split seed (same as training)")
+    p.add_argument("--max-words", type=int, default=3000, help="target words evaluated (round-robin over users)")
+    p.add_argument("--baseline", action="store_true", help="also score a Kneser-Ney trigram fitted on the train users")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def lstm_factory(version_dir: str):
+    from edge_runtime.interpreter import Model
+    from edge_runtime.predictor import Predictor
+    from model.tokenizer import load_tokenizer
+    from protocol.artifact import TOKENIZER
+    import os
+
+    predictor = Predictor(Model.load(version_dir), load_tokenizer(os.path.join(version_dir, TOKENIZER)))
+    return predictor.session
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from model.corpus import read_corpus, split_users
+    from model.ngram import KneserNeyLM
+    from tools.wordeval import evaluate_words, interleave_users
+
+    split = split_users(read_corpus(args.corpus), seed=args.seed)
+    texts = interleave_users(split.part(args.split))
+    if not texts:
+        raise ValueError(f"the {args.split} split of {args.corpus} has no users; try --split train")
+    progress = not args.json and sys.stderr.isatty()
+    rows: dict[str, dict] = {}
+    if args.baseline:
+        t0 = time.time()
+        lm = KneserNeyLM.fit(split.texts("train") or texts, order=3)
+        rows["ngram"] = evaluate_words(lm.session, texts, max_words=args.max_words, progress=progress,
+                                       desc="n-gram").to_dict()
+        rows["ngram"]["seconds"] = round(time.time() - t0, 1)
+    for d in args.model:
+        t0 = time.time()
+        rows[d] = evaluate_words(lstm_factory(d), texts, max_words=args.max_words, progress=progress,
+                                 desc=d).to_dict()
+        rows[d]["seconds"] = round(time.time() - t0, 1)
+    if args.json:
+        out = dict(rows[args.model[0]])
+        if len(args.model) > 1:
+            out["models"] = {d: rows[d] for d in args.model}
+        if args.baseline:
+            out["ngram"] = rows["ngram"]
+        print(json.dumps(out))
+        return 0
+    print(f"{args.corpus}, {args.split} users ({len(split.part(args.split))}), {rows[args.model[0]]['words']} words")
+    print(f"{'model':40} {'top-1':>7} {'top-3':>7} {'KSR':>7} {'word ppl':>9}")
+    for name, r in rows.items():
+        print(f"{name:40} {r['top1']:7.2%} {r['top3']:7.2%} {r['ksr']:7.2%} {r['word_perplexity']:9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

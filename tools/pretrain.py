@@ -1,0 +1,91 @@
+"""Train a model version centrally and export it for the devices.
+
+    python -m tools.pretrain --proxy FILE --out DIR            # version 0: tokenizer + model from proxy text
+    python -m tools.pretrain --corpus FILE --init DIR --out DIR # central reference: continue on a corpus's train users
+
+Version 0 comes from proxy text only (the server never holds device text); the second form
+trains centrally on the device corpus's training users, the upper bound federated learning
+is measured against. Both write a complete, linted version directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tools._cli import DEFAULT_PROXY, quiet_tensorflow, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.pretrain", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="version directory to write")
+    p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy corpus (JSONL or plain text) for the tokenizer and version 0")
+    p.add_argument("--corpus", help="train on this corpus's train users instead of the proxy (needs --init)")
+    p.add_argument("--init", help="start from this version directory (its tokenizer and architecture)")
+    p.add_argument("--version-id", default=None, help="version id in the manifest (default: v0, or central)")
+    p.add_argument("--vocab-size", type=int, default=4000)
+    p.add_argument("--embed-dim", type=int, default=96)
+    p.add_argument("--hidden-dim", type=int, default=192)
+    p.add_argument("--seq-len", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap each epoch (default: a full pass)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--patience", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.corpus and not args.init:
+        raise ValueError("--corpus trains on device text and needs --init DIR (the tokenizer must come from proxy data)")
+    quiet_tensorflow()
+    from model.config import ModelConfig
+    from model.corpus import read_corpus, split_users
+    from model.export import export_version, load_module
+    from model.lstm import NextWordLSTM
+    from model.pretrain import TrainSettings, train
+    from model.tokenizer import load_tokenizer, train_tokenizer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    source = args.corpus or args.proxy
+    split = split_users(read_corpus(source), seed=args.seed)
+    train_texts, val_texts = split.texts("train"), split.texts("validation")
+    print(f"{source}: {len(split.train)} train users ({len(train_texts)} texts), "
+          f"{len(split.validation)} validation users, {len(split.test)} test users")
+    if args.init:
+        m, base = load_module(args.init)
+        tok_path = Path(args.init) / "tokenizer.model"
+        parent = base.version_id
+    else:
+        tok_path = out / "tokenizer.model"
+        print(f"training SentencePiece tokenizer (vocab {args.vocab_size}) on proxy text...")
+        train_tokenizer(train_texts + val_texts, tok_path, vocab_size=args.vocab_size)
+        sp = load_tokenizer(tok_path)
+        cfg = ModelConfig(vocab_size=sp.get_piece_size(), embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                          seq_len=args.seq_len)
+        m, parent = NextWordLSTM(cfg, seed=args.seed), None
+    sp = load_tokenizer(tok_path)
+    print(f"model: {m.cfg.num_params:,} parameters ({m.cfg.to_dict()})")
+    settings = TrainSettings(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                             learning_rate=args.lr, patience=args.patience, seed=args.seed,
+                             progress=not args.no_progress)
+    hist = train(m, sp, train_texts, val_texts, settings)
+    version_id = args.version_id or ("central" if args.init else "v0")
+    print("exporting to TFLite (builtin ops only) and linting in the slim interpreter...")
+    manifest = export_version(m, tok_path, out, version_id=version_id, parent=parent,
+                              metrics={"pretrain": hist.to_dict(), "source": Path(source).name})
+    print(json.dumps({"version": manifest.version_id, "dir": str(out), "params": manifest.num_params,
+                      "val_loss": hist.val_loss, "seconds": round(time.time() - t0, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
