@@ -1,0 +1,440 @@
+"""Interpolated modified Kneser-Ney word n-gram language model: the next-word baseline.
+
+The evaluator drives this model and the LSTM through one interface: `lm.session()` gives an
+`NgramSession` that is fed each completed whitespace chunk of a text and asked for top-k
+next words (or completions of a typed prefix) before each one.
+
+Why written by hand: NLTK's `KneserNeyInterpolated` computes every probability by pure-Python
+recursion over the counts, so ranking a 20k-word vocabulary per keystroke takes seconds, and
+kenlm only scores given words (no top-k or prefix API). Here `suggest` takes well under 2 ms:
+
+* P(w | h) = sum_n beta_n * alpha_n(w | h_n) + beta_1 * P_1(w), where h_n is the last n-1
+  tokens, alpha_n the discounted mass of order n and beta_n the product of the back-off
+  weights above it. Only words seen after a context at order >= 2 get anything beyond
+  beta_1 * P_1(w), so the top-k is among those words plus the top-k of P_1 alone.
+* Suggestable words get the lowest ids in sorted order, so a prefix is an id range found by
+  bisecting the sorted vocabulary, and a context's followers (stored sorted by id) are cut to
+  it by `searchsorted`. The top of P_1 for short, frequent prefixes is precomputed.
+
+Modelling choices (as in KenLM): modified KN with three discounts D1, D2, D3+ per order
+estimated from counts-of-counts (Chen & Goodman), or one fixed `discount`; the highest order
+uses raw counts, lower orders continuation counts, except n-grams starting with <s> (nothing
+precedes them), which keep raw counts; unigrams are interpolated with the uniform distribution
+over the vocabulary (every token but <s>, including </s> and <unk>), so no token gets zero
+probability. Each record is one sentence: <s> tokens </s>. Case-sensitive.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+
+_TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
+_LEADING_RE = re.compile(r"[\w']+")
+# Suggestable word: word characters and apostrophes, with at least one word character (a
+# lone "'" or "''" is a quote mark, not a word).
+_WORD_RE = re.compile(r"[\w']*\w[\w']*")
+
+# Prefixes matching more than this many words get a precomputed top list of P_1 (the empty
+# prefix and the first letter or two); smaller ranges are ranked on the fly.
+_PREFIX_TABLE_MIN = 256
+_PREFIX_TABLE_K = 32
+_MAX_CHAR = chr(0x10FFFF)
+
+
+def chunks(text: str) -> list[str]:
+    """Whitespace-delimited chunks: the units a keyboard user completes by typing a space."""
+    return text.split()
+
+
+def words_of_chunk(chunk: str) -> list[str]:
+    """Model tokens of a chunk: words (with apostrophes, e.g. "know't") and single punctuation marks."""
+    return _TOKEN_RE.findall(chunk)
+
+
+def leading_word(chunk: str) -> str | None:
+    """The word a chunk starts with (the next-word prediction target), or None if it starts with punctuation."""
+    m = _LEADING_RE.match(chunk)
+    return m.group(0) if m else None
+
+
+def _is_word(token: str) -> bool:
+    return _WORD_RE.fullmatch(token) is not None
+
+
+def _estimate_discounts(counts: np.ndarray) -> tuple[float, float, float]:
+    """Chen & Goodman's D1, D2, D3+ from counts-of-counts; one D (or 0.5) when the data is too thin."""
+    n1, n2, n3, n4 = (int(np.count_nonzero(counts == c)) for c in (1, 2, 3, 4))
+    if n1 == 0 or n2 == 0:
+        return (0.5, 0.5, 0.5)
+    y = n1 / (n1 + 2 * n2)
+    if n3 and n4:
+        d = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
+        if all(x > 0 for x in d):
+            return d
+    return (y, y, y)
+
+
+def _discount_each(counts: np.ndarray, d: tuple[float, float, float]) -> np.ndarray:
+    """The discount applied to each count (0 for a zero count); D_c <= c keeps every alpha >= 0."""
+    out = np.where(counts >= 3, d[2], np.where(counts == 2, d[1], d[0]))
+    return np.where(counts > 0, out, 0.0)
+
+
+class KneserNeyLM:
+    """Interpolated modified Kneser-Ney word n-gram model with fast top-k / prefix suggestions."""
+
+    def __init__(self, order: int = 3, discount: float | None = None, min_count: int = 1) -> None:
+        """An unfitted model; use `KneserNeyLM.fit` or `KneserNeyLM.load` to get a usable one."""
+        if order < 1:
+            raise ValueError(f"order must be >= 1, got {order}")
+        if discount is not None and not 0 < discount <= 1:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        self.order = order
+        self.discount = discount
+        self.min_count = min_count
+        self.vocab: list[str] = []  # token of each id: words (sorted), other tokens, </s>, <unk>, <s>
+        self.n_words = 0  # ids [0, n_words) are the suggestable words
+        self.discounts: dict[int, tuple[float, float, float]] = {}
+        self._fitted = False
+
+    # ----------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls,
+        texts: Iterable[str],
+        order: int = 3,
+        discount: float | None = None,
+        min_count: int = 1,
+    ) -> KneserNeyLM:
+        """Count n-grams of `texts` (one record = one <s> ... </s> sentence) and build the model."""
+        lm = cls(order, discount, min_count)
+        lm._fit(texts)
+        return lm
+
+    def _fit(self, texts: Iterable[str]) -> None:
+        # findall on the whole text gives exactly the words_of_chunk tokens of its chunks.
+        records = [r for r in (_TOKEN_RE.findall(t) for t in texts) if r]
+        if not records:
+            raise ValueError("no tokens to fit on")
+        freq = Counter(tok for r in records for tok in r)
+        kept = [w for w, c in freq.items() if c >= self.min_count]
+        vocab = sorted(w for w in kept if _is_word(w))
+        n_words = len(vocab)
+        vocab += sorted(w for w in kept if not _is_word(w))
+        vocab += [EOS, UNK, BOS]
+        index = {w: i for i, w in enumerate(vocab)}
+        unk, bos, eos = index[UNK], index[BOS], index[EOS]
+        base, order = len(vocab), self.order
+        if base**order >= 2**63:
+            raise ValueError(f"order {order} is too high for {base} token types (n-gram keys overflow int64)")
+
+        # N-grams are counted as int64 keys sum(id_j * base**(n-1-j)): sorting keys sorts by
+        # context then next token, and key % base**(n-1) drops the first token.
+        flat: list[int] = []
+        lengths = np.empty(len(records), dtype=np.int64)
+        for i, r in enumerate(records):
+            flat.append(bos)
+            flat.extend(index.get(t, unk) for t in r)
+            flat.append(eos)
+            lengths[i] = len(r) + 2
+        seq = np.array(flat, dtype=np.int64)
+        rec = np.repeat(np.arange(len(records)), lengths)
+        raw_freq = np.bincount(seq, minlength=base)[:bos]
+        grams: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for n in range(1, order + 1):
+            m = len(seq) - n + 1
+            key = seq[:m].copy()
+            for j in range(1, n):
+                key = key * base + seq[j : j + m]
+            grams[n] = np.unique(key[rec[:m] == rec[n - 1 : n - 1 + m]], return_counts=True)
+
+        # Adjusted counts: raw at the top order; below it, the number of distinct left
+        # extensions (continuation count), except n-grams starting with <s>, which have none.
+        adj: dict[int, tuple[np.ndarray, np.ndarray]] = {order: grams[order]}
+        for n in range(order - 1, 0, -1):
+            keys, cnts = np.unique(grams[n + 1][0] % base**n, return_counts=True)
+            if n > 1:
+                raw_keys, raw_cnts = grams[n]
+                at_bos = raw_keys // base ** (n - 1) == bos
+                keys = np.concatenate([keys, raw_keys[at_bos]])
+                cnts = np.concatenate([cnts, raw_cnts[at_bos]])
+                perm = np.argsort(keys, kind="stable")
+                keys, cnts = keys[perm], cnts[perm]
+            adj[n] = (keys, cnts)
+
+        def discounts_for(counts: np.ndarray) -> tuple[float, float, float]:
+            if self.discount is not None:
+                return (self.discount,) * 3
+            return _estimate_discounts(counts)
+
+        keys, cnts = adj[1]
+        a1 = np.zeros(bos)  # predictable tokens: every id but <s>
+        not_bos = keys != bos
+        a1[keys[not_bos]] = cnts[not_bos]
+        discounts = {1: discounts_for(a1[a1 > 0])}
+        d1 = _discount_each(a1, discounts[1])
+        total = a1.sum()
+        uni = (a1 - d1) / total + d1.sum() / total / bos
+
+        levels: dict[int, tuple[np.ndarray, ...]] = {}
+        for n in range(2, order + 1):
+            keys, cnt_int = adj[n]
+            cnt = cnt_int.astype(np.float64)
+            ctx = keys // base
+            new = np.ones(len(keys), dtype=bool)
+            new[1:] = ctx[1:] != ctx[:-1]
+            starts = np.flatnonzero(new)
+            bounds = np.append(starts, len(keys)).astype(np.int64)
+            discounts[n] = discounts_for(cnt)
+            d = _discount_each(cnt, discounts[n])
+            tot = np.add.reduceat(cnt, starts)
+            gammas = np.add.reduceat(d, starts) / tot
+            alpha = (cnt - d) / np.repeat(tot, np.diff(bounds))
+            levels[n] = (ctx[starts], bounds, gammas, (keys % base).astype(np.int32), alpha)
+
+        self._install(vocab, n_words, raw_freq, uni, discounts, levels)
+
+    def _install(
+        self,
+        vocab: list[str],
+        n_words: int,
+        raw_freq: np.ndarray,
+        uni: np.ndarray,
+        discounts: dict[int, tuple[float, float, float]],
+        levels: dict[int, tuple[np.ndarray, ...]],
+    ) -> None:
+        """Set the model's arrays and build the lookup structures derived from them (fit and load)."""
+        self.vocab = vocab
+        self.n_words = n_words
+        self.discounts = discounts
+        self._index = {w: i for i, w in enumerate(vocab)}
+        self._unk, self._bos = self._index[UNK], self._index[BOS]
+        self._base = len(vocab)
+        self._freq = raw_freq
+        self._uni = uni  # P_1 over every id but <s>
+        self._levels = levels  # n -> (context keys, bounds, gammas, next ids, alphas)
+        self._ctx: dict[int, dict[int, tuple[int, int, float]]] = {}
+        self._next: dict[int, np.ndarray] = {}
+        self._alpha: dict[int, np.ndarray] = {}
+        for n, (keys, bounds, gammas, nxt, alpha) in levels.items():
+            self._ctx[n] = dict(zip(keys.tolist(), zip(bounds[:-1].tolist(), bounds[1:].tolist(), gammas.tolist())))
+            self._next[n] = nxt
+            self._alpha[n] = alpha
+
+        # Unigram ranking of the suggestable words: P_1, then raw frequency, then id.
+        ids = np.arange(n_words)
+        self._uni_order = np.lexsort((ids, -raw_freq[:n_words], -uni[:n_words]))
+        self._uni_rank = np.empty(n_words, dtype=np.int64)
+        self._uni_rank[self._uni_order] = ids
+        self._sorted_words = vocab[:n_words]
+        self._prefix_top: dict[str, np.ndarray] = {}
+        queue = deque([""])
+        while queue:
+            p = queue.popleft()
+            lo, hi = self._prefix_range(p)
+            if hi - lo <= _PREFIX_TABLE_MIN:
+                continue
+            self._prefix_top[p] = self._rank_range(lo, hi, _PREFIX_TABLE_K)
+            queue.extend(sorted({w[: len(p) + 1] for w in self._sorted_words[lo:hi] if len(w) > len(p)}))
+        self._fitted = True
+
+    # ----------------------------------------------------------------- scoring
+    def _check(self) -> None:
+        if not self._fitted:
+            raise RuntimeError("model is not fitted: use KneserNeyLM.fit or KneserNeyLM.load")
+
+    def _ids(self, tokens: Sequence[str]) -> list[int]:
+        return [self._index.get(t, self._unk) for t in tokens]
+
+    def _levels_for(self, hist: Sequence[int]) -> list[tuple[int, int, int, float]]:
+        """(order, start, end, gamma) of each seen context of `hist`, highest order first."""
+        out = []
+        m = min(self.order - 1, len(hist))
+        key = 0
+        for t in hist[len(hist) - m :]:
+            key = key * self._base + t
+        for n in range(m + 1, 1, -1):  # key holds the last n-1 tokens
+            e = self._ctx[n].get(key)
+            if e is not None:
+                out.append((n, *e))
+            key %= self._base ** (n - 2)
+        return out
+
+    def _prob_id(self, w: int, hist: Sequence[int]) -> float:
+        p, beta = 0.0, 1.0
+        for n, s, e, g in self._levels_for(hist):
+            nxt = self._next[n]
+            i = s + int(nxt[s:e].searchsorted(w))
+            if i < e and nxt[i] == w:
+                p += beta * float(self._alpha[n][i])
+            beta *= g
+        return p + beta * float(self._uni[w])
+
+    def _dist_ids(self, hist: Sequence[int]) -> np.ndarray:
+        p = np.zeros(len(self._uni))
+        beta = 1.0
+        for n, s, e, g in self._levels_for(hist):
+            p[self._next[n][s:e]] += beta * self._alpha[n][s:e]
+            beta *= g
+        return p + beta * self._uni
+
+    def prob(self, token: str, context: Sequence[str] = ()) -> float:
+        """P(token | context), unknown tokens (in either) as <unk>: for the evaluator and tests, not per keystroke."""
+        self._check()
+        return self._prob_id(self._index.get(token, self._unk), self._ids(context))
+
+    def distribution(self, context: Sequence[str] = ()) -> np.ndarray:
+        """P(vocab[i] | context) for every id i but <s> (the last id): sums to 1."""
+        self._check()
+        return self._dist_ids(self._ids(context))
+
+    def session(self) -> NgramSession:
+        """State for one text being typed, starting at <s>."""
+        self._check()
+        return NgramSession(self)
+
+    # ------------------------------------------------------------- suggestion
+    def _prefix_range(self, prefix: str) -> tuple[int, int]:
+        """Ids [lo, hi) of the suggestable words starting with `prefix`."""
+        if not prefix:
+            return 0, self.n_words
+        words = self._sorted_words
+        return bisect_left(words, prefix), bisect_left(words, prefix + _MAX_CHAR)
+
+    def _rank_range(self, lo: int, hi: int, k: int) -> np.ndarray:
+        """The k best ids of [lo, hi) by unigram rank, best first."""
+        ranks = self._uni_rank[lo:hi]
+        if len(ranks) > k:
+            ranks = np.partition(ranks, k - 1)[:k]
+        return self._uni_order[np.sort(ranks)]
+
+    def _suggest_ids(self, hist: Sequence[int], prefix: str, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        lo, hi = self._prefix_range(prefix)
+        if lo >= hi:
+            return []
+        id_parts: list[np.ndarray] = []
+        val_parts: list[np.ndarray] = []
+        beta = 1.0
+        for n, s, e, g in self._levels_for(hist):
+            seg = self._next[n][s:e]
+            a = int(seg.searchsorted(lo)) if lo else 0
+            b = int(seg.searchsorted(hi))
+            if b > a:
+                id_parts.append(seg[a:b])
+                val_parts.append(beta * self._alpha[n][s + a : s + b])
+            beta *= g
+        top = self._prefix_top.get(prefix)
+        if top is None or len(top) < k:
+            top = self._rank_range(lo, hi, k)
+        else:
+            top = top[:k]
+        if not id_parts:
+            return top.tolist()  # scores are beta * P_1: unigram order
+        # Followers at order n are followers at order n-1 too (an n-gram's suffix has a left
+        # neighbour), so the lowest seen order's ids hold every candidate but the P_1 top list.
+        ids = id_parts[-1]
+        score = val_parts[-1] + beta * self._uni[ids]
+        for hi_ids, hi_vals in zip(id_parts[:-1], val_parts[:-1]):
+            pos = ids.searchsorted(hi_ids)
+            if pos[-1] >= len(ids) or not np.array_equal(ids[pos], hi_ids):  # cannot happen for fitted counts
+                ids, inv = np.unique(np.concatenate(id_parts), return_inverse=True)
+                score = np.bincount(inv, weights=np.concatenate(val_parts)) + beta * self._uni[ids]
+                break
+            score[pos] += hi_vals
+        # Any other word scores beta * P_1(w), below each of the P_1 top list, so only the
+        # top list's words missing from `ids` can still make the top k.
+        pos = np.minimum(ids.searchsorted(top), len(ids) - 1)
+        extra = top[ids[pos] != top]
+        if len(extra):
+            ids = np.concatenate([ids, extra])
+            score = np.concatenate([score, beta * self._uni[extra]])
+        if len(ids) > k:
+            keep = score >= np.partition(score, len(score) - k)[len(score) - k]  # ties stay in
+            ids, score = ids[keep], score[keep]
+        best = np.lexsort((self._uni_rank[ids], -score))[:k]
+        return ids[best].tolist()
+
+    def suggest(self, context: Sequence[str] = (), prefix: str = "", k: int = 3) -> list[str]:
+        """Top-k distinct words after `context` (tokens, e.g. ["<s>", "I"]) starting with `prefix`."""
+        self._check()
+        return [self.vocab[i] for i in self._suggest_ids(self._ids(context), prefix, k)]
+
+    # ------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the model as a numpy .npz (no pickle): loading it needs no refit."""
+        self._check()
+        arrays: dict[str, np.ndarray] = {
+            "meta": np.array([self.order, self.min_count, self.n_words], dtype=np.int64),
+            "fixed_discount": np.array([np.nan if self.discount is None else self.discount]),
+            "vocab": np.array(self.vocab, dtype=str),
+            "freq": self._freq,
+            "uni": self._uni,
+            "discounts": np.array([self.discounts[n] for n in range(1, self.order + 1)]),
+        }
+        for n, parts in self._levels.items():
+            for name, arr in zip(("ctx", "bounds", "gamma", "next", "alpha"), parts):
+                arrays[f"{name}{n}"] = arr
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> KneserNeyLM:
+        """Read a model written by `save`."""
+        with np.load(path, allow_pickle=False) as z:
+            order, min_count, n_words = (int(x) for x in z["meta"])
+            fixed = float(z["fixed_discount"][0])
+            lm = cls(order, None if math.isnan(fixed) else fixed, min_count)
+            discounts = {n + 1: (float(d[0]), float(d[1]), float(d[2])) for n, d in enumerate(z["discounts"])}
+            levels = {
+                n: tuple(z[f"{name}{n}"] for name in ("ctx", "bounds", "gamma", "next", "alpha"))
+                for n in range(2, order + 1)
+            }
+            lm._install(z["vocab"].tolist(), n_words, z["freq"], z["uni"], discounts, levels)
+        return lm
+
+
+class NgramSession:
+    """The context of one text being typed: fed completed chunks, asked for next words."""
+
+    def __init__(self, lm: KneserNeyLM) -> None:
+        self._lm = lm
+        self._keep = max(lm.order - 1, 1)
+        self._hist: list[int] = [lm._bos]
+
+    @property
+    def context(self) -> list[str]:
+        """The tokens the next prediction is conditioned on (at most order-1 of them)."""
+        return [self._lm.vocab[i] for i in self._hist]
+
+    def feed(self, chunk: str) -> float:
+        """Append a completed chunk's tokens to the context; return their summed natural-log probability."""
+        lm = self._lm
+        lp = 0.0
+        for tok in words_of_chunk(chunk):
+            w = lm._index.get(tok, lm._unk)
+            lp += math.log(lm._prob_id(w, self._hist))
+            self._hist.append(w)
+        if len(self._hist) > self._keep:
+            del self._hist[: -self._keep]
+        return lp
+
+    def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
+        """Top-k distinct words given the context so far that start with `prefix` ("" = next word)."""
+        return [self._lm.vocab[i] for i in self._lm._suggest_ids(self._hist, prefix, k)]
+
+    def reset(self) -> None:
+        """Start a new text: the context goes back to <s>."""
+        self._hist = [self._lm._bos]

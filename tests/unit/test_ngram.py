@@ -1,0 +1,280 @@
+"""The Kneser-Ney baseline: tokenization, a proper distribution, KN behaviour, fast suggest."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+import numpy as np
+import pytest
+
+import model.ngram as ngram
+from model.ngram import KneserNeyLM, chunks, leading_word, words_of_chunk
+
+WORD = re.compile(r"[\w']+")
+
+
+def synthetic_corpus(seed: int = 0, n_records: int = 300) -> list[str]:
+    """Random text with structure: each word has a few likely followers, some punctuation and case."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = sorted({"".join(rng.choice(letters) for _ in range(rng.randint(2, 6))) for _ in range(500)})
+    words += [w.capitalize() for w in words[:60]] + ["don't", "o'er", "'tis"]
+    followers = {w: rng.sample(words, 4) for w in words}
+    texts = []
+    for _ in range(n_records):
+        w = rng.choice(words[: len(words) // 3])
+        out = [w]
+        for _ in range(rng.randint(2, 14)):
+            w = rng.choice(followers[w]) if rng.random() < 0.7 else rng.choice(words)
+            out.append(w + rng.choice(["", "", "", "", ",", "."]))
+        texts.append(" ".join(out))
+    return texts
+
+
+def brute_force_top(lm: KneserNeyLM, context: list[str], prefix: str, k: int) -> np.ndarray:
+    """Probabilities of the k best suggestable words, ranked from the full distribution."""
+    p = lm.distribution(context)
+    ok = [i for i, w in enumerate(lm.vocab[: len(p)]) if w.startswith(prefix) and re.search(r"\w", w)
+          and WORD.fullmatch(w)]
+    return np.sort(p[ok])[::-1][:k]
+
+
+@pytest.fixture(scope="module")
+def synth() -> KneserNeyLM:
+    return KneserNeyLM.fit(synthetic_corpus())
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+def test_chunks_split_on_any_whitespace():
+    assert chunks("  Hello,\tworld!\n  don't  ") == ["Hello,", "world!", "don't"]
+    assert chunks("") == []
+
+
+def test_words_of_chunk_keeps_apostrophes_and_splits_punctuation():
+    assert words_of_chunk("know't,") == ["know't", ","]
+    assert words_of_chunk("'Tis") == ["'Tis"]
+    assert words_of_chunk("(well...)") == ["(", "well", ".", ".", ".", ")"]
+    assert words_of_chunk("o'er-hasty;") == ["o'er", "-", "hasty", ";"]
+    assert words_of_chunk("café!") == ["café", "!"]
+
+
+def test_leading_word_is_the_prediction_target():
+    assert leading_word("don't,") == "don't"
+    assert leading_word("o'er-hasty") == "o'er"
+    assert leading_word("'Tis") == "'Tis"
+    assert leading_word("Hello!") == "Hello"
+    assert leading_word("(well") is None
+    assert leading_word("--") is None
+    assert leading_word("") is None
+
+
+# ---------------------------------------------------------------- a distribution
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"discount": 0.7}, {"min_count": 2}, {"order": 1}, {"order": 2}, {"order": 4}])
+def test_probabilities_sum_to_one(kwargs):
+    texts = synthetic_corpus(seed=1, n_records=150)
+    lm = KneserNeyLM.fit(texts, **kwargs)
+    first = words_of_chunk(texts[0])
+    contexts = [[], ["<s>"], ["<s>", first[0]], ["<s>", *first[:3]], first[:2], ["never-seen", "zzzz"], ["<unk>"]]
+    for ctx in contexts:
+        p = lm.distribution(ctx)
+        assert len(p) == len(lm.vocab) - 1  # every token but <s>
+        assert p.min() > 0
+        assert p.sum() == pytest.approx(1.0, abs=1e-9)
+        for tok in (first[1], ",", "</s>", "<unk>"):
+            assert lm.prob(tok, ctx) == pytest.approx(p[lm.vocab.index(tok)], rel=1e-12)
+
+
+def test_discounts_are_estimated_per_order_and_valid(synth):
+    assert set(synth.discounts) == {1, 2, 3}
+    for d1, d2, d3 in synth.discounts.values():
+        assert 0 < d1 < 1 and 0 < d2 < 2 and 0 < d3 < 3
+    fixed = KneserNeyLM.fit(synthetic_corpus(n_records=50), discount=0.6)
+    assert all(d == (0.6, 0.6, 0.6) for d in fixed.discounts.values())
+
+
+# ---------------------------------------------------------------- Kneser-Ney behaviour
+
+
+def francisco_corpus() -> list[str]:
+    texts = ["we flew to San Francisco ."] * 8  # frequent, but after one word only
+    texts += [f"{owner} glasses broke" for owner in ("my", "your", "his", "her", "new")]  # 5 contexts
+    texts += ["we love it", "to be or not to be"]
+    return texts
+
+
+def test_continuation_counts_beat_raw_frequency():
+    lm = KneserNeyLM.fit(francisco_corpus())
+    text = " ".join(francisco_corpus())
+    assert text.split().count("Francisco") > text.split().count("glasses")
+    # Unigram level alone: glasses (seen after 5 words) over Francisco (after 1).
+    assert lm.prob("glasses", []) > lm.prob("Francisco", [])
+    s = lm.session()
+    s.feed("unheard-of")  # unseen context: the ranking is the unigram (continuation) one
+    ranked = s.suggest("", k=50)
+    assert ranked.index("glasses") < ranked.index("Francisco")
+    # In its own context Francisco still wins (the trigram keeps raw counts).
+    s.reset()
+    s.feed("to")
+    s.feed("San")
+    assert s.suggest("", 1) == ["Francisco"]
+
+
+def cat_corpus() -> list[str]:
+    return ["the cat sat down", "the cat sat still"] + ["a cat ran away"] * 6 + ["the dog barked"] * 10
+
+
+def test_seen_trigram_is_top1():
+    lm = KneserNeyLM.fit(cat_corpus())
+    s = lm.session()
+    for chunk in "the cat".split():
+        s.feed(chunk)
+    assert s.suggest("", 1) == ["sat"]
+    assert s.suggest("s", 1) == ["sat"]
+    assert s.suggest("r", 1) == ["ran"]
+    # The bigram alone prefers "ran": the trigram is what makes "sat" win.
+    bigram = KneserNeyLM.fit(cat_corpus(), order=2).session()
+    bigram.feed("the")
+    bigram.feed("cat")
+    assert bigram.suggest("", 1) == ["ran"]
+
+
+# ---------------------------------------------------------------- suggest
+
+
+@pytest.mark.parametrize("prefix", ["", "a", "b", "ba", "T", "Th", "d", "don", "'", "zzzzzz", ",", "."])
+@pytest.mark.parametrize("k", [1, 3, 10, 1000])
+def test_suggest_respects_prefix_k_and_gives_distinct_words(synth, prefix, k):
+    words = synth.vocab[: synth.n_words]
+    n_matching = sum(w.startswith(prefix) for w in words)
+    s = synth.session()
+    for chunk in ["<start>", *chunks(synthetic_corpus()[3])[:4]]:
+        got = s.suggest(prefix, k)
+        assert len(got) == min(k, n_matching)
+        assert len(set(got)) == len(got)
+        for w in got:
+            assert w.startswith(prefix)
+            assert WORD.fullmatch(w) and re.search(r"\w", w), w
+        s.feed(chunk)
+
+
+def test_suggest_never_offers_punctuation_or_specials():
+    lm = KneserNeyLM.fit(["yes , sir", "yes , madam", "yes , sir !", "' quoth he '", "no"] * 3)
+    p = lm.distribution(["<s>", "yes"])
+    assert lm.vocab[int(np.argmax(p))] == ","  # punctuation is the likeliest next token...
+    s = lm.session()
+    s.feed("yes")
+    got = s.suggest("", 100)
+    assert got and set(got) <= {"yes", "sir", "madam", "quoth", "he", "no"}  # ...but never suggested
+    assert s.suggest("'", 5) == []  # a lone quote mark is not a word
+    assert s.suggest(",", 5) == []
+
+
+def test_suggest_matches_brute_force_ranking(monkeypatch):
+    # Small prefix tables so both the precomputed lists and the on-the-fly ranking are used.
+    monkeypatch.setattr(ngram, "_PREFIX_TABLE_MIN", 8)
+    monkeypatch.setattr(ngram, "_PREFIX_TABLE_K", 4)
+    texts = synthetic_corpus(seed=2)
+    lm = KneserNeyLM.fit(texts)
+    assert len(lm._prefix_top) > 5
+    for text in texts[:25]:
+        s = lm.session()
+        context = ["<s>"]
+        for chunk in chunks(text):
+            for prefix, k in (("", 3), ("", 8), (chunk[:1], 3), (chunk[:1], 6), (chunk[:2], 3)):
+                got = s.suggest(prefix, k)
+                want = brute_force_top(lm, context, prefix, k)
+                got_p = np.array([lm.prob(w, context) for w in got])
+                np.testing.assert_allclose(got_p, want, rtol=1e-9)
+            s.feed(chunk)
+            context += words_of_chunk(chunk)
+
+
+def test_suggest_is_case_sensitive(synth):
+    s = synth.session()
+    assert all(w[0] == "T" for w in s.suggest("T", 20))
+    assert all(w[0] == "t" for w in s.suggest("t", 20))
+
+
+# ---------------------------------------------------------------- feed / session
+
+
+def test_feed_returns_the_log_probability_of_the_chunk_tokens():
+    lm = KneserNeyLM.fit(cat_corpus() + ["hello , world"])
+    s = lm.session()
+    lp = s.feed("the")
+    assert math.isfinite(lp) and lp < 0
+    assert lp == pytest.approx(math.log(lm.prob("the", ["<s>"])))
+    lp = s.feed("cat,")  # two tokens: "cat" then ","
+    assert lp == pytest.approx(math.log(lm.prob("cat", ["<s>", "the"])) + math.log(lm.prob(",", ["the", "cat"])))
+    assert s.context == ["cat", ","]  # only order-1 tokens are kept
+    assert s.feed("") == 0.0
+    assert s.context == ["cat", ","]
+
+
+def test_feed_scores_unknown_words_as_unk():
+    lm = KneserNeyLM.fit(cat_corpus())
+    s = lm.session()
+    lp = s.feed("Zyzzyva")
+    assert math.isfinite(lp) and lp < 0
+    assert lp == pytest.approx(math.log(lm.prob("<unk>", ["<s>"])))
+    assert s.context == ["<s>", "<unk>"]
+    assert len(s.suggest("", 3)) == 3
+
+
+def test_reset_starts_a_new_text(synth):
+    s = synth.session()
+    first = s.suggest("", 5)
+    for chunk in chunks(synthetic_corpus()[7]):
+        s.feed(chunk)
+    assert s.suggest("", 5) != first or s.context != ["<s>"]
+    s.reset()
+    assert s.context == ["<s>"]
+    assert s.suggest("", 5) == first
+
+
+def test_min_count_maps_rare_words_to_unk():
+    texts = ["the cat sat", "the cat sat", "the dog sat", "a zebra"]
+    lm = KneserNeyLM.fit(texts, min_count=2)
+    assert "zebra" not in lm.vocab and "dog" not in lm.vocab and "cat" in lm.vocab
+    assert lm.prob("zebra", ["<s>", "the"]) == lm.prob("<unk>", ["<s>", "the"])
+    assert lm.prob("sat", ["the", "dog"]) == lm.prob("sat", ["the", "<unk>"])
+    assert lm.prob("sat", ["the", "dog"]) > 0.5  # "the dog sat" was counted as "the <unk> sat"
+    assert lm.prob("<unk>", ["<s>", "the"]) > lm.prob("<unk>", ["the", "cat"])  # "the dog" became "the <unk>"
+    s = lm.session()
+    s.feed("the")
+    assert "<unk>" not in s.suggest("", 10)
+
+
+# ---------------------------------------------------------------- persistence / validation
+
+
+def test_save_load_round_trip(tmp_path, synth):
+    path = tmp_path / "kn.npz"
+    synth.save(path)
+    loaded = KneserNeyLM.load(path)
+    assert loaded.vocab == synth.vocab and loaded.order == synth.order and loaded.discounts == synth.discounts
+    a, b = synth.session(), loaded.session()
+    for chunk in chunks(synthetic_corpus()[5]):
+        assert a.suggest("", 5) == b.suggest("", 5)
+        assert a.suggest(chunk[:1], 3) == b.suggest(chunk[:1], 3)
+        assert a.feed(chunk) == b.feed(chunk)
+    np.testing.assert_array_equal(synth.distribution(["<s>"]), loaded.distribution(["<s>"]))
+
+
+@pytest.mark.parametrize("kwargs", [{"order": 0}, {"discount": 0.0}, {"discount": 1.5}, {"min_count": 0}])
+def test_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        KneserNeyLM(**kwargs)
+
+
+def test_rejects_empty_corpus_and_unfitted_use():
+    with pytest.raises(ValueError):
+        KneserNeyLM.fit(["", "   \n"])
+    with pytest.raises(RuntimeError):
+        KneserNeyLM().session()
