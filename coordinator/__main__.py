@@ -1,0 +1,161 @@
+"""`python -m coordinator`: serve the API, or run an admin command against a data directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from coordinator import logs
+from coordinator.config import ConfigError, load_config
+from coordinator.errors import ApiError
+from protocol.artifact import ArtifactError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="coordinator data directory (blobs, keys, SQLite DB)")
+    p.add_argument("--config", help="TOML or JSON config file (also FEDKEYS_COORDINATOR_CONFIG)")
+    p.add_argument("--database-url", help="SQLAlchemy URL; default SQLite in the data dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m coordinator", description=(
+        "FedKeys coordinator. Settings: defaults < --config file < FEDKEYS_COORDINATOR_* env < flags."))
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        return p
+
+    p = cmd("serve", "serve the HTTP API (threaded; use gunicorn 'coordinator.app:create_app()' in production)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    cmd("init", "create the data dir, database schema, signing key and admin token; print them")
+    p = cmd("create-enrollment-key", "create an enrollment key and print it")
+    p.add_argument("--label", default="")
+    p.add_argument("--uses", type=int, default=None, help="how many devices may enroll with it (default: unlimited)")
+    p = cmd("import-version", "import a model version directory (first one becomes stable)")
+    p.add_argument("directory")
+    p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
+    p = cmd("start-round", "open a training round on the stable version")
+    for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float),
+                 ("epochs", int), ("batch-size", int), ("learning-rate", float), ("clip-norm", float),
+                 ("noise-multiplier", float), ("max-examples", int)):
+        p.add_argument(f"--{k}", type=t)
+    p = cmd("close-round", "close a round now (aggregate if it has enough updates)")
+    p.add_argument("round_id", type=int)
+    p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
+    cmd("tick", "close rounds that reached their goal or deadline")
+    cmd("status", "print stable/candidate versions and the latest round")
+    cmd("versions", "list versions with status, epsilon and decisions")
+    cmd("rounds", "list rounds with their counts")
+    cmd("canary", "show the canary comparison of candidate vs stable")
+    p = cmd("rejections", "list rejected updates with their reasons")
+    p.add_argument("--round-id", type=int)
+    for action, help_ in (("promote", "promote a candidate to stable"), ("reject", "reject a candidate"),
+                          ("pin", "make a version stable and turn automatic promotion off"),
+                          ("unpin", "turn automatic promotion back on"),
+                          ("rollback", "make a retired version stable again")):
+        p = cmd(action, help_)
+        p.add_argument("version_id")
+    cmd("public-key", "print the Ed25519 public key (hex) devices must be configured with")
+    cmd("admin-token", "print the admin token")
+    return ap
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {"data_dir": args.data_dir, "database_url": args.database_url}
+    for name in ("host", "port"):
+        flags[name] = getattr(args, name, None)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        flags[key.strip()] = value
+    return flags
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _admin(c: Any, args: argparse.Namespace) -> None:
+    """Run one admin command against the coordinator state."""
+    a = args.command
+    if a == "init":
+        cfg = c.config
+        _print({"data_dir": cfg.data_dir, "database": cfg.resolved_database_url.split("@")[-1],
+                "public_key_hex": c.public_key_hex, "admin_token_file": f"{cfg.data_dir}/admin_token"})
+    elif a == "create-enrollment-key":
+        print(c.create_enrollment_key(label=args.label, uses=args.uses))
+    elif a == "import-version":
+        print(c.import_version(args.directory, as_candidate=False if args.stable else None))
+    elif a == "start-round":
+        keys = ("goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
+                "learning_rate", "clip_norm", "noise_multiplier", "max_examples")
+        rid = c.start_round(**{k: getattr(args, k) for k in keys})
+        _print(c.get_round(rid))
+    elif a == "close-round":
+        _print(c.close_round(args.round_id, force=args.force))
+    elif a == "tick":
+        c.maintenance()
+        _print(c.status())
+    elif a == "status":
+        _print(c.status())
+    elif a == "versions":
+        _print(c.list_versions())
+    elif a == "rounds":
+        _print(c.list_rounds())
+    elif a == "canary":
+        _print(c.canary_comparison())
+    elif a == "rejections":
+        _print(c.rejections(args.round_id))
+    elif a in ("promote", "reject", "pin", "unpin", "rollback"):
+        _print(c.admin_decide(args.version_id, a))
+    elif a == "public-key":
+        print(c.public_key_hex)
+    elif a == "admin-token":
+        print(c.admin_token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not args.command:
+        ap.print_help()
+        return 2
+    try:
+        cfg = load_config(config_file=args.config, flags=_flags(args))
+        logs.setup(cfg.log_level)
+        if args.command == "serve":
+            from werkzeug.serving import make_server
+
+            from coordinator.app import create_app
+            app = create_app(cfg)
+            server = make_server(cfg.host, cfg.port, app, threaded=True)
+            print(f"serving on http://{cfg.host}:{server.server_port}", flush=True)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            return 0
+        from coordinator.service import Coordinator
+        c = Coordinator(cfg)
+        try:
+            _admin(c, args)
+        finally:
+            c.close()
+        return 0
+    except ApiError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    except (ConfigError, ArtifactError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

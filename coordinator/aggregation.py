@@ -1,0 +1,102 @@
+"""Streaming weighted federated averaging and the server optimizers, as pure functions.
+
+The mean is accumulated one update at a time in a single float64 vector, so aggregating N
+updates needs O(model) memory, not O(N x model). The server optimizers treat the averaged
+client delta as a pseudo-gradient (Reddi et al. 2021, "Adaptive Federated Optimization").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+
+def bounded_weight(example_count: int, cap: int) -> float:
+    """Weight of one update: its example count, capped so no single device dominates."""
+    if example_count < 1:
+        raise ValueError(f"example_count must be >= 1, got {example_count}")
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    return float(min(example_count, cap))
+
+
+class StreamingMean:
+    """Weighted mean of equally sized vectors seen one at a time (float64 accumulator)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self._sum = np.zeros(size, dtype=np.float64)
+        self._scratch = np.empty(size, dtype=np.float64)  # reused: no allocation per update
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, vector: np.ndarray, weight: float) -> None:
+        if vector.shape != self._sum.shape:
+            raise ValueError(f"vector has shape {vector.shape}, expected {self._sum.shape}")
+        if not weight > 0:
+            raise ValueError(f"weight must be > 0, got {weight}")
+        np.multiply(vector, weight, out=self._scratch)
+        self._sum += self._scratch
+        self.total_weight += weight
+        self.count += 1
+
+    def mean(self) -> np.ndarray:
+        if self.count == 0:
+            raise ValueError("no updates to average")
+        return (self._sum / self.total_weight).astype(np.float32)
+
+
+def weighted_average(updates: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Weighted mean of `(vector, weight)` pairs; `updates` may be a generator (streamed)."""
+    acc: StreamingMean | None = None
+    for vector, weight in updates:
+        if acc is None:
+            acc = StreamingMean(vector.size)
+        acc.add(vector.ravel(), weight)
+    if acc is None:
+        raise ValueError("no updates to average")
+    return acc.mean()
+
+
+# --- Server optimizers: (weights, mean delta, state) -> (new weights, new state) ---------------
+
+def fedavg(weights: np.ndarray, delta: np.ndarray, *, lr: float = 1.0) -> np.ndarray:
+    """Plain FedAvg: move by the averaged client delta (lr=1 is McMahan et al. 2017)."""
+    return (weights + lr * delta).astype(np.float32)
+
+
+def fedavgm(weights: np.ndarray, delta: np.ndarray, momentum_buf: np.ndarray | None, *,
+            lr: float = 1.0, momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """FedAvg with server momentum (Hsu et al. 2019; Hard et al. 2018 used Nesterov-free 0.9)."""
+    buf = delta.astype(np.float32) if momentum_buf is None else (momentum * momentum_buf + delta).astype(np.float32)
+    return (weights + lr * buf).astype(np.float32), buf
+
+
+def fedadam(weights: np.ndarray, delta: np.ndarray, m: np.ndarray | None, v: np.ndarray | None, *,
+            lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99,
+            eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FedAdam (Reddi et al. 2021): Adam on the pseudo-gradient; eps is their tau."""
+    m = np.zeros_like(delta) if m is None else m
+    v = np.zeros_like(delta) if v is None else v
+    m = (beta1 * m + (1 - beta1) * delta).astype(np.float32)
+    v = (beta2 * v + (1 - beta2) * np.square(delta)).astype(np.float32)
+    return (weights + lr * m / (np.sqrt(v) + eps)).astype(np.float32), m, v
+
+
+def apply_server_optimizer(name: str, weights: np.ndarray, delta: np.ndarray, state: Mapping[str, np.ndarray], *,
+                           lr: float, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
+                           eps: float = 1e-3) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Dispatch by name; `state` holds the optimizer's vectors from the parent version."""
+    if weights.shape != delta.shape:
+        raise ValueError(f"weights {weights.shape} and delta {delta.shape} differ in shape")
+    if name == "fedavg":
+        return fedavg(weights, delta, lr=lr), {}
+    if name == "fedavgm":
+        new, buf = fedavgm(weights, delta, state.get("momentum"), lr=lr, momentum=momentum)
+        return new, {"momentum": buf}
+    if name == "fedadam":
+        new, m, v = fedadam(weights, delta, state.get("m"), state.get("v"), lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+        return new, {"m": m, "v": v}
+    raise ValueError(f"unknown server optimizer {name!r}")

@@ -1,0 +1,1 @@
+"""HTTP blueprints: `devices` (the wire protocol), `admin`, `public` (health, docs, metrics, dashboard)."""

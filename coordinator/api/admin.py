@@ -1,0 +1,92 @@
+"""Admin API (admin bearer token): keys, rounds, versions, canary, promote/pin/rollback."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from coordinator.api.common import admin_auth, coord, json_body
+from coordinator.errors import bad_request
+from protocol import wire
+
+bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+ACTIONS = ("promote", "reject", "pin", "unpin", "rollback")
+
+
+@bp.get("/status")
+@admin_auth
+def status() -> Response:
+    return jsonify(coord().status())
+
+
+@bp.post("/enrollment-keys")
+@admin_auth
+def create_enrollment_key() -> Response:
+    body = json_body()
+    label, uses = body.get("label", ""), body.get("uses")
+    if not isinstance(label, str) or (uses is not None and (isinstance(uses, bool) or not isinstance(uses, int))):
+        raise bad_request("label must be a string and uses an integer or null")
+    return jsonify({"enrollment_key": coord().create_enrollment_key(label=label, uses=uses)}), 201
+
+
+@bp.post("/devices/<device_id>/revoke")
+@admin_auth
+def revoke_device(device_id: str) -> Response:
+    coord().revoke_device(device_id)
+    return jsonify({"device_id": device_id, "revoked": True})
+
+
+@bp.get("/versions")
+@admin_auth
+def versions() -> Response:
+    return jsonify({"versions": coord().list_versions()})
+
+
+@bp.post("/versions/<version_id>/<action>")
+@admin_auth
+def version_action(version_id: str, action: str) -> Response:
+    if action not in ACTIONS:
+        raise bad_request(f"action must be one of {list(ACTIONS)}")
+    return jsonify(coord().admin_decide(version_id, action))
+
+
+@bp.get("/canary")
+@admin_auth
+def canary() -> Response:
+    return jsonify(coord().canary_comparison())
+
+
+@bp.get("/rounds")
+@admin_auth
+def rounds() -> Response:
+    return jsonify({"rounds": coord().list_rounds()})
+
+
+@bp.post("/rounds")
+@admin_auth
+def start_round() -> Response:
+    body = json_body()
+    c = coord()
+    rid = c.start_round(**body)
+    return jsonify(c.get_round(rid)), 201
+
+
+@bp.get("/rounds/<int:round_id>")
+@admin_auth
+def get_round(round_id: int) -> Response:
+    return jsonify(coord().get_round(round_id))
+
+
+@bp.post("/rounds/<int:round_id>/close")
+@admin_auth
+def close_round(round_id: int) -> Response:
+    force = request.args.get("force", "0") in ("1", "true", "yes")
+    return jsonify(coord().close_round(round_id, force=force))
+
+
+@bp.get("/rejections")
+@admin_auth
+def rejections() -> Response:
+    rid = request.args.get("round_id")
+    if rid is not None and not (rid.isascii() and rid.isdigit() and 1 <= int(rid) <= wire.MAX_INT):
+        raise bad_request("round_id must be a positive integer")
+    return jsonify({"rejections": coord().rejections(int(rid) if rid else None)})

@@ -1,0 +1,85 @@
+"""Request helpers shared by the blueprints: JSON bodies, device and admin authentication."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flask import current_app, g, request
+
+from coordinator.errors import ApiError, bad_request
+from coordinator.service import Coordinator
+from protocol import wire
+
+
+def coord() -> Coordinator:
+    return current_app.extensions["fedkeys"]
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a 4xx saying what is wrong with it."""
+    if request.content_length is not None and request.content_length > wire.MAX_JSON_BYTES:
+        raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
+    raw = request.get_data(cache=True)
+    if len(raw) > wire.MAX_JSON_BYTES:
+        raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
+    try:
+        data = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad_request(f"body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise bad_request("body must be a JSON object")
+    return data
+
+
+def parse(cls: type, data: dict[str, Any]) -> Any:
+    """wire.X.from_dict with WireError turned into a 400 (or a protocol_version error)."""
+    try:
+        return cls.from_dict(data)
+    except wire.WireError as e:
+        code = wire.E_PROTOCOL_VERSION if "protocol_version" in str(e) else wire.E_BAD_REQUEST
+        raise ApiError(400, code, str(e)) from e
+
+
+def rate_limit(key: str) -> None:
+    wait = current_app.extensions["fedkeys_ratelimit"].check(key)
+    if wait > 0:
+        coord().metrics.rate_limited.inc()
+        raise ApiError(429, wire.E_RATE_LIMITED, "too many requests", retry_after=round(wait, 2))
+
+
+def _is_admin() -> bool:
+    token = wire.bearer_token(request.headers.get(wire.AUTH_HEADER))
+    return token is not None and hmac.compare_digest(token.encode(), coord().admin_token.encode())
+
+
+def device_auth(view: Callable) -> Callable:
+    """Authenticate the device (token must belong to X-FedKeys-Device), then rate-limit it."""
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        device_id = request.headers.get(wire.DEVICE_HEADER)
+        g.device_id = coord().authenticate(device_id, wire.bearer_token(request.headers.get(wire.AUTH_HEADER)))
+        rate_limit("device:" + g.device_id)
+        return view(*args, **kwargs)
+    return wrapper
+
+
+def device_or_admin_auth(view: Callable) -> Callable:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not _is_admin():
+            return device_auth(view)(*args, **kwargs)
+        return view(*args, **kwargs)
+    return wrapper
+
+
+def admin_auth(view: Callable) -> Callable:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not _is_admin():
+            raise ApiError(401, wire.E_UNAUTHORIZED, "admin token required")
+        return view(*args, **kwargs)
+    return wrapper

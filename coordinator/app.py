@@ -1,0 +1,85 @@
+"""Flask app factory: `gunicorn 'coordinator.app:create_app()'` or `python -m coordinator serve`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from coordinator.api import admin, devices, public
+from coordinator.config import Config, load_config
+from coordinator.errors import ApiError
+from coordinator.ratelimit import RateLimiter
+from coordinator.service import Coordinator
+from protocol import wire
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {400: wire.E_BAD_REQUEST, 401: wire.E_UNAUTHORIZED, 403: wire.E_FORBIDDEN, 404: wire.E_NOT_FOUND,
+               405: wire.E_METHOD, 413: wire.E_TOO_LARGE, 429: wire.E_RATE_LIMITED}
+
+
+def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. `config`: a Config, a mapping of overrides on the defaults, or None to
+    read file + environment (what gunicorn does)."""
+    if config is None:
+        cfg = load_config()
+    elif isinstance(config, Config):
+        cfg = config
+    else:
+        cfg = Config().with_overrides(config, source="create_app")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.config["FEDKEYS"] = cfg
+    app.json.sort_keys = False
+    coordinator = Coordinator(cfg)
+    app.extensions["fedkeys"] = coordinator
+    app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
+    for bp in (devices.bp, admin.bp, public.bp):
+        app.register_blueprint(bp)
+    _register_errors(app)
+    _register_metrics(app, coordinator)
+    return app
+
+
+def _error(status: int, body: dict[str, Any], retry_after: float | None = None) -> Response:
+    resp = jsonify(body)
+    resp.status_code = status
+    if retry_after is not None:
+        resp.headers[wire.RETRY_AFTER_HEADER] = str(max(1, int(retry_after + 0.999)))
+    return resp
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(e: ApiError) -> Response:
+        return _error(e.status, e.body(), e.retry_after)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        status = e.code or 500
+        code = _HTTP_CODES.get(status, wire.E_BAD_REQUEST if status < 500 else wire.E_INTERNAL)
+        return _error(status, wire.ErrorBody(code, e.description or e.name).to_dict())
+
+    @app.errorhandler(Exception)
+    def _internal(e: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, wire.ErrorBody(wire.E_INTERNAL, "internal error").to_dict(), retry_after=5)
+
+
+def _register_metrics(app: Flask, coordinator: Coordinator) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        coordinator.metrics.requests.labels(endpoint, request.method, str(resp.status_code)).inc()
+        elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
+        coordinator.metrics.request_seconds.labels(endpoint).observe(elapsed)
+        return resp

@@ -1,0 +1,173 @@
+"""The coordinator's one validated settings object: defaults < file < environment < flags.
+
+Unknown keys are errors everywhere (a misspelt setting silently ignored is a setting not set).
+Environment variables are ``FEDKEYS_COORDINATOR_<KEY>`` (upper case); the config file is TOML
+or JSON, named by ``--config`` or ``FEDKEYS_COORDINATOR_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FEDKEYS_COORDINATOR_"
+ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has an invalid value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = "./coordinator-data"  # blobs, signing key, admin token, SQLite file
+    database_url: str = ""                # empty: sqlite:///<data_dir>/coordinator.db
+    host: str = "127.0.0.1"
+    port: int = 8400
+    admin_token: str = ""                 # empty: generated into <data_dir>/admin_token on first start
+    log_level: str = "INFO"
+    # Limits
+    max_body_bytes: int = 64 * 1024 * 1024   # hard cap on any request body (413 above)
+    rate_limit_per_minute: float = 120.0     # per device, token bucket refill
+    rate_limit_burst: int = 30
+    # Pace steering: how long devices wait between check-ins (jittered to avoid a herd)
+    checkin_interval_s: float = 300.0
+    checkin_jitter: float = 0.5              # +- fraction of the interval
+    # Round defaults (start-round may override)
+    goal_count: int = 100
+    overselect: float = 1.3                  # select 130 % of goal: some devices drop out
+    min_count: int = 50                      # at the deadline, aggregate only with this many
+    round_duration_s: float = 1800.0
+    epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.5
+    clip_norm: float = 1.0
+    noise_multiplier: float = 0.0
+    max_examples: int = 1000
+    # Aggregation
+    max_example_weight: int = 1000           # per-update weight cap: no device dominates the mean
+    server_optimizer: str = "fedavg"         # fedavg | fedavgm | fedadam
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9             # FedAvgM (Hard et al. 2018 used 0.9)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    adam_epsilon: float = 1e-3               # FedAdam's tau (Reddi et al. 2021)
+    # Privacy accounting
+    privacy_delta: float = 1e-6
+    population_size: int = 0                 # 0: number of enrolled devices
+    # Canary rollout
+    canary_fraction: float = 0.1
+    canary_min_reports: int = 5
+    canary_tolerance: float = 0.005          # candidate top-3 may be at most this much worse
+    max_eval_examples: int = 500
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.port > 0 and self.port < 65536, "port must be 1-65535"),
+            (self.max_body_bytes > 0, "max_body_bytes must be > 0"),
+            (self.rate_limit_per_minute > 0 and self.rate_limit_burst >= 1, "rate limits must be positive"),
+            (self.checkin_interval_s > 0 and 0 <= self.checkin_jitter < 1, "bad check-in interval or jitter"),
+            (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
+            (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
+            (self.round_duration_s > 0, "round_duration_s must be > 0"),
+            (self.epochs >= 1 and self.batch_size >= 1 and self.max_examples >= 1, "bad plan sizes"),
+            (self.learning_rate > 0 and self.clip_norm > 0 and self.noise_multiplier >= 0, "bad plan rates"),
+            (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
+            (self.server_optimizer in SERVER_OPTIMIZERS, f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
+            (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
+            (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
+            (self.population_size >= 0, "population_size must be >= 0"),
+            (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
+            (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'coordinator.db'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, Any], *, source: str = "overrides") -> Config:
+        """A copy with `overrides` applied; strings are coerced to the field's type."""
+        return replace(self, **_coerce_all(overrides, source))
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    default = _FIELDS[name].default
+    kind = type(default)
+    try:
+        if isinstance(value, str) and kind is not str:
+            if kind is bool:
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return kind(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) != isinstance(default, bool):
+            raise TypeError(f"expected {kind.__name__}")
+        return value
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {name}={value!r} is not a valid {kind.__name__}") from e
+
+
+def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}")
+    return {k: _coerce(k, v, source) for k, v in values.items()}
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a TOML or JSON config file into a flat mapping."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
+    try:
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a table/object")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """FEDKEYS_COORDINATOR_* variables as settings (unknown names are errors)."""
+    out = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_CONFIG_FILE:
+            out[key[len(ENV_PREFIX):].lower()] = value
+    return out
+
+
+def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None) -> Config:
+    """Build the config: defaults < file < environment < flags (None flags are ignored)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file or environ.get(ENV_CONFIG_FILE)
+    if path:
+        merged |= _coerce_all(read_config_file(path), str(path))
+    merged |= _coerce_all(env_overrides(environ), "environment")
+    if flags:
+        merged |= _coerce_all({k: v for k, v in flags.items() if v is not None}, "flags")
+    # Validated once, on the merged result: a file may raise goal_count while a flag raises min_count.
+    return Config(**merged)

@@ -1,0 +1,31 @@
+"""The coordinator's one root error: an API error with an HTTP status and a wire error code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import wire
+
+
+class ApiError(Exception):
+    """Raised anywhere in request handling; rendered as a JSON wire.ErrorBody."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.details = details or {}
+
+    def body(self) -> dict[str, Any]:
+        return wire.ErrorBody(self.code, self.message, self.retry_after, self.details).to_dict()
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, wire.E_BAD_REQUEST, message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, wire.E_NOT_FOUND, message)

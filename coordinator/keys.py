@@ -1,0 +1,71 @@
+"""Secrets kept in the data directory: the Ed25519 signing key and the admin token.
+
+Both are created on first start with mode 0600. The signing key signs every version manifest;
+devices are configured with its public key (`python -m coordinator public-key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+SIGNING_KEY_FILE = "signing_key.pem"
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_or_create_signing_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey:
+    path = Path(data_dir) / SIGNING_KEY_FILE
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        try:
+            _write_secret(path, pem)
+        except FileExistsError:
+            pass  # another worker won the race; use its key
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise TypeError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def public_key_hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def load_or_create_admin_token(data_dir: str | os.PathLike) -> str:
+    path = Path(data_dir) / ADMIN_TOKEN_FILE
+    if not path.exists():
+        try:
+            _write_secret(path, secrets.token_urlsafe(32).encode())
+        except FileExistsError:
+            pass
+    return path.read_text().strip()
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    """Tokens are high-entropy random strings, so one sha256 is enough (no password hashing)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, digest: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), digest)

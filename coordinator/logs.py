@@ -1,0 +1,41 @@
+"""Structured (JSON lines) logging, configured only at entry points."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+             "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (it may be swapped, e.g. by test capture)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+def setup(level: str = "INFO", *, json_lines: bool = True) -> None:
+    handler = _StderrHandler()
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not any(getattr(h, "_fedkeys", False) for h in root.handlers):
+        handler._fedkeys = True  # type: ignore[attr-defined]  # idempotent across repeated setup() calls
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("absl").setLevel(logging.ERROR)      # dp-accounting's convergence chatter
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin on every start

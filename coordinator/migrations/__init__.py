@@ -1,0 +1,1 @@
+"""Alembic migrations; applied by `coordinator.db.migrate` on every start."""

@@ -1,0 +1,192 @@
+"""The OpenAPI 3 document for every endpoint (a test checks it matches the URL map exactly)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import wire
+
+_ERR = {"$ref": "#/components/schemas/Error"}
+_NUM = {"type": "number"}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_BOOL = {"type": "boolean"}
+_METRIC = {"oneOf": [_NUM, {"type": "string", "enum": ["nan", "inf", "-inf"]}]}
+_ANY_OBJ = {"type": "object", "additionalProperties": True}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        d["required"] = required
+    return d
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _STR, "message": _STR, "retry_after": _NUM, "details": _ANY_OBJ}, ["error", "message"]),
+    "EnrollRequest": _obj({"protocol_version": _INT, "enrollment_key": _STR, "platform": _STR},
+                          ["protocol_version", "enrollment_key"]),
+    "EnrollResponse": _obj({"protocol_version": _INT, "device_id": _STR, "token": _STR},
+                           ["protocol_version", "device_id", "token"]),
+    "CheckinRequest": _obj({"protocol_version": _INT, "eligible": _BOOL,
+                            "current_version_id": {"type": "string", "nullable": True}, "can_evaluate": _BOOL},
+                           ["protocol_version", "eligible"]),
+    "TrainPlan": _obj({"round_id": _INT, "epochs": _INT, "batch_size": _INT, "learning_rate": _NUM,
+                       "clip_norm": _NUM, "noise_multiplier": _NUM, "max_examples": _INT},
+                      ["round_id", "epochs", "batch_size", "learning_rate", "clip_norm", "noise_multiplier",
+                       "max_examples"]),
+    "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
+                  "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
+                  "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
+                  "time_limit_s": _NUM, "candidate_version_id": _STR,
+                  "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT},
+                 ["protocol_version", "kind", "retry_after"]),
+    "UpdateMeta": _obj({"protocol_version": _INT, "round_id": _INT, "base_version_id": _STR, "example_count": _INT,
+                        "idempotency_key": _STR, "encoding": {"type": "string", "enum": list(wire.ENCODINGS)}},
+                       ["protocol_version", "round_id", "base_version_id", "example_count", "idempotency_key",
+                        "encoding"]),
+    "UpdateReceipt": _obj({"protocol_version": _INT, "update_id": _INT, "round_id": _INT, "accepted": _BOOL},
+                          ["protocol_version", "update_id", "round_id", "accepted"]),
+    "VersionMetrics": _obj({"version_id": _STR, "loss_sum": _METRIC, "top1": _METRIC, "top3": _METRIC,
+                            "count": _METRIC}, ["version_id", "loss_sum", "top1", "top3", "count"]),
+    "EvaluationReport": _obj({"protocol_version": _INT, "candidate_version_id": _STR,
+                              "results": {"type": "array", "minItems": 1, "maxItems": wire.MAX_VERSIONS_PER_EVALUATION,
+                                          "items": {"$ref": "#/components/schemas/VersionMetrics"}}},
+                             ["protocol_version", "candidate_version_id", "results"]),
+    "EvaluationReceipt": _obj({"protocol_version": _INT, "candidate_version_id": _STR, "recorded": _BOOL},
+                              ["protocol_version", "candidate_version_id", "recorded"]),
+    "SigningKey": _obj({"protocol_version": _INT, "algorithm": _STR, "public_key_hex": _STR},
+                       ["protocol_version", "algorithm", "public_key_hex"]),
+    "Round": _ANY_OBJ | {"description": "round state: status, plan, goal/min/selected/accepted/rejected counts, "
+                                        "deadline, result_version_id, reason"},
+    "Version": _ANY_OBJ | {"description": "version: status, parent, epsilon/delta and privacy record, metrics, "
+                                          "canary report count, decisions with their numbers"},
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, *, ok: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
+        security: str | None = None, errors: tuple[int, ...] = (400,), params: list | None = None,
+        ok_status: str = "200", binary_ok: bool = False, binary_body: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if binary_ok:
+        responses[ok_status] = {"description": summary,
+                                "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                    "format": "binary"}}}}
+    else:
+        responses[ok_status] = {"description": "OK", **_json(ok or _ANY_OBJ)}
+    codes = set(errors) | ({401, 429} if security == "device" else set()) | ({401} if security == "admin" else set())
+    for code in sorted(codes):
+        responses[str(code)] = {"description": "error", **_json(_ERR)}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    if binary_body:
+        op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}}
+    if security == "device":
+        op["security"] = [{"deviceToken": [], "deviceId": []}]
+    elif security == "admin":
+        op["security"] = [{"adminToken": []}]
+    elif security == "device_or_admin":
+        op["security"] = [{"deviceToken": [], "deviceId": []}, {"adminToken": []}]
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
+def _version_path(template: str) -> str:
+    return template  # already OpenAPI style: /v1/versions/{version_id}/...
+
+
+def build() -> dict[str, Any]:
+    vid = [_path_param("version_id")]
+    rid = [_path_param("round_id", "integer")]
+    meta_header = {"name": wire.UPDATE_META_HEADER, "in": "header", "required": True,
+                   "description": "UpdateMeta as compact JSON", "schema": {"type": "string"}}
+    paths: dict[str, Any] = {
+        wire.PATH_ENROLL: {"post": _op("Enroll a device with an enrollment key", ok=_ref("EnrollResponse"),
+                                       body=_ref("EnrollRequest"), errors=(400, 401, 413, 429))},
+        wire.PATH_CHECKIN: {"post": _op("Check in; get a task (train, evaluate, come back)", ok=_ref("Task"),
+                                        body=_ref("CheckinRequest"), security="device", errors=(400, 413))},
+        wire.PATH_UPDATES: {"post": _op("Upload a training update (safetensors delta)", ok=_ref("UpdateReceipt"),
+                                        binary_body=True, security="device", params=[meta_header],
+                                        errors=(400, 403, 404, 409, 413, 422))},
+        wire.PATH_EVALUATIONS: {"post": _op("Report canary evaluation metrics", ok=_ref("EvaluationReceipt"),
+                                            body=_ref("EvaluationReport"), security="device",
+                                            errors=(400, 403, 409, 413))},
+        wire.PATH_SIGNING_KEY: {"get": _op("Ed25519 public key that signs manifests", ok=_ref("SigningKey"),
+                                           errors=())},
+        wire.PATH_VERSION_MANIFEST: {"get": _op("Signed manifest of a version", security="device_or_admin",
+                                                params=vid, errors=(400, 401, 404, 429))},
+        wire.PATH_VERSION_WEIGHTS: {"get": _op("Weights (safetensors)", binary_ok=True, security="device_or_admin",
+                                               params=vid, errors=(400, 401, 404, 429))},
+        wire.PATH_VERSION_GRAPH: {"get": _op("Trainable TFLite graph", binary_ok=True, security="device_or_admin",
+                                             params=vid, errors=(400, 401, 404, 429))},
+        wire.PATH_VERSION_TOKENIZER: {"get": _op("SentencePiece model", binary_ok=True, security="device_or_admin",
+                                                 params=vid, errors=(400, 401, 404, 429))},
+        wire.PATH_HEALTH: {"get": _op("Liveness and database check", errors=())},
+        wire.PATH_OPENAPI: {"get": _op("This document", errors=())},
+        wire.PATH_METRICS: {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "text exposition format", "content": {"text/plain": {"schema": _STR}}}}}},
+        "/dashboard": {"get": {"summary": "Dashboard (HTML)", "responses": {"200": {
+            "description": "HTML page", "content": {"text/html": {"schema": _STR}}}}}},
+        "/v1/dashboard-data": {"get": _op("Versions and rounds for the dashboard", errors=())},
+        "/v1/admin/status": {"get": _op("Stable/candidate versions, latest round", security="admin", errors=())},
+        "/v1/admin/enrollment-keys": {"post": _op(
+            "Create an enrollment key", ok_status="201", security="admin", errors=(400, 413),
+            ok=_obj({"enrollment_key": _STR}, ["enrollment_key"]),
+            body=_obj({"label": _STR, "uses": {"type": "integer", "nullable": True}}))},
+        "/v1/admin/devices/{device_id}/revoke": {"post": _op("Revoke a device", security="admin",
+                                                             params=[_path_param("device_id")], errors=(404,))},
+        "/v1/admin/versions": {"get": _op("List versions", security="admin", errors=(),
+                                          ok=_obj({"versions": {"type": "array", "items": _ref("Version")}}))},
+        "/v1/admin/versions/{version_id}/{action}": {"post": _op(
+            "promote | reject | pin | unpin | rollback a version", ok=_ref("Version"), security="admin",
+            params=[*vid, {"name": "action", "in": "path", "required": True,
+                           "schema": {"type": "string", "enum": ["promote", "reject", "pin", "unpin", "rollback"]}}],
+            errors=(400, 404, 409))},
+        "/v1/admin/canary": {"get": _op("Canary comparison of candidate vs stable", security="admin", errors=())},
+        "/v1/admin/rounds": {
+            "get": _op("List rounds", security="admin", errors=(),
+                       ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}})),
+            "post": _op("Start a round on the stable version", ok=_ref("Round"), ok_status="201", security="admin",
+                        errors=(400, 409, 413), body=_obj({k: _NUM for k in (
+                            "goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
+                            "learning_rate", "clip_norm", "noise_multiplier", "max_examples")}))},
+        "/v1/admin/rounds/{round_id}": {"get": _op("One round", ok=_ref("Round"), security="admin", params=rid,
+                                                   errors=(404,))},
+        "/v1/admin/rounds/{round_id}/close": {"post": _op(
+            "Close a round now (aggregate if it has the minimum; ?force=1 before the deadline)", ok=_ref("Round"),
+            security="admin", errors=(404,),
+            params=[*rid, {"name": "force", "in": "query", "required": False, "schema": _STR}])},
+        "/v1/admin/rejections": {"get": _op("Rejected updates with reasons", security="admin", errors=(400,),
+                                            params=[{"name": "round_id", "in": "query", "required": False,
+                                                     "schema": _INT}])},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "FedKeys coordinator", "version": str(wire.PROTOCOL_VERSION),
+                 "description": "Federated learning coordinator for the FedKeys keyboard. Weights and updates are "
+                                "safetensors bodies; every error is a JSON Error."},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "deviceToken": {"type": "http", "scheme": "bearer"},
+                "deviceId": {"type": "apiKey", "in": "header", "name": wire.DEVICE_HEADER},
+                "adminToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

@@ -1,0 +1,70 @@
+"""Differential-privacy accounting with `dp-accounting` (RDP accountant).
+
+Model: every round is a Poisson-sampled Gaussian mechanism: a device takes part with
+probability q = expected participants / population, its delta is clipped to L2 norm C and
+noised on the device with std sigma*C. The RDP accountant composes the rounds of a version's
+whole training history and converts to (epsilon, delta).
+
+What the guarantee is, honestly:
+* `epsilon` (sampled) holds against anyone who sees only released model versions, assuming
+  participation is as good as uniformly random (pull-based check-in is not exactly Poisson).
+* The coordinator itself sees each device's individual noisy update and knows who took part,
+  so against the coordinator there is no amplification by sampling: `epsilon_local` (q=1,
+  composed over the rounds the device could have joined) is the bound that applies.
+  Without secure aggregation, that weaker number is the one to quote to users.
+* sigma = 0 means no formal guarantee (epsilon = inf).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ACCOUNTANT = "RDP (dp_accounting.rdp.RdpAccountant, integer orders 2-256), Poisson-sampled Gaussian per round"
+# Integer orders only: the fractional ones below 2 fail to converge for large q (absl warns and
+# drops them), integer orders have an exact closed form, and orders above 256 only matter for
+# epsilon far below 1. This set is ~20x faster than the default and gives the same epsilon
+# to 3 digits at q=0.01, sigma=1, 1000 rounds.
+ORDERS = (*range(2, 65), 80, 96, 128, 192, 256)
+
+
+@dataclass(frozen=True)
+class RoundPrivacy:
+    sampling_rate: float     # q in (0, 1]
+    noise_multiplier: float  # sigma >= 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sampling_rate <= 1:
+            raise ValueError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
+        if self.noise_multiplier < 0:
+            raise ValueError("noise_multiplier must be >= 0")
+
+
+def epsilon(history: Sequence[RoundPrivacy], delta: float) -> float:
+    """Epsilon at `delta` after all rounds in `history` (0 rounds: 0; any sigma=0: inf)."""
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    if not history:
+        return 0.0
+    if any(r.noise_multiplier == 0 for r in history):
+        return math.inf
+    import dp_accounting  # heavy (scipy): only when a version is actually accounted
+    from dp_accounting import rdp
+
+    accountant = rdp.RdpAccountant(orders=list(ORDERS))
+    for r, count in Counter(history).items():
+        event = dp_accounting.PoissonSampledDpEvent(r.sampling_rate, dp_accounting.GaussianDpEvent(r.noise_multiplier))
+        accountant.compose(event, count)
+    return float(accountant.get_epsilon(delta))
+
+
+def summarize(history: Sequence[RoundPrivacy], delta: float) -> dict:
+    """What a version records: both epsilons, delta, the history and the assumptions."""
+    eps = epsilon(history, delta)
+    eps_local = epsilon([RoundPrivacy(1.0, r.noise_multiplier) for r in history], delta)
+    return {"epsilon": eps, "epsilon_local": eps_local, "delta": delta, "rounds": len(history),
+            "history": [[r.sampling_rate, r.noise_multiplier] for r in history], "accountant": ACCOUNTANT,
+            "assumptions": "device-side Gaussian noise, no secure aggregation; epsilon holds against observers of "
+                           "released models with random participation, epsilon_local against the coordinator"}

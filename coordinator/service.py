@@ -1,0 +1,633 @@
+"""The coordinator's state machine: enrollment, check-in, rounds, aggregation, canary rollout.
+
+All I/O (database, blobs, signing) happens here; the decisions themselves are the pure
+functions in `aggregation`, `validation`, `privacy` and `rollout`. Every mutation holds one
+process lock and runs in one database transaction, and the round row is locked FOR UPDATE
+(PostgreSQL) so several workers agree too. An update is acknowledged only after its blob is
+fsynced and its row committed: a 2xx is never lost, whatever happens next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator import aggregation, keys, privacy, rollout
+from coordinator.blobs import BlobStore
+from coordinator.config import Config
+from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
+from coordinator.errors import ApiError, bad_request, not_found
+from coordinator.metrics import Metrics
+from coordinator.models import (
+    Assignment,
+    Decision,
+    Device,
+    EnrollmentKey,
+    Evaluation,
+    Rejection,
+    Round,
+    Setting,
+    Update,
+    Version,
+    utcnow,
+)
+from coordinator.validation import UpdateRejected, validate_update
+from protocol import artifact, wire
+
+log = logging.getLogger(__name__)
+
+STABLE, CANDIDATE, REJECTED, RETIRED = "stable", "candidate", "rejected", "retired"
+OPEN, DONE, FAILED = "open", "done", "failed"
+REJECTION_STATUS = {wire.E_UNKNOWN_ROUND: 404, wire.E_NOT_SELECTED: 403, wire.E_LATE: 409, wire.E_DUPLICATE: 409,
+                    wire.E_STALE: 409, wire.E_MALFORMED: 422, wire.E_NORM: 422, wire.E_EXAMPLE_COUNT: 422,
+                    wire.E_BAD_REQUEST: 400}
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat() + "Z"
+
+
+def _jf(x: float) -> float | str:
+    """JSON-safe float (epsilon may be inf)."""
+    return x if math.isfinite(x) else str(x)
+
+
+class Coordinator:
+    """One per process; the Flask app holds it as `app.extensions["fedkeys"]`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(config.resolved_database_url)
+        with data_dir_lock(self.data_dir):
+            migrate(self.engine)
+            self.signing_key = keys.load_or_create_signing_key(self.data_dir)
+            self.admin_token = config.admin_token or keys.load_or_create_admin_token(self.data_dir)
+        self.public_key_hex = keys.public_key_hex(self.signing_key)
+        self._sessions = session_factory(self.engine)
+        self.blobs = BlobStore(self.data_dir / "blobs")
+        self.metrics = Metrics()
+        self._lock = threading.RLock()
+        self._rng = random.Random()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One locked transaction: commit on success, roll back on any error."""
+        with self._lock, self._sessions() as s, s.begin():
+            yield s
+
+    # --- enrollment and auth ---------------------------------------------------------------
+
+    def create_enrollment_key(self, *, label: str = "", uses: int | None = None) -> str:
+        if uses is not None and not 1 <= uses <= wire.MAX_INT:
+            raise bad_request(f"uses must be in [1, {wire.MAX_INT}]")
+        key = keys.new_secret()
+        with self.tx() as s:
+            s.add(EnrollmentKey(key_hash=keys.hash_secret(key), label=label[:128], uses_left=uses, revoked=False))
+        return key
+
+    def enroll(self, req: wire.EnrollRequest) -> wire.EnrollResponse:
+        with self.tx() as s:
+            ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key)))
+            if ek is None or ek.revoked or (ek.uses_left is not None and ek.uses_left <= 0):
+                raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked or used up")
+            if ek.uses_left is not None:
+                ek.uses_left -= 1
+            device_id = "d-" + keys.new_secret()[:22].replace("_", "x").replace("-", "y")
+            token = keys.new_secret()
+            s.add(Device(id=device_id, token_hash=keys.hash_secret(token), enrollment_key_id=ek.id,
+                         platform=req.platform, revoked=False))
+        log.info("enrolled device %s", device_id)
+        return wire.EnrollResponse(device_id=device_id, token=token)
+
+    def authenticate(self, device_id: str | None, token: str | None) -> str:
+        """Return the device id if the token is that device's, else 401."""
+        if not device_id or not token:
+            raise ApiError(401, wire.E_UNAUTHORIZED, f"missing {wire.DEVICE_HEADER} or bearer token")
+        with self._sessions() as s:
+            dev = s.get(Device, device_id[: wire.MAX_ID_LEN])
+            if dev is None or dev.revoked or not keys.secret_matches(token, dev.token_hash):
+                raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
+        return device_id
+
+    def revoke_device(self, device_id: str) -> None:
+        with self.tx() as s:
+            dev = s.get(Device, device_id)
+            if dev is None:
+                raise not_found(f"no device {device_id}")
+            dev.revoked = True
+
+    # --- versions ----------------------------------------------------------------------------
+
+    def _stable(self, s: Session) -> Version | None:
+        return s.scalar(select(Version).where(Version.status == STABLE))
+
+    def _candidate(self, s: Session) -> Version | None:
+        return s.scalar(select(Version).where(Version.status == CANDIDATE))
+
+    def _pinned(self, s: Session) -> bool:
+        row = s.get(Setting, "pinned")
+        return row is not None and row.value == "1"
+
+    def _next_seq(self, s: Session) -> int:
+        return (s.scalar(select(func.max(Version.seq))) or 0) + 1
+
+    def import_version(self, directory: str | Path, *, as_candidate: bool | None = None) -> str:
+        """Import a version directory (e.g. version 0 from central pretraining), re-signed by us.
+
+        The first version becomes stable; later ones become canary candidates unless
+        `as_candidate` is False (then they replace stable directly).
+        """
+        manifest, weights = artifact.load_version(directory)
+        d = Path(directory)
+        if not wire.is_safe_id(manifest.version_id):
+            raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
+        w_sha = self.blobs.put((d / artifact.WEIGHTS).read_bytes())
+        g_sha = self.blobs.put((d / artifact.GRAPH).read_bytes())
+        t_sha = self.blobs.put((d / artifact.TOKENIZER).read_bytes())
+        with self.tx() as s:
+            if s.get(Version, manifest.version_id) is not None:
+                raise ApiError(409, wire.E_CONFLICT, f"version {manifest.version_id} already imported")
+            stable = self._stable(s)
+            if stable is not None and json.loads(stable.manifest_json)["arch_hash"] != manifest.arch_hash:
+                raise bad_request("imported version has a different architecture than the stable version")
+            status = STABLE if stable is None or as_candidate is False else CANDIDATE
+            if status == STABLE and stable is not None:
+                stable.status = RETIRED
+            if status == CANDIDATE:
+                self._supersede_candidate(s, manifest.version_id)
+            manifest.privacy = privacy.summarize([], self.config.privacy_delta)
+            artifact.sign_manifest(manifest, self.signing_key)
+            s.add(Version(id=manifest.version_id, seq=self._next_seq(s), parent_id=manifest.parent, status=status,
+                          manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
+                          graph_sha256=g_sha, tokenizer_sha256=t_sha, epsilon=0.0, delta=self.config.privacy_delta,
+                          privacy_json=json.dumps(manifest.privacy)))
+            s.flush()
+            s.add(Decision(version_id=manifest.version_id, action="import", actor="admin",
+                           reason=f"imported from {d.name} as {status}", numbers_json="{}"))
+        log.info("imported version %s as %s (%d params)", manifest.version_id, status, len(weights))
+        return manifest.version_id
+
+    def _supersede_candidate(self, s: Session, new_id: str) -> None:
+        old = self._candidate(s)
+        if old is not None:
+            old.status = REJECTED
+            old.decided_at = utcnow()
+            s.add(Decision(version_id=old.id, action="reject", actor="auto",
+                           reason=f"superseded by {new_id} before the canary decided", numbers_json="{}"))
+
+    def version_file(self, version_id: str, kind: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a version's manifest, weights, graph or tokenizer."""
+        with self._sessions() as s:
+            v = s.get(Version, version_id)
+            if v is None:
+                raise not_found(f"no version {version_id!r}")
+            if kind == "manifest":
+                return v.manifest_json.encode(), "application/json"
+            digest = {"weights": v.weights_sha256, "graph": v.graph_sha256, "tokenizer": v.tokenizer_sha256}[kind]
+        return self.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
+
+    def _manifest(self, v: Version) -> artifact.Manifest:
+        return artifact.Manifest.from_dict(json.loads(v.manifest_json))
+
+    # --- rounds ------------------------------------------------------------------------------
+
+    def _population(self, s: Session) -> int:
+        if self.config.population_size:
+            return self.config.population_size
+        return int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
+
+    def start_round(self, **overrides: Any) -> int:
+        """Open a round on the stable version; overrides: goal_count, min_count, overselect,
+        round_duration_s and any TrainPlan field."""
+        c = self.config
+        allowed = {"goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
+                   "learning_rate", "clip_norm", "noise_multiplier", "max_examples"}
+        unknown = set(overrides) - allowed
+        if unknown:
+            raise bad_request(f"unknown round settings {sorted(unknown)}")
+        o = {k: getattr(c, k) for k in allowed} | {k: v for k, v in overrides.items() if v is not None}
+        try:
+            goal, min_count = int(o["goal_count"]), int(o["min_count"])
+            over, duration = float(o["overselect"]), float(o["round_duration_s"])
+            min_count = min(min_count, goal)
+            if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
+                raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
+                                 "0 < round_duration_s <= 30 days")
+            if not 1 <= int(o["max_examples"]) <= 10**9:
+                raise ValueError("max_examples must be in [1, 1e9]")
+            with self.tx() as s:
+                stable = self._stable(s)
+                if stable is None:
+                    raise ApiError(409, wire.E_CONFLICT, "no stable version: import one first")
+                if s.scalar(select(Round).where(Round.status == OPEN)) is not None:
+                    raise ApiError(409, wire.E_CONFLICT, "a round is already open")
+                r = Round(base_version_id=stable.id, status=OPEN, plan_json="{}", goal_count=goal,
+                          max_selected=max(goal, math.ceil(goal * over)), min_count=min_count,
+                          population=self._population(s), deadline=utcnow() + timedelta(seconds=duration), reason="")
+                s.add(r)
+                s.flush()
+                plan = wire.TrainPlan(round_id=r.id, epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
+                                      learning_rate=float(o["learning_rate"]), clip_norm=float(o["clip_norm"]),
+                                      noise_multiplier=float(o["noise_multiplier"]),
+                                      max_examples=int(o["max_examples"]))
+                wire.TrainPlan.from_dict(plan.to_dict())  # same validation as the device applies
+                r.plan_json = json.dumps(plan.to_dict())
+                rid = r.id
+        except (ValueError, TypeError) as e:
+            if isinstance(e, ApiError):
+                raise
+            raise bad_request(f"invalid round settings: {e}") from e
+        self.metrics.rounds.labels("started").inc()
+        log.info("round %d open on %s: goal %d, select up to %d, min %d", rid, stable.id, goal,
+                 max(goal, math.ceil(goal * over)), min_count)
+        return rid
+
+    def _accepted(self, s: Session, round_id: int) -> int:
+        return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0)
+
+    def maintenance(self) -> None:
+        """Close rounds that reached their goal or deadline (lazily, on requests and `tick`)."""
+        with self._sessions() as s:
+            rows = s.execute(select(Round.id, Round.deadline, Round.goal_count).where(Round.status == OPEN)).all()
+            due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or self._accepted(s, rid) >= goal]
+        for rid in due:
+            self.close_round(rid)
+
+    def close_round(self, round_id: int, *, force: bool = False) -> dict[str, Any]:
+        """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
+        if not 1 <= round_id <= wire.MAX_INT:
+            raise not_found(f"no round {round_id}")
+        with self.tx() as s:
+            r = s.get(Round, round_id, with_for_update=True)
+            if r is None:
+                raise not_found(f"no round {round_id}")
+            if r.status != OPEN:
+                return self._round_dict(s, r)
+            n = self._accepted(s, r.id)
+            past = utcnow() >= r.deadline
+            if n >= r.goal_count or ((past or force) and n >= r.min_count):
+                t0 = time.perf_counter()
+                self._aggregate(s, r)
+                self.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
+                self.metrics.rounds.labels("done").inc()
+            elif past or force:
+                r.status, r.closed_at = FAILED, utcnow()
+                r.reason = f"only {n} accepted updates, minimum {r.min_count}"
+                self.metrics.rounds.labels("failed").inc()
+                log.warning("round %d failed: %s", r.id, r.reason)
+            return self._round_dict(s, r)
+
+    def _aggregate(self, s: Session, r: Round) -> None:
+        base = s.get(Version, r.base_version_id)
+        manifest = self._manifest(base)
+        tensors = manifest.tensors
+        plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
+        updates = s.execute(select(Update.blob_sha256, Update.example_count).where(Update.round_id == r.id)
+                            .order_by(Update.id)).all()
+
+        def stream() -> Iterator[tuple[np.ndarray, float]]:
+            for digest, count in updates:  # one decoded update in memory at a time
+                vec = artifact.flatten(artifact.decode_weights(self.blobs.get(digest)), tensors)
+                yield vec, aggregation.bounded_weight(count, self.config.max_example_weight)
+
+        mean_delta = aggregation.weighted_average(stream())
+        base_vec = artifact.flatten(artifact.decode_weights(self.blobs.get(base.weights_sha256)), tensors)
+        opt_state = ({} if base.opt_state_sha256 is None
+                     else artifact.decode_weights(self.blobs.get(base.opt_state_sha256)))
+        c = self.config
+        new_vec, new_state = aggregation.apply_server_optimizer(
+            c.server_optimizer, base_vec, mean_delta, opt_state, lr=c.server_learning_rate, momentum=c.server_momentum,
+            beta1=c.adam_beta1, beta2=c.adam_beta2, eps=c.adam_epsilon)
+        if not np.all(np.isfinite(new_vec)):
+            r.status, r.closed_at, r.reason = FAILED, utcnow(), "aggregate is not finite"
+            return
+        weights_bytes = artifact.encode_weights(artifact.unflatten(new_vec, tensors))
+        w_sha = self.blobs.put(weights_bytes)
+        state_sha = self.blobs.put(artifact.encode_weights(new_state)) if new_state else None
+        seq = self._next_seq(s)
+        vid = f"v{seq:04d}-{w_sha[:8]}"
+        q = min(1.0, len(updates) / max(r.population, len(updates)))
+        history = [privacy.RoundPrivacy(*h) for h in json.loads(base.privacy_json).get("history", [])]
+        history.append(privacy.RoundPrivacy(q, plan.noise_multiplier))
+        priv = privacy.summarize(history, c.privacy_delta)
+        manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha
+        manifest.created_at = utcnow().isoformat() + "Z"
+        manifest.metrics = {"round_id": r.id, "updates": len(updates),
+                            "examples": int(sum(cnt for _, cnt in updates)),
+                            "mean_delta_norm": float(np.linalg.norm(mean_delta)),
+                            "server_optimizer": c.server_optimizer}
+        manifest.privacy = {k: _jf(v) if isinstance(v, float) else v for k, v in priv.items()}
+        artifact.sign_manifest(manifest, self.signing_key)
+        self._supersede_candidate(s, vid)
+        s.add(Version(id=vid, seq=seq, parent_id=base.id, status=CANDIDATE,
+                      manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
+                      graph_sha256=base.graph_sha256, tokenizer_sha256=base.tokenizer_sha256,
+                      opt_state_sha256=state_sha, round_id=r.id, epsilon=priv["epsilon"], delta=c.privacy_delta,
+                      privacy_json=json.dumps(manifest.privacy)))
+        r.status, r.closed_at, r.result_version_id = DONE, utcnow(), vid
+        r.reason = f"aggregated {len(updates)} updates"
+        log.info("round %d done: %d updates -> candidate %s (eps %.3g at delta %g)", r.id, len(updates), vid,
+                 priv["epsilon"], c.privacy_delta)
+
+    def _round_dict(self, s: Session, r: Round) -> dict[str, Any]:
+        selected = int(s.scalar(select(func.count()).select_from(Assignment).where(Assignment.round_id == r.id)) or 0)
+        rejected = int(s.scalar(select(func.count()).select_from(Rejection).where(Rejection.round_id == r.id)) or 0)
+        return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
+                "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
+                "min_count": r.min_count, "population": r.population, "selected": selected,
+                "accepted": self._accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
+                "created_at": _iso(r.created_at), "closed_at": _iso(r.closed_at),
+                "result_version_id": r.result_version_id, "reason": r.reason}
+
+    # --- device calls ------------------------------------------------------------------------
+
+    def _retry_after(self, base: float | None = None) -> float:
+        """Pace steering: the interval, jittered so devices do not come back all at once."""
+        base = self.config.checkin_interval_s if base is None else base
+        j = self.config.checkin_jitter
+        value = base * (1 + self._rng.uniform(-j, j))
+        return round(min(max(value, wire.MIN_RETRY_AFTER_S), wire.MAX_RETRY_AFTER_S), 1)
+
+    def _safe_maintenance(self) -> None:
+        """Maintenance on a device's request must never turn into that device's error."""
+        try:
+            self.maintenance()
+        except Exception:
+            log.exception("round maintenance failed; will retry on the next request")
+
+    def checkin(self, device_id: str, req: wire.CheckinRequest) -> wire.Task:
+        self._safe_maintenance()
+        task = self._checkin(device_id, req)
+        self.metrics.checkins.labels(task.kind).inc()
+        return task
+
+    def _checkin(self, device_id: str, req: wire.CheckinRequest) -> wire.Task:
+        c = self.config
+        with self.tx() as s:
+            s.get(Device, device_id).last_seen_at = utcnow()
+            stable, cand = self._stable(s), self._candidate(s)
+            if stable is None:
+                return wire.Task(kind=wire.TASK_COME_BACK, retry_after=self._retry_after())
+            canary = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
+            use = cand.id if canary else stable.id
+            if canary and req.eligible and req.can_evaluate and s.scalar(select(Evaluation.id).where(
+                    Evaluation.candidate_version_id == cand.id, Evaluation.device_id == device_id)) is None:
+                return wire.Task(kind=wire.TASK_EVALUATE, retry_after=self._retry_after(), use_version_id=use,
+                                 candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
+                                 max_eval_examples=c.max_eval_examples)
+            r = s.scalar(select(Round).where(Round.status == OPEN).with_for_update())
+            if r is not None and req.eligible and utcnow() < r.deadline:
+                assigned = s.scalar(select(Assignment.id).where(Assignment.round_id == r.id,
+                                                                Assignment.device_id == device_id))
+                uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id))
+                n_sel = int(s.scalar(select(func.count()).select_from(Assignment)
+                                     .where(Assignment.round_id == r.id)) or 0)
+                if assigned is None and n_sel < r.max_selected:
+                    s.add(Assignment(round_id=r.id, device_id=device_id))
+                    assigned = -1
+                if assigned is not None and uploaded is None:  # new, or the same task again after a lost reply
+                    remaining = (r.deadline - utcnow()).total_seconds()
+                    return wire.Task(kind=wire.TASK_TRAIN, retry_after=self._retry_after(), use_version_id=use,
+                                     base_version_id=r.base_version_id,
+                                     plan=wire.TrainPlan.from_dict(json.loads(r.plan_json)),
+                                     time_limit_s=round(max(remaining, 0.0), 1))
+            # An open round still short of devices: ask eligible devices back sooner.
+            busy = r is not None and utcnow() < r.deadline
+            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use,
+                             retry_after=self._retry_after(c.checkin_interval_s / 4 if busy else None))
+
+    def _reject(self, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:
+        with self.tx() as s:
+            s.add(Rejection(round_id=round_id, device_id=device_id, reason=code, message=message[:2000]))
+        self.metrics.updates.labels(code).inc()
+        log.info("rejected update from %s for round %s: %s (%s)", device_id, round_id, code, message)
+        return ApiError(REJECTION_STATUS[code], code, message)
+
+    def submit_update(self, device_id: str, meta_header: str | None, body: bytes) -> wire.UpdateReceipt:
+        try:
+            meta = wire.UpdateMeta.from_header(meta_header)
+        except wire.WireError as e:
+            raise self._reject(device_id, None, wire.E_BAD_REQUEST, str(e)) from e
+        with self.tx() as s:
+            r = s.get(Round, meta.round_id, with_for_update=True)
+            existing = None if r is None else s.scalar(
+                select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
+            assigned = None if r is None else s.scalar(
+                select(Assignment.id).where(Assignment.round_id == r.id, Assignment.device_id == device_id))
+            if existing is not None and existing.idempotency_key == meta.idempotency_key:
+                return wire.UpdateReceipt(update_id=existing.id, round_id=existing.round_id)  # a retried upload
+            round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)
+        if r is None:
+            raise self._reject(device_id, None, wire.E_UNKNOWN_ROUND, f"no round {meta.round_id}")
+        if existing is not None:
+            raise self._reject(device_id, r.id, wire.E_DUPLICATE,
+                               f"device already contributed update {existing.id} to round {r.id}")
+        if assigned is None:
+            raise self._reject(device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
+        status, deadline, base_id, plan_json = round_state
+        if status != OPEN or utcnow() >= deadline:
+            raise self._reject(device_id, r.id, wire.E_LATE, f"round {r.id} is closed ({status}, deadline "
+                                                             f"{_iso(deadline)})")
+        if meta.base_version_id != base_id:
+            raise self._reject(device_id, r.id, wire.E_STALE,
+                               f"update is based on {meta.base_version_id}, round {r.id} trains {base_id}")
+        with self._sessions() as s:
+            tensors = self._manifest(s.get(Version, base_id)).tensors
+        try:
+            weights = artifact.decode_weights(body)
+            _, norm = validate_update(weights, tensors, encoding=meta.encoding, example_count=meta.example_count,
+                                      plan=wire.TrainPlan.from_dict(json.loads(plan_json)))
+        except artifact.ArtifactError as e:
+            raise self._reject(device_id, r.id, wire.E_MALFORMED, str(e)) from e
+        except UpdateRejected as e:
+            raise self._reject(device_id, r.id, e.code, e.message) from e
+        digest = self.blobs.put(body)  # fsynced before the row that points to it is committed
+        with self.tx() as s:
+            r = s.get(Round, meta.round_id, with_for_update=True)
+            if r.status != OPEN or utcnow() >= r.deadline or self._accepted(s, r.id) >= r.goal_count:
+                late = True  # closed, past its deadline or full while we validated
+            else:
+                late = False
+                if s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)):
+                    raise ApiError(409, wire.E_DUPLICATE, "a concurrent upload from this device won")
+                u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
+                           blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
+                s.add(u)
+                s.flush()
+                receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
+                goal_reached = self._accepted(s, r.id) >= r.goal_count
+        if late:
+            raise self._reject(device_id, meta.round_id, wire.E_LATE,
+                               f"round {meta.round_id} reached its goal or closed meanwhile")
+        self.metrics.updates.labels("accepted").inc()
+        if goal_reached:
+            try:
+                self.close_round(receipt.round_id)
+            except Exception:  # the update is safe; maintenance will retry the aggregation
+                log.exception("aggregation of round %d failed; will retry", receipt.round_id)
+        return receipt
+
+    def report_evaluation(self, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
+        with self.tx() as s:
+            cand, stable = self._candidate(s), self._stable(s)
+            if cand is None or cand.id != report.candidate_version_id:
+                raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")
+            if not rollout.in_canary(device_id, self.config.canary_fraction):
+                raise ApiError(403, wire.E_FORBIDDEN, "device is not in the canary cohort")
+            by_id = {m.version_id: m for m in report.results}
+            if cand.id not in by_id or stable.id not in by_id:
+                raise bad_request(f"report must include metrics for {cand.id} and {stable.id}")
+            if s.scalar(select(Evaluation.id).where(Evaluation.candidate_version_id == cand.id,
+                                                    Evaluation.device_id == device_id)) is None:
+                s.add(Evaluation(candidate_version_id=cand.id, device_id=device_id,
+                                 report_json=json.dumps(report.to_dict())))
+                s.flush()
+                self._auto_decide(s, cand, stable)
+        return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
+
+    # --- canary decisions --------------------------------------------------------------------
+
+    def _canary_reports(self, s: Session, cand: Version, stable_id: str) -> list[tuple[wire.VersionMetrics, ...]]:
+        out = []
+        for (rj,) in s.execute(select(Evaluation.report_json).where(Evaluation.candidate_version_id == cand.id)):
+            rep = wire.EvaluationReport.from_dict(json.loads(rj))
+            by_id = {m.version_id: m for m in rep.results}
+            if stable_id in by_id:  # reports against an older stable do not count
+                out.append((by_id[cand.id], by_id[stable_id]))
+        return out
+
+    def canary_comparison(self) -> dict[str, Any]:
+        with self._sessions() as s:
+            cand, stable = self._candidate(s), self._stable(s)
+            if cand is None or stable is None:
+                return {"candidate_version_id": None, "stable_version_id": stable.id if stable else None}
+            d = rollout.decide(self._canary_reports(s, cand, stable.id), min_reports=self.config.canary_min_reports,
+                               tolerance=self.config.canary_tolerance)
+            return {"candidate_version_id": cand.id, "stable_version_id": stable.id, "would": d.action,
+                    "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": self._pinned(s)}
+
+    def _auto_decide(self, s: Session, cand: Version, stable: Version) -> None:
+        d = rollout.decide(self._canary_reports(s, cand, stable.id), min_reports=self.config.canary_min_reports,
+                           tolerance=self.config.canary_tolerance)
+        if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and self._pinned(s)):
+            return
+        self._apply(s, cand, d.action, "auto", d.reason, d.numbers)
+        self.metrics.canary_decisions.labels(d.action).inc()
+
+    def _apply(self, s: Session, v: Version, action: str, actor: str, reason: str, numbers: dict) -> None:
+        now = utcnow()
+        if action in ("promote", "pin", "rollback"):
+            old = self._stable(s)
+            if old is not None and old.id != v.id:
+                old.status, old.decided_at = RETIRED, now
+            v.status = STABLE
+            if action != "promote":  # a manual stable change cancels the pending canary
+                cand = self._candidate(s)
+                if cand is not None and cand.id != v.id:
+                    cand.status, cand.decided_at = REJECTED, now
+        elif action == "reject":
+            v.status = REJECTED
+        v.decided_at = now
+        s.add(Decision(version_id=v.id, action=action, actor=actor, reason=reason,
+                       numbers_json=json.dumps(_json_safe(numbers))))
+        log.info("version %s: %s by %s (%s)", v.id, action, actor, reason)
+
+    def admin_decide(self, version_id: str, action: str) -> dict[str, Any]:
+        """promote (a candidate), reject (a candidate), pin (make stable, stop auto-promotion),
+        unpin, rollback (make a retired version stable again)."""
+        with self.tx() as s:
+            v = s.get(Version, version_id)
+            if v is None:
+                raise not_found(f"no version {version_id!r}")
+            if action in ("promote", "reject") and v.status != CANDIDATE:
+                raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}, not a candidate")
+            if action == "rollback" and v.status not in (RETIRED, REJECTED):
+                raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}; roll back to a retired version")
+            if action not in ("promote", "reject", "pin", "unpin", "rollback"):
+                raise bad_request(f"unknown action {action!r}")
+            if action in ("pin", "unpin"):
+                row = s.get(Setting, "pinned") or Setting(key="pinned", value="0")
+                row.value = "1" if action == "pin" else "0"
+                s.add(row)
+            if action == "unpin":
+                s.add(Decision(version_id=v.id, action="unpin", actor="admin", reason="automatic promotion on",
+                               numbers_json="{}"))
+            else:
+                self._apply(s, v, action, "admin", f"admin {action}", {})
+            return self._version_dict(s, v)
+
+    # --- views -------------------------------------------------------------------------------
+
+    def _version_dict(self, s: Session, v: Version) -> dict[str, Any]:
+        evals = int(s.scalar(select(func.count()).select_from(Evaluation)
+                             .where(Evaluation.candidate_version_id == v.id)) or 0)
+        decisions = [{"action": d.action, "actor": d.actor, "reason": d.reason, "numbers": json.loads(d.numbers_json),
+                      "at": _iso(d.created_at)}
+                     for d in s.scalars(select(Decision).where(Decision.version_id == v.id).order_by(Decision.id))]
+        return {"version_id": v.id, "seq": v.seq, "status": v.status, "parent_id": v.parent_id, "round_id": v.round_id,
+                "epsilon": _jf(v.epsilon), "delta": v.delta, "privacy": json.loads(v.privacy_json),
+                "metrics": json.loads(v.manifest_json).get("metrics", {}), "canary_reports": evals,
+                "decisions": decisions, "created_at": _iso(v.created_at), "decided_at": _iso(v.decided_at)}
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            return [self._version_dict(s, v) for v in s.scalars(select(Version).order_by(Version.seq))]
+
+    def list_rounds(self) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            return [self._round_dict(s, r) for r in s.scalars(select(Round).order_by(Round.id))]
+
+    def get_round(self, round_id: int) -> dict[str, Any]:
+        if not 1 <= round_id <= wire.MAX_INT:
+            raise not_found(f"no round {round_id}")
+        with self._sessions() as s:
+            r = s.get(Round, round_id)
+            if r is None:
+                raise not_found(f"no round {round_id}")
+            return self._round_dict(s, r)
+
+    def rejections(self, round_id: int | None = None) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            q = select(Rejection).order_by(Rejection.id)
+            if round_id is not None:
+                q = q.where(Rejection.round_id == round_id)
+            return [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason, "message": x.message,
+                     "at": _iso(x.created_at)} for x in s.scalars(q)]
+
+    def status(self) -> dict[str, Any]:
+        self.maintenance()
+        with self._sessions() as s:
+            stable, cand = self._stable(s), self._candidate(s)
+            r = s.scalar(select(Round).order_by(Round.id.desc()))
+            return {"stable_version_id": stable.id if stable else None,
+                    "candidate_version_id": cand.id if cand else None, "pinned": self._pinned(s),
+                    "devices": self._population(s), "latest_round": self._round_dict(s, r) if r else None,
+                    "public_key_hex": self.public_key_hex}
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return _jf(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,562 @@
+"""The coordinator <-> device wire protocol: paths, limits, headers and message shapes.
+
+This is the one module both sides import, so a change here is a protocol change. It imports
+only the standard library: the edge runtime installs it on a phone-class device.
+
+Conventions
+-----------
+* JSON bodies, UTF-8, for every message below; binary bodies (weights, updates) are
+  safetensors. Every JSON message carries ``protocol_version``; a peer speaking another
+  version is refused with a ``protocol_version`` error rather than misread.
+* Device calls send ``Authorization: Bearer <token>`` and ``X-FedKeys-Device: <device_id>``;
+  a device can only act as itself. Admin calls send ``Authorization: Bearer <admin token>``.
+* Every error is a 4xx/5xx JSON :class:`ErrorBody` with a machine-readable ``error`` code
+  (one of the ``E_*`` constants) and a human ``message``. Rate-limited and "come back"
+  answers carry ``Retry-After`` (seconds).
+* Update upload: ``POST /v1/updates`` with the safetensors delta as the body and the
+  :class:`UpdateMeta` as compact JSON in the ``X-FedKeys-Update`` header. Re-sending the same
+  upload with the same ``idempotency_key`` after a lost response returns the original
+  :class:`UpdateReceipt` (200); a second, different upload for the same round is a
+  ``duplicate`` (409).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# --- Paths -----------------------------------------------------------------------------------
+API_PREFIX = "/v1"
+PATH_ENROLL = f"{API_PREFIX}/devices/enroll"                  # POST EnrollRequest -> EnrollResponse
+PATH_CHECKIN = f"{API_PREFIX}/checkin"                        # POST CheckinRequest -> Task
+PATH_UPDATES = f"{API_PREFIX}/updates"                        # POST safetensors + X-FedKeys-Update -> UpdateReceipt
+PATH_EVALUATIONS = f"{API_PREFIX}/evaluations"                # POST EvaluationReport -> EvaluationReceipt
+PATH_SIGNING_KEY = f"{API_PREFIX}/signing-key"                # GET -> SigningKey (no auth)
+PATH_VERSION_MANIFEST = f"{API_PREFIX}/versions/{{version_id}}/manifest"    # GET -> signed manifest JSON
+PATH_VERSION_WEIGHTS = f"{API_PREFIX}/versions/{{version_id}}/weights"      # GET -> weights.safetensors
+PATH_VERSION_GRAPH = f"{API_PREFIX}/versions/{{version_id}}/model.tflite"   # GET -> model.tflite
+PATH_VERSION_TOKENIZER = f"{API_PREFIX}/versions/{{version_id}}/tokenizer.model"  # GET -> tokenizer.model
+PATH_HEALTH = "/healthz"
+PATH_OPENAPI = "/openapi.json"
+PATH_METRICS = "/metrics"
+
+# --- Headers -----------------------------------------------------------------------------------
+AUTH_HEADER = "Authorization"
+AUTH_SCHEME = "Bearer"
+DEVICE_HEADER = "X-FedKeys-Device"
+UPDATE_META_HEADER = "X-FedKeys-Update"
+RETRY_AFTER_HEADER = "Retry-After"
+SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
+
+# --- Limits (the coordinator enforces them; the device should not exceed them) ----------------
+MAX_JSON_BYTES = 64 * 1024            # any JSON request body
+MAX_UPDATE_BYTES = 64 * 1024 * 1024   # a safetensors update body (default model: ~3 MB float32)
+MAX_META_HEADER_BYTES = 4096          # the X-FedKeys-Update header
+MAX_ID_LEN = 128                      # device ids, version ids, idempotency keys
+MAX_VERSIONS_PER_EVALUATION = 4
+MAX_INT = 2**31 - 1                   # ids and counts fit a 32-bit signed database column
+MIN_RETRY_AFTER_S = 1.0
+MAX_RETRY_AFTER_S = 24 * 3600.0
+
+# --- Enumerations ------------------------------------------------------------------------------
+TASK_TRAIN = "train"
+TASK_EVALUATE = "evaluate"
+TASK_COME_BACK = "come_back"
+TASK_KINDS = (TASK_TRAIN, TASK_EVALUATE, TASK_COME_BACK)
+ENCODINGS = ("float16", "float32")
+
+# --- Error codes (ErrorBody.error) ------------------------------------------------------------
+E_BAD_REQUEST = "bad_request"          # malformed JSON / missing or wrongly typed field
+E_PROTOCOL_VERSION = "protocol_version"
+E_UNAUTHORIZED = "unauthorized"        # missing or wrong token
+E_FORBIDDEN = "forbidden"              # authenticated, but not allowed (e.g. not selected)
+E_NOT_FOUND = "not_found"
+E_METHOD = "method_not_allowed"
+E_TOO_LARGE = "too_large"
+E_RATE_LIMITED = "rate_limited"        # retry after Retry-After
+E_UNKNOWN_ROUND = "unknown_round"
+E_NOT_SELECTED = "not_selected"        # device has no assignment in that round
+E_LATE = "late"                        # round closed or past its deadline
+E_DUPLICATE = "duplicate"              # device already contributed to this round
+E_STALE = "stale"                      # base version is not the round's base version
+E_MALFORMED = "malformed"              # body not safetensors / names, shapes, dtypes, NaN/Inf
+E_NORM = "norm_exceeded"               # L2 norm above the plan's bound (clip + noise allowance)
+E_EXAMPLE_COUNT = "bad_example_count"  # example count < 1 or above the plan's max_examples
+E_NOT_EVALUATING = "not_evaluating"    # evaluation report for a version not in canary
+E_CONFLICT = "conflict"
+E_INTERNAL = "internal"
+RETRYABLE_ERRORS = frozenset({E_RATE_LIMITED, E_INTERNAL})
+
+
+class WireError(ValueError):
+    """A message does not have the shape this protocol version defines."""
+
+
+# --- Small validators (shared by every from_dict) ---------------------------------------------
+
+def _req(d: Mapping[str, Any], key: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise WireError("message must be a JSON object")
+    if key not in d:
+        raise WireError(f"missing field {key!r}")
+    return d[key]
+
+
+def _str(d: Mapping[str, Any], key: str, *, optional: bool = False, max_len: int = MAX_ID_LEN) -> str | None:
+    if optional and d.get(key) is None:
+        return None
+    v = _req(d, key)
+    if not isinstance(v, str) or not v:
+        raise WireError(f"{key!r} must be a non-empty string")
+    if len(v) > max_len:
+        raise WireError(f"{key!r} longer than {max_len} characters")
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, *, lo: int | None = None, hi: int | None = MAX_INT,
+         default: Any = ...) -> int:
+    if default is not ... and key not in d:
+        return default
+    v = _req(d, key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise WireError(f"{key!r} must be an integer")
+    if lo is not None and v < lo:
+        raise WireError(f"{key!r} must be >= {lo}")
+    if hi is not None and v > hi:
+        raise WireError(f"{key!r} must be <= {hi}")
+    return v
+
+
+def _float(d: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None,
+           finite: bool = True, default: Any = ...) -> float:
+    if default is not ... and key not in d:
+        return default
+    v = _req(d, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise WireError(f"{key!r} must be a number")
+    v = float(v)
+    if finite and not math.isfinite(v):
+        raise WireError(f"{key!r} must be finite")
+    if lo is not None and v < lo:
+        raise WireError(f"{key!r} must be >= {lo}")
+    if hi is not None and v > hi:
+        raise WireError(f"{key!r} must be <= {hi}")
+    return v
+
+
+def _bool(d: Mapping[str, Any], key: str, *, default: Any = ...) -> bool:
+    if default is not ... and key not in d:
+        return default
+    v = _req(d, key)
+    if not isinstance(v, bool):
+        raise WireError(f"{key!r} must be true or false")
+    return v
+
+
+def _check_version(d: Mapping[str, Any]) -> None:
+    v = _req(d, "protocol_version")
+    if v != PROTOCOL_VERSION:
+        raise WireError(f"protocol_version {v!r} not supported (this side speaks {PROTOCOL_VERSION})")
+
+
+def _json_float(x: float) -> float | str:
+    """JSON has no NaN/Inf; evaluation metrics may be non-finite and must survive the trip."""
+    return x if math.isfinite(x) else repr(float(x))
+
+
+def _metric(d: Mapping[str, Any], key: str) -> float:
+    v = _req(d, key)
+    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise WireError(f"{key!r} must be a number")
+    return float(v)
+
+
+# --- Messages ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    """Device -> coordinator: trade a shared enrollment key for an identity."""
+
+    enrollment_key: str
+    platform: str = ""                    # free text, e.g. "linux-aarch64"; never user data
+    protocol_version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "enrollment_key": self.enrollment_key,
+                "platform": self.platform}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnrollRequest:
+        _check_version(d)
+        platform = d.get("platform", "")
+        if not isinstance(platform, str) or len(platform) > MAX_ID_LEN:
+            raise WireError("'platform' must be a string of at most 128 characters")
+        return cls(enrollment_key=_str(d, "enrollment_key", max_len=256), platform=platform)
+
+
+@dataclass(frozen=True)
+class EnrollResponse:
+    """Coordinator -> device: the device id and its secret token (shown once, stored hashed)."""
+
+    device_id: str
+    token: str
+    protocol_version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "device_id": self.device_id, "token": self.token}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnrollResponse:
+        _check_version(d)
+        return cls(device_id=_str(d, "device_id"), token=_str(d, "token", max_len=256))
+
+
+@dataclass(frozen=True)
+class CheckinRequest:
+    """Device -> coordinator: "I am here; may I work?" (pull-based, Bonawitz et al. 2019)."""
+
+    eligible: bool                        # charging, idle and unmetered right now (may train)
+    current_version_id: str | None = None  # the version the device is using for suggestions
+    can_evaluate: bool = True             # has held-out local text for evaluation
+    protocol_version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "eligible": self.eligible,
+                "current_version_id": self.current_version_id, "can_evaluate": self.can_evaluate}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CheckinRequest:
+        _check_version(d)
+        return cls(eligible=_bool(d, "eligible"),
+                   current_version_id=_str(d, "current_version_id", optional=True),
+                   can_evaluate=_bool(d, "can_evaluate", default=True))
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How to train locally. The update must be clipped to `clip_norm` and noised with
+    std `noise_multiplier * clip_norm` before upload."""
+
+    round_id: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    clip_norm: float
+    noise_multiplier: float
+    max_examples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round_id": self.round_id, "epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "clip_norm": self.clip_norm,
+                "noise_multiplier": self.noise_multiplier, "max_examples": self.max_examples}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
+        return cls(round_id=_int(d, "round_id", lo=1), epochs=_int(d, "epochs", lo=1, hi=100),
+                   batch_size=_int(d, "batch_size", lo=1, hi=4096),
+                   learning_rate=_float(d, "learning_rate", lo=0.0),
+                   clip_norm=_float(d, "clip_norm", lo=0.0),
+                   noise_multiplier=_float(d, "noise_multiplier", lo=0.0),
+                   max_examples=_int(d, "max_examples", lo=1))
+
+
+@dataclass(frozen=True)
+class Task:
+    """Coordinator -> device answer to a check-in.
+
+    Always says which version to use for suggestions (`use_version_id`: stable, or the
+    candidate for canary devices) and when to check in next (`retry_after`, seconds, already
+    jittered). `kind` is "train" (with `base_version_id` and `plan`), "evaluate" (with
+    `candidate_version_id` and `evaluate_version_ids`: report metrics for each), or
+    "come_back" (nothing to do).
+    """
+
+    kind: str
+    retry_after: float
+    use_version_id: str | None = None
+    base_version_id: str | None = None
+    plan: TrainPlan | None = None
+    time_limit_s: float | None = None      # train: upload within this many seconds
+    candidate_version_id: str | None = None
+    evaluate_version_ids: tuple[str, ...] = ()
+    max_eval_examples: int | None = None
+    protocol_version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise WireError(f"unknown task kind {self.kind!r}")
+        if self.kind == TASK_TRAIN and (self.plan is None or not self.base_version_id):
+            raise WireError("a train task needs base_version_id and plan")
+        if self.kind == TASK_EVALUATE and (not self.candidate_version_id or not self.evaluate_version_ids):
+            raise WireError("an evaluate task needs candidate_version_id and evaluate_version_ids")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"protocol_version": self.protocol_version, "kind": self.kind,
+                             "retry_after": self.retry_after, "use_version_id": self.use_version_id}
+        if self.kind == TASK_TRAIN:
+            d.update(base_version_id=self.base_version_id, plan=self.plan.to_dict(),  # type: ignore[union-attr]
+                     time_limit_s=self.time_limit_s)
+        elif self.kind == TASK_EVALUATE:
+            d.update(candidate_version_id=self.candidate_version_id,
+                     evaluate_version_ids=list(self.evaluate_version_ids),
+                     max_eval_examples=self.max_eval_examples)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Task:
+        _check_version(d)
+        kind = _str(d, "kind")
+        kw: dict[str, Any] = {"kind": kind, "retry_after": _float(d, "retry_after", lo=0.0),
+                                  "use_version_id": _str(d, "use_version_id", optional=True)}
+        if kind == TASK_TRAIN:
+            kw.update(base_version_id=_str(d, "base_version_id"), plan=TrainPlan.from_dict(_req(d, "plan")),
+                      time_limit_s=None if d.get("time_limit_s") is None else _float(d, "time_limit_s", lo=0.0))
+        elif kind == TASK_EVALUATE:
+            ids = _req(d, "evaluate_version_ids")
+            if (not isinstance(ids, list) or not ids or len(ids) > MAX_VERSIONS_PER_EVALUATION
+                    or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_LEN for i in ids)):
+                raise WireError("'evaluate_version_ids' must be a list of 1-4 version ids")
+            kw.update(candidate_version_id=_str(d, "candidate_version_id"), evaluate_version_ids=tuple(ids),
+                      max_eval_examples=None if d.get("max_eval_examples") is None
+                      else _int(d, "max_eval_examples", lo=1))
+        elif kind != TASK_COME_BACK:
+            raise WireError(f"unknown task kind {kind!r}")
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """Metadata of an update upload (sent as JSON in the X-FedKeys-Update header).
+
+    The body is a safetensors file holding `new_weights - base_weights` per manifest tensor,
+    every tensor in `encoding` (float16 halves the upload at a small, measured cost).
+    """
+
+    round_id: int
+    base_version_id: str
+    example_count: int
+    idempotency_key: str
+    encoding: str = "float16"
+    protocol_version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise WireError(f"encoding must be one of {ENCODINGS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "round_id": self.round_id,
+                "base_version_id": self.base_version_id, "example_count": self.example_count,
+                "idempotency_key": self.idempotency_key, "encoding": self.encoding}
+
+    def to_header(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UpdateMeta:
+        _check_version(d)
+        enc = _str(d, "encoding")
+        if enc not in ENCODINGS:
+            raise WireError(f"'encoding' must be one of {list(ENCODINGS)}")
+        return cls(round_id=_int(d, "round_id", lo=1), base_version_id=_str(d, "base_version_id"),
+                   example_count=_int(d, "example_count"), idempotency_key=_str(d, "idempotency_key"),
+                   encoding=enc)
+
+    @classmethod
+    def from_header(cls, value: str | None) -> UpdateMeta:
+        if not value:
+            raise WireError(f"missing {UPDATE_META_HEADER} header")
+        if len(value) > MAX_META_HEADER_BYTES:
+            raise WireError(f"{UPDATE_META_HEADER} header longer than {MAX_META_HEADER_BYTES} bytes")
+        try:
+            d = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise WireError(f"{UPDATE_META_HEADER} header is not JSON: {e.msg}") from e
+        return cls.from_dict(d)
+
+
+@dataclass(frozen=True)
+class UpdateReceipt:
+    """Coordinator -> device: the update is durably stored (it will never be lost)."""
+
+    update_id: int
+    round_id: int
+    accepted: bool = True
+    protocol_version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "update_id": self.update_id,
+                "round_id": self.round_id, "accepted": self.accepted}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UpdateReceipt:
+        _check_version(d)
+        return cls(update_id=_int(d, "update_id", lo=1), round_id=_int(d, "round_id", lo=1),
+                   accepted=_bool(d, "accepted"))
+
+
+@dataclass(frozen=True)
+class VersionMetrics:
+    """Aggregate metrics of one version on the device's held-out text. Never text itself.
+
+    `loss_sum` is summed token cross-entropy; top1/top3 are hit counts; `count` is the number
+    of scored tokens. Non-finite values are allowed on the wire (sent as "nan"/"inf") because
+    a broken candidate must be reportable as broken.
+    """
+
+    version_id: str
+    loss_sum: float
+    top1: float
+    top3: float
+    count: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version_id": self.version_id, "loss_sum": _json_float(self.loss_sum),
+                "top1": _json_float(self.top1), "top3": _json_float(self.top3), "count": _json_float(self.count)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VersionMetrics:
+        m = cls(version_id=_str(d, "version_id"), loss_sum=_metric(d, "loss_sum"), top1=_metric(d, "top1"),
+                top3=_metric(d, "top3"), count=_metric(d, "count"))
+        for k in ("top1", "top3", "count"):
+            v = getattr(m, k)
+            if math.isfinite(v) and v < 0:
+                raise WireError(f"{k!r} must be >= 0")
+        if all(math.isfinite(x) for x in (m.top1, m.top3, m.count)) and (m.top1 > m.count or m.top3 > m.count):
+            raise WireError("hit counts cannot exceed 'count'")
+        return m
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Device -> coordinator: metrics for each version of an evaluate task."""
+
+    candidate_version_id: str
+    results: tuple[VersionMetrics, ...]
+    protocol_version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "candidate_version_id": self.candidate_version_id,
+                "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvaluationReport:
+        _check_version(d)
+        res = _req(d, "results")
+        if not isinstance(res, list) or not res or len(res) > MAX_VERSIONS_PER_EVALUATION:
+            raise WireError("'results' must be a list of 1-4 version metrics")
+        results = tuple(VersionMetrics.from_dict(r) for r in res)
+        if len({r.version_id for r in results}) != len(results):
+            raise WireError("'results' lists a version twice")
+        return cls(candidate_version_id=_str(d, "candidate_version_id"), results=results)
+
+
+@dataclass(frozen=True)
+class EvaluationReceipt:
+    """Coordinator -> device: the report was recorded."""
+
+    candidate_version_id: str
+    recorded: bool = True
+    protocol_version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "candidate_version_id": self.candidate_version_id,
+                "recorded": self.recorded}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvaluationReceipt:
+        _check_version(d)
+        return cls(candidate_version_id=_str(d, "candidate_version_id"), recorded=_bool(d, "recorded"))
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The coordinator's Ed25519 public key (raw 32 bytes, hex) that signs every manifest.
+
+    Devices should be configured with it out of band; fetching it is for convenience and
+    for checking that configuration (trust on first use otherwise)."""
+
+    public_key_hex: str
+    algorithm: str = "ed25519"
+    protocol_version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version, "algorithm": self.algorithm,
+                "public_key_hex": self.public_key_hex}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SigningKey:
+        _check_version(d)
+        key = _str(d, "public_key_hex")
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise WireError("'public_key_hex' must be 64 lowercase hex characters")
+        alg = _str(d, "algorithm")
+        if alg != "ed25519":
+            raise WireError(f"unsupported signing algorithm {alg!r}")
+        return cls(public_key_hex=key, algorithm=alg)
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """Every error response. `error` is one of the E_* codes; `retry_after` when retryable."""
+
+    error: str
+    message: str
+    retry_after: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"error": self.error, "message": self.message}
+        if self.retry_after is not None:
+            d["retry_after"] = self.retry_after
+        if self.details:
+            d["details"] = dict(self.details)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ErrorBody:
+        details = d.get("details") or {}
+        if not isinstance(details, dict):
+            raise WireError("'details' must be an object")
+        return cls(error=_str(d, "error"), message=str(_req(d, "message")),
+                   retry_after=None if d.get("retry_after") is None else _float(d, "retry_after", lo=0.0),
+                   details=details)
+
+    @property
+    def retryable(self) -> bool:
+        return self.error in RETRYABLE_ERRORS
+
+
+# --- Helpers for both sides --------------------------------------------------------------------
+
+def version_path(template: str, version_id: str) -> str:
+    """Fill a PATH_VERSION_* template (ids are URL-safe: [A-Za-z0-9._-])."""
+    if not is_safe_id(version_id):
+        raise WireError(f"version id {version_id!r} is not URL-safe")
+    return template.format(version_id=version_id)
+
+
+def is_safe_id(value: str) -> bool:
+    return (isinstance(value, str) and 0 < len(value) <= MAX_ID_LEN
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in value))
+
+
+def device_headers(device_id: str, token: str) -> dict[str, str]:
+    """The headers every authenticated device request carries."""
+    return {AUTH_HEADER: f"{AUTH_SCHEME} {token}", DEVICE_HEADER: device_id}
+
+
+def bearer_token(header_value: str | None) -> str | None:
+    """Extract the token from an Authorization header value, or None."""
+    if not header_value:
+        return None
+    scheme, _, token = header_value.partition(" ")
+    if scheme != AUTH_SCHEME or not token.strip():
+        return None
+    return token.strip()

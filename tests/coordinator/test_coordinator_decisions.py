@@ -1,0 +1,106 @@
+"""Pure decision functions: update validation, privacy accounting, canary cohort and decision."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from coordinator import privacy, rollout
+from coordinator.validation import UpdateRejected, norm_bound, validate_update
+from protocol import wire
+from protocol.artifact import TensorSpec
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+TENSORS = [TensorSpec("a", (4, 4)), TensorSpec("b", (4,))]
+PLAN = wire.TrainPlan(round_id=1, epochs=1, batch_size=8, learning_rate=0.1, clip_norm=1.0, noise_multiplier=0.0,
+                      max_examples=50)
+
+
+def _upd(scale: float, dtype=np.float32) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {t.name: (scale * rng.normal(size=t.shape) / 20).astype(dtype) for t in TENSORS}
+
+
+def test_validate_update_accepts_and_returns_vector_and_norm():
+    u = _upd(1.0)
+    vec, norm = validate_update(u, TENSORS, encoding="float32", example_count=10, plan=PLAN)
+    assert vec.shape == (20,) and norm == pytest.approx(float(np.linalg.norm(vec)))
+    vec16, _ = validate_update(_upd(1.0, np.float16), TENSORS, encoding="float16", example_count=1, plan=PLAN)
+    assert vec16.dtype == np.float32
+
+
+@pytest.mark.parametrize("weights,kw,code", [
+    (_upd(1.0), {"example_count": 0}, wire.E_EXAMPLE_COUNT),
+    (_upd(1.0), {"example_count": 51}, wire.E_EXAMPLE_COUNT),
+    (_upd(1.0), {"encoding": "float16"}, wire.E_MALFORMED),
+    ({"a": np.zeros((4, 4), np.float32)}, {}, wire.E_MALFORMED),
+    (_upd(1.0) | {"b": np.zeros(5, np.float32)}, {}, wire.E_MALFORMED),
+    (_upd(1.0) | {"b": np.array([0, np.inf, 0, 0], np.float32)}, {}, wire.E_MALFORMED),
+    (_upd(100.0), {}, wire.E_NORM),
+])
+def test_validate_update_rejects_with_code(weights, kw, code):
+    args = {"encoding": "float32", "example_count": 10, "plan": PLAN} | kw
+    with pytest.raises(UpdateRejected) as e:
+        validate_update(weights, TENSORS, **args)
+    assert e.value.code == code and e.value.message
+
+
+def test_norm_bound_allows_honest_noise_only():
+    d, clip, sigma = 20_000, 1.0, 0.5
+    bound = norm_bound(clip, sigma, d)
+    rng = np.random.default_rng(0)
+    for _ in range(20):   # an honest clipped + noised update is always inside
+        g = rng.normal(size=d)
+        honest = clip * g / np.linalg.norm(g) + rng.normal(scale=sigma * clip, size=d)
+        assert np.linalg.norm(honest) < bound
+    assert norm_bound(clip, 0.0, d) == pytest.approx(1.001)
+    assert bound < 2 * sigma * clip * math.sqrt(d)                    # but not arbitrarily loose
+
+
+def test_privacy_accounting():
+    r = privacy.RoundPrivacy(0.01, 1.0)
+    assert privacy.epsilon([], 1e-6) == 0.0
+    assert privacy.epsilon([privacy.RoundPrivacy(0.01, 0.0)], 1e-6) == math.inf
+    e1000 = privacy.epsilon([r] * 1000, 1e-6)
+    assert e1000 == pytest.approx(2.44, abs=0.01)                     # the figure checked in libraries.md
+    assert privacy.epsilon([r] * 10, 1e-6) < privacy.epsilon([r] * 100, 1e-6) < e1000
+    s = privacy.summarize([privacy.RoundPrivacy(0.1, 1.0)] * 3, 1e-6)
+    assert 0 < s["epsilon"] < s["epsilon_local"] and s["rounds"] == 3 and "RDP" in s["accountant"]
+    with pytest.raises(ValueError):
+        privacy.RoundPrivacy(0.0, 1.0)
+    with pytest.raises(ValueError):
+        privacy.epsilon([r], 0.0)
+
+
+def _m(vid: str, top3: float, count: float = 100.0, loss: float = 200.0) -> wire.VersionMetrics:
+    return wire.VersionMetrics(vid, loss_sum=loss, top1=top3 / 2, top3=top3, count=count)
+
+
+def test_canary_cohort_is_stable_and_sized():
+    ids = [f"d-{i}" for i in range(4000)]
+    share = sum(rollout.in_canary(i, 0.1) for i in ids) / len(ids)
+    assert 0.08 < share < 0.12
+    assert [rollout.in_canary(i, 0.1) for i in ids[:50]] == [rollout.in_canary(i, 0.1) for i in ids[:50]]
+    assert all(rollout.in_canary(i, 0.2) for i in ids if rollout.in_canary(i, 0.1))   # cohorts nest
+    assert all(rollout.in_canary(i, 1.0) for i in ids[:100])
+
+
+def test_canary_decision():
+    good = [(_m("c", 41), _m("s", 40)), (_m("c", 39.8), _m("s", 40))]
+    d = rollout.decide(good, min_reports=2, tolerance=0.005)
+    assert d.action == rollout.PROMOTE and d.numbers["candidate"]["top3_acc"] == pytest.approx(0.404)
+    assert rollout.decide(good[:1], min_reports=2, tolerance=0.005).action == rollout.WAIT
+    bad = [(_m("c", 30), _m("s", 40))] * 3
+    d = rollout.decide(bad, min_reports=2, tolerance=0.05)
+    assert d.action == rollout.REJECT and d.numbers["top3_diff"] == pytest.approx(-0.1)
+    # Exactly at the tolerance still promotes; just beyond rejects.
+    assert rollout.decide([(_m("c", 39), _m("s", 40))] * 2, min_reports=2, tolerance=0.01).action == rollout.PROMOTE
+    assert rollout.decide([(_m("c", 38.9), _m("s", 40))] * 2, min_reports=2, tolerance=0.01).action == rollout.REJECT
+    nan = [(_m("c", 40, loss=math.nan), _m("s", 40))]
+    assert rollout.decide(nan, min_reports=5, tolerance=0.01).action == rollout.REJECT
+    assert rollout.decide([(_m("c", 0, 0), _m("s", 0, 0))] * 3, min_reports=2, tolerance=0).action == rollout.WAIT
+    with pytest.raises(ValueError):
+        rollout.decide(good, min_reports=0, tolerance=0.0)

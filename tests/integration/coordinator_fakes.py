@@ -1,0 +1,136 @@
+"""Shared helpers for the coordinator tests: fake version directories, a served app, fake devices."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+from sqlalchemy import text
+
+from coordinator.app import create_app
+from coordinator.config import Config
+from coordinator.db import make_engine
+from coordinator.models import Base
+from protocol import artifact, wire
+
+TEST_DB_ENV = "FEDKEYS_TEST_DATABASE_URL"
+SHAPES = {"embedding": (8, 4), "lstm_bias": (6,), "out_bias": (8,)}
+
+
+def make_version(directory: Path, version_id: str = "v0000", *, seed: int = 0,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[artifact.Manifest, dict[str, np.ndarray]]:
+    """A tiny but real version directory (the coordinator only cares about the manifest)."""
+    shapes = shapes or SHAPES
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / artifact.GRAPH).write_bytes(b"not really a tflite graph")
+    (directory / artifact.TOKENIZER).write_bytes(b"not really a sentencepiece model")
+    arch = {"test": True, "shapes": {k: list(v) for k, v in shapes.items()}}
+    rng = np.random.default_rng(seed)
+    weights = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    m = artifact.Manifest(version_id=version_id, arch=arch, arch_hash=artifact.arch_hash(arch),
+                          tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in shapes.items()],
+                          graph_sha256=artifact.sha256_file(directory / artifact.GRAPH),
+                          tokenizer_sha256=artifact.sha256_file(directory / artifact.TOKENIZER), weights_sha256="")
+    artifact.write_version(directory, m, weights)
+    return m, weights
+
+
+def database_url(tmp_path: Path) -> str:
+    """FEDKEYS_TEST_DATABASE_URL (e.g. PostgreSQL in CI), emptied first; else SQLite in tmp_path."""
+    url = os.environ.get(TEST_DB_ENV, "")
+    if not url:
+        return f"sqlite:///{tmp_path / 'coordinator.db'}"
+    engine = make_engine(url)
+    Base.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+    return url
+
+
+def make_config(tmp_path: Path, **overrides: object) -> Config:
+    base = {"data_dir": str(tmp_path / "data"), "database_url": database_url(tmp_path),
+            "rate_limit_per_minute": 60000.0, "rate_limit_burst": 1000, "goal_count": 3, "min_count": 2,
+            "overselect": 1.34, "round_duration_s": 600.0, "checkin_interval_s": 60.0, "canary_fraction": 1.0,
+            "canary_min_reports": 2, "canary_tolerance": 0.01, "clip_norm": 10.0, "noise_multiplier": 0.0,
+            "max_examples": 1000, "max_example_weight": 1000, "admin_token": "admin-secret"}
+    return Config().with_overrides(base | overrides)
+
+
+@dataclass
+class Served:
+    url: str
+    app: object
+    config: Config
+
+    @property
+    def coord(self):
+        return self.app.extensions["fedkeys"]
+
+    def admin(self, method: str, path: str, **kw: object) -> requests.Response:
+        headers = {wire.AUTH_HEADER: f"Bearer {self.config.admin_token}"}
+        return requests.request(method, self.url + path, headers=headers, timeout=10, **kw)
+
+
+@contextmanager
+def serve(config: Config) -> Iterator[Served]:
+    """The real app on a loopback port in a background thread (real HTTP, real sockets)."""
+    from werkzeug.serving import make_server
+
+    app = create_app(config)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield Served(f"http://127.0.0.1:{server.server_port}", app, config)
+    finally:
+        server.shutdown()
+        thread.join(5)
+        app.extensions["fedkeys"].close()
+
+
+class FakeDevice:
+    """Speaks the wire protocol the way the edge runtime does, with numpy deltas."""
+
+    def __init__(self, url: str, enrollment_key: str) -> None:
+        self.url = url
+        r = requests.post(url + wire.PATH_ENROLL, json=wire.EnrollRequest(enrollment_key).to_dict(), timeout=10)
+        assert r.status_code == 200, r.text
+        resp = wire.EnrollResponse.from_dict(r.json())
+        self.device_id, self.token = resp.device_id, resp.token
+        self.headers = wire.device_headers(self.device_id, self.token)
+
+    def checkin(self, eligible: bool = True, current: str | None = None) -> wire.Task:
+        r = requests.post(self.url + wire.PATH_CHECKIN, headers=self.headers, timeout=10,
+                          json=wire.CheckinRequest(eligible=eligible, current_version_id=current).to_dict())
+        assert r.status_code == 200, r.text
+        return wire.Task.from_dict(r.json())
+
+    def upload(self, delta: dict[str, np.ndarray], *, round_id: int, base: str, examples: int,
+               encoding: str = "float32", key: str | None = None, body: bytes | None = None) -> requests.Response:
+        meta = wire.UpdateMeta(round_id=round_id, base_version_id=base, example_count=examples,
+                               idempotency_key=key or uuid.uuid4().hex, encoding=encoding)
+        data = body if body is not None else artifact.encode_weights(delta, encoding)
+        return requests.post(self.url + wire.PATH_UPDATES, data=data, timeout=10,
+                             headers=self.headers | {wire.UPDATE_META_HEADER: meta.to_header(),
+                                                     "Content-Type": wire.SAFETENSORS_MEDIA_TYPE})
+
+    def evaluate(self, candidate: str, results: list[wire.VersionMetrics]) -> requests.Response:
+        rep = wire.EvaluationReport(candidate_version_id=candidate, results=tuple(results))
+        return requests.post(self.url + wire.PATH_EVALUATIONS, json=rep.to_dict(), headers=self.headers, timeout=10)
+
+    def get(self, template: str, version_id: str) -> requests.Response:
+        return requests.get(self.url + wire.version_path(template, version_id), headers=self.headers, timeout=10)
+
+
+def random_delta(seed: int, scale: float = 0.1,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1000 + seed)
+    return {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in (shapes or SHAPES).items()}

@@ -1,0 +1,119 @@
+"""Canary rollout: a good candidate is promoted, a degraded one rejected; devices follow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from coordinator_fakes import FakeDevice, make_config, make_version, random_delta, serve
+
+from coordinator import rollout
+from protocol import wire
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def _candidate_from_round(s, devices, scale: float) -> str:
+    rid = s.coord.start_round(goal_count=2, min_count=2)
+    for i, d in enumerate(devices[:2]):
+        t = d.checkin()
+        assert t.kind == wire.TASK_TRAIN
+        assert d.upload(random_delta(i, scale), round_id=rid, base=t.base_version_id, examples=10).status_code == 200
+    return s.coord.get_round(rid)["result_version_id"]
+
+
+def _report(dev, task: wire.Task, cand_top3: float, stable_top3: float, count: float = 100.0):
+    cand, stable = task.evaluate_version_ids
+    return dev.evaluate(task.candidate_version_id, [
+        wire.VersionMetrics(cand, loss_sum=300.0, top1=cand_top3 / 2, top3=cand_top3, count=count),
+        wire.VersionMetrics(stable, loss_sum=310.0, top1=stable_top3 / 2, top3=stable_top3, count=count)])
+
+
+@pytest.fixture
+def world(tmp_path):
+    with serve(make_config(tmp_path, canary_fraction=0.5, canary_min_reports=2, canary_tolerance=0.01)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(8)]
+        # Device ids are random: enroll more until both cohorts are populated (deterministic outcome).
+        while sum(rollout.in_canary(d.device_id, 0.5) for d in devices) < 3 or all(
+                rollout.in_canary(d.device_id, 0.5) for d in devices):
+            devices.append(FakeDevice(s.url, key))
+        canaries = [d for d in devices if rollout.in_canary(d.device_id, 0.5)]
+        others = [d for d in devices if not rollout.in_canary(d.device_id, 0.5)]
+        yield s, devices, canaries, others
+
+
+def test_good_candidate_is_promoted_to_everyone(world):
+    s, devices, canaries, others = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    t_other = others[0].checkin()
+    assert t_other.use_version_id == "v0000" and t_other.kind != wire.TASK_EVALUATE
+    t1 = canaries[0].checkin()
+    assert t1.kind == wire.TASK_EVALUATE and t1.use_version_id == cand
+    assert _report(canaries[0], t1, cand_top3=41, stable_top3=40).status_code == 200
+    assert s.admin("GET", "/v1/admin/canary").json()["would"] == "wait"
+    # Same device again: idempotent, still counts once.
+    assert _report(canaries[0], t1, cand_top3=41, stable_top3=40).status_code == 200
+    assert s.admin("GET", "/v1/admin/canary").json()["numbers"]["reports"] == 1
+    # A non-canary device may not vote.
+    assert _report(others[0], t1, 90, 10).status_code == 403
+    t2 = canaries[1].checkin()
+    assert _report(canaries[1], t2, cand_top3=40, stable_top3=40.5).status_code == 200
+    versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
+    assert versions[cand]["status"] == "stable" and versions["v0000"]["status"] == "retired"
+    decision = versions[cand]["decisions"][-1]
+    assert decision["action"] == "promote" and decision["actor"] == "auto"
+    assert decision["numbers"]["candidate"]["top3_acc"] == pytest.approx(81 / 200)
+    assert decision["numbers"]["stable"]["top3_acc"] == pytest.approx(80.5 / 200)
+    for d in (others[0], canaries[0]):
+        assert d.checkin().use_version_id == cand
+    page = s.admin("GET", "/v1/dashboard-data").json()
+    assert any(v["version_id"] == cand and v["canary"] for v in page["versions"])
+    assert "<svg" in s.admin("GET", "/dashboard").text
+
+
+def test_degraded_candidate_is_rejected_and_canaries_roll_back(world):
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    for d in canaries[:2]:
+        t = d.checkin()
+        assert t.use_version_id == cand
+        assert _report(d, t, cand_top3=20, stable_top3=40).status_code == 200   # much worse
+    versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
+    assert versions[cand]["status"] == "rejected" and versions["v0000"]["status"] == "stable"
+    d = versions[cand]["decisions"][-1]
+    assert d["action"] == "reject" and d["numbers"]["top3_diff"] == pytest.approx(-0.2)
+    t = canaries[0].checkin()
+    assert t.use_version_id == "v0000" and t.kind != wire.TASK_EVALUATE   # rolled back
+
+
+def test_nonfinite_report_rejects_at_once(world):
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    t = canaries[0].checkin()
+    r = canaries[0].evaluate(cand, [wire.VersionMetrics(cand, math.nan, 1, 2, 10),
+                                    wire.VersionMetrics("v0000", 5.0, 1, 2, 10)])
+    assert r.status_code == 200 and t.kind == wire.TASK_EVALUATE
+    assert s.admin("GET", "/v1/admin/status").json()["candidate_version_id"] is None
+    versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
+    assert versions[cand]["status"] == "rejected" and "non-finite" in versions[cand]["decisions"][-1]["reason"]
+
+
+def test_admin_pin_promote_rollback(world):
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    assert s.admin("POST", "/v1/admin/versions/v0000/pin").json()["status"] == "stable"
+    # Pinned: the pending candidate was cancelled; a new one is not auto-promoted even by a good canary.
+    cand2 = _candidate_from_round(s, devices, 0.01)
+    assert s.coord.status()["candidate_version_id"] == cand2 and cand2 != cand
+    for d in canaries[:2]:
+        t = d.checkin()
+        _report(d, t, 50, 40)
+    assert s.coord.status()["stable_version_id"] == "v0000"
+    assert s.admin("POST", f"/v1/admin/versions/{cand2}/promote").json()["status"] == "stable"
+    assert s.admin("POST", "/v1/admin/versions/v0000/rollback").json()["status"] == "stable"
+    assert s.coord.status()["stable_version_id"] == "v0000"
+    assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
+    assert s.coord.status()["pinned"] is False
