@@ -183,7 +183,15 @@ class Session:
 
     def feed(self, chunk: str) -> float:
         """Append a completed chunk; returns the log-probability the model gave its pieces."""
-        node, lp = self.p.advance(self.nodes[-1], self.p.sp.encode(chunk))
+        ids = self.p.sp.encode(chunk)
+        node, lp, done = self.nodes[-1], 0.0, 0
+        # The completion search usually already stepped through this word's pieces: reuse them.
+        while done < len(ids) and tuple(ids[:done + 1]) in self._memo:
+            lp += float(node.logprobs[ids[done]])
+            node = self._memo[tuple(ids[:done + 1])]
+            done += 1
+        node, rest = self.p.advance(node, ids[done:])
+        lp += rest
         self.chunks.append(chunk)
         self.nodes.append(node)
         self._memo = {}

@@ -1,0 +1,135 @@
+"""`python -m edge_runtime`: enroll the device, run its loop, and manage its local text cache.
+
+Settings: defaults < --config JSON file (or FEDKEYS_EDGE_CONFIG) < FEDKEYS_EDGE_* < flags.
+Every failure is one line on stderr and a non-zero exit; typed text is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from edge_runtime import agent
+from edge_runtime.cache import CacheError
+from edge_runtime.client import ClientError
+from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, load_config
+from edge_runtime.versions import VersionError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="the device's data directory (identity, text cache, models)")
+    p.add_argument("--config", help="JSON settings file (also FEDKEYS_EDGE_CONFIG)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set min_idle_s=60 (repeatable)")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m edge_runtime", description=(
+        "FedKeys device runtime. Settings: defaults < --config file < FEDKEYS_EDGE_* environment < flags."))
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        return p
+
+    p = cmd("enroll", "enroll this device with a coordinator (stores its identity in the data dir)")
+    p.add_argument("--coordinator", help="coordinator base URL, e.g. http://10.0.0.2:8400")
+    p.add_argument("--enrollment-key", required=True, help="the shared enrollment key from the operator")
+    p.add_argument("--public-key", help="the coordinator's Ed25519 public key (64 hex); default: trust on first use")
+    p.add_argument("--force", action="store_true", help="replace an existing enrollment")
+
+    p = cmd("run", "run the device loop: check in, swap models, train or evaluate when told and eligible")
+    p.add_argument("--coordinator", help="override the URL stored at enrollment")
+    p.add_argument("--once", action="store_true", help="one check-in and its task, then exit (0 = ok)")
+    p.add_argument("--eligibility", choices=ELIGIBILITY_MODES,
+                   help="auto: power, idle, load and network checks (default); override:* for emulators")
+
+    p = cmd("type", "commit text into the local cache as the keyboard would (never printed)")
+    p.add_argument("--field-kind", required=True,
+                   help="kind of input field, e.g. message, note; sensitive kinds (password, email, url, "
+                        "number, private ...) are never cached")
+    p.add_argument("--private", action="store_true", help="the field is marked private (never cached)")
+    p.add_argument("text", help="the committed text")
+
+    cmd("pause", "pause learning: no text is cached until resume (persists across restarts)")
+    cmd("resume", "resume learning")
+    cmd("wipe", "delete all cached text from this device")
+    cmd("status", "print enrollment, model versions, cache counts and eligibility as JSON")
+    return ap
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {"data_dir": args.data_dir, "log_level": args.log_level}
+    for name in ("coordinator", "public_key", "eligibility"):
+        flags[name] = getattr(args, name, None)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        flags[key.strip()] = value
+    return flags
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not args.command:
+        ap.print_help()
+        return 2
+    try:
+        cfg = load_config(config_file=args.config, flags=_flags(args))
+        _setup_logging(cfg.log_level)
+        cfg.require_data_dir()
+        c = args.command
+        if c == "enroll":
+            ident = agent.enroll(cfg, args.enrollment_key, force=args.force)
+            print(json.dumps({"device_id": ident.device_id, "coordinator": ident.coordinator,
+                              "public_key_hex": ident.public_key}))
+        elif c == "run":
+            dev = agent.Device.open(cfg)
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            try:
+                return agent.run_loop(dev, once=args.once, stop=stop)
+            finally:
+                dev.close()
+        elif c == "type":
+            stored = agent.type_text(cfg, args.text, args.field_kind, private=args.private)
+            print("cached" if stored else "not cached (sensitive field, empty text or learning paused)")
+        elif c in ("pause", "resume"):
+            with agent.open_cache(cfg) as cache:
+                cache.set_paused(c == "pause")
+            print("learning paused" if c == "pause" else "learning resumed")
+        elif c == "wipe":
+            with agent.open_cache(cfg) as cache:
+                cache.wipe()
+            print("text cache wiped")
+        elif c == "status":
+            print(json.dumps(agent.status(cfg), indent=2))
+        return 0
+    except (ConfigError, agent.AgentError, ClientError, VersionError, CacheError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"error: {e.__class__.__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The device agent: enroll once, then check in, swap versions, train or evaluate, repeat.
+
+`run_once` is one check-in and whatever the coordinator asks for (the testable unit);
+`run_loop` calls it forever, sleeping as the coordinator says (plus our own jitter) and
+backing off exponentially on transient errors. Each task ends in exactly one summary log
+line with counts only: no log line, request or file outside the data directory carries
+typed text (the text cache is the only place it lives).
+
+Layout of the data directory::
+
+    device.json          identity: device id, token, coordinator URL, its public key (0600)
+    text_cache.sqlite3   the text cache (edge_runtime.cache)
+    last_keystroke       mtime = time of the last keystroke (edge_runtime.eligibility)
+    models/              model versions (edge_runtime.versions)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from edge_runtime import trainer
+from edge_runtime.cache import TextCache
+from edge_runtime.client import (
+    ClientError,
+    CoordinatorClient,
+    RejectedError,
+    TransientError,
+)
+from edge_runtime.config import EdgeConfig
+from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
+from edge_runtime.versions import VersionError, VersionStore
+from protocol import wire
+from protocol.artifact import atomic_write
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "device.json"
+ACTIVITY_FILE = "last_keystroke"
+_FATAL_CODES = frozenset({wire.E_UNAUTHORIZED, wire.E_FORBIDDEN, wire.E_PROTOCOL_VERSION})
+
+
+class AgentError(RuntimeError):
+    """The agent cannot go on (not enrolled, revoked, bad setup); the message says why."""
+
+
+# --- identity --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    device_id: str
+    token: str
+    coordinator: str
+    public_key: str = ""          # hex; empty: manifests are checked by sha256 only
+
+    def __repr__(self) -> str:   # never print the token by accident
+        return f"Identity(device_id={self.device_id!r}, coordinator={self.coordinator!r})"
+
+
+def save_identity(data_dir: Path, ident: Identity) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / IDENTITY_FILE
+    atomic_write(path, json.dumps(asdict(ident), indent=1).encode())
+    os.chmod(path, 0o600)
+
+
+def load_identity(data_dir: Path) -> Identity | None:
+    path = data_dir / IDENTITY_FILE
+    try:
+        d = json.loads(path.read_text())
+        return Identity(device_id=str(d["device_id"]), token=str(d["token"]),
+                        coordinator=str(d["coordinator"]), public_key=str(d.get("public_key") or ""))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AgentError(f"{path} is damaged ({e.__class__.__name__}); enroll again with --force") from e
+
+
+def device_platform() -> str:
+    """Free text the coordinator may see: OS and CPU, nothing about the user."""
+    return f"{platform.system().lower()}-{platform.machine().lower()}"[: wire.MAX_ID_LEN]
+
+
+def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
+           session: requests.Session | None = None) -> Identity:
+    """Trade the enrollment key for an identity and store it in the data directory."""
+    data_dir = config.require_data_dir()
+    if not config.coordinator:
+        raise AgentError("no coordinator URL: pass --coordinator")
+    existing = load_identity(data_dir) if (data_dir / IDENTITY_FILE).exists() else None
+    if existing is not None and not force:
+        raise AgentError(f"already enrolled as {existing.device_id}; pass --force to enroll again")
+    client = CoordinatorClient(config.coordinator, session=session, timeout=(5.0, config.http_timeout_s))
+    resp = client.enroll(enrollment_key, platform=device_platform())
+    public_key = config.public_key.lower()
+    if not public_key:
+        public_key = client.signing_key().public_key_hex
+        log.warning("no --public-key given: trusting the coordinator's key %s… on first use", public_key[:16])
+    ident = Identity(resp.device_id, resp.token, config.coordinator.rstrip("/"), public_key)
+    save_identity(data_dir, ident)
+    log.info("enrolled as device %s with %s", ident.device_id, ident.coordinator)
+    return ident
+
+
+# --- the device's parts ----------------------------------------------------------------------
+
+def open_cache(config: EdgeConfig) -> TextCache:
+    return TextCache(config.require_data_dir(), retention_days=config.retention_days,
+                     max_bytes=config.max_cache_bytes, holdout_fraction=config.holdout_fraction)
+
+
+def make_eligibility(config: EdgeConfig) -> Eligibility:
+    policy = Policy(min_idle_s=config.min_idle_s, max_load_per_cpu=config.max_load_per_cpu,
+                    require_power=config.require_power, require_unmetered=config.require_unmetered)
+    activity = ActivityClock(config.require_data_dir() / ACTIVITY_FILE)
+    return Eligibility(policy, activity=activity, override=config.override)
+
+
+def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool = False) -> bool:
+    """What the keyboard does on commit: note the keystroke, cache the text if the rules allow."""
+    ActivityClock(config.require_data_dir() / ACTIVITY_FILE).note_keystroke()
+    with open_cache(config) as cache:
+        return cache.add(text, field_kind, private=private)
+
+
+@dataclass
+class Device:
+    """Everything `run_once` works with; tests build one with fakes for any part."""
+
+    config: EdgeConfig
+    identity: Identity
+    client: CoordinatorClient
+    store: VersionStore
+    cache: TextCache
+    eligibility: Eligibility
+    rng: random.Random = field(default_factory=random.Random)   # jitter only, not privacy-relevant
+    loader: trainer.ModelLoader = trainer.load_model
+
+    @classmethod
+    def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
+        data_dir = config.require_data_dir()
+        ident = load_identity(data_dir)
+        if ident is None:
+            raise AgentError(f"{data_dir} holds no enrolled device: run `python -m edge_runtime enroll` first")
+        url = (config.coordinator or ident.coordinator).rstrip("/")
+        client = CoordinatorClient(url, device_id=ident.device_id, token=ident.token, session=session,
+                                   timeout=(5.0, config.http_timeout_s))
+        key = config.public_key or ident.public_key or None
+        if key is None:
+            log.warning("no coordinator public key configured: model manifests are not signature-checked")
+        return cls(config=config, identity=ident, client=client, store=VersionStore(data_dir, public_key=key),
+                   cache=open_cache(config), eligibility=make_eligibility(config))
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+# --- one step --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepResult:
+    kind: str                     # the task kind, or "error"
+    outcome: str                  # uploaded, rejected, skipped, aborted, reported, idle, failed
+    wait_s: float                 # how long to sleep before the next check-in
+    version_id: str | None        # the version in use for suggestions afterwards
+    counts: dict[str, Any] = field(default_factory=dict)   # numbers only, never text
+
+    def summary(self) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in self.counts.items())
+        return (f"task {self.kind}: {self.outcome}{' ' + extra if extra else ''}; "
+                f"model {self.version_id or 'none'}; next check-in in {self.wait_s:.0f}s")
+
+
+def jittered(seconds: float, config: EdgeConfig, rng: random.Random) -> float:
+    """`seconds` +- config.jitter, within [min_wait_s, max_wait_s]."""
+    value = seconds * (1.0 + rng.uniform(-config.jitter, config.jitter))
+    return min(max(value, config.min_wait_s), config.max_wait_s)
+
+
+def _with_retries(fn: Callable[[], Any], attempts: int, first_wait: float, max_wait: float,
+                  sleep: Callable[[float], Any]) -> Any:
+    """Call fn, retrying TransientError up to `attempts` times with exponential backoff."""
+    wait = first_wait
+    for i in range(attempts):
+        try:
+            return fn()
+        except TransientError as e:
+            if i == attempts - 1:
+                raise
+            delay = min(max(wait, e.retry_after or 0.0), max_wait)
+            log.info("transient error (%s); retry %d/%d in %.0fs", e.code or "network", i + 1, attempts - 1, delay)
+            sleep(delay)
+            wait = min(wait * 2, max_wait)
+    raise AssertionError("unreachable")
+
+
+def _use_version(dev: Device, version_id: str | None) -> None:
+    """Switch suggestions to the coordinator's version; a failed download keeps the current one."""
+    if not version_id or version_id == dev.store.current_id:
+        return
+    try:
+        dev.store.install(version_id, dev.client.fetch)
+    except VersionError as e:
+        log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+
+
+def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple[str, dict[str, Any]]:
+    plan = task.plan
+    assert plan is not None and task.base_version_id is not None  # wire.Task guarantees it
+    decision = dev.eligibility.check()
+    if not decision:
+        return "skipped (no longer eligible)", {"round": plan.round_id}
+    texts = [r.text for r in dev.cache.training_records()]
+    if not texts:
+        return "skipped (no training text)", {"round": plan.round_id}
+    base_dir = dev.store.ensure(task.base_version_id, dev.client.fetch)
+    try:
+        res = trainer.train(base_dir, texts, plan, eligible=dev.eligibility.check,
+                            time_limit_s=task.time_limit_s, loader=dev.loader)
+    except trainer.TrainingAborted as e:
+        return f"aborted ({e.reason})", {"round": plan.round_id, "steps": e.steps_done}
+    finally:
+        del texts
+    counts: dict[str, Any] = {"round": plan.round_id, "steps": res.steps, "examples": res.examples,
+                              "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
+    meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
+                           example_count=res.examples, idempotency_key=uuid.uuid4().hex,
+                           encoding=res.update.encoding)
+    try:
+        receipt = _with_retries(lambda: dev.client.upload_update(res.update.delta, meta),
+                                dev.config.upload_attempts, dev.config.backoff_initial_s,
+                                dev.config.backoff_max_s, sleep)
+    except RejectedError as e:
+        return f"rejected ({e.code or e.status})", counts
+    counts["update_id"] = receipt.update_id
+    return "uploaded", counts
+
+
+def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
+    if not dev.eligibility.check():
+        return "skipped (no longer eligible)", {}
+    texts = [r.text for r in dev.cache.heldout_records()]
+    if not texts:
+        return "skipped (no held-out text)", {}
+    dirs = [dev.store.ensure(v, dev.client.fetch) for v in task.evaluate_version_ids]
+    try:
+        metrics = trainer.evaluate(dirs, texts, max_examples=task.max_eval_examples,
+                                   eligible=dev.eligibility.check, loader=dev.loader)
+    except trainer.TrainingAborted as e:
+        return f"aborted ({e.reason})", {}
+    finally:
+        del texts
+        dev.store.prune()
+    assert task.candidate_version_id is not None
+    report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=tuple(metrics))
+    try:
+        dev.client.report_evaluation(report)
+    except RejectedError as e:
+        return f"rejected ({e.code or e.status})", {}
+    counts = {m.version_id: f"top3={m.top3 / m.count:.3f}" if m.count else "n=0" for m in metrics}
+    counts["tokens"] = int(metrics[0].count) if metrics else 0
+    return "reported", counts
+
+
+def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
+    """One check-in and the task it brings. Transient errors propagate (the loop backs off);
+    a rejected upload or report is an outcome, not an error."""
+    dev.cache.enforce_retention()
+    decision = dev.eligibility.check()
+    stats = dev.cache.stats()
+    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.current_id,
+                              can_evaluate=stats["heldout"] > 0)
+    task = dev.client.checkin(req)
+    _use_version(dev, task.use_version_id)
+    if task.kind == wire.TASK_TRAIN:
+        outcome, counts = _train(dev, task, sleep)
+    elif task.kind == wire.TASK_EVALUATE:
+        outcome, counts = _evaluate(dev, task)
+    else:
+        outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
+        counts = {}
+    result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
+                        dev.store.current_id, counts)
+    log.info("%s", result.summary())
+    return result
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
+    """Check in until `stop` is set (or once). Returns a process exit code."""
+    stop = stop or threading.Event()
+    backoff = dev.config.backoff_initial_s
+    while not stop.is_set():
+        try:
+            result = run_once(dev, sleep=stop.wait)
+            backoff = dev.config.backoff_initial_s
+            wait = result.wait_s
+        except RejectedError as e:
+            if e.code in _FATAL_CODES:
+                raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
+            wait = jittered(backoff, dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        except (ClientError, VersionError) as e:
+            retry_after = getattr(e, "retry_after", None) or 0.0
+            wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        if once:
+            return 0
+        stop.wait(wait)
+    return 0
+
+
+def status(config: EdgeConfig) -> dict[str, Any]:
+    """What `status` prints: identity (no token), models, cache counts, pause, eligibility."""
+    data_dir = config.require_data_dir()
+    ident = load_identity(data_dir)
+    store = VersionStore(data_dir)
+    with open_cache(config) as cache:
+        stats, paused = cache.stats(), cache.paused
+    decision = make_eligibility(config).check()
+    return {
+        "enrolled": ident is not None,
+        "device_id": ident.device_id if ident else None,
+        "coordinator": (config.coordinator or (ident.coordinator if ident else "")) or None,
+        "signature_checked": bool(config.public_key or (ident and ident.public_key)),
+        "model": {"current": store.current_id, "previous": store.previous_id, "installed": store.installed()},
+        "cache": stats,
+        "learning_paused": paused,
+        "eligible": bool(decision),
+        "ineligible_because": list(decision.reasons),
+    }

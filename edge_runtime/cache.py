@@ -1,0 +1,278 @@
+"""Local text cache: the only place typed text is kept, and it never leaves the device.
+
+Committed text (a sent message, a finished note) is stored in SQLite inside the device's
+data directory, with its timestamp and the kind of field it was typed into. It is the
+training material for on-device fine-tuning; the newest part of it is held out for local
+evaluation (the canary), so a version is never scored on text this device trained on.
+
+Privacy rules enforced here, not by callers:
+- text from sensitive fields (password, email, number, URL, anything marked private) is
+  never written, and neither is any text while learning is paused (the pause flag is
+  persisted, so it survives restarts);
+- old text expires (default 60 days) and the cache has a size cap;
+- `wipe()` removes everything, with SQLite's secure_delete so freed pages are zeroed;
+- nothing in this module logs text; log lines carry counts only.
+
+Durability: WAL journal, `synchronous=FULL`. WAL with NORMAL already survives kill -9 (the
+WAL is written before commit returns; only an OS crash or power loss can drop the last
+commits). FULL also fsyncs the WAL on every commit, which makes a pause or a wipe durable
+across power loss too (losing a "pause" would mean caching text the user asked us not to).
+Commits are rare (one per committed text, not per keystroke), so FULL's cost is negligible.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "text_cache.sqlite3"
+DEFAULT_RETENTION_DAYS = 60.0
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024   # ~ months of typing; caps disk use and training time
+DEFAULT_HOLDOUT_FRACTION = 0.1
+
+# Field kinds whose text must never be stored. A kind is sensitive when any of its words
+# (split on non-letters, e.g. "web_password", "emailAddress" -> "email", "address") is one
+# of these; unknown or missing kinds are treated as sensitive (fail closed).
+SENSITIVE_WORDS = frozenset({
+    "password", "passwd", "pin", "otp", "email", "mail", "number", "numeric", "phone",
+    "url", "uri", "private", "incognito", "secret", "credit", "card",
+})
+SENSITIVE_FIELD_KINDS = frozenset({"password", "email", "number", "url", "private"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS texts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused, so order = age
+    ts REAL NOT NULL,                      -- unix seconds when committed
+    field_kind TEXT NOT NULL,
+    text TEXT NOT NULL,
+    nbytes INTEGER NOT NULL                -- utf-8 size, for the size cap
+);
+CREATE INDEX IF NOT EXISTS texts_ts ON texts (ts);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class CacheError(RuntimeError):
+    """The text cache cannot be opened or used."""
+
+
+@dataclass(frozen=True)
+class CachedText:
+    id: int
+    ts: float
+    field_kind: str
+    text: str
+
+
+def _kind_words(kind: str) -> list[str]:
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", kind)   # camelCase -> camel Case
+    return [w for w in re.split(r"[^a-z]+", spaced.lower()) if w]
+
+
+def is_sensitive(field_kind: str | None, *, private: bool = False) -> bool:
+    """True when text typed in this kind of field must never be cached."""
+    if private or not field_kind or not field_kind.strip():
+        return True
+    return any(w in SENSITIVE_WORDS for w in _kind_words(field_kind))
+
+
+def holdout_count(n: int, fraction: float) -> int:
+    """How many of the newest `n` records are held out: ceil(n*fraction), at least one.
+
+    n - holdout_count(n) never decreases as n grows, and expiry only removes the oldest
+    records, so the train/held-out boundary only moves forward: text once trained on is
+    never held out later.
+    """
+    if n <= 0:
+        return 0
+    return min(n, max(1, math.ceil(n * fraction)))
+
+
+class TextCache:
+    """SQLite-backed cache of committed text. Thread-safe (one connection behind a lock)."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        *,
+        retention_days: float = DEFAULT_RETENTION_DAYS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if retention_days <= 0:
+            raise ValueError(f"retention_days must be > 0, got {retention_days}")
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
+        if not 0.0 < holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        self.data_dir = Path(data_dir)
+        self.retention_days = retention_days
+        self.max_bytes = max_bytes
+        self.holdout_fraction = holdout_fraction
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = self.data_dir / DB_NAME
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write is
+            # exactly one transaction.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            os.chmod(self.path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- pause -----------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
+        return row is not None and row[0] == "1"
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume learning; persisted so a restart keeps the user's choice."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO settings (key, value) VALUES ('paused', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                ("1" if paused else "0",),
+            )
+        log.info("learning %s", "paused" if paused else "resumed")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def add(self, text: str, field_kind: str, *, private: bool = False, ts: float | None = None) -> bool:
+        """Store committed text; returns False (and stores nothing) when the rules forbid it."""
+        if not text or not text.strip() or is_sensitive(field_kind, private=private):
+            return False
+        now = self._clock() if ts is None else ts
+        nbytes = len(text.encode("utf-8"))
+        if nbytes > self.max_bytes:
+            return False  # one record larger than the whole cache: not typing, skip it
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # Checked inside the write transaction, so a concurrent pause cannot race it.
+                row = self._db.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
+                if row is not None and row[0] == "1":
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute(
+                    "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
+                    (now, field_kind.strip().lower(), text, nbytes),
+                )
+                self._expire_locked(now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def enforce_retention(self) -> int:
+        """Drop text older than the retention period and the oldest text over the size cap."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._expire_locked(self._clock())
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if n:
+            log.info("text cache: expired %d records", n)
+        return n
+
+    def _expire_locked(self, now: float) -> int:
+        cutoff = now - self.retention_days * 86400.0
+        n = self._db.execute("DELETE FROM texts WHERE ts < ?", (cutoff,)).rowcount
+        total = self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM texts").fetchone()[0]
+        if total > self.max_bytes:
+            # Oldest first: walk ids until what remains fits, then delete the prefix.
+            excess, last_id = total - self.max_bytes, None
+            for rid, nb in self._db.execute("SELECT id, nbytes FROM texts ORDER BY id"):
+                excess -= nb
+                last_id = rid
+                if excess <= 0:
+                    break
+            n += self._db.execute("DELETE FROM texts WHERE id <= ?", (last_id,)).rowcount
+        return n
+
+    def wipe(self) -> None:
+        """Delete all cached text and shrink the files, so nothing readable remains on disk."""
+        with self._lock:
+            self._db.execute("DELETE FROM texts")
+            self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.info("text cache wiped")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counts and sizes only (safe to log)."""
+        with self._lock:
+            n, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM texts").fetchone()
+        k = holdout_count(n, self.holdout_fraction)
+        return {"records": n, "bytes": nbytes, "training": n - k, "heldout": k}
+
+    def _boundary_id(self) -> int | None:
+        """Largest id of the training part (None when there is no training part)."""
+        n = self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0]
+        n_train = n - holdout_count(n, self.holdout_fraction)
+        if n_train <= 0:
+            return None
+        return self._db.execute("SELECT id FROM texts ORDER BY id LIMIT 1 OFFSET ?", (n_train - 1,)).fetchone()[0]
+
+    def _select(self, train: bool) -> list[CachedText]:
+        with self._lock:
+            self._db.execute("BEGIN")  # one snapshot for the boundary and the rows
+            try:
+                b = self._boundary_id()
+                if train:
+                    rows = [] if b is None else self._db.execute(
+                        "SELECT id, ts, field_kind, text FROM texts WHERE id <= ? ORDER BY id", (b,)).fetchall()
+                else:
+                    rows = self._db.execute(
+                        "SELECT id, ts, field_kind, text FROM texts WHERE id > ? ORDER BY id",
+                        (-1 if b is None else b,)).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return [CachedText(*r) for r in rows]
+
+    def training_records(self) -> Iterator[CachedText]:
+        """Records for local training: everything but the newest held-out part, oldest first."""
+        return iter(self._select(train=True))
+
+    def heldout_records(self) -> Iterator[CachedText]:
+        """The newest part of the cache, used only for local evaluation."""
+        return iter(self._select(train=False))

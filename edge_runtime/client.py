@@ -1,0 +1,189 @@
+"""HTTP client for the coordinator, built on protocol.wire (the one module that knows the protocol).
+
+Errors: everything this client raises is a `ClientError`. Transport failures (DNS,
+connection, timeout) are translated once, in `_request`, into `TransientError`; HTTP error
+answers become `TransientError` when retrying can help (429, 5xx, `rate_limited`,
+`internal`; with the server's Retry-After) and `RejectedError` otherwise (stale, late,
+duplicate, unauthorized ...). `retryable` on the exception tells the caller which is which.
+
+Every request has a timeout (connect, read); the `requests.Session` is injectable, so tests
+can mount a transport adapter that answers in-process.
+
+Privacy: the client only ever sends wire messages and update bytes; it has no way to send
+cache text, and it does not log bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from protocol import wire
+from protocol.artifact import GRAPH, MANIFEST, TOKENIZER, WEIGHTS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = (5.0, 30.0)          # (connect, read) seconds for JSON calls
+DOWNLOAD_TIMEOUT = (5.0, 120.0)        # weights and graph are megabytes on slow links
+_VERSION_PATHS = {
+    MANIFEST: wire.PATH_VERSION_MANIFEST,
+    WEIGHTS: wire.PATH_VERSION_WEIGHTS,
+    GRAPH: wire.PATH_VERSION_GRAPH,
+    TOKENIZER: wire.PATH_VERSION_TOKENIZER,
+}
+
+
+class ClientError(Exception):
+    """Root of every error from talking to the coordinator."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class TransientError(ClientError):
+    """Trying again later may succeed (network down, timeout, rate limit, server error)."""
+
+    retryable = True
+
+
+class RejectedError(ClientError):
+    """The coordinator refused the request; repeating it unchanged will fail again."""
+
+
+class ProtocolError(ClientError):
+    """The answer does not follow the wire protocol (wrong shape, version or content type)."""
+
+
+def _retry_after(resp: requests.Response, body: wire.ErrorBody | None) -> float | None:
+    if body is not None and body.retry_after is not None:
+        return body.retry_after
+    value = resp.headers.get(wire.RETRY_AFTER_HEADER)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date; the caller's own backoff applies
+
+
+class CoordinatorClient:
+    """One device's connection to the coordinator."""
+
+    def __init__(self, base_url: str, *, device_id: str | None = None, token: str | None = None,
+                 session: requests.Session | None = None,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.device_id = device_id
+        self.token = token
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        if self.device_id and self.token:
+            return wire.device_headers(self.device_id, self.token)
+        return {}
+
+    def _request(self, method: str, path: str, *, json_body: Mapping[str, Any] | None = None,
+                 data: bytes | None = None, headers: Mapping[str, str] | None = None,
+                 timeout: tuple[float, float] | None = None) -> requests.Response:
+        """The one place transport errors and HTTP error answers become ClientErrors."""
+        h = self._headers()
+        h.update(headers or {})
+        body = data
+        if json_body is not None:
+            body = json.dumps(dict(json_body), separators=(",", ":")).encode()
+            if len(body) > wire.MAX_JSON_BYTES:
+                raise ClientError(f"request body {len(body)} bytes exceeds the protocol limit")
+            h["Content-Type"] = "application/json"
+        try:
+            resp = self.session.request(method, self.base_url + path, data=body, headers=h,
+                                        timeout=timeout or self.timeout)
+        except requests.Timeout as e:
+            raise TransientError(f"{method} {path}: timed out") from e
+        except requests.ConnectionError as e:
+            raise TransientError(f"{method} {path}: cannot connect to {self.base_url}") from e
+        except requests.RequestException as e:
+            raise ClientError(f"{method} {path}: {e.__class__.__name__}") from e
+        if resp.status_code >= 400:
+            raise self._error(method, path, resp)
+        return resp
+
+    @staticmethod
+    def _error(method: str, path: str, resp: requests.Response) -> ClientError:
+        body: wire.ErrorBody | None = None
+        try:
+            body = wire.ErrorBody.from_dict(resp.json())
+        except (ValueError, wire.WireError):
+            pass
+        code = body.error if body else None
+        msg = f"{method} {path}: HTTP {resp.status_code}" + (f" {code}: {body.message}" if body else "")
+        retry_after = _retry_after(resp, body)
+        transient = (body is not None and body.retryable) or resp.status_code == 429 or resp.status_code >= 500
+        cls = TransientError if transient else RejectedError
+        return cls(msg, status=resp.status_code, code=code, retry_after=retry_after)
+
+    @staticmethod
+    def _json(resp: requests.Response) -> Mapping[str, Any]:
+        try:
+            d = resp.json()
+        except ValueError as e:
+            raise ProtocolError(f"{resp.request.method} {resp.request.path_url}: answer is not JSON") from e
+        if not isinstance(d, dict):
+            raise ProtocolError("answer is not a JSON object")
+        return d
+
+    def _message(self, cls: Any, resp: requests.Response) -> Any:
+        try:
+            return cls.from_dict(self._json(resp))
+        except wire.WireError as e:
+            raise ProtocolError(f"malformed {cls.__name__}: {e}") from e
+
+    # -- protocol calls ----------------------------------------------------------------------
+
+    def enroll(self, enrollment_key: str, platform: str = "") -> wire.EnrollResponse:
+        """Trade the enrollment key for an identity; the client then uses it."""
+        resp = self._request("POST", wire.PATH_ENROLL,
+                             json_body=wire.EnrollRequest(enrollment_key, platform).to_dict())
+        out = self._message(wire.EnrollResponse, resp)
+        self.device_id, self.token = out.device_id, out.token
+        return out
+
+    def checkin(self, request: wire.CheckinRequest) -> wire.Task:
+        return self._message(wire.Task, self._request("POST", wire.PATH_CHECKIN, json_body=request.to_dict()))
+
+    def upload_update(self, delta: bytes, meta: wire.UpdateMeta) -> wire.UpdateReceipt:
+        """Send an update; safe to repeat with the same meta (idempotency key) after a lost answer."""
+        if len(delta) > wire.MAX_UPDATE_BYTES:
+            raise ClientError(f"update of {len(delta)} bytes exceeds the protocol limit")
+        resp = self._request("POST", wire.PATH_UPDATES, data=delta, timeout=DOWNLOAD_TIMEOUT,
+                             headers={"Content-Type": wire.SAFETENSORS_MEDIA_TYPE,
+                                      wire.UPDATE_META_HEADER: meta.to_header()})
+        return self._message(wire.UpdateReceipt, resp)
+
+    def report_evaluation(self, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
+        return self._message(wire.EvaluationReceipt,
+                             self._request("POST", wire.PATH_EVALUATIONS, json_body=report.to_dict()))
+
+    def signing_key(self) -> wire.SigningKey:
+        return self._message(wire.SigningKey, self._request("GET", wire.PATH_SIGNING_KEY))
+
+    def fetch(self, version_id: str, filename: str) -> bytes:
+        """One file of a model version (the `Fetch` of edge_runtime.versions)."""
+        try:
+            template = _VERSION_PATHS[filename]
+            path = wire.version_path(template, version_id)
+        except KeyError as e:
+            raise ClientError(f"no such version file {filename!r}") from e
+        except wire.WireError as e:
+            raise ClientError(str(e)) from e
+        return self._request("GET", path, timeout=DOWNLOAD_TIMEOUT).content

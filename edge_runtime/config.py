@@ -1,0 +1,148 @@
+"""The device's one validated settings object: defaults < JSON file < environment < flags.
+
+Unknown keys are errors at every layer (a misspelt setting silently ignored is a setting not
+set). Environment variables are ``FEDKEYS_EDGE_<KEY>`` (upper case); the file is JSON, named
+by ``--config`` or ``FEDKEYS_EDGE_CONFIG``. Flags given as None are "not given".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FEDKEYS_EDGE_"
+ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
+ELIGIBILITY_MODES = ("auto", "override:eligible", "override:ineligible")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has an invalid value."""
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    data_dir: str = ""                   # the device's directory: identity, text cache, models
+    coordinator: str = ""                # base URL; empty: the one the device enrolled with
+    public_key: str = ""                 # coordinator's Ed25519 key (hex); empty: the enrolled one
+    eligibility: str = "auto"            # auto | override:eligible | override:ineligible
+    # Eligibility policy (auto mode)
+    min_idle_s: float = 600.0            # no keystroke for this long before training
+    max_load_per_cpu: float = 0.5
+    require_power: bool = True
+    require_unmetered: bool = True
+    # Text cache
+    retention_days: float = 60.0
+    max_cache_bytes: int = 4 * 1024 * 1024
+    holdout_fraction: float = 0.1        # newest part kept for local evaluation only
+    # Pacing: the coordinator says when to come back; we add our own jitter and bounds
+    jitter: float = 0.1                  # +- fraction added to every wait (no thundering herd)
+    min_wait_s: float = 1.0
+    max_wait_s: float = 6 * 3600.0
+    backoff_initial_s: float = 5.0       # first wait after a transient error, doubled each time
+    backoff_max_s: float = 900.0
+    upload_attempts: int = 4             # tries for one upload (same idempotency key) before giving up
+    http_timeout_s: float = 30.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.eligibility in ELIGIBILITY_MODES, f"eligibility must be one of {list(ELIGIBILITY_MODES)}"),
+            (self.coordinator == "" or self.coordinator.startswith(("http://", "https://")),
+             "coordinator must be an http:// or https:// URL"),
+            (self.public_key == "" or (len(self.public_key) == 64
+                                       and all(c in "0123456789abcdefABCDEF" for c in self.public_key)),
+             "public_key must be 64 hex characters"),
+            (self.min_idle_s >= 0 and self.max_load_per_cpu > 0, "min_idle_s >= 0 and max_load_per_cpu > 0"),
+            (self.retention_days > 0 and self.max_cache_bytes > 0, "retention_days and max_cache_bytes must be > 0"),
+            (0 < self.holdout_fraction < 1, "holdout_fraction must be in (0, 1)"),
+            (0 <= self.jitter < 1, "jitter must be in [0, 1)"),
+            (0 < self.min_wait_s <= self.max_wait_s, "need 0 < min_wait_s <= max_wait_s"),
+            (0 < self.backoff_initial_s <= self.backoff_max_s, "need 0 < backoff_initial_s <= backoff_max_s"),
+            (self.upload_attempts >= 1, "upload_attempts must be >= 1"),
+            (self.http_timeout_s > 0, "http_timeout_s must be > 0"),
+            (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    @property
+    def override(self) -> bool | None:
+        """The eligibility override (None in auto mode)."""
+        return {"override:eligible": True, "override:ineligible": False}.get(self.eligibility)
+
+    def require_data_dir(self) -> Path:
+        if not self.data_dir:
+            raise ConfigError("no data directory: pass --data-dir or set FEDKEYS_EDGE_DATA_DIR")
+        return Path(self.data_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, Any], *, source: str = "overrides") -> EdgeConfig:
+        return replace(self, **_coerce_all(overrides, source))
+
+
+_FIELDS = {f.name: f for f in fields(EdgeConfig)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = type(_FIELDS[name].default)
+    try:
+        if isinstance(value, str) and kind is not str:
+            if kind is bool:
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return kind(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise TypeError(kind.__name__)
+        return value
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {name}={value!r} is not a valid {kind.__name__}") from e
+
+
+def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}")
+    return {k: _coerce(k, v, source) for k, v in values.items()}
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a JSON object")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k[len(ENV_PREFIX):].lower(): v for k, v in environ.items()
+            if k.startswith(ENV_PREFIX) and k != ENV_CONFIG_FILE}
+
+
+def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None) -> EdgeConfig:
+    """defaults < file < FEDKEYS_EDGE_* < flags (None flags ignored); validated once, merged."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file or environ.get(ENV_CONFIG_FILE)
+    if path:
+        merged |= _coerce_all(read_config_file(path), str(path))
+    merged |= _coerce_all(env_overrides(environ), "environment")
+    if flags:
+        merged |= _coerce_all({k: v for k, v in flags.items() if v is not None}, "flags")
+    return EdgeConfig(**merged)

@@ -1,0 +1,306 @@
+"""Model versions on the device: download, verify, swap atomically, keep one for rollback.
+
+Layout under ``<data_dir>/models``::
+
+    <version_id>/          complete, verified version directories (never modified in place)
+    current.json           {"current": id, "previous": id | null}, replaced atomically
+    .incoming-*/           a download in progress (deleted on the next start)
+
+A version directory only ever appears under its final name by one `rename` of a fully
+written, fsynced and verified staging directory, and `current.json` only ever changes by
+write-fsync-rename. So a crash (kill -9, power loss) at any point leaves `current.json`
+naming a complete version: the old one until the very last rename, the new one after it.
+
+Trust: every file's sha256 must match the manifest, and when the coordinator's Ed25519
+public key is configured the manifest must carry a valid signature over
+`Manifest.signing_bytes()`; unsigned or tampered manifests are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from protocol.artifact import (
+    GRAPH,
+    MANIFEST,
+    TOKENIZER,
+    WEIGHTS,
+    ArtifactError,
+    Manifest,
+    atomic_write,
+    load_version,
+    read_manifest,
+    sha256_bytes,
+    sha256_file,
+)
+from protocol.wire import is_safe_id
+
+log = logging.getLogger(__name__)
+
+POINTER = "current.json"
+_STAGING_PREFIX = ".incoming-"
+
+# fetch(version_id, filename) -> bytes, filename one of MANIFEST, WEIGHTS, GRAPH, TOKENIZER.
+Fetch = Callable[[str, str], bytes]
+
+
+class VersionError(RuntimeError):
+    """A model version cannot be installed or used (bad hash, bad signature, none present)."""
+
+
+class SignatureError(VersionError):
+    """A manifest is unsigned, or its signature does not verify with the configured key."""
+
+
+def load_public_key(key: bytes | str) -> Ed25519PublicKey:
+    """An Ed25519 public key from raw 32 bytes, 64 hex characters (wire.SigningKey) or PEM."""
+    if isinstance(key, str):
+        key = key.strip().encode()
+    if key.startswith(b"-----BEGIN"):
+        pk = load_pem_public_key(key)
+        if not isinstance(pk, Ed25519PublicKey):
+            raise ValueError("PEM key is not an Ed25519 public key")
+        return pk
+    if len(key) == 64:
+        key = binascii.unhexlify(key)
+    if len(key) != 32:
+        raise ValueError("an Ed25519 public key is 32 raw bytes or 64 hex characters")
+    return Ed25519PublicKey.from_public_bytes(key)
+
+
+def _decode_signature(sig: str) -> bytes:
+    """Hex (128 characters) or base64 (88): unambiguous by length for a 64-byte signature."""
+    try:
+        raw = bytes.fromhex(sig) if len(sig) == 128 else base64.b64decode(sig, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise SignatureError(f"manifest signature is not hex or base64: {e}") from e
+    if len(raw) != 64:
+        raise SignatureError("manifest signature is not 64 bytes")
+    return raw
+
+
+def verify_manifest_signature(manifest: Manifest, public_key: Ed25519PublicKey) -> None:
+    """Raise SignatureError unless `manifest.signature` signs `manifest.signing_bytes()`."""
+    if not manifest.signature:
+        raise SignatureError(f"manifest of {manifest.version_id} is unsigned")
+    try:
+        public_key.verify(_decode_signature(manifest.signature), manifest.signing_bytes())
+    except InvalidSignature as e:
+        raise SignatureError(f"manifest of {manifest.version_id}: signature does not verify") from e
+
+
+def directory_fetch(root: str | os.PathLike) -> Fetch:
+    """A fetch that reads `<root>/<filename>` (a bundled version, a USB stick, tests)."""
+    root = Path(root)
+
+    def fetch(version_id: str, filename: str) -> bytes:
+        return (root / filename).read_bytes()
+
+    return fetch
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class VersionStore:
+    """The device's model versions. Construct one at start: it cleans up after a crash."""
+
+    def __init__(self, data_dir: str | os.PathLike, *,
+                 public_key: Ed25519PublicKey | bytes | str | None = None) -> None:
+        self.root = Path(data_dir) / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+        if public_key is not None and not isinstance(public_key, Ed25519PublicKey):
+            public_key = load_public_key(public_key)
+        self.public_key: Ed25519PublicKey | None = public_key
+        self._recover()
+
+    # -- pointer ---------------------------------------------------------------------------
+
+    def _read_pointer(self) -> dict[str, str | None]:
+        p = self.root / POINTER
+        try:
+            d = json.loads(p.read_text())
+            return {"current": d.get("current"), "previous": d.get("previous")}
+        except FileNotFoundError:
+            return {"current": None, "previous": None}
+        except (OSError, ValueError):
+            # atomic_write never leaves a torn pointer; this is disk corruption. Recover below.
+            log.error("model pointer %s unreadable; falling back to any valid version", p)
+            return {"current": None, "previous": None}
+
+    def _write_pointer(self, current: str, previous: str | None) -> None:
+        atomic_write(self.root / POINTER, json.dumps({"current": current, "previous": previous}).encode())
+
+    def _recover(self) -> None:
+        for p in self.root.glob(_STAGING_PREFIX + "*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.root.glob("." + POINTER + ".*"):  # atomic_write temp files left by a kill
+            p.unlink(missing_ok=True)
+
+    @property
+    def current_id(self) -> str | None:
+        return self._read_pointer()["current"]
+
+    @property
+    def previous_id(self) -> str | None:
+        return self._read_pointer()["previous"]
+
+    def path(self, version_id: str) -> Path:
+        if not is_safe_id(version_id):
+            raise VersionError(f"version id {version_id!r} is not a safe name")
+        return self.root / version_id
+
+    def has(self, version_id: str) -> bool:
+        return (self.path(version_id) / MANIFEST).is_file()
+
+    def installed(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+
+    def current(self) -> Path:
+        """Directory of the version in use: current, else previous (if current is damaged)."""
+        ptr = self._read_pointer()
+        for vid in (ptr["current"], ptr["previous"]):
+            if vid and self._valid(vid):
+                return self.path(vid)
+        raise VersionError("no usable model version on this device")
+
+    def _valid(self, version_id: str) -> bool:
+        try:
+            self._verify_dir(self.path(version_id), version_id)
+            return True
+        except (VersionError, ArtifactError, OSError) as e:
+            log.error("model version %s failed verification: %s", version_id, e)
+            return False
+
+    def _verify_dir(self, d: Path, version_id: str) -> Manifest:
+        manifest, _ = load_version(d, verify=True)
+        if manifest.version_id != version_id:
+            raise VersionError(f"{d} holds version {manifest.version_id!r}, expected {version_id!r}")
+        if self.public_key is not None:
+            verify_manifest_signature(manifest, self.public_key)
+        return manifest
+
+    # -- installing ------------------------------------------------------------------------
+
+    def ensure(self, version_id: str, fetch: Fetch) -> Path:
+        """Make `version_id` present and verified (downloading what is missing); not activated."""
+        target = self.path(version_id)
+        if target.exists():
+            if self._valid(version_id):
+                return target
+            self._discard(target)
+        manifest_bytes = fetch(version_id, MANIFEST)
+        try:
+            manifest = Manifest.from_dict(json.loads(manifest_bytes))
+        except ValueError as e:
+            raise VersionError(f"manifest of {version_id} is not valid: {e}") from e
+        if manifest.version_id != version_id:
+            raise VersionError(f"asked for {version_id!r}, manifest says {manifest.version_id!r}")
+        if self.public_key is not None:  # before downloading anything else
+            verify_manifest_signature(manifest, self.public_key)
+        wanted = {WEIGHTS: manifest.weights_sha256, GRAPH: manifest.graph_sha256, TOKENIZER: manifest.tokenizer_sha256}
+
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=_STAGING_PREFIX))
+        try:
+            for fname, sha in wanted.items():
+                local = self._find_local(fname, sha)
+                if local is not None:
+                    shutil.copyfile(local, staging / fname)
+                    with open(staging / fname, "rb+") as f:
+                        os.fsync(f.fileno())
+                    continue
+                data = fetch(version_id, fname)
+                got = sha256_bytes(data)
+                if got != sha:
+                    raise VersionError(f"{fname} of {version_id}: sha256 {got[:12]}… != manifest {sha[:12]}…")
+                _write_synced(staging / fname, data)
+            _write_synced(staging / MANIFEST, manifest_bytes)  # last: a manifest means "complete"
+            self._verify_dir(staging, version_id)
+            _fsync_dir(staging)
+            os.rename(staging, target)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("installed model version %s", version_id)
+        return target
+
+    def _find_local(self, fname: str, sha: str) -> Path | None:
+        """A file with this hash in an installed version (graph and tokenizer are shared)."""
+        for vid in self.installed():
+            try:
+                m = read_manifest(self.root / vid)
+            except ArtifactError:
+                continue
+            own = {WEIGHTS: m.weights_sha256, GRAPH: m.graph_sha256, TOKENIZER: m.tokenizer_sha256}[fname]
+            p = self.root / vid / fname
+            if own == sha and p.is_file() and sha256_file(p) == sha:
+                return p
+        return None
+
+    def activate(self, version_id: str) -> None:
+        """Switch suggestions to an installed version; the one in use becomes `previous`."""
+        if not self._valid(version_id):
+            raise VersionError(f"version {version_id} is not installed and valid")
+        cur = self.current_id
+        if cur == version_id:
+            return
+        self._write_pointer(version_id, cur)
+        log.info("model version %s active (previous %s)", version_id, cur)
+
+    def install(self, version_id: str, fetch: Fetch) -> Path:
+        """Download, verify and activate `version_id`, then drop versions no longer needed."""
+        path = self.ensure(version_id, fetch)
+        self.activate(version_id)
+        self.prune()
+        return path
+
+    def rollback(self) -> str:
+        """Go back to the previous version; returns its id."""
+        ptr = self._read_pointer()
+        prev, cur = ptr["previous"], ptr["current"]
+        if not prev or not self._valid(prev):
+            raise VersionError("no previous version to roll back to")
+        self._write_pointer(prev, cur)
+        log.warning("rolled back model version %s -> %s", cur, prev)
+        return prev
+
+    def prune(self, keep: Iterable[str] = ()) -> None:
+        """Delete versions other than current, previous and `keep`."""
+        ptr = self._read_pointer()
+        wanted = {v for v in (ptr["current"], ptr["previous"], *keep) if v}
+        for vid in self.installed():
+            if vid not in wanted:
+                self._discard(self.root / vid)
+
+    def _discard(self, d: Path) -> None:
+        # Rename first so a crash mid-delete leaves a staging leftover, not a half version.
+        tomb = self.root / f"{_STAGING_PREFIX}{d.name}.deleted"
+        shutil.rmtree(tomb, ignore_errors=True)
+        os.rename(d, tomb)
+        shutil.rmtree(tomb, ignore_errors=True)

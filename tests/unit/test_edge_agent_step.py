@@ -1,0 +1,244 @@
+"""The agent's step function and loop with fake parts: task handling, retries, pacing, privacy."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+
+from edge_runtime import agent, trainer
+from edge_runtime.cache import TextCache
+from edge_runtime.client import RejectedError, TransientError
+from edge_runtime.config import EdgeConfig
+from edge_runtime.eligibility import Decision
+from edge_runtime.update import Update
+from protocol import wire
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+PLAN = wire.TrainPlan(round_id=7, epochs=1, batch_size=4, learning_rate=0.1, clip_norm=1.0,
+                      noise_multiplier=0.5, max_examples=100)
+SECRET = "my secret canary text qqq"
+
+
+def train_task(**kw) -> wire.Task:
+    return wire.Task(kind=wire.TASK_TRAIN, retry_after=100.0, use_version_id="v1", base_version_id="v1",
+                     plan=PLAN, time_limit_s=60.0, **kw)
+
+
+@dataclass
+class FakeClient:
+    tasks: list = field(default_factory=list)
+    uploads: list = field(default_factory=list)
+    upload_errors: list = field(default_factory=list)
+    reports: list = field(default_factory=list)
+    checkins: list = field(default_factory=list)
+
+    def checkin(self, req):
+        self.checkins.append(req)
+        t = self.tasks.pop(0)
+        if isinstance(t, Exception):
+            raise t
+        return t
+
+    def upload_update(self, delta, meta):
+        self.uploads.append((delta, meta))
+        if self.upload_errors:
+            raise self.upload_errors.pop(0)
+        return wire.UpdateReceipt(update_id=3, round_id=meta.round_id)
+
+    def report_evaluation(self, report):
+        self.reports.append(report)
+        return wire.EvaluationReceipt(report.candidate_version_id)
+
+    def fetch(self, version_id, filename):
+        raise AssertionError("the fake store never downloads")
+
+
+@dataclass
+class FakeStore:
+    current_id: str | None = None
+    previous_id: str | None = None
+    ensured: list = field(default_factory=list)
+
+    def install(self, vid, fetch):
+        self.previous_id, self.current_id = self.current_id, vid
+
+    def ensure(self, vid, fetch):
+        self.ensured.append(vid)
+        return f"/versions/{vid}"
+
+    def prune(self, keep=()):
+        pass
+
+
+class FakeEligibility:
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def check(self):
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+@pytest.fixture
+def device(tmp_path):
+    cfg = EdgeConfig(data_dir=str(tmp_path), jitter=0.1, min_wait_s=1.0, backoff_initial_s=0.01, backoff_max_s=0.02)
+    cache = TextCache(tmp_path)
+    for i in range(10):
+        cache.add(f"{SECRET} number {i}", "message")
+    dev = agent.Device(config=cfg, identity=agent.Identity("dev-1", "tok", "http://c"), client=FakeClient(),
+                       store=FakeStore(), cache=cache, eligibility=FakeEligibility([Decision(True)]),
+                       rng=random.Random(0))
+    yield dev
+    dev.close()
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    calls = []
+
+    def train(version_dir, texts, plan, **kw):
+        calls.append((version_dir, list(texts), plan, kw))
+        up = Update(delta=b"delta-bytes", example_count=5, base_version_id="v1", encoding="float16",
+                    rel_error=1e-4, norm_before_clip=2.0, clipped=True)
+        return trainer.TrainResult(up, steps=3, examples=5, first_loss=4.0, last_loss=3.0, seconds=0.1)
+
+    monkeypatch.setattr(trainer, "train", train)
+    return calls
+
+
+def test_train_task_trains_on_training_records_and_uploads(device, fake_train, caplog):
+    caplog.set_level(logging.DEBUG)
+    device.client.tasks = [train_task()]
+    res = agent.run_once(device)
+    assert (res.kind, res.outcome) == ("train", "uploaded")
+    assert device.store.current_id == "v1" and device.store.ensured == ["v1"]
+    (vdir, texts, plan, kw), = fake_train
+    assert vdir == "/versions/v1" and plan == PLAN and kw["time_limit_s"] == 60.0
+    assert len(texts) == device.cache.stats()["training"] == 9          # held-out part not trained on
+    (delta, meta), = device.client.uploads
+    assert delta == b"delta-bytes" and meta.round_id == 7 and meta.example_count == 5 and meta.encoding == "float16"
+    req = device.client.checkins[0]
+    assert req.eligible and req.can_evaluate and req.current_version_id is None
+    assert 90.0 <= res.wait_s <= 110.0                                   # the coordinator's wait, +-10 %
+    summaries = [r.getMessage() for r in caplog.records if r.name == "edge_runtime.agent"]
+    assert len(summaries) == 1 and summaries[0].startswith("task train: uploaded")
+    assert not [r for r in caplog.records if "secret" in r.getMessage()]
+
+
+def test_upload_retries_transient_errors_with_the_same_idempotency_key(device, fake_train):
+    device.client.tasks = [train_task()]
+    device.client.upload_errors = [TransientError("503", status=503, retry_after=0.01), TransientError("timeout")]
+    res = agent.run_once(device, sleep=lambda s: None)
+    assert res.outcome == "uploaded" and len(device.client.uploads) == 3
+    assert len({m.idempotency_key for _, m in device.client.uploads}) == 1
+
+
+def test_rejected_upload_is_an_outcome_not_an_error(device, fake_train):
+    device.client.tasks = [train_task()]
+    device.client.upload_errors = [RejectedError("late", status=409, code=wire.E_LATE)]
+    res = agent.run_once(device)
+    assert res.outcome == "rejected (late)" and len(device.client.uploads) == 1
+
+
+def test_no_training_when_eligibility_lapsed_before_training(device, fake_train):
+    device.eligibility = FakeEligibility([Decision(True), Decision(False, ("not on mains power",))])
+    device.client.tasks = [train_task()]
+    res = agent.run_once(device)
+    assert res.outcome.startswith("skipped") and not fake_train and not device.client.uploads
+
+
+def test_training_aborted_midway_uploads_nothing(device, monkeypatch):
+    def aborted(*a, **kw):
+        raise trainer.TrainingAborted("not on mains power", 2)
+
+    monkeypatch.setattr(trainer, "train", aborted)
+    device.client.tasks = [train_task()]
+    res = agent.run_once(device)
+    assert res.outcome == "aborted (not on mains power)" and not device.client.uploads
+
+
+def test_evaluate_task_reports_aggregates_of_heldout_text(device, monkeypatch):
+    seen = {}
+
+    def evaluate(dirs, texts, **kw):
+        seen["dirs"], seen["texts"], seen["kw"] = list(dirs), list(texts), kw
+        return [wire.VersionMetrics(v.rsplit("/", 1)[1], 10.0, 2.0, 3.0, 5.0) for v in dirs]
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    device.client.tasks = [wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2",
+                                     candidate_version_id="c2", evaluate_version_ids=("c2", "v1"),
+                                     max_eval_examples=40)]
+    res = agent.run_once(device)
+    assert (res.kind, res.outcome) == ("evaluate", "reported") and device.store.current_id == "c2"
+    assert seen["dirs"] == ["/versions/c2", "/versions/v1"] and seen["kw"]["max_examples"] == 40
+    assert len(seen["texts"]) == 1 and seen["texts"][0].endswith("number 9")   # the newest record only
+    report, = device.client.reports
+    assert report.candidate_version_id == "c2" and [m.version_id for m in report.results] == ["c2", "v1"]
+    assert SECRET not in str(report.to_dict())
+
+
+def test_come_back_when_ineligible(device):
+    device.eligibility = FakeEligibility([Decision(False, ("keyboard in use recently",))])
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=0.2, use_version_id=None)]
+    res = agent.run_once(device)
+    assert res.outcome == "idle (keyboard in use recently)" and res.wait_s == 1.0     # min_wait_s
+    assert device.client.checkins[0].eligible is False
+
+
+def test_loop_backs_off_on_transient_errors_and_stops(device):
+    device.config = device.config.with_overrides({"min_wait_s": 0.001})
+    stop = threading.Event()
+    waits = []
+
+    class Stopper(threading.Event):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            if len(waits) >= 3:
+                stop.set()
+            return stop.is_set()
+
+        def is_set(self):
+            return stop.is_set()
+
+    device.client.tasks = [TransientError("down"), TransientError("down", retry_after=0.015),
+                           wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)]
+    assert agent.run_loop(device, stop=Stopper()) == 0
+    assert waits[0] == pytest.approx(0.01, rel=0.2) and waits[1] == pytest.approx(0.02, rel=0.2)
+    assert 4.5 <= waits[2] <= 5.5
+
+
+def test_loop_once_exit_codes_and_fatal_rejection(device):
+    device.client.tasks = [TransientError("down")]
+    assert agent.run_loop(device, once=True) == 1
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)]
+    assert agent.run_loop(device, once=True) == 0
+    device.client.tasks = [RejectedError("revoked", status=401, code=wire.E_UNAUTHORIZED)]
+    with pytest.raises(agent.AgentError, match="enroll again"):
+        agent.run_loop(device, once=True)
+
+
+def test_identity_round_trip_is_private(tmp_path):
+    ident = agent.Identity("d1", "secret-token", "http://c", "ab" * 32)
+    agent.save_identity(tmp_path, ident)
+    assert agent.load_identity(tmp_path) == ident
+    assert (tmp_path / agent.IDENTITY_FILE).stat().st_mode & 0o077 == 0
+    assert "secret-token" not in repr(ident)
+    (tmp_path / agent.IDENTITY_FILE).write_text("{")
+    with pytest.raises(agent.AgentError, match="damaged"):
+        agent.load_identity(tmp_path)
+
+
+def test_type_text_respects_sensitive_fields_and_pause(tmp_path):
+    cfg = EdgeConfig(data_dir=str(tmp_path))
+    assert agent.type_text(cfg, "hello there", "message")
+    assert not agent.type_text(cfg, "hunter2", "password")
+    with agent.open_cache(cfg) as c:
+        c.set_paused(True)
+    assert not agent.type_text(cfg, "while paused", "message")
+    assert (tmp_path / agent.ACTIVITY_FILE).exists()
+    st = agent.status(cfg)
+    assert st["cache"]["records"] == 1 and st["learning_paused"] and not st["enrolled"]

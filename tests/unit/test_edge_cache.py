@@ -1,0 +1,189 @@
+"""The local text cache: what is never stored, expiry, wipe, pause, held-out split, kill -9."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.cache import DB_NAME, TextCache, holdout_count, is_sensitive
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, clock: Clock):
+    c = TextCache(tmp_path / "data", clock=clock)
+    yield c
+    c.close()
+
+
+def texts(records) -> list[str]:
+    return [r.text for r in records]
+
+
+def all_texts(c: TextCache) -> list[str]:
+    return texts(c.training_records()) + texts(c.heldout_records())
+
+
+def raw_file_bytes(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith(DB_NAME))
+
+
+@pytest.mark.parametrize("kind", [
+    "password", "Password", "web_password", "visiblePassword", "email", "emailAddress", "web_email_address",
+    "number", "phone", "url", "URI", "private", "pin", "", "   ", None,
+])
+def test_sensitive_kinds_are_recognised(kind):
+    assert is_sensitive(kind)
+
+
+@pytest.mark.parametrize("kind", ["text", "message", "chat", "search", "note", "short_message"])
+def test_ordinary_kinds_are_not_sensitive(kind):
+    assert not is_sensitive(kind)
+
+
+def test_sensitive_field_text_is_never_stored(cache: TextCache, tmp_path: Path):
+    for kind in ("password", "email", "number", "url", "private", "web_password", ""):
+        assert cache.add(f"secret-{kind or 'blank'}-zq", kind) is False
+    assert cache.add("secret-marked-private-zq", "message", private=True) is False
+    assert cache.add("hello there", "message") is True
+    assert all_texts(cache) == ["hello there"]
+    assert b"secret-" not in raw_file_bytes(tmp_path / "data")
+
+
+def test_paused_learning_stores_nothing_and_survives_restart(tmp_path: Path, clock: Clock):
+    c = TextCache(tmp_path / "d", clock=clock)
+    c.set_paused(True)
+    assert c.add("typed while paused", "message") is False
+    c.close()
+    c = TextCache(tmp_path / "d", clock=clock)
+    assert c.paused
+    assert c.add("still paused after restart", "message") is False
+    c.set_paused(False)
+    assert c.add("resumed", "message") is True
+    assert all_texts(c) == ["resumed"]
+    c.close()
+    assert b"typed while paused" not in raw_file_bytes(tmp_path / "d")
+
+
+def test_retention_by_age(cache: TextCache, clock: Clock):
+    cache.add("old", "message")
+    clock.t += 30 * 86400
+    cache.add("middle", "message")
+    clock.t += 31 * 86400  # "old" is now 61 days old
+    assert cache.enforce_retention() == 1
+    assert all_texts(cache) == ["middle"]
+
+
+def test_expiry_happens_on_add_too(cache: TextCache, clock: Clock):
+    cache.add("ancient", "message")
+    clock.t += 61 * 86400
+    cache.add("fresh", "message")
+    assert all_texts(cache) == ["fresh"]
+
+
+def test_size_cap_drops_oldest_first(tmp_path: Path, clock: Clock):
+    c = TextCache(tmp_path / "d", max_bytes=100, clock=clock)
+    for i in range(10):
+        c.add(f"record {i:02d} " + "x" * 20, "message")  # 30 bytes each
+    kept = all_texts(c)
+    assert c.stats()["bytes"] <= 100
+    assert kept == [f"record {i:02d} " + "x" * 20 for i in range(7, 10)]
+    assert c.add("y" * 101, "message") is False  # larger than the whole cache
+    c.close()
+
+
+def test_wipe_removes_everything_from_disk(tmp_path: Path, clock: Clock):
+    c = TextCache(tmp_path / "d", clock=clock)
+    for i in range(50):
+        c.add(f"wipe-me-{i}-zq", "message")
+    c.wipe()
+    assert c.stats()["records"] == 0
+    assert b"wipe-me-" not in raw_file_bytes(tmp_path / "d")
+    assert c.add("after wipe", "message")
+    assert all_texts(c) == ["after wipe"]
+    c.close()
+
+
+@pytest.mark.parametrize(("n", "k"), [(0, 0), (1, 1), (5, 1), (10, 1), (11, 2), (20, 2), (100, 10)])
+def test_holdout_count(n, k):
+    assert holdout_count(n, 0.1) == k
+
+
+def test_holdout_boundary_only_moves_forward():
+    trained_prefix = [n - holdout_count(n, 0.1) for n in range(200)]
+    assert trained_prefix == sorted(trained_prefix)
+
+
+def test_heldout_is_the_newest_part_and_disjoint(cache: TextCache):
+    for i in range(25):
+        cache.add(f"t{i}", "message")
+    train, held = texts(cache.training_records()), texts(cache.heldout_records())
+    assert held == ["t22", "t23", "t24"]
+    assert train == [f"t{i}" for i in range(22)]
+    assert cache.stats() == {"records": 25, "bytes": sum(len(f"t{i}") for i in range(25)), "training": 22, "heldout": 3}
+
+
+def test_single_record_is_held_out(cache: TextCache):
+    cache.add("only one", "message")
+    assert texts(cache.training_records()) == []
+    assert texts(cache.heldout_records()) == ["only one"]
+
+
+def test_wal_mode_and_private_permissions(cache: TextCache, tmp_path: Path):
+    db = tmp_path / "data" / DB_NAME
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    assert db.stat().st_mode & 0o077 == 0
+    assert (tmp_path / "data").stat().st_mode & 0o077 == 0
+
+
+def test_survives_kill_9(tmp_path: Path):
+    """Every add that returned before SIGKILL is on disk afterwards, and the database is intact."""
+    data = tmp_path / "d"
+    child = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from edge_runtime.cache import TextCache
+        c = TextCache({str(data)!r})
+        i = 0
+        while True:
+            c.add(f"line {{i}}", "message")
+            print(i, flush=True)
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    acknowledged = -1
+    for line in proc.stdout:  # type: ignore[union-attr]
+        acknowledged = int(line)
+        if acknowledged >= 40:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()  # type: ignore[union-attr]
+
+    c = TextCache(data)
+    stored = set(all_texts(c))
+    assert {f"line {i}" for i in range(acknowledged + 1)} <= stored
+    assert c._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    c.close()

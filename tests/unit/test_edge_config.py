@@ -1,0 +1,66 @@
+"""The edge config: defaults < JSON file < FEDKEYS_EDGE_* < flags; unknown keys and bad values are errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge_runtime.config import ConfigError, EdgeConfig, load_config
+
+
+def test_layers_override_in_order(tmp_path):
+    f = tmp_path / "edge.json"
+    f.write_text(json.dumps({"min_idle_s": 60, "jitter": 0.2, "log_level": "DEBUG"}))
+    env = {"FEDKEYS_EDGE_JITTER": "0.3", "FEDKEYS_EDGE_REQUIRE_POWER": "false", "OTHER": "x"}
+    cfg = load_config(config_file=str(f), environ=env, flags={"jitter": 0.4, "data_dir": None})
+    assert cfg.min_idle_s == 60.0 and cfg.log_level == "DEBUG"   # file
+    assert cfg.require_power is False                           # environment
+    assert cfg.jitter == 0.4                                    # flag beats environment
+    assert cfg.data_dir == ""                                   # None flags are "not given"
+    assert load_config(environ={}) == EdgeConfig()
+
+
+def test_config_file_from_environment(tmp_path):
+    f = tmp_path / "edge.json"
+    f.write_text(json.dumps({"eligibility": "override:eligible"}))
+    cfg = load_config(environ={"FEDKEYS_EDGE_CONFIG": str(f)})
+    assert cfg.override is True and EdgeConfig().override is None
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"flags": {"bogus": 1}}, "unknown setting"),
+    ({"environ": {"FEDKEYS_EDGE_NOPE": "1"}}, "unknown setting"),
+    ({"flags": {"jitter": "abc"}}, "not a valid float"),
+    ({"flags": {"require_power": "maybe"}}, "not a valid bool"),
+    ({"flags": {"upload_attempts": True}}, "not a valid int"),
+    ({"flags": {"eligibility": "sometimes"}}, "eligibility must be one of"),
+    ({"flags": {"coordinator": "ftp://x"}}, "http"),
+    ({"flags": {"public_key": "abc"}}, "64 hex"),
+    ({"flags": {"holdout_fraction": 1.5}}, "holdout_fraction"),
+    ({"flags": {"min_wait_s": 10, "max_wait_s": 5}}, "min_wait_s"),
+])
+def test_bad_settings_are_errors(kw, msg):
+    kw.setdefault("environ", {})
+    with pytest.raises(ConfigError, match=msg):
+        load_config(**kw)
+
+
+def test_bad_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(config_file=str(tmp_path / "missing.json"), environ={})
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_config(config_file=str(bad), environ={})
+    bad.write_text("{nope")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(config_file=str(bad), environ={})
+    bad.write_text(json.dumps({"typo_setting": 1}))
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(config_file=str(bad), environ={})
+
+
+def test_require_data_dir():
+    with pytest.raises(ConfigError, match="data directory"):
+        EdgeConfig().require_data_dir()

@@ -1,0 +1,275 @@
+"""Model versions on the device: verified download, signatures, atomic swap, crash safety."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edge_runtime.versions import (
+    SignatureError,
+    VersionError,
+    VersionStore,
+    directory_fetch,
+    load_public_key,
+)
+from protocol.artifact import (
+    GRAPH,
+    MANIFEST,
+    TOKENIZER,
+    WEIGHTS,
+    Manifest,
+    TensorSpec,
+    load_version,
+    sha256_bytes,
+    write_version,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TENSORS = [TensorSpec("embedding", (8, 4)), TensorSpec("out_bias", (8,))]
+GRAPH_BYTES = b"not really a flatbuffer, but hashed like one"
+TOKENIZER_BYTES = b"not really sentencepiece"
+
+
+def make_version(root: Path, vid: str, seed: int, key: Ed25519PrivateKey | None = None,
+                 sig_encoding: str = "hex") -> Path:
+    d = root / vid
+    d.mkdir(parents=True)
+    (d / GRAPH).write_bytes(GRAPH_BYTES)
+    (d / TOKENIZER).write_bytes(TOKENIZER_BYTES)
+    rng = np.random.default_rng(seed)
+    weights = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in TENSORS}
+    m = Manifest(version_id=vid, arch={"train_batch": 2, "seq_len": 4}, arch_hash="h", tensors=TENSORS,
+                 graph_sha256=sha256_bytes(GRAPH_BYTES), tokenizer_sha256=sha256_bytes(TOKENIZER_BYTES),
+                 weights_sha256="")
+    write_version(d, m, weights)
+    if key is not None:
+        m.weights_sha256 = json.loads((d / MANIFEST).read_text())["weights_sha256"]
+        sig = key.sign(m.signing_bytes())
+        m.signature = sig.hex() if sig_encoding == "hex" else base64.b64encode(sig).decode()
+        (d / MANIFEST).write_text(json.dumps(m.to_dict(), indent=2, sort_keys=True))
+    return d
+
+
+class CountingFetch:
+    def __init__(self, root: Path) -> None:
+        self.inner = directory_fetch(root)
+        self.calls: list[str] = []
+
+    def __call__(self, version_id: str, filename: str) -> bytes:
+        self.calls.append(filename)
+        return self.inner(version_id, filename)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Path:
+    """A directory standing in for the coordinator: one subdirectory per version."""
+    root = tmp_path / "server"
+    make_version(root, "v1", 1)
+    make_version(root, "v2", 2)
+    make_version(root, "v3", 3)
+    return root
+
+
+def fetch_from(server: Path):
+    return lambda vid, fname: (server / vid / fname).read_bytes()
+
+
+def weights_of(path: Path) -> np.ndarray:
+    return load_version(path)[1]["out_bias"]
+
+
+def test_install_activate_and_rollback(tmp_path: Path, server: Path):
+    store = VersionStore(tmp_path / "dev")
+    with pytest.raises(VersionError):
+        store.current()
+    store.install("v1", fetch_from(server))
+    assert store.current() == store.path("v1")
+    store.install("v2", fetch_from(server))
+    assert (store.current_id, store.previous_id) == ("v2", "v1")
+    np.testing.assert_array_equal(weights_of(store.current()), weights_of(server / "v2"))
+    assert store.rollback() == "v1"
+    assert store.current() == store.path("v1")
+
+
+def test_keeps_only_current_and_previous(tmp_path: Path, server: Path):
+    store = VersionStore(tmp_path / "dev")
+    for v in ("v1", "v2", "v3"):
+        store.install(v, fetch_from(server))
+    assert store.installed() == ["v2", "v3"]
+    store.ensure("v1", fetch_from(server))
+    store.prune(keep=["v1"])
+    assert store.installed() == ["v1", "v2", "v3"]
+
+
+def test_shared_graph_and_tokenizer_are_not_downloaded_twice(tmp_path: Path, server: Path):
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    f = CountingFetch(server / "v2")
+    store.install("v2", f)
+    assert sorted(f.calls) == sorted([MANIFEST, WEIGHTS])
+
+
+def test_tampered_weights_are_refused_and_current_kept(tmp_path: Path, server: Path):
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+
+    def evil(vid: str, fname: str) -> bytes:
+        data = (server / vid / fname).read_bytes()
+        return data[:-4] + b"\0\0\0\0" if fname == WEIGHTS else data
+
+    with pytest.raises(VersionError, match="sha256"):
+        store.install("v2", evil)
+    assert store.current_id == "v1" and store.installed() == ["v1"]
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".incoming")]
+
+
+def test_manifest_for_another_version_is_refused(tmp_path: Path, server: Path):
+    store = VersionStore(tmp_path / "dev")
+    with pytest.raises(VersionError, match="manifest says"):
+        store.install("v2", lambda vid, fname: (server / "v1" / fname).read_bytes())
+
+
+def test_unsafe_version_ids_are_refused(tmp_path: Path, server: Path):
+    store = VersionStore(tmp_path / "dev")
+    with pytest.raises(VersionError):
+        store.install("../etc", fetch_from(server))
+
+
+@pytest.mark.parametrize("encoding", ["hex", "base64"])
+def test_signed_versions_install_with_the_key(tmp_path: Path, encoding: str):
+    key = Ed25519PrivateKey.generate()
+    server = tmp_path / "server"
+    make_version(server, "v1", 1, key, encoding)
+    pub_hex = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    store = VersionStore(tmp_path / "dev", public_key=pub_hex)
+    store.install("v1", fetch_from(server))
+    assert store.current() == store.path("v1")
+
+
+def test_unsigned_or_wrongly_signed_or_tampered_manifests_are_refused(tmp_path: Path):
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    server = tmp_path / "server"
+    make_version(server, "unsigned", 1)
+    make_version(server, "foreign", 2, other)
+    make_version(server, "tampered", 3, key)
+    m = json.loads((server / "tampered" / MANIFEST).read_text())
+    m["metrics"] = {"claimed": "better"}
+    (server / "tampered" / MANIFEST).write_text(json.dumps(m))
+    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    store = VersionStore(tmp_path / "dev", public_key=pem)
+    for vid in ("unsigned", "foreign", "tampered"):
+        f = CountingFetch(server / vid)
+        with pytest.raises(SignatureError):
+            store.install(vid, f)
+        assert f.calls == [MANIFEST]   # refused before downloading anything else
+    assert store.installed() == []
+
+
+def test_a_configured_key_also_guards_versions_already_on_disk(tmp_path: Path, server: Path):
+    VersionStore(tmp_path / "dev").install("v1", fetch_from(server))  # unsigned, no key then
+    key = Ed25519PrivateKey.generate()
+    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    with pytest.raises(VersionError):
+        store.current()
+
+
+def test_public_key_formats():
+    key = Ed25519PrivateKey.generate().public_key()
+    raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    for form in (raw, raw.hex(), key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)):
+        assert load_public_key(form).public_bytes(Encoding.Raw, PublicFormat.Raw) == raw
+    with pytest.raises(ValueError):
+        load_public_key(b"short")
+
+
+def test_damaged_current_falls_back_to_previous(tmp_path: Path, server: Path):
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    store.install("v2", fetch_from(server))
+    (store.path("v2") / WEIGHTS).write_bytes(b"bit rot")
+    assert store.current() == store.path("v1")
+
+
+class Crash(BaseException):
+    """Stands in for the process dying at one I/O call (BaseException: nothing catches it)."""
+
+
+@pytest.mark.parametrize("op", ["fsync", "rename", "replace"])
+def test_crash_at_every_durable_step_leaves_a_working_model(tmp_path: Path, server: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, op: str):
+    """Kill the install at the k-th fsync/rename/replace for every k; the device always has v1 or v2."""
+    real = getattr(os, op)
+    k = 0
+    while True:
+        k += 1
+        dev = tmp_path / f"dev-{op}-{k}"
+        VersionStore(dev).install("v1", fetch_from(server))
+        calls = [0]
+
+        def dying(*args, _k=k, calls=calls, **kw):
+            calls[0] += 1
+            if calls[0] == _k:
+                raise Crash()
+            return real(*args, **kw)
+
+        monkeypatch.setattr(os, op, dying)
+        try:
+            VersionStore(dev).install("v2", fetch_from(server))
+            finished = True
+        except Crash:
+            finished = False
+        finally:
+            monkeypatch.setattr(os, op, real)
+        after = VersionStore(dev)            # the next start
+        current = after.current()
+        assert current.name in ("v1", "v2")
+        load_version(current)                # complete and verified
+        if finished:
+            assert current.name == "v2"
+            break
+        assert k < 50
+    assert k >= 2  # the loop really crashed before finishing
+
+
+def test_kill_9_during_swaps_leaves_a_working_model(tmp_path: Path, server: Path):
+    """A real SIGKILL at arbitrary moments of repeated installs and rollbacks."""
+    dev = tmp_path / "dev"
+    VersionStore(dev).install("v1", fetch_from(server))
+    child = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from pathlib import Path
+        from edge_runtime.versions import VersionStore
+        server = Path({str(server)!r})
+        fetch = lambda vid, f: (server / vid / f).read_bytes()
+        print("ready", flush=True)
+        i = 0
+        while True:
+            store = VersionStore({str(dev)!r})
+            store.install(("v2", "v3", "v1")[i % 3], fetch)
+            i += 1
+    """)
+    for delay in (0.05, 0.11, 0.17, 0.23, 0.31):
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        assert proc.returncode == -signal.SIGKILL
+        store = VersionStore(dev)
+        load_version(store.current())
+        assert not [p for p in store.root.iterdir() if p.name.startswith(".incoming")]
