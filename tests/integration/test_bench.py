@@ -1,0 +1,56 @@
+"""tools.bench runs end to end on a tiny version and prints the rows it promises (no timing thresholds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HAS_TF
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = """I will see you at the station tomorrow morning
+thanks for the lovely dinner last night
+can you send me the notes from the meeting please
+we should go to the park if the weather is good
+my train is running late again today
+"""
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "tools.bench", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_keystroke_bench_prints_both_paths_and_ratio(exported_version, tmp_path):
+    corpus = tmp_path / "held_out.txt"
+    corpus.write_text(CORPUS)
+    r = bench("keystroke", "--model", str(exported_version), "--corpus", str(corpus),
+              "--max-keystrokes", "40", "--max-recompute", "10", "--warmup", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(ln.startswith("incremental (Session.update)") for ln in lines), r.stdout
+    assert any(ln.startswith("recompute (new session, <= 20 words)") for ln in lines), r.stdout
+    assert any(ln.startswith("ratio recompute/incremental") and "p50" in ln and "p99" in ln for ln in lines)
+    assert "p50 ms" in lines[1] and "p99 ms" in lines[1]
+
+
+@pytest.mark.skipif(not HAS_TF, reason="the TensorFlow side of the comparison needs TensorFlow")
+def test_train_bench_prints_both_backends_and_edge_memory(exported_version):
+    r = bench("train", "--model", str(exported_version), "--steps", "3", "--warmup", "1")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "edge: " in out and "(train signature)" in out and "tensorflow" in out and "(train_step)" in out, out
+    assert "edge process peak RSS (MB)" in out and "tensorflow imported: no" in out, out
+    assert "tensorflow process peak RSS (MB)" in out
+
+
+def test_bench_errors_are_one_line(tmp_path):
+    r = bench("keystroke", "--model", str(tmp_path / "missing"), "--corpus", str(tmp_path / "none.txt"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = bench()
+    assert r.returncode == 2 and "keystroke" in r.stdout

@@ -1,0 +1,48 @@
+"""`python -m tools.bench {keystroke,train}`: see tools.bench.keystroke and tools.bench.train."""
+
+from __future__ import annotations
+
+import argparse
+
+from tools._cli import DEFAULT_CORPUS, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=(
+        "Edge runtime benchmarks: keystroke latency (incremental vs recompute) and training "
+        "throughput (TFLite vs TensorFlow) with the edge process's peak memory."))
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    k = sub.add_parser("keystroke", help="p50/p99 ms per keystroke: incremental vs recomputing the context",
+                       description="Types held-out text char by char through Session.update; compares with a "
+                                   "fresh session over the last --context-words words at every keystroke.")
+    k.add_argument("--model", required=True, help="model version directory")
+    k.add_argument("--corpus", default=DEFAULT_CORPUS, help="JSONL or plain-text corpus (its test users are typed)")
+    k.add_argument("--max-keystrokes", type=int, default=3000, help="keystrokes timed on the incremental path")
+    k.add_argument("--max-recompute", type=int, default=400,
+                   help="keystrokes timed on the recompute path (an even sample of the same keystrokes)")
+    k.add_argument("--context-words", type=int, default=20, help="context cap of the recompute path")
+    k.add_argument("--warmup", type=int, default=20, help="untimed keystrokes first")
+    t = sub.add_parser("train", help="tokens/s of the train signature in ai-edge-litert vs TensorFlow, peak RSS",
+                       description="Times the same SGD step in the slim interpreter (in a subprocess that "
+                                   "imports no TensorFlow, also measuring its peak RSS) and in TensorFlow.")
+    t.add_argument("--model", required=True, help="model version directory")
+    t.add_argument("--steps", type=int, default=50, help="timed steps per backend")
+    t.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.command == "keystroke":
+        from tools.bench.keystroke import main as keystroke
+        return keystroke(args)
+    if args.command == "train":
+        from tools.bench.train import main as train
+        return train(args)
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    run(main)

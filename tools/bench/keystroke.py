@@ -1,0 +1,117 @@
+"""Per-keystroke suggestion latency: incremental `Session.update` vs recomputing the context.
+
+Held-out text (the corpus's test users) is typed one character at a time. The incremental
+path keeps one session per text, as the keyboard does: each keystroke calls
+`Session.update(text_so_far)`, which feeds only new chunks through `step`. The recompute path
+is what a stateless predictor would do: a new session at every keystroke, fed the last
+`context_words` words. Both paths are timed in the same run, over the same keystrokes (the
+recompute path over an even sample of them, since it is slow), after an untimed warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def held_out_texts(corpus: str) -> list[str]:
+    from model.corpus import read_corpus, split_users
+
+    records = read_corpus(corpus)
+    texts = split_users(records).texts("test") or [r.text for r in records]
+    return [t for t in texts if t.strip()]
+
+
+def keystrokes(texts: list[str], limit: int) -> list[str]:
+    """Text before the cursor after each keystroke, text after text, up to `limit`."""
+    out: list[str] = []
+    for t in texts:
+        for i in range(1, len(t) + 1):
+            if len(out) >= limit:
+                return out
+            out.append(t[:i])
+    return out
+
+
+def last_words(text: str, n: int) -> str:
+    """The last `n` words of `text`, keeping a trailing partial word or space as typed."""
+    words = text.split()
+    if len(words) <= n:
+        return text
+    tail = " ".join(words[-n:])
+    return tail + " " if text[-1].isspace() else tail
+
+
+def percentiles(ms: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(ms)
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.mean())
+
+
+def time_incremental(new_session: Callable[[], object], keys: list[str]) -> list[float]:
+    ms: list[float] = []
+    session, current = None, None
+    for prefix in keys:
+        if session is None or len(prefix) == 1:   # a new text starts: new session (new field)
+            session = new_session()
+        t0 = time.perf_counter()
+        session.update(prefix)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        current = prefix
+    del current
+    return ms
+
+
+def time_recompute(new_session: Callable[[], object], keys: list[str], context_words: int) -> list[float]:
+    ms: list[float] = []
+    for prefix in keys:
+        ctx = last_words(prefix, context_words)
+        t0 = time.perf_counter()
+        new_session().update(ctx)
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return ms
+
+
+def main(args: argparse.Namespace) -> int:
+    from edge_runtime.interpreter import Model
+    from edge_runtime.predictor import Predictor
+    from model.tokenizer import load_tokenizer
+    from protocol.artifact import TOKENIZER
+
+    if args.max_keystrokes < 1 or args.max_recompute < 1 or args.context_words < 1 or args.warmup < 0:
+        raise ValueError("--max-keystrokes, --max-recompute and --context-words must be >= 1, --warmup >= 0")
+    model = Model.load(args.model)
+    predictor = Predictor(model, load_tokenizer(os.path.join(args.model, TOKENIZER)))
+    texts = held_out_texts(args.corpus)
+    keys = keystrokes(texts, args.warmup + args.max_keystrokes)
+    warm, keys = keys[:args.warmup], keys[args.warmup:]
+    if not keys:
+        raise ValueError(f"{args.corpus}: not enough held-out text for {args.warmup} warm-up keystrokes")
+    time_incremental(predictor.session, warm)
+    time_recompute(predictor.session, warm[:5], args.context_words)
+
+    stride = max(1, math.ceil(len(keys) / args.max_recompute))
+    sample = keys[::stride]
+    inc = time_incremental(predictor.session, keys)
+    rec = time_recompute(predictor.session, sample, args.context_words)
+    inc_sample = [inc[i] for i in range(0, len(keys), stride)]
+
+    (i50, i99, imean), (r50, r99, rmean) = percentiles(inc), percentiles(rec)
+    s50, s99, _ = percentiles(inc_sample)
+    vid = model.manifest.version_id if model.manifest else args.model
+    n_texts = len({k for k in keys if len(k) == 1}) or 1
+    print(f"keystroke latency, model {vid} ({model.backend}), {len(keys)} keystrokes over ~{n_texts} held-out "
+          f"texts of {args.corpus}")
+    print(f"{'path':44} {'keys':>6} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    print(f"{'incremental (Session.update)':44} {len(inc):6d} {i50:8.3f} {i99:8.3f} {imean:8.3f}")
+    print(f"{'incremental, same keys as recompute':44} {len(inc_sample):6d} {s50:8.3f} {s99:8.3f} "
+          f"{np.mean(inc_sample):8.3f}")
+    print(f"{f'recompute (new session, <= {args.context_words} words)':44} {len(rec):6d} {r50:8.3f} {r99:8.3f} "
+          f"{rmean:8.3f}")
+    print(f"ratio recompute/incremental (same keys): p50 {r50 / max(s50, 1e-9):.1f}x, "
+          f"p99 {r99 / max(s99, 1e-9):.1f}x, mean {rmean / max(float(np.mean(inc_sample)), 1e-9):.1f}x")
+    return 0

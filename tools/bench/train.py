@@ -1,0 +1,86 @@
+"""On-device training throughput: the `train` signature in the slim interpreter vs TensorFlow.
+
+The edge side runs in a subprocess (tools.bench.edge_train) that imports no TensorFlow, so its
+peak RSS is the device's real cost; the TensorFlow side runs the same step (the model's
+`train_step` on the version's weights, via model.export.load_module, as the same fixed-shape
+concrete function that was converted) in this process. Same batch shape, same number of
+steps, random token ids (throughput does not depend on the text), same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tools.bench.edge_train import peak_rss_mb, random_batch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_edge(model: str, steps: int, warmup: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "tools.bench.edge_train", "--model", model, "--steps", str(steps),
+                        "--warmup", str(warmup)], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"edge training subprocess failed: {last}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_tensorflow(model: str, steps: int, warmup: int) -> dict:
+    from tools._cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    from model.export import load_module
+    from model.lstm import signature_functions
+
+    m, _ = load_module(model)
+    cfg = m.cfg
+    train = signature_functions(m)["train"]
+    rng = np.random.default_rng(0)
+    batches = [random_batch(rng, cfg.vocab_size, cfg.train_batch, cfg.seq_len)
+               for _ in range(min(steps + warmup, 64))]
+    lr = tf.constant([1e-3], tf.float32)
+    for i in range(warmup):
+        x, y, mk = batches[i % len(batches)]
+        train(x=tf.constant(x), y=tf.constant(y), mask=tf.constant(mk), lr=lr)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        x, y, mk = batches[i % len(batches)]
+        loss = train(x=tf.constant(x), y=tf.constant(y), mask=tf.constant(mk), lr=lr)["loss"]
+    secs = time.perf_counter() - t0
+    tokens = steps * cfg.train_batch * cfg.seq_len
+    return {"backend": f"tensorflow {tf.__version__}", "seconds": secs, "tokens_per_s": tokens / secs,
+            "ms_per_step": 1e3 * secs / steps, "last_loss": float(loss.numpy().reshape(-1)[0]),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.warmup < 0:
+        raise ValueError("--steps must be >= 1 and --warmup >= 0")
+    if not (Path(args.model) / "manifest.json").is_file():
+        raise FileNotFoundError(f"{args.model}: not a model version directory (no manifest.json)")
+    edge = run_edge(args.model, args.steps, args.warmup)
+    tf_ = run_tensorflow(args.model, args.steps, args.warmup)
+    base = edge["tokens_per_s"]
+    print(f"training throughput, model {edge['version_id']} (batch {edge['batch']} x {edge['seq_len']} tokens), "
+          f"{args.steps} steps after {args.warmup} warm-up, same run")
+    print(f"{'backend':36} {'tokens/s':>10} {'ms/step':>9} {'vs edge':>8}")
+    for name, r in ((f"edge: {edge['backend']} (train signature)", edge),
+                    (f"{tf_['backend']} (train_step)", tf_)):
+        print(f"{name:36} {r['tokens_per_s']:10.0f} {r['ms_per_step']:9.2f} {r['tokens_per_s'] / base:7.2f}x")
+    print(f"{'edge process peak RSS (MB)':36} {edge['peak_rss_mb']:10.1f}   (after model load "
+          f"{edge['rss_loaded_mb']:.1f}, interpreter start {edge['rss_start_mb']:.1f}; "
+          f"tensorflow imported: {'yes' if edge['tensorflow_imported'] else 'no'})")
+    print(f"{'tensorflow process peak RSS (MB)':36} {tf_['peak_rss_mb']:10.1f}   "
+          f"({tf_['peak_rss_mb'] / max(edge['peak_rss_mb'], 1e-9):.1f}x the edge process)")
+    return 0
