@@ -6,7 +6,7 @@ stride T, every window starting from a zero state, the same as the `train` signa
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

@@ -93,7 +93,8 @@ def lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray]) -> Cou
 
 
 def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | Path, *, version_id: str = "v0",
-                   parent: str | None = None, metrics: dict | None = None, graph: bytes | None = None) -> artifact.Manifest:
+                   parent: str | None = None, metrics: dict | None = None,
+                   graph: bytes | None = None) -> artifact.Manifest:
     """Write a complete, linted version directory: graph, tokenizer, weights, manifest."""
     cfg = m.cfg
     out = Path(out_dir)
@@ -114,7 +115,7 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
         tokenizer_sha256=artifact.sha256_file(out / artifact.TOKENIZER),
         weights_sha256="",
         parent=parent,
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         metrics=metrics or {},
     )
     return artifact.write_version(out, manifest, weights)

@@ -8,15 +8,16 @@ one tokenizer file, whose sha256 goes into each version's manifest.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 
 from model.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
-def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int = 4000, *, max_sentences: int = 300_000) -> Path:
+def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int = 4000, *,
+                    max_sentences: int = 300_000) -> Path:
     """Train a unigram SentencePiece model on `texts` and write it to `out_path`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from model.corpus import CorpusError
 from protocol.artifact import ArtifactError

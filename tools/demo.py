@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             ("LSTM, central on train users", res["models"][str(central)])]
     lines = [f"Held-out users of `{Path(args.corpus).name}` ({res['words']} words), proxy `{Path(args.proxy).name}`.",
              "", "| model | top-1 | top-3 | KSR | word perplexity |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {r['top1']:.1%} | {r['top3']:.1%} | {r['ksr']:.1%} | {r['word_perplexity']:.1f} |" for n, r in rows]
+    lines += [f"| {n} | {r['top1']:.1%} | {r['top3']:.1%} | {r['ksr']:.1%} | {r['word_perplexity']:.1f} |"
+              for n, r in rows]
     gap = rows[2][1]["top3"] - rows[0][1]["top3"]
     lines += ["", f"Central LSTM vs n-gram, top-3: {gap * 100:+.1f} points."]
     report = "\n".join(lines)

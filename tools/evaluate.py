@@ -31,11 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def lstm_factory(version_dir: str):
+    import os
+
     from edge_runtime.interpreter import Model
     from edge_runtime.predictor import Predictor
     from model.tokenizer import load_tokenizer
     from protocol.artifact import TOKENIZER
-    import os
 
     predictor = Predictor(Model.load(version_dir), load_tokenizer(os.path.join(version_dir, TOKENIZER)))
     return predictor.session

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="version directory to write")
-    p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy corpus (JSONL or plain text) for the tokenizer and version 0")
+    p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy corpus (JSONL/text) for the tokenizer and version 0")
     p.add_argument("--corpus", help="train on this corpus's train users instead of the proxy (needs --init)")
     p.add_argument("--init", help="start from this version directory (its tokenizer and architecture)")
     p.add_argument("--version-id", default=None, help="version id in the manifest (default: v0, or central)")
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.corpus and not args.init:
-        raise ValueError("--corpus trains on device text and needs --init DIR (the tokenizer must come from proxy data)")
+        raise ValueError("--corpus trains on device text and needs --init DIR "
+                         "(the tokenizer must come from proxy data)")
     quiet_tensorflow()
     from model.config import ModelConfig
     from model.corpus import read_corpus, split_users

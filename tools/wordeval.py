@@ -16,9 +16,9 @@ Targets are chunks that start with a word character (their leading word, ``[\\w'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from itertools import zip_longest
-from typing import Callable, Iterable
 
 from tqdm import tqdm
 
