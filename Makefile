@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test setup lint clean bench-aggregation
 
 setup: $(VENV)/.installed
 
@@ -17,8 +17,15 @@ $(VENV)/.installed: requirements.txt requirements-edge.txt
 demo: setup          ## the main job: version 0, central reference, evaluation report
 	$(PY) -m tools.demo $(ARGS)
 
-test: setup          ## the whole test suite
+test: setup          ## lint, then the whole test suite
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(ARGS)
+
+# Flower's aggregate in its own environment: flwr pins protobuf/rich versions TensorFlow disagrees with.
+bench-aggregation:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q flwr==1.41.0 numpy safetensors cryptography sentencepiece
+	.venv-bench/bin/python -m tools.bench aggregation $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

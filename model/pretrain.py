@@ -99,16 +99,14 @@ def train(m: NextWordLSTM, sp, train_texts: list[str], val_texts: list[str], s: 
         hist.val_loss.append(val)
         msg = f"epoch {epoch + 1}: train loss {hist.train_loss[-1]:.3f}, validation loss {val:.3f}"
         log.info(msg)
-        if s.progress:
-            tqdm.write(msg)
+        tqdm.write(msg)  # one line per epoch even without a progress bar
         if val < best - 1e-4:
             best, bad, hist.best_epoch = val, 0, epoch
             best_weights = [v.numpy() for v in variables]
         else:
             bad += 1
             if bad > s.patience - 1 and s.patience >= 0:
-                if s.progress:
-                    tqdm.write(f"early stop: no validation improvement for {bad} epoch(s)")
+                tqdm.write(f"early stop: no validation improvement for {bad} epoch(s)")
                 break
     if best_weights is not None:
         for v, w in zip(variables, best_weights):

@@ -1,4 +1,4 @@
-"""`python -m tools.bench {keystroke,train}`: see tools.bench.keystroke and tools.bench.train."""
+"""`python -m tools.bench {keystroke,train,aggregation}`: see the modules of the same names."""
 
 from __future__ import annotations
 
@@ -28,12 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, help="model version directory")
     t.add_argument("--steps", type=int, default=50, help="timed steps per backend")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    sub.add_parser("aggregation", add_help=False,
+                   help="coordinator aggregation: streaming FedAvg vs Flower's aggregate, time and peak memory")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "aggregation":
+        from tools.bench.aggregation import main as aggregation
+        return aggregation(rest)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "keystroke":
         from tools.bench.keystroke import main as keystroke
         return keystroke(args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator import bench
+from tools.bench import aggregation as bench
 
 
 def test_bench_runs_and_methods_agree(capsys):

@@ -1,7 +1,7 @@
 """Aggregation benchmark: the coordinator's streaming FedAvg vs Flower's `aggregate`.
 
-    python -m coordinator.bench                 # 100 and 1,000 updates of the default model
-    python -m coordinator.bench --updates 50 --tiny
+    python -m tools.bench aggregation                 # 100 and 1,000 updates of the default model
+    python -m tools.bench aggregation --updates 50 --tiny
 
 Both read the same float16 safetensors update files (what devices upload) from disk, in the
 same run. The streaming path holds one decoded update and one float64 accumulator at a time;
@@ -80,7 +80,7 @@ def measure(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m coordinator.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.bench aggregation", description=__doc__.split("\n")[0])
     ap.add_argument("--updates", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--tiny", action="store_true", help="a 2k-parameter model instead of the default one")
     ap.add_argument("--version", metavar="DIR", help="take the tensor shapes from this version's manifest")
