@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test setup lint clean bench-aggregation
+.PHONY: demo test setup system-deps lint clean bench-aggregation
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,15 @@ $(VENV)/.installed: requirements.txt requirements-edge.txt
 demo: setup          ## the main job: version 0, central reference, evaluation report
 	$(PY) -m tools.demo $(ARGS)
 
-test: setup          ## lint, then the whole test suite
+# Debian's Chromium for the keyboard-page browser test (Playwright drives it; its own
+# browser download cannot work here). Installed once, as root, if missing.
+system-deps:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root or: sudo apt-get install -y chromium fonts-dejavu-core" >&2; exit 1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+
+test: setup system-deps   ## lint, then the whole test suite
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(ARGS)
 

@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-from edge_runtime import agent
+from edge_runtime import agent, keyboard
 from edge_runtime.cache import CacheError
 from edge_runtime.client import ClientError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, load_config
@@ -27,6 +27,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set min_idle_s=60 (repeatable)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+
+
+def _keyboard_flags(p: argparse.ArgumentParser, port_help: str, name: str = "--keyboard-port") -> None:
+    p.add_argument(name, dest="keyboard_port", type=int, metavar="PORT", help=port_help)
+    p.add_argument("--keyboard-host", metavar="HOST",
+                   help="address for the keyboard page (default 127.0.0.1); typed text crosses this socket, "
+                        "so a non-loopback address is only accepted from this flag")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one check-in and its task, then exit (0 = ok)")
     p.add_argument("--eligibility", choices=ELIGIBILITY_MODES,
                    help="auto: power, idle, load and network checks (default); override:* for emulators")
+    _keyboard_flags(p, "also serve the demo keyboard page on this port (default: no page)")
+
+    p = cmd("keyboard", "serve the demo keyboard page without a coordinator (suggestions, cache, pause, wipe)")
+    p.add_argument("--model", help="a model version directory to use (default: the device's current version)")
+    p.add_argument("--channel", choices=("stable", "canary"),
+                   help="label the model as stable or canary (default: what the device loop last recorded)")
+    _keyboard_flags(p, "port to serve on (default: any free port)", name="--port")
 
     p = cmd("type", "commit text into the local cache as the keyboard would (never printed)")
     p.add_argument("--field-kind", required=True,
@@ -67,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     flags: dict[str, Any] = {"data_dir": args.data_dir, "log_level": args.log_level}
-    for name in ("coordinator", "public_key", "eligibility"):
+    for name in ("coordinator", "public_key", "eligibility", "keyboard_host", "keyboard_port"):
         flags[name] = getattr(args, name, None)
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -102,10 +116,26 @@ def main(argv: list[str] | None = None) -> int:
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
+            page = None
             try:
+                if cfg.keyboard_port:
+                    page = keyboard.start_keyboard(cfg.data_dir, host=cfg.keyboard_host, port=cfg.keyboard_port,
+                                                   config=cfg, cache=dev.cache,
+                                                   allow_remote=args.keyboard_host is not None)
+                    print(f"keyboard page: {page.url}", flush=True)
                 return agent.run_loop(dev, once=args.once, stop=stop)
             finally:
+                if page is not None:
+                    page.stop()
                 dev.close()
+        elif c == "keyboard":
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            keyboard.serve_keyboard(cfg.data_dir, model_dir=args.model, host=cfg.keyboard_host,
+                                    port=cfg.keyboard_port, config=cfg, channel=args.channel,
+                                    allow_remote=args.keyboard_host is not None, stop=stop,
+                                    on_ready=lambda url: print(f"keyboard page: {url}", flush=True))
         elif c == "type":
             stored = agent.type_text(cfg, args.text, args.field_kind, private=args.private)
             print("cached" if stored else "not cached (sensitive field, empty text or learning paused)")
@@ -120,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         return 0
-    except (ConfigError, agent.AgentError, ClientError, VersionError, CacheError) as e:
+    except (ConfigError, agent.AgentError, ClientError, VersionError, CacheError, keyboard.KeyboardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:

@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import trainer
+from edge_runtime import channel, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.client import (
     ClientError,
@@ -216,6 +216,16 @@ def _use_version(dev: Device, version_id: str | None) -> None:
         log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
 
 
+def _note_channel(dev: Device, task: wire.Task) -> None:
+    """Remember whether the version in use is stable or canary (shown by the keyboard page)."""
+    if not dev.config.data_dir:
+        return
+    try:
+        channel.record_channel(dev.config.data_dir, task, dev.store.current_id)
+    except OSError as e:
+        log.warning("cannot record the model channel: %s", e.strerror)
+
+
 def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple[str, dict[str, Any]]:
     plan = task.plan
     assert plan is not None and task.base_version_id is not None  # wire.Task guarantees it
@@ -284,6 +294,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
                               can_evaluate=stats["heldout"] > 0)
     task = dev.client.checkin(req)
     _use_version(dev, task.use_version_id)
+    _note_channel(dev, task)
     if task.kind == wire.TASK_TRAIN:
         outcome, counts = _train(dev, task, sleep)
     elif task.kind == wire.TASK_EVALUATE:

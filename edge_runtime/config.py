@@ -48,6 +48,9 @@ class EdgeConfig:
     upload_attempts: int = 4             # tries for one upload (same idempotency key) before giving up
     http_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # Demo keyboard page (edge_runtime.keyboard); non-loopback hosts need --keyboard-host itself
+    keyboard_host: str = "127.0.0.1"
+    keyboard_port: int = 0               # `run`: 0 = no page; `keyboard`: 0 = any free port
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +69,8 @@ class EdgeConfig:
             (self.upload_attempts >= 1, "upload_attempts must be >= 1"),
             (self.http_timeout_s > 0, "http_timeout_s must be > 0"),
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
+            (bool(self.keyboard_host.strip()), "keyboard_host must not be empty"),
+            (0 <= self.keyboard_port <= 65535, "keyboard_port must be in [0, 65535]"),
         ]
         for ok, msg in checks:
             if not ok:

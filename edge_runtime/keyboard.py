@@ -1,0 +1,485 @@
+"""The demo keyboard page: a loopback HTTP server for one static page and a small JSON API.
+
+The page (``static/keyboard.html`` + ``.js`` + ``.css``, no CDN, no build step) asks for
+suggestions on every keystroke and commits finished sentences into the device's text cache,
+exactly as an on-device keyboard would. API (JSON in, JSON out; POSTs need
+``Content-Type: application/json``)::
+
+    GET  /api/status   -> {"model": {"version_id", "channel"}, "cache": {"sentences"}, "paused"}
+    POST /api/suggest  {"client": id, "text": text before the cursor}
+                       -> {"suggestions": [best, second, third], "version_id": ...}
+    POST /api/commit   {"text": ..., "field_kind": "message", "private": false}
+                       -> {"cached": bool, "reason": ..., ...status}
+    POST /api/pause    {"paused": bool} -> status
+    POST /api/clear    {} -> status (all cached text wiped)
+
+Errors are ``{"error": code, "message": ...}`` with a 4xx/5xx status. Suggestions come
+best-first; the page puts the best one in the middle of its strip.
+
+Privacy: typed text lives only in request bodies and in the text cache (whose own rules
+refuse sensitive or private fields and anything while learning is paused). The page never
+sends its private field's text anywhere. Log lines carry method, route, status and timing,
+never a body, query string or unknown path. The server binds to loopback unless told
+otherwise explicitly, and refuses requests whose Host is not the one it serves (DNS
+rebinding) and cross-site POSTs (they cannot send application/json without a preflight,
+which is never answered, and a foreign Origin is refused).
+
+`start_keyboard(...)` runs the server in a thread and returns a handle (`.url`, `.stop()`);
+`serve_keyboard(...)` blocks until stopped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge_runtime import channel as channels
+from edge_runtime.agent import ACTIVITY_FILE, open_cache
+from edge_runtime.cache import TextCache
+from edge_runtime.config import EdgeConfig
+from edge_runtime.eligibility import ActivityClock
+from edge_runtime.interpreter import Model
+from edge_runtime.predictor import Predictor, Session
+from edge_runtime.versions import VersionError, VersionStore
+from protocol.artifact import TOKENIZER
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_FILES = {  # route -> (file, content type); nothing else is ever served from disk
+    "/": ("keyboard.html", "text/html; charset=utf-8"),
+    "/keyboard.html": ("keyboard.html", "text/html; charset=utf-8"),
+    "/static/keyboard.js": ("keyboard.js", "text/javascript; charset=utf-8"),
+    "/static/keyboard.css": ("keyboard.css", "text/css; charset=utf-8"),
+}
+API_GET = frozenset({"/api/status"})
+API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear"})
+MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refused (413)
+MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
+MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
+MODEL_CHECK_S = 2.0           # how often the device's current version is looked up
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+class KeyboardError(RuntimeError):
+    """The keyboard server cannot start (bad bind address, no data directory)."""
+
+
+class ApiError(Exception):
+    """A request the API refuses; becomes a JSON error with `status`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_host(host: str, *, allow_remote: bool = False) -> None:
+    """Refuse a non-loopback bind address unless `allow_remote` (an explicit --keyboard-host)."""
+    if not is_loopback(host) and not allow_remote:
+        raise KeyboardError(f"refusing to serve the keyboard on non-loopback address {host!r}: "
+                            "typed text would be reachable from the network (pass --keyboard-host explicitly)")
+
+
+# --- suggestions ------------------------------------------------------------------------------
+
+class ModelSlot:
+    """The predictor for the version in use: a fixed version directory, or the device's
+    current version (reloaded when the device loop swaps it). Interpreters are not
+    thread-safe, so every use goes through `lock`."""
+
+    def __init__(self, *, data_dir: Path | None, model_dir: Path | None, channel: str | None,
+                 loader: Callable[[Path], Predictor] | None = None) -> None:
+        self.data_dir, self.model_dir, self.fixed_channel = data_dir, model_dir, channel
+        self.lock = threading.RLock()
+        self._loader = loader or load_predictor
+        self._store = VersionStore(data_dir) if (data_dir is not None and model_dir is None) else None
+        self._dir: Path | None = None
+        self._checked = float("-inf")
+        self.version_id: str | None = None
+        self.predictor: Predictor | None = None
+        self.generation = 0     # bumps on every swap, so sessions of the old model are dropped
+
+    def _wanted(self) -> Path | None:
+        if self.model_dir is not None:
+            return self.model_dir
+        assert self._store is not None
+        try:
+            return self._store.current()
+        except VersionError:
+            return None
+
+    def refresh(self) -> None:
+        """Load the wanted version if it changed (looked up at most every MODEL_CHECK_S)."""
+        with self.lock:
+            now = time.monotonic()
+            if self.predictor is not None and now - self._checked < MODEL_CHECK_S:
+                return
+            self._checked = now
+            wanted = self._wanted()
+            if wanted == self._dir:
+                return
+            if wanted is None:
+                self.predictor, self.version_id, self._dir = None, None, None
+            else:
+                t0 = time.monotonic()
+                self.predictor = self._loader(wanted)
+                manifest = self.predictor.model.manifest
+                self.version_id = manifest.version_id if manifest else wanted.name
+                self._dir = wanted
+                log.info("keyboard: model version %s loaded in %.2fs", self.version_id, time.monotonic() - t0)
+            self.generation += 1
+
+    @property
+    def channel(self) -> str:
+        if self.fixed_channel:
+            return self.fixed_channel
+        if self.data_dir is None:
+            return channels.UNKNOWN
+        return channels.read_channel(self.data_dir, self.version_id)
+
+
+def load_predictor(version_dir: Path) -> Predictor:
+    from model.tokenizer import load_tokenizer
+
+    return Predictor(Model.load(version_dir), load_tokenizer(Path(version_dir) / TOKENIZER))
+
+
+class KeyboardApp:
+    """The API's logic, independent of HTTP (tests call it directly too)."""
+
+    def __init__(self, *, cache: TextCache, slot: ModelSlot, activity: ActivityClock | None = None) -> None:
+        self.cache, self.slot, self.activity = cache, slot, activity
+        self._sessions: OrderedDict[str, tuple[int, Session]] = OrderedDict()
+
+    def status(self) -> dict[str, Any]:
+        self.slot.refresh()
+        return {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
+                "cache": {"sentences": self.cache.stats()["records"]},
+                "paused": self.cache.paused}
+
+    def suggest(self, body: dict[str, Any]) -> dict[str, Any]:
+        client = _str_field(body, "client", max_len=64)
+        text = _str_field(body, "text", max_len=MAX_TEXT, allow_empty=True)
+        if self.activity is not None:
+            self.activity.note_keystroke()
+        with self.slot.lock:
+            self.slot.refresh()
+            if self.slot.predictor is None:
+                return {"suggestions": [], "version_id": None}
+            gen, session = self._sessions.pop(client, (None, None))
+            if session is None or gen != self.slot.generation:
+                session = self.slot.predictor.session()
+            self._sessions[client] = (self.slot.generation, session)
+            while len(self._sessions) > MAX_CLIENTS:
+                self._sessions.popitem(last=False)
+            words = session.update(text, k=3)
+        return {"suggestions": words, "version_id": self.slot.version_id}
+
+    def commit(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = _str_field(body, "text", max_len=MAX_TEXT, allow_empty=True)
+        kind = _str_field(body, "field_kind", max_len=64)
+        private = body.get("private", False)
+        if not isinstance(private, bool):
+            raise ApiError(400, "bad_request", "'private' must be true or false")
+        if self.activity is not None:
+            self.activity.note_keystroke()
+        if private:
+            cached, reason = False, "private field"
+        else:
+            cached = self.cache.add(text, kind)
+            reason = None if cached else ("learning paused" if self.cache.paused
+                                          else "empty text or sensitive field")
+        return {"cached": cached, "reason": reason, **self.status()}
+
+    def pause(self, body: dict[str, Any]) -> dict[str, Any]:
+        paused = body.get("paused")
+        if not isinstance(paused, bool):
+            raise ApiError(400, "bad_request", "'paused' must be true or false")
+        self.cache.set_paused(paused)
+        return self.status()
+
+    def clear(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.cache.wipe()
+        return self.status()
+
+
+def _str_field(body: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:
+    v = body.get(name)
+    if not isinstance(v, str) or (not v and not allow_empty):
+        raise ApiError(400, "bad_request", f"'{name}' must be a{'' if allow_empty else ' non-empty'} string")
+    if len(v) > max_len:
+        raise ApiError(413, "too_large", f"'{name}' is longer than {max_len} characters")
+    return v
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "FedKeysKeyboard/1"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    # The base class logs request lines (which may carry a query string) and error messages
+    # (which may quote the request line): all of that is replaced by `_log_access`.
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.info("keyboard: malformed request refused")
+
+    def _route(self) -> str:
+        path = urlsplit(self.path).path
+        known = path in STATIC_FILES or path in API_GET or path in API_POST
+        return path if known else "<other>"
+
+    def _log_access(self, status: int, t0: float) -> None:
+        log.info("keyboard: %s %s %d %.1fms", self.command, self._route(), status, (time.monotonic() - t0) * 1e3)
+
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy",
+                         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                         "connect-src 'self'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _error(self, e: ApiError) -> None:
+        self._json(e.status, {"error": e.code, "message": e.message})
+
+    def _check_host(self) -> None:
+        host = self.headers.get("Host", "")
+        name = urlsplit("//" + host).hostname or ""
+        if not self.server.accept_any_host and not is_loopback(name):
+            raise ApiError(421, "bad_host", "this server only answers requests for a loopback host")
+
+    def _handle(self, fn: Callable[[], None]) -> None:
+        t0 = time.monotonic()
+        status = 500
+        try:
+            try:
+                self._check_host()
+                status = fn() or 200
+            except ApiError as e:
+                if e.status == 413:
+                    self.close_connection = True  # the unread body must not be parsed as a request
+                status = e.status
+                self._error(e)
+            except Exception:
+                log.exception("keyboard: internal error on %s %s", self.command, self._route())
+                status = 500
+                self.close_connection = True
+                self._error(ApiError(500, "internal", "internal error (see the device log)"))
+        finally:
+            self._log_access(status, t0)
+
+    def do_GET(self) -> None:
+        self._handle(self._get)
+
+    def do_HEAD(self) -> None:
+        self._handle(self._get)
+
+    def do_POST(self) -> None:
+        self._handle(self._post)
+
+    def do_PUT(self) -> None:
+        self._handle(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_OPTIONS = do_PUT
+
+    def _not_allowed(self) -> int:
+        raise ApiError(405, "method_not_allowed", f"{self.command} is not supported here")
+
+    def _get(self) -> int:
+        path = urlsplit(self.path).path
+        if path in STATIC_FILES:
+            name, ctype = STATIC_FILES[path]
+            self._send(200, (STATIC_DIR / name).read_bytes(), ctype)
+            return 200
+        if path == "/api/status":
+            self._json(200, self.server.app.status())
+            return 200
+        if path in API_POST:
+            raise ApiError(405, "method_not_allowed", "use POST")
+        raise ApiError(404, "not_found", "no such page")
+
+    def _post(self) -> int:
+        path = urlsplit(self.path).path
+        if path not in API_POST:
+            if path in API_GET or path in STATIC_FILES:
+                raise ApiError(405, "method_not_allowed", "use GET")
+            raise ApiError(404, "not_found", "no such endpoint")
+        origin = self.headers.get("Origin")
+        if origin and not self.server.accept_any_host and not is_loopback(urlsplit(origin).hostname or ""):
+            raise ApiError(403, "forbidden_origin", "cross-site requests are refused")
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise ApiError(411, "length_required", "a Content-Length header is required") from None
+        if length < 0 or length > MAX_BODY:
+            raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw.decode("utf-8")) if raw else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_json", "the request body must be a JSON object")
+        app = self.server.app
+        handler = {"/api/suggest": app.suggest, "/api/commit": app.commit,
+                   "/api/pause": app.pause, "/api/clear": app.clear}[path]
+        self._json(200, handler(body))
+        return 200
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], app: KeyboardApp, *, accept_any_host: bool) -> None:
+        if ":" in addr[0]:
+            import socket
+
+            self.address_family = socket.AF_INET6
+        super().__init__(addr, _Handler)
+        self.app = app
+        self.accept_any_host = accept_any_host
+
+
+# --- public entry points ----------------------------------------------------------------------
+
+@dataclass
+class KeyboardServer:
+    """A running keyboard server (from `start_keyboard`)."""
+
+    url: str
+    host: str
+    port: int
+    app: KeyboardApp
+    _server: _Server
+    _thread: threading.Thread
+    _owned_cache: TextCache | None
+
+    def stop(self) -> None:
+        """Stop serving and release what `start_keyboard` opened. Safe to call twice."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()
+        if self._owned_cache is not None:
+            self._owned_cache.close()
+            self._owned_cache = None
+
+    def __enter__(self) -> KeyboardServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, host: str, port: int,
+           config: EdgeConfig | None, cache: TextCache | None, channel: str | None,
+           allow_remote: bool) -> tuple[_Server, TextCache | None]:
+    check_bind_host(host, allow_remote=allow_remote)
+    if channel is not None and channel not in channels.CHANNELS:
+        raise KeyboardError(f"channel must be one of {list(channels.CHANNELS)}, got {channel!r}")
+    if not data_dir:
+        raise KeyboardError("the keyboard needs the device's data directory")
+    data_dir = Path(data_dir)
+    config = config or EdgeConfig(data_dir=str(data_dir))
+    if config.data_dir != str(data_dir):
+        config = config.with_overrides({"data_dir": str(data_dir)})
+    owned = None
+    if cache is None:
+        cache = owned = open_cache(config)
+    try:
+        slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel)
+        slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
+        app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
+        server = _Server((host, port), app, accept_any_host=not is_loopback(host))
+    except BaseException:
+        if owned is not None:
+            owned.close()
+        raise
+    return server, owned
+
+
+def _url(server: _Server, host: str) -> str:
+    port = server.server_address[1]
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
+def start_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
+                   host: str = "127.0.0.1", port: int = 0, config: EdgeConfig | None = None,
+                   cache: TextCache | None = None, channel: str | None = None,
+                   allow_remote: bool = False) -> KeyboardServer:
+    """Serve the keyboard page in a background thread; returns a handle with `.url`, `.stop()`.
+
+    `model_dir`: a version directory to use; default the device's current version (followed
+    as the device loop swaps it). `port=0` picks a free port. `cache`: share an open cache
+    (the device loop's); otherwise one is opened from `data_dir` and closed by `stop()`.
+    `channel`: "stable" or "canary" when the caller knows it; default what the device loop
+    recorded. Non-loopback `host` raises KeyboardError unless `allow_remote`.
+    """
+    server, owned = _build(data_dir, model_dir=model_dir, host=host, port=port, config=config, cache=cache,
+                           channel=channel, allow_remote=allow_remote)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="keyboard-server", daemon=True)
+    thread.start()
+    url = _url(server, host)
+    log.info("keyboard page at %s", url)
+    return KeyboardServer(url=url, host=host, port=server.server_address[1], app=server.app, _server=server,
+                          _thread=thread, _owned_cache=owned)
+
+
+def serve_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
+                   host: str = "127.0.0.1", port: int = 0, config: EdgeConfig | None = None,
+                   cache: TextCache | None = None, channel: str | None = None, allow_remote: bool = False,
+                   stop: threading.Event | None = None, on_ready: Callable[[str], Any] | None = None) -> None:
+    """Serve the keyboard page until `stop` is set (or KeyboardInterrupt). Blocking.
+
+    `on_ready(url)` is called once the socket is listening (e.g. to print the URL)."""
+    handle = start_keyboard(data_dir, model_dir=model_dir, host=host, port=port, config=config, cache=cache,
+                            channel=channel, allow_remote=allow_remote)
+    try:
+        if on_ready is not None:
+            on_ready(handle.url)
+        (stop or threading.Event()).wait()
+    finally:
+        handle.stop()

@@ -1,0 +1,339 @@
+// FedKeys demo keyboard: suggestions on every keystroke, finished sentences committed to the
+// device's text cache. The private field's text never leaves this page.
+"use strict";
+
+(function () {
+  const $ = (sel) => document.querySelector(sel);
+  const message = $("#message");
+  const privateField = $("#private-field");
+  const strip = $("#strip");
+  const slots = {
+    middle: strip.querySelector('[data-slot="middle"]'),
+    left: strip.querySelector('[data-slot="left"]'),
+    right: strip.querySelector('[data-slot="right"]'),
+  };
+  const clientId = (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
+    : String(Date.now()) + Math.random().toString(16).slice(2);
+
+  let active = message;          // the field the on-screen keyboard types into
+  let shift = false;
+  let committedPrefix = "";      // the part of the message already committed to the cache
+  let clearArmed = null;         // timer while "clear my history" waits for its confirming tap
+
+  const isPrivate = (field) => field.type === "password" || field.hasAttribute("data-private");
+
+  // --- API -----------------------------------------------------------------------------------
+
+  async function api(path, body) {
+    if (body !== undefined && path !== "/api/suggest") epoch++;
+    const opts = body === undefined ? {} : {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    };
+    const resp = await fetch(path, opts);
+    const data = await resp.json().catch(() => ({}));
+    if (!resp.ok) throw new Error(data.message || ("HTTP " + resp.status));
+    return data;
+  }
+
+  function renderStatus(st) {
+    if (!st || !st.model) return;
+    const chip = $("#model-chip");
+    const version = st.model.version_id;
+    $("#model-version").textContent = version || "no model yet";
+    $("#model-channel").textContent = st.model.channel;
+    chip.dataset.channel = st.model.channel;
+    chip.title = version ? `Suggestions from model version ${version} (${st.model.channel})` : "No model version yet";
+    const n = st.cache.sentences;
+    $("#cached-count").textContent = String(n);
+    $("#cached-label").textContent = n === 1 ? "sentence" : "sentences";
+    const toggle = $("#pause-toggle");
+    toggle.checked = !!st.paused;
+    document.body.classList.toggle("paused", !!st.paused);
+    $(".toggle-label").textContent = st.paused ? "Learning paused" : "Pause learning";
+  }
+
+  // A poll answered after a change (pause, commit, clear) may describe the state before it:
+  // every change bumps `epoch`, and a poll that saw the epoch move is dropped.
+  let epoch = 0;
+  async function refreshStatus() {
+    const mine = epoch;
+    try {
+      const st = await api("/api/status");
+      if (mine === epoch) renderStatus(st);
+    } catch (e) { /* the next poll retries */ }
+  }
+
+  let toastTimer = null;
+  function toast(text) {
+    const t = $("#toast");
+    t.textContent = text;
+    t.classList.add("show");
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => t.classList.remove("show"), 1800);
+  }
+
+  // --- suggestions ----------------------------------------------------------------------------
+
+  let inFlight = false, again = false, seq = 0, shownSeq = 0;
+
+  function textBeforeCursor() {
+    return message.value.slice(0, message.selectionStart);
+  }
+
+  function renderSuggestions(words, forText) {
+    // Best-first from the server; the best goes in the middle, like a phone keyboard.
+    const [best, second, third] = words;
+    for (const [slot, word] of [["middle", best], ["left", second], ["right", third]]) {
+      slots[slot].textContent = word || "";
+      slots[slot].disabled = !word;
+      slots[slot].dataset.word = word || "";
+    }
+    strip.dataset.state = words.length ? "ready" : "empty";
+    strip.dataset.for = forText === undefined ? "" : forText;   // what they were computed for (tests wait on it)
+  }
+
+  async function suggest() {
+    if (active !== message) return;
+    if (inFlight) { again = true; return; }     // keep only the newest keystroke waiting
+    inFlight = true;
+    const mine = ++seq;
+    try {
+      const text = textBeforeCursor();
+      const res = await api("/api/suggest", { client: clientId, text });
+      if (mine > shownSeq) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
+    } catch (e) {
+      renderSuggestions([]);
+    } finally {
+      inFlight = false;
+      if (again) { again = false; suggest(); }
+    }
+  }
+
+  function privateStrip() {
+    for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
+    delete strip.dataset.for;
+    slots.middle.textContent = "Private field: no suggestions, nothing learned";
+    strip.dataset.state = "private";
+  }
+
+  function applySuggestion(word) {
+    if (!word) return;
+    const pos = message.selectionStart;
+    const before = message.value.slice(0, pos);
+    const partial = before.match(/\S*$/)[0];      // the chunk the model completed
+    message.setRangeText(word + " ", pos - partial.length, message.selectionEnd, "end");
+    message.focus();
+    afterEdit(message);
+  }
+
+  // --- committing -----------------------------------------------------------------------------
+
+  function commonPrefix(a, b) {
+    let i = 0;
+    while (i < a.length && i < b.length && a[i] === b[i]) i++;
+    return a.slice(0, i);
+  }
+
+  async function commit(field, text) {
+    if (isPrivate(field)) return;                 // private text is never sent to the cache
+    text = text.trim();
+    if (!text) return;
+    try {
+      const res = await api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false });
+      renderStatus(res);
+      toast(res.cached ? "Learned on this device" : "Not learned: " + (res.reason || "refused"));
+    } catch (e) {
+      toast("Could not save: " + e.message);
+    }
+  }
+
+  // A sentence is finished when . ! or ? is followed by a space (or a newline).
+  function commitFinishedSentences() {
+    const text = message.value;
+    if (!text.startsWith(committedPrefix)) committedPrefix = commonPrefix(committedPrefix, text);
+    const rest = text.slice(committedPrefix.length);
+    const re = /[.!?]+["')\]]*\s/g;
+    let end = -1, m;
+    while ((m = re.exec(rest)) !== null) end = m.index + m[0].length;
+    if (end > 0) {
+      committedPrefix = text.slice(0, committedPrefix.length + end);
+      commit(message, rest.slice(0, end));
+    }
+  }
+
+  function send() {
+    const text = message.value;
+    if (!text.trim()) return;
+    if (!text.startsWith(committedPrefix)) committedPrefix = commonPrefix(committedPrefix, text);
+    commit(message, text.slice(committedPrefix.length));
+    const bubble = document.createElement("p");
+    bubble.className = "bubble";
+    bubble.textContent = text.trim();
+    const thread = $("#thread");
+    thread.querySelector(".hint")?.remove();
+    thread.appendChild(bubble);
+    thread.scrollTop = thread.scrollHeight;
+    message.value = "";
+    committedPrefix = "";
+    afterEdit(message);
+  }
+
+  function submitPrivate() {
+    if (!privateField.value) return;
+    privateField.value = "";
+    toast("Private text cleared: never learned");
+  }
+
+  // --- typing ---------------------------------------------------------------------------------
+
+  function afterEdit(field) {
+    if (field === message) {
+      commitFinishedSentences();
+      suggest();
+    }
+  }
+
+  function insertText(field, str) {
+    field.focus();
+    field.setRangeText(str, field.selectionStart, field.selectionEnd, "end");
+    afterEdit(field);
+  }
+
+  function backspace(field) {
+    field.focus();
+    let start = field.selectionStart;
+    const end = field.selectionEnd;
+    if (start === end) {
+      if (start === 0) return;
+      start -= 1;
+    }
+    field.setRangeText("", start, end, "end");
+    afterEdit(field);
+  }
+
+  function enter(field) {
+    if (field === message) send(); else submitPrivate();
+  }
+
+  function setActive(field) {
+    active = field;
+    if (isPrivate(field)) privateStrip(); else suggest();
+  }
+
+  // --- on-screen keyboard ---------------------------------------------------------------------
+
+  const ROWS = [
+    [..."qwertyuiop"],
+    [..."asdfghjkl"],
+    ["shift", ..."zxcvbnm", "backspace"],
+    [",", "space", ".", "enter"],
+  ];
+  const LABELS = { shift: "⇧", backspace: "⌫", space: "space", enter: "⏎" };
+  const ARIA = { shift: "Shift", backspace: "Backspace", space: "Space", enter: "Enter" };
+
+  function buildKeyboard() {
+    const kb = $("#keyboard");
+    for (const row of ROWS) {
+      const r = document.createElement("div");
+      r.className = "row";
+      for (const k of row) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.tabIndex = -1;
+        b.className = "key" + (k in LABELS ? " fn fn-" + k : "");
+        b.dataset.key = k;
+        b.textContent = LABELS[k] || k;
+        b.setAttribute("aria-label", ARIA[k] || k);
+        r.appendChild(b);
+      }
+      kb.appendChild(r);
+    }
+    // Keep the caret in the text field: keys must not take focus.
+    kb.addEventListener("mousedown", (e) => e.preventDefault());
+    kb.addEventListener("click", (e) => {
+      const b = e.target.closest(".key");
+      if (!b) return;
+      const k = b.dataset.key;
+      if (k === "shift") { setShift(!shift); return; }
+      if (k === "backspace") backspace(active);
+      else if (k === "enter") enter(active);
+      else if (k === "space") insertText(active, " ");
+      else {
+        insertText(active, shift ? k.toUpperCase() : k);
+        if (shift) setShift(false);
+      }
+    });
+  }
+
+  function setShift(on) {
+    shift = on;
+    const kb = $("#keyboard");
+    kb.classList.toggle("shifted", on);
+    for (const b of kb.querySelectorAll(".key:not(.fn)")) {
+      b.textContent = on ? b.dataset.key.toUpperCase() : b.dataset.key;
+    }
+  }
+
+  // --- wiring ---------------------------------------------------------------------------------
+
+  strip.addEventListener("mousedown", (e) => e.preventDefault());
+  strip.addEventListener("click", (e) => {
+    const b = e.target.closest(".sugg");
+    if (b && !b.disabled && active === message) applySuggestion(b.dataset.word);
+  });
+
+  message.addEventListener("input", () => afterEdit(message));
+  message.addEventListener("focus", () => setActive(message));
+  message.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); }
+  });
+  // Cursor moves change the text before the cursor too.
+  message.addEventListener("keyup", (e) => { if (e.key.startsWith("Arrow") || e.key === "Home" || e.key === "End") suggest(); });
+  message.addEventListener("click", () => suggest());
+
+  privateField.addEventListener("focus", () => setActive(privateField));
+  privateField.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); submitPrivate(); } });
+
+  $("#send").addEventListener("mousedown", (e) => e.preventDefault());
+  $("#send").addEventListener("click", () => { setActive(message); send(); message.focus(); });
+
+  $("#pause-toggle").addEventListener("change", async (e) => {
+    try {
+      const st = await api("/api/pause", { paused: e.target.checked });
+      renderStatus(st);
+      toast(st.paused ? "Learning paused: nothing new is saved" : "Learning resumed");
+    } catch (err) {
+      toast("Could not change: " + err.message);
+      refreshStatus();
+    }
+  });
+
+  const clearBtn = $("#clear-history");
+  clearBtn.addEventListener("click", async () => {
+    if (!clearArmed) {   // first tap arms, the second within 4 s clears
+      clearBtn.classList.add("armed");
+      clearBtn.textContent = "Tap again to clear";
+      clearArmed = setTimeout(disarm, 4000);
+      return;
+    }
+    disarm();
+    try {
+      renderStatus(await api("/api/clear", {}));
+      toast("History cleared from this device");
+    } catch (err) {
+      toast("Could not clear: " + err.message);
+    }
+  });
+  function disarm() {
+    clearTimeout(clearArmed);
+    clearArmed = null;
+    clearBtn.classList.remove("armed");
+    clearBtn.textContent = "Clear my history";
+  }
+
+  buildKeyboard();
+  renderSuggestions([]);
+  refreshStatus().then(() => suggest());
+  setInterval(refreshStatus, 5000);
+  message.focus();
+})();

@@ -1,0 +1,248 @@
+"""The keyboard page's JSON API over loopback HTTP, without a browser.
+
+Covers the contract (suggest, commit, status, pause, clear), its errors (always JSON), the
+loopback-only bind, Host/Origin checks, and that log lines never carry typed text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sqlite3
+import threading
+import time
+
+import pytest
+import requests
+
+from edge_runtime import channel, keyboard
+from edge_runtime.__main__ import main as cli_main
+from edge_runtime.cache import DB_NAME
+from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
+from edge_runtime.versions import VersionStore, directory_fetch
+from protocol import wire
+from protocol.artifact import read_manifest
+
+pytestmark = pytest.mark.filterwarnings("error")
+SECRET = "quokka zanzibar xylophone"
+
+
+@pytest.fixture
+def server(tmp_path, exported_version):
+    with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
+        yield s
+
+
+def post(server, route: str, body, **kw) -> requests.Response:
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    return requests.post(server.url + route.lstrip("/"), data=data, headers=headers, timeout=10, **kw)
+
+
+def db_rows(server) -> list[str]:
+    path = server.app.cache.path
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return [r[0] for r in db.execute("SELECT text FROM texts ORDER BY id")]
+
+
+# --- the contract -------------------------------------------------------------------------------
+
+def test_status_reports_model_channel_count_and_pause(server, exported_version):
+    st = requests.get(server.url + "api/status", timeout=5).json()
+    assert st == {"model": {"version_id": read_manifest(exported_version).version_id, "channel": "canary"},
+                  "cache": {"sentences": 0}, "paused": False}
+
+
+def test_static_page_and_assets_are_served_with_a_strict_policy(server):
+    r = requests.get(server.url, timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert 'id="strip"' in r.text and "data-private" in r.text and "http" not in r.text.split("<body>")[1]
+    for asset, ctype in (("static/keyboard.js", "text/javascript"), ("static/keyboard.css", "text/css")):
+        r = requests.get(server.url + asset, timeout=5)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith(ctype)
+    assert requests.get(server.url + "static/../keyboard.py", timeout=5).status_code == 404
+
+
+def test_suggest_is_incremental_per_client_and_best_first(server):
+    a1 = post(server, "api/suggest", {"client": "a", "text": "I pray you, "}).json()
+    assert len(a1["suggestions"]) == 3 and len(set(a1["suggestions"])) == 3 and a1["version_id"]
+    a2 = post(server, "api/suggest", {"client": "a", "text": "I pray you, t"}).json()["suggestions"]
+    assert a2 and all(w.startswith("t") for w in a2)
+    # Another client with the same text gets the same answer: sessions are independent.
+    assert post(server, "api/suggest", {"client": "b", "text": "I pray you, t"}).json()["suggestions"] == a2
+    # Backspace (shorter text) rewinds the session.
+    assert post(server, "api/suggest", {"client": "a", "text": "I pray you, "}).json() == a1
+    direct = server.app.slot.predictor.session().update("I pray you, ")
+    assert a1["suggestions"] == direct   # the predictor's best-first order, unchanged
+
+
+def test_commit_pause_and_clear(server):
+    r = post(server, "api/commit", {"text": "Good morrow to you.", "field_kind": "message"}).json()
+    assert r["cached"] is True and r["cache"]["sentences"] == 1
+    r = post(server, "api/commit", {"text": SECRET, "field_kind": "message", "private": True}).json()
+    assert r["cached"] is False and r["reason"] == "private field"
+    r = post(server, "api/commit", {"text": SECRET, "field_kind": "password"}).json()
+    assert r["cached"] is False
+    assert post(server, "api/pause", {"paused": True}).json()["paused"] is True
+    r = post(server, "api/commit", {"text": "typed while paused", "field_kind": "message"}).json()
+    assert r["cached"] is False and r["reason"] == "learning paused" and r["cache"]["sentences"] == 1
+    assert post(server, "api/pause", {"paused": False}).json()["paused"] is False
+    assert db_rows(server) == ["Good morrow to you."]
+    assert post(server, "api/clear", {}).json()["cache"]["sentences"] == 0
+    assert db_rows(server) == []
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, code", [
+    ("{not json", 400, "bad_json"),
+    (b"\xff\xfe", 400, "bad_json"),
+    ("[1, 2]", 400, "bad_json"),
+    ({"client": "a"}, 400, "bad_request"),
+    ({"client": "", "text": "x"}, 400, "bad_request"),
+    ({"client": "a", "text": 5}, 400, "bad_request"),
+    ({"client": "a", "text": "x" * (keyboard.MAX_TEXT + 1)}, 413, "too_large"),
+])
+def test_bad_suggest_requests_get_json_errors(server, body, status, code):
+    r = post(server, "api/suggest", body)
+    assert r.status_code == status and r.headers["Content-Type"] == "application/json"
+    assert r.json()["error"] == code and r.json()["message"]
+
+
+def test_other_refusals_are_json_too(server):
+    def check(r, status, code):
+        assert (r.status_code, r.json()["error"]) == (status, code)
+
+    check(post(server, "api/pause", {"paused": "yes"}), 400, "bad_request")
+    check(post(server, "api/commit", {"text": "x", "field_kind": "message", "private": "no"}), 400, "bad_request")
+    check(post(server, "api/suggest", '{"client": "a", "text": ""}', headers={"Content-Type": "text/plain"}),
+          415, "unsupported_media_type")
+    check(post(server, "api/clear", {}, headers={"Origin": "https://evil.example"}), 403, "forbidden_origin")
+    check(requests.get(server.url + "api/status", headers={"Host": "evil.example"}, timeout=5), 421, "bad_host")
+    check(requests.get(server.url + "api/suggest", timeout=5), 405, "method_not_allowed")
+    check(requests.delete(server.url + "api/clear", timeout=5), 405, "method_not_allowed")
+    check(requests.get(server.url + "nope", timeout=5), 404, "not_found")
+    check(post(server, "api/suggest", b"x" * (keyboard.MAX_BODY + 1)), 413, "too_large")
+    # The server is still fine afterwards.
+    assert requests.get(server.url + "api/status", timeout=5).status_code == 200
+
+
+# --- binding ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "example.com"])
+def test_non_loopback_bind_is_refused(tmp_path, host):
+    with pytest.raises(KeyboardError, match="non-loopback"):
+        start_keyboard(tmp_path, host=host)
+    check_bind_host(host, allow_remote=True)   # an explicit --keyboard-host allows it
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_hosts_are_accepted(host):
+    check_bind_host(host)
+
+
+def test_cli_refuses_non_loopback_host_from_settings(tmp_path, capsys):
+    rc = cli_main(["keyboard", "--data-dir", str(tmp_path), "--set", "keyboard_host=0.0.0.0"])
+    assert rc == 1 and "non-loopback" in capsys.readouterr().err
+
+
+def test_cli_keyboard_serves_until_stopped(tmp_path, exported_version, monkeypatch):
+    started = {}
+    real = keyboard.serve_keyboard
+
+    def serve(*a, stop, on_ready, **kw):
+        def ready(url):
+            started["url"] = url
+            on_ready(url)
+            stop.set()
+        return real(*a, stop=stop, on_ready=ready, **kw)
+
+    monkeypatch.setattr(keyboard, "serve_keyboard", serve)
+    rc = cli_main(["keyboard", "--data-dir", str(tmp_path), "--model", str(exported_version), "--port", "0",
+                   "--channel", "stable"])
+    assert rc == 0 and started["url"].startswith("http://127.0.0.1:")
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+def test_log_lines_carry_no_typed_text(server, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    post(server, "api/suggest", {"client": "a", "text": SECRET})
+    post(server, "api/commit", {"text": SECRET + ".", "field_kind": "message"})
+    post(server, "api/commit", {"text": SECRET, "field_kind": "message", "private": True})
+    post(server, "api/suggest", "{" + SECRET)                                   # bad JSON
+    requests.get(server.url + "api/status?q=" + SECRET.replace(" ", "+"), timeout=5)
+    requests.get(server.url + SECRET.replace(" ", "/"), timeout=5)               # unknown path
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:   # a malformed request line
+        sock.sendall(f"GET /{SECRET} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("edge_runtime")]  # the server's
+    out = capfd.readouterr()
+    assert any("POST /api/suggest 200" in m for m in lines) and any("POST /api/suggest 400" in m for m in lines)
+    assert any("GET <other> 404" in m for m in lines)
+    for word in SECRET.split():
+        assert not any(word in m for m in lines), "typed text in a log line"
+        assert word not in out.err and word not in out.out
+
+
+# --- the model in use ---------------------------------------------------------------------------
+
+def test_device_without_a_model_still_caches(tmp_path):
+    with start_keyboard(tmp_path) as s:
+        assert post(s, "api/suggest", {"client": "a", "text": "hello "}).json() == {"suggestions": [],
+                                                                                    "version_id": None}
+        st = post(s, "api/commit", {"text": "Hello there.", "field_kind": "message"}).json()
+        assert st["cached"] and st["model"] == {"version_id": None, "channel": "unknown"}
+
+
+def test_follows_the_device_current_version_and_its_channel(tmp_path, exported_version, monkeypatch):
+    monkeypatch.setattr(keyboard, "MODEL_CHECK_S", 0.0)
+    vid = read_manifest(exported_version).version_id
+    loads = []
+    slot = ModelSlot(data_dir=tmp_path, model_dir=None, channel=None,
+                     loader=lambda d: loads.append(d) or keyboard.load_predictor(d))
+    slot.refresh()
+    assert slot.predictor is None and slot.version_id is None
+    VersionStore(tmp_path).install(vid, directory_fetch(exported_version))
+    slot.refresh()
+    assert slot.version_id == vid and slot.channel == "unknown" and len(loads) == 1
+    evaluate = wire.Task(kind=wire.TASK_EVALUATE, retry_after=1.0, use_version_id=vid, candidate_version_id=vid,
+                         evaluate_version_ids=(vid, "stable1"))
+    assert channel.record_channel(tmp_path, evaluate, vid) == "canary" and slot.channel == "canary"
+    slot.refresh()
+    assert len(loads) == 1   # same version: not reloaded
+
+
+def test_channel_from_tasks(tmp_path):
+    come_back = wire.Task(kind=wire.TASK_COME_BACK, retry_after=1.0, use_version_id="v2")
+    assert channel.channel_of(come_back) is None
+    assert channel.record_channel(tmp_path, come_back, "v2") == "unknown"
+    ev = wire.Task(kind=wire.TASK_EVALUATE, retry_after=1.0, use_version_id="v2", candidate_version_id="c3",
+                   evaluate_version_ids=("c3", "v2"))
+    assert channel.record_channel(tmp_path, ev, "v2") == "stable"
+    assert channel.record_channel(tmp_path, come_back, "v2") == "stable"    # nothing new: the last answer
+    assert channel.read_channel(tmp_path, "v9") == "unknown"               # another version: unknown
+    failed = wire.Task(kind=wire.TASK_EVALUATE, retry_after=1.0, use_version_id="c3", candidate_version_id="c3",
+                       evaluate_version_ids=("c3", "v2"))
+    assert channel.record_channel(tmp_path, failed, "v2") == "stable"       # download failed: still v2
+
+
+def test_serve_keyboard_blocks_until_stop(tmp_path):
+    stop, urls = threading.Event(), []
+    t = threading.Thread(target=keyboard.serve_keyboard, args=(tmp_path,),
+                         kwargs={"stop": stop, "on_ready": urls.append})
+    t.start()
+    for _ in range(100):
+        if urls:
+            break
+        time.sleep(0.05)
+    assert requests.get(urls[0] + "api/status", timeout=5).status_code == 200
+    stop.set()
+    t.join(10)
+    assert not t.is_alive()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(urls[0] + "api/status", timeout=2)
+    assert (tmp_path / DB_NAME).exists()
