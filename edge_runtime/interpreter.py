@@ -38,6 +38,23 @@ def _interpreter_class(prefer: str | None = None) -> tuple[str, Any]:
     raise ImportError("no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime on ARM)")
 
 
+def patch_constants(graph: bytes, patches: dict[str, list[list[int]]], weights: dict[str, np.ndarray]) -> bytes:
+    """Write a version's weights over the `infer` signature's placeholder constants.
+
+    `patches` (from the manifest's arch, found by the exporter) maps each weight name to
+    ``[byte offset, transposed]`` pairs in the flatbuffer. Returns the patched graph bytes.
+    """
+    buf = bytearray(graph)
+    for name, places in patches.items():
+        w = np.asarray(weights[name], dtype=np.float32)
+        for offset, transposed in places:
+            data = (np.ascontiguousarray(w.T) if transposed else np.ascontiguousarray(w)).tobytes()
+            if offset < 0 or offset + len(data) > len(buf):
+                raise artifact.ArtifactError(f"infer patch for {name} lies outside the graph file")
+            buf[offset:offset + len(data)] = data
+    return bytes(buf)
+
+
 class Model:
     """A trainable TFLite graph with its weights loaded through `set_weights`.
 
@@ -56,10 +73,17 @@ class Model:
     def load(cls, version_dir: str | os.PathLike, *, verify: bool = True, **kw: Any) -> Model:
         """Open a version directory (sha256s verified) and load its weights."""
         manifest, weights = artifact.load_version(version_dir, verify=verify)
-        m = cls(Path(version_dir) / artifact.GRAPH, **kw)
+        graph = (Path(version_dir) / artifact.GRAPH).read_bytes()
+        patches = manifest.arch.get("infer_patches")
+        if patches:
+            graph = patch_constants(graph, patches, weights)
+        m = cls(graph, **kw)
         m.set_weights(weights)
         m.manifest = manifest
         return m
+
+    def has_signature(self, name: str) -> bool:
+        return name in self._interp.get_signature_list()
 
     def runner(self, name: str) -> Callable[..., dict[str, np.ndarray]]:
         """The signature `name` as a callable taking keyword arrays, returning a dict of arrays."""

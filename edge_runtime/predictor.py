@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime.interpreter import Model
-from model.config import BOS_ID, EOS_ID, SIG_STEP
+from model.config import BOS_ID, EOS_ID, SIG_INFER, SIG_STEP
 
 _WORD = re.compile(r"^[\w']+$")
 WORD_START = "\u2581"
@@ -102,11 +102,13 @@ class Predictor:
 
     def __post_init__(self):
         self.table = PieceTable(self.sp)
-        self._step = self.model.runner(SIG_STEP)
-        H = self.model.manifest.arch["model"]["hidden_dim"] if self.model.manifest else None
-        if H is None:
+        if self.model.manifest is None:
             raise ValueError("Predictor needs a Model loaded from a version directory")
-        self.hidden = int(H)
+        arch = self.model.manifest.arch
+        self.hidden = int(arch["model"]["hidden_dim"])
+        # `infer` (constant weights, patched in at load) when the version has it, else `step`.
+        fast = bool(arch.get("infer_patches")) and self.model.has_signature(SIG_INFER)
+        self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
         zero = np.zeros((1, self.hidden), np.float32)
         self.root = self._run([BOS_ID], zero, zero)[0]
 

@@ -60,10 +60,11 @@ class ModelConfig:
 # Signature names (TFLite `get_signature_runner(name)`), with their inputs -> outputs.
 SIG_STEP = "step"            # tokens int32[N], h float32[N,H], c float32[N,H] -> logprobs float32[N,V], h, c
 SIG_TRAIN = "train"          # x int32[B,T], y int32[B,T], mask float32[B,T], lr float32[1] -> loss float32[1]
+SIG_INFER = "infer"            # same as step, over constant weights patched in at load (the fast keystroke path)
 SIG_EVALUATE = "evaluate"    # x, y, mask -> loss_sum, top1, top3, count (all float32[1])
 SIG_GET_WEIGHTS = "get_weights"  # () -> one output per weight name
 SIG_SET_WEIGHTS = "set_weights"  # one input per weight name -> ok float32[1]
-SIGNATURES = (SIG_STEP, SIG_TRAIN, SIG_EVALUATE, SIG_GET_WEIGHTS, SIG_SET_WEIGHTS)
+SIGNATURES = (SIG_STEP, SIG_INFER, SIG_TRAIN, SIG_EVALUATE, SIG_GET_WEIGHTS, SIG_SET_WEIGHTS)
 
 # Special token ids, fixed in the tokenizer trainer.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model.config import SIG_STEP, SIG_TRAIN, SIGNATURES, ModelConfig
-from model.lstm import NextWordLSTM, signature_functions
+from model.config import SIG_INFER, SIG_STEP, SIG_TRAIN, SIGNATURES, ModelConfig
+from model.lstm import NextWordLSTM, probe_weights, signature_functions
 from protocol import artifact
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,41 @@ def list_ops(tflite: bytes) -> Counter:
     return ops
 
 
-def lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray]) -> Counter:
-    """Refuse Flex/custom ops; run one train step and one step in the slim interpreter."""
-    from edge_runtime.interpreter import Model
+def find_patches(tflite: bytes, cfg: ModelConfig) -> dict[str, list[list[int]]]:
+    """Where the `infer` signature's placeholder constants sit in the flatbuffer, by their bytes.
+
+    The converter may store a matrix transposed (FULLY_CONNECTED wants [out, in]), so both
+    layouts are searched; every weight must be found, or the device could not patch it.
+    """
+    patches: dict[str, list[list[int]]] = {}
+    for name, probe in probe_weights(cfg).items():
+        layouts = [(probe.tobytes(), 0)]
+        if probe.ndim == 2:
+            layouts.append((np.ascontiguousarray(probe.T).tobytes(), 1))
+        places = []
+        for data, transposed in layouts:
+            at = tflite.find(data)
+            while at >= 0:
+                places.append([at, transposed])
+                at = tflite.find(data, at + 1)
+        if not places:
+            raise ExportError(f"the infer signature's constant for {name} was transformed by the converter; "
+                              "the device could not patch it")
+        patches[name] = places
+    return patches
+
+
+def lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray],
+         patches: dict[str, list[list[int]]] | None = None) -> Counter:
+    """Refuse Flex/custom ops; run one train step and one step in the slim interpreter, and check
+    that `infer` with patched constants gives what `step` gives."""
+    from edge_runtime.interpreter import Model, patch_constants
 
     ops = list_ops(tflite)
     bad = sorted(op for op in ops if op.startswith("Flex") or not op.isupper())
     if bad:
         raise ExportError(f"exported graph needs ops outside TFLITE_BUILTINS (Flex delegate): {bad}")
-    model = Model(tflite)
+    model = Model(patch_constants(tflite, patches, weights) if patches else tflite)
     if model.backend == "tensorflow":
         raise ExportError("no slim interpreter (ai-edge-litert or tflite-runtime) installed to lint with")
     model.set_weights(weights)
@@ -88,6 +114,12 @@ def lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray]) -> Cou
                                c=np.zeros((1, H), np.float32))
     if o["logprobs"].shape != (1, cfg.vocab_size) or abs(np.exp(o["logprobs"]).sum() - 1) > 1e-3:
         raise ExportError("step in the slim interpreter did not return a distribution over the vocabulary")
+    if patches:
+        model.set_weights(weights)  # the train step above moved the variables; infer holds `weights`
+        args = dict(tokens=np.array([2, 7], np.int32), h=np.zeros((2, H), np.float32), c=np.zeros((2, H), np.float32))
+        a, b = model.runner(SIG_STEP)(**args), model.runner(SIG_INFER)(**args)
+        if not np.allclose(a["logprobs"], b["logprobs"], atol=1e-4):
+            raise ExportError("infer with patched constants disagrees with step: the patch table is wrong")
     log.info("lint ok (%s): %d op kinds, %d ops", model.backend, len(ops), sum(ops.values()))
     return ops
 
@@ -101,11 +133,12 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     weights = {n: v.numpy() for n, v in m.vars.items()}
     tflite = graph if graph is not None else convert(m)
-    lint(tflite, cfg, weights)
+    patches = find_patches(tflite, cfg)
+    lint(tflite, cfg, weights, patches)
     artifact.atomic_write(out / artifact.GRAPH, tflite)
     if Path(tokenizer_path).resolve() != (out / artifact.TOKENIZER).resolve():
         shutil.copyfile(tokenizer_path, out / artifact.TOKENIZER)
-    arch = {"model": cfg.to_dict(), "signatures": list(SIGNATURES)}
+    arch = {"model": cfg.to_dict(), "signatures": list(SIGNATURES), "infer_patches": patches}
     manifest = artifact.Manifest(
         version_id=version_id,
         arch=arch,

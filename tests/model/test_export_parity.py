@@ -37,7 +37,7 @@ def test_graph_has_builtin_ops_only_and_all_signatures(exported_version):
     assert "READ_VARIABLE" in ops and "ASSIGN_VARIABLE" in ops  # resource variables, trained in place
     m = Model(graph, backend="ai_edge_litert")
     sigs = m._interp.get_signature_list()
-    assert set(sigs) == {"step", "train", "evaluate", "get_weights", "set_weights"}
+    assert set(sigs) == {"step", "infer", "train", "evaluate", "get_weights", "set_weights"}
 
 
 def test_step_matches_tensorflow(pair):
@@ -51,6 +51,23 @@ def test_step_matches_tensorflow(pair):
         ref = tfm.step(tf.constant([t]), th, tc)
         np.testing.assert_allclose(out["logprobs"], ref["logprobs"].numpy(), atol=STEP_ATOL)
         h, c, th, tc = out["h"], out["c"], ref["h"], ref["c"]
+
+
+def test_infer_with_patched_constants_matches_step_and_tensorflow(pair, exported_version):
+    """The fast keystroke signature holds the version's weights as patched constants."""
+    tfm, lite, cfg = pair
+    manifest, _ = artifact.load_version(exported_version)
+    assert set(manifest.arch["infer_patches"]) == {n for n, _ in cfg.weight_shapes()}
+    tokens = np.array([2, 17, 40], np.int32)
+    h = np.zeros((3, cfg.hidden_dim), np.float32)
+    args = dict(tokens=tokens, h=h, c=h)
+    fast = lite.runner("infer")(**args)
+    slow = lite.runner(SIG_STEP)(**args)
+    ref = tfm.step(tf.constant(tokens), tf.constant(h), tf.constant(h))
+    np.testing.assert_allclose(fast["logprobs"], slow["logprobs"], atol=STEP_ATOL)
+    np.testing.assert_allclose(fast["logprobs"], ref["logprobs"].numpy(), atol=STEP_ATOL)
+    unpatched = Model((exported_version / artifact.GRAPH).read_bytes(), backend="ai_edge_litert")
+    assert not np.allclose(unpatched.runner("infer")(**args)["logprobs"], fast["logprobs"], atol=1e-2)
 
 
 def test_one_train_step_gives_the_same_weights(pair, exported_version):
