@@ -1,26 +1,35 @@
-"""The one-command FedKeys run: build version 0, a central reference, and score them.
+"""The one-command FedKeys demo: version 0, a small federated simulation, the keyboard page.
 
-    python -m tools.demo [--data-dir data] [--corpus FILE] [--proxy FILE]
+    python -m tools.demo [--data-dir data] [--no-serve]
 
-Steps (each reused when its output already exists, so a re-run is quick):
-1. version 0: SentencePiece tokenizer + LSTM pretrained on the proxy corpus only, exported to
-   builtin-only TFLite and linted in the slim interpreter (data/models/v0);
-2. central reference: version 0 trained further on the device corpus's train users
-   (data/models/central), the upper bound for federated learning;
-3. evaluation on the device corpus's held-out users: Kneser-Ney trigram, proxy-only, central,
-   written to data/report.md and data/report.json.
+On embedded defaults (SQLite, local files, loopback), everything under one data directory:
+
+1. version 0: SentencePiece tokenizer + LSTM pretrained on the proxy corpus only
+   (DIR/models/v0), and the central reference trained further on the device corpus's train
+   users (DIR/models/central); both one-time, reused on every later run;
+2. a small simulation (tools.simulate): a real coordinator on loopback and 8 simulated
+   devices, each typing one corpus user's text, federating for 3 rounds with canary
+   rollout; about 3-4 minutes on 2 cores;
+3. the report, DIR/report.md + DIR/report.png: n-gram, proxy-only, federated and central
+   models on the corpus's held-out users, and the rounds;
+4. the keyboard page, served on loopback, bound to the freshly promoted model; its URL is
+   printed (Ctrl-C stops it). --no-serve exits after the report.
+
+Re-running reuses the models and replaces the simulation (DIR/runs/).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 from tools._cli import DEFAULT_CORPUS, DEFAULT_PROXY, run
+
+# The demo's simulation: small enough for < 5 minutes on 2 cores, big enough to beat version 0.
+DEMO_DEFAULTS = {"devices": 8, "rounds": 3, "eval_words": 500, "participation": 0.8, "dropout": 0.1,
+                 "canary_fraction": 0.5, "canary_min_reports": 2, "workers": 2}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,63 +37,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data", help="everything goes under this directory (default: data)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="device text (JSONL or plain text)")
     p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy text for the tokenizer and version 0")
+    p.add_argument("--devices", type=int, default=DEMO_DEFAULTS["devices"])
+    p.add_argument("--rounds", type=int, default=DEMO_DEFAULTS["rounds"])
+    p.add_argument("--workers", type=int, default=DEMO_DEFAULTS["workers"], help="device processes")
     p.add_argument("--pretrain-epochs", type=int, default=2)
     p.add_argument("--pretrain-steps", type=int, default=700, help="steps per pretraining epoch (batch 64)")
     p.add_argument("--central-epochs", type=int, default=4)
-    p.add_argument("--max-words", type=int, default=3000, help="held-out words scored per model")
-    p.add_argument("--rebuild", action="store_true", help="retrain even if the versions exist")
+    p.add_argument("--max-words", type=int, default=DEMO_DEFAULTS["eval_words"],
+                   help="held-out words scored per model")
+    p.add_argument("--rebuild", action="store_true", help="retrain version 0 and central even if they exist")
+    p.add_argument("--no-serve", action="store_true", help="exit after the report instead of serving the keyboard")
+    p.add_argument("--keyboard-port", type=int, default=0, help="keyboard page port (default: a free one)")
+    p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def _step(title: str, cmd: list[str]) -> None:
-    print(f"\n== {title}\n$ {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    res = subprocess.run([sys.executable, "-m", *cmd])
-    if res.returncode != 0:
-        raise SystemExit(f"error: step '{title}' failed (exit {res.returncode})")
-    print(f"   done in {time.time() - t0:.0f} s", flush=True)
+def simulation_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The tools.simulate settings for this demo run."""
+    from tools.simulate import build_parser as sim_parser
+
+    sim = sim_parser().parse_args([])
+    for k, v in DEMO_DEFAULTS.items():
+        setattr(sim, k, v)
+    for k in ("data_dir", "corpus", "proxy", "devices", "rounds", "workers", "pretrain_epochs", "pretrain_steps",
+              "central_epochs", "rebuild", "no_progress"):
+        setattr(sim, k, getattr(args, k))
+    sim.eval_words = args.max_words
+    return sim
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from model.corpus import read_corpus
+    from tools.simulate import SimulationError, simulate
 
-    for path in (args.corpus, args.proxy):
-        read_corpus(path)  # fail fast, with a clear message, before minutes of training
-    data = Path(args.data_dir)
-    v0, central = data / "models" / "v0", data / "models" / "central"
-    if args.rebuild or not (v0 / "manifest.json").exists():
-        _step("version 0 from proxy text", ["tools.pretrain", "--proxy", args.proxy, "--out", str(v0),
-                                            "--epochs", str(args.pretrain_epochs),
-                                            "--steps-per-epoch", str(args.pretrain_steps)])
-    else:
-        print(f"reusing {v0}")
-    if args.rebuild or not (central / "manifest.json").exists():
-        _step("central reference on the device corpus's train users",
-              ["tools.pretrain", "--corpus", args.corpus, "--init", str(v0), "--out", str(central),
-               "--epochs", str(args.central_epochs), "--patience", "2", "--lr", "1e-3"])
-    else:
-        print(f"reusing {central}")
-    print("\n== evaluation on held-out users", flush=True)
-    out = subprocess.run([sys.executable, "-m", "tools.evaluate", "--model", str(v0), "--model", str(central),
-                          "--corpus", args.corpus, "--baseline", "--json", "--max-words", str(args.max_words)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"error: evaluation failed: {out.stderr.strip()[-500:]}")
-    res = json.loads(out.stdout)
-    rows = [("Kneser-Ney trigram (train users)", res["ngram"]), ("LSTM, proxy only (v0)", res["models"][str(v0)]),
-            ("LSTM, central on train users", res["models"][str(central)])]
-    lines = [f"Held-out users of `{Path(args.corpus).name}` ({res['words']} words), proxy `{Path(args.proxy).name}`.",
-             "", "| model | top-1 | top-3 | KSR | word perplexity |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {r['top1']:.1%} | {r['top3']:.1%} | {r['ksr']:.1%} | {r['word_perplexity']:.1f} |"
-              for n, r in rows]
-    gap = rows[2][1]["top3"] - rows[0][1]["top3"]
-    lines += ["", f"Central LSTM vs n-gram, top-3: {gap * 100:+.1f} points."]
-    report = "\n".join(lines)
-    (data / "report.md").write_text(report + "\n")
-    (data / "report.json").write_text(json.dumps({n: r for n, r in rows}, indent=2))
-    print(report)
-    print(f"\nreport: {data / 'report.md'}")
+    if not 0 <= args.keyboard_port < 65536:
+        raise ValueError("--keyboard-port must be in [0, 65535]")
+    command = "python -m tools.demo " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        result = simulate(simulation_args(args), command.strip())
+    except SimulationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.no_serve:
+        return 0
+    fed = result.federations[0]
+    return serve(fed.keyboard_dir, fed.final_version, args.keyboard_port)
+
+
+def serve(keyboard_dir: Path, version_id: str, port: int = 0) -> int:
+    """The keyboard page on loopback, on the device that holds the freshly promoted version."""
+    from edge_runtime.keyboard import KeyboardError, serve_keyboard
+
+    stop = threading.Event()
+
+    def ready(url: str) -> None:
+        print(f"\nkeyboard page (model {version_id}): {url}\nCtrl-C to stop.", flush=True)
+
+    try:
+        serve_keyboard(keyboard_dir, port=port, channel="stable", stop=stop, on_ready=ready)
+    except KeyboardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped")
     return 0
 
 

@@ -1,0 +1,86 @@
+"""`python -m tools.simulate` end to end on a small corpus this test writes: a real coordinator
+process, real edge runtimes in a process pool, two rounds, the report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = ("the king shall come to the castle tonight and my lord will speak with thee of love and war "
+         "good morrow sweet friend I pray you tell me what news from the court").split()
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "160"}
+
+
+def write_corpus(path: Path, users: int, texts_per_user: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for u in range(users):
+            for _ in range(texts_per_user):
+                text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12)))
+                f.write(json.dumps({"user": f"user{u:02d}", "text": text}) + "\n")
+    return path
+
+
+def simulate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tools.simulate", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", users=24, texts_per_user=30, seed=1)
+    proxy = write_corpus(tmp_path / "proxy.jsonl", users=3, texts_per_user=10, seed=2)
+    data = tmp_path / "sim"
+    r = simulate("--corpus", str(corpus), "--proxy", str(proxy), "--devices", "4", "--rounds", "2",
+                 "--data-dir", str(data), "--v0", str(exported_version), "--no-central", "--participation", "1.0",
+                 "--dropout", "0", "--max-examples", "16", "--batch-size", "4", "--eval-words", "60",
+                 "--canary-fraction", "1.0", "--canary-min-reports", "2", "--workers", "2", "--no-progress")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+
+    md = (data / "report.md").read_text()
+    assert "| LSTM, proxy only (version 0) |" in md and "| LSTM, federated, 2 rounds |" in md
+    assert "Kneser-Ney" in md and "report.png" in md
+    png = (data / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+    report = json.loads((data / "report.json").read_text())
+    rounds = report["federations"][0]["rounds"]
+    assert [x["round"] for x in rounds] == [1, 2]
+    for x in rounds:
+        assert x["status"] == "done" and x["accepted"] >= 1 and x["eligible"] == 4, x
+        assert x["verdict"] in ("promote", "reject"), x
+        assert x["canary_reports"] >= 2 and x["candidate_metrics"]["words"] > 0
+    assert report["federations"][0]["final_version"]
+    # Every device kept its own state: identity, text cache, installed versions.
+    devices = sorted((data / "runs" / "federated" / "devices").iterdir())
+    assert len(devices) == 4
+    for d in devices:
+        assert (d / "device.json").exists() and (d / "text_cache.sqlite3").exists()
+    # Typed text never reached the coordinator's files.
+    needle = b"good morrow sweet friend"
+    coord = data / "runs" / "federated" / "coordinator"
+    assert not [p for p in coord.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_bad_input_is_one_line(tmp_path):
+    r = simulate("--corpus", str(tmp_path / "missing.jsonl"), "--devices", "2", "--rounds", "1",
+                 "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'missing.jsonl'}: no such file", r.stderr
+    corpus = write_corpus(tmp_path / "c.jsonl", users=24, texts_per_user=2, seed=0)
+    r = simulate("--corpus", str(corpus), "--proxy", str(corpus), "--devices", "500", "--rounds", "1",
+                 "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "fewer than --devices" in r.stderr
+    r = simulate("--corpus", str(corpus), "--devices", "2", "--rounds", "0", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 2 and r.stderr.strip() == "error: --rounds must be >= 1"
