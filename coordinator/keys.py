@@ -52,14 +52,15 @@ def load_or_create_admin_token(data_dir: str | os.PathLike) -> str:
     path = Path(data_dir) / ADMIN_TOKEN_FILE
     if not path.exists():
         try:
-            _write_secret(path, secrets.token_urlsafe(32).encode())
+            _write_secret(path, new_secret().encode())
         except FileExistsError:
             pass
     return path.read_text().strip()
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(32)
+    """A URL-safe secret that never starts with '-', which a command line would read as a flag."""
+    return "fk" + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:

@@ -167,8 +167,11 @@ def test_cli_keyboard_serves_until_stopped(tmp_path, exported_version, monkeypat
 
 # --- logs ---------------------------------------------------------------------------------------
 
-def test_log_lines_carry_no_typed_text(server, caplog, capfd):
+def test_log_lines_carry_no_typed_text(server, caplog, capfd, monkeypatch):
     caplog.set_level(logging.DEBUG)
+    # This test's own HTTP client logs the URLs it requests at DEBUG; that is the client, not the
+    # keyboard server, and an earlier test may have routed it to stderr.
+    monkeypatch.setattr(logging.getLogger("urllib3"), "level", logging.WARNING)
     post(server, "api/suggest", {"client": "a", "text": SECRET})
     post(server, "api/commit", {"text": SECRET + ".", "field_kind": "message"})
     post(server, "api/commit", {"text": SECRET, "field_kind": "message", "private": True})
