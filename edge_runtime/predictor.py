@@ -30,6 +30,7 @@ class _Node:
     logprobs: np.ndarray  # (V,) next-piece log-probabilities after this node
     h: np.ndarray
     c: np.ndarray
+    cache: dict = field(default_factory=dict)  # per-node results reused across keystrokes
 
 
 class PieceTable:
@@ -59,6 +60,7 @@ class PieceTable:
                 else:
                     boundary[i] = True  # punctuation ends the word before it
         self.boundary_ids = np.flatnonzero(boundary)
+        self.inner_ids = np.flatnonzero(~boundary)  # fewer than the boundary pieces: cheaper to sum
         self.starts = sorted(starts)
         self.conts = sorted(conts)
         self._start_keys = [t for t, _ in self.starts]
@@ -114,7 +116,8 @@ class Predictor:
 
     def _run(self, tokens: list[int], h: np.ndarray, c: np.ndarray) -> list[_Node]:
         out = self._step(tokens=np.asarray(tokens, np.int32), h=h, c=c)
-        return [_Node(out["logprobs"][i], out["h"][i:i + 1], out["c"][i:i + 1]) for i in range(len(tokens))]
+        lp = out["logprobs"]
+        return [_Node(lp[i], out["h"][i:i + 1], out["c"][i:i + 1]) for i in range(len(tokens))]
 
     def advance(self, node: _Node, ids: list[int]) -> tuple[_Node, float]:
         """Feed `ids` one at a time; returns the new node and their summed log-probability."""
@@ -139,20 +142,23 @@ class Predictor:
                 nd = memo.get(pieces) if pieces else node
                 lp = nd.logprobs
                 if pieces and surf and surf.startswith(prefix):
-                    end = score + _logsumexp(lp[tbl.boundary_ids])
+                    if "end" not in nd.cache:  # log P(word ends here) = log(1 - P(it goes on))
+                        nd.cache["end"] = float(np.log(max(1.0 - float(np.exp(lp[tbl.inner_ids]).sum()), 1e-30)))
+                    end = score + nd.cache["end"]
                     if end > finished.get(surf, -np.inf):
                         finished[surf] = end
                 if depth == self.max_pieces:
                     continue
                 rem = prefix[len(surf):] if len(prefix) > len(surf) else ""
-                ids = tbl.allowed(not pieces, rem)
-                if ids.size == 0:
-                    continue
-                scores = lp[ids]
-                if ids.size > self.beam:
-                    top = np.argpartition(-scores, self.beam)[:self.beam]
-                    ids, scores = ids[top], scores[top]
-                for i, s in zip(ids.tolist(), scores.tolist()):
+                key = ("top", not pieces, rem)
+                if key not in nd.cache:  # the best allowed pieces after this node, for this prefix
+                    ids = tbl.allowed(not pieces, rem)
+                    scores = lp[ids]
+                    if ids.size > self.beam:
+                        top = np.argpartition(-scores, self.beam)[:self.beam]
+                        ids, scores = ids[top], scores[top]
+                    nd.cache[key] = list(zip(ids.tolist(), scores.tolist()))
+                for i, s in nd.cache[key]:
                     cands.append((score + s, pieces + (i,), surf + tbl.text[i]))
             if not cands:
                 break
