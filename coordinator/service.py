@@ -182,7 +182,8 @@ class Coordinator:
             s.flush()
             s.add(Decision(version_id=manifest.version_id, action="import", actor="admin",
                            reason=f"imported from {d.name} as {status}", numbers_json="{}"))
-        log.info("imported version %s as %s (%d params)", manifest.version_id, status, len(weights))
+        log.info("imported version %s as %s (%d tensors, %d parameters)", manifest.version_id, status, len(weights),
+                 manifest.num_params)
         return manifest.version_id
 
     def _supersede_candidate(self, s: Session, new_id: str) -> None:
@@ -223,6 +224,9 @@ class Coordinator:
         unknown = set(overrides) - allowed
         if unknown:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
+        # A round that reached its goal but whose aggregation a crash interrupted must not block
+        # the next one until some device happens to check in.
+        self._safe_maintenance()
         o = {k: getattr(c, k) for k in allowed} | {k: v for k, v in overrides.items() if v is not None}
         try:
             goal, min_count = int(o["goal_count"]), int(o["min_count"])

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     sub.add_parser("aggregation", add_help=False,
                    help="coordinator aggregation: streaming FedAvg vs Flower's aggregate, time and peak memory")
+    from tools.bench.load import add_parser as add_load
+
+    add_load(sub)
     return ap
 
 
@@ -47,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from tools.bench.train import main as train
         return train(args)
+    if args.command == "load":
+        from tools.bench.load import main as load
+        return load(args)
     ap.print_help()
     return 2
 
