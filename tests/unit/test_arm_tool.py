@@ -1,0 +1,48 @@
+"""tools.arm's pure parts (the board itself needs root and runs in CI via `python -m tools.arm ci`)."""
+
+from __future__ import annotations
+
+import os
+
+from tools.arm import board
+from tools.arm.__main__ import main
+from tools.arm.tasks import TEST_PATHS, _parse_bench, _task_lines
+
+
+def test_tflite_venv_swaps_the_interpreter_and_pins_numpy_below_2():
+    litert = board.venv_requirements("litert")
+    tflite = board.venv_requirements("tflite")
+    assert "ai-edge-litert" in litert and "tflite-runtime" not in litert
+    assert "tflite-runtime==2.14.0" in tflite and "ai-edge-litert" not in tflite
+    assert "numpy<2" in tflite.splitlines()
+    for pkg in ("sentencepiece", "safetensors", "cryptography", "requests", "pytest"):
+        assert pkg in litert and pkg in tflite
+    reqs = [ln for ln in (litert + tflite).lower().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert not [ln for ln in reqs if "tensorflow" in ln]
+
+
+def test_cpuinfo_looks_like_a_raspberry_pi_4():
+    text = board.cpuinfo_text(4)
+    assert text.count("processor\t:") == 4
+    assert "CPU part\t: 0xd08" in text and "CPU implementer\t: 0x41" in text     # Cortex-A72
+    assert "Raspberry Pi 4" in text
+
+
+def test_task_summary_and_bench_parsing():
+    out = ("2026 INFO edge_runtime.agent: task train: uploaded round=1 steps=7 examples=28; model v0\n"
+           "x task evaluate: reported tokens=25\n")
+    assert [t[:2] for t in _task_lines(out)] == [("train", "uploaded"), ("evaluate", "reported")]
+    bench = ("incremental (Session.update)                    100   14.579   45.189   15.343\n"
+             "recompute (new session, <= 20 words)             10   35.705  194.603   55.976\n")
+    assert _parse_bench(bench) == {"incremental": (14.579, 45.189, 15.343), "recompute": (35.705, 194.603, 55.976)}
+
+
+def test_test_subset_paths_exist():
+    for p in TEST_PATHS:
+        assert os.path.exists(os.path.join(board.REPO, p)), p
+
+
+def test_refuses_politely_without_root(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # CI runs as root: pretend to be a user
+    assert main(["--cache-dir", str(tmp_path), "build"]) == 1
+    assert "needs root" in capsys.readouterr().out
