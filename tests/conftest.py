@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -26,3 +27,13 @@ def exported_version(tmp_path_factory) -> Path:
     from tests.tiny_version import build
 
     return build(tmp_path_factory.mktemp("tiny-version"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    """CLIs run in-process by some tests set up logging as for a whole process (a root handler);
+    later tests must not inherit it (log-content tests read stderr)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
