@@ -729,7 +729,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
         f"({words} words); proxy corpus `{Path(args.proxy).name}`. {args.rounds} rounds, participation "
         f"{args.participation:.0%}, dropout {args.dropout:.0%}; plan: {args.epochs} epoch(s), batch "
         f"{args.batch_size}, lr {args.learning_rate}, clip {args.clip_norm}, ≤{args.max_examples} windows per "
-        f"device; server {args.server_optimizer} (lr {args.server_lr}, momentum {args.server_momentum}). "
+        f"device; server {args.server_optimizer} (lr {args.server_lr}"
+        f"{f', momentum {args.server_momentum}' if args.server_optimizer == 'fedavgm' else ''}). "
         f"Total {seconds / 60:.1f} min.", "",
         "| model | top-1 | top-3 | KSR |", "|---|---:|---:|---:|",
     ]
