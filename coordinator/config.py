@@ -11,9 +11,11 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from protocol.settings import coerce_settings
 
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
@@ -104,33 +106,8 @@ class Config:
         return replace(self, **_coerce_all(overrides, source))
 
 
-_FIELDS = {f.name: f for f in fields(Config)}
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    default = _FIELDS[name].default
-    kind = type(default)
-    try:
-        if isinstance(value, str) and kind is not str:
-            if kind is bool:
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes")
-            return kind(value)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not isinstance(value, kind) or isinstance(value, bool) != isinstance(default, bool):
-            raise TypeError(f"expected {kind.__name__}")
-        return value
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: {name}={value!r} is not a valid {kind.__name__}") from e
-
-
 def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {unknown}")
-    return {k: _coerce(k, v, source) for k, v in values.items()}
+    return coerce_settings(Config, values, source, ConfigError)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from protocol.settings import coerce_settings
 
 ENV_PREFIX = "FEDKEYS_EDGE_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
@@ -93,32 +95,8 @@ class EdgeConfig:
         return replace(self, **_coerce_all(overrides, source))
 
 
-_FIELDS = {f.name: f for f in fields(EdgeConfig)}
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = type(_FIELDS[name].default)
-    try:
-        if isinstance(value, str) and kind is not str:
-            if kind is bool:
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes")
-            return kind(value)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-            raise TypeError(kind.__name__)
-        return value
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: {name}={value!r} is not a valid {kind.__name__}") from e
-
-
 def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {unknown}")
-    return {k: _coerce(k, v, source) for k, v in values.items()}
+    return coerce_settings(EdgeConfig, values, source, ConfigError)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
