@@ -87,11 +87,6 @@ class PieceTable:
         return np.array(out, dtype=np.int64)
 
 
-def _logsumexp(a: np.ndarray) -> float:
-    m = float(a.max())
-    return m + float(np.log(np.exp(a - m).sum()))
-
-
 @dataclass
 class Predictor:
     """Suggestion engine over one model version. Cheap to create sessions from."""
