@@ -1,175 +1,139 @@
-"""Suggestions for the keyboard's strip, fed incrementally through the `step` signature.
+"""Suggestions for the keyboard's strip: the global word LSTM mixed with the user's own words.
+
+The model's softmax is over a word vocabulary, so a next-word distribution is one `infer` call
+per completed token, and completing a typed prefix is a cut of that distribution: words are
+kept sorted, a prefix is an index range found by bisection. Every suggestion is a vocabulary
+word or a word the user typed before (`PersonalModel`): never one assembled from pieces.
+
+    P(w | context) = (1 - lam) * P_lstm(w | context) + lam * P_personal(w | last two tokens)
+
+`lam` is learned on the device, per user, from what the user types (online EM on the
+posterior responsibility of the personal part, with a Beta prior): a person whose text the
+global model already predicts well keeps a small `lam`.
 
 The recurrent state after each completed whitespace chunk is kept, so a keystroke feeds only
 what is new, and backspace or a cursor move rewinds to a cached state instead of re-running
-the context. Words are assembled from SentencePiece pieces by a prefix-constrained beam
-search up to the next word boundary: after a space that is next-word prediction, inside a
-word it is completion of the typed prefix.
-
-Pieces never cross whitespace (SentencePiece splits on it), so encoding chunk by chunk gives
-the same ids as encoding the whole text.
+the context.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_runtime.interpreter import Model
-from model.config import BOS_ID, EOS_ID, SIG_INFER, SIG_STEP
+from edge_runtime.personal import BOS, PersonalModel
+from model.config import BOS_ID, SIG_INFER, SIG_STEP, UNK_ID
+from model.data import tokens, vocab_of
 
-_WORD = re.compile(r"^[\w']+$")
-WORD_START = "\u2581"
+_MAX_CHAR = chr(0x10FFFF)
+_PRIOR = (1.0, 9.0)  # Beta prior on lam: starts at 0.1, moves with the user's own evidence
 
 
 @dataclass
 class _Node:
-    logprobs: np.ndarray  # (V,) next-piece log-probabilities after this node
+    logprobs: np.ndarray  # (V,) next-token log-probabilities after this node
     h: np.ndarray
     c: np.ndarray
-    cache: dict = field(default_factory=dict)  # per-node results reused across keystrokes
-
-
-class PieceTable:
-    """Classifies the vocabulary once: word starts, word continuations, and word boundaries."""
-
-    def __init__(self, sp):
-        V = sp.get_piece_size()
-        self.text: list[str] = []
-        starts, conts = [], []
-        boundary = np.zeros(V, bool)
-        for i in range(V):
-            p = sp.id_to_piece(i)
-            if sp.is_control(i) or sp.is_unknown(i):
-                self.text.append("")
-                boundary[i] = i == EOS_ID
-                continue
-            if p.startswith(WORD_START):
-                body = p[1:]
-                boundary[i] = True
-                if body == "" or _WORD.match(body):
-                    starts.append((body, i))
-                self.text.append(body)
-            else:
-                self.text.append(p)
-                if _WORD.match(p):
-                    conts.append((p, i))
-                else:
-                    boundary[i] = True  # punctuation ends the word before it
-        self.boundary_ids = np.flatnonzero(boundary)
-        self.inner_ids = np.flatnonzero(~boundary)  # fewer than the boundary pieces: cheaper to sum
-        self.starts = sorted(starts)
-        self.conts = sorted(conts)
-        self._start_keys = [t for t, _ in self.starts]
-        self._cont_keys = [t for t, _ in self.conts]
-        self.start_ids = np.array([i for _, i in self.starts])
-        self.cont_ids = np.array([i for _, i in self.conts])
-
-    def allowed(self, first: bool, remaining: str) -> np.ndarray:
-        """Ids of pieces that keep the word consistent with the `remaining` typed characters:
-        pieces starting with `remaining`, or pieces that are a prefix of it."""
-        if first:
-            keys, table, ids = self._start_keys, self.starts, self.start_ids
-        else:
-            keys, table, ids = self._cont_keys, self.conts, self.cont_ids
-        if not remaining:
-            return ids
-        lo = bisect.bisect_left(keys, remaining)
-        hi = bisect.bisect_left(keys, remaining + "\U0010ffff")
-        out = [table[j][1] for j in range(lo, hi)]
-        for n in range(0 if first else 1, len(remaining)):
-            j = bisect.bisect_left(keys, remaining[:n])
-            if j < len(keys) and keys[j] == remaining[:n]:
-                out.append(table[j][1])
-        return np.array(out, dtype=np.int64)
+    probs: np.ndarray | None = None  # exp(logprobs), computed on first suggestion
 
 
 @dataclass
 class Predictor:
-    """Suggestion engine over one model version. Cheap to create sessions from."""
+    """Suggestion engine over one model version and one user's personal model."""
 
     model: Model
     sp: object
-    beam: int = 6
-    max_pieces: int = 4
-    table: PieceTable = field(init=False)
+    personal: PersonalModel = field(default_factory=PersonalModel)
+    candidates: int = 8  # LSTM words per prefix considered for the mixture
 
-    def __post_init__(self):
-        self.table = PieceTable(self.sp)
+    def __post_init__(self) -> None:
         if self.model.manifest is None:
             raise ValueError("Predictor needs a Model loaded from a version directory")
         arch = self.model.manifest.arch
         self.hidden = int(arch["model"]["hidden_dim"])
+        self.vocab = vocab_of(self.sp)
+        words = self.vocab.words
+        ids = sorted((i for i, w in enumerate(words) if any(ch.isalnum() for ch in w)), key=words.__getitem__)
+        self.sorted_words = [words[i] for i in ids]
+        self.sorted_ids = np.array(ids, dtype=np.int64)
         # `infer` (constant weights, patched in at load) when the version has it, else `step`.
         fast = bool(arch.get("infer_patches")) and self.model.has_signature(SIG_INFER)
         self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
         zero = np.zeros((1, self.hidden), np.float32)
-        self.root = self._run([BOS_ID], zero, zero)[0]
+        self.root = self.advance_ids(_Node(np.zeros(0), zero, zero), [BOS_ID])
+        self._lam_num, self._lam_den = _PRIOR[0], _PRIOR[0] + _PRIOR[1]
 
-    def _run(self, tokens: list[int], h: np.ndarray, c: np.ndarray) -> list[_Node]:
-        out = self._step(tokens=np.asarray(tokens, np.int32), h=h, c=c)
-        lp = out["logprobs"]
-        return [_Node(lp[i], out["h"][i:i + 1], out["c"][i:i + 1]) for i in range(len(tokens))]
-
-    def advance(self, node: _Node, ids: list[int]) -> tuple[_Node, float]:
-        """Feed `ids` one at a time; returns the new node and their summed log-probability."""
-        total = 0.0
+    # ------------------------------------------------------------------ model
+    def advance_ids(self, node: _Node, ids: list[int]) -> _Node:
         for t in ids:
-            total += float(node.logprobs[t])
-            node = self._run([t], node.h, node.c)[0]
-        return node, total
+            out = self._step(tokens=np.array([t], np.int32), h=node.h, c=node.c)
+            node = _Node(out["logprobs"][0], out["h"], out["c"])
+        return node
+
+    @property
+    def lam(self) -> float:
+        """Weight of the personal model in the mixture (0 until the user has typed anything)."""
+        return self._lam_num / self._lam_den if len(self.personal) else 0.0
+
+    def mixture_prob(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
+        """(mixture, lstm, personal) probabilities of `tok` after `node` / `hist`."""
+        pl = math.exp(float(node.logprobs[self.vocab.index.get(tok, UNK_ID)]))
+        pp = self.personal.prob(tok, hist)
+        lam = self.lam
+        return (1 - lam) * pl + lam * pp, pl, pp
+
+    def observe(self, pl: float, pp: float) -> None:
+        """One online EM step on lam from a token the user actually typed."""
+        if not len(self.personal):
+            return
+        lam = self.lam
+        den = lam * pp + (1 - lam) * pl
+        if den > 0:
+            self._lam_num += lam * pp / den
+            self._lam_den += 1.0
+
+    def learn(self, text: str) -> None:
+        """The user committed `text`: the personal model learns it (it stays on the device)."""
+        self.personal.add(tokens(text))
 
     def session(self) -> Session:
         return Session(self)
 
-    def complete(self, node: _Node, prefix: str, k: int = 3, memo: dict | None = None) -> list[str]:
-        """Top-k distinct words starting with `prefix` after the context `node`."""
-        memo = memo if memo is not None else {}
-        tbl = self.table
-        finished: dict[str, float] = {}
-        frontier: list[tuple[tuple[int, ...], str, float]] = [((), "", 0.0)]
-        for depth in range(self.max_pieces + 1):
-            cands: list[tuple[float, tuple[int, ...], str]] = []
-            for pieces, surf, score in frontier:
-                nd = memo.get(pieces) if pieces else node
-                lp = nd.logprobs
-                if pieces and surf and surf.startswith(prefix):
-                    if "end" not in nd.cache:  # log P(word ends here) = log(1 - P(it goes on))
-                        nd.cache["end"] = float(np.log(max(1.0 - float(np.exp(lp[tbl.inner_ids]).sum()), 1e-30)))
-                    end = score + nd.cache["end"]
-                    if end > finished.get(surf, -np.inf):
-                        finished[surf] = end
-                if depth == self.max_pieces:
-                    continue
-                rem = prefix[len(surf):] if len(prefix) > len(surf) else ""
-                key = ("top", not pieces, rem)
-                if key not in nd.cache:  # the best allowed pieces after this node, for this prefix
-                    ids = tbl.allowed(not pieces, rem)
-                    scores = lp[ids]
-                    if ids.size > self.beam:
-                        top = np.argpartition(-scores, self.beam)[:self.beam]
-                        ids, scores = ids[top], scores[top]
-                    nd.cache[key] = list(zip(ids.tolist(), scores.tolist()))
-                for i, s in nd.cache[key]:
-                    cands.append((score + s, pieces + (i,), surf + tbl.text[i]))
-            if not cands:
-                break
-            cands.sort(key=lambda t: -t[0])
-            cands = cands[:self.beam]
-            best_done = sorted(finished.values(), reverse=True)
-            if len(best_done) >= k and cands[0][0] < best_done[k - 1]:
-                break  # every open beam already scores below the k-th finished word
-            todo = [(p, par) for _, p, _ in cands if p not in memo for par in [p[:-1]]]
-            if todo:
-                hs = np.concatenate([(memo[par] if par else node).h for _, par in todo])
-                cs = np.concatenate([(memo[par] if par else node).c for _, par in todo])
-                for (p, _), nd in zip(todo, self._run([p[-1] for p, _ in todo], hs, cs)):
-                    memo[p] = nd
-            frontier = [(p, s, sc) for sc, p, s in cands]
-        return [w for w, _ in sorted(finished.items(), key=lambda t: -t[1])[:k]]
+    # ------------------------------------------------------------- suggestion
+    def prefix_range(self, prefix: str) -> tuple[int, int]:
+        if not prefix:
+            return 0, len(self.sorted_words)
+        return (bisect.bisect_left(self.sorted_words, prefix),
+                bisect.bisect_left(self.sorted_words, prefix + _MAX_CHAR))
+
+    def suggest(self, node: _Node, hist: tuple[str, ...], prefix: str = "", k: int = 3) -> list[str]:
+        """Top-k distinct words starting with `prefix` after the context (`node`, `hist`)."""
+        if k <= 0:
+            return []
+        if node.probs is None:
+            node.probs = np.exp(node.logprobs)
+        lo, hi = self.prefix_range(prefix)
+        lam = self.lam
+        scores: dict[str, float] = {}
+        if hi > lo:
+            ids = self.sorted_ids[lo:hi]
+            p = node.probs[ids]
+            m = min(self.candidates if lam else k, len(ids))
+            top = np.argpartition(-p, m - 1)[:m] if len(ids) > m else np.arange(len(ids))
+            words = self.sorted_words
+            for j in top:
+                scores[words[lo + j]] = (1 - lam) * float(p[j])
+        if lam:
+            index, probs = self.vocab.index, node.probs
+            for w in self.personal.candidates(hist, prefix, self.candidates):
+                i = index.get(w)
+                scores[w] = (1 - lam) * (float(probs[i]) if i is not None else 0.0) + lam * self.personal.prob(w, hist)
+        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [w for w, _ in best]
 
 
 class Session:
@@ -177,27 +141,25 @@ class Session:
 
     def __init__(self, predictor: Predictor):
         self.p = predictor
-        self.chunks: list[str] = []
-        self.nodes: list[_Node] = [predictor.root]
-        self._memo: dict = {}
+        self.reset()
 
     def reset(self) -> None:
-        self.chunks, self.nodes, self._memo = [], [self.p.root], {}
+        self.chunks: list[str] = []
+        self.nodes: list[_Node] = [self.p.root]
+        self.hists: list[tuple[str, ...]] = [(BOS, BOS)]
 
     def feed(self, chunk: str) -> float:
-        """Append a completed chunk; returns the log-probability the model gave its pieces."""
-        ids = self.p.sp.encode(chunk)
-        node, lp, done = self.nodes[-1], 0.0, 0
-        # The completion search usually already stepped through this word's pieces: reuse them.
-        while done < len(ids) and tuple(ids[:done + 1]) in self._memo:
-            lp += float(node.logprobs[ids[done]])
-            node = self._memo[tuple(ids[:done + 1])]
-            done += 1
-        node, rest = self.p.advance(node, ids[done:])
-        lp += rest
+        """Append a completed chunk; returns the natural-log probability the mixture gave its tokens."""
+        node, hist, lp = self.nodes[-1], self.hists[-1], 0.0
+        for tok in tokens(chunk):
+            pm, pl, pp = self.p.mixture_prob(node, tok, hist)
+            self.p.observe(pl, pp)
+            lp += math.log(max(pm, 1e-30))
+            node = self.p.advance_ids(node, [self.p.vocab.index.get(tok, UNK_ID)])
+            hist = (hist[-1], tok)
         self.chunks.append(chunk)
         self.nodes.append(node)
-        self._memo = {}
+        self.hists.append(hist)
         return lp
 
     def rewind(self, n_chunks: int) -> None:
@@ -205,10 +167,10 @@ class Session:
         if n_chunks < len(self.chunks):
             del self.chunks[n_chunks:]
             del self.nodes[n_chunks + 1:]
-            self._memo = {}
+            del self.hists[n_chunks + 1:]
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
-        return self.p.complete(self.nodes[-1], prefix, k, self._memo)
+        return self.p.suggest(self.nodes[-1], self.hists[-1], prefix, k)
 
     def update(self, text: str, k: int = 3) -> list[str]:
         """The keyboard's entry point: the whole text before the cursor in, suggestions out.

@@ -1,22 +1,63 @@
-"""Token windows for training and evaluation (no TensorFlow: the edge trainer uses it too).
+"""Tokens and training windows (no TensorFlow: the edge trainer and predictor use it too).
 
-Each text becomes ``[BOS] pieces... [EOS]``; a text is cut into windows of T+1 tokens with
-stride T, every window starting from a zero state, the same as the `train` signature sees.
+A text is split into words (letters, digits, apostrophes: ``know't``) and single punctuation
+marks; each becomes one id of the word vocabulary (unknown ones <unk>). Each text becomes
+``[BOS] ids... [EOS]``, cut into windows of T+1 tokens with stride T, every window starting
+from a zero state, the same as the `train` signature sees.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from model.config import BOS_ID, EOS_ID
+from model.config import BOS_ID, EOS_ID, UNK_ID
+
+_TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})  # typographic -> typed
+WORD_START = "\u2581"  # SentencePiece's word-boundary mark: vocabulary entries are "\u2581" + token
+
+
+def tokens(text: str) -> list[str]:
+    """Words and single punctuation marks of `text`, in order (the model's units)."""
+    return _TOKEN_RE.findall(text.translate(_QUOTES))
+
+
+class Vocab:
+    """Token <-> id for a word-level SentencePiece model, without SentencePiece's own splitting
+    (it would merge adjacent unknown tokens into one <unk>)."""
+
+    def __init__(self, sp) -> None:
+        n = sp.get_piece_size()
+        self.words = [sp.id_to_piece(i).removeprefix(WORD_START) if not (sp.is_control(i) or sp.is_unknown(i))
+                      else "" for i in range(n)]
+        self.index = {w: i for i, w in enumerate(self.words) if w}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def ids(self, toks: Iterable[str]) -> list[int]:
+        get = self.index.get
+        return [get(t, UNK_ID) for t in toks]
+
+
+_VOCABS: dict[int, Vocab] = {}
+
+
+def vocab_of(sp) -> Vocab:
+    """The `Vocab` of a loaded tokenizer, built once per processor."""
+    v = _VOCABS.get(id(sp))
+    if v is None or len(v) != sp.get_piece_size():
+        v = _VOCABS[id(sp)] = Vocab(sp)
+    return v
 
 
 def encode_texts(sp, texts: Iterable[str]) -> list[list[int]]:
-    """Token ids of each text with BOS/EOS, using a SentencePieceProcessor."""
-    texts = list(texts)
-    return [[BOS_ID, *ids, EOS_ID] for ids in sp.encode(texts)] if texts else []
+    """Token ids of each text with BOS/EOS."""
+    v = vocab_of(sp)
+    return [[BOS_ID, *v.ids(tokens(t)), EOS_ID] for t in texts]
 
 
 def windows(token_lists: Iterable[list[int]], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,8 +80,6 @@ def windows(token_lists: Iterable[list[int]], seq_len: int) -> tuple[np.ndarray,
         z = np.zeros((0, seq_len))
         return z.astype(np.int32), z.astype(np.int32), z.astype(np.float32)
     return np.stack(xs), np.stack(ys), np.stack(ms)
-
-
 def batches(x: np.ndarray, y: np.ndarray, m: np.ndarray, batch: int, *, rng: np.random.Generator | None = None,
             fixed: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Batches in shuffled (rng) or file order. `fixed` pads the last batch with masked rows,

@@ -25,7 +25,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tools._cli import DEFAULT_CORPUS, DEFAULT_PROXY, run
+from tools._cli import DEFAULT_CORPUS, run
 
 # The demo's simulation: small enough for < 5 minutes on 2 cores, big enough to beat version 0.
 DEMO_DEFAULTS = {"devices": 8, "rounds": 3, "eval_words": 500, "participation": 0.8, "dropout": 0.1,
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data", help="everything goes under this directory (default: data)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="device text (JSONL or plain text)")
-    p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy text for the tokenizer and version 0")
+    p.add_argument("--proxy", action="append", default=None,
+                   help="proxy text for the vocabulary and version 0; repeat to combine "
+                        "(default: the repository's mix)")
     p.add_argument("--devices", type=int, default=DEMO_DEFAULTS["devices"])
     p.add_argument("--rounds", type=int, default=DEMO_DEFAULTS["rounds"])
     p.add_argument("--workers", type=int, default=DEMO_DEFAULTS["workers"], help="device processes")

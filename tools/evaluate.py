@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def lstm_factory(version_dir: str):
+def lstm_factory(version_dir: str, *, personal: bool = True):
+    """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM plus
+    the user's own words, learned on the device) or the global LSTM alone."""
     import os
 
     from edge_runtime.interpreter import Model
@@ -38,25 +40,34 @@ def lstm_factory(version_dir: str):
     from model.tokenizer import load_tokenizer
     from protocol.artifact import TOKENIZER
 
-    predictor = Predictor(Model.load(version_dir), load_tokenizer(os.path.join(version_dir, TOKENIZER)))
-    return predictor.session
+    model = Model.load(version_dir)
+    sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
+
+    def new_session():
+        predictor = Predictor(model, sp)
+        session = predictor.session()
+        if personal:
+            session.learn = predictor.learn
+        return session
+
+    return new_session
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from model.corpus import read_corpus, split_users
     from model.ngram import KneserNeyLM
-    from tools.wordeval import evaluate_words, interleave_users
+    from tools.wordeval import evaluate_words
 
     split = split_users(read_corpus(args.corpus), seed=args.seed)
-    texts = interleave_users(split.part(args.split))
+    texts = split.part(args.split)
     if not texts:
         raise ValueError(f"the {args.split} split of {args.corpus} has no users; try --split train")
     progress = not args.json and sys.stderr.isatty()
     rows: dict[str, dict] = {}
     if args.baseline:
         t0 = time.time()
-        lm = KneserNeyLM.fit(split.texts("train") or texts, order=3)
+        lm = KneserNeyLM.fit(split.texts("train") or [t for ts in texts.values() for t in ts], order=3)
         rows["ngram"] = evaluate_words(lm.session, texts, max_words=args.max_words, progress=progress,
                                        desc="n-gram").to_dict()
         rows["ngram"]["seconds"] = round(time.time() - t0, 1)

@@ -8,6 +8,7 @@ import pytest
 from edge_runtime.interpreter import Model
 from edge_runtime.predictor import Predictor
 from model.config import BOS_ID
+from model.data import tokens, vocab_of
 from model.tokenizer import load_tokenizer
 
 TEXT = "What say you to my lord, and shall we go to the king"
@@ -54,27 +55,55 @@ def test_chunkwise_state_equals_feeding_the_whole_text_at_once(predictor):
     s = predictor.session()
     for chunk in TEXT.split():
         s.feed(chunk)
-    ids = predictor.sp.encode(TEXT)
-    node, logprob = predictor.advance(predictor.root, ids)
+    ids = vocab_of(predictor.sp).ids(tokens(TEXT))
+    node = predictor.advance_ids(predictor.root, ids)
     np.testing.assert_allclose(s.nodes[-1].logprobs, node.logprobs, atol=1e-5)
-    assert sum(predictor.sp.encode(c) == [] for c in TEXT.split()) == 0
-    assert np.isfinite(logprob) and logprob < 0
     assert predictor.root is not None and BOS_ID == 2
 
 
-def test_suggestions_follow_the_model(predictor):
-    """The top next word is the word the beam scores highest: check it against a brute-force
-    score of the same candidates (their piece sequences plus a word boundary)."""
+def test_suggestions_are_the_models_most_likely_words(predictor):
+    """With no personal text, the strip is exactly the top of the model's word distribution."""
     s = predictor.session()
     s.update("my good lord ")
-    words = s.suggest("", 3)
-    node = s.nodes[-1]
-    tbl = predictor.table
+    probs = np.exp(s.nodes[-1].logprobs)
+    ids = predictor.sorted_ids
+    best = [predictor.vocab.words[i] for i in ids[np.argsort(-probs[ids], kind="stable")[:3]]]
+    assert s.suggest("", 3) == best
+    th = [i for i in ids if predictor.vocab.words[i].startswith("th")]
+    assert s.suggest("th", 1) == [predictor.vocab.words[max(th, key=lambda i: probs[i])]]
 
-    def score(word: str) -> float:
-        ids = predictor.sp.encode(" " + word if not word.startswith(" ") else word)
-        nd, lp = predictor.advance(node, ids)
-        return lp + float(np.log(np.exp(nd.logprobs[tbl.boundary_ids]).sum()))
 
-    scores = [score(w) for w in words]
-    assert scores == sorted(scores, reverse=True) or max(scores) - min(scores) < 1.0
+def test_the_users_own_words_are_learned_on_the_device(exported_version):
+    p = Predictor(Model.load(exported_version), load_tokenizer(exported_version / "tokenizer.model"))
+    assert "Zanzibarians" not in p.vocab.index and p.lam == 0.0
+    assert "Zanzibarians" not in p.session().update("the Zan")
+    for _ in range(3):
+        text = "Greet the Zanzibarians, my lord, greet the Zanzibarians"
+        s = p.session()
+        s.update(text + " ")
+        p.learn(text)
+    assert p.session().update("and now the Zan")[0] == "Zanzibarians"
+    assert "Zanzibarians" in p.session().update("Greet the ")
+    assert p.lam > 0.1  # the personal part predicted what the user typed: its weight grew
+
+
+def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor):
+    """Every word in the strip is a vocabulary word or a word the user typed before."""
+    from tests.tiny_version import tiny_texts
+
+    p = Predictor(predictor.model, predictor.sp)
+    allowed = set(p.vocab.index)
+    keys = non_words = 0
+    for text in tiny_texts(3000)[1500:]:
+        s = p.session()
+        for i in range(1, len(text) + 1):
+            for w in s.update(text[:i]):
+                non_words += w not in allowed or not any(ch.isalnum() for ch in w)
+            keys += 1
+            if keys >= 10_000:
+                break
+        p.learn(text)
+        allowed.update(tokens(text))
+        if keys >= 10_000:
+            break
+    assert keys == 10_000 and non_words == 0

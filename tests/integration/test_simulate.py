@@ -50,7 +50,8 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     assert "Traceback" not in r.stderr
 
     md = (data / "report.md").read_text()
-    assert "| LSTM, proxy only (version 0) |" in md and "| LSTM, federated, 2 rounds |" in md
+    assert "| LSTM, proxy text only (version 0) |" in md and "| LSTM, federated, 2 rounds (global model alone) |" in md
+    assert "FedKeys keyboard, federated, 2 rounds" in md and "vs the central trigram" in md
     assert "Kneser-Ney" in md and "report.png" in md
     png = (data / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -63,6 +64,10 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
         assert x["verdict"] in ("promote", "reject"), x
         assert x["canary_reports"] >= 2 and x["candidate_metrics"]["words"] > 0
     assert report["federations"][0]["final_version"]
+    # Read by automation: the references and both views of the federated result.
+    assert {"ngram", "ngram_proxy", "proxy", "proxy_lstm"} <= set(report["references"])
+    for key in ("final_metrics", "global_metrics"):
+        assert {"top1", "top3", "ksr"} <= set(report["federations"][0][key]), key
     # Every device kept its own state: identity, text cache, installed versions.
     devices = sorted((data / "runs" / "federated" / "devices").iterdir())
     assert len(devices) == 4

@@ -1,5 +1,8 @@
 """Per-keystroke suggestion latency: incremental `Session.update` vs recomputing the context.
 
+The held-out texts that are not typed are learned first as the user's own history, so the
+mixture with the personal model runs on every keystroke as it does on a device in use.
+
 Held-out text (the corpus's test users) is typed one character at a time. The incremental
 path keeps one session per text, as the keyboard does: each keystroke calls
 `Session.update(text_so_far)`, which feeds only new chunks through `step`. The recompute path
@@ -88,6 +91,9 @@ def main(args: argparse.Namespace) -> int:
     predictor = Predictor(model, load_tokenizer(os.path.join(args.model, TOKENIZER)))
     texts = held_out_texts(args.corpus)
     keys = keystrokes(texts, args.warmup + args.max_keystrokes)
+    typed = sum(1 for k in keys if len(k) == 1)
+    for past in texts[typed:]:   # the user's history: the keyboard's personal part is in play
+        predictor.learn(past)
     warm, keys = keys[:args.warmup], keys[args.warmup:]
     if not keys:
         raise ValueError(f"{args.corpus}: not enough held-out text for {args.warmup} warm-up keystrokes")
