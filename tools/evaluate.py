@@ -2,8 +2,9 @@
 
     python -m tools.evaluate --model DIR --corpus FILE [--split test] [--baseline] [--json]
 
-Prints next-word top-1/top-3 accuracy, word perplexity and keystroke savings rate of a model
-version (through the same TFLite predictor the keyboard uses), optionally next to a
+Prints next-word top-1/top-3 accuracy, word perplexity and keystroke savings rate of the
+keyboard on a model version (the same TFLite predictor and on-device personal model the
+keyboard uses; each held-out user's first half typed before their second half is scored), optionally next to a
 Kneser-Ney word trigram fitted on the corpus's train users. `--json` prints one JSON object
 with keys top1, top3, word_perplexity, ksr, words (and `ngram` with --baseline).
 """
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="user split seed (same as training)")
     p.add_argument("--max-words", type=int, default=3000, help="target words evaluated (round-robin over users)")
     p.add_argument("--baseline", action="store_true", help="also score a Kneser-Ney trigram fitted on the train users")
+    p.add_argument("--lstm-alone", action="store_true",
+                   help="also score each model's LSTM without the user's own words (the global model alone)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -72,22 +75,27 @@ def main(argv: list[str] | None = None) -> int:
                                        desc="n-gram").to_dict()
         rows["ngram"]["seconds"] = round(time.time() - t0, 1)
     for d in args.model:
-        t0 = time.time()
-        rows[d] = evaluate_words(lstm_factory(d), texts, max_words=args.max_words, progress=progress,
-                                 desc=d).to_dict()
-        rows[d]["seconds"] = round(time.time() - t0, 1)
+        for name, personal in ((d, True), (f"{d} (LSTM alone)", False)):
+            if not personal and not args.lstm_alone:
+                continue
+            t0 = time.time()
+            rows[name] = evaluate_words(lstm_factory(d, personal=personal), texts, max_words=args.max_words,
+                                        progress=progress, desc=name).to_dict()
+            rows[name]["seconds"] = round(time.time() - t0, 1)
     if args.json:
         out = dict(rows[args.model[0]])
         if len(args.model) > 1:
             out["models"] = {d: rows[d] for d in args.model}
+        if args.lstm_alone:
+            out["lstm_alone"] = {d: rows[f"{d} (LSTM alone)"] for d in args.model}
         if args.baseline:
             out["ngram"] = rows["ngram"]
         print(json.dumps(out))
         return 0
     print(f"{args.corpus}, {args.split} users ({len(split.part(args.split))}), {rows[args.model[0]]['words']} words")
-    print(f"{'model':40} {'top-1':>7} {'top-3':>7} {'KSR':>7} {'word ppl':>9}")
+    print(f"{'model':55} {'top-1':>7} {'top-3':>7} {'KSR':>7} {'word ppl':>9}")
     for name, r in rows.items():
-        print(f"{name:40} {r['top1']:7.2%} {r['top3']:7.2%} {r['ksr']:7.2%} {r['word_perplexity']:9.1f}")
+        print(f"{name:55} {r['top1']:7.2%} {r['top3']:7.2%} {r['ksr']:7.2%} {r['word_perplexity']:9.1f}")
     return 0
 
 
