@@ -15,14 +15,17 @@ import json
 import time
 from pathlib import Path
 
-from tools._cli import DEFAULT_PROXY, quiet_tensorflow, run
+from protocol.cli import HelpFormatter, add_version
+from tools._cli import quiet_tensorflow, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.pretrain", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--out", required=True, help="version directory to write")
-    p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy corpus (JSONL/text) for the tokenizer and version 0")
+    p.add_argument("--proxy", help="proxy corpus (JSONL/text) for the tokenizer and version 0, "
+                                    "e.g. corpora/sotu.jsonl (required unless --corpus)")
     p.add_argument("--corpus", help="train on this corpus's train users instead of the proxy (needs --init)")
     p.add_argument("--init", help="start from this version directory (its tokenizer and architecture)")
     p.add_argument("--version-id", default=None, help="version id in the manifest (default: v0, or central)")
@@ -42,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.proxy or args.corpus):
+        raise ValueError("say what to train on: --proxy FILE (version 0) or --corpus FILE --init DIR "
+                         "(central reference); nothing starts a long run on a default file")
     if args.corpus and not args.init:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")

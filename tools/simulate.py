@@ -2,7 +2,8 @@
 
     python -m tools.simulate --corpus FILE --proxy FILE --devices N --rounds R [--data-dir DIR]
 
-1. version 0: pretrained on the proxy corpus only (or reused: --v0 DIR, or DIR/models/v0);
+1. version 0: the shipped models/v0 (pretrained on the proxy corpus only; `make v0`), or
+   --v0 DIR, checked against its manifest's sha256 sums (--pretrain-v0 trains one instead);
 2. a real coordinator process (`python -m coordinator serve`) on a free loopback port, with
    version 0 imported as stable;
 3. N devices, each enrolled and given the training text of one corpus train user as typing
@@ -45,7 +46,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
+from tools.shipped import SHIPPED_V0, check_version
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ class SimulationError(RuntimeError):
 
 def build_parser(prog: str = "python -m tools.simulate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
+    add_version(p)
     add_arguments(p)
     return p
 
@@ -75,7 +79,9 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
     g.add_argument("--devices", type=int, default=16, help="simulated devices, one corpus train user each")
     g.add_argument("--rounds", type=int, default=5)
     g.add_argument("--data-dir", default="data/sim", help="everything goes under this directory")
-    g.add_argument("--v0", help="reuse this version 0 directory (copied to DIR/models/v0)")
+    g.add_argument("--v0", help="start from this version 0 directory (default: the shipped models/v0)")
+    g.add_argument("--pretrain-v0", action="store_true",
+                   help="train version 0 on --proxy into DIR/models/v0 instead of using the shipped one")
     g.add_argument("--participation", type=float, default=0.8,
                    help="share of devices idle + charging in a round (drawn per device per round)")
     g.add_argument("--dropout", type=float, default=0.1,
@@ -177,22 +183,19 @@ def _subprocess_step(title: str, module_args: list[str]) -> None:
 
 
 def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
-    """DIR/models/v0: copied from --v0, reused, or pretrained on the proxy corpus."""
-    v0 = data / "models" / "v0"
-    if args.v0:
-        src = Path(args.v0).resolve()
-        if src != v0.resolve():
-            if v0.exists():
-                shutil.rmtree(v0)
-            shutil.copytree(src, v0)
+    """Version 0: --v0 DIR, else the shipped models/v0 (both checked against their manifests);
+    with --pretrain-v0, trained on the proxy corpus into DIR/models/v0 (reused if there)."""
+    if getattr(args, "pretrain_v0", False):
+        v0 = data / "models" / "v0"
+        if (v0 / "manifest.json").exists() and not getattr(args, "rebuild", False):
+            print(f"reusing version 0: {v0}")
+            return v0
+        _subprocess_step("version 0 from proxy text", ["tools.pretrain", "--proxy", args.proxy, "--out", str(v0),
+                                                       "--epochs", str(args.pretrain_epochs),
+                                                       "--steps-per-epoch", str(args.pretrain_steps)])
         return v0
-    if (v0 / "manifest.json").exists() and not getattr(args, "rebuild", False):
-        print(f"reusing version 0: {v0}")
-        return v0
-    _subprocess_step("version 0 from proxy text", ["tools.pretrain", "--proxy", args.proxy, "--out", str(v0),
-                                                   "--epochs", str(args.pretrain_epochs),
-                                                   "--steps-per-epoch", str(args.pretrain_steps)])
-    return v0
+    src = Path(args.v0) if args.v0 else SHIPPED_V0
+    return check_version(src, f"version 0 ({src})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
 
 
 def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | None:
