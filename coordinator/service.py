@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, keys, privacy, rollout
+from coordinator import aggregation, keys, privacy, rollout, schedule
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -83,6 +83,7 @@ class Coordinator:
         self.metrics = Metrics()
         self._lock = threading.RLock()
         self._rng = random.Random()
+        self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -226,7 +227,11 @@ class Coordinator:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
         # A round that reached its goal but whose aggregation a crash interrupted must not block
         # the next one until some device happens to check in.
-        self._safe_maintenance()
+        self._local.manual = True
+        try:
+            self._safe_maintenance()
+        finally:
+            self._local.manual = False
         o = {k: getattr(c, k) for k in allowed} | {k: v for k, v in overrides.items() if v is not None}
         try:
             goal, min_count = int(o["goal_count"]), int(o["min_count"])
@@ -274,6 +279,26 @@ class Coordinator:
             due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or self._accepted(s, rid) >= goal]
         for rid in due:
             self.close_round(rid)
+        self._open_scheduled_round()
+
+    def _open_scheduled_round(self) -> None:
+        """With round_interval_s > 0, the next round opens by itself (coordinator.schedule)."""
+        if self.config.round_interval_s <= 0 or getattr(self._local, "manual", False):
+            return
+        with self._sessions() as s:
+            due = schedule.next_round_due(
+                utcnow(), interval_s=self.config.round_interval_s,
+                last_closed_at=s.scalar(select(func.max(Round.closed_at))),
+                round_open=s.scalar(select(Round.id).where(Round.status == OPEN)) is not None,
+                has_stable=self._stable(s) is not None, candidate_pending=self._candidate(s) is not None)
+        if not due:
+            return
+        try:
+            rid = self.start_round()
+        except ApiError as e:     # another worker opened it first, or the stable version just changed
+            log.info("scheduled round not opened: %s", e.message)
+            return
+        log.info("round %d opened on schedule (round_interval_s %g)", rid, self.config.round_interval_s)
 
     def close_round(self, round_id: int, *, force: bool = False) -> dict[str, Any]:
         """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
