@@ -169,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:     # installed as `pip install .` (the device runtime) only
+        print(f"error: the coordinator needs {e.name}: pip install 'fedkeys[coordinator]'", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def cli() -> None:
+    """The `fedkeys-coordinator` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

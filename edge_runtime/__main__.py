@@ -169,5 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-device` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

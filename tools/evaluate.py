@@ -83,5 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-evaluate` console script."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -94,5 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-pretrain` console script."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

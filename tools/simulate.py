@@ -830,5 +830,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-simulate` console script."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

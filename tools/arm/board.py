@@ -97,9 +97,12 @@ def _digest(*parts: str | bytes) -> str:
 
 
 def venv_requirements(kind: str) -> str:
-    """The guest venv's requirements: requirements-edge.txt, or for `tflite` the same with
-    tflite-runtime 2.14 (the last release) instead of ai-edge-litert and numpy<2 (it needs it)."""
+    """The guest venv's requirements: requirements-edge.txt plus the test runner (the board runs
+    the edge tests), or for `tflite` the same with tflite-runtime 2.14 (the last release)
+    instead of ai-edge-litert and numpy<2 (it needs it)."""
     lines = (REPO / "requirements-edge.txt").read_text().splitlines()
+    lines += [ln for ln in (REPO / "requirements-test.txt").read_text().splitlines()
+              if ln.strip() and not ln.lstrip().startswith("#")]
     if kind == "litert":
         return "\n".join(lines) + "\n"
     out = []
