@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -130,6 +131,9 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One process (admin commands, `serve`): its own registry. Multiprocess metrics are gunicorn's,
+    # and an admin command run with the service's environment must not write counters there.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     ap = build_parser()
     args = ap.parse_args(argv)
     if not args.command:

@@ -80,7 +80,7 @@ class Coordinator:
         self.public_key_hex = keys.public_key_hex(self.signing_key)
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs")
-        self.metrics = Metrics()
+        self.metrics = Metrics(self._sessions)
         self._lock = threading.RLock()
         self._rng = random.Random()
         self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)
