@@ -14,8 +14,8 @@ from pathlib import Path
 
 import requests
 
-from tests.integration.coordinator_fakes import FakeDevice, make_version
 from protocol import wire
+from tests.integration.coordinator_fakes import FakeDevice, make_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
