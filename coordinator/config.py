@@ -61,7 +61,7 @@ class Config:
     batch_size: int = 16
     learning_rate: float = 0.5
     clip_norm: float = 1.0
-    noise_multiplier: float = 0.0
+    noise_multiplier: float = 0.01           # DP on by default: device noise std = this * clip_norm
     max_examples: int = 1000
     # Aggregation
     max_example_weight: int = 1000           # per-update weight cap: no device dominates the mean

@@ -96,6 +96,8 @@ def test_readme_by_hand_loop_promotes_a_version(tmp_path, exported_version):
                 key = r.stdout.strip().splitlines()[-1]
         promoted = [v for v in json.loads(out) if v["status"] == "stable"][0]
         assert any(d["action"] == "promote" for d in promoted["decisions"]), promoted
+        # DP is on by default: the promoted version carries a finite epsilon against the coordinator.
+        assert isinstance(promoted["privacy"]["epsilon_local"], float), promoted["privacy"]
         # The next round opened by itself (round_interval_s of the small profile).
         deadline = time.monotonic() + 60
         while True:

@@ -67,7 +67,7 @@ def test_a_clone_without_shared_builds_fixtures_and_starts_the_demo(tmp_path):
     assert demo.returncode == 0, out[-4000:]
     assert "Traceback" not in out and "../shared" not in out and "no such file" not in out
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "shakespeare.jsonl" in report and "| LSTM, federated, 1 rounds |" in report
+    assert "shakespeare.jsonl" in report and "| LSTM, federated with DP noise (σ=0.01" in report
 
 
 def test_shipped_version_that_does_not_match_its_manifest_is_refused(tmp_path, exported_version):
