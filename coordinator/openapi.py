@@ -37,6 +37,7 @@ SCHEMAS: dict[str, Any] = {
                        "max_examples"]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
                   "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
+                  "use_channel": {"type": "string", "enum": list(wire.USE_CHANNELS)},
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
                   "time_limit_s": _NUM, "candidate_version_id": _STR,
                   "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT},

@@ -417,9 +417,11 @@ class Coordinator:
                 return wire.Task(kind=wire.TASK_COME_BACK, retry_after=self._retry_after())
             canary = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
             use = cand.id if canary else stable.id
+            channel = "canary" if canary else "stable"
             if canary and req.eligible and req.can_evaluate and s.scalar(select(Evaluation.id).where(
                     Evaluation.candidate_version_id == cand.id, Evaluation.device_id == device_id)) is None:
                 return wire.Task(kind=wire.TASK_EVALUATE, retry_after=self._retry_after(), use_version_id=use,
+                                 use_channel=channel,
                                  candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
                                  max_eval_examples=c.max_eval_examples)
             r = s.scalar(select(Round).where(Round.status == OPEN).with_for_update())
@@ -435,12 +437,13 @@ class Coordinator:
                 if assigned is not None and uploaded is None:  # new, or the same task again after a lost reply
                     remaining = (r.deadline - utcnow()).total_seconds()
                     return wire.Task(kind=wire.TASK_TRAIN, retry_after=self._retry_after(), use_version_id=use,
+                                     use_channel=channel,
                                      base_version_id=r.base_version_id,
                                      plan=wire.TrainPlan.from_dict(json.loads(r.plan_json)),
                                      time_limit_s=round(max(remaining, 0.0), 1))
             # An open round still short of devices: ask eligible devices back sooner.
             busy = r is not None and utcnow() < r.deadline
-            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use,
+            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, use_channel=channel,
                              retry_after=self._retry_after(c.checkin_interval_s / 4 if busy else None))
 
     def _reject(self, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:
