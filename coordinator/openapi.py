@@ -143,7 +143,8 @@ def build() -> dict[str, Any]:
             "description": "text exposition format", "content": {"text/plain": {"schema": _STR}}}}}},
         "/dashboard": {"get": {"summary": "Dashboard (HTML)", "responses": {"200": {
             "description": "HTML page", "content": {"text/html": {"schema": _STR}}}}}},
-        "/v1/dashboard-data": {"get": _op("Versions and rounds for the dashboard", errors=())},
+        "/v1/admin/dashboard": {"get": _op("Round progress, canary, decisions, privacy, devices and version "
+                                           "history for the dashboard", security="admin", errors=())},
         "/v1/admin/status": {"get": _op("Stable/candidate versions, latest round", security="admin", errors=())},
         "/v1/admin/enrollment-keys": {"post": _op(
             "Create an enrollment key", ok_status="201", security="admin", errors=(400, 413),
