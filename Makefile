@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test setup system-deps lint clean bench-aggregation
+.PHONY: demo test setup system-deps lint clean bench-aggregation v0
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,18 @@ $(VENV)/.installed: requirements.txt requirements-edge.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-demo: setup          ## the main job: version 0, central reference, evaluation report
+demo: setup          ## the main job: federated simulation from the shipped version 0, report, keyboard page
 	$(PY) -m tools.demo $(ARGS)
+
+# Version 0 as shipped in models/v0: proxy text only, pinned seed and schedule. Built beside the
+# old one and swapped in at the end, so an interrupted run leaves the shipped version intact.
+V0_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --seed 0 --epochs 4 \
+           --steps-per-epoch 1000 --patience 2 --version-id v0
+v0: setup            ## rebuild models/v0 reproducibly (about 25 minutes on 2 cores)
+	rm -rf models/v0.new
+	$(PY) -m tools.pretrain $(V0_ARGS) --out models/v0.new --no-progress
+	rm -rf models/v0 && mv models/v0.new models/v0
+	@echo "models/v0 rebuilt; commit it with: git add models/v0"
 
 # Debian's Chromium for the keyboard-page browser test (Playwright drives it; its own
 # browser download cannot work here). Installed once, as root, if missing.

@@ -20,6 +20,14 @@ from protocol.settings import coerce_settings
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+# Named presets applied under file, environment and flags (`profile = "small"` or --profile small).
+PROFILES: dict[str, dict[str, Any]] = {
+    # One person trying the loop by hand: one device fills a round, one report decides the canary,
+    # devices come back within seconds, and the next round opens itself.
+    "small": {"goal_count": 1, "min_count": 1, "overselect": 1.0, "round_duration_s": 300.0,
+              "checkin_interval_s": 2.0, "canary_fraction": 1.0, "canary_min_reports": 1,
+              "round_interval_s": 5.0},
+}
 
 
 class ConfigError(ValueError):
@@ -34,6 +42,8 @@ class Config:
     port: int = 8400
     admin_token: str = ""                 # empty: generated into <data_dir>/admin_token on first start
     log_level: str = "INFO"
+    log_format: str = "auto"              # json | text | auto (text on a terminal, JSON lines otherwise)
+    profile: str = ""                     # a preset from PROFILES under file/env/flags ("" = none)
     # Limits
     max_body_bytes: int = 64 * 1024 * 1024   # hard cap on any request body (413 above)
     rate_limit_per_minute: float = 120.0     # per device, token bucket refill
@@ -46,11 +56,12 @@ class Config:
     overselect: float = 1.3                  # select 130 % of goal: some devices drop out
     min_count: int = 50                      # at the deadline, aggregate only with this many
     round_duration_s: float = 1800.0
+    round_interval_s: float = 0.0            # > 0: open the next round this long after the last one closed
     epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 0.5
     clip_norm: float = 1.0
-    noise_multiplier: float = 0.0
+    noise_multiplier: float = 0.01           # DP on by default: device noise std = this * clip_norm
     max_examples: int = 1000
     # Aggregation
     max_example_weight: int = 1000           # per-update weight cap: no device dominates the mean
@@ -78,6 +89,9 @@ class Config:
             (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
             (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
             (self.round_duration_s > 0, "round_duration_s must be > 0"),
+            (self.round_interval_s >= 0, "round_interval_s must be >= 0 (0: rounds only on start-round)"),
+            (self.log_format in ("auto", "json", "text"), "log_format must be auto, json or text"),
+            (self.profile in ("", *PROFILES), f"profile must be one of {sorted(PROFILES)} or empty"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.max_examples >= 1, "bad plan sizes"),
             (self.learning_rate > 0 and self.clip_norm > 0 and self.noise_multiplier >= 0, "bad plan rates"),
             (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
@@ -146,5 +160,10 @@ def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | 
     merged |= _coerce_all(env_overrides(environ), "environment")
     if flags:
         merged |= _coerce_all({k: v for k, v in flags.items() if v is not None}, "flags")
+    profile = merged.get("profile", "")
+    if profile:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+        merged = _coerce_all(PROFILES[profile], f"profile {profile}") | merged
     # Validated once, on the merged result: a file may raise goal_count while a flag raises min_count.
     return Config(**merged)

@@ -37,6 +37,7 @@ SCHEMAS: dict[str, Any] = {
                        "max_examples"]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
                   "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
+                  "use_channel": {"type": "string", "enum": list(wire.USE_CHANNELS)},
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
                   "time_limit_s": _NUM, "candidate_version_id": _STR,
                   "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT},
@@ -142,7 +143,8 @@ def build() -> dict[str, Any]:
             "description": "text exposition format", "content": {"text/plain": {"schema": _STR}}}}}},
         "/dashboard": {"get": {"summary": "Dashboard (HTML)", "responses": {"200": {
             "description": "HTML page", "content": {"text/html": {"schema": _STR}}}}}},
-        "/v1/dashboard-data": {"get": _op("Versions and rounds for the dashboard", errors=())},
+        "/v1/admin/dashboard": {"get": _op("Round progress, canary, decisions, privacy, devices and version "
+                                           "history for the dashboard", security="admin", errors=())},
         "/v1/admin/status": {"get": _op("Stable/candidate versions, latest round", security="admin", errors=())},
         "/v1/admin/enrollment-keys": {"post": _op(
             "Create an enrollment key", ok_status="201", security="admin", errors=(400, 413),

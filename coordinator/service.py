@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, keys, privacy, rollout
+from coordinator import aggregation, keys, privacy, rollout, schedule
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -80,9 +80,10 @@ class Coordinator:
         self.public_key_hex = keys.public_key_hex(self.signing_key)
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs")
-        self.metrics = Metrics()
+        self.metrics = Metrics(self._sessions)
         self._lock = threading.RLock()
         self._rng = random.Random()
+        self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -226,7 +227,11 @@ class Coordinator:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
         # A round that reached its goal but whose aggregation a crash interrupted must not block
         # the next one until some device happens to check in.
-        self._safe_maintenance()
+        self._local.manual = True
+        try:
+            self._safe_maintenance()
+        finally:
+            self._local.manual = False
         o = {k: getattr(c, k) for k in allowed} | {k: v for k, v in overrides.items() if v is not None}
         try:
             goal, min_count = int(o["goal_count"]), int(o["min_count"])
@@ -274,6 +279,26 @@ class Coordinator:
             due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or self._accepted(s, rid) >= goal]
         for rid in due:
             self.close_round(rid)
+        self._open_scheduled_round()
+
+    def _open_scheduled_round(self) -> None:
+        """With round_interval_s > 0, the next round opens by itself (coordinator.schedule)."""
+        if self.config.round_interval_s <= 0 or getattr(self._local, "manual", False):
+            return
+        with self._sessions() as s:
+            due = schedule.next_round_due(
+                utcnow(), interval_s=self.config.round_interval_s,
+                last_closed_at=s.scalar(select(func.max(Round.closed_at))),
+                round_open=s.scalar(select(Round.id).where(Round.status == OPEN)) is not None,
+                has_stable=self._stable(s) is not None, candidate_pending=self._candidate(s) is not None)
+        if not due:
+            return
+        try:
+            rid = self.start_round()
+        except ApiError as e:     # another worker opened it first, or the stable version just changed
+            log.info("scheduled round not opened: %s", e.message)
+            return
+        log.info("round %d opened on schedule (round_interval_s %g)", rid, self.config.round_interval_s)
 
     def close_round(self, round_id: int, *, force: bool = False) -> dict[str, Any]:
         """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
@@ -392,9 +417,11 @@ class Coordinator:
                 return wire.Task(kind=wire.TASK_COME_BACK, retry_after=self._retry_after())
             canary = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
             use = cand.id if canary else stable.id
+            channel = "canary" if canary else "stable"
             if canary and req.eligible and req.can_evaluate and s.scalar(select(Evaluation.id).where(
                     Evaluation.candidate_version_id == cand.id, Evaluation.device_id == device_id)) is None:
                 return wire.Task(kind=wire.TASK_EVALUATE, retry_after=self._retry_after(), use_version_id=use,
+                                 use_channel=channel,
                                  candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
                                  max_eval_examples=c.max_eval_examples)
             r = s.scalar(select(Round).where(Round.status == OPEN).with_for_update())
@@ -410,12 +437,13 @@ class Coordinator:
                 if assigned is not None and uploaded is None:  # new, or the same task again after a lost reply
                     remaining = (r.deadline - utcnow()).total_seconds()
                     return wire.Task(kind=wire.TASK_TRAIN, retry_after=self._retry_after(), use_version_id=use,
+                                     use_channel=channel,
                                      base_version_id=r.base_version_id,
                                      plan=wire.TrainPlan.from_dict(json.loads(r.plan_json)),
                                      time_limit_s=round(max(remaining, 0.0), 1))
             # An open round still short of devices: ask eligible devices back sooner.
             busy = r is not None and utcnow() < r.deadline
-            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use,
+            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, use_channel=channel,
                              retry_after=self._retry_after(c.checkin_interval_s / 4 if busy else None))
 
     def _reject(self, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:

@@ -267,6 +267,9 @@ class TrainPlan:
                    max_examples=_int(d, "max_examples", lo=1))
 
 
+USE_CHANNELS = ("stable", "canary")
+
+
 @dataclass(frozen=True)
 class Task:
     """Coordinator -> device answer to a check-in.
@@ -287,9 +290,12 @@ class Task:
     candidate_version_id: str | None = None
     evaluate_version_ids: tuple[str, ...] = ()
     max_eval_examples: int | None = None
+    use_channel: str | None = None          # "stable" or "canary": what use_version_id is (badge)
     protocol_version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
+        if self.use_channel not in (None, *USE_CHANNELS):
+            raise WireError(f"use_channel must be one of {USE_CHANNELS}")
         if self.kind not in TASK_KINDS:
             raise WireError(f"unknown task kind {self.kind!r}")
         if self.kind == TASK_TRAIN and (self.plan is None or not self.base_version_id):
@@ -300,6 +306,8 @@ class Task:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"protocol_version": self.protocol_version, "kind": self.kind,
                              "retry_after": self.retry_after, "use_version_id": self.use_version_id}
+        if self.use_channel is not None:
+            d["use_channel"] = self.use_channel
         if self.kind == TASK_TRAIN:
             d.update(base_version_id=self.base_version_id, plan=self.plan.to_dict(),  # type: ignore[union-attr]
                      time_limit_s=self.time_limit_s)
@@ -314,7 +322,8 @@ class Task:
         _check_version(d)
         kind = _str(d, "kind")
         kw: dict[str, Any] = {"kind": kind, "retry_after": _float(d, "retry_after", lo=0.0),
-                                  "use_version_id": _str(d, "use_version_id", optional=True)}
+                                  "use_version_id": _str(d, "use_version_id", optional=True),
+                                  "use_channel": _str(d, "use_channel", optional=True)}
         if kind == TASK_TRAIN:
             kw.update(base_version_id=_str(d, "base_version_id"), plan=TrainPlan.from_dict(_req(d, "plan")),
                       time_limit_s=None if d.get("time_limit_s") is None else _float(d, "time_limit_s", lo=0.0))

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = Path(os.environ.get("FEDKEYS_SHARED", REPO.parent / "shared")) / "corpora" / "shakespeare.jsonl"
+SHAKESPEARE = REPO / "corpora" / "shakespeare.jsonl"
 
 TINY = dict(vocab_size=320, embed_dim=16, hidden_dim=32, train_batch=4, seq_len=8)
 

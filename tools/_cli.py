@@ -11,7 +11,7 @@ from model.corpus import CorpusError
 from protocol.artifact import ArtifactError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPORA = os.path.join(REPO, "corpora")
+CORPORA = os.path.join(REPO, "corpora")          # vendored with their licences (corpora/README.md)
 DEFAULT_CORPUS = os.path.join(CORPORA, "shakespeare.jsonl")
 # Proxy text: public, never device text. Novels and plays (dialogue) plus formal addresses.
 DEFAULT_PROXY = (os.path.join(CORPORA, "gutenberg_mix.jsonl"), os.path.join(CORPORA, "sotu.jsonl"))

@@ -16,11 +16,14 @@ import json
 import sys
 import time
 
+from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--model", required=True, action="append", help="version directory (repeat to compare)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="JSONL or plain-text corpus")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -99,5 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-evaluate` console script."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

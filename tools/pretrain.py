@@ -15,16 +15,18 @@ import json
 import time
 from pathlib import Path
 
-from tools._cli import DEFAULT_PROXY, quiet_tensorflow, run
+from protocol.cli import HelpFormatter, add_version
+from tools._cli import quiet_tensorflow, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.pretrain", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--out", required=True, help="version directory to write")
     p.add_argument("--proxy", action="append", default=None,
-                   help="proxy corpus (JSONL/text) for the vocabulary and version 0; repeat to combine files "
-                        f"(default: {' + '.join(DEFAULT_PROXY)})")
+                   help="proxy corpus (JSONL/text) for the vocabulary and version 0, required unless --corpus; "
+                        "repeat to combine, e.g. --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl")
     p.add_argument("--corpus", help="train on this corpus's train users instead of the proxy (needs --init)")
     p.add_argument("--init", help="start from this version directory (its tokenizer and architecture)")
     p.add_argument("--version-id", default=None, help="version id in the manifest (default: v0, or central)")
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.proxy or args.corpus):
+        raise ValueError("say what to train on: --proxy FILE (version 0) or --corpus FILE --init DIR "
+                         "(central reference); nothing starts a long run on a default file")
     if args.corpus and not args.init:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    sources = [args.corpus] if args.corpus else (args.proxy or list(DEFAULT_PROXY))
+    sources = [args.corpus] if args.corpus else args.proxy
     source = " + ".join(Path(s).name for s in sources)
     split = split_users([r for s in sources for r in read_corpus(s)], seed=args.seed)
     train_texts, val_texts = split.texts("train"), split.texts("validation")
@@ -91,5 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-pretrain` console script."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -50,8 +50,11 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     assert "Traceback" not in r.stderr
 
     md = (data / "report.md").read_text()
-    assert "| LSTM, proxy text only (version 0) |" in md and "| LSTM, federated, 2 rounds (global model alone) |" in md
-    assert "FedKeys keyboard, federated, 2 rounds" in md and "vs the central trigram" in md
+    # DP is on by default: the federated rows name their noise and both epsilons.
+    assert "| LSTM, proxy text only (version 0) |" in md
+    assert "| LSTM, federated with DP noise (σ=0.01, ε=" in md and "ε against the coordinator" in md
+    assert "(global model alone) |" in md and "FedKeys keyboard, federated with DP noise" in md
+    assert "vs the central trigram" in md
     assert "Kneser-Ney" in md and "report.png" in md
     png = (data / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -145,7 +145,7 @@ def test_loopback_hosts_are_accepted(host):
 
 def test_cli_refuses_non_loopback_host_from_settings(tmp_path, capsys):
     rc = cli_main(["keyboard", "--data-dir", str(tmp_path), "--set", "keyboard_host=0.0.0.0"])
-    assert rc == 1 and "non-loopback" in capsys.readouterr().err
+    assert rc == 2 and "non-loopback" in capsys.readouterr().err
 
 
 def test_cli_keyboard_serves_until_stopped(tmp_path, exported_version, monkeypatch):
