@@ -33,6 +33,9 @@ class PersonalModel:
         self.follow: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)  # history -> next-token counts
         self.follow_total: Counter[tuple[str, ...]] = Counter()  # history -> tokens seen after it
         self.words: list[str] = []  # suggestable tokens the user typed, sorted (for prefix ranges)
+        # Evidence for the mixture weight lam (edge_runtime.predictor): a Beta(1, 9) prior, then
+        # one posterior responsibility per typed token. It belongs to the user, not to a version.
+        self.lam_num, self.lam_den = 1.0, 10.0
 
     def __len__(self) -> int:
         return self.total

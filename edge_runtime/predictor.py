@@ -7,6 +7,9 @@ word or a word the user typed before (`PersonalModel`): never one assembled from
 
     P(w | context) = (1 - lam) * P_lstm(w | context) + lam * P_personal(w | last two tokens)
 
+P_lstm covers the whole word list: the softmax's own words, and the rarer list words through
+the softmax's <unk> shared by their proxy frequency (`word_probs`).
+
 `lam` is learned on the device, per user, from what the user types (online EM on the
 posterior responsibility of the personal part, with a Beta prior): a person whose text the
 global model already predicts well keeps a small `lam`.
@@ -30,7 +33,9 @@ from model.config import BOS_ID, SIG_INFER, SIG_STEP, UNK_ID
 from model.data import tokens, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
-_PRIOR = (1.0, 9.0)  # Beta prior on lam: starts at 0.1, moves with the user's own evidence
+# Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
+# words outside the list); among them it goes by proxy frequency.
+TAIL_MASS = 0.8
 
 
 @dataclass
@@ -38,7 +43,7 @@ class _Node:
     logprobs: np.ndarray  # (V,) next-token log-probabilities after this node
     h: np.ndarray
     c: np.ndarray
-    probs: np.ndarray | None = None  # exp(logprobs), computed on first suggestion
+    probs: np.ndarray | None = None  # P(word) over the whole word list, computed on first suggestion
 
 
 @dataclass
@@ -55,7 +60,10 @@ class Predictor:
             raise ValueError("Predictor needs a Model loaded from a version directory")
         arch = self.model.manifest.arch
         self.hidden = int(arch["model"]["hidden_dim"])
-        self.vocab = vocab_of(self.sp)
+        self.vocab = vocab_of(self.sp, int(arch["model"]["vocab_size"]))
+        lim = self.vocab.limit
+        tail = np.exp(self.vocab.log_freq[lim:].astype(np.float64))
+        self.tail_share = (TAIL_MASS * tail / tail.sum()) if len(tail) else tail
         words = self.vocab.words
         ids = sorted((i for i, w in enumerate(words) if any(ch.isalnum() for ch in w)), key=words.__getitem__)
         self.sorted_words = [words[i] for i in ids]
@@ -65,7 +73,6 @@ class Predictor:
         self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
         zero = np.zeros((1, self.hidden), np.float32)
         self.root = self.advance_ids(_Node(np.zeros(0), zero, zero), [BOS_ID])
-        self._lam_num, self._lam_den = _PRIOR[0], _PRIOR[0] + _PRIOR[1]
 
     # ------------------------------------------------------------------ model
     def advance_ids(self, node: _Node, ids: list[int]) -> _Node:
@@ -77,11 +84,29 @@ class Predictor:
     @property
     def lam(self) -> float:
         """Weight of the personal model in the mixture (0 until the user has typed anything)."""
-        return self._lam_num / self._lam_den if len(self.personal) else 0.0
+        pm = self.personal
+        return pm.lam_num / pm.lam_den if len(pm) else 0.0
+
+    def word_probs(self, node: _Node) -> np.ndarray:
+        """P(word | context) over the whole word list: the LSTM's softmax for its words, its <unk>
+        shared by frequency among the rarer list words."""
+        if node.probs is None:
+            lim = self.vocab.limit
+            p = np.empty(len(self.vocab), np.float64)
+            p[:lim] = np.exp(node.logprobs[:lim])
+            p[lim:] = p[UNK_ID] * self.tail_share
+            node.probs = p
+        return node.probs
+
+    def lstm_prob(self, node: _Node, tok: str) -> float:
+        i = self.vocab.index.get(tok)
+        if i is None:
+            return math.exp(float(node.logprobs[UNK_ID])) * (1 - TAIL_MASS)
+        return float(self.word_probs(node)[i])
 
     def mixture_prob(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
         """(mixture, lstm, personal) probabilities of `tok` after `node` / `hist`."""
-        pl = math.exp(float(node.logprobs[self.vocab.index.get(tok, UNK_ID)]))
+        pl = self.lstm_prob(node, tok)
         pp = self.personal.prob(tok, hist)
         lam = self.lam
         return (1 - lam) * pl + lam * pp, pl, pp
@@ -93,8 +118,8 @@ class Predictor:
         lam = self.lam
         den = lam * pp + (1 - lam) * pl
         if den > 0:
-            self._lam_num += lam * pp / den
-            self._lam_den += 1.0
+            self.personal.lam_num += lam * pp / den
+            self.personal.lam_den += 1.0
 
     def learn(self, text: str) -> None:
         """The user committed `text`: the personal model learns it (it stays on the device)."""
@@ -114,21 +139,20 @@ class Predictor:
         """Top-k distinct words starting with `prefix` after the context (`node`, `hist`)."""
         if k <= 0:
             return []
-        if node.probs is None:
-            node.probs = np.exp(node.logprobs)
+        probs = self.word_probs(node)
         lo, hi = self.prefix_range(prefix)
         lam = self.lam
         scores: dict[str, float] = {}
         if hi > lo:
             ids = self.sorted_ids[lo:hi]
-            p = node.probs[ids]
+            p = probs[ids]
             m = min(self.candidates if lam else k, len(ids))
             top = np.argpartition(-p, m - 1)[:m] if len(ids) > m else np.arange(len(ids))
             words = self.sorted_words
             for j in top:
                 scores[words[lo + j]] = (1 - lam) * float(p[j])
         if lam:
-            index, probs = self.vocab.index, node.probs
+            index = self.vocab.index
             for w in self.personal.candidates(hist, prefix, self.candidates):
                 i = index.get(w)
                 scores[w] = (1 - lam) * (float(probs[i]) if i is not None else 0.0) + lam * self.personal.prob(w, hist)
@@ -155,7 +179,7 @@ class Session:
             pm, pl, pp = self.p.mixture_prob(node, tok, hist)
             self.p.observe(pl, pp)
             lp += math.log(max(pm, 1e-30))
-            node = self.p.advance_ids(node, [self.p.vocab.index.get(tok, UNK_ID)])
+            node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
         self.chunks.append(chunk)
         self.nodes.append(node)

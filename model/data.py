@@ -27,36 +27,46 @@ def tokens(text: str) -> list[str]:
 
 class Vocab:
     """Token <-> id for a word-level SentencePiece model, without SentencePiece's own splitting
-    (it would merge adjacent unknown tokens into one <unk>)."""
+    (it would merge adjacent unknown tokens into one <unk>).
 
-    def __init__(self, sp) -> None:
+    The tokenizer holds the keyboard's whole word list, most frequent first (SentencePiece's
+    `word` model orders pieces by frequency and scores them with their log frequency); the
+    LSTM models the first `limit` ids. Rarer list words are <unk> to the LSTM, and the
+    predictor shares <unk>'s probability among them by frequency (a class-based output).
+    """
+
+    def __init__(self, sp, limit: int | None = None) -> None:
         n = sp.get_piece_size()
+        self.limit = n if limit is None else min(limit, n)
         self.words = [sp.id_to_piece(i).removeprefix(WORD_START) if not (sp.is_control(i) or sp.is_unknown(i))
                       else "" for i in range(n)]
+        self.log_freq = np.array([sp.get_score(i) for i in range(n)], np.float32)
         self.index = {w: i for i, w in enumerate(self.words) if w}
 
     def __len__(self) -> int:
         return len(self.words)
 
     def ids(self, toks: Iterable[str]) -> list[int]:
-        get = self.index.get
-        return [get(t, UNK_ID) for t in toks]
+        """The LSTM's ids of `toks`: <unk> for words outside its first `limit`."""
+        get, lim = self.index.get, self.limit
+        return [i if i < lim else UNK_ID for i in (get(t, UNK_ID) for t in toks)]
 
 
-_VOCABS: dict[int, Vocab] = {}
+_VOCABS: dict[tuple[int, int | None], Vocab] = {}
 
 
-def vocab_of(sp) -> Vocab:
-    """The `Vocab` of a loaded tokenizer, built once per processor."""
-    v = _VOCABS.get(id(sp))
+def vocab_of(sp, limit: int | None = None) -> Vocab:
+    """The `Vocab` of a loaded tokenizer for an LSTM over its first `limit` ids, built once."""
+    key = (id(sp), limit)
+    v = _VOCABS.get(key)
     if v is None or len(v) != sp.get_piece_size():
-        v = _VOCABS[id(sp)] = Vocab(sp)
+        v = _VOCABS[key] = Vocab(sp, limit)
     return v
 
 
-def encode_texts(sp, texts: Iterable[str]) -> list[list[int]]:
-    """Token ids of each text with BOS/EOS."""
-    v = vocab_of(sp)
+def encode_texts(sp, texts: Iterable[str], limit: int | None = None) -> list[list[int]]:
+    """Token ids of each text with BOS/EOS, for an LSTM over the first `limit` ids of `sp`."""
+    v = vocab_of(sp, limit)
     return [[BOS_ID, *v.ids(tokens(t)), EOS_ID] for t in texts]
 
 

@@ -6,6 +6,11 @@ split into words and punctuation marks first (`model.data.tokens`); SentencePiec
 model then keeps the most frequent tokens, and everything else maps to <unk>. The file format
 stays SentencePiece's, so versions keep shipping one `tokenizer.model` with its sha256.
 
+The word list is larger than the LSTM's softmax: ids are in frequency order, the LSTM models
+the first `ModelConfig.vocab_size` and treats the rest as <unk>, whose probability the
+predictor shares among them by their proxy frequency (`model.data.Vocab`). So a rare word can
+still be completed, at no cost in parameters.
+
 The server never holds device text in a real deployment, so the vocabulary (like version 0)
 comes from proxy data; words a user types that it lacks are handled on the device (the personal
 model in `edge_runtime.personal`).
@@ -23,9 +28,12 @@ from model.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from model.data import tokens
 
 
-def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int = 10000, *,
+def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int = 50000, *,
                     max_sentences: int = 2_000_000) -> Path:
-    """Keep the `vocab_size` most frequent tokens of `texts` (after `tokens`) and write the model."""
+    """Keep the `vocab_size` most frequent tokens of `texts` (after `tokens`) and write the model.
+
+    This is the keyboard's word list; the LSTM models only its most frequent part
+    (`ModelConfig.vocab_size`), see `model.data.Vocab`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

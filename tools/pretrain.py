@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="train on this corpus's train users instead of the proxy (needs --init)")
     p.add_argument("--init", help="start from this version directory (its tokenizer and architecture)")
     p.add_argument("--version-id", default=None, help="version id in the manifest (default: v0, or central)")
-    p.add_argument("--vocab-size", type=int, default=10000, help="words in the vocabulary")
+    p.add_argument("--vocab-size", type=int, default=10000, help="words the LSTM's softmax models")
+    p.add_argument("--word-list-size", type=int, default=50000,
+                   help="words in the keyboard's word list (the rest of the list beyond --vocab-size is "
+                        "suggested through the LSTM's <unk> by frequency)")
     p.add_argument("--embed-dim", type=int, default=96)
     p.add_argument("--hidden-dim", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=20)
@@ -75,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         parent = base.version_id
     else:
         tok_path = out / "tokenizer.model"
-        print(f"building the word vocabulary ({args.vocab_size} words) from proxy text...")
-        train_tokenizer(train_texts + val_texts, tok_path, vocab_size=args.vocab_size)
+        print(f"building the word list ({args.word_list_size} words, the LSTM models {args.vocab_size}) "
+              "from proxy text...")
+        train_tokenizer(train_texts + val_texts, tok_path, vocab_size=max(args.word_list_size, args.vocab_size))
         sp = load_tokenizer(tok_path)
-        cfg = ModelConfig(vocab_size=sp.get_piece_size(), embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+        cfg = ModelConfig(vocab_size=min(args.vocab_size, sp.get_piece_size()), embed_dim=args.embed_dim,
+                          hidden_dim=args.hidden_dim,
                           seq_len=args.seq_len)
         m, parent = NextWordLSTM(cfg, seed=args.seed), None
     sp = load_tokenizer(tok_path)

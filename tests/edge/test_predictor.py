@@ -8,7 +8,7 @@ import pytest
 from edge_runtime.interpreter import Model
 from edge_runtime.predictor import Predictor
 from model.config import BOS_ID
-from model.data import tokens, vocab_of
+from model.data import tokens
 from model.tokenizer import load_tokenizer
 
 TEXT = "What say you to my lord, and shall we go to the king"
@@ -55,7 +55,7 @@ def test_chunkwise_state_equals_feeding_the_whole_text_at_once(predictor):
     s = predictor.session()
     for chunk in TEXT.split():
         s.feed(chunk)
-    ids = vocab_of(predictor.sp).ids(tokens(TEXT))
+    ids = predictor.vocab.ids(tokens(TEXT))
     node = predictor.advance_ids(predictor.root, ids)
     np.testing.assert_allclose(s.nodes[-1].logprobs, node.logprobs, atol=1e-5)
     assert predictor.root is not None and BOS_ID == 2
@@ -65,12 +65,31 @@ def test_suggestions_are_the_models_most_likely_words(predictor):
     """With no personal text, the strip is exactly the top of the model's word distribution."""
     s = predictor.session()
     s.update("my good lord ")
-    probs = np.exp(s.nodes[-1].logprobs)
+    probs = predictor.word_probs(s.nodes[-1])
     ids = predictor.sorted_ids
     best = [predictor.vocab.words[i] for i in ids[np.argsort(-probs[ids], kind="stable")[:3]]]
     assert s.suggest("", 3) == best
     th = [i for i in ids if predictor.vocab.words[i].startswith("th")]
     assert s.suggest("th", 1) == [predictor.vocab.words[max(th, key=lambda i: probs[i])]]
+
+
+def test_rarer_list_words_share_the_lstms_unk_by_frequency(predictor):
+    """Words past the softmax are suggestable: P(w) = P(<unk>) * TAIL_MASS * their frequency share."""
+    from edge_runtime.predictor import TAIL_MASS
+    from model.config import UNK_ID
+
+    lim = predictor.vocab.limit
+    assert lim < len(predictor.vocab)
+    node = predictor.session().nodes[-1]
+    p = predictor.word_probs(node)
+    unk = float(np.exp(node.logprobs[UNK_ID]))
+    assert p[lim:].sum() == pytest.approx(unk * TAIL_MASS, rel=1e-6)
+    assert p[:lim].sum() == pytest.approx(1.0, rel=1e-4)  # the softmax itself, <unk> included
+    rare = next(i for i in predictor.sorted_ids if i >= lim)
+    word = predictor.vocab.words[rare]
+    s = predictor.session()
+    assert word in s.update(word[:-1]) or len([w for w in predictor.sorted_words if w.startswith(word[:-1])]) > 3
+    assert predictor.vocab.ids([word]) == [UNK_ID]  # the LSTM reads it as <unk>
 
 
 def test_the_users_own_words_are_learned_on_the_device(exported_version):

@@ -249,3 +249,21 @@ def test_serve_keyboard_blocks_until_stop(tmp_path):
     with pytest.raises(requests.ConnectionError):
         requests.get(urls[0] + "api/status", timeout=2)
     assert (tmp_path / DB_NAME).exists()
+
+
+def test_committed_words_come_back_as_suggestions_and_clear_forgets_them(server):
+    """The personal model learns from what the user commits (on the device only); wipe forgets."""
+    def strip(text: str) -> list[str]:
+        return post(server, "api/suggest", {"client": "t1", "text": text}).json()["suggestions"]
+
+    assert "Quokkaville" not in strip("we met in Quok")
+    for _ in range(2):
+        r = post(server, "api/commit", {"text": "we met in Quokkaville at dawn", "field_kind": "message"})
+        assert r.json()["cached"] is True
+    assert strip("we met in Quok")[0] == "Quokkaville"
+    post(server, "api/pause", {"paused": True})
+    post(server, "api/commit", {"text": "Wombatshire is lovely", "field_kind": "message"})
+    assert "Wombatshire" not in strip("Wom")  # paused: neither cached nor learned
+    post(server, "api/pause", {"paused": False})
+    post(server, "api/clear", {})
+    assert "Quokkaville" not in strip("we met in Quok")
