@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="also score a Kneser-Ney trigram fitted on the train users")
     p.add_argument("--lstm-alone", action="store_true",
                    help="also score each model's LSTM without the user's own words (the global model alone)")
+    p.add_argument("--personalization", action="store_true",
+                   help="per held-out user: the keyboard with vs without the user's own words "
+                        "(mean gain, share of users who benefit) for the first --model")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -85,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = evaluate_words(lstm_factory(d, personal=personal), texts, max_words=args.max_words,
                                         progress=progress, desc=name).to_dict()
             rows[name]["seconds"] = round(time.time() - t0, 1)
+    if args.personalization:
+        rows["personalization"] = personalization(args.model[0], texts, args.max_words)
     if args.json:
         out = dict(rows[args.model[0]])
+        if args.personalization:
+            out["personalization"] = rows.pop("personalization")
         if len(args.model) > 1:
             out["models"] = {d: rows[d] for d in args.model}
         if args.lstm_alone:
@@ -95,11 +102,39 @@ def main(argv: list[str] | None = None) -> int:
             out["ngram"] = rows["ngram"]
         print(json.dumps(out))
         return 0
+    pers = rows.pop("personalization", None)
     print(f"{args.corpus}, {args.split} users ({len(split.part(args.split))}), {rows[args.model[0]]['words']} words")
     print(f"{'model':55} {'top-1':>7} {'top-3':>7} {'KSR':>7} {'word ppl':>9}")
     for name, r in rows.items():
         print(f"{name:55} {r['top1']:7.2%} {r['top3']:7.2%} {r['ksr']:7.2%} {r['word_perplexity']:9.1f}")
+    if pers:
+        print(f"personalization over {pers['users']} users with >= {pers['min_words']} scored words: mean top-3 gain "
+              f"{pers['mean_top3_gain']:+.2%}, mean KSR gain {pers['mean_ksr_gain']:+.2%}; users who gain top-3: "
+              f"{pers['share_top3_gain']:.0%} (lose: {pers['share_top3_loss']:.0%})")
     return 0
+
+
+def personalization(version_dir: str, users: dict, max_words: int, min_words: int = 20) -> dict:
+    """Per user, the keyboard with its personal model vs the same LSTM without it, on the same words."""
+    from tools.wordeval import evaluate_words
+
+    with_p: dict[str, list[int]] = {}
+    without: dict[str, list[int]] = {}
+    evaluate_words(lstm_factory(version_dir), users, max_words=max_words, per_user=with_p)
+    evaluate_words(lstm_factory(version_dir, personal=False), users, max_words=max_words, per_user=without)
+    gains3, gainsk = [], []
+    for u, (n, h3, sv, ty) in with_p.items():
+        n0, h30, sv0, _ = without[u]
+        if n < min_words or n != n0:
+            continue
+        gains3.append((h3 - h30) / n)
+        gainsk.append((sv - sv0) / ty)
+    if not gains3:
+        raise ValueError("no held-out user has enough scored words for a per-user comparison")
+    return {"users": len(gains3), "min_words": min_words,
+            "mean_top3_gain": sum(gains3) / len(gains3), "mean_ksr_gain": sum(gainsk) / len(gainsk),
+            "share_top3_gain": sum(g > 0 for g in gains3) / len(gains3),
+            "share_top3_loss": sum(g < 0 for g in gains3) / len(gains3)}
 
 
 def cli() -> None:

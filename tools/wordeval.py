@@ -59,13 +59,15 @@ def _type(session, text: str) -> None:
 
 
 def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int = 3000,
-                   progress: bool = False, desc: str = "evaluating") -> WordMetrics:
+                   progress: bool = False, desc: str = "evaluating",
+                   per_user: dict[str, list[int]] | None = None) -> WordMetrics:
     """Score held-out users as a keyboard meets them: one device (session) per user.
 
     Each user's first half is typed into the device before scoring, and every scored text is
     committed after it is scored, so a session with a ``learn(text)`` method (the FedKeys
     keyboard's personal model) learns from the user's past text only. Sessions without one
-    (the references) see the same texts and change nothing.
+    (the references) see the same texts and change nothing. `per_user`, if given, receives
+    [words, top-3 hits, letters saved, letters typed] for each user.
     """
     devices: dict[str, object] = {}
     scored = {u: halves(texts)[1] for u, texts in users.items()}
@@ -84,6 +86,7 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
                     _type(session, past)
                     session.learn(past)
         session.reset()
+        mine = per_user.setdefault(user, [0, 0, 0, 0]) if per_user is not None else [0, 0, 0, 0]
         for chunk in text.split():
             target = leading_word(chunk)
             if target and words < max_words:
@@ -93,10 +96,16 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
                 hit1 += int(first[:1] == [target])
                 hit3 += int(target in first)
                 typed += len(target) + 1
+                got = 0
                 for k in range(len(target)):
                     if target in (first if k == 0 else session.suggest(target[:k], 3)):
-                        saved += len(target) - k
+                        got = len(target) - k
                         break
+                saved += got
+                mine[0] += 1
+                mine[1] += int(target in first)
+                mine[2] += got
+                mine[3] += len(target) + 1
             logprob += session.feed(chunk)
             chunks += 1
         if hasattr(session, "learn"):
