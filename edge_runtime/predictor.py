@@ -34,7 +34,7 @@ from model.data import tokens, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
-# words outside the list); among them it goes by proxy frequency.
+# words outside the list); among them it goes by proxy frequency. 0 turns the tail off.
 TAIL_MASS = 0.8
 
 
@@ -54,6 +54,7 @@ class Predictor:
     sp: object
     personal: PersonalModel = field(default_factory=PersonalModel)
     candidates: int = 8  # LSTM words per prefix considered for the mixture
+    tail_mass: float = TAIL_MASS
 
     def __post_init__(self) -> None:
         if self.model.manifest is None:
@@ -63,7 +64,7 @@ class Predictor:
         self.vocab = vocab_of(self.sp, int(arch["model"]["vocab_size"]))
         lim = self.vocab.limit
         tail = np.exp(self.vocab.log_freq[lim:].astype(np.float64))
-        self.tail_share = (TAIL_MASS * tail / tail.sum()) if len(tail) else tail
+        self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else tail
         words = self.vocab.words
         ids = sorted((i for i, w in enumerate(words) if any(ch.isalnum() for ch in w)), key=words.__getitem__)
         self.sorted_words = [words[i] for i in ids]
@@ -101,7 +102,7 @@ class Predictor:
     def lstm_prob(self, node: _Node, tok: str) -> float:
         i = self.vocab.index.get(tok)
         if i is None:
-            return math.exp(float(node.logprobs[UNK_ID])) * (1 - TAIL_MASS)
+            return math.exp(float(node.logprobs[UNK_ID])) * (1 - self.tail_mass)
         return float(self.word_probs(node)[i])
 
     def mixture_prob(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
