@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 
 SRC = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dl/package/data"
 OUT = sys.argv[2] if len(sys.argv) > 2 else "spamassassin_ham.jsonl"
@@ -72,23 +73,36 @@ def clean(text):
     paras = [p for p in paras if not HEADER.match(p) and "Message-ID:" not in p]
     return "\n".join(paras)
 
+# Machine-added text is not typed text: a paragraph of 4+ words that recurs verbatim in this many
+# messages is a list footer, sponsor line or newsletter template; newsletters are dropped whole.
+BOILERPLATE_MIN = 5
+NEWSLETTER = re.compile(r"use Perl Daily (Newsletter|Headline Mailer)|Copyright 1997-2002 pudge")
+
+
 def main():
-    n = 0
+    records = []
     seen = set()
+    for d in FOLDERS:
+        for f in sorted(glob.glob(os.path.join(SRC, d, "*.txt"))):
+            msg = email.message_from_bytes(open(f, "rb").read())
+            addr = email.utils.parseaddr(str(msg.get("From", "")))[1].lower()
+            if not addr or BOT.search(addr):
+                continue
+            text = clean(body_text(msg))
+            if len(text) < 20 or text in seen or NEWSLETTER.search(text):
+                continue
+            seen.add(text)
+            records.append(("sa_" + hashlib.sha1(addr.encode()).hexdigest()[:10], text))
+    counts = Counter(p for _, text in records for p in set(text.split("\n")))
+    n = 0
     with open(OUT, "w", encoding="utf-8") as fo:
-        for d in FOLDERS:
-            for f in sorted(glob.glob(os.path.join(SRC, d, "*.txt"))):
-                msg = email.message_from_bytes(open(f, "rb").read())
-                addr = email.utils.parseaddr(str(msg.get("From", "")))[1].lower()
-                if not addr or BOT.search(addr):
-                    continue
-                text = clean(body_text(msg))
-                if len(text) < 20 or text in seen:
-                    continue
-                seen.add(text)
-                user = "sa_" + hashlib.sha1(addr.encode()).hexdigest()[:10]
-                fo.write(json.dumps({"user": user, "text": text}, ensure_ascii=False) + "\n")
-                n += 1
+        for user, text in records:
+            paras = [p for p in text.split("\n") if counts[p] < BOILERPLATE_MIN or len(p.split()) < 4]
+            text = "\n".join(paras)
+            if len(text) < 20:
+                continue
+            fo.write(json.dumps({"user": user, "text": text}, ensure_ascii=False) + "\n")
+            n += 1
     print(n, "records ->", OUT)
 
 if __name__ == "__main__":
