@@ -16,6 +16,7 @@ level is P(w) = c(w) / N over the user's words.
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -36,12 +37,14 @@ class PersonalModel:
         # Evidence for the mixture weight lam (edge_runtime.predictor): a Beta(1, 9) prior, then
         # one posterior responsibility per typed token. It belongs to the user, not to a version.
         self.lam_num, self.lam_den = 1.0, 10.0
+        self._cache: dict[tuple, list[str]] = {}  # candidates(), valid until the next add()
 
     def __len__(self) -> int:
         return self.total
 
     def add(self, toks: Iterable[str]) -> None:
         """Learn one text (its tokens in order)."""
+        self._cache.clear()
         a, b = BOS, BOS
         for t in toks:
             if t not in self.uni and _suggestable(t):
@@ -69,18 +72,28 @@ class PersonalModel:
         return p
 
     def candidates(self, hist: tuple[str, ...], prefix: str, k: int) -> list[str]:
-        """Words worth scoring for `prefix`: seen after this history, plus the user's most frequent."""
+        """Words worth scoring for `prefix`: the k most frequent seen after this history (one and
+        two tokens back), plus the user's k most frequent. Cached until the user's next text,
+        since the keyboard asks on every keystroke and learns only on commit."""
+        key = (tuple(hist[-2:]), prefix, k)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         out: list[str] = []
         for n in (2, 1):
             f = self.follow.get(tuple(hist[-n:])) if len(hist) >= n else None
             if f:
-                out.extend(w for w in f if w.startswith(prefix) and _suggestable(w))
-        lo = bisect_left(self.words, prefix)
-        hi = bisect_left(self.words, prefix + _MAX_CHAR)
-        span = self.words[lo:hi]
-        if len(span) > k:
-            span = sorted(span, key=lambda w: -self.uni[w])[:k]
-        out.extend(span)
+                out.extend(heapq.nlargest(k, (w for w in f if w.startswith(prefix) and _suggestable(w)), key=f.get))
+        top = self._cache.get((prefix, k))
+        if top is None:  # the user's most frequent words with this prefix, whatever the history
+            lo = bisect_left(self.words, prefix)
+            hi = bisect_left(self.words, prefix + _MAX_CHAR)
+            span = self.words[lo:hi]
+            top = self._cache[(prefix, k)] = heapq.nlargest(k, span, key=self.uni.get) if len(span) > k else span
+        out.extend(top)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = out
         return out
 
 

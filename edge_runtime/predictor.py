@@ -43,7 +43,7 @@ class _Node:
     logprobs: np.ndarray  # (V,) next-token log-probabilities after this node
     h: np.ndarray
     c: np.ndarray
-    probs: np.ndarray | None = None  # P(word) over the whole word list, computed on first suggestion
+    head: np.ndarray | None = None  # exp(logprobs): P of the softmax's words, computed on first suggestion
 
 
 @dataclass
@@ -69,6 +69,9 @@ class Predictor:
         ids = sorted((i for i, w in enumerate(words) if any(ch.isalnum() for ch in w)), key=words.__getitem__)
         self.sorted_words = [words[i] for i in ids]
         self.sorted_ids = np.array(ids, dtype=np.int64)
+        # Next-word candidates come from the softmax's own words: a tail word gets a share of
+        # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
+        self.head_ids = self.sorted_ids[self.sorted_ids < lim]
         # `infer` (constant weights, patched in at load) when the version has it, else `step`.
         fast = bool(arch.get("infer_patches")) and self.model.has_signature(SIG_INFER)
         self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
@@ -88,22 +91,30 @@ class Predictor:
         pm = self.personal
         return pm.lam_num / pm.lam_den if len(pm) else 0.0
 
+    def probs_of(self, node: _Node, ids: np.ndarray) -> np.ndarray:
+        """P(word | context) of word-list ids: the LSTM's softmax for its own words, its <unk>
+        shared by frequency among the rarer list words (computed for the ids asked only:
+        the keystroke path never builds the whole 50k-word vector)."""
+        if node.head is None:
+            node.head = np.exp(node.logprobs.astype(np.float64))
+        lim = self.vocab.limit
+        if len(ids) and ids.max() < lim:
+            return node.head[ids]
+        tail = ids >= lim
+        return np.where(tail, node.head[UNK_ID] * self.tail_share[np.where(tail, ids - lim, 0)],
+                        node.head[np.where(tail, 0, ids)])
+
     def word_probs(self, node: _Node) -> np.ndarray:
-        """P(word | context) over the whole word list: the LSTM's softmax for its words, its <unk>
-        shared by frequency among the rarer list words."""
-        if node.probs is None:
-            lim = self.vocab.limit
-            p = np.empty(len(self.vocab), np.float64)
-            p[:lim] = np.exp(node.logprobs[:lim])
-            p[lim:] = p[UNK_ID] * self.tail_share
-            node.probs = p
-        return node.probs
+        """P(word | context) over the whole word list (tests and analysis; `suggest` asks `probs_of`)."""
+        return self.probs_of(node, np.arange(len(self.vocab)))
 
     def lstm_prob(self, node: _Node, tok: str) -> float:
         i = self.vocab.index.get(tok)
         if i is None:
             return math.exp(float(node.logprobs[UNK_ID])) * (1 - self.tail_mass)
-        return float(self.word_probs(node)[i])
+        if i < self.vocab.limit:
+            return math.exp(float(node.logprobs[i]))
+        return math.exp(float(node.logprobs[UNK_ID])) * float(self.tail_share[i - self.vocab.limit])
 
     def mixture_prob(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
         """(mixture, lstm, personal) probabilities of `tok` after `node` / `hist`."""
@@ -140,23 +151,22 @@ class Predictor:
         """Top-k distinct words starting with `prefix` after the context (`node`, `hist`)."""
         if k <= 0:
             return []
-        probs = self.word_probs(node)
         lo, hi = self.prefix_range(prefix)
+        ids = self.sorted_ids[lo:hi] if prefix else self.head_ids
         lam = self.lam
         scores: dict[str, float] = {}
-        if hi > lo:
-            ids = self.sorted_ids[lo:hi]
-            p = probs[ids]
+        if len(ids):
+            p = self.probs_of(node, ids)
             m = min(self.candidates if lam else k, len(ids))
             top = np.argpartition(-p, m - 1)[:m] if len(ids) > m else np.arange(len(ids))
-            words = self.sorted_words
+            words = self.vocab.words
             for j in top:
-                scores[words[lo + j]] = (1 - lam) * float(p[j])
+                scores[words[ids[j]]] = (1 - lam) * float(p[j])
         if lam:
-            index = self.vocab.index
-            for w in self.personal.candidates(hist, prefix, self.candidates):
-                i = index.get(w)
-                scores[w] = (1 - lam) * (float(probs[i]) if i is not None else 0.0) + lam * self.personal.prob(w, hist)
+            index, pm = self.vocab.index, self.personal
+            for w in pm.candidates(hist, prefix, self.candidates):
+                pl = self.lstm_prob(node, w) if w in index else 0.0
+                scores[w] = (1 - lam) * pl + lam * pm.prob(w, hist)
         best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         return [w for w, _ in best]
 
