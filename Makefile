@@ -26,13 +26,14 @@ v0: setup            ## rebuild models/v0 reproducibly (about 10 minutes on 2 co
 	rm -rf models/v0 && mv models/v0.new models/v0
 	@echo "models/v0 rebuilt; commit it with: git add models/v0"
 
-# Debian's Chromium for the keyboard-page browser test (Playwright drives it; its own
-# browser download cannot work here). Installed once, as root, if missing.
+# Debian's Chromium for the browser tests (Playwright drives it; its own browser download
+# cannot work here) and nginx for the deploy/ test (TLS in front of the coordinator).
+# Installed once, as root, if missing.
 system-deps:
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" != 0 ]; then echo "run as root or: sudo apt-get install -y chromium fonts-dejavu-core" >&2; exit 1; fi; \
+	@{ test -x /usr/bin/chromium && test -x /usr/sbin/nginx; } || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root or: sudo apt-get install -y chromium fonts-dejavu-core nginx-light" >&2; exit 1; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core nginx-light >/dev/null; }
 
 test: setup system-deps   ## lint, then the whole test suite
 	$(VENV)/bin/ruff check .
