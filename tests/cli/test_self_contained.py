@@ -51,16 +51,27 @@ def test_a_clone_without_shared_builds_fixtures_and_starts_the_demo(tmp_path):
     assert sums.returncode == 0, sums.stdout + sums.stderr
 
     # make test's fixture: the tiny version, from the clone's own corpus.
-    built = _run(clone, "-m", "tests.tiny_version", str(clone / "models" / "v0"))
+    built = _run(clone, "-m", "tests.tiny_version", str(tmp_path / "tiny"))
     assert built.returncode == 0, built.stderr[-2000:]
-    assert (clone / "models" / "v0" / "manifest.json").is_file()
+    assert (tmp_path / "tiny" / "manifest.json").is_file()
+
+    # `make v0` with its pinned seed, on a tiny schedule here (the shipped one takes minutes), builds
+    # models/v0 beside any old one and swaps it in. -o: never (re)install this test's virtualenv.
+    venv = Path(sys.executable).parent.parent
+    tiny = ("--proxy corpora/sotu.jsonl --seed 0 --epochs 1 --steps-per-epoch 3 --batch-size 8 --vocab-size 300 "
+            "--embed-dim 8 --hidden-dim 16 --seq-len 8 --version-id v0")
+    made = subprocess.run(["make", "-o", f"{venv}/.installed", "v0", f"VENV={venv}", f"V0_ARGS={tiny}"], cwd=clone,
+                          env=_env(clone), capture_output=True, text=True, timeout=900, check=False)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    assert "--seed 0" in made.stdout and (clone / "models" / "v0" / "manifest.json").is_file()
+    assert not (clone / "models" / "v0.new").exists()
 
     # The tools' defaults point into the clone.
     helped = _run(clone, "-m", "tools.demo", "--help")
     assert str(clone / "corpora" / "shakespeare.jsonl") in helped.stdout.replace("\n", "").replace(" ", ""), \
         helped.stdout
 
-    # The demo's first steps on the clone's models/v0 (here: the tiny one just built), one round.
+    # The demo's first steps on the clone's models/v0 (here: the tiny one `make v0` just built), one round.
     demo = _run(clone, "-m", "tools.demo", "--data-dir", str(tmp_path / "demo"), "--devices", "2", "--rounds", "1",
                 "--max-words", "40", "--workers", "1", "--no-serve", "--no-progress")
     out = demo.stdout + demo.stderr
