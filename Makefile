@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-edge.txt
+$(VENV)/.installed: requirements.txt requirements-edge.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
