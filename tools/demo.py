@@ -22,6 +22,7 @@ Re-running reuses the reference scores and replaces the simulation (DIR/runs/).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import threading
 from pathlib import Path
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0 <= args.keyboard_port < 65536:
         raise ValueError("--keyboard-port must be in [0, 65535]")
+    if (args.with_central or args.rebuild) and importlib.util.find_spec("tensorflow") is None:
+        raise ValueError("--with-central and --rebuild train with TensorFlow, which the demo's own environment "
+                         "leaves out: make setup && make demo DEMO_VENV=.venv ARGS=...")
     command = "python -m tools.demo " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = simulate(simulation_args(args), command.strip())
