@@ -8,14 +8,22 @@ export PYTHONPATH := $(CURDIR)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-edge.txt
+$(VENV)/.installed: requirements.txt requirements-edge.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-demo: setup          ## the main job: federated simulation from the shipped version 0, report, keyboard page
-	$(PY) -m tools.demo $(ARGS)
+# The demo starts from the shipped version 0, so it needs no TensorFlow: its own small
+# environment installs in well under a minute (requirements-demo.txt).
+DEMO_VENV ?= .venv-demo
+demo: $(DEMO_VENV)/.installed   ## the main job: federated simulation from the shipped version 0, report, keyboard page
+	$(DEMO_VENV)/bin/python -m tools.demo $(ARGS)
+
+$(DEMO_VENV)/.installed: requirements-demo.txt requirements-edge.txt
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q -r requirements-demo.txt
+	touch $@
 
 # Version 0 as shipped in models/v0: proxy text only, pinned seed and schedule. Built beside the
 # old one and swapped in at the end, so an interrupted run leaves the shipped version intact.
@@ -27,13 +35,14 @@ v0: setup            ## rebuild models/v0 reproducibly (about 25 minutes on 2 co
 	rm -rf models/v0 && mv models/v0.new models/v0
 	@echo "models/v0 rebuilt; commit it with: git add models/v0"
 
-# Debian's Chromium for the keyboard-page browser test (Playwright drives it; its own
-# browser download cannot work here). Installed once, as root, if missing.
+# Debian's Chromium for the browser tests (Playwright drives it; its own browser download
+# cannot work here) and nginx for the deploy/ test (TLS in front of the coordinator).
+# Installed once, as root, if missing.
 system-deps:
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" != 0 ]; then echo "run as root or: sudo apt-get install -y chromium fonts-dejavu-core" >&2; exit 1; fi; \
+	@{ test -x /usr/bin/chromium && test -x /usr/sbin/nginx; } || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root or: sudo apt-get install -y chromium fonts-dejavu-core nginx-light" >&2; exit 1; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core nginx-light >/dev/null; }
 
 test: setup system-deps   ## lint, then the whole test suite
 	$(VENV)/bin/ruff check .
@@ -49,4 +58,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .venv-edge build data/report.* .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) .venv-edge build data/report.* .pytest_cache

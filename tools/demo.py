@@ -22,6 +22,7 @@ Re-running reuses the reference scores and replaces the simulation (DIR/runs/).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -84,12 +85,21 @@ def simulation_args(args: argparse.Namespace) -> argparse.Namespace:
     return sim
 
 
+def _has_tensorflow() -> bool:
+    """Asked in a child process: the demo's own process stays free of TensorFlow's memory."""
+    return subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, timeout=300,
+                          check=False).returncode == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tools.simulate import SimulationError, simulate
 
     if not 0 <= args.keyboard_port < 65536:
         raise ValueError("--keyboard-port must be in [0, 65535]")
+    if (args.with_central or args.rebuild) and not _has_tensorflow():
+        raise ValueError("--with-central and --rebuild train with TensorFlow, which the demo's own environment "
+                         "leaves out: make setup && make demo DEMO_VENV=.venv ARGS=...")
     command = "python -m tools.demo " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = simulate(simulation_args(args), command.strip())

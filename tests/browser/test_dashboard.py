@@ -113,6 +113,9 @@ def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_p
             assert axis[0] == "top-3 accuracy (%)" and axis[1] == [cand] and axis[2] == [41.5]
             before = int(page.locator("#updated").get_attribute("data-refreshes"))
             page.wait_for_function(f"() => Number(document.querySelector('#updated').dataset.refreshes) > {before + 1}")
+            artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+            artifacts.mkdir(exist_ok=True)
+            page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
             # Log out: the data goes away with the token.
             page.click("#logout")
             expect(page.locator("#panels")).to_be_hidden()

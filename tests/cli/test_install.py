@@ -67,3 +67,18 @@ def test_wheel_installs_with_console_scripts_and_a_slim_base(tmp_path):
     assert any(r.startswith("tensorflow-cpu") for r in full)
     assert "pytest" not in (REPO / "requirements-edge.txt").read_text()
     assert "Apache License" in (REPO / "LICENSE").read_text()[:200]
+
+
+def test_package_dependencies_match_the_requirements_files():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def reqs(name: str) -> set[str]:
+        lines = (REPO / name).read_text().splitlines()
+        return {ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip() and not ln.startswith("-r")}
+
+    assert set(project["dependencies"]) == reqs("requirements-edge.txt")
+    assert set(project["optional-dependencies"]["coordinator"]) <= reqs("requirements.txt")
+    full = set(project["optional-dependencies"]["full"]) - {"fedkeys[coordinator]"}
+    assert full <= reqs("requirements.txt")

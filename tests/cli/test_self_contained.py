@@ -51,23 +51,45 @@ def test_a_clone_without_shared_builds_fixtures_and_starts_the_demo(tmp_path):
     assert sums.returncode == 0, sums.stdout + sums.stderr
 
     # make test's fixture: the tiny version, from the clone's own corpus.
-    built = _run(clone, "-m", "tests.tiny_version", str(clone / "models" / "v0"))
+    built = _run(clone, "-m", "tests.tiny_version", str(tmp_path / "tiny"))
     assert built.returncode == 0, built.stderr[-2000:]
-    assert (clone / "models" / "v0" / "manifest.json").is_file()
+    assert (tmp_path / "tiny" / "manifest.json").is_file()
+
+    # `make v0` with its pinned seed, on a tiny schedule here (the shipped one takes minutes), builds
+    # models/v0 beside any old one and swaps it in. -o: never (re)install this test's virtualenv.
+    venv = Path(sys.executable).parent.parent
+    tiny = ("--proxy corpora/sotu.jsonl --seed 0 --epochs 1 --steps-per-epoch 3 --batch-size 8 --vocab-size 300 "
+            "--embed-dim 8 --hidden-dim 16 --seq-len 8 --version-id v0")
+    made = subprocess.run(["make", "-o", f"{venv}/.installed", "v0", f"VENV={venv}", f"V0_ARGS={tiny}"], cwd=clone,
+                          env=_env(clone), capture_output=True, text=True, timeout=900, check=False)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    assert "--seed 0" in made.stdout and (clone / "models" / "v0" / "manifest.json").is_file()
+    assert not (clone / "models" / "v0.new").exists()
 
     # The tools' defaults point into the clone.
     helped = _run(clone, "-m", "tools.demo", "--help")
     assert str(clone / "corpora" / "shakespeare.jsonl") in helped.stdout.replace("\n", "").replace(" ", ""), \
         helped.stdout
 
-    # The demo's first steps on the clone's models/v0 (here: the tiny one just built), one round.
-    demo = _run(clone, "-m", "tools.demo", "--data-dir", str(tmp_path / "demo"), "--devices", "2", "--rounds", "1",
-                "--max-words", "40", "--workers", "1", "--no-serve", "--no-progress")
+    # The demo's first steps on the clone's models/v0 (here: the tiny one `make v0` just built), one round,
+    # with TensorFlow made unimportable in every process it starts (its environment does not have it).
+    blocker = tmp_path / "no-tf" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('TensorFlow is not in the demo environment')\n")
+    no_tf = _env(clone) | {"PYTHONPATH": f"{blocker.parent}{os.pathsep}{clone}"}
+    demo = subprocess.run([sys.executable, "-m", "tools.demo", "--data-dir", str(tmp_path / "demo"), "--devices", "2",
+                           "--rounds", "1", "--max-words", "40", "--workers", "1", "--no-serve", "--no-progress"],
+                          cwd=clone, env=no_tf, capture_output=True, text=True, timeout=600, check=False)
     out = demo.stdout + demo.stderr
     assert demo.returncode == 0, out[-4000:]
     assert "Traceback" not in out and "../shared" not in out and "no such file" not in out
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "shakespeare.jsonl" in report and "| LSTM, federated with DP noise (σ=0.01" in report
+    # What does need TensorFlow says so, in one line, before any work.
+    central = subprocess.run([sys.executable, "-m", "tools.demo", "--with-central", "--no-serve"], cwd=clone,
+                             env=no_tf, capture_output=True, text=True, timeout=120, check=False)
+    assert central.returncode == 2 and len(central.stderr.strip().splitlines()) == 1, central.stderr
+    assert "make setup" in central.stderr
 
 
 def test_shipped_version_that_does_not_match_its_manifest_is_refused(tmp_path, exported_version):
