@@ -29,11 +29,14 @@ $(DEMO_VENV)/.installed: requirements-demo.txt requirements-edge.txt
 # old one and swapped in at the end, so an interrupted run leaves the shipped version intact.
 V0_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --seed 0 --epochs 4 \
            --steps-per-epoch 1000 --patience 2 --version-id v0
+# The keyboard's base n-gram, from the same proxy text (shipped with the app, not per version).
+NGRAM_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl
 v0: setup            ## rebuild models/v0 reproducibly (about 25 minutes on 2 cores)
 	rm -rf models/v0.new
 	$(PY) -m tools.pretrain $(V0_ARGS) --out models/v0.new --no-progress
 	rm -rf models/v0 && mv models/v0.new models/v0
-	@echo "models/v0 rebuilt; commit it with: git add models/v0"
+	$(PY) -m tools.proxy_ngram $(NGRAM_ARGS) --out models/ngram/proxy_trigram.npz
+	@echo "models/v0 and models/ngram rebuilt; commit them with: git add models"
 
 # Debian's Chromium for the browser tests (Playwright drives it; its own browser download
 # cannot work here) and nginx for the deploy/ test (TLS in front of the coordinator).

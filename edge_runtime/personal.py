@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 BOS = "<s>"
+MIX_PRIOR = (45.0, 45.0, 10.0)  # pseudo-tokens: start at 0.45 / 0.45 / 0.1, then follow the user
 _MAX_CHAR = chr(0x10FFFF)
 
 
@@ -34,9 +35,10 @@ class PersonalModel:
         self.follow: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)  # history -> next-token counts
         self.follow_total: Counter[tuple[str, ...]] = Counter()  # history -> tokens seen after it
         self.words: list[str] = []  # suggestable tokens the user typed, sorted (for prefix ranges)
-        # Evidence for the mixture weight lam (edge_runtime.predictor): a Beta(1, 9) prior, then
-        # one posterior responsibility per typed token. It belongs to the user, not to a version.
-        self.lam_num, self.lam_den = 1.0, 10.0
+        # Evidence for the keyboard's mixture weights (lstm, ngram, personal; edge_runtime.predictor):
+        # a Dirichlet prior, then one posterior responsibility per typed token. It belongs to the
+        # user, not to a model version.
+        self.mix = list(MIX_PRIOR)
         self._cache: dict[tuple, list[str]] = {}  # candidates(), valid until the next add()
 
     def __len__(self) -> int:

@@ -1,22 +1,27 @@
-"""Suggestions for the keyboard's strip: the global word LSTM mixed with the user's own words.
+"""Suggestions for the keyboard's strip: three next-word models mixed, weights learned per user.
 
-The model's softmax is over a word vocabulary, so a next-word distribution is one `infer` call
-per completed token, and completing a typed prefix is a cut of that distribution: words are
-kept sorted, a prefix is an index range found by bisection. Every suggestion is a vocabulary
-word or a word the user typed before (`PersonalModel`): never one assembled from pieces.
+    P(w | context) = a * P_lstm(w | context) + b * P_ngram(w | last two tokens)
+                     + c * P_personal(w | last two tokens)
 
-    P(w | context) = (1 - lam) * P_lstm(w | context) + lam * P_personal(w | last two tokens)
+- P_lstm: the global word LSTM (the model version, trained federatedly). Its softmax covers
+  the most frequent words; the rarer words of the word list share its <unk> by proxy
+  frequency (`probs_of`). One `infer` call per completed token.
+- P_ngram: the base Kneser-Ney trigram fitted on proxy text (`edge_runtime.base_ngram`),
+  shipped with the keyboard, never trained on anyone's text. An n-gram and an LSTM make
+  different mistakes; their mixture beats either.
+- P_personal: the user's own words (`PersonalModel`), learned from the device's text cache
+  only, never uploaded.
 
-P_lstm covers the whole word list: the softmax's own words, and the rarer list words through
-the softmax's <unk> shared by their proxy frequency (`word_probs`).
+(a, b, c) are learned on the device from what the user types: online EM on each component's
+posterior responsibility for every typed token, from a Dirichlet prior. A user whose text the
+global LSTM predicts well moves weight to it; one who repeats themselves, to their own words.
+The weights belong to the user (`PersonalModel.mix`), so they survive model updates.
 
-`lam` is learned on the device, per user, from what the user types (online EM on the
-posterior responsibility of the personal part, with a Beta prior): a person whose text the
-global model already predicts well keeps a small `lam`.
-
-The recurrent state after each completed whitespace chunk is kept, so a keystroke feeds only
-what is new, and backspace or a cursor move rewinds to a cached state instead of re-running
-the context.
+Completing a typed prefix is a cut of these distributions: words are kept sorted, a prefix is
+an index range found by bisection. Every suggestion is a word-list word or a word the user
+typed before: never one assembled from pieces. The recurrent state after each completed
+whitespace chunk is kept, so a keystroke feeds only what is new, and backspace or a cursor
+move rewinds to a cached state instead of re-running the context.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from edge_runtime.interpreter import Model
 from edge_runtime.personal import BOS, PersonalModel
 from model.config import BOS_ID, SIG_INFER, SIG_STEP, UNK_ID
 from model.data import tokens, vocab_of
+from model.ngram import KneserNeyLM
 
 _MAX_CHAR = chr(0x10FFFF)
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
@@ -53,7 +59,8 @@ class Predictor:
     model: Model
     sp: object
     personal: PersonalModel = field(default_factory=PersonalModel)
-    candidates: int = 8  # LSTM words per prefix considered for the mixture
+    base: KneserNeyLM | None = None  # the base n-gram (edge_runtime.base_ngram); None: LSTM + personal only
+    candidates: int = 8  # words per prefix each component proposes for the mixture
     tail_mass: float = TAIL_MASS
 
     def __post_init__(self) -> None:
@@ -85,16 +92,10 @@ class Predictor:
             node = _Node(out["logprobs"][0], out["h"], out["c"])
         return node
 
-    @property
-    def lam(self) -> float:
-        """Weight of the personal model in the mixture (0 until the user has typed anything)."""
-        pm = self.personal
-        return pm.lam_num / pm.lam_den if len(pm) else 0.0
-
     def probs_of(self, node: _Node, ids: np.ndarray) -> np.ndarray:
-        """P(word | context) of word-list ids: the LSTM's softmax for its own words, its <unk>
-        shared by frequency among the rarer list words (computed for the ids asked only:
-        the keystroke path never builds the whole 50k-word vector)."""
+        """P_lstm of word-list ids: the softmax for its own words, its <unk> shared by frequency
+        among the rarer list words (computed for the ids asked only: the keystroke path never
+        builds the whole 50k-word vector)."""
         if node.head is None:
             node.head = np.exp(node.logprobs.astype(np.float64))
         lim = self.vocab.limit
@@ -105,7 +106,7 @@ class Predictor:
                         node.head[np.where(tail, 0, ids)])
 
     def word_probs(self, node: _Node) -> np.ndarray:
-        """P(word | context) over the whole word list (tests and analysis; `suggest` asks `probs_of`)."""
+        """P_lstm over the whole word list (tests and analysis; `suggest` asks `probs_of`)."""
         return self.probs_of(node, np.arange(len(self.vocab)))
 
     def lstm_prob(self, node: _Node, tok: str) -> float:
@@ -116,22 +117,36 @@ class Predictor:
             return math.exp(float(node.logprobs[i]))
         return math.exp(float(node.logprobs[UNK_ID])) * float(self.tail_share[i - self.vocab.limit])
 
-    def mixture_prob(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
-        """(mixture, lstm, personal) probabilities of `tok` after `node` / `hist`."""
-        pl = self.lstm_prob(node, tok)
-        pp = self.personal.prob(tok, hist)
-        lam = self.lam
-        return (1 - lam) * pl + lam * pp, pl, pp
+    def weights(self) -> tuple[float, float, float]:
+        """Mixture weights (lstm, ngram, personal): the user's evidence, over the parts present."""
+        mix = self.personal.mix
+        a, b, c = mix[0], mix[1] if self.base is not None else 0.0, mix[2] if len(self.personal) else 0.0
+        t = a + b + c
+        return a / t, b / t, c / t
 
-    def observe(self, pl: float, pp: float) -> None:
-        """One online EM step on lam from a token the user actually typed."""
-        if not len(self.personal):
-            return
-        lam = self.lam
-        den = lam * pp + (1 - lam) * pl
-        if den > 0:
-            self.personal.lam_num += lam * pp / den
-            self.personal.lam_den += 1.0
+    def _ngram_hist(self, hist: tuple[str, ...]) -> list[int]:
+        return self.base._ids(hist) if self.base is not None else []
+
+    def ngram_prob(self, tok: str, hist_ids: list[int]) -> float:
+        base = self.base
+        if base is None or tok not in base._index:
+            return 0.0
+        return base._prob_id(base._index[tok], hist_ids)
+
+    def component_probs(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
+        """(lstm, ngram, personal) probabilities of `tok` after `node` / `hist`."""
+        return (self.lstm_prob(node, tok), self.ngram_prob(tok, self._ngram_hist(hist)),
+                self.personal.prob(tok, hist))
+
+    def observe(self, probs: tuple[float, float, float]) -> float:
+        """One online EM step on the weights from a token the user typed; returns its mixture probability."""
+        w = self.weights()
+        joint = [wi * pi for wi, pi in zip(w, probs)]
+        total = sum(joint)
+        if total > 0:
+            for i, j in enumerate(joint):
+                self.personal.mix[i] += j / total
+        return total
 
     def learn(self, text: str) -> None:
         """The user committed `text`: the personal model learns it (it stays on the device)."""
@@ -151,24 +166,32 @@ class Predictor:
         """Top-k distinct words starting with `prefix` after the context (`node`, `hist`)."""
         if k <= 0:
             return []
+        wl, wn, wp = self.weights()
+        m = self.candidates if (wn or wp) else k
+        cands: set[str] = set()
         lo, hi = self.prefix_range(prefix)
         ids = self.sorted_ids[lo:hi] if prefix else self.head_ids
-        lam = self.lam
-        scores: dict[str, float] = {}
         if len(ids):
             p = self.probs_of(node, ids)
-            m = min(self.candidates if lam else k, len(ids))
-            top = np.argpartition(-p, m - 1)[:m] if len(ids) > m else np.arange(len(ids))
-            words = self.vocab.words
-            for j in top:
-                scores[words[ids[j]]] = (1 - lam) * float(p[j])
-        if lam:
-            index, pm = self.vocab.index, self.personal
-            for w in pm.candidates(hist, prefix, self.candidates):
-                pl = self.lstm_prob(node, w) if w in index else 0.0
-                scores[w] = (1 - lam) * pl + lam * pm.prob(w, hist)
-        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [w for w, _ in best]
+            top = np.argpartition(-p, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
+            cands.update(self.vocab.words[ids[j]] for j in top)
+        hist_ids = self._ngram_hist(hist)
+        if wn:
+            base = self.base
+            cands.update(base.vocab[i] for i in base._suggest_ids(hist_ids, prefix, m))
+        if wp:
+            cands.update(self.personal.candidates(hist, prefix, m))
+        index, pm = self.vocab.index, self.personal
+
+        def score(w: str) -> float:
+            sc = wl * self.lstm_prob(node, w) if w in index else 0.0
+            if wn:
+                sc += wn * self.ngram_prob(w, hist_ids)
+            if wp:
+                sc += wp * pm.prob(w, hist)
+            return sc
+
+        return sorted(cands, key=lambda w: (-score(w), w))[:k]
 
 
 class Session:
@@ -187,9 +210,7 @@ class Session:
         """Append a completed chunk; returns the natural-log probability the mixture gave its tokens."""
         node, hist, lp = self.nodes[-1], self.hists[-1], 0.0
         for tok in tokens(chunk):
-            pm, pl, pp = self.p.mixture_prob(node, tok, hist)
-            self.p.observe(pl, pp)
-            lp += math.log(max(pm, 1e-30))
+            lp += math.log(max(self.p.observe(self.p.component_probs(node, tok, hist)), 1e-30))
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
         self.chunks.append(chunk)

@@ -40,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def lstm_factory(version_dir: str, *, personal: bool = True):
-    """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM plus
-    the user's own words, learned on the device) or the global LSTM alone."""
+    """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM, the
+    base n-gram and the user's own words, learned on the device) or the global LSTM alone."""
     import os
 
+    from edge_runtime.base_ngram import load_base_ngram
     from edge_runtime.interpreter import Model
     from edge_runtime.predictor import Predictor
     from model.tokenizer import load_tokenizer
@@ -51,9 +52,10 @@ def lstm_factory(version_dir: str, *, personal: bool = True):
 
     model = Model.load(version_dir)
     sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
+    base = load_base_ngram() if personal else None
 
     def new_session():
-        predictor = Predictor(model, sp)
+        predictor = Predictor(model, sp, base=base)
         session = predictor.session()
         if personal:
             session.learn = predictor.learn

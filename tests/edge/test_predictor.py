@@ -94,7 +94,7 @@ def test_rarer_list_words_share_the_lstms_unk_by_frequency(predictor):
 
 def test_the_users_own_words_are_learned_on_the_device(exported_version):
     p = Predictor(Model.load(exported_version), load_tokenizer(exported_version / "tokenizer.model"))
-    assert "Zanzibarians" not in p.vocab.index and p.lam == 0.0
+    assert "Zanzibarians" not in p.vocab.index and p.weights()[2] == 0.0
     assert "Zanzibarians" not in p.session().update("the Zan")
     for _ in range(3):
         text = "Greet the Zanzibarians, my lord, greet the Zanzibarians"
@@ -103,15 +103,39 @@ def test_the_users_own_words_are_learned_on_the_device(exported_version):
         p.learn(text)
     assert p.session().update("and now the Zan")[0] == "Zanzibarians"
     assert "Zanzibarians" in p.session().update("Greet the ")
-    assert p.lam > 0.1  # the personal part predicted what the user typed: its weight grew
+    assert p.weights()[2] > 0.1  # the personal part predicted what the user typed: its weight grew
 
 
-def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor):
-    """Every word in the strip is a vocabulary word or a word the user typed before."""
+@pytest.fixture(scope="module")
+def base_ngram():
+    from model.ngram import KneserNeyLM
     from tests.tiny_version import tiny_texts
 
-    p = Predictor(predictor.model, predictor.sp)
-    allowed = set(p.vocab.index)
+    texts = tiny_texts(1500) + ["the quick brown fox jumps over the lazy dog"] * 30
+    return KneserNeyLM.fit(texts, order=3)
+
+
+def test_the_base_ngram_joins_the_mixture_and_the_weights_follow_the_user(predictor, base_ngram):
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    wl, wn, wp = p.weights()
+    assert wp == 0.0 and wl > 0 and wn > 0 and wl + wn == pytest.approx(1.0)
+    # A phrase only the n-gram knows: it is suggested, completed, and its weight grows when typed.
+    assert p.session().update("the quick brown ")[0] == "fox"
+    assert "lazy" in p.session().update("jumps over the la")
+    before = p.weights()[1]
+    for _ in range(5):
+        p.session().update("the quick brown fox jumps over the lazy dog ")
+    assert p.weights()[1] > before
+    assert sum(p.weights()) == pytest.approx(1.0)
+
+
+def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram):
+    """Every word in the strip is a word-list word (the LSTM's or the base n-gram's) or a word the
+    user typed before."""
+    from tests.tiny_version import tiny_texts
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    allowed = set(p.vocab.index) | set(base_ngram.vocab[:base_ngram.n_words])
     keys = non_words = 0
     for text in tiny_texts(3000)[1500:]:
         s = p.session()

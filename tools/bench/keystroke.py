@@ -88,7 +88,9 @@ def main(args: argparse.Namespace) -> int:
     if args.max_keystrokes < 1 or args.max_recompute < 1 or args.context_words < 1 or args.warmup < 0:
         raise ValueError("--max-keystrokes, --max-recompute and --context-words must be >= 1, --warmup >= 0")
     model = Model.load(args.model)
-    predictor = Predictor(model, load_tokenizer(os.path.join(args.model, TOKENIZER)))
+    from edge_runtime.base_ngram import load_base_ngram
+
+    predictor = Predictor(model, load_tokenizer(os.path.join(args.model, TOKENIZER)), base=load_base_ngram())
     texts = held_out_texts(args.corpus)
     keys = keystrokes(texts, args.warmup + args.max_keystrokes)
     typed = sum(1 for k in keys if len(k) == 1)
