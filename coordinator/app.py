@@ -11,6 +11,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from coordinator.api import admin, devices, public
+from coordinator.api import secagg as secagg_api
 from coordinator.config import Config, load_config
 from coordinator.errors import ApiError
 from coordinator.ratelimit import RateLimiter
@@ -39,7 +40,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     coordinator = Coordinator(cfg)
     app.extensions["fedkeys"] = coordinator
     app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
-    for bp in (devices.bp, admin.bp, public.bp):
+    for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
     _register_errors(app)
     _register_metrics(app, coordinator)
