@@ -353,7 +353,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
     if not short:
         log.info("round %d: sum of %d masked updates unmasked (%d dropped devices' masks removed)", round_id,
                  len(survivors), len(keys))
-        coord.close_round(round_id)
+        coord.close_round(round_id, force=True)   # the sum is final: fewer than the goal is fine
 
 
 def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, updates: list,
