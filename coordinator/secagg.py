@@ -63,7 +63,7 @@ def accepted(s: Session, round_id: int) -> int:
 
 
 def _open_round(s: Session, round_id: int, device_id: str) -> tuple[Round, SecAggRound | None]:
-    r = s.get(Round, round_id, with_for_update=True)
+    r = s.get(Round, round_id, with_for_update=True) if 1 <= round_id <= wire.MAX_INT else None
     if r is None:
         raise ApiError(404, wire.E_UNKNOWN_ROUND, f"no round {round_id}")
     if not _plan(r).secure_aggregation:
