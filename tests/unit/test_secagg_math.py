@@ -69,7 +69,11 @@ def test_shamir_threshold():
     with pytest.raises(secagg.SecAggError):
         secagg.recover_secret(shares[:2], 3)
     # two shares of a threshold-3 secret say nothing: any secret fits them (wrong guess != secret)
-    assert secagg.recover_secret(shares[:2] + [secagg.share_secret(bytes(32), 3, 5)[2]], 3) != secret
+    mixed = shares[:2] + [secagg.share_secret(bytes(32), 3, 5)[2]]
+    try:
+        assert secagg.recover_secret(mixed, 3) != secret
+    except secagg.SecAggError:
+        pass                                             # (most often: not even a 32-byte value)
 
 
 def test_share_encryption_binds_round_and_parties():
