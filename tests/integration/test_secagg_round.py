@@ -203,3 +203,30 @@ def test_revealer_refuses_the_other_kind_in_a_later_request(flip):
         secagg_client.Revealer(0, shares, 2).answer(sw.SecAggUnmaskRequest((1,), (0,), 3))
     with pytest.raises(secagg_client.Refused, match="fewer than"):
         secagg_client.Revealer(0, shares, 5).answer(sw.SecAggUnmaskRequest((1, 2), (3,), 4))
+
+
+def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
+    from coordinator_fakes import FakeDevice, make_version, random_delta
+
+    from coordinator.__main__ import main as cli_main
+
+    cfg = make_config(tmp_path)
+    assert cfg.secure_aggregation is False                                   # off by default (docs/privacy.md)
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["init", *common]) == 0
+    make_version(tmp_path / "v0")
+    assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
+    assert cli_main(["start-round", "--secure-aggregation", "--goal-count", "2", "--min-count", "2", *common]) == 0
+    with serve(cfg) as s:
+        rnd = s.coord.list_rounds()[-1]
+        assert rnd["plan"]["secure_aggregation"] is True
+        dev = FakeDevice(s.url, s.coord.create_enrollment_key())
+        task = dev.checkin()
+        assert task.plan.secure_aggregation
+        r = dev.upload(random_delta(0), round_id=task.plan.round_id, base=task.base_version_id, examples=1)
+        assert r.status_code == 400 and "secure aggregation" in r.json()["message"]
+        with s.coord._sessions() as db:
+            assert db.scalar(select(func.count()).select_from(Update)) == 0
+        s.coord.close_round(rnd["round_id"], force=True)
+        plain = s.coord.start_round(goal_count=2, min_count=1)
+        assert "secure_aggregation" not in s.coord.get_round(plain)["plan"]   # plain plans are unchanged
