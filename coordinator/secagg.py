@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -298,8 +299,16 @@ def advance(coord: Coordinator, round_id: int) -> None:
             nxt, summing = SUMMING, True
         if nxt is not None:
             row.phase, row.phase_started_at = nxt, utcnow()
-    if summing:
+    if summing:   # minutes at 500 devices: never inside the request that completed the phase
+        threading.Thread(target=_sum_logged, args=(coord, round_id), name=f"secagg-sum-{round_id}",
+                         daemon=True).start()
+
+
+def _sum_logged(coord: Coordinator, round_id: int) -> None:
+    try:
         _sum(coord, round_id)
+    except Exception:  # the phase stays `summing`; advance() retries it after the phase timeout
+        log.exception("round %d: unmasking failed; will retry after the phase timeout", round_id)
 
 
 def _secrets(s: Session, round_id: int, t: int) -> tuple[dict[int, bytes], dict[int, bytes], list[int]]:

@@ -95,6 +95,9 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
                 p.wait(10)
         logs = {d: (Path(c.data_dir) / "run.log").read_text(errors="replace")[-1500:]
                 for d, c in zip(procs, cfgs, strict=True)}
+        until = time.monotonic() + 60           # the sum is computed off the request thread
+        while s.coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
+            time.sleep(0.1)
         rnd = s.coord.get_round(rid)
         with s.coord._sessions() as db:
             row = db.get(SecAggRound, rid)
