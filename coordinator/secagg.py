@@ -136,7 +136,9 @@ def post_shares(coord: Coordinator, device_id: str, round_id: int, body: dict[st
     with coord.tx() as s:
         _, row = _open_round(s, round_id, device_id)
         m = _member(s, round_id, device_id)
-        if row is None or row.phase != SHARES or m.shared:
+        if m.shared:
+            raise ApiError(409, wire.E_DUPLICATE, "shares already received")
+        if row is None or row.phase != SHARES:
             raise ApiError(409, wire.E_LATE, "not accepting shares from this device now")
         if sorted(msg.shares) != _graph(_params(row))[m.idx]:
             raise ApiError(400, wire.E_BAD_REQUEST, "one share per neighbour, no more, no less")
@@ -165,10 +167,10 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
     with coord.tx() as s:
         _, row = _open_round(s, round_id, device_id)
         m = _member(s, round_id, device_id)
-        if row is None or row.phase != MASKED or not m.shared:
-            raise ApiError(409, wire.E_LATE, "not accepting a masked vector from this device now")
         if m.masked_sha256 is not None:
             raise ApiError(409, wire.E_DUPLICATE, "masked vector already received")
+        if row is None or row.phase != MASKED or not m.shared:
+            raise ApiError(409, wire.E_LATE, "not accepting a masked vector from this device now")
         if len(body) != 4 * _params(row)["dim"]:
             raise ApiError(422, wire.E_MALFORMED, f"a masked vector is {4 * _params(row)['dim']} bytes")
     digest = coord.blobs.put(body)       # fsynced before the row points to it
@@ -211,7 +213,9 @@ def post_reveal(coord: Coordinator, device_id: str, round_id: int, body: dict[st
     with coord.tx() as s:
         _, row = _open_round(s, round_id, device_id)
         m = _member(s, round_id, device_id)
-        if row is None or row.phase != UNMASK or m.revealed or m.masked_sha256 is None:
+        if m.revealed:
+            raise ApiError(409, wire.E_DUPLICATE, "shares already revealed")
+        if row is None or row.phase != UNMASK or m.masked_sha256 is None:
             raise ApiError(409, wire.E_LATE, "not accepting shares from this device now")
         req = unmask_request_for(s, row, m)
         if not set(msg.self_shares) <= set(req.survivors) or not set(msg.key_shares) <= set(req.dropped):

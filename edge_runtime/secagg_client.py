@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.client import CoordinatorClient, RejectedError
+from edge_runtime.client import CoordinatorClient, RejectedError, TransientError
 from protocol import ddp, secagg, wire
 from protocol import secagg_wire as sw
 
@@ -79,23 +79,46 @@ def check_roster(r: sw.SecAggRoster) -> dict[int, sw.Neighbour]:
 
 
 class _Channel:
-    """JSON/bytes calls on the device's authenticated connection, counting bytes both ways."""
+    """JSON/bytes calls on the device's authenticated connection, counting bytes both ways.
 
-    def __init__(self, client: CoordinatorClient, round_id: int) -> None:
-        self.client, self.round_id = client, round_id
+    Transient errors (coordinator restarting, rate limit, network) are retried with backoff until
+    the round's deadline: the secrets exist only in this process, so giving up means dropping out.
+    A POST retried after a lost answer that the coordinator did record comes back `duplicate`,
+    which counts as done.
+    """
+
+    def __init__(self, client: CoordinatorClient, round_id: int, deadline: float,
+                 sleep: Callable[[float], Any]) -> None:
+        self.client, self.round_id, self.deadline, self.sleep = client, round_id, deadline, sleep
         self.up = self.down = 0
 
-    def get(self, step: str) -> dict[str, Any]:
-        resp = self.client._request("GET", sw.secagg_path(self.round_id, step))
+    def _call(self, method: str, step: str, **kw: Any) -> Any:
+        wait, retried = 1.0, False
+        while True:
+            try:
+                resp = self.client._request(method, sw.secagg_path(self.round_id, step), **kw)
+                break
+            except TransientError as e:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                log.info("secure aggregation, round %d: %s; retrying", self.round_id, e)
+                self.sleep(min(max(wait, e.retry_after or 0.0), left))
+                wait, retried = min(wait * 2, 30.0), True
+            except RejectedError as e:
+                if retried and method == "POST" and e.code == wire.E_DUPLICATE:
+                    return None
+                raise
+        self.up += len(resp.request.body or b"")
         self.down += len(resp.content)
-        return dict(self.client._json(resp))
+        return resp
+
+    def get(self, step: str) -> dict[str, Any]:
+        return dict(self.client._json(self._call("GET", step)))
 
     def post(self, step: str, body: dict[str, Any] | None = None, data: bytes | None = None) -> None:
         headers = {"Content-Type": sw.MASKED_MEDIA_TYPE} if data is not None else None
-        resp = self.client._request("POST", sw.secagg_path(self.round_id, step), json_body=body, data=data,
-                                    headers=headers)
-        self.up += len(resp.request.body or b"")
-        self.down += len(resp.content)
+        self._call("POST", step, json_body=body, data=data, headers=headers)
 
     def poll(self, step: str, deadline: float, sleep: Callable[[float], Any]) -> dict[str, Any]:
         while True:
@@ -124,7 +147,7 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
     """Run the whole secure-aggregation exchange for one trained update; (outcome, counts)."""
     rid = plan.round_id
     deadline = time.monotonic() + (time_limit_s if time_limit_s is not None else 3600.0)
-    ch = _Channel(client, rid)
+    ch = _Channel(client, rid, deadline, sleep)
     counts: dict[str, Any] = {"round": rid, "mode": "secure"}
     enc_sk, enc_pk = secagg.generate_keypair()
     mask_sk, mask_pk = secagg.generate_keypair()
@@ -162,7 +185,7 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
     except Refused as e:
         log.warning("secure aggregation, round %d: refused: %s", rid, e)
         return f"refused ({e})", counts
-    except (RejectedError, secagg.SecAggError, wire.WireError) as e:
+    except (RejectedError, TransientError, secagg.SecAggError, wire.WireError) as e:
         log.warning("secure aggregation, round %d: %s", rid, e)
         code = getattr(e, "code", None) or e.__class__.__name__
         return f"rejected ({code})", counts

@@ -9,6 +9,7 @@ kinds of share of one device.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -233,3 +234,69 @@ def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
         s.coord.close_round(rnd["round_id"], force=True)
         plain = s.coord.start_round(goal_count=2, min_count=1)
         assert "secure_aggregation" not in s.coord.get_round(plain)["plan"]   # plain plans are unchanged
+
+
+def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exported_version, caplog):
+    """Devices keep their secrets in memory and retry through the outage; state is in the database."""
+    from werkzeug.serving import make_server
+
+    from coordinator.app import create_app
+
+    caplog.set_level(logging.INFO, logger="edge_runtime.secagg_client")
+    n = 4
+    conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=30.0, clip_norm=1.0)
+
+    def start(port: int):
+        app = create_app(conf)
+        srv = make_server("127.0.0.1", port, app, threaded=True)
+        th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        th.start()
+        return app, srv, th
+
+    app, srv, th = start(0)
+    port = srv.server_port
+    coord = app.extensions["fedkeys"]
+    coord.import_version(exported_version)
+
+    class _S:     # what _devices needs
+        url = f"http://127.0.0.1:{port}"
+
+    _S.coord = coord
+    cfgs = _devices(_S, tmp_path, n)
+    rid = coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
+    devs = [agent.Device.open(c) for c in cfgs]
+    results: list = [None] * n
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
+               for i in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        until = time.monotonic() + 120
+        while time.monotonic() < until:      # everyone has shared: the coordinator goes down
+            with coord._sessions() as db:
+                if db.scalar(select(func.count()).select_from(SecAggMember).where(
+                        SecAggMember.round_id == rid, SecAggMember.shared.is_(True))) == n:
+                    break
+            time.sleep(0.05)
+        srv.shutdown()
+        th.join(5)
+        coord.close()
+        time.sleep(2.0)
+        app, srv, th = start(port)
+        coord = app.extensions["fedkeys"]
+        for t in threads:
+            t.join(120)
+        until = time.monotonic() + 60
+        while coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
+            time.sleep(0.1)
+        assert all(r is not None and r.outcome == "uploaded" for r in results), results
+        assert any("retrying" in r.getMessage() for r in caplog.records if r.name == "edge_runtime.secagg_client")
+        rnd = coord.get_round(rid)
+        assert rnd["status"] == "done" and rnd["accepted"] == n, rnd
+    finally:
+        for d in devs:
+            d.close()
+        srv.shutdown()
+        th.join(5)
+        coord.close()
