@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="noise std on the mean update per coordinate, in units of C")
     ap.add_argument("--rounds-eps", type=int, default=100, help="rounds composed for the epsilon column")
     ap.add_argument("--delta", type=float, default=1e-6)
+    ap.add_argument("--poison", type=float, nargs="*", default=[],
+                    help="also: device 0 sends -lambda x its update; top-3 in plain mode (norm check) vs secure")
     a = ap.parse_args(argv)
     from tools.simulate import load_population
 
@@ -94,7 +96,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {s:g} | {top3:.2%} | {(top3 - clean) * 100:+.2f} pt | " + " | ".join(
             "inf" if math.isinf(e) else f"{e:.3g}" for e in eps) + " |")
     print(f"\nepsilon: {a.rounds_eps} rounds, delta {a.delta:g}, central z = sigma x n (no sampling amplification).")
+    if a.poison:
+        _poison(a, version, manifest, base_vec, vecs, texts, clean)
     return 0
+
+
+def _poison(a: argparse.Namespace, version: Path, manifest: artifact.Manifest, base_vec: np.ndarray,
+            vecs: list[np.ndarray], texts: list[str], clean: float) -> None:
+    """One attacker among the devices sends -lambda times its honest update (no noise). Plain
+    mode: the coordinator's norm check (coordinator.validation) refuses it above the bound, so
+    the round averages the others. Secure mode: nothing can be checked; the ring's only limit is
+    |q| < 2^31 per coordinate, which -lambda x stays far inside for these lambdas."""
+    from coordinator.validation import norm_bound
+    from protocol import ddp
+
+    bound = norm_bound(a.clip_norm, 0.0, base_vec.size)
+    n = len(vecs)
+    scale = ddp.choose_scale(a.clip_norm, n, 0.0, base_vec.size, n)
+    print("\n| attacker sends | its L2 norm | plain: accepted? | plain top-3 | secure top-3 (x fits the ring?) |")
+    print("|---|---:|---|---:|---:|")
+    for lam in a.poison:
+        evil = -lam * vecs[0]
+        norm = float(np.linalg.norm(evil))
+        fits = float(np.abs(evil).max()) * scale < 2**31
+        plain_in = norm <= bound
+        plain = np.mean([evil, *vecs[1:]] if plain_in else vecs[1:], axis=0)
+        secure = np.mean([evil, *vecs[1:]], axis=0)
+        res = []
+        for m in (plain, secure):
+            w = artifact.unflatten((base_vec + m).astype(np.float32), manifest.tensors)
+            res.append(heldout_top3(version, w, texts, a.eval_windows))
+        print(f"| -{lam:g} x update | {norm:.3g} | {'yes' if plain_in else 'no (norm)'} | {res[0]:.2%} | "
+              f"{res[1]:.2%} ({'yes' if fits else 'no'}) |")
+    print(f"\nno attacker: {clean:.2%}; plain-mode norm bound {bound:.3g} (C = {a.clip_norm}, no device noise); "
+          f"{n} devices, one of them the attacker.")
 
 
 if __name__ == "__main__":
