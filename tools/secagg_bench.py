@@ -228,7 +228,7 @@ def paillier(slice_len: int, n_devices: int = 100) -> str:
         up = m * ct_bytes
         lines.append(f"| {name} | {m:,} | {up / 2**20:.0f} MiB | {up / (2 * FULL_DIM):.0f}x | {m * enc / 3600:.1f} h | "
                      f"{m * add * n_devices / 60:.1f} min | {m * dec:.0f} s |")
-    lines.append(f"\nMeasured on {slice_len} values (2048-bit modulus, `phe` {ph.__name__}): key generation "
+    lines.append(f"\nMeasured on {slice_len} values (2048-bit modulus): key generation "
                  f"{keygen:.1f} s, encrypt {enc * 1e3:.0f} ms, homomorphic add {add * 1e6:.0f} us, decrypt "
                  f"{dec * 1e3:.0f} ms per ciphertext; extrapolated linearly to {FULL_DIM:,} parameters.")
     return "\n".join(lines)
