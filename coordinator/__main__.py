@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                  ("noise-multiplier", float), ("max-examples", int)):
         p.add_argument(f"--{k}", type=t, help=f"(default: setting {k.replace('-', '_')}, "
                                               f"{getattr(Config, k.replace('-', '_'))})")
+    p.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
+                   help="the coordinator sees only the sum (docs/privacy.md); default: the config's secure_aggregation")
     p = cmd("close-round", "close a round now (aggregate if it has enough updates)")
     p.add_argument("round_id", type=int)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
@@ -104,7 +106,7 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         print(c.import_version(args.directory, as_candidate=False if args.stable else None))
     elif a == "start-round":
         keys = ("goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                "learning_rate", "clip_norm", "noise_multiplier", "max_examples")
+                "learning_rate", "clip_norm", "noise_multiplier", "max_examples", "secure_aggregation")
         rid = c.start_round(**{k: getattr(args, k) for k in keys})
         _print(c.get_round(rid))
     elif a == "close-round":

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from coordinator import keys
 from coordinator.api import admin, devices, public
+from coordinator.api import secagg as secagg_api
 from coordinator.config import Config, ConfigError, load_config
 from coordinator.errors import ApiError
 from coordinator.ratelimit import RateLimiter
@@ -43,7 +44,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     coordinator = Coordinator(cfg)
     app.extensions["fedkeys"] = coordinator
     app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
-    for bp in (devices.bp, admin.bp, public.bp):
+    for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
     _register_errors(app)
     _register_metrics(app, coordinator)

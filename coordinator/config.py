@@ -74,6 +74,11 @@ class Config:
     # Privacy accounting
     privacy_delta: float = 1e-6
     population_size: int = 0                 # 0: number of enrolled devices
+    # Secure aggregation (docs/privacy.md): the round mode, and its protocol's knobs
+    secure_aggregation: bool = False         # default for start-round; noise_multiplier is then central
+    secagg_dropout: float = 0.3              # design dropout: sizes the SecAgg+ graph and n_min
+    secagg_phase_timeout_s: float = 120.0    # a phase closes early when everyone answered
+    secagg_poll_s: float = 2.0               # Retry-After while a device waits for the next phase
     # Canary rollout
     canary_fraction: float = 0.1
     canary_min_reports: int = 5
@@ -99,6 +104,8 @@ class Config:
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
             (self.population_size >= 0, "population_size must be >= 0"),
+            (0 <= self.secagg_dropout < 0.5 and self.secagg_phase_timeout_s > 0 and self.secagg_poll_s > 0,
+             "secagg_dropout must be in [0, 0.5), secagg timeouts > 0"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
             (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
         ]

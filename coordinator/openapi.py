@@ -32,7 +32,7 @@ SCHEMAS: dict[str, Any] = {
                             "current_version_id": {"type": "string", "nullable": True}, "can_evaluate": _BOOL},
                            ["protocol_version", "eligible"]),
     "TrainPlan": _obj({"round_id": _INT, "epochs": _INT, "batch_size": _INT, "learning_rate": _NUM,
-                       "clip_norm": _NUM, "noise_multiplier": _NUM, "max_examples": _INT},
+                       "clip_norm": _NUM, "noise_multiplier": _NUM, "max_examples": _INT, "secure_aggregation": _BOOL},
                       ["round_id", "epochs", "batch_size", "learning_rate", "clip_norm", "noise_multiplier",
                        "max_examples"]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
@@ -111,6 +111,33 @@ def _version_path(template: str) -> str:
     return template  # already OpenAPI style: /v1/versions/{version_id}/...
 
 
+def _secagg_paths(rid: list) -> dict[str, Any]:
+    """The secure-aggregation steps (protocol.secagg_wire); GETs answer {"ready": false, ...} until ready."""
+    base = "/v1/secagg/{round_id}/"
+    dev = {"security": "device", "params": rid}
+    hexes = {"type": "array", "items": _ANY_OBJ}
+    return {
+        base + "keys": {"post": _op("Secure round: post two X25519 public keys", body=_obj(
+            {"protocol_version": _INT, "enc_pk": _STR, "mask_pk": _STR}, ["protocol_version", "enc_pk", "mask_pk"]),
+            errors=(400, 403, 404, 409, 413), **dev)},
+        base + "roster": {"get": _op("Secure round: this device's index, parameters and neighbours' keys",
+                                     errors=(403, 404, 409), **dev)},
+        base + "shares": {"post": _op("Secure round: encrypted seed shares, one per neighbour", body=_obj(
+            {"protocol_version": _INT, "shares": hexes}, ["protocol_version", "shares"]),
+            errors=(400, 403, 404, 409, 413), **dev)},
+        base + "inbox": {"get": _op("Secure round: the shares neighbours encrypted to this device",
+                                    errors=(403, 404, 409), **dev)},
+        base + "masked": {"post": _op("Secure round: the masked vector (uint32 little-endian)", binary_body=True,
+                                      errors=(403, 404, 409, 413, 422), **dev)},
+        base + "unmask": {
+            "get": _op("Secure round: which neighbours survived and which dropped", errors=(403, 404, 409), **dev),
+            "post": _op("Secure round: reveal self-mask shares of survivors, mask-key shares of the dropped",
+                        body=_obj({"protocol_version": _INT, "self_shares": hexes, "key_shares": hexes},
+                                  ["protocol_version", "self_shares", "key_shares"]),
+                        errors=(400, 403, 404, 409, 413), **dev)},
+    }
+
+
 def build() -> dict[str, Any]:
     vid = [_path_param("version_id")]
     rid = [_path_param("round_id", "integer")]
@@ -166,7 +193,8 @@ def build() -> dict[str, Any]:
             "post": _op("Start a round on the stable version", ok=_ref("Round"), ok_status="201", security="admin",
                         errors=(400, 409, 413), body=_obj({k: _NUM for k in (
                             "goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                            "learning_rate", "clip_norm", "noise_multiplier", "max_examples")}))},
+                            "learning_rate", "clip_norm", "noise_multiplier", "max_examples")}
+                                                         | {"secure_aggregation": _BOOL}))},
         "/v1/admin/rounds/{round_id}": {"get": _op("One round", ok=_ref("Round"), security="admin", params=rid,
                                                    errors=(404,))},
         "/v1/admin/rounds/{round_id}/close": {"post": _op(
@@ -177,6 +205,7 @@ def build() -> dict[str, Any]:
                                             params=[{"name": "round_id", "in": "query", "required": False,
                                                      "schema": _INT}])},
     }
+    paths |= _secagg_paths(rid)
     return {
         "openapi": "3.0.3",
         "info": {"title": "FedKeys coordinator", "version": str(wire.PROTOCOL_VERSION),

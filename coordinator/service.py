@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, keys, privacy, rollout, schedule
+from coordinator import aggregation, keys, privacy, rollout, schedule, secagg
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -221,7 +221,7 @@ class Coordinator:
         round_duration_s and any TrainPlan field."""
         c = self.config
         allowed = {"goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                   "learning_rate", "clip_norm", "noise_multiplier", "max_examples"}
+                   "learning_rate", "clip_norm", "noise_multiplier", "max_examples", "secure_aggregation"}
         unknown = set(overrides) - allowed
         if unknown:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
@@ -256,7 +256,8 @@ class Coordinator:
                 plan = wire.TrainPlan(round_id=r.id, epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
                                       learning_rate=float(o["learning_rate"]), clip_norm=float(o["clip_norm"]),
                                       noise_multiplier=float(o["noise_multiplier"]),
-                                      max_examples=int(o["max_examples"]))
+                                      max_examples=int(o["max_examples"]),
+                                      secure_aggregation=bool(o["secure_aggregation"]))
                 wire.TrainPlan.from_dict(plan.to_dict())  # same validation as the device applies
                 r.plan_json = json.dumps(plan.to_dict())
                 rid = r.id
@@ -270,10 +271,12 @@ class Coordinator:
         return rid
 
     def _accepted(self, s: Session, round_id: int) -> int:
-        return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0)
+        return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0) \
+            + secagg.accepted(s, round_id)
 
     def maintenance(self) -> None:
         """Close rounds that reached their goal or deadline (lazily, on requests and `tick`)."""
+        secagg.advance_open(self)
         with self._sessions() as s:
             rows = s.execute(select(Round.id, Round.deadline, Round.goal_count).where(Round.status == OPEN)).all()
             due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or self._accepted(s, rid) >= goal]
@@ -337,7 +340,7 @@ class Coordinator:
                 vec = artifact.flatten(artifact.decode_weights(self.blobs.get(digest)), tensors)
                 yield vec, aggregation.bounded_weight(count, self.config.max_example_weight)
 
-        mean_delta = aggregation.weighted_average(stream())
+        mean_delta, updates, note = secagg.round_mean(self, s, r, plan, updates, stream)
         base_vec = artifact.flatten(artifact.decode_weights(self.blobs.get(base.weights_sha256)), tensors)
         opt_state = ({} if base.opt_state_sha256 is None
                      else artifact.decode_weights(self.blobs.get(base.opt_state_sha256)))
@@ -356,7 +359,7 @@ class Coordinator:
         q = min(1.0, len(updates) / max(r.population, len(updates)))
         history = [privacy.RoundPrivacy(*h) for h in json.loads(base.privacy_json).get("history", [])]
         history.append(privacy.RoundPrivacy(q, plan.noise_multiplier))
-        priv = privacy.summarize(history, c.privacy_delta)
+        priv = privacy.summarize(history, c.privacy_delta) | note
         manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha
         manifest.created_at = utcnow().isoformat() + "Z"
         manifest.metrics = {"round_id": r.id, "updates": len(updates),
@@ -428,7 +431,8 @@ class Coordinator:
             if r is not None and req.eligible and utcnow() < r.deadline:
                 assigned = s.scalar(select(Assignment.id).where(Assignment.round_id == r.id,
                                                                 Assignment.device_id == device_id))
-                uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id))
+                uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)) \
+                    or secagg.joined(s, r.id, device_id)
                 n_sel = int(s.scalar(select(func.count()).select_from(Assignment)
                                      .where(Assignment.round_id == r.id)) or 0)
                 if assigned is None and n_sel < r.max_selected:

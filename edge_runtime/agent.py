@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import channel, trainer
+from edge_runtime import channel, secagg_client, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.client import (
     ClientError,
@@ -237,7 +237,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         return "skipped (no training text)", {"round": plan.round_id}
     base_dir = dev.store.ensure(task.base_version_id, dev.client.fetch)
     try:
-        res = trainer.train(base_dir, texts, plan, eligible=dev.eligibility.check,
+        res = trainer.train(base_dir, texts, secagg_client.local_plan(plan), eligible=dev.eligibility.check,
                             time_limit_s=task.time_limit_s, loader=dev.loader)
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})", {"round": plan.round_id, "steps": e.steps_done}
@@ -245,6 +245,8 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         del texts
     counts: dict[str, Any] = {"round": plan.round_id, "steps": res.steps, "examples": res.examples,
                               "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
+    if plan.secure_aggregation:   # the float delta never leaves the device: only its masked form
+        return secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep)
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)

@@ -251,11 +251,13 @@ class TrainPlan:
     clip_norm: float
     noise_multiplier: float
     max_examples: int
+    secure_aggregation: bool = False      # protocol.secagg_wire; noise_multiplier is then central
 
     def to_dict(self) -> dict[str, Any]:
         return {"round_id": self.round_id, "epochs": self.epochs, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "clip_norm": self.clip_norm,
-                "noise_multiplier": self.noise_multiplier, "max_examples": self.max_examples}
+                "noise_multiplier": self.noise_multiplier, "max_examples": self.max_examples,
+                **({"secure_aggregation": True} if self.secure_aggregation else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
@@ -264,7 +266,8 @@ class TrainPlan:
                    learning_rate=_float(d, "learning_rate", lo=0.0),
                    clip_norm=_float(d, "clip_norm", lo=0.0),
                    noise_multiplier=_float(d, "noise_multiplier", lo=0.0),
-                   max_examples=_int(d, "max_examples", lo=1))
+                   max_examples=_int(d, "max_examples", lo=1),
+                   secure_aggregation=_bool(d, "secure_aggregation", default=False))
 
 
 USE_CHANNELS = ("stable", "canary")
