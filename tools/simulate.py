@@ -744,8 +744,9 @@ def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"ngram": ("n-gram", "tab:gray", ":"), "proxy": ("proxy only (v0)", "tab:red", "--"),
-              "central": ("central (upper bound)", "tab:green", "--")}
+    styles = {"ngram": ("central trigram (collects text)", "tab:gray", ":"),
+              "proxy": ("keyboard on version 0 (proxy only)", "tab:red", "--"),
+              "central": ("central LSTM (upper bound)", "tab:green", "--")}
     for ax, key, title in ((axes[0], "top3", "next-word top-3 accuracy"), (axes[1], "ksr", "keystroke savings")):
         for name, (label, color, ls) in styles.items():
             if name in refs:
@@ -753,14 +754,15 @@ def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], 
         for f, color in zip(feds, ("tab:blue", "tab:purple"), strict=False):
             xs = [0] + [r.round for r in f.rounds]
             ys = [v0_metrics[key]] + [r.stable_metrics.get(key, math.nan) for r in f.rounds]
-            label = "federated (deployed)" if f.noise_multiplier == 0 else f"federated, DP σ={f.noise_multiplier:g}"
+            label = ("keyboard, federated" if f.noise_multiplier == 0
+                     else f"keyboard, federated, DP σ={f.noise_multiplier:g}")
             ax.plot(xs, ys, marker="o", color=color, label=label)
             for r in f.rounds:
                 if r.candidate_metrics and r.verdict != "promote":
                     ax.plot([r.round], [r.candidate_metrics[key]], marker="x", color=color, ls="none", ms=8)
         ax.set_title(title)
         ax.set_xlabel("round")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle("FedKeys simulation: held-out users (x: candidate the canary did not promote)", fontsize=10)
