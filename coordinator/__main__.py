@@ -11,6 +11,7 @@ from coordinator import logs
 from coordinator.config import ConfigError, load_config
 from coordinator.errors import ApiError
 from protocol.artifact import ArtifactError
+from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
     p = cmd("start-round", "open a training round on the stable version")
-    for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float),
-                 ("epochs", int), ("batch-size", int), ("learning-rate", float), ("clip-norm", float),
-                 ("noise-multiplier", float), ("max-examples", int)):
+    for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float)):
         p.add_argument(f"--{k}", type=t)
+    for f in PLAN_FIELDS:
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=f.kind, help=f"{f.help}; in {f.describe()}")
     p = cmd("close-round", "close a round now (aggregate if it has enough updates)")
     p.add_argument("round_id", type=int)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
@@ -94,8 +95,7 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
     elif a == "import-version":
         print(c.import_version(args.directory, as_candidate=False if args.stable else None))
     elif a == "start-round":
-        keys = ("goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                "learning_rate", "clip_norm", "noise_multiplier", "max_examples")
+        keys = ("goal_count", "min_count", "overselect", "round_duration_s", *PLAN_FIELD_NAMES)
         rid = c.start_round(**{k: getattr(args, k) for k in keys})
         _print(c.get_round(rid))
     elif a == "close-round":
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ApiError as e:
         print(f"error: {e.message}", file=sys.stderr)
-        return 1
+        return 2 if e.status == 400 else 1  # 400: the operator's input was wrong
     except (ConfigError, ArtifactError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

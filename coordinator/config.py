@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from protocol.fields import WireError
+from protocol.plan import PLAN_FIELDS
 from protocol.settings import coerce_settings
 
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
@@ -41,7 +43,7 @@ class Config:
     # Pace steering: how long devices wait between check-ins (jittered to avoid a herd)
     checkin_interval_s: float = 300.0
     checkin_jitter: float = 0.5              # +- fraction of the interval
-    # Round defaults (start-round may override)
+    # Round defaults (start-round may override); plan bounds: protocol.plan.PLAN_FIELDS
     goal_count: int = 100
     overselect: float = 1.3                  # select 130 % of goal: some devices drop out
     min_count: int = 50                      # at the deadline, aggregate only with this many
@@ -78,8 +80,6 @@ class Config:
             (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
             (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
             (self.round_duration_s > 0, "round_duration_s must be > 0"),
-            (self.epochs >= 1 and self.batch_size >= 1 and self.max_examples >= 1, "bad plan sizes"),
-            (self.learning_rate > 0 and self.clip_norm > 0 and self.noise_multiplier >= 0, "bad plan rates"),
             (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
             (self.server_optimizer in SERVER_OPTIMIZERS, f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
@@ -91,6 +91,11 @@ class Config:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        for f in PLAN_FIELDS:  # the round defaults obey the one plan declaration
+            try:
+                f.check(getattr(self, f.name))
+            except WireError as e:
+                raise ConfigError(str(e)) from e
 
     @property
     def resolved_database_url(self) -> str:

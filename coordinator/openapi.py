@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol import wire
+from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 _ERR = {"$ref": "#/components/schemas/Error"}
 _NUM = {"type": "number"}
@@ -22,6 +23,9 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
     return d
 
 
+_ROUND_BODY = {**{k: _NUM for k in ("goal_count", "min_count", "overselect", "round_duration_s")},
+               **{f.name: f.json_schema() for f in PLAN_FIELDS}}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _STR, "message": _STR, "retry_after": _NUM, "details": _ANY_OBJ}, ["error", "message"]),
     "EnrollRequest": _obj({"protocol_version": _INT, "enrollment_key": _STR, "platform": _STR},
@@ -31,10 +35,8 @@ SCHEMAS: dict[str, Any] = {
     "CheckinRequest": _obj({"protocol_version": _INT, "eligible": _BOOL,
                             "current_version_id": {"type": "string", "nullable": True}, "can_evaluate": _BOOL},
                            ["protocol_version", "eligible"]),
-    "TrainPlan": _obj({"round_id": _INT, "epochs": _INT, "batch_size": _INT, "learning_rate": _NUM,
-                       "clip_norm": _NUM, "noise_multiplier": _NUM, "max_examples": _INT},
-                      ["round_id", "epochs", "batch_size", "learning_rate", "clip_norm", "noise_multiplier",
-                       "max_examples"]),
+    "TrainPlan": _obj({"round_id": _INT, **{f.name: f.json_schema() for f in PLAN_FIELDS}},
+                      ["round_id", *PLAN_FIELD_NAMES]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
                   "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
@@ -162,9 +164,7 @@ def build() -> dict[str, Any]:
             "get": _op("List rounds", security="admin", errors=(),
                        ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}})),
             "post": _op("Start a round on the stable version", ok=_ref("Round"), ok_status="201", security="admin",
-                        errors=(400, 409, 413), body=_obj({k: _NUM for k in (
-                            "goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                            "learning_rate", "clip_norm", "noise_multiplier", "max_examples")}))},
+                        errors=(400, 409, 413), body=_obj(_ROUND_BODY))},
         "/v1/admin/rounds/{round_id}": {"get": _op("One round", ok=_ref("Round"), security="admin", params=rid,
                                                    errors=(404,))},
         "/v1/admin/rounds/{round_id}/close": {"post": _op(

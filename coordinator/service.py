@@ -46,6 +46,7 @@ from coordinator.models import (
 )
 from coordinator.validation import UpdateRejected, validate_update
 from protocol import artifact, wire
+from protocol.plan import PLAN_FIELD_NAMES, check_plan_values
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,7 @@ class Coordinator:
         """Open a round on the stable version; overrides: goal_count, min_count, overselect,
         round_duration_s and any TrainPlan field."""
         c = self.config
-        allowed = {"goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                   "learning_rate", "clip_norm", "noise_multiplier", "max_examples"}
+        allowed = {"goal_count", "min_count", "overselect", "round_duration_s", *PLAN_FIELD_NAMES}
         unknown = set(overrides) - allowed
         if unknown:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
@@ -235,8 +235,7 @@ class Coordinator:
             if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
                 raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
                                  "0 < round_duration_s <= 30 days")
-            if not 1 <= int(o["max_examples"]) <= 10**9:
-                raise ValueError("max_examples must be in [1, 1e9]")
+            plan_values = check_plan_values({k: o[k] for k in PLAN_FIELD_NAMES})  # the one plan rule
             with self.tx() as s:
                 stable = self._stable(s)
                 if stable is None:
@@ -248,11 +247,7 @@ class Coordinator:
                           population=self._population(s), deadline=utcnow() + timedelta(seconds=duration), reason="")
                 s.add(r)
                 s.flush()
-                plan = wire.TrainPlan(round_id=r.id, epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
-                                      learning_rate=float(o["learning_rate"]), clip_norm=float(o["clip_norm"]),
-                                      noise_multiplier=float(o["noise_multiplier"]),
-                                      max_examples=int(o["max_examples"]))
-                wire.TrainPlan.from_dict(plan.to_dict())  # same validation as the device applies
+                plan = wire.TrainPlan(round_id=r.id, **plan_values)
                 r.plan_json = json.dumps(plan.to_dict())
                 rid = r.id
         except (ValueError, TypeError) as e:

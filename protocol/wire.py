@@ -28,6 +28,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.fields import (  # noqa: F401  (re-exported: the wire protocol's public names)
+    MAX_ID_LEN,
+    MAX_INT,
+    WireError,
+    _bool,
+    _float,
+    _int,
+    _json_float,
+    _metric,
+    _req,
+    _str,
+)
+from protocol.plan import TrainPlan  # noqa: F401  (re-exported: part of the Task message)
+
 PROTOCOL_VERSION = 1
 
 # --- Paths -----------------------------------------------------------------------------------
@@ -57,9 +71,8 @@ SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
 MAX_JSON_BYTES = 64 * 1024            # any JSON request body
 MAX_UPDATE_BYTES = 64 * 1024 * 1024   # a safetensors update body (default model: ~3 MB float32)
 MAX_META_HEADER_BYTES = 4096          # the X-FedKeys-Update header
-MAX_ID_LEN = 128                      # device ids, version ids, idempotency keys
 MAX_VERSIONS_PER_EVALUATION = 4
-MAX_INT = 2**31 - 1                   # ids and counts fit a 32-bit signed database column
+# MAX_ID_LEN (ids, 128) and MAX_INT (2**31 - 1, counts) live in protocol.fields
 MIN_RETRY_AFTER_S = 1.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
@@ -93,89 +106,10 @@ E_INTERNAL = "internal"
 RETRYABLE_ERRORS = frozenset({E_RATE_LIMITED, E_INTERNAL})
 
 
-class WireError(ValueError):
-    """A message does not have the shape this protocol version defines."""
-
-
-# --- Small validators (shared by every from_dict) ---------------------------------------------
-
-def _req(d: Mapping[str, Any], key: str) -> Any:
-    if not isinstance(d, Mapping):
-        raise WireError("message must be a JSON object")
-    if key not in d:
-        raise WireError(f"missing field {key!r}")
-    return d[key]
-
-
-def _str(d: Mapping[str, Any], key: str, *, optional: bool = False, max_len: int = MAX_ID_LEN) -> str | None:
-    if optional and d.get(key) is None:
-        return None
-    v = _req(d, key)
-    if not isinstance(v, str) or not v:
-        raise WireError(f"{key!r} must be a non-empty string")
-    if len(v) > max_len:
-        raise WireError(f"{key!r} longer than {max_len} characters")
-    return v
-
-
-def _int(d: Mapping[str, Any], key: str, *, lo: int | None = None, hi: int | None = MAX_INT,
-         default: Any = ...) -> int:
-    if default is not ... and key not in d:
-        return default
-    v = _req(d, key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise WireError(f"{key!r} must be an integer")
-    if lo is not None and v < lo:
-        raise WireError(f"{key!r} must be >= {lo}")
-    if hi is not None and v > hi:
-        raise WireError(f"{key!r} must be <= {hi}")
-    return v
-
-
-def _float(d: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None,
-           finite: bool = True, default: Any = ...) -> float:
-    if default is not ... and key not in d:
-        return default
-    v = _req(d, key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise WireError(f"{key!r} must be a number")
-    v = float(v)
-    if finite and not math.isfinite(v):
-        raise WireError(f"{key!r} must be finite")
-    if lo is not None and v < lo:
-        raise WireError(f"{key!r} must be >= {lo}")
-    if hi is not None and v > hi:
-        raise WireError(f"{key!r} must be <= {hi}")
-    return v
-
-
-def _bool(d: Mapping[str, Any], key: str, *, default: Any = ...) -> bool:
-    if default is not ... and key not in d:
-        return default
-    v = _req(d, key)
-    if not isinstance(v, bool):
-        raise WireError(f"{key!r} must be true or false")
-    return v
-
-
 def _check_version(d: Mapping[str, Any]) -> None:
     v = _req(d, "protocol_version")
     if v != PROTOCOL_VERSION:
         raise WireError(f"protocol_version {v!r} not supported (this side speaks {PROTOCOL_VERSION})")
-
-
-def _json_float(x: float) -> float | str:
-    """JSON has no NaN/Inf; evaluation metrics may be non-finite and must survive the trip."""
-    return x if math.isfinite(x) else repr(float(x))
-
-
-def _metric(d: Mapping[str, Any], key: str) -> float:
-    v = _req(d, key)
-    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
-        return float(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise WireError(f"{key!r} must be a number")
-    return float(v)
 
 
 # --- Messages ----------------------------------------------------------------------------------
@@ -237,34 +171,6 @@ class CheckinRequest:
         return cls(eligible=_bool(d, "eligible"),
                    current_version_id=_str(d, "current_version_id", optional=True),
                    can_evaluate=_bool(d, "can_evaluate", default=True))
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """How to train locally. The update must be clipped to `clip_norm` and noised with
-    std `noise_multiplier * clip_norm` before upload."""
-
-    round_id: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    clip_norm: float
-    noise_multiplier: float
-    max_examples: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "clip_norm": self.clip_norm,
-                "noise_multiplier": self.noise_multiplier, "max_examples": self.max_examples}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
-        return cls(round_id=_int(d, "round_id", lo=1), epochs=_int(d, "epochs", lo=1, hi=100),
-                   batch_size=_int(d, "batch_size", lo=1, hi=4096),
-                   learning_rate=_float(d, "learning_rate", lo=0.0),
-                   clip_norm=_float(d, "clip_norm", lo=0.0),
-                   noise_multiplier=_float(d, "noise_multiplier", lo=0.0),
-                   max_examples=_int(d, "max_examples", lo=1))
 
 
 @dataclass(frozen=True)
