@@ -12,6 +12,7 @@ Layout of the data directory::
     text_cache.sqlite3   the text cache (edge_runtime.cache)
     last_keystroke       mtime = time of the last keystroke (edge_runtime.eligibility)
     models/              model versions (edge_runtime.versions)
+    privacy_ledger.json  every update released: round, noise multiplier (edge_runtime.plan_guard)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from edge_runtime.client import (
 )
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
+from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
 from protocol import wire
 from protocol.artifact import atomic_write
@@ -232,6 +234,13 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     decision = dev.eligibility.check()
     if not decision:
         return "skipped (no longer eligible)", {"round": plan.round_id}
+    refusal = PlanFloor.from_config(dev.config).refusal(plan)
+    ledger = PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
+                           delta=dev.config.local_delta)
+    refusal = refusal or ledger.refusal(plan)
+    if refusal:
+        log.warning("refusing the plan of round %d: %s", plan.round_id, refusal)
+        return f"refused ({refusal})", {"round": plan.round_id}
     texts = [r.text for r in dev.cache.training_records()]
     if not texts:
         return "skipped (no training text)", {"round": plan.round_id}
@@ -245,6 +254,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         del texts
     counts: dict[str, Any] = {"round": plan.round_id, "steps": res.steps, "examples": res.examples,
                               "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
+    counts["local_epsilon"] = round(ledger.charge(plan), 4)  # written before the update leaves
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
@@ -327,7 +337,7 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             log.warning("task error: %s; next check-in in %.0fs", e, wait)
             if once:
                 return 1
-        except (ClientError, VersionError) as e:
+        except (ClientError, VersionError, LedgerError) as e:
             retry_after = getattr(e, "retry_after", None) or 0.0
             wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)

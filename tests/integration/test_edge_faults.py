@@ -93,7 +93,8 @@ class Gate:
 def _edge_run(data_dir: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edge_runtime", "run", "--once", "--data-dir", str(data_dir),
            "--eligibility", "override:eligible", "--set", "min_wait_s=0.1", "--set", "backoff_initial_s=0.1",
-           "--set", "backoff_max_s=0.2", "--set", "upload_attempts=1", *extra]
+           "--set", "backoff_max_s=0.2", "--set", "upload_attempts=1",
+           "--set", "max_epochs=40", *extra]   # the long-training case needs more than the default floor
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
