@@ -69,7 +69,8 @@ class Config:
     canary_fraction: float = 0.1
     canary_min_reports: int = 5
     canary_tolerance: float = 0.005          # candidate top-3 may be at most this much worse
-    max_eval_examples: int = 500
+    max_eval_examples: int = 500             # evaluate task: held-out windows per version
+    max_eval_words: int = 300                # evaluate task: words scored per version (word top-3, KSR)
 
     def __post_init__(self) -> None:
         checks = [
@@ -87,6 +88,8 @@ class Config:
             (self.population_size >= 0, "population_size must be >= 0"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
             (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
+            (1 <= self.max_eval_examples <= 10**6 and 1 <= self.max_eval_words <= 10**6,
+             "max_eval_examples and max_eval_words must be in [1, 1e6]"),
         ]
         for ok, msg in checks:
             if not ok:

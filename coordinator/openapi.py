@@ -12,7 +12,7 @@ _NUM = {"type": "number"}
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
-_METRIC = {"oneOf": [_NUM, {"type": "string", "enum": ["nan", "inf", "-inf"]}]}
+_COUNT = {"type": "number", "minimum": 0}  # finite: a non-finite metric is refused, not a verdict
 _ANY_OBJ = {"type": "object", "additionalProperties": True}
 
 
@@ -41,7 +41,8 @@ SCHEMAS: dict[str, Any] = {
                   "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
                   "time_limit_s": _NUM, "candidate_version_id": _STR,
-                  "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT},
+                  "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT,
+                  "max_eval_words": _INT},
                  ["protocol_version", "kind", "retry_after"]),
     "UpdateMeta": _obj({"protocol_version": _INT, "round_id": _INT, "base_version_id": _STR, "example_count": _INT,
                         "idempotency_key": _STR, "encoding": {"type": "string", "enum": list(wire.ENCODINGS)}},
@@ -49,8 +50,10 @@ SCHEMAS: dict[str, Any] = {
                         "encoding"]),
     "UpdateReceipt": _obj({"protocol_version": _INT, "update_id": _INT, "round_id": _INT, "accepted": _BOOL},
                           ["protocol_version", "update_id", "round_id", "accepted"]),
-    "VersionMetrics": _obj({"version_id": _STR, "loss_sum": _METRIC, "top1": _METRIC, "top3": _METRIC,
-                            "count": _METRIC}, ["version_id", "loss_sum", "top1", "top3", "count"]),
+    "VersionMetrics": _obj({"version_id": _STR, "loss_sum": _COUNT, "top1": _COUNT, "top3": _COUNT,
+                            "count": _COUNT, **dict.fromkeys(("words", "word_top1", "word_top3", "saved", "typed"),
+                                                             {"type": "integer", "minimum": 0})},
+                           ["version_id", "loss_sum", "top1", "top3", "count"]),
     "EvaluationReport": _obj({"protocol_version": _INT, "candidate_version_id": _STR,
                               "results": {"type": "array", "minItems": 1, "maxItems": wire.MAX_VERSIONS_PER_EVALUATION,
                                           "items": {"$ref": "#/components/schemas/VersionMetrics"}}},

@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, keys, privacy, rollout
+from coordinator import aggregation, canary, keys, privacy, rollout
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -36,7 +36,6 @@ from coordinator.models import (
     Decision,
     Device,
     EnrollmentKey,
-    Evaluation,
     Rejection,
     Round,
     Setting,
@@ -385,13 +384,12 @@ class Coordinator:
             stable, cand = self._stable(s), self._candidate(s)
             if stable is None:
                 return wire.Task(kind=wire.TASK_COME_BACK, retry_after=self._retry_after())
-            canary = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
-            use = cand.id if canary else stable.id
-            if canary and req.eligible and req.can_evaluate and s.scalar(select(Evaluation.id).where(
-                    Evaluation.candidate_version_id == cand.id, Evaluation.device_id == device_id)) is None:
-                return wire.Task(kind=wire.TASK_EVALUATE, retry_after=self._retry_after(), use_version_id=use,
-                                 candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
-                                 max_eval_examples=c.max_eval_examples)
+            in_cohort = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
+            use = cand.id if in_cohort else stable.id
+            if in_cohort and req.eligible and req.can_evaluate:
+                task = canary.evaluate_task(self, s, device_id, cand, stable, self._retry_after())
+                if task is not None:
+                    return task
             r = s.scalar(select(Round).where(Round.status == OPEN).with_for_update())
             if r is not None and req.eligible and utcnow() < r.deadline:
                 assigned = s.scalar(select(Assignment.id).where(Assignment.round_id == r.id,
@@ -485,51 +483,10 @@ class Coordinator:
         return receipt
 
     def report_evaluation(self, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
-        with self.tx() as s:
-            cand, stable = self._candidate(s), self._stable(s)
-            if cand is None or cand.id != report.candidate_version_id:
-                raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")
-            if not rollout.in_canary(device_id, self.config.canary_fraction):
-                raise ApiError(403, wire.E_FORBIDDEN, "device is not in the canary cohort")
-            by_id = {m.version_id: m for m in report.results}
-            if cand.id not in by_id or stable.id not in by_id:
-                raise bad_request(f"report must include metrics for {cand.id} and {stable.id}")
-            if s.scalar(select(Evaluation.id).where(Evaluation.candidate_version_id == cand.id,
-                                                    Evaluation.device_id == device_id)) is None:
-                s.add(Evaluation(candidate_version_id=cand.id, device_id=device_id,
-                                 report_json=json.dumps(report.to_dict())))
-                s.flush()
-                self._auto_decide(s, cand, stable)
-        return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
-
-    # --- canary decisions --------------------------------------------------------------------
-
-    def _canary_reports(self, s: Session, cand: Version, stable_id: str) -> list[tuple[wire.VersionMetrics, ...]]:
-        out = []
-        for (rj,) in s.execute(select(Evaluation.report_json).where(Evaluation.candidate_version_id == cand.id)):
-            rep = wire.EvaluationReport.from_dict(json.loads(rj))
-            by_id = {m.version_id: m for m in rep.results}
-            if stable_id in by_id:  # reports against an older stable do not count
-                out.append((by_id[cand.id], by_id[stable_id]))
-        return out
+        return canary.report_evaluation(self, device_id, report)
 
     def canary_comparison(self) -> dict[str, Any]:
-        with self._sessions() as s:
-            cand, stable = self._candidate(s), self._stable(s)
-            if cand is None or stable is None:
-                return {"candidate_version_id": None, "stable_version_id": stable.id if stable else None}
-            d = rollout.decide(self._canary_reports(s, cand, stable.id), min_reports=self.config.canary_min_reports,
-                               tolerance=self.config.canary_tolerance)
-            return {"candidate_version_id": cand.id, "stable_version_id": stable.id, "would": d.action,
-                    "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": self._pinned(s)}
-
-    def _auto_decide(self, s: Session, cand: Version, stable: Version) -> None:
-        d = rollout.decide(self._canary_reports(s, cand, stable.id), min_reports=self.config.canary_min_reports,
-                           tolerance=self.config.canary_tolerance)
-        if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and self._pinned(s)):
-            return
-        self._apply(s, cand, d.action, "auto", d.reason, d.numbers)
-        self.metrics.canary_decisions.labels(d.action).inc()
+        return canary.canary_comparison(self)
 
     def _apply(self, s: Session, v: Version, action: str, actor: str, reason: str, numbers: dict) -> None:
         now = utcnow()
@@ -576,8 +533,7 @@ class Coordinator:
     # --- views -------------------------------------------------------------------------------
 
     def _version_dict(self, s: Session, v: Version) -> dict[str, Any]:
-        evals = int(s.scalar(select(func.count()).select_from(Evaluation)
-                             .where(Evaluation.candidate_version_id == v.id)) or 0)
+        evals = canary.reported_count(s, v.id)
         decisions = [{"action": d.action, "actor": d.actor, "reason": d.reason, "numbers": json.loads(d.numbers_json),
                       "at": _iso(d.created_at)}
                      for d in s.scalars(select(Decision).where(Decision.version_id == v.id).order_by(Decision.id))]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -44,6 +45,7 @@ from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
 from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
+from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import wire
 from protocol.artifact import atomic_write
 
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "device.json"
 ACTIVITY_FILE = "last_keystroke"
+DEFAULT_EVAL_WORDS = 300        # an evaluate task that names no word budget
 _FATAL_CODES = frozenset({wire.E_UNAUTHORIZED, wire.E_FORBIDDEN, wire.E_PROTOCOL_VERSION})
 
 
@@ -137,6 +140,90 @@ def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool =
         return cache.add(text, field_kind, private=private)
 
 
+def predictor_session(version_dir: Path) -> TypingSession:
+    """A typing session of the keyboard's predictor on a version (the canary's word metrics)."""
+    from edge_runtime.keyboard import load_predictor
+
+    return load_predictor(version_dir).session()
+
+
+def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
+    """One check-in and the task it brings. Transient errors propagate (the loop backs off);
+    a rejected upload or report is an outcome, not an error."""
+    dev.cache.enforce_retention()
+    decision = dev.eligibility.check()
+    stats = dev.cache.stats()
+    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.current_id,
+                              can_evaluate=stats["heldout"] > 0)
+    task = dev.client.checkin(req)
+    _use_version(dev, task.use_version_id)
+    _note_channel(dev, task)
+    if task.kind == wire.TASK_TRAIN:
+        outcome, counts = _train(dev, task, sleep)
+    elif task.kind == wire.TASK_EVALUATE:
+        outcome, counts = _evaluate(dev, task)
+    else:
+        outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
+        counts = {}
+    result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
+                        dev.store.current_id, counts)
+    log.info("%s", result.summary())
+    return result
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
+    """Check in until `stop` is set (or once). Returns a process exit code."""
+    stop = stop or threading.Event()
+    backoff = dev.config.backoff_initial_s
+    while not stop.is_set():
+        try:
+            result = run_once(dev, sleep=stop.wait)
+            backoff = dev.config.backoff_initial_s
+            wait = result.wait_s
+        except RejectedError as e:
+            if e.code in _FATAL_CODES:
+                raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
+            wait = jittered(backoff, dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        except (ClientError, VersionError, LedgerError) as e:
+            retry_after = getattr(e, "retry_after", None) or 0.0
+            wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        if once:
+            return 0
+        stop.wait(wait)
+    return 0
+
+
+def status(config: EdgeConfig) -> dict[str, Any]:
+    """What `status` prints: identity (no token), models, cache counts, pause, eligibility."""
+    data_dir = config.require_data_dir()
+    ident = load_identity(data_dir)
+    store = VersionStore(data_dir)
+    with open_cache(config) as cache:
+        stats, paused = cache.stats(), cache.paused
+    decision = make_eligibility(config).check()
+    return {
+        "enrolled": ident is not None,
+        "device_id": ident.device_id if ident else None,
+        "coordinator": (config.coordinator or (ident.coordinator if ident else "")) or None,
+        "signature_checked": bool(config.public_key or (ident and ident.public_key)),
+        "model": {"current": store.current_id, "previous": store.previous_id, "installed": store.installed()},
+        "cache": stats,
+        "learning_paused": paused,
+        "eligible": bool(decision),
+        "ineligible_because": list(decision.reasons),
+    }
+
+
 @dataclass
 class Device:
     """Everything `run_once` works with; tests build one with fakes for any part."""
@@ -149,6 +236,7 @@ class Device:
     eligibility: Eligibility
     rng: random.Random = field(default_factory=random.Random)   # jitter only, not privacy-relevant
     loader: trainer.ModelLoader = trainer.load_model
+    sessions: Callable[[Path], TypingSession] = predictor_session   # canary word metrics
 
     @classmethod
     def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
@@ -278,94 +366,40 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     try:
         metrics = trainer.evaluate(dirs, texts, max_examples=task.max_eval_examples,
                                    eligible=dev.eligibility.check, loader=dev.loader)
+        words = [_word_counts(dev, d, texts, task.max_eval_words or DEFAULT_EVAL_WORDS) for d in dirs]
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})", {}
     finally:
         del texts
         dev.store.prune()
     assert task.candidate_version_id is not None
-    report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=tuple(metrics))
+    results = tuple(_with_words(m, w) for m, w in zip(metrics, words, strict=True))
+    report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=results)
     try:
         dev.client.report_evaluation(report)
     except RejectedError as e:
         return f"rejected ({e.code or e.status})", {}
-    counts = {m.version_id: f"top3={m.top3 / m.count:.3f}" if m.count else "n=0" for m in metrics}
-    counts["tokens"] = int(metrics[0].count) if metrics else 0
+    counts = {m.version_id: f"word_top3={m.word_top3 / m.words:.3f}" if m.words else "n=0" for m in results}
+    counts["tokens"] = int(results[0].count) if results else 0
+    counts["words"] = results[0].words if results else 0
     return "reported", counts
 
 
-def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
-    """One check-in and the task it brings. Transient errors propagate (the loop backs off);
-    a rejected upload or report is an outcome, not an error."""
-    dev.cache.enforce_retention()
-    decision = dev.eligibility.check()
-    stats = dev.cache.stats()
-    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.current_id,
-                              can_evaluate=stats["heldout"] > 0)
-    task = dev.client.checkin(req)
-    _use_version(dev, task.use_version_id)
-    _note_channel(dev, task)
-    if task.kind == wire.TASK_TRAIN:
-        outcome, counts = _train(dev, task, sleep)
-    elif task.kind == wire.TASK_EVALUATE:
-        outcome, counts = _evaluate(dev, task)
-    else:
-        outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
-        counts = {}
-    result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
-                        dev.store.current_id, counts)
-    log.info("%s", result.summary())
-    return result
+def _word_counts(dev: Device, version_dir: Path, texts: list[str], max_words: int) -> WordCounts:
+    """Word-level counts by the keyboard's own predictor; a version that cannot suggest scores none."""
+    try:
+        return word_counts(dev.sessions(Path(version_dir)), texts, max_words=max_words)
+    except (ValueError, RuntimeError, FloatingPointError, IndexError) as e:
+        log.warning("word-level evaluation of %s failed (%s): reporting no words", Path(version_dir).name,
+                    e.__class__.__name__)
+        return WordCounts(0, 0, 0, 0, 0)
 
 
-# --- the loop --------------------------------------------------------------------------------
-
-def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
-    """Check in until `stop` is set (or once). Returns a process exit code."""
-    stop = stop or threading.Event()
-    backoff = dev.config.backoff_initial_s
-    while not stop.is_set():
-        try:
-            result = run_once(dev, sleep=stop.wait)
-            backoff = dev.config.backoff_initial_s
-            wait = result.wait_s
-        except RejectedError as e:
-            if e.code in _FATAL_CODES:
-                raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
-            wait = jittered(backoff, dev.config, dev.rng)
-            backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.warning("task error: %s; next check-in in %.0fs", e, wait)
-            if once:
-                return 1
-        except (ClientError, VersionError, LedgerError) as e:
-            retry_after = getattr(e, "retry_after", None) or 0.0
-            wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
-            backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.warning("task error: %s; next check-in in %.0fs", e, wait)
-            if once:
-                return 1
-        if once:
-            return 0
-        stop.wait(wait)
-    return 0
-
-
-def status(config: EdgeConfig) -> dict[str, Any]:
-    """What `status` prints: identity (no token), models, cache counts, pause, eligibility."""
-    data_dir = config.require_data_dir()
-    ident = load_identity(data_dir)
-    store = VersionStore(data_dir)
-    with open_cache(config) as cache:
-        stats, paused = cache.stats(), cache.paused
-    decision = make_eligibility(config).check()
-    return {
-        "enrolled": ident is not None,
-        "device_id": ident.device_id if ident else None,
-        "coordinator": (config.coordinator or (ident.coordinator if ident else "")) or None,
-        "signature_checked": bool(config.public_key or (ident and ident.public_key)),
-        "model": {"current": store.current_id, "previous": store.previous_id, "installed": store.installed()},
-        "cache": stats,
-        "learning_paused": paused,
-        "eligible": bool(decision),
-        "ineligible_because": list(decision.reasons),
-    }
+def _with_words(m: wire.VersionMetrics, w: WordCounts) -> wire.VersionMetrics:
+    """The report for one version; non-finite next-piece figures (a broken model) are "not
+    measured" (zeros), because the wire refuses non-finite numbers."""
+    piece = (m.loss_sum, m.top1, m.top3, m.count)
+    if not all(math.isfinite(x) for x in piece):
+        piece = (0.0, 0.0, 0.0, 0.0)
+    return wire.VersionMetrics(m.version_id, *piece, words=w.words, word_top1=w.top1, word_top3=w.top3,
+                               saved=w.saved, typed=w.typed)

@@ -78,17 +78,3 @@ def _bool(d: Mapping[str, Any], key: str, *, default: Any = ...) -> bool:
     if not isinstance(v, bool):
         raise WireError(f"{key!r} must be true or false")
     return v
-
-
-def _json_float(x: float) -> float | str:
-    """JSON has no NaN/Inf; evaluation metrics may be non-finite and must survive the trip."""
-    return x if math.isfinite(x) else repr(float(x))
-
-
-def _metric(d: Mapping[str, Any], key: str) -> float:
-    v = _req(d, key)
-    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
-        return float(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise WireError(f"{key!r} must be a number")
-    return float(v)

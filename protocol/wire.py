@@ -23,7 +23,6 @@ Conventions
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +34,6 @@ from protocol.fields import (  # noqa: F401  (re-exported: the wire protocol's p
     _bool,
     _float,
     _int,
-    _json_float,
-    _metric,
     _req,
     _str,
 )
@@ -180,7 +177,9 @@ class Task:
     Always says which version to use for suggestions (`use_version_id`: stable, or the
     candidate for canary devices) and when to check in next (`retry_after`, seconds, already
     jittered). `kind` is "train" (with `base_version_id` and `plan`), "evaluate" (with
-    `candidate_version_id` and `evaluate_version_ids`: report metrics for each), or
+    `candidate_version_id` and `evaluate_version_ids`: report metrics for each, within
+    `max_eval_examples` windows and `max_eval_words` words; the coordinator issues at most one
+    per device and candidate and accepts reports only for tasks it issued), or
     "come_back" (nothing to do).
     """
 
@@ -193,6 +192,7 @@ class Task:
     candidate_version_id: str | None = None
     evaluate_version_ids: tuple[str, ...] = ()
     max_eval_examples: int | None = None
+    max_eval_words: int | None = None        # evaluate: word-level budget per version
     protocol_version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
@@ -212,7 +212,7 @@ class Task:
         elif self.kind == TASK_EVALUATE:
             d.update(candidate_version_id=self.candidate_version_id,
                      evaluate_version_ids=list(self.evaluate_version_ids),
-                     max_eval_examples=self.max_eval_examples)
+                     max_eval_examples=self.max_eval_examples, max_eval_words=self.max_eval_words)
         return d
 
     @classmethod
@@ -231,7 +231,8 @@ class Task:
                 raise WireError("'evaluate_version_ids' must be a list of 1-4 version ids")
             kw.update(candidate_version_id=_str(d, "candidate_version_id"), evaluate_version_ids=tuple(ids),
                       max_eval_examples=None if d.get("max_eval_examples") is None
-                      else _int(d, "max_eval_examples", lo=1))
+                      else _int(d, "max_eval_examples", lo=1),
+                      max_eval_words=None if d.get("max_eval_words") is None else _int(d, "max_eval_words", lo=1))
         elif kind != TASK_COME_BACK:
             raise WireError(f"unknown task kind {kind!r}")
         return cls(**kw)
@@ -311,9 +312,13 @@ class UpdateReceipt:
 class VersionMetrics:
     """Aggregate metrics of one version on the device's held-out text. Never text itself.
 
-    `loss_sum` is summed token cross-entropy; top1/top3 are hit counts; `count` is the number
-    of scored tokens. Non-finite values are allowed on the wire (sent as "nan"/"inf") because
-    a broken candidate must be reportable as broken.
+    Next-piece: `loss_sum` is summed token cross-entropy, top1/top3 hit counts over `count`
+    scored tokens (at most the task's max_eval_examples windows). Word level, by the device's
+    own predictor session (`edge_runtime.word_metrics`): `words` target words (at most the
+    task's max_eval_words), `word_top1`/`word_top3` of them in the suggestion strip after the
+    space, and keystroke savings `saved` of `typed` characters. Every value is a finite,
+    non-negative number: a device that cannot measure reports nothing, and a non-finite
+    report is refused rather than read as a verdict.
     """
 
     version_id: str
@@ -321,21 +326,29 @@ class VersionMetrics:
     top1: float
     top3: float
     count: float
+    words: int = 0
+    word_top1: int = 0
+    word_top3: int = 0
+    saved: int = 0
+    typed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version_id": self.version_id, "loss_sum": _json_float(self.loss_sum),
-                "top1": _json_float(self.top1), "top3": _json_float(self.top3), "count": _json_float(self.count)}
+        return {"version_id": self.version_id, "loss_sum": self.loss_sum, "top1": self.top1, "top3": self.top3,
+                "count": self.count, "words": self.words, "word_top1": self.word_top1, "word_top3": self.word_top3,
+                "saved": self.saved, "typed": self.typed}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VersionMetrics:
-        m = cls(version_id=_str(d, "version_id"), loss_sum=_metric(d, "loss_sum"), top1=_metric(d, "top1"),
-                top3=_metric(d, "top3"), count=_metric(d, "count"))
-        for k in ("top1", "top3", "count"):
-            v = getattr(m, k)
-            if math.isfinite(v) and v < 0:
-                raise WireError(f"{k!r} must be >= 0")
-        if all(math.isfinite(x) for x in (m.top1, m.top3, m.count)) and (m.top1 > m.count or m.top3 > m.count):
+        m = cls(version_id=_str(d, "version_id"), loss_sum=_float(d, "loss_sum", lo=0.0, hi=1e12),
+                top1=_float(d, "top1", lo=0.0, hi=MAX_INT), top3=_float(d, "top3", lo=0.0, hi=MAX_INT),
+                count=_float(d, "count", lo=0.0, hi=MAX_INT),
+                **{k: _int(d, k, lo=0, default=0) for k in ("words", "word_top1", "word_top3", "saved", "typed")})
+        if m.top1 > m.count or m.top3 > m.count:
             raise WireError("hit counts cannot exceed 'count'")
+        if m.word_top1 > m.words or m.word_top3 > m.words:
+            raise WireError("word hit counts cannot exceed 'words'")
+        if m.saved > m.typed:
+            raise WireError("'saved' cannot exceed 'typed'")
         return m
 
 

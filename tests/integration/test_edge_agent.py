@@ -214,6 +214,7 @@ def test_devices_train_upload_and_evaluate_against_real_coordinator(coordinator,
         for d in devices:
             res = agent.run_once(d)
             assert (res.kind, res.outcome) == (wire.TASK_EVALUATE, "reported"), res
+            assert res.counts["words"] > 0        # word-level counts by the device's own predictor
             assert d.store.current_id == cand and d.store.previous_id == coordinator.stable_id
         comparison = coordinator.admin("GET", "/v1/admin/canary").json()
         assert comparison["candidate_version_id"] == cand, comparison
