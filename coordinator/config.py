@@ -67,6 +67,7 @@ class Config:
     population_size: int = 0                 # 0: number of enrolled devices
     # Canary rollout
     canary_fraction: float = 0.1
+    rollout_state_ttl_s: float = 7 * 86400.0  # a signed check-in reply is usable this long
     canary_min_reports: int = 5
     canary_tolerance: float = 0.005          # candidate top-3 may be at most this much worse
     max_eval_examples: int = 500             # evaluate task: held-out windows per version
@@ -87,6 +88,7 @@ class Config:
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
             (self.population_size >= 0, "population_size must be >= 0"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
+            (60 <= self.rollout_state_ttl_s <= 365 * 86400, "rollout_state_ttl_s must be in [60 s, 365 days]"),
             (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
             (1 <= self.max_eval_examples <= 10**6 and 1 <= self.max_eval_words <= 10**6,
              "max_eval_examples and max_eval_words must be in [1, 1e6]"),

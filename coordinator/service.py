@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, canary, keys, privacy, rollout
+from coordinator import aggregation, canary, keys, privacy, rollout, rollout_signing
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -386,10 +387,12 @@ class Coordinator:
                 return wire.Task(kind=wire.TASK_COME_BACK, retry_after=self._retry_after())
             in_cohort = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
             use = cand.id if in_cohort else stable.id
+            state = rollout_signing.signed_state(self, s, device_id, cand if in_cohort else stable,
+                                                 "canary" if in_cohort else "stable", req.current_version_id)
             if in_cohort and req.eligible and req.can_evaluate:
                 task = canary.evaluate_task(self, s, device_id, cand, stable, self._retry_after())
                 if task is not None:
-                    return task
+                    return replace(task, rollout=state)
             r = s.scalar(select(Round).where(Round.status == OPEN).with_for_update())
             if r is not None and req.eligible and utcnow() < r.deadline:
                 assigned = s.scalar(select(Assignment.id).where(Assignment.round_id == r.id,
@@ -403,12 +406,12 @@ class Coordinator:
                 if assigned is not None and uploaded is None:  # new, or the same task again after a lost reply
                     remaining = (r.deadline - utcnow()).total_seconds()
                     return wire.Task(kind=wire.TASK_TRAIN, retry_after=self._retry_after(), use_version_id=use,
-                                     base_version_id=r.base_version_id,
+                                     rollout=state, base_version_id=r.base_version_id,
                                      plan=wire.TrainPlan.from_dict(json.loads(r.plan_json)),
                                      time_limit_s=round(max(remaining, 0.0), 1))
             # An open round still short of devices: ask eligible devices back sooner.
             busy = r is not None and utcnow() < r.deadline
-            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use,
+            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, rollout=state,
                              retry_after=self._retry_after(c.checkin_interval_s / 4 if busy else None))
 
     def _reject(self, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:

@@ -13,6 +13,7 @@ Layout of the data directory::
     last_keystroke       mtime = time of the last keystroke (edge_runtime.eligibility)
     models/              model versions (edge_runtime.versions)
     privacy_ledger.json  every update released: round, noise multiplier (edge_runtime.plan_guard)
+    rollout_state.json   newest signed rollout statement followed (edge_runtime.rollout_guard)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import channel, trainer
+from edge_runtime import channel, rollout_guard, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.client import (
     ClientError,
@@ -147,83 +148,6 @@ def predictor_session(version_dir: Path) -> TypingSession:
     return load_predictor(version_dir).session()
 
 
-def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
-    """One check-in and the task it brings. Transient errors propagate (the loop backs off);
-    a rejected upload or report is an outcome, not an error."""
-    dev.cache.enforce_retention()
-    decision = dev.eligibility.check()
-    stats = dev.cache.stats()
-    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.current_id,
-                              can_evaluate=stats["heldout"] > 0)
-    task = dev.client.checkin(req)
-    _use_version(dev, task.use_version_id)
-    _note_channel(dev, task)
-    if task.kind == wire.TASK_TRAIN:
-        outcome, counts = _train(dev, task, sleep)
-    elif task.kind == wire.TASK_EVALUATE:
-        outcome, counts = _evaluate(dev, task)
-    else:
-        outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
-        counts = {}
-    result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
-                        dev.store.current_id, counts)
-    log.info("%s", result.summary())
-    return result
-
-
-# --- the loop --------------------------------------------------------------------------------
-
-def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
-    """Check in until `stop` is set (or once). Returns a process exit code."""
-    stop = stop or threading.Event()
-    backoff = dev.config.backoff_initial_s
-    while not stop.is_set():
-        try:
-            result = run_once(dev, sleep=stop.wait)
-            backoff = dev.config.backoff_initial_s
-            wait = result.wait_s
-        except RejectedError as e:
-            if e.code in _FATAL_CODES:
-                raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
-            wait = jittered(backoff, dev.config, dev.rng)
-            backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.warning("task error: %s; next check-in in %.0fs", e, wait)
-            if once:
-                return 1
-        except (ClientError, VersionError, LedgerError) as e:
-            retry_after = getattr(e, "retry_after", None) or 0.0
-            wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
-            backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.warning("task error: %s; next check-in in %.0fs", e, wait)
-            if once:
-                return 1
-        if once:
-            return 0
-        stop.wait(wait)
-    return 0
-
-
-def status(config: EdgeConfig) -> dict[str, Any]:
-    """What `status` prints: identity (no token), models, cache counts, pause, eligibility."""
-    data_dir = config.require_data_dir()
-    ident = load_identity(data_dir)
-    store = VersionStore(data_dir)
-    with open_cache(config) as cache:
-        stats, paused = cache.stats(), cache.paused
-    decision = make_eligibility(config).check()
-    return {
-        "enrolled": ident is not None,
-        "device_id": ident.device_id if ident else None,
-        "coordinator": (config.coordinator or (ident.coordinator if ident else "")) or None,
-        "signature_checked": bool(config.public_key or (ident and ident.public_key)),
-        "model": {"current": store.current_id, "previous": store.previous_id, "installed": store.installed()},
-        "cache": stats,
-        "learning_paused": paused,
-        "eligible": bool(decision),
-        "ineligible_because": list(decision.reasons),
-    }
-
-
 @dataclass
 class Device:
     """Everything `run_once` works with; tests build one with fakes for any part."""
@@ -237,6 +161,7 @@ class Device:
     rng: random.Random = field(default_factory=random.Random)   # jitter only, not privacy-relevant
     loader: trainer.ModelLoader = trainer.load_model
     sessions: Callable[[Path], TypingSession] = predictor_session   # canary word metrics
+    rollout_key: str | None = None      # coordinator's key (hex): version switches need its signed state
 
     @classmethod
     def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
@@ -251,7 +176,7 @@ class Device:
         if key is None:
             log.warning("no coordinator public key configured: model manifests are not signature-checked")
         return cls(config=config, identity=ident, client=client, store=VersionStore(data_dir, public_key=key),
-                   cache=open_cache(config), eligibility=make_eligibility(config))
+                   cache=open_cache(config), eligibility=make_eligibility(config), rollout_key=key)
 
     def close(self) -> None:
         self.cache.close()
@@ -296,14 +221,31 @@ def _with_retries(fn: Callable[[], Any], attempts: int, first_wait: float, max_w
     raise AssertionError("unreachable")
 
 
-def _use_version(dev: Device, version_id: str | None) -> None:
-    """Switch suggestions to the coordinator's version; a failed download keeps the current one."""
-    if not version_id or version_id == dev.store.current_id:
+def _use_version(dev: Device, task: wire.Task) -> None:
+    """Switch suggestions to the coordinator's version; a failed download keeps the current one.
+
+    With the coordinator's key configured, only on a fresh signed rollout statement for this
+    device (`rollout_guard`): a replayed or downgrading reply is refused before any download."""
+    version_id = task.use_version_id
+    if not version_id:
         return
-    try:
-        dev.store.install(version_id, dev.client.fetch)
-    except VersionError as e:
-        log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+    data_dir = dev.config.require_data_dir()
+    state = None
+    if dev.rollout_key:
+        try:
+            state = rollout_guard.check(task.rollout, version_id=version_id, device_id=dev.identity.device_id,
+                                        public_key=dev.rollout_key, data_dir=data_dir)
+        except rollout_guard.RolloutRefused as e:
+            log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+            return
+    if version_id != dev.store.current_id:
+        try:
+            dev.store.install(version_id, dev.client.fetch)
+        except VersionError as e:
+            log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+            return
+    if state is not None:
+        rollout_guard.remember(state, data_dir)
 
 
 def _note_channel(dev: Device, task: wire.Task) -> None:
@@ -403,3 +345,80 @@ def _with_words(m: wire.VersionMetrics, w: WordCounts) -> wire.VersionMetrics:
         piece = (0.0, 0.0, 0.0, 0.0)
     return wire.VersionMetrics(m.version_id, *piece, words=w.words, word_top1=w.top1, word_top3=w.top3,
                                saved=w.saved, typed=w.typed)
+
+
+def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
+    """One check-in and the task it brings. Transient errors propagate (the loop backs off);
+    a rejected upload or report is an outcome, not an error."""
+    dev.cache.enforce_retention()
+    decision = dev.eligibility.check()
+    stats = dev.cache.stats()
+    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.current_id,
+                              can_evaluate=stats["heldout"] > 0)
+    task = dev.client.checkin(req)
+    _use_version(dev, task)
+    _note_channel(dev, task)
+    if task.kind == wire.TASK_TRAIN:
+        outcome, counts = _train(dev, task, sleep)
+    elif task.kind == wire.TASK_EVALUATE:
+        outcome, counts = _evaluate(dev, task)
+    else:
+        outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
+        counts = {}
+    result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
+                        dev.store.current_id, counts)
+    log.info("%s", result.summary())
+    return result
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
+    """Check in until `stop` is set (or once). Returns a process exit code."""
+    stop = stop or threading.Event()
+    backoff = dev.config.backoff_initial_s
+    while not stop.is_set():
+        try:
+            result = run_once(dev, sleep=stop.wait)
+            backoff = dev.config.backoff_initial_s
+            wait = result.wait_s
+        except RejectedError as e:
+            if e.code in _FATAL_CODES:
+                raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
+            wait = jittered(backoff, dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        except (ClientError, VersionError, LedgerError) as e:
+            retry_after = getattr(e, "retry_after", None) or 0.0
+            wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        if once:
+            return 0
+        stop.wait(wait)
+    return 0
+
+
+def status(config: EdgeConfig) -> dict[str, Any]:
+    """What `status` prints: identity (no token), models, cache counts, pause, eligibility."""
+    data_dir = config.require_data_dir()
+    ident = load_identity(data_dir)
+    store = VersionStore(data_dir)
+    with open_cache(config) as cache:
+        stats, paused = cache.stats(), cache.paused
+    decision = make_eligibility(config).check()
+    return {
+        "enrolled": ident is not None,
+        "device_id": ident.device_id if ident else None,
+        "coordinator": (config.coordinator or (ident.coordinator if ident else "")) or None,
+        "signature_checked": bool(config.public_key or (ident and ident.public_key)),
+        "model": {"current": store.current_id, "previous": store.previous_id, "installed": store.installed()},
+        "cache": stats,
+        "learning_paused": paused,
+        "eligible": bool(decision),
+        "ineligible_because": list(decision.reasons),
+    }

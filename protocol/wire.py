@@ -38,6 +38,7 @@ from protocol.fields import (  # noqa: F401  (re-exported: the wire protocol's p
     _str,
 )
 from protocol.plan import TrainPlan  # noqa: F401  (re-exported: part of the Task message)
+from protocol.rollout_state import RolloutState  # noqa: F401  (re-exported: part of the Task message)
 
 PROTOCOL_VERSION = 1
 
@@ -176,7 +177,8 @@ class Task:
 
     Always says which version to use for suggestions (`use_version_id`: stable, or the
     candidate for canary devices) and when to check in next (`retry_after`, seconds, already
-    jittered). `kind` is "train" (with `base_version_id` and `plan`), "evaluate" (with
+    jittered); `rollout` is the coordinator's signed statement of that choice. `kind` is
+    "train" (with `base_version_id` and `plan`), "evaluate" (with
     `candidate_version_id` and `evaluate_version_ids`: report metrics for each, within
     `max_eval_examples` windows and `max_eval_words` words; the coordinator issues at most one
     per device and candidate and accepts reports only for tasks it issued), or
@@ -193,6 +195,7 @@ class Task:
     evaluate_version_ids: tuple[str, ...] = ()
     max_eval_examples: int | None = None
     max_eval_words: int | None = None        # evaluate: word-level budget per version
+    rollout: RolloutState | None = None      # signed statement behind use_version_id (anti-downgrade)
     protocol_version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
@@ -205,7 +208,8 @@ class Task:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"protocol_version": self.protocol_version, "kind": self.kind,
-                             "retry_after": self.retry_after, "use_version_id": self.use_version_id}
+                             "retry_after": self.retry_after, "use_version_id": self.use_version_id,
+                             "rollout": None if self.rollout is None else self.rollout.to_dict()}
         if self.kind == TASK_TRAIN:
             d.update(base_version_id=self.base_version_id, plan=self.plan.to_dict(),  # type: ignore[union-attr]
                      time_limit_s=self.time_limit_s)
@@ -220,7 +224,9 @@ class Task:
         _check_version(d)
         kind = _str(d, "kind")
         kw: dict[str, Any] = {"kind": kind, "retry_after": _float(d, "retry_after", lo=0.0),
-                                  "use_version_id": _str(d, "use_version_id", optional=True)}
+                                  "use_version_id": _str(d, "use_version_id", optional=True),
+                                  "rollout": None if d.get("rollout") is None
+                                  else RolloutState.from_dict(_req(d, "rollout"))}
         if kind == TASK_TRAIN:
             kw.update(base_version_id=_str(d, "base_version_id"), plan=TrainPlan.from_dict(_req(d, "plan")),
                       time_limit_s=None if d.get("time_limit_s") is None else _float(d, "time_limit_s", lo=0.0))

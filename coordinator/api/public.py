@@ -53,7 +53,8 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.stable{color:#070}.
 <h2>Top-3 accuracy by version (canary)</h2><svg id="plot" width="640" height="220" role="img"
 aria-label="word top-3 accuracy by version"></svg>
 <h2>Versions</h2><table id="versions"><thead><tr><th>version</th><th>status</th><th>parent</th><th>round</th>
-<th>&epsilon;</th><th>&delta;</th><th>canary reports</th><th>candidate word top-3</th><th>stable word top-3</th></tr></thead>
+<th>&epsilon;</th><th>&delta;</th><th>canary reports</th><th>candidate word top-3</th>
+<th>stable word top-3</th></tr></thead>
 <tbody></tbody></table>
 <h2>Rounds</h2><table id="rounds"><thead><tr><th>round</th><th>status</th><th>base</th><th>goal</th><th>min</th>
 <th>selected</th><th>accepted</th><th>rejected</th><th>result</th><th>reason</th></tr></thead><tbody></tbody></table>
@@ -66,8 +67,9 @@ fetch('/v1/dashboard-data').then(r=>r.json()).then(d=>{
  for(const v of d.versions){const tr=document.createElement('tr');const c=v.canary||{};
   cell(tr,v.version_id);cell(tr,v.status,v.status);cell(tr,v.parent_id);cell(tr,v.round_id);
   cell(tr,typeof v.epsilon==='number'?v.epsilon.toFixed(3):v.epsilon);cell(tr,v.delta);cell(tr,v.canary_reports);
-  cell(tr,fmt(c.candidate&&c.candidate.word_top3_acc));cell(tr,fmt(c.stable&&c.stable.word_top3_acc));vb.appendChild(tr);
-  if(c.candidate&&typeof c.candidate.word_top3_acc==='number')pts.push([v.version_id,c.candidate.word_top3_acc,v.status]);}
+  const ca=c.candidate&&c.candidate.word_top3_acc;
+  cell(tr,fmt(ca));cell(tr,fmt(c.stable&&c.stable.word_top3_acc));vb.appendChild(tr);
+  if(typeof ca==='number')pts.push([v.version_id,ca,v.status]);}
  const rb=document.querySelector('#rounds tbody');
  for(const r of d.rounds){const tr=document.createElement('tr');
   for(const k of ['round_id','status','base_version_id','goal_count','min_count','selected','accepted','rejected',
