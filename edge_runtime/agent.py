@@ -244,6 +244,10 @@ def _use_version(dev: Device, task: wire.Task) -> None:
         except VersionError as e:
             log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return
+        except OSError as e:  # e.g. ENOSPC mid-download: the store keeps the current version intact
+            log.error("cannot install model version %s: %s; keeping %s", version_id, _failure(e),
+                      dev.store.current_id)
+            return
     if state is not None:
         rollout_guard.remember(state, data_dir)
 
@@ -373,8 +377,20 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
 
 # --- the loop --------------------------------------------------------------------------------
 
+def _failure(e: BaseException) -> str:
+    """One line about an unexpected error, without its message (it might quote data)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.__class__.__name__} ({e.strerror})"
+    return e.__class__.__name__
+
+
 def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
-    """Check in until `stop` is set (or once). Returns a process exit code."""
+    """Check in until `stop` is set (or once). Returns a process exit code.
+
+    No iteration's failure ends the loop: whatever a reply, the network or the disk does, the
+    agent logs one line, backs off and tries again. A refusal of this device (revoked, wrong
+    protocol) slows it to the longest backoff instead: that answer may come from a
+    man-in-the-middle, and an agent that exits is an attack that worked."""
     stop = stop or threading.Event()
     backoff = dev.config.backoff_initial_s
     while not stop.is_set():
@@ -384,7 +400,10 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             wait = result.wait_s
         except RejectedError as e:
             if e.code in _FATAL_CODES:
-                raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
+                if once:
+                    raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
+                backoff = dev.config.backoff_max_s
+                log.error("the coordinator refuses this device (%s): enroll again if it persists", e.code)
             wait = jittered(backoff, dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
             log.warning("task error: %s; next check-in in %.0fs", e, wait)
@@ -395,6 +414,12 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
             log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        except Exception as e:  # noqa: BLE001  (the loop outlives any one iteration)
+            wait = jittered(backoff, dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.error("iteration failed: %s; next check-in in %.0fs", _failure(e), wait)
             if once:
                 return 1
         if once:

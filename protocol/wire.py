@@ -70,6 +70,8 @@ MAX_JSON_BYTES = 64 * 1024            # any JSON request body
 MAX_UPDATE_BYTES = 64 * 1024 * 1024   # a safetensors update body (default model: ~3 MB float32)
 MAX_META_HEADER_BYTES = 4096          # the X-FedKeys-Update header
 MAX_VERSIONS_PER_EVALUATION = 4
+MAX_REPLY_JSON_BYTES = 1024 * 1024            # any JSON answer a device reads (it refuses larger)
+MAX_VERSION_FILE_BYTES = 64 * 1024 * 1024     # one version file a device downloads (default model: ~8 MB)
 # MAX_ID_LEN (ids, 128) and MAX_INT (2**31 - 1, counts) live in protocol.fields
 MIN_RETRY_AFTER_S = 1.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
