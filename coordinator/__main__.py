@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("init", "create the data dir, database schema, signing key and admin token; print them")
     p = cmd("create-enrollment-key", "create an enrollment key and print it")
     p.add_argument("--label", default="")
-    p.add_argument("--uses", type=int, default=None, help="how many devices may enroll with it (default: unlimited)")
+    p.add_argument("--uses", type=int, default=None,
+                   help="how many devices may enroll with it (default: setting enrollment_key_uses, 100)")
+    p.add_argument("--expires-in-s", type=float, default=None,
+                   help="lifetime in seconds (default: setting enrollment_key_ttl_s, 7 days)")
     p = cmd("import-version", "import a model version directory (first one becomes stable)")
     p.add_argument("directory")
     p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
@@ -91,7 +94,7 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         _print({"data_dir": cfg.data_dir, "database": cfg.resolved_database_url.split("@")[-1],
                 "public_key_hex": c.public_key_hex, "admin_token_file": f"{cfg.data_dir}/admin_token"})
     elif a == "create-enrollment-key":
-        print(c.create_enrollment_key(label=args.label, uses=args.uses))
+        print(c.create_enrollment_key(label=args.label, uses=args.uses, expires_in_s=args.expires_in_s))
     elif a == "import-version":
         print(c.import_version(args.directory, as_candidate=False if args.stable else None))
     elif a == "start-round":

@@ -33,9 +33,10 @@ class EnrollmentKey(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(128), default="")
-    uses_left: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: unlimited
+    uses_left: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: unlimited (keys before 0002)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None: keys before 0002
 
 
 class Device(Base):

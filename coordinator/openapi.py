@@ -157,7 +157,8 @@ def build() -> dict[str, Any]:
         "/v1/admin/enrollment-keys": {"post": _op(
             "Create an enrollment key", ok_status="201", security="admin", errors=(400, 413),
             ok=_obj({"enrollment_key": _STR}, ["enrollment_key"]),
-            body=_obj({"label": _STR, "uses": {"type": "integer", "nullable": True}}))},
+            body=_obj({"label": _STR, "uses": {"type": "integer", "nullable": True},
+                       "expires_in_s": {"type": "number", "nullable": True}}))},
         "/v1/admin/devices/{device_id}/revoke": {"post": _op("Revoke a device", security="admin",
                                                              params=[_path_param("device_id")], errors=(404,))},
         "/v1/admin/versions": {"get": _op("List versions", security="admin", errors=(),

@@ -96,19 +96,27 @@ class Coordinator:
 
     # --- enrollment and auth ---------------------------------------------------------------
 
-    def create_enrollment_key(self, *, label: str = "", uses: int | None = None) -> str:
-        if uses is not None and not 1 <= uses <= wire.MAX_INT:
+    def create_enrollment_key(self, *, label: str = "", uses: int | None = None,
+                              expires_in_s: float | None = None) -> str:
+        """A new key for `uses` enrollments within `expires_in_s` (config defaults when None)."""
+        uses = self.config.enrollment_key_uses if uses is None else uses
+        ttl = self.config.enrollment_key_ttl_s if expires_in_s is None else expires_in_s
+        if not 1 <= uses <= wire.MAX_INT:
             raise bad_request(f"uses must be in [1, {wire.MAX_INT}]")
+        if not (isinstance(ttl, (int, float)) and 0 < ttl <= 3650 * 86400):
+            raise bad_request("expires_in_s must be in (0, 10 years]")
         key = keys.new_secret()
         with self.tx() as s:
-            s.add(EnrollmentKey(key_hash=keys.hash_secret(key), label=label[:128], uses_left=uses, revoked=False))
+            s.add(EnrollmentKey(key_hash=keys.hash_secret(key), label=label[:128], uses_left=uses, revoked=False,
+                                expires_at=utcnow() + timedelta(seconds=ttl)))
         return key
 
     def enroll(self, req: wire.EnrollRequest) -> wire.EnrollResponse:
         with self.tx() as s:
             ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key)))
-            if ek is None or ek.revoked or (ek.uses_left is not None and ek.uses_left <= 0):
-                raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked or used up")
+            if (ek is None or ek.revoked or (ek.uses_left is not None and ek.uses_left <= 0)
+                    or (ek.expires_at is not None and utcnow() >= ek.expires_at)):
+                raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked, expired or used up")
             if ek.uses_left is not None:
                 ek.uses_left -= 1
             device_id = "d-" + keys.new_secret()[:22].replace("_", "x").replace("-", "y")
@@ -212,9 +220,17 @@ class Coordinator:
     # --- rounds ------------------------------------------------------------------------------
 
     def _population(self, s: Session) -> int:
+        """The population the sampled epsilon assumes: the configured size, else the devices that
+        have actually contributed an accepted update (enrolled-but-idle sybils do not count)."""
         if self.config.population_size:
             return self.config.population_size
-        return int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
+        return int(s.scalar(select(func.count(func.distinct(Update.device_id)))) or 0)
+
+    def _population_view(self, s: Session) -> dict[str, Any]:
+        enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
+        basis = ("configured population_size" if self.config.population_size
+                 else "devices that contributed an accepted update (not merely enrolled ones)")
+        return {"enrolled": enrolled, "assumed_by_epsilon": self._population(s), "basis": basis}
 
     def start_round(self, **overrides: Any) -> int:
         """Open a round on the stable version; overrides: goal_count, min_count, overselect,
@@ -577,7 +593,8 @@ class Coordinator:
             r = s.scalar(select(Round).order_by(Round.id.desc()))
             return {"stable_version_id": stable.id if stable else None,
                     "candidate_version_id": cand.id if cand else None, "pinned": self._pinned(s),
-                    "devices": self._population(s), "latest_round": self._round_dict(s, r) if r else None,
+                    "devices": self._population_view(s)["enrolled"], "population": self._population_view(s),
+                    "latest_round": self._round_dict(s, r) if r else None,
                     "public_key_hex": self.public_key_hex}
 
 

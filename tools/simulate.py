@@ -538,7 +538,7 @@ def run_federation(name: str, args: argparse.Namespace, noise_multiplier: float,
     progress_on = not args.no_progress and sys.stdout.isatty()
     coord.cli("init")
     coord.cli("import-version", str(v0))
-    key = coord.cli("create-enrollment-key", "--label", f"simulation {name}")
+    key = coord.cli("create-enrollment-key", "--label", f"simulation {name}", "--uses", str(n))
     ctx = get_context("spawn")   # no forked copies of the parent's threads or sockets
     try:
         coord.start()

@@ -41,7 +41,8 @@ def dashboard_data() -> Response:
     rounds = [{k: r[k] for k in ("round_id", "status", "base_version_id", "goal_count", "min_count", "selected",
                                  "accepted", "rejected", "result_version_id", "reason", "created_at")}
               for r in c.list_rounds()]
-    return jsonify({"versions": versions, "rounds": rounds, "canary": c.canary_comparison()})
+    return jsonify({"versions": versions, "rounds": rounds, "canary": c.canary_comparison(),
+                    "privacy_population": {k: v for k, v in c.status()["population"].items() if k != "enrolled"}})
 
 
 DASHBOARD = """<!doctype html>
@@ -56,6 +57,7 @@ aria-label="word top-3 accuracy by version"></svg>
 <th>&epsilon;</th><th>&delta;</th><th>canary reports</th><th>candidate word top-3</th>
 <th>stable word top-3</th></tr></thead>
 <tbody></tbody></table>
+<p id="population"></p>
 <h2>Rounds</h2><table id="rounds"><thead><tr><th>round</th><th>status</th><th>base</th><th>goal</th><th>min</th>
 <th>selected</th><th>accepted</th><th>rejected</th><th>result</th><th>reason</th></tr></thead><tbody></tbody></table>
 <script>
@@ -70,6 +72,9 @@ fetch('/v1/dashboard-data').then(r=>r.json()).then(d=>{
   const ca=c.candidate&&c.candidate.word_top3_acc;
   cell(tr,fmt(ca));cell(tr,fmt(c.stable&&c.stable.word_top3_acc));vb.appendChild(tr);
   if(typeof ca==='number')pts.push([v.version_id,ca,v.status]);}
+ const pp=d.privacy_population||{};
+ document.getElementById('population').textContent='\u03b5 assumes a population of '+pp.assumed_by_epsilon+
+  ' ('+pp.basis+')';
  const rb=document.querySelector('#rounds tbody');
  for(const r of d.rounds){const tr=document.createElement('tr');
   for(const k of ['round_id','status','base_version_id','goal_count','min_count','selected','accepted','rejected',

@@ -161,7 +161,7 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
         c = Coordinator(Config().with_overrides(settings))
         try:
             stable = c.import_version(version_dir)
-            key = c.create_enrollment_key(label="load")
+            key = c.create_enrollment_key(label="load", uses=devices)
             tensors = artifact.read_manifest(version_dir).tensors
         finally:
             c.close()
