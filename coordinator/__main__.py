@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
     p = cmd("start-round", "open a training round on the stable version")
-    for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float)):
+    for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float),
+                 ("selection-window-s", float)):
         p.add_argument(f"--{k}", type=t)
     for f in PLAN_FIELDS:
         p.add_argument(f"--{f.name.replace('_', '-')}", type=f.kind, help=f"{f.help}; in {f.describe()}")
@@ -98,7 +99,8 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
     elif a == "import-version":
         print(c.import_version(args.directory, as_candidate=False if args.stable else None))
     elif a == "start-round":
-        keys = ("goal_count", "min_count", "overselect", "round_duration_s", *PLAN_FIELD_NAMES)
+        keys = ("goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
+                *PLAN_FIELD_NAMES)
         rid = c.start_round(**{k: getattr(args, k) for k in keys})
         _print(c.get_round(rid))
     elif a == "close-round":

@@ -51,6 +51,7 @@ class Config:
     overselect: float = 1.3                  # select 130 % of goal: some devices drop out
     min_count: int = 50                      # at the deadline, aggregate only with this many
     round_duration_s: float = 1800.0
+    selection_window_s: float = 60.0         # check-ins collected, then a random draw (0: first come)
     epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 0.5
@@ -87,6 +88,8 @@ class Config:
             (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
             (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
             (self.round_duration_s > 0, "round_duration_s must be > 0"),
+            (0 <= self.selection_window_s < self.round_duration_s,
+             "selection_window_s must be in [0, round_duration_s)"),
             (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
             (self.server_optimizer in SERVER_OPTIMIZERS, f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),

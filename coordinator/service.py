@@ -26,14 +26,13 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, canary, keys, privacy, rollout, rollout_signing
+from coordinator import aggregation, canary, keys, privacy, rollout, rollout_signing, selection
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.metrics import Metrics
 from coordinator.models import (
-    Assignment,
     Decision,
     Device,
     EnrollmentKey,
@@ -236,7 +235,8 @@ class Coordinator:
         """Open a round on the stable version; overrides: goal_count, min_count, overselect,
         round_duration_s and any TrainPlan field."""
         c = self.config
-        allowed = {"goal_count", "min_count", "overselect", "round_duration_s", *PLAN_FIELD_NAMES}
+        allowed = {"goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
+                   *PLAN_FIELD_NAMES}
         unknown = set(overrides) - allowed
         if unknown:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
@@ -247,6 +247,9 @@ class Coordinator:
         try:
             goal, min_count = int(o["goal_count"]), int(o["min_count"])
             over, duration = float(o["overselect"]), float(o["round_duration_s"])
+            window = float(o["selection_window_s"])
+            if not 0 <= window < duration:
+                raise ValueError("need 0 <= selection_window_s < round_duration_s")
             min_count = min(min_count, goal)
             if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
                 raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
@@ -260,7 +263,8 @@ class Coordinator:
                     raise ApiError(409, wire.E_CONFLICT, "a round is already open")
                 r = Round(base_version_id=stable.id, status=OPEN, plan_json="{}", goal_count=goal,
                           max_selected=max(goal, math.ceil(goal * over)), min_count=min_count,
-                          population=self._population(s), deadline=utcnow() + timedelta(seconds=duration), reason="")
+                          population=self._population(s), deadline=utcnow() + timedelta(seconds=duration), reason="",
+                          selection_ends_at=utcnow() + timedelta(seconds=window) if window > 0 else None)
                 s.add(r)
                 s.flush()
                 plan = wire.TrainPlan(round_id=r.id, **plan_values)
@@ -363,11 +367,12 @@ class Coordinator:
                  priv["epsilon"], c.privacy_delta)
 
     def _round_dict(self, s: Session, r: Round) -> dict[str, Any]:
-        selected = int(s.scalar(select(func.count()).select_from(Assignment).where(Assignment.round_id == r.id)) or 0)
+        selected = selection.selected_count(s, r.id)
         rejected = int(s.scalar(select(func.count()).select_from(Rejection).where(Rejection.round_id == r.id)) or 0)
         return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
                 "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
                 "min_count": r.min_count, "population": r.population, "selected": selected,
+                "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": _iso(r.selection_ends_at),
                 "accepted": self._accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
                 "created_at": _iso(r.created_at), "closed_at": _iso(r.closed_at),
                 "result_version_id": r.result_version_id, "reason": r.reason}
@@ -411,20 +416,18 @@ class Coordinator:
                     return replace(task, rollout=state)
             r = s.scalar(select(Round).where(Round.status == OPEN).with_for_update())
             if r is not None and req.eligible and utcnow() < r.deadline:
-                assigned = s.scalar(select(Assignment.id).where(Assignment.round_id == r.id,
-                                                                Assignment.device_id == device_id))
-                uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id))
-                n_sel = int(s.scalar(select(func.count()).select_from(Assignment)
-                                     .where(Assignment.round_id == r.id)) or 0)
-                if assigned is None and n_sel < r.max_selected:
-                    s.add(Assignment(round_id=r.id, device_id=device_id))
-                    assigned = -1
-                if assigned is not None and uploaded is None:  # new, or the same task again after a lost reply
-                    remaining = (r.deadline - utcnow()).total_seconds()
+                now = utcnow()
+                verdict, wait = selection.select_device(s, r, device_id, now)
+                if verdict == selection.TRAIN:  # new, or the same task again after a lost reply
+                    remaining = (r.deadline - now).total_seconds()
                     return wire.Task(kind=wire.TASK_TRAIN, retry_after=self._retry_after(), use_version_id=use,
                                      rollout=state, base_version_id=r.base_version_id,
                                      plan=wire.TrainPlan.from_dict(json.loads(r.plan_json)),
                                      time_limit_s=round(max(remaining, 0.0), 1))
+                if verdict == selection.WAIT:   # registered for the draw: back right after the window
+                    back = min(max(wait + self._rng.uniform(0.5, 5.0), wire.MIN_RETRY_AFTER_S), wire.MAX_RETRY_AFTER_S)
+                    return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, rollout=state,
+                                     retry_after=round(back, 1))
             # An open round still short of devices: ask eligible devices back sooner.
             busy = r is not None and utcnow() < r.deadline
             return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, rollout=state,
@@ -446,8 +449,7 @@ class Coordinator:
             r = s.get(Round, meta.round_id, with_for_update=True)
             existing = None if r is None else s.scalar(
                 select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
-            assigned = None if r is None else s.scalar(
-                select(Assignment.id).where(Assignment.round_id == r.id, Assignment.device_id == device_id))
+            assigned = None if r is None or not selection.is_selected(s, r.id, device_id) else True
             if existing is not None and existing.idempotency_key == meta.idempotency_key:
                 return wire.UpdateReceipt(update_id=existing.id, round_id=existing.round_id)  # a retried upload
             round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)

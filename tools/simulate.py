@@ -615,7 +615,8 @@ def _one_round(rno: int, name: str, args: argparse.Namespace, sigma: float, n: i
     rnd = coord.admin("POST", "/v1/admin/rounds", json={
         "goal_count": res.eligible, "min_count": 1, "overselect": 1.0, "round_duration_s": 3600,
         "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-        "clip_norm": args.clip_norm, "noise_multiplier": sigma, "max_examples": args.max_examples})
+        "clip_norm": args.clip_norm, "noise_multiplier": sigma, "max_examples": args.max_examples,
+        "selection_window_s": 0})   # devices check in once per round, synchronously
     round_id = rnd["round_id"]
     order = sorted(range(n), key=lambda i: not eligible[i])     # the busy ones first
     with _progress(progress_on) as prog:

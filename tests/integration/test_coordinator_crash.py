@@ -62,7 +62,7 @@ class Coordinator:
                "--database-url", self.db_url]
         for kv in (f"admin_token={ADMIN}", "goal_count=3", "min_count=3", "overselect=1.0",
                    "round_duration_s=600", "canary_fraction=0.01", "clip_norm=10", "rate_limit_per_minute=60000",
-                   "rate_limit_burst=1000"):
+                   "rate_limit_burst=1000", "selection_window_s=0"):
             cmd += ["--set", kv]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT)}, stdout=log, stderr=log)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "edge-test-admin-token"
 SETTINGS = {"admin_token": ADMIN_TOKEN, "rate_limit_per_minute": "60000", "rate_limit_burst": "1000",
             "checkin_interval_s": "30", "canary_fraction": "1.0", "canary_min_reports": "5",
-            "log_level": "DEBUG"}
+            "log_level": "DEBUG", "selection_window_s": "0"}
 SENTENCES = [
     "I will see you at the station tomorrow morning",
     "thanks for the lovely dinner last night",

@@ -1,0 +1,61 @@
+"""Round capture: devices that poll fastest no longer take every slot. During the check-in
+window devices are only registered; after it, slots are drawn at random among them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from coordinator_fakes import FakeDevice, make_config, make_version, serve
+
+from coordinator.models import Round, utcnow
+from protocol import wire
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def _close_window(s, round_id: int) -> None:
+    """Move the window's end into the past (instead of sleeping through it)."""
+    with s.coord.tx() as db:
+        r = db.get(Round, round_id)
+        r.selection_ends_at = utcnow() - timedelta(seconds=1)
+
+
+def test_window_then_random_draw_not_first_come(tmp_path):
+    with serve(make_config(tmp_path, goal_count=2, min_count=2, overselect=1.0, selection_window_s=120.0,
+                           canary_fraction=0.001)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        fast = [FakeDevice(s.url, key) for _ in range(4)]     # poll the moment a round opens
+        slow = [FakeDevice(s.url, key) for _ in range(4)]     # honest: check in a little later
+        honest_wins = 0
+        rounds = 15
+        for _ in range(rounds):
+            rid = s.coord.start_round()
+            for d in fast + slow:                              # everyone inside the window
+                t = d.checkin()
+                assert t.kind == wire.TASK_COME_BACK and 100 < t.retry_after < 130, t
+            rnd = s.coord.get_round(rid)
+            assert rnd["selected"] == 0 and rnd["waiting_for_draw"] == 8
+            _close_window(s, rid)
+            got = [d for d in fast + slow if d.checkin().kind == wire.TASK_TRAIN]
+            assert len(got) == 2 and s.coord.get_round(rid)["selected"] == 2
+            assert [d for d in got if d.checkin().kind == wire.TASK_TRAIN] == got   # the same task again
+            honest_wins += sum(d in slow for d in got)
+            late = FakeDevice(s.url, key)                      # after the draw: the slots are gone
+            assert late.checkin().kind == wire.TASK_COME_BACK
+            s.coord.close_round(rid, force=True)
+        # First come, first served gave the fast devices every slot (0 of 30); a fair draw gives
+        # the slow half about 15. P(<= 5 | fair) < 1e-4.
+        assert honest_wins > 5, honest_wins
+
+
+def test_selection_window_is_a_round_setting_with_bounds(tmp_path):
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        r = s.admin("POST", "/v1/admin/rounds", json={"selection_window_s": 10_000, "round_duration_s": 600})
+        assert r.status_code == 400 and "selection_window_s" in r.json()["message"]
+        r = s.admin("POST", "/v1/admin/rounds", json={"selection_window_s": 30})
+        assert r.status_code == 201 and r.json()["selection_ends_at"] is not None
