@@ -233,15 +233,37 @@ class TextCache:
             n += self._db.execute("DELETE FROM texts WHERE id <= ?", (last_id,)).rowcount
         return n
 
-    def wipe(self) -> None:
-        """Delete all cached text and shrink the files, so nothing readable remains on disk."""
+    def wipe(self, *, wait_s: float = 2.0) -> None:
+        """Delete all cached text and shrink the files, so nothing readable remains on disk.
+
+        In WAL mode the deleted (zeroed) pages reach the main file only at a checkpoint, which
+        cannot complete while another connection (the keyboard page, the device loop) still
+        reads an older snapshot. Then the text is deleted for every reader but still on disk:
+        CacheError says so (and a later wipe finishes the job), instead of reporting success."""
         with self._lock:
             self._db.execute("DELETE FROM texts")
             self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+            try:
+                done = self._checkpoint()
+                if done:
+                    try:
+                        self._db.execute("VACUUM")
+                    except sqlite3.OperationalError:
+                        done = False
+                    done = done and self._checkpoint()
+            finally:
+                self._db.execute("PRAGMA busy_timeout=5000")
+        if not done:
+            log.warning("text cache emptied, but another reader keeps old pages on disk")
+            raise CacheError("the cached text is deleted, but another process still has the cache open, so it "
+                             "remains on disk until that process lets go: close it and wipe again")
         log.info("text cache wiped")
+
+    def _checkpoint(self) -> bool:
+        """TRUNCATE checkpoint; True when it completed (no reader blocked it)."""
+        busy, _log, _done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0
 
     # -- reading ---------------------------------------------------------------------------
 

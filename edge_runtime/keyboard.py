@@ -20,9 +20,10 @@ Privacy: typed text lives only in request bodies and in the text cache (whose ow
 refuse sensitive or private fields and anything while learning is paused). The page never
 sends its private field's text anywhere. Log lines carry method, route, status and timing,
 never a body, query string or unknown path. The server binds to loopback unless told
-otherwise explicitly, and refuses requests whose Host is not the one it serves (DNS
-rebinding) and cross-site POSTs (they cannot send application/json without a preflight,
-which is never answered, and a foreign Origin is refused).
+otherwise explicitly. On every bind it refuses requests whose Host is a name other than its
+own (DNS rebinding), cross-origin POSTs, and POSTs without the per-session token
+(``X-Keyboard-Token``) that only the printed page URL carries (``#token=...``), so neither a
+web page nor another local process can commit, wipe or unpause.
 
 `start_keyboard(...)` runs the server in a thread and returns a handle (`.url`, `.stop()`);
 `serve_keyboard(...)` blocks until stopped.
@@ -30,10 +31,12 @@ which is never answered, and a foreign Origin is refused).
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -46,7 +49,7 @@ from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
 from edge_runtime.agent import ACTIVITY_FILE, open_cache
-from edge_runtime.cache import TextCache
+from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
 from edge_runtime.interpreter import Model
@@ -69,6 +72,7 @@ MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refuse
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
 MODEL_CHECK_S = 2.0           # how often the device's current version is looked up
+TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -90,6 +94,14 @@ def is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
     except ValueError:
         return False
 
@@ -220,7 +232,10 @@ class KeyboardApp:
         return self.status()
 
     def clear(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.cache.wipe()
+        try:
+            self.cache.wipe()
+        except CacheError as e:
+            raise ApiError(409, "wipe_incomplete", str(e)) from e
         return self.status()
 
 
@@ -280,10 +295,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(e.status, {"error": e.code, "message": e.message})
 
     def _check_host(self) -> None:
+        """On every bind: Host must be a loopback name, an IP address or the name bound to. A
+        DNS-rebinding page reaches us under its own domain name, which none of these is."""
         host = self.headers.get("Host", "")
-        name = urlsplit("//" + host).hostname or ""
-        if not self.server.accept_any_host and not is_loopback(name):
-            raise ApiError(421, "bad_host", "this server only answers requests for a loopback host")
+        name = (urlsplit("//" + host).hostname or "").lower()
+        if not (is_loopback(name) or is_ip_literal(name) or name == self.server.bind_name):
+            raise ApiError(421, "bad_host", "this server only answers requests for its own address")
+
+    def _check_origin_and_token(self) -> None:
+        """State-changing calls: same-origin only, and the session token the page was opened with
+        (printed with its URL), so neither another site nor another local process can commit,
+        wipe or unpause."""
+        origin = self.headers.get("Origin")
+        if origin and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+            raise ApiError(403, "forbidden_origin", "cross-site requests are refused")
+        token = self.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(token.encode(), self.server.token.encode()):
+            raise ApiError(403, "bad_token", f"missing or wrong {TOKEN_HEADER}: open the page from the URL "
+                                             "the keyboard printed")
 
     def _handle(self, fn: Callable[[], None]) -> None:
         t0 = time.monotonic()
@@ -341,9 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path in API_GET or path in STATIC_FILES:
                 raise ApiError(405, "method_not_allowed", "use GET")
             raise ApiError(404, "not_found", "no such endpoint")
-        origin = self.headers.get("Origin")
-        if origin and not self.server.accept_any_host and not is_loopback(urlsplit(origin).hostname or ""):
-            raise ApiError(403, "forbidden_origin", "cross-site requests are refused")
+        self._check_origin_and_token()
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
@@ -371,14 +398,15 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], app: KeyboardApp, *, accept_any_host: bool) -> None:
+    def __init__(self, addr: tuple[str, int], app: KeyboardApp) -> None:
         if ":" in addr[0]:
             import socket
 
             self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
         self.app = app
-        self.accept_any_host = accept_any_host
+        self.bind_name = addr[0].strip("[]").lower()
+        self.token = secrets.token_urlsafe(24)   # per server session; shown only in the printed URL
 
 
 # --- public entry points ----------------------------------------------------------------------
@@ -387,10 +415,12 @@ class _Server(ThreadingHTTPServer):
 class KeyboardServer:
     """A running keyboard server (from `start_keyboard`)."""
 
-    url: str
+    url: str          # the server's base URL (API calls: url + "api/...")
     host: str
     port: int
     app: KeyboardApp
+    token: str        # the session token state-changing calls send in X-Keyboard-Token
+    page_url: str     # what a person opens: url + "#token=..." (the fragment never leaves the browser)
     _server: _Server
     _thread: threading.Thread
     _owned_cache: TextCache | None
@@ -431,7 +461,7 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
         slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel)
         slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
         app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
-        server = _Server((host, port), app, accept_any_host=not is_loopback(host))
+        server = _Server((host, port), app)
     except BaseException:
         if owned is not None:
             owned.close()
@@ -463,9 +493,10 @@ def start_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike 
                               name="keyboard-server", daemon=True)
     thread.start()
     url = _url(server, host)
-    log.info("keyboard page at %s", url)
-    return KeyboardServer(url=url, host=host, port=server.server_address[1], app=server.app, _server=server,
-                          _thread=thread, _owned_cache=owned)
+    log.info("keyboard page at %s (open it with the token URL printed by the command)", url)
+    return KeyboardServer(url=url, host=host, port=server.server_address[1], app=server.app, token=server.token,
+                          page_url=f"{url}#token={server.token}", _server=server, _thread=thread,
+                          _owned_cache=owned)
 
 
 def serve_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
@@ -479,7 +510,7 @@ def serve_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike 
                             channel=channel, allow_remote=allow_remote)
     try:
         if on_ready is not None:
-            on_ready(handle.url)
+            on_ready(handle.page_url)
         (stop or threading.Event()).wait()
     finally:
         handle.stop()

@@ -24,10 +24,16 @@
 
   // --- API -----------------------------------------------------------------------------------
 
+  // The session token comes in the URL's fragment (never sent to any server); keep it for reloads.
+  const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (hashToken) { sessionStorage.setItem("fedkeys-token", hashToken); history.replaceState(null, "", location.pathname); }
+  const token = sessionStorage.getItem("fedkeys-token") || "";
+
   async function api(path, body) {
     if (body !== undefined && path !== "/api/suggest") epoch++;
     const opts = body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      method: "POST", headers: { "Content-Type": "application/json", "X-Keyboard-Token": token },
+      body: JSON.stringify(body),
     };
     const resp = await fetch(path, opts);
     const data = await resp.json().catch(() => ({}));

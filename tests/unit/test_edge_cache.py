@@ -201,3 +201,28 @@ def test_survives_kill_9(tmp_path: Path):
     assert {f"line {i}" for i in range(acknowledged + 1)} <= stored
     assert c._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     c.close()
+
+
+def test_wipe_says_so_when_another_reader_keeps_the_text_on_disk(tmp_path: Path):
+    """Failed on the old code: wipe reported success while a reader's snapshot kept the text in
+    the main database file."""
+    import sqlite3
+
+    from edge_runtime.cache import CacheError
+
+    c = TextCache(tmp_path / "d")
+    for i in range(50):
+        c.add(f"zqwipe{i} hello there friend", "message")
+    c._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")          # the text is now in the main file
+    reader = sqlite3.connect(c.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM texts").fetchone()   # another process holds a snapshot
+    try:
+        with pytest.raises(CacheError, match="another process"):
+            c.wipe(wait_s=0.2)
+        assert all_texts(c) == []                              # deleted for every new reader
+    finally:
+        reader.close()
+    c.wipe()                                                   # the reader let go: the wipe completes
+    assert b"zqwipe" not in raw_file_bytes(tmp_path / "d")
+    c.close()

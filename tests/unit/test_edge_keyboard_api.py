@@ -36,7 +36,7 @@ def server(tmp_path, exported_version):
 
 def post(server, route: str, body, **kw) -> requests.Response:
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    headers = {"Content-Type": "application/json", "X-Keyboard-Token": server.token, **kw.pop("headers", {})}
     return requests.post(server.url + route.lstrip("/"), data=data, headers=headers, timeout=10, **kw)
 
 
@@ -249,3 +249,27 @@ def test_serve_keyboard_blocks_until_stop(tmp_path):
     with pytest.raises(requests.ConnectionError):
         requests.get(urls[0] + "api/status", timeout=2)
     assert (tmp_path / DB_NAME).exists()
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_every_bind_checks_host_origin_and_session_token(tmp_path, bind):
+    """Failed on the old code: bound to 0.0.0.0 it switched its Host and Origin checks off, and no
+    call needed a token, so any local process (or a rebinding page) could commit, wipe or unpause."""
+    from edge_runtime.keyboard import start_keyboard
+
+    with start_keyboard(tmp_path / "dev", host=bind, allow_remote=bind != "127.0.0.1") as srv:
+        assert srv.page_url == f"{srv.url}#token={srv.token}" and len(srv.token) >= 32
+        base = f"http://127.0.0.1:{srv.port}/"
+
+        def call(route, body, **headers):
+            return requests.post(base + route, json=body, headers=headers, timeout=5)
+
+        assert call("api/pause", {"paused": True}).json()["error"] == "bad_token"             # no token
+        assert call("api/pause", {"paused": True}, **{"X-Keyboard-Token": "x" * 32}).status_code == 403
+        good = {"X-Keyboard-Token": srv.token}
+        assert call("api/commit", {"text": "zq sneaky", "field_kind": "message"}, **good,
+                    Origin="http://evil.example").json()["error"] == "forbidden_origin"
+        r = requests.get(base + "api/status", headers={"Host": f"rebind.evil.example:{srv.port}"}, timeout=5)
+        assert r.status_code == 421
+        assert call("api/pause", {"paused": True}, **good, Origin=f"http://127.0.0.1:{srv.port}").status_code == 200
+        assert call("api/commit", {"text": "hello there", "field_kind": "message"}, **good).status_code == 200
