@@ -143,7 +143,7 @@ def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool =
 
 def predictor_session(version_dir: Path) -> TypingSession:
     """A typing session of the keyboard's predictor on a version (the canary's word metrics)."""
-    from edge_runtime.keyboard import load_predictor
+    from edge_runtime.model_slot import load_predictor
 
     return load_predictor(version_dir).session()
 
@@ -238,7 +238,7 @@ def _use_version(dev: Device, task: wire.Task) -> None:
         except rollout_guard.RolloutRefused as e:
             log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return
-    if version_id != dev.store.current_id:
+    if version_id != dev.store.current_id or not dev.store.is_valid(version_id):  # missing, or damaged: re-fetch
         try:
             dev.store.install(version_id, dev.client.fetch)
         except VersionError as e:
@@ -357,7 +357,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     dev.cache.enforce_retention()
     decision = dev.eligibility.check()
     stats = dev.cache.stats()
-    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.current_id,
+    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.in_use(),
                               can_evaluate=stats["heldout"] > 0)
     task = dev.client.checkin(req)
     _use_version(dev, task)

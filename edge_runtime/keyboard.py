@@ -52,10 +52,8 @@ from edge_runtime.agent import ACTIVITY_FILE, open_cache
 from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
-from edge_runtime.interpreter import Model
-from edge_runtime.predictor import Predictor, Session
-from edge_runtime.versions import VersionError, VersionStore
-from protocol.artifact import TOKENIZER
+from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
+from edge_runtime.predictor import Session
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,6 @@ API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear"}
 MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refused (413)
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
-MODEL_CHECK_S = 2.0           # how often the device's current version is looked up
 TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -114,68 +111,6 @@ def check_bind_host(host: str, *, allow_remote: bool = False) -> None:
 
 
 # --- suggestions ------------------------------------------------------------------------------
-
-class ModelSlot:
-    """The predictor for the version in use: a fixed version directory, or the device's
-    current version (reloaded when the device loop swaps it). Interpreters are not
-    thread-safe, so every use goes through `lock`."""
-
-    def __init__(self, *, data_dir: Path | None, model_dir: Path | None, channel: str | None,
-                 loader: Callable[[Path], Predictor] | None = None) -> None:
-        self.data_dir, self.model_dir, self.fixed_channel = data_dir, model_dir, channel
-        self.lock = threading.RLock()
-        self._loader = loader or load_predictor
-        self._store = VersionStore(data_dir) if (data_dir is not None and model_dir is None) else None
-        self._dir: Path | None = None
-        self._checked = float("-inf")
-        self.version_id: str | None = None
-        self.predictor: Predictor | None = None
-        self.generation = 0     # bumps on every swap, so sessions of the old model are dropped
-
-    def _wanted(self) -> Path | None:
-        if self.model_dir is not None:
-            return self.model_dir
-        assert self._store is not None
-        try:
-            return self._store.current()
-        except VersionError:
-            return None
-
-    def refresh(self) -> None:
-        """Load the wanted version if it changed (looked up at most every MODEL_CHECK_S)."""
-        with self.lock:
-            now = time.monotonic()
-            if self.predictor is not None and now - self._checked < MODEL_CHECK_S:
-                return
-            self._checked = now
-            wanted = self._wanted()
-            if wanted == self._dir:
-                return
-            if wanted is None:
-                self.predictor, self.version_id, self._dir = None, None, None
-            else:
-                t0 = time.monotonic()
-                self.predictor = self._loader(wanted)
-                manifest = self.predictor.model.manifest
-                self.version_id = manifest.version_id if manifest else wanted.name
-                self._dir = wanted
-                log.info("keyboard: model version %s loaded in %.2fs", self.version_id, time.monotonic() - t0)
-            self.generation += 1
-
-    @property
-    def channel(self) -> str:
-        if self.fixed_channel:
-            return self.fixed_channel
-        if self.data_dir is None:
-            return channels.UNKNOWN
-        return channels.read_channel(self.data_dir, self.version_id)
-
-
-def load_predictor(version_dir: Path) -> Predictor:
-    from model.tokenizer import load_tokenizer
-
-    return Predictor(Model.load(version_dir), load_tokenizer(Path(version_dir) / TOKENIZER))
-
 
 class KeyboardApp:
     """The API's logic, independent of HTTP (tests call it directly too)."""
@@ -458,7 +393,8 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
     if cache is None:
         cache = owned = open_cache(config)
     try:
-        slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel)
+        slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel,
+                         public_key=config.public_key or None)
         slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
         app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
         server = _Server((host, port), app)

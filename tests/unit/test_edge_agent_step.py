@@ -67,6 +67,12 @@ class FakeStore:
     def install(self, vid, fetch):
         self.previous_id, self.current_id = self.current_id, vid
 
+    def is_valid(self, vid):
+        return vid in (self.current_id, self.previous_id)
+
+    def in_use(self):
+        return self.current_id
+
     def ensure(self, vid, fetch):
         self.ensured.append(vid)
         return f"/versions/{vid}"

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from edge_runtime import channel, keyboard
+from edge_runtime import channel, keyboard, model_slot
 from edge_runtime.__main__ import main as cli_main
 from edge_runtime.cache import DB_NAME
 from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
@@ -202,7 +202,7 @@ def test_device_without_a_model_still_caches(tmp_path):
 
 
 def test_follows_the_device_current_version_and_its_channel(tmp_path, exported_version, monkeypatch):
-    monkeypatch.setattr(keyboard, "MODEL_CHECK_S", 0.0)
+    monkeypatch.setattr(model_slot, "MODEL_CHECK_S", 0.0)
     vid = read_manifest(exported_version).version_id
     loads = []
     slot = ModelSlot(data_dir=tmp_path, model_dir=None, channel=None,
