@@ -22,6 +22,7 @@ from protocol.settings import coerce_settings
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+AGGREGATORS = ("mean", "trimmed_mean", "median")     # coordinator.aggregation.AGGREGATORS
 
 
 class ConfigError(ValueError):
@@ -60,6 +61,8 @@ class Config:
     max_examples: int = 1000
     # Aggregation
     max_example_weight: int = 1000           # per-update weight cap: no device dominates the mean
+    aggregator: str = "mean"                 # mean (streamed) | trimmed_mean | median (coordinate-wise)
+    trim_fraction: float = 0.1               # trimmed_mean: share cut at each end per coordinate
     server_optimizer: str = "fedavg"         # fedavg | fedavgm | fedadam
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9             # FedAvgM (Hard et al. 2018 used 0.9)
@@ -91,6 +94,8 @@ class Config:
             (0 <= self.selection_window_s < self.round_duration_s,
              "selection_window_s must be in [0, round_duration_s)"),
             (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
+            (self.aggregator in AGGREGATORS and 0 <= self.trim_fraction < 0.5,
+             f"aggregator must be one of {AGGREGATORS}, trim_fraction in [0, 0.5)"),
             (self.server_optimizer in SERVER_OPTIMIZERS, f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),

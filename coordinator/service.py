@@ -327,7 +327,7 @@ class Coordinator:
                 vec = artifact.flatten(artifact.decode_weights(self.blobs.get(digest)), tensors)
                 yield vec, aggregation.bounded_weight(count, self.config.max_example_weight)
 
-        mean_delta = aggregation.weighted_average(stream())
+        mean_delta = aggregation.aggregate(self.config.aggregator, stream(), trim=self.config.trim_fraction)
         base_vec = artifact.flatten(artifact.decode_weights(self.blobs.get(base.weights_sha256)), tensors)
         opt_state = ({} if base.opt_state_sha256 is None
                      else artifact.decode_weights(self.blobs.get(base.opt_state_sha256)))
@@ -352,7 +352,7 @@ class Coordinator:
         manifest.metrics = {"round_id": r.id, "updates": len(updates),
                             "examples": int(sum(cnt for _, cnt in updates)),
                             "mean_delta_norm": float(np.linalg.norm(mean_delta)),
-                            "server_optimizer": c.server_optimizer}
+                            "server_optimizer": c.server_optimizer, "aggregator": c.aggregator}
         manifest.privacy = {k: _jf(v) if isinstance(v, float) else v for k, v in priv.items()}
         artifact.sign_manifest(manifest, self.signing_key)
         self._supersede_candidate(s, vid)
