@@ -43,7 +43,7 @@ from coordinator.models import (
     Version,
     utcnow,
 )
-from coordinator.validation import UpdateRejected, validate_update
+from coordinator.validation import UpdateRejected, check_header_size, validate_update
 from protocol import artifact, wire
 from protocol.plan import PLAN_FIELD_NAMES, check_plan_values
 
@@ -470,6 +470,7 @@ class Coordinator:
         with self._sessions() as s:
             tensors = self._manifest(s.get(Version, base_id)).tensors
         try:
+            check_header_size(body)
             weights = artifact.decode_weights(body)
             _, norm = validate_update(weights, tensors, encoding=meta.encoding, example_count=meta.example_count,
                                       plan=wire.TrainPlan.from_dict(json.loads(plan_json)))

@@ -318,10 +318,14 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         try:
             body = json.loads(raw.decode("utf-8")) if raw else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "bad_json", "the request body must be a JSON object")
+        try:  # JSON allows a lone surrogate ("\ud800"); SQLite and the tokenizer do not
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "bad_json", "the request body holds text that is not valid Unicode") from None
         app = self.server.app
         handler = {"/api/suggest": app.suggest, "/api/commit": app.commit,
                    "/api/pause": app.pause, "/api/clear": app.clear}[path]

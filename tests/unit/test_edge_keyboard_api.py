@@ -273,3 +273,10 @@ def test_every_bind_checks_host_origin_and_session_token(tmp_path, bind):
         assert r.status_code == 421
         assert call("api/pause", {"paused": True}, **good, Origin=f"http://127.0.0.1:{srv.port}").status_code == 200
         assert call("api/commit", {"text": "hello there", "field_kind": "message"}, **good).status_code == 200
+
+
+@pytest.mark.parametrize("raw", [b"[" * 30000 + b"]" * 30000,
+                                 b'{"text": "\\ud800 hi", "field_kind": "message"}'])
+def test_nested_or_invalid_unicode_bodies_are_400_not_500(server, raw):
+    r = post(server, "api/commit", raw)
+    assert r.status_code == 400 and r.json()["error"] == "bad_json", r.text
