@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from coordinator import rollout
 from coordinator.errors import ApiError, bad_request
 from coordinator.models import Evaluation, Version
+from coordinator.views import _json_safe
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -108,8 +109,6 @@ def _decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> r
 
 
 def canary_comparison(coord: Coordinator) -> dict[str, Any]:
-    from coordinator.service import _json_safe
-
     with coord._sessions() as s:
         cand, stable = coord._candidate(s), coord._stable(s)
         if cand is None or stable is None:

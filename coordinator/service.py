@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, canary, keys, privacy, rollout, rollout_signing, selection
+from coordinator import aggregation, canary, keys, privacy, rollout, rollout_signing, selection, updates, views
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -36,14 +36,13 @@ from coordinator.models import (
     Decision,
     Device,
     EnrollmentKey,
-    Rejection,
     Round,
     Setting,
     Update,
     Version,
     utcnow,
 )
-from coordinator.validation import UpdateRejected, check_header_size, validate_update
+from coordinator.views import _iso, _jf, _json_safe  # noqa: F401  (used here and by older imports)
 from protocol import artifact, wire
 from protocol.plan import PLAN_FIELD_NAMES, check_plan_values
 
@@ -51,18 +50,6 @@ log = logging.getLogger(__name__)
 
 STABLE, CANDIDATE, REJECTED, RETIRED = "stable", "candidate", "rejected", "retired"
 OPEN, DONE, FAILED = "open", "done", "failed"
-REJECTION_STATUS = {wire.E_UNKNOWN_ROUND: 404, wire.E_NOT_SELECTED: 403, wire.E_LATE: 409, wire.E_DUPLICATE: 409,
-                    wire.E_STALE: 409, wire.E_MALFORMED: 422, wire.E_NORM: 422, wire.E_EXAMPLE_COUNT: 422,
-                    wire.E_BAD_REQUEST: 400}
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.isoformat() + "Z"
-
-
-def _jf(x: float) -> float | str:
-    """JSON-safe float (epsilon may be inf)."""
-    return x if math.isfinite(x) else str(x)
 
 
 class Coordinator:
@@ -367,15 +354,7 @@ class Coordinator:
                  priv["epsilon"], c.privacy_delta)
 
     def _round_dict(self, s: Session, r: Round) -> dict[str, Any]:
-        selected = selection.selected_count(s, r.id)
-        rejected = int(s.scalar(select(func.count()).select_from(Rejection).where(Rejection.round_id == r.id)) or 0)
-        return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
-                "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
-                "min_count": r.min_count, "population": r.population, "selected": selected,
-                "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": _iso(r.selection_ends_at),
-                "accepted": self._accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
-                "created_at": _iso(r.created_at), "closed_at": _iso(r.closed_at),
-                "result_version_id": r.result_version_id, "reason": r.reason}
+        return views.round_dict(self, s, r)
 
     # --- device calls ------------------------------------------------------------------------
 
@@ -434,75 +413,10 @@ class Coordinator:
                              retry_after=self._retry_after(c.checkin_interval_s / 4 if busy else None))
 
     def _reject(self, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:
-        with self.tx() as s:
-            s.add(Rejection(round_id=round_id, device_id=device_id, reason=code, message=message[:2000]))
-        self.metrics.updates.labels(code).inc()
-        log.info("rejected update from %s for round %s: %s (%s)", device_id, round_id, code, message)
-        return ApiError(REJECTION_STATUS[code], code, message)
+        return updates.reject(self, device_id, round_id, code, message)
 
     def submit_update(self, device_id: str, meta_header: str | None, body: bytes) -> wire.UpdateReceipt:
-        try:
-            meta = wire.UpdateMeta.from_header(meta_header)
-        except wire.WireError as e:
-            raise self._reject(device_id, None, wire.E_BAD_REQUEST, str(e)) from e
-        with self.tx() as s:
-            r = s.get(Round, meta.round_id, with_for_update=True)
-            existing = None if r is None else s.scalar(
-                select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
-            assigned = None if r is None or not selection.is_selected(s, r.id, device_id) else True
-            if existing is not None and existing.idempotency_key == meta.idempotency_key:
-                return wire.UpdateReceipt(update_id=existing.id, round_id=existing.round_id)  # a retried upload
-            round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)
-        if r is None:
-            raise self._reject(device_id, None, wire.E_UNKNOWN_ROUND, f"no round {meta.round_id}")
-        if existing is not None:
-            raise self._reject(device_id, r.id, wire.E_DUPLICATE,
-                               f"device already contributed update {existing.id} to round {r.id}")
-        if assigned is None:
-            raise self._reject(device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
-        status, deadline, base_id, plan_json = round_state
-        if status != OPEN or utcnow() >= deadline:
-            raise self._reject(device_id, r.id, wire.E_LATE, f"round {r.id} is closed ({status}, deadline "
-                                                             f"{_iso(deadline)})")
-        if meta.base_version_id != base_id:
-            raise self._reject(device_id, r.id, wire.E_STALE,
-                               f"update is based on {meta.base_version_id}, round {r.id} trains {base_id}")
-        with self._sessions() as s:
-            tensors = self._manifest(s.get(Version, base_id)).tensors
-        try:
-            check_header_size(body)
-            weights = artifact.decode_weights(body)
-            _, norm = validate_update(weights, tensors, encoding=meta.encoding, example_count=meta.example_count,
-                                      plan=wire.TrainPlan.from_dict(json.loads(plan_json)))
-        except artifact.ArtifactError as e:
-            raise self._reject(device_id, r.id, wire.E_MALFORMED, str(e)) from e
-        except UpdateRejected as e:
-            raise self._reject(device_id, r.id, e.code, e.message) from e
-        digest = self.blobs.put(body)  # fsynced before the row that points to it is committed
-        with self.tx() as s:
-            r = s.get(Round, meta.round_id, with_for_update=True)
-            if r.status != OPEN or utcnow() >= r.deadline or self._accepted(s, r.id) >= r.goal_count:
-                late = True  # closed, past its deadline or full while we validated
-            else:
-                late = False
-                if s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)):
-                    raise ApiError(409, wire.E_DUPLICATE, "a concurrent upload from this device won")
-                u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
-                           blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
-                s.add(u)
-                s.flush()
-                receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
-                goal_reached = self._accepted(s, r.id) >= r.goal_count
-        if late:
-            raise self._reject(device_id, meta.round_id, wire.E_LATE,
-                               f"round {meta.round_id} reached its goal or closed meanwhile")
-        self.metrics.updates.labels("accepted").inc()
-        if goal_reached:
-            try:
-                self.close_round(receipt.round_id)
-            except Exception:  # the update is safe; maintenance will retry the aggregation
-                log.exception("aggregation of round %d failed; will retry", receipt.round_id)
-        return receipt
+        return updates.submit_update(self, device_id, meta_header, body)
 
     def report_evaluation(self, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
         return canary.report_evaluation(self, device_id, report)
@@ -555,57 +469,19 @@ class Coordinator:
     # --- views -------------------------------------------------------------------------------
 
     def _version_dict(self, s: Session, v: Version) -> dict[str, Any]:
-        evals = canary.reported_count(s, v.id)
-        decisions = [{"action": d.action, "actor": d.actor, "reason": d.reason, "numbers": json.loads(d.numbers_json),
-                      "at": _iso(d.created_at)}
-                     for d in s.scalars(select(Decision).where(Decision.version_id == v.id).order_by(Decision.id))]
-        return {"version_id": v.id, "seq": v.seq, "status": v.status, "parent_id": v.parent_id, "round_id": v.round_id,
-                "epsilon": _jf(v.epsilon), "delta": v.delta, "privacy": json.loads(v.privacy_json),
-                "metrics": json.loads(v.manifest_json).get("metrics", {}), "canary_reports": evals,
-                "decisions": decisions, "created_at": _iso(v.created_at), "decided_at": _iso(v.decided_at)}
+        return views.version_dict(self, s, v)
 
     def list_versions(self) -> list[dict[str, Any]]:
-        with self._sessions() as s:
-            return [self._version_dict(s, v) for v in s.scalars(select(Version).order_by(Version.seq))]
+        return views.list_versions(self)
 
     def list_rounds(self) -> list[dict[str, Any]]:
-        with self._sessions() as s:
-            return [self._round_dict(s, r) for r in s.scalars(select(Round).order_by(Round.id))]
+        return views.list_rounds(self)
 
     def get_round(self, round_id: int) -> dict[str, Any]:
-        if not 1 <= round_id <= wire.MAX_INT:
-            raise not_found(f"no round {round_id}")
-        with self._sessions() as s:
-            r = s.get(Round, round_id)
-            if r is None:
-                raise not_found(f"no round {round_id}")
-            return self._round_dict(s, r)
+        return views.get_round(self, round_id)
 
     def rejections(self, round_id: int | None = None) -> list[dict[str, Any]]:
-        with self._sessions() as s:
-            q = select(Rejection).order_by(Rejection.id)
-            if round_id is not None:
-                q = q.where(Rejection.round_id == round_id)
-            return [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason, "message": x.message,
-                     "at": _iso(x.created_at)} for x in s.scalars(q)]
+        return views.rejections(self, round_id)
 
     def status(self) -> dict[str, Any]:
-        self.maintenance()
-        with self._sessions() as s:
-            stable, cand = self._stable(s), self._candidate(s)
-            r = s.scalar(select(Round).order_by(Round.id.desc()))
-            return {"stable_version_id": stable.id if stable else None,
-                    "candidate_version_id": cand.id if cand else None, "pinned": self._pinned(s),
-                    "devices": self._population_view(s)["enrolled"], "population": self._population_view(s),
-                    "latest_round": self._round_dict(s, r) if r else None,
-                    "public_key_hex": self.public_key_hex}
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return _jf(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+        return views.status(self)
