@@ -138,3 +138,26 @@ def test_admin_pin_promote_rollback(world):
     assert s.coord.status()["stable_version_id"] == "v0000"
     assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
     assert s.coord.status()["pinned"] is False
+
+
+@pytest.mark.parametrize("sybils", [0, 1, 2])
+def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_reject(tmp_path, sybils):
+    """Failed on the old code: one sybil claiming a huge count carried the pooled vote."""
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=10, canary_tolerance=0.005)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(10)]
+        cand = _candidate_from_round(s, devices, 0.01)
+        liars, honest = devices[:sybils], devices[sybils:]
+        words = s.config.max_eval_words
+        for d in liars + honest:
+            t = d.checkin()
+            assert t.kind == wire.TASK_EVALUATE
+            if d in liars:   # the most a report may claim: every word a hit for the candidate, none for stable
+                r = _report(d, t, cand_top3=words, stable_top3=0, words=words, count=s.config.max_eval_examples * 8)
+            else:            # honest canaries measure the candidate 3 points worse
+                r = _report(d, t, cand_top3=37, stable_top3=40)
+            assert r.status_code == 200, r.text
+        status = {v["version_id"]: v["status"] for v in s.coord.list_versions()}
+        assert status[cand] == "rejected" and status["v0000"] == "stable"
