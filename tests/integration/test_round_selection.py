@@ -49,6 +49,7 @@ def test_window_then_random_draw_not_first_come(tmp_path):
         # First come, first served gave the fast devices every slot (0 of 30); a fair draw gives
         # the slow half about 15. P(<= 5 | fair) < 1e-4.
         assert honest_wins > 5, honest_wins
+        print(f"selection: the slower half won {honest_wins} of {2 * rounds} slots")
 
 
 def test_selection_window_is_a_round_setting_with_bounds(tmp_path):
