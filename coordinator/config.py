@@ -41,6 +41,8 @@ class Config:
     max_body_bytes: int = 64 * 1024 * 1024   # hard cap on any request body (413 above)
     rate_limit_per_minute: float = 120.0     # per device, token bucket refill
     rate_limit_burst: int = 30
+    rate_limit_per_key_per_minute: float = 6000.0  # check-ins of all devices of one enrollment key
+    rate_limit_per_key_burst: int = 600
     # Enrollment keys: every key has a use count and a lifetime (a leaked key mints few sybils)
     enrollment_key_uses: int = 100
     enrollment_key_ttl_s: float = 7 * 86400.0
@@ -87,6 +89,8 @@ class Config:
             (1 <= self.enrollment_key_uses <= 2**31 - 1 and 0 < self.enrollment_key_ttl_s <= 3650 * 86400,
              "enrollment_key_uses must be in [1, 2^31-1] and enrollment_key_ttl_s in (0, 10 years]"),
             (self.rate_limit_per_minute > 0 and self.rate_limit_burst >= 1, "rate limits must be positive"),
+            (self.rate_limit_per_key_per_minute > 0 and self.rate_limit_per_key_burst >= 1,
+             "per-key rate limits must be positive"),
             (self.checkin_interval_s > 0 and 0 <= self.checkin_jitter < 1, "bad check-in interval or jitter"),
             (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
             (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),

@@ -70,6 +70,7 @@ class Coordinator:
         self.metrics = Metrics()
         self._lock = threading.RLock()
         self._rng = random.Random()
+        self._key_of: dict[str, int] = {}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -121,6 +122,17 @@ class Coordinator:
             if dev is None or dev.revoked or not keys.secret_matches(token, dev.token_hash):
                 raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
         return device_id
+
+    def enrollment_key_of(self, device_id: str) -> int:
+        """The enrollment key a device was minted with (fixed for its life, so cached)."""
+        key_id = self._key_of.get(device_id)
+        if key_id is None:
+            with self._sessions() as s:
+                key_id = int(s.get(Device, device_id).enrollment_key_id)
+            if len(self._key_of) > 100_000:
+                self._key_of.clear()
+            self._key_of[device_id] = key_id
+        return key_id
 
     def revoke_device(self, device_id: str) -> None:
         with self.tx() as s:

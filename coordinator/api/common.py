@@ -65,8 +65,8 @@ def parse(cls: type, data: dict[str, Any]) -> Any:
         raise ApiError(400, code, str(e)) from e
 
 
-def rate_limit(key: str) -> None:
-    wait = current_app.extensions["fedkeys_ratelimit"].check(key)
+def rate_limit(key: str, limiter: str = "fedkeys_ratelimit") -> None:
+    wait = current_app.extensions[limiter].check(key)
     if wait > 0:
         coord().metrics.rate_limited.inc()
         raise ApiError(429, wire.E_RATE_LIMITED, "too many requests", retry_after=round(wait, 2))

@@ -32,6 +32,7 @@ def enroll() -> Response:
 @bp.post(wire.PATH_CHECKIN)
 @device_auth
 def checkin() -> Response:
+    rate_limit(f"key:{coord().enrollment_key_of(g.device_id)}", "fedkeys_key_ratelimit")
     req = parse(wire.CheckinRequest, json_body())
     task = coord().checkin(g.device_id, req)
     resp = jsonify(task.to_dict())

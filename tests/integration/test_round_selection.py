@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import requests
 from coordinator_fakes import FakeDevice, make_config, make_version, serve
 
 from coordinator.models import Round, utcnow
@@ -60,3 +61,23 @@ def test_selection_window_is_a_round_setting_with_bounds(tmp_path):
         assert r.status_code == 400 and "selection_window_s" in r.json()["message"]
         r = s.admin("POST", "/v1/admin/rounds", json={"selection_window_s": 30})
         assert r.status_code == 201 and r.json()["selection_ends_at"] is not None
+
+
+def test_devices_of_one_enrollment_key_share_a_checkin_budget(tmp_path):
+    """Sybils minted from one (leaked) key slow down together; another key's devices do not."""
+    with serve(make_config(tmp_path, rate_limit_per_key_per_minute=60.0, rate_limit_per_key_burst=5,
+                           enrollment_key_uses=1000)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        leaked, other = s.coord.create_enrollment_key(), s.coord.create_enrollment_key()
+        sybils = [FakeDevice(s.url, leaked) for _ in range(8)]
+        honest = FakeDevice(s.url, other)
+        codes = []
+        for d in sybils:
+            r = requests.post(s.url + wire.PATH_CHECKIN, json={"protocol_version": 1, "eligible": True},
+                              headers=d.headers, timeout=10)
+            codes.append(r.status_code)
+        assert codes.count(200) == 5 and codes.count(429) == 3, codes   # each device sent only one
+        r = requests.post(s.url + wire.PATH_CHECKIN, json={"protocol_version": 1, "eligible": True},
+                          headers=honest.headers, timeout=10)
+        assert r.status_code == 200

@@ -136,7 +136,7 @@ def _settings(data_dir: Path, database_url: str, uploaders: int) -> dict[str, st
             "rate_limit_per_minute": "1000000", "rate_limit_burst": "100000", "goal_count": str(uploaders),
             "min_count": str(uploaders), "overselect": "1.0", "round_duration_s": "3600", "clip_norm": "1000",
             "noise_multiplier": "0", "canary_fraction": "0.01", "log_level": "WARNING",
-            "selection_window_s": "0"}
+            "selection_window_s": "0", "rate_limit_per_key_per_minute": "1000000", "rate_limit_per_key_burst": "100000"}
 
 
 def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurrency: int, workers: int,
