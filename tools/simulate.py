@@ -532,13 +532,14 @@ def run_federation(name: str, args: argparse.Namespace, noise_multiplier: float,
                 "canary_min_reports": args.canary_min_reports, "canary_tolerance": args.canary_tolerance,
                 "server_optimizer": args.server_optimizer, "server_learning_rate": args.server_lr,
                 "server_momentum": args.server_momentum, "checkin_interval_s": 60, "max_eval_examples": 200,
+                "max_eval_words": 150,   # per canary device and version: bounds the word-level evaluation time
                 "max_example_weight": max(args.max_examples, 1)}
     coord = CoordinatorProcess(run_dir / "coordinator", coord_log, {k: str(v) for k, v in settings.items()})
     rng = random.Random(f"{args.seed}:{name}")
     progress_on = not args.no_progress and sys.stdout.isatty()
     coord.cli("init")
     coord.cli("import-version", str(v0))
-    key = coord.cli("create-enrollment-key", "--label", f"simulation {name}", "--uses", str(n))
+    key = coord.cli("create-enrollment-key", "--label", f"simulation {name}", "--uses", str(n + 1))  # + keyboard
     ctx = get_context("spawn")   # no forked copies of the parent's threads or sockets
     try:
         coord.start()

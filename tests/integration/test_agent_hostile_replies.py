@@ -139,6 +139,12 @@ def test_disk_full_during_a_download_keeps_the_loop_and_the_current_version(tmp_
         def install(self, vid, fetch):
             raise OSError(errno.ENOSPC, "No space left on device")
 
+        def is_valid(self, vid):
+            return vid == self.current_id
+
+        def in_use(self):
+            return self.current_id
+
     class Client:
         def checkin(self, req):
             return wire.Task(kind=wire.TASK_COME_BACK, retry_after=0.001, use_version_id="v2")

@@ -110,8 +110,8 @@ class Driver:
                     resp = requests.request(method, self.c.url + path, timeout=30, **kw)
                     if resp.status_code < 500:
                         return resp
-                except requests.ConnectionError:
-                    pass
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                    pass   # killed before or while it answered (headers sent, body not)
                 if timer is not None:
                     timer.join()
                 if self.c.proc.poll() is None:       # alive: a genuine error, not our kill

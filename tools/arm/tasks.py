@@ -134,7 +134,7 @@ class _Coordinator:
         self.data_dir = data_dir
         self.settings = {"admin_token": ADMIN_TOKEN, "rate_limit_per_minute": "60000", "rate_limit_burst": "1000",
                          "checkin_interval_s": "5", "canary_fraction": "1.0", "canary_min_reports": str(total),
-                         "log_level": "INFO"}
+                         "log_level": "INFO", "max_eval_words": "100"}   # word metrics are slow under qemu
         self.proc: subprocess.Popen | None = None
 
     def _flags(self) -> list[str]:
