@@ -106,9 +106,10 @@
     try {
       const text = textBeforeCursor();
       const res = await api("/api/suggest", { client: clientId, text });
-      if (mine > shownSeq) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
+      // Focus may have moved to the private field meanwhile: a late answer must not replace its strip.
+      if (mine > shownSeq && active === message) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
-      renderSuggestions([]);
+      if (active === message) renderSuggestions([]);
     } finally {
       inFlight = false;
       if (again) { again = false; suggest(); }
