@@ -4,26 +4,48 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test setup system-deps lint clean bench-aggregation
+.PHONY: demo test setup system-deps lint clean bench-aggregation v0
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-edge.txt
+$(VENV)/.installed: requirements.txt requirements-edge.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-demo: setup          ## the main job: version 0, central reference, evaluation report
-	$(PY) -m tools.demo $(ARGS)
+# The demo starts from the shipped version 0, so it needs no TensorFlow: its own small
+# environment installs in well under a minute (requirements-demo.txt).
+DEMO_VENV ?= .venv-demo
+demo: $(DEMO_VENV)/.installed   ## the main job: federated simulation from the shipped version 0, report, keyboard page
+	$(DEMO_VENV)/bin/python -m tools.demo $(ARGS)
 
-# Debian's Chromium for the keyboard-page browser test (Playwright drives it; its own
-# browser download cannot work here). Installed once, as root, if missing.
+$(DEMO_VENV)/.installed: requirements-demo.txt requirements-edge.txt
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q -r requirements-demo.txt
+	touch $@
+
+# Version 0 as shipped in models/v0: proxy text only, pinned seed and schedule. Built beside the
+# old one and swapped in at the end, so an interrupted run leaves the shipped version intact.
+V0_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --seed 0 --epochs 4 \
+           --steps-per-epoch 1000 --patience 2 --version-id v0
+# The keyboard's base n-gram, from the same proxy text (shipped with the app, not per version).
+NGRAM_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl
+v0: setup            ## rebuild models/v0 reproducibly (about 25 minutes on 2 cores)
+	rm -rf models/v0.new
+	$(PY) -m tools.pretrain $(V0_ARGS) --out models/v0.new --no-progress
+	rm -rf models/v0 && mv models/v0.new models/v0
+	$(PY) -m tools.proxy_ngram $(NGRAM_ARGS) --out models/ngram/proxy_trigram.npz
+	@echo "models/v0 and models/ngram rebuilt; commit them with: git add models"
+
+# Debian's Chromium for the browser tests (Playwright drives it; its own browser download
+# cannot work here) and nginx for the deploy/ test (TLS in front of the coordinator).
+# Installed once, as root, if missing.
 system-deps:
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" != 0 ]; then echo "run as root or: sudo apt-get install -y chromium fonts-dejavu-core" >&2; exit 1; fi; \
+	@{ test -x /usr/bin/chromium && test -x /usr/sbin/nginx; } || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root or: sudo apt-get install -y chromium fonts-dejavu-core nginx-light" >&2; exit 1; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core nginx-light >/dev/null; }
 
 test: setup system-deps   ## lint, then the whole test suite
 	$(VENV)/bin/ruff check .
@@ -39,4 +61,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .venv-edge build data/report.* .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) .venv-edge build data/report.* .pytest_cache

@@ -4,36 +4,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
-from coordinator import logs
-from coordinator.config import ConfigError, load_config
+from coordinator import keys, logs
+from coordinator.config import PROFILES, Config, ConfigError, load_config
 from coordinator.errors import ApiError
 from protocol.artifact import ArtifactError
+from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
 from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="coordinator data directory (blobs, keys, SQLite DB)")
+    p.add_argument("--data-dir", help=f"coordinator data directory (blobs, keys, SQLite DB); only `init` creates "
+                                      f"one (default: {Config.data_dir})")
     p.add_argument("--config", help="TOML or JSON config file (also FEDKEYS_COORDINATOR_CONFIG)")
     p.add_argument("--database-url", help="SQLAlchemy URL; default SQLite in the data dir")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    p.add_argument("--profile", choices=sorted(PROFILES),
+                   help="preset settings under file/env/flags; small: one device, rounds every few seconds")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting (docs/settings.md lists them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m coordinator", description=(
-        "FedKeys coordinator. Settings: defaults < --config file < FEDKEYS_COORDINATOR_* env < flags."))
+    ap = argparse.ArgumentParser(prog="python -m coordinator", formatter_class=HelpFormatter, description=(
+        "FedKeys coordinator. Settings: defaults < --profile < --config file < FEDKEYS_COORDINATOR_* env < flags."))
+    add_version(ap)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         _common(p)
         return p
 
     p = cmd("serve", "serve the HTTP API (threaded; use gunicorn 'coordinator.app:create_app()' in production)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--host", help=f"address to listen on; 0.0.0.0 for a LAN (put TLS in front: deploy/) "
+                                  f"(default: {Config.host})")
+    p.add_argument("--port", type=int, help=f"(default: {Config.port})")
     cmd("init", "create the data dir, database schema, signing key and admin token; print them")
     p = cmd("create-enrollment-key", "create an enrollment key and print it")
     p.add_argument("--label", default="")
@@ -47,9 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("start-round", "open a training round on the stable version")
     for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float),
                  ("selection-window-s", float)):
-        p.add_argument(f"--{k}", type=t)
-    for f in PLAN_FIELDS:
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=f.kind, help=f"{f.help}; in {f.describe()}")
+        p.add_argument(f"--{k}", type=t, help=f"(default: setting {k.replace('-', '_')}, "
+                                              f"{getattr(Config, k.replace('-', '_'))})")
+    for f in PLAN_FIELDS:   # protocol.plan: the one declaration of a plan's fields and bounds
+        kw: dict[str, Any] = ({"action": argparse.BooleanOptionalAction, "default": None} if f.kind is bool
+                              else {"type": f.kind})
+        p.add_argument(f"--{f.name.replace('_', '-')}", **kw,
+                       help=f"{f.help}; in {f.describe()} (default: setting {f.name}, {getattr(Config, f.name)})")
     p = cmd("close-round", "close a round now (aggregate if it has enough updates)")
     p.add_argument("round_id", type=int)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
@@ -72,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    flags: dict[str, Any] = {"data_dir": args.data_dir, "database_url": args.database_url}
+    flags: dict[str, Any] = {"data_dir": args.data_dir, "database_url": args.database_url, "profile": args.profile}
     for name in ("host", "port"):
         flags[name] = getattr(args, name, None)
     for item in args.set:
@@ -127,6 +139,9 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One process (admin commands, `serve`): its own registry. Multiprocess metrics are gunicorn's,
+    # and an admin command run with the service's environment must not write counters there.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     ap = build_parser()
     args = ap.parse_args(argv)
     if not args.command:
@@ -134,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config(config_file=args.config, flags=_flags(args))
-        logs.setup(cfg.log_level)
+        logs.setup(cfg.log_level, log_format=cfg.log_format)
+        if args.command != "init" and not keys.is_initialised(cfg.data_dir):
+            raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory (no {keys.SIGNING_KEY_FILE}); "
+                              f"check --data-dir, or create one with: python -m coordinator init --data-dir DIR")
         if args.command == "serve":
             from werkzeug.serving import make_server
 
@@ -154,13 +172,24 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             c.close()
         return 0
-    except ApiError as e:
+    except ApiError as e:          # a refused admin request (conflict, unknown version, bad value)
         print(f"error: {e.message}", file=sys.stderr)
-        return 2 if e.status == 400 else 1  # 400: the operator's input was wrong
-    except (ConfigError, ArtifactError, OSError) as e:
+        return EXIT_USER_ERROR if e.status < 500 else 1  # 4xx: the operator's input was wrong
+    except (ConfigError, ArtifactError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:     # installed as `pip install .` (the device runtime) only
+        print(f"error: the coordinator needs {e.name}: pip install 'fedkeys[coordinator]'", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def cli() -> None:
+    """The `fedkeys-coordinator` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -10,8 +10,10 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from coordinator import keys
 from coordinator.api import admin, devices, public
-from coordinator.config import Config, load_config
+from coordinator.api import secagg as secagg_api
+from coordinator.config import Config, ConfigError, load_config
 from coordinator.errors import ApiError
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import Coordinator
@@ -26,8 +28,11 @@ _HTTP_CODES = {400: wire.E_BAD_REQUEST, 401: wire.E_UNAUTHORIZED, 403: wire.E_FO
 def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     """Build the app. `config`: a Config, a mapping of overrides on the defaults, or None to
     read file + environment (what gunicorn does)."""
-    if config is None:
+    if config is None:        # gunicorn: the production path, where a typo must not mint a new coordinator
         cfg = load_config()
+        if not keys.is_initialised(cfg.data_dir):
+            raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory; create it with "
+                              f"python -m coordinator init --data-dir {cfg.data_dir}")
     elif isinstance(config, Config):
         cfg = config
     else:
@@ -42,7 +47,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     # All devices of one enrollment key share one check-in budget: a leaked key's sybils slow together.
     app.extensions["fedkeys_key_ratelimit"] = RateLimiter(cfg.rate_limit_per_key_per_minute,
                                                           cfg.rate_limit_per_key_burst)
-    for bp in (devices.bp, admin.bp, public.bp):
+    for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
     _register_errors(app)
     _register_metrics(app, coordinator)

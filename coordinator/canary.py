@@ -44,7 +44,7 @@ def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version,
     elif row.report_json != ISSUED:
         return None
     c = coord.config
-    return wire.Task(kind=wire.TASK_EVALUATE, retry_after=retry_after, use_version_id=cand.id,
+    return wire.Task(kind=wire.TASK_EVALUATE, retry_after=retry_after, use_version_id=cand.id, use_channel="canary",
                      candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
                      max_eval_examples=c.max_eval_examples, max_eval_words=c.max_eval_words)
 

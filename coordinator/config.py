@@ -23,6 +23,14 @@ ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 AGGREGATORS = ("mean", "trimmed_mean", "median")     # coordinator.aggregation.AGGREGATORS
+# Named presets applied under file, environment and flags (`profile = "small"` or --profile small).
+PROFILES: dict[str, dict[str, Any]] = {
+    # One person trying the loop by hand: one device fills a round, one report decides the canary,
+    # devices come back within seconds, and the next round opens itself.
+    "small": {"goal_count": 1, "min_count": 1, "overselect": 1.0, "round_duration_s": 300.0,
+              "checkin_interval_s": 2.0, "canary_fraction": 1.0, "canary_min_reports": 1,
+              "round_interval_s": 5.0, "selection_window_s": 0.0},  # one device: nothing to draw among
+}
 
 
 class ConfigError(ValueError):
@@ -37,6 +45,8 @@ class Config:
     port: int = 8400
     admin_token: str = ""                 # empty: generated into <data_dir>/admin_token on first start
     log_level: str = "INFO"
+    log_format: str = "auto"              # json | text | auto (text on a terminal, JSON lines otherwise)
+    profile: str = ""                     # a preset from PROFILES under file/env/flags ("" = none)
     # Limits
     max_body_bytes: int = 64 * 1024 * 1024   # hard cap on any request body (413 above)
     rate_limit_per_minute: float = 120.0     # per device, token bucket refill
@@ -55,11 +65,12 @@ class Config:
     min_count: int = 50                      # at the deadline, aggregate only with this many
     round_duration_s: float = 1800.0
     selection_window_s: float = 60.0         # check-ins collected, then a random draw (0: first come)
+    round_interval_s: float = 0.0            # > 0: open the next round this long after the last one closed
     epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 0.5
     clip_norm: float = 1.0
-    noise_multiplier: float = 0.0
+    noise_multiplier: float = 0.01           # DP on by default: device noise std = this * clip_norm
     max_examples: int = 1000
     # Aggregation
     max_example_weight: int = 1000           # per-update weight cap: no device dominates the mean
@@ -74,6 +85,11 @@ class Config:
     # Privacy accounting
     privacy_delta: float = 1e-6
     population_size: int = 0                 # 0: number of enrolled devices
+    # Secure aggregation (docs/privacy.md): the round mode, and its protocol's knobs
+    secure_aggregation: bool = False         # default for start-round; noise_multiplier is then central
+    secagg_dropout: float = 0.3              # design dropout: sizes the SecAgg+ graph and n_min
+    secagg_phase_timeout_s: float = 120.0    # a phase closes early when everyone answered
+    secagg_poll_s: float = 2.0               # Retry-After while a device waits for the next phase
     # Canary rollout
     canary_fraction: float = 0.1
     rollout_state_ttl_s: float = 7 * 86400.0  # a signed check-in reply is usable this long
@@ -97,6 +113,9 @@ class Config:
             (self.round_duration_s > 0, "round_duration_s must be > 0"),
             (0 <= self.selection_window_s < self.round_duration_s,
              "selection_window_s must be in [0, round_duration_s)"),
+            (self.round_interval_s >= 0, "round_interval_s must be >= 0 (0: rounds only on start-round)"),
+            (self.log_format in ("auto", "json", "text"), "log_format must be auto, json or text"),
+            (self.profile in ("", *PROFILES), f"profile must be one of {sorted(PROFILES)} or empty"),
             (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
             (self.aggregator in AGGREGATORS and 0 <= self.trim_fraction < 0.5,
              f"aggregator must be one of {AGGREGATORS}, trim_fraction in [0, 0.5)"),
@@ -104,6 +123,10 @@ class Config:
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
             (self.population_size >= 0, "population_size must be >= 0"),
+            (0 <= self.secagg_dropout < 0.5 and self.secagg_phase_timeout_s > 0 and self.secagg_poll_s > 0,
+             "secagg_dropout must be in [0, 0.5), secagg timeouts > 0"),
+            (not self.secure_aggregation or self.aggregator == "mean",
+             "secure_aggregation needs aggregator = mean: the coordinator sees only the sum"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
             (60 <= self.rollout_state_ttl_s <= 365 * 86400, "rollout_state_ttl_s must be in [60 s, 365 days]"),
             (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
@@ -173,5 +196,10 @@ def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | 
     merged |= _coerce_all(env_overrides(environ), "environment")
     if flags:
         merged |= _coerce_all({k: v for k, v in flags.items() if v is not None}, "flags")
+    profile = merged.get("profile", "")
+    if profile:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+        merged = _coerce_all(PROFILES[profile], f"profile {profile}") | merged
     # Validated once, on the merged result: a file may raise goal_count while a flag raises min_count.
     return Config(**merged)

@@ -28,6 +28,11 @@ def _write_secret(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def is_initialised(data_dir: str | os.PathLike) -> bool:
+    """A data dir made by `init` holds the signing key; anything else is a typo, not a new coordinator."""
+    return (Path(data_dir) / SIGNING_KEY_FILE).is_file()
+
+
 def load_or_create_signing_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey:
     path = Path(data_dir) / SIGNING_KEY_FILE
     if not path.exists():

@@ -29,9 +29,16 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup(level: str = "INFO", *, json_lines: bool = True) -> None:
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup(level: str = "INFO", *, json_lines: bool | None = None, log_format: str = "auto") -> None:
+    """One format per process: JSON lines for a log collector, text when a person reads a terminal
+    (log_format auto), or as configured (json | text)."""
+    if json_lines is None:
+        json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     if not any(getattr(h, "_fedkeys", False) for h in root.handlers):
         handler._fedkeys = True  # type: ignore[attr-defined]  # idempotent across repeated setup() calls

@@ -1,16 +1,34 @@
-"""Prometheus metrics, in a registry per app (several apps in one test process must not clash)."""
+"""Prometheus metrics: counters and histograms per app, plus database-backed gauges.
+
+Under gunicorn each worker is its own process with its own counters, so a scrape answered by
+one worker saw only its share (10 requests read as 4 or 6). With PROMETHEUS_MULTIPROC_DIR set
+(deploy/gunicorn.conf.py sets it), prometheus-client keeps every worker's values in files there
+and a scrape adds them up (its multiprocess mode). Without it (one process: `serve`, tests),
+each app keeps its own registry, so several apps in one test process do not clash.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import os
+from collections.abc import Callable
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy.orm import Session
+
+from coordinator.gauges import StateCollector
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess_dir"]
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, sessions: Callable[[], Session] | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._state = StateCollector(sessions) if sessions is not None else None
         r = self.registry
         self.requests = Counter("fedkeys_http_requests", "HTTP requests", ["endpoint", "method", "status"], registry=r)
         self.request_seconds = Histogram("fedkeys_http_request_seconds", "Request latency", ["endpoint"], registry=r)
@@ -25,4 +43,16 @@ class Metrics:
         self.rate_limited = Counter("fedkeys_rate_limited", "Requests refused by the rate limit", registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """One scrape: every worker's counters (multiprocess mode) or this process's, plus the gauges."""
+        path = multiprocess_dir()
+        if path:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=path)
+        else:
+            registry = self.registry
+        out = generate_latest(registry)
+        if self._state is not None:
+            state = CollectorRegistry()
+            state.register(self._state)
+            out += generate_latest(state)
+        return out

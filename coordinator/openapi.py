@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol import wire
-from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
+from protocol.plan import PLAN_FIELDS, REQUIRED_PLAN_FIELD_NAMES
 
 _ERR = {"$ref": "#/components/schemas/Error"}
 _NUM = {"type": "number"}
@@ -37,9 +37,10 @@ SCHEMAS: dict[str, Any] = {
                             "current_version_id": {"type": "string", "nullable": True}, "can_evaluate": _BOOL},
                            ["protocol_version", "eligible"]),
     "TrainPlan": _obj({"round_id": _INT, **{f.name: f.json_schema() for f in PLAN_FIELDS}},
-                      ["round_id", *PLAN_FIELD_NAMES]),
+                      ["round_id", *REQUIRED_PLAN_FIELD_NAMES]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
                   "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
+                  "use_channel": {"type": "string", "enum": list(wire.USE_CHANNELS)},
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
                   "time_limit_s": _NUM, "candidate_version_id": _STR,
                   "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT,
@@ -121,6 +122,33 @@ def _version_path(template: str) -> str:
     return template  # already OpenAPI style: /v1/versions/{version_id}/...
 
 
+def _secagg_paths(rid: list) -> dict[str, Any]:
+    """The secure-aggregation steps (protocol.secagg_wire); GETs answer {"ready": false, ...} until ready."""
+    base = "/v1/secagg/{round_id}/"
+    dev = {"security": "device", "params": rid}
+    hexes = {"type": "array", "items": _ANY_OBJ}
+    return {
+        base + "keys": {"post": _op("Secure round: post two X25519 public keys", body=_obj(
+            {"protocol_version": _INT, "enc_pk": _STR, "mask_pk": _STR}, ["protocol_version", "enc_pk", "mask_pk"]),
+            errors=(400, 403, 404, 409, 413), **dev)},
+        base + "roster": {"get": _op("Secure round: this device's index, parameters and neighbours' keys",
+                                     errors=(403, 404, 409), **dev)},
+        base + "shares": {"post": _op("Secure round: encrypted seed shares, one per neighbour", body=_obj(
+            {"protocol_version": _INT, "shares": hexes}, ["protocol_version", "shares"]),
+            errors=(400, 403, 404, 409, 413), **dev)},
+        base + "inbox": {"get": _op("Secure round: the shares neighbours encrypted to this device",
+                                    errors=(403, 404, 409), **dev)},
+        base + "masked": {"post": _op("Secure round: the masked vector (uint32 little-endian)", binary_body=True,
+                                      errors=(403, 404, 409, 413, 422), **dev)},
+        base + "unmask": {
+            "get": _op("Secure round: which neighbours survived and which dropped", errors=(403, 404, 409), **dev),
+            "post": _op("Secure round: reveal self-mask shares of survivors, mask-key shares of the dropped",
+                        body=_obj({"protocol_version": _INT, "self_shares": hexes, "key_shares": hexes},
+                                  ["protocol_version", "self_shares", "key_shares"]),
+                        errors=(400, 403, 404, 409, 413), **dev)},
+    }
+
+
 def build() -> dict[str, Any]:
     vid = [_path_param("version_id")]
     rid = [_path_param("round_id", "integer")]
@@ -153,7 +181,8 @@ def build() -> dict[str, Any]:
             "description": "text exposition format", "content": {"text/plain": {"schema": _STR}}}}}},
         "/dashboard": {"get": {"summary": "Dashboard (HTML)", "responses": {"200": {
             "description": "HTML page", "content": {"text/html": {"schema": _STR}}}}}},
-        "/v1/dashboard-data": {"get": _op("Versions and rounds for the dashboard", errors=())},
+        "/v1/admin/dashboard": {"get": _op("Round progress, canary, decisions, privacy, devices and version "
+                                           "history for the dashboard", security="admin", errors=())},
         "/v1/admin/status": {"get": _op("Stable/candidate versions, latest round", security="admin", errors=())},
         "/v1/admin/enrollment-keys": {"post": _op(
             "Create an enrollment key", ok_status="201", security="admin", errors=(400, 413),
@@ -185,6 +214,7 @@ def build() -> dict[str, Any]:
                                             params=[{"name": "round_id", "in": "query", "required": False,
                                                      "schema": _INT}])},
     }
+    paths |= _secagg_paths(rid)
     return {
         "openapi": "3.0.3",
         "info": {"title": "FedKeys coordinator", "version": str(wire.PROTOCOL_VERSION),

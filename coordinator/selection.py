@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator.models import Assignment, Round, Update
+from coordinator.models_secagg import SecAggMember
 
 TRAIN, WAIT, NONE = "train", "wait", "none"
 _rng = secrets.SystemRandom()
@@ -61,8 +62,9 @@ def select_device(s: Session, r: Round, device_id: str, now: datetime) -> tuple[
         s.flush()
         if row is not None:
             s.refresh(row)
-    uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id))
-    if uploaded is not None:
+    uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)) \
+        or s.scalar(select(SecAggMember.id).where(SecAggMember.round_id == r.id, SecAggMember.device_id == device_id))
+    if uploaded is not None:   # contributed already (a plain update, or joined the secure round's cohort)
         return NONE, None
     if row is not None:
         return (TRAIN, None) if row.selected else (NONE, None)

@@ -26,7 +26,20 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, canary, keys, privacy, rollout, rollout_signing, selection, updates, views
+from coordinator import (
+    aggregation,
+    canary,
+    enrollment,
+    keys,
+    privacy,
+    rollout,
+    rollout_signing,
+    schedule,
+    secagg,
+    selection,
+    updates,
+    views,
+)
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -35,7 +48,6 @@ from coordinator.metrics import Metrics
 from coordinator.models import (
     Decision,
     Device,
-    EnrollmentKey,
     Round,
     Setting,
     Update,
@@ -67,10 +79,11 @@ class Coordinator:
         self.public_key_hex = keys.public_key_hex(self.signing_key)
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs")
-        self.metrics = Metrics()
+        self.metrics = Metrics(self._sessions)
         self._lock = threading.RLock()
         self._rng = random.Random()
         self._key_of: dict[str, int] = {}
+        self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -86,32 +99,10 @@ class Coordinator:
     def create_enrollment_key(self, *, label: str = "", uses: int | None = None,
                               expires_in_s: float | None = None) -> str:
         """A new key for `uses` enrollments within `expires_in_s` (config defaults when None)."""
-        uses = self.config.enrollment_key_uses if uses is None else uses
-        ttl = self.config.enrollment_key_ttl_s if expires_in_s is None else expires_in_s
-        if not 1 <= uses <= wire.MAX_INT:
-            raise bad_request(f"uses must be in [1, {wire.MAX_INT}]")
-        if not (isinstance(ttl, (int, float)) and 0 < ttl <= 3650 * 86400):
-            raise bad_request("expires_in_s must be in (0, 10 years]")
-        key = keys.new_secret()
-        with self.tx() as s:
-            s.add(EnrollmentKey(key_hash=keys.hash_secret(key), label=label[:128], uses_left=uses, revoked=False,
-                                expires_at=utcnow() + timedelta(seconds=ttl)))
-        return key
+        return enrollment.create_key(self, label=label, uses=uses, expires_in_s=expires_in_s)
 
     def enroll(self, req: wire.EnrollRequest) -> wire.EnrollResponse:
-        with self.tx() as s:
-            ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key)))
-            if (ek is None or ek.revoked or (ek.uses_left is not None and ek.uses_left <= 0)
-                    or (ek.expires_at is not None and utcnow() >= ek.expires_at)):
-                raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked, expired or used up")
-            if ek.uses_left is not None:
-                ek.uses_left -= 1
-            device_id = "d-" + keys.new_secret()[:22].replace("_", "x").replace("-", "y")
-            token = keys.new_secret()
-            s.add(Device(id=device_id, token_hash=keys.hash_secret(token), enrollment_key_id=ek.id,
-                         platform=req.platform, revoked=False))
-        log.info("enrolled device %s", device_id)
-        return wire.EnrollResponse(device_id=device_id, token=token)
+        return enrollment.enroll(self, req)
 
     def authenticate(self, device_id: str | None, token: str | None) -> str:
         """Return the device id if the token is that device's, else 401."""
@@ -125,14 +116,7 @@ class Coordinator:
 
     def enrollment_key_of(self, device_id: str) -> int:
         """The enrollment key a device was minted with (fixed for its life, so cached)."""
-        key_id = self._key_of.get(device_id)
-        if key_id is None:
-            with self._sessions() as s:
-                key_id = int(s.get(Device, device_id).enrollment_key_id)
-            if len(self._key_of) > 100_000:
-                self._key_of.clear()
-            self._key_of[device_id] = key_id
-        return key_id
+        return enrollment.key_of(self, device_id)
 
     def revoke_device(self, device_id: str) -> None:
         with self.tx() as s:
@@ -241,7 +225,11 @@ class Coordinator:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
         # A round that reached its goal but whose aggregation a crash interrupted must not block
         # the next one until some device happens to check in.
-        self._safe_maintenance()
+        self._local.manual = True
+        try:
+            self._safe_maintenance()
+        finally:
+            self._local.manual = False
         o = {k: getattr(c, k) for k in allowed} | {k: v for k, v in overrides.items() if v is not None}
         try:
             goal, min_count = int(o["goal_count"]), int(o["min_count"])
@@ -254,6 +242,8 @@ class Coordinator:
                 raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
                                  "0 < round_duration_s <= 30 days")
             plan_values = check_plan_values({k: o[k] for k in PLAN_FIELD_NAMES})  # the one plan rule
+            if plan_values["secure_aggregation"] and c.aggregator != "mean":
+                raise ValueError(f"secure_aggregation needs aggregator = mean (it is {c.aggregator})")
             with self.tx() as s:
                 stable = self._stable(s)
                 if stable is None:
@@ -279,15 +269,23 @@ class Coordinator:
         return rid
 
     def _accepted(self, s: Session, round_id: int) -> int:
-        return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0)
+        return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0) \
+            + secagg.accepted(s, round_id)
 
     def maintenance(self) -> None:
         """Close rounds that reached their goal or deadline (lazily, on requests and `tick`)."""
+        secagg.advance_open(self)
         with self._sessions() as s:
             rows = s.execute(select(Round.id, Round.deadline, Round.goal_count).where(Round.status == OPEN)).all()
             due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or self._accepted(s, rid) >= goal]
         for rid in due:
             self.close_round(rid)
+        self._open_scheduled_round()
+
+    def _open_scheduled_round(self) -> None:
+        """With round_interval_s > 0, the next round opens by itself (coordinator.schedule)."""
+        if not getattr(self._local, "manual", False):
+            schedule.open_if_due(self)
 
     def close_round(self, round_id: int, *, force: bool = False) -> dict[str, Any]:
         """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
@@ -326,7 +324,7 @@ class Coordinator:
                 vec = artifact.flatten(artifact.decode_weights(self.blobs.get(digest)), tensors)
                 yield vec, aggregation.bounded_weight(count, self.config.max_example_weight)
 
-        mean_delta = aggregation.aggregate(self.config.aggregator, stream(), trim=self.config.trim_fraction)
+        mean_delta, updates, note = secagg.round_mean(self, s, r, plan, updates, stream)
         base_vec = artifact.flatten(artifact.decode_weights(self.blobs.get(base.weights_sha256)), tensors)
         opt_state = ({} if base.opt_state_sha256 is None
                      else artifact.decode_weights(self.blobs.get(base.opt_state_sha256)))
@@ -345,13 +343,14 @@ class Coordinator:
         q = min(1.0, len(updates) / max(r.population, len(updates)))
         history = [privacy.RoundPrivacy(*h) for h in json.loads(base.privacy_json).get("history", [])]
         history.append(privacy.RoundPrivacy(q, plan.noise_multiplier))
-        priv = privacy.summarize(history, c.privacy_delta)
+        priv = privacy.summarize(history, c.privacy_delta) | note
         manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha
         manifest.created_at = utcnow().isoformat() + "Z"
         manifest.metrics = {"round_id": r.id, "updates": len(updates),
                             "examples": int(sum(cnt for _, cnt in updates)),
                             "mean_delta_norm": float(np.linalg.norm(mean_delta)),
-                            "server_optimizer": c.server_optimizer, "aggregator": c.aggregator}
+                            "server_optimizer": c.server_optimizer,
+                            "aggregator": "secure_sum" if plan.secure_aggregation else c.aggregator}
         manifest.privacy = {k: _jf(v) if isinstance(v, float) else v for k, v in priv.items()}
         artifact.sign_manifest(manifest, self.signing_key)
         self._supersede_candidate(s, vid)
@@ -399,8 +398,9 @@ class Coordinator:
                 return wire.Task(kind=wire.TASK_COME_BACK, retry_after=self._retry_after())
             in_cohort = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
             use = cand.id if in_cohort else stable.id
-            state = rollout_signing.signed_state(self, s, device_id, cand if in_cohort else stable,
-                                                 "canary" if in_cohort else "stable", req.current_version_id)
+            channel = "canary" if in_cohort else "stable"
+            state = rollout_signing.signed_state(self, s, device_id, cand if in_cohort else stable, channel,
+                                                 req.current_version_id)
             if in_cohort and req.eligible and req.can_evaluate:
                 task = canary.evaluate_task(self, s, device_id, cand, stable, self._retry_after())
                 if task is not None:
@@ -412,16 +412,16 @@ class Coordinator:
                 if verdict == selection.TRAIN:  # new, or the same task again after a lost reply
                     remaining = (r.deadline - now).total_seconds()
                     return wire.Task(kind=wire.TASK_TRAIN, retry_after=self._retry_after(), use_version_id=use,
-                                     rollout=state, base_version_id=r.base_version_id,
+                                     use_channel=channel, rollout=state, base_version_id=r.base_version_id,
                                      plan=wire.TrainPlan.from_dict(json.loads(r.plan_json)),
                                      time_limit_s=round(max(remaining, 0.0), 1))
                 if verdict == selection.WAIT:   # registered for the draw: back right after the window
                     back = min(max(wait + self._rng.uniform(0.5, 5.0), wire.MIN_RETRY_AFTER_S), wire.MAX_RETRY_AFTER_S)
-                    return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, rollout=state,
-                                     retry_after=round(back, 1))
+                    return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, use_channel=channel,
+                                     rollout=state, retry_after=round(back, 1))
             # An open round still short of devices: ask eligible devices back sooner.
             busy = r is not None and utcnow() < r.deadline
-            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, rollout=state,
+            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, use_channel=channel, rollout=state,
                              retry_after=self._retry_after(c.checkin_interval_s / 4 if busy else None))
 
     def _reject(self, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:

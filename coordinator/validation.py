@@ -51,6 +51,9 @@ def norm_bound(clip_norm: float, noise_multiplier: float, num_params: int) -> fl
 def validate_update(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], *, encoding: str,
                     example_count: int, plan: wire.TrainPlan) -> tuple[np.ndarray, float]:
     """Return the update as one float32 vector in manifest order and its L2 norm, or raise."""
+    if plan.secure_aggregation:   # an individual update must never be stored in a secure round
+        raise UpdateRejected(wire.E_BAD_REQUEST, f"round {plan.round_id} uses secure aggregation: "
+                                                 "send a masked vector to /v1/secagg, not an update")
     if not 1 <= example_count <= plan.max_examples:
         raise UpdateRejected(wire.E_EXAMPLE_COUNT,
                              f"example_count {example_count} outside [1, {plan.max_examples}]")

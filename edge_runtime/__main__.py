@@ -16,9 +16,10 @@ from typing import Any
 
 from edge_runtime import agent, keyboard
 from edge_runtime.cache import CacheError
-from edge_runtime.client import ClientError
+from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, load_config
 from edge_runtime.versions import VersionError
+from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON settings file (also FEDKEYS_EDGE_CONFIG)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set min_idle_s=60 (repeatable)")
-    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: INFO)")
 
 
 def _keyboard_flags(p: argparse.ArgumentParser, port_help: str, name: str = "--keyboard-port") -> None:
@@ -37,12 +38,13 @@ def _keyboard_flags(p: argparse.ArgumentParser, port_help: str, name: str = "--k
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m edge_runtime", description=(
+    ap = argparse.ArgumentParser(prog="python -m edge_runtime", formatter_class=HelpFormatter, description=(
         "FedKeys device runtime. Settings: defaults < --config file < FEDKEYS_EDGE_* environment < flags."))
+    add_version(ap)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         _common(p)
         return p
 
@@ -150,10 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         return 0
-    except (ConfigError, agent.AgentError, ClientError, VersionError, CacheError, keyboard.KeyboardError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, agent.AgentError, RejectedError, keyboard.KeyboardError) as e:
+        print(f"error: {e}", file=sys.stderr)      # the user's input or setting: exit 2, as argparse does
+        return EXIT_USER_ERROR
+    except (ClientError, VersionError, CacheError) as e:
+        print(f"error: {e}", file=sys.stderr)      # the network, the coordinator or the disk
         return 1
-    except (OSError, ValueError) as e:
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:
         print(f"error: {e.__class__.__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -161,5 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-device` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

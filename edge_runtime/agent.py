@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import channel, rollout_guard, trainer
+from edge_runtime import channel, rollout_guard, secagg_client, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.client import (
     ClientError,
@@ -280,7 +280,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         return "skipped (no training text)", {"round": plan.round_id}
     base_dir = dev.store.ensure(task.base_version_id, dev.client.fetch)
     try:
-        res = trainer.train(base_dir, texts, plan, eligible=dev.eligibility.check,
+        res = trainer.train(base_dir, texts, secagg_client.local_plan(plan), eligible=dev.eligibility.check,
                             time_limit_s=task.time_limit_s, loader=dev.loader)
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})", {"round": plan.round_id, "steps": e.steps_done}
@@ -288,7 +288,13 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         del texts
     counts: dict[str, Any] = {"round": plan.round_id, "steps": res.steps, "examples": res.examples,
                               "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
-    counts["local_epsilon"] = round(ledger.charge(plan), 4)  # written before the update leaves
+    # Charged before anything leaves the device. A secure round is charged at the plan's (central)
+    # noise_multiplier: the coordinator sees only the sum, whose Skellam noise has that std once
+    # n_min devices survive, and the device refuses to reveal shares below n_min (secagg_client).
+    counts["local_epsilon"] = round(ledger.charge(plan), 4)
+    if plan.secure_aggregation:   # the float delta never leaves the device: only its masked form
+        outcome, sec_counts = secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep)
+        return outcome, {**sec_counts, "local_epsilon": counts["local_epsilon"]}
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)

@@ -9,6 +9,9 @@ stable version or a canary candidate; the task kind tells us when it can:
   means canary;
 - come_back: nothing new; the last answer holds while the version in use is the same.
 
+A coordinator that sends `use_channel` says it outright, on every task (the badge is right from
+the first check-in); the rules above serve coordinators that do not.
+
 The answer is kept in ``<data_dir>/model_channel.json`` (written atomically) so the keyboard
 page, perhaps in another process, can show it.
 """
@@ -32,6 +35,8 @@ def channel_of(task: wire.Task) -> str | None:
     use = task.use_version_id
     if not use:
         return None
+    if task.use_channel in CHANNELS:        # the coordinator says so (any task kind, the first check-in too)
+        return task.use_channel
     if task.kind == wire.TASK_EVALUATE:
         return CANARY if use == task.candidate_version_id else STABLE
     if task.kind == wire.TASK_TRAIN:

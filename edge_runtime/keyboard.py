@@ -53,7 +53,9 @@ from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
+from edge_runtime.personal import PersonalModel
 from edge_runtime.predictor import Session
+from model.data import tokens
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,16 @@ class KeyboardApp:
     def __init__(self, *, cache: TextCache, slot: ModelSlot, activity: ActivityClock | None = None) -> None:
         self.cache, self.slot, self.activity = cache, slot, activity
         self._sessions: OrderedDict[str, tuple[int, Session]] = OrderedDict()
+        self._personal: PersonalModel | None = None
+
+    def personal(self) -> PersonalModel:
+        """The user's own words, built from the text cache once, then kept up to date by commits."""
+        if self._personal is None:
+            pm = PersonalModel()
+            for rec in (*self.cache.training_records(), *self.cache.heldout_records()):
+                pm.add(tokens(rec.text))
+            self._personal = pm
+        return self._personal
 
     def status(self) -> dict[str, Any]:
         self.slot.refresh()
@@ -134,6 +146,7 @@ class KeyboardApp:
             self.slot.refresh()
             if self.slot.predictor is None:
                 return {"suggestions": [], "version_id": None}
+            self.slot.predictor.personal = self.personal()
             gen, session = self._sessions.pop(client, (None, None))
             if session is None or gen != self.slot.generation:
                 session = self.slot.predictor.session()
@@ -155,6 +168,9 @@ class KeyboardApp:
             cached, reason = False, "private field"
         else:
             cached = self.cache.add(text, kind)
+            if cached and self._personal is not None:
+                with self.slot.lock:
+                    self._personal.add(tokens(text))
             reason = None if cached else ("learning paused" if self.cache.paused
                                           else "empty text or sensitive field")
         return {"cached": cached, "reason": reason, **self.status()}
@@ -171,6 +187,11 @@ class KeyboardApp:
             self.cache.wipe()
         except CacheError as e:
             raise ApiError(409, "wipe_incomplete", str(e)) from e
+        finally:   # whatever the wipe managed, the words in memory are forgotten now
+            with self.slot.lock:
+                self._personal = None
+                if self.slot.predictor is not None:
+                    self.slot.predictor.personal = PersonalModel()
         return self.status()
 
 

@@ -94,6 +94,7 @@ class ModelSlot:
 
 
 def load_predictor(version_dir: Path) -> Predictor:
+    from edge_runtime.base_ngram import load_base_ngram
     from model.tokenizer import load_tokenizer
 
-    return Predictor(Model.load(version_dir), load_tokenizer(Path(version_dir) / TOKENIZER))
+    return Predictor(Model.load(version_dir), load_tokenizer(Path(version_dir) / TOKENIZER), base=load_base_ngram())

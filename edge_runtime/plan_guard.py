@@ -14,7 +14,11 @@ analytic Gaussian formula δ(ε) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2) (B
 Hand-written (a few lines of `math`) because this full-participation case has that closed
 form and `dp-accounting` would put scipy on every device; tests check it against
 `dp-accounting`'s PLD accountant. The figure is exact, so it is at most the coordinator's
-RDP-based `epsilon_local` for the same rounds.
+RDP-based `epsilon_local` for the same rounds. In a secure-aggregation round the device adds
+no Gaussian noise of its own; the plan's `noise_multiplier` is then the std of the (Skellam)
+noise on the sum, which is all the coordinator sees once at least n_min devices survive (the
+device refuses to reveal shares below that), so the release is charged at the same σ and the
+floor applies to it unchanged; the entry is marked `secure_aggregation`.
 """
 
 from __future__ import annotations
@@ -145,7 +149,8 @@ class PrivacyLedger:
         """Record one release under `plan`; returns ε spent so far, including it."""
         entries = self.entries()
         entries.append({"round_id": plan.round_id, "noise_multiplier": plan.noise_multiplier,
-                        "clip_norm": plan.clip_norm, "at": round(time.time())})
+                        "clip_norm": plan.clip_norm, "at": round(time.time()),
+                        **({"secure_aggregation": True} if plan.secure_aggregation else {})})
         atomic_write(self.path, json.dumps({"delta": self.delta, "releases": entries}, indent=1).encode())
         eps = gaussian_epsilon([float(e["noise_multiplier"]) for e in entries], self.delta)
         log.info("privacy ledger: %d releases, local epsilon %.3g of budget %g", len(entries), eps, self.budget)

@@ -1,175 +1,197 @@
-"""Suggestions for the keyboard's strip, fed incrementally through the `step` signature.
+"""Suggestions for the keyboard's strip: three next-word models mixed, weights learned per user.
 
-The recurrent state after each completed whitespace chunk is kept, so a keystroke feeds only
-what is new, and backspace or a cursor move rewinds to a cached state instead of re-running
-the context. Words are assembled from SentencePiece pieces by a prefix-constrained beam
-search up to the next word boundary: after a space that is next-word prediction, inside a
-word it is completion of the typed prefix.
+    P(w | context) = a * P_lstm(w | context) + b * P_ngram(w | last two tokens)
+                     + c * P_personal(w | last two tokens)
 
-Pieces never cross whitespace (SentencePiece splits on it), so encoding chunk by chunk gives
-the same ids as encoding the whole text.
+- P_lstm: the global word LSTM (the model version, trained federatedly). Its softmax covers
+  the most frequent words; the rarer words of the word list share its <unk> by proxy
+  frequency (`probs_of`). One `infer` call per completed token.
+- P_ngram: the base Kneser-Ney trigram fitted on proxy text (`edge_runtime.base_ngram`),
+  shipped with the keyboard, never trained on anyone's text. An n-gram and an LSTM make
+  different mistakes; their mixture beats either.
+- P_personal: the user's own words (`PersonalModel`), learned from the device's text cache
+  only, never uploaded.
+
+(a, b, c) are learned on the device from what the user types: online EM on each component's
+posterior responsibility for every typed token, from a Dirichlet prior. A user whose text the
+global LSTM predicts well moves weight to it; one who repeats themselves, to their own words.
+The weights belong to the user (`PersonalModel.mix`), so they survive model updates.
+
+Completing a typed prefix is a cut of these distributions: words are kept sorted, a prefix is
+an index range found by bisection. Every suggestion is a word-list word or a word the user
+typed before: never one assembled from pieces. The recurrent state after each completed
+whitespace chunk is kept, so a keystroke feeds only what is new, and backspace or a cursor
+move rewinds to a cached state instead of re-running the context.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_runtime.interpreter import Model
-from model.config import BOS_ID, EOS_ID, SIG_INFER, SIG_STEP
+from edge_runtime.personal import BOS, PersonalModel
+from model.config import BOS_ID, SIG_INFER, SIG_STEP, UNK_ID
+from model.data import tokens, vocab_of
+from model.ngram import KneserNeyLM
 
-_WORD = re.compile(r"^[\w']+$")
-WORD_START = "\u2581"
+_MAX_CHAR = chr(0x10FFFF)
+# Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
+# words outside the list); among them it goes by proxy frequency. 0 turns the tail off.
+TAIL_MASS = 0.8
 
 
 @dataclass
 class _Node:
-    logprobs: np.ndarray  # (V,) next-piece log-probabilities after this node
+    logprobs: np.ndarray  # (V,) next-token log-probabilities after this node
     h: np.ndarray
     c: np.ndarray
-    cache: dict = field(default_factory=dict)  # per-node results reused across keystrokes
-
-
-class PieceTable:
-    """Classifies the vocabulary once: word starts, word continuations, and word boundaries."""
-
-    def __init__(self, sp):
-        V = sp.get_piece_size()
-        self.text: list[str] = []
-        starts, conts = [], []
-        boundary = np.zeros(V, bool)
-        for i in range(V):
-            p = sp.id_to_piece(i)
-            if sp.is_control(i) or sp.is_unknown(i):
-                self.text.append("")
-                boundary[i] = i == EOS_ID
-                continue
-            if p.startswith(WORD_START):
-                body = p[1:]
-                boundary[i] = True
-                if body == "" or _WORD.match(body):
-                    starts.append((body, i))
-                self.text.append(body)
-            else:
-                self.text.append(p)
-                if _WORD.match(p):
-                    conts.append((p, i))
-                else:
-                    boundary[i] = True  # punctuation ends the word before it
-        self.boundary_ids = np.flatnonzero(boundary)
-        self.inner_ids = np.flatnonzero(~boundary)  # fewer than the boundary pieces: cheaper to sum
-        self.starts = sorted(starts)
-        self.conts = sorted(conts)
-        self._start_keys = [t for t, _ in self.starts]
-        self._cont_keys = [t for t, _ in self.conts]
-        self.start_ids = np.array([i for _, i in self.starts])
-        self.cont_ids = np.array([i for _, i in self.conts])
-
-    def allowed(self, first: bool, remaining: str) -> np.ndarray:
-        """Ids of pieces that keep the word consistent with the `remaining` typed characters:
-        pieces starting with `remaining`, or pieces that are a prefix of it."""
-        if first:
-            keys, table, ids = self._start_keys, self.starts, self.start_ids
-        else:
-            keys, table, ids = self._cont_keys, self.conts, self.cont_ids
-        if not remaining:
-            return ids
-        lo = bisect.bisect_left(keys, remaining)
-        hi = bisect.bisect_left(keys, remaining + "\U0010ffff")
-        out = [table[j][1] for j in range(lo, hi)]
-        for n in range(0 if first else 1, len(remaining)):
-            j = bisect.bisect_left(keys, remaining[:n])
-            if j < len(keys) and keys[j] == remaining[:n]:
-                out.append(table[j][1])
-        return np.array(out, dtype=np.int64)
+    head: np.ndarray | None = None  # exp(logprobs): P of the softmax's words, computed on first suggestion
 
 
 @dataclass
 class Predictor:
-    """Suggestion engine over one model version. Cheap to create sessions from."""
+    """Suggestion engine over one model version and one user's personal model."""
 
     model: Model
     sp: object
-    beam: int = 6
-    max_pieces: int = 4
-    table: PieceTable = field(init=False)
+    personal: PersonalModel = field(default_factory=PersonalModel)
+    base: KneserNeyLM | None = None  # the base n-gram (edge_runtime.base_ngram); None: LSTM + personal only
+    candidates: int = 8  # words per prefix each component proposes for the mixture
+    tail_mass: float = TAIL_MASS
 
-    def __post_init__(self):
-        self.table = PieceTable(self.sp)
+    def __post_init__(self) -> None:
         if self.model.manifest is None:
             raise ValueError("Predictor needs a Model loaded from a version directory")
         arch = self.model.manifest.arch
         self.hidden = int(arch["model"]["hidden_dim"])
+        self.vocab = vocab_of(self.sp, int(arch["model"]["vocab_size"]))
+        lim = self.vocab.limit
+        tail = np.exp(self.vocab.log_freq[lim:].astype(np.float64))
+        self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else tail
+        words = self.vocab.words
+        ids = sorted((i for i, w in enumerate(words) if any(ch.isalnum() for ch in w)), key=words.__getitem__)
+        self.sorted_words = [words[i] for i in ids]
+        self.sorted_ids = np.array(ids, dtype=np.int64)
+        # Next-word candidates come from the softmax's own words: a tail word gets a share of
+        # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
+        self.head_ids = self.sorted_ids[self.sorted_ids < lim]
         # `infer` (constant weights, patched in at load) when the version has it, else `step`.
         fast = bool(arch.get("infer_patches")) and self.model.has_signature(SIG_INFER)
         self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
         zero = np.zeros((1, self.hidden), np.float32)
-        self.root = self._run([BOS_ID], zero, zero)[0]
+        self.root = self.advance_ids(_Node(np.zeros(0), zero, zero), [BOS_ID])
 
-    def _run(self, tokens: list[int], h: np.ndarray, c: np.ndarray) -> list[_Node]:
-        out = self._step(tokens=np.asarray(tokens, np.int32), h=h, c=c)
-        lp = out["logprobs"]
-        return [_Node(lp[i], out["h"][i:i + 1], out["c"][i:i + 1]) for i in range(len(tokens))]
-
-    def advance(self, node: _Node, ids: list[int]) -> tuple[_Node, float]:
-        """Feed `ids` one at a time; returns the new node and their summed log-probability."""
-        total = 0.0
+    # ------------------------------------------------------------------ model
+    def advance_ids(self, node: _Node, ids: list[int]) -> _Node:
         for t in ids:
-            total += float(node.logprobs[t])
-            node = self._run([t], node.h, node.c)[0]
-        return node, total
+            out = self._step(tokens=np.array([t], np.int32), h=node.h, c=node.c)
+            node = _Node(out["logprobs"][0], out["h"], out["c"])
+        return node
+
+    def probs_of(self, node: _Node, ids: np.ndarray) -> np.ndarray:
+        """P_lstm of word-list ids: the softmax for its own words, its <unk> shared by frequency
+        among the rarer list words (computed for the ids asked only: the keystroke path never
+        builds the whole 50k-word vector)."""
+        if node.head is None:
+            node.head = np.exp(node.logprobs.astype(np.float64))
+        lim = self.vocab.limit
+        if len(ids) and ids.max() < lim:
+            return node.head[ids]
+        tail = ids >= lim
+        return np.where(tail, node.head[UNK_ID] * self.tail_share[np.where(tail, ids - lim, 0)],
+                        node.head[np.where(tail, 0, ids)])
+
+    def word_probs(self, node: _Node) -> np.ndarray:
+        """P_lstm over the whole word list (tests and analysis; `suggest` asks `probs_of`)."""
+        return self.probs_of(node, np.arange(len(self.vocab)))
+
+    def lstm_prob(self, node: _Node, tok: str) -> float:
+        i = self.vocab.index.get(tok)
+        if i is None:
+            return math.exp(float(node.logprobs[UNK_ID])) * (1 - self.tail_mass)
+        if i < self.vocab.limit:
+            return math.exp(float(node.logprobs[i]))
+        return math.exp(float(node.logprobs[UNK_ID])) * float(self.tail_share[i - self.vocab.limit])
+
+    def weights(self) -> tuple[float, float, float]:
+        """Mixture weights (lstm, ngram, personal): the user's evidence, over the parts present."""
+        mix = self.personal.mix
+        a, b, c = mix[0], mix[1] if self.base is not None else 0.0, mix[2] if len(self.personal) else 0.0
+        t = a + b + c
+        return a / t, b / t, c / t
+
+    def _ngram_hist(self, hist: tuple[str, ...]) -> list[int]:
+        return self.base._ids(hist) if self.base is not None else []
+
+    def ngram_prob(self, tok: str, hist_ids: list[int]) -> float:
+        base = self.base
+        if base is None or tok not in base._index:
+            return 0.0
+        return base._prob_id(base._index[tok], hist_ids)
+
+    def component_probs(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
+        """(lstm, ngram, personal) probabilities of `tok` after `node` / `hist`."""
+        return (self.lstm_prob(node, tok), self.ngram_prob(tok, self._ngram_hist(hist)),
+                self.personal.prob(tok, hist))
+
+    def observe(self, probs: tuple[float, float, float]) -> float:
+        """One online EM step on the weights from a token the user typed; returns its mixture probability."""
+        w = self.weights()
+        joint = [wi * pi for wi, pi in zip(w, probs)]
+        total = sum(joint)
+        if total > 0:
+            for i, j in enumerate(joint):
+                self.personal.mix[i] += j / total
+        return total
+
+    def learn(self, text: str) -> None:
+        """The user committed `text`: the personal model learns it (it stays on the device)."""
+        self.personal.add(tokens(text))
 
     def session(self) -> Session:
         return Session(self)
 
-    def complete(self, node: _Node, prefix: str, k: int = 3, memo: dict | None = None) -> list[str]:
-        """Top-k distinct words starting with `prefix` after the context `node`."""
-        memo = memo if memo is not None else {}
-        tbl = self.table
-        finished: dict[str, float] = {}
-        frontier: list[tuple[tuple[int, ...], str, float]] = [((), "", 0.0)]
-        for depth in range(self.max_pieces + 1):
-            cands: list[tuple[float, tuple[int, ...], str]] = []
-            for pieces, surf, score in frontier:
-                nd = memo.get(pieces) if pieces else node
-                lp = nd.logprobs
-                if pieces and surf and surf.startswith(prefix):
-                    if "end" not in nd.cache:  # log P(word ends here) = log(1 - P(it goes on))
-                        nd.cache["end"] = float(np.log(max(1.0 - float(np.exp(lp[tbl.inner_ids]).sum()), 1e-30)))
-                    end = score + nd.cache["end"]
-                    if end > finished.get(surf, -np.inf):
-                        finished[surf] = end
-                if depth == self.max_pieces:
-                    continue
-                rem = prefix[len(surf):] if len(prefix) > len(surf) else ""
-                key = ("top", not pieces, rem)
-                if key not in nd.cache:  # the best allowed pieces after this node, for this prefix
-                    ids = tbl.allowed(not pieces, rem)
-                    scores = lp[ids]
-                    if ids.size > self.beam:
-                        top = np.argpartition(-scores, self.beam)[:self.beam]
-                        ids, scores = ids[top], scores[top]
-                    nd.cache[key] = list(zip(ids.tolist(), scores.tolist()))
-                for i, s in nd.cache[key]:
-                    cands.append((score + s, pieces + (i,), surf + tbl.text[i]))
-            if not cands:
-                break
-            cands.sort(key=lambda t: -t[0])
-            cands = cands[:self.beam]
-            best_done = sorted(finished.values(), reverse=True)
-            if len(best_done) >= k and cands[0][0] < best_done[k - 1]:
-                break  # every open beam already scores below the k-th finished word
-            todo = [(p, par) for _, p, _ in cands if p not in memo for par in [p[:-1]]]
-            if todo:
-                hs = np.concatenate([(memo[par] if par else node).h for _, par in todo])
-                cs = np.concatenate([(memo[par] if par else node).c for _, par in todo])
-                for (p, _), nd in zip(todo, self._run([p[-1] for p, _ in todo], hs, cs)):
-                    memo[p] = nd
-            frontier = [(p, s, sc) for sc, p, s in cands]
-        return [w for w, _ in sorted(finished.items(), key=lambda t: -t[1])[:k]]
+    # ------------------------------------------------------------- suggestion
+    def prefix_range(self, prefix: str) -> tuple[int, int]:
+        if not prefix:
+            return 0, len(self.sorted_words)
+        return (bisect.bisect_left(self.sorted_words, prefix),
+                bisect.bisect_left(self.sorted_words, prefix + _MAX_CHAR))
+
+    def suggest(self, node: _Node, hist: tuple[str, ...], prefix: str = "", k: int = 3) -> list[str]:
+        """Top-k distinct words starting with `prefix` after the context (`node`, `hist`)."""
+        if k <= 0:
+            return []
+        wl, wn, wp = self.weights()
+        m = self.candidates if (wn or wp) else k
+        cands: set[str] = set()
+        lo, hi = self.prefix_range(prefix)
+        ids = self.sorted_ids[lo:hi] if prefix else self.head_ids
+        if len(ids):
+            p = self.probs_of(node, ids)
+            top = np.argpartition(-p, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
+            cands.update(self.vocab.words[ids[j]] for j in top)
+        hist_ids = self._ngram_hist(hist)
+        if wn:
+            base = self.base
+            cands.update(base.vocab[i] for i in base._suggest_ids(hist_ids, prefix, m))
+        if wp:
+            cands.update(self.personal.candidates(hist, prefix, m))
+        index, pm = self.vocab.index, self.personal
+
+        def score(w: str) -> float:
+            sc = wl * self.lstm_prob(node, w) if w in index else 0.0
+            if wn:
+                sc += wn * self.ngram_prob(w, hist_ids)
+            if wp:
+                sc += wp * pm.prob(w, hist)
+            return sc
+
+        return sorted(cands, key=lambda w: (-score(w), w))[:k]
 
 
 class Session:
@@ -177,27 +199,23 @@ class Session:
 
     def __init__(self, predictor: Predictor):
         self.p = predictor
-        self.chunks: list[str] = []
-        self.nodes: list[_Node] = [predictor.root]
-        self._memo: dict = {}
+        self.reset()
 
     def reset(self) -> None:
-        self.chunks, self.nodes, self._memo = [], [self.p.root], {}
+        self.chunks: list[str] = []
+        self.nodes: list[_Node] = [self.p.root]
+        self.hists: list[tuple[str, ...]] = [(BOS, BOS)]
 
     def feed(self, chunk: str) -> float:
-        """Append a completed chunk; returns the log-probability the model gave its pieces."""
-        ids = self.p.sp.encode(chunk)
-        node, lp, done = self.nodes[-1], 0.0, 0
-        # The completion search usually already stepped through this word's pieces: reuse them.
-        while done < len(ids) and tuple(ids[:done + 1]) in self._memo:
-            lp += float(node.logprobs[ids[done]])
-            node = self._memo[tuple(ids[:done + 1])]
-            done += 1
-        node, rest = self.p.advance(node, ids[done:])
-        lp += rest
+        """Append a completed chunk; returns the natural-log probability the mixture gave its tokens."""
+        node, hist, lp = self.nodes[-1], self.hists[-1], 0.0
+        for tok in tokens(chunk):
+            lp += math.log(max(self.p.observe(self.p.component_probs(node, tok, hist)), 1e-30))
+            node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
+            hist = (hist[-1], tok)
         self.chunks.append(chunk)
         self.nodes.append(node)
-        self._memo = {}
+        self.hists.append(hist)
         return lp
 
     def rewind(self, n_chunks: int) -> None:
@@ -205,10 +223,10 @@ class Session:
         if n_chunks < len(self.chunks):
             del self.chunks[n_chunks:]
             del self.nodes[n_chunks + 1:]
-            self._memo = {}
+            del self.hists[n_chunks + 1:]
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
-        return self.p.complete(self.nodes[-1], prefix, k, self._memo)
+        return self.p.suggest(self.nodes[-1], self.hists[-1], prefix, k)
 
     def update(self, text: str, k: int = 3) -> list[str]:
         """The keyboard's entry point: the whole text before the cursor in, suggestions out.

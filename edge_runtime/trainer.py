@@ -86,10 +86,12 @@ class Windows:
         return Windows(self.x[idx], self.y[idx], self.mask[idx])
 
 
-def text_windows(version_dir: Path, texts: Iterable[str], seq_len: int) -> Windows:
-    """Tokenize with the version's own tokenizer and cut (x, y, mask) windows."""
+def text_windows(version_dir: Path, texts: Iterable[str], manifest: Manifest) -> Windows:
+    """Tokenize with the version's own tokenizer and cut (x, y, mask) windows for its model."""
     sp = load_tokenizer(Path(version_dir) / TOKENIZER)
-    return Windows(*windows(encode_texts(sp, texts), seq_len))
+    arch = manifest.arch.get("model", manifest.arch)
+    _, seq_len = _arch_shape(manifest)
+    return Windows(*windows(encode_texts(sp, texts, int(arch["vocab_size"])), seq_len))
 
 
 def fixed_batch(w: Windows, idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,7 +147,7 @@ def train(
     if plan.batch_size > B:
         log.warning("plan batch %d > model batch %d; training with %d", plan.batch_size, B, B)
 
-    data = text_windows(version_dir, texts, T)
+    data = text_windows(version_dir, texts, manifest)
     if len(data) == 0:
         raise TrainingAborted("no training text in the cache")
     rng = np.random.default_rng(shuffle_seed)  # order only, not privacy-relevant
@@ -195,7 +197,7 @@ def evaluate(
     for vdir in map(Path, version_dirs):
         manifest, weights = load_version(vdir, verify=True)
         B, T = _arch_shape(manifest)
-        data = text_windows(vdir, texts, T)
+        data = text_windows(vdir, texts, manifest)
         if max_examples is not None and len(data) > max_examples:
             data = data.take(np.arange(max_examples))
         model = loader(vdir)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -149,6 +149,7 @@ class Update:
     rel_error: float          # measured cost of the encoding
     norm_before_clip: float   # diagnostics, not sent
     clipped: bool
+    vector: np.ndarray | None = field(default=None, repr=False)   # the float delta; secure mode masks it
 
 
 def build_update(trained: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], manifest: Manifest, *,
@@ -169,4 +170,4 @@ def build_update(trained: Mapping[str, np.ndarray], base: Mapping[str, np.ndarra
         data = encode_delta(noised, manifest.tensors, "float32")
         err = 0.0  # float32 is the vector's own precision: exact
     return Update(delta=data, example_count=example_count, base_version_id=manifest.version_id,
-                  encoding=encoding, rel_error=err, norm_before_clip=clip.norm, clipped=clip.clipped)
+                  encoding=encoding, rel_error=err, norm_before_clip=clip.norm, clipped=clip.clipped, vector=noised)

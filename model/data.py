@@ -1,22 +1,73 @@
-"""Token windows for training and evaluation (no TensorFlow: the edge trainer uses it too).
+"""Tokens and training windows (no TensorFlow: the edge trainer and predictor use it too).
 
-Each text becomes ``[BOS] pieces... [EOS]``; a text is cut into windows of T+1 tokens with
-stride T, every window starting from a zero state, the same as the `train` signature sees.
+A text is split into words (letters, digits, apostrophes: ``know't``) and single punctuation
+marks; each becomes one id of the word vocabulary (unknown ones <unk>). Each text becomes
+``[BOS] ids... [EOS]``, cut into windows of T+1 tokens with stride T, every window starting
+from a zero state, the same as the `train` signature sees.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from model.config import BOS_ID, EOS_ID
+from model.config import BOS_ID, EOS_ID, UNK_ID
+
+_TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})  # typographic -> typed
+WORD_START = "\u2581"  # SentencePiece's word-boundary mark: vocabulary entries are "\u2581" + token
 
 
-def encode_texts(sp, texts: Iterable[str]) -> list[list[int]]:
-    """Token ids of each text with BOS/EOS, using a SentencePieceProcessor."""
-    texts = list(texts)
-    return [[BOS_ID, *ids, EOS_ID] for ids in sp.encode(texts)] if texts else []
+def tokens(text: str) -> list[str]:
+    """Words and single punctuation marks of `text`, in order (the model's units)."""
+    return _TOKEN_RE.findall(text.translate(_QUOTES))
+
+
+class Vocab:
+    """Token <-> id for a word-level SentencePiece model, without SentencePiece's own splitting
+    (it would merge adjacent unknown tokens into one <unk>).
+
+    The tokenizer holds the keyboard's whole word list, most frequent first (SentencePiece's
+    `word` model orders pieces by frequency and scores them with their log frequency); the
+    LSTM models the first `limit` ids. Rarer list words are <unk> to the LSTM, and the
+    predictor shares <unk>'s probability among them by frequency (a class-based output).
+    """
+
+    def __init__(self, sp, limit: int | None = None) -> None:
+        n = sp.get_piece_size()
+        self.limit = n if limit is None else min(limit, n)
+        self.words = [sp.id_to_piece(i).removeprefix(WORD_START) if not (sp.is_control(i) or sp.is_unknown(i))
+                      else "" for i in range(n)]
+        self.log_freq = np.array([sp.get_score(i) for i in range(n)], np.float32)
+        self.index = {w: i for i, w in enumerate(self.words) if w}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def ids(self, toks: Iterable[str]) -> list[int]:
+        """The LSTM's ids of `toks`: <unk> for words outside its first `limit`."""
+        get, lim = self.index.get, self.limit
+        return [i if i < lim else UNK_ID for i in (get(t, UNK_ID) for t in toks)]
+
+
+_VOCABS: dict[tuple[int, int | None], Vocab] = {}
+
+
+def vocab_of(sp, limit: int | None = None) -> Vocab:
+    """The `Vocab` of a loaded tokenizer for an LSTM over its first `limit` ids, built once."""
+    key = (id(sp), limit)
+    v = _VOCABS.get(key)
+    if v is None or len(v) != sp.get_piece_size():
+        v = _VOCABS[key] = Vocab(sp, limit)
+    return v
+
+
+def encode_texts(sp, texts: Iterable[str], limit: int | None = None) -> list[list[int]]:
+    """Token ids of each text with BOS/EOS, for an LSTM over the first `limit` ids of `sp`."""
+    v = vocab_of(sp, limit)
+    return [[BOS_ID, *v.ids(tokens(t)), EOS_ID] for t in texts]
 
 
 def windows(token_lists: Iterable[list[int]], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,8 +90,6 @@ def windows(token_lists: Iterable[list[int]], seq_len: int) -> tuple[np.ndarray,
         z = np.zeros((0, seq_len))
         return z.astype(np.int32), z.astype(np.int32), z.astype(np.float32)
     return np.stack(xs), np.stack(ys), np.stack(ms)
-
-
 def batches(x: np.ndarray, y: np.ndarray, m: np.ndarray, batch: int, *, rng: np.random.Generator | None = None,
             fixed: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Batches in shuffled (rng) or file order. `fixed` pads the last batch with masked rows,

@@ -59,8 +59,8 @@ def train(m: NextWordLSTM, sp, train_texts: list[str], val_texts: list[str], s: 
     """Train `m` in place on `train_texts`; returns the loss history (best weights restored)."""
     cfg: ModelConfig = m.cfg
     rng = np.random.default_rng(s.seed)
-    x, y, mask = windows(encode_texts(sp, train_texts), cfg.seq_len)
-    vx, vy, vm = windows(encode_texts(sp, val_texts), cfg.seq_len)
+    x, y, mask = windows(encode_texts(sp, train_texts, cfg.vocab_size), cfg.seq_len)
+    vx, vy, vm = windows(encode_texts(sp, val_texts, cfg.vocab_size), cfg.seq_len)
     if len(x) == 0:
         raise ValueError("no training text: the training split is empty")
     if len(vx) > s.val_windows:

@@ -173,6 +173,9 @@ class CheckinRequest:
                    can_evaluate=_bool(d, "can_evaluate", default=True))
 
 
+USE_CHANNELS = ("stable", "canary")
+
+
 @dataclass(frozen=True)
 class Task:
     """Coordinator -> device answer to a check-in.
@@ -198,9 +201,12 @@ class Task:
     max_eval_examples: int | None = None
     max_eval_words: int | None = None        # evaluate: word-level budget per version
     rollout: RolloutState | None = None      # signed statement behind use_version_id (anti-downgrade)
+    use_channel: str | None = None          # "stable" or "canary": what use_version_id is (badge)
     protocol_version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
+        if self.use_channel not in (None, *USE_CHANNELS):
+            raise WireError(f"use_channel must be one of {USE_CHANNELS}")
         if self.kind not in TASK_KINDS:
             raise WireError(f"unknown task kind {self.kind!r}")
         if self.kind == TASK_TRAIN and (self.plan is None or not self.base_version_id):
@@ -212,6 +218,8 @@ class Task:
         d: dict[str, Any] = {"protocol_version": self.protocol_version, "kind": self.kind,
                              "retry_after": self.retry_after, "use_version_id": self.use_version_id,
                              "rollout": None if self.rollout is None else self.rollout.to_dict()}
+        if self.use_channel is not None:
+            d["use_channel"] = self.use_channel
         if self.kind == TASK_TRAIN:
             d.update(base_version_id=self.base_version_id, plan=self.plan.to_dict(),  # type: ignore[union-attr]
                      time_limit_s=self.time_limit_s)
@@ -227,6 +235,7 @@ class Task:
         kind = _str(d, "kind")
         kw: dict[str, Any] = {"kind": kind, "retry_after": _float(d, "retry_after", lo=0.0),
                                   "use_version_id": _str(d, "use_version_id", optional=True),
+                                  "use_channel": _str(d, "use_channel", optional=True),
                                   "rollout": None if d.get("rollout") is None
                                   else RolloutState.from_dict(_req(d, "rollout"))}
         if kind == TASK_TRAIN:

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = Path(os.environ.get("FEDKEYS_SHARED", REPO.parent / "shared")) / "corpora" / "shakespeare.jsonl"
+SHAKESPEARE = REPO / "corpora" / "shakespeare.jsonl"
 
 TINY = dict(vocab_size=320, embed_dim=16, hidden_dim=32, train_batch=4, seq_len=8)
+TINY_WORD_LIST = 800  # the word list goes beyond the LSTM's softmax, as in the real model
 
 
 def tiny_texts(n: int = 1500) -> list[str]:
@@ -35,9 +36,9 @@ def build(out: str | Path, steps: int = 150) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     texts = tiny_texts()
-    tok = train_tokenizer(texts, out / "tokenizer.model", vocab_size=TINY["vocab_size"])
+    tok = train_tokenizer(texts, out / "tokenizer.model", vocab_size=TINY_WORD_LIST)
     sp = load_tokenizer(tok)
-    m = NextWordLSTM(ModelConfig(**{**TINY, "vocab_size": sp.get_piece_size()}), seed=0)
+    m = NextWordLSTM(ModelConfig(**{**TINY, "vocab_size": min(TINY["vocab_size"], sp.get_piece_size())}), seed=0)
     train(m, sp, texts[:1200], texts[1200:], TrainSettings(epochs=1, steps_per_epoch=steps, batch_size=32,
                                                            learning_rate=1e-2, progress=False))
     export_version(m, tok, out, version_id="tiny-v0")

@@ -11,9 +11,10 @@ from model.corpus import CorpusError
 from protocol.artifact import ArtifactError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("FEDKEYS_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
-DEFAULT_CORPUS = os.path.join(SHARED, "corpora", "shakespeare.jsonl")
-DEFAULT_PROXY = os.path.join(SHARED, "corpora", "sotu.jsonl")
+CORPORA = os.path.join(REPO, "corpora")          # vendored with their licences (corpora/README.md)
+DEFAULT_CORPUS = os.path.join(CORPORA, "shakespeare.jsonl")
+# Proxy text: public, never device text. Novels and plays (dialogue) plus formal addresses.
+DEFAULT_PROXY = (os.path.join(CORPORA, "gutenberg_mix.jsonl"), os.path.join(CORPORA, "sotu.jsonl"))
 
 USER_ERRORS: tuple[type[BaseException], ...] = (CorpusError, ArtifactError, FileNotFoundError, ValueError)
 

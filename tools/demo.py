@@ -1,12 +1,13 @@
-"""The one-command FedKeys demo: version 0, a small federated simulation, the keyboard page.
+"""The one-command FedKeys demo: the shipped version 0, a small federated simulation, the keyboard page.
 
     python -m tools.demo [--data-dir data] [--no-serve]
 
 On embedded defaults (SQLite, local files, loopback), everything under one data directory:
 
-1. version 0: SentencePiece tokenizer + LSTM pretrained on the proxy corpus only
-   (DIR/models/v0), and the central reference trained further on the device corpus's train
-   users (DIR/models/central); both one-time, reused on every later run;
+1. version 0: the shipped models/v0 (SentencePiece tokenizer + LSTM pretrained on the proxy
+   corpus only; rebuilt by `make v0`), checked against its manifest's sha256 sums; the central
+   reference (version 0 trained further on the device corpus's train users) only with
+   --with-central (trained once into DIR/models/central) or when models/central is shipped;
 2. a small simulation (tools.simulate): a real coordinator on loopback and 8 simulated
    devices, each typing one corpus user's text, federating for 3 rounds with canary
    rollout; about 3-4 minutes on 2 cores;
@@ -15,17 +16,22 @@ On embedded defaults (SQLite, local files, loopback), everything under one data 
 4. the keyboard page, served on loopback, bound to the freshly promoted model; its URL is
    printed (Ctrl-C stops it). --no-serve exits after the report.
 
-Re-running reuses the models and replaces the simulation (DIR/runs/).
+Re-running reuses the reference scores and replaces the simulation (DIR/runs/).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from tools._cli import DEFAULT_CORPUS, DEFAULT_PROXY, run
+from protocol.cli import HelpFormatter, add_version
+from tools._cli import DEFAULT_CORPUS, REPO, run
+from tools.shipped import check_version
+
+SHIPPED_CENTRAL = Path(REPO) / "models" / "central"
 
 # The demo's simulation: small enough for < 5 minutes on 2 cores, big enough to beat version 0.
 DEMO_DEFAULTS = {"devices": 8, "rounds": 3, "eval_words": 500, "participation": 0.8, "dropout": 0.1,
@@ -33,22 +39,30 @@ DEMO_DEFAULTS = {"devices": 8, "rounds": 3, "eval_words": 500, "participation": 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--data-dir", default="data", help="everything goes under this directory (default: data)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="device text (JSONL or plain text)")
-    p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy text for the tokenizer and version 0")
-    p.add_argument("--devices", type=int, default=DEMO_DEFAULTS["devices"])
-    p.add_argument("--rounds", type=int, default=DEMO_DEFAULTS["rounds"])
+    p.add_argument("--proxy", action="append", default=None,
+                   help="proxy text for the vocabulary and version 0; repeat to combine "
+                        "(default: the repository's mix)")
+    p.add_argument("--devices", type=int, default=DEMO_DEFAULTS["devices"], help="simulated devices")
+    p.add_argument("--rounds", type=int, default=DEMO_DEFAULTS["rounds"], help="federated rounds")
     p.add_argument("--workers", type=int, default=DEMO_DEFAULTS["workers"], help="device processes")
-    p.add_argument("--pretrain-epochs", type=int, default=2)
-    p.add_argument("--pretrain-steps", type=int, default=700, help="steps per pretraining epoch (batch 64)")
-    p.add_argument("--central-epochs", type=int, default=4)
+    p.add_argument("--v0", help="start from this version directory instead of the shipped models/v0")
+    p.add_argument("--with-central", action="store_true",
+                   help="also train the central reference (upper bound; ~10 minutes the first time)")
+    p.add_argument("--pretrain-epochs", type=int, default=2, help="with --rebuild: version 0 epochs")
+    p.add_argument("--pretrain-steps", type=int, default=700, help="with --rebuild: steps per epoch (batch 64)")
+    p.add_argument("--central-epochs", type=int, default=4, help="with --with-central: epochs")
     p.add_argument("--max-words", type=int, default=DEMO_DEFAULTS["eval_words"],
                    help="held-out words scored per model")
-    p.add_argument("--rebuild", action="store_true", help="retrain version 0 and central even if they exist")
+    p.add_argument("--rebuild", action="store_true",
+                   help="train version 0 from --proxy into DIR/models/v0 (and central) instead of reusing")
     p.add_argument("--no-serve", action="store_true", help="exit after the report instead of serving the keyboard")
     p.add_argument("--keyboard-port", type=int, default=0, help="keyboard page port (default: a free one)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -63,7 +77,18 @@ def simulation_args(args: argparse.Namespace) -> argparse.Namespace:
               "central_epochs", "rebuild", "no_progress"):
         setattr(sim, k, getattr(args, k))
     sim.eval_words = args.max_words
+    sim.v0, sim.pretrain_v0 = args.v0, args.rebuild
+    if (SHIPPED_CENTRAL / "manifest.json").exists() and not args.rebuild:
+        sim.central = str(check_version(SHIPPED_CENTRAL, "the shipped central reference (models/central)"))
+    else:
+        sim.no_central = not (args.with_central or args.rebuild)
     return sim
+
+
+def _has_tensorflow() -> bool:
+    """Asked in a child process: the demo's own process stays free of TensorFlow's memory."""
+    return subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, timeout=300,
+                          check=False).returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0 <= args.keyboard_port < 65536:
         raise ValueError("--keyboard-port must be in [0, 65535]")
+    if (args.with_central or args.rebuild) and not _has_tensorflow():
+        raise ValueError("--with-central and --rebuild train with TensorFlow, which the demo's own environment "
+                         "leaves out: make setup && make demo DEMO_VENV=.venv ARGS=...")
     command = "python -m tools.demo " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = simulate(simulation_args(args), command.strip())

@@ -2,8 +2,9 @@
 
     python -m tools.evaluate --model DIR --corpus FILE [--split test] [--baseline] [--json]
 
-Prints next-word top-1/top-3 accuracy, word perplexity and keystroke savings rate of a model
-version (through the same TFLite predictor the keyboard uses), optionally next to a
+Prints next-word top-1/top-3 accuracy, word perplexity and keystroke savings rate of the
+keyboard on a model version (the same TFLite predictor and on-device personal model the
+keyboard uses; each held-out user's first half typed before their second half is scored), optionally next to a
 Kneser-Ney word trigram fitted on the corpus's train users. `--json` prints one JSON object
 with keys top1, top3, word_perplexity, ksr, words (and `ngram` with --baseline).
 """
@@ -15,70 +16,133 @@ import json
 import sys
 import time
 
+from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--model", required=True, action="append", help="version directory (repeat to compare)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="JSONL or plain-text corpus")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--seed", type=int, default=0, help="user split seed (same as training)")
     p.add_argument("--max-words", type=int, default=3000, help="target words evaluated (round-robin over users)")
     p.add_argument("--baseline", action="store_true", help="also score a Kneser-Ney trigram fitted on the train users")
+    p.add_argument("--lstm-alone", action="store_true",
+                   help="also score each model's LSTM without the user's own words (the global model alone)")
+    p.add_argument("--personalization", action="store_true",
+                   help="per held-out user: the keyboard with vs without the user's own words "
+                        "(mean gain, share of users who benefit) for the first --model")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
 
-def lstm_factory(version_dir: str):
+def lstm_factory(version_dir: str, *, personal: bool = True):
+    """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM, the
+    base n-gram and the user's own words, learned on the device) or the global LSTM alone."""
     import os
 
+    from edge_runtime.base_ngram import load_base_ngram
     from edge_runtime.interpreter import Model
     from edge_runtime.predictor import Predictor
     from model.tokenizer import load_tokenizer
     from protocol.artifact import TOKENIZER
 
-    predictor = Predictor(Model.load(version_dir), load_tokenizer(os.path.join(version_dir, TOKENIZER)))
-    return predictor.session
+    model = Model.load(version_dir)
+    sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
+    base = load_base_ngram() if personal else None
+
+    def new_session():
+        predictor = Predictor(model, sp, base=base)
+        session = predictor.session()
+        if personal:
+            session.learn = predictor.learn
+        return session
+
+    return new_session
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from model.corpus import read_corpus, split_users
     from model.ngram import KneserNeyLM
-    from tools.wordeval import evaluate_words, interleave_users
+    from tools.wordeval import evaluate_words
 
     split = split_users(read_corpus(args.corpus), seed=args.seed)
-    texts = interleave_users(split.part(args.split))
+    texts = split.part(args.split)
     if not texts:
         raise ValueError(f"the {args.split} split of {args.corpus} has no users; try --split train")
     progress = not args.json and sys.stderr.isatty()
     rows: dict[str, dict] = {}
     if args.baseline:
         t0 = time.time()
-        lm = KneserNeyLM.fit(split.texts("train") or texts, order=3)
+        lm = KneserNeyLM.fit(split.texts("train") or [t for ts in texts.values() for t in ts], order=3)
         rows["ngram"] = evaluate_words(lm.session, texts, max_words=args.max_words, progress=progress,
                                        desc="n-gram").to_dict()
         rows["ngram"]["seconds"] = round(time.time() - t0, 1)
     for d in args.model:
-        t0 = time.time()
-        rows[d] = evaluate_words(lstm_factory(d), texts, max_words=args.max_words, progress=progress,
-                                 desc=d).to_dict()
-        rows[d]["seconds"] = round(time.time() - t0, 1)
+        for name, personal in ((d, True), (f"{d} (LSTM alone)", False)):
+            if not personal and not args.lstm_alone:
+                continue
+            t0 = time.time()
+            rows[name] = evaluate_words(lstm_factory(d, personal=personal), texts, max_words=args.max_words,
+                                        progress=progress, desc=name).to_dict()
+            rows[name]["seconds"] = round(time.time() - t0, 1)
+    if args.personalization:
+        rows["personalization"] = personalization(args.model[0], texts, args.max_words)
     if args.json:
         out = dict(rows[args.model[0]])
+        if args.personalization:
+            out["personalization"] = rows.pop("personalization")
         if len(args.model) > 1:
             out["models"] = {d: rows[d] for d in args.model}
+        if args.lstm_alone:
+            out["lstm_alone"] = {d: rows[f"{d} (LSTM alone)"] for d in args.model}
         if args.baseline:
             out["ngram"] = rows["ngram"]
         print(json.dumps(out))
         return 0
+    pers = rows.pop("personalization", None)
     print(f"{args.corpus}, {args.split} users ({len(split.part(args.split))}), {rows[args.model[0]]['words']} words")
-    print(f"{'model':40} {'top-1':>7} {'top-3':>7} {'KSR':>7} {'word ppl':>9}")
+    print(f"{'model':55} {'top-1':>7} {'top-3':>7} {'KSR':>7} {'word ppl':>9}")
     for name, r in rows.items():
-        print(f"{name:40} {r['top1']:7.2%} {r['top3']:7.2%} {r['ksr']:7.2%} {r['word_perplexity']:9.1f}")
+        print(f"{name:55} {r['top1']:7.2%} {r['top3']:7.2%} {r['ksr']:7.2%} {r['word_perplexity']:9.1f}")
+    if pers:
+        print(f"personalization over {pers['users']} users with >= {pers['min_words']} scored words: mean top-3 gain "
+              f"{pers['mean_top3_gain']:+.2%}, mean KSR gain {pers['mean_ksr_gain']:+.2%}; users who gain top-3: "
+              f"{pers['share_top3_gain']:.0%} (lose: {pers['share_top3_loss']:.0%})")
     return 0
 
 
-if __name__ == "__main__":
+def personalization(version_dir: str, users: dict, max_words: int, min_words: int = 20) -> dict:
+    """Per user, the keyboard with its personal model vs the same LSTM without it, on the same words."""
+    from tools.wordeval import evaluate_words
+
+    with_p: dict[str, list[int]] = {}
+    without: dict[str, list[int]] = {}
+    evaluate_words(lstm_factory(version_dir), users, max_words=max_words, per_user=with_p)
+    evaluate_words(lstm_factory(version_dir, personal=False), users, max_words=max_words, per_user=without)
+    gains3, gainsk = [], []
+    for u, (n, h3, sv, ty) in with_p.items():
+        n0, h30, sv0, _ = without[u]
+        if n < min_words or n != n0:
+            continue
+        gains3.append((h3 - h30) / n)
+        gainsk.append((sv - sv0) / ty)
+    if not gains3:
+        raise ValueError("no held-out user has enough scored words for a per-user comparison")
+    return {"users": len(gains3), "min_words": min_words,
+            "mean_top3_gain": sum(gains3) / len(gains3), "mean_ksr_gain": sum(gainsk) / len(gainsk),
+            "share_top3_gain": sum(g > 0 for g in gains3) / len(gains3),
+            "share_top3_loss": sum(g < 0 for g in gains3) / len(gains3)}
+
+
+def cli() -> None:
+    """The `fedkeys-evaluate` console script."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

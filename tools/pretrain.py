@@ -15,20 +15,27 @@ import json
 import time
 from pathlib import Path
 
-from tools._cli import DEFAULT_PROXY, quiet_tensorflow, run
+from protocol.cli import HelpFormatter, add_version
+from tools._cli import quiet_tensorflow, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.pretrain", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("--out", required=True, help="version directory to write")
-    p.add_argument("--proxy", default=DEFAULT_PROXY, help="proxy corpus (JSONL/text) for the tokenizer and version 0")
+    p.add_argument("--proxy", action="append", default=None,
+                   help="proxy corpus (JSONL/text) for the vocabulary and version 0, required unless --corpus; "
+                        "repeat to combine, e.g. --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl")
     p.add_argument("--corpus", help="train on this corpus's train users instead of the proxy (needs --init)")
     p.add_argument("--init", help="start from this version directory (its tokenizer and architecture)")
     p.add_argument("--version-id", default=None, help="version id in the manifest (default: v0, or central)")
-    p.add_argument("--vocab-size", type=int, default=4000)
+    p.add_argument("--vocab-size", type=int, default=10000, help="words the LSTM's softmax models")
+    p.add_argument("--word-list-size", type=int, default=50000,
+                   help="words in the keyboard's word list (the rest of the list beyond --vocab-size is "
+                        "suggested through the LSTM's <unk> by frequency)")
     p.add_argument("--embed-dim", type=int, default=96)
-    p.add_argument("--hidden-dim", type=int, default=192)
+    p.add_argument("--hidden-dim", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=20)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap each epoch (default: a full pass)")
@@ -42,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.proxy or args.corpus):
+        raise ValueError("say what to train on: --proxy FILE (version 0) or --corpus FILE --init DIR "
+                         "(central reference); nothing starts a long run on a default file")
     if args.corpus and not args.init:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")
@@ -56,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    source = args.corpus or args.proxy
-    split = split_users(read_corpus(source), seed=args.seed)
+    sources = [args.corpus] if args.corpus else args.proxy
+    source = " + ".join(Path(s).name for s in sources)
+    split = split_users([r for s in sources for r in read_corpus(s)], seed=args.seed)
     train_texts, val_texts = split.texts("train"), split.texts("validation")
     print(f"{source}: {len(split.train)} train users ({len(train_texts)} texts), "
           f"{len(split.validation)} validation users, {len(split.test)} test users")
@@ -67,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         parent = base.version_id
     else:
         tok_path = out / "tokenizer.model"
-        print(f"training SentencePiece tokenizer (vocab {args.vocab_size}) on proxy text...")
-        train_tokenizer(train_texts + val_texts, tok_path, vocab_size=args.vocab_size)
+        print(f"building the word list ({args.word_list_size} words, the LSTM models {args.vocab_size}) "
+              "from proxy text...")
+        train_tokenizer(train_texts + val_texts, tok_path, vocab_size=max(args.word_list_size, args.vocab_size))
         sp = load_tokenizer(tok_path)
-        cfg = ModelConfig(vocab_size=sp.get_piece_size(), embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+        cfg = ModelConfig(vocab_size=min(args.vocab_size, sp.get_piece_size()), embed_dim=args.embed_dim,
+                          hidden_dim=args.hidden_dim,
                           seq_len=args.seq_len)
         m, parent = NextWordLSTM(cfg, seed=args.seed), None
     sp = load_tokenizer(tok_path)
@@ -82,11 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     version_id = args.version_id or ("central" if args.init else "v0")
     print("exporting to TFLite (builtin ops only) and linting in the slim interpreter...")
     manifest = export_version(m, tok_path, out, version_id=version_id, parent=parent,
-                              metrics={"pretrain": hist.to_dict(), "source": Path(source).name})
+                              metrics={"pretrain": hist.to_dict(), "source": source})
     print(json.dumps({"version": manifest.version_id, "dir": str(out), "params": manifest.num_params,
                       "val_loss": hist.val_loss, "seconds": round(time.time() - t0, 1)}))
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `fedkeys-pretrain` console script."""
     run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,6 +4,9 @@ A *session* has ``feed(chunk) -> logprob`` and ``suggest(prefix, k) -> words`` (
 `edge_runtime.predictor.Session` and the n-gram's `NgramSession` both do), so every model is
 scored by the same loop:
 
+Protocol: each held-out user's texts in order; the first half is typed into the user's device
+before scoring (it fills the keyboard's private, personal part), the second half is scored.
+
 - next-word top-1 / top-3: after each space, is the next word among the strip's 1 / 3 words;
 - keystroke savings rate (KSR): type each word letter by letter and accept it (one tap, which
   also types the space) as soon as it is in the three suggestions. Saved = letters not typed;
@@ -16,7 +19,7 @@ Targets are chunks that start with a word character (their leading word, ``[\\w'
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import zip_longest
 
@@ -37,22 +40,53 @@ class WordMetrics:
         return asdict(self)
 
 
-def interleave_users(users: dict[str, list[str]]) -> list[str]:
-    """Texts round-robin across users, so a word cap still samples every held-out user."""
-    return [t for group in zip_longest(*users.values()) for t in group if t is not None]
+def interleave_users(users: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """(user, text) round-robin across users, so a word cap still samples every held-out user."""
+    tagged = [[(u, t) for t in texts] for u, texts in users.items()]
+    return [pair for group in zip_longest(*tagged) for pair in group if pair is not None]
 
 
-def evaluate_words(new_session: Callable[[], object], texts: Iterable[str], *, max_words: int = 3000,
-                   progress: bool = False, desc: str = "evaluating") -> WordMetrics:
-    session = new_session()
+def halves(texts: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:
+    """A user's texts in order: the first half is typed before scoring, the second half is scored."""
+    cut = len(texts) // 2
+    return texts[:cut], texts[cut:]
+
+
+def _type(session, text: str) -> None:
+    session.reset()
+    for chunk in text.split():
+        session.feed(chunk)
+
+
+def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int = 3000,
+                   progress: bool = False, desc: str = "evaluating",
+                   per_user: dict[str, list[int]] | None = None) -> WordMetrics:
+    """Score held-out users as a keyboard meets them: one device (session) per user.
+
+    Each user's first half is typed into the device before scoring, and every scored text is
+    committed after it is scored, so a session with a ``learn(text)`` method (the FedKeys
+    keyboard's personal model) learns from the user's past text only. Sessions without one
+    (the references) see the same texts and change nothing. `per_user`, if given, receives
+    [words, top-3 hits, letters saved, letters typed] for each user.
+    """
+    devices: dict[str, object] = {}
+    scored = {u: halves(texts)[1] for u, texts in users.items()}
     hit1 = hit3 = words = 0
     saved = typed = 0
     logprob, chunks = 0.0, 0
     bar = tqdm(total=max_words, desc=desc, unit="word", disable=not progress, leave=False)
-    for text in texts:
+    for user, text in interleave_users(scored):
         if words >= max_words:
             break
+        session = devices.get(user)
+        if session is None:
+            session = devices[user] = new_session()
+            if hasattr(session, "learn"):
+                for past in halves(users[user])[0]:
+                    _type(session, past)
+                    session.learn(past)
         session.reset()
+        mine = per_user.setdefault(user, [0, 0, 0, 0]) if per_user is not None else [0, 0, 0, 0]
         for chunk in text.split():
             target = leading_word(chunk)
             if target and words < max_words:
@@ -62,12 +96,20 @@ def evaluate_words(new_session: Callable[[], object], texts: Iterable[str], *, m
                 hit1 += int(first[:1] == [target])
                 hit3 += int(target in first)
                 typed += len(target) + 1
+                got = 0
                 for k in range(len(target)):
                     if target in (first if k == 0 else session.suggest(target[:k], 3)):
-                        saved += len(target) - k
+                        got = len(target) - k
                         break
+                saved += got
+                mine[0] += 1
+                mine[1] += int(target in first)
+                mine[2] += got
+                mine[3] += len(target) + 1
             logprob += session.feed(chunk)
             chunks += 1
+        if hasattr(session, "learn"):
+            session.learn(text)
     bar.close()
     if words == 0:
         raise ValueError("no words to evaluate in the chosen split")

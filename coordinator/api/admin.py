@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from coordinator.api.common import admin_auth, coord, json_body
+from coordinator.dashboard import dashboard_data
 from coordinator.errors import bad_request
 from protocol import wire
 
@@ -48,6 +49,13 @@ def version_action(version_id: str, action: str) -> Response:
     if action not in ACTIONS:
         raise bad_request(f"action must be one of {list(ACTIONS)}")
     return jsonify(coord().admin_decide(version_id, action))
+
+
+@bp.get("/dashboard")
+@admin_auth
+def dashboard() -> Response:
+    """Everything the operator's page shows (coordinator.dashboard); the page itself is public HTML."""
+    return jsonify(dashboard_data(coord()))
 
 
 @bp.get("/canary")

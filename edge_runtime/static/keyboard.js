@@ -46,7 +46,8 @@
     const chip = $("#model-chip");
     const version = st.model.version_id;
     $("#model-version").textContent = version || "no model yet";
-    $("#model-channel").textContent = st.model.channel;
+    // "unknown" only until the device loop's first check-in says stable or canary.
+    $("#model-channel").textContent = st.model.channel === "unknown" ? "not checked in" : st.model.channel;
     chip.dataset.channel = st.model.channel;
     chip.title = version ? `Suggestions from model version ${version} (${st.model.channel})` : "No model version yet";
     const n = st.cache.sentences;
@@ -65,8 +66,27 @@
     const mine = epoch;
     try {
       const st = await api("/api/status");
+      setOffline(false);
       if (mine === epoch) renderStatus(st);
-    } catch (e) { /* the next poll retries */ }
+    } catch (e) {
+      setOffline(true);      // the next poll retries
+    }
+  }
+
+  // When the device's process is gone, say so in the strip instead of emptying it silently.
+  let offline = false;
+  function setOffline(on) {
+    if (on === offline) return;
+    offline = on;
+    document.body.classList.toggle("offline", on);
+    if (on) {
+      for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
+      slots.middle.textContent = "Keyboard service not running: no suggestions";
+      strip.dataset.state = "offline";
+      delete strip.dataset.for;
+    } else if (active === message) {
+      suggest();
+    }
   }
 
   let toastTimer = null;
@@ -106,10 +126,12 @@
     try {
       const text = textBeforeCursor();
       const res = await api("/api/suggest", { client: clientId, text });
+      setOffline(false);
       // Focus may have moved to the private field meanwhile: a late answer must not replace its strip.
       if (mine > shownSeq && active === message) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
-      if (active === message) renderSuggestions([]);
+      if (e instanceof TypeError) setOffline(true);   // fetch itself failed: nobody is listening
+      else if (active === message) renderSuggestions([]);
     } finally {
       inFlight = false;
       if (again) { again = false; suggest(); }
@@ -128,9 +150,36 @@
     const pos = message.selectionStart;
     const before = message.value.slice(0, pos);
     const partial = before.match(/\S*$/)[0];      // the chunk the model completed
+    if (sentenceStart(before.slice(0, before.length - partial.length))) word = capitalise(word);
     message.setRangeText(word + " ", pos - partial.length, message.selectionEnd, "end");
+    autoSpace = { value: message.value, at: message.selectionStart };
     message.focus();
     afterEdit(message);
+  }
+
+  // A tapped suggestion brings its own space; punctuation typed right after it goes before that
+  // space ("word. ", not "word ."), as on a phone keyboard.
+  let autoSpace = null;
+  const PUNCT = /^[.,!?;:]$/;
+  function punctuate(field, str) {
+    const a = autoSpace;
+    autoSpace = null;
+    if (field !== message || !PUNCT.test(str) || !a || a.value !== field.value
+        || field.selectionStart !== a.at || field.selectionEnd !== a.at || field.value[a.at - 1] !== " ") {
+      return false;
+    }
+    field.setRangeText(str + " ", a.at - 1, a.at, "end");
+    afterEdit(field);
+    return true;
+  }
+
+  // Auto-capitalisation: the first letter of the message and of every sentence after ". ", "! ", "? ".
+  const sentenceStart = (before) => /^\s*$|[.!?]["')\]]*\s+$/.test(before);
+  const capitalise = (w) => w.charAt(0).toUpperCase() + w.slice(1);
+  function autoShift() {
+    if (active !== message) return;
+    const before = textBeforeCursor();
+    setShift(sentenceStart(before));
   }
 
   // --- committing -----------------------------------------------------------------------------
@@ -196,12 +245,15 @@
   function afterEdit(field) {
     if (field === message) {
       commitFinishedSentences();
+      autoShift();
       suggest();
     }
   }
 
   function insertText(field, str) {
     field.focus();
+    if (punctuate(field, str)) return;
+    autoSpace = null;
     field.setRangeText(str, field.selectionStart, field.selectionEnd, "end");
     afterEdit(field);
   }
@@ -224,7 +276,7 @@
 
   function setActive(field) {
     active = field;
-    if (isPrivate(field)) privateStrip(); else suggest();
+    if (isPrivate(field)) { privateStrip(); setShift(false); } else { autoShift(); suggest(); }
   }
 
   // --- on-screen keyboard ---------------------------------------------------------------------
@@ -266,8 +318,9 @@
       else if (k === "enter") enter(active);
       else if (k === "space") insertText(active, " ");
       else {
-        insertText(active, shift ? k.toUpperCase() : k);
-        if (shift) setShift(false);
+        const upper = shift;
+        if (upper) setShift(false);
+        insertText(active, upper ? k.toUpperCase() : k);
       }
     });
   }
@@ -289,6 +342,11 @@
     if (b && !b.disabled && active === message) applySuggestion(b.dataset.word);
   });
 
+  // A physical keyboard's punctuation right after a tapped suggestion: same rule as the on-screen one.
+  message.addEventListener("beforeinput", (e) => {
+    if (e.inputType === "insertText" && e.data && punctuate(message, e.data)) e.preventDefault();
+    else if (e.inputType !== "insertText" || !PUNCT.test(e.data || "")) autoSpace = null;
+  });
   message.addEventListener("input", () => afterEdit(message));
   message.addEventListener("focus", () => setActive(message));
   message.addEventListener("keydown", (e) => {

@@ -93,11 +93,15 @@ def wait_strip(pg) -> tuple[str, str, str]:
     return tuple(pg.locator(f'#strip [data-slot="{s}"]').inner_text() for s in ("left", "middle", "right"))
 
 
+def shifted(pg) -> bool:
+    return "shifted" in (pg.locator("#keyboard").get_attribute("class") or "").split()
+
+
 def tap_keys(pg, text: str) -> None:
-    """Type on the on-screen keyboard."""
+    """Type on the on-screen keyboard, toggling shift (which auto-capitalisation may have set)."""
     for ch in text:
         key = {" ": "space", "\n": "enter"}.get(ch, ch.lower())
-        if ch.isupper():
+        if ch.isalpha() and ch.isupper() != shifted(pg):
             pg.click('#keyboard [data-key="shift"]')
         pg.click(f'#keyboard [data-key="{key}"]')
 
@@ -231,3 +235,87 @@ def test_clear_history_and_screenshot(page, device):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "keyboard.png"))
     assert (ARTIFACTS / "keyboard.png").stat().st_size > 10_000
+
+
+def test_punctuation_after_a_tapped_suggestion_goes_before_its_space(page, device):
+    page.locator("#message").focus()
+    page.keyboard.type("what say you to m")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    assert page.locator("#message").input_value() == f"what say you to {best} "
+    tap_keys(page, ".")                                   # on-screen key: "word. ", not "word ."
+    assert page.locator("#message").input_value() == f"what say you to {best}. "
+    expect_count(page, 1)                                 # ". " finished the sentence
+    assert rows(device["dir"]) == [f"what say you to {best}."]
+    # A physical key behaves the same; a typed (not tapped) space is left alone.
+    page.keyboard.type("I pray you ")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')
+    word = page.locator("#message").input_value().split()[-1]
+    page.keyboard.type(",")
+    assert page.locator("#message").input_value().endswith(f"I pray you {word}, ")
+    page.keyboard.type(" .")
+    assert page.locator("#message").input_value().endswith(f"{word},  .")
+
+
+def test_auto_capitalisation_at_sentence_starts(page):
+    page.click("#message")
+    assert shifted(page)                                  # an empty message starts a sentence
+    for k in "hi":
+        page.click(f'#keyboard [data-key="{k}"]')         # no shift tapped by the user
+    assert page.locator("#message").input_value() == "Hi" and not shifted(page)
+    page.click('#keyboard [data-key="."]')
+    page.click('#keyboard [data-key="space"]')
+    assert shifted(page)                                  # after ". "
+    page.click('#keyboard [data-key="o"]')
+    page.click('#keyboard [data-key="k"]')
+    assert page.locator("#message").input_value() == "Hi. Ok"
+    page.click('#keyboard [data-key="."]')
+    page.click('#keyboard [data-key="space"]')
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')             # a suggestion tapped at a sentence start
+    last = page.locator("#message").input_value()[len("Hi. Ok. "):]
+    assert last[:1].isupper(), last
+
+
+def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
+    data_dir = tmp_path / "fresh"
+    vid = read_manifest(exported_version).version_id
+    VersionStore(data_dir).install(vid, directory_fetch(exported_version))   # installed, never checked in
+    with start_keyboard(data_dir) as server:
+        ctx = browser.new_context()
+        try:
+            pg = ctx.new_page()
+            pg.goto(server.url)
+            pg.wait_for_function("() => document.querySelector('#model-version').textContent !== '…'")
+            assert pg.locator("#model-version").inner_text() == vid
+            assert pg.locator("#model-channel").inner_text().lower() == "not checked in"
+        finally:
+            ctx.close()
+    # The first check-in names the channel even when there is nothing to do (come_back).
+    task = wire.Task(kind=wire.TASK_COME_BACK, retry_after=1.0, use_version_id=vid, use_channel="stable")
+    assert channel.record_channel(data_dir, task, vid) == "stable"
+    assert channel.read_channel(data_dir, vid) == "stable"
+
+
+def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, exported_version):
+    data_dir = tmp_path / "dying"
+    vid = read_manifest(exported_version).version_id
+    VersionStore(data_dir).install(vid, directory_fetch(exported_version))
+    server = start_keyboard(data_dir)
+    ctx = browser.new_context()
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(server.url)
+        pg.locator("#message").focus()
+        pg.keyboard.type("what say")
+        assert wait_strip(pg)[1]
+        server.stop()                                     # the edge process is gone
+        pg.keyboard.type(" y")
+        pg.wait_for_function("() => document.querySelector('#strip').dataset.state === 'offline'")
+        assert "not running" in pg.locator('#strip [data-slot="middle"]').inner_text()
+        assert pg.locator('#strip [data-slot="left"]').inner_text() == ""
+    finally:
+        ctx.close()
+        server.stop()

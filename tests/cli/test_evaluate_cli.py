@@ -44,6 +44,24 @@ def test_json_on_a_corpus_it_has_never_seen(exported_version, fresh_corpus):
     assert out["ngram"]["words"] == out["words"]
 
 
+def test_personalization_compares_each_user_with_and_without_their_own_words(exported_version, tmp_path):
+    """Users who repeat themselves: their own words must help most of them, and never cost on average."""
+    lines = []
+    for u in range(40):
+        habit = f"Zorblax{u} Quintessa{u} barbecue"  # each user's private phrase, not in the word list
+        for r in range(12):
+            words = [WORDS[(u * 7 + r * 3 + i) % len(WORDS)] for i in range(6)]
+            lines.append(json.dumps({"user": f"person {u}", "text": f"{habit} {' '.join(words)} {habit}"}))
+    corpus = tmp_path / "habits.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    res = run("--model", str(exported_version), "--corpus", str(corpus), "--json", "--max-words", "800",
+              "--personalization")
+    assert res.returncode == 0, res.stderr
+    pers = json.loads(res.stdout)["personalization"]
+    assert pers["users"] >= 2 and pers["mean_top3_gain"] > 0.05 and pers["mean_ksr_gain"] > 0.05
+    assert pers["share_top3_gain"] > 0.5 >= pers["share_top3_loss"]
+
+
 @pytest.mark.parametrize("content,needle", [
     (None, "no such file"),
     ("", "file is empty"),

@@ -8,6 +8,7 @@ import pytest
 from edge_runtime.interpreter import Model
 from edge_runtime.predictor import Predictor
 from model.config import BOS_ID
+from model.data import tokens
 from model.tokenizer import load_tokenizer
 
 TEXT = "What say you to my lord, and shall we go to the king"
@@ -54,27 +55,98 @@ def test_chunkwise_state_equals_feeding_the_whole_text_at_once(predictor):
     s = predictor.session()
     for chunk in TEXT.split():
         s.feed(chunk)
-    ids = predictor.sp.encode(TEXT)
-    node, logprob = predictor.advance(predictor.root, ids)
+    ids = predictor.vocab.ids(tokens(TEXT))
+    node = predictor.advance_ids(predictor.root, ids)
     np.testing.assert_allclose(s.nodes[-1].logprobs, node.logprobs, atol=1e-5)
-    assert sum(predictor.sp.encode(c) == [] for c in TEXT.split()) == 0
-    assert np.isfinite(logprob) and logprob < 0
     assert predictor.root is not None and BOS_ID == 2
 
 
-def test_suggestions_follow_the_model(predictor):
-    """The top next word is the word the beam scores highest: check it against a brute-force
-    score of the same candidates (their piece sequences plus a word boundary)."""
+def test_suggestions_are_the_models_most_likely_words(predictor):
+    """With no personal text, the strip is exactly the top of the model's word distribution."""
     s = predictor.session()
     s.update("my good lord ")
-    words = s.suggest("", 3)
-    node = s.nodes[-1]
-    tbl = predictor.table
+    probs = predictor.word_probs(s.nodes[-1])
+    ids = predictor.sorted_ids
+    best = [predictor.vocab.words[i] for i in ids[np.argsort(-probs[ids], kind="stable")[:3]]]
+    assert s.suggest("", 3) == best
+    th = [i for i in ids if predictor.vocab.words[i].startswith("th")]
+    assert s.suggest("th", 1) == [predictor.vocab.words[max(th, key=lambda i: probs[i])]]
 
-    def score(word: str) -> float:
-        ids = predictor.sp.encode(" " + word if not word.startswith(" ") else word)
-        nd, lp = predictor.advance(node, ids)
-        return lp + float(np.log(np.exp(nd.logprobs[tbl.boundary_ids]).sum()))
 
-    scores = [score(w) for w in words]
-    assert scores == sorted(scores, reverse=True) or max(scores) - min(scores) < 1.0
+def test_rarer_list_words_share_the_lstms_unk_by_frequency(predictor):
+    """Words past the softmax are suggestable: P(w) = P(<unk>) * TAIL_MASS * their frequency share."""
+    from edge_runtime.predictor import TAIL_MASS
+    from model.config import UNK_ID
+
+    lim = predictor.vocab.limit
+    assert lim < len(predictor.vocab)
+    node = predictor.session().nodes[-1]
+    p = predictor.word_probs(node)
+    unk = float(np.exp(node.logprobs[UNK_ID]))
+    assert p[lim:].sum() == pytest.approx(unk * TAIL_MASS, rel=1e-6)
+    assert p[:lim].sum() == pytest.approx(1.0, rel=1e-4)  # the softmax itself, <unk> included
+    rare = next(i for i in predictor.sorted_ids if i >= lim)
+    word = predictor.vocab.words[rare]
+    s = predictor.session()
+    assert word in s.update(word[:-1]) or len([w for w in predictor.sorted_words if w.startswith(word[:-1])]) > 3
+    assert predictor.vocab.ids([word]) == [UNK_ID]  # the LSTM reads it as <unk>
+
+
+def test_the_users_own_words_are_learned_on_the_device(exported_version):
+    p = Predictor(Model.load(exported_version), load_tokenizer(exported_version / "tokenizer.model"))
+    assert "Zanzibarians" not in p.vocab.index and p.weights()[2] == 0.0
+    assert "Zanzibarians" not in p.session().update("the Zan")
+    for _ in range(3):
+        text = "Greet the Zanzibarians, my lord, greet the Zanzibarians"
+        s = p.session()
+        s.update(text + " ")
+        p.learn(text)
+    assert p.session().update("and now the Zan")[0] == "Zanzibarians"
+    assert "Zanzibarians" in p.session().update("Greet the ")
+    assert p.weights()[2] > 0.1  # the personal part predicted what the user typed: its weight grew
+
+
+@pytest.fixture(scope="module")
+def base_ngram():
+    from model.ngram import KneserNeyLM
+    from tests.tiny_version import tiny_texts
+
+    texts = tiny_texts(1500) + ["the quick brown fox jumps over the lazy dog"] * 30
+    return KneserNeyLM.fit(texts, order=3)
+
+
+def test_the_base_ngram_joins_the_mixture_and_the_weights_follow_the_user(predictor, base_ngram):
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    wl, wn, wp = p.weights()
+    assert wp == 0.0 and wl > 0 and wn > 0 and wl + wn == pytest.approx(1.0)
+    # A phrase only the n-gram knows: it is suggested, completed, and its weight grows when typed.
+    assert p.session().update("the quick brown ")[0] == "fox"
+    assert "lazy" in p.session().update("jumps over the la")
+    before = p.weights()[1]
+    for _ in range(5):
+        p.session().update("the quick brown fox jumps over the lazy dog ")
+    assert p.weights()[1] > before
+    assert sum(p.weights()) == pytest.approx(1.0)
+
+
+def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram):
+    """Every word in the strip is a word-list word (the LSTM's or the base n-gram's) or a word the
+    user typed before."""
+    from tests.tiny_version import tiny_texts
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    allowed = set(p.vocab.index) | set(base_ngram.vocab[:base_ngram.n_words])
+    keys = non_words = 0
+    for text in tiny_texts(3000)[1500:]:
+        s = p.session()
+        for i in range(1, len(text) + 1):
+            for w in s.update(text[:i]):
+                non_words += w not in allowed or not any(ch.isalnum() for ch in w)
+            keys += 1
+            if keys >= 10_000:
+                break
+        p.learn(text)
+        allowed.update(tokens(text))
+        if keys >= 10_000:
+            break
+    assert keys == 10_000 and non_words == 0

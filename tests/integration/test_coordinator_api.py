@@ -126,9 +126,9 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     assert cli_main(["status", *common]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["stable_version_id"] == "v0000" and status["latest_round"]["status"] == "open"
-    # Failures: one line on stderr, non-zero exit.
-    assert cli_main(["start-round", *common]) == 1
+    # User errors: one line on stderr, exit 2.
+    assert cli_main(["start-round", *common]) == 2
     assert "already open" in capsys.readouterr().err
-    assert cli_main(["import-version", str(tmp_path / "nowhere"), *common]) == 1
-    assert cli_main(["status", "--set", "colour=blue", *common]) == 1
+    assert cli_main(["import-version", str(tmp_path / "nowhere"), *common]) == 2
+    assert cli_main(["status", "--set", "colour=blue", *common]) == 2
     assert "unknown setting" in capsys.readouterr().err

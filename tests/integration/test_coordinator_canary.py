@@ -73,9 +73,11 @@ def test_good_candidate_is_promoted_to_everyone(world):
     assert decision["numbers"]["word_top3_diff"] == pytest.approx(0.005)
     for d in (others[0], canaries[0]):
         assert d.checkin().use_version_id == cand
-    page = s.admin("GET", "/v1/dashboard-data").json()
-    assert any(v["version_id"] == cand and v["canary"] for v in page["versions"])
-    assert "<svg" in s.admin("GET", "/dashboard").text
+    page = s.admin("GET", "/v1/admin/dashboard").json()
+    assert any(v["version_id"] == cand and v["candidate_top3_pct"] == pytest.approx(40.5) for v in page["versions"])
+    assert page["decisions"][0]["action"] == "promote" and page["decisions"][0]["actor"] == "auto"
+    assert requests.get(s.url + "/v1/admin/dashboard", timeout=5).status_code == 401     # no token, no data
+    assert 'id="login"' in requests.get(s.url + "/dashboard", timeout=5).text
 
 
 def test_degraded_candidate_is_rejected_and_canaries_roll_back(world):

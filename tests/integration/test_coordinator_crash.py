@@ -64,6 +64,10 @@ class Coordinator:
                    "round_duration_s=600", "canary_fraction=0.01", "clip_norm=10", "rate_limit_per_minute=60000",
                    "rate_limit_burst=1000", "selection_window_s=0"):
             cmd += ["--set", kv]
+        if not self.starts:      # only `init` creates a data dir; later starts reuse it
+            subprocess.run([sys.executable, "-m", "coordinator", "init", "--data-dir", str(self.data),
+                            "--database-url", self.db_url], cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT)},
+                           check=True, capture_output=True, timeout=120)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT)}, stdout=log, stderr=log)
         self.starts += 1

@@ -40,6 +40,9 @@ def _start(data_dir: Path, port: int, db_url: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
            "--database-url", db_url, "--set", "admin_token=adm", "--set", "min_count=3",  # ... and flags
            "--set", "selection_window_s=0"]
+    init = [a for a in cmd if a not in ("--port", str(port))]
+    init[init.index("serve")] = "init"
+    subprocess.run(init, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):

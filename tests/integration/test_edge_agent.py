@@ -262,16 +262,17 @@ def test_run_once_cli_without_round_and_errors_are_one_line(coordinator, tmp_pat
     d = tmp_path / "dev"
     r = edge_cli("enroll", "--data-dir", str(d), "--coordinator", coordinator.url,
                  "--enrollment-key", "wrong-key")
-    assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     r = edge_cli("enroll", "--data-dir", str(d), "--coordinator", coordinator.url,
                  "--enrollment-key", coordinator.enrollment_key)
     assert r.returncode == 0, r.stderr
     r = edge_cli("enroll", "--data-dir", str(d), "--coordinator", coordinator.url,
                  "--enrollment-key", coordinator.enrollment_key)
-    assert r.returncode == 1 and "already enrolled" in r.stderr
+    assert r.returncode == 2 and "already enrolled" in r.stderr
     r = edge_cli("run", "--data-dir", str(d), "--once", "--eligibility", "override:ineligible")
     assert r.returncode == 0, r.stderr
     assert "task come_back: idle (disabled by override)" in r.stderr
     assert json.loads(edge_cli("status", "--data-dir", str(d)).stdout)["model"]["current"] == coordinator.stable_id
     r = edge_cli("run", "--data-dir", str(d), "--once", "--set", "no_such_setting=1")
-    assert r.returncode == 1 and r.stderr.strip() == "error: flags: unknown setting(s) ['no_such_setting']"
+    assert r.returncode == 2 and r.stderr.strip() == "error: flags: unknown setting(s) ['no_such_setting']"
+    assert edge_cli("--version").stdout.startswith("python -m edge_runtime ")

@@ -37,6 +37,8 @@ def test_default_keys_are_limited_in_uses_and_time(tmp_path):
 
 def test_cli_key_defaults_come_from_settings(tmp_path, capsys):
     d = str(tmp_path / "c")
+    assert coordinator_main(["init", "--data-dir", d]) == 0     # issue-11: only `init` creates a data dir
+    capsys.readouterr()
     assert coordinator_main(["create-enrollment-key", "--data-dir", d, "--set", "enrollment_key_uses=2"]) == 0
     assert capsys.readouterr().out.strip()
     assert coordinator_main(["create-enrollment-key", "--data-dir", d, "--uses", "0"]) == 2
@@ -63,6 +65,6 @@ def test_epsilon_population_is_participants_not_enrolled_sybils(tmp_path):
         assert v["privacy"]["history"] == [[1.0, 1.0]]            # q = 2 / max(0, 2), not 2 / 42
         status = s.admin("GET", "/v1/admin/status").json()
         assert status["population"]["enrolled"] == 42 and status["population"]["assumed_by_epsilon"] == 2
-        page = s.admin("GET", "/v1/dashboard-data").json()
-        assert page["privacy_population"]["assumed_by_epsilon"] == 2 and "contributed" in page[
-            "privacy_population"]["basis"]
+        page = s.admin("GET", "/v1/admin/dashboard").json()   # main replaced /v1/dashboard-data with it
+        assert page["privacy"]["population"]["assumed_by_epsilon"] == 2 and "contributed" in page[
+            "privacy"]["population"]["basis"]

@@ -180,6 +180,9 @@ LOOPBACK_V4 = "0100007F"   # 127.0.0.1 as /proc/net/tcp writes it
 def test_coordinator_binds_to_loopback_by_default(tmp_path):
     assert Config().host == "127.0.0.1"
     port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_COORDINATOR_")} | {"PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "coordinator", "init", "--data-dir", str(tmp_path / "c")], cwd=ROOT,
+                   env=env, check=True, capture_output=True, timeout=120)
     addrs = _serve_and_look([sys.executable, "-m", "coordinator", "serve", "--data-dir", str(tmp_path / "c"),
                              "--port", str(port)], port, tmp_path)
     assert addrs == [LOOPBACK_V4], addrs

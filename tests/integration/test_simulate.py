@@ -50,7 +50,11 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     assert "Traceback" not in r.stderr
 
     md = (data / "report.md").read_text()
-    assert "| LSTM, proxy only (version 0) |" in md and "| LSTM, federated, 2 rounds |" in md
+    # DP is on by default: the federated rows name their noise and both epsilons.
+    assert "| LSTM, proxy text only (version 0) |" in md
+    assert "| LSTM, federated with DP noise (σ=0.01, ε=" in md and "ε against the coordinator" in md
+    assert "(global model alone) |" in md and "FedKeys keyboard, federated with DP noise" in md
+    assert "vs the central trigram" in md
     assert "Kneser-Ney" in md and "report.png" in md
     png = (data / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -63,6 +67,10 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
         assert x["verdict"] in ("promote", "reject"), x
         assert x["canary_reports"] >= 2 and x["candidate_metrics"]["words"] > 0
     assert report["federations"][0]["final_version"]
+    # Read by automation: the references and both views of the federated result.
+    assert {"ngram", "ngram_proxy", "proxy", "proxy_lstm"} <= set(report["references"])
+    for key in ("final_metrics", "global_metrics"):
+        assert {"top1", "top3", "ksr"} <= set(report["federations"][0][key]), key
     # Every device kept its own state: identity, text cache, installed versions.
     devices = sorted((data / "runs" / "federated" / "devices").iterdir())
     assert len(devices) == 4

@@ -145,7 +145,7 @@ def test_loopback_hosts_are_accepted(host):
 
 def test_cli_refuses_non_loopback_host_from_settings(tmp_path, capsys):
     rc = cli_main(["keyboard", "--data-dir", str(tmp_path), "--set", "keyboard_host=0.0.0.0"])
-    assert rc == 1 and "non-loopback" in capsys.readouterr().err
+    assert rc == 2 and "non-loopback" in capsys.readouterr().err
 
 
 def test_cli_keyboard_serves_until_stopped(tmp_path, exported_version, monkeypatch):
@@ -280,3 +280,21 @@ def test_every_bind_checks_host_origin_and_session_token(tmp_path, bind):
 def test_nested_or_invalid_unicode_bodies_are_400_not_500(server, raw):
     r = post(server, "api/commit", raw)
     assert r.status_code == 400 and r.json()["error"] == "bad_json", r.text
+
+
+def test_committed_words_come_back_as_suggestions_and_clear_forgets_them(server):
+    """The personal model learns from what the user commits (on the device only); wipe forgets."""
+    def strip(text: str) -> list[str]:
+        return post(server, "api/suggest", {"client": "t1", "text": text}).json()["suggestions"]
+
+    assert "Quokkaville" not in strip("we met in Quok")
+    for _ in range(2):
+        r = post(server, "api/commit", {"text": "we met in Quokkaville at dawn", "field_kind": "message"})
+        assert r.json()["cached"] is True
+    assert strip("we met in Quok")[0] == "Quokkaville"
+    post(server, "api/pause", {"paused": True})
+    post(server, "api/commit", {"text": "Wombatshire is lovely", "field_kind": "message"})
+    assert "Wombatshire" not in strip("Wom")  # paused: neither cached nor learned
+    post(server, "api/pause", {"paused": False})
+    post(server, "api/clear", {})
+    assert "Quokkaville" not in strip("we met in Quok")

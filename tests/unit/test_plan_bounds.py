@@ -30,9 +30,26 @@ def test_every_plan_field_is_in_the_codec_and_the_openapi_schema():
     from coordinator.openapi import SCHEMAS
     props = SCHEMAS["TrainPlan"]["properties"]
     for f in PLAN_FIELDS:
-        assert props[f.name]["minimum"] == f.lo and props[f.name]["maximum"] == f.hi
+        if f.kind is bool:   # a round mode (secure_aggregation): no bounds, a boolean with its default
+            assert props[f.name]["type"] == "boolean" and props[f.name]["default"] == f.default
+        else:
+            assert props[f.name]["minimum"] == f.lo and props[f.name]["maximum"] == f.hi
     assert props["clip_norm"]["exclusiveMinimum"] is True
     assert set(TrainPlan.from_dict(GOOD).to_dict()) == set(GOOD)
+
+
+def test_secure_aggregation_is_declared_with_the_plan_and_optional_on_the_wire():
+    """Merged from issue-14: the round mode lives in the one declaration; a plain plan's wire form
+    is unchanged (the field is sent only when true), and only a JSON boolean is accepted."""
+    from coordinator.openapi import SCHEMAS
+    assert "secure_aggregation" in {f.name for f in PLAN_FIELDS}
+    assert "secure_aggregation" not in SCHEMAS["TrainPlan"]["required"]
+    assert TrainPlan.from_dict(GOOD).secure_aggregation is False
+    secure = TrainPlan.from_dict(GOOD | {"secure_aggregation": True})
+    assert secure.secure_aggregation is True and secure.to_dict() == GOOD | {"secure_aggregation": True}
+    for bad in (1, "true", None):
+        with pytest.raises(wire.WireError, match="secure_aggregation"):
+            TrainPlan.from_dict(GOOD | {"secure_aggregation": bad})
 
 
 def test_coordinator_config_refuses_clip_norm_zero():

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"          # corpora the tests and benchmarks read, when present
 GUEST_VENVS = {"litert": "/opt/fedkeys/litert", "tflite": "/opt/fedkeys/tflite"}
 INTERPRETER_OF = {"litert": "ai_edge_litert", "tflite": "tflite_runtime"}
 QEMU_CPU = "cortex-a72"                  # the Raspberry Pi 4's core
@@ -98,9 +97,12 @@ def _digest(*parts: str | bytes) -> str:
 
 
 def venv_requirements(kind: str) -> str:
-    """The guest venv's requirements: requirements-edge.txt, or for `tflite` the same with
-    tflite-runtime 2.14 (the last release) instead of ai-edge-litert and numpy<2 (it needs it)."""
+    """The guest venv's requirements: requirements-edge.txt plus the test runner (the board runs
+    the edge tests), or for `tflite` the same with tflite-runtime 2.14 (the last release)
+    instead of ai-edge-litert and numpy<2 (it needs it)."""
     lines = (REPO / "requirements-edge.txt").read_text().splitlines()
+    lines += [ln for ln in (REPO / "requirements-test.txt").read_text().splitlines()
+              if ln.strip() and not ln.lstrip().startswith("#")]
     if kind == "litert":
         return "\n".join(lines) + "\n"
     out = []
@@ -398,8 +400,6 @@ class Board:
         mount("-t tmpfs -o size=2g tmpfs", f"{r}/tmp")
         if repo:
             mount(f"--bind {q(str(REPO))}", f"{r}{REPO}", ro=True)
-            if SHARED.is_dir():
-                mount(f"--bind {q(str(SHARED))}", f"{r}{SHARED}", ro=True)
         for b in binds:
             b = Path(b).resolve()
             b.mkdir(parents=True, exist_ok=True)

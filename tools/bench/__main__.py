@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from protocol.cli import add_version
 from tools._cli import DEFAULT_CORPUS, run
 
 
@@ -11,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.bench", description=(
         "Edge runtime benchmarks: keystroke latency (incremental vs recompute) and training "
         "throughput (TFLite vs TensorFlow) with the edge process's peak memory."))
+    add_version(ap)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     k = sub.add_parser("keystroke", help="p50/p99 ms per keystroke: incremental vs recomputing the context",
                        description="Types held-out text char by char through Session.update; compares with a "

@@ -1,0 +1,72 @@
+"""Device endpoints of secure-aggregation rounds (protocol.secagg_wire); logic in coordinator.secagg."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from coordinator import secagg
+from coordinator.api.common import coord, device_auth, json_body, parse
+from coordinator.errors import ApiError
+from protocol import secagg_wire as sw
+from protocol import wire
+
+bp = Blueprint("secagg", __name__)
+_BASE = "/v1/secagg/<int:round_id>/"
+
+
+def _json(body: dict) -> Response:
+    resp = jsonify(body)
+    if not body.get("ready", True):
+        resp.headers[wire.RETRY_AFTER_HEADER] = str(int(body["retry_after"]))
+    return resp
+
+
+def _parse(fn, *args):
+    try:
+        return fn(*args)
+    except wire.WireError as e:
+        raise ApiError(400, wire.E_BAD_REQUEST, str(e)) from e
+
+
+@bp.post(_BASE + "keys")
+@device_auth
+def keys(round_id: int) -> Response:
+    return _json(secagg.post_keys(coord(), g.device_id, round_id, parse(sw.SecAggKeys, json_body())))
+
+
+@bp.get(_BASE + "roster")
+@device_auth
+def roster(round_id: int) -> Response:
+    return _json(secagg.roster(coord(), g.device_id, round_id))
+
+
+@bp.post(_BASE + "shares")
+@device_auth
+def shares(round_id: int) -> Response:
+    return _json(_parse(secagg.post_shares, coord(), g.device_id, round_id, json_body()))
+
+
+@bp.get(_BASE + "inbox")
+@device_auth
+def inbox(round_id: int) -> Response:
+    return _json(secagg.inbox(coord(), g.device_id, round_id))
+
+
+@bp.post(_BASE + "masked")
+@device_auth
+def masked(round_id: int) -> Response:
+    if request.content_length is not None and request.content_length > wire.MAX_UPDATE_BYTES:
+        raise ApiError(413, wire.E_TOO_LARGE, f"masked vectors are limited to {wire.MAX_UPDATE_BYTES} bytes")
+    return _json(secagg.post_masked(coord(), g.device_id, round_id, request.get_data(cache=False)))
+
+
+@bp.get(_BASE + "unmask")
+@device_auth
+def unmask_request(round_id: int) -> Response:
+    return _json(secagg.unmask(coord(), g.device_id, round_id))
+
+
+@bp.post(_BASE + "unmask")
+@device_auth
+def reveal(round_id: int) -> Response:
+    return _json(_parse(secagg.post_reveal, coord(), g.device_id, round_id, json_body()))

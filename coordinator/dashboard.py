@@ -1,0 +1,76 @@
+"""What the operator's dashboard shows, in one admin-only JSON document.
+
+Assembled from the service's own views (status, versions, rounds, canary, rejections) so the
+page and the admin CLI never disagree; only counts and versions, never a device's text.
+Accuracies are percentages, as in the simulation report; the canary's are word-level top-3 on
+the canary devices' held-out text (what the keyboard strip shows), decisions from before the
+canary scored words show next-piece top-3.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator.models import Device, utcnow
+
+ACTIVE_WINDOW = timedelta(hours=24)
+DECISIONS_SHOWN = 50
+
+
+def _pct(numbers: dict | None, side: str) -> float | None:
+    x = (numbers or {}).get(side, {}) or {}
+    v = x.get("word_top3_acc", x.get("top3_acc"))
+    return None if not isinstance(v, (int, float)) else round(100.0 * v, 2)
+
+
+def _devices(c: Any) -> dict[str, int]:
+    with Session(c.engine) as s:
+        live = Device.revoked.is_(False)
+        enrolled = s.scalar(select(func.count()).select_from(Device).where(live)) or 0
+        active = s.scalar(select(func.count()).select_from(Device).where(
+            live, Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0
+    return {"enrolled": int(enrolled), "active_24h": int(active)}
+
+
+def dashboard_data(c: Any) -> dict[str, Any]:
+    """`c`: the Coordinator. Everything the page renders, computed per refresh."""
+    status = c.status()
+    versions = c.list_versions()
+    rounds = c.list_rounds()
+    canary = c.canary_comparison()
+    rnd = status["latest_round"]
+    if rnd is not None:
+        rnd = {**rnd, "uploaded": rnd["accepted"] + rnd["rejected"]}
+        rnd["rejection_reasons"] = dict(Counter(x["reason"] for x in c.rejections(rnd["round_id"])))
+    history = []
+    for v in versions:
+        verdict = next((d for d in reversed(v["decisions"]) if d["numbers"].get("candidate")), None)
+        numbers = verdict["numbers"] if verdict else (canary.get("numbers")
+                                                       if canary.get("candidate_version_id") == v["version_id"]
+                                                       else None)
+        history.append({"version_id": v["version_id"], "status": v["status"], "round_id": v["round_id"],
+                        "parent_id": v["parent_id"], "created_at": v["created_at"],
+                        "epsilon": v["epsilon"], "epsilon_local": v["privacy"].get("epsilon_local", v["epsilon"]),
+                        "canary_reports": v["canary_reports"], "candidate_top3_pct": _pct(numbers, "candidate"),
+                        "stable_top3_pct": _pct(numbers, "stable")})
+    decisions = sorted(({"at": d["at"], "version_id": v["version_id"], "action": d["action"], "actor": d["actor"],
+                         "reason": d["reason"]} for v in versions for d in v["decisions"]),
+                       key=lambda d: d["at"] or "", reverse=True)[:DECISIONS_SHOWN]
+    stable = next((h for h in history if h["status"] == "stable"), None)
+    all_reasons = Counter(x["reason"] for x in c.rejections())
+    return {"stable_version_id": status["stable_version_id"], "candidate_version_id": status["candidate_version_id"],
+            "pinned": status["pinned"], "devices": _devices(c), "round": rnd,
+            "rounds": {"total": len(rounds), "done": sum(r["status"] == "done" for r in rounds),
+                       "failed": sum(r["status"] == "failed" for r in rounds)},
+            "canary": canary, "privacy": {"epsilon": stable["epsilon"] if stable else None,
+                                          "epsilon_local": stable["epsilon_local"] if stable else None,
+                                          "delta": c.config.privacy_delta,
+                                          "population": {k: v for k, v in status["population"].items()
+                                                         if k != "enrolled"}},
+            "rejections_total": dict(all_reasons), "decisions": decisions, "versions": history,
+            "server_time": utcnow().isoformat() + "Z"}

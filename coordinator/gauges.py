@@ -1,0 +1,62 @@
+"""Gauges an operator alerts on, read from the database at scrape time.
+
+They describe shared state (rounds, versions, devices), so every gunicorn worker must report
+the same numbers: computing them per scrape from the database, rather than setting gauges in
+whichever worker happened to handle the last request, is what keeps them right with several
+workers (counters and histograms use prometheus-client's multiprocess mode; coordinator.metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator.models import Device, Round, Update, Version, utcnow
+
+ACTIVE_WINDOW = timedelta(hours=24)
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else math.inf
+
+
+class StateCollector(Collector):
+    """fedkeys_* gauges from one read-only session per scrape."""
+
+    def __init__(self, sessions: Callable[[], Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._sessions() as s:
+            r = s.scalar(select(Round).where(Round.status == "open").order_by(Round.id.desc()))
+            accepted = int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == r.id)) or 0) \
+                if r is not None else 0
+            versions = list(s.scalars(select(Version).where(Version.status.in_(("stable", "candidate")))))
+            enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
+            active = int(s.scalar(select(func.count()).select_from(Device).where(
+                Device.revoked.is_(False), Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0)
+        yield GaugeMetricFamily("fedkeys_round_open", "1 while a training round is open", value=int(r is not None))
+        yield GaugeMetricFamily("fedkeys_round_id", "id of the open round (0: none)", value=r.id if r else 0)
+        yield GaugeMetricFamily("fedkeys_round_accepted_updates", "accepted updates in the open round", value=accepted)
+        yield GaugeMetricFamily("fedkeys_round_goal_updates", "updates the open round waits for",
+                                value=r.goal_count if r else 0)
+        info = GaugeMetricFamily("fedkeys_version", "1 per version in use, by role", labels=["role", "version"])
+        eps = GaugeMetricFamily("fedkeys_epsilon", "epsilon of the version in use (against released models)",
+                                labels=["role", "version"])
+        eps_local = GaugeMetricFamily("fedkeys_epsilon_local", "epsilon against the coordinator itself "
+                                      "(no sampling amplification; the number to quote)", labels=["role", "version"])
+        for v in versions:
+            info.add_metric([v.status, v.id], 1)
+            eps.add_metric([v.status, v.id], _finite(v.epsilon))
+            local = json.loads(v.privacy_json or "{}").get("epsilon_local", v.epsilon)
+            eps_local.add_metric([v.status, v.id], _finite(float(local)))
+        yield from (info, eps, eps_local)
+        yield GaugeMetricFamily("fedkeys_devices_enrolled", "enrolled, not revoked devices", value=enrolled)
+        yield GaugeMetricFamily("fedkeys_devices_active", "devices seen in the last 24 hours", value=active)

@@ -1,0 +1,394 @@
+"""The secure-aggregation round mode on the coordinator: it relays, waits and unmasks only the sum.
+
+Phases of one round (protocol.secagg_wire has the device's view):
+
+    keys    devices that trained post two public keys; frozen into a cohort of n at the goal
+            (or at the phase timeout with at least min_count): indices, SecAgg+ graph, scale, mu
+    shares  each member posts one encrypted share bundle per neighbour; U2 = those who did
+    masked  each of U2 posts its masked vector (kept as a blob); U3 = those who did, >= n_min
+    unmask  each of U3 is told which neighbours survived / dropped and reveals self-mask shares
+            of survivors and mask-key shares of the dropped; with t shares per secret the
+            masks are removed from the sum -> summed; the round then closes like a plain one
+            (Coordinator._aggregate takes `mean_delta` from here)
+
+A phase also advances at `secagg_phase_timeout_s` if enough devices are left; otherwise the
+round fails. What the database and blob store ever hold: public keys, ciphertexts the
+coordinator cannot open, masked vectors, revealed shares (deleted after the sum), the sum.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from coordinator import aggregation, selection
+from coordinator.errors import ApiError
+from coordinator.models import Round, Version, utcnow
+from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
+from protocol import ddp, secagg, wire
+from protocol import secagg_wire as sw
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+log = logging.getLogger(__name__)
+KEYS, SHARES, MASKED, UNMASK, SUMMING, SUMMED, FAILED = "keys", "shares", "masked", "unmask", "summing", "summed", \
+    "failed"
+
+
+def _plan(r: Round) -> wire.TrainPlan:
+    return wire.TrainPlan.from_dict(json.loads(r.plan_json))
+
+
+def joined(s: Session, round_id: int, device_id: str) -> int | None:
+    """The member id if this device already posted keys (it must not get the same train task again)."""
+    return s.scalar(select(SecAggMember.id).where(SecAggMember.round_id == round_id,
+                                                  SecAggMember.device_id == device_id))
+
+
+def accepted(s: Session, round_id: int) -> int:
+    """Updates in the sum of a summed secure round (0 before, and for plain rounds)."""
+    row = s.get(SecAggRound, round_id)
+    return row.survivors if row is not None and row.phase == SUMMED else 0
+
+
+def _open_round(s: Session, round_id: int, device_id: str) -> tuple[Round, SecAggRound | None]:
+    r = s.get(Round, round_id, with_for_update=True) if 1 <= round_id <= wire.MAX_INT else None
+    if r is None:
+        raise ApiError(404, wire.E_UNKNOWN_ROUND, f"no round {round_id}")
+    if not _plan(r).secure_aggregation:
+        raise ApiError(409, wire.E_CONFLICT, f"round {round_id} is not a secure-aggregation round")
+    if not selection.is_selected(s, r.id, device_id):   # registered for the draw is not selected
+        raise ApiError(403, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
+    if r.status != "open":
+        raise ApiError(409, wire.E_LATE, f"round {r.id} is {r.status}")
+    return r, s.get(SecAggRound, round_id)
+
+
+def _member(s: Session, round_id: int, device_id: str) -> SecAggMember:
+    m = s.scalar(select(SecAggMember).where(SecAggMember.round_id == round_id, SecAggMember.device_id == device_id))
+    if m is None or m.idx is None:
+        raise ApiError(409, wire.E_LATE, "device is not in this round's cohort")
+    return m
+
+
+def _wait(coord: Coordinator, phase: str) -> dict[str, Any]:
+    return sw.wait(phase, max(wire.MIN_RETRY_AFTER_S, min(coord.config.secagg_poll_s, 60.0)))
+
+
+def _params(row: SecAggRound) -> dict[str, Any]:
+    return json.loads(row.params_json)
+
+
+def _graph(p: dict[str, Any]) -> list[list[int]]:
+    return secagg.neighbours(p["n"], p["k"], bytes.fromhex(p["seed"]))
+
+
+# --- device steps ------------------------------------------------------------------------------
+
+def post_keys(coord: Coordinator, device_id: str, round_id: int, keys: sw.SecAggKeys) -> dict[str, Any]:
+    with coord.tx() as s:
+        r, row = _open_round(s, round_id, device_id)
+        if row is None:
+            row = SecAggRound(round_id=r.id, phase=KEYS, phase_started_at=utcnow(), params_json="{}", survivors=0,
+                              stats_json="{}")
+            s.add(row)
+        if joined(s, r.id, device_id) is not None:
+            raise ApiError(409, wire.E_DUPLICATE, "keys already posted for this round")
+        if row.phase != KEYS:
+            raise ApiError(409, wire.E_LATE, f"the cohort of round {r.id} is already fixed")
+        s.add(SecAggMember(round_id=r.id, device_id=device_id, enc_pk=keys.enc_pk.hex(), mask_pk=keys.mask_pk.hex(),
+                           shared=False, revealed=False))
+    advance(coord, round_id)
+    return {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}
+
+
+def roster(coord: Coordinator, device_id: str, round_id: int) -> dict[str, Any]:
+    advance(coord, round_id)
+    with coord.tx() as s:
+        r, row = _open_round(s, round_id, device_id)
+        if row is None or row.phase == KEYS:
+            return _wait(coord, KEYS)
+        m = _member(s, round_id, device_id)
+        p = _params(row)
+        mine = _graph(p)[m.idx]
+        by_idx = {x.idx: x for x in s.scalars(select(SecAggMember).where(SecAggMember.round_id == round_id,
+                                                                         SecAggMember.idx.in_(mine)))}
+        nbs = tuple(sw.Neighbour(j, bytes.fromhex(by_idx[j].enc_pk), bytes.fromhex(by_idx[j].mask_pk)) for j in mine)
+        return sw.SecAggRoster(round_id=round_id, index=m.idx, n=p["n"], k=p["k"], t=p["t"], n_min=p["n_min"],
+                               graph_seed=bytes.fromhex(p["seed"]), dim=p["dim"], scale=p["scale"], mu=p["mu"],
+                               neighbours=nbs).to_dict()
+
+
+def post_shares(coord: Coordinator, device_id: str, round_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    msg = sw.SecAggShares.from_dict(body, secagg.CIPHERTEXT_BYTES)
+    with coord.tx() as s:
+        _, row = _open_round(s, round_id, device_id)
+        m = _member(s, round_id, device_id)
+        if m.shared:
+            raise ApiError(409, wire.E_DUPLICATE, "shares already received")
+        if row is None or row.phase != SHARES:
+            raise ApiError(409, wire.E_LATE, "not accepting shares from this device now")
+        if sorted(msg.shares) != _graph(_params(row))[m.idx]:
+            raise ApiError(400, wire.E_BAD_REQUEST, "one share per neighbour, no more, no less")
+        for j, ct in msg.shares.items():
+            s.add(SecAggShare(round_id=round_id, sender=m.idx, recipient=j, ciphertext=ct.hex()))
+        m.shared = True
+    advance(coord, round_id)
+    return {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}
+
+
+def inbox(coord: Coordinator, device_id: str, round_id: int) -> dict[str, Any]:
+    advance(coord, round_id)
+    with coord.tx() as s:
+        _, row = _open_round(s, round_id, device_id)
+        if row is None or row.phase in (KEYS, SHARES):
+            return _wait(coord, row.phase if row else KEYS)
+        m = _member(s, round_id, device_id)
+        if not m.shared:
+            raise ApiError(409, wire.E_LATE, "device did not share its seeds in time")
+        rows = s.execute(select(SecAggShare.sender, SecAggShare.ciphertext).where(
+            SecAggShare.round_id == round_id, SecAggShare.recipient == m.idx)).all()
+        return sw.SecAggInbox({i: bytes.fromhex(ct) for i, ct in rows}).to_dict()
+
+
+def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) -> dict[str, Any]:
+    with coord.tx() as s:
+        _, row = _open_round(s, round_id, device_id)
+        m = _member(s, round_id, device_id)
+        if m.masked_sha256 is not None:
+            raise ApiError(409, wire.E_DUPLICATE, "masked vector already received")
+        if row is None or row.phase != MASKED or not m.shared:
+            raise ApiError(409, wire.E_LATE, "not accepting a masked vector from this device now")
+        if len(body) != 4 * _params(row)["dim"]:
+            raise ApiError(422, wire.E_MALFORMED, f"a masked vector is {4 * _params(row)['dim']} bytes")
+    digest = coord.blobs.put(body)       # fsynced before the row points to it
+    with coord.tx() as s:
+        m = _member(s, round_id, device_id)
+        row = s.get(SecAggRound, round_id)
+        if row.phase != MASKED:
+            raise ApiError(409, wire.E_LATE, "the masked-input phase closed meanwhile")
+        m.masked_sha256 = digest
+    advance(coord, round_id)
+    return {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}
+
+
+def unmask_request_for(s: Session, row: SecAggRound, m: SecAggMember) -> sw.SecAggUnmaskRequest:
+    """Of m's neighbours that shared: who sent a masked vector (survivor) and who did not."""
+    mine = set(_graph(_params(row))[m.idx])
+    members = s.scalars(select(SecAggMember).where(SecAggMember.round_id == row.round_id,
+                                                   SecAggMember.shared.is_(True))).all()
+    surv = tuple(sorted(x.idx for x in members if x.idx in mine and x.masked_sha256 is not None))
+    drop = tuple(sorted(x.idx for x in members if x.idx in mine and x.masked_sha256 is None))
+    return sw.SecAggUnmaskRequest(surv, drop, row.survivors)
+
+
+def unmask(coord: Coordinator, device_id: str, round_id: int) -> dict[str, Any]:
+    advance(coord, round_id)
+    with coord.tx() as s:
+        _, row = _open_round(s, round_id, device_id)
+        if row is None or row.phase in (KEYS, SHARES, MASKED):
+            return _wait(coord, row.phase if row else KEYS)
+        m = _member(s, round_id, device_id)
+        if m.masked_sha256 is None:
+            raise ApiError(409, wire.E_LATE, "device sent no masked vector: nothing to unmask for it")
+        if row.phase != UNMASK or m.revealed:
+            return _wait(coord, row.phase)
+        return unmask_request_for(s, row, m).to_dict()
+
+
+def post_reveal(coord: Coordinator, device_id: str, round_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    msg = sw.SecAggReveal.from_dict(body, secagg.SHARE_BYTES)
+    with coord.tx() as s:
+        _, row = _open_round(s, round_id, device_id)
+        m = _member(s, round_id, device_id)
+        if m.revealed:
+            raise ApiError(409, wire.E_DUPLICATE, "shares already revealed")
+        if row is None or row.phase != UNMASK or m.masked_sha256 is None:
+            raise ApiError(409, wire.E_LATE, "not accepting shares from this device now")
+        req = unmask_request_for(s, row, m)
+        if not set(msg.self_shares) <= set(req.survivors) or not set(msg.key_shares) <= set(req.dropped):
+            raise ApiError(400, wire.E_BAD_REQUEST, "revealed shares for devices that were not asked for")
+        for kind, shares in (("self", msg.self_shares), ("key", msg.key_shares)):
+            for owner, share in shares.items():
+                s.add(SecAggReveal(round_id=round_id, revealer=m.idx, owner=owner, kind=kind, share=share.hex()))
+        m.revealed = True
+    advance(coord, round_id)
+    return {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}
+
+
+# --- phase machine -----------------------------------------------------------------------------
+
+def advance_open(coord: Coordinator) -> None:
+    """Advance every open secure round (called from Coordinator.maintenance)."""
+    with coord._sessions() as s:
+        ids = s.scalars(select(SecAggRound.round_id).join(Round, Round.id == SecAggRound.round_id)
+                        .where(Round.status == "open")).all()
+    for rid in ids:
+        advance(coord, rid)
+
+
+def _fail(s: Session, r: Round, row: SecAggRound, reason: str) -> None:
+    row.phase = FAILED
+    r.status, r.closed_at, r.reason = "failed", utcnow(), f"secure aggregation: {reason}"
+    log.warning("round %d failed: %s", r.id, r.reason)
+
+
+def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
+    members = s.scalars(select(SecAggMember).where(SecAggMember.round_id == r.id).order_by(SecAggMember.id)).all()
+    n = len(members)
+    c = coord.config
+    k, t = secagg.graph_degree(n, c.secagg_dropout)
+    n_min = min(n, max(r.min_count, math.ceil((1 - c.secagg_dropout) * n), 2))
+    plan = _plan(r)
+    dim = coord._manifest(s.get(Version, r.base_version_id)).num_params
+    scale = ddp.choose_scale(plan.clip_norm, n, plan.noise_multiplier, dim, n_min)
+    mu = ddp.skellam_mu(plan.noise_multiplier, scale, plan.clip_norm, dim, n_min)
+    for i, m in enumerate(members):
+        m.idx = i
+    row.params_json = json.dumps({"n": n, "k": k, "t": t, "n_min": n_min, "seed": os.urandom(32).hex(), "dim": dim,
+                                  "scale": scale, "mu": mu, "dropout": c.secagg_dropout})
+    log.info("round %d: secure cohort of %d fixed (k=%d neighbours, t=%d, at least %d survivors)", r.id, n, k, t,
+             n_min)
+
+
+def advance(coord: Coordinator, round_id: int) -> None:
+    """Move the round's phase on when everyone expected answered, or at the phase timeout."""
+    summing = False
+    with coord.tx() as s:
+        r = s.get(Round, round_id, with_for_update=True)
+        row = s.get(SecAggRound, round_id)
+        if r is None or row is None or r.status != "open":
+            return
+        timed_out = utcnow() >= row.phase_started_at + timedelta(seconds=coord.config.secagg_phase_timeout_s)
+        q = select(func.count()).select_from(SecAggMember).where(SecAggMember.round_id == round_id)
+        cnt = lambda *w: int(s.scalar(q.where(*w)) or 0)  # noqa: E731
+        p = _params(row)
+        nxt = None
+        if row.phase == KEYS:
+            n = cnt()
+            if n >= r.goal_count or (timed_out and n >= max(r.min_count, 2)):
+                _freeze(coord, s, r, row)
+                nxt = SHARES
+        elif row.phase == SHARES:
+            shared = cnt(SecAggMember.shared.is_(True))
+            if shared == p["n"] or timed_out:
+                nxt = MASKED if shared >= p["n_min"] else None
+                if nxt is None:
+                    _fail(s, r, row, f"only {shared} of {p['n']} devices shared their seeds, need {p['n_min']}")
+        elif row.phase == MASKED:
+            shared, masked = cnt(SecAggMember.shared.is_(True)), cnt(SecAggMember.masked_sha256.is_not(None))
+            if masked == shared or timed_out:
+                if masked >= p["n_min"]:
+                    nxt, row.survivors = UNMASK, masked
+                else:
+                    _fail(s, r, row, f"only {masked} masked vectors, need {p['n_min']}")
+        elif row.phase == UNMASK:
+            masked = cnt(SecAggMember.masked_sha256.is_not(None))
+            revealed = cnt(SecAggMember.revealed.is_(True))
+            if revealed == masked or timed_out:
+                nxt, summing = SUMMING, True
+        elif row.phase == SUMMING and timed_out:   # a summing worker died: try again
+            nxt, summing = SUMMING, True
+        if nxt is not None:
+            row.phase, row.phase_started_at = nxt, utcnow()
+    if summing:   # minutes at 500 devices: never inside the request that completed the phase
+        threading.Thread(target=_sum_logged, args=(coord, round_id), name=f"secagg-sum-{round_id}",
+                         daemon=True).start()
+
+
+def _sum_logged(coord: Coordinator, round_id: int) -> None:
+    try:
+        _sum(coord, round_id)
+    except Exception:  # the phase stays `summing`; advance() retries it after the phase timeout
+        log.exception("round %d: unmasking failed; will retry after the phase timeout", round_id)
+
+
+def _secrets(s: Session, round_id: int, t: int) -> tuple[dict[int, bytes], dict[int, bytes], list[int]]:
+    """(self seeds of survivors, mask keys of dropped, owners with fewer than t shares)."""
+    shares: dict[tuple[str, int], list[bytes]] = {}
+    for kind, owner, share in s.execute(select(SecAggReveal.kind, SecAggReveal.owner, SecAggReveal.share)
+                                        .where(SecAggReveal.round_id == round_id)):
+        shares.setdefault((kind, owner), []).append(bytes.fromhex(share))
+    members = s.scalars(select(SecAggMember).where(SecAggMember.round_id == round_id,
+                                                   SecAggMember.shared.is_(True))).all()
+    seeds, keys, short = {}, {}, []
+    for m in members:
+        kind = "self" if m.masked_sha256 is not None else "key"
+        got = shares.get((kind, m.idx), [])
+        if len(got) < t:
+            short.append(m.idx)
+            continue
+        (seeds if kind == "self" else keys)[m.idx] = secagg.recover_secret(got, t)
+    return seeds, keys, short
+
+
+def _sum(coord: Coordinator, round_id: int) -> None:
+    """Recover the seeds, add the masked vectors, remove the masks; outside the lock (heavy)."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    with coord._sessions() as s:
+        row = s.get(SecAggRound, round_id)
+        p = _params(row)
+        seeds, keys, short = _secrets(s, round_id, p["t"])
+        survivors = s.execute(select(SecAggMember.idx, SecAggMember.mask_pk, SecAggMember.masked_sha256).where(
+            SecAggMember.round_id == round_id, SecAggMember.masked_sha256.is_not(None))).all()
+    total = np.zeros(p["dim"], np.uint32)
+    if not short:
+        for _, _, digest in survivors:
+            total += np.frombuffer(coord.blobs.get(digest), dtype="<u4")
+        total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
+                                  _graph(p), round_id)
+    digest = None if short else coord.blobs.put(total.astype("<u4").tobytes())
+    with coord.tx() as s:
+        r = s.get(Round, round_id, with_for_update=True)
+        row = s.get(SecAggRound, round_id)
+        if r.status != "open" or row.phase != SUMMING:
+            return
+        if short:
+            _fail(s, r, row, f"too few shares revealed to unmask devices {short[:10]}")
+        else:
+            row.phase, row.sum_sha256, row.survivors = SUMMED, digest, len(survivors)
+            row.stats_json = json.dumps({"unmask_seconds": round(time.perf_counter() - t0, 3),
+                                         "unmask_cpu_seconds": round(time.process_time() - cpu0, 3),
+                                         "dropped_after_sharing": len(keys), "survivors": len(survivors)})
+        s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == round_id))
+    if not short:
+        log.info("round %d: sum of %d masked updates unmasked (%d dropped devices' masks removed)", round_id,
+                 len(survivors), len(keys))
+        coord.close_round(round_id, force=True)   # the sum is final: fewer than the goal is fine
+
+
+def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, updates: list,
+               stream: Callable[[], Iterator[tuple[np.ndarray, float]]]) -> tuple[np.ndarray, list, dict]:
+    """For Coordinator._aggregate: (mean update, update rows, privacy notes for the version).
+
+    Plain rounds: the configured aggregator (mean, trimmed_mean, median) over the stored
+    updates. Secure rounds: the survivors' mean from the unmasked sum (unweighted: example
+    counts are not revealed in secure mode; no robust aggregator, as no update is seen alone),
+    with stand-ins (no digest, 0 examples) for the update rows."""
+    if not plan.secure_aggregation:
+        c = coord.config
+        return aggregation.aggregate(c.aggregator, stream(), trim=c.trim_fraction), updates, {}
+    row = s.get(SecAggRound, r.id)
+    p = _params(row)
+    ring_sum = np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4")
+    mean = ddp.decode_sum(ring_sum, p["scale"], row.survivors)
+    note = {"secure_aggregation": {"survivors": row.survivors, "cohort": p["n"], "k": p["k"], "t": p["t"],
+                                   "n_min": p["n_min"], "scale": p["scale"], "skellam_mu_per_device": p["mu"],
+                                   "quantization_bound": ddp.mean_error_bound(p["scale"])},
+            "assumptions": "secure aggregation with distributed Skellam noise: the coordinator sees only the sum, "
+                           "whose noise has std >= noise_multiplier * sensitivity when at least n_min devices "
+                           "survive; epsilon_local (no sampling amplification) is the central epsilon against the "
+                           "coordinator, epsilon adds amplification by sampling (Gaussian RDP for the Skellam sum)"}
+    return mean, [(None, 0)] * row.survivors, note

@@ -1,0 +1,44 @@
+"""gunicorn settings for the coordinator (deploy/README.md):
+
+    gunicorn -c deploy/gunicorn.conf.py 'coordinator.app:create_app()'
+
+Several workers, so /metrics uses prometheus-client's multiprocess mode: every worker writes its
+counters under PROMETHEUS_MULTIPROC_DIR, which is emptied when gunicorn starts and told when a
+worker exits. Logs are JSON lines, the coordinator's one format, gunicorn's own included.
+"""
+
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("FEDKEYS_BIND", "127.0.0.1:8400")       # behind the TLS proxy: loopback only
+workers = int(os.environ.get("FEDKEYS_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("FEDKEYS_THREADS", "4"))
+timeout = 120
+forwarded_allow_ips = "127.0.0.1"
+
+metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"fedkeys-metrics-{os.getuid()}"))
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "coordinator.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["stderr"], "level": os.environ.get("FEDKEYS_COORDINATOR_LOG_LEVEL", "INFO")},
+    "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
+}
+
+
+def on_starting(server):
+    """Counters from a previous run must not be added to this one's."""
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir, mode=0o700, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, metrics_dir)

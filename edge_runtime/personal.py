@@ -1,0 +1,103 @@
+"""The user's own words: a small n-gram over what this device's user typed, never uploaded.
+
+Why: a global model cannot know the names, jargon and habits of one person, and its vocabulary
+comes from proxy text; the words a user typed before are the likeliest to come again. This is
+the keyboard's private, personal part (Wang et al. 2019 personalise Gboard on the device the
+same way): it is built from the device's text cache only and lives in memory.
+
+Witten-Bell interpolation (trigram -> bigram -> unigram) because it is incremental (counts
+only, no re-estimation of discounts) and behaves well on the little text one user has:
+
+    P(w | h) = (c(h, w) + T(h) * P(w | h')) / (c(h) + T(h))
+
+with T(h) the number of distinct words seen after h and h' the shorter history. The unigram
+level is P(w) = c(w) / N over the user's words.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+BOS = "<s>"
+MIX_PRIOR = (45.0, 45.0, 10.0)  # pseudo-tokens: start at 0.45 / 0.45 / 0.1, then follow the user
+_MAX_CHAR = chr(0x10FFFF)
+
+
+class PersonalModel:
+    """Counts of the user's tokens and their one- and two-token histories."""
+
+    def __init__(self) -> None:
+        self.uni: Counter[str] = Counter()
+        self.total = 0
+        self.follow: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)  # history -> next-token counts
+        self.follow_total: Counter[tuple[str, ...]] = Counter()  # history -> tokens seen after it
+        self.words: list[str] = []  # suggestable tokens the user typed, sorted (for prefix ranges)
+        # Evidence for the keyboard's mixture weights (lstm, ngram, personal; edge_runtime.predictor):
+        # a Dirichlet prior, then one posterior responsibility per typed token. It belongs to the
+        # user, not to a model version.
+        self.mix = list(MIX_PRIOR)
+        self._cache: dict[tuple, list[str]] = {}  # candidates(), valid until the next add()
+
+    def __len__(self) -> int:
+        return self.total
+
+    def add(self, toks: Iterable[str]) -> None:
+        """Learn one text (its tokens in order)."""
+        self._cache.clear()
+        a, b = BOS, BOS
+        for t in toks:
+            if t not in self.uni and _suggestable(t):
+                insort(self.words, t)
+            self.uni[t] += 1
+            self.total += 1
+            for h in ((b,), (a, b)):
+                self.follow[h][t] += 1
+                self.follow_total[h] += 1
+            a, b = b, t
+
+    def prob(self, w: str, hist: tuple[str, ...]) -> float:
+        """P(w | the last two tokens of `hist`); 0 for a word the user never typed."""
+        if not self.total:
+            return 0.0
+        p = self.uni[w] / self.total
+        for n in (1, 2):
+            if len(hist) < n:
+                break
+            h = tuple(hist[-n:])
+            f = self.follow.get(h)
+            if f:
+                c, types = self.follow_total[h], len(f)
+                p = (f[w] + types * p) / (c + types)
+        return p
+
+    def candidates(self, hist: tuple[str, ...], prefix: str, k: int) -> list[str]:
+        """Words worth scoring for `prefix`: the k most frequent seen after this history (one and
+        two tokens back), plus the user's k most frequent. Cached until the user's next text,
+        since the keyboard asks on every keystroke and learns only on commit."""
+        key = (tuple(hist[-2:]), prefix, k)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        out: list[str] = []
+        for n in (2, 1):
+            f = self.follow.get(tuple(hist[-n:])) if len(hist) >= n else None
+            if f:
+                out.extend(heapq.nlargest(k, (w for w in f if w.startswith(prefix) and _suggestable(w)), key=f.get))
+        top = self._cache.get((prefix, k))
+        if top is None:  # the user's most frequent words with this prefix, whatever the history
+            lo = bisect_left(self.words, prefix)
+            hi = bisect_left(self.words, prefix + _MAX_CHAR)
+            span = self.words[lo:hi]
+            top = self._cache[(prefix, k)] = heapq.nlargest(k, span, key=self.uni.get) if len(span) > k else span
+        out.extend(top)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = out
+        return out
+
+
+def _suggestable(tok: str) -> bool:
+    return any(ch.isalnum() for ch in tok)

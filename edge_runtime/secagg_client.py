@@ -1,0 +1,191 @@
+"""The device's side of a secure-aggregation round: it uploads only a masked, noised, quantized
+vector and reveals shares only in the one way that cannot unmask anyone.
+
+Steps (protocol.secagg_wire): keys -> roster -> encrypted seed shares -> inbox -> masked vector
+-> unmask request -> reveal. Secrets (two X25519 private keys, the self-mask seed, the shares
+neighbours sent) live only in this process's memory for the length of the round; a device that
+restarts has nothing left to reveal and simply counts as dropped.
+
+The honest device's rules at the unmask step (`Revealer`): it refuses to reveal, for the same
+neighbour, both the self-mask share (asked when that neighbour survived) and the mask-key share
+(asked when it dropped) — together they would unmask that neighbour's individual update —
+within one request or across requests; it refuses when the coordinator claims it dropped
+although it uploaded, when fewer than n_min devices survived (the noise would be short), and for
+devices that are not neighbours that shared with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.client import CoordinatorClient, RejectedError, TransientError
+from protocol import ddp, secagg, wire
+from protocol import secagg_wire as sw
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """The device stops taking part: the coordinator asked for something an honest device refuses."""
+
+
+def local_plan(plan: wire.TrainPlan) -> wire.TrainPlan:
+    """In secure mode the device adds no Gaussian noise: its noise is a Skellam share, added later."""
+    return dataclasses.replace(plan, noise_multiplier=0.0) if plan.secure_aggregation else plan
+
+
+class Revealer:
+    """Answers unmask requests, never revealing both kinds of share of one neighbour."""
+
+    def __init__(self, index: int, shares: dict[int, tuple[bytes, bytes]], n_min: int) -> None:
+        self.index, self.shares, self.n_min = index, shares, n_min
+        self.revealed: dict[int, str] = {}          # neighbour -> "self" | "key", across requests
+
+    def answer(self, req: sw.SecAggUnmaskRequest) -> sw.SecAggReveal:
+        surv, drop = set(req.survivors), set(req.dropped)
+        both = surv & drop
+        if both:
+            raise Refused(f"asked for both the self-mask and the mask-key share of devices {sorted(both)}")
+        if self.index in drop:
+            raise Refused("the coordinator claims this device dropped, but it uploaded")
+        unknown = (surv | drop) - set(self.shares)
+        if unknown:
+            raise Refused(f"asked for shares of devices {sorted(unknown)[:5]} that did not share with this device")
+        if req.survivor_count < self.n_min:
+            raise Refused(f"only {req.survivor_count} survivors, fewer than the {self.n_min} the noise needs")
+        flips = [j for j in surv if self.revealed.get(j) == "key"] + [j for j in drop if self.revealed.get(j) == "self"]
+        if flips:
+            raise Refused(f"devices {sorted(flips)} were already reported the other way: that would unmask them")
+        self.revealed.update(dict.fromkeys(surv, "self") | dict.fromkeys(drop, "key"))
+        return sw.SecAggReveal({j: self.shares[j][0] for j in surv}, {j: self.shares[j][1] for j in drop})
+
+
+def check_roster(r: sw.SecAggRoster) -> dict[int, sw.Neighbour]:
+    """The roster must be the SecAgg+ graph its own seed fixes, with a majority threshold."""
+    if r.t != r.k // 2 + 1:
+        raise Refused(f"threshold {r.t} of {r.k} is not a majority: shares could be collected both ways")
+    want = secagg.neighbours(r.n, r.k, r.graph_seed)[r.index]
+    got = sorted(nb.index for nb in r.neighbours)
+    if got != want:
+        raise Refused("the roster's neighbours are not the graph its seed defines")
+    return {nb.index: nb for nb in r.neighbours}
+
+
+class _Channel:
+    """JSON/bytes calls on the device's authenticated connection, counting bytes both ways.
+
+    Transient errors (coordinator restarting, rate limit, network) are retried with backoff until
+    the round's deadline: the secrets exist only in this process, so giving up means dropping out.
+    A POST retried after a lost answer that the coordinator did record comes back `duplicate`,
+    which counts as done.
+    """
+
+    def __init__(self, client: CoordinatorClient, round_id: int, deadline: float,
+                 sleep: Callable[[float], Any]) -> None:
+        self.client, self.round_id, self.deadline, self.sleep = client, round_id, deadline, sleep
+        self.up = self.down = 0
+
+    def _call(self, method: str, step: str, **kw: Any) -> Any:
+        wait, retried = 1.0, False
+        while True:
+            try:
+                resp = self.client._request(method, sw.secagg_path(self.round_id, step), **kw)
+                break
+            except TransientError as e:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                log.info("secure aggregation, round %d: %s; retrying", self.round_id, e)
+                self.sleep(min(max(wait, e.retry_after or 0.0), left))
+                wait, retried = min(wait * 2, 30.0), True
+            except RejectedError as e:
+                if retried and method == "POST" and e.code == wire.E_DUPLICATE:
+                    return None
+                raise
+        self.up += len(resp.request.body or b"")
+        self.down += len(resp.content)
+        return resp
+
+    def get(self, step: str) -> dict[str, Any]:
+        return dict(self.client._json(self._call("GET", step)))
+
+    def post(self, step: str, body: dict[str, Any] | None = None, data: bytes | None = None) -> None:
+        headers = {"Content-Type": sw.MASKED_MEDIA_TYPE} if data is not None else None
+        self._call("POST", step, json_body=body, data=data, headers=headers)
+
+    def poll(self, step: str, deadline: float, sleep: Callable[[float], Any]) -> dict[str, Any]:
+        while True:
+            d = self.get(step)
+            if sw.is_ready(d):
+                return d
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Refused(f"secure aggregation timed out waiting at {step} ({d.get('phase')})")
+            sleep(min(float(d.get("retry_after", 1.0)), left))
+
+
+def masked_vector(vector: np.ndarray, roster: sw.SecAggRoster, mask_sk: bytes, self_seed: bytes,
+                  peers: dict[int, sw.Neighbour], seed: int | None = None) -> np.ndarray:
+    """Quantize with Skellam noise, add the self mask and one pairwise mask per peer that shared."""
+    y = ddp.encode(vector, roster.scale, roster.mu, seed=seed)
+    secagg.add_mask(y, self_seed, +1)
+    for j, nb in peers.items():
+        s_ij = secagg.agree(mask_sk, nb.mask_pk, b"mask", roster.round_id, roster.index, j)
+        secagg.add_mask(y, s_ij, secagg.pair_sign(roster.index, j))
+    return y
+
+
+def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarray, time_limit_s: float | None,
+               sleep: Callable[[float], Any] = time.sleep) -> tuple[str, dict[str, Any]]:
+    """Run the whole secure-aggregation exchange for one trained update; (outcome, counts)."""
+    rid = plan.round_id
+    deadline = time.monotonic() + (time_limit_s if time_limit_s is not None else 3600.0)
+    ch = _Channel(client, rid, deadline, sleep)
+    counts: dict[str, Any] = {"round": rid, "mode": "secure"}
+    enc_sk, enc_pk = secagg.generate_keypair()
+    mask_sk, mask_pk = secagg.generate_keypair()
+    try:
+        ch.post("keys", sw.SecAggKeys(enc_pk, mask_pk).to_dict())
+        roster = sw.SecAggRoster.from_dict(ch.poll("roster", deadline, sleep))
+        nbs = check_roster(roster)
+        if vector.size != roster.dim:
+            raise Refused(f"update has {vector.size} values, the round expects {roster.dim}")
+        self_seed = os.urandom(secagg.SEED_BYTES)
+        seed_shares = secagg.share_secret(self_seed, roster.t, roster.k)
+        key_shares = secagg.share_secret(mask_sk, roster.t, roster.k)
+        cts = {}
+        for (j, nb), a, b in zip(sorted(nbs.items()), seed_shares, key_shares, strict=True):
+            key = secagg.agree(enc_sk, nb.enc_pk, b"enc", rid, roster.index, j)
+            cts[j] = secagg.encrypt_share(key, rid, roster.index, j, a + b)
+        ch.post("shares", sw.SecAggShares(cts).to_dict())
+        inbox = sw.SecAggInbox.from_dict(ch.poll("inbox", deadline, sleep), secagg.CIPHERTEXT_BYTES)
+        if not set(inbox.shares) <= set(nbs):
+            raise Refused("the inbox holds shares from devices that are not neighbours")
+        held = {}
+        for j, ct in inbox.shares.items():
+            pt = secagg.decrypt_share(secagg.agree(enc_sk, nbs[j].enc_pk, b"enc", rid, j, roster.index),
+                                      rid, j, roster.index, ct)
+            held[j] = (pt[:secagg.SHARE_BYTES], pt[secagg.SHARE_BYTES:])
+        y = masked_vector(vector, roster, mask_sk, self_seed, {j: nbs[j] for j in held})
+        ch.post("masked", data=y.astype("<u4").tobytes())
+        del y, self_seed, mask_sk
+        revealer = Revealer(roster.index, held, roster.n_min)
+        req = sw.SecAggUnmaskRequest.from_dict(ch.poll("unmask", deadline, sleep))
+        ch.post("unmask", revealer.answer(req).to_dict())
+        counts.update(cohort=roster.n, neighbours=roster.k, kB_up=round(ch.up / 1024, 1),
+                      kB_down=round(ch.down / 1024, 1))
+        return "uploaded", counts
+    except Refused as e:
+        log.warning("secure aggregation, round %d: refused: %s", rid, e)
+        return f"refused ({e})", counts
+    except (RejectedError, TransientError, secagg.SecAggError, wire.WireError) as e:
+        log.warning("secure aggregation, round %d: %s", rid, e)
+        code = getattr(e, "code", None) or e.__class__.__name__
+        return f"rejected ({code})", counts

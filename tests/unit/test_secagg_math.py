@@ -1,0 +1,140 @@
+"""Secure-aggregation building blocks: masks cancel, dropouts are recovered from shares,
+shares stay private, quantization stays inside its stated bound, Skellam noise has its variance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from protocol import ddp, secagg
+
+
+def _simulate(n: int, d: int, dropped: set[int], round_id: int = 7, dropout: float = 0.3):
+    """A whole protocol run in memory, the way devices and coordinator do it (no transport)."""
+    k, t = secagg.graph_degree(n, dropout)
+    graph = secagg.neighbours(n, k, b"\x01" * 32)
+    keys = [secagg.generate_keypair() for _ in range(n)]
+    seeds = [bytes([i % 256]) * 32 for i in range(n)]
+    inputs = [np.random.default_rng(i).integers(0, 2**32, d, dtype=np.uint32) for i in range(n)]
+    # each device shares its self seed and mask key among its neighbours
+    shares_of_seed = {i: dict(zip(graph[i], secagg.share_secret(seeds[i], t, k), strict=True)) for i in range(n)}
+    shares_of_key = {i: dict(zip(graph[i], secagg.share_secret(keys[i][0], t, k), strict=True)) for i in range(n)}
+    masked = {}
+    for i in range(n):
+        if i in dropped:
+            continue
+        y = inputs[i].copy()
+        secagg.add_mask(y, seeds[i], +1)
+        for j in graph[i]:
+            secagg.add_mask(y, secagg.agree(keys[i][0], keys[j][1], b"mask", round_id, i, j), secagg.pair_sign(i, j))
+        masked[i] = y
+    total = np.zeros(d, np.uint32)
+    for y in masked.values():
+        total += y
+    survivors = set(masked)
+    self_seeds = {i: secagg.recover_secret([shares_of_seed[i][j] for j in graph[i] if j in survivors], t)
+                  for i in survivors}
+    dropped_keys = {j: secagg.recover_secret([shares_of_key[j][i] for i in graph[j] if i in survivors], t)
+                    for j in dropped}
+    out = secagg.unmask_sum(total, self_seeds, dropped_keys, {i: keys[i][1] for i in survivors}, graph, round_id)
+    expect = np.zeros(d, np.uint32)
+    for i in survivors:
+        expect += inputs[i]
+    return out, expect, masked, inputs
+
+
+def test_masks_cancel_without_dropouts():
+    out, expect, masked, inputs = _simulate(8, 1000, set())
+    assert np.array_equal(out, expect)
+    # no masked vector looks like its input
+    assert all(np.mean(masked[i] == inputs[i]) < 0.01 for i in masked)
+
+
+@pytest.mark.parametrize("n,dropped", [(10, {1, 4, 7}), (40, set(range(0, 40, 3)))])
+def test_survivor_sum_recovered_after_dropouts(n, dropped):
+    assert len(dropped) / n >= 0.3
+    out, expect, _, _ = _simulate(n, 257, dropped)
+    assert np.array_equal(out, expect)
+
+
+def test_shamir_threshold():
+    secret = bytes(range(32))
+    shares = secagg.share_secret(secret, 3, 5)
+    assert secagg.recover_secret(shares[2:], 3) == secret
+    assert secagg.recover_secret([shares[4], shares[0], shares[2]], 3) == secret
+    with pytest.raises(secagg.SecAggError):
+        secagg.recover_secret(shares[:2] + shares[:1], 3)           # a repeated share is not a third
+    with pytest.raises(secagg.SecAggError):
+        secagg.recover_secret(shares[:2], 3)
+    # two shares of a threshold-3 secret say nothing: any secret fits them (wrong guess != secret)
+    mixed = shares[:2] + [secagg.share_secret(bytes(32), 3, 5)[2]]
+    try:
+        assert secagg.recover_secret(mixed, 3) != secret
+    except secagg.SecAggError:
+        pass                                             # (most often: not even a 32-byte value)
+
+
+def test_share_encryption_binds_round_and_parties():
+    a_sk, a_pk = secagg.generate_keypair()
+    b_sk, b_pk = secagg.generate_keypair()
+    k_ab = secagg.agree(a_sk, b_pk, b"enc", 3, 1, 2)
+    assert k_ab == secagg.agree(b_sk, a_pk, b"enc", 3, 2, 1)
+    assert k_ab != secagg.agree(a_sk, b_pk, b"mask", 3, 1, 2)
+    ct = secagg.encrypt_share(k_ab, 3, 1, 2, b"x" * secagg.PLAINTEXT_BYTES)
+    assert len(ct) == secagg.CIPHERTEXT_BYTES
+    assert secagg.decrypt_share(k_ab, 3, 1, 2, ct) == b"x" * secagg.PLAINTEXT_BYTES
+    for rid, s, r in ((4, 1, 2), (3, 2, 1), (3, 1, 3)):
+        with pytest.raises(secagg.SecAggError):
+            secagg.decrypt_share(k_ab, rid, s, r, ct)
+
+
+def test_graph_is_sparse_symmetric_and_deterministic():
+    k, t = secagg.graph_degree(500, 0.3)
+    assert k < 499 and k % 2 == 0 and t == k // 2 + 1
+    g = secagg.neighbours(500, k, b"s" * 32)
+    assert g == secagg.neighbours(500, k, b"s" * 32) and g != secagg.neighbours(500, k, b"r" * 32)
+    assert all(len(nb) == k and i not in nb for i, nb in enumerate(g))
+    assert all(i in g[j] for i, nb in enumerate(g) for j in nb)
+    assert secagg.graph_degree(10, 0.3) == (9, 5)          # small cohorts: complete graph
+    k2, _ = secagg.graph_degree(5000, 0.3)
+    assert k2 < 2 * k                                       # degree grows like log n, not n
+
+
+def test_quantization_error_within_stated_bound():
+    rng = np.random.default_rng(0)
+    d, n, clip = 5000, 20, 1.0
+    xs = [rng.normal(size=d) for _ in range(n)]
+    xs = [x * min(1.0, clip / np.linalg.norm(x)) for x in xs]
+    scale = ddp.choose_scale(clip, n, 0.0, d, n)
+    total = np.zeros(d, np.uint32)
+    for i, x in enumerate(xs):
+        total += ddp.encode(x, scale, 0.0, seed=i)
+    mean = ddp.decode_sum(total, scale, n)
+    err = np.abs(mean - np.mean(xs, axis=0))
+    assert err.max() <= ddp.mean_error_bound(scale) + 1e-6
+    assert err.max() > 0                                    # it really was rounded
+    # the sum of n devices at the largest values cannot wrap
+    assert n * (scale * clip + 1) < 2**31
+
+
+def test_stochastic_rounding_is_unbiased():
+    rng = np.random.default_rng(1)
+    x = np.full(200_000, 0.3)
+    q = ddp.stochastic_round(x, 1.0, rng)
+    assert set(np.unique(q)) == {0, 1}
+    assert abs(q.mean() - 0.3) < 0.005
+
+
+def test_distributed_skellam_noise_sums_to_the_central_variance():
+    d, n_min, z, clip = 20000, 10, 1.0, 1.0
+    scale = 50.0
+    mu = ddp.skellam_mu(z, scale, clip, d, n_min)
+    total = np.zeros(d, np.uint32)
+    for i in range(n_min):
+        total += ddp.encode(np.zeros(d), scale, mu, seed=100 + i)
+    noise = total.view(np.int32).astype(np.float64)
+    want = z * ddp.sensitivity_l2(scale, clip, d)
+    assert math.isclose(noise.std(), want, rel_tol=0.03)
+    assert abs(noise.mean()) < 0.05 * want

@@ -1,0 +1,45 @@
+"""Fit the keyboard's base n-gram on proxy text (no device text) and save it.
+
+    python -m tools.proxy_ngram --proxy FILE [--proxy FILE ...] --out models/ngram/proxy_trigram.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from protocol.cli import HelpFormatter, add_version
+from tools._cli import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.proxy_ngram", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    add_version(p)
+    p.add_argument("--proxy", action="append", required=True, help="proxy corpus (JSONL/text); repeat to combine")
+    p.add_argument("--out", required=True, help="where to write the model (.npz)")
+    p.add_argument("--order", type=int, default=3, help="n-gram order")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from model.corpus import read_corpus
+    from model.ngram import KneserNeyLM
+
+    t0 = time.time()
+    texts = [r.text for p in args.proxy for r in read_corpus(p)]
+    lm = KneserNeyLM.fit(texts, order=args.order)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    lm.save(tmp)
+    tmp.replace(out)
+    print(f"{out}: order {args.order}, {len(lm.vocab):,} words from {len(texts):,} proxy texts, "
+          f"{out.stat().st_size / 1e6:.1f} MB, {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
