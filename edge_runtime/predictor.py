@@ -12,8 +12,8 @@
 - P_personal: the user's own words (`PersonalModel`), learned from the device's text cache
   only, never uploaded.
 
-(a, b, c) are learned on the device from what the user types: online EM on each component's
-posterior responsibility for every typed token, from a Dirichlet prior. A user whose text the
+(a, b, c) are learned on the device from what the user commits: online EM on each component's
+posterior responsibility for every committed token, from a Dirichlet prior. A user whose text the
 global LSTM predicts well moves weight to it; one who repeats themselves, to their own words.
 The weights belong to the user (`PersonalModel.mix`), so they survive model updates.
 
@@ -138,19 +138,30 @@ class Predictor:
         return (self.lstm_prob(node, tok), self.ngram_prob(tok, self._ngram_hist(hist)),
                 self.personal.prob(tok, hist))
 
-    def observe(self, probs: tuple[float, float, float]) -> float:
-        """One online EM step on the weights from a token the user typed; returns its mixture probability."""
-        w = self.weights()
-        joint = [wi * pi for wi, pi in zip(w, probs)]
+    def mixture(self, probs: tuple[float, float, float]) -> float:
+        return sum(w * p for w, p in zip(self.weights(), probs))
+
+    def observe(self, probs: tuple[float, float, float]) -> None:
+        """One online EM step on the weights from a token the user typed."""
+        joint = [w * p for w, p in zip(self.weights(), probs)]
         total = sum(joint)
         if total > 0:
             for i, j in enumerate(joint):
                 self.personal.mix[i] += j / total
-        return total
 
     def learn(self, text: str) -> None:
-        """The user committed `text`: the personal model learns it (it stays on the device)."""
-        self.personal.add(tokens(text))
+        """The user committed `text` (it stays on the device): the mixture weights learn how well
+        each part predicted it, token by token, then the personal model learns its words.
+
+        Learning happens on commit, not while typing, so suggestions depend only on committed
+        text (a backspace or a re-typed word is not counted twice)."""
+        toks = tokens(text)
+        node, hist = self.root, (BOS, BOS)
+        for tok in toks:
+            self.observe(self.component_probs(node, tok, hist))
+            node = self.advance_ids(node, self.vocab.ids([tok]))
+            hist = (hist[-1], tok)
+        self.personal.add(toks)
 
     def session(self) -> Session:
         return Session(self)
@@ -210,7 +221,7 @@ class Session:
         """Append a completed chunk; returns the natural-log probability the mixture gave its tokens."""
         node, hist, lp = self.nodes[-1], self.hists[-1], 0.0
         for tok in tokens(chunk):
-            lp += math.log(max(self.p.observe(self.p.component_probs(node, tok, hist)), 1e-30))
+            lp += math.log(max(self.p.mixture(self.p.component_probs(node, tok, hist)), 1e-30))
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
         self.chunks.append(chunk)

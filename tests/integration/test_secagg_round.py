@@ -31,6 +31,7 @@ from edge_runtime import agent, secagg_client, trainer
 from edge_runtime.config import EdgeConfig
 from protocol import artifact, ddp, wire
 from protocol import secagg_wire as sw
+from protocol.artifact import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["see you at the station", "thanks for dinner", "call me later", "the kids loved it"]
@@ -53,7 +54,8 @@ def _plain_update(cfg: EdgeConfig, version: Path, plan: wire.TrainPlan) -> np.nd
     """What this device's clipped float update is: same text, same plan (one batch: order-free)."""
     with agent.open_cache(cfg) as cache:
         texts = [r.text for r in cache.training_records()]
-    assert len(trainer.text_windows(version, texts, 8)) <= plan.max_examples  # one deterministic batch
+    windows = trainer.text_windows(version, texts, read_manifest(version))
+    assert len(windows) <= plan.max_examples  # one deterministic batch
     return trainer.train(version, texts, secagg_client.local_plan(plan), shuffle_seed=0).update.vector
 
 
