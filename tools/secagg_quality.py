@@ -35,7 +35,7 @@ def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str]
     manifest = artifact.load_version(version)[0]
     arch = manifest.arch.get("model", manifest.arch)
     B, T = int(arch["train_batch"]), int(arch["seq_len"])
-    data = trainer.text_windows(version, texts, T)
+    data = trainer.text_windows(version, texts, manifest)
     data = data.take(np.arange(min(max_windows, len(data))))
     model = trainer.load_model(version)
     model.set_weights(weights)

@@ -81,3 +81,46 @@ def test_devices_of_one_enrollment_key_share_a_checkin_budget(tmp_path):
         r = requests.post(s.url + wire.PATH_CHECKIN, json={"protocol_version": 1, "eligible": True},
                           headers=honest.headers, timeout=10)
         assert r.status_code == 200
+
+
+def test_secure_round_members_must_be_drawn_and_need_the_plain_mean(tmp_path):
+    """Where issue-12 (draw window, robust aggregators) meets issue-14 (secure rounds): a device
+    only registered for the draw may not join the secure cohort, one drawn and joined is not
+    handed the task again, and a secure round refuses a robust aggregator (it sees only the sum)."""
+    from coordinator import secagg as coord_secagg
+    from coordinator.config import ConfigError
+    from protocol import secagg
+    from protocol import secagg_wire as sw
+
+    with pytest.raises(ConfigError, match="aggregator = mean"):
+        make_config(tmp_path, secure_aggregation=True, aggregator="median")
+    with serve(make_config(tmp_path, goal_count=2, min_count=2, overselect=1.0, selection_window_s=120.0,
+                           canary_fraction=0.001)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devs = [FakeDevice(s.url, key) for _ in range(3)]
+        rid = s.coord.start_round(secure_aggregation=True)
+        assert all(d.checkin().kind == wire.TASK_COME_BACK for d in devs)
+        keys = sw.SecAggKeys(secagg.generate_keypair()[1], secagg.generate_keypair()[1]).to_dict()
+        for d in devs:   # registered for the draw, not selected: refused
+            r = requests.post(f"{s.url}/v1/secagg/{rid}/keys", json=keys, headers=d.headers, timeout=5)
+            assert r.status_code == 403 and r.json()["error"] == wire.E_NOT_SELECTED
+        _close_window(s, rid)
+        tasks = {d: d.checkin() for d in devs}
+        drawn, _ = [d for d, t in tasks.items() if t.kind == wire.TASK_TRAIN]
+        (left_out,) = [d for d, t in tasks.items() if t.kind == wire.TASK_COME_BACK]
+        assert tasks[drawn].plan.secure_aggregation
+        r = requests.post(f"{s.url}/v1/secagg/{rid}/keys", json=keys, headers=left_out.headers, timeout=5)
+        assert r.status_code == 403 and r.json()["error"] == wire.E_NOT_SELECTED
+        r = requests.post(f"{s.url}/v1/secagg/{rid}/keys", json=keys, headers=drawn.headers, timeout=5)
+        assert r.status_code == 200, r.text
+        with s.coord._sessions() as db:
+            assert coord_secagg.joined(db, rid, drawn.device_id) is not None
+        assert drawn.checkin().kind == wire.TASK_COME_BACK      # joined: not the same task again
+        s.coord.close_round(rid, force=True)
+    with serve(make_config(tmp_path / "robust", aggregator="median")) as s:
+        make_version(tmp_path / "v1")
+        s.coord.import_version(tmp_path / "v1")
+        r = s.admin("POST", "/v1/admin/rounds", json={"secure_aggregation": True})
+        assert r.status_code == 400 and "aggregator = mean" in r.json()["message"]
