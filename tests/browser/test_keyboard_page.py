@@ -307,7 +307,7 @@ def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, export
     try:
         pg = ctx.new_page()
         pg.set_default_timeout(15_000)
-        pg.goto(server.url)
+        pg.goto(server.page_url)                      # issue-12: POSTs carry the session token
         pg.locator("#message").focus()
         pg.keyboard.type("what say")
         assert wait_strip(pg)[1]
