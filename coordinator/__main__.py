@@ -13,6 +13,7 @@ from coordinator.config import PROFILES, Config, ConfigError, load_config
 from coordinator.errors import ApiError
 from protocol.artifact import ArtifactError
 from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
+from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -44,18 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("init", "create the data dir, database schema, signing key and admin token; print them")
     p = cmd("create-enrollment-key", "create an enrollment key and print it")
     p.add_argument("--label", default="")
-    p.add_argument("--uses", type=int, default=None, help="how many devices may enroll with it (default: unlimited)")
+    p.add_argument("--uses", type=int, default=None,
+                   help="how many devices may enroll with it (default: setting enrollment_key_uses, 100)")
+    p.add_argument("--expires-in-s", type=float, default=None,
+                   help="lifetime in seconds (default: setting enrollment_key_ttl_s, 7 days)")
     p = cmd("import-version", "import a model version directory (first one becomes stable)")
     p.add_argument("directory")
     p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
     p = cmd("start-round", "open a training round on the stable version")
     for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float),
-                 ("epochs", int), ("batch-size", int), ("learning-rate", float), ("clip-norm", float),
-                 ("noise-multiplier", float), ("max-examples", int)):
+                 ("selection-window-s", float)):
         p.add_argument(f"--{k}", type=t, help=f"(default: setting {k.replace('-', '_')}, "
                                               f"{getattr(Config, k.replace('-', '_'))})")
-    p.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
-                   help="the coordinator sees only the sum (docs/privacy.md); default: the config's secure_aggregation")
+    for f in PLAN_FIELDS:   # protocol.plan: the one declaration of a plan's fields and bounds
+        kw: dict[str, Any] = ({"action": argparse.BooleanOptionalAction, "default": None} if f.kind is bool
+                              else {"type": f.kind})
+        p.add_argument(f"--{f.name.replace('_', '-')}", **kw,
+                       help=f"{f.help}; in {f.describe()} (default: setting {f.name}, {getattr(Config, f.name)})")
     p = cmd("close-round", "close a round now (aggregate if it has enough updates)")
     p.add_argument("round_id", type=int)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
@@ -101,12 +107,12 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         _print({"data_dir": cfg.data_dir, "database": cfg.resolved_database_url.split("@")[-1],
                 "public_key_hex": c.public_key_hex, "admin_token_file": f"{cfg.data_dir}/admin_token"})
     elif a == "create-enrollment-key":
-        print(c.create_enrollment_key(label=args.label, uses=args.uses))
+        print(c.create_enrollment_key(label=args.label, uses=args.uses, expires_in_s=args.expires_in_s))
     elif a == "import-version":
         print(c.import_version(args.directory, as_candidate=False if args.stable else None))
     elif a == "start-round":
-        keys = ("goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                "learning_rate", "clip_norm", "noise_multiplier", "max_examples", "secure_aggregation")
+        keys = ("goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
+                *PLAN_FIELD_NAMES)
         rid = c.start_round(**{k: getattr(args, k) for k in keys})
         _print(c.get_round(rid))
     elif a == "close-round":
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ApiError as e:          # a refused admin request (conflict, unknown version, bad value)
         print(f"error: {e.message}", file=sys.stderr)
-        return EXIT_USER_ERROR if e.status < 500 else 1
+        return EXIT_USER_ERROR if e.status < 500 else 1  # 4xx: the operator's input was wrong
     except (ConfigError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -44,6 +44,9 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     coordinator = Coordinator(cfg)
     app.extensions["fedkeys"] = coordinator
     app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
+    # All devices of one enrollment key share one check-in budget: a leaked key's sybils slow together.
+    app.extensions["fedkeys_key_ratelimit"] = RateLimiter(cfg.rate_limit_per_key_per_minute,
+                                                          cfg.rate_limit_per_key_burst)
     for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
     _register_errors(app)

@@ -15,18 +15,21 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from protocol.fields import WireError
+from protocol.plan import PLAN_FIELDS
 from protocol.settings import coerce_settings
 
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+AGGREGATORS = ("mean", "trimmed_mean", "median")     # coordinator.aggregation.AGGREGATORS
 # Named presets applied under file, environment and flags (`profile = "small"` or --profile small).
 PROFILES: dict[str, dict[str, Any]] = {
     # One person trying the loop by hand: one device fills a round, one report decides the canary,
     # devices come back within seconds, and the next round opens itself.
     "small": {"goal_count": 1, "min_count": 1, "overselect": 1.0, "round_duration_s": 300.0,
               "checkin_interval_s": 2.0, "canary_fraction": 1.0, "canary_min_reports": 1,
-              "round_interval_s": 5.0},
+              "round_interval_s": 5.0, "selection_window_s": 0.0},  # one device: nothing to draw among
 }
 
 
@@ -48,14 +51,20 @@ class Config:
     max_body_bytes: int = 64 * 1024 * 1024   # hard cap on any request body (413 above)
     rate_limit_per_minute: float = 120.0     # per device, token bucket refill
     rate_limit_burst: int = 30
+    rate_limit_per_key_per_minute: float = 6000.0  # check-ins of all devices of one enrollment key
+    rate_limit_per_key_burst: int = 600
+    # Enrollment keys: every key has a use count and a lifetime (a leaked key mints few sybils)
+    enrollment_key_uses: int = 100
+    enrollment_key_ttl_s: float = 7 * 86400.0
     # Pace steering: how long devices wait between check-ins (jittered to avoid a herd)
     checkin_interval_s: float = 300.0
     checkin_jitter: float = 0.5              # +- fraction of the interval
-    # Round defaults (start-round may override)
+    # Round defaults (start-round may override); plan bounds: protocol.plan.PLAN_FIELDS
     goal_count: int = 100
     overselect: float = 1.3                  # select 130 % of goal: some devices drop out
     min_count: int = 50                      # at the deadline, aggregate only with this many
     round_duration_s: float = 1800.0
+    selection_window_s: float = 60.0         # check-ins collected, then a random draw (0: first come)
     round_interval_s: float = 0.0            # > 0: open the next round this long after the last one closed
     epochs: int = 1
     batch_size: int = 16
@@ -65,6 +74,8 @@ class Config:
     max_examples: int = 1000
     # Aggregation
     max_example_weight: int = 1000           # per-update weight cap: no device dominates the mean
+    aggregator: str = "mean"                 # mean (streamed) | trimmed_mean | median (coordinate-wise)
+    trim_fraction: float = 0.1               # trimmed_mean: share cut at each end per coordinate
     server_optimizer: str = "fedavg"         # fedavg | fedavgm | fedadam
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9             # FedAvgM (Hard et al. 2018 used 0.9)
@@ -81,37 +92,55 @@ class Config:
     secagg_poll_s: float = 2.0               # Retry-After while a device waits for the next phase
     # Canary rollout
     canary_fraction: float = 0.1
+    rollout_state_ttl_s: float = 7 * 86400.0  # a signed check-in reply is usable this long
     canary_min_reports: int = 5
     canary_tolerance: float = 0.005          # candidate top-3 may be at most this much worse
-    max_eval_examples: int = 500
+    max_eval_examples: int = 500             # evaluate task: held-out windows per version
+    max_eval_words: int = 300                # evaluate task: words scored per version (word top-3, KSR)
 
     def __post_init__(self) -> None:
         checks = [
             (self.port > 0 and self.port < 65536, "port must be 1-65535"),
             (self.max_body_bytes > 0, "max_body_bytes must be > 0"),
+            (1 <= self.enrollment_key_uses <= 2**31 - 1 and 0 < self.enrollment_key_ttl_s <= 3650 * 86400,
+             "enrollment_key_uses must be in [1, 2^31-1] and enrollment_key_ttl_s in (0, 10 years]"),
             (self.rate_limit_per_minute > 0 and self.rate_limit_burst >= 1, "rate limits must be positive"),
+            (self.rate_limit_per_key_per_minute > 0 and self.rate_limit_per_key_burst >= 1,
+             "per-key rate limits must be positive"),
             (self.checkin_interval_s > 0 and 0 <= self.checkin_jitter < 1, "bad check-in interval or jitter"),
             (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
             (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
             (self.round_duration_s > 0, "round_duration_s must be > 0"),
+            (0 <= self.selection_window_s < self.round_duration_s,
+             "selection_window_s must be in [0, round_duration_s)"),
             (self.round_interval_s >= 0, "round_interval_s must be >= 0 (0: rounds only on start-round)"),
             (self.log_format in ("auto", "json", "text"), "log_format must be auto, json or text"),
             (self.profile in ("", *PROFILES), f"profile must be one of {sorted(PROFILES)} or empty"),
-            (self.epochs >= 1 and self.batch_size >= 1 and self.max_examples >= 1, "bad plan sizes"),
-            (self.learning_rate > 0 and self.clip_norm > 0 and self.noise_multiplier >= 0, "bad plan rates"),
             (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
+            (self.aggregator in AGGREGATORS and 0 <= self.trim_fraction < 0.5,
+             f"aggregator must be one of {AGGREGATORS}, trim_fraction in [0, 0.5)"),
             (self.server_optimizer in SERVER_OPTIMIZERS, f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
             (self.population_size >= 0, "population_size must be >= 0"),
             (0 <= self.secagg_dropout < 0.5 and self.secagg_phase_timeout_s > 0 and self.secagg_poll_s > 0,
              "secagg_dropout must be in [0, 0.5), secagg timeouts > 0"),
+            (not self.secure_aggregation or self.aggregator == "mean",
+             "secure_aggregation needs aggregator = mean: the coordinator sees only the sum"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
+            (60 <= self.rollout_state_ttl_s <= 365 * 86400, "rollout_state_ttl_s must be in [60 s, 365 days]"),
             (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
+            (1 <= self.max_eval_examples <= 10**6 and 1 <= self.max_eval_words <= 10**6,
+             "max_eval_examples and max_eval_words must be in [1, 1e6]"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        for f in PLAN_FIELDS:  # the round defaults obey the one plan declaration
+            try:
+                f.check(getattr(self, f.name))
+            except WireError as e:
+                raise ConfigError(str(e)) from e
 
     @property
     def resolved_database_url(self) -> str:

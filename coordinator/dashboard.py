@@ -2,8 +2,9 @@
 
 Assembled from the service's own views (status, versions, rounds, canary, rejections) so the
 page and the admin CLI never disagree; only counts and versions, never a device's text.
-Accuracies are percentages, as in the simulation report; the canary's are next-piece top-3 on
-the canary devices' held-out text, which is why they differ from the report's word-level top-3.
+Accuracies are percentages, as in the simulation report; the canary's are word-level top-3 on
+the canary devices' held-out text (what the keyboard strip shows), decisions from before the
+canary scored words show next-piece top-3.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ DECISIONS_SHOWN = 50
 
 def _pct(numbers: dict | None, side: str) -> float | None:
     x = (numbers or {}).get(side, {}) or {}
-    v = x.get("top3_acc")
+    v = x.get("word_top3_acc", x.get("top3_acc"))
     return None if not isinstance(v, (int, float)) else round(100.0 * v, 2)
 
 
@@ -68,6 +69,8 @@ def dashboard_data(c: Any) -> dict[str, Any]:
                        "failed": sum(r["status"] == "failed" for r in rounds)},
             "canary": canary, "privacy": {"epsilon": stable["epsilon"] if stable else None,
                                           "epsilon_local": stable["epsilon_local"] if stable else None,
-                                          "delta": c.config.privacy_delta},
+                                          "delta": c.config.privacy_delta,
+                                          "population": {k: v for k, v in status["population"].items()
+                                                         if k != "enrolled"}},
             "rejections_total": dict(all_reasons), "decisions": decisions, "versions": history,
             "server_time": utcnow().isoformat() + "Z"}

@@ -33,9 +33,10 @@ class EnrollmentKey(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(128), default="")
-    uses_left: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: unlimited
+    uses_left: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: unlimited (keys before 0002)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None: keys before 0002
 
 
 class Device(Base):
@@ -83,6 +84,8 @@ class Round(Base):
     closed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     result_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+    selection_ends_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None: no window
+    drawn_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Assignment(Base):
@@ -92,6 +95,7 @@ class Assignment(Base):
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
     assigned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    selected: Mapped[bool] = mapped_column(Boolean, default=True)   # False: checked in, awaiting the draw
 
 
 class Update(Base):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from protocol import wire
+from protocol.plan import PLAN_FIELDS, REQUIRED_PLAN_FIELD_NAMES
 
 _ERR = {"$ref": "#/components/schemas/Error"}
 _NUM = {"type": "number"}
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
-_METRIC = {"oneOf": [_NUM, {"type": "string", "enum": ["nan", "inf", "-inf"]}]}
+_COUNT = {"type": "number", "minimum": 0}  # finite: a non-finite metric is refused, not a verdict
 _ANY_OBJ = {"type": "object", "additionalProperties": True}
 
 
@@ -22,6 +23,10 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
     return d
 
 
+_ROUND_BODY = {**{k: _NUM for k in ("goal_count", "min_count", "overselect", "round_duration_s",
+                                         "selection_window_s")},
+               **{f.name: f.json_schema() for f in PLAN_FIELDS}}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _STR, "message": _STR, "retry_after": _NUM, "details": _ANY_OBJ}, ["error", "message"]),
     "EnrollRequest": _obj({"protocol_version": _INT, "enrollment_key": _STR, "platform": _STR},
@@ -31,25 +36,31 @@ SCHEMAS: dict[str, Any] = {
     "CheckinRequest": _obj({"protocol_version": _INT, "eligible": _BOOL,
                             "current_version_id": {"type": "string", "nullable": True}, "can_evaluate": _BOOL},
                            ["protocol_version", "eligible"]),
-    "TrainPlan": _obj({"round_id": _INT, "epochs": _INT, "batch_size": _INT, "learning_rate": _NUM,
-                       "clip_norm": _NUM, "noise_multiplier": _NUM, "max_examples": _INT, "secure_aggregation": _BOOL},
-                      ["round_id", "epochs", "batch_size", "learning_rate", "clip_norm", "noise_multiplier",
-                       "max_examples"]),
+    "TrainPlan": _obj({"round_id": _INT, **{f.name: f.json_schema() for f in PLAN_FIELDS}},
+                      ["round_id", *REQUIRED_PLAN_FIELD_NAMES]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
                   "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
                   "use_channel": {"type": "string", "enum": list(wire.USE_CHANNELS)},
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
                   "time_limit_s": _NUM, "candidate_version_id": _STR,
-                  "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT},
+                  "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT,
+                  "max_eval_words": _INT, "rollout": {"$ref": "#/components/schemas/RolloutState"}},
                  ["protocol_version", "kind", "retry_after"]),
+    "RolloutState": _obj({"device_id": _STR, "version_id": _STR, "channel": {"type": "string", "enum": ["stable",
+                                                                                                        "canary"]},
+                          "seq": _INT, "version_seq": _INT, "rollback": _BOOL, "expires_at": _INT, "signature": _STR},
+                         ["device_id", "version_id", "channel", "seq", "version_seq", "rollback", "expires_at",
+                          "signature"]),
     "UpdateMeta": _obj({"protocol_version": _INT, "round_id": _INT, "base_version_id": _STR, "example_count": _INT,
                         "idempotency_key": _STR, "encoding": {"type": "string", "enum": list(wire.ENCODINGS)}},
                        ["protocol_version", "round_id", "base_version_id", "example_count", "idempotency_key",
                         "encoding"]),
     "UpdateReceipt": _obj({"protocol_version": _INT, "update_id": _INT, "round_id": _INT, "accepted": _BOOL},
                           ["protocol_version", "update_id", "round_id", "accepted"]),
-    "VersionMetrics": _obj({"version_id": _STR, "loss_sum": _METRIC, "top1": _METRIC, "top3": _METRIC,
-                            "count": _METRIC}, ["version_id", "loss_sum", "top1", "top3", "count"]),
+    "VersionMetrics": _obj({"version_id": _STR, "loss_sum": _COUNT, "top1": _COUNT, "top3": _COUNT,
+                            "count": _COUNT, **dict.fromkeys(("words", "word_top1", "word_top3", "saved", "typed"),
+                                                             {"type": "integer", "minimum": 0})},
+                           ["version_id", "loss_sum", "top1", "top3", "count"]),
     "EvaluationReport": _obj({"protocol_version": _INT, "candidate_version_id": _STR,
                               "results": {"type": "array", "minItems": 1, "maxItems": wire.MAX_VERSIONS_PER_EVALUATION,
                                           "items": {"$ref": "#/components/schemas/VersionMetrics"}}},
@@ -176,7 +187,8 @@ def build() -> dict[str, Any]:
         "/v1/admin/enrollment-keys": {"post": _op(
             "Create an enrollment key", ok_status="201", security="admin", errors=(400, 413),
             ok=_obj({"enrollment_key": _STR}, ["enrollment_key"]),
-            body=_obj({"label": _STR, "uses": {"type": "integer", "nullable": True}}))},
+            body=_obj({"label": _STR, "uses": {"type": "integer", "nullable": True},
+                       "expires_in_s": {"type": "number", "nullable": True}}))},
         "/v1/admin/devices/{device_id}/revoke": {"post": _op("Revoke a device", security="admin",
                                                              params=[_path_param("device_id")], errors=(404,))},
         "/v1/admin/versions": {"get": _op("List versions", security="admin", errors=(),
@@ -191,10 +203,7 @@ def build() -> dict[str, Any]:
             "get": _op("List rounds", security="admin", errors=(),
                        ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}})),
             "post": _op("Start a round on the stable version", ok=_ref("Round"), ok_status="201", security="admin",
-                        errors=(400, 409, 413), body=_obj({k: _NUM for k in (
-                            "goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                            "learning_rate", "clip_norm", "noise_multiplier", "max_examples")}
-                                                         | {"secure_aggregation": _BOOL}))},
+                        errors=(400, 409, 413), body=_obj(_ROUND_BODY))},
         "/v1/admin/rounds/{round_id}": {"get": _op("One round", ok=_ref("Round"), security="admin", params=rid,
                                                    errors=(404,))},
         "/v1/admin/rounds/{round_id}/close": {"post": _op(

@@ -1,14 +1,16 @@
 """Canary cohort and the promote/reject decision, as pure functions.
 
 The cohort is a stable hash of the device id, so the same devices stay canaries across
-candidates and a device never flips between cohorts. The decision pools the canary reports
-(sum of hits / sum of scored tokens) for candidate and stable.
+candidates and a device never flips between cohorts. The decision is a robust pool of
+per-device differences (median of word-level top-3, candidate minus stable): a device's
+report counts once, whatever counts it claims.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,41 +32,55 @@ class CanaryDecision:
     numbers: dict = field(default_factory=dict)
 
 
-def _pool(metrics: Sequence[VersionMetrics]) -> dict[str, float]:
-    count = sum(m.count for m in metrics)
-    top1 = sum(m.top1 for m in metrics)
-    top3 = sum(m.top3 for m in metrics)
-    loss = sum(m.loss_sum for m in metrics)
-    return {"count": count, "top1_acc": top1 / count if count else math.nan,
-            "top3_acc": top3 / count if count else math.nan, "loss": loss / count if count else math.nan}
+def device_difference(cand: VersionMetrics, stable: VersionMetrics) -> float | None:
+    """One canary device's word-level top-3 difference, candidate minus stable (None if it
+    scored no words: it has no vote)."""
+    if cand.words <= 0 or stable.words <= 0:
+        return None
+    return cand.word_top3 / cand.words - stable.word_top3 / stable.words
+
+
+def _rates(metrics: Sequence[VersionMetrics]) -> dict[str, float]:
+    """Per-device means (each device weighs the same, however much it typed), for display."""
+    scored = [m for m in metrics if m.words > 0]
+    piece = [m for m in metrics if m.count > 0]
+    mean = lambda xs: statistics.fmean(xs) if xs else math.nan  # noqa: E731
+    return {"devices": len(scored), "word_top3_acc": mean([m.word_top3 / m.words for m in scored]),
+            "word_top1_acc": mean([m.word_top1 / m.words for m in scored]),
+            "ksr": mean([m.saved / m.typed for m in scored if m.typed]),
+            "top3_acc": mean([m.top3 / m.count for m in piece]), "loss": mean([m.loss_sum / m.count for m in piece])}
+
+
+def trimmed_mean(values: Sequence[float], trim: float = 0.2) -> float:
+    """Mean after dropping the `trim` share of values at each end (at least one kept)."""
+    v = sorted(values)
+    k = min(int(len(v) * trim), (len(v) - 1) // 2)
+    return statistics.fmean(v[k:len(v) - k]) if v else math.nan
 
 
 def decide(reports: Sequence[tuple[VersionMetrics, VersionMetrics]], *, min_reports: int,
            tolerance: float) -> CanaryDecision:
     """Given (candidate, stable) metrics per canary device, promote, reject or wait.
 
-    Any non-finite value rejects at once (a broken candidate should roll back fast). Otherwise
-    wait for `min_reports`, then promote iff candidate top-3 >= stable top-3 - tolerance.
+    Each device contributes one number, its word-level top-3 difference, and the decision
+    reads their median: no device outweighs another by claiming a large count, and fewer than
+    half of the canaries cannot move the verdict past what the honest ones measured. Wait for
+    `min_reports` devices that scored words, then promote iff median >= -tolerance.
+    (Non-finite values never get here: the wire refuses them.)
     """
     if min_reports < 1 or tolerance < 0:
         raise ValueError("min_reports must be >= 1 and tolerance >= 0")
-    for cand, stable in reports:
-        values = (cand.loss_sum, cand.top1, cand.top3, cand.count,
-                  stable.loss_sum, stable.top1, stable.top3, stable.count)
-        if not all(math.isfinite(v) for v in values):
-            return CanaryDecision(REJECT, "a canary device reported a non-finite metric", {"reports": len(reports)})
-    c = _pool([r[0] for r in reports])
-    s = _pool([r[1] for r in reports])
-    numbers = {"reports": len(reports), "min_reports": min_reports, "tolerance": tolerance,
-               "candidate": c, "stable": s}
-    if len(reports) < min_reports:
-        return CanaryDecision(WAIT, f"{len(reports)} of {min_reports} canary reports", numbers)
-    if c["count"] <= 0 or s["count"] <= 0:
-        return CanaryDecision(WAIT, "canary reports scored no tokens", numbers)
-    diff = c["top3_acc"] - s["top3_acc"]
-    numbers["top3_diff"] = diff
-    if diff >= -tolerance - 1e-12:  # exactly at the tolerance passes, float rounding aside
-        return CanaryDecision(PROMOTE, f"candidate top-3 {c['top3_acc']:.4f} vs stable {s['top3_acc']:.4f} "
-                                       f"(diff {diff:+.4f} >= -{tolerance})", numbers)
-    return CanaryDecision(REJECT, f"candidate top-3 {c['top3_acc']:.4f} worse than stable {s['top3_acc']:.4f} "
-                                  f"by {-diff:.4f} > {tolerance}", numbers)
+    diffs = [d for d in (device_difference(c, s) for c, s in reports) if d is not None]
+    numbers: dict = {"reports": len(reports), "devices_scored": len(diffs), "min_reports": min_reports,
+                     "tolerance": tolerance, "candidate": _rates([r[0] for r in reports]),
+                     "stable": _rates([r[1] for r in reports])}
+    if len(diffs) < min_reports:
+        return CanaryDecision(WAIT, f"{len(diffs)} of {min_reports} canary devices scored words", numbers)
+    med = statistics.median(diffs)
+    numbers.update(word_top3_diff=med, trimmed_mean_diff=trimmed_mean(diffs),
+                   devices_worse=sum(d < -tolerance for d in diffs))
+    if med >= -tolerance - 1e-12:  # exactly at the tolerance passes, float rounding aside
+        return CanaryDecision(PROMOTE, f"median per-device word top-3 difference {med:+.4f} >= -{tolerance} "
+                                       f"over {len(diffs)} devices", numbers)
+    return CanaryDecision(REJECT, f"median per-device word top-3 difference {med:+.4f} < -{tolerance} "
+                                  f"over {len(diffs)} devices", numbers)

@@ -1,6 +1,6 @@
 """When the coordinator opens the next round by itself (setting round_interval_s > 0).
 
-Pure, so the rule is testable without a clock: the first round is always an operator's
+`next_round_due` is pure, so the rule is testable without a clock: the first round is always an operator's
 `start-round`; after that a new round opens `round_interval_s` after the last one closed, but
 never while a round is open or a candidate is still in its canary (its verdict decides what
 the next round trains on).
@@ -8,7 +8,19 @@ the next round trains on).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from coordinator.errors import ApiError
+from coordinator.models import Round, utcnow
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+log = logging.getLogger(__name__)
 
 
 def next_round_due(now: datetime, *, interval_s: float, last_closed_at: datetime | None, round_open: bool,
@@ -16,3 +28,23 @@ def next_round_due(now: datetime, *, interval_s: float, last_closed_at: datetime
     if interval_s <= 0 or round_open or not has_stable or candidate_pending or last_closed_at is None:
         return False
     return now >= last_closed_at + timedelta(seconds=interval_s)
+
+
+def open_if_due(coord: Coordinator) -> None:
+    """Open the next round on `coord` if `next_round_due` says so (called from maintenance)."""
+    if coord.config.round_interval_s <= 0:
+        return
+    with coord._sessions() as s:
+        due = next_round_due(
+            utcnow(), interval_s=coord.config.round_interval_s,
+            last_closed_at=s.scalar(select(func.max(Round.closed_at))),
+            round_open=s.scalar(select(Round.id).where(Round.status == "open")) is not None,
+            has_stable=coord._stable(s) is not None, candidate_pending=coord._candidate(s) is not None)
+    if not due:
+        return
+    try:
+        rid = coord.start_round()
+    except ApiError as e:     # another worker opened it first, or the stable version just changed
+        log.info("scheduled round not opened: %s", e.message)
+        return
+    log.info("round %d opened on schedule (round_interval_s %g)", rid, coord.config.round_interval_s)

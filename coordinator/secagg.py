@@ -32,9 +32,9 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation
+from coordinator import aggregation, selection
 from coordinator.errors import ApiError
-from coordinator.models import Assignment, Round, Version, utcnow
+from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
 from protocol import ddp, secagg, wire
 from protocol import secagg_wire as sw
@@ -69,7 +69,7 @@ def _open_round(s: Session, round_id: int, device_id: str) -> tuple[Round, SecAg
         raise ApiError(404, wire.E_UNKNOWN_ROUND, f"no round {round_id}")
     if not _plan(r).secure_aggregation:
         raise ApiError(409, wire.E_CONFLICT, f"round {round_id} is not a secure-aggregation round")
-    if s.scalar(select(Assignment.id).where(Assignment.round_id == r.id, Assignment.device_id == device_id)) is None:
+    if not selection.is_selected(s, r.id, device_id):   # registered for the draw is not selected
         raise ApiError(403, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
     if r.status != "open":
         raise ApiError(409, wire.E_LATE, f"round {r.id} is {r.status}")
@@ -373,11 +373,13 @@ def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, u
                stream: Callable[[], Iterator[tuple[np.ndarray, float]]]) -> tuple[np.ndarray, list, dict]:
     """For Coordinator._aggregate: (mean update, update rows, privacy notes for the version).
 
-    Plain rounds: the weighted mean of the stored updates. Secure rounds: the survivors' mean
-    from the unmasked sum (unweighted: example counts are not revealed in secure mode), with
-    stand-ins (no digest, 0 examples) for the update rows."""
+    Plain rounds: the configured aggregator (mean, trimmed_mean, median) over the stored
+    updates. Secure rounds: the survivors' mean from the unmasked sum (unweighted: example
+    counts are not revealed in secure mode; no robust aggregator, as no update is seen alone),
+    with stand-ins (no digest, 0 examples) for the update rows."""
     if not plan.secure_aggregation:
-        return aggregation.weighted_average(stream()), updates, {}
+        c = coord.config
+        return aggregation.aggregate(c.aggregator, stream(), trim=c.trim_fraction), updates, {}
     row = s.get(SecAggRound, r.id)
     p = _params(row)
     ring_sum = np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4")

@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,44 +26,42 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, keys, privacy, rollout, schedule, secagg
+from coordinator import (
+    aggregation,
+    canary,
+    enrollment,
+    keys,
+    privacy,
+    rollout,
+    rollout_signing,
+    schedule,
+    secagg,
+    selection,
+    updates,
+    views,
+)
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.metrics import Metrics
 from coordinator.models import (
-    Assignment,
     Decision,
     Device,
-    EnrollmentKey,
-    Evaluation,
-    Rejection,
     Round,
     Setting,
     Update,
     Version,
     utcnow,
 )
-from coordinator.validation import UpdateRejected, validate_update
+from coordinator.views import _iso, _jf, _json_safe  # noqa: F401  (used here and by older imports)
 from protocol import artifact, wire
+from protocol.plan import PLAN_FIELD_NAMES, check_plan_values
 
 log = logging.getLogger(__name__)
 
 STABLE, CANDIDATE, REJECTED, RETIRED = "stable", "candidate", "rejected", "retired"
 OPEN, DONE, FAILED = "open", "done", "failed"
-REJECTION_STATUS = {wire.E_UNKNOWN_ROUND: 404, wire.E_NOT_SELECTED: 403, wire.E_LATE: 409, wire.E_DUPLICATE: 409,
-                    wire.E_STALE: 409, wire.E_MALFORMED: 422, wire.E_NORM: 422, wire.E_EXAMPLE_COUNT: 422,
-                    wire.E_BAD_REQUEST: 400}
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.isoformat() + "Z"
-
-
-def _jf(x: float) -> float | str:
-    """JSON-safe float (epsilon may be inf)."""
-    return x if math.isfinite(x) else str(x)
 
 
 class Coordinator:
@@ -83,6 +82,7 @@ class Coordinator:
         self.metrics = Metrics(self._sessions)
         self._lock = threading.RLock()
         self._rng = random.Random()
+        self._key_of: dict[str, int] = {}
         self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)
 
     def close(self) -> None:
@@ -96,27 +96,13 @@ class Coordinator:
 
     # --- enrollment and auth ---------------------------------------------------------------
 
-    def create_enrollment_key(self, *, label: str = "", uses: int | None = None) -> str:
-        if uses is not None and not 1 <= uses <= wire.MAX_INT:
-            raise bad_request(f"uses must be in [1, {wire.MAX_INT}]")
-        key = keys.new_secret()
-        with self.tx() as s:
-            s.add(EnrollmentKey(key_hash=keys.hash_secret(key), label=label[:128], uses_left=uses, revoked=False))
-        return key
+    def create_enrollment_key(self, *, label: str = "", uses: int | None = None,
+                              expires_in_s: float | None = None) -> str:
+        """A new key for `uses` enrollments within `expires_in_s` (config defaults when None)."""
+        return enrollment.create_key(self, label=label, uses=uses, expires_in_s=expires_in_s)
 
     def enroll(self, req: wire.EnrollRequest) -> wire.EnrollResponse:
-        with self.tx() as s:
-            ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key)))
-            if ek is None or ek.revoked or (ek.uses_left is not None and ek.uses_left <= 0):
-                raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked or used up")
-            if ek.uses_left is not None:
-                ek.uses_left -= 1
-            device_id = "d-" + keys.new_secret()[:22].replace("_", "x").replace("-", "y")
-            token = keys.new_secret()
-            s.add(Device(id=device_id, token_hash=keys.hash_secret(token), enrollment_key_id=ek.id,
-                         platform=req.platform, revoked=False))
-        log.info("enrolled device %s", device_id)
-        return wire.EnrollResponse(device_id=device_id, token=token)
+        return enrollment.enroll(self, req)
 
     def authenticate(self, device_id: str | None, token: str | None) -> str:
         """Return the device id if the token is that device's, else 401."""
@@ -127,6 +113,10 @@ class Coordinator:
             if dev is None or dev.revoked or not keys.secret_matches(token, dev.token_hash):
                 raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
         return device_id
+
+    def enrollment_key_of(self, device_id: str) -> int:
+        """The enrollment key a device was minted with (fixed for its life, so cached)."""
+        return enrollment.key_of(self, device_id)
 
     def revoke_device(self, device_id: str) -> None:
         with self.tx() as s:
@@ -212,16 +202,24 @@ class Coordinator:
     # --- rounds ------------------------------------------------------------------------------
 
     def _population(self, s: Session) -> int:
+        """The population the sampled epsilon assumes: the configured size, else the devices that
+        have actually contributed an accepted update (enrolled-but-idle sybils do not count)."""
         if self.config.population_size:
             return self.config.population_size
-        return int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
+        return int(s.scalar(select(func.count(func.distinct(Update.device_id)))) or 0)
+
+    def _population_view(self, s: Session) -> dict[str, Any]:
+        enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
+        basis = ("configured population_size" if self.config.population_size
+                 else "devices that contributed an accepted update (not merely enrolled ones)")
+        return {"enrolled": enrolled, "assumed_by_epsilon": self._population(s), "basis": basis}
 
     def start_round(self, **overrides: Any) -> int:
         """Open a round on the stable version; overrides: goal_count, min_count, overselect,
         round_duration_s and any TrainPlan field."""
         c = self.config
-        allowed = {"goal_count", "min_count", "overselect", "round_duration_s", "epochs", "batch_size",
-                   "learning_rate", "clip_norm", "noise_multiplier", "max_examples", "secure_aggregation"}
+        allowed = {"goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
+                   *PLAN_FIELD_NAMES}
         unknown = set(overrides) - allowed
         if unknown:
             raise bad_request(f"unknown round settings {sorted(unknown)}")
@@ -236,12 +234,16 @@ class Coordinator:
         try:
             goal, min_count = int(o["goal_count"]), int(o["min_count"])
             over, duration = float(o["overselect"]), float(o["round_duration_s"])
+            window = float(o["selection_window_s"])
+            if not 0 <= window < duration:
+                raise ValueError("need 0 <= selection_window_s < round_duration_s")
             min_count = min(min_count, goal)
             if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
                 raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
                                  "0 < round_duration_s <= 30 days")
-            if not 1 <= int(o["max_examples"]) <= 10**9:
-                raise ValueError("max_examples must be in [1, 1e9]")
+            plan_values = check_plan_values({k: o[k] for k in PLAN_FIELD_NAMES})  # the one plan rule
+            if plan_values["secure_aggregation"] and c.aggregator != "mean":
+                raise ValueError(f"secure_aggregation needs aggregator = mean (it is {c.aggregator})")
             with self.tx() as s:
                 stable = self._stable(s)
                 if stable is None:
@@ -250,15 +252,11 @@ class Coordinator:
                     raise ApiError(409, wire.E_CONFLICT, "a round is already open")
                 r = Round(base_version_id=stable.id, status=OPEN, plan_json="{}", goal_count=goal,
                           max_selected=max(goal, math.ceil(goal * over)), min_count=min_count,
-                          population=self._population(s), deadline=utcnow() + timedelta(seconds=duration), reason="")
+                          population=self._population(s), deadline=utcnow() + timedelta(seconds=duration), reason="",
+                          selection_ends_at=utcnow() + timedelta(seconds=window) if window > 0 else None)
                 s.add(r)
                 s.flush()
-                plan = wire.TrainPlan(round_id=r.id, epochs=int(o["epochs"]), batch_size=int(o["batch_size"]),
-                                      learning_rate=float(o["learning_rate"]), clip_norm=float(o["clip_norm"]),
-                                      noise_multiplier=float(o["noise_multiplier"]),
-                                      max_examples=int(o["max_examples"]),
-                                      secure_aggregation=bool(o["secure_aggregation"]))
-                wire.TrainPlan.from_dict(plan.to_dict())  # same validation as the device applies
+                plan = wire.TrainPlan(round_id=r.id, **plan_values)
                 r.plan_json = json.dumps(plan.to_dict())
                 rid = r.id
         except (ValueError, TypeError) as e:
@@ -286,22 +284,8 @@ class Coordinator:
 
     def _open_scheduled_round(self) -> None:
         """With round_interval_s > 0, the next round opens by itself (coordinator.schedule)."""
-        if self.config.round_interval_s <= 0 or getattr(self._local, "manual", False):
-            return
-        with self._sessions() as s:
-            due = schedule.next_round_due(
-                utcnow(), interval_s=self.config.round_interval_s,
-                last_closed_at=s.scalar(select(func.max(Round.closed_at))),
-                round_open=s.scalar(select(Round.id).where(Round.status == OPEN)) is not None,
-                has_stable=self._stable(s) is not None, candidate_pending=self._candidate(s) is not None)
-        if not due:
-            return
-        try:
-            rid = self.start_round()
-        except ApiError as e:     # another worker opened it first, or the stable version just changed
-            log.info("scheduled round not opened: %s", e.message)
-            return
-        log.info("round %d opened on schedule (round_interval_s %g)", rid, self.config.round_interval_s)
+        if not getattr(self._local, "manual", False):
+            schedule.open_if_due(self)
 
     def close_round(self, round_id: int, *, force: bool = False) -> dict[str, Any]:
         """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
@@ -365,7 +349,8 @@ class Coordinator:
         manifest.metrics = {"round_id": r.id, "updates": len(updates),
                             "examples": int(sum(cnt for _, cnt in updates)),
                             "mean_delta_norm": float(np.linalg.norm(mean_delta)),
-                            "server_optimizer": c.server_optimizer}
+                            "server_optimizer": c.server_optimizer,
+                            "aggregator": "secure_sum" if plan.secure_aggregation else c.aggregator}
         manifest.privacy = {k: _jf(v) if isinstance(v, float) else v for k, v in priv.items()}
         artifact.sign_manifest(manifest, self.signing_key)
         self._supersede_candidate(s, vid)
@@ -380,14 +365,7 @@ class Coordinator:
                  priv["epsilon"], c.privacy_delta)
 
     def _round_dict(self, s: Session, r: Round) -> dict[str, Any]:
-        selected = int(s.scalar(select(func.count()).select_from(Assignment).where(Assignment.round_id == r.id)) or 0)
-        rejected = int(s.scalar(select(func.count()).select_from(Rejection).where(Rejection.round_id == r.id)) or 0)
-        return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
-                "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
-                "min_count": r.min_count, "population": r.population, "selected": selected,
-                "accepted": self._accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
-                "created_at": _iso(r.created_at), "closed_at": _iso(r.closed_at),
-                "result_version_id": r.result_version_id, "reason": r.reason}
+        return views.round_dict(self, s, r)
 
     # --- device calls ------------------------------------------------------------------------
 
@@ -418,155 +396,45 @@ class Coordinator:
             stable, cand = self._stable(s), self._candidate(s)
             if stable is None:
                 return wire.Task(kind=wire.TASK_COME_BACK, retry_after=self._retry_after())
-            canary = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
-            use = cand.id if canary else stable.id
-            channel = "canary" if canary else "stable"
-            if canary and req.eligible and req.can_evaluate and s.scalar(select(Evaluation.id).where(
-                    Evaluation.candidate_version_id == cand.id, Evaluation.device_id == device_id)) is None:
-                return wire.Task(kind=wire.TASK_EVALUATE, retry_after=self._retry_after(), use_version_id=use,
-                                 use_channel=channel,
-                                 candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
-                                 max_eval_examples=c.max_eval_examples)
+            in_cohort = cand is not None and rollout.in_canary(device_id, c.canary_fraction)
+            use = cand.id if in_cohort else stable.id
+            channel = "canary" if in_cohort else "stable"
+            state = rollout_signing.signed_state(self, s, device_id, cand if in_cohort else stable, channel,
+                                                 req.current_version_id)
+            if in_cohort and req.eligible and req.can_evaluate:
+                task = canary.evaluate_task(self, s, device_id, cand, stable, self._retry_after())
+                if task is not None:
+                    return replace(task, rollout=state)
             r = s.scalar(select(Round).where(Round.status == OPEN).with_for_update())
             if r is not None and req.eligible and utcnow() < r.deadline:
-                assigned = s.scalar(select(Assignment.id).where(Assignment.round_id == r.id,
-                                                                Assignment.device_id == device_id))
-                uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)) \
-                    or secagg.joined(s, r.id, device_id)
-                n_sel = int(s.scalar(select(func.count()).select_from(Assignment)
-                                     .where(Assignment.round_id == r.id)) or 0)
-                if assigned is None and n_sel < r.max_selected:
-                    s.add(Assignment(round_id=r.id, device_id=device_id))
-                    assigned = -1
-                if assigned is not None and uploaded is None:  # new, or the same task again after a lost reply
-                    remaining = (r.deadline - utcnow()).total_seconds()
+                now = utcnow()
+                verdict, wait = selection.select_device(s, r, device_id, now)
+                if verdict == selection.TRAIN:  # new, or the same task again after a lost reply
+                    remaining = (r.deadline - now).total_seconds()
                     return wire.Task(kind=wire.TASK_TRAIN, retry_after=self._retry_after(), use_version_id=use,
-                                     use_channel=channel,
-                                     base_version_id=r.base_version_id,
+                                     use_channel=channel, rollout=state, base_version_id=r.base_version_id,
                                      plan=wire.TrainPlan.from_dict(json.loads(r.plan_json)),
                                      time_limit_s=round(max(remaining, 0.0), 1))
+                if verdict == selection.WAIT:   # registered for the draw: back right after the window
+                    back = min(max(wait + self._rng.uniform(0.5, 5.0), wire.MIN_RETRY_AFTER_S), wire.MAX_RETRY_AFTER_S)
+                    return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, use_channel=channel,
+                                     rollout=state, retry_after=round(back, 1))
             # An open round still short of devices: ask eligible devices back sooner.
             busy = r is not None and utcnow() < r.deadline
-            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, use_channel=channel,
+            return wire.Task(kind=wire.TASK_COME_BACK, use_version_id=use, use_channel=channel, rollout=state,
                              retry_after=self._retry_after(c.checkin_interval_s / 4 if busy else None))
 
     def _reject(self, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:
-        with self.tx() as s:
-            s.add(Rejection(round_id=round_id, device_id=device_id, reason=code, message=message[:2000]))
-        self.metrics.updates.labels(code).inc()
-        log.info("rejected update from %s for round %s: %s (%s)", device_id, round_id, code, message)
-        return ApiError(REJECTION_STATUS[code], code, message)
+        return updates.reject(self, device_id, round_id, code, message)
 
     def submit_update(self, device_id: str, meta_header: str | None, body: bytes) -> wire.UpdateReceipt:
-        try:
-            meta = wire.UpdateMeta.from_header(meta_header)
-        except wire.WireError as e:
-            raise self._reject(device_id, None, wire.E_BAD_REQUEST, str(e)) from e
-        with self.tx() as s:
-            r = s.get(Round, meta.round_id, with_for_update=True)
-            existing = None if r is None else s.scalar(
-                select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
-            assigned = None if r is None else s.scalar(
-                select(Assignment.id).where(Assignment.round_id == r.id, Assignment.device_id == device_id))
-            if existing is not None and existing.idempotency_key == meta.idempotency_key:
-                return wire.UpdateReceipt(update_id=existing.id, round_id=existing.round_id)  # a retried upload
-            round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)
-        if r is None:
-            raise self._reject(device_id, None, wire.E_UNKNOWN_ROUND, f"no round {meta.round_id}")
-        if existing is not None:
-            raise self._reject(device_id, r.id, wire.E_DUPLICATE,
-                               f"device already contributed update {existing.id} to round {r.id}")
-        if assigned is None:
-            raise self._reject(device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
-        status, deadline, base_id, plan_json = round_state
-        if status != OPEN or utcnow() >= deadline:
-            raise self._reject(device_id, r.id, wire.E_LATE, f"round {r.id} is closed ({status}, deadline "
-                                                             f"{_iso(deadline)})")
-        if meta.base_version_id != base_id:
-            raise self._reject(device_id, r.id, wire.E_STALE,
-                               f"update is based on {meta.base_version_id}, round {r.id} trains {base_id}")
-        with self._sessions() as s:
-            tensors = self._manifest(s.get(Version, base_id)).tensors
-        try:
-            weights = artifact.decode_weights(body)
-            _, norm = validate_update(weights, tensors, encoding=meta.encoding, example_count=meta.example_count,
-                                      plan=wire.TrainPlan.from_dict(json.loads(plan_json)))
-        except artifact.ArtifactError as e:
-            raise self._reject(device_id, r.id, wire.E_MALFORMED, str(e)) from e
-        except UpdateRejected as e:
-            raise self._reject(device_id, r.id, e.code, e.message) from e
-        digest = self.blobs.put(body)  # fsynced before the row that points to it is committed
-        with self.tx() as s:
-            r = s.get(Round, meta.round_id, with_for_update=True)
-            if r.status != OPEN or utcnow() >= r.deadline or self._accepted(s, r.id) >= r.goal_count:
-                late = True  # closed, past its deadline or full while we validated
-            else:
-                late = False
-                if s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)):
-                    raise ApiError(409, wire.E_DUPLICATE, "a concurrent upload from this device won")
-                u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
-                           blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
-                s.add(u)
-                s.flush()
-                receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
-                goal_reached = self._accepted(s, r.id) >= r.goal_count
-        if late:
-            raise self._reject(device_id, meta.round_id, wire.E_LATE,
-                               f"round {meta.round_id} reached its goal or closed meanwhile")
-        self.metrics.updates.labels("accepted").inc()
-        if goal_reached:
-            try:
-                self.close_round(receipt.round_id)
-            except Exception:  # the update is safe; maintenance will retry the aggregation
-                log.exception("aggregation of round %d failed; will retry", receipt.round_id)
-        return receipt
+        return updates.submit_update(self, device_id, meta_header, body)
 
     def report_evaluation(self, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
-        with self.tx() as s:
-            cand, stable = self._candidate(s), self._stable(s)
-            if cand is None or cand.id != report.candidate_version_id:
-                raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")
-            if not rollout.in_canary(device_id, self.config.canary_fraction):
-                raise ApiError(403, wire.E_FORBIDDEN, "device is not in the canary cohort")
-            by_id = {m.version_id: m for m in report.results}
-            if cand.id not in by_id or stable.id not in by_id:
-                raise bad_request(f"report must include metrics for {cand.id} and {stable.id}")
-            if s.scalar(select(Evaluation.id).where(Evaluation.candidate_version_id == cand.id,
-                                                    Evaluation.device_id == device_id)) is None:
-                s.add(Evaluation(candidate_version_id=cand.id, device_id=device_id,
-                                 report_json=json.dumps(report.to_dict())))
-                s.flush()
-                self._auto_decide(s, cand, stable)
-        return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
-
-    # --- canary decisions --------------------------------------------------------------------
-
-    def _canary_reports(self, s: Session, cand: Version, stable_id: str) -> list[tuple[wire.VersionMetrics, ...]]:
-        out = []
-        for (rj,) in s.execute(select(Evaluation.report_json).where(Evaluation.candidate_version_id == cand.id)):
-            rep = wire.EvaluationReport.from_dict(json.loads(rj))
-            by_id = {m.version_id: m for m in rep.results}
-            if stable_id in by_id:  # reports against an older stable do not count
-                out.append((by_id[cand.id], by_id[stable_id]))
-        return out
+        return canary.report_evaluation(self, device_id, report)
 
     def canary_comparison(self) -> dict[str, Any]:
-        with self._sessions() as s:
-            cand, stable = self._candidate(s), self._stable(s)
-            if cand is None or stable is None:
-                return {"candidate_version_id": None, "stable_version_id": stable.id if stable else None}
-            d = rollout.decide(self._canary_reports(s, cand, stable.id), min_reports=self.config.canary_min_reports,
-                               tolerance=self.config.canary_tolerance)
-            return {"candidate_version_id": cand.id, "stable_version_id": stable.id, "would": d.action,
-                    "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": self._pinned(s)}
-
-    def _auto_decide(self, s: Session, cand: Version, stable: Version) -> None:
-        d = rollout.decide(self._canary_reports(s, cand, stable.id), min_reports=self.config.canary_min_reports,
-                           tolerance=self.config.canary_tolerance)
-        if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and self._pinned(s)):
-            return
-        self._apply(s, cand, d.action, "auto", d.reason, d.numbers)
-        self.metrics.canary_decisions.labels(d.action).inc()
+        return canary.canary_comparison(self)
 
     def _apply(self, s: Session, v: Version, action: str, actor: str, reason: str, numbers: dict) -> None:
         now = utcnow()
@@ -613,57 +481,19 @@ class Coordinator:
     # --- views -------------------------------------------------------------------------------
 
     def _version_dict(self, s: Session, v: Version) -> dict[str, Any]:
-        evals = int(s.scalar(select(func.count()).select_from(Evaluation)
-                             .where(Evaluation.candidate_version_id == v.id)) or 0)
-        decisions = [{"action": d.action, "actor": d.actor, "reason": d.reason, "numbers": json.loads(d.numbers_json),
-                      "at": _iso(d.created_at)}
-                     for d in s.scalars(select(Decision).where(Decision.version_id == v.id).order_by(Decision.id))]
-        return {"version_id": v.id, "seq": v.seq, "status": v.status, "parent_id": v.parent_id, "round_id": v.round_id,
-                "epsilon": _jf(v.epsilon), "delta": v.delta, "privacy": json.loads(v.privacy_json),
-                "metrics": json.loads(v.manifest_json).get("metrics", {}), "canary_reports": evals,
-                "decisions": decisions, "created_at": _iso(v.created_at), "decided_at": _iso(v.decided_at)}
+        return views.version_dict(self, s, v)
 
     def list_versions(self) -> list[dict[str, Any]]:
-        with self._sessions() as s:
-            return [self._version_dict(s, v) for v in s.scalars(select(Version).order_by(Version.seq))]
+        return views.list_versions(self)
 
     def list_rounds(self) -> list[dict[str, Any]]:
-        with self._sessions() as s:
-            return [self._round_dict(s, r) for r in s.scalars(select(Round).order_by(Round.id))]
+        return views.list_rounds(self)
 
     def get_round(self, round_id: int) -> dict[str, Any]:
-        if not 1 <= round_id <= wire.MAX_INT:
-            raise not_found(f"no round {round_id}")
-        with self._sessions() as s:
-            r = s.get(Round, round_id)
-            if r is None:
-                raise not_found(f"no round {round_id}")
-            return self._round_dict(s, r)
+        return views.get_round(self, round_id)
 
     def rejections(self, round_id: int | None = None) -> list[dict[str, Any]]:
-        with self._sessions() as s:
-            q = select(Rejection).order_by(Rejection.id)
-            if round_id is not None:
-                q = q.where(Rejection.round_id == round_id)
-            return [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason, "message": x.message,
-                     "at": _iso(x.created_at)} for x in s.scalars(q)]
+        return views.rejections(self, round_id)
 
     def status(self) -> dict[str, Any]:
-        self.maintenance()
-        with self._sessions() as s:
-            stable, cand = self._stable(s), self._candidate(s)
-            r = s.scalar(select(Round).order_by(Round.id.desc()))
-            return {"stable_version_id": stable.id if stable else None,
-                    "candidate_version_id": cand.id if cand else None, "pinned": self._pinned(s),
-                    "devices": self._population(s), "latest_round": self._round_dict(s, r) if r else None,
-                    "public_key_hex": self.public_key_hex}
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return _jf(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+        return views.status(self)

@@ -28,6 +28,20 @@ class UpdateRejected(ValueError):
         self.message = message
 
 
+MAX_SAFETENSORS_HEADER_BYTES = 64 * 1024   # a few tensors' names, dtypes, shapes: ~1 kB in practice
+
+
+def check_header_size(body: bytes) -> None:
+    """Refuse a safetensors body whose JSON header is implausibly large *before* parsing it (a
+    61 MB header of 950k empty tensors took 36 s and 1.9 GB to reject after parsing)."""
+    if len(body) < 8:
+        raise UpdateRejected(wire.E_MALFORMED, "body is shorter than a safetensors header")
+    n = int.from_bytes(body[:8], "little")
+    if n > MAX_SAFETENSORS_HEADER_BYTES:
+        raise UpdateRejected(wire.E_MALFORMED, f"safetensors header of {n} bytes; at most "
+                                               f"{MAX_SAFETENSORS_HEADER_BYTES} accepted")
+
+
 def norm_bound(clip_norm: float, noise_multiplier: float, num_params: int) -> float:
     """Largest L2 norm an honest clipped-and-noised update can plausibly have."""
     noise = noise_multiplier * clip_norm * (math.sqrt(num_params) + NOISE_SLACK_SIGMAS)

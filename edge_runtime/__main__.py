@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     page = keyboard.start_keyboard(cfg.data_dir, host=cfg.keyboard_host, port=cfg.keyboard_port,
                                                    config=cfg, cache=dev.cache,
                                                    allow_remote=args.keyboard_host is not None)
-                    print(f"keyboard page: {page.url}", flush=True)
+                    print(f"keyboard page: {page.page_url}", flush=True)
                 return agent.run_loop(dev, once=args.once, stop=stop)
             finally:
                 if page is not None:

@@ -12,12 +12,15 @@ Layout of the data directory::
     text_cache.sqlite3   the text cache (edge_runtime.cache)
     last_keystroke       mtime = time of the last keystroke (edge_runtime.eligibility)
     models/              model versions (edge_runtime.versions)
+    privacy_ledger.json  every update released: round, noise multiplier (edge_runtime.plan_guard)
+    rollout_state.json   newest signed rollout statement followed (edge_runtime.rollout_guard)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -31,7 +34,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import channel, secagg_client, trainer
+from edge_runtime import channel, rollout_guard, secagg_client, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.client import (
     ClientError,
@@ -41,7 +44,9 @@ from edge_runtime.client import (
 )
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
+from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
+from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import wire
 from protocol.artifact import atomic_write
 
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "device.json"
 ACTIVITY_FILE = "last_keystroke"
+DEFAULT_EVAL_WORDS = 300        # an evaluate task that names no word budget
 _FATAL_CODES = frozenset({wire.E_UNAUTHORIZED, wire.E_FORBIDDEN, wire.E_PROTOCOL_VERSION})
 
 
@@ -135,6 +141,13 @@ def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool =
         return cache.add(text, field_kind, private=private)
 
 
+def predictor_session(version_dir: Path) -> TypingSession:
+    """A typing session of the keyboard's predictor on a version (the canary's word metrics)."""
+    from edge_runtime.model_slot import load_predictor
+
+    return load_predictor(version_dir).session()
+
+
 @dataclass
 class Device:
     """Everything `run_once` works with; tests build one with fakes for any part."""
@@ -147,6 +160,8 @@ class Device:
     eligibility: Eligibility
     rng: random.Random = field(default_factory=random.Random)   # jitter only, not privacy-relevant
     loader: trainer.ModelLoader = trainer.load_model
+    sessions: Callable[[Path], TypingSession] = predictor_session   # canary word metrics
+    rollout_key: str | None = None      # coordinator's key (hex): version switches need its signed state
 
     @classmethod
     def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
@@ -161,7 +176,7 @@ class Device:
         if key is None:
             log.warning("no coordinator public key configured: model manifests are not signature-checked")
         return cls(config=config, identity=ident, client=client, store=VersionStore(data_dir, public_key=key),
-                   cache=open_cache(config), eligibility=make_eligibility(config))
+                   cache=open_cache(config), eligibility=make_eligibility(config), rollout_key=key)
 
     def close(self) -> None:
         self.cache.close()
@@ -206,14 +221,35 @@ def _with_retries(fn: Callable[[], Any], attempts: int, first_wait: float, max_w
     raise AssertionError("unreachable")
 
 
-def _use_version(dev: Device, version_id: str | None) -> None:
-    """Switch suggestions to the coordinator's version; a failed download keeps the current one."""
-    if not version_id or version_id == dev.store.current_id:
+def _use_version(dev: Device, task: wire.Task) -> None:
+    """Switch suggestions to the coordinator's version; a failed download keeps the current one.
+
+    With the coordinator's key configured, only on a fresh signed rollout statement for this
+    device (`rollout_guard`): a replayed or downgrading reply is refused before any download."""
+    version_id = task.use_version_id
+    if not version_id:
         return
-    try:
-        dev.store.install(version_id, dev.client.fetch)
-    except VersionError as e:
-        log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+    data_dir = dev.config.require_data_dir()
+    state = None
+    if dev.rollout_key:
+        try:
+            state = rollout_guard.check(task.rollout, version_id=version_id, device_id=dev.identity.device_id,
+                                        public_key=dev.rollout_key, data_dir=data_dir)
+        except rollout_guard.RolloutRefused as e:
+            log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+            return
+    if version_id != dev.store.current_id or not dev.store.is_valid(version_id):  # missing, or damaged: re-fetch
+        try:
+            dev.store.install(version_id, dev.client.fetch)
+        except VersionError as e:
+            log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+            return
+        except OSError as e:  # e.g. ENOSPC mid-download: the store keeps the current version intact
+            log.error("cannot install model version %s: %s; keeping %s", version_id, _failure(e),
+                      dev.store.current_id)
+            return
+    if state is not None:
+        rollout_guard.remember(state, data_dir)
 
 
 def _note_channel(dev: Device, task: wire.Task) -> None:
@@ -232,6 +268,13 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     decision = dev.eligibility.check()
     if not decision:
         return "skipped (no longer eligible)", {"round": plan.round_id}
+    refusal = PlanFloor.from_config(dev.config).refusal(plan)
+    ledger = PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
+                           delta=dev.config.local_delta)
+    refusal = refusal or ledger.refusal(plan)
+    if refusal:
+        log.warning("refusing the plan of round %d: %s", plan.round_id, refusal)
+        return f"refused ({refusal})", {"round": plan.round_id}
     texts = [r.text for r in dev.cache.training_records()]
     if not texts:
         return "skipped (no training text)", {"round": plan.round_id}
@@ -245,8 +288,13 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         del texts
     counts: dict[str, Any] = {"round": plan.round_id, "steps": res.steps, "examples": res.examples,
                               "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
+    # Charged before anything leaves the device. A secure round is charged at the plan's (central)
+    # noise_multiplier: the coordinator sees only the sum, whose Skellam noise has that std once
+    # n_min devices survive, and the device refuses to reveal shares below n_min (secagg_client).
+    counts["local_epsilon"] = round(ledger.charge(plan), 4)
     if plan.secure_aggregation:   # the float delta never leaves the device: only its masked form
-        return secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep)
+        outcome, sec_counts = secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep)
+        return outcome, {**sec_counts, "local_epsilon": counts["local_epsilon"]}
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
@@ -270,20 +318,43 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     try:
         metrics = trainer.evaluate(dirs, texts, max_examples=task.max_eval_examples,
                                    eligible=dev.eligibility.check, loader=dev.loader)
+        words = [_word_counts(dev, d, texts, task.max_eval_words or DEFAULT_EVAL_WORDS) for d in dirs]
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})", {}
     finally:
         del texts
         dev.store.prune()
     assert task.candidate_version_id is not None
-    report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=tuple(metrics))
+    results = tuple(_with_words(m, w) for m, w in zip(metrics, words, strict=True))
+    report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=results)
     try:
         dev.client.report_evaluation(report)
     except RejectedError as e:
         return f"rejected ({e.code or e.status})", {}
-    counts = {m.version_id: f"top3={m.top3 / m.count:.3f}" if m.count else "n=0" for m in metrics}
-    counts["tokens"] = int(metrics[0].count) if metrics else 0
+    counts = {m.version_id: f"word_top3={m.word_top3 / m.words:.3f}" if m.words else "n=0" for m in results}
+    counts["tokens"] = int(results[0].count) if results else 0
+    counts["words"] = results[0].words if results else 0
     return "reported", counts
+
+
+def _word_counts(dev: Device, version_dir: Path, texts: list[str], max_words: int) -> WordCounts:
+    """Word-level counts by the keyboard's own predictor; a version that cannot suggest scores none."""
+    try:
+        return word_counts(dev.sessions(Path(version_dir)), texts, max_words=max_words)
+    except (ValueError, RuntimeError, FloatingPointError, IndexError) as e:
+        log.warning("word-level evaluation of %s failed (%s): reporting no words", Path(version_dir).name,
+                    e.__class__.__name__)
+        return WordCounts(0, 0, 0, 0, 0)
+
+
+def _with_words(m: wire.VersionMetrics, w: WordCounts) -> wire.VersionMetrics:
+    """The report for one version; non-finite next-piece figures (a broken model) are "not
+    measured" (zeros), because the wire refuses non-finite numbers."""
+    piece = (m.loss_sum, m.top1, m.top3, m.count)
+    if not all(math.isfinite(x) for x in piece):
+        piece = (0.0, 0.0, 0.0, 0.0)
+    return wire.VersionMetrics(m.version_id, *piece, words=w.words, word_top1=w.top1, word_top3=w.top3,
+                               saved=w.saved, typed=w.typed)
 
 
 def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
@@ -292,10 +363,10 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     dev.cache.enforce_retention()
     decision = dev.eligibility.check()
     stats = dev.cache.stats()
-    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.current_id,
+    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.in_use(),
                               can_evaluate=stats["heldout"] > 0)
     task = dev.client.checkin(req)
-    _use_version(dev, task.use_version_id)
+    _use_version(dev, task)
     _note_channel(dev, task)
     if task.kind == wire.TASK_TRAIN:
         outcome, counts = _train(dev, task, sleep)
@@ -312,8 +383,20 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
 
 # --- the loop --------------------------------------------------------------------------------
 
+def _failure(e: BaseException) -> str:
+    """One line about an unexpected error, without its message (it might quote data)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.__class__.__name__} ({e.strerror})"
+    return e.__class__.__name__
+
+
 def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
-    """Check in until `stop` is set (or once). Returns a process exit code."""
+    """Check in until `stop` is set (or once). Returns a process exit code.
+
+    No iteration's failure ends the loop: whatever a reply, the network or the disk does, the
+    agent logs one line, backs off and tries again. A refusal of this device (revoked, wrong
+    protocol) slows it to the longest backoff instead: that answer may come from a
+    man-in-the-middle, and an agent that exits is an attack that worked."""
     stop = stop or threading.Event()
     backoff = dev.config.backoff_initial_s
     while not stop.is_set():
@@ -323,17 +406,26 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             wait = result.wait_s
         except RejectedError as e:
             if e.code in _FATAL_CODES:
-                raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
+                if once:
+                    raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
+                backoff = dev.config.backoff_max_s
+                log.error("the coordinator refuses this device (%s): enroll again if it persists", e.code)
             wait = jittered(backoff, dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
             log.warning("task error: %s; next check-in in %.0fs", e, wait)
             if once:
                 return 1
-        except (ClientError, VersionError) as e:
+        except (ClientError, VersionError, LedgerError) as e:
             retry_after = getattr(e, "retry_after", None) or 0.0
             wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
             log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            if once:
+                return 1
+        except Exception as e:  # noqa: BLE001  (the loop outlives any one iteration)
+            wait = jittered(backoff, dev.config, dev.rng)
+            backoff = min(backoff * 2, dev.config.backoff_max_s)
+            log.error("iteration failed: %s; next check-in in %.0fs", _failure(e), wait)
             if once:
                 return 1
         if once:

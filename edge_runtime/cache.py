@@ -6,8 +6,9 @@ training material for on-device fine-tuning; the newest part of it is held out f
 evaluation (the canary), so a version is never scored on text this device trained on.
 
 Privacy rules enforced here, not by callers:
-- text from sensitive fields (password, email, number, URL, anything marked private) is
-  never written, and neither is any text while learning is paused (the pause flag is
+- only text from field kinds on an allow-list of free-text kinds (`LEARNABLE_FIELD_KINDS`)
+  is written; passwords, codes, numbers, addresses, unknown kinds and anything marked
+  private never are, and neither is any text while learning is paused (the pause flag is
   persisted, so it survives restarts);
 - old text expires (default 60 days) and the cache has a size cap;
 - `wipe()` removes everything, with SQLite's secure_delete so freed pages are zeroed;
@@ -41,14 +42,18 @@ DEFAULT_RETENTION_DAYS = 60.0
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024   # ~ months of typing; caps disk use and training time
 DEFAULT_HOLDOUT_FRACTION = 0.1
 
-# Field kinds whose text must never be stored. A kind is sensitive when any of its words
-# (split on non-letters, e.g. "web_password", "emailAddress" -> "email", "address") is one
-# of these; unknown or missing kinds are treated as sensitive (fail closed).
-SENSITIVE_WORDS = frozenset({
-    "password", "passwd", "pin", "otp", "email", "mail", "number", "numeric", "phone",
-    "url", "uri", "private", "incognito", "secret", "credit", "card",
+# Field kinds whose text may be learned: an allow-list, so anything else (passwords, one-time
+# codes, card numbers, phone numbers, addresses, names, IBANs, kinds nobody anticipated, a
+# missing kind) is never stored. The vocabulary follows Android's text input variations
+# (TYPE_TEXT_VARIATION_NORMAL, SHORT_MESSAGE, LONG_MESSAGE, EMAIL_SUBJECT, WEB_EDIT_TEXT,
+# FILTER) and the free-text HTML controls (text, search, textarea); every HTML `autocomplete`
+# token (name, tel, email, cc-*, one-time-code, new-password, street-address, ...) names
+# personal data and is left out on purpose.
+LEARNABLE_FIELD_KINDS = frozenset({
+    "text", "normal", "textarea", "message", "short_message", "long_message", "chat", "email_subject",
+    "subject", "note", "notes", "comment", "post", "caption", "search", "filter", "web_edit_text",
 })
-SENSITIVE_FIELD_KINDS = frozenset({"password", "email", "number", "url", "private"})
+_ANDROID_PREFIX = "type_text_variation_"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS texts (
@@ -75,16 +80,18 @@ class CachedText:
     text: str
 
 
-def _kind_words(kind: str) -> list[str]:
-    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", kind)   # camelCase -> camel Case
-    return [w for w in re.split(r"[^a-z]+", spaced.lower()) if w]
+def normalize_kind(kind: str) -> str:
+    """camelCase, kebab-case and spaces to snake_case; Android's variation prefix dropped."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", kind.strip())
+    k = re.sub(r"[^a-z0-9]+", "_", spaced.lower()).strip("_")
+    return k[len(_ANDROID_PREFIX):] if k.startswith(_ANDROID_PREFIX) else k
 
 
 def is_sensitive(field_kind: str | None, *, private: bool = False) -> bool:
-    """True when text typed in this kind of field must never be cached."""
-    if private or not field_kind or not field_kind.strip():
+    """True unless text typed in this kind of field may be learned (allow-list, fail closed)."""
+    if private or not isinstance(field_kind, str):
         return True
-    return any(w in SENSITIVE_WORDS for w in _kind_words(field_kind))
+    return normalize_kind(field_kind) not in LEARNABLE_FIELD_KINDS
 
 
 def holdout_count(n: int, fraction: float) -> int:
@@ -226,15 +233,37 @@ class TextCache:
             n += self._db.execute("DELETE FROM texts WHERE id <= ?", (last_id,)).rowcount
         return n
 
-    def wipe(self) -> None:
-        """Delete all cached text and shrink the files, so nothing readable remains on disk."""
+    def wipe(self, *, wait_s: float = 2.0) -> None:
+        """Delete all cached text and shrink the files, so nothing readable remains on disk.
+
+        In WAL mode the deleted (zeroed) pages reach the main file only at a checkpoint, which
+        cannot complete while another connection (the keyboard page, the device loop) still
+        reads an older snapshot. Then the text is deleted for every reader but still on disk:
+        CacheError says so (and a later wipe finishes the job), instead of reporting success."""
         with self._lock:
             self._db.execute("DELETE FROM texts")
             self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+            try:
+                done = self._checkpoint()
+                if done:
+                    try:
+                        self._db.execute("VACUUM")
+                    except sqlite3.OperationalError:
+                        done = False
+                    done = done and self._checkpoint()
+            finally:
+                self._db.execute("PRAGMA busy_timeout=5000")
+        if not done:
+            log.warning("text cache emptied, but another reader keeps old pages on disk")
+            raise CacheError("the cached text is deleted, but another process still has the cache open, so it "
+                             "remains on disk until that process lets go: close it and wipe again")
         log.info("text cache wiped")
+
+    def _checkpoint(self) -> bool:
+        """TRUNCATE checkpoint; True when it completed (no reader blocked it)."""
+        busy, _log, _done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0
 
     # -- reading ---------------------------------------------------------------------------
 

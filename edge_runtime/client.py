@@ -74,6 +74,29 @@ def _retry_after(resp: requests.Response, body: wire.ErrorBody | None) -> float 
         return None  # an HTTP-date; the caller's own backoff applies
 
 
+def _read_capped(resp: requests.Response, max_bytes: int, what: str) -> None:
+    """Read the (streamed) body, refusing it past `max_bytes` (declared or actual, after
+    decompression) so a hostile reply cannot exhaust the device's memory. The body is then
+    set as the response's content, the way `requests` itself caches it after a read."""
+    if isinstance(getattr(resp, "_content", False), bytes):  # an in-process transport gave the body whole
+        if len(resp.content) > max_bytes:
+            raise ProtocolError(f"{what}: answer larger than {max_bytes} bytes")
+        return
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        resp.close()
+        raise ProtocolError(f"{what}: answer of {declared} bytes is larger than {max_bytes}")
+    buf = bytearray()
+    for chunk in resp.iter_content(64 * 1024):
+        buf += chunk
+        if len(buf) > max_bytes:
+            resp.close()
+            raise ProtocolError(f"{what}: answer larger than {max_bytes} bytes")
+    resp._content = bytes(buf)
+    resp._content_consumed = True
+    resp.close()
+
+
 class CoordinatorClient:
     """One device's connection to the coordinator."""
 
@@ -95,7 +118,8 @@ class CoordinatorClient:
 
     def _request(self, method: str, path: str, *, json_body: Mapping[str, Any] | None = None,
                  data: bytes | None = None, headers: Mapping[str, str] | None = None,
-                 timeout: tuple[float, float] | None = None) -> requests.Response:
+                 timeout: tuple[float, float] | None = None,
+                 max_bytes: int = wire.MAX_REPLY_JSON_BYTES) -> requests.Response:
         """The one place transport errors and HTTP error answers become ClientErrors."""
         h = self._headers()
         h.update(headers or {})
@@ -107,7 +131,8 @@ class CoordinatorClient:
             h["Content-Type"] = "application/json"
         try:
             resp = self.session.request(method, self.base_url + path, data=body, headers=h,
-                                        timeout=timeout or self.timeout)
+                                        timeout=timeout or self.timeout, stream=True)
+            _read_capped(resp, max_bytes, f"{method} {path}")
         except requests.Timeout as e:
             raise TransientError(f"{method} {path}: timed out") from e
         except requests.ConnectionError as e:
@@ -123,7 +148,7 @@ class CoordinatorClient:
         body: wire.ErrorBody | None = None
         try:
             body = wire.ErrorBody.from_dict(resp.json())
-        except (ValueError, wire.WireError):
+        except (ValueError, RecursionError, TypeError, AttributeError, wire.WireError):
             pass
         code = body.error if body else None
         msg = f"{method} {path}: HTTP {resp.status_code}" + (f" {code}: {body.message}" if body else "")
@@ -136,8 +161,8 @@ class CoordinatorClient:
     def _json(resp: requests.Response) -> Mapping[str, Any]:
         try:
             d = resp.json()
-        except ValueError as e:
-            raise ProtocolError(f"{resp.request.method} {resp.request.path_url}: answer is not JSON") from e
+        except (ValueError, RecursionError) as e:  # RecursionError: hostile nesting depth
+            raise ProtocolError(f"{resp.request.method} {resp.request.path_url}: answer is not usable JSON") from e
         if not isinstance(d, dict):
             raise ProtocolError("answer is not a JSON object")
         return d
@@ -145,8 +170,8 @@ class CoordinatorClient:
     def _message(self, cls: Any, resp: requests.Response) -> Any:
         try:
             return cls.from_dict(self._json(resp))
-        except wire.WireError as e:
-            raise ProtocolError(f"malformed {cls.__name__}: {e}") from e
+        except (ValueError, TypeError, AttributeError, RecursionError) as e:  # WireError is a ValueError
+            raise ProtocolError(f"malformed {cls.__name__}: {e}"[:300]) from e
 
     # -- protocol calls ----------------------------------------------------------------------
 
@@ -186,4 +211,4 @@ class CoordinatorClient:
             raise ClientError(f"no such version file {filename!r}") from e
         except wire.WireError as e:
             raise ClientError(str(e)) from e
-        return self._request("GET", path, timeout=DOWNLOAD_TIMEOUT).content
+        return self._request("GET", path, timeout=DOWNLOAD_TIMEOUT, max_bytes=wire.MAX_VERSION_FILE_BYTES).content

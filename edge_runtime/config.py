@@ -8,6 +8,7 @@ by ``--config`` or ``FEDKEYS_EDGE_CONFIG``. Flags given as None are "not given".
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -41,6 +42,13 @@ class EdgeConfig:
     retention_days: float = 60.0
     max_cache_bytes: int = 4 * 1024 * 1024
     holdout_fraction: float = 0.1        # newest part kept for local evaluation only
+    # Privacy floor: plans outside it are refused, whatever the coordinator says (plan_guard)
+    min_noise_multiplier: float = 0.0    # raise it (e.g. 0.5) to refuse unnoised plans
+    max_clip_norm: float = 10.0
+    max_epochs: int = 20
+    max_train_examples: int = 5000
+    local_epsilon_budget: float = math.inf  # total epsilon this device spends against the coordinator
+    local_delta: float = 1e-6
     # Pacing: the coordinator says when to come back; we add our own jitter and bounds
     jitter: float = 0.1                  # +- fraction added to every wait (no thundering herd)
     min_wait_s: float = 1.0
@@ -69,6 +77,11 @@ class EdgeConfig:
             (0 < self.min_wait_s <= self.max_wait_s, "need 0 < min_wait_s <= max_wait_s"),
             (0 < self.backoff_initial_s <= self.backoff_max_s, "need 0 < backoff_initial_s <= backoff_max_s"),
             (self.upload_attempts >= 1, "upload_attempts must be >= 1"),
+            (0 <= self.min_noise_multiplier < math.inf and 0 < self.max_clip_norm < math.inf,
+             "need 0 <= min_noise_multiplier and 0 < max_clip_norm, both finite"),
+            (self.max_epochs >= 1 and self.max_train_examples >= 1, "max_epochs and max_train_examples must be >= 1"),
+            (self.local_epsilon_budget > 0 and 0 < self.local_delta < 1,
+             "local_epsilon_budget must be > 0 (inf: unlimited) and local_delta in (0, 1)"),
             (self.http_timeout_s > 0, "http_timeout_s must be > 0"),
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
             (bool(self.keyboard_host.strip()), "keyboard_host must not be empty"),

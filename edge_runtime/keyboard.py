@@ -20,9 +20,10 @@ Privacy: typed text lives only in request bodies and in the text cache (whose ow
 refuse sensitive or private fields and anything while learning is paused). The page never
 sends its private field's text anywhere. Log lines carry method, route, status and timing,
 never a body, query string or unknown path. The server binds to loopback unless told
-otherwise explicitly, and refuses requests whose Host is not the one it serves (DNS
-rebinding) and cross-site POSTs (they cannot send application/json without a preflight,
-which is never answered, and a foreign Origin is refused).
+otherwise explicitly. On every bind it refuses requests whose Host is a name other than its
+own (DNS rebinding), cross-origin POSTs, and POSTs without the per-session token
+(``X-Keyboard-Token``) that only the printed page URL carries (``#token=...``), so neither a
+web page nor another local process can commit, wipe or unpause.
 
 `start_keyboard(...)` runs the server in a thread and returns a handle (`.url`, `.stop()`);
 `serve_keyboard(...)` blocks until stopped.
@@ -30,10 +31,12 @@ which is never answered, and a foreign Origin is refused).
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -46,15 +49,13 @@ from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
 from edge_runtime.agent import ACTIVITY_FILE, open_cache
-from edge_runtime.cache import TextCache
+from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
-from edge_runtime.interpreter import Model
+from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
 from edge_runtime.personal import PersonalModel
-from edge_runtime.predictor import Predictor, Session
-from edge_runtime.versions import VersionError, VersionStore
+from edge_runtime.predictor import Session
 from model.data import tokens
-from protocol.artifact import TOKENIZER
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear"}
 MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refused (413)
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
-MODEL_CHECK_S = 2.0           # how often the device's current version is looked up
+TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -96,6 +97,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def check_bind_host(host: str, *, allow_remote: bool = False) -> None:
     """Refuse a non-loopback bind address unless `allow_remote` (an explicit --keyboard-host)."""
     if not is_loopback(host) and not allow_remote:
@@ -104,69 +113,6 @@ def check_bind_host(host: str, *, allow_remote: bool = False) -> None:
 
 
 # --- suggestions ------------------------------------------------------------------------------
-
-class ModelSlot:
-    """The predictor for the version in use: a fixed version directory, or the device's
-    current version (reloaded when the device loop swaps it). Interpreters are not
-    thread-safe, so every use goes through `lock`."""
-
-    def __init__(self, *, data_dir: Path | None, model_dir: Path | None, channel: str | None,
-                 loader: Callable[[Path], Predictor] | None = None) -> None:
-        self.data_dir, self.model_dir, self.fixed_channel = data_dir, model_dir, channel
-        self.lock = threading.RLock()
-        self._loader = loader or load_predictor
-        self._store = VersionStore(data_dir) if (data_dir is not None and model_dir is None) else None
-        self._dir: Path | None = None
-        self._checked = float("-inf")
-        self.version_id: str | None = None
-        self.predictor: Predictor | None = None
-        self.generation = 0     # bumps on every swap, so sessions of the old model are dropped
-
-    def _wanted(self) -> Path | None:
-        if self.model_dir is not None:
-            return self.model_dir
-        assert self._store is not None
-        try:
-            return self._store.current()
-        except VersionError:
-            return None
-
-    def refresh(self) -> None:
-        """Load the wanted version if it changed (looked up at most every MODEL_CHECK_S)."""
-        with self.lock:
-            now = time.monotonic()
-            if self.predictor is not None and now - self._checked < MODEL_CHECK_S:
-                return
-            self._checked = now
-            wanted = self._wanted()
-            if wanted == self._dir:
-                return
-            if wanted is None:
-                self.predictor, self.version_id, self._dir = None, None, None
-            else:
-                t0 = time.monotonic()
-                self.predictor = self._loader(wanted)
-                manifest = self.predictor.model.manifest
-                self.version_id = manifest.version_id if manifest else wanted.name
-                self._dir = wanted
-                log.info("keyboard: model version %s loaded in %.2fs", self.version_id, time.monotonic() - t0)
-            self.generation += 1
-
-    @property
-    def channel(self) -> str:
-        if self.fixed_channel:
-            return self.fixed_channel
-        if self.data_dir is None:
-            return channels.UNKNOWN
-        return channels.read_channel(self.data_dir, self.version_id)
-
-
-def load_predictor(version_dir: Path) -> Predictor:
-    from edge_runtime.base_ngram import load_base_ngram
-    from model.tokenizer import load_tokenizer
-
-    return Predictor(Model.load(version_dir), load_tokenizer(Path(version_dir) / TOKENIZER), base=load_base_ngram())
-
 
 class KeyboardApp:
     """The API's logic, independent of HTTP (tests call it directly too)."""
@@ -237,11 +183,15 @@ class KeyboardApp:
         return self.status()
 
     def clear(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.cache.wipe()
-        with self.slot.lock:
-            self._personal = None
-            if self.slot.predictor is not None:
-                self.slot.predictor.personal = PersonalModel()
+        try:
+            self.cache.wipe()
+        except CacheError as e:
+            raise ApiError(409, "wipe_incomplete", str(e)) from e
+        finally:   # whatever the wipe managed, the words in memory are forgotten now
+            with self.slot.lock:
+                self._personal = None
+                if self.slot.predictor is not None:
+                    self.slot.predictor.personal = PersonalModel()
         return self.status()
 
 
@@ -301,10 +251,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(e.status, {"error": e.code, "message": e.message})
 
     def _check_host(self) -> None:
+        """On every bind: Host must be a loopback name, an IP address or the name bound to. A
+        DNS-rebinding page reaches us under its own domain name, which none of these is."""
         host = self.headers.get("Host", "")
-        name = urlsplit("//" + host).hostname or ""
-        if not self.server.accept_any_host and not is_loopback(name):
-            raise ApiError(421, "bad_host", "this server only answers requests for a loopback host")
+        name = (urlsplit("//" + host).hostname or "").lower()
+        if not (is_loopback(name) or is_ip_literal(name) or name == self.server.bind_name):
+            raise ApiError(421, "bad_host", "this server only answers requests for its own address")
+
+    def _check_origin_and_token(self) -> None:
+        """State-changing calls: same-origin only, and the session token the page was opened with
+        (printed with its URL), so neither another site nor another local process can commit,
+        wipe or unpause."""
+        origin = self.headers.get("Origin")
+        if origin and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+            raise ApiError(403, "forbidden_origin", "cross-site requests are refused")
+        token = self.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(token.encode(), self.server.token.encode()):
+            raise ApiError(403, "bad_token", f"missing or wrong {TOKEN_HEADER}: open the page from the URL "
+                                             "the keyboard printed")
 
     def _handle(self, fn: Callable[[], None]) -> None:
         t0 = time.monotonic()
@@ -362,9 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path in API_GET or path in STATIC_FILES:
                 raise ApiError(405, "method_not_allowed", "use GET")
             raise ApiError(404, "not_found", "no such endpoint")
-        origin = self.headers.get("Origin")
-        if origin and not self.server.accept_any_host and not is_loopback(urlsplit(origin).hostname or ""):
-            raise ApiError(403, "forbidden_origin", "cross-site requests are refused")
+        self._check_origin_and_token()
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
@@ -377,10 +339,14 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         try:
             body = json.loads(raw.decode("utf-8")) if raw else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "bad_json", "the request body must be a JSON object")
+        try:  # JSON allows a lone surrogate ("\ud800"); SQLite and the tokenizer do not
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "bad_json", "the request body holds text that is not valid Unicode") from None
         app = self.server.app
         handler = {"/api/suggest": app.suggest, "/api/commit": app.commit,
                    "/api/pause": app.pause, "/api/clear": app.clear}[path]
@@ -392,14 +358,15 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], app: KeyboardApp, *, accept_any_host: bool) -> None:
+    def __init__(self, addr: tuple[str, int], app: KeyboardApp) -> None:
         if ":" in addr[0]:
             import socket
 
             self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
         self.app = app
-        self.accept_any_host = accept_any_host
+        self.bind_name = addr[0].strip("[]").lower()
+        self.token = secrets.token_urlsafe(24)   # per server session; shown only in the printed URL
 
 
 # --- public entry points ----------------------------------------------------------------------
@@ -408,10 +375,12 @@ class _Server(ThreadingHTTPServer):
 class KeyboardServer:
     """A running keyboard server (from `start_keyboard`)."""
 
-    url: str
+    url: str          # the server's base URL (API calls: url + "api/...")
     host: str
     port: int
     app: KeyboardApp
+    token: str        # the session token state-changing calls send in X-Keyboard-Token
+    page_url: str     # what a person opens: url + "#token=..." (the fragment never leaves the browser)
     _server: _Server
     _thread: threading.Thread
     _owned_cache: TextCache | None
@@ -449,10 +418,11 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
     if cache is None:
         cache = owned = open_cache(config)
     try:
-        slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel)
+        slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel,
+                         public_key=config.public_key or None)
         slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
         app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
-        server = _Server((host, port), app, accept_any_host=not is_loopback(host))
+        server = _Server((host, port), app)
     except BaseException:
         if owned is not None:
             owned.close()
@@ -484,9 +454,10 @@ def start_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike 
                               name="keyboard-server", daemon=True)
     thread.start()
     url = _url(server, host)
-    log.info("keyboard page at %s", url)
-    return KeyboardServer(url=url, host=host, port=server.server_address[1], app=server.app, _server=server,
-                          _thread=thread, _owned_cache=owned)
+    log.info("keyboard page at %s (open it with the token URL printed by the command)", url)
+    return KeyboardServer(url=url, host=host, port=server.server_address[1], app=server.app, token=server.token,
+                          page_url=f"{url}#token={server.token}", _server=server, _thread=thread,
+                          _owned_cache=owned)
 
 
 def serve_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
@@ -500,7 +471,7 @@ def serve_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike 
                             channel=channel, allow_remote=allow_remote)
     try:
         if on_ready is not None:
-            on_ready(handle.url)
+            on_ready(handle.page_url)
         (stop or threading.Event()).wait()
     finally:
         handle.stop()

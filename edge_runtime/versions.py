@@ -189,6 +189,17 @@ class VersionStore:
                 return self.path(vid)
         raise VersionError("no usable model version on this device")
 
+    def in_use(self) -> str | None:
+        """The version actually serving suggestions: current if it verifies, else previous."""
+        try:
+            return self.current().name
+        except VersionError:
+            return None
+
+    def is_valid(self, version_id: str) -> bool:
+        """Installed, hashes match and (with a key) the signature verifies."""
+        return self.has(version_id) and self._valid(version_id)
+
     def _valid(self, version_id: str) -> bool:
         try:
             self._verify_dir(self.path(version_id), version_id)

@@ -23,10 +23,22 @@ Conventions
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from protocol.fields import (  # noqa: F401  (re-exported: the wire protocol's public names)
+    MAX_ID_LEN,
+    MAX_INT,
+    WireError,
+    _bool,
+    _float,
+    _int,
+    _req,
+    _str,
+)
+from protocol.plan import TrainPlan  # noqa: F401  (re-exported: part of the Task message)
+from protocol.rollout_state import RolloutState  # noqa: F401  (re-exported: part of the Task message)
 
 PROTOCOL_VERSION = 1
 
@@ -57,9 +69,10 @@ SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
 MAX_JSON_BYTES = 64 * 1024            # any JSON request body
 MAX_UPDATE_BYTES = 64 * 1024 * 1024   # a safetensors update body (default model: ~3 MB float32)
 MAX_META_HEADER_BYTES = 4096          # the X-FedKeys-Update header
-MAX_ID_LEN = 128                      # device ids, version ids, idempotency keys
 MAX_VERSIONS_PER_EVALUATION = 4
-MAX_INT = 2**31 - 1                   # ids and counts fit a 32-bit signed database column
+MAX_REPLY_JSON_BYTES = 1024 * 1024            # any JSON answer a device reads (it refuses larger)
+MAX_VERSION_FILE_BYTES = 64 * 1024 * 1024     # one version file a device downloads (default model: ~8 MB)
+# MAX_ID_LEN (ids, 128) and MAX_INT (2**31 - 1, counts) live in protocol.fields
 MIN_RETRY_AFTER_S = 1.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
@@ -93,89 +106,10 @@ E_INTERNAL = "internal"
 RETRYABLE_ERRORS = frozenset({E_RATE_LIMITED, E_INTERNAL})
 
 
-class WireError(ValueError):
-    """A message does not have the shape this protocol version defines."""
-
-
-# --- Small validators (shared by every from_dict) ---------------------------------------------
-
-def _req(d: Mapping[str, Any], key: str) -> Any:
-    if not isinstance(d, Mapping):
-        raise WireError("message must be a JSON object")
-    if key not in d:
-        raise WireError(f"missing field {key!r}")
-    return d[key]
-
-
-def _str(d: Mapping[str, Any], key: str, *, optional: bool = False, max_len: int = MAX_ID_LEN) -> str | None:
-    if optional and d.get(key) is None:
-        return None
-    v = _req(d, key)
-    if not isinstance(v, str) or not v:
-        raise WireError(f"{key!r} must be a non-empty string")
-    if len(v) > max_len:
-        raise WireError(f"{key!r} longer than {max_len} characters")
-    return v
-
-
-def _int(d: Mapping[str, Any], key: str, *, lo: int | None = None, hi: int | None = MAX_INT,
-         default: Any = ...) -> int:
-    if default is not ... and key not in d:
-        return default
-    v = _req(d, key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise WireError(f"{key!r} must be an integer")
-    if lo is not None and v < lo:
-        raise WireError(f"{key!r} must be >= {lo}")
-    if hi is not None and v > hi:
-        raise WireError(f"{key!r} must be <= {hi}")
-    return v
-
-
-def _float(d: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None,
-           finite: bool = True, default: Any = ...) -> float:
-    if default is not ... and key not in d:
-        return default
-    v = _req(d, key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise WireError(f"{key!r} must be a number")
-    v = float(v)
-    if finite and not math.isfinite(v):
-        raise WireError(f"{key!r} must be finite")
-    if lo is not None and v < lo:
-        raise WireError(f"{key!r} must be >= {lo}")
-    if hi is not None and v > hi:
-        raise WireError(f"{key!r} must be <= {hi}")
-    return v
-
-
-def _bool(d: Mapping[str, Any], key: str, *, default: Any = ...) -> bool:
-    if default is not ... and key not in d:
-        return default
-    v = _req(d, key)
-    if not isinstance(v, bool):
-        raise WireError(f"{key!r} must be true or false")
-    return v
-
-
 def _check_version(d: Mapping[str, Any]) -> None:
     v = _req(d, "protocol_version")
     if v != PROTOCOL_VERSION:
         raise WireError(f"protocol_version {v!r} not supported (this side speaks {PROTOCOL_VERSION})")
-
-
-def _json_float(x: float) -> float | str:
-    """JSON has no NaN/Inf; evaluation metrics may be non-finite and must survive the trip."""
-    return x if math.isfinite(x) else repr(float(x))
-
-
-def _metric(d: Mapping[str, Any], key: str) -> float:
-    v = _req(d, key)
-    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
-        return float(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise WireError(f"{key!r} must be a number")
-    return float(v)
 
 
 # --- Messages ----------------------------------------------------------------------------------
@@ -239,37 +173,6 @@ class CheckinRequest:
                    can_evaluate=_bool(d, "can_evaluate", default=True))
 
 
-@dataclass(frozen=True)
-class TrainPlan:
-    """How to train locally. The update must be clipped to `clip_norm` and noised with
-    std `noise_multiplier * clip_norm` before upload."""
-
-    round_id: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    clip_norm: float
-    noise_multiplier: float
-    max_examples: int
-    secure_aggregation: bool = False      # protocol.secagg_wire; noise_multiplier is then central
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "clip_norm": self.clip_norm,
-                "noise_multiplier": self.noise_multiplier, "max_examples": self.max_examples,
-                **({"secure_aggregation": True} if self.secure_aggregation else {})}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
-        return cls(round_id=_int(d, "round_id", lo=1), epochs=_int(d, "epochs", lo=1, hi=100),
-                   batch_size=_int(d, "batch_size", lo=1, hi=4096),
-                   learning_rate=_float(d, "learning_rate", lo=0.0),
-                   clip_norm=_float(d, "clip_norm", lo=0.0),
-                   noise_multiplier=_float(d, "noise_multiplier", lo=0.0),
-                   max_examples=_int(d, "max_examples", lo=1),
-                   secure_aggregation=_bool(d, "secure_aggregation", default=False))
-
-
 USE_CHANNELS = ("stable", "canary")
 
 
@@ -279,8 +182,11 @@ class Task:
 
     Always says which version to use for suggestions (`use_version_id`: stable, or the
     candidate for canary devices) and when to check in next (`retry_after`, seconds, already
-    jittered). `kind` is "train" (with `base_version_id` and `plan`), "evaluate" (with
-    `candidate_version_id` and `evaluate_version_ids`: report metrics for each), or
+    jittered); `rollout` is the coordinator's signed statement of that choice. `kind` is
+    "train" (with `base_version_id` and `plan`), "evaluate" (with
+    `candidate_version_id` and `evaluate_version_ids`: report metrics for each, within
+    `max_eval_examples` windows and `max_eval_words` words; the coordinator issues at most one
+    per device and candidate and accepts reports only for tasks it issued), or
     "come_back" (nothing to do).
     """
 
@@ -293,6 +199,8 @@ class Task:
     candidate_version_id: str | None = None
     evaluate_version_ids: tuple[str, ...] = ()
     max_eval_examples: int | None = None
+    max_eval_words: int | None = None        # evaluate: word-level budget per version
+    rollout: RolloutState | None = None      # signed statement behind use_version_id (anti-downgrade)
     use_channel: str | None = None          # "stable" or "canary": what use_version_id is (badge)
     protocol_version: int = PROTOCOL_VERSION
 
@@ -308,7 +216,8 @@ class Task:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"protocol_version": self.protocol_version, "kind": self.kind,
-                             "retry_after": self.retry_after, "use_version_id": self.use_version_id}
+                             "retry_after": self.retry_after, "use_version_id": self.use_version_id,
+                             "rollout": None if self.rollout is None else self.rollout.to_dict()}
         if self.use_channel is not None:
             d["use_channel"] = self.use_channel
         if self.kind == TASK_TRAIN:
@@ -317,7 +226,7 @@ class Task:
         elif self.kind == TASK_EVALUATE:
             d.update(candidate_version_id=self.candidate_version_id,
                      evaluate_version_ids=list(self.evaluate_version_ids),
-                     max_eval_examples=self.max_eval_examples)
+                     max_eval_examples=self.max_eval_examples, max_eval_words=self.max_eval_words)
         return d
 
     @classmethod
@@ -326,7 +235,9 @@ class Task:
         kind = _str(d, "kind")
         kw: dict[str, Any] = {"kind": kind, "retry_after": _float(d, "retry_after", lo=0.0),
                                   "use_version_id": _str(d, "use_version_id", optional=True),
-                                  "use_channel": _str(d, "use_channel", optional=True)}
+                                  "use_channel": _str(d, "use_channel", optional=True),
+                                  "rollout": None if d.get("rollout") is None
+                                  else RolloutState.from_dict(_req(d, "rollout"))}
         if kind == TASK_TRAIN:
             kw.update(base_version_id=_str(d, "base_version_id"), plan=TrainPlan.from_dict(_req(d, "plan")),
                       time_limit_s=None if d.get("time_limit_s") is None else _float(d, "time_limit_s", lo=0.0))
@@ -337,7 +248,8 @@ class Task:
                 raise WireError("'evaluate_version_ids' must be a list of 1-4 version ids")
             kw.update(candidate_version_id=_str(d, "candidate_version_id"), evaluate_version_ids=tuple(ids),
                       max_eval_examples=None if d.get("max_eval_examples") is None
-                      else _int(d, "max_eval_examples", lo=1))
+                      else _int(d, "max_eval_examples", lo=1),
+                      max_eval_words=None if d.get("max_eval_words") is None else _int(d, "max_eval_words", lo=1))
         elif kind != TASK_COME_BACK:
             raise WireError(f"unknown task kind {kind!r}")
         return cls(**kw)
@@ -417,9 +329,13 @@ class UpdateReceipt:
 class VersionMetrics:
     """Aggregate metrics of one version on the device's held-out text. Never text itself.
 
-    `loss_sum` is summed token cross-entropy; top1/top3 are hit counts; `count` is the number
-    of scored tokens. Non-finite values are allowed on the wire (sent as "nan"/"inf") because
-    a broken candidate must be reportable as broken.
+    Next-piece: `loss_sum` is summed token cross-entropy, top1/top3 hit counts over `count`
+    scored tokens (at most the task's max_eval_examples windows). Word level, by the device's
+    own predictor session (`edge_runtime.word_metrics`): `words` target words (at most the
+    task's max_eval_words), `word_top1`/`word_top3` of them in the suggestion strip after the
+    space, and keystroke savings `saved` of `typed` characters. Every value is a finite,
+    non-negative number: a device that cannot measure reports nothing, and a non-finite
+    report is refused rather than read as a verdict.
     """
 
     version_id: str
@@ -427,21 +343,29 @@ class VersionMetrics:
     top1: float
     top3: float
     count: float
+    words: int = 0
+    word_top1: int = 0
+    word_top3: int = 0
+    saved: int = 0
+    typed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version_id": self.version_id, "loss_sum": _json_float(self.loss_sum),
-                "top1": _json_float(self.top1), "top3": _json_float(self.top3), "count": _json_float(self.count)}
+        return {"version_id": self.version_id, "loss_sum": self.loss_sum, "top1": self.top1, "top3": self.top3,
+                "count": self.count, "words": self.words, "word_top1": self.word_top1, "word_top3": self.word_top3,
+                "saved": self.saved, "typed": self.typed}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VersionMetrics:
-        m = cls(version_id=_str(d, "version_id"), loss_sum=_metric(d, "loss_sum"), top1=_metric(d, "top1"),
-                top3=_metric(d, "top3"), count=_metric(d, "count"))
-        for k in ("top1", "top3", "count"):
-            v = getattr(m, k)
-            if math.isfinite(v) and v < 0:
-                raise WireError(f"{k!r} must be >= 0")
-        if all(math.isfinite(x) for x in (m.top1, m.top3, m.count)) and (m.top1 > m.count or m.top3 > m.count):
+        m = cls(version_id=_str(d, "version_id"), loss_sum=_float(d, "loss_sum", lo=0.0, hi=1e12),
+                top1=_float(d, "top1", lo=0.0, hi=MAX_INT), top3=_float(d, "top3", lo=0.0, hi=MAX_INT),
+                count=_float(d, "count", lo=0.0, hi=MAX_INT),
+                **{k: _int(d, k, lo=0, default=0) for k in ("words", "word_top1", "word_top3", "saved", "typed")})
+        if m.top1 > m.count or m.top3 > m.count:
             raise WireError("hit counts cannot exceed 'count'")
+        if m.word_top1 > m.words or m.word_top3 > m.words:
+            raise WireError("word hit counts cannot exceed 'words'")
+        if m.saved > m.typed:
+            raise WireError("'saved' cannot exceed 'typed'")
         return m
 
 

@@ -34,8 +34,8 @@ def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str]
     """Next-token top-3 accuracy of `weights` (a version's architecture) on held-out text."""
     manifest = artifact.load_version(version)[0]
     arch = manifest.arch.get("model", manifest.arch)
-    B, T = int(arch["train_batch"]), int(arch["seq_len"])
-    data = trainer.text_windows(version, texts, T)
+    B = int(arch["train_batch"])
+    data = trainer.text_windows(version, texts, manifest)
     data = data.take(np.arange(min(max_windows, len(data))))
     model = trainer.load_model(version)
     model.set_weights(weights)

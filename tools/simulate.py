@@ -558,13 +558,14 @@ def run_federation(name: str, args: argparse.Namespace, noise_multiplier: float,
                 "canary_min_reports": args.canary_min_reports, "canary_tolerance": args.canary_tolerance,
                 "server_optimizer": args.server_optimizer, "server_learning_rate": args.server_lr,
                 "server_momentum": args.server_momentum, "checkin_interval_s": 60, "max_eval_examples": 200,
+                "max_eval_words": 150,   # per canary device and version: bounds the word-level evaluation time
                 "max_example_weight": max(args.max_examples, 1)}
     coord = CoordinatorProcess(run_dir / "coordinator", coord_log, {k: str(v) for k, v in settings.items()})
     rng = random.Random(f"{args.seed}:{name}")
     progress_on = not args.no_progress and sys.stdout.isatty()
     coord.cli("init")
     coord.cli("import-version", str(v0))
-    key = coord.cli("create-enrollment-key", "--label", f"simulation {name}")
+    key = coord.cli("create-enrollment-key", "--label", f"simulation {name}", "--uses", str(n + 1))  # + keyboard
     ctx = get_context("spawn")   # no forked copies of the parent's threads or sockets
     try:
         coord.start()
@@ -646,7 +647,8 @@ def _one_round(rno: int, name: str, args: argparse.Namespace, sigma: float, n: i
     rnd = coord.admin("POST", "/v1/admin/rounds", json={
         "goal_count": res.eligible, "min_count": 1, "overselect": 1.0, "round_duration_s": 3600,
         "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-        "clip_norm": args.clip_norm, "noise_multiplier": sigma, "max_examples": args.max_examples})
+        "clip_norm": args.clip_norm, "noise_multiplier": sigma, "max_examples": args.max_examples,
+        "selection_window_s": 0})   # devices check in once per round, synchronously
     round_id = rnd["round_id"]
     order = sorted(range(n), key=lambda i: not eligible[i])     # the busy ones first
     with _progress(progress_on) as prog:

@@ -23,10 +23,11 @@ def status() -> Response:
 @admin_auth
 def create_enrollment_key() -> Response:
     body = json_body()
-    label, uses = body.get("label", ""), body.get("uses")
-    if not isinstance(label, str) or (uses is not None and (isinstance(uses, bool) or not isinstance(uses, int))):
-        raise bad_request("label must be a string and uses an integer or null")
-    return jsonify({"enrollment_key": coord().create_enrollment_key(label=label, uses=uses)}), 201
+    label, uses, ttl = body.get("label", ""), body.get("uses"), body.get("expires_in_s")
+    if (not isinstance(label, str) or (uses is not None and (isinstance(uses, bool) or not isinstance(uses, int)))
+            or (ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))))):
+        raise bad_request("label must be a string, uses an integer or null, expires_in_s a number or null")
+    return jsonify({"enrollment_key": coord().create_enrollment_key(label=label, uses=uses, expires_in_s=ttl)}), 201
 
 
 @bp.post("/devices/<device_id>/revoke")

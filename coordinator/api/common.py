@@ -23,16 +23,37 @@ def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 4xx saying what is wrong with it."""
     if request.content_length is not None and request.content_length > wire.MAX_JSON_BYTES:
         raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
-    raw = request.get_data(cache=True)
+    raw = request.stream.read(wire.MAX_JSON_BYTES + 1)  # a chunked body is cut here, not buffered whole
     if len(raw) > wire.MAX_JSON_BYTES:
         raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
     try:
         data = json.loads(raw or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad_request(f"body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise bad_request("body is nested too deeply") from e
     if not isinstance(data, dict):
         raise bad_request("body must be a JSON object")
+    _check_strings(data)
     return data
+
+
+def _check_strings(obj: Any) -> None:
+    """Refuse strings that are not valid Unicode text (JSON allows a lone surrogate "\\ud800";
+    it would fail later, when hashed or stored, as a 500)."""
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+        elif isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise bad_request("body contains a string that is not valid Unicode (a lone surrogate)") from e
 
 
 def parse(cls: type, data: dict[str, Any]) -> Any:
@@ -44,8 +65,8 @@ def parse(cls: type, data: dict[str, Any]) -> Any:
         raise ApiError(400, code, str(e)) from e
 
 
-def rate_limit(key: str) -> None:
-    wait = current_app.extensions["fedkeys_ratelimit"].check(key)
+def rate_limit(key: str, limiter: str = "fedkeys_ratelimit") -> None:
+    wait = current_app.extensions[limiter].check(key)
     if wait > 0:
         coord().metrics.rate_limited.inc()
         raise ApiError(429, wire.E_RATE_LIMITED, "too many requests", retry_after=round(wait, 2))

@@ -32,6 +32,7 @@ def enroll() -> Response:
 @bp.post(wire.PATH_CHECKIN)
 @device_auth
 def checkin() -> Response:
+    rate_limit(f"key:{coord().enrollment_key_of(g.device_id)}", "fedkeys_key_ratelimit")
     req = parse(wire.CheckinRequest, json_body())
     task = coord().checkin(g.device_id, req)
     resp = jsonify(task.to_dict())
@@ -44,7 +45,11 @@ def checkin() -> Response:
 def upload_update() -> Response:
     if request.content_length is not None and request.content_length > wire.MAX_UPDATE_BYTES:
         raise ApiError(413, wire.E_TOO_LARGE, f"updates are limited to {wire.MAX_UPDATE_BYTES} bytes")
-    body = request.get_data(cache=False)
+    body = request.stream.read(wire.MAX_UPDATE_BYTES + 1)  # chunked bodies are cut at the limit too
+    if len(body) > wire.MAX_UPDATE_BYTES:
+        raise ApiError(413, wire.E_TOO_LARGE, f"updates are limited to {wire.MAX_UPDATE_BYTES} bytes")
+    if request.content_length is not None and len(body) < request.content_length:
+        raise ApiError(400, wire.E_BAD_REQUEST, "the body ended before its Content-Length (client hung up?)")
     if not body:
         raise ApiError(400, wire.E_BAD_REQUEST, "empty body: expected a safetensors update")
     receipt = coord().submit_update(g.device_id, request.headers.get(wire.UPDATE_META_HEADER), body)

@@ -24,10 +24,16 @@
 
   // --- API -----------------------------------------------------------------------------------
 
+  // The session token comes in the URL's fragment (never sent to any server); keep it for reloads.
+  const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (hashToken) { sessionStorage.setItem("fedkeys-token", hashToken); history.replaceState(null, "", location.pathname); }
+  const token = sessionStorage.getItem("fedkeys-token") || "";
+
   async function api(path, body) {
     if (body !== undefined && path !== "/api/suggest") epoch++;
     const opts = body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      method: "POST", headers: { "Content-Type": "application/json", "X-Keyboard-Token": token },
+      body: JSON.stringify(body),
     };
     const resp = await fetch(path, opts);
     const data = await resp.json().catch(() => ({}));
@@ -121,10 +127,11 @@
       const text = textBeforeCursor();
       const res = await api("/api/suggest", { client: clientId, text });
       setOffline(false);
-      if (mine > shownSeq) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
+      // Focus may have moved to the private field meanwhile: a late answer must not replace its strip.
+      if (mine > shownSeq && active === message) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
       if (e instanceof TypeError) setOffline(true);   // fetch itself failed: nobody is listening
-      else renderSuggestions([]);
+      else if (active === message) renderSuggestions([]);
     } finally {
       inFlight = false;
       if (again) { again = false; suggest(); }

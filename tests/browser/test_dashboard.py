@@ -34,9 +34,13 @@ def browser():
 
 def _report(dev: FakeDevice, task: wire.Task, cand_top3: float, stable_top3: float):
     cand, stable = task.evaluate_version_ids
+    # issue-12: the canary decides on word-level counts (here top-3 hits of 100 words, as next-piece)
     return dev.evaluate(task.candidate_version_id, [
-        wire.VersionMetrics(cand, loss_sum=300.0, top1=cand_top3 / 2, top3=cand_top3, count=100.0),
-        wire.VersionMetrics(stable, loss_sum=310.0, top1=stable_top3 / 2, top3=stable_top3, count=100.0)])
+        wire.VersionMetrics(cand, loss_sum=300.0, top1=cand_top3 / 2, top3=cand_top3, count=100.0,
+                            words=100, word_top1=int(cand_top3) // 2, word_top3=int(cand_top3), saved=0, typed=200),
+        wire.VersionMetrics(stable, loss_sum=310.0, top1=stable_top3 / 2, top3=stable_top3, count=100.0,
+                            words=100, word_top1=int(stable_top3) // 2, word_top3=int(stable_top3), saved=0,
+                            typed=200)])
 
 
 def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_path):
@@ -94,7 +98,7 @@ def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_p
             t = devices[0].checkin()
             assert t.kind == wire.TASK_EVALUATE
             assert _report(devices[0], t, 41, 40).status_code == 200
-            expect(page.locator("#canary-state")).to_contain_text("wait (1 of 2 canary reports)")
+            expect(page.locator("#canary-state")).to_contain_text("wait (1 of 2 canary devices scored words)")
             t = devices[2].checkin()
             assert _report(devices[2], t, 42, 40).status_code == 200
             # Promoted: the decision log says who, when and why; the chart has the point.
@@ -103,7 +107,7 @@ def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_p
             expect(row).to_contain_text(cand)
             expect(row).to_contain_text("promote")
             expect(row).to_contain_text("auto")
-            expect(row).to_contain_text("candidate top-3 0.4150 vs stable 0.4000")
+            expect(row).to_contain_text("median per-device word top-3 difference +0.0150")  # issue-12's rule
             expect(page.locator("#versions tbody tr").first).to_contain_text("41.5%")
             expect(page.locator("#eps-local")).not_to_have_text("–")
             page.wait_for_function("() => Chart.getChart(document.querySelector('#history')) !== undefined")

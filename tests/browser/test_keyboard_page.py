@@ -55,7 +55,7 @@ def device(tmp_path, exported_version):
                                          noise_multiplier=0.0, max_examples=10), time_limit_s=60.0)
     channel.record_channel(data_dir, task, vid)
     with start_keyboard(data_dir) as server:
-        yield {"dir": data_dir, "url": server.url, "version": vid}
+        yield {"dir": data_dir, "url": server.url, "page_url": server.page_url, "version": vid}
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def page(browser, device):
     ctx = browser.new_context(viewport={"width": 430, "height": 860}, device_scale_factor=2)
     pg = ctx.new_page()
     pg.set_default_timeout(15_000)
-    pg.goto(device["url"])
+    pg.goto(device["page_url"])
     # Functions, not expressions: the page's CSP forbids eval, which expression polling uses.
     pg.wait_for_function("() => !['', '…'].includes(document.querySelector('#model-version').textContent)")
     try:
@@ -307,7 +307,7 @@ def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, export
     try:
         pg = ctx.new_page()
         pg.set_default_timeout(15_000)
-        pg.goto(server.url)
+        pg.goto(server.page_url)                      # issue-12: POSTs carry the session token
         pg.locator("#message").focus()
         pg.keyboard.type("what say")
         assert wait_strip(pg)[1]

@@ -75,3 +75,22 @@ def test_apply_server_optimizer_dispatch_and_state():
         agg.apply_server_optimizer("sgd", w, d, {}, lr=1.0)
     with pytest.raises(ValueError, match="shape"):
         agg.apply_server_optimizer("fedavg", w, np.ones(4, np.float32), {}, lr=1.0)
+
+
+def test_robust_aggregators_bound_what_a_minority_at_the_norm_bound_can_do():
+    rng = np.random.default_rng(1)
+    honest = [rng.normal(0.0, 0.01, size=500).astype(np.float32) for _ in range(8)]
+    boost = np.zeros(500, np.float32)
+    boost[7] = 100.0                                             # the whole norm budget on one coordinate
+    ups = [(v, 1.0) for v in honest] + [(boost, 1000.0)] * 2     # 2 of 10 claim a large weight
+    mean = agg.aggregate("mean", iter(ups))
+    median = agg.aggregate("median", iter(ups))
+    trimmed = agg.aggregate("trimmed_mean", iter(ups), trim=0.2)
+    assert mean[7] > 10                                          # the mean passes it through
+    assert abs(median[7]) < 0.05 and abs(trimmed[7]) < 0.05     # a minority cannot move a coordinate
+    stack = np.stack(honest + [boost, boost])
+    np.testing.assert_allclose(median, np.median(stack, axis=0), rtol=1e-6)
+    srt = np.sort(stack, axis=0)[2:8]
+    np.testing.assert_allclose(trimmed, srt.mean(axis=0), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError):
+        agg.aggregate("krum", iter(ups))

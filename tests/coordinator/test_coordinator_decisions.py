@@ -75,8 +75,10 @@ def test_privacy_accounting():
         privacy.epsilon([r], 0.0)
 
 
-def _m(vid: str, top3: float, count: float = 100.0, loss: float = 200.0) -> wire.VersionMetrics:
-    return wire.VersionMetrics(vid, loss_sum=loss, top1=top3 / 2, top3=top3, count=count)
+def _m(vid: str, top3: float, words: int = 100, count: float = 100.0, loss: float = 200.0) -> wire.VersionMetrics:
+    """Metrics whose word-level top-3 is `top3` hits of `words` (next-piece figures alongside)."""
+    return wire.VersionMetrics(vid, loss_sum=loss, top1=min(top3, count) / 2, top3=min(top3, count), count=count,
+                               words=words, word_top1=int(top3 // 2), word_top3=int(top3), saved=0, typed=words)
 
 
 def test_canary_cohort_is_stable_and_sized():
@@ -89,18 +91,32 @@ def test_canary_cohort_is_stable_and_sized():
 
 
 def test_canary_decision():
-    good = [(_m("c", 41), _m("s", 40)), (_m("c", 39.8), _m("s", 40))]
+    good = [(_m("c", 41), _m("s", 40)), (_m("c", 40), _m("s", 40))]
     d = rollout.decide(good, min_reports=2, tolerance=0.005)
-    assert d.action == rollout.PROMOTE and d.numbers["candidate"]["top3_acc"] == pytest.approx(0.404)
+    assert d.action == rollout.PROMOTE and d.numbers["candidate"]["word_top3_acc"] == pytest.approx(0.405)
+    assert d.numbers["word_top3_diff"] == pytest.approx(0.005)
     assert rollout.decide(good[:1], min_reports=2, tolerance=0.005).action == rollout.WAIT
     bad = [(_m("c", 30), _m("s", 40))] * 3
     d = rollout.decide(bad, min_reports=2, tolerance=0.05)
-    assert d.action == rollout.REJECT and d.numbers["top3_diff"] == pytest.approx(-0.1)
+    assert d.action == rollout.REJECT and d.numbers["word_top3_diff"] == pytest.approx(-0.1)
     # Exactly at the tolerance still promotes; just beyond rejects.
     assert rollout.decide([(_m("c", 39), _m("s", 40))] * 2, min_reports=2, tolerance=0.01).action == rollout.PROMOTE
-    assert rollout.decide([(_m("c", 38.9), _m("s", 40))] * 2, min_reports=2, tolerance=0.01).action == rollout.REJECT
-    nan = [(_m("c", 40, loss=math.nan), _m("s", 40))]
-    assert rollout.decide(nan, min_reports=5, tolerance=0.01).action == rollout.REJECT
+    assert rollout.decide([(_m("c", 38), _m("s", 40))] * 2, min_reports=2, tolerance=0.01).action == rollout.REJECT
+    # Devices that scored no words have no vote.
     assert rollout.decide([(_m("c", 0, 0), _m("s", 0, 0))] * 3, min_reports=2, tolerance=0).action == rollout.WAIT
     with pytest.raises(ValueError):
         rollout.decide(good, min_reports=0, tolerance=0.0)
+
+
+def test_canary_decision_is_per_device_and_robust_to_a_minority():
+    """Failed on the old sum-of-counts pool: one device claiming a huge count carried the vote."""
+    honest = [(_m("c", 30), _m("s", 40))] * 8                      # every honest canary: 10 points worse
+    liar = (_m("c", 10**6, words=10**6, count=10**6), _m("s", 0, words=10**6, count=10**6))
+    assert rollout.decide(honest + [liar], min_reports=5, tolerance=0.01).action == rollout.REJECT
+    sybils = [(_m("c", 100), _m("s", 0))] * 2                       # 20 % of 10 canaries
+    assert rollout.decide(honest + sybils, min_reports=5, tolerance=0.01).action == rollout.REJECT
+    # ... and a minority cannot veto an honest improvement either.
+    better = [(_m("c", 45), _m("s", 40))] * 8
+    assert rollout.decide(better + [(_m("c", 0), _m("s", 100))] * 2, min_reports=5,
+                          tolerance=0.01).action == rollout.PROMOTE
+    assert rollout.trimmed_mean([0, 1, 2, 3, 4, 5, 6, 7, 8, 1000]) == pytest.approx(4.5)

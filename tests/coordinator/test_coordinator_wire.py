@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -50,10 +49,13 @@ def test_update_meta_header_round_trip():
     assert meta.encoding == "float16"
 
 
-def test_nonfinite_metrics_survive_json():
-    rep = w.EvaluationReport("v1", (w.VersionMetrics("v1", math.nan, 1, 2, math.inf),))
-    back = _roundtrip(rep)
-    assert math.isnan(back.results[0].loss_sum) and math.isinf(back.results[0].count)
+@pytest.mark.parametrize("bad", [{"loss_sum": "nan"}, {"count": "inf"}, {"count": 1e12}, {"top3": -1},
+                                 {"words": 5, "word_top3": 6}, {"saved": 9, "typed": 8}, {"words": 1.5}])
+def test_metrics_must_be_finite_bounded_and_consistent(bad):
+    good = w.VersionMetrics("v1", 10.0, 1, 2, 10, words=5, word_top1=1, word_top3=2, saved=3, typed=8).to_dict()
+    assert w.VersionMetrics.from_dict(good).words == 5
+    with pytest.raises(w.WireError):
+        w.VersionMetrics.from_dict(good | bad)
 
 
 @pytest.mark.parametrize("cls,d,needle", [

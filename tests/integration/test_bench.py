@@ -57,3 +57,21 @@ def test_bench_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = bench()
     assert r.returncode == 2 and "keystroke" in r.stdout
+
+
+@pytest.mark.skipif(not HAS_TF, reason="the bench reads the corpus through model/ (TensorFlow environment)")
+def test_poisoning_bench_prints_a_row_per_aggregator_and_share(exported_version, tmp_path):
+    import json as _json
+
+    corpus = tmp_path / "c.jsonl"
+    lines = CORPUS.strip().splitlines()
+    corpus.write_text("".join(_json.dumps({"user": f"u{i % 12}", "text": t}) + "\n"
+                              for i, t in enumerate(lines * 24)))
+    out = tmp_path / "p.json"
+    r = bench("poisoning", "--model", str(exported_version), "--corpus", str(corpus), "--devices", "4",
+              "--shares", "0,0.25", "--sigmas", "0", "--repeats", "1", "--eval-texts", "20", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| σ | attack | attackers | mean | trimmed_mean | median |" in r.stdout
+    rows = _json.loads(out.read_text())["results"]
+    assert {(x["attack"], x["attackers"]) for x in rows} == {("-", 0), ("flip", 1), ("boost", 1)}
+    assert all(0 <= x[k] <= 1 for x in rows for k in ("mean", "trimmed_mean", "median"))

@@ -88,6 +88,7 @@ def test_openapi_schemas_match_wire_messages(served):
         "UpdateMeta": wire.UpdateMeta(1, "v", 1, "k"), "UpdateReceipt": wire.UpdateReceipt(1, 1),
         "EvaluationReceipt": wire.EvaluationReceipt("v"), "SigningKey": wire.SigningKey("ab" * 32),
         "VersionMetrics": wire.VersionMetrics("v", 1, 1, 1, 1),
+        "RolloutState": wire.RolloutState("d", "v", "stable", 3, 1, False, 10, "ab"),
         "Error": wire.ErrorBody("x", "y", 1.0, {"a": 1}),
     }
     for name, msg in samples.items():

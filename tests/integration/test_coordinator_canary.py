@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import requests
 from coordinator_fakes import FakeDevice, make_config, make_version, random_delta, serve
@@ -23,11 +21,15 @@ def _candidate_from_round(s, devices, scale: float) -> str:
     return s.coord.get_round(rid)["result_version_id"]
 
 
-def _report(dev, task: wire.Task, cand_top3: float, stable_top3: float, count: float = 100.0):
+def _metrics(vid: str, top3: int, words: int = 100, count: float = 100.0) -> wire.VersionMetrics:
+    return wire.VersionMetrics(vid, loss_sum=300.0, top1=min(top3, count) / 2, top3=min(top3, count), count=count,
+                               words=words, word_top1=top3 // 2, word_top3=top3, saved=top3, typed=2 * words)
+
+
+def _report(dev, task: wire.Task, cand_top3: int, stable_top3: int, count: float = 100.0, words: int = 100):
     cand, stable = task.evaluate_version_ids
-    return dev.evaluate(task.candidate_version_id, [
-        wire.VersionMetrics(cand, loss_sum=300.0, top1=cand_top3 / 2, top3=cand_top3, count=count),
-        wire.VersionMetrics(stable, loss_sum=310.0, top1=stable_top3 / 2, top3=stable_top3, count=count)])
+    return dev.evaluate(task.candidate_version_id, [_metrics(cand, cand_top3, words, count),
+                                                   _metrics(stable, stable_top3, words, count)])
 
 
 @pytest.fixture
@@ -55,19 +57,20 @@ def test_good_candidate_is_promoted_to_everyone(world):
     assert t1.kind == wire.TASK_EVALUATE and t1.use_version_id == cand
     assert _report(canaries[0], t1, cand_top3=41, stable_top3=40).status_code == 200
     assert s.admin("GET", "/v1/admin/canary").json()["would"] == "wait"
-    # Same device again: idempotent, still counts once.
-    assert _report(canaries[0], t1, cand_top3=41, stable_top3=40).status_code == 200
+    # Same device again: refused, it counts once.
+    assert _report(canaries[0], t1, cand_top3=41, stable_top3=40).status_code == 409
     assert s.admin("GET", "/v1/admin/canary").json()["numbers"]["reports"] == 1
     # A non-canary device may not vote.
     assert _report(others[0], t1, 90, 10).status_code == 403
     t2 = canaries[1].checkin()
-    assert _report(canaries[1], t2, cand_top3=40, stable_top3=40.5).status_code == 200
+    assert _report(canaries[1], t2, cand_top3=40, stable_top3=40).status_code == 200
     versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
     assert versions[cand]["status"] == "stable" and versions["v0000"]["status"] == "retired"
     decision = versions[cand]["decisions"][-1]
     assert decision["action"] == "promote" and decision["actor"] == "auto"
-    assert decision["numbers"]["candidate"]["top3_acc"] == pytest.approx(81 / 200)
-    assert decision["numbers"]["stable"]["top3_acc"] == pytest.approx(80.5 / 200)
+    assert decision["numbers"]["candidate"]["word_top3_acc"] == pytest.approx(81 / 200)
+    assert decision["numbers"]["stable"]["word_top3_acc"] == pytest.approx(80 / 200)
+    assert decision["numbers"]["word_top3_diff"] == pytest.approx(0.005)
     for d in (others[0], canaries[0]):
         assert d.checkin().use_version_id == cand
     page = s.admin("GET", "/v1/admin/dashboard").json()
@@ -87,21 +90,38 @@ def test_degraded_candidate_is_rejected_and_canaries_roll_back(world):
     versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
     assert versions[cand]["status"] == "rejected" and versions["v0000"]["status"] == "stable"
     d = versions[cand]["decisions"][-1]
-    assert d["action"] == "reject" and d["numbers"]["top3_diff"] == pytest.approx(-0.2)
+    assert d["action"] == "reject" and d["numbers"]["word_top3_diff"] == pytest.approx(-0.2)
     t = canaries[0].checkin()
     assert t.use_version_id == "v0000" and t.kind != wire.TASK_EVALUATE   # rolled back
 
 
-def test_nonfinite_report_rejects_at_once(world):
+def test_nonfinite_report_is_refused_not_a_veto(world):
     s, devices, canaries, _ = world
     cand = _candidate_from_round(s, devices, 0.01)
     t = canaries[0].checkin()
-    r = canaries[0].evaluate(cand, [wire.VersionMetrics(cand, math.nan, 1, 2, 10),
-                                    wire.VersionMetrics("v0000", 5.0, 1, 2, 10)])
-    assert r.status_code == 200 and t.kind == wire.TASK_EVALUATE
-    assert s.admin("GET", "/v1/admin/status").json()["candidate_version_id"] is None
-    versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
-    assert versions[cand]["status"] == "rejected" and "non-finite" in versions[cand]["decisions"][-1]["reason"]
+    assert t.kind == wire.TASK_EVALUATE
+    body = wire.EvaluationReport(cand, (_metrics(cand, 40), _metrics("v0000", 40))).to_dict()
+    body["results"][0]["loss_sum"] = "nan"
+    r = requests.post(s.url + wire.PATH_EVALUATIONS, json=body, headers=canaries[0].headers, timeout=10)
+    assert r.status_code == 400, r.text
+    assert s.coord.status()["candidate_version_id"] == cand          # not rejected by one report
+    assert _report(canaries[0], t, 40, 40).status_code == 200       # the honest report still counts
+
+
+def test_reports_only_for_issued_tasks_within_their_bounds(world):
+    """Failed on the old code: any canary-cohort device could report unasked, with count=1e9."""
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    fake_task = wire.Task(kind=wire.TASK_EVALUATE, retry_after=1, candidate_version_id=cand,
+                          evaluate_version_ids=(cand, "v0000"))
+    r = _report(canaries[0], fake_task, 100, 0)                     # never checked in: no task issued
+    assert r.status_code == 403, r.text
+    t = canaries[0].checkin()
+    assert t.kind == wire.TASK_EVALUATE and t.max_eval_words == s.config.max_eval_words
+    assert _report(canaries[0], t, 100, 0, count=1e9).status_code == 400        # more tokens than the task
+    assert _report(canaries[0], t, 0, 0, words=s.config.max_eval_words + 1).status_code == 400
+    assert s.admin("GET", "/v1/admin/canary").json()["numbers"]["reports"] == 0
+    assert canaries[0].checkin().kind == wire.TASK_EVALUATE                      # still open: re-issued
 
 
 def test_admin_pin_promote_rollback(world):
@@ -120,3 +140,26 @@ def test_admin_pin_promote_rollback(world):
     assert s.coord.status()["stable_version_id"] == "v0000"
     assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
     assert s.coord.status()["pinned"] is False
+
+
+@pytest.mark.parametrize("sybils", [0, 1, 2])
+def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_reject(tmp_path, sybils):
+    """Failed on the old code: one sybil claiming a huge count carried the pooled vote."""
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=10, canary_tolerance=0.005)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(10)]
+        cand = _candidate_from_round(s, devices, 0.01)
+        liars, honest = devices[:sybils], devices[sybils:]
+        words = s.config.max_eval_words
+        for d in liars + honest:
+            t = d.checkin()
+            assert t.kind == wire.TASK_EVALUATE
+            if d in liars:   # the most a report may claim: every word a hit for the candidate, none for stable
+                r = _report(d, t, cand_top3=words, stable_top3=0, words=words, count=s.config.max_eval_examples * 8)
+            else:            # honest canaries measure the candidate 3 points worse
+                r = _report(d, t, cand_top3=37, stable_top3=40)
+            assert r.status_code == 200, r.text
+        status = {v["version_id"]: v["status"] for v in s.coord.list_versions()}
+        assert status[cand] == "rejected" and status["v0000"] == "stable"

@@ -62,7 +62,7 @@ class Coordinator:
                "--database-url", self.db_url]
         for kv in (f"admin_token={ADMIN}", "goal_count=3", "min_count=3", "overselect=1.0",
                    "round_duration_s=600", "canary_fraction=0.01", "clip_norm=10", "rate_limit_per_minute=60000",
-                   "rate_limit_burst=1000"):
+                   "rate_limit_burst=1000", "selection_window_s=0"):
             cmd += ["--set", kv]
         if not self.starts:      # only `init` creates a data dir; later starts reuse it
             subprocess.run([sys.executable, "-m", "coordinator", "init", "--data-dir", str(self.data),
@@ -114,8 +114,8 @@ class Driver:
                     resp = requests.request(method, self.c.url + path, timeout=30, **kw)
                     if resp.status_code < 500:
                         return resp
-                except requests.ConnectionError:
-                    pass
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                    pass   # killed before or while it answered (headers sent, body not)
                 if timer is not None:
                     timer.join()
                 if self.c.proc.poll() is None:       # alive: a genuine error, not our kill

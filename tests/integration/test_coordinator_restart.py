@@ -38,7 +38,8 @@ def _start(data_dir: Path, port: int, db_url: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_COORDINATOR_")}
     env["FEDKEYS_COORDINATOR_GOAL_COUNT"] = "3"      # settings through the environment ...
     cmd = [sys.executable, "-m", "coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
-           "--database-url", db_url, "--set", "admin_token=adm", "--set", "min_count=3"]  # ... and flags
+           "--database-url", db_url, "--set", "admin_token=adm", "--set", "min_count=3",  # ... and flags
+           "--set", "selection_window_s=0"]
     init = [a for a in cmd if a not in ("--port", str(port))]
     init[init.index("serve")] = "init"
     subprocess.run(init, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "edge-test-admin-token"
 SETTINGS = {"admin_token": ADMIN_TOKEN, "rate_limit_per_minute": "60000", "rate_limit_burst": "1000",
             "checkin_interval_s": "30", "canary_fraction": "1.0", "canary_min_reports": "5",
-            "log_level": "DEBUG"}
+            "log_level": "DEBUG", "selection_window_s": "0"}
 SENTENCES = [
     "I will see you at the station tomorrow morning",
     "thanks for the lovely dinner last night",
@@ -214,6 +214,7 @@ def test_devices_train_upload_and_evaluate_against_real_coordinator(coordinator,
         for d in devices:
             res = agent.run_once(d)
             assert (res.kind, res.outcome) == (wire.TASK_EVALUATE, "reported"), res
+            assert res.counts["words"] > 0        # word-level counts by the device's own predictor
             assert d.store.current_id == cand and d.store.previous_id == coordinator.stable_id
         comparison = coordinator.admin("GET", "/v1/admin/canary").json()
         assert comparison["candidate_version_id"] == cand, comparison

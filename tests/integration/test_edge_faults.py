@@ -93,7 +93,8 @@ class Gate:
 def _edge_run(data_dir: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edge_runtime", "run", "--once", "--data-dir", str(data_dir),
            "--eligibility", "override:eligible", "--set", "min_wait_s=0.1", "--set", "backoff_initial_s=0.1",
-           "--set", "backoff_max_s=0.2", "--set", "upload_attempts=1", *extra]
+           "--set", "backoff_max_s=0.2", "--set", "upload_attempts=1",
+           "--set", "max_epochs=100", *extra]   # the long-training case needs more than the default floor
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -183,7 +184,7 @@ def test_kill_during_training_or_upload_then_restart(world, tmp_path, where):
     dev_id = agent.load_identity(Path(cfg.data_dir)).device_id
     _finish(_edge_run(Path(cfg.data_dir)))                 # install the model first (no round yet)
     before = _cache_snapshot(cfg)
-    rid = s.coord.start_round(epochs=40 if where == "training" else 1, batch_size=1, max_examples=200)
+    rid = s.coord.start_round(epochs=100 if where == "training" else 1, batch_size=1, max_examples=200)
     try:
         if where == "training":            # checked in, model loaded, now training: the upload never starts
             gate.arm(wire.PATH_CHECKIN, after=True, hold_s=0.0)

@@ -112,6 +112,12 @@ def _with_value(value: float) -> dict[str, np.ndarray]:
     return _delta(embedding=emb)
 
 
+def _huge_header() -> bytes:
+    header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+                         for i in range(1500)}).encode()
+    return len(header).to_bytes(8, "little") + header
+
+
 def _admin_h(c: Ctx) -> dict[str, str]:
     return {wire.AUTH_HEADER: f"Bearer {c.admin_token}"}
 
@@ -141,6 +147,20 @@ CASES: list[Case] = [
          lambda c: c.post(E.PATH_ENROLL, json=_ENROLL_OK | {"platform": "p" * (E.MAX_JSON_BYTES + 10)})),
     Case("enroll: platform too long", 400, E.E_BAD_REQUEST,
          lambda c: c.post(E.PATH_ENROLL, json=_ENROLL_OK | {"enrollment_key": c.key, "platform": "p" * 500})),
+    Case("enroll: JSON nested 30,000 deep", 400, E.E_BAD_REQUEST,
+         lambda c: c.post(E.PATH_ENROLL, data=b"[" * 30000 + b"]" * 30000,
+                          headers={"Content-Type": "application/json"})),
+    Case("enroll: lone surrogate in the key", 400, E.E_BAD_REQUEST,
+         lambda c: c.post(E.PATH_ENROLL, data=b'{"protocol_version": 1, "enrollment_key": "\\ud800"}',
+                          headers={"Content-Type": "application/json"})),
+    Case("enroll: chunked body over the JSON limit", 413, E.E_TOO_LARGE,
+         lambda c: c.post(E.PATH_ENROLL, data=iter([b'{"platform": "' + b"p" * 50000] * 3 + [b'"}']),
+                          headers={"Content-Type": "application/json"})),
+    Case("checkin: JSON objects nested 10,000 deep", 400, E.E_BAD_REQUEST,
+         lambda c: c.post(E.PATH_CHECKIN, data=b'{"a":' * 10000 + b"1" + b"}" * 10000,
+                          headers=c.a.headers | {"Content-Type": "application/json"})),
+    Case("update: safetensors header of 100 kB (empty tensors)", 422, E.E_MALFORMED,
+         lambda c: c.upload(c.a, body=_huge_header())),
     Case("enroll: key of wrong type", 400, E.E_BAD_REQUEST,
          lambda c: c.post(E.PATH_ENROLL, json=_ENROLL_OK | {"enrollment_key": 12345})),
     Case("enroll: form-encoded body (wrong content type)", 400, E.E_BAD_REQUEST,

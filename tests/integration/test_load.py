@@ -23,7 +23,8 @@ def test_reduced_load_has_no_errors_and_reports_every_figure(tmp_path):
     phases = {p["phase"]: p for p in res["phases"]}
     assert phases["checkin"]["requests"] == 60 and phases["upload"]["requests"] == 10
     assert all(p["req_per_s"] > 0 and 0 < p["p50_ms"] <= p["p99_ms"] for p in phases.values()), phases
-    assert res["model_params"] == 628_384 and res["peak_rss_mb_total"] > 0
+    # the model grew on main (10,000-word tied output, docs/quality.md): 628,384 -> 1,356,048
+    assert res["model_params"] == 1_356_048 and res["peak_rss_mb_total"] > 0
     report = format_report(res)
     for word in ("req/s", "p50 ms", "p99 ms", "peak RSS", "errors: 0"):
         assert word in report

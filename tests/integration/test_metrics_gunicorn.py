@@ -82,7 +82,7 @@ def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
         assert _value(text, "fedkeys_version", 'role="stable",version="v0000"') == 1
         assert _value(text, "fedkeys_devices_enrolled") == 0
         dev = FakeDevice(url, key)
-        rid = requests.post(url + "/v1/admin/rounds", json={"goal_count": 3, "min_count": 1},
+        rid = requests.post(url + "/v1/admin/rounds", json={"goal_count": 3, "min_count": 1, "selection_window_s": 0},
                             headers={wire.AUTH_HEADER: "Bearer adm"}, timeout=10).json()["round_id"]
         assert dev.checkin().kind == wire.TASK_TRAIN
         text = requests.get(url + wire.PATH_METRICS, timeout=10).text

@@ -77,3 +77,40 @@ def test_large_well_formed_updates_move_the_aggregate_only_as_far_as_the_bound_a
     assert shift > 0.5 * allowed                                 # the attack did land: the bound is tight
     print(f"noise multiplier {noise_multiplier}: bound {bound:.3f}, attackers' shift {shift:.3f} "
           f"<= allowed {allowed:.3f} (weight share {w_a / (w_h + w_a):.2f})")
+
+
+def test_median_aggregator_keeps_a_concentrated_attack_out_of_the_aggregate(tmp_path):
+    """With aggregator=median the same two attackers, now spending the whole bound on one
+    coordinate, move that coordinate by no more than the honest spread (the mean moves it by
+    about bound / 5)."""
+    cfg = make_config(tmp_path, goal_count=HONEST + ATTACKERS, min_count=HONEST, overselect=1.0, clip_norm=CLIP,
+                      max_examples=MAX_EXAMPLES, max_example_weight=CAP, aggregator="median")
+    bound = norm_bound(CLIP, 0.0, D)
+    with serve(cfg) as s:
+        _, base = make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(HONEST + ATTACKERS)]
+        rid = s.coord.start_round()
+        for d in devices:
+            assert d.checkin().kind == wire.TASK_TRAIN
+        spike = np.zeros(D)
+        spike[3] = 1.0
+        honest = []
+        for i, d in enumerate(devices[:HONEST]):
+            delta = random_delta(i, scale=0.02)
+            honest.append(artifact.flatten(delta, TENSORS))
+            assert d.upload(delta, round_id=rid, base="v0000", examples=HONEST_EXAMPLES).status_code == 200
+        for d in devices[HONEST:]:
+            assert d.upload(_scaled(spike, bound * 0.999), round_id=rid, base="v0000",
+                            examples=MAX_EXAMPLES).status_code == 200
+        rnd = s.coord.get_round(rid)
+        got = artifact.decode_weights(s.coord.version_file(rnd["result_version_id"], "weights")[0])
+        version = next(v for v in s.coord.list_versions() if v["version_id"] == rnd["result_version_id"])
+    moved = artifact.flatten(got, TENSORS) - artifact.flatten(base, TENSORS)
+    honest = np.stack(honest)
+    assert version["metrics"]["aggregator"] == "median"
+    assert honest[:, 3].min() - 1e-6 <= moved[3] <= honest[:, 3].max() + 1e-6, moved[3]
+    np.testing.assert_allclose(moved, np.median(np.vstack([honest] + [artifact.flatten(_scaled(spike, bound * 0.999),
+                                                                                         TENSORS)] * 2), axis=0),
+                               atol=1e-4)

@@ -228,7 +228,8 @@ def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
     assert cli_main(["init", *common]) == 0
     make_version(tmp_path / "v0")
     assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
-    assert cli_main(["start-round", "--secure-aggregation", "--goal-count", "2", "--min-count", "2", *common]) == 0
+    assert cli_main(["start-round", "--secure-aggregation", "--goal-count", "2", "--min-count", "2",
+                     "--selection-window-s", "0", *common]) == 0     # issue-12's draw window: none here
     with serve(cfg) as s:
         rnd = s.coord.list_rounds()[-1]
         assert rnd["plan"]["secure_aggregation"] is True

@@ -67,6 +67,12 @@ class FakeStore:
     def install(self, vid, fetch):
         self.previous_id, self.current_id = self.current_id, vid
 
+    def is_valid(self, vid):
+        return vid in (self.current_id, self.previous_id)
+
+    def in_use(self):
+        return self.current_id
+
     def ensure(self, vid, fetch):
         self.ensured.append(vid)
         return f"/versions/{vid}"
@@ -242,3 +248,37 @@ def test_type_text_respects_sensitive_fields_and_pause(tmp_path):
     assert (tmp_path / agent.ACTIVITY_FILE).exists()
     st = agent.status(cfg)
     assert st["cache"]["records"] == 1 and st["learning_paused"] and not st["enrolled"]
+
+
+class FixedSession:
+    """A typing session that always suggests the same three words (counts are then exact)."""
+
+    def __init__(self, words):
+        self.words, self.fed = words, []
+
+    def reset(self):
+        self.fed = []
+
+    def feed(self, chunk):
+        self.fed.append(chunk)
+        return -1.0
+
+    def suggest(self, prefix="", k=3):
+        return [w for w in self.words if w.startswith(prefix)][:k]
+
+
+def test_evaluate_task_reports_word_level_counts_within_the_word_budget(device, monkeypatch):
+    monkeypatch.setattr(trainer, "evaluate", lambda dirs, texts, **kw: [
+        wire.VersionMetrics(v.rsplit("/", 1)[1], float("nan"), 0.0, 0.0, 5.0) for v in dirs])
+    device.sessions = lambda vdir: FixedSession(["my", "secret", "canary"] if vdir.name == "c2" else ["x", "y", "z"])
+    device.client.tasks = [wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2",
+                                     candidate_version_id="c2", evaluate_version_ids=("c2", "v1"),
+                                     max_eval_examples=40, max_eval_words=4)]
+    res = agent.run_once(device)
+    assert res.outcome == "reported", res
+    cand, stable = device.client.reports[0].results
+    # "my secret canary text": 3 of 4 words in the strip, "my" first; letters saved 2+6+6 of 3+7+7+5
+    assert (cand.words, cand.word_top1, cand.word_top3, cand.saved, cand.typed) == (4, 1, 3, 14, 22)
+    assert (stable.words, stable.word_top3, stable.saved) == (4, 0, 0)
+    assert cand.loss_sum == 0.0 and cand.count == 0.0          # non-finite next-piece figures: "not measured"
+    wire.EvaluationReport.from_dict(device.client.reports[0].to_dict())   # what the coordinator accepts

@@ -48,17 +48,31 @@ def raw_file_bytes(data_dir: Path) -> bytes:
     return b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith(DB_NAME))
 
 
-@pytest.mark.parametrize("kind", [
+SENSITIVE_KINDS = [
     "password", "Password", "web_password", "visiblePassword", "email", "emailAddress", "web_email_address",
     "number", "phone", "url", "URI", "private", "pin", "", "   ", None,
-])
+    # Not caught by the old deny-list: HTML autocomplete tokens, input types and unknown kinds.
+    "tel", "tel-national", "one-time-code", "cc-csc", "cc-number", "creditcard", "new-password", "current-password",
+    "ssn", "iban", "name", "given-name", "street-address", "postal-code", "bday", "username", "textPersonName",
+    "TYPE_TEXT_VARIATION_POSTAL_ADDRESS", "messages_and_card", "zzz-unknown", "message2",
+]
+
+
+@pytest.mark.parametrize("kind", SENSITIVE_KINDS)
 def test_sensitive_kinds_are_recognised(kind):
     assert is_sensitive(kind)
 
 
-@pytest.mark.parametrize("kind", ["text", "message", "chat", "search", "note", "short_message"])
+@pytest.mark.parametrize("kind", ["text", "message", "chat", "search", "note", "short_message", "shortMessage",
+                                  "long-message", "TYPE_TEXT_VARIATION_EMAIL_SUBJECT", "Web Edit Text"])
 def test_ordinary_kinds_are_not_sensitive(kind):
     assert not is_sensitive(kind)
+
+
+def test_no_sensitive_kind_text_reaches_the_cache_file(cache: TextCache, tmp_path: Path):
+    for i, kind in enumerate(SENSITIVE_KINDS):
+        assert cache.add(f"zqsens{i}zq", kind) is False
+    assert all_texts(cache) == [] and b"zqsens" not in raw_file_bytes(tmp_path / "data")
 
 
 def test_sensitive_field_text_is_never_stored(cache: TextCache, tmp_path: Path):
@@ -186,4 +200,29 @@ def test_survives_kill_9(tmp_path: Path):
     stored = set(all_texts(c))
     assert {f"line {i}" for i in range(acknowledged + 1)} <= stored
     assert c._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    c.close()
+
+
+def test_wipe_says_so_when_another_reader_keeps_the_text_on_disk(tmp_path: Path):
+    """Failed on the old code: wipe reported success while a reader's snapshot kept the text in
+    the main database file."""
+    import sqlite3
+
+    from edge_runtime.cache import CacheError
+
+    c = TextCache(tmp_path / "d")
+    for i in range(50):
+        c.add(f"zqwipe{i} hello there friend", "message")
+    c._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")          # the text is now in the main file
+    reader = sqlite3.connect(c.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM texts").fetchone()   # another process holds a snapshot
+    try:
+        with pytest.raises(CacheError, match="another process"):
+            c.wipe(wait_s=0.2)
+        assert all_texts(c) == []                              # deleted for every new reader
+    finally:
+        reader.close()
+    c.wipe()                                                   # the reader let go: the wipe completes
+    assert b"zqwipe" not in raw_file_bytes(tmp_path / "d")
     c.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 
@@ -37,7 +38,7 @@ class InProcess(BaseAdapter):
         self.timeouts.append(timeout)
         status, headers, body = self.handler(request)
         resp = requests.Response()
-        resp.status_code, resp._content, resp.request, resp.url = status, body, request, request.url
+        resp.status_code, resp.raw, resp.request, resp.url = status, io.BytesIO(body), request, request.url
         resp.headers.update(headers)
         return resp
 

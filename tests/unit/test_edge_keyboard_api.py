@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from edge_runtime import channel, keyboard
+from edge_runtime import channel, keyboard, model_slot
 from edge_runtime.__main__ import main as cli_main
 from edge_runtime.cache import DB_NAME
 from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
@@ -36,7 +36,7 @@ def server(tmp_path, exported_version):
 
 def post(server, route: str, body, **kw) -> requests.Response:
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    headers = {"Content-Type": "application/json", "X-Keyboard-Token": server.token, **kw.pop("headers", {})}
     return requests.post(server.url + route.lstrip("/"), data=data, headers=headers, timeout=10, **kw)
 
 
@@ -202,7 +202,7 @@ def test_device_without_a_model_still_caches(tmp_path):
 
 
 def test_follows_the_device_current_version_and_its_channel(tmp_path, exported_version, monkeypatch):
-    monkeypatch.setattr(keyboard, "MODEL_CHECK_S", 0.0)
+    monkeypatch.setattr(model_slot, "MODEL_CHECK_S", 0.0)
     vid = read_manifest(exported_version).version_id
     loads = []
     slot = ModelSlot(data_dir=tmp_path, model_dir=None, channel=None,
@@ -249,6 +249,37 @@ def test_serve_keyboard_blocks_until_stop(tmp_path):
     with pytest.raises(requests.ConnectionError):
         requests.get(urls[0] + "api/status", timeout=2)
     assert (tmp_path / DB_NAME).exists()
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_every_bind_checks_host_origin_and_session_token(tmp_path, bind):
+    """Failed on the old code: bound to 0.0.0.0 it switched its Host and Origin checks off, and no
+    call needed a token, so any local process (or a rebinding page) could commit, wipe or unpause."""
+    from edge_runtime.keyboard import start_keyboard
+
+    with start_keyboard(tmp_path / "dev", host=bind, allow_remote=bind != "127.0.0.1") as srv:
+        assert srv.page_url == f"{srv.url}#token={srv.token}" and len(srv.token) >= 32
+        base = f"http://127.0.0.1:{srv.port}/"
+
+        def call(route, body, **headers):
+            return requests.post(base + route, json=body, headers=headers, timeout=5)
+
+        assert call("api/pause", {"paused": True}).json()["error"] == "bad_token"             # no token
+        assert call("api/pause", {"paused": True}, **{"X-Keyboard-Token": "x" * 32}).status_code == 403
+        good = {"X-Keyboard-Token": srv.token}
+        assert call("api/commit", {"text": "zq sneaky", "field_kind": "message"}, **good,
+                    Origin="http://evil.example").json()["error"] == "forbidden_origin"
+        r = requests.get(base + "api/status", headers={"Host": f"rebind.evil.example:{srv.port}"}, timeout=5)
+        assert r.status_code == 421
+        assert call("api/pause", {"paused": True}, **good, Origin=f"http://127.0.0.1:{srv.port}").status_code == 200
+        assert call("api/commit", {"text": "hello there", "field_kind": "message"}, **good).status_code == 200
+
+
+@pytest.mark.parametrize("raw", [b"[" * 30000 + b"]" * 30000,
+                                 b'{"text": "\\ud800 hi", "field_kind": "message"}'])
+def test_nested_or_invalid_unicode_bodies_are_400_not_500(server, raw):
+    r = post(server, "api/commit", raw)
+    assert r.status_code == 400 and r.json()["error"] == "bad_json", r.text
 
 
 def test_committed_words_come_back_as_suggestions_and_clear_forgets_them(server):

@@ -164,6 +164,7 @@ def test_evaluate_returns_only_aggregates(version_dir: Path):
     assert m.version_id == "v1"
     assert m.count > 0 and m.loss_sum == pytest.approx(2 * m.count)
     assert m.top1 == pytest.approx(0.25 * m.count) and m.top3 == pytest.approx(0.5 * m.count)
-    assert set(m.to_dict()) == {"version_id", "loss_sum", "top1", "top3", "count"}
+    assert set(m.to_dict()) == {"version_id", "loss_sum", "top1", "top3", "count", "words", "word_top1", "word_top3",
+                                "saved", "typed"}   # numbers only
     [few] = evaluate([version_dir], held, max_examples=2, loader=lambda d: FakeModel())
     assert 0 < few.count < m.count

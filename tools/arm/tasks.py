@@ -134,7 +134,7 @@ class _Coordinator:
         self.data_dir = data_dir
         self.settings = {"admin_token": ADMIN_TOKEN, "rate_limit_per_minute": "60000", "rate_limit_burst": "1000",
                          "checkin_interval_s": "5", "canary_fraction": "1.0", "canary_min_reports": str(total),
-                         "log_level": "INFO"}
+                         "log_level": "INFO", "max_eval_words": "100"}   # word metrics are slow under qemu
         self.proc: subprocess.Popen | None = None
 
     def _flags(self) -> list[str]:
@@ -296,7 +296,8 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
 
         rnd = coord.admin("POST", "/rounds", json={
             "goal_count": total, "min_count": total, "overselect": 1.0, "epochs": 1, "batch_size": 4,
-            "learning_rate": 0.1, "clip_norm": 5.0, "noise_multiplier": 0.001, "max_examples": 200})
+            "learning_rate": 0.1, "clip_norm": 5.0, "noise_multiplier": 0.001, "max_examples": 200,
+            "selection_window_s": 0})
         round_id = rnd["round_id"]
         run_once = ("run", "--once", "--eligibility", "override:eligible", "--log-level", "INFO")
         with _timed(f"round {round_id}: every device checks in once (download, verify, train, upload)"):

@@ -1,4 +1,4 @@
-"""`python -m tools.bench {keystroke,train,aggregation}`: see the modules of the same names."""
+"""`python -m tools.bench {keystroke,train,aggregation,load,poisoning}`: see the modules of the same names."""
 
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("aggregation", add_help=False,
                    help="coordinator aggregation: streaming FedAvg vs Flower's aggregate, time and peak memory")
     from tools.bench.load import add_parser as add_load
+    from tools.bench.poisoning import add_parser as add_poisoning
 
     add_load(sub)
+    add_poisoning(sub)
     return ap
 
 
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from tools.bench.train import main as train
         return train(args)
+    if args.command == "poisoning":
+        from tools.bench.poisoning import main as poisoning
+        return poisoning(args)
     if args.command == "load":
         from tools.bench.load import main as load
         return load(args)

@@ -135,7 +135,8 @@ def _settings(data_dir: Path, database_url: str, uploaders: int) -> dict[str, st
     return {"data_dir": str(data_dir), "database_url": database_url, "admin_token": ADMIN,
             "rate_limit_per_minute": "1000000", "rate_limit_burst": "100000", "goal_count": str(uploaders),
             "min_count": str(uploaders), "overselect": "1.0", "round_duration_s": "3600", "clip_norm": "1000",
-            "noise_multiplier": "0", "canary_fraction": "0.01", "log_level": "WARNING"}
+            "noise_multiplier": "0", "canary_fraction": "0.01", "log_level": "WARNING",
+            "selection_window_s": "0", "rate_limit_per_key_per_minute": "1000000", "rate_limit_per_key_burst": "100000"}
 
 
 def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurrency: int, workers: int,
@@ -161,7 +162,7 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
         c = Coordinator(Config().with_overrides(settings))
         try:
             stable = c.import_version(version_dir)
-            key = c.create_enrollment_key(label="load")
+            key = c.create_enrollment_key(label="load", uses=devices)
             tensors = artifact.read_manifest(version_dir).tensors
         finally:
             c.close()

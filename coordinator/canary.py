@@ -1,0 +1,126 @@
+"""Canary evaluation as server-issued tasks, and the decisions they feed.
+
+A report is accepted only for a task this coordinator issued to that device for that
+candidate (an `evaluations` row created at issue time with an empty report), once, and only
+within the task's bounds (windows x sequence length scored tokens, `max_eval_words` words).
+So an enrolled device cannot vote unasked, vote twice, or claim a billion tokens; the pure
+decision in `rollout` then gives each device's difference the same weight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator import rollout
+from coordinator.errors import ApiError, bad_request
+from coordinator.models import Evaluation, Version
+from coordinator.views import _json_safe
+from protocol import wire
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+log = logging.getLogger(__name__)
+ISSUED = ""  # report_json of an evaluation task issued but not yet reported
+
+
+def _issued(s: Session, cand_id: str, device_id: str) -> Evaluation | None:
+    return s.scalar(select(Evaluation).where(Evaluation.candidate_version_id == cand_id,
+                                             Evaluation.device_id == device_id))
+
+
+def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version, stable: Version,
+                  retry_after: float) -> wire.Task | None:
+    """The evaluate task for a canary device, issuing it (once per candidate) if needed; None
+    once the device has reported."""
+    row = _issued(s, cand.id, device_id)
+    if row is None:
+        s.add(Evaluation(candidate_version_id=cand.id, device_id=device_id, report_json=ISSUED))
+    elif row.report_json != ISSUED:
+        return None
+    c = coord.config
+    return wire.Task(kind=wire.TASK_EVALUATE, retry_after=retry_after, use_version_id=cand.id, use_channel="canary",
+                     candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
+                     max_eval_examples=c.max_eval_examples, max_eval_words=c.max_eval_words)
+
+
+def _seq_len(v: Version) -> int:
+    arch = json.loads(v.manifest_json).get("arch", {})
+    arch = arch.get("model", arch)
+    try:
+        return int(arch["seq_len"])
+    except (KeyError, TypeError, ValueError):
+        return 1024  # an imported manifest without it: a generous but finite bound
+
+
+def _check_bounds(coord: Coordinator, cand: Version, report: wire.EvaluationReport) -> None:
+    max_tokens = coord.config.max_eval_examples * _seq_len(cand)
+    for m in report.results:
+        if m.count > max_tokens:
+            raise bad_request(f"{m.version_id}: count {m.count:g} exceeds the task's {max_tokens} tokens")
+        if m.words > coord.config.max_eval_words:
+            raise bad_request(f"{m.version_id}: {m.words} words exceed the task's {coord.config.max_eval_words}")
+
+
+def report_evaluation(coord: Coordinator, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
+    with coord.tx() as s:
+        cand, stable = coord._candidate(s), coord._stable(s)
+        if cand is None or cand.id != report.candidate_version_id:
+            raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")
+        row = _issued(s, cand.id, device_id)
+        if row is None or not rollout.in_canary(device_id, coord.config.canary_fraction):
+            raise ApiError(403, wire.E_FORBIDDEN, f"no evaluation task of {cand.id} was issued to this device")
+        if row.report_json != ISSUED:
+            raise ApiError(409, wire.E_DUPLICATE, f"this device already reported on {cand.id}")
+        by_id = {m.version_id: m for m in report.results}
+        if cand.id not in by_id or stable.id not in by_id:
+            raise bad_request(f"report must include metrics for {cand.id} and {stable.id}")
+        _check_bounds(coord, cand, report)
+        row.report_json = json.dumps(report.to_dict())
+        s.flush()
+        auto_decide(coord, s, cand, stable)
+    return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
+
+
+def reported_count(s: Session, version_id: str) -> int:
+    return int(s.scalar(select(func.count()).select_from(Evaluation).where(
+        Evaluation.candidate_version_id == version_id, Evaluation.report_json != ISSUED)) or 0)
+
+
+def canary_reports(s: Session, cand: Version, stable_id: str) -> list[tuple[wire.VersionMetrics, ...]]:
+    out = []
+    for (rj,) in s.execute(select(Evaluation.report_json).where(Evaluation.candidate_version_id == cand.id,
+                                                               Evaluation.report_json != ISSUED)):
+        rep = wire.EvaluationReport.from_dict(json.loads(rj))
+        by_id = {m.version_id: m for m in rep.results}
+        if stable_id in by_id:  # reports against an older stable do not count
+            out.append((by_id[cand.id], by_id[stable_id]))
+    return out
+
+
+def _decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> rollout.CanaryDecision:
+    return rollout.decide(canary_reports(s, cand, stable.id), min_reports=coord.config.canary_min_reports,
+                          tolerance=coord.config.canary_tolerance)
+
+
+def canary_comparison(coord: Coordinator) -> dict[str, Any]:
+    with coord._sessions() as s:
+        cand, stable = coord._candidate(s), coord._stable(s)
+        if cand is None or stable is None:
+            return {"candidate_version_id": None, "stable_version_id": stable.id if stable else None}
+        d = _decide(coord, s, cand, stable)
+        return {"candidate_version_id": cand.id, "stable_version_id": stable.id, "would": d.action,
+                "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": coord._pinned(s)}
+
+
+def auto_decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> None:
+    d = _decide(coord, s, cand, stable)
+    if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and coord._pinned(s)):
+        return
+    coord._apply(s, cand, d.action, "auto", d.reason, d.numbers)
+    coord.metrics.canary_decisions.labels(d.action).inc()

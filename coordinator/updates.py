@@ -1,0 +1,102 @@
+"""Update uploads: every check between the bytes a device sends and a durable, counted update.
+
+Split from `service` (the state machine); an update is acknowledged only after its blob is
+fsynced and its row committed, and every refusal is recorded with its wire code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from coordinator import selection
+from coordinator.errors import ApiError
+from coordinator.models import Rejection, Round, Update, Version, utcnow
+from coordinator.validation import UpdateRejected, check_header_size, validate_update
+from coordinator.views import _iso
+from protocol import artifact, wire
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+log = logging.getLogger(__name__)
+OPEN = "open"
+REJECTION_STATUS = {wire.E_UNKNOWN_ROUND: 404, wire.E_NOT_SELECTED: 403, wire.E_LATE: 409, wire.E_DUPLICATE: 409,
+                    wire.E_STALE: 409, wire.E_MALFORMED: 422, wire.E_NORM: 422, wire.E_EXAMPLE_COUNT: 422,
+                    wire.E_BAD_REQUEST: 400}
+
+
+def reject(coord: Coordinator, device_id: str, round_id: int | None, code: str, message: str) -> ApiError:
+    with coord.tx() as s:
+        s.add(Rejection(round_id=round_id, device_id=device_id, reason=code, message=message[:2000]))
+    coord.metrics.updates.labels(code).inc()
+    log.info("rejected update from %s for round %s: %s (%s)", device_id, round_id, code, message)
+    return ApiError(REJECTION_STATUS[code], code, message)
+
+
+def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, body: bytes) -> wire.UpdateReceipt:
+    try:
+        meta = wire.UpdateMeta.from_header(meta_header)
+    except wire.WireError as e:
+        raise reject(coord, device_id, None, wire.E_BAD_REQUEST, str(e)) from e
+    with coord.tx() as s:
+        r = s.get(Round, meta.round_id, with_for_update=True)
+        existing = None if r is None else s.scalar(
+            select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
+        assigned = None if r is None or not selection.is_selected(s, r.id, device_id) else True
+        if existing is not None and existing.idempotency_key == meta.idempotency_key:
+            return wire.UpdateReceipt(update_id=existing.id, round_id=existing.round_id)  # a retried upload
+        round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)
+    if r is None:
+        raise reject(coord, device_id, None, wire.E_UNKNOWN_ROUND, f"no round {meta.round_id}")
+    if existing is not None:
+        raise reject(coord, device_id, r.id, wire.E_DUPLICATE,
+                           f"device already contributed update {existing.id} to round {r.id}")
+    if assigned is None:
+        raise reject(coord, device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
+    status, deadline, base_id, plan_json = round_state
+    if status != OPEN or utcnow() >= deadline:
+        raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} is closed ({status}, deadline "
+                                                         f"{_iso(deadline)})")
+    if meta.base_version_id != base_id:
+        raise reject(coord, device_id, r.id, wire.E_STALE,
+                           f"update is based on {meta.base_version_id}, round {r.id} trains {base_id}")
+    with coord._sessions() as s:
+        tensors = coord._manifest(s.get(Version, base_id)).tensors
+    try:
+        check_header_size(body)
+        weights = artifact.decode_weights(body)
+        _, norm = validate_update(weights, tensors, encoding=meta.encoding, example_count=meta.example_count,
+                                  plan=wire.TrainPlan.from_dict(json.loads(plan_json)))
+    except artifact.ArtifactError as e:
+        raise reject(coord, device_id, r.id, wire.E_MALFORMED, str(e)) from e
+    except UpdateRejected as e:
+        raise reject(coord, device_id, r.id, e.code, e.message) from e
+    digest = coord.blobs.put(body)  # fsynced before the row that points to it is committed
+    with coord.tx() as s:
+        r = s.get(Round, meta.round_id, with_for_update=True)
+        if r.status != OPEN or utcnow() >= r.deadline or coord._accepted(s, r.id) >= r.goal_count:
+            late = True  # closed, past its deadline or full while we validated
+        else:
+            late = False
+            if s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)):
+                raise ApiError(409, wire.E_DUPLICATE, "a concurrent upload from this device won")
+            u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
+                       blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
+            s.add(u)
+            s.flush()
+            receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
+            goal_reached = coord._accepted(s, r.id) >= r.goal_count
+    if late:
+        raise reject(coord, device_id, meta.round_id, wire.E_LATE,
+                           f"round {meta.round_id} reached its goal or closed meanwhile")
+    coord.metrics.updates.labels("accepted").inc()
+    if goal_reached:
+        try:
+            coord.close_round(receipt.round_id)
+        except Exception:  # the update is safe; maintenance will retry the aggregation
+            log.exception("aggregation of round %d failed; will retry", receipt.round_id)
+    return receipt

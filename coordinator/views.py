@@ -1,0 +1,105 @@
+"""The coordinator's read views: versions, rounds, rejections and status as API dicts.
+
+Split from `service`; read-only, each in its own session.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator import canary, selection
+from coordinator.errors import not_found
+from coordinator.models import Decision, Rejection, Round, Version
+from protocol import wire
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat() + "Z"
+
+
+def _jf(x: float) -> float | str:
+    """JSON-safe float (epsilon may be inf)."""
+    return x if math.isfinite(x) else str(x)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return _jf(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
+    selected = selection.selected_count(s, r.id)
+    rejected = int(s.scalar(select(func.count()).select_from(Rejection).where(Rejection.round_id == r.id)) or 0)
+    return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
+            "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
+            "min_count": r.min_count, "population": r.population, "selected": selected,
+            "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": _iso(r.selection_ends_at),
+            "accepted": coord._accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
+            "created_at": _iso(r.created_at), "closed_at": _iso(r.closed_at),
+            "result_version_id": r.result_version_id, "reason": r.reason}
+
+
+def version_dict(coord: Coordinator, s: Session, v: Version) -> dict[str, Any]:
+    evals = canary.reported_count(s, v.id)
+    decisions = [{"action": d.action, "actor": d.actor, "reason": d.reason, "numbers": json.loads(d.numbers_json),
+                  "at": _iso(d.created_at)}
+                 for d in s.scalars(select(Decision).where(Decision.version_id == v.id).order_by(Decision.id))]
+    return {"version_id": v.id, "seq": v.seq, "status": v.status, "parent_id": v.parent_id, "round_id": v.round_id,
+            "epsilon": _jf(v.epsilon), "delta": v.delta, "privacy": json.loads(v.privacy_json),
+            "metrics": json.loads(v.manifest_json).get("metrics", {}), "canary_reports": evals,
+            "decisions": decisions, "created_at": _iso(v.created_at), "decided_at": _iso(v.decided_at)}
+
+
+def list_versions(coord: Coordinator) -> list[dict[str, Any]]:
+    with coord._sessions() as s:
+        return [version_dict(coord, s, v) for v in s.scalars(select(Version).order_by(Version.seq))]
+
+
+def list_rounds(coord: Coordinator) -> list[dict[str, Any]]:
+    with coord._sessions() as s:
+        return [round_dict(coord, s, r) for r in s.scalars(select(Round).order_by(Round.id))]
+
+
+def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
+    if not 1 <= round_id <= wire.MAX_INT:
+        raise not_found(f"no round {round_id}")
+    with coord._sessions() as s:
+        r = s.get(Round, round_id)
+        if r is None:
+            raise not_found(f"no round {round_id}")
+        return round_dict(coord, s, r)
+
+
+def rejections(coord: Coordinator, round_id: int | None = None) -> list[dict[str, Any]]:
+    with coord._sessions() as s:
+        q = select(Rejection).order_by(Rejection.id)
+        if round_id is not None:
+            q = q.where(Rejection.round_id == round_id)
+        return [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason, "message": x.message,
+                 "at": _iso(x.created_at)} for x in s.scalars(q)]
+
+
+def status(coord: Coordinator) -> dict[str, Any]:
+    coord.maintenance()
+    with coord._sessions() as s:
+        stable, cand = coord._stable(s), coord._candidate(s)
+        r = s.scalar(select(Round).order_by(Round.id.desc()))
+        return {"stable_version_id": stable.id if stable else None,
+                "candidate_version_id": cand.id if cand else None, "pinned": coord._pinned(s),
+                "devices": coord._population_view(s)["enrolled"], "population": coord._population_view(s),
+                "latest_round": round_dict(coord, s, r) if r else None,
+                "public_key_hex": coord.public_key_hex}

@@ -1,0 +1,157 @@
+"""The device's own privacy floor and ε ledger: it does not take the coordinator's word.
+
+A coordinator is trusted with noised updates, never with text. A hostile or broken one could
+send a plan with no noise, a huge clip bound and many epochs and get back a memorised update
+whose embedding rows decode to what was typed. So before training, the device checks the plan
+against a floor from its *local* config (`PlanFloor`) and against its own ledger of every
+update it has released (`PrivacyLedger`), and refuses plans outside either.
+
+Accounting. Against the coordinator there is no amplification by sampling: it sees each
+device's update. Each release is a Gaussian mechanism with L2 sensitivity C (the clip) and
+noise std σ·C, i.e. μ = 1/σ Gaussian differential privacy; k releases compose exactly to
+μ = sqrt(Σ 1/σ_i²) (Dong, Roth & Su 2019), and μ-GDP converts to (ε, δ) exactly by the
+analytic Gaussian formula δ(ε) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2) (Balle & Wang 2018).
+Hand-written (a few lines of `math`) because this full-participation case has that closed
+form and `dp-accounting` would put scipy on every device; tests check it against
+`dp-accounting`'s PLD accountant. The figure is exact, so it is at most the coordinator's
+RDP-based `epsilon_local` for the same rounds. In a secure-aggregation round the device adds
+no Gaussian noise of its own; the plan's `noise_multiplier` is then the std of the (Skellam)
+noise on the sum, which is all the coordinator sees once at least n_min devices survive (the
+device refuses to reveal shares below that), so the release is charged at the same σ and the
+floor applies to it unchanged; the entry is marked `secure_aggregation`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.artifact import atomic_write
+from protocol.plan import TrainPlan
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILE = "privacy_ledger.json"
+
+
+class LedgerError(RuntimeError):
+    """The ledger file is unreadable: the device cannot know what it spent, so it trains no more."""
+
+
+@dataclass(frozen=True)
+class PlanFloor:
+    """Limits a plan must respect whatever the coordinator says (from EdgeConfig)."""
+
+    min_noise_multiplier: float = 0.0
+    max_clip_norm: float = 10.0
+    max_epochs: int = 20
+    max_examples: int = 5000
+
+    @classmethod
+    def from_config(cls, config: Any) -> PlanFloor:
+        return cls(min_noise_multiplier=config.min_noise_multiplier, max_clip_norm=config.max_clip_norm,
+                   max_epochs=config.max_epochs, max_examples=config.max_train_examples)
+
+    def refusal(self, plan: TrainPlan) -> str | None:
+        """Why `plan` is outside the floor (one line), or None if it is inside."""
+        if plan.noise_multiplier < self.min_noise_multiplier:
+            return (f"noise_multiplier {plan.noise_multiplier:g} below this device's minimum "
+                    f"{self.min_noise_multiplier:g}")
+        if plan.clip_norm > self.max_clip_norm:
+            return f"clip_norm {plan.clip_norm:g} above this device's maximum {self.max_clip_norm:g}"
+        if plan.epochs > self.max_epochs:
+            return f"epochs {plan.epochs} above this device's maximum {self.max_epochs}"
+        if plan.max_examples > self.max_examples:
+            return f"max_examples {plan.max_examples} above this device's maximum {self.max_examples}"
+        return None
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _gdp_delta(eps: float, mu: float) -> float:
+    a = _phi(-eps / mu + mu / 2)
+    b = _phi(-eps / mu - mu / 2)
+    return a - (math.exp(eps + math.log(b)) if b > 0 else 0.0)
+
+
+def gaussian_epsilon(noise_multipliers: Sequence[float], delta: float) -> float:
+    """ε at `delta` after one full-participation Gaussian release per entry (any σ=0: inf)."""
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    if not noise_multipliers:
+        return 0.0
+    if any(s <= 0 for s in noise_multipliers):
+        return math.inf
+    mu = math.sqrt(sum(1.0 / (s * s) for s in noise_multipliers))
+    if _gdp_delta(0.0, mu) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while _gdp_delta(hi, mu) > delta:
+        lo, hi = hi, hi * 2
+        if hi > 1e7:
+            return math.inf
+    for _ in range(200):  # bisection: δ(ε) decreases in ε
+        mid = (lo + hi) / 2
+        if _gdp_delta(mid, mu) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-9 * max(1.0, hi):
+            break
+    return hi
+
+
+class PrivacyLedger:
+    """Every update this device released, in `<data_dir>/privacy_ledger.json` (fsynced).
+
+    An entry is written *before* the update leaves the device, so a crash or a lost reply can
+    only over-count. Entries hold round ids, σ and times: never text.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, *, budget: float, delta: float) -> None:
+        self.path = Path(data_dir) / LEDGER_FILE
+        self.budget, self.delta = budget, delta
+
+    def entries(self) -> list[dict[str, Any]]:
+        try:
+            d = json.loads(self.path.read_text())
+            entries = d["releases"]
+            if not isinstance(entries, list) or not all(
+                    isinstance(e, dict) and isinstance(e.get("noise_multiplier"), (int, float)) for e in entries):
+                raise ValueError("bad entries")
+            return entries
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LedgerError(f"{self.path} is damaged ({e.__class__.__name__}); refusing to train") from e
+
+    def spent(self) -> float:
+        return gaussian_epsilon([float(e["noise_multiplier"]) for e in self.entries()], self.delta)
+
+    def refusal(self, plan: TrainPlan) -> str | None:
+        """Why training under `plan` would overspend the local budget, or None."""
+        after = gaussian_epsilon([float(e["noise_multiplier"]) for e in self.entries()] + [plan.noise_multiplier],
+                                 self.delta)
+        if after > self.budget:
+            return f"local privacy budget: epsilon would reach {after:.3g} > {self.budget:g} (delta {self.delta:g})"
+        return None
+
+    def charge(self, plan: TrainPlan) -> float:
+        """Record one release under `plan`; returns ε spent so far, including it."""
+        entries = self.entries()
+        entries.append({"round_id": plan.round_id, "noise_multiplier": plan.noise_multiplier,
+                        "clip_norm": plan.clip_norm, "at": round(time.time()),
+                        **({"secure_aggregation": True} if plan.secure_aggregation else {})})
+        atomic_write(self.path, json.dumps({"delta": self.delta, "releases": entries}, indent=1).encode())
+        eps = gaussian_epsilon([float(e["noise_multiplier"]) for e in entries], self.delta)
+        log.info("privacy ledger: %d releases, local epsilon %.3g of budget %g", len(entries), eps, self.budget)
+        return eps

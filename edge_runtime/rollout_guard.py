@@ -1,0 +1,72 @@
+"""Anti-downgrade: the device switches versions only on a fresh, signed rollout statement.
+
+Without it, whoever sits between device and coordinator could replay an old check-in reply
+and move the device to a retired or canary-rejected version (each is still validly signed).
+The device keeps the newest statement it accepted in ``<data_dir>/rollout_state.json`` and
+refuses, before any download:
+
+- a statement that is missing, not signed by the coordinator's key, or for another device;
+- an expired one;
+- one older (lower `seq`) than the newest it has seen;
+- a move to an older version (lower `version_seq`) unless the statement says `rollback`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+
+from edge_runtime.versions import load_public_key
+from protocol.artifact import atomic_write
+from protocol.fields import WireError
+from protocol.rollout_state import RolloutState
+
+STATE_FILE = "rollout_state.json"
+CLOCK_SKEW_S = 300.0
+
+
+class RolloutRefused(Exception):
+    """The statement cannot be followed; the message says why (one line)."""
+
+
+def last_state(data_dir: str | os.PathLike) -> RolloutState | None:
+    try:
+        return RolloutState.from_dict(json.loads((Path(data_dir) / STATE_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, WireError):
+        return None  # damaged: the signature check still guards; the next statement rewrites it
+
+
+def check(state: RolloutState | None, *, version_id: str, device_id: str, public_key: str,
+          data_dir: str | os.PathLike, now: float | None = None) -> RolloutState:
+    """Raise RolloutRefused unless `state` lets this device use `version_id`; returns it."""
+    if state is None:
+        raise RolloutRefused("the reply carries no signed rollout state")
+    if state.version_id != version_id or state.device_id != device_id:
+        raise RolloutRefused("the signed rollout state is for another version or device")
+    try:
+        load_public_key(public_key).verify(bytes.fromhex(state.signature), state.signing_bytes())
+    except (ValueError, InvalidSignature) as e:
+        raise RolloutRefused("the rollout state's signature does not verify") from e
+    now = time.time() if now is None else now
+    if state.expires_at + CLOCK_SKEW_S < now:
+        raise RolloutRefused(f"the rollout state expired at {state.expires_at}")
+    last = last_state(data_dir)
+    if last is not None:
+        if state.seq < last.seq:
+            raise RolloutRefused(f"rollout state {state.seq} is older than {last.seq}, already seen (a replay)")
+        if state.version_seq < last.version_seq and not state.rollback:
+            raise RolloutRefused(f"{version_id} is older than the version in use and the state is no rollback")
+    return state
+
+
+def remember(state: RolloutState, data_dir: str | os.PathLike) -> None:
+    """Keep `state` as the newest seen (never replaces a newer one)."""
+    last = last_state(data_dir)
+    if last is None or state.seq >= last.seq:
+        atomic_write(Path(data_dir) / STATE_FILE, json.dumps(state.to_dict()).encode())

@@ -1,0 +1,63 @@
+"""Word-level counts a keyboard user feels, measured on the device for a canary evaluation.
+
+The same definitions as `tools/wordeval.py` (the central evaluation), as integer counts so
+the coordinator can pool them per device:
+
+- next-word top-1 / top-3: after each space, is the next word among the strip's 1 / 3 words;
+- keystroke savings: type each word letter by letter and accept it as soon as it is among
+  the three suggestions; `saved` letters not typed out of `typed` = letters + spaces.
+
+Works with any session that has ``feed(chunk) -> logprob``, ``suggest(prefix, k) -> words``
+and ``reset()`` (the keyboard's `edge_runtime.predictor.Session` in production). Only the
+counts leave this module; the text stays where it came from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+_LEADING = re.compile(r"[\w']+")  # a target word: what a chunk starts with (model.ngram.leading_word)
+
+
+class TypingSession(Protocol):
+    def feed(self, chunk: str) -> float: ...
+    def suggest(self, prefix: str = "", k: int = 3) -> list[str]: ...
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WordCounts:
+    words: int
+    top1: int
+    top3: int
+    saved: int
+    typed: int
+
+
+def word_counts(session: TypingSession, texts: Iterable[str], *, max_words: int) -> WordCounts:
+    """Score at most `max_words` target words of `texts` with `session`."""
+    hit1 = hit3 = words = saved = typed = 0
+    for text in texts:
+        if words >= max_words:
+            break
+        session.reset()
+        for chunk in text.split():
+            if words >= max_words:
+                break
+            m = _LEADING.match(chunk)
+            target = m.group(0) if m else None
+            if target:
+                words += 1
+                first = session.suggest("", 3)
+                hit1 += int(first[:1] == [target])
+                hit3 += int(target in first)
+                typed += len(target) + 1
+                for k in range(len(target)):
+                    if target in (first if k == 0 else session.suggest(target[:k], 3)):
+                        saved += len(target) - k
+                        break
+            session.feed(chunk)
+    return WordCounts(words=words, top1=hit1, top3=hit3, saved=saved, typed=typed)

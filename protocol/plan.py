@@ -1,0 +1,117 @@
+"""The training plan: every field declared once, with its bounds.
+
+The coordinator's config, `start-round` (CLI and admin API), the OpenAPI document, the wire
+codec and the device all read `PLAN_FIELDS`, so a plan is judged by one rule everywhere: a
+`clip_norm` of 0 is refused when an operator types it, not discovered when every selected
+device's training fails. The device applies its own, stricter floor on top
+(`edge_runtime.plan_guard`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.fields import MAX_INT, WireError, _int, _req
+
+
+@dataclass(frozen=True)
+class PlanField:
+    """One plan setting: its type, closed upper bound and lower bound (open if `lo_open`).
+
+    A field with a `default` may be absent from a message (it then takes the default) and is
+    sent only when it differs, so a plain plan reads the same to a device that predates it.
+    A `bool` field (a round mode) has no bounds.
+    """
+
+    name: str
+    kind: type            # int, float or bool
+    lo: float = 0.0
+    hi: float = 0.0
+    lo_open: bool = False
+    help: str = ""
+    default: Any = None   # None: required
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "{true, false}"
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+    def check(self, value: Any) -> int | float | bool:
+        """`value` as this field's type, or WireError naming the field and its range."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise WireError(f"{self.name!r} must be true or false")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WireError(f"{self.name!r} must be {'an integer' if self.kind is int else 'a number'}")
+        if self.kind is int and not (isinstance(value, int) or float(value).is_integer()):
+            raise WireError(f"{self.name!r} must be an integer")
+        v = self.kind(value)
+        if not math.isfinite(v) or (v <= self.lo if self.lo_open else v < self.lo) or v > self.hi:
+            raise WireError(f"{self.name!r} must be in {self.describe()}, got {value!r}")
+        return v
+
+    def json_schema(self) -> dict[str, Any]:
+        """This field's OpenAPI / JSON Schema (3.0 style exclusiveMinimum)."""
+        if self.kind is bool:
+            return {"type": "boolean", "default": self.default, "description": self.help}
+        d: dict[str, Any] = {"type": "integer" if self.kind is int else "number", "minimum": self.lo,
+                             "maximum": self.hi, "description": self.help}
+        if self.lo_open:
+            d["exclusiveMinimum"] = True
+        return d
+
+
+PLAN_FIELDS: tuple[PlanField, ...] = (
+    PlanField("epochs", int, 1, 100, help="local passes over the device's training text"),
+    PlanField("batch_size", int, 1, 4096, help="examples per local step"),
+    PlanField("learning_rate", float, 0.0, 100.0, lo_open=True, help="local SGD learning rate"),
+    PlanField("clip_norm", float, 0.0, 1e6, lo_open=True, help="L2 bound C of one device's update"),
+    PlanField("noise_multiplier", float, 0.0, 1e3,
+              help="device-side Gaussian noise std as a multiple of clip_norm (0: no formal guarantee)"),
+    PlanField("max_examples", int, 1, 10**9, help="training windows a device uses at most"),
+    PlanField("secure_aggregation", bool, default=False,
+              help="round mode: the coordinator sees only the sum (protocol.secagg_wire, docs/privacy.md); "
+                   "noise_multiplier is then the central noise, added by devices as Skellam shares"),
+)
+PLAN_FIELD_BY_NAME: dict[str, PlanField] = {f.name: f for f in PLAN_FIELDS}
+PLAN_FIELD_NAMES: tuple[str, ...] = tuple(PLAN_FIELD_BY_NAME)
+REQUIRED_PLAN_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in PLAN_FIELDS if f.default is None)
+
+
+def check_plan_values(values: Mapping[str, Any]) -> dict[str, int | float | bool]:
+    """The plan fields present in `values`, each checked against its declaration."""
+    return {k: PLAN_FIELD_BY_NAME[k].check(v) for k, v in values.items() if k in PLAN_FIELD_BY_NAME}
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How to train locally. The update must be clipped to `clip_norm` and noised with
+    std `noise_multiplier * clip_norm` before upload. Constructing one checks every bound."""
+
+    round_id: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    clip_norm: float
+    noise_multiplier: float
+    max_examples: int
+    secure_aggregation: bool = False      # protocol.secagg_wire; noise_multiplier is then central
+
+    def __post_init__(self) -> None:
+        if isinstance(self.round_id, bool) or not isinstance(self.round_id, int) or not 1 <= self.round_id <= MAX_INT:
+            raise WireError(f"'round_id' must be an integer in [1, {MAX_INT}]")
+        for f in PLAN_FIELDS:
+            object.__setattr__(self, f.name, f.check(getattr(self, f.name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round_id": self.round_id, **{f.name: v for f in PLAN_FIELDS
+                                              if (v := getattr(self, f.name)) != f.default or f.default is None}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
+        return cls(round_id=_int(d, "round_id", lo=1),
+                   **{f.name: _req(d, f.name) if f.default is None else d.get(f.name, f.default) for f in PLAN_FIELDS})

@@ -1,0 +1,52 @@
+"""A damaged or tampered version is never served quietly: the device re-fetches a corrupted
+current version (and reports what it really uses meanwhile), and the keyboard process, which
+has no coordinator connection, still checks the signature of what it loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from coordinator_fakes import make_config, serve
+
+from edge_runtime import agent
+from edge_runtime.config import EdgeConfig
+from edge_runtime.model_slot import ModelSlot
+from protocol.artifact import MANIFEST, WEIGHTS, sha256_file
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def _flip_byte(path, offset=-100):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_current_version_is_refetched_and_signatures_checked_by_the_keyboard(tmp_path, exported_version):
+    with serve(make_config(tmp_path, canary_fraction=0.001)) as s:
+        v0 = s.coord.import_version(exported_version)
+        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=s.coord.public_key_hex,
+                         eligibility="override:ineligible", min_wait_s=0.1)
+        agent.enroll(cfg, s.coord.create_enrollment_key())
+        dev = agent.Device.open(cfg)
+        try:
+            agent.run_once(dev)
+            weights = tmp_path / "dev" / "models" / v0 / WEIGHTS
+            good = weights.read_bytes()
+            _flip_byte(weights)
+            assert dev.store.in_use() is None                  # what is really served: nothing valid
+            res = agent.run_once(dev)                           # the device notices and re-fetches
+            assert weights.read_bytes() == good and res.version_id == v0 and dev.store.in_use() == v0
+        finally:
+            dev.close()
+
+        # Tamper with the weights and re-hash the manifest: hashes match, the signature cannot.
+        _flip_byte(weights)
+        mpath = tmp_path / "dev" / "models" / v0 / MANIFEST
+        m = json.loads(mpath.read_text())
+        m["weights_sha256"] = sha256_file(weights)
+        mpath.write_text(json.dumps(m))
+        slot = ModelSlot(data_dir=tmp_path / "dev", model_dir=None, channel=None)   # the keyboard's view
+        slot.refresh()
+        assert slot.predictor is None and slot.version_id is None, "keyboard served re-hashed tampered weights"

@@ -1,0 +1,46 @@
+"""The device's anti-downgrade rules on signed rollout statements."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edge_runtime.rollout_guard import RolloutRefused, check, remember
+from protocol.rollout_state import RolloutState
+
+KEY = Ed25519PrivateKey.generate()
+PUB = KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+NOW = 1_800_000_000
+
+
+def signed(**kw) -> RolloutState:
+    st = RolloutState(**({"device_id": "d-1", "version_id": "v5", "channel": "stable", "seq": 10, "version_seq": 5,
+                          "rollback": False, "expires_at": NOW + 3600} | kw))
+    return replace(st, signature=KEY.sign(st.signing_bytes()).hex())
+
+
+def ok(st, tmp_path, now=NOW):
+    return check(st, version_id=st.version_id, device_id="d-1", public_key=PUB, data_dir=tmp_path, now=now)
+
+
+def test_rules(tmp_path):
+    remember(ok(signed(), tmp_path), tmp_path)
+    ok(signed(seq=10), tmp_path)                                              # the same statement again
+    with pytest.raises(RolloutRefused, match="replay"):
+        ok(signed(seq=9, version_id="v6", version_seq=6), tmp_path)
+    with pytest.raises(RolloutRefused, match="no rollback"):
+        ok(signed(seq=11, version_id="v4", version_seq=4), tmp_path)
+    ok(signed(seq=11, version_id="v4", version_seq=4, rollback=True), tmp_path)   # a signed rollback
+    with pytest.raises(RolloutRefused, match="expired"):
+        ok(signed(seq=12, expires_at=NOW - 3600), tmp_path)
+    with pytest.raises(RolloutRefused, match="signature"):
+        ok(replace(signed(seq=12), channel="canary"), tmp_path)
+    other = Ed25519PrivateKey.generate()
+    st = signed(seq=12)
+    with pytest.raises(RolloutRefused, match="signature"):
+        ok(replace(st, signature=other.sign(st.signing_bytes()).hex()), tmp_path)
+    with pytest.raises(RolloutRefused, match="no signed"):
+        check(None, version_id="v5", device_id="d-1", public_key=PUB, data_dir=tmp_path)

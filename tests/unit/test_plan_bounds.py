@@ -1,0 +1,85 @@
+"""The training plan is declared once (protocol.plan) and every door applies it: the wire codec,
+the coordinator's config, the admin API, the CLI and the device; the device's ε arithmetic
+matches dp-accounting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edge_runtime.plan_guard import PlanFloor, gaussian_epsilon
+from protocol import wire
+from protocol.plan import PLAN_FIELDS, TrainPlan
+
+GOOD = {"round_id": 1, "epochs": 1, "batch_size": 8, "learning_rate": 0.1, "clip_norm": 1.0,
+        "noise_multiplier": 0.5, "max_examples": 100}
+
+
+@pytest.mark.parametrize("field, value", [("clip_norm", 0), ("clip_norm", -1.0), ("learning_rate", 0.0),
+                                          ("epochs", 0), ("epochs", 101), ("noise_multiplier", -0.1),
+                                          ("max_examples", 0), ("clip_norm", float("inf")), ("epochs", True)])
+def test_wire_codec_refuses_out_of_bounds_plans(field, value):
+    with pytest.raises(wire.WireError, match=field):
+        TrainPlan.from_dict(GOOD | {field: value})
+    with pytest.raises(wire.WireError, match=field):
+        TrainPlan(**(GOOD | {field: value}))
+
+
+def test_every_plan_field_is_in_the_codec_and_the_openapi_schema():
+    from coordinator.openapi import SCHEMAS
+    props = SCHEMAS["TrainPlan"]["properties"]
+    for f in PLAN_FIELDS:
+        if f.kind is bool:   # a round mode (secure_aggregation): no bounds, a boolean with its default
+            assert props[f.name]["type"] == "boolean" and props[f.name]["default"] == f.default
+        else:
+            assert props[f.name]["minimum"] == f.lo and props[f.name]["maximum"] == f.hi
+    assert props["clip_norm"]["exclusiveMinimum"] is True
+    assert set(TrainPlan.from_dict(GOOD).to_dict()) == set(GOOD)
+
+
+def test_secure_aggregation_is_declared_with_the_plan_and_optional_on_the_wire():
+    """Merged from issue-14: the round mode lives in the one declaration; a plain plan's wire form
+    is unchanged (the field is sent only when true), and only a JSON boolean is accepted."""
+    from coordinator.openapi import SCHEMAS
+    assert "secure_aggregation" in {f.name for f in PLAN_FIELDS}
+    assert "secure_aggregation" not in SCHEMAS["TrainPlan"]["required"]
+    assert TrainPlan.from_dict(GOOD).secure_aggregation is False
+    secure = TrainPlan.from_dict(GOOD | {"secure_aggregation": True})
+    assert secure.secure_aggregation is True and secure.to_dict() == GOOD | {"secure_aggregation": True}
+    for bad in (1, "true", None):
+        with pytest.raises(wire.WireError, match="secure_aggregation"):
+            TrainPlan.from_dict(GOOD | {"secure_aggregation": bad})
+
+
+def test_coordinator_config_refuses_clip_norm_zero():
+    from coordinator.config import Config, ConfigError
+    with pytest.raises(ConfigError, match="clip_norm"):
+        Config(clip_norm=0.0)
+
+
+def test_device_floor_refusals():
+    floor = PlanFloor(min_noise_multiplier=0.3, max_clip_norm=5.0, max_epochs=3, max_examples=500)
+    assert floor.refusal(TrainPlan(**GOOD)) is None
+    assert "noise_multiplier" in floor.refusal(TrainPlan(**(GOOD | {"noise_multiplier": 0.0})))
+    assert "clip_norm" in floor.refusal(TrainPlan(**(GOOD | {"clip_norm": 1e5})))
+    assert "epochs" in floor.refusal(TrainPlan(**(GOOD | {"epochs": 30})))
+    assert "max_examples" in floor.refusal(TrainPlan(**(GOOD | {"max_examples": 10**6})))
+
+
+@pytest.mark.parametrize("sigmas", [[1.0], [2.0, 2.0, 2.0], [0.8] * 10, [5.0] * 50, [1.0, 3.0]])
+def test_device_epsilon_matches_dp_accounting(sigmas):
+    import dp_accounting  # requirements.txt (the coordinator's accountant), not on a slim device
+    from dp_accounting.pld import pld_privacy_accountant
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    for s in sigmas:
+        acc.compose(dp_accounting.GaussianDpEvent(s))
+    ref = acc.get_epsilon(1e-6)
+    ours = gaussian_epsilon(sigmas, 1e-6)
+    assert ours == pytest.approx(ref, rel=0.02, abs=1e-3)
+
+
+def test_device_epsilon_edges():
+    assert gaussian_epsilon([], 1e-6) == 0.0
+    assert gaussian_epsilon([1.0, 0.0], 1e-6) == math.inf
+    assert gaussian_epsilon([1.0] * 4, 1e-6) > gaussian_epsilon([1.0] * 2, 1e-6) > 0

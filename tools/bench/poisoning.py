@@ -1,0 +1,151 @@
+"""Poisoning within the norm bound: accuracy after one round, per aggregator and attacker share.
+
+Honest devices fine-tune a version on their own users' text through the device trainer
+(clipped, noised with the plan's sigma) exactly as on a phone; attackers send an update the
+coordinator's validation still accepts (L2 norm 0.999 x the norm bound, the largest example
+count), in one of two shapes: `flip`, the opposite of the honest mean direction, and `boost`,
+the whole norm on one output bias (the rarest piece's logit), which the mean passes through
+as norm / n on a single coordinate. For each attacker share
+the same honest updates are reused (only k of them are replaced), aggregated with each
+coordinator aggregator (`coordinator.aggregation.aggregate`), applied to the base version
+(FedAvg, server learning rate 1) and scored on held-out users' text with the version's
+`evaluate` signature (next-piece top-3). Prints a Markdown table; `--json` writes the numbers.
+
+    python -m tools.bench poisoning --model DIR [--corpus FILE] [--devices 10] [--sigmas 0,0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from coordinator.aggregation import AGGREGATORS, aggregate, bounded_weight
+from coordinator.validation import norm_bound
+from edge_runtime.trainer import evaluate, train
+from edge_runtime.update import NoiseSource, decode_delta
+from model.corpus import read_corpus, split_users
+from protocol import artifact
+from protocol.plan import TrainPlan
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("poisoning", help="top-3 after one round vs attacker share, per aggregator",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="base version directory (e.g. python -m tests.tiny_version DIR)")
+    p.add_argument("--corpus", help="JSONL corpus (default: the shared Shakespeare corpus)")
+    p.add_argument("--devices", type=int, default=10, help="devices per round (honest + attackers)")
+    p.add_argument("--shares", default="0,0.1,0.2,0.3,0.4", help="attacker shares to try")
+    p.add_argument("--sigmas", default="0,0.1,0.5", help="device noise multipliers to try")
+    p.add_argument("--attacks", default="flip,boost", help="attack shapes to try (flip, boost)")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--learning-rate", type=float, default=0.5)
+    p.add_argument("--max-examples", type=int, default=64)
+    p.add_argument("--eval-texts", type=int, default=300)
+    p.add_argument("--trim", type=float, default=0.2, help="trimmed_mean: share cut at each end")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per setting (fresh noise), averaged")
+    p.add_argument("--json", help="also write the results here")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _score(base: Path, manifest: artifact.Manifest, vector: np.ndarray, texts: list[str], work: Path) -> float:
+    d = work / f"v-{secrets.token_hex(4)}"
+    d.mkdir()
+    for f in (artifact.GRAPH, artifact.TOKENIZER):
+        shutil.copyfile(base / f, d / f)
+    m = artifact.Manifest.from_dict(manifest.to_dict())
+    m.version_id, m.signature = d.name, None
+    artifact.write_version(d, m, artifact.unflatten(vector.astype(np.float32), m.tensors))
+    [res] = evaluate([d], texts)
+    shutil.rmtree(d)
+    return res.top3 / res.count
+
+
+def _attack(name: str, honest: list[tuple[np.ndarray, int]], manifest: artifact.Manifest,
+            weights: dict[str, np.ndarray], norm: float) -> np.ndarray:
+    """The attacker's update (L2 norm `norm`)."""
+    if name == "flip":
+        direction = np.mean([v for v, _ in honest], axis=0)
+        return -direction / np.linalg.norm(direction) * norm
+    offset = 0   # boost: the whole norm on the output bias of the piece the base model rates lowest
+    for t in manifest.tensors:
+        size = int(np.prod(t.shape))
+        if t.name == "out_bias":
+            v = np.zeros(sum(int(np.prod(x.shape)) for x in manifest.tensors))
+            v[offset + int(np.argmin(weights["out_bias"]))] = norm
+            return v
+        offset += size
+    raise ValueError("the model has no out_bias tensor to attack")
+
+
+def main(args: argparse.Namespace) -> int:
+    from tools._cli import DEFAULT_CORPUS
+
+    t0 = time.time()
+    base = Path(args.model)
+    manifest, weights = artifact.load_version(base)
+    base_vec = artifact.flatten(weights, manifest.tensors).astype(np.float64)
+    split = split_users(read_corpus(args.corpus or DEFAULT_CORPUS), seed=0)
+    users = sorted(split.train.items(), key=lambda kv: -len(kv[1]))[:args.devices]
+    if len(users) < args.devices:
+        raise ValueError(f"the corpus has only {len(users)} training users")
+    held = split.texts("test")[:args.eval_texts]
+    shares, sigmas = _floats(args.shares), _floats(args.sigmas)
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not attacks or set(attacks) - {"flip", "boost"}:
+        raise ValueError(f"--attacks must list flip and/or boost, got {args.attacks!r}")
+    d = base_vec.size
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        base_top3 = _score(base, manifest, base_vec, held, work)
+        for sigma in sigmas:
+            plan = TrainPlan(round_id=1, epochs=1, batch_size=16, learning_rate=args.learning_rate,
+                             clip_norm=args.clip, noise_multiplier=sigma, max_examples=args.max_examples)
+            rows: dict[tuple[str, int], dict] = {}
+            for rep in range(args.repeats):
+                honest = []
+                for i, (_, texts) in enumerate(users):
+                    res = train(base, texts, plan, shuffle_seed=rep * 1000 + i,
+                                noise=NoiseSource(bytes([i + 1, rep + 1]) * 16))
+                    honest.append((decode_delta(res.update.delta, manifest.tensors).astype(np.float64),
+                                   res.examples))
+                for attack_name in attacks:
+                    attack = _attack(attack_name, honest, manifest, weights, 0.999 * norm_bound(args.clip, sigma, d))
+                    for share in shares:
+                        k = round(share * args.devices)
+                        if k == 0 and attack_name != attacks[0]:
+                            continue   # no attacker: the same for every attack shape
+                        ups = [(attack, args.max_examples)] * k + honest[k:]
+                        row = rows.setdefault((attack_name if k else "-", k), {
+                            "sigma": sigma, "attack": attack_name if k else "-", "attackers": k,
+                            "share": k / args.devices, **{n: 0.0 for n in AGGREGATORS}})
+                        for name in AGGREGATORS:
+                            pairs = ((v.astype(np.float32), bounded_weight(n, args.max_examples)) for v, n in ups)
+                            delta = aggregate(name, pairs, trim=args.trim).astype(np.float64)
+                            row[name] += _score(base, manifest, base_vec + delta, held, work) / args.repeats
+            results += list(rows.values())
+    print(f"base version top-3: {base_top3:.3f} ({len(held)} held-out texts); {args.devices} devices, "
+          f"clip {args.clip}, lr {args.learning_rate}, trimmed mean cuts {args.trim:.0%} per end; "
+          f"mean of {args.repeats} rounds per cell; "
+          f"{time.time() - t0:.0f} s\n")
+    print("| σ | attack | attackers | " + " | ".join(AGGREGATORS) + " |")
+    print("|---|---|---|" + "---|" * len(AGGREGATORS))
+    for r in results:
+        print(f"| {r['sigma']:g} | {r['attack']} | {r['attackers']} of {args.devices} | "
+              + " | ".join(f"{r[n]:.3f}" for n in AGGREGATORS) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"base_top3": base_top3, "results": results}, indent=1))
+    return 0
