@@ -169,8 +169,12 @@ class KeyboardApp:
         else:
             cached = self.cache.add(text, kind)
             if cached and self._personal is not None:
-                with self.slot.lock:
-                    self._personal.add(tokens(text))
+                with self.slot.lock:   # the mixture weights and the user's words learn the text
+                    predictor = self.slot.predictor
+                    if predictor is not None and predictor.personal is self._personal:
+                        predictor.learn(text)
+                    else:
+                        self._personal.add(tokens(text))
             reason = None if cached else ("learning paused" if self.cache.paused
                                           else "empty text or sensitive field")
         return {"cached": cached, "reason": reason, **self.status()}
