@@ -124,19 +124,14 @@ class Predictor:
         t = a + b + c
         return a / t, b / t, c / t
 
-    def _ngram_hist(self, hist: tuple[str, ...]) -> list[int]:
-        return self.base._ids(hist) if self.base is not None else []
-
-    def ngram_prob(self, tok: str, hist_ids: list[int]) -> float:
+    def ngram_prob(self, tok: str, hist: tuple[str, ...]) -> float:
+        """P_ngram(tok | the last two tokens); 0 for a word outside the n-gram's vocabulary."""
         base = self.base
-        if base is None or tok not in base._index:
-            return 0.0
-        return base._prob_id(base._index[tok], hist_ids)
+        return base.prob(tok, hist) if base is not None and tok in base else 0.0
 
     def component_probs(self, node: _Node, tok: str, hist: tuple[str, ...]) -> tuple[float, float, float]:
         """(lstm, ngram, personal) probabilities of `tok` after `node` / `hist`."""
-        return (self.lstm_prob(node, tok), self.ngram_prob(tok, self._ngram_hist(hist)),
-                self.personal.prob(tok, hist))
+        return self.lstm_prob(node, tok), self.ngram_prob(tok, hist), self.personal.prob(tok, hist)
 
     def mixture(self, probs: tuple[float, float, float]) -> float:
         return sum(w * p for w, p in zip(self.weights(), probs))
@@ -186,10 +181,8 @@ class Predictor:
             p = self.probs_of(node, ids)
             top = np.argpartition(-p, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
             cands.update(self.vocab.words[ids[j]] for j in top)
-        hist_ids = self._ngram_hist(hist)
         if wn:
-            base = self.base
-            cands.update(base.vocab[i] for i in base._suggest_ids(hist_ids, prefix, m))
+            cands.update(self.base.suggest(hist, prefix, m))
         if wp:
             cands.update(self.personal.candidates(hist, prefix, m))
         index, pm = self.vocab.index, self.personal
@@ -197,7 +190,7 @@ class Predictor:
         def score(w: str) -> float:
             sc = wl * self.lstm_prob(node, w) if w in index else 0.0
             if wn:
-                sc += wn * self.ngram_prob(w, hist_ids)
+                sc += wn * self.ngram_prob(w, hist)
             if wp:
                 sc += wp * pm.prob(w, hist)
             return sc

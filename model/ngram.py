@@ -289,6 +289,10 @@ class KneserNeyLM:
             beta *= g
         return p + beta * self._uni
 
+    def __contains__(self, token: object) -> bool:
+        """Whether `token` is in the vocabulary (anything else is scored as <unk>)."""
+        return token in self._index
+
     def prob(self, token: str, context: Sequence[str] = ()) -> float:
         """P(token | context), unknown tokens (in either) as <unk>: for the evaluator and tests, not per keystroke."""
         self._check()
