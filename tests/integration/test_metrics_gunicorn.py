@@ -3,27 +3,16 @@ workers (prometheus-client multiprocess mode) and the operator's gauges come fro
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
 
 from protocol import wire
 from tests.integration.coordinator_fakes import FakeDevice, make_version
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.integration.front import ROOT, free_port, gunicorn_coordinator, gunicorn_env
 
 
 def _value(text: str, name: str, labels: str = "") -> float:
@@ -34,12 +23,8 @@ def _value(text: str, name: str, labels: str = "") -> float:
 
 
 def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
-    data, port = tmp_path / "coord", _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")}
-    env |= {"PYTHONPATH": str(ROOT), "FEDKEYS_COORDINATOR_DATA_DIR": str(data),
-            "FEDKEYS_COORDINATOR_ADMIN_TOKEN": "adm", "FEDKEYS_COORDINATOR_RATE_LIMIT_PER_MINUTE": "60000",
-            "FEDKEYS_COORDINATOR_RATE_LIMIT_BURST": "1000", "FEDKEYS_BIND": f"127.0.0.1:{port}",
-            "FEDKEYS_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    env = gunicorn_env(tmp_path, free_port(), FEDKEYS_COORDINATOR_RATE_LIMIT_PER_MINUTE="60000",
+                       FEDKEYS_COORDINATOR_RATE_LIMIT_BURST="1000", FEDKEYS_WORKERS="2")
     cli = [sys.executable, "-m", "coordinator"]
     assert subprocess.run([*cli, "init"], env=env, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
     make_version(tmp_path / "v0")
@@ -47,21 +32,7 @@ def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
                           capture_output=True, timeout=120).returncode == 0
     key = subprocess.run([*cli, "create-enrollment-key"], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=120).stdout.strip()
-    log = open(tmp_path / "gunicorn.log", "wb")      # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                             "coordinator.app:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-3000:]
-            try:
-                if requests.get(url + wire.PATH_HEALTH, timeout=30).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not come up"
-            time.sleep(0.2)
+    with gunicorn_coordinator(tmp_path, env) as url:
         sent = 0
         with ThreadPoolExecutor(8) as pool:       # fresh connections, until both workers have served some
             # At least one batch: the start-up health checks may already have reached both workers.
@@ -91,10 +62,6 @@ def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
         assert _value(text, "fedkeys_devices_enrolled") == 1 and _value(text, "fedkeys_devices_active") == 1
         assert 'fedkeys_epsilon_local{role="stable",version="v0000"}' in text
         assert _value(text, "fedkeys_checkins_total", 'task="train"') == 1
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
     # gunicorn's own log lines and the app's share one format: JSON lines.
     import json
     lines = [ln for ln in (tmp_path / "gunicorn.log").read_text().splitlines() if ln.strip()]
