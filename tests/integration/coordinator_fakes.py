@@ -136,3 +136,15 @@ def random_delta(seed: int, scale: float = 0.1,
                  shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1000 + seed)
     return {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in (shapes or SHAPES).items()}
+
+
+def enrolled_observer(s: Served, data_dir: Path):
+    """A real edge runtime enrolled with `s`, with the coordinator's key pinned, that never trains
+    (eligibility forced off): a device that only checks in, installs and serves versions."""
+    from edge_runtime import agent
+    from edge_runtime.config import EdgeConfig
+
+    cfg = EdgeConfig(data_dir=str(data_dir), coordinator=s.url, public_key=s.coord.public_key_hex,
+                     eligibility="override:ineligible", min_wait_s=0.1)
+    agent.enroll(cfg, s.coord.create_enrollment_key())
+    return agent.Device.open(cfg)

@@ -9,10 +9,9 @@ import shutil
 from dataclasses import replace
 
 import pytest
-from coordinator_fakes import make_config, serve
+from coordinator_fakes import enrolled_observer, make_config, serve
 
 from edge_runtime import agent, rollout_guard
-from edge_runtime.config import EdgeConfig
 from protocol import wire
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -37,10 +36,7 @@ def _replaying(dev, task):
 def test_replayed_replies_cannot_downgrade(tmp_path, exported_version):
     with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
         v0 = s.coord.import_version(exported_version)
-        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=s.coord.public_key_hex,
-                         eligibility="override:ineligible", min_wait_s=0.1)
-        agent.enroll(cfg, s.coord.create_enrollment_key())
-        dev = agent.Device.open(cfg)
+        dev = enrolled_observer(s, tmp_path / "dev")
         try:
             agent.run_once(dev)
             assert dev.store.current_id == v0
@@ -52,7 +48,7 @@ def test_replayed_replies_cannot_downgrade(tmp_path, exported_version):
             s.coord.admin_decide(v1, "reject")
             agent.run_once(dev)                                      # a signed rollback to v0
             assert dev.store.current_id == v0
-            assert rollout_guard.last_state(cfg.data_dir).rollback is True
+            assert rollout_guard.last_state(str(tmp_path / "dev")).rollback is True
 
             # Replay of the genuine (signed) reply that named the now-rejected candidate.
             real = _replaying(dev, old_reply)

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from coordinator_fakes import make_config, serve
+from coordinator_fakes import enrolled_observer, make_config, serve
 
 from edge_runtime import agent
-from edge_runtime.config import EdgeConfig
 from edge_runtime.model_slot import ModelSlot
 from protocol.artifact import MANIFEST, WEIGHTS, sha256_file
 
@@ -26,10 +25,7 @@ def _flip_byte(path, offset=-100):
 def test_corrupted_current_version_is_refetched_and_signatures_checked_by_the_keyboard(tmp_path, exported_version):
     with serve(make_config(tmp_path, canary_fraction=0.001)) as s:
         v0 = s.coord.import_version(exported_version)
-        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=s.coord.public_key_hex,
-                         eligibility="override:ineligible", min_wait_s=0.1)
-        agent.enroll(cfg, s.coord.create_enrollment_key())
-        dev = agent.Device.open(cfg)
+        dev = enrolled_observer(s, tmp_path / "dev")
         try:
             agent.run_once(dev)
             weights = tmp_path / "dev" / "models" / v0 / WEIGHTS
