@@ -72,10 +72,7 @@ class Predictor:
         lim = self.vocab.limit
         tail = np.exp(self.vocab.log_freq[lim:].astype(np.float64))
         self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else tail
-        words = self.vocab.words
-        ids = sorted((i for i, w in enumerate(words) if any(ch.isalnum() for ch in w)), key=words.__getitem__)
-        self.sorted_words = [words[i] for i in ids]
-        self.sorted_ids = np.array(ids, dtype=np.int64)
+        self.sorted_words, self.sorted_ids = self.vocab.suggestable
         # Next-word candidates come from the softmax's own words: a tail word gets a share of
         # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
         self.head_ids = self.sorted_ids[self.sorted_ids < lim]

@@ -8,6 +8,7 @@ from a zero state, the same as the `train` signature sees.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -45,6 +46,14 @@ class Vocab:
 
     def __len__(self) -> int:
         return len(self.words)
+
+    @functools.cached_property
+    def suggestable(self) -> tuple[list[str], np.ndarray]:
+        """(words, ids) of the list's words (not punctuation or control pieces), sorted by word so
+        that a typed prefix is an index range. Sorted once per tokenizer, not per predictor."""
+        ids = sorted((i for i, w in enumerate(self.words) if any(ch.isalnum() for ch in w)),
+                     key=self.words.__getitem__)
+        return [self.words[i] for i in ids], np.array(ids, dtype=np.int64)
 
     def ids(self, toks: Iterable[str]) -> list[int]:
         """The LSTM's ids of `toks`: <unk> for words outside its first `limit`."""
