@@ -81,20 +81,36 @@ class Served:
         return requests.request(method, self.url + path, headers=headers, timeout=10, **kw)
 
 
+def start_server(app, port: int = 0):
+    """`app` served on a loopback port by a background thread; stop it with `stop_server`.
+
+    Request threads are joined on stop (werkzeug makes them daemons): a request still running
+    when the coordinator closes would return its database connection to a disposed pool, which
+    drops it unclosed (PostgreSQL: psycopg's ResourceWarning at garbage collection)."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    server.daemon_threads = False
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop_server(server, thread) -> None:
+    server.shutdown()
+    server.server_close()      # joins the request threads still running
+    thread.join(5)
+
+
 @contextmanager
 def serve(config: Config) -> Iterator[Served]:
     """The real app on a loopback port in a background thread (real HTTP, real sockets)."""
-    from werkzeug.serving import make_server
-
     app = create_app(config)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
+    server, thread = start_server(app)
     try:
         yield Served(f"http://127.0.0.1:{server.server_port}", app, config)
     finally:
-        server.shutdown()
-        thread.join(5)
+        stop_server(server, thread)
         app.extensions["fedkeys"].close()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from coordinator_fakes import make_config, serve
+from coordinator_fakes import make_config, serve, start_server, stop_server
 from sqlalchemy import func, select
 
 from coordinator import secagg as coord_secagg
@@ -247,8 +247,6 @@ def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
 
 def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exported_version, caplog):
     """Devices keep their secrets in memory and retry through the outage; state is in the database."""
-    from werkzeug.serving import make_server
-
     from coordinator.app import create_app
 
     caplog.set_level(logging.INFO, logger="edge_runtime.secagg_client")
@@ -258,9 +256,7 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
 
     def start(port: int):
         app = create_app(conf)
-        srv = make_server("127.0.0.1", port, app, threaded=True)
-        th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        th.start()
+        srv, th = start_server(app, port)
         return app, srv, th
 
     app, srv, th = start(0)
@@ -288,8 +284,7 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
                         SecAggMember.round_id == rid, SecAggMember.shared.is_(True))) == n:
                     break
             time.sleep(0.05)
-        srv.shutdown()
-        th.join(5)
+        stop_server(srv, th)
         coord.close()
         time.sleep(2.0)
         app, srv, th = start(port)
@@ -306,6 +301,5 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
     finally:
         for d in devs:
             d.close()
-        srv.shutdown()
-        th.join(5)
+        stop_server(srv, th)
         coord.close()
