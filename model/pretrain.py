@@ -58,9 +58,17 @@ def validation_loss(m: NextWordLSTM, x: np.ndarray, y: np.ndarray, mask: np.ndar
 def train(m: NextWordLSTM, sp, train_texts: list[str], val_texts: list[str], s: TrainSettings) -> History:
     """Train `m` in place on `train_texts`; returns the loss history (best weights restored)."""
     cfg: ModelConfig = m.cfg
+    return train_windows(m, windows(encode_texts(sp, train_texts, cfg.vocab_size), cfg.seq_len),
+                         windows(encode_texts(sp, val_texts, cfg.vocab_size), cfg.seq_len), s)
+
+
+def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  val_xym: tuple[np.ndarray, np.ndarray, np.ndarray], s: TrainSettings) -> History:
+    """`train` on windows already encoded (`model.data.windows`), e.g. a benchmark's own word ids."""
+    cfg: ModelConfig = m.cfg
     rng = np.random.default_rng(s.seed)
-    x, y, mask = windows(encode_texts(sp, train_texts, cfg.vocab_size), cfg.seq_len)
-    vx, vy, vm = windows(encode_texts(sp, val_texts, cfg.vocab_size), cfg.seq_len)
+    x, y, mask = train_xym
+    vx, vy, vm = val_xym
     if len(x) == 0:
         raise ValueError("no training text: the training split is empty")
     if len(vx) > s.val_windows:

@@ -75,3 +75,34 @@ def test_poisoning_bench_prints_a_row_per_aggregator_and_share(exported_version,
     rows = _json.loads(out.read_text())["results"]
     assert {(x["attack"], x["attackers"]) for x in rows} == {("-", 0), ("flip", 1), ("boost", 1)}
     assert all(0 <= x[k] <= 1 for x in rows for k in ("mean", "trimmed_mean", "median"))
+
+
+@pytest.mark.skipif(not HAS_TF, reason="the PTB bench trains with TensorFlow")
+def test_ptb_bench_scores_every_model_on_the_same_test_tokens(tmp_path):
+    """A tiny corpus in PTB's format (one sentence per line, closed vocabulary): the bench fits
+    the n-grams, trains the recipe briefly and prints one row per model plus the published ones."""
+    words = "the cat sat on a mat <unk> dog ran to N".split()
+    rng = __import__("random").Random(0)
+    for split, n in (("train", 300), ("valid", 30), ("test", 20)):
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+        (tmp_path / f"ptb.{split}.txt").write_text(" " + "\n ".join(lines) + "\n")
+    test_tokens = sum(len(ln.split()) + 1 for ln in (tmp_path / "ptb.test.txt").read_text().splitlines())
+    r = bench("ptb", "--data-dir", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "3",
+              "--embed-dim", "8", "--hidden-dim", "16", "--json")
+    assert r.returncode == 0, r.stderr
+    out = __import__("json").loads(r.stdout)
+    assert out["test_tokens"] == test_tokens
+    names = [row["model"] for row in out["rows"]]
+    assert any(n.startswith("Kneser-Ney 3-gram") for n in names)
+    assert any(n.startswith("Kneser-Ney 5-gram") for n in names)
+    assert any(n.startswith("FedKeys LSTM") for n in names) and "KN5 (Mikolov et al. 2011)" in names
+    for row in out["rows"][:3]:     # measured rows: random words over 11 + </s> are not predictable
+        assert 5.0 < row["perplexity"] < 40.0, row
+        assert 0.0 <= row["top1"] <= row["top3"] <= 1.0, row
+    assert [row["perplexity"] for row in out["rows"][3:]] == [141.2, 114.5]
+
+
+def test_ptb_bench_says_where_to_put_the_data_when_it_cannot_download(tmp_path):
+    r = bench("ptb", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/nothing")
+    assert r.returncode != 0
+    assert "ptb.train.txt" in r.stderr and "Traceback" not in r.stderr

@@ -1,4 +1,4 @@
-"""`python -m tools.bench {keystroke,train,aggregation,load,poisoning}`: see the modules of the same names."""
+"""`python -m tools.bench {keystroke,train,aggregation,load,poisoning,ptb}`: see the modules of the same names."""
 
 from __future__ import annotations
 
@@ -34,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coordinator aggregation: streaming FedAvg vs Flower's aggregate, time and peak memory")
     from tools.bench.load import add_parser as add_load
     from tools.bench.poisoning import add_parser as add_poisoning
+    from tools.bench.ptb import add_parser as add_ptb
 
     add_load(sub)
     add_poisoning(sub)
+    add_ptb(sub)
     return ap
 
 
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "poisoning":
         from tools.bench.poisoning import main as poisoning
         return poisoning(args)
+    if args.command == "ptb":
+        from tools.bench.ptb import main as ptb
+        return ptb(args)
     if args.command == "load":
         from tools.bench.load import main as load
         return load(args)

