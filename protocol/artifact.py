@@ -4,6 +4,8 @@ A *version directory* holds::
 
     manifest.json         names, shapes, dtypes, hashes, architecture, version id (+ signature)
     weights.safetensors   the trainable tensors, float32, in WEIGHT order of the manifest
+    weights.q8.safetensors  or instead (what devices download): the same tensors quantized,
+                          int8 matrices with a float32 scale per row, float16 vectors (`quantize`)
     model.tflite          the trainable graph (shared by every version of one architecture)
     tokenizer.model       the SentencePiece model (shared likewise)
 
@@ -29,6 +31,8 @@ from safetensors.numpy import save as st_save
 MANIFEST_FORMAT = "fedkeys-model/1"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+WEIGHTS_Q8 = "weights.q8.safetensors"
+_SCALE = ".scale"
 GRAPH = "model.tflite"
 TOKENIZER = "tokenizer.model"
 
@@ -67,6 +71,7 @@ class Manifest:
     graph_sha256: str
     tokenizer_sha256: str
     weights_sha256: str
+    weights_q8_sha256: str = ""  # of `encode_weights_q8(weights)`, set by the coordinator before it signs
     parent: str | None = None
     created_at: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +82,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tensors"] = [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.tensors]
+        if not d["weights_q8_sha256"]:
+            del d["weights_q8_sha256"]  # manifests without a download form read (and sign) as before
         return d
 
     @classmethod
@@ -121,6 +128,48 @@ def decode_weights(data: bytes) -> dict[str, np.ndarray]:
         return dict(st_load(data))
     except Exception as e:  # safetensors raises its own error types for every malformation
         raise ArtifactError(f"not a valid safetensors body: {e}") from e
+
+
+def quantize(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The download form of float32 weights: each matrix as int8 with one float32 scale per row
+    (symmetric, max |row| -> 127), each vector as float16.
+
+    Why: a version's float32 weights are 5.4 MB; this is 1.4 MB (Gboard-scale budgets are ~2 MB)
+    and costs no measurable accuracy (docs/quality.md). Deterministic, so a coordinator can
+    sign its hash; the device dequantizes once, at install, and runs and trains in float32."""
+    out: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        w = np.asarray(w, np.float32)
+        if w.ndim == 2:
+            scale = np.abs(w).max(axis=1) / 127.0
+            scale[scale == 0] = 1.0
+            out[name] = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+            out[name + _SCALE] = scale.astype(np.float32)
+        else:
+            out[name] = w.astype(np.float16)
+    return out
+
+
+def dequantize(q: Mapping[str, np.ndarray], tensors: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """float32 weights from `quantize`'s output, checked against the manifest's tensors."""
+    expected = {t.name for t in tensors} | {t.name + _SCALE for t in tensors if len(t.shape) == 2}
+    if set(q) != expected:
+        raise ArtifactError(f"quantized weights hold {sorted(set(q) ^ expected)} unlike the manifest")
+    out = {}
+    for t in tensors:
+        a = q[t.name]
+        if len(t.shape) == 2:
+            if a.dtype != np.int8 or q[t.name + _SCALE].shape != (t.shape[0],):
+                raise ArtifactError(f"{t.name}: quantized as {a.dtype} with scale {q[t.name + _SCALE].shape}")
+            out[t.name] = a.astype(np.float32) * q[t.name + _SCALE].astype(np.float32)[:, None]
+        else:
+            out[t.name] = a.astype(np.float32)
+    check_weights(out, tensors)
+    return out
+
+
+def encode_weights_q8(weights: Mapping[str, np.ndarray]) -> bytes:
+    return encode_weights(quantize(weights))
 
 
 def check_weights(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], *,
@@ -194,17 +243,23 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
 
 
 def load_version(directory: str | os.PathLike, *, verify: bool = True) -> tuple[Manifest, dict[str, np.ndarray]]:
-    """Read a version directory, verifying every sha256 in the manifest."""
+    """Read a version directory, verifying every sha256 in the manifest. The weights are
+    `weights.safetensors` or, on a device that downloaded the quantized form, `weights.q8.safetensors`
+    (dequantized here)."""
     d = Path(directory)
     manifest = read_manifest(d)
-    data = (d / WEIGHTS).read_bytes()
+    quantized = not (d / WEIGHTS).exists() and (d / WEIGHTS_Q8).exists()
+    wname, wsha = (WEIGHTS_Q8, manifest.weights_q8_sha256) if quantized else (WEIGHTS, manifest.weights_sha256)
+    data = (d / wname).read_bytes()
     if verify:
-        checks = ((WEIGHTS, manifest.weights_sha256, sha256_bytes(data)),
+        checks = ((wname, wsha, sha256_bytes(data)),
                   (GRAPH, manifest.graph_sha256, sha256_file(d / GRAPH)),
                   (TOKENIZER, manifest.tokenizer_sha256, sha256_file(d / TOKENIZER)))
         for fname, want, got in checks:
             if want != got:
                 raise ArtifactError(f"{d / fname}: sha256 mismatch (manifest {want[:12]}…, file {got[:12]}…)")
+    if quantized:
+        return manifest, dequantize(decode_weights(data), manifest.tensors)
     weights = decode_weights(data)
     check_weights(weights, manifest.tensors)
     return manifest, {t.name: weights[t.name] for t in manifest.tensors}
