@@ -11,13 +11,14 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+
+from tools.coordinator_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,18 +31,12 @@ def readme_block() -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_readme_by_hand_loop_promotes_a_version(tmp_path, exported_version):
     lines = readme_block()
     assert any(" serve " in ln and ln.endswith("&") for ln in lines) and any(" run " in ln for ln in lines)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "v0").symlink_to(exported_version)
-    ports = {"8750": str(_free_port()), "8760": str(_free_port())}
+    ports = {"8750": str(free_port()), "8760": str(free_port())}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")}
     env |= {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     background: list[subprocess.Popen] = []

@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,7 @@ class Served:
     url: str
     app: object
     config: Config
+    v0_weights: dict[str, np.ndarray] = field(default_factory=dict)   # set by `import_v0`
 
     @property
     def coord(self):
@@ -112,6 +113,14 @@ def serve(config: Config) -> Iterator[Served]:
     finally:
         stop_server(server, thread)
         app.extensions["fedkeys"].close()
+
+
+def import_v0(served: Served, directory: Path) -> dict[str, np.ndarray]:
+    """`make_version`'s v0000 written to `directory` and imported as stable; its weights (also
+    kept as `served.v0_weights`, the base every expected aggregate is computed from)."""
+    _, served.v0_weights = make_version(directory)
+    assert served.coord.import_version(directory) == "v0000"
+    return served.v0_weights
 
 
 class FakeDevice:

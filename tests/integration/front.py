@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ from pathlib import Path
 
 import requests
 
+from tools.coordinator_process import CoordinatorProcessError, free_port, wait_healthy
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -121,16 +116,10 @@ def gunicorn_coordinator(tmp: Path, env: dict[str, str]) -> Iterator[str]:
                              "coordinator.app:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=log)
     url = "http://" + env["FEDKEYS_BIND"]
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp / "gunicorn.log").read_text()[-3000:]
-            try:
-                if requests.get(url + "/healthz", timeout=30).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not come up"
-            time.sleep(0.2)
+        try:
+            wait_healthy(url, proc, tmp / "gunicorn.log", timeout_s=90)
+        except CoordinatorProcessError as e:
+            raise AssertionError(f"{e}\n{(tmp / 'gunicorn.log').read_text()[-3000:]}") from e
         yield url
     finally:
         proc.terminate()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from coordinator_fakes import FakeDevice, make_config, make_version, serve
+from coordinator_fakes import FakeDevice, make_config, make_version
 
 from coordinator.__main__ import main as cli_main
 from coordinator.app import create_app
@@ -17,14 +17,6 @@ from protocol import artifact, wire
 
 pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def served(tmp_path):
-    with serve(make_config(tmp_path)) as s:
-        make_version(tmp_path / "v0")
-        s.coord.import_version(tmp_path / "v0")
-        yield s
 
 
 def test_manifest_signature_verifies_and_tampering_is_detected(served):

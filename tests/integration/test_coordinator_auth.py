@@ -11,14 +11,6 @@ from protocol import wire
 pytestmark = pytest.mark.filterwarnings("error")
 
 
-@pytest.fixture
-def served(tmp_path):
-    with serve(make_config(tmp_path)) as s:
-        make_version(tmp_path / "v0")
-        s.coord.import_version(tmp_path / "v0")
-        yield s
-
-
 def _err(resp, status: int, code: str) -> wire.ErrorBody:
     assert resp.status_code == status, resp.text
     assert resp.headers["Content-Type"].startswith("application/json")

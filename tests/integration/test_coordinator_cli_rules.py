@@ -75,15 +75,12 @@ def test_next_round_schedule():
         assert not next_round_due(t + timedelta(hours=1), **(base | blocker)), blocker
 
 
-def test_every_task_names_the_channel_of_the_version_to_use(tmp_path):
+def test_every_task_names_the_channel_of_the_version_to_use(served):
     from protocol import wire
-    from tests.integration.coordinator_fakes import FakeDevice, make_config, make_version, serve
+    from tests.integration.coordinator_fakes import FakeDevice
 
-    make_version(tmp_path / "v0")
-    with serve(make_config(tmp_path)) as s:
-        s.coord.import_version(tmp_path / "v0")
-        dev = FakeDevice(s.url, s.coord.create_enrollment_key())
-        task = dev.checkin()                                  # nothing to do: come_back, still says stable
-        assert (task.kind, task.use_version_id, task.use_channel) == (wire.TASK_COME_BACK, "v0000", "stable")
-        s.coord.start_round()
-        assert dev.checkin().use_channel == "stable"
+    dev = FakeDevice(served.url, served.coord.create_enrollment_key())
+    task = dev.checkin()                                  # nothing to do: come_back, still says stable
+    assert (task.kind, task.use_version_id, task.use_channel) == (wire.TASK_COME_BACK, "v0000", "stable")
+    served.coord.start_round()
+    assert dev.checkin().use_channel == "stable"

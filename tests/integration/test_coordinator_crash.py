@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from coordinator_fakes import SHAPES, database_url, make_version, random_delta
 from coordinator import aggregation
 from coordinator.__main__ import main as cli_main
 from protocol import artifact, wire
+from tools.coordinator_process import free_port
 
 pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,18 +40,12 @@ TENSORS = [artifact.TensorSpec(k, s) for k, s in SHAPES.items()]
 _CHECKIN = wire.CheckinRequest(True, can_evaluate=False).to_dict()   # training only, never a canary task
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Coordinator:
     """A coordinator process we can kill -9 and start again on the same data dir and port."""
 
     def __init__(self, data: Path, db_url: str, log: Path) -> None:
         self.data, self.db_url, self.log = data, db_url, log
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.kills = self.starts = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ from coordinator_fakes import (
 
 from coordinator.__main__ import main as cli_main
 from protocol import artifact, wire
+from tools.coordinator_process import free_port
 
 pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(data_dir: Path, port: int, db_url: str) -> subprocess.Popen:
@@ -56,7 +50,7 @@ def _start(data_dir: Path, port: int, db_url: str) -> subprocess.Popen:
 
 
 def test_kill_mid_round_loses_no_acknowledged_update(tmp_path, capsys):
-    data, port = tmp_path / "data", _free_port()
+    data, port = tmp_path / "data", free_port()
     url = f"http://127.0.0.1:{port}"
     db_url = database_url(tmp_path)
     _, base = make_version(tmp_path / "v0")

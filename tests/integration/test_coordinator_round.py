@@ -7,8 +7,8 @@ import pytest
 from coordinator_fakes import (
     SHAPES,
     FakeDevice,
+    import_v0,
     make_config,
-    make_version,
     random_delta,
     serve,
 )
@@ -18,21 +18,14 @@ from protocol import artifact, wire
 pytestmark = pytest.mark.filterwarnings("error")
 
 
-@pytest.fixture
-def served(tmp_path):
-    with serve(make_config(tmp_path)) as s:
-        yield s
-
-
-def _setup(served, tmp_path, n_devices: int):
-    _, base_weights = make_version(tmp_path / "v0")
-    assert served.coord.import_version(tmp_path / "v0") == "v0000"
+def _setup(served, n_devices: int):
+    """`n_devices` enrolled fake devices; the base weights (v0000's)."""
     key = served.coord.create_enrollment_key(label="test")
-    return base_weights, [FakeDevice(served.url, key) for _ in range(n_devices)]
+    return served.v0_weights, [FakeDevice(served.url, key) for _ in range(n_devices)]
 
 
 def test_full_round_aggregate_equals_numpy_weighted_average(served, tmp_path):
-    base_weights, devices = _setup(served, tmp_path, 6)
+    base_weights, devices = _setup(served, 6)
     r = served.admin("POST", "/v1/admin/rounds", json={"goal_count": 3, "min_count": 2, "overselect": 1.34})
     assert r.status_code == 201, r.text
     rnd = r.json()
@@ -81,7 +74,7 @@ def test_full_round_aggregate_equals_numpy_weighted_average(served, tmp_path):
 
 
 def test_round_with_noise_records_finite_epsilon(served, tmp_path):
-    _, devices = _setup(served, tmp_path, 3)
+    _, devices = _setup(served, 3)
     rid = served.coord.start_round(goal_count=2, min_count=2, noise_multiplier=1.0, clip_norm=1.0)
     for d in devices[:2]:
         assert d.checkin().kind == wire.TASK_TRAIN
@@ -107,7 +100,7 @@ def _expire(served, round_id: int) -> None:
 
 
 def test_round_deadline_with_minimum_aggregates_and_without_fails(served, tmp_path):
-    _, devices = _setup(served, tmp_path, 3)
+    _, devices = _setup(served, 3)
     rid = served.coord.start_round(goal_count=3, min_count=2)
     for d in devices:
         assert d.checkin().kind == wire.TASK_TRAIN
@@ -132,7 +125,7 @@ def test_round_deadline_with_minimum_aggregates_and_without_fails(served, tmp_pa
 
 
 def test_ineligible_device_is_told_to_come_back(served, tmp_path):
-    _, devices = _setup(served, tmp_path, 1)
+    _, devices = _setup(served, 1)
     served.coord.start_round()
     t = devices[0].checkin(eligible=False)
     assert t.kind == wire.TASK_COME_BACK and t.use_version_id == "v0000"
@@ -142,7 +135,8 @@ def test_ineligible_device_is_told_to_come_back(served, tmp_path):
 def test_fedavgm_carries_momentum_across_rounds(tmp_path):
     with serve(make_config(tmp_path, server_optimizer="fedavgm", server_momentum=0.5, server_learning_rate=1.0,
                            canary_fraction=0.01)) as served:
-        base, devices = _setup(served, tmp_path, 2)
+        import_v0(served, tmp_path / "v0")
+        base, devices = _setup(served, 2)
         expected = {k: v.astype(np.float64) for k, v in base.items()}
         buf = None
         for rnd_no in range(2):

@@ -12,7 +12,8 @@ import requests
 
 from protocol import wire
 from tests.integration.coordinator_fakes import FakeDevice, make_version
-from tests.integration.front import ROOT, free_port, gunicorn_coordinator, gunicorn_env
+from tests.integration.front import ROOT, gunicorn_coordinator, gunicorn_env
+from tools.coordinator_process import free_port
 
 
 def _value(text: str, name: str, labels: str = "") -> float:

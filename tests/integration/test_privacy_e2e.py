@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from coordinator.config import Config
 from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
 from protocol import wire
+from tools.coordinator_process import free_port
 
 pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,12 +153,6 @@ def _listening(port: int) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_and_look(cmd: list[str], port: int, tmp_path: Path) -> list[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDKEYS_COORDINATOR_", "FEDKEYS_EDGE_"))}
     with open(tmp_path / "serve.log", "wb") as log:
@@ -179,7 +173,7 @@ LOOPBACK_V4 = "0100007F"   # 127.0.0.1 as /proc/net/tcp writes it
 
 def test_coordinator_binds_to_loopback_by_default(tmp_path):
     assert Config().host == "127.0.0.1"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_COORDINATOR_")} | {"PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "coordinator", "init", "--data-dir", str(tmp_path / "c")], cwd=ROOT,
                    env=env, check=True, capture_output=True, timeout=120)
@@ -190,7 +184,7 @@ def test_coordinator_binds_to_loopback_by_default(tmp_path):
 
 def test_keyboard_page_binds_to_loopback_by_default(tmp_path, exported_version):
     assert EdgeConfig().keyboard_host == "127.0.0.1"
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "dev"
     data.mkdir()
     r = subprocess.run([sys.executable, "-m", "edge_runtime", "keyboard", "--help"], cwd=ROOT, capture_output=True,

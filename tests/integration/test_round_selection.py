@@ -53,14 +53,11 @@ def test_window_then_random_draw_not_first_come(tmp_path):
         print(f"selection: the slower half won {honest_wins} of {2 * rounds} slots")
 
 
-def test_selection_window_is_a_round_setting_with_bounds(tmp_path):
-    with serve(make_config(tmp_path)) as s:
-        make_version(tmp_path / "v0")
-        s.coord.import_version(tmp_path / "v0")
-        r = s.admin("POST", "/v1/admin/rounds", json={"selection_window_s": 10_000, "round_duration_s": 600})
-        assert r.status_code == 400 and "selection_window_s" in r.json()["message"]
-        r = s.admin("POST", "/v1/admin/rounds", json={"selection_window_s": 30})
-        assert r.status_code == 201 and r.json()["selection_ends_at"] is not None
+def test_selection_window_is_a_round_setting_with_bounds(served):
+    r = served.admin("POST", "/v1/admin/rounds", json={"selection_window_s": 10_000, "round_duration_s": 600})
+    assert r.status_code == 400 and "selection_window_s" in r.json()["message"]
+    r = served.admin("POST", "/v1/admin/rounds", json={"selection_window_s": 30})
+    assert r.status_code == 201 and r.json()["selection_ends_at"] is not None
 
 
 def test_devices_of_one_enrollment_key_share_a_checkin_budget(tmp_path):

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.front import ROOT, free_port, gunicorn_coordinator, gunicorn_env, nginx_front
+from tests.integration.front import ROOT, gunicorn_coordinator, gunicorn_env, nginx_front
+from tools.coordinator_process import free_port
 
 SLOW = 60          # slow connections per attack (gunicorn's threads in all: 2 x 4 = 8)
 CHECKS = 4         # /healthz probes while they are held

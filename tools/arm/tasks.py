@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from protocol import wire
 from tools.arm.board import GUEST_VENVS, INTERPRETER_OF, QEMU_CPU, REPO, Board, BoardError, fmt_s, host_python, say
 from tools.arm.scenario import marker
+from tools.coordinator_process import CoordinatorProcess, CoordinatorProcessError, repo_env
 
 # --- the edge test subset ----------------------------------------------------------------------
 #
@@ -94,7 +92,7 @@ class _timed:
 
 
 def _host_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+    return repo_env(**extra)
 
 
 def test(board: Board, venvs: list[str], extra: list[str]) -> int:
@@ -117,83 +115,29 @@ def test(board: Board, venvs: list[str], extra: list[str]) -> int:
 ADMIN_TOKEN = "arm-e2e-admin-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _check(cond: bool, what: str) -> None:
     if not cond:
         raise AssertionError(what)
     say(f"  ok: {what}")
 
 
-class _Coordinator:
-    def __init__(self, data_dir: Path, total: int) -> None:
-        self.data_dir = data_dir
-        self.settings = {"admin_token": ADMIN_TOKEN, "rate_limit_per_minute": "60000", "rate_limit_burst": "1000",
-                         "checkin_interval_s": "5", "canary_fraction": "1.0", "canary_min_reports": str(total),
-                         "log_level": "INFO", "max_eval_words": "100"}   # word metrics are slow under qemu
-        self.proc: subprocess.Popen | None = None
+def _coordinator(data_dir: Path, total: int) -> CoordinatorProcess:
+    """The host coordinator (tools.coordinator_process) in the host's full environment; a canary
+    verdict needs every device's report."""
+    settings = {"rate_limit_per_minute": "60000", "rate_limit_burst": "1000", "checkin_interval_s": "5",
+                "canary_fraction": "1.0", "canary_min_reports": str(total), "log_level": "INFO",
+                "max_eval_words": "100"}   # word metrics are slow under qemu
+    return CoordinatorProcess(data_dir, data_dir.parent / "coordinator.log", settings, admin_token=ADMIN_TOKEN,
+                              python=host_python(), admin_timeout_s=30)
 
-    def _flags(self) -> list[str]:
-        return [a for k, v in self.settings.items() for a in ("--set", f"{k}={v}")]
 
-    def cli(self, *args: str) -> str:
-        r = subprocess.run([host_python(), "-m", "coordinator", *args, "--data-dir", str(self.data_dir),
-                            *self._flags()], cwd=REPO, env=_host_env(), capture_output=True, text=True,
-                           timeout=300, check=False)
-        if r.returncode != 0:
-            raise AssertionError(f"coordinator {args[0]} failed: {r.stderr[-1500:]}")
-        return r.stdout.strip()
-
-    def start(self) -> str:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(self.data_dir.parent / "coordinator.log", "wb")   # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen([host_python(), "-m", "coordinator", "serve", "--data-dir", str(self.data_dir),
-                                      "--host", "127.0.0.1", "--port", str(port), *self._flags()],
-                                     cwd=REPO, env=_host_env(), stdout=self.log, stderr=subprocess.STDOUT)
-        import requests
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError("coordinator exited; see " + self.log.name)
-            try:
-                if requests.get(self.url + wire.PATH_HEALTH, timeout=2).status_code == 200:
-                    return self.url
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("coordinator did not come up in 120 s")
-            time.sleep(0.3)
-
-    def admin(self, method: str, path: str, **kw: object) -> object:
-        import requests
-        r = requests.request(method, self.url + "/v1/admin" + path, timeout=30,
-                             headers={wire.AUTH_HEADER: f"Bearer {ADMIN_TOKEN}"}, **kw)
-        if r.status_code >= 300:
-            raise AssertionError(f"admin {method} {path}: {r.status_code} {r.text[:500]}")
-        return r.json()
-
-    def db(self, sql: str, *params: object) -> list[tuple]:
-        con = sqlite3.connect(f"file:{self.data_dir / 'coordinator.db'}?mode=ro", uri=True, timeout=30)
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "log", None):
-            self.log.close()
+def _db(coord: CoordinatorProcess, sql: str, *params: object) -> list[tuple]:
+    """A read-only query on the coordinator's SQLite database (what the API does not show)."""
+    con = sqlite3.connect(f"file:{coord.data_dir / 'coordinator.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
 
 
 class _Device:
@@ -264,7 +208,7 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
     devices += [_Device(board, f"board-{v}", run_dir / f"board-{v}", native + j, v) for j, v in enumerate(venvs)]
     emulated = [d for d in devices if d.emulated]
     total = len(devices)
-    coord = _Coordinator(run_dir / "coordinator", total)
+    coord = _coordinator(run_dir / "coordinator", total)
     t0 = time.monotonic()
     ok = False
     try:
@@ -273,7 +217,7 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
             stable = coord.cli("import-version", str(version))
             key = coord.cli("create-enrollment-key", "--label", "arm-e2e")
             url = coord.start()
-            pub = coord.admin("GET", "/status")["public_key_hex"]
+            pub = coord.admin("GET", "/v1/admin/status")["public_key_hex"]
         say(f"coordinator at {url}, stable version {stable}; {native} native + {len(emulated)} emulated devices")
 
         with _timed("enroll every device (public key pinned) and type its text"):
@@ -291,10 +235,10 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
                 if p.returncode != 0:
                     raise AssertionError(f"{d.name}: typing failed:\n{out[-2000:]}")
         for d in emulated:
-            plat = coord.db("SELECT platform FROM devices WHERE id = ?", d.device_id)
+            plat = _db(coord, "SELECT platform FROM devices WHERE id = ?", d.device_id)
             _check(plat == [("linux-aarch64",)], f"{d.name} enrolled from an aarch64 board ({plat})")
 
-        rnd = coord.admin("POST", "/rounds", json={
+        rnd = coord.admin("POST", "/v1/admin/rounds", json={
             "goal_count": total, "min_count": total, "overselect": 1.0, "epochs": 1, "batch_size": 4,
             "learning_rate": 0.1, "clip_norm": 5.0, "noise_multiplier": 0.001, "max_examples": 200,
             "selection_window_s": 0})
@@ -310,14 +254,15 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
         for d in emulated:
             steps = int(re.search(r"steps=(\d+)", _task_lines(outs[d.name])[-1][2]).group(1))
             _check(steps >= 1, f"{d.name}: {steps} training steps on the board")
-            rows = coord.db("SELECT COUNT(*) FROM updates WHERE round_id = ? AND device_id = ?", round_id, d.device_id)
+            rows = _db(coord, "SELECT COUNT(*) FROM updates WHERE round_id = ? AND device_id = ?", round_id,
+                       d.device_id)
             _check(rows == [(1,)], f"{d.name}: its update is accepted into round {round_id}")
-        rnd = coord.admin("GET", f"/rounds/{round_id}")
+        rnd = coord.admin("GET", f"/v1/admin/rounds/{round_id}")
         _check(rnd["status"] == "done" and rnd["accepted"] == total,
                f"round {round_id} done with {rnd['accepted']}/{total} accepted updates")
-        _check(coord.admin("GET", "/rejections")["rejections"] == [], "no update rejected")
+        _check(coord.admin("GET", "/v1/admin/rejections")["rejections"] == [], "no update rejected")
         cand = rnd["result_version_id"]
-        versions = {v["version_id"]: v for v in coord.admin("GET", "/versions")["versions"]}
+        versions = {v["version_id"]: v for v in coord.admin("GET", "/v1/admin/versions")["versions"]}
         _check(versions[cand]["status"] == "candidate", f"aggregated candidate {cand}")
 
         with _timed("canary: every device checks in again (download + verify the signed candidate, evaluate)"):
@@ -328,16 +273,16 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
                    f"{d.name}: evaluated candidate vs stable and reported "
                    f"({'; '.join(' '.join(t) for t in tasks) or outs[d.name][-300:]})")
         for d in emulated:
-            rows = coord.db("SELECT COUNT(*) FROM evaluations WHERE candidate_version_id = ? AND device_id = ?",
+            rows = _db(coord, "SELECT COUNT(*) FROM evaluations WHERE candidate_version_id = ? AND device_id = ?",
                             cand, d.device_id)
             _check(rows == [(1,)], f"{d.name}: its canary report is recorded")
             st = json.loads(d.call("edge_runtime", "status", "--data-dir", str(d.data_dir)))
             _check(st["model"]["current"] == cand and st["model"]["previous"] == stable,
                    f"{d.name}: now suggests with the signed candidate {cand} (previous {stable})")
-        versions = {v["version_id"]: v for v in coord.admin("GET", "/versions")["versions"]}
+        versions = {v["version_id"]: v for v in coord.admin("GET", "/v1/admin/versions")["versions"]}
         _check(versions[cand]["canary_reports"] == total, f"candidate has {total} canary reports")
         # canary_min_reports = every device: the last report makes the coordinator decide.
-        decision = coord.db("SELECT action, reason FROM decisions WHERE version_id = ? ORDER BY id DESC LIMIT 1",
+        decision = _db(coord, "SELECT action, reason FROM decisions WHERE version_id = ? ORDER BY id DESC LIMIT 1",
                             cand)
         _check(versions[cand]["status"] in ("stable", "rejected") and bool(decision),
                f"canary decided on {total} reports: {versions[cand]['status']} ({decision[0] if decision else '-'})")
@@ -349,7 +294,7 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
                                                            for n in needles)
         _check(leaked == [], "no typed text in the coordinator's files or log")
         ok = True
-    except AssertionError as e:
+    except (AssertionError, CoordinatorProcessError) as e:
         say(f"FAILED: {e}")
     finally:
         coord.stop()

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,8 +27,8 @@ import numpy as np
 import requests
 
 from protocol import artifact, wire
+from tools.coordinator_process import CoordinatorProcess, CoordinatorProcessError
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "load-bench-admin"
 
 
@@ -73,12 +70,6 @@ def write_synthetic_version(directory: Path, shapes: list[tuple[str, tuple[int, 
                           graph_sha256=artifact.sha256_file(directory / artifact.GRAPH),
                           tokenizer_sha256=artifact.sha256_file(directory / artifact.TOKENIZER), weights_sha256="")
     artifact.write_version(directory, m, weights)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_kb(pid: int, key: str = "VmRSS") -> int:
@@ -167,31 +158,22 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
         finally:
             c.close()
 
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_COORDINATOR_")}
-        env |= {"FEDKEYS_COORDINATOR_" + k.upper(): v for k, v in settings.items()} | {"PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-               "--worker-class", "gthread", "--threads", str(threads), "--timeout", "120", "--log-level", "warning",
-               "coordinator.app:create_app()"]
-        log_path = root / "gunicorn.log"
-        with open(log_path, "wb") as lf:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=lf, stderr=lf)
-        sampler = MemorySampler(proc.pid)
+        coord = CoordinatorProcess(coord_dir, root / "gunicorn.log", settings, admin_token=ADMIN,
+                                   inherit_settings=False)
         try:
-            _wait_up(url, proc, log_path, t_end)
+            url = coord.start_gunicorn(workers=workers, threads=threads,
+                                       timeout_s=max(0.0, t_end - time.monotonic()))
+        except CoordinatorProcessError as e:
+            raise LoadError(f"{e}: {coord.log_path.read_text()[-2000:]}") from e
+        sampler = MemorySampler(coord.proc.pid)
+        try:
             sampler.start()
             result = _drive(url, key, stable, tensors, devices, uploaders, concurrency, upload_concurrency, t_end,
                             log)
             sampler.sample()
         finally:
             sampler.stop.set()
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            coord.stop()
         num_params = sum(int(np.prod(t.shape)) for t in tensors)
         result.update({"database": "postgresql" if database_url else "sqlite", "gunicorn_workers": workers,
                        "threads_per_worker": threads, "devices": devices, "uploaders": uploaders,
@@ -202,18 +184,6 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
     finally:
         if tmp:
             tmp.cleanup()
-
-
-def _wait_up(url: str, proc: subprocess.Popen, log_path: Path, t_end: float) -> None:
-    while time.monotonic() < t_end:
-        if proc.poll() is not None:
-            raise LoadError(f"gunicorn exited: {log_path.read_text()[-2000:]}")
-        try:
-            if requests.get(url + wire.PATH_HEALTH, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise LoadError("coordinator did not come up in time")
 
 
 _local = threading.local()

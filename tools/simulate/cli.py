@@ -1,0 +1,174 @@
+"""`python -m tools.simulate`: the flags, their checks, and the run from corpus to report.
+
+The flags and their defaults are part of the interface (the demo reuses them with its own
+defaults, automation reads report.json): add flags, do not rename them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.cli import HelpFormatter, add_version
+from tools._cli import DEFAULT_CORPUS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
+from tools.simulate.errors import SimulationError
+from tools.simulate.federation import FederationResult, run_federation
+from tools.simulate.population import ensure_central, ensure_v0, load_population, proxy_files
+from tools.simulate.references import reference_scores
+from tools.simulate.report import write_report
+
+DESCRIPTION = "Simulate a population of keyboard devices federating against a real coordinator."
+# DP on by default, as in the coordinator's config: the largest noise at which the demo's 8
+# devices still beat version 0 in 3 rounds (measured with 0.005 and 0.01: +1.0 top-3 both).
+DEFAULT_NOISE_MULTIPLIER = 0.01
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+def build_parser(prog: str = "python -m tools.simulate") -> argparse.ArgumentParser:
+    """The simulator's parser (`prog` lets the demo show its own name)."""
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+                                formatter_class=HelpFormatter)
+    add_version(p)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None = None) -> None:
+    """The simulation's flags (the demo reuses them with its own defaults)."""
+    g = p.add_argument_group("population")
+    g.add_argument("--corpus", default=DEFAULT_CORPUS, help="device text, JSONL {user, text} (or plain text)")
+    g.add_argument("--proxy", action="append", default=None,
+                   help="proxy text for the vocabulary and version 0; repeat to combine "
+                        f"(default: {' + '.join(os.path.relpath(p, REPO) for p in DEFAULT_PROXY)})")
+    g.add_argument("--devices", type=int, default=16, help="simulated devices, one corpus train user each")
+    g.add_argument("--rounds", type=int, default=5)
+    g.add_argument("--data-dir", default="data/sim", help="everything goes under this directory")
+    g.add_argument("--v0", help="start from this version 0 directory (default: the shipped models/v0)")
+    g.add_argument("--pretrain-v0", action="store_true",
+                   help="train version 0 on --proxy into DIR/models/v0 instead of using the shipped one")
+    g.add_argument("--participation", type=float, default=0.8,
+                   help="share of devices idle + charging in a round (drawn per device per round)")
+    g.add_argument("--dropout", type=float, default=0.1,
+                   help="share of participating devices unplugged mid-training (no update sent)")
+    g.add_argument("--workers", type=int, default=2, help="device processes (2 cores: 2)")
+    g.add_argument("--seed", type=int, default=0, help="eligibility and dropout draws")
+    g = p.add_argument_group("training plan (sent to the devices) and server optimizer")
+    g.add_argument("--epochs", type=int, default=1, help="local epochs")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--learning-rate", type=float, default=0.5, help="on-device SGD learning rate")
+    g.add_argument("--clip-norm", type=float, default=3.0, help="L2 clip of each device's delta")
+    g.add_argument("--max-examples", type=int, default=192, help="windows of T tokens per device and round")
+    g.add_argument("--noise-multiplier", type=float, default=DEFAULT_NOISE_MULTIPLIER,
+                   help="device-side Gaussian noise, std = X * clip norm (0: no DP)")
+    g.add_argument("--server-optimizer", default="fedavg", choices=["fedavg", "fedavgm", "fedadam"])
+    g.add_argument("--server-lr", type=float, default=1.0)
+    g.add_argument("--server-momentum", type=float, default=0.5)
+    g = p.add_argument_group("canary, evaluation and references")
+    g.add_argument("--canary-fraction", type=float, default=0.5, help="share of devices in the canary cohort")
+    g.add_argument("--canary-min-reports", type=int, default=3)
+    g.add_argument("--canary-tolerance", type=float, default=0.005)
+    g.add_argument("--eval-words", type=int, default=800, help="held-out words scored per model")
+    g.add_argument("--compare-dp", action="store_true",
+                   help="also run the same federation with DP noise (--dp-noise-multiplier)")
+    g.add_argument("--dp-noise-multiplier", type=float, default=0.005)
+    g.add_argument("--central", help="central reference version dir (default DIR/models/central, built if absent)")
+    g.add_argument("--no-central", action="store_true", help="no central reference model")
+    g.add_argument("--pretrain-epochs", type=int, default=2)
+    g.add_argument("--pretrain-steps", type=int, default=700, help="steps per pretraining epoch (batch 64)")
+    g.add_argument("--central-epochs", type=int, default=4)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if defaults:
+        p.set_defaults(**defaults)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for settings that cannot work, before any work is done."""
+    checks = [
+        (args.devices >= 1, "--devices must be >= 1"),
+        (args.rounds >= 1, "--rounds must be >= 1"),
+        (0 < args.participation <= 1, "--participation must be in (0, 1]"),
+        (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
+        (1 <= args.workers <= 64, "--workers must be in [1, 64]"),
+        (args.epochs >= 1 and args.batch_size >= 1 and args.max_examples >= 1,
+         "--epochs, --batch-size and --max-examples must be >= 1"),
+        (args.learning_rate > 0 and args.clip_norm > 0 and args.server_lr > 0, "learning rates and clip must be > 0"),
+        (args.noise_multiplier >= 0 and args.dp_noise_multiplier >= 0, "noise multipliers must be >= 0"),
+        (0 <= args.server_momentum < 1, "--server-momentum must be in [0, 1)"),
+        (0 < args.canary_fraction <= 1, "--canary-fraction must be in (0, 1]"),
+        (args.canary_min_reports >= 1 and args.canary_tolerance >= 0, "bad canary settings"),
+        (args.eval_words >= 1, "--eval-words must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+    for flag, path in (("--v0", args.v0), ("--central", args.central)):
+        if path and not (Path(path) / "manifest.json").is_file():
+            raise ValueError(f"{flag} {path}: not a model version directory (no manifest.json)")
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+@dataclass
+class SimulationResult:
+    """What the demo needs after a simulation: the report and the federations' devices."""
+
+    report: Path
+    federations: list[FederationResult]
+    references: dict[str, dict]
+
+
+def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
+    """The whole simulation (also the demo's core)."""
+    from rich.console import Console
+
+    from model.corpus import read_corpus
+
+    check_args(args)
+    quiet_tensorflow()
+    # No markup (run names and reasons are plain text); a fixed width when piped to a log.
+    console = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 120)
+    t0 = time.time()
+    for path in (args.corpus, *proxy_files(args)):
+        read_corpus(path)      # fail fast, with a clear message, before minutes of training
+    pop = load_population(args.corpus, args.devices)
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    v0 = ensure_v0(data, args)
+    central = ensure_central(data, v0, args)
+    console.print(f"scoring references on {pop.test_users} held-out users ({args.eval_words} words max)...")
+    (data / "runs").mkdir(exist_ok=True)
+    refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
+                            data / "runs" / "eval.log")
+    v0_metrics = refs["proxy"]
+    feds = [run_federation("federated", args, args.noise_multiplier, data, v0, pop, v0_metrics,
+                           refs["proxy_lstm"], console)]
+    if args.compare_dp:
+        feds.append(run_federation("federated-dp", args, args.dp_noise_multiplier, data, v0, pop, v0_metrics,
+                                   refs["proxy_lstm"], console))
+    report = write_report(data, args, command, pop, refs, feds, v0_metrics, time.time() - t0)
+    console.print(report.read_text().split("\n## ")[0])
+    console.print(f"report: {report} and {data / 'report.png'}")
+    return SimulationResult(report, feds, refs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, simulate, exit 1 with one line when the simulation cannot go on."""
+    args = build_parser().parse_args(argv)
+    command = "python -m tools.simulate " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        simulate(args, command)
+    except SimulationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli() -> None:
+    """The `fedkeys-simulate` console script."""
+    run(main)
+

@@ -1,0 +1,94 @@
+"""Who the simulated devices are and what they start from: the corpus's users, version 0 and the
+central reference.
+
+Each device is one corpus train user; the held-out (test) users only ever score models. Version
+0 and the central reference are built by `tools.pretrain` in a child process, so the simulator's
+own process never loads TensorFlow (its memory would be copied into every device worker)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools._cli import DEFAULT_PROXY, REPO
+from tools.shipped import SHIPPED_V0, check_version
+from tools.simulate.errors import SimulationError
+
+
+def proxy_files(args: argparse.Namespace) -> list[str]:
+    """The proxy corpora: --proxy as given (repeatable), else the repository's default mix."""
+    return list(args.proxy or DEFAULT_PROXY)
+
+
+@dataclass(frozen=True)
+class Population:
+    users: list[tuple[str, list[str]]]     # (user, texts) typed on each simulated device
+    heldout: dict[str, list[str]]          # test users' texts in order (tools.wordeval: first half typed)
+    train_users: int
+    test_users: int
+
+
+def load_population(corpus: str, devices: int) -> Population:
+    """The `devices` train users with the most text (each device is one user), and the held-out texts.
+
+    The users are split with seed 0, as tools.pretrain and tools.evaluate do, so the central
+    reference never trained on the held-out users."""
+    from model.corpus import CorpusError, read_corpus, split_users
+    split = split_users(read_corpus(corpus), seed=0)
+    if not split.test:
+        raise CorpusError(f"{corpus}: no held-out (test) users to evaluate on; the corpus needs more users")
+    if len(split.train) < devices:
+        raise CorpusError(f"{corpus}: only {len(split.train)} train users, fewer than --devices {devices}")
+    ranked = sorted(split.train.items(), key=lambda kv: (-sum(len(t) for t in kv[1]), kv[0]))
+    return Population(users=ranked[:devices], heldout=dict(split.test), train_users=len(split.train),
+                      test_users=len(split.test))
+
+
+# --- model versions -----------------------------------------------------------------------------
+
+def _subprocess_step(title: str, module_args: list[str]) -> None:
+    print(f"\n== {title}\n$ python -m {' '.join(module_args)}", flush=True)
+    t0 = time.time()
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-m", *module_args], cwd=REPO, env=env)
+    if res.returncode != 0:
+        raise SimulationError(f"step '{title}' failed (exit {res.returncode})")
+    print(f"   done in {time.time() - t0:.0f} s", flush=True)
+
+
+def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
+    """Version 0: --v0 DIR, else the shipped models/v0 (both checked against their manifests);
+    with --pretrain-v0, trained on the proxy corpus into DIR/models/v0 (reused if there)."""
+    if getattr(args, "pretrain_v0", False):
+        v0 = data / "models" / "v0"
+        if (v0 / "manifest.json").exists() and not getattr(args, "rebuild", False):
+            print(f"reusing version 0: {v0}")
+            return v0
+        proxy = [a for p in proxy_files(args) for a in ("--proxy", p)]
+        _subprocess_step("version 0 from proxy text", ["tools.pretrain", *proxy, "--out", str(v0),
+                                                       "--epochs", str(args.pretrain_epochs),
+                                                       "--steps-per-epoch", str(args.pretrain_steps)])
+        return v0
+    src = Path(args.v0) if args.v0 else SHIPPED_V0
+    return check_version(src, f"version 0 ({src})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
+
+
+def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | None:
+    """The central reference (v0 trained further on all train users), or None with --no-central."""
+    if args.no_central:
+        return None
+    if args.central:
+        return Path(args.central)
+    central = data / "models" / "central"
+    if (central / "manifest.json").exists() and not getattr(args, "rebuild", False):
+        print(f"reusing central reference: {central}")
+        return central
+    _subprocess_step("central reference on the corpus's train users",
+                     ["tools.pretrain", "--corpus", args.corpus, "--init", str(v0), "--out", str(central),
+                      "--epochs", str(args.central_epochs), "--patience", "2", "--lr", "1e-3"])
+    return central

@@ -1,0 +1,175 @@
+"""The simulation's four renderers: the per-round table on the console, report.md, report.png and
+report.json.
+
+report.json is read by automation: keep `references.{ngram,ngram_proxy,proxy,proxy_lstm,central}`,
+`federations[].final_metrics`, `federations[].global_metrics` and the round fields as they are."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tools.simulate.population import Population, proxy_files
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from tools.simulate.federation import FederationResult, RoundResult
+
+
+def _fmt_eps(x: float | str) -> str:
+    """ε as the reports print it: ∞ when unbounded (no noise: a string or a non-finite float)."""
+    if isinstance(x, str) or not math.isfinite(x):
+        return "∞"
+    return f"{x:.3g}"
+
+
+def _pct(m: dict | None, key: str) -> str:
+    return "–" if not m else f"{m[key]:.1%}"
+
+
+def round_table(results: list[RoundResult], title: str) -> Table:
+    """The console's table of rounds (a rich Table), printed as each round ends."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in ("round", "eligible", "uploaded", "dropped", "accepted", "rejected", "canary", "cand. top-3",
+                "top-3", "KSR", "ε", "ε local"):
+        t.add_column(col, justify="left" if col in ("rejected", "canary") else "right", no_wrap=True)
+    for r in results:
+        reasons = ", ".join(f"{k} {v}" for k, v in r.rejection_reasons.items())
+        t.add_row(str(r.round), str(r.eligible), str(r.trained), str(r.dropped), str(r.accepted),
+                  f"{r.rejected}" + (f" ({reasons})" if reasons else ""),
+                  r.verdict + (f" ({r.canary_reports})" if r.canary_reports else ""),
+                  _pct(r.candidate_metrics, "top3"), _pct(r.stable_metrics, "top3"), _pct(r.stable_metrics, "ksr"),
+                  _fmt_eps(r.epsilon), _fmt_eps(r.epsilon_local))
+    return t
+
+
+def headline_rows(refs: dict[str, dict], feds: list[FederationResult], rounds: int) -> list[tuple[str, dict]]:
+    """(label, metrics) of the report's headline table, the references first, the federations after."""
+    rows = [("Kneser-Ney trigram, central on the train users' text (collects text)", refs["ngram"]),
+            ("Kneser-Ney trigram, proxy text only", refs["ngram_proxy"]),
+            ("LSTM, proxy text only (version 0)", refs["proxy_lstm"]),
+            ("FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words)", refs["proxy"])]
+    for f in feds:
+        dp = "" if f.noise_multiplier == 0 else (f" with DP noise (σ={f.noise_multiplier:g}, "
+                                                 f"ε={_fmt_eps(f.rounds[-1].epsilon)}, ε against the coordinator "
+                                                 f"{_fmt_eps(f.rounds[-1].epsilon_local)})")
+        rows.append((f"LSTM, federated{dp}, {rounds} rounds (global model alone)", f.global_metrics))
+        rows.append((f"**FedKeys keyboard, federated{dp}, {rounds} rounds** "
+                     "(global LSTM + base n-gram + the user's own words)",
+                     f.final_metrics))
+    if "central" in refs:
+        rows.append(("LSTM, central on all train users (upper bound, collects text)", refs["central"]))
+    return rows
+
+
+def verdict_lines(refs: dict[str, dict], fed: FederationResult) -> list[str]:
+    """The claims the report makes, each a difference in points on the same held-out words."""
+    kb, glob = fed.final_metrics, fed.global_metrics
+    pts = lambda a, b, key: f"{(a[key] - b[key]) * 100:+.1f}"  # noqa: E731
+    shippable = max((refs["ngram_proxy"], refs["proxy_lstm"]), key=lambda m: m["top3"])
+    lines = [f"FedKeys keyboard vs the central trigram: top-3 {pts(kb, refs['ngram'], 'top3')} points, "
+             f"KSR {pts(kb, refs['ngram'], 'ksr')} points.",
+             f"FedKeys keyboard vs the best model shippable without users' text (proxy-only LSTM or trigram): "
+             f"top-3 {pts(kb, shippable, 'top3')} points, KSR {pts(kb, shippable, 'ksr')} points.",
+             f"Federated global LSTM vs proxy only: top-3 {pts(glob, refs['proxy_lstm'], 'top3')} points."]
+    if "central" in refs:
+        lines.append(f"Federated global LSTM vs the central LSTM: top-3 {pts(glob, refs['central'], 'top3')} points, "
+                     f"KSR {pts(glob, refs['central'], 'ksr')} points.")
+    return lines
+
+
+def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], v0_metrics: dict) -> None:
+    """report.png: top-3 and keystroke savings of the deployed version by round, references as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"ngram": ("central trigram (collects text)", "tab:gray", ":"),
+              "proxy": ("keyboard on version 0 (proxy only)", "tab:red", "--"),
+              "central": ("central LSTM (upper bound)", "tab:green", "--")}
+    for ax, key, title in ((axes[0], "top3", "next-word top-3 accuracy"), (axes[1], "ksr", "keystroke savings")):
+        for name, (label, color, ls) in styles.items():
+            if name in refs:
+                ax.axhline(refs[name][key], color=color, ls=ls, lw=1.2, label=label)
+        for f, color in zip(feds, ("tab:blue", "tab:purple"), strict=False):
+            xs = [0] + [r.round for r in f.rounds]
+            ys = [v0_metrics[key]] + [r.stable_metrics.get(key, math.nan) for r in f.rounds]
+            label = ("keyboard, federated" if f.noise_multiplier == 0
+                     else f"keyboard, federated, DP σ={f.noise_multiplier:g}")
+            ax.plot(xs, ys, marker="o", color=color, label=label)
+            for r in f.rounds:
+                if r.candidate_metrics and r.verdict != "promote":
+                    ax.plot([r.round], [r.candidate_metrics[key]], marker="x", color=color, ls="none", ms=8)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("FedKeys simulation: held-out users (x: candidate the canary did not promote)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(data: Path, args: argparse.Namespace, command: str, pop: Population, refs: dict[str, dict],
+                 feds: list[FederationResult], v0_metrics: dict, seconds: float) -> Path:
+    """report.md, report.png and report.json under `data`; the path of report.md."""
+    rows = headline_rows(refs, feds, args.rounds)
+    words = refs["proxy"]["words"]
+    proxy_names = " + ".join(f"`{Path(p).name}`" for p in proxy_files(args))
+    lines = [
+        "# FedKeys simulation report", "",
+        f"Command: `{command}`", "",
+        f"Device corpus `{Path(args.corpus).name}`: {len(pop.users)} simulated devices (the {len(pop.users)} train "
+        f"users with the most text, of {pop.train_users}), evaluated on {pop.test_users} held-out users "
+        f"({words} words); proxy corpus {proxy_names}. {args.rounds} rounds, participation "
+        f"{args.participation:.0%}, dropout {args.dropout:.0%}; plan: {args.epochs} epoch(s), batch "
+        f"{args.batch_size}, lr {args.learning_rate}, clip {args.clip_norm}, ≤{args.max_examples} windows per "
+        f"device; server {args.server_optimizer} (lr {args.server_lr}"
+        f"{f', momentum {args.server_momentum}' if args.server_optimizer == 'fedavgm' else ''}). "
+        f"Total {seconds / 60:.1f} min.", "",
+        "| model | top-1 | top-3 | KSR |", "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {label} | {m['top1']:.1%} | {m['top3']:.1%} | {m['ksr']:.1%} |" for label, m in rows]
+    lines += ["", *verdict_lines(refs, feds[0])]
+    lines += ["", "![top-3 and keystroke savings by round](report.png)", ""]
+    for f in feds:
+        lines += [f"## Rounds: {f.name} (noise multiplier {f.noise_multiplier:g})", "",
+                  "| round | eligible | uploaded | dropped | accepted | rejected (reasons) | canary verdict | "
+                  "candidate top-3 | deployed top-3 | deployed KSR | ε | ε against the coordinator |",
+                  "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+        for r in f.rounds:
+            reasons = ", ".join(f"{k} {v}" for k, v in r.rejection_reasons.items())
+            lines.append(f"| {r.round} | {r.eligible} | {r.trained} | {r.dropped} | {r.accepted} | {r.rejected}"
+                         f"{' (' + reasons + ')' if reasons else ''} | {r.verdict}"
+                         f"{f' ({r.canary_reports} reports)' if r.canary_reports else ''} | "
+                         f"{_pct(r.candidate_metrics, 'top3')} | {_pct(r.stable_metrics, 'top3')} | "
+                         f"{_pct(r.stable_metrics, 'ksr')} | {_fmt_eps(r.epsilon)} | {_fmt_eps(r.epsilon_local)} |")
+        lines += ["", f"Final deployed version: `{f.final_version}`. Canary verdicts: "
+                  + "; ".join(f"round {r.round}: {r.verdict_reason}" for r in f.rounds if r.verdict_reason), ""]
+    lines += ["Notes: top-1/top-3 are next-word accuracy of the suggestion strip after each space; KSR is the "
+              "share of keystrokes saved by tapping a suggestion as soon as it shows. ε is (ε, δ=1e-6)-DP from the "
+              "coordinator's RDP accountant (∞ without noise); against the coordinator itself, which sees each "
+              "noisy update, only the larger 'ε against the coordinator' holds (no secure aggregation). "
+              "A handful of simulated devices cannot afford much noise: DP-FedAvg needs thousands of devices per "
+              "round for a useful ε at this accuracy."]
+    (data / "report.md").write_text("\n".join(lines) + "\n")
+    write_plot(data / "report.png", refs, feds, v0_metrics)
+    payload = {"command": command, "settings": {k: v for k, v in vars(args).items()},
+               "headline": [{"model": label, **m} for label, m in rows], "references": refs,
+               "federations": [{"name": f.name, "noise_multiplier": f.noise_multiplier,
+                                "final_version": f.final_version, "final_metrics": f.final_metrics,
+                                "global_metrics": f.global_metrics,
+                                "rounds": [asdict(r) for r in f.rounds]} for f in feds]}
+    (data / "report.json").write_text(json.dumps(payload, indent=1, default=str))
+    return data / "report.md"
+
