@@ -21,7 +21,6 @@ from edge_runtime.versions import (
     VersionError,
     VersionStore,
     directory_fetch,
-    load_public_key,
 )
 from protocol.artifact import (
     GRAPH,
@@ -30,6 +29,7 @@ from protocol.artifact import (
     WEIGHTS,
     Manifest,
     TensorSpec,
+    load_public_key,
     load_version,
     sha256_bytes,
     write_version,
