@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.interpreter import Model
 from edge_runtime.personal import BOS, PersonalModel
-from model.config import BOS_ID, SIG_INFER, SIG_STEP, UNK_ID
-from model.data import tokens, vocab_of
-from model.ngram import KneserNeyLM
+from protocol.arch import SIG_INFER, SIG_STEP
+from protocol.interpreter import Model
+from protocol.ngram import KneserNeyLM
+from protocol.text import BOS_ID, UNK_ID, tokens, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for

@@ -26,8 +26,8 @@ import numpy as np
 
 from coordinator import privacy_skellam
 from edge_runtime import trainer
-from model.config import SIG_EVALUATE
 from protocol import artifact, wire
+from protocol.arch import SIG_EVALUATE
 
 
 def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str], max_windows: int) -> float:

@@ -7,10 +7,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow", reason="model tests need the full environment")  # noqa: F841
 
-from edge_runtime.interpreter import Model  # noqa: E402
-from model.config import SIG_EVALUATE, SIG_STEP, SIG_TRAIN  # noqa: E402
 from model.export import ExportError, config_of, lint, list_ops, load_module  # noqa: E402
 from protocol import artifact  # noqa: E402
+from protocol.arch import SIG_EVALUATE, SIG_STEP, SIG_TRAIN  # noqa: E402
+from protocol.interpreter import Model  # noqa: E402
 
 STEP_ATOL = 1e-4   # log-probabilities: float32 reassociation between TF and TFLite kernels
 WEIGHT_ATOL = 1e-5  # weights after one SGD step with lr 0.5

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     args = ap.parse_args(argv)
     rss_start = peak_rss_mb()
-    from edge_runtime.interpreter import Model
-    from model.config import SIG_TRAIN
+    from protocol.arch import SIG_TRAIN
+    from protocol.interpreter import Model
 
     model = Model.load(args.model)
     arch = model.manifest.arch["model"]

@@ -1,7 +1,7 @@
 """The model's architecture and the names every deployable agrees on.
 
 Signature names, their tensor names and shapes are constants here and nowhere else: the
-exporter builds them, the edge runtime calls them, the tests tie the two together.
+exporter (`model/`) builds them, the edge runtime calls them, the tests tie the two together.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ SIG_EVALUATE = "evaluate"    # x, y, mask -> loss_sum, top1, top3, count (all fl
 SIG_GET_WEIGHTS = "get_weights"  # () -> one output per weight name
 SIG_SET_WEIGHTS = "set_weights"  # one input per weight name -> ok float32[1]
 SIGNATURES = (SIG_STEP, SIG_INFER, SIG_TRAIN, SIG_EVALUATE, SIG_GET_WEIGHTS, SIG_SET_WEIGHTS)
+EVALUATE_OUTPUTS = ("loss_sum", "top1", "top3", "count")  # the `evaluate` signature's sums, in this order
 
-# Special token ids, fixed in the tokenizer trainer.
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+# Weight name -> [[byte offset, transposed], ...] of the `infer` signature's placeholder constants.
+InferPatches = dict[str, list[list[int]]]
