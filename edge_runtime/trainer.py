@@ -6,7 +6,7 @@ one or more versions on the held-out records and returns aggregate metrics only.
 
 Windows are cut exactly as in pre-training (protocol.text.windows): each text is ``[BOS] ... [EOS]``,
 cut into T+1-token windows with stride T, every window from a zero state. The `train` and
-`evaluate` signatures take a fixed batch B (`train_batch` of the manifest's arch), so a plan
+`evaluate` signatures take a fixed batch B (`train_batch` of the manifest's architecture), so a plan
 batch smaller than B fills the rest of the batch with fully masked rows.
 
 Eligibility is checked before every step; when it lapses, `TrainingAborted` is raised and no
@@ -88,10 +88,9 @@ class Windows:
 def text_windows(version_dir: Path, texts: Iterable[str], manifest: Manifest) -> Windows:
     """Tokenize with the version's own tokenizer and cut (x, y, mask) windows for its model."""
     sp = load_tokenizer(Path(version_dir) / TOKENIZER)
-    arch = manifest.arch.get("model", manifest.arch)
-    _, seq_len = _arch_shape(manifest)
-    limit = arch.get("vocab_size")  # words the softmax models; the rest of the word list is <unk> to it
-    return Windows(*windows(encode_texts(sp, texts, int(limit) if limit else None), seq_len))
+    cfg = manifest.architecture().model
+    # The softmax models the first vocab_size words; the rest of the word list is <unk> to it.
+    return Windows(*windows(encode_texts(sp, texts, cfg.vocab_size), cfg.seq_len))
 
 
 def fixed_batch(w: Windows, idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,13 +106,10 @@ def fixed_batch(w: Windows, idx: np.ndarray, batch: int) -> tuple[np.ndarray, np
 
 
 def _arch_shape(manifest: Manifest) -> tuple[int, int]:
-    """(train_batch, seq_len) of the fixed-shape signatures, from the manifest's arch
-    (the exporter nests the ModelConfig under arch["model"])."""
-    arch = manifest.arch.get("model", manifest.arch)
-    try:
-        return int(arch["train_batch"]), int(arch["seq_len"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"manifest of {manifest.version_id} lacks train_batch/seq_len in arch") from e
+    """(train_batch, seq_len) of the fixed-shape signatures (ArtifactError, a ValueError, if the
+    manifest has no architecture)."""
+    cfg = manifest.architecture().model
+    return cfg.train_batch, cfg.seq_len
 
 
 def _check(eligible: EligibilityCheck | None, deadline: float | None, steps: int) -> None:

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from model.lstm import NextWordLSTM, probe_weights, signature_functions
 from protocol import artifact
-from protocol.arch import SIG_INFER, SIG_STEP, SIG_TRAIN, SIGNATURES, InferPatches, ModelConfig
+from protocol.arch import SIG_INFER, SIG_STEP, SIG_TRAIN, SIGNATURES, Arch, InferPatches, ModelConfig
 from protocol.interpreter import Model, patch_constants
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
     artifact.atomic_write(out / artifact.GRAPH, tflite)
     if Path(tokenizer_path).resolve() != (out / artifact.TOKENIZER).resolve():
         shutil.copyfile(tokenizer_path, out / artifact.TOKENIZER)
-    arch = {"model": cfg.to_dict(), "signatures": list(SIGNATURES), "infer_patches": patches}
+    arch = Arch(cfg, infer_patches=patches).to_dict()
     manifest = artifact.Manifest(
         version_id=version_id,
         arch=arch,
@@ -154,14 +154,10 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
     return artifact.write_version(out, manifest, weights)
 
 
-def config_of(manifest: artifact.Manifest) -> ModelConfig:
-    return ModelConfig.from_dict(manifest.arch["model"])
-
-
 def load_module(version_dir: str | Path) -> tuple[NextWordLSTM, artifact.Manifest]:
     """A TF module holding a version's weights (to continue training centrally)."""
     manifest, weights = artifact.load_version(version_dir)
-    m = NextWordLSTM(config_of(manifest))
+    m = NextWordLSTM(manifest.architecture().model)
     for n, v in m.vars.items():
         v.assign(weights[n])
     return m, manifest

@@ -2,11 +2,18 @@
 
 Signature names, their tensor names and shapes are constants here and nowhere else: the
 exporter (`model/`) builds them, the edge runtime calls them, the tests tie the two together.
+
+`Arch` is the typed form of a manifest's ``arch`` record (``{"model": ModelConfig,
+"signatures": [...], "infer_patches": {...}}``, written by `model.export`): every deployable
+reads the architecture through `Manifest.architecture()`, never by indexing the dict. The
+dict itself stays in the manifest as written, because `arch_hash` and the coordinator's
+signature cover its exact bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -70,3 +77,28 @@ EVALUATE_OUTPUTS = ("loss_sum", "top1", "top3", "count")  # the `evaluate` signa
 
 # Weight name -> [[byte offset, transposed], ...] of the `infer` signature's placeholder constants.
 InferPatches = dict[str, list[list[int]]]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A model version's architecture: its config, its signatures, where `infer`'s constants sit."""
+
+    model: ModelConfig
+    signatures: tuple[str, ...] = SIGNATURES
+    infer_patches: InferPatches = field(default_factory=dict)  # empty: no patchable `infer`
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "signatures": list(self.signatures),
+                "infer_patches": self.infer_patches}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Arch:
+        """Raise ValueError unless `d` is an exporter's arch record (unknown model keys included)."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("model"), Mapping):
+            raise ValueError("arch has no model config")
+        try:
+            model = ModelConfig.from_dict(dict(d["model"]))
+            patches = {str(k): [[int(a), int(b)] for a, b in v] for k, v in (d.get("infer_patches") or {}).items()}
+            return cls(model, tuple(str(s) for s in d.get("signatures", SIGNATURES)), patches)
+        except (TypeError, AttributeError) as e:
+            raise ValueError(f"malformed arch: {e}") from e

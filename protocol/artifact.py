@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from protocol.arch import Arch
+
 MANIFEST_FORMAT = "fedkeys-model/1"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -67,7 +69,11 @@ class TensorSpec:
 
 @dataclass
 class Manifest:
-    """Describes one model version. `tensors` fixes the weight order used everywhere."""
+    """Describes one model version. `tensors` fixes the weight order used everywhere.
+
+    `arch` is kept as the dict the exporter wrote (its hash and the signature cover those
+    bytes, and the coordinator stores versions of any architecture); read it through
+    `architecture()`."""
 
     version_id: str
     arch: dict[str, Any]
@@ -109,6 +115,14 @@ class Manifest:
     @property
     def num_params(self) -> int:
         return int(sum(int(np.prod(t.shape)) for t in self.tensors))
+
+    def architecture(self) -> Arch:
+        """The typed architecture (model config, signatures, `infer` patches); ArtifactError if
+        `arch` is not an exporter's record."""
+        try:
+            return Arch.from_dict(self.arch)
+        except ValueError as e:
+            raise ArtifactError(f"manifest of {self.version_id}: {e}") from e
 
 
 def canonical_json(obj: Any) -> bytes:

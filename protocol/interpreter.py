@@ -78,7 +78,7 @@ class Model:
         """Open a version directory (sha256s verified) and load its weights."""
         manifest, weights = artifact.load_version(version_dir, verify=verify)
         graph = (Path(version_dir) / artifact.GRAPH).read_bytes()
-        patches = manifest.arch.get("infer_patches")
+        patches = manifest.architecture().infer_patches
         if patches:
             graph = patch_constants(graph, patches, weights)
         m = cls(graph, **kw)
