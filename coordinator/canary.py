@@ -20,7 +20,7 @@ from coordinator import rollout
 from coordinator.errors import ApiError, bad_request
 from coordinator.models import Evaluation, Version
 from coordinator.views import _json_safe
-from protocol import wire
+from protocol import artifact, wire
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -50,12 +50,10 @@ def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version,
 
 
 def _seq_len(v: Version) -> int:
-    arch = json.loads(v.manifest_json).get("arch", {})
-    arch = arch.get("model", arch)
     try:
-        return int(arch["seq_len"])
-    except (KeyError, TypeError, ValueError):
-        return 1024  # an imported manifest without it: a generous but finite bound
+        return artifact.Manifest.from_dict(json.loads(v.manifest_json)).architecture().model.seq_len
+    except (artifact.ArtifactError, ValueError):
+        return 1024  # an imported manifest without an exporter's arch: a generous but finite bound
 
 
 def _check_bounds(coord: Coordinator, cand: Version, report: wire.EvaluationReport) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from model.ngram import KneserNeyLM
+from protocol.ngram import KneserNeyLM
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ from edge_runtime.eligibility import ActivityClock
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
 from edge_runtime.personal import PersonalModel
 from edge_runtime.predictor import Session
-from model.data import tokens
+from protocol.text import tokens
 
 log = logging.getLogger(__name__)
 

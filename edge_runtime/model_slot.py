@@ -15,10 +15,11 @@ from pathlib import Path
 
 from edge_runtime import channel as channels
 from edge_runtime.agent import AgentError, load_identity
-from edge_runtime.interpreter import Model
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import TOKENIZER
+from protocol.interpreter import Model
+from protocol.text import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,5 @@ class ModelSlot:
 
 def load_predictor(version_dir: Path) -> Predictor:
     from edge_runtime.base_ngram import load_base_ngram
-    from model.tokenizer import load_tokenizer
 
     return Predictor(Model.load(version_dir), load_tokenizer(Path(version_dir) / TOKENIZER), base=load_base_ngram())

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.interpreter import Model
 from edge_runtime.personal import BOS, PersonalModel
-from model.config import BOS_ID, SIG_INFER, SIG_STEP, UNK_ID
-from model.data import tokens, vocab_of
-from model.ngram import KneserNeyLM
+from protocol.arch import SIG_INFER, SIG_STEP
+from protocol.interpreter import Model
+from protocol.ngram import KneserNeyLM
+from protocol.text import BOS_ID, UNK_ID, tokens, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
@@ -66,9 +66,9 @@ class Predictor:
     def __post_init__(self) -> None:
         if self.model.manifest is None:
             raise ValueError("Predictor needs a Model loaded from a version directory")
-        arch = self.model.manifest.arch
-        self.hidden = int(arch["model"]["hidden_dim"])
-        self.vocab = vocab_of(self.sp, int(arch["model"]["vocab_size"]))
+        arch = self.model.manifest.architecture()
+        self.hidden = arch.model.hidden_dim
+        self.vocab = vocab_of(self.sp, arch.model.vocab_size)
         lim = self.vocab.limit
         tail = np.exp(self.vocab.log_freq[lim:].astype(np.float64))
         self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else tail
@@ -77,7 +77,7 @@ class Predictor:
         # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
         self.head_ids = self.sorted_ids[self.sorted_ids < lim]
         # `infer` (constant weights, patched in at load) when the version has it, else `step`.
-        fast = bool(arch.get("infer_patches")) and self.model.has_signature(SIG_INFER)
+        fast = bool(arch.infer_patches) and self.model.has_signature(SIG_INFER)
         self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
         zero = np.zeros((1, self.hidden), np.float32)
         self.root = self.advance_ids(_Node(np.zeros(0), zero, zero), [BOS_ID])

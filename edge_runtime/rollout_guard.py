@@ -20,8 +20,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from edge_runtime.versions import load_public_key
-from protocol.artifact import atomic_write
+from protocol.artifact import atomic_write, load_public_key
 from protocol.fields import WireError
 from protocol.rollout_state import RolloutState
 

@@ -4,9 +4,9 @@ Training fine-tunes one version on the cache's training records following the co
 `TrainPlan`, and returns the clipped, noised update (edge_runtime.update). Evaluation runs
 one or more versions on the held-out records and returns aggregate metrics only.
 
-Windows are cut exactly as in pre-training (model.data): each text is ``[BOS] ... [EOS]``,
+Windows are cut exactly as in pre-training (protocol.text.windows): each text is ``[BOS] ... [EOS]``,
 cut into T+1-token windows with stride T, every window from a zero state. The `train` and
-`evaluate` signatures take a fixed batch B (`train_batch` of the manifest's arch), so a plan
+`evaluate` signatures take a fixed batch B (`train_batch` of the manifest's architecture), so a plan
 batch smaller than B fills the rest of the batch with fully masked rows.
 
 Eligibility is checked before every step; when it lapses, `TrainingAborted` is raised and no
@@ -26,17 +26,16 @@ from typing import Protocol
 import numpy as np
 
 from edge_runtime.update import NoiseSource, Update, build_update
-from model.config import SIG_EVALUATE, SIG_TRAIN
-from model.data import encode_texts, windows
-from model.tokenizer import load_tokenizer
+from protocol.arch import EVALUATE_OUTPUTS, SIG_EVALUATE, SIG_TRAIN
 from protocol.artifact import TOKENIZER, Manifest, load_version
+from protocol.text import encode_texts, load_tokenizer, windows
 from protocol.wire import TrainPlan, VersionMetrics
 
 log = logging.getLogger(__name__)
 
 
 class SignatureModel(Protocol):
-    """What the trainer needs from edge_runtime.interpreter.Model."""
+    """What the trainer needs from protocol.interpreter.Model."""
 
     def runner(self, name: str) -> Callable[..., Mapping[str, np.ndarray]]: ...
     def get_weights(self) -> dict[str, np.ndarray]: ...
@@ -49,7 +48,7 @@ EligibilityCheck = Callable[[], object]   # returns something truthy (e.g. a Dec
 
 def load_model(version_dir: Path) -> SignatureModel:
     """The real interpreter (imported lazily so pure parts work without a TFLite runtime)."""
-    from edge_runtime.interpreter import Model
+    from protocol.interpreter import Model
 
     return Model.load(version_dir, verify=False)  # the caller has just verified it
 
@@ -89,10 +88,9 @@ class Windows:
 def text_windows(version_dir: Path, texts: Iterable[str], manifest: Manifest) -> Windows:
     """Tokenize with the version's own tokenizer and cut (x, y, mask) windows for its model."""
     sp = load_tokenizer(Path(version_dir) / TOKENIZER)
-    arch = manifest.arch.get("model", manifest.arch)
-    _, seq_len = _arch_shape(manifest)
-    limit = arch.get("vocab_size")  # words the softmax models; the rest of the word list is <unk> to it
-    return Windows(*windows(encode_texts(sp, texts, int(limit) if limit else None), seq_len))
+    cfg = manifest.architecture().model
+    # The softmax models the first vocab_size words; the rest of the word list is <unk> to it.
+    return Windows(*windows(encode_texts(sp, texts, cfg.vocab_size), cfg.seq_len))
 
 
 def fixed_batch(w: Windows, idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,13 +106,10 @@ def fixed_batch(w: Windows, idx: np.ndarray, batch: int) -> tuple[np.ndarray, np
 
 
 def _arch_shape(manifest: Manifest) -> tuple[int, int]:
-    """(train_batch, seq_len) of the fixed-shape signatures, from the manifest's arch
-    (the exporter nests the ModelConfig under arch["model"])."""
-    arch = manifest.arch.get("model", manifest.arch)
-    try:
-        return int(arch["train_batch"]), int(arch["seq_len"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"manifest of {manifest.version_id} lacks train_batch/seq_len in arch") from e
+    """(train_batch, seq_len) of the fixed-shape signatures (ArtifactError, a ValueError, if the
+    manifest has no architecture)."""
+    cfg = manifest.architecture().model
+    return cfg.train_batch, cfg.seq_len
 
 
 def _check(eligible: EligibilityCheck | None, deadline: float | None, steps: int) -> None:
@@ -204,7 +199,7 @@ def evaluate(
         model = loader(vdir)
         model.set_weights(weights)
         run = model.runner(SIG_EVALUATE)
-        totals = dict.fromkeys(("loss_sum", "top1", "top3", "count"), 0.0)
+        totals = dict.fromkeys(EVALUATE_OUTPUTS, 0.0)
         for i in range(0, len(data), B):
             _check(eligible, None, i // B)
             x, y, m = fixed_batch(data, np.arange(i, min(i + B, len(data))), B)

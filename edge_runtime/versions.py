@@ -13,13 +13,12 @@ naming a complete version: the old one until the very last rename, the new one a
 
 Trust: every file's sha256 must match the manifest, and when the coordinator's Ed25519
 public key is configured the manifest must carry a valid signature over
-`Manifest.signing_bytes()`; unsigned or tampered manifests are refused.
+`Manifest.signing_bytes()` (`protocol.artifact.verify_manifest`); unsigned or tampered
+manifests are refused.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
@@ -28,10 +27,9 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from protocol import artifact
 from protocol.artifact import (
     GRAPH,
     MANIFEST,
@@ -40,10 +38,12 @@ from protocol.artifact import (
     ArtifactError,
     Manifest,
     atomic_write,
+    load_public_key,
     load_version,
     read_manifest,
     sha256_bytes,
     sha256_file,
+    verify_manifest,
 )
 from protocol.wire import is_safe_id
 
@@ -64,41 +64,12 @@ class SignatureError(VersionError):
     """A manifest is unsigned, or its signature does not verify with the configured key."""
 
 
-def load_public_key(key: bytes | str) -> Ed25519PublicKey:
-    """An Ed25519 public key from raw 32 bytes, 64 hex characters (wire.SigningKey) or PEM."""
-    if isinstance(key, str):
-        key = key.strip().encode()
-    if key.startswith(b"-----BEGIN"):
-        pk = load_pem_public_key(key)
-        if not isinstance(pk, Ed25519PublicKey):
-            raise ValueError("PEM key is not an Ed25519 public key")
-        return pk
-    if len(key) == 64:
-        key = binascii.unhexlify(key)
-    if len(key) != 32:
-        raise ValueError("an Ed25519 public key is 32 raw bytes or 64 hex characters")
-    return Ed25519PublicKey.from_public_bytes(key)
-
-
-def _decode_signature(sig: str) -> bytes:
-    """Hex (128 characters) or base64 (88): unambiguous by length for a 64-byte signature."""
+def _check_signature(manifest: Manifest, public_key: Ed25519PublicKey) -> None:
+    """`verify_manifest`, its refusal translated into the device's VersionError tree."""
     try:
-        raw = bytes.fromhex(sig) if len(sig) == 128 else base64.b64decode(sig, validate=True)
-    except (ValueError, binascii.Error) as e:
-        raise SignatureError(f"manifest signature is not hex or base64: {e}") from e
-    if len(raw) != 64:
-        raise SignatureError("manifest signature is not 64 bytes")
-    return raw
-
-
-def verify_manifest_signature(manifest: Manifest, public_key: Ed25519PublicKey) -> None:
-    """Raise SignatureError unless `manifest.signature` signs `manifest.signing_bytes()`."""
-    if not manifest.signature:
-        raise SignatureError(f"manifest of {manifest.version_id} is unsigned")
-    try:
-        public_key.verify(_decode_signature(manifest.signature), manifest.signing_bytes())
-    except InvalidSignature as e:
-        raise SignatureError(f"manifest of {manifest.version_id}: signature does not verify") from e
+        verify_manifest(manifest, public_key)
+    except artifact.SignatureError as e:
+        raise SignatureError(str(e)) from e
 
 
 def directory_fetch(root: str | os.PathLike) -> Fetch:
@@ -133,9 +104,7 @@ class VersionStore:
                  public_key: Ed25519PublicKey | bytes | str | None = None) -> None:
         self.root = Path(data_dir) / "models"
         self.root.mkdir(parents=True, exist_ok=True)
-        if public_key is not None and not isinstance(public_key, Ed25519PublicKey):
-            public_key = load_public_key(public_key)
-        self.public_key: Ed25519PublicKey | None = public_key
+        self.public_key = None if public_key is None else load_public_key(public_key)
         self._recover()
 
     # -- pointer ---------------------------------------------------------------------------
@@ -213,7 +182,7 @@ class VersionStore:
         if manifest.version_id != version_id:
             raise VersionError(f"{d} holds version {manifest.version_id!r}, expected {version_id!r}")
         if self.public_key is not None:
-            verify_manifest_signature(manifest, self.public_key)
+            _check_signature(manifest, self.public_key)
         return manifest
 
     # -- installing ------------------------------------------------------------------------
@@ -233,7 +202,7 @@ class VersionStore:
         if manifest.version_id != version_id:
             raise VersionError(f"asked for {version_id!r}, manifest says {manifest.version_id!r}")
         if self.public_key is not None:  # before downloading anything else
-            verify_manifest_signature(manifest, self.public_key)
+            _check_signature(manifest, self.public_key)
         wanted = {WEIGHTS: manifest.weights_sha256, GRAPH: manifest.graph_sha256, TOKENIZER: manifest.tokenizer_sha256}
 
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=_STAGING_PREFIX))

@@ -14,12 +14,11 @@ counts leave this module; the text stays where it came from.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-_LEADING = re.compile(r"[\w']+")  # a target word: what a chunk starts with (model.ngram.leading_word)
+from protocol.ngram import leading_word  # a target word: what a chunk starts with
 
 
 class TypingSession(Protocol):
@@ -47,8 +46,7 @@ def word_counts(session: TypingSession, texts: Iterable[str], *, max_words: int)
         for chunk in text.split():
             if words >= max_words:
                 break
-            m = _LEADING.match(chunk)
-            target = m.group(0) if m else None
+            target = leading_word(chunk)
             if target:
                 words += 1
                 first = session.suggest("", 3)

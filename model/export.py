@@ -2,7 +2,8 @@
 
 The lint is the gate between TensorFlow and the devices: it lists the exported ops, refuses
 any graph that would need the Flex delegate, and runs one `train` step and one `step` in the
-slim interpreter before the version is declared good.
+slim interpreter before the version is declared good. The interpreter and the constant
+patching are the device's own (`protocol.interpreter`), so the lint runs what a device runs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model.config import SIG_INFER, SIG_STEP, SIG_TRAIN, SIGNATURES, ModelConfig
 from model.lstm import NextWordLSTM, probe_weights, signature_functions
 from protocol import artifact
+from protocol.arch import SIG_INFER, SIG_STEP, SIG_TRAIN, SIGNATURES, Arch, InferPatches, ModelConfig
+from protocol.interpreter import Model, patch_constants
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,13 @@ def list_ops(tflite: bytes) -> Counter:
     return ops
 
 
-def find_patches(tflite: bytes, cfg: ModelConfig) -> dict[str, list[list[int]]]:
+def find_patches(tflite: bytes, cfg: ModelConfig) -> InferPatches:
     """Where the `infer` signature's placeholder constants sit in the flatbuffer, by their bytes.
 
     The converter may store a matrix transposed (FULLY_CONNECTED wants [out, in]), so both
     layouts are searched; every weight must be found, or the device could not patch it.
     """
-    patches: dict[str, list[list[int]]] = {}
+    patches: InferPatches = {}
     for name, probe in probe_weights(cfg).items():
         layouts = [(probe.tobytes(), 0)]
         if probe.ndim == 2:
@@ -87,11 +89,9 @@ def find_patches(tflite: bytes, cfg: ModelConfig) -> dict[str, list[list[int]]]:
 
 
 def lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray],
-         patches: dict[str, list[list[int]]] | None = None) -> Counter:
+         patches: InferPatches | None = None) -> Counter:
     """Refuse Flex/custom ops; run one train step and one step in the slim interpreter, and check
     that `infer` with patched constants gives what `step` gives."""
-    from edge_runtime.interpreter import Model, patch_constants
-
     ops = list_ops(tflite)
     bad = sorted(op for op in ops if op.startswith("Flex") or not op.isupper())
     if bad:
@@ -138,7 +138,7 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
     artifact.atomic_write(out / artifact.GRAPH, tflite)
     if Path(tokenizer_path).resolve() != (out / artifact.TOKENIZER).resolve():
         shutil.copyfile(tokenizer_path, out / artifact.TOKENIZER)
-    arch = {"model": cfg.to_dict(), "signatures": list(SIGNATURES), "infer_patches": patches}
+    arch = Arch(cfg, infer_patches=patches).to_dict()
     manifest = artifact.Manifest(
         version_id=version_id,
         arch=arch,
@@ -154,14 +154,10 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
     return artifact.write_version(out, manifest, weights)
 
 
-def config_of(manifest: artifact.Manifest) -> ModelConfig:
-    return ModelConfig.from_dict(manifest.arch["model"])
-
-
 def load_module(version_dir: str | Path) -> tuple[NextWordLSTM, artifact.Manifest]:
     """A TF module holding a version's weights (to continue training centrally)."""
     manifest, weights = artifact.load_version(version_dir)
-    m = NextWordLSTM(config_of(manifest))
+    m = NextWordLSTM(manifest.architecture().model)
     for n, v in m.vars.items():
         v.assign(weights[n])
     return m, manifest

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from model.config import ModelConfig
+from protocol.arch import ModelConfig
 
 
 class NextWordLSTM(tf.Module):
@@ -138,7 +138,7 @@ def probe_weights(cfg: ModelConfig, seed: int = 1234) -> dict[str, np.ndarray]:
 
 
 def signature_functions(m: NextWordLSTM) -> dict[str, tf.types.experimental.ConcreteFunction]:
-    """The six signatures with fixed, documented input specs (see model.config).
+    """The six signatures with fixed, documented input specs (see protocol.arch).
 
     `infer` is `step` over constant weights: constant weights let the interpreter pre-pack its
     matrix kernels, which a resource variable read on every call prevents (~4x faster per

@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from model.config import ModelConfig
-from model.data import batches, encode_texts, windows
 from model.lstm import NextWordLSTM
+from protocol.arch import ModelConfig
+from protocol.text import encode_texts, windows
 
 log = logging.getLogger(__name__)
+
+
+def batches(x: np.ndarray, y: np.ndarray, m: np.ndarray, batch: int, *, rng: np.random.Generator | None = None,
+            fixed: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Batches in shuffled (rng) or file order. `fixed` pads the last batch with masked rows,
+    because the TFLite signatures take one fixed batch shape."""
+    order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        bx, by, bm = x[idx], y[idx], m[idx]
+        if fixed and len(idx) < batch:
+            pad = batch - len(idx)
+            bx = np.concatenate([bx, np.zeros((pad, x.shape[1]), np.int32)])
+            by = np.concatenate([by, np.zeros((pad, x.shape[1]), np.int32)])
+            bm = np.concatenate([bm, np.zeros((pad, x.shape[1]), np.float32)])
+        yield bx, by, bm
 
 
 @dataclass
@@ -64,7 +81,7 @@ def train(m: NextWordLSTM, sp, train_texts: list[str], val_texts: list[str], s: 
 
 def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.ndarray],
                   val_xym: tuple[np.ndarray, np.ndarray, np.ndarray], s: TrainSettings) -> History:
-    """`train` on windows already encoded (`model.data.windows`), e.g. a benchmark's own word ids."""
+    """`train` on windows already encoded (`protocol.text.windows`), e.g. a benchmark's own word ids."""
     cfg: ModelConfig = m.cfg
     rng = np.random.default_rng(s.seed)
     x, y, mask = train_xym

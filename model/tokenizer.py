@@ -2,13 +2,14 @@
 
 Why words: the keyboard suggests whole words, so the model's softmax is over words and every
 suggestion is a vocabulary word (a piece model assembles non-words such as ``must't``). Text is
-split into words and punctuation marks first (`model.data.tokens`); SentencePiece's `word`
+split into words and punctuation marks first (`protocol.text.tokens`); SentencePiece's `word`
 model then keeps the most frequent tokens, and everything else maps to <unk>. The file format
-stays SentencePiece's, so versions keep shipping one `tokenizer.model` with its sha256.
+stays SentencePiece's, so versions keep shipping one `tokenizer.model` with its sha256; it is
+read back with `protocol.text.load_tokenizer` (the device and the tools read it too).
 
 The word list is larger than the LSTM's softmax: ids are in frequency order, the LSTM models
 the first `ModelConfig.vocab_size` and treats the rest as <unk>, whose probability the
-predictor shares among them by their proxy frequency (`model.data.Vocab`). So a rare word can
+predictor shares among them by their proxy frequency (`protocol.text.Vocab`). So a rare word can
 still be completed, at no cost in parameters.
 
 The server never holds device text in a real deployment, so the vocabulary (like version 0)
@@ -24,8 +25,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from model.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from model.data import tokens
+from protocol.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, tokens
 
 
 def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int = 50000, *,
@@ -33,7 +33,7 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int 
     """Keep the `vocab_size` most frequent tokens of `texts` (after `tokens`) and write the model.
 
     This is the keyboard's word list; the LSTM models only its most frequent part
-    (`ModelConfig.vocab_size`), see `model.data.Vocab`."""
+    (`ModelConfig.vocab_size`), see `protocol.text.Vocab`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -52,7 +52,3 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int 
     )
     out_path.write_bytes(buf.getvalue())
     return out_path
-
-
-def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=str(path))

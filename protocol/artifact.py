@@ -15,6 +15,8 @@ the manifest, so a device that already holds them downloads weights alone.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -25,8 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
+
+from protocol.arch import Arch
 
 MANIFEST_FORMAT = "fedkeys-model/1"
 MANIFEST = "manifest.json"
@@ -39,6 +46,10 @@ TOKENIZER = "tokenizer.model"
 
 class ArtifactError(ValueError):
     """A version artifact is missing, malformed, or does not match its manifest."""
+
+
+class SignatureError(ArtifactError):
+    """A manifest is unsigned, or its signature does not verify with the coordinator's key."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -62,7 +73,11 @@ class TensorSpec:
 
 @dataclass
 class Manifest:
-    """Describes one model version. `tensors` fixes the weight order used everywhere."""
+    """Describes one model version. `tensors` fixes the weight order used everywhere.
+
+    `arch` is kept as the dict the exporter wrote (its hash and the signature cover those
+    bytes, and the coordinator stores versions of any architecture); read it through
+    `architecture()`."""
 
     version_id: str
     arch: dict[str, Any]
@@ -107,6 +122,14 @@ class Manifest:
     @property
     def num_params(self) -> int:
         return int(sum(int(np.prod(t.shape)) for t in self.tensors))
+
+    def architecture(self) -> Arch:
+        """The typed architecture (model config, signatures, `infer` patches); ArtifactError if
+        `arch` is not an exporter's record."""
+        try:
+            return Arch.from_dict(self.arch)
+        except ValueError as e:
+            raise ArtifactError(f"manifest of {self.version_id}: {e}") from e
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -293,15 +316,48 @@ def sign_manifest(manifest: Manifest, private_key: Any) -> Manifest:
     return manifest
 
 
-def verify_manifest(manifest: Manifest, public_key_hex: str) -> None:
-    """Raise ArtifactError unless the manifest is signed by the key (raw 32 bytes as hex)."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+def load_public_key(key: Ed25519PublicKey | bytes | str) -> Ed25519PublicKey:
+    """An Ed25519 public key from raw 32 bytes, 64 hex characters (wire.SigningKey) or PEM."""
+    if isinstance(key, Ed25519PublicKey):
+        return key
+    if isinstance(key, str):
+        key = key.strip().encode()
+    if key.startswith(b"-----BEGIN"):
+        pk = load_pem_public_key(key)
+        if not isinstance(pk, Ed25519PublicKey):
+            raise ValueError("PEM key is not an Ed25519 public key")
+        return pk
+    if len(key) == 64:
+        key = binascii.unhexlify(key)
+    if len(key) != 32:
+        raise ValueError("an Ed25519 public key is 32 raw bytes or 64 hex characters")
+    return Ed25519PublicKey.from_public_bytes(key)
 
-    if not manifest.signature:
-        raise ArtifactError(f"manifest of {manifest.version_id} is not signed")
+
+def _decode_signature(manifest: Manifest) -> bytes:
+    """Hex (128 characters) or base64 (88): unambiguous by length for a 64-byte signature."""
+    sig = manifest.signature or ""
     try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
-        key.verify(bytes.fromhex(manifest.signature), manifest.signing_bytes())
-    except (ValueError, InvalidSignature) as e:
-        raise ArtifactError(f"manifest of {manifest.version_id}: bad signature") from e
+        raw = bytes.fromhex(sig) if len(sig) == 128 else base64.b64decode(sig, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise SignatureError(f"manifest of {manifest.version_id}: bad signature (not hex or base64: {e})") from e
+    if len(raw) != 64:
+        raise SignatureError(f"manifest of {manifest.version_id}: bad signature (not 64 bytes)")
+    return raw
+
+
+def verify_manifest(manifest: Manifest, public_key: Ed25519PublicKey | bytes | str) -> None:
+    """Raise SignatureError unless `manifest.signature` signs `manifest.signing_bytes()` with the
+    key (an Ed25519PublicKey, or raw, hex or PEM bytes; see `load_public_key`).
+
+    The one verifier: the device refuses a version with it before downloading anything else,
+    the tests check the coordinator's signatures with it."""
+    if not manifest.signature:
+        raise SignatureError(f"manifest of {manifest.version_id} is not signed")
+    raw = _decode_signature(manifest)
+    try:
+        load_public_key(public_key).verify(raw, manifest.signing_bytes())
+    except ValueError as e:
+        raise SignatureError(f"manifest of {manifest.version_id}: unusable public key ({e})") from e
+    except InvalidSignature as e:
+        raise SignatureError(f"manifest of {manifest.version_id}: bad signature (does not verify)") from e

@@ -27,11 +27,12 @@ def tiny_texts(n: int = 1500) -> list[str]:
 
 def build(out: str | Path, steps: int = 150) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from model.config import ModelConfig
     from model.export import export_version
     from model.lstm import NextWordLSTM
     from model.pretrain import TrainSettings, train
-    from model.tokenizer import load_tokenizer, train_tokenizer
+    from model.tokenizer import train_tokenizer
+    from protocol.arch import ModelConfig
+    from protocol.text import load_tokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,10 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
     import os
 
     from edge_runtime.base_ngram import load_base_ngram
-    from edge_runtime.interpreter import Model
     from edge_runtime.predictor import Predictor
-    from model.tokenizer import load_tokenizer
     from protocol.artifact import TOKENIZER
+    from protocol.interpreter import Model
+    from protocol.text import load_tokenizer
 
     model = Model.load(version_dir)
     sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
@@ -68,7 +68,7 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from model.corpus import read_corpus, split_users
-    from model.ngram import KneserNeyLM
+    from protocol.ngram import KneserNeyLM
     from tools.wordeval import evaluate_words
 
     split = split_users(read_corpus(args.corpus), seed=args.seed)

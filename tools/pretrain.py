@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")
     quiet_tensorflow()
-    from model.config import ModelConfig
     from model.corpus import read_corpus, split_users
     from model.export import export_version, load_module
     from model.lstm import NextWordLSTM
     from model.pretrain import TrainSettings, train
-    from model.tokenizer import load_tokenizer, train_tokenizer
+    from model.tokenizer import train_tokenizer
+    from protocol.arch import ModelConfig
+    from protocol.text import load_tokenizer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from model.corpus import read_corpus
-    from model.ngram import KneserNeyLM
+    from protocol.ngram import KneserNeyLM
 
     t0 = time.time()
     texts = [r.text for p in args.proxy for r in read_corpus(p)]

@@ -26,15 +26,14 @@ import numpy as np
 
 from coordinator import privacy_skellam
 from edge_runtime import trainer
-from model.config import SIG_EVALUATE
 from protocol import artifact, wire
+from protocol.arch import SIG_EVALUATE
 
 
 def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str], max_windows: int) -> float:
     """Next-token top-3 accuracy of `weights` (a version's architecture) on held-out text."""
     manifest = artifact.load_version(version)[0]
-    arch = manifest.arch.get("model", manifest.arch)
-    B = int(arch["train_batch"])
+    B = manifest.architecture().model.train_batch
     data = trainer.text_windows(version, texts, manifest)
     data = data.take(np.arange(min(max_windows, len(data))))
     model = trainer.load_model(version)

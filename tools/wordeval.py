@@ -25,7 +25,7 @@ from itertools import zip_longest
 
 from tqdm import tqdm
 
-from model.ngram import leading_word
+from protocol.ngram import leading_word
 
 
 @dataclass

@@ -17,12 +17,12 @@ from requests.adapters import BaseAdapter
 
 from edge_runtime.cache import TextCache
 from edge_runtime.client import CoordinatorClient
-from edge_runtime.interpreter import Model
 from edge_runtime.trainer import TrainingAborted, evaluate, train
 from edge_runtime.update import NoiseSource, decode_delta
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
 from protocol.artifact import Manifest, flatten, load_version, unflatten, write_version
+from protocol.interpreter import Model
 
 CANARIES = [
     "zanzibar quokka merriment at the lighthouse",

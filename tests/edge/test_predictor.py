@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.interpreter import Model
 from edge_runtime.predictor import Predictor
-from model.config import BOS_ID
-from model.data import tokens
-from model.tokenizer import load_tokenizer
+from protocol.interpreter import Model
+from protocol.text import BOS_ID, load_tokenizer, tokens
 
 TEXT = "What say you to my lord, and shall we go to the king"
 
@@ -76,7 +74,7 @@ def test_suggestions_are_the_models_most_likely_words(predictor):
 def test_rarer_list_words_share_the_lstms_unk_by_frequency(predictor):
     """Words past the softmax are suggestable: P(w) = P(<unk>) * TAIL_MASS * their frequency share."""
     from edge_runtime.predictor import TAIL_MASS
-    from model.config import UNK_ID
+    from protocol.text import UNK_ID
 
     lim = predictor.vocab.limit
     assert lim < len(predictor.vocab)
@@ -108,7 +106,7 @@ def test_the_users_own_words_are_learned_on_the_device(exported_version):
 
 @pytest.fixture(scope="module")
 def base_ngram():
-    from model.ngram import KneserNeyLM
+    from protocol.ngram import KneserNeyLM
     from tests.tiny_version import tiny_texts
 
     texts = tiny_texts(1500) + ["the quick brown fox jumps over the lazy dog"] * 30

@@ -29,11 +29,11 @@ from flask import request
 from edge_runtime import agent
 from edge_runtime.client import CoordinatorClient
 from edge_runtime.config import EdgeConfig
-from edge_runtime.interpreter import Model
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionStore
-from model.tokenizer import load_tokenizer
 from protocol import wire
+from protocol.interpreter import Model
+from protocol.text import load_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow", reason="model tests need the full environment")  # noqa: F841
 
-from edge_runtime.interpreter import Model  # noqa: E402
-from model.config import SIG_EVALUATE, SIG_STEP, SIG_TRAIN  # noqa: E402
-from model.export import ExportError, config_of, lint, list_ops, load_module  # noqa: E402
+from model.export import ExportError, lint, list_ops, load_module  # noqa: E402
 from protocol import artifact  # noqa: E402
+from protocol.arch import SIG_EVALUATE, SIG_STEP, SIG_TRAIN  # noqa: E402
+from protocol.interpreter import Model  # noqa: E402
 
 STEP_ATOL = 1e-4   # log-probabilities: float32 reassociation between TF and TFLite kernels
 WEIGHT_ATOL = 1e-5  # weights after one SGD step with lr 0.5
@@ -19,7 +19,7 @@ WEIGHT_ATOL = 1e-5  # weights after one SGD step with lr 0.5
 @pytest.fixture(scope="module")
 def pair(exported_version):
     m, manifest = load_module(exported_version)
-    return m, Model.load(exported_version, backend="ai_edge_litert"), config_of(manifest)
+    return m, Model.load(exported_version, backend="ai_edge_litert"), manifest.architecture().model
 
 
 def _batch(cfg, seed=0):
@@ -57,7 +57,7 @@ def test_infer_with_patched_constants_matches_step_and_tensorflow(pair, exported
     """The fast keystroke signature holds the version's weights as patched constants."""
     tfm, lite, cfg = pair
     manifest, _ = artifact.load_version(exported_version)
-    assert set(manifest.arch["infer_patches"]) == {n for n, _ in cfg.weight_shapes()}
+    assert set(manifest.architecture().infer_patches) == {n for n, _ in cfg.weight_shapes()}
     tokens = np.array([2, 17, 40], np.int32)
     h = np.zeros((3, cfg.hidden_dim), np.float32)
     args = dict(tokens=tokens, h=h, c=h)
@@ -117,7 +117,7 @@ def test_lint_refuses_a_graph_that_needs_flex(pair):
 
 def test_manifest_hashes_and_weight_order(exported_version):
     manifest, weights = artifact.load_version(exported_version)
-    cfg = config_of(manifest)
+    cfg = manifest.architecture().model
     assert [t.name for t in manifest.tensors] == [n for n, _ in cfg.weight_shapes()]
     assert manifest.num_params == cfg.num_params
     assert manifest.arch_hash == artifact.arch_hash(manifest.arch)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from model.corpus import CorpusError, read_corpus, split_users
-from model.data import windows
+from protocol.text import windows
 
 
 def write(tmp_path, name, lines):

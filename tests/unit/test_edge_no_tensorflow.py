@@ -1,4 +1,5 @@
-"""The edge runtime must run from requirements-edge.txt alone: no TensorFlow, Flask or SQLAlchemy.
+"""The edge runtime must run from requirements-edge.txt alone: no TensorFlow, Flask or SQLAlchemy,
+and from `protocol/` + `edge_runtime/` alone of this repository's packages.
 
 Two checks: a static one (every `import` reachable from edge_runtime through first-party
 modules, read with ast) and a dynamic one (import every edge module in a fresh interpreter
@@ -15,7 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"tensorflow", "tf_keras", "keras", "flask", "sqlalchemy", "alembic", "werkzeug", "flwr"}
-FIRST_PARTY = {"edge_runtime", "model", "protocol"}
+NOT_ON_DEVICE = {"model", "coordinator", "tools"}   # first-party packages a device does not need
+FORBIDDEN |= NOT_ON_DEVICE
+FIRST_PARTY = {"edge_runtime", "protocol"}
 
 
 def module_file(name: str) -> Path | None:

@@ -10,7 +10,6 @@ import pytest
 
 from edge_runtime.trainer import TrainingAborted, Windows, evaluate, fixed_batch, train
 from edge_runtime.update import NoiseSource, decode_delta
-from model.config import PAD_ID
 from model.tokenizer import train_tokenizer
 from protocol.artifact import (
     GRAPH,
@@ -20,6 +19,7 @@ from protocol.artifact import (
     sha256_file,
     write_version,
 )
+from protocol.text import PAD_ID
 from protocol.wire import TrainPlan
 
 B, T = 4, 6

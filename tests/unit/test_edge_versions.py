@@ -21,7 +21,6 @@ from edge_runtime.versions import (
     VersionError,
     VersionStore,
     directory_fetch,
-    load_public_key,
 )
 from protocol.artifact import (
     GRAPH,
@@ -30,6 +29,7 @@ from protocol.artifact import (
     WEIGHTS,
     Manifest,
     TensorSpec,
+    load_public_key,
     load_version,
     sha256_bytes,
     write_version,
@@ -49,7 +49,7 @@ def make_version(root: Path, vid: str, seed: int, key: Ed25519PrivateKey | None 
     (d / TOKENIZER).write_bytes(TOKENIZER_BYTES)
     rng = np.random.default_rng(seed)
     weights = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in TENSORS}
-    m = Manifest(version_id=vid, arch={"train_batch": 2, "seq_len": 4}, arch_hash="h", tensors=TENSORS,
+    m = Manifest(version_id=vid, arch={"model": {"train_batch": 2, "seq_len": 4}}, arch_hash="h", tensors=TENSORS,
                  graph_sha256=sha256_bytes(GRAPH_BYTES), tokenizer_sha256=sha256_bytes(TOKENIZER_BYTES),
                  weights_sha256="")
     write_version(d, m, weights)

@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-import model.ngram as ngram
-from model.ngram import KneserNeyLM, chunks, leading_word, words_of_chunk
+import protocol.ngram as ngram
+from protocol.ngram import KneserNeyLM, chunks, leading_word, words_of_chunk
 
 WORD = re.compile(r"[\w']+")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_runtime.personal import BOS, PersonalModel
-from model.data import tokens
+from protocol.text import tokens
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.aggregation import StreamingMean, bounded_weight
-from model.config import ModelConfig
+from protocol.arch import ModelConfig
 from protocol.artifact import TensorSpec, decode_weights, encode_weights, flatten, read_manifest, unflatten
 
 

@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     args = ap.parse_args(argv)
     rss_start = peak_rss_mb()
-    from edge_runtime.interpreter import Model
-    from model.config import SIG_TRAIN
+    from protocol.arch import SIG_TRAIN
+    from protocol.interpreter import Model
 
     model = Model.load(args.model)
-    arch = model.manifest.arch["model"]
-    B, T, V = int(arch["train_batch"]), int(arch["seq_len"]), int(arch["vocab_size"])
+    cfg = model.manifest.architecture().model
+    B, T, V = cfg.train_batch, cfg.seq_len, cfg.vocab_size
     rss_loaded = peak_rss_mb()
     train = model.runner(SIG_TRAIN)
     rng = np.random.default_rng(0)

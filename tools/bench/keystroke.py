@@ -80,10 +80,10 @@ def time_recompute(new_session: Callable[[], object], keys: list[str],
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge_runtime.interpreter import Model
     from edge_runtime.predictor import Predictor
-    from model.tokenizer import load_tokenizer
     from protocol.artifact import TOKENIZER
+    from protocol.interpreter import Model
+    from protocol.text import load_tokenizer
 
     if args.max_keystrokes < 1 or args.max_recompute < 1 or args.context_words < 1 or args.warmup < 0:
         raise ValueError("--max-keystrokes, --max-recompute and --context-words must be >= 1, --warmup >= 0")

@@ -52,7 +52,7 @@ class Phase:
 
 
 def default_shapes() -> list[tuple[str, tuple[int, ...]]]:
-    from model.config import ModelConfig  # pure dataclass, no TensorFlow
+    from protocol.arch import ModelConfig
 
     return ModelConfig().weight_shapes()
 

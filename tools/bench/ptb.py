@@ -70,11 +70,11 @@ def main(args: argparse.Namespace) -> int:
     from tools._cli import quiet_tensorflow
 
     quiet_tensorflow()
-    from model.config import BOS_ID, EOS_ID, ModelConfig
-    from model.data import windows
     from model.lstm import NextWordLSTM
-    from model.ngram import BOS, EOS, KneserNeyLM
     from model.pretrain import TrainSettings, train_windows
+    from protocol.arch import ModelConfig
+    from protocol.ngram import BOS, EOS, KneserNeyLM
+    from protocol.text import BOS_ID, EOS_ID, windows
 
     t0 = time.time()
     data = fetch(args.data_dir, args.url)

@@ -61,7 +61,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words);
     proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users."""
     from model.corpus import read_corpus, split_users
-    from model.ngram import KneserNeyLM
+    from protocol.ngram import KneserNeyLM
     from tools.wordeval import evaluate_words
 
     cache_path = data / "reference.json"

@@ -3,6 +3,10 @@
 Preference: `ai_edge_litert` (maintained, numpy 2), then `tflite_runtime` 2.14 (the last
 release, still what many ARM boards run; numpy<2), then `tf.lite` when TensorFlow happens to
 be installed. The rest of the runtime calls signatures by name and never knows which.
+
+It lives in `protocol` because the exporter's lint (`model.export.lint`) must run a new graph
+in exactly the interpreter and with exactly the constant patching the device uses, without
+importing the device. The interpreter module is imported only when a `Model` is created.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from model.config import SIG_GET_WEIGHTS, SIG_SET_WEIGHTS
 from protocol import artifact
+from protocol.arch import SIG_GET_WEIGHTS, SIG_SET_WEIGHTS, InferPatches
 
 _BACKENDS = (("ai_edge_litert", "ai_edge_litert.interpreter"),
              ("tflite_runtime", "tflite_runtime.interpreter"),
@@ -38,7 +42,7 @@ def _interpreter_class(prefer: str | None = None) -> tuple[str, Any]:
     raise ImportError("no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime on ARM)")
 
 
-def patch_constants(graph: bytes, patches: dict[str, list[list[int]]], weights: dict[str, np.ndarray]) -> bytes:
+def patch_constants(graph: bytes, patches: InferPatches, weights: dict[str, np.ndarray]) -> bytes:
     """Write a version's weights over the `infer` signature's placeholder constants.
 
     `patches` (from the manifest's arch, found by the exporter) maps each weight name to
@@ -74,7 +78,7 @@ class Model:
         """Open a version directory (sha256s verified) and load its weights."""
         manifest, weights = artifact.load_version(version_dir, verify=verify)
         graph = (Path(version_dir) / artifact.GRAPH).read_bytes()
-        patches = manifest.arch.get("infer_patches")
+        patches = manifest.architecture().infer_patches
         if patches:
             graph = patch_constants(graph, patches, weights)
         m = cls(graph, **kw)

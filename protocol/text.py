@@ -1,29 +1,46 @@
-"""Tokens and training windows (no TensorFlow: the edge trainer and predictor use it too).
+"""Text units the exporter, the device and the tools agree on: tokens, ids, training windows.
 
 A text is split into words (letters, digits, apostrophes: ``know't``) and single punctuation
 marks; each becomes one id of the word vocabulary (unknown ones <unk>). Each text becomes
 ``[BOS] ids... [EOS]``, cut into windows of T+1 tokens with stride T, every window starting
-from a zero state, the same as the `train` signature sees.
+from a zero state, the same as the `train` signature sees. Pre-training (`model.pretrain`) and
+the device's trainer cut windows with this one function, so a version trains on the device
+exactly as it was trained centrally.
+
+No TensorFlow; SentencePiece is imported only inside `load_tokenizer`, so the coordinator,
+which imports `protocol`, never needs it.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 
-from model.config import BOS_ID, EOS_ID, UNK_ID
+# Special token ids, fixed in the tokenizer trainer (`model.tokenizer.train_tokenizer`).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
-_TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
+# Words (with apostrophes) and single punctuation marks. `tokens` applies it after typing's
+# quote normalisation; the base n-gram's `protocol.ngram.words_of_chunk` applies it to raw
+# text, as the shipped n-gram was fitted (its vocabulary holds the typographic quotes).
+TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})  # typographic -> typed
 WORD_START = "\u2581"  # SentencePiece's word-boundary mark: vocabulary entries are "\u2581" + token
 
 
 def tokens(text: str) -> list[str]:
     """Words and single punctuation marks of `text`, in order (the model's units)."""
-    return _TOKEN_RE.findall(text.translate(_QUOTES))
+    return TOKEN_RE.findall(text.translate(_QUOTES))
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A version's word list (`tokenizer.model`) as a SentencePieceProcessor."""
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(path))
 
 
 class Vocab:
@@ -99,17 +116,3 @@ def windows(token_lists: Iterable[list[int]], seq_len: int) -> tuple[np.ndarray,
         z = np.zeros((0, seq_len))
         return z.astype(np.int32), z.astype(np.int32), z.astype(np.float32)
     return np.stack(xs), np.stack(ys), np.stack(ms)
-def batches(x: np.ndarray, y: np.ndarray, m: np.ndarray, batch: int, *, rng: np.random.Generator | None = None,
-            fixed: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Batches in shuffled (rng) or file order. `fixed` pads the last batch with masked rows,
-    because the TFLite signatures take one fixed batch shape."""
-    order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
-    for i in range(0, len(order), batch):
-        idx = order[i:i + batch]
-        bx, by, bm = x[idx], y[idx], m[idx]
-        if fixed and len(idx) < batch:
-            pad = batch - len(idx)
-            bx = np.concatenate([bx, np.zeros((pad, x.shape[1]), np.int32)])
-            by = np.concatenate([by, np.zeros((pad, x.shape[1]), np.int32)])
-            bm = np.concatenate([bm, np.zeros((pad, x.shape[1]), np.float32)])
-        yield bx, by, bm

@@ -1,12 +1,19 @@
 """The model's architecture and the names every deployable agrees on.
 
 Signature names, their tensor names and shapes are constants here and nowhere else: the
-exporter builds them, the edge runtime calls them, the tests tie the two together.
+exporter (`model/`) builds them, the edge runtime calls them, the tests tie the two together.
+
+`Arch` is the typed form of a manifest's ``arch`` record (``{"model": ModelConfig,
+"signatures": [...], "infer_patches": {...}}``, written by `model.export`): every deployable
+reads the architecture through `Manifest.architecture()`, never by indexing the dict. The
+dict itself stays in the manifest as written, because `arch_hash` and the coordinator's
+signature cover its exact bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -65,6 +72,33 @@ SIG_EVALUATE = "evaluate"    # x, y, mask -> loss_sum, top1, top3, count (all fl
 SIG_GET_WEIGHTS = "get_weights"  # () -> one output per weight name
 SIG_SET_WEIGHTS = "set_weights"  # one input per weight name -> ok float32[1]
 SIGNATURES = (SIG_STEP, SIG_INFER, SIG_TRAIN, SIG_EVALUATE, SIG_GET_WEIGHTS, SIG_SET_WEIGHTS)
+EVALUATE_OUTPUTS = ("loss_sum", "top1", "top3", "count")  # the `evaluate` signature's sums, in this order
 
-# Special token ids, fixed in the tokenizer trainer.
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+# Weight name -> [[byte offset, transposed], ...] of the `infer` signature's placeholder constants.
+InferPatches = dict[str, list[list[int]]]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A model version's architecture: its config, its signatures, where `infer`'s constants sit."""
+
+    model: ModelConfig
+    signatures: tuple[str, ...] = SIGNATURES
+    infer_patches: InferPatches = field(default_factory=dict)  # empty: no patchable `infer`
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "signatures": list(self.signatures),
+                "infer_patches": self.infer_patches}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Arch:
+        """Raise ValueError unless `d` is an exporter's arch record (unknown model keys included)."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("model"), Mapping):
+            raise ValueError("arch has no model config")
+        try:
+            model = ModelConfig.from_dict(dict(d["model"]))
+            patches = {str(k): [[int(a), int(b)] for a, b in v] for k, v in (d.get("infer_patches") or {}).items()}
+            return cls(model, tuple(str(s) for s in d.get("signatures", SIGNATURES)), patches)
+        except (TypeError, AttributeError) as e:
+            raise ValueError(f"malformed arch: {e}") from e

@@ -1,5 +1,9 @@
 """Interpolated modified Kneser-Ney word n-gram language model: the next-word baseline.
 
+It lives in `protocol` because two deployables use it: the device queries the shipped base
+n-gram on every keystroke (`edge_runtime.base_ngram`), the tools fit it on proxy text and
+evaluate it (`tools.proxy_ngram`, `tools.evaluate`). Pure numpy, no TensorFlow.
+
 The evaluator drives this model and the LSTM through one interface: `lm.session()` gives an
 `NgramSession` that is fed each completed whitespace chunk of a text and asked for top-k
 next words (or completions of a typed prefix) before each one.
@@ -35,9 +39,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from protocol.text import TOKEN_RE
+
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
-_TOKEN_RE = re.compile(r"[\w']+|[^\w\s]")
 _LEADING_RE = re.compile(r"[\w']+")
 # Suggestable word: word characters and apostrophes, with at least one word character (a
 # lone "'" or "''" is a quote mark, not a word).
@@ -56,8 +61,11 @@ def chunks(text: str) -> list[str]:
 
 
 def words_of_chunk(chunk: str) -> list[str]:
-    """Model tokens of a chunk: words (with apostrophes, e.g. "know't") and single punctuation marks."""
-    return _TOKEN_RE.findall(chunk)
+    """Model tokens of a chunk: words (with apostrophes, e.g. "know't") and single punctuation marks.
+
+    Unlike `protocol.text.tokens` it keeps typographic quotes as they are (``don’t`` is three
+    tokens): the shipped base n-gram was fitted this way and holds them in its vocabulary."""
+    return TOKEN_RE.findall(chunk)
 
 
 def leading_word(chunk: str) -> str | None:
@@ -124,7 +132,7 @@ class KneserNeyLM:
 
     def _fit(self, texts: Iterable[str]) -> None:
         # findall on the whole text gives exactly the words_of_chunk tokens of its chunks.
-        records = [r for r in (_TOKEN_RE.findall(t) for t in texts) if r]
+        records = [r for r in (TOKEN_RE.findall(t) for t in texts) if r]
         if not records:
             raise ValueError("no tokens to fit on")
         freq = Counter(tok for r in records for tok in r)

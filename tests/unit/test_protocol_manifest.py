@@ -1,0 +1,76 @@
+"""The manifest's typed architecture and its one signature check (protocol.artifact)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from protocol import artifact
+from protocol.arch import SIGNATURES, Arch, ModelConfig
+
+CFG = ModelConfig(vocab_size=64, embed_dim=8, hidden_dim=16, train_batch=4, seq_len=8)
+PATCHES = {"embedding": [[128, 0]], "out_proj": [[4096, 1]]}
+
+
+def manifest(arch: dict) -> artifact.Manifest:
+    return artifact.Manifest(version_id="v1", arch=arch, arch_hash=artifact.arch_hash(arch),
+                             tensors=[artifact.TensorSpec(n, s) for n, s in CFG.weight_shapes()],
+                             graph_sha256="g", tokenizer_sha256="t", weights_sha256="w")
+
+
+def test_arch_record_is_the_exporters_dict_and_reads_back_typed():
+    arch = Arch(CFG, infer_patches=PATCHES)
+    d = arch.to_dict()
+    # The exact record model.export has always written: its hash (signed) must not move.
+    assert d == {"model": CFG.to_dict(), "signatures": list(SIGNATURES), "infer_patches": PATCHES}
+    m = artifact.Manifest.from_dict(manifest(d).to_dict())
+    assert m.architecture() == arch
+    assert m.architecture().model.hidden_dim == 16 and m.architecture().infer_patches == PATCHES
+
+
+def test_an_arch_without_patches_has_none():
+    assert manifest({"model": CFG.to_dict()}).architecture().infer_patches == {}
+
+
+@pytest.mark.parametrize("arch", [{}, {"test": True}, {"train_batch": 4, "seq_len": 8}, {"model": 3},
+                                  {"model": {"hidden_dim": 16, "colour": "red"}},
+                                  {"model": CFG.to_dict(), "infer_patches": {"embedding": [[1]]}}])
+def test_an_arch_that_is_not_an_exporters_record_is_an_artifact_error(arch):
+    with pytest.raises(artifact.ArtifactError, match="manifest of v1"):
+        manifest(arch).architecture()
+
+
+def test_one_verifier_for_every_key_and_signature_encoding():
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key()
+    m = artifact.sign_manifest(manifest(Arch(CFG).to_dict()), key)
+    raw = pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    for k in (pub, raw, raw.hex(), pub.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)):
+        artifact.verify_manifest(m, k)
+    m.signature = base64.b64encode(bytes.fromhex(m.signature)).decode()
+    artifact.verify_manifest(m, raw.hex())
+
+
+@pytest.mark.parametrize("mangle, match", [
+    (lambda s: None, "not signed"),
+    (lambda s: s[:-2], "bad signature"),                        # 63 bytes of hex
+    (lambda s: " ".join([s[:64], s[64:]]), "bad signature"),    # hex with a space: not 128 characters
+    (lambda s: s[:-2] + ("00" if s[-2:] != "00" else "01"), "bad signature"),
+])
+def test_unsigned_malformed_or_wrong_signatures_are_refused(mangle, match):
+    key = Ed25519PrivateKey.generate()
+    m = artifact.sign_manifest(manifest(Arch(CFG).to_dict()), key)
+    m.signature = mangle(m.signature)
+    with pytest.raises(artifact.SignatureError, match=match):
+        artifact.verify_manifest(m, key.public_key())
+
+
+def test_a_signature_by_another_key_is_refused():
+    m = artifact.sign_manifest(manifest(Arch(CFG).to_dict()), Ed25519PrivateKey.generate())
+    with pytest.raises(artifact.SignatureError):
+        artifact.verify_manifest(m, Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(artifact.SignatureError):
+        artifact.verify_manifest(m, "short")
