@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from protocol import wire
-from protocol.artifact import GRAPH, MANIFEST, TOKENIZER, WEIGHTS
+from protocol.artifact import GRAPH, MANIFEST, TOKENIZER, WEIGHTS, WEIGHTS_Q8
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ DOWNLOAD_TIMEOUT = (5.0, 120.0)        # weights and graph are megabytes on slow
 _VERSION_PATHS = {
     MANIFEST: wire.PATH_VERSION_MANIFEST,
     WEIGHTS: wire.PATH_VERSION_WEIGHTS,
+    WEIGHTS_Q8: wire.PATH_VERSION_WEIGHTS_Q8,
     GRAPH: wire.PATH_VERSION_GRAPH,
     TOKENIZER: wire.PATH_VERSION_TOKENIZER,
 }

@@ -35,6 +35,7 @@ from protocol.artifact import (
     MANIFEST,
     TOKENIZER,
     WEIGHTS,
+    WEIGHTS_Q8,
     ArtifactError,
     Manifest,
     atomic_write,
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 POINTER = "current.json"
 _STAGING_PREFIX = ".incoming-"
 
-# fetch(version_id, filename) -> bytes, filename one of MANIFEST, WEIGHTS, GRAPH, TOKENIZER.
+# fetch(version_id, filename) -> bytes, filename one of MANIFEST, WEIGHTS, WEIGHTS_Q8, GRAPH, TOKENIZER.
 Fetch = Callable[[str, str], bytes]
 
 
@@ -89,6 +90,14 @@ def _fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
+
+
+def _weights_file(manifest: Manifest) -> dict[str, str]:
+    """The weights to download: the quantized form when the coordinator signed one (a quarter of
+    the bytes; `protocol.artifact.quantize`), else the float32 file."""
+    if manifest.weights_q8_sha256:
+        return {WEIGHTS_Q8: manifest.weights_q8_sha256}
+    return {WEIGHTS: manifest.weights_sha256}
 
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
@@ -203,7 +212,7 @@ class VersionStore:
             raise VersionError(f"asked for {version_id!r}, manifest says {manifest.version_id!r}")
         if self.public_key is not None:  # before downloading anything else
             _check_signature(manifest, self.public_key)
-        wanted = {WEIGHTS: manifest.weights_sha256, GRAPH: manifest.graph_sha256, TOKENIZER: manifest.tokenizer_sha256}
+        wanted = {**_weights_file(manifest), GRAPH: manifest.graph_sha256, TOKENIZER: manifest.tokenizer_sha256}
 
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=_STAGING_PREFIX))
         try:
@@ -237,7 +246,8 @@ class VersionStore:
                 m = read_manifest(self.root / vid)
             except ArtifactError:
                 continue
-            own = {WEIGHTS: m.weights_sha256, GRAPH: m.graph_sha256, TOKENIZER: m.tokenizer_sha256}[fname]
+            own = {WEIGHTS: m.weights_sha256, WEIGHTS_Q8: m.weights_q8_sha256, GRAPH: m.graph_sha256,
+                   TOKENIZER: m.tokenizer_sha256}[fname]
             p = self.root / vid / fname
             if own == sha and p.is_file() and sha256_file(p) == sha:
                 return p

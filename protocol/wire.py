@@ -51,6 +51,7 @@ PATH_EVALUATIONS = f"{API_PREFIX}/evaluations"                # POST EvaluationR
 PATH_SIGNING_KEY = f"{API_PREFIX}/signing-key"                # GET -> SigningKey (no auth)
 PATH_VERSION_MANIFEST = f"{API_PREFIX}/versions/{{version_id}}/manifest"    # GET -> signed manifest JSON
 PATH_VERSION_WEIGHTS = f"{API_PREFIX}/versions/{{version_id}}/weights"      # GET -> weights.safetensors
+PATH_VERSION_WEIGHTS_Q8 = f"{API_PREFIX}/versions/{{version_id}}/weights.q8"  # GET -> weights.q8.safetensors
 PATH_VERSION_GRAPH = f"{API_PREFIX}/versions/{{version_id}}/model.tflite"   # GET -> model.tflite
 PATH_VERSION_TOKENIZER = f"{API_PREFIX}/versions/{{version_id}}/tokenizer.model"  # GET -> tokenizer.model
 PATH_HEALTH = "/healthz"

@@ -273,3 +273,43 @@ def test_kill_9_during_swaps_leaves_a_working_model(tmp_path: Path, server: Path
         store = VersionStore(dev)
         load_version(store.current())
         assert not [p for p in store.root.iterdir() if p.name.startswith(".incoming")]
+
+
+def with_q8(d: Path, key: Ed25519PrivateKey | None = None) -> Path:
+    """Add the quantized download form to a served version, as the coordinator does before signing."""
+    from protocol.artifact import WEIGHTS_Q8, encode_weights_q8
+
+    m, w = load_version(d)
+    data = encode_weights_q8(w)
+    (d / WEIGHTS_Q8).write_bytes(data)
+    m.weights_q8_sha256 = sha256_bytes(data)
+    if key is not None:
+        m.signature = key.sign(m.signing_bytes()).hex()
+    (d / MANIFEST).write_text(json.dumps(m.to_dict(), indent=2, sort_keys=True))
+    return d
+
+
+def test_a_signed_quantized_form_is_what_is_downloaded_and_it_loads(tmp_path: Path):
+    from protocol.artifact import WEIGHTS_Q8
+
+    key = Ed25519PrivateKey.generate()
+    server = tmp_path / "server"
+    d = with_q8(make_version(server, "v1", 1, key=key), key=key)
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    store = VersionStore(tmp_path / "dev", public_key=load_public_key(pub))
+    f = CountingFetch(d)
+    store.install("v1", f)
+    assert WEIGHTS_Q8 in f.calls and WEIGHTS not in f.calls
+    _, got = load_version(store.current())
+    _, want = load_version(d)
+    for name, w in want.items():
+        assert np.allclose(got[name], w, atol=np.abs(w).max() / 127)
+    # The quantized bytes are covered by the signature: tampered ones are refused.
+    store2 = VersionStore(tmp_path / "dev2", public_key=load_public_key(pub))
+
+    def evil(vid: str, fname: str) -> bytes:
+        data = (d / fname).read_bytes()
+        return data[:-1] + bytes([data[-1] ^ 1]) if fname == WEIGHTS_Q8 else data
+
+    with pytest.raises(VersionError, match="sha256"):
+        store2.install("v1", evil)
