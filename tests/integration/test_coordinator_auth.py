@@ -8,8 +8,6 @@ from coordinator_fakes import FakeDevice, make_config, make_version, serve
 
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 @pytest.fixture
 def served(tmp_path):

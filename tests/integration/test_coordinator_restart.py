@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import requests
 from coordinator_fakes import (
     SHAPES,
@@ -24,7 +23,6 @@ from coordinator_fakes import (
 from coordinator.__main__ import main as cli_main
 from protocol import artifact, wire
 
-pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
 
 

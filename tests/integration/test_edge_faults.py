@@ -35,7 +35,6 @@ from edge_runtime.versions import VersionStore
 from model.tokenizer import load_tokenizer
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = [f"meet me at the {place} at {h} o'clock with the {thing}"
              for place in ("station", "park", "office", "library", "cafe", "river")

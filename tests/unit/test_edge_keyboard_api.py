@@ -24,7 +24,6 @@ from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
 from protocol.artifact import read_manifest
 
-pytestmark = pytest.mark.filterwarnings("error")
 SECRET = "quokka zanzibar xylophone"
 
 
