@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from coordinator.errors import CoordinatorError
 from protocol.fields import WireError
 from protocol.plan import PLAN_FIELDS
 from protocol.settings import coerce_settings
@@ -33,7 +34,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(CoordinatorError, ValueError):
     """A setting is unknown or has an invalid value."""
 
 

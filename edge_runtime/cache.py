@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from edge_runtime.errors import EdgeError
+
 log = logging.getLogger(__name__)
 
 DB_NAME = "text_cache.sqlite3"
@@ -68,7 +70,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class CacheError(RuntimeError):
+class CacheError(EdgeError, RuntimeError):
     """The text cache cannot be opened or used."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.errors import EdgeError
 from protocol.settings import coerce_settings
 
 ENV_PREFIX = "FEDKEYS_EDGE_"
@@ -23,7 +24,7 @@ ELIGIBILITY_MODES = ("auto", "override:eligible", "override:ineligible")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgeError, ValueError):
     """A setting is unknown or has an invalid value."""
 
 

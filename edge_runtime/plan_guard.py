@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.errors import EdgeError
 from protocol.artifact import atomic_write
 from protocol.plan import TrainPlan
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 LEDGER_FILE = "privacy_ledger.json"
 
 
-class LedgerError(RuntimeError):
+class LedgerError(EdgeError, RuntimeError):
     """The ledger file is unreadable: the device cannot know what it spent, so it trains no more."""
 
 

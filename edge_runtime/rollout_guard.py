@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
+from edge_runtime.errors import EdgeError
 from edge_runtime.versions import load_public_key
 from protocol.artifact import atomic_write
 from protocol.fields import WireError
@@ -29,7 +30,7 @@ STATE_FILE = "rollout_state.json"
 CLOCK_SKEW_S = 300.0
 
 
-class RolloutRefused(Exception):
+class RolloutRefused(EdgeError):
     """The statement cannot be followed; the message says why (one line)."""
 
 

@@ -32,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from edge_runtime.errors import EdgeError
 from protocol.artifact import (
     GRAPH,
     MANIFEST,
@@ -56,7 +57,7 @@ _STAGING_PREFIX = ".incoming-"
 Fetch = Callable[[str, str], bytes]
 
 
-class VersionError(RuntimeError):
+class VersionError(EdgeError, RuntimeError):
     """A model version cannot be installed or used (bad hash, bad signature, none present)."""
 
 
