@@ -48,12 +48,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
-from edge_runtime.agent import ACTIVITY_FILE, open_cache
+from edge_runtime.agent import open_cache
 from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
 from edge_runtime.errors import EdgeError
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
+from edge_runtime.paths import ACTIVITY_FILE
 from edge_runtime.personal import PersonalModel
 from edge_runtime.predictor import Session
 from model.data import tokens

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeError
+from edge_runtime.paths import LEDGER_FILE
 from protocol.artifact import atomic_write
 from protocol.plan import TrainPlan
 
 log = logging.getLogger(__name__)
 
-LEDGER_FILE = "privacy_ledger.json"
 
 
 class LedgerError(EdgeError, RuntimeError):
