@@ -1,7 +1,7 @@
 """Update uploads: every check between the bytes a device sends and a durable, counted update.
 
-An update is acknowledged only after its blob is
-fsynced and its row committed, and every refusal is recorded with its wire code.
+An update is acknowledged only after its blob is fsynced and its row committed, and every
+refusal is recorded with its wire code.
 """
 
 from __future__ import annotations
