@@ -11,6 +11,7 @@ from typing import Any
 from coordinator import keys, logs
 from coordinator.config import PROFILES, Config, ConfigError, load_config
 from coordinator.errors import ApiError
+from coordinator.states import VERSION_ACTIONS, VersionAction
 from protocol.artifact import ArtifactError
 from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
 from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
@@ -72,11 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("canary", "show the canary comparison of candidate vs stable")
     p = cmd("rejections", "list rejected updates with their reasons")
     p.add_argument("--round-id", type=int)
-    for action, help_ in (("promote", "promote a candidate to stable"), ("reject", "reject a candidate"),
-                          ("pin", "make a version stable and turn automatic promotion off"),
-                          ("unpin", "turn automatic promotion back on"),
-                          ("rollback", "make a retired version stable again")):
-        p = cmd(action, help_)
+    for action in VersionAction:
+        p = cmd(action, action.help)
         p.add_argument("version_id")
     cmd("public-key", "print the Ed25519 public key (hex) devices must be configured with")
     cmd("admin-token", "print the admin token")
@@ -130,7 +128,7 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         _print(c.canary_comparison())
     elif a == "rejections":
         _print(c.rejections(args.round_id))
-    elif a in ("promote", "reject", "pin", "unpin", "rollback"):
+    elif a in VERSION_ACTIONS:
         _print(c.admin_decide(args.version_id, a))
     elif a == "public-key":
         print(c.public_key_hex)

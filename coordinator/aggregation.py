@@ -7,7 +7,9 @@ client delta as a pseudo-gradient (Reddi et al. 2021, "Adaptive Federated Optimi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -137,3 +139,30 @@ def aggregate(name: str, updates: Iterable[tuple[np.ndarray, float]], *, trim: f
         raise ValueError("no updates to aggregate")
     stack = np.stack(rows)
     return coordinate_median(stack) if name == "median" else coordinate_trimmed_mean(stack, trim)
+
+
+# --- One round's server step: mean -> server optimizer -> finite check -> stats ---------------
+# Pure: the round's glue (coordinator.rounds) reads the blobs, calls this, and writes the result.
+
+@dataclass(frozen=True)
+class RoundStep:
+    """What a round's updates make of the base weights."""
+
+    weights: np.ndarray | None       # new flat weights; None when not finite (the round fails)
+    state: dict[str, np.ndarray]     # the server optimizer's state for the new version
+    stats: dict[str, Any]            # updates, examples, mean_delta_norm, sampling_rate
+
+
+def round_step(base: np.ndarray, mean_delta: np.ndarray, state: Mapping[str, np.ndarray],
+               example_counts: Sequence[int], *, population: int, optimizer: str, lr: float, momentum: float = 0.9,
+               beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-3) -> RoundStep:
+    """Apply the round's mean update with the server optimizer, refuse a non-finite result, and
+    compute the round's numbers; `population` is what the sampling rate (privacy) assumes."""
+    new, new_state = apply_server_optimizer(optimizer, base, mean_delta, state, lr=lr, momentum=momentum,
+                                            beta1=beta1, beta2=beta2, eps=eps)
+    n = len(example_counts)
+    stats = {"updates": n, "examples": int(sum(example_counts)), "mean_delta_norm": float(np.linalg.norm(mean_delta)),
+             "sampling_rate": min(1.0, n / max(population, n, 1))}
+    if not np.all(np.isfinite(new)):
+        return RoundStep(None, {}, stats)
+    return RoundStep(new, new_state, stats)

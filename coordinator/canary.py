@@ -13,10 +13,10 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import rollout
+from coordinator import queries, rollout, versions
 from coordinator.errors import ApiError, bad_request
 from coordinator.models import Evaluation, Version
 from coordinator.views import _json_safe
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 log = logging.getLogger(__name__)
-ISSUED = ""  # report_json of an evaluation task issued but not yet reported
+ISSUED = queries.EVALUATION_ISSUED
 
 
 def _issued(s: Session, cand_id: str, device_id: str) -> Evaluation | None:
@@ -44,8 +44,9 @@ def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version,
     elif row.report_json != ISSUED:
         return None
     c = coord.config
-    return wire.Task(kind=wire.TASK_EVALUATE, retry_after=retry_after, use_version_id=cand.id, use_channel="canary",
-                     candidate_version_id=cand.id, evaluate_version_ids=(cand.id, stable.id),
+    return wire.Task(kind=wire.TaskKind.EVALUATE, retry_after=retry_after, use_version_id=cand.id,
+                     use_channel=wire.Channel.CANARY, candidate_version_id=cand.id,
+                     evaluate_version_ids=(cand.id, stable.id),
                      max_eval_examples=c.max_eval_examples, max_eval_words=c.max_eval_words)
 
 
@@ -67,7 +68,7 @@ def _check_bounds(coord: Coordinator, cand: Version, report: wire.EvaluationRepo
 
 def report_evaluation(coord: Coordinator, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
     with coord.tx() as s:
-        cand, stable = coord._candidate(s), coord._stable(s)
+        cand, stable = queries.candidate(s), queries.stable(s)
         if cand is None or cand.id != report.candidate_version_id:
             raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")
         row = _issued(s, cand.id, device_id)
@@ -83,11 +84,6 @@ def report_evaluation(coord: Coordinator, device_id: str, report: wire.Evaluatio
         s.flush()
         auto_decide(coord, s, cand, stable)
     return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
-
-
-def reported_count(s: Session, version_id: str) -> int:
-    return int(s.scalar(select(func.count()).select_from(Evaluation).where(
-        Evaluation.candidate_version_id == version_id, Evaluation.report_json != ISSUED)) or 0)
 
 
 def canary_reports(s: Session, cand: Version, stable_id: str) -> list[tuple[wire.VersionMetrics, ...]]:
@@ -108,17 +104,17 @@ def _decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> r
 
 def canary_comparison(coord: Coordinator) -> dict[str, Any]:
     with coord._sessions() as s:
-        cand, stable = coord._candidate(s), coord._stable(s)
+        cand, stable = queries.candidate(s), queries.stable(s)
         if cand is None or stable is None:
             return {"candidate_version_id": None, "stable_version_id": stable.id if stable else None}
         d = _decide(coord, s, cand, stable)
         return {"candidate_version_id": cand.id, "stable_version_id": stable.id, "would": d.action,
-                "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": coord._pinned(s)}
+                "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": queries.pinned(s)}
 
 
 def auto_decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> None:
     d = _decide(coord, s, cand, stable)
-    if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and coord._pinned(s)):
+    if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and queries.pinned(s)):
         return
-    coord._apply(s, cand, d.action, "auto", d.reason, d.numbers)
+    versions.apply_decision(s, cand, d.action, "auto", d.reason, d.numbers)
     coord.metrics.canary_decisions.labels(d.action).inc()

@@ -1,23 +1,22 @@
-"""The coordinator's one validated settings object: defaults < file < environment < flags.
+"""The coordinator's one validated settings object: defaults < profile < file < environment < flags.
 
-Unknown keys are errors everywhere (a misspelt setting silently ignored is a setting not set).
-Environment variables are ``FEDKEYS_COORDINATOR_<KEY>`` (upper case); the config file is TOML
-or JSON, named by ``--config`` or ``FEDKEYS_COORDINATOR_CONFIG``.
+Loading is protocol.settings.load_settings, shared with the device: unknown keys are errors
+everywhere (a misspelt setting silently ignored is a setting not set). Environment variables
+are ``FEDKEYS_COORDINATOR_<KEY>`` (upper case); the config file is TOML or JSON, named by
+``--config`` or ``FEDKEYS_COORDINATOR_CONFIG``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from coordinator.errors import CoordinatorError
 from protocol.fields import WireError
 from protocol.plan import PLAN_FIELDS
-from protocol.settings import coerce_settings
+from protocol.settings import coerce_settings, load_settings
 
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
@@ -33,7 +32,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(CoordinatorError, ValueError):
     """A setting is unknown or has an invalid value."""
 
 
@@ -160,46 +159,21 @@ def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return coerce_settings(Config, values, source, ConfigError)
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse a TOML or JSON config file into a flat mapping."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
-    try:
-        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{p}: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a table/object")
-    return data
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
-    """FEDKEYS_COORDINATOR_* variables as settings (unknown names are errors)."""
-    out = {}
-    for key, value in environ.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_CONFIG_FILE:
-            out[key[len(ENV_PREFIX):].lower()] = value
-    return out
+def _profile(merged: dict[str, Any]) -> dict[str, Any]:
+    """The named profile's settings, to go under file, environment and flags."""
+    profile = merged.get("profile", "")
+    if not profile:
+        return {}
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    return _coerce_all(PROFILES[profile], f"profile {profile}")
 
 
 def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
                 flags: Mapping[str, Any] | None = None) -> Config:
-    """Build the config: defaults < file < environment < flags (None flags are ignored)."""
-    environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
-    path = config_file or environ.get(ENV_CONFIG_FILE)
-    if path:
-        merged |= _coerce_all(read_config_file(path), str(path))
-    merged |= _coerce_all(env_overrides(environ), "environment")
-    if flags:
-        merged |= _coerce_all({k: v for k, v in flags.items() if v is not None}, "flags")
-    profile = merged.get("profile", "")
-    if profile:
-        if profile not in PROFILES:
-            raise ConfigError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-        merged = _coerce_all(PROFILES[profile], f"profile {profile}") | merged
+    """Build the config: defaults < profile < file < environment < flags (None flags are ignored);
+    the file is TOML, or JSON when named *.json (protocol.settings.load_settings)."""
+    merged = load_settings(Config, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file, environ=environ,
+                           flags=flags, presets=_profile)
     # Validated once, on the merged result: a file may raise goal_count while a flag raises min_count.
     return Config(**merged)

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator.models import Device, utcnow
+from coordinator.states import RoundStatus, VersionStatus
 
 ACTIVE_WINDOW = timedelta(hours=24)
 DECISIONS_SHOWN = 50
@@ -61,12 +62,12 @@ def dashboard_data(c: Any) -> dict[str, Any]:
     decisions = sorted(({"at": d["at"], "version_id": v["version_id"], "action": d["action"], "actor": d["actor"],
                          "reason": d["reason"]} for v in versions for d in v["decisions"]),
                        key=lambda d: d["at"] or "", reverse=True)[:DECISIONS_SHOWN]
-    stable = next((h for h in history if h["status"] == "stable"), None)
+    stable = next((h for h in history if h["status"] == VersionStatus.STABLE), None)
     all_reasons = Counter(x["reason"] for x in c.rejections())
     return {"stable_version_id": status["stable_version_id"], "candidate_version_id": status["candidate_version_id"],
             "pinned": status["pinned"], "devices": _devices(c), "round": rnd,
-            "rounds": {"total": len(rounds), "done": sum(r["status"] == "done" for r in rounds),
-                       "failed": sum(r["status"] == "failed" for r in rounds)},
+            "rounds": {"total": len(rounds), "done": sum(r["status"] == RoundStatus.DONE for r in rounds),
+                       "failed": sum(r["status"] == RoundStatus.FAILED for r in rounds)},
             "canary": canary, "privacy": {"epsilon": stable["epsilon"] if stable else None,
                                           "epsilon_local": stable["epsilon_local"] if stable else None,
                                           "delta": c.config.privacy_delta,

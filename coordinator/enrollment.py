@@ -1,6 +1,6 @@
-"""Enrollment keys and device enrollment: who may join, and under which key's limits.
+"""Enrollment keys, device enrollment and authentication: who may join, under which key's limits.
 
-Split from `service` (the state machine). Every key has a use count and a lifetime, so a
+Every key has a use count and a lifetime, so a
 leaked key mints few sybils, and each device remembers the key it was minted with: all
 devices of one key share one check-in budget (`Coordinator.enrollment_key_of`).
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from coordinator import keys
-from coordinator.errors import ApiError, bad_request
+from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Device, EnrollmentKey, utcnow
 from protocol import wire
 
@@ -67,3 +67,22 @@ def key_of(coord: Coordinator, device_id: str) -> int:
             coord._key_of.clear()
         coord._key_of[device_id] = key_id
     return key_id
+
+
+def authenticate(coord: Coordinator, device_id: str | None, token: str | None) -> str:
+    """Return the device id if the token is that device's, else 401."""
+    if not device_id or not token:
+        raise ApiError(401, wire.E_UNAUTHORIZED, f"missing {wire.DEVICE_HEADER} or bearer token")
+    with coord._sessions() as s:
+        dev = s.get(Device, device_id[: wire.MAX_ID_LEN])
+        if dev is None or dev.revoked or not keys.secret_matches(token, dev.token_hash):
+            raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
+    return device_id
+
+
+def revoke_device(coord: Coordinator, device_id: str) -> None:
+    with coord.tx() as s:
+        dev = s.get(Device, device_id)
+        if dev is None:
+            raise not_found(f"no device {device_id}")
+        dev.revoked = True

@@ -1,4 +1,8 @@
-"""The coordinator's one root error: an API error with an HTTP status and a wire error code."""
+"""The coordinator's one root error, `CoordinatorError`, and the API error every request maps to.
+
+`ApiError` carries an HTTP status and a wire error code; `ConfigError` (coordinator.config) and
+`UpdateRejected` (coordinator.validation) derive from the same root, with `ValueError` as a second
+base because callers catch that too."""
 
 from __future__ import annotations
 
@@ -7,7 +11,11 @@ from typing import Any
 from protocol import wire
 
 
-class ApiError(Exception):
+class CoordinatorError(Exception):
+    """Root of the coordinator's errors."""
+
+
+class ApiError(CoordinatorError):
     """Raised anywhere in request handling; rendered as a JSON wire.ErrorBody."""
 
     def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None,

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator.models import Device, Round, Update, Version, utcnow
+from coordinator.states import RoundStatus, VersionStatus
 
 ACTIVE_WINDOW = timedelta(hours=24)
 
@@ -35,10 +36,11 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._sessions() as s:
-            r = s.scalar(select(Round).where(Round.status == "open").order_by(Round.id.desc()))
+            r = s.scalar(select(Round).where(Round.status == RoundStatus.OPEN).order_by(Round.id.desc()))
             accepted = int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == r.id)) or 0) \
                 if r is not None else 0
-            versions = list(s.scalars(select(Version).where(Version.status.in_(("stable", "candidate")))))
+            in_use = (VersionStatus.STABLE, VersionStatus.CANDIDATE)
+            versions = list(s.scalars(select(Version).where(Version.status.in_(in_use))))
             enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
             active = int(s.scalar(select(func.count()).select_from(Device).where(
                 Device.revoked.is_(False), Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinator.states import VERSION_ACTIONS
 from protocol import wire
 from protocol.plan import PLAN_FIELDS, REQUIRED_PLAN_FIELD_NAMES
 
@@ -14,6 +15,7 @@ _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _COUNT = {"type": "number", "minimum": 0}  # finite: a non-finite metric is refused, not a verdict
 _ANY_OBJ = {"type": "object", "additionalProperties": True}
+_CHANNEL = {"type": "string", "enum": list(wire.USE_CHANNELS)}   # stable | canary
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -40,14 +42,13 @@ SCHEMAS: dict[str, Any] = {
                       ["round_id", *REQUIRED_PLAN_FIELD_NAMES]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},
                   "retry_after": _NUM, "use_version_id": {"type": "string", "nullable": True},
-                  "use_channel": {"type": "string", "enum": list(wire.USE_CHANNELS)},
+                  "use_channel": _CHANNEL,
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
                   "time_limit_s": _NUM, "candidate_version_id": _STR,
                   "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT,
                   "max_eval_words": _INT, "rollout": {"$ref": "#/components/schemas/RolloutState"}},
                  ["protocol_version", "kind", "retry_after"]),
-    "RolloutState": _obj({"device_id": _STR, "version_id": _STR, "channel": {"type": "string", "enum": ["stable",
-                                                                                                        "canary"]},
+    "RolloutState": _obj({"device_id": _STR, "version_id": _STR, "channel": _CHANNEL,
                           "seq": _INT, "version_seq": _INT, "rollback": _BOOL, "expires_at": _INT, "signature": _STR},
                          ["device_id", "version_id", "channel", "seq", "version_seq", "rollback", "expires_at",
                           "signature"]),
@@ -194,9 +195,9 @@ def build() -> dict[str, Any]:
         "/v1/admin/versions": {"get": _op("List versions", security="admin", errors=(),
                                           ok=_obj({"versions": {"type": "array", "items": _ref("Version")}}))},
         "/v1/admin/versions/{version_id}/{action}": {"post": _op(
-            "promote | reject | pin | unpin | rollback a version", ok=_ref("Version"), security="admin",
+            " | ".join(VERSION_ACTIONS) + " a version", ok=_ref("Version"), security="admin",
             params=[*vid, {"name": "action", "in": "path", "required": True,
-                           "schema": {"type": "string", "enum": ["promote", "reject", "pin", "unpin", "rollback"]}}],
+                           "schema": {"type": "string", "enum": list(VERSION_ACTIONS)}}],
             errors=(400, 404, 409))},
         "/v1/admin/canary": {"get": _op("Canary comparison of candidate vs stable", security="admin", errors=())},
         "/v1/admin/rounds": {

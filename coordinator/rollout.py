@@ -14,9 +14,10 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from coordinator.states import VersionAction
 from protocol.wire import VersionMetrics
 
-PROMOTE, REJECT, WAIT = "promote", "reject", "wait"
+PROMOTE, REJECT, WAIT = VersionAction.PROMOTE, VersionAction.REJECT, "wait"   # the canary's verdicts
 
 
 def in_canary(device_id: str, fraction: float) -> bool:

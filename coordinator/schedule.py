@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from coordinator import queries
 from coordinator.errors import ApiError
 from coordinator.models import Round, utcnow
+from coordinator.states import RoundStatus
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -38,8 +40,8 @@ def open_if_due(coord: Coordinator) -> None:
         due = next_round_due(
             utcnow(), interval_s=coord.config.round_interval_s,
             last_closed_at=s.scalar(select(func.max(Round.closed_at))),
-            round_open=s.scalar(select(Round.id).where(Round.status == "open")) is not None,
-            has_stable=coord._stable(s) is not None, candidate_pending=coord._candidate(s) is not None)
+            round_open=s.scalar(select(Round.id).where(Round.status == RoundStatus.OPEN)) is not None,
+            has_stable=queries.stable(s) is not None, candidate_pending=queries.candidate(s) is not None)
     if not due:
         return
     try:

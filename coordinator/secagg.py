@@ -9,7 +9,7 @@ Phases of one round (protocol.secagg_wire has the device's view):
     unmask  each of U3 is told which neighbours survived / dropped and reveals self-mask shares
             of survivors and mask-key shares of the dropped; with t shares per secret the
             masks are removed from the sum -> summed; the round then closes like a plain one
-            (Coordinator._aggregate takes `mean_delta` from here)
+            (coordinator.rounds takes the mean from `round_mean`)
 
 A phase also advances at `secagg_phase_timeout_s` if enough devices are left; otherwise the
 round fails. What the database and blob store ever hold: public keys, ciphertexts the
@@ -36,7 +36,8 @@ from coordinator import aggregation, selection
 from coordinator.errors import ApiError
 from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
-from protocol import ddp, secagg, wire
+from coordinator.states import RoundStatus
+from protocol import artifact, ddp, secagg, wire
 from protocol import secagg_wire as sw
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def _open_round(s: Session, round_id: int, device_id: str) -> tuple[Round, SecAg
         raise ApiError(409, wire.E_CONFLICT, f"round {round_id} is not a secure-aggregation round")
     if not selection.is_selected(s, r.id, device_id):   # registered for the draw is not selected
         raise ApiError(403, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
-    if r.status != "open":
+    if r.status != RoundStatus.OPEN:
         raise ApiError(409, wire.E_LATE, f"round {r.id} is {r.status}")
     return r, s.get(SecAggRound, round_id)
 
@@ -234,14 +235,14 @@ def advance_open(coord: Coordinator) -> None:
     """Advance every open secure round (called from Coordinator.maintenance)."""
     with coord._sessions() as s:
         ids = s.scalars(select(SecAggRound.round_id).join(Round, Round.id == SecAggRound.round_id)
-                        .where(Round.status == "open")).all()
+                        .where(Round.status == RoundStatus.OPEN)).all()
     for rid in ids:
         advance(coord, rid)
 
 
 def _fail(s: Session, r: Round, row: SecAggRound, reason: str) -> None:
     row.phase = FAILED
-    r.status, r.closed_at, r.reason = "failed", utcnow(), f"secure aggregation: {reason}"
+    r.status, r.closed_at, r.reason = RoundStatus.FAILED, utcnow(), f"secure aggregation: {reason}"
     log.warning("round %d failed: %s", r.id, r.reason)
 
 
@@ -252,7 +253,7 @@ def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
     k, t = secagg.graph_degree(n, c.secagg_dropout)
     n_min = min(n, max(r.min_count, math.ceil((1 - c.secagg_dropout) * n), 2))
     plan = _plan(r)
-    dim = coord._manifest(s.get(Version, r.base_version_id)).num_params
+    dim = artifact.Manifest.from_dict(json.loads(s.get(Version, r.base_version_id).manifest_json)).num_params
     scale = ddp.choose_scale(plan.clip_norm, n, plan.noise_multiplier, dim, n_min)
     mu = ddp.skellam_mu(plan.noise_multiplier, scale, plan.clip_norm, dim, n_min)
     for i, m in enumerate(members):
@@ -269,7 +270,7 @@ def advance(coord: Coordinator, round_id: int) -> None:
     with coord.tx() as s:
         r = s.get(Round, round_id, with_for_update=True)
         row = s.get(SecAggRound, round_id)
-        if r is None or row is None or r.status != "open":
+        if r is None or row is None or r.status != RoundStatus.OPEN:
             return
         timed_out = utcnow() >= row.phase_started_at + timedelta(seconds=coord.config.secagg_phase_timeout_s)
         q = select(func.count()).select_from(SecAggMember).where(SecAggMember.round_id == round_id)
@@ -353,7 +354,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
     with coord.tx() as s:
         r = s.get(Round, round_id, with_for_update=True)
         row = s.get(SecAggRound, round_id)
-        if r.status != "open" or row.phase != SUMMING:
+        if r.status != RoundStatus.OPEN or row.phase != SUMMING:
             return
         if short:
             _fail(s, r, row, f"too few shares revealed to unmask devices {short[:10]}")
@@ -371,7 +372,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
 
 def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, updates: list,
                stream: Callable[[], Iterator[tuple[np.ndarray, float]]]) -> tuple[np.ndarray, list, dict]:
-    """For Coordinator._aggregate: (mean update, update rows, privacy notes for the version).
+    """For rounds._aggregate: (mean update, update rows, privacy notes for the version).
 
     Plain rounds: the configured aggregator (mean, trimmed_mean, median) over the stored
     updates. Secure rounds: the survivors' mean from the unmasked sum (unweighted: example

@@ -1,7 +1,7 @@
 """Update uploads: every check between the bytes a device sends and a durable, counted update.
 
-Split from `service` (the state machine); an update is acknowledged only after its blob is
-fsynced and its row committed, and every refusal is recorded with its wire code.
+An update is acknowledged only after its blob is fsynced and its row committed, and every
+refusal is recorded with its wire code.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from coordinator import selection
+from coordinator import queries, selection
 from coordinator.errors import ApiError
 from coordinator.models import Rejection, Round, Update, Version, utcnow
+from coordinator.states import RoundStatus
 from coordinator.validation import UpdateRejected, check_header_size, validate_update
 from coordinator.views import _iso
 from protocol import artifact, wire
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 log = logging.getLogger(__name__)
-OPEN = "open"
 REJECTION_STATUS = {wire.E_UNKNOWN_ROUND: 404, wire.E_NOT_SELECTED: 403, wire.E_LATE: 409, wire.E_DUPLICATE: 409,
                     wire.E_STALE: 409, wire.E_MALFORMED: 422, wire.E_NORM: 422, wire.E_EXAMPLE_COUNT: 422,
                     wire.E_BAD_REQUEST: 400}
@@ -58,14 +58,14 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     if assigned is None:
         raise reject(coord, device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
     status, deadline, base_id, plan_json = round_state
-    if status != OPEN or utcnow() >= deadline:
+    if status != RoundStatus.OPEN or utcnow() >= deadline:
         raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} is closed ({status}, deadline "
                                                          f"{_iso(deadline)})")
     if meta.base_version_id != base_id:
         raise reject(coord, device_id, r.id, wire.E_STALE,
                            f"update is based on {meta.base_version_id}, round {r.id} trains {base_id}")
     with coord._sessions() as s:
-        tensors = coord._manifest(s.get(Version, base_id)).tensors
+        tensors = queries.manifest(s.get(Version, base_id)).tensors
     try:
         check_header_size(body)
         weights = artifact.decode_weights(body)
@@ -78,7 +78,7 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     digest = coord.blobs.put(body)  # fsynced before the row that points to it is committed
     with coord.tx() as s:
         r = s.get(Round, meta.round_id, with_for_update=True)
-        if r.status != OPEN or utcnow() >= r.deadline or coord._accepted(s, r.id) >= r.goal_count:
+        if r.status != RoundStatus.OPEN or utcnow() >= r.deadline or queries.accepted(s, r.id) >= r.goal_count:
             late = True  # closed, past its deadline or full while we validated
         else:
             late = False
@@ -89,7 +89,7 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
             s.add(u)
             s.flush()
             receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
-            goal_reached = coord._accepted(s, r.id) >= r.goal_count
+            goal_reached = queries.accepted(s, r.id) >= r.goal_count
     if late:
         raise reject(coord, device_id, meta.round_id, wire.E_LATE,
                            f"round {meta.round_id} reached its goal or closed meanwhile")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from coordinator.errors import CoordinatorError
 from protocol import wire
 from protocol.artifact import ArtifactError, TensorSpec, check_weights, flatten
 
@@ -19,7 +20,7 @@ NOISE_SLACK_SIGMAS = 6.0   # P(||z|| > sigma*C*(sqrt(d) + 6)) <= exp(-18): hones
 FLOAT16_REL_TOL = 1e-3     # float16 rounding (2^-11 relative per value) on top of the bound
 
 
-class UpdateRejected(ValueError):
+class UpdateRejected(CoordinatorError, ValueError):
     """An update failed validation; `code` is a wire E_* code the device can act on."""
 
     def __init__(self, code: str, message: str) -> None:

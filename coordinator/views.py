@@ -1,6 +1,7 @@
 """The coordinator's read views: versions, rounds, rejections and status as API dicts.
 
-Split from `service`; read-only, each in its own session.
+Read-only, each in its own session; the JSON helpers here keep infinities and datetimes
+JSON-safe for every module that builds an answer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import canary, selection
+from coordinator import queries, selection
 from coordinator.errors import not_found
 from coordinator.models import Decision, Rejection, Round, Version
 from protocol import wire
@@ -48,13 +49,13 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
             "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
             "min_count": r.min_count, "population": r.population, "selected": selected,
             "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": _iso(r.selection_ends_at),
-            "accepted": coord._accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
+            "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
             "created_at": _iso(r.created_at), "closed_at": _iso(r.closed_at),
             "result_version_id": r.result_version_id, "reason": r.reason}
 
 
 def version_dict(coord: Coordinator, s: Session, v: Version) -> dict[str, Any]:
-    evals = canary.reported_count(s, v.id)
+    evals = queries.reported_count(s, v.id)
     decisions = [{"action": d.action, "actor": d.actor, "reason": d.reason, "numbers": json.loads(d.numbers_json),
                   "at": _iso(d.created_at)}
                  for d in s.scalars(select(Decision).where(Decision.version_id == v.id).order_by(Decision.id))]
@@ -96,10 +97,11 @@ def rejections(coord: Coordinator, round_id: int | None = None) -> list[dict[str
 def status(coord: Coordinator) -> dict[str, Any]:
     coord.maintenance()
     with coord._sessions() as s:
-        stable, cand = coord._stable(s), coord._candidate(s)
+        stable, cand = queries.stable(s), queries.candidate(s)
         r = s.scalar(select(Round).order_by(Round.id.desc()))
+        population = queries.population_view(s, coord.config.population_size)
         return {"stable_version_id": stable.id if stable else None,
-                "candidate_version_id": cand.id if cand else None, "pinned": coord._pinned(s),
-                "devices": coord._population_view(s)["enrolled"], "population": coord._population_view(s),
+                "candidate_version_id": cand.id if cand else None, "pinned": queries.pinned(s),
+                "devices": population["enrolled"], "population": population,
                 "latest_round": round_dict(coord, s, r) if r else None,
                 "public_key_hex": coord.public_key_hex}

@@ -44,6 +44,8 @@ from edge_runtime.client import (
 )
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
+from edge_runtime.errors import EdgeError
+from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE
 from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
@@ -52,13 +54,11 @@ from protocol.artifact import atomic_write
 
 log = logging.getLogger(__name__)
 
-IDENTITY_FILE = "device.json"
-ACTIVITY_FILE = "last_keystroke"
 DEFAULT_EVAL_WORDS = 300        # an evaluate task that names no word budget
 _FATAL_CODES = frozenset({wire.E_UNAUTHORIZED, wire.E_FORBIDDEN, wire.E_PROTOCOL_VERSION})
 
 
-class AgentError(RuntimeError):
+class AgentError(EdgeError, RuntimeError):
     """The agent cannot go on (not enrolled, revoked, bad setup); the message says why."""
 
 

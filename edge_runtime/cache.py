@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from edge_runtime.errors import EdgeError
+from edge_runtime.paths import CACHE_DB
+
 log = logging.getLogger(__name__)
 
-DB_NAME = "text_cache.sqlite3"
 DEFAULT_RETENTION_DAYS = 60.0
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024   # ~ months of typing; caps disk use and training time
 DEFAULT_HOLDOUT_FRACTION = 0.1
@@ -68,7 +70,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class CacheError(RuntimeError):
+class CacheError(EdgeError, RuntimeError):
     """The text cache cannot be opened or used."""
 
 
@@ -131,7 +133,7 @@ class TextCache:
         self._clock = clock
         self._lock = threading.Lock()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = self.data_dir / DB_NAME
+        self.path = self.data_dir / CACHE_DB
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write is
             # exactly one transaction.

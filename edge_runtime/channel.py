@@ -22,10 +22,10 @@ import json
 import os
 from pathlib import Path
 
+from edge_runtime.paths import CHANNEL_FILE
 from protocol import wire
 from protocol.artifact import atomic_write
 
-CHANNEL_FILE = "model_channel.json"
 STABLE, CANARY, UNKNOWN = "stable", "canary", "unknown"
 CHANNELS = (STABLE, CANARY, UNKNOWN)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from edge_runtime.errors import EdgeError
 from protocol import wire
 from protocol.artifact import GRAPH, MANIFEST, TOKENIZER, WEIGHTS, WEIGHTS_Q8
 
@@ -38,7 +39,7 @@ _VERSION_PATHS = {
 }
 
 
-class ClientError(Exception):
+class ClientError(EdgeError):
     """Root of every error from talking to the coordinator."""
 
     retryable = False

@@ -1,21 +1,21 @@
 """The device's one validated settings object: defaults < JSON file < environment < flags.
 
-Unknown keys are errors at every layer (a misspelt setting silently ignored is a setting not
-set). Environment variables are ``FEDKEYS_EDGE_<KEY>`` (upper case); the file is JSON, named
-by ``--config`` or ``FEDKEYS_EDGE_CONFIG``. Flags given as None are "not given".
+Loading is protocol.settings.load_settings, shared with the coordinator. Unknown keys are
+errors at every layer (a misspelt setting silently ignored is a setting not set). Environment
+variables are ``FEDKEYS_EDGE_<KEY>`` (upper case); the file is JSON, named by ``--config`` or
+``FEDKEYS_EDGE_CONFIG``. Flags given as None are "not given".
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from protocol.settings import coerce_settings
+from edge_runtime.errors import EdgeError
+from protocol.settings import coerce_settings, load_settings
 
 ENV_PREFIX = "FEDKEYS_EDGE_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
@@ -23,7 +23,7 @@ ELIGIBILITY_MODES = ("auto", "override:eligible", "override:ineligible")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgeError, ValueError):
     """A setting is unknown or has an invalid value."""
 
 
@@ -112,33 +112,9 @@ def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return coerce_settings(EdgeConfig, values, source, ConfigError)
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a JSON object")
-    return data
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k[len(ENV_PREFIX):].lower(): v for k, v in environ.items()
-            if k.startswith(ENV_PREFIX) and k != ENV_CONFIG_FILE}
-
-
 def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
                 flags: Mapping[str, Any] | None = None) -> EdgeConfig:
-    """defaults < file < FEDKEYS_EDGE_* < flags (None flags ignored); validated once, merged."""
-    environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
-    path = config_file or environ.get(ENV_CONFIG_FILE)
-    if path:
-        merged |= _coerce_all(read_config_file(path), str(path))
-    merged |= _coerce_all(env_overrides(environ), "environment")
-    if flags:
-        merged |= _coerce_all({k: v for k, v in flags.items() if v is not None}, "flags")
-    return EdgeConfig(**merged)
+    """defaults < JSON file < FEDKEYS_EDGE_* < flags (None flags ignored); validated once, merged
+    (protocol.settings.load_settings)."""
+    return EdgeConfig(**load_settings(EdgeConfig, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file,
+                                      environ=environ, flags=flags, toml=False))

@@ -48,11 +48,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
-from edge_runtime.agent import ACTIVITY_FILE, open_cache
+from edge_runtime.agent import open_cache
 from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
+from edge_runtime.errors import EdgeError
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
+from edge_runtime.paths import ACTIVITY_FILE
 from edge_runtime.personal import PersonalModel
 from edge_runtime.predictor import Session
 from protocol.text import tokens
@@ -75,11 +77,11 @@ TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
-class KeyboardError(RuntimeError):
+class KeyboardError(EdgeError, RuntimeError):
     """The keyboard server cannot start (bad bind address, no data directory)."""
 
 
-class ApiError(Exception):
+class ApiError(EdgeError):
     """A request the API refuses; becomes a JSON error with `status`."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -33,15 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.errors import EdgeError
+from edge_runtime.paths import LEDGER_FILE
 from protocol.artifact import atomic_write
 from protocol.plan import TrainPlan
 
 log = logging.getLogger(__name__)
 
-LEDGER_FILE = "privacy_ledger.json"
 
 
-class LedgerError(RuntimeError):
+class LedgerError(EdgeError, RuntimeError):
     """The ledger file is unreadable: the device cannot know what it spent, so it trains no more."""
 
 

@@ -20,21 +20,22 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
+from edge_runtime.errors import EdgeError
+from edge_runtime.paths import ROLLOUT_STATE_FILE
 from protocol.artifact import atomic_write, load_public_key
 from protocol.fields import WireError
 from protocol.rollout_state import RolloutState
 
-STATE_FILE = "rollout_state.json"
 CLOCK_SKEW_S = 300.0
 
 
-class RolloutRefused(Exception):
+class RolloutRefused(EdgeError):
     """The statement cannot be followed; the message says why (one line)."""
 
 
 def last_state(data_dir: str | os.PathLike) -> RolloutState | None:
     try:
-        return RolloutState.from_dict(json.loads((Path(data_dir) / STATE_FILE).read_text()))
+        return RolloutState.from_dict(json.loads((Path(data_dir) / ROLLOUT_STATE_FILE).read_text()))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, WireError):
@@ -68,4 +69,4 @@ def remember(state: RolloutState, data_dir: str | os.PathLike) -> None:
     """Keep `state` as the newest seen (never replaces a newer one)."""
     last = last_state(data_dir)
     if last is None or state.seq >= last.seq:
-        atomic_write(Path(data_dir) / STATE_FILE, json.dumps(state.to_dict()).encode())
+        atomic_write(Path(data_dir) / ROLLOUT_STATE_FILE, json.dumps(state.to_dict()).encode())

@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.client import CoordinatorClient, RejectedError, TransientError
+from edge_runtime.errors import EdgeError
 from protocol import ddp, secagg, wire
 from protocol import secagg_wire as sw
 
 log = logging.getLogger(__name__)
 
 
-class Refused(Exception):
+class Refused(EdgeError):
     """The device stops taking part: the coordinator asked for something an honest device refuses."""
 
 

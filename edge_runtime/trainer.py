@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_runtime.errors import EdgeError
 from edge_runtime.update import NoiseSource, Update, build_update
 from protocol.arch import EVALUATE_OUTPUTS, SIG_EVALUATE, SIG_TRAIN
 from protocol.artifact import TOKENIZER, Manifest, load_version
@@ -53,7 +54,7 @@ def load_model(version_dir: Path) -> SignatureModel:
     return Model.load(version_dir, verify=False)  # the caller has just verified it
 
 
-class TrainingAborted(Exception):
+class TrainingAborted(EdgeError):
     """Training stopped before the plan finished; there is no update to send."""
 
     def __init__(self, reason: str, steps_done: int = 0) -> None:

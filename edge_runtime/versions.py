@@ -29,6 +29,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_runtime.errors import EdgeError
+from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, STAGING_PREFIX
 from protocol import artifact
 from protocol.artifact import (
     GRAPH,
@@ -50,14 +52,12 @@ from protocol.wire import is_safe_id
 
 log = logging.getLogger(__name__)
 
-POINTER = "current.json"
-_STAGING_PREFIX = ".incoming-"
 
 # fetch(version_id, filename) -> bytes, filename one of MANIFEST, WEIGHTS, WEIGHTS_Q8, GRAPH, TOKENIZER.
 Fetch = Callable[[str, str], bytes]
 
 
-class VersionError(RuntimeError):
+class VersionError(EdgeError, RuntimeError):
     """A model version cannot be installed or used (bad hash, bad signature, none present)."""
 
 
@@ -111,7 +111,7 @@ class VersionStore:
 
     def __init__(self, data_dir: str | os.PathLike, *,
                  public_key: Ed25519PublicKey | bytes | str | None = None) -> None:
-        self.root = Path(data_dir) / "models"
+        self.root = Path(data_dir) / MODELS_DIR
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_key = None if public_key is None else load_public_key(public_key)
         self._recover()
@@ -119,7 +119,7 @@ class VersionStore:
     # -- pointer ---------------------------------------------------------------------------
 
     def _read_pointer(self) -> dict[str, str | None]:
-        p = self.root / POINTER
+        p = self.root / CURRENT_POINTER
         try:
             d = json.loads(p.read_text())
             return {"current": d.get("current"), "previous": d.get("previous")}
@@ -131,12 +131,12 @@ class VersionStore:
             return {"current": None, "previous": None}
 
     def _write_pointer(self, current: str, previous: str | None) -> None:
-        atomic_write(self.root / POINTER, json.dumps({"current": current, "previous": previous}).encode())
+        atomic_write(self.root / CURRENT_POINTER, json.dumps({"current": current, "previous": previous}).encode())
 
     def _recover(self) -> None:
-        for p in self.root.glob(_STAGING_PREFIX + "*"):
+        for p in self.root.glob(STAGING_PREFIX + "*"):
             shutil.rmtree(p, ignore_errors=True)
-        for p in self.root.glob("." + POINTER + ".*"):  # atomic_write temp files left by a kill
+        for p in self.root.glob("." + CURRENT_POINTER + ".*"):  # atomic_write temp files left by a kill
             p.unlink(missing_ok=True)
 
     @property
@@ -214,7 +214,7 @@ class VersionStore:
             _check_signature(manifest, self.public_key)
         wanted = {**_weights_file(manifest), GRAPH: manifest.graph_sha256, TOKENIZER: manifest.tokenizer_sha256}
 
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=_STAGING_PREFIX))
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
         try:
             for fname, sha in wanted.items():
                 local = self._find_local(fname, sha)
@@ -290,7 +290,7 @@ class VersionStore:
 
     def _discard(self, d: Path) -> None:
         # Rename first so a crash mid-delete leaves a staging leftover, not a half version.
-        tomb = self.root / f"{_STAGING_PREFIX}{d.name}.deleted"
+        tomb = self.root / f"{STAGING_PREFIX}{d.name}.deleted"
         shutil.rmtree(tomb, ignore_errors=True)
         os.rename(d, tomb)
         shutil.rmtree(tomb, ignore_errors=True)

@@ -19,12 +19,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
 from protocol.fields import MAX_INT, WireError, _bool, _int, _str
 
 DOMAIN = b"fedkeys-rollout-state-v1\n"
-CHANNELS = ("stable", "canary")
+
+
+class Channel(StrEnum):
+    """Which rollout channel a version is served on (protocol.wire re-exports it)."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+CHANNELS = tuple(c.value for c in Channel)
 
 
 @dataclass(frozen=True)

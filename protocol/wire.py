@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from protocol.fields import (  # noqa: F401  (re-exported: the wire protocol's public names)
@@ -38,7 +39,7 @@ from protocol.fields import (  # noqa: F401  (re-exported: the wire protocol's p
     _str,
 )
 from protocol.plan import TrainPlan  # noqa: F401  (re-exported: part of the Task message)
-from protocol.rollout_state import RolloutState  # noqa: F401  (re-exported: part of the Task message)
+from protocol.rollout_state import Channel, RolloutState  # noqa: F401  (re-exported: part of the Task message)
 
 PROTOCOL_VERSION = 1
 
@@ -77,11 +78,12 @@ MAX_VERSION_FILE_BYTES = 64 * 1024 * 1024     # one version file a device downlo
 MIN_RETRY_AFTER_S = 1.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
-# --- Enumerations ------------------------------------------------------------------------------
-TASK_TRAIN = "train"
-TASK_EVALUATE = "evaluate"
-TASK_COME_BACK = "come_back"
-TASK_KINDS = (TASK_TRAIN, TASK_EVALUATE, TASK_COME_BACK)
+# --- Enumerations (StrEnum: the JSON stays the plain strings) ----------------------------------
+# TaskKind: what a check-in reply tells the device to do (Task.kind); the TASK_* names are its members.
+TaskKind = StrEnum("TaskKind", {"TRAIN": "train", "EVALUATE": "evaluate", "COME_BACK": "come_back"})
+TASK_TRAIN, TASK_EVALUATE, TASK_COME_BACK = TaskKind.TRAIN, TaskKind.EVALUATE, TaskKind.COME_BACK
+TASK_KINDS = tuple(k.value for k in TaskKind)
+USE_CHANNELS = tuple(c.value for c in Channel)   # Task.use_channel: protocol.rollout_state.Channel
 ENCODINGS = ("float16", "float32")
 
 # --- Error codes (ErrorBody.error) ------------------------------------------------------------
@@ -172,9 +174,6 @@ class CheckinRequest:
         return cls(eligible=_bool(d, "eligible"),
                    current_version_id=_str(d, "current_version_id", optional=True),
                    can_evaluate=_bool(d, "can_evaluate", default=True))
-
-
-USE_CHANNELS = ("stable", "canary")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from flask import Blueprint, Response, jsonify, request
 from coordinator.api.common import admin_auth, coord, json_body
 from coordinator.dashboard import dashboard_data
 from coordinator.errors import bad_request
+from coordinator.states import VERSION_ACTIONS
 from protocol import wire
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
-ACTIONS = ("promote", "reject", "pin", "unpin", "rollback")
 
 
 @bp.get("/status")
@@ -46,8 +46,8 @@ def versions() -> Response:
 @bp.post("/versions/<version_id>/<action>")
 @admin_auth
 def version_action(version_id: str, action: str) -> Response:
-    if action not in ACTIONS:
-        raise bad_request(f"action must be one of {list(ACTIONS)}")
+    if action not in VERSION_ACTIONS:
+        raise bad_request(f"action must be one of {list(VERSION_ACTIONS)}")
     return jsonify(coord().admin_decide(version_id, action))
 
 

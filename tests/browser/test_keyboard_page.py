@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from edge_runtime import channel
-from edge_runtime.cache import DB_NAME
 from edge_runtime.keyboard import start_keyboard
+from edge_runtime.paths import CACHE_DB
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
 from protocol.artifact import read_manifest
@@ -73,7 +73,7 @@ def page(browser, device):
 
 
 def rows(data_dir: Path) -> list[str]:
-    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as db:
+    with sqlite3.connect(f"file:{data_dir / CACHE_DB}?mode=ro", uri=True) as db:
         return [r[0] for r in db.execute("SELECT text FROM texts ORDER BY id")]
 
 

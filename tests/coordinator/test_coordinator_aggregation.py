@@ -7,8 +7,6 @@ import pytest
 
 from coordinator import aggregation as agg
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 def test_streaming_mean_equals_numpy_weighted_average():
     rng = np.random.default_rng(0)

@@ -12,8 +12,6 @@ from coordinator.validation import UpdateRejected, norm_bound, validate_update
 from protocol import wire
 from protocol.artifact import TensorSpec
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 TENSORS = [TensorSpec("a", (4, 4)), TensorSpec("b", (4,))]
 PLAN = wire.TrainPlan(round_id=1, epochs=1, batch_size=8, learning_rate=0.1, clip_norm=1.0, noise_multiplier=0.0,
                       max_examples=50)

@@ -11,8 +11,6 @@ from coordinator.config import Config, ConfigError, load_config
 from coordinator.db import downgrade, make_engine, migrate, table_names
 from coordinator.ratelimit import RateLimiter
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 def test_config_layers_defaults_file_env_flags(tmp_path):
     toml = tmp_path / "c.toml"

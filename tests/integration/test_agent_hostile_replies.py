@@ -18,7 +18,6 @@ from edge_runtime.client import CoordinatorClient, ProtocolError
 from edge_runtime.config import EdgeConfig
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
 PLAN = {"round_id": 1, "epochs": 1, "batch_size": 4, "learning_rate": 0.1, "clip_norm": 1.0,
         "noise_multiplier": 1.0, "max_examples": 10}
 

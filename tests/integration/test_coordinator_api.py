@@ -15,7 +15,6 @@ from coordinator.__main__ import main as cli_main
 from coordinator.app import create_app
 from protocol import artifact, wire
 
-pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import requests
 from coordinator_fakes import FakeDevice, make_config, make_version, serve
 
 from protocol import wire
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 
 def _err(resp, status: int, code: str) -> wire.ErrorBody:

@@ -9,8 +9,6 @@ from coordinator_fakes import FakeDevice, make_config, make_version, random_delt
 from coordinator import rollout
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 def _candidate_from_round(s, devices, scale: float) -> str:
     rid = s.coord.start_round(goal_count=2, min_count=2)

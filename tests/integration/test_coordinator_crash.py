@@ -23,7 +23,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import requests
 from coordinator_fakes import SHAPES, database_url, make_version, random_delta
 
@@ -32,7 +31,6 @@ from coordinator.__main__ import main as cli_main
 from protocol import artifact, wire
 from tools.coordinator_process import free_port
 
-pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = int(os.environ.get("FEDKEYS_CRASH_ROUNDS", "20"))
 DEVICES, ADMIN = 3, "crash-admin"

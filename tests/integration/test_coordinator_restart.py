@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import requests
 from coordinator_fakes import (
     SHAPES,
@@ -24,7 +23,6 @@ from coordinator.__main__ import main as cli_main
 from protocol import artifact, wire
 from tools.coordinator_process import free_port
 
-pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
 
 

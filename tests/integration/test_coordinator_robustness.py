@@ -7,7 +7,6 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 import requests
 from coordinator_fakes import (
     SHAPES,
@@ -19,8 +18,6 @@ from coordinator_fakes import (
 )
 
 from protocol import artifact, wire
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 
 def test_concurrent_checkins_and_uploads(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from coordinator_fakes import (
     SHAPES,
     FakeDevice,
@@ -14,8 +13,6 @@ from coordinator_fakes import (
 )
 
 from protocol import artifact, wire
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 
 def _setup(served, n_devices: int):

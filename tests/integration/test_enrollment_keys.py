@@ -10,8 +10,6 @@ from coordinator.__main__ import main as coordinator_main
 from coordinator.models import EnrollmentKey
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 def _enroll(s, key):
     return FakeDevice(s.url, key)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
-import pytest
 import requests
 from coordinator_fakes import (
     SHAPES,
@@ -30,8 +29,6 @@ from coordinator_fakes import (
 
 from coordinator import aggregation
 from protocol import artifact, wire
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 MAX_BODY = 256 * 1024          # the served app's max_body_bytes: "oversized" is cheap to send
 EXAMPLE_CAP = 100              # max_example_weight: one valid update is capped

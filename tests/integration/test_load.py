@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from coordinator_fakes import TEST_DB_ENV
 
 from tools.bench.load import format_report, run_load
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 
 def test_reduced_load_has_no_errors_and_reports_every_figure(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import schemathesis
 from coordinator_fakes import FakeDevice, make_config, make_version, serve
 from hypothesis import HealthCheck, Phase, given, settings
@@ -20,8 +19,6 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from protocol import wire
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 EXAMPLES = int(os.environ.get("FEDKEYS_FUZZ_EXAMPLES", "8"))
 

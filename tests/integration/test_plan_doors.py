@@ -15,8 +15,6 @@ from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 def test_admin_api_refuses_clip_norm_zero(tmp_path, exported_version):
     with serve(make_config(tmp_path)) as s:

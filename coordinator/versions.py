@@ -1,0 +1,132 @@
+"""Model versions: import, the files devices download, and every status change with its decision.
+
+A version's status (`states.VersionStatus`) changes only in `apply_decision`, which also
+records the `Decision` row that says who changed it and why: an operator's action
+(`states.VersionAction`), the canary's automatic promote/reject, or a newer candidate
+superseding an undecided one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from coordinator import privacy, queries, views
+from coordinator.errors import ApiError, bad_request, not_found
+from coordinator.models import Decision, Setting, Version, utcnow
+from coordinator.states import VERSION_ACTIONS, VersionAction, VersionStatus
+from protocol import artifact, wire
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: bool | None = None) -> str:
+    """Import a version directory (e.g. version 0 from central pretraining), re-signed by us.
+
+    The first version becomes stable; later ones become canary candidates unless
+    `as_candidate` is False (then they replace stable directly).
+    """
+    manifest, weights = artifact.load_version(directory)
+    d = Path(directory)
+    if not wire.is_safe_id(manifest.version_id):
+        raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
+    w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
+    g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
+    t_sha = coord.blobs.put((d / artifact.TOKENIZER).read_bytes())
+    with coord.tx() as s:
+        if s.get(Version, manifest.version_id) is not None:
+            raise ApiError(409, wire.E_CONFLICT, f"version {manifest.version_id} already imported")
+        stable = queries.stable(s)
+        if stable is not None and json.loads(stable.manifest_json)["arch_hash"] != manifest.arch_hash:
+            raise bad_request("imported version has a different architecture than the stable version")
+        status = (VersionStatus.STABLE if stable is None or as_candidate is False else VersionStatus.CANDIDATE)
+        if status == VersionStatus.STABLE and stable is not None:
+            stable.status = VersionStatus.RETIRED
+        if status == VersionStatus.CANDIDATE:
+            supersede_candidate(s, manifest.version_id)
+        manifest.privacy = privacy.summarize([], coord.config.privacy_delta)
+        artifact.sign_manifest(manifest, coord.signing_key)
+        s.add(Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
+                      manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
+                      graph_sha256=g_sha, tokenizer_sha256=t_sha, epsilon=0.0, delta=coord.config.privacy_delta,
+                      privacy_json=json.dumps(manifest.privacy)))
+        s.flush()
+        s.add(Decision(version_id=manifest.version_id, action="import", actor="admin",
+                       reason=f"imported from {d.name} as {status}", numbers_json="{}"))
+    log.info("imported version %s as %s (%d tensors, %d parameters)", manifest.version_id, status, len(weights),
+             manifest.num_params)
+    return manifest.version_id
+
+
+def supersede_candidate(s: Session, new_id: str) -> None:
+    """A new candidate rejects the undecided one it replaces (one canary at a time)."""
+    old = queries.candidate(s)
+    if old is not None:
+        old.status = VersionStatus.REJECTED
+        old.decided_at = utcnow()
+        s.add(Decision(version_id=old.id, action=VersionAction.REJECT, actor="auto",
+                       reason=f"superseded by {new_id} before the canary decided", numbers_json="{}"))
+
+
+def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes, str]:
+    """(bytes, media type) of a version's manifest, weights, graph or tokenizer."""
+    with coord._sessions() as s:
+        v = s.get(Version, version_id)
+        if v is None:
+            raise not_found(f"no version {version_id!r}")
+        if kind == "manifest":
+            return v.manifest_json.encode(), "application/json"
+        digest = {"weights": v.weights_sha256, "graph": v.graph_sha256, "tokenizer": v.tokenizer_sha256}[kind]
+    return coord.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
+
+
+def apply_decision(s: Session, v: Version, action: VersionAction, actor: str, reason: str, numbers: dict) -> None:
+    """Change `v`'s status for `action` (promote, reject, pin, rollback) and record the decision."""
+    now = utcnow()
+    if action in (VersionAction.PROMOTE, VersionAction.PIN, VersionAction.ROLLBACK):
+        old = queries.stable(s)
+        if old is not None and old.id != v.id:
+            old.status, old.decided_at = VersionStatus.RETIRED, now
+        v.status = VersionStatus.STABLE
+        if action != VersionAction.PROMOTE:  # a manual stable change cancels the pending canary
+            cand = queries.candidate(s)
+            if cand is not None and cand.id != v.id:
+                cand.status, cand.decided_at = VersionStatus.REJECTED, now
+    elif action == VersionAction.REJECT:
+        v.status = VersionStatus.REJECTED
+    v.decided_at = now
+    s.add(Decision(version_id=v.id, action=action, actor=actor, reason=reason,
+                   numbers_json=json.dumps(views._json_safe(numbers))))
+    log.info("version %s: %s by %s (%s)", v.id, action, actor, reason)
+
+
+def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, Any]:
+    """An operator's VersionAction on a version; answers the version as the API shows it."""
+    with coord.tx() as s:
+        v = s.get(Version, version_id)
+        if v is None:
+            raise not_found(f"no version {version_id!r}")
+        if action in (VersionAction.PROMOTE, VersionAction.REJECT) and v.status != VersionStatus.CANDIDATE:
+            raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}, not a candidate")
+        if action == VersionAction.ROLLBACK and v.status not in (VersionStatus.RETIRED, VersionStatus.REJECTED):
+            raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}; roll back to a retired version")
+        if action not in VERSION_ACTIONS:
+            raise bad_request(f"unknown action {action!r}")
+        action = VersionAction(action)
+        if action in (VersionAction.PIN, VersionAction.UNPIN):
+            row = s.get(Setting, "pinned") or Setting(key="pinned", value="0")
+            row.value = "1" if action == VersionAction.PIN else "0"
+            s.add(row)
+        if action == VersionAction.UNPIN:
+            s.add(Decision(version_id=v.id, action=action, actor="admin", reason="automatic promotion on",
+                           numbers_json="{}"))
+        else:
+            apply_decision(s, v, action, "admin", f"admin {action}", {})
+        return views.version_dict(coord, s, v)

@@ -1,0 +1,12 @@
+"""The device's one root error: every exception the runtime raises on purpose derives from it.
+
+Each area keeps its own class (`ClientError` for the coordinator's answers, `CacheError`,
+`VersionError`, `ConfigError`, ...) and, where callers catch a builtin, that builtin as a second
+base; `except EdgeError` is the boundary that catches them all.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Root of the device runtime's errors."""

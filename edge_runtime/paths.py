@@ -1,0 +1,28 @@
+"""The names of the files in a device's data directory, in one place.
+
+    <data_dir>/
+        device.json             identity: device id, token, coordinator URL and key (agent; 0600)
+        last_keystroke          mtime = the last keystroke, for the idle rule (eligibility.ActivityClock)
+        text_cache.sqlite3      the typed-text cache, plus its -wal/-shm files (cache)
+        privacy_ledger.json     every update released and its epsilon (plan_guard)
+        rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
+        model_channel.json      stable or canary: what the version in use is (channel)
+        models/                 verified model versions (versions)
+            current.json        {"current": id, "previous": id | null}
+            <version_id>/       one complete version directory
+            .incoming-*/        a download in progress
+
+The modules that own each file import its name from here; tests and tools do too.
+"""
+
+from __future__ import annotations
+
+IDENTITY_FILE = "device.json"
+ACTIVITY_FILE = "last_keystroke"
+CACHE_DB = "text_cache.sqlite3"
+LEDGER_FILE = "privacy_ledger.json"
+ROLLOUT_STATE_FILE = "rollout_state.json"
+CHANNEL_FILE = "model_channel.json"
+MODELS_DIR = "models"
+CURRENT_POINTER = "current.json"      # under MODELS_DIR
+STAGING_PREFIX = ".incoming-"         # under MODELS_DIR
