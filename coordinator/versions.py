@@ -38,6 +38,7 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     if not wire.is_safe_id(manifest.version_id):
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
     w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
+    manifest.weights_q8_sha256 = put_download_form(coord, weights)
     g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
     t_sha = coord.blobs.put((d / artifact.TOKENIZER).read_bytes())
     with coord.tx() as s:
@@ -65,6 +66,12 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     return manifest.version_id
 
 
+def put_download_form(coord: Coordinator, weights: dict) -> str:
+    """Store the quantized form devices download (`artifact.quantize`, a quarter of float32's
+    bytes); its sha256 goes into the manifest before it is signed."""
+    return coord.blobs.put(artifact.encode_weights_q8(weights))
+
+
 def supersede_candidate(s: Session, new_id: str) -> None:
     """A new candidate rejects the undecided one it replaces (one canary at a time)."""
     old = queries.candidate(s)
@@ -76,14 +83,19 @@ def supersede_candidate(s: Session, new_id: str) -> None:
 
 
 def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes, str]:
-    """(bytes, media type) of a version's manifest, weights, graph or tokenizer."""
+    """(bytes, media type) of a version's manifest, weights (float32 or `weights_q8`), graph or tokenizer."""
     with coord._sessions() as s:
         v = s.get(Version, version_id)
         if v is None:
             raise not_found(f"no version {version_id!r}")
         if kind == "manifest":
             return v.manifest_json.encode(), "application/json"
-        digest = {"weights": v.weights_sha256, "graph": v.graph_sha256, "tokenizer": v.tokenizer_sha256}[kind]
+        if kind == "weights_q8":
+            digest = json.loads(v.manifest_json).get("weights_q8_sha256")
+            if not digest:
+                raise not_found(f"version {version_id} has no quantized weights; fetch its weights")
+        else:
+            digest = {"weights": v.weights_sha256, "graph": v.graph_sha256, "tokenizer": v.tokenizer_sha256}[kind]
     return coord.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
 
 

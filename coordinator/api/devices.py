@@ -89,6 +89,12 @@ def version_weights(version_id: str) -> Response:
     return _file(version_id, "weights")
 
 
+@bp.get(_flask_path(wire.PATH_VERSION_WEIGHTS_Q8))
+@device_or_admin_auth
+def version_weights_q8(version_id: str) -> Response:
+    return _file(version_id, "weights_q8")
+
+
 @bp.get(_flask_path(wire.PATH_VERSION_GRAPH))
 @device_or_admin_auth
 def version_graph(version_id: str) -> Response:

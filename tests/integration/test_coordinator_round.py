@@ -62,6 +62,15 @@ def test_full_round_aggregate_equals_numpy_weighted_average(served, tmp_path):
     pub = wire.SigningKey.from_dict(served.admin("GET", wire.PATH_SIGNING_KEY).json()).public_key_hex
     artifact.verify_manifest(manifest, pub)
     assert manifest.weights_sha256 == artifact.sha256_bytes(devices[3].get(wire.PATH_VERSION_WEIGHTS, cand).content)
+    # What devices download: the candidate's own quantized weights, signed through the manifest.
+    q8 = devices[3].get(wire.PATH_VERSION_WEIGHTS_Q8, cand).content
+    assert manifest.weights_q8_sha256 == artifact.sha256_bytes(q8)
+    base_manifest = artifact.Manifest.from_dict(devices[3].get(wire.PATH_VERSION_MANIFEST, "v0000").json())
+    assert base_manifest.weights_q8_sha256 and base_manifest.weights_q8_sha256 != manifest.weights_q8_sha256
+    back = artifact.dequantize(artifact.decode_weights(q8), manifest.tensors)
+    for name in SHAPES:
+        got = artifact.decode_weights(devices[3].get(wire.PATH_VERSION_WEIGHTS, cand).content)[name]
+        np.testing.assert_allclose(back[name], got, atol=float(np.abs(got).max()) / 127)
     assert manifest.privacy["epsilon"] == "inf"   # noise_multiplier 0: no formal guarantee, and we say so
 
     # The canary cohort (fraction 1.0 here) is told to use the candidate and to evaluate it.
