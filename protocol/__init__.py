@@ -1,7 +1,7 @@
 """What the edge runtime, the coordinator and the model exporter agree on: the one shared kernel.
 
 `model/`, `edge_runtime/` and `coordinator/` each import `protocol` and none of the other two,
-and `protocol` imports none of them (tests/unit/test_import_graph.py), so a device needs
+and `protocol` imports none of them (tests/protocol/test_import_graph.py), so a device needs
 `protocol/` + `edge_runtime/` only and a change to the shared contract has one obvious room.
 
 Imports nothing heavier than numpy, safetensors and cryptography at module level: no

@@ -37,3 +37,16 @@ def _restore_root_logger():
     handlers, level = root.handlers[:], root.level
     yield
     root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def served(tmp_path):
+    """The real coordinator app on a loopback port (make_config's settings), with v0000 imported
+    as stable (its weights in `served.v0_weights`). Tests that need other settings call
+    `serve(make_config(tmp_path, ...))` themselves. (Imported here, not at the top: the slim edge
+    environment has no Flask.)"""
+    from tests.helpers.coordinator_fakes import import_v0, make_config, serve
+
+    with serve(make_config(tmp_path)) as s:
+        import_v0(s, tmp_path / "v0")
+        yield s

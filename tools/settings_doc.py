@@ -4,7 +4,7 @@
 
 Every field of coordinator.config.Config and edge_runtime.config.EdgeConfig: its key, type,
 default and environment variable, and the comment beside it in the source (the fields'
-docstrings, in effect). --check exits 1 if the file differs (tests/cli runs it).
+docstrings, in effect). --check exits 1 if the file differs (tests/tools/test_settings_doc.py runs it).
 """
 
 from __future__ import annotations

@@ -23,27 +23,28 @@ from tools.coordinator_process import CoordinatorProcess, CoordinatorProcessErro
 # --- the edge test subset ----------------------------------------------------------------------
 #
 # Included (what depends on the CPU architecture, the interpreter build or native wheels):
-#   tests/edge/                         the exported model in the slim interpreter: step/train/
-#                                       evaluate/get/set signatures, predictor, on-device
-#                                       training lowering the loss, clipped+noised update
-#   tests/unit/test_edge_trainer.py     trainer on the real graph
-#   tests/unit/test_edge_update.py      update encoding, clipping, noise (numpy on aarch64)
-#   tests/unit/test_edge_versions.py    signed manifest + sha256 verification (cryptography on
-#                                       aarch64), install / swap / rollback
-#   tests/unit/test_edge_agent_step.py  one check-in -> task -> result, with fakes
-#   tests/unit/test_edge_client.py      wire encoding (requests on aarch64)
-#   tests/unit/test_edge_cache.py       SQLite text cache (the guest's sqlite3)
-#   tests/unit/test_edge_config.py, test_edge_eligibility.py   settings, eligibility rules
+#   tests/edge/test_edge_on_model.py, test_predictor.py   the exported model in the slim
+#                                       interpreter: step/train/evaluate/get/set signatures,
+#                                       predictor, training lowering the loss, clipped+noised update
+#   tests/edge/test_edge_trainer.py     trainer on the real graph
+#   tests/edge/test_edge_update.py      update encoding, clipping, noise (numpy on aarch64)
+#   tests/edge/test_edge_versions.py    signed manifest + sha256 verification (cryptography on
+#                                       aarch64), install / swap / rollback, int8 download form
+#   tests/edge/test_edge_agent_step.py  one check-in -> task -> result, with fakes
+#   tests/edge/test_edge_client.py      wire encoding (requests on aarch64)
+#   tests/edge/test_edge_cache.py       SQLite text cache (the guest's sqlite3)
+#   tests/edge/test_edge_config.py, test_edge_eligibility.py   settings, eligibility rules
 # Left out (architecture-independent and slow under emulation, they run natively in CI):
 #   *kill_9* and *crash_at_every_durable_step*: they start dozens of Python subprocesses and
 #       kill them mid-write; each start costs seconds under qemu. Crash safety is a property of
 #       the code's fsync/rename order, not of the CPU.
-#   tests/unit/test_edge_no_tensorflow.py: a static import-graph check; on the board the venvs
+#   tests/edge/test_edge_no_tensorflow.py: a static import-graph check; on the board the venvs
 #       have no TensorFlow at all (checked when they are built), which proves more.
-TEST_PATHS = ("tests/edge", "tests/unit/test_edge_trainer.py", "tests/unit/test_edge_update.py",
-              "tests/unit/test_edge_versions.py", "tests/unit/test_edge_agent_step.py",
-              "tests/unit/test_edge_client.py", "tests/unit/test_edge_cache.py",
-              "tests/unit/test_edge_config.py", "tests/unit/test_edge_eligibility.py")
+#   the keyboard page in Chromium, the keyboard API and the hostile-reply fuzz: pure Python
+#       above the parts listed, run natively.
+TEST_PATHS = tuple(f"tests/edge/test_{name}.py" for name in (
+    "edge_on_model", "predictor", "edge_trainer", "edge_update", "edge_versions", "edge_agent_step",
+    "edge_client", "edge_cache", "edge_config", "edge_eligibility"))
 TEST_DESELECT = "not kill_9 and not crash_at_every_durable_step"
 
 

@@ -1,0 +1,125 @@
+"""Signatures, the OpenAPI document, metrics, health and the admin CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from coordinator.__main__ import main as cli_main
+from coordinator.app import create_app
+from protocol import artifact, wire
+from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_manifest_signature_verifies_and_tampering_is_detected(served):
+    dev = FakeDevice(served.url, served.coord.create_enrollment_key())
+    key = wire.SigningKey.from_dict(requests.get(served.url + wire.PATH_SIGNING_KEY, timeout=5).json())
+    manifest = artifact.Manifest.from_dict(dev.get(wire.PATH_VERSION_MANIFEST, "v0000").json())
+    artifact.verify_manifest(manifest, key.public_key_hex)
+    # Weights, graph and tokenizer downloads match the signed hashes.
+    assert artifact.sha256_bytes(dev.get(wire.PATH_VERSION_WEIGHTS, "v0000").content) == manifest.weights_sha256
+    assert artifact.sha256_bytes(dev.get(wire.PATH_VERSION_GRAPH, "v0000").content) == manifest.graph_sha256
+    assert artifact.sha256_bytes(dev.get(wire.PATH_VERSION_TOKENIZER, "v0000").content) == manifest.tokenizer_sha256
+    tampered = artifact.Manifest.from_dict(manifest.to_dict() | {"weights_sha256": "0" * 64})
+    with pytest.raises(artifact.ArtifactError, match="bad signature"):
+        artifact.verify_manifest(tampered, key.public_key_hex)
+    unsigned = artifact.Manifest.from_dict(manifest.to_dict() | {"signature": None})
+    with pytest.raises(artifact.ArtifactError, match="not signed"):
+        artifact.verify_manifest(unsigned, key.public_key_hex)
+    with pytest.raises(artifact.ArtifactError):
+        artifact.verify_manifest(manifest, "11" * 32)          # someone else's key
+
+
+def test_signing_key_persists_and_cli_prints_it(tmp_path, capsys):
+    cfg = make_config(tmp_path)
+    app = create_app(cfg)
+    pub = app.extensions["fedkeys"].public_key_hex
+    app.extensions["fedkeys"].close()
+    args = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["public-key", *args]) == 0
+    assert capsys.readouterr().out.strip() == pub
+    assert (Path(cfg.data_dir) / "signing_key.pem").stat().st_mode & 0o077 == 0   # private key is 0600
+
+
+def test_openapi_describes_every_route_exactly(served):
+    doc = requests.get(served.url + wire.PATH_OPENAPI, timeout=5).json()
+    assert doc["openapi"].startswith("3.")
+    documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
+    routed = set()
+    for rule in served.app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule
+        for conv in ("int:", ""):
+            path = path.replace("<" + conv, "{")
+        path = path.replace(">", "}")
+        routed |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert documented == routed
+    refs = json.dumps(doc).count("#/components/schemas/")
+    assert refs > 10
+    for name in ("EnrollRequest", "Task", "UpdateMeta", "EvaluationReport", "Error"):
+        assert name in doc["components"]["schemas"]
+
+
+def test_openapi_schemas_match_wire_messages(served):
+    """Every field a wire message emits is declared in its schema (the document cannot drift)."""
+    schemas = requests.get(served.url + wire.PATH_OPENAPI, timeout=5).json()["components"]["schemas"]
+    plan = wire.TrainPlan(1, 1, 1, 0.1, 1.0, 0.0, 10)
+    samples = {
+        "EnrollRequest": wire.EnrollRequest("k"), "EnrollResponse": wire.EnrollResponse("d", "t"),
+        "CheckinRequest": wire.CheckinRequest(True), "TrainPlan": plan,
+        "Task": wire.Task(kind="train", retry_after=1, base_version_id="v", plan=plan, time_limit_s=1),
+        "UpdateMeta": wire.UpdateMeta(1, "v", 1, "k"), "UpdateReceipt": wire.UpdateReceipt(1, 1),
+        "EvaluationReceipt": wire.EvaluationReceipt("v"), "SigningKey": wire.SigningKey("ab" * 32),
+        "VersionMetrics": wire.VersionMetrics("v", 1, 1, 1, 1),
+        "RolloutState": wire.RolloutState("d", "v", "stable", 3, 1, False, 10, "ab"),
+        "Error": wire.ErrorBody("x", "y", 1.0, {"a": 1}),
+    }
+    for name, msg in samples.items():
+        d = msg.to_dict()
+        assert set(d) <= set(schemas[name]["properties"]), name
+        assert set(schemas[name].get("required", [])) <= set(d), name
+
+
+def test_metrics_and_health(served):
+    assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
+    requests.get(served.url + "/v1/nope", timeout=5)
+    text = requests.get(served.url + wire.PATH_METRICS, timeout=5).text
+    assert 'fedkeys_http_requests_total{endpoint="/healthz",method="GET",status="200"} 1.0' in text
+    assert 'endpoint="unmatched",method="GET",status="404"' in text
+
+
+def test_cli_help_and_admin_commands(tmp_path, capsys):
+    out = subprocess.run([sys.executable, "-m", "coordinator", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0
+    for command in ("serve", "init", "create-enrollment-key", "import-version", "start-round", "status", "promote",
+                    "pin", "rollback", "canary", "public-key"):
+        assert command in out.stdout
+    assert cli_main([]) == 2                                          # help when no arguments
+    assert "usage:" in capsys.readouterr().out
+    cfg = make_config(tmp_path)
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["init", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["public_key_hex"]
+    make_version(tmp_path / "v0")
+    assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
+    assert capsys.readouterr().out.strip() == "v0000"
+    assert cli_main(["start-round", "--goal-count", "4", "--min-count", "2", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["goal_count"] == 4
+    assert cli_main(["status", *common]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["stable_version_id"] == "v0000" and status["latest_round"]["status"] == "open"
+    # User errors: one line on stderr, exit 2.
+    assert cli_main(["start-round", *common]) == 2
+    assert "already open" in capsys.readouterr().err
+    assert cli_main(["import-version", str(tmp_path / "nowhere"), *common]) == 2
+    assert cli_main(["status", "--set", "colour=blue", *common]) == 2
+    assert "unknown setting" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""Enrollment and auth failures, limits, and JSON errors for every bad input (never a 5xx)."""
+
+from __future__ import annotations
+
+import requests
+
+from protocol import wire
+from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version, serve
+
+
+def _err(resp, status: int, code: str) -> wire.ErrorBody:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"].startswith("application/json")
+    body = wire.ErrorBody.from_dict(resp.json())
+    assert body.error == code, body
+    return body
+
+
+def _enroll(url: str, key: str) -> requests.Response:
+    return requests.post(url + wire.PATH_ENROLL, json=wire.EnrollRequest(key).to_dict(), timeout=5)
+
+
+def test_enrollment_keys(served):
+    _err(_enroll(served.url, "wrong-key"), 401, wire.E_UNAUTHORIZED)
+    r = served.admin("POST", "/v1/admin/enrollment-keys", json={"label": "lab", "uses": 1})
+    assert r.status_code == 201
+    key = r.json()["enrollment_key"]
+    first = _enroll(served.url, key)
+    assert first.status_code == 200
+    _err(_enroll(served.url, key), 401, wire.E_UNAUTHORIZED)       # used up
+    resp = wire.EnrollResponse.from_dict(first.json())
+    assert resp.device_id.startswith("d-") and len(resp.token) >= 40
+    # The token is stored only as a hash.
+    from coordinator.models import Device
+    with served.coord._sessions() as s:
+        dev = s.get(Device, resp.device_id)
+        assert dev.token_hash != resp.token and resp.token not in dev.token_hash
+
+
+def test_device_auth_failures(served):
+    key = served.coord.create_enrollment_key()
+    a, b = FakeDevice(served.url, key), FakeDevice(served.url, key)
+    body = wire.CheckinRequest(eligible=True).to_dict()
+    post = lambda headers: requests.post(served.url + wire.PATH_CHECKIN, json=body, headers=headers, timeout=5)
+    _err(post({}), 401, wire.E_UNAUTHORIZED)
+    _err(post(wire.device_headers(a.device_id, "nope")), 401, wire.E_UNAUTHORIZED)
+    _err(post(wire.device_headers(b.device_id, a.token)), 401, wire.E_UNAUTHORIZED)   # a cannot act as b
+    _err(post({wire.AUTH_HEADER: "Basic abc", wire.DEVICE_HEADER: a.device_id}), 401, wire.E_UNAUTHORIZED)
+    assert post(a.headers).status_code == 200
+    # Devices are not admins, admins need the admin token.
+    _err(requests.get(served.url + "/v1/admin/status", headers=a.headers, timeout=5), 401, wire.E_UNAUTHORIZED)
+    _err(requests.get(served.url + "/v1/admin/status", timeout=5), 401, wire.E_UNAUTHORIZED)
+    assert served.admin("GET", "/v1/admin/status").status_code == 200
+    # Version files need auth too; a revoked device is locked out.
+    _err(requests.get(served.url + "/v1/versions/v0000/weights", timeout=5), 401, wire.E_UNAUTHORIZED)
+    assert a.get(wire.PATH_VERSION_WEIGHTS, "v0000").status_code == 200
+    assert served.admin("POST", f"/v1/admin/devices/{a.device_id}/revoke").status_code == 200
+    _err(post(a.headers), 401, wire.E_UNAUTHORIZED)
+
+
+def test_bad_inputs_get_json_4xx(served):
+    dev = FakeDevice(served.url, served.coord.create_enrollment_key())
+    url, h = served.url, dev.headers
+    cases = [
+        (requests.post(url + wire.PATH_CHECKIN, data=b"{not json", headers=h, timeout=5), 400, wire.E_BAD_REQUEST),
+        (requests.post(url + wire.PATH_CHECKIN, json=[1, 2], headers=h, timeout=5), 400, wire.E_BAD_REQUEST),
+        (requests.post(url + wire.PATH_CHECKIN, json={"protocol_version": 1}, headers=h, timeout=5), 400,
+         wire.E_BAD_REQUEST),
+        (requests.post(url + wire.PATH_CHECKIN, json={"protocol_version": 7, "eligible": True}, headers=h,
+                       timeout=5), 400, wire.E_PROTOCOL_VERSION),
+        (requests.post(url + wire.PATH_CHECKIN, data=b"\xff\xfe", headers=h, timeout=5), 400, wire.E_BAD_REQUEST),
+        (requests.post(url + wire.PATH_CHECKIN, data=b" " * (wire.MAX_JSON_BYTES + 1), headers=h, timeout=5), 413,
+         wire.E_TOO_LARGE),
+        (requests.get(url + wire.PATH_CHECKIN, headers=h, timeout=5), 405, wire.E_METHOD),
+        (requests.get(url + "/v1/nothing-here", timeout=5), 404, wire.E_NOT_FOUND),
+        (dev.get(wire.PATH_VERSION_WEIGHTS, "v7777"), 404, wire.E_NOT_FOUND),
+        (requests.get(url + "/v1/versions/..%2f..%2fetc/weights", headers=h, timeout=5), 404, wire.E_NOT_FOUND),
+        (requests.post(url + wire.PATH_EVALUATIONS, json={"protocol_version": 1, "candidate_version_id": "v1",
+                                                          "results": [{"version_id": "v1"}]}, headers=h, timeout=5),
+         400, wire.E_BAD_REQUEST),
+        (requests.post(url + wire.PATH_EVALUATIONS, json=wire.EvaluationReport(
+            "v0000", (wire.VersionMetrics("v0000", 1, 1, 1, 1),)).to_dict(), headers=h, timeout=5), 409,
+         wire.E_NOT_EVALUATING),
+        (served.admin("POST", "/v1/admin/rounds", json={"goal_count": "many"}), 400, wire.E_BAD_REQUEST),
+        (served.admin("POST", "/v1/admin/rounds", json={"colour": "blue"}), 400, wire.E_BAD_REQUEST),
+        (served.admin("POST", "/v1/admin/rounds", json={"learning_rate": -1}), 400, wire.E_BAD_REQUEST),
+        (served.admin("POST", "/v1/admin/versions/v0000/explode"), 400, wire.E_BAD_REQUEST),
+        (served.admin("POST", "/v1/admin/versions/v0000/promote"), 409, wire.E_CONFLICT),
+        (served.admin("GET", "/v1/admin/rounds/12345"), 404, wire.E_NOT_FOUND),
+        (served.admin("GET", "/v1/admin/rejections?round_id=x"), 400, wire.E_BAD_REQUEST),
+        (served.admin("POST", "/v1/admin/enrollment-keys", json={"uses": "lots"}), 400, wire.E_BAD_REQUEST),
+    ]
+    for resp, status, code in cases:
+        _err(resp, status, code)
+
+
+def test_request_size_cap_and_rate_limit(tmp_path):
+    with serve(make_config(tmp_path, max_body_bytes=4096, rate_limit_per_minute=60.0, rate_limit_burst=3)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        dev = FakeDevice(s.url, s.coord.create_enrollment_key())
+        big = requests.post(s.url + wire.PATH_UPDATES, data=b"\0" * 10_000, headers=dev.headers, timeout=5)
+        _err(big, 413, wire.E_TOO_LARGE)
+        codes = [requests.post(s.url + wire.PATH_CHECKIN, json=wire.CheckinRequest(eligible=False).to_dict(),
+                               headers=dev.headers, timeout=5) for _ in range(3)]
+        limited = [r for r in codes if r.status_code == 429]
+        assert limited, [r.status_code for r in codes]
+        body = _err(limited[0], 429, wire.E_RATE_LIMITED)
+        assert body.retryable and body.retry_after > 0 and int(limited[0].headers["Retry-After"]) >= 1

@@ -1,0 +1,163 @@
+"""Canary rollout: a good candidate is promoted, a degraded one rejected; devices follow."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from coordinator import rollout
+from protocol import wire
+from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version, random_delta, serve
+
+
+def _candidate_from_round(s, devices, scale: float) -> str:
+    rid = s.coord.start_round(goal_count=2, min_count=2)
+    for i, d in enumerate(devices[:2]):
+        t = d.checkin()
+        assert t.kind == wire.TASK_TRAIN
+        assert d.upload(random_delta(i, scale), round_id=rid, base=t.base_version_id, examples=10).status_code == 200
+    return s.coord.get_round(rid)["result_version_id"]
+
+
+def _metrics(vid: str, top3: int, words: int = 100, count: float = 100.0) -> wire.VersionMetrics:
+    return wire.VersionMetrics(vid, loss_sum=300.0, top1=min(top3, count) / 2, top3=min(top3, count), count=count,
+                               words=words, word_top1=top3 // 2, word_top3=top3, saved=top3, typed=2 * words)
+
+
+def _report(dev, task: wire.Task, cand_top3: int, stable_top3: int, count: float = 100.0, words: int = 100):
+    cand, stable = task.evaluate_version_ids
+    return dev.evaluate(task.candidate_version_id, [_metrics(cand, cand_top3, words, count),
+                                                   _metrics(stable, stable_top3, words, count)])
+
+
+@pytest.fixture
+def world(tmp_path):
+    with serve(make_config(tmp_path, canary_fraction=0.5, canary_min_reports=2, canary_tolerance=0.01)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(8)]
+        # Device ids are random: enroll more until both cohorts are populated (deterministic outcome).
+        while sum(rollout.in_canary(d.device_id, 0.5) for d in devices) < 3 or all(
+                rollout.in_canary(d.device_id, 0.5) for d in devices):
+            devices.append(FakeDevice(s.url, key))
+        canaries = [d for d in devices if rollout.in_canary(d.device_id, 0.5)]
+        others = [d for d in devices if not rollout.in_canary(d.device_id, 0.5)]
+        yield s, devices, canaries, others
+
+
+def test_good_candidate_is_promoted_to_everyone(world):
+    s, devices, canaries, others = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    t_other = others[0].checkin()
+    assert t_other.use_version_id == "v0000" and t_other.kind != wire.TASK_EVALUATE
+    t1 = canaries[0].checkin()
+    assert t1.kind == wire.TASK_EVALUATE and t1.use_version_id == cand
+    assert _report(canaries[0], t1, cand_top3=41, stable_top3=40).status_code == 200
+    assert s.admin("GET", "/v1/admin/canary").json()["would"] == "wait"
+    # Same device again: refused, it counts once.
+    assert _report(canaries[0], t1, cand_top3=41, stable_top3=40).status_code == 409
+    assert s.admin("GET", "/v1/admin/canary").json()["numbers"]["reports"] == 1
+    # A non-canary device may not vote.
+    assert _report(others[0], t1, 90, 10).status_code == 403
+    t2 = canaries[1].checkin()
+    assert _report(canaries[1], t2, cand_top3=40, stable_top3=40).status_code == 200
+    versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
+    assert versions[cand]["status"] == "stable" and versions["v0000"]["status"] == "retired"
+    decision = versions[cand]["decisions"][-1]
+    assert decision["action"] == "promote" and decision["actor"] == "auto"
+    assert decision["numbers"]["candidate"]["word_top3_acc"] == pytest.approx(81 / 200)
+    assert decision["numbers"]["stable"]["word_top3_acc"] == pytest.approx(80 / 200)
+    assert decision["numbers"]["word_top3_diff"] == pytest.approx(0.005)
+    for d in (others[0], canaries[0]):
+        assert d.checkin().use_version_id == cand
+    page = s.admin("GET", "/v1/admin/dashboard").json()
+    assert any(v["version_id"] == cand and v["candidate_top3_pct"] == pytest.approx(40.5) for v in page["versions"])
+    assert page["decisions"][0]["action"] == "promote" and page["decisions"][0]["actor"] == "auto"
+    assert requests.get(s.url + "/v1/admin/dashboard", timeout=5).status_code == 401     # no token, no data
+    assert 'id="login"' in requests.get(s.url + "/dashboard", timeout=5).text
+
+
+def test_degraded_candidate_is_rejected_and_canaries_roll_back(world):
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    for d in canaries[:2]:
+        t = d.checkin()
+        assert t.use_version_id == cand
+        assert _report(d, t, cand_top3=20, stable_top3=40).status_code == 200   # much worse
+    versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
+    assert versions[cand]["status"] == "rejected" and versions["v0000"]["status"] == "stable"
+    d = versions[cand]["decisions"][-1]
+    assert d["action"] == "reject" and d["numbers"]["word_top3_diff"] == pytest.approx(-0.2)
+    t = canaries[0].checkin()
+    assert t.use_version_id == "v0000" and t.kind != wire.TASK_EVALUATE   # rolled back
+
+
+def test_nonfinite_report_is_refused_not_a_veto(world):
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    t = canaries[0].checkin()
+    assert t.kind == wire.TASK_EVALUATE
+    body = wire.EvaluationReport(cand, (_metrics(cand, 40), _metrics("v0000", 40))).to_dict()
+    body["results"][0]["loss_sum"] = "nan"
+    r = requests.post(s.url + wire.PATH_EVALUATIONS, json=body, headers=canaries[0].headers, timeout=10)
+    assert r.status_code == 400, r.text
+    assert s.coord.status()["candidate_version_id"] == cand          # not rejected by one report
+    assert _report(canaries[0], t, 40, 40).status_code == 200       # the honest report still counts
+
+
+def test_reports_only_for_issued_tasks_within_their_bounds(world):
+    """Failed on the old code: any canary-cohort device could report unasked, with count=1e9."""
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    fake_task = wire.Task(kind=wire.TASK_EVALUATE, retry_after=1, candidate_version_id=cand,
+                          evaluate_version_ids=(cand, "v0000"))
+    r = _report(canaries[0], fake_task, 100, 0)                     # never checked in: no task issued
+    assert r.status_code == 403, r.text
+    t = canaries[0].checkin()
+    assert t.kind == wire.TASK_EVALUATE and t.max_eval_words == s.config.max_eval_words
+    assert _report(canaries[0], t, 100, 0, count=1e9).status_code == 400        # more tokens than the task
+    assert _report(canaries[0], t, 0, 0, words=s.config.max_eval_words + 1).status_code == 400
+    assert s.admin("GET", "/v1/admin/canary").json()["numbers"]["reports"] == 0
+    assert canaries[0].checkin().kind == wire.TASK_EVALUATE                      # still open: re-issued
+
+
+def test_admin_pin_promote_rollback(world):
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    assert s.admin("POST", "/v1/admin/versions/v0000/pin").json()["status"] == "stable"
+    # Pinned: the pending candidate was cancelled; a new one is not auto-promoted even by a good canary.
+    cand2 = _candidate_from_round(s, devices, 0.01)
+    assert s.coord.status()["candidate_version_id"] == cand2 and cand2 != cand
+    for d in canaries[:2]:
+        t = d.checkin()
+        _report(d, t, 50, 40)
+    assert s.coord.status()["stable_version_id"] == "v0000"
+    assert s.admin("POST", f"/v1/admin/versions/{cand2}/promote").json()["status"] == "stable"
+    assert s.admin("POST", "/v1/admin/versions/v0000/rollback").json()["status"] == "stable"
+    assert s.coord.status()["stable_version_id"] == "v0000"
+    assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
+    assert s.coord.status()["pinned"] is False
+
+
+@pytest.mark.parametrize("sybils", [0, 1, 2])
+def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_reject(tmp_path, sybils):
+    """Failed on the old code: one sybil claiming a huge count carried the pooled vote."""
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=10, canary_tolerance=0.005)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(10)]
+        cand = _candidate_from_round(s, devices, 0.01)
+        liars, honest = devices[:sybils], devices[sybils:]
+        words = s.config.max_eval_words
+        for d in liars + honest:
+            t = d.checkin()
+            assert t.kind == wire.TASK_EVALUATE
+            if d in liars:   # the most a report may claim: every word a hit for the candidate, none for stable
+                r = _report(d, t, cand_top3=words, stable_top3=0, words=words, count=s.config.max_eval_examples * 8)
+            else:            # honest canaries measure the candidate 3 points worse
+                r = _report(d, t, cand_top3=37, stable_top3=40)
+            assert r.status_code == 200, r.text
+        status = {v["version_id"]: v["status"] for v in s.coord.list_versions()}
+        assert status[cand] == "rejected" and status["v0000"] == "stable"

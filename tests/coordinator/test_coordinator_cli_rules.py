@@ -1,0 +1,86 @@
+"""The coordinator's command line as an operator meets it: only `init` creates a data dir, user
+errors exit 2 on one line, --version, defaults in --help, presets, and the round schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import ConfigError, load_config
+from coordinator.schedule import next_round_due
+from protocol import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def coord(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")} | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "coordinator", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("command", [["status"], ["serve", "--port", "1"], ["create-enrollment-key"],
+                                     ["admin-token"], ["import-version", "x"]])
+def test_a_mistyped_data_dir_is_refused_not_created(tmp_path, command):
+    typo = tmp_path / "coord-typo"
+    r = coord(command[0], "--data-dir", str(typo), *command[1:])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a coordinator data directory" in lines[0] and "init" in lines[0], lines
+    assert not typo.exists()      # no new signing key, admin token or database
+
+
+def test_init_creates_and_then_every_command_accepts_it(tmp_path):
+    d = tmp_path / "coord"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    assert (d / "signing_key.pem").is_file() and (d / "admin_token").is_file()
+    r = coord("status", "--data-dir", str(d))
+    assert r.returncode == 0 and json.loads(r.stdout)["stable_version_id"] is None
+    # A non-tty stderr gets JSON lines (one format per deployable; text on a terminal).
+    for line in r.stderr.strip().splitlines():
+        assert json.loads(line)["level"]
+
+
+def test_version_and_defaults_in_help():
+    r = coord("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"python -m coordinator {__version__}"
+    h = coord("start-round", "--help").stdout
+    assert "(default: setting goal_count, 100)" in h and "(default: ./coordinator-data)" in h.replace("\n", " ")
+    assert "0.0.0.0 for a LAN" in coord("serve", "--help").stdout.replace("\n", " ").replace("  ", " ")
+
+
+def test_small_profile_sits_under_file_env_and_flags(tmp_path):
+    cfg = load_config(environ={}, flags={"profile": "small"})
+    assert (cfg.goal_count, cfg.min_count, cfg.canary_min_reports, cfg.round_interval_s) == (1, 1, 1, 5.0)
+    cfg = load_config(environ={"FEDKEYS_COORDINATOR_CANARY_MIN_REPORTS": "3"}, flags={"profile": "small"})
+    assert cfg.canary_min_reports == 3 and cfg.goal_count == 1
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_config(environ={}, flags={"profile": "huge"})
+    assert load_config(environ={}).round_interval_s == 0.0          # no schedule unless configured
+
+
+def test_next_round_schedule():
+    t = datetime(2026, 1, 1, 12, 0, 0)
+    base = dict(interval_s=60, last_closed_at=t, round_open=False, has_stable=True, candidate_pending=False)
+    assert not next_round_due(t + timedelta(seconds=59), **base)
+    assert next_round_due(t + timedelta(seconds=60), **base)
+    for blocker in ({"round_open": True}, {"candidate_pending": True}, {"has_stable": False},
+                    {"interval_s": 0}, {"last_closed_at": None}):
+        assert not next_round_due(t + timedelta(hours=1), **(base | blocker)), blocker
+
+
+def test_every_task_names_the_channel_of_the_version_to_use(served):
+    from protocol import wire
+    from tests.helpers.coordinator_fakes import FakeDevice
+
+    dev = FakeDevice(served.url, served.coord.create_enrollment_key())
+    task = dev.checkin()                                  # nothing to do: come_back, still says stable
+    assert (task.kind, task.use_version_id, task.use_channel) == (wire.TASK_COME_BACK, "v0000", "stable")
+    served.coord.start_round()
+    assert dev.checkin().use_channel == "stable"

@@ -1,0 +1,94 @@
+"""Concurrent devices respect over-selection and the goal; junk input never yields a 5xx."""
+
+from __future__ import annotations
+
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import requests
+
+from protocol import artifact, wire
+from tests.helpers.coordinator_fakes import (
+    SHAPES,
+    FakeDevice,
+    make_config,
+    make_version,
+    random_delta,
+    serve,
+)
+
+
+def test_concurrent_checkins_and_uploads(tmp_path):
+    with serve(make_config(tmp_path, goal_count=6, min_count=6, overselect=1.5, canary_fraction=0.01)) as s:
+        _, base = make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(16)]
+        rid = s.coord.start_round()
+        with ThreadPoolExecutor(16) as pool:
+            tasks = list(pool.map(lambda d: d.checkin(), devices))
+        selected = [d for d, t in zip(devices, tasks, strict=True) if t.kind == wire.TASK_TRAIN]
+        assert len(selected) == 9                                        # ceil(6 * 1.5), never more
+        deltas = {d.device_id: random_delta(i) for i, d in enumerate(selected)}
+        with ThreadPoolExecutor(9) as pool:
+            codes = list(pool.map(lambda d: d.upload(deltas[d.device_id], round_id=rid, base="v0000",
+                                                     examples=4), selected))
+        statuses = sorted(r.status_code for r in codes)
+        assert statuses.count(200) == 6 and all(c == 409 for c in statuses[6:]), statuses
+        assert {r.json()["error"] for r in codes if r.status_code == 409} == {wire.E_LATE}
+        rnd = s.coord.get_round(rid)
+        assert rnd["status"] == "done" and rnd["accepted"] == 6
+        # Exactly the six acknowledged updates are in the aggregate.
+        accepted_ids = [d.device_id for d, r in zip(selected, codes, strict=True) if r.status_code == 200]
+        weights = artifact.decode_weights(s.coord.version_file(rnd["result_version_id"], "weights")[0])
+        for name in SHAPES:
+            expected = base[name] + np.mean([deltas[i][name] for i in accepted_ids], axis=0)
+            np.testing.assert_allclose(weights[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_junk_never_gets_a_5xx(tmp_path):
+    with serve(make_config(tmp_path, canary_fraction=1.0)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        dev = FakeDevice(s.url, s.coord.create_enrollment_key())
+        s.coord.start_round()
+        rng = random.Random(7)
+        junk_values = [None, True, -1, 0, 2**70, 1e308, "", "x" * 300, [], {}, [1], {"a": 1}, "nan", -0.5]
+        good = {
+            wire.PATH_ENROLL: wire.EnrollRequest("k").to_dict(),
+            wire.PATH_CHECKIN: wire.CheckinRequest(True).to_dict(),
+            wire.PATH_EVALUATIONS: wire.EvaluationReport(
+                "v0000", (wire.VersionMetrics("v0000", 1, 1, 1, 1),)).to_dict(),
+            "/v1/admin/rounds": {"goal_count": 3},
+            "/v1/admin/enrollment-keys": {"label": "x", "uses": 2},
+        }
+        admin = {wire.AUTH_HEADER: f"Bearer {s.config.admin_token}"}
+        seen = set()
+        for _ in range(120):
+            path = rng.choice(list(good))
+            body = dict(good[path])
+            key = rng.choice([*body, "extra"])
+            body[key] = rng.choice(junk_values)
+            headers = admin if path.startswith("/v1/admin") else dev.headers
+            r = requests.post(s.url + path, json=body, headers=headers, timeout=5)
+            seen.add(r.status_code)
+            assert r.status_code < 500, (path, body, r.text)
+            assert "error" in r.json() or r.status_code in (200, 201)
+            if path == "/v1/admin/rounds" and r.status_code == 201:
+                s.coord.close_round(r.json()["round_id"], force=True)
+        for _ in range(30):    # junk update metadata and bodies
+            meta = wire.UpdateMeta(1, "v0000", 3, "k").to_dict()
+            meta[rng.choice(list(meta))] = rng.choice(junk_values)
+            body = bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 8, 64, 300])))
+            r = requests.post(s.url + wire.PATH_UPDATES, data=body, timeout=5,
+                              headers=dev.headers | {wire.UPDATE_META_HEADER: json.dumps(meta)})
+            assert 400 <= r.status_code < 500, r.text
+        for path in ("/v1/versions/%00/weights", "/v1/versions/" + "a" * 500 + "/manifest",
+                     "/v1/admin/rounds/99999999999999999999", "/v1/admin/versions/%ff/promote",
+                     "/v1/admin/rejections?round_id=99999999999999999999", "/v1/admin/rejections?round_id=%C2%B2"):
+            r = requests.request("POST" if "promote" in path else "GET", s.url + path,
+                                 headers=admin | dev.headers if "admin" not in path else admin, timeout=5)
+            assert 400 <= r.status_code < 500, (path, r.text)
+        assert 400 in seen

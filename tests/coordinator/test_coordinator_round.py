@@ -1,0 +1,162 @@
+"""A full round over real loopback HTTP: check-in, over-selection, upload, streaming FedAvg."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocol import artifact, wire
+from tests.helpers.coordinator_fakes import (
+    SHAPES,
+    FakeDevice,
+    import_v0,
+    make_config,
+    random_delta,
+    serve,
+)
+
+
+def _setup(served, n_devices: int):
+    """`n_devices` enrolled fake devices; the base weights (v0000's)."""
+    key = served.coord.create_enrollment_key(label="test")
+    return served.v0_weights, [FakeDevice(served.url, key) for _ in range(n_devices)]
+
+
+def test_full_round_aggregate_equals_numpy_weighted_average(served, tmp_path):
+    base_weights, devices = _setup(served, 6)
+    r = served.admin("POST", "/v1/admin/rounds", json={"goal_count": 3, "min_count": 2, "overselect": 1.34})
+    assert r.status_code == 201, r.text
+    rnd = r.json()
+    assert rnd["max_selected"] == 5 and rnd["status"] == "open"   # ceil(3 * 1.34) = ceil(4.02)
+    tasks = [d.checkin() for d in devices]
+    kinds = [t.kind for t in tasks]
+    assert kinds.count(wire.TASK_TRAIN) == rnd["max_selected"]
+    assert kinds[-1] == wire.TASK_COME_BACK and tasks[-1].retry_after > 0
+    t0 = tasks[0]
+    assert t0.base_version_id == "v0000" and t0.use_version_id == "v0000" and t0.plan.round_id == rnd["round_id"]
+    # A device asking again before uploading gets the same task back (its first answer may have been lost).
+    again = devices[0].checkin()
+    assert again.kind == wire.TASK_TRAIN and again.plan == t0.plan
+
+    counts = [10, 30, 2500]            # the last one is capped at max_example_weight=1000
+    deltas = [random_delta(i) for i in range(3)]
+    for i, (dev, delta, n) in enumerate(zip(devices[:3], deltas, counts, strict=True)):
+        enc = "float16" if i == 1 else "float32"
+        examples = min(n, 1000)
+        resp = dev.upload(delta, round_id=t0.plan.round_id, base="v0000", examples=examples, encoding=enc)
+        assert resp.status_code == 200, resp.text
+        assert wire.UpdateReceipt.from_dict(resp.json()).round_id == t0.plan.round_id
+    rnd = served.admin("GET", f"/v1/admin/rounds/{t0.plan.round_id}").json()
+    assert rnd["status"] == "done" and rnd["accepted"] == 3 and rnd["selected"] == 5
+    cand = rnd["result_version_id"]
+
+    # What the server should have computed, in plain numpy (float16 round-trip for the second device).
+    weights = np.array([10, 30, 1000], dtype=np.float64)
+    sent = [deltas[0], {k: v.astype(np.float16).astype(np.float32) for k, v in deltas[1].items()}, deltas[2]]
+    for name in SHAPES:
+        expected = base_weights[name] + np.average(np.stack([s[name] for s in sent]), axis=0, weights=weights)
+        got = artifact.decode_weights(devices[3].get(wire.PATH_VERSION_WEIGHTS, cand).content)[name]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+    manifest = artifact.Manifest.from_dict(devices[3].get(wire.PATH_VERSION_MANIFEST, cand).json())
+    assert manifest.parent == "v0000" and manifest.metrics["updates"] == 3
+    pub = wire.SigningKey.from_dict(served.admin("GET", wire.PATH_SIGNING_KEY).json()).public_key_hex
+    artifact.verify_manifest(manifest, pub)
+    assert manifest.weights_sha256 == artifact.sha256_bytes(devices[3].get(wire.PATH_VERSION_WEIGHTS, cand).content)
+    # What devices download: the candidate's own quantized weights, signed through the manifest.
+    q8 = devices[3].get(wire.PATH_VERSION_WEIGHTS_Q8, cand).content
+    assert manifest.weights_q8_sha256 == artifact.sha256_bytes(q8)
+    base_manifest = artifact.Manifest.from_dict(devices[3].get(wire.PATH_VERSION_MANIFEST, "v0000").json())
+    assert base_manifest.weights_q8_sha256 and base_manifest.weights_q8_sha256 != manifest.weights_q8_sha256
+    back = artifact.dequantize(artifact.decode_weights(q8), manifest.tensors)
+    for name in SHAPES:
+        got = artifact.decode_weights(devices[3].get(wire.PATH_VERSION_WEIGHTS, cand).content)[name]
+        np.testing.assert_allclose(back[name], got, atol=float(np.abs(got).max()) / 127)
+    assert manifest.privacy["epsilon"] == "inf"   # noise_multiplier 0: no formal guarantee, and we say so
+
+    # The canary cohort (fraction 1.0 here) is told to use the candidate and to evaluate it.
+    t = devices[4].checkin()
+    assert t.kind == wire.TASK_EVALUATE and t.use_version_id == cand
+    assert t.evaluate_version_ids == (cand, "v0000")
+
+
+def test_round_with_noise_records_finite_epsilon(served, tmp_path):
+    _, devices = _setup(served, 3)
+    rid = served.coord.start_round(goal_count=2, min_count=2, noise_multiplier=1.0, clip_norm=1.0)
+    for d in devices[:2]:
+        assert d.checkin().kind == wire.TASK_TRAIN
+    for i, d in enumerate(devices[:2]):
+        delta = random_delta(i, scale=0.01)
+        assert d.upload(delta, round_id=rid, base="v0000", examples=5).status_code == 200
+    versions = served.admin("GET", "/v1/admin/versions").json()["versions"]
+    cand = versions[-1]
+    assert cand["status"] == "candidate" and cand["round_id"] == rid
+    # The population is the devices that have contributed (none before this round), not the 3
+    # enrolled: q = 2 / max(0, 2) = 1, sigma = 1, one round.
+    assert cand["privacy"]["history"] == [[1.0, 1.0]]
+    assert 0 < cand["epsilon"] <= cand["privacy"]["epsilon_local"] < 100   # equal at q = 1
+
+
+def _expire(served, round_id: int) -> None:
+    """Move the round's deadline into the past (instead of sleeping through it)."""
+    from datetime import timedelta
+
+    from coordinator.models import Round, utcnow
+    with served.coord.tx() as s:
+        s.get(Round, round_id).deadline = utcnow() - timedelta(seconds=1)
+
+
+def test_round_deadline_with_minimum_aggregates_and_without_fails(served, tmp_path):
+    _, devices = _setup(served, 3)
+    rid = served.coord.start_round(goal_count=3, min_count=2)
+    for d in devices:
+        assert d.checkin().kind == wire.TASK_TRAIN
+    for i, d in enumerate(devices[:2]):
+        assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=5).status_code == 200
+    _expire(served, rid)
+    late = devices[2].upload(random_delta(2), round_id=rid, base="v0000", examples=5)
+    assert late.status_code == 409 and late.json()["error"] == wire.E_LATE
+    assert served.admin("GET", f"/v1/admin/rounds/{rid}").json()["status"] == "open"   # closed lazily ...
+    status = served.admin("GET", "/v1/admin/status").json()                              # ... on the next status
+    assert status["latest_round"]["status"] == "done" and status["latest_round"]["accepted"] == 2
+    cand = status["candidate_version_id"]
+    assert served.admin("POST", f"/v1/admin/versions/{cand}/reject").json()["status"] == "rejected"
+
+    rid2 = served.coord.start_round(goal_count=3, min_count=2)
+    assert devices[0].checkin().kind == wire.TASK_TRAIN
+    assert devices[0].upload(random_delta(9), round_id=rid2, base="v0000", examples=5).status_code == 200
+    _expire(served, rid2)
+    assert devices[1].checkin().kind == wire.TASK_COME_BACK        # check-in closes it too
+    r = served.admin("GET", f"/v1/admin/rounds/{rid2}").json()
+    assert r["status"] == "failed" and "minimum 2" in r["reason"]
+
+
+def test_ineligible_device_is_told_to_come_back(served, tmp_path):
+    _, devices = _setup(served, 1)
+    served.coord.start_round()
+    t = devices[0].checkin(eligible=False)
+    assert t.kind == wire.TASK_COME_BACK and t.use_version_id == "v0000"
+    assert 60 / 4 * 0.5 <= t.retry_after <= 60 / 4 * 1.5   # open round: come back sooner, jittered
+
+
+def test_fedavgm_carries_momentum_across_rounds(tmp_path):
+    with serve(make_config(tmp_path, server_optimizer="fedavgm", server_momentum=0.5, server_learning_rate=1.0,
+                           canary_fraction=0.01)) as served:
+        import_v0(served, tmp_path / "v0")
+        base, devices = _setup(served, 2)
+        expected = {k: v.astype(np.float64) for k, v in base.items()}
+        buf = None
+        for rnd_no in range(2):
+            rid = served.coord.start_round(goal_count=2, min_count=2)
+            stable = served.coord.status()["stable_version_id"]
+            deltas = [random_delta(10 * rnd_no + i) for i in range(2)]
+            for d, delta in zip(devices, deltas, strict=True):
+                assert d.checkin().kind == wire.TASK_TRAIN
+                assert d.upload(delta, round_id=rid, base=stable, examples=3).status_code == 200
+            cand = served.coord.get_round(rid)["result_version_id"]
+            mean = {k: (deltas[0][k] + deltas[1][k]) / 2 for k in SHAPES}
+            buf = mean if buf is None else {k: 0.5 * buf[k] + mean[k] for k in SHAPES}
+            expected = {k: expected[k] + buf[k] for k in SHAPES}
+            got = artifact.decode_weights(served.coord.version_file(cand, "weights")[0])
+            for k in SHAPES:
+                np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6)
+            assert served.admin("POST", f"/v1/admin/versions/{cand}/promote").status_code == 200

@@ -1,0 +1,102 @@
+"""Every bad-update kind is rejected with its reason, and recorded; idempotent retries succeed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocol import artifact, wire
+from tests.helpers.coordinator_fakes import (
+    SHAPES,
+    FakeDevice,
+    make_config,
+    make_version,
+    random_delta,
+    serve,
+)
+
+
+@pytest.fixture
+def world(tmp_path):
+    with serve(make_config(tmp_path, goal_count=5, min_count=1, clip_norm=1.0, max_examples=100)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(4)]
+        rid = s.coord.start_round()
+        for d in devices[:3]:
+            assert d.checkin().kind == wire.TASK_TRAIN
+        yield s, devices, rid
+
+
+def _small(seed: int = 0) -> dict[str, np.ndarray]:
+    return random_delta(seed, scale=0.01)   # norm well under clip_norm=1
+
+
+def _expect(resp, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    body = wire.ErrorBody.from_dict(resp.json())
+    assert body.error == code and body.message
+
+
+def test_each_bad_update_kind_is_rejected_with_its_reason(world):
+    s, (a, b, c, outsider), rid = world
+    bad_shape = _small() | {"embedding": np.zeros((3, 3), np.float32)}
+    missing = {k: v for k, v in _small().items() if k != "out_bias"}
+    nan = _small() | {"lstm_bias": np.full(SHAPES["lstm_bias"], np.nan, np.float32)}
+    cases = [
+        (a.upload(_small(), round_id=999, base="v0000", examples=5), 404, wire.E_UNKNOWN_ROUND),
+        (outsider.upload(_small(), round_id=rid, base="v0000", examples=5), 403, wire.E_NOT_SELECTED),
+        (a.upload(_small(), round_id=rid, base="v9999", examples=5), 409, wire.E_STALE),
+        (a.upload(_small(), round_id=rid, base="v0000", examples=0), 422, wire.E_EXAMPLE_COUNT),
+        (a.upload(_small(), round_id=rid, base="v0000", examples=101), 422, wire.E_EXAMPLE_COUNT),
+        (a.upload({}, round_id=rid, base="v0000", examples=5, body=b"\x00garbage"), 422, wire.E_MALFORMED),
+        (a.upload(bad_shape, round_id=rid, base="v0000", examples=5), 422, wire.E_MALFORMED),
+        (a.upload(missing, round_id=rid, base="v0000", examples=5), 422, wire.E_MALFORMED),
+        (a.upload(nan, round_id=rid, base="v0000", examples=5), 422, wire.E_MALFORMED),
+        (a.upload(_small(), round_id=rid, base="v0000", examples=5, encoding="float16",
+                  body=artifact.encode_weights(_small(), "float32")),
+         422, wire.E_MALFORMED),    # declared float16, sent float32
+        (a.upload(random_delta(0, scale=5.0), round_id=rid, base="v0000", examples=5), 422, wire.E_NORM),
+    ]
+    for resp, status, code in cases:
+        _expect(resp, status, code)
+    # A float16 overflow becomes inf: malformed, not silently clipped.
+    with np.errstate(over="ignore"):
+        big = _small() | {"out_bias": np.full(SHAPES["out_bias"], 70000.0, np.float32).astype(np.float16)}
+    body = artifact.encode_weights({k: v.astype(np.float16) for k, v in big.items()})
+    _expect(a.upload({}, round_id=rid, base="v0000", examples=5, encoding="float16", body=body), 422, wire.E_MALFORMED)
+
+    # Nothing bad was accepted; the good upload still goes through; then duplicates are refused.
+    ok = a.upload(_small(), round_id=rid, base="v0000", examples=5, key="k-1")
+    assert ok.status_code == 200, ok.text
+    retry = a.upload(_small(), round_id=rid, base="v0000", examples=5, key="k-1")
+    assert retry.status_code == 200 and retry.json() == ok.json()      # same idempotency key: same receipt
+    _expect(a.upload(_small(1), round_id=rid, base="v0000", examples=5, key="k-2"), 409, wire.E_DUPLICATE)
+
+    # Late: after the round is closed.
+    assert b.upload(_small(2), round_id=rid, base="v0000", examples=5).status_code == 200
+    s.admin("POST", f"/v1/admin/rounds/{rid}/close?force=1")
+    _expect(c.upload(_small(3), round_id=rid, base="v0000", examples=5), 409, wire.E_LATE)
+
+    reasons = [x["reason"] for x in s.admin("GET", f"/v1/admin/rejections?round_id={rid}").json()["rejections"]]
+    for code in (wire.E_NOT_SELECTED, wire.E_STALE, wire.E_EXAMPLE_COUNT, wire.E_MALFORMED, wire.E_NORM,
+                 wire.E_DUPLICATE, wire.E_LATE):
+        assert code in reasons
+    rnd = s.admin("GET", f"/v1/admin/rounds/{rid}").json()
+    assert rnd["accepted"] == 2 and rnd["status"] == "done"
+    assert "fedkeys_updates_total{result=\"norm_exceeded\"} 1.0" in s.admin("GET", "/metrics").text
+
+
+def test_bad_metadata_header_and_empty_body(world):
+    s, (a, *_), rid = world
+    import requests
+    r = requests.post(s.url + wire.PATH_UPDATES, data=b"x", headers=a.headers, timeout=5)
+    _expect(r, 400, wire.E_BAD_REQUEST)
+    r = requests.post(s.url + wire.PATH_UPDATES, data=b"x", timeout=5,
+                      headers=a.headers | {wire.UPDATE_META_HEADER: '{"protocol_version": 1, "round_id": "x"}'})
+    _expect(r, 400, wire.E_BAD_REQUEST)
+    meta = wire.UpdateMeta(round_id=rid, base_version_id="v0000", example_count=1, idempotency_key="k")
+    r = requests.post(s.url + wire.PATH_UPDATES, data=b"", timeout=5,
+                      headers=a.headers | {wire.UPDATE_META_HEADER: meta.to_header()})
+    _expect(r, 400, wire.E_BAD_REQUEST)

@@ -1,0 +1,128 @@
+"""The operator dashboard in Chromium: login with the admin token, live round progress without
+reloading, the canary's state and verdict, the decision log and the history chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from protocol import wire
+from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version, random_delta, serve
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found (apt-get install -y chromium)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _report(dev: FakeDevice, task: wire.Task, cand_top3: float, stable_top3: float):
+    cand, stable = task.evaluate_version_ids
+    # issue-12: the canary decides on word-level counts (here top-3 hits of 100 words, as next-piece)
+    return dev.evaluate(task.candidate_version_id, [
+        wire.VersionMetrics(cand, loss_sum=300.0, top1=cand_top3 / 2, top3=cand_top3, count=100.0,
+                            words=100, word_top1=int(cand_top3) // 2, word_top3=int(cand_top3), saved=0, typed=200),
+        wire.VersionMetrics(stable, loss_sum=310.0, top1=stable_top3 / 2, top3=stable_top3, count=100.0,
+                            words=100, word_top1=int(stable_top3) // 2, word_top3=int(stable_top3), saved=0,
+                            typed=200)])
+
+
+def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    cfg = make_config(tmp_path, canary_fraction=1.0, canary_min_reports=2, goal_count=2, min_count=2,
+                      noise_multiplier=0.01)
+    with serve(cfg) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(3)]
+        rid = s.coord.start_round()
+        errors: list[str] = []
+        ctx = browser.new_context(viewport={"width": 1200, "height": 1600})
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text)
+                if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+                if r.status == 404 and not r.url.endswith("/favicon.ico") else None)
+        page.set_default_timeout(15_000)
+        try:
+            page.goto(s.url + "/dashboard?refresh_ms=500")
+            # Login: nothing shown without the token; a wrong one is refused.
+            expect(page.locator("#login")).to_be_visible()
+            expect(page.locator("#panels")).to_be_hidden()
+            page.fill("#token", "not-the-token")
+            page.click("#login button[type=submit]")
+            expect(page.locator("#login-error")).to_contain_text("did not accept")
+            page.fill("#token", cfg.admin_token)
+            page.click("#login button[type=submit]")
+            expect(page.locator("#panels")).to_be_visible()
+            expect(page.locator("#round-id")).to_have_text(str(rid))
+            expect(page.locator("#t-accepted")).to_have_text("0 of goal 2 (min 2)")
+            expect(page.locator("#devices")).to_have_text("3 · 0")
+            expect(page.locator("#round-deadline")).to_contain_text("s left")
+
+            # Live: devices check in and upload; the page follows without a reload.
+            tasks = [d.checkin() for d in devices[:2]]
+            expect(page.locator("#t-selected")).to_have_text("2 of up to 3")
+            r = devices[0].upload(random_delta(0, 0.01), round_id=rid, base=tasks[0].base_version_id, examples=10)
+            assert r.status_code == 200
+            expect(page.locator("#t-accepted")).to_have_text("1 of goal 2 (min 2)")
+            bad = devices[1].upload(random_delta(1, 0.01), round_id=rid, base=tasks[1].base_version_id,
+                                    examples=10, encoding="float16", body=b"not safetensors")
+            assert bad.status_code >= 400
+            expect(page.locator("#rejections tbody")).to_contain_text("malformed")
+            r = devices[1].upload(random_delta(1, 0.01), round_id=rid, base=tasks[1].base_version_id, examples=10)
+            assert r.status_code == 200
+            # The round closes into a candidate; the canary waits for its reports.
+            expect(page.locator("#round-status")).to_have_text("done")
+            cand = s.coord.get_round(rid)["result_version_id"]
+            expect(page.locator("#candidate")).to_have_text(cand)
+            t = devices[0].checkin()
+            assert t.kind == wire.TASK_EVALUATE
+            assert _report(devices[0], t, 41, 40).status_code == 200
+            expect(page.locator("#canary-state")).to_contain_text("wait (1 of 2 canary devices scored words)")
+            t = devices[2].checkin()
+            assert _report(devices[2], t, 42, 40).status_code == 200
+            # Promoted: the decision log says who, when and why; the chart has the point.
+            expect(page.locator("#stable")).to_have_text(cand)
+            row = page.locator("#decisions tbody tr").first
+            expect(row).to_contain_text(cand)
+            expect(row).to_contain_text("promote")
+            expect(row).to_contain_text("auto")
+            expect(row).to_contain_text("median per-device word top-3 difference +0.0150")  # issue-12's rule
+            expect(page.locator("#versions tbody tr").first).to_contain_text("41.5%")
+            expect(page.locator("#eps-local")).not_to_have_text("–")
+            page.wait_for_function("() => Chart.getChart(document.querySelector('#history')) !== undefined")
+            axis = page.locator("#history").evaluate(
+                "c => { const ch = Chart.getChart(c); return [ch.options.scales.y.title.text, "
+                "ch.data.labels, ch.data.datasets[0].data]; }")
+            assert axis[0] == "top-3 accuracy (%)" and axis[1] == [cand] and axis[2] == [41.5]
+            before = int(page.locator("#updated").get_attribute("data-refreshes"))
+            page.wait_for_function(f"() => Number(document.querySelector('#updated').dataset.refreshes) > {before + 1}")
+            artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+            artifacts.mkdir(exist_ok=True)
+            page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+            # Log out: the data goes away with the token.
+            page.click("#logout")
+            expect(page.locator("#panels")).to_be_hidden()
+            assert page.evaluate("() => sessionStorage.length") == 0
+        finally:
+            ctx.close()
+    assert not errors, errors       # no CSP violations or script errors

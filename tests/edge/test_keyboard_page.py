@@ -1,0 +1,323 @@
+"""The demo keyboard page in a real browser: Playwright driving Debian's Chromium.
+
+Each test serves the page on a free loopback port from a fresh device data directory whose
+current model version is the `exported_version` fixture, then types like a user: physical
+keys and on-screen keys. A missing /usr/bin/chromium is a failure, not a skip (CI installs it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import requests
+
+from edge_runtime import channel
+from edge_runtime.keyboard import start_keyboard
+from edge_runtime.paths import CACHE_DB
+from edge_runtime.versions import VersionStore, directory_fetch
+from protocol import wire
+from protocol.artifact import read_manifest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+PRIVATE_TEXT = "zebra hunter secret"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found: the browser tests need Debian's chromium package "
+                    "(apt-get install -y chromium; .ci/run installs it)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def device(tmp_path, exported_version):
+    """A device data dir whose current (stable) version is the exported one, and its page."""
+    data_dir = tmp_path / "device"
+    vid = read_manifest(exported_version).version_id
+    store = VersionStore(data_dir)
+    store.install(vid, directory_fetch(exported_version))
+    # As the device loop does after a train task on the stable version.
+    task = wire.Task(kind=wire.TASK_TRAIN, retry_after=1.0, use_version_id=vid, base_version_id=vid,
+                     plan=wire.TrainPlan(round_id=1, epochs=1, batch_size=4, learning_rate=0.1, clip_norm=1.0,
+                                         noise_multiplier=0.0, max_examples=10), time_limit_s=60.0)
+    channel.record_channel(data_dir, task, vid)
+    with start_keyboard(data_dir) as server:
+        yield {"dir": data_dir, "url": server.url, "page_url": server.page_url, "version": vid}
+
+
+@pytest.fixture
+def page(browser, device):
+    ctx = browser.new_context(viewport={"width": 430, "height": 860}, device_scale_factor=2)
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    pg.goto(device["page_url"])
+    # Functions, not expressions: the page's CSP forbids eval, which expression polling uses.
+    pg.wait_for_function("() => !['', '…'].includes(document.querySelector('#model-version').textContent)")
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+def rows(data_dir: Path) -> list[str]:
+    with sqlite3.connect(f"file:{data_dir / CACHE_DB}?mode=ro", uri=True) as db:
+        return [r[0] for r in db.execute("SELECT text FROM texts ORDER BY id")]
+
+
+def status(url: str) -> dict:
+    r = requests.get(url + "api/status", timeout=5)
+    r.raise_for_status()
+    return r.json()
+
+
+def wait_strip(pg) -> tuple[str, str, str]:
+    """Wait until the strip shows suggestions for the current text before the cursor."""
+    pg.wait_for_function("""() => {
+        const m = document.querySelector('#message');
+        const s = document.querySelector('#strip');
+        return s.dataset.for === m.value.slice(0, m.selectionStart);
+    }""")
+    return tuple(pg.locator(f'#strip [data-slot="{s}"]').inner_text() for s in ("left", "middle", "right"))
+
+
+def shifted(pg) -> bool:
+    return "shifted" in (pg.locator("#keyboard").get_attribute("class") or "").split()
+
+
+def tap_keys(pg, text: str) -> None:
+    """Type on the on-screen keyboard, toggling shift (which auto-capitalisation may have set)."""
+    for ch in text:
+        key = {" ": "space", "\n": "enter"}.get(ch, ch.lower())
+        if ch.isalpha() and ch.isupper() != shifted(pg):
+            pg.click('#keyboard [data-key="shift"]')
+        pg.click(f'#keyboard [data-key="{key}"]')
+
+
+def expect_count(pg, n: int) -> None:
+    from playwright.sync_api import expect
+
+    expect(pg.locator("#cached-count")).to_have_text(str(n))
+
+
+def test_page_shows_model_version_and_channel(page, device):
+    assert page.locator("#model-version").inner_text() == device["version"]
+    assert page.locator("#model-channel").inner_text().lower() == "stable"
+    assert page.locator("#cached-count").inner_text() == "0"
+    assert not page.locator("#pause-toggle").is_checked()
+    assert page.locator("#private-field").get_attribute("type") == "password"
+
+
+def test_strip_changes_between_keystrokes_and_tap_inserts(page):
+    seen = [wait_strip(page)]
+    page.locator("#message").focus()
+    for ch in "what say you to":      # physical keys
+        page.keyboard.type(ch)
+        seen.append(wait_strip(page))
+    tap_keys(page, " m")                # on-screen keys
+    seen.append(wait_strip(page))
+    assert all(s[1] for s in seen), f"the best slot was empty at some keystroke: {seen}"
+    assert len(set(seen)) >= 4, f"suggestions barely changed while typing: {seen}"
+
+    # In the middle of a word: the best completion replaces the partial word "m".
+    left, best, right = seen[-1]
+    assert best.lower().startswith("m") and best not in (left, right)
+    page.click('#strip [data-slot="middle"]')
+    assert page.locator("#message").input_value() == f"what say you to {best} "
+    after = wait_strip(page)
+    assert after != seen[-1] and all(after)
+
+    # After a space: a side slot inserts the whole next word.
+    page.click('#strip [data-slot="left"]')
+    assert page.locator("#message").input_value() == f"what say you to {best} {after[0]} "
+
+    # Backspace on the on-screen keyboard removes one character and refreshes the strip.
+    page.click('#keyboard [data-key="backspace"]')
+    page.click('#keyboard [data-key="backspace"]')
+    assert page.locator("#message").input_value() == f"what say you to {best} {after[0][:-1]}"
+    assert wait_strip(page)[1].startswith(after[0][:-1])
+
+
+def test_commit_grows_the_cache(page, device):
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("Good morning to you. ")    # a finished sentence is committed
+    expect_count(page, 1)
+    page.keyboard.type("How are you")
+    page.keyboard.press("Enter")                    # send commits the rest
+    expect_count(page, 2)
+    tap_keys(page, "Fare thee well\n")              # on-screen enter sends too
+    expect_count(page, 3)
+    assert msg.input_value() == ""
+    assert status(device["url"])["cache"]["sentences"] == 3
+    assert rows(device["dir"]) == ["Good morning to you.", "How are you", "Fare thee well"]
+    assert page.locator("#thread .bubble").count() == 2
+
+
+def test_private_field_text_is_never_sent_nor_cached(page, device):
+    bodies: list[str] = []
+    page.on("request", lambda r: bodies.append(r.post_data or "") if r.method == "POST" else None)
+    page.click("#private-field")
+    assert "private" in (page.locator("#strip").get_attribute("data-state") or "")
+    page.keyboard.type(PRIVATE_TEXT[:6] + ". ")
+    tap_keys(page, PRIVATE_TEXT[6:] + ". ")
+    assert page.locator("#private-field").input_value() == PRIVATE_TEXT[:6] + ". " + PRIVATE_TEXT[6:] + ". "
+    page.keyboard.press("Enter")
+    assert page.locator("#private-field").input_value() == ""
+
+    page.click("#message")
+    page.keyboard.type("A public line. ")
+    expect_count(page, 1)
+    page.wait_for_timeout(300)
+    assert rows(device["dir"]) == ["A public line."]
+    for word in PRIVATE_TEXT.split():
+        assert not any(word in t for t in rows(device["dir"]))
+        assert not any(word in b for b in bodies), "private text was sent to the server"
+    assert bodies, "the public commit should have been seen"
+
+
+def test_pause_stops_caching(page, device):
+    page.click("#message")
+    page.keyboard.type("Before the pause. ")
+    expect_count(page, 1)
+    page.click(".toggle")
+    page.wait_for_function("() => document.body.classList.contains('paused')")
+    assert status(device["url"])["paused"] is True
+    page.click("#message")
+    page.keyboard.type("Typed while paused. And more")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(500)
+    expect_count(page, 1)
+    assert all("paused" not in t for t in rows(device["dir"]))
+    assert not any("more" in t for t in rows(device["dir"]))
+
+    page.click(".toggle")
+    page.wait_for_function("() => !document.body.classList.contains('paused')")
+    page.click("#message")
+    page.keyboard.type("After the pause. ")
+    expect_count(page, 2)
+    assert rows(device["dir"]) == ["Before the pause.", "After the pause."]
+
+
+def test_clear_history_and_screenshot(page, device):
+    page.click("#message")
+    page.keyboard.type("Thou art welcome. I pray you tell me. ")
+    expect_count(page, 2)
+    page.keyboard.press("Enter")
+    page.click("#clear-history")                   # first tap arms, second clears
+    assert "again" in page.locator("#clear-history").inner_text().lower()
+    page.click("#clear-history")
+    expect_count(page, 0)
+    assert status(device["url"])["cache"]["sentences"] == 0
+    assert rows(device["dir"]) == []
+
+    # A pleasant state for the artifact: a sent message, one in progress, a live strip.
+    page.click("#message")
+    page.keyboard.type("My good lord, I will go")
+    page.keyboard.press("Enter")
+    expect_count(page, 1)
+    page.click("#message")
+    page.keyboard.type("What say you to th")
+    wait_strip(page)
+    page.wait_for_timeout(2200)                    # let the toast fade
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "keyboard.png"))
+    assert (ARTIFACTS / "keyboard.png").stat().st_size > 10_000
+
+
+def test_punctuation_after_a_tapped_suggestion_goes_before_its_space(page, device):
+    page.locator("#message").focus()
+    page.keyboard.type("what say you to m")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    assert page.locator("#message").input_value() == f"what say you to {best} "
+    tap_keys(page, ".")                                   # on-screen key: "word. ", not "word ."
+    assert page.locator("#message").input_value() == f"what say you to {best}. "
+    expect_count(page, 1)                                 # ". " finished the sentence
+    assert rows(device["dir"]) == [f"what say you to {best}."]
+    # A physical key behaves the same; a typed (not tapped) space is left alone.
+    page.keyboard.type("I pray you ")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')
+    word = page.locator("#message").input_value().split()[-1]
+    page.keyboard.type(",")
+    assert page.locator("#message").input_value().endswith(f"I pray you {word}, ")
+    page.keyboard.type(" .")
+    assert page.locator("#message").input_value().endswith(f"{word},  .")
+
+
+def test_auto_capitalisation_at_sentence_starts(page):
+    page.click("#message")
+    assert shifted(page)                                  # an empty message starts a sentence
+    for k in "hi":
+        page.click(f'#keyboard [data-key="{k}"]')         # no shift tapped by the user
+    assert page.locator("#message").input_value() == "Hi" and not shifted(page)
+    page.click('#keyboard [data-key="."]')
+    page.click('#keyboard [data-key="space"]')
+    assert shifted(page)                                  # after ". "
+    page.click('#keyboard [data-key="o"]')
+    page.click('#keyboard [data-key="k"]')
+    assert page.locator("#message").input_value() == "Hi. Ok"
+    page.click('#keyboard [data-key="."]')
+    page.click('#keyboard [data-key="space"]')
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')             # a suggestion tapped at a sentence start
+    last = page.locator("#message").input_value()[len("Hi. Ok. "):]
+    assert last[:1].isupper(), last
+
+
+def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
+    data_dir = tmp_path / "fresh"
+    vid = read_manifest(exported_version).version_id
+    VersionStore(data_dir).install(vid, directory_fetch(exported_version))   # installed, never checked in
+    with start_keyboard(data_dir) as server:
+        ctx = browser.new_context()
+        try:
+            pg = ctx.new_page()
+            pg.goto(server.url)
+            pg.wait_for_function("() => document.querySelector('#model-version').textContent !== '…'")
+            assert pg.locator("#model-version").inner_text() == vid
+            assert pg.locator("#model-channel").inner_text().lower() == "not checked in"
+        finally:
+            ctx.close()
+    # The first check-in names the channel even when there is nothing to do (come_back).
+    task = wire.Task(kind=wire.TASK_COME_BACK, retry_after=1.0, use_version_id=vid, use_channel="stable")
+    assert channel.record_channel(data_dir, task, vid) == "stable"
+    assert channel.read_channel(data_dir, vid) == "stable"
+
+
+def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, exported_version):
+    data_dir = tmp_path / "dying"
+    vid = read_manifest(exported_version).version_id
+    VersionStore(data_dir).install(vid, directory_fetch(exported_version))
+    server = start_keyboard(data_dir)
+    ctx = browser.new_context()
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(server.page_url)                      # issue-12: POSTs carry the session token
+        pg.locator("#message").focus()
+        pg.keyboard.type("what say")
+        assert wait_strip(pg)[1]
+        server.stop()                                     # the edge process is gone
+        pg.keyboard.type(" y")
+        pg.wait_for_function("() => document.querySelector('#strip').dataset.state === 'offline'")
+        assert "not running" in pg.locator('#strip [data-slot="middle"]').inner_text()
+        assert pg.locator('#strip [data-slot="left"]').inner_text() == ""
+    finally:
+        ctx.close()
+        server.stop()

@@ -1,0 +1,60 @@
+"""deploy/ as shipped: the systemd units pass `systemd-analyze verify`, the env example holds
+only real settings, and nginx with deploy/nginx/fedkeys.conf really terminates TLS in front of
+a coordinator (self-signed certificate, free ports; docker does not run on this machine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from coordinator.config import load_config
+from tests.helpers.coordinator_fakes import make_config, serve
+from tests.helpers.front import DEPLOY, nginx_front
+
+
+@pytest.mark.parametrize("unit", ["fedkeys-coordinator.service", "fedkeys-device.service"])
+def test_systemd_units_verify(tmp_path, unit):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze missing (Debian package systemd)"
+    text = (DEPLOY / "systemd" / unit).read_text()
+    # Only the install paths change: the executables must exist for verify.
+    bindir = Path(sys.executable).parent
+    text = text.replace("/opt/fedkeys/.venv/bin/gunicorn", str(bindir / "gunicorn"))
+    text = text.replace("/opt/fedkeys/.venv-edge/bin/fedkeys-device", sys.executable)
+    (tmp_path / unit).write_text(text)
+    r = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / unit)], capture_output=True, text=True,
+                       timeout=60, check=False)
+    problems = [ln for ln in (r.stdout + r.stderr).splitlines()
+                if ln.strip() and "postgresql.service" not in ln]
+    assert r.returncode == 0 and not problems, r.stdout + r.stderr
+
+
+def test_env_example_names_only_real_settings():
+    env = {}
+    for line in (DEPLOY / "coordinator.env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            env[k] = v
+    cfg = load_config(environ={k: v for k, v in env.items() if k.startswith("FEDKEYS_COORDINATOR_")})
+    assert cfg.resolved_database_url.startswith("postgresql+psycopg://") and cfg.log_format == "json"
+    assert env["FEDKEYS_BIND"].startswith("127.0.0.1:")       # gunicorn only on loopback, nginx in front
+
+
+def test_nginx_config_terminates_tls_in_front_of_the_coordinator(tmp_path):
+    with serve(make_config(tmp_path)) as s, nginx_front(tmp_path, s.url.removeprefix("http://")) as front:
+        url, crt = front.https_url, str(front.crt)
+        r = requests.get(url + "/healthz", verify=crt, timeout=5)
+        assert r.status_code == 200 and r.json() == {"ok": True}
+        assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert requests.get(url + "/v1/admin/status", verify=crt, timeout=5).status_code == 401
+        assert requests.get(url + "/v1/admin/status", verify=crt, timeout=5,
+                            headers={"Authorization": "Bearer admin-secret"}).status_code == 200
+        plain = requests.get(f"http://127.0.0.1:{front.http_port}/healthz", allow_redirects=False, timeout=5)
+        assert plain.status_code == 301 and plain.headers["Location"].startswith("https://")
+    assert os.path.exists(tmp_path / "logs" / "error.log")

@@ -1,0 +1,75 @@
+"""A man-in-the-middle replaying genuine, signed check-in replies cannot move a device back to a
+retired or canary-rejected version: the device follows only fresh rollout statements signed
+for it (edge_runtime.rollout_guard). Real coordinator over loopback HTTP, real device agent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+from edge_runtime import agent, rollout_guard
+from protocol import wire
+from tests.helpers.coordinator_fakes import enrolled_observer, make_config, serve
+
+
+def _copy_version(src, dst, version_id):
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["version_id"] = version_id
+    m.pop("signature", None)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def _replaying(dev, task):
+    """The device's next check-in gets `task` instead of the coordinator's answer."""
+    real = dev.client.checkin
+    dev.client.checkin = lambda req: task
+    return real
+
+
+def test_replayed_replies_cannot_downgrade(tmp_path, exported_version):
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
+        v0 = s.coord.import_version(exported_version)
+        dev = enrolled_observer(s, tmp_path / "dev")
+        try:
+            agent.run_once(dev)
+            assert dev.store.current_id == v0
+            v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
+            old_reply = dev.client.checkin(wire.CheckinRequest(eligible=False, current_version_id=v0))
+            assert old_reply.use_version_id == v1 and old_reply.rollout.channel == "canary"
+            agent.run_once(dev)
+            assert dev.store.current_id == v1                        # canary: on the candidate
+            s.coord.admin_decide(v1, "reject")
+            agent.run_once(dev)                                      # a signed rollback to v0
+            assert dev.store.current_id == v0
+            assert rollout_guard.last_state(str(tmp_path / "dev")).rollback is True
+
+            # Replay of the genuine (signed) reply that named the now-rejected candidate.
+            real = _replaying(dev, old_reply)
+            agent.run_once(dev)
+            assert dev.store.current_id == v0, "replayed reply downgraded the device to a rejected version"
+
+            # A new candidate is promoted; v0 is retired. Replaying a reply naming v0 is refused too.
+            dev.client.checkin = real
+            v0_reply = dev.client.checkin(wire.CheckinRequest(eligible=False, current_version_id=v0))
+            v2 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v2", "tiny-v2"))
+            s.coord.admin_decide(v2, "promote")
+            agent.run_once(dev)
+            assert dev.store.current_id == v2
+            _replaying(dev, replace(v0_reply, kind=wire.TASK_COME_BACK))
+            agent.run_once(dev)
+            assert dev.store.current_id == v2, "replayed reply moved the device to a retired version"
+
+            # Tampering: an unsigned reply, a forged one, and one signed for another device.
+            fresh = real(wire.CheckinRequest(eligible=False, current_version_id=v2))
+            for bad in (replace(fresh, use_version_id=v0, rollout=None),
+                        replace(fresh, use_version_id=v0, rollout=replace(fresh.rollout, version_id=v0,
+                                                                          seq=fresh.rollout.seq + 9)),
+                        replace(fresh, rollout=replace(fresh.rollout, device_id="d-other"))):
+                _replaying(dev, bad)
+                agent.run_once(dev)
+                assert dev.store.current_id == v2
+        finally:
+            dev.close()

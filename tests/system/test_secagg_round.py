@@ -1,0 +1,307 @@
+"""Secure aggregation end to end: real device processes on loopback, a real coordinator (SQLite,
+blob store), 30% of the cohort killed after sharing their seeds and before uploading, and one
+more killed after uploading, before revealing its shares.
+
+The coordinator's database and blob store must hold no individual update (only masked vectors
+and the sum), the aggregate must equal the plain mean of the survivors' updates up to the
+stated quantization bound, and honest devices must refuse a coordinator that asks for both
+kinds of share of one device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from coordinator import secagg as coord_secagg
+from coordinator.models import Update
+from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
+from edge_runtime import agent, paths, secagg_client, trainer
+from edge_runtime.config import EdgeConfig
+from protocol import artifact, ddp, wire
+from protocol import secagg_wire as sw
+from protocol.artifact import read_manifest
+from tests.helpers.coordinator_fakes import make_config, serve, start_server, stop_server
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXTS = ["see you at the station", "thanks for dinner", "call me later", "the kids loved it"]
+
+
+def _devices(s, tmp_path: Path, n: int) -> list[EdgeConfig]:
+    key = s.coord.create_enrollment_key()
+    cfgs = []
+    for i in range(n):
+        cfg = EdgeConfig(data_dir=str(tmp_path / f"device{i}"), eligibility="override:eligible", coordinator=s.url,
+                         public_key=s.coord.public_key_hex, min_wait_s=0.1)
+        agent.enroll(cfg, key)
+        for t in (TEXTS[i % 4], TEXTS[(i + 1) % 4], f"device {i} says hello"):
+            assert agent.type_text(cfg, t, "message")
+        cfgs.append(cfg)
+    return cfgs
+
+
+def _plain_update(cfg: EdgeConfig, version: Path, plan: wire.TrainPlan) -> np.ndarray:
+    """What this device's clipped float update is: same text, same plan (one batch: order-free)."""
+    with agent.open_cache(cfg) as cache:
+        texts = [r.text for r in cache.training_records()]
+    windows = trainer.text_windows(version, texts, read_manifest(version))
+    assert len(windows) <= plan.max_examples  # one deterministic batch
+    return trainer.train(version, texts, secagg_client.local_plan(plan), shuffle_seed=0).update.vector
+
+
+def _device_id(cfg: EdgeConfig) -> str:
+    return agent.load_identity(Path(cfg.data_dir)).device_id
+
+
+def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_version):
+    n, n_drop = 10, 3
+    conf = make_config(tmp_path, goal_count=n, min_count=7, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=15.0, clip_norm=1.0, round_duration_s=600.0)
+    with serve(conf) as s:
+        base_id = s.coord.import_version(exported_version)
+        cfgs = _devices(s, tmp_path, n)
+        rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, noise_multiplier=0.0, max_examples=4,
+                                  secure_aggregation=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")} | {"PYTHONPATH": str(ROOT)}
+        procs = {}
+        for cfg in cfgs:
+            with open(Path(cfg.data_dir) / "run.log", "wb") as log:
+                procs[_device_id(cfg)] = subprocess.Popen(
+                    [sys.executable, "-m", "edge_runtime", "run", "--once", "--data-dir", cfg.data_dir,
+                     "--eligibility", "override:eligible"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        killed: list[str] = []
+        mute: str | None = None       # a survivor that dies after masking: its seed comes from shares
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and any(p.poll() is None for p in procs.values()):
+                with s.coord._sessions() as db:
+                    rows = db.execute(select(SecAggMember.device_id, SecAggMember.shared, SecAggMember.masked_sha256)
+                                      .where(SecAggMember.round_id == rid).order_by(SecAggMember.id)).all()
+                for dev, shared, masked in rows:
+                    if shared and dev not in killed and len(killed) < n_drop:   # the first to share drop out
+                        procs[dev].send_signal(signal.SIGKILL)
+                        killed.append(dev)
+                    elif masked and mute is None and dev not in killed:
+                        procs[dev].send_signal(signal.SIGKILL)
+                        mute = dev
+                time.sleep(0.02)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+                p.wait(10)
+        logs = {d: (Path(c.data_dir) / "run.log").read_text(errors="replace")[-1500:]
+                for d, c in zip(procs, cfgs, strict=True)}
+        until = time.monotonic() + 60     # phase timeouts act lazily (requests, `tick`); the sum runs off-thread
+        while s.coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
+            s.coord.maintenance()
+            time.sleep(0.2)
+        rnd = s.coord.get_round(rid)
+        with s.coord._sessions() as db:
+            row = db.get(SecAggRound, rid)
+            state = (row.phase, row.survivors, row.stats_json, [(m.idx, m.shared, m.masked_sha256 is not None,
+                     m.revealed) for m in db.scalars(select(SecAggMember).where(SecAggMember.round_id == rid))])
+        assert rnd["status"] == "done", (rnd["reason"], state, killed, logs)
+        with s.coord._sessions() as db:
+            members = {m.device_id: m for m in db.scalars(select(SecAggMember).where(SecAggMember.round_id == rid))}
+            row = db.get(SecAggRound, rid)
+            assert all(members[d].shared and members[d].masked_sha256 is None for d in killed), "dropped too late"
+            assert mute is not None and members[mute].masked_sha256 and not members[mute].revealed
+            assert row.survivors == n - n_drop and rnd["accepted"] == n - n_drop
+            assert db.scalar(select(func.count()).select_from(Update)) == 0             # no plain update rows
+            assert db.scalar(select(func.count()).select_from(SecAggReveal)) == 0       # reveals deleted
+            params = coord_secagg._params(row)
+            sum_digest = row.sum_sha256
+        for d in set(procs) - set(killed) - {mute}:
+            assert "task train: uploaded" in logs[d] and "mode=secure" in logs[d], logs[d]
+
+        # The aggregate equals the plain mean of the survivors' updates, up to the stated bound.
+        plan = wire.TrainPlan.from_dict(rnd["plan"])
+        by_id = {_device_id(c): c for c in cfgs}
+        # Each device trained from the version as it downloaded it (the signed int8 form, dequantized).
+        installed = {d: Path(by_id[d].data_dir) / paths.MODELS_DIR / base_id for d in procs}
+        assert all((v / artifact.WEIGHTS_Q8).is_file() for v in installed.values())
+        plain = {d: _plain_update(by_id[d], installed[d], plan) for d in procs}
+        survivors = [d for d in procs if d not in killed]
+        want = np.mean([plain[d] for d in survivors], axis=0)
+        cand = rnd["result_version_id"]
+        tensors = artifact.load_version(exported_version)[0].tensors
+        new = artifact.flatten(artifact.decode_weights(s.coord.version_file(cand, "weights")[0]), tensors)
+        base = artifact.flatten(artifact.decode_weights(s.coord.version_file(base_id, "weights")[0]), tensors)
+        got = new.astype(np.float64) - base
+        # quantization (stated bound) + float32 rounding when the new weights were stored
+        bound = ddp.mean_error_bound(params["scale"]) + float(np.spacing(np.abs(new).max()))
+        assert np.abs(got - want).max() <= bound, (np.abs(got - want).max(), bound)
+        everyone = np.mean([plain[d] for d in procs], axis=0)  # positive control: a different set is far off
+        assert np.abs(got - everyone).max() > 100 * bound
+        assert np.linalg.norm(want) > 1e-3
+
+        # Nothing the coordinator stored is an individual update.
+        data_dir = Path(s.config.data_dir)
+        files = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}
+        files |= {p: p.read_bytes() for p in tmp_path.glob("coordinator.db*")}
+        for d in survivors:
+            v = plain[d]
+            for probe in (v[:32].astype("<f4").tobytes(), v[:32].astype("<f2").tobytes(),
+                          ddp.encode(v[:32], params["scale"], 0.0, seed=1).astype("<u4").tobytes()[:16]):
+                assert not any(probe in data for data in files.values()), d
+            masked = np.frombuffer(s.coord.blobs.get(members[d].masked_sha256), "<u4").view(np.int32)
+            unmasked = ddp.encode(v, params["scale"], 0.0, seed=2).view(np.int32)
+            assert np.corrcoef(unmasked.astype(float), v)[0, 1] > 0.99          # the control correlates
+            assert abs(np.corrcoef(masked.astype(float), v)[0, 1]) < 0.1        # the stored one does not
+        masked_digests = {m.masked_sha256 for m in members.values() if m.masked_sha256}
+        blob_names = {p.name for p in (data_dir / "blobs").rglob("*") if p.is_file()}
+        assert masked_digests | {sum_digest} <= blob_names
+        print(f"secure round: {n} devices, {len(killed)} killed after sharing, 1 after masking, sum of "
+              f"{len(survivors)} within {np.abs(got - want).max():.2e} of the plain mean (bound {bound:.2e})")
+
+
+def test_honest_devices_refuse_a_coordinator_asking_for_both_shares(tmp_path, exported_version, monkeypatch):
+    n = 4
+    conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=8.0, clip_norm=1.0)
+    honest = coord_secagg.unmask_request_for
+
+    def greedy(s, row, m):     # the attacker: "every neighbour survived AND dropped"
+        req = honest(s, row, m)
+        everyone = tuple(sorted(set(req.survivors) | set(req.dropped)))
+        return sw.SecAggUnmaskRequest(everyone, everyone, req.survivor_count)
+
+    monkeypatch.setattr(coord_secagg, "unmask_request_for", greedy)
+    with serve(conf) as s:
+        s.coord.import_version(exported_version)
+        cfgs = _devices(s, tmp_path, n)
+        rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
+        devs = [agent.Device.open(c) for c in cfgs]
+        results: list = [None] * n
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
+                   for i in range(n)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            for d in devs:
+                d.close()
+        assert all(r is not None and r.outcome.startswith("refused (asked for both") for r in results), results
+        with s.coord._sessions() as db:
+            assert db.scalar(select(func.count()).select_from(SecAggReveal)) == 0     # nothing revealed
+            assert db.get(SecAggRound, rid).phase == "unmask"
+        assert s.coord.get_round(rid)["status"] == "open"
+
+
+@pytest.mark.parametrize("flip", ["self-then-key", "key-then-self"])
+def test_revealer_refuses_the_other_kind_in_a_later_request(flip):
+    shares = {j: (bytes([j]) * 34, bytes([j + 100]) * 34) for j in (1, 2, 3)}
+    r = secagg_client.Revealer(0, shares, n_min=2)
+    first = sw.SecAggUnmaskRequest((1, 2), (3,), 3) if flip == "self-then-key" else sw.SecAggUnmaskRequest((2,),
+                                                                                                        (1, 3), 3)
+    out = r.answer(first)
+    assert set(out.self_shares) | set(out.key_shares) == {1, 2, 3}
+    assert r.answer(first) == out                                    # a retried identical request is fine
+    second = sw.SecAggUnmaskRequest((2, 3), (1,), 3) if flip == "self-then-key" else sw.SecAggUnmaskRequest(
+        (1, 2), (3,), 3)
+    with pytest.raises(secagg_client.Refused, match="other way"):
+        r.answer(second)
+    with pytest.raises(secagg_client.Refused, match="claims this device dropped"):
+        secagg_client.Revealer(0, shares, 2).answer(sw.SecAggUnmaskRequest((1,), (0,), 3))
+    with pytest.raises(secagg_client.Refused, match="fewer than"):
+        secagg_client.Revealer(0, shares, 5).answer(sw.SecAggUnmaskRequest((1, 2), (3,), 4))
+
+
+def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
+    from coordinator.__main__ import main as cli_main
+    from tests.helpers.coordinator_fakes import FakeDevice, make_version, random_delta
+
+    cfg = make_config(tmp_path)
+    assert cfg.secure_aggregation is False                                   # off by default (docs/privacy.md)
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["init", *common]) == 0
+    make_version(tmp_path / "v0")
+    assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
+    assert cli_main(["start-round", "--secure-aggregation", "--goal-count", "2", "--min-count", "2",
+                     "--selection-window-s", "0", *common]) == 0     # issue-12's draw window: none here
+    with serve(cfg) as s:
+        rnd = s.coord.list_rounds()[-1]
+        assert rnd["plan"]["secure_aggregation"] is True
+        dev = FakeDevice(s.url, s.coord.create_enrollment_key())
+        task = dev.checkin()
+        assert task.plan.secure_aggregation
+        r = dev.upload(random_delta(0), round_id=task.plan.round_id, base=task.base_version_id, examples=1)
+        assert r.status_code == 400 and "secure aggregation" in r.json()["message"]
+        with s.coord._sessions() as db:
+            assert db.scalar(select(func.count()).select_from(Update)) == 0
+        s.coord.close_round(rnd["round_id"], force=True)
+        plain = s.coord.start_round(goal_count=2, min_count=1)
+        assert "secure_aggregation" not in s.coord.get_round(plain)["plan"]   # plain plans are unchanged
+
+
+def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exported_version, caplog):
+    """Devices keep their secrets in memory and retry through the outage; state is in the database."""
+    from coordinator.app import create_app
+
+    caplog.set_level(logging.INFO, logger="edge_runtime.secagg_client")
+    n = 4
+    conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=30.0, clip_norm=1.0)
+
+    def start(port: int):
+        app = create_app(conf)
+        srv, th = start_server(app, port)
+        return app, srv, th
+
+    app, srv, th = start(0)
+    port = srv.server_port
+    coord = app.extensions["fedkeys"]
+    coord.import_version(exported_version)
+
+    class _S:     # what _devices needs
+        url = f"http://127.0.0.1:{port}"
+
+    _S.coord = coord
+    cfgs = _devices(_S, tmp_path, n)
+    rid = coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
+    devs = [agent.Device.open(c) for c in cfgs]
+    results: list = [None] * n
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
+               for i in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        until = time.monotonic() + 120
+        while time.monotonic() < until:      # everyone has shared: the coordinator goes down
+            with coord._sessions() as db:
+                if db.scalar(select(func.count()).select_from(SecAggMember).where(
+                        SecAggMember.round_id == rid, SecAggMember.shared.is_(True))) == n:
+                    break
+            time.sleep(0.05)
+        stop_server(srv, th)
+        coord.close()
+        time.sleep(2.0)
+        app, srv, th = start(port)
+        coord = app.extensions["fedkeys"]
+        for t in threads:
+            t.join(120)
+        until = time.monotonic() + 60
+        while coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
+            time.sleep(0.1)
+        assert all(r is not None and r.outcome == "uploaded" for r in results), results
+        assert any("retrying" in r.getMessage() for r in caplog.records if r.name == "edge_runtime.secagg_client")
+        rnd = coord.get_round(rid)
+        assert rnd["status"] == "done" and rnd["accepted"] == n, rnd
+    finally:
+        for d in devs:
+            d.close()
+        stop_server(srv, th)
+        coord.close()
