@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
+CHROMIUM = Path("/usr/bin/chromium")   # Debian's package; Playwright drives it, never its own download
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +53,19 @@ def served(tmp_path):
     with serve(make_config(tmp_path)) as s:
         import_v0(s, tmp_path / "v0")
         yield s
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium for the `browser`-marked tests (the keyboard page, the dashboard)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found: the browser tests need Debian's chromium package "
+                    "(apt-get install -y chromium; make test and .ci/run install it)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -12,25 +12,6 @@ from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_versio
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync", "--disable-quic"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found (apt-get install -y chromium)", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def _report(dev: FakeDevice, task: wire.Task, cand_top3: float, stable_top3: float):
     cand, stable = task.evaluate_version_ids
     # issue-12: the canary decides on word-level counts (here top-3 hits of 100 words, as next-piece)

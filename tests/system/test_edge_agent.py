@@ -25,6 +25,7 @@ from requests.adapters import HTTPAdapter
 from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
 from protocol import wire
+from tools.arm.scenario import SENTENCES
 from tools.coordinator_process import CoordinatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,18 +33,6 @@ ADMIN_TOKEN = "edge-test-admin-token"
 SETTINGS = {"admin_token": ADMIN_TOKEN, "rate_limit_per_minute": "60000", "rate_limit_burst": "1000",
             "checkin_interval_s": "30", "canary_fraction": "1.0", "canary_min_reports": "5",
             "log_level": "DEBUG", "selection_window_s": "0"}
-SENTENCES = [
-    "I will see you at the station tomorrow morning",
-    "thanks for the lovely dinner last night",
-    "can you send me the notes from the meeting",
-    "we should go to the park if the weather is good",
-    "my train is running late again today",
-    "let me know when you are home safe",
-    "the kids loved the new book you gave them",
-    "I think we need more coffee for the office",
-    "happy birthday and have a wonderful day",
-    "see you soon and take care of yourself",
-]
 
 
 def canary(i: int) -> str:
