@@ -166,7 +166,7 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
         return
     new_weights = artifact.unflatten(step.weights, tensors)
     w_sha = coord.blobs.put(artifact.encode_weights(new_weights))
-    manifest.weights_q8_sha256 = versions.put_download_form(coord, new_weights)
+    manifest.weights_q8_sha256 = versions.put_download_form(coord, new_weights, manifest.weights_q8_sha256)
     state_sha = coord.blobs.put(artifact.encode_weights(step.state)) if step.state else None
     seq = queries.next_seq(s)
     vid = f"v{seq:04d}-{w_sha[:8]}"

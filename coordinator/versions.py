@@ -66,10 +66,12 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     return manifest.version_id
 
 
-def put_download_form(coord: Coordinator, weights: dict) -> str:
+def put_download_form(coord: Coordinator, weights: dict, parent_sha: str = "") -> str:
     """Store the quantized form devices download (`artifact.quantize`, a quarter of float32's
-    bytes); its sha256 goes into the manifest before it is signed."""
-    return coord.blobs.put(artifact.encode_weights_q8(weights))
+    bytes), on the parent's row scales when there is a parent; its sha256 goes into the manifest
+    before it is signed."""
+    parent = coord.blobs.get(parent_sha) if parent_sha else None
+    return coord.blobs.put(artifact.encode_weights_q8(weights, parent))
 
 
 def supersede_candidate(s: Session, new_id: str) -> None:

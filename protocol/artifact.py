@@ -153,19 +153,29 @@ def decode_weights(data: bytes) -> dict[str, np.ndarray]:
         raise ArtifactError(f"not a valid safetensors body: {e}") from e
 
 
-def quantize(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def quantize(weights: Mapping[str, np.ndarray],
+             parent: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The download form of float32 weights: each matrix as int8 with one float32 scale per row
     (symmetric, max |row| -> 127), each vector as float16.
 
     Why: a version's float32 weights are 5.4 MB; this is 1.4 MB (Gboard-scale budgets are ~2 MB)
     and costs no measurable accuracy (docs/quality.md). Deterministic, so a coordinator can
-    sign its hash; the device dequantizes once, at install, and runs and trains in float32."""
+    sign its hash; the device dequantizes once, at install, and runs and trains in float32.
+
+    `parent` (the parent version's quantized form) keeps its row scales wherever the row still
+    fits them: a round moves weights by less than one int8 step, so fresh scales would re-round
+    every weight and the canary, comparing candidate and stable on a device, would mostly see
+    rounding noise. With shared scales the two differ only where the round moved a weight across
+    a step."""
     out: dict[str, np.ndarray] = {}
     for name, w in weights.items():
         w = np.asarray(w, np.float32)
         if w.ndim == 2:
             scale = np.abs(w).max(axis=1) / 127.0
             scale[scale == 0] = 1.0
+            old = None if parent is None else parent.get(name + _SCALE)
+            if old is not None and old.shape == scale.shape:
+                scale = np.where(scale <= old, old, scale)   # a row that outgrew its scale gets a new one
             out[name] = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
             out[name + _SCALE] = scale.astype(np.float32)
         else:
@@ -191,8 +201,9 @@ def dequantize(q: Mapping[str, np.ndarray], tensors: list[TensorSpec]) -> dict[s
     return out
 
 
-def encode_weights_q8(weights: Mapping[str, np.ndarray]) -> bytes:
-    return encode_weights(quantize(weights))
+def encode_weights_q8(weights: Mapping[str, np.ndarray], parent: bytes | None = None) -> bytes:
+    """`quantize` as safetensors; `parent` is the parent version's encoded quantized form."""
+    return encode_weights(quantize(weights, None if parent is None else decode_weights(parent)))
 
 
 def check_weights(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], *,

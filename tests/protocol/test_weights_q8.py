@@ -69,3 +69,23 @@ def test_manifest_without_a_download_form_serialises_as_before():
     assert "weights_q8_sha256" not in m.to_dict()
     m.weights_q8_sha256 = "q"
     assert artifact.Manifest.from_dict(m.to_dict()).weights_q8_sha256 == "q"
+
+
+def test_a_child_version_on_its_parents_scales_differs_only_where_a_weight_moved_a_step():
+    """A round moves weights by much less than one int8 step: on the parent's scales the child's
+    int8 values equal the parent's almost everywhere (fresh scales would re-round them all), and
+    a row that outgrew its scale gets a new one instead of being clipped."""
+    rng = np.random.default_rng(3)
+    parent_w = {"embedding": rng.normal(0, 0.3, (200, 16)).astype(np.float32)}
+    child_w = {"embedding": parent_w["embedding"] + rng.normal(0, 1e-4, (200, 16)).astype(np.float32)}
+    child_w["embedding"][7] *= 2.0                                  # one row grows past its scale
+    parent = artifact.quantize(parent_w)
+    shared = artifact.quantize(child_w, parent)
+    fresh = artifact.quantize(child_w)
+    same = shared["embedding"] == parent["embedding"]
+    assert np.delete(same, 7, axis=0).mean() > 0.95 and not same[7].all()
+    assert (fresh["embedding"] == parent["embedding"]).mean() < same.mean()
+    assert shared["embedding.scale"][7] > parent["embedding.scale"][7]
+    back = artifact.dequantize(shared, [artifact.TensorSpec("embedding", (200, 16))])["embedding"]
+    step = shared["embedding.scale"][:, None]
+    assert np.all(np.abs(back - child_w["embedding"]) <= step / 2 + 1e-7)   # nothing clipped
