@@ -66,7 +66,11 @@ def decide(reports: Sequence[tuple[VersionMetrics, VersionMetrics]], *, min_repo
     Each device contributes one number, its word-level top-3 difference, and the decision
     reads their median: no device outweighs another by claiming a large count, and fewer than
     half of the canaries cannot move the verdict past what the honest ones measured. Wait for
-    `min_reports` devices that scored words, then promote iff median >= -tolerance.
+    `min_reports` devices that scored words, then promote iff median >= -bar, where the bar is
+    `tolerance` but never less than one word of a canary's own text (the median over canaries
+    of 1 / words scored): a device cannot tell a candidate one word worse from one that is
+    equal, and with a 0.5-point tolerance over ~150 words a single flipped word rejected
+    candidates held-out users saw as better (docs/quality.md).
     (Non-finite values never get here: the wire refuses them.)
     """
     if min_reports < 1 or tolerance < 0:
@@ -78,10 +82,12 @@ def decide(reports: Sequence[tuple[VersionMetrics, VersionMetrics]], *, min_repo
     if len(diffs) < min_reports:
         return CanaryDecision(WAIT, f"{len(diffs)} of {min_reports} canary devices scored words", numbers)
     med = statistics.median(diffs)
-    numbers.update(word_top3_diff=med, trimmed_mean_diff=trimmed_mean(diffs),
-                   devices_worse=sum(d < -tolerance for d in diffs))
-    if med >= -tolerance - 1e-12:  # exactly at the tolerance passes, float rounding aside
-        return CanaryDecision(PROMOTE, f"median per-device word top-3 difference {med:+.4f} >= -{tolerance} "
+    one_word = statistics.median(1 / min(c.words, s.words) for c, s in reports if c.words > 0 and s.words > 0)
+    bar = max(tolerance, one_word)
+    numbers.update(word_top3_diff=med, trimmed_mean_diff=trimmed_mean(diffs), one_word=one_word, bar=bar,
+                   devices_worse=sum(d < -bar for d in diffs))
+    if med >= -bar - 1e-12:  # exactly at the bar passes, float rounding aside
+        return CanaryDecision(PROMOTE, f"median per-device word top-3 difference {med:+.4f} >= -{bar:.4f} "
                                        f"over {len(diffs)} devices", numbers)
-    return CanaryDecision(REJECT, f"median per-device word top-3 difference {med:+.4f} < -{tolerance} "
+    return CanaryDecision(REJECT, f"median per-device word top-3 difference {med:+.4f} < -{bar:.4f} "
                                   f"over {len(diffs)} devices", numbers)

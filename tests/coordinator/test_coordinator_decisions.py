@@ -100,6 +100,12 @@ def test_canary_decision():
     # Exactly at the tolerance still promotes; just beyond rejects.
     assert rollout.decide([(_m("c", 39), _m("s", 40))] * 2, min_reports=2, tolerance=0.01).action == rollout.PROMOTE
     assert rollout.decide([(_m("c", 38), _m("s", 40))] * 2, min_reports=2, tolerance=0.01).action == rollout.REJECT
+    # The bar is never finer than one word of a canary's text: one word worse on 150 words passes
+    # a 0.5-point tolerance, two words do not.
+    assert rollout.decide([(_m("c", 39, words=150), _m("s", 40, words=150))] * 3, min_reports=3,
+                          tolerance=0.005).action == rollout.PROMOTE
+    assert rollout.decide([(_m("c", 38, words=150), _m("s", 40, words=150))] * 3, min_reports=3,
+                          tolerance=0.005).action == rollout.REJECT
     # Devices that scored no words have no vote.
     assert rollout.decide([(_m("c", 0, 0), _m("s", 0, 0))] * 3, min_reports=2, tolerance=0).action == rollout.WAIT
     with pytest.raises(ValueError):
