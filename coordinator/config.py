@@ -93,7 +93,7 @@ class Config:
     canary_fraction: float = 0.1
     rollout_state_ttl_s: float = 7 * 86400.0  # a signed check-in reply is usable this long
     canary_min_reports: int = 5
-    canary_tolerance: float = 0.005          # candidate top-3 may be at most this much worse
+    canary_tolerance: float = 0.005          # candidate top-3 may be this much worse (at least one canary word)
     max_eval_examples: int = 500             # evaluate task: held-out windows per version
     max_eval_words: int = 300                # evaluate task: words scored per version (word top-3, KSR)
 
