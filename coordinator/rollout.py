@@ -33,11 +33,8 @@ class CanaryDecision:
     numbers: dict = field(default_factory=dict)
 
 
-def device_difference(cand: VersionMetrics, stable: VersionMetrics) -> float | None:
-    """One canary device's word-level top-3 difference, candidate minus stable (None if it
-    scored no words: it has no vote)."""
-    if cand.words <= 0 or stable.words <= 0:
-        return None
+def device_difference(cand: VersionMetrics, stable: VersionMetrics) -> float:
+    """One canary device's word-level top-3 difference, candidate minus stable (both scored words)."""
     return cand.word_top3 / cand.words - stable.word_top3 / stable.words
 
 
@@ -75,14 +72,15 @@ def decide(reports: Sequence[tuple[VersionMetrics, VersionMetrics]], *, min_repo
     """
     if min_reports < 1 or tolerance < 0:
         raise ValueError("min_reports must be >= 1 and tolerance >= 0")
-    diffs = [d for d in (device_difference(c, s) for c, s in reports) if d is not None]
+    scored = [(c, s) for c, s in reports if c.words > 0 and s.words > 0]   # no words scored: no vote
+    diffs = [device_difference(c, s) for c, s in scored]
     numbers: dict = {"reports": len(reports), "devices_scored": len(diffs), "min_reports": min_reports,
                      "tolerance": tolerance, "candidate": _rates([r[0] for r in reports]),
                      "stable": _rates([r[1] for r in reports])}
     if len(diffs) < min_reports:
         return CanaryDecision(WAIT, f"{len(diffs)} of {min_reports} canary devices scored words", numbers)
     med = statistics.median(diffs)
-    one_word = statistics.median(1 / min(c.words, s.words) for c, s in reports if c.words > 0 and s.words > 0)
+    one_word = statistics.median(1 / min(c.words, s.words) for c, s in scored)
     bar = max(tolerance, one_word)
     numbers.update(word_top3_diff=med, trimmed_mean_diff=trimmed_mean(diffs), one_word=one_word, bar=bar,
                    devices_worse=sum(d < -bar for d in diffs))

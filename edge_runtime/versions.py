@@ -91,13 +91,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _file_hashes(manifest: Manifest) -> dict[str, str]:
+    """sha256 of each file a version directory can hold, by file name."""
+    return {WEIGHTS: manifest.weights_sha256, WEIGHTS_Q8: manifest.weights_q8_sha256,
+            GRAPH: manifest.graph_sha256, TOKENIZER: manifest.tokenizer_sha256}
 
-def _weights_file(manifest: Manifest) -> dict[str, str]:
-    """The weights to download: the quantized form when the coordinator signed one (a quarter of
-    the bytes; `protocol.artifact.quantize`), else the float32 file."""
-    if manifest.weights_q8_sha256:
-        return {WEIGHTS_Q8: manifest.weights_q8_sha256}
-    return {WEIGHTS: manifest.weights_sha256}
+
+def _downloads(manifest: Manifest) -> dict[str, str]:
+    """The files to fetch, with their sha256: the weights in their quantized form when the
+    coordinator signed one (a quarter of the bytes; `protocol.artifact.quantize`), else float32."""
+    weights = WEIGHTS_Q8 if manifest.weights_q8_sha256 else WEIGHTS
+    return {f: sha for f, sha in _file_hashes(manifest).items() if f in (weights, GRAPH, TOKENIZER)}
+
 
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
@@ -212,7 +217,7 @@ class VersionStore:
             raise VersionError(f"asked for {version_id!r}, manifest says {manifest.version_id!r}")
         if self.public_key is not None:  # before downloading anything else
             _check_signature(manifest, self.public_key)
-        wanted = {**_weights_file(manifest), GRAPH: manifest.graph_sha256, TOKENIZER: manifest.tokenizer_sha256}
+        wanted = _downloads(manifest)
 
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
         try:
@@ -246,8 +251,7 @@ class VersionStore:
                 m = read_manifest(self.root / vid)
             except ArtifactError:
                 continue
-            own = {WEIGHTS: m.weights_sha256, WEIGHTS_Q8: m.weights_q8_sha256, GRAPH: m.graph_sha256,
-                   TOKENIZER: m.tokenizer_sha256}[fname]
+            own = _file_hashes(m)[fname]
             p = self.root / vid / fname
             if own == sha and p.is_file() and sha256_file(p) == sha:
                 return p

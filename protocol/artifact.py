@@ -175,7 +175,7 @@ def quantize(weights: Mapping[str, np.ndarray],
             scale[scale == 0] = 1.0
             old = None if parent is None else parent.get(name + _SCALE)
             if old is not None and old.shape == scale.shape:
-                scale = np.where(scale <= old, old, scale)   # a row that outgrew its scale gets a new one
+                scale = np.maximum(scale, old)   # a row that outgrew its scale gets a new one
             out[name] = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
             out[name + _SCALE] = scale.astype(np.float32)
         else:

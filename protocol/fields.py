@@ -40,6 +40,14 @@ def _str(d: Mapping[str, Any], key: str, *, optional: bool = False, max_len: int
     return v
 
 
+def _in_range(key: str, v: Any, lo: Any, hi: Any) -> Any:
+    if lo is not None and v < lo:
+        raise WireError(f"{key!r} must be >= {lo}")
+    if hi is not None and v > hi:
+        raise WireError(f"{key!r} must be <= {hi}")
+    return v
+
+
 def _int(d: Mapping[str, Any], key: str, *, lo: int | None = None, hi: int | None = MAX_INT,
          default: Any = ...) -> int:
     if default is not ... and key not in d:
@@ -47,11 +55,7 @@ def _int(d: Mapping[str, Any], key: str, *, lo: int | None = None, hi: int | Non
     v = _req(d, key)
     if isinstance(v, bool) or not isinstance(v, int):
         raise WireError(f"{key!r} must be an integer")
-    if lo is not None and v < lo:
-        raise WireError(f"{key!r} must be >= {lo}")
-    if hi is not None and v > hi:
-        raise WireError(f"{key!r} must be <= {hi}")
-    return v
+    return _in_range(key, v, lo, hi)
 
 
 def _float(d: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None,
@@ -64,11 +68,7 @@ def _float(d: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float
     v = float(v)
     if finite and not math.isfinite(v):
         raise WireError(f"{key!r} must be finite")
-    if lo is not None and v < lo:
-        raise WireError(f"{key!r} must be >= {lo}")
-    if hi is not None and v > hi:
-        raise WireError(f"{key!r} must be <= {hi}")
-    return v
+    return _in_range(key, v, lo, hi)
 
 
 def _bool(d: Mapping[str, Any], key: str, *, default: Any = ...) -> bool:
