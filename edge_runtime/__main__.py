@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-from edge_runtime import agent, keyboard
+from edge_runtime import agent, keyboard, personalize
 from edge_runtime.cache import CacheError
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, load_config
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("pause", "pause learning: no text is cached until resume (persists across restarts)")
     cmd("resume", "resume learning")
-    cmd("wipe", "delete all cached text from this device")
+    cmd("wipe", "delete all cached text and the personal model learned from it from this device")
     cmd("status", "print enrollment, model versions, cache counts and eligibility as JSON")
     return ap
 
@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                 cache.set_paused(c == "pause")
             print("learning paused" if c == "pause" else "learning resumed")
         elif c == "wipe":
+            personalize.forget(cfg.require_data_dir())   # the personal LSTM was learned from the text
             with agent.open_cache(cfg) as cache:
                 cache.wipe()
-            print("text cache wiped")
+            print("text cache and personal model wiped")
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         return 0

@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import channel, rollout_guard, secagg_client, trainer
+from edge_runtime import channel, personalize, rollout_guard, secagg_client, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.client import (
     ClientError,
@@ -50,7 +50,7 @@ from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import wire
-from protocol.artifact import atomic_write
+from protocol.artifact import ArtifactError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +357,24 @@ def _with_words(m: wire.VersionMetrics, w: WordCounts) -> wire.VersionMetrics:
                                saved=w.saved, typed=w.typed)
 
 
+def _personalize(dev: Device) -> str:
+    """Keep the user's own copy of the version in use trained on the cache (never uploaded)."""
+    try:
+        version_dir = dev.store.current()
+    except VersionError:
+        return "no model"
+    stats = dev.cache.stats()
+    stamp = f"{stats['records']}:{stats['bytes']}"   # counts only: the cache changed, or not
+    texts = [r.text for r in dev.cache.training_records()] + [r.text for r in dev.cache.heldout_records()]
+    try:
+        return personalize.refresh(dev.config.require_data_dir(), version_dir, version_dir.name, texts, stamp,
+                                   dev.config.personal_plan, eligible=dev.eligibility.check, loader=dev.loader)
+    except (OSError, ArtifactError) as e:   # e.g. a full disk: suggestions keep the model they have
+        return f"failed ({_failure(e)})"
+    finally:
+        del texts
+
+
 def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
     """One check-in and the task it brings. Transient errors propagate (the loop backs off);
     a rejected upload or report is an outcome, not an error."""
@@ -375,6 +393,8 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     else:
         outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
         counts = {}
+    if decision and dev.config.personalize:
+        counts = {**counts, "personal_model": _personalize(dev)}
     result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
                         dev.store.current_id, counts)
     log.info("%s", result.summary())

@@ -12,10 +12,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import EdgeError
 from protocol.settings import coerce_settings, load_settings
+
+if TYPE_CHECKING:
+    from edge_runtime.personalize import PersonalPlan
 
 ENV_PREFIX = "FEDKEYS_EDGE_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
@@ -49,6 +52,11 @@ class EdgeConfig:
     max_train_examples: int = 5000
     local_epsilon_budget: float = math.inf  # total epsilon this device spends against the coordinator
     local_delta: float = 1e-6
+    # The user's own copy of the LSTM, fine-tuned on the cache when eligible, never uploaded (personalize)
+    personalize: bool = True
+    personal_learning_rate: float = 0.2
+    personal_epochs: int = 1
+    personal_max_examples: int = 256
     # Pacing: the coordinator says when to come back; we add our own jitter and bounds
     jitter: float = 0.1                  # +- fraction added to every wait (no thundering herd)
     min_wait_s: float = 1.0
@@ -82,6 +90,9 @@ class EdgeConfig:
             (self.max_epochs >= 1 and self.max_train_examples >= 1, "max_epochs and max_train_examples must be >= 1"),
             (self.local_epsilon_budget > 0 and 0 < self.local_delta < 1,
              "local_epsilon_budget must be > 0 (inf: unlimited) and local_delta in (0, 1)"),
+            (0 < self.personal_learning_rate < math.inf and self.personal_epochs >= 1
+             and self.personal_max_examples >= 1,
+             "personal_learning_rate must be > 0, personal_epochs and personal_max_examples >= 1"),
             (self.http_timeout_s > 0, "http_timeout_s must be > 0"),
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
             (bool(self.keyboard_host.strip()), "keyboard_host must not be empty"),
@@ -90,6 +101,13 @@ class EdgeConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    @property
+    def personal_plan(self) -> PersonalPlan:
+        from edge_runtime.personalize import PersonalPlan
+
+        return PersonalPlan(learning_rate=self.personal_learning_rate, epochs=self.personal_epochs,
+                            max_examples=self.personal_max_examples)
 
     @property
     def override(self) -> bool | None:

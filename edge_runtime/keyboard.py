@@ -193,9 +193,10 @@ class KeyboardApp:
             self.cache.wipe()
         except CacheError as e:
             raise ApiError(409, "wipe_incomplete", str(e)) from e
-        finally:   # whatever the wipe managed, the words in memory are forgotten now
+        finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             with self.slot.lock:
                 self._personal = None
+                self.slot.forget_personal()
                 if self.slot.predictor is not None:
                     self.slot.predictor.personal = PersonalModel()
         return self.status()

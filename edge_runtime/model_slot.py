@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from edge_runtime import channel as channels
+from edge_runtime import personalize
 from edge_runtime.agent import AgentError, load_identity
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionError, VersionStore
-from protocol.artifact import TOKENIZER
+from protocol.artifact import TOKENIZER, ArtifactError
 from protocol.interpreter import Model
 from protocol.text import load_tokenizer
 
@@ -41,7 +44,7 @@ class ModelSlot:
     thread-safe, so every use goes through `lock`."""
 
     def __init__(self, *, data_dir: Path | None, model_dir: Path | None, channel: str | None,
-                 loader: Callable[[Path], Predictor] | None = None, public_key: str | None = None) -> None:
+                 loader: Callable[..., Predictor] | None = None, public_key: str | None = None) -> None:
         self.data_dir, self.model_dir, self.fixed_channel = data_dir, model_dir, channel
         self.lock = threading.RLock()
         self._loader = loader or load_predictor
@@ -54,6 +57,17 @@ class ModelSlot:
         self.version_id: str | None = None
         self.predictor: Predictor | None = None
         self.generation = 0     # bumps on every swap, so sessions of the old model are dropped
+        self._stamp: float | None = None
+        self.personal = False   # suggesting with the user's own copy of the LSTM (edge_runtime.personalize)
+
+    def _personal_stamp(self, version_dir: Path | None) -> float | None:
+        """mtime of the user's own copy of `version_dir`'s model (None: none, or a fixed model dir)."""
+        if version_dir is None or self.data_dir is None or self.model_dir is not None:
+            return None
+        try:
+            return personalize.weights_path(self.data_dir, version_dir.name).stat().st_mtime_ns
+        except OSError:
+            return None
 
     def _wanted(self) -> Path | None:
         if self.model_dir is not None:
@@ -72,18 +86,43 @@ class ModelSlot:
                 return
             self._checked = now
             wanted = self._wanted()
-            if wanted == self._dir:
+            stamp = self._personal_stamp(wanted)
+            if wanted == self._dir and stamp == self._stamp:
                 return
             if wanted is None:
                 self.predictor, self.version_id, self._dir = None, None, None
             else:
                 t0 = time.monotonic()
-                self.predictor = self._loader(wanted)
+                self.predictor = self._load(wanted, stamp)
                 manifest = self.predictor.model.manifest
                 self.version_id = manifest.version_id if manifest else wanted.name
                 self._dir = wanted
-                log.info("keyboard: model version %s loaded in %.2fs", self.version_id, time.monotonic() - t0)
+                log.info("keyboard: model version %s loaded in %.2fs%s", self.version_id, time.monotonic() - t0,
+                         " (the user's own copy)" if self.personal else "")
+            self._stamp = stamp
             self.generation += 1
+
+    def _load(self, version_dir: Path, stamp: float | None) -> Predictor:
+        """The version's predictor on the user's own copy of its weights when there is a usable one."""
+        self.personal = False
+        weights = personalize.load(self.data_dir, version_dir.name) if stamp is not None and self.data_dir else None
+        if weights is not None:
+            try:
+                predictor = self._loader(version_dir, weights)
+                self.personal = True
+                return predictor
+            except ArtifactError:
+                log.warning("personal model does not fit version %s; suggesting with the global model",
+                            version_dir.name)
+        return self._loader(version_dir)
+
+    def forget_personal(self) -> None:
+        """Delete the user's own copy and fall back to the global model at once."""
+        with self.lock:
+            if self.data_dir is not None:
+                personalize.forget(self.data_dir)
+            self._checked = float("-inf")
+        self.refresh()
 
     @property
     def channel(self) -> str:
@@ -94,7 +133,9 @@ class ModelSlot:
         return channels.read_channel(self.data_dir, self.version_id)
 
 
-def load_predictor(version_dir: Path) -> Predictor:
+def load_predictor(version_dir: Path, weights: dict[str, np.ndarray] | None = None) -> Predictor:
+    """The keyboard's predictor on a version (on `weights` of its model, e.g. the user's own copy)."""
     from edge_runtime.base_ngram import load_base_ngram
 
-    return Predictor(Model.load(version_dir), load_tokenizer(Path(version_dir) / TOKENIZER), base=load_base_ngram())
+    return Predictor(Model.load(version_dir, weights=weights), load_tokenizer(Path(version_dir) / TOKENIZER),
+                     base=load_base_ngram())

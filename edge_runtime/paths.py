@@ -7,6 +7,8 @@
         privacy_ledger.json     every update released and its epsilon (plan_guard)
         rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
         model_channel.json      stable or canary: what the version in use is (channel)
+        personal/               the user's own copy of the LSTM, never uploaded (personalize)
+            <version_id>.safetensors
         models/                 verified model versions (versions)
             current.json        {"current": id, "previous": id | null}
             <version_id>/       one complete version directory
@@ -23,6 +25,7 @@ CACHE_DB = "text_cache.sqlite3"
 LEDGER_FILE = "privacy_ledger.json"
 ROLLOUT_STATE_FILE = "rollout_state.json"
 CHANNEL_FILE = "model_channel.json"
+PERSONAL_DIR = "personal"
 MODELS_DIR = "models"
 CURRENT_POINTER = "current.json"      # under MODELS_DIR
 STAGING_PREFIX = ".incoming-"         # under MODELS_DIR

@@ -123,6 +123,32 @@ def _check(eligible: EligibilityCheck | None, deadline: float | None, steps: int
             raise TrainingAborted("; ".join(reasons), steps)
 
 
+def sgd(model: SignatureModel, data: Windows, *, epochs: int, rows: int, batch: int, learning_rate: float,
+        rng: np.random.Generator, eligible: EligibilityCheck | None = None,
+        deadline: float | None = None) -> tuple[int, float, float]:
+    """`epochs` passes of the `train` signature over `data` in shuffled batches of `rows`
+    (steps, first loss, last loss). Eligibility is checked before every step and at the end;
+    a non-finite loss aborts. The one training loop of the device: federated updates and the
+    user's personal model both run it."""
+    step = model.runner(SIG_TRAIN)
+    lr = np.array([learning_rate], np.float32)
+    n = len(data)
+    steps, first_loss, last_loss = 0, math.nan, math.nan
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for i in range(0, n, rows):
+            _check(eligible, deadline, steps)
+            x, y, m = fixed_batch(data, order[i:i + rows], batch)
+            loss = float(np.asarray(step(x=x, y=y, mask=m, lr=lr)["loss"]).reshape(-1)[0])
+            if not math.isfinite(loss):
+                raise TrainingAborted("loss is not finite", steps)
+            first_loss = loss if steps == 0 else first_loss
+            last_loss = loss
+            steps += 1
+    _check(eligible, deadline, steps)
+    return steps, first_loss, last_loss
+
+
 def train(
     version_dir: str | Path,
     texts: Iterable[str],
@@ -155,21 +181,9 @@ def train(
     _check(eligible, deadline, 0)
     model = loader(version_dir)
     model.set_weights(base)  # start exactly from the manifest's weights, whatever load did
-    step = model.runner(SIG_TRAIN)
-    lr = np.array([plan.learning_rate], np.float32)
-    steps, first_loss, last_loss = 0, math.nan, math.nan
-    for _ in range(plan.epochs):
-        order = rng.permutation(n)
-        for i in range(0, n, rows):
-            _check(eligible, deadline, steps)
-            x, y, m = fixed_batch(data, order[i:i + rows], B)
-            loss = float(np.asarray(step(x=x, y=y, mask=m, lr=lr)["loss"]).reshape(-1)[0])
-            if not math.isfinite(loss):
-                raise TrainingAborted("loss is not finite", steps)
-            first_loss = loss if steps == 0 else first_loss
-            last_loss = loss
-            steps += 1
-    _check(eligible, deadline, steps)
+    steps, first_loss, last_loss = sgd(model, data, epochs=plan.epochs, rows=rows, batch=B,
+                                       learning_rate=plan.learning_rate, rng=rng, eligible=eligible,
+                                       deadline=deadline)
 
     update = build_update(model.get_weights(), base, manifest, example_count=n, clip_norm=plan.clip_norm,
                           noise_multiplier=plan.noise_multiplier, source=noise)

@@ -44,6 +44,7 @@ class TrainSettings:
     steps_per_epoch: int | None = None  # cap an epoch on large corpora (None: one full pass)
     batch_size: int = 64
     learning_rate: float = 2e-3
+    lr_decay_to: float = 1.0            # cosine-decay the rate to this fraction by the last step (1: constant)
     patience: int = 1                   # epochs without validation improvement before stopping
     val_windows: int = 2000             # validation windows evaluated per epoch (capped for speed)
     seed: int = 0
@@ -91,7 +92,13 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
     if len(vx) > s.val_windows:
         keep = rng.choice(len(vx), s.val_windows, replace=False)
         vx, vy, vm = vx[keep], vy[keep], vm[keep]
-    opt = tf.keras.optimizers.Adam(s.learning_rate)
+    steps = math.ceil(len(x) / s.batch_size)
+    if s.steps_per_epoch:
+        steps = min(steps, s.steps_per_epoch)
+    rate = s.learning_rate
+    if s.lr_decay_to < 1.0:  # a decayed end settles what a constant rate leaves noisy (v0: see docs/quality.md)
+        rate = tf.keras.optimizers.schedules.CosineDecay(s.learning_rate, s.epochs * steps, alpha=s.lr_decay_to)
+    opt = tf.keras.optimizers.Adam(rate)
     variables = m.variables_in_order
 
     @tf.function
@@ -104,9 +111,6 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
 
     hist = History()
     best, best_weights, bad = math.inf, None, 0
-    steps = math.ceil(len(x) / s.batch_size)
-    if s.steps_per_epoch:
-        steps = min(steps, s.steps_per_epoch)
     for epoch in range(s.epochs):
         losses = []
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=not s.progress, leave=False)

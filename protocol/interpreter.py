@@ -74,9 +74,15 @@ class Model:
         self.manifest: artifact.Manifest | None = None
 
     @classmethod
-    def load(cls, version_dir: str | os.PathLike, *, verify: bool = True, **kw: Any) -> Model:
-        """Open a version directory (sha256s verified) and load its weights."""
-        manifest, weights = artifact.load_version(version_dir, verify=verify)
+    def load(cls, version_dir: str | os.PathLike, *, verify: bool = True,
+             weights: dict[str, np.ndarray] | None = None, **kw: Any) -> Model:
+        """Open a version directory (sha256s verified) and load its weights, or `weights` of the
+        same names and shapes instead (a device's personal copy of the version's model)."""
+        manifest, own = artifact.load_version(version_dir, verify=verify)
+        if weights is None:
+            weights = own
+        elif set(weights) != set(own) or any(np.shape(weights[k]) != own[k].shape for k in own):
+            raise artifact.ArtifactError(f"weights do not fit version {manifest.version_id}'s model")
         graph = (Path(version_dir) / artifact.GRAPH).read_bytes()
         patches = manifest.architecture().infer_patches
         if patches:

@@ -39,12 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = True):
+def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = True, personal_lstm: bool = True):
     """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM, the
-    base n-gram and the user's own words, learned on the device; without `own_words` the same minus
-    what it learns from the user) or the global LSTM alone."""
+    base n-gram and what it learns on the device: the user's own words and, with `personal_lstm`,
+    its own fine-tuned copy of the LSTM; without `own_words` neither) or the global LSTM alone.
+
+    A keyboard session's `personalize()` is the device's idle-and-charging moment: it fine-tunes
+    the user's copy on the text learned so far (`edge_runtime.personalize`, the device's defaults)."""
     import os
 
+    from edge_runtime import personalize, trainer
     from edge_runtime.base_ngram import load_base_ngram
     from edge_runtime.predictor import Predictor
     from protocol.artifact import TOKENIZER
@@ -54,12 +58,31 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
     model = Model.load(version_dir)
     sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
     base = load_base_ngram() if personal else None
+    trainable: list[trainer.SignatureModel] = []   # one training interpreter, reset for every user
 
     def new_session():
         predictor = Predictor(model, sp, base=base)
         session = predictor.session()
-        if personal and own_words:
-            session.learn = predictor.learn
+        if not (personal and own_words):
+            return session
+        typed: list[str] = []
+
+        def learn(text: str) -> None:
+            typed.append(text)
+            session.p.learn(text)
+
+        def personalize_now() -> None:
+            if not trainable:
+                trainable.append(trainer.load_model(version_dir))
+            weights = personalize.fine_tune(version_dir, typed, model=trainable[0])
+            if weights is not None:
+                session.p = Predictor(Model.load(version_dir, weights=weights, verify=False), sp,
+                                      personal=predictor.personal, base=base)
+                session.reset()
+
+        session.learn = learn
+        if personal_lstm:
+            session.personalize = personalize_now
         return session
 
     return new_session

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap each epoch (default: a full pass)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr-decay-to", type=float, default=1.0, metavar="FRACTION",
+                   help="decay the learning rate along a cosine to this fraction of --lr by the last step "
+                        "(default: 1, a constant rate)")
     p.add_argument("--patience", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -90,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     sp = load_tokenizer(tok_path)
     print(f"model: {m.cfg.num_params:,} parameters ({m.cfg.to_dict()})")
     settings = TrainSettings(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                             learning_rate=args.lr, patience=args.patience, seed=args.seed,
-                             progress=not args.no_progress)
+                             learning_rate=args.lr, lr_decay_to=args.lr_decay_to, patience=args.patience,
+                             seed=args.seed, progress=not args.no_progress)
     hist = train(m, sp, train_texts, val_texts, settings)
     version_id = args.version_id or ("central" if args.init else "v0")
     print("exporting to TFLite (builtin ops only) and linting in the slim interpreter...")

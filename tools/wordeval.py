@@ -59,7 +59,9 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
 
     Each user's first half is typed into the device before scoring, and every scored text is
     committed after it is scored, so a session with a ``learn(text)`` method (the FedKeys
-    keyboard's personal model) learns from the user's past text only. Sessions without one
+    keyboard's personal model) learns from the user's past text only; a session with a
+    ``personalize()`` method is then given one idle-and-charging moment to fine-tune its own copy
+    of the LSTM on that past text (`tools.evaluate.lstm_factory`). Sessions without them
     (the references) see the same texts and change nothing. `per_user`, if given, receives
     [words, top-3 hits, letters saved, letters typed] for each user.
     """
@@ -78,6 +80,8 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
             if hasattr(session, "learn"):
                 for past in halves(users[user])[0]:   # typed and committed before scoring starts
                     session.learn(past)
+            if hasattr(session, "personalize"):       # then the device was idle and charging once
+                session.personalize()
         session.reset()
         mine = per_user.setdefault(user, [0, 0, 0, 0]) if per_user is not None else [0, 0, 0, 0]
         for chunk in text.split():

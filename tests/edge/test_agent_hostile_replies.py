@@ -16,6 +16,7 @@ import pytest
 from edge_runtime import agent
 from edge_runtime.client import CoordinatorClient, ProtocolError
 from edge_runtime.config import EdgeConfig
+from edge_runtime.versions import VersionError
 from protocol import wire
 
 PLAN = {"round_id": 1, "epochs": 1, "batch_size": 4, "learning_rate": 0.1, "clip_norm": 1.0,
@@ -143,6 +144,9 @@ def test_disk_full_during_a_download_keeps_the_loop_and_the_current_version(tmp_
 
         def in_use(self):
             return self.current_id
+
+        def current(self):
+            raise VersionError("no usable model version on this device")
 
     class Client:
         def checkin(self, req):

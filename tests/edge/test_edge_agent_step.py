@@ -15,6 +15,7 @@ from edge_runtime.client import RejectedError, TransientError
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import Decision
 from edge_runtime.update import Update
+from edge_runtime.versions import VersionError
 from protocol import wire
 
 PLAN = wire.TrainPlan(round_id=7, epochs=1, batch_size=4, learning_rate=0.1, clip_norm=1.0,
@@ -70,6 +71,9 @@ class FakeStore:
 
     def in_use(self):
         return self.current_id
+
+    def current(self):   # no real version directory: the personal model has nothing to start from
+        raise VersionError("no usable model version on this device")
 
     def ensure(self, vid, fetch):
         self.ensured.append(vid)

@@ -80,3 +80,19 @@ def test_bad_corpus_is_one_line_and_exit_2(tmp_path, exported_version, content, 
 def test_missing_model_directory_is_a_clear_error(tmp_path, fresh_corpus):
     res = run("--model", str(tmp_path / "nothing"), "--corpus", str(fresh_corpus))
     assert res.returncode == 2 and "not a model version directory" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ablation_table_scores_every_part_on_the_same_words(exported_version, fresh_corpus):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "tools.ablation", "--model", str(exported_version), "--corpus",
+                          str(fresh_corpus), "--max-words", "120", "--central", str(exported_version)],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == 2 + 6 + 2
+    for _, top1, top3, ksr in rows:
+        t1, t3, k = (float(x.strip().rstrip("%")) for x in (top1, top3, ksr))
+        assert 0.0 <= t1 <= t3 <= 100.0 and 0.0 <= k < 100.0
+    bad = subprocess.run([sys.executable, "-m", "tools.ablation", "--corpus", str(fresh_corpus), "--max-words", "0"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--max-words" in bad.stderr

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
     g.add_argument("--workers", type=int, default=2, help="device processes (2 cores: 2)")
     g.add_argument("--seed", type=int, default=0, help="eligibility and dropout draws")
     g = p.add_argument_group("training plan (sent to the devices) and server optimizer")
-    g.add_argument("--epochs", type=int, default=1, help="local epochs")
+    g.add_argument("--epochs", type=int, default=3, help="local epochs (3: docs/quality.md, federated recipes)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--learning-rate", type=float, default=0.5, help="on-device SGD learning rate")
     g.add_argument("--clip-norm", type=float, default=3.0, help="L2 clip of each device's delta")

@@ -55,13 +55,15 @@ def worker_init(log_path: str) -> None:
 
 
 def device_config(data_dir: str, eligible: bool, coordinator: str = "", public_key: str = "") -> EdgeConfig:
-    """The edge runtime's settings for a simulated device: eligibility forced per round, short waits."""
+    """The edge runtime's settings for a simulated device: eligibility forced per round, short waits.
+    No personal model: a training device's own suggestions are never scored (the held-out users'
+    keyboards personalize when they are scored, tools.wordeval), so it would only cost time."""
     from edge_runtime.config import EdgeConfig
 
     return EdgeConfig(data_dir=data_dir, coordinator=coordinator, public_key=public_key,
                       eligibility="override:eligible" if eligible else "override:ineligible",
                       min_wait_s=0.1, backoff_initial_s=0.5, backoff_max_s=2.0, upload_attempts=3,
-                      http_timeout_s=120.0)
+                      http_timeout_s=120.0, personalize=False)
 
 
 def setup_device(data_dir: str, coordinator: str, public_key: str, enrollment_key: str,

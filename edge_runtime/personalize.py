@@ -1,0 +1,128 @@
+"""The user's own copy of the global LSTM, fine-tuned on this device's text cache only.
+
+Gboard's personalization (Wang et al. 2019): after federated training, each device fine-tunes
+the global model on its own text and suggests with that copy. Here the copy starts from the
+version in use and takes a few SGD steps of the version's own `train` signature
+(`trainer.sgd`, the loop federated rounds run) over the newest cached text. It runs only when
+the device is eligible to train (idle, charging: `Eligibility`), is stored beside the cache as
+``personal/<version_id>.safetensors`` and never leaves the data directory: no update, report or
+log line carries it, federated training always starts from the version's own weights, and
+`forget` deletes it with the cache. A new version makes it stale; it is rebuilt from the new one.
+
+Measured on held-out users (docs/quality.md, "Personalization"): the first half of each user's
+text fine-tunes the copy, the second half is scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+
+from edge_runtime import trainer
+from edge_runtime.paths import PERSONAL_DIR
+from protocol.artifact import load_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PersonalPlan:
+    """How the personal copy is trained (EdgeConfig's personal_* settings)."""
+
+    learning_rate: float = 0.2   # 0.5 (the federated rate) overfits one user's text: worse loss
+    epochs: int = 1
+    max_examples: int = 256      # the newest windows of the user's text (20 words each)
+    min_examples: int = 2        # less text than this: the global model as it is
+
+
+def fine_tune(version_dir: str | Path, texts: Sequence[str], plan: PersonalPlan = PersonalPlan(), *,
+              model: trainer.SignatureModel | None = None, eligible: trainer.EligibilityCheck | None = None,
+              loader: trainer.ModelLoader = trainer.load_model, seed: int | None = 0) -> dict[str, np.ndarray] | None:
+    """Weights of `version_dir`'s model fine-tuned on `texts` (oldest first), or None when there
+    is too little text. `model`, if given, is reused (its weights are reset to the version's
+    first). Raises `trainer.TrainingAborted` when eligibility lapses."""
+    version_dir = Path(version_dir)
+    manifest, base = load_version(version_dir, verify=model is None)
+    data = trainer.text_windows(version_dir, texts, manifest)
+    if len(data) < plan.min_examples:
+        return None
+    if len(data) > plan.max_examples:   # the newest text says most about what comes next
+        data = data.take(np.arange(len(data) - plan.max_examples, len(data)))
+    model = model if model is not None else loader(version_dir)
+    model.set_weights(base)
+    batch = manifest.architecture().model.train_batch
+    trainer.sgd(model, data, epochs=plan.epochs, rows=batch, batch=batch, learning_rate=plan.learning_rate,
+                rng=np.random.default_rng(seed), eligible=eligible)
+    return model.get_weights()
+
+
+# --- the copy on disk ---------------------------------------------------------------------------
+
+def weights_path(data_dir: str | Path, version_id: str) -> Path:
+    return Path(data_dir) / PERSONAL_DIR / f"{version_id}.safetensors"
+
+
+def save(data_dir: str | Path, version_id: str, weights: dict[str, np.ndarray], stamp: str) -> Path:
+    """Store the copy of `version_id` (replacing any other version's); `stamp` says which cache
+    state it was trained on (counts only)."""
+    path = weights_path(data_dir, version_id)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}, str(tmp),
+              metadata={"version_id": version_id, "stamp": stamp})
+    tmp.replace(path)
+    for old in path.parent.glob("*.safetensors"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def stamp_of(data_dir: str | Path, version_id: str) -> str | None:
+    """The cache state the stored copy of `version_id` was trained on (None: no usable copy)."""
+    path = weights_path(data_dir, version_id)
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError):
+        return None
+    return meta.get("stamp") if meta.get("version_id") == version_id else None
+
+
+def load(data_dir: str | Path, version_id: str) -> dict[str, np.ndarray] | None:
+    """The stored copy of `version_id`'s weights, or None (none, or unreadable: the global model)."""
+    path = weights_path(data_dir, version_id)
+    if not path.exists():
+        return None
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        log.warning("personal model unreadable (%s); suggesting with the global model", e.__class__.__name__)
+        return None
+
+
+def forget(data_dir: str | Path) -> None:
+    """Delete every personal copy (the user cleared what the keyboard learned)."""
+    shutil.rmtree(Path(data_dir) / PERSONAL_DIR, ignore_errors=True)
+
+
+def refresh(data_dir: str | Path, version_dir: Path, version_id: str, texts: Sequence[str], stamp: str,
+            plan: PersonalPlan, *, eligible: trainer.EligibilityCheck | None = None,
+            loader: trainer.ModelLoader = trainer.load_model) -> str:
+    """Retrain the copy of `version_id` when the cache changed since (`stamp`); the outcome, for the log."""
+    if stamp_of(data_dir, version_id) == stamp:
+        return "up to date"
+    try:
+        weights = fine_tune(version_dir, texts, plan, eligible=eligible, loader=loader)
+    except trainer.TrainingAborted as e:
+        return f"aborted ({e.reason})"
+    if weights is None:
+        return "too little text"
+    save(data_dir, version_id, weights, stamp)
+    return "trained"

@@ -1,0 +1,143 @@
+"""The user's own copy of the LSTM (edge_runtime.personalize): trained on the device's text only,
+kept in its data directory, used by the keyboard, forgotten with the cache, never sent.
+
+Runs on a real exported version in the slim interpreter (no TensorFlow)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import agent, model_slot, personalize, trainer
+from edge_runtime.cache import TextCache
+from edge_runtime.config import EdgeConfig
+from edge_runtime.eligibility import Decision
+from edge_runtime.model_slot import ModelSlot
+from edge_runtime.paths import PERSONAL_DIR
+from edge_runtime.versions import VersionStore, directory_fetch
+from protocol import wire
+from protocol.arch import EVALUATE_OUTPUTS, SIG_EVALUATE
+from protocol.artifact import ArtifactError, load_version, read_manifest
+from protocol.interpreter import Model
+
+USER_TEXT = [f"the purple lighthouse keeper sends invoice {i % 4} to marguerite" for i in range(40)]
+
+
+def loss_on(version_dir: Path, weights: dict[str, np.ndarray] | None, texts: list[str]) -> float:
+    """Mean next-token loss of the version's model (or of `weights` of it) on `texts`."""
+    manifest, own = load_version(version_dir)
+    model = trainer.load_model(version_dir)
+    model.set_weights(weights if weights is not None else own)
+    data = trainer.text_windows(version_dir, texts, manifest)
+    batch = manifest.architecture().model.train_batch
+    totals = dict.fromkeys(EVALUATE_OUTPUTS, 0.0)
+    for i in range(0, len(data), batch):
+        res = model.runner(SIG_EVALUATE)(**dict(zip(("x", "y", "mask"), trainer.fixed_batch(
+            data, np.arange(i, min(i + batch, len(data))), batch))))
+        for k in totals:
+            totals[k] += float(np.asarray(res[k]).reshape(-1)[0])
+    return totals["loss_sum"] / totals["count"]
+
+
+def test_fine_tune_fits_the_users_text_and_leaves_the_version_alone(exported_version: Path):
+    before = {k: v.copy() for k, v in load_version(exported_version)[1].items()}
+    weights = personalize.fine_tune(exported_version, USER_TEXT, personalize.PersonalPlan(epochs=3))
+    assert weights is not None and set(weights) == set(before)
+    assert loss_on(exported_version, weights, USER_TEXT) < loss_on(exported_version, None, USER_TEXT)
+    after = load_version(exported_version)[1]
+    assert all(np.array_equal(before[k], after[k]) for k in before)   # the version's own weights untouched
+
+
+def test_too_little_text_keeps_the_global_model(exported_version: Path):
+    assert personalize.fine_tune(exported_version, [], personalize.PersonalPlan()) is None
+    assert personalize.fine_tune(exported_version, ["hi"], personalize.PersonalPlan(min_examples=50)) is None
+
+
+def test_stored_copy_round_trips_replaces_other_versions_and_is_forgotten(tmp_path: Path):
+    w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    personalize.save(tmp_path, "v1", w, "10:200")
+    assert personalize.stamp_of(tmp_path, "v1") == "10:200" and personalize.stamp_of(tmp_path, "v2") is None
+    assert np.array_equal(personalize.load(tmp_path, "v1")["a"], w["a"])
+    personalize.save(tmp_path, "v2", w, "11:210")
+    assert personalize.load(tmp_path, "v1") is None and personalize.stamp_of(tmp_path, "v2") == "11:210"
+    personalize.weights_path(tmp_path, "v2").write_bytes(b"not a safetensors file")
+    assert personalize.load(tmp_path, "v2") is None and personalize.stamp_of(tmp_path, "v2") is None
+    personalize.forget(tmp_path)
+    assert not (tmp_path / PERSONAL_DIR).exists()
+
+
+def test_refresh_trains_once_per_cache_state_and_stops_when_ineligible(tmp_path: Path, exported_version: Path):
+    plan = personalize.PersonalPlan()
+    args = (tmp_path, exported_version, "v1", USER_TEXT)
+    assert personalize.refresh(*args, "40:100", plan) == "trained"
+    mtime = personalize.weights_path(tmp_path, "v1").stat().st_mtime_ns
+    assert personalize.refresh(*args, "40:100", plan) == "up to date"
+    assert personalize.weights_path(tmp_path, "v1").stat().st_mtime_ns == mtime
+    assert personalize.refresh(*args, "41:120", plan, eligible=lambda: Decision(False, ("typing",))) \
+        == "aborted (typing)"
+    assert personalize.stamp_of(tmp_path, "v1") == "40:100"   # the old copy stays until a new one is complete
+
+
+def test_model_load_refuses_weights_of_another_shape(exported_version: Path):
+    _, own = load_version(exported_version)
+    bad = {**own, next(iter(own)): np.zeros((1, 1), np.float32)}
+    with pytest.raises(ArtifactError, match="do not fit"):
+        Model.load(exported_version, weights=bad)
+
+
+def test_keyboard_suggests_with_the_copy_and_falls_back_when_it_is_forgotten(tmp_path: Path, exported_version: Path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(model_slot, "MODEL_CHECK_S", 0.0)
+    vid = read_manifest(exported_version).version_id
+    VersionStore(tmp_path).install(vid, directory_fetch(exported_version))
+    slot = ModelSlot(data_dir=tmp_path, model_dir=None, channel=None)
+    slot.refresh()
+    assert slot.version_id == vid and not slot.personal
+    global_probs = slot.predictor.session().nodes[-1].logprobs.copy()
+    generation = slot.generation
+    weights = personalize.fine_tune(exported_version, USER_TEXT, personalize.PersonalPlan(epochs=3))
+    personalize.save(tmp_path, vid, weights, "40:100")
+    slot.refresh()
+    assert slot.personal and slot.generation == generation + 1
+    assert not np.allclose(slot.predictor.session().nodes[-1].logprobs, global_probs)
+    slot.forget_personal()
+    assert not slot.personal and not (tmp_path / PERSONAL_DIR).exists()
+    assert np.allclose(slot.predictor.session().nodes[-1].logprobs, global_probs)
+
+
+def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Path, exported_version: Path):
+    vid = read_manifest(exported_version).version_id
+    store = VersionStore(tmp_path)
+    store.install(vid, directory_fetch(exported_version))
+    cache = TextCache(tmp_path)
+    for t in USER_TEXT:
+        assert cache.add(t, "message")
+    sent: list[object] = []
+
+    class Client:
+        def checkin(self, req):
+            sent.append(req)
+            return wire.Task(kind=wire.TASK_COME_BACK, retry_after=60.0, use_version_id=vid)
+
+        def fetch(self, version_id, filename):
+            raise AssertionError("nothing to download")
+
+    answers = [Decision(True)]
+    dev = agent.Device(config=EdgeConfig(data_dir=str(tmp_path)), identity=agent.Identity("d", "t", "http://c"),
+                       client=Client(), store=store, cache=cache,
+                       eligibility=type("E", (), {"check": staticmethod(lambda: answers[0])})(),
+                       rng=random.Random(0))
+    try:
+        assert agent.run_once(dev).counts["personal_model"] == "trained"
+        assert personalize.load(tmp_path, vid) is not None
+        assert agent.run_once(dev).counts["personal_model"] == "up to date"
+        answers[0] = Decision(False, ("charging",))
+        assert "personal_model" not in agent.run_once(dev).counts    # not eligible: not even looked at
+        assert dev.config.personalize and not EdgeConfig(data_dir=str(tmp_path), personalize=False).personalize
+    finally:
+        dev.close()
+    assert all("purple" not in repr(r) for r in sent)
+    assert [p.name for p in tmp_path.rglob("*.safetensors") if PERSONAL_DIR in p.parts] == [f"{vid}.safetensors"]

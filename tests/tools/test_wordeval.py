@@ -1,0 +1,72 @@
+"""The evaluation protocol every quality figure uses (tools.wordeval): per held-out user, the first
+half is typed (learned) before scoring, then one idle moment (personalize), then the second half
+is scored text by text and committed after it is scored."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.wordeval import evaluate_words, halves
+
+
+class Recorder:
+    """A keyboard that always suggests the same words and records what the protocol does to it."""
+
+    def __init__(self, log: list, suggestions: list[str]):
+        self.log, self.suggestions = log, suggestions
+
+    def learn(self, text: str) -> None:
+        self.log.append(("learn", text))
+
+    def personalize(self) -> None:
+        self.log.append(("personalize",))
+
+    def reset(self) -> None:
+        self.log.append(("reset",))
+
+    def suggest(self, prefix: str, k: int) -> list[str]:
+        return [w for w in self.suggestions if w.startswith(prefix)][:k]
+
+    def feed(self, chunk: str) -> float:
+        self.log.append(("feed", chunk))
+        return -1.0
+
+
+def test_first_half_is_learned_then_personalized_then_the_second_half_scored_and_committed():
+    logs: dict[str, list] = {}
+    users = {"ann": ["a one", "a two", "the cat sat", "cat the"], "bob": ["b one", "b two"]}
+
+    def new_session():
+        log: list = []
+        logs[f"s{len(logs)}"] = log
+        return Recorder(log, ["the", "cat", "sat"])
+
+    m = evaluate_words(new_session, users, max_words=100)
+    ann, bob = logs["s0"], logs["s1"]
+    assert ann[:3] == [("learn", "a one"), ("learn", "a two"), ("personalize",)]
+    assert bob[:2] == [("learn", "b one"), ("personalize",)]
+    assert ann.count(("personalize",)) == 1
+    # each scored text: fed chunk by chunk, then committed (learned) after it was scored
+    assert ann[3:] == [("reset",), ("feed", "the"), ("feed", "cat"), ("feed", "sat"), ("learn", "the cat sat"),
+                       ("reset",), ("feed", "cat"), ("feed", "the"), ("learn", "cat the")]
+    assert bob[2:] == [("reset",), ("feed", "b"), ("feed", "two"), ("learn", "b two")]
+    assert m.words == 7                             # the cat sat, cat the; b two
+    assert m.top3 == pytest.approx(5 / 7)           # "b" and "two" are never suggested
+    assert m.top1 == pytest.approx(2 / 7)           # "the" first, twice
+    # letters saved: each hit is in the strip before its first letter, so it saves the whole word;
+    # letters typed count each word plus its space
+    assert m.ksr == pytest.approx(5 * 3 / (5 * 4 + 2 + 4))
+
+
+def test_halves_and_a_word_budget_that_still_samples_every_user():
+    assert halves(["1", "2", "3"]) == (["1"], ["2", "3"])
+    seen: list[str] = []
+
+    def new_session():
+        log: list = []
+        seen.append(log)
+        return Recorder(log, [])
+
+    users = {u: ["x", "y", "one", "two"] for u in ("a", "b", "c")}
+    assert evaluate_words(new_session, users, max_words=3).words == 3
+    assert len(seen) == 3                            # round-robin: one text of each user before the cap

@@ -1,0 +1,103 @@
+"""The ablation table of docs/quality.md: what each part of the keyboard adds, on held-out users.
+
+    python -m tools.ablation --corpus FILE [--model models/v0] [--central DIR] [--max-words 1500]
+
+One markdown row per model, all scored on the same held-out words with the protocol of
+`tools.wordeval` (each user's first half typed before the second half is scored): the
+Kneser-Ney trigram fitted on the corpus's train users (collects their text) and on the proxy
+text (the shipped base n-gram), then the version's LSTM with the keyboard's parts added one at
+a time, and the central reference (`--central`, the LSTM trained on the train users) alone and
+in the keyboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from protocol.cli import HelpFormatter, add_version
+from tools._cli import DEFAULT_CORPUS, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.ablation", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    add_version(p)
+    p.add_argument("--corpus", default=DEFAULT_CORPUS, help="device corpus (JSONL or plain text)")
+    p.add_argument("--model", default="models/v0", help="version directory")
+    p.add_argument("--central", help="the central reference's version directory (optional)")
+    p.add_argument("--max-words", type=int, default=1500, help="target words scored (round-robin over users)")
+    return p
+
+
+def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: bool, personal_lstm: bool):
+    """Sessions of the keyboard's predictor with the chosen parts (tools.evaluate.lstm_factory
+    builds the full keyboard; this one switches parts off one by one)."""
+    from edge_runtime.base_ngram import load_base_ngram
+    from edge_runtime.predictor import TAIL_MASS, Predictor
+    from protocol.artifact import TOKENIZER
+    from protocol.interpreter import Model
+    from protocol.text import load_tokenizer
+    from tools.evaluate import lstm_factory
+
+    if own_words and base and tail:
+        return lstm_factory(version_dir, personal_lstm=personal_lstm)
+    model = Model.load(version_dir)
+    sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
+    ngram = load_base_ngram() if base else None
+
+    def new_session():
+        p = Predictor(model, sp, base=ngram, tail_mass=TAIL_MASS if tail else 0.0)
+        s = p.session()
+        if own_words:
+            s.learn = p.learn
+        return s
+
+    return new_session
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from edge_runtime.base_ngram import load_base_ngram
+    from model.corpus import read_corpus, split_users
+    from protocol.ngram import KneserNeyLM
+    from tools.wordeval import evaluate_words
+
+    if args.max_words < 1:
+        raise ValueError("--max-words must be >= 1")
+    split = split_users(read_corpus(args.corpus), seed=0)
+    users = split.test
+    if not users:
+        raise ValueError(f"{args.corpus}: no held-out (test) users; the corpus needs more users")
+
+    def row(name: str, factory) -> None:
+        m = evaluate_words(factory, users, max_words=args.max_words)
+        print(f"| {name} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} |", flush=True)
+
+    print(f"{args.corpus}: {len(users)} held-out users, {args.max_words} words\n")
+    print("| model | top-1 | top-3 | KSR |\n|---|---:|---:|---:|")
+    row("Kneser-Ney trigram, central on train users (collects text)",
+        KneserNeyLM.fit(split.texts("train"), order=3).session)
+    row("Kneser-Ney trigram, proxy text only (the shipped base n-gram)", load_base_ngram().session)
+    parts = [("LSTM, 10k softmax only", dict(tail=False, base=False, own_words=False, personal_lstm=False)),
+             ("LSTM + 50k word-list tail", dict(tail=True, base=False, own_words=False, personal_lstm=False)),
+             ("LSTM + tail + base n-gram", dict(tail=True, base=True, own_words=False, personal_lstm=False)),
+             ("LSTM + tail + user's own words", dict(tail=True, base=False, own_words=True, personal_lstm=False)),
+             ("LSTM + tail + base n-gram + user's own words", dict(tail=True, base=True, own_words=True,
+                                                                  personal_lstm=False)),
+             ("keyboard: all of it + the user's own copy of the LSTM", dict(tail=True, base=True, own_words=True,
+                                                                          personal_lstm=True))]
+    name = os.path.basename(os.path.normpath(args.model))
+    for label, kw in parts:
+        row(f"{name}: {label}", keyboard_factory(args.model, **kw))
+    if args.central:
+        row("central LSTM (collects text): LSTM + tail",
+            keyboard_factory(args.central, tail=True, base=False, own_words=False, personal_lstm=False))
+        row("central LSTM in the keyboard", keyboard_factory(args.central, tail=True, base=True, own_words=True,
+                                                             personal_lstm=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
