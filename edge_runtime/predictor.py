@@ -43,7 +43,7 @@ _MAX_CHAR = chr(0x10FFFF)
 # words outside the list); among them it goes by proxy frequency. 0 turns the tail off.
 TAIL_MASS = 0.8
 # Prefix ranges of at most this many words are cut by `np.argpartition` over all of them; in larger
-# ones (a first letter, the next word after a space) the top few are found first (`_top_desc`).
+# ones (a first letter, the next word after a space) the top few are found first (`_top_set`).
 _SMALL_RANGE = 256
 
 
@@ -190,18 +190,18 @@ class Predictor:
         [lo, hi) = `span` (the softmax's suggestable words when None): the set `np.argpartition`
         of their probabilities picks.
 
-        A large range is first cut to its top m+1 (`_top_desc`); when the m-th and (m+1)-th are
-        not tied, that top m is the only possible answer. On a tie (or a small range) argpartition
-        picks among all of them, as it always did. With no prefix the float32 log-probabilities
+        In a large range the top m is found from a sample (`_top_set`); when the m-th and
+        (m+1)-th are not tied, it is the only possible answer. On a tie (or in a small range)
+        argpartition picks among all of them, as it always did. With no prefix the float32 log-probabilities
         are ranked directly: exp is increasing, and the m-th best of a distribution is below 1/m,
         where neighbouring float32 values are farther apart than float64 exp's rounding."""
         if span is None:
             if len(self.head_ids) > m:
                 v = node.logprobs.copy()
                 v[self._not_head] = -np.inf
-                top = _top_desc(v, m + 1)
-                if len(top) > m and v[top[m - 1]] != v[top[m]]:
-                    return top[:m]
+                top = _top_set(v, m)
+                if top is not None:
+                    return top
             ids = self.head_ids
             if len(ids) <= m:
                 return ids
@@ -213,9 +213,9 @@ class Predictor:
                 return ids
             p = self.span_probs(node, lo, hi)
             if len(ids) > _SMALL_RANGE:
-                top = _top_desc(p, m + 1)
-                if len(top) > m and p[top[m - 1]] != p[top[m]]:
-                    return ids[top[:m]]
+                top = _top_set(p, m)
+                if top is not None:
+                    return ids[top]
         return ids[np.argpartition(-p, m - 1)[:m]]
 
     def scores(self, node: _Node, hist: tuple[str, ...], words: list[str], weights: tuple[float, float, float],
@@ -350,9 +350,11 @@ class Session:
         """
         parts = text.split()
         partial = "" if (not text or text[-1].isspace()) else parts.pop()
-        same = 0
-        while same < min(len(parts), len(self.chunks)) and parts[same] == self.chunks[same]:
-            same += 1
+        same = len(self.chunks)
+        if parts[:same] != self.chunks:  # an edit before the last chunk (typing only appends)
+            same = 0
+            while same < min(len(parts), len(self.chunks)) and parts[same] == self.chunks[same]:
+                same += 1
         self.rewind(same)
         for chunk in parts[same:]:
             self._push(chunk)
@@ -369,12 +371,12 @@ def _common(ahead: list[tuple[str, _Node, tuple[str, ...]]], toks: list[str]) ->
     return j
 
 
-def _top_desc(v: np.ndarray, n: int, step: int = 16) -> np.ndarray:
-    """Indices of the n largest values of `v`, largest first, equal values by index. The n-th
-    largest of every `step`-th value is a threshold at least n values of `v` reach, so only the
-    ~n * step values above it are sorted, not thousands."""
-    if len(v) >= 4 * n * step:
-        idx = np.flatnonzero(v >= np.partition(v[::step], -n)[-n])
-    else:
-        idx = np.arange(len(v))
-    return idx[np.argsort(-v[idx], kind="stable")[:n]]
+def _top_set(v: np.ndarray, m: int, step: int = 16) -> np.ndarray | None:
+    """Indices of the m largest values of `v` (in no order) when the m-th is above the (m+1)-th,
+    else None. The (m+1)-th largest of every `step`-th value is a threshold at least m+1 values
+    reach, so only the ~m * step values above it are partitioned, not thousands."""
+    w = v[v >= np.partition(v[::step], -m - 1)[-m - 1]] if len(v) >= 4 * (m + 1) * step else v
+    if len(w) <= m:
+        return None
+    top = np.flatnonzero(v > np.partition(w, -m - 1)[-m - 1])
+    return top if len(top) == m else None

@@ -55,7 +55,7 @@ _PREFIX_TABLE_K = 32
 # Contexts with more than this many suggestable followers keep their best followers (and a bound
 # on the rest), so the next word with no prefix (the keystroke after a space) is ranked from a few
 # dozen words instead of thousands (a comma or "the" has ~20k followers).
-_FOLLOW_TABLE_MIN = 256
+_FOLLOW_TABLE_MIN = 128
 _FOLLOW_TABLE_K = 32
 _MAX_CHAR = chr(0x10FFFF)
 
@@ -435,7 +435,7 @@ class KneserNeyLM:
             return None  # nothing suggestable follows: `_suggest_ids` gives the P_1 list
         parts.append(self._unigram_top("", 0, self.n_words, k))
         r = sum(map(len, parts))  # ranked candidates (repeats included), then `extra`
-        ids = np.concatenate([*parts, extra])
+        ids = np.concatenate([*parts, extra.astype(self._id_dtype, copy=False)])
         uni = beta * self._uni[ids]
         found_vals: list[tuple[np.ndarray, np.ndarray]] = []
         p, b = None, 1.0
