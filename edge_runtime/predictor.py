@@ -80,9 +80,9 @@ class Predictor:
         # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
         self.head_ids = self.sorted_ids[self.sorted_ids < lim]
         # The softmax's ids never suggested (specials, punctuation): masked out of its top words.
-        not_head = np.ones(arch.model.vocab_size, bool)
-        not_head[self.head_ids] = False
-        self._not_head = np.flatnonzero(not_head)
+        self._is_head = np.zeros(arch.model.vocab_size, bool)
+        self._is_head[self.head_ids] = True
+        self._n_not_head = int(arch.model.vocab_size - len(self.head_ids))
         # Per sorted word: where its P_lstm comes from (its own softmax id, or <unk> times its
         # share), so a prefix range's probabilities are two slices and one gather (`span_probs`).
         tail_ids = self.sorted_ids >= lim
@@ -197,9 +197,7 @@ class Predictor:
         where neighbouring float32 values are farther apart than float64 exp's rounding."""
         if span is None:
             if len(self.head_ids) > m:
-                v = node.logprobs.copy()
-                v[self._not_head] = -np.inf
-                top = _top_set(v, m)
+                top = _top_set(node.logprobs, m, self._is_head, self._n_not_head)
                 if top is not None:
                     return top
             ids = self.head_ids
@@ -371,12 +369,22 @@ def _common(ahead: list[tuple[str, _Node, tuple[str, ...]]], toks: list[str]) ->
     return j
 
 
-def _top_set(v: np.ndarray, m: int, step: int = 16) -> np.ndarray | None:
-    """Indices of the m largest values of `v` (in no order) when the m-th is above the (m+1)-th,
-    else None. The (m+1)-th largest of every `step`-th value is a threshold at least m+1 values
-    reach, so only the ~m * step values above it are partitioned, not thousands."""
-    w = v[v >= np.partition(v[::step], -m - 1)[-m - 1]] if len(v) >= 4 * (m + 1) * step else v
-    if len(w) <= m:
+def _top_set(v: np.ndarray, m: int, allowed: np.ndarray | None = None, n_banned: int = 0,
+             step: int = 16) -> np.ndarray | None:
+    """Indices of the m largest values of `v` among the `allowed` positions (all when None; the
+    others number `n_banned`), in no order, when the m-th is above the (m+1)-th, else None.
+
+    The (m+1+n_banned)-th largest of every `step`-th value is a threshold that at least m+1
+    allowed values reach, so only the ~(m+1) * step values above it are partitioned."""
+    n = m + 1 + n_banned
+    if len(v) >= 4 * n * step:
+        idx = (v >= np.partition(v[::step], -n)[-n]).nonzero()[0]
+    else:
+        idx = np.arange(len(v))
+    if allowed is not None:
+        idx = idx[allowed[idx]]
+    if len(idx) <= m:
         return None
-    top = np.flatnonzero(v > np.partition(w, -m - 1)[-m - 1])
+    w = v[idx]
+    top = idx[w > np.partition(w, -m - 1)[-m - 1]]
     return top if len(top) == m else None
