@@ -21,7 +21,12 @@ Completing a typed prefix is a cut of these distributions: words are kept sorted
 an index range found by bisection. Every suggestion is a word-list word or a word the user
 typed before: never one assembled from pieces. The recurrent state after each completed
 whitespace chunk is kept, so a keystroke feeds only what is new, and backspace or a cursor
-move rewinds to a cached state instead of re-running the context.
+move rewinds to a cached state instead of re-running the context; tokens of the chunk being
+typed that can no longer change are fed one per keystroke before the space.
+
+Each component's candidates are found without ranking everything (a sampled threshold over
+the softmax, the base n-gram's precomputed best followers) and scored together, in the same
+float operations as one word at a time: the strip is what ranking in full gives.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class Predictor:
         # Next-word candidates come from the softmax's own words: a tail word gets a share of
         # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
         self.head_ids = self.sorted_ids[self.sorted_ids < lim]
-        # The softmax's ids never suggested (specials, punctuation): masked out of its top words.
+        # The softmax's ids that are suggested (not specials or punctuation), for its top words.
         self._is_head = np.zeros(arch.model.vocab_size, bool)
         self._is_head[self.head_ids] = True
         self._n_not_head = int(arch.model.vocab_size - len(self.head_ids))

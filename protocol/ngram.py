@@ -480,6 +480,10 @@ class KneserNeyLM:
             fast = self._next_top(hist, k, np.zeros(0, self._id_dtype))
             if fast is not None:
                 return fast[0]
+        return self._rank_ids(hist, prefix, k)
+
+    def _rank_ids(self, hist: Sequence[int], prefix: str, k: int) -> list[int]:
+        """The top k ids starting with `prefix`, ranked from every follower of the context."""
         lo, hi = self._prefix_range(prefix)
         if lo >= hi:
             return []
@@ -538,7 +542,7 @@ class KneserNeyLM:
         extra = np.array([self._unk if i < 0 else i for i in known], dtype=self._id_dtype)
         fast = self._next_top(hist, k, extra) if k > 0 else None
         if fast is None:
-            top = self._suggest_ids(hist, "", k)
+            top = self._rank_ids(hist, "", k) if k > 0 else []
             probs = self._prob_ids(np.concatenate([extra, np.array(top, dtype=self._id_dtype)]), hist).tolist()
         else:
             top, probs = fast

@@ -207,15 +207,6 @@ def test_suggest_matches_brute_force_ranking(monkeypatch):
             context += words_of_chunk(chunk)
 
 
-def full_ranking(lm: KneserNeyLM, hist: list[int], k: int) -> list[int]:
-    """`_suggest_ids` with no prefix, ranking every follower (the follower tables unused)."""
-    lm._next_top = lambda *args: None  # shadows the method on this instance
-    try:
-        return lm._suggest_ids(hist, "", k)
-    finally:
-        del lm._next_top
-
-
 @pytest.mark.parametrize("order", [2, 3, 4])
 def test_follower_tables_give_the_full_rankings_ids_and_probabilities(monkeypatch, order):
     """After a space the n-gram ranks from a few precomputed followers per context (`_next_top`):
@@ -237,7 +228,7 @@ def test_follower_tables_give_the_full_rankings_ids_and_probabilities(monkeypatc
                 used += 1
                 tabled += any(s in lm._follow_top[n] for n, s, _, _ in lm._levels_for(hist[-(order - 1):]))
                 top, probs = fast
-                assert top == full_ranking(lm, hist[-(order - 1):], k)
+                assert top == lm._rank_ids(hist[-(order - 1):], "", k)  # every follower ranked
                 assert probs == [lm._prob_id(int(i), hist) for i in [*extra.tolist(), *top]]
             hist.append(lm._index.get(tok, lm._unk))
     assert used > 500 and tabled > 200
