@@ -88,23 +88,24 @@ class PersonalModel:
         looked up once: the keyboard scores a few dozen candidates per keystroke)."""
         if not self.total:
             return [0.0] * len(words)
-        levels = []
+        levels = []  # (count of w after h, T(h), c(h) + T(h)) per order
         for n in (1, 2):
             if len(hist) < n:
                 break
             h = tuple(hist[-n:])
             f = self.follow.get(h)
             if f:
-                levels.append((f, self.follow_total[h], len(f)))
+                levels.append((f.get, len(f), self.follow_total[h] + len(f)))
         out = []
+        uni, total = self.uni.get, self.total
         for w in words:
-            u = self.uni.get(w)
+            u = uni(w)
             if u is None:  # never typed: 0 at every order (followers are typed words)
                 out.append(0.0)
                 continue
-            p = u / self.total
-            for f, c, types in levels:
-                p = (f.get(w, 0) + types * p) / (c + types)
+            p = u / total
+            for count, types, denom in levels:
+                p = (count(w, 0) + types * p) / denom
             out.append(p)
         return out
 
