@@ -20,6 +20,7 @@ import heapq
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from itertools import islice
 
 BOS = "<s>"
 MIX_PRIOR = (45.0, 45.0, 10.0)  # pseudo-tokens: start at 0.45 / 0.45 / 0.1, then follow the user
@@ -34,6 +35,10 @@ class PersonalModel:
         self.total = 0
         self.follow: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)  # history -> next-token counts
         self.follow_total: Counter[tuple[str, ...]] = Counter()  # history -> tokens seen after it
+        # history -> its suggestable followers, most frequent first (first seen first among equals):
+        # re-ranked by `add` for the histories it touched, so `candidates` reads the top instead
+        # of ranking every follower of "the" or "," on the keystroke after a space.
+        self.ranked: dict[tuple[str, ...], list[str]] = {}
         self.words: list[str] = []  # suggestable tokens the user typed, sorted (for prefix ranges)
         # Evidence for the keyboard's mixture weights (lstm, ngram, personal; edge_runtime.predictor):
         # a Dirichlet prior, then one posterior responsibility per typed token. It belongs to the
@@ -48,6 +53,7 @@ class PersonalModel:
         """Learn one text (its tokens in order)."""
         self._cache.clear()
         a, b = BOS, BOS
+        touched: set[tuple[str, ...]] = set()
         for t in toks:
             if t not in self.uni and _suggestable(t):
                 insort(self.words, t)
@@ -56,7 +62,11 @@ class PersonalModel:
             for h in ((b,), (a, b)):
                 self.follow[h][t] += 1
                 self.follow_total[h] += 1
+                touched.add(h)
             a, b = b, t
+        for h in touched:
+            f = self.follow[h]
+            self.ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if _suggestable(w)]
 
     def prob(self, w: str, hist: tuple[str, ...]) -> float:
         """P(w | the last two tokens of `hist`); 0 for a word the user never typed."""
@@ -73,6 +83,32 @@ class PersonalModel:
                 p = (f[w] + types * p) / (c + types)
         return p
 
+    def probs(self, words: list[str], hist: tuple[str, ...]) -> list[float]:
+        """`prob` of each of `words` after one history (the same arithmetic, the history's counts
+        looked up once: the keyboard scores a few dozen candidates per keystroke)."""
+        if not self.total:
+            return [0.0] * len(words)
+        levels = []  # (count of w after h, T(h), c(h) + T(h)) per order
+        for n in (1, 2):
+            if len(hist) < n:
+                break
+            h = tuple(hist[-n:])
+            f = self.follow.get(h)
+            if f:
+                levels.append((f.get, len(f), self.follow_total[h] + len(f)))
+        out = []
+        uni, total = self.uni.get, self.total
+        for w in words:
+            u = uni(w)
+            if u is None:  # never typed: 0 at every order (followers are typed words)
+                out.append(0.0)
+                continue
+            p = u / total
+            for count, types, denom in levels:
+                p = (count(w, 0) + types * p) / denom
+            out.append(p)
+        return out
+
     def candidates(self, hist: tuple[str, ...], prefix: str, k: int) -> list[str]:
         """Words worth scoring for `prefix`: the k most frequent seen after this history (one and
         two tokens back), plus the user's k most frequent. Cached until the user's next text,
@@ -83,9 +119,9 @@ class PersonalModel:
             return hit
         out: list[str] = []
         for n in (2, 1):
-            f = self.follow.get(tuple(hist[-n:])) if len(hist) >= n else None
-            if f:
-                out.extend(heapq.nlargest(k, (w for w in f if w.startswith(prefix) and _suggestable(w)), key=f.get))
+            ranked = self.ranked.get(tuple(hist[-n:])) if len(hist) >= n else None
+            if ranked:  # the k first with the prefix: heapq.nlargest over the followers, ties in the same order
+                out.extend(islice((w for w in ranked if w.startswith(prefix)), k) if prefix else ranked[:k])
         top = self._cache.get((prefix, k))
         if top is None:  # the user's most frequent words with this prefix, whatever the history
             lo = bisect_left(self.words, prefix)

@@ -21,7 +21,12 @@ Completing a typed prefix is a cut of these distributions: words are kept sorted
 an index range found by bisection. Every suggestion is a word-list word or a word the user
 typed before: never one assembled from pieces. The recurrent state after each completed
 whitespace chunk is kept, so a keystroke feeds only what is new, and backspace or a cursor
-move rewinds to a cached state instead of re-running the context.
+move rewinds to a cached state instead of re-running the context; tokens of the chunk being
+typed that can no longer change are fed one per keystroke before the space.
+
+Each component's candidates are found without ranking everything (a sampled threshold over
+the softmax, the base n-gram's precomputed best followers) and scored together, in the same
+float operations as one word at a time: the strip is what ranking in full gives.
 """
 
 from __future__ import annotations
@@ -36,12 +41,15 @@ from edge_runtime.personal import BOS, PersonalModel
 from protocol.arch import SIG_INFER, SIG_STEP
 from protocol.interpreter import Model
 from protocol.ngram import KneserNeyLM
-from protocol.text import BOS_ID, UNK_ID, tokens, vocab_of
+from protocol.text import BOS_ID, UNK_ID, complete_tokens, tokens, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
 # words outside the list); among them it goes by proxy frequency. 0 turns the tail off.
 TAIL_MASS = 0.8
+# Prefix ranges of at most this many words are cut by `np.argpartition` over all of them; in larger
+# ones (a first letter, the next word after a space) the top few are found first (`_top_set`).
+_SMALL_RANGE = 256
 
 
 @dataclass
@@ -76,6 +84,16 @@ class Predictor:
         # Next-word candidates come from the softmax's own words: a tail word gets a share of
         # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
         self.head_ids = self.sorted_ids[self.sorted_ids < lim]
+        # The softmax's ids that are suggested (not specials or punctuation), for its top words.
+        self._is_head = np.zeros(arch.model.vocab_size, bool)
+        self._is_head[self.head_ids] = True
+        self._n_not_head = int(arch.model.vocab_size - len(self.head_ids))
+        # Per sorted word: where its P_lstm comes from (its own softmax id, or <unk> times its
+        # share), so a prefix range's probabilities are two slices and one gather (`span_probs`).
+        tail_ids = self.sorted_ids >= lim
+        self._span_tail = tail_ids
+        self._span_head = np.where(tail_ids, UNK_ID, self.sorted_ids)
+        self._span_share = np.where(tail_ids, self.tail_share[np.where(tail_ids, self.sorted_ids - lim, 0)], 0.0)
         # `infer` (constant weights, patched in at load) when the version has it, else `step`.
         fast = bool(arch.infer_patches) and self.model.has_signature(SIG_INFER)
         self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
@@ -101,6 +119,13 @@ class Predictor:
         tail = ids >= lim
         return np.where(tail, node.head[UNK_ID] * self.tail_share[np.where(tail, ids - lim, 0)],
                         node.head[np.where(tail, 0, ids)])
+
+    def span_probs(self, node: _Node, lo: int, hi: int) -> np.ndarray:
+        """`probs_of(node, sorted_ids[lo:hi])`, the same values, from arrays laid out per sorted word."""
+        if node.head is None:
+            node.head = np.exp(node.logprobs.astype(np.float64))
+        head = node.head
+        return np.where(self._span_tail[lo:hi], head[UNK_ID] * self._span_share[lo:hi], head[self._span_head[lo:hi]])
 
     def word_probs(self, node: _Node) -> np.ndarray:
         """P_lstm over the whole word list (tests and analysis; `suggest` asks `probs_of`)."""
@@ -165,34 +190,86 @@ class Predictor:
         return (bisect.bisect_left(self.sorted_words, prefix),
                 bisect.bisect_left(self.sorted_words, prefix + _MAX_CHAR))
 
+    def lstm_top(self, node: _Node, m: int, span: tuple[int, int] | None = None) -> np.ndarray:
+        """The ids of the (at most) m words that P_lstm ranks highest among the sorted words
+        [lo, hi) = `span` (the softmax's suggestable words when None): the set `np.argpartition`
+        of their probabilities picks.
+
+        In a large range the top m is found from a sample (`_top_set`); when the m-th and
+        (m+1)-th are not tied, it is the only possible answer. On a tie (or in a small range)
+        argpartition picks among all of them, as it always did. With no prefix the float32 log-probabilities
+        are ranked directly: exp is increasing, and the m-th best of a distribution is below 1/m,
+        where neighbouring float32 values are farther apart than float64 exp's rounding."""
+        if span is None:
+            if len(self.head_ids) > m:
+                top = _top_set(node.logprobs, m, self._is_head, self._n_not_head)
+                if top is not None:
+                    return top
+            ids = self.head_ids
+            if len(ids) <= m:
+                return ids
+            p = self.probs_of(node, ids)
+        else:
+            lo, hi = span
+            ids = self.sorted_ids[lo:hi]
+            if len(ids) <= m:
+                return ids
+            p = self.span_probs(node, lo, hi)
+            if len(ids) > _SMALL_RANGE:
+                top = _top_set(p, m)
+                if top is not None:
+                    return ids[top]
+        return ids[np.argpartition(-p, m - 1)[:m]]
+
+    def scores(self, node: _Node, hist: tuple[str, ...], words: list[str], weights: tuple[float, float, float],
+               ngram: list[float] | None = None) -> list[float]:
+        """The mixture's score of each word: wl * P_lstm (0 for a word outside the word list) +
+        wn * P_ngram (0 outside the n-gram's vocabulary; `ngram` when already computed) +
+        wp * P_personal, a component left out when its weight is 0. The same float operations as
+        one word at a time, with each history looked up once for all the words."""
+        wl, wn, wp = weights
+        get, lim, exp = self.vocab.index.get, self.vocab.limit, math.exp
+        ids = [get(w) for w in words]
+        # wl * lstm_prob(node, w), with the log-probabilities read in one gather
+        lps = node.logprobs[[UNK_ID if i is None or i >= lim else i for i in ids]].tolist()
+        sc = [0.0 if i is None else wl * exp(v) if i < lim else wl * (exp(v) * float(self.tail_share[i - lim]))
+              for i, v in zip(ids, lps)]
+        if wn:
+            if ngram is None:
+                ngram = self.base.probs(words, hist, oov=0.0)
+            sc = [a + wn * b for a, b in zip(sc, ngram)]
+        if wp:
+            sc = [a + wp * b for a, b in zip(sc, self.personal.probs(words, hist))]
+        return sc
+
     def suggest(self, node: _Node, hist: tuple[str, ...], prefix: str = "", k: int = 3) -> list[str]:
-        """Top-k distinct words starting with `prefix` after the context (`node`, `hist`)."""
+        """Top-k distinct words starting with `prefix` after the context (`node`, `hist`): each
+        component proposes its best m, the mixture ranks them (ties by word)."""
         if k <= 0:
             return []
         wl, wn, wp = self.weights()
         m = self.candidates if (wn or wp) else k
+        span = self.prefix_range(prefix) if prefix else None
         cands: set[str] = set()
-        lo, hi = self.prefix_range(prefix)
-        ids = self.sorted_ids[lo:hi] if prefix else self.head_ids
-        if len(ids):
-            p = self.probs_of(node, ids)
-            top = np.argpartition(-p, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
-            cands.update(self.vocab.words[ids[j]] for j in top)
-        if wn:
-            cands.update(self.base.suggest(hist, prefix, m))
+        if span is None or span[1] > span[0]:
+            vw = self.vocab.words
+            cands.update(vw[i] for i in self.lstm_top(node, m, span).tolist())
         if wp:
             cands.update(self.personal.candidates(hist, prefix, m))
-        index, pm = self.vocab.index, self.personal
-
-        def score(w: str) -> float:
-            sc = wl * self.lstm_prob(node, w) if w in index else 0.0
+        ngram = None
+        if wn and not prefix:  # the n-gram's suggestions and its probabilities in one pass
+            words = list(cands)
+            top, probs = self.base.suggest_scored(hist, m, words, oov=0.0)
+            known = dict(zip(words + top, probs))
+            words, ngram = list(known), list(known.values())
+        else:
             if wn:
-                sc += wn * self.ngram_prob(w, hist)
-            if wp:
-                sc += wp * pm.prob(w, hist)
-            return sc
-
-        return sorted(cands, key=lambda w: (-score(w), w))[:k]
+                cands.update(self.base.suggest(hist, prefix, m))
+            words = list(cands)
+        if not words:
+            return []
+        ranked = sorted(zip([-sc for sc in self.scores(node, hist, words, (wl, wn, wp), ngram)], words))
+        return [w for _, w in ranked[:k]]
 
 
 class Session:
@@ -206,18 +283,53 @@ class Session:
         self.chunks: list[str] = []
         self.nodes: list[_Node] = [self.p.root]
         self.hists: list[tuple[str, ...]] = [(BOS, BOS)]
+        # (token, state, history) after each complete token of the chunk being typed, fed ahead
+        # from nodes[-1] (`_feed_ahead`); emptied whenever nodes[-1] changes.
+        self.ahead: list[tuple[str, _Node, tuple[str, ...]]] = []
 
     def feed(self, chunk: str) -> float:
-        """Append a completed chunk; returns the natural-log probability the mixture gave its tokens."""
+        """Append a completed chunk; returns the natural-log probability the mixture gave its tokens
+        (word-level evaluation needs it; `update` appends without scoring, `_push`)."""
         node, hist, lp = self.nodes[-1], self.hists[-1], 0.0
         for tok in tokens(chunk):
             lp += math.log(max(self.p.mixture(self.p.component_probs(node, tok, hist)), 1e-30))
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
+        self._append(chunk, node, hist)
+        return lp
+
+    def _push(self, chunk: str) -> None:
+        """Append a completed chunk, feeding only its tokens not already fed ahead; its probability,
+        which the keyboard never shows, is not computed (a third of a one-token chunk's cost)."""
+        toks = tokens(chunk)
+        node, hist = self.nodes[-1], self.hists[-1]
+        j = _common(self.ahead, toks)
+        if j:
+            _, node, hist = self.ahead[j - 1]
+        for tok in toks[j:]:
+            node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
+            hist = (hist[-1], tok)
+        self._append(chunk, node, hist)
+
+    def _append(self, chunk: str, node: _Node, hist: tuple[str, ...]) -> None:
         self.chunks.append(chunk)
         self.nodes.append(node)
         self.hists.append(hist)
-        return lp
+        self.ahead = []
+
+    def _feed_ahead(self, partial: str) -> None:
+        """Feed the next token of the chunk being typed that later keystrokes cannot change
+        (`complete_tokens`), so the space that completes the chunk has one token less to feed:
+        typing "lord," feeds "lord" at the comma, and the space feeds ",". One token at most, so
+        no keystroke feeds two where one would do. States are kept per token: a backspace drops
+        only those whose token changed."""
+        toks = complete_tokens(partial)
+        j = _common(self.ahead, toks)
+        del self.ahead[j:]
+        if j < len(toks):
+            node, hist = (self.ahead[-1][1], self.ahead[-1][2]) if self.ahead else (self.nodes[-1], self.hists[-1])
+            tok = toks[j]
+            self.ahead.append((tok, self.p.advance_ids(node, self.p.vocab.ids([tok])), (hist[-1], tok)))
 
     def rewind(self, n_chunks: int) -> None:
         """Back to the state after the first `n_chunks` chunks (backspace, cursor moves)."""
@@ -225,6 +337,7 @@ class Session:
             del self.chunks[n_chunks:]
             del self.nodes[n_chunks + 1:]
             del self.hists[n_chunks + 1:]
+            self.ahead = []
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
         return self.p.suggest(self.nodes[-1], self.hists[-1], prefix, k)
@@ -232,14 +345,51 @@ class Session:
     def update(self, text: str, k: int = 3) -> list[str]:
         """The keyboard's entry point: the whole text before the cursor in, suggestions out.
 
-        Only chunks that differ from the cached ones are (re)fed.
+        Only chunks that differ from the cached ones are (re)fed. A keystroke inside a chunk
+        that has nothing else to feed also feeds a complete token of the chunk ahead
+        (`_feed_ahead`), so no keystroke feeds more than one token while the user types: the
+        keystroke right after a space, the one waited on most, feeds at most one. Suggestions are
+        the same either way: they depend on the completed chunks only.
         """
         parts = text.split()
         partial = "" if (not text or text[-1].isspace()) else parts.pop()
-        same = 0
-        while same < min(len(parts), len(self.chunks)) and parts[same] == self.chunks[same]:
-            same += 1
+        same = len(self.chunks)
+        if parts[:same] != self.chunks:  # an edit before the last chunk (typing only appends)
+            same = 0
+            while same < min(len(parts), len(self.chunks)) and parts[same] == self.chunks[same]:
+                same += 1
         self.rewind(same)
         for chunk in parts[same:]:
-            self.feed(chunk)
+            self._push(chunk)
+        if partial and same == len(parts):
+            self._feed_ahead(partial)
         return self.suggest(partial, k)
+
+
+def _common(ahead: list[tuple[str, _Node, tuple[str, ...]]], toks: list[str]) -> int:
+    """How many leading tokens of `toks` the fed-ahead states are for."""
+    j = 0
+    while j < min(len(ahead), len(toks)) and ahead[j][0] == toks[j]:
+        j += 1
+    return j
+
+
+def _top_set(v: np.ndarray, m: int, allowed: np.ndarray | None = None, n_banned: int = 0,
+             step: int = 16) -> np.ndarray | None:
+    """Indices of the m largest values of `v` among the `allowed` positions (all when None; the
+    others number `n_banned`), in no order, when the m-th is above the (m+1)-th, else None.
+
+    The (m+1+n_banned)-th largest of every `step`-th value is a threshold that at least m+1
+    allowed values reach, so only the ~(m+1) * step values above it are partitioned."""
+    n = m + 1 + n_banned
+    if len(v) >= 4 * n * step:
+        idx = (v >= np.partition(v[::step], -n)[-n]).nonzero()[0]
+    else:
+        idx = np.arange(len(v))
+    if allowed is not None:
+        idx = idx[allowed[idx]]
+    if len(idx) <= m:
+        return None
+    w = v[idx]
+    top = idx[w > np.partition(w, -m - 1)[-m - 1]]
+    return top if len(top) == m else None

@@ -52,6 +52,11 @@ _WORD_RE = re.compile(r"[\w']*\w[\w']*")
 # prefix and the first letter or two); smaller ranges are ranked on the fly.
 _PREFIX_TABLE_MIN = 256
 _PREFIX_TABLE_K = 32
+# Contexts with more than this many suggestable followers keep their best followers (and a bound
+# on the rest), so the next word with no prefix (the keystroke after a space) is ranked from a few
+# dozen words instead of thousands (a comma or "the" has ~20k followers).
+_FOLLOW_TABLE_MIN = 128
+_FOLLOW_TABLE_K = 32
 _MAX_CHAR = chr(0x10FFFF)
 
 
@@ -240,9 +245,14 @@ class KneserNeyLM:
             self._next[n] = nxt
             self._alpha[n] = alpha
 
+        # Ids as the follower arrays hold them: searchsorted converts the array to the key's dtype.
+        self._id_dtype = self._next[2].dtype if 2 in self._next else np.dtype(np.int64)
+        self._n_words_key = self._id_dtype.type(n_words)
+        self._follow_top = {n: self._follow_table(n) for n in levels}
+
         # Unigram ranking of the suggestable words: P_1, then raw frequency, then id.
         ids = np.arange(n_words)
-        self._uni_order = np.lexsort((ids, -raw_freq[:n_words], -uni[:n_words]))
+        self._uni_order = np.lexsort((ids, -raw_freq[:n_words], -uni[:n_words])).astype(self._id_dtype)
         self._uni_rank = np.empty(n_words, dtype=np.int64)
         self._uni_rank[self._uni_order] = ids
         self._sorted_words = vocab[:n_words]
@@ -256,6 +266,36 @@ class KneserNeyLM:
             self._prefix_top[p] = self._rank_range(lo, hi, _PREFIX_TABLE_K)
             queue.extend(sorted({w[: len(p) + 1] for w in self._sorted_words[lo:hi] if len(w) > len(p)}))
         self._fitted = True
+
+    def _follow_table(self, n: int) -> dict[int, tuple[np.ndarray, float, int]]:
+        """For each context of order `n` with more than _FOLLOW_TABLE_MIN suggestable followers,
+        keyed by the start of its follower segment: its _FOLLOW_TABLE_K best followers by how much
+        they can score there, the most any other follower can score there, and the number of
+        suggestable followers (`_next_top`).
+
+        At order 2 (the lowest) that is alpha_2(w) + gamma * P_1(w), w's whole score up to the
+        higher orders' back-off weight; above it, alpha_n(w). A context of order > 2 whose followers
+        are not all followers of its last token (never, for fitted counts) gets no entry: its
+        suggestions are ranked in full, as before."""
+        keys, bounds, gammas, nxt, alpha = self._levels[n]
+        count = np.concatenate([[0], np.cumsum(nxt < self.n_words)])
+        n_sugg = count[bounds[1:]] - count[bounds[:-1]]  # followers are sorted by id: words first
+        kk, out = _FOLLOW_TABLE_K, {}
+        for c in np.flatnonzero(n_sugg > max(_FOLLOW_TABLE_MIN, kk)).tolist():
+            s = int(bounds[c])
+            ids = nxt[s : s + int(n_sugg[c])]
+            val = alpha[s : s + len(ids)]
+            if n == 2:
+                val = val + float(gammas[c]) * self._uni[ids]
+            else:
+                low = self._ctx[2].get(int(keys[c]) % self._base)
+                seg = self._next[2][low[0] : low[1]] if low is not None else nxt[:0]
+                pos = seg.searchsorted(ids)
+                if len(seg) == 0 or pos[-1] >= len(seg) or not np.array_equal(seg[pos], ids):
+                    continue
+            order = np.argpartition(-val, kk)
+            out[s] = (ids[order[:kk]], float(val[order[kk]]), len(ids))
+        return out
 
     # ----------------------------------------------------------------- scoring
     def _check(self) -> None:
@@ -289,6 +329,20 @@ class KneserNeyLM:
             beta *= g
         return p + beta * float(self._uni[w])
 
+    def _prob_ids(self, ws: np.ndarray, hist: Sequence[int]) -> np.ndarray:
+        """`_prob_id` of each id in `ws` under one history: the same float operations, so the same
+        values, with one context lookup and one `searchsorted` per order for all of them."""
+        p = np.zeros(len(ws))
+        beta = 1.0
+        ws = ws.astype(self._id_dtype, copy=False)
+        for n, s, e, g in self._levels_for(hist):
+            nxt = self._next[n][s:e]
+            i = np.minimum(nxt.searchsorted(ws), len(nxt) - 1)
+            hit = nxt[i] == ws
+            p[hit] += beta * self._alpha[n][s + i[hit]]
+            beta *= g
+        return p + beta * self._uni[ws]
+
     def _dist_ids(self, hist: Sequence[int]) -> np.ndarray:
         p = np.zeros(len(self._uni))
         beta = 1.0
@@ -305,6 +359,20 @@ class KneserNeyLM:
         """P(token | context), unknown tokens (in either) as <unk>: for the evaluator and tests, not per keystroke."""
         self._check()
         return self._prob_id(self._index.get(token, self._unk), self._ids(context))
+
+    def probs(self, tokens: Sequence[str], context: Sequence[str] = (), oov: float | None = None) -> list[float]:
+        """`prob` of each of `tokens` after one `context` (a token outside the vocabulary as <unk>,
+        or `oov` when given): the keyboard scores a few dozen candidate words per keystroke, with
+        one context lookup for all of them."""
+        self._check()
+        known = [self._index.get(t, -1) for t in tokens]
+        ids = np.array([self._unk if i < 0 else i for i in known], dtype=self._id_dtype)
+        probs = self._prob_ids(ids, self._ids(context)).tolist()
+        if oov is not None:
+            for j, i in enumerate(known):
+                if i < 0:
+                    probs[j] = oov
+        return probs
 
     def distribution(self, context: Sequence[str] = ()) -> np.ndarray:
         """P(vocab[i] | context) for every id i but <s> (the last id): sums to 1."""
@@ -331,28 +399,107 @@ class KneserNeyLM:
             ranks = np.partition(ranks, k - 1)[:k]
         return self._uni_order[np.sort(ranks)]
 
+    def _unigram_top(self, prefix: str, lo: int, hi: int, k: int) -> np.ndarray:
+        """The k best ids of [lo, hi) = `prefix`'s range by P_1 (the precomputed list when there is one)."""
+        top = self._prefix_top.get(prefix)
+        if top is None or len(top) < k:
+            return self._rank_range(lo, hi, k)
+        return top[:k]
+
+    def _next_top(self, hist: Sequence[int], k: int, extra: np.ndarray) -> tuple[list[int], list[float]] | None:
+        """The k best next words with no prefix (the ids `_suggest_ids` ranks in full) and
+        `_prob_id` of each id of `extra`, then of each of those k, in one pass over the context's
+        orders (the keystroke after a space needs both); None when only ranking in full is exact.
+
+        Ranked candidates are each order's best followers (its `_follow_table` entry, or all the
+        suggestable followers of a small context) and the P_1 top list, scored with
+        `_suggest_ids`'s float operations. With a table, any other follower scores at most the sum
+        of the tables' bounds, each times its order's back-off weight: the k-th candidate must
+        beat that. Probabilities use `_prob_id`'s operations, in its order."""
+        levels = self._levels_for(hist)
+        if k > _FOLLOW_TABLE_K or not levels or levels[-1][0] != 2:
+            return None
+        parts: list[np.ndarray] = []
+        bound, beta, tabled = 0.0, 1.0, False
+        for n, s, e, g in levels:
+            entry = self._follow_top[n].get(s)
+            if entry is None:
+                seg = self._next[n][s:e]
+                parts.append(seg[: int(seg.searchsorted(self._n_words_key))])
+            else:
+                parts.append(entry[0])
+                bound += beta * entry[1]
+                tabled = True
+            beta *= g
+        if not len(parts[-1]):
+            return None  # nothing suggestable follows: `_suggest_ids` gives the P_1 list
+        parts.append(self._unigram_top("", 0, self.n_words, k))
+        r = sum(map(len, parts))  # ranked candidates (repeats included), then `extra`
+        ids = np.concatenate([*parts, extra.astype(self._id_dtype, copy=False)])
+        uni = beta * self._uni[ids]
+        found_vals: list[tuple[np.ndarray, np.ndarray]] = []
+        p, b = None, 1.0
+        for n, s, e, g in levels:
+            seg = self._next[n][s:e]
+            i = seg.searchsorted(ids)
+            np.minimum(i, len(seg) - 1, out=i)
+            found = seg[i] == ids
+            val = self._alpha[n][s:e][i]
+            if b != 1.0:
+                val = b * val
+            p = np.where(found, val, 0.0) if p is None else np.where(found, p + val, p)
+            found_vals.append((found[:r], val[:r]))
+            b *= g
+        p = (p + uni).tolist()
+        # The lowest order's value plus beta * P_1 (beta * P_1 alone for a P_1-list word it does
+        # not follow), then each higher order's value, highest first: as `_suggest_ids` adds them.
+        hit, val = found_vals[-1]
+        score = np.where(hit, val + uni[:r], uni[:r])
+        for found, val in found_vals[:-1]:
+            if (found > hit).any():
+                return None  # a follower missing at the lowest order: `_suggest_ids` merges differently
+            score = np.where(found, score + val, score)
+        order = np.lexsort((self._uni_rank[ids[:r]], -score))[: k * len(parts)]  # a word is in each part at most once
+        best: list[int] = []
+        last = 0.0
+        for j, i, sc in zip(order.tolist(), ids[order].tolist(), score[order].tolist()):
+            if i not in best:
+                best.append(i)
+                p.append(p[j])
+                last = sc
+                if len(best) == k:
+                    break
+        if len(best) < k or (tabled and not last > bound * (1 + 1e-9)):
+            return None
+        return best, p[r:]
+
     def _suggest_ids(self, hist: Sequence[int], prefix: str, k: int) -> list[int]:
         if k <= 0:
             return []
+        if not prefix:
+            fast = self._next_top(hist, k, np.zeros(0, self._id_dtype))
+            if fast is not None:
+                return fast[0]
+        return self._rank_ids(hist, prefix, k)
+
+    def _rank_ids(self, hist: Sequence[int], prefix: str, k: int) -> list[int]:
+        """The top k ids starting with `prefix`, ranked from every follower of the context."""
         lo, hi = self._prefix_range(prefix)
         if lo >= hi:
             return []
         id_parts: list[np.ndarray] = []
         val_parts: list[np.ndarray] = []
         beta = 1.0
+        lo_key, hi_key = self._id_dtype.type(lo), self._id_dtype.type(hi)  # no conversion of the segments
         for n, s, e, g in self._levels_for(hist):
             seg = self._next[n][s:e]
-            a = int(seg.searchsorted(lo)) if lo else 0
-            b = int(seg.searchsorted(hi))
+            a = int(seg.searchsorted(lo_key)) if lo else 0
+            b = int(seg.searchsorted(hi_key))
             if b > a:
                 id_parts.append(seg[a:b])
                 val_parts.append(beta * self._alpha[n][s + a : s + b])
             beta *= g
-        top = self._prefix_top.get(prefix)
-        if top is None or len(top) < k:
-            top = self._rank_range(lo, hi, k)
-        else:
-            top = top[:k]
+        top = self._unigram_top(prefix, lo, hi, k)
         if not id_parts:
             return top.tolist()  # scores are beta * P_1: unigram order
         # Followers at order n are followers at order n-1 too (an n-gram's suffix has a left
@@ -383,6 +530,27 @@ class KneserNeyLM:
         """Top-k distinct words after `context` (tokens, e.g. ["<s>", "I"]) starting with `prefix`."""
         self._check()
         return [self.vocab[i] for i in self._suggest_ids(self._ids(context), prefix, k)]
+
+    def suggest_scored(self, context: Sequence[str], k: int, tokens: Sequence[str],
+                       oov: float | None = None) -> tuple[list[str], list[float]]:
+        """`suggest(context, "", k)`, and `prob` of each of `tokens` then of each suggested word
+        (a token outside the vocabulary as <unk>, or `oov` when given), in one pass over the
+        context: the keyboard, after a space, asks for both."""
+        self._check()
+        hist = self._ids(context)
+        known = [self._index.get(t, -1) for t in tokens]
+        extra = np.array([self._unk if i < 0 else i for i in known], dtype=self._id_dtype)
+        fast = self._next_top(hist, k, extra) if k > 0 else None
+        if fast is None:
+            top = self._rank_ids(hist, "", k) if k > 0 else []
+            probs = self._prob_ids(np.concatenate([extra, np.array(top, dtype=self._id_dtype)]), hist).tolist()
+        else:
+            top, probs = fast
+        if oov is not None:
+            for j, i in enumerate(known):
+                if i < 0:
+                    probs[j] = oov
+        return [self.vocab[i] for i in top], probs
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -36,6 +36,20 @@ def tokens(text: str) -> list[str]:
     return TOKEN_RE.findall(text.translate(_QUOTES))
 
 
+_WORD_CHAR = re.compile(r"[\w']")
+
+
+def complete_tokens(chunk: str) -> list[str]:
+    """The tokens of a chunk still being typed that no character typed after it can change:
+    `tokens(chunk)` but a word token at its end, which the next letter would extend (a
+    punctuation mark is one token, so "lord," has both of its tokens complete). A keyboard can
+    feed them before the space."""
+    toks = tokens(chunk)
+    if toks and _WORD_CHAR.fullmatch(chunk[-1].translate(_QUOTES)):
+        toks.pop()
+    return toks
+
+
 def load_tokenizer(path: str | os.PathLike):
     """A version's word list (`tokenizer.model`) as a SentencePieceProcessor."""
     import sentencepiece as spm

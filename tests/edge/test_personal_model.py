@@ -35,3 +35,38 @@ def test_candidates_are_typed_words_with_the_prefix(pm):
     assert pm.candidates(("x", "y"), "zz", 8) == []
     pm.add(tokens("hello , world !"))
     assert "," not in pm.words and "!" not in pm.words and "hello" in pm.words
+
+
+def reference_candidates(pm: PersonalModel, hist: tuple[str, ...], prefix: str, k: int) -> list[str]:
+    """`candidates` as first written: every follower ranked on each call."""
+    import heapq
+
+    from edge_runtime.personal import _suggestable
+
+    out: list[str] = []
+    for n in (2, 1):
+        f = pm.follow.get(tuple(hist[-n:])) if len(hist) >= n else None
+        if f:
+            out.extend(heapq.nlargest(k, (w for w in f if w.startswith(prefix) and _suggestable(w)), key=f.get))
+    span = [w for w in pm.words if w.startswith(prefix)]
+    out.extend(heapq.nlargest(k, span, key=pm.uni.get) if len(span) > k else span)
+    return out
+
+
+def test_ranked_followers_and_batch_probabilities_equal_the_one_at_a_time_ones():
+    """`candidates` reads followers ranked at `add` time (ties: first seen first, as heapq.nlargest
+    keeps them) and `probs` scores many words with one history lookup: same lists, same floats."""
+    import random
+
+    rng = random.Random(0)
+    vocab = ["a", "b", "c", "d", "be", "bee", "cat", "dog", ",", ".", "'", "the", "they"]
+    pm = PersonalModel()
+    for _ in range(60):
+        pm.add([rng.choice(vocab) for _ in range(rng.randint(1, 12))])
+        for hist in ((BOS, BOS), ("a", "b"), ("the", ","), ("never", "typed"), ("b",), ()):
+            for prefix in ("", "b", "be", "t", "x", ","):
+                for k in (1, 2, 8):
+                    assert pm.candidates(hist, prefix, k) == reference_candidates(pm, hist, prefix, k), (hist, prefix)
+            words = vocab + ["unseen", "Zanzibar"]
+            assert pm.probs(words, hist) == [pm.prob(w, hist) for w in words]
+    assert PersonalModel().probs(["a"], ("a", "b")) == [0.0]

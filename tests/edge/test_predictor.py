@@ -150,3 +150,98 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
         if keys >= 10_000:
             break
     assert keys == 10_000 and non_words == 0
+
+
+def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int = 3) -> list[str]:
+    """The strip as first written: argpartition over the prefix range's P_lstm, every candidate
+    scored one at a time with the scalar probabilities."""
+    wl, wn, wp = p.weights()
+    m = p.candidates if (wn or wp) else k
+    cands: set[str] = set()
+    lo, hi = p.prefix_range(prefix)
+    ids = p.sorted_ids[lo:hi] if prefix else p.head_ids
+    if len(ids):
+        probs = p.probs_of(node, ids)
+        top = np.argpartition(-probs, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
+        cands.update(p.vocab.words[ids[j]] for j in top)
+    if wn:
+        cands.update(p.base.suggest(hist, prefix, m))
+    if wp:
+        cands.update(p.personal.candidates(hist, prefix, m))
+
+    def score(w: str) -> float:
+        sc = wl * p.lstm_prob(node, w) if w in p.vocab.index else 0.0
+        if wn:
+            sc += wn * p.ngram_prob(w, hist)
+        if wp:
+            sc += wp * p.personal.prob(w, hist)
+        return sc
+
+    return sorted(cands, key=lambda w: (-score(w), w))[:k]
+
+
+def test_fast_suggestions_equal_scoring_one_candidate_at_a_time(predictor, base_ngram):
+    """The keystroke path (top few of large ranges, the n-gram's follower tables, batch scoring)
+    gives exactly the strip of the straightforward ranking, with and without the n-gram and the
+    user's words, on every keystroke of typed text."""
+    from tests.tiny_version import tiny_texts
+
+    texts = tiny_texts(2200)[2000:]
+    for base in (None, base_ngram):
+        p = Predictor(predictor.model, predictor.sp, base=base)
+        keys = 0
+        for n, text in enumerate(texts[:40]):
+            s = p.session()
+            for i in range(1, len(text) + 1):
+                got = s.update(text[:i])
+                partial = "" if text[i - 1].isspace() else text[:i].split()[-1]
+                assert got == reference_suggest(p, s.nodes[-1], s.hists[-1], partial), text[:i]
+                keys += 1
+            if n % 4 == 0:
+                p.learn(text)
+        assert keys > 1500 and len(p.personal) > 0
+
+
+def test_complete_tokens_are_fed_ahead_one_per_keystroke(predictor):
+    """Typing "lord," feeds "lord" at the comma and "," at the space, never twice; the states
+    equal feeding whole chunks, also after a backspace into the fed-ahead tokens."""
+    calls: list[list[int]] = []
+    real = predictor.advance_ids
+
+    def counting(node, ids):
+        calls.append(list(ids))
+        return real(node, ids)
+
+    predictor.advance_ids = counting
+    try:
+        s = predictor.session()
+        for text in ("my good", "my good lord", "my good lord,"):
+            s.update(text)
+        assert [t for t, _, _ in s.ahead] == ["lord"] and len(calls) == 3  # my, good, lord
+        s.update("my good lord, ")
+        assert len(calls) == 4 and s.chunks == ["my", "good", "lord,"] and s.ahead == []
+        for text in ("my good lord, (sir", "my good lord, (sir.", "my good lord, (sir", "my good lord, (si"):
+            s.update(text)
+        assert [t for t, _, _ in s.ahead] == ["("]
+        s.update("my good lord, (sir), ")
+    finally:
+        del predictor.advance_ids
+    fresh = predictor.session()
+    for chunk in s.chunks:
+        fresh.feed(chunk)
+    assert fresh.hists == s.hists
+    for a, b in zip(fresh.nodes, s.nodes):
+        np.testing.assert_array_equal(a.logprobs, b.logprobs)
+        np.testing.assert_array_equal(a.h, b.h)
+
+
+def test_feed_still_returns_the_mixtures_log_probability(predictor, base_ngram):
+    import math
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    s = p.session()
+    node, hist, want = p.root, ("<s>", "<s>"), 0.0
+    for tok in tokens("my lord,"):
+        want += math.log(p.mixture(p.component_probs(node, tok, hist)))
+        node, hist = p.advance_ids(node, p.vocab.ids([tok])), (hist[-1], tok)
+    assert s.feed("my") + s.feed("lord,") == pytest.approx(want, rel=1e-12)

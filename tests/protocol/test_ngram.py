@@ -33,6 +33,16 @@ def synthetic_corpus(seed: int = 0, n_records: int = 300) -> list[str]:
     return texts
 
 
+def dense_corpus(seed: int = 0, n_records: int = 400) -> list[str]:
+    """Random text over few words: most two-word contexts have many followers (the keyboard's
+    "of the" or ", and"), with some punctuation."""
+    rng = random.Random(seed)
+    words = [w + s for w in ("the", "a", "of", "and", "to", "my", "lord", "sir", "good", "I", "you", "it")
+             for s in ("", "s", "ly")][:30]
+    return [" ".join(rng.choice(words) + rng.choice(["", "", "", ","]) for _ in range(rng.randint(3, 20)))
+            for _ in range(n_records)]
+
+
 def brute_force_top(lm: KneserNeyLM, context: list[str], prefix: str, k: int) -> np.ndarray:
     """Probabilities of the k best suggestable words, ranked from the full distribution."""
     p = lm.distribution(context)
@@ -176,12 +186,14 @@ def test_suggest_never_offers_punctuation_or_specials():
 
 
 def test_suggest_matches_brute_force_ranking(monkeypatch):
-    # Small prefix tables so both the precomputed lists and the on-the-fly ranking are used.
+    # Small prefix and follower tables so both the precomputed lists and the on-the-fly ranking are used.
     monkeypatch.setattr(ngram, "_PREFIX_TABLE_MIN", 8)
     monkeypatch.setattr(ngram, "_PREFIX_TABLE_K", 4)
+    monkeypatch.setattr(ngram, "_FOLLOW_TABLE_MIN", 4)
+    monkeypatch.setattr(ngram, "_FOLLOW_TABLE_K", 3)
     texts = synthetic_corpus(seed=2)
     lm = KneserNeyLM.fit(texts)
-    assert len(lm._prefix_top) > 5
+    assert len(lm._prefix_top) > 5 and len(lm._follow_top[2]) > 5 and len(lm._follow_top[3]) > 1
     for text in texts[:25]:
         s = lm.session()
         context = ["<s>"]
@@ -193,6 +205,53 @@ def test_suggest_matches_brute_force_ranking(monkeypatch):
                 np.testing.assert_allclose(got_p, want, rtol=1e-9)
             s.feed(chunk)
             context += words_of_chunk(chunk)
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_follower_tables_give_the_full_rankings_ids_and_probabilities(monkeypatch, order):
+    """After a space the n-gram ranks from a few precomputed followers per context (`_next_top`):
+    the same ids as ranking every follower, and `_prob_id`'s values bit for bit."""
+    monkeypatch.setattr(ngram, "_FOLLOW_TABLE_MIN", 6)
+    monkeypatch.setattr(ngram, "_FOLLOW_TABLE_K", 5)
+    texts = dense_corpus(seed=3) + synthetic_corpus(seed=3)
+    lm = KneserNeyLM.fit(texts, order=order)
+    assert all(lm._follow_top[n] for n in range(2, order + 1))
+    extra = np.array(lm._ids(["the", ",", "zzz-unknown", *words_of_chunk(texts[7])]), dtype=lm._id_dtype)
+    used = tabled = 0
+    for text in texts[:60]:
+        hist = [lm._bos]
+        for tok in words_of_chunk(text):
+            for k in (1, 3, 5):
+                fast = lm._next_top(hist[-(order - 1):], k, extra)
+                if fast is None:
+                    continue
+                used += 1
+                tabled += any(s in lm._follow_top[n] for n, s, _, _ in lm._levels_for(hist[-(order - 1):]))
+                top, probs = fast
+                assert top == lm._rank_ids(hist[-(order - 1):], "", k)  # every follower ranked
+                assert probs == [lm._prob_id(int(i), hist) for i in [*extra.tolist(), *top]]
+            hist.append(lm._index.get(tok, lm._unk))
+    assert used > 500 and tabled > 200
+
+
+def test_probs_and_suggest_scored_equal_prob_and_suggest_exactly(monkeypatch):
+    monkeypatch.setattr(ngram, "_FOLLOW_TABLE_MIN", 6)
+    monkeypatch.setattr(ngram, "_FOLLOW_TABLE_K", 8)
+    texts = dense_corpus(seed=4) + synthetic_corpus(seed=4)
+    for order in (1, 2, 3):
+        lm = KneserNeyLM.fit(texts, order=order)
+        tokens = ["never-seen", ",", "</s>", "<unk>", *words_of_chunk(texts[5]), *words_of_chunk(texts[9])]
+        for text in texts[:30]:
+            context = ["<s>"]
+            for tok in words_of_chunk(text):
+                want = [lm.prob(t, context) for t in tokens]
+                assert lm.probs(tokens, context) == want  # the same floats, not approximately
+                assert lm.probs(tokens, context, oov=0.0) == [0.0 if t not in lm else p for t, p in zip(tokens, want)]
+                for k in (1, 3, 8):
+                    top, probs = lm.suggest_scored(context, k, tokens, oov=-1.0)
+                    assert top == lm.suggest(context, "", k)
+                    assert probs == [-1.0 if t not in lm else lm.prob(t, context) for t in tokens + top]
+                context.append(tok)
 
 
 def test_suggest_is_case_sensitive(synth):

@@ -34,6 +34,7 @@ def test_keystroke_bench_prints_both_paths_and_ratio(exported_version, tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert any(ln.startswith("incremental (Session.update)") for ln in lines), r.stdout
+    assert any(ln.startswith("  of which right after a space") for ln in lines), r.stdout
     assert any(ln.startswith("recompute (new session, <= 20 words)") for ln in lines), r.stdout
     assert any(ln.startswith("ratio recompute/incremental") and "p50" in ln and "p99" in ln for ln in lines)
     assert "p50 ms" in lines[2] and "p99 ms" in lines[2]

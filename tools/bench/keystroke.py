@@ -119,6 +119,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"{clock}:")
         print(f"{'path':44} {'keys':>6} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
         print(f"{'incremental (Session.update)':44} {len(inc):6d} {i50:8.3f} {i99:8.3f} {imean:8.3f}")
+        space = [inc[i] for i, k in enumerate(keys) if k[-1].isspace()]  # the slowest keystrokes: a word to feed
+        if space:
+            a50, a99, amean = percentiles(space)
+            print(f"{'  of which right after a space':44} {len(space):6d} {a50:8.3f} {a99:8.3f} {amean:8.3f}")
         print(f"{'incremental, same keys as recompute':44} {len(inc_sample):6d} {s50:8.3f} {s99:8.3f} "
               f"{np.mean(inc_sample):8.3f}")
         print(f"{f'recompute (new session, <= {args.context_words} words)':44} {len(rec):6d} {r50:8.3f} "
