@@ -70,18 +70,7 @@ class PersonalModel:
 
     def prob(self, w: str, hist: tuple[str, ...]) -> float:
         """P(w | the last two tokens of `hist`); 0 for a word the user never typed."""
-        if not self.total:
-            return 0.0
-        p = self.uni[w] / self.total
-        for n in (1, 2):
-            if len(hist) < n:
-                break
-            h = tuple(hist[-n:])
-            f = self.follow.get(h)
-            if f:
-                c, types = self.follow_total[h], len(f)
-                p = (f[w] + types * p) / (c + types)
-        return p
+        return self.probs([w], hist)[0]
 
     def probs(self, words: list[str], hist: tuple[str, ...]) -> list[float]:
         """`prob` of each of `words` after one history (the same arithmetic, the history's counts

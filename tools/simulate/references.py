@@ -58,7 +58,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
 
     ngram: Kneser-Ney trigram fitted centrally on the corpus's train users (collects their text);
     ngram_proxy: the same trigram fitted on the proxy text only (shippable without users' text);
-    proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words);
+    proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM copy);
     proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users."""
     from model.corpus import read_corpus, split_users
     from protocol.ngram import KneserNeyLM

@@ -55,14 +55,14 @@ def headline_rows(refs: dict[str, dict], feds: list[FederationResult], rounds: i
     rows = [("Kneser-Ney trigram, central on the train users' text (collects text)", refs["ngram"]),
             ("Kneser-Ney trigram, proxy text only", refs["ngram_proxy"]),
             ("LSTM, proxy text only (version 0)", refs["proxy_lstm"]),
-            ("FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words)", refs["proxy"])]
+            ("FedKeys keyboard on version 0 (proxy LSTM + base n-gram + what it learns on the device)", refs["proxy"])]
     for f in feds:
         dp = "" if f.noise_multiplier == 0 else (f" with DP noise (σ={f.noise_multiplier:g}, "
                                                  f"ε={_fmt_eps(f.rounds[-1].epsilon)}, ε against the coordinator "
                                                  f"{_fmt_eps(f.rounds[-1].epsilon_local)})")
         rows.append((f"LSTM, federated{dp}, {rounds} rounds (global model alone)", f.global_metrics))
         rows.append((f"**FedKeys keyboard, federated{dp}, {rounds} rounds** "
-                     "(global LSTM + base n-gram + the user's own words)",
+                     "(global LSTM + base n-gram + what it learns on the device)",
                      f.final_metrics))
     if "central" in refs:
         rows.append(("LSTM, central on all train users (upper bound, collects text)", refs["central"]))
