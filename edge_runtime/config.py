@@ -53,10 +53,10 @@ class EdgeConfig:
     local_epsilon_budget: float = math.inf  # total epsilon this device spends against the coordinator
     local_delta: float = 1e-6
     # The user's own copy of the LSTM, fine-tuned on the cache when eligible, never uploaded (personalize)
-    personalize: bool = True
-    personal_learning_rate: float = 0.2
+    personalize: bool = True             # fine-tune a personal copy when eligible; false: the global model only
+    personal_learning_rate: float = 0.2  # SGD rate (0.5, the federated rate, overfits one user's text)
     personal_epochs: int = 1
-    personal_max_examples: int = 256
+    personal_max_examples: int = 256     # the newest windows of the cache (20 words each)
     # Pacing: the coordinator says when to come back; we add our own jitter and bounds
     jitter: float = 0.1                  # +- fraction added to every wait (no thundering herd)
     min_wait_s: float = 1.0
