@@ -90,7 +90,7 @@ class ModelSlot:
             if wanted == self._dir and stamp == self._stamp:
                 return
             if wanted is None:
-                self.predictor, self.version_id, self._dir = None, None, None
+                self.predictor, self.version_id, self._dir, self.personal = None, None, None, False
             else:
                 t0 = time.monotonic()
                 self.predictor = self._load(wanted, stamp)
