@@ -365,14 +365,15 @@ def _personalize(dev: Device) -> str:
         return "no model"
     stats = dev.cache.stats()
     stamp = f"{stats['records']}:{stats['bytes']}"   # counts only: the cache changed, or not
-    texts = [r.text for r in dev.cache.training_records()] + [r.text for r in dev.cache.heldout_records()]
+
+    def texts() -> list[str]:
+        return [r.text for r in (*dev.cache.training_records(), *dev.cache.heldout_records())]
+
     try:
         return personalize.refresh(dev.config.require_data_dir(), version_dir, version_dir.name, texts, stamp,
                                    dev.config.personal_plan, eligible=dev.eligibility.check, loader=dev.loader)
     except (OSError, ArtifactError) as e:   # e.g. a full disk: suggestions keep the model they have
         return f"failed ({_failure(e)})"
-    finally:
-        del texts
 
 
 def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:

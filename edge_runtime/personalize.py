@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,14 +112,15 @@ def forget(data_dir: str | Path) -> None:
     shutil.rmtree(Path(data_dir) / PERSONAL_DIR, ignore_errors=True)
 
 
-def refresh(data_dir: str | Path, version_dir: Path, version_id: str, texts: Sequence[str], stamp: str,
-            plan: PersonalPlan, *, eligible: trainer.EligibilityCheck | None = None,
+def refresh(data_dir: str | Path, version_dir: Path, version_id: str, read_texts: Callable[[], Sequence[str]],
+            stamp: str, plan: PersonalPlan, *, eligible: trainer.EligibilityCheck | None = None,
             loader: trainer.ModelLoader = trainer.load_model) -> str:
-    """Retrain the copy of `version_id` when the cache changed since (`stamp`); the outcome, for the log."""
+    """Retrain the copy of `version_id` when the cache changed since (`stamp`); the outcome, for the
+    log. The text is read (`read_texts`) only when the copy is retrained."""
     if stamp_of(data_dir, version_id) == stamp:
         return "up to date"
     try:
-        weights = fine_tune(version_dir, texts, plan, eligible=eligible, loader=loader)
+        weights = fine_tune(version_dir, read_texts(), plan, eligible=eligible, loader=loader)
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})"
     if weights is None:

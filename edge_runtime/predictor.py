@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -355,9 +356,7 @@ class Session:
         partial = "" if (not text or text[-1].isspace()) else parts.pop()
         same = len(self.chunks)
         if parts[:same] != self.chunks:  # an edit before the last chunk (typing only appends)
-            same = 0
-            while same < min(len(parts), len(self.chunks)) and parts[same] == self.chunks[same]:
-                same += 1
+            same = _shared_prefix(parts, self.chunks)
         self.rewind(same)
         for chunk in parts[same:]:
             self._push(chunk)
@@ -368,8 +367,13 @@ class Session:
 
 def _common(ahead: list[tuple[str, _Node, tuple[str, ...]]], toks: list[str]) -> int:
     """How many leading tokens of `toks` the fed-ahead states are for."""
+    return _shared_prefix([a[0] for a in ahead], toks)
+
+
+def _shared_prefix(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many leading items `a` and `b` have in common."""
     j = 0
-    while j < min(len(ahead), len(toks)) and ahead[j][0] == toks[j]:
+    while j < min(len(a), len(b)) and a[j] == b[j]:
         j += 1
     return j
 

@@ -81,8 +81,11 @@ class Model:
         manifest, own = artifact.load_version(version_dir, verify=verify)
         if weights is None:
             weights = own
-        elif set(weights) != set(own) or any(np.shape(weights[k]) != own[k].shape for k in own):
-            raise artifact.ArtifactError(f"weights do not fit version {manifest.version_id}'s model")
+        else:
+            try:
+                artifact.check_weights(weights, manifest.tensors)
+            except artifact.ArtifactError as e:
+                raise artifact.ArtifactError(f"weights do not fit version {manifest.version_id}'s model: {e}") from e
         graph = (Path(version_dir) / artifact.GRAPH).read_bytes()
         patches = manifest.architecture().infer_patches
         if patches:

@@ -365,14 +365,13 @@ class KneserNeyLM:
         or `oov` when given): the keyboard scores a few dozen candidate words per keystroke, with
         one context lookup for all of them."""
         self._check()
+        known, ids = self._token_ids(tokens)
+        return _fill_oov(self._prob_ids(ids, self._ids(context)).tolist(), known, oov)
+
+    def _token_ids(self, tokens: Sequence[str]) -> tuple[list[int], np.ndarray]:
+        """Each token's id (-1 outside the vocabulary), and the ids to score (<unk> for those)."""
         known = [self._index.get(t, -1) for t in tokens]
-        ids = np.array([self._unk if i < 0 else i for i in known], dtype=self._id_dtype)
-        probs = self._prob_ids(ids, self._ids(context)).tolist()
-        if oov is not None:
-            for j, i in enumerate(known):
-                if i < 0:
-                    probs[j] = oov
-        return probs
+        return known, np.array([self._unk if i < 0 else i for i in known], dtype=self._id_dtype)
 
     def distribution(self, context: Sequence[str] = ()) -> np.ndarray:
         """P(vocab[i] | context) for every id i but <s> (the last id): sums to 1."""
@@ -538,19 +537,14 @@ class KneserNeyLM:
         context: the keyboard, after a space, asks for both."""
         self._check()
         hist = self._ids(context)
-        known = [self._index.get(t, -1) for t in tokens]
-        extra = np.array([self._unk if i < 0 else i for i in known], dtype=self._id_dtype)
+        known, extra = self._token_ids(tokens)
         fast = self._next_top(hist, k, extra) if k > 0 else None
         if fast is None:
             top = self._rank_ids(hist, "", k) if k > 0 else []
             probs = self._prob_ids(np.concatenate([extra, np.array(top, dtype=self._id_dtype)]), hist).tolist()
         else:
             top, probs = fast
-        if oov is not None:
-            for j, i in enumerate(known):
-                if i < 0:
-                    probs[j] = oov
-        return [self.vocab[i] for i in top], probs
+        return [self.vocab[i] for i in top], _fill_oov(probs, known, oov)
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -618,3 +612,13 @@ class NgramSession:
     def reset(self) -> None:
         """Start a new text: the context goes back to <s>."""
         self._hist = [self._lm._bos]
+
+
+def _fill_oov(probs: list[float], known: list[int], oov: float | None) -> list[float]:
+    """`probs` with the entries of tokens outside the vocabulary (id -1 in `known`) set to `oov`,
+    when given (else they keep <unk>'s probability)."""
+    if oov is not None:
+        for j, i in enumerate(known):
+            if i < 0:
+                probs[j] = oov
+    return probs

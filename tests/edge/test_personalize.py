@@ -71,10 +71,12 @@ def test_stored_copy_round_trips_replaces_other_versions_and_is_forgotten(tmp_pa
 
 def test_refresh_trains_once_per_cache_state_and_stops_when_ineligible(tmp_path: Path, exported_version: Path):
     plan = personalize.PersonalPlan()
-    args = (tmp_path, exported_version, "v1", USER_TEXT)
+    read: list[int] = []
+    args = (tmp_path, exported_version, "v1", lambda: read.append(1) or USER_TEXT)
     assert personalize.refresh(*args, "40:100", plan) == "trained"
     mtime = personalize.weights_path(tmp_path, "v1").stat().st_mtime_ns
     assert personalize.refresh(*args, "40:100", plan) == "up to date"
+    assert len(read) == 1                                      # an up-to-date copy reads no text
     assert personalize.weights_path(tmp_path, "v1").stat().st_mtime_ns == mtime
     assert personalize.refresh(*args, "41:120", plan, eligible=lambda: Decision(False, ("typing",))) \
         == "aborted (typing)"
