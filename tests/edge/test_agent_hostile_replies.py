@@ -9,7 +9,7 @@ import errno
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -18,6 +18,7 @@ from edge_runtime.client import CoordinatorClient, ProtocolError
 from edge_runtime.config import EdgeConfig
 from edge_runtime.versions import VersionError
 from protocol import wire
+from tests.helpers.http_fakes import JsonReplyHandler
 
 PLAN = {"round_id": 1, "epochs": 1, "batch_size": 4, "learning_rate": 0.1, "clip_norm": 1.0,
         "noise_multiplier": 1.0, "max_examples": 10}
@@ -55,7 +56,7 @@ HOSTILE: list[tuple[int, bytes]] = [
 ]
 
 
-class _Hostile(BaseHTTPRequestHandler):
+class _Hostile(JsonReplyHandler):
     protocol_version = "HTTP/1.1"
     served = 0
     lock = threading.Lock()
@@ -73,15 +74,7 @@ class _Hostile(BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
             self.close_connection = True
             return
-        status, body = HOSTILE[i % len(HOSTILE)]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+        self.reply_json(*HOSTILE[i % len(HOSTILE)])
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -14,6 +14,7 @@ from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
 from protocol import wire
 from tests.helpers.coordinator_fakes import make_config, serve
+from tests.helpers.http_fakes import JsonReplyHandler
 
 
 def test_admin_api_refuses_clip_norm_zero(tmp_path, exported_version):
@@ -30,7 +31,7 @@ def test_cli_refuses_clip_norm_zero_with_exit_2(tmp_path, capsys):
     assert rc == 2 and "clip_norm" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-class _Hostile(BaseHTTPRequestHandler):
+class _Hostile(JsonReplyHandler):
     """A coordinator answering every check-in with a train task whose clip_norm is 0."""
 
     checkins = 0
@@ -42,14 +43,7 @@ class _Hostile(BaseHTTPRequestHandler):
                 "noise_multiplier": 1.0, "max_examples": 10}
         body = json.dumps({"protocol_version": wire.PROTOCOL_VERSION, "kind": "train", "retry_after": 1,
                            "use_version_id": None, "base_version_id": "v1", "plan": plan}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+        self.reply_json(200, body)
 
 
 def test_device_refuses_a_clip_norm_zero_task_and_keeps_running(tmp_path):

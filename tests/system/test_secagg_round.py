@@ -59,6 +59,18 @@ def _plain_update(cfg: EdgeConfig, version: Path, plan: wire.TrainPlan) -> np.nd
     return trainer.train(version, texts, secagg_client.local_plan(plan), shuffle_seed=0).update.vector
 
 
+def _run_in_threads(cfgs: list[EdgeConfig]) -> tuple[list[agent.Device], list, list[threading.Thread]]:
+    """Open each device and start one `run_once` per device in its own thread: (devices, their
+    results as they finish, the threads). The caller joins the threads and closes the devices."""
+    devs = [agent.Device.open(c) for c in cfgs]
+    results: list = [None] * len(devs)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
+               for i in range(len(devs))]
+    for t in threads:
+        t.start()
+    return devs, results, threads
+
+
 def _device_id(cfg: EdgeConfig) -> str:
     return agent.load_identity(Path(cfg.data_dir)).device_id
 
@@ -182,13 +194,8 @@ def test_honest_devices_refuse_a_coordinator_asking_for_both_shares(tmp_path, ex
         s.coord.import_version(exported_version)
         cfgs = _devices(s, tmp_path, n)
         rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
-        devs = [agent.Device.open(c) for c in cfgs]
-        results: list = [None] * n
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
-                   for i in range(n)]
+        devs, results, threads = _run_in_threads(cfgs)
         try:
-            for t in threads:
-                t.start()
             for t in threads:
                 t.join(120)
         finally:
@@ -272,13 +279,8 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
     _S.coord = coord
     cfgs = _devices(_S, tmp_path, n)
     rid = coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
-    devs = [agent.Device.open(c) for c in cfgs]
-    results: list = [None] * n
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
-               for i in range(n)]
+    devs, results, threads = _run_in_threads(cfgs)
     try:
-        for t in threads:
-            t.start()
         until = time.monotonic() + 120
         while time.monotonic() < until:      # everyone has shared: the coordinator goes down
             with coord._sessions() as db:
