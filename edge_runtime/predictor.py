@@ -97,15 +97,18 @@ class Predictor:
         self._span_share = np.where(tail_ids, self.tail_share[np.where(tail_ids, self.sorted_ids - lim, 0)], 0.0)
         # `infer` (constant weights, patched in at load) when the version has it, else `step`.
         fast = bool(arch.infer_patches) and self.model.has_signature(SIG_INFER)
-        self._step = self.model.runner(SIG_INFER if fast else SIG_STEP)
+        self._step = self.model.stepper(SIG_INFER if fast else SIG_STEP, ("tokens", "h", "c"), ("logprobs", "h", "c"))
+        self._token = np.zeros(1, np.int32)  # the step's token input, filled in place
         zero = np.zeros((1, self.hidden), np.float32)
         self.root = self.advance_ids(_Node(np.zeros(0), zero, zero), [BOS_ID])
 
     # ------------------------------------------------------------------ model
     def advance_ids(self, node: _Node, ids: list[int]) -> _Node:
+        token = self._token
         for t in ids:
-            out = self._step(tokens=np.array([t], np.int32), h=node.h, c=node.c)
-            node = _Node(out["logprobs"][0], out["h"], out["c"])
+            token[0] = t
+            logprobs, h, c = self._step(token, node.h, node.c)
+            node = _Node(logprobs[0], h, c)
         return node
 
     def probs_of(self, node: _Node, ids: np.ndarray) -> np.ndarray:

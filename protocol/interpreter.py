@@ -104,6 +104,43 @@ class Model:
             self._runners[name] = self._interp.get_signature_runner(name)
         return self._runners[name]
 
+    def stepper(self, name: str, inputs: tuple[str, ...],
+                outputs: tuple[str, ...]) -> Callable[..., tuple[np.ndarray, ...]]:
+        """The signature `name` as a function of positional `inputs` returning `outputs` in order,
+        for a signature called again and again with inputs of one shape (the keyboard's `infer`,
+        once per token). It sets, invokes and reads the signature's tensors directly: the runner
+        resizes and reallocates them on every call, a tenth of a one-token step. The first call,
+        and any call after someone else resized them (SetTensor refuses the shape), goes through
+        the runner, which allocates; the results are the same."""
+        run = self.runner(name)
+        try:  # the runner's own handles: the same in ai_edge_litert, tflite_runtime and tf.lite
+            wrapper, graph = run._interpreter_wrapper, run._subgraph_index
+            by_name = dict(run._outputs)
+            ins, outs = [run._inputs[k] for k in inputs], [by_name[k] for k in outputs]
+            set_tensor, invoke, get_tensor = wrapper.SetTensor, wrapper.Invoke, wrapper.GetTensor
+        except (AttributeError, KeyError, TypeError):
+            set_tensor = None
+        allocated = False
+
+        def via_runner(args: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+            out = run(**dict(zip(inputs, args)))
+            return tuple(out[k] for k in outputs)
+
+        def step(*args: np.ndarray) -> tuple[np.ndarray, ...]:
+            nonlocal allocated
+            if set_tensor is None or not allocated:
+                allocated = True
+                return via_runner(args)
+            try:
+                for i, a in zip(ins, args):
+                    set_tensor(i, a, graph)
+            except ValueError:
+                return via_runner(args)
+            invoke(graph)
+            return tuple(get_tensor(o, graph) for o in outs)
+
+        return step
+
     def get_weights(self) -> dict[str, np.ndarray]:
         return {k: np.array(v, copy=True) for k, v in self.runner(SIG_GET_WEIGHTS)().items()}
 

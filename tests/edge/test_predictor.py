@@ -245,3 +245,27 @@ def test_feed_still_returns_the_mixtures_log_probability(predictor, base_ngram):
         want += math.log(p.mixture(p.component_probs(node, tok, hist)))
         node, hist = p.advance_ids(node, p.vocab.ids([tok])), (hist[-1], tok)
     assert s.feed("my") + s.feed("lord,") == pytest.approx(want, rel=1e-12)
+
+
+def test_the_direct_stepper_equals_the_signature_runner(exported_version):
+    """`Model.stepper` sets the tensors itself; it must give what the runner gives, also after
+    someone resized the signature's inputs (it then goes through the runner again)."""
+    model = Model.load(exported_version)
+    step = model.stepper("infer", ("tokens", "h", "c"), ("logprobs", "h", "c"))
+    runner = model.runner("infer")
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(1, model.manifest.architecture().model.hidden_dim)).astype(np.float32)
+    c = h[:, ::-1].copy()
+    for t in (2, 5, 7, 5):
+        tok = np.array([t], np.int32)
+        want = runner(tokens=tok, h=h, c=c)
+        got = step(tok, h, c)
+        for name, arr in zip(("logprobs", "h", "c"), got):
+            np.testing.assert_array_equal(arr, want[name])
+        h, c = got[1], got[2]
+    runner(tokens=np.array([3, 4], np.int32), h=np.repeat(h, 2, 0), c=np.repeat(c, 2, 0))  # batch of two
+    tok = np.array([6], np.int32)
+    want = runner(tokens=tok, h=h, c=c)
+    runner(tokens=np.array([3, 4], np.int32), h=np.repeat(h, 2, 0), c=np.repeat(c, 2, 0))
+    for name, arr in zip(("logprobs", "h", "c"), step(tok, h, c)):
+        np.testing.assert_array_equal(arr, want[name])
