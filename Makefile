@@ -29,8 +29,8 @@ $(DEMO_VENV)/.installed: requirements-demo.txt requirements-edge.txt
 # old one and swapped in at the end, so an interrupted run leaves the shipped version intact.
 V0_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --seed 0 --epochs 14 \
            --steps-per-epoch 1000 --lr-decay-to 0.1 --patience 2 --version-id v0
-# The keyboard's base n-gram, from the same proxy text (shipped with the app, not per version).
-NGRAM_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl
+# The keyboard's base n-gram, from the proxy text (shipped with the app, not per version).
+NGRAM_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --proxy corpora/topical_chat.jsonl
 v0: setup            ## rebuild models/v0 reproducibly (about 50 minutes on 2 idle cores)
 	rm -rf models/v0.new
 	$(PY) -m tools.pretrain $(V0_ARGS) --out models/v0.new --no-progress

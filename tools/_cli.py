@@ -13,8 +13,9 @@ from protocol.artifact import ArtifactError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPORA = os.path.join(REPO, "corpora")          # vendored with their licences (corpora/README.md)
 DEFAULT_CORPUS = os.path.join(CORPORA, "shakespeare.jsonl")
-# Proxy text: public, never device text. Novels and plays (dialogue) plus formal addresses.
-DEFAULT_PROXY = (os.path.join(CORPORA, "gutenberg_mix.jsonl"), os.path.join(CORPORA, "sotu.jsonl"))
+# Proxy text: public, never device text. Novels and plays (dialogue), formal addresses, and
+# present-day chat between crowd workers (the genre people type).
+DEFAULT_PROXY = tuple(os.path.join(CORPORA, f) for f in ("gutenberg_mix.jsonl", "sotu.jsonl", "topical_chat.jsonl"))
 
 USER_ERRORS: tuple[type[BaseException], ...] = (CorpusError, ArtifactError, FileNotFoundError, ValueError)
 

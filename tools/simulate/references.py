@@ -60,6 +60,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     ngram_proxy: the same trigram fitted on the proxy text only (shippable without users' text);
     proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM copy);
     proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users."""
+    from edge_runtime.base_ngram import configured_path
     from model.corpus import read_corpus, split_users
     from protocol.ngram import KneserNeyLM
     from tools.wordeval import evaluate_words
@@ -71,10 +72,13 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
         cache = {}
     out: dict[str, dict] = {}
     corpus_key = f"{_file_key(Path(corpus))}:{max_words}"
+    # The keyboard's score also depends on the base n-gram it mixes in (FEDKEYS_BASE_NGRAM or the shipped file).
+    base = configured_path()
+    base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"
     wanted: dict[str, str] = {
         "ngram": f"ngram:{corpus_key}",
         "ngram_proxy": f"ngram:{':'.join(_file_key(Path(p)) for p in proxy)}:{corpus_key}",
-        "proxy": f"keyboard:{_sha(v0 / 'manifest.json')}:{corpus_key}",
+        "proxy": f"keyboard:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
         "proxy_lstm": f"lstm:{_sha(v0 / 'manifest.json')}:{corpus_key}",
     }
     if central is not None:
