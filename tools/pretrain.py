@@ -97,9 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                              seed=args.seed, progress=not args.no_progress)
     hist = train(m, sp, train_texts, val_texts, settings)
     version_id = args.version_id or ("central" if args.init else "v0")
+    metrics: dict = {"pretrain": hist.to_dict(), "source": source}
+    if args.init and version_id == parent:
+        # A further stage of the same version (make v0 continues on more proxy text): it keeps the
+        # earlier stages' record and parent instead of naming itself as its parent.
+        metrics["earlier_stages"] = [*base.metrics.get("earlier_stages", []),
+                                     {k: v for k, v in base.metrics.items() if k != "earlier_stages"}]
+        parent = base.parent
     print("exporting to TFLite (builtin ops only) and linting in the slim interpreter...")
-    manifest = export_version(m, tok_path, out, version_id=version_id, parent=parent,
-                              metrics={"pretrain": hist.to_dict(), "source": source})
+    manifest = export_version(m, tok_path, out, version_id=version_id, parent=parent, metrics=metrics)
     print(json.dumps({"version": manifest.version_id, "dir": str(out), "params": manifest.num_params,
                       "val_loss": hist.val_loss, "seconds": round(time.time() - t0, 1)}))
     return 0

@@ -4,6 +4,7 @@ checked against its manifest before anything uses it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -60,11 +61,17 @@ def test_a_clone_without_shared_builds_fixtures_and_starts_the_demo(tmp_path):
     venv = Path(sys.executable).parent.parent
     tiny = ("--proxy corpora/sotu.jsonl --seed 0 --epochs 1 --steps-per-epoch 3 --batch-size 8 --vocab-size 300 "
             "--embed-dim 8 --hidden-dim 16 --seq-len 8 --version-id v0")
-    made = subprocess.run(["make", "-o", f"{venv}/.installed", "v0", f"VENV={venv}", f"V0_ARGS={tiny}"], cwd=clone,
+    chat = "--proxy corpora/topical_chat.jsonl --seed 1 --epochs 1 --steps-per-epoch 2 --batch-size 8 --version-id v0"
+    made = subprocess.run(["make", "-o", f"{venv}/.installed", "v0", f"VENV={venv}", f"V0_ARGS={tiny}",
+                           f"V0_CHAT_ARGS={chat}"], cwd=clone,
                           env=_env(clone), capture_output=True, text=True, timeout=900, check=False)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     assert "--seed 0" in made.stdout and (clone / "models" / "v0" / "manifest.json").is_file()
-    assert not (clone / "models" / "v0.new").exists()
+    assert not (clone / "models" / "v0.new").exists() and not (clone / "models" / "v0.stage1").exists()
+    # The second stage continues the same version: no parent, the first stage's record kept.
+    manifest = json.loads((clone / "models" / "v0" / "manifest.json").read_text())
+    assert manifest["parent"] is None and manifest["metrics"]["source"] == "topical_chat.jsonl"
+    assert [s["source"] for s in manifest["metrics"]["earlier_stages"]] == ["sotu.jsonl"]
 
     # The tools' defaults point into the clone.
     helped = _run(clone, "-m", "tools.demo", "--help")
