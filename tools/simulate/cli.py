@@ -22,8 +22,8 @@ from tools.simulate.references import reference_scores
 from tools.simulate.report import write_report
 
 DESCRIPTION = "Simulate a population of keyboard devices federating against a real coordinator."
-# DP on by default, as in the coordinator's config: the largest noise at which the demo's 8
-# devices still beat version 0 in 3 rounds (measured with 0.005 and 0.01: +1.0 top-3 both).
+# DP on by default, as in the coordinator's config: the largest noise at which the demo's
+# devices still beat version 0 in 3 rounds (measured with 8 devices, 0.005 and 0.01: +1.0 top-3 both).
 DEFAULT_NOISE_MULTIPLIER = 0.01
 
 

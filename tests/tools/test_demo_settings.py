@@ -1,0 +1,26 @@
+"""The demo's simulation settings: its device count follows the corpus it is given."""
+
+from __future__ import annotations
+
+from model.corpus import read_corpus, split_users
+from tests.tools.test_simulate import write_corpus
+from tools._cli import DEFAULT_CORPUS
+from tools.demo import DEMO_DEFAULTS, build_parser, simulation_args
+
+
+def test_the_demo_runs_its_default_devices_on_the_shipped_corpus():
+    sim = simulation_args(build_parser().parse_args(["--no-serve"]))
+    assert sim.devices == DEMO_DEFAULTS["devices"] == 16
+    assert sim.corpus == DEFAULT_CORPUS and sim.rounds == DEMO_DEFAULTS["rounds"]
+
+
+def test_a_corpus_with_fewer_train_users_runs_every_one_of_them(tmp_path):
+    corpus = write_corpus(tmp_path / "small.jsonl", users=12, texts_per_user=3, seed=1)
+    train_users = len(split_users(read_corpus(str(corpus)), seed=0).train)
+    assert 1 <= train_users < DEMO_DEFAULTS["devices"]
+    sim = simulation_args(build_parser().parse_args(["--corpus", str(corpus)]))
+    assert sim.devices == train_users
+
+
+def test_an_explicit_device_count_is_kept():
+    assert simulation_args(build_parser().parse_args(["--devices", "5"])).devices == 5
