@@ -56,10 +56,16 @@ class NextWordLSTM(tf.Module):
             return tf.matmul(proj, w["embedding"], transpose_b=True) + w["out_bias"]
         return tf.matmul(h, w["out_kernel"]) + w["out_bias"]
 
-    def window_logits(self, x):
-        """x (B,T) int32 -> logits (B*T,V), from a zero state (each window stands alone)."""
+    def window_logits(self, x, dropout: float = 0.0):
+        """x (B,T) int32 -> logits (B*T,V), from a zero state (each window stands alone).
+
+        `dropout` (central pretraining only; the exported signatures use 0) drops the LSTM's
+        inputs and outputs, not its recurrent state (Zaremba et al. 2014): a regulariser for
+        the proxy text, which the model otherwise fits better than the text it is used on."""
         T, H = self.cfg.seq_len, self.cfg.hidden_dim
         emb = tf.gather(self.vars["embedding"], x)                                     # (B,T,E)
+        if dropout:
+            emb = tf.nn.dropout(emb, dropout)
         batch = tf.shape(x)[0]
         h = tf.zeros([batch, H])
         c = tf.zeros([batch, H])
@@ -68,18 +74,20 @@ class NextWordLSTM(tf.Module):
             h, c = self._cell(xt, h, c)
             hs.append(h)
         hs = tf.reshape(tf.stack(hs, axis=1), [-1, H])                                  # (B*T,H)
+        if dropout:
+            hs = tf.nn.dropout(hs, dropout)
         return self._logits(hs)
 
-    def token_nll(self, x, y):
+    def token_nll(self, x, y, dropout: float = 0.0):
         """Per-token negative log-likelihood (B*T,) and the logits, loss written out by hand."""
-        logits = self.window_logits(x)
+        logits = self.window_logits(x, dropout)
         target = tf.reshape(y, [-1])
         lse = tf.reduce_logsumexp(logits, axis=1)
         tgt = tf.reduce_sum(tf.one_hot(target, self.cfg.vocab_size) * logits, axis=1)
         return lse - tgt, logits, tgt
 
-    def loss(self, x, y, mask):
-        nll, _, _ = self.token_nll(x, y)
+    def loss(self, x, y, mask, dropout: float = 0.0):
+        nll, _, _ = self.token_nll(x, y, dropout)
         m = tf.reshape(mask, [-1])
         return tf.reduce_sum(nll * m) / tf.maximum(tf.reduce_sum(m), 1.0)
 

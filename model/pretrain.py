@@ -45,6 +45,7 @@ class TrainSettings:
     batch_size: int = 64
     learning_rate: float = 2e-3
     lr_decay_to: float = 1.0            # cosine-decay the rate to this fraction by the last step (1: constant)
+    dropout: float = 0.0                # on the LSTM's inputs and outputs while training (`NextWordLSTM.window_logits`)
     patience: int = 1                   # epochs without validation improvement before stopping
     val_windows: int = 2000             # validation windows evaluated per epoch (capped for speed)
     seed: int = 0
@@ -104,7 +105,7 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
     @tf.function
     def step(bx, by, bm):
         with tf.GradientTape() as tape:
-            loss = m.loss(bx, by, bm)
+            loss = m.loss(bx, by, bm, s.dropout)
         grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), cfg.clip_norm)
         opt.apply_gradients(zip(grads, variables))
         return loss

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-decay-to", type=float, default=1.0, metavar="FRACTION",
                    help="decay the learning rate along a cosine to this fraction of --lr by the last step "
                         "(default: 1, a constant rate)")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="drop this fraction of the LSTM's inputs and outputs while training (a regulariser; "
+                        "the exported model has none)")
     p.add_argument("--patience", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.proxy or args.corpus):
         raise ValueError("say what to train on: --proxy FILE (version 0) or --corpus FILE --init DIR "
                          "(central reference); nothing starts a long run on a default file")
+    if not 0.0 <= args.dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.corpus and not args.init:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {m.cfg.num_params:,} parameters ({m.cfg.to_dict()})")
     settings = TrainSettings(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                              learning_rate=args.lr, lr_decay_to=args.lr_decay_to, patience=args.patience,
-                             seed=args.seed, progress=not args.no_progress)
+                             dropout=args.dropout, seed=args.seed, progress=not args.no_progress)
     hist = train(m, sp, train_texts, val_texts, settings)
     version_id = args.version_id or ("central" if args.init else "v0")
     metrics: dict = {"pretrain": hist.to_dict(), "source": source}
