@@ -72,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
     g.add_argument("--canary-fraction", type=float, default=0.5, help="share of devices in the canary cohort")
     g.add_argument("--canary-min-reports", type=int, default=3)
     g.add_argument("--canary-tolerance", type=float, default=0.005)
-    g.add_argument("--eval-words", type=int, default=800, help="held-out words scored per model")
+    g.add_argument("--eval-words", type=int, default=1500,
+                   help="held-out words scored per model (every table in README and docs/quality.md uses 1,500)")
     g.add_argument("--compare-dp", action="store_true",
                    help="also run the same federation with DP noise (--dp-noise-multiplier)")
     g.add_argument("--dp-noise-multiplier", type=float, default=0.005)
