@@ -32,7 +32,7 @@ def read_corpus(path: str | Path) -> list[Record]:
     if p.is_dir():
         raise CorpusError(f"{p}: is a directory, expected a .jsonl or text file")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
         raise CorpusError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     first = next((ln for ln in lines if ln.strip()), None)

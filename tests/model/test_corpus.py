@@ -23,6 +23,17 @@ def test_reads_jsonl_and_ignores_extra_fields(tmp_path):
     assert [(r.user, r.text) for r in recs] == [("a", "hello there"), ("7", "general kenobi")]
 
 
+def test_jsonl_saved_with_a_byte_order_mark_and_crlf_is_still_jsonl(tmp_path):
+    # Windows editors write UTF-8 with a BOM and CRLF; read as plain text it would be one user.
+    p = tmp_path / "bom.jsonl"
+    rows = [{"user": u, "text": f"caf\u00e9 note {u}"} for u in ("a", "b")]
+    p.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\r\n" for r in rows).encode())
+    assert [(r.user, r.text) for r in read_corpus(p)] == [("a", "caf\u00e9 note a"), ("b", "caf\u00e9 note b")]
+    t = tmp_path / "bom.txt"
+    t.write_bytes(b"\xef\xbb\xbffirst line\r\nsecond\r\n")
+    assert [r.text for r in read_corpus(t)] == ["first line", "second"]
+
+
 def test_plain_text_is_one_user(tmp_path):
     recs = read_corpus(write(tmp_path, "t.txt", ["first line", "", "second line"]))
     assert [r.text for r in recs] == ["first line", "second line"] and {r.user for r in recs} == {"default"}
