@@ -88,3 +88,16 @@ def test_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "fewer than --devices" in r.stderr
     r = simulate("--corpus", str(corpus), "--devices", "2", "--rounds", "0", "--data-dir", str(tmp_path / "d"))
     assert r.returncode == 2 and r.stderr.strip() == "error: --rounds must be >= 1"
+
+
+def test_child_tools_run_without_progress_bars_when_the_simulation_shows_none(monkeypatch):
+    """A log of `tools.simulate --no-progress` (or of a run piped to a file) must not fill with
+    the child pretraining's redrawn bars."""
+    import argparse
+
+    from tools.simulate import population
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert population._progress_args(argparse.Namespace(no_progress=True)) == ["--no-progress"]
+    assert population._progress_args(argparse.Namespace(no_progress=False)) == []
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert population._progress_args(argparse.Namespace(no_progress=False)) == ["--no-progress"]

@@ -51,6 +51,12 @@ def load_population(corpus: str, devices: int) -> Population:
 
 # --- model versions -----------------------------------------------------------------------------
 
+def _progress_args(args: argparse.Namespace) -> list[str]:
+    """`--no-progress` for a child tool when this run shows none: bars redrawn with carriage
+    returns fill a log file (the simulator's own rule, tools.simulate.federation)."""
+    return [] if sys.stdout.isatty() and not getattr(args, "no_progress", False) else ["--no-progress"]
+
+
 def _subprocess_step(title: str, module_args: list[str]) -> None:
     print(f"\n== {title}\n$ python -m {' '.join(module_args)}", flush=True)
     t0 = time.time()
@@ -72,7 +78,8 @@ def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
         proxy = [a for p in proxy_files(args) for a in ("--proxy", p)]
         _subprocess_step("version 0 from proxy text", ["tools.pretrain", *proxy, "--out", str(v0),
                                                        "--epochs", str(args.pretrain_epochs),
-                                                       "--steps-per-epoch", str(args.pretrain_steps)])
+                                                       "--steps-per-epoch", str(args.pretrain_steps),
+                                                       *_progress_args(args)])
         return v0
     src = Path(args.v0) if args.v0 else SHIPPED_V0
     return check_version(src, f"version 0 ({src})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
@@ -90,5 +97,6 @@ def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | Non
         return central
     _subprocess_step("central reference on the corpus's train users",
                      ["tools.pretrain", "--corpus", args.corpus, "--init", str(v0), "--out", str(central),
-                      "--epochs", str(args.central_epochs), "--patience", "2", "--lr", "1e-3"])
+                      "--epochs", str(args.central_epochs), "--patience", "2", "--lr", "1e-3",
+                      *_progress_args(args)])
     return central
