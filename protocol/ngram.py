@@ -378,6 +378,13 @@ class KneserNeyLM:
         self._check()
         return self._dist_ids(self._ids(context))
 
+    @property
+    def size(self) -> int:
+        """Stored probabilities: one per vocabulary word and one per stored n-gram of each order
+        (its parameters, for the ablation table beside the LSTM's)."""
+        self._check()
+        return len(self._uni) + sum(len(nxt) for nxt in self._next.values())
+
     def session(self) -> NgramSession:
         """State for one text being typed, starting at <s>."""
         self._check()
@@ -587,6 +594,14 @@ class NgramSession:
         self._lm = lm
         self._keep = max(lm.order - 1, 1)
         self._hist: list[int] = [lm._bos]
+        self._chunks: list[str] = []  # the completed chunks `update` has fed
+
+    def _push(self, chunk: str) -> None:
+        """Append a completed chunk's tokens without scoring them (`update`'s path)."""
+        lm = self._lm
+        self._hist.extend(lm._index.get(tok, lm._unk) for tok in words_of_chunk(chunk))
+        if len(self._hist) > self._keep:
+            del self._hist[: -self._keep]
 
     @property
     def context(self) -> list[str]:
@@ -603,15 +618,31 @@ class NgramSession:
             self._hist.append(w)
         if len(self._hist) > self._keep:
             del self._hist[: -self._keep]
+        self._chunks.append(chunk)
         return lp
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
         """Top-k distinct words given the context so far that start with `prefix` ("" = next word)."""
         return [self._lm.vocab[i] for i in self._lm._suggest_ids(self._hist, prefix, k)]
 
+    def update(self, text: str, k: int = 3) -> list[str]:
+        """The keyboard's entry point, as `edge_runtime.predictor.Session.update`: the whole text
+        before the cursor in, suggestions out; only chunks not fed before are fed (an edit
+        before the last chunk starts the text over), so the n-gram's keystroke cost is measured
+        on the same path as the LSTM's (`tools.ablation`)."""
+        parts = text.split()
+        partial = "" if (not text or text[-1].isspace()) else parts.pop()
+        if parts[:len(self._chunks)] != self._chunks:
+            self.reset()
+        for chunk in parts[len(self._chunks):]:
+            self._push(chunk)
+            self._chunks.append(chunk)
+        return self.suggest(partial, k)
+
     def reset(self) -> None:
         """Start a new text: the context goes back to <s>."""
         self._hist = [self._lm._bos]
+        self._chunks = []
 
 
 def _fill_oov(probs: list[float], known: list[int], oov: float | None) -> list[float]:

@@ -8,6 +8,11 @@ Kneser-Ney trigram fitted on the corpus's train users (collects their text) and 
 text (the shipped base n-gram), then the version's LSTM with the keyboard's parts added one at
 a time, and the central reference (`--central`, the LSTM trained on the train users) alone and
 in the keyboard.
+
+Each row also carries what the issue asks of every lever: the keystroke cost (thread CPU ms
+per `update` call at p50 / p99, one device in use, `tools.bench.keystroke.device_keystrokes`),
+the parameters (the LSTM's weights; an n-gram's stored probabilities) and the download (the
+LSTM's weights per version in their int8 download form; the base n-gram once, with the app).
 """
 
 from __future__ import annotations
@@ -28,7 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/v0", help="version directory")
     p.add_argument("--central", help="the central reference's version directory (optional)")
     p.add_argument("--max-words", type=int, default=1500, help="target words scored (round-robin over users)")
+    p.add_argument("--max-keystrokes", type=int, default=1500, help="keystrokes timed per row")
     return p
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def lstm_costs(version_dir: str) -> tuple[int, int]:
+    """(parameters, bytes a device downloads per version: the weights' int8 form)."""
+    from protocol.artifact import encode_weights_q8, load_version
+
+    manifest, weights = load_version(version_dir)
+    return manifest.num_params, len(encode_weights_q8(weights))
 
 
 def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: bool, personal_lstm: bool):
@@ -59,9 +77,10 @@ def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: boo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from edge_runtime.base_ngram import load_base_ngram
+    from edge_runtime.base_ngram import configured_path, load_base_ngram
     from model.corpus import read_corpus, split_users
     from protocol.ngram import KneserNeyLM
+    from tools.bench.keystroke import device_keystrokes, percentiles
     from tools.wordeval import evaluate_words
 
     if args.max_words < 1:
@@ -71,15 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     if not users:
         raise ValueError(f"{args.corpus}: no held-out (test) users; the corpus needs more users")
 
-    def row(name: str, factory) -> None:
-        m = evaluate_words(factory, users, max_words=args.max_words)
-        print(f"| {name} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} |", flush=True)
+    if args.max_keystrokes < 1:
+        raise ValueError("--max-keystrokes must be >= 1")
+    texts = [t for t in split.texts("test") if t.strip()]
 
-    print(f"{args.corpus}: {len(users)} held-out users, {args.max_words} words\n")
-    print("| model | top-1 | top-3 | KSR |\n|---|---:|---:|---:|")
-    row("Kneser-Ney trigram, central on train users (collects text)",
-        KneserNeyLM.fit(split.texts("train"), order=3).session)
-    row("Kneser-Ney trigram, proxy text only (the shipped base n-gram)", load_base_ngram().session)
+    def row(name: str, factory, params: str, download: str) -> None:
+        m = evaluate_words(factory, users, max_words=args.max_words)
+        p50, p99, _ = percentiles(device_keystrokes(factory, texts, args.max_keystrokes))
+        print(f"| {name} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} | {p50:.2f} / {p99:.2f} | {params} | {download} |",
+              flush=True)
+
+    base = load_base_ngram()
+    if base is None:
+        raise ValueError(f"no base n-gram at {configured_path()}: build it with `make v0`")
+    base_path = configured_path()
+    base_once = f"{_mb(base_path.stat().st_size)} once"
+    print(f"{args.corpus}: {len(users)} held-out users, {args.max_words} words, {args.max_keystrokes} keystrokes "
+          "timed per row (thread CPU ms per keystroke)\n")
+    print("| model | top-1 | top-3 | KSR | keystroke p50 / p99 ms | parameters | download |\n"
+          "|---|---:|---:|---:|---:|---:|---|")
+    central_ngram = KneserNeyLM.fit(split.texts("train"), order=3)
+    row("Kneser-Ney trigram, central on train users (collects text)", central_ngram.session,
+        f"{central_ngram.size:,} n-gram probabilities", "— (not shippable)")
+    row("Kneser-Ney trigram, proxy text only (the shipped base n-gram)", base.session,
+        f"{base.size:,} n-gram probabilities", base_once)
     parts = [("LSTM, 10k softmax only", dict(tail=False, base=False, own_words=False, personal_lstm=False)),
              ("LSTM + 50k word-list tail", dict(tail=True, base=False, own_words=False, personal_lstm=False)),
              ("LSTM + tail + base n-gram", dict(tail=True, base=True, own_words=False, personal_lstm=False)),
@@ -88,14 +122,22 @@ def main(argv: list[str] | None = None) -> int:
                                                                   personal_lstm=False)),
              ("keyboard: all of it + the user's own copy of the LSTM", dict(tail=True, base=True, own_words=True,
                                                                           personal_lstm=True))]
+    def costs(version_dir: str, with_base: bool) -> tuple[str, str]:
+        n, q8 = lstm_costs(version_dir)
+        if with_base:
+            return f"{n:,} + {base.size:,} n-gram", f"{_mb(q8)} per version + {base_once}"
+        return f"{n:,}", f"{_mb(q8)} per version"
+
     name = os.path.basename(os.path.normpath(args.model))
     for label, kw in parts:
-        row(f"{name}: {label}", keyboard_factory(args.model, **kw))
+        row(f"{name}: {label}", keyboard_factory(args.model, **kw), *costs(args.model, kw["base"]))
     if args.central:
         row("central LSTM (collects text): LSTM + tail",
-            keyboard_factory(args.central, tail=True, base=False, own_words=False, personal_lstm=False))
+            keyboard_factory(args.central, tail=True, base=False, own_words=False, personal_lstm=False),
+            *costs(args.central, False))
         row("central LSTM in the keyboard", keyboard_factory(args.central, tail=True, base=True, own_words=True,
-                                                             personal_lstm=True))
+                                                             personal_lstm=True), *costs(args.central, True))
+    print("\nThe user's own words and own copy of the LSTM are learned on the device: nothing to download.")
     return 0
 
 

@@ -297,6 +297,35 @@ def test_reset_starts_a_new_text(synth):
     assert s.suggest("", 5) == first
 
 
+def test_update_types_like_a_keyboard_and_suggests_what_feed_and_suggest_give(synth):
+    """`update(text before the cursor)` on every keystroke, with a backspace into an earlier
+    word, gives what a fresh session fed the same completed chunks suggests for the partial."""
+    text = " ".join(synthetic_corpus()[3:6])
+    keys = [text[:i] for i in range(1, len(text) + 1)]
+    cut = keys[len(keys) // 2]
+    back = cut[:cut.rstrip().rfind(" ") - 1]         # back into the previous word
+    keys += [back, back + "x ", back + "x y"]
+    s = synth.session()
+    for typed in keys:
+        parts = typed.split()
+        partial = "" if typed[-1].isspace() else parts.pop()
+        ref = synth.session()
+        for chunk in parts:
+            ref.feed(chunk)
+        assert s.update(typed) == ref.suggest(partial, 3), typed
+    assert s.update("") == synth.session().suggest("", 3)
+
+
+def test_size_counts_every_stored_probability():
+    tri = KneserNeyLM.fit(["a b c a b d"], order=3)
+    bi = KneserNeyLM.fit(["a b c a b d"], order=2)
+    uni = len(tri.distribution())                        # one per word of the vocabulary
+    # distinct bigrams (<s> a, a b, b c, c a, b d, d </s>) and trigrams (<s> a b, a b c, b c a,
+    # c a b, a b d, b d </s>)
+    assert bi.size == uni + 6
+    assert tri.size == uni + 6 + 6
+
+
 def test_min_count_maps_rare_words_to_unk():
     texts = ["the cat sat", "the cat sat", "the dog sat", "a zebra"]
     lm = KneserNeyLM.fit(texts, min_count=2)

@@ -85,14 +85,26 @@ def test_missing_model_directory_is_a_clear_error(tmp_path, fresh_corpus):
 def test_ablation_table_scores_every_part_on_the_same_words(exported_version, fresh_corpus):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, "-m", "tools.ablation", "--model", str(exported_version), "--corpus",
-                          str(fresh_corpus), "--max-words", "120", "--central", str(exported_version)],
+                          str(fresh_corpus), "--max-words", "120", "--max-keystrokes", "150",
+                          "--central", str(exported_version)],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr
     rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| ") and "%" in line]
     assert len(rows) == 2 + 6 + 2
-    for _, top1, top3, ksr in rows:
+    from protocol.artifact import encode_weights_q8, load_version
+    manifest, weights = load_version(exported_version)
+    per_version = f"{len(encode_weights_q8(weights)) / 1e6:.2f} MB per version"
+    for name, top1, top3, ksr, keystroke, params, download in rows:
         t1, t3, k = (float(x.strip().rstrip("%")) for x in (top1, top3, ksr))
         assert 0.0 <= t1 <= t3 <= 100.0 and 0.0 <= k < 100.0
+        p50, p99 = (float(x) for x in keystroke.split("/"))
+        assert 0.0 < p50 <= p99, (name, keystroke)
+        if "trigram" in name:
+            assert "n-gram probabilities" in params and int(params.split()[0].replace(",", "")) > 0
+        else:   # every LSTM row: its parameters and its int8 download, plus the base n-gram once if used
+            assert params.strip().startswith(f"{manifest.num_params:,}"), (name, params)
+            assert download.strip().startswith(per_version), (name, download)
+            assert ("once" in download) == ("base n-gram" in name or "keyboard" in name), (name, download)
     bad = subprocess.run([sys.executable, "-m", "tools.ablation", "--corpus", str(fresh_corpus), "--max-words", "0"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--max-words" in bad.stderr

@@ -73,6 +73,34 @@ def time_incremental(new_session: Callable[[], object], keys: list[str]) -> list
     return out
 
 
+def device_keystrokes(new_session: Callable[[], object], texts: list[str], max_keystrokes: int,
+                      warmup: int = 100) -> list[float]:
+    """Thread CPU ms of each `update` call on one device in use: the held-out texts that are not
+    typed are learned first as its history (sessions with `learn`; those with `personalize`
+    then fine-tune their own copy once), then the rest is typed a character at a time, a new
+    text in the same field (`reset`) at each text's first keystroke. The first `warmup`
+    keystrokes are not returned. One loop for every row of `tools.ablation`, the n-gram's
+    sessions included."""
+    keys = keystrokes(texts, warmup + max_keystrokes)
+    started = sum(1 for k in keys if len(k) == 1)
+    session = new_session()
+    if hasattr(session, "learn"):
+        for past in texts[started:]:
+            session.learn(past)
+    if hasattr(session, "personalize"):
+        session.personalize()
+    out: list[float] = []
+    for i, prefix in enumerate(keys):
+        if len(prefix) == 1:
+            session.reset()
+        ms = _timed(lambda p=prefix: session.update(p))[1]
+        if i >= warmup:
+            out.append(ms)
+    if not out:
+        raise ValueError(f"not enough held-out text for {warmup} warm-up keystrokes")
+    return out
+
+
 def time_recompute(new_session: Callable[[], object], keys: list[str],
                    context_words: int) -> list[tuple[float, float]]:
     contexts = [last_words(prefix, context_words) for prefix in keys]
