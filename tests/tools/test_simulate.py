@@ -101,3 +101,19 @@ def test_child_tools_run_without_progress_bars_when_the_simulation_shows_none(mo
     assert population._progress_args(argparse.Namespace(no_progress=False)) == []
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
     assert population._progress_args(argparse.Namespace(no_progress=False)) == ["--no-progress"]
+
+
+def test_central_reference_epochs_can_be_capped_for_large_corpora(monkeypatch, tmp_path):
+    """A full pass per epoch is the default; --central-steps-per-epoch reaches tools.pretrain."""
+    import argparse
+
+    from tools.simulate import population
+    calls: list[list[str]] = []
+    monkeypatch.setattr(population, "_subprocess_step", lambda title, module_args: calls.append(module_args))
+    base = dict(no_central=False, central=None, corpus="c.jsonl", central_epochs=4, no_progress=True, rebuild=False)
+    population.ensure_central(tmp_path, tmp_path / "v0", argparse.Namespace(**base, central_steps_per_epoch=None))
+    population.ensure_central(tmp_path, tmp_path / "v0", argparse.Namespace(**base, central_steps_per_epoch=50))
+    assert "--steps-per-epoch" not in calls[0]
+    assert calls[1][calls[1].index("--steps-per-epoch") + 1] == "50"
+    bad = simulate("--corpus", "c.jsonl", "--central-steps-per-epoch", "0")
+    assert bad.returncode == 2 and "--central-steps-per-epoch must be >= 1" in bad.stderr, bad.stderr

@@ -82,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
     g.add_argument("--pretrain-epochs", type=int, default=2)
     g.add_argument("--pretrain-steps", type=int, default=700, help="steps per pretraining epoch (batch 64)")
     g.add_argument("--central-epochs", type=int, default=4)
+    g.add_argument("--central-steps-per-epoch", type=int, default=None,
+                   help="cap each central epoch (batch 64; default: a full pass over the train users, which on a "
+                        "corpus of millions of words takes hours on 2 cores)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     if defaults:
         p.set_defaults(**defaults)
@@ -103,6 +106,8 @@ def check_args(args: argparse.Namespace) -> None:
         (0 < args.canary_fraction <= 1, "--canary-fraction must be in (0, 1]"),
         (args.canary_min_reports >= 1 and args.canary_tolerance >= 0, "bad canary settings"),
         (args.eval_words >= 1, "--eval-words must be >= 1"),
+        (args.central_steps_per_epoch is None or args.central_steps_per_epoch >= 1,
+         "--central-steps-per-epoch must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -57,6 +57,11 @@ def _progress_args(args: argparse.Namespace) -> list[str]:
     return [] if sys.stdout.isatty() and not getattr(args, "no_progress", False) else ["--no-progress"]
 
 
+def _central_cap(args: argparse.Namespace) -> list[str]:
+    steps = getattr(args, "central_steps_per_epoch", None)
+    return [] if steps is None else ["--steps-per-epoch", str(steps)]
+
+
 def _subprocess_step(title: str, module_args: list[str]) -> None:
     print(f"\n== {title}\n$ python -m {' '.join(module_args)}", flush=True)
     t0 = time.time()
@@ -98,5 +103,5 @@ def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | Non
     _subprocess_step("central reference on the corpus's train users",
                      ["tools.pretrain", "--corpus", args.corpus, "--init", str(v0), "--out", str(central),
                       "--epochs", str(args.central_epochs), "--patience", "2", "--lr", "1e-3",
-                      *_progress_args(args)])
+                      *_central_cap(args), *_progress_args(args)])
     return central
