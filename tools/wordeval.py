@@ -112,3 +112,29 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
         raise ValueError("no words to evaluate in the chosen split")
     return WordMetrics(top1=hit1 / words, top3=hit3 / words, word_perplexity=math.exp(-logprob / max(chunks, 1)),
                        ksr=saved / typed, words=words)
+
+
+_PER_USER = {"top3": (1, 0), "ksr": (2, 3)}   # (numerator, denominator) in a `per_user` entry
+
+
+def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metric: str, *, n: int = 2000,
+                    level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval, in points, of metric(a) - metric(b) for two models scored on the same
+    held-out users' same words (`per_user` lists in the same user order): users are resampled
+    with replacement, both models together, so the interval shows how much of a difference the
+    choice of held-out users alone could make. `metric` is "top3" or "ksr"."""
+    import numpy as np
+
+    if metric not in _PER_USER:
+        raise ValueError(f"metric must be one of {sorted(_PER_USER)}")
+    if len(a) != len(b) or not a:
+        raise ValueError("per-user results must cover the same, non-empty list of users")
+    num, den = _PER_USER[metric]
+    xa, xb = np.asarray(a, float), np.asarray(b, float)
+    if not np.array_equal(xa[:, den], xb[:, den]):
+        raise ValueError("per-user results are not on the same words")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    d = xa[idx, den].sum(1)
+    diff = (xa[idx, num].sum(1) - xb[idx, num].sum(1)) / np.maximum(d, 1) * 100
+    lo, hi = np.percentile(diff, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,8 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     assert "| LSTM, federated with DP noise (σ=0.01, ε=" in md and "ε against the coordinator" in md
     assert "(global model alone) |" in md and "FedKeys keyboard, federated with DP noise" in md
     assert "vs the central trigram" in md
+    # each claim carries how much the choice of held-out users alone could move it
+    assert re.search(r"vs the central trigram: top-3 [+-]\d+\.\d \(95% interval [+-]\d+\.\d to [+-]\d+\.\d\)", md), md
     assert "Kneser-Ney" in md and "report.png" in md
     png = (data / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

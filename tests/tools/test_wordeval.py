@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.wordeval import evaluate_words, halves
+from tools.wordeval import evaluate_words, halves, paired_interval
 
 
 class Recorder:
@@ -70,3 +70,21 @@ def test_halves_and_a_word_budget_that_still_samples_every_user():
     users = {u: ["x", "y", "one", "two"] for u in ("a", "b", "c")}
     assert evaluate_words(new_session, users, max_words=3).words == 3
     assert len(seen) == 3                            # round-robin: one text of each user before the cap
+
+
+def test_paired_interval_brackets_the_difference_and_widens_with_user_disagreement():
+    words = [[40, 0, 0, 200]] * 30
+    same = [[w, 10, 50, t] for w, _, _, t in words]
+    assert paired_interval(same, same, "top3") == (0.0, 0.0)
+    # every user gains 4 of 40 words: the difference is exactly +10 points whatever users are drawn
+    better = [[w, 14, 50, t] for w, _, _, t in words]
+    assert paired_interval(better, same, "top3") == pytest.approx((10.0, 10.0))
+    # the same +10 points on average, but half the users gain 8 words and half none: a wide interval
+    mixed = [[w, 18 if i % 2 else 10, 50, t] for i, (w, _, _, t) in enumerate(words)]
+    lo, hi = paired_interval(mixed, same, "top3")
+    assert lo < 10.0 < hi and hi - lo > 5.0
+    assert paired_interval(mixed, same, "ksr") == (0.0, 0.0)          # saved letters are equal
+    with pytest.raises(ValueError, match="same words"):
+        paired_interval([[41, 1, 0, 200]] + same[1:], same, "top3")
+    with pytest.raises(ValueError, match="metric"):
+        paired_interval(same, same, "top1")

@@ -40,7 +40,10 @@ def score_version(version_dir: Path, users: dict[str, list[str]], max_words: int
     from tools.evaluate import lstm_factory
     from tools.wordeval import evaluate_words
 
-    return evaluate_words(lstm_factory(str(version_dir), personal=personal), users, max_words=max_words).to_dict()
+    per_user: dict[str, list[int]] = {}
+    out = evaluate_words(lstm_factory(str(version_dir), personal=personal), users, max_words=max_words,
+                         per_user=per_user).to_dict()
+    return {**out, "per_user": list(per_user.values())}   # for the report's intervals (no user names)
 
 
 def _file_key(path: Path) -> str:
@@ -71,7 +74,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     except (OSError, ValueError):
         cache = {}
     out: dict[str, dict] = {}
-    corpus_key = f"{_file_key(Path(corpus))}:{max_words}"
+    corpus_key = f"{_file_key(Path(corpus))}:{max_words}:per-user"   # entries carry per-user counts
     # The keyboard's score also depends on the base n-gram it mixes in (FEDKEYS_BASE_NGRAM or the shipped file).
     base = configured_path()
     base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"
@@ -92,7 +95,9 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
             texts = (split_users(read_corpus(corpus), seed=0).texts("train") if name == "ngram"
                      else [r.text for p in proxy for r in read_corpus(p)])
             lm = KneserNeyLM.fit(texts, order=3)
-            out[name] = evaluate_words(lm.session, pop.heldout, max_words=max_words).to_dict()
+            per_user: dict[str, list[int]] = {}
+            out[name] = {**evaluate_words(lm.session, pop.heldout, max_words=max_words, per_user=per_user).to_dict(),
+                         "per_user": list(per_user.values())}
         else:
             with stderr_to(quiet_log):
                 out[name] = score_version(central if name == "central" else v0, pop.heldout, max_words,

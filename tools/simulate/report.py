@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.simulate.population import Population, proxy_files
+from tools.wordeval import paired_interval
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -72,7 +73,17 @@ def headline_rows(refs: dict[str, dict], feds: list[FederationResult], rounds: i
 def verdict_lines(refs: dict[str, dict], fed: FederationResult) -> list[str]:
     """The claims the report makes, each a difference in points on the same held-out words."""
     kb, glob = fed.final_metrics, fed.global_metrics
-    pts = lambda a, b, key: f"{(a[key] - b[key]) * 100:+.1f}"  # noqa: E731
+
+    def pts(a: dict, b: dict, key: str) -> str:
+        """The difference in points, with its 95% bootstrap interval over held-out users when both
+        sides carry per-user counts on the same words (tools.wordeval.paired_interval)."""
+        text = f"{(a[key] - b[key]) * 100:+.1f}"
+        try:
+            lo, hi = paired_interval(a["per_user"], b["per_user"], key)
+        except (KeyError, ValueError):
+            return text
+        return f"{text} (95% interval {lo:+.1f} to {hi:+.1f})"
+
     shippable = max((refs["ngram_proxy"], refs["proxy_lstm"]), key=lambda m: m["top3"])
     lines = [f"FedKeys keyboard vs the central trigram: top-3 {pts(kb, refs['ngram'], 'top3')} points, "
              f"KSR {pts(kb, refs['ngram'], 'ksr')} points.",
