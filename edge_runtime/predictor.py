@@ -42,7 +42,7 @@ from edge_runtime.personal import BOS, PersonalModel
 from protocol.arch import SIG_INFER, SIG_STEP
 from protocol.interpreter import Model
 from protocol.ngram import KneserNeyLM
-from protocol.text import BOS_ID, UNK_ID, complete_tokens, tokens, vocab_of
+from protocol.text import BOS_ID, UNK_ID, complete_tokens, tokens, typed_chunks, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
@@ -355,8 +355,7 @@ class Session:
         keystroke right after a space, the one waited on most, feeds at most one. Suggestions are
         the same either way: they depend on the completed chunks only.
         """
-        parts = text.split()
-        partial = "" if (not text or text[-1].isspace()) else parts.pop()
+        parts, partial = typed_chunks(text)
         same = len(self.chunks)
         if parts[:same] != self.chunks:  # an edit before the last chunk (typing only appends)
             same = _shared_prefix(parts, self.chunks)

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from protocol.text import TOKEN_RE
+from protocol.text import TOKEN_RE, typed_chunks
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -630,8 +630,7 @@ class NgramSession:
         before the cursor in, suggestions out; only chunks not fed before are fed (an edit
         before the last chunk starts the text over), so the n-gram's keystroke cost is measured
         on the same path as the LSTM's (`tools.ablation`)."""
-        parts = text.split()
-        partial = "" if (not text or text[-1].isspace()) else parts.pop()
+        parts, partial = typed_chunks(text)
         if parts[:len(self._chunks)] != self._chunks:
             self.reset()
         for chunk in parts[len(self._chunks):]:

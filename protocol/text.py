@@ -36,6 +36,14 @@ def tokens(text: str) -> list[str]:
     return TOKEN_RE.findall(text.translate(_QUOTES))
 
 
+def typed_chunks(text: str) -> tuple[list[str], str]:
+    """The text before the cursor as a keyboard sees it: the completed whitespace chunks, and the
+    chunk still being typed ("" right after a space). Every keyboard session's `update` splits
+    its input this way."""
+    parts = text.split()
+    return (parts, "") if not text or text[-1].isspace() else (parts[:-1], parts[-1])
+
+
 _WORD_CHAR = re.compile(r"[\w']")
 
 
