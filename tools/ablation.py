@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} | {p50:.2f} / {p99:.2f} | {params} | {download} |",
               flush=True)
 
-    base = load_base_ngram()
-    if base is None:
-        raise ValueError(f"no base n-gram at {configured_path()}: build it with `make v0`")
     base_path = configured_path()
+    base = load_base_ngram(base_path)
+    if base is None:
+        raise ValueError(f"no base n-gram at {base_path}: build it with `make v0`")
     base_once = f"{_mb(base_path.stat().st_size)} once"
     print(f"{args.corpus}: {len(users)} held-out users, {args.max_words} words, {args.max_keystrokes} keystrokes "
           "timed per row (thread CPU ms per keystroke)\n")
@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                   personal_lstm=False)),
              ("keyboard: all of it + the user's own copy of the LSTM", dict(tail=True, base=True, own_words=True,
                                                                           personal_lstm=True))]
+    lstm_cost = {d: lstm_costs(d) for d in (args.model, args.central) if d}   # load + quantize once per version
+
     def costs(version_dir: str, with_base: bool) -> tuple[str, str]:
-        n, q8 = lstm_costs(version_dir)
+        n, q8 = lstm_cost[version_dir]
         if with_base:
             return f"{n:,} + {base.size:,} n-gram", f"{_mb(q8)} per version + {base_once}"
         return f"{n:,}", f"{_mb(q8)} per version"

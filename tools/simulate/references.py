@@ -38,12 +38,18 @@ def score_version(version_dir: Path, users: dict[str, list[str]], max_words: int
                   personal: bool = True) -> dict[str, float]:
     """The FedKeys keyboard on this version (`personal`), or the version's LSTM alone."""
     from tools.evaluate import lstm_factory
+
+    return scored(lstm_factory(str(version_dir), personal=personal), users, max_words)
+
+
+def scored(new_session, users: dict[str, list[str]], max_words: int) -> dict:
+    """`evaluate_words` as a dict, with each user's counts in user order (no names) for the
+    report's intervals (`tools.wordeval.paired_interval`)."""
     from tools.wordeval import evaluate_words
 
     per_user: dict[str, list[int]] = {}
-    out = evaluate_words(lstm_factory(str(version_dir), personal=personal), users, max_words=max_words,
-                         per_user=per_user).to_dict()
-    return {**out, "per_user": list(per_user.values())}   # for the report's intervals (no user names)
+    out = evaluate_words(new_session, users, max_words=max_words, per_user=per_user).to_dict()
+    return {**out, "per_user": list(per_user.values())}
 
 
 def _file_key(path: Path) -> str:
@@ -66,7 +72,6 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     from edge_runtime.base_ngram import configured_path
     from model.corpus import read_corpus, split_users
     from protocol.ngram import KneserNeyLM
-    from tools.wordeval import evaluate_words
 
     cache_path = data / "reference.json"
     try:
@@ -95,9 +100,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
             texts = (split_users(read_corpus(corpus), seed=0).texts("train") if name == "ngram"
                      else [r.text for p in proxy for r in read_corpus(p)])
             lm = KneserNeyLM.fit(texts, order=3)
-            per_user: dict[str, list[int]] = {}
-            out[name] = {**evaluate_words(lm.session, pop.heldout, max_words=max_words, per_user=per_user).to_dict(),
-                         "per_user": list(per_user.values())}
+            out[name] = scored(lm.session, pop.heldout, max_words)
         else:
             with stderr_to(quiet_log):
                 out[name] = score_version(central if name == "central" else v0, pop.heldout, max_words,
