@@ -600,8 +600,14 @@ class NgramSession:
         """Append a completed chunk's tokens without scoring them (`update`'s path)."""
         lm = self._lm
         self._hist.extend(lm._index.get(tok, lm._unk) for tok in words_of_chunk(chunk))
+        self._fed(chunk)
+
+    def _fed(self, chunk: str) -> None:
+        """After a chunk's tokens joined the history (`feed` or `_push`): keep only the order-1 the
+        next prediction needs, and remember the chunk for `update`."""
         if len(self._hist) > self._keep:
             del self._hist[: -self._keep]
+        self._chunks.append(chunk)
 
     @property
     def context(self) -> list[str]:
@@ -616,9 +622,7 @@ class NgramSession:
             w = lm._index.get(tok, lm._unk)
             lp += math.log(lm._prob_id(w, self._hist))
             self._hist.append(w)
-        if len(self._hist) > self._keep:
-            del self._hist[: -self._keep]
-        self._chunks.append(chunk)
+        self._fed(chunk)
         return lp
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
@@ -635,7 +639,6 @@ class NgramSession:
             self.reset()
         for chunk in parts[len(self._chunks):]:
             self._push(chunk)
-            self._chunks.append(chunk)
         return self.suggest(partial, k)
 
     def reset(self) -> None:
