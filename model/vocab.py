@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from protocol.artifact import GRAPH, TOKENIZER, load_version, sha256_file, write_version
-from protocol.text import UNK_ID, WORD_START, tokens
+from protocol.text import EOS_ID, UNK_ID, WORD_START, tokens
 from protocol.wire import is_safe_id
 
 MAX_SHARE = 0.2   # at most this share of the softmax is given away in one version
@@ -59,13 +59,10 @@ def read_words(path: str | Path) -> list[str]:
 
 
 def _check_words(words: Sequence[str]) -> list[str]:
-    out: list[str] = []
     for w in words:
         if tokens(w) != [w] or not any(ch.isalnum() for ch in w):
             raise VocabError(f"{w!r} is not one word (letters, digits and apostrophes, no spaces or punctuation)")
-        if w not in out:
-            out.append(w)
-    return out
+    return list(dict.fromkeys(words))   # first occurrence of each, in order
 
 
 def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version_id: str | None = None) -> AddedWords:
@@ -95,7 +92,7 @@ def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version
     if K > MAX_SHARE * V:
         raise VocabError(f"{K} words would displace more than {MAX_SHARE:.0%} of the {V} softmax rows; "
                          f"add at most {int(MAX_SHARE * V)} per version")
-    lowest = min((p.score for p in pieces[4:]), default=0.0)
+    lowest = min((p.score for p in pieces[EOS_ID + 1:]), default=0.0)   # past the control pieces
     moved, added_pieces = set(), []
     for w in new:
         if w in index:
