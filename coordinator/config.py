@@ -86,6 +86,7 @@ class Config:
     population_size: int = 0                 # 0: number of enrolled devices
     # Secure aggregation (docs/privacy.md): the round mode, and its protocol's knobs
     secure_aggregation: bool = False         # default for start-round; noise_multiplier is then central
+    discover_words: int = 0                  # default for start-round: 0 trains; k > 0 votes for new words
     secagg_dropout: float = 0.3              # design dropout: sizes the SecAgg+ graph and n_min
     secagg_phase_timeout_s: float = 120.0    # a phase closes early when everyone answered
     secagg_poll_s: float = 2.0               # Retry-After while a device waits for the next phase
@@ -126,6 +127,8 @@ class Config:
              "secagg_dropout must be in [0, 0.5), secagg timeouts > 0"),
             (not self.secure_aggregation or self.aggregator == "mean",
              "secure_aggregation needs aggregator = mean: the coordinator sees only the sum"),
+            (not self.discover_words or self.secure_aggregation,
+             "discover_words needs secure_aggregation: the coordinator must see only the sum of votes"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
             (60 <= self.rollout_state_ttl_s <= 365 * 86400, "rollout_state_ttl_s must be in [60 s, 365 days]"),
             (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),

@@ -21,10 +21,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, privacy, queries, schedule, secagg, versions, views
+from coordinator import aggregation, discovery, queries, schedule, secagg, versions, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
-from coordinator.states import RoundStatus, VersionStatus
+from coordinator.states import RoundStatus
 from protocol import artifact, wire
 from protocol.plan import PLAN_FIELD_NAMES, check_plan_values
 
@@ -145,6 +145,9 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
     manifest = queries.manifest(base)
     tensors = manifest.tensors
     plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
+    if plan.discover_words:   # a vote, not a training round: no update to average
+        discovery.close(coord, s, r, plan)
+        return
     updates = s.execute(select(Update.blob_sha256, Update.example_count).where(Update.round_id == r.id)
                         .order_by(Update.id)).all()
 
@@ -165,28 +168,13 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
         r.status, r.closed_at, r.reason = RoundStatus.FAILED, utcnow(), "aggregate is not finite"
         return
     new_weights = artifact.unflatten(step.weights, tensors)
-    w_sha = coord.blobs.put(artifact.encode_weights(new_weights))
-    manifest.weights_q8_sha256 = versions.put_download_form(coord, new_weights, manifest.weights_q8_sha256)
     state_sha = coord.blobs.put(artifact.encode_weights(step.state)) if step.state else None
-    seq = queries.next_seq(s)
-    vid = f"v{seq:04d}-{w_sha[:8]}"
-    history = [privacy.RoundPrivacy(*h) for h in json.loads(base.privacy_json).get("history", [])]
-    history.append(privacy.RoundPrivacy(step.stats["sampling_rate"], plan.noise_multiplier))
-    priv = privacy.summarize(history, c.privacy_delta) | note
-    manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha
-    manifest.created_at = utcnow().isoformat() + "Z"
-    manifest.metrics = {"round_id": r.id, "updates": step.stats["updates"], "examples": step.stats["examples"],
-                        "mean_delta_norm": step.stats["mean_delta_norm"], "server_optimizer": c.server_optimizer,
-                        "aggregator": "secure_sum" if plan.secure_aggregation else c.aggregator}
-    manifest.privacy = {k: views._jf(v) if isinstance(v, float) else v for k, v in priv.items()}
-    artifact.sign_manifest(manifest, coord.signing_key)
-    versions.supersede_candidate(s, vid)
-    s.add(Version(id=vid, seq=seq, parent_id=base.id, status=VersionStatus.CANDIDATE,
-                  manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
-                  graph_sha256=base.graph_sha256, tokenizer_sha256=base.tokenizer_sha256,
-                  opt_state_sha256=state_sha, round_id=r.id, epsilon=priv["epsilon"], delta=c.privacy_delta,
-                  privacy_json=json.dumps(manifest.privacy)))
-    r.status, r.closed_at, r.result_version_id = RoundStatus.DONE, utcnow(), vid
+    metrics = {"updates": step.stats["updates"], "examples": step.stats["examples"],
+               "mean_delta_norm": step.stats["mean_delta_norm"], "server_optimizer": c.server_optimizer,
+               "aggregator": "secure_sum" if plan.secure_aggregation else c.aggregator}
+    vid, priv = versions.write_candidate(coord, s, r, base, manifest, new_weights, plan,
+                                         sampling_rate=step.stats["sampling_rate"], metrics=metrics, note=note,
+                                         q8_parent=manifest.weights_q8_sha256, state_sha=state_sha)
     r.reason = f"aggregated {len(updates)} updates"
     log.info("round %d done: %d updates -> candidate %s (eps %.3g at delta %g)", r.id, len(updates), vid,
              priv["epsilon"], c.privacy_delta)

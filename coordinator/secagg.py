@@ -32,12 +32,13 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, selection
+from coordinator import aggregation, discovery, selection
 from coordinator.errors import ApiError
 from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
 from coordinator.states import RoundStatus
 from protocol import artifact, ddp, secagg, wire
+from protocol import discovery as vote
 from protocol import secagg_wire as sw
 
 if TYPE_CHECKING:
@@ -253,9 +254,13 @@ def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
     k, t = secagg.graph_degree(n, c.secagg_dropout)
     n_min = min(n, max(r.min_count, math.ceil((1 - c.secagg_dropout) * n), 2))
     plan = _plan(r)
-    dim = artifact.Manifest.from_dict(json.loads(s.get(Version, r.base_version_id).manifest_json)).num_params
-    scale = ddp.choose_scale(plan.clip_norm, n, plan.noise_multiplier, dim, n_min)
-    mu = ddp.skellam_mu(plan.noise_multiplier, scale, plan.clip_norm, dim, n_min)
+    base = s.get(Version, r.base_version_id)
+    if plan.discover_words:   # a vote over the word list's tail, L2 norm <= 1 (protocol.discovery)
+        dim, clip = len(discovery.dictionary(coord, base)), vote.SENSITIVITY
+    else:
+        dim, clip = artifact.Manifest.from_dict(json.loads(base.manifest_json)).num_params, plan.clip_norm
+    scale = ddp.choose_scale(clip, n, plan.noise_multiplier, dim, n_min)
+    mu = ddp.skellam_mu(plan.noise_multiplier, scale, clip, dim, n_min)
     for i, m in enumerate(members):
         m.idx = i
     row.params_json = json.dumps({"n": n, "k": k, "t": t, "n_min": n_min, "seed": os.urandom(32).hex(), "dim": dim,

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from coordinator import privacy, queries, views
 from coordinator.errors import ApiError, bad_request, not_found
-from coordinator.models import Decision, Setting, Version, utcnow
-from coordinator.states import VERSION_ACTIONS, VersionAction, VersionStatus
+from coordinator.models import Decision, Round, Setting, Version, utcnow
+from coordinator.states import VERSION_ACTIONS, RoundStatus, VersionAction, VersionStatus
 from protocol import artifact, wire
 
 if TYPE_CHECKING:
@@ -72,6 +72,37 @@ def put_download_form(coord: Coordinator, weights: dict, parent_sha: str = "") -
     before it is signed."""
     parent = coord.blobs.get(parent_sha) if parent_sha else None
     return coord.blobs.put(artifact.encode_weights_q8(weights, parent))
+
+
+def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, manifest: artifact.Manifest,
+                    weights: dict, plan: wire.TrainPlan, *, sampling_rate: float, metrics: dict[str, Any],
+                    note: dict[str, Any] | None = None, q8_parent: str = "", state_sha: str | None = None,
+                    tokenizer_sha: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Store the weights a round produced from `base` as the new canary candidate, signed, with
+    the round's release added to the base's privacy history; closes the round as done.
+    Returns (version id, privacy summary)."""
+    c = coord.config
+    w_sha = coord.blobs.put(artifact.encode_weights(weights))
+    manifest.weights_q8_sha256 = put_download_form(coord, weights, q8_parent)
+    seq = queries.next_seq(s)
+    vid = f"v{seq:04d}-{w_sha[:8]}"
+    history = [privacy.RoundPrivacy(*h) for h in json.loads(base.privacy_json).get("history", [])]
+    history.append(privacy.RoundPrivacy(sampling_rate, plan.noise_multiplier))
+    priv = privacy.summarize(history, c.privacy_delta) | (note or {})
+    manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha
+    manifest.tokenizer_sha256 = tokenizer_sha or base.tokenizer_sha256
+    manifest.created_at = utcnow().isoformat() + "Z"
+    manifest.metrics = {"round_id": r.id, **metrics}
+    manifest.privacy = {k: views._jf(v) if isinstance(v, float) else v for k, v in priv.items()}
+    artifact.sign_manifest(manifest, coord.signing_key)
+    supersede_candidate(s, vid)
+    s.add(Version(id=vid, seq=seq, parent_id=base.id, status=VersionStatus.CANDIDATE,
+                  manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
+                  graph_sha256=base.graph_sha256, tokenizer_sha256=manifest.tokenizer_sha256,
+                  opt_state_sha256=state_sha, round_id=r.id, epsilon=priv["epsilon"], delta=c.privacy_delta,
+                  privacy_json=json.dumps(manifest.privacy)))
+    r.status, r.closed_at, r.result_version_id = RoundStatus.DONE, utcnow(), vid
+    return vid, priv
 
 
 def supersede_candidate(s: Session, new_id: str) -> None:

@@ -49,8 +49,9 @@ from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE
 from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
-from protocol import wire
-from protocol.artifact import ArtifactError, atomic_write
+from protocol import discovery, wire
+from protocol.artifact import TOKENIZER, ArtifactError, atomic_write, read_manifest
+from protocol.vocab import dictionary
 
 log = logging.getLogger(__name__)
 
@@ -262,18 +263,46 @@ def _note_channel(dev: Device, task: wire.Task) -> None:
         log.warning("cannot record the model channel: %s", e.strerror)
 
 
+def _guarded(dev: Device, plan: wire.TrainPlan) -> tuple[PrivacyLedger, str | None]:
+    """The device's ledger, and why it refuses `plan` (its own floor, its own budget) or None."""
+    ledger = PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
+                           delta=dev.config.local_delta)
+    refusal = PlanFloor.from_config(dev.config).refusal(plan) or ledger.refusal(plan)
+    if refusal:
+        log.warning("refusing the plan of round %d: %s", plan.round_id, refusal)
+    return ledger, refusal
+
+
+def _discover(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple[str, dict[str, Any]]:
+    """A word-discovery round (protocol.discovery): vote for this device's most typed words of
+    the version's word-list tail, only through secure aggregation; charged like a training round."""
+    plan = task.plan
+    assert plan is not None and task.base_version_id is not None and plan.secure_aggregation  # wire.TrainPlan
+    ledger, refusal = _guarded(dev, plan)
+    if refusal:
+        return f"refused ({refusal})", {"round": plan.round_id}
+    base_dir = dev.store.ensure(task.base_version_id, dev.client.fetch)
+    words = dictionary((base_dir / TOKENIZER).read_bytes(), read_manifest(base_dir).architecture().model.vocab_size)
+    texts = [r.text for r in dev.cache.training_records()]
+    try:
+        vector, voted = discovery.vote(texts, words, plan.discover_words)
+    finally:
+        del texts
+    eps = round(ledger.charge(plan), 4)   # before anything leaves the device, as for an update
+    outcome, counts = secagg_client.contribute(dev.client, plan, vector, task.time_limit_s, sleep)
+    return outcome, {**counts, "task": "discover", "words_voted": voted, "local_epsilon": eps}
+
+
 def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple[str, dict[str, Any]]:
     plan = task.plan
     assert plan is not None and task.base_version_id is not None  # wire.Task guarantees it
     decision = dev.eligibility.check()
     if not decision:
         return "skipped (no longer eligible)", {"round": plan.round_id}
-    refusal = PlanFloor.from_config(dev.config).refusal(plan)
-    ledger = PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
-                           delta=dev.config.local_delta)
-    refusal = refusal or ledger.refusal(plan)
+    if plan.discover_words:
+        return _discover(dev, task, sleep)
+    ledger, refusal = _guarded(dev, plan)
     if refusal:
-        log.warning("refusing the plan of round %d: %s", plan.round_id, refusal)
         return f"refused ({refusal})", {"round": plan.round_id}
     texts = [r.text for r in dev.cache.training_records()]
     if not texts:

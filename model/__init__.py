@@ -1,7 +1,7 @@
-"""Builds FedKeys model artifacts: tokenizer, LSTM next-token model, TFLite export, new word rows.
+"""Builds FedKeys model artifacts: tokenizer, LSTM next-token model, TFLite export.
 
 Stands on `protocol` alone (the architecture record, the text units, the interpreter adapter
 the export lint runs in); nothing in `edge_runtime` or `coordinator` imports it, so a device
 never installs it. Only `model.lstm`, `model.export` and `model.pretrain` import TensorFlow;
-`model.corpus`, `model.tokenizer` and `model.vocab` do not, so tools and tests can use them without it.
+`model.corpus` and `model.tokenizer` do not, so tools and tests can use them without it.
 """

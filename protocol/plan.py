@@ -76,6 +76,9 @@ PLAN_FIELDS: tuple[PlanField, ...] = (
     PlanField("secure_aggregation", bool, default=False,
               help="round mode: the coordinator sees only the sum (protocol.secagg_wire, docs/privacy.md); "
                    "noise_multiplier is then the central noise, added by devices as Skellam shares"),
+    PlanField("discover_words", int, 0, 64, default=0,
+              help="0: a training round; k >= 1: a word-discovery round (protocol.discovery): each device votes "
+                   "for its k most typed word-list words that have no softmax row; needs secure_aggregation"),
 )
 PLAN_FIELD_BY_NAME: dict[str, PlanField] = {f.name: f for f in PLAN_FIELDS}
 PLAN_FIELD_NAMES: tuple[str, ...] = tuple(PLAN_FIELD_BY_NAME)
@@ -83,8 +86,12 @@ REQUIRED_PLAN_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in PLAN_FIELDS i
 
 
 def check_plan_values(values: Mapping[str, Any]) -> dict[str, int | float | bool]:
-    """The plan fields present in `values`, each checked against its declaration."""
-    return {k: PLAN_FIELD_BY_NAME[k].check(v) for k, v in values.items() if k in PLAN_FIELD_BY_NAME}
+    """The plan fields present in `values`, each checked against its declaration, and the one
+    rule between fields: a discovery round is a secure round (a vote is never seen alone)."""
+    out = {k: PLAN_FIELD_BY_NAME[k].check(v) for k, v in values.items() if k in PLAN_FIELD_BY_NAME}
+    if out.get("discover_words", 0) and not out.get("secure_aggregation", False):
+        raise WireError("'discover_words' needs 'secure_aggregation': the coordinator must see only the sum of votes")
+    return out
 
 
 @dataclass(frozen=True)
@@ -100,12 +107,13 @@ class TrainPlan:
     noise_multiplier: float
     max_examples: int
     secure_aggregation: bool = False      # protocol.secagg_wire; noise_multiplier is then central
+    discover_words: int = 0               # > 0: vote for words instead of training (protocol.discovery)
 
     def __post_init__(self) -> None:
         if isinstance(self.round_id, bool) or not isinstance(self.round_id, int) or not 1 <= self.round_id <= MAX_INT:
             raise WireError(f"'round_id' must be an integer in [1, {MAX_INT}]")
-        for f in PLAN_FIELDS:
-            object.__setattr__(self, f.name, f.check(getattr(self, f.name)))
+        for k, v in check_plan_values({f.name: getattr(self, f.name) for f in PLAN_FIELDS}).items():
+            object.__setattr__(self, k, v)
 
     def to_dict(self) -> dict[str, Any]:
         return {"round_id": self.round_id, **{f.name: v for f in PLAN_FIELDS

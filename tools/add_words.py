@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from model.vocab import add_words, read_words, summary
+    from protocol.vocab import add_words, read_words, summary
 
     print(summary(add_words(args.base, read_words(args.words), args.out, version_id=args.version_id)))
     return 0

@@ -10,10 +10,10 @@ from pathlib import Path
 from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
 from edge_runtime.predictor import Predictor
-from model.vocab import add_words
 from protocol.artifact import TOKENIZER
 from protocol.interpreter import Model
 from protocol.text import load_tokenizer
+from protocol.vocab import add_words
 from tests.helpers.coordinator_fakes import make_config, serve
 
 TEXTS = ["see you at the station tomorrow morning", "thanks for the lovely dinner last night",

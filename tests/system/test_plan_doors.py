@@ -75,3 +75,13 @@ def test_device_refuses_a_clip_norm_zero_task_and_keeps_running(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_device_never_parses_a_discovery_task_that_is_not_secure():
+    """Its vote would reach the coordinator alone: the task is a protocol error, not a vote."""
+    plan = {"round_id": 1, "epochs": 1, "batch_size": 4, "learning_rate": 0.1, "clip_norm": 1.0,
+            "noise_multiplier": 1.0, "max_examples": 10, "discover_words": 8}
+    task = {"protocol_version": 1, "kind": "train", "retry_after": 1, "base_version_id": "v1", "plan": plan}
+    with pytest.raises(wire.WireError, match="secure_aggregation"):
+        wire.Task.from_dict(task)
+    assert wire.Task.from_dict({**task, "plan": {**plan, "secure_aggregation": True}}).plan.discover_words == 8

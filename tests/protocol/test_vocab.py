@@ -1,4 +1,4 @@
-"""New softmax rows for given words (`model.vocab`, `tools.add_words`) on a real exported version."""
+"""New softmax rows for given words (`protocol.vocab`, `tools.add_words`) on a real exported version."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from edge_runtime.predictor import Predictor
-from model.vocab import MAX_SHARE, VocabError, add_words, read_words
 from protocol.artifact import load_version
 from protocol.interpreter import Model
 from protocol.text import UNK_ID, load_tokenizer, vocab_of
+from protocol.vocab import MAX_SHARE, VocabError, add_words, read_words
 
 NEW = "zorblax"   # in no word list
 

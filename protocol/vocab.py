@@ -4,23 +4,25 @@ Why: the LSTM's softmax covers the word list's first `vocab_size` entries; any o
 <unk> to it and can only be completed, never predicted, and a word outside the list cannot even be
 completed. Swapping the rarest softmax rows for words users type raises keystroke savings by 1.0 to
 1.6 points on both device corpora (docs/quality.md, "Device words as softmax rows"). The words
-come from a public source (an operator's list today; a private discovery later): nothing here
-reads device text.
+come from a public source: an operator's list (`tools.add_words`) or a discovery round, whose
+noised vote counts over the word list's own tail the coordinator thresholds (`protocol.discovery`);
+nothing here reads device text.
 
-The graph does not change (same architecture hash), so `coordinator import-version` takes the
-result as a canary candidate and devices fetch only the new tokenizer and weights. The rarest
-`len(words)` softmax words move to the word list's tail (still completed, and predicted through
-<unk>'s share like every tail word); each new row starts as <unk>'s row with its bias lowered
-by log(len(words)), so the untrained swap spreads <unk>'s probability over the new words
-instead of raising it. No TensorFlow.
+The graph does not change (same architecture hash), so `coordinator import-version` (or the
+coordinator itself, after a discovery round) takes the result as a canary candidate and devices
+fetch only the new tokenizer and weights. The rarest `len(words)` softmax words move to the
+word list's tail (still completed, and predicted through <unk>'s share like every tail word);
+each new row starts as <unk>'s row with its bias lowered by log(len(words)), so the untrained
+swap spreads <unk>'s probability over the new words instead of raising it. No TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,19 +67,26 @@ def _check_words(words: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(words))   # first occurrence of each, in order
 
 
-def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version_id: str | None = None) -> AddedWords:
-    """Write to `out` a version of `src` in which `words` have softmax rows (see the module doc)."""
+def dictionary(tokenizer: bytes, vocab_size: int) -> list[str]:
+    """The word list's words that have no softmax row (its tail), in word-list order: the public
+    dictionary a discovery round votes over (`protocol.discovery`)."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    src, out = Path(src), Path(out)
-    if version_id is not None and not is_safe_id(version_id):
-        raise VocabError(f"version id {version_id!r} must be letters, digits, '.', '_' or '-'")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VocabError(f"{out} exists and is not an empty directory; choose a new one")
-    manifest, weights = load_version(src, verify=True)
-    V = manifest.architecture().model.vocab_size
     proto = pb.ModelProto()
-    proto.ParseFromString((src / TOKENIZER).read_bytes())
+    proto.ParseFromString(tokenizer)
+    return [p.piece.removeprefix(WORD_START) for p in list(proto.pieces)[vocab_size:]]
+
+
+def swap_rows(tokenizer: bytes, weights: Mapping[str, np.ndarray], vocab_size: int,
+              words: Sequence[str]) -> tuple[bytes, dict[str, np.ndarray], AddedWords]:
+    """(new tokenizer, new weights, what moved) with `words` given softmax rows (the module doc).
+    Pure: the coordinator calls it on blobs, `add_words` on a version directory. The result's
+    `version_id` is left empty for the caller to name."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    V = vocab_size
+    proto = pb.ModelProto()
+    proto.ParseFromString(tokenizer)
     pieces = list(proto.pieces)
     names = [p.piece.removeprefix(WORD_START) for p in pieces]
     index = {w: i for i, w in enumerate(names)}
@@ -117,11 +126,24 @@ def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version
         if rows.ndim == 1:                # the output bias: the new words share <unk>'s mass
             rows[V - K:] -= math.log(K)
         new_weights[name] = rows.astype(np.float32)
+    return proto.SerializeToString(), new_weights, AddedWords("", new, [names[i] for i in displaced], already)
 
+
+def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version_id: str | None = None) -> AddedWords:
+    """Write to `out` a version of `src` in which `words` have softmax rows (see the module doc)."""
+    src, out = Path(src), Path(out)
+    if version_id is not None and not is_safe_id(version_id):
+        raise VocabError(f"version id {version_id!r} must be letters, digits, '.', '_' or '-'")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VocabError(f"{out} exists and is not an empty directory; choose a new one")
+    manifest, weights = load_version(src, verify=True)
+    tokenizer, new_weights, result = swap_rows((src / TOKENIZER).read_bytes(), weights,
+                                               manifest.architecture().model.vocab_size, words)
+    K = len(result.added)
     out.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copyfile(src / GRAPH, out / GRAPH)
-        (out / TOKENIZER).write_bytes(proto.SerializeToString())
+        (out / TOKENIZER).write_bytes(tokenizer)
         manifest.parent = manifest.version_id
         manifest.tokenizer_sha256 = sha256_file(out / TOKENIZER)
         manifest.version_id = version_id or f"{manifest.version_id}-w{K}-{manifest.tokenizer_sha256[:8]}"
@@ -132,7 +154,7 @@ def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)   # it was empty or absent: leave no half a version
         raise
-    return AddedWords(manifest.version_id, new, [names[i] for i in displaced], already)
+    return dataclasses.replace(result, version_id=manifest.version_id)
 
 
 def summary(result: AddedWords) -> str:

@@ -1,0 +1,71 @@
+"""Closing a word-discovery round: the unmasked sum of votes -> the words that clear the noise ->
+a canary candidate with those words as softmax rows (`protocol.discovery` has the why and the
+math; `protocol.vocab.swap_rows` the version).
+
+The coordinator holds only the sum (a secure-aggregation round; the plan rule refuses a plain
+one). What it records: how many words passed and the bar, in the round's reason and the
+candidate's metrics; the words themselves are in the candidate's word list, which every device
+of the cohort downloads anyway. The server optimizer's state is not carried over: its per-word
+rows would belong to other words after the swap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from coordinator import queries, versions
+from coordinator.models import Round, Version, utcnow
+from coordinator.models_secagg import SecAggRound
+from coordinator.states import RoundStatus
+from protocol import artifact, ddp, discovery, vocab, wire
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+def dictionary(coord: Coordinator, base: Version) -> list[str]:
+    """The words a discovery round on `base` votes over: its word list's tail."""
+    V = queries.manifest(base).architecture().model.vocab_size
+    return vocab.dictionary(coord.blobs.get(base.tokenizer_sha256), V)
+
+
+def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> None:
+    """Threshold the summed votes of round `r`; write a candidate if any word passed."""
+    row = s.get(SecAggRound, r.id)
+    p = json.loads(row.params_json)
+    base = s.get(Version, r.base_version_id)
+    manifest = queries.manifest(base)
+    V = manifest.architecture().model.vocab_size
+    tokenizer = coord.blobs.get(base.tokenizer_sha256)
+    words = vocab.dictionary(tokenizer, V)
+    k = plan.discover_words
+    vote_sum = ddp.decode_sum(np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4"), p["scale"], 1)
+    # Skellam(mu) from each of the survivors: variance 2 mu per device, in units of 1/scale of a vote.
+    count_std = math.sqrt(k) * math.sqrt(2.0 * p["mu"] * row.survivors) / p["scale"]
+    chosen, bar = discovery.found(vote_sum, words, k, count_std, int(vocab.MAX_SHARE * V))
+    summary = f"{len(chosen)} of {len(words)} words reached {bar:.1f} votes of {row.survivors} devices"
+    if not chosen:
+        r.status, r.closed_at, r.reason = RoundStatus.DONE, utcnow(), f"word discovery: {summary}; no new version"
+        log.info("round %d done: %s", r.id, r.reason)
+        return
+    weights = artifact.decode_weights(coord.blobs.get(base.weights_sha256))
+    new_tok, new_weights, added = vocab.swap_rows(tokenizer, weights, V, chosen)
+    tok_sha = coord.blobs.put(new_tok)
+    note = {"word_discovery": {"words": len(added.added), "vote_threshold": round(bar, 3),
+                               "dictionary": len(words), "words_per_device": k}}
+    vid, priv = versions.write_candidate(
+        coord, s, r, base, manifest, new_weights, plan,
+        sampling_rate=min(1.0, row.survivors / max(r.population, row.survivors, 1)),
+        metrics={"updates": row.survivors, "discovered_words": len(added.added), "vote_threshold": round(bar, 3)},
+        note=note, tokenizer_sha=tok_sha)
+    r.reason = f"word discovery: {summary}"
+    log.info("round %d done: %s -> candidate %s (eps %.3g at delta %g)", r.id, summary, vid, priv["epsilon"],
+             coord.config.privacy_delta)

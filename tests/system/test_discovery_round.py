@@ -1,0 +1,103 @@
+"""A word-discovery round end to end: real device agents and a real coordinator over HTTP
+(SQLite, blob store, secure aggregation). Devices vote for their most typed word-list words
+without a softmax row; the coordinator sees only the sum, finds the words that many devices
+typed, and writes a canary candidate in which those words have softmax rows."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+
+from coordinator.models import Update
+from coordinator.models_secagg import SecAggMember
+from edge_runtime import agent, paths
+from edge_runtime.config import EdgeConfig
+from protocol import artifact
+from protocol.artifact import TOKENIZER
+from protocol.text import load_tokenizer
+from protocol.vocab import dictionary
+from tests.helpers.coordinator_fakes import make_config, serve
+
+
+def _tail_words(version: Path) -> list[str]:
+    V = artifact.read_manifest(version).architecture().model.vocab_size
+    return [w for w in dictionary((version / TOKENIZER).read_bytes(), V) if w.isalpha() and len(w) > 3]
+
+
+def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_only(tmp_path, exported_version):
+    n = 5
+    tail = _tail_words(exported_version)
+    shared, own = tail[:2], tail[2:2 + n]           # typed by every device / by one device each
+    conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=10.0, round_duration_s=300.0)
+    with serve(conf) as s:
+        base_id = s.coord.import_version(exported_version)
+        key = s.coord.create_enrollment_key()
+        cfgs = []
+        for i in range(n):
+            cfg = EdgeConfig(data_dir=str(tmp_path / f"device{i}"), eligibility="override:eligible",
+                             coordinator=s.url, public_key=s.coord.public_key_hex, min_wait_s=0.1)
+            agent.enroll(cfg, key)
+            for t in (f"so {shared[0]} and {shared[1]} again", f"{own[i]} {own[i]} {own[i]} said {shared[0]}",
+                      f"then {shared[1]} {own[i]}"):
+                assert agent.type_text(cfg, t, "message")
+            cfgs.append(cfg)
+        rid = s.coord.start_round(noise_multiplier=0.0, secure_aggregation=True, discover_words=3)
+        devs = [agent.Device.open(c) for c in cfgs]
+        results: list = [None] * n
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
+                   for i in range(n)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            for d in devs:
+                d.close()
+        assert all(r is not None and r.outcome == "uploaded" and r.counts["task"] == "discover"
+                   and r.counts["words_voted"] == 3 for r in results), results
+        rnd = s.coord.get_round(rid)
+        assert rnd["status"] == "done" and "2 of" in rnd["reason"], rnd
+        cand = rnd["result_version_id"]
+        assert s.coord.status()["candidate_version_id"] == cand
+
+        manifest = json.loads(s.coord.version_file(cand, "manifest")[0])
+        assert manifest["metrics"]["discovered_words"] == 2 and manifest["parent"] == base_id
+        assert manifest["privacy"]["word_discovery"]["words_per_device"] == 3
+        tok = tmp_path / "cand.model"
+        tok.write_bytes(s.coord.version_file(cand, "tokenizer")[0])
+        V = artifact.read_manifest(exported_version).architecture().model.vocab_size
+        sp = load_tokenizer(tok)
+        ids = {w: sp.piece_to_id("\u2581" + w) for w in shared + own}
+        assert all(ids[w] < V for w in shared), ids                      # the shared words have rows now
+        assert all(ids[w] >= V for w in own), ids                        # one device's word does not
+        assert artifact.sha256_bytes(tok.read_bytes()) == manifest["tokenizer_sha256"]
+
+        with s.coord._sessions() as db:
+            assert db.scalar(select(func.count()).select_from(Update)) == 0
+            masked = [m.masked_sha256 for m in db.scalars(select(SecAggMember).where(SecAggMember.round_id == rid))]
+        assert len(masked) == n and all(masked)
+        for digest in masked:       # a stored vote is masked: no sparse vector of a few entries
+            stored = np.frombuffer(s.coord.blobs.get(digest), "<u4")
+            assert np.count_nonzero(stored) > 0.9 * stored.size
+        coordinator_files = b"".join(p.read_bytes() for p in Path(s.config.data_dir).rglob("*") if p.is_file())
+        coordinator_files += b"".join(p.read_bytes() for p in tmp_path.glob("coordinator.db*"))
+        for i in range(n):          # what a device typed is nowhere on the coordinator
+            assert f"{own[i]} {own[i]} {own[i]} said".encode() not in coordinator_files
+
+    for cfg in cfgs:                # each device charged its own ledger for the vote
+        ledger = json.loads((Path(cfg.data_dir) / paths.LEDGER_FILE).read_text())
+        assert [e["round_id"] for e in ledger["releases"]] == [rid]
+
+
+def test_the_coordinator_refuses_a_discovery_round_that_is_not_secure(tmp_path, exported_version):
+    with serve(make_config(tmp_path)) as s:
+        s.coord.import_version(exported_version)
+        r = s.admin("POST", "/v1/admin/rounds", json={"discover_words": 8})
+        assert r.status_code == 400 and "secure_aggregation" in r.json()["message"], r.text
+        assert s.coord.list_rounds() == []
