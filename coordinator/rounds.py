@@ -72,6 +72,8 @@ def start_round(coord: Coordinator, **overrides: Any) -> int:
                 raise ApiError(409, wire.E_CONFLICT, "no stable version: import one first")
             if queries.open_round(s) is not None:
                 raise ApiError(409, wire.E_CONFLICT, "a round is already open")
+            if plan_values.get("discover_words") and not discovery.dictionary(coord, stable):
+                raise ValueError(f"{stable.id} has no word-list words outside its softmax: nothing to discover")
             r = Round(base_version_id=stable.id, status=RoundStatus.OPEN, plan_json="{}", goal_count=goal,
                       max_selected=max(goal, math.ceil(goal * over)), min_count=min_count,
                       population=queries.population(s, c.population_size),

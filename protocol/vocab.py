@@ -67,14 +67,29 @@ def _check_words(words: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(words))   # first occurrence of each, in order
 
 
-def dictionary(tokenizer: bytes, vocab_size: int) -> list[str]:
-    """The word list's words that have no softmax row (its tail), in word-list order: the public
-    dictionary a discovery round votes over (`protocol.discovery`)."""
+def _parse(tokenizer: bytes):
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
-    proto.ParseFromString(tokenizer)
-    return [p.piece.removeprefix(WORD_START) for p in list(proto.pieces)[vocab_size:]]
+    try:
+        proto.ParseFromString(tokenizer)
+    except DecodeError:
+        raise VocabError("the version's tokenizer is not a SentencePiece model") from None
+    return proto
+
+
+def dictionary(tokenizer: bytes, vocab_size: int) -> list[str]:
+    """The word list's words that have no softmax row (its tail), in word-list order: the public
+    dictionary a discovery round votes over (`protocol.discovery`). Through the SentencePiece
+    runtime, not its protobuf schema, so a device needs no protobuf package for it."""
+    import sentencepiece as spm
+
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=tokenizer)
+    except (RuntimeError, OSError, TypeError):
+        raise VocabError("the version's tokenizer is not a SentencePiece model") from None
+    return [sp.id_to_piece(i).removeprefix(WORD_START) for i in range(vocab_size, sp.get_piece_size())]
 
 
 def swap_rows(tokenizer: bytes, weights: Mapping[str, np.ndarray], vocab_size: int,
@@ -85,8 +100,7 @@ def swap_rows(tokenizer: bytes, weights: Mapping[str, np.ndarray], vocab_size: i
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     V = vocab_size
-    proto = pb.ModelProto()
-    proto.ParseFromString(tokenizer)
+    proto = _parse(tokenizer)
     pieces = list(proto.pieces)
     names = [p.piece.removeprefix(WORD_START) for p in pieces]
     index = {w: i for i, w in enumerate(names)}

@@ -11,7 +11,7 @@ from edge_runtime.predictor import Predictor
 from protocol.artifact import load_version
 from protocol.interpreter import Model
 from protocol.text import UNK_ID, load_tokenizer, vocab_of
-from protocol.vocab import MAX_SHARE, VocabError, add_words, read_words
+from protocol.vocab import MAX_SHARE, VocabError, add_words, dictionary, read_words
 
 NEW = "zorblax"   # in no word list
 
@@ -112,3 +112,13 @@ def test_command_line_user_errors_are_one_line(base, tmp_path):
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "v").exists()
+
+
+def test_the_discovery_dictionary_is_the_word_lists_tail(base):
+    src, manifest, weights, V, old, tail_word = base
+    tok = (src / "tokenizer.model").read_bytes()
+    words = dictionary(tok, V)
+    assert words == old.words[V:] and tail_word in words and old.words[V - 1] not in words
+    assert dictionary(tok, len(old)) == []
+    with pytest.raises(VocabError, match="not a SentencePiece model"):
+        dictionary(b"not really a sentencepiece model", V)

@@ -101,3 +101,14 @@ def test_the_coordinator_refuses_a_discovery_round_that_is_not_secure(tmp_path, 
         r = s.admin("POST", "/v1/admin/rounds", json={"discover_words": 8})
         assert r.status_code == 400 and "secure_aggregation" in r.json()["message"], r.text
         assert s.coord.list_rounds() == []
+
+
+def test_a_discovery_round_needs_a_version_with_a_word_list_to_vote_over(tmp_path):
+    from tests.helpers.coordinator_fakes import make_version
+
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")                  # no model config, no real word list: a 400, not a 500
+        s.coord.import_version(tmp_path / "v0")
+        r = s.admin("POST", "/v1/admin/rounds", json={"discover_words": 8, "secure_aggregation": True})
+        assert r.status_code == 400 and r.json()["message"].startswith("invalid round settings: "), r.text
+        assert s.coord.list_rounds() == []
