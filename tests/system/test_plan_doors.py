@@ -17,11 +17,13 @@ from tests.helpers.coordinator_fakes import make_config, serve
 from tests.helpers.http_fakes import JsonReplyHandler
 
 
-def test_admin_api_refuses_clip_norm_zero(tmp_path, exported_version):
+@pytest.mark.parametrize("body, named", [({"clip_norm": 0}, "clip_norm"),
+                                         ({"discover_words": 8}, "secure_aggregation")])  # a vote seen alone
+def test_admin_api_refuses_a_bad_plan(tmp_path, exported_version, body, named):
     with serve(make_config(tmp_path)) as s:
         s.coord.import_version(exported_version)
-        r = s.admin("POST", "/v1/admin/rounds", json={"clip_norm": 0})
-        assert r.status_code == 400 and "clip_norm" in r.json()["message"], r.text
+        r = s.admin("POST", "/v1/admin/rounds", json=body)
+        assert r.status_code == 400 and named in r.json()["message"], r.text
         assert s.coord.list_rounds() == []
 
 
