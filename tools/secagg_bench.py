@@ -3,6 +3,7 @@
     python -m tools.secagg_bench costs     [--devices 10 100 500] [--dropout 0 0.1 0.3] [--full-dim-max 100]
     python -m tools.secagg_bench epsilon   [--rounds 8 100 1000]
     python -m tools.secagg_bench paillier  [--slice 16]
+    python -m tools.secagg_bench discovery --corpus FILE [--model models/v0] [--k 8] [--z 0 0.5 1 2] [--devices 32 0]
 
 `costs` runs the real protocol (protocol.secagg, protocol.ddp, the wire messages serialized to
 count bytes, edge_runtime.secagg_client's masking and Revealer) in one process: no HTTP, so
@@ -11,6 +12,11 @@ inputs. Bytes and Shamir time come from that run at a small dimension (they do n
 it); the coordinator's unmask time at the model's full dimension is measured directly up to
 `--full-dim-max` devices and, above, extrapolated from the measured cost of one mask
 expansion (the masked inputs there are random: the coordinator's work does not depend on them).
+
+`discovery` runs a word-discovery round's math (protocol.discovery: votes over the version's
+word-list tail, Skellam shares via protocol.ddp, the coordinator's bar) with a corpus's train
+users as the devices (the N with the most text; 0: all of them) and prints what it finds at
+each noise multiplier, with the epsilon of that one release against the coordinator.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import random
 import time
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -234,6 +241,42 @@ def paillier(slice_len: int, n_devices: int = 100) -> str:
     return "\n".join(lines)
 
 
+def discovery_table(corpus: str, model: str, k: int, zs: list[float], devices: list[int],
+                    delta: float = 1e-6, words_out: str | None = None) -> str:
+    """Words a discovery round finds among a corpus's train users (docs/privacy.md); with
+    `words_out`, each non-empty list also goes to DIR/found_<devices>_z<z>.txt for tools.add_words."""
+    from coordinator.privacy import RoundPrivacy, epsilon
+    from protocol import discovery, vocab
+    from protocol.artifact import TOKENIZER, read_manifest
+    from tools.simulate.population import load_population
+
+    V = read_manifest(model).architecture().model.vocab_size
+    words = vocab.dictionary((Path(model) / TOKENIZER).read_bytes(), V)
+    everyone = load_population(corpus, 0).train_users
+    ranked = load_population(corpus, everyone).users        # most text first, as tools.simulate picks
+    lines = [f"| devices | z | epsilon (one release, delta {delta:g}) | bar (votes) | words found | first words |",
+             "|---:|---:|---:|---:|---:|---|"]
+    for want in devices:
+        pool = ranked[:want] if want else ranked
+        votes = [discovery.vote(texts, words, k)[0] for _, texts in pool]
+        n = len(votes)
+        for z in zs:
+            scale = ddp.choose_scale(discovery.SENSITIVITY, n, z, len(words), n)
+            mu = ddp.skellam_mu(z, scale, discovery.SENSITIVITY, len(words), n)
+            total = np.zeros(len(words), np.uint32)
+            for i, v in enumerate(votes):   # masks cancel in the sum: the coordinator decodes this
+                total += ddp.encode(v, scale, mu, seed=1000 * n + i)
+            count_std = math.sqrt(k) * math.sqrt(2 * mu * n) / scale
+            found, bar = discovery.found(ddp.decode_sum(total, scale, 1), words, k, count_std, int(vocab.MAX_SHARE * V))
+            eps = epsilon([RoundPrivacy(1.0, z)], delta) if z > 0 else math.inf
+            if words_out and found:
+                Path(words_out).mkdir(parents=True, exist_ok=True)
+                (Path(words_out) / f"found_{n}_z{z:g}.txt").write_text("\n".join(found) + "\n", encoding="utf-8")
+            lines.append(f"| {n:,} | {z:g} | {_fmt(eps)} | {bar:.1f} | {len(found):,} | "
+                         f"{', '.join(f'`{w}`' for w in found[:8])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.secagg_bench", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -249,15 +292,26 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--noise-on-mean", type=float, default=0.01, help="z C / n, in units of C")
     p = sub.add_parser("paillier")
     p.add_argument("--slice", type=int, default=16)
+    d = sub.add_parser("discovery")
+    d.add_argument("--corpus", required=True, help="JSON Lines or plain text; its train users are the devices")
+    d.add_argument("--model", default="models/v0", help="version whose word-list tail is the dictionary")
+    d.add_argument("--k", type=int, default=8, help="words each device votes for")
+    d.add_argument("--z", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0], help="noise multipliers")
+    d.add_argument("--devices", type=int, nargs="+", default=[32, 0], help="devices (0: every train user)")
+    d.add_argument("--words-out", metavar="DIR", help="write each list found to DIR (input for tools.add_words)")
     a = ap.parse_args(argv)
     if a.cmd == "costs":
         print(costs(a.devices, a.dropout, a.full_dim_max, a.sim_dim))
     elif a.cmd == "epsilon":
         print(epsilon_table(a.rounds, a.delta, a.population, a.noise_on_mean))
+    elif a.cmd == "discovery":
+        print(discovery_table(a.corpus, a.model, a.k, a.z, a.devices, words_out=a.words_out))
     else:
         print(paillier(a.slice))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tools._cli import run
+
+    run(main)

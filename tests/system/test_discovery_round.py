@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,10 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
                 d.close()
         assert all(r is not None and r.outcome == "uploaded" and r.counts["task"] == "discover"
                    and r.counts["words_voted"] == 3 for r in results), results
+        until = time.monotonic() + 60     # the coordinator unmasks the sum off-thread after the last reveal
+        while s.coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
+            s.coord.maintenance()
+            time.sleep(0.1)
         rnd = s.coord.get_round(rid)
         assert rnd["status"] == "done" and "2 of" in rnd["reason"], rnd
         cand = rnd["result_version_id"]

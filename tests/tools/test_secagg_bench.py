@@ -25,3 +25,31 @@ def test_epsilon_table_and_cli(capsys):
                               "--sim-dim", "64"]) == 0
     out = capsys.readouterr().out
     assert "| 10 | 30% | 9 / 5 |" in out and "extrapolated" in out
+
+
+def test_discovery_table_finds_the_word_many_users_typed(tmp_path, exported_version, capsys):
+    import json
+
+    from protocol.artifact import TOKENIZER, read_manifest
+    from protocol.vocab import dictionary
+
+    V = read_manifest(exported_version).architecture().model.vocab_size
+    tail = [w for w in dictionary((exported_version / TOKENIZER).read_bytes(), V) if w.isalpha()]
+    common, rare = tail[0], tail[1]
+    rows = [{"user": f"u{i}", "text": f"we said {common} and {common} again" + (f" {rare}" if i < 2 else "")}
+            for i in range(60)]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    argv = ["discovery", "--corpus", str(corpus), "--model", str(exported_version), "--k", "2",
+            "--z", "0", "4", "--devices", "0", "--words-out", str(tmp_path / "found")]
+    assert secagg_bench.main(argv) == 0
+    lines = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and r[2].isdigit()]
+    assert len(lines) == 2
+    no_noise, noised = lines
+    assert (float(no_noise[2]), float(noised[2])) == (0.0, 4.0)
+    n = int(no_noise[1].replace(",", ""))
+    assert 30 < n < 60                                        # the train users only
+    assert f"`{common}`" in no_noise[6] and f"`{rare}`" not in no_noise[6]     # 2 votes < 3
+    assert no_noise[3].strip() == "inf" and math.isfinite(float(noised[3]))
+    assert float(noised[4]) > float(no_noise[4])              # the noise raises the bar
+    assert (tmp_path / "found" / f"found_{n}_z0.txt").read_text().split()[0] == common
