@@ -49,7 +49,9 @@
   function renderRound(r, d) {
     if (!r) { $("#round-id").textContent = "– none yet"; $("#round-status").textContent = ""; return; }
     $("#round-id").textContent = String(r.round_id);
-    $("#round-status").textContent = r.status;
+    const plan = r.plan || {};
+    const mode = plan.discover_words ? "word discovery, secure" : plan.secure_aggregation ? "secure" : "";
+    $("#round-status").textContent = mode ? `${r.status} · ${mode}` : r.status;
     const set = (name, value, max, text) => {
       const m = $("#m-" + name);
       m.max = Math.max(1, max);

@@ -107,3 +107,24 @@ def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_p
         finally:
             ctx.close()
     assert not errors, errors       # no CSP violations or script errors
+
+
+def test_dashboard_names_a_word_discovery_round(browser, tmp_path, exported_version):
+    from playwright.sync_api import expect
+
+    cfg = make_config(tmp_path)
+    with serve(cfg) as s:
+        s.coord.import_version(exported_version)
+        rid = s.coord.start_round(secure_aggregation=True, discover_words=8)
+        page = browser.new_context().new_page()
+        page.set_default_timeout(15_000)
+        try:
+            page.goto(s.url + "/dashboard?refresh_ms=500")
+            page.fill("#token", cfg.admin_token)
+            page.click("#login button[type=submit]")
+            expect(page.locator("#round-id")).to_have_text(str(rid))
+            expect(page.locator("#round-status")).to_have_text("open · word discovery, secure")
+            s.coord.close_round(rid, force=True)       # no device voted: the round fails, and says so
+            expect(page.locator("#round-status")).to_have_text("failed · word discovery, secure")
+        finally:
+            page.context.close()
