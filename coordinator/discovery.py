@@ -37,6 +37,11 @@ def dictionary(coord: Coordinator, base: Version) -> list[str]:
     return vocab.dictionary(coord.blobs.get(base.tokenizer_sha256), V)
 
 
+def vote_shape(coord: Coordinator, base: Version) -> tuple[int, float]:
+    """(length, L2 bound) of one device's vote on `base`: a secure round's dimension and clip."""
+    return len(dictionary(coord, base)), discovery.SENSITIVITY
+
+
 def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> None:
     """Threshold the summed votes of round `r`; write a candidate if any word passed."""
     row = s.get(SecAggRound, r.id)

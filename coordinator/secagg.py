@@ -38,7 +38,6 @@ from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
 from coordinator.states import RoundStatus
 from protocol import artifact, ddp, secagg, wire
-from protocol import discovery as vote
 from protocol import secagg_wire as sw
 
 if TYPE_CHECKING:
@@ -256,7 +255,7 @@ def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
     plan = _plan(r)
     base = s.get(Version, r.base_version_id)
     if plan.discover_words:   # a vote over the word list's tail, L2 norm <= 1 (protocol.discovery)
-        dim, clip = len(discovery.dictionary(coord, base)), vote.SENSITIVITY
+        dim, clip = discovery.vote_shape(coord, base)
     else:
         dim, clip = artifact.Manifest.from_dict(json.loads(base.manifest_json)).num_params, plan.clip_norm
     scale = ddp.choose_scale(clip, n, plan.noise_multiplier, dim, n_min)
