@@ -6,8 +6,6 @@ typed, and writes a canary candidate in which those words have softmax rows."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from protocol.artifact import TOKENIZER
 from protocol.text import load_tokenizer
 from protocol.vocab import dictionary
 from tests.helpers.coordinator_fakes import make_config, serve
+from tests.helpers.secure_rounds import run_in_threads, wait_closed
 
 
 def _tail_words(version: Path) -> list[str]:
@@ -48,13 +47,8 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
                 assert agent.type_text(cfg, t, "message")
             cfgs.append(cfg)
         rid = s.coord.start_round(noise_multiplier=0.0, secure_aggregation=True, discover_words=3)
-        devs = [agent.Device.open(c) for c in cfgs]
-        results: list = [None] * n
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
-                   for i in range(n)]
+        devs, results, threads = run_in_threads(cfgs)
         try:
-            for t in threads:
-                t.start()
             for t in threads:
                 t.join(120)
         finally:
@@ -62,11 +56,7 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
                 d.close()
         assert all(r is not None and r.outcome == "uploaded" and r.counts["task"] == "discover"
                    and r.counts["words_voted"] == 3 for r in results), results
-        until = time.monotonic() + 60     # the coordinator unmasks the sum off-thread after the last reveal
-        while s.coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
-            s.coord.maintenance()
-            time.sleep(0.1)
-        rnd = s.coord.get_round(rid)
+        rnd = wait_closed(s.coord, rid)
         assert rnd["status"] == "done" and "2 of" in rnd["reason"], rnd
         cand = rnd["result_version_id"]
         assert s.coord.status()["candidate_version_id"] == cand

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from protocol import artifact, ddp, wire
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
 from tests.helpers.coordinator_fakes import make_config, serve, start_server, stop_server
+from tests.helpers.secure_rounds import run_in_threads, wait_closed
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["see you at the station", "thanks for dinner", "call me later", "the kids loved it"]
@@ -57,18 +57,6 @@ def _plain_update(cfg: EdgeConfig, version: Path, plan: wire.TrainPlan) -> np.nd
     windows = trainer.text_windows(version, texts, read_manifest(version))
     assert len(windows) <= plan.max_examples  # one deterministic batch
     return trainer.train(version, texts, secagg_client.local_plan(plan), shuffle_seed=0).update.vector
-
-
-def _run_in_threads(cfgs: list[EdgeConfig]) -> tuple[list[agent.Device], list, list[threading.Thread]]:
-    """Open each device and start one `run_once` per device in its own thread: (devices, their
-    results as they finish, the threads). The caller joins the threads and closes the devices."""
-    devs = [agent.Device.open(c) for c in cfgs]
-    results: list = [None] * len(devs)
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agent.run_once(devs[i])))
-               for i in range(len(devs))]
-    for t in threads:
-        t.start()
-    return devs, results, threads
 
 
 def _device_id(cfg: EdgeConfig) -> str:
@@ -114,11 +102,7 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
                 p.wait(10)
         logs = {d: (Path(c.data_dir) / "run.log").read_text(errors="replace")[-1500:]
                 for d, c in zip(procs, cfgs, strict=True)}
-        until = time.monotonic() + 60     # phase timeouts act lazily (requests, `tick`); the sum runs off-thread
-        while s.coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
-            s.coord.maintenance()
-            time.sleep(0.2)
-        rnd = s.coord.get_round(rid)
+        rnd = wait_closed(s.coord, rid)
         with s.coord._sessions() as db:
             row = db.get(SecAggRound, rid)
             state = (row.phase, row.survivors, row.stats_json, [(m.idx, m.shared, m.masked_sha256 is not None,
@@ -194,7 +178,7 @@ def test_honest_devices_refuse_a_coordinator_asking_for_both_shares(tmp_path, ex
         s.coord.import_version(exported_version)
         cfgs = _devices(s, tmp_path, n)
         rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
-        devs, results, threads = _run_in_threads(cfgs)
+        devs, results, threads = run_in_threads(cfgs)
         try:
             for t in threads:
                 t.join(120)
@@ -279,7 +263,7 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
     _S.coord = coord
     cfgs = _devices(_S, tmp_path, n)
     rid = coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
-    devs, results, threads = _run_in_threads(cfgs)
+    devs, results, threads = run_in_threads(cfgs)
     try:
         until = time.monotonic() + 120
         while time.monotonic() < until:      # everyone has shared: the coordinator goes down
@@ -295,9 +279,7 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
         coord = app.extensions["fedkeys"]
         for t in threads:
             t.join(120)
-        until = time.monotonic() + 60
-        while coord.get_round(rid)["status"] == "open" and time.monotonic() < until:
-            time.sleep(0.1)
+        wait_closed(coord, rid, maintain=False)
         assert all(r is not None and r.outcome == "uploaded" for r in results), results
         assert any("retrying" in r.getMessage() for r in caplog.records if r.name == "edge_runtime.secagg_client")
         rnd = coord.get_round(rid)
