@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,9 +52,8 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
     words = vocab.dictionary(tokenizer, V)
     k = plan.discover_words
     vote_sum = ddp.decode_sum(np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4"), p["scale"], 1)
-    # Skellam(mu) from each of the survivors: variance 2 mu per device, in units of 1/scale of a vote.
-    count_std = math.sqrt(k) * math.sqrt(2.0 * p["mu"] * row.survivors) / p["scale"]
-    chosen, bar = discovery.found(vote_sum, words, k, count_std, int(vocab.MAX_SHARE * V))
+    std = discovery.count_std(k, p["mu"], row.survivors, p["scale"])
+    chosen, bar = discovery.found(vote_sum, words, k, std, int(vocab.MAX_SHARE * V))
     summary = f"{len(chosen)} of {len(words)} words reached {bar:.1f} votes of {row.survivors} devices"
     if not chosen:
         r.status, r.closed_at, r.reason = RoundStatus.DONE, utcnow(), f"word discovery: {summary}; no new version"

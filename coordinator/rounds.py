@@ -142,14 +142,14 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
 
 def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
     """The I/O around aggregation.round_step: read the base and the updates, write the candidate."""
-    c = coord.config
-    base = s.get(Version, r.base_version_id)
-    manifest = queries.manifest(base)
-    tensors = manifest.tensors
     plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
     if plan.discover_words:   # a vote, not a training round: no update to average
         discovery.close(coord, s, r, plan)
         return
+    c = coord.config
+    base = s.get(Version, r.base_version_id)
+    manifest = queries.manifest(base)
+    tensors = manifest.tensors
     updates = s.execute(select(Update.blob_sha256, Update.example_count).where(Update.round_id == r.id)
                         .order_by(Update.id)).all()
 

@@ -51,6 +51,12 @@ def vote(texts: Iterable[str], dictionary: Sequence[str], k: int) -> tuple[np.nd
     return v, len(chosen)
 
 
+def count_std(k: int, mu: float, devices: int, scale: float) -> float:
+    """Std of the noise on each decoded vote count: each of `devices` survivors added Skellam(mu)
+    (variance 2 mu) in units of 1/scale of a vote entry, and a count is an entry times sqrt(k)."""
+    return math.sqrt(k) * math.sqrt(2.0 * mu * devices) / scale
+
+
 def threshold(k: int, count_std: float, size: int) -> float:
     """Vote count a word must reach: noise with std `count_std` per entry exceeds it on fewer
     than one of `size` entries in expectation (one-sided Gaussian tail), and at least MIN_VOTES."""

@@ -252,8 +252,7 @@ def discovery_table(corpus: str, model: str, k: int, zs: list[float], devices: l
 
     V = read_manifest(model).architecture().model.vocab_size
     words = vocab.dictionary((Path(model) / TOKENIZER).read_bytes(), V)
-    everyone = load_population(corpus, 0).train_users
-    ranked = load_population(corpus, everyone).users        # most text first, as tools.simulate picks
+    ranked = load_population(corpus, None).users        # most text first, as tools.simulate picks
     lines = [f"| devices | z | epsilon (one release, delta {delta:g}) | bar (votes) | words found | first words |",
              "|---:|---:|---:|---:|---:|---|"]
     for want in devices:
@@ -266,8 +265,8 @@ def discovery_table(corpus: str, model: str, k: int, zs: list[float], devices: l
             total = np.zeros(len(words), np.uint32)
             for i, v in enumerate(votes):   # masks cancel in the sum: the coordinator decodes this
                 total += ddp.encode(v, scale, mu, seed=1000 * n + i)
-            count_std = math.sqrt(k) * math.sqrt(2 * mu * n) / scale
-            found, bar = discovery.found(ddp.decode_sum(total, scale, 1), words, k, count_std, int(vocab.MAX_SHARE * V))
+            std = discovery.count_std(k, mu, n, scale)
+            found, bar = discovery.found(ddp.decode_sum(total, scale, 1), words, k, std, int(vocab.MAX_SHARE * V))
             eps = epsilon([RoundPrivacy(1.0, z)], delta) if z > 0 else math.inf
             if words_out and found:
                 Path(words_out).mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def _noised_sum(votes: list[np.ndarray], z: float, seed: int) -> tuple[np.ndarra
     total = np.zeros(d, np.uint32)
     for i, v in enumerate(votes):
         total += ddp.encode(v, scale, mu, seed=seed + i)
-    return ddp.decode_sum(total, scale, 1), math.sqrt(2 * mu * n) / scale
+    return ddp.decode_sum(total, scale, 1), discovery.count_std(1, mu, n, scale)
 
 
 @pytest.mark.parametrize("z", [0.0, 1.0])

@@ -33,8 +33,9 @@ class Population:
     test_users: int
 
 
-def load_population(corpus: str, devices: int) -> Population:
-    """The `devices` train users with the most text (each device is one user), and the held-out texts.
+def load_population(corpus: str, devices: int | None) -> Population:
+    """The `devices` train users with the most text (each device is one user; None: all of them),
+    and the held-out texts.
 
     The users are split with seed 0, as tools.pretrain and tools.evaluate do, so the central
     reference never trained on the held-out users."""
@@ -42,7 +43,7 @@ def load_population(corpus: str, devices: int) -> Population:
     split = split_users(read_corpus(corpus), seed=0)
     if not split.test:
         raise CorpusError(f"{corpus}: no held-out (test) users to evaluate on; the corpus needs more users")
-    if len(split.train) < devices:
+    if devices is not None and len(split.train) < devices:
         raise CorpusError(f"{corpus}: only {len(split.train)} train users, fewer than --devices {devices}")
     ranked = sorted(split.train.items(), key=lambda kv: (-sum(len(t) for t in kv[1]), kv[0]))
     return Population(users=ranked[:devices], heldout=dict(split.test), train_users=len(split.train),
