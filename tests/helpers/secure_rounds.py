@@ -23,6 +23,18 @@ def run_in_threads(cfgs: list[EdgeConfig]) -> tuple[list[agent.Device], list, li
     return devs, results, threads
 
 
+def run_once_each(cfgs: list[EdgeConfig], timeout_s: float = 120.0) -> list:
+    """`run_in_threads`, joined: every device's check-in result (None if it did not finish)."""
+    devs, results, threads = run_in_threads(cfgs)
+    try:
+        for t in threads:
+            t.join(timeout_s)
+    finally:
+        for d in devs:
+            d.close()
+    return results
+
+
 def wait_closed(coord: Any, round_id: int, *, timeout_s: float = 60.0, maintain: bool = True) -> dict:
     """The round once it is no longer open (or at the timeout). The coordinator unmasks the sum
     off-thread after the last reveal, and phase timeouts act lazily: `maintain` drives them."""

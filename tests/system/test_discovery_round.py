@@ -20,7 +20,7 @@ from protocol.artifact import TOKENIZER
 from protocol.text import load_tokenizer
 from protocol.vocab import dictionary
 from tests.helpers.coordinator_fakes import make_config, serve
-from tests.helpers.secure_rounds import run_in_threads, wait_closed
+from tests.helpers.secure_rounds import run_once_each, wait_closed
 
 
 def _tail_words(version: Path) -> list[str]:
@@ -47,13 +47,7 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
                 assert agent.type_text(cfg, t, "message")
             cfgs.append(cfg)
         rid = s.coord.start_round(noise_multiplier=0.0, secure_aggregation=True, discover_words=3)
-        devs, results, threads = run_in_threads(cfgs)
-        try:
-            for t in threads:
-                t.join(120)
-        finally:
-            for d in devs:
-                d.close()
+        results = run_once_each(cfgs)
         assert all(r is not None and r.outcome == "uploaded" and r.counts["task"] == "discover"
                    and r.counts["words_voted"] == 3 for r in results), results
         rnd = wait_closed(s.coord, rid)

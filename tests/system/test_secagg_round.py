@@ -31,7 +31,7 @@ from protocol import artifact, ddp, wire
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
 from tests.helpers.coordinator_fakes import make_config, serve, start_server, stop_server
-from tests.helpers.secure_rounds import run_in_threads, wait_closed
+from tests.helpers.secure_rounds import run_in_threads, run_once_each, wait_closed
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["see you at the station", "thanks for dinner", "call me later", "the kids loved it"]
@@ -178,13 +178,7 @@ def test_honest_devices_refuse_a_coordinator_asking_for_both_shares(tmp_path, ex
         s.coord.import_version(exported_version)
         cfgs = _devices(s, tmp_path, n)
         rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
-        devs, results, threads = run_in_threads(cfgs)
-        try:
-            for t in threads:
-                t.join(120)
-        finally:
-            for d in devs:
-                d.close()
+        results = run_once_each(cfgs)
         assert all(r is not None and r.outcome.startswith("refused (asked for both") for r in results), results
         with s.coord._sessions() as db:
             assert db.scalar(select(func.count()).select_from(SecAggReveal)) == 0     # nothing revealed
