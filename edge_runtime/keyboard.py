@@ -158,6 +158,14 @@ class KeyboardApp:
             words = session.update(text, k=3)
         return {"suggestions": words, "version_id": self.slot.version_id}
 
+    def prefetch(self, client: str) -> None:
+        """After the strip is sent, before the next keystroke: ready this client's session for a
+        space (`Session.prefetch`), so the keystroke after a word is answered without a model step."""
+        with self.slot.lock:
+            gen, session = self._sessions.get(client, (None, None))
+            if session is not None and gen == self.slot.generation and self.slot.predictor is not None:
+                session.prefetch(k=3)
+
     def commit(self, body: dict[str, Any]) -> dict[str, Any]:
         text = _str_field(body, "text", max_len=MAX_TEXT, allow_empty=True)
         kind = _str_field(body, "field_kind", max_len=64)
@@ -358,6 +366,11 @@ class _Handler(BaseHTTPRequestHandler):
         handler = {"/api/suggest": app.suggest, "/api/commit": app.commit,
                    "/api/pause": app.pause, "/api/clear": app.clear}[path]
         self._json(200, handler(body))
+        if path == "/api/suggest":   # the strip is on the wire; use the time until the next keystroke
+            try:
+                app.prefetch(body["client"])
+            except Exception as e:   # idle work: a failure costs the next keystroke its head start, nothing more
+                log.warning("keyboard: prefetch failed (%s)", type(e).__name__)   # its message may quote the text
         return 200
 
 

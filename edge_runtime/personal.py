@@ -22,9 +22,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from itertools import islice
 
+import numpy as np
+
 BOS = "<s>"
 MIX_PRIOR = (45.0, 45.0, 10.0)  # pseudo-tokens: start at 0.45 / 0.45 / 0.1, then follow the user
 _MAX_CHAR = chr(0x10FFFF)
+_SCAN = 64  # a history's followers up to this many are scanned for a prefix, more are cut by word
 
 
 class PersonalModel:
@@ -45,6 +48,9 @@ class PersonalModel:
         # user, not to a model version.
         self.mix = list(MIX_PRIOR)
         self._cache: dict[tuple, list[str]] = {}  # candidates(), valid until the next add()
+        # history -> its long ranked list's followers sorted by word, and each one's place in it
+        # (`_first_with_prefix`); built on first use, dropped when `add` re-ranks the history.
+        self._by_word: dict[tuple[str, ...], tuple[list[str], np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.total
@@ -67,6 +73,7 @@ class PersonalModel:
         for h in touched:
             f = self.follow[h]
             self.ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if _suggestable(w)]
+            self._by_word.pop(h, None)
 
     def prob(self, w: str, hist: tuple[str, ...]) -> float:
         """P(w | the last two tokens of `hist`); 0 for a word the user never typed."""
@@ -110,7 +117,7 @@ class PersonalModel:
         for n in (2, 1):
             ranked = self.ranked.get(tuple(hist[-n:])) if len(hist) >= n else None
             if ranked:  # the k first with the prefix: heapq.nlargest over the followers, ties in the same order
-                out.extend(islice((w for w in ranked if w.startswith(prefix)), k) if prefix else ranked[:k])
+                out.extend(self._first_with_prefix(tuple(hist[-n:]), ranked, prefix, k))
         top = self._cache.get((prefix, k))
         if top is None:  # the user's most frequent words with this prefix, whatever the history
             lo = bisect_left(self.words, prefix)
@@ -122,6 +129,34 @@ class PersonalModel:
             self._cache.clear()
         self._cache[key] = out
         return out
+
+
+    def warm(self, hist: tuple[str, ...]) -> None:
+        """Index the followers of this history (one and two tokens back) by word now, between
+        keystrokes, rather than on the next word's first letter."""
+        for n in (2, 1):
+            h = tuple(hist[-n:])
+            ranked = self.ranked.get(h) if len(hist) >= n else None
+            if ranked and len(ranked) > _SCAN and h not in self._by_word:
+                self._first_with_prefix(h, ranked, "\0", 1)
+
+    def _first_with_prefix(self, h: tuple[str, ...], ranked: list[str], prefix: str, k: int) -> list[str]:
+        """The first k words of `ranked` (history `h`'s followers) that start with `prefix`. A long
+        list (",", "the" in a mailbox: thousands) is cut by word instead of scanned: its words with
+        the prefix are a range of it sorted by word, and the k with the smallest places are they."""
+        if not prefix:
+            return ranked[:k]
+        if len(ranked) <= _SCAN:
+            return list(islice((w for w in ranked if w.startswith(prefix)), k))
+        index = self._by_word.get(h)
+        if index is None:
+            order = sorted(range(len(ranked)), key=ranked.__getitem__)
+            index = self._by_word[h] = ([ranked[i] for i in order], np.array(order))
+        words, places = index
+        found = places[bisect_left(words, prefix):bisect_left(words, prefix + _MAX_CHAR)]
+        if len(found) > k:
+            found = np.partition(found, k - 1)[:k]
+        return [ranked[i] for i in np.sort(found).tolist()]
 
 
 def _suggestable(tok: str) -> bool:

@@ -22,7 +22,9 @@ an index range found by bisection. Every suggestion is a word-list word or a wor
 typed before: never one assembled from pieces. The recurrent state after each completed
 whitespace chunk is kept, so a keystroke feeds only what is new, and backspace or a cursor
 move rewinds to a cached state instead of re-running the context; tokens of the chunk being
-typed that can no longer change are fed one per keystroke before the space.
+typed that can no longer change are fed one per keystroke before the space. Between keystrokes
+the keyboard calls `Session.prefetch`, which readies the state and the strip that a space would
+need, so the keystroke after a word does not wait for the model.
 
 Each component's candidates are found without ranking everything (a sampled threshold over
 the softmax, the base n-gram's precomputed best followers) and scored together, in the same
@@ -100,6 +102,7 @@ class Predictor:
         self._step = self.model.stepper(SIG_INFER if fast else SIG_STEP, ("tokens", "h", "c"), ("logprobs", "h", "c"))
         self._token = np.zeros(1, np.int32)  # the step's token input, filled in place
         zero = np.zeros((1, self.hidden), np.float32)
+        self._warm: tuple[_Node, np.ndarray] | None = None  # `warm`'s node and its P_lstm per sorted word
         self.root = self.advance_ids(_Node(np.zeros(0), zero, zero), [BOS_ID])
 
     # ------------------------------------------------------------------ model
@@ -125,11 +128,27 @@ class Predictor:
                         node.head[np.where(tail, 0, ids)])
 
     def span_probs(self, node: _Node, lo: int, hi: int) -> np.ndarray:
-        """`probs_of(node, sorted_ids[lo:hi])`, the same values, from arrays laid out per sorted word."""
+        """`probs_of(node, sorted_ids[lo:hi])`, the same values, from arrays laid out per sorted word
+        (cut from the whole list's when `warm` computed it for this node)."""
+        warm = self._warm
+        if warm is not None and warm[0] is node:
+            return warm[1][lo:hi]
         if node.head is None:
             node.head = np.exp(node.logprobs.astype(np.float64))
         head = node.head
         return np.where(self._span_tail[lo:hi], head[UNK_ID] * self._span_share[lo:hi], head[self._span_head[lo:hi]])
+
+    def warm(self, node: _Node, hist: tuple[str, ...]) -> None:
+        """Between keystrokes, after a space: compute what every prefix of the next word cuts from
+        (P_lstm over the whole word list, the base n-gram's scored followers, the user's followers
+        of this history by word), so the first letters, whose ranges are the largest, only cut.
+        One node is kept; the same strips."""
+        if self._warm is None or self._warm[0] is not node:
+            self._warm = None
+            self._warm = (node, self.span_probs(node, 0, len(self.sorted_ids)))
+        if self.base is not None:
+            self.base.warm(hist)
+        self.personal.warm(hist)
 
     def word_probs(self, node: _Node) -> np.ndarray:
         """P_lstm over the whole word list (tests and analysis; `suggest` asks `probs_of`)."""
@@ -186,6 +205,12 @@ class Predictor:
 
     def session(self) -> Session:
         return Session(self)
+
+    def strip_key(self) -> tuple:
+        """What the next-word strip depends on besides the context: the user's words and the
+        mixture's evidence (both change only when the user commits text)."""
+        personal = self.personal
+        return id(personal), personal.total, tuple(personal.mix)
 
     # ------------------------------------------------------------- suggestion
     def prefix_range(self, prefix: str) -> tuple[int, int]:
@@ -290,6 +315,9 @@ class Session:
         # (token, state, history) after each complete token of the chunk being typed, fed ahead
         # from nodes[-1] (`_feed_ahead`); emptied whenever nodes[-1] changes.
         self.ahead: list[tuple[str, _Node, tuple[str, ...]]] = []
+        self.partial = ""  # the chunk being typed at the last `update`
+        self.text: str | None = ""  # the text of the last `update` (None after a `feed` or `rewind`)
+        self.readied: _Readied | None = None  # `prefetch`'s work for the space after `partial`
 
     def feed(self, chunk: str) -> float:
         """Append a completed chunk; returns the natural-log probability the mixture gave its tokens
@@ -300,12 +328,21 @@ class Session:
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
         self._append(chunk, node, hist)
+        self.text = None
         return lp
 
     def _push(self, chunk: str) -> None:
         """Append a completed chunk, feeding only its tokens not already fed ahead; its probability,
         which the keyboard never shows, is not computed (a third of a one-token chunk's cost)."""
-        toks = tokens(chunk)
+        r = self.readied
+        if r is not None and r.chunk == chunk and r.base is self.nodes[-1]:
+            node, hist = r.node, r.hist
+        else:
+            node, hist = self._fed(tokens(chunk))
+        self._append(chunk, node, hist)
+
+    def _fed(self, toks: list[str]) -> tuple[_Node, tuple[str, ...]]:
+        """State and history after `toks` from nodes[-1], starting from the fed-ahead states."""
         node, hist = self.nodes[-1], self.hists[-1]
         j = _common(self.ahead, toks)
         if j:
@@ -313,7 +350,7 @@ class Session:
         for tok in toks[j:]:
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
-        self._append(chunk, node, hist)
+        return node, hist
 
     def _append(self, chunk: str, node: _Node, hist: tuple[str, ...]) -> None:
         self.chunks.append(chunk)
@@ -333,10 +370,15 @@ class Session:
         if j < len(toks):
             node, hist = (self.ahead[-1][1], self.ahead[-1][2]) if self.ahead else (self.nodes[-1], self.hists[-1])
             tok = toks[j]
-            self.ahead.append((tok, self.p.advance_ids(node, self.p.vocab.ids([tok])), (hist[-1], tok)))
+            r = self.readied   # "lord" readied for a space, then a comma: its state is the one to feed ahead
+            if r is not None and r.base is self.nodes[-1] and r.toks == toks[:j + 1]:
+                self.ahead.append((tok, r.node, r.hist))
+            else:
+                self.ahead.append((tok, self.p.advance_ids(node, self.p.vocab.ids([tok])), (hist[-1], tok)))
 
     def rewind(self, n_chunks: int) -> None:
         """Back to the state after the first `n_chunks` chunks (backspace, cursor moves)."""
+        self.text = None
         if n_chunks < len(self.chunks):
             del self.chunks[n_chunks:]
             del self.nodes[n_chunks + 1:]
@@ -355,16 +397,59 @@ class Session:
         keystroke right after a space, the one waited on most, feeds at most one. Suggestions are
         the same either way: they depend on the completed chunks only.
         """
-        parts, partial = typed_chunks(text)
-        same = len(self.chunks)
-        if parts[:same] != self.chunks:  # an edit before the last chunk (typing only appends)
-            same = _shared_prefix(parts, self.chunks)
-        self.rewind(same)
-        for chunk in parts[same:]:
+        prev = self.text
+        if prev is not None and text.startswith(prev):
+            # Typing appended to the last text: only the chunk being typed and what follows it are
+            # new, so a keystroke costs the same at the end of a long text as at its start.
+            new, partial = typed_chunks(self.partial + text[len(prev):])
+        else:
+            parts, partial = typed_chunks(text)
+            same = len(self.chunks)
+            if parts[:same] != self.chunks:  # an edit before the last chunk
+                same = _shared_prefix(parts, self.chunks)
+            self.rewind(same)
+            new = parts[same:]
+        for chunk in new:
             self._push(chunk)
-        if partial and same == len(parts):
+        if partial and not new:
             self._feed_ahead(partial)
+        self.partial, self.text = partial, text
+        r = self.readied
+        if not partial and r is not None and r.node is self.nodes[-1] and (r.k, r.key) == (k, self.p.strip_key()):
+            return list(r.strip)
         return self.suggest(partial, k)
+
+    def prefetch(self, k: int = 3) -> None:
+        """Idle-time work, for the keyboard to call after it has shown the strip: feed the chunk
+        being typed as if a space ended it, and rank the strip that would follow. If the space
+        comes, `update` takes both instead of computing them, so the keystroke after a word (the
+        one a user waits on most: a model step and the next-word strip) costs a lookup; another
+        letter makes them stale and the next prefetch redoes them. The strip is the same either
+        way, and a prefetch already done for this chunk is not repeated."""
+        partial, r = self.partial, self.readied
+        if not partial:   # right after a space: ready the next word's first letters instead
+            self.p.warm(self.nodes[-1], self.hists[-1])
+            return
+        if r is not None and (r.chunk, r.k, r.key) == (partial, k, self.p.strip_key()) and r.base is self.nodes[-1]:
+            return
+        toks = tokens(partial)
+        node, hist = self._fed(toks)
+        strip = self.p.suggest(node, hist, "", k)
+        self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), strip)
+
+
+@dataclass
+class _Readied:
+    """`Session.prefetch`'s result: the state after `chunk` typed on `base`, and its strip."""
+
+    chunk: str
+    toks: list[str]
+    base: _Node
+    node: _Node
+    hist: tuple[str, ...]
+    k: int
+    key: tuple
+    strip: list[str]
 
 
 def _common(ahead: list[tuple[str, _Node, tuple[str, ...]]], toks: list[str]) -> int:

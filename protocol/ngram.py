@@ -83,6 +83,16 @@ def _is_word(token: str) -> bool:
     return _WORD_RE.fullmatch(token) is not None
 
 
+def _kth_largest(v: np.ndarray, k: int, step: int = 16) -> float:
+    """The k-th largest value of `v` (1 <= k <= len(v)). The k-th largest of every `step`-th value
+    is at most that, so only the values above it (about k * step) are partitioned: a first letter's
+    thousands of followers cost a sample's partition, not theirs."""
+    if len(v) >= 8 * k * step:
+        sample = v[::step]
+        v = v[v >= np.partition(sample, len(sample) - k)[len(sample) - k]]
+    return np.partition(v, len(v) - k)[len(v) - k]
+
+
 def _estimate_discounts(counts: np.ndarray) -> tuple[float, float, float]:
     """Chen & Goodman's D1, D2, D3+ from counts-of-counts; one D (or 0.5) when the data is too thin."""
     n1, n2, n3, n4 = (int(np.count_nonzero(counts == c)) for c in (1, 2, 3, 4))
@@ -249,6 +259,8 @@ class KneserNeyLM:
         self._id_dtype = self._next[2].dtype if 2 in self._next else np.dtype(np.int64)
         self._n_words_key = self._id_dtype.type(n_words)
         self._follow_top = {n: self._follow_table(n) for n in levels}
+        # `warm`'s context and its suggestable followers: (ids, ranking scores, back-off weight, probabilities)
+        self._warm: tuple[tuple[int, ...], tuple[np.ndarray, np.ndarray, float, np.ndarray] | None] | None = None
 
         # Unigram ranking of the suggestable words: P_1, then raw frequency, then id.
         ids = np.arange(n_words)
@@ -366,7 +378,11 @@ class KneserNeyLM:
         one context lookup for all of them."""
         self._check()
         known, ids = self._token_ids(tokens)
-        return _fill_oov(self._prob_ids(ids, self._ids(context)).tolist(), known, oov)
+        hist = self._ids(context)
+        if oov is not None and -1 in known:   # an unknown token's value is replaced: look up any word instead
+            ids = np.where(np.asarray(known) < 0, 0, ids).astype(self._id_dtype, copy=False)
+        p = self._warm_probs(ids, hist)
+        return _fill_oov((self._prob_ids(ids, hist) if p is None else p).tolist(), known, oov)
 
     def _token_ids(self, tokens: Sequence[str]) -> tuple[list[int], np.ndarray]:
         """Each token's id (-1 outside the vocabulary), and the ids to score (<unk> for those)."""
@@ -488,11 +504,10 @@ class KneserNeyLM:
                 return fast[0]
         return self._rank_ids(hist, prefix, k)
 
-    def _rank_ids(self, hist: Sequence[int], prefix: str, k: int) -> list[int]:
-        """The top k ids starting with `prefix`, ranked from every follower of the context."""
-        lo, hi = self._prefix_range(prefix)
-        if lo >= hi:
-            return []
+    def _follower_parts(self, hist: Sequence[int], lo: int,
+                        hi: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+        """Per seen order of the context, highest first: its followers among ids [lo, hi) and
+        their back-off-weighted values; and the back-off weight of words that follow at no order."""
         id_parts: list[np.ndarray] = []
         val_parts: list[np.ndarray] = []
         beta = 1.0
@@ -505,9 +520,15 @@ class KneserNeyLM:
                 id_parts.append(seg[a:b])
                 val_parts.append(beta * self._alpha[n][s + a : s + b])
             beta *= g
-        top = self._unigram_top(prefix, lo, hi, k)
+        return id_parts, val_parts, beta
+
+    def _followers(self, hist: Sequence[int], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The followers of the context among ids [lo, hi), each scored as ranking sums it (the
+        lowest seen order's value plus back-off times P_1, then each higher order's), and the
+        back-off weight of the words that follow at no order; None when none follows."""
+        id_parts, val_parts, beta = self._follower_parts(hist, lo, hi)
         if not id_parts:
-            return top.tolist()  # scores are beta * P_1: unigram order
+            return None
         # Followers at order n are followers at order n-1 too (an n-gram's suffix has a left
         # neighbour), so the lowest seen order's ids hold every candidate but the P_1 top list.
         ids = id_parts[-1]
@@ -519,6 +540,60 @@ class KneserNeyLM:
                 score = np.bincount(inv, weights=np.concatenate(val_parts)) + beta * self._uni[ids]
                 break
             score[pos] += hi_vals
+        return ids, score, beta
+
+    def warm(self, context: Sequence[str]) -> None:
+        """Score every suggestable follower of `context` now, for ranking and as `_prob_ids` would,
+        so the keystrokes of the next word cut and look up instead of merging the orders again
+        (the keyboard calls this between keystrokes, after a space). One context is kept; the
+        same values either way."""
+        self._check()
+        hist = tuple(self._ids(context))
+        if self._warm is not None and self._warm[0] == hist:
+            return
+        found = self._followers(hist, 0, self.n_words)
+        if found is not None:
+            ids, score, beta = found
+            id_parts, val_parts, _ = self._follower_parts(hist, 0, self.n_words)
+            prob = np.zeros(len(ids))
+            for part, vals in zip(id_parts, val_parts):   # `_prob_ids`'s additions, in its order
+                prob[ids.searchsorted(part)] += vals
+            found = (ids, score, beta, prob + beta * self._uni[ids])
+        self._warm = (hist, found)
+
+    def _warm_probs(self, ws: np.ndarray, hist: Sequence[int]) -> np.ndarray | None:
+        """`_prob_ids(ws, hist)`, the suggestable words' looked up in the warmed context's
+        followers (None when it is another context or nothing suggestable follows it)."""
+        warm = self._warm
+        if warm is None or warm[0] != tuple(hist) or warm[1] is None:
+            return None
+        ids, _, beta, prob = warm[1]
+        pos = np.minimum(ids.searchsorted(ws), len(ids) - 1)
+        p = np.where(ids[pos] == ws, prob[pos], beta * self._uni[ws])
+        other = ws >= self.n_words   # punctuation, </s>, <unk>: not among the warmed followers
+        if other.any():
+            p[other] = self._prob_ids(ws[other], hist)
+        return p
+
+    def _rank_ids(self, hist: Sequence[int], prefix: str, k: int) -> list[int]:
+        """The top k ids starting with `prefix`, ranked from every follower of the context."""
+        lo, hi = self._prefix_range(prefix)
+        if lo >= hi:
+            return []
+        warm = self._warm
+        if warm is not None and warm[0] == tuple(hist):
+            found = warm[1]
+            if found is not None:   # the warmed followers' [lo, hi): elementwise the same scores
+                ids, score, beta, _ = found
+                key = self._id_dtype.type   # a key of the array's dtype: searchsorted does not convert the array
+                a, b = ids.searchsorted(key(lo)), ids.searchsorted(key(hi))
+                found = (ids[a:b], score[a:b], beta) if b > a else None
+        else:
+            found = self._followers(hist, lo, hi)
+        top = self._unigram_top(prefix, lo, hi, k)
+        if found is None:
+            return top.tolist()  # scores are beta * P_1: unigram order
+        ids, score, beta = found
         # Any other word scores beta * P_1(w), below each of the P_1 top list, so only the
         # top list's words missing from `ids` can still make the top k.
         pos = np.minimum(ids.searchsorted(top), len(ids) - 1)
@@ -527,7 +602,7 @@ class KneserNeyLM:
             ids = np.concatenate([ids, extra])
             score = np.concatenate([score, beta * self._uni[extra]])
         if len(ids) > k:
-            keep = score >= np.partition(score, len(score) - k)[len(score) - k]  # ties stay in
+            keep = score >= _kth_largest(score, k)  # ties stay in
             ids, score = ids[keep], score[keep]
         best = np.lexsort((self._uni_rank[ids], -score))[:k]
         return ids[best].tolist()

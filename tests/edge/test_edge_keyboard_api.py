@@ -77,6 +77,23 @@ def test_suggest_is_incremental_per_client_and_best_first(server):
     assert a1["suggestions"] == direct   # the predictor's best-first order, unchanged
 
 
+def test_the_space_after_a_word_is_readied_between_keystrokes(server):
+    """After answering a keystroke the server readies the session for a space (`Session.prefetch`);
+    the answer to that space is the strip a fresh session gives."""
+    post(server, "api/suggest", {"client": "a", "text": "I pray yo"})
+    post(server, "api/suggest", {"client": "a", "text": "I pray you"})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with server.app.slot.lock:
+            readied = server.app._sessions["a"][1].readied
+        if readied is not None and readied.chunk == "you":
+            break
+        time.sleep(0.01)
+    assert readied is not None and readied.chunk == "you"
+    got = post(server, "api/suggest", {"client": "a", "text": "I pray you "}).json()["suggestions"]
+    assert got == readied.strip == server.app.slot.predictor.session().update("I pray you ")
+
+
 def test_commit_pause_and_clear(server):
     r = post(server, "api/commit", {"text": "Good morrow to you.", "field_kind": "message"}).json()
     assert r["cached"] is True and r["cache"]["sentences"] == 1

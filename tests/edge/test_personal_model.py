@@ -70,3 +70,26 @@ def test_ranked_followers_and_batch_probabilities_equal_the_one_at_a_time_ones()
             words = vocab + ["unseen", "Zanzibar"]
             assert pm.probs(words, hist) == [pm.prob(w, hist) for w in words]
     assert PersonalModel().probs(["a"], ("a", "b")) == [0.0]
+
+
+def test_long_follower_lists_are_cut_by_word_with_the_same_result():
+    """A history with hundreds of followers (a mailbox's "the") is cut by word, not scanned:
+    the same candidates, in the same order, before and after `warm` and after more text."""
+    import random
+
+    import edge_runtime.personal as personal
+
+    rng = random.Random(1)
+    vocab = [a + b + c for a in "tsbp" for b in "aeiou" for c in "lnrst"] + [",", "the"]
+    pm = PersonalModel()
+    cut = 0
+    for step in range(40):
+        pm.add([w for _ in range(30) for w in ("the", rng.choice(vocab))])
+        if step % 3 == 0:
+            pm.warm(("a", "the"))
+        for hist in (("a", "the"), ("the",), ("sal", "the")):
+            for prefix in ("", "t", "ta", "tal", "x", "s", ","):
+                for k in (1, 3, 8):
+                    assert pm.candidates(hist, prefix, k) == reference_candidates(pm, hist, prefix, k), (hist, prefix)
+        cut += len(pm.ranked[("the",)]) > personal._SCAN
+    assert cut > 30 and ("the",) in pm._by_word

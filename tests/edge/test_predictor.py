@@ -40,6 +40,25 @@ def test_incremental_typing_equals_a_fresh_session(predictor):
             assert got == predictor.session().update(TEXT[:i]), TEXT[:i]
 
 
+def test_a_keystroke_at_the_end_of_a_long_text_reads_only_its_last_chunk(predictor, monkeypatch):
+    """Typing appends: the session splits only the chunk being typed plus the new characters, not
+    the whole text before the cursor, and suggests what a fresh session over the whole text does."""
+    import edge_runtime.predictor as pred
+
+    long_text = " ".join([TEXT] * 40)
+    s = predictor.session()
+    s.update(long_text[:-8])
+    split: list[str] = []
+    real = pred.typed_chunks
+    monkeypatch.setattr(pred, "typed_chunks", lambda t: split.append(t) or real(t))
+    for i in range(7, -1, -1):
+        got = s.update(long_text[:len(long_text) - i])
+    assert max(map(len, split)) < 12 and len(split) == 8
+    monkeypatch.setattr(pred, "typed_chunks", real)
+    assert got == predictor.session().update(long_text)
+    assert s.update(long_text[:100] + "X") == predictor.session().update(long_text[:100] + "X")   # an edit
+
+
 def test_backspace_and_edits_rewind_to_the_cached_state(predictor):
     s = predictor.session()
     s.update("shall we go to the king ")
@@ -233,6 +252,47 @@ def test_complete_tokens_are_fed_ahead_one_per_keystroke(predictor):
     for a, b in zip(fresh.nodes, s.nodes):
         np.testing.assert_array_equal(a.logprobs, b.logprobs)
         np.testing.assert_array_equal(a.h, b.h)
+
+
+def test_prefetch_between_keystrokes_changes_no_strip_and_spares_the_space(predictor, base_ngram):
+    """With `prefetch` after every keystroke (as the keyboard runs it), each strip equals a session
+    without it, through punctuation, backspaces, edits and the user committing text; and the
+    space after a prefetched word runs no model step and ranks nothing."""
+    from tests.tiny_version import tiny_texts
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    texts = tiny_texts(2100)[2000:2030]
+    keys, spared = 0, False
+    for n, text in enumerate(texts):
+        plain, ready = p.session(), p.session()
+        typed = [text[:i] for i in range(1, len(text) + 1)]
+        typed += [text[:-3], text[:-3] + "x, ", "my lord, (sir", "my lord, (si", "my lord, (sir) "]
+        for t in typed:
+            assert ready.update(t) == plain.update(t), t
+            keys += 1
+            ready.prefetch()
+        if n % 3 == 0:
+            p.learn(text)
+    assert keys > 1000
+
+    s = p.session()
+    steps: list[list[int]] = []
+    ranked: list[str] = []
+    real_advance, real_suggest = p.advance_ids, p.suggest
+    p.advance_ids = lambda node, ids: steps.append(list(ids)) or real_advance(node, ids)
+    p.suggest = lambda node, hist, prefix="", k=3: ranked.append(prefix) or real_suggest(node, hist, prefix, k)
+    try:
+        for t in ("shall we go", "shall we go "):
+            steps.clear(), ranked.clear()
+            got = s.update(t)
+            if t.endswith(" "):
+                spared = not steps and not ranked
+            s.prefetch()
+        s.prefetch()   # already done for this chunk: not repeated
+        assert len(steps) == 0 and ranked == []
+    finally:
+        del p.advance_ids, p.suggest
+    assert spared and got == p.session().update("shall we go ")
 
 
 def test_feed_still_returns_the_mixtures_log_probability(predictor, base_ngram):

@@ -366,3 +366,40 @@ def test_rejects_empty_corpus_and_unfitted_use():
         KneserNeyLM.fit(["", "   \n"])
     with pytest.raises(RuntimeError):
         KneserNeyLM().session()
+
+
+def test_a_warmed_context_gives_the_same_floats_and_suggestions():
+    """`warm` (the keyboard calls it between keystrokes) changes no probability and no suggestion
+    in the warmed context or any other, for every prefix of the next word."""
+    texts = dense_corpus(seed=5) + synthetic_corpus(seed=5)
+    for order in (2, 3):
+        lm = KneserNeyLM.fit(texts, order=order)
+        tokens = ["never-seen", ",", "</s>", "<unk>", *words_of_chunk(texts[7]), *words_of_chunk(texts[11])]
+        looked_up = 0
+        for text in texts[:25]:
+            context, previous = ["<s>"], None
+            for tok in words_of_chunk(text):
+                prefixes = ["", tok[:1], tok[:2], tok, "zq"]
+                for ctx in (context, previous) if previous else (context,):
+                    lm._warm = None
+                    # the keyboard's candidates: suggestable words, or words the n-gram does not know
+                    words = ["never-seen", *(t for t in tokens if lm._index.get(t, lm.n_words) < lm.n_words)]
+                    want = ([lm.suggest(ctx, p, k) for p in prefixes for k in (1, 3, 8)],
+                            lm.probs(tokens, ctx), lm.probs(tokens, ctx, oov=0.0), lm.probs(words, ctx, oov=0.0))
+                    lm.warm(context)
+                    got = ([lm.suggest(ctx, p, k) for p in prefixes for k in (1, 3, 8)],
+                           lm.probs(tokens, ctx), lm.probs(tokens, ctx, oov=0.0), lm.probs(words, ctx, oov=0.0))
+                    assert got == want, (ctx, tok)
+                ids = np.array([i for i in map(lm._index.get, tokens[4:]) if i < lm.n_words], dtype=lm._id_dtype)
+                looked_up += lm._warm_probs(ids, lm._ids(context)) is not None
+                previous, context = context, [*context, tok]
+        assert looked_up > 100
+
+
+def test_kth_largest_from_a_sample_equals_a_full_partition():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 300, 1024, 5000):
+        for v in (rng.random(n), rng.integers(0, 5, n).astype(float), np.sort(rng.random(n))):
+            for k in sorted({1, 3, 8, n}):
+                if k <= n:
+                    assert ngram._kth_largest(v, k) == np.sort(v)[::-1][k - 1], (n, k)

@@ -32,9 +32,14 @@ def test_task_summary_and_bench_parsing():
     out = ("2026 INFO edge_runtime.agent: task train: uploaded round=1 steps=7 examples=28; model v0\n"
            "x task evaluate: reported tokens=25\n")
     assert [t[:2] for t in _task_lines(out)] == [("train", "uploaded"), ("evaluate", "reported")]
-    bench = ("incremental (Session.update)                    100   14.579   45.189   15.343\n"
-             "recompute (new session, <= 20 words)             10   35.705  194.603   55.976\n")
-    assert _parse_bench(bench) == {"incremental": (14.579, 45.189, 15.343), "recompute": (35.705, 194.603, 55.976)}
+    bench = ("wall clock:\nincremental, prefetch between keys (the keyboard)      100    9.000    9.000    9.000\n"
+             "thread CPU time:\n"
+             "incremental, prefetch between keys (the keyboard)      100    1.579    4.189    1.343\n"
+             "  idle work between keystrokes (prefetch)              100    2.101    5.002    2.300\n"
+             "incremental, all work on the keystroke                 100   14.579   45.189   15.343\n"
+             "recompute (new session, <= 20 words)                    10   35.705  194.603   55.976\n")
+    assert _parse_bench(bench) == {"incremental": (1.579, 4.189, 1.343), "all_work": (14.579, 45.189, 15.343),
+                                   "recompute": (35.705, 194.603, 55.976)}
 
 
 def test_test_subset_paths_exist():

@@ -7,8 +7,11 @@ Held-out text (the corpus's test users) is typed one character at a time. The in
 path keeps one session per text, as the keyboard does: each keystroke calls
 `Session.update(text_so_far)`, which feeds only new chunks through `step`. The recompute path
 is what a stateless predictor would do: a new session at every keystroke, fed the last
-`context_words` words. Both paths are timed in the same run, over the same keystrokes (the
-recompute path over an even sample of them, since it is slow), after an untimed warm-up.
+`context_words` words. The incremental path runs twice: as the keyboard runs it, with
+`Session.prefetch` between keystrokes (the idle time while a finger moves: it readies the state
+and strip a space would need; timed apart, as idle work), and with all the work on the
+keystroke. All paths are timed in the same run, text by text in turn, over the same keystrokes
+(the recompute path over an even sample of them, since it is slow), after an untimed warm-up.
 """
 
 from __future__ import annotations
@@ -63,13 +66,18 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     return (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3
 
 
-def time_incremental(new_session: Callable[[], object], keys: list[str]) -> list[tuple[float, float]]:
+def time_incremental(new_session: Callable[[], object], keys: list[str], *,
+                     idle: list[tuple[float, float]] | None = None) -> list[tuple[float, float]]:
+    """(wall ms, CPU ms) of each keystroke's `update`. With `idle` given, `prefetch` runs after
+    every keystroke, as the keyboard runs it between keystrokes, and its times go to `idle`."""
     out: list[tuple[float, float]] = []
     session = None
     for prefix in keys:
         if session is None or len(prefix) == 1:   # a new text starts: new session (new field)
             session = new_session()
         out.append(_timed(lambda s=session, p=prefix: s.update(p)))
+        if idle is not None:
+            idle.append(_timed(session.prefetch))
     return out
 
 
@@ -127,34 +135,50 @@ def main(args: argparse.Namespace) -> int:
     warm, keys = keys[:args.warmup], keys[args.warmup:]
     if not keys:
         raise ValueError(f"{args.corpus}: not enough held-out text for {args.warmup} warm-up keystrokes")
-    time_incremental(predictor.session, warm)
+    time_incremental(predictor.session, warm, idle=[])
     time_recompute(predictor.session, warm[:5], args.context_words)
 
     stride = max(1, math.ceil(len(keys) / args.max_recompute))
-    sample = keys[::stride]
-    inc_both = time_incremental(predictor.session, keys)
-    rec_both = time_recompute(predictor.session, sample, args.context_words)
+    idle_both: list[tuple[float, float]] = []
+    pre_both: list[tuple[float, float]] = []
+    inc_both: list[tuple[float, float]] = []
+    rec_both: list[tuple[float, float]] = []
+    # Text by text, the three paths in turn: a burst of load from other jobs hits all of them.
+    starts = [i for i, k in enumerate(keys) if len(k) == 1 and i > 0]
+    for a, b in zip([0, *starts], [*starts, len(keys)]):
+        pre_both += time_incremental(predictor.session, keys[a:b], idle=idle_both)
+        inc_both += time_incremental(predictor.session, keys[a:b])
+        rec_both += time_recompute(predictor.session, keys[-(-a // stride) * stride:b:stride], args.context_words)
     vid = model.manifest.version_id if model.manifest else args.model
     n_texts = len({k for k in keys if len(k) == 1}) or 1
+    space = [i for i, k in enumerate(keys) if k[-1].isspace()]  # the slowest keystrokes without prefetch
     print(f"keystroke latency, model {vid} ({model.backend}), {len(keys)} keystrokes over ~{n_texts} held-out "
           f"texts of {args.corpus}")
     for clock, col in (("wall clock", 0), ("thread CPU time", 1)):
-        inc = [t[col] for t in inc_both]
         rec = [t[col] for t in rec_both]
-        inc_sample = [inc[i] for i in range(0, len(keys), stride)]
-        (i50, i99, imean), (r50, r99, rmean) = percentiles(inc), percentiles(rec)
-        s50, s99, _ = percentiles(inc_sample)
+        r50, r99, rmean = percentiles(rec)
         print(f"{clock}:")
-        print(f"{'path':44} {'keys':>6} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
-        print(f"{'incremental (Session.update)':44} {len(inc):6d} {i50:8.3f} {i99:8.3f} {imean:8.3f}")
-        space = [inc[i] for i, k in enumerate(keys) if k[-1].isspace()]  # the slowest keystrokes: a word to feed
-        if space:
-            a50, a99, amean = percentiles(space)
-            print(f"{'  of which right after a space':44} {len(space):6d} {a50:8.3f} {a99:8.3f} {amean:8.3f}")
-        print(f"{'incremental, same keys as recompute':44} {len(inc_sample):6d} {s50:8.3f} {s99:8.3f} "
-              f"{np.mean(inc_sample):8.3f}")
-        print(f"{f'recompute (new session, <= {args.context_words} words)':44} {len(rec):6d} {r50:8.3f} "
-              f"{r99:8.3f} {rmean:8.3f}")
-        print(f"ratio recompute/incremental (same keys): p50 {r50 / max(s50, 1e-9):.1f}x, "
-              f"p99 {r99 / max(s99, 1e-9):.1f}x, mean {rmean / max(float(np.mean(inc_sample)), 1e-9):.1f}x")
+        print(f"{'path':52} {'keys':>6} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+
+        def row(name: str, ms: list[float]) -> None:
+            p50, p99, mean = percentiles(ms)
+            print(f"{name:52} {len(ms):6d} {p50:8.3f} {p99:8.3f} {mean:8.3f}")
+
+        ratios = []
+        for name, runs in (("incremental, prefetch between keys (the keyboard)", pre_both),
+                           ("incremental, all work on the keystroke", inc_both)):
+            ms = [t[col] for t in runs]
+            row(name, ms)
+            if space:
+                row("  of which right after a space", [ms[i] for i in space])
+            if runs is pre_both:
+                row("  idle work between keystrokes (prefetch)", [t[col] for t in idle_both])
+            same = [ms[i] for i in range(0, len(keys), stride)]
+            row("  the same keys as recompute", same)
+            s50, s99, smean = percentiles(same)
+            ratios.append(f"{name.split(',')[1].strip().split(' (')[0]}: p50 {r50 / max(s50, 1e-9):.1f}x, "
+                          f"p99 {r99 / max(s99, 1e-9):.1f}x, mean {rmean / max(smean, 1e-9):.1f}x")
+        row(f"recompute (new session, <= {args.context_words} words)", rec)
+        for r in ratios:
+            print(f"ratio recompute/incremental (same keys), {r}")
     return 0
