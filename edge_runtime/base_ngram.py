@@ -39,8 +39,10 @@ def _load(path: Path) -> KneserNeyLM | None:
         log.warning("base n-gram %s not found: suggestions use the LSTM and the user's own words only", path)
         return None
     lm = KneserNeyLM.load(path)
-    # Its millions of entries live as long as the process: out of the cyclic collector's reach, a
-    # full collection no longer walks them in the middle of a keystroke (it took 30 ms).
+    # Its millions of entries are loaded once and kept: moved out of the cyclic collector's
+    # reach (with whatever else is alive now, after a collection), a full collection no longer
+    # walks them in the middle of a keystroke (it took 30 ms).
+    gc.collect()
     gc.freeze()
     return lm
 

@@ -204,9 +204,11 @@ class KeyboardApp:
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             with self.slot.lock:
                 self._personal = None
+                self._sessions.clear()   # the text being typed, and what prefetch readied from it
                 self.slot.forget_personal()
                 if self.slot.predictor is not None:
                     self.slot.predictor.personal = PersonalModel()
+                    self.slot.predictor.forget_warm()
         return self.status()
 
 
@@ -288,6 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, fn: Callable[[], None]) -> None:
         t0 = time.monotonic()
         status = 500
+        self._after: Callable[[], None] | None = None   # idle work once the response is sent and logged
         try:
             try:
                 self._check_host()
@@ -304,6 +307,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(ApiError(500, "internal", "internal error (see the device log)"))
         finally:
             self._log_access(status, t0)
+        if self._after is not None:
+            try:
+                self._after()
+            except Exception as e:   # idle work: a failure costs the next keystroke its head start, nothing more
+                log.warning("keyboard: prefetch failed (%s)", type(e).__name__)   # its message may quote the text
 
     def do_GET(self) -> None:
         self._handle(self._get)
@@ -366,11 +374,8 @@ class _Handler(BaseHTTPRequestHandler):
         handler = {"/api/suggest": app.suggest, "/api/commit": app.commit,
                    "/api/pause": app.pause, "/api/clear": app.clear}[path]
         self._json(200, handler(body))
-        if path == "/api/suggest":   # the strip is on the wire; use the time until the next keystroke
-            try:
-                app.prefetch(body["client"])
-            except Exception as e:   # idle work: a failure costs the next keystroke its head start, nothing more
-                log.warning("keyboard: prefetch failed (%s)", type(e).__name__)   # its message may quote the text
+        if path == "/api/suggest":   # once the strip is on the wire: use the time until the next keystroke
+            self._after = lambda: app.prefetch(body["client"])
         return 200
 
 

@@ -48,9 +48,9 @@ class PersonalModel:
         # user, not to a model version.
         self.mix = list(MIX_PRIOR)
         self._cache: dict[tuple, list[str]] = {}  # candidates(), valid until the next add()
-        # history -> its long ranked list's followers sorted by word, and each one's place in it
+        # history -> (its long ranked list, that list's words sorted by word, each one's place in it)
         # (`_first_with_prefix`); built on first use, dropped when `add` re-ranks the history.
-        self._by_word: dict[tuple[str, ...], tuple[list[str], np.ndarray]] = {}
+        self._by_word: dict[tuple[str, ...], tuple[list[str], list[str], np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.total
@@ -149,10 +149,10 @@ class PersonalModel:
         if len(ranked) <= _SCAN:
             return list(islice((w for w in ranked if w.startswith(prefix)), k))
         index = self._by_word.get(h)
-        if index is None:
+        if index is None or index[0] is not ranked:   # built from this very list, or built again
             order = sorted(range(len(ranked)), key=ranked.__getitem__)
-            index = self._by_word[h] = ([ranked[i] for i in order], np.array(order))
-        words, places = index
+            index = self._by_word[h] = (ranked, [ranked[i] for i in order], np.array(order))
+        _, words, places = index
         found = places[bisect_left(words, prefix):bisect_left(words, prefix + _MAX_CHAR)]
         if len(found) > k:
             found = np.partition(found, k - 1)[:k]

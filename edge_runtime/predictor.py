@@ -208,9 +208,16 @@ class Predictor:
 
     def strip_key(self) -> tuple:
         """What the next-word strip depends on besides the context: the user's words and the
-        mixture's evidence (both change only when the user commits text)."""
+        mixture's evidence (both change only when the user commits text). The model itself, not
+        its id: a wiped user's model must not match a new one at the same address."""
         personal = self.personal
-        return id(personal), personal.total, tuple(personal.mix)
+        return personal, personal.total, tuple(personal.mix)
+
+    def forget_warm(self) -> None:
+        """Drop what `warm` computed (a benchmark times the keystroke path without it)."""
+        self._warm = None
+        if self.base is not None:
+            self.base.forget_warm()
 
     # ------------------------------------------------------------- suggestion
     def prefix_range(self, prefix: str) -> tuple[int, int]:
@@ -397,7 +404,7 @@ class Session:
         keystroke right after a space, the one waited on most, feeds at most one. Suggestions are
         the same either way: they depend on the completed chunks only.
         """
-        prev = self.text
+        prev, self.text = self.text, None   # set again only once this text is fully fed
         if prev is not None and text.startswith(prev):
             # Typing appended to the last text: only the chunk being typed and what follows it are
             # new, so a keystroke costs the same at the end of a long text as at its start.

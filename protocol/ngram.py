@@ -561,6 +561,10 @@ class KneserNeyLM:
             found = (ids, score, beta, prob + beta * self._uni[ids])
         self._warm = (hist, found)
 
+    def forget_warm(self) -> None:
+        """Drop the warmed context (`warm`)."""
+        self._warm = None
+
     def _warm_probs(self, ws: np.ndarray, hist: Sequence[int]) -> np.ndarray | None:
         """`_prob_ids(ws, hist)`, the suggestable words' looked up in the warmed context's
         followers (None when it is another context or nothing suggestable follows it)."""

@@ -92,6 +92,9 @@ def test_the_space_after_a_word_is_readied_between_keystrokes(server):
     assert readied is not None and readied.chunk == "you"
     got = post(server, "api/suggest", {"client": "a", "text": "I pray you "}).json()["suggestions"]
     assert got == readied.strip == server.app.slot.predictor.session().update("I pray you ")
+    # Wiping the user's data also forgets the texts being typed and what was readied from them.
+    assert post(server, "api/clear", {}).status_code == 200
+    assert not server.app._sessions and server.app.slot.predictor._warm is None
 
 
 def test_commit_pause_and_clear(server):

@@ -295,6 +295,50 @@ def test_prefetch_between_keystrokes_changes_no_strip_and_spares_the_space(predi
     assert spared and got == p.session().update("shall we go ")
 
 
+def test_a_readied_space_is_not_reused_after_a_commit_a_new_k_or_a_new_users_model(predictor, base_ngram):
+    """What prefetch readied depends on the user's words and the mixture: a commit, a wipe (a new,
+    empty personal model) or another strip length between the prefetch and the space redo it."""
+    from edge_runtime.personal import PersonalModel
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    p.learn("I pray you, sirrah, go to the king")
+    for change in ("learn", "k", "wipe"):
+        s = p.session()
+        s.update("I pray you")
+        s.prefetch()
+        k = 3
+        if change == "learn":
+            p.learn("I pray you sirrah sirrah sirrah go")
+        elif change == "k":
+            k = 5
+        else:
+            p.personal = PersonalModel()
+        assert s.update("I pray you ", k=k) == p.session().update("I pray you ", k=k), change
+
+
+def test_a_failed_keystroke_leaves_the_session_right_for_the_next(predictor):
+    """A step that fails part-way through a keystroke (an interpreter error) must not make the
+    next keystroke feed the same chunks twice."""
+    s = predictor.session()
+    real, calls = predictor.advance_ids, [0]
+
+    def failing(node, ids):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("interpreter failed")
+        return real(node, ids)
+
+    predictor.advance_ids = failing
+    try:
+        with pytest.raises(RuntimeError):
+            s.update("to be or not")
+    finally:
+        del predictor.advance_ids
+    text = "to be or not to be that is"
+    assert s.update(text) == predictor.session().update(text)
+    assert s.chunks == text.split()[:-1]
+
+
 def test_feed_still_returns_the_mixtures_log_probability(predictor, base_ngram):
     import math
 
