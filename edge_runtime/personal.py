@@ -130,15 +130,14 @@ class PersonalModel:
         self._cache[key] = out
         return out
 
-
     def warm(self, hist: tuple[str, ...]) -> None:
         """Index the followers of this history (one and two tokens back) by word now, between
         keystrokes, rather than on the next word's first letter."""
         for n in (2, 1):
             h = tuple(hist[-n:])
             ranked = self.ranked.get(h) if len(hist) >= n else None
-            if ranked and len(ranked) > _SCAN and h not in self._by_word:
-                self._first_with_prefix(h, ranked, "\0", 1)
+            if ranked and len(ranked) > _SCAN:
+                self._word_index(h, ranked)
 
     def _first_with_prefix(self, h: tuple[str, ...], ranked: list[str], prefix: str, k: int) -> list[str]:
         """The first k words of `ranked` (history `h`'s followers) that start with `prefix`. A long
@@ -148,15 +147,21 @@ class PersonalModel:
             return ranked[:k]
         if len(ranked) <= _SCAN:
             return list(islice((w for w in ranked if w.startswith(prefix)), k))
-        index = self._by_word.get(h)
-        if index is None or index[0] is not ranked:   # built from this very list, or built again
-            order = sorted(range(len(ranked)), key=ranked.__getitem__)
-            index = self._by_word[h] = (ranked, [ranked[i] for i in order], np.array(order))
-        _, words, places = index
+        words, places = self._word_index(h, ranked)
         found = places[bisect_left(words, prefix):bisect_left(words, prefix + _MAX_CHAR)]
         if len(found) > k:
             found = np.partition(found, k - 1)[:k]
         return [ranked[i] for i in np.sort(found).tolist()]
+
+
+    def _word_index(self, h: tuple[str, ...], ranked: list[str]) -> tuple[list[str], np.ndarray]:
+        """History `h`'s followers sorted by word, and each one's place in `ranked`; built once per
+        ranked list (kept until `add` re-ranks the history)."""
+        index = self._by_word.get(h)
+        if index is None or index[0] is not ranked:   # built from this very list, or built again
+            order = sorted(range(len(ranked)), key=ranked.__getitem__)
+            index = self._by_word[h] = (ranked, [ranked[i] for i in order], np.array(order))
+        return index[1], index[2]
 
 
 def _suggestable(tok: str) -> bool:

@@ -144,7 +144,6 @@ class Predictor:
         of this history by word), so the first letters, whose ranges are the largest, only cut.
         One node is kept; the same strips."""
         if self._warm is None or self._warm[0] is not node:
-            self._warm = None
             self._warm = (node, self.span_probs(node, 0, len(self.sorted_ids)))
         if self.base is not None:
             self.base.warm(hist)
@@ -342,7 +341,7 @@ class Session:
         """Append a completed chunk, feeding only its tokens not already fed ahead; its probability,
         which the keyboard never shows, is not computed (a third of a one-token chunk's cost)."""
         r = self.readied
-        if r is not None and r.chunk == chunk and r.base is self.nodes[-1]:
+        if r is not None and r.fed(self.nodes[-1], chunk):
             node, hist = r.node, r.hist
         else:
             node, hist = self._fed(tokens(chunk))
@@ -422,7 +421,7 @@ class Session:
             self._feed_ahead(partial)
         self.partial, self.text = partial, text
         r = self.readied
-        if not partial and r is not None and r.node is self.nodes[-1] and (r.k, r.key) == (k, self.p.strip_key()):
+        if not partial and r is not None and r.node is self.nodes[-1] and r.ranked(k, self.p.strip_key()):
             return list(r.strip)
         return self.suggest(partial, k)
 
@@ -437,7 +436,7 @@ class Session:
         if not partial:   # right after a space: ready the next word's first letters instead
             self.p.warm(self.nodes[-1], self.hists[-1])
             return
-        if r is not None and (r.chunk, r.k, r.key) == (partial, k, self.p.strip_key()) and r.base is self.nodes[-1]:
+        if r is not None and r.fed(self.nodes[-1], partial) and r.ranked(k, self.p.strip_key()):
             return
         toks = tokens(partial)
         node, hist = self._fed(toks)
@@ -457,6 +456,14 @@ class _Readied:
     k: int
     key: tuple
     strip: list[str]
+
+    def fed(self, base: _Node, chunk: str) -> bool:
+        """Whether `node` is the state after `chunk` typed on `base`."""
+        return self.base is base and self.chunk == chunk
+
+    def ranked(self, k: int, key: tuple) -> bool:
+        """Whether `strip` is the k-word strip after `node` for the user as `key` describes them."""
+        return (self.k, self.key) == (k, key)
 
 
 def _common(ahead: list[tuple[str, _Node, tuple[str, ...]]], toks: list[str]) -> int:

@@ -526,7 +526,11 @@ class KneserNeyLM:
         """The followers of the context among ids [lo, hi), each scored as ranking sums it (the
         lowest seen order's value plus back-off times P_1, then each higher order's), and the
         back-off weight of the words that follow at no order; None when none follows."""
-        id_parts, val_parts, beta = self._follower_parts(hist, lo, hi)
+        return self._merged(*self._follower_parts(hist, lo, hi))
+
+    def _merged(self, id_parts: list[np.ndarray], val_parts: list[np.ndarray],
+                beta: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """`_followers` from `_follower_parts`' result."""
         if not id_parts:
             return None
         # Followers at order n are followers at order n-1 too (an n-gram's suffix has a left
@@ -551,10 +555,10 @@ class KneserNeyLM:
         hist = tuple(self._ids(context))
         if self._warm is not None and self._warm[0] == hist:
             return
-        found = self._followers(hist, 0, self.n_words)
+        id_parts, val_parts, beta = self._follower_parts(hist, 0, self.n_words)
+        found = self._merged(id_parts, val_parts, beta)
         if found is not None:
-            ids, score, beta = found
-            id_parts, val_parts, _ = self._follower_parts(hist, 0, self.n_words)
+            ids, score, _ = found
             prob = np.zeros(len(ids))
             for part, vals in zip(id_parts, val_parts):   # `_prob_ids`'s additions, in its order
                 prob[ids.searchsorted(part)] += vals

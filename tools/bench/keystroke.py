@@ -167,18 +167,18 @@ def main(args: argparse.Namespace) -> int:
             print(f"{name:52} {len(ms):6d} {p50:8.3f} {p99:8.3f} {mean:8.3f}")
 
         ratios = []
-        for name, runs in (("incremental, prefetch between keys (the keyboard)", pre_both),
-                           ("incremental, all work on the keystroke", inc_both)):
+        for short, runs, idle in (("prefetch between keys", pre_both, idle_both),
+                                  ("all work on the keystroke", inc_both, None)):
             ms = [t[col] for t in runs]
-            row(name, ms)
+            row(f"incremental, {short}" + (" (the keyboard)" if idle is not None else ""), ms)
             if space:
                 row("  of which right after a space", [ms[i] for i in space])
-            if runs is pre_both:
-                row("  idle work between keystrokes (prefetch)", [t[col] for t in idle_both])
+            if idle is not None:
+                row("  idle work between keystrokes (prefetch)", [t[col] for t in idle])
             same = [ms[i] for i in range(0, len(keys), stride)]
             row("  the same keys as recompute", same)
             s50, s99, smean = percentiles(same)
-            ratios.append(f"{name.split(',')[1].strip().split(' (')[0]}: p50 {r50 / max(s50, 1e-9):.1f}x, "
+            ratios.append(f"{short}: p50 {r50 / max(s50, 1e-9):.1f}x, "
                           f"p99 {r99 / max(s99, 1e-9):.1f}x, mean {rmean / max(smean, 1e-9):.1f}x")
         row(f"recompute (new session, <= {args.context_words} words)", rec)
         for r in ratios:
