@@ -37,6 +37,10 @@ def _str(d: Mapping[str, Any], key: str, *, optional: bool = False, max_len: int
         raise WireError(f"{key!r} must be a non-empty string")
     if len(v) > max_len:
         raise WireError(f"{key!r} longer than {max_len} characters")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON allows a lone surrogate ("\ud800"); it would fail when stored
+        raise WireError(f"{key!r} is not valid Unicode text (a lone surrogate)") from e
     return v
 
 

@@ -302,6 +302,8 @@ class UpdateMeta:
             d = json.loads(value)
         except json.JSONDecodeError as e:
             raise WireError(f"{UPDATE_META_HEADER} header is not JSON: {e.msg}") from e
+        except RecursionError as e:
+            raise WireError(f"{UPDATE_META_HEADER} header is nested too deeply") from e
         return cls.from_dict(d)
 
 
