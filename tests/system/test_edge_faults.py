@@ -153,12 +153,13 @@ def world(tmp_path, exported_version):
         gate.disarm()
 
 
-def _device(tmp_path: Path, s, key: str, name: str) -> EdgeConfig:
+def _device(tmp_path: Path, s, key: str, name: str, copies: int = 1) -> EdgeConfig:
     cfg = EdgeConfig(data_dir=str(tmp_path / name), eligibility="override:eligible", coordinator=s.url,
                      public_key=s.coord.public_key_hex)
     agent.enroll(cfg, key)
-    for text in SENTENCES:
-        assert agent.type_text(cfg, text, "message")
+    for i in range(copies):
+        for text in SENTENCES:
+            assert agent.type_text(cfg, text if i == 0 else f"{text} {i}", "message")
     return cfg
 
 
@@ -179,7 +180,8 @@ def test_kill_during_model_swap_then_restart(world, tmp_path):
 @pytest.mark.parametrize("where", ["training", "upload-before-commit", "upload-after-commit"])
 def test_kill_during_training_or_upload_then_restart(world, tmp_path, where):
     s, gate, stable, key = world
-    cfg = _device(tmp_path, s, key, where)
+    # the training case needs training that outlasts the kill's delay even on an idle machine: 200 windows
+    cfg = _device(tmp_path, s, key, where, copies=10 if where == "training" else 1)
     dev_id = agent.load_identity(Path(cfg.data_dir)).device_id
     _finish(_edge_run(Path(cfg.data_dir)))                 # install the model first (no round yet)
     before = _cache_snapshot(cfg)
