@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import numpy as np
 
 from edge_runtime.client import CoordinatorClient, RejectedError, TransientError
 from edge_runtime.errors import EdgeError
-from protocol import ddp, secagg, wire
+from protocol import ddp, discovery, secagg, wire
 from protocol import secagg_wire as sw
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,21 @@ class Revealer:
         return sw.SecAggReveal({j: self.shares[j][0] for j in surv}, {j: self.shares[j][1] for j in drop})
 
 
-def check_roster(r: sw.SecAggRoster) -> dict[int, sw.Neighbour]:
-    """The roster must be the SecAgg+ graph its own seed fixes, with a majority threshold."""
+def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int, sw.Neighbour]:
+    """The roster must be the SecAgg+ graph its own seed fixes, with a majority threshold, and its
+    noise must be what the plan promises: the device recomputes its Skellam share from the plan
+    rather than take the coordinator's `mu` (a roster with mu = 0 or n_min = 1 would otherwise
+    let the sum, or one device's vector, go out with no noise)."""
     if r.t != r.k // 2 + 1:
         raise Refused(f"threshold {r.t} of {r.k} is not a majority: shares could be collected both ways")
+    if dim != r.dim:
+        raise Refused(f"update has {dim} values, the round expects {r.dim}")
+    if not (2 * r.n_min > r.n and 2 <= r.n_min <= r.n):
+        raise Refused(f"at least {r.n_min} of {r.n} survivors is not a majority of the cohort")
+    clip = discovery.SENSITIVITY if plan.discover_words else plan.clip_norm
+    want_mu = ddp.skellam_mu(plan.noise_multiplier, r.scale, clip, r.dim, r.n_min) if r.scale > 0 else math.inf
+    if r.mu < want_mu * (1 - 1e-9):
+        raise Refused(f"Skellam share mu {r.mu:g} is less than the plan's noise needs ({want_mu:g})")
     want = secagg.neighbours(r.n, r.k, r.graph_seed)[r.index]
     got = sorted(nb.index for nb in r.neighbours)
     if got != want:
@@ -155,9 +167,7 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
     try:
         ch.post("keys", sw.SecAggKeys(enc_pk, mask_pk).to_dict())
         roster = sw.SecAggRoster.from_dict(ch.poll("roster", deadline, sleep))
-        nbs = check_roster(roster)
-        if vector.size != roster.dim:
-            raise Refused(f"update has {vector.size} values, the round expects {roster.dim}")
+        nbs = check_roster(roster, plan, vector.size)
         self_seed = os.urandom(secagg.SEED_BYTES)
         seed_shares = secagg.share_secret(self_seed, roster.t, roster.k)
         key_shares = secagg.share_secret(mask_sk, roster.t, roster.k)

@@ -27,7 +27,7 @@ from coordinator.models import Update
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
 from edge_runtime import agent, paths, secagg_client, trainer
 from edge_runtime.config import EdgeConfig
-from protocol import artifact, ddp, wire
+from protocol import artifact, ddp, secagg, wire
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
 from tests.helpers.coordinator_fakes import make_config, serve, start_server, stop_server
@@ -203,6 +203,34 @@ def test_revealer_refuses_the_other_kind_in_a_later_request(flip):
         secagg_client.Revealer(0, shares, 2).answer(sw.SecAggUnmaskRequest((1,), (0,), 3))
     with pytest.raises(secagg_client.Refused, match="fewer than"):
         secagg_client.Revealer(0, shares, 5).answer(sw.SecAggUnmaskRequest((1, 2), (3,), 4))
+
+
+def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
+    """A coordinator that forges the roster's noise fields (mu 0, n_min 1 of 5: one device's
+    vector unmasked with no noise) is refused; the roster the coordinator really sends passes."""
+    plan = wire.TrainPlan(round_id=1, epochs=1, batch_size=4, learning_rate=0.5, clip_norm=1.0,
+                          noise_multiplier=0.5, max_examples=4, secure_aggregation=True)
+    n, dim, n_min = 5, 100, 4
+    k, t = 4, 3
+    scale = ddp.choose_scale(plan.clip_norm, n, plan.noise_multiplier, dim, n_min)
+    mu = ddp.skellam_mu(plan.noise_multiplier, scale, plan.clip_norm, dim, n_min)
+    seed = b"\x07" * 32
+    nbs = tuple(sw.Neighbour(j, bytes([j]) * 32, bytes([j + 1]) * 32)
+                for j in secagg.neighbours(n, k, seed)[0])
+
+    def roster(**over):
+        fields = dict(round_id=1, index=0, n=n, k=k, t=t, n_min=n_min, graph_seed=seed, dim=dim, scale=scale,
+                      mu=mu, neighbours=nbs) | over
+        return sw.SecAggRoster(**fields)
+
+    assert set(secagg_client.check_roster(roster(), plan, dim)) == {nb.index for nb in nbs}
+    for forged, why in [({"mu": 0.0}, "less than the plan's noise"), ({"mu": mu / 2}, "less than the plan's noise"),
+                        ({"n_min": 1}, "not a majority"), ({"n_min": 2}, "not a majority"),
+                        ({"dim": dim - 1}, "values, the round expects"), ({"scale": 0.0}, "less than the plan's")]:
+        with pytest.raises(secagg_client.Refused, match=why):
+            secagg_client.check_roster(roster(**forged), plan, dim)
+    # more noise than needed is the device's gain, not a reason to refuse
+    assert secagg_client.check_roster(roster(mu=mu * 2), plan, dim)
 
 
 def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
