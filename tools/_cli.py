@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -34,7 +35,31 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ModuleNotFoundError as e:
+        _missing(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _missing(e: ModuleNotFoundError) -> None:
+    """A tool run from the slim device install (`pip install fedkeys`): say which install it needs."""
+    print(f"error: this command needs {e.name}, which the slim install leaves out: "
+          "pip install 'fedkeys[full]' (in a checkout: make setup)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _console(module: str) -> Callable[[], None]:
+    """A console script that imports its tool only when run, so a missing extra is one line, exit 2."""
+    def cli() -> None:
+        try:
+            tool = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            _missing(e)
+        tool.cli()
+    cli.__doc__ = f"The console script for `python -m {module}`."
+    return cli
+
+
+pretrain, evaluate, simulate = (_console(m) for m in ("tools.pretrain", "tools.evaluate", "tools.simulate"))

@@ -37,6 +37,7 @@ from coordinator import privacy_skellam
 from edge_runtime.secagg_client import Revealer, masked_vector
 from protocol import ddp, secagg
 from protocol import secagg_wire as sw
+from protocol.cli import HelpFormatter, add_version
 
 FULL_DIM = 628_000          # the default model (README)
 DESIGN_DROPOUT = 0.3
@@ -277,21 +278,23 @@ def discovery_table(corpus: str, model: str, k: int, zs: list[float], devices: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.secagg_bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.secagg_bench", description=__doc__.split("\n")[0],
+                                 formatter_class=HelpFormatter)
+    add_version(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("costs")
+    c = sub.add_parser("costs", formatter_class=HelpFormatter)
     c.add_argument("--devices", type=int, nargs="+", default=[10, 100, 500])
     c.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     c.add_argument("--full-dim-max", type=int, default=100, help="measure at 628k up to this many devices")
     c.add_argument("--sim-dim", type=int, default=1024)
-    e = sub.add_parser("epsilon")
+    e = sub.add_parser("epsilon", formatter_class=HelpFormatter)
     e.add_argument("--rounds", type=int, nargs="+", default=[8, 100, 1000])
     e.add_argument("--delta", type=float, default=1e-6)
     e.add_argument("--population", type=int, default=1_000_000)
     e.add_argument("--noise-on-mean", type=float, default=0.01, help="z C / n, in units of C")
-    p = sub.add_parser("paillier")
+    p = sub.add_parser("paillier", formatter_class=HelpFormatter)
     p.add_argument("--slice", type=int, default=16)
-    d = sub.add_parser("discovery")
+    d = sub.add_parser("discovery", formatter_class=HelpFormatter)
     d.add_argument("--corpus", required=True, help="JSON Lines or plain text; its train users are the devices")
     d.add_argument("--model", default="models/v0", help="version whose word-list tail is the dictionary")
     d.add_argument("--k", type=int, default=8, help="words each device votes for")

@@ -28,6 +28,7 @@ from coordinator import privacy_skellam
 from edge_runtime import trainer
 from protocol import artifact, wire
 from protocol.arch import SIG_EVALUATE
+from protocol.cli import HelpFormatter, add_version
 
 
 def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str], max_windows: int) -> float:
@@ -49,7 +50,9 @@ def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.secagg_quality", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.secagg_quality", description=__doc__.split("\n")[0],
+                                 formatter_class=HelpFormatter)
+    add_version(ap)
     ap.add_argument("--model", required=True, help="base version directory")
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--devices", type=int, default=32, help="real updates (train speakers with the most text)")
@@ -132,4 +135,6 @@ def _poison(a: argparse.Namespace, version: Path, manifest: artifact.Manifest, b
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tools._cli import run
+
+    run(main)

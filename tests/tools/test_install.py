@@ -44,8 +44,10 @@ def test_wheel_installs_with_console_scripts_and_a_slim_base(tmp_path):
         where = _run(str(py), "-c", "import coordinator, edge_runtime; print(edge_runtime.__file__)", cwd=tmp_path,
                      env=env)
         assert where.returncode == 0 and where.stdout.startswith(str(venv)), where.stdout + where.stderr
-        static = Path(where.stdout.strip()).parent / "static" / "keyboard.html"
-        assert static.is_file()
+        installed = Path(where.stdout.strip()).parents[1]
+        for package in ("edge_runtime", "coordinator"):     # every page asset, the dashboard's vendored chart too
+            shipped = sorted(p.relative_to(REPO) for p in (REPO / package / "static").rglob("*") if p.is_file())
+            assert shipped and [p for p in shipped if not (installed / p).is_file()] == [], package
         for script in ("fedkeys-device", "fedkeys-coordinator", "fedkeys-pretrain", "fedkeys-evaluate",
                        "fedkeys-simulate"):
             h = _run(str(venv / "bin" / script), "--help", cwd=tmp_path, env=env)
