@@ -46,7 +46,7 @@ class EdgeConfig:
     max_cache_bytes: int = 4 * 1024 * 1024
     holdout_fraction: float = 0.1        # newest part kept for local evaluation only
     # Privacy floor: plans outside it are refused, whatever the coordinator says (plan_guard)
-    min_noise_multiplier: float = 0.0    # raise it (e.g. 0.5) to refuse unnoised plans
+    min_noise_multiplier: float = 0.01   # the coordinator's default noise: plans without noise are refused
     max_clip_norm: float = 10.0
     max_epochs: int = 20
     max_train_examples: int = 5000

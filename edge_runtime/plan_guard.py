@@ -50,7 +50,7 @@ class LedgerError(EdgeError, RuntimeError):
 class PlanFloor:
     """Limits a plan must respect whatever the coordinator says (from EdgeConfig)."""
 
-    min_noise_multiplier: float = 0.0
+    min_noise_multiplier: float = 0.01
     max_clip_norm: float = 10.0
     max_epochs: int = 20
     max_examples: int = 5000

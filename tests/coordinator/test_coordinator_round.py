@@ -23,7 +23,8 @@ def _setup(served, n_devices: int):
 
 def test_full_round_aggregate_equals_numpy_weighted_average(served, tmp_path):
     base_weights, devices = _setup(served, 6)
-    r = served.admin("POST", "/v1/admin/rounds", json={"goal_count": 3, "min_count": 2, "overselect": 1.34})
+    r = served.admin("POST", "/v1/admin/rounds", json={"goal_count": 3, "min_count": 2, "overselect": 1.34,
+                                                            "noise_multiplier": 0.0})
     assert r.status_code == 201, r.text
     rnd = r.json()
     assert rnd["max_selected"] == 5 and rnd["status"] == "open"   # ceil(3 * 1.34) = ceil(4.02)

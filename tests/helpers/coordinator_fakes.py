@@ -61,7 +61,7 @@ def make_config(tmp_path: Path, **overrides: object) -> Config:
             "rate_limit_per_key_burst": 100000, "goal_count": 3, "min_count": 2,
             "overselect": 1.34, "round_duration_s": 600.0, "selection_window_s": 0.0, "checkin_interval_s": 60.0,
             "canary_fraction": 1.0,
-            "canary_min_reports": 2, "canary_tolerance": 0.01, "clip_norm": 10.0, "noise_multiplier": 0.0,
+            "canary_min_reports": 2, "canary_tolerance": 0.01, "clip_norm": 10.0, "noise_multiplier": 0.01,
             "max_examples": 1000, "max_example_weight": 1000, "admin_token": "admin-secret"}
     return Config().with_overrides(base | overrides)
 

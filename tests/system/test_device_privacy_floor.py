@@ -30,7 +30,10 @@ def _device(s, tmp_path: Path, name: str, **floor) -> agent.Device:
 
 @pytest.mark.parametrize("hostile, floor, why", [
     ({"noise_multiplier": 0.0, "clip_norm": 1e6, "epochs": 30, "batch_size": 1, "max_examples": 10**6}, {},
-     "clip_norm"),
+     "noise_multiplier 0 below this device's minimum 0.01"),             # the default floor refuses no noise
+    ({"noise_multiplier": 0.0, "clip_norm": 10.0, "epochs": 20, "batch_size": 1, "max_examples": 5000}, {},
+     "noise_multiplier 0 below"),                                         # ... even inside every other limit
+    ({"noise_multiplier": 0.01, "clip_norm": 1e6, "epochs": 30, "batch_size": 1}, {}, "clip_norm"),
     ({"noise_multiplier": 0.0, "clip_norm": 1.0, "epochs": 1, "batch_size": 1}, {"min_noise_multiplier": 0.5},
      "noise_multiplier 0 below"),
     ({"noise_multiplier": 1.0, "clip_norm": 1.0, "epochs": 30, "batch_size": 1}, {}, "epochs 30"),

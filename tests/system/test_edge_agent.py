@@ -138,7 +138,7 @@ def test_devices_train_upload_and_evaluate_against_real_coordinator(coordinator,
 
     resp = coordinator.admin("POST", "/v1/admin/rounds", json={
         "goal_count": n, "min_count": 2, "overselect": 1.0, "epochs": 1, "batch_size": 4,
-        "learning_rate": 0.1, "clip_norm": 5.0, "noise_multiplier": 0.001, "max_examples": 200})
+        "learning_rate": 0.1, "clip_norm": 5.0, "noise_multiplier": 0.01, "max_examples": 200})
     assert resp.status_code == 201, resp.text
     round_id = resp.json()["round_id"]
 

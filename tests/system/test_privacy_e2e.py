@@ -93,7 +93,7 @@ def test_no_sentence_or_4gram_from_any_cache_leaves_the_device(tmp_path, exporte
                     assert agent.type_text(cfg, t, "message")
                 cfgs.append(cfg)
                 caches.append(texts)
-            rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.1, noise_multiplier=0.001,
+            rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.1, noise_multiplier=0.01,
                                       max_examples=200)
             devices = [agent.Device.open(c, session=session) for c in cfgs]
             try:

@@ -10,6 +10,7 @@ kinds of share of one device.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from coordinator import privacy
 from coordinator import secagg as coord_secagg
 from coordinator.models import Update
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
@@ -37,11 +39,12 @@ ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["see you at the station", "thanks for dinner", "call me later", "the kids loved it"]
 
 
-def _devices(s, tmp_path: Path, n: int) -> list[EdgeConfig]:
+def _devices(s, tmp_path: Path, n: int, **floor: float) -> list[EdgeConfig]:
     key = s.coord.create_enrollment_key()
     cfgs = []
     for i in range(n):
         cfg = EdgeConfig(data_dir=str(tmp_path / f"device{i}"), eligibility="override:eligible", coordinator=s.url,
+                         **floor,
                          public_key=s.coord.public_key_hex, min_wait_s=0.1)
         agent.enroll(cfg, key)
         for t in (TEXTS[i % 4], TEXTS[(i + 1) % 4], f"device {i} says hello"):
@@ -69,6 +72,7 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
                        secagg_phase_timeout_s=15.0, clip_norm=1.0, round_duration_s=600.0)
     with serve(conf) as s:
         base_id = s.coord.import_version(exported_version)
+        # noise-free, so the sum can be compared with the plain mean: the devices opt out of the default floor
         cfgs = _devices(s, tmp_path, n)
         rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, noise_multiplier=0.0, max_examples=4,
                                   secure_aggregation=True)
@@ -78,7 +82,8 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
             with open(Path(cfg.data_dir) / "run.log", "wb") as log:
                 procs[_device_id(cfg)] = subprocess.Popen(
                     [sys.executable, "-m", "edge_runtime", "run", "--once", "--data-dir", cfg.data_dir,
-                     "--eligibility", "override:eligible"], cwd=ROOT, env=env, stdout=log, stderr=log)
+                     "--eligibility", "override:eligible", "--set", "min_noise_multiplier=0"], cwd=ROOT, env=env,
+                    stdout=log, stderr=log)
         killed: list[str] = []
         mute: str | None = None       # a survivor that dies after masking: its seed comes from shares
         try:
@@ -267,7 +272,7 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
     caplog.set_level(logging.INFO, logger="edge_runtime.secagg_client")
     n = 4
     conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
-                       secagg_phase_timeout_s=30.0, clip_norm=1.0)
+                       secagg_phase_timeout_s=30.0, clip_norm=1.0, noise_multiplier=0.5)
 
     def start(port: int):
         app = create_app(conf)
@@ -306,6 +311,16 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
         assert any("retrying" in r.getMessage() for r in caplog.records if r.name == "edge_runtime.secagg_client")
         rnd = coord.get_round(rid)
         assert rnd["status"] == "done" and rnd["accepted"] == n, rnd
+        # The same release in both ledgers: each device charged one secure release at the central z ...
+        for cfg in cfgs:
+            ledger = json.loads((Path(cfg.data_dir) / paths.LEDGER_FILE).read_text())["releases"]
+            assert [(e["round_id"], e["noise_multiplier"], e.get("secure_aggregation")) for e in ledger] == [
+                (rid, 0.5, True)]
+        # ... and the candidate's record holds the central epsilon against the coordinator and how it was made
+        priv = next(v for v in coord.list_versions() if v.get("round_id") == rid)["privacy"]
+        assert priv["history"] == [[1.0, 0.5]] and priv["epsilon_local"] == pytest.approx(
+            privacy.summarize([privacy.RoundPrivacy(1.0, 0.5)], priv["delta"])["epsilon_local"])
+        assert priv["secure_aggregation"]["survivors"] == n and priv["secure_aggregation"]["skellam_mu_per_device"] > 0
     finally:
         for d in devs:
             d.close()

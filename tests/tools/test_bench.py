@@ -73,12 +73,13 @@ def test_poisoning_bench_prints_a_row_per_aggregator_and_share(exported_version,
                               for i, t in enumerate(lines * 24)))
     out = tmp_path / "p.json"
     r = bench("poisoning", "--model", str(exported_version), "--corpus", str(corpus), "--devices", "4",
-              "--shares", "0,0.25", "--sigmas", "0", "--repeats", "1", "--eval-texts", "20", "--json", str(out))
+              "--shares", "0,0.25", "--sigmas", "0,0.5", "--repeats", "1", "--eval-texts", "20", "--json", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "| σ | attack | attackers | mean | trimmed_mean | median |" in r.stdout
+    assert "| σ | attack | attackers | mean | trimmed_mean | median | secure |" in r.stdout
     rows = _json.loads(out.read_text())["results"]
-    assert {(x["attack"], x["attackers"]) for x in rows} == {("-", 0), ("flip", 1), ("boost", 1)}
-    assert all(0 <= x[k] <= 1 for x in rows for k in ("mean", "trimmed_mean", "median"))
+    assert {(x["sigma"], x["attack"], x["attackers"]) for x in rows} == {
+        (s, a, k) for s in (0, 0.5) for a, k in (("-", 0), ("flip", 1), ("boost", 1))}
+    assert all(0 <= x[k] <= 1 for x in rows for k in ("mean", "trimmed_mean", "median", "secure"))
 
 
 @pytest.mark.skipif(not HAS_TF, reason="the PTB bench trains with TensorFlow")

@@ -241,7 +241,7 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
 
         rnd = coord.admin("POST", "/v1/admin/rounds", json={
             "goal_count": total, "min_count": total, "overselect": 1.0, "epochs": 1, "batch_size": 4,
-            "learning_rate": 0.1, "clip_norm": 5.0, "noise_multiplier": 0.001, "max_examples": 200,
+            "learning_rate": 0.1, "clip_norm": 5.0, "noise_multiplier": 0.01, "max_examples": 200,
             "selection_window_s": 0})
         round_id = rnd["round_id"]
         run_once = ("run", "--once", "--eligibility", "override:eligible", "--log-level", "INFO")

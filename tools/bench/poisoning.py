@@ -9,7 +9,13 @@ as norm / n on a single coordinate. For each attacker share
 the same honest updates are reused (only k of them are replaced), aggregated with each
 coordinator aggregator (`coordinator.aggregation.aggregate`), applied to the base version
 (FedAvg, server learning rate 1) and scored on held-out users' text with the version's
-`evaluate` signature (next-piece top-3). Prints a Markdown table; `--json` writes the numbers.
+`evaluate` signature (next-piece top-3). The `secure` column is what a secure-aggregation round
+computes from the same devices (docs/privacy.md): honest devices train without noise of their
+own and add their Skellam share, everyone's vector goes through the protocol's quantization
+(`protocol.ddp`) and is summed in Z_2^32 (the pairwise masks cancel exactly, so they are left
+out), and the unweighted mean is decoded; σ is then the central noise on the sum. Nothing is
+checked there, so the attacker is not held to the norm bound; it sends the same vector as in
+the plain columns, for comparison. Prints a Markdown table; `--json` writes the numbers.
 
     python -m tools.bench poisoning --model DIR [--corpus FILE] [--devices 10] [--sigmas 0,0.5]
 """
@@ -17,6 +23,7 @@ coordinator aggregator (`coordinator.aggregation.aggregate`), applied to the bas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import secrets
 import shutil
@@ -31,8 +38,10 @@ from coordinator.validation import norm_bound
 from edge_runtime.trainer import evaluate, train
 from edge_runtime.update import NoiseSource, decode_delta
 from model.corpus import read_corpus, split_users
-from protocol import artifact
+from protocol import artifact, ddp
 from protocol.plan import TrainPlan
+
+COLUMNS = (*AGGREGATORS, "secure")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,6 +82,25 @@ def _score(base: Path, manifest: artifact.Manifest, vector: np.ndarray, texts: l
     return res.top3 / res.count
 
 
+def _secure_mean(ups: list[tuple[np.ndarray, bool]], clip: float, sigma: float, seed: int) -> np.ndarray:
+    """A secure round's decoded mean of `ups` ((vector, honest) pairs; no one drops out)."""
+    n, d = len(ups), ups[0][0].size
+    scale = ddp.choose_scale(clip, n, sigma, d, n)
+    mu = ddp.skellam_mu(sigma, scale, clip, d, n)
+    total = np.zeros(d, np.uint32)
+    for i, (v, honest) in enumerate(ups):
+        total += ddp.encode(v, scale, mu if honest else 0.0, seed=seed * 1000 + i)   # wraps mod 2^32
+    return ddp.decode_sum(total, scale, n).astype(np.float64)
+
+
+def _train_all(base: Path, users: list, plan: TrainPlan, rep: int, manifest: artifact.Manifest) -> list:
+    out = []
+    for i, (_, texts) in enumerate(users):
+        res = train(base, texts, plan, shuffle_seed=rep * 1000 + i, noise=NoiseSource(bytes([i + 1, rep + 1]) * 16))
+        out.append((decode_delta(res.update.delta, manifest.tensors).astype(np.float64), res.examples))
+    return out
+
+
 def _attack(name: str, honest: list[tuple[np.ndarray, int]], manifest: artifact.Manifest,
             weights: dict[str, np.ndarray], norm: float) -> np.ndarray:
     """The attacker's update (L2 norm `norm`)."""
@@ -108,6 +136,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--attacks must list flip and/or boost, got {args.attacks!r}")
     d = base_vec.size
     results = []
+    unnoised: dict[int, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base_top3 = _score(base, manifest, base_vec, held, work)
@@ -116,12 +145,10 @@ def main(args: argparse.Namespace) -> int:
                              clip_norm=args.clip, noise_multiplier=sigma, max_examples=args.max_examples)
             rows: dict[tuple[str, int], dict] = {}
             for rep in range(args.repeats):
-                honest = []
-                for i, (_, texts) in enumerate(users):
-                    res = train(base, texts, plan, shuffle_seed=rep * 1000 + i,
-                                noise=NoiseSource(bytes([i + 1, rep + 1]) * 16))
-                    honest.append((decode_delta(res.update.delta, manifest.tensors).astype(np.float64),
-                                   res.examples))
+                honest = _train_all(base, users, plan, rep, manifest)
+                if rep not in unnoised:     # secure rounds: devices add no Gaussian noise of their own
+                    unnoised[rep] = honest if sigma == 0 else _train_all(
+                        base, users, dataclasses.replace(plan, noise_multiplier=0.0), rep, manifest)
                 for attack_name in attacks:
                     attack = _attack(attack_name, honest, manifest, weights, 0.999 * norm_bound(args.clip, sigma, d))
                     for share in shares:
@@ -131,21 +158,24 @@ def main(args: argparse.Namespace) -> int:
                         ups = [(attack, args.max_examples)] * k + honest[k:]
                         row = rows.setdefault((attack_name if k else "-", k), {
                             "sigma": sigma, "attack": attack_name if k else "-", "attackers": k,
-                            "share": k / args.devices, **{n: 0.0 for n in AGGREGATORS}})
+                            "share": k / args.devices, **{n: 0.0 for n in COLUMNS}})
                         for name in AGGREGATORS:
                             pairs = ((v.astype(np.float32), bounded_weight(n, args.max_examples)) for v, n in ups)
                             delta = aggregate(name, pairs, trim=args.trim).astype(np.float64)
                             row[name] += _score(base, manifest, base_vec + delta, held, work) / args.repeats
+                        secure = [(attack, False)] * k + [(v, True) for v, _ in unnoised[rep][k:]]
+                        delta = _secure_mean(secure, args.clip, sigma, seed=rep)
+                        row["secure"] += _score(base, manifest, base_vec + delta, held, work) / args.repeats
             results += list(rows.values())
     print(f"base version top-3: {base_top3:.3f} ({len(held)} held-out texts); {args.devices} devices, "
           f"clip {args.clip}, lr {args.learning_rate}, trimmed mean cuts {args.trim:.0%} per end; "
           f"mean of {args.repeats} rounds per cell; "
           f"{time.time() - t0:.0f} s\n")
-    print("| σ | attack | attackers | " + " | ".join(AGGREGATORS) + " |")
-    print("|---|---|---|" + "---|" * len(AGGREGATORS))
+    print("| σ | attack | attackers | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|---|" + "---|" * len(COLUMNS))
     for r in results:
         print(f"| {r['sigma']:g} | {r['attack']} | {r['attackers']} of {args.devices} | "
-              + " | ".join(f"{r[n]:.3f}" for n in AGGREGATORS) + " |")
+              + " | ".join(f"{r[n]:.3f}" for n in COLUMNS) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps({"base_top3": base_top3, "results": results}, indent=1))
     return 0
