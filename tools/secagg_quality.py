@@ -1,6 +1,6 @@
 """What central noise costs in accuracy, and how many devices per round buy which epsilon.
 
-    python -m tools.secagg_quality --model DIR --corpus shakespeare.jsonl [--devices 32] [--rounds-eps 100]
+    python -m tools.secagg_quality [--model models/v0] [--corpus corpora/shakespeare.jsonl] [--devices 32]
 
 A documented mixture of real and replayed updates, one round: the `--devices` train speakers
 with the most text each fine-tune the model through the real `train` signature (ai-edge-litert,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from edge_runtime import trainer
 from protocol import artifact, wire
 from protocol.arch import SIG_EVALUATE
 from protocol.cli import HelpFormatter, add_version
+from tools._cli import DEFAULT_CORPUS, REPO
 
 
 def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str], max_windows: int) -> float:
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.secagg_quality", description=__doc__.split("\n")[0],
                                  formatter_class=HelpFormatter)
     add_version(ap)
-    ap.add_argument("--model", required=True, help="base version directory")
-    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--model", default=os.path.join(REPO, "models", "v0"), help="base version directory")
+    ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="JSON Lines or plain text; train users = devices")
     ap.add_argument("--devices", type=int, default=32, help="real updates (train speakers with the most text)")
     ap.add_argument("--max-examples", type=int, default=192)
     ap.add_argument("--learning-rate", type=float, default=0.5)
@@ -80,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(vecs)} real updates in {time.time() - t0:.0f} s; |mean| = {np.linalg.norm(mean):.3f} "
           f"(C = {a.clip_norm}), {mean.size:,} parameters")
     base_vec = artifact.flatten(base, manifest.tensors)
-    texts = pop.heldout
+    texts = [t for user_texts in pop.heldout.values() for t in user_texts]   # every held-out user's texts
+    n_windows = min(a.eval_windows, len(trainer.text_windows(version, texts, manifest)))
     v0 = heldout_top3(version, base, texts, a.eval_windows)
     rng = np.random.default_rng(0)
     ns = (100, 1000, 10000, 100000)
-    print(f"\nbase model: top-3 {v0:.2%} on {a.eval_windows} held-out windows\n")
+    print(f"\nbase model: top-3 {v0:.2%} on {n_windows} held-out windows of {len(pop.heldout)} held-out users\n")
     print("| noise on the mean (x C) | top-3 after the round | vs no noise | " + " | ".join(
         f"eps vs coordinator, {n:,} devices/round" for n in ns) + " |")
     print("|---:|---:|---:|" + "---:|" * len(ns))

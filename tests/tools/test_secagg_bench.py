@@ -53,3 +53,25 @@ def test_discovery_table_finds_the_word_many_users_typed(tmp_path, exported_vers
     assert no_noise[3].strip() == "inf" and math.isfinite(float(noised[3]))
     assert float(noised[4]) > float(no_noise[4])              # the noise raises the bar
     assert (tmp_path / "found" / f"found_{n}_z0.txt").read_text().split()[0] == common
+
+
+def test_secagg_quality_scores_every_held_out_user_and_prints_each_noise_row(tmp_path, exported_version, capsys):
+    """One round of real clipped updates, then the table per noise level; the held-out score must
+    cover every held-out user's text (a dict of users once passed its names as the texts)."""
+    import json
+    import re
+
+    from tools import secagg_quality
+
+    words = "the station at six we will meet you there tonight with tickets and keys".split()
+    rows = [{"user": f"u{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(12))}
+            for i in range(40) for _ in range(3)]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    argv = ["--model", str(exported_version), "--corpus", str(corpus), "--devices", "3", "--max-examples", "8",
+            "--eval-windows", "40", "--sigma", "0", "0.1"]
+    assert secagg_quality.main(argv) == 0
+    out = capsys.readouterr().out
+    held = re.search(r"on (\d+) held-out windows of (\d+) held-out users", out)
+    assert held and int(held.group(2)) >= 3 and int(held.group(1)) >= int(held.group(2)), out
+    assert [r.split("|")[1].strip() for r in out.splitlines() if re.match(r"\| 0(\.1)? \|", r)] == ["0", "0.1"]
