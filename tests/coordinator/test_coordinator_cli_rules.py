@@ -84,3 +84,18 @@ def test_every_task_names_the_channel_of_the_version_to_use(served):
     assert (task.kind, task.use_version_id, task.use_channel) == (wire.TASK_COME_BACK, "v0000", "stable")
     served.coord.start_round()
     assert dev.checkin().use_channel == "stable"
+
+
+def test_gunicorn_entry_point_refuses_a_mistyped_data_dir(tmp_path, monkeypatch):
+    """gunicorn calls create_app() with no argument (settings from the environment): a typo in
+    the data directory must not mint a new coordinator there either."""
+    from coordinator.app import create_app
+    from coordinator.config import ENV_PREFIX, ConfigError
+
+    typo = tmp_path / "coord-typo"
+    for k in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv(f"{ENV_PREFIX}DATA_DIR", str(typo))
+    with pytest.raises(ConfigError, match="not a coordinator data directory"):
+        create_app()
+    assert not typo.exists()
