@@ -28,7 +28,9 @@ def read_corpus(path: str | Path) -> list[Record]:
     """Read a JSONL or plain-text corpus, raising CorpusError with a precise reason."""
     p = Path(path)
     if not p.exists():
-        raise CorpusError(f"{p}: no such file")
+        hint = ("; the corpora ship with the repository (corpora/), not with the installed package: "
+                "pass --corpus FILE" if p.parent.name == "corpora" and "-packages" in str(p) else "")
+        raise CorpusError(f"{p}: no such file{hint}")
     if p.is_dir():
         raise CorpusError(f"{p}: is a directory, expected a .jsonl or text file")
     try:

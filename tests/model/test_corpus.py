@@ -53,8 +53,12 @@ def test_bad_files_say_what_and_where(tmp_path, lines, match):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(CorpusError, match="no such file"):
+    with pytest.raises(CorpusError, match="no such file$"):
         read_corpus(tmp_path / "nope.jsonl")
+    # A pip-installed tool's default corpus points into site-packages, where no corpus ships: say so.
+    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "corpora" / "shakespeare.jsonl"
+    with pytest.raises(CorpusError, match=r"no such file; the corpora ship with the repository .* --corpus FILE"):
+        read_corpus(installed)
 
 
 def test_split_is_by_user_deterministic_and_disjoint(tmp_path):
