@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(config_file=args.config, flags=_flags(args))
         _setup_logging(cfg.log_level)
-        cfg.require_data_dir()
+        data_dir = cfg.require_data_dir()
         c = args.command
+        if c not in ("enroll", "keyboard") and not data_dir.is_dir():   # a typo must not start a new device
+            raise ConfigError(f"{data_dir} is not a device data directory; create it with "
+                              f"python -m edge_runtime enroll --data-dir {data_dir} ...")
         if c == "enroll":
             ident = agent.enroll(cfg, args.enrollment_key, force=args.force)
             print(json.dumps({"device_id": ident.device_id, "coordinator": ident.coordinator,

@@ -64,3 +64,17 @@ def test_bad_file_is_one_clear_error(tmp_path):
 def test_require_data_dir():
     with pytest.raises(ConfigError, match="data directory"):
         EdgeConfig().require_data_dir()
+
+
+@pytest.mark.parametrize("command", [["status"], ["type", "--field-kind", "message", "hello there"], ["pause"],
+                                     ["wipe"], ["run", "--once"]])
+def test_device_commands_refuse_a_mistyped_data_dir(tmp_path, capsys, command):
+    """Only `enroll` (and the stand-alone keyboard) may create a device directory: a typo in
+    --data-dir must not start a new device (or cache text) somewhere nobody looks."""
+    from edge_runtime.__main__ import main as cli_main
+
+    typo = tmp_path / "dev1-typo"
+    assert cli_main([command[0], "--data-dir", str(typo), *command[1:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a device data directory" in err[0] and "enroll" in err[0], err
+    assert not typo.exists()
