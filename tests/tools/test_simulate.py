@@ -120,3 +120,17 @@ def test_central_reference_epochs_can_be_capped_for_large_corpora(monkeypatch, t
     assert calls[1][calls[1].index("--steps-per-epoch") + 1] == "50"
     bad = simulate("--corpus", "c.jsonl", "--central-steps-per-epoch", "0")
     assert bad.returncode == 2 and "--central-steps-per-epoch must be >= 1" in bad.stderr, bad.stderr
+
+
+def test_simulated_devices_follow_the_runs_own_noise_even_zero():
+    """The device's default floor refuses unnoised plans from a coordinator it does not control;
+    the simulator runs both sides, so `--noise-multiplier 0` must still train."""
+    from edge_runtime.config import EdgeConfig
+    from edge_runtime.plan_guard import PlanFloor
+    from protocol.plan import TrainPlan
+    from tools.simulate.devices import device_config
+
+    plan = TrainPlan(round_id=1, epochs=3, batch_size=16, learning_rate=0.5, clip_norm=3.0, noise_multiplier=0.0,
+                     max_examples=192)
+    assert PlanFloor.from_config(EdgeConfig(data_dir="x")).refusal(plan)          # a phone refuses it
+    assert PlanFloor.from_config(device_config("x", True)).refusal(plan) is None   # a simulated device trains

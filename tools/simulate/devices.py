@@ -57,13 +57,16 @@ def worker_init(log_path: str) -> None:
 def device_config(data_dir: str, eligible: bool, coordinator: str = "", public_key: str = "") -> EdgeConfig:
     """The edge runtime's settings for a simulated device: eligibility forced per round, short waits.
     No personal model: a training device's own suggestions are never scored (the held-out users'
-    keyboards personalize when they are scored, tools.wordeval), so it would only cost time."""
+    keyboards personalize when they are scored, tools.wordeval), so it would only cost time.
+    No noise floor either: the floor protects a phone from a coordinator it does not control,
+    while here one operator runs both and picks the noise per run (`--noise-multiplier 0` is a
+    valid experiment)."""
     from edge_runtime.config import EdgeConfig
 
     return EdgeConfig(data_dir=data_dir, coordinator=coordinator, public_key=public_key,
                       eligibility="override:eligible" if eligible else "override:ineligible",
                       min_wait_s=0.1, backoff_initial_s=0.5, backoff_max_s=2.0, upload_attempts=3,
-                      http_timeout_s=120.0, personalize=False)
+                      http_timeout_s=120.0, personalize=False, min_noise_multiplier=0.0)
 
 
 def setup_device(data_dir: str, coordinator: str, public_key: str, enrollment_key: str,
