@@ -48,9 +48,9 @@ class Config:
     profile: str = ""                     # a preset from PROFILES under file/env/flags ("" = none)
     # Limits
     max_body_bytes: int = 64 * 1024 * 1024   # hard cap on any request body (413 above)
-    rate_limit_per_minute: float = 120.0     # per device, token bucket refill
+    rate_limit_per_minute: float = 120.0     # per device and server process (gunicorn: x workers), token bucket
     rate_limit_burst: int = 30
-    rate_limit_per_key_per_minute: float = 6000.0  # check-ins of all devices of one enrollment key
+    rate_limit_per_key_per_minute: float = 6000.0  # check-ins of all devices of one enrollment key, per process
     rate_limit_per_key_burst: int = 600
     # Enrollment keys: every key has a use count and a lifetime (a leaked key mints few sybils)
     enrollment_key_uses: int = 100
