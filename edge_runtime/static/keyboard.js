@@ -195,8 +195,12 @@
     text = text.trim();
     if (!text) return;
     try {
-      const res = await api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false });
-      renderStatus(res);
+      const pending = api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false });
+      const mine = epoch;                          // api() bumped it; a later change moves it again
+      const res = await pending;
+      // Two sentences finished in quick succession are two commits in flight: the older answer
+      // (one sentence fewer) must not overwrite the newer one when it arrives last.
+      if (mine === epoch) renderStatus(res);
       toast(res.cached ? "Learned on this device" : "Not learned: " + (res.reason || "refused"));
     } catch (e) {
       toast("Could not save: " + e.message);

@@ -303,3 +303,34 @@ def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, export
     finally:
         ctx.close()
         server.stop()
+
+
+def test_commits_answered_out_of_order_never_show_the_older_count(page, device, monkeypatch):
+    """Two sentences finished in quick succession are two commits in flight; when the first is
+    answered last, its count (one sentence fewer) must not overwrite the newer one."""
+    import time
+
+    from edge_runtime.keyboard import KeyboardApp
+
+    original, answered = KeyboardApp.commit, []
+
+    def first_answer_late(self, body):
+        result = original(self, body)
+        answered.append(body["text"])
+        if len(answered) == 1:
+            time.sleep(1.5)                          # cached already; only the answer is late
+        return result
+
+    monkeypatch.setattr(KeyboardApp, "commit", first_answer_late)
+    page.evaluate("""() => {
+        const el = document.querySelector('#cached-count');
+        window.seenCounts = [el.textContent];
+        new MutationObserver(() => window.seenCounts.push(el.textContent))
+            .observe(el, {childList: true, characterData: true, subtree: true});
+    }""")
+    page.click("#message")
+    page.keyboard.type("Thou art welcome. I pray you tell me. ")
+    page.wait_for_function("() => window.seenCounts.includes('2')")
+    page.wait_for_timeout(2000)                      # the late answer has arrived
+    seen = page.evaluate("() => window.seenCounts")
+    assert len(answered) == 2 and seen[-1] == "2" and "1" not in seen[seen.index("2"):], seen
