@@ -37,9 +37,11 @@ from coordinator import privacy_skellam
 from edge_runtime.secagg_client import Revealer, masked_vector
 from protocol import ddp, secagg
 from protocol import secagg_wire as sw
+from protocol.artifact import read_manifest
 from protocol.cli import HelpFormatter, add_version
 
-FULL_DIM = 628_000          # the default model (README)
+# The shipped version 0's size (1,356,048 parameters): the update every device masks.
+FULL_DIM = read_manifest(Path(__file__).resolve().parents[1] / "models" / "v0").num_params
 DESIGN_DROPOUT = 0.3
 
 
@@ -165,7 +167,8 @@ def costs(devices: list[int], dropouts: list[float], full_dim_max: int, sim_dim:
     plain = 2 * FULL_DIM + 400            # float16 safetensors body + header
     per = per_expansion_seconds()
     rows = ["| devices | dropout | k / t | up per device | vs float16 | down | Shamir s | mask expansions | "
-            "coordinator unmask s (628k) | peak MiB | how |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+            f"coordinator unmask s ({FULL_DIM / 1e6:.2f} M) | peak MiB | how |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for n in devices:
         for p in dropouts:
             c = simulate(n, p, sim_dim)
@@ -179,7 +182,7 @@ def costs(devices: list[int], dropouts: list[float], full_dim_max: int, sim_dim:
             rows.append(f"| {n} | {p:.0%} | {c.k} / {c.t} | {up_full / 2**20:.2f} MiB | {up_full / plain:.2f}x | "
                         f"{c.down / 1024:.1f} KiB | {c.shamir_s:.2f} | {c.expansions} | {secs:.1f} | {peak:.0f} | "
                         f"{how} |")
-    rows.append(f"\nOne mask expansion at 628k parameters: {per * 1e3:.1f} ms (ChaCha20 + uint32 add). "
+    rows.append(f"\nOne mask expansion at {FULL_DIM:,} parameters: {per * 1e3:.1f} ms (ChaCha20 + uint32 add). "
                 f"Protocol run (bytes, Shamir, correctness) at dimension {sim_dim}; sum verified exactly.")
     return "\n".join(rows)
 
@@ -208,7 +211,7 @@ def _fmt(x: float) -> str:
 
 
 def paillier(slice_len: int, n_devices: int = 100) -> str:
-    """Paillier (phe, 2048-bit) on a slice of the update, extrapolated to 628k parameters."""
+    """Paillier (phe, 2048-bit) on a slice of the update, extrapolated to the model's parameters."""
     from phe import paillier as ph
 
     t0 = time.perf_counter()
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("costs", formatter_class=HelpFormatter)
     c.add_argument("--devices", type=int, nargs="+", default=[10, 100, 500])
     c.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1, 0.3])
-    c.add_argument("--full-dim-max", type=int, default=100, help="measure at 628k up to this many devices")
+    c.add_argument("--full-dim-max", type=int, default=100, help="measure at full size up to this many devices")
     c.add_argument("--sim-dim", type=int, default=1024)
     e = sub.add_parser("epsilon", formatter_class=HelpFormatter)
     e.add_argument("--rounds", type=int, nargs="+", default=[8, 100, 1000])
