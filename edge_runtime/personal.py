@@ -153,7 +153,6 @@ class PersonalModel:
             found = np.partition(found, k - 1)[:k]
         return [ranked[i] for i in np.sort(found).tolist()]
 
-
     def _word_index(self, h: tuple[str, ...], ranked: list[str]) -> tuple[list[str], np.ndarray]:
         """History `h`'s followers sorted by word, and each one's place in `ranked`; built once per
         ranked list (kept until `add` re-ranks the history)."""

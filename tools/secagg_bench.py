@@ -39,9 +39,10 @@ from protocol import ddp, secagg
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
 from protocol.cli import HelpFormatter, add_version
+from tools.shipped import SHIPPED_V0
 
 # The shipped version 0's size (1,356,048 parameters): the update every device masks.
-FULL_DIM = read_manifest(Path(__file__).resolve().parents[1] / "models" / "v0").num_params
+FULL_DIM = read_manifest(SHIPPED_V0).num_params
 DESIGN_DROPOUT = 0.3
 
 

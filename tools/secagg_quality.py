@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -30,15 +29,13 @@ from edge_runtime import trainer
 from protocol import artifact, wire
 from protocol.arch import SIG_EVALUATE
 from protocol.cli import HelpFormatter, add_version
-from tools._cli import DEFAULT_CORPUS, REPO
+from tools._cli import DEFAULT_CORPUS
+from tools.shipped import SHIPPED_V0
 
 
-def heldout_top3(version: Path, weights: dict[str, np.ndarray], texts: list[str], max_windows: int) -> float:
-    """Next-token top-3 accuracy of `weights` (a version's architecture) on held-out text."""
-    manifest = artifact.load_version(version)[0]
-    B = manifest.architecture().model.train_batch
-    data = trainer.text_windows(version, texts, manifest)
-    data = data.take(np.arange(min(max_windows, len(data))))
+def heldout_top3(version: Path, weights: dict[str, np.ndarray], data: trainer.Windows) -> float:
+    """Next-token top-3 accuracy of `weights` (a version's architecture) on held-out windows."""
+    B = artifact.read_manifest(version).architecture().model.train_batch
     model = trainer.load_model(version)
     model.set_weights(weights)
     run = model.runner(SIG_EVALUATE)
@@ -55,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.secagg_quality", description=__doc__.split("\n")[0],
                                  formatter_class=HelpFormatter)
     add_version(ap)
-    ap.add_argument("--model", default=os.path.join(REPO, "models", "v0"), help="base version directory")
+    ap.add_argument("--model", default=str(SHIPPED_V0), help="base version directory")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="JSON Lines or plain text; train users = devices")
     ap.add_argument("--devices", type=int, default=32, help="real updates (train speakers with the most text)")
     ap.add_argument("--max-examples", type=int, default=192)
@@ -83,31 +80,31 @@ def main(argv: list[str] | None = None) -> int:
           f"(C = {a.clip_norm}), {mean.size:,} parameters")
     base_vec = artifact.flatten(base, manifest.tensors)
     texts = [t for user_texts in pop.heldout.values() for t in user_texts]   # every held-out user's texts
-    n_windows = min(a.eval_windows, len(trainer.text_windows(version, texts, manifest)))
-    v0 = heldout_top3(version, base, texts, a.eval_windows)
+    held = trainer.text_windows(version, texts, manifest)   # tokenized once, scored for every row
+    held = held.take(np.arange(min(a.eval_windows, len(held))))
+    v0 = heldout_top3(version, base, held)
     rng = np.random.default_rng(0)
     ns = (100, 1000, 10000, 100000)
-    print(f"\nbase model: top-3 {v0:.2%} on {n_windows} held-out windows of {len(pop.heldout)} held-out users\n")
+    print(f"\nbase model: top-3 {v0:.2%} on {len(held)} held-out windows of {len(pop.heldout)} held-out users\n")
     print("| noise on the mean (x C) | top-3 after the round | vs no noise | " + " | ".join(
         f"eps vs coordinator, {n:,} devices/round" for n in ns) + " |")
     print("|---:|---:|---:|" + "---:|" * len(ns))
     clean = None
     for s in a.sigma:
         noisy = base_vec + mean + s * a.clip_norm * rng.standard_normal(mean.size)
-        top3 = heldout_top3(version, artifact.unflatten(noisy.astype(np.float32), manifest.tensors), texts,
-                            a.eval_windows)
+        top3 = heldout_top3(version, artifact.unflatten(noisy.astype(np.float32), manifest.tensors), held)
         clean = top3 if clean is None else clean
         eps = [privacy_skellam.central_epsilon(a.rounds_eps, s * n, a.delta) if s > 0 else math.inf for n in ns]
         print(f"| {s:g} | {top3:.2%} | {(top3 - clean) * 100:+.2f} pt | " + " | ".join(
             "inf" if math.isinf(e) else f"{e:.3g}" for e in eps) + " |")
     print(f"\nepsilon: {a.rounds_eps} rounds, delta {a.delta:g}, central z = sigma x n (no sampling amplification).")
     if a.poison:
-        _poison(a, version, manifest, base_vec, vecs, texts, clean)
+        _poison(a, version, manifest, base_vec, vecs, held, clean)
     return 0
 
 
 def _poison(a: argparse.Namespace, version: Path, manifest: artifact.Manifest, base_vec: np.ndarray,
-            vecs: list[np.ndarray], texts: list[str], clean: float) -> None:
+            vecs: list[np.ndarray], held: trainer.Windows, clean: float) -> None:
     """One attacker among the devices sends -lambda times its honest update (no noise). Plain
     mode: the coordinator's norm check (coordinator.validation) refuses it above the bound, so
     the round averages the others. Secure mode: nothing can be checked; the ring's only limit is
@@ -130,7 +127,7 @@ def _poison(a: argparse.Namespace, version: Path, manifest: artifact.Manifest, b
         res = []
         for m in (plain, secure):
             w = artifact.unflatten((base_vec + m).astype(np.float32), manifest.tensors)
-            res.append(heldout_top3(version, w, texts, a.eval_windows))
+            res.append(heldout_top3(version, w, held))
         print(f"| -{lam:g} x update | {norm:.3g} | {'yes' if plain_in else 'no (norm)'} | {res[0]:.2%} | "
               f"{res[1]:.2%} ({'yes' if fits else 'no'}) |")
     print(f"\nno attacker: {clean:.2%}; plain-mode norm bound {bound:.3g} (C = {a.clip_norm}, no device noise); "
