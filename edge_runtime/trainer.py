@@ -194,6 +194,21 @@ def train(
     return TrainResult(update, steps, n, first_loss, last_loss, secs)
 
 
+def evaluate_windows(model: SignatureModel, weights: dict[str, np.ndarray], data: Windows, batch: int, *,
+                     eligible: EligibilityCheck | None = None) -> dict[str, float]:
+    """The `evaluate` signature's outputs (EVALUATE_OUTPUTS) summed over `data` for `weights`."""
+    model.set_weights(weights)
+    run = model.runner(SIG_EVALUATE)
+    totals = dict.fromkeys(EVALUATE_OUTPUTS, 0.0)
+    for i in range(0, len(data), batch):
+        _check(eligible, None, i // batch)
+        x, y, m = fixed_batch(data, np.arange(i, min(i + batch, len(data))), batch)
+        res = run(x=x, y=y, mask=m)
+        for k in totals:
+            totals[k] += float(np.asarray(res[k]).reshape(-1)[0])
+    return totals
+
+
 def evaluate(
     version_dirs: Sequence[str | Path],
     texts: Iterable[str],
@@ -211,16 +226,7 @@ def evaluate(
         data = text_windows(vdir, texts, manifest)
         if max_examples is not None and len(data) > max_examples:
             data = data.take(np.arange(max_examples))
-        model = loader(vdir)
-        model.set_weights(weights)
-        run = model.runner(SIG_EVALUATE)
-        totals = dict.fromkeys(EVALUATE_OUTPUTS, 0.0)
-        for i in range(0, len(data), B):
-            _check(eligible, None, i // B)
-            x, y, m = fixed_batch(data, np.arange(i, min(i + B, len(data))), B)
-            res = run(x=x, y=y, mask=m)
-            for k in totals:
-                totals[k] += float(np.asarray(res[k]).reshape(-1)[0])
+        totals = evaluate_windows(loader(vdir), weights, data, B, eligible=eligible)
         out.append(VersionMetrics(version_id=manifest.version_id, **totals))
         log.info("evaluated %s on %d held-out windows: %d tokens", manifest.version_id, len(data),
                  int(totals["count"]))

@@ -27,7 +27,6 @@ import numpy as np
 from coordinator import privacy_skellam
 from edge_runtime import trainer
 from protocol import artifact, wire
-from protocol.arch import SIG_EVALUATE
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS
 from tools.shipped import SHIPPED_V0
@@ -36,16 +35,8 @@ from tools.shipped import SHIPPED_V0
 def heldout_top3(version: Path, weights: dict[str, np.ndarray], data: trainer.Windows) -> float:
     """Next-token top-3 accuracy of `weights` (a version's architecture) on held-out windows."""
     B = artifact.read_manifest(version).architecture().model.train_batch
-    model = trainer.load_model(version)
-    model.set_weights(weights)
-    run = model.runner(SIG_EVALUATE)
-    hit = count = 0.0
-    for i in range(0, len(data), B):
-        x, y, m = trainer.fixed_batch(data, np.arange(i, min(i + B, len(data))), B)
-        r = run(x=x, y=y, mask=m)
-        hit += float(np.asarray(r["top3"]).reshape(-1)[0])
-        count += float(np.asarray(r["count"]).reshape(-1)[0])
-    return hit / count
+    totals = trainer.evaluate_windows(trainer.load_model(version), weights, data, B)
+    return totals["top3"] / totals["count"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import secrets
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +32,7 @@ import numpy as np
 
 from coordinator.aggregation import AGGREGATORS, aggregate, bounded_weight
 from coordinator.validation import norm_bound
-from edge_runtime.trainer import evaluate, train
+from edge_runtime.trainer import evaluate_windows, load_model, text_windows, train
 from edge_runtime.update import NoiseSource, decode_delta
 from model.corpus import read_corpus, split_users
 from protocol import artifact, ddp
@@ -69,17 +66,19 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f"expected comma-separated numbers, got {text!r}") from e
 
 
-def _score(base: Path, manifest: artifact.Manifest, vector: np.ndarray, texts: list[str], work: Path) -> float:
-    d = work / f"v-{secrets.token_hex(4)}"
-    d.mkdir()
-    for f in (artifact.GRAPH, artifact.TOKENIZER):
-        shutil.copyfile(base / f, d / f)
-    m = artifact.Manifest.from_dict(manifest.to_dict())
-    m.version_id, m.signature = d.name, None
-    artifact.write_version(d, m, artifact.unflatten(vector.astype(np.float32), m.tensors))
-    [res] = evaluate([d], texts)
-    shutil.rmtree(d)
-    return res.top3 / res.count
+class _Scorer:
+    """Next-piece top-3 of a weight vector on the held-out texts, with the version's `evaluate`
+    signature: the model and the windows are made once, every aggregate is only set and scored."""
+
+    def __init__(self, base: Path, manifest: artifact.Manifest, texts: list[str]) -> None:
+        self.model, self.tensors = load_model(base), manifest.tensors
+        self.data = text_windows(base, texts, manifest)
+        self.batch = manifest.architecture().model.train_batch
+
+    def __call__(self, vector: np.ndarray) -> float:
+        weights = artifact.unflatten(vector.astype(np.float32), self.tensors)
+        totals = evaluate_windows(self.model, weights, self.data, self.batch)
+        return totals["top3"] / totals["count"]
 
 
 def _secure_mean(ups: list[tuple[np.ndarray, bool]], clip: float, sigma: float, seed: int) -> np.ndarray:
@@ -137,36 +136,35 @@ def main(args: argparse.Namespace) -> int:
     d = base_vec.size
     results = []
     unnoised: dict[int, list] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        base_top3 = _score(base, manifest, base_vec, held, work)
-        for sigma in sigmas:
-            plan = TrainPlan(round_id=1, epochs=1, batch_size=16, learning_rate=args.learning_rate,
-                             clip_norm=args.clip, noise_multiplier=sigma, max_examples=args.max_examples)
-            rows: dict[tuple[str, int], dict] = {}
-            for rep in range(args.repeats):
-                honest = _train_all(base, users, plan, rep, manifest)
-                if rep not in unnoised:     # secure rounds: devices add no Gaussian noise of their own
-                    unnoised[rep] = honest if sigma == 0 else _train_all(
-                        base, users, dataclasses.replace(plan, noise_multiplier=0.0), rep, manifest)
-                for attack_name in attacks:
-                    attack = _attack(attack_name, honest, manifest, weights, 0.999 * norm_bound(args.clip, sigma, d))
-                    for share in shares:
-                        k = round(share * args.devices)
-                        if k == 0 and attack_name != attacks[0]:
-                            continue   # no attacker: the same for every attack shape
-                        ups = [(attack, args.max_examples)] * k + honest[k:]
-                        row = rows.setdefault((attack_name if k else "-", k), {
-                            "sigma": sigma, "attack": attack_name if k else "-", "attackers": k,
-                            "share": k / args.devices, **{n: 0.0 for n in COLUMNS}})
-                        for name in AGGREGATORS:
-                            pairs = ((v.astype(np.float32), bounded_weight(n, args.max_examples)) for v, n in ups)
-                            delta = aggregate(name, pairs, trim=args.trim).astype(np.float64)
-                            row[name] += _score(base, manifest, base_vec + delta, held, work) / args.repeats
-                        secure = [(attack, False)] * k + [(v, True) for v, _ in unnoised[rep][k:]]
-                        delta = _secure_mean(secure, args.clip, sigma, seed=rep)
-                        row["secure"] += _score(base, manifest, base_vec + delta, held, work) / args.repeats
-            results += list(rows.values())
+    score = _Scorer(base, manifest, held)
+    base_top3 = score(base_vec)
+    for sigma in sigmas:
+        plan = TrainPlan(round_id=1, epochs=1, batch_size=16, learning_rate=args.learning_rate,
+                         clip_norm=args.clip, noise_multiplier=sigma, max_examples=args.max_examples)
+        rows: dict[tuple[str, int], dict] = {}
+        for rep in range(args.repeats):
+            honest = _train_all(base, users, plan, rep, manifest)
+            if rep not in unnoised:     # secure rounds: devices add no Gaussian noise of their own
+                unnoised[rep] = honest if sigma == 0 else _train_all(
+                    base, users, dataclasses.replace(plan, noise_multiplier=0.0), rep, manifest)
+            for attack_name in attacks:
+                attack = _attack(attack_name, honest, manifest, weights, 0.999 * norm_bound(args.clip, sigma, d))
+                for share in shares:
+                    k = round(share * args.devices)
+                    if k == 0 and attack_name != attacks[0]:
+                        continue   # no attacker: the same for every attack shape
+                    ups = [(attack, args.max_examples)] * k + honest[k:]
+                    row = rows.setdefault((attack_name if k else "-", k), {
+                        "sigma": sigma, "attack": attack_name if k else "-", "attackers": k,
+                        "share": k / args.devices, **{n: 0.0 for n in COLUMNS}})
+                    for name in AGGREGATORS:
+                        pairs = ((v.astype(np.float32), bounded_weight(n, args.max_examples)) for v, n in ups)
+                        delta = aggregate(name, pairs, trim=args.trim).astype(np.float64)
+                        row[name] += score(base_vec + delta) / args.repeats
+                    secure = [(attack, False)] * k + [(v, True) for v, _ in unnoised[rep][k:]]
+                    delta = _secure_mean(secure, args.clip, sigma, seed=rep)
+                    row["secure"] += score(base_vec + delta) / args.repeats
+        results += list(rows.values())
     print(f"base version top-3: {base_top3:.3f} ({len(held)} held-out texts); {args.devices} devices, "
           f"clip {args.clip}, lr {args.learning_rate}, trimmed mean cuts {args.trim:.0%} per end; "
           f"mean of {args.repeats} rounds per cell; "
