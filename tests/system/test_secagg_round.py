@@ -39,12 +39,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["see you at the station", "thanks for dinner", "call me later", "the kids loved it"]
 
 
-def _devices(s, tmp_path: Path, n: int, **floor: float) -> list[EdgeConfig]:
+def _devices(s, tmp_path: Path, n: int) -> list[EdgeConfig]:
     key = s.coord.create_enrollment_key()
     cfgs = []
     for i in range(n):
         cfg = EdgeConfig(data_dir=str(tmp_path / f"device{i}"), eligibility="override:eligible", coordinator=s.url,
-                         **floor,
                          public_key=s.coord.public_key_hex, min_wait_s=0.1)
         agent.enroll(cfg, key)
         for t in (TEXTS[i % 4], TEXTS[(i + 1) % 4], f"device {i} says hello"):
@@ -72,7 +71,6 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
                        secagg_phase_timeout_s=15.0, clip_norm=1.0, round_duration_s=600.0)
     with serve(conf) as s:
         base_id = s.coord.import_version(exported_version)
-        # noise-free, so the sum can be compared with the plain mean: the devices opt out of the default floor
         cfgs = _devices(s, tmp_path, n)
         rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, noise_multiplier=0.0, max_examples=4,
                                   secure_aggregation=True)
@@ -82,6 +80,7 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
             with open(Path(cfg.data_dir) / "run.log", "wb") as log:
                 procs[_device_id(cfg)] = subprocess.Popen(
                     [sys.executable, "-m", "edge_runtime", "run", "--once", "--data-dir", cfg.data_dir,
+                     # noise-free, so the sum can be compared with the plain mean: they opt out of the floor
                      "--eligibility", "override:eligible", "--set", "min_noise_multiplier=0"], cwd=ROOT, env=env,
                     stdout=log, stderr=log)
         killed: list[str] = []
