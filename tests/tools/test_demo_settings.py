@@ -14,6 +14,15 @@ def test_the_demo_runs_its_default_devices_on_the_shipped_corpus():
     assert sim.corpus == DEFAULT_CORPUS and sim.rounds == DEMO_DEFAULTS["rounds"]
 
 
+def test_the_demo_scores_the_same_held_out_words_as_the_simulation_and_the_quality_tables():
+    # The demo's claim against the central trigram is read on tools.simulate's word budget, not a
+    # noisier subset of it.
+    from tools.simulate.cli import build_parser as sim_parser
+
+    sim = simulation_args(build_parser().parse_args(["--no-serve"]))
+    assert sim.eval_words == sim_parser().parse_args([]).eval_words == 1500
+
+
 def test_a_corpus_with_fewer_train_users_runs_every_one_of_them(tmp_path):
     corpus = write_corpus(tmp_path / "small.jsonl", users=12, texts_per_user=3, seed=1)
     train_users = len(split_users(read_corpus(str(corpus)), seed=0).train)
