@@ -35,8 +35,8 @@ SHIPPED_CENTRAL = Path(REPO) / "models" / "central"
 
 # The demo's simulation: small enough for < 5 minutes on 2 cores, big enough to beat version 0 and
 # the central trigram (docs/quality.md). It scores the 1,500 held-out words tools.simulate and every
-# quality table score: on the first 500 alone (about 40 s less) the keyboard's KSR read 0.4-1.0
-# points under the central trigram's in seven runs, on all 1,500 0.6-0.7 above it.
+# quality table score: on the first 500 alone (about 40 s less) the keyboard's KSR read 0.4-1.2
+# points under the central trigram's in nine runs, on all 1,500 0.5-0.7 above it in four.
 DEMO_DEFAULTS = {"devices": 16, "rounds": 3, "eval_words": 1500, "participation": 0.8, "dropout": 0.1,
                  "canary_fraction": 0.5, "canary_min_reports": 2, "workers": 2}
 
