@@ -124,6 +124,32 @@ def test_ptb_bench_default_ngram_orders_fit_ptbs_ten_thousand_words():
         assert lm.n_words == 10_000 and lm.prob("w1", ["w0"]) > lm.prob("w2", ["w0"])
 
 
+def test_ptb_bench_reads_mikolovs_tarball_and_refuses_a_broken_one(tmp_path):
+    import io
+    import tarfile
+
+    from tools.bench.ptb import fetch
+
+    src = {split: f" a b c\n {split} d\n" for split in ("train", "valid", "test")}
+    with tarfile.open(tmp_path / "simple-examples.tgz", "w:gz") as tar:
+        for split, text in src.items():
+            info = tarfile.TarInfo(f"./simple-examples/data/ptb.{split}.txt")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text.encode()))
+        other = tarfile.TarInfo("../outside.txt")   # never written: only the three files are read
+        other.size = 1
+        tar.addfile(other, io.BytesIO(b"x"))
+    data = fetch(tmp_path, "http://127.0.0.1:9/nothing")
+    assert data["valid"] == [["a", "b", "c"], ["valid", "d"]]
+    assert not (tmp_path.parent / "outside.txt").exists()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "simple-examples.tgz").write_bytes(b"\x1f\x8b not really gzip")
+    r = bench("ptb", "--data-dir", str(broken), "--url", "http://127.0.0.1:9/nothing")
+    assert r.returncode != 0 and "simple-examples.tgz" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_ptb_bench_says_where_to_put_the_data_when_it_cannot_download(tmp_path):
     r = bench("ptb", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/nothing")
     assert r.returncode != 0

@@ -12,7 +12,8 @@ packs an n-gram into one int64 key, which at PTB's 10k words allows up to 4-gram
 published row.
 
 The data is not vendored: it is read from --data-dir (ptb.train.txt, ptb.valid.txt,
-ptb.test.txt), downloaded first from --url (a public copy of Mikolov's split) when missing.
+ptb.test.txt, or Mikolov's own simple-examples.tgz placed there), downloaded first from --url (a
+public copy of Mikolov's split) when missing.
 PTB words are mapped one-to-one to ids (no SentencePiece: PTB's vocabulary is closed, 10k words).
 """
 
@@ -23,8 +24,10 @@ import contextlib
 import json
 import math
 import sys
+import tarfile
 import time
 import urllib.request
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -59,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def fetch(data_dir: Path, url: str) -> dict[str, list[list[str]]]:
     """Sentences (lists of PTB words) of each split, downloading missing files."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    tgz = data_dir / "simple-examples.tgz"
+    if tgz.is_file() and not all((data_dir / f"ptb.{split}.txt").is_file() for split in SPLITS):
+        _from_tarball(tgz, data_dir)
     out = {}
     for split in SPLITS:
         path = data_dir / f"ptb.{split}.txt"
@@ -68,9 +74,26 @@ def fetch(data_dir: Path, url: str) -> dict[str, list[list[str]]]:
                     path.write_bytes(r.read())
             except OSError as e:
                 raise FileNotFoundError(f"could not download {url}/ptb.{split}.txt ({e}); put Mikolov's "
-                                        f"ptb.{split}.txt in {data_dir} (or pass --data-dir)") from e
+                                        f"ptb.{split}.txt (or his simple-examples.tgz) in {data_dir}, "
+                                        "or pass --data-dir") from e
         out[split] = [line.split() for line in path.read_text().splitlines() if line.strip()]
     return out
+
+
+def _from_tarball(tgz: Path, data_dir: Path) -> None:
+    """Mikolov's simple-examples.tgz: its three ptb.*.txt files, read by name (nothing else is
+    written, whatever paths the archive holds)."""
+    try:
+        with tarfile.open(tgz) as tar:
+            names = {n.lstrip("./"): n for n in tar.getnames()}
+            for split in SPLITS:
+                name = names.get(f"simple-examples/data/ptb.{split}.txt")
+                member = tar.extractfile(name) if name else None
+                if member is None:
+                    raise FileNotFoundError(f"{tgz} has no simple-examples/data/ptb.{split}.txt")
+                (data_dir / f"ptb.{split}.txt").write_bytes(member.read())
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise FileNotFoundError(f"{tgz} is not a readable tar.gz ({e})") from e
 
 
 def main(args: argparse.Namespace) -> int:
