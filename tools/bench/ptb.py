@@ -151,8 +151,8 @@ def main(args: argparse.Namespace) -> int:
             tot[k] += float(np.asarray(r[k]).reshape(-1)[0])
     assert int(tot["count"]) == test_tokens, (tot["count"], test_tokens)
     extra = f", dropout {args.dropout:g}" if args.dropout else ""
-    name = f"FedKeys LSTM (emb {cfg.embed_dim}, LSTM {cfg.hidden_dim}, tied{extra}; {hist.best_epoch + 1} epochs)"
-    rows.append((name,
+    lstm = f"FedKeys LSTM (emb {cfg.embed_dim}, LSTM {cfg.hidden_dim}, tied{extra}; {hist.best_epoch + 1} epochs)"
+    rows.append((lstm,
                  math.exp(tot["loss_sum"] / tot["count"]), tot["top1"] / tot["count"], tot["top3"] / tot["count"],
                  cfg.num_params))
     rows += [(name, ppl, None, None, None) for name, ppl in PUBLISHED]
