@@ -150,6 +150,12 @@ def test_ptb_bench_reads_mikolovs_tarball_and_refuses_a_broken_one(tmp_path):
     assert r.returncode != 0 and "simple-examples.tgz" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_ptb_bench_refuses_a_dropout_outside_zero_to_one_before_reading_data(tmp_path):
+    r = bench("ptb", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/nothing", "--dropout", "1.5")
+    assert r.returncode != 0 and "--dropout must be in [0, 1)" in r.stderr and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
 def test_ptb_bench_says_where_to_put_the_data_when_it_cannot_download(tmp_path):
     r = bench("ptb", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/nothing")
     assert r.returncode != 0

@@ -106,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
     from protocol.ngram import BOS, EOS, KneserNeyLM
     from protocol.text import BOS_ID, EOS_ID, windows
 
+    if not 0.0 <= args.dropout < 1.0:   # as tools.pretrain checks it, before minutes of n-gram fitting
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     t0 = time.time()
     data = fetch(args.data_dir, args.url)
     freq = Counter(w for s in data["train"] for w in s)
