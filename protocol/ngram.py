@@ -106,6 +106,31 @@ def _estimate_discounts(counts: np.ndarray) -> tuple[float, float, float]:
     return (y, y, y)
 
 
+def _by_owner(records: list[list[str]], owner: np.ndarray) -> list[set[str]]:
+    """The set of tokens each user typed."""
+    out: list[set[str]] = [set() for _ in range(int(owner.max()) + 1)]
+    for r, u in zip(records, owner.tolist()):
+        out[u].update(r)
+    return out
+
+
+def _typed_by_enough(keys: np.ndarray, owner: np.ndarray, min_users: int) -> np.ndarray:
+    """Mask of the n-gram occurrences `keys` (each typed by `owner`) whose n-gram at least
+    `min_users` different users typed."""
+    order = np.lexsort((owner, keys))
+    k, o = keys[order], owner[order]
+    new_pair = np.ones(len(k), dtype=bool)
+    new_pair[1:] = (k[1:] != k[:-1]) | (o[1:] != o[:-1])
+    new_key = np.ones(len(k), dtype=bool)
+    new_key[1:] = k[1:] != k[:-1]
+    starts = np.flatnonzero(new_key)
+    n_users = np.add.reduceat(new_pair.astype(np.int64), starts) if len(k) else np.zeros(0, np.int64)
+    ok_sorted = np.repeat(n_users >= min_users, np.diff(np.append(starts, len(k))))
+    mask = np.empty(len(k), dtype=bool)
+    mask[order] = ok_sorted
+    return mask
+
+
 def _discount_each(counts: np.ndarray, d: tuple[float, float, float]) -> np.ndarray:
     """The discount applied to each count (0 for a zero count); D_c <= c keeps every alpha >= 0."""
     out = np.where(counts >= 3, d[2], np.where(counts == 2, d[1], d[0]))
@@ -139,18 +164,41 @@ class KneserNeyLM:
         order: int = 3,
         discount: float | None = None,
         min_count: int = 1,
+        *,
+        users: Sequence[object] | None = None,
+        min_users: int = 1,
     ) -> KneserNeyLM:
-        """Count n-grams of `texts` (one record = one <s> ... </s> sentence) and build the model."""
+        """Count n-grams of `texts` (one record = one <s> ... </s> sentence) and build the model.
+
+        With `users` (the user of each text) and `min_users` > 1, only tokens and n-grams that
+        at least `min_users` different users typed are kept (other tokens count as <unk>): the
+        most a release that protects each user could hold, so docs/quality.md can measure how
+        much of a central n-gram's lead rests on what a single user typed."""
+        texts = list(texts)
+        if min_users < 1:
+            raise ValueError(f"min_users must be >= 1, got {min_users}")
+        if users is not None and len(users) != len(texts):
+            raise ValueError(f"{len(users)} users for {len(texts)} texts")
+        if min_users > 1 and users is None:
+            raise ValueError("min_users needs the user of each text (users=...)")
         lm = cls(order, discount, min_count)
-        lm._fit(texts)
+        lm._fit(texts, users if min_users > 1 else None, min_users)
         return lm
 
-    def _fit(self, texts: Iterable[str]) -> None:
+    def _fit(self, texts: Iterable[str], users: Sequence[object] | None = None, min_users: int = 1) -> None:
         # findall on the whole text gives exactly the words_of_chunk tokens of its chunks.
-        records = [r for r in (TOKEN_RE.findall(t) for t in texts) if r]
+        found = [(TOKEN_RE.findall(t), i) for i, t in enumerate(texts)]
+        records = [r for r, _ in found if r]
         if not records:
             raise ValueError("no tokens to fit on")
+        owner = None
+        if users is not None:   # each record's user as a small int
+            ids: dict[object, int] = {}
+            owner = np.array([ids.setdefault(users[i], len(ids)) for r, i in found if r], dtype=np.int64)
         freq = Counter(tok for r in records for tok in r)
+        if owner is not None:
+            typed_by = Counter(tok for u in _by_owner(records, owner) for tok in u)
+            freq = Counter({w: c for w, c in freq.items() if typed_by[w] >= min_users})
         kept = [w for w, c in freq.items() if c >= self.min_count]
         vocab = sorted(w for w in kept if _is_word(w))
         n_words = len(vocab)
@@ -180,7 +228,11 @@ class KneserNeyLM:
             key = seq[:m].copy()
             for j in range(1, n):
                 key = key * base + seq[j : j + m]
-            grams[n] = np.unique(key[rec[:m] == rec[n - 1 : n - 1 + m]], return_counts=True)
+            same = rec[:m] == rec[n - 1 : n - 1 + m]   # n-grams within one record
+            key = key[same]
+            if owner is not None and n > 1:
+                key = key[_typed_by_enough(key, owner[rec[:m][same]], min_users)]
+            grams[n] = np.unique(key, return_counts=True)
 
         # Adjusted counts: raw at the top order; below it, the number of distinct left
         # extensions (continuation count), except n-grams starting with <s>, which have none.

@@ -339,6 +339,27 @@ def test_min_count_maps_rare_words_to_unk():
     assert "<unk>" not in s.suggest("", 10)
 
 
+def test_min_users_keeps_only_what_several_users_typed():
+    """The reference for "what a release protecting each user could hold": a word or n-gram one
+    user typed, however often, is not kept; an empty text does not shift the users."""
+    texts = ["red hat linux", "red hat linux", "red hat box", "", "my red car"]
+    users = ["a", "a", "b", "c", "c"]
+    lm = KneserNeyLM.fit(texts, users=users, min_users=2)
+    assert [w for w in lm.vocab if w[0] != "<"] == ["hat", "red"]   # linux (a twice), box, my, car: <unk>
+    assert lm.prob("linux", ["red", "hat"]) == lm.prob("<unk>", ["red", "hat"])
+    # With <unk> in place: kept bigrams <s> red, red hat, hat <unk>, <unk> </s> (a and b; </s> also c);
+    # trigrams <s> red hat, red hat <unk>, hat <unk> </s>. c's "<s> <unk> red <unk> </s>" is c's alone.
+    assert lm.size == len(lm.distribution()) + 4 + 3
+    assert KneserNeyLM.fit(texts).prob("red", ["<s>", "my"]) > 0.5 > lm.prob("red", ["<s>", "my"])   # c's alone
+    # min_users=1 is the plain fit
+    plain, one = KneserNeyLM.fit(texts), KneserNeyLM.fit(texts, users=users, min_users=1)
+    assert one.vocab == plain.vocab
+    np.testing.assert_array_equal(one.distribution(["red", "hat"]), plain.distribution(["red", "hat"]))
+    for bad in ({"min_users": 0, "users": users}, {"min_users": 2}, {"min_users": 2, "users": users[:3]}):
+        with pytest.raises(ValueError):
+            KneserNeyLM.fit(texts, **bad)
+
+
 # ---------------------------------------------------------------- persistence / validation
 
 

@@ -90,7 +90,10 @@ def test_ablation_table_scores_every_part_on_the_same_words(exported_version, fr
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr
     rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| ") and "%" in line]
-    assert len(rows) == 2 + 6 + 2
+    assert len(rows) == 3 + 6 + 2
+    # the central trigram keeping only what 2+ train users typed stores a part of the central one
+    sizes = [int(r[5].split()[0].replace(",", "")) for r in rows[:2]]
+    assert "at least 2 train users" in rows[1][0] and 0 < sizes[1] <= sizes[0], rows[:2]
     from protocol.artifact import encode_weights_q8, load_version
     manifest, weights = load_version(exported_version)
     per_version = f"{len(encode_weights_q8(weights)) / 1e6:.2f} MB per version"

@@ -67,7 +67,7 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
         assert x["canary_reports"] >= 2 and x["candidate_metrics"]["words"] > 0
     assert report["federations"][0]["final_version"]
     # Read by automation: the references and both views of the federated result.
-    assert {"ngram", "ngram_proxy", "proxy", "proxy_lstm"} <= set(report["references"])
+    assert {"ngram", "ngram_shared", "ngram_proxy", "proxy", "proxy_lstm"} <= set(report["references"])
     for key in ("final_metrics", "global_metrics"):
         assert {"top1", "top3", "ksr"} <= set(report["federations"][0][key]), key
     # Every device kept its own state: identity, text cache, installed versions.

@@ -66,6 +66,9 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     """References on the held-out users, cached in DIR/reference.json:
 
     ngram: Kneser-Ney trigram fitted centrally on the corpus's train users (collects their text);
+    ngram_shared: the same trigram keeping only tokens and n-grams that at least 2 train users typed
+    (what a release protecting each user could hold at most: how much of the central trigram's lead
+    rests on what one user typed);
     ngram_proxy: the same trigram fitted on the proxy text only (shippable without users' text);
     proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM copy);
     proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users."""
@@ -85,6 +88,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"
     wanted: dict[str, str] = {
         "ngram": f"ngram:{corpus_key}",
+        "ngram_shared": f"ngram:users>=2:{corpus_key}",
         "ngram_proxy": f"ngram:{':'.join(_file_key(Path(p)) for p in proxy)}:{corpus_key}",
         "proxy": f"keyboard:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
         "proxy_lstm": f"lstm:{_sha(v0 / 'manifest.json')}:{corpus_key}",
@@ -97,9 +101,13 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
             continue
         t0 = time.time()
         if name.startswith("ngram"):
-            texts = (split_users(read_corpus(corpus), seed=0).texts("train") if name == "ngram"
-                     else [r.text for p in proxy for r in read_corpus(p)])
-            lm = KneserNeyLM.fit(texts, order=3)
+            if name == "ngram_proxy":
+                lm = KneserNeyLM.fit([r.text for p in proxy for r in read_corpus(p)], order=3)
+            else:
+                train = split_users(read_corpus(corpus), seed=0).train
+                texts = [t for ts in train.values() for t in ts]
+                users = [u for u, ts in train.items() for _ in ts]
+                lm = KneserNeyLM.fit(texts, order=3, users=users, min_users=2 if name == "ngram_shared" else 1)
             out[name] = scored(lm.session, pop.heldout, max_words)
         else:
             with stderr_to(quiet_log):
