@@ -260,6 +260,8 @@ class KneserNeyLM:
         discounts = {1: discounts_for(a1[a1 > 0])}
         d1 = _discount_each(a1, discounts[1])
         total = a1.sum()
+        if not total:   # only with min_users: nothing is left that enough users typed
+            raise ValueError(f"no word or n-gram that {min_users} or more users typed")
         uni = (a1 - d1) / total + d1.sum() / total / bos
 
         levels: dict[int, tuple[np.ndarray, ...]] = {}

@@ -114,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     row("Kneser-Ney trigram, central on train users (collects text)", central_ngram.session,
         f"{central_ngram.size:,} n-gram probabilities", "— (not shippable)")
     writers = [u for u, texts_of in split.train.items() for _ in texts_of]   # the user of each train text
-    shared = KneserNeyLM.fit(split.texts("train"), order=3, users=writers, min_users=2)
-    row("Kneser-Ney trigram, central, only words and n-grams at least 2 train users typed", shared.session,
-        f"{shared.size:,} n-gram probabilities", "— (not shippable)")
+    try:
+        shared = KneserNeyLM.fit(split.texts("train"), order=3, users=writers, min_users=2)
+    except ValueError:   # train users who share no word: no row
+        shared = None
+    if shared is not None:
+        row("Kneser-Ney trigram, central, only words and n-grams at least 2 train users typed", shared.session,
+            f"{shared.size:,} n-gram probabilities", "— (not shippable)")
     row("Kneser-Ney trigram, proxy text only (the shipped base n-gram)", base.session,
         f"{base.size:,} n-gram probabilities", base_once)
     parts = [("LSTM, 10k softmax only", dict(tail=False, base=False, own_words=False, personal_lstm=False)),

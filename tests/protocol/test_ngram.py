@@ -358,6 +358,8 @@ def test_min_users_keeps_only_what_several_users_typed():
     for bad in ({"min_users": 0, "users": users}, {"min_users": 2}, {"min_users": 2, "users": users[:3]}):
         with pytest.raises(ValueError):
             KneserNeyLM.fit(texts, **bad)
+    with pytest.raises(ValueError, match="2 or more users"):   # one user: nothing is shared, no NaN model
+        KneserNeyLM.fit(texts, users=["a"] * len(texts), min_users=2)
 
 
 # ---------------------------------------------------------------- persistence / validation

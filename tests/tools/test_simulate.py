@@ -134,3 +134,23 @@ def test_simulated_devices_follow_the_runs_own_noise_even_zero():
                      max_examples=192)
     assert PlanFloor.from_config(EdgeConfig(data_dir="x")).refusal(plan)          # a phone refuses it
     assert PlanFloor.from_config(device_config("x", True)).refusal(plan) is None   # a simulated device trains
+
+
+def test_report_names_the_central_trigrams_shared_part_when_there_is_one(tmp_path):
+    """references.ngram_shared (the central trigram kept to what 2+ train users typed) is a row and
+    a claim; a corpus whose train users share nothing has no such reference, and the report still renders."""
+    from tools.simulate.federation import FederationResult
+    from tools.simulate.report import headline_rows, verdict_lines
+
+    def m(top3: float) -> dict:
+        return {"top1": top3 / 2, "top3": top3, "ksr": top3 * 2, "words": 100}
+
+    refs = {"ngram": m(0.24), "ngram_shared": m(0.20), "ngram_proxy": m(0.20), "proxy_lstm": m(0.21),
+            "proxy": m(0.22)}
+    fed = FederationResult("federated", 0.0, [], "v1", m(0.22), m(0.21), tmp_path, tmp_path)
+    labels = [label for label, _ in headline_rows(refs, [fed], 8)]
+    assert labels[1].startswith("the same trigram, only the words and n-grams at least 2 train users typed")
+    assert "vs its part that at least 2 train users typed: top-3 +2.0 points" in verdict_lines(refs, fed)[0]
+    del refs["ngram_shared"]
+    assert len(headline_rows(refs, [fed], 8)) == len(labels) - 1
+    assert verdict_lines(refs, fed)[0].endswith("KSR -4.0 points.")

@@ -107,7 +107,10 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
                 train = split_users(read_corpus(corpus), seed=0).train
                 texts = [t for ts in train.values() for t in ts]
                 users = [u for u, ts in train.items() for _ in ts]
-                lm = KneserNeyLM.fit(texts, order=3, users=users, min_users=2 if name == "ngram_shared" else 1)
+                try:
+                    lm = KneserNeyLM.fit(texts, order=3, users=users, min_users=2 if name == "ngram_shared" else 1)
+                except ValueError:   # ngram_shared of a corpus whose train users share nothing: no row
+                    continue
             out[name] = scored(lm.session, pop.heldout, max_words)
         else:
             with stderr_to(quiet_log):

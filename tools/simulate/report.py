@@ -53,9 +53,9 @@ def round_table(results: list[RoundResult], title: str) -> Table:
 
 def headline_rows(refs: dict[str, dict], feds: list[FederationResult], rounds: int) -> list[tuple[str, dict]]:
     """(label, metrics) of the report's headline table, the references first, the federations after."""
-    rows = [("Kneser-Ney trigram, central on the train users' text (collects text)", refs["ngram"]),
-            ("the same trigram, only the words and n-grams at least 2 train users typed (the most a release "
-             "protecting each user could hold)", refs["ngram_shared"]),
+    shared = [("the same trigram, only the words and n-grams at least 2 train users typed (the most a release "
+               "protecting each user could hold)", refs["ngram_shared"])] if "ngram_shared" in refs else []
+    rows = [("Kneser-Ney trigram, central on the train users' text (collects text)", refs["ngram"]), *shared,
             ("Kneser-Ney trigram, proxy text only", refs["ngram_proxy"]),
             ("LSTM, proxy text only (version 0)", refs["proxy_lstm"]),
             ("FedKeys keyboard on version 0 (proxy LSTM + base n-gram + what it learns on the device)", refs["proxy"])]
@@ -87,10 +87,11 @@ def verdict_lines(refs: dict[str, dict], fed: FederationResult) -> list[str]:
         return f"{text} (95% interval {lo:+.1f} to {hi:+.1f})"
 
     shippable = max((refs["ngram_proxy"], refs["proxy_lstm"]), key=lambda m: m["top3"])
+    shared = refs.get("ngram_shared")
     lines = [f"FedKeys keyboard vs the central trigram: top-3 {pts(kb, refs['ngram'], 'top3')} points, "
-             f"KSR {pts(kb, refs['ngram'], 'ksr')} points; vs its part that at least 2 train users typed: "
-             f"top-3 {pts(kb, refs['ngram_shared'], 'top3')} points, "
-             f"KSR {pts(kb, refs['ngram_shared'], 'ksr')} points.",
+             f"KSR {pts(kb, refs['ngram'], 'ksr')} points"
+             + (f"; vs its part that at least 2 train users typed: top-3 {pts(kb, shared, 'top3')} points, "
+                f"KSR {pts(kb, shared, 'ksr')} points." if shared else "."),
              f"FedKeys keyboard vs the best model shippable without users' text (proxy-only LSTM or trigram): "
              f"top-3 {pts(kb, shippable, 'top3')} points, KSR {pts(kb, shippable, 'ksr')} points.",
              f"Federated global LSTM vs proxy only: top-3 {pts(glob, refs['proxy_lstm'], 'top3')} points."]
