@@ -107,7 +107,7 @@ def _estimate_discounts(counts: np.ndarray) -> tuple[float, float, float]:
 
 
 def _by_owner(records: list[list[str]], owner: np.ndarray) -> list[set[str]]:
-    """The set of tokens each user typed."""
+    """The set of tokens each user typed (a token counts once per user, however often typed)."""
     out: list[set[str]] = [set() for _ in range(int(owner.max()) + 1)]
     for r, u in zip(records, owner.tolist()):
         out[u].update(r)
@@ -116,7 +116,8 @@ def _by_owner(records: list[list[str]], owner: np.ndarray) -> list[set[str]]:
 
 def _typed_by_enough(keys: np.ndarray, owner: np.ndarray, min_users: int) -> np.ndarray:
     """Mask of the n-gram occurrences `keys` (each typed by `owner`) whose n-gram at least
-    `min_users` different users typed."""
+    `min_users` different users typed: counted by distinct (n-gram, user) pairs, so one user
+    typing an n-gram many times does not make it shared."""
     order = np.lexsort((owner, keys))
     k, o = keys[order], owner[order]
     new_pair = np.ones(len(k), dtype=bool)
@@ -202,6 +203,8 @@ class KneserNeyLM:
         kept = [w for w, c in freq.items() if c >= self.min_count]
         vocab = sorted(w for w in kept if _is_word(w))
         n_words = len(vocab)
+        if owner is not None and not n_words:
+            raise ValueError(f"no word that {min_users} or more users typed")
         vocab += sorted(w for w in kept if not _is_word(w))
         vocab += [EOS, UNK, BOS]
         index = {w: i for i, w in enumerate(vocab)}
@@ -223,6 +226,7 @@ class KneserNeyLM:
         rec = np.repeat(np.arange(len(records)), lengths)
         raw_freq = np.bincount(seq, minlength=base)[:bos]
         grams: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        every: dict[int, np.ndarray] = {}   # each order's distinct n-grams before `min_users`
         for n in range(1, order + 1):
             m = len(seq) - n + 1
             key = seq[:m].copy()
@@ -231,14 +235,20 @@ class KneserNeyLM:
             same = rec[:m] == rec[n - 1 : n - 1 + m]   # n-grams within one record
             key = key[same]
             if owner is not None and n > 1:
+                every[n] = np.unique(key)
                 key = key[_typed_by_enough(key, owner[rec[:m][same]], min_users)]
             grams[n] = np.unique(key, return_counts=True)
 
         # Adjusted counts: raw at the top order; below it, the number of distinct left
         # extensions (continuation count), except n-grams starting with <s>, which have none.
+        # With `min_users` an n-gram is kept by its own users, and its continuation count (a
+        # number of left-extension types, no one user's n-gram) counts every extension.
         adj: dict[int, tuple[np.ndarray, np.ndarray]] = {order: grams[order]}
         for n in range(order - 1, 0, -1):
-            keys, cnts = np.unique(grams[n + 1][0] % base**n, return_counts=True)
+            keys, cnts = np.unique(every.get(n + 1, grams[n + 1][0]) % base**n, return_counts=True)
+            if owner is not None and n > 1:
+                kept = np.isin(keys, grams[n][0])
+                keys, cnts = keys[kept], cnts[kept]
             if n > 1:
                 raw_keys, raw_cnts = grams[n]
                 at_bos = raw_keys // base ** (n - 1) == bos
@@ -260,8 +270,6 @@ class KneserNeyLM:
         discounts = {1: discounts_for(a1[a1 > 0])}
         d1 = _discount_each(a1, discounts[1])
         total = a1.sum()
-        if not total:   # only with min_users: nothing is left that enough users typed
-            raise ValueError(f"no word or n-gram that {min_users} or more users typed")
         uni = (a1 - d1) / total + d1.sum() / total / bos
 
         levels: dict[int, tuple[np.ndarray, ...]] = {}

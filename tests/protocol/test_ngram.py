@@ -358,7 +358,10 @@ def test_min_users_keeps_only_what_several_users_typed():
     for bad in ({"min_users": 0, "users": users}, {"min_users": 2}, {"min_users": 2, "users": users[:3]}):
         with pytest.raises(ValueError):
             KneserNeyLM.fit(texts, **bad)
-    with pytest.raises(ValueError, match="2 or more users"):   # one user: nothing is shared, no NaN model
+    # "b c" is shared though each user reached it from their own word: it keeps its own order
+    two = KneserNeyLM.fit(["x b c", "y z", "y b c", "x z"], users=["a", "a", "b", "b"], min_users=2)
+    assert {"x", "y"} <= set(two.vocab) and two.prob("c", ["z", "b"]) > 0.5
+    with pytest.raises(ValueError, match="2 or more users"):   # one user: nothing is shared, no empty model
         KneserNeyLM.fit(texts, users=["a"] * len(texts), min_users=2)
 
 

@@ -88,7 +88,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"
     wanted: dict[str, str] = {
         "ngram": f"ngram:{corpus_key}",
-        "ngram_shared": f"ngram:users>=2:{corpus_key}",
+        "ngram_shared": f"ngram:users>=2:v2:{corpus_key}",   # v2: continuation counts of every extension
         "ngram_proxy": f"ngram:{':'.join(_file_key(Path(p)) for p in proxy)}:{corpus_key}",
         "proxy": f"keyboard:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
         "proxy_lstm": f"lstm:{_sha(v0 / 'manifest.json')}:{corpus_key}",
@@ -107,10 +107,13 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
                 train = split_users(read_corpus(corpus), seed=0).train
                 texts = [t for ts in train.values() for t in ts]
                 users = [u for u, ts in train.items() for _ in ts]
-                try:
-                    lm = KneserNeyLM.fit(texts, order=3, users=users, min_users=2 if name == "ngram_shared" else 1)
-                except ValueError:   # ngram_shared of a corpus whose train users share nothing: no row
-                    continue
+                if name == "ngram":
+                    lm = KneserNeyLM.fit(texts, order=3)
+                else:
+                    try:
+                        lm = KneserNeyLM.fit(texts, order=3, users=users, min_users=2)
+                    except ValueError:   # train users who share no word: no such reference, no row
+                        continue
             out[name] = scored(lm.session, pop.heldout, max_words)
         else:
             with stderr_to(quiet_log):

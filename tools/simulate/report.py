@@ -1,8 +1,9 @@
 """The simulation's four renderers: the per-round table on the console, report.md, report.png and
 report.json.
 
-report.json is read by automation: keep `references.{ngram,ngram_shared,ngram_proxy,proxy,proxy_lstm,central}`,
-`federations[].final_metrics`, `federations[].global_metrics` and the round fields as they are."""
+report.json is read by automation: keep `references.{ngram,ngram_proxy,proxy,proxy_lstm}` (and
+`ngram_shared`, `central` when present), `federations[].final_metrics`,
+`federations[].global_metrics` and the round fields as they are."""
 
 from __future__ import annotations
 
