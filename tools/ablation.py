@@ -21,9 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS, run
+
+if TYPE_CHECKING:
+    from model.corpus import Split
+    from protocol.ngram import KneserNeyLM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +40,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--central", help="the central reference's version directory (optional)")
     p.add_argument("--max-words", type=int, default=1500, help="target words scored (round-robin over users)")
     p.add_argument("--max-keystrokes", type=int, default=1500, help="keystrokes timed per row")
+    p.add_argument("--ngram-bounds", type=int, default=0, metavar="DEVICES",
+                   help="also print what an n-gram learned from devices could add at most: the keyboard "
+                        "(without its own LSTM copy) with its base n-gram replaced by a trigram of the "
+                        "DEVICES train users tools.simulate would pick, or of all train users; all of "
+                        "their text or only what 2 or 3 of them typed (0: off)")
     return p
+
+
+def ngram_bounds(args: argparse.Namespace, split: Split, base: KneserNeyLM) -> None:
+    """The second table of `--ngram-bounds`: upper bounds, without noise, of a federated n-gram."""
+    from protocol.ngram import KneserNeyLM
+    from tools.simulate import load_population
+    from tools.wordeval import evaluate_words
+
+    devices = load_population(args.corpus, args.ngram_bounds).users
+    everyone = list(split.train.items())
+
+    def trigram(users: list[tuple[str, list[str]]], k: int) -> KneserNeyLM:
+        texts = [t for _, ts in users for t in ts]
+        return KneserNeyLM.fit(texts, order=3, users=[u for u, ts in users for _ in ts], min_users=k)
+
+    name = os.path.basename(os.path.normpath(args.model))
+    print(f"\nWhat an n-gram learned from devices could add at most (no noise): the keyboard on {name} "
+          "without its own LSTM copy, its base n-gram =\n")
+    print("| base n-gram | top-1 | top-3 | KSR | stored probabilities |\n|---|---:|---:|---:|---:|")
+    n, everyone_n = len(devices), len(everyone)
+    rows = [("the proxy trigram (what ships)", lambda: base),
+            (f"the {n} devices' text, all of it", lambda: trigram(devices, 1)),
+            (f"the {n} devices' text, only what at least 2 of them typed", lambda: trigram(devices, 2)),
+            (f"all {everyone_n} train users' text, only what at least 2 of them typed", lambda: trigram(everyone, 2)),
+            (f"all {everyone_n} train users' text, only what at least 3 of them typed", lambda: trigram(everyone, 3)),
+            (f"all {everyone_n} train users' text, all of it (collects text)", lambda: trigram(everyone, 1))]
+    for label, build in rows:
+        try:
+            lm = build()
+        except ValueError as e:   # users who share no word
+            print(f"| {label} | – | – | – | {e} |")
+            continue
+        m = evaluate_words(keyboard_factory(args.model, tail=True, base=True, own_words=True, personal_lstm=False,
+                                            ngram=lm), split.test, max_words=args.max_words)
+        print(f"| {label} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} | {lm.size:,} |", flush=True)
 
 
 def _mb(n: int) -> str:
@@ -50,9 +95,11 @@ def lstm_costs(version_dir: str) -> tuple[int, int]:
     return manifest.num_params, len(encode_weights_q8(weights))
 
 
-def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: bool, personal_lstm: bool):
+def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: bool, personal_lstm: bool,
+                     ngram: KneserNeyLM | None = None):
     """Sessions of the keyboard's predictor with the chosen parts (tools.evaluate.lstm_factory
-    builds the full keyboard; this one switches parts off one by one)."""
+    builds the full keyboard; this one switches parts off one by one). `ngram` replaces the
+    shipped base n-gram (`--ngram-bounds`: what an n-gram learned from devices could add)."""
     from edge_runtime.base_ngram import load_base_ngram
     from edge_runtime.predictor import TAIL_MASS, Predictor
     from protocol.artifact import TOKENIZER
@@ -60,11 +107,14 @@ def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: boo
     from protocol.text import load_tokenizer
     from tools.evaluate import lstm_factory
 
-    if own_words and base and tail:
+    if own_words and base and tail and ngram is None:
         return lstm_factory(version_dir, personal_lstm=personal_lstm)
+    if personal_lstm:
+        raise ValueError("the user's own LSTM copy runs only in the full keyboard with the shipped base n-gram")
     model = Model.load(version_dir)
     sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
-    ngram = load_base_ngram() if base else None
+    if ngram is None:
+        ngram = load_base_ngram() if base else None
 
     def new_session():
         p = Predictor(model, sp, base=ngram, tail_mass=TAIL_MASS if tail else 0.0)
@@ -93,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.max_keystrokes < 1:
         raise ValueError("--max-keystrokes must be >= 1")
+    if args.ngram_bounds < 0:
+        raise ValueError("--ngram-bounds must be >= 0")
+    if args.ngram_bounds > len(split.train):
+        raise ValueError(f"--ngram-bounds {args.ngram_bounds}: {args.corpus} has only {len(split.train)} train users")
     texts = [t for t in split.texts("test") if t.strip()]
 
     def row(name: str, factory, params: str, download: str) -> None:
@@ -149,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         row("central LSTM in the keyboard", keyboard_factory(args.central, tail=True, base=True, own_words=True,
                                                              personal_lstm=True), *costs(args.central, True))
     print("\nThe user's own words and own copy of the LSTM are learned on the device: nothing to download.")
+    if args.ngram_bounds:
+        ngram_bounds(args, split, base)
     return 0
 
 

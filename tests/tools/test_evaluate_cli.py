@@ -86,11 +86,22 @@ def test_ablation_table_scores_every_part_on_the_same_words(exported_version, fr
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, "-m", "tools.ablation", "--model", str(exported_version), "--corpus",
                           str(fresh_corpus), "--max-words", "120", "--max-keystrokes", "150",
-                          "--central", str(exported_version)],
+                          "--central", str(exported_version), "--ngram-bounds", "4"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr
-    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    main_table, bounds_table = res.stdout.split("What an n-gram learned from devices could add at most")
+    rows = [line.split("|")[1:-1] for line in main_table.splitlines() if line.startswith("| ") and "%" in line]
     assert len(rows) == 3 + 6 + 2
+    # --ngram-bounds: the keyboard with six base n-grams, from the proxy one to all train users' text
+    bounds = [line.split("|")[1:-1] for line in bounds_table.splitlines() if line.startswith("| ") and "%" in line]
+    from model.corpus import read_corpus, split_users
+    n_train = len(split_users(read_corpus(fresh_corpus), seed=0).train)
+    assert [b[0].strip().split(",")[0] for b in bounds] == [
+        "the proxy trigram (what ships)", "the 4 devices' text", "the 4 devices' text",
+        *[f"all {n_train} train users' text"] * 3], bounds
+    stored = [int(b[4].replace(",", "")) for b in bounds]
+    assert stored[2] <= stored[1] and stored[4] <= stored[3] <= stored[5], stored   # thresholds keep a part
+    assert all(0.0 <= float(b[2].strip().rstrip("%")) <= 100.0 for b in bounds)
     # the central trigram keeping only what 2+ train users typed stores a part of the central one
     sizes = [int(r[5].split()[0].replace(",", "")) for r in rows[:2]]
     assert "at least 2 train users" in rows[1][0] and 0 < sizes[1] <= sizes[0], rows[:2]
@@ -111,3 +122,6 @@ def test_ablation_table_scores_every_part_on_the_same_words(exported_version, fr
     bad = subprocess.run([sys.executable, "-m", "tools.ablation", "--corpus", str(fresh_corpus), "--max-words", "0"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--max-words" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "tools.ablation", "--corpus", str(fresh_corpus), "--ngram-bounds",
+                          "500"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "train users" in bad.stderr, bad.stderr
