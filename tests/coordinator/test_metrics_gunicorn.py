@@ -3,6 +3,7 @@ workers (prometheus-client multiprocess mode) and the operator's gauges come fro
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from protocol import wire
-from tests.helpers.coordinator_fakes import FakeDevice, make_version
+from tests.helpers.coordinator_fakes import TEST_DB_ENV, FakeDevice, make_version
 from tests.helpers.front import ROOT, gunicorn_coordinator, gunicorn_env
 from tools.coordinator_process import free_port
 
@@ -28,6 +29,8 @@ def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
                        FEDKEYS_COORDINATOR_RATE_LIMIT_BURST="1000", FEDKEYS_WORKERS="2")
     cli = [sys.executable, "-m", "coordinator"]
     assert subprocess.run([*cli, "init"], env=env, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
+    # With a test database (PostgreSQL in CI) the workers share it, not a SQLite file of their own.
+    assert (tmp_path / "coord" / "coordinator.db").exists() == (not os.environ.get(TEST_DB_ENV))
     make_version(tmp_path / "v0")
     assert subprocess.run([*cli, "import-version", str(tmp_path / "v0")], env=env, cwd=ROOT,
                           capture_output=True, timeout=120).returncode == 0

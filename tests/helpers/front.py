@@ -100,11 +100,16 @@ http {{ access_log off; client_body_temp_path {tmp}/client; proxy_temp_path {tmp
 
 
 def gunicorn_env(tmp: Path, port: int, **settings: str) -> dict[str, str]:
-    """The environment of the systemd unit, pointed at `tmp`: no inherited FEDKEYS_* settings."""
+    """The environment of the systemd unit, pointed at `tmp`: no inherited FEDKEYS_* settings, except
+    that the test database (FEDKEYS_TEST_DATABASE_URL: PostgreSQL in CI, emptied first) becomes the
+    coordinator's, so gunicorn's workers also run against the database a deployment uses."""
+    from tests.helpers.coordinator_fakes import TEST_DB_ENV, database_url
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")}
+    db = {"FEDKEYS_COORDINATOR_DATABASE_URL": database_url(tmp)} if os.environ.get(TEST_DB_ENV) else {}
     return env | {"PYTHONPATH": str(ROOT), "FEDKEYS_COORDINATOR_DATA_DIR": str(tmp / "coord"),
                   "FEDKEYS_COORDINATOR_ADMIN_TOKEN": "adm", "FEDKEYS_BIND": f"127.0.0.1:{port}",
-                  "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")} | settings
+                  "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")} | db | settings
 
 
 @contextmanager
