@@ -186,6 +186,14 @@ class KneserNeyLM:
         lm._fit(texts, users if min_users > 1 else None, min_users)
         return lm
 
+    @classmethod
+    def fit_users(cls, users: Iterable[tuple[object, Sequence[str]]], order: int = 3, *,
+                  min_users: int = 1) -> KneserNeyLM:
+        """`fit` on every user's texts, each text with its user: (user, texts) pairs such as a
+        corpus split's `train.items()`."""
+        pairs = [(u, t) for u, texts in users for t in texts]
+        return cls.fit([t for _, t in pairs], order, users=[u for u, _ in pairs], min_users=min_users)
+
     def _fit(self, texts: Iterable[str], users: Sequence[object] | None = None, min_users: int = 1) -> None:
         # findall on the whole text gives exactly the words_of_chunk tokens of its chunks.
         found = [(TOKEN_RE.findall(t), i) for i, t in enumerate(texts)]

@@ -48,30 +48,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def ngram_bounds(args: argparse.Namespace, split: Split, base: KneserNeyLM) -> None:
-    """The second table of `--ngram-bounds`: upper bounds, without noise, of a federated n-gram."""
+def ngram_bounds(args: argparse.Namespace, split: Split, base: KneserNeyLM, central: KneserNeyLM,
+                 shared: KneserNeyLM | None) -> None:
+    """The second table of `--ngram-bounds`: upper bounds, without noise, of a federated n-gram.
+    `central` and `shared` are the main table's trigrams of all train users (all of their text;
+    what 2+ of them typed, None when they share no word)."""
     from protocol.ngram import KneserNeyLM
     from tools.simulate import load_population
     from tools.wordeval import evaluate_words
 
     devices = load_population(args.corpus, args.ngram_bounds).users
-    everyone = list(split.train.items())
-
-    def trigram(users: list[tuple[str, list[str]]], k: int) -> KneserNeyLM:
-        texts = [t for _, ts in users for t in ts]
-        return KneserNeyLM.fit(texts, order=3, users=[u for u, ts in users for _ in ts], min_users=k)
+    everyone = split.train.items()
 
     name = os.path.basename(os.path.normpath(args.model))
     print(f"\nWhat an n-gram learned from devices could add at most (no noise): the keyboard on {name} "
           "without its own LSTM copy, its base n-gram =\n")
     print("| base n-gram | top-1 | top-3 | KSR | stored probabilities |\n|---|---:|---:|---:|---:|")
-    n, everyone_n = len(devices), len(everyone)
+    n, everyone_n = len(devices), len(split.train)
     rows = [("the proxy trigram (what ships)", lambda: base),
-            (f"the {n} devices' text, all of it", lambda: trigram(devices, 1)),
-            (f"the {n} devices' text, only what at least 2 of them typed", lambda: trigram(devices, 2)),
-            (f"all {everyone_n} train users' text, only what at least 2 of them typed", lambda: trigram(everyone, 2)),
-            (f"all {everyone_n} train users' text, only what at least 3 of them typed", lambda: trigram(everyone, 3)),
-            (f"all {everyone_n} train users' text, all of it (collects text)", lambda: trigram(everyone, 1))]
+            (f"the {n} devices' text, all of it", lambda: KneserNeyLM.fit_users(devices)),
+            (f"the {n} devices' text, only what at least 2 of them typed",
+             lambda: KneserNeyLM.fit_users(devices, min_users=2)),
+            (f"all {everyone_n} train users' text, only what at least 2 of them typed",   # None: raises why
+             lambda: shared if shared is not None else KneserNeyLM.fit_users(everyone, min_users=2)),
+            (f"all {everyone_n} train users' text, only what at least 3 of them typed",
+             lambda: KneserNeyLM.fit_users(everyone, min_users=3)),
+            (f"all {everyone_n} train users' text, all of it (collects text)", lambda: central)]
     for label, build in rows:
         try:
             lm = build()
@@ -167,9 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     central_ngram = KneserNeyLM.fit(split.texts("train"), order=3)
     row("Kneser-Ney trigram, central on train users (collects text)", central_ngram.session,
         f"{central_ngram.size:,} n-gram probabilities", "— (not shippable)")
-    writers = [u for u, texts_of in split.train.items() for _ in texts_of]   # the user of each train text
     try:
-        shared = KneserNeyLM.fit(split.texts("train"), order=3, users=writers, min_users=2)
+        shared = KneserNeyLM.fit_users(split.train.items(), min_users=2)
     except ValueError:   # train users who share no word: no row
         shared = None
     if shared is not None:
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                                                              personal_lstm=True), *costs(args.central, True))
     print("\nThe user's own words and own copy of the LSTM are learned on the device: nothing to download.")
     if args.ngram_bounds:
-        ngram_bounds(args, split, base)
+        ngram_bounds(args, split, base, central_ngram, shared)
     return 0
 
 

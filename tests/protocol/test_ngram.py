@@ -350,6 +350,9 @@ def test_min_users_keeps_only_what_several_users_typed():
     # With <unk> in place: kept bigrams <s> red, red hat, hat <unk>, <unk> </s> (a and b; </s> also c);
     # trigrams <s> red hat, red hat <unk>, hat <unk> </s>. c's "<s> <unk> red <unk> </s>" is c's alone.
     assert lm.size == len(lm.distribution()) + 4 + 3
+    by_user = KneserNeyLM.fit_users([("a", texts[:2]), ("b", texts[2:3]), ("c", texts[3:])], min_users=2)
+    assert by_user.vocab == lm.vocab and by_user.size == lm.size
+    np.testing.assert_array_equal(by_user.distribution(["red", "hat"]), lm.distribution(["red", "hat"]))
     assert KneserNeyLM.fit(texts).prob("red", ["<s>", "my"]) > 0.5 > lm.prob("red", ["<s>", "my"])   # c's alone
     # min_users=1 is the plain fit
     plain, one = KneserNeyLM.fit(texts), KneserNeyLM.fit(texts, users=users, min_users=1)

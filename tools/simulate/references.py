@@ -7,6 +7,7 @@ by the files they came from."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -95,6 +96,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     }
     if central is not None:
         wanted["central"] = f"lstm:{_sha(central / 'manifest.json')}:{corpus_key}"
+    train_users = functools.cache(lambda: split_users(read_corpus(corpus), seed=0).train)   # read once
     for name, key in wanted.items():
         if key in cache:
             out[name] = cache[key]
@@ -104,16 +106,12 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
             if name == "ngram_proxy":
                 lm = KneserNeyLM.fit([r.text for p in proxy for r in read_corpus(p)], order=3)
             else:
-                train = split_users(read_corpus(corpus), seed=0).train
-                texts = [t for ts in train.values() for t in ts]
-                users = [u for u, ts in train.items() for _ in ts]
-                if name == "ngram":
-                    lm = KneserNeyLM.fit(texts, order=3)
-                else:
-                    try:
-                        lm = KneserNeyLM.fit(texts, order=3, users=users, min_users=2)
-                    except ValueError:   # train users who share no word: no such reference, no row
-                        continue
+                try:
+                    lm = KneserNeyLM.fit_users(train_users().items(), 3, min_users=2 if name == "ngram_shared" else 1)
+                except ValueError:   # ngram_shared of train users who share no word: no such reference, no row
+                    if name == "ngram":
+                        raise
+                    continue
             out[name] = scored(lm.session, pop.heldout, max_words)
         else:
             with stderr_to(quiet_log):
