@@ -4,39 +4,66 @@ the NPS Chat Corpus release 1.0 as NLTK distributes it. Used only to check the r
 was never tuned on (docs/quality.md, "A third genre"); NOT vendored: its licence allows
 "non-commercial, non-profit educational and research use" only.
 
-Obtain the source (GitHub nltk/nltk_data, packages/corpora/nps_chat.zip, 301,366 bytes):
-    git clone --depth 1 https://github.com/nltk/nltk_data && unzip nltk_data/packages/corpora/nps_chat.zip
+Obtain the source (nltk/nltk_data on GitHub, packages/corpora/nps_chat.zip, 301,366 bytes,
+sha256 a4433d5da5e62fdbede49efa572a53a0139fff1014ffbe86cb263e17cbb4a837):
+    curl -LO https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/nps_chat.zip
+    unzip nps_chat.zip
 Then:
     python3 build_nps_chat.py nps_chat nps_chat.jsonl
+(sha256 of the result, the file docs/quality.md measured:
+6fde60f333f1bb72941d0a61cae308d85f3bcd43dd47f93fa9678d51edc5b472).
 
 One record per post, in file and post order: {"user": the corpus's own pseudonym (per chat
-room and day, e.g. "10-19-20sUser7"), "text": the post}. Posts of class "System" (JOIN, PART,
-NICK lines) are dropped. Standard library only; 7,935 posts, 698 users, 32k words.
+room and day, e.g. "10-19-20sUser7"), "text": the post, stripped}. Posts of class "System"
+(JOIN, PART, NICK lines) and posts without a user or text are dropped. Standard library only;
+7,935 posts, 698 pseudonyms, 32k words.
 """
 import glob
 import json
+import os
 import sys
 import xml.etree.ElementTree as ET
 
-SRC = sys.argv[1] if len(sys.argv) > 1 else "nps_chat"
-OUT = sys.argv[2] if len(sys.argv) > 2 else "nps_chat.jsonl"
+
+def build(src: str, out: str) -> tuple[int, int]:
+    """Write the JSONL to a temporary file and rename it into place, so a failure leaves no half file."""
+    files = sorted(f for f in glob.glob(os.path.join(src, "*.xml")) if os.path.isfile(f))
+    if not files:
+        sys.exit(f"no .xml files in {src}: unzip nltk_data's packages/corpora/nps_chat.zip first")
+    records = []
+    for f in files:
+        try:
+            root = ET.parse(f).getroot()
+        except (ET.ParseError, OSError) as e:
+            sys.exit(f"{f}: not a readable NPS Chat session file ({e})")
+        for post in root.iter("Post"):
+            user, text = post.get("user"), (post.text or "").strip()
+            if post.get("class") != "System" and user and text:
+                records.append({"user": user, "text": text})
+    if not records:
+        sys.exit(f"{src}: no posts found")
+    tmp = f"{out}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        os.replace(tmp, out)
+    except OSError as e:
+        sys.exit(f"cannot write {out}: {e}")
+    return len(records), len({r["user"] for r in records})
 
 
 def main() -> None:
-    files = sorted(glob.glob(f"{SRC}/*.xml"))
-    if not files:
-        sys.exit(f"no .xml files in {SRC}: unzip nltk_data's packages/corpora/nps_chat.zip first")
-    posts, users = 0, set()
-    with open(OUT, "w", encoding="utf-8") as out:
-        for f in files:
-            for post in ET.parse(f).getroot().iter("Post"):
-                text = (post.text or "").strip()
-                if post.get("class") == "System" or not text:
-                    continue
-                out.write(json.dumps({"user": post.get("user"), "text": text}, ensure_ascii=False) + "\n")
-                posts += 1
-                users.add(post.get("user"))
-    print(f"{OUT}: {posts} posts, {len(users)} users")
+    args = sys.argv[1:]
+    usage = "usage: build_nps_chat.py [SOURCE_DIR (default nps_chat)] [OUT (default nps_chat.jsonl)]"
+    if any(a in ("-h", "--help") for a in args):
+        print(usage)
+        return
+    if len(args) > 2:
+        sys.exit(usage)
+    src = args[0] if args else "nps_chat"
+    out = args[1] if len(args) > 1 else "nps_chat.jsonl"
+    posts, users = build(src, out)
+    print(f"{out}: {posts} posts, {users} users")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The third-genre corpus is not vendored (its licence is non-commercial), so its builder is the
-only way to repeat docs/quality.md's check: it must keep every post a person wrote, in order,
-under the corpus's own pseudonym, and drop the chat server's JOIN/PART lines."""
+only way to repeat docs/quality.md's check: it must keep every post a person wrote, in file and
+post order, under the corpus's own pseudonym, drop the chat server's JOIN/PART lines, and on bad
+input say what is wrong without a traceback or a half-written file."""
 
 import json
 import subprocess
@@ -8,32 +9,52 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+BUILDER = ROOT / "corpora" / "build_nps_chat.py"
 
-SESSION = """<?xml version="1.0"?>
-<Session><Posts>
-<Post class="Statement" user="10-19-20sUser7">now im left with this name<terminals/></Post>
-<Post class="System" user="10-19-20sUser76">PART<terminals/></Post>
-<Post class="Greet" user="10-19-20sUser59">hey everyone  <terminals/></Post>
-<Post class="Statement" user="10-19-20sUser59"><terminals/></Post>
-</Posts></Session>
-"""
+
+def session(*posts: tuple[str, str | None, str]) -> str:
+    rows = "\n".join(f'<Post class="{cls}"' + (f' user="{user}"' if user else "") + f">{text}<terminals/></Post>"
+                     for cls, user, text in posts)
+    return f'<?xml version="1.0"?>\n<Session><Posts>\n{rows}\n</Posts></Session>\n'
+
+
+def build(src: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BUILDER), str(src), str(out)], capture_output=True, text=True)
 
 
 def test_build_nps_chat_keeps_posts_in_order_and_drops_system_lines(tmp_path: Path) -> None:
     src = tmp_path / "nps_chat"
     src.mkdir()
-    (src / "10-19-20s_706posts.xml").write_text(SESSION, encoding="utf-8")
+    (src / "10-19-20s_706posts.xml").write_text(session(
+        ("Statement", "10-19-20sUser7", "now im left with this name"),
+        ("System", "10-19-20sUser76", "PART"),
+        ("Greet", "10-19-20sUser59", "hey everyone  "),
+        ("Statement", "10-19-20sUser59", ""),
+        ("Statement", None, "a post nobody wrote")), encoding="utf-8")
+    (src / "11-08-teens_706posts.xml").write_text(session(("Statement", "11-08-teensUser3", "lol")), encoding="utf-8")
     out = tmp_path / "nps_chat.jsonl"
-    run = subprocess.run([sys.executable, str(ROOT / "corpora" / "build_nps_chat.py"), str(src), str(out)],
-                         capture_output=True, text=True, check=True)
+    run = build(src, out)
+    assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert records == [{"user": "10-19-20sUser7", "text": "now im left with this name"},
-                       {"user": "10-19-20sUser59", "text": "hey everyone"}]
-    assert "2 posts, 2 users" in run.stdout
+                       {"user": "10-19-20sUser59", "text": "hey everyone"},
+                       {"user": "11-08-teensUser3", "text": "lol"}]
+    assert "3 posts, 3 users" in run.stdout
 
 
 def test_build_nps_chat_says_what_is_missing(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, str(ROOT / "corpora" / "build_nps_chat.py"), str(tmp_path / "none"),
-                          str(tmp_path / "out.jsonl")], capture_output=True, text=True)
+    run = build(tmp_path / "none", tmp_path / "out.jsonl")
     assert run.returncode != 0
     assert "unzip" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_build_nps_chat_rejects_a_broken_file_and_writes_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "nps_chat"
+    src.mkdir()
+    (src / "a.xml").write_text(session(("Statement", "u1", "fine")), encoding="utf-8")
+    (src / "b.xml").write_text("<Session><Posts>", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    run = build(src, out)
+    assert run.returncode != 0
+    assert "b.xml" in run.stderr and "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == [src]   # neither the output nor its temporary file
