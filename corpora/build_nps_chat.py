@@ -18,6 +18,7 @@ room and day, e.g. "10-19-20sUser7"), "text": the post, stripped}. Posts of clas
 (JOIN, PART, NICK lines) and posts without a user or text are dropped. Standard library only;
 7,935 posts, 698 pseudonyms, 32k words.
 """
+import contextlib
 import glob
 import json
 import os
@@ -27,7 +28,7 @@ import xml.etree.ElementTree as ET
 
 def build(src: str, out: str) -> tuple[int, int]:
     """Write the JSONL to a temporary file and rename it into place, so a failure leaves no half file."""
-    files = sorted(f for f in glob.glob(os.path.join(src, "*.xml")) if os.path.isfile(f))
+    files = sorted(f for f in glob.glob(os.path.join(glob.escape(src), "*.xml")) if os.path.isfile(f))
     if not files:
         sys.exit(f"no .xml files in {src}: unzip nltk_data's packages/corpora/nps_chat.zip first")
     records = []
@@ -48,6 +49,8 @@ def build(src: str, out: str) -> tuple[int, int]:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         os.replace(tmp, out)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         sys.exit(f"cannot write {out}: {e}")
     return len(records), len({r["user"] for r in records})
 

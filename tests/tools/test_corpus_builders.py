@@ -58,3 +58,15 @@ def test_build_nps_chat_rejects_a_broken_file_and_writes_nothing(tmp_path: Path)
     assert run.returncode != 0
     assert "b.xml" in run.stderr and "Traceback" not in run.stderr
     assert list(tmp_path.iterdir()) == [src]   # neither the output nor its temporary file
+
+
+def test_build_nps_chat_leaves_no_temporary_file_when_it_cannot_write(tmp_path: Path) -> None:
+    src = tmp_path / "nps [2008]"   # glob metacharacters in the path are taken literally
+    src.mkdir()
+    (src / "a.xml").write_text(session(("Statement", "u1", "fine")), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    out.mkdir()   # the result cannot replace a directory
+    run = build(src, out)
+    assert run.returncode != 0
+    assert "cannot write" in run.stderr and "Traceback" not in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nps [2008]", "out.jsonl"]
