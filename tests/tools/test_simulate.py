@@ -154,3 +154,27 @@ def test_report_names_the_central_trigrams_shared_part_when_there_is_one(tmp_pat
     del refs["ngram_shared"]
     assert len(headline_rows(refs, [fed], 8)) == len(labels) - 1
     assert verdict_lines(refs, fed)[0].endswith("KSR -4.0 points.")
+
+
+def test_each_round_is_one_sentence_with_every_figure_whatever_the_terminal_width():
+    """The console's per-round account: a table of twelve columns cut its figures to `39.…` in an
+    80- or 120-column terminal; a sentence wraps and keeps them."""
+    import io
+
+    from rich.console import Console
+
+    from tools.simulate.federation import RoundResult
+    from tools.simulate.report import round_line
+
+    r = RoundResult(round=3, eligible=30, trained=29, dropped=1, accepted=28, rejected=1,
+                    rejection_reasons={"norm": 1}, verdict="promote", canary_reports=3,
+                    candidate_metrics={"top3": 0.2234, "ksr": 0.391}, stable_metrics={"top3": 0.2234, "ksr": 0.3912},
+                    epsilon=float("inf"), epsilon_local=12.5)
+    line = round_line(r, "federated: round 3/8 (37 s)")
+    assert line == ("federated: round 3/8 (37 s): 30 eligible, 29 uploaded, 1 dropped, 28 accepted, 1 rejected "
+                    "(norm 1); canary: promote on 3 canary reports; candidate top-3 22.3%; deployed top-3 22.3%, "
+                    "KSR 39.1%; ε ∞ (against the coordinator 12.5)")
+    out = io.StringIO()
+    Console(file=out, width=80, markup=False, highlight=False).print(line)
+    assert "…" not in out.getvalue() and "39.1%" in out.getvalue() and "(norm 1)" in out.getvalue()
+    assert round_line(RoundResult(round=1), "t").count("–") == 3   # no metrics yet: a dash, not a crash

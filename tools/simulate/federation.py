@@ -30,7 +30,7 @@ from tools.simulate.devices import DeviceJob, device_checkin, device_config, set
 from tools.simulate.errors import SimulationError
 from tools.simulate.population import Population
 from tools.simulate.references import score_version, stderr_to
-from tools.simulate.report import round_table
+from tools.simulate.report import round_line
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -307,7 +307,7 @@ def _play_rounds(rounds: Rounds, v0_metrics: dict[str, float],
         stable = coord.admin("GET", "/v1/admin/status")["stable_version_id"]
         res.stable, res.stable_metrics = stable, dict(stable_metrics)
         results.append(res)
-        console.print(round_table([res], f"{rounds.name}: round {rno}/{total} ({res.seconds:.0f} s)"))
+        console.print(round_line(res, f"{rounds.name}: round {rno}/{total} ({res.seconds:.0f} s)"))
         if res.verdict_reason:
             console.print(f"  canary: {res.verdict_reason}")
     return results, stable, stable_metrics

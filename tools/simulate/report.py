@@ -1,4 +1,4 @@
-"""The simulation's four renderers: the per-round table on the console, report.md, report.png and
+"""The simulation's four renderers: the per-round line on the console, report.md, report.png and
 report.json.
 
 report.json is read by automation: keep `references.{ngram,ngram_proxy,proxy,proxy_lstm}` (and
@@ -18,8 +18,6 @@ from tools.simulate.population import Population, proxy_files
 from tools.wordeval import paired_interval
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from tools.simulate.federation import FederationResult, RoundResult
 
 
@@ -34,22 +32,16 @@ def _pct(m: dict | None, key: str) -> str:
     return "–" if not m else f"{m[key]:.1%}"
 
 
-def round_table(results: list[RoundResult], title: str) -> Table:
-    """The console's table of rounds (a rich Table), printed as each round ends."""
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for col in ("round", "eligible", "uploaded", "dropped", "accepted", "rejected", "canary", "cand. top-3",
-                "top-3", "KSR", "ε", "ε local"):
-        t.add_column(col, justify="left" if col in ("rejected", "canary") else "right", no_wrap=True)
-    for r in results:
-        reasons = ", ".join(f"{k} {v}" for k, v in r.rejection_reasons.items())
-        t.add_row(str(r.round), str(r.eligible), str(r.trained), str(r.dropped), str(r.accepted),
-                  f"{r.rejected}" + (f" ({reasons})" if reasons else ""),
-                  r.verdict + (f" ({r.canary_reports})" if r.canary_reports else ""),
-                  _pct(r.candidate_metrics, "top3"), _pct(r.stable_metrics, "top3"), _pct(r.stable_metrics, "ksr"),
-                  _fmt_eps(r.epsilon), _fmt_eps(r.epsilon_local))
-    return t
+def round_line(r: RoundResult, title: str) -> str:
+    """The console's account of one round, printed as it ends: a sentence rather than a table, so
+    a narrow terminal wraps it instead of cutting figures short (report.md has the table)."""
+    reasons = ", ".join(f"{k} {v}" for k, v in r.rejection_reasons.items())
+    canary = r.verdict + (f" on {r.canary_reports} canary reports" if r.canary_reports else "")
+    return (f"{title}: {r.eligible} eligible, {r.trained} uploaded, {r.dropped} dropped, {r.accepted} accepted, "
+            f"{r.rejected} rejected" + (f" ({reasons})" if reasons else "") + f"; canary: {canary}; "
+            f"candidate top-3 {_pct(r.candidate_metrics, 'top3')}; deployed top-3 {_pct(r.stable_metrics, 'top3')}, "
+            f"KSR {_pct(r.stable_metrics, 'ksr')}; ε {_fmt_eps(r.epsilon)} "
+            f"(against the coordinator {_fmt_eps(r.epsilon_local)})")
 
 
 def headline_rows(refs: dict[str, dict], feds: list[FederationResult], rounds: int) -> list[tuple[str, dict]]:
