@@ -68,18 +68,13 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
 
 def time_incremental(new_session: Callable[[], object], keys: list[str], *,
                      idle: list[tuple[float, float]] | None = None) -> list[tuple[float, float]]:
-    """(wall ms, CPU ms) of each keystroke's `update`. With `idle` given, the keyboard's idle-time
-    work runs as the keyboard page and server run it, and its times go to `idle`: `prefetch`
-    after every keystroke, and before a text's first letter the strip of the empty field (the
-    page asks for it when the field opens or is emptied by sending) and the prefetch after it."""
+    """(wall ms, CPU ms) of each keystroke's `update`. With `idle` given, `prefetch` runs after
+    every keystroke, as the keyboard runs it between keystrokes, and its times go to `idle`."""
     out: list[tuple[float, float]] = []
     session = None
     for prefix in keys:
         if session is None or len(prefix) == 1:   # a new text starts: new session (new field)
             session = new_session()
-            if idle is not None:
-                idle.append(_timed(lambda s=session: s.update("")))
-                idle.append(_timed(session.prefetch))
         out.append(_timed(lambda s=session, p=prefix: s.update(p)))
         if idle is not None:
             idle.append(_timed(session.prefetch))
@@ -179,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
             if space:
                 row("  of which right after a space", [ms[i] for i in space])
             if idle is not None:
-                row("  idle work between keys (prefetch, empty field)", [t[col] for t in idle])
+                row("  idle work between keystrokes (prefetch)", [t[col] for t in idle])
             same = [ms[i] for i in range(0, len(keys), stride)]
             row("  the same keys as recompute", same)
             s50, s99, smean = percentiles(same)
