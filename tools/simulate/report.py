@@ -32,13 +32,18 @@ def _pct(m: dict | None, key: str) -> str:
     return "–" if not m else f"{m[key]:.1%}"
 
 
+def _reasons(r: RoundResult) -> str:
+    """Why a round's updates were rejected, as both renderers print it after the count: " (norm 1)"."""
+    reasons = ", ".join(f"{k} {v}" for k, v in r.rejection_reasons.items())
+    return f" ({reasons})" if reasons else ""
+
+
 def round_line(r: RoundResult, title: str) -> str:
     """The console's account of one round, printed as it ends: a sentence rather than a table, so
     a narrow terminal wraps it instead of cutting figures short (report.md has the table)."""
-    reasons = ", ".join(f"{k} {v}" for k, v in r.rejection_reasons.items())
     canary = r.verdict + (f" on {r.canary_reports} canary reports" if r.canary_reports else "")
     return (f"{title}: {r.eligible} eligible, {r.trained} uploaded, {r.dropped} dropped, {r.accepted} accepted, "
-            f"{r.rejected} rejected" + (f" ({reasons})" if reasons else "") + f"; canary: {canary}; "
+            f"{r.rejected} rejected{_reasons(r)}; canary: {canary}; "
             f"candidate top-3 {_pct(r.candidate_metrics, 'top3')}; deployed top-3 {_pct(r.stable_metrics, 'top3')}, "
             f"KSR {_pct(r.stable_metrics, 'ksr')}; ε {_fmt_eps(r.epsilon)} "
             f"(against the coordinator {_fmt_eps(r.epsilon_local)})")
@@ -157,9 +162,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
                   "candidate top-3 | deployed top-3 | deployed KSR | ε | ε against the coordinator |",
                   "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
         for r in f.rounds:
-            reasons = ", ".join(f"{k} {v}" for k, v in r.rejection_reasons.items())
             lines.append(f"| {r.round} | {r.eligible} | {r.trained} | {r.dropped} | {r.accepted} | {r.rejected}"
-                         f"{' (' + reasons + ')' if reasons else ''} | {r.verdict}"
+                         f"{_reasons(r)} | {r.verdict}"
                          f"{f' ({r.canary_reports} reports)' if r.canary_reports else ''} | "
                          f"{_pct(r.candidate_metrics, 'top3')} | {_pct(r.stable_metrics, 'top3')} | "
                          f"{_pct(r.stable_metrics, 'ksr')} | {_fmt_eps(r.epsilon)} | {_fmt_eps(r.epsilon_local)} |")
