@@ -8,7 +8,7 @@ exactly as an on-device keyboard would. API (JSON in, JSON out; POSTs need
     GET  /api/status   -> {"model": {"version_id", "channel"}, "cache": {"sentences"}, "paused"}
     POST /api/suggest  {"client": id, "text": text before the cursor}
                        -> {"suggestions": [best, second, third], "version_id": ...}
-    POST /api/commit   {"text": ..., "field_kind": "message", "private": false}
+    POST /api/commit   {"text": ..., "field_kind": "message", "private": false, "client": id (optional)}
                        -> {"cached": bool, "reason": ..., ...status}
     POST /api/pause    {"paused": bool} -> status
     POST /api/clear    {} -> status (all cached text wiped)
@@ -123,6 +123,7 @@ class KeyboardApp:
         self.cache, self.slot, self.activity = cache, slot, activity
         self._sessions: OrderedDict[str, tuple[int, Session]] = OrderedDict()
         self._personal: PersonalModel | None = None
+        self._learning = threading.Lock()   # commits learn one at a time (`_learn`)
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits."""
@@ -158,10 +159,20 @@ class KeyboardApp:
             words = session.update(text, k=3)
         return {"suggestions": words, "version_id": self.slot.version_id}
 
-    def prefetch(self, client: str) -> None:
+    def prefetch(self, client: str | None = None) -> None:
         """After the strip is sent, before the next keystroke: ready this client's session for a
-        space (`Session.prefetch`), so the keystroke after a word is answered without a model step."""
+        space (`Session.prefetch`), so the keystroke after a word is answered without a model step.
+
+        It runs again after a commit: the page commits a finished sentence or a sent message while
+        it asks for the next strip, so the commit's `learn` usually lands after that strip's
+        prefetch and re-ranks the user's words under it (the empty field's first letters lose
+        their cut, a readied space its strip). The commit names its page's client; without one,
+        (`client` None) the session that asked last is readied, the one most likely typed in."""
         with self.slot.lock:
+            if client is None or client not in self._sessions:
+                if not self._sessions:
+                    return
+                client = next(reversed(self._sessions))
             gen, session = self._sessions.get(client, (None, None))
             if session is not None and gen == self.slot.generation and self.slot.predictor is not None:
                 session.prefetch(k=3)
@@ -169,6 +180,8 @@ class KeyboardApp:
     def commit(self, body: dict[str, Any]) -> dict[str, Any]:
         text = _str_field(body, "text", max_len=MAX_TEXT, allow_empty=True)
         kind = _str_field(body, "field_kind", max_len=64)
+        if "client" in body:
+            _str_field(body, "client", max_len=64)
         private = body.get("private", False)
         if not isinstance(private, bool):
             raise ApiError(400, "bad_request", "'private' must be true or false")
@@ -177,17 +190,51 @@ class KeyboardApp:
         if private:
             cached, reason = False, "private field"
         else:
+            with self.slot.lock:   # the user's words as they are before this text is cached
+                personal = self._personal
             cached = self.cache.add(text, kind)
-            if cached and self._personal is not None:
-                with self.slot.lock:   # the mixture weights and the user's words learn the text
-                    predictor = self.slot.predictor
-                    if predictor is not None and predictor.personal is self._personal:
-                        predictor.learn(text)
-                    else:
-                        self._personal.add(tokens(text))
+            if cached and personal is not None:
+                try:
+                    self._learn(text, personal)
+                except Exception as e:   # the text is cached: the user's words are rebuilt from the cache
+                    # the type only: an exception's message may quote the text
+                    log.warning("keyboard: learning a commit failed (%s)", type(e).__name__)
+                    with self.slot.lock:
+                        if self._personal is personal:
+                            self._personal = None
             reason = None if cached else ("learning paused" if self.cache.paused
                                           else "empty text or sensitive field")
         return {"cached": cached, "reason": reason, **self.status()}
+
+    def _learn(self, text: str, personal: PersonalModel) -> None:
+        """The mixture weights and the user's words (`personal`, as they were before the text was
+        cached) learn a committed text, one model step per hold of the lock
+        (`Predictor.learning`): a keystroke that arrives meanwhile waits for one step, not for the
+        whole text. Commits learn one at a time, in order; a wipe or a new version before or
+        between two steps is seen at the next one."""
+        with self._learning:
+            with self.slot.lock:
+                predictor = self.slot.predictor
+                if self._personal is not personal:   # wiped since, or rebuilt from the cache (with the text)
+                    return
+                if predictor is None or predictor.personal is not personal:
+                    personal.add(tokens(text))   # no model to weigh the mixture with: the words only
+                    return
+                steps = predictor.learning(text)
+            while True:
+                time.sleep(0)   # let a waiting keystroke take the lock between two steps
+                with self.slot.lock:
+                    if self._personal is not personal:   # wiped meanwhile: the text is forgotten too
+                        steps.close()
+                        return
+                    if self.slot.predictor is not predictor or predictor.personal is not personal:
+                        steps.close()   # another version came in: the user's words still learn it
+                        personal.add(tokens(text))   # (the mixture does not: its steps ran on the old one)
+                        return
+                    try:
+                        next(steps)
+                    except StopIteration:
+                        return
 
     def pause(self, body: dict[str, Any]) -> dict[str, Any]:
         paused = body.get("paused")
@@ -373,9 +420,12 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         handler = {"/api/suggest": app.suggest, "/api/commit": app.commit,
                    "/api/pause": app.pause, "/api/clear": app.clear}[path]
-        self._json(200, handler(body))
+        result = handler(body)
+        self._json(200, result)
         if path == "/api/suggest":   # once the strip is on the wire: use the time until the next keystroke
             self._after = lambda: app.prefetch(body["client"])
+        elif path == "/api/commit" and result["cached"]:   # the user's words changed: ready again
+            self._after = lambda: app.prefetch(body.get("client"))
         return 200
 
 

@@ -28,6 +28,7 @@ BOS = "<s>"
 MIX_PRIOR = (45.0, 45.0, 10.0)  # pseudo-tokens: start at 0.45 / 0.45 / 0.1, then follow the user
 _MAX_CHAR = chr(0x10FFFF)
 _SCAN = 64  # a history's followers up to this many are scanned for a prefix, more are cut by word
+_CACHED = 4096  # candidates() answers kept; past this they start again
 
 
 class PersonalModel:
@@ -39,17 +40,24 @@ class PersonalModel:
         self.follow: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)  # history -> next-token counts
         self.follow_total: Counter[tuple[str, ...]] = Counter()  # history -> tokens seen after it
         # history -> its suggestable followers, most frequent first (first seen first among equals):
-        # re-ranked by `add` for the histories it touched, so `candidates` reads the top instead
-        # of ranking every follower of "the" or "," on the keystroke after a space.
-        self.ranked: dict[tuple[str, ...], list[str]] = {}
+        # ranked once after the texts that counted them (`ranked`), so `candidates` reads the top
+        # instead of ranking every follower of "the" or "," on the keystroke after a space.
+        self._ranked: dict[tuple[str, ...], list[str]] = {}
+        self._unranked: set[tuple[str, ...]] = set()  # histories `add` counted since they were ranked
         self.words: list[str] = []  # suggestable tokens the user typed, sorted (for prefix ranges)
         # Evidence for the keyboard's mixture weights (lstm, ngram, personal; edge_runtime.predictor):
         # a Dirichlet prior, then one posterior responsibility per typed token. It belongs to the
         # user, not to a model version.
         self.mix = list(MIX_PRIOR)
-        self._cache: dict[tuple, list[str]] = {}  # candidates(), valid until the next add()
+        # candidates() answers by prefix: prefix -> (last two tokens, k) -> words, and the user's
+        # top words: prefix -> k -> words. `add` drops only the prefixes of the words it counted,
+        # so a commit does not cost every later keystroke its lookup (the keyboard learns a
+        # finished sentence while the user types on).
+        self._cache: dict[str, dict[tuple[tuple[str, ...], int], list[str]]] = {}
+        self._top: dict[str, dict[int, list[str]]] = {}
+        self._cached = 0   # answers in `_cache`
         # history -> (its long ranked list, that list's words sorted by word, each one's place in it)
-        # (`_first_with_prefix`); built on first use, dropped when `add` re-ranks the history.
+        # (`_first_with_prefix`); built on first use, dropped when the history is ranked again.
         self._by_word: dict[tuple[str, ...], tuple[list[str], list[str], np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -57,23 +65,50 @@ class PersonalModel:
 
     def add(self, toks: Iterable[str]) -> None:
         """Learn one text (its tokens in order)."""
-        self._cache.clear()
         a, b = BOS, BOS
         touched: set[tuple[str, ...]] = set()
+        counted: set[str] = set()
         for t in toks:
             if t not in self.uni and _suggestable(t):
                 insort(self.words, t)
             self.uni[t] += 1
             self.total += 1
+            counted.add(t)
             for h in ((b,), (a, b)):
                 self.follow[h][t] += 1
                 self.follow_total[h] += 1
                 touched.add(h)
             a, b = b, t
-        for h in touched:
+        self._unranked |= touched   # ranked again when next read (`ranked`), not while the keyboard waits
+        # Only the counted words moved, and only up: every ranking is by a word's own count (ties
+        # in a fixed order), so the first k words with a prefix change only if a counted word has
+        # that prefix, after any history and overall; and a word that was not among the user's top
+        # k for a prefix and was not counted cannot have joined them.
+        by_prefix: dict[str, list[str]] = defaultdict(list)
+        for w in counted:
+            if _suggestable(w):
+                for i in range(len(w) + 1):
+                    by_prefix[w[:i]].append(w)
+        for prefix, ws in by_prefix.items():
+            self._cached -= len(self._cache.pop(prefix, ()))
+            tops = self._top.get(prefix)
+            if tops:
+                lo = bisect_left(self.words, prefix)
+                n = bisect_left(self.words, prefix + _MAX_CHAR) - lo
+                for k, top in tops.items():
+                    tops[k] = self.words[lo:lo + n] if n <= k else self._best(k, {*top, *ws})
+
+    def ranked(self, h: tuple[str, ...]) -> list[str] | None:
+        """History `h`'s suggestable followers, most frequent first (first seen first among equals);
+        None if the user never typed it. A history the last texts counted is ranked again here,
+        once: a commit's `add` touches dozens ("the", "," and the like have thousands of
+        followers), most of which the user does not type after before the next commit."""
+        if h in self._unranked:
+            self._unranked.discard(h)
             f = self.follow[h]
-            self.ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if _suggestable(w)]
+            self._ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if _suggestable(w)]
             self._by_word.pop(h, None)
+        return self._ranked.get(h)
 
     def prob(self, w: str, hist: tuple[str, ...]) -> float:
         """P(w | the last two tokens of `hist`); 0 for a word the user never typed."""
@@ -107,35 +142,46 @@ class PersonalModel:
 
     def candidates(self, hist: tuple[str, ...], prefix: str, k: int) -> list[str]:
         """Words worth scoring for `prefix`: the k most frequent seen after this history (one and
-        two tokens back), plus the user's k most frequent. Cached until the user's next text,
+        two tokens back), plus the user's k most frequent. Cached until a text changes them,
         since the keyboard asks on every keystroke and learns only on commit."""
-        key = (tuple(hist[-2:]), prefix, k)
-        hit = self._cache.get(key)
+        key = (tuple(hist[-2:]), k)
+        answers = self._cache.get(prefix)
+        hit = answers.get(key) if answers is not None else None
         if hit is not None:
             return hit
         out: list[str] = []
         for n in (2, 1):
-            ranked = self.ranked.get(tuple(hist[-n:])) if len(hist) >= n else None
+            ranked = self.ranked(tuple(hist[-n:])) if len(hist) >= n else None
             if ranked:  # the k first with the prefix: heapq.nlargest over the followers, ties in the same order
                 out.extend(self._first_with_prefix(tuple(hist[-n:]), ranked, prefix, k))
-        top = self._cache.get((prefix, k))
+        tops = self._top.setdefault(prefix, {})
+        top = tops.get(k)
         if top is None:  # the user's most frequent words with this prefix, whatever the history
             lo = bisect_left(self.words, prefix)
             hi = bisect_left(self.words, prefix + _MAX_CHAR)
             span = self.words[lo:hi]
-            top = self._cache[(prefix, k)] = heapq.nlargest(k, span, key=self.uni.get) if len(span) > k else span
+            top = tops[k] = heapq.nlargest(k, span, key=self.uni.get) if len(span) > k else span
         out.extend(top)
-        if len(self._cache) > 4096:
+        if self._cached >= _CACHED or len(self._top) > _CACHED:   # both start again
             self._cache.clear()
-        self._cache[key] = out
+            self._top = {prefix: tops}
+            self._cached = 0
+        self._cache.setdefault(prefix, {})[key] = out
+        self._cached += 1
         return out
+
+    def _best(self, k: int, words: Iterable[str]) -> list[str]:
+        """The k most frequent of `words`, ties in word order: what heapq.nlargest gives over the
+        sorted words with a prefix (it keeps equals in input order)."""
+        uni = self.uni
+        return sorted(words, key=lambda w: (-uni[w], w))[:k]
 
     def warm(self, hist: tuple[str, ...]) -> None:
         """Index the followers of this history (one and two tokens back) by word now, between
         keystrokes, rather than on the next word's first letter."""
         for n in (2, 1):
             h = tuple(hist[-n:])
-            ranked = self.ranked.get(h) if len(hist) >= n else None
+            ranked = self.ranked(h) if len(hist) >= n else None
             if ranked and len(ranked) > _SCAN:
                 self._word_index(h, ranked)
 

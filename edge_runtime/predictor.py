@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,9 +161,10 @@ class Predictor:
             return math.exp(float(node.logprobs[i]))
         return math.exp(float(node.logprobs[UNK_ID])) * float(self.tail_share[i - self.vocab.limit])
 
-    def weights(self) -> tuple[float, float, float]:
-        """Mixture weights (lstm, ngram, personal): the user's evidence, over the parts present."""
-        mix = self.personal.mix
+    def weights(self, mix: list[float] | None = None) -> tuple[float, float, float]:
+        """Mixture weights (lstm, ngram, personal): the user's evidence (`mix`, else the personal
+        model's), over the parts present."""
+        mix = self.personal.mix if mix is None else mix
         a, b, c = mix[0], mix[1] if self.base is not None else 0.0, mix[2] if len(self.personal) else 0.0
         t = a + b + c
         return a / t, b / t, c / t
@@ -180,13 +181,15 @@ class Predictor:
     def mixture(self, probs: tuple[float, float, float]) -> float:
         return sum(w * p for w, p in zip(self.weights(), probs))
 
-    def observe(self, probs: tuple[float, float, float]) -> None:
-        """One online EM step on the weights from a token the user typed."""
-        joint = [w * p for w, p in zip(self.weights(), probs)]
+    def observe(self, probs: tuple[float, float, float], mix: list[float] | None = None) -> None:
+        """One online EM step on the weights from a token the user typed (on `mix`, else on the
+        personal model's evidence)."""
+        mix = self.personal.mix if mix is None else mix
+        joint = [w * p for w, p in zip(self.weights(mix), probs)]
         total = sum(joint)
         if total > 0:
             for i, j in enumerate(joint):
-                self.personal.mix[i] += j / total
+                mix[i] += j / total
 
     def learn(self, text: str) -> None:
         """The user committed `text` (it stays on the device): the mixture weights learn how well
@@ -194,12 +197,25 @@ class Predictor:
 
         Learning happens on commit, not while typing, so suggestions depend only on committed
         text (a backspace or a re-typed word is not counted twice)."""
+        for _ in self.learning(text):
+            pass
+
+    def learning(self, text: str) -> Iterator[None]:
+        """`learn`, one model step at a time: it yields after each token's step, so the keyboard
+        can answer a keystroke between two steps instead of after the whole text (a long e-mail
+        is hundreds of steps). Nothing the strip reads changes until the last step: the mixture's
+        evidence is learned on a copy, step by step (the same arithmetic: the weights depend on
+        the evidence and on whether the user has words, which does not change until the end),
+        and the copy and the user's words take the text at the end, at once."""
         toks = tokens(text)
         node, hist = self.root, (BOS, BOS)
+        mix = list(self.personal.mix)
         for tok in toks:
-            self.observe(self.component_probs(node, tok, hist))
+            self.observe(self.component_probs(node, tok, hist), mix)
             node = self.advance_ids(node, self.vocab.ids([tok]))
             hist = (hist[-1], tok)
+            yield
+        self.personal.mix = mix
         self.personal.add(toks)
 
     def session(self) -> Session:
@@ -436,10 +452,14 @@ class Session:
         if not partial:   # right after a space: ready the next word's first letters instead
             self.p.warm(self.nodes[-1], self.hists[-1])
             return
-        if r is not None and r.fed(self.nodes[-1], partial) and r.ranked(k, self.p.strip_key()):
+        fed = r is not None and r.fed(self.nodes[-1], partial)
+        if fed and r.ranked(k, self.p.strip_key()):
             return
-        toks = tokens(partial)
-        node, hist = self._fed(toks)
+        if fed:   # a commit changed the user's words, not the state: rank again, no model step
+            toks, node, hist = r.toks, r.node, r.hist
+        else:
+            toks = tokens(partial)
+            node, hist = self._fed(toks)
         strip = self.p.suggest(node, hist, "", k)
         self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), strip)
 

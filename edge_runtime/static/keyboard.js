@@ -195,7 +195,8 @@
     text = text.trim();
     if (!text) return;
     try {
-      const pending = api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false });
+      const pending = api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false,
+                                          client: clientId });
       const mine = epoch;                          // api() bumped it; a later change moves it again
       const res = await pending;
       // Two sentences finished in quick succession are two commits in flight: the older answer

@@ -20,9 +20,11 @@ from edge_runtime import channel, keyboard, model_slot
 from edge_runtime.__main__ import main as cli_main
 from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
 from edge_runtime.paths import CACHE_DB
+from edge_runtime.personal import PersonalModel
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
 from protocol.artifact import read_manifest
+from protocol.text import tokens
 
 SECRET = "quokka zanzibar xylophone"
 
@@ -95,6 +97,159 @@ def test_the_space_after_a_word_is_readied_between_keystrokes(server):
     # Wiping the user's data also forgets the texts being typed and what was readied from them.
     assert post(server, "api/clear", {}).status_code == 200
     assert not server.app._sessions and server.app.slot.predictor._warm is None
+
+
+def _until(check, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_commit_readies_the_session_being_typed_in_again(server):
+    """The page commits a finished sentence or a sent message while it asks for the next strip, so
+    the commit's learn lands after that strip's prefetch and re-ranks the user's words under it.
+    The server prefetches the session that asked last once more after the learn: a readied space
+    carries the strip for the user's words as they are now, and the empty field's first letters
+    have their cut of the user's first words (one list, indexed by word) ready. The commit names
+    its page's client; without one the session that asked last is readied."""
+    from edge_runtime.personal import _SCAN, BOS
+
+    app = server.app
+    predictor = app.slot.predictor
+    first_words = [f"w{i:03d}" for i in range(_SCAN + 8)]   # more first words than are scanned
+    for w in first_words:
+        app.commit({"text": f"{w} came first.", "field_kind": "message"})
+    post(server, "api/suggest", {"client": "a", "text": "I pray yo"})
+    post(server, "api/suggest", {"client": "old", "text": ""})   # another page, asked earlier
+    post(server, "api/suggest", {"client": "b", "text": ""})     # the field a send just emptied
+
+    def readied(client: str) -> bool:
+        with app.slot.lock:
+            start = predictor.personal._by_word.get((BOS, BOS))
+            return (predictor._warm is not None and predictor._warm[0] is app._sessions[client][1].nodes[-1]
+                    and start is not None and start[0] is predictor.personal.ranked((BOS, BOS)))
+
+    assert _until(lambda: readied("b"))
+    r = post(server, "api/commit", {"text": "Zounds, a new first word.", "field_kind": "message"})
+    assert r.json()["cached"] is True
+    assert _until(lambda: readied("b")), "the empty field's first letters were not readied after the learn"
+    with app.slot.lock:
+        assert predictor.personal.ranked((BOS, BOS))[-1] == "Zounds"   # the list that was cut is the new one
+
+    post(server, "api/suggest", {"client": "a", "text": "I pray you"})   # client a types on
+    assert _until(lambda: app._sessions["a"][1].readied is not None
+                  and app._sessions["a"][1].readied.chunk == "you")
+    stale = app._sessions["a"][1].readied
+    post(server, "api/suggest", {"client": "b", "text": ""})   # another page asks after it
+    # a's page commits a finished sentence and names itself: a is readied, not the last to ask
+    post(server, "api/commit", {"text": "A sentence finished meanwhile.", "field_kind": "message",
+                                "client": "a"})
+
+    def fresh() -> bool:
+        with app.slot.lock:
+            r = app._sessions["a"][1].readied
+            return r is not stale and r.chunk == "you" and r.ranked(3, predictor.strip_key())
+
+    assert _until(fresh), "the readied space still carries the strip from before the commit"
+    got = post(server, "api/suggest", {"client": "a", "text": "I pray you "}).json()["suggestions"]
+    with app.slot.lock:   # the server may still be preparing a's next keystroke
+        assert got == app._sessions["a"][1].readied.strip == predictor.session().update("I pray you ")
+    r = post(server, "api/commit", {"text": "x", "field_kind": "message", "client": 5})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+
+
+def test_a_commit_learns_one_model_step_per_hold_of_the_lock(server):
+    """A keystroke that arrives during a commit's learn waits for one model step, not the text:
+    the lock is let go between steps. A wipe between two steps forgets the text."""
+    app = server.app
+    post(server, "api/suggest", {"client": "a", "text": ""})
+    predictor = app.slot.predictor
+    real_lock, holds = app.slot.lock, []
+
+    class CountingLock:
+        def __enter__(self):
+            real_lock.acquire()
+            holds.append(1)
+
+        def __exit__(self, *exc):
+            real_lock.release()
+
+    app.slot.lock = CountingLock()
+    try:
+        text = "Good morrow to you all, my gentle friends and neighbours"
+        assert app.commit({"text": text, "field_kind": "message"})["cached"] is True
+    finally:
+        app.slot.lock = real_lock
+    assert len(holds) > len(tokens(text)) and app.personal().uni["neighbours"] == 1
+
+    real_learning = predictor.learning
+
+    def wiped_between_steps(t):   # what `clear` does (under the lock) between two steps
+        steps = real_learning(t)
+        next(steps)
+        yield
+        app._personal = None
+        predictor.personal = PersonalModel()
+        yield from steps
+
+    predictor.learning = wiped_between_steps
+    try:
+        assert app.commit({"text": "Zanzibar quokkas everywhere", "field_kind": "message"})["cached"] is True
+    finally:
+        del predictor.learning
+    assert predictor.personal.uni["Zanzibar"] == 0 and app.personal().uni["Zanzibar"] == 1  # rebuilt from the cache
+
+
+def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
+    """The user's words are read before the text is cached: if they are built from the cache
+    meanwhile (the text in it already), or wiped and rebuilt while the commit waits its turn to
+    learn, the commit does not learn the text into them; and a learn that fails leaves the text
+    cached and the words to be rebuilt from the cache, with nothing of the text in the log."""
+    app = server.app
+    real_add = app.cache.add
+
+    def add_then_build(text, kind):   # a keystroke builds the user's words right after the write
+        ok = real_add(text, kind)
+        app.personal()
+        return ok
+
+    app.cache.add = add_then_build
+    try:
+        assert app.commit({"text": "Zanzibar quokkas", "field_kind": "message"})["cached"] is True
+    finally:
+        del app.cache.add
+    assert app.personal().uni["Zanzibar"] == 1
+
+    hold = app._learning   # another commit is learning: this one waits its turn
+    hold.acquire()
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (app.commit({"text": "xylophone morning", "field_kind": "message"}),
+                                              done.set()))
+    worker.start()
+    assert _until(lambda: "xylophone morning" in db_rows(server))
+    assert post(server, "api/clear", {}).status_code == 200   # the user wipes; a keystroke rebuilds
+    post(server, "api/suggest", {"client": "a", "text": "x"})
+    hold.release()
+    worker.join(10)
+    assert done.is_set() and db_rows(server) == []
+    assert app.personal().uni["xylophone"] == 0 and app.slot.predictor.personal.uni["xylophone"] == 0
+
+    def broken(text):
+        raise RuntimeError(f"interpreter failed on {text!r}")
+        yield
+
+    app.slot.predictor.learning = broken
+    caplog.set_level(logging.INFO)
+    try:
+        r = post(server, "api/commit", {"text": SECRET, "field_kind": "message"})
+    finally:
+        del app.slot.predictor.learning
+    assert r.status_code == 200 and r.json()["cached"] is True
+    assert app.personal().uni["quokka"] == 1   # rebuilt from the cache, once
+    assert "learning a commit failed (RuntimeError)" in caplog.text and "quokka" not in caplog.text
 
 
 def test_commit_pause_and_clear(server):

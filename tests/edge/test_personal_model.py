@@ -91,5 +91,51 @@ def test_long_follower_lists_are_cut_by_word_with_the_same_result():
             for prefix in ("", "t", "ta", "tal", "x", "s", ","):
                 for k in (1, 3, 8):
                     assert pm.candidates(hist, prefix, k) == reference_candidates(pm, hist, prefix, k), (hist, prefix)
-        cut += len(pm.ranked[("the",)]) > personal._SCAN
+        cut += len(pm.ranked(("the",))) > personal._SCAN
     assert cut > 30 and ("the",) in pm._by_word
+
+
+def test_a_text_drops_only_the_cached_answers_it_changed():
+    """The keyboard learns a sentence while the user types on. A text raises only its own words'
+    counts, so only the answers for a prefix of one of its words can change: those are answered
+    anew, every other answer stays cached (the very list), and all equal the reference, over
+    many texts, histories (touched by the text or not) and prefixes."""
+    import random
+
+    rng = random.Random(2)
+    vocab = ["sea", "seal", "sell", "tea", "team", "ten", "the", "they", "a", "an", ",", "."]
+    pm = PersonalModel()
+    pm.add(tokens("the sea and the seal"))
+    asks = [(h, p, k) for h in ((BOS, BOS), ("the",), ("a", "the"), ("an", "ten"), ("never", "typed"))
+            for p in ("", "s", "se", "sea", "t", "te", "th", "x", ",") for k in (1, 3)]
+    kept = dropped = 0
+    for _ in range(80):
+        before = {a: pm.candidates(*a) for a in asks}
+        text = [rng.choice(vocab) for _ in range(rng.randint(1, 4))]
+        pm.add(text)
+        for (hist, prefix, k), old in before.items():
+            now = pm.candidates(hist, prefix, k)
+            assert now == reference_candidates(pm, hist, prefix, k), (text, hist, prefix)
+            if any(w.startswith(prefix) and w not in ",." for w in text):
+                assert now is not old, (text, hist, prefix)
+                dropped += 1
+            else:   # not recomputed: the very list cached before the text
+                assert now is old, (text, hist, prefix)
+                kept += 1
+    assert kept > 1000 and dropped > 1000
+
+
+def test_cached_answers_are_bounded():
+    import edge_runtime.personal as personal
+
+    pm = PersonalModel()
+    pm.add(tokens("the sea and the seal"))
+    for i in range(personal._CACHED + 10):
+        pm.candidates(("w", str(i)), "s", 3)
+    assert 0 < pm._cached <= personal._CACHED
+    assert sum(len(v) for v in pm._cache.values()) == pm._cached
+    for i in range(personal._CACHED + 10):   # each prefix asked once, each answer dropped by a text
+        pm.candidates(("w",), f"s{i}", 3)
+        pm.add([f"s{i}"])
+    assert len(pm._top) <= personal._CACHED + 1 and pm._cached <= personal._CACHED
+    assert pm.candidates(("x", "y"), "s", 3) == reference_candidates(pm, ("x", "y"), "s", 3)

@@ -316,6 +316,45 @@ def test_a_readied_space_is_not_reused_after_a_commit_a_new_k_or_a_new_users_mod
         assert s.update("I pray you ", k=k) == p.session().update("I pray you ", k=k), change
 
 
+def test_a_prefetch_after_a_commit_ranks_again_without_a_model_step(predictor, base_ngram, monkeypatch):
+    """The keyboard prefetches again after a commit's learn: the state readied for the space is
+    still right (it depends on the model only), so only the strip is ranked again, for the user's
+    words as they are now."""
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    p.learn("I pray you, sirrah, go to the king")
+    s = p.session()
+    s.update("I pray you")
+    s.prefetch()
+    node = s.readied.node
+    p.learn("I pray you sirrah sirrah sirrah go")
+    steps = []
+    real = p.advance_ids
+    monkeypatch.setattr(p, "advance_ids", lambda n, ids: steps.append(ids) or real(n, ids))
+    s.prefetch()
+    assert steps == [] and s.readied.node is node and s.readied.ranked(3, p.strip_key())
+    assert s.update("I pray you ") == s.readied.strip == p.session().update("I pray you ")
+
+
+def test_learning_step_by_step_is_learn(predictor, base_ngram):
+    """`learning` yields once per token's model step and changes nothing the strip reads until
+    its last step; then the mixture and the user's words are what `learn` leaves, to the float."""
+    from protocol.text import tokens
+
+    a = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    b = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    for text in ("I pray you, sirrah, go to the king", "Good morrow, good my lord. I pray you go"):
+        a.learn(text)
+        steps = b.learning(text)
+        key = b.strip_key()
+        n = 0
+        for _ in steps:
+            n += 1
+            assert b.strip_key() == key and b.personal.total == a.personal.total - len(tokens(text))
+        assert n == len(tokens(text))
+        assert b.personal.mix == a.personal.mix and b.personal.uni == a.personal.uni
+    assert b.session().update("I pray you ") == a.session().update("I pray you ")
+
+
 def test_a_failed_keystroke_leaves_the_session_right_for_the_next(predictor):
     """A step that fails part-way through a keystroke (an interpreter error) must not make the
     next keystroke feed the same chunks twice."""

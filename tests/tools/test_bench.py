@@ -28,14 +28,16 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 def test_keystroke_bench_prints_both_paths_and_ratio(exported_version, tmp_path):
     corpus = tmp_path / "held_out.txt"
-    corpus.write_text(CORPUS)
+    corpus.write_text(CORPUS * 8)   # a few held-out texts: the keyboard path sends between them
     r = bench("keystroke", "--model", str(exported_version), "--corpus", str(corpus),
-              "--max-keystrokes", "40", "--max-recompute", "10", "--warmup", "2")
+              "--max-keystrokes", "120", "--max-recompute", "10", "--warmup", "2")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     for row in ("incremental, prefetch between keys (the keyboard)", "  idle work between keystrokes (prefetch)",
                 "incremental, all work on the keystroke", "  of which right after a space",
-                "recompute (new session, <= 20 words)"):
+                "recompute (new session, <= 20 words)", "  the emptied field's strip after a send",
+                "  a commit's learn, in all (between keystrokes)",
+                "  a commit's learn, its longest step (holds the keyboard)"):
         assert any(ln.startswith(row) for ln in lines), (row, r.stdout)
     assert "p50 ms" in lines[2] and "p99 ms" in lines[2]
     # Both clocks, measured on the same calls: wall time and the keystroke's own CPU time; a ratio
@@ -160,3 +162,19 @@ def test_ptb_bench_says_where_to_put_the_data_when_it_cannot_download(tmp_path):
     r = bench("ptb", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/nothing")
     assert r.returncode != 0
     assert "ptb.train.txt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_keystroke_bench_commits_as_the_page_does():
+    """The page commits each finished sentence (. ! or ?, closing quotes allowed, then a space) at
+    the keystroke that finishes it, and the rest of a text when it is sent."""
+    from tools.bench.keystroke import keystrokes, page_commits
+
+    text = 'Stay, "I pray you!" Is it so?\nNo. And then'
+    commits, rest = page_commits(keystrokes([text], 1000))
+    assert [(text[:i + 1][-1], s) for i, s in commits.items()] == [
+        (" ", 'Stay, "I pray you!"'), ("\n", "Is it so?"), (" ", "No.")]
+    assert rest == "And then"
+    assert page_commits(keystrokes(["Done. "], 100)) == ({5: "Done."}, "")
+    # Typing from the middle of a text: what came before the mark is not committed again.
+    keys = keystrokes(["One. Two. Three"], 100)[6:]
+    assert page_commits(keys, mark=5) == ({3: "Two."}, "Three")

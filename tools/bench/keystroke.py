@@ -12,17 +12,75 @@ is what a stateless predictor would do: a new session at every keystroke, fed th
 and strip a space would need; timed apart, as idle work), and with all the work on the
 keystroke. All paths are timed in the same run, text by text in turn, over the same keystrokes
 (the recompute path over an even sample of them, since it is slow), after an untimed warm-up.
+
+Each path types as the demo page makes a user type: the page commits every finished sentence
+at the keystroke that finishes it (the space after `.`, `!` or `?`), and the rest of a text when
+it is sent,
+and the keyboard server learns each commit into the user's words. So each path has its own
+predictor (one model, one base n-gram, a copy of the same history) that learns the same commits
+at the same keystrokes, and its caches age as they would on a device in that mode. On the
+keyboard path a send is the emptied field's strip and its prefetch, the commit's `learn` (which
+lands after that prefetch on the keyboard server), then the server's prefetch again; a finished
+sentence's commit is its `learn` after the keystroke's prefetch, then a prefetch again. The
+emptied field's strip and the learns are timed in rows of their own: the strip answers the send;
+a learn runs between keystrokes, one model step per hold of the keyboard's lock, so its longest
+step is what a keystroke that arrives meanwhile waits for.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 
 import numpy as np
+
+# The page's sentence end (keyboard.js, commitFinishedSentences): . ! or ? (closing quotes and
+# brackets allowed) followed by a space or a newline.
+SENTENCE_END = re.compile(r"""[.!?]+["')\]]*\s""")
+
+
+def finished_sentences(text: str, committed: int) -> tuple[str, int]:
+    """What the page commits once `text` is before the cursor, when the first `committed`
+    characters are committed already: the finished sentences after them, and the new mark."""
+    end = committed
+    for m in SENTENCE_END.finditer(text, committed):
+        end = m.end()
+    return text[committed:end].strip(), end
+
+
+def page_commits(text_keys: list[str], mark: int = 0) -> tuple[dict[int, str], str]:
+    """The page's commits while one text is typed (`text_keys`: the text before the cursor after
+    each keystroke; `mark` characters committed before): each finished sentence by the keystroke
+    that finished it, and the uncommitted rest, which the send commits."""
+    at: dict[int, str] = {}
+    for i, prefix in enumerate(text_keys):
+        sentence, mark = finished_sentences(prefix, mark)
+        if sentence:
+            at[i] = sentence
+    return at, text_keys[-1][mark:].strip() if text_keys else ""
+
+
+_DONE = object()
+
+
+def time_learning(predictor: object, text: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(wall ms, CPU ms) of a commit's learn in all, and of its longest step: the keyboard server
+    holds its lock for one step at a time (`Predictor.learning`), so that is what a keystroke
+    that arrives meanwhile waits for."""
+    steps, times = predictor.learning(text), []
+    while True:
+        got: list[object] = []
+        times.append(_timed(lambda g=got: g.append(next(steps, _DONE))))
+        if got[0] is _DONE:   # the last call: the mixture and the user's words learn the text
+            break
+    total = (sum(t[0] for t in times), sum(t[1] for t in times))
+    longest = (max(t[0] for t in times), max(t[1] for t in times))
+    return total, longest
 
 
 def held_out_texts(corpus: str) -> list[str]:
@@ -126,7 +184,9 @@ def main(args: argparse.Namespace) -> int:
     model = Model.load(args.model)
     from edge_runtime.base_ngram import load_base_ngram
 
-    predictor = Predictor(model, load_tokenizer(os.path.join(args.model, TOKENIZER)), base=load_base_ngram())
+    sp = load_tokenizer(os.path.join(args.model, TOKENIZER))
+    base = load_base_ngram()
+    predictor = Predictor(model, sp, base=base)
     texts = held_out_texts(args.corpus)
     keys = keystrokes(texts, args.warmup + args.max_keystrokes)
     typed = sum(1 for k in keys if len(k) == 1)
@@ -135,22 +195,59 @@ def main(args: argparse.Namespace) -> int:
     warm, keys = keys[:args.warmup], keys[args.warmup:]
     if not keys:
         raise ValueError(f"{args.corpus}: not enough held-out text for {args.warmup} warm-up keystrokes")
-    time_incremental(predictor.session, warm, idle=[])
-    time_recompute(predictor.session, warm[:5], args.context_words)
+    # One predictor per path, each with the same history; the other two copy the user's words.
+    kb, aw, rc = predictor, Predictor(model, sp, base=base), Predictor(model, sp, base=base)
+    aw.personal, rc.personal = copy.deepcopy(kb.personal), copy.deepcopy(kb.personal)
+    time_incremental(kb.session, warm, idle=[])
+    time_incremental(aw.session, warm)
+    time_recompute(rc.session, warm[:5], args.context_words)
 
     stride = max(1, math.ceil(len(keys) / args.max_recompute))
     idle_both: list[tuple[float, float]] = []
     pre_both: list[tuple[float, float]] = []
     inc_both: list[tuple[float, float]] = []
     rec_both: list[tuple[float, float]] = []
+    empty_both: list[tuple[float, float]] = []
+    learn_both: list[tuple[float, float]] = []   # each commit's learn in all
+    hold_both: list[tuple[float, float]] = []    # and its longest step (the lock held at once)
     # Text by text, the three paths in turn: a burst of load from other jobs hits all of them.
     starts = [i for i, k in enumerate(keys) if len(k) == 1 and i > 0]
+    kb_s, aw_s = kb.session(), aw.session()
+    mark = finished_sentences(keys[0], 0)[1]   # what the warm-up typed counts as committed
+    rest = ""
     for a, b in zip([0, *starts], [*starts, len(keys)]):
-        pre_both += time_incremental(predictor.session, keys[a:b], idle=idle_both)
-        predictor.forget_warm()   # the other paths get no head start from the prefetch run's warm-up
-        inc_both += time_incremental(predictor.session, keys[a:b])
-        predictor.forget_warm()
-        rec_both += time_recompute(predictor.session, keys[-(-a // stride) * stride:b:stride], args.context_words)
+        if a > 0:   # the previous text is sent: the page commits its rest, the field is emptied
+            kb_s = kb.session()
+            empty_both.append(_timed(lambda s=kb_s: s.update("")))
+            idle_both.append(_timed(kb_s.prefetch))
+            if rest:
+                for out, t in zip((learn_both, hold_both), time_learning(kb, rest)):
+                    out.append(t)
+                idle_both.append(_timed(kb_s.prefetch))
+                aw.learn(rest)
+                rc.learn(rest)
+            aw_s = aw.session()
+        block = keys[a:b]
+        commits, rest = page_commits(block, mark if a == 0 else 0)
+        for i, prefix in enumerate(block):   # the keyboard: prefetch after each strip and each learn
+            pre_both.append(_timed(lambda s=kb_s, p=prefix: s.update(p)))
+            idle_both.append(_timed(kb_s.prefetch))
+            if i in commits:
+                for out, t in zip((learn_both, hold_both), time_learning(kb, commits[i])):
+                    out.append(t)
+                idle_both.append(_timed(kb_s.prefetch))
+        base.forget_warm()   # shared: the other paths get no head start from the keyboard's prefetch
+        for i, prefix in enumerate(block):   # all the work on the keystroke
+            inc_both.append(_timed(lambda s=aw_s, p=prefix: s.update(p)))
+            if i in commits:
+                aw.learn(commits[i])
+        for i, prefix in enumerate(block):   # a new session per (sampled) keystroke
+            if (a + i) % stride == 0:
+                context = last_words(prefix, args.context_words)
+                rec_both.append(_timed(lambda c=context: rc.session().update(c)))
+            if i in commits:
+                rc.learn(commits[i])
+        base.forget_warm()
     vid = model.manifest.version_id if model.manifest else args.model
     n_texts = len({k for k in keys if len(k) == 1}) or 1
     space = [i for i, k in enumerate(keys) if k[-1].isspace()]  # the slowest keystrokes without prefetch
@@ -175,6 +272,11 @@ def main(args: argparse.Namespace) -> int:
                 row("  of which right after a space", [ms[i] for i in space])
             if idle is not None:
                 row("  idle work between keystrokes (prefetch)", [t[col] for t in idle])
+                if empty_both:
+                    row("  the emptied field's strip after a send", [t[col] for t in empty_both])
+                if learn_both:
+                    row("  a commit's learn, in all (between keystrokes)", [t[col] for t in learn_both])
+                    row("  a commit's learn, its longest step (holds the keyboard)", [t[col] for t in hold_both])
             same = [ms[i] for i in range(0, len(keys), stride)]
             row("  the same keys as recompute", same)
             s50, s99, smean = percentiles(same)
