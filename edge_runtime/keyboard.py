@@ -193,10 +193,13 @@ class KeyboardApp:
             with self.slot.lock:   # the user's words as they are before this text is cached
                 personal = self._personal
             cached = self.cache.add(text, kind)
-            if cached and personal is not None:
+            if cached and personal is None:
+                with self.slot.lock:   # built from the cache meanwhile, with or without the text: again
+                    self._personal = None
+            elif cached:
                 try:
                     self._learn(text, personal)
-                except Exception as e:   # the text is cached: the user's words are rebuilt from the cache
+                except Exception as e:   # the text is cached: the user's words are rebuilt from it
                     # the type only: an exception's message may quote the text
                     log.warning("keyboard: learning a commit failed (%s)", type(e).__name__)
                     with self.slot.lock:
@@ -210,8 +213,10 @@ class KeyboardApp:
         """The mixture weights and the user's words (`personal`, as they were before the text was
         cached) learn a committed text, one model step per hold of the lock
         (`Predictor.learning`): a keystroke that arrives meanwhile waits for one step, not for the
-        whole text. Commits learn one at a time, in order; a wipe or a new version before or
-        between two steps is seen at the next one."""
+        whole text. Commits learn one at a time; a wipe or a new version before or between two
+        steps is seen at the next one. A model step that fails leaves the user's words and the
+        mixture as they were, and the words learn the text alone; a failure in the last step
+        (where they change) is raised, and `commit` has them rebuilt from the cache."""
         with self._learning:
             with self.slot.lock:
                 predictor = self.slot.predictor
@@ -221,6 +226,7 @@ class KeyboardApp:
                     personal.add(tokens(text))   # no model to weigh the mixture with: the words only
                     return
                 steps = predictor.learning(text)
+            done, n_steps = 0, len(tokens(text))
             while True:
                 time.sleep(0)   # let a waiting keystroke take the lock between two steps
                 with self.slot.lock:
@@ -233,7 +239,15 @@ class KeyboardApp:
                         return
                     try:
                         next(steps)
+                        done += 1
                     except StopIteration:
+                        return
+                    except Exception as e:
+                        if done == n_steps:   # the last step: the words may be half-counted
+                            raise
+                        steps.close()   # a model step: nothing changed yet
+                        log.warning("keyboard: a model step failed while learning a commit (%s)", type(e).__name__)
+                        personal.add(tokens(text))
                         return
 
     def pause(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -208,15 +208,16 @@ class Predictor:
         the evidence and on whether the user has words, which does not change until the end),
         and the copy and the user's words take the text at the end, at once."""
         toks = tokens(text)
+        personal = self.personal
         node, hist = self.root, (BOS, BOS)
-        mix = list(self.personal.mix)
+        mix = list(personal.mix)
         for tok in toks:
             self.observe(self.component_probs(node, tok, hist), mix)
             node = self.advance_ids(node, self.vocab.ids([tok]))
             hist = (hist[-1], tok)
             yield
-        self.personal.mix = mix
-        self.personal.add(toks)
+        personal.add(toks)
+        personal.mix = mix
 
     def session(self) -> Session:
         return Session(self)

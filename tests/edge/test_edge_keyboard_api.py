@@ -205,9 +205,10 @@ def test_a_commit_learns_one_model_step_per_hold_of_the_lock(server):
 
 def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
     """The user's words are read before the text is cached: if they are built from the cache
-    meanwhile (the text in it already), or wiped and rebuilt while the commit waits its turn to
-    learn, the commit does not learn the text into them; and a learn that fails leaves the text
-    cached and the words to be rebuilt from the cache, with nothing of the text in the log."""
+    around the write (with the text or without it), they are built again, so the text counts once;
+    if they are wiped and rebuilt while the commit waits its turn to learn, the commit does not
+    learn the text into them. A model step that fails leaves the words to learn the text alone; a
+    failure in the last step has them rebuilt from the cache; nothing of the text in the log."""
     app = server.app
     real_add = app.cache.add
 
@@ -216,12 +217,23 @@ def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
         app.personal()
         return ok
 
+    def build_then_add(text, kind):   # ... or right before it
+        app.personal()
+        return real_add(text, kind)
+
     app.cache.add = add_then_build
     try:
         assert app.commit({"text": "Zanzibar quokkas", "field_kind": "message"})["cached"] is True
     finally:
         del app.cache.add
     assert app.personal().uni["Zanzibar"] == 1
+    app._personal = None   # as at start-up: nothing built yet
+    app.cache.add = build_then_add
+    try:
+        assert app.commit({"text": "Wombat walks", "field_kind": "message"})["cached"] is True
+    finally:
+        del app.cache.add
+    assert app.personal().uni["Wombat"] == 1 and app.personal().uni["Zanzibar"] == 1
 
     hold = app._learning   # another commit is learning: this one waits its turn
     hold.acquire()
@@ -241,15 +253,31 @@ def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
         raise RuntimeError(f"interpreter failed on {text!r}")
         yield
 
-    app.slot.predictor.learning = broken
+    app.slot.predictor.learning = broken   # a model step fails: nothing changed, the words learn it
     caplog.set_level(logging.INFO)
+    words = app.personal()
     try:
         r = post(server, "api/commit", {"text": SECRET, "field_kind": "message"})
     finally:
         del app.slot.predictor.learning
     assert r.status_code == 200 and r.json()["cached"] is True
-    assert app.personal().uni["quokka"] == 1   # rebuilt from the cache, once
-    assert "learning a commit failed (RuntimeError)" in caplog.text and "quokka" not in caplog.text
+    assert app.personal() is words and words.uni["quokka"] == 1
+    assert "model step failed while learning a commit (RuntimeError)" in caplog.text
+
+    real_add = words.add
+
+    def add_fails_half_way(toks):   # the last step: the words are half-counted, so rebuilt
+        words.uni["platypus"] += 1
+        raise MemoryError("platypus")
+
+    words.add = add_fails_half_way
+    r = post(server, "api/commit", {"text": "platypus parade", "field_kind": "message"})
+    words.add = real_add
+    assert r.status_code == 200 and r.json()["cached"] is True
+    rebuilt = app.personal()
+    assert rebuilt is not words and rebuilt.uni["platypus"] == 1 and rebuilt.uni["quokka"] == 1
+    assert "learning a commit failed (MemoryError)" in caplog.text
+    assert "quokka" not in caplog.text and "platypus" not in caplog.text
 
 
 def test_commit_pause_and_clear(server):

@@ -353,6 +353,16 @@ def test_learning_step_by_step_is_learn(predictor, base_ngram):
         assert n == len(tokens(text))
         assert b.personal.mix == a.personal.mix and b.personal.uni == a.personal.uni
     assert b.session().update("I pray you ") == a.session().update("I pray you ")
+    # The arithmetic `learn` had before it was split into steps: observe token by token, in place.
+    c = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    for text in ("I pray you, sirrah, go to the king", "Good morrow, good my lord. I pray you go"):
+        node, hist = c.root, ("<s>", "<s>")
+        for tok in tokens(text):
+            c.observe(c.component_probs(node, tok, hist))
+            node = c.advance_ids(node, c.vocab.ids([tok]))
+            hist = (hist[-1], tok)
+        c.personal.add(tokens(text))
+    assert c.personal.mix == a.personal.mix
 
 
 def test_a_failed_keystroke_leaves_the_session_right_for_the_next(predictor):
