@@ -215,8 +215,8 @@ class KeyboardApp:
         (`Predictor.learning`): a keystroke that arrives meanwhile waits for one step, not for the
         whole text. Commits learn one at a time; a wipe or a new version before or between two
         steps is seen at the next one. A model step that fails leaves the user's words and the
-        mixture as they were, and the words learn the text alone; a failure in the last step
-        (where they change) is raised, and `commit` has them rebuilt from the cache."""
+        mixture as they were, and the words learn the text alone; a failure in the steps that
+        count the words is raised, and `commit` has them rebuilt from the cache."""
         with self._learning:
             with self.slot.lock:
                 predictor = self.slot.predictor
@@ -243,7 +243,7 @@ class KeyboardApp:
                     except StopIteration:
                         return
                     except Exception as e:
-                        if done == n_steps:   # the last step: the words may be half-counted
+                        if done >= n_steps:   # counting the words: they may be half-counted
                             raise
                         steps.close()   # a model step: nothing changed yet
                         log.warning("keyboard: a model step failed while learning a commit (%s)", type(e).__name__)

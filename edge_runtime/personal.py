@@ -63,9 +63,10 @@ class PersonalModel:
     def __len__(self) -> int:
         return self.total
 
-    def add(self, toks: Iterable[str]) -> None:
-        """Learn one text (its tokens in order)."""
-        a, b = BOS, BOS
+    def add(self, toks: Iterable[str], after: tuple[str, str] = (BOS, BOS)) -> tuple[str, str]:
+        """Learn one text (its tokens in order), or a part of one that follows the two tokens
+        `after`; returns the last two tokens, to learn the next part after them."""
+        a, b = after
         touched: set[tuple[str, ...]] = set()
         counted: set[str] = set()
         for t in toks:
@@ -97,6 +98,7 @@ class PersonalModel:
                 n = bisect_left(self.words, prefix + _MAX_CHAR) - lo
                 for k, top in tops.items():
                     tops[k] = self.words[lo:lo + n] if n <= k else self._best(k, {*top, *ws})
+        return a, b
 
     def ranked(self, h: tuple[str, ...]) -> list[str] | None:
         """History `h`'s suggestable followers, most frequent first (first seen first among equals);

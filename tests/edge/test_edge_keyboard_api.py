@@ -266,7 +266,7 @@ def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
 
     real_add = words.add
 
-    def add_fails_half_way(toks):   # the last step: the words are half-counted, so rebuilt
+    def add_fails_half_way(toks, after=None):   # counting: the words are half-counted, so rebuilt
         words.uni["platypus"] += 1
         raise MemoryError("platypus")
 

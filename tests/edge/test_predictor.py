@@ -365,6 +365,28 @@ def test_learning_step_by_step_is_learn(predictor, base_ngram):
     assert c.personal.mix == a.personal.mix
 
 
+def test_a_long_text_is_counted_in_parts_with_the_same_result(predictor, base_ngram, monkeypatch):
+    """The user's words count a long text a part per step (`LEARN_PART` tokens), each part after
+    the last two tokens of the one before: the same counts, followers and mixture as one part."""
+    import edge_runtime.predictor as pred_mod
+    from protocol.text import tokens
+
+    text = "I pray you, sirrah, go to the king. Good morrow, good my lord; I pray you go to him"
+    whole = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    whole.learn(text)
+    monkeypatch.setattr(pred_mod, "LEARN_PART", 4)
+    parts = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    n_tok = len(tokens(text))
+    assert n_tok > 12
+    yields = sum(1 for _ in parts.learning(text))
+    assert yields == n_tok + (n_tok - 1) // 4
+    a, b = whole.personal, parts.personal
+    assert (a.uni, a.total, a.words, a.mix) == (b.uni, b.total, b.words, b.mix)
+    assert {h: dict(f) for h, f in a.follow.items()} == {h: dict(f) for h, f in b.follow.items()}
+    assert a.follow_total == b.follow_total
+    assert parts.session().update("I pray you ") == whole.session().update("I pray you ")
+
+
 def test_a_failed_keystroke_leaves_the_session_right_for_the_next(predictor):
     """A step that fails part-way through a keystroke (an interpreter error) must not make the
     next keystroke feed the same chunks twice."""
