@@ -55,8 +55,8 @@ from edge_runtime.eligibility import ActivityClock
 from edge_runtime.errors import EdgeError
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
 from edge_runtime.paths import ACTIVITY_FILE
-from edge_runtime.personal import PersonalModel
-from edge_runtime.predictor import Session
+from edge_runtime.personal import BOS, PersonalModel
+from edge_runtime.predictor import LEARN_PART, Session
 from protocol.text import tokens
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,9 @@ class KeyboardApp:
                         return
                     if self.slot.predictor is not predictor or predictor.personal is not personal:
                         steps.close()   # another version came in: the user's words still learn it
-                        personal.add(tokens(text))   # (the mixture does not: its steps ran on the old one)
+                        toks = tokens(text)   # (the mixture does not: its steps ran on the old one)
+                        counted = max(0, done - n_steps) * LEARN_PART   # the parts counted already
+                        personal.add(toks[counted:], tuple([BOS, BOS, *toks[:counted]][-2:]))
                         return
                     try:
                         next(steps)

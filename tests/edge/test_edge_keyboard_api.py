@@ -280,6 +280,38 @@ def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
     assert "quokka" not in caplog.text and "platypus" not in caplog.text
 
 
+def test_a_version_that_comes_in_while_a_long_text_is_counted_counts_the_rest_only(server):
+    """The user's words count a long text a part per step; if another version comes in between
+    two parts, the words count the rest of the text, not the whole of it again."""
+    from edge_runtime.predictor import LEARN_PART, Predictor
+
+    app = server.app
+    post(server, "api/suggest", {"client": "a", "text": ""})
+    old = app.slot.predictor
+    text = " ".join(f"word{i % 40}" for i in range(LEARN_PART * 2 + 10))
+    n_tok = len(tokens(text))
+    real_learning = old.learning
+
+    def swapped_after_first_part(t):   # what a keystroke's refresh does between two steps
+        for i, _ in enumerate(real_learning(t)):
+            if i == n_tok:   # the model steps are done and the first part is counted
+                new = Predictor(old.model, old.sp, base=old.base)
+                new.personal = old.personal
+                app.slot.predictor = new
+            yield
+
+    old.learning = swapped_after_first_part
+    before = app.personal().total
+    try:
+        assert app.commit({"text": text, "field_kind": "message"})["cached"] is True
+    finally:
+        del old.learning
+        app.slot.predictor = old
+    words = app.personal()
+    assert words.total == before + n_tok and words.uni["word0"] == len(range(0, LEARN_PART * 2 + 10, 40))
+    assert words.follow[("word39",)]["word0"] == len(range(40, LEARN_PART * 2 + 10, 40))
+
+
 def test_commit_pause_and_clear(server):
     r = post(server, "api/commit", {"text": "Good morrow to you.", "field_kind": "message"}).json()
     assert r["cached"] is True and r["cache"]["sentences"] == 1
