@@ -56,7 +56,7 @@ from edge_runtime.errors import EdgeError
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
 from edge_runtime.paths import ACTIVITY_FILE
 from edge_runtime.personal import BOS, PersonalModel
-from edge_runtime.predictor import LEARN_PART, Session
+from edge_runtime.predictor import Session
 from protocol.text import tokens
 
 log = logging.getLogger(__name__)
@@ -222,11 +222,12 @@ class KeyboardApp:
                 predictor = self.slot.predictor
                 if self._personal is not personal:   # wiped since, or rebuilt from the cache (with the text)
                     return
+                toks = tokens(text)
                 if predictor is None or predictor.personal is not personal:
-                    personal.add(tokens(text))   # no model to weigh the mixture with: the words only
+                    personal.add(toks)   # no model to weigh the mixture with: the words only
                     return
                 steps = predictor.learning(text)
-            done, n_steps = 0, len(tokens(text))
+            done, counted = 0, 0   # steps taken; tokens the words have counted
             while True:
                 time.sleep(0)   # let a waiting keystroke take the lock between two steps
                 with self.slot.lock:
@@ -234,22 +235,21 @@ class KeyboardApp:
                         steps.close()
                         return
                     if self.slot.predictor is not predictor or predictor.personal is not personal:
-                        steps.close()   # another version came in: the user's words still learn it
-                        toks = tokens(text)   # (the mixture does not: its steps ran on the old one)
-                        counted = max(0, done - n_steps) * LEARN_PART   # the parts counted already
+                        steps.close()   # another version came in: the user's words still learn the rest
+                        # (the mixture does not: its steps ran on the old one)
                         personal.add(toks[counted:], tuple([BOS, BOS, *toks[:counted]][-2:]))
                         return
                     try:
-                        next(steps)
+                        counted = next(steps)
                         done += 1
                     except StopIteration:
                         return
                     except Exception as e:
-                        if done >= n_steps:   # counting the words: they may be half-counted
+                        if done >= len(toks):   # counting the words: they may be half-counted
                             raise
                         steps.close()   # a model step: nothing changed yet
                         log.warning("keyboard: a model step failed while learning a commit (%s)", type(e).__name__)
-                        personal.add(tokens(text))
+                        personal.add(toks)
                         return
 
     def pause(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -94,10 +94,9 @@ class PersonalModel:
             self._cached -= len(self._cache.pop(prefix, ()))
             tops = self._top.get(prefix)
             if tops:
-                lo = bisect_left(self.words, prefix)
-                n = bisect_left(self.words, prefix + _MAX_CHAR) - lo
+                lo, hi = self._span(prefix)
                 for k, top in tops.items():
-                    tops[k] = self.words[lo:lo + n] if n <= k else self._best(k, {*top, *ws})
+                    tops[k] = self.words[lo:hi] if hi - lo <= k else self._best(k, {*top, *ws})
         return a, b
 
     def ranked(self, h: tuple[str, ...]) -> list[str] | None:
@@ -159,8 +158,7 @@ class PersonalModel:
         tops = self._top.setdefault(prefix, {})
         top = tops.get(k)
         if top is None:  # the user's most frequent words with this prefix, whatever the history
-            lo = bisect_left(self.words, prefix)
-            hi = bisect_left(self.words, prefix + _MAX_CHAR)
+            lo, hi = self._span(prefix)
             span = self.words[lo:hi]
             top = tops[k] = heapq.nlargest(k, span, key=self.uni.get) if len(span) > k else span
         out.extend(top)
@@ -171,6 +169,10 @@ class PersonalModel:
         self._cache.setdefault(prefix, {})[key] = out
         self._cached += 1
         return out
+
+    def _span(self, prefix: str) -> tuple[int, int]:
+        """The range of the user's sorted words that start with `prefix`."""
+        return bisect_left(self.words, prefix), bisect_left(self.words, prefix + _MAX_CHAR)
 
     def _best(self, k: int, words: Iterable[str]) -> list[str]:
         """The k most frequent of `words`, ties in word order: what heapq.nlargest gives over the

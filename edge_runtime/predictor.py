@@ -201,7 +201,7 @@ class Predictor:
         for _ in self.learning(text):
             pass
 
-    def learning(self, text: str) -> Iterator[None]:
+    def learning(self, text: str) -> Iterator[int]:
         """`learn`, one model step at a time: it yields after each token's step, so the keyboard
         can answer a keystroke between two steps instead of after the whole text (a long e-mail
         is hundreds of steps). The mixture's evidence is learned on a copy, step by step (the
@@ -209,7 +209,8 @@ class Predictor:
         which does not change until the end); then the user's words count the text,
         `LEARN_PART` tokens a step, and the copy takes over with the last part. So nothing the
         strip reads changes before the counting, and for a text of up to `LEARN_PART` tokens
-        nothing changes before the last step."""
+        nothing changes before the last step. Each yield says how many of the text's tokens the
+        user's words have counted so far (0 during the model steps)."""
         toks = tokens(text)
         personal = self.personal
         node, hist = self.root, (BOS, BOS)
@@ -218,11 +219,11 @@ class Predictor:
             self.observe(self.component_probs(node, tok, hist), mix)
             node = self.advance_ids(node, self.vocab.ids([tok]))
             hist = (hist[-1], tok)
-            yield
+            yield 0
         after, last = (BOS, BOS), max(0, len(toks) - 1) // LEARN_PART * LEARN_PART
         for i in range(0, last, LEARN_PART):   # the parts before the last
             after = personal.add(toks[i:i + LEARN_PART], after)
-            yield
+            yield i + LEARN_PART
         personal.add(toks[last:], after)
         personal.mix = mix
 

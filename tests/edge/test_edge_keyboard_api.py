@@ -189,8 +189,7 @@ def test_a_commit_learns_one_model_step_per_hold_of_the_lock(server):
 
     def wiped_between_steps(t):   # what `clear` does (under the lock) between two steps
         steps = real_learning(t)
-        next(steps)
-        yield
+        yield next(steps)
         app._personal = None
         predictor.personal = PersonalModel()
         yield from steps
@@ -293,12 +292,12 @@ def test_a_version_that_comes_in_while_a_long_text_is_counted_counts_the_rest_on
     real_learning = old.learning
 
     def swapped_after_first_part(t):   # what a keystroke's refresh does between two steps
-        for i, _ in enumerate(real_learning(t)):
+        for i, counted in enumerate(real_learning(t)):
             if i == n_tok:   # the model steps are done and the first part is counted
                 new = Predictor(old.model, old.sp, base=old.base)
                 new.personal = old.personal
                 app.slot.predictor = new
-            yield
+            yield counted
 
     old.learning = swapped_after_first_part
     before = app.personal().total

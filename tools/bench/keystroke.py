@@ -15,8 +15,7 @@ keystroke. All paths are timed in the same run, text by text in turn, over the s
 
 Each path types as the demo page makes a user type: the page commits every finished sentence
 at the keystroke that finishes it (the space after `.`, `!` or `?`), and the rest of a text when
-it is sent,
-and the keyboard server learns each commit into the user's words. So each path has its own
+it is sent, and the keyboard server learns each commit into the user's words. So each path has its own
 predictor (one model, one base n-gram, a copy of the same history) that learns the same commits
 at the same keystrokes, and its caches age as they would on a device in that mode. On the
 keyboard path a send is the emptied field's strip and its prefetch, the commit's `learn` (which
@@ -247,7 +246,6 @@ def main(args: argparse.Namespace) -> int:
                 rec_both.append(_timed(lambda c=context: rc.session().update(c)))
             if i in commits:
                 rc.learn(commits[i])
-        base.forget_warm()
     vid = model.manifest.version_id if model.manifest else args.model
     n_texts = len({k for k in keys if len(k) == 1}) or 1
     space = [i for i, k in enumerate(keys) if k[-1].isspace()]  # the slowest keystrokes without prefetch
