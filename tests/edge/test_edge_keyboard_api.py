@@ -99,6 +99,73 @@ def test_the_space_after_a_word_is_readied_between_keystrokes(server):
     assert not server.app._sessions and server.app.slot.predictor._warm is None
 
 
+def test_after_a_space_the_next_words_first_letters_are_readied(server):
+    """After a space the server ranks the next word's likeliest first letters between keystrokes;
+    a first letter is then answered from them, with the strip a fresh session gives."""
+    from edge_runtime.predictor import FIRST_LETTERS
+
+    app = server.app
+    post(server, "api/suggest", {"client": "a", "text": "I pray you "})
+    assert _until(lambda: _firsts(app, "a") == FIRST_LETTERS)
+    with app.slot.lock:
+        session = app._sessions["a"][1]
+        c = next(iter(session.firsts.strips))
+        readied = list(session.firsts.strips[c])
+    got = post(server, "api/suggest", {"client": "a", "text": "I pray you " + c}).json()["suggestions"]
+    with app.slot.lock:   # the interpreter is not thread-safe: under the server's own lock
+        assert got == readied == app.slot.predictor.session().update("I pray you " + c)
+
+
+def test_idle_work_runs_off_the_connection_and_stops_when_the_user_types(server, monkeypatch):
+    """The page reuses one keep-alive connection. The idle work runs on the server's idle thread,
+    so the next keystroke on that connection is read at once, takes the lock between two calls,
+    and ends the work for the state the user left: here the idle work for a word being typed is
+    endless, and ends only that way."""
+    from edge_runtime.predictor import Session
+
+    threads, texts = set(), []
+    real = Session.prefetch
+
+    def endless(self, k=3):   # for the word being typed: never done
+        threads.add(threading.current_thread().name)
+        texts.append(self.text)
+        more = real(self, k)
+        time.sleep(0.001)
+        return more or self.text == "I pray you"
+
+    monkeypatch.setattr(Session, "prefetch", endless)
+    headers = {"Content-Type": "application/json", "X-Keyboard-Token": server.token}
+    with requests.Session() as page:   # one connection, as the browser's fetch keeps it
+        for text in ("I pray you", "I pray you "):
+            r = page.post(server.url + "api/suggest", data=json.dumps({"client": "a", "text": text}),
+                          headers=headers, timeout=10)
+            assert r.status_code == 200
+            assert _until(lambda t=text: texts and texts[-1] == t)   # the idle work runs for this state
+        assert server._server.idle.wait(timeout=5), "the idle work did not stop when the user typed"
+    assert threads == {"keyboard-idle"} and texts[-1] == "I pray you "
+
+
+def test_answers_are_not_held_back_by_nagles_algorithm(server, monkeypatch):
+    """Headers and body are two writes: with Nagle's algorithm on, an answer could wait ~40 ms for
+    the page's delayed ACK. The server's sockets have TCP_NODELAY set."""
+    seen = []
+    real = keyboard._Handler.setup
+
+    def setup(self):
+        real(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(keyboard._Handler, "setup", setup)
+    assert post(server, "api/suggest", {"client": "a", "text": "I pray"}).status_code == 200
+    assert seen and all(seen)
+
+
+def _firsts(app, client: str) -> int:
+    with app.slot.lock:
+        f = app._sessions[client][1].firsts
+        return len(f.strips) if f is not None and f.base is app._sessions[client][1].nodes[-1] else -1
+
+
 def _until(check, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -270,7 +270,8 @@ def test_prefetch_between_keystrokes_changes_no_strip_and_spares_the_space(predi
         for t in typed:
             assert ready.update(t) == plain.update(t), t
             keys += 1
-            ready.prefetch()
+            while ready.prefetch():   # as the keyboard runs it: until there is nothing more to do
+                pass
         if n % 3 == 0:
             p.learn(text)
     assert keys > 1000
@@ -287,12 +288,17 @@ def test_prefetch_between_keystrokes_changes_no_strip_and_spares_the_space(predi
             got = s.update(t)
             if t.endswith(" "):
                 spared = not steps and not ranked
-            s.prefetch()
-        s.prefetch()   # already done for this chunk: not repeated
+            while s.prefetch():
+                pass
+        assert not s.prefetch()   # already done for this state: not repeated
         assert len(steps) == 0 and ranked == []
+        first = next(iter(s.firsts.strips))   # the likeliest first letter: readied, not ranked
+        letter = s.update("shall we go " + first)
+        assert not steps and ranked == []
     finally:
         del p.advance_ids, p.suggest
     assert spared and got == p.session().update("shall we go ")
+    assert letter == p.session().update("shall we go " + first)
 
 
 def test_a_readied_space_is_not_reused_after_a_commit_a_new_k_or_a_new_users_model(predictor, base_ngram):
@@ -314,6 +320,90 @@ def test_a_readied_space_is_not_reused_after_a_commit_a_new_k_or_a_new_users_mod
         else:
             p.personal = PersonalModel()
         assert s.update("I pray you ", k=k) == p.session().update("I pray you ", k=k), change
+
+
+def test_first_letter_strips_are_what_suggest_gives(predictor, base_ngram):
+    """After a space, prefetch ranks the likeliest first letters' strips with every candidate
+    scored in one pass: each strip is `suggest`'s for that prefix, for any k, with the user's words
+    and without, and the letters come likeliest first by the LSTM's mass over the words they begin."""
+    from edge_runtime.predictor import FIRST_LETTERS
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    for learned in (False, True):
+        if learned:
+            p.learn("I pray you, sirrah, go to the king. Zounds, Zed, zany Xerxes.")
+        for context in ("", "I pray you, ", "What say you to my lord, and "):
+            s = p.session()
+            s.update(context)
+            node, hist = s.nodes[-1], s.hists[-1]
+            assert p.likely_firsts(node, 4) == []   # not warmed for this state: nothing to order by
+            p.warm(node, hist)
+            firsts = p.likely_firsts(node, len(p._firsts))
+            assert sorted(firsts) == p._firsts and len(p.likely_firsts(node, FIRST_LETTERS)) == FIRST_LETTERS
+            mass = {c: p.word_probs(node)[[p.vocab.index[w] for w in p.sorted_words if w[0] == c]].sum()
+                    for c in firsts[:6]}
+            assert all(mass[a] >= mass[b] - 1e-12 for a, b in zip(firsts[:5], firsts[1:6])), mass
+            for k in (1, 3, 5):
+                got = p.first_strips(node, hist, firsts, k)
+                assert got == {c: p.suggest(node, hist, c, k) for c in firsts}, (context, k)
+            p.forget_warm()   # another session warmed meanwhile: the same strips, computed cold
+            assert p.first_strips(node, hist, firsts, 3) == {c: p.suggest(node, hist, c) for c in firsts}
+
+
+def test_readied_first_letters_are_for_their_state_only(predictor, base_ngram):
+    """A first letter typed on another state than the one readied (a word typed or pasted with no
+    prefetch between) is ranked for its own context; back on the readied state, the strips serve."""
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    s = p.session()
+    s.update("I pray you ")
+    while s.prefetch():
+        pass
+    readied = dict(s.firsts.strips)
+    differ = 0
+    for c in list(readied)[:8]:
+        for text in ("I pray you go " + c, "What say you to my lord, and " + c):
+            got = s.update(text)
+            assert got == p.session().update(text), text
+            differ += got != readied[c]
+        s.update("I pray you ")
+        assert s.update("I pray you " + c) == readied[c] == p.session().update("I pray you " + c)
+    assert differ   # the readied strips would have been wrong there
+
+
+@pytest.mark.parametrize("change", ["learn", "k", "wipe"])
+def test_readied_first_letters_are_not_reused_after_a_commit_a_new_k_or_a_new_users_model(predictor, base_ngram,
+                                                                                          change):
+    """The first letters' strips depend on the user's words and the mixture, like a readied space:
+    a word the user commits (or a wipe of one) shows on the next first letter."""
+    from edge_runtime.personal import PersonalModel
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    p.learn("I pray you, sirrah, go to the king")
+
+    def readied():
+        s = p.session()
+        s.update("I pray you ")
+        while s.prefetch():
+            pass
+        return s
+
+    c = next(iter(readied().firsts.strips))   # the likeliest first letter (the LSTM's: the user's words do not move it)
+    word = c + "qqx"
+    if change == "wipe":
+        p.learn(f"I pray you {word}. " * 20)
+    s = readied()
+    before = s.firsts.strips[c]
+    k = 3
+    if change == "learn":
+        p.learn(f"I pray you {word}. " * 20)
+    elif change == "k":
+        k = 5
+    else:
+        p.personal = PersonalModel()
+    s.update("I pray you ", k=k)
+    after = s.update("I pray you " + c, k=k)
+    assert after == p.session().update("I pray you " + c, k=k)
+    assert after != before and (word in before) == (change == "wipe") and (word in after) == (change == "learn")
 
 
 def test_a_prefetch_after_a_commit_ranks_again_without_a_model_step(predictor, base_ngram, monkeypatch):

@@ -35,7 +35,7 @@ def test_task_summary_and_bench_parsing():
     bench = ("wall clock:\nincremental, prefetch between keys (the keyboard)      100    9.000    9.000    9.000\n"
              "thread CPU time:\n"
              "incremental, prefetch between keys (the keyboard)      100    1.579    4.189    1.343\n"
-             "  idle work between keystrokes (prefetch)              100    2.101    5.002    2.300\n"
+             "  idle work between keystrokes, in all (prefetch)     100    2.101    5.002    2.300\n"
              "incremental, all work on the keystroke                 100   14.579   45.189   15.343\n"
              "recompute (new session, <= 20 words)                    10   35.705  194.603   55.976\n")
     assert _parse_bench(bench) == {"incremental": (1.579, 4.189, 1.343), "all_work": (14.579, 45.189, 15.343),

@@ -9,9 +9,12 @@ path keeps one session per text, as the keyboard does: each keystroke calls
 is what a stateless predictor would do: a new session at every keystroke, fed the last
 `context_words` words. The incremental path runs twice: as the keyboard runs it, with
 `Session.prefetch` between keystrokes (the idle time while a finger moves: it readies the state
-and strip a space would need; timed apart, as idle work), and with all the work on the
-keystroke. All paths are timed in the same run, text by text in turn, over the same keystrokes
-(the recompute path over an even sample of them, since it is slow), after an untimed warm-up.
+and strip a space would need, and after a space the next word's likeliest first letters; called
+until it has nothing more to do, as the keyboard server's idle thread calls it, one call per hold
+of its lock; timed apart, as idle work, in all and its longest call: a keystroke that arrives
+meanwhile waits for the call under way), and with all the work on the keystroke. All paths are
+timed in the same run, text by text in turn, over the same keystrokes (the recompute path over
+an even sample of them, since it is slow), after an untimed warm-up.
 
 Each path types as the demo page makes a user type: the page commits every finished sentence
 at the keystroke that finishes it (the space after `.`, `!` or `?`), and the rest of a text when
@@ -123,6 +126,21 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     return (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3
 
 
+def time_prefetch(session: object) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(wall ms, CPU ms) of the idle work between two keystrokes in all, and of its longest step:
+    the keyboard server's idle thread calls `prefetch` until it has nothing more to do, one call
+    per hold of its lock, so a keystroke that arrives meanwhile waits for the call under way (and
+    the rest is dropped: the session has moved on)."""
+    times = []
+    while True:
+        more: list[bool] = []
+        times.append(_timed(lambda m=more: m.append(session.prefetch())))
+        if not more[0]:
+            break
+    return ((sum(t[0] for t in times), sum(t[1] for t in times)),
+            (max(t[0] for t in times), max(t[1] for t in times)))
+
+
 def time_incremental(new_session: Callable[[], object], keys: list[str], *,
                      idle: list[tuple[float, float]] | None = None) -> list[tuple[float, float]]:
     """(wall ms, CPU ms) of each keystroke's `update`. With `idle` given, `prefetch` runs after
@@ -134,7 +152,7 @@ def time_incremental(new_session: Callable[[], object], keys: list[str], *,
             session = new_session()
         out.append(_timed(lambda s=session, p=prefix: s.update(p)))
         if idle is not None:
-            idle.append(_timed(session.prefetch))
+            idle.append(time_prefetch(session)[0])
     return out
 
 
@@ -202,7 +220,13 @@ def main(args: argparse.Namespace) -> int:
     time_recompute(rc.session, warm[:5], args.context_words)
 
     stride = max(1, math.ceil(len(keys) / args.max_recompute))
-    idle_both: list[tuple[float, float]] = []
+    idle_both: list[tuple[float, float]] = []   # each keystroke's idle work in all
+    step_both: list[tuple[float, float]] = []   # and its longest step (a hold of the keyboard's lock)
+
+    def idle(session: object) -> None:
+        for out, t in zip((idle_both, step_both), time_prefetch(session)):
+            out.append(t)
+
     pre_both: list[tuple[float, float]] = []
     inc_both: list[tuple[float, float]] = []
     rec_both: list[tuple[float, float]] = []
@@ -218,11 +242,11 @@ def main(args: argparse.Namespace) -> int:
         if a > 0:   # the previous text is sent: the page commits its rest, the field is emptied
             kb_s = kb.session()
             empty_both.append(_timed(lambda s=kb_s: s.update("")))
-            idle_both.append(_timed(kb_s.prefetch))
+            idle(kb_s)
             if rest:
                 for out, t in zip((learn_both, hold_both), time_learning(kb, rest)):
                     out.append(t)
-                idle_both.append(_timed(kb_s.prefetch))
+                idle(kb_s)
                 aw.learn(rest)
                 rc.learn(rest)
             aw_s = aw.session()
@@ -230,11 +254,11 @@ def main(args: argparse.Namespace) -> int:
         commits, rest = page_commits(block, mark if a == 0 else 0)
         for i, prefix in enumerate(block):   # the keyboard: prefetch after each strip and each learn
             pre_both.append(_timed(lambda s=kb_s, p=prefix: s.update(p)))
-            idle_both.append(_timed(kb_s.prefetch))
+            idle(kb_s)
             if i in commits:
                 for out, t in zip((learn_both, hold_both), time_learning(kb, commits[i])):
                     out.append(t)
-                idle_both.append(_timed(kb_s.prefetch))
+                idle(kb_s)
         base.forget_warm()   # shared: the other paths get no head start from the keyboard's prefetch
         for i, prefix in enumerate(block):   # all the work on the keystroke
             inc_both.append(_timed(lambda s=aw_s, p=prefix: s.update(p)))
@@ -269,7 +293,8 @@ def main(args: argparse.Namespace) -> int:
             if space:
                 row("  of which right after a space", [ms[i] for i in space])
             if idle is not None:
-                row("  idle work between keystrokes (prefetch)", [t[col] for t in idle])
+                row("  idle work between keystrokes, in all (prefetch)", [t[col] for t in idle])
+                row("  idle work, its longest step (holds the keyboard)", [t[col] for t in step_both])
                 if empty_both:
                     row("  the emptied field's strip after a send", [t[col] for t in empty_both])
                 if learn_both:
