@@ -340,14 +340,38 @@ def test_first_letter_strips_are_what_suggest_gives(predictor, base_ngram):
             p.warm(node, hist)
             firsts = p.likely_firsts(node, len(p._firsts))
             assert sorted(firsts) == p._firsts and len(p.likely_firsts(node, FIRST_LETTERS)) == FIRST_LETTERS
-            mass = {c: p.word_probs(node)[[p.vocab.index[w] for w in p.sorted_words if w[0] == c]].sum()
-                    for c in firsts[:6]}
-            assert all(mass[a] >= mass[b] - 1e-12 for a, b in zip(firsts[:5], firsts[1:6])), mass
+            if not learned:   # no words of the user's: by the LSTM's mass alone
+                mass = {c: p.word_probs(node)[[p.vocab.index[w] for w in p.sorted_words if w[0] == c]].sum()
+                        for c in firsts[:6]}
+                assert all(mass[a] >= mass[b] - 1e-12 for a, b in zip(firsts[:5], firsts[1:6])), mass
             for k in (1, 3, 5):
                 got = p.first_strips(node, hist, firsts, k)
                 assert got == {c: p.suggest(node, hist, c, k) for c in firsts}, (context, k)
             p.forget_warm()   # another session warmed meanwhile: the same strips, computed cold
             assert p.first_strips(node, hist, firsts, 3) == {c: p.suggest(node, hist, c) for c in firsts}
+
+
+def test_the_users_own_first_letters_are_readied_too(predictor, base_ngram):
+    """The first letters readied follow the mixture: a user who writes in lower case (or starts
+    many words with one letter) gets those letters readied, which the LSTM alone would not rank."""
+    from edge_runtime.predictor import FIRST_LETTERS
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    s = p.session()
+    s.update("I pray you ")
+    p.warm(s.nodes[-1], s.hists[-1])
+    lstm_only = p.likely_firsts(s.nodes[-1], FIRST_LETTERS)
+    letter = next(c for c in reversed(p._firsts) if c.islower() and c not in lstm_only)
+    words = [w for w in p.sorted_words if w[0] == letter][:5]
+    for _ in range(20):
+        p.learn("I pray you " + " ".join(words) + ".")
+    assert p.personal.firsts.most_common(1)[0][0] == letter and p.weights()[2] > 0.1
+    s = p.session()
+    s.update("I pray you ")
+    while s.prefetch():
+        pass
+    assert letter in s.firsts.strips
+    assert s.update("I pray you " + letter) == p.session().update("I pray you " + letter)
 
 
 def test_readied_first_letters_are_for_their_state_only(predictor, base_ngram):
