@@ -55,9 +55,9 @@ TAIL_MASS = 0.8
 # Prefix ranges of at most this many words are cut by `np.argpartition` over all of them; in larger
 # ones (a first letter, the next word after a space) the top few are found first (`_top_set`).
 _SMALL_RANGE = 256
-LEARN_PART = 64  # tokens the user's words count per step of `Predictor.learning` (about 0.5 ms on x86)
+LEARN_PART = 16  # tokens the user's words count per step of `Predictor.learning` (short: caches are cold then)
 # After a space, `Session.prefetch` ranks the strips of the next word's likeliest first characters
-# (by P_lstm's mass over the words each begins), this many, `FIRST_PART` per step: a first letter,
+# (`Predictor.likely_firsts`), this many, `FIRST_PART` per step: a first letter,
 # whose prefix range is the largest, is the slowest keystroke to rank. Of the first letters typed
 # in the keystroke bench's held-out texts, 16 cover 90% on Shakespeare, 59% on e-mail (most of the
 # rest are symbols: "-", "+", "{") and 75% on chat rooms; the others are ranked on the keystroke.
