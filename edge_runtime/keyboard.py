@@ -125,6 +125,7 @@ class KeyboardApp:
         self._sessions: OrderedDict[str, tuple[int, Session]] = OrderedDict()
         self._personal: PersonalModel | None = None
         self._learning = threading.Lock()   # commits learn one at a time (`_learn`)
+        self._counting = False   # `_learn` is counting a commit's words (idle work waits for it)
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits."""
@@ -181,6 +182,8 @@ class KeyboardApp:
             gen, session = self._sessions.get(client, (None, None))
             text = session.text if session is not None else None
         while True:
+            if self._counting:   # a commit's words are being counted in parts, each changing the
+                return           # strips: ready after it (`commit` submits idle work when done)
             with self.slot.lock:
                 if (session is None or gen != self.slot.generation or self.slot.predictor is None
                         or self._sessions.get(client, (None, None))[1] is not session or session.text != text):
@@ -230,39 +233,47 @@ class KeyboardApp:
         mixture as they were, and the words learn the text alone; a failure in the steps that
         count the words is raised, and `commit` has them rebuilt from the cache."""
         with self._learning:
+            try:
+                self._learn_steps(text, personal)
+            finally:
+                self._counting = False
+
+    def _learn_steps(self, text: str, personal: PersonalModel) -> None:
+        """`_learn`'s steps (under `_learning`)."""
+        with self.slot.lock:
+            predictor = self.slot.predictor
+            if self._personal is not personal:   # wiped since, or rebuilt from the cache (with the text)
+                return
+            toks = tokens(text)
+            if predictor is None or predictor.personal is not personal:
+                personal.add(toks)   # no model to weigh the mixture with: the words only
+                return
+            steps = predictor.learning(text)
+        done, counted = 0, 0   # steps taken; tokens the words have counted
+        while True:
+            time.sleep(0)   # let a waiting keystroke take the lock between two steps
             with self.slot.lock:
-                predictor = self.slot.predictor
-                if self._personal is not personal:   # wiped since, or rebuilt from the cache (with the text)
+                if self._personal is not personal:   # wiped meanwhile: the text is forgotten too
+                    steps.close()
                     return
-                toks = tokens(text)
-                if predictor is None or predictor.personal is not personal:
-                    personal.add(toks)   # no model to weigh the mixture with: the words only
+                if self.slot.predictor is not predictor or predictor.personal is not personal:
+                    steps.close()   # another version came in: the user's words still learn the rest
+                    # (the mixture does not: its steps ran on the old one)
+                    personal.add(toks[counted:], tuple([BOS, BOS, *toks[:counted]][-2:]))
                     return
-                steps = predictor.learning(text)
-            done, counted = 0, 0   # steps taken; tokens the words have counted
-            while True:
-                time.sleep(0)   # let a waiting keystroke take the lock between two steps
-                with self.slot.lock:
-                    if self._personal is not personal:   # wiped meanwhile: the text is forgotten too
-                        steps.close()
-                        return
-                    if self.slot.predictor is not predictor or predictor.personal is not personal:
-                        steps.close()   # another version came in: the user's words still learn the rest
-                        # (the mixture does not: its steps ran on the old one)
-                        personal.add(toks[counted:], tuple([BOS, BOS, *toks[:counted]][-2:]))
-                        return
-                    try:
-                        counted = next(steps)
-                        done += 1
-                    except StopIteration:
-                        return
-                    except Exception as e:
-                        if done >= len(toks):   # counting the words: they may be half-counted
-                            raise
-                        steps.close()   # a model step: nothing changed yet
-                        log.warning("keyboard: a model step failed while learning a commit (%s)", type(e).__name__)
-                        personal.add(toks)
-                        return
+                try:
+                    counted = next(steps)
+                    done += 1
+                    self._counting = counted > 0
+                except StopIteration:
+                    return
+                except Exception as e:
+                    if done >= len(toks):   # counting the words: they may be half-counted
+                        raise
+                    steps.close()   # a model step: nothing changed yet
+                    log.warning("keyboard: a model step failed while learning a commit (%s)", type(e).__name__)
+                    personal.add(toks)
+                    return
 
     def pause(self, body: dict[str, Any]) -> dict[str, Any]:
         paused = body.get("paused")

@@ -45,7 +45,7 @@ class PersonalModel:
         self._ranked: dict[tuple[str, ...], list[str]] = {}
         self._unranked: set[tuple[str, ...]] = set()  # histories `add` counted since they were ranked
         self.words: list[str] = []  # suggestable tokens the user typed, sorted (for prefix ranges)
-        self.firsts: Counter[str] = Counter()  # first characters of the suggestable tokens typed, counted
+        self.firsts: Counter[str] = Counter()  # first character of each suggestable token typed (per use)
         # Evidence for the keyboard's mixture weights (lstm, ngram, personal; edge_runtime.predictor):
         # a Dirichlet prior, then one posterior responsibility per typed token. It belongs to the
         # user, not to a model version.
@@ -71,9 +71,9 @@ class PersonalModel:
         touched: set[tuple[str, ...]] = set()
         counted: set[str] = set()
         for t in toks:
-            if t not in self.uni and _suggestable(t):
-                insort(self.words, t)
             if _suggestable(t):
+                if t not in self.uni:
+                    insort(self.words, t)
                 self.firsts[t[0]] += 1
             self.uni[t] += 1
             self.total += 1

@@ -55,12 +55,16 @@ TAIL_MASS = 0.8
 # Prefix ranges of at most this many words are cut by `np.argpartition` over all of them; in larger
 # ones (a first letter, the next word after a space) the top few are found first (`_top_set`).
 _SMALL_RANGE = 256
-LEARN_PART = 16  # tokens the user's words count per step of `Predictor.learning` (short: caches are cold then)
+# Tokens the user's words count per step of `Predictor.learning`: the first part after the model
+# steps runs with cold caches (measured alone in the bench's flow: 64 tokens up to ~2 ms, 16 ~1 ms).
+LEARN_PART = 16
 # After a space, `Session.prefetch` ranks the strips of the next word's likeliest first characters
 # (`Predictor.likely_firsts`), this many, `FIRST_PART` per step: a first letter,
 # whose prefix range is the largest, is the slowest keystroke to rank. Of the first letters typed
-# in the keystroke bench's held-out texts, 16 cover 90% on Shakespeare, 59% on e-mail (most of the
-# rest are symbols: "-", "+", "{") and 75% on chat rooms; the others are ranked on the keystroke.
+# in the keystroke bench's held-out texts (its history learned, the emptied field readied), 16
+# cover 90% on Shakespeare, 59% on e-mail (most of the rest are symbols such as "-", "+", "{",
+# which no word-list word begins) and 75% on chat rooms (73% without the corpus's anonymised
+# "10-19-20sUser" handles); the others are ranked on the keystroke.
 FIRST_LETTERS = 16
 FIRST_PART = 2
 
@@ -360,9 +364,11 @@ class Predictor:
 
     def likely_firsts(self, node: _Node, n: int) -> list[str]:
         """The n likeliest first characters of the next word (of those the word list's words
-        begin with), likeliest first: P_lstm's mass over the words each begins, and the share of
-        the user's own words it begins, by the mixture's weights (a user who types "i" for "I" or
-        writes in lower case gets those readied). Needs `warm` for `node` (else [])."""
+        begin with), likeliest first: P_lstm's mass over the words each begins, weighted by the
+        mixture's LSTM weight, plus the share of the user's typed words (per use, whatever the
+        context) it begins, weighted by the personal weight; the n-gram part is left out. A user
+        who types "i" for "I" or writes in lower case gets those readied. Needs `warm` for
+        `node` (else [])."""
         warm = self._warm
         if warm is None or warm[0] is not node or n <= 0:
             return []

@@ -145,6 +145,27 @@ def test_idle_work_runs_off_the_connection_and_stops_when_the_user_types(server,
     assert threads == {"keyboard-idle"} and texts[-1] == "I pray you "
 
 
+def test_idle_work_waits_while_a_commits_words_are_counted(server, monkeypatch):
+    """Each counted part of a commit changes the strips, so idle work done meanwhile would be
+    thrown away part after part: it waits, and the commit submits it once the words are counted."""
+    from edge_runtime.predictor import Session
+
+    app = server.app
+    post(server, "api/suggest", {"client": "a", "text": "I pray you"})
+    assert server._server.idle.wait()
+    calls = []
+    real = Session.prefetch
+    monkeypatch.setattr(Session, "prefetch", lambda self, k=3: calls.append(self.text) or real(self, k))
+    with app.slot.lock:
+        app._sessions["a"][1].update("I pray you ")
+    app._counting = True
+    app.prefetch("a")
+    assert calls == []
+    app._counting = False
+    app.prefetch("a")
+    assert calls and calls[0] == "I pray you "
+
+
 def test_answers_are_not_held_back_by_nagles_algorithm(server, monkeypatch):
     """Headers and body are two writes: with Nagle's algorithm on, an answer could wait ~40 ms for
     the page's delayed ACK. The server's sockets have TCP_NODELAY set."""
@@ -342,6 +363,7 @@ def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
     assert r.status_code == 200 and r.json()["cached"] is True
     rebuilt = app.personal()
     assert rebuilt is not words and rebuilt.uni["platypus"] == 1 and rebuilt.uni["quokka"] == 1
+    assert rebuilt.firsts["p"] >= 1 and rebuilt.firsts["q"] >= 1
     assert "learning a commit failed (MemoryError)" in caplog.text
     assert "quokka" not in caplog.text and "platypus" not in caplog.text
 

@@ -139,3 +139,27 @@ def test_cached_answers_are_bounded():
         pm.add([f"s{i}"])
     assert len(pm._top) <= personal._CACHED + 1 and pm._cached <= personal._CACHED
     assert pm.candidates(("x", "y"), "s", 3) == reference_candidates(pm, ("x", "y"), "s", 3)
+
+
+def test_first_letters_count_each_typed_word_by_its_first_character():
+    """`firsts` (what orders the first letters the keyboard readies) counts the first character
+    of every suggestable token typed, once per use: the same as the unigram counts imply, whether
+    texts are added whole or in parts, and punctuation never counts."""
+    from collections import Counter
+
+    texts = ["I pray you, 'tis the e-mail: i do -- +1 {x} über alles.", "Tis i, tis I! - + { } über",
+             "the the The thee, 'tis"] * 3
+    whole, parts = PersonalModel(), PersonalModel()
+    for text in texts:
+        toks = tokens(text)
+        whole.add(toks)
+        after = (BOS, BOS)
+        for i in range(0, len(toks), 3):
+            after = parts.add(toks[i:i + 3], after)
+        implied = Counter()
+        for w, n in whole.uni.items():
+            if any(ch.isalnum() for ch in w):
+                implied[w[0]] += n
+        assert whole.firsts == implied == parts.firsts
+    assert whole.firsts["t"] == 3 * 5 and whole.firsts["'"] == 3 * 2
+    assert "-" not in whole.firsts and "," not in whole.firsts
