@@ -73,16 +73,23 @@ _DONE = object()
 def time_learning(predictor: object, text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     """(wall ms, CPU ms) of a commit's learn in all, and of its longest step: the keyboard server
     holds its lock for one step at a time (`Predictor.learning`), so that is what a keystroke
-    that arrives meanwhile waits for."""
-    steps, times = predictor.learning(text), []
+    that arrives meanwhile waits for. The last call (the mixture and the user's words take the
+    text) counts as a step."""
+    steps = predictor.learning(text)
+    return _time_steps(lambda: next(steps, _DONE) is not _DONE)
+
+
+def _time_steps(step: Callable[[], bool]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Call `step` until it returns False (that call included); (wall ms, CPU ms) in all, and of
+    the longest call."""
+    times = []
     while True:
-        got: list[object] = []
-        times.append(_timed(lambda g=got: g.append(next(steps, _DONE))))
-        if got[0] is _DONE:   # the last call: the mixture and the user's words learn the text
+        more: list[bool] = []
+        times.append(_timed(lambda m=more: m.append(step())))
+        if not more[0]:
             break
-    total = (sum(t[0] for t in times), sum(t[1] for t in times))
-    longest = (max(t[0] for t in times), max(t[1] for t in times))
-    return total, longest
+    return ((sum(t[0] for t in times), sum(t[1] for t in times)),
+            (max(t[0] for t in times), max(t[1] for t in times)))
 
 
 def held_out_texts(corpus: str) -> list[str]:
@@ -131,14 +138,7 @@ def time_prefetch(session: object) -> tuple[tuple[float, float], tuple[float, fl
     the keyboard server's idle thread calls `prefetch` until it has nothing more to do, one call
     per hold of its lock, so a keystroke that arrives meanwhile waits for the call under way (and
     the rest is dropped: the session has moved on)."""
-    times = []
-    while True:
-        more: list[bool] = []
-        times.append(_timed(lambda m=more: m.append(session.prefetch())))
-        if not more[0]:
-            break
-    return ((sum(t[0] for t in times), sum(t[1] for t in times)),
-            (max(t[0] for t in times), max(t[1] for t in times)))
+    return _time_steps(session.prefetch)
 
 
 def time_incremental(new_session: Callable[[], object], keys: list[str], *,
