@@ -564,8 +564,19 @@ class Session:
         return bool(f.todo)
 
 
+class _RankedFor:
+    """What `prefetch` ranked was ranked for a strip length `k` and a user as `key` describes them."""
+
+    k: int
+    key: tuple
+
+    def ranked(self, k: int, key: tuple) -> bool:
+        """Whether it is for k words and the user as `key` describes them."""
+        return (self.k, self.key) == (k, key)
+
+
 @dataclass
-class _Firsts:
+class _Firsts(_RankedFor):
     """`Session.prefetch`'s strips after a space: for each readied first character typed on `base`."""
 
     base: _Node
@@ -574,13 +585,9 @@ class _Firsts:
     todo: list[str]   # first characters still to rank, likeliest first
     strips: dict[str, list[str]]
 
-    def ranked(self, k: int, key: tuple) -> bool:
-        """Whether the strips are for k words and the user as `key` describes them."""
-        return (self.k, self.key) == (k, key)
-
 
 @dataclass
-class _Readied:
+class _Readied(_RankedFor):
     """`Session.prefetch`'s result: the state after `chunk` typed on `base`, and its strip."""
 
     chunk: str
@@ -595,10 +602,6 @@ class _Readied:
     def fed(self, base: _Node, chunk: str) -> bool:
         """Whether `node` is the state after `chunk` typed on `base`."""
         return self.base is base and self.chunk == chunk
-
-    def ranked(self, k: int, key: tuple) -> bool:
-        """Whether `strip` is the k-word strip after `node` for the user as `key` describes them."""
-        return (self.k, self.key) == (k, key)
 
 
 def _common(ahead: list[tuple[str, _Node, tuple[str, ...]]], toks: list[str]) -> int:
