@@ -13,11 +13,11 @@ file is not an error: the keyboard then mixes the LSTM with the user's own words
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 from pathlib import Path
 
+from edge_runtime.collector import settle
 from protocol.ngram import KneserNeyLM
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,7 @@ def _load(path: Path) -> KneserNeyLM | None:
         log.warning("base n-gram %s not found: suggestions use the LSTM and the user's own words only", path)
         return None
     lm = KneserNeyLM.load(path)
-    # Its millions of entries are loaded once and kept: moved out of the cyclic collector's
-    # reach (with whatever else is alive now, after a collection), a full collection no longer
-    # walks them in the middle of a keystroke (it took 30 ms).
-    gc.collect()
-    gc.freeze()
+    settle()   # its millions of entries are loaded once and kept: out of the collector's walks
     return lm
 
 

@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 from edge_runtime import channel as channels
 from edge_runtime.agent import open_cache
 from edge_runtime.cache import CacheError, TextCache
+from edge_runtime.collector import settle
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
 from edge_runtime.errors import EdgeError
@@ -128,12 +129,16 @@ class KeyboardApp:
         self._counting = False   # `_learn` is counting a commit's words (idle work waits for it)
 
     def personal(self) -> PersonalModel:
-        """The user's own words, built from the text cache once, then kept up to date by commits."""
+        """The user's own words, built from the text cache once, then kept up to date by commits.
+        Once built they are moved out of the garbage collector's walks (`collector.settle`, one
+        collection on the first keystroke after a start or a wipe): they are kept, and a full
+        collection walking them would stall whatever keystroke it fell on."""
         if self._personal is None:
             pm = PersonalModel()
             for rec in (*self.cache.training_records(), *self.cache.heldout_records()):
                 pm.add(tokens(rec.text))
             self._personal = pm
+            settle()
         return self._personal
 
     def status(self) -> dict[str, Any]:

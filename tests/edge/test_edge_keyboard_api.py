@@ -6,6 +6,7 @@ loopback-only bind, Host/Origin checks, and that log lines never carry typed tex
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import socket
@@ -288,6 +289,21 @@ def test_a_commit_learns_one_model_step_per_hold_of_the_lock(server):
     finally:
         del predictor.learning
     assert predictor.personal.uni["Zanzibar"] == 0 and app.personal().uni["Zanzibar"] == 1  # rebuilt from the cache
+
+
+def test_the_users_words_are_settled_out_of_the_collectors_walks_once_built(server):
+    """Built from the cache, the user's words are frozen out of the cyclic collector (as the
+    base n-gram is), so a full collection does not walk them during a keystroke."""
+    app = server.app
+    for i in range(3):
+        assert post(server, "api/commit", {"text": f"wombat number {i} was here", "field_kind": "message"}).ok
+    app._personal = None   # built again from the cache, as on the first keystroke of a run
+    words = app.personal()
+    assert words.uni["wombat"] == 3 and gc.is_tracked(words.follow)   # a dict of dicts: tracked
+    frozen = gc.get_freeze_count()
+    walked = {id(o) for o in gc.get_objects()}
+    assert frozen > 0 and id(words.follow) not in walked and id(words) not in walked
+    assert app.personal() is words
 
 
 def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import math
 import os
 import re
@@ -191,6 +192,7 @@ def time_recompute(new_session: Callable[[], object], keys: list[str],
 
 
 def main(args: argparse.Namespace) -> int:
+    from edge_runtime.collector import settle
     from edge_runtime.predictor import Predictor
     from protocol.artifact import TOKENIZER
     from protocol.interpreter import Model
@@ -209,12 +211,17 @@ def main(args: argparse.Namespace) -> int:
     typed = sum(1 for k in keys if len(k) == 1)
     for past in texts[typed:]:   # the user's history: the keyboard's personal part is in play
         predictor.learn(past)
+    # A full garbage collection with the user's words in memory, walked and once settled (what
+    # the keyboard does after it builds them from the cache); the keystroke it falls on waits.
+    walked = [_timed(gc.collect) for _ in range(5)]
     warm, keys = keys[:args.warmup], keys[args.warmup:]
     if not keys:
         raise ValueError(f"{args.corpus}: not enough held-out text for {args.warmup} warm-up keystrokes")
     # One predictor per path, each with the same history; the other two copy the user's words.
     kb, aw, rc = predictor, Predictor(model, sp, base=base), Predictor(model, sp, base=base)
     aw.personal, rc.personal = copy.deepcopy(kb.personal), copy.deepcopy(kb.personal)
+    settle()   # as the keyboard does once it has built the user's words from the cache
+    settled = [_timed(gc.collect) for _ in range(5)]
     time_incremental(kb.session, warm, idle=[])
     time_incremental(aw.session, warm)
     time_recompute(rc.session, warm[:5], args.context_words)
@@ -306,6 +313,11 @@ def main(args: argparse.Namespace) -> int:
             ratios.append(f"{short}: p50 {r50 / max(s50, 1e-9):.1f}x, "
                           f"p99 {r99 / max(s99, 1e-9):.1f}x, mean {rmean / max(smean, 1e-9):.1f}x")
         row(f"recompute (new session, <= {args.context_words} words)", rec)
+        row("a full garbage collection, the user's words walked", [t[col] for t in walked])
+        row("  the same, settled (out of the collector's walks)", [t[col] for t in settled])
         for r in ratios:
             print(f"ratio recompute/incremental (same keys), {r}")
+        gc_walked, gc_settled = (percentiles([t[col] for t in ts])[0] for ts in (walked, settled))
+        print(f"ratio full collection walked/settled: p50 {gc_walked / max(gc_settled, 1e-9):.1f}x "
+              f"(the user's words: {len(predictor.personal.follow):,} histories of {len(texts) - typed:,} texts)")
     return 0
