@@ -5,9 +5,11 @@ large, long-lived tables: the base n-gram (millions of entries) and the user's o
 (hundreds of thousands of histories for a mailbox). A full collection that walks them takes
 tens of milliseconds (30 ms for the base n-gram; 29 ms for the words of 1,000 e-mails when they
 were Counters, 11 ms as plain dicts) in the middle of whatever keystroke or idle step it falls
-on. Frozen objects are still freed by reference counting when they are dropped (a wipe, a new
-version); only a reference cycle among them would never be collected, and the collection just
-before the freeze leaves no garbage to freeze.
+on. Frozen objects are still freed by reference counting when they are dropped (a wipe, a
+rebuild, a new version), and dicts of atomic values added later are never tracked. The freeze
+covers the whole process (the edge runtime's device loop shares it with the keyboard): an object
+in a reference cycle that is alive at that moment and dropped later is never collected. Settles
+are rare (a start, a wipe, a rebuild of the user's words), so what can leak is bounded by them.
 """
 
 from __future__ import annotations

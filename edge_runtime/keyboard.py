@@ -130,9 +130,10 @@ class KeyboardApp:
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits.
-        Once built they are moved out of the garbage collector's walks (`collector.settle`, one
-        collection on the first keystroke after a start or a wipe): they are kept, and a full
-        collection walking them would stall whatever keystroke it fell on."""
+        Once built they are moved out of the garbage collector's walks (`collector.settle`: one
+        collection, at each build: after a start, a wipe, a failed learn or a commit that raced
+        a build): they are kept, and a full collection walking them would stall whatever
+        keystroke it fell on."""
         if self._personal is None:
             pm = PersonalModel()
             for rec in (*self.cache.training_records(), *self.cache.heldout_records()):
