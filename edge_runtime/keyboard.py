@@ -179,8 +179,13 @@ class KeyboardApp:
         it asks for the next strip, so the commit's `learn` usually lands after that strip's
         prefetch and re-ranks the user's words under it (the empty field's first letters lose
         their cut, a readied space its strip). The commit names its page's client; without one,
-        (`client` None) the session that asked last is readied, the one most likely typed in."""
+        (`client` None) the session that asked last is readied, the one most likely typed in.
+
+        The user's words are built here too when they are not yet (the server submits idle work
+        as it starts, and a wipe drops them): from a large cache that takes a second or more,
+        which the first keystroke would otherwise wait for."""
         with self.slot.lock:
+            self.personal()
             if client is None or client not in self._sessions:
                 if not self._sessions:
                     return
@@ -488,6 +493,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(addr, _Handler)
         self.app = app
         self.idle = IdleWorker(app.prefetch)
+        self.idle.submit(None)   # builds the user's words now, before the first keystroke
         self.bind_name = addr[0].strip("[]").lower()
         self.token = secrets.token_urlsafe(24)   # per server session; shown only in the printed URL
 

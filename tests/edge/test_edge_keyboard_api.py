@@ -306,6 +306,18 @@ def test_the_users_words_are_settled_out_of_the_collectors_walks_once_built(serv
     assert app.personal() is words
 
 
+def test_the_users_words_are_built_when_the_server_starts_not_on_the_first_keystroke(tmp_path, exported_version):
+    """From a large cache they take a second or more to build; the first keystroke must not wait."""
+    with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
+        for i in range(3):
+            assert post(s, "api/commit", {"text": f"numbat number {i} was here", "field_kind": "message"}).ok
+    with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
+        assert s._server.idle.wait()   # no keystroke yet: only what the server submitted as it started
+        words = s.app._personal
+        assert words is not None and words.uni["numbat"] == 3
+        assert post(s, "api/suggest", {"client": "a", "text": "numb"}).ok and s.app._personal is words
+
+
 def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
     """The user's words are read before the text is cached: if they are built from the cache
     around the write (with the text or without it), they are built again, so the text counts once;
