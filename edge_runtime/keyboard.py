@@ -478,6 +478,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._after = lambda: idle.submit(body["client"])
         elif path == "/api/commit" and result["cached"]:   # the user's words changed: ready again
             self._after = lambda: idle.submit(body.get("client"))
+        elif path == "/api/clear":   # the user's words are gone: build them again (empty) now
+            self._after = lambda: idle.submit(None)
         return 200
 
 

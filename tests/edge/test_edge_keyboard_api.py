@@ -316,6 +316,9 @@ def test_the_users_words_are_built_when_the_server_starts_not_on_the_first_keyst
         words = s.app._personal
         assert words is not None and words.uni["numbat"] == 3
         assert post(s, "api/suggest", {"client": "a", "text": "numb"}).ok and s.app._personal is words
+        assert post(s, "api/clear", {}).ok   # a wipe drops them; the idle work builds them again
+        assert s._server.idle.wait()
+        assert s.app._personal is not None and s.app._personal is not words and not s.app._personal.uni
 
 
 def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
