@@ -211,8 +211,8 @@ def main(args: argparse.Namespace) -> int:
     typed = sum(1 for k in keys if len(k) == 1)
     for past in texts[typed:]:   # the user's history: the keyboard's personal part is in play
         predictor.learn(past)
-    # A full garbage collection with the user's words in memory, walked and once settled (what
-    # the keyboard does after it builds them from the cache); the keystroke it falls on waits.
+    # A full garbage collection with the user's words in memory, before they are settled (the
+    # keyboard settles them once it has built them from the cache); a keystroke it falls on waits.
     walked = [_timed(gc.collect) for _ in range(5)]
     warm, keys = keys[:args.warmup], keys[args.warmup:]
     if not keys:
