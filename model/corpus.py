@@ -2,7 +2,8 @@
 
 Accepts JSON Lines of ``{"user": ..., "text": ...}`` (extra fields ignored) or plain text
 (one record a line, all from one user). Users, not records, are split into train /
-validation / test, so held-out users are people the keyboard never saw.
+validation / test, so held-out users are people the keyboard never saw. `tools.prepare` turns
+other files (other field names, paragraphs, several plain-text writers) into this format.
 """
 
 from __future__ import annotations
@@ -24,8 +25,19 @@ class Record:
     text: str
 
 
-def read_corpus(path: str | Path) -> list[Record]:
-    """Read a JSONL or plain-text corpus, raising CorpusError with a precise reason."""
+FORMATS = ("auto", "jsonl", "lines", "paragraphs")
+
+
+def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user",
+                text_field: str = "text") -> list[Record]:
+    """Read a JSONL or plain-text corpus, raising CorpusError with a precise reason.
+
+    `fmt` "auto" reads JSON Lines when the first non-blank line starts with ``{`` and plain
+    text (one record a line) otherwise; "paragraphs" reads plain text whose records are blocks
+    separated by blank lines, their wrapped lines joined (a book's hard-wrapped text). Plain
+    text is all from one user, "default". `user_field` / `text_field` name the JSON fields."""
+    if fmt not in FORMATS:
+        raise CorpusError(f"unknown corpus format {fmt!r}: use {', '.join(FORMATS)}")
     p = Path(path)
     if not p.exists():
         hint = ("; the corpora ship with the repository (corpora/), not with the installed package: "
@@ -40,9 +52,15 @@ def read_corpus(path: str | Path) -> list[Record]:
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         raise CorpusError(f"{p}: file is empty")
-    if not first.lstrip().startswith("{"):
-        records = [Record("default", ln.strip()) for ln in lines if ln.strip()]
-        return records
+    sniffed = fmt == "auto"
+    if sniffed:
+        fmt = "jsonl" if first.lstrip().startswith("{") else "lines"
+    if fmt == "paragraphs":
+        blocks = "\n".join(ln.strip() for ln in lines).split("\n\n")
+        return [Record("default", " ".join(b.split())) for b in blocks if b.strip()]
+    if fmt == "lines":
+        return [Record("default", ln.strip()) for ln in lines if ln.strip()]
+    uf, tf = user_field, text_field
     records = []
     for no, line in enumerate(lines, start=1):
         if not line.strip():
@@ -50,19 +68,29 @@ def read_corpus(path: str | Path) -> list[Record]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CorpusError(f"{p}:{no}: malformed JSON ({e.msg} at column {e.colno})") from None
+            hint = ("; if the file is plain text that starts with '{', convert it with "
+                    "`python -m tools.prepare FILE --format lines --out FILE.jsonl`" if sniffed and not records else "")
+            raise CorpusError(f"{p}:{no}: malformed JSON ({e.msg} at column {e.colno}){hint}") from None
         if not isinstance(obj, dict):
-            raise CorpusError(f"{p}:{no}: expected a JSON object with 'user' and 'text'")
-        missing = [k for k in ("user", "text") if k not in obj]
+            raise CorpusError(f"{p}:{no}: expected a JSON object with {uf!r} and {tf!r}")
+        missing = [k for k in (uf, tf) if k not in obj]
         if missing:
             raise CorpusError(f"{p}:{no}: missing field(s) {', '.join(repr(m) for m in missing)}")
-        if not isinstance(obj["text"], str):
-            raise CorpusError(f"{p}:{no}: field 'text' must be a string")
-        if obj["text"].strip():
-            records.append(Record(str(obj["user"]), obj["text"].strip()))
+        if not isinstance(obj[tf], str):
+            raise CorpusError(f"{p}:{no}: field {tf!r} must be a string")
+        if obj[tf].strip():
+            records.append(Record(str(obj[uf]), obj[tf].strip()))
     if not records:
         raise CorpusError(f"{p}: no records with text")
     return records
+
+
+def is_plain_text(path: str | Path) -> bool:
+    """Whether `read_corpus(path)` (format "auto") reads the file as plain text: its first
+    non-blank line does not start with ``{``."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        first = next((ln for ln in f if ln.strip()), "")
+    return not first.lstrip().startswith("{")
 
 
 def by_user(records: list[Record]) -> "OrderedDict[str, list[str]]":

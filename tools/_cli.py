@@ -40,6 +40,11 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do; the interpreter's own flush
+        # of stdout at exit would raise again, so point it at /dev/null first (Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(code or 0)
 
 
@@ -62,4 +67,5 @@ def _console(module: str) -> Callable[[], None]:
     return cli
 
 
-pretrain, evaluate, simulate = (_console(m) for m in ("tools.pretrain", "tools.evaluate", "tools.simulate"))
+pretrain, evaluate, simulate, prepare = (_console(m) for m in ("tools.pretrain", "tools.evaluate", "tools.simulate",
+                                                              "tools.prepare"))

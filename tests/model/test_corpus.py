@@ -82,3 +82,25 @@ def test_windows_pad_and_mask():
     x, y, m = windows([[2, 10, 11, 12, 3]], seq_len=3)
     assert x.tolist() == [[2, 10, 11], [12, 0, 0]] and y.tolist() == [[10, 11, 12], [3, 0, 0]]
     assert m.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_paragraphs_join_wrapped_lines_and_formats_can_be_forced(tmp_path):
+    p = write(tmp_path, "book.txt", ["{Preface} A book", "wrapped here.", "", "", "Second  paragraph", "  ends."])
+    with pytest.raises(CorpusError, match=r":1: malformed JSON .*tools.prepare FILE --format lines"):
+        read_corpus(p)                                # sniffed as JSON Lines: the error says how to read it as text
+    assert [r.text for r in read_corpus(p, fmt="paragraphs")] == ["{Preface} A book wrapped here.",
+                                                                  "Second paragraph ends."]
+    assert [r.text for r in read_corpus(p, fmt="lines")][:2] == ["{Preface} A book", "wrapped here."]
+    with pytest.raises(CorpusError, match="unknown corpus format"):
+        read_corpus(p, fmt="csv")
+
+
+def test_other_field_names(tmp_path):
+    p = write(tmp_path, "c.jsonl", [json.dumps({"author": "ann", "body": "hi there", "user": "x"}),
+                                    json.dumps({"author": "bo", "body": 3})])
+    with pytest.raises(CorpusError, match=r":2: field 'body' must be a string"):
+        read_corpus(p, user_field="author", text_field="body")
+    p = write(tmp_path, "d.jsonl", [json.dumps({"author": "ann", "body": "hi there"})])
+    assert [(r.user, r.text) for r in read_corpus(p, user_field="author", text_field="body")] == [("ann", "hi there")]
+    with pytest.raises(CorpusError, match=r":1: missing field\(s\) 'user', 'text'"):
+        read_corpus(p)

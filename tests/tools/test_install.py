@@ -49,7 +49,7 @@ def test_wheel_installs_with_console_scripts_and_a_slim_base(tmp_path):
             shipped = sorted(p.relative_to(REPO) for p in (REPO / package / "static").rglob("*") if p.is_file())
             assert shipped and [p for p in shipped if not (installed / p).is_file()] == [], package
         for script in ("fedkeys-device", "fedkeys-coordinator", "fedkeys-pretrain", "fedkeys-evaluate",
-                       "fedkeys-simulate"):
+                       "fedkeys-simulate", "fedkeys-prepare"):
             h = _run(str(venv / "bin" / script), "--help", cwd=tmp_path, env=env)
             assert h.returncode == 0 and "usage:" in h.stdout, (script, h.stderr[-2000:])
         v = _run(str(venv / "bin" / "fedkeys-device"), "--version", cwd=tmp_path, env=env)
