@@ -327,8 +327,8 @@ class Predictor:
         if prefix:
             words = list(self._candidates(node, hist, prefix, k, weights))
             return _best(words, self.scores(node, hist, words, weights), k)
-        wl, wn, wp = weights
-        m = self.candidates if (wn or wp) else k
+        _, wn, wp = weights
+        m = self._per_part(weights, k)
         cands: set[str] = set()
         vw = self.vocab.words
         cands.update(vw[i] for i in self.lstm_top(node, m).tolist())
@@ -346,11 +346,16 @@ class Predictor:
             return []
         return _best(words, self.scores(node, hist, words, weights, ngram), k)
 
+    def _per_part(self, weights: tuple[float, float, float], k: int) -> int:
+        """How many words each part proposes: `candidates` when another part is mixed in with the
+        LSTM (its best k need not be the mixture's), else the LSTM's own best k."""
+        return self.candidates if (weights[1] or weights[2]) else k
+
     def _candidates(self, node: _Node, hist: tuple[str, ...], prefix: str, k: int,
                     weights: tuple[float, float, float]) -> set[str]:
         """The words each component proposes for a typed `prefix` (not empty): its best m."""
         _, wn, wp = weights
-        m = self.candidates if (wn or wp) else k
+        m = self._per_part(weights, k)
         lo, hi = self.prefix_range(prefix)
         cands: set[str] = set()
         if hi > lo:
