@@ -23,12 +23,22 @@ def test_the_demo_scores_the_same_held_out_words_as_the_simulation_and_the_quali
     assert sim.eval_words == sim_parser().parse_args([]).eval_words == 1500
 
 
-def test_a_corpus_with_fewer_train_users_runs_every_one_of_them(tmp_path):
+def test_a_corpus_with_fewer_train_users_runs_every_one_of_them(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "small.jsonl", users=12, texts_per_user=3, seed=1)
     train_users = len(split_users(read_corpus(str(corpus)), seed=0).train)
     assert 1 <= train_users < DEMO_DEFAULTS["devices"]
     sim = simulation_args(build_parser().parse_args(["--corpus", str(corpus)]))
     assert sim.devices == train_users
+    said = capsys.readouterr().out
+    assert f"has {train_users} train user(s), so the demo runs {train_users} device(s)" in said
+    assert "tools.prepare" not in said
+
+
+def test_a_one_writer_text_file_runs_one_device_and_says_how_to_get_more(tmp_path, capsys):
+    book = tmp_path / "book.txt"
+    book.write_text("".join(f"line {i} of one writer's book\n" for i in range(50)))
+    assert simulation_args(build_parser().parse_args(["--corpus", str(book)])).devices == 1
+    assert f"python -m tools.prepare {book} --texts-per-user 20" in capsys.readouterr().out
 
 
 def test_an_explicit_device_count_is_kept():
