@@ -54,7 +54,7 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
         raise CorpusError(f"{p}: file is empty")
     sniffed = fmt == "auto"
     if sniffed:
-        fmt = "jsonl" if first.lstrip().startswith("{") else "lines"
+        fmt = _sniff(first)
     if fmt == "paragraphs":
         blocks = "\n".join(ln.strip() for ln in lines).split("\n\n")
         return [Record("default", " ".join(b.split())) for b in blocks if b.strip()]
@@ -68,8 +68,8 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            hint = ("; if the file is plain text that starts with '{', convert it with "
-                    "`python -m tools.prepare FILE --format lines --out FILE.jsonl`" if sniffed and not records else "")
+            hint = ("; if the file is plain text that starts with '{', convert it with `python -m tools.prepare "
+                    "FILE --format lines --out FILE.jsonl`" if sniffed and line == first else "")
             raise CorpusError(f"{p}:{no}: malformed JSON ({e.msg} at column {e.colno}){hint}") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{p}:{no}: expected a JSON object with {uf!r} and {tf!r}")
@@ -85,12 +85,14 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
     return records
 
 
-def is_plain_text(path: str | Path) -> bool:
-    """Whether `read_corpus(path)` (format "auto") reads the file as plain text: its first
-    non-blank line does not start with ``{``."""
+def sniff_format(path: str | Path) -> str:
+    """How `read_corpus(path)` reads the file by default: "jsonl" or "lines" (plain text)."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
-        first = next((ln for ln in f if ln.strip()), "")
-    return not first.lstrip().startswith("{")
+        return _sniff(next((ln for ln in f if ln.strip()), ""))
+
+
+def _sniff(first_line: str) -> str:
+    return "jsonl" if first_line.lstrip().startswith("{") else "lines"
 
 
 def by_user(records: list[Record]) -> "OrderedDict[str, list[str]]":

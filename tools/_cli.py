@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import select
 import sys
 from collections.abc import Callable
 
@@ -41,11 +42,27 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, as Unix tools do; the interpreter's own flush
-        # of stdout at exit would raise again, so point it at /dev/null first (Python's signal docs).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
+        _closed_stdout()
+        raise
     sys.exit(code or 0)
+
+
+def _closed_stdout() -> None:
+    """The reader of stdout went away (`| head`): stop quietly, exit 141, as Unix tools do. A broken
+    pipe elsewhere (a socket, a child process) is a real error and is left to raise: it is the
+    reader only when stdout's own descriptor reports the error (a pipe whose reading end is closed
+    polls POLLERR). The interpreter's own flush at exit would raise again, so stdout points at
+    /dev/null first (Python's `signal` docs)."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        broken = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):     # no real stdout (captured, closed) or no poll()
+        return
+    if broken:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        sys.exit(141)
 
 
 def _missing(e: ModuleNotFoundError) -> None:

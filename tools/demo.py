@@ -97,14 +97,12 @@ def default_devices(corpus: str) -> int:
     """The demo's device count: its default, or every train user when the corpus has fewer (a
     small corpus still runs the demo; an explicit --devices above that is refused as before)."""
     from model.corpus import read_corpus, split_users
+    from tools.prepare import one_writer_hint
 
-    records = read_corpus(corpus)
-    train = len(split_users(records, seed=0).train)
+    train = len(split_users(read_corpus(corpus), seed=0).train)
     if train < DEMO_DEFAULTS["devices"]:
-        one = len({r.user for r in records}) == 1
         print(f"note: {corpus} has {train} train user(s), so the demo runs {max(1, train)} device(s)"
-              + ("; its text is all one writer's: for more devices deal it into pseudo-users with python -m "
-                 f"tools.prepare {corpus} --texts-per-user 20 --out data/{Path(corpus).stem}.jsonl" if one else ""))
+              + one_writer_hint(corpus))
     return max(1, min(DEMO_DEFAULTS["devices"], train))
 
 

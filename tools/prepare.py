@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-import unicodedata
 from pathlib import Path
 
-from model.corpus import FORMATS, CorpusError, Record, is_plain_text, read_corpus, split_users
+from model.corpus import FORMATS, CorpusError, Record, read_corpus, sniff_format, split_users
+from protocol.artifact import atomic_write
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import run
 
-SIMULATE_DEVICES = 32     # what the issue's check and the docs run: tools.simulate --devices 32
+SIMULATE_DEVICES = 32     # the device count of the federated runs in docs/quality.md (tools.simulate --devices 32)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the corpus to write (.jsonl)")
     p.add_argument("--format", default="auto", choices=FORMATS,
                    help="how to read the inputs: auto (JSON Lines if a file starts with '{', else one text a "
-                        "line), jsonl, lines, or paragraphs (texts separated by blank lines, wrapped lines joined)")
+                        "line), jsonl, lines, or paragraphs (texts separated by blank lines, wrapped lines joined); "
+                        "every text is written on one line, runs of whitespace as one space")
     p.add_argument("--user-field", default="user", help="the JSON field that names the writer")
     p.add_argument("--text-field", default="text", help="the JSON field that holds the text")
     p.add_argument("--texts-per-user", type=int, default=0,
@@ -49,56 +48,92 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_writer_hint(corpus: str) -> str:
+    """For a tool given a plain-text corpus (one user) where it needs many: the command that
+    deals it into pseudo-users. Empty for JSON Lines, whose users are real people."""
+    if sniff_format(corpus) != "lines":
+        return ""
+    return (f"; its text is all one writer's (plain text is one user): deal it into pseudo-users with python -m "
+            f"tools.prepare {corpus} --texts-per-user 20 --out data/{Path(corpus).stem}-users.jsonl (add --format "
+            "paragraphs for hard-wrapped text)")
+
+
 def _n(count: int, word: str) -> str:
     return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
-def _normal(text: str) -> str:
-    """One line of NFC text with single spaces: what a keyboard would have typed."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+def _read(path: str, args: argparse.Namespace) -> tuple[list[Record], bool]:
+    """A file's records (texts on one line, short ones dropped later) and whether it is plain text.
 
-
-def _records(path: str, args: argparse.Namespace) -> tuple[list[Record], bool]:
-    """A file's records with their users named, and whether it was plain text."""
+    A forced plain format never reads a JSON Lines file: its JSON would become corpus text."""
     recs = read_corpus(path, fmt=args.format, user_field=args.user_field, text_field=args.text_field)
-    plain = args.format in ("lines", "paragraphs") or (args.format == "auto" and is_plain_text(path))
-    if not plain:
-        return recs, False
-    name, n = Path(path).stem, args.texts_per_user
+    plain = sniff_format(path) == "lines"
+    if args.format in ("lines", "paragraphs") and not plain:
+        try:
+            json.loads(_first_line(path))
+            raise CorpusError(f"{path}: its first line is a JSON object, and --format {args.format} would keep the "
+                              "JSON as text: convert JSON Lines files in a run without --format")
+        except json.JSONDecodeError:
+            plain = True           # plain text that happens to start with '{'
+    return [Record(r.user, " ".join(r.text.split())) for r in recs], plain
+
+
+def _first_line(path: str) -> str:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return next((ln for ln in f if ln.strip()), "")
+
+
+def _users(name: str, texts: list[str], n: int) -> list[Record]:
+    """A plain-text file's texts as one user named after the file, or dealt in order into
+    pseudo-users of n consecutive texts."""
     if n <= 0:
-        return [Record(name, r.text) for r in recs], True
-    width = len(str((len(recs) - 1) // n + 1))
-    return [Record(f"{name} #{i // n + 1:0{width}d}", r.text) for i, r in enumerate(recs)], True
+        return [Record(name, t) for t in texts]
+    width = len(str((len(texts) - 1) // n + 1))
+    return [Record(f"{name} #{i // n + 1:0{width}d}", t) for i, t in enumerate(texts)]
 
 
 def prepare(args: argparse.Namespace) -> dict:
-    """Read, normalise and check the inputs; return the records and what the summary reports."""
+    """Read, clean and check the inputs; return the records and what the summary reports."""
     if args.texts_per_user < 0 or args.min_words < 0:
         raise CorpusError("--texts-per-user and --min-words must be >= 0")
     out = Path(args.out).resolve()
+    if out.is_dir():
+        raise CorpusError(f"{args.out} is a directory: --out names the .jsonl file to write")
     for f in args.inputs:
         if Path(f).resolve() == out:
             raise CorpusError(f"--out {args.out} is also an input: write the corpus somewhere else")
     if out.exists() and not args.force:
         raise CorpusError(f"{args.out} exists: pass --force to overwrite it")
-    if out.is_dir():
-        raise CorpusError(f"{args.out} is a directory: --out names the .jsonl file to write")
-    records, seen = [], set()
-    stats = {"files": len(args.inputs), "plain_files": 0, "short": 0, "duplicates": 0}
+    records, seen, plain_names, json_users = [], set(), {}, set()
+    stats = {"files": len(args.inputs), "plain_files": 0, "pseudo": False, "short": 0, "duplicates": 0}
     for f in args.inputs:
-        recs, plain = _records(f, args)
-        stats["plain_files"] += plain
+        recs, plain = _read(f, args)
+        kept = []
         for r in recs:
-            text = _normal(r.text)
-            if len(text.split()) < max(1, args.min_words):
+            if len(r.text.split()) < max(1, args.min_words):
                 stats["short"] += 1
                 continue
-            if text in seen:
+            if r.text in seen:
                 stats["duplicates"] += 1
                 if args.dedupe:
                     continue
-            seen.add(text)
-            records.append(Record(r.user, text))
+            seen.add(r.text)
+            kept.append(r)
+        if plain:
+            name = Path(f).stem
+            if name in plain_names:
+                raise CorpusError(f"{f} and {plain_names[name]} would both be user {name!r} (a plain-text file is "
+                                  "a user named after the file): rename one")
+            plain_names[name] = f
+            stats["plain_files"] += 1
+            kept = _users(name, [r.text for r in kept], args.texts_per_user)
+            stats["pseudo"] |= len({r.user for r in kept}) > 1
+        else:
+            json_users.update(r.user for r in kept)
+        records.extend(kept)
+    if clash := sorted(set(plain_names) & json_users):
+        raise CorpusError(f"plain-text file {plain_names[clash[0]]} would be user {clash[0]!r}, a user of the JSON "
+                          "Lines input too: rename the file")
     if not records:
         raise CorpusError("no texts left to write (check --min-words and the inputs)")
     if args.texts_per_user and not stats["plain_files"]:
@@ -112,17 +147,12 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def _write(out: Path, records: list[Record]) -> None:
-    """All or nothing: a temporary file beside `out`, renamed over it when complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    """All or nothing (`atomic_write`), readable by this account alone: a corpus is people's text."""
+    data = "".join(json.dumps({"user": r.user, "text": r.text}, ensure_ascii=False) + "\n" for r in records)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps({"user": r.user, "text": r.text}, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        atomic_write(out, data.encode("utf-8"))
+    except OSError as e:
+        raise CorpusError(f"cannot write {out}: {e.strerror or e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,19 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"split by user (seed 0, as every tool splits it): {len(split.train):,} train, "
               f"{len(split.validation):,} validation, {len(split.test):,} held-out (test) users")
-    if args.texts_per_user and s["plain_files"]:
+    if s["pseudo"]:
         print(f"note: plain text was dealt into pseudo-users of {args.texts_per_user} consecutive texts; a held-out "
               "pseudo-user is other passages by the same writer(s), not a new person, so its scores read higher")
     if s["leaked"]:
-        print(f"warning: {s['leaked']:,} held-out texts also appear among the train users' texts; the references "
-              "that train on them (central trigram and LSTM) will read high. --dedupe drops repeats")
+        print(f"warning: of the held-out texts, {s['leaked']:,} also appear in the training part; the references "
+              "that train on it (central trigram and LSTM) will read high. --dedupe drops repeats")
+    deal = ("" if not s["plain_files"] else "; or a smaller --texts-per-user" if args.texts_per_user
+            else "; or deal plain text into pseudo-users with --texts-per-user")
     if not split.test:
-        print("warning: no held-out users: tools.evaluate and tools.simulate need some (more users, or "
-              "--texts-per-user for plain text)")
-    if len(split.train) < SIMULATE_DEVICES:
-        print(f"note: tools.simulate --devices {SIMULATE_DEVICES} needs {SIMULATE_DEVICES} train users; this corpus "
-              f"has {len(split.train)} (pass --devices {max(1, len(split.train))}, or deal plain text with "
-              "--texts-per-user)")
+        print("warning: nothing is held out (" + ("fewer than 3 texts" if s["users"] == 1 else "too few users")
+              + "): tools.evaluate and tools.simulate need held-out text" + deal)
+    elif len(split.train) < SIMULATE_DEVICES:
+        print(f"note: tools.simulate --devices {SIMULATE_DEVICES} needs {SIMULATE_DEVICES} train users and this corpus "
+              f"has {len(split.train)}: pass --devices {max(1, len(split.train))}{deal}")
     return 0
 
 

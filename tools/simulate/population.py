@@ -40,16 +40,13 @@ def load_population(corpus: str, devices: int | None) -> Population:
     The users are split with seed 0, as tools.pretrain and tools.evaluate do, so the central
     reference never trained on the held-out users."""
     from model.corpus import CorpusError, read_corpus, split_users
-    records = read_corpus(corpus)
-    split = split_users(records, seed=0)
+    split = split_users(read_corpus(corpus), seed=0)
     if not split.test:
         raise CorpusError(f"{corpus}: no held-out (test) users to evaluate on; the corpus needs more users")
     if devices is not None and len(split.train) < devices:
-        one = len({r.user for r in records}) == 1
-        hint = (" (all its text is one writer's: plain text is read as one user's lines); deal it into pseudo-users "
-                f"with: python -m tools.prepare {corpus} --texts-per-user 20 --out data/{Path(corpus).stem}.jsonl"
-                if one else "")
-        raise CorpusError(f"{corpus}: only {len(split.train)} train user(s), fewer than --devices {devices}{hint}")
+        from tools.prepare import one_writer_hint
+        raise CorpusError(f"{corpus}: only {len(split.train)} train user(s), fewer than --devices {devices}"
+                          + one_writer_hint(corpus))
     ranked = sorted(split.train.items(), key=lambda kv: (-sum(len(t) for t in kv[1]), kv[0]))
     return Population(users=ranked[:devices], heldout=dict(split.test), train_users=len(split.train),
                       test_users=len(split.test))
