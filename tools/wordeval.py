@@ -52,6 +52,12 @@ def halves(texts: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:
     return texts[:cut], texts[cut:]
 
 
+def scored_words(users: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """How many target words each user's scored half holds: what a word budget is drawn from."""
+    return {u: sum(1 for t in halves(texts)[1] for chunk in t.split() if leading_word(chunk))
+            for u, texts in users.items()}
+
+
 def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int = 3000,
                    progress: bool = False, desc: str = "evaluating",
                    per_user: dict[str, list[int]] | None = None) -> WordMetrics:

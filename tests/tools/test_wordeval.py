@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.wordeval import evaluate_words, halves, paired_interval
+from tools.wordeval import evaluate_words, halves, paired_interval, scored_words
 
 
 class Recorder:
@@ -70,6 +70,17 @@ def test_halves_and_a_word_budget_that_still_samples_every_user():
     users = {u: ["x", "y", "one", "two"] for u in ("a", "b", "c")}
     assert evaluate_words(new_session, users, max_words=3).words == 3
     assert len(seen) == 3                            # round-robin: one text of each user before the cap
+
+
+def test_long_texts_spend_the_budget_on_fewer_users_and_scored_words_says_how_many_there_were():
+    """One text per user in turn: e-mail-length texts use a budget up before every user is reached
+    (the reports say how many were), and `scored_words` counts what each scored half holds."""
+    users = {u: ["past", " ".join(["word"] * 40), "x y"] for u in "abcdef"}
+    assert scored_words(users) == {u: 42 for u in "abcdef"}
+    assert scored_words({"a": ["only one text"], "b": ["past", "!! ok"]}) == {"a": 3, "b": 1}
+    per_user: dict[str, list[int]] = {}
+    evaluate_words(lambda: Recorder([], []), users, max_words=100, per_user=per_user)
+    assert [u for u, c in per_user.items() if c[0]] == ["a", "b", "c"]     # 40 + 40 + 20: three users
 
 
 def test_paired_interval_brackets_the_difference_and_widens_with_user_disagreement():

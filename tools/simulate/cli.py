@@ -20,6 +20,7 @@ from tools.simulate.federation import FederationResult, run_federation
 from tools.simulate.population import ensure_central, ensure_v0, load_population, proxy_files
 from tools.simulate.references import reference_scores
 from tools.simulate.report import write_report
+from tools.wordeval import scored_words
 
 DESCRIPTION = "Simulate a population of keyboard devices federating against a real coordinator."
 # DP on by default, as in the coordinator's config: the largest noise at which the demo's
@@ -151,6 +152,11 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
                             data / "runs" / "eval.log")
     v0_metrics = refs["proxy"]
+    reached, available = sum(1 for counts in v0_metrics["per_user"] if counts[0]), scored_words(pop.heldout)
+    if reached < sum(1 for n in available.values() if n):
+        console.print(f"note: {args.eval_words:,} words reach {reached} of the {pop.test_users} held-out users (one "
+                      f"text per user in turn; long texts use the budget up); --eval-words "
+                      f"{sum(available.values())} scores every held-out word")
     feds = [run_federation("federated", args, args.noise_multiplier, data, v0, pop, v0_metrics,
                            refs["proxy_lstm"], console)]
     if args.compare_dp:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.simulate.population import Population, proxy_files
-from tools.wordeval import paired_interval
+from tools.wordeval import paired_interval, scored_words
 
 if TYPE_CHECKING:
     from tools.simulate.federation import FederationResult, RoundResult
@@ -139,13 +139,16 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
     """report.md, report.png and report.json under `data`; the path of report.md."""
     rows = headline_rows(refs, feds, args.rounds)
     words = refs["proxy"]["words"]
+    available = scored_words(pop.heldout)
+    reached = sum(1 for counts in refs["proxy"]["per_user"] if counts[0])
     proxy_names = " + ".join(f"`{Path(p).name}`" for p in proxy_files(args))
     lines = [
         "# FedKeys simulation report", "",
         f"Command: `{command}`", "",
         f"Device corpus `{Path(args.corpus).name}`: {len(pop.users)} simulated devices (the {len(pop.users)} train "
-        f"users with the most text, of {pop.train_users}), evaluated on {pop.test_users} held-out users "
-        f"({words} words); proxy corpus {proxy_names}. {args.rounds} rounds, participation "
+        f"users with the most text, of {pop.train_users}), evaluated on {words:,} words of {reached} of the "
+        f"{pop.test_users} held-out users (one text per user in turn; their scored halves hold "
+        f"{sum(available.values()):,} words); proxy corpus {proxy_names}. {args.rounds} rounds, participation "
         f"{args.participation:.0%}, dropout {args.dropout:.0%}; plan: {args.epochs} epoch(s), batch "
         f"{args.batch_size}, lr {args.learning_rate}, clip {args.clip_norm}, ≤{args.max_examples} windows per "
         f"device; server {args.server_optimizer} (lr {args.server_lr}"
