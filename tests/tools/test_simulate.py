@@ -59,7 +59,8 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     from model.corpus import read_corpus, split_users
     from tools.wordeval import scored_words
     heldout = split_users(read_corpus(corpus), seed=0).test
-    covered = re.search(r"evaluated on (\d+) words of (\d+) of the (\d+) held-out users .*hold ([\d,]+) words", md)
+    covered = re.search(r"evaluated on (\d+) words of (\d+) of the (\d+) held-out users "
+                        r".*the scored halves of all \d+ hold ([\d,]+) words", md)
     assert covered and int(covered[1]) == 60 and int(covered[3]) == len(heldout), md[:800]
     assert 1 <= int(covered[2]) <= len(heldout)
     assert int(covered[4].replace(",", "")) == sum(scored_words(heldout).values())

@@ -147,7 +147,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     data.mkdir(parents=True, exist_ok=True)
     v0 = ensure_v0(data, args)
     central = ensure_central(data, v0, args)
-    console.print(f"scoring references on {pop.test_users} held-out users ({args.eval_words} words max)...")
+    console.print(f"scoring references on up to {args.eval_words:,} words of the {pop.test_users} held-out users...")
     (data / "runs").mkdir(exist_ok=True)
     refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
                             data / "runs" / "eval.log")
