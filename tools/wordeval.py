@@ -144,3 +144,25 @@ def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metr
     diff = (xa[idx, num].sum(1) - xb[idx, num].sum(1)) / np.maximum(d, 1) * 100
     lo, hi = np.percentile(diff, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(lo), float(hi)
+
+
+def user_mean_difference(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metric: str, *, n: int = 2000,
+                         level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """metric(a) - metric(b) in points with every user weighted the same (each user's rate first,
+    then the mean over users who have a scored word), and its bootstrap interval over users:
+    (difference, low, high). The word-weighted difference is `paired_interval`'s."""
+    import numpy as np
+
+    if metric not in _PER_USER:
+        raise ValueError(f"metric must be one of {sorted(_PER_USER)}")
+    xa, xb = np.asarray(a, float), np.asarray(b, float)
+    if xa.shape != xb.shape or not len(xa) or not np.array_equal(xa[:, 0], xb[:, 0]):
+        raise ValueError("per-user results are not on the same words")
+    num, den = _PER_USER[metric]
+    keep = xa[:, 0] > 0
+    d = (xa[keep, num] / xa[keep, den] - xb[keep, num] / xb[keep, den]) * 100
+    if not len(d):
+        raise ValueError("no user has a scored word")
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n, len(d)))
+    lo, hi = np.percentile(d[idx].mean(1), [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(d.mean()), float(lo), float(hi)

@@ -14,7 +14,7 @@ from protocol import __version__
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ["coordinator", "edge_runtime", "tools.pretrain", "tools.evaluate", "tools.simulate", "tools.demo",
             "tools.bench", "tools.arm", "tools.settings_doc", "tools.ablation", "tools.add_words",
-            "tools.secagg_bench", "tools.secagg_quality", "tools.prepare"]
+            "tools.secagg_bench", "tools.secagg_quality", "tools.prepare", "tools.rescore"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

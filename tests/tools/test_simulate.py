@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the king shall come to the castle tonight and my lord will speak with thee of love and war "
          "good morrow sweet friend I pray you tell me what news from the court").split()
@@ -79,6 +81,20 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     assert {"ngram", "ngram_shared", "ngram_proxy", "proxy", "proxy_lstm"} <= set(report["references"])
     for key in ("final_metrics", "global_metrics"):
         assert {"top1", "top3", "ksr"} <= set(report["federations"][0][key]), key
+    # tools.rescore: the same run's claims on every held-out word and with every user the same
+    r = subprocess.run([sys.executable, "-m", "tools.rescore", "--data-dir", str(data), "--json"], cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads(r.stdout)
+    total = sum(scored_words(heldout).values())
+    assert again["heldout_words"] == total and again["every_word"]["words"] == total
+    assert again["run"]["words"] == 60 and again["every_user"]["users"] == again["every_word"]["users"]
+    on_run = again["run"]["claims"]["keyboard vs central trigram, top-3"][0]
+    assert on_run == pytest.approx((report["federations"][0]["final_metrics"]["top3"]
+                                    - report["references"]["ngram"]["top3"]) * 100)
+    for w in ("run", "every_word", "every_user"):
+        d, lo, hi = again[w]["claims"]["keyboard vs best shippable, top-3"]
+        assert lo <= d <= hi and "global LSTM vs central LSTM, top-3" not in again[w]["claims"]   # --no-central
     # Every device kept its own state: identity, text cache, installed versions.
     devices = sorted((data / "runs" / "federated" / "devices").iterdir())
     assert len(devices) == 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.wordeval import evaluate_words, halves, paired_interval, scored_words
+from tools.wordeval import evaluate_words, halves, paired_interval, scored_words, user_mean_difference
 
 
 class Recorder:
@@ -99,3 +99,16 @@ def test_paired_interval_brackets_the_difference_and_widens_with_user_disagreeme
         paired_interval([[41, 1, 0, 200]] + same[1:], same, "top3")
     with pytest.raises(ValueError, match="metric"):
         paired_interval(same, same, "top1")
+
+
+def test_every_user_the_same_weighs_a_light_user_as_much_as_a_heavy_one():
+    # [words, top-3 hits, letters saved, letters typed]; the heavy user decides the word-weighted
+    # difference, the light one pulls the per-user mean the other way.
+    a = [[1000, 500, 0, 1], [10, 0, 0, 1], [0, 0, 0, 0]]
+    b = [[1000, 400, 0, 1], [10, 10, 0, 1], [0, 0, 0, 0]]
+    lo, hi = paired_interval(a, b, "top3")
+    assert 0 < (500 - 410) / 1010 * 100 and lo <= (500 - 410) / 1010 * 100 <= hi
+    d, lo, hi = user_mean_difference(a, b, "top3")          # the user with no word is left out
+    assert d == pytest.approx((10 - 100) / 2) and lo <= d <= hi
+    with pytest.raises(ValueError, match="same words"):
+        user_mean_difference(a, [[999, 0, 0, 1], [10, 0, 0, 1], [0, 0, 0, 0]], "top3")
