@@ -37,72 +37,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="a finished tools.simulate or tools.demo run (its --data-dir)")
     p.add_argument("--eval-words", type=int, default=0, help="held-out words to score again (0: every one)")
     p.add_argument("--central", help="the central reference version (default: the run's, if it had one)")
+    p.add_argument("--corpus", help="the run's device corpus, if it has moved since (default: the run's)")
+    p.add_argument("--v0", help="the run's version 0, if it has moved since (default: the run's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
 
-def _run_parts(data: Path, args: argparse.Namespace) -> tuple[dict, Path, Path, Path | None]:
-    """The run's settings, its final version, version 0 and central reference, checked to exist."""
+def _run_parts(data: Path, args: argparse.Namespace) -> tuple[dict, dict, Path, Path, Path | None]:
+    """The run's settings and report, its final version, version 0 and central reference, checked."""
     from tools.shipped import SHIPPED_V0
 
     try:
         report = json.loads((data / "report.json").read_text())
         settings, fed = report["settings"], report["federations"][0]
+        report["references"]["proxy_lstm"]
     except (OSError, ValueError, KeyError, IndexError):
         raise ValueError(f"{data}: no finished simulation here (report.json missing or unreadable)") from None
-    final = data / "runs" / "federated" / "keyboard" / "models" / fed["final_version"]
-    v0 = Path(settings["v0"]) if settings.get("v0") else (data / "models" / "v0" if settings.get("pretrain_v0")
-                                                         else SHIPPED_V0)
-    central = Path(args.central) if args.central else Path(settings["central"]) if settings.get("central") \
-        else data / "models" / "central"
-    if not (central / "manifest.json").exists():
-        if args.central:
-            raise ValueError(f"--central {args.central}: no model version there")
-        central = None
-    for what, d in (("the run's final version", final), ("version 0", v0)):
-        if not (d / "manifest.json").exists():
-            raise ValueError(f"{d}: {what} is gone (was the run's directory moved or cleaned?)")
-    return {**settings, "_fed": fed}, final, v0, central
+    if not all("per_user" in m for m in (fed["final_metrics"], fed["global_metrics"], report["references"]["ngram"])):
+        raise ValueError(f"{data}: the run's report predates per-user counts; run the simulation again")
+    final = data / "runs" / fed["name"] / "keyboard" / "models" / fed["final_version"]
+    if args.v0:
+        v0 = Path(args.v0)
+    elif settings.get("pretrain_v0"):          # as tools.simulate.population.ensure_v0 chooses
+        v0 = data / "models" / "v0"
+    else:
+        v0 = Path(settings["v0"]) if settings.get("v0") else SHIPPED_V0
+    central = None
+    if args.central:
+        central = Path(args.central)
+    elif settings.get("central"):
+        central = Path(settings["central"])
+    elif not settings.get("no_central"):
+        central = data / "models" / "central"
+    for what, d in (("the run's final version", final), ("version 0 (--v0 if it moved)", v0),
+                    ("the central reference (--central if it moved)", central)):
+        if d is not None and not (d / "manifest.json").exists():
+            raise ValueError(f"{d}: {what} is not there")
+    return settings, report, final, v0, central
 
 
 def rescore(data: Path, args: argparse.Namespace) -> dict:
     """{weighting: {claim: [difference, low, high]}} plus the words and users each weighting covered."""
     from tools.simulate.population import load_population
     from tools.simulate.references import reference_scores, score_version, stderr_to
-    from tools.wordeval import paired_interval, scored_words, user_mean_difference
+    from tools.wordeval import budget_words, paired_interval, scored_words, user_mean_difference
 
-    settings, final, v0, central = _run_parts(data, args)
-    corpus, proxy = settings["corpus"], list(settings.get("proxy") or DEFAULT_PROXY)
+    settings, report, final, v0, central = _run_parts(data, args)
+    fed = report["federations"][0]
+    corpus, proxy = args.corpus or settings["corpus"], list(settings.get("proxy") or DEFAULT_PROXY)
     pop = load_population(corpus, settings.get("devices"))
+    # The run's own row is read from its report; it pairs with a re-scoring only on the same words.
+    if budget_words(pop.heldout, settings["eval_words"]) != [c[0] for c in fed["final_metrics"]["per_user"]]:
+        raise ValueError(f"{corpus}: its held-out text is not what the run scored (changed since the run?)")
     total = sum(scored_words(pop.heldout).values())
-    budget = args.eval_words or total
     quiet = data / "runs" / "rescore.log"
     quiet.parent.mkdir(parents=True, exist_ok=True)
-    sides = {}
-    for name, words in (("run", settings["eval_words"]), ("more", budget)):
-        refs = reference_scores(data, pop, corpus, proxy, v0, central, words, quiet)
-        if name == "run":
-            kb, glob = settings["_fed"]["final_metrics"], settings["_fed"]["global_metrics"]
-        else:
-            with stderr_to(quiet):
-                kb = score_version(final, pop.heldout, words, personal=True)
-                glob = score_version(final, pop.heldout, words, personal=False)
-        refs["shippable"] = max((refs["ngram_proxy"], refs["proxy_lstm"]), key=lambda m: m["top3"])
-        sides[name] = {**refs, "keyboard": kb, "global": glob}
+    run_side = {**report["references"], "keyboard": fed["final_metrics"], "global": fed["global_metrics"]}
+    if central is not None and "central" not in run_side:     # the run had none: score it on the run's words
+        run_side["central"] = reference_scores(data, pop, corpus, proxy, v0, central, settings["eval_words"],
+                                               quiet)["central"]
+    more = reference_scores(data, pop, corpus, proxy, v0, central, args.eval_words or total, quiet)
+    with stderr_to(quiet):
+        more["keyboard"] = score_version(final, pop.heldout, args.eval_words or total, personal=True)
+        more["global"] = score_version(final, pop.heldout, args.eval_words or total, personal=False)
     out: dict = {"heldout_users": pop.test_users, "heldout_words": total}
-    for weighting, side in (("run", "run"), ("every_word", "more"), ("every_user", "more")):
-        rows, got = {}, sides[side]
+    for weighting, got in (("run", run_side), ("every_word", more), ("every_user", more)):
+        got["shippable"] = max((got["ngram_proxy"], got["proxy_lstm"]), key=lambda m: m["top3"])
+        rows = {}
         for label, a, b, metric in CLAIMS:
-            if b not in got or "per_user" not in got[a] or "per_user" not in got[b]:
+            if b not in got:
                 continue
             if weighting == "every_user":
                 rows[label] = list(user_mean_difference(got[a]["per_user"], got[b]["per_user"], metric))
             else:
                 lo, hi = paired_interval(got[a]["per_user"], got[b]["per_user"], metric)
                 rows[label] = [(got[a][metric] - got[b][metric]) * 100, lo, hi]
-        per_user = got["keyboard"]["per_user"]
-        out[weighting] = {"words": got["keyboard"]["words"], "users": sum(1 for c in per_user if c[0]),
-                          "claims": rows}
+        out[weighting] = {"words": got["keyboard"]["words"],
+                          "users": sum(1 for c in got["keyboard"]["per_user"] if c[0]), "claims": rows}
     return out
 
 

@@ -146,6 +146,25 @@ def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metr
     return float(lo), float(hi)
 
 
+def budget_words(users: Mapping[str, Sequence[str]], max_words: int) -> list[int]:
+    """The target words `evaluate_words` scores per user under a budget (in its per-user order),
+    found by running it with a session that suggests nothing: no model needed."""
+
+    class _Nothing:
+        def reset(self) -> None:
+            pass
+
+        def suggest(self, prefix: str, k: int) -> list[str]:
+            return []
+
+        def feed(self, chunk: str) -> float:
+            return 0.0
+
+    per_user: dict[str, list[int]] = {}
+    evaluate_words(_Nothing, users, max_words=max_words, per_user=per_user)
+    return [counts[0] for counts in per_user.values()]
+
+
 def user_mean_difference(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metric: str, *, n: int = 2000,
                          level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """metric(a) - metric(b) in points with every user weighted the same (each user's rate first,
@@ -156,9 +175,9 @@ def user_mean_difference(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]],
     if metric not in _PER_USER:
         raise ValueError(f"metric must be one of {sorted(_PER_USER)}")
     xa, xb = np.asarray(a, float), np.asarray(b, float)
-    if xa.shape != xb.shape or not len(xa) or not np.array_equal(xa[:, 0], xb[:, 0]):
-        raise ValueError("per-user results are not on the same words")
     num, den = _PER_USER[metric]
+    if xa.shape != xb.shape or not len(xa) or not np.array_equal(xa[:, [0, den]], xb[:, [0, den]]):
+        raise ValueError("per-user results are not on the same words")
     keep = xa[:, 0] > 0
     d = (xa[keep, num] / xa[keep, den] - xb[keep, num] / xb[keep, den]) * 100
     if not len(d):
