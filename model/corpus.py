@@ -85,10 +85,15 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
     return records
 
 
+def first_line(path: str | Path) -> str:
+    """The file's first non-blank line ("" if none): what the format is told by."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return next((ln for ln in f if ln.strip()), "")
+
+
 def sniff_format(path: str | Path) -> str:
     """How `read_corpus(path)` reads the file by default: "jsonl" or "lines" (plain text)."""
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        return _sniff(next((ln for ln in f if ln.strip()), ""))
+    return _sniff(first_line(path))
 
 
 def _sniff(first_line: str) -> str:

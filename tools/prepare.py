@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from model.corpus import FORMATS, CorpusError, Record, read_corpus, sniff_format, split_users
+from model.corpus import FORMATS, CorpusError, Record, first_line, read_corpus, sniff_format, split_users
 from protocol.artifact import atomic_write
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import run
@@ -70,17 +70,12 @@ def _read(path: str, args: argparse.Namespace) -> tuple[list[Record], bool]:
     plain = sniff_format(path) == "lines"
     if args.format in ("lines", "paragraphs") and not plain:
         try:
-            json.loads(_first_line(path))
+            json.loads(first_line(path))
             raise CorpusError(f"{path}: its first line is a JSON object, and --format {args.format} would keep the "
                               "JSON as text: convert JSON Lines files in a run without --format")
         except json.JSONDecodeError:
             plain = True           # plain text that happens to start with '{'
     return [Record(r.user, " ".join(r.text.split())) for r in recs], plain
-
-
-def _first_line(path: str) -> str:
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        return next((ln for ln in f if ln.strip()), "")
 
 
 def _users(name: str, texts: list[str], n: int) -> list[Record]:

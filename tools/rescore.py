@@ -44,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_parts(data: Path, args: argparse.Namespace) -> tuple[dict, dict, Path, Path, Path | None]:
-    """The run's settings and report, its final version, version 0 and central reference, checked."""
-    from tools.shipped import SHIPPED_V0
+    """The run's settings and report, its final version, version 0 and central reference (where
+    the simulation put them, unless --v0 / --central say they moved), checked."""
+    from types import SimpleNamespace
+
+    from tools.simulate.population import central_dir, v0_dir
 
     try:
         report = json.loads((data / "report.json").read_text())
@@ -56,19 +59,10 @@ def _run_parts(data: Path, args: argparse.Namespace) -> tuple[dict, dict, Path, 
     if not all("per_user" in m for m in (fed["final_metrics"], fed["global_metrics"], report["references"]["ngram"])):
         raise ValueError(f"{data}: the run's report predates per-user counts; run the simulation again")
     final = data / "runs" / fed["name"] / "keyboard" / "models" / fed["final_version"]
-    if args.v0:
-        v0 = Path(args.v0)
-    elif settings.get("pretrain_v0"):          # as tools.simulate.population.ensure_v0 chooses
-        v0 = data / "models" / "v0"
-    else:
-        v0 = Path(settings["v0"]) if settings.get("v0") else SHIPPED_V0
-    central = None
-    if args.central:
-        central = Path(args.central)
-    elif settings.get("central"):
-        central = Path(settings["central"])
-    elif not settings.get("no_central"):
-        central = data / "models" / "central"
+    run_args = SimpleNamespace(**{"v0": None, "pretrain_v0": False, "central": None, "no_central": False,
+                                  **settings})
+    v0 = Path(args.v0) if args.v0 else v0_dir(data, run_args)
+    central = Path(args.central) if args.central else central_dir(data, run_args)
     for what, d in (("the run's final version", final), ("version 0 (--v0 if it moved)", v0),
                     ("the central reference (--central if it moved)", central)):
         if d is not None and not (d / "manifest.json").exists():
@@ -80,14 +74,15 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
     """{weighting: {claim: [difference, low, high]}} plus the words and users each weighting covered."""
     from tools.simulate.population import load_population
     from tools.simulate.references import reference_scores, score_version, stderr_to
-    from tools.wordeval import budget_words, paired_interval, scored_words, user_mean_difference
+    from tools.wordeval import paired_interval, scored_words, user_mean_difference
 
     settings, report, final, v0, central = _run_parts(data, args)
     fed = report["federations"][0]
     corpus, proxy = args.corpus or settings["corpus"], list(settings.get("proxy") or DEFAULT_PROXY)
     pop = load_population(corpus, settings.get("devices"))
     # The run's own row is read from its report; it pairs with a re-scoring only on the same words.
-    if budget_words(pop.heldout, settings["eval_words"]) != [c[0] for c in fed["final_metrics"]["per_user"]]:
+    run_words = list(scored_words(pop.heldout, settings["eval_words"]).values())
+    if run_words != [c[0] for c in fed["final_metrics"]["per_user"]]:
         raise ValueError(f"{corpus}: its held-out text is not what the run scored (changed since the run?)")
     total = sum(scored_words(pop.heldout).values())
     quiet = data / "runs" / "rescore.log"

@@ -19,6 +19,7 @@ Targets are chunks that start with a word character (their leading word, ``[\\w'
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import zip_longest
@@ -50,12 +51,6 @@ def halves(texts: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:
     """A user's texts in order: the first half is typed before scoring, the second half is scored."""
     cut = len(texts) // 2
     return texts[:cut], texts[cut:]
-
-
-def scored_words(users: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """How many target words each user's scored half holds: what a word budget is drawn from."""
-    return {u: sum(1 for t in halves(texts)[1] for chunk in t.split() if leading_word(chunk))
-            for u, texts in users.items()}
 
 
 def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int = 3000,
@@ -146,9 +141,10 @@ def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metr
     return float(lo), float(hi)
 
 
-def budget_words(users: Mapping[str, Sequence[str]], max_words: int) -> list[int]:
-    """The target words `evaluate_words` scores per user under a budget (in its per-user order),
-    found by running it with a session that suggests nothing: no model needed."""
+def scored_words(users: Mapping[str, Sequence[str]], max_words: int | None = None) -> dict[str, int]:
+    """How many target words `evaluate_words` scores for each user under a word budget (None:
+    all of them, what a budget is drawn from), in its order: found by running it with a session
+    that suggests nothing, so what counts as a target is decided in one place. No model needed."""
 
     class _Nothing:
         def reset(self) -> None:
@@ -161,8 +157,12 @@ def budget_words(users: Mapping[str, Sequence[str]], max_words: int) -> list[int
             return 0.0
 
     per_user: dict[str, list[int]] = {}
-    evaluate_words(_Nothing, users, max_words=max_words, per_user=per_user)
-    return [counts[0] for counts in per_user.values()]
+    try:
+        evaluate_words(_Nothing, users, max_words=sys.maxsize if max_words is None else max_words,
+                       per_user=per_user)
+    except ValueError:   # no target word at all: every count stays 0
+        pass
+    return {u: counts[0] for u, counts in per_user.items()}
 
 
 def user_mean_difference(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metric: str, *, n: int = 2000,

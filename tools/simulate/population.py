@@ -75,11 +75,27 @@ def _subprocess_step(title: str, module_args: list[str]) -> None:
     print(f"   done in {time.time() - t0:.0f} s", flush=True)
 
 
+def v0_dir(data: Path, args: argparse.Namespace) -> Path:
+    """Where a run's version 0 is: DIR/models/v0 with --pretrain-v0, else --v0 DIR, else the
+    shipped models/v0 (`ensure_v0` builds or checks it; tools.rescore finds it again)."""
+    if getattr(args, "pretrain_v0", False):
+        return data / "models" / "v0"
+    return Path(args.v0) if args.v0 else SHIPPED_V0
+
+
+def central_dir(data: Path, args: argparse.Namespace) -> Path | None:
+    """Where a run's central reference is: None with --no-central, else --central DIR, else
+    DIR/models/central (`ensure_central` trains it there; tools.rescore finds it again)."""
+    if args.no_central:
+        return None
+    return Path(args.central) if args.central else data / "models" / "central"
+
+
 def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
     """Version 0: --v0 DIR, else the shipped models/v0 (both checked against their manifests);
     with --pretrain-v0, trained on the proxy corpus into DIR/models/v0 (reused if there)."""
+    v0 = v0_dir(data, args)
     if getattr(args, "pretrain_v0", False):
-        v0 = data / "models" / "v0"
         if (v0 / "manifest.json").exists() and not getattr(args, "rebuild", False):
             print(f"reusing version 0: {v0}")
             return v0
@@ -89,17 +105,14 @@ def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
                                                        "--steps-per-epoch", str(args.pretrain_steps),
                                                        *_progress_args(args)])
         return v0
-    src = Path(args.v0) if args.v0 else SHIPPED_V0
-    return check_version(src, f"version 0 ({src})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
+    return check_version(v0, f"version 0 ({v0})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
 
 
 def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | None:
     """The central reference (v0 trained further on all train users), or None with --no-central."""
-    if args.no_central:
-        return None
-    if args.central:
-        return Path(args.central)
-    central = data / "models" / "central"
+    central = central_dir(data, args)
+    if central is None or args.central:
+        return central
     if (central / "manifest.json").exists() and not getattr(args, "rebuild", False):
         print(f"reusing central reference: {central}")
         return central
