@@ -1,6 +1,6 @@
 """The ablation table of docs/quality.md: what each part of the keyboard adds, on held-out users.
 
-    python -m tools.ablation --corpus FILE [--model models/v0] [--central DIR] [--max-words 1500]
+    python -m tools.ablation --corpus FILE [--model models/v0] [--central DIR] [--max-words 5000]
 
 One markdown row per model, all scored on the same held-out words with the protocol of
 `tools.wordeval` (each user's first half typed before the second half is scored): the
@@ -24,7 +24,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from protocol.cli import HelpFormatter, add_version
-from tools._cli import DEFAULT_CORPUS, run
+from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 
 if TYPE_CHECKING:
     from model.corpus import Split
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="device corpus (JSONL or plain text)")
     p.add_argument("--model", default="models/v0", help="version directory")
     p.add_argument("--central", help="the central reference's version directory (optional)")
-    p.add_argument("--max-words", type=int, default=1500, help="target words scored (round-robin over users)")
+    p.add_argument("--max-words", type=int, default=DEFAULT_EVAL_WORDS,
+                   help="held-out words scored (past every word, an even share per user)")
     p.add_argument("--max-keystrokes", type=int, default=1500, help="keystrokes timed per row")
     p.add_argument("--ngram-bounds", type=int, default=0, metavar="DEVICES",
                    help="also print what an n-gram learned from devices could add at most: the keyboard "

@@ -17,7 +17,7 @@ import sys
 import time
 
 from protocol.cli import HelpFormatter, add_version
-from tools._cli import DEFAULT_CORPUS, run
+from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="JSONL or plain-text corpus")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--seed", type=int, default=0, help="user split seed (same as training)")
-    p.add_argument("--max-words", type=int, default=3000, help="target words evaluated (round-robin over users)")
+    p.add_argument("--max-words", type=int, default=DEFAULT_EVAL_WORDS,
+                   help="held-out words scored (past every word, an even share per user)")
     p.add_argument("--baseline", action="store_true", help="also score a Kneser-Ney trigram fitted on the train users")
     p.add_argument("--lstm-alone", action="store_true",
                    help="also score each model's LSTM without the user's own words (the global model alone)")

@@ -2,13 +2,12 @@
 
     python -m tools.rescore --data-dir DIR [--eval-words N] [--central DIR] [--json]
 
-A simulation scores 1,500 held-out words by default, one text per user in turn; where texts are long
-(e-mail) those words reach only some of the held-out users, and every word counts the same, so users
-who type a lot weigh a lot. This scores the run's final version and its references again on N words
-(default: every held-out word) and prints each of the report's claims three ways: on the run's own
-words, on the N words, and on the N words with each user's rate counted once (their mean), each with
-its 95% bootstrap interval over users. References are cached in DIR/reference.json as the simulation
-caches them.
+A simulation scores every held-out word up to its --eval-words budget (past it, an even share per
+user), and every word counts the same, so users who type a lot weigh a lot. This scores the run's
+final version and its references again on N words (default: every held-out word) and prints each of
+the report's claims three ways: on the run's own words, on the N words, and on the N words with each
+user's rate counted once (their mean), each with its 95% bootstrap interval over users. References
+are cached in DIR/reference.json as the simulation caches them.
 """
 
 from __future__ import annotations
@@ -83,7 +82,8 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
     # The run's own row is read from its report; it pairs with a re-scoring only on the same words.
     run_words = list(scored_words(pop.heldout, settings["eval_words"]).values())
     if run_words != [c[0] for c in fed["final_metrics"]["per_user"]]:
-        raise ValueError(f"{corpus}: its held-out text is not what the run scored (changed since the run?)")
+        raise ValueError(f"{corpus}: its held-out words are not the ones the run scored (the corpus changed "
+                         "since, or the run predates the even-share scoring order); run the simulation again")
     total = sum(scored_words(pop.heldout).values())
     quiet = data / "runs" / "rescore.log"
     quiet.parent.mkdir(parents=True, exist_ok=True)

@@ -69,18 +69,30 @@ def test_halves_and_a_word_budget_that_still_samples_every_user():
 
     users = {u: ["x", "y", "one", "two"] for u in ("a", "b", "c")}
     assert evaluate_words(new_session, users, max_words=3).words == 3
-    assert len(seen) == 3                            # round-robin: one text of each user before the cap
+    assert len(seen) == 3                            # an even share: one word of each user
+    # each device stops where its share ends: "one" scored and fed, "two" never reached
+    assert [e for e in seen[0] if e[0] == "feed"] == [("feed", "one")]
 
 
-def test_long_texts_spend_the_budget_on_fewer_users_and_scored_words_says_how_many_there_were():
-    """One text per user in turn: e-mail-length texts use a budget up before every user is reached
-    (the reports say how many were), and `scored_words` counts what each scored half holds."""
+def test_a_budget_reaches_every_user_however_long_their_texts_and_is_shared_evenly():
+    """E-mail-length texts used to spend a budget, one text per user in turn, before every user was
+    reached; an even share (water-filling) reaches all of them, and a light user's few words all count."""
     users = {u: ["past", " ".join(["word"] * 40), "x y"] for u in "abcdef"}
     assert scored_words(users) == {u: 42 for u in "abcdef"}
+    assert scored_words(users, 252) == scored_words(users, 10**6) == scored_words(users)
+    assert scored_words(users, 100) == {"a": 17, "b": 17, "c": 17, "d": 17, "e": 16, "f": 16}
     assert scored_words({"a": ["only one text"], "b": ["past", "!! ok"]}) == {"a": 3, "b": 1}
+    light = {"a": ["p", "one two"], "b": ["p", " ".join(["w"] * 50)], "c": ["p", " ".join(["w"] * 9)],
+             "d": ["p", "!!"]}
+    assert scored_words(light, 30) == {"a": 2, "b": 19, "c": 9, "d": 0}
+    assert sum(scored_words(light, 30).values()) == 30
     per_user: dict[str, list[int]] = {}
     evaluate_words(lambda: Recorder([], []), users, max_words=100, per_user=per_user)
-    assert [u for u, c in per_user.items() if c[0]] == ["a", "b", "c"]     # 40 + 40 + 20: three users
+    assert [c[0] for c in per_user.values()] == [17, 17, 17, 17, 16, 16]
+    assert list(scored_words(users, 100).values()) == [c[0] for c in per_user.values()]
+    per_user = {}
+    assert evaluate_words(lambda: Recorder([], []), light, max_words=30, per_user=per_user).words == 30
+    assert per_user["d"] == [0, 0, 0, 0]             # no target word: listed, never scored
 
 
 def test_paired_interval_brackets_the_difference_and_widens_with_user_disagreement():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.cli import HelpFormatter, add_version
-from tools._cli import DEFAULT_CORPUS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
+from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
 from tools.simulate.errors import SimulationError
 from tools.simulate.federation import FederationResult, run_federation
 from tools.simulate.population import ensure_central, ensure_v0, load_population, proxy_files
@@ -73,8 +73,9 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
     g.add_argument("--canary-fraction", type=float, default=0.5, help="share of devices in the canary cohort")
     g.add_argument("--canary-min-reports", type=int, default=3)
     g.add_argument("--canary-tolerance", type=float, default=0.005)
-    g.add_argument("--eval-words", type=int, default=1500,
-                   help="held-out words scored per model (every table in README and docs/quality.md uses 1,500)")
+    g.add_argument("--eval-words", type=int, default=DEFAULT_EVAL_WORDS,
+                   help="held-out words scored per model: every word of the held-out users' scored halves up to this "
+                        "many, past it an even share per user")
     g.add_argument("--compare-dp", action="store_true",
                    help="also run the same federation with DP noise (--dp-noise-multiplier)")
     g.add_argument("--dp-noise-multiplier", type=float, default=0.005)
@@ -152,11 +153,10 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
                             data / "runs" / "eval.log")
     v0_metrics = refs["proxy"]
-    reached, available = sum(1 for counts in v0_metrics["per_user"] if counts[0]), scored_words(pop.heldout)
-    if reached < sum(1 for n in available.values() if n):
-        console.print(f"note: {args.eval_words:,} words reach {reached} of the {pop.test_users} held-out users (one "
-                      f"text per user in turn; long texts use the budget up); --eval-words "
-                      f"{sum(available.values())} scores every held-out word")
+    available = sum(scored_words(pop.heldout).values())
+    if v0_metrics["words"] < available:
+        console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the held-out users' scored "
+                      f"halves are scored, an even share per user; --eval-words {available} scores every one")
     feds = [run_federation("federated", args, args.noise_multiplier, data, v0, pop, v0_metrics,
                            refs["proxy_lstm"], console)]
     if args.compare_dp:

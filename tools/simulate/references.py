@@ -83,7 +83,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     except (OSError, ValueError):
         cache = {}
     out: dict[str, dict] = {}
-    corpus_key = f"{_file_key(Path(corpus))}:{max_words}:per-user"   # entries carry per-user counts
+    corpus_key = f"{_file_key(Path(corpus))}:{max_words}:even-share"   # per-user counts, `scored_words` order
     # The keyboard's score also depends on the base n-gram it mixes in (FEDKEYS_BASE_NGRAM or the shipped file).
     base = configured_path()
     base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"

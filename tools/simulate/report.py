@@ -147,8 +147,9 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
         f"Command: `{command}`", "",
         f"Device corpus `{Path(args.corpus).name}`: {len(pop.users)} simulated devices (the {len(pop.users)} train "
         f"users with the most text, of {pop.train_users}), evaluated on {words:,} words of {reached} of the "
-        f"{pop.test_users} held-out users (one text per user in turn; the scored halves of all "
-        f"{pop.test_users} hold {sum(available.values()):,} words); proxy corpus {proxy_names}. "
+        f"{pop.test_users} held-out users ({'every word' if words == sum(available.values()) else 'an even share each'}"
+        f"; the scored halves of all {pop.test_users} hold {sum(available.values()):,} words); proxy corpus "
+        f"{proxy_names}. "
         f"{args.rounds} rounds, participation "
         f"{args.participation:.0%}, dropout {args.dropout:.0%}; plan: {args.epochs} epoch(s), batch "
         f"{args.batch_size}, lr {args.learning_rate}, clip {args.clip_norm}, ≤{args.max_examples} windows per "
