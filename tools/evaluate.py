@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     from protocol.ngram import KneserNeyLM
     from tools.wordeval import evaluate_words
 
+    if args.max_words < 1:
+        raise ValueError("--max-words must be >= 1")
     split = split_users(read_corpus(args.corpus), seed=args.seed)
     texts = split.part(args.split)
     if not texts:

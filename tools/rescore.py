@@ -3,7 +3,8 @@
     python -m tools.rescore --data-dir DIR [--eval-words N] [--central DIR] [--json]
 
 A simulation scores every held-out word up to its --eval-words budget (past it, an even share per
-user), and every word counts the same, so users who type a lot weigh a lot. This scores the run's
+user), and within those words every word counts the same, so where the budget holds every word,
+users who type a lot weigh a lot. This scores the run's
 final version and its references again on N words (default: every held-out word) and prints each of
 the report's claims three ways: on the run's own words, on the N words, and on the N words with each
 user's rate counted once (their mean), each with its 95% bootstrap interval over users. References

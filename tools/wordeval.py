@@ -59,10 +59,11 @@ def scored_words(users: Mapping[str, Sequence[str]], max_words: int | None = Non
 
     Every word of every scored half while they fit in the budget. Past it, the budget is shared
     out evenly (water-filling): a user with fewer words than an even share is scored on all of
-    them, the rest get the same number each (the first in user order one more, to spend the budget
-    exactly), taken from the start of their scored half. So a budget reaches every held-out user
-    whatever the genre's text length: one text per user in turn, as before, spent an e-mail
-    corpus's 1,500 words on 16 of its 70 held-out senders."""
+    them, the rest get the same number each (the first few in user order one more each, to spend
+    the budget exactly), taken from the start of their scored half. So a budget of at least one
+    word per user reaches every held-out user with a word, whatever the genre's text length: one
+    text per user in turn, as before, spent an e-mail corpus's 1,500 words on 16 of its 70
+    held-out senders."""
     have = {u: sum(targets(t) for t in halves(texts)[1]) for u, texts in users.items()}
     left = sys.maxsize if max_words is None else max_words
     if sum(have.values()) <= left:
@@ -83,7 +84,7 @@ def scored_words(users: Mapping[str, Sequence[str]], max_words: int | None = Non
     return got
 
 
-def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int = 3000,
+def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int,
                    progress: bool = False, desc: str = "evaluating",
                    per_user: dict[str, list[int]] | None = None) -> WordMetrics:
     """Score held-out users as a keyboard meets them: one device (session) per user.
@@ -94,16 +95,21 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
     ``personalize()`` method is then given one idle-and-charging moment to fine-tune its own copy
     of the LSTM on that past text (`tools.evaluate.lstm_factory`). Sessions without them
     (the references) see the same texts and change nothing. Each user's scored half is scored
-    from its start, on as many words as `scored_words` gives them under `max_words`. `per_user`,
-    if given, receives [words, top-3 hits, letters saved, letters typed] for each user.
+    from its start, on as many words as `scored_words` gives them under `max_words`, and fed up to
+    its last scored word (so word perplexity covers the scored part only). `per_user`, if given,
+    receives [words, top-3 hits, letters saved, letters typed] for each user.
     """
+    if max_words < 1:
+        raise ValueError("the word budget must be >= 1")
     quota = scored_words(users, max_words)
     hit1 = hit3 = words = 0
     saved = typed = 0
     logprob, chunks = 0.0, 0
     bar = tqdm(total=sum(quota.values()), desc=desc, unit="word", disable=not progress, leave=False)
     for user, texts in users.items():
-        mine = per_user.setdefault(user, [0, 0, 0, 0]) if per_user is not None else [0, 0, 0, 0]
+        mine = [0, 0, 0, 0]
+        if per_user is not None:
+            per_user[user] = mine
         if not quota[user]:
             continue
         session = new_session()

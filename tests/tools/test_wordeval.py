@@ -93,6 +93,8 @@ def test_a_budget_reaches_every_user_however_long_their_texts_and_is_shared_even
     per_user = {}
     assert evaluate_words(lambda: Recorder([], []), light, max_words=30, per_user=per_user).words == 30
     assert per_user["d"] == [0, 0, 0, 0]             # no target word: listed, never scored
+    with pytest.raises(ValueError, match="budget"):
+        evaluate_words(lambda: Recorder([], []), light, max_words=0)
 
 
 def test_paired_interval_brackets_the_difference_and_widens_with_user_disagreement():
