@@ -10,7 +10,7 @@ On embedded defaults (SQLite, local files, loopback), everything under one data 
    --with-central (trained once into DIR/models/central) or when models/central is shipped;
 2. a small simulation (tools.simulate): a real coordinator on loopback and 16 simulated
    devices, each typing one corpus user's text, federating for 5 rounds with canary
-   rollout, scored on the same held-out words as tools.simulate; about 3.5 minutes on 2 cores;
+   rollout, scored on the same held-out words as tools.simulate; 3.5 to 4.5 minutes on 2 cores;
 3. the report, DIR/report.md + DIR/report.png: n-gram, proxy-only, federated and central
    models on the corpus's held-out users, and the rounds;
 4. the keyboard page, served on loopback, bound to the freshly promoted model; its URL is

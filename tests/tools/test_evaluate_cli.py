@@ -122,8 +122,9 @@ def test_ablation_table_scores_every_part_on_the_same_words(exported_version, fr
     bad = subprocess.run([sys.executable, "-m", "tools.ablation", "--corpus", str(fresh_corpus), "--max-words", "0"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--max-words" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "tools.evaluate", "--model", "no-such-dir", "--corpus", str(fresh_corpus),
-                          "--max-words", "0"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "tools.evaluate", "--model", "no-such-dir", "--corpus",
+                          str(fresh_corpus), "--max-words", "0"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --max-words must be >= 1", bad.stderr
     bad = subprocess.run([sys.executable, "-m", "tools.ablation", "--corpus", str(fresh_corpus), "--ngram-bounds",
                           "500"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
