@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from tools.wordeval import evaluate_words, halves, paired_interval, scored_words, user_mean_difference
+from tools.wordeval import (
+    MAX_SCORED_USERS,
+    evaluate_words,
+    halves,
+    paired_interval,
+    scored_words,
+    user_mean_difference,
+)
 
 
 class Recorder:
@@ -95,6 +102,23 @@ def test_a_budget_reaches_every_user_however_long_their_texts_and_is_shared_even
     assert per_user["d"] == [0, 0, 0, 0]             # no target word: listed, never scored
     with pytest.raises(ValueError, match="budget"):
         evaluate_words(lambda: Recorder([], []), light, max_words=0)
+
+
+def test_past_the_budget_a_crowd_of_users_is_sampled_so_devices_stay_bounded():
+    """Each scored user costs a device (its first half learned, its own LSTM copy fine-tuned), so
+    past the budget at most MAX_SCORED_USERS users are scored, chosen by a hash of the name (not the
+    corpus's order); within the budget every user still counts."""
+    crowd = {f"user{i:03d}": ["past", " ".join(["w"] * 40)] for i in range(300)}
+    got = scored_words(crowd, 5000)
+    scored = {u for u, n in got.items() if n}
+    assert len(scored) == MAX_SCORED_USERS == 100 and sum(got.values()) == 4000    # all 40 words of each
+    assert list(got) == list(crowd)                  # every user listed, in user order
+    flipped = dict(reversed(list(crowd.items())))
+    assert {u for u, n in scored_words(flipped, 5000).items() if n} == scored
+    assert sorted(scored_words(crowd, 2000).values())[-100:] == [20] * 100       # 100 users, an even 20
+    assert scored_words(crowd, 12000) == scored_words(crowd)                      # 12,000 words: all of them
+    few = {u: crowd[u] for u in list(crowd)[:60]}                                 # 60 users: all of them
+    assert len([n for n in scored_words(few, 2000).values() if n]) == 60
 
 
 def test_paired_interval_brackets_the_difference_and_widens_with_user_disagreement():
