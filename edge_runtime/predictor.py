@@ -99,7 +99,7 @@ class Predictor:
         self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else tail
         self.sorted_words, self.sorted_ids = self.vocab.suggestable
         # Next-word candidates come from the softmax's own words: a tail word gets a share of
-        # <unk> far below the softmax's top words, and scanning 50k words after every space costs.
+        # <unk> far below the softmax's top words, and scanning 150k words after every space costs.
         self.head_ids = self.sorted_ids[self.sorted_ids < lim]
         # The softmax's ids that are suggested (not specials or punctuation), for its top words.
         self._is_head = np.zeros(arch.model.vocab_size, bool)
@@ -134,7 +134,7 @@ class Predictor:
     def probs_of(self, node: _Node, ids: np.ndarray) -> np.ndarray:
         """P_lstm of word-list ids: the softmax for its own words, its <unk> shared by frequency
         among the rarer list words (computed for the ids asked only: the keystroke path never
-        builds the whole 50k-word vector)."""
+        builds the whole word-list vector)."""
         if node.head is None:
             node.head = np.exp(node.logprobs.astype(np.float64))
         lim = self.vocab.limit

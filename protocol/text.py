@@ -45,6 +45,7 @@ def typed_chunks(text: str) -> tuple[list[str], str]:
 
 
 _WORD_CHAR = re.compile(r"[\w']")
+_ALNUM = re.compile(r"[^\W_]")   # a letter or digit (what `str.isalnum` accepts), found in C
 
 
 def complete_tokens(chunk: str) -> list[str]:
@@ -78,9 +79,10 @@ class Vocab:
     def __init__(self, sp, limit: int | None = None) -> None:
         n = sp.get_piece_size()
         self.limit = n if limit is None else min(limit, n)
-        self.words = [sp.id_to_piece(i).removeprefix(WORD_START) if not (sp.is_control(i) or sp.is_unknown(i))
-                      else "" for i in range(n)]
-        self.log_freq = np.array([sp.get_score(i) for i in range(n)], np.float32)
+        ids = list(range(n))   # SentencePiece's list forms: one call each, not one per piece (150k of them)
+        special = [c or u for c, u in zip(sp.is_control(ids), sp.is_unknown(ids))]
+        self.words = ["" if x else p.removeprefix(WORD_START) for p, x in zip(sp.id_to_piece(ids), special)]
+        self.log_freq = np.array(sp.get_score(ids), np.float32)
         self.index = {w: i for i, w in enumerate(self.words) if w}
 
     def __len__(self) -> int:
@@ -90,9 +92,10 @@ class Vocab:
     def suggestable(self) -> tuple[list[str], np.ndarray]:
         """(words, ids) of the list's words (not punctuation or control pieces), sorted by word so
         that a typed prefix is an index range. Sorted once per tokenizer, not per predictor."""
-        ids = sorted((i for i, w in enumerate(self.words) if any(ch.isalnum() for ch in w)),
-                     key=self.words.__getitem__)
-        return [self.words[i] for i in ids], np.array(ids, dtype=np.int64)
+        words = self.words
+        ids = [i for i, w in enumerate(words) if _ALNUM.search(w)]
+        ids.sort(key=words.__getitem__)
+        return [words[i] for i in ids], np.array(ids, dtype=np.int64)
 
     def ids(self, toks: Iterable[str]) -> list[int]:
         """The LSTM's ids of `toks`: <unk> for words outside its first `limit`."""

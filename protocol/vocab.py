@@ -145,30 +145,109 @@ def swap_rows(tokenizer: bytes, weights: Mapping[str, np.ndarray], vocab_size: i
 
 def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version_id: str | None = None) -> AddedWords:
     """Write to `out` a version of `src` in which `words` have softmax rows (see the module doc)."""
-    src, out = Path(src), Path(out)
-    if version_id is not None and not is_safe_id(version_id):
-        raise VocabError(f"version id {version_id!r} must be letters, digits, '.', '_' or '-'")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VocabError(f"{out} exists and is not an empty directory; choose a new one")
+    src = Path(src)
     manifest, weights = load_version(src, verify=True)
     tokenizer, new_weights, result = swap_rows((src / TOKENIZER).read_bytes(), weights,
                                                manifest.architecture().model.vocab_size, words)
     K = len(result.added)
+    vid = _derive(src, out, manifest, tokenizer, new_weights, version_id, f"w{K}",
+                  {"added_words": {"from": manifest.version_id, "added": K, "displaced": K}}, replace_metrics=True)
+    return dataclasses.replace(result, version_id=vid)
+
+
+def read_frequencies(path: str | Path) -> list[tuple[str, float]]:
+    """`word<TAB>frequency` lines (`corpora/wordfreq_en.tsv`), in file order; '#' starts a comment."""
+    out = []
+    for n, line in enumerate(read_words(path), 1):
+        word, _, freq = line.partition("\t")
+        try:
+            f = float(freq)
+        except ValueError:
+            f = -1.0
+        if not f > 0 or not math.isfinite(f):
+            raise VocabError(f"{path}: line {n} is not 'word<TAB>frequency' with a frequency > 0: {line[:60]!r}")
+        out.append((word.strip(), f))
+    return out
+
+
+def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int) -> tuple[bytes, list[str]]:
+    """(new tokenizer, the words added): `words` (word, frequency) the word list lacks, appended to
+    its tail, at most `limit` of them in the order given. Nothing already in the list moves, so
+    every id, the softmax and the weights stay as they are; the new words are completed (typed
+    prefixes) and predicted through <unk>'s share like every tail word.
+
+    Why: the proxy text's list misses words people type today (`server`, `install`); a public
+    frequency list supplies them without any device text (docs/quality.md). A word's score is
+    its log frequency moved onto the list's own scale, by the median difference over the words
+    both hold, so a new word's share of <unk> sits where the proxy text would have put it.
+    Words that are not one token (`_check_words`' rule) are skipped, not refused: a public list
+    holds some."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = _parse(tokenizer)
+    have = {p.piece.removeprefix(WORD_START): p.score for p in proto.pieces}
+    shared = [have[w] - math.log(f) for w, f in words if w in have]
+    if not shared:
+        raise VocabError("the frequency list shares no word with the word list: cannot put it on its scale")
+    offset = float(np.median(shared))
+    added: list[str] = []
+    for w, f in words:
+        if len(added) >= limit:
+            break
+        if w in have or tokens(w) != [w] or not any(ch.isalnum() for ch in w):
+            continue
+        have[w] = 0.0
+        proto.pieces.append(pb.ModelProto.SentencePiece(piece=WORD_START + w, score=math.log(f) + offset,
+                                                        type=pb.ModelProto.SentencePiece.NORMAL))
+        added.append(w)
+    if not added:
+        raise VocabError("every word of the frequency list is already in the word list: nothing to add")
+    return proto.SerializeToString(), added
+
+
+def add_tail_words(src: str | Path, words: Sequence[tuple[str, float]], out: str | Path, *, limit: int,
+                   version_id: str | None = None) -> list[str]:
+    """Write to `out` a version of `src` whose word list's tail also holds `words` (`extend_tail`);
+    the same weights. With `version_id` equal to the source's, the result is the same version
+    built further (`make v0`: parent and metrics kept); else a child version, a canary candidate.
+    Returns the words added."""
+    src = Path(src)
+    manifest, weights = load_version(src, verify=True)
+    tokenizer, added = extend_tail((src / TOKENIZER).read_bytes(), words, limit)
+    _derive(src, out, manifest, tokenizer, weights, version_id, f"t{len(added)}",
+            {"tail_words": {"added": len(added), "pieces": len(_parse(tokenizer).pieces)}})
+    return added
+
+
+def _derive(src: Path, out: str | Path, manifest, tokenizer: bytes, weights: Mapping[str, np.ndarray],
+            version_id: str | None, tag: str, metrics: dict, *, replace_metrics: bool = False) -> str:
+    """Write `out`: `src`'s graph, a new tokenizer and `weights`, under a new manifest; returns its id.
+    A new id makes a child of `src` (default `<id>-<tag>-<tokenizer hash>`); `src`'s own id keeps
+    its parent and metrics (the same version, built further)."""
+    out = Path(out)
+    if version_id is not None and not is_safe_id(version_id):
+        raise VocabError(f"version id {version_id!r} must be letters, digits, '.', '_' or '-'")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VocabError(f"{out} exists and is not an empty directory; choose a new one")
     out.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copyfile(src / GRAPH, out / GRAPH)
         (out / TOKENIZER).write_bytes(tokenizer)
-        manifest.parent = manifest.version_id
+        same = version_id == manifest.version_id
+        if not same:
+            manifest.parent = manifest.version_id
         manifest.tokenizer_sha256 = sha256_file(out / TOKENIZER)
-        manifest.version_id = version_id or f"{manifest.version_id}-w{K}-{manifest.tokenizer_sha256[:8]}"
-        manifest.weights_q8_sha256, manifest.signature, manifest.privacy = "", None, {}
+        manifest.version_id = version_id or f"{manifest.version_id}-{tag}-{manifest.tokenizer_sha256[:8]}"
+        manifest.weights_q8_sha256, manifest.signature = "", None
+        if not same:
+            manifest.privacy = {}
         manifest.created_at = datetime.now(UTC).isoformat(timespec="seconds")
-        manifest.metrics = {"added_words": {"from": manifest.parent, "added": K, "displaced": K}}
-        write_version(out, manifest, new_weights)
+        manifest.metrics = metrics if replace_metrics or not same else {**manifest.metrics, **metrics}
+        write_version(out, manifest, dict(weights))
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)   # it was empty or absent: leave no half a version
         raise
-    return dataclasses.replace(result, version_id=manifest.version_id)
+    return manifest.version_id
 
 
 def summary(result: AddedWords) -> str:

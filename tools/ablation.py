@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     row("Kneser-Ney trigram, proxy text only (the shipped base n-gram)", base.session,
         f"{base.size:,} n-gram probabilities", base_once)
     parts = [("LSTM, 10k softmax only", dict(tail=False, base=False, own_words=False, personal_lstm=False)),
-             ("LSTM + 50k word-list tail", dict(tail=True, base=False, own_words=False, personal_lstm=False)),
+             ("LSTM + word-list tail", dict(tail=True, base=False, own_words=False, personal_lstm=False)),
              ("LSTM + tail + base n-gram", dict(tail=True, base=True, own_words=False, personal_lstm=False)),
              ("LSTM + tail + user's own words", dict(tail=True, base=False, own_words=True, personal_lstm=False)),
              ("LSTM + tail + base n-gram + user's own words", dict(tail=True, base=True, own_words=True,

@@ -11,7 +11,15 @@ from edge_runtime.predictor import Predictor
 from protocol.artifact import load_version
 from protocol.interpreter import Model
 from protocol.text import UNK_ID, load_tokenizer, vocab_of
-from protocol.vocab import MAX_SHARE, VocabError, add_words, dictionary, read_words
+from protocol.vocab import (
+    MAX_SHARE,
+    VocabError,
+    add_tail_words,
+    add_words,
+    dictionary,
+    read_frequencies,
+    read_words,
+)
 
 NEW = "zorblax"   # in no word list
 
@@ -122,3 +130,68 @@ def test_the_discovery_dictionary_is_the_word_lists_tail(base):
     assert dictionary(tok, len(old)) == []
     with pytest.raises(VocabError, match="not a SentencePiece model"):
         dictionary(b"not really a sentencepiece model", V)
+
+
+# --- the word list's tail from a public frequency list (`extend_tail`, `tools.add_words --tail`) ---
+
+def _freqs(old, V):
+    """A frequency list as `corpora/wordfreq_en.tsv` holds one: list words (to set the scale) and new ones."""
+    shared = [(w, math.exp(float(old.log_freq[old.index[w]]) - 0.5)) for w in old.words[5:V] if w.isalpha()][:50]
+    return shared + [("zorblax", 1e-5), ("two words", 1e-5), ("lord,", 1e-5), ("quuxly", 1e-7), ("flimbo", 1e-8)]
+
+
+def test_tail_words_are_appended_and_nothing_else_moves(base, tmp_path):
+    src, manifest, weights, V, old, _ = base
+    added = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
+    m2, w2 = load_version(tmp_path / "v")                    # hashes verified
+    new = vocab_of(load_tokenizer(tmp_path / "v" / "tokenizer.model"), V)
+
+    assert added == ["zorblax", "quuxly"]                    # not-one-token entries skipped, the limit kept
+    assert new.words[:len(old)] == old.words and new.words[len(old):] == added
+    np.testing.assert_array_equal(new.log_freq[:len(old)], old.log_freq)
+    # On the list's own scale: the shared words sit 0.5 under their list score, so the new ones are moved up by it.
+    assert new.log_freq[new.index["zorblax"]] == pytest.approx(math.log(1e-5) + 0.5, abs=1e-4)
+    for name, w in weights.items():
+        np.testing.assert_array_equal(w2[name], w)
+    assert m2.parent == manifest.version_id and m2.version_id.startswith(f"{manifest.version_id}-t2-")
+    assert m2.metrics == {"tail_words": {"added": 2, "pieces": len(old) + 2}}
+
+    # The keyboard completes the new word; the LSTM still reads it as <unk>.
+    kb = Predictor(Model.load(tmp_path / "v"), load_tokenizer(tmp_path / "v" / "tokenizer.model"))
+    assert "zorblax" in kb.session().update("and then zorb") and kb.vocab.ids(["zorblax"]) == [UNK_ID]
+
+
+def test_tail_words_under_the_same_id_build_the_same_version_further(base, tmp_path):
+    src, manifest, _, V, old, _ = base
+    add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=10, version_id=manifest.version_id)
+    m2, _ = load_version(tmp_path / "v")
+    assert m2.version_id == manifest.version_id and m2.parent == manifest.parent
+    assert m2.metrics == {**manifest.metrics, "tail_words": {"added": 3, "pieces": len(old) + 3}}
+
+
+def test_bad_frequency_lists_are_refused(base, tmp_path):
+    src, _, _, V, old, _ = base
+    with pytest.raises(VocabError, match="shares no word"):
+        add_tail_words(src, [("zorblax", 1e-5)], tmp_path / "v", limit=10)
+    with pytest.raises(VocabError, match="nothing to add"):
+        add_tail_words(src, _freqs(old, V)[:50], tmp_path / "v", limit=10)
+    assert not (tmp_path / "v").exists()
+    f = tmp_path / "f.tsv"
+    f.write_text("# word<TAB>frequency\nthe\t0.05\nzorblax\tmany\n", encoding="utf-8")
+    with pytest.raises(VocabError, match="line 2 is not"):
+        read_frequencies(f)
+    f.write_text("the\t0.05\nzorblax\t-1\n", encoding="utf-8")
+    with pytest.raises(VocabError, match="frequency > 0"):
+        read_frequencies(f)
+
+
+def test_tail_command_line(base, tmp_path, capsys):
+    from tools.add_words import main
+
+    src, _, _, V, old, _ = base
+    f = tmp_path / "f.tsv"
+    f.write_text("".join(f"{w}\t{p:g}\n" for w, p in _freqs(old, V)), encoding="utf-8")
+    assert main(["--base", str(src), "--tail", str(f), "--max-tail", "1", "--out", str(tmp_path / "v")]) == 0
+    assert '"tail_words_added": 1' in capsys.readouterr().out
+    with pytest.raises(VocabError, match="--max-tail"):
+        main(["--base", str(src), "--tail", str(f), "--max-tail", "0", "--out", str(tmp_path / "w")])

@@ -67,11 +67,13 @@ def test_a_clone_without_shared_builds_fixtures_and_starts_the_demo(tmp_path):
                           env=_env(clone), capture_output=True, text=True, timeout=900, check=False)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     assert "--seed 0" in made.stdout and (clone / "models" / "v0" / "manifest.json").is_file()
-    assert not (clone / "models" / "v0.new").exists() and not (clone / "models" / "v0.stage1").exists()
+    assert not any((clone / "models" / f"v0.{part}").exists() for part in ("new", "stage1", "stage2"))
     # The second stage continues the same version: no parent, the first stage's record kept.
     manifest = json.loads((clone / "models" / "v0" / "manifest.json").read_text())
     assert manifest["parent"] is None and manifest["metrics"]["source"] == "topical_chat.jsonl"
     assert [s["source"] for s in manifest["metrics"]["earlier_stages"]] == ["sotu.jsonl"]
+    # Then its word list's tail took present-day words from the vendored frequency list.
+    assert manifest["metrics"]["tail_words"]["added"] > 1000
 
     # The tools' defaults point into the clone.
     helped = _run(clone, "-m", "tools.demo", "--help")
