@@ -195,3 +195,17 @@ def test_tail_command_line(base, tmp_path, capsys):
     assert '"tail_words_added": 1' in capsys.readouterr().out
     with pytest.raises(VocabError, match="--max-tail"):
         main(["--base", str(src), "--tail", str(f), "--max-tail", "0", "--out", str(tmp_path / "w")])
+
+
+def test_word_lists_are_told_apart_by_content_not_by_object(base, tmp_path):
+    # A discovery candidate can hold as many words as its parent (every new row came from the
+    # tail): the cache must not hand one list's words to the other, whatever object loaded it.
+    src, _, _, V, old, tail_word = base
+    add_words(src, [tail_word], tmp_path / "v")
+    a = load_tokenizer(src / "tokenizer.model")
+    b = load_tokenizer(tmp_path / "v" / "tokenizer.model")
+    assert a.get_piece_size() == b.get_piece_size()
+    va, vb = vocab_of(a, V), vocab_of(b, V)
+    assert va.index[tail_word] >= V and vb.index[tail_word] == V - 1
+    assert vocab_of(load_tokenizer(src / "tokenizer.model"), V) is va    # the same list: built once
+    assert vocab_of(a, V + 1) is not va and vocab_of(a, V + 1).limit == V + 1
