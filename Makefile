@@ -36,7 +36,7 @@ V0_CHAT_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl -
 # The keyboard's base n-gram, from the proxy text (shipped with the app, not per version).
 NGRAM_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --proxy corpora/topical_chat.jsonl
 # Last, the word list's tail takes present-day words from a public frequency list (completion only;
-# the weights do not change; docs/quality.md: +0.7 to +1.0 KSR on e-mail and chat rooms).
+# the weights do not change; docs/quality.md, "Present-day words in the word list").
 TAIL_ARGS ?= --tail corpora/wordfreq_en.tsv --max-tail 100000
 v0: setup            ## rebuild models/v0 reproducibly (about an hour on 2 idle cores)
 	rm -rf models/v0.new models/v0.stage1 models/v0.stage2

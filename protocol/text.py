@@ -17,7 +17,9 @@ import functools
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -98,14 +100,33 @@ class Vocab:
         ids.sort(key=words.__getitem__)
         return [words[i] for i in ids], np.array(ids, dtype=np.int64)
 
+    @functools.cached_property
+    def offered(self) -> tuple[list[str], np.ndarray]:
+        """`suggestable` without the blocked words (`blocked_words`): what a keyboard offers
+        people who did not type those words themselves."""
+        words, ids = self.suggestable
+        blocked = blocked_words()
+        keep = [w.lower() not in blocked for w in words]
+        return [w for w, k in zip(words, keep) if k], ids[np.array(keep, bool)]
+
     def ids(self, toks: Iterable[str]) -> list[int]:
         """The LSTM's ids of `toks`: <unk> for words outside its first `limit`."""
         get, lim = self.index.get, self.limit
         return [i if i < lim else UNK_ID for i in (get(t, UNK_ID) for t in toks)]
 
 
+@functools.cache
+def blocked_words() -> frozenset[str]:
+    """Words a keyboard never offers unless the user typed them before (`protocol/data/blocked_en.txt`,
+    lower case; a word is blocked in any casing): slurs, strong profanity, explicit slang. They
+    stay in the word list, so the model still reads them in a context; they are only not shown."""
+    text = (Path(__file__).parent / "data" / "blocked_en.txt").read_text(encoding="utf-8")
+    return frozenset(w.strip().lower() for w in text.splitlines() if w.strip() and not w.startswith("#"))
+
+
 _VOCABS: dict[tuple[bytes, int | None], Vocab] = {}
 _VOCABS_KEPT = 4   # word lists kept (a device holds its stable and candidate versions' at most)
+_VOCABS_LOCK = threading.Lock()   # the device's agent loop and its keyboard's threads both load versions
 
 
 def vocab_of(sp, limit: int | None = None) -> Vocab:
@@ -114,12 +135,17 @@ def vocab_of(sp, limit: int | None = None) -> Vocab:
     by the object: every predictor loads its own `SentencePieceProcessor`, and an `id()` can be
     reused by a later one with another list of the same size (a discovery round's candidate)."""
     key = (hashlib.blake2b(sp.serialized_model_proto(), digest_size=16).digest(), limit)
-    v = _VOCABS.pop(key, None)
-    if v is None:
-        v = Vocab(sp, limit)
-    _VOCABS[key] = v                     # most recently used last
-    while len(_VOCABS) > _VOCABS_KEPT:
-        del _VOCABS[next(iter(_VOCABS))]
+    with _VOCABS_LOCK:
+        v = _VOCABS.pop(key, None)
+        if v is not None:
+            _VOCABS[key] = v                 # most recently used last
+            return v
+    v = Vocab(sp, limit)                     # built outside the lock (~0.1 s for 150,000 words)
+    with _VOCABS_LOCK:
+        v = _VOCABS.pop(key, v)              # another thread's copy, if one landed meanwhile
+        _VOCABS[key] = v
+        while len(_VOCABS) > _VOCABS_KEPT:
+            _VOCABS.pop(next(iter(_VOCABS)))
     return v
 
 

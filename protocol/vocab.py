@@ -50,14 +50,23 @@ class AddedWords:
 
 def read_words(path: str | Path) -> list[str]:
     """One word per line; blank lines and lines starting with '#' are skipped."""
+    return [w.strip() for _, w in _lines(path)]
+
+
+def _lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file's lines that are not blank or '#' comments."""
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise VocabError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise VocabError(f"{p}: is a directory, not a text file") from None
+    except PermissionError:
+        raise VocabError(f"{p}: not readable (permission denied)") from None
     except UnicodeDecodeError as e:
         raise VocabError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+    return [(n, w) for n, w in enumerate(lines, 1) if w.strip() and not w.lstrip().startswith("#")]
 
 
 def _check_words(words: Sequence[str]) -> list[str]:
@@ -146,7 +155,11 @@ def swap_rows(tokenizer: bytes, weights: Mapping[str, np.ndarray], vocab_size: i
 def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version_id: str | None = None) -> AddedWords:
     """Write to `out` a version of `src` in which `words` have softmax rows (see the module doc)."""
     src = Path(src)
+    _check_out(out, version_id)
     manifest, weights = load_version(src, verify=True)
+    if version_id == manifest.version_id:
+        raise VocabError(f"{version_id!r} is {src}'s own id: new softmax rows change the weights, so they "
+                         "make a new version (leave out --version-id, or give a new one)")
     tokenizer, new_weights, result = swap_rows((src / TOKENIZER).read_bytes(), weights,
                                                manifest.architecture().model.vocab_size, words)
     K = len(result.added)
@@ -156,18 +169,23 @@ def add_words(src: str | Path, words: Sequence[str], out: str | Path, *, version
 
 
 def read_frequencies(path: str | Path) -> list[tuple[str, float]]:
-    """`word<TAB>frequency` lines (`corpora/wordfreq_en.tsv`), in file order; '#' starts a comment."""
-    out = []
-    for n, line in enumerate(read_words(path), 1):
+    """`word<TAB>frequency` lines (`corpora/wordfreq_en.tsv`; '#' starts a comment), most frequent
+    first (a stable sort, so an already sorted file keeps its order); a word listed twice keeps
+    its first line."""
+    out: dict[str, float] = {}
+    for n, line in _lines(path):
         word, _, freq = line.partition("\t")
         try:
             f = float(freq)
         except ValueError:
             f = -1.0
-        if not f > 0 or not math.isfinite(f):
+        word = word.strip()
+        if not word or not f > 0 or not math.isfinite(f):
             raise VocabError(f"{path}: line {n} is not 'word<TAB>frequency' with a frequency > 0: {line[:60]!r}")
-        out.append((word.strip(), f))
-    return out
+        out.setdefault(word, f)
+    if not out:
+        raise VocabError(f"{path}: no 'word<TAB>frequency' lines")
+    return sorted(out.items(), key=lambda wf: -wf[1])
 
 
 def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int) -> tuple[bytes, list[str]]:
@@ -180,12 +198,16 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
     frequency list supplies them without any device text (docs/quality.md). A word's score is
     its log frequency moved onto the list's own scale, by the median difference over the words
     both hold, so a new word's share of <unk> sits where the proxy text would have put it.
-    Words that are not one token (`_check_words`' rule) are skipped, not refused: a public list
-    holds some."""
+    A word the list holds in another casing is left out: a lower-cased public list would add
+    `london` beside `London`, scored with every casing's count (so above it). Words that are
+    not one token (`_check_words`' rule) are skipped, not refused: a public list holds some."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
+    if limit < 1:
+        raise VocabError(f"the number of words to add must be at least 1, not {limit}")
     proto = _parse(tokenizer)
     have = {p.piece.removeprefix(WORD_START): p.score for p in proto.pieces}
+    folded = {w.lower() for w in have}
     shared = [have[w] - math.log(f) for w, f in words if w in have]
     if not shared:
         raise VocabError("the frequency list shares no word with the word list: cannot put it on its scale")
@@ -194,29 +216,40 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
     for w, f in words:
         if len(added) >= limit:
             break
-        if w in have or tokens(w) != [w] or not any(ch.isalnum() for ch in w):
+        if w.lower() in folded or tokens(w) != [w] or not any(ch.isalnum() for ch in w):
             continue
-        have[w] = 0.0
+        folded.add(w.lower())
         proto.pieces.append(pb.ModelProto.SentencePiece(piece=WORD_START + w, score=math.log(f) + offset,
                                                         type=pb.ModelProto.SentencePiece.NORMAL))
         added.append(w)
     if not added:
-        raise VocabError("every word of the frequency list is already in the word list: nothing to add")
+        raise VocabError("every word of the frequency list is already in the word list (in some casing) "
+                         "or is not one word: nothing to add")
     return proto.SerializeToString(), added
 
 
 def add_tail_words(src: str | Path, words: Sequence[tuple[str, float]], out: str | Path, *, limit: int,
-                   version_id: str | None = None) -> list[str]:
+                   version_id: str | None = None) -> tuple[str, list[str]]:
     """Write to `out` a version of `src` whose word list's tail also holds `words` (`extend_tail`);
     the same weights. With `version_id` equal to the source's, the result is the same version
     built further (`make v0`: parent and metrics kept); else a child version, a canary candidate.
-    Returns the words added."""
+    Returns the new version's id and the words added."""
     src = Path(src)
+    _check_out(out, version_id)
     manifest, weights = load_version(src, verify=True)
     tokenizer, added = extend_tail((src / TOKENIZER).read_bytes(), words, limit)
-    _derive(src, out, manifest, tokenizer, weights, version_id, f"t{len(added)}",
-            {"tail_words": {"added": len(added), "pieces": len(_parse(tokenizer).pieces)}})
-    return added
+    vid = _derive(src, out, manifest, tokenizer, weights, version_id, f"t{len(added)}",
+                  {"tail_words": {"added": len(added), "pieces": len(_parse(tokenizer).pieces)}})
+    return vid, added
+
+
+def _check_out(out: str | Path, version_id: str | None) -> None:
+    """Refuse a bad id or a used output directory before any work is done."""
+    out = Path(out)
+    if version_id is not None and not is_safe_id(version_id):
+        raise VocabError(f"version id {version_id!r} must be letters, digits, '.', '_' or '-'")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VocabError(f"{out} exists and is not an empty directory; choose a new one")
 
 
 def _derive(src: Path, out: str | Path, manifest, tokenizer: bytes, weights: Mapping[str, np.ndarray],
@@ -225,10 +258,7 @@ def _derive(src: Path, out: str | Path, manifest, tokenizer: bytes, weights: Map
     A new id makes a child of `src` (default `<id>-<tag>-<tokenizer hash>`); `src`'s own id keeps
     its parent and metrics (the same version, built further)."""
     out = Path(out)
-    if version_id is not None and not is_safe_id(version_id):
-        raise VocabError(f"version id {version_id!r} must be letters, digits, '.', '_' or '-'")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VocabError(f"{out} exists and is not an empty directory; choose a new one")
+    _check_out(out, version_id)
     out.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copyfile(src / GRAPH, out / GRAPH)

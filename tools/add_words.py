@@ -8,7 +8,7 @@ or, with --tail, add words to its word list for completion only (the same weight
 `words.txt` holds one word per line, from a public source (nothing here reads device text). The
 rarest softmax words make room and stay in the word list's tail (docs/quality.md, "Device words
 as softmax rows"). `--tail` reads `word<TAB>frequency` lines (`corpora/wordfreq_en.tsv`) and
-appends the words the list lacks to its tail, most frequent first, up to --max-tail; no id
+appends the words the list lacks (in any casing) to its tail, most frequent first, up to --max-tail; no id
 moves, so the weights are the source's (`make v0` builds version 0's word list this way).
 """
 
@@ -19,7 +19,7 @@ import argparse
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import run
 
-DEFAULT_MAX_TAIL = 100_000   # docs/quality.md: 100k from wordfreq_en.tsv, +0.7 to +1.0 KSR on e-mail and chat
+DEFAULT_MAX_TAIL = 100_000   # docs/quality.md, "Present-day words in the word list"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tail", type=int, default=DEFAULT_MAX_TAIL, help="with --tail: add at most this many words")
     p.add_argument("--out", required=True, help="new, empty directory for the new version")
     p.add_argument("--version-id", help="id of the new version (default: <parent>-w<count>-<tokenizer hash>, "
-                                        "-t<count>- with --tail; the base's own id builds the same version further)")
+                                        "-t<count>- with --tail; with --tail, the base's own id builds the same "
+                                        "version further)")
     return p
 
 
@@ -44,13 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     from protocol.vocab import VocabError, add_tail_words, add_words, read_frequencies, read_words, summary
 
     if args.tail is None:
+        if args.max_tail != DEFAULT_MAX_TAIL:
+            raise VocabError("--max-tail goes with --tail, not --words")
         print(summary(add_words(args.base, read_words(args.words), args.out, version_id=args.version_id)))
         return 0
     if args.max_tail < 1:
         raise VocabError("--max-tail must be >= 1")
-    added = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=args.max_tail,
-                           version_id=args.version_id)
-    print(json.dumps({"out": args.out, "tail_words_added": len(added), "first": added[:10]}, indent=2))
+    vid, added = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=args.max_tail,
+                                version_id=args.version_id)
+    print(json.dumps({"version_id": vid, "out": args.out, "tail_words_added": len(added), "first": added[:10]},
+                     indent=2))
     return 0
 
 

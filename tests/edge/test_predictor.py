@@ -171,6 +171,35 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
     assert keys == 10_000 and non_words == 0
 
 
+def test_slurs_and_swear_words_are_offered_only_to_people_who_typed_them(exported_version, tmp_path):
+    """A blocked word (`protocol.text.blocked_words`) in the word list's tail or the base n-gram is
+    not offered, in any casing, until this user types it; the same word list and n-gram without
+    the block do offer it, so the test sees the block and not a missing word."""
+    from protocol.ngram import KneserNeyLM
+    from protocol.text import blocked_words
+    from protocol.vocab import add_tail_words
+    from tests.tiny_version import tiny_texts
+
+    assert {"fuck", "fucking", "shit"} <= blocked_words() and "god" not in blocked_words()
+    sp = load_tokenizer(exported_version / "tokenizer.model")
+    shared = [(sp.id_to_piece(i).lstrip("\u2581"), 1e-3) for i in range(10, 60)]
+    add_tail_words(exported_version, shared + [("fucking", 1e-3), ("Fuck", 1e-3), ("shitty", 1e-3),
+                                               ("fuchsia", 1e-5)], tmp_path / "v", limit=10)
+    model, sp = Model.load(tmp_path / "v"), load_tokenizer(tmp_path / "v" / "tokenizer.model")
+    ngram = KneserNeyLM.fit(tiny_texts(300) + ["you are a fucking legend"] * 30, order=3)
+    open_ = Predictor(model, sp, base=ngram, block_offensive=False)
+    assert "fucking" in open_.session().update("you are a ")
+    assert {"fucking", "Fuck"} <= set(open_.session().update("you are a fu", k=8) +
+                                       open_.session().update("you are a Fu", k=8))
+    p = Predictor(model, sp, base=ngram)
+    seen = [p.session().update(t, k=8) for t in ("you are a ", "you are a fu", "you are a Fu", "it is sh")]
+    assert not {w.lower() for strip in seen for w in strip} & blocked_words(), seen
+    assert "fuchsia" in seen[1]                     # the rest of the prefix range is still completed
+    p.learn("you are a fucking legend")             # the user's own word comes back to them
+    assert "fucking" in p.session().update("you are a fu")
+    assert "Fuck" not in p.session().update("you are a Fu", k=8)   # only the word they typed
+
+
 def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int = 3) -> list[str]:
     """The strip as first written: argpartition over the prefix range's P_lstm, every candidate
     scored one at a time with the scalar probabilities."""
@@ -184,7 +213,7 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
         top = np.argpartition(-probs, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
         cands.update(p.vocab.words[ids[j]] for j in top)
     if wn:
-        cands.update(p.base.suggest(hist, prefix, m))
+        cands.update(w for w in p.base.suggest(hist, prefix, m) if p.offered(w))
     if wp:
         cands.update(p.personal.candidates(hist, prefix, m))
 

@@ -142,8 +142,9 @@ def _freqs(old, V):
 
 def test_tail_words_are_appended_and_nothing_else_moves(base, tmp_path):
     src, manifest, weights, V, old, _ = base
-    added = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
+    vid, added = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
     m2, w2 = load_version(tmp_path / "v")                    # hashes verified
+    assert vid == m2.version_id
     new = vocab_of(load_tokenizer(tmp_path / "v" / "tokenizer.model"), V)
 
     assert added == ["zorblax", "quuxly"]                    # not-one-token entries skipped, the limit kept
@@ -167,6 +168,10 @@ def test_tail_words_under_the_same_id_build_the_same_version_further(base, tmp_p
     m2, _ = load_version(tmp_path / "v")
     assert m2.version_id == manifest.version_id and m2.parent == manifest.parent
     assert m2.metrics == {**manifest.metrics, "tail_words": {"added": 3, "pieces": len(old) + 3}}
+    # New softmax rows change the weights: never under the base's own id.
+    with pytest.raises(VocabError, match="own id"):
+        add_words(src, [NEW], tmp_path / "w", version_id=manifest.version_id)
+    assert not (tmp_path / "w").exists()
 
 
 def test_bad_frequency_lists_are_refused(base, tmp_path):
@@ -177,12 +182,35 @@ def test_bad_frequency_lists_are_refused(base, tmp_path):
         add_tail_words(src, _freqs(old, V)[:50], tmp_path / "v", limit=10)
     assert not (tmp_path / "v").exists()
     f = tmp_path / "f.tsv"
-    f.write_text("# word<TAB>frequency\nthe\t0.05\nzorblax\tmany\n", encoding="utf-8")
-    with pytest.raises(VocabError, match="line 2 is not"):
+    f.write_text("# word<TAB>frequency\nthe\t0.05\n\nzorblax\tmany\n", encoding="utf-8")
+    with pytest.raises(VocabError, match="line 4 is not"):      # the file's own line numbers
         read_frequencies(f)
     f.write_text("the\t0.05\nzorblax\t-1\n", encoding="utf-8")
     with pytest.raises(VocabError, match="frequency > 0"):
         read_frequencies(f)
+    f.write_text("# nothing yet\n\n", encoding="utf-8")
+    with pytest.raises(VocabError, match="no 'word<TAB>frequency' lines"):
+        read_frequencies(f)
+    with pytest.raises(VocabError, match="is a directory"):
+        read_frequencies(tmp_path)
+    with pytest.raises(VocabError, match="at least 1"):
+        add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=0)
+    assert not (tmp_path / "v").exists()
+
+
+def test_frequency_lists_are_read_most_frequent_first_and_each_word_once(tmp_path):
+    f = tmp_path / "f.tsv"
+    f.write_text("rare\t1e-7\nthe\t0.05\nrare\t0.5\nmid\t1e-4\nalso\t1e-4\n", encoding="utf-8")
+    assert read_frequencies(f) == [("the", 0.05), ("mid", 1e-4), ("also", 1e-4), ("rare", 1e-7)]
+
+
+def test_a_word_the_list_holds_in_another_casing_is_not_added_again(base, tmp_path):
+    # wordfreq lower-cases everything; `london` beside `London` would be a copy scored above it.
+    src, _, _, V, old, _ = base
+    cased = next(w for w in old.words[5:V] if w.isalpha() and w.lower() not in old.index)
+    _, added = add_tail_words(src, _freqs(old, V)[:50] + [(cased.lower(), 1e-3), ("Zorblax", 1e-4),
+                                                          ("zorblax", 1e-5)], tmp_path / "v", limit=10)
+    assert added == ["Zorblax"]
 
 
 def test_tail_command_line(base, tmp_path, capsys):
@@ -209,3 +237,28 @@ def test_word_lists_are_told_apart_by_content_not_by_object(base, tmp_path):
     assert va.index[tail_word] >= V and vb.index[tail_word] == V - 1
     assert vocab_of(load_tokenizer(src / "tokenizer.model"), V) is va    # the same list: built once
     assert vocab_of(a, V + 1) is not va and vocab_of(a, V + 1).limit == V + 1
+
+    class Reloaded:   # one object whose word list changes (as a reused id() would look to a cache by object)
+        def __init__(self, sp):
+            self.sp = sp
+
+        def __getattr__(self, name):
+            return getattr(self.sp, name)
+
+    r = Reloaded(a)
+    assert vocab_of(r, V).index[tail_word] >= V
+    r.sp = b
+    assert vocab_of(r, V).index[tail_word] == V - 1
+
+
+def test_the_word_list_cache_is_bounded_and_safe_across_threads(base):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import protocol.text as text
+
+    src, _, _, V, _, _ = base
+    sp = load_tokenizer(src / "tokenizer.model")
+    with ThreadPoolExecutor(8) as pool:   # more lists than kept, from several threads at once
+        got = list(pool.map(lambda i: vocab_of(sp, V - i % 7).limit, range(56)))
+    assert got == [V - i % 7 for i in range(56)]
+    assert len(text._VOCABS) == text._VOCABS_KEPT
