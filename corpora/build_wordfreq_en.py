@@ -14,8 +14,9 @@ most frequent first: the first 150,000 words of wordfreq's `large` English list 
 - hold no run of two or more digits: wordfreq stores every such run as zeros (`a00`,
   `s00e00`), so those entries are not words anyone typed;
 - hold no `_` or whitespace (`utm_source`, `o_o`);
-- are not in the keyboard's list of blocked words (`protocol/data/blocked_en.txt`: slurs,
-  strong profanity, explicit slang), which the keyboard would not offer anyway.
+- are not blocked words (`protocol.text.is_blocked`, `protocol/data/blocked_en.txt`: slurs,
+  strong profanity, explicit slang, their endings and stems), which the keyboard would not
+  offer anyway.
 
 wordfreq blends subtitles, Wikipedia, news, books, web text, Twitter and Reddit, so it knows the
 words people type today (`server`, `install`, `email`) that the proxy text (novels, plays,
@@ -31,7 +32,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "wordfreq_en.tsv")
-BLOCKED = Path(__file__).resolve().parent.parent / "protocol" / "data" / "blocked_en.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository's protocol/
+from protocol.text import is_blocked  # noqa: E402
+
 COUNT = 150_000
 _DIGITS = re.compile(r"\d{2}")
 
@@ -51,8 +54,6 @@ def main() -> None:
         sys.exit(f"wordfreq {got}: build with 3.1.1 (its data differs between versions)")
     import wordfreq
 
-    blocked = {w.strip() for w in BLOCKED.read_text(encoding="utf-8").splitlines()
-               if w.strip() and not w.startswith("#")}
     n = 0
     left_out = {"blocked": 0, "digits": 0, "not a Latin word": 0}
     with OUT.open("w", encoding="utf-8", newline="\n") as out:
@@ -63,7 +64,7 @@ def main() -> None:
                 left_out["not a Latin word"] += 1
             elif _DIGITS.search(w):
                 left_out["digits"] += 1
-            elif w in blocked:
+            elif is_blocked(w):
                 left_out["blocked"] += 1
             else:
                 out.write(f"{w}\t{wordfreq.word_frequency(w, 'en', wordlist='large'):.4g}\n")

@@ -20,7 +20,7 @@ The weights belong to the user (`PersonalModel.mix`), so they survive model upda
 Completing a typed prefix is a cut of these distributions: words are kept sorted, a prefix is
 an index range found by bisection. Every suggestion is a word-list word or a word the user
 typed before: never one assembled from pieces; and never a slur or a swear word
-(`protocol.text.blocked_words`) that this user has not typed. The recurrent state after each completed
+(`protocol.text.is_blocked`) that this user has not typed. The recurrent state after each completed
 whitespace chunk is kept, so a keystroke feeds only what is new, and backspace or a cursor
 move rewinds to a cached state instead of re-running the context; tokens of the chunk being
 typed that can no longer change are fed one per keystroke before the space. Between keystrokes
@@ -47,7 +47,7 @@ from edge_runtime.personal import BOS, PersonalModel
 from protocol.arch import SIG_INFER, SIG_STEP
 from protocol.interpreter import Model
 from protocol.ngram import KneserNeyLM
-from protocol.text import BOS_ID, UNK_ID, blocked_words, complete_tokens, tokens, typed_chunks, vocab_of
+from protocol.text import BOS_ID, UNK_ID, complete_tokens, is_blocked, tokens, typed_chunks, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
@@ -88,7 +88,7 @@ class Predictor:
     base: KneserNeyLM | None = None  # the base n-gram (edge_runtime.base_ngram); None: LSTM + personal only
     candidates: int = 8  # words per prefix each component proposes for the mixture
     tail_mass: float = TAIL_MASS
-    # Slurs, strong profanity and explicit slang (`protocol.text.blocked_words`) are not offered
+    # Slurs, strong profanity and explicit slang (`protocol.text.is_blocked`) are not offered
     # unless this user typed the word before, as keyboards do by default.
     block_offensive: bool = True
 
@@ -102,7 +102,6 @@ class Predictor:
         tail = np.exp(self.vocab.log_freq[lim:].astype(np.float64))
         self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else tail
         self.sorted_words, self.sorted_ids = self.vocab.offered if self.block_offensive else self.vocab.suggestable
-        self._blocked = blocked_words() if self.block_offensive else frozenset()
         # Next-word candidates come from the softmax's own words: a tail word gets a share of
         # <unk> far below the softmax's top words, and scanning 150k words after every space costs.
         self.head_ids = self.sorted_ids[self.sorted_ids < lim]
@@ -344,7 +343,7 @@ class Predictor:
             words = list(cands)
             top, probs = self.base.suggest_scored(hist, m, words, oov=0.0)
             known = dict(zip(words + top, probs))
-            if self._blocked:
+            if self.block_offensive:
                 known = {w: p for w, p in known.items() if self.offered(w)}
             words, ngram = list(known), list(known.values())
         else:
@@ -376,7 +375,7 @@ class Predictor:
 
     def offered(self, word: str) -> bool:
         """Whether the strip may show `word`: not blocked, or typed by this user before."""
-        return word.lower() not in self._blocked or word in self.personal.uni
+        return not self.block_offensive or word in self.personal.uni or not is_blocked(word)
 
     def likely_firsts(self, node: _Node, n: int) -> list[str]:
         """The n likeliest first characters of the next word (of those the word list's words

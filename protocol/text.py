@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,12 +102,11 @@ class Vocab:
 
     @functools.cached_property
     def offered(self) -> tuple[list[str], np.ndarray]:
-        """`suggestable` without the blocked words (`blocked_words`): what a keyboard offers
+        """`suggestable` without the blocked words (`is_blocked`): what a keyboard offers
         people who did not type those words themselves."""
         words, ids = self.suggestable
-        blocked = blocked_words()
-        keep = [w.lower() not in blocked for w in words]
-        return [w for w, k in zip(words, keep) if k], ids[np.array(keep, bool)]
+        keep = ~blocked_mask(words)
+        return [w for w, k in zip(words, keep.tolist()) if k], ids[keep]
 
     def ids(self, toks: Iterable[str]) -> list[int]:
         """The LSTM's ids of `toks`: <unk> for words outside its first `limit`."""
@@ -116,12 +115,43 @@ class Vocab:
 
 
 @functools.cache
-def blocked_words() -> frozenset[str]:
-    """Words a keyboard never offers unless the user typed them before (`protocol/data/blocked_en.txt`,
-    lower case; a word is blocked in any casing): slurs, strong profanity, explicit slang. They
-    stay in the word list, so the model still reads them in a context; they are only not shown."""
+def _blocklist() -> tuple[frozenset[str], re.Pattern | None]:
+    """(whole words, a pattern of the stems) of `protocol/data/blocked_en.txt`."""
     text = (Path(__file__).parent / "data" / "blocked_en.txt").read_text(encoding="utf-8")
-    return frozenset(w.strip().lower() for w in text.splitlines() if w.strip() and not w.startswith("#"))
+    lines = [w.strip().lower() for w in text.splitlines() if w.strip() and not w.startswith("#")]
+    stems = [re.escape(w[1:]) for w in lines if w.startswith("*")]
+    return frozenset(w for w in lines if not w.startswith("*")), re.compile("|".join(stems)) if stems else None
+
+
+def blocked_words() -> frozenset[str]:
+    """The whole words of the block list (`is_blocked` also blocks their endings and its stems)."""
+    return _blocklist()[0]
+
+
+def is_blocked(word: str) -> bool:
+    """Whether a keyboard should not offer `word` to someone who has not typed it: a slur, strong
+    profanity or explicit slang (`protocol/data/blocked_en.txt`), in any casing, with any ending
+    after an apostrophe (`bitch's`), or holding one of the list's stems (`clusterfuck`). The
+    words stay in the word list, so the model still reads them in a context; they are not shown."""
+    words, stems = _blocklist()
+    w = word.lower().translate(_QUOTES)
+    return w in words or w.split("'", 1)[0] in words or (stems is not None and stems.search(w) is not None)
+
+
+def blocked_mask(words: Sequence[str]) -> np.ndarray:
+    """`is_blocked` of each word, for a whole word list at once (~0.1 s for 150,000 words where a
+    loop of `is_blocked` takes 0.4: the stems are searched in one joined string)."""
+    listed, stems = _blocklist()
+    low = [w.lower() for w in words]
+    low = [w.translate(_QUOTES) if "\u2019" in w else w for w in low]
+    hit = np.array([w in listed or ("'" in w and w.split("'", 1)[0] in listed) for w in low], bool)
+    if stems is not None and low:
+        text = "\n".join(low)   # a stem holds no newline, so a match lies inside one word
+        starts = np.cumsum([0] + [len(w) + 1 for w in low[:-1]])
+        found = [m.start() for m in stems.finditer(text)]
+        if found:
+            hit[np.searchsorted(starts, found, side="right") - 1] = True
+    return hit
 
 
 _VOCABS: dict[tuple[bytes, int | None], Vocab] = {}

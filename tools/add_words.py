@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--words", help="text file, one word per line ('#' starts a comment): softmax rows")
     what.add_argument("--tail", help="word<TAB>frequency file: words for the word list's tail (completion only)")
-    p.add_argument("--max-tail", type=int, default=DEFAULT_MAX_TAIL, help="with --tail: add at most this many words")
+    p.add_argument("--max-tail", type=int, default=None,
+                   help=f"with --tail: add at most this many words (default {DEFAULT_MAX_TAIL:,})")
     p.add_argument("--out", required=True, help="new, empty directory for the new version")
     p.add_argument("--version-id", help="id of the new version (default: <parent>-w<count>-<tokenizer hash>, "
                                         "-t<count>- with --tail; with --tail, the base's own id builds the same "
@@ -45,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     from protocol.vocab import VocabError, add_tail_words, add_words, read_frequencies, read_words, summary
 
     if args.tail is None:
-        if args.max_tail != DEFAULT_MAX_TAIL:
+        if args.max_tail is not None:
             raise VocabError("--max-tail goes with --tail, not --words")
         print(summary(add_words(args.base, read_words(args.words), args.out, version_id=args.version_id)))
         return 0
-    if args.max_tail < 1:
+    limit = DEFAULT_MAX_TAIL if args.max_tail is None else args.max_tail
+    if limit < 1:
         raise VocabError("--max-tail must be >= 1")
-    vid, added = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=args.max_tail,
+    vid, added = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=limit,
                                 version_id=args.version_id)
     print(json.dumps({"version_id": vid, "out": args.out, "tail_words_added": len(added), "first": added[:10]},
                      indent=2))

@@ -23,7 +23,9 @@ def _run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Completed
 
 def test_wheel_installs_with_console_scripts_and_a_slim_base(tmp_path):
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=lambda d, names: [n for n in names if n in SKIP or n.startswith(".venv")
+    # Top-level folders only: a package's own data folder (protocol/data) ships in the wheel.
+    shutil.copytree(REPO, src, ignore=lambda d, names: [n for n in names if (n in SKIP and Path(d) == REPO)
+                                                          or n in ("__pycache__", ".git") or n.startswith(".venv")
                                                           or n.endswith(".egg-info")])
     r = _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
              str(tmp_path / "dist"), str(src), cwd=tmp_path)
@@ -45,9 +47,12 @@ def test_wheel_installs_with_console_scripts_and_a_slim_base(tmp_path):
                      env=env)
         assert where.returncode == 0 and where.stdout.startswith(str(venv)), where.stdout + where.stderr
         installed = Path(where.stdout.strip()).parents[1]
-        for package in ("edge_runtime", "coordinator"):     # every page asset, the dashboard's vendored chart too
-            shipped = sorted(p.relative_to(REPO) for p in (REPO / package / "static").rglob("*") if p.is_file())
-            assert shipped and [p for p in shipped if not (installed / p).is_file()] == [], package
+        for folder in ("edge_runtime/static", "coordinator/static", "protocol/data"):   # page assets, block list
+            shipped = sorted(p.relative_to(REPO) for p in (REPO / folder).rglob("*") if p.is_file())
+            assert shipped and [p for p in shipped if not (installed / p).is_file()] == [], folder
+        b = _run(str(py), "-c", "from protocol.text import is_blocked; print(is_blocked('Fuck'))",
+                 cwd=tmp_path, env=env)
+        assert b.stdout.strip() == "True", b.stdout + b.stderr
         for script in ("fedkeys-device", "fedkeys-coordinator", "fedkeys-pretrain", "fedkeys-evaluate",
                        "fedkeys-simulate", "fedkeys-prepare"):
             h = _run(str(venv / "bin" / script), "--help", cwd=tmp_path, env=env)
