@@ -69,9 +69,14 @@ def _lines(path: str | Path) -> list[tuple[int, str]]:
     return [(n, w) for n, w in enumerate(lines, 1) if w.strip() and not w.lstrip().startswith("#")]
 
 
+def _one_word(w: str) -> bool:
+    """One token of the word list: letters, digits and apostrophes, at least one letter or digit."""
+    return tokens(w) == [w] and any(ch.isalnum() for ch in w)
+
+
 def _check_words(words: Sequence[str]) -> list[str]:
     for w in words:
-        if tokens(w) != [w] or not any(ch.isalnum() for ch in w):
+        if not _one_word(w):
             raise VocabError(f"{w!r} is not one word (letters, digits and apostrophes, no spaces or punctuation)")
     return list(dict.fromkeys(words))   # first occurrence of each, in order
 
@@ -200,7 +205,7 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
     both hold, so a new word's share of <unk> sits where the proxy text would have put it.
     A word the list holds in another casing is left out: a lower-cased public list would add
     `london` beside `London`, scored with every casing's count (so above it). Words that are
-    not one token (`_check_words`' rule) are skipped, not refused: a public list holds some."""
+    not one token (`_one_word`) are skipped, not refused: a public list holds some."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     if limit < 1:
@@ -216,7 +221,7 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
     for w, f in words:
         if len(added) >= limit:
             break
-        if w.lower() in folded or tokens(w) != [w] or not any(ch.isalnum() for ch in w):
+        if w.lower() in folded or not _one_word(w):
             continue
         folded.add(w.lower())
         proto.pieces.append(pb.ModelProto.SentencePiece(piece=WORD_START + w, score=math.log(f) + offset,
@@ -256,9 +261,9 @@ def _derive(src: Path, out: str | Path, manifest, tokenizer: bytes, weights: Map
             version_id: str | None, tag: str, metrics: dict, *, replace_metrics: bool = False) -> str:
     """Write `out`: `src`'s graph, a new tokenizer and `weights`, under a new manifest; returns its id.
     A new id makes a child of `src` (default `<id>-<tag>-<tokenizer hash>`); `src`'s own id keeps
-    its parent and metrics (the same version, built further)."""
+    its parent and metrics (the same version, built further). The callers have checked `out` and
+    the id (`_check_out`) before their work."""
     out = Path(out)
-    _check_out(out, version_id)
     out.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copyfile(src / GRAPH, out / GRAPH)
