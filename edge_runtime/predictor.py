@@ -341,7 +341,13 @@ class Predictor:
         ngram = None
         if wn:  # the n-gram's suggestions and its probabilities in one pass
             words = list(cands)
-            top, probs = self.base.suggest_scored(hist, m, words, oov=0.0)
+            want = m
+            while True:  # its best m offered words: ask again past any blocked ones (rare)
+                top, probs = self.base.suggest_scored(hist, want, words, oov=0.0)
+                kept = sum(map(self.offered, top))
+                if kept >= m or len(top) < want:
+                    break
+                want += m - kept
             known = dict(zip(words + top, probs))
             if self.block_offensive:
                 known = {w: p for w, p in known.items() if self.offered(w)}
@@ -370,8 +376,19 @@ class Predictor:
         if wp:
             cands.update(self.personal.candidates(hist, prefix, m))
         if wn:
-            cands.update(w for w in self.base.suggest(hist, prefix, m) if self.offered(w))
+            cands.update(self.base_top(hist, prefix, m))
         return cands
+
+    def base_top(self, hist: tuple[str, ...], prefix: str, m: int) -> list[str]:
+        """The base n-gram's best m offered words for `prefix`: blocked ones are skipped, not
+        counted, so a blocked word among its best does not leave the n-gram fewer candidates."""
+        want = m
+        while True:
+            words = self.base.suggest(hist, prefix, want)
+            kept = [w for w in words if self.offered(w)]
+            if len(kept) >= m or len(words) < want:
+                return kept[:m]
+            want += m - len(kept)
 
     def offered(self, word: str) -> bool:
         """Whether the strip may show `word`: not blocked, or typed by this user before."""

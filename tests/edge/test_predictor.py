@@ -184,7 +184,7 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
         top = np.argpartition(-probs, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
         cands.update(p.vocab.words[ids[j]] for j in top)
     if wn:
-        cands.update(w for w in p.base.suggest(hist, prefix, m) if p.offered(w))
+        cands.update(p.base_top(hist, prefix, m))
     if wp:
         cands.update(p.personal.candidates(hist, prefix, m))
 

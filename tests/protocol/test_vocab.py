@@ -317,3 +317,24 @@ def test_a_blocked_word_with_its_own_softmax_row_is_not_offered_after_a_space(ex
     assert any("fucking" in open_.session().update(t, k=8) for t in texts)
     p = Predictor(model, sp)
     assert not [w for t in texts for w in p.session().update(t, k=8) if is_blocked(w)]
+
+
+def test_a_blocked_word_among_the_base_ngrams_best_leaves_it_as_many_candidates(exported_version, tmp_path):
+    # With one candidate per part, the n-gram's best after "you are a" is a blocked word: the
+    # blocked strip gets the n-gram's next word in its place, which the open strip never proposes.
+    from protocol.ngram import KneserNeyLM
+    from protocol.vocab import add_tail_words
+    from tests.tiny_version import tiny_texts
+
+    sp = load_tokenizer(exported_version / "tokenizer.model")
+    shared = [(sp.id_to_piece(i).lstrip("\u2581"), 1e-3) for i in range(10, 60)]
+    add_tail_words(exported_version, shared + [("fucking", 1e-3), ("splendid", 1e-3)], tmp_path / "v", limit=10)
+    model, sp = Model.load(tmp_path / "v"), load_tokenizer(tmp_path / "v" / "tokenizer.model")
+    ngram = KneserNeyLM.fit(tiny_texts(300) + ["you are a fucking legend"] * 30 + ["you are a splendid one"] * 20,
+                            order=3)
+    open_ = Predictor(model, sp, base=ngram, candidates=1, block_offensive=False)
+    strip = open_.session().update("you are a ", k=8)
+    assert "fucking" in strip and "splendid" not in strip, strip
+    p = Predictor(model, sp, base=ngram, candidates=1)
+    assert "splendid" in p.session().update("you are a ", k=8)
+    assert p.session().update("you are a sp", k=8)[:1] == ["splendid"]
