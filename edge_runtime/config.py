@@ -57,6 +57,8 @@ class EdgeConfig:
     personal_learning_rate: float = 0.2  # SGD rate (0.5, the federated rate, overfits one user's text)
     personal_epochs: int = 1
     personal_max_examples: int = 256     # the newest windows of the cache (20 words each)
+    # Suggestions
+    block_offensive: bool = True         # slurs, strong swear words and explicit slang only once this user typed them
     # Pacing: the coordinator says when to come back; we add our own jitter and bounds
     jitter: float = 0.1                  # +- fraction added to every wait (no thundering herd)
     min_wait_s: float = 1.0

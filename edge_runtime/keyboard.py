@@ -551,7 +551,7 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
         cache = owned = open_cache(config)
     try:
         slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel,
-                         public_key=config.public_key or None)
+                         public_key=config.public_key or None, block_offensive=config.block_offensive)
         slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
         app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
         server = _Server((host, port), app)

@@ -7,6 +7,7 @@ manifest hash was recomputed is refused here as in the device loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -44,10 +45,11 @@ class ModelSlot:
     thread-safe, so every use goes through `lock`."""
 
     def __init__(self, *, data_dir: Path | None, model_dir: Path | None, channel: str | None,
-                 loader: Callable[..., Predictor] | None = None, public_key: str | None = None) -> None:
+                 loader: Callable[..., Predictor] | None = None, public_key: str | None = None,
+                 block_offensive: bool = True) -> None:
         self.data_dir, self.model_dir, self.fixed_channel = data_dir, model_dir, channel
         self.lock = threading.RLock()
-        self._loader = loader or load_predictor
+        self._loader = loader or functools.partial(load_predictor, block_offensive=block_offensive)
         # The device's versions are signature-checked with the coordinator's key whenever loaded,
         # so tampered weights with a recomputed hash are refused here too.
         self._store = (VersionStore(data_dir, public_key=public_key or device_public_key(data_dir))
@@ -133,9 +135,11 @@ class ModelSlot:
         return channels.read_channel(self.data_dir, self.version_id)
 
 
-def load_predictor(version_dir: Path, weights: dict[str, np.ndarray] | None = None) -> Predictor:
-    """The keyboard's predictor on a version (on `weights` of its model, e.g. the user's own copy)."""
+def load_predictor(version_dir: Path, weights: dict[str, np.ndarray] | None = None, *,
+                   block_offensive: bool = True) -> Predictor:
+    """The keyboard's predictor on a version (on `weights` of its model, e.g. the user's own copy);
+    `block_offensive` is the device's setting of that name (`EdgeConfig`)."""
     from edge_runtime.base_ngram import load_base_ngram
 
     return Predictor(Model.load(version_dir, weights=weights), load_tokenizer(Path(version_dir) / TOKENIZER),
-                     base=load_base_ngram())
+                     base=load_base_ngram(), block_offensive=block_offensive)

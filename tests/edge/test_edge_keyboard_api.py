@@ -654,3 +654,15 @@ def test_committed_words_come_back_as_suggestions_and_clear_forgets_them(server)
     post(server, "api/pause", {"paused": False})
     post(server, "api/clear", {})
     assert "Quokkaville" not in strip("we met in Quok")
+
+
+def test_the_block_on_offensive_words_is_a_device_setting(tmp_path, exported_version):
+    # On by default; `block_offensive` (FEDKEYS_EDGE_BLOCK_OFFENSIVE) reaches the keyboard's predictor.
+    from edge_runtime.config import load_config
+
+    with start_keyboard(tmp_path / "d1", model_dir=exported_version) as s:
+        assert s.app.slot.predictor.block_offensive is True
+    config = load_config(environ={"FEDKEYS_EDGE_BLOCK_OFFENSIVE": "false", "FEDKEYS_EDGE_DATA_DIR": str(tmp_path / "d2")})
+    assert config.block_offensive is False
+    with start_keyboard(tmp_path / "d2", model_dir=exported_version, config=config) as s:
+        assert s.app.slot.predictor.block_offensive is False
