@@ -164,11 +164,16 @@ class Predictor:
         (P_lstm over the whole word list, the base n-gram's scored followers, the user's followers
         of this history by word), so the first letters, whose ranges are the largest, only cut.
         One node is kept; the same strips."""
-        if self._warm is None or self._warm[0] is not node:
-            self._warm = (node, self.span_probs(node, 0, len(self.sorted_ids)))
+        self.warm_lstm(node)
         if self.base is not None:
             self.base.warm(hist)
         self.personal.warm(hist)
+
+    def warm_lstm(self, node: _Node) -> None:
+        """`warm`'s largest part, P_lstm over the whole word list, which `Session.prefetch` runs
+        in a call of its own so that no one call holds the keyboard for all of `warm`."""
+        if self._warm is None or self._warm[0] is not node:
+            self._warm = (node, self.span_probs(node, 0, len(self.sorted_ids)))
 
     def word_probs(self, node: _Node) -> np.ndarray:
         """P_lstm over the whole word list (tests and analysis; `suggest` asks `probs_of`)."""
@@ -449,6 +454,7 @@ class Session:
         self.text: str | None = ""  # the text of the last `update` (None after a `feed` or `rewind`)
         self.readied: _Readied | None = None  # `prefetch`'s work for the space after `partial`
         self.firsts: _Firsts | None = None  # `prefetch`'s strips for the first letter after nodes[-1]
+        self._lstm_warmed: _Node | None = None  # the node `prefetch` last ran `Predictor.warm_lstm` on
 
     def feed(self, chunk: str) -> float:
         """Append a completed chunk; returns the natural-log probability the mixture gave its tokens
@@ -574,11 +580,13 @@ class Session:
         fed = r is not None and r.fed(self.nodes[-1], partial)
         if fed and r.ranked(k, self.p.strip_key()):
             return False
-        if fed:   # a commit changed the user's words, not the state: rank again, no model step
+        if fed:   # the state is fed (a commit may have changed the user's words): rank, no model step
             toks, node, hist = r.toks, r.node, r.hist
-        else:
+        else:     # the model step in one call, the ranking in the next: each holds the keyboard less
             toks = tokens(partial)
             node, hist = self._fed(toks)
+            self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), None)
+            return True
         strip = self.p.suggest(node, hist, "", k)
         self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), strip)
         return False
@@ -587,7 +595,11 @@ class Session:
         """`prefetch` after a space: warm the next word's cuts, then its first letters' strips."""
         node, hist, key, f = self.nodes[-1], self.hists[-1], self.p.strip_key(), self.firsts
         if f is None or f.base is not node or not f.ranked(k, key):
-            self.p.warm(node, hist)
+            if self._lstm_warmed is not node:   # in a call of its own (`warm_lstm`)
+                self.p.warm_lstm(node)
+                self._lstm_warmed = node
+                return True
+            self.p.warm(node, hist)   # its LSTM part again only if another session's replaced it
             self.firsts = _Firsts(node, k, key, self.p.likely_firsts(node, FIRST_LETTERS), {})
             return bool(self.firsts.todo)
         if f.todo:
@@ -620,7 +632,8 @@ class _Firsts(_RankedFor):
 
 @dataclass
 class _Readied(_RankedFor):
-    """`Session.prefetch`'s result: the state after `chunk` typed on `base`, and its strip."""
+    """`Session.prefetch`'s result: the state after `chunk` typed on `base`, and its strip (None
+    until the call after the model step ranks it)."""
 
     chunk: str
     toks: list[str]
@@ -629,7 +642,11 @@ class _Readied(_RankedFor):
     hist: tuple[str, ...]
     k: int
     key: tuple
-    strip: list[str]
+    strip: list[str] | None
+
+    def ranked(self, k: int, key: tuple) -> bool:
+        """Whether its strip is ranked, for k words and the user as `key` describes them."""
+        return self.strip is not None and super().ranked(k, key)
 
     def fed(self, base: _Node, chunk: str) -> bool:
         """Whether `node` is the state after `chunk` typed on `base`."""

@@ -311,7 +311,9 @@ def test_a_readied_space_is_not_reused_after_a_commit_a_new_k_or_a_new_users_mod
     for change in ("learn", "k", "wipe"):
         s = p.session()
         s.update("I pray you")
-        s.prefetch()
+        while s.prefetch():
+            pass
+        assert s.readied.ranked(3, p.strip_key())
         k = 3
         if change == "learn":
             p.learn("I pray you sirrah sirrah sirrah go")
@@ -440,7 +442,8 @@ def test_a_prefetch_after_a_commit_ranks_again_without_a_model_step(predictor, b
     p.learn("I pray you, sirrah, go to the king")
     s = p.session()
     s.update("I pray you")
-    s.prefetch()
+    assert s.prefetch() and s.readied.strip is None   # the model step in one call,
+    assert not s.prefetch() and s.readied.ranked(3, p.strip_key())   # the ranking in the next
     node = s.readied.node
     p.learn("I pray you sirrah sirrah sirrah go")
     steps = []
@@ -562,3 +565,31 @@ def test_the_direct_stepper_equals_the_signature_runner(exported_version):
     runner(tokens=np.array([3, 4], np.int32), h=np.repeat(h, 2, 0), c=np.repeat(c, 2, 0))
     for name, arr in zip(("logprobs", "h", "c"), step(tok, h, c)):
         np.testing.assert_array_equal(arr, want[name])
+
+
+def test_prefetch_after_a_space_splits_warm_and_two_sessions_still_finish(predictor, base_ngram, monkeypatch):
+    """P_lstm over the word list (`warm_lstm`) runs in a prefetch call of its own, the n-gram's
+    warm in the next, so no call holds the keyboard for both. Two sessions prefetching in turn on
+    one predictor (two clients) each replace its warm node; both still finish, with the strips
+    `suggest` gives."""
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    s = p.session()
+    s.update("I pray you ")
+    calls = []
+    real = p.base.warm
+    monkeypatch.setattr(p.base, "warm", lambda hist: calls.append(hist) or real(hist))
+    assert s.prefetch() and calls == [] and p._warm[0] is s.nodes[-1]
+    assert s.prefetch() and len(calls) == 1 and s.firsts is not None and s.firsts.strips == {}
+    a, b = p.session(), p.session()
+    a.update("What say you to my lord, and ")
+    b.update("Good morrow, ")
+    more, n = {a: True, b: True}, 0
+    while any(more.values()):
+        for t in (a, b):
+            if more[t]:
+                more[t] = t.prefetch()
+        n += 1
+        assert n < 50, "the two sessions' prefetches do not finish"
+    for t, text in ((a, "What say you to my lord, and "), (b, "Good morrow, ")):
+        for c, strip in t.firsts.strips.items():
+            assert strip == p.session().update(text + c), (text, c)
