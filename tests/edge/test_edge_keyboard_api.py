@@ -662,7 +662,8 @@ def test_the_block_on_offensive_words_is_a_device_setting(tmp_path, exported_ver
 
     with start_keyboard(tmp_path / "d1", model_dir=exported_version) as s:
         assert s.app.slot.predictor.block_offensive is True
-    config = load_config(environ={"FEDKEYS_EDGE_BLOCK_OFFENSIVE": "false", "FEDKEYS_EDGE_DATA_DIR": str(tmp_path / "d2")})
+    config = load_config(environ={"FEDKEYS_EDGE_BLOCK_OFFENSIVE": "false",
+                                  "FEDKEYS_EDGE_DATA_DIR": str(tmp_path / "d2")})
     assert config.block_offensive is False
     with start_keyboard(tmp_path / "d2", model_dir=exported_version, config=config) as s:
         assert s.app.slot.predictor.block_offensive is False
