@@ -12,13 +12,15 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from edge_runtime import agent, keyboard, personalize
 from edge_runtime.cache import CacheError
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, load_config
-from edge_runtime.versions import VersionError
+from edge_runtime.versions import VersionError, VersionStore
+from protocol.artifact import read_manifest
 from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
 
 
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("resume", "resume learning")
     cmd("wipe", "delete all cached text and the personal model learned from it from this device")
     cmd("status", "print enrollment, model versions, cache counts and eligibility as JSON")
+    p = cmd("notices", "print the licence notices that came with the model version in use (e.g. its word list's)")
+    p.add_argument("--model", help="a model version directory (default: the device's current version)")
     return ap
 
 
@@ -91,6 +95,15 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         flags[key.strip()] = value
     return flags
+
+
+def _notices(version_dir: Path) -> str:
+    """The licence notices of a version's files, as its signed manifest carries them."""
+    manifest = read_manifest(version_dir)   # ArtifactError (a ValueError) names what is wrong
+    if not manifest.notices:
+        return f"version {manifest.version_id}: its files came with no licence notices"
+    return "\n\n".join(f"== {name} (version {manifest.version_id}) ==\n{text}"
+                        for name, text in sorted(manifest.notices.items()))
 
 
 def _setup_logging(level: str) -> None:
@@ -107,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(config_file=args.config, flags=_flags(args))
         _setup_logging(cfg.log_level)
-        data_dir = cfg.require_data_dir()
         c = args.command
+        if c == "notices" and args.model:   # a version directory alone needs no device
+            print(_notices(Path(args.model)))
+            return 0
+        data_dir = cfg.require_data_dir()
         if c not in ("enroll", "keyboard") and not data_dir.is_dir():   # a typo must not start a new device
             raise ConfigError(f"{data_dir} is not a device data directory; create it with "
                               f"python -m edge_runtime enroll --data-dir {data_dir} ...")
@@ -155,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             print("text cache and personal model wiped")
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
+        elif c == "notices":
+            print(_notices(VersionStore(data_dir).current()))
         return 0
     except (ConfigError, agent.AgentError, RejectedError, keyboard.KeyboardError) as e:
         print(f"error: {e}", file=sys.stderr)      # the user's input or setting: exit 2, as argparse does

@@ -91,14 +91,18 @@ class Manifest:
     created_at: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     privacy: dict[str, Any] = field(default_factory=dict)
+    # A file of the version -> the licence notice that must travel with it (the word list's tail
+    # comes from a CC BY-SA list: `tools.add_words --tail`); signed with the rest, kept by children.
+    notices: dict[str, str] = field(default_factory=dict)
     signature: str | None = None
     format: str = MANIFEST_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tensors"] = [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.tensors]
-        if not d["weights_q8_sha256"]:
-            del d["weights_q8_sha256"]  # manifests without a download form read (and sign) as before
+        for key in ("weights_q8_sha256", "notices"):
+            if not d[key]:
+                del d[key]  # manifests without them read (and sign) as before
         return d
 
     @classmethod

@@ -53,11 +53,32 @@ def read_words(path: str | Path) -> list[str]:
     return [w.strip() for _, w in _lines(path)]
 
 
+# A notice rides in every manifest a device downloads: a licence file, not a book.
+MAX_NOTICE_BYTES = 64 * 1024
+
+
+def read_notice(path: str | Path) -> str:
+    """A licence notice file's text, whole ('#' lines too: they are headings there)."""
+    text = _read_text(path).strip()
+    if not text:
+        raise VocabError(f"{path}: the notice is empty")
+    if len(text.encode()) > MAX_NOTICE_BYTES:
+        raise VocabError(f"{path}: a notice of {len(text.encode()):,} bytes is too large to ride in every "
+                         f"manifest (at most {MAX_NOTICE_BYTES:,}); point to the full licence instead")
+    return text
+
+
 def _lines(path: str | Path) -> list[tuple[int, str]]:
     """(line number, line) of a UTF-8 text file's lines that are not blank or '#' comments."""
+    lines = _read_text(path).splitlines()
+    return [(n, w) for n, w in enumerate(lines, 1) if w.strip() and not w.lstrip().startswith("#")]
+
+
+def _read_text(path: str | Path) -> str:
+    """A UTF-8 text file's text; VocabError with one line for what goes wrong."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
+        return p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise VocabError(f"{p}: no such file") from None
     except IsADirectoryError:
@@ -66,7 +87,6 @@ def _lines(path: str | Path) -> list[tuple[int, str]]:
         raise VocabError(f"{p}: not readable (permission denied)") from None
     except UnicodeDecodeError as e:
         raise VocabError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return [(n, w) for n, w in enumerate(lines, 1) if w.strip() and not w.lstrip().startswith("#")]
 
 
 def _one_word(w: str) -> bool:
@@ -234,15 +254,19 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
 
 
 def add_tail_words(src: str | Path, words: Sequence[tuple[str, float]], out: str | Path, *, limit: int,
-                   version_id: str | None = None) -> tuple[str, list[str]]:
+                   version_id: str | None = None, notice: str = "") -> tuple[str, list[str]]:
     """Write to `out` a version of `src` whose word list's tail also holds `words` (`extend_tail`);
     the same weights. With `version_id` equal to the source's, the result is the same version
     built further (`make v0`: parent and metrics kept); else a child version, a canary candidate.
+    `notice`, the frequency list's licence notice, goes into the manifest's `notices` for the
+    tokenizer, so it travels with every copy of the word list (CC BY-SA asks that it does).
     Returns the new version's id and the words added."""
     src = Path(src)
     _check_out(out, version_id)
     manifest, weights = load_version(src, verify=True)
     tokenizer, added = extend_tail((src / TOKENIZER).read_bytes(), words, limit)
+    if notice.strip():
+        manifest.notices = {**manifest.notices, TOKENIZER: notice.strip()}
     vid = _derive(src, out, manifest, tokenizer, weights, version_id, f"t{len(added)}",
                   {"tail_words": {"added": len(added), "pieces": len(_parse(tokenizer).pieces)}})
     return vid, added

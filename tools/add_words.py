@@ -9,12 +9,16 @@ or, with --tail, add words to its word list for completion only (the same weight
 rarest softmax words make room and stay in the word list's tail (docs/quality.md, "Device words
 as softmax rows"). `--tail` reads `word<TAB>frequency` lines (`corpora/wordfreq_en.tsv`) and
 appends the words the list lacks (in any casing) to its tail, most frequent first, up to --max-tail; no id
-moves, so the weights are the source's (`make v0` builds version 0's word list this way).
+moves, so the weights are the source's (`make v0` builds version 0's word list this way). The list's
+licence notice (--notice; by default the file of the same name ending in .LICENSE beside it, as
+`corpora/wordfreq_en.LICENSE`) goes into the new version's signed manifest, so it reaches every device
+with the word list (`python -m edge_runtime notices` prints it there).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import run
@@ -32,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--tail", help="word<TAB>frequency file: words for the word list's tail (completion only)")
     p.add_argument("--max-tail", type=int, default=None,
                    help=f"with --tail: add at most this many words (default {DEFAULT_MAX_TAIL:,})")
+    p.add_argument("--notice", help="with --tail: the list's licence notice, a text file (default: the list's "
+                                    "name with .LICENSE, if that file exists)")
     p.add_argument("--out", required=True, help="new, empty directory for the new version")
     p.add_argument("--version-id", help="id of the new version (default: <parent>-w<count>-<tokenizer hash>, "
                                         "-t<count>- with --tail; with --tail, the base's own id builds the same "
@@ -43,20 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import json
 
-    from protocol.vocab import VocabError, add_tail_words, add_words, read_frequencies, read_words, summary
+    from protocol.vocab import VocabError, add_tail_words, add_words, read_frequencies, read_notice, read_words, summary
 
     if args.tail is None:
-        if args.max_tail is not None:
-            raise VocabError("--max-tail goes with --tail, not --words")
+        if args.max_tail is not None or args.notice is not None:
+            raise VocabError("--max-tail and --notice go with --tail, not --words")
         print(summary(add_words(args.base, read_words(args.words), args.out, version_id=args.version_id)))
         return 0
     limit = DEFAULT_MAX_TAIL if args.max_tail is None else args.max_tail
     if limit < 1:
         raise VocabError("--max-tail must be >= 1")
+    notice_path = Path(args.notice) if args.notice is not None else Path(args.tail).with_suffix(".LICENSE")
+    if args.notice is None and not notice_path.is_file():
+        notice_path = None
+    notice = read_notice(notice_path) if notice_path is not None else ""
     vid, added = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=limit,
-                                version_id=args.version_id)
-    print(json.dumps({"version_id": vid, "out": args.out, "tail_words_added": len(added), "first": added[:10]},
-                     indent=2))
+                                version_id=args.version_id, notice=notice)
+    print(json.dumps({"version_id": vid, "out": args.out, "tail_words_added": len(added), "first": added[:10],
+                      "notice": str(notice_path) if notice else None}, indent=2))
     return 0
 
 

@@ -10,6 +10,7 @@ from tests.helpers.coordinator_fakes import (
     FakeDevice,
     import_v0,
     make_config,
+    make_version,
     random_delta,
     serve,
 )
@@ -161,3 +162,25 @@ def test_fedavgm_carries_momentum_across_rounds(tmp_path):
             for k in SHAPES:
                 np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6)
             assert served.admin("POST", f"/v1/admin/versions/{cand}/promote").status_code == 200
+
+
+def test_a_rounds_version_keeps_its_parents_licence_notices_signed(tmp_path):
+    # The word list's CC BY-SA notice rides in the manifest (`tools.add_words --tail`): every
+    # version a round makes from it carries it on, under the coordinator's signature.
+    notices = {artifact.TOKENIZER: "CC BY-SA 4.0: word frequencies from Someone (2022)"}
+    with serve(make_config(tmp_path)) as served:
+        make_version(tmp_path / "v0", notices=notices)
+        assert served.coord.import_version(tmp_path / "v0") == "v0000"
+        key = served.coord.create_enrollment_key(label="test")
+        devices = [FakeDevice(served.url, key) for _ in range(2)]
+        r = served.admin("POST", "/v1/admin/rounds", json={"goal_count": 2, "min_count": 2, "noise_multiplier": 0.0})
+        assert r.status_code == 201, r.text
+        tasks = [d.checkin() for d in devices]
+        for i, (dev, t) in enumerate(zip(devices, tasks, strict=True)):
+            assert t.kind == wire.TASK_TRAIN
+            assert dev.upload(random_delta(i), round_id=t.plan.round_id, base="v0000", examples=10).status_code == 200
+        cand = served.admin("GET", f"/v1/admin/rounds/{tasks[0].plan.round_id}").json()["result_version_id"]
+        manifest = artifact.Manifest.from_dict(devices[0].get(wire.PATH_VERSION_MANIFEST, cand).json())
+        assert manifest.parent == "v0000" and manifest.notices == notices
+        pub = wire.SigningKey.from_dict(served.admin("GET", wire.PATH_SIGNING_KEY).json()).public_key_hex
+        artifact.verify_manifest(manifest, pub)

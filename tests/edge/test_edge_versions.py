@@ -42,7 +42,7 @@ TOKENIZER_BYTES = b"not really sentencepiece"
 
 
 def make_version(root: Path, vid: str, seed: int, key: Ed25519PrivateKey | None = None,
-                 sig_encoding: str = "hex") -> Path:
+                 sig_encoding: str = "hex", notices: dict[str, str] | None = None) -> Path:
     d = root / vid
     d.mkdir(parents=True)
     (d / GRAPH).write_bytes(GRAPH_BYTES)
@@ -51,7 +51,7 @@ def make_version(root: Path, vid: str, seed: int, key: Ed25519PrivateKey | None 
     weights = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in TENSORS}
     m = Manifest(version_id=vid, arch={"model": {"train_batch": 2, "seq_len": 4}}, arch_hash="h", tensors=TENSORS,
                  graph_sha256=sha256_bytes(GRAPH_BYTES), tokenizer_sha256=sha256_bytes(TOKENIZER_BYTES),
-                 weights_sha256="")
+                 weights_sha256="", notices=dict(notices or {}))
     write_version(d, m, weights)
     if key is not None:
         m.weights_sha256 = json.loads((d / MANIFEST).read_text())["weights_sha256"]
@@ -155,6 +155,28 @@ def test_signed_versions_install_with_the_key(tmp_path: Path, encoding: str):
     store = VersionStore(tmp_path / "dev", public_key=pub_hex)
     store.install("v1", fetch_from(server))
     assert store.current() == store.path("v1")
+
+
+def test_the_licence_notices_of_the_version_in_use_are_signed_and_printed(tmp_path: Path, capsys):
+    # `python -m edge_runtime notices`: what the word list's licence asks to travel with it.
+    from edge_runtime.__main__ import main as cli_main
+
+    key = Ed25519PrivateKey.generate()
+    server = tmp_path / "server"
+    make_version(server, "v1", 1, key, notices={TOKENIZER: "CC BY-SA 4.0: words from Someone (2022)"})
+    make_version(server, "v2", 2, key, notices={TOKENIZER: "CC BY-SA 4.0: words from Someone (2022)"})
+    m = json.loads((server / "v2" / MANIFEST).read_text())
+    m["notices"] = {TOKENIZER: "public domain, trust me"}
+    (server / "v2" / MANIFEST).write_text(json.dumps(m))
+    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    store.install("v1", fetch_from(server))
+    with pytest.raises(SignatureError):
+        store.install("v2", fetch_from(server))
+    assert cli_main(["notices", "--data-dir", str(tmp_path / "dev")]) == 0
+    assert capsys.readouterr().out == f"== {TOKENIZER} (version v1) ==\nCC BY-SA 4.0: words from Someone (2022)\n"
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["notices", "--data-dir", str(tmp_path / "empty")]) == 1
+    assert "no usable model version" in capsys.readouterr().err
 
 
 def test_unsigned_or_wrongly_signed_or_tampered_manifests_are_refused(tmp_path: Path):

@@ -25,7 +25,8 @@ SHAPES = {"embedding": (8, 4), "lstm_bias": (6,), "out_bias": (8,)}
 
 
 def make_version(directory: Path, version_id: str = "v0000", *, seed: int = 0,
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[artifact.Manifest, dict[str, np.ndarray]]:
+                 shapes: dict[str, tuple[int, ...]] | None = None,
+                 notices: dict[str, str] | None = None) -> tuple[artifact.Manifest, dict[str, np.ndarray]]:
     """A tiny but real version directory (the coordinator only cares about the manifest)."""
     shapes = shapes or SHAPES
     directory.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,8 @@ def make_version(directory: Path, version_id: str = "v0000", *, seed: int = 0,
     m = artifact.Manifest(version_id=version_id, arch=arch, arch_hash=artifact.arch_hash(arch),
                           tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in shapes.items()],
                           graph_sha256=artifact.sha256_file(directory / artifact.GRAPH),
-                          tokenizer_sha256=artifact.sha256_file(directory / artifact.TOKENIZER), weights_sha256="")
+                          tokenizer_sha256=artifact.sha256_file(directory / artifact.TOKENIZER), weights_sha256="",
+                          notices=dict(notices or {}))
     artifact.write_version(directory, m, weights)
     return m, weights
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_runtime.predictor import Predictor
-from protocol.artifact import load_version
+from protocol.artifact import load_version, read_manifest
 from protocol.interpreter import Model
 from protocol.text import UNK_ID, load_tokenizer, vocab_of
 from protocol.vocab import (
+    MAX_NOTICE_BYTES,
     MAX_SHARE,
     VocabError,
     add_tail_words,
@@ -220,9 +222,53 @@ def test_tail_command_line(base, tmp_path, capsys):
     f = tmp_path / "f.tsv"
     f.write_text("".join(f"{w}\t{p:g}\n" for w, p in _freqs(old, V)), encoding="utf-8")
     assert main(["--base", str(src), "--tail", str(f), "--max-tail", "1", "--out", str(tmp_path / "v")]) == 0
-    assert '"tail_words_added": 1' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"tail_words_added": 1' in out and '"notice": null' in out
+    assert read_manifest(tmp_path / "v").notices == {}     # no notice beside the list, none given
     with pytest.raises(VocabError, match="--max-tail"):
         main(["--base", str(src), "--tail", str(f), "--max-tail", "0", "--out", str(tmp_path / "w")])
+    with pytest.raises(VocabError, match="--notice go with --tail"):
+        main(["--base", str(src), "--words", str(f), "--notice", str(f), "--out", str(tmp_path / "w")])
+
+
+def test_the_lists_licence_notice_travels_in_the_signed_manifest(base, tmp_path, capsys):
+    """`tools.add_words --tail f.tsv` takes `f.LICENSE` beside it (or --notice) into the manifest's
+    `notices` for the tokenizer; a child version keeps it, a manifest without one serialises as
+    before, and the device prints it (`python -m edge_runtime notices`)."""
+    from edge_runtime.__main__ import main as device
+    from protocol.artifact import Manifest
+    from tools.add_words import main
+
+    src, manifest, _, V, old, _ = base
+    assert "notices" not in manifest.to_dict() and Manifest.from_dict(manifest.to_dict()).notices == {}
+    f = tmp_path / "f.tsv"
+    f.write_text("".join(f"{w}\t{p:g}\n" for w, p in _freqs(old, V)), encoding="utf-8")
+    (tmp_path / "f.LICENSE").write_text("## f.tsv\nCC BY-SA 4.0, from Someone (2022).\n", encoding="utf-8")
+    assert main(["--base", str(src), "--tail", str(f), "--max-tail", "1", "--out", str(tmp_path / "v")]) == 0
+    assert '"notice": "' in capsys.readouterr().out
+    m = read_manifest(tmp_path / "v")
+    assert m.notices == {"tokenizer.model": "## f.tsv\nCC BY-SA 4.0, from Someone (2022)."}
+    assert b"Someone" in m.signing_bytes()                   # what a signature covers
+    add_words(tmp_path / "v", [NEW], tmp_path / "child")
+    assert read_manifest(tmp_path / "child").notices == m.notices
+    assert device(["notices", "--model", str(tmp_path / "child")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("== tokenizer.model (version ") and "CC BY-SA 4.0, from Someone" in printed
+    assert device(["notices", "--model", str(src)]) == 0 and "no licence notices" in capsys.readouterr().out
+    (tmp_path / "g.txt").write_text(" \n", encoding="utf-8")
+    with pytest.raises(VocabError, match="notice is empty"):
+        main(["--base", str(src), "--tail", str(f), "--notice", str(tmp_path / "g.txt"), "--out", str(tmp_path / "w")])
+    (tmp_path / "g.txt").write_text("x" * (MAX_NOTICE_BYTES + 1), encoding="utf-8")
+    with pytest.raises(VocabError, match="too large"):
+        main(["--base", str(src), "--tail", str(f), "--notice", str(tmp_path / "g.txt"), "--out", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_shipped_version_0_carries_its_word_lists_notice():
+    from tools._cli import REPO
+
+    notice = read_manifest(f"{REPO}/models/v0").notices["tokenizer.model"]
+    assert notice == (Path(REPO) / "corpora" / "wordfreq_en.LICENSE").read_text(encoding="utf-8").strip()
 
 
 def test_word_lists_are_told_apart_by_content_not_by_object(base, tmp_path):
