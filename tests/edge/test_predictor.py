@@ -593,3 +593,16 @@ def test_prefetch_after_a_space_splits_warm_and_two_sessions_still_finish(predic
     for t, text in ((a, "What say you to my lord, and "), (b, "Good morrow, ")):
         for c, strip in t.firsts.strips.items():
             assert strip == p.session().update(text + c), (text, c)
+
+
+def test_span_probs_are_probs_of_bit_for_bit(predictor):
+    # The prefix ranges' P_lstm (a gather and a multiply per sorted word) equals `probs_of`, the
+    # per-word definition, exactly: strips built from either rank the same.
+    p = predictor
+    s = p.session()
+    for text in ("", "I pray you ", "What say you to my lord, and "):
+        s.update(text)
+        node = s.nodes[-1]
+        n = len(p.sorted_ids)
+        for lo, hi in ((0, n), (0, 1), (n // 3, n // 3 + 500), (n - 7, n)):
+            np.testing.assert_array_equal(p.span_probs(node, lo, hi), p.probs_of(node, p.sorted_ids[lo:hi]))
