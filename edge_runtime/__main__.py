@@ -171,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             print("text cache and personal model wiped")
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
-        elif c == "notices":
-            print(_notices(VersionStore(data_dir).current()))
+        elif c == "notices":   # the version the keyboard would use: signature-checked as it is
+            from edge_runtime.model_slot import device_public_key
+
+            key = cfg.public_key or device_public_key(data_dir)
+            print(_notices(VersionStore(data_dir, public_key=key).current()))
         return 0
     except (ConfigError, agent.AgentError, RejectedError, keyboard.KeyboardError) as e:
         print(f"error: {e}", file=sys.stderr)      # the user's input or setting: exit 2, as argparse does

@@ -143,7 +143,9 @@ def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool =
 
 
 def predictor_session(version_dir: Path) -> TypingSession:
-    """A typing session of the keyboard's predictor on a version (the canary's word metrics)."""
+    """A typing session of the keyboard's predictor on a version (the canary's word metrics).
+    With the default strip (`block_offensive` on) whatever this device's setting, so every
+    canary device measures candidate and stable the same way."""
     from edge_runtime.model_slot import load_predictor
 
     return load_predictor(version_dir).session()

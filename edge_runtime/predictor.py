@@ -354,8 +354,10 @@ class Predictor:
                 kept = sum(map(self.offered, top))
                 if kept >= m or len(top) < want:
                     break
-                want += m - kept
-            known = dict(zip(words + top, probs))
+                want = max(want + m - kept, 2 * want)
+            known = dict(zip(words, probs))
+            top_probs = [(w, p) for w, p in zip(top, probs[len(words):]) if self.offered(w)][:m]
+            known.update((w, p) for w, p in top_probs if w not in known)
             if self.block_offensive:
                 known = {w: p for w, p in known.items() if self.offered(w)}
             words, ngram = list(known), list(known.values())
@@ -395,7 +397,7 @@ class Predictor:
             kept = [w for w in words if self.offered(w)]
             if len(kept) >= m or len(words) < want:
                 return kept[:m]
-            want += m - len(kept)
+            want = max(want + m - len(kept), 2 * want)
 
     def offered(self, word: str) -> bool:
         """Whether the strip may show `word`: not blocked, or typed by this user before."""

@@ -126,8 +126,9 @@ def lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray],
 
 def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | Path, *, version_id: str = "v0",
                    parent: str | None = None, metrics: dict | None = None,
-                   graph: bytes | None = None) -> artifact.Manifest:
-    """Write a complete, linted version directory: graph, tokenizer, weights, manifest."""
+                   graph: bytes | None = None, notices: dict[str, str] | None = None) -> artifact.Manifest:
+    """Write a complete, linted version directory: graph, tokenizer, weights, manifest; `notices`
+    are the licence notices its files carry (a tokenizer copied from a version keeps that one's)."""
     cfg = m.cfg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,7 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
         parent=parent,
         created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         metrics=metrics or {},
+        notices=dict(notices or {}),
     )
     return artifact.write_version(out, manifest, weights)
 

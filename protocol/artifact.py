@@ -96,6 +96,11 @@ class Manifest:
     notices: dict[str, str] = field(default_factory=dict)
     signature: str | None = None
     format: str = MANIFEST_FORMAT
+    # Keys this code does not know (a newer writer's), kept as read: they are written back and
+    # signed with the rest, so a newer field never breaks an older reader's signature check.
+    # (Readers before the twenty-second session dropped them, so they refuse manifests with
+    # `notices`: update devices before the coordinator signs such versions.)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,17 +108,21 @@ class Manifest:
         for key in ("weights_q8_sha256", "notices"):
             if not d[key]:
                 del d[key]  # manifests without them read (and sign) as before
-        return d
+        return {**d.pop("extra"), **d}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         if d.get("format") != MANIFEST_FORMAT:
             raise ArtifactError(f"unknown manifest format {d.get('format')!r}, expected {MANIFEST_FORMAT}")
+        notices = d.get("notices", {})
+        if not (isinstance(notices, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in notices.items())):
+            raise ArtifactError("malformed manifest: notices must map file names to texts")
         try:
             tensors = [TensorSpec(t["name"], tuple(int(s) for s in t["shape"]), t["dtype"]) for t in d["tensors"]]
-            known = {f for f in cls.__dataclass_fields__}
+            known = {f for f in cls.__dataclass_fields__} - {"extra"}
             kw = {k: v for k, v in d.items() if k in known and k != "tensors"}
-            return cls(tensors=tensors, **kw)
+            return cls(tensors=tensors, extra={k: v for k, v in d.items() if k not in known and k != "tensors"}, **kw)
         except (KeyError, TypeError) as e:
             raise ArtifactError(f"malformed manifest: {e}") from e
 

@@ -265,8 +265,9 @@ def add_tail_words(src: str | Path, words: Sequence[tuple[str, float]], out: str
     _check_out(out, version_id)
     manifest, weights = load_version(src, verify=True)
     tokenizer, added = extend_tail((src / TOKENIZER).read_bytes(), words, limit)
-    if notice.strip():
-        manifest.notices = {**manifest.notices, TOKENIZER: notice.strip()}
+    notice, had = notice.strip(), manifest.notices.get(TOKENIZER, "")
+    if notice and notice not in had:   # a second list's notice joins the first's: both lists' words stay
+        manifest.notices = {**manifest.notices, TOKENIZER: f"{had}\n\n{notice}" if had else notice}
     vid = _derive(src, out, manifest, tokenizer, weights, version_id, f"t{len(added)}",
                   {"tail_words": {"added": len(added), "pieces": len(_parse(tokenizer).pieces)}})
     return vid, added

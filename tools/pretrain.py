@@ -81,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     train_texts, val_texts = split.texts("train"), split.texts("validation")
     print(f"{source}: {len(split.train)} train users ({len(train_texts)} texts), "
           f"{len(split.validation)} validation users, {len(split.test)} test users")
+    notices: dict[str, str] = {}
     if args.init:
         m, base = load_module(args.init)
         tok_path = Path(args.init) / "tokenizer.model"
         parent = base.version_id
+        notices = base.notices   # the same word list, so the same licence notice
     else:
         tok_path = out / "tokenizer.model"
         print(f"building the word list ({args.word_list_size} words, the LSTM models {args.vocab_size}) "
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                                      {k: v for k, v in base.metrics.items() if k != "earlier_stages"}]
         parent = base.parent
     print("exporting to TFLite (builtin ops only) and linting in the slim interpreter...")
-    manifest = export_version(m, tok_path, out, version_id=version_id, parent=parent, metrics=metrics)
+    manifest = export_version(m, tok_path, out, version_id=version_id, parent=parent, metrics=metrics,
+                              notices=notices)
     print(json.dumps({"version": manifest.version_id, "dir": str(out), "params": manifest.num_params,
                       "val_loss": hist.val_loss, "seconds": round(time.time() - t0, 1)}))
     return 0

@@ -177,6 +177,12 @@ def test_the_licence_notices_of_the_version_in_use_are_signed_and_printed(tmp_pa
     (tmp_path / "empty").mkdir()
     assert cli_main(["notices", "--data-dir", str(tmp_path / "empty")]) == 1
     assert "no usable model version" in capsys.readouterr().err
+    # Edited on the device's disk: with the coordinator's key (as the keyboard checks) it is refused.
+    installed = store.path("v1") / MANIFEST
+    installed.write_text(installed.read_text().replace("Someone", "Nobody"))
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    assert cli_main(["notices", "--data-dir", str(tmp_path / "dev"), "--set", f"public_key={pub}"]) == 1
+    assert "no usable model version" in capsys.readouterr().err
 
 
 def test_unsigned_or_wrongly_signed_or_tampered_manifests_are_refused(tmp_path: Path):

@@ -74,3 +74,27 @@ def test_a_signature_by_another_key_is_refused():
         artifact.verify_manifest(m, Ed25519PrivateKey.generate().public_key())
     with pytest.raises(artifact.SignatureError):
         artifact.verify_manifest(m, "short")
+
+
+def test_a_newer_writers_fields_are_kept_and_signed_so_older_readers_still_verify():
+    # Keys this code does not know are read into `extra` and written back as they were: a
+    # manifest signed by a newer coordinator verifies here, and a tampered unknown key does not.
+    key = Ed25519PrivateKey.generate()
+    newer = artifact.Manifest.from_dict({**manifest(Arch(CFG).to_dict()).to_dict(), "colour": {"a": [1, 2]}})
+    assert newer.extra == {"colour": {"a": [1, 2]}} and newer.to_dict()["colour"] == {"a": [1, 2]}
+    signed = artifact.sign_manifest(newer, key).to_dict()
+    read = artifact.Manifest.from_dict(signed)
+    artifact.verify_manifest(read, key.public_key())
+    read.extra["colour"] = "red"
+    with pytest.raises(artifact.SignatureError):
+        artifact.verify_manifest(read, key.public_key())
+    # A manifest without notices or unknown keys serialises exactly as before they existed.
+    assert set(manifest(Arch(CFG).to_dict()).to_dict()) == {
+        "version_id", "arch", "arch_hash", "tensors", "graph_sha256", "tokenizer_sha256", "weights_sha256",
+        "parent", "created_at", "metrics", "privacy", "signature", "format"}
+
+
+@pytest.mark.parametrize("notices", [["x"], "CC BY", {"tokenizer.model": 3}, {1: "x"}])
+def test_malformed_notices_are_an_artifact_error(notices):
+    with pytest.raises(artifact.ArtifactError, match="notices must map file names to texts"):
+        artifact.Manifest.from_dict({**manifest(Arch(CFG).to_dict()).to_dict(), "notices": notices})

@@ -251,6 +251,13 @@ def test_the_lists_licence_notice_travels_in_the_signed_manifest(base, tmp_path,
     assert b"Someone" in m.signing_bytes()                   # what a signature covers
     add_words(tmp_path / "v", [NEW], tmp_path / "child")
     assert read_manifest(tmp_path / "child").notices == m.notices
+    # A second list's words join the first's in the word list, and its notice joins the first's.
+    (tmp_path / "g.txt").write_text("Another list, CC BY 4.0.\n", encoding="utf-8")
+    assert main(["--base", str(tmp_path / "v"), "--tail", str(f), "--notice", str(tmp_path / "g.txt"),
+                 "--out", str(tmp_path / "v2")]) == 0
+    capsys.readouterr()
+    assert read_manifest(tmp_path / "v2").notices == {
+        "tokenizer.model": "## f.tsv\nCC BY-SA 4.0, from Someone (2022).\n\nAnother list, CC BY 4.0."}
     assert device(["notices", "--model", str(tmp_path / "child")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("== tokenizer.model (version ") and "CC BY-SA 4.0, from Someone" in printed
