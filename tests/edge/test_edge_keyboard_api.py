@@ -89,10 +89,10 @@ def test_the_space_after_a_word_is_readied_between_keystrokes(server):
     while time.monotonic() < deadline:
         with server.app.slot.lock:
             readied = server.app._sessions["a"][1].readied
-        if readied is not None and readied.chunk == "you":
-            break
+        if readied is not None and readied.chunk == "you" and readied.strip is not None:
+            break   # the state is fed in one call and the strip ranked in the next
         time.sleep(0.01)
-    assert readied is not None and readied.chunk == "you"
+    assert readied is not None and readied.chunk == "you" and readied.strip is not None
     got = post(server, "api/suggest", {"client": "a", "text": "I pray you "}).json()["suggestions"]
     assert got == readied.strip == server.app.slot.predictor.session().update("I pray you ")
     # Wiping the user's data also forgets the texts being typed and what was readied from them.
@@ -230,7 +230,8 @@ def test_a_commit_readies_the_session_being_typed_in_again(server):
 
     post(server, "api/suggest", {"client": "a", "text": "I pray you"})   # client a types on
     assert _until(lambda: app._sessions["a"][1].readied is not None
-                  and app._sessions["a"][1].readied.chunk == "you")
+                  and app._sessions["a"][1].readied.chunk == "you"
+                  and app._sessions["a"][1].readied.strip is not None)
     stale = app._sessions["a"][1].readied
     post(server, "api/suggest", {"client": "b", "text": ""})   # another page asks after it
     # a's page commits a finished sentence and names itself: a is readied, not the last to ask
