@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -50,6 +51,7 @@ from protocol.ngram import KneserNeyLM
 from protocol.text import BOS_ID, UNK_ID, complete_tokens, is_blocked, tokens, typed_chunks, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
+_T = TypeVar("_T")
 # Share of the LSTM's <unk> probability given to the word list's rarer words (the rest stands for
 # words outside the list); among them it goes by proxy frequency. 0 turns the tail off.
 TAIL_MASS = 0.8
@@ -347,19 +349,11 @@ class Predictor:
             cands.update(self.personal.candidates(hist, prefix, m))
         ngram = None
         if wn:  # the n-gram's suggestions and its probabilities in one pass
-            words = list(cands)
-            want = m
-            while True:  # its best m offered words: ask again past any blocked ones (rare)
-                top, probs = self.base.suggest_scored(hist, want, words, oov=0.0)
-                kept = sum(map(self.offered, top))
-                if kept >= m or len(top) < want:
-                    break
-                want = max(want + m - kept, 2 * want)
+            words = list(cands)   # offered already: the LSTM's from `offered`, the user's typed
+            top, probs = self._offered_best(m, lambda n: self.base.suggest_scored(hist, n, words, oov=0.0))
             known = dict(zip(words, probs))
             top_probs = [(w, p) for w, p in zip(top, probs[len(words):]) if self.offered(w)][:m]
             known.update((w, p) for w, p in top_probs if w not in known)
-            if self.block_offensive:
-                known = {w: p for w, p in known.items() if self.offered(w)}
             words, ngram = list(known), list(known.values())
         else:
             words = list(cands)
@@ -391,13 +385,19 @@ class Predictor:
     def base_top(self, hist: tuple[str, ...], prefix: str, m: int) -> list[str]:
         """The base n-gram's best m offered words for `prefix`: blocked ones are skipped, not
         counted, so a blocked word among its best does not leave the n-gram fewer candidates."""
+        words, _ = self._offered_best(m, lambda n: (self.base.suggest(hist, prefix, n), None))
+        return [w for w in words if self.offered(w)][:m]
+
+    def _offered_best(self, m: int, ask: Callable[[int], tuple[list[str], _T]]) -> tuple[list[str], _T]:
+        """`ask(n)` (a part's best n words, and what came with them) for n from m up, growing
+        past blocked words until its words hold m offered ones or it has no more; the last answer."""
         want = m
         while True:
-            words = self.base.suggest(hist, prefix, want)
-            kept = [w for w in words if self.offered(w)]
-            if len(kept) >= m or len(words) < want:
-                return kept[:m]
-            want = max(want + m - len(kept), 2 * want)
+            words, more = ask(want)
+            kept = sum(map(self.offered, words))
+            if kept >= m or len(words) < want:
+                return words, more
+            want = max(want + m - kept, 2 * want)
 
     def offered(self, word: str) -> bool:
         """Whether the strip may show `word`: not blocked, or typed by this user before."""

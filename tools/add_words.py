@@ -59,14 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     limit = DEFAULT_MAX_TAIL if args.max_tail is None else args.max_tail
     if limit < 1:
         raise VocabError("--max-tail must be >= 1")
-    notice_path = Path(args.notice) if args.notice is not None else Path(args.tail).with_suffix(".LICENSE")
-    if args.notice is None and not notice_path.is_file():
-        notice_path = None
-    notice = read_notice(notice_path) if notice_path is not None else ""
+    beside = Path(args.tail).with_suffix(".LICENSE")
+    notice_path = Path(args.notice) if args.notice is not None else (beside if beside.is_file() else None)
     vid, added = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=limit,
-                                version_id=args.version_id, notice=notice)
+                                version_id=args.version_id, notice=read_notice(notice_path) if notice_path else "")
     print(json.dumps({"version_id": vid, "out": args.out, "tail_words_added": len(added), "first": added[:10],
-                      "notice": str(notice_path) if notice else None}, indent=2))
+                      "notice": str(notice_path) if notice_path else None}, indent=2))
     return 0
 
 
