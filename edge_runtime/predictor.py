@@ -12,6 +12,10 @@
 - P_personal: the user's own words (`PersonalModel`), learned from the device's text cache
   only, never uploaded.
 
+A typed prefix is completed from that mixture and from the words of the text being typed
+(`TextWords`, a cache model: a name or a term typed once in an e-mail is likely again in it),
+which get `TEXT_WEIGHT` of a completion's score by how often this text holds them.
+
 (a, b, c) are learned on the device from what the user commits: online EM on each component's
 posterior responsibility for every committed token, from a Dirichlet prior. A user whose text the
 global LSTM predicts well moves weight to it; one who repeats themselves, to their own words.
@@ -47,7 +51,7 @@ import numpy as np
 from edge_runtime.personal import BOS, PersonalModel
 from protocol.arch import SIG_INFER, SIG_STEP
 from protocol.interpreter import Model
-from protocol.ngram import KneserNeyLM
+from protocol.ngram import KneserNeyLM, leading_word
 from protocol.text import BOS_ID, UNK_ID, complete_tokens, is_blocked, tokens, typed_chunks, vocab_of
 
 _MAX_CHAR = chr(0x10FFFF)
@@ -70,6 +74,51 @@ LEARN_PART = 16
 # "10-19-20sUser" handles); the others are ranked on the keystroke.
 FIRST_LETTERS = 16
 FIRST_PART = 2
+# The share of a completion's score that goes to the words of the text being typed, by how often
+# the text holds each (Kuhn and De Mori 1990's cache). On held-out e-mail senders it completes
+# names, addresses and terms the word list lacks (docs/quality.md, "This text's words"); after a
+# space it is left out, where it cost next-word top-3.
+TEXT_WEIGHT = 0.05
+
+
+class TextWords:
+    """The words of the text being typed (its completed chunks' leading words), counted; a
+    backspace over a chunk takes its word back. They live in the session only: the user's own
+    words (`PersonalModel`) learn a text when it is committed. Kept sorted too, so a prefix's
+    words are a bisection however long the text grows."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.n = 0
+        self._sorted: list[str] = []
+
+    def add(self, chunk: str) -> None:
+        w = leading_word(chunk)
+        if w:
+            if w not in self.counts:
+                bisect.insort(self._sorted, w)
+            self.counts[w] = self.counts.get(w, 0) + 1
+            self.n += 1
+
+    def remove(self, chunk: str) -> None:
+        w = leading_word(chunk)
+        if w:
+            left = self.counts[w] - 1
+            if left:
+                self.counts[w] = left
+            else:
+                del self.counts[w]
+                del self._sorted[bisect.bisect_left(self._sorted, w)]
+            self.n -= 1
+
+    def starting(self, prefix: str) -> list[str]:
+        """The text's words that start with `prefix`."""
+        lo = bisect.bisect_left(self._sorted, prefix)
+        return self._sorted[lo:bisect.bisect_left(self._sorted, prefix + _MAX_CHAR, lo)]
+
+    def share(self, word: str) -> float:
+        """How often the text holds `word`, of all its words."""
+        return self.counts.get(word, 0) / self.n if self.n else 0.0
 
 
 @dataclass
@@ -93,6 +142,9 @@ class Predictor:
     # Slurs, strong profanity and explicit slang (`protocol.text.is_blocked`) are not offered
     # unless this user typed the word before, as keyboards do by default.
     block_offensive: bool = True
+    # The share of a completion's score for the words of the text being typed; 0 turns it off
+    # (the references that score the LSTM alone).
+    text_weight: float = TEXT_WEIGHT
 
     def __post_init__(self) -> None:
         if self.model.manifest is None:
@@ -331,15 +383,17 @@ class Predictor:
             sc = [a + wp * b for a, b in zip(sc, self.personal.probs(words, hist))]
         return sc
 
-    def suggest(self, node: _Node, hist: tuple[str, ...], prefix: str = "", k: int = 3) -> list[str]:
+    def suggest(self, node: _Node, hist: tuple[str, ...], prefix: str = "", k: int = 3,
+                text: TextWords | None = None) -> list[str]:
         """Top-k distinct words starting with `prefix` after the context (`node`, `hist`): each
-        component proposes its best m, the mixture ranks them (ties by word)."""
+        component proposes its best m, the mixture ranks them (ties by word); a prefix is also
+        completed from the words of the `text` being typed (`with_text`)."""
         if k <= 0:
             return []
         weights = self.weights()
         if prefix:
-            words = list(self._candidates(node, hist, prefix, k, weights))
-            return _best(words, self.scores(node, hist, words, weights), k)
+            words = list(self._candidates(node, hist, prefix, k, weights) | set(self.text_words(text, prefix)))
+            return _best(words, self.with_text(self.scores(node, hist, words, weights), words, text), k)
         _, wn, wp = weights
         m = self._per_part(weights, k)
         cands: set[str] = set()
@@ -360,6 +414,20 @@ class Predictor:
         if not words:
             return []
         return _best(words, self.scores(node, hist, words, weights, ngram), k)
+
+    def text_words(self, text: TextWords | None, prefix: str) -> list[str]:
+        """The words of the text being typed that complete `prefix` and may be offered."""
+        if text is None or not text.n or not self.text_weight:
+            return []
+        return [w for w in text.starting(prefix) if self.offered(w)]
+
+    def with_text(self, scores: list[float], words: list[str], text: TextWords | None) -> list[float]:
+        """A completion's score: (1 - text_weight) * the mixture's + text_weight * the word's share
+        of the text being typed; unchanged when no word is in the text."""
+        tw = self.text_weight
+        if text is None or not tw or not any(w in text.counts for w in words):
+            return scores
+        return [(1.0 - tw) * sc + tw * text.share(w) for sc, w in zip(scores, words)]
 
     def _per_part(self, weights: tuple[float, float, float], k: int) -> int:
         """How many words each part proposes: `candidates` when another part is mixed in with the
@@ -422,17 +490,21 @@ class Predictor:
         return [self._firsts[i] for i in np.argsort(-mass, kind="stable")[:n].tolist()]
 
     def first_strips(self, node: _Node, hist: tuple[str, ...], firsts: Sequence[str],
-                     k: int = 3) -> dict[str, list[str]]:
-        """`suggest(node, hist, c, k)` for each one-character prefix c of `firsts`, with every
+                     k: int = 3, text: TextWords | None = None) -> dict[str, list[str]]:
+        """`suggest(node, hist, c, k, text)` for each one-character prefix c of `firsts`, with every
         candidate scored in one pass: a word's score depends on the context, not on the prefix,
         so each strip is the one `suggest` gives."""
         if k <= 0:
             return {c: [] for c in firsts}
         weights = self.weights()
-        per = {c: self._candidates(node, hist, c, k, weights) for c in firsts}
+        per = {c: self._candidates(node, hist, c, k, weights) | set(self.text_words(text, c)) for c in firsts}
         words = list(set().union(*per.values()))
         score = dict(zip(words, self.scores(node, hist, words, weights)))
-        return {c: _best(list(ws), [score[w] for w in ws], k) for c, ws in per.items()}
+        strips = {}
+        for c, ws in per.items():
+            ws = list(ws)
+            strips[c] = _best(ws, self.with_text([score[w] for w in ws], ws, text), k)
+        return strips
 
 
 def _best(words: list[str], scores: list[float], k: int) -> list[str]:
@@ -449,6 +521,7 @@ class Session:
 
     def reset(self) -> None:
         self.chunks: list[str] = []
+        self.words = TextWords()   # the completed chunks' words, for completing a prefix
         self.nodes: list[_Node] = [self.p.root]
         self.hists: list[tuple[str, ...]] = [(BOS, BOS)]
         # (token, state, history) after each complete token of the chunk being typed, fed ahead
@@ -495,6 +568,7 @@ class Session:
 
     def _append(self, chunk: str, node: _Node, hist: tuple[str, ...]) -> None:
         self.chunks.append(chunk)
+        self.words.add(chunk)
         self.nodes.append(node)
         self.hists.append(hist)
         self.ahead = []
@@ -521,13 +595,15 @@ class Session:
         """Back to the state after the first `n_chunks` chunks (backspace, cursor moves)."""
         self.text = None
         if n_chunks < len(self.chunks):
+            for chunk in self.chunks[n_chunks:]:
+                self.words.remove(chunk)
             del self.chunks[n_chunks:]
             del self.nodes[n_chunks + 1:]
             del self.hists[n_chunks + 1:]
             self.ahead = []
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
-        return self.p.suggest(self.nodes[-1], self.hists[-1], prefix, k)
+        return self.p.suggest(self.nodes[-1], self.hists[-1], prefix, k, self.words)
 
     def update(self, text: str, k: int = 3) -> list[str]:
         """The keyboard's entry point: the whole text before the cursor in, suggestions out.
@@ -608,7 +684,7 @@ class Session:
             return bool(self.firsts.todo)
         if f.todo:
             part, f.todo = f.todo[:FIRST_PART], f.todo[FIRST_PART:]
-            f.strips.update(self.p.first_strips(node, hist, part, k))
+            f.strips.update(self.p.first_strips(node, hist, part, k, self.words))
         return bool(f.todo)
 
 

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = True, personal_lstm: bool = True):
     """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM, the
     base n-gram and what it learns on the device: the user's own words and, with `personal_lstm`,
-    its own fine-tuned copy of the LSTM; without `own_words` neither) or the global LSTM alone.
+    its own fine-tuned copy of the LSTM, and the words of the text being typed; without `own_words`
+    none of them) or the global LSTM alone.
 
     A keyboard session's `personalize()` is the device's idle-and-charging moment: it fine-tunes
     the user's copy on the text learned so far (`edge_runtime.personalize`, the device's defaults)."""
@@ -51,7 +52,7 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
 
     from edge_runtime import personalize, trainer
     from edge_runtime.base_ngram import load_base_ngram
-    from edge_runtime.predictor import Predictor
+    from edge_runtime.predictor import TEXT_WEIGHT, Predictor
     from protocol.artifact import TOKENIZER
     from protocol.interpreter import Model
     from protocol.text import load_tokenizer
@@ -62,7 +63,9 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
     trainable: list[trainer.SignatureModel] = []   # one training interpreter, reset for every user
 
     def new_session():
-        predictor = Predictor(model, sp, base=base)
+        # The words of the text being typed count with what the device learns (`own_words`): the
+        # LSTM alone and the keyboard without it complete from the word list only.
+        predictor = Predictor(model, sp, base=base, text_weight=TEXT_WEIGHT if personal and own_words else 0.0)
         session = predictor.session()
         if not (personal and own_words):
             return session

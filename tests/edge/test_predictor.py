@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
-from edge_runtime.predictor import Predictor
+from edge_runtime.predictor import TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
+from protocol.ngram import leading_word
 from protocol.text import BOS_ID, load_tokenizer, tokens
 
 TEXT = "What say you to my lord, and shall we go to the king"
@@ -148,9 +151,27 @@ def test_the_base_ngram_joins_the_mixture_and_the_weights_follow_the_user(predic
     assert sum(p.weights()) == pytest.approx(1.0)
 
 
+def test_a_word_typed_earlier_in_the_text_completes_its_prefix_until_it_is_deleted(predictor, base_ngram):
+    """A word the word list lacks, typed once in this text, completes its prefix later in it (not
+    after a space, and not in another text before it is committed); a backspace over it takes it
+    back, and a blocked word typed in the text is not offered until the user commits it."""
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    assert "Zorblax" not in p.vocab.index and "Zorblax" not in p.personal.uni
+    s = p.session()
+    assert "Zorblax" not in s.update("Zo")
+    assert s.update("Zorblax said the king and Zo")[0] == "Zorblax"
+    assert "Zorblax" not in s.update("Zorblax said the king and ")
+    assert "Zorblax" not in s.update("said the king and Zo")   # the chunk edited away
+    assert "Zorblax" not in p.session().update("the king and Zo")
+    assert s.update("the Zorblax, the Zorblax and Zo") == s.suggest("Zo") and s.words.counts["Zorblax"] == 2
+    assert "fuckers" not in s.update("fuckers said the king and fu")
+    p.learn("fuckers")
+    assert "fuckers" in p.session().update("fuckers said the king and fu")
+
+
 def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram):
     """Every word in the strip is a word-list word (the LSTM's or the base n-gram's) or a word the
-    user typed before."""
+    user typed before: committed, or earlier in the text being typed."""
     from tests.tiny_version import tiny_texts
 
     p = Predictor(predictor.model, predictor.sp, base=base_ngram)
@@ -159,8 +180,10 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
     for text in tiny_texts(3000)[1500:]:
         s = p.session()
         for i in range(1, len(text) + 1):
+            done = text[:i].split() if text[i - 1].isspace() else text[:i].split()[:-1]   # completed chunks
+            typed_here = set(map(leading_word, done))
             for w in s.update(text[:i]):
-                non_words += w not in allowed or not any(ch.isalnum() for ch in w)
+                non_words += (w not in allowed and w not in typed_here) or not any(ch.isalnum() for ch in w)
             keys += 1
             if keys >= 10_000:
                 break
@@ -171,9 +194,11 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
     assert keys == 10_000 and non_words == 0
 
 
-def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int = 3) -> list[str]:
+def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int = 3,
+                      before: Sequence[str] = ()) -> list[str]:
     """The strip as first written: argpartition over the prefix range's P_lstm, every candidate
-    scored one at a time with the scalar probabilities."""
+    scored one at a time with the scalar probabilities; a prefix also completed from the words of
+    the completed chunks `before` it, each scored by its share of them."""
     wl, wn, wp = p.weights()
     m = p.candidates if (wn or wp) else k
     cands: set[str] = set()
@@ -187,6 +212,9 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
         cands.update(p.base_top(hist, prefix, m))
     if wp:
         cands.update(p.personal.candidates(hist, prefix, m))
+    typed = [w for w in map(leading_word, before) if w] if prefix else []   # not after a space
+    cands.update(w for w in typed if w.startswith(prefix) and p.offered(w))
+    share = {w: typed.count(w) / len(typed) for w in cands if w in typed}
 
     def score(w: str) -> float:
         sc = wl * p.lstm_prob(node, w) if w in p.vocab.index else 0.0
@@ -194,6 +222,8 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
             sc += wn * p.ngram_prob(w, hist)
         if wp:
             sc += wp * p.personal.prob(w, hist)
+        if share:
+            sc = (1 - TEXT_WEIGHT) * sc + TEXT_WEIGHT * share.get(w, 0.0)
         return sc
 
     return sorted(cands, key=lambda w: (-score(w), w))[:k]
@@ -214,7 +244,7 @@ def test_fast_suggestions_equal_scoring_one_candidate_at_a_time(predictor, base_
             for i in range(1, len(text) + 1):
                 got = s.update(text[:i])
                 partial = "" if text[i - 1].isspace() else text[:i].split()[-1]
-                assert got == reference_suggest(p, s.nodes[-1], s.hists[-1], partial), text[:i]
+                assert got == reference_suggest(p, s.nodes[-1], s.hists[-1], partial, before=s.chunks), text[:i]
                 keys += 1
             if n % 4 == 0:
                 p.learn(text)
@@ -281,7 +311,8 @@ def test_prefetch_between_keystrokes_changes_no_strip_and_spares_the_space(predi
     ranked: list[str] = []
     real_advance, real_suggest = p.advance_ids, p.suggest
     p.advance_ids = lambda node, ids: steps.append(list(ids)) or real_advance(node, ids)
-    p.suggest = lambda node, hist, prefix="", k=3: ranked.append(prefix) or real_suggest(node, hist, prefix, k)
+    p.suggest = lambda node, hist, prefix="", k=3, text=None: (ranked.append(prefix)
+                                                              or real_suggest(node, hist, prefix, k, text))
     try:
         for t in ("shall we go", "shall we go "):
             steps.clear(), ranked.clear()

@@ -91,7 +91,8 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
         "ngram": f"ngram:{corpus_key}",
         "ngram_shared": f"ngram:users>=2:v2:{corpus_key}",   # v2: continuation counts of every extension
         "ngram_proxy": f"ngram:{':'.join(_file_key(Path(p)) for p in proxy)}:{corpus_key}",
-        "proxy": f"keyboard:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
+        # v2: the keyboard completes from the words of the text being typed (`Predictor.text_weight`)
+        "proxy": f"keyboard:v2:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
         "proxy_lstm": f"lstm:{_sha(v0 / 'manifest.json')}:{corpus_key}",
     }
     if central is not None:
