@@ -14,7 +14,9 @@
 
 A typed prefix is completed from that mixture and from the words of the text being typed
 (`TextWords`, a cache model: a name or a term typed once in an e-mail is likely again in it),
-which get `TEXT_WEIGHT` of a completion's score by how often this text holds them.
+which get `TEXT_WEIGHT` of a completion's score by how often this text holds them; the next
+word, from the mixture and from the words that followed the last chunk earlier in the text
+(`FOLLOW_WEIGHT`).
 
 (a, b, c) are learned on the device from what the user commits: online EM on each component's
 posterior responsibility for every committed token, from a Dirichlet prior. A user whose text the
@@ -79,28 +81,38 @@ FIRST_PART = 2
 # names, addresses and terms the word list lacks (docs/quality.md, "This text's words"); after a
 # space it is left out, where it cost next-word top-3.
 TEXT_WEIGHT = 0.05
+# The same for the next word after a space, from the words that followed the last chunk earlier in
+# the text (a bigram cache): "Red" followed by "Hat" once makes "Hat" likely after the next "Red".
+FOLLOW_WEIGHT = 0.1
 
 
 class TextWords:
-    """The words of the text being typed (its completed chunks' leading words), counted; a
-    backspace over a chunk takes its word back. They live in the session only: the user's own
-    words (`PersonalModel`) learn a text when it is committed. Kept sorted too, so a prefix's
-    words are a bisection however long the text grows."""
+    """The words of the text being typed (its completed chunks' leading words), counted, and which
+    words followed each chunk in it; `pop` takes the last chunk back (a backspace over it). They
+    live in the session only: the user's own words (`PersonalModel`) learn a text when it is
+    committed. Kept sorted too, so a prefix's words are a bisection however long the text grows."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.n = 0
         self._sorted: list[str] = []
+        self._chunks: list[str] = []
+        self._follows: dict[str, dict[str, int]] = {}   # chunk -> {the word after it: count}
 
-    def add(self, chunk: str) -> None:
+    def push(self, chunk: str) -> None:
         w = leading_word(chunk)
         if w:
             if w not in self.counts:
                 bisect.insort(self._sorted, w)
             self.counts[w] = self.counts.get(w, 0) + 1
             self.n += 1
+            if self._chunks:
+                after = self._follows.setdefault(self._chunks[-1], {})
+                after[w] = after.get(w, 0) + 1
+        self._chunks.append(chunk)
 
-    def remove(self, chunk: str) -> None:
+    def pop(self) -> None:
+        chunk = self._chunks.pop()
         w = leading_word(chunk)
         if w:
             left = self.counts[w] - 1
@@ -110,6 +122,15 @@ class TextWords:
                 del self.counts[w]
                 del self._sorted[bisect.bisect_left(self._sorted, w)]
             self.n -= 1
+            if self._chunks:
+                prev = self._chunks[-1]
+                after = self._follows[prev]
+                if after[w] > 1:
+                    after[w] -= 1
+                elif len(after) > 1:
+                    del after[w]
+                else:
+                    del self._follows[prev]
 
     def starting(self, prefix: str) -> list[str]:
         """The text's words that start with `prefix`."""
@@ -119,6 +140,20 @@ class TextWords:
     def share(self, word: str) -> float:
         """How often the text holds `word`, of all its words."""
         return self.counts.get(word, 0) / self.n if self.n else 0.0
+
+    def after(self, pending: str | None = None) -> dict[str, int]:
+        """The words that followed the last chunk earlier in the text, counted; with `pending`,
+        those that followed `pending` in the text with `pending` appended (what `prefetch`
+        readies for the space after the chunk being typed)."""
+        if pending is None:
+            if not self._chunks:
+                return {}
+            return self._follows.get(self._chunks[-1], {})
+        got = self._follows.get(pending, {})
+        w = leading_word(pending)
+        if self._chunks and self._chunks[-1] == pending and w:   # "very very": the pair it completes
+            got = {**got, w: got.get(w, 0) + 1}
+        return got
 
 
 @dataclass
@@ -142,9 +177,11 @@ class Predictor:
     # Slurs, strong profanity and explicit slang (`protocol.text.is_blocked`) are not offered
     # unless this user typed the word before, as keyboards do by default.
     block_offensive: bool = True
-    # The share of a completion's score for the words of the text being typed; 0 turns it off
-    # (the references that score the LSTM alone).
+    # The share of a completion's score for the words of the text being typed, and of a next
+    # word's for those that followed the last chunk in it; 0 turns them off (the references that
+    # score the LSTM alone).
     text_weight: float = TEXT_WEIGHT
+    follow_weight: float = FOLLOW_WEIGHT
 
     def __post_init__(self) -> None:
         if self.model.manifest is None:
@@ -384,10 +421,11 @@ class Predictor:
         return sc
 
     def suggest(self, node: _Node, hist: tuple[str, ...], prefix: str = "", k: int = 3,
-                text: TextWords | None = None) -> list[str]:
+                text: TextWords | None = None, follows: dict[str, int] | None = None) -> list[str]:
         """Top-k distinct words starting with `prefix` after the context (`node`, `hist`): each
         component proposes its best m, the mixture ranks them (ties by word); a prefix is also
-        completed from the words of the `text` being typed (`with_text`)."""
+        completed from the words of the `text` being typed (`with_text`), and the next word (no
+        prefix) from the words that `follows` the last chunk in it (`TextWords.after`)."""
         if k <= 0:
             return []
         weights = self.weights()
@@ -401,6 +439,9 @@ class Predictor:
         cands.update(vw[i] for i in self.lstm_top(node, m).tolist())
         if wp:
             cands.update(self.personal.candidates(hist, prefix, m))
+        follows = follows if follows and self.follow_weight else None
+        if follows:
+            cands.update(w for w in follows if self.offered(w))
         ngram = None
         if wn:  # the n-gram's suggestions and its probabilities in one pass
             words = list(cands)   # offered already: the LSTM's from `offered`, the user's typed
@@ -413,7 +454,11 @@ class Predictor:
             words = list(cands)
         if not words:
             return []
-        return _best(words, self.scores(node, hist, words, weights, ngram), k)
+        scores = self.scores(node, hist, words, weights, ngram)
+        if follows:
+            fw, n = self.follow_weight, sum(follows.values())
+            scores = [(1.0 - fw) * sc + fw * follows.get(w, 0) / n for sc, w in zip(scores, words)]
+        return _best(words, scores, k)
 
     def text_words(self, text: TextWords | None, prefix: str) -> list[str]:
         """The words of the text being typed that complete `prefix` and may be offered."""
@@ -568,7 +613,7 @@ class Session:
 
     def _append(self, chunk: str, node: _Node, hist: tuple[str, ...]) -> None:
         self.chunks.append(chunk)
-        self.words.add(chunk)
+        self.words.push(chunk)
         self.nodes.append(node)
         self.hists.append(hist)
         self.ahead = []
@@ -595,15 +640,16 @@ class Session:
         """Back to the state after the first `n_chunks` chunks (backspace, cursor moves)."""
         self.text = None
         if n_chunks < len(self.chunks):
-            for chunk in self.chunks[n_chunks:]:
-                self.words.remove(chunk)
+            for _ in range(len(self.chunks) - n_chunks):
+                self.words.pop()
             del self.chunks[n_chunks:]
             del self.nodes[n_chunks + 1:]
             del self.hists[n_chunks + 1:]
             self.ahead = []
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
-        return self.p.suggest(self.nodes[-1], self.hists[-1], prefix, k, self.words)
+        return self.p.suggest(self.nodes[-1], self.hists[-1], prefix, k, self.words,
+                              None if prefix else self.words.after())
 
     def update(self, text: str, k: int = 3) -> list[str]:
         """The keyboard's entry point: the whole text before the cursor in, suggestions out.
@@ -667,7 +713,7 @@ class Session:
             node, hist = self._fed(toks)
             self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), None)
             return True
-        strip = self.p.suggest(node, hist, "", k)
+        strip = self.p.suggest(node, hist, "", k, follows=self.words.after(partial))
         self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), strip)
         return False
 

@@ -104,7 +104,7 @@ def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: boo
     builds the full keyboard; this one switches parts off one by one). `ngram` replaces the
     shipped base n-gram (`--ngram-bounds`: what an n-gram learned from devices could add)."""
     from edge_runtime.base_ngram import load_base_ngram
-    from edge_runtime.predictor import TAIL_MASS, TEXT_WEIGHT, Predictor
+    from edge_runtime.predictor import FOLLOW_WEIGHT, TAIL_MASS, TEXT_WEIGHT, Predictor
     from protocol.artifact import TOKENIZER
     from protocol.interpreter import Model
     from protocol.text import load_tokenizer
@@ -122,7 +122,8 @@ def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: boo
     def new_session():
         # The words of the text being typed count as the user's own words (`Predictor.text_weight`).
         p = Predictor(model, sp, base=ngram, tail_mass=TAIL_MASS if tail else 0.0,
-                      text_weight=TEXT_WEIGHT if own_words else 0.0)
+                      text_weight=TEXT_WEIGHT if own_words else 0.0,
+                      follow_weight=FOLLOW_WEIGHT if own_words else 0.0)
         s = p.session()
         if own_words:
             s.learn = p.learn

@@ -52,7 +52,7 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
 
     from edge_runtime import personalize, trainer
     from edge_runtime.base_ngram import load_base_ngram
-    from edge_runtime.predictor import TEXT_WEIGHT, Predictor
+    from edge_runtime.predictor import FOLLOW_WEIGHT, TEXT_WEIGHT, Predictor
     from protocol.artifact import TOKENIZER
     from protocol.interpreter import Model
     from protocol.text import load_tokenizer
@@ -65,7 +65,9 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
     def new_session():
         # The words of the text being typed count with what the device learns (`own_words`): the
         # LSTM alone and the keyboard without it complete from the word list only.
-        predictor = Predictor(model, sp, base=base, text_weight=TEXT_WEIGHT if personal and own_words else 0.0)
+        on = personal and own_words
+        predictor = Predictor(model, sp, base=base, text_weight=TEXT_WEIGHT if on else 0.0,
+                              follow_weight=FOLLOW_WEIGHT if on else 0.0)
         session = predictor.session()
         if not (personal and own_words):
             return session

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from edge_runtime.predictor import TEXT_WEIGHT, Predictor
+from edge_runtime.predictor import FOLLOW_WEIGHT, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
 from protocol.ngram import leading_word
 from protocol.text import BOS_ID, load_tokenizer, tokens
@@ -169,6 +169,30 @@ def test_a_word_typed_earlier_in_the_text_completes_its_prefix_until_it_is_delet
     assert "fuckers" in p.session().update("fuckers said the king and fu")
 
 
+def test_the_word_that_followed_a_chunk_earlier_in_the_text_is_suggested_after_it(predictor, base_ngram):
+    """After a chunk the text held before, the word that followed it there is suggested next (and
+    readied by prefetch the same way); a backspace over the pair takes it back."""
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    s, ref = p.session(), p.session()
+    assert "Zorblax" not in s.update("the good ")
+    text = "the good Zorblax said the good "
+    for i in range(1, len(text) + 1):   # prefetch between keystrokes, as the keyboard runs it
+        s.update(text[:i])
+        while s.prefetch():
+            pass
+    assert s.update(text)[0] == "Zorblax" == ref.update(text)[0]
+    assert s.words.after() == {"Zorblax": 1}
+    assert "Zorblax" not in s.update("the good ")   # the pair edited away
+    assert s.words.after() == {} and s.words.n == 2
+    very = "so very very "
+    for i in range(1, len(very) + 1):   # the readied strip counts the pair its own chunk completes
+        s.update(very[:i])
+        while s.prefetch():
+            pass
+        assert s.update(very[:i]) == ref.update(very[:i]), very[:i]
+    assert s.words.after() == {"very": 1}
+
+
 def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram):
     """Every word in the strip is a word-list word (the LSTM's or the base n-gram's) or a word the
     user typed before: committed, or earlier in the text being typed."""
@@ -215,6 +239,10 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     typed = [w for w in map(leading_word, before) if w] if prefix else []   # not after a space
     cands.update(w for w in typed if w.startswith(prefix) and p.offered(w))
     share = {w: typed.count(w) / len(typed) for w in cands if w in typed}
+    # after a space: the words that followed the last chunk earlier in the text
+    after = [leading_word(b) for a, b in zip(before, before[1:]) if a == before[-1]] if before and not prefix else []
+    after = [w for w in after if w]
+    cands.update(w for w in after if p.offered(w))
 
     def score(w: str) -> float:
         sc = wl * p.lstm_prob(node, w) if w in p.vocab.index else 0.0
@@ -224,6 +252,8 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
             sc += wp * p.personal.prob(w, hist)
         if share:
             sc = (1 - TEXT_WEIGHT) * sc + TEXT_WEIGHT * share.get(w, 0.0)
+        if after:
+            sc = (1 - FOLLOW_WEIGHT) * sc + FOLLOW_WEIGHT * after.count(w) / len(after)
         return sc
 
     return sorted(cands, key=lambda w: (-score(w), w))[:k]
@@ -311,8 +341,8 @@ def test_prefetch_between_keystrokes_changes_no_strip_and_spares_the_space(predi
     ranked: list[str] = []
     real_advance, real_suggest = p.advance_ids, p.suggest
     p.advance_ids = lambda node, ids: steps.append(list(ids)) or real_advance(node, ids)
-    p.suggest = lambda node, hist, prefix="", k=3, text=None: (ranked.append(prefix)
-                                                              or real_suggest(node, hist, prefix, k, text))
+    p.suggest = lambda node, hist, prefix="", k=3, text=None, follows=None: (
+        ranked.append(prefix) or real_suggest(node, hist, prefix, k, text, follows))
     try:
         for t in ("shall we go", "shall we go "):
             steps.clear(), ranked.clear()
