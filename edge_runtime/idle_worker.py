@@ -26,6 +26,7 @@ class IdleWorker:
         self._pending: dict[str | None, None] = {}   # an ordered set of clients
         self._busy = False
         self._stopped = False
+        self.done = 0   # works finished (or failed) so far: a request submits after its response is sent
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -36,10 +37,13 @@ class IdleWorker:
                 self._pending[client] = None
                 self._cv.notify_all()
 
-    def wait(self, timeout: float = 10.0) -> bool:
-        """Block until nothing is pending or running (tests; shutdown); False on timeout."""
+    def wait(self, timeout: float = 10.0, *, after: int | None = None) -> bool:
+        """Block until nothing is pending or running (tests; shutdown); False on timeout. With
+        `after`, first until more than that many works are done: a request's handler submits its
+        work only once the response is on the wire, so its client can get here before it does."""
         with self._cv:
-            return self._cv.wait_for(lambda: not self._pending and not self._busy, timeout)
+            return self._cv.wait_for(lambda: (after is None or self.done > after)
+                                     and not self._pending and not self._busy, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Drop what is pending, let the running work finish, and end the thread. Safe to call twice."""
@@ -66,4 +70,5 @@ class IdleWorker:
             finally:
                 with self._cv:
                     self._busy = False
+                    self.done += 1
                     self._cv.notify_all()

@@ -152,8 +152,9 @@ def test_idle_work_waits_while_a_commits_words_are_counted(server, monkeypatch):
     from edge_runtime.predictor import Session
 
     app = server.app
+    done = server._server.idle.done
     post(server, "api/suggest", {"client": "a", "text": "I pray you"})
-    assert server._server.idle.wait()
+    assert server._server.idle.wait(after=done)   # the strip's own idle work, submitted after the answer
     calls = []
     real = Session.prefetch
     monkeypatch.setattr(Session, "prefetch", lambda self, k=3: calls.append(self.text) or real(self, k))
@@ -316,9 +317,12 @@ def test_the_users_words_are_built_when_the_server_starts_not_on_the_first_keyst
         assert s._server.idle.wait()   # no keystroke yet: only what the server submitted as it started
         words = s.app._personal
         assert words is not None and words.uni["numbat"] == 3
+        done = s._server.idle.done
         assert post(s, "api/suggest", {"client": "a", "text": "numb"}).ok and s.app._personal is words
+        assert s._server.idle.wait(after=done)   # the strip's idle work, so the wait below is the wipe's
+        done = s._server.idle.done
         assert post(s, "api/clear", {}).ok   # a wipe drops them; the idle work builds them again
-        assert s._server.idle.wait()
+        assert s._server.idle.wait(after=done)   # submitted once the answer is on the wire
         assert s.app._personal is not None and s.app._personal is not words and not s.app._personal.uni
 
 
