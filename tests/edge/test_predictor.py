@@ -538,12 +538,26 @@ def test_learning_step_by_step_is_learn(predictor, base_ngram):
     c = Predictor(predictor.model, predictor.sp, base=base_ngram)
     for text in ("I pray you, sirrah, go to the king", "Good morrow, good my lord. I pray you go"):
         node, hist = c.root, ("<s>", "<s>")
-        for tok in tokens(text):
+        for tok in tokens(text) if len(c.personal) else ():   # the first text weighs nothing
             c.observe(c.component_probs(node, tok, hist))
             node = c.advance_ids(node, c.vocab.ids([tok]))
             hist = (hist[-1], tok)
         c.personal.add(tokens(text))
     assert c.personal.mix == a.personal.mix
+
+
+def test_the_mixture_learns_nothing_while_the_user_has_no_words(predictor, base_ngram):
+    """With no personal part its weight is 0, so every token of a first text would count against
+    it: one long first text kept the user's own words near weight 0 for good. The first text
+    leaves the mixture at its prior; from the second on, a user who repeats themselves raises it."""
+    from edge_runtime.personal import MIX_PRIOR
+
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    text = " ".join(["Sent each Saturday to the subscribers of the weekly words letter."] * 20)
+    p.learn(text)
+    assert p.personal.mix == list(MIX_PRIOR) and len(p.personal) > 200
+    p.learn(text)
+    assert p.weights()[2] > 0.5   # the user's own words predicted the whole repeated letter
 
 
 def test_a_long_text_is_counted_in_parts_with_the_same_result(predictor, base_ngram, monkeypatch):
