@@ -7,7 +7,8 @@ user), and within those words every word counts the same, so where the budget ho
 users who type a lot weigh a lot. This scores the run's
 final version and its references again on N words (default: every held-out word) and prints each of
 the report's claims three ways: on the run's own words, on the N words, and on the N words with each
-user's rate counted once (their mean), each with its 95% bootstrap interval over users. References
+user's rate counted once (their mean), each with its 95% bootstrap interval over users; then every
+model's top-1 / top-3 / KSR on the N words (the README's tables, from one command). References
 are cached in DIR/reference.json as the simulation caches them.
 """
 
@@ -27,6 +28,16 @@ CLAIMS = (  # (label, federated side, reference, metric)
     ("keyboard vs best shippable, top-3", "keyboard", "shippable", "top3"),
     ("global LSTM vs central LSTM, top-3", "global", "central", "top3"),
     ("global LSTM vs central LSTM, KSR", "global", "central", "ksr"),
+)
+ROWS = (  # (key, label): every model scored on the N words, in the README's order
+    ("ngram", "Kneser-Ney trigram, central on the train users' text (collects text)"),
+    ("ngram_shared", "the same, only the words and n-grams at least 2 train users typed"),
+    ("ngram_proxy", "Kneser-Ney trigram, proxy text only (shippable)"),
+    ("proxy_lstm", "LSTM, proxy text only (version 0; shippable)"),
+    ("proxy", "FedKeys keyboard on version 0"),
+    ("global", "LSTM, federated (global model alone)"),
+    ("keyboard", "FedKeys keyboard, federated"),
+    ("central", "LSTM, central on all train users (collects text)"),
 )
 
 
@@ -71,7 +82,8 @@ def _run_parts(data: Path, args: argparse.Namespace) -> tuple[dict, dict, Path, 
 
 
 def rescore(data: Path, args: argparse.Namespace) -> dict:
-    """{weighting: {claim: [difference, low, high]}} plus the words and users each weighting covered."""
+    """{weighting: {claim: [difference, low, high]}} plus the words and users each weighting covered,
+    and each model's rates on the N words (`rows`: {key: {top1, top3, ksr}})."""
     from tools.simulate.population import load_population
     from tools.simulate.references import reference_scores, score_version, stderr_to
     from tools.wordeval import paired_interval, scored_words, user_mean_difference
@@ -110,6 +122,7 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
                 rows[label] = [(got[a][metric] - got[b][metric]) * 100, lo, hi]
         out[weighting] = {"words": got["keyboard"]["words"],
                           "users": sum(1 for c in got["keyboard"]["per_user"] if c[0]), "claims": rows}
+    out["rows"] = {key: {m: more[key][m] for m in ("top1", "top3", "ksr")} for key, _ in ROWS if key in more}
     return out
 
 
@@ -128,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{head}: {out[w]['words']:,} words of {out[w]['users']} users")
         for label, (d, lo, hi) in out[w]["claims"].items():
             print(f"  {label:50s} {d:+5.1f} ({lo:+.1f} to {hi:+.1f})")
+    print(f"\nevery model on those {out['every_word']['words']:,} words\n")
+    print("| model | top-1 | top-3 | KSR |\n|---|---:|---:|---:|")
+    for key, label in ROWS:
+        if key in out["rows"]:
+            r = out["rows"][key]
+            print(f"| {label} | {r['top1']:.1%} | {r['top3']:.1%} | {r['ksr']:.1%} |")
     return 0
 
 

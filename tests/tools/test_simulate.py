@@ -92,6 +92,10 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     on_run = again["run"]["claims"]["keyboard vs central trigram, top-3"][0]
     assert on_run == pytest.approx((report["federations"][0]["final_metrics"]["top3"]
                                     - report["references"]["ngram"]["top3"]) * 100)
+    rows = again["rows"]   # every model's rates on those words: the claims are their differences
+    assert "central" not in rows and {"ngram", "proxy", "keyboard", "global"} <= set(rows)
+    assert again["every_word"]["claims"]["keyboard vs central trigram, KSR"][0] == pytest.approx(
+        (rows["keyboard"]["ksr"] - rows["ngram"]["ksr"]) * 100)
     for w in ("run", "every_word", "every_user"):
         d, lo, hi = again[w]["claims"]["keyboard vs best shippable, top-3"]
         assert lo <= d <= hi and "global LSTM vs central LSTM, top-3" not in again[w]["claims"]   # --no-central
