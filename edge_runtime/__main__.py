@@ -172,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         elif c == "notices":   # the version the keyboard would use: signature-checked as it is
-            from edge_runtime.model_slot import device_public_key
-
-            key = cfg.public_key or device_public_key(data_dir)
+            key = agent.coordinator_key(cfg.public_key, agent.readable_identity(data_dir))
             print(_notices(VersionStore(data_dir, public_key=key).current()))
         return 0
     except (ConfigError, agent.AgentError, RejectedError, keyboard.KeyboardError) as e:

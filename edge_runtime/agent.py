@@ -95,6 +95,21 @@ def load_identity(data_dir: Path) -> Identity | None:
         raise AgentError(f"{path} is damaged ({e.__class__.__name__}); enroll again with --force") from e
 
 
+def readable_identity(data_dir: Path) -> Identity | None:
+    """`load_identity`, with None for a damaged file too: the keyboard and `notices` still run
+    (unsigned), where enrolling and the device loop need the identity whole."""
+    try:
+        return load_identity(Path(data_dir))
+    except AgentError:
+        return None
+
+
+def coordinator_key(configured: str | None, ident: Identity | None) -> str | None:
+    """The coordinator key that manifests and rollout states are checked with: the configured one,
+    else the one the device enrolled with; None when there is neither (checked by sha256 only)."""
+    return configured or (ident.public_key if ident is not None else "") or None
+
+
 def device_platform() -> str:
     """Free text the coordinator may see: OS and CPU, nothing about the user."""
     return f"{platform.system().lower()}-{platform.machine().lower()}"[: wire.MAX_ID_LEN]
@@ -175,7 +190,7 @@ class Device:
         url = (config.coordinator or ident.coordinator).rstrip("/")
         client = CoordinatorClient(url, device_id=ident.device_id, token=ident.token, session=session,
                                    timeout=(5.0, config.http_timeout_s))
-        key = config.public_key or ident.public_key or None
+        key = coordinator_key(config.public_key, ident)
         if key is None:
             log.warning("no coordinator public key configured: model manifests are not signature-checked")
         return cls(config=config, identity=ident, client=client, store=VersionStore(data_dir, public_key=key),
@@ -498,7 +513,7 @@ def status(config: EdgeConfig) -> dict[str, Any]:
         "enrolled": ident is not None,
         "device_id": ident.device_id if ident else None,
         "coordinator": (config.coordinator or (ident.coordinator if ident else "")) or None,
-        "signature_checked": bool(config.public_key or (ident and ident.public_key)),
+        "signature_checked": coordinator_key(config.public_key, ident) is not None,
         "model": {"current": store.current_id, "previous": store.previous_id, "installed": store.installed()},
         "cache": stats,
         "learning_paused": paused,

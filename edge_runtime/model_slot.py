@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime import channel as channels
 from edge_runtime import personalize
-from edge_runtime.agent import AgentError, load_identity
+from edge_runtime.agent import coordinator_key, readable_identity
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import TOKENIZER, ArtifactError
@@ -28,15 +28,6 @@ from protocol.text import load_tokenizer
 log = logging.getLogger(__name__)
 
 MODEL_CHECK_S = 2.0           # how often the device's current version is looked up
-
-
-def device_public_key(data_dir: Path) -> str | None:
-    """The coordinator key the device enrolled with (None for a device that never enrolled)."""
-    try:
-        ident = load_identity(Path(data_dir))
-    except AgentError:
-        return None
-    return (ident.public_key or None) if ident else None
 
 
 class ModelSlot:
@@ -52,7 +43,7 @@ class ModelSlot:
         self._loader = loader or functools.partial(load_predictor, block_offensive=block_offensive)
         # The device's versions are signature-checked with the coordinator's key whenever loaded,
         # so tampered weights with a recomputed hash are refused here too.
-        self._store = (VersionStore(data_dir, public_key=public_key or device_public_key(data_dir))
+        self._store = (VersionStore(data_dir, public_key=coordinator_key(public_key, readable_identity(data_dir)))
                        if (data_dir is not None and model_dir is None) else None)
         self._dir: Path | None = None
         self._checked = float("-inf")
