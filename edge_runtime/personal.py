@@ -25,7 +25,10 @@ from itertools import islice
 import numpy as np
 
 BOS = "<s>"
-MIX_PRIOR = (45.0, 45.0, 10.0)  # pseudo-tokens: start at 0.45 / 0.45 / 0.1, then follow the user
+MIX_PRIOR = (40.0, 40.0, 20.0)  # pseudo-tokens: start at 0.4 / 0.4 / 0.2, then follow the user
+# Pseudo-tokens of the user's overall weights that each history kind (`seen`) starts from: its
+# own evidence takes over once the user has typed about this many tokens after such histories.
+HISTORY_PRIOR = 100.0
 _MAX_CHAR = chr(0x10FFFF)
 _SCAN = 64  # a history's followers up to this many are scanned for a prefix, more are cut by word
 _CACHED = 4096  # candidates() answers kept; past this they start again
@@ -54,6 +57,10 @@ class PersonalModel:
         # a Dirichlet prior, then one posterior responsibility per typed token. It belongs to the
         # user, not to a model version.
         self.mix = list(MIX_PRIOR)
+        # The same evidence kept apart for the two kinds of history (`seen`): after a word the user
+        # typed before, their own words know what follows it; after one they never typed, only that
+        # the word comes up. Starts empty; the keyboard adds the overall weights as its prior.
+        self.mix_by_seen = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
         # candidates() answers by prefix: prefix -> (last two tokens, k) -> words, and the user's
         # top words: prefix -> k -> words. `add` drops only the prefixes of the words it counted,
         # so a commit does not cost every later keystroke its lookup (the keyboard learns a
@@ -108,6 +115,11 @@ class PersonalModel:
                 for k, top in tops.items():
                     tops[k] = self.words[lo:hi] if hi - lo <= k else self._best(k, {*top, *ws})
         return a, b
+
+    def seen(self, hist: tuple[str, ...]) -> int:
+        """1 if the user typed something after the last token of `hist` before, else 0: which of
+        `mix_by_seen` weighs the next word."""
+        return 1 if hist and self.follow_total.get((hist[-1],), 0) > 0 else 0
 
     def ranked(self, h: tuple[str, ...]) -> list[str] | None:
         """History `h`'s suggestable followers, most frequent first (first seen first among equals);

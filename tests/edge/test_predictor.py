@@ -147,7 +147,8 @@ def test_the_base_ngram_joins_the_mixture_and_the_weights_follow_the_user(predic
     assert p.weights() == before  # typing alone teaches nothing: only committed text does
     for _ in range(5):
         p.learn("the quick brown fox jumps over the lazy dog")
-    assert p.weights()[1] > before[1]
+    wl, wn, wp = p.weights()
+    assert wn > wl and wp > 0   # the n-gram predicted the phrase better than the LSTM (both started at 0.4)
     assert sum(p.weights()) == pytest.approx(1.0)
 
 
@@ -223,7 +224,7 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     """The strip as first written: argpartition over the prefix range's P_lstm, every candidate
     scored one at a time with the scalar probabilities; a prefix also completed from the words of
     the completed chunks `before` it, each scored by its share of them."""
-    wl, wn, wp = p.weights()
+    wl, wn, wp = p.weights(hist=hist)
     m = p.candidates if (wn or wp) else k
     cands: set[str] = set()
     lo, hi = p.prefix_range(prefix)
@@ -532,18 +533,19 @@ def test_learning_step_by_step_is_learn(predictor, base_ngram):
             assert b.strip_key() == key and b.personal.total == a.personal.total - len(tokens(text))
         assert n == len(tokens(text))
         assert b.personal.mix == a.personal.mix and b.personal.uni == a.personal.uni
-        assert b.personal.firsts == a.personal.firsts
+        assert b.personal.mix_by_seen == a.personal.mix_by_seen and b.personal.firsts == a.personal.firsts
     assert b.session().update("I pray you ") == a.session().update("I pray you ")
     # The arithmetic `learn` had before it was split into steps: observe token by token, in place.
     c = Predictor(predictor.model, predictor.sp, base=base_ngram)
     for text in ("I pray you, sirrah, go to the king", "Good morrow, good my lord. I pray you go"):
         node, hist = c.root, ("<s>", "<s>")
         for tok in tokens(text) if len(c.personal) else ():   # the first text weighs nothing
-            c.observe(c.component_probs(node, tok, hist))
+            c.observe(c.component_probs(node, tok, hist), hist=hist)
             node = c.advance_ids(node, c.vocab.ids([tok]))
             hist = (hist[-1], tok)
         c.personal.add(tokens(text))
-    assert c.personal.mix == a.personal.mix
+    assert c.personal.mix == a.personal.mix and c.personal.mix_by_seen == a.personal.mix_by_seen
+    assert any(map(any, a.personal.mix_by_seen))   # the second text did count, per kind of history
 
 
 def test_the_mixture_learns_nothing_while_the_user_has_no_words(predictor, base_ngram):
@@ -556,8 +558,30 @@ def test_the_mixture_learns_nothing_while_the_user_has_no_words(predictor, base_
     text = " ".join(["Sent each Saturday to the subscribers of the weekly words letter."] * 20)
     p.learn(text)
     assert p.personal.mix == list(MIX_PRIOR) and len(p.personal) > 200
+    assert p.personal.mix_by_seen == [[0.0] * 3, [0.0] * 3]
     p.learn(text)
     assert p.weights()[2] > 0.5   # the user's own words predicted the whole repeated letter
+
+
+def test_the_users_words_weigh_more_after_a_word_the_user_typed_before(predictor, base_ngram):
+    """After a word the user typed before, their own words know what follows it; after one they
+    never typed, only that the word comes up. The weights are learned apart for the two and the
+    strip uses the one of its history."""
+    p = Predictor(predictor.model, predictor.sp, base=base_ngram)
+    fresh = iter(f"zq{i}x" for i in range(10_000))   # a word never typed before, each time
+    for _ in range(12):   # the same phrase, each word after one typed before; then new words after new words
+        news = " ".join(next(fresh) for _ in range(8))
+        p.learn(f"Kind regards from Yolanda Quibbleworth {news}")
+    seen, unseen = ("from", "Yolanda"), ("zq1x", "zq99999x")
+    assert p.personal.seen(seen) == 1 and p.personal.seen(unseen) == 0
+    overall, after_seen, after_unseen = p.weights(), p.weights(hist=seen), p.weights(hist=unseen)
+    assert after_seen[2] > overall[2] > after_unseen[2]
+    assert sum(after_seen) == pytest.approx(1.0) and sum(after_unseen) == pytest.approx(1.0)
+    s = p.session()
+    s.update("and so, kind regards from Yolanda ")
+    node, hist = s.nodes[-1], s.hists[-1]
+    assert hist == seen and s.update("and so, kind regards from Yolanda ")[0] == "Quibbleworth"
+    assert p.suggest(node, hist) == reference_suggest(p, node, hist, "")
 
 
 def test_a_long_text_is_counted_in_parts_with_the_same_result(predictor, base_ngram, monkeypatch):
@@ -577,7 +601,7 @@ def test_a_long_text_is_counted_in_parts_with_the_same_result(predictor, base_ng
     assert len(yields) == n_tok + (n_tok - 1) // 4
     assert yields == [0] * n_tok + list(range(4, n_tok, 4))[:(n_tok - 1) // 4]   # tokens counted so far
     a, b = whole.personal, parts.personal
-    assert (a.uni, a.total, a.words, a.mix) == (b.uni, b.total, b.words, b.mix)
+    assert (a.uni, a.total, a.words, a.mix, a.mix_by_seen) == (b.uni, b.total, b.words, b.mix, b.mix_by_seen)
     assert {h: dict(f) for h, f in a.follow.items()} == {h: dict(f) for h, f in b.follow.items()}
     assert a.follow_total == b.follow_total and a.firsts == b.firsts
     assert parts.session().update("I pray you ") == whole.session().update("I pray you ")
@@ -613,7 +637,7 @@ def test_feed_still_returns_the_mixtures_log_probability(predictor, base_ngram):
     s = p.session()
     node, hist, want = p.root, ("<s>", "<s>"), 0.0
     for tok in tokens("my lord,"):
-        want += math.log(p.mixture(p.component_probs(node, tok, hist)))
+        want += math.log(p.mixture(p.component_probs(node, tok, hist), hist))
         node, hist = p.advance_ids(node, p.vocab.ids([tok])), (hist[-1], tok)
     assert s.feed("my") + s.feed("lord,") == pytest.approx(want, rel=1e-12)
 
