@@ -6,6 +6,7 @@ exactly as an on-device keyboard would. API (JSON in, JSON out; POSTs need
 ``Content-Type: application/json``)::
 
     GET  /api/status   -> {"model": {"version_id", "channel"}, "cache": {"sentences"}, "paused"}
+    GET  /api/notices  -> {"version_id", "notices": [{"file", "text"}]}: the version's licence notices
     POST /api/suggest  {"client": id, "text": text before the cursor}
                        -> {"suggestions": [best, second, third], "version_id": ...}
     POST /api/commit   {"text": ..., "field_kind": "message", "private": false, "client": id (optional)}
@@ -70,7 +71,7 @@ STATIC_FILES = {  # route -> (file, content type); nothing else is ever served f
     "/static/keyboard.js": ("keyboard.js", "text/javascript; charset=utf-8"),
     "/static/keyboard.css": ("keyboard.css", "text/css; charset=utf-8"),
 }
-API_GET = frozenset({"/api/status"})
+API_GET = frozenset({"/api/status", "/api/notices"})
 API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear"})
 MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refused (413)
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
@@ -147,6 +148,14 @@ class KeyboardApp:
         return {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
                 "cache": {"sentences": self.cache.stats()["records"]},
                 "paused": self.cache.paused}
+
+    def notices(self) -> dict[str, Any]:
+        """The licence notices of the version in use (e.g. CC BY-SA 4.0 for its word list): shown
+        where its suggestions are, as that licence asks of whoever shares the list."""
+        with self.slot.lock:
+            self.slot.refresh()
+            return {"version_id": self.slot.version_id,
+                    "notices": [{"file": name, "text": text} for name, text in sorted(self.slot.notices.items())]}
 
     def suggest(self, body: dict[str, Any]) -> dict[str, Any]:
         client = _str_field(body, "client", max_len=64)
@@ -436,6 +445,9 @@ class _Handler(BaseHTTPRequestHandler):
             return 200
         if path == "/api/status":
             self._json(200, self.server.app.status())
+            return 200
+        if path == "/api/notices":
+            self._json(200, self.server.app.notices())
             return 200
         if path in API_POST:
             raise ApiError(405, "method_not_allowed", "use POST")

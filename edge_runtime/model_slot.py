@@ -52,6 +52,7 @@ class ModelSlot:
         self.generation = 0     # bumps on every swap, so sessions of the old model are dropped
         self._stamp: float | None = None
         self.personal = False   # suggesting with the user's own copy of the LSTM (edge_runtime.personalize)
+        self.notices: dict[str, str] = {}   # licence notices of the version's files (its signed manifest)
 
     def _personal_stamp(self, version_dir: Path | None) -> float | None:
         """mtime of the user's own copy of `version_dir`'s model (None: none, or a fixed model dir)."""
@@ -84,11 +85,13 @@ class ModelSlot:
                 return
             if wanted is None:
                 self.predictor, self.version_id, self._dir, self.personal = None, None, None, False
+                self.notices = {}
             else:
                 t0 = time.monotonic()
                 self.predictor = self._load(wanted, stamp)
                 manifest = self.predictor.model.manifest
                 self.version_id = manifest.version_id if manifest else wanted.name
+                self.notices = dict(manifest.notices) if manifest else {}
                 self._dir = wanted
                 log.info("keyboard: model version %s loaded in %.2fs%s", self.version_id, time.monotonic() - t0,
                          " (the user's own copy)" if self.personal else "")

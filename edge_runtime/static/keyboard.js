@@ -401,6 +401,32 @@
     clearBtn.textContent = "Clear my history";
   }
 
+  // The notices travel in the version's signed manifest (e.g. the word list's CC BY-SA 4.0
+  // attribution); shown as text, never as markup.
+  const licences = $("#licences");
+  $("#show-licences").addEventListener("click", async () => {
+    const body = $("#licences-body");
+    body.replaceChildren();
+    try {
+      const n = await api("/api/notices");
+      if (!n.notices.length) {
+        body.append(n.version_id ? "Model " + n.version_id + ": its files came with no licence notices."
+          : "No model yet.");
+      }
+      for (const { file, text } of n.notices) {
+        const h = document.createElement("h3");
+        h.textContent = file + " (model " + n.version_id + ")";
+        const pre = document.createElement("pre");
+        pre.textContent = text;
+        body.append(h, pre);
+      }
+    } catch (err) {
+      body.append("Could not load the notices: " + err.message);
+    }
+    licences.showModal();
+  });
+  $("#close-licences").addEventListener("click", () => licences.close());
+
   buildKeyboard();
   renderSuggestions([]);
   refreshStatus().then(() => suggest());

@@ -24,8 +24,9 @@ from edge_runtime.paths import CACHE_DB
 from edge_runtime.personal import PersonalModel
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
-from protocol.artifact import read_manifest
+from protocol.artifact import TOKENIZER, read_manifest
 from protocol.text import tokens
+from tests.helpers.versions import with_notices
 
 SECRET = "quokka zanzibar xylophone"
 
@@ -559,6 +560,18 @@ def test_device_without_a_model_still_caches(tmp_path):
                                                                                     "version_id": None}
         st = post(s, "api/commit", {"text": "Hello there.", "field_kind": "message"}).json()
         assert st["cached"] and st["model"] == {"version_id": None, "channel": "unknown"}
+
+
+def test_the_versions_licence_notices_are_served_for_the_page(tmp_path, exported_version):
+    notice = "CC BY-SA 4.0: word frequencies from Someone (2022) <b>not markup</b>"
+    version = with_notices(exported_version, tmp_path / "v", {TOKENIZER: notice})
+    with start_keyboard(tmp_path / "device", model_dir=version) as s:
+        r = requests.get(s.url + "api/notices", timeout=5)
+        assert r.status_code == 200 and r.json() == {"version_id": read_manifest(version).version_id,
+                                                     "notices": [{"file": TOKENIZER, "text": notice}]}
+        assert post(s, "api/notices", {}).status_code == 405
+    with start_keyboard(tmp_path / "bare") as s:   # no model yet: nothing to credit, no error
+        assert requests.get(s.url + "api/notices", timeout=5).json() == {"version_id": None, "notices": []}
 
 
 def test_follows_the_device_current_version_and_its_channel(tmp_path, exported_version, monkeypatch):

@@ -18,7 +18,8 @@ from edge_runtime.keyboard import start_keyboard
 from edge_runtime.paths import CACHE_DB
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
-from protocol.artifact import read_manifest
+from protocol.artifact import TOKENIZER, read_manifest
+from tests.helpers.versions import with_notices
 
 pytestmark = pytest.mark.browser
 
@@ -280,6 +281,31 @@ def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_ver
     task = wire.Task(kind=wire.TASK_COME_BACK, retry_after=1.0, use_version_id=vid, use_channel="stable")
     assert channel.record_channel(data_dir, task, vid) == "stable"
     assert channel.read_channel(data_dir, vid) == "stable"
+
+
+def test_the_licences_dialog_shows_the_versions_notices_as_text(browser, tmp_path, exported_version):
+    from playwright.sync_api import expect
+
+    notice = "CC BY-SA 4.0: word frequencies from Someone (2022) <b>bold?</b>"
+    version = with_notices(exported_version, tmp_path / "noticed", {TOKENIZER: notice})
+    vid = read_manifest(version).version_id
+    with start_keyboard(tmp_path / "device", model_dir=version) as server:
+        ctx = browser.new_context()
+        try:
+            pg = ctx.new_page()
+            pg.set_default_timeout(15_000)
+            pg.goto(server.page_url)
+            dialog = pg.locator("#licences")
+            expect(dialog).to_be_hidden()
+            pg.click("#show-licences")
+            expect(dialog).to_be_visible()
+            expect(dialog.locator("pre")).to_have_text(notice)     # the text itself, not rendered markup
+            assert dialog.locator("b").count() == 0
+            expect(dialog.locator("h3")).to_have_text(f"{TOKENIZER} (model {vid})")
+            pg.click("#close-licences")
+            expect(dialog).to_be_hidden()
+        finally:
+            ctx.close()
 
 
 def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, exported_version):
