@@ -539,18 +539,18 @@ class Predictor:
         """Whether the strip may show `word`: not blocked, or typed by this user before."""
         return not self.block_offensive or word in self.personal.uni or not is_blocked(word)
 
-    def likely_firsts(self, node: _Node, n: int) -> list[str]:
+    def likely_firsts(self, node: _Node, n: int, hist: tuple[str, ...] | None = None) -> list[str]:
         """The n likeliest first characters of the next word (of those the word list's words
         begin with), likeliest first: P_lstm's mass over the words each begins, weighted by the
         mixture's LSTM weight, plus the share of the user's typed words (per use, whatever the
-        context) it begins, weighted by the personal weight; the n-gram part is left out. A user
-        who types "i" for "I" or writes in lower case gets those readied. Needs `warm` for
-        `node` (else [])."""
+        context) it begins, weighted by the personal weight (the weights of `hist`'s kind, as the
+        strips use them); the n-gram part is left out. A user who types "i" for "I" or writes in
+        lower case gets those readied. Needs `warm` for `node` (else [])."""
         warm = self._warm
         if warm is None or warm[0] is not node or n <= 0:
             return []
         mass = np.add.reduceat(warm[1], self._first_starts)
-        wl, _, wp = self.weights()
+        wl, _, wp = self.weights(hist=hist)
         firsts = self.personal.firsts
         total = sum(firsts.values())
         if wp and total:
@@ -759,7 +759,7 @@ class Session:
                 self._lstm_warmed = node
                 return True
             self.p.warm(node, hist)   # its LSTM part again only if another session's replaced it
-            self.firsts = _Firsts(node, k, key, self.p.likely_firsts(node, FIRST_LETTERS), {})
+            self.firsts = _Firsts(node, k, key, self.p.likely_firsts(node, FIRST_LETTERS, hist), {})
             return bool(self.firsts.todo)
         if f.todo:
             part, f.todo = f.todo[:FIRST_PART], f.todo[FIRST_PART:]

@@ -402,10 +402,11 @@ def test_first_letter_strips_are_what_suggest_gives(predictor, base_ngram):
             node, hist = s.nodes[-1], s.hists[-1]
             assert p.likely_firsts(node, 4) == []   # not warmed for this state: nothing to order by
             p.warm(node, hist)
-            firsts = p.likely_firsts(node, len(p._firsts))
-            assert sorted(firsts) == p._firsts and len(p.likely_firsts(node, FIRST_LETTERS)) == FIRST_LETTERS
-            # the LSTM's mass over the words each begins, and (with the user's words) their share
-            wl, _, wp = p.weights()
+            firsts = p.likely_firsts(node, len(p._firsts), hist)
+            assert sorted(firsts) == p._firsts and len(p.likely_firsts(node, FIRST_LETTERS, hist)) == FIRST_LETTERS
+            # the LSTM's mass over the words each begins, and (with the user's words) their share,
+            # under the weights of this kind of history (the ones its strips use)
+            wl, _, wp = p.weights(hist=hist)
             typed, probs = sum(p.personal.firsts.values()), p.word_probs(node)
             score = {c: wl * probs[[p.vocab.index[w] for w in p.sorted_words if w[0] == c]].sum()
                      + (wp * p.personal.firsts[c] / typed if typed else 0.0) for c in firsts}
