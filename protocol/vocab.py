@@ -213,11 +213,13 @@ def read_frequencies(path: str | Path) -> list[tuple[str, float]]:
     return sorted(out.items(), key=lambda wf: -wf[1])
 
 
-def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int) -> tuple[bytes, list[str]]:
-    """(new tokenizer, the words added): `words` (word, frequency) the word list lacks, appended to
-    its tail, at most `limit` of them in the order given. Nothing already in the list moves, so
-    every id, the softmax and the weights stay as they are; the new words are completed (typed
-    prefixes) and predicted through <unk>'s share like every tail word.
+def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]],
+                limit: int) -> tuple[bytes, list[str], dict[str, int]]:
+    """(new tokenizer, the words added, the entries skipped on the way, counted by why): `words`
+    (word, frequency) the word list lacks, appended to its tail, at most `limit` of them in the
+    order given. Nothing already in the list moves, so every id, the softmax and the weights stay
+    as they are; the new words are completed (typed prefixes) and predicted through <unk>'s share
+    like every tail word.
 
     Why: the proxy text's list misses words people type today (`server`, `install`); a public
     frequency list supplies them without any device text (docs/quality.md). A word's score is
@@ -225,7 +227,8 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
     both hold, so a new word's share of <unk> sits where the proxy text would have put it.
     A word the list holds in another casing is left out: a lower-cased public list would add
     `london` beside `London`, scored with every casing's count (so above it). Words that are
-    not one token (`_one_word`) are skipped, not refused: a public list holds some."""
+    not one token (`_one_word`) are skipped, not refused: a public list holds some; the counts
+    say how many of each, so whoever builds a version sees what the list gave."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     if limit < 1:
@@ -238,10 +241,12 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
         raise VocabError("the frequency list shares no word with the word list: cannot put it on its scale")
     offset = float(np.median(shared))
     added: list[str] = []
+    skipped = {"in_the_list": 0, "not_one_word": 0}
     for w, f in words:
         if len(added) >= limit:
             break
         if w.lower() in folded or not _one_word(w):
+            skipped["in_the_list" if w.lower() in folded else "not_one_word"] += 1
             continue
         folded.add(w.lower())
         proto.pieces.append(pb.ModelProto.SentencePiece(piece=WORD_START + w, score=math.log(f) + offset,
@@ -250,27 +255,27 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]], limit: int
     if not added:
         raise VocabError("every word of the frequency list is already in the word list (in some casing) "
                          "or is not one word: nothing to add")
-    return proto.SerializeToString(), added
+    return proto.SerializeToString(), added, skipped
 
 
 def add_tail_words(src: str | Path, words: Sequence[tuple[str, float]], out: str | Path, *, limit: int,
-                   version_id: str | None = None, notice: str = "") -> tuple[str, list[str]]:
+                   version_id: str | None = None, notice: str = "") -> tuple[str, list[str], dict[str, int]]:
     """Write to `out` a version of `src` whose word list's tail also holds `words` (`extend_tail`);
     the same weights. With `version_id` equal to the source's, the result is the same version
     built further (`make v0`: parent and metrics kept); else a child version, a canary candidate.
     `notice`, the frequency list's licence notice, goes into the manifest's `notices` for the
     tokenizer, so it travels with every copy of the word list (CC BY-SA asks that it does).
-    Returns the new version's id and the words added."""
+    Returns the new version's id, the words added and the entries skipped (`extend_tail`)."""
     src = Path(src)
     _check_out(out, version_id)
     manifest, weights = load_version(src, verify=True)
-    tokenizer, added = extend_tail((src / TOKENIZER).read_bytes(), words, limit)
+    tokenizer, added, skipped = extend_tail((src / TOKENIZER).read_bytes(), words, limit)
     notice, had = notice.strip(), manifest.notices.get(TOKENIZER, "")
     if notice and notice not in had:   # a second list's notice joins the first's: both lists' words stay
         manifest.notices = {**manifest.notices, TOKENIZER: f"{had}\n\n{notice}" if had else notice}
     vid = _derive(src, out, manifest, tokenizer, weights, version_id, f"t{len(added)}",
                   {"tail_words": {"added": len(added), "pieces": len(_parse(tokenizer).pieces)}})
-    return vid, added
+    return vid, added, skipped
 
 
 def _check_out(out: str | Path, version_id: str | None) -> None:

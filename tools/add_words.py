@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         raise VocabError("--max-tail must be >= 1")
     beside = Path(args.tail).with_suffix(".LICENSE")
     notice_path = Path(args.notice) if args.notice is not None else (beside if beside.is_file() else None)
-    vid, added = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=limit,
+    vid, added, skipped = add_tail_words(args.base, read_frequencies(args.tail), args.out, limit=limit,
                                 version_id=args.version_id, notice=read_notice(notice_path) if notice_path else "")
     print(json.dumps({"version_id": vid, "out": args.out, "tail_words_added": len(added), "first": added[:10],
-                      "notice": str(notice_path) if notice_path else None}, indent=2))
+                      "skipped": skipped, "notice": str(notice_path) if notice_path else None}, indent=2))
     return 0
 
 

@@ -144,7 +144,7 @@ def _freqs(old, V):
 
 def test_tail_words_are_appended_and_nothing_else_moves(base, tmp_path):
     src, manifest, weights, V, old, _ = base
-    vid, added = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
+    vid, added, _ = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
     m2, w2 = load_version(tmp_path / "v")                    # hashes verified
     assert vid == m2.version_id
     new = vocab_of(load_tokenizer(tmp_path / "v" / "tokenizer.model"), V)
@@ -210,9 +210,12 @@ def test_a_word_the_list_holds_in_another_casing_is_not_added_again(base, tmp_pa
     # wordfreq lower-cases everything; `london` beside `London` would be a copy scored above it.
     src, _, _, V, old, _ = base
     cased = next(w for w in old.words[5:V] if w.isalpha() and w.lower() not in old.index)
-    _, added = add_tail_words(src, _freqs(old, V)[:50] + [(cased.lower(), 1e-3), ("Zorblax", 1e-4),
-                                                          ("zorblax", 1e-5)], tmp_path / "v", limit=10)
+    _, added, skipped = add_tail_words(src, _freqs(old, V)[:50] + [(cased.lower(), 1e-3), ("Zorblax", 1e-4),
+                                                                   ("zorblax", 1e-5), ("two words", 1e-5)],
+                                       tmp_path / "v", limit=10)
     assert added == ["Zorblax"]
+    # every entry but the one added is accounted for: the list's 50 words, the other casings, the phrase
+    assert skipped == {"in_the_list": 52, "not_one_word": 1}
 
 
 def test_tail_command_line(base, tmp_path, capsys):
@@ -223,7 +226,7 @@ def test_tail_command_line(base, tmp_path, capsys):
     f.write_text("".join(f"{w}\t{p:g}\n" for w, p in _freqs(old, V)), encoding="utf-8")
     assert main(["--base", str(src), "--tail", str(f), "--max-tail", "1", "--out", str(tmp_path / "v")]) == 0
     out = capsys.readouterr().out
-    assert '"tail_words_added": 1' in out and '"notice": null' in out
+    assert '"tail_words_added": 1' in out and '"notice": null' in out and '"skipped": {' in out
     assert read_manifest(tmp_path / "v").notices == {}     # no notice beside the list, none given
     with pytest.raises(VocabError, match="--max-tail"):
         main(["--base", str(src), "--tail", str(f), "--max-tail", "0", "--out", str(tmp_path / "w")])
