@@ -405,12 +405,12 @@
   // attribution); shown as text, never as markup.
   const licences = $("#licences");
   $("#show-licences").addEventListener("click", async () => {
-    const body = $("#licences-body");
-    body.replaceChildren();
+    if (licences.open) return;
+    const parts = [];   // built first, put in at once: a second click meanwhile cannot double them
     try {
       const n = await api("/api/notices");
       if (!n.notices.length) {
-        body.append(n.version_id ? "Model " + n.version_id + ": its files came with no licence notices."
+        parts.push(n.version_id ? "Model " + n.version_id + ": its files came with no licence notices."
           : "No model yet.");
       }
       for (const { file, text } of n.notices) {
@@ -418,12 +418,13 @@
         h.textContent = file + " (model " + n.version_id + ")";
         const pre = document.createElement("pre");
         pre.textContent = text;
-        body.append(h, pre);
+        parts.push(h, pre);
       }
     } catch (err) {
-      body.append("Could not load the notices: " + err.message);
+      parts.push("Could not load the notices: " + err.message);
     }
-    licences.showModal();
+    $("#licences-body").replaceChildren(...parts);
+    if (!licences.open) licences.showModal();
   });
   $("#close-licences").addEventListener("click", () => licences.close());
 

@@ -304,6 +304,9 @@ def test_the_licences_dialog_shows_the_versions_notices_as_text(browser, tmp_pat
             expect(dialog.locator("h3")).to_have_text(f"{TOKENIZER} (model {vid})")
             pg.click("#close-licences")
             expect(dialog).to_be_hidden()
+            pg.locator("#show-licences").dblclick()     # two clicks before the answer: shown once
+            expect(dialog).to_be_visible()
+            expect(dialog.locator("h3")).to_have_count(1)
         finally:
             ctx.close()
 
