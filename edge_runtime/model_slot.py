@@ -52,7 +52,6 @@ class ModelSlot:
         self.generation = 0     # bumps on every swap, so sessions of the old model are dropped
         self._stamp: float | None = None
         self.personal = False   # suggesting with the user's own copy of the LSTM (edge_runtime.personalize)
-        self.notices: dict[str, str] = {}   # licence notices of the version's files (its signed manifest)
 
     def _personal_stamp(self, version_dir: Path | None) -> float | None:
         """mtime of the user's own copy of `version_dir`'s model (None: none, or a fixed model dir)."""
@@ -85,13 +84,11 @@ class ModelSlot:
                 return
             if wanted is None:
                 self.predictor, self.version_id, self._dir, self.personal = None, None, None, False
-                self.notices = {}
             else:
                 t0 = time.monotonic()
                 self.predictor = self._load(wanted, stamp)
                 manifest = self.predictor.model.manifest
                 self.version_id = manifest.version_id if manifest else wanted.name
-                self.notices = dict(manifest.notices) if manifest else {}
                 self._dir = wanted
                 log.info("keyboard: model version %s loaded in %.2fs%s", self.version_id, time.monotonic() - t0,
                          " (the user's own copy)" if self.personal else "")
@@ -119,6 +116,12 @@ class ModelSlot:
                 personalize.forget(self.data_dir)
             self._checked = float("-inf")
         self.refresh()
+
+    @property
+    def notices(self) -> dict[str, str]:
+        """The licence notices of the loaded version's files, as its signed manifest carries them."""
+        manifest = self.predictor.model.manifest if self.predictor is not None else None
+        return dict(manifest.notices) if manifest else {}
 
     @property
     def channel(self) -> str:

@@ -539,7 +539,7 @@ class Predictor:
         """Whether the strip may show `word`: not blocked, or typed by this user before."""
         return not self.block_offensive or word in self.personal.uni or not is_blocked(word)
 
-    def likely_firsts(self, node: _Node, n: int, hist: tuple[str, ...] | None = None) -> list[str]:
+    def likely_firsts(self, node: _Node, n: int, hist: tuple[str, ...]) -> list[str]:
         """The n likeliest first characters of the next word (of those the word list's words
         begin with), likeliest first: P_lstm's mass over the words each begins, weighted by the
         mixture's LSTM weight, plus the share of the user's typed words (per use, whatever the

@@ -245,8 +245,11 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]],
     for w, f in words:
         if len(added) >= limit:
             break
-        if w.lower() in folded or not _one_word(w):
-            skipped["in_the_list" if w.lower() in folded else "not_one_word"] += 1
+        if w.lower() in folded:
+            skipped["in_the_list"] += 1
+            continue
+        if not _one_word(w):
+            skipped["not_one_word"] += 1
             continue
         folded.add(w.lower())
         proto.pieces.append(pb.ModelProto.SentencePiece(piece=WORD_START + w, score=math.log(f) + offset,

@@ -400,7 +400,7 @@ def test_first_letter_strips_are_what_suggest_gives(predictor, base_ngram):
             s = p.session()
             s.update(context)
             node, hist = s.nodes[-1], s.hists[-1]
-            assert p.likely_firsts(node, 4) == []   # not warmed for this state: nothing to order by
+            assert p.likely_firsts(node, 4, hist) == []   # not warmed for this state: nothing to order by
             p.warm(node, hist)
             firsts = p.likely_firsts(node, len(p._firsts), hist)
             assert sorted(firsts) == p._firsts and len(p.likely_firsts(node, FIRST_LETTERS, hist)) == FIRST_LETTERS
@@ -427,7 +427,7 @@ def test_the_users_own_first_letters_are_readied_too(predictor, base_ngram):
     s = p.session()
     s.update("I pray you ")
     p.warm(s.nodes[-1], s.hists[-1])
-    lstm_only = p.likely_firsts(s.nodes[-1], FIRST_LETTERS)
+    lstm_only = p.likely_firsts(s.nodes[-1], FIRST_LETTERS, s.hists[-1])
     letter = next(c for c in reversed(p._firsts) if c.islower() and c not in lstm_only)
     words = [w for w in p.sorted_words if w[0] == letter][:5]
     for _ in range(20):
