@@ -227,8 +227,10 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]],
     both hold, so a new word's share of <unk> sits where the proxy text would have put it.
     A word the list holds in another casing is left out: a lower-cased public list would add
     `london` beside `London`, scored with every casing's count (so above it). Words that are
-    not one token (`_one_word`) are skipped, not refused: a public list holds some; the counts
-    say how many of each, so whoever builds a version sees what the list gave."""
+    not one token (`_one_word`) are skipped, not refused: a public list holds some. Every entry
+    not added is counted once, by why (`in_the_list`, `another_casing_added` for a second casing
+    of a word this list itself added, `not_one_word`, `past_the_limit`), so whoever builds a
+    version sees what the list gave."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     if limit < 1:
@@ -241,17 +243,22 @@ def extend_tail(tokenizer: bytes, words: Sequence[tuple[str, float]],
         raise VocabError("the frequency list shares no word with the word list: cannot put it on its scale")
     offset = float(np.median(shared))
     added: list[str] = []
-    skipped = {"in_the_list": 0, "not_one_word": 0}
-    for w, f in words:
+    new: set[str] = set()
+    skipped = {"in_the_list": 0, "another_casing_added": 0, "not_one_word": 0, "past_the_limit": 0}
+    for i, (w, f) in enumerate(words):
         if len(added) >= limit:
+            skipped["past_the_limit"] = len(words) - i
             break
+        if w.lower() in new:
+            skipped["another_casing_added"] += 1
+            continue
         if w.lower() in folded:
             skipped["in_the_list"] += 1
             continue
         if not _one_word(w):
             skipped["not_one_word"] += 1
             continue
-        folded.add(w.lower())
+        new.add(w.lower())
         proto.pieces.append(pb.ModelProto.SentencePiece(piece=WORD_START + w, score=math.log(f) + offset,
                                                         type=pb.ModelProto.SentencePiece.NORMAL))
         added.append(w)

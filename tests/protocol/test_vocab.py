@@ -144,12 +144,13 @@ def _freqs(old, V):
 
 def test_tail_words_are_appended_and_nothing_else_moves(base, tmp_path):
     src, manifest, weights, V, old, _ = base
-    vid, added, _ = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
+    vid, added, skipped = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
     m2, w2 = load_version(tmp_path / "v")                    # hashes verified
     assert vid == m2.version_id
     new = vocab_of(load_tokenizer(tmp_path / "v" / "tokenizer.model"), V)
 
     assert added == ["zorblax", "quuxly"]                    # not-one-token entries skipped, the limit kept
+    assert skipped["past_the_limit"] == 1 and sum(skipped.values()) + len(added) == len(_freqs(old, V))
     assert new.words[:len(old)] == old.words and new.words[len(old):] == added
     np.testing.assert_array_equal(new.log_freq[:len(old)], old.log_freq)
     # On the list's own scale: the shared words sit 0.5 under their list score, so the new ones are moved up by it.
@@ -214,8 +215,9 @@ def test_a_word_the_list_holds_in_another_casing_is_not_added_again(base, tmp_pa
                                                                    ("zorblax", 1e-5), ("two words", 1e-5)],
                                        tmp_path / "v", limit=10)
     assert added == ["Zorblax"]
-    # every entry but the one added is accounted for: the list's 50 words, the other casings, the phrase
-    assert skipped == {"in_the_list": 52, "not_one_word": 1}
+    # every entry but the one added is accounted for, once: the list's 50 words and the word it holds
+    # in another casing, the second casing of the word added, the phrase
+    assert skipped == {"in_the_list": 51, "another_casing_added": 1, "not_one_word": 1, "past_the_limit": 0}
 
 
 def test_tail_command_line(base, tmp_path, capsys):
