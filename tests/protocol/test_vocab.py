@@ -144,13 +144,14 @@ def _freqs(old, V):
 
 def test_tail_words_are_appended_and_nothing_else_moves(base, tmp_path):
     src, manifest, weights, V, old, _ = base
-    vid, added, skipped = add_tail_words(src, _freqs(old, V), tmp_path / "v", limit=2)
+    freqs = _freqs(old, V)
+    vid, added, skipped = add_tail_words(src, freqs, tmp_path / "v", limit=2)
     m2, w2 = load_version(tmp_path / "v")                    # hashes verified
     assert vid == m2.version_id
     new = vocab_of(load_tokenizer(tmp_path / "v" / "tokenizer.model"), V)
 
     assert added == ["zorblax", "quuxly"]                    # not-one-token entries skipped, the limit kept
-    assert skipped["past_the_limit"] == 1 and sum(skipped.values()) + len(added) == len(_freqs(old, V))
+    assert skipped["past_the_limit"] == 1 and sum(skipped.values()) + len(added) == len(freqs)
     assert new.words[:len(old)] == old.words and new.words[len(old):] == added
     np.testing.assert_array_equal(new.log_freq[:len(old)], old.log_freq)
     # On the list's own scale: the shared words sit 0.5 under their list score, so the new ones are moved up by it.
