@@ -12,8 +12,9 @@
    and whether it will be unplugged mid-training (--dropout); all devices check in through
    the real edge runtime (`edge_runtime.agent.run_once`, in a small process pool, each device
    in its own data directory), train locally, upload clipped (and, with DP, noised) deltas;
-   the coordinator validates and aggregates them (FedAvg by default; --server-optimizer) into a candidate, which
-   the canary cohort evaluates on its held-out text before it is promoted or rejected;
+   the coordinator validates and aggregates them (FedAvg by default; --server-optimizer) into
+   a candidate, which the canary cohort evaluates on its held-out text before it is promoted
+   or rejected;
 5. after each round the candidate is scored on the corpus's held-out (test) users with the
    keyboard's own predictor (tools.wordeval: top-1, top-3, keystroke savings);
 6. a report, DIR/report.md + DIR/report.png (+ report.json), with the n-gram, proxy-only and
