@@ -1,7 +1,9 @@
-"""The third-genre corpus is not vendored (its licence is non-commercial), so its builder is the
-only way to repeat docs/quality.md's check: it must keep every post a person wrote, in file and
-post order, under the corpus's own pseudonym, drop the chat server's JOIN/PART lines, and on bad
-input say what is wrong without a traceback or a half-written file."""
+"""The third- and fourth-genre corpora are not vendored (their licences do not allow it), so their
+builders are the only way to repeat docs/quality.md's checks: the chat rooms' must keep every post
+a person wrote, in file and post order, under the corpus's own pseudonym, and drop the chat
+server's JOIN/PART lines; the film dialogue's must put every line under its character in the
+corpus's line order; both, on bad input, say what is wrong without a traceback or a half-written
+file."""
 
 import json
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDER = ROOT / "corpora" / "build_nps_chat.py"
+MOVIES = ROOT / "corpora" / "build_cornell_movies.py"
 
 
 def session(*posts: tuple[str, str | None, str]) -> str:
@@ -70,3 +73,36 @@ def test_build_nps_chat_leaves_no_temporary_file_when_it_cannot_write(tmp_path: 
     assert run.returncode != 0
     assert "cannot write" in run.stderr and "Traceback" not in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nps [2008]", "out.jsonl"]
+
+
+def movie_line(n: int, user: str, text: str) -> str:
+    return f"L{n} +++$+++ {user} +++$+++ m0 +++$+++ NAME +++$+++ {text}\n"
+
+
+def build_movies(src: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MOVIES), str(src), str(out)], capture_output=True, text=True)
+
+
+def test_build_cornell_movies_orders_lines_by_id_and_keeps_latin1_text(tmp_path: Path) -> None:
+    src = tmp_path / "movie_lines.txt"
+    # The corpus lists a film's lines in reverse; ids order them. Latin-1, as the corpus ships.
+    src.write_bytes((movie_line(1045, "u0", "They do not!") + movie_line(1044, "u2", "They do to!")
+                     + movie_line(985, "u0", "Caf\xe9?  ") + movie_line(984, "u2", "   ")
+                     + "a line that is not one\n" + movie_line(983, "", "nobody said it")).encode("latin-1"))
+    out = tmp_path / "movies.jsonl"
+    run = build_movies(src, out)
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert records == [{"user": "u0", "text": "Caf\xe9?"}, {"user": "u2", "text": "They do to!"},
+                       {"user": "u0", "text": "They do not!"}]
+    assert "3 lines, 2 characters" in run.stdout
+
+
+def test_build_cornell_movies_says_what_is_wrong_and_writes_nothing(tmp_path: Path) -> None:
+    missing = build_movies(tmp_path / "none.txt", tmp_path / "out.jsonl")
+    assert missing.returncode != 0 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+    src = tmp_path / "notes.txt"
+    src.write_text("not the corpus\n", encoding="utf-8")
+    wrong = build_movies(src, tmp_path / "out.jsonl")
+    assert wrong.returncode != 0 and "no dialogue lines" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
