@@ -20,16 +20,15 @@ lists them in reverse within a film): {"user": the character's id ("u0"; a chara
 to one film), "text": the line, stripped}. The file is Latin-1. Empty lines and malformed rows
 are dropped. Standard library only.
 """
-import contextlib
-import json
-import os
 import sys
+
+from jsonl_build import paths, write_jsonl
 
 SEP = " +++$+++ "
 
 
 def build(src: str, out: str) -> tuple[int, int]:
-    """Write the JSONL to a temporary file and rename it into place, so a failure leaves no half file."""
+    """Write the dialogue lines of `src` to `out` (`write_jsonl`: all or nothing)."""
     rows = []
     try:
         with open(src, encoding="latin-1") as fh:
@@ -45,28 +44,16 @@ def build(src: str, out: str) -> tuple[int, int]:
     if not rows:
         sys.exit(f"{src}: no dialogue lines found (expected 'L<n>{SEP}u<n>{SEP}m<n>{SEP}NAME{SEP}text')")
     rows.sort()
-    tmp = f"{out}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps({"user": u, "text": t}, ensure_ascii=False) + "\n" for _, u, t in rows)
-        os.replace(tmp, out)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        sys.exit(f"cannot write {out}: {e}")
+    write_jsonl(({"user": u, "text": t} for _, u, t in rows), out)
     return len(rows), len({u for _, u, _ in rows})
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    usage = "usage: build_cornell_movies.py [SOURCE (default movie_lines.txt)] [OUT (default cornell_movies.jsonl)]"
-    if any(a in ("-h", "--help") for a in args):
-        print(usage)
+    given = paths("usage: build_cornell_movies.py [SOURCE (default movie_lines.txt)] "
+                  "[OUT (default cornell_movies.jsonl)]", "movie_lines.txt", "cornell_movies.jsonl")
+    if given is None:
         return
-    if len(args) > 2:
-        sys.exit(usage)
-    src = args[0] if args else "movie_lines.txt"
-    out = args[1] if len(args) > 1 else "cornell_movies.jsonl"
+    src, out = given
     lines, users = build(src, out)
     print(f"{out}: {lines} lines, {users} characters")
 

@@ -18,16 +18,16 @@ room and day, e.g. "10-19-20sUser7"), "text": the post, stripped}. Posts of clas
 (JOIN, PART, NICK lines) and posts without a user or text are dropped. Standard library only;
 7,935 posts, 698 pseudonyms, 32k words.
 """
-import contextlib
 import glob
-import json
 import os
 import sys
 import xml.etree.ElementTree as ET
 
+from jsonl_build import paths, write_jsonl
+
 
 def build(src: str, out: str) -> tuple[int, int]:
-    """Write the JSONL to a temporary file and rename it into place, so a failure leaves no half file."""
+    """Write the posts of the session files in `src` to `out` (`write_jsonl`: all or nothing)."""
     files = sorted(f for f in glob.glob(os.path.join(glob.escape(src), "*.xml")) if os.path.isfile(f))
     if not files:
         sys.exit(f"no .xml files in {src}: unzip nltk_data's packages/corpora/nps_chat.zip first")
@@ -43,28 +43,16 @@ def build(src: str, out: str) -> tuple[int, int]:
                 records.append({"user": user, "text": text})
     if not records:
         sys.exit(f"{src}: no posts found")
-    tmp = f"{out}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        os.replace(tmp, out)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        sys.exit(f"cannot write {out}: {e}")
+    write_jsonl(records, out)
     return len(records), len({r["user"] for r in records})
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    usage = "usage: build_nps_chat.py [SOURCE_DIR (default nps_chat)] [OUT (default nps_chat.jsonl)]"
-    if any(a in ("-h", "--help") for a in args):
-        print(usage)
+    given = paths("usage: build_nps_chat.py [SOURCE_DIR (default nps_chat)] [OUT (default nps_chat.jsonl)]",
+                  "nps_chat", "nps_chat.jsonl")
+    if given is None:
         return
-    if len(args) > 2:
-        sys.exit(usage)
-    src = args[0] if args else "nps_chat"
-    out = args[1] if len(args) > 1 else "nps_chat.jsonl"
+    src, out = given
     posts, users = build(src, out)
     print(f"{out}: {posts} posts, {users} users")
 
