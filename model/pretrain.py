@@ -58,10 +58,12 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
     tokens_seen: int = 0
+    windows: int = 0            # training windows on offer each epoch
+    windows_per_epoch: int = 0  # how many of them an epoch takes (fewer than all when capped)
 
     def to_dict(self) -> dict:
         return {"train_loss": self.train_loss, "val_loss": self.val_loss, "best_epoch": self.best_epoch,
-                "tokens_seen": self.tokens_seen}
+                "tokens_seen": self.tokens_seen, "windows": self.windows, "windows_per_epoch": self.windows_per_epoch}
 
 
 def validation_loss(m: NextWordLSTM, x: np.ndarray, y: np.ndarray, mask: np.ndarray, batch: int = 256) -> float:
@@ -93,9 +95,10 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
     if len(vx) > s.val_windows:
         keep = rng.choice(len(vx), s.val_windows, replace=False)
         vx, vy, vm = vx[keep], vy[keep], vm[keep]
-    steps = math.ceil(len(x) / s.batch_size)
-    if s.steps_per_epoch:
-        steps = min(steps, s.steps_per_epoch)
+    full = math.ceil(len(x) / s.batch_size)
+    steps = min(full, s.steps_per_epoch) if s.steps_per_epoch else full
+    tqdm.write(f"{len(x):,} training windows: {steps:,} steps of {s.batch_size} per epoch"
+               + (f" (capped: each epoch a fresh random {steps / full:.0%} of them)" if steps < full else ""))
     rate = s.learning_rate
     if s.lr_decay_to < 1.0:  # a decayed end settles what a constant rate leaves noisy (v0: see docs/quality.md)
         rate = tf.keras.optimizers.schedules.CosineDecay(s.learning_rate, s.epochs * steps, alpha=s.lr_decay_to)
@@ -110,7 +113,7 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
         opt.apply_gradients(zip(grads, variables))
         return loss
 
-    hist = History()
+    hist = History(windows=len(x), windows_per_epoch=min(len(x), steps * s.batch_size))
     best, best_weights, bad = math.inf, None, 0
     for epoch in range(s.epochs):
         losses = []

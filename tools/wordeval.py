@@ -24,7 +24,7 @@ import hashlib
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 from tqdm import tqdm
 
@@ -99,6 +99,29 @@ def scored_words(users: Mapping[str, Sequence[str]], max_words: int | None = Non
     return got
 
 
+@dataclass
+class Tally:
+    """`evaluate_words`' raw sums: users scored apart (in other processes) add up exactly."""
+
+    hit1: int = 0
+    hit3: int = 0
+    words: int = 0
+    saved: int = 0
+    typed: int = 0
+    logprob: float = 0.0
+    chunks: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def metrics(self) -> WordMetrics:
+        if self.words == 0:
+            raise ValueError("no words to evaluate in the chosen split")
+        return WordMetrics(top1=self.hit1 / self.words, top3=self.hit3 / self.words,
+                           word_perplexity=math.exp(-self.logprob / max(self.chunks, 1)),
+                           ksr=self.saved / self.typed, words=self.words)
+
+
 def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], *, max_words: int,
                    progress: bool = False, desc: str = "evaluating",
                    per_user: dict[str, list[int]] | None = None) -> WordMetrics:
@@ -117,10 +140,16 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
     if max_words < 1:
         raise ValueError("the word budget must be >= 1")
     quota = scored_words(users, max_words)
-    hit1 = hit3 = words = 0
-    saved = typed = 0
-    logprob, chunks = 0.0, 0
-    bar = tqdm(total=sum(quota.values()), desc=desc, unit="word", disable=not progress, leave=False)
+    with tqdm(total=sum(quota.values()), desc=desc, unit="word", disable=not progress, leave=False) as bar:
+        return score_users(new_session, users, quota, per_user, bar.update).metrics()
+
+
+def score_users(new_session: Callable[[], object], users: Mapping[str, Sequence[str]], quota: Mapping[str, int],
+                per_user: dict[str, list[int]] | None = None,
+                scored_one: Callable[[], object] = lambda: None) -> Tally:
+    """`evaluate_words`' loop over the users given, each on its `quota` of words (`scored_words`
+    of the whole population, so a part of it scores exactly what it would within the whole)."""
+    t = Tally()
     for user, texts in users.items():
         mine = [0, 0, 0, 0]
         if per_user is not None:
@@ -143,31 +172,27 @@ def evaluate_words(new_session: Callable[[], object], users: Mapping[str, Sequen
                 if target:
                     if mine[0] >= quota[user]:
                         break
-                    words += 1
-                    bar.update(1)
+                    t.words += 1
+                    scored_one()
                     first = session.suggest("", 3)
-                    hit1 += int(first[:1] == [target])
-                    hit3 += int(target in first)
-                    typed += len(target) + 1
+                    t.hit1 += int(first[:1] == [target])
+                    t.hit3 += int(target in first)
+                    t.typed += len(target) + 1
                     got = 0
                     for k in range(len(target)):
                         if target in (first if k == 0 else session.suggest(target[:k], 3)):
                             got = len(target) - k
                             break
-                    saved += got
+                    t.saved += got
                     mine[0] += 1
                     mine[1] += int(target in first)
                     mine[2] += got
                     mine[3] += len(target) + 1
-                logprob += session.feed(chunk)
-                chunks += 1
+                t.logprob += session.feed(chunk)
+                t.chunks += 1
             if hasattr(session, "learn"):
                 session.learn(text)
-    bar.close()
-    if words == 0:
-        raise ValueError("no words to evaluate in the chosen split")
-    return WordMetrics(top1=hit1 / words, top3=hit3 / words, word_perplexity=math.exp(-logprob / max(chunks, 1)),
-                       ksr=saved / typed, words=words)
+    return t
 
 
 _PER_USER = {"top3": (1, 0), "ksr": (2, 3)}   # (numerator, denominator) in a `per_user` entry

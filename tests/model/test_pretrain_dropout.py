@@ -43,3 +43,18 @@ def test_training_with_dropout_learns_and_leaves_evaluation_untouched():
     again = validation_loss(m, *data)
     assert again == pytest.approx(hist.val_loss[hist.best_epoch], rel=1e-6)
     assert validation_loss(m, *data) == again
+
+
+def test_an_epoch_cap_takes_a_share_of_the_windows_and_the_history_records_it(capsys):
+    """`steps_per_epoch` (tools.simulate's central cap) trains on that many batches per epoch and
+    records how many windows an epoch took out of how many, which the simulation report prints."""
+    data = _windows(64)
+    capped = train_windows(NextWordLSTM(CFG, seed=0), data, data,
+                           TrainSettings(epochs=2, steps_per_epoch=2, batch_size=16, progress=False, patience=3))
+    assert (capped.windows, capped.windows_per_epoch) == (64, 32)
+    assert capped.tokens_seen == 2 * 32 * CFG.seq_len
+    assert "capped: each epoch a fresh random 50% of them" in capsys.readouterr().out
+    full = train_windows(NextWordLSTM(CFG, seed=0), data, data,
+                         TrainSettings(epochs=1, steps_per_epoch=10, batch_size=16, progress=False, patience=3))
+    assert (full.windows, full.windows_per_epoch) == (64, 64)
+    assert "capped" not in capsys.readouterr().out

@@ -141,20 +141,33 @@ def test_child_tools_run_without_progress_bars_when_the_simulation_shows_none(mo
     assert population._progress_args(argparse.Namespace(no_progress=False)) == ["--no-progress"]
 
 
-def test_central_reference_epochs_can_be_capped_for_large_corpora(monkeypatch, tmp_path):
-    """A full pass per epoch is the default; --central-steps-per-epoch reaches tools.pretrain."""
+def test_central_reference_epochs_are_capped_for_large_corpora(monkeypatch, tmp_path):
+    """By default each central epoch is capped (a corpus of millions of words would take hours);
+    the cap reaches tools.pretrain, 0 asks for full passes, a negative cap is refused."""
     import argparse
 
-    from tools.simulate import population
+    from tools.simulate import build_parser, population
+    from tools.simulate.cli import CENTRAL_STEPS_PER_EPOCH
     calls: list[list[str]] = []
     monkeypatch.setattr(population, "_subprocess_step", lambda title, module_args: calls.append(module_args))
     base = dict(no_central=False, central=None, corpus="c.jsonl", central_epochs=4, no_progress=True, rebuild=False)
-    population.ensure_central(tmp_path, tmp_path / "v0", argparse.Namespace(**base, central_steps_per_epoch=None))
-    population.ensure_central(tmp_path, tmp_path / "v0", argparse.Namespace(**base, central_steps_per_epoch=50))
-    assert "--steps-per-epoch" not in calls[0]
-    assert calls[1][calls[1].index("--steps-per-epoch") + 1] == "50"
-    bad = simulate("--corpus", "c.jsonl", "--central-steps-per-epoch", "0")
-    assert bad.returncode == 2 and "--central-steps-per-epoch must be >= 1" in bad.stderr, bad.stderr
+    default = build_parser().parse_args(["--corpus", "c.jsonl"]).central_steps_per_epoch
+    for steps in (default, 0, 50):
+        population.ensure_central(tmp_path, tmp_path / "v0", argparse.Namespace(**base, central_steps_per_epoch=steps))
+    assert calls[0][calls[0].index("--steps-per-epoch") + 1] == str(CENTRAL_STEPS_PER_EPOCH)
+    assert "--steps-per-epoch" not in calls[1]
+    assert calls[2][calls[2].index("--steps-per-epoch") + 1] == "50"
+    bad = simulate("--corpus", "c.jsonl", "--central-steps-per-epoch", "-1")
+    assert bad.returncode == 2 and "--central-steps-per-epoch must be >= 0" in bad.stderr, bad.stderr
+
+
+def test_report_says_when_the_central_reference_saw_a_share_of_its_windows():
+    """The central row names the cap only when it bound: a full pass reads as before."""
+    from tools.simulate.report import central_cap
+    full = {"central": {"top3": 0.2, "training": {"windows": 12212, "windows_per_epoch": 12212}}}
+    capped = {"central": {"top3": 0.2, "training": {"windows": 500000, "windows_per_epoch": 128000}}}
+    assert central_cap(full) == "" and central_cap({"central": {"top3": 0.2}}) == "" and central_cap({}) == ""
+    assert "128,000 of its 500,000 windows" in central_cap(capped)
 
 
 def test_simulated_devices_follow_the_runs_own_noise_even_zero():

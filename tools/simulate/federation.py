@@ -199,7 +199,8 @@ class Rounds:
             prog.add_task(f"{self.name}: round {res.round}: scoring the candidate on held-out users", total=None)
             vdir = self.observer.store.ensure(res.candidate, self.observer.client.fetch)
             with stderr_to(self.eval_log):
-                res.candidate_metrics = score_version(vdir, self.pop.heldout, self.args.eval_words)
+                res.candidate_metrics = score_version(vdir, self.pop.heldout, self.args.eval_words,
+                                                      pool=self.pool, workers=self.args.workers)
 
 
 def coordinator_settings(args: argparse.Namespace, population_size: int) -> dict[str, object]:
@@ -327,5 +328,6 @@ def _final_global(rounds: Rounds, results: list[RoundResult], stable: str,
     if stable != observer.store.current_id or any(r.verdict == "promote" for r in results):
         with stderr_to(rounds.eval_log):
             global_metrics = score_version(observer.store.ensure(stable, observer.client.fetch),
-                                           rounds.pop.heldout, rounds.args.eval_words, personal=False)
+                                           rounds.pop.heldout, rounds.args.eval_words, personal=False,
+                                           pool=rounds.pool, workers=rounds.args.workers)
     return global_metrics

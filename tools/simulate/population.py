@@ -62,7 +62,7 @@ def _progress_args(args: argparse.Namespace) -> list[str]:
 
 def _central_cap(args: argparse.Namespace) -> list[str]:
     steps = getattr(args, "central_steps_per_epoch", None)
-    return [] if steps is None else ["--steps-per-epoch", str(steps)]
+    return ["--steps-per-epoch", str(steps)] if steps else []   # None or 0: a full pass
 
 
 def _subprocess_step(title: str, module_args: list[str]) -> None:

@@ -14,9 +14,12 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
+from multiprocessing import get_context
 from pathlib import Path
 
+from protocol.artifact import read_manifest
 from tools.simulate.population import Population
 
 
@@ -36,11 +39,45 @@ def stderr_to(path: Path) -> Iterator[None]:
 
 
 def score_version(version_dir: Path, users: dict[str, list[str]], max_words: int, *,
-                  personal: bool = True) -> dict[str, float]:
-    """The FedKeys keyboard on this version (`personal`), or the version's LSTM alone."""
-    from tools.evaluate import lstm_factory
+                  personal: bool = True, pool: Executor | None = None, workers: int = 1) -> dict[str, float]:
+    """The FedKeys keyboard on this version (`personal`), or the version's LSTM alone.
 
-    return scored(lstm_factory(str(version_dir), personal=personal), users, max_words)
+    With a process `pool`, the users are scored in `workers` parts at once, split by what they
+    cost (each held-out device first learns its user's whole first half: on a corpus of long
+    histories that is most of a round); the figures are those of one process, the sums of the
+    same per-user counts."""
+    if pool is None or workers < 2:
+        from tools.evaluate import lstm_factory
+
+        return scored(lstm_factory(str(version_dir), personal=personal), users, max_words)
+    from tools.wordeval import Tally, halves, scored_words
+
+    quota = scored_words(users, max_words)
+    bins: list[list[str]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    cost = {u: sum(len(t.split()) for t in halves(users[u])[0]) + 10 * quota[u] for u in users if quota[u]}
+    for u in sorted(cost, key=cost.__getitem__, reverse=True):   # the costliest first, to the lightest part
+        i = load.index(min(load))
+        bins[i].append(u)
+        load[i] += cost[u]
+    jobs = [pool.submit(_score_part, str(version_dir), personal, {u: users[u] for u in b}, {u: quota[u] for u in b})
+            for b in bins if b]
+    total, counts = Tally(), {}
+    for job in jobs:
+        tally, per_user = job.result()
+        total += tally
+        counts.update(per_user)
+    out = total.metrics().to_dict()
+    return {**out, "per_user": [counts.get(u, [0, 0, 0, 0]) for u in users]}
+
+
+def _score_part(version_dir: str, personal: bool, users: dict[str, list[str]], quota: dict[str, int]):
+    """One process's share of `score_version`: its users' sums and per-user counts."""
+    from tools.evaluate import lstm_factory
+    from tools.wordeval import score_users
+
+    per_user: dict[str, list[int]] = {}
+    return score_users(lstm_factory(version_dir, personal=personal), users, quota, per_user), per_user
 
 
 def scored(new_session, users: dict[str, list[str]], max_words: int) -> dict:
@@ -63,7 +100,7 @@ def _sha(path: Path) -> str:
 
 
 def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str], v0: Path, central: Path | None,
-                     max_words: int, quiet_log: Path) -> dict[str, dict]:
+                     max_words: int, quiet_log: Path, workers: int = 1) -> dict[str, dict]:
     """References on the held-out users, cached in DIR/reference.json:
 
     ngram: Kneser-Ney trigram fitted centrally on the corpus's train users (collects their text);
@@ -100,27 +137,36 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     if central is not None:
         wanted["central"] = f"lstm:{_sha(central / 'manifest.json')}:{corpus_key}"
     train_users = functools.cache(lambda: split_users(read_corpus(corpus), seed=0).train)   # read once
-    for name, key in wanted.items():
-        if key in cache:
-            out[name] = cache[key]
-            continue
-        t0 = time.time()
-        if name.startswith("ngram"):
-            if name == "ngram_proxy":
-                lm = KneserNeyLM.fit([r.text for p in proxy for r in read_corpus(p)], order=3)
+    pool: Executor | None = None   # started for the first model scored, in `workers` processes
+    with ExitStack() as stack:
+        for name, key in wanted.items():
+            if key in cache:
+                out[name] = cache[key]
+                continue
+            t0 = time.time()
+            if name.startswith("ngram"):
+                if name == "ngram_proxy":
+                    lm = KneserNeyLM.fit([r.text for p in proxy for r in read_corpus(p)], order=3)
+                else:
+                    try:
+                        lm = KneserNeyLM.fit_users(train_users().items(), 3,
+                                                   min_users=2 if name == "ngram_shared" else 1)
+                    except ValueError:   # ngram_shared of train users who share no word: no such reference, no row
+                        if name == "ngram":
+                            raise
+                        continue
+                out[name] = scored(lm.session, pop.heldout, max_words)
             else:
-                try:
-                    lm = KneserNeyLM.fit_users(train_users().items(), 3, min_users=2 if name == "ngram_shared" else 1)
-                except ValueError:   # ngram_shared of train users who share no word: no such reference, no row
-                    if name == "ngram":
-                        raise
-                    continue
-            out[name] = scored(lm.session, pop.heldout, max_words)
-        else:
-            with stderr_to(quiet_log):
-                out[name] = score_version(central if name == "central" else v0, pop.heldout, max_words,
-                                          personal=name == "proxy")
-        out[name]["seconds"] = round(time.time() - t0, 1)
-        cache[key] = out[name]
+                with stderr_to(quiet_log):   # before the pool starts: its processes print there too
+                    if pool is None and workers > 1:
+                        pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn")))
+                    out[name] = score_version(central if name == "central" else v0, pop.heldout, max_words,
+                                              personal=name == "proxy", pool=pool, workers=workers)
+            out[name]["seconds"] = round(time.time() - t0, 1)
+            cache[key] = out[name]
     cache_path.write_text(json.dumps(cache, indent=1))
+    if "central" in out:   # how much of the train users' text the reference saw per epoch (the report says)
+        trained = read_manifest(central).metrics.get("pretrain", {})
+        if "windows_per_epoch" in trained:
+            out["central"] = {**out["central"], "training": {k: trained[k] for k in ("windows", "windows_per_epoch")}}
     return out
