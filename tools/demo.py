@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=DEMO_DEFAULTS["workers"], help="device processes")
     p.add_argument("--v0", help="start from this version directory instead of the shipped models/v0")
     p.add_argument("--with-central", action="store_true",
-                   help="also train the central reference (upper bound; ~10 minutes the first time)")
+                   help="also train the central reference (upper bound; 2.5-6 minutes the first time on 2 cores)")
     p.add_argument("--pretrain-epochs", type=int, default=2, help="with --rebuild: version 0 epochs")
     p.add_argument("--pretrain-steps", type=int, default=700, help="with --rebuild: steps per epoch (batch 64)")
     p.add_argument("--central-epochs", type=int, default=4, help="with --with-central: epochs")

@@ -28,8 +28,9 @@ DESCRIPTION = "Simulate a population of keyboard devices federating against a re
 DEFAULT_NOISE_MULTIPLIER = 0.01
 # The central reference's epochs are full passes up to 2,000 batches of 64 (128,000 windows, about
 # 1.6M words of train users' text): the largest corpus measured, topical_chat.jsonl's 740k train
-# words, needs 962; past the cap, each epoch is a fresh random share, so the 4 epochs take about 22
-# minutes on 2 cores however large the corpus, where full passes over 5M words would take an hour.
+# words, needs 962; past the cap, each epoch is a fresh random share, so the 4 epochs take about 20
+# minutes on 2 cores however large the corpus (20.3 on 4.76M words of novels, where full passes
+# would take about 47; docs/quality.md, "Corpora of millions of words").
 CENTRAL_STEPS_PER_EPOCH = 2000
 
 
