@@ -22,7 +22,7 @@ are dropped. Standard library only.
 """
 import sys
 
-from jsonl_build import paths, write_jsonl
+from jsonl_build import run, write_jsonl
 
 SEP = " +++$+++ "
 
@@ -49,13 +49,8 @@ def build(src: str, out: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    given = paths("usage: build_cornell_movies.py [SOURCE (default movie_lines.txt)] "
-                  "[OUT (default cornell_movies.jsonl)]", "movie_lines.txt", "cornell_movies.jsonl")
-    if given is None:
-        return
-    src, out = given
-    lines, users = build(src, out)
-    print(f"{out}: {lines} lines, {users} characters")
+    run("usage: build_cornell_movies.py [SOURCE (default movie_lines.txt)] [OUT (default cornell_movies.jsonl)]",
+        "movie_lines.txt", "cornell_movies.jsonl", build, ("lines", "characters"))
 
 
 if __name__ == "__main__":

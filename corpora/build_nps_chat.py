@@ -23,7 +23,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-from jsonl_build import paths, write_jsonl
+from jsonl_build import run, write_jsonl
 
 
 def build(src: str, out: str) -> tuple[int, int]:
@@ -48,13 +48,8 @@ def build(src: str, out: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    given = paths("usage: build_nps_chat.py [SOURCE_DIR (default nps_chat)] [OUT (default nps_chat.jsonl)]",
-                  "nps_chat", "nps_chat.jsonl")
-    if given is None:
-        return
-    src, out = given
-    posts, users = build(src, out)
-    print(f"{out}: {posts} posts, {users} users")
+    run("usage: build_nps_chat.py [SOURCE_DIR (default nps_chat)] [OUT (default nps_chat.jsonl)]",
+        "nps_chat", "nps_chat.jsonl", build, ("posts", "users"))
 
 
 if __name__ == "__main__":

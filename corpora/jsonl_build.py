@@ -1,23 +1,28 @@
 """What the check-corpus builders (`build_nps_chat.py`, `build_cornell_movies.py`) share: their
-command line of two optional paths, and a JSONL write that leaves either the whole file or none.
+command line of two optional paths and its summary, and a JSONL write that leaves either the
+whole file or none.
 Standard library only; the builders import it as their sibling when run by path."""
 import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
-def paths(usage: str, src: str, out: str) -> tuple[str, str] | None:
-    """(SOURCE, OUT) from the command line, `src` and `out` when not given; None once `usage` is
-    printed for -h/--help; more than two arguments exit with `usage`."""
+def run(usage: str, src: str, out: str, build: Callable[[str, str], tuple[int, int]],
+        units: tuple[str, str]) -> None:
+    """A builder's command line: SOURCE and OUT, `src` and `out` when not given, then
+    `build(SOURCE, OUT)` -> (records, users), printed with their `units` ("lines", "characters").
+    -h/--help prints `usage`; more than two arguments exit with it."""
     args = sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
         print(usage)
-        return None
+        return
     if len(args) > 2:
         sys.exit(usage)
-    return (args[0] if args else src), (args[1] if len(args) > 1 else out)
+    src, out = (args[0] if args else src), (args[1] if len(args) > 1 else out)
+    records, users = build(src, out)
+    print(f"{out}: {records} {units[0]}, {users} {units[1]}")
 
 
 def write_jsonl(records: Iterable[dict], out: str) -> None:
