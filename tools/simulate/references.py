@@ -45,30 +45,28 @@ def score_version(version_dir: Path, users: dict[str, list[str]], max_words: int
     With a process `pool`, the users are scored in `workers` parts at once, split by what they
     cost (each held-out device first learns its user's whole first half: on a corpus of long
     histories that is most of a round); the figures are those of one process, the sums of the
-    same per-user counts."""
-    if pool is None or workers < 2:
-        from tools.evaluate import lstm_factory
-
-        return scored(lstm_factory(str(version_dir), personal=personal), users, max_words)
+    same per-user counts. Without one, the whole population is the one part, scored here."""
     from tools.wordeval import Tally, halves, scored_words
 
     quota = scored_words(users, max_words)
-    bins: list[list[str]] = [[] for _ in range(workers)]
-    load = [0] * workers
+    parts = workers if pool is not None and workers > 1 else 1
+    bins: list[list[str]] = [[] for _ in range(parts)]
+    load = [0] * parts
     cost = {u: sum(len(t.split()) for t in halves(users[u])[0]) + 10 * quota[u] for u in users if quota[u]}
     for u in sorted(cost, key=cost.__getitem__, reverse=True):   # the costliest first, to the lightest part
         i = load.index(min(load))
         bins[i].append(u)
         load[i] += cost[u]
-    jobs = [pool.submit(_score_part, str(version_dir), personal, {u: users[u] for u in b}, {u: quota[u] for u in b})
-            for b in bins if b]
+    jobs = [(str(version_dir), personal, {u: users[u] for u in b}, {u: quota[u] for u in b}) for b in bins if b]
+    if parts > 1:
+        results = [f.result() for f in [pool.submit(_score_part, *job) for job in jobs]]
+    else:
+        results = [_score_part(*job) for job in jobs]
     total, counts = Tally(), {}
-    for job in jobs:
-        tally, per_user = job.result()
+    for tally, per_user in results:
         total += tally
         counts.update(per_user)
-    out = total.metrics().to_dict()
-    return {**out, "per_user": [counts.get(u, [0, 0, 0, 0]) for u in users]}
+    return {**total.metrics().to_dict(), "per_user": [counts.get(u, [0, 0, 0, 0]) for u in users]}
 
 
 def _score_part(version_dir: str, personal: bool, users: dict[str, list[str]], quota: dict[str, int]):
