@@ -56,3 +56,5 @@ def test_a_report_from_before_per_user_counts_is_refused_before_any_scoring(tmp_
         main(["--data-dir", str(data)])
     with pytest.raises(ValueError, match="no finished simulation here"):
         main(["--data-dir", str(tmp_path / "nothing")])
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        main(["--data-dir", str(data), "--workers", "0"])

@@ -100,8 +100,10 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
         d, lo, hi = again[w]["claims"]["keyboard vs best shippable, top-3"]
         assert lo <= d <= hi and "global LSTM vs central LSTM, top-3" not in again[w]["claims"]   # --no-central
     # re-scored on the run's own budget, every word is the run's word: the same claims, from a fresh scoring
+    # in one process (the run scored its held-out users in two)
     r = subprocess.run([sys.executable, "-m", "tools.rescore", "--data-dir", str(data), "--json", "--eval-words",
-                        "60"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+                        "60", "--workers", "1"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+                       check=False)
     same = json.loads(r.stdout)
     for label, (d, lo, hi) in same["run"]["claims"].items():
         assert same["every_word"]["claims"][label] == pytest.approx([d, lo, hi], abs=1e-9), label

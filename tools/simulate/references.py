@@ -98,7 +98,8 @@ def _sha(path: Path) -> str:
 
 
 def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str], v0: Path, central: Path | None,
-                     max_words: int, quiet_log: Path, workers: int = 1) -> dict[str, dict]:
+                     max_words: int, quiet_log: Path, workers: int = 1,
+                     pool: Executor | None = None) -> dict[str, dict]:
     """References on the held-out users, cached in DIR/reference.json:
 
     ngram: Kneser-Ney trigram fitted centrally on the corpus's train users (collects their text);
@@ -107,7 +108,8 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     rests on what one user typed);
     ngram_proxy: the same trigram fitted on the proxy text only (shippable without users' text);
     proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM copy);
-    proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users."""
+    proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users.
+    The LSTMs are scored in `workers` processes: the caller's `pool`, or one started for the first."""
     from edge_runtime.base_ngram import configured_path
     from model.corpus import read_corpus, split_users
     from protocol.ngram import KneserNeyLM
@@ -135,7 +137,6 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     if central is not None:
         wanted["central"] = f"lstm:{_sha(central / 'manifest.json')}:{corpus_key}"
     train_users = functools.cache(lambda: split_users(read_corpus(corpus), seed=0).train)   # read once
-    pool: Executor | None = None   # started for the first model scored, in `workers` processes
     with ExitStack() as stack:
         for name, key in wanted.items():
             if key in cache:
