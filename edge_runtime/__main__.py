@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edge_runtime import agent, keyboard, personalize
+from edge_runtime import agent, keyboard, paths, personalize
 from edge_runtime.cache import CacheError
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, load_config
@@ -125,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             print(_notices(Path(args.model)))
             return 0
         data_dir = cfg.require_data_dir()
-        if c not in ("enroll", "keyboard") and not data_dir.is_dir():   # a typo must not start a new device
-            raise ConfigError(f"{data_dir} is not a device data directory; create it with "
-                              f"python -m edge_runtime enroll --data-dir {data_dir} ...")
+        if c not in ("enroll", "keyboard") and not _holds_device(data_dir):   # a typo must not start a new
+            # device, and `wipe` must not delete a `personal/` folder of a directory that is not one
+            raise ConfigError(f"{data_dir} is not a device data directory (no {paths.IDENTITY_FILE} or "
+                              f"{paths.CACHE_DB} in it); create one with "
+                              f"python -m edge_runtime enroll --data-dir {data_dir} ... (or keyboard)")
         if c == "enroll":
             ident = agent.enroll(cfg, args.enrollment_key, force=args.force)
             print(json.dumps({"device_id": ident.device_id, "coordinator": ident.coordinator,
@@ -190,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _holds_device(data_dir: Path) -> bool:
+    """A directory that `enroll` or `keyboard` made: it holds the identity or the text cache."""
+    return data_dir.is_dir() and any((data_dir / f).is_file() for f in (paths.IDENTITY_FILE, paths.CACHE_DB))
 
 
 def cli() -> None:

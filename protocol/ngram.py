@@ -218,7 +218,7 @@ class KneserNeyLM:
         index = {w: i for i, w in enumerate(vocab)}
         unk, bos, eos = index[UNK], index[BOS], index[EOS]
         base, order = len(vocab), self.order
-        if base**order >= 2**63:
+        if order >= 63 or base**order >= 2**63:   # base >= 3 (the specials): no huge power computed
             raise ValueError(f"order {order} is too high for {base} token types (n-gram keys overflow int64)")
 
         # N-grams are counted as int64 keys sum(id_j * base**(n-1-j)): sorting keys sorts by

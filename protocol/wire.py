@@ -481,7 +481,9 @@ def version_path(template: str, version_id: str) -> str:
 
 
 def is_safe_id(value: str) -> bool:
-    return (isinstance(value, str) and 0 < len(value) <= MAX_ID_LEN
+    """An id that is safe as one URL path segment and one directory name on both sides:
+    [A-Za-z0-9._-], at most MAX_ID_LEN, and not only dots (`.` and `..` name other directories)."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_ID_LEN and value.strip(".") != ""
             and all(c.isascii() and (c.isalnum() or c in "._-") for c in value))
 
 

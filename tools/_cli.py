@@ -24,7 +24,11 @@ DEFAULT_PROXY = tuple(os.path.join(CORPORA, f) for f in ("gutenberg_mix.jsonl", 
 # senders get 89 or 90 each, the lightest all of theirs.
 DEFAULT_EVAL_WORDS = 5000
 
-USER_ERRORS: tuple[type[BaseException], ...] = (CorpusError, ArtifactError, FileNotFoundError, ValueError)
+# A path the user gave that cannot be read or written (unreadable, read-only, a file where a
+# directory goes or the other way round) is their error too: the message names the path.
+USER_ERRORS: tuple[type[BaseException], ...] = (CorpusError, ArtifactError, FileNotFoundError, ValueError,
+                                                PermissionError, FileExistsError, NotADirectoryError,
+                                                IsADirectoryError)
 
 
 def quiet_tensorflow() -> None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +66,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.corpus and not args.init:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")
+    _check_numbers(args)
+    out = Path(args.out)
+    _check_out(out)
     quiet_tensorflow()
+    # Everything is written to a staging directory beside --out and moved into place at the end,
+    # so a failed or interrupted run leaves --out as it was (an earlier version stays loadable).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.incoming-", dir=out.parent))
+    try:
+        return _train_and_export(args, out, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse settings that would train nothing, or NaN, before any work (one line each)."""
+    for name in ("epochs", "batch_size", "embed_dim", "hidden_dim", "patience"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        raise ValueError(f"--steps-per-epoch must be >= 1 (or left out for a full pass), got {args.steps_per_epoch}")
+    if args.seq_len < 2:
+        raise ValueError(f"--seq-len must be >= 2 (a window predicts its next tokens), got {args.seq_len}")
+    if args.vocab_size < 16 or args.word_list_size < 16:
+        raise ValueError("--vocab-size and --word-list-size must be >= 16")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.lr_decay_to) and 0 < args.lr_decay_to <= 1):
+        raise ValueError(f"--lr-decay-to must be in (0, 1], got {args.lr_decay_to}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+
+
+def _check_out(out: Path) -> None:
+    """--out is new, empty or a version directory (replaced at the end); never a user's other folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the version")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise ValueError(f"--out {out} holds files but no model version (no manifest.json); "
+                         "give a new or empty directory")
+
+
+def _train_and_export(args: argparse.Namespace, out: Path, work: Path) -> int:
     from model.corpus import read_corpus, split_users
     from model.export import export_version, load_module
     from model.lstm import NextWordLSTM
@@ -72,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     from protocol.arch import ModelConfig
     from protocol.text import load_tokenizer
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     sources = [args.corpus] if args.corpus else args.proxy
     source = " + ".join(Path(s).name for s in sources)
@@ -88,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         parent = base.version_id
         notices = base.notices   # the same word list, so the same licence notice
     else:
-        tok_path = out / "tokenizer.model"
+        tok_path = work / "tokenizer.model"
         print(f"building the word list ({args.word_list_size} words, the LSTM models {args.vocab_size}) "
               "from proxy text...")
         train_tokenizer(train_texts + val_texts, tok_path, vocab_size=max(args.word_list_size, args.vocab_size))
@@ -112,11 +155,21 @@ def main(argv: list[str] | None = None) -> int:
                                      {k: v for k, v in base.metrics.items() if k != "earlier_stages"}]
         parent = base.parent
     print("exporting to TFLite (builtin ops only) and linting in the slim interpreter...")
-    manifest = export_version(m, tok_path, out, version_id=version_id, parent=parent, metrics=metrics,
+    manifest = export_version(m, tok_path, work, version_id=version_id, parent=parent, metrics=metrics,
                               notices=notices)
+    _replace(work, out)
     print(json.dumps({"version": manifest.version_id, "dir": str(out), "params": manifest.num_params,
                       "val_loss": hist.val_loss, "seconds": round(time.time() - t0, 1)}))
     return 0
+
+
+def _replace(work: Path, out: Path) -> None:
+    """Move the finished version into --out: the old one aside first, deleted only once the new is in."""
+    old = work.with_name(work.name.replace(".incoming-", ".replaced-"))
+    if out.exists():
+        out.rename(old)
+    work.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def cli() -> None:

@@ -28,14 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     from model.corpus import read_corpus
     from protocol.ngram import KneserNeyLM
 
+    if Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a directory; give a file name (.npz)")
     t0 = time.time()
     texts = [r.text for p in args.proxy for r in read_corpus(p)]
     lm = KneserNeyLM.fit(texts, order=args.order)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    lm.save(tmp)
-    tmp.replace(out)
+    try:
+        lm.save(tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)   # a failed write leaves nothing behind
     print(f"{out}: order {args.order}, {len(lm.vocab):,} words from {len(texts):,} proxy texts, "
           f"{out.stat().st_size / 1e6:.1f} MB, {time.time() - t0:.0f} s")
     return 0

@@ -69,10 +69,14 @@ def _run_parts(data: Path, args: argparse.Namespace) -> tuple[dict, dict, Path, 
     try:
         report = json.loads((data / "report.json").read_text())
         settings, fed = report["settings"], report["federations"][0]
-        report["references"]["proxy_lstm"]
-    except (OSError, ValueError, KeyError, IndexError):
+        metrics = (fed["final_metrics"], fed["global_metrics"], report["references"]["ngram"],
+                   report["references"]["proxy_lstm"])
+        if not (isinstance(settings, dict) and isinstance(fed["name"], str) and isinstance(fed["final_version"], str)
+                and all(isinstance(m, dict) for m in metrics)):
+            raise TypeError
+    except (OSError, ValueError, KeyError, IndexError, TypeError):   # TypeError: valid JSON, another shape
         raise ValueError(f"{data}: no finished simulation here (report.json missing or unreadable)") from None
-    if not all("per_user" in m for m in (fed["final_metrics"], fed["global_metrics"], report["references"]["ngram"])):
+    if not all("per_user" in m for m in metrics[:3]):
         raise ValueError(f"{data}: the run's report predates per-user counts; run the simulation again")
     final = data / "runs" / fed["name"] / "keyboard" / "models" / fed["final_version"]
     run_args = SimpleNamespace(**{"v0": None, "pretrain_v0": False, "central": None, "no_central": False,

@@ -78,3 +78,18 @@ def test_device_commands_refuse_a_mistyped_data_dir(tmp_path, capsys, command):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a device data directory" in err[0] and "enroll" in err[0], err
     assert not typo.exists()
+
+
+@pytest.mark.parametrize("command", [["wipe"], ["pause"], ["status"]])
+def test_device_commands_leave_a_directory_that_holds_no_device_alone(tmp_path, capsys, command):
+    """An existing directory that is not a device's (a user's own folder given by mistake): `wipe`
+    must not delete its `personal/` folder, and nothing may write a cache or models into it."""
+    from edge_runtime.__main__ import main as cli_main
+
+    (tmp_path / "personal").mkdir()
+    (tmp_path / "personal" / "thesis.txt").write_text("years of work")
+    assert cli_main([command[0], "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a device data directory" in err[0], err
+    assert (tmp_path / "personal" / "thesis.txt").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["personal"]

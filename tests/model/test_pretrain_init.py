@@ -21,3 +21,57 @@ def test_a_version_trained_from_another_keeps_its_word_lists_notice(exported_ver
                  "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--no-progress"]) == 0
     out = read_manifest(tmp_path / "out")
     assert out.parent == m["version_id"] and out.notices == notices
+
+
+def test_a_failed_run_leaves_the_version_in_out_as_it_was(exported_version, tmp_path, capsys):
+    """--out is written in a staging directory and moved into place at the end: a run that fails
+    (here: a corpus with no text) leaves the earlier version loadable, and a run that succeeds
+    replaces it whole."""
+    import pytest
+
+    from protocol.artifact import load_version
+    from tools.pretrain import main
+
+    out = tmp_path / "out"
+    shutil.copytree(exported_version, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(Exception, match="empty|no text|no records"):
+        main(["--corpus", str(empty), "--init", str(exported_version), "--out", str(out), "--no-progress"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "out"]   # no staging left behind
+    assert main(["--corpus", str(SHAKESPEARE), "--init", str(exported_version), "--out", str(out),
+                 "--version-id", "again", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
+                 "--no-progress"]) == 0
+    manifest, _ = load_version(out, verify=True)
+    assert manifest.version_id == "again" and sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "out"]
+
+
+def test_settings_that_would_train_nothing_and_folders_that_are_not_versions_are_refused(tmp_path):
+    import pytest
+
+    from tools.pretrain import main
+
+    base = ["--corpus", str(SHAKESPEARE), "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+    for bad, match in ((["--batch-size", "0"], "--batch-size must be >= 1"),
+                       (["--epochs", "-1"], "--epochs must be >= 1"),
+                       (["--steps-per-epoch", "-2"], "--steps-per-epoch must be >= 1"),
+                       (["--seq-len", "0"], "--seq-len must be >= 2"),
+                       (["--lr", "nan"], "--lr must be a positive number"),
+                       (["--lr", "-1"], "--lr must be a positive number"),
+                       (["--lr-decay-to", "nan"], r"--lr-decay-to must be in \(0, 1\]"),
+                       (["--hidden-dim", "0"], "--hidden-dim must be >= 1"),
+                       (["--vocab-size", "0"], "--vocab-size and --word-list-size must be >= 16")):
+        with pytest.raises(ValueError, match=match):
+            main([*base, *bad])
+    assert not (tmp_path / "o").exists()
+    mine = tmp_path / "my folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no model version"):
+        main([*base[:-1], str(mine)])
+    (tmp_path / "a file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        main([*base[:-1], str(tmp_path / "a file")])
+    assert (mine / "notes.txt").read_text() == "mine"

@@ -92,6 +92,9 @@ def test_paths_and_helpers():
     assert w.version_path(w.PATH_VERSION_WEIGHTS, "v0001") == "/v1/versions/v0001/weights"
     with pytest.raises(w.WireError):
         w.version_path(w.PATH_VERSION_WEIGHTS, "../etc")
+    # `.` and `..` are URL-safe characters but name other directories on both sides
+    assert not any(w.is_safe_id(v) for v in (".", "..", "...", "", "a/b", "x" * 129))
+    assert all(w.is_safe_id(v) for v in ("v0001", "v0.1", ".hidden", "a..b", "v0-t1000-ab12cd34"))
     h = w.device_headers("d1", "tok")
     assert w.bearer_token(h[w.AUTH_HEADER]) == "tok" and h[w.DEVICE_HEADER] == "d1"
     assert w.bearer_token("Basic xyz") is None and w.bearer_token(None) is None

@@ -56,5 +56,12 @@ def test_a_report_from_before_per_user_counts_is_refused_before_any_scoring(tmp_
         main(["--data-dir", str(data)])
     with pytest.raises(ValueError, match="no finished simulation here"):
         main(["--data-dir", str(tmp_path / "nothing")])
+    # valid JSON of another shape is the same error, not a TypeError or KeyError
+    for shape in ([], {"settings": 1, "federations": [1], "references": {"proxy_lstm": 1}},
+                  {"settings": {}, "federations": [{"name": "f"}], "references": {"proxy_lstm": {}}}):
+        (tmp_path / "odd").mkdir(exist_ok=True)
+        (tmp_path / "odd" / "report.json").write_text(json.dumps(shape))
+        with pytest.raises(ValueError, match="no finished simulation here"):
+            main(["--data-dir", str(tmp_path / "odd")])
     with pytest.raises(ValueError, match="--workers must be >= 1"):
         main(["--data-dir", str(data), "--workers", "0"])

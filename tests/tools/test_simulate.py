@@ -128,6 +128,18 @@ def test_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "fewer than --devices" in r.stderr
     r = simulate("--corpus", str(corpus), "--devices", "2", "--rounds", "0", "--data-dir", str(tmp_path / "d"))
     assert r.returncode == 2 and r.stderr.strip() == "error: --rounds must be >= 1"
+    for bad, msg in ((["--clip-norm", "inf"], "learning rates and clip must be finite and > 0"),
+                     (["--server-lr", "1e400"], "learning rates and clip must be finite and > 0"),
+                     (["--noise-multiplier", "nan"], "noise multipliers must be finite and >= 0"),
+                     (["--central-epochs", "-1"], "--central-epochs must be >= 1")):
+        r = simulate("--corpus", str(corpus), "--devices", "2", "--rounds", "1", "--data-dir", str(tmp_path / "d"),
+                     *bad)
+        assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and msg in r.stderr, (bad, r.stderr)
+    # a --data-dir that is a file: one line naming it, not a traceback
+    (tmp_path / "a-file").write_text("x")
+    r = simulate("--corpus", str(corpus), "--proxy", str(corpus), "--devices", "2", "--rounds", "1",
+                 "--data-dir", str(tmp_path / "a-file"), "--no-central")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "a-file" in r.stderr, r.stderr
 
 
 def test_child_tools_run_without_progress_bars_when_the_simulation_shows_none(monkeypatch):

@@ -6,6 +6,7 @@ defaults, automation reads report.json): add flags, do not rename them."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -110,14 +111,18 @@ def check_args(args: argparse.Namespace) -> None:
         (1 <= args.workers <= 64, "--workers must be in [1, 64]"),
         (args.epochs >= 1 and args.batch_size >= 1 and args.max_examples >= 1,
          "--epochs, --batch-size and --max-examples must be >= 1"),
-        (args.learning_rate > 0 and args.clip_norm > 0 and args.server_lr > 0, "learning rates and clip must be > 0"),
-        (args.noise_multiplier >= 0 and args.dp_noise_multiplier >= 0, "noise multipliers must be >= 0"),
+        (all(math.isfinite(x) and x > 0 for x in (args.learning_rate, args.clip_norm, args.server_lr)),
+         "learning rates and clip must be finite and > 0"),
+        (all(math.isfinite(x) and x >= 0 for x in (args.noise_multiplier, args.dp_noise_multiplier)),
+         "noise multipliers must be finite and >= 0"),
         (0 <= args.server_momentum < 1, "--server-momentum must be in [0, 1)"),
         (0 < args.canary_fraction <= 1, "--canary-fraction must be in (0, 1]"),
         (args.canary_min_reports >= 1 and args.canary_tolerance >= 0, "bad canary settings"),
         (args.eval_words >= 1, "--eval-words must be >= 1"),
         (args.central_steps_per_epoch is None or args.central_steps_per_epoch >= 0,
          "--central-steps-per-epoch must be >= 0 (0: a full pass)"),
+        (all(getattr(args, k, 1) >= 1 for k in ("pretrain_epochs", "pretrain_steps", "central_epochs")),
+         "--pretrain-epochs, --pretrain-steps and --central-epochs must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -1,0 +1,36 @@
+"""tools.proxy_ngram refuses what it cannot write or count, in one line, leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from protocol.ngram import KneserNeyLM
+from tools.proxy_ngram import main
+
+
+def _corpus(tmp_path):
+    path = tmp_path / "proxy.jsonl"
+    path.write_text("".join(json.dumps({"user": f"u{i % 3}", "text": f"the cat sat on mat number {i}"}) + "\n"
+                            for i in range(30)))
+    return path
+
+
+def test_an_order_too_high_for_the_keys_is_refused_at_once(tmp_path):
+    # 10**12 would once compute base**order exactly before refusing: minutes, then memory
+    with pytest.raises(ValueError, match="order 1000000000000 is too high"):
+        main(["--proxy", str(_corpus(tmp_path)), "--out", str(tmp_path / "n.npz"), "--order", "1000000000000"])
+    with pytest.raises(ValueError, match="too high"):
+        KneserNeyLM.fit(["a b c"] * 3, order=63)
+    assert not (tmp_path / "n.npz").exists()
+
+
+def test_out_that_is_a_directory_is_refused_and_a_good_run_leaves_only_the_model(tmp_path, capsys):
+    corpus = _corpus(tmp_path)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        main(["--proxy", str(corpus), "--out", str(tmp_path / "adir")])
+    assert main(["--proxy", str(corpus), "--out", str(tmp_path / "ng" / "n.npz")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ng").iterdir()) == ["n.npz"]
+    assert KneserNeyLM.load(tmp_path / "ng" / "n.npz").order == 3
