@@ -10,7 +10,7 @@ from typing import Any
 
 from coordinator import keys, logs
 from coordinator.config import PROFILES, Config, ConfigError, load_config
-from coordinator.errors import ApiError
+from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.states import VERSION_ACTIONS, VersionAction
 from protocol.artifact import ArtifactError
 from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{f.name.replace('_', '-')}", **kw,
                        help=f"{f.help}; in {f.describe()} (default: setting {f.name}, {getattr(Config, f.name)})")
     p = cmd("close-round", "close a round now (aggregate if it has enough updates)")
-    p.add_argument("round_id", type=int)
+    p.add_argument("round_id", type=round_id)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
     cmd("tick", "close rounds that reached their goal or deadline")
     cmd("status", "print stable/candidate versions and the latest round")
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("rounds", "list rounds with their counts")
     cmd("canary", "show the canary comparison of candidate vs stable")
     p = cmd("rejections", "list rejected updates with their reasons")
-    p.add_argument("--round-id", type=int)
+    p.add_argument("--round-id", type=round_id)
     for action in VersionAction:
         p = cmd(action, action.help)
         p.add_argument("version_id")
@@ -95,6 +95,14 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
+
+
+def round_id(text: str) -> int:
+    """A round id as the database holds one (a positive 63-bit integer); argparse says which is wrong."""
+    value = int(text)
+    if not 1 <= value < 2**63:
+        raise ValueError(text)
+    return value
 
 
 def _admin(c: Any, args: argparse.Namespace) -> None:
@@ -176,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except DatabaseUnavailable as e:     # a URL that is not one, or a server or file out of reach
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from typing import Any
 from coordinator.errors import CoordinatorError
 from protocol.fields import WireError
 from protocol.plan import PLAN_FIELDS
-from protocol.settings import coerce_settings, load_settings
+from protocol.settings import LOG_LEVELS, coerce_settings, load_settings
 
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
@@ -115,6 +115,7 @@ class Config:
              "selection_window_s must be in [0, round_duration_s)"),
             (self.round_interval_s >= 0, "round_interval_s must be >= 0 (0: rounds only on start-round)"),
             (self.log_format in ("auto", "json", "text"), "log_format must be auto, json or text"),
+            (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
             (self.profile in ("", *PROFILES), f"profile must be one of {sorted(PROFILES)} or empty"),
             (self.max_example_weight >= 1, "max_example_weight must be >= 1"),
             (self.aggregator in AGGREGATORS and 0 <= self.trim_fraction < 0.5,

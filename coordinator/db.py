@@ -11,13 +11,24 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from coordinator.errors import DatabaseUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL and a busy timeout so concurrent request threads wait instead of failing."""
+    try:
+        return _make_engine(url)
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as e:   # ImportError: a driver not installed
+        raise DatabaseUnavailable(f"database_url is not a database URL this coordinator can use ({e}); "
+                                  "e.g. sqlite:////path/to/db.sqlite3 or postgresql+psycopg://user@host/db") from None
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -54,6 +65,13 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     hosts); SQLite starters on one host are serialized by the caller's data-dir lock.
     """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    try:
+        conn = engine.connect()
+    except OperationalError as e:
+        first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
+        raise DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
+                                  f"{first}") from None
+    conn.close()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7201358)"))  # released at commit

@@ -15,6 +15,11 @@ class CoordinatorError(Exception):
     """Root of the coordinator's errors."""
 
 
+class DatabaseUnavailable(CoordinatorError):
+    """The configured database cannot be opened: a URL that is not one, or a server or file that
+    cannot be reached. Said in one line with the password left out."""
+
+
 class ApiError(CoordinatorError):
     """Raised anywhere in request handling; rendered as a JSON wire.ErrorBody."""
 

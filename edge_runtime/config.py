@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import EdgeError
-from protocol.settings import coerce_settings, load_settings
+from protocol.settings import LOG_LEVELS, coerce_settings, load_settings
 
 if TYPE_CHECKING:
     from edge_runtime.personalize import PersonalPlan
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 ENV_PREFIX = "FEDKEYS_EDGE_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 ELIGIBILITY_MODES = ("auto", "override:eligible", "override:ineligible")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(EdgeError, ValueError):

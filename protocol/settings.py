@@ -18,6 +18,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")   # the `log_level` either deployable accepts (any case)
+
 
 def read_settings_file(path: str | os.PathLike, error: type[Exception], *, toml: bool = True) -> dict[str, Any]:
     """Parse a config file into a flat mapping: JSON when named ``*.json`` (or `toml` is False),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
+from tools.shipped import SHIPPED_V0
 
 if TYPE_CHECKING:
     from model.corpus import Split
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="device corpus (JSONL or plain text)")
-    p.add_argument("--model", default="models/v0", help="version directory")
+    p.add_argument("--model", default=str(SHIPPED_V0), help="version directory")
     p.add_argument("--central", help="the central reference's version directory (optional)")
     p.add_argument("--max-words", type=int, default=DEFAULT_EVAL_WORDS,
                    help="held-out words scored (past every word, an even share per user)")

@@ -11,6 +11,7 @@ is measured against. Both write a complete, linted version directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -147,7 +148,11 @@ def _train_and_export(args: argparse.Namespace, out: Path, work: Path) -> int:
                              dropout=args.dropout, seed=args.seed, progress=not args.no_progress)
     hist = train(m, sp, train_texts, val_texts, settings)
     version_id = args.version_id or ("central" if args.init else "v0")
-    metrics: dict = {"pretrain": hist.to_dict(), "source": source}
+    # What it was trained from, so a later run can tell whether this version still fits its inputs
+    # (tools.simulate reuses a central reference only for the same corpus and version 0).
+    metrics: dict = {"pretrain": hist.to_dict(), "source": source, "source_sha256": sources_sha256(sources)}
+    if args.init:
+        metrics["init_weights_sha256"] = base.weights_sha256
     if args.init and version_id == parent:
         # A further stage of the same version (make v0 continues on more proxy text): it keeps the
         # earlier stages' record and parent instead of naming itself as its parent.
@@ -161,6 +166,16 @@ def _train_and_export(args: argparse.Namespace, out: Path, work: Path) -> int:
     print(json.dumps({"version": manifest.version_id, "dir": str(out), "params": manifest.num_params,
                       "val_loss": hist.val_loss, "seconds": round(time.time() - t0, 1)}))
     return 0
+
+
+def sources_sha256(paths: list[str]) -> str:
+    """sha256 over the training files' bytes, in order (read in blocks: corpora can be large)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _replace(work: Path, out: Path) -> None:

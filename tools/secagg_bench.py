@@ -281,6 +281,30 @@ def discovery_table(corpus: str, model: str, k: int, zs: list[float], devices: l
     return "\n".join(lines)
 
 
+def _check(a: argparse.Namespace) -> None:
+    """One-line errors for numbers no table can be built from (a NaN noise would print epsilon 0)."""
+    def fin(x: float) -> bool:
+        return math.isfinite(x) and x >= 0
+
+    checks: list[tuple[bool, str]] = []
+    if a.cmd == "costs":
+        checks = [(all(n >= 3 for n in a.devices), "--devices must be >= 3"),
+                  (all(fin(d) and d < 0.5 for d in a.dropout), "--dropout must be in [0, 0.5), as the coordinator's"),
+                  (a.sim_dim >= 1 and a.full_dim_max >= 0, "--sim-dim must be >= 1 and --full-dim-max >= 0")]
+    elif a.cmd == "epsilon":
+        checks = [(all(1 <= r <= 10**6 for r in a.rounds), "--rounds must be in [1, 1e6]"),
+                  (0 < a.delta < 1, "--delta must be in (0, 1)"), (a.population >= 1, "--population must be >= 1"),
+                  (fin(a.noise_on_mean) and a.noise_on_mean > 0, "--noise-on-mean must be a number > 0")]
+    elif a.cmd == "paillier":
+        checks = [(1 <= a.slice <= 4096, "--slice must be in [1, 4096]")]
+    elif a.cmd == "discovery":
+        checks = [(a.k >= 1, "--k must be >= 1"), (all(fin(z) for z in a.z), "--z must be numbers >= 0"),
+                  (all(n >= 0 for n in a.devices), "--devices must be >= 0 (0: every train user)")]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.secagg_bench", description=__doc__.split("\n")[0],
                                  formatter_class=HelpFormatter)
@@ -300,12 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slice", type=int, default=16)
     d = sub.add_parser("discovery", formatter_class=HelpFormatter)
     d.add_argument("--corpus", required=True, help="JSON Lines or plain text; its train users are the devices")
-    d.add_argument("--model", default="models/v0", help="version whose word-list tail is the dictionary")
+    d.add_argument("--model", default=str(SHIPPED_V0), help="version whose word-list tail is the dictionary")
     d.add_argument("--k", type=int, default=8, help="words each device votes for")
     d.add_argument("--z", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0], help="noise multipliers")
     d.add_argument("--devices", type=int, nargs="+", default=[32, 0], help="devices (0: every train user)")
     d.add_argument("--words-out", metavar="DIR", help="write each list found to DIR (input for tools.add_words)")
     a = ap.parse_args(argv)
+    _check(a)
     if a.cmd == "costs":
         print(costs(a.devices, a.dropout, a.full_dim_max, a.sim_dim))
     elif a.cmd == "epsilon":

@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poison", type=float, nargs="*", default=[],
                     help="also: device 0 sends -lambda x its update; top-3 in plain mode (norm check) vs secure")
     a = ap.parse_args(argv)
+    if not (a.devices >= 1 and a.max_examples >= 1 and a.eval_windows >= 1 and a.rounds_eps >= 1):
+        raise ValueError("--devices, --max-examples, --eval-windows and --rounds-eps must be >= 1")
+    if not all(math.isfinite(x) and x > 0 for x in (a.learning_rate, a.clip_norm)):
+        raise ValueError("--learning-rate and --clip-norm must be numbers > 0")
+    if not (all(math.isfinite(s) and s >= 0 for s in (*a.sigma, *a.poison)) and 0 < a.delta < 1):
+        raise ValueError("--sigma and --poison must be numbers >= 0, --delta in (0, 1)")
     from tools.simulate import load_population
 
     version = Path(a.model)

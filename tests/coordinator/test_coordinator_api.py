@@ -123,3 +123,16 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     assert cli_main(["import-version", str(tmp_path / "nowhere"), *common]) == 2
     assert cli_main(["status", "--set", "colour=blue", *common]) == 2
     assert "unknown setting" in capsys.readouterr().err
+    assert cli_main(["status", "--set", "log_level=LOUD", *common]) == 2
+    assert "log_level must be one of" in capsys.readouterr().err
+    # A database that cannot be opened, or a round id no database holds: one line, no traceback,
+    # and never the password of the URL.
+    for url, says in (("notaurl", "is not a database URL"),
+                      ("sqlite:////nonexistent-dir/x.db", "cannot open the database sqlite:////nonexistent-dir/x.db"),
+                      ("postgresql+psycopg://fk:s3cret@127.0.0.1:1/db", "cannot open the database")):
+        assert cli_main(["status", "--data-dir", cfg.data_dir, "--database-url", url]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0] and "s3cret" not in err[0], err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["rejections", "--round-id", "99999999999999999999999", *common])
+    assert e.value.code == 2 and "invalid round_id value" in capsys.readouterr().err

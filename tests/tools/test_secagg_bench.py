@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from tools import secagg_bench
 
 
@@ -75,3 +77,17 @@ def test_secagg_quality_scores_every_held_out_user_and_prints_each_noise_row(tmp
     held = re.search(r"on (\d+) held-out windows of (\d+) held-out users", out)
     assert held and int(held.group(2)) >= 3 and int(held.group(1)) >= int(held.group(2)), out
     assert [r.split("|")[1].strip() for r in out.splitlines() if re.match(r"\| 0(\.1)? \|", r)] == ["0", "0.1"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["epsilon", "--noise-on-mean", "nan"], "--noise-on-mean must be a number > 0"),   # once printed epsilon 0
+    (["epsilon", "--rounds", "0"], "--rounds must be in [1, 1e6]"),
+    (["epsilon", "--rounds", "1000000000000"], "--rounds must be in [1, 1e6]"),          # once a MemoryError
+    (["costs", "--devices", "10", "--dropout", "0.6"], "--dropout must be in [0, 0.5)"),
+    (["paillier", "--slice", "0"], "--slice must be in [1, 4096]"),
+    (["discovery", "--corpus", "x.jsonl", "--devices", "-1"], "--devices must be >= 0"),
+])
+def test_numbers_no_table_can_be_built_from_are_refused_before_any_work(argv, says):
+    with pytest.raises(ValueError) as e:
+        secagg_bench.main(argv)
+    assert says in str(e.value)

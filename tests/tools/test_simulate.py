@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,36 @@ def test_each_round_is_one_sentence_with_every_figure_whatever_the_terminal_widt
     Console(file=out, width=80, markup=False, highlight=False).print(line)
     assert "…" not in out.getvalue() and "39.1%" in out.getvalue() and "(norm 1)" in out.getvalue()
     assert round_line(RoundResult(round=1), "t").count("–") == 3   # no metrics yet: a dash, not a crash
+
+
+def test_a_central_reference_left_by_a_run_on_other_text_or_another_version_0_is_not_reused(
+        monkeypatch, tmp_path, exported_version):
+    """A second simulation in the same --data-dir with another --corpus (or version 0) must train
+    its own central reference, not compare its federation against the first run's."""
+    import argparse
+
+    from tools.pretrain import sources_sha256
+    from tools.simulate import population
+    calls: list[list[str]] = []
+    monkeypatch.setattr(population, "_subprocess_step", lambda title, module_args: calls.append(module_args))
+    one, two = write_corpus(tmp_path / "one.jsonl", users=6, texts_per_user=2, seed=0), \
+        write_corpus(tmp_path / "two.jsonl", users=6, texts_per_user=2, seed=1)
+    central = tmp_path / "models" / "central"
+    shutil.copytree(exported_version, central)
+    m = json.loads((central / "manifest.json").read_text())
+    v0_weights = json.loads((exported_version / "manifest.json").read_text())["weights_sha256"]
+    m["metrics"] = {**m["metrics"], "source": "one.jsonl", "source_sha256": sources_sha256([str(one)]),
+                    "init_weights_sha256": v0_weights}
+    (central / "manifest.json").write_text(json.dumps(m))
+    args = lambda corpus: argparse.Namespace(no_central=False, central=None, corpus=str(corpus),  # noqa: E731
+                                             central_epochs=4, no_progress=True, rebuild=False,
+                                             central_steps_per_epoch=0)
+    assert population.central_is_stale(central, exported_version, str(one)) is None
+    population.ensure_central(tmp_path, exported_version, args(one))
+    assert calls == []                                                        # same text, same version 0: reused
+    assert "other text" in population.central_is_stale(central, exported_version, str(two))
+    population.ensure_central(tmp_path, exported_version, args(two))
+    assert len(calls) == 1 and calls[0][calls[0].index("--corpus") + 1] == str(two)
+    m["metrics"]["init_weights_sha256"] = "0" * 64
+    (central / "manifest.json").write_text(json.dumps(m))
+    assert "another version 0" in population.central_is_stale(central, exported_version, str(one))

@@ -108,14 +108,33 @@ def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
     return check_version(v0, f"version 0 ({v0})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
 
 
+def central_is_stale(central: Path, v0: Path, corpus: str) -> str | None:
+    """Why a central reference left in a --data-dir does not fit this run (None: it does). Another
+    --corpus or version 0 in the same directory must not be compared against it."""
+    from protocol.artifact import read_manifest
+    from tools.pretrain import sources_sha256
+
+    made = read_manifest(central).metrics
+    if "source_sha256" in made and made["source_sha256"] != sources_sha256([corpus]):
+        return f"it was trained on other text ({made.get('source', '?')})"
+    if "source_sha256" not in made and made.get("source") != Path(corpus).name:
+        return f"it was trained on {made.get('source', 'unknown text')}"
+    if "init_weights_sha256" in made and made["init_weights_sha256"] != read_manifest(v0).weights_sha256:
+        return "it continues another version 0"
+    return None
+
+
 def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | None:
     """The central reference (v0 trained further on all train users), or None with --no-central."""
     central = central_dir(data, args)
     if central is None or args.central:
         return central
     if (central / "manifest.json").exists() and not getattr(args, "rebuild", False):
-        print(f"reusing central reference: {central}")
-        return central
+        stale = central_is_stale(central, v0, args.corpus)
+        if stale is None:
+            print(f"reusing central reference: {central}")
+            return central
+        print(f"not reusing the central reference in {central}: {stale}; training it again")
     _subprocess_step("central reference on the corpus's train users",
                      ["tools.pretrain", "--corpus", args.corpus, "--init", str(v0), "--out", str(central),
                       "--epochs", str(args.central_epochs), "--patience", "2", "--lr", "1e-3",
