@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             print(_notices(Path(args.model)))
             return 0
         data_dir = cfg.require_data_dir()
-        if c not in ("enroll", "keyboard") and not _holds_device(data_dir):   # a typo must not start a new
-            # device, and `wipe` must not delete a `personal/` folder of a directory that is not one
+        if c not in ("enroll", "keyboard", "notices") and not _holds_device(data_dir):   # a typo must not start a
+            # new device, and `wipe` must not delete a `personal/` folder of a directory that is not one
+            # (`notices` only reads)
             raise ConfigError(f"{data_dir} is not a device data directory (no {paths.IDENTITY_FILE} or "
                               f"{paths.CACHE_DB} in it); create one with "
                               f"python -m edge_runtime enroll --data-dir {data_dir} ... (or keyboard)")
@@ -195,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _holds_device(data_dir: Path) -> bool:
-    """A directory that `enroll` or `keyboard` made: it holds the identity or the text cache."""
-    return data_dir.is_dir() and any((data_dir / f).is_file() for f in (paths.IDENTITY_FILE, paths.CACHE_DB))
+    """A directory that `enroll` or `keyboard` made: it holds the identity, the text cache or an
+    installed version's pointer."""
+    marks = (paths.IDENTITY_FILE, paths.CACHE_DB, f"{paths.MODELS_DIR}/{paths.CURRENT_POINTER}")
+    return data_dir.is_dir() and any((data_dir / f).is_file() for f in marks)
 
 
 def cli() -> None:

@@ -34,12 +34,12 @@ def test_a_failed_run_leaves_the_version_in_out_as_it_was(exported_version, tmp_
 
     out = tmp_path / "out"
     shutil.copytree(exported_version, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(Exception, match="empty|no text|no records"):
         main(["--corpus", str(empty), "--init", str(exported_version), "--out", str(out), "--no-progress"])
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "out"]   # no staging left behind
     assert main(["--corpus", str(SHAKESPEARE), "--init", str(exported_version), "--out", str(out),
                  "--version-id", "again", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
