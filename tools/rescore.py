@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.eval_words < 0:
         raise ValueError("--eval-words must be >= 0 (0: every held-out word)")
-    if args.workers < 1:
-        raise ValueError("--workers must be >= 1")
+    if not 1 <= args.workers <= 64:
+        raise ValueError("--workers must be in [1, 64], as tools.simulate's")
     out = rescore(Path(args.data_dir), args)
     if args.json:
         print(json.dumps(out, indent=1))

@@ -115,15 +115,15 @@ def test_lint_refuses_a_graph_that_needs_flex(pair):
         lint(flex, cfg, {})
 
 
-def test_manifest_hashes_and_weight_order(exported_version):
+def test_manifest_hashes_and_weight_order(exported_version, tmp_path):
     manifest, weights = artifact.load_version(exported_version)
     cfg = manifest.architecture().model
     assert [t.name for t in manifest.tensors] == [n for n, _ in cfg.weight_shapes()]
     assert manifest.num_params == cfg.num_params
     assert manifest.arch_hash == artifact.arch_hash(manifest.arch)
     assert manifest.tokenizer_sha256 == artifact.sha256_file(exported_version / artifact.TOKENIZER)
-    (exported_version / "copy").mkdir(exist_ok=True)
-    tampered = exported_version / "copy"
+    tampered = tmp_path / "copy"   # never inside the shared test version, which other tests copy whole
+    tampered.mkdir()
     for f in (artifact.GRAPH, artifact.TOKENIZER, artifact.MANIFEST):
         (tampered / f).write_bytes((exported_version / f).read_bytes())
     data = bytearray((exported_version / artifact.WEIGHTS).read_bytes())

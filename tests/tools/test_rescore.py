@@ -63,5 +63,6 @@ def test_a_report_from_before_per_user_counts_is_refused_before_any_scoring(tmp_
         (tmp_path / "odd" / "report.json").write_text(json.dumps(shape))
         with pytest.raises(ValueError, match="no finished simulation here"):
             main(["--data-dir", str(tmp_path / "odd")])
-    with pytest.raises(ValueError, match="--workers must be >= 1"):
-        main(["--data-dir", str(data), "--workers", "0"])
+    for workers in ("0", "65"):
+        with pytest.raises(ValueError, match=r"--workers must be in \[1, 64\]"):
+            main(["--data-dir", str(data), "--workers", workers])
