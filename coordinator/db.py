@@ -10,22 +10,31 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.errors import DatabaseUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL and a busy timeout so concurrent request threads wait instead of failing."""
+    example = "e.g. sqlite:////path/to/db.sqlite3 or postgresql+psycopg://user@host/db"
+    try:
+        backend = make_url(url).get_backend_name()
+    except (ArgumentError, ValueError) as e:
+        raise DatabaseUnavailable(f"database_url is not a database URL ({e}); {example}") from None
+    if backend not in SUPPORTED_BACKENDS:       # the migrations and locking are written for these two
+        raise DatabaseUnavailable(f"database_url names a {backend} database; this coordinator runs on SQLite or "
+                                  f"PostgreSQL only, {example}")
     try:
         return _make_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as e:   # ImportError: a driver not installed
         raise DatabaseUnavailable(f"database_url is not a database URL this coordinator can use ({e}); "
-                                  "e.g. sqlite:////path/to/db.sqlite3 or postgresql+psycopg://user@host/db") from None
+                                  f"{example}") from None
 
 
 def _make_engine(url: str) -> Engine:

@@ -128,6 +128,8 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     # A database that cannot be opened, or a round id no database holds: one line, no traceback,
     # and never the password of the URL.
     for url, says in (("notaurl", "is not a database URL"),
+                      ("mysql://fk:s3cret@127.0.0.1/db", "names a mysql database; this coordinator runs on SQLite or "
+                                                         "PostgreSQL only"),
                       ("sqlite:////nonexistent-dir/x.db", "cannot open the database sqlite:////nonexistent-dir/x.db"),
                       ("postgresql+psycopg://fk:s3cret@127.0.0.1:1/db", "cannot open the database")):
         assert cli_main(["status", "--data-dir", cfg.data_dir, "--database-url", url]) == 1

@@ -146,6 +146,7 @@ def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path):
     (tmp_path / "afile").write_text("x")
     r = _prepare(str(src), "--out", str(tmp_path / "afile" / "out.jsonl"))       # its folder is a file
     assert r.returncode == 2 and "Traceback" not in r.stderr and "cannot write" in r.stderr, r.stderr
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in r.stderr and "File exists" not in r.stderr
     (tmp_path / "adir").mkdir()
     r = _prepare(str(src), "--out", str(tmp_path / "adir"))
     assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr

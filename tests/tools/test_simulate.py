@@ -141,6 +141,12 @@ def test_bad_input_is_one_line(tmp_path):
     r = simulate("--corpus", str(corpus), "--proxy", str(corpus), "--devices", "2", "--rounds", "1",
                  "--data-dir", str(tmp_path / "a-file"), "--no-central")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "a-file" in r.stderr, r.stderr
+    # ... or a folder inside one: the file is named, not "File exists"
+    for data_dir in (tmp_path / "a-file", tmp_path / "a-file" / "run"):
+        r = simulate("--corpus", str(corpus), "--proxy", str(corpus), "--devices", "2", "--rounds", "1",
+                     "--data-dir", str(data_dir), "--no-central")
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'a-file'} is a file, not a folder"), \
+            r.stderr
 
 
 def test_child_tools_run_without_progress_bars_when_the_simulation_shows_none(monkeypatch):
