@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import json
 import os
@@ -239,20 +238,10 @@ def check_weights(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], 
             raise ArtifactError(f"{name}: contains NaN or Inf")
 
 
-def make_dirs(directory: str | os.PathLike) -> None:
-    """`mkdir -p`, but a file standing where a folder must be is named, not reported as "File exists"."""
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
-        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(directory)) from None
-
-
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write, fsync, rename: a crash leaves either the old file or the new one, never half."""
     path = Path(path)
-    make_dirs(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

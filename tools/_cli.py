@@ -44,7 +44,7 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     try:
         code = main(argv)
     except USER_ERRORS as e:
-        print(f"error: {_describe(e)}", file=sys.stderr)
+        print(f"error: {file_in_the_way(e) or e}", file=sys.stderr)
         sys.exit(2)
     except ModuleNotFoundError as e:
         _missing(e)
@@ -57,16 +57,17 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     sys.exit(code or 0)
 
 
-def _describe(e: BaseException) -> str:
-    """Name the file standing where a folder must be: mkdir's "File exists: 'a'" for `--out a/b`
-    (with `a` a file) reads as if a file may not be overwritten. No tool raises these errors for
-    an existing file it refuses to replace; each says so in its own words."""
+def file_in_the_way(e: BaseException) -> str | None:
+    """The file standing where a folder must be, named, when that is what `e` is about: mkdir's
+    "File exists: 'a'" for `--out a/b` (with `a` a file) reads as if a file may not be overwritten.
+    None for any other error. No tool raises these errors for an existing file it refuses to
+    replace; each says so in its own words."""
     if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
         path = Path(os.fsdecode(e.filename))
         blocker = next((p for p in (*reversed(path.parents), path) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             return f"{blocker} is a file, not a folder" + (f" (needed for {path})" if blocker != path else "")
-    return str(e)
+    return None
 
 
 def _closed_stdout() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from model.corpus import FORMATS, CorpusError, Record, first_line, read_corpus, sniff_format, split_users
 from protocol.artifact import atomic_write
 from protocol.cli import HelpFormatter, add_version
-from tools._cli import run
+from tools._cli import file_in_the_way, run
 
 SIMULATE_DEVICES = 32     # the device count of the federated runs in docs/quality.md (tools.simulate --devices 32)
 
@@ -147,7 +147,7 @@ def _write(out: Path, records: list[Record]) -> None:
     try:
         atomic_write(out, data.encode("utf-8"))
     except OSError as e:
-        raise CorpusError(f"cannot write {out}: {e.strerror or e}") from None
+        raise CorpusError(f"cannot write {out}: {file_in_the_way(e) or e.strerror or e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
