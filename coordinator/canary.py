@@ -54,7 +54,7 @@ def _seq_len(v: Version) -> int:
     try:
         return artifact.Manifest.from_dict(json.loads(v.manifest_json)).architecture().model.seq_len
     except (artifact.ArtifactError, ValueError):
-        return 1024  # an imported manifest without an exporter's arch: a generous but finite bound
+        return 1024  # imported before `checked_architecture` refused such manifests: a generous but finite bound
 
 
 def _check_bounds(coord: Coordinator, cand: Version, report: wire.EvaluationReport) -> None:

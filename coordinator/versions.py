@@ -34,6 +34,7 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     `as_candidate` is False (then they replace stable directly).
     """
     manifest, weights = artifact.load_version(directory)
+    artifact.checked_architecture(manifest)
     d = Path(directory)
     if not wire.is_safe_id(manifest.version_id):
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")

@@ -27,6 +27,20 @@ class ModelConfig:
     seq_len: int = 20           # fixed window length T of `train`/`evaluate`, unrolled in the graph
     clip_norm: float = 5.0      # global gradient-norm clip inside `train` (plain SGD on an LSTM can blow up)
 
+    def __post_init__(self) -> None:
+        # A manifest is JSON from outside: a string or a negative size must stop here, with its
+        # name, not as a TypeError deep in the interpreter or the trainer.
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "bool":
+                ok = isinstance(v, bool)
+            else:
+                kind = int if f.type == "int" else (int, float)
+                ok = isinstance(v, kind) and not isinstance(v, bool) and 0 < v < float("inf")
+            if not ok:
+                what = {"bool": "true or false", "int": "a positive integer"}.get(f.type, "a positive number")
+                raise ValueError(f"model config {f.name} must be {what}, not {v!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -112,12 +112,17 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
+        if not isinstance(d, Mapping):
+            raise ArtifactError("malformed manifest: not a JSON object")
         if d.get("format") != MANIFEST_FORMAT:
             raise ArtifactError(f"unknown manifest format {d.get('format')!r}, expected {MANIFEST_FORMAT}")
         notices = d.get("notices", {})
         if not (isinstance(notices, dict) and all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in notices.items())):
             raise ArtifactError("malformed manifest: notices must map file names to texts")
+        wrong = [k for k, kind in _FIELD_TYPES.items() if k in d and not isinstance(d[k], kind)]
+        if wrong:
+            raise ArtifactError(f"malformed manifest: {', '.join(wrong)} of the wrong type")
         try:
             tensors = [TensorSpec(t["name"], tuple(int(s) for s in t["shape"]), t["dtype"]) for t in d["tensors"]]
             known = {f for f in cls.__dataclass_fields__} - {"extra"}
@@ -143,6 +148,30 @@ class Manifest:
             return Arch.from_dict(self.arch)
         except ValueError as e:
             raise ArtifactError(f"manifest of {self.version_id}: {e}") from e
+
+
+# What a manifest's JSON must hold where it holds these keys (a string id, not a number; a dict arch).
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "version_id": str, "arch": dict, "arch_hash": str, "tensors": list, "graph_sha256": str,
+    "tokenizer_sha256": str, "weights_sha256": str, "weights_q8_sha256": str, "parent": (str, type(None)),
+    "created_at": str, "metrics": dict, "privacy": dict, "signature": (str, type(None))}
+
+
+def checked_architecture(manifest: Manifest) -> Arch:
+    """`manifest.architecture()`, refused (ArtifactError) unless the manifest is whole: its
+    `arch_hash` is its arch record's and its tensors are the ones that architecture trains. A
+    version from outside (an operator's directory) passes this before it is signed and shipped:
+    devices trust what is signed, so a bad size must stop at the coordinator."""
+    if manifest.arch_hash != arch_hash(manifest.arch):
+        raise ArtifactError(f"manifest of {manifest.version_id}: arch_hash is not the hash of its arch record "
+                            "(edited by hand?)")
+    arch = manifest.architecture()
+    want = [(n, tuple(shape)) for n, shape in arch.model.weight_shapes()]
+    got = [(t.name, t.shape) for t in manifest.tensors]
+    if got != want:
+        raise ArtifactError(f"manifest of {manifest.version_id}: its tensors {got} are not the ones its "
+                            f"architecture trains {want}")
+    return arch
 
 
 def canonical_json(obj: Any) -> bytes:

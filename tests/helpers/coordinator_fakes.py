@@ -19,24 +19,26 @@ from coordinator.config import Config
 from coordinator.db import make_engine
 from coordinator.models import Base
 from protocol import artifact, wire
+from protocol.arch import Arch, ModelConfig
 
 TEST_DB_ENV = "FEDKEYS_TEST_DATABASE_URL"
-SHAPES = {"embedding": (8, 4), "lstm_bias": (6,), "out_bias": (8,)}
+# A real exporter's architecture, tiny: the coordinator refuses a manifest whose tensors are not
+# the ones its arch trains (`artifact.checked_architecture`).
+TINY_ARCH = Arch(ModelConfig(vocab_size=8, embed_dim=4, hidden_dim=2, train_batch=2, seq_len=20))
+SHAPES = dict(TINY_ARCH.model.weight_shapes())
 
 
 def make_version(directory: Path, version_id: str = "v0000", *, seed: int = 0,
-                 shapes: dict[str, tuple[int, ...]] | None = None,
                  notices: dict[str, str] | None = None) -> tuple[artifact.Manifest, dict[str, np.ndarray]]:
     """A tiny but real version directory (the coordinator only cares about the manifest)."""
-    shapes = shapes or SHAPES
     directory.mkdir(parents=True, exist_ok=True)
     (directory / artifact.GRAPH).write_bytes(b"not really a tflite graph")
     (directory / artifact.TOKENIZER).write_bytes(b"not really a sentencepiece model")
-    arch = {"test": True, "shapes": {k: list(v) for k, v in shapes.items()}}
+    arch = TINY_ARCH.to_dict()
     rng = np.random.default_rng(seed)
-    weights = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    weights = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
     m = artifact.Manifest(version_id=version_id, arch=arch, arch_hash=artifact.arch_hash(arch),
-                          tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in shapes.items()],
+                          tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in SHAPES.items()],
                           graph_sha256=artifact.sha256_file(directory / artifact.GRAPH),
                           tokenizer_sha256=artifact.sha256_file(directory / artifact.TOKENIZER), weights_sha256="",
                           notices=dict(notices or {}))

@@ -43,6 +43,35 @@ def test_an_arch_that_is_not_an_exporters_record_is_an_artifact_error(arch):
         manifest(arch).architecture()
 
 
+@pytest.mark.parametrize("key, value", [("vocab_size", "big"), ("hidden_dim", -16), ("seq_len", 8.5),
+                                        ("embed_dim", True), ("clip_norm", float("nan")), ("tie_embeddings", 1)])
+def test_a_model_config_of_the_wrong_type_or_sign_is_named(key, value):
+    arch = {"model": {**CFG.to_dict(), key: value}}
+    with pytest.raises(artifact.ArtifactError, match=f"manifest of v1: model config {key} must be"):
+        manifest(arch).architecture()
+
+
+def test_checked_architecture_refuses_a_hash_or_tensors_that_do_not_match_the_arch():
+    good = manifest(Arch(CFG).to_dict())
+    assert artifact.checked_architecture(good) == Arch(CFG)
+    edited = manifest(Arch(CFG).to_dict())
+    edited.arch["model"]["vocab_size"] = 128          # edited after the hash was taken
+    with pytest.raises(artifact.ArtifactError, match="arch_hash is not the hash"):
+        artifact.checked_architecture(edited)
+    rehashed = manifest(Arch(ModelConfig(**{**CFG.to_dict(), "vocab_size": 128})).to_dict())   # tensors of 64
+    with pytest.raises(artifact.ArtifactError, match="not the ones its architecture trains"):
+        artifact.checked_architecture(rehashed)
+
+
+@pytest.mark.parametrize("doc, match", [([], "not a JSON object"), ("v1", "not a JSON object"),
+                                        ({"version_id": 7}, "version_id of the wrong type"),
+                                        ({"arch": [1]}, "arch of the wrong type")])
+def test_a_manifest_that_is_not_an_object_or_holds_wrong_types_is_an_artifact_error(doc, match):
+    d = manifest(Arch(CFG).to_dict()).to_dict()
+    with pytest.raises(artifact.ArtifactError, match=match):
+        artifact.Manifest.from_dict({**d, **doc} if isinstance(doc, dict) else doc)
+
+
 def test_one_verifier_for_every_key_and_signature_encoding():
     key = Ed25519PrivateKey.generate()
     pub = key.public_key()
