@@ -111,7 +111,7 @@ RETRYABLE_ERRORS = frozenset({E_RATE_LIMITED, E_INTERNAL})
 
 def _check_version(d: Mapping[str, Any]) -> None:
     v = _req(d, "protocol_version")
-    if v != PROTOCOL_VERSION:
+    if isinstance(v, bool) or v != PROTOCOL_VERSION:   # `true == 1` in Python: not a version number
         raise WireError(f"protocol_version {v!r} not supported (this side speaks {PROTOCOL_VERSION})")
 
 
@@ -171,8 +171,10 @@ class CheckinRequest:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CheckinRequest:
         _check_version(d)
-        return cls(eligible=_bool(d, "eligible"),
-                   current_version_id=_str(d, "current_version_id", optional=True),
+        current = _str(d, "current_version_id", optional=True)
+        if current is not None and not is_safe_id(current):
+            raise WireError("'current_version_id' must be a version id ([A-Za-z0-9._-])")
+        return cls(eligible=_bool(d, "eligible"), current_version_id=current,
                    can_evaluate=_bool(d, "can_evaluate", default=True))
 
 
