@@ -20,10 +20,15 @@ DEMO_VENV ?= .venv-demo
 demo: $(DEMO_VENV)/.installed   ## the main job: federated simulation from the shipped version 0, report, keyboard page
 	$(DEMO_VENV)/bin/python -m tools.demo $(ARGS)
 
+# With DEMO_VENV=.venv (TensorFlow, for --rebuild or --with-central) the full environment's own
+# rule above builds it: a second rule for the same file would install only the demo's packages
+# into .venv and mark it complete.
+ifneq ($(DEMO_VENV),$(VENV))
 $(DEMO_VENV)/.installed: requirements-demo.txt requirements-edge.txt
 	$(PYTHON) -m venv $(DEMO_VENV)
 	$(DEMO_VENV)/bin/python -m pip install -q -r requirements-demo.txt
 	touch $@
+endif
 
 # Version 0 as shipped in models/v0: proxy text only, pinned seed and schedule. Built beside the
 # old one and swapped in at the end, so an interrupted run leaves the shipped version intact.
