@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from typing import Any
 
@@ -13,7 +14,7 @@ from coordinator.config import PROFILES, Config, ConfigError, load_config
 from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.states import VERSION_ACTIONS, VersionAction
 from protocol.artifact import ArtifactError
-from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
+from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, file_in_the_way
 from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("rejections", "list rejected updates with their reasons")
     p.add_argument("--round-id", type=round_id)
     for action in VersionAction:
-        p = cmd(action, action.help)
+        p = cmd(action.value, action.help)   # the plain name: an enum member would print as its repr in usage errors
         p.add_argument("version_id")
     cmd("public-key", "print the Ed25519 public key (hex) devices must be configured with")
     cmd("admin-token", "print the admin token")
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from coordinator.app import create_app
             app = create_app(cfg)
+            _check_port(cfg.host, cfg.port)
             server = make_server(cfg.host, cfg.port, app, threaded=True)
             print(f"serving on http://{cfg.host}:{server.server_port}", flush=True)
             try:
@@ -188,11 +190,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        blocker = file_in_the_way(e)     # --data-dir naming a file: the operator's input
+        print(f"error: {blocker or e}", file=sys.stderr)
+        return EXIT_USER_ERROR if blocker else 1
     except ModuleNotFoundError as e:     # installed as `pip install .` (the device runtime) only
         print(f"error: the coordinator needs {e.name}: pip install 'fedkeys[coordinator]'", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port another program holds in one line (werkzeug prints two and exits), before the
+    app is served. The same reuse rule as the server's own socket, so a port in TIME_WAIT is free."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e} (another program holds it? "
+                          "choose another with --port)") from None
 
 
 def cli() -> None:

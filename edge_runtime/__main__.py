@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import agent, keyboard, paths, personalize
-from edge_runtime.cache import CacheError
+from edge_runtime.cache import CacheError, DamagedCacheError, destroy_files
 from edge_runtime.client import ClientError, RejectedError
-from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, load_config
+from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import read_manifest
-from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version
+from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, file_in_the_way
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             print(_notices(Path(args.model)))
             return 0
         data_dir = cfg.require_data_dir()
-        if c not in ("enroll", "keyboard", "notices") and not _holds_device(data_dir):   # a typo must not start a
-            # new device, and `wipe` must not delete a `personal/` folder of a directory that is not one
-            # (`notices` only reads)
+        if c not in ("enroll", "keyboard") and not _holds_device(data_dir):   # a typo must not start a new
+            # device, `wipe` must not delete a `personal/` folder of a directory that is not one, and
+            # `notices` names the typo rather than "no usable model version"
             raise ConfigError(f"{data_dir} is not a device data directory (no {paths.IDENTITY_FILE} or "
                               f"{paths.CACHE_DB} in it); create one with "
                               f"python -m edge_runtime enroll --data-dir {data_dir} ... (or keyboard)")
@@ -169,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             print("learning paused" if c == "pause" else "learning resumed")
         elif c == "wipe":
             personalize.forget(cfg.require_data_dir())   # the personal LSTM was learned from the text
-            with agent.open_cache(cfg) as cache:
-                cache.wipe()
-            print("text cache and personal model wiped")
+            try:
+                with agent.open_cache(cfg) as cache:
+                    cache.wipe()
+                print("text cache and personal model wiped")
+            except DamagedCacheError as e:
+                _wipe_damaged(cfg, e)
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         elif c == "notices":   # the version the keyboard would use: signature-checked as it is
@@ -188,11 +191,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:
-        print(f"error: {e.__class__.__name__}: {e}", file=sys.stderr)
-        return 1
+        blocker = file_in_the_way(e)     # --data-dir naming a file: the user's input
+        print(f"error: {blocker or f'{e.__class__.__name__}: {e}'}", file=sys.stderr)
+        return EXIT_USER_ERROR if blocker else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:
+    """A cache too damaged to open cannot be emptied row by row: overwrite and delete its files.
+    Its pause setting went with it, so the new, empty cache starts paused (the private side) and
+    says how to resume."""
+    gone = destroy_files(cfg.require_data_dir())
+    with agent.open_cache(cfg) as cache:
+        cache.set_paused(True)
+    print(f"the text cache could not be read ({error.__cause__}): its {len(gone)} file(s) were overwritten and "
+          "deleted. Text cache and personal model wiped; learning is paused until "
+          f"`python -m edge_runtime resume --data-dir {cfg.require_data_dir()}`")
 
 
 def _holds_device(data_dir: Path) -> bool:

@@ -125,10 +125,17 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
     if existing is not None and not force:
         raise AgentError(f"already enrolled as {existing.device_id}; pass --force to enroll again")
     client = CoordinatorClient(config.coordinator, session=session, timeout=(5.0, config.http_timeout_s))
-    resp = client.enroll(enrollment_key, platform=device_platform())
+    served = client.signing_key().public_key_hex.lower()
     public_key = config.public_key.lower()
+    if public_key and public_key != served:   # both 64 hex characters (EdgeConfig checks the configured one)
+        # A mistyped key would enroll (using up a use of the enrollment key) and then refuse every
+        # version as "signature does not verify". Security still rests on that later check.
+        raise AgentError(f"--public-key {public_key[:16]}… is not the key {config.coordinator} signs with "
+                         f"({served[:16]}…): check it (python -m coordinator public-key on the coordinator); "
+                         "not enrolled, the enrollment key is unused")
+    resp = client.enroll(enrollment_key, platform=device_platform())
     if not public_key:
-        public_key = client.signing_key().public_key_hex
+        public_key = served
         log.warning("no --public-key given: trusting the coordinator's key %s… on first use", public_key[:16])
     ident = Identity(resp.device_id, resp.token, config.coordinator.rstrip("/"), public_key)
     save_identity(data_dir, ident)

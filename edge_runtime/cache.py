@@ -74,6 +74,30 @@ class CacheError(EdgeError, RuntimeError):
     """The text cache cannot be opened or used."""
 
 
+class DamagedCacheError(CacheError):
+    """The cache file is not a readable SQLite database (a bad disk, a half-copied file)."""
+
+
+def destroy_files(data_dir: str | os.PathLike) -> list[Path]:
+    """Overwrite with zeros, then delete, the cache's database and its WAL/journal files: what
+    `wipe` does when the cache is too damaged to open, so its text cannot be deleted row by row.
+    Returns the files removed."""
+    removed = []
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        f = Path(data_dir) / (CACHE_DB + suffix)
+        if not f.is_file():
+            continue
+        size = f.stat().st_size
+        with open(f, "r+b") as fh:
+            for start in range(0, size, 1 << 20):
+                fh.write(bytes(min(1 << 20, size - start)))
+            fh.flush()
+            os.fsync(fh.fileno())
+        f.unlink()
+        removed.append(f)
+    return removed
+
+
 @dataclass(frozen=True)
 class CachedText:
     id: int
@@ -144,6 +168,12 @@ class TextCache:
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+        except sqlite3.OperationalError as e:   # locked, unreadable, a full disk: not the file's content
+            raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
+        except sqlite3.DatabaseError as e:      # "file is not a database", "disk image is malformed"
+            self._db.close()
+            raise DamagedCacheError(f"cannot open text cache at {self.path}: {e} (the file is damaged; `python -m "
+                                    f"edge_runtime wipe --data-dir {self.data_dir}` deletes it)") from e
         except sqlite3.Error as e:
             raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
 
@@ -184,7 +214,11 @@ class TextCache:
         if not text or not text.strip() or is_sensitive(field_kind, private=private):
             return False
         now = self._clock() if ts is None else ts
-        nbytes = len(text.encode("utf-8"))
+        try:
+            nbytes = len(text.encode("utf-8"))
+        except UnicodeEncodeError:   # bytes a terminal in another encoding sent, or a "\ud800" JSON escape
+            raise ValueError("the text holds characters that are not valid Unicode (a terminal in another "
+                             "encoding?): nothing cached") from None
         if nbytes > self.max_bytes:
             return False  # one record larger than the whole cache: not typing, skip it
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ class Record:
 
 
 FORMATS = ("auto", "jsonl", "lines", "paragraphs")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user",
@@ -78,6 +82,9 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
             raise CorpusError(f"{p}:{no}: missing field(s) {', '.join(repr(m) for m in missing)}")
         if not isinstance(obj[tf], str):
             raise CorpusError(f"{p}:{no}: field {tf!r} must be a string")
+        if _SURROGATE.search(obj[tf]) or _SURROGATE.search(str(obj[uf])):   # a "\ud800" escape: no character
+            raise CorpusError(f"{p}:{no}: a \\u escape that is half a character (an unpaired surrogate); "
+                              "this text cannot be written as UTF-8")
         if obj[tf].strip():
             records.append(Record(str(obj[uf]), obj[tf].strip()))
     if not records:

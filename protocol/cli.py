@@ -1,9 +1,14 @@
-"""What every FedKeys command line shares, deployables and tools alike: the version flag and a
-help formatter that shows defaults (argparse's own prints "(default: None)" on every optional flag)."""
+"""What every FedKeys command line shares, deployables and tools alike: the version flag, a
+help formatter that shows defaults (argparse's own prints "(default: None)" on every optional flag)
+and the one line that names a file standing where a folder must be."""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
+from pathlib import Path
+from typing import Any
 
 from protocol import __version__
 
@@ -11,16 +16,50 @@ EXIT_USER_ERROR = 2      # bad input or setting: one line on stderr, as argparse
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and appends "(default: X)" where a flag has a real default."""
+    """Keeps the description's layout and appends "(default: X)" where a flag has a real default,
+    also to a flag with no help text (argparse prints nothing at all for those) and never twice
+    (a help text that names its default already keeps its own words)."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.option_strings and _has_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        super().add_argument(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS, []):
+        if "%(default)" in text or "(default" in text or not _has_default(action):
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             text += " (default: %(default)s)"
         return text
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults (`HelpFormatter`), its subcommands' too:
+    `add_subparsers` makes each subcommand's parser of its parent's class, so none is missed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _has_default(action: argparse.Action) -> bool:
+    return action.default not in (None, False, argparse.SUPPRESS, [])
+
+
 def add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def file_in_the_way(e: BaseException) -> str | None:
+    """The file standing where a folder must be, named, when that is what `e` is about: mkdir's
+    "File exists: 'a'" for `--out a/b` (with `a` a file) reads as if a file may not be overwritten.
+    None for any other error. No tool raises these errors for an existing file it refuses to
+    replace; each says so in its own words."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
+        path = Path(os.fsdecode(e.filename))
+        blocker = next((p for p in (*reversed(path.parents), path) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder" + (f" (needed for {path})" if blocker != path else "")
+    return None

@@ -7,11 +7,12 @@ import logging
 import os
 import select
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from model.corpus import CorpusError
 from protocol.artifact import ArtifactError
+from protocol.cli import file_in_the_way
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPORA = os.path.join(REPO, "corpora")          # vendored with their licences (corpora/README.md)
@@ -57,17 +58,18 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     sys.exit(code or 0)
 
 
-def file_in_the_way(e: BaseException) -> str | None:
-    """The file standing where a folder must be, named, when that is what `e` is about: mkdir's
-    "File exists: 'a'" for `--out a/b` (with `a` a file) reads as if a file may not be overwritten.
-    None for any other error. No tool raises these errors for an existing file it refuses to
-    replace; each says so in its own words."""
-    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
-        path = Path(os.fsdecode(e.filename))
-        blocker = next((p for p in (*reversed(path.parents), path) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            return f"{blocker} is a file, not a folder" + (f" (needed for {path})" if blocker != path else "")
-    return None
+def check_out_file(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (), *, what: str = "--out") -> Path:
+    """Refuse, before any work, an output file that would destroy something: a folder, one of the
+    inputs (read and then replaced by its own output), or anything but a regular file (`/dev/null`,
+    a pipe: the write goes to a temporary file renamed over it, which would replace the node)."""
+    path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {out} is a folder: give the name of the file to write")
+    if path.exists() and not path.is_file():
+        raise FileExistsError(f"{what} {out} is not a regular file (a device or a pipe): write to a file")
+    if any(Path(f).resolve() == path.resolve() for f in inputs):
+        raise FileExistsError(f"{what} {out} is also an input: write somewhere else")
+    return path
 
 
 def _closed_stdout() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from model.corpus import FORMATS, CorpusError, Record, first_line, read_corpus, sniff_format, split_users
 from protocol.artifact import atomic_write
-from protocol.cli import HelpFormatter, add_version
-from tools._cli import file_in_the_way, run
+from protocol.cli import HelpFormatter, add_version, file_in_the_way
+from tools._cli import check_out_file, run
 
 SIMULATE_DEVICES = 32     # the device count of the federated runs in docs/quality.md (tools.simulate --devices 32)
 
@@ -91,12 +91,7 @@ def prepare(args: argparse.Namespace) -> dict:
     """Read, clean and check the inputs; return the records and what the summary reports."""
     if args.texts_per_user < 0 or args.min_words < 0:
         raise CorpusError("--texts-per-user and --min-words must be >= 0")
-    out = Path(args.out).resolve()
-    if out.is_dir():
-        raise CorpusError(f"{args.out} is a directory: --out names the .jsonl file to write")
-    for f in args.inputs:
-        if Path(f).resolve() == out:
-            raise CorpusError(f"--out {args.out} is also an input: write the corpus somewhere else")
+    out = check_out_file(args.out, args.inputs)
     if out.exists() and not args.force:
         raise CorpusError(f"{args.out} exists: pass --force to overwrite it")
     records, seen, plain_names, json_users = [], set(), {}, set()

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from protocol.cli import HelpFormatter, add_version
-from tools._cli import run
+from tools._cli import check_out_file, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     from model.corpus import read_corpus
     from protocol.ngram import KneserNeyLM
 
-    if Path(args.out).is_dir():
-        raise IsADirectoryError(f"--out {args.out} is a directory; give a file name (.npz)")
+    out = check_out_file(args.out, args.proxy)
     t0 = time.time()
     texts = [r.text for p in args.proxy for r in read_corpus(p)]
     lm = KneserNeyLM.fit(texts, order=args.order)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     try:

@@ -38,7 +38,7 @@ from edge_runtime.secagg_client import Revealer, masked_vector
 from protocol import ddp, secagg
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import Parser, add_version
 from tools.shipped import SHIPPED_V0
 
 # The shipped version 0's size (1,356,048 parameters): the update every device masks.
@@ -306,23 +306,22 @@ def _check(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.secagg_bench", description=__doc__.split("\n")[0],
-                                 formatter_class=HelpFormatter)
+    ap = Parser(prog="python -m tools.secagg_bench", description=__doc__.split("\n")[0])
     add_version(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("costs", formatter_class=HelpFormatter)
+    c = sub.add_parser("costs")
     c.add_argument("--devices", type=int, nargs="+", default=[10, 100, 500])
     c.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     c.add_argument("--full-dim-max", type=int, default=100, help="measure at full size up to this many devices")
     c.add_argument("--sim-dim", type=int, default=1024)
-    e = sub.add_parser("epsilon", formatter_class=HelpFormatter)
+    e = sub.add_parser("epsilon")
     e.add_argument("--rounds", type=int, nargs="+", default=[8, 100, 1000])
     e.add_argument("--delta", type=float, default=1e-6)
     e.add_argument("--population", type=int, default=1_000_000)
     e.add_argument("--noise-on-mean", type=float, default=0.01, help="z C / n, in units of C")
-    p = sub.add_parser("paillier", formatter_class=HelpFormatter)
+    p = sub.add_parser("paillier")
     p.add_argument("--slice", type=int, default=16)
-    d = sub.add_parser("discovery", formatter_class=HelpFormatter)
+    d = sub.add_parser("discovery")
     d.add_argument("--corpus", required=True, help="JSON Lines or plain text; its train users are the devices")
     d.add_argument("--model", default=str(SHIPPED_V0), help="version whose word-list tail is the dictionary")
     d.add_argument("--k", type=int, default=8, help="words each device votes for")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,20 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     assert cli_main(["start-round", *common]) == 2
     assert "already open" in capsys.readouterr().err
     assert cli_main(["import-version", str(tmp_path / "nowhere"), *common]) == 2
+    # A manifest edited by hand (its size no longer a number) is refused before it is signed and
+    # shipped: devices trust what the coordinator signs.
+    edited = tmp_path / "v1"
+    make_version(edited, "v1")
+    doc = json.loads((edited / "manifest.json").read_text())
+    doc["arch"]["model"]["vocab_size"] = "big"
+    (edited / "manifest.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert cli_main(["import-version", str(edited), *common]) == 2
+    assert "arch_hash is not the hash of its arch record" in capsys.readouterr().err
+    doc["arch_hash"] = artifact.arch_hash(doc["arch"])
+    (edited / "manifest.json").write_text(json.dumps(doc))
+    assert cli_main(["import-version", str(edited), *common]) == 2
+    assert "model config vocab_size must be a positive integer" in capsys.readouterr().err
     assert cli_main(["status", "--set", "colour=blue", *common]) == 2
     assert "unknown setting" in capsys.readouterr().err
     assert cli_main(["status", "--set", "log_level=LOUD", *common]) == 2
@@ -138,3 +153,17 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["rejections", "--round-id", "99999999999999999999999", *common])
     assert e.value.code == 2 and "invalid round_id value" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:              # the commands by name, not as enum reprs
+        cli_main(["bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "'promote', 'reject'" in err and "VersionAction" not in err
+    (tmp_path / "a-file").write_text("x")             # --data-dir naming a file: one line, the operator's input
+    assert cli_main(["init", "--data-dir", str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'a-file'} is a file, not a folder"
+    with socket.socket() as held:                     # a port another program holds: one line, before serving
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert cli_main(["serve", "--port", str(port), *common]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0], err

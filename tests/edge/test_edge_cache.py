@@ -139,6 +139,40 @@ def test_wipe_removes_everything_from_disk(tmp_path: Path, clock: Clock):
     c.close()
 
 
+def test_wipe_deletes_a_cache_too_damaged_to_open_and_leaves_learning_paused(tmp_path: Path, capsys):
+    from edge_runtime.__main__ import main as cli_main
+
+    d = tmp_path / "d"
+    c = TextCache(d)
+    for i in range(20):
+        c.add(f"see you at the station {i}", "message")
+    c.close()
+    db = d / CACHE_DB
+    db.write_bytes(b"\xff" * 16 + db.read_bytes()[16:])          # its header gone: not a database
+    assert cli_main(["status", "--data-dir", str(d)]) == 1       # the disk's fault: exit 1, and what to do
+    err = capsys.readouterr().err
+    assert "the file is damaged" in err and "edge_runtime wipe" in err and "Traceback" not in err
+    assert b"see you at the station" in raw_file_bytes(d)        # still there until the user wipes
+    assert cli_main(["wipe", "--data-dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "overwritten and deleted" in out and "learning is paused" in out
+    assert b"see you at the station" not in raw_file_bytes(d)
+    with TextCache(d) as fresh:                                  # a new, empty cache, paused: the private side
+        assert fresh.stats()["records"] == 0 and fresh.paused
+
+
+def test_text_that_is_not_unicode_is_one_line_and_caches_nothing(tmp_path: Path, capsys):
+    from edge_runtime.__main__ import main as cli_main
+
+    TextCache(tmp_path).close()
+    # bytes a terminal in another encoding sends reach argv as lone surrogates
+    assert cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message", "\udcff\udcfe x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not valid Unicode" in err[0] and "codec" not in err[0], err
+    with TextCache(tmp_path) as c:
+        assert c.stats()["records"] == 0
+
+
 @pytest.mark.parametrize(("n", "k"), [(0, 0), (1, 1), (5, 1), (10, 1), (11, 2), (20, 2), (100, 10)])
 def test_holdout_count(n, k):
     assert holdout_count(n, 0.1) == k

@@ -67,7 +67,7 @@ def test_require_data_dir():
 
 
 @pytest.mark.parametrize("command", [["status"], ["type", "--field-kind", "message", "hello there"], ["pause"],
-                                     ["wipe"], ["run", "--once"]])
+                                     ["wipe"], ["run", "--once"], ["notices"]])
 def test_device_commands_refuse_a_mistyped_data_dir(tmp_path, capsys, command):
     """Only `enroll` (and the stand-alone keyboard) may create a device directory: a typo in
     --data-dir must not start a new device (or cache text) somewhere nobody looks."""
@@ -78,6 +78,17 @@ def test_device_commands_refuse_a_mistyped_data_dir(tmp_path, capsys, command):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a device data directory" in err[0] and "enroll" in err[0], err
     assert not typo.exists()
+
+
+@pytest.mark.parametrize("sub", ["", "dev"])
+def test_a_data_dir_that_is_a_file_is_named_in_one_line(tmp_path, capsys, sub):
+    from edge_runtime.__main__ import main as cli_main
+
+    (tmp_path / "a-file").write_text("x")
+    data_dir = tmp_path / "a-file" / sub if sub else tmp_path / "a-file"
+    assert cli_main(["keyboard", "--data-dir", str(data_dir), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'a-file'} is a file, not a folder"), err
 
 
 @pytest.mark.parametrize("command", [["wipe"], ["pause"], ["status"]])

@@ -175,8 +175,8 @@ def test_the_licence_notices_of_the_version_in_use_are_signed_and_printed(tmp_pa
     assert cli_main(["notices", "--data-dir", str(tmp_path / "dev")]) == 0
     assert capsys.readouterr().out == f"== {TOKENIZER} (version v1) ==\nCC BY-SA 4.0: words from Someone (2022)\n"
     (tmp_path / "empty").mkdir()
-    assert cli_main(["notices", "--data-dir", str(tmp_path / "empty")]) == 1
-    assert "no usable model version" in capsys.readouterr().err
+    assert cli_main(["notices", "--data-dir", str(tmp_path / "empty")]) == 2   # a typo, named as one
+    assert "not a device data directory" in capsys.readouterr().err
     # Edited on the device's disk: with the coordinator's key (as the keyboard checks) it is refused.
     installed = store.path("v1") / MANIFEST
     installed.write_text(installed.read_text().replace("Someone", "Nobody"))

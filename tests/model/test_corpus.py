@@ -46,6 +46,8 @@ def test_plain_text_is_one_user(tmp_path):
     (['{"text": "ok"}'], r":1: missing field\(s\) 'user'"),
     (['{"user": "a", "text": 5}'], "must be a string"),
     (['{"user": "a", "text": "ok"}', '[1, 2]'], r":2: expected a JSON object"),
+    (['{"user": "a", "text": "ok"}', '{"user": "b", "text": "x \\ud800 y"}'], r":2: a \\u escape that is half"),
+    (['{"user": "\\udfff", "text": "ok"}'], r":1: a \\u escape that is half"),
 ])
 def test_bad_files_say_what_and_where(tmp_path, lines, match):
     with pytest.raises(CorpusError, match=match):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -36,6 +38,39 @@ def test_version_and_unknown_flag(module):
 def test_help_shows_defaults(args):
     h = _run(*args)
     assert h.returncode == 0 and "(default:" in h.stdout, h.stdout
+
+
+PARSERS = ["coordinator.__main__", "edge_runtime.__main__", "tools.pretrain", "tools.evaluate", "tools.simulate.cli",
+           "tools.demo", "tools.bench.__main__", "tools.arm.__main__", "tools.ablation", "tools.add_words",
+           "tools.prepare", "tools.rescore", "tools.proxy_ngram"]
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str):
+    yield name, parser
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub, p in a.choices.items():
+                yield from _parsers(p, f"{name} {sub}")
+
+
+@pytest.mark.parametrize("module", PARSERS)
+def test_every_flag_with_a_default_shows_it_once(module):
+    """The README's promise, flag by flag: argparse prints nothing for a flag without help text, and
+    a help text that names its default must not get a second one."""
+    from protocol.cli import HelpFormatter
+
+    missing, twice = [], []
+    for name, parser in _parsers(importlib.import_module(module).build_parser(), module):
+        assert issubclass(parser.formatter_class, HelpFormatter), name    # subcommands too
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS, []):
+                continue
+            fmt = parser._get_formatter()
+            fmt.add_argument(action)
+            text = fmt.format_help()
+            n = text.count("(default")
+            (missing if n == 0 else twice if n > 1 else []).append(f"{name} {action.option_strings[-1]}")
+    assert not missing and not twice, (missing, twice)
 
 
 BLOCK_EXTRAS = """

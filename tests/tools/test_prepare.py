@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def test_other_field_names_several_files_and_dedupe(tmp_path):
 @pytest.mark.parametrize("setup, args, needle", [
     ("exists", [], "exists: pass --force"),
     ("same", [], "is also an input"),
+    ("fifo", ["--force"], "is not a regular file"),        # /dev/null as root: the rename would replace the node
     ("bad", [], ":2: missing field(s) 'text'"),
     ("bad-over", ["--force"], ":2: missing field(s) 'text'"),
     ("good", ["--texts-per-user", "5"], "every input here is JSON Lines"),
@@ -83,6 +85,8 @@ def test_user_errors_are_one_line_and_never_touch_the_existing_corpus(tmp_path, 
     src = tmp_path / "in.jsonl"
     src.write_text('{"user": "a", "text": "hi there"}\n' + ('{"user": "b"}\n' if setup.startswith("bad") else ""))
     out = src if setup == "same" else tmp_path / "out.jsonl"
+    if setup == "fifo":
+        os.mkfifo(out)
     if setup in ("exists", "bad-over"):
         out.write_text("precious\n")
     r = _prepare(str(src), "--out", str(out), *args)
@@ -91,6 +95,8 @@ def test_user_errors_are_one_line_and_never_touch_the_existing_corpus(tmp_path, 
         assert out.read_text() == "precious\n"
     if setup == "bad":
         assert not out.exists()
+    if setup == "fifo":
+        assert stat.S_ISFIFO(out.stat().st_mode)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]    # no temporary left behind
 
 
@@ -149,7 +155,7 @@ def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path):
     assert f"{tmp_path / 'afile'} is a file, not a folder" in r.stderr and "File exists" not in r.stderr
     (tmp_path / "adir").mkdir()
     r = _prepare(str(src), "--out", str(tmp_path / "adir"))
-    assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr
+    assert r.returncode == 2 and "is a folder" in r.stderr, r.stderr
 
 
 def test_the_text_is_never_printed(tmp_path):

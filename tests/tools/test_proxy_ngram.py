@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -29,8 +31,16 @@ def test_an_order_too_high_for_the_keys_is_refused_at_once(tmp_path):
 def test_out_that_is_a_directory_is_refused_and_a_good_run_leaves_only_the_model(tmp_path, capsys):
     corpus = _corpus(tmp_path)
     (tmp_path / "adir").mkdir()
-    with pytest.raises(IsADirectoryError, match="is a directory"):
+    with pytest.raises(IsADirectoryError, match="is a folder"):
         main(["--proxy", str(corpus), "--out", str(tmp_path / "adir")])
+    before = corpus.read_bytes()
+    with pytest.raises(FileExistsError, match="is also an input"):     # once it replaced its own proxy text
+        main(["--proxy", str(corpus), "--out", str(corpus)])
+    assert corpus.read_bytes() == before
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        main(["--proxy", str(corpus), "--out", str(tmp_path / "pipe")])
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
     assert main(["--proxy", str(corpus), "--out", str(tmp_path / "ng" / "n.npz")]) == 0
     assert sorted(p.name for p in (tmp_path / "ng").iterdir()) == ["n.npz"]
     assert KneserNeyLM.load(tmp_path / "ng" / "n.npz").order == 3

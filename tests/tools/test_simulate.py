@@ -132,7 +132,11 @@ def test_bad_input_is_one_line(tmp_path):
     for bad, msg in ((["--clip-norm", "inf"], "learning rates and clip must be finite and > 0"),
                      (["--server-lr", "1e400"], "learning rates and clip must be finite and > 0"),
                      (["--noise-multiplier", "nan"], "noise multipliers must be finite and >= 0"),
-                     (["--central-epochs", "-1"], "--central-epochs must be >= 1")):
+                     (["--central-epochs", "-1"], "--central-epochs must be >= 1"),
+                     (["--canary-tolerance", "-5"], "--canary-tolerance must be finite and >= 0"),
+                     # past a device's own limits every device refuses every round: refused up front
+                     (["--clip-norm", "11"], "--clip-norm 11 is above what a device accepts (10"),
+                     (["--epochs", "21"], "--epochs 21 is above what a device accepts (20")):
         r = simulate("--corpus", str(corpus), "--devices", "2", "--rounds", "1", "--data-dir", str(tmp_path / "d"),
                      *bad)
         assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and msg in r.stderr, (bad, r.stderr)

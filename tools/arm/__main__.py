@@ -16,13 +16,12 @@ import argparse
 import sys
 import time
 
-from protocol.cli import add_version
+from protocol.cli import Parser, add_version
 from tools.arm.board import GUEST_VENVS, Board, BoardError, default_cache_dir, fmt_s, say
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.arm", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m tools.arm", description=__doc__)
     add_version(ap)
     ap.add_argument("--cache-dir", default=None,
                     help=f"where the board lives (default FEDKEYS_ARM_CACHE or {default_cache_dir()})")

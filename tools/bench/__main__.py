@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from protocol.cli import add_version
+from protocol.cli import Parser, add_version
 from tools._cli import DEFAULT_CORPUS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=(
+    ap = Parser(prog="python -m tools.bench", description=(
         "Edge runtime benchmarks: keystroke latency (incremental vs recompute) and training "
         "throughput (TFLite vs TensorFlow) with the edge process's peak memory."))
     add_version(ap)

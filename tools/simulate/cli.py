@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.plan_guard import PlanFloor
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
+from tools.simulate.devices import device_config
 from tools.simulate.errors import SimulationError
 from tools.simulate.federation import FederationResult, run_federation
 from tools.simulate.population import ensure_central, ensure_v0, load_population, proxy_files
@@ -117,7 +119,9 @@ def check_args(args: argparse.Namespace) -> None:
          "noise multipliers must be finite and >= 0"),
         (0 <= args.server_momentum < 1, "--server-momentum must be in [0, 1)"),
         (0 < args.canary_fraction <= 1, "--canary-fraction must be in (0, 1]"),
-        (args.canary_min_reports >= 1 and args.canary_tolerance >= 0, "bad canary settings"),
+        (args.canary_min_reports >= 1, "--canary-min-reports must be >= 1"),
+        (math.isfinite(args.canary_tolerance) and args.canary_tolerance >= 0,
+         "--canary-tolerance must be finite and >= 0"),
         (args.eval_words >= 1, "--eval-words must be >= 1"),
         (args.central_steps_per_epoch is None or args.central_steps_per_epoch >= 0,
          "--central-steps-per-epoch must be >= 0 (0: a full pass)"),
@@ -127,6 +131,15 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+    # The simulated devices keep a phone's default limits on a plan (`edge_runtime.plan_guard`):
+    # a plan past them would run every round with no update and still write a report.
+    floor = PlanFloor.from_config(device_config("", eligible=False))
+    for flag, value, limit in (("--clip-norm", args.clip_norm, floor.max_clip_norm),
+                               ("--epochs", args.epochs, floor.max_epochs),
+                               ("--max-examples", args.max_examples, floor.max_examples)):
+        if value > limit:
+            raise ValueError(f"{flag} {value:g} is above what a device accepts ({limit:g}, its default limit): "
+                             "every device would refuse the rounds")
     for flag, path in (("--v0", args.v0), ("--central", args.central)):
         if path and not (Path(path) / "manifest.json").is_file():
             raise ValueError(f"{flag} {path}: not a model version directory (no manifest.json)")

@@ -1,0 +1,25 @@
+"""A device told to pin a coordinator key that is not the coordinator's refuses to enroll, before
+it uses up a use of the enrollment key (it would otherwise enroll and then refuse every version
+as "signature does not verify", with nothing saying why)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_runtime import agent
+from edge_runtime.config import EdgeConfig
+from edge_runtime.paths import IDENTITY_FILE
+from tests.helpers.coordinator_fakes import make_config, serve
+
+
+def test_a_mistyped_public_key_is_refused_and_the_enrollment_key_stays_unused(tmp_path):
+    with serve(make_config(tmp_path)) as s:
+        key = s.coord.create_enrollment_key(uses=1)
+        right = s.coord.public_key_hex
+        wrong = ("0" if right[0] != "0" else "1") + right[1:]
+        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=wrong)
+        with pytest.raises(agent.AgentError, match="is not the key .* signs with.*the enrollment key is unused"):
+            agent.enroll(cfg, key)
+        assert not (tmp_path / "dev" / IDENTITY_FILE).exists()
+        ident = agent.enroll(cfg.with_overrides({"public_key": right}), key)   # its one use still there
+        assert ident.public_key == right
