@@ -51,22 +51,20 @@ class Phase:
                 "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
 
-def default_shapes() -> list[tuple[str, tuple[int, ...]]]:
-    from protocol.arch import ModelConfig
+def write_synthetic_version(directory: Path) -> None:
+    """A version directory the coordinator accepts: a real manifest of the default architecture
+    and random weights, placeholder graph and tokenizer (the coordinator never runs them)."""
+    from protocol.arch import Arch, ModelConfig
 
-    return ModelConfig().weight_shapes()
-
-
-def write_synthetic_version(directory: Path, shapes: list[tuple[str, tuple[int, ...]]]) -> None:
-    """A version directory the coordinator accepts: real manifest and weights, placeholder graph."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / artifact.GRAPH).write_bytes(b"placeholder graph: the coordinator never runs it")
     (directory / artifact.TOKENIZER).write_bytes(b"placeholder tokenizer")
-    arch = {"bench": "load", "shapes": {k: list(s) for k, s in shapes}}
+    model = ModelConfig()
+    arch = Arch(model).to_dict()
     rng = np.random.default_rng(0)
-    weights = {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes}
+    weights = {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in model.weight_shapes()}
     m = artifact.Manifest(version_id="v0000-load", arch=arch, arch_hash=artifact.arch_hash(arch),
-                          tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in shapes],
+                          tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in model.weight_shapes()],
                           graph_sha256=artifact.sha256_file(directory / artifact.GRAPH),
                           tokenizer_sha256=artifact.sha256_file(directory / artifact.TOKENIZER), weights_sha256="")
     artifact.write_version(directory, m, weights)
@@ -149,7 +147,7 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
 
         version_dir = Path(model) if model else root / "v0"
         if not model:
-            write_synthetic_version(version_dir, default_shapes())
+            write_synthetic_version(version_dir)
         c = Coordinator(Config().with_overrides(settings))
         try:
             stable = c.import_version(version_dir)
