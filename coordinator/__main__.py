@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             from werkzeug.serving import make_server
 
             from coordinator.app import create_app
+            _check_port(cfg.host, cfg.port)      # before the app opens its database
             app = create_app(cfg)
-            _check_port(cfg.host, cfg.port)
             server = make_server(cfg.host, cfg.port, app, threaded=True)
             print(f"serving on http://{cfg.host}:{server.server_port}", flush=True)
             try:
