@@ -45,7 +45,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _has_default(action: argparse.Action) -> bool:
-    return action.default not in (None, False, argparse.SUPPRESS, [])
+    """A real default: not None, a store_true's False, SUPPRESS or an empty list. By identity, since
+    `0 in (False,)` is true in Python and a default of 0 is a real one."""
+    d = action.default
+    return not (d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, list) and not d))
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:

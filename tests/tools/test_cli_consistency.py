@@ -63,7 +63,8 @@ def test_every_flag_with_a_default_shows_it_once(module):
     for name, parser in _parsers(importlib.import_module(module).build_parser(), module):
         assert issubclass(parser.formatter_class, HelpFormatter), name    # subcommands too
         for action in parser._actions:
-            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS, []):
+            d = action.default       # by identity: a default of 0 is a real one (`0 == False`)
+            if not action.option_strings or d is None or d is False or d is argparse.SUPPRESS or d == []:
                 continue
             fmt = parser._get_formatter()
             fmt.add_argument(action)
