@@ -95,6 +95,25 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
         command.downgrade(cfg, revision)
 
 
+def drop_everything(url: str) -> None:
+    """Empty a database of this coordinator's schema, alembic's table too: for benchmarks and tests
+    that reuse one PostgreSQL database. Every model module is imported first, so no table is left
+    out whose foreign keys would block the drop (the secure-aggregation tables reference rounds)."""
+    from coordinator import models, models_secagg  # noqa: F401  (registers their tables)
+
+    engine = make_engine(url)
+    try:
+        models.Base.metadata.drop_all(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    except OperationalError as e:
+        first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
+        raise DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
+                                  f"{first}") from None
+    finally:
+        engine.dispose()
+
+
 def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from sqlalchemy import text
 
 from coordinator.app import create_app
 from coordinator.config import Config
-from coordinator.db import make_engine
-from coordinator.models import Base
+from coordinator.db import drop_everything
 from protocol import artifact, wire
 from protocol.arch import Arch, ModelConfig
 
@@ -51,11 +49,7 @@ def database_url(tmp_path: Path) -> str:
     url = os.environ.get(TEST_DB_ENV, "")
     if not url:
         return f"sqlite:///{tmp_path / 'coordinator.db'}"
-    engine = make_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
+    drop_everything(url)
     return url
 
 

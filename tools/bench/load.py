@@ -3,7 +3,7 @@
 Starts the coordinator under gunicorn on loopback (SQLite in a temporary data dir, or the
 PostgreSQL database given by --database-url, which is emptied first), enrolls --devices fake
 devices, opens a round whose goal is --uploaders, lets every device check in concurrently and
-the selected ones upload a float16 update of the default model (628k parameters, ~1.26 MB).
+the selected ones upload a float16 update of the default model (1,356,048 parameters, ~2.71 MB).
 Reports requests/s, p50/p99 latency and errors per phase, and the coordinator's peak memory
 (sum of the gunicorn master's and workers' resident sets, sampled every 50 ms, and the largest
 single process's high-water mark). Loopback only; bounded by --time-limit.
@@ -107,19 +107,6 @@ class MemorySampler(threading.Thread):
             self.sample()
 
 
-def _reset_database(url: str) -> None:
-    from sqlalchemy import text
-
-    from coordinator.db import make_engine
-    from coordinator.models import Base
-
-    engine = make_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
-
-
 def _settings(data_dir: Path, database_url: str, uploaders: int) -> dict[str, str]:
     return {"data_dir": str(data_dir), "database_url": database_url, "admin_token": ADMIN,
             "rate_limit_per_minute": "1000000", "rate_limit_burst": "100000", "goal_count": str(uploaders),
@@ -139,7 +126,8 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
     try:
         coord_dir = root / "coordinator"
         if database_url:
-            _reset_database(database_url)
+            from coordinator.db import drop_everything
+            drop_everything(database_url)
         db_url = database_url or f"sqlite:///{coord_dir / 'coordinator.db'}"
         settings = _settings(coord_dir, db_url, uploaders)
         from coordinator.config import Config
@@ -300,9 +288,11 @@ def format_report(res: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from coordinator.errors import DatabaseUnavailable
+
     try:
         res = _run_from_args(args)
-    except LoadError as e:
+    except (LoadError, DatabaseUnavailable) as e:   # the server or the database out of reach: one line
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(res, indent=1) if args.json else format_report(res))
