@@ -197,6 +197,10 @@ class VersionStore:
             raise VersionError(f"{d} holds version {manifest.version_id!r}, expected {version_id!r}")
         if self.public_key is not None:
             _check_signature(manifest, self.public_key)
+        try:   # signed is not enough to run it: a size that is not one would fail every check-in
+            manifest.architecture()
+        except ArtifactError as e:
+            raise VersionError(f"version {version_id} cannot run here: {e}") from e
         return manifest
 
     # -- installing ------------------------------------------------------------------------

@@ -204,6 +204,22 @@ def test_unsigned_or_wrongly_signed_or_tampered_manifests_are_refused(tmp_path: 
     assert store.installed() == []
 
 
+def test_a_signed_version_whose_architecture_cannot_run_is_refused(tmp_path: Path):
+    # The coordinator refuses such a manifest at import; the device does not rely on that: it
+    # once installed it and failed every check-in with a TypeError.
+    key = Ed25519PrivateKey.generate()
+    server = tmp_path / "server"
+    d = make_version(server, "vx", 1, key)
+    m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
+    m.arch = {"model": {"train_batch": 2, "seq_len": 4, "vocab_size": "big"}}
+    m.signature = key.sign(m.signing_bytes()).hex()
+    (d / MANIFEST).write_text(json.dumps(m.to_dict()))
+    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    with pytest.raises(VersionError, match="vx cannot run here: .*vocab_size must be a positive integer"):
+        store.install("vx", fetch_from(server))
+    assert store.installed() == []
+
+
 def test_a_configured_key_also_guards_versions_already_on_disk(tmp_path: Path, server: Path):
     VersionStore(tmp_path / "dev").install("v1", fetch_from(server))  # unsigned, no key then
     key = Ed25519PrivateKey.generate()
