@@ -26,7 +26,7 @@ from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
 from protocol import artifact, wire
-from protocol.plan import PLAN_FIELD_NAMES, check_plan_values
+from protocol.plan import PLAN_FIELD_NAMES, beyond_default_devices, check_plan_values
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -64,6 +64,8 @@ def start_round(coord: Coordinator, **overrides: Any) -> int:
             raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
                              "0 < round_duration_s <= 30 days")
         plan_values = check_plan_values({k: o[k] for k in PLAN_FIELD_NAMES})  # the one plan rule
+        for why in beyond_default_devices(plan_values):   # allowed: a device may raise its own limits
+            log.warning("round plan: %s; devices with default settings will refuse this round", why)
         if plan_values["secure_aggregation"] and c.aggregator != "mean":
             raise ValueError(f"secure_aggregation needs aggregator = mean (it is {c.aggregator})")
         with coord.tx() as s:

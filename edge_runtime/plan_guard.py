@@ -36,7 +36,7 @@ from typing import Any
 from edge_runtime.errors import EdgeError
 from edge_runtime.paths import LEDGER_FILE
 from protocol.artifact import atomic_write
-from protocol.plan import TrainPlan
+from protocol.plan import DEVICE_DEFAULT_FLOOR, TrainPlan
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ class LedgerError(EdgeError, RuntimeError):
 class PlanFloor:
     """Limits a plan must respect whatever the coordinator says (from EdgeConfig)."""
 
-    min_noise_multiplier: float = 0.01
-    max_clip_norm: float = 10.0
-    max_epochs: int = 20
-    max_examples: int = 5000
+    min_noise_multiplier: float = DEVICE_DEFAULT_FLOOR["min_noise_multiplier"]
+    max_clip_norm: float = DEVICE_DEFAULT_FLOOR["max_clip_norm"]
+    max_epochs: int = DEVICE_DEFAULT_FLOOR["max_epochs"]
+    max_examples: int = DEVICE_DEFAULT_FLOOR["max_examples"]
 
     @classmethod
     def from_config(cls, config: Any) -> PlanFloor:

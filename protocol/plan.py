@@ -85,6 +85,24 @@ PLAN_FIELD_NAMES: tuple[str, ...] = tuple(PLAN_FIELD_BY_NAME)
 REQUIRED_PLAN_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in PLAN_FIELDS if f.default is None)
 
 
+# The stricter floor a device applies with default settings (`edge_runtime.config`, each device
+# may set its own; `edge_runtime.plan_guard` refuses plans outside it). Declared here so the
+# coordinator can tell an operator that such devices will refuse a round.
+DEVICE_DEFAULT_FLOOR = {"min_noise_multiplier": 0.01, "max_clip_norm": 10.0, "max_epochs": 20, "max_examples": 5000}
+
+
+def beyond_default_devices(plan: Mapping[str, Any]) -> list[str]:
+    """Why a device with default settings would refuse `plan` (empty: it would not)."""
+    f = DEVICE_DEFAULT_FLOOR
+    checks = ((plan["noise_multiplier"] < f["min_noise_multiplier"], "noise_multiplier", "below",
+               f["min_noise_multiplier"]),
+              (plan["clip_norm"] > f["max_clip_norm"], "clip_norm", "above", f["max_clip_norm"]),
+              (plan["epochs"] > f["max_epochs"], "epochs", "above", f["max_epochs"]),
+              (plan["max_examples"] > f["max_examples"], "max_examples", "above", f["max_examples"]))
+    return [f"{name} {plan[name]:g} is {side} the {limit:g} a device accepts by default"
+            for bad, name, side, limit in checks if bad]
+
+
 def check_plan_values(values: Mapping[str, Any]) -> dict[str, int | float | bool]:
     """The plan fields present in `values`, each checked against its declaration, and the one
     rule between fields: a discovery round is a secure round (a vote is never seen alone)."""

@@ -52,6 +52,25 @@ def test_secure_aggregation_is_declared_with_the_plan_and_optional_on_the_wire()
             TrainPlan.from_dict(GOOD | {"secure_aggregation": bad})
 
 
+def test_the_device_default_floor_is_declared_once_and_named_part_by_part():
+    """The device's default floor is declared in protocol.plan: the device's config and PlanFloor
+    match it, and `beyond_default_devices` names each part of a plan that such devices refuse."""
+    from edge_runtime.config import EdgeConfig
+    from protocol.plan import DEVICE_DEFAULT_FLOOR, beyond_default_devices
+
+    cfg = EdgeConfig()
+    assert (cfg.min_noise_multiplier, cfg.max_clip_norm, cfg.max_epochs, cfg.max_train_examples) == tuple(
+        DEVICE_DEFAULT_FLOOR[k] for k in ("min_noise_multiplier", "max_clip_norm", "max_epochs", "max_examples"))
+    assert PlanFloor.from_config(cfg) == PlanFloor()
+    plan = GOOD | {"epochs": 21, "clip_norm": 10.5, "noise_multiplier": 0.0, "max_examples": 5000}
+    assert beyond_default_devices(plan) == ["noise_multiplier 0 is below the 0.01 a device accepts by default",
+                                            "clip_norm 10.5 is above the 10 a device accepts by default",
+                                            "epochs 21 is above the 20 a device accepts by default"]
+    assert PlanFloor().refusal(TrainPlan(**plan)) is not None   # the device does refuse it
+    assert beyond_default_devices(GOOD | {"clip_norm": 10.0, "epochs": 20}) == []
+    assert PlanFloor().refusal(TrainPlan(**(GOOD | {"clip_norm": 10.0, "epochs": 20}))) is None
+
+
 def test_coordinator_config_refuses_clip_norm_zero():
     from coordinator.config import Config, ConfigError
     with pytest.raises(ConfigError, match="clip_norm"):
@@ -83,3 +102,17 @@ def test_device_epsilon_edges():
     assert gaussian_epsilon([], 1e-6) == 0.0
     assert gaussian_epsilon([1.0, 0.0], 1e-6) == math.inf
     assert gaussian_epsilon([1.0] * 4, 1e-6) > gaussian_epsilon([1.0] * 2, 1e-6) > 0
+
+
+def test_the_coordinator_warns_of_a_round_that_default_devices_refuse(tmp_path, caplog):
+    """Allowed (a device may raise its own limits), but said: every default device refuses it."""
+    from tests.helpers.coordinator_fakes import make_config, make_version, serve
+
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        with caplog.at_level("WARNING", logger="coordinator.rounds"):
+            assert s.coord.start_round(clip_norm=50.0) >= 1
+    warned = [r.getMessage() for r in caplog.records if r.name == "coordinator.rounds"]
+    assert warned == ["round plan: clip_norm 50 is above the 10 a device accepts by default; devices with "
+                      "default settings will refuse this round"], warned
