@@ -14,7 +14,7 @@ from coordinator.config import PROFILES, Config, ConfigError, load_config
 from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.states import VERSION_ACTIONS, VersionAction
 from protocol.artifact import ArtifactError
-from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, file_in_the_way
+from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, exit_if_stdout_closed, file_in_the_way
 from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 
@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnavailable as e:     # a URL that is not one, or a server or file out of reach
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:              # `| head` closed stdout: exit quietly, as Unix tools do
+        exit_if_stdout_closed()
+        raise
     except OSError as e:
         blocker = file_in_the_way(e)     # --data-dir naming a file: the operator's input
         print(f"error: {blocker or e}", file=sys.stderr)

@@ -21,7 +21,7 @@ from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import read_manifest
-from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, file_in_the_way
+from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, exit_if_stdout_closed, file_in_the_way
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:              # `| head` closed stdout: exit quietly, as Unix tools do
+        exit_if_stdout_closed()
+        raise
     except OSError as e:
         blocker = file_in_the_way(e)     # --data-dir naming a file: the user's input
         print(f"error: {blocker or f'{e.__class__.__name__}: {e}'}", file=sys.stderr)

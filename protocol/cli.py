@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import select
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,21 @@ def file_in_the_way(e: BaseException) -> str | None:
         if blocker is not None:
             return f"{blocker} is a file, not a folder" + (f" (needed for {path})" if blocker != path else "")
     return None
+
+
+def exit_if_stdout_closed() -> None:
+    """The reader of stdout went away (`| head`): stop quietly, exit 141, as Unix tools do. A broken
+    pipe elsewhere (a socket, a child process) is a real error and is left to raise: it is the
+    reader only when stdout's own descriptor reports the error (a pipe whose reading end is closed
+    polls POLLERR). The interpreter's own flush at exit would raise again, so stdout points at
+    /dev/null first (Python's `signal` docs)."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        broken = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):     # no real stdout (captured, closed) or no poll()
+        return
+    if broken:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        sys.exit(141)

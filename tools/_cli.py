@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import select
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from model.corpus import CorpusError
 from protocol.artifact import ArtifactError
-from protocol.cli import file_in_the_way
+from protocol.cli import exit_if_stdout_closed, file_in_the_way
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPORA = os.path.join(REPO, "corpora")          # vendored with their licences (corpora/README.md)
@@ -53,7 +52,7 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
-        _closed_stdout()
+        exit_if_stdout_closed()
         raise
     sys.exit(code or 0)
 
@@ -70,24 +69,6 @@ def check_out_file(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] =
     if any(Path(f).resolve() == path.resolve() for f in inputs):
         raise FileExistsError(f"{what} {out} is also an input: write somewhere else")
     return path
-
-
-def _closed_stdout() -> None:
-    """The reader of stdout went away (`| head`): stop quietly, exit 141, as Unix tools do. A broken
-    pipe elsewhere (a socket, a child process) is a real error and is left to raise: it is the
-    reader only when stdout's own descriptor reports the error (a pipe whose reading end is closed
-    polls POLLERR). The interpreter's own flush at exit would raise again, so stdout points at
-    /dev/null first (Python's `signal` docs)."""
-    try:
-        fd = sys.stdout.fileno()
-        poll = select.poll()
-        poll.register(fd, select.POLLOUT)
-        broken = any(events & select.POLLERR for _, events in poll.poll(0))
-    except (AttributeError, OSError, ValueError):     # no real stdout (captured, closed) or no poll()
-        return
-    if broken:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
-        sys.exit(141)
 
 
 def _missing(e: ModuleNotFoundError) -> None:

@@ -95,3 +95,19 @@ def test_console_scripts_on_the_slim_install_say_which_install_they_need(script,
                        check=False, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "pip install 'fedkeys[full]'" in r.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module", ["coordinator", "edge_runtime"])
+def test_the_deployables_end_quietly_when_the_reader_of_stdout_goes_away(tmp_path, module):
+    """`python -m coordinator status | head -1` once printed 'error: [Errno 32] Broken pipe'."""
+    if module == "coordinator":
+        assert _run("coordinator", "init", "--data-dir", str(tmp_path)).returncode == 0
+    else:
+        from edge_runtime.cache import TextCache
+        TextCache(tmp_path).close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")} | {"PYTHONPATH": str(REPO)}
+    with subprocess.Popen([sys.executable, "-m", module, "status", "--data-dir", str(tmp_path)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        proc.stdout.close()                             # before the child prints anything
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 141 and "Broken pipe" not in err and "Traceback" not in err, err
