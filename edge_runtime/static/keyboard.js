@@ -151,7 +151,14 @@
     const before = message.value.slice(0, pos);
     const partial = before.match(/\S*$/)[0];      // the chunk the model completed
     if (sentenceStart(before.slice(0, before.length - partial.length))) word = capitalise(word);
-    message.setRangeText(word + " ", pos - partial.length, message.selectionEnd, "end");
+    // The whole word goes, also the part after a cursor inside it ("hel|o" -> "help", not "help o");
+    // and no second space where one follows already.
+    const start = pos - partial.length;
+    const end = message.selectionEnd + message.value.slice(message.selectionEnd).match(/^\S*/)[0].length;
+    const space = message.value[end] === " " ? "" : " ";
+    message.setRangeText(word + space, start, end, "end");
+    const after = start + word.length + 1;        // past the word's space, new or already there
+    message.setSelectionRange(after, after);
     autoSpace = { value: message.value, at: message.selectionStart };
     message.focus();
     afterEdit(message);
@@ -209,9 +216,26 @@
   }
 
   // A sentence is finished when . ! or ? is followed by a space (or a newline).
+  // An edit inside text already learned (a word fixed in a finished sentence) keeps that text
+  // learned: the boundary moves with what survives of it, so the sentence is not learned again,
+  // one fragment per keystroke. Text that replaces all of it (select all, type) is new text.
+  let lastText = "";              // the message as the last check saw it: where an edit happened
+  function alignCommitted(text) {
+    if (!text.startsWith(committedPrefix)) {
+      const p = commonPrefix(lastText, text).length;
+      let s = 0;                  // common suffix, not overlapping the common prefix
+      while (s < Math.min(lastText.length, text.length) - p
+             && lastText[lastText.length - 1 - s] === text[text.length - 1 - s]) s++;
+      const oldEnd = lastText.length - s, b = committedPrefix.length;
+      const boundary = b > oldEnd ? text.length - s + (b - oldEnd) : Math.min(p, b);
+      committedPrefix = text.slice(0, Math.min(boundary, text.length));
+    }
+    lastText = text;
+  }
+
   function commitFinishedSentences() {
     const text = message.value;
-    if (!text.startsWith(committedPrefix)) committedPrefix = commonPrefix(committedPrefix, text);
+    alignCommitted(text);
     const rest = text.slice(committedPrefix.length);
     const re = /[.!?]+["')\]]*\s/g;
     let end = -1, m;
@@ -225,7 +249,7 @@
   function send() {
     const text = message.value;
     if (!text.trim()) return;
-    if (!text.startsWith(committedPrefix)) committedPrefix = commonPrefix(committedPrefix, text);
+    alignCommitted(text);
     commit(message, text.slice(committedPrefix.length));
     const bubble = document.createElement("p");
     bubble.className = "bubble";
@@ -235,7 +259,7 @@
     thread.appendChild(bubble);
     thread.scrollTop = thread.scrollHeight;
     message.value = "";
-    committedPrefix = "";
+    committedPrefix = lastText = "";
     afterEdit(message);
   }
 

@@ -151,6 +151,44 @@ def test_commit_grows_the_cache(page, device):
     assert page.locator("#thread .bubble").count() == 2
 
 
+def test_editing_a_learned_sentence_does_not_learn_it_again_piece_by_piece(page, device):
+    """Fixing a word in a finished sentence once stored one fragment per keystroke ("s at noon.",
+    "a at noon.", ...), and the fragments fed the user's own words."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("We met at noon. ")
+    expect_count(page, 1)
+    msg.evaluate("m => m.setSelectionRange(3, 6)")          # select "met" and type over it
+    page.keyboard.type("saw")
+    page.keyboard.press("End")
+    page.keyboard.type("Then lunch. ")
+    expect_count(page, 2)
+    page.keyboard.press("Control+a")                        # all of it replaced: new text, learned
+    page.keyboard.type("Fresh start. ")
+    expect_count(page, 3)
+    page.keyboard.press("Backspace")                        # the full stop and space of a learned
+    page.keyboard.press("Backspace")                        # sentence, typed again: nothing new
+    page.keyboard.type(". ")
+    page.wait_for_timeout(500)
+    expect_count(page, 3)
+    assert rows(device["dir"]) == ["We met at noon.", "Then lunch.", "Fresh start."]
+
+
+def test_a_tapped_suggestion_replaces_the_whole_word_around_the_cursor(page):
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("I like helo world")
+    msg.evaluate("m => m.setSelectionRange(10, 10)")        # inside "helo", after "hel"
+    msg.dispatch_event("select")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")                       # the strip follows the cursor
+    best = wait_strip(page)[1]
+    assert best.lower().startswith("hel")
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f"I like {best} world"      # no "o" left over, no second space
+    assert msg.evaluate("m => m.selectionStart") == len(f"I like {best} ")
+
+
 def test_private_field_text_is_never_sent_nor_cached(page, device):
     bodies: list[str] = []
     page.on("request", lambda r: bodies.append(r.post_data or "") if r.method == "POST" else None)
