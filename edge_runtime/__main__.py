@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                     on_ready=lambda url: print(f"keyboard page: {url}", flush=True))
         elif c == "type":
             stored = agent.type_text(cfg, args.text, args.field_kind, private=args.private)
-            print("cached" if stored else "not cached (sensitive field, empty text or learning paused)")
+            print("cached" if stored else "not cached (sensitive field, no words or learning paused)")
         elif c in ("pause", "resume"):
             with agent.open_cache(cfg) as cache:
                 cache.set_paused(c == "pause")

@@ -211,8 +211,8 @@ class TextCache:
 
     def add(self, text: str, field_kind: str, *, private: bool = False, ts: float | None = None) -> bool:
         """Store committed text; returns False (and stores nothing) when the rules forbid it."""
-        if not text or not text.strip() or is_sensitive(field_kind, private=private):
-            return False
+        if not text or not any(ch.isalnum() for ch in text) or is_sensitive(field_kind, private=private):
+            return False   # nothing, or no word at all ("...", a lone emoji): nothing to learn from
         now = self._clock() if ts is None else ts
         try:
             nbytes = len(text.encode("utf-8"))

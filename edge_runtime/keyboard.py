@@ -241,7 +241,7 @@ class KeyboardApp:
                         if self._personal is personal:
                             self._personal = None
             reason = None if cached else ("learning paused" if self.cache.paused
-                                          else "empty text or sensitive field")
+                                          else "no words, or a sensitive field")
         return {"cached": cached, "reason": reason, **self.status()}
 
     def _learn(self, text: str, personal: PersonalModel) -> None:

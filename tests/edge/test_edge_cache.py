@@ -161,6 +161,14 @@ def test_wipe_deletes_a_cache_too_damaged_to_open_and_leaves_learning_paused(tmp
         assert fresh.stats()["records"] == 0 and fresh.paused
 
 
+def test_text_without_a_word_is_not_cached(tmp_path: Path):
+    with TextCache(tmp_path) as c:
+        for nothing in ("...", " ?! ", "\U0001F600", "-- \U0001F44D --"):
+            assert c.add(nothing, "message") is False, nothing
+        assert c.add("\U0001F600 only emoji.", "message") and c.add("ok", "message")
+        assert all_texts(c) == ["\U0001F600 only emoji.", "ok"]
+
+
 def test_text_that_is_not_unicode_is_one_line_and_caches_nothing(tmp_path: Path, capsys):
     from edge_runtime.__main__ import main as cli_main
 
