@@ -161,8 +161,10 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
             raise not_found(f"no version {version_id!r}")
         if action in (VersionAction.PROMOTE, VersionAction.REJECT) and v.status != VersionStatus.CANDIDATE:
             raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}, not a candidate")
-        if action == VersionAction.ROLLBACK and v.status not in (VersionStatus.RETIRED, VersionStatus.REJECTED):
-            raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}; roll back to a retired version")
+        if action == VersionAction.ROLLBACK and v.status != VersionStatus.RETIRED:   # once stable, then replaced
+            hint = ("it was never stable; `pin` makes it stable without the canary"
+                    if v.status == VersionStatus.REJECTED else "roll back to a retired version")
+            raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}; {hint}")
         if action not in VERSION_ACTIONS:
             raise bad_request(f"unknown action {action!r}")
         action = VersionAction(action)
