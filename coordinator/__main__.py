@@ -123,7 +123,11 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         rid = c.start_round(**{k: getattr(args, k) for k in keys})
         _print(c.get_round(rid))
     elif a == "close-round":
-        _print(c.close_round(args.round_id, force=args.force))
+        r = c.close_round(args.round_id, force=args.force)
+        _print(r)
+        if r["status"] == "open":   # before its deadline without its goal: say why, and what closes it
+            print(f"round {args.round_id} left open: before its deadline without its goal; --force closes it "
+                  "now (aggregating if it has the minimum, else failing it)", file=sys.stderr)
     elif a == "tick":
         c.maintenance()
         _print(c.status())

@@ -59,7 +59,9 @@ def start_round(coord: Coordinator, **overrides: Any) -> int:
         window = float(o["selection_window_s"])
         if not 0 <= window < duration:
             raise ValueError("need 0 <= selection_window_s < round_duration_s")
-        min_count = min(min_count, goal)
+        if min_count > goal:
+            log.warning("min_count %d is above goal_count %d: the round uses %d", min_count, goal, goal)
+            min_count = goal
         if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
             raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
                              "0 < round_duration_s <= 30 days")

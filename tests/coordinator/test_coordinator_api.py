@@ -114,7 +114,12 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
     assert capsys.readouterr().out.strip() == "v0000"
     assert cli_main(["start-round", "--goal-count", "4", "--min-count", "2", *common]) == 0
-    assert json.loads(capsys.readouterr().out)["goal_count"] == 4
+    opened = json.loads(capsys.readouterr().out)
+    assert opened["goal_count"] == 4
+    rid = opened["round_id"]
+    assert cli_main(["close-round", str(rid), *common]) == 0      # no updates, before its deadline:
+    out = capsys.readouterr()                                    # still open, and it says what closes it
+    assert json.loads(out.out)["status"] == "open" and "left open" in out.err and "--force" in out.err
     assert cli_main(["status", *common]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["stable_version_id"] == "v0000" and status["latest_round"]["status"] == "open"
