@@ -29,14 +29,14 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeError
 from edge_runtime.paths import LEDGER_FILE
 from protocol.artifact import atomic_write
-from protocol.plan import DEVICE_DEFAULT_FLOOR, TrainPlan
+from protocol.plan import DEVICE_DEFAULT_FLOOR, TrainPlan, floor_breaches, number
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,12 @@ class PlanFloor:
 
     def refusal(self, plan: TrainPlan) -> str | None:
         """Why `plan` is outside the floor (one line), or None if it is inside."""
-        if plan.noise_multiplier < self.min_noise_multiplier:
-            return (f"noise_multiplier {plan.noise_multiplier:g} below this device's minimum "
-                    f"{self.min_noise_multiplier:g}")
-        if plan.clip_norm > self.max_clip_norm:
-            return f"clip_norm {plan.clip_norm:g} above this device's maximum {self.max_clip_norm:g}"
-        if plan.epochs > self.max_epochs:
-            return f"epochs {plan.epochs} above this device's maximum {self.max_epochs}"
-        if plan.max_examples > self.max_examples:
-            return f"max_examples {plan.max_examples} above this device's maximum {self.max_examples}"
-        return None
+        breaches = floor_breaches(plan.to_dict(), asdict(self))
+        if not breaches:
+            return None
+        name, value, side, limit = breaches[0]
+        bound = "minimum" if side == "below" else "maximum"
+        return f"{name} {number(value)} {side} this device's {bound} {number(limit)}"
 
 
 def _phi(x: float) -> float:

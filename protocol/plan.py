@@ -91,16 +91,25 @@ REQUIRED_PLAN_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in PLAN_FIELDS i
 DEVICE_DEFAULT_FLOOR = {"min_noise_multiplier": 0.01, "max_clip_norm": 10.0, "max_epochs": 20, "max_examples": 5000}
 
 
+def floor_breaches(plan: Mapping[str, Any], floor: Mapping[str, float]) -> list[tuple[str, float, str, float]]:
+    """Where `plan` (its noise_multiplier, clip_norm, epochs, max_examples) leaves a device's
+    `floor` (keyed as DEVICE_DEFAULT_FLOOR): (field, value, "below" or "above", limit), in this
+    order. The device (plan_guard), the coordinator and the simulator each word it their way."""
+    bounds = (("noise_multiplier", "below", "min_noise_multiplier"), ("clip_norm", "above", "max_clip_norm"),
+              ("epochs", "above", "max_epochs"), ("max_examples", "above", "max_examples"))
+    return [(name, plan[name], side, floor[limit]) for name, side, limit in bounds
+            if (plan[name] < floor[limit] if side == "below" else plan[name] > floor[limit])]
+
+
+def number(v: float) -> str:
+    """A plan value as an operator typed it: 0.01, 10, 1000000 (`:g` would print 1e+06)."""
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def beyond_default_devices(plan: Mapping[str, Any]) -> list[str]:
     """Why a device with default settings would refuse `plan` (empty: it would not)."""
-    f = DEVICE_DEFAULT_FLOOR
-    checks = ((plan["noise_multiplier"] < f["min_noise_multiplier"], "noise_multiplier", "below",
-               f["min_noise_multiplier"]),
-              (plan["clip_norm"] > f["max_clip_norm"], "clip_norm", "above", f["max_clip_norm"]),
-              (plan["epochs"] > f["max_epochs"], "epochs", "above", f["max_epochs"]),
-              (plan["max_examples"] > f["max_examples"], "max_examples", "above", f["max_examples"]))
-    return [f"{name} {plan[name]:g} is {side} the {limit:g} a device accepts by default"
-            for bad, name, side, limit in checks if bad]
+    return [f"{name} {number(value)} is {side} the {number(limit)} a device accepts by default"
+            for name, value, side, limit in floor_breaches(plan, DEVICE_DEFAULT_FLOOR)]
 
 
 def check_plan_values(values: Mapping[str, Any]) -> dict[str, int | float | bool]:

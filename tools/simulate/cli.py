@@ -10,12 +10,13 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.plan_guard import PlanFloor
 from protocol.cli import HelpFormatter, add_version
+from protocol.plan import floor_breaches, number
 from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
 from tools.simulate.devices import device_config
 from tools.simulate.errors import SimulationError
@@ -133,13 +134,14 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(msg)
     # The simulated devices keep a phone's default limits on a plan (`edge_runtime.plan_guard`):
     # a plan past them would run every round with no update and still write a report.
-    floor = PlanFloor.from_config(device_config("", eligible=False))
-    for flag, value, limit in (("--clip-norm", args.clip_norm, floor.max_clip_norm),
-                               ("--epochs", args.epochs, floor.max_epochs),
-                               ("--max-examples", args.max_examples, floor.max_examples)):
-        if value > limit:
-            raise ValueError(f"{flag} {value:g} is above what a device accepts ({limit:g}, its default limit): "
-                             "every device would refuse the rounds")
+    floor = asdict(PlanFloor.from_config(device_config("", eligible=False)))
+    plan = {"noise_multiplier": args.noise_multiplier, "clip_norm": args.clip_norm, "epochs": args.epochs,
+            "max_examples": args.max_examples}
+    breaches = floor_breaches(plan, floor)
+    if breaches:
+        name, value, side, limit = breaches[0]
+        raise ValueError(f"--{name.replace('_', '-')} {number(value)} is {side} what a device accepts "
+                         f"({number(limit)}, its default limit): every device would refuse the rounds")
     for flag, path in (("--v0", args.v0), ("--central", args.central)):
         if path and not (Path(path) / "manifest.json").is_file():
             raise ValueError(f"{flag} {path}: not a model version directory (no manifest.json)")
