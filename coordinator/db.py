@@ -60,6 +60,12 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _unavailable(engine: Engine, e: OperationalError) -> DatabaseUnavailable:
+    """A server or file out of reach, in one line: the driver's first line, the URL without its password."""
+    first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
+    return DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: {first}")
+
+
 def alembic_config(url: str) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -77,9 +83,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     try:
         conn = engine.connect()
     except OperationalError as e:
-        first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
-        raise DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
-                                  f"{first}") from None
+        raise _unavailable(engine, e) from None
     conn.close()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -107,9 +111,7 @@ def drop_everything(url: str) -> None:
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     except OperationalError as e:
-        first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
-        raise DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
-                                  f"{first}") from None
+        raise _unavailable(engine, e) from None
     finally:
         engine.dispose()
 
