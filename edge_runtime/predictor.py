@@ -57,7 +57,16 @@ from edge_runtime.personal import BOS, HISTORY_PRIOR, PersonalModel
 from protocol.arch import SIG_INFER, SIG_STEP
 from protocol.interpreter import Model
 from protocol.ngram import KneserNeyLM, leading_word
-from protocol.text import BOS_ID, UNK_ID, complete_tokens, is_blocked, tokens, typed_chunks, vocab_of
+from protocol.text import (
+    BOS_ID,
+    UNK_ID,
+    complete_tokens,
+    is_blocked,
+    tokens,
+    typed_chunks,
+    vocab_of,
+    word_being_typed,
+)
 
 _MAX_CHAR = chr(0x10FFFF)
 _T = TypeVar("_T")
@@ -717,7 +726,14 @@ class Session:
         if len(partial) == 1 and f is not None and f.base is self.nodes[-1] and partial in f.strips \
                 and f.ranked(k, self.p.strip_key()):
             return list(f.strips[partial])
-        return self.suggest(partial, k)
+        split = word_being_typed(partial)
+        if split is None:   # "lord,": the next word comes after a space
+            return []
+        lead, prefix = split
+        if lead:   # '"hel': "hel" completed after the quote, fed ahead already as a rule
+            node, hist = self._fed(tokens(lead))
+            return self.p.suggest(node, hist, prefix, k, self.words, None)
+        return self.suggest(prefix, k)
 
     def prefetch(self, k: int = 3) -> bool:
         """Idle-time work, for the keyboard to call after it has shown the strip: feed the chunk

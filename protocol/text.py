@@ -48,6 +48,22 @@ def typed_chunks(text: str) -> tuple[list[str], str]:
 
 
 _WORD_CHAR = re.compile(r"[\w']")
+_TRAILING_WORD = re.compile(r"[\w']*\Z")
+OPENING_MARKS = frozenset('"([{\u201c')   # marks a word follows with no space between
+
+
+def word_being_typed(chunk: str) -> tuple[str, str] | None:
+    """The chunk being typed as (lead, prefix): `prefix` the word at its end that the next letter
+    would extend, `lead` what comes before it in the chunk ('"' in '"hel', "hello," in
+    "hello,wor"); a keyboard completes the prefix after the lead, and replaces only the prefix.
+    A chunk of opening marks alone ('"', "(") or none ("") has prefix "": the next word.
+    None when the chunk ends in any other mark ("lord,"): the next word comes after a space."""
+    start = _TRAILING_WORD.search(chunk.translate(_QUOTES)).start()
+    lead, prefix = chunk[:start], chunk[start:]
+    if not prefix and not all(c in OPENING_MARKS for c in lead):
+        return None
+    return lead, prefix
+
 _ALNUM = re.compile(r"[^\W_]")   # a letter or digit (what `str.isalnum` accepts), found in C
 
 

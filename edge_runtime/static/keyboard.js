@@ -145,19 +145,27 @@
     strip.dataset.state = "private";
   }
 
+  // The word being typed at the end of the chunk before the cursor: what the device completed
+  // ('"hel' completes "hel", after the quote), as `protocol.text.word_being_typed` splits it.
+  const WORD_TAIL = /[\p{L}\p{N}_'’]*$/u, WORD_HEAD = /^[\p{L}\p{N}_'’]*/u;
+  const OPENING = /^["(\[{“]*$/, CLOSING = /[\s.,!?;:"')\]}”’]/;
+
   function applySuggestion(word) {
     if (!word) return;
     const pos = message.selectionStart;
     const before = message.value.slice(0, pos);
-    const partial = before.match(/\S*$/)[0];      // the chunk the model completed
-    if (sentenceStart(before.slice(0, before.length - partial.length))) word = capitalise(word);
+    const chunk = before.match(/\S*$/)[0];
+    const partial = chunk.match(WORD_TAIL)[0];    // the part the suggestion replaces
+    const lead = chunk.slice(0, chunk.length - partial.length);
+    if (OPENING.test(lead) && sentenceStart(before.slice(0, before.length - chunk.length))) word = capitalise(word);
     // The whole word goes, also the part after a cursor inside it ("hel|o" -> "help", not "help o");
-    // and no second space where one follows already.
+    // no second space where one follows already, and none before a closing mark ('"help"').
     const start = pos - partial.length;
-    const end = message.selectionEnd + message.value.slice(message.selectionEnd).match(/^\S*/)[0].length;
-    const space = message.value[end] === " " ? "" : " ";
+    const end = message.selectionEnd + message.value.slice(message.selectionEnd).match(WORD_HEAD)[0].length;
+    const next = message.value[end];
+    const space = next === undefined || !CLOSING.test(next) ? " " : "";
     message.setRangeText(word + space, start, end, "end");
-    const after = start + word.length + 1;        // past the word's space, new or already there
+    const after = start + word.length + (space || /\s/.test(next) ? 1 : 0);   // past the word's space, new or already there
     message.setSelectionRange(after, after);
     autoSpace = { value: message.value, at: message.selectionStart };
     message.focus();

@@ -401,3 +401,29 @@ def test_commits_answered_out_of_order_never_show_the_older_count(page, device, 
     page.wait_for_timeout(2000)                      # the late answer has arrived
     seen = page.evaluate("() => window.seenCounts")
     assert len(answered) == 2 and seen[-1] == "2" and "1" not in seen[seen.index("2"):], seen
+
+
+def test_a_word_after_an_opening_quote_is_completed_inside_it(page):
+    """'He said "hel' once got an empty strip (the quote was taken as part of the prefix), and a
+    tapped word replaced the quote with it."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type('He said "')
+    assert all(wait_strip(page)), "no next word right after an opening quote"
+    page.keyboard.type("hel")
+    best = wait_strip(page)[1]
+    assert best.lower().startswith("hel")
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f'He said "{best} '
+
+    # Inside a closed quote: the word is replaced, the closing quote stays and gets no space before it.
+    msg.fill('I said "wel" to him')
+    msg.evaluate("m => m.setSelectionRange(11, 11)")        # after "wel", before the closing quote
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")
+    best = wait_strip(page)[1]
+    assert best.lower().startswith("wel")
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f'I said "{best}" to him'
+    assert msg.evaluate("m => m.selectionStart") == len(f'I said "{best}')
+

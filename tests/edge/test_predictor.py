@@ -10,7 +10,7 @@ import pytest
 from edge_runtime.predictor import FOLLOW_WEIGHT, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
 from protocol.ngram import leading_word
-from protocol.text import BOS_ID, load_tokenizer, tokens
+from protocol.text import BOS_ID, load_tokenizer, tokens, word_being_typed
 
 TEXT = "What say you to my lord, and shall we go to the king"
 
@@ -60,6 +60,21 @@ def test_a_keystroke_at_the_end_of_a_long_text_reads_only_its_last_chunk(predict
     monkeypatch.setattr(pred, "typed_chunks", real)
     assert got == predictor.session().update(long_text)
     assert s.update(long_text[:100] + "X") == predictor.session().update(long_text[:100] + "X")   # an edit
+
+
+def test_a_word_after_an_opening_quote_or_bracket_is_completed_after_it(predictor):
+    """'He said "hel' once got no suggestions: the whole chunk '"hel' was taken as the prefix."""
+    for lead in ('"', "(", "\u201c"):
+        s = predictor.session()
+        words = s.update(f"What say you to {lead}th")
+        assert len(words) == 3 and all(w.startswith("th") for w in words), (lead, words)
+        after = predictor.session()
+        for chunk in ["What", "say", "you", "to", lead]:
+            after.feed(chunk)
+        assert words == after.suggest("th"), lead      # the prefix, in the context after the mark
+    s = predictor.session()
+    assert len(s.update('What say you to "')) == 3    # the next word, right after the quote
+    assert s.update("What say you to my lord,") == []  # the next word comes after a space
 
 
 def test_backspace_and_edits_rewind_to_the_cached_state(predictor):
@@ -220,10 +235,11 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
 
 
 def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int = 3,
-                      before: Sequence[str] = ()) -> list[str]:
+                      before: Sequence[str] = (), follows: bool = True) -> list[str]:
     """The strip as first written: argpartition over the prefix range's P_lstm, every candidate
     scored one at a time with the scalar probabilities; a prefix also completed from the words of
-    the completed chunks `before` it, each scored by its share of them."""
+    the completed chunks `before` it, each scored by its share of them; the next word right after
+    a space (`follows`) also from the words that followed the last chunk in them."""
     wl, wn, wp = p.weights(hist=hist)
     m = p.candidates if (wn or wp) else k
     cands: set[str] = set()
@@ -241,7 +257,8 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     cands.update(w for w in typed if w.startswith(prefix) and p.offered(w))
     share = {w: typed.count(w) / len(typed) for w in cands if w in typed}
     # after a space: the words that followed the last chunk earlier in the text
-    after = [leading_word(b) for a, b in zip(before, before[1:]) if a == before[-1]] if before and not prefix else []
+    after = [leading_word(b) for a, b in zip(before, before[1:]) if a == before[-1]] \
+        if before and not prefix and follows else []
     after = [w for w in after if w]
     cands.update(w for w in after if p.offered(w))
 
@@ -274,8 +291,13 @@ def test_fast_suggestions_equal_scoring_one_candidate_at_a_time(predictor, base_
             s = p.session()
             for i in range(1, len(text) + 1):
                 got = s.update(text[:i])
-                partial = "" if text[i - 1].isspace() else text[:i].split()[-1]
-                assert got == reference_suggest(p, s.nodes[-1], s.hists[-1], partial, before=s.chunks), text[:i]
+                split = word_being_typed("" if text[i - 1].isspace() else text[:i].split()[-1])
+                if split is None:   # the chunk ends in a closing mark: the next word comes after a space
+                    assert got == [], text[:i]
+                    continue
+                lead, prefix = split   # a word after an opening mark is completed after it ('"hel')
+                node, hist = s._fed(tokens(lead)) if lead else (s.nodes[-1], s.hists[-1])
+                assert got == reference_suggest(p, node, hist, prefix, before=s.chunks, follows=not lead), text[:i]
                 keys += 1
             if n % 4 == 0:
                 p.learn(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from protocol.text import complete_tokens, tokens
+from protocol.text import complete_tokens, tokens, word_being_typed
 
 
 def test_complete_tokens_are_those_no_later_character_can_change():
@@ -23,3 +23,23 @@ def test_complete_tokens_are_those_no_later_character_can_change():
         for _ in range(5):
             more = "".join(rng.choice(alphabet + " ") for _ in range(rng.randint(1, 5)))
             assert tokens(chunk + more)[: len(done)] == done, (chunk, more)
+
+
+def test_the_word_being_typed_is_completed_after_what_opens_it():
+    assert word_being_typed("hel") == ("", "hel")
+    assert word_being_typed('"hel') == ('"', "hel")
+    assert word_being_typed("(\u201cNa") == ("(\u201c", "Na")
+    assert word_being_typed("don\u2019") == ("", "don\u2019")      # an apostrophe continues the word
+    assert word_being_typed("hello,wor") == ("hello,", "wor")
+    assert word_being_typed('"') == ('"', "")                      # the next word, right after the quote
+    assert word_being_typed("lord,") is None                       # the next word comes after a space
+    assert word_being_typed('said"') is None
+    assert word_being_typed("") == ("", "")                        # after a space
+    rng = random.Random(1)
+    for _ in range(2000):
+        chunk = "".join(rng.choice("ab'\u2019\u201c\u201d\",.(1_") for _ in range(rng.randint(1, 6)))
+        split = word_being_typed(chunk)
+        if split is not None:
+            lead, prefix = split
+            assert lead + prefix == chunk
+            assert tokens(lead) == complete_tokens(chunk), chunk    # the lead is what can be fed
