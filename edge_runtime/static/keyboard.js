@@ -37,7 +37,7 @@
     };
     const resp = await fetch(path, opts);
     const data = await resp.json().catch(() => ({}));
-    if (!resp.ok) throw new Error(data.message || ("HTTP " + resp.status));
+    if (!resp.ok) throw Object.assign(new Error(data.message || ("HTTP " + resp.status)), { status: resp.status });
     return data;
   }
 
@@ -68,6 +68,7 @@
       const st = await api("/api/status");
       setOffline(false);
       if (mine === epoch) renderStatus(st);
+      if (unsaved.length) retryUnsaved();
     } catch (e) {
       setOffline(true);      // the next poll retries
     }
@@ -118,6 +119,18 @@
     strip.dataset.for = forText === undefined ? "" : forText;   // what they were computed for (tests wait on it)
   }
 
+  // A strip needs only the text's recent part. Past 2 * TAIL characters the page sends what
+  // follows a whitespace after a cut that moves in steps of TAIL, so the device refeeds the
+  // context once a step, not on every keystroke, and the request stays under its limit
+  // (`MAX_TEXT` in edge_runtime/keyboard.py: a longer one was refused, and the strip went empty).
+  const TAIL = 4096;
+  function recentPart(text) {
+    if (text.length <= 2 * TAIL) return text;
+    const cut = (Math.floor(text.length / TAIL) - 1) * TAIL;
+    const ws = text.slice(cut).search(/\s/);
+    return ws < 0 ? text.slice(-TAIL) : text.slice(cut + ws + 1);
+  }
+
   async function suggest() {
     if (active !== message) return;
     if (inFlight) { again = true; return; }     // keep only the newest keystroke waiting
@@ -125,7 +138,7 @@
     const mine = ++seq;
     try {
       const text = textBeforeCursor();
-      const res = await api("/api/suggest", { client: clientId, text });
+      const res = await api("/api/suggest", { client: clientId, text: recentPart(text) });
       setOffline(false);
       // Focus may have moved to the private field meanwhile: a late answer must not replace its strip.
       if (mine > shownSeq && active === message) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
@@ -205,10 +218,30 @@
     return a.slice(0, i);
   }
 
+  // Text whose commit did not reach the device (its process down, or failing on its side) is
+  // kept in this page, in order, and sent again after the next status poll that is answered: a
+  // sentence typed while the device was away is not lost. Text the device refused is not kept.
+  let unsaved = [], retrying = false;
+  async function retryUnsaved() {
+    if (retrying) return;
+    retrying = true;
+    try {
+      while (unsaved.length && await save(unsaved[0].field, unsaved[0].text)) unsaved.shift();
+    } finally {
+      retrying = false;
+    }
+  }
+
   async function commit(field, text) {
     if (isPrivate(field)) return;                 // private text is never sent to the cache
     text = text.trim();
     if (!text) return;
+    if (unsaved.length) unsaved.push({ field, text });   // after the older ones, in order
+    else if (!await save(field, text)) unsaved.push({ field, text });
+  }
+
+  // One commit; false when the device did not answer it (the text is to be sent again).
+  async function save(field, text) {
     try {
       const pending = api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false,
                                           client: clientId });
@@ -218,8 +251,11 @@
       // (one sentence fewer) must not overwrite the newer one when it arrives last.
       if (mine === epoch) renderStatus(res);
       toast(res.cached ? "Learned on this device" : "Not learned: " + (res.reason || "refused"));
+      return true;
     } catch (e) {
-      toast("Could not save: " + e.message);
+      const away = e instanceof TypeError || e.status >= 500;
+      toast((away ? "Not saved yet, sent again when the device answers: " : "Could not save: ") + e.message);
+      return !away;
     }
   }
 
@@ -419,6 +455,7 @@
       return;
     }
     disarm();
+    unsaved = [];                                  // not sent yet: forgotten with the rest
     try {
       renderStatus(await api("/api/clear", {}));
       toast("History cleared from this device");

@@ -91,10 +91,10 @@ def tap_keys(pg, text: str) -> None:
         pg.click(f'#keyboard [data-key="{key}"]')
 
 
-def expect_count(pg, n: int) -> None:
+def expect_count(pg, n: int, timeout: float = 5_000) -> None:
     from playwright.sync_api import expect
 
-    expect(pg.locator("#cached-count")).to_have_text(str(n))
+    expect(pg.locator("#cached-count")).to_have_text(str(n), timeout=timeout)
 
 
 def test_page_shows_model_version_and_channel(page, device):
@@ -427,3 +427,37 @@ def test_a_word_after_an_opening_quote_is_completed_inside_it(page):
     assert msg.input_value() == f'I said "{best}" to him'
     assert msg.evaluate("m => m.selectionStart") == len(f'I said "{best}')
 
+
+def test_a_text_longer_than_the_device_reads_still_gets_suggestions(page, device):
+    """Past the server's 16,384 characters every keystroke was refused (413) and the strip went
+    empty; the page now sends the text's recent part."""
+    from edge_runtime.keyboard import MAX_TEXT
+
+    msg = page.locator("#message")
+    msg.fill(("what say you to my good lord and " * 700)[: MAX_TEXT + 4000])
+    msg.focus()
+    page.keyboard.press("End")
+    page.keyboard.type(" th")
+    left, best, right = wait_strip(page)
+    assert best.startswith("th") and page.locator("#strip").get_attribute("data-state") == "ready"
+
+
+def test_a_sentence_the_device_did_not_answer_is_saved_when_it_does(page, device):
+    """A commit that failed (the device's process away) used to be dropped while the page's
+    marker moved past it: the sentence was never learned. It is kept and sent again."""
+    failed: list[str] = []
+
+    def device_away(route):
+        failed.append(route.request.post_data or "")
+        route.abort()
+
+    page.route("**/api/commit", device_away)
+    page.click("#message")
+    page.keyboard.type("While you were away. ")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('Not saved yet')")
+    page.keyboard.type("And after that. ")            # queued behind the first, in order
+    page.wait_for_timeout(300)
+    assert len(failed) == 1 and rows(device["dir"]) == []
+    page.unroute("**/api/commit")
+    expect_count(page, 2, timeout=15_000)             # sent again after the next status poll (5 s)
+    assert rows(device["dir"]) == ["While you were away.", "And after that."]
