@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,14 +134,18 @@ def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes,
     return coord.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
 
 
-def apply_decision(s: Session, v: Version, action: VersionAction, actor: str, reason: str, numbers: dict) -> None:
-    """Change `v`'s status for `action` (promote, reject, pin, rollback) and record the decision."""
+def apply_decision(s: Session, v: Version, action: VersionAction, actor: str, reason: str,
+                   numbers: dict) -> Round | None:
+    """Change `v`'s status for `action` (promote, reject, pin, rollback) and record the decision.
+    Returns the open round this failed: one that trains another version than the new stable."""
     now = utcnow()
+    failed = None
     if action in (VersionAction.PROMOTE, VersionAction.PIN, VersionAction.ROLLBACK):
         old = queries.stable(s)
         if old is not None and old.id != v.id:
             old.status, old.decided_at = VersionStatus.RETIRED, now
         v.status = VersionStatus.STABLE
+        failed = _fail_round_off(s, v, now)
         if action != VersionAction.PROMOTE:  # a manual stable change cancels the pending canary
             cand = queries.candidate(s)
             if cand is not None and cand.id != v.id:
@@ -151,6 +156,20 @@ def apply_decision(s: Session, v: Version, action: VersionAction, actor: str, re
     s.add(Decision(version_id=v.id, action=action, actor=actor, reason=reason,
                    numbers_json=json.dumps(views._json_safe(numbers))))
     log.info("version %s: %s by %s (%s)", v.id, action, actor, reason)
+    return failed
+
+
+def _fail_round_off(s: Session, stable: Version, now: datetime) -> Round | None:
+    """The open round, failed if it trains a version other than the new `stable`: its updates are
+    steps from that version, and their aggregate would be a candidate without what `stable` holds
+    (a promoted candidate's rounds, an operator's pin or rollback). The next round trains `stable`."""
+    r = queries.open_round(s, for_update=True)
+    if r is None or r.base_version_id == stable.id:
+        return None
+    r.status, r.closed_at = RoundStatus.FAILED, now
+    r.reason = f"the stable version changed to {stable.id} while it trained {r.base_version_id}"
+    log.warning("round %d failed: %s", r.id, r.reason)
+    return r
 
 
 def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, Any]:
@@ -170,11 +189,15 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
         action = VersionAction(action)
         if action in (VersionAction.PIN, VersionAction.UNPIN):
             row = s.get(Setting, "pinned") or Setting(key="pinned", value="0")
+            pinned = row.value == "1"
+            if (action == VersionAction.UNPIN and not pinned) or \
+                    (action == VersionAction.PIN and pinned and v.status == VersionStatus.STABLE):
+                return views.version_dict(coord, s, v)   # already so: no second decision in the history
             row.value = "1" if action == VersionAction.PIN else "0"
             s.add(row)
         if action == VersionAction.UNPIN:
             s.add(Decision(version_id=v.id, action=action, actor="admin", reason="automatic promotion on",
                            numbers_json="{}"))
-        else:
-            apply_decision(s, v, action, "admin", f"admin {action}", {})
+        elif apply_decision(s, v, action, "admin", f"admin {action}", {}) is not None:
+            coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
         return views.version_dict(coord, s, v)

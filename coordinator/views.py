@@ -89,6 +89,8 @@ def rejections(coord: Coordinator, round_id: int | None = None) -> list[dict[str
     with coord._sessions() as s:
         q = select(Rejection).order_by(Rejection.id)
         if round_id is not None:
+            if s.get(Round, round_id) is None:   # not an empty list: a mistyped id would read "none"
+                raise not_found(f"no round {round_id}")
             q = q.where(Rejection.round_id == round_id)
         return [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason, "message": x.message,
                  "at": _iso(x.created_at)} for x in s.scalars(q)]

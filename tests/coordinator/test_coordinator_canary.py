@@ -141,6 +141,15 @@ def test_admin_pin_promote_rollback(world):
     assert s.coord.status()["stable_version_id"] == "v0000"
     assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
     assert s.coord.status()["pinned"] is False
+    # Again: already so, and the history does not say it twice.
+    def actions() -> list[str]:
+        return [d["action"] for d in s.admin("POST", "/v1/admin/versions/v0000/unpin").json()["decisions"]]
+
+    before = actions()                                               # a second unpin
+    assert s.admin("POST", "/v1/admin/versions/v0000/pin").json()["status"] == "stable"
+    after = s.admin("POST", "/v1/admin/versions/v0000/pin").json()   # a second pin
+    assert [d["action"] for d in after["decisions"]] == [*before, "pin"]
+    assert s.coord.status()["pinned"] is True
 
 
 @pytest.mark.parametrize("sybils", [0, 1, 2])
@@ -164,3 +173,26 @@ def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_rej
             assert r.status_code == 200, r.text
         status = {v["version_id"]: v["status"] for v in s.coord.list_versions()}
         assert status[cand] == "rejected" and status["v0000"] == "stable"
+
+
+def test_a_stable_change_fails_the_round_open_on_the_old_one(world):
+    """A round opened on v0 stayed open after an operator promoted the candidate; its aggregate
+    would have become a candidate built on the retired v0, without what the promoted one holds."""
+    s, devices, _, others = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    rid = s.coord.start_round(goal_count=2, min_count=1)            # opened while the canary decides
+    t = others[0].checkin()                                          # (a canary device would evaluate)
+    assert t.kind == wire.TASK_TRAIN and t.base_version_id == "v0000"
+    assert s.admin("POST", f"/v1/admin/versions/{cand}/promote").json()["status"] == "stable"
+    rnd = s.coord.get_round(rid)
+    assert rnd["status"] == "failed" and rnd["result_version_id"] is None
+    assert rnd["reason"] == f"the stable version changed to {cand} while it trained v0000"
+    late = others[0].upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=10)
+    assert late.status_code == 409 and late.json()["error"] == wire.E_LATE
+    assert 'fedkeys_rounds_total{event="failed"} 1.0' in s.admin("GET", "/metrics").text
+    rid2 = s.coord.start_round(goal_count=2, min_count=1)           # the next one trains the new stable
+    assert s.coord.get_round(rid2)["status"] == "open"
+    assert devices[1].checkin().base_version_id == cand
+    # A change to the version the open round trains leaves it open.
+    assert s.admin("POST", f"/v1/admin/versions/{cand}/pin").status_code == 200
+    assert s.coord.get_round(rid2)["status"] == "open"

@@ -83,6 +83,7 @@ def test_each_bad_update_kind_is_rejected_with_its_reason(world):
     for code in (wire.E_NOT_SELECTED, wire.E_STALE, wire.E_EXAMPLE_COUNT, wire.E_MALFORMED, wire.E_NORM,
                  wire.E_DUPLICATE, wire.E_LATE):
         assert code in reasons
+    _expect(s.admin("GET", f"/v1/admin/rejections?round_id={rid + 100}"), 404, wire.E_NOT_FOUND)
     rnd = s.admin("GET", f"/v1/admin/rounds/{rid}").json()
     assert rnd["accepted"] == 2 and rnd["status"] == "done"
     assert "fedkeys_updates_total{result=\"norm_exceeded\"} 1.0" in s.admin("GET", "/metrics").text
