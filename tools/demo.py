@@ -95,7 +95,7 @@ def simulation_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def default_devices(corpus: str) -> int:
     """The demo's device count: its default, or every train user when the corpus has fewer (a
-    small corpus still runs the demo; an explicit --devices above that is refused as before)."""
+    small corpus still runs the demo; the simulator does the same with an explicit --devices)."""
     from model.corpus import read_corpus, split_users
     from tools.prepare import one_writer_hint
 

@@ -171,7 +171,11 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     t0 = time.time()
     for path in (args.corpus, *proxy_files(args)):
         read_corpus(path)      # fail fast, with a clear message, before minutes of training
-    pop = load_population(args.corpus, args.devices)
+    pop = load_population(args.corpus, args.devices, fewer=True)
+    if len(pop.users) < args.devices:   # recorded as run, so tools.rescore finds the same devices
+        console.print(f"note: {args.corpus} has {len(pop.users)} train user(s), so {len(pop.users)} devices run, "
+                      f"not --devices {args.devices}; each device is one user", soft_wrap=True)
+        args.devices = len(pop.users)
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     v0 = ensure_v0(data, args)

@@ -33,9 +33,10 @@ class Population:
     test_users: int
 
 
-def load_population(corpus: str, devices: int | None) -> Population:
+def load_population(corpus: str, devices: int | None, *, fewer: bool = False) -> Population:
     """The `devices` train users with the most text (each device is one user; None: all of them),
-    and the held-out texts.
+    and the held-out texts. A corpus with fewer train users is refused, or with `fewer` gives
+    them all (the simulator says so).
 
     The users are split with seed 0, as tools.pretrain and tools.evaluate do, so the central
     reference never trained on the held-out users."""
@@ -43,7 +44,7 @@ def load_population(corpus: str, devices: int | None) -> Population:
     split = split_users(read_corpus(corpus), seed=0)
     if not split.test:
         raise CorpusError(f"{corpus}: no held-out (test) users to evaluate on; the corpus needs more users")
-    if devices is not None and len(split.train) < devices:
+    if devices is not None and len(split.train) < devices and not (fewer and split.train):
         from tools.prepare import one_writer_hint
         raise CorpusError(f"{corpus}: only {len(split.train)} train user(s), fewer than --devices {devices}"
                           + one_writer_hint(corpus))
