@@ -496,7 +496,7 @@ class Predictor:
         """The words of the text being typed that complete `prefix` and may be offered."""
         if text is None or not text.n or not self.text_weight:
             return []
-        return [w for w in text.starting(prefix) if self.offered(w)]
+        return [w for w in text.starting(prefix) if w != prefix and self.offered(w)]
 
     def with_text(self, scores: list[float], words: list[str], text: TextWords | None) -> list[float]:
         """A completion's score: (1 - text_weight) * the mixture's + text_weight * the word's share
@@ -513,18 +513,19 @@ class Predictor:
 
     def _candidates(self, node: _Node, hist: tuple[str, ...], prefix: str, k: int,
                     weights: tuple[float, float, float]) -> set[str]:
-        """The words each component proposes for a typed `prefix` (not empty): its best m."""
+        """The words each component proposes for a typed `prefix` (not empty): its best m other
+        than the prefix itself, which saves no keystroke (a space types it as well as a tap)."""
         _, wn, wp = weights
         m = self._per_part(weights, k)
         lo, hi = self.prefix_range(prefix)
         cands: set[str] = set()
         if hi > lo:
             vw = self.vocab.words
-            cands.update(vw[i] for i in self.lstm_top(node, m, (lo, hi)).tolist())
+            cands.update(_completing(prefix, m, lambda n: [vw[i] for i in self.lstm_top(node, n, (lo, hi)).tolist()]))
         if wp:
-            cands.update(self.personal.candidates(hist, prefix, m))
+            cands.update(_completing(prefix, m, lambda n: self.personal.candidates(hist, prefix, n)))
         if wn:
-            cands.update(self.base_top(hist, prefix, m))
+            cands.update(self.base_top(hist, prefix, m))   # the n-gram never offers the prefix itself
         return cands
 
     def base_top(self, hist: tuple[str, ...], prefix: str, m: int) -> list[str]:
@@ -592,6 +593,12 @@ def _responsibilities(weights: tuple[float, float, float], probs: tuple[float, f
     if total > 0:
         for i, j in enumerate(joint):
             into[i] += j / total
+
+
+def _completing(prefix: str, m: int, best: Callable[[int], Sequence[str]]) -> list[str]:
+    """A part's best m words (`best(n)`: its best n) other than the typed `prefix` itself."""
+    words = best(m)
+    return [w for w in best(m + 1) if w != prefix][:m] if prefix in words else list(words)
 
 
 def _best(words: list[str], scores: list[float], k: int) -> list[str]:

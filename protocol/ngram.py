@@ -566,13 +566,17 @@ class KneserNeyLM:
         return best, p[r:]
 
     def _suggest_ids(self, hist: Sequence[int], prefix: str, k: int) -> list[int]:
+        """The top k ids after `hist` that complete `prefix`: never the prefix itself, which saves
+        no keystroke (the space after it types it as well as a tap would)."""
         if k <= 0:
             return []
         if not prefix:
             fast = self._next_top(hist, k, np.zeros(0, self._id_dtype))
             if fast is not None:
                 return fast[0]
-        return self._rank_ids(hist, prefix, k)
+            return self._rank_ids(hist, prefix, k)
+        typed = self._index.get(prefix)
+        return [i for i in self._rank_ids(hist, prefix, k + 1) if i != typed][:k]
 
     def _follower_parts(self, hist: Sequence[int], lo: int,
                         hi: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
@@ -686,7 +690,8 @@ class KneserNeyLM:
         return ids[best].tolist()
 
     def suggest(self, context: Sequence[str] = (), prefix: str = "", k: int = 3) -> list[str]:
-        """Top-k distinct words after `context` (tokens, e.g. ["<s>", "I"]) starting with `prefix`."""
+        """Top-k distinct words after `context` (tokens, e.g. ["<s>", "I"]) that complete `prefix`
+        (start with it and are longer)."""
         self._check()
         return [self.vocab[i] for i in self._suggest_ids(self._ids(context), prefix, k)]
 
@@ -779,7 +784,7 @@ class NgramSession:
         return lp
 
     def suggest(self, prefix: str = "", k: int = 3) -> list[str]:
-        """Top-k distinct words given the context so far that start with `prefix` ("" = next word)."""
+        """Top-k distinct words given the context so far that complete `prefix` ("" = next word)."""
         return [self._lm.vocab[i] for i in self._lm._suggest_ids(self._hist, prefix, k)]
 
     def update(self, text: str, k: int = 3) -> list[str]:

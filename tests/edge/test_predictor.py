@@ -29,10 +29,11 @@ def test_next_word_suggestions_are_three_distinct_words(predictor):
 
 def test_completions_respect_the_typed_prefix(predictor):
     s = predictor.session()
-    for prefix in ("th", "w", "ki"):
+    for prefix in ("th", "w", "ki", "the", "I", "a"):
         words = s.update(f"and then {prefix}")
         assert words, prefix
         assert all(w.startswith(prefix) for w in words), (prefix, words)
+        assert prefix not in words, (prefix, words)   # saves nothing: the space types it too
 
 
 def test_incremental_typing_equals_a_fresh_session(predictor):
@@ -245,6 +246,8 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     cands: set[str] = set()
     lo, hi = p.prefix_range(prefix)
     ids = p.sorted_ids[lo:hi] if prefix else p.head_ids
+    if prefix:   # a completion is longer than what is typed: the prefix itself saves no keystroke
+        ids = np.array([i for i in ids if p.vocab.words[i] != prefix], dtype=ids.dtype)
     if len(ids):
         probs = p.probs_of(node, ids)
         top = np.argpartition(-probs, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
@@ -252,9 +255,12 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     if wn:
         cands.update(p.base_top(hist, prefix, m))
     if wp:
-        cands.update(p.personal.candidates(hist, prefix, m))
+        own = p.personal.candidates(hist, prefix, m)
+        if prefix and prefix in own:
+            own = [w for w in p.personal.candidates(hist, prefix, m + 1) if w != prefix][:m]
+        cands.update(own)
     typed = [w for w in map(leading_word, before) if w] if prefix else []   # not after a space
-    cands.update(w for w in typed if w.startswith(prefix) and p.offered(w))
+    cands.update(w for w in typed if w.startswith(prefix) and w != prefix and p.offered(w))
     share = {w: typed.count(w) / len(typed) for w in cands if w in typed}
     # after a space: the words that followed the last chunk earlier in the text
     after = [leading_word(b) for a, b in zip(before, before[1:]) if a == before[-1]] \

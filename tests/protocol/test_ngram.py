@@ -44,10 +44,11 @@ def dense_corpus(seed: int = 0, n_records: int = 400) -> list[str]:
 
 
 def brute_force_top(lm: KneserNeyLM, context: list[str], prefix: str, k: int) -> np.ndarray:
-    """Probabilities of the k best suggestable words, ranked from the full distribution."""
+    """Probabilities of the k best suggestable words, ranked from the full distribution; a prefix's
+    completions are longer than it."""
     p = lm.distribution(context)
     ok = [i for i, w in enumerate(lm.vocab[: len(p)]) if w.startswith(prefix) and re.search(r"\w", w)
-          and WORD.fullmatch(w)]
+          and WORD.fullmatch(w) and (w != prefix or not prefix)]
     return np.sort(p[ok])[::-1][:k]
 
 
