@@ -707,7 +707,8 @@ class Session:
         that has nothing else to feed also feeds a complete token of the chunk ahead
         (`_feed_ahead`), so no keystroke feeds more than one token while the user types: the
         keystroke right after a space, the one waited on most, feeds at most one. Suggestions are
-        the same either way: they depend on the completed chunks only.
+        the same either way: they depend on the completed chunks, and on the chunk being typed
+        only through what opens it ('"' in '"hel', `word_being_typed`) and the word's prefix.
         """
         prev, self.text = self.text, None   # set again only once this text is fully fed
         if prev is not None and text.startswith(prev):
