@@ -518,10 +518,12 @@ class Predictor:
         _, wn, wp = weights
         m = self._per_part(weights, k)
         lo, hi = self.prefix_range(prefix)
+        if lo < hi and self.sorted_words[lo] == prefix:   # the prefix sorts first in its own range
+            lo += 1
         cands: set[str] = set()
         if hi > lo:
             vw = self.vocab.words
-            cands.update(_completing(prefix, m, lambda n: [vw[i] for i in self.lstm_top(node, n, (lo, hi)).tolist()]))
+            cands.update(vw[i] for i in self.lstm_top(node, m, (lo, hi)).tolist())
         if wp:
             cands.update(_completing(prefix, m, lambda n: self.personal.candidates(hist, prefix, n)))
         if wn:
