@@ -524,8 +524,10 @@ class Predictor:
         if hi > lo:
             vw = self.vocab.words
             cands.update(vw[i] for i in self.lstm_top(node, m, (lo, hi)).tolist())
-        if wp:
-            cands.update(_completing(prefix, m, lambda n: self.personal.candidates(hist, prefix, n)))
+        if wp:   # its candidates are its best m of each of three kinds, so one more of each, not a cut
+            own = self.personal.candidates(hist, prefix, m)
+            cands.update(own if prefix not in own else
+                         (w for w in self.personal.candidates(hist, prefix, m + 1) if w != prefix))
         if wn:
             cands.update(self.base_top(hist, prefix, m))   # the n-gram never offers the prefix itself
         return cands
@@ -595,12 +597,6 @@ def _responsibilities(weights: tuple[float, float, float], probs: tuple[float, f
     if total > 0:
         for i, j in enumerate(joint):
             into[i] += j / total
-
-
-def _completing(prefix: str, m: int, best: Callable[[int], Sequence[str]]) -> list[str]:
-    """A part's best m words (`best(n)`: its best n) other than the typed `prefix` itself."""
-    words = best(m)
-    return [w for w in best(m + 1) if w != prefix][:m] if prefix in words else list(words)
 
 
 def _best(words: list[str], scores: list[float], k: int) -> list[str]:

@@ -78,6 +78,28 @@ def test_a_word_after_an_opening_quote_or_bracket_is_completed_after_it(predicto
     assert s.update("What say you to my lord,") == []  # the next word comes after a space
 
 
+def test_the_users_own_completions_stay_when_the_prefix_is_a_word_they_typed(predictor):
+    """Leaving out the typed prefix once also cut the user's candidates (their best m after this
+    history, after its last word, and overall) to m in all: typed "the", the user's most typed
+    completions dropped out whenever they had also typed "the" itself."""
+    from edge_runtime.personal import PersonalModel
+
+    after_saw = ["thee", "then", "them", "there", "these", "they", "their", "theft", "theme", "thence"]
+    pm = PersonalModel()
+    for w in after_saw:                      # each once after "saw"
+        pm.add(["we", "saw", w])
+    for _ in range(30):
+        pm.add(["we", "saw", "the"])
+        pm.add(["a", "thermal", "theorem"])  # the user's most typed completions, never after "saw"
+    p = Predictor(predictor.model, predictor.sp)
+    p.personal = pm
+    hist = ("we", "saw")
+    cands = p._candidates(p.root, hist, "the", 3, (0.5, 0.0, 0.5))
+    assert "the" not in cands
+    assert {"thermal", "theorem"} <= cands   # the user's overall best, beside the followers of "saw"
+    assert set(pm.candidates(hist, "the", p.candidates + 1)) - {"the"} <= cands
+
+
 def test_backspace_and_edits_rewind_to_the_cached_state(predictor):
     s = predictor.session()
     s.update("shall we go to the king ")
@@ -256,8 +278,8 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
         cands.update(p.base_top(hist, prefix, m))
     if wp:
         own = p.personal.candidates(hist, prefix, m)
-        if prefix and prefix in own:
-            own = [w for w in p.personal.candidates(hist, prefix, m + 1) if w != prefix][:m]
+        if prefix and prefix in own:   # the user's words other than the prefix: m + 1 of each kind
+            own = [w for w in p.personal.candidates(hist, prefix, m + 1) if w != prefix]
         cands.update(own)
     typed = [w for w in map(leading_word, before) if w] if prefix else []   # not after a space
     cands.update(w for w in typed if w.startswith(prefix) and w != prefix and p.offered(w))
