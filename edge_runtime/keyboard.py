@@ -9,7 +9,8 @@ exactly as an on-device keyboard would. API (JSON in, JSON out; POSTs need
     GET  /api/notices  -> {"version_id", "notices": [{"file", "text"}]}: the version's licence notices
     POST /api/suggest  {"client": id, "text": text before the cursor}
                        -> {"suggestions": [best, second, third], "version_id": ...}
-    POST /api/commit   {"text": ..., "field_kind": "message", "private": false, "client": id (optional)}
+    POST /api/commit   {"text": ..., "field_kind": "message", "private": false, "client": id (optional),
+                        "commit_id": id (optional: a commit sent again with the same id is not stored twice)}
                        -> {"cached": bool, "reason": ..., ...status}
     POST /api/pause    {"paused": bool} -> status
     POST /api/clear    {} -> status (all cached text wiped)
@@ -76,6 +77,7 @@ API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear"}
 MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refused (413)
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
+MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
 TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -128,6 +130,8 @@ class KeyboardApp:
         self._personal: PersonalModel | None = None
         self._learning = threading.Lock()   # commits learn one at a time (`_learn`)
         self._counting = False   # `_learn` is counting a commit's words (idle work waits for it)
+        self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
+        self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits.
@@ -217,11 +221,25 @@ class KeyboardApp:
         kind = _str_field(body, "field_kind", max_len=64)
         if "client" in body:
             _str_field(body, "client", max_len=64)
+        commit_id = _str_field(body, "commit_id", max_len=64) if "commit_id" in body else None
         private = body.get("private", False)
         if not isinstance(private, bool):
             raise ApiError(400, "bad_request", "'private' must be true or false")
         if self.activity is not None:
             self.activity.note_keystroke()
+        with self._commit_ids:   # a retry waits for its first try, then answers as it did
+            if commit_id is not None and commit_id in self._committed:   # its answer was lost: the same again
+                cached, reason = self._committed[commit_id]
+                return {"cached": cached, "reason": reason, **self.status()}
+            cached, reason = self._store(text, kind, private)
+            if commit_id is not None:
+                self._committed[commit_id] = (cached, reason)
+                while len(self._committed) > MAX_COMMIT_IDS:
+                    self._committed.popitem(last=False)
+        return {"cached": cached, "reason": reason, **self.status()}
+
+    def _store(self, text: str, kind: str, private: bool) -> tuple[bool, str | None]:
+        """`commit`'s work: cache the text and learn it; (cached, why not)."""
         if private:
             cached, reason = False, "private field"
         else:
@@ -242,7 +260,7 @@ class KeyboardApp:
                             self._personal = None
             reason = None if cached else ("learning paused" if self.cache.paused
                                           else "no words, or a sensitive field")
-        return {"cached": cached, "reason": reason, **self.status()}
+        return cached, reason
 
     def _learn(self, text: str, personal: PersonalModel) -> None:
         """The mixture weights and the user's words (`personal`, as they were before the text was

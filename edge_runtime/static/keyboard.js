@@ -160,8 +160,9 @@
 
   // The word being typed at the end of the chunk before the cursor: what the device completed
   // ('"hel' completes "hel", after the quote), as `protocol.text.word_being_typed` splits it.
-  const WORD_TAIL = /[\p{L}\p{N}_'’]*$/u, WORD_HEAD = /^[\p{L}\p{N}_'’]*/u;
-  const OPENING = /^["(\[{“]*$/, CLOSING = /[\s.,!?;:"')\]}”’]/;
+  // (‘ and ’ are apostrophes there, as the device reads them: `protocol.text._QUOTES`.)
+  const WORD_TAIL = /[\p{L}\p{N}_'‘’]*$/u, WORD_HEAD = /^[\p{L}\p{N}_'‘’]*/u;
+  const OPENING = /^["(\[{“]*$/, CLOSING = /[.,!?;:"')\]}”’]/;
 
   function applySuggestion(word) {
     if (!word) return;
@@ -176,9 +177,9 @@
     const start = pos - partial.length;
     const end = message.selectionEnd + message.value.slice(message.selectionEnd).match(WORD_HEAD)[0].length;
     const next = message.value[end];
-    const space = next === undefined || !CLOSING.test(next) ? " " : "";
+    const space = next === " " || (next !== undefined && CLOSING.test(next)) ? "" : " ";
     message.setRangeText(word + space, start, end, "end");
-    const after = start + word.length + (space || /\s/.test(next) ? 1 : 0);   // past the word's space, new or already there
+    const after = start + word.length + (space || next === " " ? 1 : 0);   // past the word's space, new or already there
     message.setSelectionRange(after, after);
     autoSpace = { value: message.value, at: message.selectionStart };
     message.focus();
@@ -218,37 +219,46 @@
     return a.slice(0, i);
   }
 
-  // Text whose commit did not reach the device (its process down, or failing on its side) is
-  // kept in this page, in order, and sent again after the next status poll that is answered: a
-  // sentence typed while the device was away is not lost. Text the device refused is not kept.
-  let unsaved = [], retrying = false;
-  async function retryUnsaved() {
-    if (retrying) return;
-    retrying = true;
-    try {
-      while (unsaved.length && await save(unsaved[0].field, unsaved[0].text)) unsaved.shift();
-    } finally {
-      retrying = false;
-    }
+  // Commits go to the device one at a time, in order. Text whose commit the device did not
+  // answer (unreachable, or failing on its side) is kept in this page and sent again, first,
+  // after the next status poll that is answered: a sentence is not lost while the device is
+  // busy or briefly failing. Each commit carries an id, so one the device stored before its
+  // answer failed is not stored twice. Text the device refused is not kept; so is text queued
+  // for a device process since restarted, whose new session this page's token cannot reach
+  // (the toast says so). Only this page's memory holds the queue.
+  let unsaved = [], saving = Promise.resolve();
+  const serially = (work) => { saving = saving.then(work, work); };
+  const newId = () => (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
+    : String(Date.now()) + Math.random().toString(16).slice(2);
+
+  function retryUnsaved() {
+    serially(async () => {
+      while (unsaved.length) {
+        const item = unsaved[0];
+        if (!await save(item)) break;
+        if (unsaved[0] === item) unsaved.shift();   // else a clear emptied the queue meanwhile
+      }
+    });
   }
 
-  async function commit(field, text) {
+  function commit(field, text) {
     if (isPrivate(field)) return;                 // private text is never sent to the cache
     text = text.trim();
     if (!text) return;
-    if (unsaved.length) unsaved.push({ field, text });   // after the older ones, in order
-    else if (!await save(field, text)) unsaved.push({ field, text });
+    const item = { field, text, id: newId() };
+    serially(async () => {
+      if (unsaved.length || !await save(item)) unsaved.push(item);   // behind the older ones
+    });
   }
 
   // One commit; false when the device did not answer it (the text is to be sent again).
-  async function save(field, text) {
+  async function save({ field, text, id }) {
     try {
       const pending = api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false,
-                                          client: clientId });
+                                          client: clientId, commit_id: id });
       const mine = epoch;                          // api() bumped it; a later change moves it again
       const res = await pending;
-      // Two sentences finished in quick succession are two commits in flight: the older answer
-      // (one sentence fewer) must not overwrite the newer one when it arrives last.
+      // An answer that arrives after another change (a pause, a clear) must not overwrite its count.
       if (mine === epoch) renderStatus(res);
       toast(res.cached ? "Learned on this device" : "Not learned: " + (res.reason || "refused"));
       return true;

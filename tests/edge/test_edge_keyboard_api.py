@@ -455,6 +455,30 @@ def test_commit_pause_and_clear(server):
     assert db_rows(server) == []
 
 
+def test_a_commit_sent_again_with_its_id_is_stored_once(server, monkeypatch):
+    """The page sends a commit again when its answer was lost; stored before the answer failed, it
+    was stored twice."""
+    from edge_runtime.keyboard import KeyboardApp
+
+    real, calls = KeyboardApp.status, []
+
+    def answer_fails_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the answer is lost after the text was cached")
+        return real(self)
+
+    monkeypatch.setattr(KeyboardApp, "status", answer_fails_once)
+    body = {"text": "Good morrow to you.", "field_kind": "message", "commit_id": "c-1"}
+    assert post(server, "api/commit", body).status_code == 500
+    again = post(server, "api/commit", body)
+    assert again.status_code == 200 and again.json()["cached"] is True and again.json()["cache"]["sentences"] == 1
+    assert post(server, "api/commit", {**body, "commit_id": "c-2"}).json()["cache"]["sentences"] == 2   # a new id
+    assert db_rows(server) == ["Good morrow to you.", "Good morrow to you."]
+    bad = post(server, "api/commit", {**body, "commit_id": "x" * 65})
+    assert bad.status_code == 413 and bad.json()["error"] == "too_large"
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, status, code", [

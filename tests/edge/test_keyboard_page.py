@@ -187,6 +187,14 @@ def test_a_tapped_suggestion_replaces_the_whole_word_around_the_cursor(page):
     page.click('#strip [data-slot="middle"]')
     assert msg.input_value() == f"I like {best} world"      # no "o" left over, no second space
     assert msg.evaluate("m => m.selectionStart") == len(f"I like {best} ")
+    msg.fill("I like hel\nthere")                           # a line break after the word: a space
+    msg.evaluate("m => m.setSelectionRange(10, 10)")        # before it, the caret on the same line
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f"I like {best} \nthere"
+    assert msg.evaluate("m => m.selectionStart") == len(f"I like {best} ")
 
 
 def test_private_field_text_is_never_sent_nor_cached(page, device):
