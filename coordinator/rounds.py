@@ -139,6 +139,7 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
         elif past or force:
             r.status, r.closed_at = RoundStatus.FAILED, utcnow()
             r.reason = f"only {n} accepted updates, minimum {r.min_count}"
+            secagg.abandon(s, r.id)
             coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
             log.warning("round %d failed: %s", r.id, r.reason)
         return views.round_dict(coord, s, r)

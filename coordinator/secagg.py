@@ -240,6 +240,18 @@ def advance_open(coord: Coordinator) -> None:
         advance(coord, rid)
 
 
+def abandon(s: Session, round_id: int) -> None:
+    """A round closed without its sum (failed by `close-round --force` or by a change of the
+    stable version): a secure one's phase says so, and the shares its devices revealed go, as
+    they go after a sum (the module's promise). Nothing for a plain round."""
+    row = s.get(SecAggRound, round_id)
+    if row is None:
+        return
+    if row.phase not in (SUMMED, FAILED):
+        row.phase = FAILED
+    s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == round_id))
+
+
 def _fail(s: Session, r: Round, row: SecAggRound, reason: str) -> None:
     row.phase = FAILED
     r.status, r.closed_at, r.reason = RoundStatus.FAILED, utcnow(), f"secure aggregation: {reason}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from coordinator import privacy, queries, views
+from coordinator import privacy, queries, secagg, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Decision, Round, Setting, Version, utcnow
 from coordinator.states import VERSION_ACTIONS, RoundStatus, VersionAction, VersionStatus
@@ -168,6 +168,7 @@ def _fail_round_off(s: Session, stable: Version, now: datetime) -> Round | None:
         return None
     r.status, r.closed_at = RoundStatus.FAILED, now
     r.reason = f"the stable version changed to {stable.id} while it trained {r.base_version_id}"
+    secagg.abandon(s, r.id)
     log.warning("round %d failed: %s", r.id, r.reason)
     return r
 

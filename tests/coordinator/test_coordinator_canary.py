@@ -143,12 +143,15 @@ def test_admin_pin_promote_rollback(world):
     assert s.coord.status()["pinned"] is False
     # Again: already so, and the history does not say it twice.
     def actions() -> list[str]:
-        return [d["action"] for d in s.admin("POST", "/v1/admin/versions/v0000/unpin").json()["decisions"]]
+        v0 = next(v for v in s.coord.list_versions() if v["version_id"] == "v0000")
+        return [d["action"] for d in v0["decisions"]]
 
-    before = actions()                                               # a second unpin
+    before = actions()
+    assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200      # a second unpin
+    assert actions() == before
     assert s.admin("POST", "/v1/admin/versions/v0000/pin").json()["status"] == "stable"
-    after = s.admin("POST", "/v1/admin/versions/v0000/pin").json()   # a second pin
-    assert [d["action"] for d in after["decisions"]] == [*before, "pin"]
+    assert s.admin("POST", "/v1/admin/versions/v0000/pin").json()["status"] == "stable"   # a second pin
+    assert actions() == [*before, "pin"]
     assert s.coord.status()["pinned"] is True
 
 

@@ -325,3 +325,28 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
             d.close()
         stop_server(srv, th)
         coord.close()
+
+
+@pytest.mark.parametrize("how", ["close-round --force", "a stable change"])
+def test_a_secure_round_closed_without_its_sum_deletes_the_revealed_shares(tmp_path, how):
+    """Revealed shares are deleted after the sum; a secure round failed mid-unmask (forced closed
+    below its minimum, or failed by a new stable version) kept them, and its phase said unmask."""
+    from tests.helpers.coordinator_fakes import make_version
+
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        make_version(tmp_path / "v1", "v0001", seed=1)
+        s.coord.import_version(tmp_path / "v1", as_candidate=True)
+        rid = s.coord.start_round(secure_aggregation=True, goal_count=4, min_count=3, selection_window_s=0)
+        with s.coord.tx() as db:                       # as if mid-unmask: two shares revealed
+            db.add(SecAggRound(round_id=rid, phase=coord_secagg.UNMASK))
+            db.add_all([SecAggReveal(round_id=rid, revealer=i, owner=2, kind="self", share="00") for i in (0, 1)])
+        if how == "a stable change":
+            s.coord.admin_decide("v0001", "promote")
+        else:
+            s.coord.close_round(rid, force=True)
+        assert s.coord.get_round(rid)["status"] == "failed"
+        with s.coord._sessions() as db:
+            assert db.scalar(select(func.count()).select_from(SecAggReveal)) == 0
+            assert db.get(SecAggRound, rid).phase == coord_secagg.FAILED
