@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from protocol.text import TOKEN_RE, typed_chunks
+from protocol.text import TOKEN_RE, typed_chunks, word_being_typed
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -797,7 +797,15 @@ class NgramSession:
             self.reset()
         for chunk in parts[len(self._chunks):]:
             self._push(chunk)
-        return self.suggest(partial, k)
+        split = word_being_typed(partial)
+        if split is None:   # "lord,": the next word comes after a space
+            return []
+        lead, prefix = split
+        if not lead:
+            return self.suggest(prefix, k)
+        lm = self._lm   # '"hel': "hel" completed after the quote
+        hist = self._hist + [lm._index.get(t, lm._unk) for t in words_of_chunk(lead)]
+        return [lm.vocab[i] for i in lm._suggest_ids(hist, prefix, k)]
 
     def reset(self) -> None:
         """Start a new text: the context goes back to <s>."""

@@ -315,6 +315,12 @@ def test_update_types_like_a_keyboard_and_suggests_what_feed_and_suggest_give(sy
             ref.feed(chunk)
         assert s.update(typed) == ref.suggest(partial, 3), typed
     assert s.update("") == synth.session().suggest("", 3)
+    # a word after an opening quote is completed after it, as the keyboard's sessions do
+    ref = synth.session()
+    for chunk in ("the", '"'):
+        ref.feed(chunk)
+    assert s.update('the "t') == ref.suggest("t", 3) and s.update('the "t')
+    assert s.update("the t,") == []
 
 
 def test_size_counts_every_stored_probability():
