@@ -29,13 +29,20 @@
   if (hashToken) { sessionStorage.setItem("fedkeys-token", hashToken); history.replaceState(null, "", location.pathname); }
   const token = sessionStorage.getItem("fedkeys-token") || "";
 
-  async function api(path, body) {
+  async function api(path, body, timeoutMs) {
     if (body !== undefined && path !== "/api/suggest") epoch++;
     const opts = body === undefined ? {} : {
       method: "POST", headers: { "Content-Type": "application/json", "X-Keyboard-Token": token },
       body: JSON.stringify(body),
     };
-    const resp = await fetch(path, opts);
+    const ctl = timeoutMs ? new AbortController() : null;   // an answer that never comes is an error
+    const timer = ctl && setTimeout(() => ctl.abort(), timeoutMs);
+    let resp;
+    try {
+      resp = await fetch(path, ctl ? { ...opts, signal: ctl.signal } : opts);
+    } finally {
+      clearTimeout(timer);
+    }
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) throw Object.assign(new Error(data.message || ("HTTP " + resp.status)), { status: resp.status });
     return data;
@@ -219,14 +226,16 @@
     return a.slice(0, i);
   }
 
-  // Commits go to the device one at a time, in order. Text whose commit the device did not
-  // answer (unreachable, or failing on its side) is kept in this page and sent again, first,
-  // after the next status poll that is answered: a sentence is not lost while the device is
-  // busy or briefly failing. Each commit carries an id, so one the device stored before its
-  // answer failed is not stored twice. Text the device refused is not kept; so is text queued
-  // for a device process since restarted, whose new session this page's token cannot reach
-  // (the toast says so). Only this page's memory holds the queue.
-  let unsaved = [], saving = Promise.resolve();
+  // Commits go to the device one at a time, in order, and so does a clear of the history. Text
+  // whose commit the device did not answer (unreachable, failing on its side, or no answer in
+  // COMMIT_TIMEOUT_MS) is kept in this page and sent again, first, after the next status poll
+  // that is answered: a sentence is not lost while the device is busy or briefly failing. Each
+  // commit carries an id, so one the device stored before its answer failed is not stored
+  // twice. Text the device refused is not kept; so is text queued for a device process since
+  // restarted, whose new session this page's token cannot reach (the toast says so). A clear
+  // forgets what is queued or waiting its turn (`generation`). Only this page's memory holds it.
+  const COMMIT_TIMEOUT_MS = 15000;
+  let unsaved = [], saving = Promise.resolve(), generation = 0;
   const serially = (work) => { saving = saving.then(work, work); };
   const newId = () => (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
     : String(Date.now()) + Math.random().toString(16).slice(2);
@@ -245,9 +254,12 @@
     if (isPrivate(field)) return;                 // private text is never sent to the cache
     text = text.trim();
     if (!text) return;
-    const item = { field, text, id: newId() };
+    const item = { field, text, id: newId(), generation };
     serially(async () => {
-      if (unsaved.length || !await save(item)) unsaved.push(item);   // behind the older ones
+      if (item.generation !== generation) return;                    // cleared while it waited its turn
+      if (unsaved.length || !await save(item)) {
+        if (item.generation === generation) unsaved.push(item);       // behind the older ones
+      }
     });
   }
 
@@ -255,7 +267,7 @@
   async function save({ field, text, id }) {
     try {
       const pending = api("/api/commit", { text, field_kind: field.dataset.fieldKind || "message", private: false,
-                                          client: clientId, commit_id: id });
+                                          client: clientId, commit_id: id }, COMMIT_TIMEOUT_MS);
       const mine = epoch;                          // api() bumped it; a later change moves it again
       const res = await pending;
       // An answer that arrives after another change (a pause, a clear) must not overwrite its count.
@@ -263,7 +275,7 @@
       toast(res.cached ? "Learned on this device" : "Not learned: " + (res.reason || "refused"));
       return true;
     } catch (e) {
-      const away = e instanceof TypeError || e.status >= 500;
+      const away = e instanceof TypeError || e.name === "AbortError" || e.status >= 500;
       toast((away ? "Not saved yet, sent again when the device answers: " : "Could not save: ") + e.message);
       return !away;
     }
@@ -465,13 +477,16 @@
       return;
     }
     disarm();
-    unsaved = [];                                  // not sent yet: forgotten with the rest
-    try {
-      renderStatus(await api("/api/clear", {}));
-      toast("History cleared from this device");
-    } catch (err) {
-      toast("Could not clear: " + err.message);
-    }
+    generation++;                                  // not sent yet: forgotten with the rest
+    unsaved = [];
+    serially(async () => {                         // after the commit in flight, if any
+      try {
+        renderStatus(await api("/api/clear", {}));
+        toast("History cleared from this device");
+      } catch (err) {
+        toast("Could not clear: " + err.message);
+      }
+    });
   });
   function disarm() {
     clearTimeout(clearArmed);

@@ -469,3 +469,30 @@ def test_a_sentence_the_device_did_not_answer_is_saved_when_it_does(page, device
     page.unroute("**/api/commit")
     expect_count(page, 2, timeout=15_000)             # sent again after the next status poll (5 s)
     assert rows(device["dir"]) == ["While you were away.", "And after that."]
+
+
+def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, monkeypatch):
+    """Commits go one at a time; one waiting behind a slow commit was sent after a clear and
+    stored again, though the clear promised to forget what was not yet sent."""
+    import time
+
+    from edge_runtime.keyboard import KeyboardApp
+
+    original, answered = KeyboardApp.commit, []
+
+    def first_answer_late(self, body):
+        result = original(self, body)
+        answered.append(body["text"])
+        if len(answered) == 1:
+            time.sleep(1.5)                          # cached already; the next waits its turn
+        return result
+
+    monkeypatch.setattr(KeyboardApp, "commit", first_answer_late)
+    page.click("#message")
+    page.keyboard.type("One thing. Another thing. ")
+    page.click("#clear-history")
+    page.click("#clear-history")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('cleared')")
+    page.wait_for_timeout(2500)                      # past the late answer, and whatever followed it
+    expect_count(page, 0)
+    assert answered == ["One thing."] and rows(device["dir"]) == []
