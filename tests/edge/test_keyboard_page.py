@@ -91,6 +91,26 @@ def tap_keys(pg, text: str) -> None:
         pg.click(f'#keyboard [data-key="{key}"]')
 
 
+def first_commit_answered_late(monkeypatch) -> list[str]:
+    """The device answers its first commit 1.5 s late (the text cached already); returns the
+    texts of the commits it received, in order."""
+    import time
+
+    from edge_runtime.keyboard import KeyboardApp
+
+    original, answered = KeyboardApp.commit, []
+
+    def first_answer_late(self, body):
+        result = original(self, body)
+        answered.append(body["text"])
+        if len(answered) == 1:
+            time.sleep(1.5)
+        return result
+
+    monkeypatch.setattr(KeyboardApp, "commit", first_answer_late)
+    return answered
+
+
 def expect_count(pg, n: int, timeout: float = 5_000) -> None:
     from playwright.sync_api import expect
 
@@ -383,20 +403,7 @@ def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, export
 def test_commits_answered_out_of_order_never_show_the_older_count(page, device, monkeypatch):
     """Two sentences finished in quick succession are two commits in flight; when the first is
     answered last, its count (one sentence fewer) must not overwrite the newer one."""
-    import time
-
-    from edge_runtime.keyboard import KeyboardApp
-
-    original, answered = KeyboardApp.commit, []
-
-    def first_answer_late(self, body):
-        result = original(self, body)
-        answered.append(body["text"])
-        if len(answered) == 1:
-            time.sleep(1.5)                          # cached already; only the answer is late
-        return result
-
-    monkeypatch.setattr(KeyboardApp, "commit", first_answer_late)
+    answered = first_commit_answered_late(monkeypatch)
     page.evaluate("""() => {
         const el = document.querySelector('#cached-count');
         window.seenCounts = [el.textContent];
@@ -474,20 +481,7 @@ def test_a_sentence_the_device_did_not_answer_is_saved_when_it_does(page, device
 def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, monkeypatch):
     """Commits go one at a time; one waiting behind a slow commit was sent after a clear and
     stored again, though the clear promised to forget what was not yet sent."""
-    import time
-
-    from edge_runtime.keyboard import KeyboardApp
-
-    original, answered = KeyboardApp.commit, []
-
-    def first_answer_late(self, body):
-        result = original(self, body)
-        answered.append(body["text"])
-        if len(answered) == 1:
-            time.sleep(1.5)                          # cached already; the next waits its turn
-        return result
-
-    monkeypatch.setattr(KeyboardApp, "commit", first_answer_late)
+    answered = first_commit_answered_late(monkeypatch)
     page.click("#message")
     page.keyboard.type("One thing. Another thing. ")
     page.click("#clear-history")
