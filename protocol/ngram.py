@@ -804,7 +804,7 @@ class NgramSession:
         if not lead:
             return self.suggest(prefix, k)
         lm = self._lm   # '"hel': "hel" completed after the quote
-        hist = self._hist + [lm._index.get(t, lm._unk) for t in words_of_chunk(lead)]
+        hist = self._hist + lm._ids(words_of_chunk(lead))
         return [lm.vocab[i] for i in lm._suggest_ids(hist, prefix, k)]
 
     def reset(self) -> None:

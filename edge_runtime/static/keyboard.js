@@ -12,8 +12,9 @@
     left: strip.querySelector('[data-slot="left"]'),
     right: strip.querySelector('[data-slot="right"]'),
   };
-  const clientId = (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
+  const newId = () => (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
     : String(Date.now()) + Math.random().toString(16).slice(2);
+  const clientId = newId();
 
   let active = message;          // the field the on-screen keyboard types into
   let shift = false;
@@ -237,8 +238,6 @@
   const COMMIT_TIMEOUT_MS = 15000;
   let unsaved = [], saving = Promise.resolve(), generation = 0;
   const serially = (work) => { saving = saving.then(work, work); };
-  const newId = () => (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
-    : String(Date.now()) + Math.random().toString(16).slice(2);
 
   function retryUnsaved() {
     serially(async () => {

@@ -60,11 +60,11 @@ def write_synthetic_version(directory: Path) -> None:
     (directory / artifact.GRAPH).write_bytes(b"placeholder graph: the coordinator never runs it")
     (directory / artifact.TOKENIZER).write_bytes(b"placeholder tokenizer")
     model = ModelConfig()
-    arch = Arch(model).to_dict()
+    arch, shapes = Arch(model).to_dict(), model.weight_shapes()
     rng = np.random.default_rng(0)
-    weights = {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in model.weight_shapes()}
+    weights = {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes}
     m = artifact.Manifest(version_id="v0000-load", arch=arch, arch_hash=artifact.arch_hash(arch),
-                          tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in model.weight_shapes()],
+                          tensors=[artifact.TensorSpec(k, tuple(s)) for k, s in shapes],
                           graph_sha256=artifact.sha256_file(directory / artifact.GRAPH),
                           tokenizer_sha256=artifact.sha256_file(directory / artifact.TOKENIZER), weights_sha256="")
     artifact.write_version(directory, m, weights)
