@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from coordinator import queries, rollout, versions
 from coordinator.errors import ApiError, bad_request
 from coordinator.models import Evaluation, Version
-from coordinator.states import RoundStatus
 from coordinator.views import _json_safe
 from protocol import artifact, wire
 
@@ -117,6 +116,5 @@ def auto_decide(coord: Coordinator, s: Session, cand: Version, stable: Version) 
     d = _decide(coord, s, cand, stable)
     if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and queries.pinned(s)):
         return
-    if versions.apply_decision(s, cand, d.action, "auto", d.reason, d.numbers) is not None:
-        coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
+    versions.apply_decision(coord, s, cand, d.action, "auto", d.reason, d.numbers)
     coord.metrics.canary_decisions.labels(d.action).inc()

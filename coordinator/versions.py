@@ -134,18 +134,17 @@ def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes,
     return coord.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
 
 
-def apply_decision(s: Session, v: Version, action: VersionAction, actor: str, reason: str,
-                   numbers: dict) -> Round | None:
-    """Change `v`'s status for `action` (promote, reject, pin, rollback) and record the decision.
-    Returns the open round this failed: one that trains another version than the new stable."""
+def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAction, actor: str, reason: str,
+                   numbers: dict) -> None:
+    """Change `v`'s status for `action` (promote, reject, pin, rollback) and record the decision;
+    a new stable version fails the open round that trains another (`_fail_round_off`)."""
     now = utcnow()
-    failed = None
     if action in (VersionAction.PROMOTE, VersionAction.PIN, VersionAction.ROLLBACK):
         old = queries.stable(s)
         if old is not None and old.id != v.id:
             old.status, old.decided_at = VersionStatus.RETIRED, now
         v.status = VersionStatus.STABLE
-        failed = _fail_round_off(s, v, now)
+        _fail_round_off(coord, s, v, now)
         if action != VersionAction.PROMOTE:  # a manual stable change cancels the pending canary
             cand = queries.candidate(s)
             if cand is not None and cand.id != v.id:
@@ -156,21 +155,20 @@ def apply_decision(s: Session, v: Version, action: VersionAction, actor: str, re
     s.add(Decision(version_id=v.id, action=action, actor=actor, reason=reason,
                    numbers_json=json.dumps(views._json_safe(numbers))))
     log.info("version %s: %s by %s (%s)", v.id, action, actor, reason)
-    return failed
 
 
-def _fail_round_off(s: Session, stable: Version, now: datetime) -> Round | None:
+def _fail_round_off(coord: Coordinator, s: Session, stable: Version, now: datetime) -> None:
     """The open round, failed if it trains a version other than the new `stable`: its updates are
     steps from that version, and their aggregate would be a candidate without what `stable` holds
     (a promoted candidate's rounds, an operator's pin or rollback). The next round trains `stable`."""
     r = queries.open_round(s, for_update=True)
     if r is None or r.base_version_id == stable.id:
-        return None
+        return
     r.status, r.closed_at = RoundStatus.FAILED, now
     r.reason = f"the stable version changed to {stable.id} while it trained {r.base_version_id}"
     secagg.abandon(s, r.id)
+    coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
     log.warning("round %d failed: %s", r.id, r.reason)
-    return r
 
 
 def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, Any]:
@@ -199,6 +197,6 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
         if action == VersionAction.UNPIN:
             s.add(Decision(version_id=v.id, action=action, actor="admin", reason="automatic promotion on",
                            numbers_json="{}"))
-        elif apply_decision(s, v, action, "admin", f"admin {action}", {}) is not None:
-            coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
+        else:
+            apply_decision(coord, s, v, action, "admin", f"admin {action}", {})
         return views.version_dict(coord, s, v)
