@@ -11,7 +11,7 @@ from typing import Any
 
 from coordinator import keys, logs
 from coordinator.config import PROFILES, Config, ConfigError, load_config
-from coordinator.errors import ApiError, DatabaseUnavailable
+from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
 from coordinator.states import VERSION_ACTIONS, VersionAction
 from protocol.artifact import ArtifactError
 from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, exit_if_stdout_closed, file_in_the_way
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except DatabaseUnavailable as e:     # a URL that is not one, or a server or file out of reach
+    except DatabaseUnavailable as e:     # a URL that is not one (2), or a server or file out of reach (1)
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR if isinstance(e, DatabaseUrlError) else 1
     except BrokenPipeError:              # `| head` closed stdout: exit quietly, as Unix tools do
         exit_if_stdout_closed()
         raise

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.errors import DatabaseUnavailable
+from coordinator.errors import DatabaseUnavailable, DatabaseUrlError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
@@ -26,14 +26,17 @@ def make_engine(url: str) -> Engine:
     try:
         backend = make_url(url).get_backend_name()
     except (ArgumentError, ValueError) as e:
-        raise DatabaseUnavailable(f"database_url is not a database URL ({e}); {example}") from None
+        raise DatabaseUrlError(f"database_url is not a database URL ({e}); {example}") from None
     if backend not in SUPPORTED_BACKENDS:       # the migrations and locking are written for these two
-        raise DatabaseUnavailable(f"database_url names a {backend} database; this coordinator runs on SQLite or "
+        raise DatabaseUrlError(f"database_url names a {backend} database; this coordinator runs on SQLite or "
                                   f"PostgreSQL only, {example}")
     try:
         return _make_engine(url)
-    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as e:   # ImportError: a driver not installed
-        raise DatabaseUnavailable(f"database_url is not a database URL this coordinator can use ({e}); "
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:   # e.g. postgresql+nosuchdriver://
+        raise DatabaseUrlError(f"database_url is not a database URL this coordinator can use ({e}); "
+                               f"{example}") from None
+    except ImportError as e:                    # a driver the URL names is not installed here
+        raise DatabaseUnavailable(f"database_url needs a database driver this machine lacks ({e}); "
                                   f"{example}") from None
 
 

@@ -20,6 +20,11 @@ class DatabaseUnavailable(CoordinatorError):
     cannot be reached. Said in one line with the password left out."""
 
 
+class DatabaseUrlError(DatabaseUnavailable):
+    """database_url is not a URL of a database this coordinator runs on: the operator's input, so
+    the command line exits 2 as for any bad setting (a server out of reach exits 1)."""
+
+
 class ApiError(CoordinatorError):
     """Raised anywhere in request handling; rendered as a JSON wire.ErrorBody."""
 

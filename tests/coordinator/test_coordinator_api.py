@@ -147,12 +147,16 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     assert "log_level must be one of" in capsys.readouterr().err
     # A database that cannot be opened, or a round id no database holds: one line, no traceback,
     # and never the password of the URL.
-    for url, says in (("notaurl", "is not a database URL"),
-                      ("mysql://fk:s3cret@127.0.0.1/db", "names a mysql database; this coordinator runs on SQLite or "
-                                                         "PostgreSQL only"),
-                      ("sqlite:////nonexistent-dir/x.db", "cannot open the database sqlite:////nonexistent-dir/x.db"),
-                      ("postgresql+psycopg://fk:s3cret@127.0.0.1:1/db", "cannot open the database")):
-        assert cli_main(["status", "--data-dir", cfg.data_dir, "--database-url", url]) == 1
+    # A URL that is not one is the operator's input (exit 2); a database out of reach exits 1.
+    for url, says, code in (("notaurl", "is not a database URL", 2),
+                            ("mysql://fk:s3cret@127.0.0.1/db", "names a mysql database; this coordinator runs on "
+                                                               "SQLite or PostgreSQL only", 2),
+                            ("postgresql+nosuchdriver://fk:s3cret@127.0.0.1/db", "not a database URL this "
+                                                                                "coordinator can use", 2),
+                            ("sqlite:////nonexistent-dir/x.db",
+                             "cannot open the database sqlite:////nonexistent-dir/x.db", 1),
+                            ("postgresql+psycopg://fk:s3cret@127.0.0.1:1/db", "cannot open the database", 1)):
+        assert cli_main(["status", "--data-dir", cfg.data_dir, "--database-url", url]) == code, url
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0] and "s3cret" not in err[0], err
     with pytest.raises(SystemExit) as e:
