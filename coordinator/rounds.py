@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, discovery, queries, schedule, secagg, versions, views
+from coordinator import aggregation, discovery, queries, round_end, schedule, secagg, versions, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
@@ -135,13 +135,10 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
             t0 = time.perf_counter()
             _aggregate(coord, s, r)
             coord.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
-            coord.metrics.rounds.labels(RoundStatus.DONE).inc()
+            if r.status == RoundStatus.DONE:     # not an aggregate that failed
+                coord.metrics.rounds.labels(RoundStatus.DONE).inc()
         elif past or force:
-            r.status, r.closed_at = RoundStatus.FAILED, utcnow()
-            r.reason = f"only {n} accepted updates, minimum {r.min_count}"
-            secagg.abandon(s, r.id)
-            coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
-            log.warning("round %d failed: %s", r.id, r.reason)
+            round_end.fail_round(coord, s, r, f"only {n} accepted updates, minimum {r.min_count}")
         return views.round_dict(coord, s, r)
 
 
@@ -172,7 +169,7 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
         optimizer=c.server_optimizer, lr=c.server_learning_rate, momentum=c.server_momentum, beta1=c.adam_beta1,
         beta2=c.adam_beta2, eps=c.adam_epsilon)
     if step.weights is None:
-        r.status, r.closed_at, r.reason = RoundStatus.FAILED, utcnow(), "aggregate is not finite"
+        round_end.fail_round(coord, s, r, "aggregate is not finite")
         return
     new_weights = artifact.unflatten(step.weights, tensors)
     state_sha = coord.blobs.put(artifact.encode_weights(step.state)) if step.state else None

@@ -32,11 +32,11 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, discovery, selection
+from coordinator import aggregation, discovery, round_end, selection
 from coordinator.errors import ApiError
 from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
-from coordinator.states import RoundStatus
+from coordinator.states import RoundStatus, SecAggPhase
 from protocol import artifact, ddp, secagg, wire
 from protocol import secagg_wire as sw
 
@@ -44,8 +44,7 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 log = logging.getLogger(__name__)
-KEYS, SHARES, MASKED, UNMASK, SUMMING, SUMMED, FAILED = "keys", "shares", "masked", "unmask", "summing", "summed", \
-    "failed"
+KEYS, SHARES, MASKED, UNMASK, SUMMING, SUMMED, FAILED = SecAggPhase
 
 
 def _plan(r: Round) -> wire.TrainPlan:
@@ -240,22 +239,8 @@ def advance_open(coord: Coordinator) -> None:
         advance(coord, rid)
 
 
-def abandon(s: Session, round_id: int) -> None:
-    """A round closed without its sum (failed by `close-round --force` or by a change of the
-    stable version): a secure one's phase says so, and the shares its devices revealed go, as
-    they go after a sum (the module's promise). Nothing for a plain round."""
-    row = s.get(SecAggRound, round_id)
-    if row is None:
-        return
-    if row.phase not in (SUMMED, FAILED):
-        row.phase = FAILED
-    s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == round_id))
-
-
-def _fail(s: Session, r: Round, row: SecAggRound, reason: str) -> None:
-    row.phase = FAILED
-    r.status, r.closed_at, r.reason = RoundStatus.FAILED, utcnow(), f"secure aggregation: {reason}"
-    log.warning("round %d failed: %s", r.id, r.reason)
+def _fail(coord: Coordinator, s: Session, r: Round, reason: str) -> None:
+    round_end.fail_round(coord, s, r, f"secure aggregation: {reason}")
 
 
 def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
@@ -303,14 +288,14 @@ def advance(coord: Coordinator, round_id: int) -> None:
             if shared == p["n"] or timed_out:
                 nxt = MASKED if shared >= p["n_min"] else None
                 if nxt is None:
-                    _fail(s, r, row, f"only {shared} of {p['n']} devices shared their seeds, need {p['n_min']}")
+                    _fail(coord, s, r, f"only {shared} of {p['n']} devices shared their seeds, need {p['n_min']}")
         elif row.phase == MASKED:
             shared, masked = cnt(SecAggMember.shared.is_(True)), cnt(SecAggMember.masked_sha256.is_not(None))
             if masked == shared or timed_out:
                 if masked >= p["n_min"]:
                     nxt, row.survivors = UNMASK, masked
                 else:
-                    _fail(s, r, row, f"only {masked} masked vectors, need {p['n_min']}")
+                    _fail(coord, s, r, f"only {masked} masked vectors, need {p['n_min']}")
         elif row.phase == UNMASK:
             masked = cnt(SecAggMember.masked_sha256.is_not(None))
             revealed = cnt(SecAggMember.revealed.is_(True))
@@ -373,7 +358,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         if r.status != RoundStatus.OPEN or row.phase != SUMMING:
             return
         if short:
-            _fail(s, r, row, f"too few shares revealed to unmask devices {short[:10]}")
+            _fail(coord, s, r, f"too few shares revealed to unmask devices {short[:10]}")
         else:
             row.phase, row.sum_sha256, row.survivors = SUMMED, digest, len(survivors)
             row.stats_json = json.dumps({"unmask_seconds": round(time.perf_counter() - t0, 3),

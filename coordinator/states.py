@@ -23,6 +23,18 @@ class RoundStatus(StrEnum):
     FAILED = "failed"          # too few updates, a non-finite aggregate, or secure aggregation gave up
 
 
+class SecAggPhase(StrEnum):
+    """Where a secure round is (`coordinator.secagg`); the round's own status stays OPEN until it
+    is summed and aggregated (DONE) or gives up (FAILED)."""
+    KEYS = "keys"              # devices post their public keys
+    SHARES = "shares"          # devices post their seeds' shares for each other
+    MASKED = "masked"          # devices post their masked updates
+    UNMASK = "unmask"          # survivors reveal the shares that remove the masks
+    SUMMING = "summing"        # the coordinator recovers the masks and sums
+    SUMMED = "summed"          # the sum is ready for aggregation
+    FAILED = "failed"          # too few devices at some phase, or the round failed otherwise
+
+
 class VersionAction(StrEnum):
     """What an operator can do to a version (POST /v1/admin/versions/<id>/<action>, CLI commands);
     the canary's automatic decisions are PROMOTE and REJECT too."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from coordinator import privacy, queries, secagg, views
+from coordinator import privacy, queries, round_end, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Decision, Round, Setting, Version, utcnow
 from coordinator.states import VERSION_ACTIONS, RoundStatus, VersionAction, VersionStatus
@@ -164,11 +164,8 @@ def _fail_round_off(coord: Coordinator, s: Session, stable: Version, now: dateti
     r = queries.open_round(s, for_update=True)
     if r is None or r.base_version_id == stable.id:
         return
-    r.status, r.closed_at = RoundStatus.FAILED, now
-    r.reason = f"the stable version changed to {stable.id} while it trained {r.base_version_id}"
-    secagg.abandon(s, r.id)
-    coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
-    log.warning("round %d failed: %s", r.id, r.reason)
+    round_end.fail_round(coord, s, r, f"the stable version changed to {stable.id} while it trained "
+                                      f"{r.base_version_id}", now)
 
 
 def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, Any]:

@@ -132,6 +132,27 @@ def test_round_deadline_with_minimum_aggregates_and_without_fails(served, tmp_pa
     assert r["status"] == "failed" and "minimum 2" in r["reason"]
 
 
+def test_a_round_whose_aggregate_is_not_finite_fails_and_is_counted_failed(served, monkeypatch, caplog):
+    """Such a round was marked failed but counted as done, with no log line (the other ways a round
+    fails each wrote their own record; coordinator.round_end now writes it once for all)."""
+    import dataclasses
+
+    from coordinator import aggregation
+
+    real = aggregation.round_step
+    monkeypatch.setattr(aggregation, "round_step", lambda *a, **k: dataclasses.replace(real(*a, **k), weights=None))
+    _, devices = _setup(served, 2)
+    rid = served.coord.start_round(goal_count=2, min_count=2)
+    for i, d in enumerate(devices):
+        assert d.checkin().kind == wire.TASK_TRAIN
+        assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=5).status_code == 200
+    r = served.admin("GET", f"/v1/admin/rounds/{rid}").json()
+    assert r["status"] == "failed" and r["reason"] == "aggregate is not finite" and r["result_version_id"] is None
+    metrics = served.admin("GET", "/metrics").text
+    assert 'fedkeys_rounds_total{event="failed"} 1.0' in metrics and 'event="done"' not in metrics
+    assert f"round {rid} failed: aggregate is not finite" in caplog.text
+
+
 def test_ineligible_device_is_told_to_come_back(served, tmp_path):
     _, devices = _setup(served, 1)
     served.coord.start_round()

@@ -350,3 +350,4 @@ def test_a_secure_round_closed_without_its_sum_deletes_the_revealed_shares(tmp_p
         with s.coord._sessions() as db:
             assert db.scalar(select(func.count()).select_from(SecAggReveal)) == 0
             assert db.get(SecAggRound, rid).phase == coord_secagg.FAILED
+        assert 'fedkeys_rounds_total{event="failed"} 1.0' in s.admin("GET", "/metrics").text
