@@ -241,7 +241,8 @@ def _with_retries(fn: Callable[[], Any], attempts: int, first_wait: float, max_w
                 raise
             delay = min(max(wait, e.retry_after or 0.0), max_wait)
             log.info("transient error (%s); retry %d/%d in %.0fs", e.code or "network", i + 1, attempts - 1, delay)
-            sleep(delay)
+            if sleep(delay):      # the agent's stop event: the device is stopping, no more attempts
+                raise
             wait = min(wait * 2, max_wait)
     raise AssertionError("unreachable")
 

@@ -38,6 +38,10 @@ class Refused(EdgeError):
     """The device stops taking part: the coordinator asked for something an honest device refuses."""
 
 
+class Stopping(EdgeError):
+    """The device is shutting down (its `sleep` returned true: the agent's stop event was set)."""
+
+
 def local_plan(plan: wire.TrainPlan) -> wire.TrainPlan:
     """In secure mode the device adds no Gaussian noise: its noise is a Skellam share, added later."""
     return dataclasses.replace(plan, noise_multiplier=0.0) if plan.secure_aggregation else plan
@@ -116,7 +120,7 @@ class _Channel:
                 if left <= 0:
                     raise
                 log.info("secure aggregation, round %d: %s; retrying", self.round_id, e)
-                self.sleep(min(max(wait, e.retry_after or 0.0), left))
+                self._wait(min(max(wait, e.retry_after or 0.0), left))
                 wait, retried = min(wait * 2, 30.0), True
             except RejectedError as e:
                 if retried and method == "POST" and e.code == wire.E_DUPLICATE:
@@ -126,6 +130,13 @@ class _Channel:
         self.down += len(resp.content)
         return resp
 
+    def _wait(self, seconds: float) -> None:
+        """Sleep between calls; the agent's sleep is its stop event's `wait`, true once the device
+        is stopping, and then no call follows (it used to return at once, and the device polled
+        the coordinator in a tight loop until the round's deadline)."""
+        if self.sleep(seconds):
+            raise Stopping(f"the device is stopping during round {self.round_id}")
+
     def get(self, step: str) -> dict[str, Any]:
         return dict(self.client._json(self._call("GET", step)))
 
@@ -133,15 +144,15 @@ class _Channel:
         headers = {"Content-Type": sw.MASKED_MEDIA_TYPE} if data is not None else None
         self._call("POST", step, json_body=body, data=data, headers=headers)
 
-    def poll(self, step: str, deadline: float, sleep: Callable[[float], Any]) -> dict[str, Any]:
+    def poll(self, step: str) -> dict[str, Any]:
         while True:
             d = self.get(step)
             if sw.is_ready(d):
                 return d
-            left = deadline - time.monotonic()
+            left = self.deadline - time.monotonic()
             if left <= 0:
                 raise Refused(f"secure aggregation timed out waiting at {step} ({d.get('phase')})")
-            sleep(min(float(d.get("retry_after", 1.0)), left))
+            self._wait(min(float(d.get("retry_after", 1.0)), left))
 
 
 def masked_vector(vector: np.ndarray, roster: sw.SecAggRoster, mask_sk: bytes, self_seed: bytes,
@@ -166,7 +177,7 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
     mask_sk, mask_pk = secagg.generate_keypair()
     try:
         ch.post("keys", sw.SecAggKeys(enc_pk, mask_pk).to_dict())
-        roster = sw.SecAggRoster.from_dict(ch.poll("roster", deadline, sleep))
+        roster = sw.SecAggRoster.from_dict(ch.poll("roster"))
         nbs = check_roster(roster, plan, vector.size)
         self_seed = os.urandom(secagg.SEED_BYTES)
         seed_shares = secagg.share_secret(self_seed, roster.t, roster.k)
@@ -176,7 +187,7 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
             key = secagg.agree(enc_sk, nb.enc_pk, b"enc", rid, roster.index, j)
             cts[j] = secagg.encrypt_share(key, rid, roster.index, j, a + b)
         ch.post("shares", sw.SecAggShares(cts).to_dict())
-        inbox = sw.SecAggInbox.from_dict(ch.poll("inbox", deadline, sleep), secagg.CIPHERTEXT_BYTES)
+        inbox = sw.SecAggInbox.from_dict(ch.poll("inbox"), secagg.CIPHERTEXT_BYTES)
         if not set(inbox.shares) <= set(nbs):
             raise Refused("the inbox holds shares from devices that are not neighbours")
         held = {}
@@ -188,11 +199,14 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
         ch.post("masked", data=y.astype("<u4").tobytes())
         del y, self_seed, mask_sk
         revealer = Revealer(roster.index, held, roster.n_min)
-        req = sw.SecAggUnmaskRequest.from_dict(ch.poll("unmask", deadline, sleep))
+        req = sw.SecAggUnmaskRequest.from_dict(ch.poll("unmask"))
         ch.post("unmask", revealer.answer(req).to_dict())
         counts.update(cohort=roster.n, neighbours=roster.k, kB_up=round(ch.up / 1024, 1),
                       kB_down=round(ch.down / 1024, 1))
         return "uploaded", counts
+    except Stopping:
+        log.info("secure aggregation, round %d: left the round, the device is stopping", rid)
+        return "stopped (the device is stopping)", counts
     except Refused as e:
         log.warning("secure aggregation, round %d: refused: %s", rid, e)
         return f"refused ({e})", counts

@@ -209,6 +209,38 @@ def test_revealer_refuses_the_other_kind_in_a_later_request(flip):
         secagg_client.Revealer(0, shares, 5).answer(sw.SecAggUnmaskRequest((1, 2), (3,), 4))
 
 
+@pytest.mark.parametrize("coordinator", ["down", "not ready"])
+def test_a_stopping_device_leaves_a_secure_round_at_once(coordinator):
+    """Stopped (SIGTERM) in a secure round, a device kept polling or retrying with no pause until
+    the round's deadline: the agent's sleep is its stop event's `wait`, which then returns at once.
+    Now the first wait after the stop ends the exchange, one request and no more."""
+    from types import SimpleNamespace
+
+    from edge_runtime.client import TransientError
+
+    calls = []
+
+    class Client:
+        def _request(self, method, path, **kw):
+            calls.append((method, path))
+            if coordinator == "down":
+                raise TransientError("cannot connect; retrying")
+            return SimpleNamespace(request=SimpleNamespace(body=b""), content=b"",
+                                   json=lambda: sw.wait("keys", 1.0))
+
+        _json = staticmethod(lambda resp: resp.json())
+
+    plan = wire.TrainPlan(round_id=7, epochs=1, batch_size=4, learning_rate=0.5, clip_norm=1.0,
+                          noise_multiplier=0.5, max_examples=4, secure_aggregation=True)
+    def stopped_wait(seconds):          # the stop event is set: Event.wait returns True at once
+        assert len(calls) < 20, "still calling the coordinator after the stop"
+        return True
+
+    outcome, counts = secagg_client.contribute(Client(), plan, np.zeros(10, np.float32), 600.0, sleep=stopped_wait)
+    assert outcome == "stopped (the device is stopping)" and counts["round"] == 7
+    assert len(calls) == (1 if coordinator == "down" else 2), calls             # keys (+ one roster poll)
+
+
 def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
     """A coordinator that forges the roster's noise fields (mu 0, n_min 1 of 5: one device's
     vector unmasked with no noise) is refused; the roster the coordinator really sends passes."""
