@@ -128,6 +128,8 @@ class Config:
              "secagg_dropout must be in [0, 0.5), secagg timeouts > 0"),
             (not self.secure_aggregation or self.aggregator == "mean",
              "secure_aggregation needs aggregator = mean: the coordinator sees only the sum"),
+            (not self.secure_aggregation or self.goal_count >= 2,
+             "secure_aggregation needs goal_count >= 2: a sum of one device's update is that update"),
             (not self.discover_words or self.secure_aggregation,
              "discover_words needs secure_aggregation: the coordinator must see only the sum of votes"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),

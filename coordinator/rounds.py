@@ -59,13 +59,15 @@ def start_round(coord: Coordinator, **overrides: Any) -> int:
         window = float(o["selection_window_s"])
         if not 0 <= window < duration:
             raise ValueError("need 0 <= selection_window_s < round_duration_s")
-        if min_count > goal:
-            log.warning("min_count %d is above goal_count %d: the round uses %d", min_count, goal, goal)
-            min_count = goal
         if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
             raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
                              "0 < round_duration_s <= 30 days")
+        if min_count > goal:
+            log.warning("min_count %d is above goal_count %d: the round uses %d", min_count, goal, goal)
+            min_count = goal
         plan_values = check_plan_values({k: o[k] for k in PLAN_FIELD_NAMES})  # the one plan rule
+        if plan_values["secure_aggregation"] and goal < 2:   # its cohort would freeze at one device
+            raise ValueError("secure_aggregation needs goal_count >= 2: a sum of one device's update is that update")
         for why in beyond_default_devices(plan_values):   # allowed: a device may raise its own limits
             log.warning("round plan: %s; devices with default settings will refuse this round", why)
         if plan_values["secure_aggregation"] and c.aggregator != "mean":

@@ -280,7 +280,7 @@ def advance(coord: Coordinator, round_id: int) -> None:
         nxt = None
         if row.phase == KEYS:
             n = cnt()
-            if n >= r.goal_count or (timed_out and n >= max(r.min_count, 2)):
+            if n >= max(r.goal_count, 2) or (timed_out and n >= max(r.min_count, 2)):   # a sum needs 2
                 _freeze(coord, s, r, row)
                 nxt = SHARES
         elif row.phase == SHARES:

@@ -269,7 +269,7 @@ def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
     assert secagg_client.check_roster(roster(mu=mu * 2), plan, dim)
 
 
-def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
+def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path, capsys):
     from coordinator.__main__ import main as cli_main
     from tests.helpers.coordinator_fakes import FakeDevice, make_version, random_delta
 
@@ -279,6 +279,14 @@ def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path):
     assert cli_main(["init", *common]) == 0
     make_version(tmp_path / "v0")
     assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
+    # A secure round of one device is refused in one line: it was accepted, froze a cohort of one,
+    # and every request after it answered 500 until `close-round --force`. So is a coordinator
+    # set to open such rounds itself (the small profile's goal of 1).
+    capsys.readouterr()
+    assert cli_main(["start-round", "--secure-aggregation", "--goal-count", "1", *common]) == 2
+    assert "secure_aggregation needs goal_count >= 2" in capsys.readouterr().err
+    assert cli_main(["status", "--profile", "small", "--set", "secure_aggregation=true", *common]) == 2
+    assert "secure_aggregation needs goal_count >= 2" in capsys.readouterr().err
     assert cli_main(["start-round", "--secure-aggregation", "--goal-count", "2", "--min-count", "2",
                      "--selection-window-s", "0", *common]) == 0     # issue-12's draw window: none here
     with serve(cfg) as s:
