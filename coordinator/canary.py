@@ -86,6 +86,15 @@ def report_evaluation(coord: Coordinator, device_id: str, report: wire.Evaluatio
     return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
 
 
+def decide_pending(coord: Coordinator) -> None:
+    """Decide the pending candidate on the reports already in (after an unpin: while pinned a
+    promote waits, and no further report may come to decide it, so training stayed stopped)."""
+    with coord.tx() as s:
+        cand, stable = queries.candidate(s), queries.stable(s)
+        if cand is not None and stable is not None:
+            auto_decide(coord, s, cand, stable)
+
+
 def canary_reports(s: Session, cand: Version, stable_id: str) -> list[tuple[wire.VersionMetrics, ...]]:
     out = []
     for (rj,) in s.execute(select(Evaluation.report_json).where(Evaluation.candidate_version_id == cand.id,

@@ -37,6 +37,7 @@ from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
 from coordinator.metrics import Metrics
+from coordinator.states import VersionAction
 from protocol import wire
 
 
@@ -131,7 +132,10 @@ class Coordinator:
     def admin_decide(self, version_id: str, action: str) -> dict[str, Any]:
         """An operator's states.VersionAction: promote or reject a candidate, pin (make stable,
         stop auto-promotion), unpin, rollback (make a retired version stable again)."""
-        return versions.admin_decide(self, version_id, action)
+        out = versions.admin_decide(self, version_id, action)
+        if action == VersionAction.UNPIN:   # a candidate the pin held back is decided now
+            canary.decide_pending(self)
+        return out
 
     def canary_comparison(self) -> dict[str, Any]:
         return canary.canary_comparison(self)

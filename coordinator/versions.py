@@ -147,8 +147,11 @@ def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAc
         _fail_round_off(coord, s, v, now)
         if action != VersionAction.PROMOTE:  # a manual stable change cancels the pending canary
             cand = queries.candidate(s)
-            if cand is not None and cand.id != v.id:
+            if cand is not None and cand.id != v.id:   # recorded, as a superseded candidate is
                 cand.status, cand.decided_at = VersionStatus.REJECTED, now
+                s.add(Decision(version_id=cand.id, action=VersionAction.REJECT, actor=actor,
+                               reason=f"cancelled by the {action} of {v.id} before the canary decided",
+                               numbers_json="{}"))
     elif action == VersionAction.REJECT:
         v.status = VersionStatus.REJECTED
     v.decided_at = now
@@ -183,6 +186,10 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
         if action not in VERSION_ACTIONS:
             raise bad_request(f"unknown action {action!r}")
         action = VersionAction(action)
+        if action == VersionAction.UNPIN and v.status != VersionStatus.STABLE:   # it was recorded on any id
+            stable = queries.stable(s)
+            raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}; unpin the stable version"
+                                                 f"{' ' + stable.id if stable else ''}")
         if action in (VersionAction.PIN, VersionAction.UNPIN):
             row = s.get(Setting, "pinned") or Setting(key="pinned", value="0")
             pinned = row.value == "1"

@@ -155,6 +155,29 @@ def test_admin_pin_promote_rollback(world):
     assert s.coord.status()["pinned"] is True
 
 
+def test_unpin_decides_the_candidate_the_pin_held_back_and_cancellations_are_recorded(world):
+    """After pin, a candidate whose canary was good stayed pending after unpin, forever: only a new
+    report decided, none came, and no round opens while a candidate is pending. And the candidate a
+    pin (or rollback) cancelled showed no decision in its history; unpin was recorded on any id."""
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    assert s.admin("POST", "/v1/admin/versions/v0000/pin").status_code == 200
+    hist = next(v for v in s.coord.list_versions() if v["version_id"] == cand)["decisions"]
+    assert [(d["action"], d["actor"], d["reason"]) for d in hist] == [
+        ("reject", "admin", "cancelled by the pin of v0000 before the canary decided")]
+    cand2 = _candidate_from_round(s, devices, 0.01)
+    for d in canaries[:2]:
+        assert _report(d, d.checkin(), 50, 40).status_code == 200
+    assert s.coord.status()["candidate_version_id"] == cand2           # held back by the pin
+    r = s.admin("POST", f"/v1/admin/versions/{cand2}/unpin")
+    assert r.status_code == 409 and "unpin the stable version v0000" in r.json()["message"], r.text
+    assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
+    status = s.coord.status()
+    assert status["stable_version_id"] == cand2 and status["candidate_version_id"] is None
+    assert [d["actor"] for d in next(v for v in s.coord.list_versions() if v["version_id"] == cand2)["decisions"]
+            ] == ["auto"]
+
+
 @pytest.mark.parametrize("sybils", [0, 1, 2])
 def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_reject(tmp_path, sybils):
     """Failed on the old code: one sybil claiming a huge count carried the pooled vote."""
