@@ -279,6 +279,8 @@ class TextCache:
         with self._lock:
             self._db.execute("DELETE FROM texts")
             self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
+            self._db.execute("INSERT INTO settings (key, value) VALUES ('wiped', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (os.urandom(8).hex(),))
             self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
             try:
                 done = self._checkpoint()
@@ -295,6 +297,13 @@ class TextCache:
             raise CacheError("the cached text is deleted, but another process still has the cache open, so it "
                              "remains on disk until that process lets go: close it and wipe again")
         log.info("text cache wiped")
+
+    def wipe_mark(self) -> str | None:
+        """A value every wipe changes, by whichever process runs it: one that keeps what it learned
+        from the cache in memory (the keyboard's user words) compares it to see a wipe run elsewhere."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE key = 'wiped'").fetchone()
+        return row[0] if row else None
 
     def _checkpoint(self) -> bool:
         """TRUNCATE checkpoint; True when it completed (no reader blocked it)."""

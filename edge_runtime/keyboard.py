@@ -78,6 +78,7 @@ MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refuse
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
+WIPE_CHECK_S = 1.0            # how often keystrokes look for a wipe run by another process
 TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -132,6 +133,7 @@ class KeyboardApp:
         self._counting = False   # `_learn` is counting a commit's words (idle work waits for it)
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
+        self._wipe_mark, self._wipe_checked = cache.wipe_mark(), time.monotonic()
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits.
@@ -147,7 +149,33 @@ class KeyboardApp:
             settle()
         return self._personal
 
+    def _see_outside_wipe(self, *, now: bool = False) -> None:
+        """`python -m edge_runtime wipe` run while this process serves emptied the cache, but the
+        user's words, the personal LSTM and the texts being typed lived on in this process's
+        memory and kept being suggested. Forget them as `clear` does. Looked for on status and
+        commit, and at most every WIPE_CHECK_S on keystrokes (not under the slot's lock)."""
+        t = time.monotonic()
+        if not now and t - self._wipe_checked < WIPE_CHECK_S:
+            return
+        self._wipe_checked = t
+        mark = self.cache.wipe_mark()
+        if mark != self._wipe_mark:
+            self._wipe_mark = mark
+            log.info("keyboard: the text cache was wiped elsewhere; forgetting what was learned from it")
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop everything in memory learned from the cache or typed: after a wipe."""
+        with self.slot.lock:
+            self._personal = None
+            self._sessions.clear()   # the text being typed, and what prefetch readied from it
+            self.slot.forget_personal()
+            if self.slot.predictor is not None:
+                self.slot.predictor.personal = PersonalModel()
+                self.slot.predictor.forget_warm()
+
     def status(self) -> dict[str, Any]:
+        self._see_outside_wipe(now=True)
         self.slot.refresh()
         return {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
                 "cache": {"sentences": self.cache.stats()["records"]},
@@ -166,6 +194,7 @@ class KeyboardApp:
         text = _str_field(body, "text", max_len=MAX_TEXT, allow_empty=True)
         if self.activity is not None:
             self.activity.note_keystroke()
+        self._see_outside_wipe()
         with self.slot.lock:
             self.slot.refresh()
             if self.slot.predictor is None:
@@ -227,6 +256,7 @@ class KeyboardApp:
             raise ApiError(400, "bad_request", "'private' must be true or false")
         if self.activity is not None:
             self.activity.note_keystroke()
+        self._see_outside_wipe(now=True)   # before learning the text into words that were wiped
         with self._commit_ids:   # a retry waits for its first try, then answers as it did
             if commit_id is not None and commit_id in self._committed:   # its answer was lost: the same again
                 cached, reason = self._committed[commit_id]
@@ -326,13 +356,8 @@ class KeyboardApp:
         except CacheError as e:
             raise ApiError(409, "wipe_incomplete", str(e)) from e
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
-            with self.slot.lock:
-                self._personal = None
-                self._sessions.clear()   # the text being typed, and what prefetch readied from it
-                self.slot.forget_personal()
-                if self.slot.predictor is not None:
-                    self.slot.predictor.personal = PersonalModel()
-                    self.slot.predictor.forget_warm()
+            self._forget()
+            self._wipe_mark = self.cache.wipe_mark()
         return self.status()
 
 

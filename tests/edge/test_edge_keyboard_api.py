@@ -709,3 +709,28 @@ def test_the_block_on_offensive_words_is_a_device_setting(tmp_path, exported_ver
     assert config.block_offensive is False
     with start_keyboard(tmp_path / "d2", model_dir=exported_version, config=config) as s:
         assert s.app.slot.predictor.block_offensive is False
+
+
+def test_a_wipe_from_the_command_line_is_seen_by_the_running_keyboard(server, monkeypatch):
+    """`python -m edge_runtime wipe` while the keyboard served said "wiped", and the keyboard went
+    on suggesting the user's words from memory (only the page's own clear forgot them)."""
+    from edge_runtime import keyboard
+    from edge_runtime.__main__ import main as device_main
+
+    def strip(text: str) -> list[str]:
+        return post(server, "api/suggest", {"client": "t1", "text": text}).json()["suggestions"]
+
+    for _ in range(2):
+        assert post(server, "api/commit", {"text": "we met in Quokkaville at dawn",
+                                           "field_kind": "message"}).json()["cached"] is True
+    assert strip("we met in Quok")[0] == "Quokkaville"
+    assert device_main(["wipe", "--data-dir", str(server.app.cache.data_dir)]) == 0     # another process's wipe
+    assert db_rows(server) == []
+    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)   # keystrokes look at once, not in 1 s
+    assert "Quokkaville" not in strip("we met in Quok")
+    assert server.app.personal().uni["Quokkaville"] == 0
+    # A commit after it learns into fresh words; the page's own clear is not mistaken for another's.
+    assert post(server, "api/commit", {"text": "Wombatshire is lovely", "field_kind": "message"}).json()["cached"]
+    assert strip("Womb")[0] == "Wombatshire"
+    assert post(server, "api/clear", {}).json()["cache"]["sentences"] == 0
+    assert "Wombatshire" not in strip("Womb")
