@@ -133,6 +133,7 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
         raise AgentError(f"--public-key {public_key[:16]}… is not the key {config.coordinator} signs with "
                          f"({served[:16]}…): check it (python -m coordinator public-key on the coordinator); "
                          "not enrolled, the enrollment key is unused")
+    _check_writable(data_dir)   # a data dir that cannot hold the identity would waste the key's use
     resp = client.enroll(enrollment_key, platform=device_platform())
     if not public_key:
         public_key = served
@@ -141,6 +142,17 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
     save_identity(data_dir, ident)
     log.info("enrolled as device %s with %s", ident.device_id, ident.coordinator)
     return ident
+
+
+def _check_writable(data_dir: Path) -> None:
+    """Make the data directory and write a file into it: an OSError here (a file in its place, no
+    permission, a full disk) comes before the enrollment key is used, not after."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    probe = data_dir / f".enroll-{os.getpid()}.tmp"
+    try:
+        probe.write_bytes(b"")
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 # --- the device's parts ----------------------------------------------------------------------

@@ -23,3 +23,19 @@ def test_a_mistyped_public_key_is_refused_and_the_enrollment_key_stays_unused(tm
         assert not (tmp_path / "dev" / IDENTITY_FILE).exists()
         ident = agent.enroll(cfg.with_overrides({"public_key": right}), key)   # its one use still there
         assert ident.public_key == right
+
+
+def test_a_data_dir_that_cannot_hold_the_identity_is_refused_before_the_key_is_used(tmp_path, capsys):
+    """`enroll --data-dir` naming a file said "is a file, not a folder" after the coordinator had
+    enrolled the device, so a key of one use was gone and the retry was refused (401)."""
+    from edge_runtime.__main__ import main as device_main
+
+    with serve(make_config(tmp_path)) as s:
+        key = s.coord.create_enrollment_key(uses=1)
+        (tmp_path / "a-file").write_text("x")
+        args = ["enroll", "--coordinator", s.url, "--enrollment-key", key, "--public-key", s.coord.public_key_hex]
+        assert device_main([*args, "--data-dir", str(tmp_path / "a-file")]) == 2
+        assert "is a file, not a folder" in capsys.readouterr().err
+        assert s.coord.status()["devices"] == 0
+        assert device_main([*args, "--data-dir", str(tmp_path / "dev")]) == 0      # its one use still there
+        assert (tmp_path / "dev" / IDENTITY_FILE).exists()
