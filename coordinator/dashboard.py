@@ -69,7 +69,9 @@ def dashboard_data(c: Any) -> dict[str, Any]:
             "rounds": {"total": len(rounds), "done": sum(r["status"] == RoundStatus.DONE for r in rounds),
                        "failed": sum(r["status"] == RoundStatus.FAILED for r in rounds)},
             "canary": canary, "privacy": {"epsilon": stable["epsilon"] if stable else None,
-                                          "epsilon_local": stable["epsilon_local"] if stable else None,
+                                          "epsilon_local": status["privacy"]["epsilon_local"],
+                                          "rounds": status["privacy"]["rounds"],
+                                          "stable_epsilon_local": stable["epsilon_local"] if stable else None,
                                           "delta": c.config.privacy_delta,
                                           "population": {k: v for k, v in status["population"].items()
                                                          if k != "enrolled"}},

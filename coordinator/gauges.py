@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from coordinator import privacy, queries
 from coordinator.models import Device, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus, VersionStatus
 
@@ -31,8 +32,8 @@ def _finite(x: float) -> float:
 class StateCollector(Collector):
     """fedkeys_* gauges from one read-only session per scrape."""
 
-    def __init__(self, sessions: Callable[[], Session]) -> None:
-        self._sessions = sessions
+    def __init__(self, sessions: Callable[[], Session], privacy_delta: float) -> None:
+        self._sessions, self._delta = sessions, privacy_delta
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._sessions() as s:
@@ -44,6 +45,7 @@ class StateCollector(Collector):
             enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
             active = int(s.scalar(select(func.count()).select_from(Device).where(
                 Device.revoked.is_(False), Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0)
+            noise_seen = queries.noise_seen(s)
         yield GaugeMetricFamily("fedkeys_round_open", "1 while a training round is open", value=int(r is not None))
         yield GaugeMetricFamily("fedkeys_round_id", "id of the open round (0: none)", value=r.id if r else 0)
         yield GaugeMetricFamily("fedkeys_round_accepted_updates", "accepted updates in the open round", value=accepted)
@@ -52,13 +54,17 @@ class StateCollector(Collector):
         info = GaugeMetricFamily("fedkeys_version", "1 per version in use, by role", labels=["role", "version"])
         eps = GaugeMetricFamily("fedkeys_epsilon", "epsilon of the version in use (against released models)",
                                 labels=["role", "version"])
-        eps_local = GaugeMetricFamily("fedkeys_epsilon_local", "epsilon against the coordinator itself "
-                                      "(no sampling amplification; the number to quote)", labels=["role", "version"])
+        eps_local = GaugeMetricFamily("fedkeys_epsilon_local", "epsilon against the coordinator of the version's "
+                                      "own rounds (no sampling amplification)", labels=["role", "version"])
         for v in versions:
             info.add_metric([v.status, v.id], 1)
             eps.add_metric([v.status, v.id], _finite(v.epsilon))
             local = json.loads(v.privacy_json or "{}").get("epsilon_local", v.epsilon)
             eps_local.add_metric([v.status, v.id], _finite(float(local)))
         yield from (info, eps, eps_local)
+        seen = privacy.against_coordinator(noise_seen, self._delta)
+        yield GaugeMetricFamily("fedkeys_epsilon_against_coordinator", "epsilon against the coordinator over "
+                                "every round it received updates in, whatever their versions became (the number "
+                                "to quote)", value=_finite(seen["epsilon_local"]))
         yield GaugeMetricFamily("fedkeys_devices_enrolled", "enrolled, not revoked devices", value=enrolled)
         yield GaugeMetricFamily("fedkeys_devices_active", "devices seen in the last 24 hours", value=active)

@@ -26,9 +26,9 @@ def multiprocess_dir() -> str | None:
 
 
 class Metrics:
-    def __init__(self, sessions: Callable[[], Session] | None = None) -> None:
+    def __init__(self, sessions: Callable[[], Session] | None = None, privacy_delta: float = 1e-5) -> None:
         self.registry = CollectorRegistry()
-        self._state = StateCollector(sessions) if sessions is not None else None
+        self._state = StateCollector(sessions, privacy_delta) if sessions is not None else None
         r = self.registry
         self.requests = Counter("fedkeys_http_requests", "HTTP requests", ["endpoint", "method", "status"], registry=r)
         self.request_seconds = Histogram("fedkeys_http_request_seconds", "Request latency", ["endpoint"], registry=r)

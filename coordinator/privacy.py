@@ -68,3 +68,11 @@ def summarize(history: Sequence[RoundPrivacy], delta: float) -> dict:
             "history": [[r.sampling_rate, r.noise_multiplier] for r in history], "accountant": ACCOUNTANT,
             "assumptions": "device-side Gaussian noise, no secure aggregation; epsilon holds against observers of "
                            "released models with random participation, epsilon_local against the coordinator"}
+
+
+def against_coordinator(noise_multipliers: Sequence[float], delta: float) -> dict:
+    """Epsilon against the coordinator over every round it received updates in (q = 1: it sees
+    who took part), however the versions those rounds made fared: the number to quote."""
+    eps = epsilon([RoundPrivacy(1.0, z) for z in noise_multipliers], delta)
+    return {"epsilon_local": eps, "rounds": len(noise_multipliers), "delta": delta,
+            "basis": "every round whose updates this coordinator received, as if one device took part in all"}

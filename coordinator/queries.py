@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator import secagg
-from coordinator.models import Device, Evaluation, Round, Setting, Update, Version
-from coordinator.states import RoundStatus, VersionStatus
+from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
+from coordinator.models_secagg import SecAggRound
+from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
 from protocol import artifact
 
 EVALUATION_ISSUED = ""  # Evaluation.report_json of an evaluate task issued but not yet reported
@@ -51,6 +52,21 @@ def accepted(s: Session, round_id: int) -> int:
     """Updates a round counts: stored plain updates, plus the survivors of a summed secure round."""
     return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0) \
         + secagg.accepted(s, round_id)
+
+
+def noise_seen(s: Session) -> list[float]:
+    """The noise multiplier of every round in which this coordinator received what devices
+    computed from their text: a plain update (stored or rejected) or a secure round's sum. A
+    device may have taken part in all of them, whichever versions they fed (a rejected candidate,
+    a lineage a pin or rollback left), so their composition bounds every device's epsilon against
+    the coordinator; a version's own `epsilon_local` counts only its lineage's rounds."""
+    ids = set(s.scalars(select(Update.round_id).distinct()))
+    ids |= {i for i in s.scalars(select(Rejection.round_id).distinct()) if i is not None}
+    ids |= set(s.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.SUMMED)))
+    if not ids:
+        return []
+    return [float(json.loads(pj).get("noise_multiplier", 0.0))
+            for pj in s.scalars(select(Round.plan_json).where(Round.id.in_(ids)))]
 
 
 def population(s: Session, configured: int) -> int:

@@ -56,7 +56,7 @@ class Coordinator:
         self.public_key_hex = keys.public_key_hex(self.signing_key)
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs")
-        self.metrics = Metrics(self._sessions)
+        self.metrics = Metrics(self._sessions, config.privacy_delta)
         self._lock = threading.RLock()
         self._rng = random.Random()
         self._key_of: dict[str, int] = {}

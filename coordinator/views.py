@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import queries, selection
+from coordinator import privacy, queries, selection
 from coordinator.errors import not_found
 from coordinator.models import Decision, Rejection, Round, Version
 from protocol import wire
@@ -106,4 +106,5 @@ def status(coord: Coordinator) -> dict[str, Any]:
                 "candidate_version_id": cand.id if cand else None, "pinned": queries.pinned(s),
                 "devices": population["enrolled"], "population": population,
                 "latest_round": round_dict(coord, s, r) if r else None,
+                "privacy": _json_safe(privacy.against_coordinator(queries.noise_seen(s), coord.config.privacy_delta)),
                 "public_key_hex": coord.public_key_hex}

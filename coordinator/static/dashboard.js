@@ -108,6 +108,7 @@
     $("#canary-state").textContent = c.candidate_version_id ? `canary: ${c.would} (${c.reason})` : "no canary running";
     $("#devices").textContent = `${d.devices.enrolled} · ${d.devices.active_24h}`;
     $("#eps-local").textContent = fmtEps(d.privacy.epsilon_local);
+    $("#eps-rounds").textContent = d.privacy.rounds === 1 ? "1 round" : `${d.privacy.rounds} rounds`;
     $("#eps").textContent = fmtEps(d.privacy.epsilon);
     $("#delta").textContent = String(d.privacy.delta);
     const pp = d.privacy.population || {};

@@ -178,6 +178,24 @@ def test_unpin_decides_the_candidate_the_pin_held_back_and_cancellations_are_rec
             ] == ["auto"]
 
 
+def test_epsilon_against_the_coordinator_counts_every_round_it_received_updates_in(world):
+    """The stable version's epsilon_local was the number to quote, but it counts only its own
+    lineage's rounds: after a pin (or rollback, or a rejected candidate) the coordinator had seen
+    the devices' updates of rounds no version in use counts, and the quoted number went down."""
+    s, devices, _, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    assert s.admin("POST", "/v1/admin/versions/v0000/pin").status_code == 200     # cand rejected
+    cand2 = _candidate_from_round(s, devices, 0.01)
+    versions = {v["version_id"]: v for v in s.coord.list_versions()}
+    assert versions[cand]["status"] == "rejected" and versions[cand2]["privacy"]["rounds"] == 1
+    seen = s.coord.status()["privacy"]
+    assert seen["rounds"] == 2 and seen["epsilon_local"] > versions[cand2]["privacy"]["epsilon_local"] > 0
+    dash = s.admin("GET", "/v1/admin/dashboard").json()["privacy"]
+    assert dash["epsilon_local"] == seen["epsilon_local"] and dash["rounds"] == 2
+    metrics = s.admin("GET", "/metrics").text
+    assert f"fedkeys_epsilon_against_coordinator {seen['epsilon_local']}" in metrics, metrics
+
+
 @pytest.mark.parametrize("sybils", [0, 1, 2])
 def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_reject(tmp_path, sybils):
     """Failed on the old code: one sybil claiming a huge count carried the pooled vote."""
