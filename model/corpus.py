@@ -82,6 +82,9 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
             raise CorpusError(f"{p}:{no}: missing field(s) {', '.join(repr(m) for m in missing)}")
         if not isinstance(obj[tf], str):
             raise CorpusError(f"{p}:{no}: field {tf!r} must be a string")
+        if isinstance(obj[uf], bool) or not isinstance(obj[uf], (str, int)):   # null, {}: not a name
+            raise CorpusError(f"{p}:{no}: field {uf!r} must be a string or an integer (who wrote the text), "
+                              f"not {json.dumps(obj[uf])[:40]}")
         if _SURROGATE.search(obj[tf]) or _SURROGATE.search(str(obj[uf])):   # a "\ud800" escape: no character
             raise CorpusError(f"{p}:{no}: a \\u escape that is half a character (an unpaired surrogate); "
                               "this text cannot be written as UTF-8")

@@ -48,6 +48,11 @@ def test_plain_text_is_one_user(tmp_path):
     (['{"user": "a", "text": "ok"}', '[1, 2]'], r":2: expected a JSON object"),
     (['{"user": "a", "text": "ok"}', '{"user": "b", "text": "x \\ud800 y"}'], r":2: a \\u escape that is half"),
     (['{"user": "\\udfff", "text": "ok"}'], r":1: a \\u escape that is half"),
+    # a null or an object was read as the user "None" (merged with every other null) or "{'a': 1}"
+    (['{"user": "a", "text": "ok"}', '{"user": null, "text": "ok"}'], r":2: field 'user' must be a string or an "
+                                                                       r"integer .*, not null"),
+    (['{"user": {"a": 1}, "text": "ok"}'], r":1: field 'user' must be a string or an integer"),
+    (['{"user": true, "text": "ok"}'], r":1: field 'user' must be a string or an integer"),
 ])
 def test_bad_files_say_what_and_where(tmp_path, lines, match):
     with pytest.raises(CorpusError, match=match):
@@ -106,3 +111,8 @@ def test_other_field_names(tmp_path):
     assert [(r.user, r.text) for r in read_corpus(p, user_field="author", text_field="body")] == [("ann", "hi there")]
     with pytest.raises(CorpusError, match=r":1: missing field\(s\) 'user', 'text'"):
         read_corpus(p)
+
+
+def test_integer_user_ids_are_names(tmp_path):
+    records = read_corpus(write(tmp_path, "ids.jsonl", ['{"user": 7, "text": "hello there"}']))
+    assert [(r.user, r.text) for r in records] == [("7", "hello there")]
