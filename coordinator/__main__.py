@@ -139,6 +139,10 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         _print(c.list_rounds())
     elif a == "canary":
         _print(c.canary_comparison())
+        cfg = c.config   # the server decides with its own settings, which this command cannot read
+        print(f"judged with this command's settings (canary_min_reports {cfg.canary_min_reports}, canary_tolerance "
+              f"{cfg.canary_tolerance:g}); give it the server's --profile, --config or --set to see its decision",
+              file=sys.stderr)
     elif a == "rejections":
         _print(c.rejections(args.round_id))
     elif a in VERSION_ACTIONS:
@@ -164,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "init" and not keys.is_initialised(cfg.data_dir):
             raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory (no {keys.SIGNING_KEY_FILE}); "
                               f"check --data-dir, or create one with: python -m coordinator init --data-dir DIR")
+        from sqlalchemy import make_url  # here: a device-only install has no SQLAlchemy (said below)
+
+        from coordinator.db import holds_schema
+        if args.command != "init" and not holds_schema(cfg.resolved_database_url):
+            shown = make_url(cfg.resolved_database_url).render_as_string(hide_password=True)
+            raise ConfigError(f"no coordinator database at {shown}: check --database-url (init of {cfg.data_dir} "
+                              "made its database elsewhere), or create this one with: python -m coordinator init "
+                              "--data-dir DIR --database-url URL")
         if args.command == "serve":
             from werkzeug.serving import make_server
 

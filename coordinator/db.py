@@ -119,6 +119,23 @@ def drop_everything(url: str) -> None:
         engine.dispose()
 
 
+def holds_schema(url: str) -> bool:
+    """Whether the database at `url` has this coordinator's schema (alembic's table), looked up
+    without creating anything: a SQLite file that does not exist is not made, so a mistyped
+    --database-url is refused instead of answering from a new, empty database."""
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            path = engine.url.database
+            if not path or path == ":memory:" or not Path(path).is_file():
+                return False
+        return "alembic_version" in table_names(engine)
+    except OperationalError as e:
+        raise _unavailable(engine, e) from None
+    finally:
+        engine.dispose()
+
+
 def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 

@@ -123,6 +123,12 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     assert cli_main(["status", *common]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["stable_version_id"] == "v0000" and status["latest_round"]["status"] == "open"
+    # The canary as this command's settings judge it, saying so: a server on another profile decides
+    # with its own (the small profile's one report, where this command waits for five).
+    assert cli_main(["canary", "--profile", "small", *common]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["candidate_version_id"] is None
+    assert "judged with this command's settings (canary_min_reports 1," in out.err
     # User errors: one line on stderr, exit 2.
     assert cli_main(["start-round", *common]) == 2
     assert "already open" in capsys.readouterr().err
@@ -153,8 +159,9 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
                                                                "SQLite or PostgreSQL only", 2),
                             ("postgresql+nosuchdriver://fk:s3cret@127.0.0.1/db", "not a database URL this "
                                                                                 "coordinator can use", 2),
-                            ("sqlite:////nonexistent-dir/x.db",
-                             "cannot open the database sqlite:////nonexistent-dir/x.db", 1),
+                            ("sqlite:////nonexistent-dir/x.db",    # not made: "no coordinator database"
+                             "no coordinator database at sqlite:////nonexistent-dir/x.db", 2),
+                            (f"sqlite:///{tmp_path / 'typo.db'}", "check --database-url", 2),
                             ("postgresql+psycopg://fk:s3cret@127.0.0.1:1/db", "cannot open the database", 1)):
         assert cli_main(["status", "--data-dir", cfg.data_dir, "--database-url", url]) == code, url
         err = capsys.readouterr().err.strip().splitlines()
