@@ -136,22 +136,23 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"device_id": ident.device_id, "coordinator": ident.coordinator,
                               "public_key_hex": ident.public_key}))
         elif c == "run":
-            dev = agent.Device.open(cfg)
-            stop = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            page = None
-            try:
-                if cfg.keyboard_port:
-                    page = keyboard.start_keyboard(cfg.data_dir, host=cfg.keyboard_host, port=cfg.keyboard_port,
-                                                   config=cfg, cache=dev.cache,
-                                                   allow_remote=args.keyboard_host is not None)
-                    print(f"keyboard page: {page.page_url}", flush=True)
-                return agent.run_loop(dev, once=args.once, stop=stop)
-            finally:
-                if page is not None:
-                    page.stop()
-                dev.close()
+            with agent.run_lock(cfg.require_data_dir()):
+                dev = agent.Device.open(cfg)
+                stop = threading.Event()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, lambda *_: stop.set())
+                page = None
+                try:
+                    if cfg.keyboard_port:
+                        page = keyboard.start_keyboard(cfg.data_dir, host=cfg.keyboard_host,
+                                                       port=cfg.keyboard_port, config=cfg, cache=dev.cache,
+                                                       allow_remote=args.keyboard_host is not None)
+                        print(f"keyboard page: {page.page_url}", flush=True)
+                    return agent.run_loop(dev, once=args.once, stop=stop)
+                finally:
+                    if page is not None:
+                        page.stop()
+                    dev.close()
         elif c == "keyboard":
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):

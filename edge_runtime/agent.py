@@ -18,6 +18,8 @@ Layout of the data directory::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -27,7 +29,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ from edge_runtime.client import (
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
 from edge_runtime.errors import EdgeError
-from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE
+from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
@@ -519,6 +521,23 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             return 0
         stop.wait(wait)
     return 0
+
+
+@contextlib.contextmanager
+def run_lock(data_dir: Path) -> Iterator[None]:
+    """One device loop per data directory: two would both train and upload, and read-modify-write
+    the privacy ledger and the version store under each other (easy to start by hand beside the
+    systemd unit). The lock goes with the process, however it ends."""
+    if not data_dir.is_dir():   # nothing to guard yet: Device.open says what is missing
+        yield
+        return
+    with open(data_dir / RUN_LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AgentError(f"another `run` is using {data_dir} (a systemd unit, or one started by hand): "
+                             "stop it first; one device loop per data directory") from None
+        yield
 
 
 def status(config: EdgeConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ LEDGER_FILE = "privacy_ledger.json"
 ROLLOUT_STATE_FILE = "rollout_state.json"
 CHANNEL_FILE = "model_channel.json"
 PERSONAL_DIR = "personal"
+RUN_LOCK = ".run.lock"                # held by the one `run` loop of a data directory
 MODELS_DIR = "models"
 CURRENT_POINTER = "current.json"      # under MODELS_DIR
 STAGING_PREFIX = ".incoming-"         # under MODELS_DIR

@@ -220,6 +220,14 @@ def test_run_once_cli_without_round_and_errors_are_one_line(coordinator, tmp_pat
     assert r.returncode == 0, r.stderr
     assert "task come_back: idle (disabled by override)" in r.stderr
     assert json.loads(edge_cli("status", "--data-dir", str(d)).stdout)["model"]["current"] == coordinator.stable_id
+    # A second `run` on a data directory whose loop already runs (the systemd unit, and one by
+    # hand) is refused in one line: both trained, uploaded and wrote the privacy ledger.
+    from edge_runtime import agent
+    with agent.run_lock(d):
+        r = edge_cli("run", "--data-dir", str(d), "--once", "--eligibility", "override:ineligible")
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: another `run` is using {d} (a systemd unit, or one "
+                                                      "started by hand): stop it first; one device loop per data "
+                                                      "directory"), r.stderr
     r = edge_cli("run", "--data-dir", str(d), "--once", "--set", "no_such_setting=1")
     assert r.returncode == 2 and r.stderr.strip() == "error: flags: unknown setting(s) ['no_such_setting']"
     assert edge_cli("--version").stdout.startswith("python -m edge_runtime ")
