@@ -33,6 +33,7 @@ web page nor another local process can commit, wipe or unpause.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
@@ -609,7 +610,13 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
                          public_key=config.public_key or None, block_offensive=config.block_offensive)
         slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
         app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
-        server = _Server((host, port), app)
+        try:
+            server = _Server((host, port), app)
+        except OSError as e:   # one line, the user's choice to change (was "OSError: [Errno 98] ...", exit 1)
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise KeyboardError(f"port {port} on {host} is in use by another program: choose another "
+                                "(--port for `keyboard`, --keyboard-port for `run`)") from None
     except BaseException:
         if owned is not None:
             owned.close()

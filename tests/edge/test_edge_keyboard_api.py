@@ -550,6 +550,20 @@ def test_cli_keyboard_serves_until_stopped(tmp_path, exported_version, monkeypat
     assert rc == 0 and started["url"].startswith("http://127.0.0.1:")
 
 
+def test_a_port_another_program_holds_is_one_line(tmp_path, exported_version, capsys):
+    """It was "error: OSError: [Errno 98] Address already in use", exit 1."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        rc = cli_main(["keyboard", "--data-dir", str(tmp_path), "--model", str(exported_version), "--port", str(port)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (f"error: port {port} on 127.0.0.1 is in use by another program: choose another "
+                               "(--port for `keyboard`, --keyboard-port for `run`)"), err
+
+
 # --- logs ---------------------------------------------------------------------------------------
 
 def test_log_lines_carry_no_typed_text(server, caplog, capfd, monkeypatch):
