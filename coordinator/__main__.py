@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("import-version", "import a model version directory (first one becomes stable)")
     p.add_argument("directory")
     p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
+    p.add_argument("--force", action="store_true",
+                   help="import it although it does not build on the stable version (the rounds since are dropped)")
+    p = cmd("export-version", "write a version's files to a new folder (e.g. the stable one, to add words to)")
+    p.add_argument("version_id")
+    p.add_argument("directory")
     p = cmd("start-round", "open a training round on the stable version")
     for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float),
                  ("selection-window-s", float)):
@@ -116,7 +121,10 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
     elif a == "create-enrollment-key":
         print(c.create_enrollment_key(label=args.label, uses=args.uses, expires_in_s=args.expires_in_s))
     elif a == "import-version":
-        print(c.import_version(args.directory, as_candidate=False if args.stable else None))
+        print(c.import_version(args.directory, as_candidate=False if args.stable else None,
+                               any_parent=args.force))
+    elif a == "export-version":
+        print(c.export_version(args.version_id, args.directory))
     elif a == "start-round":
         keys = ("goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
                 *PLAN_FIELD_NAMES)

@@ -120,10 +120,15 @@ class Coordinator:
 
     # --- versions (coordinator.versions, .canary) --------------------------------------------
 
-    def import_version(self, directory: str | Path, *, as_candidate: bool | None = None) -> str:
+    def import_version(self, directory: str | Path, *, as_candidate: bool | None = None,
+                       any_parent: bool = True) -> str:
         """Import a version directory; the first becomes stable, later ones canary candidates
         unless `as_candidate` is False (then they replace stable directly)."""
-        return versions.import_version(self, directory, as_candidate=as_candidate)
+        return versions.import_version(self, directory, as_candidate=as_candidate, any_parent=any_parent)
+
+    def export_version(self, version_id: str, directory: str | Path) -> Path:
+        """Write a version's files as a version directory (e.g. to build a word-list change on)."""
+        return versions.export_version(self, version_id, directory)
 
     def version_file(self, version_id: str, kind: str) -> tuple[bytes, str]:
         """(bytes, media type) of a version's manifest, weights, graph or tokenizer."""

@@ -28,11 +28,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: bool | None = None) -> str:
+def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: bool | None = None,
+                   any_parent: bool = True) -> str:
     """Import a version directory (e.g. version 0 from central pretraining), re-signed by us.
 
     The first version becomes stable; later ones become canary candidates unless
-    `as_candidate` is False (then they replace stable directly).
+    `as_candidate` is False (then they replace stable directly). With `any_parent` False (the
+    command line without --force) a later one must build on the stable version: promoted (the
+    canary compares only the two), another would drop every round the stable version holds.
     """
     manifest, weights = artifact.load_version(directory)
     artifact.checked_architecture(manifest)
@@ -49,6 +52,11 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         stable = queries.stable(s)
         if stable is not None and json.loads(stable.manifest_json)["arch_hash"] != manifest.arch_hash:
             raise bad_request("imported version has a different architecture than the stable version")
+        if stable is not None and not any_parent and manifest.parent != stable.id:
+            raise ApiError(409, wire.E_CONFLICT, f"{d} builds on {manifest.parent or 'no version'}, not on the "
+                           f"stable version {stable.id}: promoted, it would drop what {stable.id} learned since. "
+                           f"Build it on {stable.id} (python -m coordinator export-version {stable.id} DIR, then "
+                           "e.g. tools.add_words --base DIR), or pass --force")
         status = (VersionStatus.STABLE if stable is None or as_candidate is False else VersionStatus.CANDIDATE)
         if status == VersionStatus.STABLE and stable is not None:
             stable.status = VersionStatus.RETIRED
@@ -66,6 +74,26 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     log.info("imported version %s as %s (%d tensors, %d parameters)", manifest.version_id, status, len(weights),
              manifest.num_params)
     return manifest.version_id
+
+
+def export_version(coord: Coordinator, version_id: str, directory: str | Path) -> Path:
+    """Write a version's files as a version directory, the form `import-version` and the tools
+    read: e.g. the stable version, to build a word-list change on (`tools.add_words --base DIR`)
+    instead of on version 0, which would drop every round since."""
+    with coord._sessions() as s:
+        v = s.get(Version, version_id)
+        if v is None:
+            raise not_found(f"no version {version_id!r}")
+        files = {artifact.MANIFEST: v.manifest_json.encode(), artifact.WEIGHTS: coord.blobs.get(v.weights_sha256),
+                 artifact.GRAPH: coord.blobs.get(v.graph_sha256),
+                 artifact.TOKENIZER: coord.blobs.get(v.tokenizer_sha256)}
+    d = Path(directory)
+    if d.exists() and (not d.is_dir() or any(d.iterdir())):
+        raise bad_request(f"{d} exists and is not an empty folder: name a new one")
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        artifact.atomic_write(d / name, data)
+    return d
 
 
 def put_download_form(coord: Coordinator, weights: dict, parent_sha: str = "") -> str:

@@ -5,6 +5,12 @@ or, with --tail, add words to its word list for completion only (the same weight
     python -m tools.add_words --base models/v0 --tail corpora/wordfreq_en.tsv --out models/v0-tail
     python -m coordinator import-version models/v0-words     # goes out through the canary
 
+On a running coordinator, build on its stable version, not on version 0 (import-version refuses
+a version that does not build on the stable one, whose rounds it would drop):
+
+    python -m coordinator export-version STABLE_ID data/stable
+    python -m tools.add_words --base data/stable --words words.txt --out data/stable-words
+
 `words.txt` holds one word per line, from a public source (nothing here reads device text). The
 rarest softmax words make room and stay in the word list's tail (docs/quality.md, "Device words
 as softmax rows"). `--tail` reads `word<TAB>frequency` lines (`corpora/wordfreq_en.tsv`) and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import requests
 from coordinator.__main__ import main as cli_main
 from coordinator.app import create_app
 from protocol import artifact, wire
-from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version
+from tests.helpers.coordinator_fakes import SHAPES, FakeDevice, make_config, make_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,3 +186,32 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
         assert cli_main(["serve", "--port", str(port), *common]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0], err
+
+
+def test_import_refuses_a_version_not_built_on_stable_and_export_gives_one_to_build_on(tmp_path, capsys):
+    """A version built on version 0 while v0025 was stable was imported as a candidate with no
+    word, and a one-device canary promoted it: 25 rounds of training gone. And there was no way to
+    get the stable version's files to build on."""
+    cfg = make_config(tmp_path)
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["init", *common]) == 0
+    make_version(tmp_path / "v0")
+    assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
+    make_version(tmp_path / "other", "other", seed=1)                  # built on no version of this coordinator
+    capsys.readouterr()
+    assert cli_main(["import-version", str(tmp_path / "other"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "builds on no version, not on the stable version v0000" in err and "export-version v0000" in err
+    assert cli_main(["export-version", "v0000", str(tmp_path / "stable"), *common]) == 0
+    manifest, weights = artifact.load_version(tmp_path / "stable")          # every sha256 checked
+    assert manifest.version_id == "v0000" and set(weights) == set(SHAPES)
+    assert cli_main(["export-version", "v0000", str(tmp_path / "stable"), *common]) == 2     # not over files
+    assert "is not an empty folder" in capsys.readouterr().err
+    # A version built on it is a candidate as before; --force imports the other one anyway.
+    child = tmp_path / "child"
+    shutil.copytree(tmp_path / "stable", child)
+    doc = json.loads((child / "manifest.json").read_text())
+    doc.update(version_id="v0000-w1", parent="v0000")
+    (child / "manifest.json").write_text(json.dumps(doc))
+    assert cli_main(["import-version", str(child), *common]) == 0
+    assert cli_main(["import-version", str(tmp_path / "other"), "--force", *common]) == 0
