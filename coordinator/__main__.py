@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             app = create_app(cfg)
             server = make_server(cfg.host, cfg.port, app, threaded=True)
             print(f"serving on http://{cfg.host}:{server.server_port}", flush=True)
+            if cfg.host not in ("127.0.0.1", "::1", "localhost"):   # the README says so; the command too
+                print(f"warning: {cfg.host} is reachable from other machines and this server speaks plain HTTP: "
+                      "tokens and updates travel in clear unless a TLS proxy is in front (deploy/README.md)",
+                      file=sys.stderr, flush=True)
             try:
                 server.serve_forever()
             except KeyboardInterrupt:

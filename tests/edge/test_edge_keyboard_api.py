@@ -592,8 +592,9 @@ def test_log_lines_carry_no_typed_text(server, caplog, capfd, monkeypatch):
 
 # --- the model in use ---------------------------------------------------------------------------
 
-def test_device_without_a_model_still_caches(tmp_path):
+def test_device_without_a_model_still_caches(tmp_path, caplog):
     with start_keyboard(tmp_path) as s:
+        assert "no model version in" in caplog.text     # the empty strip says why, once, at start
         assert post(s, "api/suggest", {"client": "a", "text": "hello "}).json() == {"suggestions": [],
                                                                                     "version_id": None}
         st = post(s, "api/commit", {"text": "Hello there.", "field_kind": "message"}).json()
