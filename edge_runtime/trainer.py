@@ -188,9 +188,9 @@ def train(
     update = build_update(model.get_weights(), base, manifest, example_count=n, clip_norm=plan.clip_norm,
                           noise_multiplier=plan.noise_multiplier, source=noise)
     secs = time.monotonic() - t0
-    log.info("trained %s: %d steps, %d examples, loss %.3f -> %.3f, %.1fs, update %s %.1f kB (encoding error %.1e)",
-             manifest.version_id, steps, n, first_loss, last_loss, secs, update.encoding,
-             len(update.delta) / 1024, update.rel_error)
+    losses = f"{first_loss:.3f}" if steps == 1 else f"{first_loss:.3f} -> {last_loss:.3f}"   # one step: no "after"
+    log.info("trained %s: %d steps, %d examples, loss %s, %.1fs, update %s %.1f kB (encoding error %.1e)",
+             manifest.version_id, steps, n, losses, secs, update.encoding, len(update.delta) / 1024, update.rel_error)
     return TrainResult(update, steps, n, first_loss, last_loss, secs)
 
 
