@@ -251,6 +251,9 @@ def test_each_round_is_one_sentence_with_every_figure_whatever_the_terminal_widt
     Console(file=out, width=80, markup=False, highlight=False).print(line)
     assert "…" not in out.getvalue() and "39.1%" in out.getvalue() and "(norm 1)" in out.getvalue()
     assert round_line(RoundResult(round=1), "t").count("–") == 3   # no metrics yet: a dash, not a crash
+    # eligible devices with nothing cached to train on were missing from the sentence
+    assert "1 dropped, 9 skipped (nothing cached to train on), 28 accepted" in round_line(
+        RoundResult(round=3, eligible=39, trained=29, dropped=1, skipped=9, accepted=28), "t")
 
 
 def test_a_central_reference_left_by_a_run_on_other_text_or_another_version_0_is_not_reused(

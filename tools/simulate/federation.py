@@ -44,6 +44,7 @@ class RoundResult:
     eligible: int = 0
     trained: int = 0                 # devices that uploaded an update
     dropped: int = 0                 # unplugged mid-training (no update)
+    skipped: int = 0                 # eligible, but nothing to train on (no text cached) or no longer eligible
     accepted: int = 0
     rejected: int = 0
     rejection_reasons: dict[str, int] = field(default_factory=dict)
@@ -163,7 +164,7 @@ class Rounds:
     def _close(self, res: RoundResult, round_id: int, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         """Close the round (forced if still open) and record what was uploaded, accepted, refused."""
         kinds = Counter(o["outcome"].split(" (")[0] for o in outcomes)
-        res.trained, res.dropped = kinds.get("uploaded", 0), kinds.get("aborted", 0)
+        res.trained, res.dropped, res.skipped = (kinds.get(k, 0) for k in ("uploaded", "aborted", "skipped"))
         info = self.coord.admin("GET", f"/v1/admin/rounds/{round_id}")
         if info["status"] == "open":
             info = self.coord.admin("POST", f"/v1/admin/rounds/{round_id}/close?force=1")
@@ -184,7 +185,8 @@ class Rounds:
         cand = versions[res.candidate]
         res.canary_reports = cand["canary_reports"]
         res.epsilon = cand["epsilon"]
-        res.epsilon_local = cand["privacy"].get("epsilon_local", res.epsilon)
+        # every round whose updates the coordinator received (a rejected candidate's too), not the lineage's
+        res.epsilon_local = self.coord.admin("GET", "/v1/admin/status")["privacy"]["epsilon_local"]
         auto = [d for d in cand["decisions"] if d["actor"] == "auto"]
         res.verdict = {"stable": "promote", "rejected": "reject"}.get(cand["status"], "wait")
         if auto:

@@ -42,8 +42,9 @@ def round_line(r: RoundResult, title: str) -> str:
     """The console's account of one round, printed as it ends: a sentence rather than a table, so
     a narrow terminal wraps it instead of cutting figures short (report.md has the table)."""
     canary = r.verdict + (f" on {r.canary_reports} canary reports" if r.canary_reports else "")
-    return (f"{title}: {r.eligible} eligible, {r.trained} uploaded, {r.dropped} dropped, {r.accepted} accepted, "
-            f"{r.rejected} rejected{_reasons(r)}; canary: {canary}; "
+    skipped = f", {r.skipped} skipped (nothing cached to train on)" if r.skipped else ""
+    return (f"{title}: {r.eligible} eligible, {r.trained} uploaded, {r.dropped} dropped{skipped}, "
+            f"{r.accepted} accepted, {r.rejected} rejected{_reasons(r)}; canary: {canary}; "
             f"candidate top-3 {_pct(r.candidate_metrics, 'top3')}; deployed top-3 {_pct(r.stable_metrics, 'top3')}, "
             f"KSR {_pct(r.stable_metrics, 'ksr')}; ε {_fmt_eps(r.epsilon)} "
             f"(against the coordinator {_fmt_eps(r.epsilon_local)})")
