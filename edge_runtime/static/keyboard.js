@@ -98,6 +98,15 @@
     }
   }
 
+  // Opened without the printed link's #token (or with a previous run's): every call is refused,
+  // and the first sign of it used to be "Could not save" at the end of a sentence.
+  function noToken() {
+    for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
+    slots.middle.textContent = "Open the link the device printed: it carries this page's key";
+    strip.dataset.state = "no-token";
+    delete strip.dataset.for;
+  }
+
   let toastTimer = null;
   function toast(text) {
     const t = $("#toast");
@@ -152,6 +161,7 @@
       if (mine > shownSeq && active === message) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
       if (e instanceof TypeError) setOffline(true);   // fetch itself failed: nobody is listening
+      else if (e.status === 403 && active === message) noToken();
       else if (active === message) renderSuggestions([]);
     } finally {
       inFlight = false;

@@ -490,3 +490,24 @@ def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, m
     page.wait_for_timeout(2500)                      # past the late answer, and whatever followed it
     expect_count(page, 0)
     assert answered == ["One thing."] and rows(device["dir"]) == []
+
+
+def test_a_page_opened_without_its_token_says_how_to_open_it(browser, tmp_path, exported_version):
+    """Opened at the bare URL (no #token), the strip stayed empty and the first word of it was
+    "Could not save" when a sentence ended."""
+    data_dir = tmp_path / "notoken"
+    vid = read_manifest(exported_version).version_id
+    VersionStore(data_dir).install(vid, directory_fetch(exported_version))
+    server = start_keyboard(data_dir)
+    ctx = browser.new_context()
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(server.url)                               # the printed link without its #token
+        pg.locator("#message").focus()
+        pg.keyboard.type("what say")
+        pg.wait_for_function("() => document.querySelector('#strip').dataset.state === 'no-token'")
+        assert "the link the device printed" in pg.locator('#strip [data-slot="middle"]').inner_text()
+    finally:
+        ctx.close()
+        server.stop()
