@@ -11,7 +11,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.errors import DatabaseUnavailable, DatabaseUrlError
@@ -69,6 +69,14 @@ def _unavailable(engine: Engine, e: OperationalError) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: {first}")
 
 
+def _not_a_database(engine: Engine, e: DatabaseError) -> DatabaseUrlError:
+    """A URL naming something that is not a database (a text file, the admin token): the
+    operator's input, in one line."""
+    first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
+    return DatabaseUrlError(f"{engine.url.render_as_string(hide_password=True)} is not a database this "
+                            f"coordinator can open ({first}): check --database-url")
+
+
 def alembic_config(url: str) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -87,6 +95,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         conn = engine.connect()
     except OperationalError as e:
         raise _unavailable(engine, e) from None
+    except DatabaseError as e:
+        raise _not_a_database(engine, e) from None
     conn.close()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -132,6 +142,8 @@ def holds_schema(url: str) -> bool:
         return "alembic_version" in table_names(engine)
     except OperationalError as e:
         raise _unavailable(engine, e) from None
+    except DatabaseError as e:
+        raise _not_a_database(engine, e) from None
     finally:
         engine.dispose()
 

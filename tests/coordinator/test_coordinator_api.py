@@ -155,6 +155,7 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     # A database that cannot be opened, or a round id no database holds: one line, no traceback,
     # and never the password of the URL.
     # A URL that is not one is the operator's input (exit 2); a database out of reach exits 1.
+    (tmp_path / "not-a-db.txt").write_text("a text file, not a database\n" * 100)
     for url, says, code in (("notaurl", "is not a database URL", 2),
                             ("mysql://fk:s3cret@127.0.0.1/db", "names a mysql database; this coordinator runs on "
                                                                "SQLite or PostgreSQL only", 2),
@@ -163,6 +164,8 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
                             ("sqlite:////nonexistent-dir/x.db",    # not made: "no coordinator database"
                              "no coordinator database at sqlite:////nonexistent-dir/x.db", 2),
                             (f"sqlite:///{tmp_path / 'typo.db'}", "check --database-url", 2),
+                            (f"sqlite:///{tmp_path / 'not-a-db.txt'}", "is not a database this coordinator can open",
+                             2),
                             ("postgresql+psycopg://fk:s3cret@127.0.0.1:1/db", "cannot open the database", 1)):
         assert cli_main(["status", "--data-dir", cfg.data_dir, "--database-url", url]) == code, url
         err = capsys.readouterr().err.strip().splitlines()
