@@ -42,6 +42,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.config["FEDKEYS"] = cfg
     app.json.sort_keys = False
     coordinator = Coordinator(cfg)
+    coordinator.serving = True
     app.extensions["fedkeys"] = coordinator
     app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
     # All devices of one enrollment key share one check-in budget: a leaked key's sybils slow together.

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import queries, rollout, versions
 from coordinator.errors import ApiError, bad_request
-from coordinator.models import Evaluation, Version
+from coordinator.models import Evaluation, Setting, Version
 from coordinator.views import _json_safe
 from protocol import artifact, wire
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ISSUED = queries.EVALUATION_ISSUED
+DECIDE_PENDING = "decide_pending"   # Setting: an unpin asked the service to decide the pending candidate
 
 
 def _issued(s: Session, cand_id: str, device_id: str) -> Evaluation | None:
@@ -86,10 +87,18 @@ def report_evaluation(coord: Coordinator, device_id: str, report: wire.Evaluatio
     return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
 
 
-def decide_pending(coord: Coordinator) -> None:
-    """Decide the pending candidate on the reports already in (after an unpin: while pinned a
-    promote waits, and no further report may come to decide it, so training stayed stopped)."""
+def decide_if_asked(coord: Coordinator) -> None:
+    """Decide the pending candidate on the reports already in, once, when an unpin asked for it:
+    while pinned a favoured candidate waits, and no further report may come to decide it (the
+    scheduler opens no round while a candidate is pending). Only in the service, whose settings
+    decide (an admin command's may differ); called from its maintenance."""
+    if not coord.serving:
+        return
     with coord.tx() as s:
+        row = s.get(Setting, DECIDE_PENDING)
+        if row is None or row.value != "1":
+            return
+        row.value = "0"
         cand, stable = queries.candidate(s), queries.stable(s)
         if cand is not None and stable is not None:
             auto_decide(coord, s, cand, stable)

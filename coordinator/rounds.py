@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, discovery, queries, round_end, schedule, secagg, versions, views
+from coordinator import aggregation, canary, discovery, queries, round_end, schedule, secagg, versions, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
@@ -109,6 +109,7 @@ def maintenance(coord: Coordinator) -> None:
         due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or queries.accepted(s, rid) >= goal]
     for rid in due:
         coord.close_round(rid)
+    canary.decide_if_asked(coord)
     if not getattr(coord._local, "manual", False):  # round_interval_s > 0: the next round opens itself
         schedule.open_if_due(coord)
 

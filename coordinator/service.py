@@ -37,7 +37,6 @@ from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
 from coordinator.metrics import Metrics
-from coordinator.states import VersionAction
 from protocol import wire
 
 
@@ -61,6 +60,9 @@ class Coordinator:
         self._rng = random.Random()
         self._key_of: dict[str, int] = {}
         self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)
+        # True in the HTTP service (create_app): the canary's decisions need the service's settings,
+        # which an admin command started with other ones (another --profile) does not have.
+        self.serving = False
 
     def close(self) -> None:
         self.engine.dispose()
@@ -137,10 +139,7 @@ class Coordinator:
     def admin_decide(self, version_id: str, action: str) -> dict[str, Any]:
         """An operator's states.VersionAction: promote or reject a candidate, pin (make stable,
         stop auto-promotion), unpin, rollback (make a retired version stable again)."""
-        out = versions.admin_decide(self, version_id, action)
-        if action == VersionAction.UNPIN:   # a candidate the pin held back is decided now
-            canary.decide_pending(self)
-        return out
+        return versions.admin_decide(self, version_id, action)
 
     def canary_comparison(self) -> dict[str, Any]:
         return canary.canary_comparison(self)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from coordinator import privacy, queries, round_end, views
+from coordinator import canary, privacy, queries, round_end, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Decision, Round, Setting, Version, utcnow
 from coordinator.states import VERSION_ACTIONS, RoundStatus, VersionAction, VersionStatus
@@ -229,6 +229,9 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
         if action == VersionAction.UNPIN:
             s.add(Decision(version_id=v.id, action=action, actor="admin", reason="automatic promotion on",
                            numbers_json="{}"))
+            # A candidate the pin held back has its reports and will get no more: the service decides
+            # it (canary.decide_if_asked, on its next request), with the service's settings.
+            s.merge(Setting(key=canary.DECIDE_PENDING, value="1"))
         else:
             apply_decision(coord, s, v, action, "admin", f"admin {action}", {})
         return views.version_dict(coord, s, v)

@@ -172,7 +172,13 @@ def test_unpin_decides_the_candidate_the_pin_held_back_and_cancellations_are_rec
     r = s.admin("POST", f"/v1/admin/versions/{cand2}/unpin")
     assert r.status_code == 409 and "unpin the stable version v0000" in r.json()["message"], r.text
     assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
-    status = s.coord.status()
+    from coordinator.service import Coordinator
+    admin = Coordinator(s.coord.config)    # an admin command's process: its settings may not be the service's
+    try:
+        assert admin.status()["candidate_version_id"] == cand2                 # so it leaves the decision
+    finally:
+        admin.close()
+    status = s.coord.status()              # the service's next request (its maintenance) decides
     assert status["stable_version_id"] == cand2 and status["candidate_version_id"] is None
     assert [d["actor"] for d in next(v for v in s.coord.list_versions() if v["version_id"] == cand2)["decisions"]
             ] == ["auto"]
