@@ -33,47 +33,65 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     """Import a version directory (e.g. version 0 from central pretraining), re-signed by us.
 
     The first version becomes stable; later ones become canary candidates unless
-    `as_candidate` is False (then they replace stable directly). With `any_parent` False (the
-    command line without --force) a later one must build on the stable version: promoted (the
-    canary compares only the two), another would drop every round the stable version holds.
+    `as_candidate` is False (then they replace stable directly, as a pin would). With
+    `any_parent` False (the command line without --force) a later one must build on the stable
+    version: otherwise, stable or promoted (the canary compares only the two), it would drop
+    every round the stable version holds. A version built on one this coordinator holds carries
+    on that one's privacy history.
     """
     manifest, weights = artifact.load_version(directory)
     artifact.checked_architecture(manifest)
     d = Path(directory)
     if not wire.is_safe_id(manifest.version_id):
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
+    with coord._sessions() as s:   # refused before its files are stored
+        _check_import(s, manifest, d, any_parent)
     w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
     manifest.weights_q8_sha256 = put_download_form(coord, weights)
     g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
     t_sha = coord.blobs.put((d / artifact.TOKENIZER).read_bytes())
     with coord.tx() as s:
-        if s.get(Version, manifest.version_id) is not None:
-            raise ApiError(409, wire.E_CONFLICT, f"version {manifest.version_id} already imported")
-        stable = queries.stable(s)
-        if stable is not None and json.loads(stable.manifest_json)["arch_hash"] != manifest.arch_hash:
-            raise bad_request("imported version has a different architecture than the stable version")
-        if stable is not None and not any_parent and manifest.parent != stable.id:
-            raise ApiError(409, wire.E_CONFLICT, f"{d} builds on {manifest.parent or 'no version'}, not on the "
-                           f"stable version {stable.id}: promoted, it would drop what {stable.id} learned since. "
-                           f"Build it on {stable.id} (python -m coordinator export-version {stable.id} DIR, then "
-                           "e.g. tools.add_words --base DIR), or pass --force")
+        stable = _check_import(s, manifest, d, any_parent)
         status = (VersionStatus.STABLE if stable is None or as_candidate is False else VersionStatus.CANDIDATE)
         if status == VersionStatus.STABLE and stable is not None:
             stable.status = VersionStatus.RETIRED
         if status == VersionStatus.CANDIDATE:
             supersede_candidate(s, manifest.version_id)
-        manifest.privacy = privacy.summarize([], coord.config.privacy_delta)
+        parent = s.get(Version, manifest.parent) if manifest.parent else None
+        history = [privacy.RoundPrivacy(*h) for h in json.loads(parent.privacy_json).get("history", [])] \
+            if parent is not None else []
+        manifest.privacy = privacy.summarize(history, coord.config.privacy_delta)
         artifact.sign_manifest(manifest, coord.signing_key)
-        s.add(Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
-                      manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
-                      graph_sha256=g_sha, tokenizer_sha256=t_sha, epsilon=0.0, delta=coord.config.privacy_delta,
-                      privacy_json=json.dumps(manifest.privacy)))
+        v = Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
+                    manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
+                    graph_sha256=g_sha, tokenizer_sha256=t_sha, epsilon=manifest.privacy["epsilon"],
+                    delta=coord.config.privacy_delta, privacy_json=json.dumps(manifest.privacy))
+        s.add(v)
         s.flush()
         s.add(Decision(version_id=manifest.version_id, action="import", actor="admin",
                        reason=f"imported from {d.name} as {status}", numbers_json="{}"))
+        if status == VersionStatus.STABLE and stable is not None:   # a stable change, as a pin is
+            now = utcnow()
+            _fail_round_off(coord, s, v, now)
+            _cancel_candidate(s, v, f"the import of {v.id} as stable", "admin", now)
     log.info("imported version %s as %s (%d tensors, %d parameters)", manifest.version_id, status, len(weights),
              manifest.num_params)
     return manifest.version_id
+
+
+def _check_import(s: Session, manifest: artifact.Manifest, d: Path, any_parent: bool) -> Version | None:
+    """Refuse an import `import_version` must not make; the stable version (None: this is the first)."""
+    if s.get(Version, manifest.version_id) is not None:
+        raise ApiError(409, wire.E_CONFLICT, f"version {manifest.version_id} already imported")
+    stable = queries.stable(s)
+    if stable is not None and json.loads(stable.manifest_json)["arch_hash"] != manifest.arch_hash:
+        raise bad_request("imported version has a different architecture than the stable version")
+    if stable is not None and not any_parent and manifest.parent != stable.id:
+        raise ApiError(409, wire.E_CONFLICT, f"{d} builds on {manifest.parent or 'no version'}, not on the "
+                       f"stable version {stable.id}: made stable or promoted, it would drop what {stable.id} "
+                       f"learned since. Build it on {stable.id} (python -m coordinator export-version "
+                       f"{stable.id} DIR, then e.g. tools.add_words --base DIR), or pass --force")
+    return stable
 
 
 def export_version(coord: Coordinator, version_id: str, directory: str | Path) -> Path:
@@ -174,18 +192,23 @@ def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAc
         v.status = VersionStatus.STABLE
         _fail_round_off(coord, s, v, now)
         if action != VersionAction.PROMOTE:  # a manual stable change cancels the pending canary
-            cand = queries.candidate(s)
-            if cand is not None and cand.id != v.id:   # recorded, as a superseded candidate is
-                cand.status, cand.decided_at = VersionStatus.REJECTED, now
-                s.add(Decision(version_id=cand.id, action=VersionAction.REJECT, actor=actor,
-                               reason=f"cancelled by the {action} of {v.id} before the canary decided",
-                               numbers_json="{}"))
+            _cancel_candidate(s, v, f"the {action} of {v.id}", actor, now)
     elif action == VersionAction.REJECT:
         v.status = VersionStatus.REJECTED
     v.decided_at = now
     s.add(Decision(version_id=v.id, action=action, actor=actor, reason=reason,
                    numbers_json=json.dumps(views._json_safe(numbers))))
     log.info("version %s: %s by %s (%s)", v.id, action, actor, reason)
+
+
+def _cancel_candidate(s: Session, stable: Version, by: str, actor: str, now: datetime) -> None:
+    """The pending candidate, rejected because `stable` replaced the version it was compared
+    with (recorded, as a superseded candidate is)."""
+    cand = queries.candidate(s)
+    if cand is not None and cand.id != stable.id:
+        cand.status, cand.decided_at = VersionStatus.REJECTED, now
+        s.add(Decision(version_id=cand.id, action=VersionAction.REJECT, actor=actor,
+                       reason=f"cancelled by {by} before the canary decided", numbers_json="{}"))
 
 
 def _fail_round_off(coord: Coordinator, s: Session, stable: Version, now: datetime) -> None:

@@ -202,6 +202,40 @@ def test_epsilon_against_the_coordinator_counts_every_round_it_received_updates_
     assert f"fedkeys_epsilon_against_coordinator {seen['epsilon_local']}" in metrics, metrics
 
 
+def test_an_imported_child_of_stable_keeps_its_privacy_history_and_import_as_stable_is_a_stable_change(
+        world, tmp_path):
+    """A version exported from stable and imported back (a word-list change) was signed with
+    epsilon 0 and no rounds, and every later candidate composed from that. And `import-version
+    --stable` retired the stable version without failing the round open on it or cancelling the
+    pending candidate, which the canary then compared with the new stable."""
+    import json
+
+    s, devices, _, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    assert s.admin("POST", f"/v1/admin/versions/{cand}/promote").json()["status"] == "stable"
+
+    def child(name: str) -> str:
+        d = s.coord.export_version(cand, tmp_path / name)
+        doc = json.loads((d / "manifest.json").read_text())
+        doc.update(version_id=f"{cand}-{name}", parent=cand)
+        (d / "manifest.json").write_text(json.dumps(doc))
+        return str(d)
+
+    first = s.coord.import_version(child("w1"), any_parent=False)
+    versions = {v["version_id"]: v for v in s.coord.list_versions()}
+    assert versions[first]["status"] == "candidate"
+    assert versions[first]["privacy"]["history"] == versions[cand]["privacy"]["history"]
+    assert versions[first]["privacy"]["rounds"] == 1 and versions[first]["epsilon"] == versions[cand]["epsilon"] > 0
+    rid = s.coord.start_round(goal_count=2, min_count=2)   # (while a candidate is pending, as an operator may)
+    second = s.coord.import_version(child("w2"), as_candidate=False, any_parent=False)
+    versions = {v["version_id"]: v for v in s.coord.list_versions()}
+    assert versions[second]["status"] == "stable" and versions[cand]["status"] == "retired"
+    assert versions[first]["status"] == "rejected"
+    assert versions[first]["decisions"][-1]["reason"] == (f"cancelled by the import of {second} as stable before "
+                                                          "the canary decided")
+    assert s.coord.get_round(rid)["status"] == "failed"
+
+
 @pytest.mark.parametrize("sybils", [0, 1, 2])
 def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_reject(tmp_path, sybils):
     """Failed on the old code: one sybil claiming a huge count carried the pooled vote."""
