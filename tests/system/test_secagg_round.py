@@ -391,3 +391,31 @@ def test_a_secure_round_closed_without_its_sum_deletes_the_revealed_shares(tmp_p
             assert db.scalar(select(func.count()).select_from(SecAggReveal)) == 0
             assert db.get(SecAggRound, rid).phase == coord_secagg.FAILED
         assert 'fedkeys_rounds_total{event="failed"} 1.0' in s.admin("GET", "/metrics").text
+
+
+@pytest.mark.parametrize("phase,reason", [
+    ("shares", "only 0 of 4 devices shared their seeds, need 3"),
+    ("masked", "only 0 masked vectors, need 3"),
+])
+def test_a_secure_round_short_of_devices_at_a_phase_fails_counted_and_logged(tmp_path, caplog, phase, reason):
+    """A secure round that gave up at a phase short of devices was marked failed but never counted
+    in fedkeys_rounds_total{failed} (only the other ways a round fails were)."""
+    from datetime import timedelta
+
+    from coordinator.models import utcnow
+    from tests.helpers.coordinator_fakes import make_version
+
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        rid = s.coord.start_round(secure_aggregation=True, goal_count=4, min_count=3, selection_window_s=0)
+        with s.coord.tx() as db:   # a cohort of 4 frozen, and nobody answered before the phase timed out
+            db.add(SecAggRound(round_id=rid, phase=phase, phase_started_at=utcnow() - timedelta(hours=1),
+                               params_json=json.dumps({"n": 4, "n_min": 3})))
+        coord_secagg.advance(s.coord, rid)
+        r = s.coord.get_round(rid)
+        assert r["status"] == "failed" and r["reason"] == f"secure aggregation: {reason}"
+        assert 'fedkeys_rounds_total{event="failed"} 1.0' in s.admin("GET", "/metrics").text
+        assert f"round {rid} failed: secure aggregation: {reason}" in caplog.text
+        with s.coord._sessions() as db:
+            assert db.get(SecAggRound, rid).phase == coord_secagg.FAILED
