@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with agent.open_cache(cfg) as cache:
                     cache.wipe()
+                personalize.forget(cfg.require_data_dir())   # and one a running loop saved meanwhile
                 print("text cache and personal model wiped")
             except DamagedCacheError as e:
                 _wipe_damaged(cfg, e)

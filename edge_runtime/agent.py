@@ -45,7 +45,7 @@ from edge_runtime.client import (
     TransientError,
 )
 from edge_runtime.config import EdgeConfig
-from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
+from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
 from edge_runtime.errors import EdgeError
 from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
@@ -201,6 +201,7 @@ class Device:
     loader: trainer.ModelLoader = trainer.load_model
     sessions: Callable[[Path], TypingSession] = predictor_session   # canary word metrics
     rollout_key: str | None = None      # coordinator's key (hex): version switches need its signed state
+    stopping: threading.Event = field(default_factory=threading.Event)   # the loop's stop event (run_loop)
 
     @classmethod
     def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
@@ -219,6 +220,13 @@ class Device:
 
     def close(self) -> None:
         self.cache.close()
+
+    def may_work(self) -> Decision:
+        """Eligibility for long work (training, evaluation, the personal copy), checked between its
+        steps: not once the device is stopping, so SIGTERM ends it within a step, not minutes later."""
+        if self.stopping.is_set():
+            return Decision(False, ("the device is stopping",))
+        return self.eligibility.check()
 
 
 # --- one step --------------------------------------------------------------------------------
@@ -348,7 +356,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         return "skipped (no training text)", {"round": plan.round_id}
     base_dir = dev.store.ensure(task.base_version_id, dev.client.fetch)
     try:
-        res = trainer.train(base_dir, texts, secagg_client.local_plan(plan), eligible=dev.eligibility.check,
+        res = trainer.train(base_dir, texts, secagg_client.local_plan(plan), eligible=dev.may_work,
                             time_limit_s=task.time_limit_s, loader=dev.loader)
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})", {"round": plan.round_id, "steps": e.steps_done}
@@ -385,7 +393,7 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     dirs = [dev.store.ensure(v, dev.client.fetch) for v in task.evaluate_version_ids]
     try:
         metrics = trainer.evaluate(dirs, texts, max_examples=task.max_eval_examples,
-                                   eligible=dev.eligibility.check, loader=dev.loader)
+                                   eligible=dev.may_work, loader=dev.loader)
         words = [_word_counts(dev, d, texts, task.max_eval_words or DEFAULT_EVAL_WORDS) for d in dirs]
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})", {}
@@ -431,15 +439,16 @@ def _personalize(dev: Device) -> str:
         version_dir = dev.store.current()
     except VersionError:
         return "no model"
-    stats = dev.cache.stats()
-    stamp = f"{stats['records']}:{stats['bytes']}"   # counts only: the cache changed, or not
+    stats, mark = dev.cache.stats(), dev.cache.wipe_mark()
+    stamp = f"{stats['records']}:{stats['bytes']}:{mark}"   # counts only: the cache changed, or not
 
     def texts() -> list[str]:
         return [r.text for r in (*dev.cache.training_records(), *dev.cache.heldout_records())]
 
     try:
         return personalize.refresh(dev.config.require_data_dir(), version_dir, version_dir.name, texts, stamp,
-                                   dev.config.personal_plan, eligible=dev.eligibility.check, loader=dev.loader)
+                                   dev.config.personal_plan, eligible=dev.may_work, loader=dev.loader,
+                                   unchanged=lambda: dev.cache.wipe_mark() == mark)
     except (OSError, ArtifactError) as e:   # e.g. a full disk: suggestions keep the model they have
         return f"failed ({_failure(e)})"
 
@@ -462,7 +471,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     else:
         outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
         counts = {}
-    if decision and dev.config.personalize:
+    if decision and dev.config.personalize and not dev.stopping.is_set():
         counts = {**counts, "personal_model": _personalize(dev)}
     result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
                         dev.store.current_id, counts)
@@ -487,6 +496,7 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
     protocol) slows it to the longest backoff instead: that answer may come from a
     man-in-the-middle, and an agent that exits is an attack that worked."""
     stop = stop or threading.Event()
+    dev.stopping = stop   # long work checks it between steps (Device.may_work)
     backoff = dev.config.backoff_initial_s
     while not stop.is_set():
         try:

@@ -114,9 +114,11 @@ def forget(data_dir: str | Path) -> None:
 
 def refresh(data_dir: str | Path, version_dir: Path, version_id: str, read_texts: Callable[[], Sequence[str]],
             stamp: str, plan: PersonalPlan, *, eligible: trainer.EligibilityCheck | None = None,
-            loader: trainer.ModelLoader = trainer.load_model) -> str:
+            loader: trainer.ModelLoader = trainer.load_model, unchanged: Callable[[], bool] | None = None) -> str:
     """Retrain the copy of `version_id` when the cache changed since (`stamp`); the outcome, for the
-    log. The text is read (`read_texts`) only when the copy is retrained."""
+    log. The text is read (`read_texts`) only when the copy is retrained. `unchanged()` false after
+    training (the cache was wiped meanwhile) discards the result: saved, it would bring back what
+    the wipe forgot. Too little text left deletes an older copy, for the same reason."""
     if stamp_of(data_dir, version_id) == stamp:
         return "up to date"
     try:
@@ -124,6 +126,9 @@ def refresh(data_dir: str | Path, version_dir: Path, version_id: str, read_texts
     except trainer.TrainingAborted as e:
         return f"aborted ({e.reason})"
     if weights is None:
+        weights_path(data_dir, version_id).unlink(missing_ok=True)
         return "too little text"
+    if unchanged is not None and not unchanged():
+        return "discarded (the cache was wiped meanwhile)"
     save(data_dir, version_id, weights, stamp)
     return "trained"

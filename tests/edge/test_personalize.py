@@ -83,6 +83,37 @@ def test_refresh_trains_once_per_cache_state_and_stops_when_ineligible(tmp_path:
     assert personalize.stamp_of(tmp_path, "v1") == "40:100"   # the old copy stays until a new one is complete
 
 
+def test_a_copy_trained_across_a_wipe_is_not_saved_and_too_little_text_drops_an_old_one(
+        tmp_path: Path, exported_version: Path):
+    """The device loop's copy, trained on text read before a `wipe` and saved after it, brought the
+    wiped text back into suggestions; and with the cache empty the old copy was never deleted."""
+    plan = personalize.PersonalPlan()
+    args = (tmp_path, exported_version, "v1", lambda: USER_TEXT)
+    assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: False) \
+        == "discarded (the cache was wiped meanwhile)"
+    assert not personalize.weights_path(tmp_path, "v1").exists()
+    assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: True) == "trained"
+    assert personalize.refresh(tmp_path, exported_version, "v1", lambda: [], "0:0:m2", plan) == "too little text"
+    assert not personalize.weights_path(tmp_path, "v1").exists()
+
+
+def test_a_stopping_device_ends_long_work_between_steps(tmp_path: Path):
+    """After SIGTERM the loop's training, evaluation and personal copy ran on (minutes) until systemd
+    killed the process: they checked only eligibility between steps."""
+    import threading
+
+    from edge_runtime.eligibility import Eligibility, Policy
+
+    dev = agent.Device(config=EdgeConfig(data_dir=str(tmp_path)), identity=None, client=None, store=None,
+                       cache=None, eligibility=Eligibility(Policy(), override=True))
+    assert dev.may_work()
+    stop = threading.Event()
+    dev.stopping = stop
+    stop.set()
+    decision = dev.may_work()
+    assert not decision and decision.reasons == ("the device is stopping",)
+
+
 def test_model_load_refuses_weights_of_another_shape(exported_version: Path):
     _, own = load_version(exported_version)
     bad = {**own, next(iter(own)): np.zeros((1, 1), np.float32)}
