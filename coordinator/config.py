@@ -85,7 +85,7 @@ class Config:
     privacy_delta: float = 1e-6
     population_size: int = 0                 # 0: number of enrolled devices
     # Secure aggregation (docs/privacy.md): the round mode, and its protocol's knobs
-    secure_aggregation: bool = False         # default for start-round; noise_multiplier is then central
+    secure_aggregation: bool = False         # start-round default (goal_count >= 2); noise_multiplier is then central
     discover_words: int = 0                  # default for start-round: 0 trains; k > 0 votes for new words
     secagg_dropout: float = 0.3              # design dropout: sizes the SecAgg+ graph and n_min
     secagg_phase_timeout_s: float = 120.0    # a phase closes early when everyone answered

@@ -123,8 +123,10 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
     data_dir = config.require_data_dir()
     if not config.coordinator:
         raise AgentError("no coordinator URL: pass --coordinator")
-    existing = load_identity(data_dir) if (data_dir / IDENTITY_FILE).exists() else None
-    if existing is not None and not force:
+    # With --force a damaged identity file is replaced, as its error message says (it was read first
+    # and its damage refused the very command that repairs it).
+    existing = load_identity(data_dir) if (data_dir / IDENTITY_FILE).exists() and not force else None
+    if existing is not None:
         raise AgentError(f"already enrolled as {existing.device_id}; pass --force to enroll again")
     client = CoordinatorClient(config.coordinator, session=session, timeout=(5.0, config.http_timeout_s))
     served = client.signing_key().public_key_hex.lower()

@@ -269,18 +269,25 @@ class TextCache:
             n += self._db.execute("DELETE FROM texts WHERE id <= ?", (last_id,)).rowcount
         return n
 
-    def wipe(self, *, wait_s: float = 2.0) -> None:
+    def wipe(self, *, wait_s: float = 2.0) -> str:
         """Delete all cached text and shrink the files, so nothing readable remains on disk.
 
         In WAL mode the deleted (zeroed) pages reach the main file only at a checkpoint, which
         cannot complete while another connection (the keyboard page, the device loop) still
         reads an older snapshot. Then the text is deleted for every reader but still on disk:
         CacheError says so (and a later wipe finishes the job), instead of reporting success."""
+        mark = os.urandom(8).hex()
         with self._lock:
-            self._db.execute("DELETE FROM texts")
-            self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
-            self._db.execute("INSERT INTO settings (key, value) VALUES ('wiped', ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (os.urandom(8).hex(),))
+            self._db.execute("BEGIN IMMEDIATE")   # the text and the mark go together, or neither
+            try:
+                self._db.execute("DELETE FROM texts")
+                self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
+                self._db.execute("INSERT INTO settings (key, value) VALUES ('wiped', ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (mark,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
             try:
                 done = self._checkpoint()
@@ -297,6 +304,7 @@ class TextCache:
             raise CacheError("the cached text is deleted, but another process still has the cache open, so it "
                              "remains on disk until that process lets go: close it and wipe again")
         log.info("text cache wiped")
+        return mark
 
     def wipe_mark(self) -> str | None:
         """A value every wipe changes, by whichever process runs it: one that keeps what it learned

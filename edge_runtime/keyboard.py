@@ -353,12 +353,12 @@ class KeyboardApp:
 
     def clear(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            self.cache.wipe()
+            self._wipe_mark = self.cache.wipe()   # its own mark: a wipe elsewhere after it is still seen
         except CacheError as e:
+            self._wipe_mark = None   # the text is deleted (see TextCache.wipe) but its mark unknown: look again
             raise ApiError(409, "wipe_incomplete", str(e)) from e
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             self._forget()
-            self._wipe_mark = self.cache.wipe_mark()
         return self.status()
 
 

@@ -39,3 +39,19 @@ def test_a_data_dir_that_cannot_hold_the_identity_is_refused_before_the_key_is_u
         assert s.coord.status()["devices"] == 0
         assert device_main([*args, "--data-dir", str(tmp_path / "dev")]) == 0      # its one use still there
         assert (tmp_path / "dev" / IDENTITY_FILE).exists()
+
+
+def test_enroll_force_replaces_a_damaged_identity(tmp_path, capsys):
+    """A damaged device.json said "enroll again with --force", and enroll --force refused with the
+    same error: it read the file before looking at --force."""
+    from edge_runtime.__main__ import main as device_main
+
+    with serve(make_config(tmp_path)) as s:
+        key = s.coord.create_enrollment_key()
+        (tmp_path / "dev").mkdir()
+        (tmp_path / "dev" / IDENTITY_FILE).write_text("{half a file")
+        args = ["enroll", "--data-dir", str(tmp_path / "dev"), "--coordinator", s.url, "--enrollment-key", key,
+                "--public-key", s.coord.public_key_hex]
+        assert device_main(args) == 2 and "enroll again with --force" in capsys.readouterr().err
+        assert device_main([*args, "--force"]) == 0
+        assert agent.load_identity(tmp_path / "dev").coordinator == s.url
