@@ -411,6 +411,8 @@ class _Handler(BaseHTTPRequestHandler):
                          "connect-src 'self'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
+        if self.close_connection:   # say so: a client would otherwise send its next request into it
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -445,13 +447,17 @@ class _Handler(BaseHTTPRequestHandler):
         t0 = time.monotonic()
         status = 500
         self._after: Callable[[], None] | None = None   # idle work once the response is sent and logged
+        self._body_read = False
         try:
             try:
                 self._check_host()
                 status = fn() or 200
             except ApiError as e:
-                if e.status == 413:
-                    self.close_connection = True  # the unread body must not be parsed as a request
+                if not self._body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+                    # Refused before its body was read (a wrong token, too large, a wrong route): the
+                    # body must not be parsed as the next request on this connection (it was: the
+                    # page's next keystroke got "501 Unsupported method ('{\"client\":...POST')").
+                    self.close_connection = True
                 status = e.status
                 self._error(e)
             except Exception:
@@ -514,6 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
         raw = self.rfile.read(length)
+        self._body_read = True
         try:
             body = json.loads(raw.decode("utf-8")) if raw else {}
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

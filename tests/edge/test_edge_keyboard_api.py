@@ -749,3 +749,23 @@ def test_a_wipe_from_the_command_line_is_seen_by_the_running_keyboard(server, mo
     assert strip("Womb")[0] == "Wombatshire"
     assert post(server, "api/clear", {}).json()["cache"]["sentences"] == 0
     assert "Wombatshire" not in strip("Womb")
+
+
+def test_a_request_refused_before_its_body_is_read_does_not_poison_the_connection(server):
+    """A POST refused for its token left its body unread on the keep-alive connection, and the next
+    request on it was parsed from that body: the page's next keystroke got 501 "Unsupported method
+    ('{"client":...}POST')", and its strip went empty instead of saying why."""
+    import http.client
+
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    body = json.dumps({"client": "c", "text": "good morrow "})
+    try:
+        conn.request("POST", "/api/suggest", body, {"Content-Type": "application/json"})   # no token
+        r = conn.getresponse()
+        assert r.status == 403 and json.loads(r.read())["error"] == "bad_token"
+        conn.request("POST", "/api/suggest", body, {"Content-Type": "application/json",
+                                                    "X-Keyboard-Token": server.token})
+        r = conn.getresponse()                 # http.client reconnects if the server closed it
+        assert r.status == 200 and "suggestions" in json.loads(r.read())
+    finally:
+        conn.close()

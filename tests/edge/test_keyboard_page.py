@@ -377,8 +377,12 @@ def test_the_licences_dialog_shows_the_versions_notices_as_text(browser, tmp_pat
             ctx.close()
 
 
-def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, exported_version):
-    data_dir = tmp_path / "dying"
+@pytest.mark.parametrize("why", ["process gone", "no token"])
+def test_the_strip_says_why_it_cannot_suggest(browser, tmp_path, exported_version, why):
+    """The device process gone: the strip says the service is not running. Opened at the bare URL
+    (without the printed link's #token, so every call is refused): the strip stayed empty and the
+    first word of it was "Could not save" when a sentence ended; it says how to open the page."""
+    data_dir = tmp_path / "device"
     vid = read_manifest(exported_version).version_id
     VersionStore(data_dir).install(vid, directory_fetch(exported_version))
     server = start_keyboard(data_dir)
@@ -386,14 +390,17 @@ def test_strip_says_so_when_the_device_process_is_gone(browser, tmp_path, export
     try:
         pg = ctx.new_page()
         pg.set_default_timeout(15_000)
-        pg.goto(server.page_url)                      # issue-12: POSTs carry the session token
+        pg.goto(server.page_url if why == "process gone" else server.url)   # issue-12: the token
         pg.locator("#message").focus()
         pg.keyboard.type("what say")
-        assert wait_strip(pg)[1]
-        server.stop()                                     # the edge process is gone
-        pg.keyboard.type(" y")
-        pg.wait_for_function("() => document.querySelector('#strip').dataset.state === 'offline'")
-        assert "not running" in pg.locator('#strip [data-slot="middle"]').inner_text()
+        state, says = "no-token", "the link the device printed"
+        if why == "process gone":
+            assert wait_strip(pg)[1]
+            server.stop()                                 # the edge process is gone
+            pg.keyboard.type(" y")
+            state, says = "offline", "not running"
+        pg.wait_for_function(f"() => document.querySelector('#strip').dataset.state === '{state}'")
+        assert says in pg.locator('#strip [data-slot="middle"]').inner_text()
         assert pg.locator('#strip [data-slot="left"]').inner_text() == ""
     finally:
         ctx.close()
@@ -491,23 +498,3 @@ def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, m
     expect_count(page, 0)
     assert answered == ["One thing."] and rows(device["dir"]) == []
 
-
-def test_a_page_opened_without_its_token_says_how_to_open_it(browser, tmp_path, exported_version):
-    """Opened at the bare URL (no #token), the strip stayed empty and the first word of it was
-    "Could not save" when a sentence ended."""
-    data_dir = tmp_path / "notoken"
-    vid = read_manifest(exported_version).version_id
-    VersionStore(data_dir).install(vid, directory_fetch(exported_version))
-    server = start_keyboard(data_dir)
-    ctx = browser.new_context()
-    try:
-        pg = ctx.new_page()
-        pg.set_default_timeout(15_000)
-        pg.goto(server.url)                               # the printed link without its #token
-        pg.locator("#message").focus()
-        pg.keyboard.type("what say")
-        pg.wait_for_function("() => document.querySelector('#strip').dataset.state === 'no-token'")
-        assert "the link the device printed" in pg.locator('#strip [data-slot="middle"]').inner_text()
-    finally:
-        ctx.close()
-        server.stop()
