@@ -162,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                                     allow_remote=args.keyboard_host is not None, stop=stop,
                                     on_ready=lambda url: print(f"keyboard page: {url}", flush=True))
         elif c == "type":
-            stored = agent.type_text(cfg, args.text, args.field_kind, private=args.private)
-            print("cached" if stored else "not cached (sensitive field, no words or learning paused)")
+            if agent.type_text(cfg, args.text, args.field_kind, private=args.private):
+                print("cached")
+            else:
+                with agent.open_cache(cfg) as cache:
+                    print(f"not cached: {cache.why_not(args.text, args.field_kind, private=args.private)}")
         elif c in ("pause", "resume"):
             with agent.open_cache(cfg) as cache:
                 cache.set_paused(c == "pause")

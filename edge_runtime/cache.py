@@ -209,6 +209,16 @@ class TextCache:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def why_not(self, text: str, field_kind: str, *, private: bool = False) -> str:
+        """Why `add` stored nothing, for the user (after it returned False), by the same rules."""
+        if is_sensitive(field_kind, private=private):
+            return "private field" if private else f"sensitive field ({field_kind.strip().lower()})"
+        if not text or not any(ch.isalnum() for ch in text):
+            return "no words in it"
+        if len(text.encode("utf-8", "replace")) > self.max_bytes:
+            return "larger than the whole cache"
+        return "learning paused" if self.paused else "not stored"
+
     def add(self, text: str, field_kind: str, *, private: bool = False, ts: float | None = None) -> bool:
         """Store committed text; returns False (and stores nothing) when the rules forbid it."""
         if not text or not any(ch.isalnum() for ch in text) or is_sensitive(field_kind, private=private):

@@ -289,8 +289,7 @@ class KeyboardApp:
                     with self.slot.lock:
                         if self._personal is personal:
                             self._personal = None
-            reason = None if cached else ("learning paused" if self.cache.paused
-                                          else "no words, or a sensitive field")
+            reason = None if cached else self.cache.why_not(text, kind)
         return cached, reason
 
     def _learn(self, text: str, personal: PersonalModel) -> None:

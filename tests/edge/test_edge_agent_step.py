@@ -248,6 +248,11 @@ def test_type_text_respects_sensitive_fields_and_pause(tmp_path):
         c.set_paused(True)
     assert not agent.type_text(cfg, "while paused", "message")
     assert (tmp_path / agent.ACTIVITY_FILE).exists()
+    with agent.open_cache(cfg) as c:   # what `type` and the page say instead of "one of three reasons"
+        assert c.why_not("while paused", "message") == "learning paused"
+        assert c.why_not("hunter2", "Password") == "sensitive field (password)"
+        assert c.why_not("hunter2", "message", private=True) == "private field"
+        assert c.why_not("...", "message") == "no words in it"
     st = agent.status(cfg)
     assert st["cache"]["records"] == 1 and st["learning_paused"] and not st["enrolled"]
 
