@@ -58,14 +58,15 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         if status == VersionStatus.CANDIDATE:
             supersede_candidate(s, manifest.version_id)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
-        history = [privacy.RoundPrivacy(*h) for h in json.loads(parent.privacy_json).get("history", [])] \
-            if parent is not None else []
-        manifest.privacy = privacy.summarize(history, coord.config.privacy_delta)
+        # The parent's record as it is (JSON-safe, its secure-aggregation notes kept): an import adds no release.
+        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else \
+            privacy.summarize([], coord.config.privacy_delta)
         artifact.sign_manifest(manifest, coord.signing_key)
         v = Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
                     manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
-                    graph_sha256=g_sha, tokenizer_sha256=t_sha, epsilon=manifest.privacy["epsilon"],
-                    delta=coord.config.privacy_delta, privacy_json=json.dumps(manifest.privacy))
+                    graph_sha256=g_sha, tokenizer_sha256=t_sha, epsilon=parent.epsilon if parent else 0.0,
+                    delta=parent.delta if parent else coord.config.privacy_delta,
+                    privacy_json=json.dumps(manifest.privacy))
         s.add(v)
         s.flush()
         s.add(Decision(version_id=manifest.version_id, action="import", actor="admin",

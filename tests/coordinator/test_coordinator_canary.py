@@ -234,6 +234,17 @@ def test_an_imported_child_of_stable_keeps_its_privacy_history_and_import_as_sta
     assert versions[first]["decisions"][-1]["reason"] == (f"cancelled by the import of {second} as stable before "
                                                           "the canary decided")
     assert s.coord.get_round(rid)["status"] == "failed"
+    # A parent with a round without noise (epsilon inf): the child's record stays JSON a browser
+    # reads ("inf" as write_candidate writes it), not a bare Infinity that broke the dashboard.
+    rid = s.coord.start_round(goal_count=2, min_count=2, noise_multiplier=0.0)
+    for i, d in enumerate(devices[:2]):
+        t = d.checkin()
+        assert d.upload(random_delta(i, 0.01), round_id=rid, base=t.base_version_id, examples=10).status_code == 200
+    cand = s.coord.get_round(rid)["result_version_id"]
+    assert s.admin("POST", f"/v1/admin/versions/{cand}/promote").json()["status"] == "stable"
+    third = s.coord.import_version(child("w3"), any_parent=False)
+    text = s.admin("GET", "/v1/admin/versions").text
+    assert "Infinity" not in text and third in text
 
 
 @pytest.mark.parametrize("sybils", [0, 1, 2])
