@@ -447,15 +447,20 @@ class _Handler(BaseHTTPRequestHandler):
         status = 500
         self._after: Callable[[], None] | None = None   # idle work once the response is sent and logged
         self._body_read = False
+        # A body this handler will not read (a GET's, a chunked one, or a request refused before
+        # reading it: a wrong token, too large, a wrong route) must not be parsed as the next
+        # request on this connection: it was (the page's next keystroke got "501 Unsupported
+        # method ('{\"client\":...POST')"). Such a connection is closed after the answer.
+        body = (self.headers.get("Content-Length", "0").strip() not in ("", "0")
+                or "Transfer-Encoding" in self.headers)
+        if body and (self.command != "POST" or "Transfer-Encoding" in self.headers):
+            self.close_connection = True
         try:
             try:
                 self._check_host()
                 status = fn() or 200
             except ApiError as e:
-                if not self._body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
-                    # Refused before its body was read (a wrong token, too large, a wrong route): the
-                    # body must not be parsed as the next request on this connection (it was: the
-                    # page's next keystroke got "501 Unsupported method ('{\"client\":...POST')").
+                if body and not self._body_read:
                     self.close_connection = True
                 status = e.status
                 self._error(e)
@@ -509,6 +514,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(405, "method_not_allowed", "use GET")
             raise ApiError(404, "not_found", "no such endpoint")
         self._check_origin_and_token()
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(411, "length_required", "send the body with a Content-Length, not chunked")
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")

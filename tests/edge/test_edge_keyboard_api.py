@@ -769,3 +769,15 @@ def test_a_request_refused_before_its_body_is_read_does_not_poison_the_connectio
         assert r.status == 200 and "suggestions" in json.loads(r.read())
     finally:
         conn.close()
+    # A body nobody reads (a GET's, or a chunked POST's) is not a request either: one answer each.
+    import socket
+
+    for head, body in (("GET /api/status HTTP/1.1\r\nContent-Length: 19", "PUT /x HTTP/1.1\r\n\r\n"),
+                       ("POST /api/suggest HTTP/1.1\r\nContent-Type: application/json\r\n"
+                        f"X-Keyboard-Token: {server.token}\r\nTransfer-Encoding: chunked", "5\r\nhello\r\n0\r\n\r\n")):
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(f"{head}\r\nHost: {server.host}:{server.port}\r\n\r\n{body}".encode())
+            got = b""
+            while chunk := sock.recv(65536):   # the server closes the connection after its answer
+                got += chunk
+        assert got.count(b"HTTP/1.") == 1 and b"Connection: close" in got, got[:300]
