@@ -175,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             personalize.forget(cfg.require_data_dir())   # the personal LSTM was learned from the text
             try:
                 with agent.open_cache(cfg) as cache:
-                    cache.wipe()
-                personalize.forget(cfg.require_data_dir())   # and one a running loop saved meanwhile
+                    try:
+                        cache.wipe()
+                    finally:   # and one a running loop saved meanwhile (also when the wipe says another has it open)
+                        personalize.forget(cfg.require_data_dir())
                 print("text cache and personal model wiped")
             except DamagedCacheError as e:
                 _wipe_damaged(cfg, e)

@@ -131,4 +131,7 @@ def refresh(data_dir: str | Path, version_dir: Path, version_id: str, read_texts
     if unchanged is not None and not unchanged():
         return "discarded (the cache was wiped meanwhile)"
     save(data_dir, version_id, weights, stamp)
+    if unchanged is not None and not unchanged():   # a wipe between the check and the save: undo it
+        weights_path(data_dir, version_id).unlink(missing_ok=True)
+        return "discarded (the cache was wiped meanwhile)"
     return "trained"

@@ -92,6 +92,10 @@ def test_a_copy_trained_across_a_wipe_is_not_saved_and_too_little_text_drops_an_
     assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: False) \
         == "discarded (the cache was wiped meanwhile)"
     assert not personalize.weights_path(tmp_path, "v1").exists()
+    marks = iter([True, False])            # a wipe between the check and the save
+    assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: next(marks)) \
+        == "discarded (the cache was wiped meanwhile)"
+    assert not personalize.weights_path(tmp_path, "v1").exists()
     assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: True) == "trained"
     assert personalize.refresh(tmp_path, exported_version, "v1", lambda: [], "0:0:m2", plan) == "too little text"
     assert not personalize.weights_path(tmp_path, "v1").exists()
