@@ -94,8 +94,12 @@ def decide_if_asked(coord: Coordinator) -> None:
     decide (an admin command's may differ); called from its maintenance."""
     if not coord.serving:
         return
-    with coord.tx() as s:
+    with coord._sessions() as s:   # every check-in runs this: a plain read first, the lock only when asked
         row = s.get(Setting, DECIDE_PENDING)
+        if row is None or row.value != "1":
+            return
+    with coord.tx() as s:
+        row = s.get(Setting, DECIDE_PENDING, with_for_update=True)   # one worker decides
         if row is None or row.value != "1":
             return
         row.value = "0"

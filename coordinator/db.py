@@ -63,7 +63,7 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _unavailable(engine: Engine, e: OperationalError) -> DatabaseUnavailable:
+def _unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:
     """A server or file out of reach, in one line: the driver's first line, the URL without its password."""
     first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
     return DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: {first}")
@@ -95,8 +95,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         conn = engine.connect()
     except OperationalError as e:
         raise _unavailable(engine, e) from None
-    except DatabaseError as e:
-        raise _not_a_database(engine, e) from None
+    except DatabaseError as e:   # SQLite: a file that is not one; elsewhere, e.g. a permission denied
+        raise (_not_a_database(engine, e) if engine.dialect.name == "sqlite" else _unavailable(engine, e)) from None
     conn.close()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -142,8 +142,8 @@ def holds_schema(url: str) -> bool:
         return "alembic_version" in table_names(engine)
     except OperationalError as e:
         raise _unavailable(engine, e) from None
-    except DatabaseError as e:
-        raise _not_a_database(engine, e) from None
+    except DatabaseError as e:   # SQLite: a file that is not one; elsewhere, e.g. a permission denied
+        raise (_not_a_database(engine, e) if engine.dialect.name == "sqlite" else _unavailable(engine, e)) from None
     finally:
         engine.dispose()
 

@@ -311,8 +311,10 @@ class TextCache:
                 self._db.execute("PRAGMA busy_timeout=5000")
         if not done:
             log.warning("text cache emptied, but another reader keeps old pages on disk")
-            raise CacheError("the cached text is deleted, but another process still has the cache open, so it "
+            err = CacheError("the cached text is deleted, but another process still has the cache open, so it "
                              "remains on disk until that process lets go: close it and wipe again")
+            err.mark = mark   # the delete and its mark were committed (`wipe_mark`)
+            raise err
         log.info("text cache wiped")
         return mark
 

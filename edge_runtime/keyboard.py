@@ -354,7 +354,7 @@ class KeyboardApp:
         try:
             self._wipe_mark = self.cache.wipe()   # its own mark: a wipe elsewhere after it is still seen
         except CacheError as e:
-            self._wipe_mark = None   # the text is deleted (see TextCache.wipe) but its mark unknown: look again
+            self._wipe_mark = getattr(e, "mark", None)   # committed all the same (TextCache.wipe)
             raise ApiError(409, "wipe_incomplete", str(e)) from e
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             self._forget()

@@ -497,4 +497,3 @@ def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, m
     page.wait_for_timeout(2500)                      # past the late answer, and whatever followed it
     expect_count(page, 0)
     assert answered == ["One thing."] and rows(device["dir"]) == []
-
