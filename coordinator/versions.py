@@ -111,7 +111,7 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
         raise bad_request(f"{d} exists and is not an empty folder: name a new one")
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        artifact.atomic_write(d / name, data)
+        artifact.atomic_write(d / name, data, mode=artifact.VERSION_FILE_MODE)
     return d
 
 

@@ -136,7 +136,7 @@ def export_version(m: NextWordLSTM, tokenizer_path: str | Path, out_dir: str | P
     tflite = graph if graph is not None else convert(m)
     patches = find_patches(tflite, cfg)
     lint(tflite, cfg, weights, patches)
-    artifact.atomic_write(out / artifact.GRAPH, tflite)
+    artifact.atomic_write(out / artifact.GRAPH, tflite, mode=artifact.VERSION_FILE_MODE)
     if Path(tokenizer_path).resolve() != (out / artifact.TOKENIZER).resolve():
         shutil.copyfile(tokenizer_path, out / artifact.TOKENIZER)
     arch = Arch(cfg, infer_patches=patches).to_dict()

@@ -267,11 +267,17 @@ def check_weights(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], 
             raise ArtifactError(f"{name}: contains NaN or Inf")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write, fsync, rename: a crash leaves either the old file or the new one, never half."""
+VERSION_FILE_MODE = 0o644   # a version's files are public (what every device downloads)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
+    """Write, fsync, rename: a crash leaves either the old file or the new one, never half.
+    The file is private (mkstemp's 0600) unless `mode` says otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    if mode is not None:
+        os.fchmod(fd, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -303,8 +309,10 @@ def write_version(directory: str | os.PathLike, manifest: Manifest, weights: Map
         got = sha256_file(d / fname)
         if got != want:
             raise ArtifactError(f"{fname} in {d} has sha256 {got[:12]}…, manifest says {want[:12]}…")
-    atomic_write(d / WEIGHTS, data)
-    atomic_write(d / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode())
+    # Readable by others: a version built as one user is imported by the service's user (deploy/).
+    atomic_write(d / WEIGHTS, data, mode=VERSION_FILE_MODE)
+    atomic_write(d / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode(),
+                 mode=VERSION_FILE_MODE)
     return manifest
 
 

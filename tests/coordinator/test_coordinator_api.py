@@ -208,6 +208,11 @@ def test_import_refuses_a_version_not_built_on_stable_and_export_gives_one_to_bu
     assert cli_main(["export-version", "v0000", str(tmp_path / "stable"), *common]) == 0
     manifest, weights = artifact.load_version(tmp_path / "stable")          # every sha256 checked
     assert manifest.version_id == "v0000" and set(weights) == set(SHAPES)
+    # Readable by the service's user (deploy/: sudo -u fedkeys ... import-version), where they were
+    # 0600 (mkstemp's mode), as were the files write_version writes for the tools.
+    for f in (tmp_path / "stable" / artifact.MANIFEST, tmp_path / "stable" / artifact.WEIGHTS,
+              tmp_path / "v0" / artifact.WEIGHTS, tmp_path / "v0" / artifact.MANIFEST):
+        assert f.stat().st_mode & 0o777 == 0o644, f
     assert cli_main(["export-version", "v0000", str(tmp_path / "stable"), *common]) == 2     # not over files
     assert "is not an empty folder" in capsys.readouterr().err
     # A version built on it is a candidate as before; --force imports the other one anyway.
