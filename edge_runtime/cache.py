@@ -23,6 +23,7 @@ Commits are rare (one per committed text, not per keystroke), so FULL's cost is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -194,35 +195,60 @@ class TextCache:
     @property
     def paused(self) -> bool:
         with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
-        return row is not None and row[0] == "1"
+            return self._setting("paused") == "1"
 
     def set_paused(self, paused: bool) -> None:
         """Pause or resume learning; persisted so a restart keeps the user's choice."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO settings (key, value) VALUES ('paused', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                ("1" if paused else "0",),
-            )
+            self._put_setting("paused", "1" if paused else "0")
         log.info("learning %s", "paused" if paused else "resumed")
+
+    def _setting(self, key: str) -> str | None:
+        """A row of the settings table (the caller holds the lock)."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _put_setting(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (the caller holds the lock): committed, or rolled back on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # -- writing ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _refused(text: str, field_kind: str | None, private: bool) -> str | None:
+        """What of `add`'s rules keeps a text out whatever the cache holds; None: none does."""
+        if is_sensitive(field_kind, private=private):
+            if private or not isinstance(field_kind, str):
+                return "private field" if private else "sensitive field"
+            return f"sensitive field ({normalize_kind(field_kind)})"
+        if not text or not any(ch.isalnum() for ch in text):   # no word at all ("...", a lone emoji)
+            return "no words in it"
+        return None
+
     def why_not(self, text: str, field_kind: str, *, private: bool = False) -> str:
         """Why `add` stored nothing, for the user (after it returned False), by the same rules."""
-        if is_sensitive(field_kind, private=private):
-            return "private field" if private else f"sensitive field ({field_kind.strip().lower()})"
-        if not text or not any(ch.isalnum() for ch in text):
-            return "no words in it"
+        refused = self._refused(text, field_kind, private)
+        if refused is not None:
+            return refused
         if len(text.encode("utf-8", "replace")) > self.max_bytes:
             return "larger than the whole cache"
         return "learning paused" if self.paused else "not stored"
 
     def add(self, text: str, field_kind: str, *, private: bool = False, ts: float | None = None) -> bool:
         """Store committed text; returns False (and stores nothing) when the rules forbid it."""
-        if not text or not any(ch.isalnum() for ch in text) or is_sensitive(field_kind, private=private):
-            return False   # nothing, or no word at all ("...", a lone emoji): nothing to learn from
+        if self._refused(text, field_kind, private) is not None:
+            return False   # nothing to learn from, or a field never cached
         now = self._clock() if ts is None else ts
         try:
             nbytes = len(text.encode("utf-8"))
@@ -231,35 +257,21 @@ class TextCache:
                              "encoding?): nothing cached") from None
         if nbytes > self.max_bytes:
             return False  # one record larger than the whole cache: not typing, skip it
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                # Checked inside the write transaction, so a concurrent pause cannot race it.
-                row = self._db.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
-                if row is not None and row[0] == "1":
-                    self._db.execute("ROLLBACK")
-                    return False
-                self._db.execute(
-                    "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
-                    (now, field_kind.strip().lower(), text, nbytes),
-                )
-                self._expire_locked(now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            # Checked inside the write transaction, so a concurrent pause cannot race it.
+            if self._setting("paused") == "1":
+                return False
+            self._db.execute(
+                "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
+                (now, field_kind.strip().lower(), text, nbytes),
+            )
+            self._expire_locked(now)
         return True
 
     def enforce_retention(self) -> int:
         """Drop text older than the retention period and the oldest text over the size cap."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._expire_locked(self._clock())
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            n = self._expire_locked(self._clock())
         if n:
             log.info("text cache: expired %d records", n)
         return n
@@ -288,16 +300,10 @@ class TextCache:
         CacheError says so (and a later wipe finishes the job), instead of reporting success."""
         mark = os.urandom(8).hex()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")   # the text and the mark go together, or neither
-            try:
+            with self._transaction():   # the text and the mark go together, or neither
                 self._db.execute("DELETE FROM texts")
                 self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
-                self._db.execute("INSERT INTO settings (key, value) VALUES ('wiped', ?) "
-                                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (mark,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._put_setting("wiped", mark)
             self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
             try:
                 done = self._checkpoint()
@@ -322,8 +328,7 @@ class TextCache:
         """A value every wipe changes, by whichever process runs it: one that keeps what it learned
         from the cache in memory (the keyboard's user words) compares it to see a wipe run elsewhere."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE key = 'wiped'").fetchone()
-        return row[0] if row else None
+            return self._setting("wiped")
 
     def _checkpoint(self) -> bool:
         """TRUNCATE checkpoint; True when it completed (no reader blocked it)."""
