@@ -64,17 +64,14 @@ def _make_engine(url: str) -> Engine:
 
 
 def _unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:
-    """A server or file out of reach, in one line: the driver's first line, the URL without its password."""
+    """A database that cannot be opened, in one line: the driver's first line, the URL without its
+    password. Out of reach (exit 1), or, for SQLite's "file is not a database", a URL naming a file
+    that is not one (a text file, the admin token): the operator's input (DatabaseUrlError, exit 2)."""
     first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
-    return DatabaseUnavailable(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: {first}")
-
-
-def _not_a_database(engine: Engine, e: DatabaseError) -> DatabaseUrlError:
-    """A URL naming something that is not a database (a text file, the admin token): the
-    operator's input, in one line."""
-    first = str(e.orig if e.orig is not None else e).strip().splitlines()[0]
-    return DatabaseUrlError(f"{engine.url.render_as_string(hide_password=True)} is not a database this "
-                            f"coordinator can open ({first}): check --database-url")
+    shown = engine.url.render_as_string(hide_password=True)
+    if engine.dialect.name == "sqlite" and not isinstance(e, OperationalError):
+        return DatabaseUrlError(f"{shown} is not a database this coordinator can open ({first}): check --database-url")
+    return DatabaseUnavailable(f"cannot open the database {shown}: {first}")
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -93,10 +90,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
         conn = engine.connect()
-    except OperationalError as e:
+    except DatabaseError as e:
         raise _unavailable(engine, e) from None
-    except DatabaseError as e:   # SQLite: a file that is not one; elsewhere, e.g. a permission denied
-        raise (_not_a_database(engine, e) if engine.dialect.name == "sqlite" else _unavailable(engine, e)) from None
     conn.close()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -140,10 +135,8 @@ def holds_schema(url: str) -> bool:
             if not path or path == ":memory:" or not Path(path).is_file():
                 return False
         return "alembic_version" in table_names(engine)
-    except OperationalError as e:
+    except DatabaseError as e:
         raise _unavailable(engine, e) from None
-    except DatabaseError as e:   # SQLite: a file that is not one; elsewhere, e.g. a permission denied
-        raise (_not_a_database(engine, e) if engine.dialect.name == "sqlite" else _unavailable(engine, e)) from None
     finally:
         engine.dispose()
 
