@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import canary, privacy, queries, round_end, views
@@ -53,8 +54,6 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     with coord.tx() as s:
         stable = _check_import(s, manifest, d, any_parent)
         status = (VersionStatus.STABLE if stable is None or as_candidate is False else VersionStatus.CANDIDATE)
-        if status == VersionStatus.STABLE and stable is not None:
-            stable.status = VersionStatus.RETIRED
         if status == VersionStatus.CANDIDATE:
             supersede_candidate(s, manifest.version_id)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
@@ -72,9 +71,7 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         s.add(Decision(version_id=manifest.version_id, action="import", actor="admin",
                        reason=f"imported from {d.name} as {status}", numbers_json="{}"))
         if status == VersionStatus.STABLE and stable is not None:   # a stable change, as a pin is
-            now = utcnow()
-            _fail_round_off(coord, s, v, now)
-            _cancel_candidate(s, v, f"the import of {v.id} as stable", "admin", now)
+            _become_stable(coord, s, v, utcnow(), cancels=f"the import of {v.id} as stable", actor="admin")
     log.info("imported version %s as %s (%d tensors, %d parameters)", manifest.version_id, status, len(weights),
              manifest.num_params)
     return manifest.version_id
@@ -187,19 +184,28 @@ def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAc
     a new stable version fails the open round that trains another (`_fail_round_off`)."""
     now = utcnow()
     if action in (VersionAction.PROMOTE, VersionAction.PIN, VersionAction.ROLLBACK):
-        old = queries.stable(s)
-        if old is not None and old.id != v.id:
-            old.status, old.decided_at = VersionStatus.RETIRED, now
-        v.status = VersionStatus.STABLE
-        _fail_round_off(coord, s, v, now)
-        if action != VersionAction.PROMOTE:  # a manual stable change cancels the pending canary
-            _cancel_candidate(s, v, f"the {action} of {v.id}", actor, now)
+        # a manual stable change cancels the pending canary; a promotion is that canary
+        _become_stable(coord, s, v, now, cancels=None if action == VersionAction.PROMOTE else f"the {action} of {v.id}",
+                       actor=actor)
     elif action == VersionAction.REJECT:
         v.status = VersionStatus.REJECTED
     v.decided_at = now
     s.add(Decision(version_id=v.id, action=action, actor=actor, reason=reason,
                    numbers_json=json.dumps(views._json_safe(numbers))))
     log.info("version %s: %s by %s (%s)", v.id, action, actor, reason)
+
+
+def _become_stable(coord: Coordinator, s: Session, v: Version, now: datetime, *, cancels: str | None,
+                   actor: str) -> None:
+    """Every stable change (a promotion, a pin, a rollback, an import as stable): the version it
+    replaces retires, the round open on another fails (`_fail_round_off`) and, unless `cancels` is
+    None (the canary's own candidate promoted), the pending candidate is cancelled by `cancels`."""
+    for old in s.scalars(select(Version).where(Version.status == VersionStatus.STABLE, Version.id != v.id)):
+        old.status, old.decided_at = VersionStatus.RETIRED, now
+    v.status = VersionStatus.STABLE
+    _fail_round_off(coord, s, v, now)
+    if cancels is not None:
+        _cancel_candidate(s, v, cancels, actor, now)
 
 
 def _cancel_candidate(s: Session, stable: Version, by: str, actor: str, now: datetime) -> None:
