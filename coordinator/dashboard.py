@@ -71,7 +71,6 @@ def dashboard_data(c: Any) -> dict[str, Any]:
             "canary": canary, "privacy": {"epsilon": stable["epsilon"] if stable else None,
                                           "epsilon_local": status["privacy"]["epsilon_local"],
                                           "rounds": status["privacy"]["rounds"],
-                                          "stable_epsilon_local": stable["epsilon_local"] if stable else None,
                                           "delta": c.config.privacy_delta,
                                           "population": {k: v for k, v in status["population"].items()
                                                          if k != "enrolled"}},

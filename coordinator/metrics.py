@@ -26,7 +26,7 @@ def multiprocess_dir() -> str | None:
 
 
 class Metrics:
-    def __init__(self, sessions: Callable[[], Session] | None = None, privacy_delta: float = 1e-5) -> None:
+    def __init__(self, sessions: Callable[[], Session] | None, privacy_delta: float) -> None:
         self.registry = CollectorRegistry()
         self._state = StateCollector(sessions, privacy_delta) if sessions is not None else None
         r = self.registry
