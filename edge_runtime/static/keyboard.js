@@ -89,10 +89,7 @@
     offline = on;
     document.body.classList.toggle("offline", on);
     if (on) {
-      for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
-      slots.middle.textContent = "Keyboard service not running: no suggestions";
-      strip.dataset.state = "offline";
-      delete strip.dataset.for;
+      stripSays("offline", "Keyboard service not running: no suggestions");
     } else if (active === message) {
       suggest();
     }
@@ -101,9 +98,14 @@
   // Opened without the printed link's #token (or with a previous run's): every call is refused,
   // and the first sign of it used to be "Could not save" at the end of a sentence.
   function noToken() {
+    stripSays("no-token", "Open the link the device printed: it carries this page's key");
+  }
+
+  // A strip without suggestions that says why, in its middle slot; `state` is what tests wait on.
+  function stripSays(state, text) {
     for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
-    slots.middle.textContent = "Open the link the device printed: it carries this page's key";
-    strip.dataset.state = "no-token";
+    slots.middle.textContent = text;
+    strip.dataset.state = state;
     delete strip.dataset.for;
   }
 
@@ -170,10 +172,7 @@
   }
 
   function privateStrip() {
-    for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
-    delete strip.dataset.for;
-    slots.middle.textContent = "Private field: no suggestions, nothing learned";
-    strip.dataset.state = "private";
+    stripSays("private", "Private field: no suggestions, nothing learned");
   }
 
   // The word being typed at the end of the chunk before the cursor: what the device completed
