@@ -11,9 +11,16 @@ Then:
 One record per ham message: {"user": pseudonym of the From address, "text": body}.
 Only the easy-ham-1 and easy-ham-2 folders are used (hard-ham is mostly
 commercial newsletters; spam folders are skipped). Only text/plain parts are
-kept; quoted lines, attribution lines, signatures, forwarded/original-message
-blocks and mailing-list footers are removed. Automated senders (RSS feed
-gateway, list robots) are dropped.
+kept; quoted lines (also "XY> " initials quoting), attribution lines,
+signatures, forwarded/original-message blocks and mailing-list footers are
+removed. Automated senders (RSS feed gateway, list robots) are dropped.
+
+Quotes without markers are removed too: a run of QUOTE_MIN or more words that
+an earlier message (by its Date header) from another sender holds verbatim is
+that sender's text, quoted; it stays only with the earlier message. Without
+this, a held-out sender's words quoted in a train sender's reply are training
+text, and a model that memorises single senders (the central trigram) is
+scored on words it has read.
 """
 import email
 import email.utils
@@ -33,6 +40,7 @@ CUT = re.compile(r"^(-- ?$|_{5,}|-{5,} ?Original Message|-{5,} ?Forwarded|-{3,}\
 ATTRIB = re.compile(r"(wrote|writes|said):\s*$|^On .{5,80}$|^At \d.*$|^In (message|article) ", re.I)
 HEADER = re.compile(r"^\s*(Date|From|To|Subject|Message-ID|Cc|Reply-To|Sent|In-Reply-To|References):", re.I)
 URLONLY = re.compile(r"^\s*(<?https?://\S+>?|\S+@\S+)\s*$")
+INITIALS_QUOTE = re.compile(r"^[A-Za-z]{1,4}> ")
 
 def body_text(msg):
     parts = msg.walk() if msg.is_multipart() else [msg]
@@ -57,7 +65,7 @@ def clean(text):
         if CUT.match(s):
             break
         t = s.strip()
-        if t.startswith((">", "|", ":")) or ATTRIB.search(t) or URLONLY.match(t):
+        if t.startswith((">", "|", ":")) or INITIALS_QUOTE.match(t) or ATTRIB.search(t) or URLONLY.match(t):
             continue
         if not t:
             if cur:
@@ -77,11 +85,61 @@ def clean(text):
 # messages is a list footer, sponsor line or newsletter template; newsletters are dropped whole.
 BOILERPLATE_MIN = 5
 NEWSLETTER = re.compile(r"use Perl Daily (Newsletter|Headline Mailer)|Copyright 1997-2002 pudge")
+# A quote without markers: this many words in a row that an earlier message from another sender holds.
+QUOTE_MIN = 8
+
+
+def sent_at(msg, order):
+    """When the message was sent (its Date header), for telling a quote from its original."""
+    try:
+        when = email.utils.parsedate_to_datetime(str(msg.get("Date", ""))).timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError):
+        when = float("inf")
+    return (when, order)
+
+
+def drop_quotes(records):
+    """Remove from each message the runs of QUOTE_MIN+ words an earlier message by another sender holds.
+
+    `records` are (sent_at, user, text) in any order; returns (user, text) in the given order.
+    A removed run splits its paragraph, so no n-gram is made across the gap."""
+    first = {}   # QUOTE_MIN-gram -> (sent_at, user) of the earliest message holding it
+    for when, user, text in records:
+        for para in text.split("\n"):
+            w = para.split()
+            for i in range(len(w) - QUOTE_MIN + 1):
+                g = tuple(w[i:i + QUOTE_MIN])
+                if g not in first or when < first[g][0]:
+                    first[g] = (when, user)
+    out = []
+    for when, user, text in records:
+        paras = []
+        for para in text.split("\n"):
+            w = para.split()
+            quoted = [False] * len(w)
+            for i in range(len(w) - QUOTE_MIN + 1):
+                origin = first[tuple(w[i:i + QUOTE_MIN])]
+                if origin[1] != user and origin[0] < when:
+                    quoted[i:i + QUOTE_MIN] = [True] * QUOTE_MIN
+            run = []
+            for word, q in zip(w, quoted):
+                if q:
+                    if run:
+                        paras.append(" ".join(run))
+                    run = []
+                else:
+                    run.append(word)
+            if run:
+                paras.append(" ".join(run))
+        paras = [p for p in paras if sum(c.isalpha() for c in p) >= 0.5 * len(p)]
+        out.append((user, "\n".join(paras)))
+    return out
 
 
 def main():
     records = []
     seen = set()
+    order = 0
     for d in FOLDERS:
         for f in sorted(glob.glob(os.path.join(SRC, d, "*.txt"))):
             msg = email.message_from_bytes(open(f, "rb").read())
@@ -92,13 +150,14 @@ def main():
             if len(text) < 20 or text in seen or NEWSLETTER.search(text):
                 continue
             seen.add(text)
-            records.append(("sa_" + hashlib.sha1(addr.encode()).hexdigest()[:10], text))
-    counts = Counter(p for _, text in records for p in set(text.split("\n")))
+            order += 1
+            records.append((sent_at(msg, order), "sa_" + hashlib.sha1(addr.encode()).hexdigest()[:10], text))
+    counts = Counter(p for _, _, text in records for p in set(text.split("\n")))
+    records = [(when, user, "\n".join(p for p in text.split("\n") if counts[p] < BOILERPLATE_MIN or len(p.split()) < 4))
+               for when, user, text in records]
     n = 0
     with open(OUT, "w", encoding="utf-8") as fo:
-        for user, text in records:
-            paras = [p for p in text.split("\n") if counts[p] < BOILERPLATE_MIN or len(p.split()) < 4]
-            text = "\n".join(paras)
+        for user, text in drop_quotes(records):
             if len(text) < 20:
                 continue
             fo.write(json.dumps({"user": user, "text": text}, ensure_ascii=False) + "\n")
