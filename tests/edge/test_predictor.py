@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from edge_runtime.predictor import FOLLOW_WEIGHT, TEXT_WEIGHT, Predictor
+from edge_runtime.predictor import FOLLOW_WEIGHT, SHORTER_FIRST, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
 from protocol.ngram import leading_word
 from protocol.text import BOS_ID, load_tokenizer, tokens, word_being_typed
@@ -300,6 +300,8 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
             sc = (1 - TEXT_WEIGHT) * sc + TEXT_WEIGHT * share.get(w, 0.0)
         if after:
             sc = (1 - FOLLOW_WEIGHT) * sc + FOLLOW_WEIGHT * after.count(w) / len(after)
+        if prefix:   # of two completions about as likely, the shorter first
+            sc = sc / (len(w) - len(prefix)) ** SHORTER_FIRST
         return sc
 
     return sorted(cands, key=lambda w: (-score(w), w))[:k]
@@ -756,3 +758,15 @@ def test_span_probs_are_probs_of_bit_for_bit(predictor):
         n = len(p.sorted_ids)
         for lo, hi in ((0, n), (0, 1), (n // 3, n // 3 + 500), (n - 7, n)):
             np.testing.assert_array_equal(p.span_probs(node, lo, hi), p.probs_of(node, p.sorted_ids[lo:hi]))
+
+
+def test_a_completion_a_little_less_likely_but_shorter_comes_first(predictor):
+    """Of two completions, the shorter is offered first unless the longer is likelier by more
+    than (its extra letters) ** SHORTER_FIRST: a short word left out is typed in full, a long
+    one is offered again as its next letters narrow the range."""
+    from edge_runtime import predictor as mod
+
+    words = ["thee", "thereafter"]   # 2 and 8 letters after "th": the longer needs twice the score
+    assert mod._best(words, mod._shorter_first([1.0, 1.9], words, 2), 1) == ["thee"]
+    assert mod._best(words, mod._shorter_first([1.0, 2.1], words, 2), 1) == ["thereafter"]
+    assert SHORTER_FIRST == 0.5

@@ -130,8 +130,9 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
         "ngram_proxy": f"ngram:{':'.join(_file_key(Path(p)) for p in proxy)}:{corpus_key}",
         # v3: the keyboard also suggests from the words of the text being typed (`Predictor.text_weight`,
         # `follow_weight`); v4: its mixture learns nothing from a user's first text (`Predictor.learning`);
-        # v5: its weights are kept per kind of history (`PersonalModel.seen`) from a (40, 40, 20) prior
-        "proxy": f"keyboard:v5:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
+        # v5: its weights are kept per kind of history (`PersonalModel.seen`) from a (40, 40, 20) prior;
+        # v6: of two completions about as likely, the shorter first (`predictor.SHORTER_FIRST`)
+        "proxy": f"keyboard:v6:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
         "proxy_lstm": f"lstm:{_sha(v0 / 'manifest.json')}:{corpus_key}",
     }
     if central is not None:
