@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator import secagg
 from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
@@ -50,8 +49,9 @@ def open_round(s: Session, *, for_update: bool = False) -> Round | None:
 
 def accepted(s: Session, round_id: int) -> int:
     """Updates a round counts: stored plain updates, plus the survivors of a summed secure round."""
-    return int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0) \
-        + secagg.accepted(s, round_id)
+    plain = int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0)
+    summed = s.get(SecAggRound, round_id)
+    return plain + (summed.survivors if summed is not None and summed.phase == SecAggPhase.SUMMED else 0)
 
 
 def noise_seen(s: Session) -> list[float]:

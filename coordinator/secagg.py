@@ -57,12 +57,6 @@ def joined(s: Session, round_id: int, device_id: str) -> int | None:
                                                   SecAggMember.device_id == device_id))
 
 
-def accepted(s: Session, round_id: int) -> int:
-    """Updates in the sum of a summed secure round (0 before, and for plain rounds)."""
-    row = s.get(SecAggRound, round_id)
-    return row.survivors if row is not None and row.phase == SUMMED else 0
-
-
 def _open_round(s: Session, round_id: int, device_id: str) -> tuple[Round, SecAggRound | None]:
     r = s.get(Round, round_id, with_for_update=True) if 1 <= round_id <= wire.MAX_INT else None
     if r is None:
