@@ -31,7 +31,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m coordinator", formatter_class=HelpFormatter, description=(
-        "FedKeys coordinator. Settings: defaults < --profile < --config file < FEDKEYS_COORDINATOR_* env < flags."))
+        "FedKeys coordinator. Settings: defaults < (admin commands) the service's recorded settings < --profile < "
+        "--config file < FEDKEYS_COORDINATOR_* env < flags."))
     add_version(ap)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -147,10 +148,14 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         _print(c.list_rounds())
     elif a == "canary":
         _print(c.canary_comparison())
-        cfg = c.config   # the server decides with its own settings, which this command cannot read
-        print(f"judged with this command's settings (canary_min_reports {cfg.canary_min_reports}, canary_tolerance "
-              f"{cfg.canary_tolerance:g}); give it the server's --profile, --config or --set to see its decision",
-              file=sys.stderr)
+        cfg = c.config
+        judged = f"canary_min_reports {cfg.canary_min_reports}, canary_tolerance {cfg.canary_tolerance:g}"
+        if args.served:   # the service recorded its settings when it started (coordinator.deployment)
+            print(f"judged with the serving coordinator's settings under this command's own ({judged})",
+                  file=sys.stderr)
+        else:
+            print(f"judged with this command's settings ({judged}): no coordinator has served this database "
+                  "yet; give it the server's --profile, --config or --set to see its decision", file=sys.stderr)
     elif a == "rejections":
         _print(c.rejections(args.round_id))
     elif a in VERSION_ACTIONS:
@@ -184,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"no coordinator database at {shown}: check --database-url (init of {cfg.data_dir} "
                               "made its database elsewhere), or create this one with: python -m coordinator init "
                               "--data-dir DIR --database-url URL")
+        if args.command not in ("init", "serve"):   # the service's settings, under this command's own
+            from coordinator import deployment
+            served = deployment.recorded(cfg.resolved_database_url)
+            if served:
+                cfg = load_config(config_file=args.config, flags=_flags(args), served=served)
+                deployment.note_differences(cfg, served)
+            args.served = bool(served)
         if args.command == "serve":
             from werkzeug.serving import make_server
 

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from coordinator import keys
+from coordinator import deployment, keys
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
 from coordinator.config import Config, ConfigError, load_config
@@ -43,6 +43,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     coordinator = Coordinator(cfg)
     coordinator.serving = True
+    deployment.record(coordinator)   # admin commands take the service's settings as their defaults
     app.extensions["fedkeys"] = coordinator
     app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
     # All devices of one enrollment key share one check-in budget: a leaked key's sybils slow together.

@@ -161,6 +161,17 @@ class Config:
         return replace(self, **_coerce_all(overrides, source))
 
 
+# Set for each process (where it listens, logs and finds its data): an admin command keeps its own.
+PROCESS_SETTINGS = frozenset({"data_dir", "database_url", "host", "port", "admin_token", "log_level", "log_format",
+                              "profile"})
+
+
+def deployment_settings(cfg: Config) -> dict[str, Any]:
+    """The settings that decide how rounds run and candidates are judged (everything but
+    PROCESS_SETTINGS): what a serving coordinator records for admin commands (coordinator.deployment)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in PROCESS_SETTINGS}
+
+
 def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return coerce_settings(Config, values, source, ConfigError)
 
@@ -176,10 +187,12 @@ def _profile(merged: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
-                flags: Mapping[str, Any] | None = None) -> Config:
-    """Build the config: defaults < profile < file < environment < flags (None flags are ignored);
-    the file is TOML, or JSON when named *.json (protocol.settings.load_settings)."""
+                flags: Mapping[str, Any] | None = None, served: Mapping[str, Any] | None = None) -> Config:
+    """Build the config: defaults < `served` < profile < file < environment < flags (None flags
+    are ignored); the file is TOML, or JSON when named *.json (protocol.settings.load_settings).
+    `served`: the settings a serving coordinator recorded (an admin command's defaults)."""
+    under = {} if not served else _coerce_all(served, "the serving coordinator's recorded settings")
     merged = load_settings(Config, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file, environ=environ,
-                           flags=flags, presets=_profile)
+                           flags=flags, presets=lambda m: under | _profile(m))
     # Validated once, on the merged result: a file may raise goal_count while a flag raises min_count.
     return Config(**merged)

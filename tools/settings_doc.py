@@ -57,7 +57,7 @@ def _table(cls: type, env_prefix: str) -> list[str]:
 
 def render() -> str:
     from coordinator.config import ENV_PREFIX as COORD_ENV
-    from coordinator.config import PROFILES, Config
+    from coordinator.config import PROCESS_SETTINGS, PROFILES, Config
     from edge_runtime.config import ENV_PREFIX as EDGE_ENV
     from edge_runtime.config import EdgeConfig
 
@@ -68,7 +68,9 @@ def render() -> str:
         "## Coordinator (`coordinator.config.Config`)", "",
         f"Order: defaults < `--profile` / `profile` < config file (`--config`, TOML or JSON, or "
         f"`{COORD_ENV}CONFIG`) < environment `{COORD_ENV}<KEY>` < flags (`--set KEY=VALUE`). Unknown keys are "
-        f"errors. Profiles: {profiles}.", "",
+        f"errors. Admin commands put the settings the service recorded when it started (all but "
+        f"{', '.join(f'`{k}`' for k in sorted(PROCESS_SETTINGS))}) just above the defaults. "
+        f"Profiles: {profiles}.", "",
         *_table(Config, COORD_ENV), "",
         "## Device (`edge_runtime.config.EdgeConfig`)", "",
         f"Order: defaults < `--config` JSON file (or `{EDGE_ENV}CONFIG`) < environment `{EDGE_ENV}<KEY>` < "

@@ -98,6 +98,37 @@ def test_metrics_and_health(served):
     assert 'endpoint="unmatched",method="GET",status="404"' in text
 
 
+def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys, caplog):
+    """An admin command run without the service's --profile, --config or environment used to close
+    and open rounds and judge candidates with the defaults (another goal, aggregator, tolerance).
+    The service records its settings when it starts; admin commands take them as defaults, under
+    their own flags, and log where theirs differ."""
+    cfg = make_config(tmp_path, goal_count=3, min_count=2, server_optimizer="fedadam", canary_tolerance=0.02)
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["init", *common]) == 0
+    make_version(tmp_path / "v0")
+    assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
+    assert cli_main(["start-round", *common]) == 0                 # no service yet: the defaults
+    capsys.readouterr()
+    assert cli_main(["close-round", "1", "--force", *common]) == 0
+    capsys.readouterr()
+    create_app(cfg)                                                # the service starts (and records)
+    assert cli_main(["start-round", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["goal_count"] == 3
+    assert cli_main(["canary", *common]) == 0
+    assert "judged with the serving coordinator's settings under this command's own (canary_min_reports 2, " \
+           "canary_tolerance 0.02)" in capsys.readouterr().err
+    caplog.clear()
+    assert cli_main(["canary", "--set", "canary_tolerance=0.1", *common]) == 0   # its own flag wins, and says so
+    assert "canary_tolerance 0.1)" in capsys.readouterr().err
+    assert "canary_tolerance=0.1 (service: 0.02)" in caplog.text
+    create_app(cfg.with_overrides({"goal_count": 4, "min_count": 1}))   # restarted with new settings
+    assert cli_main(["close-round", "2", "--force", *common]) == 0
+    capsys.readouterr()
+    assert cli_main(["start-round", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["goal_count"] == 4
+
+
 def test_cli_help_and_admin_commands(tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "coordinator", "--help"], cwd=ROOT, capture_output=True, text=True,
                          check=False)
