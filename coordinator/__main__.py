@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many devices may enroll with it (default: setting enrollment_key_uses, 100)")
     p.add_argument("--expires-in-s", type=float, default=None,
                    help="lifetime in seconds (default: setting enrollment_key_ttl_s, 7 days)")
+    cmd("enrollment-keys", "list enrollment keys (never their secrets) and the devices each minted")
+    p = cmd("revoke-enrollment-key", "stop an enrollment key enrolling devices (a leaked one)")
+    p.add_argument("key", help="the key's id (from enrollment-keys) or the key itself")
+    p.add_argument("--devices", action="store_true", help="also revoke every device it minted")
+    p = cmd("revoke-device", "revoke one device: its token is refused from then on")
+    p.add_argument("device_id")
     p = cmd("import-version", "import a model version directory (first one becomes stable)")
     p.add_argument("directory")
     p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
@@ -121,6 +127,15 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
                 "public_key_hex": c.public_key_hex, "admin_token_file": f"{cfg.data_dir}/admin_token"})
     elif a == "create-enrollment-key":
         print(c.create_enrollment_key(label=args.label, uses=args.uses, expires_in_s=args.expires_in_s))
+    elif a == "enrollment-keys":
+        _print(c.list_enrollment_keys())
+    elif a == "revoke-enrollment-key":
+        by_id = args.key.isdigit()   # a key itself starts with "fk" (keys.new_secret)
+        _print(c.revoke_enrollment_key(key_id=int(args.key) if by_id else None, key=None if by_id else args.key,
+                                       devices=args.devices))
+    elif a == "revoke-device":
+        c.revoke_device(args.device_id)
+        _print({"device_id": args.device_id, "revoked": True})
     elif a == "import-version":
         print(c.import_version(args.directory, as_candidate=False if args.stable else None,
                                any_parent=args.force))

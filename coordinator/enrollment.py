@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from coordinator import keys
 from coordinator.errors import ApiError, bad_request, not_found
@@ -78,6 +78,42 @@ def authenticate(coord: Coordinator, device_id: str | None, token: str | None) -
         if dev is None or dev.revoked or not keys.secret_matches(token, dev.token_hash):
             raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
     return device_id
+
+
+def list_keys(coord: Coordinator) -> list[dict]:
+    """Every enrollment key without its secret: id, label, uses left, expiry, whether revoked, and
+    how many devices it minted (how many are revoked)."""
+    with coord._sessions() as s:
+        per_key = select(Device.enrollment_key_id, func.count()).group_by(Device.enrollment_key_id)
+        minted = dict(s.execute(per_key).all())
+        revoked = dict(s.execute(per_key.where(Device.revoked)).all())
+        return [{"id": ek.id, "label": ek.label, "uses_left": ek.uses_left, "revoked": ek.revoked,
+                 "created_at": ek.created_at.isoformat(), "expires_at": ek.expires_at and ek.expires_at.isoformat(),
+                 "devices": minted.get(ek.id, 0), "devices_revoked": revoked.get(ek.id, 0)}
+                for ek in s.scalars(select(EnrollmentKey).order_by(EnrollmentKey.id))]
+
+
+def revoke_key(coord: Coordinator, *, key_id: int | None = None, key: str | None = None,
+               devices: bool = False) -> dict:
+    """Stop a key from enrolling more devices (by its id, or by the key itself, which is what an
+    operator holds when one leaks); with `devices`, also revoke every device it minted: a leaked
+    key's sybils. Devices already enrolled keep working otherwise."""
+    with coord.tx() as s:
+        if key is not None:
+            ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(key)))
+        else:
+            ek = s.get(EnrollmentKey, key_id) if key_id is not None and 1 <= key_id <= wire.MAX_INT else None
+        if ek is None:
+            raise not_found("no such enrollment key" if key is not None else f"no enrollment key {key_id}")
+        ek.revoked = True
+        n = 0
+        if devices:
+            for dev in s.scalars(select(Device).where(Device.enrollment_key_id == ek.id, ~Device.revoked)):
+                dev.revoked = True
+                n += 1
+        out = {"id": ek.id, "label": ek.label, "revoked": True, "devices_revoked": n}
+    log.warning("revoked enrollment key %d%s", out["id"], f" and the {n} devices it minted" if devices else "")
+    return out
 
 
 def revoke_device(coord: Coordinator, device_id: str) -> None:

@@ -188,11 +188,19 @@ def build() -> dict[str, Any]:
         "/v1/admin/dashboard": {"get": _op("Round progress, canary, decisions, privacy, devices and version "
                                            "history for the dashboard", security="admin", errors=())},
         "/v1/admin/status": {"get": _op("Stable/candidate versions, latest round", security="admin", errors=())},
-        "/v1/admin/enrollment-keys": {"post": _op(
+        "/v1/admin/enrollment-keys": {"get": _op(
+            "Enrollment keys without their secrets, with how many devices each minted", security="admin", errors=(),
+            ok=_obj({"enrollment_keys": {"type": "array", "items": _ANY_OBJ}}, ["enrollment_keys"])), "post": _op(
             "Create an enrollment key", ok_status="201", security="admin", errors=(400, 413),
             ok=_obj({"enrollment_key": _STR}, ["enrollment_key"]),
             body=_obj({"label": _STR, "uses": {"type": "integer", "nullable": True},
                        "expires_in_s": {"type": "number", "nullable": True}}))},
+        "/v1/admin/enrollment-keys/{key_id}/revoke": {"post": _op(
+            "Stop an enrollment key enrolling devices; with devices, revoke those it minted too", security="admin",
+            params=[_path_param("key_id", "integer")], errors=(400, 404, 413),
+            ok=_obj({"id": {"type": "integer"}, "label": _STR, "revoked": {"type": "boolean"},
+                     "devices_revoked": {"type": "integer"}}, ["id", "revoked", "devices_revoked"]),
+            body=_obj({"devices": {"type": "boolean"}}))},
         "/v1/admin/devices/{device_id}/revoke": {"post": _op("Revoke a device", security="admin",
                                                              params=[_path_param("device_id")], errors=(404,))},
         "/v1/admin/versions": {"get": _op("List versions", security="admin", errors=(),

@@ -94,6 +94,15 @@ class Coordinator:
     def revoke_device(self, device_id: str) -> None:
         enrollment.revoke_device(self, device_id)
 
+    def list_enrollment_keys(self) -> list[dict[str, Any]]:
+        """Every enrollment key without its secret, with how many devices it minted."""
+        return enrollment.list_keys(self)
+
+    def revoke_enrollment_key(self, *, key_id: int | None = None, key: str | None = None,
+                              devices: bool = False) -> dict[str, Any]:
+        """Stop a key (by id, or the key itself) enrolling devices; `devices`: revoke those it minted too."""
+        return enrollment.revoke_key(self, key_id=key_id, key=key, devices=devices)
+
     # --- device calls (coordinator.checkin, .updates, .canary) -------------------------------
 
     def checkin(self, device_id: str, req: wire.CheckinRequest) -> wire.Task:

@@ -30,6 +30,21 @@ def create_enrollment_key() -> Response:
     return jsonify({"enrollment_key": coord().create_enrollment_key(label=label, uses=uses, expires_in_s=ttl)}), 201
 
 
+@bp.get("/enrollment-keys")
+@admin_auth
+def enrollment_keys() -> Response:
+    return jsonify({"enrollment_keys": coord().list_enrollment_keys()})
+
+
+@bp.post("/enrollment-keys/<int:key_id>/revoke")
+@admin_auth
+def revoke_enrollment_key(key_id: int) -> Response:
+    devices = json_body(optional=True).get("devices", False)
+    if not isinstance(devices, bool):
+        raise bad_request("devices must be true or false")
+    return jsonify(coord().revoke_enrollment_key(key_id=key_id, devices=devices))
+
+
 @bp.post("/devices/<device_id>/revoke")
 @admin_auth
 def revoke_device(device_id: str) -> Response:

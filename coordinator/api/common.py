@@ -19,15 +19,15 @@ def coord() -> Coordinator:
     return current_app.extensions["fedkeys"]
 
 
-def json_body() -> dict[str, Any]:
-    """The request's JSON object, or a 4xx saying what is wrong with it."""
+def json_body(*, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object, or a 4xx saying what is wrong with it (`optional`: no body is {})."""
     if request.content_length is not None and request.content_length > wire.MAX_JSON_BYTES:
         raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
     raw = request.stream.read(wire.MAX_JSON_BYTES + 1)  # a chunked body is cut here, not buffered whole
     if len(raw) > wire.MAX_JSON_BYTES:
         raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
     try:
-        data = json.loads(raw or b"null")
+        data = json.loads(raw or (b"{}" if optional else b"null"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad_request(f"body is not valid JSON: {e}") from e
     except RecursionError as e:

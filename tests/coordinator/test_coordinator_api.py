@@ -112,7 +112,7 @@ def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys,
     capsys.readouterr()
     assert cli_main(["close-round", "1", "--force", *common]) == 0
     capsys.readouterr()
-    create_app(cfg)                                                # the service starts (and records)
+    create_app(cfg).extensions["fedkeys"].close()                  # the service starts (and records)
     assert cli_main(["start-round", *common]) == 0
     assert json.loads(capsys.readouterr().out)["goal_count"] == 3
     assert cli_main(["canary", *common]) == 0
@@ -122,7 +122,7 @@ def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys,
     assert cli_main(["canary", "--set", "canary_tolerance=0.1", *common]) == 0   # its own flag wins, and says so
     assert "canary_tolerance 0.1)" in capsys.readouterr().err
     assert "canary_tolerance=0.1 (service: 0.02)" in caplog.text
-    create_app(cfg.with_overrides({"goal_count": 4, "min_count": 1}))   # restarted with new settings
+    create_app(cfg.with_overrides({"goal_count": 4, "min_count": 1})).extensions["fedkeys"].close()   # restarted
     assert cli_main(["close-round", "2", "--force", *common]) == 0
     capsys.readouterr()
     assert cli_main(["start-round", *common]) == 0

@@ -37,6 +37,27 @@ def test_enrollment_keys(served):
         assert dev.token_hash != resp.token and resp.token not in dev.token_hash
 
 
+def test_an_enrollment_key_is_listed_and_revoked_over_the_admin_api(served):
+    key = served.coord.create_enrollment_key(label="leaked")
+    dev = FakeDevice(served.url, key)
+    body = wire.CheckinRequest(eligible=True).to_dict()
+    checkin = lambda: requests.post(served.url + wire.PATH_CHECKIN, json=body, headers=dev.headers,  # noqa: E731
+                                    timeout=5)
+    _err(requests.get(served.url + "/v1/admin/enrollment-keys", timeout=5), 401, wire.E_UNAUTHORIZED)
+    listed = served.admin("GET", "/v1/admin/enrollment-keys").json()["enrollment_keys"]
+    (mine,) = [k for k in listed if k["label"] == "leaked"]
+    assert mine["devices"] == 1 and not mine["revoked"] and key not in str(listed)
+    path = f"/v1/admin/enrollment-keys/{mine['id']}/revoke"
+    _err(served.admin("POST", path, json={"devices": "yes"}), 400, wire.E_BAD_REQUEST)
+    _err(served.admin("POST", "/v1/admin/enrollment-keys/99999/revoke"), 404, wire.E_NOT_FOUND)
+    r = served.admin("POST", path)                      # no body: the key only, its devices keep working
+    assert r.status_code == 200 and r.json()["devices_revoked"] == 0
+    _err(_enroll(served.url, key), 401, wire.E_UNAUTHORIZED)
+    assert checkin().status_code == 200
+    assert served.admin("POST", path, json={"devices": True}).json()["devices_revoked"] == 1
+    _err(checkin(), 401, wire.E_UNAUTHORIZED)
+
+
 def test_device_auth_failures(served):
     key = served.coord.create_enrollment_key()
     a, b = FakeDevice(served.url, key), FakeDevice(served.url, key)

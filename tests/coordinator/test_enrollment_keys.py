@@ -66,3 +66,61 @@ def test_epsilon_population_is_participants_not_enrolled_sybils(tmp_path):
         page = s.admin("GET", "/v1/admin/dashboard").json()   # main replaced /v1/dashboard-data with it
         assert page["privacy"]["population"]["assumed_by_epsilon"] == 2 and "contributed" in page[
             "privacy"]["population"]["basis"]
+
+
+def test_a_leaked_key_is_revoked_and_so_are_its_devices(tmp_path, capsys):
+    """A leaked enrollment key could not be stopped before it ran out or expired (a week, 100
+    devices by default). The operator lists keys (never their secrets), revokes the one they hold
+    by the key itself or its id, and with --devices revokes every device it minted."""
+    import json
+
+    from coordinator.__main__ import main as cli_main
+    from coordinator.errors import ApiError
+    from coordinator.service import Coordinator
+
+    cfg = make_config(tmp_path)
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["init", *common]) == 0
+    capsys.readouterr()
+    c = Coordinator(cfg)
+    try:
+        leaked = c.create_enrollment_key(label="leaked", uses=10)
+        kept = c.create_enrollment_key(label="kept", uses=10)
+        sybils = [c.enroll(wire.EnrollRequest(enrollment_key=leaked, platform="x")) for _ in range(2)]
+        honest = c.enroll(wire.EnrollRequest(enrollment_key=kept, platform="x"))
+    finally:
+        c.close()
+    assert cli_main(["enrollment-keys", *common]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(k["label"], k["devices"], k["revoked"]) for k in listed] == [("leaked", 2, False), ("kept", 1, False)]
+    assert leaked not in json.dumps(listed) and all("key_hash" not in k for k in listed)
+
+    assert cli_main(["revoke-enrollment-key", leaked, *common]) == 0          # by the key itself
+    assert json.loads(capsys.readouterr().out)["devices_revoked"] == 0
+    c = Coordinator(cfg)
+    try:
+        with pytest.raises(ApiError) as e:
+            c.enroll(wire.EnrollRequest(enrollment_key=leaked, platform="x"))
+        assert e.value.status == 401
+        assert c.authenticate(sybils[0].device_id, sybils[0].token) == sybils[0].device_id   # still enrolled
+    finally:
+        c.close()
+    leaked_id = listed[0]["id"]
+    assert cli_main(["revoke-enrollment-key", str(leaked_id), "--devices", *common]) == 0   # by id, and its devices
+    assert json.loads(capsys.readouterr().out)["devices_revoked"] == 2
+    c = Coordinator(cfg)
+    try:
+        for dev in sybils:
+            with pytest.raises(ApiError):
+                c.authenticate(dev.device_id, dev.token)
+        assert c.authenticate(honest.device_id, honest.token) == honest.device_id    # another key's device
+        assert c.enroll(wire.EnrollRequest(enrollment_key=kept, platform="x")).device_id
+    finally:
+        c.close()
+    assert cli_main(["enrollment-keys", *common]) == 0
+    assert [(k["revoked"], k["devices_revoked"]) for k in json.loads(capsys.readouterr().out)] == [(True, 2),
+                                                                                                  (False, 0)]
+    assert cli_main(["revoke-enrollment-key", "999", *common]) == 2
+    assert "no enrollment key 999" in capsys.readouterr().err
+    assert cli_main(["revoke-enrollment-key", "fk-not-a-key", *common]) == 2
+    assert "no such enrollment key" in capsys.readouterr().err
