@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -567,6 +568,16 @@ class _Server(ThreadingHTTPServer):
         self.idle.submit(None)   # builds the user's words now, before the first keystroke
         self.bind_name = addr[0].strip("[]").lower()
         self.token = secrets.token_urlsafe(24)   # per server session; shown only in the printed URL
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A browser gone mid-request (a tab closed, a reset keep-alive connection) is not an
+        error; anything else is one line in the log, not the standard library's traceback on the
+        user's terminal."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        log.error("keyboard request failed: %s: %s", type(exc).__name__, exc)
+        log.debug("keyboard request failed", exc_info=True)
 
 
 # --- public entry points ----------------------------------------------------------------------

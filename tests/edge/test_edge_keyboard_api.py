@@ -781,3 +781,24 @@ def test_a_request_refused_before_its_body_is_read_does_not_poison_the_connectio
             while chunk := sock.recv(65536):   # the server closes the connection after its answer
                 got += chunk
         assert got.count(b"HTTP/1.") == 1 and b"Connection: close" in got, got[:300]
+
+
+def test_a_connection_reset_by_the_browser_prints_no_traceback(server, capfd):
+    """A browser that closes a keep-alive connection hard (a tab closed mid-request) made the
+    standard library print 'Exception occurred during processing of request' and a traceback on
+    the keyboard's terminal. A client gone is not an error: nothing is printed."""
+    import struct
+    from urllib.parse import urlparse
+
+    u = urlparse(server.url)
+    for partial in (b"", b"POST /api/suggest HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"te"):
+        s = socket.create_connection((u.hostname, u.port))
+        if partial:
+            s.sendall(partial)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close with a reset
+        time.sleep(0.1)
+        s.close()
+    time.sleep(0.5)
+    assert requests.get(server.url, timeout=5).status_code == 200                  # still serving
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
