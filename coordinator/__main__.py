@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 from typing import Any
 
 from coordinator import keys, logs
-from coordinator.config import PROFILES, Config, ConfigError, load_config
+from coordinator.config import PROFILES, Config, ConfigError, load_config, process_config
 from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
 from coordinator.states import VERSION_ACTIONS, VersionAction
 from protocol.artifact import ArtifactError
@@ -130,7 +131,7 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
     elif a == "enrollment-keys":
         _print(c.list_enrollment_keys())
     elif a == "revoke-enrollment-key":
-        by_id = args.key.isdigit()   # a key itself starts with "fk" (keys.new_secret)
+        by_id = re.fullmatch(r"[0-9]+", args.key) is not None   # a key itself starts with "fk" (keys.new_secret)
         _print(c.revoke_enrollment_key(key_id=int(args.key) if by_id else None, key=None if by_id else args.key,
                                        devices=args.devices))
     elif a == "revoke-device":
@@ -169,8 +170,9 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
             print(f"judged with the serving coordinator's settings under this command's own ({judged})",
                   file=sys.stderr)
         else:
-            print(f"judged with this command's settings ({judged}): no coordinator has served this database "
-                  "yet; give it the server's --profile, --config or --set to see its decision", file=sys.stderr)
+            print(f"judged with this command's settings ({judged}): no serving coordinator has recorded its "
+                  "settings in this database; give it the server's --profile, --config or --set to see its decision",
+                  file=sys.stderr)
     elif a == "rejections":
         _print(c.rejections(args.round_id))
     elif a in VERSION_ACTIONS:
@@ -191,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 2
     try:
-        cfg = load_config(config_file=args.config, flags=_flags(args))
+        admin = args.command not in ("init", "serve")   # takes the service's recorded settings (below)
+        load = process_config if admin else load_config
+        cfg = load(config_file=args.config, flags=_flags(args))
         logs.setup(cfg.log_level, log_format=cfg.log_format)
         if args.command != "init" and not keys.is_initialised(cfg.data_dir):
             raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory (no {keys.SIGNING_KEY_FILE}); "
@@ -204,12 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"no coordinator database at {shown}: check --database-url (init of {cfg.data_dir} "
                               "made its database elsewhere), or create this one with: python -m coordinator init "
                               "--data-dir DIR --database-url URL")
-        if args.command not in ("init", "serve"):   # the service's settings, under this command's own
+        if admin:   # the service's settings, under this command's own
             from coordinator import deployment
             served = deployment.recorded(cfg.resolved_database_url)
-            if served:
-                cfg = load_config(config_file=args.config, flags=_flags(args), served=served)
-                deployment.note_differences(cfg, served)
+            cfg = load_config(config_file=args.config, flags=_flags(args), served=served)
+            deployment.note_differences(cfg, served)
             args.served = bool(served)
         if args.command == "serve":
             from werkzeug.serving import make_server

@@ -172,6 +172,17 @@ def deployment_settings(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k not in PROCESS_SETTINGS}
 
 
+def process_config(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
+                   flags: Mapping[str, Any] | None = None) -> Config:
+    """Only PROCESS_SETTINGS from the file, environment and flags, the rest defaults: where an admin
+    command finds its data, database and logs before it reads the settings the service recorded,
+    with which its own are then validated (`load_config(served=...)`): a flag valid only with the
+    service's settings (discover_words with its secure_aggregation) must not be refused first."""
+    merged = load_settings(Config, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file, environ=environ,
+                           flags=flags)
+    return Config(**{k: v for k, v in merged.items() if k in PROCESS_SETTINGS})
+
+
 def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return coerce_settings(Config, values, source, ConfigError)
 
@@ -195,4 +206,10 @@ def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | 
     merged = load_settings(Config, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file, environ=environ,
                            flags=flags, presets=lambda m: under | _profile(m))
     # Validated once, on the merged result: a file may raise goal_count while a flag raises min_count.
-    return Config(**merged)
+    try:
+        return Config(**merged)
+    except ConfigError as e:
+        if not served:
+            raise
+        raise ConfigError(f"{e} (this command's settings over the ones the serving coordinator recorded: "
+                          "give it the others this needs with --set, or restart the service with them)") from None

@@ -63,7 +63,7 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:
+def unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:
     """A database that cannot be opened, in one line: the driver's first line, the URL without its
     password. Out of reach (exit 1), or, for SQLite's "file is not a database", a URL naming a file
     that is not one (a text file, the admin token): the operator's input (DatabaseUrlError, exit 2)."""
@@ -91,7 +91,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     try:
         conn = engine.connect()
     except DatabaseError as e:
-        raise _unavailable(engine, e) from None
+        raise unavailable(engine, e) from None
     conn.close()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -119,7 +119,7 @@ def drop_everything(url: str) -> None:
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     except OperationalError as e:
-        raise _unavailable(engine, e) from None
+        raise unavailable(engine, e) from None
     finally:
         engine.dispose()
 
@@ -136,7 +136,7 @@ def holds_schema(url: str) -> bool:
                 return False
         return "alembic_version" in table_names(engine)
     except DatabaseError as e:
-        raise _unavailable(engine, e) from None
+        raise unavailable(engine, e) from None
     finally:
         engine.dispose()
 

@@ -16,34 +16,54 @@ from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DatabaseError
 
-from coordinator.config import Config, deployment_settings
-from coordinator.db import make_engine, session_factory
+from coordinator.config import Config, ConfigError, deployment_settings
+from coordinator.db import make_engine, session_factory, unavailable
 from coordinator.models import Setting
+from protocol.settings import coerce_settings
 
 log = logging.getLogger(__name__)
 KEY = "service_settings"
+SOURCE = "the settings the serving coordinator recorded"
 
 
 def record(coord: Any) -> None:
-    """Store the serving coordinator's deployment settings (coordinator.config.deployment_settings)."""
+    """Store the serving coordinator's deployment settings (coordinator.config.deployment_settings).
+
+    An upsert, one statement: gunicorn's workers all start at once, and a read-then-insert would
+    let two of them insert the row, failing one worker's boot (and with it the master)."""
+    value = json.dumps(deployment_settings(coord.config), sort_keys=True)
+    insert = pg_insert if coord.engine.dialect.name == "postgresql" else sqlite_insert
     with coord.tx() as s:
-        s.merge(Setting(key=KEY, value=json.dumps(deployment_settings(coord.config), sort_keys=True)))
+        s.execute(insert(Setting).values(key=KEY, value=value)
+                  .on_conflict_do_update(index_elements=[Setting.key], set_={"value": value}))
 
 
 def recorded(database_url: str) -> dict[str, Any]:
-    """The settings the last serving coordinator recorded ({} when none has served this database).
-    Settings this code does not know (recorded by another release) are left out."""
+    """The settings the last serving coordinator recorded ({} when none has served this database),
+    each coerced to this release's type. One that is not a setting here, or not of its type
+    (recorded by another release), is left out with a warning: the command's defaults stand."""
     engine = make_engine(database_url)
     try:
         with session_factory(engine)() as s:
             value = s.scalar(select(Setting.value).where(Setting.key == KEY))
+    except DatabaseError as e:
+        raise unavailable(engine, e) from None
     finally:
         engine.dispose()
     if value is None:
         return {}
     known = {f.name for f in fields(Config)}
-    return {k: v for k, v in json.loads(value).items() if k in known}
+    out: dict[str, Any] = {}
+    for k, v in json.loads(value).items():
+        try:
+            out |= coerce_settings(Config, {k: v}, SOURCE, ConfigError) if k in known else {}
+        except ConfigError as e:
+            log.warning("%s; this command uses its own", e)
+    return out
 
 
 def note_differences(cfg: Config, served: dict[str, Any]) -> list[str]:

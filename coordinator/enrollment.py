@@ -11,11 +11,13 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.orm import Session
 
-from coordinator import keys
+from coordinator import keys, views
 from coordinator.errors import ApiError, bad_request, not_found
-from coordinator.models import Device, EnrollmentKey, utcnow
+from coordinator.models import Assignment, Device, EnrollmentKey, Evaluation, Round, Update, Version, utcnow
+from coordinator.states import RoundStatus, VersionStatus
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -43,7 +45,8 @@ def create_key(coord: Coordinator, *, label: str = "", uses: int | None = None,
 
 def enroll(coord: Coordinator, req: wire.EnrollRequest) -> wire.EnrollResponse:
     with coord.tx() as s:
-        ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key)))
+        ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key))
+                      .with_for_update())   # a revocation (or another enrollment) waits, and sees this device
         if (ek is None or ek.revoked or (ek.uses_left is not None and ek.uses_left <= 0)
                 or (ek.expires_at is not None and utcnow() >= ek.expires_at)):
             raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked, expired or used up")
@@ -88,7 +91,7 @@ def list_keys(coord: Coordinator) -> list[dict]:
         minted = dict(s.execute(per_key).all())
         revoked = dict(s.execute(per_key.where(Device.revoked)).all())
         return [{"id": ek.id, "label": ek.label, "uses_left": ek.uses_left, "revoked": ek.revoked,
-                 "created_at": ek.created_at.isoformat(), "expires_at": ek.expires_at and ek.expires_at.isoformat(),
+                 "created_at": views.iso(ek.created_at), "expires_at": views.iso(ek.expires_at),
                  "devices": minted.get(ek.id, 0), "devices_revoked": revoked.get(ek.id, 0)}
                 for ek in s.scalars(select(EnrollmentKey).order_by(EnrollmentKey.id))]
 
@@ -100,9 +103,11 @@ def revoke_key(coord: Coordinator, *, key_id: int | None = None, key: str | None
     key's sybils. Devices already enrolled keep working otherwise."""
     with coord.tx() as s:
         if key is not None:
-            ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(key)))
+            ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(key))
+                          .with_for_update())
         else:
-            ek = s.get(EnrollmentKey, key_id) if key_id is not None and 1 <= key_id <= wire.MAX_INT else None
+            ek = (s.get(EnrollmentKey, key_id, with_for_update=True)
+                  if key_id is not None and 1 <= key_id <= wire.MAX_INT else None)
         if ek is None:
             raise not_found("no such enrollment key" if key is not None else f"no enrollment key {key_id}")
         ek.revoked = True
@@ -111,6 +116,7 @@ def revoke_key(coord: Coordinator, *, key_id: int | None = None, key: str | None
             for dev in s.scalars(select(Device).where(Device.enrollment_key_id == ek.id, ~Device.revoked)):
                 dev.revoked = True
                 n += 1
+            _forget_in_flight(s, select(Device.id).where(Device.enrollment_key_id == ek.id))
         out = {"id": ek.id, "label": ek.label, "revoked": True, "devices_revoked": n}
     log.warning("revoked enrollment key %d%s", out["id"], f" and the {n} devices it minted" if devices else "")
     return out
@@ -122,3 +128,16 @@ def revoke_device(coord: Coordinator, device_id: str) -> None:
         if dev is None:
             raise not_found(f"no device {device_id}")
         dev.revoked = True
+        _forget_in_flight(s, select(Device.id).where(Device.id == device_id))
+
+
+def _forget_in_flight(s: Session, device_ids: Select) -> None:
+    """What revoked devices put into work not yet done stops counting: their updates and round slots
+    in open rounds and their canary reports on the pending candidate. A secure round's sum cannot be
+    taken apart: an input already masked into it stays (its noise bounds it, as any device's)."""
+    open_rounds = select(Round.id).where(Round.status == RoundStatus.OPEN)
+    pending = select(Version.id).where(Version.status == VersionStatus.CANDIDATE)
+    for table, done in ((Update, Update.round_id.in_(open_rounds)), (Assignment, Assignment.round_id.in_(open_rounds)),
+                        (Evaluation, Evaluation.candidate_version_id.in_(pending))):
+        s.execute(delete(table).where(table.device_id.in_(device_ids), done)
+                  .execution_options(synchronize_session=False))

@@ -87,7 +87,8 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _op(summary: str, *, ok: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
         security: str | None = None, errors: tuple[int, ...] = (400,), params: list | None = None,
-        ok_status: str = "200", binary_ok: bool = False, binary_body: bool = False) -> dict[str, Any]:
+        ok_status: str = "200", binary_ok: bool = False, binary_body: bool = False,
+        body_required: bool = True) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     if binary_ok:
         responses[ok_status] = {"description": summary,
@@ -100,7 +101,7 @@ def _op(summary: str, *, ok: dict[str, Any] | None = None, body: dict[str, Any] 
         responses[str(code)] = {"description": "error", **_json(_ERR)}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": True, **_json(body)}
+        op["requestBody"] = {"required": body_required, **_json(body)}
     if binary_body:
         op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}}
@@ -200,7 +201,7 @@ def build() -> dict[str, Any]:
             params=[_path_param("key_id", "integer")], errors=(400, 404, 413),
             ok=_obj({"id": {"type": "integer"}, "label": _STR, "revoked": {"type": "boolean"},
                      "devices_revoked": {"type": "integer"}}, ["id", "revoked", "devices_revoked"]),
-            body=_obj({"devices": {"type": "boolean"}}))},
+            body=_obj({"devices": {"type": "boolean"}}), body_required=False)},
         "/v1/admin/devices/{device_id}/revoke": {"post": _op("Revoke a device", security="admin",
                                                              params=[_path_param("device_id")], errors=(404,))},
         "/v1/admin/versions": {"get": _op("List versions", security="admin", errors=(),

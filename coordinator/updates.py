@@ -17,7 +17,7 @@ from coordinator.errors import ApiError
 from coordinator.models import Rejection, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
 from coordinator.validation import UpdateRejected, check_header_size, validate_update
-from coordinator.views import _iso
+from coordinator.views import iso
 from protocol import artifact, wire
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     status, deadline, base_id, plan_json = round_state
     if status != RoundStatus.OPEN or utcnow() >= deadline:
         raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} is closed ({status}, deadline "
-                                                         f"{_iso(deadline)})")
+                                                         f"{iso(deadline)})")
     if meta.base_version_id != base_id:
         raise reject(coord, device_id, r.id, wire.E_STALE,
                            f"update is based on {meta.base_version_id}, round {r.id} trains {base_id}")

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 
-def _iso(dt: datetime | None) -> str | None:
+def iso(dt: datetime | None) -> str | None:
+    """A stored UTC time as the API and CLI show it."""
     return None if dt is None else dt.isoformat() + "Z"
 
 
@@ -48,21 +49,21 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
     return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
             "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
             "min_count": r.min_count, "population": r.population, "selected": selected,
-            "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": _iso(r.selection_ends_at),
-            "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": _iso(r.deadline),
-            "created_at": _iso(r.created_at), "closed_at": _iso(r.closed_at),
+            "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": iso(r.selection_ends_at),
+            "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": iso(r.deadline),
+            "created_at": iso(r.created_at), "closed_at": iso(r.closed_at),
             "result_version_id": r.result_version_id, "reason": r.reason}
 
 
 def version_dict(coord: Coordinator, s: Session, v: Version) -> dict[str, Any]:
     evals = queries.reported_count(s, v.id)
     decisions = [{"action": d.action, "actor": d.actor, "reason": d.reason, "numbers": json.loads(d.numbers_json),
-                  "at": _iso(d.created_at)}
+                  "at": iso(d.created_at)}
                  for d in s.scalars(select(Decision).where(Decision.version_id == v.id).order_by(Decision.id))]
     return {"version_id": v.id, "seq": v.seq, "status": v.status, "parent_id": v.parent_id, "round_id": v.round_id,
             "epsilon": _jf(v.epsilon), "delta": v.delta, "privacy": json.loads(v.privacy_json),
             "metrics": json.loads(v.manifest_json).get("metrics", {}), "canary_reports": evals,
-            "decisions": decisions, "created_at": _iso(v.created_at), "decided_at": _iso(v.decided_at)}
+            "decisions": decisions, "created_at": iso(v.created_at), "decided_at": iso(v.decided_at)}
 
 
 def list_versions(coord: Coordinator) -> list[dict[str, Any]]:
@@ -93,7 +94,7 @@ def rejections(coord: Coordinator, round_id: int | None = None) -> list[dict[str
                 raise not_found(f"no round {round_id}")
             q = q.where(Rejection.round_id == round_id)
         return [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason, "message": x.message,
-                 "at": _iso(x.created_at)} for x in s.scalars(q)]
+                 "at": iso(x.created_at)} for x in s.scalars(q)]
 
 
 def status(coord: Coordinator) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import os
 import re
 import sys
 from collections import Counter
+from datetime import UTC
 
 SRC = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dl/package/data"
 OUT = sys.argv[2] if len(sys.argv) > 2 else "spamassassin_ham.jsonl"
@@ -92,7 +93,8 @@ QUOTE_MIN = 8
 def sent_at(msg, order):
     """When the message was sent (its Date header), for telling a quote from its original."""
     try:
-        when = email.utils.parsedate_to_datetime(str(msg.get("Date", ""))).timestamp()
+        sent = email.utils.parsedate_to_datetime(str(msg.get("Date", "")))
+        when = (sent if sent.tzinfo else sent.replace(tzinfo=UTC)).timestamp()   # "-0000": UTC
     except (TypeError, ValueError, OverflowError, IndexError):
         when = float("inf")
     return (when, order)

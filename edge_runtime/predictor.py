@@ -463,7 +463,8 @@ class Predictor:
     def suggest(self, node: _Node, hist: tuple[str, ...], prefix: str = "", k: int = 3,
                 text: TextWords | None = None, follows: dict[str, int] | None = None) -> list[str]:
         """Top-k distinct words starting with `prefix` after the context (`node`, `hist`): each
-        component proposes its best m, the mixture ranks them (ties by word); a prefix is also
+        component proposes its best m, the mixture ranks them (ties by word; a completion's score
+        divided by its added letters ** SHORTER_FIRST); a prefix is also
         completed from the words of the `text` being typed (`with_text`), and the next word (no
         prefix) from the words that `follows` the last chunk in it (`TextWords.after`)."""
         if k <= 0:
@@ -583,8 +584,8 @@ class Predictor:
     def first_strips(self, node: _Node, hist: tuple[str, ...], firsts: Sequence[str],
                      k: int = 3, text: TextWords | None = None) -> dict[str, list[str]]:
         """`suggest(node, hist, c, k, text)` for each one-character prefix c of `firsts`, with every
-        candidate scored in one pass: a word's score depends on the context, not on the prefix,
-        so each strip is the one `suggest` gives."""
+        candidate scored in one pass: a word's mixture score depends on the context, not on the
+        prefix (only its length rule does, applied per strip), so each strip is the one `suggest` gives."""
         if k <= 0:
             return {c: [] for c in firsts}
         weights = self.weights(hist=hist)

@@ -129,6 +129,40 @@ def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys,
     assert json.loads(capsys.readouterr().out)["goal_count"] == 4
 
 
+def test_recorded_settings_hold_no_secret_and_a_bad_one_is_left_out(tmp_path, capsys, caplog):
+    """The record keeps no admin token or database URL. A command's flag that is valid only with the
+    service's settings (discover_words with its secure_aggregation) is not refused before they are
+    read; a recorded value this release cannot read is left out with a warning, not fatal."""
+    from coordinator import deployment
+    from coordinator.models import Setting
+    from coordinator.service import Coordinator
+
+    cfg = make_config(tmp_path, secure_aggregation=True, admin_token="s3cret-admin-token")
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["init", *common]) == 0
+    make_version(tmp_path / "v0")
+    assert cli_main(["import-version", str(tmp_path / "v0"), *common]) == 0
+    create_app(cfg).extensions["fedkeys"].close()
+    c = Coordinator(cfg)
+    try:
+        with c.tx() as s:
+            raw = s.get(Setting, deployment.KEY).value
+        assert "s3cret-admin-token" not in raw and cfg.resolved_database_url not in raw and '"data_dir"' not in raw
+        assert json.loads(raw)["secure_aggregation"] is True
+        capsys.readouterr()
+        assert cli_main(["status", "--set", "discover_words=5", *common]) == 0
+        assert cli_main(["status", "--set", "aggregator=median", *common]) == 2    # invalid with the service's
+        assert "recorded" in capsys.readouterr().err
+        with c.tx() as s:
+            s.get(Setting, deployment.KEY).value = json.dumps({**json.loads(raw), "goal_count": "many", "gone": 1})
+    finally:
+        c.close()
+    caplog.clear()
+    assert cli_main(["start-round", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["goal_count"] == 100              # the default, with a warning
+    assert "goal_count" in caplog.text and "this command uses its own" in caplog.text
+
+
 def test_cli_help_and_admin_commands(tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "coordinator", "--help"], cwd=ROOT, capture_output=True, text=True,
                          check=False)

@@ -50,14 +50,15 @@ def test_every_coordinator_and_protocol_module_imports_on_its_own():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    modules = [".".join(p.relative_to(root).with_suffix("").parts) for pkg in ("coordinator", "protocol")
-               for p in sorted((root / pkg).rglob("*.py"))
-               if p.name != "__main__.py" and "migrations" not in p.parts]   # alembic scripts, not modules
+    files = [p for pkg in ("coordinator", "protocol") for p in sorted((root / pkg).rglob("*.py"))
+             if p.name != "__main__.py" and "migrations" not in p.parts]   # alembic scripts, not modules
+    modules = [".".join(p.relative_to(root).parent.parts if p.name == "__init__.py"
+                        else p.relative_to(root).with_suffix("").parts) for p in files]
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
     failed = []
     for m in modules:
         r = subprocess.run([sys.executable, "-c", code, m], cwd=root, capture_output=True, text=True, timeout=120,
                            check=False)
         if r.returncode:
-            failed.append(f"{m}: {r.stderr.strip().splitlines()[-1]}")
+            failed.append(f"{m}: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}")
     assert len(modules) > 40 and not failed, failed

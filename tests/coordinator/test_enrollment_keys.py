@@ -124,3 +124,42 @@ def test_a_leaked_key_is_revoked_and_so_are_its_devices(tmp_path, capsys):
     assert "no enrollment key 999" in capsys.readouterr().err
     assert cli_main(["revoke-enrollment-key", "fk-not-a-key", *common]) == 2
     assert "no such enrollment key" in capsys.readouterr().err
+
+
+def test_revoked_devices_updates_slots_and_canary_reports_stop_counting(tmp_path):
+    """Revoking a leaked key's devices also takes back what they put into work not yet done: their
+    updates and slots in the open round and their canary reports on the pending candidate. Before,
+    a sybil's update already sent was still averaged, and its report still judged the candidate."""
+    with serve(make_config(tmp_path, goal_count=4, min_count=3, overselect=2.0)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        leaked, kept = s.coord.create_enrollment_key(label="leaked"), s.coord.create_enrollment_key(label="kept")
+        sybils = [_enroll(s, leaked) for _ in range(2)]
+        honest = [_enroll(s, kept) for _ in range(2)]
+        rid = s.coord.start_round()
+        for i, d in enumerate([*sybils, honest[0]]):
+            assert d.checkin().kind == wire.TASK_TRAIN
+            assert d.upload(random_delta(i, 0.01), round_id=rid, base="v0000", examples=5).status_code == 200
+        assert s.coord.get_round(rid)["accepted"] == 3
+        make_version(tmp_path / "v1", "v1")
+        cand = s.coord.import_version(tmp_path / "v1", as_candidate=True)
+        keyid = next(k["id"] for k in s.coord.list_enrollment_keys() if k["label"] == "leaked")
+        from coordinator.models import Evaluation
+        ids = [d.device_id for d in sybils]
+        with s.coord.tx() as tx:   # the sybils' canary reports on the pending candidate
+            for d in ids:
+                tx.add(Evaluation(candidate_version_id=cand, device_id=d, report_json="{}"))
+
+        def count() -> int:
+            with s.coord._sessions() as ss:
+                return ss.query(Evaluation).filter(Evaluation.device_id.in_(ids)).count()
+
+        assert count() == 2
+        assert s.coord.revoke_enrollment_key(key_id=keyid, devices=True)["devices_revoked"] == 2
+        r = s.coord.get_round(rid)
+        assert r["status"] == "open" and r["accepted"] == 1                 # only the honest update counts
+        assert count() == 0
+        from coordinator.models import Assignment
+        with s.coord._sessions() as ss:                                    # their round slots are free again
+            assert ss.query(Assignment).filter(Assignment.device_id.in_(ids)).count() == 0
+            assert ss.query(Assignment).filter(Assignment.device_id == honest[0].device_id).count() == 1
