@@ -63,7 +63,7 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:
+def _unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:
     """A database that cannot be opened, in one line: the driver's first line, the URL without its
     password. Out of reach (exit 1), or, for SQLite's "file is not a database", a URL naming a file
     that is not one (a text file, the admin token): the operator's input (DatabaseUrlError, exit 2)."""
@@ -91,7 +91,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     try:
         conn = engine.connect()
     except DatabaseError as e:
-        raise unavailable(engine, e) from None
+        raise _unavailable(engine, e) from None
     conn.close()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -119,7 +119,20 @@ def drop_everything(url: str) -> None:
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     except OperationalError as e:
-        raise unavailable(engine, e) from None
+        raise _unavailable(engine, e) from None
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def probe(url: str) -> Iterator[Engine]:
+    """An engine for one short look at the database at `url` (an admin command's checks before it
+    opens the coordinator), disposed after; a database that cannot be opened says so in one line."""
+    engine = make_engine(url)
+    try:
+        yield engine
+    except DatabaseError as e:
+        raise _unavailable(engine, e) from None
     finally:
         engine.dispose()
 
@@ -128,17 +141,12 @@ def holds_schema(url: str) -> bool:
     """Whether the database at `url` has this coordinator's schema (alembic's table), looked up
     without creating anything: a SQLite file that does not exist is not made, so a mistyped
     --database-url is refused instead of answering from a new, empty database."""
-    engine = make_engine(url)
-    try:
+    with probe(url) as engine:
         if engine.dialect.name == "sqlite":
             path = engine.url.database
             if not path or path == ":memory:" or not Path(path).is_file():
                 return False
         return "alembic_version" in table_names(engine)
-    except DatabaseError as e:
-        raise unavailable(engine, e) from None
-    finally:
-        engine.dispose()
 
 
 def table_names(engine: Engine) -> set[str]:

@@ -18,10 +18,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DatabaseError
 
 from coordinator.config import Config, ConfigError, deployment_settings
-from coordinator.db import make_engine, session_factory, unavailable
+from coordinator.db import probe, session_factory
 from coordinator.models import Setting
 from protocol.settings import coerce_settings
 
@@ -46,14 +45,8 @@ def recorded(database_url: str) -> dict[str, Any]:
     """The settings the last serving coordinator recorded ({} when none has served this database),
     each coerced to this release's type. One that is not a setting here, or not of its type
     (recorded by another release), is left out with a warning: the command's defaults stand."""
-    engine = make_engine(database_url)
-    try:
-        with session_factory(engine)() as s:
-            value = s.scalar(select(Setting.value).where(Setting.key == KEY))
-    except DatabaseError as e:
-        raise unavailable(engine, e) from None
-    finally:
-        engine.dispose()
+    with probe(database_url) as engine, session_factory(engine)() as s:
+        value = s.scalar(select(Setting.value).where(Setting.key == KEY))
     if value is None:
         return {}
     known = {f.name for f in fields(Config)}
@@ -66,11 +59,10 @@ def recorded(database_url: str) -> dict[str, Any]:
     return out
 
 
-def note_differences(cfg: Config, served: dict[str, Any]) -> list[str]:
-    """The deployment settings this command sets itself to other values than the service's; logged."""
+def note_differences(cfg: Config, served: dict[str, Any]) -> None:
+    """Log the deployment settings this command sets itself to other values than the service's."""
     own = deployment_settings(cfg)
     differ = sorted(k for k, v in served.items() if k in own and own[k] != v)
     if differ:
         log.warning("this command's own settings differ from the serving coordinator's: %s",
                     ", ".join(f"{k}={own[k]!r} (service: {served[k]!r})" for k in differ))
-    return differ
