@@ -135,8 +135,7 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         _print(c.revoke_enrollment_key(key_id=int(args.key) if by_id else None, key=None if by_id else args.key,
                                        devices=args.devices))
     elif a == "revoke-device":
-        c.revoke_device(args.device_id)
-        _print({"device_id": args.device_id, "revoked": True})
+        _print(c.revoke_device(args.device_id))
     elif a == "import-version":
         print(c.import_version(args.directory, as_candidate=False if args.stable else None,
                                any_parent=args.force))

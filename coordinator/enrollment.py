@@ -122,13 +122,15 @@ def revoke_key(coord: Coordinator, *, key_id: int | None = None, key: str | None
     return out
 
 
-def revoke_device(coord: Coordinator, device_id: str) -> None:
+def revoke_device(coord: Coordinator, device_id: str) -> dict:
+    """Refuse a device's token from now on; what the admin API and the CLI answer."""
     with coord.tx() as s:
         dev = s.get(Device, device_id)
         if dev is None:
             raise not_found(f"no device {device_id}")
         dev.revoked = True
         _forget_in_flight(s, select(Device.id).where(Device.id == device_id))
+    return {"device_id": device_id, "revoked": True}
 
 
 def _forget_in_flight(s: Session, device_ids: Select) -> None:

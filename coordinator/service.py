@@ -91,8 +91,8 @@ class Coordinator:
         """The enrollment key a device was minted with (fixed for its life, so cached)."""
         return enrollment.key_of(self, device_id)
 
-    def revoke_device(self, device_id: str) -> None:
-        enrollment.revoke_device(self, device_id)
+    def revoke_device(self, device_id: str) -> dict[str, Any]:
+        return enrollment.revoke_device(self, device_id)
 
     def list_enrollment_keys(self) -> list[dict[str, Any]]:
         """Every enrollment key without its secret, with how many devices it minted."""

@@ -48,8 +48,7 @@ def revoke_enrollment_key(key_id: int) -> Response:
 @bp.post("/devices/<device_id>/revoke")
 @admin_auth
 def revoke_device(device_id: str) -> Response:
-    coord().revoke_device(device_id)
-    return jsonify({"device_id": device_id, "revoked": True})
+    return jsonify(coord().revoke_device(device_id))
 
 
 @bp.get("/versions")
