@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from coordinator import deployment, keys
 from coordinator.api import admin, devices, public
@@ -49,6 +50,9 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     # All devices of one enrollment key share one check-in budget: a leaked key's sybils slow together.
     app.extensions["fedkeys_key_ratelimit"] = RateLimiter(cfg.rate_limit_per_key_per_minute,
                                                           cfg.rate_limit_per_key_burst)
+    app.extensions["fedkeys_admin_failures"] = RateLimiter(cfg.admin_failures_per_minute, cfg.admin_failures_burst)
+    if cfg.proxy_hops:   # behind nginx: the client's address and scheme are what the proxy saw
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.proxy_hops, x_proto=cfg.proxy_hops)  # type: ignore[method-assign]
     for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
     _register_errors(app)

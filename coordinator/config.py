@@ -32,6 +32,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# An operator's own admin token: long enough that the failed-token limit leaves guessing hopeless.
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
 class ConfigError(CoordinatorError, ValueError):
     """A setting is unknown or has an invalid value."""
 
@@ -42,7 +46,8 @@ class Config:
     database_url: str = ""                # empty: sqlite:///<data_dir>/coordinator.db
     host: str = "127.0.0.1"
     port: int = 8400
-    admin_token: str = ""                 # empty: generated into <data_dir>/admin_token on first start
+    admin_token: str = ""                 # empty: generated into <data_dir>/admin_token; else 16+ characters
+    proxy_hops: int = 0                   # reverse proxies in front whose X-Forwarded-For/-Proto are trusted (nginx: 1)
     log_level: str = "INFO"
     log_format: str = "auto"              # json | text | auto (text on a terminal, JSON lines otherwise)
     profile: str = ""                     # a preset from PROFILES under file/env/flags ("" = none)
@@ -52,6 +57,8 @@ class Config:
     rate_limit_burst: int = 30
     rate_limit_per_key_per_minute: float = 6000.0  # check-ins of all devices of one enrollment key, per process
     rate_limit_per_key_burst: int = 600
+    admin_failures_per_minute: float = 10.0  # wrong admin tokens per client address and process; past them, 429
+    admin_failures_burst: int = 20           # before the token is compared (a token bucket like the rate limits)
     # Enrollment keys: every key has a use count and a lifetime (a leaked key mints few sybils)
     enrollment_key_uses: int = 100
     enrollment_key_ttl_s: float = 7 * 86400.0
@@ -107,6 +114,12 @@ class Config:
             (self.rate_limit_per_minute > 0 and self.rate_limit_burst >= 1, "rate limits must be positive"),
             (self.rate_limit_per_key_per_minute > 0 and self.rate_limit_per_key_burst >= 1,
              "per-key rate limits must be positive"),
+            (self.admin_failures_per_minute > 0 and self.admin_failures_burst >= 1,
+             "admin_failures_per_minute must be > 0 and admin_failures_burst >= 1"),
+            (not self.admin_token or len(self.admin_token) >= MIN_ADMIN_TOKEN_CHARS,
+             f"admin_token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (empty: one is generated "
+             f"into <data_dir>/admin_token)"),
+            (0 <= self.proxy_hops <= 10, "proxy_hops must be in [0, 10]: the reverse proxies in front (nginx: 1)"),
             (self.checkin_interval_s > 0 and 0 <= self.checkin_jitter < 1, "bad check-in interval or jitter"),
             (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
             (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
@@ -162,8 +175,8 @@ class Config:
 
 
 # Set for each process (where it listens, logs and finds its data): an admin command keeps its own.
-PROCESS_SETTINGS = frozenset({"data_dir", "database_url", "host", "port", "admin_token", "log_level", "log_format",
-                              "profile"})
+PROCESS_SETTINGS = frozenset({"data_dir", "database_url", "host", "port", "admin_token", "proxy_hops", "log_level",
+                              "log_format", "profile"})
 
 
 def deployment_settings(cfg: Config) -> dict[str, Any]:

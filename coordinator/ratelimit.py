@@ -23,6 +23,14 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._max_keys = max_keys
 
+    def wait(self, key: str) -> float:
+        """Seconds until `key` has a token (0: it has one now), taking none."""
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
     def check(self, key: str) -> float:
         """Take one token for `key`; return 0 if allowed, else seconds until one is available."""
         now = self._clock()

@@ -73,8 +73,23 @@ def rate_limit(key: str, limiter: str = "fedkeys_ratelimit") -> None:
 
 
 def _is_admin() -> bool:
+    """Whether the request carries the admin token. Each wrong one spends the client address's
+    budget (`admin_failures_*`); an address that has spent it gets 429 before its token is compared,
+    so guessing an operator's token runs at that pace. No token, or the right one, spends nothing."""
     token = wire.bearer_token(request.headers.get(wire.AUTH_HEADER))
-    return token is not None and hmac.compare_digest(token.encode(), coord().admin_token.encode())
+    if token is None:
+        return False
+    failures = current_app.extensions["fedkeys_admin_failures"]
+    address = "ip:" + (request.remote_addr or "?")
+    wait = failures.wait(address)
+    if wait > 0:
+        coord().metrics.rate_limited.inc()
+        raise ApiError(429, wire.E_RATE_LIMITED, "too many wrong admin tokens from this address",
+                       retry_after=round(wait, 2))
+    if hmac.compare_digest(token.encode(), coord().admin_token.encode()):
+        return True
+    failures.check(address)
+    return False
 
 
 def device_auth(view: Callable) -> Callable:
@@ -89,11 +104,12 @@ def device_auth(view: Callable) -> Callable:
 
 
 def device_or_admin_auth(view: Callable) -> Callable:
+    """A device (it names itself in X-FedKeys-Device) or the operator (no device header)."""
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not _is_admin():
-            return device_auth(view)(*args, **kwargs)
-        return view(*args, **kwargs)
+        if request.headers.get(wire.DEVICE_HEADER) is None and _is_admin():
+            return view(*args, **kwargs)
+        return device_auth(view)(*args, **kwargs)
     return wrapper
 
 

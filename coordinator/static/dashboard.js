@@ -31,6 +31,11 @@
   async function fetchData(token) {
     const resp = await fetch("/v1/admin/dashboard", { headers: { Authorization: "Bearer " + token } });
     if (resp.status === 401) throw Object.assign(new Error("the coordinator did not accept this token"), { auth: true });
+    if (resp.status === 429) {   // too many wrong tokens from this address: say when to try again
+      const body = await resp.json().catch(() => ({}));
+      const wait = resp.headers.get("Retry-After");
+      throw new Error((body.message || "too many requests") + (wait ? `; try again in ${wait} s` : ""));
+    }
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     return resp.json();
   }

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import requests
 
+from coordinator.app import create_app
 from protocol import wire
-from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version, serve
+from tests.helpers.coordinator_fakes import ADMIN_TOKEN, FakeDevice, make_config, make_version, serve
 
 
 def _err(resp, status: int, code: str) -> wire.ErrorBody:
     assert resp.status_code == status, resp.text
     assert resp.headers["Content-Type"].startswith("application/json")
-    body = wire.ErrorBody.from_dict(resp.json())
+    body = wire.ErrorBody.from_dict(resp.json() if callable(resp.json) else resp.json)   # requests or Flask
     assert body.error == code, body
     return body
 
@@ -128,3 +129,52 @@ def test_request_size_cap_and_rate_limit(tmp_path):
         assert limited, [r.status_code for r in codes]
         body = _err(limited[0], 429, wire.E_RATE_LIMITED)
         assert body.retryable and body.retry_after > 0 and int(limited[0].headers["Retry-After"]) >= 1
+
+
+def _client_at(app, address: str):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def test_wrong_admin_tokens_from_one_address_get_429_before_the_token_is_compared(tmp_path):
+    app = create_app(make_config(tmp_path, admin_failures_per_minute=1.0, admin_failures_burst=3))
+    try:
+        guesser, operator = _client_at(app, "203.0.113.7"), _client_at(app, "198.51.100.2")
+        wrong = {wire.AUTH_HEADER: "Bearer not-the-admin-token"}
+        right = {wire.AUTH_HEADER: f"Bearer {ADMIN_TOKEN}"}
+        for _ in range(5):   # no token at all spends nothing: a probe without one is not a guess
+            _err(guesser.get("/v1/admin/status"), 401, wire.E_UNAUTHORIZED)
+        for _ in range(3):
+            _err(guesser.get("/v1/admin/status", headers=wrong), 401, wire.E_UNAUTHORIZED)
+        body = _err(guesser.get("/v1/admin/status", headers=wrong), 429, wire.E_RATE_LIMITED)
+        assert body.retry_after > 0
+        # Past the budget even the right token is refused from that address, so a guess that hits
+        # is not told apart from one that misses ...
+        _err(guesser.get("/v1/admin/status", headers=right), 429, wire.E_RATE_LIMITED)
+        # ... on the routes a device or the operator may call too, while the operator elsewhere is served.
+        manifest = wire.PATH_VERSION_MANIFEST.format(version_id="1")
+        _err(guesser.get(manifest, headers=right), 429, wire.E_RATE_LIMITED)
+        assert operator.get("/v1/admin/status", headers=right).status_code == 200
+        # A device naming itself on those routes is never an admin guess, whatever its token.
+        device = _client_at(app, "192.0.2.9")
+        for _ in range(5):
+            _err(device.get(manifest, headers=wrong | {wire.DEVICE_HEADER: "d-unknown"}), 401, wire.E_UNAUTHORIZED)
+        assert device.get("/v1/admin/status", headers=right).status_code == 200
+    finally:
+        app.extensions["fedkeys"].close()
+
+
+def test_behind_a_proxy_the_forwarded_address_is_the_client_and_unproxied_it_is_ignored(tmp_path):
+    limits = {"rate_limit_per_minute": 1.0, "rate_limit_burst": 1}   # enrollment: per client address
+    for hops, separate in ((1, True), (0, False)):
+        app = create_app(make_config(tmp_path / str(hops), proxy_hops=hops, **limits))
+        try:
+            proxy = _client_at(app, "127.0.0.1")
+            codes = [proxy.post(wire.PATH_ENROLL, json=wire.EnrollRequest("wrong-key").to_dict(),
+                                headers={"X-Forwarded-For": f"192.0.2.{i}"}).status_code for i in (1, 2)]
+            # With the proxy trusted, two clients behind it have a budget each; without it the
+            # header is anyone's to write, so it is ignored and both share the sender's.
+            assert codes == ([401, 401] if separate else [401, 429]), (hops, codes)
+        finally:
+            app.extensions["fedkeys"].close()

@@ -33,7 +33,7 @@ from tools.coordinator_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = int(os.environ.get("FEDKEYS_CRASH_ROUNDS", "20"))
-DEVICES, ADMIN = 3, "crash-admin"
+DEVICES, ADMIN = 3, "crash-test-admin-token"
 TENSORS = [artifact.TensorSpec(k, s) for k, s in SHAPES.items()]
 _CHECKIN = wire.CheckinRequest(True, can_evaluate=False).to_dict()   # training only, never a canary task
 

@@ -34,6 +34,9 @@ def test_config_layers_defaults_file_env_flags(tmp_path):
     ({"flags": {"server_optimizer": "sgd"}}, "server_optimizer"),
     ({"flags": {"goal_count": True}}, "not a valid int"),
     ({"config_file": "/nonexistent/c.toml"}, "cannot read"),
+    ({"environ": {"FEDKEYS_COORDINATOR_ADMIN_TOKEN": "hunter2"}}, "at least 16 characters"),
+    ({"flags": {"proxy_hops": -1}}, "proxy_hops"),
+    ({"flags": {"admin_failures_burst": 0}}, "admin_failures"),
 ])
 def test_config_rejects_bad_settings(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -48,7 +51,9 @@ def test_rate_limiter_token_bucket():
     assert wait == pytest.approx(1.0)
     assert rl.check("b") == 0                      # per key
     now[0] += 1.0
-    assert rl.check("a") == 0
+    assert rl.wait("a") == 0                       # a look takes nothing ...
+    assert rl.check("a") == 0                      # ... so the token is still there
+    assert rl.wait("a") == pytest.approx(1.0)
 
 
 def test_blob_store_is_content_addressed(tmp_path):

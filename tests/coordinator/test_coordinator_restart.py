@@ -30,7 +30,8 @@ def _start(data_dir: Path, port: int, db_url: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_COORDINATOR_")}
     env["FEDKEYS_COORDINATOR_GOAL_COUNT"] = "3"      # settings through the environment ...
     cmd = [sys.executable, "-m", "coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
-           "--database-url", db_url, "--set", "admin_token=adm", "--set", "min_count=3",  # ... and flags
+           "--database-url", db_url, "--set", "admin_token=restart-test-admin-token",  # ... and flags
+           "--set", "min_count=3",
            "--set", "selection_window_s=0"]
     init = [a for a in cmd if a not in ("--port", str(port))]
     init[init.index("serve")] = "init"
@@ -52,7 +53,7 @@ def test_kill_mid_round_loses_no_acknowledged_update(tmp_path, capsys):
     url = f"http://127.0.0.1:{port}"
     db_url = database_url(tmp_path)
     _, base = make_version(tmp_path / "v0")
-    admin = {wire.AUTH_HEADER: "Bearer adm"}
+    admin = {wire.AUTH_HEADER: "Bearer restart-test-admin-token"}
     proc = _start(data, port, db_url)
     try:
         common = ["--data-dir", str(data), "--database-url", db_url]

@@ -3,6 +3,7 @@ reloading, the canary's state and verdict, the decision log and the history char
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,25 @@ def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_p
         finally:
             ctx.close()
     assert not errors, errors       # no CSP violations or script errors
+
+
+def test_dashboard_login_says_when_wrong_tokens_have_used_up_the_address_budget(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    with serve(make_config(tmp_path, admin_failures_per_minute=0.01, admin_failures_burst=1)) as s:
+        page = browser.new_page()
+        try:
+            page.goto(s.url + "/dashboard")
+            page.fill("#token", "a-wrong-guess")
+            page.click("#login button[type=submit]")
+            expect(page.locator("#login-error")).to_contain_text("did not accept")
+            page.fill("#token", "another-wrong-guess")
+            page.click("#login button[type=submit]")
+            expect(page.locator("#login-error")).to_contain_text(
+                re.compile(r"too many wrong admin tokens from this address; try again in \d+ s"))
+            expect(page.locator("#panels")).to_be_hidden()
+        finally:
+            page.close()
 
 
 def test_dashboard_names_a_word_discovery_round(browser, tmp_path, exported_version):

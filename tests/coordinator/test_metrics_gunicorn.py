@@ -13,7 +13,7 @@ import requests
 
 from protocol import wire
 from tests.helpers.coordinator_fakes import TEST_DB_ENV, FakeDevice, make_version
-from tests.helpers.front import ROOT, gunicorn_coordinator, gunicorn_env
+from tests.helpers.front import FRONT_ADMIN_TOKEN, ROOT, gunicorn_coordinator, gunicorn_env
 from tools.coordinator_process import free_port
 
 
@@ -58,7 +58,7 @@ def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
         assert _value(text, "fedkeys_devices_enrolled") == 0
         dev = FakeDevice(url, key)
         rid = requests.post(url + "/v1/admin/rounds", json={"goal_count": 3, "min_count": 1, "selection_window_s": 0},
-                            headers={wire.AUTH_HEADER: "Bearer adm"}, timeout=10).json()["round_id"]
+                            headers={wire.AUTH_HEADER: f"Bearer {FRONT_ADMIN_TOKEN}"}, timeout=10).json()["round_id"]
         assert dev.checkin().kind == wire.TASK_TRAIN
         text = requests.get(url + wire.PATH_METRICS, timeout=10).text
         assert _value(text, "fedkeys_round_open") == 1 and _value(text, "fedkeys_round_id") == rid

@@ -20,6 +20,7 @@ from protocol import artifact, wire
 from protocol.arch import Arch, ModelConfig
 
 TEST_DB_ENV = "FEDKEYS_TEST_DATABASE_URL"
+ADMIN_TOKEN = "admin-secret-for-tests"   # what make_config sets: at least 16 characters
 # A real exporter's architecture, tiny: the coordinator refuses a manifest whose tensors are not
 # the ones its arch trains (`artifact.checked_architecture`).
 TINY_ARCH = Arch(ModelConfig(vocab_size=8, embed_dim=4, hidden_dim=2, train_batch=2, seq_len=20))
@@ -60,7 +61,7 @@ def make_config(tmp_path: Path, **overrides: object) -> Config:
             "overselect": 1.34, "round_duration_s": 600.0, "selection_window_s": 0.0, "checkin_interval_s": 60.0,
             "canary_fraction": 1.0,
             "canary_min_reports": 2, "canary_tolerance": 0.01, "clip_norm": 10.0, "noise_multiplier": 0.01,
-            "max_examples": 1000, "max_example_weight": 1000, "admin_token": "admin-secret"}
+            "max_examples": 1000, "max_example_weight": 1000, "admin_token": ADMIN_TOKEN}
     return Config().with_overrides(base | overrides)
 
 

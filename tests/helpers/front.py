@@ -22,6 +22,7 @@ from tools.coordinator_process import CoordinatorProcessError, free_port, wait_h
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+FRONT_ADMIN_TOKEN = "front-test-admin-token"   # gunicorn_env's
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -108,7 +109,7 @@ def gunicorn_env(tmp: Path, port: int, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")}
     db = {"FEDKEYS_COORDINATOR_DATABASE_URL": database_url(tmp)} if os.environ.get(TEST_DB_ENV) else {}
     return env | {"PYTHONPATH": str(ROOT), "FEDKEYS_COORDINATOR_DATA_DIR": str(tmp / "coord"),
-                  "FEDKEYS_COORDINATOR_ADMIN_TOKEN": "adm", "FEDKEYS_BIND": f"127.0.0.1:{port}",
+                  "FEDKEYS_COORDINATOR_ADMIN_TOKEN": FRONT_ADMIN_TOKEN, "FEDKEYS_BIND": f"127.0.0.1:{port}",
                   "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")} | db | settings
 
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from coordinator.config import load_config
-from tests.helpers.coordinator_fakes import make_config, serve
+from tests.helpers.coordinator_fakes import ADMIN_TOKEN, make_config, serve
 from tests.helpers.front import DEPLOY, nginx_front
 
 
@@ -43,18 +43,26 @@ def test_env_example_names_only_real_settings():
             env[k] = v
     cfg = load_config(environ={k: v for k, v in env.items() if k.startswith("FEDKEYS_COORDINATOR_")})
     assert cfg.resolved_database_url.startswith("postgresql+psycopg://") and cfg.log_format == "json"
+    assert cfg.proxy_hops == 1                                 # nginx's X-Forwarded-For names the client
     assert env["FEDKEYS_BIND"].startswith("127.0.0.1:")       # gunicorn only on loopback, nginx in front
 
 
 def test_nginx_config_terminates_tls_in_front_of_the_coordinator(tmp_path):
-    with serve(make_config(tmp_path)) as s, nginx_front(tmp_path, s.url.removeprefix("http://")) as front:
+    cfg = make_config(tmp_path, proxy_hops=1, admin_failures_per_minute=1.0, admin_failures_burst=2)
+    with serve(cfg) as s, nginx_front(tmp_path, s.url.removeprefix("http://")) as front:
         url, crt = front.https_url, str(front.crt)
         r = requests.get(url + "/healthz", verify=crt, timeout=5)
         assert r.status_code == 200 and r.json() == {"ok": True}
         assert r.headers["Strict-Transport-Security"].startswith("max-age=")
         assert requests.get(url + "/v1/admin/status", verify=crt, timeout=5).status_code == 401
         assert requests.get(url + "/v1/admin/status", verify=crt, timeout=5,
-                            headers={"Authorization": "Bearer admin-secret"}).status_code == 200
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+        # The address the coordinator limits is the one nginx saw, whatever X-Forwarded-For a client
+        # writes: nginx appends the peer, and proxy_hops = 1 trusts only that last entry.
+        codes = [requests.get(url + "/v1/admin/status", verify=crt, timeout=5,
+                              headers={"Authorization": "Bearer a-wrong-guess", "X-Forwarded-For": f"192.0.2.{i}"}
+                              ).status_code for i in range(3)]
+        assert codes == [401, 401, 429], codes
         plain = requests.get(f"http://127.0.0.1:{front.http_port}/healthz", allow_redirects=False, timeout=5)
         assert plain.status_code == 301 and plain.headers["Location"].startswith("https://")
     assert os.path.exists(tmp_path / "logs" / "error.log")
