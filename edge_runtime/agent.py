@@ -418,7 +418,8 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
 def _word_counts(dev: Device, version_dir: Path, texts: list[str], max_words: int) -> WordCounts:
     """Word-level counts by the keyboard's own predictor; a version that cannot suggest scores none."""
     try:
-        return word_counts(dev.sessions(Path(version_dir)), texts, max_words=max_words)
+        return word_counts(dev.sessions(Path(version_dir)), texts, max_words=max_words,
+                           before_text=lambda: trainer.check_eligible(dev.may_work))  # unplugged: stop
     except (ValueError, RuntimeError, FloatingPointError, IndexError) as e:
         log.warning("word-level evaluation of %s failed (%s): reporting no words", Path(version_dir).name,
                     e.__class__.__name__)

@@ -113,7 +113,8 @@ def _arch_shape(manifest: Manifest) -> tuple[int, int]:
     return cfg.train_batch, cfg.seq_len
 
 
-def _check(eligible: EligibilityCheck | None, deadline: float | None, steps: int) -> None:
+def check_eligible(eligible: EligibilityCheck | None, deadline: float | None = None, steps: int = 0) -> None:
+    """Raise TrainingAborted, with the reasons, once the time is up or the device may not work on."""
     if deadline is not None and time.monotonic() > deadline:
         raise TrainingAborted("time limit reached", steps)
     if eligible is not None:
@@ -137,7 +138,7 @@ def sgd(model: SignatureModel, data: Windows, *, epochs: int, rows: int, batch: 
     for _ in range(epochs):
         order = rng.permutation(n)
         for i in range(0, n, rows):
-            _check(eligible, deadline, steps)
+            check_eligible(eligible, deadline, steps)
             x, y, m = fixed_batch(data, order[i:i + rows], batch)
             loss = float(np.asarray(step(x=x, y=y, mask=m, lr=lr)["loss"]).reshape(-1)[0])
             if not math.isfinite(loss):
@@ -145,7 +146,7 @@ def sgd(model: SignatureModel, data: Windows, *, epochs: int, rows: int, batch: 
             first_loss = loss if steps == 0 else first_loss
             last_loss = loss
             steps += 1
-    _check(eligible, deadline, steps)
+    check_eligible(eligible, deadline, steps)
     return steps, first_loss, last_loss
 
 
@@ -178,7 +179,7 @@ def train(
         data = data.take(np.sort(rng.choice(len(data), plan.max_examples, replace=False)))
     n = len(data)
 
-    _check(eligible, deadline, 0)
+    check_eligible(eligible, deadline, 0)
     model = loader(version_dir)
     model.set_weights(base)  # start exactly from the manifest's weights, whatever load did
     steps, first_loss, last_loss = sgd(model, data, epochs=plan.epochs, rows=rows, batch=B,
@@ -201,7 +202,7 @@ def evaluate_windows(model: SignatureModel, weights: dict[str, np.ndarray], data
     run = model.runner(SIG_EVALUATE)
     totals = dict.fromkeys(EVALUATE_OUTPUTS, 0.0)
     for i in range(0, len(data), batch):
-        _check(eligible, None, i // batch)
+        check_eligible(eligible, None, i // batch)
         x, y, m = fixed_batch(data, np.arange(i, min(i + batch, len(data))), batch)
         res = run(x=x, y=y, mask=m)
         for k in totals:

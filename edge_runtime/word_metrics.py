@@ -14,7 +14,7 @@ counts leave this module; the text stays where it came from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,12 +36,16 @@ class WordCounts:
     typed: int
 
 
-def word_counts(session: TypingSession, texts: Iterable[str], *, max_words: int) -> WordCounts:
-    """Score at most `max_words` target words of `texts` with `session`."""
+def word_counts(session: TypingSession, texts: Iterable[str], *, max_words: int,
+                before_text: Callable[[], None] | None = None) -> WordCounts:
+    """Score at most `max_words` target words of `texts` with `session`. `before_text` runs before
+    each text (a device's eligibility check, which raises to stop)."""
     hit1 = hit3 = words = saved = typed = 0
     for text in texts:
         if words >= max_words:
             break
+        if before_text is not None:
+            before_text()
         session.reset()
         for chunk in text.split():
             if words >= max_words:

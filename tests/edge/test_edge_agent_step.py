@@ -289,3 +289,25 @@ def test_evaluate_task_reports_word_level_counts_within_the_word_budget(device, 
     assert (stable.words, stable.word_top3, stable.saved) == (4, 0, 0)
     assert cand.loss_sum == 0.0 and cand.count == 0.0          # non-finite next-piece figures: "not measured"
     wire.EvaluationReport.from_dict(device.client.reports[0].to_dict())   # what the coordinator accepts
+
+
+def test_a_device_stopped_during_word_level_evaluation_reports_nothing(device, monkeypatch):
+    """The keyboard's own scoring runs word by word through the predictor; a device unplugged or
+    told to stop meanwhile stops before the next text, as training does, and sends no report."""
+    monkeypatch.setattr(trainer, "evaluate", lambda dirs, texts, **kw: [
+        wire.VersionMetrics(v.rsplit("/", 1)[1], 10.0, 2.0, 3.0, 5.0) for v in dirs])
+    scored = []
+
+    class StopsTheDevice(FixedSession):
+        def reset(self):   # scoring the candidate's text; SIGTERM arrives meanwhile
+            scored.append(self.words[0])
+            device.stopping.set()
+            super().reset()
+
+    device.sessions = lambda vdir: StopsTheDevice([vdir.name])
+    device.client.tasks = [wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2",
+                                     candidate_version_id="c2", evaluate_version_ids=("c2", "v1"),
+                                     max_eval_examples=40, max_eval_words=4)]
+    res = agent.run_once(device)
+    assert res.outcome == "aborted (the device is stopping)", res
+    assert scored == ["c2"] and not device.client.reports
