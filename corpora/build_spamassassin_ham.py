@@ -59,6 +59,11 @@ def body_text(msg):
             out.append(payload.decode("latin-1", errors="replace"))
     return "\n".join(out)
 
+def mostly_letters(para):
+    """Half or more of its characters are letters: typed prose, not a table, code or a signature's art."""
+    return sum(c.isalpha() for c in para) >= 0.5 * len(para)
+
+
 def clean(text):
     paras, cur = [], []
     for line in text.replace("\r", "").split("\n"):
@@ -77,7 +82,7 @@ def clean(text):
     if cur:
         paras.append(" ".join(cur))
     paras = [re.sub(r"\s+", " ", p).strip() for p in paras]
-    paras = [p for p in paras if p and sum(c.isalpha() for c in p) >= 0.5 * len(p)]
+    paras = [p for p in paras if p and mostly_letters(p)]
     # Header lines pasted into bodies (Date:/From:/Message-ID: ...) carry addresses: drop them.
     paras = [p for p in paras if not HEADER.match(p) and "Message-ID:" not in p]
     return "\n".join(paras)
@@ -133,7 +138,7 @@ def drop_quotes(records):
                     run.append(word)
             if run:
                 paras.append(" ".join(run))
-        paras = [p for p in paras if sum(c.isalpha() for c in p) >= 0.5 * len(p)]
+        paras = [p for p in paras if mostly_letters(p)]
         out.append((user, "\n".join(paras)))
     return out
 
