@@ -491,6 +491,15 @@ def _failure(e: BaseException) -> str:
     return e.__class__.__name__
 
 
+def _stopped(stop: threading.Event, once: bool, error: Exception) -> bool:
+    """True when the loop is stopping and `error` is only the task it cut short (a retry's wait
+    ended by the stop, a request cut off): said once at INFO, not reported as a task error."""
+    if once or not stop.is_set():
+        return False
+    log.info("stopping; the task in progress ended (%s)", _failure(error))
+    return True
+
+
 def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
     """Check in until `stop` is set (or once). Returns a process exit code.
 
@@ -507,6 +516,8 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             backoff = dev.config.backoff_initial_s
             wait = result.wait_s
         except RejectedError as e:
+            if _stopped(stop, once, e):
+                break
             if e.code in _FATAL_CODES:
                 if once:
                     raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
@@ -518,6 +529,8 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             if once:
                 return 1
         except (ClientError, VersionError, LedgerError) as e:
+            if _stopped(stop, once, e):
+                break
             retry_after = getattr(e, "retry_after", None) or 0.0
             wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
@@ -525,6 +538,8 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             if once:
                 return 1
         except Exception as e:  # noqa: BLE001  (the loop outlives any one iteration)
+            if _stopped(stop, once, e):
+                break
             wait = jittered(backoff, dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
             log.error("iteration failed: %s; next check-in in %.0fs", _failure(e), wait)

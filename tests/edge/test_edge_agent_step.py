@@ -219,6 +219,25 @@ def test_loop_backs_off_on_transient_errors_and_stops(device):
     assert 4.5 <= waits[2] <= 5.5
 
 
+def test_a_stop_that_cuts_a_task_short_is_no_task_error(device, caplog):
+    """SIGTERM while a request or a retry's wait is under way ends that task with an error; the
+    loop says it is stopping instead of reporting a task error and a next check-in."""
+    stop = threading.Event()
+
+    class CutOff(TransientError):
+        pass
+
+    def checkin(req):
+        stop.set()   # the stop arrives while the request is in flight
+        raise CutOff("connection reset")
+
+    device.client.checkin = checkin
+    with caplog.at_level(logging.INFO, logger="edge_runtime.agent"):
+        assert agent.run_loop(device, stop=stop) == 0
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edge_runtime.agent"]
+    assert said == [(logging.INFO, "stopping; the task in progress ended (CutOff)")], said
+
+
 def test_loop_once_exit_codes_and_fatal_rejection(device):
     device.client.tasks = [TransientError("down")]
     assert agent.run_loop(device, once=True) == 1
