@@ -53,11 +53,31 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["fedkeys_admin_failures"] = RateLimiter(cfg.admin_failures_per_minute, cfg.admin_failures_burst)
     if cfg.proxy_hops:   # behind nginx: the client's address and scheme are what the proxy saw
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.proxy_hops, x_proto=cfg.proxy_hops)  # type: ignore[method-assign]
+    else:
+        _warn_unconfigured_proxy(app)
     for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
     _register_errors(app)
     _register_metrics(app, coordinator)
     return app
+
+
+_FORWARDED_FOR = "X-Forwarded-For"   # what a reverse proxy adds (deploy/nginx/fedkeys.conf)
+
+
+def _warn_unconfigured_proxy(app: Flask) -> None:
+    """A request that came through a proxy while proxy_hops is 0: every client then has the proxy's
+    address, so all share one enrollment and one wrong-admin-token budget, and one guesser can spend
+    it for everyone. Said once per process, with the fix."""
+    warned: list[bool] = []
+
+    @app.before_request
+    def _proxied() -> None:
+        if not warned and _FORWARDED_FOR in request.headers:
+            warned.append(True)
+            log.warning("requests come through a proxy (%s from %s) but proxy_hops is 0: every client counts as "
+                        "the proxy's address in the per-address limits; set proxy_hops to the number of proxies "
+                        "in front (nginx: 1)", _FORWARDED_FOR, request.remote_addr)
 
 
 def _error(status: int, body: dict[str, Any], retry_after: float | None = None) -> Response:

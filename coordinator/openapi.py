@@ -96,7 +96,7 @@ def _op(summary: str, *, ok: dict[str, Any] | None = None, body: dict[str, Any] 
                                                                                     "format": "binary"}}}}
     else:
         responses[ok_status] = {"description": "OK", **_json(ok or _ANY_OBJ)}
-    codes = set(errors) | ({401, 429} if security == "device" else set()) | ({401} if security == "admin" else set())
+    codes = set(errors) | ({401, 429} if security else set())   # 429: rate limited, or too many wrong admin tokens
     for code in sorted(codes):
         responses[str(code)] = {"description": "error", **_json(_ERR)}
     op: dict[str, Any] = {"summary": summary, "responses": responses}

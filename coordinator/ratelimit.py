@@ -23,24 +23,32 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._max_keys = max_keys
 
-    def wait(self, key: str) -> float:
-        """Seconds until `key` has a token (0: it has one now), taking none."""
-        now = self._clock()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
-
     def check(self, key: str) -> float:
         """Take one token for `key`; return 0 if allowed, else seconds until one is available."""
         now = self._clock()
         with self._lock:
             tokens, last = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            if len(self._buckets) > self._max_keys:  # forget idle keys rather than grow without bound
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60 / self.rate}
-            return (1 - tokens) / self.rate
+            allowed = tokens >= 1
+            self._buckets[key] = (tokens - 1 if allowed else tokens, now)
+            if len(self._buckets) > self._max_keys:   # many keys (addresses): bounded memory
+                self._forget(now)
+            return 0.0 if allowed else (1 - tokens) / self.rate
+
+    def refund(self, key: str) -> None:
+        """Give back the token `check` took for `key`: the call it guarded did not count (the right
+        admin token). Taking first and giving back leaves no window in which concurrent calls all
+        see the last token."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, last = self._buckets[key]
+                self._buckets[key] = (min(self.burst, tokens + 1), last)
+
+    def _forget(self, now: float) -> None:
+        """Drop the buckets that have refilled (a new key starts full: the same), then, if the keys
+        are still too many, the half least recently used."""
+        rate, burst = self.rate, self.burst
+        self._buckets = {k: (t, last) for k, (t, last) in self._buckets.items() if t + (now - last) * rate < burst}
+        if len(self._buckets) > self._max_keys:
+            recent = sorted(self._buckets.items(), key=lambda kv: kv[1][1])[len(self._buckets) // 2:]
+            self._buckets = dict(recent)

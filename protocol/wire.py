@@ -9,7 +9,8 @@ Conventions
   safetensors. Every JSON message carries ``protocol_version``; a peer speaking another
   version is refused with a ``protocol_version`` error rather than misread.
 * Device calls send ``Authorization: Bearer <token>`` and ``X-FedKeys-Device: <device_id>``;
-  a device can only act as itself. Admin calls send ``Authorization: Bearer <admin token>``.
+  a device can only act as itself. Admin calls send ``Authorization: Bearer <admin token>``
+  and no ``X-FedKeys-Device`` (a call naming a device is that device's, on every path).
 * Every error is a 4xx/5xx JSON :class:`ErrorBody` with a machine-readable ``error`` code
   (one of the ``E_*`` constants) and a human ``message``. Rate-limited and "come back"
   answers carry ``Retry-After`` (seconds).

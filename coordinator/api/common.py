@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any
@@ -72,23 +73,39 @@ def rate_limit(key: str, limiter: str = "fedkeys_ratelimit") -> None:
         raise ApiError(429, wire.E_RATE_LIMITED, "too many requests", retry_after=round(wait, 2))
 
 
+def client_address() -> str:
+    """The client as the per-address limits count it: an IPv4 address, or an IPv6 address's /64
+    (one subscriber's network: its 2^64 addresses are one client, not 2^64 fresh budgets)."""
+    addr = request.remote_addr or "?"
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def _is_admin() -> bool:
-    """Whether the request carries the admin token. Each wrong one spends the client address's
-    budget (`admin_failures_*`); an address that has spent it gets 429 before its token is compared,
-    so guessing an operator's token runs at that pace. No token, or the right one, spends nothing."""
+    """Whether the request carries the admin token. A presented token first spends one of the
+    client address's wrong-token budget (`admin_failures_*`), given back when it is the right one;
+    an address that has spent it gets 429 before its token is compared, so guessing an operator's
+    token runs at that pace and a hit is not told apart from a miss. No token spends nothing."""
     token = wire.bearer_token(request.headers.get(wire.AUTH_HEADER))
     if token is None:
         return False
     failures = current_app.extensions["fedkeys_admin_failures"]
-    address = "ip:" + (request.remote_addr or "?")
-    wait = failures.wait(address)
+    address = "ip:" + client_address()
+    wait = failures.check(address)
     if wait > 0:
         coord().metrics.rate_limited.inc()
         raise ApiError(429, wire.E_RATE_LIMITED, "too many wrong admin tokens from this address",
                        retry_after=round(wait, 2))
     if hmac.compare_digest(token.encode(), coord().admin_token.encode()):
+        failures.refund(address)
         return True
-    failures.check(address)
     return False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, jsonify, request
 
 from coordinator.api.common import (
+    client_address,
     coord,
     device_auth,
     device_or_admin_auth,
@@ -24,7 +25,7 @@ def _flask_path(template: str) -> str:
 
 @bp.post(wire.PATH_ENROLL)
 def enroll() -> Response:
-    rate_limit("ip:" + (request.remote_addr or "?"))  # slows enrollment-key guessing
+    rate_limit("ip:" + client_address())  # slows enrollment-key guessing
     req = parse(wire.EnrollRequest, json_body())
     return jsonify(coord().enroll(req).to_dict())
 

@@ -34,7 +34,8 @@
     if (resp.status === 429) {   // too many wrong tokens from this address: say when to try again
       const body = await resp.json().catch(() => ({}));
       const wait = resp.headers.get("Retry-After");
-      throw new Error((body.message || "too many requests") + (wait ? `; try again in ${wait} s` : ""));
+      throw Object.assign(new Error((body.message || "too many requests") + (wait ? `; try again in ${wait} s` : "")),
+                          { limited: true });
     }
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     return resp.json();
@@ -141,7 +142,7 @@
       $("#logout").hidden = false;
     } catch (e) {
       if (e.auth) showLogin(e.message);
-      else $("#updated").textContent = "coordinator unreachable: " + e.message + " (retrying)";
+      else $("#updated").textContent = (e.limited ? e.message : "coordinator unreachable: " + e.message) + " (retrying)";
     }
   }
 

@@ -165,7 +165,23 @@ def test_wrong_admin_tokens_from_one_address_get_429_before_the_token_is_compare
         app.extensions["fedkeys"].close()
 
 
-def test_behind_a_proxy_the_forwarded_address_is_the_client_and_unproxied_it_is_ignored(tmp_path):
+def test_an_ipv6_client_is_its_64_so_its_addresses_share_one_budget(tmp_path):
+    app = create_app(make_config(tmp_path, admin_failures_per_minute=1.0, admin_failures_burst=1))
+    try:
+        wrong = {wire.AUTH_HEADER: "Bearer not-the-admin-token"}
+        _err(_client_at(app, "2001:db8:1:2::5").get("/v1/admin/status", headers=wrong), 401, wire.E_UNAUTHORIZED)
+        _err(_client_at(app, "2001:db8:1:2:ffff::9").get("/v1/admin/status", headers=wrong), 429,
+             wire.E_RATE_LIMITED)                                      # same /64: the same client
+        _err(_client_at(app, "2001:db8:1:3::5").get("/v1/admin/status", headers=wrong), 401,
+             wire.E_UNAUTHORIZED)                                      # another /64
+        _err(_client_at(app, "::ffff:192.0.2.1").get("/v1/admin/status", headers=wrong), 401,
+             wire.E_UNAUTHORIZED)                                      # IPv4 in IPv6: that IPv4 address
+        _err(_client_at(app, "192.0.2.1").get("/v1/admin/status", headers=wrong), 429, wire.E_RATE_LIMITED)
+    finally:
+        app.extensions["fedkeys"].close()
+
+
+def test_behind_a_proxy_the_forwarded_address_is_the_client_and_unproxied_it_is_ignored(tmp_path, caplog):
     limits = {"rate_limit_per_minute": 1.0, "rate_limit_burst": 1}   # enrollment: per client address
     for hops, separate in ((1, True), (0, False)):
         app = create_app(make_config(tmp_path / str(hops), proxy_hops=hops, **limits))
@@ -178,3 +194,7 @@ def test_behind_a_proxy_the_forwarded_address_is_the_client_and_unproxied_it_is_
             assert codes == ([401, 401] if separate else [401, 429]), (hops, codes)
         finally:
             app.extensions["fedkeys"].close()
+        # Unproxied, the header means a proxy that proxy_hops does not know of: said once, with the fix.
+        said = [r.getMessage() for r in caplog.records if "proxy_hops is 0" in r.getMessage()]
+        assert len(said) == (0 if hops else 1) and all("set proxy_hops" in m for m in said), said
+        caplog.clear()

@@ -47,6 +47,19 @@ def test_init_creates_and_then_every_command_accepts_it(tmp_path):
         assert json.loads(line)["level"]
 
 
+def test_a_short_admin_token_is_refused_on_one_line_wherever_it_is_set(tmp_path):
+    d = tmp_path / "coord"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    for args, where in ((["--set", "admin_token=hunter2"], "admin_token must be at least 16 characters"),
+                        ([], "shorter than 16 characters")):
+        if not args:
+            (d / "admin_token").write_text("hunter2\n")     # written there by hand
+        r = coord("status", "--data-dir", str(d), *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and where in lines[0], r.stderr
+        assert "hunter2" not in r.stderr                    # the error never echoes the secret
+
+
 def test_version_and_defaults_in_help():
     r = coord("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"python -m coordinator {__version__}"

@@ -51,9 +51,26 @@ def test_rate_limiter_token_bucket():
     assert wait == pytest.approx(1.0)
     assert rl.check("b") == 0                      # per key
     now[0] += 1.0
-    assert rl.wait("a") == 0                       # a look takes nothing ...
-    assert rl.check("a") == 0                      # ... so the token is still there
-    assert rl.wait("a") == pytest.approx(1.0)
+    assert rl.check("a") == 0
+    rl.refund("a")                                 # the call did not count: its token back
+    assert rl.check("a") == 0 and rl.check("a") > 0
+
+
+def test_rate_limiter_memory_is_bounded_and_forgets_only_what_a_new_key_would_have():
+    now = [0.0]
+    rl = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0], max_keys=100)
+    for i in range(99):                           # a client with many addresses
+        rl.check(f"k{i}")
+    now[0] = 0.1
+    rl.check("spent"), rl.check("spent")
+    now[0] = 0.2
+    rl.check("new")                               # 101 keys: none refilled, the older half goes
+    assert 50 <= len(rl._buckets) <= 100
+    assert rl.check("spent") > 0                  # the recent ones stay, spent as they were
+    now[0] = 10.0                                 # every bucket refills: forgetting them changes nothing
+    for i in range(100, 200):
+        rl.check(f"k{i}")
+    assert len(rl._buckets) <= 100 and rl.check("spent") == 0
 
 
 def test_blob_store_is_content_addressed(tmp_path):

@@ -323,10 +323,13 @@ def test_a_device_stopped_during_word_level_evaluation_reports_nothing(device, m
             device.stopping.set()
             super().reset()
 
+    for i in range(10):   # 20 records: two held-out texts, so a check per version would score both
+        device.cache.add(f"more text number {i}", "message")
+    assert len(list(device.cache.heldout_records())) == 2
     device.sessions = lambda vdir: StopsTheDevice([vdir.name])
     device.client.tasks = [wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2",
                                      candidate_version_id="c2", evaluate_version_ids=("c2", "v1"),
-                                     max_eval_examples=40, max_eval_words=4)]
+                                     max_eval_examples=40, max_eval_words=100)]
     res = agent.run_once(device)
     assert res.outcome == "aborted (the device is stopping)", res
-    assert scored == ["c2"] and not device.client.reports
+    assert scored == ["c2"] and not device.client.reports   # stopped before the candidate's second text
