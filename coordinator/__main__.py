@@ -10,7 +10,7 @@ import socket
 import sys
 from typing import Any
 
-from coordinator import keys, logs
+from coordinator import keys, listing, logs
 from coordinator.config import PROFILES, Config, ConfigError, load_config, process_config
 from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
 from coordinator.states import VERSION_ACTIONS, VersionAction
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many devices may enroll with it (default: setting enrollment_key_uses, 100)")
     p.add_argument("--expires-in-s", type=float, default=None,
                    help="lifetime in seconds (default: setting enrollment_key_ttl_s, 7 days)")
-    cmd("enrollment-keys", "list enrollment keys (never their secrets) and the devices each minted")
+    _listing(cmd("enrollment-keys", "list enrollment keys (never their secrets) and the devices each minted"))
     p = cmd("revoke-enrollment-key", "stop an enrollment key enrolling devices (a leaked one)")
     p.add_argument("key", help="the key's id (from enrollment-keys) or the key itself")
     p.add_argument("--devices", action="store_true", help="also revoke every device it minted")
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
     cmd("tick", "close rounds that reached their goal or deadline")
     cmd("status", "print stable/candidate versions and the latest round")
-    cmd("versions", "list versions with status, epsilon and decisions")
-    cmd("rounds", "list rounds with their counts")
+    _listing(cmd("versions", "list versions with status, epsilon and decisions"))
+    _listing(cmd("rounds", "list rounds with their counts"))
     cmd("canary", "show the canary comparison of candidate vs stable")
     p = cmd("rejections", "list rejected updates with their reasons")
     p.add_argument("--round-id", type=round_id)
@@ -111,6 +111,19 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _listing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("auto", "table", "json"), default="auto",
+                   help="table: the columns an operator reads; json: every field; auto: table on a terminal, "
+                        "json when piped")
+
+
+def _print_list(command: str, rows: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "table" or (fmt == "auto" and sys.stdout.isatty()):
+        print(listing.table(rows, listing.COLUMNS[command]))
+    else:
+        _print(rows)
+
+
 def round_id(text: str) -> int:
     """A round id as the database holds one (a positive 63-bit integer); argparse says which is wrong."""
     value = int(text)
@@ -129,7 +142,7 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
     elif a == "create-enrollment-key":
         print(c.create_enrollment_key(label=args.label, uses=args.uses, expires_in_s=args.expires_in_s))
     elif a == "enrollment-keys":
-        _print(c.list_enrollment_keys())
+        _print_list(a, c.list_enrollment_keys(), args.format)
     elif a == "revoke-enrollment-key":
         by_id = re.fullmatch(r"[0-9]+", args.key) is not None   # a key itself starts with "fk" (keys.new_secret)
         _print(c.revoke_enrollment_key(key_id=int(args.key) if by_id else None, key=None if by_id else args.key,
@@ -157,10 +170,8 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
         _print(c.status())
     elif a == "status":
         _print(c.status())
-    elif a == "versions":
-        _print(c.list_versions())
-    elif a == "rounds":
-        _print(c.list_rounds())
+    elif a in ("versions", "rounds"):
+        _print_list(a, c.list_versions() if a == "versions" else c.list_rounds(), args.format)
     elif a == "canary":
         _print(c.canary_comparison())
         cfg = c.config

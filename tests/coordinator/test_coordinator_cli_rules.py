@@ -60,6 +60,38 @@ def test_a_short_admin_token_is_refused_on_one_line_wherever_it_is_set(tmp_path)
         assert "hunter2" not in r.stderr                    # the error never echoes the secret
 
 
+def test_list_commands_print_a_table_on_a_terminal_and_json_when_piped(tmp_path):
+    import pty
+
+    d = tmp_path / "coord"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    assert coord("create-enrollment-key", "--data-dir", str(d), "--label", "lab-7").returncode == 0
+    piped = coord("enrollment-keys", "--data-dir", str(d))
+    assert json.loads(piped.stdout)[0]["label"] == "lab-7"            # scripts keep their JSON
+    table = coord("enrollment-keys", "--data-dir", str(d), "--format", "table").stdout.splitlines()
+    assert table[0].split()[:3] == ["id", "label", "uses"] and table[1].split()[:3] == ["1", "lab-7", "100"]
+    assert coord("versions", "--data-dir", str(d), "--format", "table").stdout.strip() == "(none)"
+    # On a terminal (auto): the table.
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")} | {"PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-m", "coordinator", "enrollment-keys", "--data-dir", str(d)], cwd=ROOT,
+                          env=env, stdout=follower, stderr=subprocess.DEVNULL) as proc:
+        os.close(follower)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:      # the terminal's other end closed: the command is done
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(60) == 0
+    os.close(leader)
+    lines = out.decode().splitlines()
+    assert lines[0].split()[:2] == ["id", "label"] and "lab-7" in lines[1], lines
+
+
 def test_version_and_defaults_in_help():
     r = coord("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"python -m coordinator {__version__}"
