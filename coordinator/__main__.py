@@ -118,7 +118,7 @@ def _listing(p: argparse.ArgumentParser) -> None:
 
 
 def _print_list(command: str, rows: list[dict[str, Any]], fmt: str) -> None:
-    if fmt == "table" or (fmt == "auto" and sys.stdout.isatty()):
+    if fmt == "table" or (fmt == "auto" and sys.stdout is not None and sys.stdout.isatty()):
         print(listing.table(rows, listing.COLUMNS[command]))
     else:
         _print(rows)

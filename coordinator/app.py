@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from coordinator import deployment, keys
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
-from coordinator.config import Config, ConfigError, load_config
+from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_config
 from coordinator.errors import ApiError
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import Coordinator
@@ -43,6 +44,11 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.config["FEDKEYS"] = cfg
     app.json.sort_keys = False
     coordinator = Coordinator(cfg)
+    if len(coordinator.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        coordinator.close()
+        where = "admin_token" if cfg.admin_token else f"the admin token in {cfg.data_dir}/{keys.ADMIN_TOKEN_FILE}"
+        raise ConfigError(f"{where} must be at least {MIN_ADMIN_TOKEN_CHARS} characters to be served (empty "
+                          f"setting and no file: one is generated)")
     coordinator.serving = True
     deployment.record(coordinator)   # admin commands take the service's settings as their defaults
     app.extensions["fedkeys"] = coordinator
@@ -73,11 +79,21 @@ def _warn_unconfigured_proxy(app: Flask) -> None:
 
     @app.before_request
     def _proxied() -> None:
-        if not warned and _FORWARDED_FOR in request.headers:
-            warned.append(True)
-            log.warning("requests come through a proxy (%s from %s) but proxy_hops is 0: every client counts as "
-                        "the proxy's address in the per-address limits; set proxy_hops to the number of proxies "
-                        "in front (nginx: 1)", _FORWARDED_FOR, request.remote_addr)
+        if warned or _FORWARDED_FOR not in request.headers or not _nearby(request.remote_addr):
+            return   # from the internet the header is anyone's to write: no proxy of ours sent it
+        warned.append(True)
+        log.warning("requests with %s arrive from %s and proxy_hops is 0: if a proxy is in front, every client "
+                    "counts as its address in the per-address limits; set proxy_hops to the number of proxies "
+                    "(nginx: 1)", _FORWARDED_FOR, request.remote_addr)
+
+
+def _nearby(address: str | None) -> bool:
+    """A loopback or private address: where a reverse proxy of this deployment would connect from."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private
 
 
 def _error(status: int, body: dict[str, Any], retry_after: float | None = None) -> Response:

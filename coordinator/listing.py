@@ -7,6 +7,7 @@ these columns instead; piped, or with `--format json`, the JSON as before.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,11 @@ Column = tuple[str, Callable[[Mapping[str, Any]], Any]]
 def _when(key: str) -> Callable[[Mapping[str, Any]], str]:
     """An ISO time to the minute (UTC): enough to tell rows apart at a glance."""
     return lambda row: (row.get(key) or "")[:16].replace("T", " ")
+
+
+def _number(x: Any) -> str:
+    """A finite number to two places; anything else as the JSON has it ("inf": a round without noise)."""
+    return f"{x:.2f}" if isinstance(x, int | float) and math.isfinite(x) else str(x if x is not None else "")
 
 
 def _last_decision(version: Mapping[str, Any]) -> str:
@@ -32,7 +38,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("status", lambda v: v["status"]),
         ("parent", lambda v: v.get("parent_id") or ""),
         ("round", lambda v: v.get("round_id") or ""),
-        ("epsilon", lambda v: f"{v.get('epsilon') or 0.0:.2f}"),
+        ("epsilon", lambda v: _number(v.get("epsilon"))),
         ("canary reports", lambda v: v.get("canary_reports", 0)),
         ("created (UTC)", _when("created_at")),
         ("last decision", _last_decision),
@@ -50,7 +56,7 @@ COLUMNS: dict[str, list[Column]] = {
     "enrollment-keys": [
         ("id", lambda k: k["id"]),
         ("label", lambda k: k.get("label") or ""),
-        ("uses left", lambda k: k["uses_left"]),
+        ("uses left", lambda k: "unlimited" if k["uses_left"] is None else k["uses_left"]),
         ("revoked", lambda k: "yes" if k["revoked"] else ""),
         ("devices (revoked)", lambda k: f"{k['devices']} ({k['devices_revoked']})"),
         ("expires (UTC)", _when("expires_at")),

@@ -45,10 +45,11 @@ class RateLimiter:
                 self._buckets[key] = (min(self.burst, tokens + 1), last)
 
     def _forget(self, now: float) -> None:
-        """Drop the buckets that have refilled (a new key starts full: the same), then, if the keys
-        are still too many, the half least recently used."""
+        """Drop the buckets that have refilled (a new key starts full: the same), then, if more than
+        three quarters of max_keys are left, the least recently used down to half: one pass buys
+        room for many new keys, so a client with ever new addresses cannot make each call pay it."""
         rate, burst = self.rate, self.burst
         self._buckets = {k: (t, last) for k, (t, last) in self._buckets.items() if t + (now - last) * rate < burst}
-        if len(self._buckets) > self._max_keys:
-            recent = sorted(self._buckets.items(), key=lambda kv: kv[1][1])[len(self._buckets) // 2:]
+        if len(self._buckets) > self._max_keys * 3 // 4:
+            recent = sorted(self._buckets.items(), key=lambda kv: kv[1][1])[-(self._max_keys // 2):]
             self._buckets = dict(recent)

@@ -46,7 +46,7 @@ from edge_runtime.client import (
 )
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import EdgeError, Stopping
 from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
@@ -266,7 +266,7 @@ def _with_retries(fn: Callable[[], Any], attempts: int, first_wait: float, max_w
             delay = min(max(wait, e.retry_after or 0.0), max_wait)
             log.info("transient error (%s); retry %d/%d in %.0fs", e.code or "network", i + 1, attempts - 1, delay)
             if sleep(delay):      # the agent's stop event: the device is stopping, no more attempts
-                raise
+                raise Stopping("the device is stopping during an upload") from e
             wait = min(wait * 2, max_wait)
     raise AssertionError("unreachable")
 
@@ -382,6 +382,9 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
                                 dev.config.backoff_max_s, sleep)
     except RejectedError as e:
         return f"rejected ({e.code or e.status})", counts
+    except Stopping:   # as a secure round's device leaves it: the update is not sent, the round goes on
+        log.info("left round %d before the upload went through: the device is stopping", plan.round_id)
+        return "stopped (the device is stopping)", counts
     counts["update_id"] = receipt.update_id
     return "uploaded", counts
 
@@ -491,15 +494,6 @@ def _failure(e: BaseException) -> str:
     return e.__class__.__name__
 
 
-def _stopped(stop: threading.Event, once: bool, error: Exception) -> bool:
-    """True when the loop is stopping and `error` is only the task it cut short (a retry's wait
-    ended by the stop, a request cut off): said once at INFO, not reported as a task error."""
-    if once or not stop.is_set():
-        return False
-    log.info("stopping; the task in progress ended (%s)", _failure(error))
-    return True
-
-
 def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
     """Check in until `stop` is set (or once). Returns a process exit code.
 
@@ -516,8 +510,6 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             backoff = dev.config.backoff_initial_s
             wait = result.wait_s
         except RejectedError as e:
-            if _stopped(stop, once, e):
-                break
             if e.code in _FATAL_CODES:
                 if once:
                     raise AgentError(f"the coordinator refuses this device ({e.code}): enroll again") from e
@@ -529,8 +521,6 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             if once:
                 return 1
         except (ClientError, VersionError, LedgerError) as e:
-            if _stopped(stop, once, e):
-                break
             retry_after = getattr(e, "retry_after", None) or 0.0
             wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
@@ -538,8 +528,6 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             if once:
                 return 1
         except Exception as e:  # noqa: BLE001  (the loop outlives any one iteration)
-            if _stopped(stop, once, e):
-                break
             wait = jittered(backoff, dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
             log.error("iteration failed: %s; next check-in in %.0fs", _failure(e), wait)

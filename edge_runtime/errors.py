@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class EdgeError(Exception):
     """Root of the device runtime's errors."""
+
+
+class Stopping(EdgeError):
+    """The device is shutting down while a task waits (its `sleep` returned true: the agent's stop
+    event was set): the task ends without its last step, as a stop, not as a failure."""

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.client import CoordinatorClient, RejectedError, TransientError
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import EdgeError, Stopping
 from protocol import ddp, discovery, secagg, wire
 from protocol import secagg_wire as sw
 
@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 
 class Refused(EdgeError):
     """The device stops taking part: the coordinator asked for something an honest device refuses."""
-
-
-class Stopping(EdgeError):
-    """The device is shutting down (its `sleep` returned true: the agent's stop event was set)."""
 
 
 def local_plan(plan: wire.TrainPlan) -> wire.TrainPlan:

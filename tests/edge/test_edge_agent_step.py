@@ -219,23 +219,18 @@ def test_loop_backs_off_on_transient_errors_and_stops(device):
     assert 4.5 <= waits[2] <= 5.5
 
 
-def test_a_stop_that_cuts_a_task_short_is_no_task_error(device, caplog):
-    """SIGTERM while a request or a retry's wait is under way ends that task with an error; the
-    loop says it is stopping instead of reporting a task error and a next check-in."""
-    stop = threading.Event()
-
-    class CutOff(TransientError):
-        pass
-
-    def checkin(req):
-        stop.set()   # the stop arrives while the request is in flight
-        raise CutOff("connection reset")
-
-    device.client.checkin = checkin
+def test_a_stop_during_an_uploads_retry_wait_ends_it_as_a_stop(device, fake_train, caplog):
+    """A plain upload retries a transient failure after a wait on the stop event. A stop during
+    that wait ended the task with the transient error, and the loop logged a task error and a
+    check-in that never came; now it ends as a secure round's device leaves one: stopped."""
+    device.client.tasks = [train_task()]
+    device.client.upload_errors = [TransientError("down")]
     with caplog.at_level(logging.INFO, logger="edge_runtime.agent"):
-        assert agent.run_loop(device, stop=stop) == 0
+        res = agent.run_once(device, sleep=lambda seconds: True)    # the stop event is set meanwhile
+    assert res.outcome == "stopped (the device is stopping)", res
+    assert len(device.client.uploads) == 1                          # no attempt after the stop
     said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edge_runtime.agent"]
-    assert said == [(logging.INFO, "stopping; the task in progress ended (CutOff)")], said
+    assert any("the device is stopping" in m for _, m in said) and all(lv < logging.WARNING for lv, _ in said), said
 
 
 def test_loop_once_exit_codes_and_fatal_rejection(device):
