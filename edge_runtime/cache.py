@@ -24,6 +24,7 @@ Commits are rare (one per committed text, not per keystroke), so FULL's cost is 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -203,6 +204,17 @@ class TextCache:
             self._put_setting("paused", "1" if paused else "0")
         log.info("learning %s", "paused" if paused else "resumed")
 
+    def removed_words(self) -> frozenset[str]:
+        """Words the user asked the keyboard not to suggest (a typo it learned, a name), until they
+        type one again; kept here, in the device's data directory, and deleted by `wipe`."""
+        with self._lock:
+            raw = self._setting("removed_words")
+        return frozenset(json.loads(raw)) if raw else frozenset()
+
+    def set_removed_words(self, words: frozenset[str]) -> None:
+        with self._lock:
+            self._put_setting("removed_words", json.dumps(sorted(words), ensure_ascii=False))
+
     def _setting(self, key: str) -> str | None:
         """A row of the settings table (the caller holds the lock)."""
         row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
@@ -303,6 +315,7 @@ class TextCache:
             with self._transaction():   # the text and the mark go together, or neither
                 self._db.execute("DELETE FROM texts")
                 self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
+                self._db.execute("DELETE FROM settings WHERE key = 'removed_words'")   # words of the user's text
                 self._put_setting("wiped", mark)
             self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
             try:

@@ -75,9 +75,10 @@ STATIC_FILES = {  # route -> (file, content type); nothing else is ever served f
     "/static/keyboard.css": ("keyboard.css", "text/css; charset=utf-8"),
 }
 API_GET = frozenset({"/api/status", "/api/notices"})
-API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear"})
+API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear", "/api/remove-word"})
 MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refused (413)
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
+MAX_WORD = 100               # characters of a word removed from the suggestions
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
 WIPE_CHECK_S = 1.0            # how often keystrokes look for a wipe run by another process
@@ -147,6 +148,7 @@ class KeyboardApp:
             pm = PersonalModel()
             for rec in (*self.cache.training_records(), *self.cache.heldout_records()):
                 pm.add(tokens(rec.text))
+            pm.removed = self.cache.removed_words()
             self._personal = pm
             settle()
         return self._personal
@@ -278,6 +280,8 @@ class KeyboardApp:
             with self.slot.lock:   # the user's words as they are before this text is cached
                 personal = self._personal
             cached = self.cache.add(text, kind)
+            if cached:
+                self._typed_again(text)
             if cached and personal is None:
                 with self.slot.lock:   # built from the cache meanwhile, with or without the text: again
                     self._personal = None
@@ -343,6 +347,31 @@ class KeyboardApp:
                     log.warning("keyboard: a model step failed while learning a commit (%s)", type(e).__name__)
                     personal.add(toks)
                     return
+
+    def remove_word(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Stop suggesting a word (a typo the keyboard learned, a name): whichever part proposes it,
+        until the user commits it again. Kept in the cache's settings, so a restart keeps it."""
+        word = _str_field(body, "word", max_len=MAX_WORD)
+        if word != word.strip() or any(c.isspace() for c in word):
+            raise ApiError(400, "bad_request", "'word' must be one word, without spaces")
+        self._see_outside_wipe(now=True)
+        with self.slot.lock:
+            personal = self.personal()
+            personal.removed = personal.removed | {word}
+            self.cache.set_removed_words(personal.removed)
+        return {"removed": word, **self.status()}
+
+    def _typed_again(self, text: str) -> None:
+        """A committed text with a removed word in it: the user typed the word on purpose, so it
+        may be suggested again."""
+        removed = self.cache.removed_words()
+        again = removed & set(tokens(text)) if removed else frozenset()
+        if not again:
+            return
+        with self.slot.lock:
+            self.cache.set_removed_words(removed - again)
+            if self._personal is not None:
+                self._personal.removed = self._personal.removed - again
 
     def pause(self, body: dict[str, Any]) -> dict[str, Any]:
         paused = body.get("paused")
@@ -539,8 +568,8 @@ class _Handler(BaseHTTPRequestHandler):
         except UnicodeEncodeError:
             raise ApiError(400, "bad_json", "the request body holds text that is not valid Unicode") from None
         app = self.server.app
-        handler = {"/api/suggest": app.suggest, "/api/commit": app.commit,
-                   "/api/pause": app.pause, "/api/clear": app.clear}[path]
+        handler = {"/api/suggest": app.suggest, "/api/commit": app.commit, "/api/pause": app.pause,
+                   "/api/clear": app.clear, "/api/remove-word": app.remove_word}[path]
         result = handler(body)
         self._json(200, result)
         idle = self.server.idle   # the idle work runs on its own thread: this one reads the next request

@@ -393,7 +393,8 @@ class Predictor:
         mixture's evidence (both change only when the user commits text). The model itself, not
         its id: a wiped user's model must not match a new one at the same address."""
         personal = self.personal
-        return personal, personal.total, tuple(personal.mix), tuple(map(tuple, personal.mix_by_seen))
+        return (personal, personal.total, tuple(personal.mix), tuple(map(tuple, personal.mix_by_seen)),
+                personal.removed)
 
     def forget_warm(self) -> None:
         """Drop what `warm` computed (a benchmark times the keystroke path without it)."""
@@ -481,6 +482,8 @@ class Predictor:
         cands.update(vw[i] for i in self.lstm_top(node, m).tolist())
         if wp:
             cands.update(self.personal.candidates(hist, prefix, m))
+        if self.personal.removed:   # the n-gram's and the text's words below pass `offered`
+            cands -= self.personal.removed
         follows = follows if follows and self.follow_weight else None
         if follows:
             cands.update(w for w in follows if self.offered(w))
@@ -540,7 +543,7 @@ class Predictor:
                          (w for w in self.personal.candidates(hist, prefix, m + 1) if w != prefix))
         if wn:
             cands.update(self.base_top(hist, prefix, m))   # the n-gram never offers the prefix itself
-        return cands
+        return cands - self.personal.removed if self.personal.removed else cands
 
     def base_top(self, hist: tuple[str, ...], prefix: str, m: int) -> list[str]:
         """The base n-gram's best m offered words for `prefix`: blocked ones are skipped, not
@@ -560,8 +563,11 @@ class Predictor:
             want = max(want + m - kept, 2 * want)
 
     def offered(self, word: str) -> bool:
-        """Whether the strip may show `word`: not blocked, or typed by this user before."""
-        return not self.block_offensive or word in self.personal.uni or not is_blocked(word)
+        """Whether the strip may show `word`: not removed by the user, and not blocked or typed by
+        this user before."""
+        personal = self.personal
+        return word not in personal.removed and (not self.block_offensive or word in personal.uni
+                                                 or not is_blocked(word))
 
     def likely_firsts(self, node: _Node, n: int, hist: tuple[str, ...]) -> list[str]:
         """The n likeliest first characters of the next word (of those the word list's words

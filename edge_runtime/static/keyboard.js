@@ -444,6 +444,21 @@
     const b = e.target.closest(".sugg");
     if (b && !b.disabled && active === message) applySuggestion(b.dataset.word);
   });
+  // A long press (a right click with a mouse) on a suggestion: stop suggesting that word on this
+  // device, until it is typed again (a typo the keyboard learned, a name).
+  strip.addEventListener("contextmenu", async (e) => {
+    const b = e.target.closest(".sugg");
+    if (!b || b.disabled || !b.dataset.word) return;
+    e.preventDefault();
+    const word = b.dataset.word;
+    try {
+      await api("/api/remove-word", { word });
+      toast(`"${word}" is no longer suggested, until you type it again`);
+    } catch (err) {
+      toast("Could not remove it: " + err.message);
+    }
+    if (active === message) suggest();
+  });
 
   // A physical keyboard's punctuation right after a tapped suggestion: same rule as the on-screen one.
   message.addEventListener("beforeinput", (e) => {

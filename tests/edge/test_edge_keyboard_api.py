@@ -713,6 +713,39 @@ def test_committed_words_come_back_as_suggestions_and_clear_forgets_them(server)
     assert "Quokkaville" not in strip("we met in Quok")
 
 
+def test_a_removed_word_is_not_suggested_until_typed_again_and_a_restart_keeps_it(tmp_path, exported_version):
+    """A keyboard learns what the user types, typos too: a word removed from the strip is offered by
+    no part (the user's own words, the word list, the text being typed), also after the strip was
+    readied between keystrokes and after a restart, until the user commits it again; a wipe forgets
+    the removal with the text it came from."""
+    def strip(s, text: str, client: str = "t1") -> list[str]:
+        return post(s, "api/suggest", {"client": client, "text": text}).json()["suggestions"]
+
+    device = tmp_path / "device"
+    with start_keyboard(device, model_dir=exported_version) as s:
+        for _ in range(3):
+            assert post(s, "api/commit", {"text": "teh cat sat on teh mat.", "field_kind": "message"}).json()["cached"]
+        assert "teh" in strip(s, "I saw te")
+        done = s._server.idle.done
+        listed = strip(s, "I saw th")[0]                 # a word-list word, for the list's part
+        assert s._server.idle.wait(after=done)           # strips readied between keystrokes
+        r = post(s, "api/remove-word", {"word": "teh"})
+        assert r.status_code == 200 and r.json()["removed"] == "teh"
+        assert post(s, "api/remove-word", {"word": listed}).status_code == 200
+        for text in ("I saw te", "I saw teh cat and te", "I saw "):   # the text's own words too
+            assert "teh" not in strip(s, text) and listed not in strip(s, text), text
+        assert listed not in strip(s, "I saw th", client="t2")
+        for body in ({"word": "two words"}, {"word": ""}, {"word": " teh"}, {}):
+            assert post(s, "api/remove-word", body).status_code == 400, body
+    with start_keyboard(device, model_dir=exported_version) as s:     # a restart keeps the removal
+        assert "teh" not in strip(s, "I saw te")
+        assert post(s, "api/commit", {"text": "teh is how I spell it.", "field_kind": "message"}).json()["cached"]
+        assert "teh" in strip(s, "I saw te")                          # typed again: offered again
+        assert listed not in strip(s, "I saw th")
+        post(s, "api/clear", {})
+        assert s.app.cache.removed_words() == frozenset()             # wiped with the text it came from
+
+
 def test_the_block_on_offensive_words_is_a_device_setting(tmp_path, exported_version):
     # On by default; `block_offensive` (FEDKEYS_EDGE_BLOCK_OFFENSIVE) reaches the keyboard's predictor.
     from edge_runtime.config import load_config

@@ -155,6 +155,23 @@ def test_strip_changes_between_keystrokes_and_tap_inserts(page):
     assert wait_strip(page)[1].startswith(after[0][:-1])
 
 
+def test_a_long_press_on_a_suggestion_stops_suggesting_that_word(page, device):
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("teh cat sat on teh mat. ")     # a typo, learned with the sentence
+    expect_count(page, 1)
+    page.keyboard.type("I saw te")
+    strip = wait_strip(page)
+    slot = ("left", "middle", "right")[strip.index("teh")]
+    page.click(f'#strip [data-slot="{slot}"]', button="right")   # what a long press sends on a phone
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
+    page.keyboard.type("x")                              # any keystroke asks again
+    page.keyboard.press("Backspace")
+    assert "teh" not in wait_strip(page)
+    assert msg.input_value() == "teh cat sat on teh mat. I saw te"   # the press inserted nothing
+    assert requests.get(device["url"] + "api/status", timeout=5).status_code == 200
+
+
 def test_commit_grows_the_cache(page, device):
     msg = page.locator("#message")
     msg.focus()
