@@ -32,7 +32,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -70,6 +70,11 @@ CREATE TABLE IF NOT EXISTS texts (
 CREATE INDEX IF NOT EXISTS texts_ts ON texts (ts);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+REMOVED_KEY = "removed_words"   # the settings row of the words removed from the suggestions
+TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
+                      # sentence it was removed from while being typed, but a word the user keeps typing
 
 
 class CacheError(EdgeError, RuntimeError):
@@ -206,14 +211,40 @@ class TextCache:
 
     def removed_words(self) -> frozenset[str]:
         """Words the user asked the keyboard not to suggest (a typo it learned, a name), until they
-        type one again; kept here, in the device's data directory, and deleted by `wipe`."""
+        commit one in TYPED_TO_RETURN texts; kept here, in the device's data directory, for the
+        retention period at most, and deleted by `wipe`."""
         with self._lock:
-            raw = self._setting("removed_words")
-        return frozenset(json.loads(raw)) if raw else frozenset()
+            return frozenset(self._removed_locked())
 
-    def set_removed_words(self, words: frozenset[str]) -> None:
-        with self._lock:
-            self._put_setting("removed_words", json.dumps(sorted(words), ensure_ascii=False))
+    def change_removed(self, *, mark: str | None, add: str | None = None,
+                       typed: Iterable[str] = ()) -> frozenset[str] | None:
+        """Remove `add` from the suggestions and count the removed words among `typed` (a committed
+        text's), bringing back one committed in TYPED_TO_RETURN texts since its removal: in one
+        transaction, and only if no wipe ran since `mark` (the caller's `wipe_mark`): a removal
+        racing a wipe must not write the words back. The removed words after it, or None after a wipe."""
+        with self._lock, self._transaction():
+            if self._setting("wiped") != mark:
+                return None
+            removed = self._removed_locked()
+            before = json.dumps(removed)
+            if add is not None:
+                removed[add] = [0, time.time()]
+            for w in set(typed) & removed.keys():
+                removed[w][0] += 1
+                if removed[w][0] >= TYPED_TO_RETURN:
+                    del removed[w]
+            if json.dumps(removed) != before:
+                self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
+            return frozenset(removed)
+
+    def _removed_locked(self) -> dict[str, list]:
+        """word -> [texts committed with it since its removal, when it was removed] (lock held)."""
+        raw = self._setting(REMOVED_KEY)
+        try:
+            return {str(w): [int(n), float(t)] for w, (n, t) in (json.loads(raw) if raw else {}).items()}
+        except (ValueError, TypeError, AttributeError):
+            log.warning("the record of words removed from the suggestions is damaged: it starts empty")
+            return {}
 
     def _setting(self, key: str) -> str | None:
         """A row of the settings table (the caller holds the lock)."""
@@ -291,6 +322,10 @@ class TextCache:
     def _expire_locked(self, now: float) -> int:
         cutoff = now - self.retention_days * 86400.0
         n = self._db.execute("DELETE FROM texts WHERE ts < ?", (cutoff,)).rowcount
+        removed = self._removed_locked()   # words of the user's text: kept no longer than the text
+        if any(t < cutoff for _, t in removed.values()):
+            self._put_setting(REMOVED_KEY, json.dumps({w: v for w, v in removed.items() if v[1] >= cutoff},
+                                                      ensure_ascii=False))
         total = self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM texts").fetchone()[0]
         if total > self.max_bytes:
             # Oldest first: walk ids until what remains fits, then delete the prefix.
@@ -315,7 +350,7 @@ class TextCache:
             with self._transaction():   # the text and the mark go together, or neither
                 self._db.execute("DELETE FROM texts")
                 self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
-                self._db.execute("DELETE FROM settings WHERE key = 'removed_words'")   # words of the user's text
+                self._db.execute("DELETE FROM settings WHERE key = ?", (REMOVED_KEY,))   # words of the user's text
                 self._put_setting("wiped", mark)
             self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
             try:

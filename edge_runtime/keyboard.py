@@ -148,7 +148,7 @@ class KeyboardApp:
             pm = PersonalModel()
             for rec in (*self.cache.training_records(), *self.cache.heldout_records()):
                 pm.add(tokens(rec.text))
-            pm.removed = self.cache.removed_words()
+            pm.removed = _hidden(self.cache.removed_words())
             self._personal = pm
             settle()
         return self._personal
@@ -350,28 +350,32 @@ class KeyboardApp:
 
     def remove_word(self, body: dict[str, Any]) -> dict[str, Any]:
         """Stop suggesting a word (a typo the keyboard learned, a name): whichever part proposes it,
-        until the user commits it again. Kept in the cache's settings, so a restart keeps it."""
+        until the user commits it in `cache.TYPED_TO_RETURN` texts. Kept in the cache's settings, so
+        a restart keeps it; a wipe that races it wins (409)."""
         word = _str_field(body, "word", max_len=MAX_WORD)
         if word != word.strip() or any(c.isspace() for c in word):
             raise ApiError(400, "bad_request", "'word' must be one word, without spaces")
         self._see_outside_wipe(now=True)
-        with self.slot.lock:
-            personal = self.personal()
-            personal.removed = personal.removed | {word}
-            self.cache.set_removed_words(personal.removed)
+        self._change_removed(add=word)
         return {"removed": word, **self.status()}
 
-    def _typed_again(self, text: str) -> None:
-        """A committed text with a removed word in it: the user typed the word on purpose, so it
-        may be suggested again."""
-        removed = self.cache.removed_words()
-        again = removed & set(tokens(text)) if removed else frozenset()
-        if not again:
+    def _change_removed(self, *, add: str | None = None, typed: list[str] | None = None) -> None:
+        """One change of the removed words, in the cache first (atomically, unless a wipe came in
+        since this process last looked), then in the user's words in memory."""
+        removed = self.cache.change_removed(mark=self._wipe_mark, add=add, typed=typed or ())
+        if removed is None:   # wiped meanwhile: forget as after any wipe; nothing was written
+            self._see_outside_wipe(now=True)
+            if add is not None:
+                raise ApiError(409, "wiped", "the history was cleared meanwhile: there is nothing to remove")
             return
         with self.slot.lock:
-            self.cache.set_removed_words(removed - again)
             if self._personal is not None:
-                self._personal.removed = self._personal.removed - again
+                self._personal.removed = _hidden(removed)
+
+    def _typed_again(self, text: str) -> None:
+        """A committed text with removed words in it counts towards their return."""
+        if self.cache.removed_words():
+            self._change_removed(typed=tokens(text))
 
     def pause(self, body: dict[str, Any]) -> dict[str, Any]:
         paused = body.get("paused")
@@ -389,6 +393,13 @@ class KeyboardApp:
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             self._forget()
         return self.status()
+
+
+def _hidden(removed: frozenset[str]) -> frozenset[str]:
+    """What the strip must not show for the words a user removed: each word, and a lowercase
+    one's capitalised form too (the same word at a sentence's start: "teh" hides "Teh"); a
+    capitalised one alone ("May", a name, leaves "may")."""
+    return removed | {w[0].upper() + w[1:] for w in removed if w[:1].islower()}
 
 
 def _str_field(body: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:

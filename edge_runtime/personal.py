@@ -61,9 +61,9 @@ class PersonalModel:
         # typed before, their own words know what follows it; after one they never typed, only that
         # the word comes up. Starts empty; the keyboard adds the overall weights as its prior.
         self.mix_by_seen = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
-        # Words the user removed from the suggestions (the keyboard's `forget_word`): never offered,
-        # whichever part proposes them, until the user commits one again. Replaced, not mutated, so
-        # a strip readied before a removal no longer matches (`Predictor.strip_key`).
+        # Words the user removed from the suggestions (the keyboard's `remove_word`): never offered,
+        # whichever part proposes them. Replaced, not mutated, so a strip readied before a removal
+        # no longer matches (`Predictor.strip_key`).
         self.removed: frozenset[str] = frozenset()
         # candidates() answers by prefix: prefix -> (last two tokens, k) -> words, and the user's
         # top words: prefix -> k -> words. `add` drops only the prefixes of the words it counted,

@@ -522,7 +522,8 @@ class Predictor:
     def _per_part(self, weights: tuple[float, float, float], k: int) -> int:
         """How many words each part proposes: `candidates` when another part is mixed in with the
         LSTM (its best k need not be the mixture's), else the LSTM's own best k."""
-        return self.candidates if (weights[1] or weights[2]) else k
+        m = self.candidates if (weights[1] or weights[2]) else k
+        return m + min(len(self.personal.removed), self.candidates)   # words removed from its best
 
     def _candidates(self, node: _Node, hist: tuple[str, ...], prefix: str, k: int,
                     weights: tuple[float, float, float]) -> set[str]:

@@ -442,23 +442,43 @@
   strip.addEventListener("mousedown", (e) => e.preventDefault());
   strip.addEventListener("click", (e) => {
     const b = e.target.closest(".sugg");
+    if (b && b === longPressed) { longPressed = null; return; }   // the release of a long press
     if (b && !b.disabled && active === message) applySuggestion(b.dataset.word);
   });
-  // A long press (a right click with a mouse) on a suggestion: stop suggesting that word on this
-  // device, until it is typed again (a typo the keyboard learned, a name).
-  strip.addEventListener("contextmenu", async (e) => {
-    const b = e.target.closest(".sugg");
-    if (!b || b.disabled || !b.dataset.word) return;
-    e.preventDefault();
-    const word = b.dataset.word;
+
+  // A long press on a suggestion (the context menu: a right click with a mouse, a long press on
+  // Android; a held touch where no context menu comes, as on iOS) stops suggesting that word on
+  // this device, until it is typed again (a typo the keyboard learned, a name).
+  const LONG_PRESS_MS = 600;
+  let removing = "", pressTimer = null, longPressed = null;
+  async function removeWord(word) {
+    if (!word || removing === word) return;       // one press can raise both events
+    removing = word;
     try {
       await api("/api/remove-word", { word });
       toast(`"${word}" is no longer suggested, until you type it again`);
     } catch (err) {
       toast("Could not remove it: " + err.message);
+    } finally {
+      removing = "";
     }
     if (active === message) suggest();
+  }
+  strip.addEventListener("contextmenu", (e) => {
+    const b = e.target.closest(".sugg");
+    if (!b) return;
+    e.preventDefault();
+    if (!b.disabled) removeWord(b.dataset.word);
   });
+  strip.addEventListener("pointerdown", (e) => {
+    const b = e.target.closest(".sugg");
+    clearTimeout(pressTimer);
+    if (e.pointerType !== "touch" || !b || b.disabled) return;
+    pressTimer = setTimeout(() => { longPressed = b; removeWord(b.dataset.word); }, LONG_PRESS_MS);
+  });
+  for (const ev of ["pointerup", "pointercancel", "pointerleave"]) {
+    strip.addEventListener(ev, () => clearTimeout(pressTimer));
+  }
 
   // A physical keyboard's punctuation right after a tapped suggestion: same rule as the on-screen one.
   message.addEventListener("beforeinput", (e) => {

@@ -724,8 +724,8 @@ def test_a_removed_word_is_not_suggested_until_typed_again_and_a_restart_keeps_i
     device = tmp_path / "device"
     with start_keyboard(device, model_dir=exported_version) as s:
         for _ in range(3):
-            assert post(s, "api/commit", {"text": "teh cat sat on teh mat.", "field_kind": "message"}).json()["cached"]
-        assert "teh" in strip(s, "I saw te")
+            assert post(s, "api/commit", {"text": "Teh cat sat on teh mat.", "field_kind": "message"}).json()["cached"]
+        assert "teh" in strip(s, "I saw te") and "Teh" in strip(s, "Te")
         done = s._server.idle.done
         listed = strip(s, "I saw th")[0]                 # a word-list word, for the list's part
         assert s._server.idle.wait(after=done)           # strips readied between keystrokes
@@ -738,12 +738,37 @@ def test_a_removed_word_is_not_suggested_until_typed_again_and_a_restart_keeps_i
         for body in ({"word": "two words"}, {"word": ""}, {"word": " teh"}, {}):
             assert post(s, "api/remove-word", body).status_code == 400, body
     with start_keyboard(device, model_dir=exported_version) as s:     # a restart keeps the removal
+        assert "teh" not in strip(s, "I saw te") and "Teh" not in strip(s, "Te")   # its sentence-start form too
+        # The sentence it was removed from, finished and committed, does not bring it back ...
+        assert post(s, "api/commit", {"text": "I saw teh cat.", "field_kind": "message"}).json()["cached"]
         assert "teh" not in strip(s, "I saw te")
+        # ... a second text with it does: the user keeps typing it.
         assert post(s, "api/commit", {"text": "teh is how I spell it.", "field_kind": "message"}).json()["cached"]
-        assert "teh" in strip(s, "I saw te")                          # typed again: offered again
+        assert "teh" in strip(s, "I saw te")
         assert listed not in strip(s, "I saw th")
         post(s, "api/clear", {})
         assert s.app.cache.removed_words() == frozenset()             # wiped with the text it came from
+
+
+def test_removed_words_race_no_wipe_and_expire_with_the_text(tmp_path, monkeypatch):
+    from edge_runtime import cache as cache_mod
+    from edge_runtime.cache import TextCache
+
+    c = TextCache(tmp_path, retention_days=1)
+    mark = c.wipe_mark()
+    assert c.change_removed(mark=mark, add="teh") == {"teh"}
+    new_mark = c.wipe()
+    # A removal that looked before the wipe must not write its words back after it.
+    assert c.change_removed(mark=mark, add="quokka") is None and c.removed_words() == frozenset()
+    assert c.change_removed(mark=new_mark, add="quokka") == {"quokka"}
+    monkeypatch.setattr(cache_mod.time, "time", lambda: 1_000.0)      # removed long ago
+    c.change_removed(mark=new_mark, add="old")
+    monkeypatch.undo()
+    c.enforce_retention()
+    assert c.removed_words() == {"quokka"}                            # kept no longer than the text
+    c._db.execute("UPDATE settings SET value = 'not json' WHERE key = ?", (cache_mod.REMOVED_KEY,))
+    assert c.removed_words() == frozenset()                           # a damaged record: empty, no error
+    c.close()
 
 
 def test_the_block_on_offensive_words_is_a_device_setting(tmp_path, exported_version):
