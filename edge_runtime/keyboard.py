@@ -368,9 +368,9 @@ class KeyboardApp:
             if add is not None:
                 raise ApiError(409, "wiped", "the history was cleared meanwhile: there is nothing to remove")
             return
-        with self.slot.lock:
+        with self.slot.lock:   # read again: a change that wrote after this one must not be undone here
             if self._personal is not None:
-                self._personal.removed = _hidden(removed)
+                self._personal.removed = _hidden(self.cache.removed_words())
 
     def _typed_again(self, text: str) -> None:
         """A committed text with removed words in it counts towards their return."""
