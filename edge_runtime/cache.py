@@ -85,15 +85,6 @@ class DamagedCacheError(CacheError):
     """The cache file is not a readable SQLite database (a bad disk, a half-copied file)."""
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    """Which file `path` names now (device, inode); None when there is none."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def destroy_files(data_dir: str | os.PathLike) -> list[Path]:
     """Overwrite with zeros, then delete, the cache's database and its WAL/journal files: what
     `wipe` does when the cache is too damaged to open, so its text cannot be deleted row by row.
@@ -174,16 +165,11 @@ class TextCache:
         self._lock = threading.Lock()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.data_dir / CACHE_DB
-        self._connect()
-
-    def _connect(self) -> None:
-        """Open (or create) the database at `path` and note which file it is (`_follow_file`)."""
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write is
             # exactly one transaction.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             os.chmod(self.path, 0o600)
-            self._file = _file_id(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA secure_delete=ON")
@@ -197,20 +183,6 @@ class TextCache:
                                     f"edge_runtime wipe --data-dir {self.data_dir}` deletes it)") from e
         except sqlite3.Error as e:
             raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
-
-    def _follow_file(self) -> None:
-        """After another process replaced or deleted the cache file (`wipe` of a cache too damaged
-        to open overwrites and deletes it), this connection still read and wrote the deleted one:
-        a keyboard serving meanwhile kept suggesting the wiped words and stored new text where no
-        one would find it. Open the file at the path again, and mark it wiped, so whoever kept
-        words from the old one forgets them (`wipe_mark`). The lock is held."""
-        if _file_id(self.path) == self._file:
-            return
-        log.info("text cache: the file was replaced or deleted by another process; opening the one there now")
-        self._db.close()
-        self._connect()
-        if self._setting("wiped") is None:
-            self._put_setting("wiped", os.urandom(8).hex())
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -229,7 +201,6 @@ class TextCache:
     @property
     def paused(self) -> bool:
         with self._lock:
-            self._follow_file()
             return self._setting("paused") == "1"
 
     def set_paused(self, paused: bool) -> None:
@@ -329,8 +300,6 @@ class TextCache:
                              "encoding?): nothing cached") from None
         if nbytes > self.max_bytes:
             return False  # one record larger than the whole cache: not typing, skip it
-        with self._lock:
-            self._follow_file()
         with self._lock, self._transaction():
             # Checked inside the write transaction, so a concurrent pause cannot race it.
             if self._setting("paused") == "1":
@@ -407,7 +376,6 @@ class TextCache:
         """A value every wipe changes, by whichever process runs it: one that keeps what it learned
         from the cache in memory (the keyboard's user words) compares it to see a wipe run elsewhere."""
         with self._lock:
-            self._follow_file()
             return self._setting("wiped")
 
     def _checkpoint(self) -> bool:
@@ -420,7 +388,6 @@ class TextCache:
     def stats(self) -> dict[str, int]:
         """Counts and sizes only (safe to log)."""
         with self._lock:
-            self._follow_file()
             n, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM texts").fetchone()
         k = holdout_count(n, self.holdout_fraction)
         return {"records": n, "bytes": nbytes, "training": n - k, "heldout": k}
@@ -435,7 +402,6 @@ class TextCache:
 
     def _select(self, train: bool) -> list[CachedText]:
         with self._lock:
-            self._follow_file()
             self._db.execute("BEGIN")  # one snapshot for the boundary and the rows
             try:
                 b = self._boundary_id()

@@ -161,34 +161,6 @@ def test_wipe_deletes_a_cache_too_damaged_to_open_and_leaves_learning_paused(tmp
         assert fresh.stats()["records"] == 0 and fresh.paused
 
 
-def test_a_process_holding_the_cache_follows_a_damaged_cache_wipe_run_elsewhere(tmp_path: Path, capsys):
-    """The wipe of a cache too damaged to open deletes its files and makes a new one. A process
-    that held the old one open (a keyboard serving, the device loop) went on reading its deleted
-    file, its text included, and storing new text there. It now opens the new file, which reads
-    as wiped (so a keyboard forgets the user's words) and paused, as the wipe left it."""
-    from edge_runtime.__main__ import main as cli_main
-
-    d = tmp_path / "d"
-    held = TextCache(d)   # the other process's connection
-    for i in range(5):
-        held.add(f"see you at the station {i}", "message")
-    mark = held.wipe_mark()
-    assert held._checkpoint()                                    # all of it in the main file, then
-    db = d / CACHE_DB
-    db.write_bytes(b"\xff" * 16 + db.read_bytes()[16:])          # damaged on disk
-    assert cli_main(["wipe", "--data-dir", str(d)]) == 0
-    assert "overwritten and deleted" in capsys.readouterr().out
-    assert held.wipe_mark() != mark                              # seen as the wipe it was
-    assert held.stats()["records"] == 0 and held.training_records() is not None
-    assert not [r.text for r in (*held.training_records(), *held.heldout_records())]
-    assert held.paused and held.add("after the wipe", "message") is False   # paused, as the wipe left it
-    held.set_paused(False)
-    assert held.add("after the wipe", "message")
-    held.close()
-    with TextCache(d) as fresh:                                  # stored where everyone finds it
-        assert [r.text for r in (*fresh.training_records(), *fresh.heldout_records())] == ["after the wipe"]
-
-
 def test_text_without_a_word_is_not_cached(tmp_path: Path):
     with TextCache(tmp_path) as c:
         for nothing in ("...", " ?! ", "\U0001F600", "-- \U0001F44D --"):
