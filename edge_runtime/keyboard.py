@@ -63,7 +63,7 @@ from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # 
 from edge_runtime.paths import ACTIVITY_FILE
 from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.predictor import Session
-from protocol.text import tokens
+from protocol.text import quote_led, tokens
 
 log = logging.getLogger(__name__)
 
@@ -397,9 +397,13 @@ class KeyboardApp:
 
 def _hidden(removed: frozenset[str]) -> frozenset[str]:
     """What the strip must not show for the words a user removed: each word, and a lowercase
-    one's capitalised form too (the same word at a sentence's start: "teh" hides "Teh"); a
-    capitalised one alone ("May", a name, leaves "may")."""
-    return removed | {w[0].upper() + w[1:] for w in removed if w[:1].islower()}
+    one's capitalised form too (the same word at a sentence's start: "teh" hides "Teh", "'teh"
+    hides "'Teh"); a capitalised one alone ("May", a name, leaves "may")."""
+    def capitalised(w: str) -> str:
+        i = 1 if quote_led(w) else 0
+        return w[:i] + w[i].upper() + w[i + 1:]
+
+    return removed | {capitalised(w) for w in removed if w[int(quote_led(w)):][:1].islower()}
 
 
 def _str_field(body: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:

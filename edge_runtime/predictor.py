@@ -62,6 +62,7 @@ from protocol.text import (
     UNK_ID,
     complete_tokens,
     is_blocked,
+    quote_led,
     tokens,
     typed_chunks,
     vocab_of,
@@ -474,6 +475,8 @@ class Predictor:
         if prefix:
             words = list(self._candidates(node, hist, prefix, k, weights) | set(self.text_words(text, prefix)))
             scores = self.with_text(self.scores(node, hist, words, weights), words, text)
+            if quote_led(prefix):
+                words, scores = self._quoted(node, hist, prefix, k, weights, text, words, scores)
             return _best(words, _shorter_first(scores, words, len(prefix)), k)
         _, wn, wp = weights
         m = self._per_part(weights, k)
@@ -504,6 +507,23 @@ class Predictor:
             fw, n = self.follow_weight, sum(follows.values())
             scores = [(1.0 - fw) * sc + fw * follows.get(w, 0) / n for sc, w in zip(scores, words)]
         return _best(words, scores, k)
+
+    def _quoted(self, node: _Node, hist: tuple[str, ...], prefix: str, k: int,
+                weights: tuple[float, float, float], text: TextWords | None,
+                words: list[str], scores: list[float]) -> tuple[list[str], list[float]]:
+        """A prefix led by a single quote ("'hel") also completes the word inside the quote: the
+        tokenizer keeps an apostrophe with its word (``'tis``, ``know't``), so the word list's own
+        quote-led words alone left "'hel" a handful of rare ones. Each completion w of "hel" is
+        offered as "'hel..." with w's score in this context (the quote typed as the user typed it);
+        a word in both keeps the higher score."""
+        quote, inner = prefix[0], prefix[1:]
+        iw = list(self._candidates(node, hist, inner, k, weights) | set(self.text_words(text, inner)))
+        best = dict(zip(words, scores))
+        for w, sc in zip(iw, self.with_text(self.scores(node, hist, iw, weights), iw, text)):
+            qw = quote + w
+            if sc > best.get(qw, -1.0) and qw not in self.personal.removed:
+                best[qw] = sc
+        return list(best), list(best.values())
 
     def text_words(self, text: TextWords | None, prefix: str) -> list[str]:
         """The words of the text being typed that complete `prefix` and may be offered."""

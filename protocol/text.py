@@ -64,6 +64,15 @@ def word_being_typed(chunk: str) -> tuple[str, str] | None:
         return None
     return lead, prefix
 
+
+def quote_led(prefix: str) -> bool:
+    """Whether a word being typed opens with a single quote and goes on after it ("'hel", "‘Tw"):
+    a quotation mark or an elision ("'tis"), which `tokens` cannot tell apart, so a keyboard
+    completes it both ways (`edge_runtime.predictor.Predictor.suggest`)."""
+    return len(prefix) > 1 and prefix[0] in _SINGLE_QUOTES and prefix[1] not in _SINGLE_QUOTES
+
+
+_SINGLE_QUOTES = "'\u2018\u2019"
 _ALNUM = re.compile(r"[^\W_]")   # a letter or digit (what `str.isalnum` accepts), found in C
 
 

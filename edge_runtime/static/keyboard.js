@@ -221,7 +221,11 @@
 
   // Auto-capitalisation: the first letter of the message and of every sentence after ". ", "! ", "? ".
   const sentenceStart = (before) => /^\s*$|[.!?]["')\]]*\s+$/.test(before);
-  const capitalise = (w) => w.charAt(0).toUpperCase() + w.slice(1);
+  // "'hello" -> "'Hello": a single quote typed before the word stays in front of it.
+  const capitalise = (w) => {
+    const i = /^['‘’]/.test(w) ? 1 : 0;
+    return w.slice(0, i) + w.charAt(i).toUpperCase() + w.slice(i + 1);
+  };
   function autoShift() {
     if (active !== message) return;
     const before = textBeforeCursor();

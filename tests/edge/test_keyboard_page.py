@@ -479,6 +479,26 @@ def test_a_word_after_an_opening_quote_is_completed_inside_it(page):
     assert msg.evaluate("m => m.selectionStart") == len(f'I said "{best}')
 
 
+def test_a_word_after_a_single_quote_is_completed_with_the_quote(page):
+    """"He said 'hel" once offered only the word list's few quote-led words ("'help"): the
+    tokenizer keeps an apostrophe with its word, so the quote was part of the prefix. A tapped
+    word keeps the user's quote, capitalised after it at a sentence's start."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("He said 'hel")
+    strip = wait_strip(page)
+    assert all(strip) and all(w.startswith("'hel") for w in strip), strip
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f"He said {strip[1]} "
+
+    msg.fill("")
+    page.keyboard.type("'wh")
+    best = wait_strip(page)[1]
+    assert best.startswith("'wh") or best.startswith("'Wh"), best
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f"'W{best[2:]} "
+
+
 def test_a_text_longer_than_the_device_reads_still_gets_suggestions(page, device):
     """Past the server's 16,384 characters every keystroke was refused (413) and the strip went
     empty; the page now sends the text's recent part."""

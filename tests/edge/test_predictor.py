@@ -10,7 +10,7 @@ import pytest
 from edge_runtime.predictor import FOLLOW_WEIGHT, SHORTER_FIRST, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
 from protocol.ngram import leading_word
-from protocol.text import BOS_ID, load_tokenizer, tokens, word_being_typed
+from protocol.text import BOS_ID, load_tokenizer, quote_led, tokens, word_being_typed
 
 TEXT = "What say you to my lord, and shall we go to the king"
 
@@ -76,6 +76,28 @@ def test_a_word_after_an_opening_quote_or_bracket_is_completed_after_it(predicto
     s = predictor.session()
     assert len(s.update('What say you to "')) == 3    # the next word, right after the quote
     assert s.update("What say you to my lord,") == []  # the next word comes after a space
+
+
+def test_a_word_after_a_single_quote_is_completed_with_the_quote(predictor):
+    """"He said 'hel" once offered only the word list's few quote-led words: the tokenizer keeps an
+    apostrophe with its word ("'tis"), so the quote was part of the prefix. Now the word inside the
+    quote is completed too, in the user's quote; a removed quoted word, and its sentence-start
+    form, stay out, and the word without the quote is not hidden by it."""
+    from edge_runtime.keyboard import _hidden
+
+    plain = predictor.session().update("What say you to th")
+    for quote in ("'", "\u2018"):
+        got = predictor.session().update(f"What say you to {quote}th")
+        assert len(got) == 3 and all(w.startswith(quote + "th") for w in got), got
+        assert quote + plain[0] in got, (got, plain)      # the likeliest completion, quoted
+    first = "'" + plain[0]
+    predictor.personal.removed = _hidden(frozenset([first]))
+    try:
+        assert "'" + plain[0][0].upper() + plain[0][1:] in predictor.personal.removed
+        assert first not in predictor.session().update("What say you to 'th")
+        assert predictor.session().update("What say you to th") == plain
+    finally:
+        predictor.personal.removed = frozenset()
 
 
 def test_the_users_own_completions_stay_when_the_prefix_is_a_word_they_typed(predictor):
@@ -234,19 +256,26 @@ def test_the_word_that_followed_a_chunk_earlier_in_the_text_is_suggested_after_i
 
 def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram):
     """Every word in the strip is a word-list word (the LSTM's or the base n-gram's) or a word the
-    user typed before: committed, or earlier in the text being typed."""
+    user typed before: committed, or earlier in the text being typed; after a typed single quote
+    ("'hel"), such a word with the user's quote before it."""
     from tests.tiny_version import tiny_texts
 
     p = Predictor(predictor.model, predictor.sp, base=base_ngram)
     allowed = set(p.vocab.index) | set(base_ngram.vocab[:base_ngram.n_words])
-    keys = non_words = 0
+    keys = non_words = quoted = 0
     for text in tiny_texts(3000)[1500:]:
         s = p.session()
         for i in range(1, len(text) + 1):
             done = text[:i].split() if text[i - 1].isspace() else text[:i].split()[:-1]   # completed chunks
             typed_here = set(map(leading_word, done))
+            split = word_being_typed("" if text[i - 1].isspace() else text[:i].split()[-1])
+            quote = split[1][0] if split and quote_led(split[1]) else None
             for w in s.update(text[:i]):
-                non_words += (w not in allowed and w not in typed_here) or not any(ch.isalnum() for ch in w)
+                bare = w[1:] if quote and w[0] == quote else w
+                words = (w, bare)
+                non_words += all(x not in allowed and x not in typed_here for x in words) \
+                    or not any(ch.isalnum() for ch in w)
+                quoted += bare != w
             keys += 1
             if keys >= 10_000:
                 break
@@ -254,7 +283,7 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
         allowed.update(tokens(text))
         if keys >= 10_000:
             break
-    assert keys == 10_000 and non_words == 0
+    assert keys == 10_000 and non_words == 0 and quoted > 0
 
 
 def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int = 3,
@@ -262,7 +291,19 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     """The strip as first written: argpartition over the prefix range's P_lstm, every candidate
     scored one at a time with the scalar probabilities; a prefix also completed from the words of
     the completed chunks `before` it, each scored by its share of them; the next word right after
-    a space (`follows`) also from the words that followed the last chunk in them."""
+    a space (`follows`) also from the words that followed the last chunk in them. A prefix led by
+    a single quote ("'hel") is also completed as the quote and a completion of the rest."""
+    scored = reference_scores(p, node, hist, prefix, k, before, follows)
+    if quote_led(prefix):
+        for w, sc in reference_scores(p, node, hist, prefix[1:], k, before, follows).items():
+            if sc > scored.get(prefix[0] + w, -1.0):
+                scored[prefix[0] + w] = sc
+    return sorted(scored, key=lambda w: (-scored[w], w))[:k]
+
+
+def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int,
+                     before: Sequence[str], follows: bool) -> dict[str, float]:
+    """`reference_suggest`'s candidates for `prefix` and their scores."""
     wl, wn, wp = p.weights(hist=hist)
     m = p.candidates if (wn or wp) else k
     cands: set[str] = set()
@@ -304,7 +345,7 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
             sc = sc / (len(w) - len(prefix)) ** SHORTER_FIRST
         return sc
 
-    return sorted(cands, key=lambda w: (-score(w), w))[:k]
+    return {w: score(w) for w in cands}
 
 
 def test_fast_suggestions_equal_scoring_one_candidate_at_a_time(predictor, base_ngram):
