@@ -63,7 +63,7 @@ from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # 
 from edge_runtime.paths import ACTIVITY_FILE
 from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.predictor import Session
-from protocol.text import quote_led, tokens
+from protocol.text import plain_quotes, quote_led, tokens
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,8 @@ class KeyboardApp:
         if word != word.strip() or any(c.isspace() for c in word):
             raise ApiError(400, "bad_request", "'word' must be one word, without spaces")
         self._see_outside_wipe(now=True)
-        self._change_removed(add=word)
+        # As the strip ranks it and `_typed_again` counts it: "don\u2019t" is "don't" typed again.
+        self._change_removed(add=plain_quotes(word))
         return {"removed": word, **self.status()}
 
     def _change_removed(self, *, add: str | None = None, typed: list[str] | None = None) -> None:

@@ -62,6 +62,7 @@ from protocol.text import (
     UNK_ID,
     complete_tokens,
     is_blocked,
+    plain_quotes,
     quote_led,
     tokens,
     typed_chunks,
@@ -121,7 +122,7 @@ class TextWords:
         self._follows: dict[str, dict[str, int]] = {}   # chunk -> {the word after it: count}
 
     def push(self, chunk: str) -> None:
-        w = leading_word(chunk)
+        w = leading_word(plain_quotes(chunk))   # "don\u2019t," -> "don't", as the model reads it
         if w:
             if w not in self.counts:
                 bisect.insort(self._sorted, w)
@@ -134,7 +135,7 @@ class TextWords:
 
     def pop(self) -> None:
         chunk = self._chunks.pop()
-        w = leading_word(chunk)
+        w = leading_word(plain_quotes(chunk))
         if w:
             left = self.counts[w] - 1
             if left:
@@ -171,7 +172,7 @@ class TextWords:
                 return {}
             return self._follows.get(self._chunks[-1], {})
         got = self._follows.get(pending, {})
-        w = leading_word(pending)
+        w = leading_word(plain_quotes(pending))
         if self._chunks and self._chunks[-1] == pending and w:   # "very very": the pair it completes
             got = {**got, w: got.get(w, 0) + 1}
         return got
@@ -471,12 +472,17 @@ class Predictor:
         prefix) from the words that `follows` the last chunk in it (`TextWords.after`)."""
         if k <= 0:
             return []
+        plain = plain_quotes(prefix)
+        if plain != prefix:   # "don\u2019", "\u2018Wh": ranked as typed plainly, shown as the user typed
+            return [prefix + w[len(prefix):] for w in self.suggest(node, hist, plain, k, text, follows)]
         weights = self.weights(hist=hist)
         if prefix:
             words = list(self._candidates(node, hist, prefix, k, weights) | set(self.text_words(text, prefix)))
-            scores = self.with_text(self.scores(node, hist, words, weights), words, text)
+            scores = self.scores(node, hist, words, weights)
             if quote_led(prefix):
                 words, scores = self._quoted(node, hist, prefix, k, weights, text, words, scores)
+            else:
+                scores = self.with_text(scores, words, text)
             return _best(words, _shorter_first(scores, words, len(prefix)), k)
         _, wn, wp = weights
         m = self._per_part(weights, k)
@@ -514,12 +520,18 @@ class Predictor:
         """A prefix led by a single quote ("'hel") also completes the word inside the quote: the
         tokenizer keeps an apostrophe with its word (``'tis``, ``know't``), so the word list's own
         quote-led words alone left "'hel" a handful of rare ones. Each completion w of "hel" is
-        offered as "'hel..." with w's score in this context (the quote typed as the user typed it);
-        a word in both keeps the higher score."""
+        offered as "'" + w with w's score in this context; a word in both keeps the higher score.
+        `scores` are `words`' mixture scores; the words of the text being typed weigh in on both
+        lists alike, so the two compare."""
         quote, inner = prefix[0], prefix[1:]
         iw = list(self._candidates(node, hist, inner, k, weights) | set(self.text_words(text, inner)))
+        inner_scores = self.scores(node, hist, iw, weights)
+        counts = text.counts if text is not None else {}
+        if any(w in counts for w in words) or any(w in counts for w in iw):
+            scores = self.with_text(scores, words, text, always=True)
+            inner_scores = self.with_text(inner_scores, iw, text, always=True)
         best = dict(zip(words, scores))
-        for w, sc in zip(iw, self.with_text(self.scores(node, hist, iw, weights), iw, text)):
+        for w, sc in zip(iw, inner_scores):
             qw = quote + w
             if sc > best.get(qw, -1.0) and qw not in self.personal.removed:
                 best[qw] = sc
@@ -531,11 +543,12 @@ class Predictor:
             return []
         return [w for w in text.starting(prefix) if w != prefix and self.offered(w)]
 
-    def with_text(self, scores: list[float], words: list[str], text: TextWords | None) -> list[float]:
+    def with_text(self, scores: list[float], words: list[str], text: TextWords | None,
+                  always: bool = False) -> list[float]:
         """A completion's score: (1 - text_weight) * the mixture's + text_weight * the word's share
-        of the text being typed; unchanged when no word is in the text."""
+        of the text being typed; `scores` itself when no word is in the text (unless `always`)."""
         tw = self.text_weight
-        if text is None or not tw or not any(w in text.counts for w in words):
+        if text is None or not tw or not (always or any(w in text.counts for w in words)):
             return scores
         return [(1.0 - tw) * sc + tw * text.share(w) for sc, w in zip(scores, words)]
 

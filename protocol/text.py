@@ -39,6 +39,12 @@ def tokens(text: str) -> list[str]:
     return TOKEN_RE.findall(text.translate(_QUOTES))
 
 
+def plain_quotes(text: str) -> str:
+    """`text` with typographic quotes as typed ones ("don\u2019t" -> "don't"), character for
+    character: what `tokens` reads, and what a phone's smart punctuation types."""
+    return text.translate(_QUOTES)
+
+
 def typed_chunks(text: str) -> tuple[list[str], str]:
     """The text before the cursor as a keyboard sees it: the completed whitespace chunks, and the
     chunk still being typed ("" right after a space). Every keyboard session's `update` splits

@@ -10,7 +10,7 @@ import pytest
 from edge_runtime.predictor import FOLLOW_WEIGHT, SHORTER_FIRST, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
 from protocol.ngram import leading_word
-from protocol.text import BOS_ID, load_tokenizer, quote_led, tokens, word_being_typed
+from protocol.text import BOS_ID, load_tokenizer, plain_quotes, quote_led, tokens, word_being_typed
 
 TEXT = "What say you to my lord, and shall we go to the king"
 
@@ -90,6 +90,13 @@ def test_a_word_after_a_single_quote_is_completed_with_the_quote(predictor):
         got = predictor.session().update(f"What say you to {quote}th")
         assert len(got) == 3 and all(w.startswith(quote + "th") for w in got), got
         assert quote + plain[0] in got, (got, plain)      # the likeliest completion, quoted
+    # Smart punctuation types \u2019 for an apostrophe: ranked as "'", shown as typed.
+    for typed in ("What say you, 'ti", "and so that'", "What say you to 'th"):
+        smart = typed[:-3] + typed[-3:].replace("'", "\u2019")
+        want = predictor.session().update(typed)
+        got = predictor.session().update(smart)
+        chunk = smart.split()[-1]
+        assert want and got == [chunk + w[len(chunk):] for w in want], (typed, got, want)
     first = "'" + plain[0]
     predictor.personal.removed = _hidden(frozenset([first]))
     try:
@@ -263,19 +270,18 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
     p = Predictor(predictor.model, predictor.sp, base=base_ngram)
     allowed = set(p.vocab.index) | set(base_ngram.vocab[:base_ngram.n_words])
     keys = non_words = quoted = 0
-    for text in tiny_texts(3000)[1500:]:
+    for text in QUOTED_TEXTS + tiny_texts(3000)[1500:]:
         s = p.session()
         for i in range(1, len(text) + 1):
             done = text[:i].split() if text[i - 1].isspace() else text[:i].split()[:-1]   # completed chunks
-            typed_here = set(map(leading_word, done))
+            typed_here = {leading_word(plain_quotes(c)) for c in done}
             split = word_being_typed("" if text[i - 1].isspace() else text[:i].split()[-1])
-            quote = split[1][0] if split and quote_led(split[1]) else None
-            for w in s.update(text[:i]):
-                bare = w[1:] if quote and w[0] == quote else w
-                words = (w, bare)
-                non_words += all(x not in allowed and x not in typed_here for x in words) \
-                    or not any(ch.isalnum() for ch in w)
-                quoted += bare != w
+            quote = split is not None and quote_led(split[1])
+            for w in map(plain_quotes, s.update(text[:i])):
+                known = w in allowed or w in typed_here
+                inner = quote and w[0] == "'" and (w[1:] in allowed or w[1:] in typed_here)
+                non_words += not (known or inner) or not any(ch.isalnum() for ch in w)
+                quoted += inner and not known
             keys += 1
             if keys >= 10_000:
                 break
@@ -286,24 +292,44 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
     assert keys == 10_000 and non_words == 0 and quoted > 0
 
 
+# Typed with quotes a phone's smart punctuation makes, and with single quotes around speech.
+QUOTED_TEXTS = ["I don\u2019t know what thou hast \u2018heard\u2019 of me, but \u2019tis true",
+                "He said 'thou art the man' and she said 'the king is dead, long live the king'",
+                "\u2018What say you, my lord?\u2019 \u2018Nothing.\u2019 'Tis so, I know't not"]
+
+
 def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int = 3,
                       before: Sequence[str] = (), follows: bool = True) -> list[str]:
     """The strip as first written: argpartition over the prefix range's P_lstm, every candidate
     scored one at a time with the scalar probabilities; a prefix also completed from the words of
     the completed chunks `before` it, each scored by its share of them; the next word right after
     a space (`follows`) also from the words that followed the last chunk in them. A prefix led by
-    a single quote ("'hel") is also completed as the quote and a completion of the rest."""
+    a single quote ("'hel") is also completed as the quote and a completion of the rest, the
+    text's words weighing in on both alike; a typographic quote is ranked as a typed one and
+    shown as typed."""
+    plain = plain_quotes(prefix)
+    if plain != prefix:
+        return [prefix + w[len(prefix):] for w in reference_suggest(p, node, hist, plain, k, before, follows)]
     scored = reference_scores(p, node, hist, prefix, k, before, follows)
     if quote_led(prefix):
-        for w, sc in reference_scores(p, node, hist, prefix[1:], k, before, follows).items():
+        inner = reference_scores(p, node, hist, prefix[1:], k, before, follows)
+        if scored.texted != inner.texted:   # the text's words in one list: in both
+            scored = reference_scores(p, node, hist, prefix, k, before, follows, texted=True)
+            inner = reference_scores(p, node, hist, prefix[1:], k, before, follows, texted=True)
+        for w, sc in inner.items():
             if sc > scored.get(prefix[0] + w, -1.0):
                 scored[prefix[0] + w] = sc
     return sorted(scored, key=lambda w: (-scored[w], w))[:k]
 
 
+class _Scored(dict):
+    texted = False   # whether the text's words weighed in
+
+
 def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int,
-                     before: Sequence[str], follows: bool) -> dict[str, float]:
-    """`reference_suggest`'s candidates for `prefix` and their scores."""
+                     before: Sequence[str], follows: bool, texted: bool = False) -> dict[str, float]:
+    """`reference_suggest`'s candidates for `prefix` and their scores (the text's share mixed in
+    when a candidate is in the text, or `texted`)."""
     wl, wn, wp = p.weights(hist=hist)
     m = p.candidates if (wn or wp) else k
     cands: set[str] = set()
@@ -322,11 +348,11 @@ def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: 
         if prefix and prefix in own:   # the user's words other than the prefix: m + 1 of each kind
             own = [w for w in p.personal.candidates(hist, prefix, m + 1) if w != prefix]
         cands.update(own)
-    typed = [w for w in map(leading_word, before) if w] if prefix else []   # not after a space
+    typed = [w for w in (leading_word(plain_quotes(b)) for b in before) if w] if prefix else []   # not after a space
     cands.update(w for w in typed if w.startswith(prefix) and w != prefix and p.offered(w))
     share = {w: typed.count(w) / len(typed) for w in cands if w in typed}
     # after a space: the words that followed the last chunk earlier in the text
-    after = [leading_word(b) for a, b in zip(before, before[1:]) if a == before[-1]] \
+    after = [leading_word(plain_quotes(b)) for a, b in zip(before, before[1:]) if a == before[-1]] \
         if before and not prefix and follows else []
     after = [w for w in after if w]
     cands.update(w for w in after if p.offered(w))
@@ -337,7 +363,7 @@ def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: 
             sc += wn * p.ngram_prob(w, hist)
         if wp:
             sc += wp * p.personal.prob(w, hist)
-        if share:
+        if share or (texted and typed):
             sc = (1 - TEXT_WEIGHT) * sc + TEXT_WEIGHT * share.get(w, 0.0)
         if after:
             sc = (1 - FOLLOW_WEIGHT) * sc + FOLLOW_WEIGHT * after.count(w) / len(after)
@@ -345,7 +371,9 @@ def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: 
             sc = sc / (len(w) - len(prefix)) ** SHORTER_FIRST
         return sc
 
-    return {w: score(w) for w in cands}
+    scored = _Scored((w, score(w)) for w in cands)
+    scored.texted = bool(share)
+    return scored
 
 
 def test_fast_suggestions_equal_scoring_one_candidate_at_a_time(predictor, base_ngram):
@@ -354,11 +382,11 @@ def test_fast_suggestions_equal_scoring_one_candidate_at_a_time(predictor, base_
     user's words, on every keystroke of typed text."""
     from tests.tiny_version import tiny_texts
 
-    texts = tiny_texts(2200)[2000:]
+    texts = QUOTED_TEXTS + tiny_texts(2200)[2000:]
     for base in (None, base_ngram):
         p = Predictor(predictor.model, predictor.sp, base=base)
         keys = 0
-        for n, text in enumerate(texts[:40]):
+        for n, text in enumerate(texts[:43]):
             s = p.session()
             for i in range(1, len(text) + 1):
                 got = s.update(text[:i])
