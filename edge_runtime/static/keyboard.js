@@ -219,8 +219,9 @@
     return true;
   }
 
-  // Auto-capitalisation: the first letter of the message and of every sentence after ". ", "! ", "? ".
-  const sentenceStart = (before) => /^\s*$|[.!?]["')\]]*\s+$/.test(before);
+  // Auto-capitalisation: the first letter of the message and of every sentence after ". ", "! ", "? ",
+  // also after an opening quote or bracket there ('"Hi', "'Hi", "(Hi").
+  const sentenceStart = (before) => /(^\s*|[.!?]["')\]’”]*\s+)["'(\[{‘“]*$/.test(before);
   // "'hello" -> "'Hello": a single quote typed before the word stays in front of it.
   const capitalise = (w) => {
     const i = /^['‘’]/.test(w) ? 1 : 0;

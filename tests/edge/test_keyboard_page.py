@@ -356,6 +356,11 @@ def test_auto_capitalisation_at_sentence_starts(page):
     page.click('#strip [data-slot="middle"]')             # a suggestion tapped at a sentence start
     last = page.locator("#message").input_value()[len("Hi. Ok. "):]
     assert last[:1].isupper(), last
+    page.keyboard.type("Yes. '")                          # an opening quote at a sentence start
+    assert shifted(page)
+    page.click('#keyboard [data-key="n"]')
+    page.click('#keyboard [data-key="o"]')
+    assert page.locator("#message").input_value().endswith("Yes. 'No")
 
 
 def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
