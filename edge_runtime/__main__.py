@@ -7,6 +7,7 @@ Every failure is one line on stderr and a non-zero exit; typed text is never pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -212,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
 def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:
     """A cache too damaged to open cannot be emptied row by row: overwrite and delete its files.
     Its pause setting went with it, so the new, empty cache starts paused (the private side) and
-    says how to resume."""
+    says how to resume. Its wipe mark is new, so a keyboard running meanwhile, which follows the
+    new file (`TextCache._held`), forgets what it learned from the old one."""
     gone = destroy_files(cfg.require_data_dir())
     with agent.open_cache(cfg) as cache:
         cache.set_paused(True)
+        with contextlib.suppress(CacheError):   # another reader held the new file: it holds no text
+            cache.wipe()
     print(f"the text cache could not be read ({error.__cause__}): its {len(gone)} file(s) were overwritten and "
           "deleted. Text cache and personal model wiped; learning is paused until "
           f"`python -m edge_runtime resume --data-dir {cfg.require_data_dir()}`")

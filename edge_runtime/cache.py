@@ -105,6 +105,12 @@ def destroy_files(data_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """Which file `path` names now (device, inode): a wipe elsewhere that made a new one changes it."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 @dataclass(frozen=True)
 class CachedText:
     id: int
@@ -165,24 +171,68 @@ class TextCache:
         self._lock = threading.Lock()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.data_dir / CACHE_DB
+        self._db = self._connect(create=True)
+        self._file = _identity(self.path)
+
+    def _connect(self, *, create: bool) -> sqlite3.Connection:
+        """A connection to the cache file with the module's settings; `create=False` opens only a
+        file that exists (another process's wipe made it), never a new one beside a vanished file."""
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write is
             # exactly one transaction.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            os.chmod(self.path, 0o600)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            db = sqlite3.connect(self.path if create else self.path.absolute().as_uri() + "?mode=rw",
+                                 uri=not create, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            if create:
+                os.chmod(self.path, 0o600)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA secure_delete=ON")
+            db.executescript(_SCHEMA)
         except sqlite3.OperationalError as e:   # locked, unreadable, a full disk: not the file's content
+            db.close()
             raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
         except sqlite3.DatabaseError as e:      # "file is not a database", "disk image is malformed"
-            self._db.close()
+            db.close()
             raise DamagedCacheError(f"cannot open text cache at {self.path}: {e} (the file is damaged; `python -m "
                                     f"edge_runtime wipe --data-dir {self.data_dir}` deletes it)") from e
         except sqlite3.Error as e:
+            db.close()
             raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
+        except OSError:
+            db.close()
+            raise
+        return db
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """The lock, on the cache file that is there now: `wipe` run in another process on a cache
+        too damaged to open deletes the file and makes a new one (`__main__._wipe_damaged`), and a
+        process that kept the old one open (the keyboard, the device loop) must follow it instead
+        of failing on every call until it is restarted."""
+        with self._lock:
+            try:
+                now = _identity(self.path)
+            except FileNotFoundError:
+                raise CacheError(f"the text cache at {self.path} is gone (a wipe in another process is making a "
+                                 "new one?): try again") from None
+            if now != self._file:
+                db = self._connect(create=False)
+                try:
+                    same = _identity(self.path) == now
+                except FileNotFoundError:
+                    same = False
+                if not same:   # replaced again meanwhile: this connection may be to either file
+                    db.close()
+                    raise CacheError(f"the text cache at {self.path} is being replaced: try again")
+                old, self._db, self._file = self._db, db, now
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
+                log.warning("the text cache file was replaced by another process (a wipe): reopened")
+            yield
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -200,12 +250,12 @@ class TextCache:
 
     @property
     def paused(self) -> bool:
-        with self._lock:
+        with self._held():
             return self._setting("paused") == "1"
 
     def set_paused(self, paused: bool) -> None:
         """Pause or resume learning; persisted so a restart keeps the user's choice."""
-        with self._lock:
+        with self._held():
             self._put_setting("paused", "1" if paused else "0")
         log.info("learning %s", "paused" if paused else "resumed")
 
@@ -213,7 +263,7 @@ class TextCache:
         """Words the user asked the keyboard not to suggest (a typo it learned, a name), until they
         commit one in TYPED_TO_RETURN texts; kept here, in the device's data directory, for the
         retention period at most, and deleted by `wipe`."""
-        with self._lock:
+        with self._held():
             return frozenset(self._removed_locked())
 
     def change_removed(self, *, mark: str | None, add: str | None = None,
@@ -222,7 +272,7 @@ class TextCache:
         text's), bringing back one committed in TYPED_TO_RETURN texts since its removal: in one
         transaction, and only if no wipe ran since `mark` (the caller's `wipe_mark`): a removal
         racing a wipe must not write the words back. The removed words after it, or None after a wipe."""
-        with self._lock, self._transaction():
+        with self._held(), self._transaction():
             if self._setting("wiped") != mark:
                 return None
             removed = self._removed_locked()
@@ -300,7 +350,7 @@ class TextCache:
                              "encoding?): nothing cached") from None
         if nbytes > self.max_bytes:
             return False  # one record larger than the whole cache: not typing, skip it
-        with self._lock, self._transaction():
+        with self._held(), self._transaction():
             # Checked inside the write transaction, so a concurrent pause cannot race it.
             if self._setting("paused") == "1":
                 return False
@@ -313,7 +363,7 @@ class TextCache:
 
     def enforce_retention(self) -> int:
         """Drop text older than the retention period and the oldest text over the size cap."""
-        with self._lock, self._transaction():
+        with self._held(), self._transaction():
             n = self._expire_locked(self._clock())
         if n:
             log.info("text cache: expired %d records", n)
@@ -346,7 +396,7 @@ class TextCache:
         reads an older snapshot. Then the text is deleted for every reader but still on disk:
         CacheError says so (and a later wipe finishes the job), instead of reporting success."""
         mark = os.urandom(8).hex()
-        with self._lock:
+        with self._held():
             with self._transaction():   # the text and the mark go together, or neither
                 self._db.execute("DELETE FROM texts")
                 self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
@@ -375,7 +425,7 @@ class TextCache:
     def wipe_mark(self) -> str | None:
         """A value every wipe changes, by whichever process runs it: one that keeps what it learned
         from the cache in memory (the keyboard's user words) compares it to see a wipe run elsewhere."""
-        with self._lock:
+        with self._held():
             return self._setting("wiped")
 
     def _checkpoint(self) -> bool:
@@ -387,7 +437,7 @@ class TextCache:
 
     def stats(self) -> dict[str, int]:
         """Counts and sizes only (safe to log)."""
-        with self._lock:
+        with self._held():
             n, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM texts").fetchone()
         k = holdout_count(n, self.holdout_fraction)
         return {"records": n, "bytes": nbytes, "training": n - k, "heldout": k}
@@ -401,7 +451,7 @@ class TextCache:
         return self._db.execute("SELECT id FROM texts ORDER BY id LIMIT 1 OFFSET ?", (n_train - 1,)).fetchone()[0]
 
     def _select(self, train: bool) -> list[CachedText]:
-        with self._lock:
+        with self._held():
             self._db.execute("BEGIN")  # one snapshot for the boundary and the rows
             try:
                 b = self._boundary_id()

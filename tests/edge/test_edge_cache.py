@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.cache import TextCache, holdout_count, is_sensitive
+from edge_runtime.cache import CacheError, TextCache, destroy_files, holdout_count, is_sensitive
 from edge_runtime.paths import CACHE_DB
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,6 +159,25 @@ def test_wipe_deletes_a_cache_too_damaged_to_open_and_leaves_learning_paused(tmp
     assert b"see you at the station" not in raw_file_bytes(d)
     with TextCache(d) as fresh:                                  # a new, empty cache, paused: the private side
         assert fresh.stats()["records"] == 0 and fresh.paused
+
+
+def test_a_held_cache_follows_its_file_replaced_and_never_makes_one(tmp_path: Path):
+    """What a process holding the cache sees of a damaged-cache wipe run elsewhere: while the
+    files are gone it says so and creates none (the wipe makes the new one, paused); then it
+    uses the new file."""
+    d = tmp_path / "d"
+    held = TextCache(d)
+    assert held.add("see you at the station", "message")
+    destroy_files(d)
+    with pytest.raises(CacheError, match="gone"):
+        held.add("another text", "message")
+    assert not (d / CACHE_DB).exists()
+    with TextCache(d) as fresh:
+        fresh.set_paused(True)
+    assert held.paused and held.stats()["records"] == 0 and not held.add("another text", "message")
+    held.set_paused(False)
+    assert held.add("another text", "message") and all_texts(held) == ["another text"]
+    held.close()
 
 
 def test_text_without_a_word_is_not_cached(tmp_path: Path):
