@@ -7,7 +7,6 @@ Every failure is one line on stderr and a non-zero exit; typed text is never pri
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import agent, keyboard, paths, personalize
-from edge_runtime.cache import CacheError, DamagedCacheError, destroy_files
+from edge_runtime.cache import CacheError, DamagedCacheError, replace_damaged
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
@@ -215,11 +214,7 @@ def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:
     Its pause setting went with it, so the new, empty cache starts paused (the private side) and
     says how to resume. Its wipe mark is new, so a keyboard running meanwhile, which follows the
     new file (`TextCache._held`), forgets what it learned from the old one."""
-    gone = destroy_files(cfg.require_data_dir())
-    with agent.open_cache(cfg) as cache:
-        cache.set_paused(True)
-        with contextlib.suppress(CacheError):   # another reader held the new file: it holds no text
-            cache.wipe()
+    gone = replace_damaged(cfg.require_data_dir())
     print(f"the text cache could not be read ({error.__cause__}): its {len(gone)} file(s) were overwritten and "
           "deleted. Text cache and personal model wiped; learning is paused until "
           f"`python -m edge_runtime resume --data-dir {cfg.require_data_dir()}`")

@@ -29,7 +29,9 @@ import logging
 import math
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -105,10 +107,34 @@ def destroy_files(data_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    """Which file `path` names now (device, inode): a wipe elsewhere that made a new one changes it."""
-    st = os.stat(path)
+def _identity_or_none(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names now (device, inode), None when none: a wipe elsewhere that made a
+    new one changes it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CacheError(f"cannot read the text cache at {path}: {e}") from e
     return st.st_dev, st.st_ino
+
+
+def replace_damaged(data_dir: str | os.PathLike) -> list[Path]:
+    """What `wipe` does when the cache is too damaged to open: `destroy_files`, then a new, empty
+    cache in its place, paused (the pause went with the old file) and with a new wipe mark (so a
+    process still holding the old file forgets what it learned from it). The new file is made
+    complete in a private directory and renamed into place, so a process following the path
+    (`TextCache._held`) never sees it unpaused. Returns the files removed."""
+    gone = destroy_files(data_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".new-cache-", dir=data_dir))
+    try:
+        with TextCache(tmp) as fresh:
+            fresh.set_paused(True)
+            fresh.wipe()   # the mark; no other reader can hold this file, so the WAL is checkpointed
+        os.replace(tmp / CACHE_DB, Path(data_dir) / CACHE_DB)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return gone
 
 
 @dataclass(frozen=True)
@@ -171,8 +197,15 @@ class TextCache:
         self._lock = threading.Lock()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.data_dir / CACHE_DB
-        self._db = self._connect(create=True)
-        self._file = _identity(self.path)
+        for _ in range(3):   # the file a stat names before and after connecting is the one opened
+            before = _identity_or_none(self.path)
+            self._db = self._connect(create=True)
+            self._file = _identity_or_none(self.path)
+            if before is None or before == self._file:
+                break
+            self._db.close()
+        else:
+            raise CacheError(f"the text cache at {self.path} is being replaced: try again")
 
     def _connect(self, *, create: bool) -> sqlite3.Connection:
         """A connection to the cache file with the module's settings; `create=False` opens only a
@@ -214,18 +247,13 @@ class TextCache:
         process that kept the old one open (the keyboard, the device loop) must follow it instead
         of failing on every call until it is restarted."""
         with self._lock:
-            try:
-                now = _identity(self.path)
-            except FileNotFoundError:
+            now = _identity_or_none(self.path)
+            if now is None:
                 raise CacheError(f"the text cache at {self.path} is gone (a wipe in another process is making a "
-                                 "new one?): try again") from None
+                                 "new one?): try again")
             if now != self._file:
                 db = self._connect(create=False)
-                try:
-                    same = _identity(self.path) == now
-                except FileNotFoundError:
-                    same = False
-                if not same:   # replaced again meanwhile: this connection may be to either file
+                if _identity_or_none(self.path) != now:   # replaced again meanwhile: either file's connection
                     db.close()
                     raise CacheError(f"the text cache at {self.path} is being replaced: try again")
                 old, self._db, self._file = self._db, db, now

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.cache import CacheError, TextCache, destroy_files, holdout_count, is_sensitive
+from edge_runtime.cache import (
+    CacheError,
+    DamagedCacheError,
+    TextCache,
+    destroy_files,
+    holdout_count,
+    is_sensitive,
+    replace_damaged,
+)
 from edge_runtime.paths import CACHE_DB
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,21 +171,29 @@ def test_wipe_deletes_a_cache_too_damaged_to_open_and_leaves_learning_paused(tmp
 
 def test_a_held_cache_follows_its_file_replaced_and_never_makes_one(tmp_path: Path):
     """What a process holding the cache sees of a damaged-cache wipe run elsewhere: while the
-    files are gone it says so and creates none (the wipe makes the new one, paused); then it
-    uses the new file."""
+    files are gone it says so and creates none; a file it cannot read in their place is an error
+    it tries again on the next call; the new cache, once there, it uses: paused, with a new wipe
+    mark, nothing of the old text."""
     d = tmp_path / "d"
     held = TextCache(d)
     assert held.add("see you at the station", "message")
+    mark = held.wipe_mark()
     destroy_files(d)
     with pytest.raises(CacheError, match="gone"):
         held.add("another text", "message")
     assert not (d / CACHE_DB).exists()
-    with TextCache(d) as fresh:
-        fresh.set_paused(True)
-    assert held.paused and held.stats()["records"] == 0 and not held.add("another text", "message")
+    (d / CACHE_DB).write_bytes(b"\xff" * 4096)                # not a database: said, not adopted
+    for _ in range(2):
+        with pytest.raises(DamagedCacheError):
+            held.stats()
+    (d / CACHE_DB).unlink()
+    replace_damaged(d)
+    assert held.paused and held.stats()["records"] == 0 and held.wipe_mark() not in (None, mark)
+    assert not held.add("another text", "message")
     held.set_paused(False)
     assert held.add("another text", "message") and all_texts(held) == ["another text"]
     held.close()
+    assert sorted(f.name for f in d.iterdir()) == [CACHE_DB]   # no temporary directory left
 
 
 def test_text_without_a_word_is_not_cached(tmp_path: Path):

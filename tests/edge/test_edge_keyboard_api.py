@@ -812,11 +812,10 @@ def test_a_wipe_from_the_command_line_is_seen_by_the_running_keyboard(server, mo
     assert "Wombatshire" not in strip("Womb")
 
 
-def test_a_running_keyboard_follows_a_damaged_cache_wipe_run_elsewhere(server, monkeypatch, capsys):
+def test_a_running_keyboard_follows_a_damaged_cache_wipe_run_elsewhere(server, capsys):
     """`wipe` on a cache too damaged to open overwrites and deletes its files and makes a new one,
     paused; the running keyboard kept the old, zeroed file open and failed every commit and status
     ("file is not a database") until it was restarted, and suggested the user's words from memory."""
-    from edge_runtime import keyboard
     from edge_runtime.__main__ import main as device_main
     from edge_runtime.paths import CACHE_DB
 
@@ -833,7 +832,6 @@ def test_a_running_keyboard_follows_a_damaged_cache_wipe_run_elsewhere(server, m
             f.write_bytes(b"\xff" * f.stat().st_size)
     assert device_main(["wipe", "--data-dir", str(data_dir)]) == 0     # another process's wipe
     assert "overwritten and deleted" in capsys.readouterr().out
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
     r = requests.get(server.url + "api/status", timeout=5)
     assert r.status_code == 200 and r.json()["cache"]["sentences"] == 0 and r.json()["paused"] is True
     assert "Quokkaville" not in strip("we met in Quok")
@@ -842,7 +840,8 @@ def test_a_running_keyboard_follows_a_damaged_cache_wipe_run_elsewhere(server, m
     assert post(server, "api/pause", {"paused": False}).status_code == 200
     assert post(server, "api/commit", {"text": "Wombatshire is lovely", "field_kind": "message"}).json()["cached"]
     assert db_rows(server) == ["Wombatshire is lovely"]
-    assert not any(b"Quokkaville" in f.read_bytes() for f in data_dir.iterdir() if f.name.startswith(CACHE_DB))
+    files = [f for f in data_dir.iterdir() if f.name.startswith(CACHE_DB) or f.name.startswith(".new-cache")]
+    assert files and all(f.name.startswith(CACHE_DB) and f.stat().st_mode & 0o077 == 0 for f in files), files
 
 
 def test_a_request_refused_before_its_body_is_read_does_not_poison_the_connection(server):
