@@ -787,12 +787,8 @@ def test_the_block_on_offensive_words_is_a_device_setting(tmp_path, exported_ver
         assert s.app.slot.predictor.block_offensive is False
 
 
-def test_a_wipe_from_the_command_line_is_seen_by_the_running_keyboard(server, monkeypatch):
-    """`python -m edge_runtime wipe` while the keyboard served said "wiped", and the keyboard went
-    on suggesting the user's words from memory (only the page's own clear forgot them)."""
-    from edge_runtime import keyboard
-    from edge_runtime.__main__ import main as device_main
-
+def learned_a_name(server):
+    """Two commits teach the running keyboard "Quokkaville"; returns its strip for a text."""
     def strip(text: str) -> list[str]:
         return post(server, "api/suggest", {"client": "t1", "text": text}).json()["suggestions"]
 
@@ -800,6 +796,16 @@ def test_a_wipe_from_the_command_line_is_seen_by_the_running_keyboard(server, mo
         assert post(server, "api/commit", {"text": "we met in Quokkaville at dawn",
                                            "field_kind": "message"}).json()["cached"] is True
     assert strip("we met in Quok")[0] == "Quokkaville"
+    return strip
+
+
+def test_a_wipe_from_the_command_line_is_seen_by_the_running_keyboard(server, monkeypatch):
+    """`python -m edge_runtime wipe` while the keyboard served said "wiped", and the keyboard went
+    on suggesting the user's words from memory (only the page's own clear forgot them)."""
+    from edge_runtime import keyboard
+    from edge_runtime.__main__ import main as device_main
+
+    strip = learned_a_name(server)
     assert device_main(["wipe", "--data-dir", str(server.app.cache.data_dir)]) == 0     # another process's wipe
     assert db_rows(server) == []
     monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)   # keystrokes look at once, not in 1 s
@@ -819,13 +825,7 @@ def test_a_running_keyboard_follows_a_damaged_cache_wipe_run_elsewhere(server, c
     from edge_runtime.__main__ import main as device_main
     from edge_runtime.paths import CACHE_DB
 
-    def strip(text: str) -> list[str]:
-        return post(server, "api/suggest", {"client": "t1", "text": text}).json()["suggestions"]
-
-    for _ in range(2):
-        assert post(server, "api/commit", {"text": "we met in Quokkaville at dawn",
-                                           "field_kind": "message"}).json()["cached"] is True
-    assert strip("we met in Quok")[0] == "Quokkaville"
+    strip = learned_a_name(server)
     data_dir = server.app.cache.data_dir
     for f in data_dir.iterdir():                     # a bad disk under the running keyboard
         if f.name.startswith(CACHE_DB):
