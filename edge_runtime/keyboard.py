@@ -400,11 +400,12 @@ def _hidden(removed: frozenset[str]) -> frozenset[str]:
     """What the strip must not show for the words a user removed: each word, and a lowercase
     one's capitalised form too (the same word at a sentence's start: "teh" hides "Teh", "'teh"
     hides "'Teh"); a capitalised one alone ("May", a name, leaves "may")."""
-    def capitalised(w: str) -> str:
-        i = 1 if quote_led(w) else 0
-        return w[:i] + w[i].upper() + w[i + 1:]
-
-    return removed | {capitalised(w) for w in removed if w[int(quote_led(w)):][:1].islower()}
+    hidden = set(removed)
+    for w in removed:
+        i = int(quote_led(w))   # the letter after a leading quote
+        if w[i:i + 1].islower():
+            hidden.add(w[:i] + w[i].upper() + w[i + 1:])
+    return frozenset(hidden)
 
 
 def _str_field(body: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:

@@ -122,7 +122,7 @@ class TextWords:
         self._follows: dict[str, dict[str, int]] = {}   # chunk -> {the word after it: count}
 
     def push(self, chunk: str) -> None:
-        w = leading_word(plain_quotes(chunk))   # "don\u2019t," -> "don't", as the model reads it
+        w = _chunk_word(chunk)
         if w:
             if w not in self.counts:
                 bisect.insort(self._sorted, w)
@@ -135,7 +135,7 @@ class TextWords:
 
     def pop(self) -> None:
         chunk = self._chunks.pop()
-        w = leading_word(plain_quotes(chunk))
+        w = _chunk_word(chunk)
         if w:
             left = self.counts[w] - 1
             if left:
@@ -172,10 +172,15 @@ class TextWords:
                 return {}
             return self._follows.get(self._chunks[-1], {})
         got = self._follows.get(pending, {})
-        w = leading_word(plain_quotes(pending))
+        w = _chunk_word(pending)
         if self._chunks and self._chunks[-1] == pending and w:   # "very very": the pair it completes
             got = {**got, w: got.get(w, 0) + 1}
         return got
+
+
+def _chunk_word(chunk: str) -> str | None:
+    """A chunk's word as the model reads it ("don\u2019t," -> "don't"), None for punctuation."""
+    return leading_word(plain_quotes(chunk))
 
 
 @dataclass
@@ -525,11 +530,9 @@ class Predictor:
         lists alike, so the two compare."""
         quote, inner = prefix[0], prefix[1:]
         iw = list(self._candidates(node, hist, inner, k, weights) | set(self.text_words(text, inner)))
-        inner_scores = self.scores(node, hist, iw, weights)
-        counts = text.counts if text is not None else {}
-        if any(w in counts for w in words) or any(w in counts for w in iw):
-            scores = self.with_text(scores, words, text, always=True)
-            inner_scores = self.with_text(inner_scores, iw, text, always=True)
+        both = text is not None and any(w in text.counts for w in (*words, *iw))   # one in either: both
+        scores = self.with_text(scores, words, text, always=both)
+        inner_scores = self.with_text(self.scores(node, hist, iw, weights), iw, text, always=both)
         best = dict(zip(words, scores))
         for w, sc in zip(iw, inner_scores):
             qw = quote + w

@@ -310,26 +310,22 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     plain = plain_quotes(prefix)
     if plain != prefix:
         return [prefix + w[len(prefix):] for w in reference_suggest(p, node, hist, plain, k, before, follows)]
-    scored = reference_scores(p, node, hist, prefix, k, before, follows)
+    scored, texted = reference_scores(p, node, hist, prefix, k, before, follows)
     if quote_led(prefix):
-        inner = reference_scores(p, node, hist, prefix[1:], k, before, follows)
-        if scored.texted != inner.texted:   # the text's words in one list: in both
-            scored = reference_scores(p, node, hist, prefix, k, before, follows, texted=True)
-            inner = reference_scores(p, node, hist, prefix[1:], k, before, follows, texted=True)
+        inner, inner_texted = reference_scores(p, node, hist, prefix[1:], k, before, follows)
+        if texted != inner_texted:   # the text's words in one list: in both
+            scored, _ = reference_scores(p, node, hist, prefix, k, before, follows, texted=True)
+            inner, _ = reference_scores(p, node, hist, prefix[1:], k, before, follows, texted=True)
         for w, sc in inner.items():
             if sc > scored.get(prefix[0] + w, -1.0):
                 scored[prefix[0] + w] = sc
     return sorted(scored, key=lambda w: (-scored[w], w))[:k]
 
 
-class _Scored(dict):
-    texted = False   # whether the text's words weighed in
-
-
 def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int,
-                     before: Sequence[str], follows: bool, texted: bool = False) -> dict[str, float]:
+                     before: Sequence[str], follows: bool, texted: bool = False) -> tuple[dict[str, float], bool]:
     """`reference_suggest`'s candidates for `prefix` and their scores (the text's share mixed in
-    when a candidate is in the text, or `texted`)."""
+    when a candidate is in the text, or `texted`), and whether a candidate was in the text."""
     wl, wn, wp = p.weights(hist=hist)
     m = p.candidates if (wn or wp) else k
     cands: set[str] = set()
@@ -371,9 +367,7 @@ def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: 
             sc = sc / (len(w) - len(prefix)) ** SHORTER_FIRST
         return sc
 
-    scored = _Scored((w, score(w)) for w in cands)
-    scored.texted = bool(share)
-    return scored
+    return {w: score(w) for w in cands}, bool(share)
 
 
 def test_fast_suggestions_equal_scoring_one_candidate_at_a_time(predictor, base_ngram):
