@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_port(cfg.host, cfg.port)      # before the app opens its database
             app = create_app(cfg)
             server = make_server(cfg.host, cfg.port, app, threaded=True)
-            print(f"serving on http://{cfg.host}:{server.server_port}", flush=True)
+            print(f"serving on http://{_url_host(cfg.host)}:{server.server_port}", flush=True)
             if cfg.host not in ("127.0.0.1", "::1", "localhost"):   # the README says so; the command too
                 print(f"warning: {cfg.host} is reachable from other machines and this server speaks plain HTTP: "
                       "tokens and updates travel in clear unless a TLS proxy is in front (deploy/README.md)",
@@ -280,8 +281,14 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e} (another program holds it? "
-                          "choose another with --port)") from None
+            hint = ("another program holds it? choose another with --port" if e.errno == errno.EADDRINUSE else
+                    "--host must be an address of this machine (127.0.0.1, ::1, 0.0.0.0) or a name of one")
+            raise OSError(f"cannot listen on {_url_host(host)}:{port}: {e.strerror or e} ({hint})") from None
+
+
+def _url_host(host: str) -> str:
+    """`host` as written in a URL: an IPv6 address in brackets (http://[::1]:8799)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def cli() -> None:

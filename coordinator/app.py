@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -63,6 +64,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
         _warn_unconfigured_proxy(app)
     for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
+    app.before_request(_refuse_nul)
     _register_errors(app)
     _register_metrics(app, coordinator)
     return app
@@ -85,6 +87,15 @@ def _warn_unconfigured_proxy(app: Flask) -> None:
         log.warning("requests with %s arrive from %s and proxy_hops is 0: if a proxy is in front, every client "
                     "counts as its address in the per-address limits; set proxy_hops to the number of proxies "
                     "(nginx: 1)", _FORWARDED_FOR, request.remote_addr)
+
+
+def _refuse_nul() -> None:
+    """A NUL in the path (`/versions/%00/pin`), the query or a header (X-FedKeys-Device) is refused
+    before any view: ids reach the database, whose text (PostgreSQL's) refuses NUL with a 500.
+    JSON bodies are checked where they are parsed (`api.common.json_body`)."""
+    parts = (request.path, *request.args.keys(), *request.args.values(), *request.headers.values())
+    if any("\x00" in p for p in parts):
+        raise ApiError(400, wire.E_BAD_REQUEST, "a NUL character in the request's path, query or headers")
 
 
 def _nearby(address: str | None) -> bool:
@@ -114,6 +125,15 @@ def _register_errors(app: Flask) -> None:
         status = e.code or 500
         code = _HTTP_CODES.get(status, wire.E_BAD_REQUEST if status < 500 else wire.E_INTERNAL)
         return _error(status, wire.ErrorBody(code, e.description or e.name).to_dict())
+
+    @app.errorhandler(OperationalError)
+    def _database_down(e: OperationalError) -> Response:
+        # A database server down or out of reach (or SQLite locked past its busy timeout): the
+        # request may be retried as it is, so 503 with Retry-After, and one log line, not a traceback.
+        why = (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
+        log.error("database unavailable on %s %s: %s", request.method, request.path, why)
+        return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the database is unavailable; retry later").to_dict(),
+                      retry_after=5)
 
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:

@@ -8,8 +8,9 @@ are ``FEDKEYS_COORDINATOR_<KEY>`` (upper case); the config file is TOML or JSON,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,27 @@ PROFILES: dict[str, dict[str, Any]] = {
 # The service refuses a shorter one (`app.create_app`); admin commands, which never take the token
 # over HTTP, still run with it, so a device can be revoked while the token is being replaced.
 MIN_ADMIN_TOKEN_CHARS = 16
+MAX_GOAL_COUNT = 10**7
+MAX_OVERSELECT = 10.0
+MAX_ROUND_DURATION_S = 30 * 86400.0
+MAX_INTERVAL_S = 365 * 86400.0       # any other duration: round_interval_s, checkin_interval_s, ...
+
+
+def round_values_fault(goal_count: int, min_count: int, overselect: float, round_duration_s: float,
+                       selection_window_s: float) -> str | None:
+    """What is wrong with a round's size and timing (None: nothing): the one rule for the settings'
+    defaults (`Config`) and an operator's overrides (`coordinator.rounds.start_round`)."""
+    if not 1 <= goal_count <= MAX_GOAL_COUNT:
+        return f"goal_count must be in [1, {MAX_GOAL_COUNT:.0e}] (it is {goal_count})"
+    if min_count < 1:
+        return f"min_count must be >= 1 (it is {min_count})"
+    if not 1 <= overselect <= MAX_OVERSELECT:
+        return f"overselect must be in [1, {MAX_OVERSELECT:g}] (it is {overselect})"
+    if not 0 < round_duration_s <= MAX_ROUND_DURATION_S:
+        return f"round_duration_s must be in (0, 30 days] (it is {round_duration_s})"
+    if not 0 <= selection_window_s < round_duration_s:
+        return f"selection_window_s must be in [0, round_duration_s) (it is {selection_window_s})"
+    return None
 
 
 class ConfigError(CoordinatorError, ValueError):
@@ -108,6 +130,12 @@ class Config:
     max_eval_words: int = 300                # evaluate task: words scored per version (word top-3, KSR)
 
     def __post_init__(self) -> None:
+        for f in fields(self):   # inf or nan passes most bounds below and fails later, as a 500 or a traceback
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name} must be a finite number (it is {v})")
+        round_fault = round_values_fault(self.goal_count, self.min_count, self.overselect, self.round_duration_s,
+                                         self.selection_window_s)
         checks = [
             (self.port > 0 and self.port < 65536, "port must be 1-65535"),
             (self.max_body_bytes > 0, "max_body_bytes must be > 0"),
@@ -119,13 +147,12 @@ class Config:
             (self.admin_failures_per_minute > 0 and self.admin_failures_burst >= 1,
              "admin_failures_per_minute must be > 0 and admin_failures_burst >= 1"),
             (0 <= self.proxy_hops <= 10, "proxy_hops must be in [0, 10]: the reverse proxies in front (nginx: 1)"),
-            (self.checkin_interval_s > 0 and 0 <= self.checkin_jitter < 1, "bad check-in interval or jitter"),
-            (self.goal_count >= 1 and self.overselect >= 1.0, "goal_count >= 1 and overselect >= 1"),
-            (1 <= self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
-            (self.round_duration_s > 0, "round_duration_s must be > 0"),
-            (0 <= self.selection_window_s < self.round_duration_s,
-             "selection_window_s must be in [0, round_duration_s)"),
-            (self.round_interval_s >= 0, "round_interval_s must be >= 0 (0: rounds only on start-round)"),
+            (0 < self.checkin_interval_s <= MAX_INTERVAL_S and 0 <= self.checkin_jitter < 1,
+             "checkin_interval_s must be in (0, 365 days] and checkin_jitter in [0, 1)"),
+            (round_fault is None, round_fault),
+            (self.min_count <= self.goal_count, "min_count must be in [1, goal_count]"),
+            (0 <= self.round_interval_s <= MAX_INTERVAL_S,
+             "round_interval_s must be in [0, 365 days] (0: rounds only on start-round)"),
             (self.log_format in ("auto", "json", "text"), "log_format must be auto, json or text"),
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
             (self.profile in ("", *PROFILES), f"profile must be one of {sorted(PROFILES)} or empty"),
@@ -136,8 +163,9 @@ class Config:
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
             (self.population_size >= 0, "population_size must be >= 0"),
-            (0 <= self.secagg_dropout < 0.5 and self.secagg_phase_timeout_s > 0 and self.secagg_poll_s > 0,
-             "secagg_dropout must be in [0, 0.5), secagg timeouts > 0"),
+            (0 <= self.secagg_dropout < 0.5 and 0 < self.secagg_phase_timeout_s <= MAX_ROUND_DURATION_S
+             and 0 < self.secagg_poll_s <= 3600,
+             "secagg_dropout must be in [0, 0.5), secagg_phase_timeout_s in (0, 30 days], secagg_poll_s in (0, 3600]"),
             (not self.secure_aggregation or self.aggregator == "mean",
              "secure_aggregation needs aggregator = mean: the coordinator sees only the sum"),
             (not self.secure_aggregation or self.goal_count >= 2,

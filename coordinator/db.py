@@ -20,6 +20,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 
+PG_CONNECT_TIMEOUT_S = 10
+
+
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL and a busy timeout so concurrent request threads wait instead of failing."""
     example = "e.g. sqlite:////path/to/db.sqlite3 or postgresql+psycopg://user@host/db"
@@ -60,7 +63,10 @@ def _make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A host that accepts the connection and never answers would hang every command and worker
+    # boot without a word; libpq waits forever unless told. The URL's own ?connect_timeout= wins.
+    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return create_engine(url, pool_pre_ping=True, connect_args=timeout)
 
 
 def _unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -27,6 +28,28 @@ from protocol.settings import coerce_settings
 log = logging.getLogger(__name__)
 KEY = "service_settings"
 SOURCE = "the settings the serving coordinator recorded"
+SIGNING_KEY = "signing_public_key"   # the data directory this database belongs to
+
+
+def _upsert(engine: Engine) -> Any:
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
+def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path) -> None:
+    """Refuse a data directory and a database that were not created together. The database's
+    versions were signed with one data directory's key and their weights are in its blobs: served
+    with another's, every manifest fails devices' signature checks and every download is a 500.
+    The first coordinator to open a database records its key (databases from before this check
+    take the first data directory that opens them)."""
+    with session_factory(engine)() as s, s.begin():
+        s.execute(_upsert(engine)(Setting).values(key=SIGNING_KEY, value=public_key_hex)
+                  .on_conflict_do_nothing(index_elements=[Setting.key]))
+        recorded = s.scalar(select(Setting.value).where(Setting.key == SIGNING_KEY))
+    if recorded != public_key_hex:
+        raise ConfigError(f"the data directory {data_dir} does not belong to this database: its signing key "
+                          f"({public_key_hex[:12]}...) is not the one the database's versions were signed with "
+                          f"({str(recorded)[:12]}...); give the --data-dir created with this database, or the "
+                          f"--database-url created with this data directory")
 
 
 def record(coord: Any) -> None:
@@ -35,9 +58,8 @@ def record(coord: Any) -> None:
     An upsert, one statement: gunicorn's workers all start at once, and a read-then-insert would
     let two of them insert the row, failing one worker's boot (and with it the master)."""
     value = json.dumps(deployment_settings(coord.config), sort_keys=True)
-    insert = pg_insert if coord.engine.dialect.name == "postgresql" else sqlite_insert
     with coord.tx() as s:
-        s.execute(insert(Setting).values(key=KEY, value=value)
+        s.execute(_upsert(coord.engine)(Setting).values(key=KEY, value=value)
                   .on_conflict_do_update(index_elements=[Setting.key], set_={"value": value}))
 
 

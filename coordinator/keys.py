@@ -15,6 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordinator.config import ConfigError
+
 SIGNING_KEY_FILE = "signing_key.pem"
 ADMIN_TOKEN_FILE = "admin_token"
 
@@ -43,9 +45,13 @@ def load_or_create_signing_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey
             _write_secret(path, pem)
         except FileExistsError:
             pass  # another worker won the race; use its key
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as e:   # damaged, or encrypted with a password
+        raise ConfigError(f"{path} is not a readable private key ({e}); restore it from a backup: the "
+                          f"versions this coordinator signed, and the devices that trust it, need this key") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise TypeError(f"{path} is not an Ed25519 private key")
+        raise ConfigError(f"{path} is not an Ed25519 private key (the key `init` creates)")
     return key
 
 
@@ -60,7 +66,11 @@ def load_or_create_admin_token(data_dir: str | os.PathLike) -> str:
             _write_secret(path, new_secret().encode())
         except FileExistsError:
             pass
-    return path.read_text().strip()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text token ({e}); write a new one there (at least 16 characters) "
+                          f"or set admin_token") from e
 
 
 def new_secret() -> str:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+# Terminal colour codes: werkzeug colours its access lines ("\x1b[33mGET /v1/... HTTP/1.1\x1b[0m")
+# whatever the destination, which a log collector shows as escape codes.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         d = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-             "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+             "level": record.levelname, "logger": record.name, "msg": _ANSI.sub("", record.getMessage())}
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)
         return json.dumps(d)

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import aggregation, canary, discovery, queries, round_end, schedule, secagg, versions, views
+from coordinator.config import round_values_fault
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
@@ -38,7 +39,7 @@ ROUND_SETTINGS = ("goal_count", "min_count", "overselect", "round_duration_s", "
                   *PLAN_FIELD_NAMES)
 
 
-def start_round(coord: Coordinator, **overrides: Any) -> int:
+def start_round(coord: Coordinator, /, **overrides: Any) -> int:
     """Open a round on the stable version; overrides: goal_count, min_count, overselect,
     round_duration_s, selection_window_s and any TrainPlan field."""
     c = coord.config
@@ -57,11 +58,8 @@ def start_round(coord: Coordinator, **overrides: Any) -> int:
         goal, min_count = int(o["goal_count"]), int(o["min_count"])
         over, duration = float(o["overselect"]), float(o["round_duration_s"])
         window = float(o["selection_window_s"])
-        if not 0 <= window < duration:
-            raise ValueError("need 0 <= selection_window_s < round_duration_s")
-        if not (1 <= goal <= 10**7 and 1 <= min_count and 1 <= over <= 10 and 0 < duration <= 30 * 86400):
-            raise ValueError("need 1 <= goal_count <= 1e7, min_count >= 1, 1 <= overselect <= 10, "
-                             "0 < round_duration_s <= 30 days")
+        if fault := round_values_fault(goal, min_count, over, duration, window):
+            raise ValueError(fault)
         if min_count > goal:
             log.warning("min_count %d is above goal_count %d: the round uses %d", min_count, goal, goal)
             min_count = goal
@@ -90,7 +88,7 @@ def start_round(coord: Coordinator, **overrides: Any) -> int:
             plan = wire.TrainPlan(round_id=r.id, **plan_values)
             r.plan_json = json.dumps(plan.to_dict())
             rid = r.id
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:   # OverflowError: int(1e999)
         if isinstance(e, ApiError):
             raise
         raise bad_request(f"invalid round settings: {e}") from e

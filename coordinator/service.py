@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from coordinator import canary, checkin, enrollment, keys, rounds, updates, versions, views
+from coordinator import canary, checkin, deployment, enrollment, keys, rounds, updates, versions, views
 from coordinator.blobs import BlobStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
@@ -48,11 +48,16 @@ class Coordinator:
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(config.resolved_database_url)
-        with data_dir_lock(self.data_dir):
-            migrate(self.engine)
-            self.signing_key = keys.load_or_create_signing_key(self.data_dir)
-            self.admin_token = config.admin_token or keys.load_or_create_admin_token(self.data_dir)
-        self.public_key_hex = keys.public_key_hex(self.signing_key)
+        try:
+            with data_dir_lock(self.data_dir):
+                migrate(self.engine)
+                self.signing_key = keys.load_or_create_signing_key(self.data_dir)
+                self.admin_token = config.admin_token or keys.load_or_create_admin_token(self.data_dir)
+            self.public_key_hex = keys.public_key_hex(self.signing_key)
+            deployment.check_pairing(self.engine, self.public_key_hex, self.data_dir)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.metrics = Metrics(self._sessions, config.privacy_delta)
@@ -116,7 +121,7 @@ class Coordinator:
 
     # --- rounds (coordinator.rounds) ---------------------------------------------------------
 
-    def start_round(self, **overrides: Any) -> int:
+    def start_round(self, /, **overrides: Any) -> int:
         """Open a round on the stable version; overrides: goal_count, min_count, overselect,
         round_duration_s, selection_window_s and any TrainPlan field."""
         return rounds.start_round(self, **overrides)

@@ -19,6 +19,7 @@ from coordinator.states import RoundStatus
 from coordinator.validation import UpdateRejected, check_header_size, validate_update
 from coordinator.views import iso
 from protocol import artifact, wire
+from protocol.artifact import sha256_bytes
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -37,24 +38,41 @@ def reject(coord: Coordinator, device_id: str, round_id: int | None, code: str, 
     return ApiError(REJECTION_STATUS[code], code, message)
 
 
+def _retried(existing: Update, meta: wire.UpdateMeta, digest: str) -> wire.UpdateReceipt | None:
+    """The stored update's receipt when this upload is a retry of it (the same idempotency key and
+    the same update), else None. A key names one update: the same key with other bytes or counts
+    is not a retry, and answering it with the first receipt would drop the new update silently."""
+    same = (existing.idempotency_key, existing.blob_sha256, existing.example_count, existing.encoding) == \
+        (meta.idempotency_key, digest, meta.example_count, meta.encoding)
+    return wire.UpdateReceipt(update_id=existing.id, round_id=existing.round_id) if same else None
+
+
+def _duplicate(existing: Update, meta: wire.UpdateMeta) -> str:
+    if existing.idempotency_key == meta.idempotency_key:
+        return (f"idempotency key {meta.idempotency_key!r} already names update {existing.id} of round "
+                f"{existing.round_id}, with other contents: a retry must resend the same update")
+    return f"device already contributed update {existing.id} to round {existing.round_id}"
+
+
 def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, body: bytes) -> wire.UpdateReceipt:
     try:
         meta = wire.UpdateMeta.from_header(meta_header)
     except wire.WireError as e:
         raise reject(coord, device_id, None, wire.E_BAD_REQUEST, str(e)) from e
+    digest = sha256_bytes(body)
     with coord.tx() as s:
         r = s.get(Round, meta.round_id, with_for_update=True)
         existing = None if r is None else s.scalar(
             select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
         assigned = None if r is None or not selection.is_selected(s, r.id, device_id) else True
-        if existing is not None and existing.idempotency_key == meta.idempotency_key:
-            return wire.UpdateReceipt(update_id=existing.id, round_id=existing.round_id)  # a retried upload
+        if existing is not None and (receipt := _retried(existing, meta, digest)) is not None:
+            return receipt
         round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)
+        duplicate = None if existing is None else _duplicate(existing, meta)
     if r is None:
         raise reject(coord, device_id, None, wire.E_UNKNOWN_ROUND, f"no round {meta.round_id}")
-    if existing is not None:
-        raise reject(coord, device_id, r.id, wire.E_DUPLICATE,
-                           f"device already contributed update {existing.id} to round {r.id}")
+    if duplicate is not None:
+        raise reject(coord, device_id, r.id, wire.E_DUPLICATE, duplicate)
     if assigned is None:
         raise reject(coord, device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
     status, deadline, base_id, plan_json = round_state
@@ -75,15 +93,20 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         raise reject(coord, device_id, r.id, wire.E_MALFORMED, str(e)) from e
     except UpdateRejected as e:
         raise reject(coord, device_id, r.id, e.code, e.message) from e
-    digest = coord.blobs.put(body)  # fsynced before the row that points to it is committed
+    coord.blobs.put(body)  # fsynced before the row that points to it is committed
     with coord.tx() as s:
         r = s.get(Round, meta.round_id, with_for_update=True)
+        # A concurrent upload of this device's (a retry sent while the first was still validated)
+        # stored its update meanwhile: the same update gets that receipt, whatever the round's state.
+        existing = s.scalar(select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
+        if existing is not None:
+            if (receipt := _retried(existing, meta, digest)) is not None:
+                return receipt
+            raise ApiError(409, wire.E_DUPLICATE, _duplicate(existing, meta))
         if r.status != RoundStatus.OPEN or utcnow() >= r.deadline or queries.accepted(s, r.id) >= r.goal_count:
             late = True  # closed, past its deadline or full while we validated
         else:
             late = False
-            if s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)):
-                raise ApiError(409, wire.E_DUPLICATE, "a concurrent upload from this device won")
             u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
                        blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
             s.add(u)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import os
@@ -123,6 +124,10 @@ class Manifest:
         wrong = [k for k, kind in _FIELD_TYPES.items() if k in d and not isinstance(d[k], kind)]
         if wrong:
             raise ArtifactError(f"malformed manifest: {', '.join(wrong)} of the wrong type")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.name != "extra"
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ArtifactError(f"malformed manifest: no {', '.join(missing)}")
         try:
             tensors = [TensorSpec(t["name"], tuple(int(s) for s in t["shape"]), t["dtype"]) for t in d["tensors"]]
             known = {f for f in cls.__dataclass_fields__} - {"extra"}

@@ -37,11 +37,22 @@ def _str(d: Mapping[str, Any], key: str, *, optional: bool = False, max_len: int
         raise WireError(f"{key!r} must be a non-empty string")
     if len(v) > max_len:
         raise WireError(f"{key!r} longer than {max_len} characters")
+    fault = text_fault(v)
+    if fault:
+        raise WireError(f"{key!r} {fault}")
+    return v
+
+
+def text_fault(v: str) -> str | None:
+    """Why `v` cannot be stored as text, or None: JSON allows a lone surrogate ("\\ud800") and a
+    NUL ("\\u0000"), which fail when hashed or stored (PostgreSQL's text refuses NUL) as a 500."""
+    if "\x00" in v:
+        return "contains a NUL character"
     try:
         v.encode("utf-8")
-    except UnicodeEncodeError as e:  # JSON allows a lone surrogate ("\ud800"); it would fail when stored
-        raise WireError(f"{key!r} is not valid Unicode text (a lone surrogate)") from e
-    return v
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (a lone surrogate)"
+    return None
 
 
 def _in_range(key: str, v: Any, lo: Any, hi: Any) -> Any:

@@ -392,6 +392,8 @@ class EvaluationReport:
         res = _req(d, "results")
         if not isinstance(res, list) or not res or len(res) > MAX_VERSIONS_PER_EVALUATION:
             raise WireError("'results' must be a list of 1-4 version metrics")
+        if not all(isinstance(r, Mapping) for r in res):
+            raise WireError("each entry of 'results' must be a JSON object of one version's metrics")
         results = tuple(VersionMetrics.from_dict(r) for r in res)
         if len({r.version_id for r in results}) != len(results):
             raise WireError("'results' lists a version twice")

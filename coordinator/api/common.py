@@ -14,6 +14,7 @@ from flask import current_app, g, request
 from coordinator.errors import ApiError, bad_request
 from coordinator.service import Coordinator
 from protocol import wire
+from protocol.fields import text_fault
 
 
 def coord() -> Coordinator:
@@ -40,8 +41,7 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
 
 
 def _check_strings(obj: Any) -> None:
-    """Refuse strings that are not valid Unicode text (JSON allows a lone surrogate "\\ud800";
-    it would fail later, when hashed or stored, as a 500)."""
+    """Refuse strings that cannot be stored as text (`protocol.fields.text_fault`), keys too."""
     stack = [obj]
     while stack:
         x = stack.pop()
@@ -50,11 +50,8 @@ def _check_strings(obj: Any) -> None:
             stack.extend(x.values())
         elif isinstance(x, list):
             stack.extend(x)
-        elif isinstance(x, str):
-            try:
-                x.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise bad_request("body contains a string that is not valid Unicode (a lone surrogate)") from e
+        elif isinstance(x, str) and (fault := text_fault(x)):
+            raise bad_request(f"body holds a string that {fault}")
 
 
 def parse(cls: type, data: dict[str, Any]) -> Any:

@@ -98,6 +98,30 @@ def test_metrics_and_health(served):
     assert 'endpoint="unmatched",method="GET",status="404"' in text
 
 
+def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
+    """A database server that is down (here: nothing listens on its port) answers health checks and
+    admin calls with 503 and Retry-After, one log line saying so, not a 500 with a traceback."""
+    from sqlalchemy import create_engine
+
+    from coordinator.db import session_factory
+    c = served.coord
+    real = c.engine, c._sessions
+    c.engine = create_engine("postgresql+psycopg://u@127.0.0.1:1/db", connect_args={"connect_timeout": 5})
+    c._sessions = session_factory(c.engine)
+    try:
+        for path, headers in ((wire.PATH_HEALTH, {}),
+                              ("/v1/admin/status", {wire.AUTH_HEADER: f"Bearer {served.config.admin_token}"})):
+            r = requests.get(served.url + path, headers=headers, timeout=30)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["message"] == "the database is unavailable; retry later" and r.headers["Retry-After"]
+    finally:
+        c.engine.dispose()
+        c.engine, c._sessions = real
+    said = [r for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert said and not any(r.exc_info for r in said)
+    assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
+
+
 def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys, caplog):
     """An admin command run without the service's --profile, --config or environment used to close
     and open rounds and judge candidates with the defaults (another goal, aggregator, tolerance).

@@ -47,6 +47,35 @@ def test_init_creates_and_then_every_command_accepts_it(tmp_path):
         assert json.loads(line)["level"]
 
 
+def test_a_data_dir_and_another_coordinators_database_are_refused_together(tmp_path):
+    """The database's versions were signed with its own data directory's key and their weights
+    are in its blobs: paired with another data directory, devices would fail every signature
+    check and downloads would be 500s. Both ways round are refused on one line; each pair works."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        assert coord("init", "--data-dir", str(d)).returncode == 0, d
+    for d, other in ((b, a), (a, b)):
+        r = coord("status", "--data-dir", str(d), "--database-url", f"sqlite:///{other / 'coordinator.db'}")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert f"the data directory {d} does not belong to this database" in lines[0], lines
+    assert coord("status", "--data-dir", str(a)).returncode == 0
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (("signing_key.pem", b"garbage\n"), "signing_key.pem is not a readable private key"),
+    (("admin_token", b"\xff\xfe"), "admin_token is not a text token"),
+])
+def test_a_damaged_secret_in_the_data_dir_is_said_on_one_line(tmp_path, damage, needle):
+    d = tmp_path / "coord"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    name, data = damage
+    (d / name).write_bytes(data)
+    r = coord("status", "--data-dir", str(d))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+
+
 def test_a_short_admin_token_is_not_served_but_admin_commands_still_run(tmp_path):
     d = tmp_path / "coord"
     assert coord("init", "--data-dir", str(d)).returncode == 0

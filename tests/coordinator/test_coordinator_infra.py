@@ -36,6 +36,15 @@ def test_config_layers_defaults_file_env_flags(tmp_path):
     ({"config_file": "/nonexistent/c.toml"}, "cannot read"),
     ({"flags": {"proxy_hops": -1}}, "proxy_hops"),
     ({"flags": {"admin_failures_burst": 0}}, "admin_failures"),
+    # Values every later use would fail on (a 500 on the dashboard, rounds never opening) are
+    # refused at start, by the same rule an operator's start-round override meets.
+    ({"flags": {"round_interval_s": float("inf")}}, "round_interval_s must be a finite number"),
+    ({"environ": {"FEDKEYS_COORDINATOR_SERVER_LEARNING_RATE": "nan"}}, "server_learning_rate must be a finite"),
+    ({"flags": {"round_interval_s": 1e18}}, r"round_interval_s must be in \[0, 365 days\]"),
+    ({"flags": {"secagg_phase_timeout_s": 1e12}}, "secagg_phase_timeout_s"),
+    ({"flags": {"overselect": 20.0}}, r"overselect must be in \[1, 10\] \(it is 20.0\)"),
+    ({"flags": {"goal_count": 10**8, "min_count": 1}}, "goal_count must be in"),
+    ({"flags": {"round_duration_s": 31 * 86400.0}}, "round_duration_s must be in"),
 ])
 def test_config_rejects_bad_settings(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -72,6 +74,11 @@ def test_each_bad_update_kind_is_rejected_with_its_reason(world):
     assert ok.status_code == 200, ok.text
     retry = a.upload(_small(), round_id=rid, base="v0000", examples=5, key="k-1")
     assert retry.status_code == 200 and retry.json() == ok.json()      # same idempotency key: same receipt
+    # The same key with another update is not a retry: answering it with the receipt would drop it.
+    for other in (a.upload(_small(7), round_id=rid, base="v0000", examples=5, key="k-1"),
+                  a.upload(_small(), round_id=rid, base="v0000", examples=6, key="k-1")):
+        _expect(other, 409, wire.E_DUPLICATE)
+        assert "k-1" in other.json()["message"] and "other contents" in other.json()["message"]
     _expect(a.upload(_small(1), round_id=rid, base="v0000", examples=5, key="k-2"), 409, wire.E_DUPLICATE)
 
     # Late: after the round is closed.
@@ -101,3 +108,22 @@ def test_bad_metadata_header_and_empty_body(world):
     r = requests.post(s.url + wire.PATH_UPDATES, data=b"", timeout=5,
                       headers=a.headers | {wire.UPDATE_META_HEADER: meta.to_header()})
     _expect(r, 400, wire.E_BAD_REQUEST)
+
+
+def test_concurrent_retries_of_one_upload_all_get_its_receipt(tmp_path):
+    """A device that re-sends while its first upload is still being validated (its answer timed
+    out) gets the stored update's receipt for every copy, even when the first filled the round."""
+    with serve(make_config(tmp_path, goal_count=1, min_count=1, overselect=2.0, clip_norm=1.0,
+                           max_examples=100)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        dev = FakeDevice(s.url, s.coord.create_enrollment_key())
+        rid = s.coord.start_round()
+        assert dev.checkin().kind == wire.TASK_TRAIN
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: dev.upload(_small(), round_id=rid, base="v0000", examples=5,
+                                                         key="same"), range(4)))
+        assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+        assert len({r.json()["update_id"] for r in answers}) == 1
+        assert s.coord.get_round(rid)["accepted"] == 1
+        assert s.admin("GET", f"/v1/admin/rejections?round_id={rid}").json()["rejections"] == []

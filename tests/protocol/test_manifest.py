@@ -65,11 +65,15 @@ def test_checked_architecture_refuses_a_hash_or_tensors_that_do_not_match_the_ar
 
 @pytest.mark.parametrize("doc, match", [([], "not a JSON object"), ("v1", "not a JSON object"),
                                         ({"version_id": 7}, "version_id of the wrong type"),
-                                        ({"arch": [1]}, "arch of the wrong type")])
+                                        ({"arch": [1]}, "arch of the wrong type"),
+                                        ({"arch": None}, "malformed manifest: no arch$"),
+                                        ({"tensors": None, "graph_sha256": None}, "no tensors, graph_sha256$")])
 def test_a_manifest_that_is_not_an_object_or_holds_wrong_types_is_an_artifact_error(doc, match):
     d = manifest(Arch(CFG).to_dict()).to_dict()
+    if isinstance(doc, dict):   # None: the field left out
+        doc = {k: v for k, v in ({**d, **doc}).items() if v is not None or k not in doc}
     with pytest.raises(artifact.ArtifactError, match=match):
-        artifact.Manifest.from_dict({**d, **doc} if isinstance(doc, dict) else doc)
+        artifact.Manifest.from_dict(doc)
 
 
 def test_one_verifier_for_every_key_and_signature_encoding():

@@ -74,6 +74,9 @@ def test_metrics_must_be_finite_bounded_and_consistent(bad):
     (w.EvaluationReport, {"protocol_version": 1, "candidate_version_id": "v1", "results": []}, "results"),
     (w.EvaluationReport, {"protocol_version": 1, "candidate_version_id": "v1", "results": [
         {"version_id": "v1", "loss_sum": 1, "top1": 5, "top3": 20, "count": 10}]}, "exceed"),
+    (w.EvaluationReport, {"protocol_version": 1, "candidate_version_id": "v1", "results": [7]},
+     "each entry of 'results' must be a JSON object"),
+    (w.EnrollRequest, {"protocol_version": 1, "enrollment_key": "a\x00b"}, "'enrollment_key' contains a NUL"),
     (w.SigningKey, {"protocol_version": 1, "algorithm": "ed25519", "public_key_hex": "zz"}, "hex"),
     (w.EnrollRequest, ["not", "an", "object"], "object"),
 ])
