@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,10 @@ class Record:
     text: str
 
 
-FORMATS = ("auto", "jsonl", "lines", "paragraphs")
+FORMATS = ("auto", "jsonl", "json", "lines", "paragraphs")
+# JSON Lines breaks records at \n only; str.splitlines also breaks at U+2028, U+0085 and others
+# that json.dumps(..., ensure_ascii=False) writes raw inside a text. CR and CRLF files still read.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -36,8 +40,9 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
                 text_field: str = "text") -> list[Record]:
     """Read a JSONL or plain-text corpus, raising CorpusError with a precise reason.
 
-    `fmt` "auto" reads JSON Lines when the first non-blank line starts with ``{`` and plain
-    text (one record a line) otherwise; "paragraphs" reads plain text whose records are blocks
+    `fmt` "auto" reads JSON Lines when the first non-blank line starts with ``{``, one JSON
+    array of such objects ("json", an export) when the whole file is one, and plain text (one
+    record a line) otherwise; "paragraphs" reads plain text whose records are blocks
     separated by blank lines, their wrapped lines joined (a book's hard-wrapped text). Plain
     text is all from one user, "default". `user_field` / `text_field` name the JSON fields."""
     if fmt not in FORMATS:
@@ -50,31 +55,58 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
     if p.is_dir():
         raise CorpusError(f"{p}: is a directory, expected a .jsonl or text file")
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Windows editors) is not text
+        text = p.read_text(encoding="utf-8-sig")   # -sig: a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        gz = "; it looks gzip-compressed: gunzip it first" if p.read_bytes()[:2] == b"\x1f\x8b" else ""
+        raise CorpusError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}){gz}") from None
+    lines = _LINE_BREAK.split(text)
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         raise CorpusError(f"{p}: file is empty")
     sniffed = fmt == "auto"
     if sniffed:
-        fmt = _sniff(first)
+        fmt = "json" if _json_array(text) is not None else _sniff(first)
+    if fmt == "json":
+        array = _json_array(text)
+        if array is None:
+            raise CorpusError(f"{p}: not one JSON array of objects with {user_field!r} and {text_field!r}")
+        return _records(p, ((f"record {i}", obj) for i, obj in enumerate(array, start=1)), user_field, text_field)
     if fmt == "paragraphs":
         blocks = "\n".join(ln.strip() for ln in lines).split("\n\n")
         return [Record("default", " ".join(b.split())) for b in blocks if b.strip()]
     if fmt == "lines":
         return [Record("default", ln.strip()) for ln in lines if ln.strip()]
-    uf, tf = user_field, text_field
-    records = []
+    return _records(p, _json_lines(p, lines, first if sniffed else None), user_field, text_field)
+
+
+def _json_lines(p: Path, lines: list[str], sniffed_first: str | None) -> Iterator[tuple[str, object]]:
     for no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield str(no), json.loads(line)
         except json.JSONDecodeError as e:
             hint = ("; if the file is plain text that starts with '{', convert it with `python -m tools.prepare "
-                    "FILE --format lines --out FILE.jsonl`" if sniffed and line == first else "")
-            raise CorpusError(f"{p}:{no}: malformed JSON ({e.msg} at column {e.colno}){hint}") from None
+                    "FILE --format lines --out FILE.jsonl`" if line == sniffed_first else "")
+            raise CorpusError(f"{p}:{no}: malformed JSON at column {e.colno}: {e.msg}{hint}") from None
+
+
+def _json_array(text: str) -> list | None:
+    """The file as one JSON array (an export, not JSON Lines), or None when it is not one."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _records(p: Path, objects: Iterable[tuple[str, object]], uf: str, tf: str) -> list[Record]:
+    """Records of parsed JSON objects, each checked; `where` names one in an error (a line number,
+    or "record N" of an array)."""
+    records = []
+    for no, obj in objects:
         if not isinstance(obj, dict):
             raise CorpusError(f"{p}:{no}: expected a JSON object with {uf!r} and {tf!r}")
         missing = [k for k in (uf, tf) if k not in obj]
@@ -102,12 +134,27 @@ def first_line(path: str | Path) -> str:
 
 
 def sniff_format(path: str | Path) -> str:
-    """How `read_corpus(path)` reads the file by default: "jsonl" or "lines" (plain text)."""
-    return _sniff(first_line(path))
+    """How `read_corpus(path)` reads the file by default: "jsonl", "json" (one array) or "lines"
+    (plain text)."""
+    first = first_line(path)
+    if first.lstrip().startswith("[") and _json_array(Path(path).read_text("utf-8-sig", errors="replace")) is not None:
+        return "json"
+    return _sniff(first)
 
 
 def _sniff(first_line: str) -> str:
-    return "jsonl" if first_line.lstrip().startswith("{") else "lines"
+    """JSON Lines when the first line is an object, or a JSON array (which line 1's error then
+    names: JSON Lines holds objects); plain text otherwise ("[Enter Hamlet]" is not JSON)."""
+    line = first_line.strip()
+    if line.startswith("{"):
+        return "jsonl"
+    if line.startswith("["):
+        try:
+            json.loads(line)
+            return "jsonl"
+        except (json.JSONDecodeError, RecursionError):
+            pass
+    return "lines"
 
 
 def by_user(records: list[Record]) -> "OrderedDict[str, list[str]]":

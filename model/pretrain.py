@@ -130,7 +130,8 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
         val = validation_loss(m, vx, vy, vm) if len(vx) else float(np.mean(losses))
         hist.train_loss.append(float(np.mean(losses)))
         hist.val_loss.append(val)
-        msg = f"epoch {epoch + 1}: train loss {hist.train_loss[-1]:.3f}, validation loss {val:.3f}"
+        judged = f"validation loss {val:.3f}" if len(vx) else "no validation users: stopping on the train loss"
+        msg = f"epoch {epoch + 1}: train loss {hist.train_loss[-1]:.3f}, {judged}"
         log.info(msg)
         tqdm.write(msg)  # one line per epoch even without a progress bar
         if val < best - 1e-4:
@@ -139,7 +140,7 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
         else:
             bad += 1
             if bad > s.patience - 1 and s.patience >= 0:
-                tqdm.write(f"early stop: no validation improvement for {bad} epoch(s)")
+                tqdm.write(f"early stop: no {'validation' if len(vx) else 'train loss'} improvement for {bad} epoch(s)")
                 break
     if best_weights is not None:
         for v, w in zip(variables, best_weights):

@@ -5,9 +5,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 from model.corpus import CorpusError
 from protocol.artifact import ArtifactError
@@ -38,9 +43,19 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a service manager's stop), raised where the tool is, like Ctrl-C: the
+    same cleanup runs (the coordinator child stopped, worker processes ended)."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a command's main; a user error prints one line and exits 2, Ctrl-C exits 130."""
+    """Run a command's main; a user error prints one line and exits 2, Ctrl-C exits 130, SIGTERM 143."""
     logging.basicConfig(level=os.environ.get("FEDKEYS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = main(argv)
     except USER_ERRORS as e:
@@ -48,13 +63,30 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         sys.exit(2)
     except ModuleNotFoundError as e:
         _missing(e)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except BrokenPipeError:
         exit_if_stdout_closed()
         raise
     sys.exit(code or 0)
+
+
+@contextmanager
+def worker_pool(workers: int, **kw: Any) -> Iterator[ProcessPoolExecutor]:
+    """A spawn-context process pool whose workers end with the tool: on an error, Ctrl-C or SIGTERM
+    the work queued is cancelled and the running workers are terminated, not waited for (a
+    scoring job runs for minutes, and a plain `kill` of the tool reaches only the tool)."""
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), **kw)
+    try:
+        yield pool
+    except BaseException:
+        # Python 3.14 has pool.terminate_workers(); before it, the workers are in _processes.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def check_out_file(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (), *, what: str = "--out") -> Path:

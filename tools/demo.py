@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0 <= args.keyboard_port < 65536:
         raise ValueError("--keyboard-port must be in [0, 65535]")
+    if args.max_words < 1:      # checked here: the simulator would name its own flag, --eval-words
+        raise ValueError("--max-words must be >= 1")
     if (args.with_central or args.rebuild) and not _has_tensorflow():
         raise ValueError("--with-central and --rebuild train with TensorFlow, which the demo's own environment "
                          "leaves out: make setup && make demo DEMO_VENV=.venv ARGS=...")

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from multiprocessing import get_context
 from pathlib import Path
 
 from protocol.cli import HelpFormatter, add_version
-from tools._cli import DEFAULT_PROXY, run
+from tools._cli import DEFAULT_PROXY, run, worker_pool
 
 CLAIMS = (  # (label, federated side, reference, metric)
     ("keyboard vs central trigram, top-3", "keyboard", "ngram", "top3"),
@@ -114,7 +112,7 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
     with ExitStack() as stack:   # one pool of `--workers` processes scores every LSTM, as the simulation does
         pool = None   # its processes start at the first job, under stderr_to: their output goes to the log
         if args.workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")))
+            pool = stack.enter_context(worker_pool(args.workers))
         if central is not None and "central" not in run_side:     # the run had none: score it on the run's words
             run_side["central"] = reference_scores(data, pop, corpus, proxy, v0, central, settings["eval_words"],
                                                    quiet, args.workers, pool)["central"]
@@ -157,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for w, head in heads.items():
         print(f"\n{head}: {out[w]['words']:,} words of {out[w]['users']} users")
         for label, (d, lo, hi) in out[w]["claims"].items():
-            print(f"  {label:50s} {d:+5.1f} ({lo:+.1f} to {hi:+.1f})")
+            spread = "(one user: no interval)" if lo is None else f"({lo:+.1f} to {hi:+.1f})"
+            print(f"  {label:50s} {d:+5.1f} {spread}")
     print(f"\nevery model on those {out['every_word']['words']:,} words\n")
     print("| model | top-1 | top-3 | KSR |\n|---|---:|---:|---:|")
     for key, label in ROWS:

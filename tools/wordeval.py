@@ -199,11 +199,13 @@ _PER_USER = {"top3": (1, 0), "ksr": (2, 3)}   # (numerator, denominator) in a `p
 
 
 def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metric: str, *, n: int = 2000,
-                    level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+                    level: float = 0.95, seed: int = 0) -> tuple[float, float] | tuple[None, None]:
     """Bootstrap interval, in points, of metric(a) - metric(b) for two models scored on the same
     held-out users' same words (`per_user` lists in the same user order): users are resampled
     with replacement, both models together, so the interval shows how much of a difference the
-    choice of held-out users alone could make. `metric` is "top3" or "ksr"."""
+    choice of held-out users alone could make. `metric` is "top3" or "ksr". (None, None) when
+    fewer than 2 users have a scored word: resampling one user gives an interval of width 0, which
+    would read as certainty."""
     import numpy as np
 
     if metric not in _PER_USER:
@@ -214,6 +216,8 @@ def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metr
     xa, xb = np.asarray(a, float), np.asarray(b, float)
     if not np.array_equal(xa[:, den], xb[:, den]):
         raise ValueError("per-user results are not on the same words")
+    if (xa[:, 0] > 0).sum() < 2:
+        return None, None
     idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
     d = xa[idx, den].sum(1)
     diff = (xa[idx, num].sum(1) - xb[idx, num].sum(1)) / np.maximum(d, 1) * 100
@@ -222,10 +226,11 @@ def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metr
 
 
 def user_mean_difference(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], metric: str, *, n: int = 2000,
-                         level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+                         level: float = 0.95, seed: int = 0) -> tuple[float, float | None, float | None]:
     """metric(a) - metric(b) in points with every user weighted the same (each user's rate first,
     then the mean over users who have a scored word), and its bootstrap interval over users:
-    (difference, low, high). The word-weighted difference is `paired_interval`'s."""
+    (difference, low, high), the bounds None for a single user (as `paired_interval`'s). The
+    word-weighted difference is `paired_interval`'s."""
     import numpy as np
 
     if metric not in _PER_USER:
@@ -238,6 +243,8 @@ def user_mean_difference(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]],
     d = (xa[keep, num] / xa[keep, den] - xb[keep, num] / xb[keep, den]) * 100
     if not len(d):
         raise ValueError("no user has a scored word")
+    if len(d) < 2:
+        return float(d.mean()), None, None
     idx = np.random.default_rng(seed).integers(0, len(d), size=(n, len(d)))
     lo, hi = np.percentile(d[idx].mean(1), [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(d.mean()), float(lo), float(hi)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
 
-from model.corpus import CorpusError, read_corpus, split_users
+from model.corpus import CorpusError, read_corpus, sniff_format, split_users
 from protocol.text import windows
 
 
@@ -34,6 +35,36 @@ def test_jsonl_saved_with_a_byte_order_mark_and_crlf_is_still_jsonl(tmp_path):
     assert [r.text for r in read_corpus(t)] == ["first line", "second"]
 
 
+def test_a_json_array_of_records_reads_as_its_records(tmp_path):
+    """An export as one JSON array (pretty-printed or on one line) was plain text of one user."""
+    rows = [{"user": f"u{i % 2}", "text": f"text {i}"} for i in range(4)]
+    for name, body in (("pretty.json", json.dumps(rows, indent=2)), ("one.json", json.dumps(rows))):
+        p = tmp_path / name
+        p.write_text(body)
+        assert [(r.user, r.text) for r in read_corpus(p)] == [(r["user"], r["text"]) for r in rows]
+        assert sniff_format(p) == "json"
+    stage = write(tmp_path, "play.txt", ["[Enter Hamlet]", "To be, or not to be"])   # not JSON: plain text
+    assert [r.text for r in read_corpus(stage)] == ["[Enter Hamlet]", "To be, or not to be"]
+
+
+def test_a_text_holding_a_unicode_line_separator_stays_one_record(tmp_path):
+    """json.dumps(..., ensure_ascii=False) writes U+2028 and U+0085 raw; JSON Lines breaks at \\n only."""
+    p = tmp_path / "raw.jsonl"
+    rows = [{"user": "a", "text": "first\u2028second\u0085third"}, {"user": "b", "text": "ok"}]
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert [r.text for r in read_corpus(p)] == ["first\u2028second\u0085third", "ok"]
+    cr = tmp_path / "mac.txt"                 # CR-only line ends still break plain text
+    cr.write_bytes(b"one\rtwo\r")
+    assert [r.text for r in read_corpus(cr)] == ["one", "two"]
+
+
+def test_a_gzip_file_is_named_as_one(tmp_path):
+    p = tmp_path / "c.jsonl.gz"
+    p.write_bytes(gzip.compress(b'{"user": "a", "text": "ok"}\n'))
+    with pytest.raises(CorpusError, match="not UTF-8 text .* gzip-compressed: gunzip it first"):
+        read_corpus(p)
+
+
 def test_plain_text_is_one_user(tmp_path):
     recs = read_corpus(write(tmp_path, "t.txt", ["first line", "", "second line"]))
     assert [r.text for r in recs] == ["first line", "second line"] and {r.user for r in recs} == {"default"}
@@ -53,6 +84,9 @@ def test_plain_text_is_one_user(tmp_path):
                                                                        r"integer .*, not null"),
     (['{"user": {"a": 1}, "text": "ok"}'], r":1: field 'user' must be a string or an integer"),
     (['{"user": true, "text": "ok"}'], r":1: field 'user' must be a string or an integer"),
+    # a JSON array on line one was plain text: its JSON became the corpus's text
+    (['[1, 2, 3]', '{"user": "a", "text": "ok"}'], r":1: expected a JSON object"),
+    (['[{"user": "a", "text": "ok"}, 5]'], r":record 2: expected a JSON object"),
 ])
 def test_bad_files_say_what_and_where(tmp_path, lines, match):
     with pytest.raises(CorpusError, match=match):

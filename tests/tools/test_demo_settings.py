@@ -46,3 +46,11 @@ def test_a_one_writer_text_file_runs_one_device_and_says_how_to_get_more(tmp_pat
 
 def test_an_explicit_device_count_is_kept():
     assert simulation_args(build_parser().parse_args(["--devices", "5"])).devices == 5
+
+
+def test_a_bad_max_words_names_the_demos_own_flag():
+    import pytest
+
+    from tools.demo import main
+    with pytest.raises(ValueError, match="^--max-words must be >= 1$"):   # not the simulator's --eval-words
+        main(["--max-words", "0", "--no-serve"])

@@ -44,3 +44,16 @@ def test_out_that_is_a_directory_is_refused_and_a_good_run_leaves_only_the_model
     assert main(["--proxy", str(corpus), "--out", str(tmp_path / "ng" / "n.npz")]) == 0
     assert sorted(p.name for p in (tmp_path / "ng").iterdir()) == ["n.npz"]
     assert KneserNeyLM.load(tmp_path / "ng" / "n.npz").order == 3
+
+
+def test_the_temporary_file_is_never_the_input_nor_the_output(tmp_path):
+    """It was --out with the suffix .tmp: an input named corpus.tmp with --out corpus.npz was
+    overwritten and renamed away, and --out model.tmp was deleted once written."""
+    corpus = tmp_path / "corpus.tmp"
+    corpus.write_bytes(_corpus(tmp_path).read_bytes())
+    before = corpus.read_bytes()
+    assert main(["--proxy", str(corpus), "--out", str(tmp_path / "corpus.npz")]) == 0
+    assert corpus.read_bytes() == before
+    assert main(["--proxy", str(corpus), "--out", str(tmp_path / "model.tmp")]) == 0
+    assert KneserNeyLM.load(tmp_path / "model.tmp").order == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.npz", "corpus.tmp", "model.tmp", "proxy.jsonl"]

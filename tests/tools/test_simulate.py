@@ -287,3 +287,18 @@ def test_a_central_reference_left_by_a_run_on_other_text_or_another_version_0_is
     m["metrics"]["init_weights_sha256"] = "0" * 64
     (central / "manifest.json").write_text(json.dumps(m))
     assert "another version 0" in population.central_is_stale(central, exported_version, str(one))
+
+
+def test_cached_reference_scores_follow_the_corpus_content_not_its_size_and_time(tmp_path):
+    """An edit that keeps the file's size, with its old mtime put back, reused the scores of the
+    text before: the cache key is the content now."""
+    from tools.simulate.references import _file_key
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"user": "a", "text": "the cat"}\n')
+    before, st = _file_key(p), p.stat()
+    p.write_text('{"user": "a", "text": "zzz cat"}\n')
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.stat().st_size == st.st_size and _file_key(p) != before
+    p.write_text('{"user": "a", "text": "the cat"}\n')
+    assert _file_key(p) == before

@@ -150,3 +150,9 @@ def test_every_user_the_same_weighs_a_light_user_as_much_as_a_heavy_one():
     assert d == pytest.approx((10 - 100) / 2) and lo <= d <= hi
     with pytest.raises(ValueError, match="same words"):
         user_mean_difference(a, [[999, 0, 0, 1], [10, 0, 0, 1], [0, 0, 0, 0]], "top3")
+
+
+def test_one_user_with_scored_words_gets_no_interval_rather_than_one_of_width_zero():
+    a, b = [[40, 12, 0, 200], [0, 0, 0, 0]], [[40, 8, 0, 200], [0, 0, 0, 0]]   # [words, top-3, saved, typed]
+    assert paired_interval(a, b, "top3") == (None, None)
+    assert user_mean_difference(a, b, "top3") == (pytest.approx(10.0), None, None)

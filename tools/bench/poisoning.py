@@ -121,6 +121,13 @@ def main(args: argparse.Namespace) -> int:
     from tools._cli import DEFAULT_CORPUS
 
     t0 = time.time()
+    shares, sigmas = _floats(args.shares), _floats(args.sigmas)
+    if args.devices < 1 or args.repeats < 1 or args.eval_texts < 1 or args.max_examples < 1:
+        raise ValueError("--devices, --repeats, --eval-texts and --max-examples must be >= 1")
+    if not shares or not all(0 <= x <= 1 for x in shares):
+        raise ValueError(f"--shares must list attacker shares in [0, 1], got {args.shares!r}")
+    if not sigmas or not all(x >= 0 for x in sigmas):
+        raise ValueError(f"--sigmas must list noise multipliers >= 0, got {args.sigmas!r}")
     base = Path(args.model)
     manifest, weights = artifact.load_version(base)
     base_vec = artifact.flatten(weights, manifest.tensors).astype(np.float64)
@@ -129,7 +136,8 @@ def main(args: argparse.Namespace) -> int:
     if len(users) < args.devices:
         raise ValueError(f"the corpus has only {len(users)} training users")
     held = split.texts("test")[:args.eval_texts]
-    shares, sigmas = _floats(args.shares), _floats(args.sigmas)
+    if not held:
+        raise ValueError(f"{args.corpus or DEFAULT_CORPUS} has no held-out (test) users to score on")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if not attacks or set(attacks) - {"flip", "boost"}:
         raise ValueError(f"--attacks must list flip and/or boost, got {args.attacks!r}")

@@ -189,6 +189,8 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     if v0_metrics["words"] < available:
         console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the held-out users' scored "
                       f"halves are scored, an even share per user; --eval-words {available} scores every one")
+    for old in ("report.md", "report.json", "report.png"):   # they would describe runs/ being replaced
+        (data / old).unlink(missing_ok=True)
     feds = [run_federation("federated", args, args.noise_multiplier, data, v0, pop, v0_metrics,
                            refs["proxy_lstm"], console)]
     if args.compare_dp:

@@ -21,10 +21,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tools._cli import worker_pool
 from tools.coordinator_process import CoordinatorProcess, CoordinatorProcessError
 from tools.simulate.devices import DeviceJob, device_checkin, device_config, setup_device, worker_init
 from tools.simulate.errors import SimulationError
@@ -252,9 +252,8 @@ def _federate(name: str, args: argparse.Namespace, noise_multiplier: float, run_
     public_key = coord.admin("GET", "/v1/admin/status")["public_key_hex"]
     dirs = [str(run_dir / "devices" / f"device{i:03d}") for i in range(n)]
     keyboard_dir = run_dir / "keyboard"
-    ctx = get_context("spawn")   # no forked copies of the parent's threads or sockets
-    with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=worker_init,
-                             initargs=(str(run_dir / "devices.log"),)) as pool:
+    # spawned (no forked copies of the parent's threads or sockets), ended with the tool
+    with worker_pool(args.workers, initializer=worker_init, initargs=(str(run_dir / "devices.log"),)) as pool:
         t0 = time.time()
         setups = pool_map(pool, setup_device, [(d, coord.url, public_key, key, texts)
                                                for d, (_, texts) in zip(dirs, pop.users, strict=True)],

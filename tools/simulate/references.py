@@ -14,12 +14,12 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager
-from multiprocessing import get_context
 from pathlib import Path
 
 from protocol.artifact import read_manifest
+from tools._cli import worker_pool
 from tools.simulate.population import Population
 
 
@@ -89,8 +89,10 @@ def scored(new_session, users: dict[str, list[str]], max_words: int) -> dict:
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    """A file's content (sha256): an edit that keeps its size and whole-second mtime, or a copy
+    put back with its old times, must not reuse scores of the text before (~0.1 s per 30 MB)."""
+    with open(path, "rb") as f:
+        return "sha256-" + hashlib.file_digest(f, "sha256").hexdigest()[:32]
 
 
 def _sha(path: Path) -> str:
@@ -159,7 +161,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
             else:
                 with stderr_to(quiet_log):   # before the pool starts: its processes print there too
                     if pool is None and workers > 1:
-                        pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn")))
+                        pool = stack.enter_context(worker_pool(workers))
                     out[name] = score_version(central if name == "central" else v0, pop.heldout, max_words,
                                               personal=name == "proxy", pool=pool, workers=workers)
             out[name]["seconds"] = round(time.time() - t0, 1)

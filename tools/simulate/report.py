@@ -94,6 +94,8 @@ def verdict_lines(refs: dict[str, dict], fed: FederationResult) -> list[str]:
             lo, hi = paired_interval(a["per_user"], b["per_user"], key)
         except (KeyError, ValueError):
             return text
+        if lo is None:
+            return f"{text} (one held-out user: no interval)"
         return f"{text} (95% interval {lo:+.1f} to {hi:+.1f})"
 
     shippable = max((refs["ngram_proxy"], refs["proxy_lstm"]), key=lambda m: m["top3"])

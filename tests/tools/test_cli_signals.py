@@ -1,0 +1,54 @@
+"""A tool stopped with Ctrl-C or a plain `kill` ends its worker processes and children with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tools._cli import worker_pool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_pool_left_by_an_error_terminates_its_running_workers_instead_of_waiting():
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="stop"):
+        with worker_pool(2) as pool:
+            futs = [pool.submit(time.sleep, 60) for _ in range(4)]    # two run, two wait
+            while not any(f.running() for f in futs):
+                time.sleep(0.05)
+            procs = list(pool._processes.values())
+            raise RuntimeError("stop")
+    assert time.monotonic() - t0 < 30
+    assert procs and all(not p.is_alive() for p in procs)
+    assert all(f.done() for f in futs)      # none left waiting
+
+
+def test_sigterm_is_an_interrupt_that_runs_the_cleanup(tmp_path):
+    """`kill PID` reaches only the tool: before, it died at once, leaving the coordinator it
+    started and its device workers running. Now `finally` blocks run, and it exits 143."""
+    marker = tmp_path / "cleaned"
+    script = (
+        "import time, sys\n"
+        "from tools._cli import run\n"
+        "def main(argv):\n"
+        "    try:\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        f"        open({str(marker)!r}, 'w').write('yes')\n"
+        "run(main)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and err.strip() == "terminated", err
+    assert marker.read_text() == "yes"
