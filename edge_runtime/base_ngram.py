@@ -7,7 +7,8 @@ model version: federated rounds change the LSTM's weights, never this file. It i
 `make v0` (`python -m tools.proxy_ngram`) into models/ngram/.
 
 `FEDKEYS_BASE_NGRAM` names another file; an empty value turns the component off. A missing
-file is not an error: the keyboard then mixes the LSTM with the user's own words only.
+or damaged file is not an error: the keyboard then mixes the LSTM with the user's own words
+only, and says so in its log.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ def _load(path: Path) -> KneserNeyLM | None:
     if not path.is_file():
         log.warning("base n-gram %s not found: suggestions use the LSTM and the user's own words only", path)
         return None
-    lm = KneserNeyLM.load(path)
+    try:
+        lm = KneserNeyLM.load(path)
+    except ValueError as e:
+        log.warning("%s: suggestions use the LSTM and the user's own words only", e)
+        return None
     settle()   # its millions of entries are loaded once and kept: out of the collector's walks
     return lm
 

@@ -260,7 +260,20 @@ class TextCache:
                 with contextlib.suppress(sqlite3.Error):
                     old.close()
                 log.warning("the text cache file was replaced by another process (a wipe): reopened")
-            yield
+            try:
+                yield
+            except sqlite3.DatabaseError as e:
+                raise self._failure(e) from e
+
+    def _failure(self, e: sqlite3.DatabaseError) -> CacheError:
+        """A query's error as the caller can act on it. A file damaged past its header opens, then
+        fails the first query that reads a bad page ("database disk image is malformed"), and a
+        cache of another layout lacks a table or column: both are damaged caches, which `wipe`
+        (`python -m edge_runtime wipe`, the page's Clear) destroys. Locked or out of disk: try later."""
+        if isinstance(e, sqlite3.OperationalError) and not str(e).startswith("no such"):
+            return CacheError(f"the text cache at {self.path} cannot be used now: {e}")
+        return DamagedCacheError(f"the text cache at {self.path} is damaged ({e}); `python -m edge_runtime wipe "
+                                 f"--data-dir {self.data_dir}` (or Clear on the keyboard page) deletes it")
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from edge_runtime.errors import EdgeError
 from protocol.settings import LOG_LEVELS, coerce_settings, load_settings
@@ -27,6 +28,17 @@ ELIGIBILITY_MODES = ("auto", "override:eligible", "override:ineligible")
 
 class ConfigError(EdgeError, ValueError):
     """A setting is unknown or has an invalid value."""
+
+
+def _http_url(url: str) -> bool:
+    """An http(s) URL the client can connect to: "http://[::1" or port 99999 failed on the first
+    request as "InvalidURL", exit 1, instead of naming the setting."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (port is None or 1 <= port <= 65535)
+    except ValueError:   # an unclosed "[", a port that is not a number or out of range
+        return False
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,9 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.eligibility in ELIGIBILITY_MODES, f"eligibility must be one of {list(ELIGIBILITY_MODES)}"),
-            (self.coordinator == "" or self.coordinator.startswith(("http://", "https://")),
-             "coordinator must be an http:// or https:// URL"),
+            (self.coordinator == "" or _http_url(self.coordinator),
+             f"coordinator must be an http:// or https:// URL with a host and a port in 1-65535, "
+             f"not {self.coordinator!r}"),
             (self.public_key == "" or (len(self.public_key) == 64
                                        and all(c in "0123456789abcdefABCDEF" for c in self.public_key)),
              "public_key must be 64 hex characters"),

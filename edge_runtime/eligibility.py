@@ -240,14 +240,22 @@ class ActivityClock:
         self._clock = clock
         self._last = clock()
         self._written = float("-inf")
+        self._failing = False   # said once, until a write succeeds again
 
     def note_keystroke(self) -> None:
         now = self._clock()
         self._last = now
         if self.path is not None and now - self._written >= self.resolution_s:
-            self.path.touch()
-            os.utime(self.path, (now, now))
             self._written = now
+            try:
+                self.path.touch()
+                os.utime(self.path, (now, now))
+                self._failing = False
+            except OSError as e:   # the data directory gone or read-only: typing goes on, this process knows
+                if not self._failing:
+                    log.warning("cannot note the keystroke time in %s (%s): another process (the trainer) "
+                                "will not see it until that is fixed", self.path, e.strerror or e)
+                self._failing = True
 
     def idle_seconds(self) -> float:
         last = self._last

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -53,7 +54,7 @@ from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
 from edge_runtime.agent import open_cache
-from edge_runtime.cache import CacheError, TextCache
+from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, replace_damaged
 from edge_runtime.collector import settle
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
@@ -137,6 +138,7 @@ class KeyboardApp:
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
         self._wipe_mark, self._wipe_checked = cache.wipe_mark(), time.monotonic()
+        self._cache_failing = False   # `_cache_trouble` said once
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits.
@@ -168,6 +170,15 @@ class KeyboardApp:
             log.info("keyboard: the text cache was wiped elsewhere; forgetting what was learned from it")
             self._forget()
 
+    def _cache_trouble(self, e: CacheError) -> None:
+        """The cache cannot be read on a keystroke (damaged, its directory gone, locked): the strip
+        is still answered, from the model and the base n-gram, and what was learned from the
+        cache is dropped (it is built again once the cache reads). Said once until it reads."""
+        if not self._cache_failing:
+            log.warning("keyboard: suggesting without the user's words: %s", e)
+        self._cache_failing = True
+        self._forget()
+
     def _forget(self) -> None:
         """Drop everything in memory learned from the cache or typed: after a wipe."""
         with self.slot.lock:
@@ -198,12 +209,20 @@ class KeyboardApp:
         text = _str_field(body, "text", max_len=MAX_TEXT, allow_empty=True)
         if self.activity is not None:
             self.activity.note_keystroke()
-        self._see_outside_wipe()
+        try:
+            self._see_outside_wipe()
+        except CacheError as e:   # whether a wipe ran cannot be told: nothing learned outlives one
+            self._cache_trouble(e)
         with self.slot.lock:
             self.slot.refresh()
             if self.slot.predictor is None:
                 return {"suggestions": [], "version_id": None}
-            self.slot.predictor.personal = self.personal()
+            try:
+                self.slot.predictor.personal = self.personal()
+                self._cache_failing = False
+            except CacheError as e:   # the strip goes on without the user's words
+                self._cache_trouble(e)
+                self.slot.predictor.personal = PersonalModel()
             gen, session = self._sessions.pop(client, (None, None))
             if session is None or gen != self.slot.generation:
                 session = self.slot.predictor.session()
@@ -388,6 +407,10 @@ class KeyboardApp:
     def clear(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             self._wipe_mark = self.cache.wipe()   # its own mark: a wipe elsewhere after it is still seen
+        except DamagedCacheError:   # cannot be emptied row by row: its files destroyed, a new one, paused
+            gone = replace_damaged(self.cache.data_dir)
+            log.warning("keyboard: the damaged text cache was destroyed (%d files) and made again, paused", len(gone))
+            self._wipe_mark = self.cache.wipe_mark()   # the new file's (the cache follows it: TextCache._held)
         except CacheError as e:
             self._wipe_mark = getattr(e, "mark", None)   # committed all the same (TextCache.wipe)
             raise ApiError(409, "wipe_incomplete", str(e)) from e
@@ -473,7 +496,10 @@ class _Handler(BaseHTTPRequestHandler):
         """On every bind: Host must be a loopback name, an IP address or the name bound to. A
         DNS-rebinding page reaches us under its own domain name, which none of these is."""
         host = self.headers.get("Host", "")
-        name = (urlsplit("//" + host).hostname or "").lower()
+        try:
+            name = (urlsplit("//" + host).hostname or "").lower()
+        except ValueError:   # "[zz": not an address at all
+            name = ""
         if not (is_loopback(name) or is_ip_literal(name) or name == self.server.bind_name):
             raise ApiError(421, "bad_host", "this server only answers requests for its own address")
 
@@ -482,7 +508,11 @@ class _Handler(BaseHTTPRequestHandler):
         (printed with its URL), so neither another site nor another local process can commit,
         wipe or unpause."""
         origin = self.headers.get("Origin")
-        if origin and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+        try:
+            elsewhere = bool(origin) and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower()
+        except ValueError:   # "http://[": no origin this server has
+            elsewhere = True
+        if elsewhere:
             raise ApiError(403, "forbidden_origin", "cross-site requests are refused")
         token = self.headers.get(TOKEN_HEADER, "")
         if not hmac.compare_digest(token.encode(), self.server.token.encode()):
@@ -511,6 +541,14 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                 status = e.status
                 self._error(e)
+            except (ConnectionResetError, BrokenPipeError):   # the page closed, or its request timed out
+                status = 499                                   # (nginx's code): logged as such, not as an error
+                self.close_connection = True
+            except CacheError as e:   # the disk, a damaged file, the data directory gone: said, retried later
+                log.warning("keyboard: the text cache cannot be used (%s)", e)
+                status = 503
+                self.close_connection = True
+                self._error(ApiError(503, "cache_unavailable", str(e)))
             except Exception:
                 log.exception("keyboard: internal error on %s %s", self.command, self._route())
                 status = 500
@@ -576,7 +614,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._body_read = True
         try:
             body = json.loads(raw.decode("utf-8")) if raw else {}
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):   # UnicodeDecodeError, JSONDecodeError, an int of 5,000 digits
             raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "bad_json", "the request body must be a JSON object")
@@ -686,10 +724,13 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
         try:
             server = _Server((host, port), app)
         except OSError as e:   # one line, the user's choice to change (was "OSError: [Errno 98] ...", exit 1)
-            if e.errno != errno.EADDRINUSE:
-                raise
-            raise KeyboardError(f"port {port} on {host} is in use by another program: choose another "
-                                "(--port for `keyboard`, --keyboard-port for `run`)") from None
+            if e.errno == errno.EADDRINUSE:
+                raise KeyboardError(f"port {port} on {host} is in use by another program: choose another "
+                                    "(--port for `keyboard`, --keyboard-port for `run`)") from None
+            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+                raise KeyboardError(f"cannot serve the keyboard on {host!r}: {e.strerror or e} (--keyboard-host "
+                                    "must be an address or name of this machine, e.g. 127.0.0.1)") from None
+            raise
     except BaseException:
         if owned is not None:
             owned.close()

@@ -24,6 +24,8 @@ from itertools import islice
 
 import numpy as np
 
+from protocol.text import suggestable
+
 BOS = "<s>"
 MIX_PRIOR = (40.0, 40.0, 20.0)  # pseudo-tokens: start at 0.4 / 0.4 / 0.2, then follow the user
 # Pseudo-tokens of the user's overall weights that each history kind (`seen`) starts from: its
@@ -86,7 +88,7 @@ class PersonalModel:
         touched: set[tuple[str, ...]] = set()
         counted: set[str] = set()
         for t in toks:
-            if _suggestable(t):
+            if suggestable(t):
                 if t not in self.uni:
                     insort(self.words, t)
                 self.firsts[t[0]] += 1
@@ -108,7 +110,7 @@ class PersonalModel:
         # k for a prefix and was not counted cannot have joined them.
         by_prefix: dict[str, list[str]] = defaultdict(list)
         for w in counted:
-            if _suggestable(w):
+            if suggestable(w):
                 for i in range(len(w) + 1):
                     by_prefix[w[:i]].append(w)
         for prefix, ws in by_prefix.items():
@@ -133,7 +135,7 @@ class PersonalModel:
         if h in self._unranked:
             self._unranked.discard(h)
             f = self.follow[h]
-            self._ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if _suggestable(w)]
+            self._ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if suggestable(w)]
             self._by_word.pop(h, None)
         return self._ranked.get(h)
 
@@ -238,6 +240,3 @@ class PersonalModel:
             index = self._by_word[h] = (ranked, [ranked[i] for i in order], np.array(order))
         return index[1], index[2]
 
-
-def _suggestable(tok: str) -> bool:
-    return any(ch.isalnum() for ch in tok)

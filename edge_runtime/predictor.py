@@ -64,6 +64,7 @@ from protocol.text import (
     is_blocked,
     plain_quotes,
     quote_led,
+    suggestable,
     tokens,
     typed_chunks,
     vocab_of,
@@ -218,7 +219,9 @@ class Predictor:
         self.vocab = vocab_of(self.sp, arch.model.vocab_size)
         lim = self.vocab.limit
         tail = np.exp(self.vocab.log_freq[lim:].astype(np.float64))
-        self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else tail
+        # A word list no longer than the softmax has no tail: one unused entry keeps the
+        # vectorised lookups below (np.where evaluates both branches) in bounds.
+        self.tail_share = (self.tail_mass * tail / tail.sum()) if len(tail) else np.zeros(1)
         self.sorted_words, self.sorted_ids = self.vocab.offered if self.block_offensive else self.vocab.suggestable
         # Next-word candidates come from the softmax's own words: a tail word gets a share of
         # <unk> far below the softmax's top words, and scanning 150k words after every space costs.
@@ -600,11 +603,12 @@ class Predictor:
             want = max(want + m - kept, 2 * want)
 
     def offered(self, word: str) -> bool:
-        """Whether the strip may show `word`: not removed by the user, and not blocked or typed by
-        this user before."""
+        """Whether the strip may show `word`: a word (`protocol.text.suggestable`: the base
+        n-gram's vocabulary and the text's chunks hold "____" and "cooker''"), not removed by the
+        user, and not blocked or typed by this user before."""
         personal = self.personal
-        return word not in personal.removed and (not self.block_offensive or word in personal.uni
-                                                 or not is_blocked(word))
+        return (word not in personal.removed and suggestable(word)
+                and (not self.block_offensive or word in personal.uni or not is_blocked(word)))
 
     def likely_firsts(self, node: _Node, n: int, hist: tuple[str, ...]) -> list[str]:
         """The n likeliest first characters of the next word (of those the word list's words

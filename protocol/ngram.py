@@ -33,20 +33,21 @@ from __future__ import annotations
 import math
 import os
 import re
+import zipfile
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from protocol.text import TOKEN_RE, typed_chunks, word_being_typed
+from protocol.text import TOKEN_RE, WORD_CLASS, typed_chunks, word_being_typed
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
-_LEADING_RE = re.compile(r"[\w']+")
+_LEADING_RE = re.compile(rf"{WORD_CLASS}+")
 # Suggestable word: word characters and apostrophes, with at least one word character (a
 # lone "'" or "''" is a quote mark, not a word).
-_WORD_RE = re.compile(r"[\w']*\w[\w']*")
+_WORD_RE = re.compile(rf"{WORD_CLASS}*\w{WORD_CLASS}*")
 
 # Prefixes matching more than this many words get a precomputed top list of P_1 (the empty
 # prefix and the first letter or two); smaller ranges are ranked on the fly.
@@ -731,7 +732,16 @@ class KneserNeyLM:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KneserNeyLM:
-        """Read a model written by `save`."""
+        """Read a model written by `save`; ValueError naming the file when it is not one (cut
+        short, damaged, another kind of .npz: numpy's own messages would suggest unpickling it)."""
+        try:
+            return cls._load(path)
+        except (ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} is not an n-gram model written by tools.proxy_ngram "
+                             f"(damaged or cut short: {type(e).__name__})") from e
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike[str]) -> KneserNeyLM:
         with np.load(path, allow_pickle=False) as z:
             order, min_count, n_words = (int(x) for x in z["meta"])
             fixed = float(z["fixed_discount"][0])

@@ -75,12 +75,20 @@
     try {
       const st = await api("/api/status");
       setOffline(false);
+      cacheTrouble = "";
       if (mine === epoch) renderStatus(st);
       if (unsaved.length) retryUnsaved();
     } catch (e) {
-      setOffline(true);      // the next poll retries
+      if (e.status === 503) {   // the service runs; its text cache cannot be read (damaged, gone)
+        setOffline(false);
+        if (e.message !== cacheTrouble) toast("Saved text cannot be read: " + e.message);
+        cacheTrouble = e.message;
+      } else {
+        setOffline(true);      // the next poll retries
+      }
     }
   }
+  let cacheTrouble = "";     // said once per message, not on every poll
 
   // When the device's process is gone, say so in the strip instead of emptying it silently.
   let offline = false;
@@ -177,8 +185,9 @@
 
   // The word being typed at the end of the chunk before the cursor: what the device completed
   // ('"hel' completes "hel", after the quote), as `protocol.text.word_being_typed` splits it.
-  // (‘ and ’ are apostrophes there, as the device reads them: `protocol.text._QUOTES`.)
-  const WORD_TAIL = /[\p{L}\p{N}_'‘’]*$/u, WORD_HEAD = /^[\p{L}\p{N}_'‘’]*/u;
+  // (‘ and ’ are apostrophes there, as the device reads them: `protocol.text._QUOTES`; a
+  // combining mark or a zero-width joiner is part of its word: `protocol.text.WORD_CLASS`.)
+  const WORD_TAIL = /[\p{L}\p{N}\p{M}_'‘’\u200c\u200d]*$/u, WORD_HEAD = /^[\p{L}\p{N}\p{M}_'‘’\u200c\u200d]*/u;
   const OPENING = /^["(\[{“]*$/, CLOSING = /[.,!?;:"')\]}”’]/;
 
   function applySuggestion(word) {

@@ -895,3 +895,63 @@ def test_a_connection_reset_by_the_browser_prints_no_traceback(server, capfd):
     assert requests.get(server.url, timeout=5).status_code == 200                  # still serving
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception occurred" not in err, err
+
+
+def test_a_cache_damaged_past_its_header_is_503_and_clear_destroys_it(tmp_path, exported_version):
+    """A bad page in the middle of the file opens fine and fails the first query that reads it:
+    status and commit were 500s with tracebacks, and Clear failed too, so the text stayed on disk."""
+    from edge_runtime.cache import TextCache
+
+    device = tmp_path / "device"
+    with TextCache(device) as cache:
+        for i in range(400):
+            cache.add(f"{SECRET} number {i} with padding to fill the pages", "message")
+    path = device / CACHE_DB
+    size = path.stat().st_size
+    with open(path, "r+b") as f:           # a page's worth of garbage, well inside the table
+        f.seek(size // 2 - (size // 2) % 4096 + 8)
+        f.write(b"\xa5" * 3000)
+    with start_keyboard(device, model_dir=exported_version) as server:
+        r = requests.get(server.url + "api/status", timeout=10)
+        assert r.status_code == 503 and r.json()["error"] == "cache_unavailable", r.text
+        assert "damaged" in r.json()["message"] and "Clear" in r.json()["message"]
+        assert len(post(server, "api/suggest", {"client": "d", "text": "I pray "}).json()["suggestions"]) == 3
+        r = post(server, "api/clear", {})
+        assert r.status_code == 200 and r.json()["cache"]["sentences"] == 0 and r.json()["paused"] is True, r.text
+        leftovers = b"".join(f.read_bytes() for f in device.iterdir() if f.name.startswith(CACHE_DB))
+        assert SECRET.split()[0].encode() not in leftovers
+
+
+def test_a_data_directory_gone_leaves_the_strip_working(server):
+    """Suggestions need no file: removing the data directory under a running keyboard made every
+    keystroke a 500 (the keystroke time could not be written); the cache's calls say 503."""
+    import shutil
+
+    shutil.rmtree(server.app.cache.data_dir)
+    server.app.activity._written = float("-inf")         # the next keystroke writes the time
+    r = post(server, "api/suggest", {"client": "g", "text": "I pray you, "})
+    assert r.status_code == 200 and len(r.json()["suggestions"]) == 3, r.text
+    r = requests.get(server.url + "api/status", timeout=10)
+    assert r.status_code == 503 and r.json()["error"] == "cache_unavailable" and "gone" in r.json()["message"]
+
+
+def test_malformed_headers_and_numbers_are_4xx_not_500(server):
+    r = post(server, "api/suggest", '{"client": "a", "text": "hi", "n": ' + "9" * 5000 + "}")
+    assert (r.status_code, r.json()["error"]) == (400, "bad_json")
+    r = requests.get(server.url + "api/status", headers={"Host": "[zz"}, timeout=5)
+    assert r.status_code == 421
+    r = post(server, "api/pause", {"paused": True}, headers={"Origin": "http://["})
+    assert (r.status_code, r.json()["error"]) == (403, "forbidden_origin")
+
+
+def test_a_client_gone_mid_answer_is_no_error_in_the_log(server, caplog, monkeypatch):
+    """A closed tab or the page's own timeout resets the connection while the answer is written:
+    it was logged as an internal error with a traceback, and counted as a 500."""
+    def gone(*_a, **_k):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(keyboard._Handler, "_json", gone)
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(requests.RequestException):
+            post(server, "api/suggest", {"client": "z", "text": "I pray "})
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

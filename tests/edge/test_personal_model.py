@@ -53,7 +53,7 @@ def reference_candidates(pm: PersonalModel, hist: tuple[str, ...], prefix: str, 
     """`candidates` as first written: every follower ranked on each call."""
     import heapq
 
-    from edge_runtime.personal import _suggestable
+    from protocol.text import suggestable as _suggestable
 
     out: list[str] = []
     for n in (2, 1):

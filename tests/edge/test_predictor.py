@@ -179,6 +179,33 @@ def test_rarer_list_words_share_the_lstms_unk_by_frequency(predictor):
     assert predictor.vocab.ids([word]) == [UNK_ID]  # the LSTM reads it as <unk>
 
 
+def test_a_word_list_no_longer_than_the_softmax_suggests_too(exported_version, monkeypatch):
+    """A version whose word list ends with the softmax (`--word-list-size` equal to `--vocab-size`)
+    has no rarer words to share <unk> among; loading it once failed with an IndexError."""
+    import copy
+
+    import edge_runtime.predictor as pred
+
+    real = pred.vocab_of
+
+    def no_tail(sp, limit=None):
+        v = copy.copy(real(sp, limit))
+        v.words, v.log_freq = v.words[:v.limit], v.log_freq[:v.limit]
+        v.index = {w: i for i, w in enumerate(v.words) if w}
+        v.__dict__.pop("suggestable", None)
+        v.__dict__.pop("offered", None)
+        return v
+
+    monkeypatch.setattr(pred, "vocab_of", no_tail)
+    p = Predictor(Model.load(exported_version), load_tokenizer(exported_version / "tokenizer.model"))
+    assert len(p.vocab) == p.vocab.limit
+    s = p.session()
+    assert len(s.update("I pray you, ")) == 3
+    words = s.update("I pray you, th")
+    assert words and all(w.startswith("th") and p.vocab.index[w] < p.vocab.limit for w in words)
+    assert p.lstm_prob(p.root, "zzzunknownzzz") > 0
+
+
 def test_the_users_own_words_are_learned_on_the_device(exported_version):
     p = Predictor(Model.load(exported_version), load_tokenizer(exported_version / "tokenizer.model"))
     assert "Zanzibarians" not in p.vocab.index and p.weights()[2] == 0.0
@@ -200,6 +227,30 @@ def base_ngram():
 
     texts = tiny_texts(1500) + ["the quick brown fox jumps over the lazy dog"] * 30
     return KneserNeyLM.fit(texts, order=3)
+
+
+def test_tokens_that_are_not_words_are_never_offered(predictor):
+    """The base n-gram's vocabulary and the text's own chunks hold "____", "cooker''" and "''Tis";
+    they reached the strip ("_" gave three runs of underscores)."""
+    from protocol.ngram import KneserNeyLM
+    from protocol.text import suggestable
+
+    junk = KneserNeyLM.fit(["the cooker'' is hot ____ here ''Tis true 'Wuthering' heights"] * 20, order=3)
+    p = Predictor(predictor.model, predictor.sp, base=junk)
+    s = p.session()
+    for typed in ("_", "the cooker", "the ", "''", "''T", "'Wu", "he said '' and then '", "is hot "):
+        got = s.update(typed)
+        assert all(suggestable(w) for w in got), (typed, got)
+    assert "cooker''" in junk and "____" in junk      # the n-gram does hold them
+
+
+def test_a_word_with_combining_marks_is_learned_and_completed_whole(predictor):
+    s = predictor.session()
+    for _ in range(3):
+        predictor.learn("नमस्ते दुनिया नमस्ते")
+    got = s.update("नम")
+    assert got and got[0] == "नमस्ते" and all("्" not in w or w == "नमस्ते" for w in got)
+    assert "दुनिया" in s.update("नमस्ते दु")
 
 
 def test_the_base_ngram_joins_the_mixture_and_the_weights_follow_the_user(predictor, base_ngram):

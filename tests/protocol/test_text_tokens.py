@@ -43,3 +43,27 @@ def test_the_word_being_typed_is_completed_after_what_opens_it():
             lead, prefix = split
             assert lead + prefix == chunk
             assert tokens(lead) == complete_tokens(chunk), chunk    # the lead is what can be fed
+
+
+def test_combining_marks_and_joiners_stay_in_their_word():
+    """`\\w` alone split these words into fragments ("नमस", "्", "त", "े"), which the device learned
+    and suggested; a mark or a zero-width (non-)joiner belongs to the word it marks."""
+    cases = {"नमस्ते दुनिया": ["नमस्ते", "दुनिया"],            # Devanagari: virama and vowel signs
+             "ที่นี่ ok": ["ที่นี่", "ok"],                      # Thai tone and vowel marks
+             "the cafe\u0301, then": ["the", "cafe\u0301", ",", "then"],   # an accent typed on its own (NFD)
+             "می\u200cخواهم": ["می\u200cخواهم"],               # Persian's zero-width non-joiner
+             "don't stop.": ["don't", "stop", "."]}
+    for text, want in cases.items():
+        assert tokens(text) == want, text
+    assert word_being_typed("नमस्") == ("", "नमस्")
+    assert word_being_typed('"cafe\u0301') == ('"', "cafe\u0301")
+    assert complete_tokens("नमस्ते दु") == ["नमस्ते"]
+
+
+def test_only_words_are_suggestable():
+    from protocol.text import suggestable
+
+    for word in ("don't", "'tis", "goin'", "O'Brien", "x2", "naïve", "नमस्ते", "foo_bar"):
+        assert suggestable(word), word
+    for token in ("____", "'", "''", "''Tis", "cooker''", "'Wuthering'", "...", "-"):
+        assert not suggestable(token), token
