@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -98,6 +99,19 @@ def _refuse_nul() -> None:
         raise ApiError(400, wire.E_BAD_REQUEST, "a NUL character in the request's path, query or headers")
 
 
+def _unreachable(e: OperationalError) -> bool:
+    """Whether a database error means the database cannot be reached now, not that a statement
+    failed: a dropped connection, PostgreSQL's connection and shutdown states (class 08, 57P01-03),
+    a client-side failure to connect (no SQLSTATE), or SQLite busy or unopenable."""
+    if e.connection_invalidated:
+        return True
+    orig = e.orig
+    if isinstance(orig, sqlite3.Error):
+        return any(s in str(orig) for s in ("database is locked", "unable to open database file"))
+    state = getattr(orig, "sqlstate", None)
+    return not state or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
 def _nearby(address: str | None) -> bool:
     """A loopback or private address: where a reverse proxy of this deployment would connect from."""
     try:
@@ -128,8 +142,11 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_down(e: OperationalError) -> Response:
-        # A database server down or out of reach (or SQLite locked past its busy timeout): the
-        # request may be retried as it is, so 503 with Retry-After, and one log line, not a traceback.
+        # A database server down or out of reach, or SQLite locked past its busy timeout: the
+        # request may be retried as it is, so 503 with Retry-After and one log line. Any other
+        # OperationalError (no such table, a full disk) is a fault: a 500 with its traceback.
+        if not _unreachable(e):
+            return _internal(e)
         why = (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
         log.error("database unavailable on %s %s: %s", request.method, request.path, why)
         return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the database is unavailable; retry later").to_dict(),

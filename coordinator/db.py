@@ -65,7 +65,9 @@ def _make_engine(url: str) -> Engine:
         return engine
     # A host that accepts the connection and never answers would hang every command and worker
     # boot without a word; libpq waits forever unless told. The URL's own ?connect_timeout= wins.
-    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    parsed = make_url(url)
+    libpq = parsed.get_driver_name() in ("psycopg", "psycopg2", "psycopg2cffi")   # the keyword is libpq's
+    timeout = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in parsed.query else {}
     return create_engine(url, pool_pre_ping=True, connect_args=timeout)
 
 

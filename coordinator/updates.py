@@ -99,20 +99,20 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         # A concurrent upload of this device's (a retry sent while the first was still validated)
         # stored its update meanwhile: the same update gets that receipt, whatever the round's state.
         existing = s.scalar(select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
-        if existing is not None:
-            if (receipt := _retried(existing, meta, digest)) is not None:
-                return receipt
-            raise ApiError(409, wire.E_DUPLICATE, _duplicate(existing, meta))
-        if r.status != RoundStatus.OPEN or utcnow() >= r.deadline or queries.accepted(s, r.id) >= r.goal_count:
-            late = True  # closed, past its deadline or full while we validated
-        else:
-            late = False
+        if existing is not None and (receipt := _retried(existing, meta, digest)) is not None:
+            return receipt
+        duplicate = None if existing is None else _duplicate(existing, meta)
+        late = duplicate is None and (r.status != RoundStatus.OPEN or utcnow() >= r.deadline
+                                      or queries.accepted(s, r.id) >= r.goal_count)   # while we validated
+        if duplicate is None and not late:
             u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
                        blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
             s.add(u)
             s.flush()
             receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
             goal_reached = queries.accepted(s, r.id) >= r.goal_count
+    if duplicate is not None:   # recorded like any refusal (its blob is content-addressed: a later upload may share it)
+        raise reject(coord, device_id, meta.round_id, wire.E_DUPLICATE, duplicate)
     if late:
         raise reject(coord, device_id, meta.round_id, wire.E_LATE,
                            f"round {meta.round_id} reached its goal or closed meanwhile")

@@ -172,12 +172,18 @@ class KeyboardApp:
 
     def _cache_trouble(self, e: CacheError) -> None:
         """The cache cannot be read on a keystroke (damaged, its directory gone, locked): the strip
-        is still answered, from the model and the base n-gram, and what was learned from the
-        cache is dropped (it is built again once the cache reads). Said once until it reads."""
+        is still answered, from the model and the base n-gram, without the user's words, which
+        are built again from the cache once it reads. Only memory is dropped: the personal LSTM on
+        disk stays (a wipe elsewhere deletes it itself), and so do the texts being typed. Said
+        once until the cache reads again."""
         if not self._cache_failing:
             log.warning("keyboard: suggesting without the user's words: %s", e)
         self._cache_failing = True
-        self._forget()
+        with self.slot.lock:
+            self._personal = None
+            if self.slot.predictor is not None:
+                self.slot.predictor.personal = PersonalModel()
+                self.slot.predictor.forget_warm()
 
     def _forget(self) -> None:
         """Drop everything in memory learned from the cache or typed: after a wipe."""
@@ -250,7 +256,11 @@ class KeyboardApp:
         as it starts, and a wipe drops them): from a large cache that takes a second or more,
         which the first keystroke would otherwise wait for."""
         with self.slot.lock:
-            self.personal()
+            try:
+                self.personal()
+            except CacheError as e:   # said once by `_cache_trouble`, not on every idle call
+                self._cache_trouble(e)
+                return
             if client is None or client not in self._sessions:
                 if not self._sessions:
                     return

@@ -59,7 +59,7 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
     except UnicodeDecodeError as e:
         gz = "; it looks gzip-compressed: gunzip it first" if p.read_bytes()[:2] == b"\x1f\x8b" else ""
         raise CorpusError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}){gz}") from None
-    lines = _LINE_BREAK.split(text)
+    lines = text.splitlines()   # plain text: any line end, U+2028 too
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         raise CorpusError(f"{p}: file is empty")
@@ -76,7 +76,7 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
         return [Record("default", " ".join(b.split())) for b in blocks if b.strip()]
     if fmt == "lines":
         return [Record("default", ln.strip()) for ln in lines if ln.strip()]
-    return _records(p, _json_lines(p, lines, first if sniffed else None), user_field, text_field)
+    return _records(p, _json_lines(p, _LINE_BREAK.split(text), first if sniffed else None), user_field, text_field)
 
 
 def _json_lines(p: Path, lines: list[str], sniffed_first: str | None) -> Iterator[tuple[str, object]]:
@@ -92,14 +92,15 @@ def _json_lines(p: Path, lines: list[str], sniffed_first: str | None) -> Iterato
 
 
 def _json_array(text: str) -> list | None:
-    """The file as one JSON array (an export, not JSON Lines), or None when it is not one."""
+    """The file as one JSON array of records (an export, not JSON Lines), or None when it is not
+    one: it must open with an object ("[1]" or "[Enter Hamlet]" opening a plain text is text)."""
     if not text.lstrip().startswith("["):
         return None
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, list) else None
+    return value if isinstance(value, list) and value and isinstance(value[0], dict) else None
 
 
 def _records(p: Path, objects: Iterable[tuple[str, object]], uf: str, tf: str) -> list[Record]:
@@ -143,18 +144,13 @@ def sniff_format(path: str | Path) -> str:
 
 
 def _sniff(first_line: str) -> str:
-    """JSON Lines when the first line is an object, or a JSON array (which line 1's error then
-    names: JSON Lines holds objects); plain text otherwise ("[Enter Hamlet]" is not JSON)."""
+    """JSON Lines when the first line is an object, or an array of objects (which line 1's error
+    then names: JSON Lines holds one object a line); plain text otherwise ("[Enter Hamlet]",
+    a footnote's "[1]")."""
     line = first_line.strip()
     if line.startswith("{"):
         return "jsonl"
-    if line.startswith("["):
-        try:
-            json.loads(line)
-            return "jsonl"
-        except (json.JSONDecodeError, RecursionError):
-            pass
-    return "lines"
+    return "jsonl" if _json_array(line) is not None else "lines"
 
 
 def by_user(records: list[Record]) -> "OrderedDict[str, list[str]]":

@@ -70,11 +70,14 @@ def _read(path: str, args: argparse.Namespace) -> tuple[list[Record], bool]:
     plain = sniff_format(path) == "lines"
     if args.format in ("lines", "paragraphs") and not plain:
         try:
-            json.loads(first_line(path))
-            raise CorpusError(f"{path}: its first line is a JSON object, and --format {args.format} would keep the "
-                              "JSON as text: convert JSON Lines files in a run without --format")
-        except json.JSONDecodeError:
-            plain = True           # plain text that happens to start with '{'
+            first = json.loads(first_line(path))
+        except (ValueError, RecursionError):
+            first = None           # plain text that happens to start with '{' or '['
+        if isinstance(first, dict) or (isinstance(first, list) and first and isinstance(first[0], dict)):
+            what = "a JSON object" if isinstance(first, dict) else "a JSON array of objects"
+            raise CorpusError(f"{path}: its first line is {what}, and --format {args.format} would keep the "
+                              "JSON as text: convert JSON files in a run without --format")
+        plain = True
     return [Record(r.user, " ".join(r.text.split())) for r in recs], plain
 
 

@@ -15,7 +15,8 @@ every word of it while the word budget lasts, else an even share of the budget p
   KSR = saved / (letters + spaces) over all target words;
 - word perplexity: exp(-total log-probability / number of whitespace chunks).
 
-Targets are chunks that start with a word character (their leading word, ``[\\w']+``).
+Targets are chunks that start with a word character (their leading word: letters, digits,
+apostrophes and the combining marks of `protocol.text.WORD_CLASS`).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
         raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
     try:
         data = json.loads(raw or (b"{}" if optional else b"null"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad_request(f"body is not valid JSON: {e}") from e
+    except ValueError as e:   # UnicodeDecodeError, JSONDecodeError, an integer of over 4,300 digits
+        raise bad_request(f"body is not valid JSON: {str(e)[:200]}") from e
     except RecursionError as e:
         raise bad_request("body is nested too deeply") from e
     if not isinstance(data, dict):

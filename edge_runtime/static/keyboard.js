@@ -186,8 +186,10 @@
   // The word being typed at the end of the chunk before the cursor: what the device completed
   // ('"hel' completes "hel", after the quote), as `protocol.text.word_being_typed` splits it.
   // (‘ and ’ are apostrophes there, as the device reads them: `protocol.text._QUOTES`; a
-  // combining mark or a zero-width joiner is part of its word: `protocol.text.WORD_CLASS`.)
-  const WORD_TAIL = /[\p{L}\p{N}\p{M}_'‘’\u200c\u200d]*$/u, WORD_HEAD = /^[\p{L}\p{N}\p{M}_'‘’\u200c\u200d]*/u;
+  // combining mark or a zero-width joiner is part of its word, an emoji's variation selector is
+  // not: `protocol.text.WORD_CLASS`.)
+  const WORD_CHAR = "(?:(?![\\uFE00-\\uFE0F])[\\p{L}\\p{N}\\p{Mn}\\p{Mc}_'‘’\\u200c\\u200d])";
+  const WORD_TAIL = new RegExp(WORD_CHAR + "*$", "u"), WORD_HEAD = new RegExp("^" + WORD_CHAR + "*", "u");
   const OPENING = /^["(\[{“]*$/, CLOSING = /[.,!?;:"')\]}”’]/;
 
   function applySuggestion(word) {

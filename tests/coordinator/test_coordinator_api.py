@@ -98,6 +98,31 @@ def test_metrics_and_health(served):
     assert 'endpoint="unmatched",method="GET",status="404"' in text
 
 
+def test_only_a_database_out_of_reach_is_a_503_other_database_errors_are_faults():
+    """A missing table or a full disk is a bug or an operator's fault, not a reason for devices to
+    retry forever: only connection-level failures are 503."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from coordinator.app import _unreachable
+
+    class PgError(Exception):
+        def __init__(self, sqlstate):
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    def op(orig, invalidated=False):
+        return OperationalError("SELECT 1", {}, orig, connection_invalidated=invalidated)
+
+    for orig in (sqlite3.OperationalError("database is locked"), PgError(None), PgError("08006"),
+                 PgError("57P01")):
+        assert _unreachable(op(orig)), orig
+    assert _unreachable(op(PgError("42P01"), invalidated=True))
+    for orig in (sqlite3.OperationalError("no such table: rounds"), PgError("42P01"), PgError("53100")):
+        assert not _unreachable(op(orig)), orig
+
+
 def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
     """A database server that is down (here: nothing listens on its port) answers health checks and
     admin calls with 503 and Retry-After, one log line saying so, not a 500 with a traceback."""

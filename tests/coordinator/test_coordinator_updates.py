@@ -110,9 +110,23 @@ def test_bad_metadata_header_and_empty_body(world):
     _expect(r, 400, wire.E_BAD_REQUEST)
 
 
-def test_concurrent_retries_of_one_upload_all_get_its_receipt(tmp_path):
+def test_concurrent_retries_of_one_upload_all_get_its_receipt(tmp_path, monkeypatch):
     """A device that re-sends while its first upload is still being validated (its answer timed
-    out) gets the stored update's receipt for every copy, even when the first filled the round."""
+    out) gets the stored update's receipt for every copy, even when the first filled the round.
+    The copies are held at validation until all four are there, so each passed the first check
+    before any was stored (they got 409 "a concurrent upload won", or "late")."""
+    import threading
+
+    from coordinator import updates
+
+    together = threading.Barrier(4, timeout=20)
+    real = updates.validate_update
+
+    def validate_together(*args, **kw):
+        together.wait()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(updates, "validate_update", validate_together)
     with serve(make_config(tmp_path, goal_count=1, min_count=1, overselect=2.0, clip_norm=1.0,
                            max_examples=100)) as s:
         make_version(tmp_path / "v0")

@@ -20,7 +20,7 @@ import requests
 from edge_runtime import channel, keyboard, model_slot
 from edge_runtime.__main__ import main as cli_main
 from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
-from edge_runtime.paths import CACHE_DB
+from edge_runtime.paths import CACHE_DB, PERSONAL_DIR
 from edge_runtime.personal import PersonalModel
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
@@ -911,15 +911,19 @@ def test_a_cache_damaged_past_its_header_is_503_and_clear_destroys_it(tmp_path, 
     with open(path, "r+b") as f:           # a page's worth of garbage, well inside the table
         f.seek(size // 2 - (size // 2) % 4096 + 8)
         f.write(b"\xa5" * 3000)
+    (device / PERSONAL_DIR).mkdir()
+    (device / PERSONAL_DIR / "marker").write_text("the personal LSTM")
     with start_keyboard(device, model_dir=exported_version) as server:
         r = requests.get(server.url + "api/status", timeout=10)
         assert r.status_code == 503 and r.json()["error"] == "cache_unavailable", r.text
         assert "damaged" in r.json()["message"] and "Clear" in r.json()["message"]
-        assert len(post(server, "api/suggest", {"client": "d", "text": "I pray "}).json()["suggestions"]) == 3
+        for text in ("I pray ", "I pray y"):   # the strip goes on without the user's words
+            assert post(server, "api/suggest", {"client": "d", "text": text}).json()["suggestions"]
+        assert (device / PERSONAL_DIR / "marker").exists()   # a keystroke drops memory only; Clear deletes
         r = post(server, "api/clear", {})
         assert r.status_code == 200 and r.json()["cache"]["sentences"] == 0 and r.json()["paused"] is True, r.text
         leftovers = b"".join(f.read_bytes() for f in device.iterdir() if f.name.startswith(CACHE_DB))
-        assert SECRET.split()[0].encode() not in leftovers
+        assert SECRET.split()[0].encode() not in leftovers and not (device / PERSONAL_DIR).exists()
 
 
 def test_a_data_directory_gone_leaves_the_strip_working(server):

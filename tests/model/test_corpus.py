@@ -43,12 +43,15 @@ def test_a_json_array_of_records_reads_as_its_records(tmp_path):
         p.write_text(body)
         assert [(r.user, r.text) for r in read_corpus(p)] == [(r["user"], r["text"]) for r in rows]
         assert sniff_format(p) == "json"
-    stage = write(tmp_path, "play.txt", ["[Enter Hamlet]", "To be, or not to be"])   # not JSON: plain text
-    assert [r.text for r in read_corpus(stage)] == ["[Enter Hamlet]", "To be, or not to be"]
+    for first in ("[Enter Hamlet]", "[1]", "[]"):     # not records: plain text, as before
+        stage = write(tmp_path, "play.txt", [first, "To be, or not to be"])
+        assert [r.text for r in read_corpus(stage)] == [first, "To be, or not to be"]
+        assert sniff_format(stage) == "lines"
 
 
 def test_a_text_holding_a_unicode_line_separator_stays_one_record(tmp_path):
-    """json.dumps(..., ensure_ascii=False) writes U+2028 and U+0085 raw; JSON Lines breaks at \\n only."""
+    """json.dumps(..., ensure_ascii=False) writes U+2028 and U+0085 raw; JSON Lines breaks at \\n only
+    (plain text still breaks at any line end)."""
     p = tmp_path / "raw.jsonl"
     rows = [{"user": "a", "text": "first\u2028second\u0085third"}, {"user": "b", "text": "ok"}]
     p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -56,6 +59,9 @@ def test_a_text_holding_a_unicode_line_separator_stays_one_record(tmp_path):
     cr = tmp_path / "mac.txt"                 # CR-only line ends still break plain text
     cr.write_bytes(b"one\rtwo\r")
     assert [r.text for r in read_corpus(cr)] == ["one", "two"]
+    sep = tmp_path / "sep.txt"
+    sep.write_text("one\u2028two\n")
+    assert [r.text for r in read_corpus(sep)] == ["one", "two"]
 
 
 def test_a_gzip_file_is_named_as_one(tmp_path):
@@ -84,8 +90,8 @@ def test_plain_text_is_one_user(tmp_path):
                                                                        r"integer .*, not null"),
     (['{"user": {"a": 1}, "text": "ok"}'], r":1: field 'user' must be a string or an integer"),
     (['{"user": true, "text": "ok"}'], r":1: field 'user' must be a string or an integer"),
-    # a JSON array on line one was plain text: its JSON became the corpus's text
-    (['[1, 2, 3]', '{"user": "a", "text": "ok"}'], r":1: expected a JSON object"),
+    # an array of records on line one was plain text: its JSON became the corpus's text
+    (['[{"user": "a", "text": "ok"}]', '{"user": "b", "text": "ok"}'], r":1: expected a JSON object"),
     (['[{"user": "a", "text": "ok"}, 5]'], r":record 2: expected a JSON object"),
 ])
 def test_bad_files_say_what_and_where(tmp_path, lines, match):

@@ -58,6 +58,13 @@ def test_combining_marks_and_joiners_stay_in_their_word():
     assert word_being_typed("नमस्") == ("", "नमस्")
     assert word_being_typed('"cafe\u0301') == ('"', "cafe\u0301")
     assert complete_tokens("नमस्ते दु") == ["नमस्ते"]
+    # An emoji's variation selector and a keycap belong to the symbol, as before: no word there.
+    assert tokens("\u2764\ufe0f 1\ufe0f\u20e3 ok") == ["\u2764", "\ufe0f", "1", "\ufe0f", "\u20e3", "ok"]
+    assert word_being_typed("\u2764\ufe0f") is None
+    # The word list keeps its own, older rule, so `make v0` rebuilds the shipped list exactly: the
+    # frequency list's decomposed and emoji-marked entries stay out of it.
+    from protocol.vocab import _one_word
+    assert _one_word("istanbul") and not _one_word("i\u0307stanbul") and not _one_word("i\ufe0f")
 
 
 def test_only_words_are_suggestable():
