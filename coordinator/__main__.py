@@ -16,7 +16,14 @@ from coordinator.config import PROFILES, Config, ConfigError, load_config, proce
 from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
 from coordinator.states import VERSION_ACTIONS, VersionAction
 from protocol.artifact import ArtifactError
-from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, exit_if_stdout_closed, file_in_the_way
+from protocol.cli import (
+    EXIT_USER_ERROR,
+    HelpFormatter,
+    add_version,
+    exit_if_stdout_closed,
+    file_in_the_way,
+    url_host,
+)
 from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_port(cfg.host, cfg.port)      # before the app opens its database
             app = create_app(cfg)
             server = make_server(cfg.host, cfg.port, app, threaded=True)
-            print(f"serving on http://{_url_host(cfg.host)}:{server.server_port}", flush=True)
+            print(f"serving on http://{url_host(cfg.host)}:{server.server_port}", flush=True)
             if cfg.host not in ("127.0.0.1", "::1", "localhost"):   # the README says so; the command too
                 print(f"warning: {cfg.host} is reachable from other machines and this server speaks plain HTTP: "
                       "tokens and updates travel in clear unless a TLS proxy is in front (deploy/README.md)",
@@ -283,12 +290,8 @@ def _check_port(host: str, port: int) -> None:
         except OSError as e:
             hint = ("another program holds it? choose another with --port" if e.errno == errno.EADDRINUSE else
                     "--host must be an address of this machine (127.0.0.1, ::1, 0.0.0.0) or a name of one")
-            raise OSError(f"cannot listen on {_url_host(host)}:{port}: {e.strerror or e} ({hint})") from None
+            raise OSError(f"cannot listen on {url_host(host)}:{port}: {e.strerror or e} ({hint})") from None
 
-
-def _url_host(host: str) -> str:
-    """`host` as written in a URL: an IPv6 address in brackets (http://[::1]:8799)."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def cli() -> None:

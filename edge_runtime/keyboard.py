@@ -64,6 +64,7 @@ from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # 
 from edge_runtime.paths import ACTIVITY_FILE
 from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.predictor import Session
+from protocol.cli import url_host
 from protocol.text import plain_quotes, quote_led, tokens
 
 log = logging.getLogger(__name__)
@@ -751,7 +752,7 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
 def _url(server: _Server, host: str) -> str:
     port = server.server_address[1]
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+    return f"http://{url_host(shown)}:{port}/"
 
 
 def start_keyboard(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,

@@ -86,3 +86,8 @@ def exit_if_stdout_closed() -> None:
     if broken:
         os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
         sys.exit(141)
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets (http://[::1]:8799/)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
