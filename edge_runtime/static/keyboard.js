@@ -83,6 +83,8 @@
         setOffline(false);
         if (e.message !== cacheTrouble) toast("Saved text cannot be read: " + e.message);
         cacheTrouble = e.message;
+        $("#cached-count").textContent = "?";   // until it reads again, or Clear my history deletes it
+        $("#cached-label").textContent = "sentences (unreadable: Clear my history deletes them)";
       } else {
         setOffline(true);      // the next poll retries
       }

@@ -317,6 +317,42 @@ def test_clear_history_and_screenshot(page, device):
     assert (ARTIFACTS / "keyboard.png").stat().st_size > 10_000
 
 
+def test_an_unreadable_cache_is_said_and_clear_deletes_it(browser, tmp_path, exported_version):
+    """A cache damaged past its header: the page said "Keyboard service not running" (its status
+    poll got a 500); now it shows the count as unknown, keeps suggesting, and Clear deletes it."""
+    from edge_runtime.cache import TextCache
+
+    data_dir = tmp_path / "device"
+    with TextCache(data_dir) as cache:
+        for i in range(400):
+            cache.add(f"{PRIVATE_TEXT} {i} with padding to fill the pages", "message")
+    db = data_dir / CACHE_DB
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek(size // 2 - (size // 2) % 4096 + 8)
+        f.write(b"\xa5" * 3000)
+    with start_keyboard(data_dir, model_dir=exported_version) as server:
+        ctx = browser.new_context()
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        try:
+            pg.goto(server.page_url)
+            pg.wait_for_function("() => document.querySelector('#cached-count').textContent === '?'")
+            assert "unreadable" in pg.locator("#cached-label").inner_text()
+            assert not pg.evaluate("() => document.body.classList.contains('offline')")
+            pg.click("#message")
+            pg.keyboard.type("I pray you ")
+            assert all(wait_strip(pg))                     # suggestions go on
+            pg.click("#clear-history")
+            pg.click("#clear-history")
+            pg.wait_for_function("() => document.querySelector('#cached-count').textContent === '0'")
+            assert status(server.url)["paused"] is True
+        finally:
+            ctx.close()
+    leftovers = b"".join(f.read_bytes() for f in data_dir.iterdir() if f.name.startswith(CACHE_DB))
+    assert PRIVATE_TEXT.encode() not in leftovers
+
+
 def test_punctuation_after_a_tapped_suggestion_goes_before_its_space(page, device):
     page.locator("#message").focus()
     page.keyboard.type("what say you to m")
