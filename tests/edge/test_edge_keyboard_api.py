@@ -26,6 +26,7 @@ from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
 from protocol.artifact import TOKENIZER, read_manifest
 from protocol.text import tokens
+from tests.helpers.damaged import damaged_cache
 from tests.helpers.versions import with_notices
 
 SECRET = "quokka zanzibar xylophone"
@@ -900,17 +901,8 @@ def test_a_connection_reset_by_the_browser_prints_no_traceback(server, capfd):
 def test_a_cache_damaged_past_its_header_is_503_and_clear_destroys_it(tmp_path, exported_version):
     """A bad page in the middle of the file opens fine and fails the first query that reads it:
     status and commit were 500s with tracebacks, and Clear failed too, so the text stayed on disk."""
-    from edge_runtime.cache import TextCache
-
     device = tmp_path / "device"
-    with TextCache(device) as cache:
-        for i in range(400):
-            cache.add(f"{SECRET} number {i} with padding to fill the pages", "message")
-    path = device / CACHE_DB
-    size = path.stat().st_size
-    with open(path, "r+b") as f:           # a page's worth of garbage, well inside the table
-        f.seek(size // 2 - (size // 2) % 4096 + 8)
-        f.write(b"\xa5" * 3000)
+    damaged_cache(device, SECRET)
     (device / PERSONAL_DIR).mkdir()
     (device / PERSONAL_DIR / "marker").write_text("the personal LSTM")
     with start_keyboard(device, model_dir=exported_version) as server:

@@ -19,6 +19,7 @@ from edge_runtime.paths import CACHE_DB
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
 from protocol.artifact import TOKENIZER, read_manifest
+from tests.helpers.damaged import damaged_cache
 from tests.helpers.versions import with_notices
 
 pytestmark = pytest.mark.browser
@@ -320,17 +321,8 @@ def test_clear_history_and_screenshot(page, device):
 def test_an_unreadable_cache_is_said_and_clear_deletes_it(browser, tmp_path, exported_version):
     """A cache damaged past its header: the page said "Keyboard service not running" (its status
     poll got a 500); now it shows the count as unknown, keeps suggesting, and Clear deletes it."""
-    from edge_runtime.cache import TextCache
-
     data_dir = tmp_path / "device"
-    with TextCache(data_dir) as cache:
-        for i in range(400):
-            cache.add(f"{PRIVATE_TEXT} {i} with padding to fill the pages", "message")
-    db = data_dir / CACHE_DB
-    size = db.stat().st_size
-    with open(db, "r+b") as f:
-        f.seek(size // 2 - (size // 2) % 4096 + 8)
-        f.write(b"\xa5" * 3000)
+    damaged_cache(data_dir, PRIVATE_TEXT)
     with start_keyboard(data_dir, model_dir=exported_version) as server:
         ctx = browser.new_context()
         pg = ctx.new_page()
