@@ -170,7 +170,11 @@
       const res = await api("/api/suggest", { client: clientId, text: recentPart(text) });
       setOffline(false);
       // Focus may have moved to the private field meanwhile: a late answer must not replace its strip.
-      if (mine > shownSeq && active === message) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
+      // Nor is an answer shown for a text the cursor has left while a newer keystroke waits: its
+      // strip comes next, and this one (the cursor stepped from "hel" to "he" and back) would
+      // flash the words of a prefix no longer there.
+      const stale = again && textBeforeCursor() !== text;
+      if (mine > shownSeq && active === message && !stale) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
       if (e instanceof TypeError) setOffline(true);   // fetch itself failed: nobody is listening
       else if (e.status === 403 && active === message) noToken();
