@@ -59,13 +59,12 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         meta = wire.UpdateMeta.from_header(meta_header)
     except wire.WireError as e:
         raise reject(coord, device_id, None, wire.E_BAD_REQUEST, str(e)) from e
-    digest = sha256_bytes(body)
     with coord.tx() as s:
         r = s.get(Round, meta.round_id, with_for_update=True)
         existing = None if r is None else s.scalar(
             select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
         assigned = None if r is None or not selection.is_selected(s, r.id, device_id) else True
-        if existing is not None and (receipt := _retried(existing, meta, digest)) is not None:
+        if existing is not None and (receipt := _retried(existing, meta, sha256_bytes(body))) is not None:
             return receipt
         round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)
         duplicate = None if existing is None else _duplicate(existing, meta)
@@ -93,7 +92,7 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         raise reject(coord, device_id, r.id, wire.E_MALFORMED, str(e)) from e
     except UpdateRejected as e:
         raise reject(coord, device_id, r.id, e.code, e.message) from e
-    coord.blobs.put(body)  # fsynced before the row that points to it is committed
+    digest = coord.blobs.put(body)  # its sha256; fsynced before the row that points to it is committed
     with coord.tx() as s:
         r = s.get(Round, meta.round_id, with_for_update=True)
         # A concurrent upload of this device's (a retry sent while the first was still validated)

@@ -227,9 +227,8 @@ class KeyboardApp:
             try:
                 self.slot.predictor.personal = self.personal()
                 self._cache_failing = False
-            except CacheError as e:   # the strip goes on without the user's words
+            except CacheError as e:   # the strip goes on without the user's words (`_cache_trouble`)
                 self._cache_trouble(e)
-                self.slot.predictor.personal = PersonalModel()
             gen, session = self._sessions.pop(client, (None, None))
             if session is None or gen != self.slot.generation:
                 session = self.slot.predictor.session()

@@ -64,10 +64,10 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
     if first is None:
         raise CorpusError(f"{p}: file is empty")
     sniffed = fmt == "auto"
+    array = _json_array(text) if fmt in ("auto", "json") else None   # parsed once: a corpus may be large
     if sniffed:
-        fmt = "json" if _json_array(text) is not None else _sniff(first)
+        fmt = "json" if array is not None else _sniff(first)
     if fmt == "json":
-        array = _json_array(text)
         if array is None:
             raise CorpusError(f"{p}: not one JSON array of objects with {user_field!r} and {text_field!r}")
         return _records(p, ((f"record {i}", obj) for i, obj in enumerate(array, start=1)), user_field, text_field)

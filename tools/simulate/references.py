@@ -91,8 +91,9 @@ def scored(new_session, users: dict[str, list[str]], max_words: int) -> dict:
 def _file_key(path: Path) -> str:
     """A file's content (sha256): an edit that keeps its size and whole-second mtime, or a copy
     put back with its old times, must not reuse scores of the text before (~0.1 s per 30 MB)."""
-    with open(path, "rb") as f:
-        return "sha256-" + hashlib.file_digest(f, "sha256").hexdigest()[:32]
+    from tools.pretrain import sources_sha256
+
+    return "sha256-" + sources_sha256([str(path)])[:32]
 
 
 def _sha(path: Path) -> str:
