@@ -162,6 +162,9 @@
 
   async function suggest() {
     if (active !== message) return;
+    // The strip on show was computed before this keystroke: it no longer claims to be for the
+    // text (a keystroke and a backspace bring the same text back before its new answer).
+    delete strip.dataset.for;
     if (inFlight) { again = true; return; }     // keep only the newest keystroke waiting
     inFlight = true;
     const mine = ++seq;
