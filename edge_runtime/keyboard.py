@@ -140,6 +140,7 @@ class KeyboardApp:
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
         self._wipe_mark, self._wipe_checked = cache.wipe_mark(), time.monotonic()
         self._cache_failing = False   # `_cache_trouble` said once
+        self._cache_unusable = False   # `cache_unusable` said once
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits.
@@ -186,6 +187,16 @@ class KeyboardApp:
                 self.slot.predictor.personal = PersonalModel()
                 self.slot.predictor.forget_warm()
 
+    def cache_unusable(self, e: CacheError) -> None:
+        """A call the cache must answer failed (the API says 503). Said once until the cache
+        answers again: an open page polls the status every few seconds, and each poll logged the
+        same warning."""
+        if self._cache_unusable:
+            log.debug("keyboard: the text cache cannot be used (%s)", e)
+        else:
+            log.warning("keyboard: the text cache cannot be used (%s)", e)
+        self._cache_unusable = True
+
     def _forget(self) -> None:
         """Drop everything in memory learned from the cache or typed: after a wipe."""
         with self.slot.lock:
@@ -199,9 +210,11 @@ class KeyboardApp:
     def status(self) -> dict[str, Any]:
         self._see_outside_wipe(now=True)
         self.slot.refresh()
-        return {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
-                "cache": {"sentences": self.cache.stats()["records"]},
-                "paused": self.cache.paused}
+        answer = {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
+                  "cache": {"sentences": self.cache.stats()["records"]},
+                  "paused": self.cache.paused}
+        self._cache_unusable = False
+        return answer
 
     def notices(self) -> dict[str, Any]:
         """The licence notices of the version in use (e.g. CC BY-SA 4.0 for its word list): shown
@@ -555,7 +568,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 499                                   # (nginx's code): logged as such, not as an error
                 self.close_connection = True
             except CacheError as e:   # the disk, a damaged file, the data directory gone: said, retried later
-                log.warning("keyboard: the text cache cannot be used (%s)", e)
+                self.server.app.cache_unusable(e)
                 status = 503
                 self.close_connection = True
                 self._error(ApiError(503, "cache_unavailable", str(e)))
