@@ -30,6 +30,7 @@ probability. Each record is one sentence: <s> tokens </s>. Case-sensitive.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -40,6 +41,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from protocol.artifact import atomic_write
 from protocol.text import TOKEN_RE, WORD_CLASS, typed_chunks, word_being_typed
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -713,8 +715,10 @@ class KneserNeyLM:
         return [self.vocab[i] for i in top], _fill_oov(probs, known, oov)
 
     # ------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the model as a numpy .npz (no pickle): loading it needs no refit."""
+    def save(self, path: str | os.PathLike[str], *, mode: int | None = None) -> None:
+        """Write the model as a numpy .npz (no pickle): loading it needs no refit. Atomically
+        (`protocol.artifact.atomic_write`: a failed write leaves the old file or none), private
+        unless `mode` says otherwise: a model counted from users' text holds their word sequences."""
         self._check()
         arrays: dict[str, np.ndarray] = {
             "meta": np.array([self.order, self.min_count, self.n_words], dtype=np.int64),
@@ -727,8 +731,9 @@ class KneserNeyLM:
         for n, parts in self._levels.items():
             for name, arr in zip(("ctx", "bounds", "gamma", "next", "alpha"), parts):
                 arrays[f"{name}{n}"] = arr
-        with open(path, "wb") as f:
-            np.savez_compressed(f, **arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write(path, buf.getvalue(), mode=mode)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KneserNeyLM:

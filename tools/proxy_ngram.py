@@ -6,10 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
-from pathlib import Path
 
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import check_out_file, run
@@ -34,18 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     texts = [r.text for p in args.proxy for r in read_corpus(p)]
     lm = KneserNeyLM.fit(texts, order=args.order)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own beside --out (not --out with another suffix, which may be the input or
-    # --out itself), renamed into place: a failed write leaves nothing behind.
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".incoming")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        lm.save(tmp)
-        tmp.chmod(0o644)   # a public artifact, as the shipped models/ngram is
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    lm.save(out, mode=0o644)   # a public artifact, as the shipped models/ngram is
     print(f"{out}: order {args.order}, {len(lm.vocab):,} words from {len(texts):,} proxy texts, "
           f"{out.stat().st_size / 1e6:.1f} MB, {time.time() - t0:.0f} s")
     return 0

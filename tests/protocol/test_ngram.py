@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import stat
 
 import numpy as np
 import pytest
@@ -381,6 +382,8 @@ def test_min_users_keeps_only_what_several_users_typed():
 def test_save_load_round_trip(tmp_path, synth):
     path = tmp_path / "kn.npz"
     synth.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600   # counted from users' text: private unless asked
+    assert [p.name for p in tmp_path.iterdir()] == ["kn.npz"]   # written beside it and renamed
     loaded = KneserNeyLM.load(path)
     assert loaded.vocab == synth.vocab and loaded.order == synth.order and loaded.discounts == synth.discounts
     a, b = synth.session(), loaded.session()
