@@ -33,6 +33,13 @@ def test_keystroke_bench_prints_both_paths_and_ratio(exported_version, tmp_path)
               "--max-keystrokes", "120", "--max-recompute", "10", "--warmup", "2")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
+    # The header counts the texts typed (it counted distinct first letters): one user's plain text
+    # holds out its last tenth (4 of 40 lines), and the timed keys begin 3 of them.
+    typed = ([t for t in CORPUS.splitlines() if t.strip()] * 8)[-4:]
+    start, n = 0, 0
+    while start < 2 + 120:   # the texts begun before the last timed keystroke (2 warm-up ones)
+        start, n = start + len(typed[n]), n + 1
+    assert f"120 keystrokes over {n} held-out texts of" in lines[0], lines[0]
     for row in ("incremental, prefetch between keys (the keyboard)",
                 "  idle work between keystrokes, in all (prefetch)",
                 "incremental, all work on the keystroke", "  of which right after a space",
@@ -48,6 +55,17 @@ def test_keystroke_bench_prints_both_paths_and_ratio(exported_version, tmp_path)
     ratios = [ln for ln in lines if ln.startswith("ratio recompute/incremental")]
     assert len(ratios) == 4 and all("p50" in ln and "p99" in ln for ln in ratios)
     assert sum("prefetch between keys: p50" in ln for ln in ratios) == 2
+
+
+def test_a_corpus_without_held_out_users_is_not_called_held_out(tmp_path):
+    from tools.bench.keystroke import held_out_texts
+
+    corpus = tmp_path / "two_lines.txt"
+    corpus.write_text("I will see you at the station\nthanks for the lovely dinner\n")   # too short to split
+    texts, kind = held_out_texts(str(corpus))
+    assert len(texts) == 2 and "held-out" not in kind.replace("no held-out user", "")
+    corpus.write_text(CORPUS * 8)
+    assert held_out_texts(str(corpus)) == (([t for t in CORPUS.splitlines()] * 8)[-4:], "held-out texts")
 
 
 @pytest.mark.skipif(not HAS_TF, reason="the TensorFlow side of the comparison needs TensorFlow")

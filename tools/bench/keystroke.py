@@ -93,12 +93,16 @@ def _time_steps(step: Callable[[], bool]) -> tuple[tuple[float, float], tuple[fl
             (max(t[0] for t in times), max(t[1] for t in times)))
 
 
-def held_out_texts(corpus: str) -> list[str]:
+def held_out_texts(corpus: str) -> tuple[list[str], str]:
+    """The held-out users' texts, or every text when the corpus has no held-out user (one user's
+    plain text), with the word that says which."""
     from model.corpus import read_corpus, split_users
 
     records = read_corpus(corpus)
-    texts = split_users(records).texts("test") or [r.text for r in records]
-    return [t for t in texts if t.strip()]
+    texts, kind = split_users(records).texts("test"), "held-out texts"
+    if not texts:
+        texts, kind = [r.text for r in records], "texts (no held-out user in it: every user's)"
+    return [t for t in texts if t.strip()], kind
 
 
 def keystrokes(texts: list[str], limit: int) -> list[str]:
@@ -206,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
     sp = load_tokenizer(os.path.join(args.model, TOKENIZER))
     base = load_base_ngram()
     predictor = Predictor(model, sp, base=base)
-    texts = held_out_texts(args.corpus)
+    texts, kind = held_out_texts(args.corpus)
     keys = keystrokes(texts, args.warmup + args.max_keystrokes)
     typed = sum(1 for k in keys if len(k) == 1)
     for past in texts[typed:]:   # the user's history: the keyboard's personal part is in play
@@ -280,10 +284,10 @@ def main(args: argparse.Namespace) -> int:
     # made since the words were settled), not a floor measured right after the freeze.
     settled = [_timed(gc.collect) for _ in range(5)]
     vid = model.manifest.version_id if model.manifest else args.model
-    n_texts = len({k for k in keys if len(k) == 1}) or 1
+    n_texts = sum(1 for k in keys if len(k) == 1) + (len(keys[0]) != 1)   # the texts the timed keys type in
     space = [i for i, k in enumerate(keys) if k[-1].isspace()]  # the slowest keystrokes without prefetch
-    print(f"keystroke latency, model {vid} ({model.backend}), {len(keys)} keystrokes over ~{n_texts} held-out "
-          f"texts of {args.corpus}")
+    print(f"keystroke latency, model {vid} ({model.backend}), {len(keys)} keystrokes over {n_texts} {kind} "
+          f"of {args.corpus}")
     for clock, col in (("wall clock", 0), ("thread CPU time", 1)):
         rec = [t[col] for t in rec_both]
         r50, r99, rmean = percentiles(rec)
