@@ -503,6 +503,7 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
     man-in-the-middle, and an agent that exits is an attack that worked."""
     stop = stop or threading.Event()
     dev.stopping = stop   # long work checks it between steps (Device.may_work)
+    dev.client.stopping = stop   # and an answer coming in, between its chunks
     backoff = dev.config.backoff_initial_s
     while not stop.is_set():
         try:

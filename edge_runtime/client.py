@@ -6,8 +6,10 @@ answers become `TransientError` when retrying can help (429, 5xx, `rate_limited`
 `internal`; with the server's Retry-After) and `RejectedError` otherwise (stale, late,
 duplicate, unauthorized ...). `retryable` on the exception tells the caller which is which.
 
-Every request has a timeout (connect, read); the `requests.Session` is injectable, so tests
-can mount a transport adapter that answers in-process.
+Every request has a timeout (connect, read) and a deadline for its whole answer: a server that
+sends a byte now and then never trips a read timeout. Redirects are not followed: a device talks
+to its coordinator only. The `requests.Session` is injectable, so tests can mount a transport
+adapter that answers in-process.
 
 Privacy: the client only ever sends wire messages and update bytes; it has no way to send
 cache text, and it does not log bodies.
@@ -17,10 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import requests
+import urllib3
 
 from edge_runtime.errors import EdgeError
 from protocol import wire
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (5.0, 30.0)          # (connect, read) seconds for JSON calls
 DOWNLOAD_TIMEOUT = (5.0, 120.0)        # weights and graph are megabytes on slow links
+DOWNLOAD_DEADLINE_S = 1800.0           # a whole download (at most 64 MiB; 1.4 MB a version today)
 _VERSION_PATHS = {
     MANIFEST: wire.PATH_VERSION_MANIFEST,
     WEIGHTS: wire.PATH_VERSION_WEIGHTS,
@@ -76,10 +82,35 @@ def _retry_after(resp: requests.Response, body: wire.ErrorBody | None) -> float 
         return None  # an HTTP-date; the caller's own backoff applies
 
 
-def _read_capped(resp: requests.Response, max_bytes: int, what: str) -> None:
+def _arriving(resp: requests.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive. `iter_content` waits for a whole chunk (urllib3's read of
+    n bytes reads until it has them), so a deadline checked between its chunks waited for the
+    trickle to fill one; `read1` returns what one read brings. urllib3's errors become requests'
+    own, as `iter_content` makes them."""
+    read1 = getattr(resp.raw, "read1", None) if isinstance(resp.raw, urllib3.BaseHTTPResponse) else None
+    if read1 is None:   # an injected transport's file-like body (or a urllib3 before 2.0)
+        yield from resp.iter_content(64 * 1024)
+        return
+    try:
+        while chunk := read1(64 * 1024, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ProtocolError as e:
+        raise requests.exceptions.ChunkedEncodingError(e) from e
+    except urllib3.exceptions.DecodeError as e:
+        raise requests.exceptions.ContentDecodingError(e) from e
+    except urllib3.exceptions.ReadTimeoutError as e:
+        raise requests.ReadTimeout(e) from e
+    except urllib3.exceptions.SSLError as e:
+        raise requests.exceptions.SSLError(e) from e
+
+
+def _read_capped(resp: requests.Response, max_bytes: int, what: str, *, deadline: float = float("inf"),
+                 stop: threading.Event | None = None) -> None:
     """Read the (streamed) body, refusing it past `max_bytes` (declared or actual, after
-    decompression) so a hostile reply cannot exhaust the device's memory. The body is then
-    set as the response's content, the way `requests` itself caches it after a read."""
+    decompression) so a hostile reply cannot exhaust the device's memory, past `deadline` (a
+    `time.monotonic()` value) so one that trickles in cannot hold the device, and once `stop` is
+    set (SIGTERM). The body is then set as the response's content, the way `requests` itself
+    caches it after a read."""
     if isinstance(getattr(resp, "_content", False), bytes):  # an in-process transport gave the body whole
         if len(resp.content) > max_bytes:
             raise ProtocolError(f"{what}: answer larger than {max_bytes} bytes")
@@ -89,11 +120,17 @@ def _read_capped(resp: requests.Response, max_bytes: int, what: str) -> None:
         resp.close()
         raise ProtocolError(f"{what}: answer of {declared} bytes is larger than {max_bytes}")
     buf = bytearray()
-    for chunk in resp.iter_content(64 * 1024):
+    for chunk in _arriving(resp):
         buf += chunk
         if len(buf) > max_bytes:
             resp.close()
             raise ProtocolError(f"{what}: answer larger than {max_bytes} bytes")
+        if stop is not None and stop.is_set():
+            resp.close()
+            raise TransientError(f"{what}: stopped while the answer came in")
+        if time.monotonic() > deadline:
+            resp.close()
+            raise TransientError(f"{what}: the answer is too slow (it did not end within its deadline)")
     resp._content = bytes(buf)
     resp._content_consumed = True
     resp.close()
@@ -106,6 +143,7 @@ class CoordinatorClient:
                  session: requests.Session | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self.base_url = base_url.rstrip("/")
+        self.stopping: threading.Event | None = None   # set by the device loop: a read in progress ends
         self.device_id = device_id
         self.token = token
         self.session = session or requests.Session()
@@ -120,9 +158,11 @@ class CoordinatorClient:
 
     def _request(self, method: str, path: str, *, json_body: Mapping[str, Any] | None = None,
                  data: bytes | None = None, headers: Mapping[str, str] | None = None,
-                 timeout: tuple[float, float] | None = None,
+                 timeout: tuple[float, float] | None = None, deadline_s: float | None = None,
                  max_bytes: int = wire.MAX_REPLY_JSON_BYTES) -> requests.Response:
-        """The one place transport errors and HTTP error answers become ClientErrors."""
+        """The one place transport errors and HTTP error answers become ClientErrors. The answer
+        must be in within `deadline_s` of the request (default: the connect timeout and twice
+        the read timeout)."""
         h = self._headers()
         h.update(headers or {})
         body = data
@@ -131,10 +171,12 @@ class CoordinatorClient:
             if len(body) > wire.MAX_JSON_BYTES:
                 raise ClientError(f"request body {len(body)} bytes exceeds the protocol limit")
             h["Content-Type"] = "application/json"
+        timeout = timeout or self.timeout
+        deadline = time.monotonic() + (deadline_s if deadline_s is not None else timeout[0] + 2 * timeout[1])
         try:
             resp = self.session.request(method, self.base_url + path, data=body, headers=h,
-                                        timeout=timeout or self.timeout, stream=True)
-            _read_capped(resp, max_bytes, f"{method} {path}")
+                                        timeout=timeout, stream=True, allow_redirects=False)
+            _read_capped(resp, max_bytes, f"{method} {path}", deadline=deadline, stop=self.stopping)
         except requests.Timeout as e:
             raise TransientError(f"{method} {path}: timed out") from e
         except requests.ConnectionError as e:
@@ -143,6 +185,9 @@ class CoordinatorClient:
             raise ClientError(f"{method} {path}: {e.__class__.__name__}") from e
         if resp.status_code >= 400:
             raise self._error(method, path, resp)
+        if resp.status_code >= 300:   # a device's token, id and updates go to its coordinator only
+            raise ProtocolError(f"{method} {path}: HTTP {resp.status_code}, a redirect "
+                                f"(to {resp.headers.get('Location', '?')[:100]}), which a device does not follow")
         return resp
 
     @staticmethod
@@ -193,6 +238,7 @@ class CoordinatorClient:
         if len(delta) > wire.MAX_UPDATE_BYTES:
             raise ClientError(f"update of {len(delta)} bytes exceeds the protocol limit")
         resp = self._request("POST", wire.PATH_UPDATES, data=delta, timeout=DOWNLOAD_TIMEOUT,
+                             deadline_s=DOWNLOAD_DEADLINE_S,
                              headers={"Content-Type": wire.SAFETENSORS_MEDIA_TYPE,
                                       wire.UPDATE_META_HEADER: meta.to_header()})
         return self._message(wire.UpdateReceipt, resp)
@@ -213,4 +259,5 @@ class CoordinatorClient:
             raise ClientError(f"no such version file {filename!r}") from e
         except wire.WireError as e:
             raise ClientError(str(e)) from e
-        return self._request("GET", path, timeout=DOWNLOAD_TIMEOUT, max_bytes=wire.MAX_VERSION_FILE_BYTES).content
+        return self._request("GET", path, timeout=DOWNLOAD_TIMEOUT, deadline_s=DOWNLOAD_DEADLINE_S,
+                             max_bytes=wire.MAX_VERSION_FILE_BYTES).content

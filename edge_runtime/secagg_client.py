@@ -148,7 +148,18 @@ class _Channel:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise Refused(f"secure aggregation timed out waiting at {step} ({d.get('phase')})")
-            self._wait(min(float(d.get("retry_after", 1.0)), left))
+            self._wait(min(poll_wait(d.get("retry_after")), left))
+
+
+def poll_wait(retry_after: Any) -> float:
+    """Seconds until the next poll: the coordinator's retry_after within [wire.MIN_RETRY_AFTER_S,
+    60]. Taken as sent, 0 (or a negative or NaN) had the device poll in a tight loop until the
+    round's deadline, up to an hour."""
+    try:
+        wait = float(retry_after)
+    except (TypeError, ValueError, OverflowError):
+        return wire.MIN_RETRY_AFTER_S
+    return min(max(wait, wire.MIN_RETRY_AFTER_S), 60.0) if math.isfinite(wait) else wire.MIN_RETRY_AFTER_S
 
 
 def masked_vector(vector: np.ndarray, roster: sw.SecAggRoster, mask_sk: bytes, self_seed: bytes,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +21,7 @@ from edge_runtime.client import (
     RejectedError,
     TransientError,
 )
+from protocol import secagg_wire as sw
 from protocol import wire
 from protocol.artifact import GRAPH, MANIFEST, TOKENIZER, WEIGHTS
 
@@ -162,3 +167,88 @@ def test_oversized_update_is_refused_locally():
     with pytest.raises(ClientError):
         c.upload_update(b"\0" * (wire.MAX_UPDATE_BYTES + 1), meta)
     assert t.sent == []
+
+
+def test_a_redirect_is_not_followed_to_another_host():
+    """A 307 sent the check-in, the device id and, on POST /v1/updates, the whole update to the
+    host it named, and the device obeyed that host's answer."""
+    c, t = client_with(lambda req: (307, {"Location": "http://elsewhere.test/v1/checkin"}, b""),
+                       device_id="d", token="t")
+    elsewhere = InProcess(lambda req: ok(wire.Task(kind="come_back", retry_after=30)))
+    c.session.mount("http://elsewhere.test", elsewhere)
+    with pytest.raises(ProtocolError, match="307, a redirect .*elsewhere.test.*which a device does not follow"):
+        c.checkin(wire.CheckinRequest(eligible=True))
+    assert len(t.sent) == 1 and elsewhere.sent == []
+
+
+@contextlib.contextmanager
+def trickling_server(interval_s: float):
+    """A loopback server that answers every request with headers promising 1,000 bytes, then
+    sends one byte every `interval_s`: a read timeout never trips."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+            while not done.wait(interval_s):
+                try:
+                    conn.sendall(b" ")
+                except OSError:   # the client gave up: what the test wants
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        srv.close()
+
+
+def test_an_answer_that_trickles_in_ends_at_its_deadline():
+    """requests' read timeout is per socket read: one byte every 0.1 s kept a check-in waiting
+    for as long as the server liked (a year at one byte every 29 s), and the device with it."""
+    with trickling_server(0.1) as url:
+        c = CoordinatorClient(url, timeout=(1.0, 0.5))   # deadline: 1 + 2 × 0.5 = 2 s
+        t0 = time.monotonic()
+        with pytest.raises(TransientError, match="too slow"):
+            c.checkin(wire.CheckinRequest(eligible=True))
+        assert 1.5 < time.monotonic() - t0 < 10
+
+
+def test_a_stopping_device_leaves_an_answer_that_is_still_coming_in():
+    """SIGTERM set the device's stop event, which nothing in a download checked: the device went
+    on reading the trickle. Now the read ends between two chunks."""
+    with trickling_server(0.1) as url:
+        c = CoordinatorClient(url, timeout=(1.0, 30.0))   # a deadline of a minute
+        c.stopping = threading.Event()
+        threading.Timer(0.5, c.stopping.set).start()
+        t0 = time.monotonic()
+        with pytest.raises(TransientError, match="stopped"):
+            c.checkin(wire.CheckinRequest(eligible=True))
+        assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("retry_after", [0, -5, float("nan"), "soon", None, 1e9])
+def test_secure_aggregation_polls_no_faster_than_the_protocol_allows(retry_after):
+    """A roster answer of retry_after 0 (or negative, or not a number) had the device poll in a
+    tight loop until the round's deadline: 440 requests in 20 s, up to an hour."""
+    from edge_runtime.secagg_client import _Channel
+
+    waiting = {**sw.wait("keys", 1.0), "retry_after": retry_after}
+    c, t = client_with(lambda req: (200, {"Content-Type": "application/json"}, json.dumps(waiting).encode()),
+                       device_id="d", token="t")
+    slept: list[float] = []
+
+    def sleep(s: float) -> bool:
+        slept.append(s)
+        return len(slept) >= 5   # then "stopping": the poll ends
+
+    channel = _Channel(c, 7, time.monotonic() + 3600, sleep)
+    with pytest.raises(Exception, match="stopping"):
+        channel.poll("roster")
+    assert len(slept) == 5 and all(wire.MIN_RETRY_AFTER_S <= s <= 60 for s in slept), slept
