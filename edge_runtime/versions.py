@@ -41,6 +41,7 @@ from protocol.artifact import (
     ArtifactError,
     Manifest,
     atomic_write,
+    checked_architecture,
     load_public_key,
     load_version,
     read_manifest,
@@ -109,6 +110,17 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _check_runnable(manifest: Manifest) -> None:
+    """Signed is not enough to run a version: its tensors must be the ones its architecture
+    trains (`checked_architecture`), as the coordinator checks on import. A signed embedding of
+    100 rows was installed and patched into the keyboard's graph over the first 100 of its
+    10,000, leaving the others as the exporter's placeholders: suggestions quietly garbled."""
+    try:
+        checked_architecture(manifest)
+    except ArtifactError as e:
+        raise VersionError(f"version {manifest.version_id} cannot run here: {e}"[:500]) from e
 
 
 class VersionStore:
@@ -192,15 +204,15 @@ class VersionStore:
             return False
 
     def _verify_dir(self, d: Path, version_id: str) -> Manifest:
-        manifest, _ = load_version(d, verify=True)
+        try:   # hashes, and weights that are numbers (a NaN or a damaged q8 file is an ArtifactError)
+            manifest, _ = load_version(d, verify=True)
+        except ArtifactError as e:
+            raise VersionError(f"version {version_id} is not usable: {e}"[:500]) from e
         if manifest.version_id != version_id:
             raise VersionError(f"{d} holds version {manifest.version_id!r}, expected {version_id!r}")
         if self.public_key is not None:
             _check_signature(manifest, self.public_key)
-        try:   # signed is not enough to run it: a size that is not one would fail every check-in
-            manifest.architecture()
-        except ArtifactError as e:
-            raise VersionError(f"version {version_id} cannot run here: {e}") from e
+        _check_runnable(manifest)
         return manifest
 
     # -- installing ------------------------------------------------------------------------
@@ -221,6 +233,7 @@ class VersionStore:
             raise VersionError(f"asked for {version_id!r}, manifest says {manifest.version_id!r}")
         if self.public_key is not None:  # before downloading anything else
             _check_signature(manifest, self.public_key)
+        _check_runnable(manifest)
         wanted = _downloads(manifest)
 
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))

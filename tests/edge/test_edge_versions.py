@@ -29,14 +29,17 @@ from protocol.artifact import (
     WEIGHTS,
     Manifest,
     TensorSpec,
+    arch_hash,
+    encode_weights,
     load_public_key,
     load_version,
     sha256_bytes,
     write_version,
 )
+from tests.helpers.coordinator_fakes import SHAPES, TINY_ARCH
 
 ROOT = Path(__file__).resolve().parents[2]
-TENSORS = [TensorSpec("embedding", (8, 4)), TensorSpec("out_bias", (8,))]
+TENSORS = [TensorSpec(name, shape) for name, shape in SHAPES.items()]   # what TINY_ARCH trains
 GRAPH_BYTES = b"not really a flatbuffer, but hashed like one"
 TOKENIZER_BYTES = b"not really sentencepiece"
 
@@ -49,7 +52,7 @@ def make_version(root: Path, vid: str, seed: int, key: Ed25519PrivateKey | None 
     (d / TOKENIZER).write_bytes(TOKENIZER_BYTES)
     rng = np.random.default_rng(seed)
     weights = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in TENSORS}
-    m = Manifest(version_id=vid, arch={"model": {"train_batch": 2, "seq_len": 4}}, arch_hash="h", tensors=TENSORS,
+    m = Manifest(version_id=vid, arch=TINY_ARCH.to_dict(), arch_hash=arch_hash(TINY_ARCH.to_dict()), tensors=TENSORS,
                  graph_sha256=sha256_bytes(GRAPH_BYTES), tokenizer_sha256=sha256_bytes(TOKENIZER_BYTES),
                  weights_sha256="", notices=dict(notices or {}))
     write_version(d, m, weights)
@@ -212,11 +215,49 @@ def test_a_signed_version_whose_architecture_cannot_run_is_refused(tmp_path: Pat
     d = make_version(server, "vx", 1, key)
     m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
     m.arch = {"model": {"train_batch": 2, "seq_len": 4, "vocab_size": "big"}}
+    m.arch_hash = arch_hash(m.arch)
     m.signature = key.sign(m.signing_bytes()).hex()
     (d / MANIFEST).write_text(json.dumps(m.to_dict()))
     store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     with pytest.raises(VersionError, match="vx cannot run here: .*vocab_size must be a positive integer"):
         store.install("vx", fetch_from(server))
+    assert store.installed() == []
+
+
+def test_a_signed_version_whose_tensors_are_not_its_architectures_is_refused_before_download(tmp_path: Path):
+    """A signed embedding of 3 rows where the architecture has 8 was installed, made current and
+    patched into the keyboard's graph over its first 3 rows: suggestions quietly garbled. The
+    device checks the manifest as the coordinator does on import (`checked_architecture`)."""
+    key = Ed25519PrivateKey.generate()
+    server = tmp_path / "server"
+    d = make_version(server, "vx", 1, key)
+    m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
+    m.tensors = [TensorSpec(t.name, (3, 4)) if t.name == "embedding" else t for t in m.tensors]
+    m.signature = key.sign(m.signing_bytes()).hex()
+    (d / MANIFEST).write_text(json.dumps(m.to_dict()))
+    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    f = CountingFetch(server / "vx")
+    with pytest.raises(VersionError, match=r"vx cannot run here: .*embedding', \(3, 4\)"):
+        store.install("vx", f)
+    assert f.calls == [MANIFEST] and store.installed() == []
+
+
+def test_a_signed_version_with_a_nan_weight_is_a_version_error(tmp_path: Path):
+    """load_version's ArtifactError (a NaN weight) escaped as an unexpected error: the agent's
+    check-in failed and the round's task on the good version in use was dropped with it."""
+    key = Ed25519PrivateKey.generate()
+    server = tmp_path / "server"
+    d = make_version(server, "vn", 1, key)
+    weights = load_version(d)[1]
+    weights["out_bias"][0] = np.nan   # written by hand: write_version refuses it
+    (d / WEIGHTS).write_bytes(encode_weights(weights))
+    m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
+    m.weights_sha256 = sha256_bytes((d / WEIGHTS).read_bytes())
+    m.signature = key.sign(m.signing_bytes()).hex()
+    (d / MANIFEST).write_text(json.dumps(m.to_dict()))
+    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    with pytest.raises(VersionError, match="vn is not usable: out_bias: contains NaN"):
+        store.install("vn", fetch_from(server))
     assert store.installed() == []
 
 
