@@ -119,7 +119,8 @@ def canary_reports(s: Session, cand: Version, stable_id: str) -> list[tuple[wire
     return out
 
 
-def _decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> rollout.CanaryDecision:
+def verdict(coord: Coordinator, s: Session, cand: Version, stable: Version) -> rollout.CanaryDecision:
+    """What the canary says of `cand` against `stable` now, with its numbers."""
     return rollout.decide(canary_reports(s, cand, stable.id), min_reports=coord.config.canary_min_reports,
                           tolerance=coord.config.canary_tolerance)
 
@@ -129,13 +130,13 @@ def canary_comparison(coord: Coordinator) -> dict[str, Any]:
         cand, stable = queries.candidate(s), queries.stable(s)
         if cand is None or stable is None:
             return {"candidate_version_id": None, "stable_version_id": stable.id if stable else None}
-        d = _decide(coord, s, cand, stable)
+        d = verdict(coord, s, cand, stable)
         return {"candidate_version_id": cand.id, "stable_version_id": stable.id, "would": d.action,
                 "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": queries.pinned(s)}
 
 
 def auto_decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> None:
-    d = _decide(coord, s, cand, stable)
+    d = verdict(coord, s, cand, stable)
     if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and queries.pinned(s)):
         return
     versions.apply_decision(coord, s, cand, d.action, "auto", d.reason, d.numbers)

@@ -25,8 +25,8 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
     return d
 
 
-_ROUND_BODY = {**{k: _NUM for k in ("goal_count", "min_count", "overselect", "round_duration_s",
-                                         "selection_window_s")},
+_ROUND_BODY = {**{k: _INT for k in ("goal_count", "min_count")},
+               **{k: _NUM for k in ("overselect", "round_duration_s", "selection_window_s")},
                **{f.name: f.json_schema() for f in PLAN_FIELDS}}
 
 SCHEMAS: dict[str, Any] = {

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union
 from sqlalchemy.orm import Session
 
 from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
-from coordinator.models_secagg import SecAggRound
+from coordinator.models_secagg import SecAggMember, SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
 from protocol import artifact
 
@@ -71,16 +71,24 @@ def noise_seen(s: Session) -> list[float]:
 
 def population(s: Session, configured: int) -> int:
     """The population the sampled epsilon assumes: the configured size, else the devices that
-    have actually contributed an accepted update (enrolled-but-idle sybils do not count)."""
+    have actually contributed an accepted update, plain or to a summed secure round, and are
+    not revoked (enrolled-but-idle sybils do not count, and nor do revoked ones, which no later
+    round can sample: counted, they made q smaller and the epsilon quoted smaller with it)."""
     if configured:
         return configured
-    return int(s.scalar(select(func.count(func.distinct(Update.device_id)))) or 0)
+    secure = (select(SecAggMember.device_id)
+              .join(SecAggRound, SecAggRound.round_id == SecAggMember.round_id)
+              .where(SecAggRound.phase == SecAggPhase.SUMMED, SecAggMember.masked_sha256.is_not(None)))
+    contributed = union(select(Update.device_id), secure).subquery()
+    return int(s.scalar(select(func.count()).select_from(contributed)
+                        .join(Device, Device.id == contributed.c.device_id)
+                        .where(Device.revoked.is_(False))) or 0)
 
 
 def population_view(s: Session, configured: int) -> dict[str, Any]:
     enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
     basis = ("configured population_size" if configured
-             else "devices that contributed an accepted update (not merely enrolled ones)")
+             else "devices that contributed an accepted update, not revoked (not merely enrolled ones)")
     return {"enrolled": enrolled, "assumed_by_epsilon": population(s, configured), "basis": basis}
 
 

@@ -39,6 +39,15 @@ ROUND_SETTINGS = ("goal_count", "min_count", "overselect", "round_duration_s", "
                   *PLAN_FIELD_NAMES)
 
 
+def _typed(values: dict[str, Any], name: str, kind: type) -> Any:
+    """A round setting of its type, as the plan's fields are checked: JSON `true` was taken as
+    goal_count 1 (a one-device round, whose update is released alone), 2.9 as 2 and "3" as 3."""
+    v = values[name]
+    if isinstance(v, bool) or not isinstance(v, (int,) if kind is int else (int, float)):
+        raise ValueError(f"'{name}' must be {'an integer' if kind is int else 'a number'}")
+    return v
+
+
 def start_round(coord: Coordinator, /, **overrides: Any) -> int:
     """Open a round on the stable version; overrides: goal_count, min_count, overselect,
     round_duration_s, selection_window_s and any TrainPlan field."""
@@ -55,9 +64,9 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
         coord._local.manual = False
     o = {k: getattr(c, k) for k in ROUND_SETTINGS} | {k: v for k, v in overrides.items() if v is not None}
     try:
-        goal, min_count = int(o["goal_count"]), int(o["min_count"])
-        over, duration = float(o["overselect"]), float(o["round_duration_s"])
-        window = float(o["selection_window_s"])
+        goal, min_count = (_typed(o, k, int) for k in ("goal_count", "min_count"))
+        over, duration, window = (float(_typed(o, k, float)) for k in ("overselect", "round_duration_s",
+                                                                       "selection_window_s"))
         if fault := round_values_fault(goal, min_count, over, duration, window):
             raise ValueError(fault)
         if min_count > goal:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,26 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 log = logging.getLogger(__name__)
+
+
+def carried_privacy(coord: Coordinator, manifest: artifact.Manifest) -> dict[str, Any]:
+    """The privacy record of an imported version whose parent this coordinator does not hold:
+    the history its manifest brings (rounds another coordinator ran; none for version 0),
+    accounted again here. It was replaced by an empty one, so a version trained on users' text
+    read epsilon 0 in the database, the dashboard and the manifest devices download."""
+    brought = manifest.privacy if isinstance(manifest.privacy, dict) else {}
+    try:
+        history = [privacy.RoundPrivacy(float(q), float(z)) for q, z in brought.get("history") or []]
+        if not all(math.isfinite(r.noise_multiplier) for r in history):
+            raise ValueError("a noise multiplier is not finite")
+    except (TypeError, ValueError) as e:
+        raise bad_request(f"{manifest.version_id}: the privacy history in its manifest is not readable ({e})") from e
+    rounds = brought.get("rounds")
+    if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds != len(history):
+        raise bad_request(f"{manifest.version_id}: its manifest says {brought['rounds']} rounds but holds "
+                          f"a history of {len(history)}")
+    priv = brought | privacy.summarize(history, coord.config.privacy_delta)
+    return {k: views._jf(v) if isinstance(v, float) else v for k, v in priv.items()}
 
 
 def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: bool | None = None,
@@ -47,6 +68,7 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
     with coord._sessions() as s:   # refused before its files are stored
         _check_import(s, manifest, d, any_parent)
+    carried = carried_privacy(coord, manifest)   # used if its parent is not held here; checked before storing
     w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
     manifest.weights_q8_sha256 = put_download_form(coord, weights)
     g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
@@ -58,12 +80,12 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
             supersede_candidate(s, manifest.version_id)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
         # The parent's record as it is (JSON-safe, its secure-aggregation notes kept): an import adds no release.
-        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else \
-            privacy.summarize([], coord.config.privacy_delta)
+        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else carried
         artifact.sign_manifest(manifest, coord.signing_key)
         v = Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
                     manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
-                    graph_sha256=g_sha, tokenizer_sha256=t_sha, epsilon=parent.epsilon if parent else 0.0,
+                    graph_sha256=g_sha, tokenizer_sha256=t_sha,
+                    epsilon=parent.epsilon if parent else float(manifest.privacy["epsilon"]),
                     delta=parent.delta if parent else coord.config.privacy_delta,
                     privacy_json=json.dumps(manifest.privacy))
         s.add(v)
@@ -262,6 +284,12 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
             # A candidate the pin held back has its reports and will get no more: the service decides
             # it (canary.decide_if_asked, on its next request), with the service's settings.
             s.merge(Setting(key=canary.DECIDE_PENDING, value="1"))
+        elif action in (VersionAction.PROMOTE, VersionAction.REJECT) and (stable := queries.stable(s)) is not None:
+            # What the canary showed when the operator decided over it, recorded as the service's
+            # own decisions record it: without it the dashboard lost the candidate's canary top-3.
+            d = canary.verdict(coord, s, v, stable)
+            apply_decision(coord, s, v, action, "admin", f"admin {action} (the canary: {d.action}, {d.reason})",
+                           d.numbers)
         else:
             apply_decision(coord, s, v, action, "admin", f"admin {action}", {})
         return views.version_dict(coord, s, v)

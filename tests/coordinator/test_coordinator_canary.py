@@ -247,6 +247,53 @@ def test_an_imported_child_of_stable_keeps_its_privacy_history_and_import_as_sta
     assert "Infinity" not in text and third in text
 
 
+def test_an_operators_promote_records_what_the_canary_showed(world):
+    """An operator's promote over one canary report recorded no numbers: the dashboard lost the
+    candidate's canary top-3 the moment it became stable, and the decision log said only
+    'admin promote'."""
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    t = canaries[0].checkin()
+    assert _report(canaries[0], t, cand_top3=50, stable_top3=36).status_code == 200
+    assert s.admin("POST", f"/v1/admin/versions/{cand}/promote").json()["status"] == "stable"
+    decision = next(v for v in s.coord.list_versions() if v["version_id"] == cand)["decisions"][-1]
+    assert (decision["action"], decision["actor"]) == ("promote", "admin")
+    assert decision["reason"].startswith("admin promote (the canary: wait, 1 of 2 canary devices scored words")
+    assert decision["numbers"]["candidate"]["word_top3_acc"] == pytest.approx(0.5)
+    page = s.admin("GET", "/v1/admin/dashboard").json()
+    shown = next(v for v in page["versions"] if v["version_id"] == cand)
+    assert (shown["candidate_top3_pct"], shown["stable_top3_pct"]) == (pytest.approx(50.0), pytest.approx(36.0))
+
+
+def test_an_imported_version_whose_parent_is_not_held_here_keeps_its_privacy_history(world, tmp_path):
+    """A version trained elsewhere (exported from another coordinator, its parent not held here)
+    was imported with an empty privacy record: epsilon 0 in the database, the dashboard and the
+    manifest devices download, as if it had never seen users' text."""
+    import json
+
+    from coordinator.errors import ApiError
+
+    s, devices, _, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    d = s.coord.export_version(cand, tmp_path / "foreign")
+    doc = json.loads((d / "manifest.json").read_text())
+    doc.update(version_id="foreign-1", parent="held-elsewhere")
+    (d / "manifest.json").write_text(json.dumps(doc))
+    vid = s.coord.import_version(str(d))
+    versions = {v["version_id"]: v for v in s.coord.list_versions()}
+    mine, theirs = versions[vid], versions[cand]
+    assert mine["privacy"]["rounds"] == 1 and mine["privacy"]["history"] == theirs["privacy"]["history"]
+    assert mine["epsilon"] == pytest.approx(theirs["epsilon"]) and mine["epsilon"] > 0
+    signed = json.loads((s.coord.export_version(vid, tmp_path / "again") / "manifest.json").read_text())
+    assert signed["privacy"]["epsilon"] == pytest.approx(theirs["epsilon"])   # what devices download
+    doc.update(version_id="foreign-2")
+    doc["privacy"]["rounds"] = 5   # a record that contradicts itself is refused, nothing stored
+    (d / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ApiError, match="5 rounds but holds a history of 1"):
+        s.coord.import_version(str(d))
+    assert "foreign-2" not in {v["version_id"] for v in s.coord.list_versions()}
+
+
 @pytest.mark.parametrize("sybils", [0, 1, 2])
 def test_sybil_canaries_up_to_20_percent_cannot_promote_what_honest_canaries_reject(tmp_path, sybils):
     """Failed on the old code: one sybil claiming a huge count carried the pooled vote."""

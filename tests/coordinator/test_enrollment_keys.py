@@ -66,6 +66,9 @@ def test_epsilon_population_is_participants_not_enrolled_sybils(tmp_path):
         page = s.admin("GET", "/v1/admin/dashboard").json()   # main replaced /v1/dashboard-data with it
         assert page["privacy"]["population"]["assumed_by_epsilon"] == 2 and "contributed" in page[
             "privacy"]["population"]["basis"]
+        s.coord.revoke_device(honest[0].device_id)   # no later round can sample it: it counted still
+        assert s.admin("GET", "/v1/admin/status").json()["population"]["assumed_by_epsilon"] == 1
+        assert s.coord.get_round(s.coord.start_round())["population"] == 1
 
 
 def test_a_leaked_key_is_revoked_and_so_are_its_devices(tmp_path, capsys):
