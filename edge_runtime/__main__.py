@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         elif c == "run":
             with agent.run_lock(cfg.require_data_dir()):
                 dev = agent.Device.open(cfg)
-                stop = threading.Event()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, lambda *_: stop.set())
+                stop = _stop_on_signals()
                 page = None
                 try:
                     if cfg.keyboard_port:
@@ -154,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         page.stop()
                     dev.close()
         elif c == "keyboard":
-            stop = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
+            stop = _stop_on_signals()
             keyboard.serve_keyboard(cfg.data_dir, model_dir=args.model, host=cfg.keyboard_host,
                                     port=cfg.keyboard_port, config=cfg, channel=args.channel,
                                     allow_remote=args.keyboard_host is not None, stop=stop,
@@ -207,6 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and Ctrl-C set the returned event: the loop ends between steps, and an answer
+    coming in ends between its chunks. A second signal ends the process at once (as Ctrl-C:
+    "interrupted", exit 130), for a step that waits on the network, up to its deadline."""
+    stop = threading.Event()
+
+    def handler(*_: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stop
 
 
 def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:

@@ -160,9 +160,9 @@ class CoordinatorClient:
                  data: bytes | None = None, headers: Mapping[str, str] | None = None,
                  timeout: tuple[float, float] | None = None, deadline_s: float | None = None,
                  max_bytes: int = wire.MAX_REPLY_JSON_BYTES) -> requests.Response:
-        """The one place transport errors and HTTP error answers become ClientErrors. The answer
-        must be in within `deadline_s` of the request (default: the connect timeout and twice
-        the read timeout)."""
+        """The one place transport errors and HTTP error answers become ClientErrors. The answer's
+        body must be in within `deadline_s` of its headers (default: twice the read timeout),
+        however long the request's own body took to send."""
         h = self._headers()
         h.update(headers or {})
         body = data
@@ -172,10 +172,10 @@ class CoordinatorClient:
                 raise ClientError(f"request body {len(body)} bytes exceeds the protocol limit")
             h["Content-Type"] = "application/json"
         timeout = timeout or self.timeout
-        deadline = time.monotonic() + (deadline_s if deadline_s is not None else timeout[0] + 2 * timeout[1])
         try:
             resp = self.session.request(method, self.base_url + path, data=body, headers=h,
                                         timeout=timeout, stream=True, allow_redirects=False)
+            deadline = time.monotonic() + (deadline_s if deadline_s is not None else 2 * timeout[1])
             _read_capped(resp, max_bytes, f"{method} {path}", deadline=deadline, stop=self.stopping)
         except requests.Timeout as e:
             raise TransientError(f"{method} {path}: timed out") from e
