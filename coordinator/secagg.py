@@ -18,10 +18,12 @@ coordinator cannot open, masked vectors, revealed shares (deleted after the sum)
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,6 +94,8 @@ def _graph(p: dict[str, Any]) -> list[list[int]]:
 # --- device steps ------------------------------------------------------------------------------
 
 def post_keys(coord: Coordinator, device_id: str, round_id: int, keys: sw.SecAggKeys) -> dict[str, Any]:
+    if not (secagg.usable_public_key(keys.enc_pk) and secagg.usable_public_key(keys.mask_pk)):
+        raise ApiError(400, wire.E_BAD_REQUEST, "a public key is a point no key can be agreed with (low order)")
     with coord.tx() as s:
         r, row = _open_round(s, round_id, device_id)
         if row is None:
@@ -311,23 +315,47 @@ def _sum_logged(coord: Coordinator, round_id: int) -> None:
         log.exception("round %d: unmasking failed; will retry after the phase timeout", round_id)
 
 
-def _secrets(s: Session, round_id: int, t: int) -> tuple[dict[int, bytes], dict[int, bytes], list[int]]:
-    """(self seeds of survivors, mask keys of dropped, owners with fewer than t shares)."""
+def _recovered(got: list[bytes], t: int, public: bytes | None) -> bytes | None:
+    """A secret from its revealed shares: the first t, else other sets of t (each owner has up
+    to k shares, and one device may have revealed a wrong one), at most 32 tries; None if none
+    reconstructs. A mask key must also be the private key of the public one its owner posted."""
+    if math.comb(len(got), t) <= 32:
+        tries = list(itertools.combinations(got, t))
+    else:
+        rng = random.Random(0)
+        tries = [got[:t]] + [rng.sample(got, t) for _ in range(31)]
+    for shares in tries:
+        try:
+            secret = secagg.recover_secret(shares, t)
+        except secagg.SecAggError:
+            continue
+        if public is None or secagg.public_key(secret) == public:
+            return secret
+    return None
+
+
+def _secrets(s: Session, round_id: int, t: int) -> tuple[dict[int, bytes], dict[int, bytes], list[int], list[int]]:
+    """(self seeds of survivors, mask keys of dropped, owners with fewer than t shares, owners
+    whose shares reconstruct nothing)."""
     shares: dict[tuple[str, int], list[bytes]] = {}
     for kind, owner, share in s.execute(select(SecAggReveal.kind, SecAggReveal.owner, SecAggReveal.share)
                                         .where(SecAggReveal.round_id == round_id)):
         shares.setdefault((kind, owner), []).append(bytes.fromhex(share))
     members = s.scalars(select(SecAggMember).where(SecAggMember.round_id == round_id,
                                                    SecAggMember.shared.is_(True))).all()
-    seeds, keys, short = {}, {}, []
+    seeds, keys, short, bad = {}, {}, [], []
     for m in members:
         kind = "self" if m.masked_sha256 is not None else "key"
         got = shares.get((kind, m.idx), [])
         if len(got) < t:
             short.append(m.idx)
             continue
-        (seeds if kind == "self" else keys)[m.idx] = secagg.recover_secret(got, t)
-    return seeds, keys, short
+        secret = _recovered(got, t, None if kind == "self" else bytes.fromhex(m.mask_pk))
+        if secret is None:
+            bad.append(m.idx)
+        else:
+            (seeds if kind == "self" else keys)[m.idx] = secret
+    return seeds, keys, short, bad
 
 
 def _sum(coord: Coordinator, round_id: int) -> None:
@@ -336,16 +364,16 @@ def _sum(coord: Coordinator, round_id: int) -> None:
     with coord._sessions() as s:
         row = s.get(SecAggRound, round_id)
         p = _params(row)
-        seeds, keys, short = _secrets(s, round_id, p["t"])
+        seeds, keys, short, bad = _secrets(s, round_id, p["t"])
         survivors = s.execute(select(SecAggMember.idx, SecAggMember.mask_pk, SecAggMember.masked_sha256).where(
             SecAggMember.round_id == round_id, SecAggMember.masked_sha256.is_not(None))).all()
     total = np.zeros(p["dim"], np.uint32)
-    if not short:
+    if not short and not bad:
         for _, _, digest in survivors:
             total += np.frombuffer(coord.blobs.get(digest), dtype="<u4")
         total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
                                   _graph(p), round_id)
-    digest = None if short else coord.blobs.put(total.astype("<u4").tobytes())
+    digest = None if short or bad else coord.blobs.put(total.astype("<u4").tobytes())
     with coord.tx() as s:
         r = s.get(Round, round_id, with_for_update=True)
         row = s.get(SecAggRound, round_id)
@@ -353,6 +381,9 @@ def _sum(coord: Coordinator, round_id: int) -> None:
             return
         if short:
             _fail(coord, s, r, f"too few shares revealed to unmask devices {short[:10]}")
+        elif bad:   # the same shares fail the same way at every retry: the round ends now, saying why
+            _fail(coord, s, r, f"the revealed shares of devices {bad[:10]} reconstruct no secret "
+                               "(a device revealed a wrong share)")
         else:
             row.phase, row.sum_sha256, row.survivors = SUMMED, digest, len(survivors)
             row.stats_json = json.dumps({"unmask_seconds": round(time.perf_counter() - t0, 3),

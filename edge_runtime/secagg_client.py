@@ -69,6 +69,9 @@ class Revealer:
         return sw.SecAggReveal({j: self.shares[j][0] for j in surv}, {j: self.shares[j][1] for j in drop})
 
 
+MAX_MU = 1e15   # a Skellam share's Poisson mean; numpy's sampler takes up to about 9e18
+
+
 def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int, sw.Neighbour]:
     """The roster must be the SecAgg+ graph its own seed fixes, with a majority threshold, and its
     noise must be what the plan promises: the device recomputes its Skellam share from the plan
@@ -81,7 +84,12 @@ def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int
     if not (2 * r.n_min > r.n and 2 <= r.n_min <= r.n):
         raise Refused(f"at least {r.n_min} of {r.n} survivors is not a majority of the cohort")
     clip = discovery.SENSITIVITY if plan.discover_words else plan.clip_norm
-    want_mu = ddp.skellam_mu(plan.noise_multiplier, r.scale, clip, r.dim, r.n_min) if r.scale > 0 else math.inf
+    try:
+        want_mu = ddp.skellam_mu(plan.noise_multiplier, r.scale, clip, r.dim, r.n_min) if r.scale > 0 else math.inf
+    except OverflowError:
+        raise Refused(f"scale {r.scale:g} is out of range") from None
+    if not r.mu <= MAX_MU:   # NaN too; past it numpy's Poisson sampler raises (mu 1e30, or scale 1e12)
+        raise Refused(f"Skellam share mu {r.mu:g} is more than a sampler takes ({MAX_MU:g})")
     if r.mu < want_mu * (1 - 1e-9):
         raise Refused(f"Skellam share mu {r.mu:g} is less than the plan's noise needs ({want_mu:g})")
     want = secagg.neighbours(r.n, r.k, r.graph_seed)[r.index]
@@ -202,7 +210,18 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
             pt = secagg.decrypt_share(secagg.agree(enc_sk, nbs[j].enc_pk, b"enc", rid, j, roster.index),
                                       rid, j, roster.index, ct)
             held[j] = (pt[:secagg.SHARE_BYTES], pt[secagg.SHARE_BYTES:])
-        y = masked_vector(vector, roster, mask_sk, self_seed, {j: nbs[j] for j in held})
+        # Bonawitz et al.'s round-2 abort: with fewer than t neighbours' shares, the vector would
+        # carry too few pairwise masks. An inbox withheld by the coordinator (empty) left only the
+        # self mask, which the ordinary unmask step reveals: the device's update, or its word
+        # vote, in the clear. Honest runs lose nothing: a device with fewer than t neighbours left
+        # could not be unmasked anyway.
+        if len(held) < roster.t:
+            raise Refused(f"only {len(held)} of {len(nbs)} neighbours' shares arrived, fewer than the "
+                          f"threshold {roster.t}: too few pairwise masks to hide this device's vector")
+        try:
+            y = masked_vector(vector, roster, mask_sk, self_seed, {j: nbs[j] for j in held})
+        except (OverflowError, ValueError) as e:   # a scale or mu past what a sampler takes (mu 1e30)
+            raise Refused(f"the roster's numbers are out of range ({e})") from e
         ch.post("masked", data=y.astype("<u4").tobytes())
         del y, self_seed, mask_sk
         revealer = Revealer(roster.index, held, roster.n_min)

@@ -60,6 +60,17 @@ def public_key(private: bytes) -> bytes:
     return sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def usable_public_key(public: bytes) -> bool:
+    """Whether an X25519 public key can be agreed with: a low-order point (all zeros, and the
+    other small-subgroup points) makes every exchange with it fail. One device posting such a key
+    failed every neighbour's round (each one's `agree` refused it); the coordinator refuses it."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def agree(private: bytes, peer_public: bytes, label: bytes, round_id: int, i: int, j: int) -> bytes:
     """32 bytes both ends of pair {i, j} derive alike: HKDF(X25519(sk_i, pk_j)), bound to the
     label, the round and the unordered pair."""

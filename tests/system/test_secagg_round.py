@@ -192,6 +192,93 @@ def test_honest_devices_refuse_a_coordinator_asking_for_both_shares(tmp_path, ex
         assert s.coord.get_round(rid)["status"] == "open"
 
 
+def test_a_device_whose_inbox_is_withheld_uploads_nothing(tmp_path, exported_version, monkeypatch):
+    """A coordinator that showed one device an empty inbox (and relayed honestly to the others)
+    got that device's vector masked by its self mask alone, which the ordinary unmask step then
+    reveals: its update, or its word vote, in the clear. The device now refuses with fewer than t
+    neighbours' shares (Bonawitz et al.'s round-2 abort)."""
+    n = 4
+    conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=8.0, clip_norm=1.0)
+    honest, targeted = coord_secagg.inbox, []
+
+    def withholding(coord, device_id, round_id):
+        answer = honest(coord, device_id, round_id)
+        if answer.get("ready") and (not targeted or targeted == [device_id]):
+            targeted[:] = [device_id]
+            return {**answer, "shares": []}
+        return answer
+
+    monkeypatch.setattr(coord_secagg, "inbox", withholding)
+    with serve(conf) as s:
+        s.coord.import_version(exported_version)
+        cfgs = _devices(s, tmp_path, n)
+        rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
+        results = {_device_id(c): r for c, r in zip(cfgs, run_once_each(cfgs), strict=True)}
+        assert len(targeted) == 1, targeted
+        assert results[targeted[0]].outcome.startswith("refused (only 0 of 3 neighbours' shares arrived"), results
+        with s.coord._sessions() as db:
+            target = db.scalar(select(SecAggMember).where(SecAggMember.round_id == rid,
+                                                          SecAggMember.device_id == targeted[0]))
+            assert target.masked_sha256 is None   # nothing of its vector reached the coordinator
+
+
+def test_a_key_no_exchange_can_use_is_refused_at_the_keys_step(tmp_path):
+    """One device posting a low-order X25519 key (all zeros) was stored and relayed: every
+    neighbour's key agreement then failed and so did the whole round. Refused now, as a device
+    that dropped out would be tolerated."""
+    import requests
+
+    from tests.helpers.coordinator_fakes import FakeDevice, make_version
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=2, overselect=1.0)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        evil, good = FakeDevice(s.url, key), FakeDevice(s.url, key)
+        rid = s.coord.start_round(secure_aggregation=True, selection_window_s=0)
+        for d in (evil, good):
+            assert d.checkin().kind == wire.TASK_TRAIN
+        post = lambda d, enc, mask: requests.post(   # noqa: E731
+            s.url + sw.secagg_path(rid, "keys"), json=sw.SecAggKeys(enc, mask).to_dict(), headers=d.headers, timeout=10)
+        fine = secagg.generate_keypair()[1]
+        for enc, mask in ((bytes(32), fine), (fine, bytes(32))):
+            r = post(evil, enc, mask)
+            assert (r.status_code, r.json()["error"]) == (400, wire.E_BAD_REQUEST), r.text
+        assert post(good, fine, secagg.generate_keypair()[1]).status_code == 200
+        with s.coord._sessions() as db:
+            assert [m.device_id for m in db.scalars(select(SecAggMember).where(SecAggMember.round_id == rid))] == [
+                good.device_id]
+
+
+def test_one_device_revealing_wrong_shares_does_not_sink_the_round(tmp_path, exported_version, monkeypatch):
+    """A wrong share (right x, random y) made the unmask raise, which was retried at every phase
+    timeout until the round's deadline, then failed as 'only 0 accepted updates'. Each owner's
+    secret now comes from a set of t shares that reconstructs (each has k); a round whose shares
+    reconstruct nothing fails at once, saying so."""
+    n = 4   # k = 3 neighbours, t = 2: every owner's secret has one share to spare
+    conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=8.0, clip_norm=1.0)
+    honest = secagg_client.Revealer.answer
+
+    def lying(self, req):
+        out = honest(self, req)
+        if self.index != 1:
+            return out
+        bad = lambda sh: sh[:2] + os.urandom(secagg.SHARE_BYTES - 2)   # noqa: E731
+        return sw.SecAggReveal({j: bad(v) for j, v in out.self_shares.items()},
+                               {j: bad(v) for j, v in out.key_shares.items()})
+
+    monkeypatch.setattr(secagg_client.Revealer, "answer", lying)
+    with serve(conf) as s:
+        s.coord.import_version(exported_version)
+        cfgs = _devices(s, tmp_path, n)
+        rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
+        assert all(r is not None and r.outcome == "uploaded" for r in run_once_each(cfgs))
+        rnd = wait_closed(s.coord, rid)
+        assert (rnd["status"], rnd["accepted"]) == ("done", n), rnd
+
+
 @pytest.mark.parametrize("flip", ["self-then-key", "key-then-self"])
 def test_revealer_refuses_the_other_kind_in_a_later_request(flip):
     shares = {j: (bytes([j]) * 34, bytes([j + 100]) * 34) for j in (1, 2, 3)}
@@ -264,7 +351,10 @@ def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
     assert set(secagg_client.check_roster(roster(), plan, dim)) == {nb.index for nb in nbs}
     for forged, why in [({"mu": 0.0}, "less than the plan's noise"), ({"mu": mu / 2}, "less than the plan's noise"),
                         ({"n_min": 1}, "not a majority"), ({"n_min": 2}, "not a majority"),
-                        ({"dim": dim - 1}, "values, the round expects"), ({"scale": 0.0}, "less than the plan's")]:
+                        ({"dim": dim - 1}, "values, the round expects"), ({"scale": 0.0}, "less than the plan's"),
+                        # numbers no sampler takes: they escaped as OverflowError / ValueError, not refusals
+                        ({"scale": 1e200}, "out of range"), ({"mu": 1e30}, "more than a sampler takes"),
+                        ({"scale": scale * 1e6, "mu": mu * 1e12}, "more than a sampler takes")]:
         with pytest.raises(secagg_client.Refused, match=why):
             secagg_client.check_roster(roster(**forged), plan, dim)
     # more noise than needed is the device's gain, not a reason to refuse
