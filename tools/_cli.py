@@ -52,10 +52,15 @@ def _terminate(_signum: int, _frame: object) -> None:
     raise Terminated()
 
 
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises `Terminated` where the tool is, as Ctrl-C raises KeyboardInterrupt."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a command's main; a user error prints one line and exits 2, Ctrl-C exits 130, SIGTERM 143."""
     logging.basicConfig(level=os.environ.get("FEDKEYS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     try:
         code = main(argv)
     except USER_ERRORS as e:

@@ -156,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--ngram-bounds {args.ngram_bounds}: {args.corpus} has only {len(split.train)} train users")
     texts = [t for t in split.texts("test") if t.strip()]
 
+    scored: set[int] = set()
+
     def row(name: str, factory, params: str, download: str) -> None:
         m = evaluate_words(factory, users, max_words=args.max_words)
+        scored.add(m.words)
         p50, p99, _ = percentiles(device_keystrokes(factory, texts, args.max_keystrokes))
         print(f"| {name} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} | {p50:.2f} / {p99:.2f} | {params} | {download} |",
               flush=True)
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if base is None:
         raise ValueError(f"no base n-gram at {base_path}: build it with `make v0`")
     base_once = f"{_mb(base_path.stat().st_size)} once"
-    print(f"{args.corpus}: {len(users)} held-out users, {args.max_words} words, {args.max_keystrokes} keystrokes "
-          "timed per row (thread CPU ms per keystroke)\n")
+    print(f"{args.corpus}: {len(users)} held-out users, up to {args.max_words:,} words (the count scored follows "
+          f"the table), {args.max_keystrokes} keystrokes timed per row (thread CPU ms per keystroke)\n")
     print("| model | top-1 | top-3 | KSR | keystroke p50 / p99 ms | parameters | download |\n"
           "|---|---:|---:|---:|---:|---:|---|")
     central_ngram = KneserNeyLM.fit(split.texts("train"), order=3)
@@ -183,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{shared.size:,} n-gram probabilities", "— (not shippable)")
     row("Kneser-Ney trigram, proxy text only (the shipped base n-gram)", base.session,
         f"{base.size:,} n-gram probabilities", base_once)
-    parts = [("LSTM, 10k softmax only", dict(tail=False, base=False, own_words=False, personal_lstm=False)),
+    from protocol.artifact import read_manifest
+
+    softmax = read_manifest(args.model).architecture().model.vocab_size
+    parts = [(f"LSTM, {softmax:,}-word softmax only",
+              dict(tail=False, base=False, own_words=False, personal_lstm=False)),
              ("LSTM + word-list tail", dict(tail=True, base=False, own_words=False, personal_lstm=False)),
              ("LSTM + tail + base n-gram", dict(tail=True, base=True, own_words=False, personal_lstm=False)),
              ("LSTM + tail + user's own words", dict(tail=True, base=False, own_words=True, personal_lstm=False)),
@@ -208,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             *costs(args.central, False))
         row("central LSTM in the keyboard", keyboard_factory(args.central, tail=True, base=True, own_words=True,
                                                              personal_lstm=True), *costs(args.central, True))
-    print("\nThe user's own words and own copy of the LSTM are learned on the device: nothing to download.")
+    print(f"\nEvery row scored the same {' / '.join(f'{w:,}' for w in sorted(scored))} words. The user's own "
+          "words and own copy of the LSTM are learned on the device: nothing to download.")
     if args.ngram_bounds:
         ngram_bounds(args, split, base, central_ngram, shared)
     return 0

@@ -93,7 +93,8 @@ def simulate(n: int, dropout: float, dim: int, seed: int = 0, noise_multiplier: 
         up[i] += _jbytes(sw.SecAggShares(cts).to_dict())
         for j, ct in cts.items():
             boxes[j][i] = ct
-    dropped = set(rng.sample(range(n), round(dropout * n)))
+    # At most what the round survives: round(7.5) dropped 8 of 25, leaving 17 of the n_min 18.
+    dropped = set(rng.sample(range(n), min(math.floor(dropout * n + 1e-9), n - n_min)))
     survivors = [i for i in range(n) if i not in dropped]
     held, masked, truth = {}, {}, np.zeros(dim, np.uint32)
     for i in survivors:
@@ -289,7 +290,8 @@ def _check(a: argparse.Namespace) -> None:
     checks: list[tuple[bool, str]] = []
     if a.cmd == "costs":
         checks = [(all(n >= 3 for n in a.devices), "--devices must be >= 3"),
-                  (all(fin(d) and d < 0.5 for d in a.dropout), "--dropout must be in [0, 0.5), as the coordinator's"),
+                  (all(fin(d) and d <= DESIGN_DROPOUT for d in a.dropout),
+                   f"--dropout must be in [0, {DESIGN_DROPOUT}]: the rounds are built to survive that much"),
                   (a.sim_dim >= 1 and a.full_dim_max >= 0, "--sim-dim must be >= 1 and --full-dim-max >= 0")]
     elif a.cmd == "epsilon":
         checks = [(all(1 <= r <= 10**6 for r in a.rounds), "--rounds must be in [1, 1e6]"),

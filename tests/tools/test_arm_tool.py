@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tools.arm import board
 from tools.arm.__main__ import main
 from tools.arm.tasks import TEST_PATHS, _parse_bench, _task_lines
@@ -50,4 +52,14 @@ def test_test_subset_paths_exist():
 def test_refuses_politely_without_root(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # CI runs as root: pretend to be a user
     assert main(["--cache-dir", str(tmp_path), "build"]) == 1
-    assert "needs root" in capsys.readouterr().out
+    assert "needs root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["e2e", "--native", "0"], ["e2e", "--native", "-1"],
+                                  ["bench", "--max-keystrokes", "0"]])
+def test_counts_below_one_are_refused_before_any_work(tmp_path, capsys, args):
+    """`e2e --native -1` built a model with TensorFlow, then failed at the coordinator's init."""
+    with pytest.raises(SystemExit) as e:
+        main(["--cache-dir", str(tmp_path), *args])
+    assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -76,6 +76,13 @@ def test_train_bench_prints_both_backends_and_edge_memory(exported_version):
     assert "edge: " in out and "(train signature)" in out and "tensorflow" in out and "(train_step)" in out, out
     assert "edge process peak RSS (MB)" in out and "tensorflow imported: no" in out, out
     assert "tensorflow process peak RSS (MB)" in out
+    # A relative --model from another folder: the edge side runs in the repository, which it
+    # once resolved the path against ("no manifest.json in tiny").
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, "-m", "tools.bench", "train", "--model", exported_version.name, "--steps", "2",
+                        "--warmup", "1"], cwd=exported_version.parent, env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0 and "edge: " in r.stdout, r.stderr[-2000:]
 
 
 def test_bench_errors_are_one_line(tmp_path):
@@ -102,6 +109,12 @@ def test_poisoning_bench_prints_a_row_per_aggregator_and_share(exported_version,
     assert {(x["sigma"], x["attack"], x["attackers"]) for x in rows} == {
         (s, a, k) for s in (0, 0.5) for a, k in (("-", 0), ("flip", 1), ("boost", 1))}
     assert all(0 <= x[k] <= 1 for x in rows for k in ("mean", "trimmed_mean", "median", "secure"))
+    # --json naming the corpus replaced it with the results; a folder failed after all the work
+    before = corpus.read_bytes()
+    for bad, says in ((corpus, "is also an input"), (tmp_path, "is a folder")):
+        r = bench("poisoning", "--model", str(exported_version), "--corpus", str(corpus), "--json", str(bad))
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert corpus.read_bytes() == before
 
 
 @pytest.mark.skipif(not HAS_TF, reason="the PTB bench trains with TensorFlow")

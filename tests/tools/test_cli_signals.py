@@ -52,3 +52,29 @@ def test_sigterm_is_an_interrupt_that_runs_the_cleanup(tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and err.strip() == "terminated", err
     assert marker.read_text() == "yes"
+
+
+def test_the_arm_tool_cleans_up_on_sigterm_too(tmp_path):
+    """`tools.arm` did not go through `run`: a plain `kill` of `e2e` left its coordinator child
+    serving, orphaned, while Ctrl-C stopped it."""
+    marker = tmp_path / "coordinator stopped"
+    script = (
+        "import time, sys\n"
+        "from tools.arm import tasks\n"
+        "from tools.arm.__main__ import main\n"
+        "def e2e(board, **kw):\n"
+        "    try:\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        f"        open({str(marker)!r}, 'w').write('yes')\n"
+        "tasks.e2e = e2e\n"
+        f"sys.exit(main(['--cache-dir', {str(tmp_path)!r}, 'e2e', '--no-board']))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "terminated" in out, (out, err)
+    assert marker.read_text() == "yes"

@@ -77,6 +77,21 @@ def test_bad_corpus_is_one_line_and_exit_2(tmp_path, exported_version, content, 
     assert needle in res.stderr and "Traceback" not in res.stderr and res.stdout == ""
 
 
+def test_the_baseline_is_never_scored_on_its_own_text(tmp_path, exported_version, fresh_corpus):
+    """With no train users, --baseline fitted its trigram on the held-out users it then scored
+    (63% top-1 against 4.7% with train users), without a word; --split train did the same."""
+    from model.corpus import Record, split_users
+
+    names = [f"person {i}" for i in range(200)]
+    held = [n for n in names if split_users([Record(n, "x"), Record("other", "y")]).part("test").get(n)][:2]
+    p = tmp_path / "held_out_only.jsonl"
+    p.write_text("".join(json.dumps({"user": u, "text": " ".join(WORDS)}) + "\n" for u in held for _ in range(5)))
+    res = run("--model", str(exported_version), "--corpus", str(p), "--baseline")
+    assert res.returncode == 2 and "has no train users" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = run("--model", str(exported_version), "--corpus", str(fresh_corpus), "--baseline", "--split", "train")
+    assert res.returncode == 2 and "leave out --split train" in res.stderr, res.stderr
+
+
 def test_missing_model_directory_is_a_clear_error(tmp_path, fresh_corpus):
     res = run("--model", str(tmp_path / "nothing"), "--corpus", str(fresh_corpus))
     assert res.returncode == 2 and "not a model version directory" in res.stderr and "Traceback" not in res.stderr
@@ -92,6 +107,14 @@ def test_ablation_table_scores_every_part_on_the_same_words(exported_version, fr
     main_table, bounds_table = res.stdout.split("What an n-gram learned from devices could add at most")
     rows = [line.split("|")[1:-1] for line in main_table.splitlines() if line.startswith("| ") and "%" in line]
     assert len(rows) == 3 + 6 + 2
+    # the header said --max-words as the words scored, and "10k softmax" whatever the version's size
+    import re
+
+    from protocol.artifact import read_manifest
+    same = re.search(r"Every row scored the same ([\d,]+) words", res.stdout)
+    assert same and 0 < int(same.group(1).replace(",", "")) <= 120 and "up to 120 words" in res.stdout
+    softmax = read_manifest(exported_version).architecture().model.vocab_size
+    assert any(f"LSTM, {softmax:,}-word softmax only" in r[0] for r in rows), rows
     # --ngram-bounds: the keyboard with six base n-grams, from the proxy one to all train users' text
     bounds = [line.split("|")[1:-1] for line in bounds_table.splitlines() if line.startswith("| ") and "%" in line]
     from model.corpus import read_corpus, split_users

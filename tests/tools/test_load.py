@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.helpers.coordinator_fakes import TEST_DB_ENV
 from tools.bench.load import format_report, run_load
 
@@ -21,6 +23,28 @@ def test_reduced_load_has_no_errors_and_reports_every_figure(tmp_path):
     assert all(p["req_per_s"] > 0 and 0 < p["p50_ms"] <= p["p99_ms"] for p in phases.values()), phases
     # the model grew on main (10,000-word tied output, docs/quality.md): 628,384 -> 1,356,048
     assert res["model_params"] == 1_356_048 and res["peak_rss_mb_total"] > 0
+    url = os.environ.get(TEST_DB_ENV, "")
+    assert res["database"] == (url.split(":")[0].split("+")[0] if url else "sqlite")   # a SQLite URL said postgresql
     report = format_report(res)
     for word in ("req/s", "p50 ms", "p99 ms", "peak RSS", "errors: 0"):
         assert word in report
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--workers", "0"], "--workers"), (["--threads", "0"], "--threads"),
+    (["--upload-concurrency", "0"], "--upload-concurrency"), (["--time-limit", "0"], "--time-limit"),
+    (["--uploaders", "0"], "--uploaders"), (["--devices", "2", "--uploaders", "3"], "--uploaders"),
+])
+def test_numbers_it_cannot_run_with_are_refused_before_any_work(args, says):
+    """--workers 0 waited out the whole time limit (600 s by default) before saying anything."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tools.bench", "load", *args], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2], timeout=120, check=False,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 60

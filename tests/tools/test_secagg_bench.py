@@ -27,6 +27,9 @@ def test_epsilon_table_and_cli(capsys):
                               "--sim-dim", "64"]) == 0
     out = capsys.readouterr().out
     assert "| 10 | 30% | 9 / 5 |" in out and "extrapolated" in out
+    # 30% of 25 is 7.5 devices: round() dropped 8, one more than the round survives (a traceback)
+    assert secagg_bench.main(["costs", "--devices", "25", "3", "--dropout", "0.3", "0.2", "--full-dim-max", "0",
+                              "--sim-dim", "16"]) == 0
 
 
 def test_discovery_table_finds_the_word_many_users_typed(tmp_path, exported_version, capsys):
@@ -74,16 +77,25 @@ def test_secagg_quality_scores_every_held_out_user_and_prints_each_noise_row(tmp
             "--eval-windows", "40", "--sigma", "0", "0.1"]
     assert secagg_quality.main(argv) == 0
     out = capsys.readouterr().out
-    held = re.search(r"on (\d+) held-out windows of (\d+) held-out users", out)
-    assert held and int(held.group(2)) >= 3 and int(held.group(1)) >= int(held.group(2)), out
+    held = re.search(r"on an even sample of (\d+) of the (\d+) windows of (\d+) held-out users", out)
+    assert held and int(held.group(3)) >= 3 and int(held.group(1)) >= int(held.group(3)), out
     assert [r.split("|")[1].strip() for r in out.splitlines() if re.match(r"\| 0(\.1)? \|", r)] == ["0", "0.1"]
+    # "vs no noise" reads against the round without noise even when --sigma does not start with 0
+    # (it read against the first sigma listed)
+    by_sigma = {r.split("|")[1].strip(): r.split("|")[2:4] for r in out.splitlines() if re.match(r"\| 0(\.1)? \|", r)}
+    assert by_sigma["0"][1].strip() == "+0.00 pt"
+    assert secagg_quality.main([*argv[:-3], "--sigma", "0.1", "0"]) == 0
+    again = {r.split("|")[1].strip(): r.split("|")[2:4] for r in capsys.readouterr().out.splitlines()
+             if re.match(r"\| 0(\.1)? \|", r)}
+    assert again["0"][1].strip() == "+0.00 pt" and again["0"][0] == by_sigma["0"][0]
 
 
 @pytest.mark.parametrize("argv, says", [
     (["epsilon", "--noise-on-mean", "nan"], "--noise-on-mean must be a number > 0"),   # once printed epsilon 0
     (["epsilon", "--rounds", "0"], "--rounds must be in [1, 1e6]"),
     (["epsilon", "--rounds", "1000000000000"], "--rounds must be in [1, 1e6]"),          # once a MemoryError
-    (["costs", "--devices", "10", "--dropout", "0.6"], "--dropout must be in [0, 0.5)"),
+    (["costs", "--devices", "10", "--dropout", "0.6"], "--dropout must be in [0, 0.3]"),
+    (["costs", "--devices", "10", "--dropout", "0.4"], "--dropout must be in [0, 0.3]"),   # the round fails past it
     (["paillier", "--slice", "0"], "--slice must be in [1, 4096]"),
     (["discovery", "--corpus", "x.jsonl", "--devices", "-1"], "--devices must be >= 0"),
 ])

@@ -17,6 +17,7 @@ import sys
 import time
 
 from protocol.cli import Parser, add_version
+from tools._cli import Terminated, raise_on_sigterm
 from tools.arm.board import GUEST_VENVS, Board, BoardError, default_cache_dir, fmt_s, say
 
 
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         ap.print_help()
         return 2
+    for name in ("native", "max_keystrokes", "max_recompute"):   # before any work (it builds a model first)
+        if getattr(args, name, 1) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    # SIGTERM (a CI timeout, `kill`) runs Ctrl-C's cleanup: e2e's coordinator child was left serving.
+    raise_on_sigterm()
     board = Board(args.cache_dir) if args.cache_dir else Board()
     try:
         if args.command == "build":
@@ -88,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ci":
             return tasks.ci(board)
     except BoardError as e:
-        say(f"error: {e}")
+        print(f"[arm] error: {e}", file=sys.stderr, flush=True)
         return 1
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+    except KeyboardInterrupt as e:
+        say("terminated" if isinstance(e, Terminated) else "interrupted")
+        return 143 if isinstance(e, Terminated) else 130
     return 2
 
 

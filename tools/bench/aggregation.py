@@ -13,7 +13,6 @@ and the table says so.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 import tracemalloc
@@ -26,6 +25,7 @@ import numpy as np
 from coordinator.aggregation import StreamingMean, bounded_weight
 from protocol.arch import ModelConfig
 from protocol.artifact import TensorSpec, decode_weights, encode_weights, flatten, read_manifest, unflatten
+from protocol.cli import Parser, add_version
 
 
 def _flower_aggregate() -> tuple[Callable, str]:
@@ -80,13 +80,14 @@ def measure(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench aggregation", description=__doc__.split("\n")[0])
-    ap.add_argument("--updates", type=int, nargs="+", default=[100, 1000])
+    ap = Parser(prog="python -m tools.bench aggregation", description=__doc__.split("\n")[0])
+    add_version(ap)   # --version is the release, as on every command; the version directory is --model
+    ap.add_argument("--updates", type=int, nargs="+", default=[100, 1000], help="updates aggregated per run")
     ap.add_argument("--tiny", action="store_true", help="a 2k-parameter model instead of the default one")
-    ap.add_argument("--version", metavar="DIR", help="take the tensor shapes from this version's manifest")
+    ap.add_argument("--model", metavar="DIR", help="take the tensor shapes from this version's manifest")
     args = ap.parse_args(argv)
-    if args.version:
-        tensors = read_manifest(args.version).tensors
+    if args.model:
+        tensors = read_manifest(args.model).tensors
     else:
         cfg = ModelConfig(vocab_size=64, embed_dim=8, hidden_dim=16) if args.tiny else ModelConfig()
         tensors = [TensorSpec(name, shape) for name, shape in cfg.weight_shapes()]

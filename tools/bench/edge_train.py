@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:   # steps 0 divided by zero at the end
+        raise ValueError("--steps must be >= 1 and --warmup >= 0")
     rss_start = peak_rss_mb()
     from protocol.arch import SIG_TRAIN
     from protocol.interpreter import Model
@@ -64,4 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tools._cli import run
+
+    run(main)   # a bad --model is one line, exit 2, not a traceback

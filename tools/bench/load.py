@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import threading
@@ -149,8 +150,9 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
         try:
             url = coord.start_gunicorn(workers=workers, threads=threads,
                                        timeout_s=max(0.0, t_end - time.monotonic()))
-        except CoordinatorProcessError as e:
-            raise LoadError(f"{e}: {coord.log_path.read_text()[-2000:]}") from e
+        except CoordinatorProcessError as e:   # its log is in the run's temporary folder, gone after: quoted here
+            said = str(e).split("; see ")[0]
+            raise LoadError(f"{said}; the end of its log:\n{coord.log_path.read_text()[-2000:]}") from e
         sampler = MemorySampler(coord.proc.pid)
         try:
             sampler.start()
@@ -161,7 +163,8 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
             sampler.stop.set()
             coord.stop()
         num_params = sum(int(np.prod(t.shape)) for t in tensors)
-        result.update({"database": "postgresql" if database_url else "sqlite", "gunicorn_workers": workers,
+        result.update({"database": database_url.split(":", 1)[0].split("+")[0] if database_url else "sqlite",
+                       "gunicorn_workers": workers,
                        "threads_per_worker": threads, "devices": devices, "uploaders": uploaders,
                        "model_params": num_params, "update_bytes": num_params * 2,
                        "peak_rss_mb_total": round(sampler.peak_total_kb / 1024, 1),
@@ -290,6 +293,14 @@ def format_report(res: dict) -> str:
 def main(args: argparse.Namespace) -> int:
     from coordinator.errors import DatabaseUnavailable
 
+    # Before any work: --workers 0 waited out the whole time limit, --upload-concurrency 0 was
+    # refused only after every device had enrolled.
+    if not (args.devices >= 1 and 1 <= args.uploaders <= args.devices):
+        raise ValueError("need --devices >= 1 and 1 <= --uploaders <= --devices")
+    if min(args.concurrency, args.upload_concurrency, args.workers, args.threads) < 1:
+        raise ValueError("--concurrency, --upload-concurrency, --workers and --threads must be >= 1")
+    if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise ValueError("--time-limit must be a number of seconds > 0")
     try:
         res = _run_from_args(args)
     except (LoadError, DatabaseUnavailable) as e:   # the server or the database out of reach: one line

@@ -128,6 +128,10 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--shares must list attacker shares in [0, 1], got {args.shares!r}")
     if not sigmas or not all(x >= 0 for x in sigmas):
         raise ValueError(f"--sigmas must list noise multipliers >= 0, got {args.sigmas!r}")
+    if args.json:   # before any work: a folder, the corpus or a version's own file is no place for it
+        from tools._cli import check_out_file
+
+        check_out_file(args.json, [args.corpus or DEFAULT_CORPUS, *Path(args.model).glob("*")], what="--json")
     base = Path(args.model)
     manifest, weights = artifact.load_version(base)
     base_vec = artifact.flatten(weights, manifest.tensors).astype(np.float64)
@@ -183,5 +187,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"| {r['sigma']:g} | {r['attack']} | {r['attackers']} of {args.devices} | "
               + " | ".join(f"{r[n]:.3f}" for n in COLUMNS) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"base_top3": base_top3, "results": results}, indent=1))
+        artifact.atomic_write(args.json, json.dumps({"base_top3": base_top3, "results": results}, indent=1).encode(),
+                              mode=0o644)
     return 0

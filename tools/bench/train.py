@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_edge(model: str, steps: int, warmup: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, "-m", "tools.bench.edge_train", "--model", model, "--steps", str(steps),
-                        "--warmup", str(warmup)], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    r = subprocess.run([sys.executable, "-m", "tools.bench.edge_train", "--model", str(Path(model).resolve()),
+                        "--steps", str(steps), "--warmup", str(warmup)],   # it runs in REPO: the path made absolute
+                       capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         raise ValueError(f"edge training subprocess failed: {last}")
