@@ -207,18 +207,32 @@ def test_unsigned_or_wrongly_signed_or_tampered_manifests_are_refused(tmp_path: 
     assert store.installed() == []
 
 
+def resigned(d: Path, key: Ed25519PrivateKey, edit) -> None:
+    """`d`'s manifest changed by `edit` and signed again with `key`: what a coordinator holding
+    the signing key (hostile, or mistaken) can ship."""
+    m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
+    edit(m)
+    m.signature = key.sign(m.signing_bytes()).hex()
+    (d / MANIFEST).write_text(json.dumps(m.to_dict()))
+
+
+def store_trusting(tmp_path: Path, key: Ed25519PrivateKey) -> VersionStore:
+    return VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
 def test_a_signed_version_whose_architecture_cannot_run_is_refused(tmp_path: Path):
     # The coordinator refuses such a manifest at import; the device does not rely on that: it
     # once installed it and failed every check-in with a TypeError.
     key = Ed25519PrivateKey.generate()
     server = tmp_path / "server"
     d = make_version(server, "vx", 1, key)
-    m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
-    m.arch = {"model": {"train_batch": 2, "seq_len": 4, "vocab_size": "big"}}
-    m.arch_hash = arch_hash(m.arch)
-    m.signature = key.sign(m.signing_bytes()).hex()
-    (d / MANIFEST).write_text(json.dumps(m.to_dict()))
-    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def big(m: Manifest) -> None:
+        m.arch = {"model": {"train_batch": 2, "seq_len": 4, "vocab_size": "big"}}
+        m.arch_hash = arch_hash(m.arch)
+
+    resigned(d, key, big)
+    store = store_trusting(tmp_path, key)
     with pytest.raises(VersionError, match="vx cannot run here: .*vocab_size must be a positive integer"):
         store.install("vx", fetch_from(server))
     assert store.installed() == []
@@ -231,11 +245,9 @@ def test_a_signed_version_whose_tensors_are_not_its_architectures_is_refused_bef
     key = Ed25519PrivateKey.generate()
     server = tmp_path / "server"
     d = make_version(server, "vx", 1, key)
-    m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
-    m.tensors = [TensorSpec(t.name, (3, 4)) if t.name == "embedding" else t for t in m.tensors]
-    m.signature = key.sign(m.signing_bytes()).hex()
-    (d / MANIFEST).write_text(json.dumps(m.to_dict()))
-    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    resigned(d, key, lambda m: setattr(m, "tensors", [TensorSpec(t.name, (3, 4)) if t.name == "embedding" else t
+                                                      for t in m.tensors]))
+    store = store_trusting(tmp_path, key)
     f = CountingFetch(server / "vx")
     with pytest.raises(VersionError, match=r"vx cannot run here: .*embedding', \(3, 4\)"):
         store.install("vx", f)
@@ -251,11 +263,8 @@ def test_a_signed_version_with_a_nan_weight_is_a_version_error(tmp_path: Path):
     weights = load_version(d)[1]
     weights["out_bias"][0] = np.nan   # written by hand: write_version refuses it
     (d / WEIGHTS).write_bytes(encode_weights(weights))
-    m = Manifest.from_dict(json.loads((d / MANIFEST).read_text()))
-    m.weights_sha256 = sha256_bytes((d / WEIGHTS).read_bytes())
-    m.signature = key.sign(m.signing_bytes()).hex()
-    (d / MANIFEST).write_text(json.dumps(m.to_dict()))
-    store = VersionStore(tmp_path / "dev", public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    resigned(d, key, lambda m: setattr(m, "weights_sha256", sha256_bytes((d / WEIGHTS).read_bytes())))
+    store = store_trusting(tmp_path, key)
     with pytest.raises(VersionError, match="vn is not usable: out_bias: contains NaN"):
         store.install("vn", fetch_from(server))
     assert store.installed() == []

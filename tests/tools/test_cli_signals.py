@@ -30,6 +30,17 @@ def test_a_pool_left_by_an_error_terminates_its_running_workers_instead_of_waiti
     assert all(f.done() for f in futs)      # none left waiting
 
 
+def _terminated(script: str) -> tuple[int, str, str]:
+    """Run `script`, SIGTERM it once it prints 'ready': (exit code, rest of stdout, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
 def test_sigterm_is_an_interrupt_that_runs_the_cleanup(tmp_path):
     """`kill PID` reaches only the tool: before, it died at once, leaving the coordinator it
     started and its device workers running. Now `finally` blocks run, and it exits 143."""
@@ -44,13 +55,8 @@ def test_sigterm_is_an_interrupt_that_runs_the_cleanup(tmp_path):
         "    finally:\n"
         f"        open({str(marker)!r}, 'w').write('yes')\n"
         "run(main)\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and err.strip() == "terminated", err
+    rc, _, err = _terminated(script)
+    assert rc == 143 and err.strip() == "terminated", err
     assert marker.read_text() == "yes"
 
 
@@ -70,11 +76,6 @@ def test_the_arm_tool_cleans_up_on_sigterm_too(tmp_path):
         f"        open({str(marker)!r}, 'w').write('yes')\n"
         "tasks.e2e = e2e\n"
         f"sys.exit(main(['--cache-dir', {str(tmp_path)!r}, 'e2e', '--no-board']))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and "terminated" in out, (out, err)
+    rc, out, err = _terminated(script)
+    assert rc == 143 and "terminated" in out, (out, err)
     assert marker.read_text() == "yes"
