@@ -36,7 +36,7 @@ from protocol.artifact import (
     sha256_bytes,
     write_version,
 )
-from tests.helpers.coordinator_fakes import SHAPES, TINY_ARCH
+from tests.helpers.versions import SHAPES, TINY_ARCH
 
 ROOT = Path(__file__).resolve().parents[2]
 TENSORS = [TensorSpec(name, shape) for name, shape in SHAPES.items()]   # what TINY_ARCH trains

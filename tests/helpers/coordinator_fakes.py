@@ -17,14 +17,10 @@ from coordinator.app import create_app
 from coordinator.config import Config
 from coordinator.db import drop_everything
 from protocol import artifact, wire
-from protocol.arch import Arch, ModelConfig
+from tests.helpers.versions import SHAPES, TINY_ARCH  # noqa: F401  (re-exported for the coordinator tests)
 
 TEST_DB_ENV = "FEDKEYS_TEST_DATABASE_URL"
 ADMIN_TOKEN = "admin-secret-for-tests"   # what make_config sets: at least 16 characters
-# A real exporter's architecture, tiny: the coordinator refuses a manifest whose tensors are not
-# the ones its arch trains (`artifact.checked_architecture`).
-TINY_ARCH = Arch(ModelConfig(vocab_size=8, embed_dim=4, hidden_dim=2, train_batch=2, seq_len=20))
-SHAPES = dict(TINY_ARCH.model.weight_shapes())
 
 
 def make_version(directory: Path, version_id: str = "v0000", *, seed: int = 0,
