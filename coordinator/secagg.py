@@ -80,7 +80,7 @@ def _member(s: Session, round_id: int, device_id: str) -> SecAggMember:
 
 
 def _wait(coord: Coordinator, phase: str) -> dict[str, Any]:
-    return sw.wait(phase, max(wire.MIN_RETRY_AFTER_S, min(coord.config.secagg_poll_s, 60.0)))
+    return sw.wait(phase, sw.poll_wait(coord.config.secagg_poll_s))
 
 
 def _params(row: SecAggRound) -> dict[str, Any]:

@@ -46,7 +46,11 @@ def carried_privacy(coord: Coordinator, manifest: artifact.Manifest) -> dict[str
     if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds != len(history):
         raise bad_request(f"{manifest.version_id}: its manifest says {brought['rounds']} rounds but holds "
                           f"a history of {len(history)}")
-    priv = brought | privacy.summarize(history, coord.config.privacy_delta)
+    # Numbers accounted here; what the record says besides them (a secure round's assumptions and
+    # note) kept, as write_candidate keeps a round's note over summarize's defaults.
+    fresh = privacy.summarize(history, coord.config.privacy_delta)
+    numbers = ("epsilon", "epsilon_local", "delta", "rounds", "history", "accountant")
+    priv = fresh | {k: v for k, v in brought.items() if k not in numbers}
     return {k: views._jf(v) if isinstance(v, float) else v for k, v in priv.items()}
 
 
@@ -68,7 +72,9 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
     with coord._sessions() as s:   # refused before its files are stored
         _check_import(s, manifest, d, any_parent)
-    carried = carried_privacy(coord, manifest)   # used if its parent is not held here; checked before storing
+        held = bool(manifest.parent) and s.get(Version, manifest.parent) is not None
+    # A parent held here gives its record; else the manifest's own, checked before anything is stored.
+    carried = None if held else carried_privacy(coord, manifest)
     w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
     manifest.weights_q8_sha256 = put_download_form(coord, weights)
     g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
@@ -80,7 +86,8 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
             supersede_candidate(s, manifest.version_id)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
         # The parent's record as it is (JSON-safe, its secure-aggregation notes kept): an import adds no release.
-        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else carried
+        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else \
+            carried if carried is not None else carried_privacy(coord, manifest)
         artifact.sign_manifest(manifest, coord.signing_key)
         v = Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
                     manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,

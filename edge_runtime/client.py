@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import requests
-import urllib3
+import urllib3.response
 
 from edge_runtime.errors import EdgeError
 from protocol import wire
@@ -87,9 +87,10 @@ def _arriving(resp: requests.Response) -> Iterator[bytes]:
     n bytes reads until it has them), so a deadline checked between its chunks waited for the
     trickle to fill one; `read1` returns what one read brings. urllib3's errors become requests'
     own, as `iter_content` makes them."""
-    read1 = getattr(resp.raw, "read1", None) if isinstance(resp.raw, urllib3.BaseHTTPResponse) else None
-    if read1 is None:   # an injected transport's file-like body (or a urllib3 before 2.0)
-        yield from resp.iter_content(64 * 1024)
+    # urllib3.response.HTTPResponse is in 1.x and 2.x (BaseHTTPResponse only in 2.x); read1 from 2.2.
+    read1 = getattr(resp.raw, "read1", None) if isinstance(resp.raw, urllib3.response.HTTPResponse) else None
+    if read1 is None:   # an injected transport's file-like body, or a urllib3 before 2.2: small chunks
+        yield from resp.iter_content(1024)
         return
     try:
         while chunk := read1(64 * 1024, decode_content=True):
@@ -120,11 +121,14 @@ def _read_capped(resp: requests.Response, max_bytes: int, what: str, *, deadline
         resp.close()
         raise ProtocolError(f"{what}: answer of {declared} bytes is larger than {max_bytes}")
     buf = bytearray()
+    whole = int(declared) if declared.isdigit() else None
     for chunk in _arriving(resp):
         buf += chunk
         if len(buf) > max_bytes:
             resp.close()
             raise ProtocolError(f"{what}: answer larger than {max_bytes} bytes")
+        if whole is not None and len(buf) >= whole:   # all of it is here: a receipt is not thrown away
+            continue
         if stop is not None and stop.is_set():
             resp.close()
             raise TransientError(f"{what}: stopped while the answer came in")

@@ -69,7 +69,9 @@ class Revealer:
         return sw.SecAggReveal({j: self.shares[j][0] for j in surv}, {j: self.shares[j][1] for j in drop})
 
 
-MAX_MU = 1e15   # a Skellam share's Poisson mean; numpy's sampler takes up to about 9e18
+# A Skellam share's Poisson mean: a larger one would wrap the ring by itself (numpy's sampler stops
+# near 9.2e18). Honest rosters of small cohorts at moderate noise reach about 3e15.
+MAX_MU = float(ddp.HALF_RING) ** 2
 
 
 def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int, sw.Neighbour]:
@@ -89,7 +91,8 @@ def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int
     except OverflowError:
         raise Refused(f"scale {r.scale:g} is out of range") from None
     if not r.mu <= MAX_MU:   # NaN too; past it numpy's Poisson sampler raises (mu 1e30, or scale 1e12)
-        raise Refused(f"Skellam share mu {r.mu:g} is more than a sampler takes ({MAX_MU:g})")
+        raise Refused(f"Skellam share mu {r.mu:g} is out of range: noise that large would wrap the ring "
+                      f"(at most {MAX_MU:g})")
     if r.mu < want_mu * (1 - 1e-9):
         raise Refused(f"Skellam share mu {r.mu:g} is less than the plan's noise needs ({want_mu:g})")
     want = secagg.neighbours(r.n, r.k, r.graph_seed)[r.index]
@@ -156,18 +159,7 @@ class _Channel:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise Refused(f"secure aggregation timed out waiting at {step} ({d.get('phase')})")
-            self._wait(min(poll_wait(d.get("retry_after")), left))
-
-
-def poll_wait(retry_after: Any) -> float:
-    """Seconds until the next poll: the coordinator's retry_after within [wire.MIN_RETRY_AFTER_S,
-    60]. Taken as sent, 0 (or a negative or NaN) had the device poll in a tight loop until the
-    round's deadline, up to an hour."""
-    try:
-        wait = float(retry_after)
-    except (TypeError, ValueError, OverflowError):
-        return wire.MIN_RETRY_AFTER_S
-    return min(max(wait, wire.MIN_RETRY_AFTER_S), 60.0) if math.isfinite(wait) else wire.MIN_RETRY_AFTER_S
+            self._wait(min(sw.poll_wait(d.get("retry_after")), left))
 
 
 def masked_vector(vector: np.ndarray, roster: sw.SecAggRoster, mask_sk: bytes, self_seed: bytes,

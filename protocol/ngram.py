@@ -718,7 +718,8 @@ class KneserNeyLM:
     def save(self, path: str | os.PathLike[str], *, mode: int | None = None) -> None:
         """Write the model as a numpy .npz (no pickle): loading it needs no refit. Atomically
         (`protocol.artifact.atomic_write`: a failed write leaves the old file or none), private
-        unless `mode` says otherwise: a model counted from users' text holds their word sequences."""
+        unless `mode` says otherwise: a model counted from users' text holds their word sequences.
+        The compressed archive is built in memory first (24 MB for the shipped base n-gram)."""
         self._check()
         arrays: dict[str, np.ndarray] = {
             "meta": np.array([self.order, self.min_count, self.n_words], dtype=np.int64),

@@ -17,11 +17,13 @@ Byte strings travel as lowercase hex. Standard library only, like protocol.wire.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.wire import (
+    MIN_RETRY_AFTER_S,
     PROTOCOL_VERSION,
     WireError,
     _bool,
@@ -67,6 +69,20 @@ def _indices(d: Mapping[str, Any], key: str) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise WireError(f"{key!r} lists an index twice")
     return tuple(out)
+
+
+MAX_POLL_S = 60.0   # the longest wait between a device's polls, whatever either side's setting
+
+
+def poll_wait(retry_after: Any) -> float:
+    """Seconds between polls: `retry_after` within [MIN_RETRY_AFTER_S, MAX_POLL_S]. The
+    coordinator sends it so; a device takes it so, since 0 (or a negative or NaN) once had it poll
+    in a tight loop until the round's deadline, up to an hour."""
+    try:
+        wait = float(retry_after)
+    except (TypeError, ValueError, OverflowError):
+        return MIN_RETRY_AFTER_S
+    return min(max(wait, MIN_RETRY_AFTER_S), MAX_POLL_S) if math.isfinite(wait) else MIN_RETRY_AFTER_S
 
 
 def wait(phase: str, retry_after: float) -> dict[str, Any]:

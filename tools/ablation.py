@@ -23,6 +23,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from protocol.artifact import read_manifest
 from protocol.cli import HelpFormatter, add_version
 from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 from tools.shipped import SHIPPED_V0
@@ -186,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{shared.size:,} n-gram probabilities", "— (not shippable)")
     row("Kneser-Ney trigram, proxy text only (the shipped base n-gram)", base.session,
         f"{base.size:,} n-gram probabilities", base_once)
-    from protocol.artifact import read_manifest
-
     softmax = read_manifest(args.model).architecture().model.vocab_size
     parts = [(f"LSTM, {softmax:,}-word softmax only",
               dict(tail=False, base=False, own_words=False, personal_lstm=False)),
@@ -215,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             *costs(args.central, False))
         row("central LSTM in the keyboard", keyboard_factory(args.central, tail=True, base=True, own_words=True,
                                                              personal_lstm=True), *costs(args.central, True))
-    print(f"\nEvery row scored the same {' / '.join(f'{w:,}' for w in sorted(scored))} words. The user's own "
+    counts = " / ".join(f"{w:,}" for w in sorted(scored))
+    print(f"\n{'Every row scored the same' if len(scored) == 1 else 'Rows scored'} {counts} words. The user's own "
           "words and own copy of the LSTM are learned on the device: nothing to download.")
     if args.ngram_bounds:
         ngram_bounds(args, split, base, central_ngram, shared)

@@ -34,7 +34,12 @@ class CoordinatorProcessError(RuntimeError):
     """The coordinator process did not start, exited, or refused an admin call; says why.
 
     Callers translate it into their own error at their boundary (SimulationError, LoadError, a
-    failed end-to-end check), so each tool keeps one error tree."""
+    failed end-to-end check), so each tool keeps one error tree. `reason` is the message without
+    the pointer to the log, for a caller that quotes the log itself."""
+
+    def __init__(self, reason: str, log_path: Path | None = None) -> None:
+        super().__init__(reason + (f"; see {log_path}" if log_path else ""))
+        self.reason, self.log_path = reason, log_path
 
 
 def free_port(host: str = HOST) -> int:
@@ -59,18 +64,17 @@ def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path | None = None,
     """Return once `url`/healthz answers 200; raise if `proc` exits first or `timeout_s` passes."""
     import requests
 
-    see = f"; see {log_path}" if log_path else ""
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise CoordinatorProcessError(f"the coordinator exited (code {proc.returncode}){see}")
+            raise CoordinatorProcessError(f"the coordinator exited (code {proc.returncode})", log_path)
         try:
             if requests.get(url + wire.PATH_HEALTH, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise CoordinatorProcessError(f"the coordinator did not come up in {timeout_s:.0f} s{see}")
+            raise CoordinatorProcessError(f"the coordinator did not come up in {timeout_s:.0f} s", log_path)
         time.sleep(0.1)
 
 

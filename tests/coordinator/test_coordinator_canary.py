@@ -278,11 +278,16 @@ def test_an_imported_version_whose_parent_is_not_held_here_keeps_its_privacy_his
     d = s.coord.export_version(cand, tmp_path / "foreign")
     doc = json.loads((d / "manifest.json").read_text())
     doc.update(version_id="foreign-1", parent="held-elsewhere")
+    # what a secure round writes beside the numbers: kept (summarize's defaults said "no secure
+    # aggregation" over it, in the same signed record as the note)
+    doc["privacy"] |= {"assumptions": "a secure round's own words", "secure_aggregation": {"rounds": [1]}}
     (d / "manifest.json").write_text(json.dumps(doc))
     vid = s.coord.import_version(str(d))
     versions = {v["version_id"]: v for v in s.coord.list_versions()}
     mine, theirs = versions[vid], versions[cand]
     assert mine["privacy"]["rounds"] == 1 and mine["privacy"]["history"] == theirs["privacy"]["history"]
+    assert mine["privacy"]["assumptions"] == "a secure round's own words"
+    assert mine["privacy"]["secure_aggregation"] == {"rounds": [1]}
     assert mine["epsilon"] == pytest.approx(theirs["epsilon"]) and mine["epsilon"] > 0
     signed = json.loads((s.coord.export_version(vid, tmp_path / "again") / "manifest.json").read_text())
     assert signed["privacy"]["epsilon"] == pytest.approx(theirs["epsilon"])   # what devices download

@@ -353,12 +353,23 @@ def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
                         ({"n_min": 1}, "not a majority"), ({"n_min": 2}, "not a majority"),
                         ({"dim": dim - 1}, "values, the round expects"), ({"scale": 0.0}, "less than the plan's"),
                         # numbers no sampler takes: they escaped as OverflowError / ValueError, not refusals
-                        ({"scale": 1e200}, "out of range"), ({"mu": 1e30}, "more than a sampler takes"),
-                        ({"scale": scale * 1e6, "mu": mu * 1e12}, "more than a sampler takes")]:
+                        ({"scale": 1e200}, "out of range"), ({"mu": 1e30}, "would wrap the ring"),
+                        ({"scale": scale * 1e6, "mu": mu * 1e12}, "would wrap the ring")]:
         with pytest.raises(secagg_client.Refused, match=why):
             secagg_client.check_roster(roster(**forged), plan, dim)
     # more noise than needed is the device's gain, not a reason to refuse
     assert secagg_client.check_roster(roster(mu=mu * 2), plan, dim)
+    # an honest roster of a small cohort at moderate noise: mu about 1.5e15 at the model's size (a
+    # bound of 1e15 refused it, and every device left the round)
+    small = wire.TrainPlan(round_id=1, epochs=1, batch_size=4, learning_rate=0.5, clip_norm=3.0,
+                           noise_multiplier=0.5, max_examples=4, secure_aggregation=True)
+    big_dim, n2 = 1_356_048, 2
+    s2 = ddp.choose_scale(small.clip_norm, n2, small.noise_multiplier, big_dim, n2)
+    mu2 = ddp.skellam_mu(small.noise_multiplier, s2, small.clip_norm, big_dim, n2)
+    assert mu2 > 1e15
+    pair = sw.SecAggRoster(round_id=1, index=0, n=n2, k=1, t=1, n_min=n2, graph_seed=seed, dim=big_dim, scale=s2,
+                           mu=mu2, neighbours=(sw.Neighbour(1, bytes([1]) * 32, bytes([2]) * 32),))
+    assert secagg_client.check_roster(pair, small, big_dim)
 
 
 def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path, capsys):

@@ -119,8 +119,6 @@ def _settings(data_dir: Path, database_url: str, uploaders: int) -> dict[str, st
 def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurrency: int, workers: int,
              threads: int, database_url: str = "", model: str | None = None, time_limit_s: float = 600.0,
              data_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
-    if not 1 <= uploaders <= devices:
-        raise LoadError("need 1 <= --uploaders <= --devices")
     t_end = time.monotonic() + time_limit_s
     tmp = tempfile.TemporaryDirectory(prefix="fedkeys-load-") if data_dir is None else None
     root = Path(tmp.name) if tmp else data_dir
@@ -151,8 +149,7 @@ def run_load(*, devices: int, uploaders: int, concurrency: int, upload_concurren
             url = coord.start_gunicorn(workers=workers, threads=threads,
                                        timeout_s=max(0.0, t_end - time.monotonic()))
         except CoordinatorProcessError as e:   # its log is in the run's temporary folder, gone after: quoted here
-            said = str(e).split("; see ")[0]
-            raise LoadError(f"{said}; the end of its log:\n{coord.log_path.read_text()[-2000:]}") from e
+            raise LoadError(f"{e.reason}; the end of its log:\n{coord.log_path.read_text()[-2000:]}") from e
         sampler = MemorySampler(coord.proc.pid)
         try:
             sampler.start()
