@@ -218,16 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "init" and not keys.is_initialised(cfg.data_dir):
             raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory (no {keys.SIGNING_KEY_FILE}); "
                               f"check --data-dir, or create one with: python -m coordinator init --data-dir DIR")
-        from sqlalchemy import make_url  # here: a device-only install has no SQLAlchemy (said below)
+        from coordinator import deployment  # here: a device-only install has no SQLAlchemy (said below)
 
-        from coordinator.db import holds_schema
-        if args.command != "init" and not holds_schema(cfg.resolved_database_url):
-            shown = make_url(cfg.resolved_database_url).render_as_string(hide_password=True)
-            raise ConfigError(f"no coordinator database at {shown}: check --database-url (init of {cfg.data_dir} "
-                              "made its database elsewhere), or create this one with: python -m coordinator init "
-                              "--data-dir DIR --database-url URL")
+        if args.command != "init":
+            deployment.require_database(cfg)
         if admin:   # the service's settings, under this command's own
-            from coordinator import deployment
             served = deployment.recorded(cfg.resolved_database_url)
             cfg = load_config(config_file=args.config, flags=_flags(args), served=served)
             deployment.note_differences(cfg, served)

@@ -37,6 +37,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
         if not keys.is_initialised(cfg.data_dir):
             raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory; create it with "
                               f"python -m coordinator init --data-dir {cfg.data_dir}")
+        deployment.require_database(cfg)   # and a database init made: a lost URL line must not mint one
     elif isinstance(config, Config):
         cfg = config
     else:
@@ -51,6 +52,11 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
         where = "admin_token" if cfg.admin_token else f"the admin token in {cfg.data_dir}/{keys.ADMIN_TOKEN_FILE}"
         raise ConfigError(f"{where} must be at least {MIN_ADMIN_TOKEN_CHARS} characters to be served (empty "
                           f"setting and no file: one is generated)")
+    if missing := deployment.missing_files(coordinator):
+        coordinator.close()
+        raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "
+                          "that devices are sent: it is older than its database (restored from an earlier "
+                          "backup?); restore both from the same backup (deploy/README.md)")
     coordinator.serving = True
     deployment.record(coordinator)   # admin commands take the service's settings as their defaults
     app.extensions["fedkeys"] = coordinator

@@ -105,7 +105,24 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7201358)"))  # released at commit
         cfg.attributes["connection"] = conn
+        if revision == "head" and _secagg_numbered_0002(conn):
+            command.stamp(cfg, "0001")       # what it really holds: 0001 and the secure-aggregation tables
+            command.upgrade(cfg, "0003")     # enrollment-key expiry and the selection window, never run
+            command.stamp(cfg, "0004")       # the secure-aggregation tables, the same as 0004 creates
         command.upgrade(cfg, revision)
+
+
+def _secagg_numbered_0002(conn) -> bool:
+    """A database from main between c1179a8 and b58b8f1 (2026-11-30), which shipped secure
+    aggregation as migration 0002. The merge of issue 12 renumbered that one 0004 and gave 0002
+    to enrollment-key expiry, so such a database says 0002 while holding the secure-aggregation
+    tables and no `expires_at`: upgraded as it says, it failed with "table secagg_rounds already
+    exists" on every command."""
+    found = inspect(conn)
+    if not (found.has_table("alembic_version") and found.has_table("secagg_rounds")):
+        return False
+    at = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return at == "0002" and "expires_at" not in {c["name"] for c in found.get_columns("enrollment_keys")}
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:

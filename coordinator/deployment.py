@@ -22,7 +22,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from coordinator.config import Config, ConfigError, deployment_settings
 from coordinator.db import probe, session_factory
-from coordinator.models import Setting
+from coordinator.models import Setting, Version
+from coordinator.states import VersionStatus
 from protocol.settings import coerce_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,35 @@ SIGNING_KEY = "signing_public_key"   # the data directory this database belongs 
 
 def _upsert(engine: Engine) -> Any:
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
+def require_database(cfg: Config) -> None:
+    """Refuse a database this coordinator's `init` never made (missing, or empty): only `init`
+    creates one. The CLI checked this and the gunicorn entry point did not, so a
+    FEDKEYS_COORDINATOR_DATABASE_URL line lost from coordinator.env (an unquoted `&`) had the
+    service create and serve a new, empty SQLite database in the data directory, record the
+    data directory's key in it and tell every enrolled device to enroll again."""
+    from sqlalchemy import make_url
+
+    from coordinator.db import holds_schema
+
+    if not holds_schema(cfg.resolved_database_url):
+        shown = make_url(cfg.resolved_database_url).render_as_string(hide_password=True)
+        raise ConfigError(f"no coordinator database at {shown}: check --database-url (init of {cfg.data_dir} "
+                          "made its database elsewhere), or create this one with: python -m coordinator init "
+                          "--data-dir DIR --database-url URL")
+
+
+def missing_files(coord: Any) -> list[str]:
+    """The versions devices are sent (stable, candidate) whose files the data directory lacks. A
+    data directory older than its database (restored from an earlier backup) holds the signing
+    key, so it passes `check_pairing`, and answered every download of a newer version with a 500."""
+    with coord._sessions() as s:
+        rows = s.execute(select(Version.id, Version.weights_sha256, Version.graph_sha256, Version.tokenizer_sha256,
+                                Version.manifest_json)
+                         .where(Version.status.in_([VersionStatus.STABLE, VersionStatus.CANDIDATE]))).all()
+    return [vid for vid, *digests, manifest in rows
+            if not all(coord.blobs.exists(d) for d in (*digests, json.loads(manifest).get("weights_q8_sha256")) if d)]
 
 
 def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path) -> None:

@@ -5,9 +5,11 @@ so he cannot invent a version, but he could replay an old reply and move a devic
 retired or canary-rejected version. So every reply carries this statement, signed by the
 coordinator's Ed25519 key and bound to the device:
 
-* `seq` grows with every change of the coordinator's rollout (a device refuses a lower one);
+* `seq` is when the coordinator signed it, in milliseconds (a device refuses a lower one than it
+  has seen: a replay);
 * `version_seq` orders versions; moving to an older one needs `rollback` (the coordinator
-  sets it when it deliberately sends the device back, e.g. after a rejected canary);
+  sets it when it deliberately sends the device back, e.g. after a rejected canary, or when
+  the device runs a version it does not hold, e.g. after a restore from a backup);
 * `expires_at` bounds how long a captured statement stays usable.
 
 The signature covers a domain-separated canonical JSON of every field but itself, so a
@@ -42,7 +44,7 @@ class RolloutState:
     device_id: str
     version_id: str
     channel: str          # stable | canary
-    seq: int              # coordinator's rollout sequence number (monotonic)
+    seq: int              # when the coordinator signed it, ms since the epoch (monotonic)
     version_seq: int      # the version's place in version history (newer: higher)
     rollback: bool        # a deliberate move to an older version
     expires_at: int       # unix seconds

@@ -189,3 +189,41 @@ def test_gunicorn_entry_point_refuses_a_mistyped_data_dir(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="not a coordinator data directory"):
         create_app()
     assert not typo.exists()
+
+
+def test_gunicorn_entry_point_refuses_a_database_init_never_made(tmp_path, monkeypatch):
+    """A data directory whose database is elsewhere, served without its URL (a line lost from
+    coordinator.env): `serve` refused, gunicorn's create_app() created and served a new, empty
+    SQLite database there, so every enrolled device was told to enroll again."""
+    from coordinator.__main__ import main as coordinator_main
+    from coordinator.app import create_app
+    from coordinator.config import ENV_PREFIX, ConfigError
+
+    d = tmp_path / "coord"
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert coordinator_main(["init", "--data-dir", str(d), "--database-url", elsewhere]) == 0
+    for k in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv(f"{ENV_PREFIX}DATA_DIR", str(d))   # and no DATABASE_URL: the default in the data dir
+    with pytest.raises(ConfigError, match="no coordinator database at sqlite:///.*coordinator.db"):
+        create_app()
+    assert not (d / "coordinator.db").exists()
+
+
+def test_a_data_directory_older_than_its_database_is_refused_at_start(tmp_path):
+    """Restored from an earlier backup than the database, the data directory holds the right key
+    but not the newer versions' files: the service started and answered each download with a 500."""
+    from coordinator.app import create_app
+    from coordinator.config import ConfigError
+    from tests.helpers.coordinator_fakes import make_config, make_version, serve
+
+    conf = make_config(tmp_path)
+    with serve(conf) as s:
+        make_version(tmp_path / "v0")
+        vid = s.coord.import_version(tmp_path / "v0")
+        from protocol.artifact import GRAPH, sha256_file
+
+        blob = s.coord.blobs.path(sha256_file(tmp_path / "v0" / GRAPH))
+    blob.unlink()   # as if the data directory came from a backup taken before the import
+    with pytest.raises(ConfigError, match=f"lacks the files of version\\(s\\) {vid} that devices are sent"):
+        create_app(conf)

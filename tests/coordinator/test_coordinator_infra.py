@@ -99,3 +99,42 @@ def test_migrations_upgrade_downgrade_idempotent(tmp_path):
     downgrade(engine)
     assert table_names(engine) == {"alembic_version"}
     engine.dispose()
+
+
+def test_a_database_from_when_secure_aggregation_was_migration_0002_upgrades(tmp_path):
+    """Main shipped secure aggregation as migration 0002 (2026-11-30, c1179a8..b58b8f1); a merge
+    renumbered it 0004 and gave 0002 to enrollment-key expiry. A database from that window (at
+    '0002', with the secure-aggregation tables) failed every command after an upgrade with
+    "table secagg_rounds already exists", its keys never getting `expires_at`."""
+    import importlib
+
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from sqlalchemy import inspect, text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0001")
+    old_0002 = importlib.import_module("coordinator.migrations.versions.0004_secagg")   # the same tables
+    now = "2026-11-30 12:00:00"
+    with engine.begin() as conn:
+        with Operations.context(MigrationContext.configure(conn)):
+            old_0002.upgrade()
+        conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+        conn.execute(text("INSERT INTO versions (id, seq, status, manifest_json, weights_sha256, graph_sha256, "
+                          "tokenizer_sha256, epsilon, delta, privacy_json, created_at) VALUES ('v0000', 1, 'stable', "
+                          f"'{{}}', 'w', 'g', 't', 0, 1e-6, '{{}}', '{now}')"))
+        conn.execute(text("INSERT INTO rounds (id, base_version_id, status, plan_json, goal_count, max_selected, "
+                          "min_count, population, deadline, created_at, reason) VALUES (1, 'v0000', 'done', '{}', "
+                          f"3, 3, 2, 0, '{now}', '{now}', '')"))
+        conn.execute(text("INSERT INTO secagg_rounds (round_id, phase, phase_started_at, params_json, survivors, "
+                          f"stats_json) VALUES (1, 'summed', '{now}', '{{}}', 3, '{{}}')"))
+    migrate(engine)
+    found = inspect(engine)
+    assert "expires_at" in {c["name"] for c in found.get_columns("enrollment_keys")}
+    assert "selection_ends_at" in {c["name"] for c in found.get_columns("rounds")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT survivors FROM secagg_rounds WHERE round_id = 1")).scalar() == 3
+        assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+    migrate(engine)   # and a second start has nothing to do
+    engine.dispose()

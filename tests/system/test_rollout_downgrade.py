@@ -73,3 +73,34 @@ def test_replayed_replies_cannot_downgrade(tmp_path, exported_version):
                 assert dev.store.current_id == v2
         finally:
             dev.close()
+
+
+def test_devices_follow_a_coordinator_restored_from_a_backup(tmp_path, exported_version):
+    """Restored from a backup, the coordinator's sequence numbers went back with its database: a
+    device that had moved on since refused every statement as a replay and kept a version the
+    restored coordinator did not know (nor could reject). SQLite: the backup is a file copy."""
+    conf = make_config(tmp_path, database_url=f"sqlite:///{tmp_path / 'coordinator.db'}")
+    backup = tmp_path / "backup"
+    with serve(conf) as s:
+        v0 = s.coord.import_version(exported_version)
+        dev = enrolled_observer(s, tmp_path / "dev")
+    try:
+        shutil.copytree(tmp_path / "data", backup / "data")               # the backup: both, together
+        shutil.copy2(tmp_path / "coordinator.db", backup / "coordinator.db")
+        with serve(conf) as s:
+            dev.client.base_url = s.url
+            agent.run_once(dev)
+            v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
+            s.coord.admin_decide(v1, "promote")
+            agent.run_once(dev)
+            assert dev.store.current_id == v1
+        shutil.rmtree(tmp_path / "data")                                   # the restore
+        shutil.copytree(backup / "data", tmp_path / "data")
+        shutil.copy2(backup / "coordinator.db", tmp_path / "coordinator.db")
+        with serve(conf) as s:
+            dev.client.base_url = s.url
+            assert [v["version_id"] for v in s.coord.list_versions()] == [v0]
+            agent.run_once(dev)
+            assert dev.store.current_id == v0, "the device stayed on a version the restored coordinator lost"
+    finally:
+        dev.close()
