@@ -56,7 +56,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
         coordinator.close()
         raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "
                           "that devices are sent: it is older than its database (restored from an earlier "
-                          "backup?); restore both from the same backup (deploy/README.md)")
+                          "backup?); restore both from the same backup (deploy/README.md), or take that version "
+                          "out of service with the admin commands (reject, rollback), which still run")
     coordinator.serving = True
     deployment.record(coordinator)   # admin commands take the service's settings as their defaults
     app.extensions["fedkeys"] = coordinator
