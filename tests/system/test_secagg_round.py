@@ -221,6 +221,9 @@ def test_a_device_whose_inbox_is_withheld_uploads_nothing(tmp_path, exported_ver
             target = db.scalar(select(SecAggMember).where(SecAggMember.round_id == rid,
                                                           SecAggMember.device_id == targeted[0]))
             assert target.masked_sha256 is None   # nothing of its vector reached the coordinator
+        # the others' round ends without it (and no unmask is left running when the service stops)
+        rnd = wait_closed(s.coord, rid)
+        assert (rnd["status"], rnd["accepted"]) == ("done", n - 1), rnd
 
 
 def test_a_key_no_exchange_can_use_is_refused_at_the_keys_step(tmp_path):
