@@ -214,7 +214,9 @@ def test_loop_backs_off_on_transient_errors_and_stops(device):
 
     device.client.tasks = [TransientError("down"), TransientError("down", retry_after=0.015),
                            wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)]
-    assert agent.run_loop(device, stop=Stopper()) == 0
+    stopper = Stopper()
+    assert agent.run_loop(device, stop=stopper) == 0
+    assert device.client.stopping is stopper   # an answer coming in ends at the stop too (client.py)
     assert waits[0] == pytest.approx(0.01, rel=0.2) and waits[1] == pytest.approx(0.02, rel=0.2)
     assert 4.5 <= waits[2] <= 5.5
 
