@@ -16,12 +16,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, make_url, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from coordinator.config import Config, ConfigError, deployment_settings
-from coordinator.db import probe, session_factory
+from coordinator.db import holds_schema, probe, session_factory
 from coordinator.models import Setting, Version
 from coordinator.states import VersionStatus
 from protocol.settings import coerce_settings
@@ -42,10 +42,6 @@ def require_database(cfg: Config) -> None:
     FEDKEYS_COORDINATOR_DATABASE_URL line lost from coordinator.env (an unquoted `&`) had the
     service create and serve a new, empty SQLite database in the data directory, record the
     data directory's key in it and tell every enrolled device to enroll again."""
-    from sqlalchemy import make_url
-
-    from coordinator.db import holds_schema
-
     if not holds_schema(cfg.resolved_database_url):
         shown = make_url(cfg.resolved_database_url).render_as_string(hide_password=True)
         raise ConfigError(f"no coordinator database at {shown}: check --database-url (init of {cfg.data_dir} "

@@ -86,8 +86,8 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
             supersede_candidate(s, manifest.version_id)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
         # The parent's record as it is (JSON-safe, its secure-aggregation notes kept): an import adds no release.
-        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else \
-            carried if carried is not None else carried_privacy(coord, manifest)
+        # (versions are never deleted: a parent held above is held here, so `carried` is set whenever it is missing)
+        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else carried
         artifact.sign_manifest(manifest, coord.signing_key)
         v = Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
                     manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = split.part(args.split)
     if not texts:
         raise ValueError(f"the {args.split} split of {args.corpus} has no users; try --split train")
-    if args.baseline and (args.split == "train" or not split.texts("train")):   # else scored on its own text
+    train = split.texts("train") if args.baseline else []
+    if args.baseline and (args.split == "train" or not train):   # else scored on its own text
         raise ValueError("--baseline fits its trigram on the train users and scores the others: "
                          + ("leave out --split train" if args.split == "train" else
                             f"{args.corpus} has no train users (every user fell in validation or test)"))
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict] = {}
     if args.baseline:
         t0 = time.time()
-        lm = KneserNeyLM.fit(split.texts("train"), order=3)
+        lm = KneserNeyLM.fit(train, order=3)
         rows["ngram"] = evaluate_words(lm.session, texts, max_words=args.max_words, progress=progress,
                                        desc="n-gram").to_dict()
         rows["ngram"]["seconds"] = round(time.time() - t0, 1)
