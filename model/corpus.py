@@ -54,6 +54,8 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
         raise CorpusError(f"{p}: no such file{hint}")
     if p.is_dir():
         raise CorpusError(f"{p}: is a directory, expected a .jsonl or text file")
+    if not p.is_file():   # a pipe (<(zcat f.gz)) or FIFO: tools read a corpus more than once
+        raise CorpusError(f"{p}: not a regular file (a pipe or a device?): save it to a file first")
     try:
         text = p.read_text(encoding="utf-8-sig")   # -sig: a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
@@ -64,7 +66,7 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
     if first is None:
         raise CorpusError(f"{p}: file is empty")
     sniffed = fmt == "auto"
-    array = _json_array(text) if fmt in ("auto", "json") else None   # parsed once: a corpus may be large
+    array = _json_array(text, p) if fmt in ("auto", "json") else None   # parsed once: a corpus may be large
     if sniffed:
         fmt = "json" if array is not None else _sniff(first)
     if fmt == "json":
@@ -89,18 +91,39 @@ def _json_lines(p: Path, lines: list[str], sniffed_first: str | None) -> Iterato
             hint = ("; if the file is plain text that starts with '{', convert it with `python -m tools.prepare "
                     "FILE --format lines --out FILE.jsonl`" if line == sniffed_first else "")
             raise CorpusError(f"{p}:{no}: malformed JSON at column {e.colno}: {e.msg}{hint}") from None
+        except (ValueError, RecursionError) as e:   # nested thousands deep, an integer of 4,300+ digits
+            raise CorpusError(f"{p}:{no}: JSON this tool cannot read: {_plain(e)}") from None
 
 
-def _json_array(text: str) -> list | None:
+_EXPORT = re.compile(r"\s*\[\s*\{")   # how an export of records opens: "[{" or "[\n {"
+
+
+def _json_array(text: str, p: Path | None = None) -> list | None:
     """The file as one JSON array of records (an export, not JSON Lines), or None when it is not
-    one: it must open with an object ("[1]" or "[Enter Hamlet]" opening a plain text is text)."""
+    one: it must open with an object ("[1]" or "[Enter Hamlet]" opening a plain text is text).
+    Given the file's path `p`, a text that opens as an export and does not parse (cut short, a
+    trailing comma) is refused where it breaks: read as plain text, its JSON would be the corpus."""
     if not text.lstrip().startswith("["):
         return None
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError):
+    except json.JSONDecodeError as e:   # "Extra data": one value, then more (JSON Lines, which `_sniff` reads)
+        if p is not None and _EXPORT.match(text) and e.msg != "Extra data":
+            raise CorpusError(f"{p}:{e.lineno}: malformed JSON at column {e.colno}: {e.msg} "
+                              "(the file opens as a JSON array of records)") from None
+        return None
+    except (ValueError, RecursionError) as e:
+        if p is not None and _EXPORT.match(text):
+            raise CorpusError(f"{p}: JSON this tool cannot read: {_plain(e)}") from None
         return None
     return value if isinstance(value, list) and value and isinstance(value[0], dict) else None
+
+
+def _plain(e: Exception) -> str:
+    """What a JSON parser's non-syntax failure means, without Python's advice."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return "a number too long to read" if "digits" in str(e) else str(e).split(";")[0][:120]
 
 
 def _records(p: Path, objects: Iterable[tuple[str, object]], uf: str, tf: str) -> list[Record]:

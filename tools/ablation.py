@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     users = split.test
     if not users:
         raise ValueError(f"{args.corpus}: no held-out (test) users; the corpus needs more users")
+    if not split.train:   # the central trigram is fitted on them
+        raise ValueError(f"{args.corpus}: no train users for the central references; the corpus needs more users")
 
     if args.max_keystrokes < 1:
         raise ValueError("--max-keystrokes must be >= 1")

@@ -22,6 +22,7 @@ Re-running reuses the reference scores and replaces the simulation (DIR/runs/).
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import threading
@@ -96,14 +97,17 @@ def simulation_args(args: argparse.Namespace) -> argparse.Namespace:
 def default_devices(corpus: str) -> int:
     """The demo's device count: its default, or every train user when the corpus has fewer (a
     small corpus still runs the demo; the simulator does the same with an explicit --devices)."""
-    from model.corpus import read_corpus, split_users
+    from model.corpus import CorpusError, read_corpus, split_users
     from tools.prepare import one_writer_hint
 
     train = len(split_users(read_corpus(corpus), seed=0).train)
+    if not train:
+        raise CorpusError(f"{corpus}: no train users (every user hashed to validation or held-out), so no device "
+                          "to run; the corpus needs more users" + one_writer_hint(corpus))
     if train < DEMO_DEFAULTS["devices"]:
-        print(f"note: {corpus} has {train} train user(s), so the demo runs {max(1, train)} device(s)"
+        print(f"note: {corpus} has {train} train user(s), so the demo runs {train} device(s)"
               + one_writer_hint(corpus))
-    return max(1, min(DEMO_DEFAULTS["devices"], train))
+    return min(DEMO_DEFAULTS["devices"], train)
 
 
 def _has_tensorflow() -> bool:
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.with_central or args.rebuild) and not _has_tensorflow():
         raise ValueError("--with-central and --rebuild train with TensorFlow, which the demo's own environment "
                          "leaves out: make setup && make demo DEMO_VENV=.venv ARGS=...")
-    command = "python -m tools.demo " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "-m", "tools.demo", *(sys.argv[1:] if argv is None else argv)])
     try:
         result = simulate(simulation_args(args), command.strip())
     except SimulationError as e:

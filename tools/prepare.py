@@ -175,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     if not split.test:
         print("warning: nothing is held out (" + ("fewer than 3 texts" if s["users"] == 1 else "too few users")
               + "): tools.evaluate and tools.simulate need held-out text" + deal)
+    elif not split.train:
+        print("warning: no train users (every user hashed to validation or held-out): tools.simulate has no "
+              "device to run; the corpus needs more users" + deal)
     elif len(split.train) < SIMULATE_DEVICES:
         print(f"note: tools.simulate --devices {SIMULATE_DEVICES} needs {SIMULATE_DEVICES} train users and this corpus "
-              f"has {len(split.train)}: pass --devices {max(1, len(split.train))}{deal}")
+              f"has {len(split.train)}: pass --devices {len(split.train)}{deal}")
     return 0
 
 

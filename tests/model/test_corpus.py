@@ -99,6 +99,45 @@ def test_bad_files_say_what_and_where(tmp_path, lines, match):
         read_corpus(write(tmp_path, "bad.jsonl", lines))
 
 
+def test_a_damaged_export_is_refused_where_it_breaks(tmp_path):
+    """An export cut short (or with a trailing comma) was read as plain text: its JSON syntax became
+    the corpus, one user's texts "[", "{", ..., and every tool went on with exit 0."""
+    rows = json.dumps([{"user": f"u{i % 3}", "text": f"text {i}"} for i in range(12)], indent=1)
+    cut = tmp_path / "cut.json"
+    cut.write_text(rows[:-40])
+    with pytest.raises(CorpusError, match=r"cut.json:\d+: malformed JSON at column \d+: .*opens as a JSON array"):
+        read_corpus(cut)
+    comma = tmp_path / "comma.json"
+    comma.write_text('[{"user": "a", "text": "ok"},]')
+    with pytest.raises(CorpusError, match=r"comma.json:1: malformed JSON at column 30"):
+        read_corpus(comma)
+
+
+@pytest.mark.parametrize("value,match", [("[" * 5000 + "]" * 5000, "nested too deeply"),
+                                         ("1" * 5000, "a number too long to read")])
+def test_json_python_cannot_read_is_named_not_a_traceback(tmp_path, value, match):
+    """Deep nesting raised RecursionError and a 5,000-digit number ValueError past the JSON error
+    handling: a stack trace from every corpus tool."""
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"user": "a", "text": "ok"}\n{"user": "b", "text": "ok", "meta": ' + value + "}\n")
+    with pytest.raises(CorpusError, match=f"deep.jsonl:2: JSON this tool cannot read: {match}"):
+        read_corpus(lines)
+    export = tmp_path / "deep.json"
+    export.write_text('[{"user": "a", "text": "ok", "meta": ' + value + "}]")
+    with pytest.raises(CorpusError, match=f"deep.json: JSON this tool cannot read: {match}"):
+        read_corpus(export)
+
+
+def test_a_pipe_is_refused_not_read_twice(tmp_path):
+    """Tools read a corpus more than once: a pipe's second read found it drained and took the
+    file for one plain-text user (or a FIFO hung)."""
+    import os
+    fifo = tmp_path / "corpus.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(CorpusError, match="not a regular file .*save it to a file first"):
+        read_corpus(fifo)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CorpusError, match="no such file$"):
         read_corpus(tmp_path / "nope.jsonl")

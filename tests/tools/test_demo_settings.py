@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from model.corpus import read_corpus, split_users
+import pytest
+
+from model.corpus import Record, read_corpus, split_users
 from tests.tools.test_simulate import write_corpus
 from tools._cli import DEFAULT_CORPUS
 from tools.demo import DEMO_DEFAULTS, build_parser, simulation_args
@@ -42,6 +44,19 @@ def test_a_one_writer_text_file_runs_one_device_and_says_how_to_get_more(tmp_pat
     book.write_text("".join(f"line {i} of one writer's book\n" for i in range(50)))
     assert simulation_args(build_parser().parse_args(["--corpus", str(book)])).devices == 1
     assert f"python -m tools.prepare {book} --texts-per-user 20" in capsys.readouterr().out
+
+
+def test_a_corpus_without_train_users_is_refused_not_run_on_one_device(tmp_path):
+    """It printed "the demo runs 1 device(s)", then failed on "only 0 train user(s)"."""
+    import json
+
+    from model.corpus import CorpusError
+    names = [f"u{i}" for i in range(400)]
+    held = [n for n in names if n not in split_users([Record(n, "x") for n in names], seed=0).train][:4]
+    corpus = tmp_path / "held.jsonl"
+    corpus.write_text("".join(json.dumps({"user": n, "text": "some words here"}) + "\n" for n in held))
+    with pytest.raises(CorpusError, match="no train users"):
+        simulation_args(build_parser().parse_args(["--corpus", str(corpus)]))
 
 
 def test_an_explicit_device_count_is_kept():

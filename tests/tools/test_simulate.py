@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from model.corpus import read_corpus, split_users
+
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the king shall come to the castle tonight and my lord will speak with thee of love and war "
          "good morrow sweet friend I pray you tell me what news from the court").split()
@@ -151,6 +153,27 @@ def test_bad_input_is_one_line(tmp_path):
                      "--data-dir", str(data_dir), "--no-central")
         assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'a-file'} is a file, not a folder"), \
             r.stderr
+
+
+def test_devices_are_users_who_can_train_and_a_corpus_of_single_texts_is_refused(tmp_path):
+    """A device keeps its newest text back to evaluate on, so a user of one text trains nothing:
+    e-mail's simulations ran 5 such senders of one long e-mail among their 32 devices."""
+    from tools.simulate.population import load_population
+
+    rows = [{"user": f"long{i}", "text": "word " * 400} for i in range(3)]          # one long text each
+    rows += [{"user": f"u{i}", "text": f"short text {j} of user {i}"} for i in range(40) for j in range(3)]
+    corpus = tmp_path / "mixed.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = split_users(read_corpus(str(corpus)), seed=0).train
+    assert sum(u.startswith("long") for u in train) >= 1        # a long single text would have ranked first
+    pop = load_population(str(corpus), 4)
+    assert [len(texts) >= 2 for _, texts in pop.users] == [True] * 4, pop.users
+    single = tmp_path / "single.jsonl"
+    single.write_text("".join(json.dumps({"user": f"u{i}", "text": f"hi there {i}"}) + "\n" for i in range(40)))
+    r = simulate("--corpus", str(single), "--proxy", str(corpus), "--devices", "2", "--rounds", "1",
+                 "--data-dir", str(tmp_path / "d"), "--no-central")
+    assert r.returncode == 2 and "every device's user has one text" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_child_tools_run_without_progress_bars_when_the_simulation_shows_none(monkeypatch):

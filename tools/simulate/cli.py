@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -162,7 +163,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     """The whole simulation (also the demo's core)."""
     from rich.console import Console
 
-    from model.corpus import read_corpus
+    from model.corpus import CorpusError, read_corpus
 
     check_args(args)
     quiet_tensorflow()
@@ -173,9 +174,19 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
         read_corpus(path)      # fail fast, with a clear message, before minutes of training
     pop = load_population(args.corpus, args.devices, fewer=True)
     if len(pop.users) < args.devices:   # recorded as run, so tools.rescore finds the same devices
+        from tools.prepare import one_writer_hint
         console.print(f"note: {args.corpus} has {len(pop.users)} train user(s), so {len(pop.users)} devices run, "
-                      f"not --devices {args.devices}; each device is one user", soft_wrap=True)
+                      f"not --devices {args.devices}; each device is one user" + one_writer_hint(args.corpus),
+                      soft_wrap=True)
         args.devices = len(pop.users)
+    single = sum(len(texts) < 2 for _, texts in pop.users)
+    if single == len(pop.users):
+        raise CorpusError(f"{args.corpus}: every device's user has one text, and a device keeps its newest text "
+                              "back to evaluate on, so no device would train; split long texts into several "
+                              "(tools.prepare --texts-per-user or --format paragraphs) or use users of 2+ texts")
+    if single:
+        console.print(f"note: {single} of the {len(pop.users)} devices hold one text, which they keep back to "
+                      "evaluate on: they train nothing", soft_wrap=True)
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     v0 = ensure_v0(data, args)
@@ -205,7 +216,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
 def main(argv: list[str] | None = None) -> int:
     """Parse, simulate, exit 1 with one line when the simulation cannot go on."""
     args = build_parser().parse_args(argv)
-    command = "python -m tools.simulate " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "-m", "tools.simulate", *(sys.argv[1:] if argv is None else argv)])
     try:
         simulate(args, command)
     except SimulationError as e:

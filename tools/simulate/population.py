@@ -34,9 +34,9 @@ class Population:
 
 
 def load_population(corpus: str, devices: int | None, *, fewer: bool = False) -> Population:
-    """The `devices` train users with the most text (each device is one user; None: all of them),
-    and the held-out texts. A corpus with fewer train users is refused, or with `fewer` gives
-    them all (the simulator says so).
+    """The `devices` train users with the most text (each device is one user; None: all of them;
+    users of one text last, since they train nothing), and the held-out texts. A corpus with
+    fewer train users is refused, or with `fewer` gives them all (the simulator says so).
 
     The users are split with seed 0, as tools.pretrain and tools.evaluate do, so the central
     reference never trained on the held-out users."""
@@ -48,7 +48,9 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
         from tools.prepare import one_writer_hint
         raise CorpusError(f"{corpus}: only {len(split.train)} train user(s), fewer than --devices {devices}"
                           + one_writer_hint(corpus))
-    ranked = sorted(split.train.items(), key=lambda kv: (-sum(len(t) for t in kv[1]), kv[0]))
+    # A device keeps its newest text back to evaluate on (edge_runtime.cache.holdout_count), so a
+    # user of one text trains nothing however long it is: such users come last.
+    ranked = sorted(split.train.items(), key=lambda kv: (len(kv[1]) < 2, -sum(len(t) for t in kv[1]), kv[0]))
     return Population(users=ranked[:devices], heldout=dict(split.test), train_users=len(split.train),
                       test_users=len(split.test))
 
