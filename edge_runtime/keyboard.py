@@ -39,6 +39,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import sys
@@ -61,9 +62,10 @@ from edge_runtime.eligibility import ActivityClock
 from edge_runtime.errors import EdgeError
 from edge_runtime.idle_worker import IdleWorker
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
-from edge_runtime.paths import ACTIVITY_FILE
+from edge_runtime.paths import ACTIVITY_FILE, KEYBOARD_TOKEN_FILE
 from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.predictor import Session
+from protocol.artifact import atomic_write
 from protocol.cli import url_host
 from protocol.text import plain_quotes, quote_led, tokens
 
@@ -664,7 +666,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], app: KeyboardApp) -> None:
+    def __init__(self, addr: tuple[str, int], app: KeyboardApp, token: str) -> None:
         if ":" in addr[0]:
             import socket
 
@@ -674,7 +676,7 @@ class _Server(ThreadingHTTPServer):
         self.idle = IdleWorker(app.prefetch)
         self.idle.submit(None)   # builds the user's words now, before the first keystroke
         self.bind_name = addr[0].strip("[]").lower()
-        self.token = secrets.token_urlsafe(24)   # per server session; shown only in the printed URL
+        self.token = token   # shown only in the printed URL
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A browser gone mid-request (a tab closed, a reset keep-alive connection) is not an
@@ -745,7 +747,7 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
                         "(`run`) installs one, or pass --model DIR; typed text is still cached", data_dir)
         app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
         try:
-            server = _Server((host, port), app)
+            server = _Server((host, port), app, _page_token(data_dir))
         except OSError as e:   # one line, the user's choice to change (was "OSError: [Errno 98] ...", exit 1)
             if e.errno == errno.EADDRINUSE:
                 raise KeyboardError(f"port {port} on {host} is in use by another program: choose another "
@@ -759,6 +761,27 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
             owned.close()
         raise
     return server, owned
+
+
+def _page_token(data_dir: Path) -> str:
+    """The page's key, kept in the data directory (0600) so that a page left open across a restart
+    of the device process still reaches it: with a new key per process every call of that page
+    was refused, and the sentences it had queued while the process was down were dropped. The
+    key guards against other local processes and other sites, as before; it holds no text."""
+    path = data_dir / KEYBOARD_TOKEN_FILE
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+        if re.fullmatch(r"[A-Za-z0-9_-]{32}", kept):
+            return kept
+    except (OSError, UnicodeDecodeError):
+        pass
+    token = secrets.token_urlsafe(24)
+    try:
+        atomic_write(path, token.encode())
+    except OSError as e:   # a read-only data directory: a key for this process only
+        log.warning("keyboard: cannot keep the page's key in %s (%s): a page left open will need the new "
+                    "link after a restart", data_dir, e.strerror or e)
+    return token
 
 
 def _url(server: _Server, host: str) -> str:

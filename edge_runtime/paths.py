@@ -3,6 +3,7 @@
     <data_dir>/
         device.json             identity: device id, token, coordinator URL and key (agent; 0600)
         last_keystroke          mtime = the last keystroke, for the idle rule (eligibility.ActivityClock)
+        keyboard_token          the keyboard page's key, in the URL it prints (keyboard; 0600)
         text_cache.sqlite3      the typed-text cache, plus its -wal/-shm files (cache)
         privacy_ledger.json     every update released and its epsilon (plan_guard)
         rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 IDENTITY_FILE = "device.json"
 ACTIVITY_FILE = "last_keystroke"
+KEYBOARD_TOKEN_FILE = "keyboard_token"
 CACHE_DB = "text_cache.sqlite3"
 LEDGER_FILE = "privacy_ledger.json"
 ROLLOUT_STATE_FILE = "rollout_state.json"

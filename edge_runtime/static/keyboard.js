@@ -136,6 +136,7 @@
     return message.value.slice(0, message.selectionStart);
   }
 
+  let announced = "";
   function renderSuggestions(words, forText) {
     // Best-first from the server; the best goes in the middle, like a phone keyboard.
     const [best, second, third] = words;
@@ -143,7 +144,13 @@
       slots[slot].textContent = word || "";
       slots[slot].disabled = !word;
       slots[slot].dataset.word = word || "";
+      // A narrow screen cut "unfortunately" and "unfortunate" to the same "unfortuna…".
+      slots[slot].classList.toggle("long", !!word && word.length > 10);
+      slots[slot].classList.toggle("longer", !!word && word.length > 14);
     }
+    // For a screen reader, what the strip offers, best first, said when it changes.
+    const said = words.length ? "Suggestions: " + words.slice(0, 3).join(", ") : "";
+    if (said !== announced) { announced = said; $("#strip-said").textContent = said; }
     strip.dataset.state = words.length ? "ready" : "empty";
     strip.dataset.for = forText === undefined ? "" : forText;   // what they were computed for (tests wait on it)
   }
@@ -157,7 +164,11 @@
     if (text.length <= 2 * TAIL) return text;
     const cut = (Math.floor(text.length / TAIL) - 1) * TAIL;
     const ws = text.slice(cut).search(/\s/);
-    return ws < 0 ? text.slice(-TAIL) : text.slice(cut + ws + 1);
+    if (ws >= 0) return text.slice(cut + ws + 1);
+    // No whitespace to cut after: never between the two halves of an emoji (a lone half is not
+    // text, the device refused the request, and every other strip went empty).
+    const at = text.length - TAIL;
+    return text.slice(/[\uDC00-\uDFFF]/.test(text[at]) ? at - 1 : at);
   }
 
   async function suggest() {
@@ -332,24 +343,59 @@
     lastText = text;
   }
 
+  // Where new text starts: the boundary, or the start of the word it cuts. A learned sentence
+  // whose last word was fixed ("going home." to "going out.", backspacing into the word) learned
+  // "ing out.", and "ing" was then suggested: the word is learned whole.
+  const LETTER = /[\p{L}\p{N}\p{M}_'’]/u;
+  function newTextStart(text) {
+    let from = committedPrefix.length;
+    if (from > 0 && LETTER.test(text[from - 1] || "") && LETTER.test(text[from] || "")) {
+      while (from > 0 && /\S/.test(text[from - 1])) from--;
+    }
+    return from;
+  }
+
   function commitFinishedSentences() {
     const text = message.value;
     alignCommitted(text);
-    const rest = text.slice(committedPrefix.length);
+    const from = newTextStart(text);
+    const rest = text.slice(from);
     const re = /[.!?]+["')\]]*\s/g;
     let end = -1, m;
     while ((m = re.exec(rest)) !== null) end = m.index + m[0].length;
     if (end > 0) {
-      committedPrefix = text.slice(0, committedPrefix.length + end);
-      commit(message, rest.slice(0, end));
+      committedPrefix = text.slice(0, from + end);
+      for (const piece of pieces(rest.slice(0, end))) commit(message, piece);
     }
+  }
+
+  // A long paste is committed in pieces of whole sentences (a word at most cut where one
+  // sentence alone is longer): as one commit, 100 KB was refused whole (the device takes 16,384
+  // characters a commit) and nothing of it was learned.
+  const PIECE = 8000;
+  function pieces(text) {
+    const out = [];
+    let cur = "";
+    for (const s of text.match(/[^.!?]*[.!?]+["')\]]*\s*|[^.!?]+$/g) || [text]) {
+      if (cur && cur.length + s.length > PIECE) { out.push(cur); cur = ""; }
+      cur += s;
+      while (cur.length > PIECE) {
+        let at = cur.lastIndexOf(" ", PIECE);
+        if (at <= 0) at = PIECE;
+        if (/[\uD800-\uDBFF]/.test(cur[at - 1])) at--;   // not between an emoji's halves
+        out.push(cur.slice(0, at));
+        cur = cur.slice(at);
+      }
+    }
+    if (cur.trim()) out.push(cur);
+    return out;
   }
 
   function send() {
     const text = message.value;
     if (!text.trim()) return;
     alignCommitted(text);
-    commit(message, text.slice(committedPrefix.length));
+    for (const piece of pieces(text.slice(newTextStart(text)))) commit(message, piece);
     const bubble = document.createElement("p");
     bubble.className = "bubble";
     bubble.textContent = text.trim();
@@ -468,8 +514,15 @@
   strip.addEventListener("click", (e) => {
     const b = e.target.closest(".sugg");
     if (b && b === longPressed) { longPressed = null; return; }   // the release of a long press
-    if (b && !b.disabled && active === message) applySuggestion(b.dataset.word);
+    if (b && !b.disabled && active === message) accept(b);
   });
+
+  // A strip computed for another text (answers slower than keystrokes) is not applied: its words
+  // were for a word no longer there (the CSS dims it until the answer for this text comes).
+  function accept(b) {
+    if (strip.dataset.for !== textBeforeCursor()) { suggest(); return; }
+    applySuggestion(b.dataset.word);
+  }
 
   // A long press on a suggestion (the context menu: a right click with a mouse, a long press on
   // Android; a held touch where no context menu comes, as on iOS) stops suggesting that word on
@@ -512,8 +565,18 @@
   });
   message.addEventListener("input", () => afterEdit(message));
   message.addEventListener("focus", () => setActive(message));
+  // Alt+1, Alt+2, Alt+3 take the best, second and third suggestion (the strip's buttons stay out
+  // of the tab order so a tap never moves the caret out of the message).
+  const SHORTCUT = { Digit1: "middle", Digit2: "left", Digit3: "right" };
   message.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); }
+    // Enter that confirms an input method's composition (Japanese, Chinese) is not "send".
+    if (e.isComposing || e.keyCode === 229) return;
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); return; }
+    const slot = e.altKey && !e.ctrlKey && !e.metaKey && SHORTCUT[e.code];
+    if (slot) {
+      e.preventDefault();
+      if (!slots[slot].disabled) accept(slots[slot]);
+    }
   });
   // Cursor moves change the text before the cursor too.
   message.addEventListener("keyup", (e) => { if (e.key.startsWith("Arrow") || e.key === "Home" || e.key === "End") suggest(); });

@@ -579,3 +579,96 @@ def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, m
     page.wait_for_timeout(2500)                      # past the late answer, and whatever followed it
     expect_count(page, 0)
     assert answered == ["One thing."] and rows(device["dir"]) == []
+
+
+def test_fixing_the_last_word_of_a_learned_sentence_learns_the_word_whole(page, device):
+    """Backspacing into the last word of a learned sentence and finishing it anew stored "ing out."
+    (the new text from the middle of a word), and "ing" was then suggested."""
+    page.click("#message")
+    page.keyboard.type("I am going home. ")
+    expect_count(page, 1)
+    for _ in range(len("ing home. ")):
+        page.keyboard.press("Backspace")
+    page.keyboard.type("ing out. ")
+    expect_count(page, 2)
+    assert rows(device["dir"]) == ["I am going home.", "going out."]
+
+
+def test_the_page_keeps_working_across_a_restart_of_the_device_process(browser, tmp_path, exported_version):
+    """A new key per process refused every call of a page left open across a restart, and the
+    sentence typed while the process was down, which the toast promised to send again, was lost."""
+    data_dir = tmp_path / "device"
+    VersionStore(data_dir).install(read_manifest(exported_version).version_id, directory_fetch(exported_version))
+    server = start_keyboard(data_dir)
+    port, page_url = server.port, server.page_url
+    ctx = browser.new_context()
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(page_url)
+        pg.click("#message")
+        pg.keyboard.type("Before the restart. ")
+        expect_count(pg, 1)
+        server.stop()
+        pg.keyboard.type("While it was down. ")
+        pg.wait_for_function("() => document.querySelector('#toast').textContent.includes('Not saved yet')")
+        server = start_keyboard(data_dir, port=port)
+        assert server.token in page_url                    # the same key: the open page still reaches it
+        expect_count(pg, 2, timeout=15_000)                # sent again after the next status poll
+        assert rows(data_dir) == ["Before the restart.", "While it was down."]
+        assert ((data_dir / "keyboard_token").stat().st_mode & 0o777) == 0o600
+    finally:
+        ctx.close()
+        server.stop()
+
+
+def test_a_long_paste_is_learned_in_pieces_and_an_emoji_run_keeps_its_strip(page, device):
+    """100 KB of sentences went out as one commit, over the device's limit: refused whole, nothing
+    learned. A run of emoji past the page's tail was cut between an emoji's two halves: the device
+    refused the request and the strip went empty."""
+    sentence = "The weather was fine and we walked to the river. "
+    page.click("#message")
+    page.keyboard.insert_text(sentence * 2000)
+    for _ in range(100):                         # the pieces go one at a time
+        stored = rows(device["dir"])
+        if len("".join(stored)) >= len(sentence.strip()) * 2000:
+            break
+        page.wait_for_timeout(100)
+    assert " ".join(stored) + " " == sentence * 2000 and len(stored) > 1
+    page.locator("#message").fill("")
+    page.keyboard.insert_text("\U0001F600" * 5000 + " x")
+    assert wait_strip(page)[1] and page.locator("#strip").get_attribute("data-state") == "ready"
+
+
+def test_enter_that_confirms_a_composition_does_not_send(page, device):
+    """An input method's Enter (isComposing, keyCode 229) sent the unconverted reading."""
+    page.click("#message")
+    page.keyboard.type("I am in ")
+    page.locator("#message").dispatch_event("keydown", {"key": "Enter", "keyCode": 229, "isComposing": True})
+    page.wait_for_timeout(300)
+    assert page.locator("#message").input_value() == "I am in " and rows(device["dir"]) == []
+
+
+def test_suggestions_are_taken_from_the_keyboard_and_announced_best_first(page):
+    """The strip's buttons were out of reach of a keyboard and read second, best, third."""
+    page.click("#message")
+    page.keyboard.type("what say")
+    left, best, right = wait_strip(page)
+    assert page.locator("#strip-said").inner_text() == f"Suggestions: {', '.join(w for w in (best, left, right) if w)}"
+    order = page.locator("#strip .sugg").evaluate_all("bs => bs.map(b => b.dataset.slot)")
+    assert order == ["middle", "left", "right"]
+    page.keyboard.press("Alt+2")
+    assert page.locator("#message").input_value() == f"what {left} "
+
+
+def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, monkeypatch):
+    """With answers slower than keystrokes the strip stayed on an older text, enabled: a tap put
+    its word ("I") after "see you"."""
+    page.click("#message")
+    page.keyboard.type("see you tomo")
+    wait_strip(page)
+    page.evaluate("() => { const s = document.querySelector('#strip'); delete s.dataset.for; }")  # as mid-keystroke
+    word = page.locator('#strip [data-slot="middle"]').inner_text()
+    page.locator("#message").evaluate("m => { m.value = 'see you '; m.setSelectionRange(8, 8); }")
+    page.click('#strip [data-slot="middle"]')
+    assert page.locator("#message").input_value() == "see you ", word
