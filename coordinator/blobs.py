@@ -32,5 +32,10 @@ class BlobStore:
     def get(self, digest: str) -> bytes:
         return self.path(digest).read_bytes()
 
+    def discard(self, digest: str) -> None:
+        """Delete a blob nothing else may keep (a discovery round's vote histogram). Content
+        addressing shares equal blobs, so only for blobs no other row can name."""
+        self.path(digest).unlink(missing_ok=True)
+
     def exists(self, digest: str) -> bool:
         return self.path(digest).exists()

@@ -3,10 +3,11 @@ a canary candidate with those words as softmax rows (`protocol.discovery` has th
 math; `protocol.vocab.swap_rows` the version).
 
 The coordinator holds only the sum (a secure-aggregation round; the plan rule refuses a plain
-one). What it records: how many words passed and the bar, in the round's reason and the
-candidate's metrics; the words themselves are in the candidate's word list, which every device
-of the cohort downloads anyway. The server optimizer's state is not carried over: its per-word
-rows would belong to other words after the swap.
+one), and only until the round closes: the histogram is then deleted. What it records: how
+many words passed and the bar, in the round's reason and the candidate's metrics; the words
+themselves are in the candidate's word list, which every device of the cohort downloads anyway.
+The server optimizer's state is not carried over: its per-word rows would belong to other words
+after the swap.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
     vote_sum = ddp.decode_sum(np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4"), p["scale"], 1)
     std = discovery.count_std(k, p["mu"], row.survivors, p["scale"])
     chosen, bar = discovery.found(vote_sum, words, k, std, int(vocab.MAX_SHARE * V))
+    # The whole histogram is not kept: below the bar it counts words that one or two devices
+    # typed (at a low noise, a cohort member's rare surname or town, for whoever reads the blob
+    # store or a backup). Only the words that passed remain, in the candidate's word list.
+    coord.blobs.discard(row.sum_sha256)
+    row.sum_sha256 = None
     summary = f"{len(chosen)} of {len(words)} words reached {bar:.1f} votes of {row.survivors} devices"
     if not chosen:
         r.status, r.closed_at, r.reason = RoundStatus.DONE, utcnow(), f"word discovery: {summary}; no new version"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import agent, keyboard, paths, personalize
-from edge_runtime.cache import CacheError, DamagedCacheError, replace_damaged
+from edge_runtime.cache import CacheError, DamagedCacheError, destroy_files, replace_damaged
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kind of input field, e.g. message, note; sensitive kinds (password, email, url, "
                         "number, private ...) are never cached")
     p.add_argument("--private", action="store_true", help="the field is marked private (never cached)")
-    p.add_argument("text", help="the committed text")
+    p.add_argument("text", nargs="?", default="-",
+                   help="the committed text; omit it (or -) to read it from standard input, which keeps it out of "
+                        "the process list and the shell's history")
 
     cmd("pause", "pause learning: no text is cached until resume (persists across restarts)")
     cmd("resume", "resume learning")
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                                     allow_remote=args.keyboard_host is not None, stop=stop,
                                     on_ready=lambda url: print(f"keyboard page: {url}", flush=True))
         elif c == "type":
+            if args.text == "-":   # argv is readable by every local user (/proc/PID/cmdline): stdin is not
+                args.text = sys.stdin.read().rstrip("\n")
             if agent.type_text(cfg, args.text, args.field_kind, private=args.private):
                 print("cached")
             else:
@@ -178,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("text cache and personal model wiped")
             except DamagedCacheError as e:
                 _wipe_damaged(cfg, e)
+            except CacheError as e:
+                if not _disk_full(e):
+                    raise
+                _wipe_full_disk(cfg, e)
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         elif c == "notices":   # the version the keyboard would use: signature-checked as it is
@@ -230,6 +238,28 @@ def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:
     print(f"the text cache could not be read ({error.__cause__}): its {len(gone)} file(s) were overwritten and "
           "deleted. Text cache and personal model wiped; learning is paused until "
           f"`python -m edge_runtime resume --data-dir {cfg.require_data_dir()}`")
+
+
+def _disk_full(e: CacheError) -> bool:
+    """SQLite on a full disk: "database or disk is full", or "disk I/O error" when it cannot even
+    make the WAL files to open the cache."""
+    return any(s in str(e) for s in ("disk is full", "disk I/O error"))
+
+
+def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
+    """A full disk left the text on it: deleting rows needs room for the WAL. The files are
+    overwritten in place instead (no new space) and deleted; the wipe is the privacy action and
+    must not wait for space. The new, empty cache starts paused, as after a damaged cache's wipe;
+    if there is no room even for it, the next command that needs the cache makes it."""
+    data_dir = cfg.require_data_dir()
+    gone = destroy_files(data_dir)
+    try:
+        replace_damaged(data_dir)
+        after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
+    except (CacheError, OSError):
+        after = "no room for a new cache yet: free some space"
+    print(f"the disk is full ({error}): the text cache's {len(gone)} file(s) were overwritten in place and "
+          f"deleted. Text cache and personal model wiped; {after}")
 
 
 def _holds_device(data_dir: Path) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 import requests
 
 from edge_runtime import channel, personalize, rollout_guard, secagg_client, trainer
-from edge_runtime.cache import TextCache
+from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.client import (
     ClientError,
     CoordinatorClient,
@@ -462,11 +462,18 @@ def _personalize(dev: Device) -> str:
 def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
     """One check-in and the task it brings. Transient errors propagate (the loop backs off);
     a rejected upload or report is an outcome, not an error."""
-    dev.cache.enforce_retention()
+    try:
+        dev.cache.enforce_retention()
+        heldout = dev.cache.stats()["heldout"]
+        cache_usable = True
+    except CacheError as e:
+        # Still check in: a device whose cache fails (damaged, a full disk) must still take new
+        # versions and rollbacks. Before, it failed every iteration here and never checked in.
+        log.error("checking in without training or evaluating: %s", e)
+        heldout, cache_usable = 0, False
     decision = dev.eligibility.check()
-    stats = dev.cache.stats()
-    req = wire.CheckinRequest(eligible=bool(decision), current_version_id=dev.store.in_use(),
-                              can_evaluate=stats["heldout"] > 0)
+    req = wire.CheckinRequest(eligible=bool(decision) and cache_usable, current_version_id=dev.store.in_use(),
+                              can_evaluate=heldout > 0)
     task = dev.client.checkin(req)
     _use_version(dev, task)
     _note_channel(dev, task)
@@ -477,7 +484,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     else:
         outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
         counts = {}
-    if decision and dev.config.personalize and not dev.stopping.is_set():
+    if decision and cache_usable and dev.config.personalize and not dev.stopping.is_set():
         counts = {**counts, "personal_model": _personalize(dev)}
     result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
                         dev.store.current_id, counts)
@@ -488,7 +495,10 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
 # --- the loop --------------------------------------------------------------------------------
 
 def _failure(e: BaseException) -> str:
-    """One line about an unexpected error, without its message (it might quote data)."""
+    """One line about an unexpected error, without its message (it might quote data); the cache's
+    own errors never quote text (`cache._said`) and say what to do."""
+    if isinstance(e, CacheError):
+        return f"{e.__class__.__name__}: {e}"
     if isinstance(e, OSError) and e.strerror:
         return f"{e.__class__.__name__} ({e.strerror})"
     return e.__class__.__name__

@@ -107,6 +107,18 @@ def destroy_files(data_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _said(e: BaseException) -> str:
+    """A database error as the cache may log or answer it: never with the text it quotes. Python's
+    sqlite3 quotes a row it cannot decode whole ("Could not decode to UTF-8 column 'text' with
+    text 'secret plan ...'"), and one flipped bit on storage put a user's sentence in the
+    keyboard's log and in its 503 answers. SQLite's own messages quote no row."""
+    said = str(e)
+    cut = said.find(" with text ")
+    if cut >= 0:
+        said = said[:cut]
+    return "database or disk is full" if "disk is full" in said else said
+
+
 def _identity_or_none(path: Path) -> tuple[int, int] | None:
     """Which file `path` names now (device, inode), None when none: a wipe elsewhere that made a
     new one changes it."""
@@ -216,7 +228,7 @@ class TextCache:
             db = sqlite3.connect(self.path if create else self.path.absolute().as_uri() + "?mode=rw",
                                  uri=not create, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
-            raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
+            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
         try:
             db.execute("PRAGMA busy_timeout=5000")
             if create:
@@ -227,14 +239,14 @@ class TextCache:
             db.executescript(_SCHEMA)
         except sqlite3.OperationalError as e:   # locked, unreadable, a full disk: not the file's content
             db.close()
-            raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
+            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
         except sqlite3.DatabaseError as e:      # "file is not a database", "disk image is malformed"
             db.close()
-            raise DamagedCacheError(f"cannot open text cache at {self.path}: {e} (the file is damaged; `python -m "
-                                    f"edge_runtime wipe --data-dir {self.data_dir}` deletes it)") from e
+            raise DamagedCacheError(f"cannot open text cache at {self.path}: {_said(e)} (the file is damaged; "
+                                    f"`python -m edge_runtime wipe --data-dir {self.data_dir}` deletes it)") from e
         except sqlite3.Error as e:
             db.close()
-            raise CacheError(f"cannot open text cache at {self.path}: {e}") from e
+            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
         except OSError:
             db.close()
             raise
@@ -270,9 +282,10 @@ class TextCache:
         fails the first query that reads a bad page ("database disk image is malformed"), and a
         cache of another layout lacks a table or column: both are damaged caches, which `wipe`
         (`python -m edge_runtime wipe`, the page's Clear) destroys. Locked or out of disk: try later."""
-        if isinstance(e, sqlite3.OperationalError) and not str(e).startswith("no such"):
-            return CacheError(f"the text cache at {self.path} cannot be used now: {e}")
-        return DamagedCacheError(f"the text cache at {self.path} is damaged ({e}); `python -m edge_runtime wipe "
+        said = _said(e)
+        if isinstance(e, sqlite3.OperationalError) and not said.startswith(("no such", "Could not decode")):
+            return CacheError(f"the text cache at {self.path} cannot be used now: {said}")
+        return DamagedCacheError(f"the text cache at {self.path} is damaged ({said}); `python -m edge_runtime wipe "
                                  f"--data-dir {self.data_dir}` (or Clear on the keyboard page) deletes it")
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -354,7 +367,10 @@ class TextCache:
             yield
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite has already rolled back after a full disk: a second ROLLBACK failed with "no
+            # transaction is active", and that message replaced "database or disk is full".
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
 
     # -- writing ---------------------------------------------------------------------------
@@ -395,6 +411,12 @@ class TextCache:
             # Checked inside the write transaction, so a concurrent pause cannot race it.
             if self._setting("paused") == "1":
                 return False
+            if ts is None:
+                # Never stamped before the newest text: typed while the clock was behind (a board
+                # without a real-time clock boots in 1970), a text looked years old once the clock
+                # was set, and the next retention check deleted it with everything typed offline.
+                newest = self._db.execute("SELECT MAX(ts) FROM texts").fetchone()[0]
+                now = max(now, newest or now)
             self._db.execute(
                 "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
                 (now, field_kind.strip().lower(), text, nbytes),

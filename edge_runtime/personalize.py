@@ -75,8 +75,12 @@ def save(data_dir: str | Path, version_id: str, weights: dict[str, np.ndarray], 
     path = weights_path(data_dir, version_id)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}, str(tmp),
-              metadata={"version_id": version_id, "stamp": stamp})
+    try:
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}, str(tmp),
+                  metadata={"version_id": version_id, "stamp": stamp})
+    except SafetensorError as e:   # its write failing ("No space left on device") is not an OSError
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot save the personal model: {str(e)[:200]}") from e
     tmp.replace(path)
     for old in path.parent.glob("*.safetensors"):
         if old != path:

@@ -19,11 +19,14 @@ manifests are refused.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -112,6 +115,34 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _in_use(staging: Path) -> bool:
+    """Whether a process is downloading into `staging` (it holds the directory's lock)."""
+    try:
+        fd = os.open(staging, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _share(local: Path, dest: Path) -> None:
+    """A file another installed version holds already (the graph, the word list: 14 MB of the
+    shipped version): linked, not copied. Copies made an update need the space of a whole
+    version, and a device with room for only the new weights could never update. Version files
+    are never written in place, so versions can share them."""
+    try:
+        os.link(local, dest)
+    except OSError:   # a filesystem without hard links
+        shutil.copyfile(local, dest)
+        with open(dest, "rb+") as f:
+            os.fsync(f.fileno())
+
+
 def _check_runnable(manifest: Manifest) -> None:
     """Signed is not enough to run a version: its tensors must be the ones its architecture
     trains (`checked_architecture`), as the coordinator checks on import. A signed embedding of
@@ -151,10 +182,17 @@ class VersionStore:
         atomic_write(self.root / CURRENT_POINTER, json.dumps({"current": current, "previous": previous}).encode())
 
     def _recover(self) -> None:
+        """Remove what a killed install left. Not another process's install under way: every
+        `VersionStore` recovers, and `status` or the keyboard started during the device loop's
+        download deleted its staging directory (the install failed, on every try of a slow link).
+        A download holds a lock on its staging directory; a pointer being written is recent."""
         for p in self.root.glob(STAGING_PREFIX + "*"):
-            shutil.rmtree(p, ignore_errors=True)
+            if not _in_use(p):
+                shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob("." + CURRENT_POINTER + ".*"):  # atomic_write temp files left by a kill
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if time.time() - p.stat().st_mtime > 60:
+                    p.unlink(missing_ok=True)
 
     @property
     def current_id(self) -> str | None:
@@ -237,13 +275,13 @@ class VersionStore:
         wanted = _downloads(manifest)
 
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
+        held = os.open(staging, os.O_RDONLY)
+        fcntl.flock(held, fcntl.LOCK_EX)   # "in use" to every other process's `_recover`
         try:
             for fname, sha in wanted.items():
                 local = self._find_local(fname, sha)
                 if local is not None:
-                    shutil.copyfile(local, staging / fname)
-                    with open(staging / fname, "rb+") as f:
-                        os.fsync(f.fileno())
+                    _share(local, staging / fname)
                     continue
                 data = fetch(version_id, fname)
                 got = sha256_bytes(data)
@@ -258,6 +296,8 @@ class VersionStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            os.close(held)
         log.info("installed model version %s", version_id)
         return target
 

@@ -197,6 +197,25 @@ def test_come_back_when_ineligible(device):
     assert device.client.checkins[0].eligible is False
 
 
+def test_a_device_whose_cache_fails_still_checks_in_for_versions(device, caplog):
+    """Retention ran before the check-in: a damaged cache failed every iteration there, so the
+    device never checked in again (no new version, no rollback), and the log said only
+    "DamagedCacheError"."""
+    from edge_runtime.cache import DamagedCacheError
+
+    def damaged():
+        raise DamagedCacheError("the text cache at X is damaged (database disk image is malformed); "
+                                "`python -m edge_runtime wipe --data-dir X` (or Clear on the keyboard page) deletes it")
+
+    device.cache.enforce_retention = damaged
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0, use_version_id="v7")]
+    res = agent.run_once(device)
+    req = device.client.checkins[0]
+    assert req.eligible is False and req.can_evaluate is False     # nothing to train or score on
+    assert res.version_id == "v7"                                  # the version it was told to use
+    assert "edge_runtime wipe" in caplog.text
+
+
 def test_loop_backs_off_on_transient_errors_and_stops(device):
     device.config = device.config.with_overrides({"min_wait_s": 0.001})
     stop = threading.Event()

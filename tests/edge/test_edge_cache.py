@@ -124,6 +124,42 @@ def test_expiry_happens_on_add_too(cache: TextCache, clock: Clock):
     assert all_texts(cache) == ["fresh"]
 
 
+def test_text_typed_while_the_clock_was_behind_survives_the_clock_being_set(cache: TextCache, clock: Clock):
+    """A board without a real-time clock boots in 1970: what it cached then looked 56 years old
+    once the clock was set, and the next retention check deleted it."""
+    cache.add("typed before", "message")
+    now = clock.t
+    clock.t = 86400.0                               # 2 January 1970
+    cache.add("typed offline", "message")
+    clock.t = now + 60                              # set again
+    assert cache.enforce_retention() == 0
+    assert all_texts(cache) == ["typed before", "typed offline"]
+
+
+def test_an_undecodable_row_is_damage_and_its_text_is_never_in_the_error(tmp_path: Path):
+    """Python's sqlite3 quotes a row it cannot decode whole: one flipped bit put a user's sentence
+    in the keyboard's log and in its 503 answers."""
+    c = TextCache(tmp_path / "d")
+    c.add("secret plan behind the kumquat orchard", "message")
+    c._db.execute("UPDATE texts SET text = CAST(X'736563726574FF706C616E' AS TEXT)")   # "secret\xffplan"
+    with pytest.raises(DamagedCacheError) as e:
+        list(c.training_records()) + list(c.heldout_records())
+    assert "secret" not in str(e.value) and "column 'text'" in str(e.value)
+    c.close()
+
+
+def test_a_full_disk_is_named_not_hidden_behind_a_failed_rollback(tmp_path: Path):
+    """SQLite rolls back by itself on a full disk; the second ROLLBACK's "no transaction is
+    active" replaced the reason."""
+    c = TextCache(tmp_path / "d")
+    c._db.execute("PRAGMA max_page_count = 2")   # the file cannot grow: as a full disk
+    with pytest.raises(CacheError) as e:
+        for i in range(200):
+            c.add(f"sentence number {i} " * 40, "message")
+    assert "full" in str(e.value) and "rollback" not in str(e.value), str(e.value)
+    c.close()
+
+
 def test_size_cap_drops_oldest_first(tmp_path: Path, clock: Clock):
     c = TextCache(tmp_path / "d", max_bytes=100, clock=clock)
     for i in range(10):
@@ -167,6 +203,32 @@ def test_wipe_deletes_a_cache_too_damaged_to_open_and_leaves_learning_paused(tmp
     assert b"see you at the station" not in raw_file_bytes(d)
     with TextCache(d) as fresh:                                  # a new, empty cache, paused: the private side
         assert fresh.stats()["records"] == 0 and fresh.paused
+
+
+def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys, monkeypatch):
+    """On a full disk the cache could not be opened to delete its rows (SQLite needs room for its
+    WAL files): `wipe` failed and the text stayed. It overwrites the files in place instead."""
+    from edge_runtime import agent
+    from edge_runtime.__main__ import main as cli_main
+
+    d = tmp_path / "d"
+    with TextCache(d) as c:
+        c.add("see you at the station", "message")
+
+    def full(cfg):
+        raise CacheError(f"cannot open text cache at {d / CACHE_DB}: disk I/O error")
+
+    monkeypatch.setattr(agent, "open_cache", full)
+    assert cli_main(["wipe", "--data-dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "the disk is full" in out and "overwritten in place" in out
+    assert b"see you at the station" not in raw_file_bytes(d)
+    monkeypatch.undo()
+    with TextCache(d) as fresh:
+        assert fresh.stats()["records"] == 0 and fresh.paused
+    monkeypatch.setattr(agent, "open_cache", lambda cfg: (_ for _ in ()).throw(CacheError("database is locked")))
+    assert cli_main(["wipe", "--data-dir", str(d)]) == 1         # not a full disk: said, nothing destroyed
+    assert (d / CACHE_DB).exists()
 
 
 def test_a_held_cache_follows_its_file_replaced_and_never_makes_one(tmp_path: Path):
@@ -214,6 +276,21 @@ def test_text_that_is_not_unicode_is_one_line_and_caches_nothing(tmp_path: Path,
     assert len(err) == 1 and "not valid Unicode" in err[0] and "codec" not in err[0], err
     with TextCache(tmp_path) as c:
         assert c.stats()["records"] == 0
+
+
+def test_type_reads_the_text_from_stdin_out_of_the_process_list(tmp_path: Path, capsys, monkeypatch):
+    """The text was a positional argument only: readable by every local user in /proc/PID/cmdline
+    and kept in the shell's history."""
+    import io
+
+    from edge_runtime.__main__ import main as cli_main
+
+    TextCache(tmp_path).close()
+    monkeypatch.setattr("sys.stdin", io.StringIO("my bank pin hint is a secret\n"))
+    assert cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message"]) == 0
+    assert capsys.readouterr().out.strip() == "cached"
+    with TextCache(tmp_path) as c:
+        assert all_texts(c) == ["my bank pin hint is a secret"]
 
 
 @pytest.mark.parametrize(("n", "k"), [(0, 0), (1, 1), (5, 1), (10, 1), (11, 2), (20, 2), (100, 10)])

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edge_runtime.paths import MODELS_DIR, STAGING_PREFIX
 from edge_runtime.versions import (
     SignatureError,
     VersionError,
@@ -121,6 +122,36 @@ def test_shared_graph_and_tokenizer_are_not_downloaded_twice(tmp_path: Path, ser
     f = CountingFetch(server / "v2")
     store.install("v2", f)
     assert sorted(f.calls) == sorted([MANIFEST, WEIGHTS])
+
+
+def test_files_a_version_shares_are_linked_not_copied(tmp_path: Path, server: Path):
+    """A copy made an update need the space of a whole version (14 MB of the shipped one's 15.4
+    are its graph and word list): a device with room for the new weights alone never updated."""
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    store.install("v2", fetch_from(server))
+    for name in (GRAPH, TOKENIZER):
+        assert (store.path("v1") / name).stat().st_ino == (store.path("v2") / name).stat().st_ino
+    assert (store.path("v1") / WEIGHTS).stat().st_ino != (store.path("v2") / WEIGHTS).stat().st_ino
+
+
+def test_another_process_opening_the_store_leaves_a_download_under_way_alone(tmp_path: Path, server: Path):
+    """Every VersionStore removed every staging directory: `status` or the keyboard started while
+    the device loop downloaded deleted its download, and the install failed."""
+    dev = tmp_path / "dev"
+    VersionStore(dev)
+    left = dev / MODELS_DIR / (STAGING_PREFIX + "killed")    # what a killed install left: removed
+    left.mkdir()
+    inner = fetch_from(server)
+
+    def slow(vid: str, fname: str) -> bytes:
+        if fname == WEIGHTS:
+            VersionStore(dev)                                # `status` in another process, mid-download
+        return inner(vid, fname)
+
+    VersionStore(dev).install("v1", slow)
+    assert not left.exists()
+    assert VersionStore(dev).current() == dev / MODELS_DIR / "v1"
 
 
 def test_tampered_weights_are_refused_and_current_kept(tmp_path: Path, server: Path):

@@ -69,6 +69,26 @@ def test_stored_copy_round_trips_replaces_other_versions_and_is_forgotten(tmp_pa
     assert not (tmp_path / PERSONAL_DIR).exists()
 
 
+def test_a_full_disk_while_saving_the_copy_is_an_os_error_and_keeps_the_old_one(tmp_path: Path, monkeypatch):
+    """safetensors raises its own error on a full disk, past the device's handling of OSError: the
+    whole iteration failed, backing off and fine-tuning again each time, and the log never said why."""
+    from safetensors import SafetensorError
+
+    w = {"a": np.ones((2, 3), np.float32)}
+    personalize.save(tmp_path, "v1", w, "1:1")
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: \"No space left on device\" })")
+
+    monkeypatch.setattr(personalize, "save_file", full)
+    with pytest.raises(OSError, match="cannot save the personal model: .*No space left on device"):
+        personalize.save(tmp_path, "v2", w, "2:2")
+    assert personalize.stamp_of(tmp_path, "v1") == "1:1"
+    assert [p.name for p in (tmp_path / PERSONAL_DIR).iterdir()] == ["v1.safetensors"]
+
+
 def test_refresh_trains_once_per_cache_state_and_stops_when_ineligible(tmp_path: Path, exported_version: Path):
     plan = personalize.PersonalPlan()
     read: list[int] = []

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from coordinator.models import Update
-from coordinator.models_secagg import SecAggMember
+from coordinator.models_secagg import SecAggMember, SecAggRound
 from edge_runtime import agent, paths
 from edge_runtime.config import EdgeConfig
 from protocol import artifact
@@ -71,6 +71,15 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
         with s.coord._sessions() as db:
             assert db.scalar(select(func.count()).select_from(Update)) == 0
             masked = [m.masked_sha256 for m in db.scalars(select(SecAggMember).where(SecAggMember.round_id == rid))]
+            # the unmasked histogram (what one device alone typed, below the bar) is not kept
+            assert db.get(SecAggRound, rid).sum_sha256 is None
+        blobs = {p.name for p in (Path(s.config.data_dir) / "blobs").rglob("*") if p.is_file()}
+        for digest in blobs:
+            votes = np.frombuffer(s.coord.blobs.get(digest), "<u4")
+            assert votes.size != len(dictionary((exported_version / TOKENIZER).read_bytes(),
+                                                artifact.read_manifest(exported_version)
+                                                .architecture().model.vocab_size)) \
+                or np.count_nonzero(votes) > 0.9 * votes.size, "an unmasked vote sum is still stored"
         assert len(masked) == n and all(masked)
         for digest in masked:       # a stored vote is masked: no sparse vector of a few entries
             stored = np.frombuffer(s.coord.blobs.get(digest), "<u4")
