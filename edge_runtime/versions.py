@@ -220,6 +220,13 @@ class VersionStore:
         for vid in (ptr["current"], ptr["previous"]):
             if vid and self._valid(vid):
                 return self.path(vid)
+        if ptr["current"] is None and (self.root / CURRENT_POINTER).exists():
+            # A damaged pointer: the newest installed version that verifies, as its log line says
+            # (before, nothing fell back and the strip stayed empty until the next check-in).
+            newest = sorted(self.installed(), key=lambda v: (self.path(v) / MANIFEST).stat().st_mtime, reverse=True)
+            for vid in newest:
+                if self._valid(vid):
+                    return self.path(vid)
         raise VersionError("no usable model version on this device")
 
     def in_use(self) -> str | None:

@@ -326,6 +326,21 @@ def test_damaged_current_falls_back_to_previous(tmp_path: Path, server: Path):
     assert store.current() == store.path("v1")
 
 
+def test_a_damaged_pointer_falls_back_to_the_newest_valid_version(tmp_path: Path, server: Path):
+    """The log said "falling back to any valid version" and nothing did: no model until the next
+    check-in."""
+    import time
+
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    time.sleep(0.01)
+    store.install("v2", fetch_from(server))
+    (tmp_path / "dev" / MODELS_DIR / "current.json").write_text('{"current": "v2')
+    assert store.current() == store.path("v2")
+    (store.path("v2") / WEIGHTS).write_bytes(b"bit rot")
+    assert store.current() == store.path("v1")
+
+
 class Crash(BaseException):
     """Stands in for the process dying at one I/O call (BaseException: nothing catches it)."""
 
