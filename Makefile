@@ -75,4 +75,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(DEMO_VENV) .venv-edge build data/report.* .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) .venv-edge build *.egg-info data/report.* .pytest_cache

@@ -18,6 +18,8 @@ import re
 import subprocess
 import sys
 
+from jsonl_build import check_source, replaced
+
 REPO = sys.argv[1] if len(sys.argv) > 1 else "/work/.mirror/RU-ECE+ECE451-Parallel/repo"
 OUT = sys.argv[2] if len(sys.argv) > 2 else "gutenberg_mix.jsonl"
 COMMIT = "c58dca3a6abedd8041057571c247e9a393cc3b4d"
@@ -86,8 +88,9 @@ def paragraphs(raw):
             yield p
 
 def main():
+    check_source(__doc__, REPO)
     n = 0
-    with open(OUT, "w", encoding="utf-8") as fo:
+    with replaced(OUT) as fo:
         for path, pg, title in BOOKS:
             raw = subprocess.run(["git", "-C", REPO, "show", f"{COMMIT}:{path}"],
                                  capture_output=True, check=True).stdout.decode("utf-8", "replace")

@@ -33,6 +33,8 @@ import sys
 from collections import Counter
 from datetime import UTC
 
+from jsonl_build import check_source, replaced
+
 SRC = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dl/package/data"
 OUT = sys.argv[2] if len(sys.argv) > 2 else "spamassassin_ham.jsonl"
 FOLDERS = ["easy-ham-1", "easy-ham-2"]
@@ -144,6 +146,7 @@ def drop_quotes(records):
 
 
 def main():
+    check_source(__doc__, SRC)
     records = []
     seen = set()
     order = 0
@@ -163,7 +166,7 @@ def main():
     records = [(when, user, "\n".join(p for p in text.split("\n") if counts[p] < BOILERPLATE_MIN or len(p.split()) < 4))
                for when, user, text in records]
     n = 0
-    with open(OUT, "w", encoding="utf-8") as fo:
+    with replaced(OUT) as fo:
         for user, text in drop_quotes(records):
             if len(text) < 20:
                 continue

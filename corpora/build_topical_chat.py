@@ -17,14 +17,17 @@ import json
 import sys
 from pathlib import Path
 
+from jsonl_build import check_source, replaced
+
 SRC = Path(sys.argv[1] if len(sys.argv) > 1 else "Topical-Chat/conversations")
 OUT = Path(sys.argv[2] if len(sys.argv) > 2 else "topical_chat.jsonl")
 FILES = ["valid_freq", "valid_rare", "test_freq", "test_rare"]
 
 
 def main() -> None:
+    check_source(__doc__, SRC)
     n = words = 0
-    with OUT.open("w", encoding="utf-8") as out:
+    with replaced(OUT) as out:
         for name in FILES:
             conversations = json.loads((SRC / f"{name}.json").read_text(encoding="utf-8"))
             for cid, conv in conversations.items():

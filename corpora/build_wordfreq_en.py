@@ -33,6 +33,8 @@ from pathlib import Path
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "wordfreq_en.tsv")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository's protocol/
+from jsonl_build import check_source, replaced  # noqa: E402
+
 from protocol.text import is_blocked  # noqa: E402
 
 COUNT = 150_000
@@ -46,6 +48,7 @@ def latin_word(w: str) -> bool:
 
 
 def main() -> None:
+    check_source(__doc__, None)
     try:
         got = version("wordfreq")
     except PackageNotFoundError:
@@ -56,7 +59,7 @@ def main() -> None:
 
     n = 0
     left_out = {"blocked": 0, "digits": 0, "not a Latin word": 0}
-    with OUT.open("w", encoding="utf-8", newline="\n") as out:
+    with replaced(OUT) as out:
         for w in wordfreq.top_n_list("en", 400_000, wordlist="large"):
             if n == COUNT:
                 break

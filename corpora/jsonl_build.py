@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 
 def run(usage: str, src: str, out: str, build: Callable[[str, str], tuple[int, int]],
@@ -23,6 +23,32 @@ def run(usage: str, src: str, out: str, build: Callable[[str, str], tuple[int, i
     src, out = (args[0] if args else src), (args[1] if len(args) > 1 else out)
     records, users = build(src, out)
     print(f"{out}: {records} {units[0]}, {users} {units[1]}")
+
+
+def check_source(doc: str, src: str | os.PathLike | None) -> None:
+    """For the vendored corpora's builders: -h/--help prints the builder's docstring, and a source
+    that is not there exits with one line, before anything is written (a mistyped path left an
+    empty vendored corpus, with exit 0)."""
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(doc)
+        sys.exit(0)
+    if src is not None and not os.path.exists(src):
+        sys.exit(f"no such source: {src} (see --help)")
+
+
+@contextlib.contextmanager
+def replaced(out: str | os.PathLike) -> Iterator:
+    """A text file written beside `out` and renamed over it when complete: a failure leaves the
+    old file."""
+    tmp = f"{out}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_jsonl(records: Iterable[dict], out: str) -> None:

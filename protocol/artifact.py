@@ -323,6 +323,8 @@ def write_version(directory: str | os.PathLike, manifest: Manifest, weights: Map
 
 def read_manifest(directory: str | os.PathLike) -> Manifest:
     p = Path(directory) / MANIFEST
+    if Path(directory).is_file():   # models/v0/manifest.json given for models/v0
+        raise ArtifactError(f"{directory} is a file: give the model version's folder ({Path(directory).parent})")
     if not p.exists():
         raise ArtifactError(f"no {MANIFEST} in {directory}: not a model version directory")
     try:

@@ -32,7 +32,8 @@ def _interpreter_class(prefer: str | None = None) -> tuple[str, Any]:
     if prefer:
         order = tuple(b for b in _BACKENDS if b[0] == prefer)
         if not order:
-            raise ValueError(f"unknown interpreter backend {prefer!r}")
+            raise ValueError(f"unknown interpreter backend {prefer!r} (FEDKEYS_INTERPRETER): use one of "
+                             + ", ".join(name for name, _ in _BACKENDS))
     for name, module in order:
         try:
             mod = importlib.import_module(module)

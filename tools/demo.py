@@ -86,6 +86,7 @@ def simulation_args(args: argparse.Namespace) -> argparse.Namespace:
         setattr(sim, k, getattr(args, k))
     sim.devices = args.devices if args.devices is not None else default_devices(args.corpus)
     sim.eval_words = args.max_words
+    sim.eval_words_flag = "--max-words"   # what the simulator's notes name: the demo's own flag
     sim.v0, sim.pretrain_v0 = args.v0, args.rebuild
     if (SHIPPED_CENTRAL / "manifest.json").exists() and not args.rebuild:
         sim.central = str(check_version(SHIPPED_CENTRAL, "the shipped central reference (models/central)"))

@@ -106,3 +106,20 @@ def test_build_cornell_movies_says_what_is_wrong_and_writes_nothing(tmp_path: Pa
     wrong = build_movies(src, tmp_path / "out.jsonl")
     assert wrong.returncode != 0 and "no dialogue lines" in wrong.stderr and "Traceback" not in wrong.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_vendored_corpora_builders_never_empty_a_corpus_on_a_wrong_source(tmp_path: Path) -> None:
+    """A mistyped source path (or --help taken for one) left an empty corpus at OUT, the vendored
+    file itself in corpora/README.md's commands; the e-mail builder even exited 0."""
+    for name in ("spamassassin_ham", "gutenberg_mix", "topical_chat"):
+        out = tmp_path / f"{name}.jsonl"
+        out.write_text('{"user": "a", "text": "kept"}\n')
+        builder = ROOT / "corpora" / f"build_{name}.py"
+        r = subprocess.run([sys.executable, str(builder), str(tmp_path / "nowhere"), str(out)],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode != 0 and r.stderr.strip() == f"no such source: {tmp_path / 'nowhere'} (see --help)"
+        h = subprocess.run([sys.executable, str(builder), "--help"], capture_output=True, text=True, cwd=tmp_path)
+        assert h.returncode == 0 and "Build" in h.stdout
+        assert out.read_text() == '{"user": "a", "text": "kept"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.jsonl" for n in
+                                                                 ("spamassassin_ham", "gutenberg_mix", "topical_chat"))

@@ -199,7 +199,8 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     available = sum(scored_words(pop.heldout).values())
     if v0_metrics["words"] < available:
         console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the held-out users' scored "
-                      f"halves are scored, an even share per user; --eval-words {available} scores every one")
+                      f"halves are scored, an even share per user; "
+                      f"{getattr(args, 'eval_words_flag', '--eval-words')} {available} scores every one")
     for old in ("report.md", "report.json", "report.png"):   # they would describe runs/ being replaced
         (data / old).unlink(missing_ok=True)
     feds = [run_federation("federated", args, args.noise_multiplier, data, v0, pop, v0_metrics,
