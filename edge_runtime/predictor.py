@@ -93,8 +93,10 @@ FIRST_LETTERS = 16
 FIRST_PART = 2
 # The user's own words weigh in by how much of them there is: their mixture weight is scaled by
 # n / (n + PERSONAL_EVIDENCE) for n tokens typed. One committed "Hello." made the personal
-# unigram 50% "Hello" after any history it never saw, and "Hello" topped every strip.
-PERSONAL_EVIDENCE = 0.0
+# unigram 50% "Hello" after any history it never saw, and "Hello" topped every strip. Validation
+# users, version 0 (their first halves typed first, so n is large): Shakespeare 19.04% / 44.18%
+# against 19.06% / 44.20% without, e-mail 24.68% / 46.35% against 24.62% / 46.32%.
+PERSONAL_EVIDENCE = 50.0
 
 # The share of a completion's score that goes to the words of the text being typed, by how often
 # the text holds each (Kuhn and De Mori 1990's cache). On held-out e-mail senders it completes

@@ -220,6 +220,23 @@ def test_the_users_own_words_are_learned_on_the_device(exported_version):
     assert p.weights()[2] > 0.1  # the personal part predicted what the user typed: its weight grew
 
 
+def test_one_committed_sentence_does_not_take_over_every_strip(predictor, monkeypatch):
+    """After one "Hello there." the user's own words (two words, weight 0.2 from the first text)
+    gave "Hello" half their unigram after any history they never saw: it topped every strip."""
+    from edge_runtime import predictor as predictor_module
+
+    def strip_after_one_sentence() -> list[str]:
+        p = Predictor(predictor.model, predictor.sp)
+        p.learn("Hello there.")
+        return p.session().update("I pray you, tell me of the ")
+
+    fresh = Predictor(predictor.model, predictor.sp).session().update("I pray you, tell me of the ")
+    assert "Hello" not in fresh
+    assert strip_after_one_sentence() == fresh
+    monkeypatch.setattr(predictor_module, "PERSONAL_EVIDENCE", 0.0)   # as before: weighed in at once
+    assert "Hello" in strip_after_one_sentence() or "there" in strip_after_one_sentence()
+
+
 @pytest.fixture(scope="module")
 def base_ngram():
     from protocol.ngram import KneserNeyLM
