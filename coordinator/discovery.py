@@ -17,9 +17,10 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from coordinator import queries, versions
+from coordinator import queries, round_end, versions
 from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus
@@ -52,14 +53,21 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
     tokenizer = coord.blobs.get(base.tokenizer_sha256)
     words = vocab.dictionary(tokenizer, V)
     k = plan.discover_words
-    vote_sum = ddp.decode_sum(np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4"), p["scale"], 1)
+    digest = row.sum_sha256
+    if digest is None or not coord.blobs.exists(digest):   # never expected: say so rather than crash every tick
+        round_end.fail_round(coord, s, r, "word discovery: the vote sum is gone")
+        log.error("round %d failed: %s", r.id, r.reason)
+        return
+    vote_sum = ddp.decode_sum(np.frombuffer(coord.blobs.get(digest), dtype="<u4"), p["scale"], 1)
     std = discovery.count_std(k, p["mu"], row.survivors, p["scale"])
     chosen, bar = discovery.found(vote_sum, words, k, std, int(vocab.MAX_SHARE * V))
     # The whole histogram is not kept: below the bar it counts words that one or two devices
     # typed (at a low noise, a cohort member's rare surname or town, for whoever reads the blob
-    # store or a backup). Only the words that passed remain, in the candidate's word list.
-    coord.blobs.discard(row.sum_sha256)
+    # store or a backup). Only the words that passed remain, in the candidate's word list. The
+    # file goes once the row no longer names it is committed: a close that fails after this
+    # point (a full disk writing the candidate) rolls back and is retried with its sum.
     row.sum_sha256 = None
+    event.listen(s, "after_commit", lambda _session: coord.blobs.discard(digest), once=True)
     summary = f"{len(chosen)} of {len(words)} words reached {bar:.1f} votes of {row.survivors} devices"
     if not chosen:
         r.status, r.closed_at, r.reason = RoundStatus.DONE, utcnow(), f"word discovery: {summary}; no new version"

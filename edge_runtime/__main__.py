@@ -243,7 +243,7 @@ def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:
 def _disk_full(e: CacheError) -> bool:
     """SQLite on a full disk: "database or disk is full", or "disk I/O error" when it cannot even
     make the WAL files to open the cache."""
-    return any(s in str(e) for s in ("disk is full", "disk I/O error"))
+    return any(s in str(e) for s in ("disk is full", "disk I/O error"))   # I/O error: full, or failing
 
 
 def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
@@ -257,9 +257,11 @@ def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
         replace_damaged(data_dir)
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
     except (CacheError, OSError):
-        after = "no room for a new cache yet: free some space"
-    print(f"the disk is full ({error}): the text cache's {len(gone)} file(s) were overwritten in place and "
-          f"deleted. Text cache and personal model wiped; {after}")
+        after = ("no room for a new, paused cache yet: the next command that opens the cache makes one, with "
+                 "learning on (run `pause` then if it was paused; a running keyboard or device loop holds "
+                 "the old file's space until it stops)")
+    print(f"the disk is full or failing ({error}): the text cache's {len(gone)} file(s) were overwritten in place "
+          f"and deleted. Text cache and personal model wiped; {after}")
 
 
 def _holds_device(data_dir: Path) -> bool:

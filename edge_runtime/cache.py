@@ -107,6 +107,9 @@ def destroy_files(data_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+CLOCK_UNSET_BEFORE = 1_600_000_000.0   # September 2020: a device clock before it was never set
+
+
 def _said(e: BaseException) -> str:
     """A database error as the cache may log or answer it: never with the text it quotes. Python's
     sqlite3 quotes a row it cannot decode whole ("Could not decode to UTF-8 column 'text' with
@@ -411,12 +414,6 @@ class TextCache:
             # Checked inside the write transaction, so a concurrent pause cannot race it.
             if self._setting("paused") == "1":
                 return False
-            if ts is None:
-                # Never stamped before the newest text: typed while the clock was behind (a board
-                # without a real-time clock boots in 1970), a text looked years old once the clock
-                # was set, and the next retention check deleted it with everything typed offline.
-                newest = self._db.execute("SELECT MAX(ts) FROM texts").fetchone()[0]
-                now = max(now, newest or now)
             self._db.execute(
                 "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
                 (now, field_kind.strip().lower(), text, nbytes),
@@ -433,12 +430,20 @@ class TextCache:
         return n
 
     def _expire_locked(self, now: float) -> int:
-        cutoff = now - self.retention_days * 86400.0
-        n = self._db.execute("DELETE FROM texts WHERE ts < ?", (cutoff,)).rowcount
-        removed = self._removed_locked()   # words of the user's text: kept no longer than the text
-        if any(t < cutoff for _, t in removed.values()):
-            self._put_setting(REMOVED_KEY, json.dumps({w: v for w, v in removed.items() if v[1] >= cutoff},
-                                                      ensure_ascii=False))
+        # A text stamped before CLOCK_UNSET_BEFORE was typed while the clock was not set (a board
+        # without a real-time clock boots in 1970): its time is unknown, not old. It is stamped
+        # with the first set clock, and kept until then: before, it looked 56 years old once the
+        # clock was set, and the next retention check deleted it with all that was typed offline.
+        n = 0
+        if now >= CLOCK_UNSET_BEFORE:   # the size cap below holds whatever the clock says
+            self._db.execute("UPDATE texts SET ts = ? WHERE ts < ?", (now, CLOCK_UNSET_BEFORE))
+            cutoff = now - self.retention_days * 86400.0
+            n = self._db.execute("DELETE FROM texts WHERE ts < ?", (cutoff,)).rowcount
+            removed = self._removed_locked()   # words of the user's text: kept no longer than the text
+            if any(t < cutoff for _, t in removed.values()):   # (one removed while the clock was unset: now)
+                kept = {w: [v[0], now if v[1] < CLOCK_UNSET_BEFORE else v[1]] for w, v in removed.items()}
+                self._put_setting(REMOVED_KEY, json.dumps({w: v for w, v in kept.items() if v[1] >= cutoff},
+                                                          ensure_ascii=False))
         total = self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM texts").fetchone()[0]
         if total > self.max_bytes:
             # Oldest first: walk ids until what remains fits, then delete the prefix.

@@ -23,9 +23,11 @@ refuse sensitive or private fields and anything while learning is paused). The p
 sends its private field's text anywhere. Log lines carry method, route, status and timing,
 never a body, query string or unknown path. The server binds to loopback unless told
 otherwise explicitly. On every bind it refuses requests whose Host is a name other than its
-own (DNS rebinding), cross-origin POSTs, and POSTs without the per-session token
+own (DNS rebinding), cross-origin POSTs, and POSTs without the page's key
 (``X-Keyboard-Token``) that only the printed page URL carries (``#token=...``), so neither a
-web page nor another local process can commit, wipe or unpause.
+web page nor another local process can commit, wipe or unpause. The key is kept in the data
+directory (``keyboard_token``, 0600) so that an open page survives a restart; deleting that
+file gives the next start a new one (do so if the URL was seen by someone else).
 
 `start_keyboard(...)` runs the server in a thread and returns a handle (`.url`, `.stop()`);
 `serve_keyboard(...)` blocks until stopped.
@@ -529,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(421, "bad_host", "this server only answers requests for its own address")
 
     def _check_origin_and_token(self) -> None:
-        """State-changing calls: same-origin only, and the session token the page was opened with
+        """State-changing calls: same-origin only, and the page's key the page was opened with
         (printed with its URL), so neither another site nor another local process can commit,
         wipe or unpause."""
         origin = self.headers.get("Origin")
@@ -699,7 +701,7 @@ class KeyboardServer:
     host: str
     port: int
     app: KeyboardApp
-    token: str        # the session token state-changing calls send in X-Keyboard-Token
+    token: str        # the page's key state-changing calls send in X-Keyboard-Token (kept across restarts)
     page_url: str     # what a person opens: url + "#token=..." (the fragment never leaves the browser)
     _server: _Server
     _thread: threading.Thread

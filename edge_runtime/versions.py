@@ -115,8 +115,21 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _lock(staging: Path) -> int | None:
+    """Hold `staging`'s lock while downloading into it (None where the filesystem has no such
+    lock, e.g. flock over NFS: then only the age rule of `_in_use` protects it)."""
+    fd = os.open(staging, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
 def _in_use(staging: Path) -> bool:
-    """Whether a process is downloading into `staging` (it holds the directory's lock)."""
+    """Whether a process is downloading into `staging` (it holds the directory's lock; where
+    locks do not work, a directory changed in the last hour counts as in use)."""
     try:
         fd = os.open(staging, os.O_RDONLY)
     except OSError:
@@ -126,21 +139,31 @@ def _in_use(staging: Path) -> bool:
         return False
     except BlockingIOError:
         return True
+    except OSError:
+        return time.time() - os.fstat(fd).st_mtime < 3600
     finally:
         os.close(fd)
 
 
 def _share(local: Path, dest: Path) -> None:
     """A file another installed version holds already (the graph, the word list: 14 MB of the
-    shipped version): linked, not copied. Copies made an update need the space of a whole
-    version, and a device with room for only the new weights could never update. Version files
-    are never written in place, so versions can share them."""
+    shipped version): copied while the disk has room for it twice over, so each version keeps
+    its own (a damaged copy leaves the previous version to fall back on); linked when it does
+    not, as an update would otherwise need the space of a whole version and a device with room
+    for only the new weights could never update. Version files are never written in place."""
     try:
-        os.link(local, dest)
-    except OSError:   # a filesystem without hard links
-        shutil.copyfile(local, dest)
-        with open(dest, "rb+") as f:
-            os.fsync(f.fileno())
+        tight = shutil.disk_usage(dest.parent).free < 2 * local.stat().st_size
+    except OSError:
+        tight = False
+    if tight:
+        try:
+            os.link(local, dest)
+            return
+        except OSError:   # a filesystem without hard links: copy, and a full disk says so
+            pass
+    shutil.copyfile(local, dest)
+    with open(dest, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def _check_runnable(manifest: Manifest) -> None:
@@ -223,8 +246,13 @@ class VersionStore:
         if ptr["current"] is None and (self.root / CURRENT_POINTER).exists():
             # A damaged pointer: the newest installed version that verifies, as its log line says
             # (before, nothing fell back and the strip stayed empty until the next check-in).
-            newest = sorted(self.installed(), key=lambda v: (self.path(v) / MANIFEST).stat().st_mtime, reverse=True)
-            for vid in newest:
+            def mtime(v: str) -> float:
+                try:
+                    return (self.path(v) / MANIFEST).stat().st_mtime
+                except OSError:   # pruned meanwhile
+                    return 0.0
+
+            for vid in sorted(self.installed(), key=mtime, reverse=True):
                 if self._valid(vid):
                     return self.path(vid)
         raise VersionError("no usable model version on this device")
@@ -282,8 +310,7 @@ class VersionStore:
         wanted = _downloads(manifest)
 
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
-        held = os.open(staging, os.O_RDONLY)
-        fcntl.flock(held, fcntl.LOCK_EX)   # "in use" to every other process's `_recover`
+        held = _lock(staging)   # "in use" to every other process's `_recover`
         try:
             for fname, sha in wanted.items():
                 local = self._find_local(fname, sha)
@@ -304,7 +331,8 @@ class VersionStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         finally:
-            os.close(held)
+            if held is not None:
+                os.close(held)
         log.info("installed model version %s", version_id)
         return target
 

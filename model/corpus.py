@@ -107,8 +107,8 @@ def _json_array(text: str, p: Path | None = None) -> list | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:   # "Extra data": one value, then more (JSON Lines, which `_sniff` reads)
-        if p is not None and _EXPORT.match(text) and e.msg != "Extra data":
+    except json.JSONDecodeError as e:
+        if p is not None and _EXPORT.match(text) and not _first_line_whole(text):
             raise CorpusError(f"{p}:{e.lineno}: malformed JSON at column {e.colno}: {e.msg} "
                               "(the file opens as a JSON array of records)") from None
         return None
@@ -117,6 +117,17 @@ def _json_array(text: str, p: Path | None = None) -> list | None:
             raise CorpusError(f"{p}: JSON this tool cannot read: {_plain(e)}") from None
         return None
     return value if isinstance(value, list) and value and isinstance(value[0], dict) else None
+
+
+def _first_line_whole(text: str) -> bool:
+    """Whether the first non-blank line is a JSON value by itself: JSON Lines whose first record
+    is an array (line 1's error names it), not an export spread over lines."""
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    try:
+        json.loads(first)
+        return True
+    except (ValueError, RecursionError):
+        return False
 
 
 def _plain(e: Exception) -> str:

@@ -105,7 +105,7 @@
     }
   }
 
-  // Opened without the printed link's #token (or with a previous run's): every call is refused,
+  // Opened without the printed link's #token (or with a key since replaced): every call is refused,
   // and the first sign of it used to be "Could not save" at the end of a sentence.
   function noToken() {
     stripSays("no-token", "Open the link the device printed: it carries this page's key");
@@ -277,8 +277,10 @@
   // COMMIT_TIMEOUT_MS) is kept in this page and sent again, first, after the next status poll
   // that is answered: a sentence is not lost while the device is busy or briefly failing. Each
   // commit carries an id, so one the device stored before its answer failed is not stored
-  // twice. Text the device refused is not kept; so is text queued for a device process since
-  // restarted, whose new session this page's token cannot reach (the toast says so). A clear
+  // twice (within one device process: a restart forgets the ids, so a commit stored just before
+  // a kill and sent again is stored twice). Text the device refused is not kept (a page whose key
+  // the device no longer takes: the toast says so). The key survives a restart of the device
+  // process (`keyboard_token` in its data directory), so text queued meanwhile is sent. A clear
   // forgets what is queued or waiting its turn (`generation`). Only this page's memory holds it.
   const COMMIT_TIMEOUT_MS = 15000;
   let unsaved = [], saving = Promise.resolve(), generation = 0;
@@ -572,7 +574,8 @@
     // Enter that confirms an input method's composition (Japanese, Chinese) is not "send".
     if (e.isComposing || e.keyCode === 229) return;
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); return; }
-    const slot = e.altKey && !e.ctrlKey && !e.metaKey && SHORTCUT[e.code];
+    // Only where Alt+digit types nothing: on a Mac, Option+3 is "#" on some layouts (e.key says so).
+    const slot = e.altKey && !e.ctrlKey && !e.metaKey && /^[123]$/.test(e.key) && SHORTCUT[e.code];
     if (slot) {
       e.preventDefault();
       if (!slots[slot].disabled) accept(slots[slot]);

@@ -124,16 +124,37 @@ def test_expiry_happens_on_add_too(cache: TextCache, clock: Clock):
     assert all_texts(cache) == ["fresh"]
 
 
-def test_text_typed_while_the_clock_was_behind_survives_the_clock_being_set(cache: TextCache, clock: Clock):
+def test_text_typed_while_the_clock_was_unset_survives_the_clock_being_set(tmp_path: Path, clock: Clock):
     """A board without a real-time clock boots in 1970: what it cached then looked 56 years old
-    once the clock was set, and the next retention check deleted it."""
-    cache.add("typed before", "message")
+    once the clock was set, and the next retention check deleted it, with everything before it."""
+    for before in ([], ["typed before"]):
+        c = TextCache(tmp_path / f"d{len(before)}", clock=clock)
+        now = clock.t
+        for t in before:
+            c.add(t, "message")
+        clock.t = 86400.0                               # 2 January 1970
+        c.add("typed offline", "message")
+        assert c.enforce_retention() == 0
+        clock.t = now + 60                              # set again
+        assert c.enforce_retention() == 0
+        c.add("typed after", "message")
+        assert all_texts(c) == [*before, "typed offline", "typed after"]
+        clock.t = now + 61 * 86400                      # and retention still works for all of it
+        assert c.enforce_retention() == len(before) + 2 and all_texts(c) == []
+        clock.t = now
+        c.close()
+
+
+def test_a_clock_that_ran_ahead_does_not_keep_later_text_forever(cache: TextCache, clock: Clock):
+    """Stamping every text at least as late as the newest kept all text past a clock that once
+    read 2099 until 2099 (the review of the first fix)."""
     now = clock.t
-    clock.t = 86400.0                               # 2 January 1970
-    cache.add("typed offline", "message")
-    clock.t = now + 60                              # set again
-    assert cache.enforce_retention() == 0
-    assert all_texts(cache) == ["typed before", "typed offline"]
+    clock.t = 4_070_908_800.0                           # a bad clock: 2099
+    cache.add("typed in 2099", "message")
+    clock.t = now
+    cache.add("typed now", "message")
+    clock.t = now + 61 * 86400
+    assert cache.enforce_retention() == 1 and all_texts(cache) == ["typed in 2099"]
 
 
 def test_an_undecodable_row_is_damage_and_its_text_is_never_in_the_error(tmp_path: Path):
@@ -221,7 +242,7 @@ def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys
     monkeypatch.setattr(agent, "open_cache", full)
     assert cli_main(["wipe", "--data-dir", str(d)]) == 0
     out = capsys.readouterr().out
-    assert "the disk is full" in out and "overwritten in place" in out
+    assert "the disk is full or failing" in out and "overwritten in place" in out
     assert b"see you at the station" not in raw_file_bytes(d)
     monkeypatch.undo()
     with TextCache(d) as fresh:

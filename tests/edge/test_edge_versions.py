@@ -124,15 +124,29 @@ def test_shared_graph_and_tokenizer_are_not_downloaded_twice(tmp_path: Path, ser
     assert sorted(f.calls) == sorted([MANIFEST, WEIGHTS])
 
 
-def test_files_a_version_shares_are_linked_not_copied(tmp_path: Path, server: Path):
-    """A copy made an update need the space of a whole version (14 MB of the shipped one's 15.4
-    are its graph and word list): a device with room for the new weights alone never updated."""
+def test_files_a_version_shares_are_linked_only_when_the_disk_is_tight(tmp_path: Path, server: Path,
+                                                                      monkeypatch):
+    """Copies made an update need the space of a whole version (14 MB of the shipped one's 15.4
+    are its graph and word list): a device with room for the new weights alone never updated.
+    With room, each version keeps its own copy: a damaged one leaves the previous to fall back on."""
+    import shutil
+    from collections import namedtuple
+
     store = VersionStore(tmp_path / "dev")
     store.install("v1", fetch_from(server))
     store.install("v2", fetch_from(server))
+    inode = lambda v, name: (store.path(v) / name).stat().st_ino   # noqa: E731
+    assert inode("v1", GRAPH) != inode("v2", GRAPH)
+    (store.path("v2") / GRAPH).write_bytes(b"bit rot")
+    assert store.current() == store.path("v1")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100, 100, 10))   # a nearly full disk
+    store = VersionStore(tmp_path / "tight")
+    store.install("v1", fetch_from(server))
+    store.install("v2", fetch_from(server))
     for name in (GRAPH, TOKENIZER):
-        assert (store.path("v1") / name).stat().st_ino == (store.path("v2") / name).stat().st_ino
-    assert (store.path("v1") / WEIGHTS).stat().st_ino != (store.path("v2") / WEIGHTS).stat().st_ino
+        assert inode("v1", name) == inode("v2", name)
+    assert inode("v1", WEIGHTS) != inode("v2", WEIGHTS)
 
 
 def test_another_process_opening_the_store_leaves_a_download_under_way_alone(tmp_path: Path, server: Path):

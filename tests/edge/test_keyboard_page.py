@@ -636,7 +636,7 @@ def test_a_long_paste_is_learned_in_pieces_and_an_emoji_run_keeps_its_strip(page
         page.wait_for_timeout(100)
     assert " ".join(stored) + " " == sentence * 2000 and len(stored) > 1
     page.locator("#message").fill("")
-    page.keyboard.insert_text("\U0001F600" * 5000 + " x")
+    page.keyboard.insert_text("\U0001F600" * 5000 + "x")     # no whitespace to cut after
     assert wait_strip(page)[1] and page.locator("#strip").get_attribute("data-state") == "ready"
 
 

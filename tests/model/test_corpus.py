@@ -107,6 +107,11 @@ def test_a_damaged_export_is_refused_where_it_breaks(tmp_path):
     cut.write_text(rows[:-40])
     with pytest.raises(CorpusError, match=r"cut.json:\d+: malformed JSON at column \d+: .*opens as a JSON array"):
         read_corpus(cut)
+    for tail in ("\n]", "\nnotes", "\n" + rows):   # a bracket too many, trailing text, two exports
+        extra = tmp_path / "extra.json"
+        extra.write_text(rows + tail)
+        with pytest.raises(CorpusError, match=r"extra.json:\d+: malformed JSON .*Extra data"):
+            read_corpus(extra)
     comma = tmp_path / "comma.json"
     comma.write_text('[{"user": "a", "text": "ok"},]')
     with pytest.raises(CorpusError, match=r"comma.json:1: malformed JSON at column 30"):

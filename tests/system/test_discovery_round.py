@@ -28,7 +28,8 @@ def _tail_words(version: Path) -> list[str]:
     return [w for w in dictionary((version / TOKENIZER).read_bytes(), V) if w.isalpha() and len(w) > 3]
 
 
-def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_only(tmp_path, exported_version):
+def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_only(tmp_path, exported_version,
+                                                                                    monkeypatch):
     n = 5
     tail = _tail_words(exported_version)
     shared, own = tail[:2], tail[2:2 + n]           # typed by every device / by one device each
@@ -48,11 +49,23 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
                 assert agent.type_text(cfg, t, "message")
             cfgs.append(cfg)
         rid = s.coord.start_round(noise_multiplier=0.0, secure_aggregation=True, discover_words=3)
+        # The first close fails writing the candidate (a full disk): it rolls back, and the retry
+        # must still find the vote sum (it was deleted before the commit, and every retry failed).
+        from coordinator import versions as coord_versions
+        write, failed = coord_versions.write_candidate, []
+
+        def full_once(*a, **kw):
+            if not failed:
+                failed.append(1)
+                raise OSError(28, "No space left on device")
+            return write(*a, **kw)
+
+        monkeypatch.setattr(coord_versions, "write_candidate", full_once)
         results = run_once_each(cfgs)
         assert all(r is not None and r.outcome == "uploaded" and r.counts["task"] == "discover"
                    and r.counts["words_voted"] == 3 for r in results), results
         rnd = wait_closed(s.coord, rid)
-        assert rnd["status"] == "done" and "2 of" in rnd["reason"], rnd
+        assert failed and rnd["status"] == "done" and "2 of" in rnd["reason"], rnd
         cand = rnd["result_version_id"]
         assert s.coord.status()["candidate_version_id"] == cand
 

@@ -180,7 +180,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                       soft_wrap=True)
         args.devices = len(pop.users)
     single = sum(len(texts) < 2 for _, texts in pop.users)
-    if single == len(pop.users):
+    if pop.users and single == len(pop.users):
         raise CorpusError(f"{args.corpus}: every device's user has one text, and a device keeps its newest text "
                               "back to evaluate on, so no device would train; split long texts into several "
                               "(tools.prepare --texts-per-user or --format paragraphs) or use users of 2+ texts")

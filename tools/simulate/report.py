@@ -160,7 +160,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
         "# FedKeys simulation report", "",
         f"Command: `{command}`", "",
         f"Device corpus `{Path(args.corpus).name}`: {len(pop.users)} simulated devices (the {len(pop.users)} train "
-        f"users with the most text, of {pop.train_users}), evaluated on {words:,} words of {reached} of the "
+        f"users with the most text of those with 2+ texts, of {pop.train_users}), evaluated on {words:,} words of "
+        f"{reached} of the "
         f"{pop.test_users} held-out users ({'every word' if words == sum(available.values()) else 'an even share each'}"
         f"; the scored halves of all {pop.test_users} hold {sum(available.values()):,} words); proxy corpus "
         f"{proxy_names}. "
