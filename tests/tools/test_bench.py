@@ -74,8 +74,8 @@ def test_train_bench_prints_both_backends_and_edge_memory(exported_version):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "edge: " in out and "(train signature)" in out and "tensorflow" in out and "(train_step)" in out, out
-    assert "edge process peak RSS (MB)" in out and "tensorflow imported: no" in out, out
-    assert "tensorflow process peak RSS (MB)" in out
+    assert "edge process peak RSS (MiB)" in out and "tensorflow imported: no" in out, out
+    assert "tensorflow process peak RSS (MiB)" in out
     # A relative --model from another folder: the edge side runs in the repository, which it
     # once resolved the path against ("no manifest.json in tiny").
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -79,9 +79,9 @@ def main(args: argparse.Namespace) -> int:
     for name, r in ((f"edge: {edge['backend']} (train signature)", edge),
                     (f"{tf_['backend']} (train_step)", tf_)):
         print(f"{name:36} {r['tokens_per_s']:10.0f} {r['ms_per_step']:9.2f} {r['tokens_per_s'] / base:7.2f}x")
-    print(f"{'edge process peak RSS (MB)':36} {edge['peak_rss_mb']:10.1f}   (after model load "
+    print(f"{'edge process peak RSS (MiB)':36} {edge['peak_rss_mb']:10.1f}   (after model load "
           f"{edge['rss_loaded_mb']:.1f}, interpreter start {edge['rss_start_mb']:.1f}; "
           f"tensorflow imported: {'yes' if edge['tensorflow_imported'] else 'no'})")
-    print(f"{'tensorflow process peak RSS (MB)':36} {tf_['peak_rss_mb']:10.1f}   "
+    print(f"{'tensorflow process peak RSS (MiB)':36} {tf_['peak_rss_mb']:10.1f}   "
           f"({tf_['peak_rss_mb'] / max(edge['peak_rss_mb'], 1e-9):.1f}x the edge process)")
     return 0
