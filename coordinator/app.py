@@ -47,11 +47,18 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.config["FEDKEYS"] = cfg
     app.json.sort_keys = False
     coordinator = Coordinator(cfg)
+    where = "admin_token" if cfg.admin_token else f"the admin token in {cfg.data_dir}/{keys.ADMIN_TOKEN_FILE}"
     if len(coordinator.admin_token) < MIN_ADMIN_TOKEN_CHARS:
         coordinator.close()
-        where = "admin_token" if cfg.admin_token else f"the admin token in {cfg.data_dir}/{keys.ADMIN_TOKEN_FILE}"
         raise ConfigError(f"{where} must be at least {MIN_ADMIN_TOKEN_CHARS} characters to be served (empty "
                           f"setting and no file: one is generated)")
+    token = coordinator.admin_token
+    if token != token.strip() or not token.isascii() or not token.isprintable():
+        # An HTTP header carries such a token differently by client (Latin-1, UTF-8, trimmed),
+        # so it served and no one could log in: a browser refused to send it, curl got 401.
+        coordinator.close()
+        raise ConfigError(f"{where} must be printable ASCII without spaces at either end (an HTTP header cannot "
+                          "carry it the same way from every client)")
     if missing := deployment.missing_files(coordinator):
         coordinator.close()
         raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "

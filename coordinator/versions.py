@@ -110,6 +110,8 @@ def _check_import(s: Session, manifest: artifact.Manifest, d: Path, any_parent: 
     """Refuse an import `import_version` must not make; the stable version (None: this is the first)."""
     if s.get(Version, manifest.version_id) is not None:
         raise ApiError(409, wire.E_CONFLICT, f"version {manifest.version_id} already imported")
+    if manifest.parent is not None and not wire.is_safe_id(manifest.parent):   # shown in tables and logs
+        raise bad_request(f"the manifest's parent {manifest.parent[:40]!r} is not a version id")
     stable = queries.stable(s)
     if stable is not None and json.loads(stable.manifest_json)["arch_hash"] != manifest.arch_hash:
         raise bad_request("imported version has a different architecture than the stable version")

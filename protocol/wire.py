@@ -502,6 +502,6 @@ def bearer_token(header_value: str | None) -> str | None:
     if not header_value:
         return None
     scheme, _, token = header_value.partition(" ")
-    if scheme != AUTH_SCHEME or not token.strip():
+    if scheme.lower() != AUTH_SCHEME.lower() or not token.strip():   # schemes are case-insensitive (RFC 7235)
         return None
     return token.strip()

@@ -7,7 +7,8 @@
   const $ = (sel) => document.querySelector(sel);
   const KEY = "fedkeys-admin-token";
   const params = new URLSearchParams(location.search);
-  const REFRESH_MS = Math.max(500, Number(params.get("refresh_ms")) || 5000);
+  // Between 0.5 s and an hour: past 2^31 ms the browser's timer wraps and fired continuously.
+  const REFRESH_MS = Math.min(3600000, Math.max(500, Number(params.get("refresh_ms")) || 5000));
   let timer = null, chart = null, refreshes = 0;
 
   const fmtEps = (x) => (x === null || x === undefined) ? "–"
@@ -132,17 +133,25 @@
     u.textContent = "updated " + new Date().toLocaleTimeString() + ` · every ${REFRESH_MS / 1000} s`;
   }
 
+  let inFlight = false;
   async function refresh() {
     const token = sessionStorage.getItem(KEY);
     if (!token) { showLogin(); return; }
+    if (inFlight) return;              // a slow coordinator: no pile of overlapping requests
+    inFlight = true;
     try {
-      render(await fetchData(token));
+      const data = await fetchData(token);
+      // Logged out (or in again) while the answer was on its way: it is not shown.
+      if (sessionStorage.getItem(KEY) !== token) return;
+      render(data);
       $("#panels").hidden = false;
       $("#login").hidden = true;
       $("#logout").hidden = false;
     } catch (e) {
       if (e.auth) showLogin(e.message);
       else $("#updated").textContent = (e.limited ? e.message : "coordinator unreachable: " + e.message) + " (retrying)";
+    } finally {
+      inFlight = false;
     }
   }
 
@@ -164,6 +173,7 @@
     sessionStorage.setItem(KEY, token);
     $("#token").value = "";
     start();
+    $("#logout").focus();              // the form that had the focus is hidden now
   });
   $("#logout").addEventListener("click", () => showLogin("logged out"));
 

@@ -132,6 +132,16 @@ def test_round_deadline_with_minimum_aggregates_and_without_fails(served, tmp_pa
     assert r["status"] == "failed" and "minimum 2" in r["reason"]
 
 
+def test_a_scrape_of_metrics_closes_a_due_round_as_the_dashboard_does(served):
+    """With every device away, /metrics said a round was open until someone opened the dashboard."""
+    _setup(served, 2)
+    rid = served.coord.start_round(goal_count=2, min_count=2)
+    _expire(served, rid)
+    metrics = served.admin("GET", "/metrics").text
+    assert "fedkeys_round_open 0.0" in metrics and 'fedkeys_rounds_total{event="failed"} 1.0' in metrics
+    assert served.admin("GET", f"/v1/admin/rounds/{rid}").json()["status"] == "failed"
+
+
 def test_a_round_whose_aggregate_is_not_finite_fails_and_is_counted_failed(served, monkeypatch, caplog):
     """Such a round was marked failed but counted as done, with no log line (the other ways a round
     fails each wrote their own record; coordinator.round_end now writes it once for all)."""

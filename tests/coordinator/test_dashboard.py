@@ -151,3 +151,43 @@ def test_dashboard_names_a_word_discovery_round(browser, tmp_path, exported_vers
             expect(page.locator("#round-status")).to_have_text("failed · word discovery, secure")
         finally:
             page.context.close()
+
+
+def test_logging_out_during_a_refresh_shows_nothing_and_the_refresh_is_capped(browser, tmp_path):
+    """An answer that arrived after "Log out" put the panels back, frozen, with a Log out button;
+    and refresh_ms past 2^31 wrapped the browser's timer, which then fired continuously."""
+    import time
+
+    from playwright.sync_api import expect
+
+    cfg = make_config(tmp_path)
+    with serve(cfg) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        ctx = browser.new_context()
+        page = ctx.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            asked: list[str] = []
+            page.on("request", lambda r: asked.append(r.url) if "/v1/admin/dashboard" in r.url else None)
+            page.goto(s.url + "/dashboard?refresh_ms=2147483648")
+            page.fill("#token", cfg.admin_token)
+            page.click("#login button[type=submit]")
+            expect(page.locator("#panels")).to_be_visible()
+            page.wait_for_timeout(1500)
+            assert len(asked) <= 4, len(asked)              # login, the first refresh: not hundreds
+            page.goto(s.url + "/dashboard?refresh_ms=500")
+            expect(page.locator("#panels")).to_be_visible()
+
+            def slow(route):
+                time.sleep(1.0)
+                route.continue_()
+
+            page.route("**/v1/admin/dashboard", slow)
+            page.wait_for_timeout(700)                      # a refresh is on its way
+            page.click("#logout")
+            page.wait_for_timeout(2000)
+            expect(page.locator("#panels")).to_be_hidden()
+            expect(page.locator("#login")).to_be_visible()
+        finally:
+            ctx.close()

@@ -104,4 +104,5 @@ def test_paths_and_helpers():
     h = w.device_headers("d1", "tok")
     assert w.bearer_token(h[w.AUTH_HEADER]) == "tok" and h[w.DEVICE_HEADER] == "d1"
     assert w.bearer_token("Basic xyz") is None and w.bearer_token(None) is None
+    assert w.bearer_token("bearer tok") == w.bearer_token("BEARER tok") == "tok"   # schemes: any case
     assert w.ErrorBody(w.E_RATE_LIMITED, "x").retryable and not w.ErrorBody(w.E_STALE, "x").retryable
