@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from coordinator import privacy, queries, selection
 from coordinator.errors import not_found
 from coordinator.models import Decision, Rejection, Round, Version
+from coordinator.models_secagg import SecAggRound
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -52,7 +53,16 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
             "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": iso(r.selection_ends_at),
             "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": iso(r.deadline),
             "created_at": iso(r.created_at), "closed_at": iso(r.closed_at),
-            "result_version_id": r.result_version_id, "reason": r.reason}
+            "result_version_id": r.result_version_id, "reason": r.reason, "secure_phase": _secure_phase(s, r)}
+
+
+def _secure_phase(s: Session, r: Round) -> str | None:
+    """Where a secure round is (keys, shares, masked, unmask, summed, failed); None for a plain one.
+    A secure round stuck on its keys step read like a plain round waiting for uploads."""
+    if not json.loads(r.plan_json).get("secure_aggregation"):
+        return None
+    row = s.get(SecAggRound, r.id)
+    return "keys" if row is None else row.phase   # no row until the first device posts its keys
 
 
 def version_dict(coord: Coordinator, s: Session, v: Version) -> dict[str, Any]:

@@ -57,8 +57,11 @@
     if (!r) { $("#round-id").textContent = "– none yet"; $("#round-status").textContent = ""; return; }
     $("#round-id").textContent = String(r.round_id);
     const plan = r.plan || {};
-    const mode = plan.discover_words ? "word discovery, secure" : plan.secure_aggregation ? "secure" : "";
+    let mode = plan.discover_words ? "word discovery, secure" : plan.secure_aggregation ? "secure" : "";
+    if (mode && r.status === "open" && r.secure_phase) mode += ` (${r.secure_phase} step)`;
     $("#round-status").textContent = mode ? `${r.status} · ${mode}` : r.status;
+    const n = d.rounds;   // how many rounds ended which way: a failing streak shows here
+    $("#round-history").textContent = n ? `${n.total} rounds: ${n.done} done, ${n.failed} failed` : "";
     const set = (name, value, max, text) => {
       const m = $("#m-" + name);
       m.max = Math.max(1, max);
