@@ -221,6 +221,30 @@ def epsilon_table(rounds: list[int], delta: float, population: int, noise_on_mea
     return "\n".join(rows)
 
 
+def devices_for(target: float, rounds: int, delta: float, noise_on_mean: float = 0.01) -> int:
+    """The fewest devices per round whose noised sums, at z = noise_on_mean * n, keep epsilon against
+    the coordinator at or under `target` after `rounds` rounds (bisection on the exact Skellam RDP)."""
+    def eps(n: int) -> float:
+        z = noise_on_mean * n
+        s = ddp.choose_scale(1.0, n, z, FULL_DIM, max(2, math.ceil(0.7 * n)))
+        return privacy_skellam.skellam_vs_gaussian(z, s, 1.0, FULL_DIM, rounds, delta)[0]
+
+    lo, hi = 2, 1_000_000
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if eps(mid) <= target else (mid + 1, hi)
+    return lo
+
+
+def devices_table(targets: list[float], rounds: list[int], delta: float, noise_on_mean: float = 0.01) -> str:
+    """Devices per round for each epsilon target and round count (README's and privacy.md's figures)."""
+    rows = [f"| epsilon vs coordinator ≤ (delta {delta:g}) | " + " | ".join(f"{r} rounds" for r in rounds) + " |",
+            "|---:|" + "---:|" * len(rounds)]
+    for t in targets:
+        rows.append(f"| {t:g} | " + " | ".join(f"{devices_for(t, r, delta, noise_on_mean):,}" for r in rounds) + " |")
+    return "\n".join(rows)
+
+
 def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else (f"{x:.3g}" if x < 1e4 else f"{x:.1e}")
 
@@ -334,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--delta", type=float, default=1e-6)
     e.add_argument("--population", type=int, default=1_000_000)
     e.add_argument("--noise-on-mean", type=float, default=0.01, help="z C / n, in units of C")
+    e.add_argument("--for-epsilon", type=float, nargs="+", metavar="EPS",
+                   help="instead: the fewest devices per round for epsilon vs the coordinator at or under each")
     p = sub.add_parser("paillier")
     p.add_argument("--slice", type=int, default=16)
     d = sub.add_parser("discovery")
@@ -348,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "costs":
         print(costs(a.devices, a.dropout, a.full_dim_max, a.sim_dim))
     elif a.cmd == "epsilon":
-        print(epsilon_table(a.rounds, a.delta, a.population, a.noise_on_mean))
+        print(devices_table(a.for_epsilon, a.rounds, a.delta, a.noise_on_mean) if a.for_epsilon
+              else epsilon_table(a.rounds, a.delta, a.population, a.noise_on_mean))
     elif a.cmd == "discovery":
         print(discovery_table(a.corpus, a.model, a.k, a.z, a.devices, words_out=a.words_out))
     else:

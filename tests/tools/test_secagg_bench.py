@@ -32,6 +32,22 @@ def test_epsilon_table_and_cli(capsys):
                               "--sim-dim", "16"]) == 0
 
 
+def test_devices_for_an_epsilon_is_the_fewest_that_reach_it(capsys):
+    """README's and privacy.md's "devices per round for epsilon <= 10" came from no command."""
+    from coordinator import privacy_skellam
+    from protocol import ddp
+
+    def eps(n: int) -> float:
+        z = 0.01 * n
+        s = ddp.choose_scale(1.0, n, z, secagg_bench.FULL_DIM, max(2, math.ceil(0.7 * n)))
+        return privacy_skellam.skellam_vs_gaussian(z, s, 1.0, secagg_bench.FULL_DIM, 100, 1e-6)[0]
+
+    n = secagg_bench.devices_for(10, 100, 1e-6)
+    assert eps(n) <= 10 < eps(n - 1)
+    assert secagg_bench.main(["epsilon", "--for-epsilon", "10", "--rounds", "100"]) == 0
+    assert f"| 10 | {n:,} |" in capsys.readouterr().out
+
+
 def test_discovery_table_finds_the_word_many_users_typed(tmp_path, exported_version, capsys):
     import json
 
