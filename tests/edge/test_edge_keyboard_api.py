@@ -705,7 +705,9 @@ def test_committed_words_come_back_as_suggestions_and_clear_forgets_them(server)
         r = post(server, "api/commit", {"text": "we met in Quokkaville at dawn", "field_kind": "message"})
         assert r.json()["cached"] is True
     assert strip("we met in Quok")[0] == "Quokkaville"
-    assert server.app.slot.predictor.weights()[2] > 0.1  # the commits also taught the mixture weights
+    from edge_runtime.personal import MIX_PRIOR
+    personal = server.app.slot.predictor.personal   # the commits also taught the mixture weights
+    assert personal.mix[2] - MIX_PRIOR[2] > 2 and server.app.slot.predictor.weights()[2] > 0
     post(server, "api/pause", {"paused": True})
     post(server, "api/commit", {"text": "Wombatshire is lovely", "field_kind": "message"})
     assert "Wombatshire" not in strip("Wom")  # paused: neither cached nor learned
