@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             diff = float(np.max(np.abs(ours - theirs)))
             print(f"{n:>8} {'fedkeys streaming':<22} {t_ours:>9.3f} {m_ours / 2**20:>10.1f} {diff:>11.2e}")
             print(f"{n:>8} {'flower aggregate':<22} {t_theirs:>9.3f} {m_theirs / 2**20:>10.1f} {'':>11}")
+            print(f"{n:>8} {'flower / fedkeys':<22} {t_theirs / max(t_ours, 1e-9):>8.1f}x "
+                  f"{m_theirs / max(m_ours, 1):>9.1f}x")
             assert unflatten(ours, tensors).keys() == {t.name for t in tensors}
     return 0
 
