@@ -53,12 +53,13 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
         raise ConfigError(f"{where} must be at least {MIN_ADMIN_TOKEN_CHARS} characters to be served (empty "
                           f"setting and no file: one is generated)")
     token = coordinator.admin_token
-    if token != token.strip() or not token.isascii() or not token.isprintable():
-        # An HTTP header carries such a token differently by client (Latin-1, UTF-8, trimmed),
-        # so it served and no one could log in: a browser refused to send it, curl got 401.
+    if token != token.strip() or not token.isprintable() or any(ord(ch) > 0xFF for ch in token):
+        # A header carries Latin-1 at most (a browser refuses to send "€", and curl's UTF-8 bytes
+        # never match), and the token presented is trimmed: such a token served and no one could
+        # log in. Latin-1 letters ("ä") reach it from browsers and requests, so they stay.
         coordinator.close()
-        raise ConfigError(f"{where} must be printable ASCII without spaces at either end (an HTTP header cannot "
-                          "carry it the same way from every client)")
+        raise ConfigError(f"{where} must be printable Latin-1 characters without spaces at either end (an HTTP "
+                          "header cannot carry others; plain ASCII works from every client)")
     if missing := deployment.missing_files(coordinator):
         coordinator.close()
         raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "

@@ -70,7 +70,7 @@ class Config:
     database_url: str = ""                # empty: sqlite:///<data_dir>/coordinator.db
     host: str = "127.0.0.1"  # `serve` only; gunicorn binds FEDKEYS_BIND (deploy/README.md)
     port: int = 8400  # `serve` only; gunicorn binds FEDKEYS_BIND (deploy/README.md)
-    admin_token: str = ""                 # empty: generated into <data_dir>/admin_token; else 16+ characters
+    admin_token: str = ""  # empty: generated into <data_dir>/admin_token; else 16+ printable Latin-1 characters
     proxy_hops: int = 0                   # reverse proxies in front whose X-Forwarded-For/-Proto are trusted (nginx: 1)
     log_level: str = "INFO"
     log_format: str = "auto"              # json | text | auto (text on a terminal, JSON lines otherwise)

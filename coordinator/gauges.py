@@ -46,7 +46,14 @@ class StateCollector(Collector):
             active = int(s.scalar(select(func.count()).select_from(Device).where(
                 Device.revoked.is_(False), Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0)
             noise_seen = queries.noise_seen(s)
-        yield GaugeMetricFamily("fedkeys_round_open", "1 while a training round is open", value=int(r is not None))
+        # Past its deadline a round is over, whether or not a request has closed it yet (maintenance
+        # runs on requests, not on scrapes, which must not wait for an aggregation): with every
+        # device away the gauge said "open" for as long as nobody opened the dashboard.
+        due = r is not None and r.deadline is not None and r.deadline <= utcnow()
+        yield GaugeMetricFamily("fedkeys_round_open", "1 while a training round is open and before its deadline",
+                                value=int(r is not None and not due))
+        yield GaugeMetricFamily("fedkeys_round_overdue", "1 while the open round's deadline has passed and no "
+                                "request has closed it yet", value=int(due))
         yield GaugeMetricFamily("fedkeys_round_id", "id of the open round (0: none)", value=r.id if r else 0)
         yield GaugeMetricFamily("fedkeys_round_accepted_updates", "accepted updates in the open round", value=accepted)
         yield GaugeMetricFamily("fedkeys_round_goal_updates", "updates the open round waits for",

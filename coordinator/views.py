@@ -18,6 +18,7 @@ from coordinator import privacy, queries, selection
 from coordinator.errors import not_found
 from coordinator.models import Decision, Rejection, Round, Version
 from coordinator.models_secagg import SecAggRound
+from coordinator.states import RoundStatus
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -57,12 +58,15 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
 
 
 def _secure_phase(s: Session, r: Round) -> str | None:
-    """Where a secure round is (keys, shares, masked, unmask, summed, failed); None for a plain one.
+    """Where a secure round is (keys, shares, masked, summing, unmask, summed, failed); None for a
+    plain one, and for a secure one that ended before any device posted its keys.
     A secure round stuck on its keys step read like a plain round waiting for uploads."""
     if not json.loads(r.plan_json).get("secure_aggregation"):
         return None
     row = s.get(SecAggRound, r.id)
-    return "keys" if row is None else row.phase   # no row until the first device posts its keys
+    if row is None:   # no row until the first device posts its keys
+        return "keys" if r.status == RoundStatus.OPEN else None
+    return row.phase
 
 
 def version_dict(coord: Coordinator, s: Session, v: Version) -> dict[str, Any]:

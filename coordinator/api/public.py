@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 from sqlalchemy import text
 
-from coordinator import openapi, rounds
+from coordinator import openapi
 from coordinator.api.common import coord
 from coordinator.metrics import CONTENT_TYPE_LATEST
 from protocol import wire
@@ -27,9 +27,6 @@ def openapi_doc() -> Response:
 
 @bp.get(wire.PATH_METRICS)
 def metrics() -> Response:
-    # A scrape closes due rounds first, as the dashboard and `status` do: with every device away
-    # the gauges said a round was open for as long as nobody opened the dashboard.
-    rounds.safe_maintenance(coord())
     return Response(coord().metrics.render(), mimetype=CONTENT_TYPE_LATEST.split(";")[0])
 
 

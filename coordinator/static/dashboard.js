@@ -136,11 +136,11 @@
     u.textContent = "updated " + new Date().toLocaleTimeString() + ` · every ${REFRESH_MS / 1000} s`;
   }
 
-  let inFlight = false;
+  let inFlight = false, again = false;
   async function refresh() {
     const token = sessionStorage.getItem(KEY);
     if (!token) { showLogin(); return; }
-    if (inFlight) return;              // a slow coordinator: no pile of overlapping requests
+    if (inFlight) { again = true; return; }   // a slow coordinator: no pile of overlapping requests
     inFlight = true;
     try {
       const data = await fetchData(token);
@@ -151,10 +151,12 @@
       $("#login").hidden = true;
       $("#logout").hidden = false;
     } catch (e) {
+      if (sessionStorage.getItem(KEY) !== token) return;   // an answer for a session since ended
       if (e.auth) showLogin(e.message);
       else $("#updated").textContent = (e.limited ? e.message : "coordinator unreachable: " + e.message) + " (retrying)";
     } finally {
       inFlight = false;
+      if (again) { again = false; refresh(); }   // e.g. a login while an old refresh was on its way
     }
   }
 

@@ -152,6 +152,7 @@ def test_dashboard_names_a_word_discovery_round(browser, tmp_path, exported_vers
             s.coord.close_round(rid, force=True)       # no device voted: the round fails, and says so
             expect(page.locator("#round-status")).to_have_text("failed · word discovery, secure")
             expect(page.locator("#round-history")).to_have_text("1 rounds: 0 done, 1 failed")
+            assert s.coord.get_round(rid)["secure_phase"] is None    # ended before any keys: no step
         finally:
             page.context.close()
 
@@ -159,8 +160,6 @@ def test_dashboard_names_a_word_discovery_round(browser, tmp_path, exported_vers
 def test_logging_out_during_a_refresh_shows_nothing_and_the_refresh_is_capped(browser, tmp_path):
     """An answer that arrived after "Log out" put the panels back, frozen, with a Log out button;
     and refresh_ms past 2^31 wrapped the browser's timer, which then fired continuously."""
-    import time
-
     from playwright.sync_api import expect
 
     cfg = make_config(tmp_path)
@@ -182,14 +181,17 @@ def test_logging_out_during_a_refresh_shows_nothing_and_the_refresh_is_capped(br
             page.goto(s.url + "/dashboard?refresh_ms=500")
             expect(page.locator("#panels")).to_be_visible()
 
-            def slow(route):
-                time.sleep(1.0)
-                route.continue_()
-
-            page.route("**/v1/admin/dashboard", slow)
-            page.wait_for_timeout(700)                      # a refresh is on its way
-            page.click("#logout")
-            page.wait_for_timeout(2000)
+            held: list = []
+            page.route("**/v1/admin/dashboard", lambda route: held.append(route))   # the next refresh waits
+            page.wait_for_function("() => true")
+            for _ in range(50):
+                if held:
+                    break
+                page.wait_for_timeout(100)
+            assert held                                     # a refresh is on its way ...
+            page.click("#logout")                           # ... and the operator logs out
+            held[0].continue_()                             # then its answer arrives
+            page.wait_for_timeout(1000)
             expect(page.locator("#panels")).to_be_hidden()
             expect(page.locator("#login")).to_be_visible()
         finally:

@@ -44,6 +44,7 @@ def test_devices_for_an_epsilon_is_the_fewest_that_reach_it(capsys):
 
     n = secagg_bench.devices_for(10, 100, 1e-6)
     assert eps(n) <= 10 < eps(n - 1)
+    assert secagg_bench.devices_for(1e-4, 100, 1e-6) is None       # the accountant's floor: not a million
     assert secagg_bench.main(["epsilon", "--for-epsilon", "10", "--rounds", "100"]) == 0
     assert f"| 10 | {n:,} |" in capsys.readouterr().out
 

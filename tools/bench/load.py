@@ -248,26 +248,29 @@ def _drive(url: str, key: str, stable: str, tensors: list[artifact.TensorSpec], 
     selected = [d for d, kind in tasks if kind == wire.TASK_TRAIN]
     log(f"{len(tasks)} check-ins in {checkin.elapsed:.1f}s; {len(selected)} devices selected")
 
-    def update_body(i: int) -> bytes:
-        rng = np.random.default_rng(i)
-        return artifact.encode_weights({t.name: (1e-3 * rng.standard_normal(t.shape)).astype(np.float16)
-                                        for t in tensors})
+    # One update is made before the phase's clock (a device trains its update before it uploads;
+    # making 100 of them, 24 ms each, inside the clock counted client work as the service's and
+    # spread the burst out); each upload sends it with its last value changed, a copy of a few ms,
+    # so each is its own blob and the client holds a body per upload in flight, not per upload.
+    rng = np.random.default_rng(0)
+    base_body = artifact.encode_weights({t.name: (1e-3 * rng.standard_normal(t.shape)).astype(np.float16)
+                                         for t in tensors})
 
-    def upload_one(i: int, dev: tuple[str, str], body: bytes) -> Callable[[], object]:
+    def update_body(i: int) -> bytes:
+        body = bytearray(base_body)
+        body[-2:] = np.float16(1e-4 * (i + 1)).tobytes()   # the last tensor's last element
+        return bytes(body)
+
+    def upload_one(i: int, dev: tuple[str, str]) -> Callable[[], object]:
         def job() -> object:
+            body = update_body(i)
             meta = wire.UpdateMeta(rid, stable, 10 + i % 50, uuid.uuid4().hex, "float16")
             return _timed(upload, lambda: _session().post(url + wire.PATH_UPDATES, data=body, timeout=120, headers=(
                 wire.device_headers(*dev) | {wire.UPDATE_META_HEADER: meta.to_header(),
                                              "Content-Type": wire.SAFETENSORS_MEDIA_TYPE})))
         return job
 
-    # The updates are made before the phase's clock: a device trains its update before it uploads,
-    # and building 100 of them (24 ms each) inside the clock counted client work as the service's
-    # and spread the burst out.
-    uploading = selected[:uploaders]
-    bodies = [update_body(i) for i in range(len(uploading))]
-    _run_phase(upload, [upload_one(i, d, b) for i, (d, b) in enumerate(zip(uploading, bodies))], upload_concurrency,
-               t_end)
+    _run_phase(upload, [upload_one(i, d) for i, d in enumerate(selected[:uploaders])], upload_concurrency, t_end)
     log(f"{len(upload.latencies)} uploads in {upload.elapsed:.1f}s")
     rnd = {}
     while time.monotonic() < t_end:
