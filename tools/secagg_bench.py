@@ -304,12 +304,17 @@ def discovery_table(corpus: str, model: str, k: int, zs: list[float], devices: l
     V = read_manifest(model).architecture().model.vocab_size
     words = vocab.dictionary((Path(model) / TOKENIZER).read_bytes(), V)
     ranked = load_population(corpus, None).users        # most text first, as tools.simulate picks
-    lines = [f"| devices | z | epsilon (one release, delta {delta:g}) | bar (votes) | words found | first words |",
-             "|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| devices | z | epsilon (one release, delta {delta:g}) | bar (votes) | words found | of them noise | "
+             "first words (* no device voted for it) |",
+             "|---:|---:|---:|---:|---:|---:|---|"]
+    index = {w: i for i, w in enumerate(words)}
     for want in devices:
         pool = ranked[:want] if want else ranked
         votes = [discovery.vote(texts, words, k)[0] for _, texts in pool]
         n = len(votes)
+        voters = np.zeros(len(words), np.int32)   # devices that voted for each word: a found word none
+        for v in votes:                           # voted for is noise (the tool sees what no coordinator can)
+            voters += v > 0
         for z in zs:
             scale = ddp.choose_scale(discovery.SENSITIVITY, n, z, len(words), n)
             mu = ddp.skellam_mu(z, scale, discovery.SENSITIVITY, len(words), n)
@@ -322,8 +327,9 @@ def discovery_table(corpus: str, model: str, k: int, zs: list[float], devices: l
             if words_out and found:
                 Path(words_out).mkdir(parents=True, exist_ok=True)
                 (Path(words_out) / f"found_{n}_z{z:g}.txt").write_text("\n".join(found) + "\n", encoding="utf-8")
-            lines.append(f"| {n:,} | {z:g} | {_fmt(eps)} | {bar:.1f} | {len(found):,} | "
-                         f"{', '.join(f'`{w}`' for w in found[:8])} |")
+            noise = {w for w in found if voters[index[w]] == 0}
+            lines.append(f"| {n:,} | {z:g} | {_fmt(eps)} | {bar:.1f} | {len(found):,} | {len(noise):,} | "
+                         f"{', '.join(f'`{w}`' + ('*' if w in noise else '') for w in found[:8])} |")
     return "\n".join(lines)
 
 

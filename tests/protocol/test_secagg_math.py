@@ -138,3 +138,18 @@ def test_distributed_skellam_noise_sums_to_the_central_variance():
     want = z * ddp.sensitivity_l2(scale, clip, d)
     assert math.isclose(noise.std(), want, rel_tol=0.03)
     assert abs(noise.mean()) < 0.05 * want
+
+
+def test_the_scale_keeps_each_devices_skellam_where_numpy_samples_it_exactly():
+    """A discovery round of 2 devices at z = 2 gave each device mu 2.4e15, where numpy's Poisson
+    draws std 22% high with tails far too heavy: 57 words "found" that no device voted for."""
+    from protocol import discovery
+
+    for n, z, d in ((2, 2.0, 140_000), (8, 0.5, 140_000), (2, 0.5, 1_356_048), (100, 1.0, 1_356_048)):
+        scale = ddp.choose_scale(discovery.SENSITIVITY, n, z, d, n)
+        assert ddp.skellam_mu(z, scale, discovery.SENSITIVITY, d, n) <= ddp.MAX_SAMPLED_MU * 1.0001
+        assert 1 / scale < 1e-6                      # the rounding this costs stays negligible
+    scale = ddp.choose_scale(discovery.SENSITIVITY, 2, 2.0, 140_000, 2)
+    mu = ddp.skellam_mu(2.0, scale, discovery.SENSITIVITY, 140_000, 2)
+    noise = ddp.skellam(mu, 140_000, np.random.default_rng(3)).astype(np.float64) / math.sqrt(2 * mu)
+    assert abs(noise.std() - 1) < 0.01 and np.count_nonzero(np.abs(noise) > 4.5) < 6   # ~1 expected

@@ -362,17 +362,21 @@ def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
             secagg_client.check_roster(roster(**forged), plan, dim)
     # more noise than needed is the device's gain, not a reason to refuse
     assert secagg_client.check_roster(roster(mu=mu * 2), plan, dim)
-    # an honest roster of a small cohort at moderate noise: mu about 1.5e15 at the model's size (a
-    # bound of 1e15 refused it, and every device left the round)
+    # an honest roster of a small cohort at moderate noise, at the model's size: its mu is kept where
+    # numpy samples Poisson exactly (choose_scale), and a coordinator from before that cap sends
+    # mu about 1.5e15 (a bound of 1e15 refused it, and every device left the round): both pass
     small = wire.TrainPlan(round_id=1, epochs=1, batch_size=4, learning_rate=0.5, clip_norm=3.0,
                            noise_multiplier=0.5, max_examples=4, secure_aggregation=True)
     big_dim, n2 = 1_356_048, 2
     s2 = ddp.choose_scale(small.clip_norm, n2, small.noise_multiplier, big_dim, n2)
-    mu2 = ddp.skellam_mu(small.noise_multiplier, s2, small.clip_norm, big_dim, n2)
-    assert mu2 > 1e15
-    pair = sw.SecAggRoster(round_id=1, index=0, n=n2, k=1, t=1, n_min=n2, graph_seed=seed, dim=big_dim, scale=s2,
-                           mu=mu2, neighbours=(sw.Neighbour(1, bytes([1]) * 32, bytes([2]) * 32),))
-    assert secagg_client.check_roster(pair, small, big_dim)
+    ring_s2 = (ddp.HALF_RING / 2 - n2 - 10 * 0.5 * big_dim ** 0.5) / (3.0 * (n2 + 10 * 0.5))   # before the cap
+    assert s2 < ring_s2
+    for s in (s2, ring_s2):
+        mu2 = ddp.skellam_mu(small.noise_multiplier, s, small.clip_norm, big_dim, n2)
+        assert (mu2 <= ddp.MAX_SAMPLED_MU * 1.0001) if s == s2 else mu2 > 1e15
+        pair = sw.SecAggRoster(round_id=1, index=0, n=n2, k=1, t=1, n_min=n2, graph_seed=seed, dim=big_dim,
+                               scale=s, mu=mu2, neighbours=(sw.Neighbour(1, bytes([1]) * 32, bytes([2]) * 32),))
+        assert secagg_client.check_roster(pair, small, big_dim)
 
 
 def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path, capsys):

@@ -71,10 +71,18 @@ def test_discovery_table_finds_the_word_many_users_typed(tmp_path, exported_vers
     assert (float(no_noise[2]), float(noised[2])) == (0.0, 4.0)
     n = int(no_noise[1].replace(",", ""))
     assert 30 < n < 60                                        # the train users only
-    assert f"`{common}`" in no_noise[6] and f"`{rare}`" not in no_noise[6]     # 2 votes < 3
+    assert f"`{common}`" in no_noise[7] and f"`{rare}`" not in no_noise[7]     # 2 votes < 3
+    assert no_noise[6].strip() == "0" and "*" not in no_noise[7]               # without noise, nothing found is noise
     assert no_noise[3].strip() == "inf" and math.isfinite(float(noised[3]))
     assert float(noised[4]) > float(no_noise[4])              # the noise raises the bar
     assert (tmp_path / "found" / f"found_{n}_z0.txt").read_text().split()[0] == common
+    # 2 devices at z = 2: whatever passes the bar is noise (the probe's "found" words no user typed)
+    assert secagg_bench.main([*argv[:5], "--k", "2", "--z", "2", "--devices", "2"]) == 0
+    row = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 2 |")][0]
+    found, noise = int(row[5].replace(",", "")), int(row[6].replace(",", ""))
+    shown = [w.strip() for w in row[7].split(",") if w.strip()]
+    assert noise <= found and sum(w.endswith("*") for w in shown) == min(noise, len(shown))
+    assert all(w.endswith("*") for w in shown if w.strip("`*") not in (common, rare))
 
 
 def test_secagg_quality_scores_every_held_out_user_and_prints_each_noise_row(tmp_path, exported_version, capsys):
