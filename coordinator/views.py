@@ -48,20 +48,22 @@ def _json_safe(obj: Any) -> Any:
 def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
     selected = selection.selected_count(s, r.id)
     rejected = int(s.scalar(select(func.count()).select_from(Rejection).where(Rejection.round_id == r.id)) or 0)
+    plan = json.loads(r.plan_json)
     return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
-            "plan": json.loads(r.plan_json), "goal_count": r.goal_count, "max_selected": r.max_selected,
+            "plan": plan, "goal_count": r.goal_count, "max_selected": r.max_selected,
             "min_count": r.min_count, "population": r.population, "selected": selected,
             "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": iso(r.selection_ends_at),
             "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": iso(r.deadline),
             "created_at": iso(r.created_at), "closed_at": iso(r.closed_at),
-            "result_version_id": r.result_version_id, "reason": r.reason, "secure_phase": _secure_phase(s, r)}
+            "result_version_id": r.result_version_id, "reason": r.reason,
+            "secure_phase": _secure_phase(s, r, plan)}
 
 
-def _secure_phase(s: Session, r: Round) -> str | None:
+def _secure_phase(s: Session, r: Round, plan: dict[str, Any]) -> str | None:
     """Where a secure round is (keys, shares, masked, summing, unmask, summed, failed); None for a
     plain one, and for a secure one that ended before any device posted its keys.
     A secure round stuck on its keys step read like a plain round waiting for uploads."""
-    if not json.loads(r.plan_json).get("secure_aggregation"):
+    if not plan.get("secure_aggregation"):
         return None
     row = s.get(SecAggRound, r.id)
     if row is None:   # no row until the first device posts its keys

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import agent, keyboard, paths, personalize
-from edge_runtime.cache import CacheError, DamagedCacheError, destroy_files, replace_damaged
+from edge_runtime.cache import CacheError, DamagedCacheError, destroy_files, make_paused, replace_damaged
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
@@ -254,7 +254,7 @@ def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
     data_dir = cfg.require_data_dir()
     gone = destroy_files(data_dir)
     try:
-        replace_damaged(data_dir)
+        make_paused(data_dir)
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
     except (CacheError, OSError):
         after = ("no room for a new, paused cache yet: the next command that opens the cache makes one, with "

@@ -141,6 +141,12 @@ def replace_damaged(data_dir: str | os.PathLike) -> list[Path]:
     complete in a private directory and renamed into place, so a process following the path
     (`TextCache._held`) never sees it unpaused. Returns the files removed."""
     gone = destroy_files(data_dir)
+    make_paused(data_dir)
+    return gone
+
+
+def make_paused(data_dir: str | os.PathLike) -> None:
+    """A new, empty, paused cache with a new wipe mark in place of none (`replace_damaged`)."""
     tmp = Path(tempfile.mkdtemp(prefix=".new-cache-", dir=data_dir))
     try:
         with TextCache(tmp) as fresh:
@@ -149,7 +155,6 @@ def replace_damaged(data_dir: str | os.PathLike) -> list[Path]:
         os.replace(tmp / CACHE_DB, Path(data_dir) / CACHE_DB)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return gone
 
 
 @dataclass(frozen=True)

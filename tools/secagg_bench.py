@@ -211,10 +211,9 @@ def epsilon_table(rounds: list[int], delta: float, population: int, noise_on_mea
         "|---:|---:|" + "---:|---:|" * len(rounds)]
     for n in (10, 100, 1000, 5000, 10000, 50000):
         z = noise_on_mean * n
-        s = ddp.choose_scale(1.0, n, z, FULL_DIM, max(2, math.ceil(0.7 * n)))
         cells = []
         for r in rounds:
-            exact, gauss = privacy_skellam.skellam_vs_gaussian(z, s, 1.0, FULL_DIM, r, delta)
+            exact, gauss = coordinator_epsilon(n, r, delta, noise_on_mean)
             assert math.isclose(exact, gauss, rel_tol=1e-3) or exact == gauss
             samp = privacy_skellam.central_epsilon(r, z, delta, sampling_rate=min(1.0, n / population))
             cells += [_fmt(exact), _fmt(samp)]
@@ -225,14 +224,20 @@ def epsilon_table(rounds: list[int], delta: float, population: int, noise_on_mea
 MAX_DEVICES = 1_000_000
 
 
+def coordinator_epsilon(n: int, rounds: int, delta: float, noise_on_mean: float) -> tuple[float, float]:
+    """(exact Skellam, Gaussian at the same variance) epsilon against the coordinator of `rounds`
+    secure rounds of n devices at z = noise_on_mean * n, at the model's full size."""
+    z = noise_on_mean * n
+    s = ddp.choose_scale(1.0, n, z, FULL_DIM, max(2, math.ceil(0.7 * n)))
+    return privacy_skellam.skellam_vs_gaussian(z, s, 1.0, FULL_DIM, rounds, delta)
+
+
 def devices_for(target: float, rounds: int, delta: float, noise_on_mean: float = 0.01) -> int | None:
     """The fewest devices per round whose noised sums, at z = noise_on_mean * n, keep epsilon against
     the coordinator at or under `target` after `rounds` rounds (bisection on the exact Skellam RDP);
     None when even MAX_DEVICES do not (below about 0.03 the accountant's own floor)."""
     def eps(n: int) -> float:
-        z = noise_on_mean * n
-        s = ddp.choose_scale(1.0, n, z, FULL_DIM, max(2, math.ceil(0.7 * n)))
-        return privacy_skellam.skellam_vs_gaussian(z, s, 1.0, FULL_DIM, rounds, delta)[0]
+        return coordinator_epsilon(n, rounds, delta, noise_on_mean)[0]
 
     if eps(MAX_DEVICES) > target:
         return None

@@ -348,7 +348,7 @@
   // Where new text starts: the boundary, or the start of the word it cuts. A learned sentence
   // whose last word was fixed ("going home." to "going out.", backspacing into the word) learned
   // "ing out.", and "ing" was then suggested: the word is learned whole.
-  const LETTER = /[\p{L}\p{N}\p{M}_'’]/u;
+  const LETTER = new RegExp("^" + WORD_CHAR + "$", "u");   // one character of a word, as the device reads it
   function newTextStart(text) {
     let from = committedPrefix.length;
     if (from > 0 && LETTER.test(text[from - 1] || "") && LETTER.test(text[from] || "")) {

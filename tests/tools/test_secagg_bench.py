@@ -34,13 +34,8 @@ def test_epsilon_table_and_cli(capsys):
 
 def test_devices_for_an_epsilon_is_the_fewest_that_reach_it(capsys):
     """README's and privacy.md's "devices per round for epsilon <= 10" came from no command."""
-    from coordinator import privacy_skellam
-    from protocol import ddp
-
     def eps(n: int) -> float:
-        z = 0.01 * n
-        s = ddp.choose_scale(1.0, n, z, secagg_bench.FULL_DIM, max(2, math.ceil(0.7 * n)))
-        return privacy_skellam.skellam_vs_gaussian(z, s, 1.0, secagg_bench.FULL_DIM, 100, 1e-6)[0]
+        return secagg_bench.coordinator_epsilon(n, 100, 1e-6, 0.01)[0]
 
     n = secagg_bench.devices_for(10, 100, 1e-6)
     assert eps(n) <= 10 < eps(n - 1)

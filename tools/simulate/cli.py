@@ -22,7 +22,7 @@ from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, 
 from tools.simulate.devices import device_config
 from tools.simulate.errors import SimulationError
 from tools.simulate.federation import FederationResult, run_federation
-from tools.simulate.population import ensure_central, ensure_v0, load_population, proxy_files
+from tools.simulate.population import ensure_central, ensure_v0, load_population, proxy_files, trains_nothing
 from tools.simulate.references import reference_scores
 from tools.simulate.report import write_report
 from tools.wordeval import scored_words
@@ -179,7 +179,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                       f"not --devices {args.devices}; each device is one user" + one_writer_hint(args.corpus),
                       soft_wrap=True)
         args.devices = len(pop.users)
-    single = sum(len(texts) < 2 for _, texts in pop.users)
+    single = sum(trains_nothing(texts) for _, texts in pop.users)
     if pop.users and single == len(pop.users):
         raise CorpusError(f"{args.corpus}: every device's user has one text, and a device keeps its newest text "
                               "back to evaluate on, so no device would train; split long texts into several "

@@ -48,11 +48,17 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
         from tools.prepare import one_writer_hint
         raise CorpusError(f"{corpus}: only {len(split.train)} train user(s), fewer than --devices {devices}"
                           + one_writer_hint(corpus))
-    # A device keeps its newest text back to evaluate on (edge_runtime.cache.holdout_count), so a
-    # user of one text trains nothing however long it is: such users come last.
-    ranked = sorted(split.train.items(), key=lambda kv: (len(kv[1]) < 2, -sum(len(t) for t in kv[1]), kv[0]))
+    ranked = sorted(split.train.items(), key=lambda kv: (trains_nothing(kv[1]), -sum(len(t) for t in kv[1]), kv[0]))
     return Population(users=ranked[:devices], heldout=dict(split.test), train_users=len(split.train),
                       test_users=len(split.test))
+
+
+def trains_nothing(texts: list[str]) -> bool:
+    """A device keeps its newest texts back to evaluate on (`edge_runtime.cache.holdout_count`):
+    a user of one text trains nothing, however long it is."""
+    from edge_runtime.cache import DEFAULT_HOLDOUT_FRACTION, holdout_count
+
+    return len(texts) == holdout_count(len(texts), DEFAULT_HOLDOUT_FRACTION)
 
 
 # --- model versions -----------------------------------------------------------------------------
