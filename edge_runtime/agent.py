@@ -161,9 +161,13 @@ def _check_writable(data_dir: Path) -> None:
 
 # --- the device's parts ----------------------------------------------------------------------
 
-def open_cache(config: EdgeConfig) -> TextCache:
+def open_cache(config: EdgeConfig, *, damaged_ok: bool = False) -> TextCache:
+    """The device's text cache. `damaged_ok` for the long-running parts (the device loop, the
+    keyboard): a cache too damaged to open must not stop them checking in or suggesting; every
+    call on it fails as on a cache damaged past its header, until a wipe makes a new one."""
     return TextCache(config.require_data_dir(), retention_days=config.retention_days,
-                     max_bytes=config.max_cache_bytes, holdout_fraction=config.holdout_fraction)
+                     max_bytes=config.max_cache_bytes, holdout_fraction=config.holdout_fraction,
+                     damaged_ok=damaged_ok)
 
 
 def make_eligibility(config: EdgeConfig) -> Eligibility:
@@ -218,7 +222,8 @@ class Device:
         if key is None:
             log.warning("no coordinator public key configured: model manifests are not signature-checked")
         return cls(config=config, identity=ident, client=client, store=VersionStore(data_dir, public_key=key),
-                   cache=open_cache(config), eligibility=make_eligibility(config), rollout_key=key)
+                   cache=open_cache(config, damaged_ok=True), eligibility=make_eligibility(config),
+                   rollout_key=key)
 
     def close(self) -> None:
         self.cache.close()
@@ -572,8 +577,11 @@ def status(config: EdgeConfig) -> dict[str, Any]:
     data_dir = config.require_data_dir()
     ident = load_identity(data_dir)
     store = VersionStore(data_dir)
-    with open_cache(config) as cache:
-        stats, paused = cache.stats(), cache.paused
+    try:
+        with open_cache(config) as cache:
+            stats, paused = cache.stats(), cache.paused
+    except CacheError as e:   # the rest of the status still says what the device runs and why it waits
+        stats, paused = {"error": str(e)}, None
     decision = make_eligibility(config).check()
     return {
         "enrolled": ident is not None,

@@ -202,7 +202,12 @@ class TextCache:
         max_bytes: int = DEFAULT_MAX_BYTES,
         holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
         clock: Callable[[], float] = time.time,
+        damaged_ok: bool = False,
     ) -> None:
+        """`damaged_ok`: a file too damaged to open (its header) opens all the same, every call
+        then raising DamagedCacheError as a file damaged past its header does, until a wipe
+        replaces it: the keyboard keeps suggesting and its Clear can delete the file (the
+        command line's callers keep refusing at open, with the wipe command to run)."""
         if retention_days <= 0:
             raise ValueError(f"retention_days must be > 0, got {retention_days}")
         if max_bytes <= 0:
@@ -217,13 +222,20 @@ class TextCache:
         self._lock = threading.Lock()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.data_dir / CACHE_DB
+        self._damaged: DamagedCacheError | None = None   # opened damaged (`damaged_ok`), not yet replaced
         for _ in range(3):   # the file a stat names before and after connecting is the one opened
             before = _identity_or_none(self.path)
-            self._db = self._connect(create=True)
+            try:
+                self._db: sqlite3.Connection | None = self._connect(create=True)
+            except DamagedCacheError as e:
+                if not damaged_ok:
+                    raise
+                self._db, self._damaged = None, e
             self._file = _identity_or_none(self.path)
             if before is None or before == self._file:
                 break
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
         else:
             raise CacheError(f"the text cache at {self.path} is being replaced: try again")
 
@@ -276,10 +288,14 @@ class TextCache:
                 if _identity_or_none(self.path) != now:   # replaced again meanwhile: either file's connection
                     db.close()
                     raise CacheError(f"the text cache at {self.path} is being replaced: try again")
-                old, self._db, self._file = self._db, db, now
-                with contextlib.suppress(sqlite3.Error):
-                    old.close()
+                old, self._db, self._file, self._damaged = self._db, db, now, None
+                if old is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        old.close()
                 log.warning("the text cache file was replaced by another process (a wipe): reopened")
+            elif self._damaged is not None:
+                cause = self._damaged.__cause__
+                raise (self._failure(cause) if isinstance(cause, sqlite3.DatabaseError) else self._damaged)
             try:
                 yield
             except sqlite3.DatabaseError as e:
@@ -300,7 +316,8 @@ class TextCache:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
 
     def __enter__(self) -> Self:
         return self

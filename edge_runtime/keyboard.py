@@ -142,9 +142,14 @@ class KeyboardApp:
         self._counting = False   # `_learn` is counting a commit's words (idle work waits for it)
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
-        self._wipe_mark, self._wipe_checked = cache.wipe_mark(), time.monotonic()
         self._cache_failing = False   # `_cache_trouble` said once
         self._cache_unusable = False   # `cache_unusable` said once
+        try:
+            self._wipe_mark: str | None = cache.wipe_mark()
+        except CacheError as e:   # damaged or locked: suggest without the user's words; a wipe's mark differs
+            self._wipe_mark = None
+            self._cache_trouble(e)
+        self._wipe_checked = time.monotonic()
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits.
@@ -739,7 +744,7 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
         config = config.with_overrides({"data_dir": str(data_dir)})
     owned = None
     if cache is None:
-        cache = owned = open_cache(config)
+        cache = owned = open_cache(config, damaged_ok=True)
     try:
         slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel,
                          public_key=config.public_key or None, block_offensive=config.block_offensive)

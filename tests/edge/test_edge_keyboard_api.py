@@ -901,11 +901,16 @@ def test_a_connection_reset_by_the_browser_prints_no_traceback(server, capfd):
     assert "Traceback" not in err and "Exception occurred" not in err, err
 
 
-def test_a_cache_damaged_past_its_header_is_503_and_clear_destroys_it(tmp_path, exported_version):
+@pytest.mark.parametrize("where", ["past its header", "its header"])
+def test_a_damaged_cache_is_503_and_clear_destroys_it(tmp_path, exported_version, where):
     """A bad page in the middle of the file opens fine and fails the first query that reads it:
-    status and commit were 500s with tracebacks, and Clear failed too, so the text stayed on disk."""
+    status and commit were 500s with tracebacks, and Clear failed too, so the text stayed on disk.
+    A damaged header stopped the keyboard from starting at all: no suggestions and no Clear."""
     device = tmp_path / "device"
-    damaged_cache(device, SECRET)
+    db = damaged_cache(device, SECRET)
+    if where == "its header":
+        with open(db, "r+b") as f:
+            f.write(b"\xff" * 16)
     (device / PERSONAL_DIR).mkdir()
     (device / PERSONAL_DIR / "marker").write_text("the personal LSTM")
     with start_keyboard(device, model_dir=exported_version) as server:

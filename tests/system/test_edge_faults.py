@@ -28,6 +28,7 @@ from flask import request
 from edge_runtime import agent
 from edge_runtime.client import CoordinatorClient
 from edge_runtime.config import EdgeConfig
+from edge_runtime.paths import CACHE_DB
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionStore
 from protocol import wire
@@ -175,6 +176,24 @@ def test_kill_during_model_swap_then_restart(world, tmp_path):
     _finish(_edge_run(Path(cfg.data_dir)))
     _assert_store_sane(Path(cfg.data_dir), s.coord.public_key_hex, stable)
     assert _cache_snapshot(cfg) == before
+
+
+def test_a_cache_too_damaged_to_open_still_lets_the_device_take_versions(world, tmp_path):
+    """A damaged header stopped `run` at its start, so the device took no new version and no
+    rollback until its user wiped the cache. It now checks in, without training, and the text
+    stays on disk for the user's wipe."""
+    s, _, stable, key = world
+    cfg = _device(tmp_path, s, key, "header")
+    db = Path(cfg.data_dir) / CACHE_DB
+    with open(db, "r+b") as f:
+        f.write(b"\xff" * 16)
+    dev = agent.Device.open(cfg)
+    try:
+        res = agent.run_once(dev)
+    finally:
+        dev.close()
+    assert dev.store.current_id == stable and res.version_id == stable
+    assert SENTENCES[0].split()[0].encode() in db.read_bytes()
 
 
 @pytest.mark.parametrize("where", ["training", "upload-before-commit", "upload-after-commit"])
