@@ -46,6 +46,7 @@ class StateCollector(Collector):
             active = int(s.scalar(select(func.count()).select_from(Device).where(
                 Device.revoked.is_(False), Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0)
             noise_seen = queries.noise_seen(s)
+            phase = queries.secure_phase(s, r) if r is not None else None
         # Past its deadline a round is over, whether or not a request has closed it yet (maintenance
         # runs on requests, not on scrapes, which must not wait for an aggregation): with every
         # device away the gauge said "open" for as long as nobody opened the dashboard.
@@ -58,6 +59,12 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("fedkeys_round_accepted_updates", "accepted updates in the open round", value=accepted)
         yield GaugeMetricFamily("fedkeys_round_goal_updates", "updates the open round waits for",
                                 value=r.goal_count if r else 0)
+        secure = GaugeMetricFamily("fedkeys_round_secure_phase", "1 for the step the open secure round is at (keys, "
+                                   "shares, masked, summing, unmask, summed, failed); none for a plain round",
+                                   labels=["phase"])
+        if phase is not None:   # a round stuck on one step of secure aggregation is what to alert on
+            secure.add_metric([phase], 1)
+        yield secure
         info = GaugeMetricFamily("fedkeys_version", "1 per version in use, by role", labels=["role", "version"])
         eps = GaugeMetricFamily("fedkeys_epsilon", "epsilon of the version in use (against released models)",
                                 labels=["role", "version"])

@@ -96,3 +96,15 @@ def reported_count(s: Session, version_id: str) -> int:
     """Canary devices that have reported on this candidate."""
     return int(s.scalar(select(func.count()).select_from(Evaluation).where(
         Evaluation.candidate_version_id == version_id, Evaluation.report_json != EVALUATION_ISSUED)) or 0)
+
+
+def secure_phase(s: Session, r: Round, plan: dict[str, Any] | None = None) -> str | None:
+    """Where a secure round is (keys, shares, masked, summing, unmask, summed, failed); None for a
+    plain one, and for a secure one that ended before any device posted its keys.
+    A secure round stuck on its keys step read like a plain round waiting for uploads."""
+    if not (plan if plan is not None else json.loads(r.plan_json)).get("secure_aggregation"):
+        return None
+    row = s.get(SecAggRound, r.id)
+    if row is None:   # no row until the first device posts its keys
+        return "keys" if r.status == RoundStatus.OPEN else None
+    return row.phase

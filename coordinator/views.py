@@ -17,8 +17,6 @@ from sqlalchemy.orm import Session
 from coordinator import privacy, queries, selection
 from coordinator.errors import not_found
 from coordinator.models import Decision, Rejection, Round, Version
-from coordinator.models_secagg import SecAggRound
-from coordinator.states import RoundStatus
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -56,19 +54,7 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
             "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": iso(r.deadline),
             "created_at": iso(r.created_at), "closed_at": iso(r.closed_at),
             "result_version_id": r.result_version_id, "reason": r.reason,
-            "secure_phase": _secure_phase(s, r, plan)}
-
-
-def _secure_phase(s: Session, r: Round, plan: dict[str, Any]) -> str | None:
-    """Where a secure round is (keys, shares, masked, summing, unmask, summed, failed); None for a
-    plain one, and for a secure one that ended before any device posted its keys.
-    A secure round stuck on its keys step read like a plain round waiting for uploads."""
-    if not plan.get("secure_aggregation"):
-        return None
-    row = s.get(SecAggRound, r.id)
-    if row is None:   # no row until the first device posts its keys
-        return "keys" if r.status == RoundStatus.OPEN else None
-    return row.phase
+            "secure_phase": queries.secure_phase(s, r, plan)}
 
 
 def version_dict(coord: Coordinator, s: Session, v: Version) -> dict[str, Any]:

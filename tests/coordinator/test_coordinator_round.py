@@ -145,6 +145,17 @@ def test_metrics_say_a_round_past_its_deadline_is_over_without_closing_it(served
     assert served.admin("GET", f"/v1/admin/rounds/{rid}").json()["status"] == "open"   # closed by a request
     assert served.admin("GET", "/v1/admin/status").json()["latest_round"]["status"] == "failed"
     assert "fedkeys_round_overdue 0.0" in served.admin("GET", "/metrics").text
+    assert "fedkeys_round_secure_phase{" not in served.admin("GET", "/metrics").text   # a plain round: no step
+
+
+def test_metrics_say_which_step_a_secure_round_is_at(served):
+    """The dashboard showed a secure round's step; /metrics did not, so a round stuck on its keys
+    step could not be alerted on."""
+    _setup(served, 2)
+    rid = served.coord.start_round(goal_count=2, min_count=2, secure_aggregation=True)
+    assert 'fedkeys_round_secure_phase{phase="keys"} 1.0' in served.admin("GET", "/metrics").text
+    served.coord.close_round(rid, force=True)
+    assert "fedkeys_round_secure_phase{" not in served.admin("GET", "/metrics").text
 
 
 def test_a_round_whose_aggregate_is_not_finite_fails_and_is_counted_failed(served, monkeypatch, caplog):
