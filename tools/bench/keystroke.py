@@ -246,6 +246,11 @@ def main(args: argparse.Namespace) -> int:
     # Text by text, the three paths in turn: a burst of load from other jobs hits all of them.
     starts = [i for i, k in enumerate(keys) if len(k) == 1 and i > 0]
     kb_s, aw_s = kb.session(), aw.session()
+    if warm and len(keys[0]) != 1:   # the first timed key goes on a text the warm-up began: the
+        kb_s.update(warm[-1])         # sessions hold that text's state, untimed, as they would have
+        time_prefetch(kb_s)           # (else the first key paid for the whole prefix, a recompute)
+        base.forget_warm()
+        aw_s.update(warm[-1])
     mark = finished_sentences(keys[0], 0)[1]   # what the warm-up typed counts as committed
     rest = ""
     for a, b in zip([0, *starts], [*starts, len(keys)]):
