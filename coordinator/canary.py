@@ -68,7 +68,9 @@ def _check_bounds(coord: Coordinator, cand: Version, report: wire.EvaluationRepo
 
 
 def report_evaluation(coord: Coordinator, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
-    with coord.tx() as s:
+    with coord.tx(decides=True) as s:
+        if queries.revoked(s, device_id):
+            raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")   # as authentication says
         cand, stable = queries.candidate(s), queries.stable(s)
         if cand is None or cand.id != report.candidate_version_id:
             raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")
@@ -98,7 +100,7 @@ def decide_if_asked(coord: Coordinator) -> None:
         row = s.get(Setting, DECIDE_PENDING)
         if row is None or row.value != "1":
             return
-    with coord.tx() as s:
+    with coord.tx(decides=True) as s:
         row = s.get(Setting, DECIDE_PENDING, with_for_update=True)   # one worker decides
         if row is None or row.value != "1":
             return
@@ -140,4 +142,3 @@ def auto_decide(coord: Coordinator, s: Session, cand: Version, stable: Version) 
     if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and queries.pinned(s)):
         return
     versions.apply_decision(coord, s, cand, d.action, "auto", d.reason, d.numbers)
-    coord.metrics.canary_decisions.labels(d.action).inc()

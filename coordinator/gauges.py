@@ -13,13 +13,13 @@ import math
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator import privacy, queries
-from coordinator.models import Device, Round, Update, Version, utcnow
+from coordinator.models import Decision, Device, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus, VersionStatus
 
 ACTIVE_WINDOW = timedelta(hours=24)
@@ -47,6 +47,9 @@ class StateCollector(Collector):
                 Device.revoked.is_(False), Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0)
             noise_seen = queries.noise_seen(s)
             phase = queries.secure_phase(s, r) if r is not None else None
+            by_status = dict(s.execute(select(Round.status, func.count()).group_by(Round.status)).all())
+            auto = dict(s.execute(select(Decision.action, func.count()).where(Decision.actor == "auto")
+                                  .group_by(Decision.action)).all())
         # Past its deadline a round is over, whether or not a request has closed it yet (maintenance
         # runs on requests, not on scrapes, which must not wait for an aggregation): with every
         # device away the gauge said "open" for as long as nobody opened the dashboard.
@@ -80,5 +83,19 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("fedkeys_epsilon_against_coordinator", "epsilon against the coordinator over "
                                 "every round it received updates in, whatever their versions became (the number "
                                 "to quote)", value=_finite(seen["epsilon_local"]))
+        # Counted from the database, as the gauges are: a round an admin command opened or closed (its
+        # own process: `start-round`, `status` closing a due one) was missing from the serving
+        # processes' counters, so an alert on failed rounds missed every round `status` failed.
+        rounds = CounterMetricFamily("fedkeys_rounds", "Rounds by event (started: every round opened)",
+                                     labels=["event"])
+        rounds.add_metric(["started"], sum(by_status.values()))
+        for status in (RoundStatus.DONE, RoundStatus.FAILED):
+            rounds.add_metric([status.value], by_status.get(status, 0))
+        yield rounds
+        decisions = CounterMetricFamily("fedkeys_canary_decisions", "Automatic decisions on candidates (the "
+                                        "canary's, and a candidate superseded by a newer one)", labels=["action"])
+        for action in ("promote", "reject"):
+            decisions.add_metric([action], auto.get(action, 0))
+        yield decisions
         yield GaugeMetricFamily("fedkeys_devices_enrolled", "enrolled, not revoked devices", value=enrolled)
         yield GaugeMetricFamily("fedkeys_devices_active", "devices seen in the last 24 hours", value=active)

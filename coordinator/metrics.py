@@ -35,11 +35,8 @@ class Metrics:
         self.checkins = Counter("fedkeys_checkins", "Check-ins by task kind", ["task"], registry=r)
         self.updates = Counter("fedkeys_updates", "Uploaded updates by result (accepted or reason)", ["result"],
                                registry=r)
-        self.rounds = Counter("fedkeys_rounds", "Rounds by event", ["event"], registry=r)
         self.aggregation_seconds = Histogram("fedkeys_aggregation_seconds", "Time to aggregate a round", registry=r,
                                              buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
-        self.canary_decisions = Counter("fedkeys_canary_decisions", "Automatic canary decisions", ["action"],
-                                        registry=r)
         self.rate_limited = Counter("fedkeys_rate_limited", "Requests refused by the rate limit", registry=r)
 
     def render(self) -> bytes:

@@ -108,3 +108,13 @@ def secure_phase(s: Session, r: Round, plan: dict[str, Any] | None = None) -> st
     if row is None:   # no row until the first device posts its keys
         return "keys" if r.status == RoundStatus.OPEN else None
     return row.phase
+
+
+def revoked(s: Session, device_id: str) -> bool:
+    """Whether the device is revoked (or gone), its row locked to the end of the transaction. A
+    request is authenticated before its work; a revocation committed meanwhile took back the
+    device's updates and reports, so what the request stores after it would be counted all the
+    same. Read here, in the transaction that stores, such a revocation is seen, and one that comes
+    later waits for that transaction and then takes back what it stored."""
+    dev = s.get(Device, device_id, with_for_update=True)
+    return dev is None or dev.revoked

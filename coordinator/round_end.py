@@ -33,5 +33,4 @@ def fail_round(coord: Coordinator, s: Session, r: Round, reason: str, now: datet
         if row.phase != SecAggPhase.SUMMED:   # a summed round keeps saying it was summed
             row.phase = SecAggPhase.FAILED
         s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == r.id))
-    coord.metrics.rounds.labels(RoundStatus.FAILED).inc()
     log.warning("round %d failed: %s", r.id, reason)

@@ -79,7 +79,7 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
             log.warning("round plan: %s; devices with default settings will refuse this round", why)
         if plan_values["secure_aggregation"] and c.aggregator != "mean":
             raise ValueError(f"secure_aggregation needs aggregator = mean (it is {c.aggregator})")
-        with coord.tx() as s:
+        with coord.tx(decides=True) as s:
             stable = queries.stable(s)
             if stable is None:
                 raise ApiError(409, wire.E_CONFLICT, "no stable version: import one first")
@@ -101,7 +101,6 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
         if isinstance(e, ApiError):
             raise
         raise bad_request(f"invalid round settings: {e}") from e
-    coord.metrics.rounds.labels("started").inc()
     log.info("round %d open on %s: goal %d, select up to %d, min %d", rid, stable.id, goal,
              max(goal, math.ceil(goal * over)), min_count)
     return rid
@@ -133,7 +132,7 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
     """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
     if not 1 <= round_id <= wire.MAX_INT:
         raise not_found(f"no round {round_id}")
-    with coord.tx() as s:
+    with coord.tx(decides=True) as s:
         r = s.get(Round, round_id, with_for_update=True)
         if r is None:
             raise not_found(f"no round {round_id}")
@@ -145,8 +144,6 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
             t0 = time.perf_counter()
             _aggregate(coord, s, r)
             coord.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
-            if r.status == RoundStatus.DONE:     # not an aggregate that failed
-                coord.metrics.rounds.labels(RoundStatus.DONE).inc()
         elif past or force:
             round_end.fail_round(coord, s, r, f"only {n} accepted updates, minimum {r.min_count}")
         return views.round_dict(coord, s, r)

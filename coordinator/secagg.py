@@ -374,7 +374,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
                                   _graph(p), round_id)
     digest = None if short or bad else coord.blobs.put(total.astype("<u4").tobytes())
-    with coord.tx() as s:
+    with coord.tx(decides=True) as s:
         r = s.get(Round, round_id, with_for_update=True)
         row = s.get(SecAggRound, round_id)
         if r.status != RoundStatus.OPEN or row.phase != SUMMING:

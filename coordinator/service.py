@@ -17,8 +17,11 @@ Each responsibility lives in its own module, and the methods below only forward 
 All I/O (database, blobs, signing) happens in those modules; the decisions themselves are the
 pure functions in `aggregation`, `validation`, `privacy` and `rollout`. Every mutation holds one
 process lock and runs in one database transaction (`tx`), and the round row is locked FOR UPDATE
-(PostgreSQL) so several workers agree too. An update is acknowledged only after its blob is
-fsynced and its row committed: a 2xx is never lost, whatever happens next.
+(PostgreSQL) so several workers agree too; a transaction that decides which version is stable or
+candidate or which round is open (`tx(decides=True)`) also takes one advisory lock there, so two
+workers never both decide (SQLite's BEGIN IMMEDIATE orders every writer already). An update is
+acknowledged only after its blob is fsynced and its row committed: a 2xx is never lost, whatever
+happens next.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from coordinator import canary, checkin, deployment, enrollment, keys, rounds, updates, versions, views
@@ -38,6 +42,8 @@ from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
 from coordinator.metrics import Metrics
 from protocol import wire
+
+DECISIONS_LOCK = 7201359   # PostgreSQL advisory lock of `tx(decides=True)` (db.migrate holds 7201358)
 
 
 class Coordinator:
@@ -73,9 +79,18 @@ class Coordinator:
         self.engine.dispose()
 
     @contextmanager
-    def tx(self) -> Iterator[Session]:
-        """One locked transaction: commit on success, roll back on any error."""
+    def tx(self, *, decides: bool = False) -> Iterator[Session]:
+        """One locked transaction: commit on success, roll back on any error.
+
+        `decides`: it reads the versions' or rounds' states and changes them on what it read
+        (start or close a round, a canary report, an operator's promote or rollback, an import).
+        On PostgreSQL two worker processes did that at once, each on a state without the other's
+        change: two stable versions, two open rounds, a canary's last two reports neither of which
+        decided. Such transactions take one advisory lock first (READ COMMITTED: every statement
+        after it sees what the one before it committed)."""
         with self._lock, self._sessions() as s, s.begin():
+            if decides and s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DECISIONS_LOCK})   # released at commit
             yield s
 
     # --- enrollment and auth (coordinator.enrollment) ----------------------------------------

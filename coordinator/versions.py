@@ -79,7 +79,7 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     manifest.weights_q8_sha256 = put_download_form(coord, weights)
     g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
     t_sha = coord.blobs.put((d / artifact.TOKENIZER).read_bytes())
-    with coord.tx() as s:
+    with coord.tx(decides=True) as s:
         stable = _check_import(s, manifest, d, any_parent)
         status = (VersionStatus.STABLE if stable is None or as_candidate is False else VersionStatus.CANDIDATE)
         if status == VersionStatus.CANDIDATE:
@@ -262,7 +262,7 @@ def _fail_round_off(coord: Coordinator, s: Session, stable: Version, now: dateti
 
 def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, Any]:
     """An operator's VersionAction on a version; answers the version as the API shows it."""
-    with coord.tx() as s:
+    with coord.tx(decides=True) as s:
         v = s.get(Version, version_id)
         if v is None:
             raise not_found(f"no version {version_id!r}")

@@ -148,6 +148,22 @@ def test_metrics_say_a_round_past_its_deadline_is_over_without_closing_it(served
     assert "fedkeys_round_secure_phase{" not in served.admin("GET", "/metrics").text   # a plain round: no step
 
 
+def test_rounds_an_admin_command_opened_and_failed_are_counted(served):
+    """An admin command is a process of its own: the rounds it opened or failed (`start-round`,
+    `status` closing a due round) never reached the service's counters."""
+    from coordinator.service import Coordinator
+
+    admin = Coordinator(served.coord.config)
+    try:
+        rid = admin.start_round(goal_count=2, min_count=2)
+        admin.close_round(rid, force=True)
+    finally:
+        admin.close()
+    metrics = served.admin("GET", "/metrics").text
+    assert 'fedkeys_rounds_total{event="started"} 1.0' in metrics
+    assert 'fedkeys_rounds_total{event="failed"} 1.0' in metrics
+
+
 def test_metrics_say_which_step_a_secure_round_is_at(served):
     """The dashboard showed a secure round's step; /metrics did not, so a round stuck on its keys
     step could not be alerted on."""
@@ -175,7 +191,7 @@ def test_a_round_whose_aggregate_is_not_finite_fails_and_is_counted_failed(serve
     r = served.admin("GET", f"/v1/admin/rounds/{rid}").json()
     assert r["status"] == "failed" and r["reason"] == "aggregate is not finite" and r["result_version_id"] is None
     metrics = served.admin("GET", "/metrics").text
-    assert 'fedkeys_rounds_total{event="failed"} 1.0' in metrics and 'event="done"' not in metrics
+    assert 'fedkeys_rounds_total{event="failed"} 1.0' in metrics and 'fedkeys_rounds_total{event="done"} 0.0' in metrics
     assert f"round {rid} failed: aggregate is not finite" in caplog.text
 
 

@@ -66,6 +66,7 @@ def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
         assert _value(text, "fedkeys_devices_enrolled") == 1 and _value(text, "fedkeys_devices_active") == 1
         assert 'fedkeys_epsilon_local{role="stable",version="v0000"}' in text
         assert _value(text, "fedkeys_checkins_total", 'task="train"') == 1
+        assert _value(text, "fedkeys_rounds_total", 'event="started"') == 1   # from the database: once, not per worker
     # gunicorn's own log lines and the app's share one format: JSON lines.
     import json
     lines = [ln for ln in (tmp_path / "gunicorn.log").read_text().splitlines() if ln.strip()]
