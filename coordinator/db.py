@@ -10,6 +10,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -109,7 +111,17 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             command.stamp(cfg, "0001")       # what it really holds: 0001 and the secure-aggregation tables
             command.upgrade(cfg, "0003")     # enrollment-key expiry and the selection window, never run
             command.stamp(cfg, "0004")       # the secure-aggregation tables, the same as 0004 creates
-        command.upgrade(cfg, revision)
+        try:
+            command.upgrade(cfg, revision)
+        except CommandError as e:   # a revision this release lacks: a newer release upgraded the database
+            if "Can't locate revision" not in str(e):
+                raise
+            held = MigrationContext.configure(conn).get_current_revision()
+            shown = engine.url.render_as_string(hide_password=True)
+            raise DatabaseUnavailable(
+                f"the database {shown} is at schema revision {held!r}, which this release does not know: a newer "
+                "FedKeys release upgraded it. Run that release, or restore the database from before the "
+                "upgrade") from None
 
 
 def _secagg_numbered_0002(conn) -> bool:

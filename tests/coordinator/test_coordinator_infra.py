@@ -138,3 +138,22 @@ def test_a_database_from_when_secure_aggregation_was_migration_0002_upgrades(tmp
         assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
     migrate(engine)   # and a second start has nothing to do
     engine.dispose()
+
+
+def test_a_database_a_newer_release_upgraded_is_refused_in_one_line(tmp_path, capsys):
+    """Rolling the software back onto a database a newer release had upgraded printed alembic's
+    traceback ("Can't locate revision identified by '0005'") from every command, with no word of
+    what happened."""
+    from sqlalchemy import text
+
+    from coordinator.__main__ import main as coordinator_main
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    assert coordinator_main(["init", "--data-dir", str(tmp_path / "data"), "--database-url", url]) == 0
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    engine.dispose()
+    assert coordinator_main(["status", "--data-dir", str(tmp_path / "data"), "--database-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "schema revision '0999'" in err and "newer FedKeys release" in err and "Traceback" not in err
