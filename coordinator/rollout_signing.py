@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 def signed_state(coord: Coordinator, s: Session, device_id: str, use: Version, channel: str,
                  current_version_id: str | None) -> RolloutState:
     """The signed statement "device `device_id` uses `use`"; `rollback` when that moves the
-    device from a newer version to an older one."""
+    device from a newer version to an older one, or from one this coordinator cannot place."""
     current = s.get(Version, current_version_id[:128]) if current_version_id else None
-    # A version this coordinator does not hold (made after the backup it was restored from): the
-    # move is allowed whatever its place, or the device would keep a model no one can reject.
-    rollback = current.seq > use.seq if current is not None else bool(current_version_id)
+    # A version this coordinator does not hold (made after the backup it was restored from), or
+    # none (a device whose pointer was lost): the move is allowed whatever its place, or the device
+    # would keep a model no one can reject, or refuse stable after a rejected candidate for good.
+    rollback = current.seq > use.seq if current is not None else True
     now = time.time()
     state = RolloutState(device_id=device_id, version_id=use.id, channel=channel, seq=int(now * 1000),
                          version_seq=use.seq, rollback=rollback, expires_at=int(now + coord.config.rollout_state_ttl_s))

@@ -286,16 +286,17 @@ def _use_version(dev: Device, task: wire.Task) -> None:
         return
     data_dir = dev.config.require_data_dir()
     state = None
+    switching = version_id != dev.store.current_id or not dev.store.is_valid(version_id)  # missing, or damaged
     if dev.rollout_key:
         try:
             state = rollout_guard.check(task.rollout, version_id=version_id, device_id=dev.identity.device_id,
-                                        public_key=dev.rollout_key, data_dir=data_dir)
+                                        public_key=dev.rollout_key, data_dir=data_dir, switching=switching)
         except rollout_guard.RolloutRefused as e:
             log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return
-    if version_id != dev.store.current_id or not dev.store.is_valid(version_id):  # missing, or damaged: re-fetch
-        try:
-            dev.store.install(version_id, dev.client.fetch)
+    if switching:
+        try:   # a rollback leaves the version it leaves (a rejected candidate) no place as a fallback
+            dev.store.install(version_id, dev.client.fetch, abandon=state is not None and state.rollback)
         except VersionError as e:
             log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return

@@ -43,8 +43,11 @@ def last_state(data_dir: str | os.PathLike) -> RolloutState | None:
 
 
 def check(state: RolloutState | None, *, version_id: str, device_id: str, public_key: str,
-          data_dir: str | os.PathLike, now: float | None = None) -> RolloutState:
-    """Raise RolloutRefused unless `state` lets this device use `version_id`; returns it."""
+          data_dir: str | os.PathLike, now: float | None = None, switching: bool = True) -> RolloutState:
+    """Raise RolloutRefused unless `state` lets this device use `version_id`; returns it.
+    `switching=False`: the device already uses that version, so no move is judged (a kill between
+    a rollback's pointer and its statement made every later check-in refuse, as a downgrade, the
+    version in use); the statement must still be genuine and fresh to be remembered."""
     if state is None:
         raise RolloutRefused("the reply carries no signed rollout state")
     if state.version_id != version_id or state.device_id != device_id:
@@ -55,12 +58,16 @@ def check(state: RolloutState | None, *, version_id: str, device_id: str, public
         raise RolloutRefused("the rollout state's signature does not verify") from e
     now = time.time() if now is None else now
     if state.expires_at + CLOCK_SKEW_S < now:
-        raise RolloutRefused(f"the rollout state expired at {state.expires_at}")
+        signed = state.seq / 1000   # the coordinator's clock when it signed, a moment ago for a live reply
+        hint = (f"; this device's clock reads {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}, the "
+                f"coordinator signed it at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(signed))}: if this "
+                "device's clock is wrong, set it") if now - signed > 3600 else ""
+        raise RolloutRefused(f"the rollout state expired at {state.expires_at}{hint}")
     last = last_state(data_dir)
     if last is not None:
         if state.seq < last.seq:
             raise RolloutRefused(f"rollout state {state.seq} is older than {last.seq}, already seen (a replay)")
-        if state.version_seq < last.version_seq and not state.rollback:
+        if switching and state.version_seq < last.version_seq and not state.rollback:
             raise RolloutRefused(f"{version_id} is older than the version in use and the state is no rollback")
     return state
 

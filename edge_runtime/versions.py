@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_runtime import rollout_guard
 from edge_runtime.errors import EdgeError
 from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, STAGING_PREFIX
 from protocol import artifact
@@ -166,6 +167,19 @@ def _share(local: Path, dest: Path) -> None:
         os.fsync(f.fileno())
 
 
+SETTLED_NS = 2_000_000_000   # files younger than this are hashed again (as git treats "racily clean" ones)
+
+
+def _files_stat(d: Path) -> tuple | None:
+    """What identifies the state of a version folder's files: each one's name, inode, size and
+    modification time (None: unreadable)."""
+    try:
+        return (os.stat(d).st_ino, *sorted((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns)
+                                           for e in os.scandir(d)))
+    except OSError:
+        return None
+
+
 def _check_runnable(manifest: Manifest) -> None:
     """Signed is not enough to run a version: its tensors must be the ones its architecture
     trains (`checked_architecture`), as the coordinator checks on import. A signed embedding of
@@ -185,6 +199,7 @@ class VersionStore:
         self.root = Path(data_dir) / MODELS_DIR
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_key = None if public_key is None else load_public_key(public_key)
+        self._verified: dict[str, tuple] = {}   # version id -> its files' stat when it last verified
         self._recover()
 
     # -- pointer ---------------------------------------------------------------------------
@@ -192,14 +207,40 @@ class VersionStore:
     def _read_pointer(self) -> dict[str, str | None]:
         p = self.root / CURRENT_POINTER
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(p.read_bytes())
+            if not isinstance(d, dict) or not all(v is None or (isinstance(v, str) and is_safe_id(v))
+                                                  for v in (d.get("current"), d.get("previous"))):
+                raise ValueError("not a pointer")
             return {"current": d.get("current"), "previous": d.get("previous")}
         except FileNotFoundError:
             return {"current": None, "previous": None}
         except (OSError, ValueError):
             # atomic_write never leaves a torn pointer; this is disk corruption. Recover below.
-            log.error("model pointer %s unreadable; falling back to any valid version", p)
+            log.error("model pointer %s unreadable; falling back to the version the coordinator last named", p)
             return {"current": None, "previous": None}
+
+    def _pointer_lost(self) -> bool:
+        """The pointer is unreadable, or missing while versions are installed: damage (it is written
+        before the first version's install returns and never removed)."""
+        return self._read_pointer()["current"] is None and (
+            (self.root / CURRENT_POINTER).exists() or bool(self.installed()))
+
+    def _fallback(self) -> str | None:
+        """The version to use when the pointer is lost: the one the coordinator's last signed
+        rollout statement named (`rollout_guard`), if it verifies, and no other, so a version the
+        coordinator rolled back is never picked (the newest valid one was: a rejected canary).
+        A device without statements (no coordinator key) takes the newest valid version."""
+        last = rollout_guard.last_state(self.root.parent)
+        if last is not None:
+            return last.version_id if is_safe_id(last.version_id) and self.is_valid(last.version_id) else None
+
+        def mtime(v: str) -> float:
+            try:
+                return (self.path(v) / MANIFEST).stat().st_mtime
+            except OSError:   # pruned meanwhile
+                return 0.0
+
+        return next((v for v in sorted(self.installed(), key=mtime, reverse=True) if self._valid(v)), None)
 
     def _write_pointer(self, current: str, previous: str | None) -> None:
         atomic_write(self.root / CURRENT_POINTER, json.dumps({"current": current, "previous": previous}).encode())
@@ -210,12 +251,22 @@ class VersionStore:
         download deleted its staging directory (the install failed, on every try of a slow link).
         A download holds a lock on its staging directory; a pointer being written is recent."""
         for p in self.root.glob(STAGING_PREFIX + "*"):
-            if not _in_use(p):
-                shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir() and not p.is_symlink():
+                if not _in_use(p):
+                    shutil.rmtree(p, ignore_errors=True)
+            else:   # a file of that name (rmtree ignored it, so it stayed for good)
+                with contextlib.suppress(OSError):
+                    p.unlink()
         for p in self.root.glob("." + CURRENT_POINTER + ".*"):  # atomic_write temp files left by a kill
             with contextlib.suppress(OSError):
                 if time.time() - p.stat().st_mtime > 60:
                     p.unlink(missing_ok=True)
+        if self._pointer_lost() and (found := self._fallback()) is not None:
+            # Written again, so the device reports the version it uses: with none reported, the
+            # coordinator's move back off a rejected candidate was refused as a downgrade for good.
+            with contextlib.suppress(OSError):
+                self._write_pointer(found, None)
+                log.warning("model pointer repaired: %s in use", found)
 
     @property
     def current_id(self) -> str | None:
@@ -243,18 +294,8 @@ class VersionStore:
         for vid in (ptr["current"], ptr["previous"]):
             if vid and self._valid(vid):
                 return self.path(vid)
-        if ptr["current"] is None and (self.root / CURRENT_POINTER).exists():
-            # A damaged pointer: the newest installed version that verifies, as its log line says
-            # (before, nothing fell back and the strip stayed empty until the next check-in).
-            def mtime(v: str) -> float:
-                try:
-                    return (self.path(v) / MANIFEST).stat().st_mtime
-                except OSError:   # pruned meanwhile
-                    return 0.0
-
-            for vid in sorted(self.installed(), key=mtime, reverse=True):
-                if self._valid(vid):
-                    return self.path(vid)
+        if self._pointer_lost() and (found := self._fallback()) is not None:
+            return self.path(found)   # before, nothing fell back and the strip stayed empty
         raise VersionError("no usable model version on this device")
 
     def in_use(self) -> str | None:
@@ -269,12 +310,22 @@ class VersionStore:
         return self.has(version_id) and self._valid(version_id)
 
     def _valid(self, version_id: str) -> bool:
+        """Verified (hashes, signature), once per state of its files in this process: the keyboard
+        asks every 2 s which version is in use, and hashing its 16 MB each time held the keyboard's
+        lock for 18 ms on a desktop core (far more on a Pi), stalling the keystroke it fell on.
+        A write, a replacement or a truncation of any file changes the stat, and it is hashed again."""
+        stat = _files_stat(self.path(version_id))
+        if stat is not None and self._verified.get(version_id) == stat:
+            return True
         try:
             self._verify_dir(self.path(version_id), version_id)
-            return True
         except (VersionError, ArtifactError, OSError) as e:
+            self._verified.pop(version_id, None)
             log.error("model version %s failed verification: %s", version_id, e)
             return False
+        if stat is not None and time.time_ns() - max((f[-1] for f in stat[1:]), default=0) > SETTLED_NS:
+            self._verified[version_id] = stat   # a file changed within a clock tick of its write keeps its mtime
+        return True
 
     def _verify_dir(self, d: Path, version_id: str) -> Manifest:
         try:   # hashes, and weights that are numbers (a NaN or a damaged q8 file is an ArtifactError)
@@ -349,20 +400,22 @@ class VersionStore:
                 return p
         return None
 
-    def activate(self, version_id: str) -> None:
-        """Switch suggestions to an installed version; the one in use becomes `previous`."""
+    def activate(self, version_id: str, *, abandon: bool = False) -> None:
+        """Switch suggestions to an installed version; the one in use becomes `previous`, the
+        fallback if this one is damaged, unless `abandon`: a rollback leaves the version it
+        leaves (a rejected candidate) no place, so damage never brings it back."""
         if not self._valid(version_id):
             raise VersionError(f"version {version_id} is not installed and valid")
         cur = self.current_id
         if cur == version_id:
             return
-        self._write_pointer(version_id, cur)
-        log.info("model version %s active (previous %s)", version_id, cur)
+        self._write_pointer(version_id, None if abandon else cur)
+        log.info("model version %s active (previous %s)", version_id, None if abandon else cur)
 
-    def install(self, version_id: str, fetch: Fetch) -> Path:
+    def install(self, version_id: str, fetch: Fetch, *, abandon: bool = False) -> Path:
         """Download, verify and activate `version_id`, then drop versions no longer needed."""
         path = self.ensure(version_id, fetch)
-        self.activate(version_id)
+        self.activate(version_id, abandon=abandon)
         self.prune()
         return path
 
@@ -372,17 +425,23 @@ class VersionStore:
         prev, cur = ptr["previous"], ptr["current"]
         if not prev or not self._valid(prev):
             raise VersionError("no previous version to roll back to")
-        self._write_pointer(prev, cur)
+        self._write_pointer(prev, None)   # what it leaves is no fallback (`activate`'s abandon)
         log.warning("rolled back model version %s -> %s", cur, prev)
         return prev
 
     def prune(self, keep: Iterable[str] = ()) -> None:
         """Delete versions other than current, previous and `keep`."""
         ptr = self._read_pointer()
+        if self._pointer_lost():   # it names nothing to keep: pruning would delete every version
+            log.warning("model pointer lost: nothing pruned")
+            return
         wanted = {v for v in (ptr["current"], ptr["previous"], *keep) if v}
         for vid in self.installed():
             if vid not in wanted:
                 self._discard(self.root / vid)
+        for d in self.root.iterdir():   # a version folder that lost its manifest is no version: never pruned
+            if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and not (d / MANIFEST).exists():
+                self._discard(d)
 
     def _discard(self, d: Path) -> None:
         # Rename first so a crash mid-delete leaves a staging leftover, not a half version.

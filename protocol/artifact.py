@@ -328,9 +328,14 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     if not p.exists():
         raise ArtifactError(f"no {MANIFEST} in {directory}: not a model version directory")
     try:
-        return Manifest.from_dict(json.loads(p.read_text()))
+        d = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:   # a flipped bit: damaged like bad JSON (it escaped every caller's handling)
+        raise ArtifactError(f"{p}: not UTF-8 text at byte {e.start}") from e
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{p}: not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{p}: not a JSON object")
+    return Manifest.from_dict(d)
 
 
 def load_version(directory: str | os.PathLike, *, verify: bool = True) -> tuple[Manifest, dict[str, np.ndarray]]:

@@ -129,7 +129,7 @@ def test_disk_full_during_a_download_keeps_the_loop_and_the_current_version(tmp_
     class Store:
         current_id = "v1"
 
-        def install(self, vid, fetch):
+        def install(self, vid, fetch, abandon=False):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         def is_valid(self, vid):

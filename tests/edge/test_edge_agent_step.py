@@ -63,8 +63,8 @@ class FakeStore:
     previous_id: str | None = None
     ensured: list = field(default_factory=list)
 
-    def install(self, vid, fetch):
-        self.previous_id, self.current_id = self.current_id, vid
+    def install(self, vid, fetch, abandon=False):
+        self.previous_id, self.current_id = None if abandon else self.current_id, vid
 
     def is_valid(self, vid):
         return vid in (self.current_id, self.previous_id)

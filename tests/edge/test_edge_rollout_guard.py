@@ -44,3 +44,21 @@ def test_rules(tmp_path):
         ok(replace(st, signature=other.sign(st.signing_bytes()).hex()), tmp_path)
     with pytest.raises(RolloutRefused, match="no signed"):
         check(None, version_id="v5", device_id="d-1", public_key=PUB, data_dir=tmp_path)
+
+
+def test_the_version_in_use_is_no_move_and_a_fast_clock_is_named(tmp_path):
+    """A kill between a rollback's pointer and its statement left the newest statement on the
+    rejected version: every later check-in refused, as a downgrade, the version already in use.
+    And a clock days fast refused every statement as expired without a word about the clock."""
+    remember(ok(signed(seq=10, version_id="v6", version_seq=6), tmp_path), tmp_path)
+    back = signed(seq=11, version_id="v5", version_seq=5)                  # in use already: no rollback
+    with pytest.raises(RolloutRefused, match="no rollback"):
+        ok(back, tmp_path)
+    assert check(back, version_id="v5", device_id="d-1", public_key=PUB, data_dir=tmp_path, now=NOW,
+                 switching=False) == back
+    with pytest.raises(RolloutRefused, match="signature"):                 # still only a genuine one
+        check(replace(back, channel="canary"), version_id="v5", device_id="d-1", public_key=PUB,
+              data_dir=tmp_path, now=NOW, switching=False)
+    fresh = signed(seq=NOW * 1000, expires_at=NOW + 7 * 86400)
+    with pytest.raises(RolloutRefused, match="this device's clock reads .* if this device's clock is wrong"):
+        ok(fresh, tmp_path, now=NOW + 8 * 86400)

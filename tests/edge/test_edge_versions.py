@@ -355,6 +355,115 @@ def test_a_damaged_pointer_falls_back_to_the_newest_valid_version(tmp_path: Path
     assert store.current() == store.path("v1")
 
 
+def _named_by_coordinator(dev: Path, version_id: str) -> None:
+    """The device's last accepted rollout statement names `version_id` (as `rollout_guard.remember` keeps it)."""
+    from edge_runtime.paths import ROLLOUT_STATE_FILE
+    from protocol.rollout_state import RolloutState
+
+    state = RolloutState(device_id="d", version_id=version_id, channel="stable", seq=2, version_seq=1,
+                         rollback=True, expires_at=2**40, signature="00")
+    (dev / ROLLOUT_STATE_FILE).write_text(json.dumps(state.to_dict()))
+
+
+def test_a_rolled_back_version_never_comes_back_through_damage(tmp_path: Path, server: Path):
+    """A canary device rolled back off a rejected candidate kept it as `previous`: damage to the
+    stable version, or to the pointer (the newest valid version), put the rejected one back in use."""
+    dev = tmp_path / "dev"
+    store = VersionStore(dev)
+    store.install("v1", fetch_from(server))
+    store.install("v2", fetch_from(server))             # the canary
+    store.install("v1", fetch_from(server), abandon=True)   # rejected: back to stable
+    _named_by_coordinator(dev, "v1")
+    assert (store.current_id, store.previous_id) == ("v1", None) and store.installed() == ["v1"]
+    store.ensure("v2", fetch_from(server))              # still on disk (e.g. a kill before the prune)
+    (dev / MODELS_DIR / "current.json").write_text('{"current": "v1')    # torn
+    assert store.current() == store.path("v1")                            # the coordinator's, not the newest
+    (store.path("v1") / WEIGHTS).write_bytes(b"bit rot")
+    with pytest.raises(VersionError):                                     # none until the next check-in
+        store.current()
+    assert VersionStore(dev).in_use() is None
+
+
+@pytest.mark.parametrize("pointer", ["null", "[]", '{"current": 7}', '{"current": "../x"}', None])
+def test_a_lost_pointer_is_repaired_to_the_coordinators_version_and_nothing_is_pruned(tmp_path: Path, server: Path,
+                                                                                      pointer: str | None):
+    """JSON that is no pointer crashed every command (`.get` on a list); a missing pointer got no
+    fallback at all, the device reported no version, and the coordinator's move back off a
+    rejected candidate was then refused as a downgrade for good; and pruning with the pointer
+    lost deleted every version."""
+    dev = tmp_path / "dev"
+    store = VersionStore(dev)
+    store.install("v1", fetch_from(server))
+    store.install("v2", fetch_from(server))
+    ptr = dev / MODELS_DIR / "current.json"
+    if pointer is None:
+        ptr.unlink()
+    else:
+        ptr.write_text(pointer)
+    store.prune()
+    assert store.installed() == ["v1", "v2"]
+    _named_by_coordinator(dev, "v1")
+    assert store.current() == store.path("v1")
+    repaired = VersionStore(dev)                      # a start repairs it: the device reports v1 again
+    assert (repaired.current_id, repaired.previous_id) == ("v1", None)
+
+
+def test_a_manifest_that_is_not_text_is_a_damaged_version(tmp_path: Path, server: Path):
+    """One non-UTF-8 byte in a manifest escaped every handler: every iteration of the device loop
+    failed before its check-in, the keyboard would not start, and with the byte in the previous
+    version's manifest every later install failed."""
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    store.install("v2", fetch_from(server))
+    manifest = store.path("v1") / "manifest.json"
+    manifest.write_bytes(b"\xff" + manifest.read_bytes()[1:])
+    assert not store.is_valid("v1") and store.current() == store.path("v2")
+    store.install("v3", fetch_from(server))           # the previous version's damage does not stop it
+    assert store.current_id == "v3"
+    manifest = store.path("v3") / "manifest.json"
+    manifest.write_bytes(b"\xff" + manifest.read_bytes()[1:])
+    assert store.current() == store.path("v2")
+
+
+def test_what_a_kill_or_damage_leaves_is_cleaned_up(tmp_path: Path, server: Path):
+    """A version folder that lost its manifest was never pruned (16 MB for good), and a file named
+    like a staging directory was never removed."""
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    store.install("v2", fetch_from(server))
+    (store.path("v1") / MANIFEST).unlink()
+    stray = store.root / f"{STAGING_PREFIX}v3"
+    stray.write_bytes(b"a file where a directory goes")
+    store.install("v3", fetch_from(server))
+    assert not store.path("v1").exists() and sorted(p.name for p in store.root.iterdir() if p.is_dir()) == ["v2", "v3"]
+    VersionStore(tmp_path / "dev")                       # a start's recovery
+    assert not stray.exists()
+
+
+def test_a_version_is_hashed_again_only_when_its_files_change(tmp_path: Path, server: Path, monkeypatch):
+    """The keyboard asks every 2 s which version is in use, and each answer hashed its 16 MB under
+    the keyboard's lock (18 ms on a desktop core), stalling the keystroke it fell on."""
+    from edge_runtime import versions
+
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    monkeypatch.setattr(versions, "SETTLED_NS", 0)      # the files count as settled at once
+    hashed = []
+    real = versions.load_version
+    monkeypatch.setattr(versions, "load_version", lambda d, **kw: hashed.append(d) or real(d, **kw))
+    for _ in range(5):
+        assert store.current() == store.path("v1")
+    assert len(hashed) == 1
+    weights = store.path("v1") / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))                     # one byte, the same size
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(VersionError):
+        store.current()
+    assert len(hashed) == 2
+
+
 class Crash(BaseException):
     """Stands in for the process dying at one I/O call (BaseException: nothing catches it)."""
 

@@ -61,8 +61,11 @@ def test_stored_copy_round_trips_replaces_other_versions_and_is_forgotten(tmp_pa
     personalize.save(tmp_path, "v1", w, "10:200")
     assert personalize.stamp_of(tmp_path, "v1") == "10:200" and personalize.stamp_of(tmp_path, "v2") is None
     assert np.array_equal(personalize.load(tmp_path, "v1")["a"], w["a"])
+    left = personalize.weights_path(tmp_path, "v1").with_suffix(".tmp")
+    left.write_bytes(b"half a copy")                     # a kill mid-save: 5.4 MB that stayed until a wipe
     personalize.save(tmp_path, "v2", w, "11:210")
     assert personalize.load(tmp_path, "v1") is None and personalize.stamp_of(tmp_path, "v2") == "11:210"
+    assert not left.exists()
     personalize.weights_path(tmp_path, "v2").write_bytes(b"not a safetensors file")
     assert personalize.load(tmp_path, "v2") is None and personalize.stamp_of(tmp_path, "v2") is None
     personalize.forget(tmp_path)

@@ -104,3 +104,27 @@ def test_devices_follow_a_coordinator_restored_from_a_backup(tmp_path, exported_
             assert dev.store.current_id == v0, "the device stayed on a version the restored coordinator lost"
     finally:
         dev.close()
+
+
+def test_a_device_that_lost_its_pointer_on_a_rejected_candidate_goes_back_to_stable(tmp_path, exported_version):
+    """A canary device whose `current.json` was lost reported no version; the coordinator then
+    signed the move back to stable as no rollback, and the device refused it as a downgrade on
+    every check-in: no model at all until a newer version shipped. And once back, the rejected
+    candidate stayed as the fallback that damage would bring back."""
+    from edge_runtime.paths import MODELS_DIR
+
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
+        v0 = s.coord.import_version(exported_version)
+        dev = enrolled_observer(s, tmp_path / "dev")
+        try:
+            agent.run_once(dev)
+            v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
+            agent.run_once(dev)
+            assert dev.store.current_id == v1
+            (tmp_path / "dev" / MODELS_DIR / "current.json").unlink()
+            s.coord.admin_decide(v1, "reject")
+            agent.run_once(dev)
+            assert dev.store.current_id == v0 and dev.store.in_use() == v0
+            assert dev.store.previous_id is None and dev.store.installed() == [v0]
+        finally:
+            dev.close()
