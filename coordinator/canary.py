@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import queries, rollout, versions
+from coordinator import deployment, queries, rollout, versions
 from coordinator.errors import ApiError, bad_request
 from coordinator.models import Evaluation, Setting, Version
 from coordinator.views import _json_safe
@@ -75,8 +75,11 @@ def report_evaluation(coord: Coordinator, device_id: str, report: wire.Evaluatio
         if cand is None or cand.id != report.candidate_version_id:
             raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")
         row = _issued(s, cand.id, device_id)
-        if row is None or not rollout.in_canary(device_id, coord.config.canary_fraction):
+        if row is None:
             raise ApiError(403, wire.E_FORBIDDEN, f"no evaluation task of {cand.id} was issued to this device")
+        if not rollout.in_canary(device_id, coord.config.canary_fraction):   # the service restarted with less
+            raise ApiError(403, wire.E_FORBIDDEN, f"this device is no longer in the canary cohort (canary_fraction "
+                                                  f"is {coord.config.canary_fraction:g}): its report is not counted")
         if row.report_json != ISSUED:
             raise ApiError(409, wire.E_DUPLICATE, f"this device already reported on {cand.id}")
         by_id = {m.version_id: m for m in report.results}
@@ -87,6 +90,17 @@ def report_evaluation(coord: Coordinator, device_id: str, report: wire.Evaluatio
         s.flush()
         auto_decide(coord, s, cand, stable)
     return wire.EvaluationReceipt(candidate_version_id=report.candidate_version_id)
+
+
+def ask_at_start(coord: Coordinator) -> None:
+    """The service starts: the pending candidate is decided on the reports already in, with the
+    settings it starts with. Restarted with a lower `canary_min_reports` after every canary had
+    reported, it waited for good: decisions came only with a report or an unpin. An upsert: every
+    gunicorn worker runs this as it starts."""
+    with coord.tx() as s:
+        if queries.candidate(s) is not None:
+            s.execute(deployment.upsert(coord.engine)(Setting).values(key=DECIDE_PENDING, value="1")
+                      .on_conflict_do_update(index_elements=[Setting.key], set_={"value": "1"}))
 
 
 def decide_if_asked(coord: Coordinator) -> None:

@@ -32,7 +32,8 @@ SOURCE = "the settings the serving coordinator recorded"
 SIGNING_KEY = "signing_public_key"   # the data directory this database belongs to
 
 
-def _upsert(engine: Engine) -> Any:
+def upsert(engine: Engine) -> Any:
+    """An INSERT that takes ON CONFLICT (a row several workers may write at once)."""
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
@@ -57,8 +58,17 @@ def missing_files(coord: Any) -> list[str]:
         rows = s.execute(select(Version.id, Version.weights_sha256, Version.graph_sha256, Version.tokenizer_sha256,
                                 Version.manifest_json)
                          .where(Version.status.in_([VersionStatus.STABLE, VersionStatus.CANDIDATE]))).all()
-    return [vid for vid, *digests, manifest in rows
-            if not all(coord.blobs.exists(d) for d in (*digests, json.loads(manifest).get("weights_q8_sha256")) if d)]
+    return [vid for vid, *digests, manifest in rows if not _held(coord, *digests, manifest)]
+
+
+def holds_files(coord: Any, v: Version) -> bool:
+    """Whether the data directory holds every file devices download of `v`."""
+    return _held(coord, v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.manifest_json)
+
+
+def _held(coord: Any, weights: str, graph: str, tokenizer: str, manifest_json: str) -> bool:
+    q8 = json.loads(manifest_json).get("weights_q8_sha256")
+    return all(coord.blobs.exists(d) for d in (weights, graph, tokenizer, q8) if d)
 
 
 def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path) -> None:
@@ -68,7 +78,7 @@ def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path) -> 
     The first coordinator to open a database records its key (databases from before this check
     take the first data directory that opens them)."""
     with session_factory(engine)() as s, s.begin():
-        s.execute(_upsert(engine)(Setting).values(key=SIGNING_KEY, value=public_key_hex)
+        s.execute(upsert(engine)(Setting).values(key=SIGNING_KEY, value=public_key_hex)
                   .on_conflict_do_nothing(index_elements=[Setting.key]))
         recorded = s.scalar(select(Setting.value).where(Setting.key == SIGNING_KEY))
     if recorded != public_key_hex:
@@ -85,7 +95,7 @@ def record(coord: Any) -> None:
     let two of them insert the row, failing one worker's boot (and with it the master)."""
     value = json.dumps(deployment_settings(coord.config), sort_keys=True)
     with coord.tx() as s:
-        s.execute(_upsert(coord.engine)(Setting).values(key=KEY, value=value)
+        s.execute(upsert(coord.engine)(Setting).values(key=KEY, value=value)
                   .on_conflict_do_update(index_elements=[Setting.key], set_={"value": value}))
 
 

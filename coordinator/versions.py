@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import canary, privacy, queries, round_end, views
+from coordinator import canary, deployment, privacy, queries, round_end, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Decision, Round, Setting, Version, utcnow
 from coordinator.states import VERSION_ACTIONS, RoundStatus, VersionAction, VersionStatus
@@ -275,6 +275,10 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
         if action not in VERSION_ACTIONS:
             raise bad_request(f"unknown action {action!r}")
         action = VersionAction(action)
+        if action in (VersionAction.PROMOTE, VersionAction.ROLLBACK, VersionAction.PIN) \
+                and not deployment.holds_files(coord, v):   # else every device's download of it is a 500
+            raise ApiError(409, wire.E_CONFLICT, f"the data directory lacks {version_id}'s files (restored from an "
+                                                 "older backup?): it cannot be sent to devices")
         if action == VersionAction.UNPIN and v.status != VersionStatus.STABLE:   # it was recorded on any id
             stable = queries.stable(s)
             raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}; unpin the stable version"

@@ -349,3 +349,58 @@ def test_a_stable_change_fails_the_round_open_on_the_old_one(world):
     # A change to the version the open round trains leaves it open.
     assert s.admin("POST", f"/v1/admin/versions/{cand}/pin").status_code == 200
     assert s.coord.get_round(rid2)["status"] == "open"
+
+
+def test_a_restart_with_fewer_reports_needed_decides_the_pending_candidate(tmp_path):
+    """Restarted with a lower canary_min_reports after its canaries had reported, the service
+    left the candidate pending for good: decisions came only with a new report or an unpin."""
+    cfg = make_config(tmp_path, canary_fraction=1.0, canary_min_reports=5, canary_tolerance=0.01)
+    with serve(cfg) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(3)]
+        cand = _candidate_from_round(s, devices, 0.01)
+        for d in devices[:2]:
+            assert _report(d, d.checkin(), 41, 40).status_code == 200
+        assert s.coord.status()["candidate_version_id"] == cand                 # 2 of 5 reports: waits
+    with serve(cfg.with_overrides({"canary_min_reports": 2})) as s:
+        status = s.coord.status()                                              # its first request decides
+        assert status["stable_version_id"] == cand and status["candidate_version_id"] is None
+
+
+def test_a_version_whose_files_are_gone_is_not_made_stable(world, tmp_path):
+    """A rollback to a retired version whose files the data directory no longer held succeeded,
+    and then every device's download of its weights was a 500."""
+    s, _, _, _ = world
+    make_version(tmp_path / "v1", "v0001", seed=1)
+    s.coord.import_version(tmp_path / "v1", as_candidate=False)      # v0000 retired
+    v0 = next(v for v in s.coord.list_versions() if v["version_id"] == "v0000")
+    with s.coord._sessions() as sess:
+        from coordinator.models import Version
+        s.coord.blobs.path(sess.get(Version, "v0000").weights_sha256).unlink()
+    assert v0["status"] == "retired"
+    for action in ("rollback", "pin"):
+        r = s.admin("POST", f"/v1/admin/versions/v0000/{action}")
+        assert r.status_code == 409 and "lacks v0000's files" in r.json()["message"], r.text
+    assert s.coord.status()["stable_version_id"] == "v0001"
+
+
+def test_a_report_from_a_device_a_smaller_cohort_left_out_says_so(world):
+    """Restarted with a smaller canary_fraction, the service answered a task it had issued with
+    "no evaluation task ... was issued to this device"."""
+    from coordinator.errors import ApiError
+    from coordinator.service import Coordinator
+
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    task = canaries[0].checkin()
+    assert task.kind == wire.TASK_EVALUATE
+    smaller = Coordinator(s.coord.config.with_overrides({"canary_fraction": 1e-6}))
+    try:
+        report = wire.EvaluationReport(candidate_version_id=cand, results=(
+            _metrics(task.evaluate_version_ids[0], 41), _metrics(task.evaluate_version_ids[1], 40)))
+        with pytest.raises(ApiError, match="no longer in the canary cohort"):
+            smaller.report_evaluation(canaries[0].device_id, report)
+    finally:
+        smaller.close()
