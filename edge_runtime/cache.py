@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 REMOVED_KEY = "removed_words"   # the settings row of the words removed from the suggestions
+COMMITS_KEY = "commit_ids"      # the settings row of the keyboard page's newest commit ids (no text)
+MAX_COMMIT_IDS = 64
 TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
                       # sentence it was removed from while being typed, but a word the user keeps typing
 
@@ -420,8 +422,11 @@ class TextCache:
             return "larger than the whole cache"
         return "learning paused" if self.paused else "not stored"
 
-    def add(self, text: str, field_kind: str, *, private: bool = False, ts: float | None = None) -> bool:
-        """Store committed text; returns False (and stores nothing) when the rules forbid it."""
+    def add(self, text: str, field_kind: str, *, private: bool = False, ts: float | None = None,
+            commit_id: str | None = None) -> bool:
+        """Store committed text; returns False (and stores nothing) when the rules forbid it.
+        `commit_id` (the keyboard page's id of this commit) is kept with it, in the same
+        transaction, so a resend after a restart of the device process is known (`has_commit`)."""
         if self._refused(text, field_kind, private) is not None:
             return False   # nothing to learn from, or a field never cached
         now = self._clock() if ts is None else ts
@@ -440,8 +445,24 @@ class TextCache:
                 "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
                 (now, field_kind.strip().lower(), text, nbytes),
             )
+            if commit_id is not None:
+                self._put_setting(COMMITS_KEY, json.dumps([*self._commit_ids()[1 - MAX_COMMIT_IDS:], commit_id]))
             self._expire_locked(now)
         return True
+
+    def has_commit(self, commit_id: str) -> bool:
+        """Whether text of this keyboard commit is stored: the page resends a commit whose answer
+        it lost, and one stored just before the device process was killed was stored twice (the
+        ids the keyboard remembered died with it)."""
+        with self._held():
+            return commit_id in self._commit_ids()
+
+    def _commit_ids(self) -> list[str]:
+        try:
+            ids = json.loads(self._setting(COMMITS_KEY) or "[]")
+        except ValueError:
+            return []
+        return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
 
     def enforce_retention(self) -> int:
         """Drop text older than the retention period and the oldest text over the size cap."""
@@ -491,6 +512,7 @@ class TextCache:
                 self._db.execute("DELETE FROM texts")
                 self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'texts'")
                 self._db.execute("DELETE FROM settings WHERE key = ?", (REMOVED_KEY,))   # words of the user's text
+                self._db.execute("DELETE FROM settings WHERE key = ?", (COMMITS_KEY,))
                 self._put_setting("wiped", mark)
             self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
             try:

@@ -316,21 +316,23 @@ class KeyboardApp:
             if commit_id is not None and commit_id in self._committed:   # its answer was lost: the same again
                 cached, reason = self._committed[commit_id]
                 return {"cached": cached, "reason": reason, **self.status()}
-            cached, reason = self._store(text, kind, private)
+            if commit_id is not None and self.cache.has_commit(commit_id):   # stored before a restart
+                return {"cached": True, "reason": None, **self.status()}
+            cached, reason = self._store(text, kind, private, commit_id)
             if commit_id is not None:
                 self._committed[commit_id] = (cached, reason)
                 while len(self._committed) > MAX_COMMIT_IDS:
                     self._committed.popitem(last=False)
         return {"cached": cached, "reason": reason, **self.status()}
 
-    def _store(self, text: str, kind: str, private: bool) -> tuple[bool, str | None]:
+    def _store(self, text: str, kind: str, private: bool, commit_id: str | None = None) -> tuple[bool, str | None]:
         """`commit`'s work: cache the text and learn it; (cached, why not)."""
         if private:
             cached, reason = False, "private field"
         else:
             with self.slot.lock:   # the user's words as they are before this text is cached
                 personal = self._personal
-            cached = self.cache.add(text, kind)
+            cached = self.cache.add(text, kind, commit_id=commit_id)
             if cached:
                 self._typed_again(text)
             if cached and personal is None:

@@ -337,14 +337,14 @@ def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
     app = server.app
     real_add = app.cache.add
 
-    def add_then_build(text, kind):   # a keystroke builds the user's words right after the write
-        ok = real_add(text, kind)
+    def add_then_build(text, kind, **kw):   # a keystroke builds the user's words right after the write
+        ok = real_add(text, kind, **kw)
         app.personal()
         return ok
 
-    def build_then_add(text, kind):   # ... or right before it
+    def build_then_add(text, kind, **kw):   # ... or right before it
         app.personal()
-        return real_add(text, kind)
+        return real_add(text, kind, **kw)
 
     assert server._server.idle.wait()   # the words the server built as it started ...
     app._personal = None                 # ... dropped: nothing built yet when the commit reads them
@@ -478,6 +478,21 @@ def test_a_commit_sent_again_with_its_id_is_stored_once(server, monkeypatch):
     assert db_rows(server) == ["Good morrow to you.", "Good morrow to you."]
     bad = post(server, "api/commit", {**body, "commit_id": "x" * 65})
     assert bad.status_code == 413 and bad.json()["error"] == "too_large"
+
+
+def test_a_commit_resent_after_a_restart_is_stored_once(tmp_path, exported_version):
+    """The ids of stored commits lived in the process: a commit stored just before the device
+    process was killed, and resent by the page (which keeps its key across restarts), was stored
+    twice. They are kept in the cache with the text, and a wipe forgets them."""
+    device = tmp_path / "device"
+    body = {"text": "Good morrow to you.", "field_kind": "message", "commit_id": "c-1"}
+    with start_keyboard(device, model_dir=exported_version) as first:
+        assert post(first, "api/commit", body).json()["cached"] is True
+    with start_keyboard(device, model_dir=exported_version) as again:     # the page resends after the restart
+        r = post(again, "api/commit", body)
+        assert r.json()["cached"] is True and r.json()["cache"]["sentences"] == 1, r.text
+        assert post(again, "api/clear", {}).json()["cache"]["sentences"] == 0
+        assert post(again, "api/commit", body).json()["cache"]["sentences"] == 1   # after a wipe, new text
 
 
 # --- errors -------------------------------------------------------------------------------------
