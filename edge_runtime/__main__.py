@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import agent, keyboard, paths, personalize
-from edge_runtime.cache import CacheError, DamagedCacheError, destroy_files, make_paused, replace_damaged
+from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, replace_damaged, wipe_in_place
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             except DamagedCacheError as e:
                 _wipe_damaged(cfg, e)
             except CacheError as e:
-                if not _disk_full(e):
+                if not disk_full(e):
                     raise
                 _wipe_full_disk(cfg, e)
         elif c == "status":
@@ -240,23 +240,15 @@ def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:
           f"`python -m edge_runtime resume --data-dir {cfg.require_data_dir()}`")
 
 
-def _disk_full(e: CacheError) -> bool:
-    """SQLite on a full disk: "database or disk is full", or "disk I/O error" when it cannot even
-    make the WAL files to open the cache."""
-    return any(s in str(e) for s in ("disk is full", "disk I/O error"))   # I/O error: full, or failing
-
-
 def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
-    """A full disk left the text on it: deleting rows needs room for the WAL. The files are
-    overwritten in place instead (no new space) and deleted; the wipe is the privacy action and
-    must not wait for space. The new, empty cache starts paused, as after a damaged cache's wipe;
-    if there is no room even for it, the next command that needs the cache makes it."""
+    """A full disk left the text on it: `cache.wipe_in_place`. The new, empty cache starts paused,
+    as after a damaged cache's wipe; if there is no room even for it, the next command that needs
+    the cache makes it."""
     data_dir = cfg.require_data_dir()
-    gone = destroy_files(data_dir)
-    try:
-        make_paused(data_dir)
+    gone, made = wipe_in_place(data_dir)
+    if made:
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
-    except (CacheError, OSError):
+    else:
         after = ("no room for a new, paused cache yet: the next command that opens the cache makes one, with "
                  "learning on (run `pause` then if it was paused; a running keyboard or device loop holds "
                  "the old file's space until it stops)")

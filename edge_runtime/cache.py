@@ -147,6 +147,25 @@ def replace_damaged(data_dir: str | os.PathLike) -> list[Path]:
     return gone
 
 
+def disk_full(e: CacheError) -> bool:
+    """SQLite on a full disk: "database or disk is full", or "disk I/O error" when it cannot even
+    make the WAL files to open the cache."""
+    return any(s in str(e) for s in ("disk is full", "disk I/O error"))   # I/O error: full, or failing
+
+
+def wipe_in_place(data_dir: str | os.PathLike) -> tuple[list[Path], bool]:
+    """A wipe on a full disk, which left the text on it (deleting rows needs room for the WAL):
+    the files are overwritten in place (no new space) and deleted, the wipe being the privacy
+    action that must not wait for space; then a new, empty cache, paused, if there is room for
+    one. Returns (the files removed, whether the new cache was made)."""
+    gone = destroy_files(data_dir)
+    try:
+        make_paused(data_dir)
+    except (CacheError, OSError):
+        return gone, False
+    return gone, True
+
+
 def make_paused(data_dir: str | os.PathLike) -> None:
     """A new, empty, paused cache with a new wipe mark in place of none (`replace_damaged`)."""
     tmp = Path(tempfile.mkdtemp(prefix=".new-cache-", dir=data_dir))

@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
 from edge_runtime.agent import open_cache
-from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, replace_damaged
+from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, disk_full, replace_damaged, wipe_in_place
 from edge_runtime.collector import settle
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
@@ -446,8 +446,14 @@ class KeyboardApp:
             log.warning("keyboard: the damaged text cache was destroyed (%d files) and made again, paused", len(gone))
             self._wipe_mark = self.cache.wipe_mark()   # the new file's (the cache follows it: TextCache._held)
         except CacheError as e:
-            self._wipe_mark = getattr(e, "mark", None)   # committed all the same (TextCache.wipe)
-            raise ApiError(409, "wipe_incomplete", str(e)) from e
+            if not disk_full(e):
+                self._wipe_mark = getattr(e, "mark", None)   # committed all the same (TextCache.wipe)
+                raise ApiError(409, "wipe_incomplete", str(e)) from e
+            # A full disk: the rows could not be deleted (the WAL needs room) and the text stayed.
+            gone, made = wipe_in_place(self.cache.data_dir)   # as `python -m edge_runtime wipe` does
+            log.warning("keyboard: the disk is full: the text cache's %d files were overwritten in place and "
+                        "deleted%s", len(gone), ", and made again, paused" if made else "; no room for a new one yet")
+            self._wipe_mark = None
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             self._forget()
         return self.status()

@@ -979,3 +979,22 @@ def test_a_client_gone_mid_answer_is_no_error_in_the_log(server, caplog, monkeyp
         with pytest.raises(requests.RequestException):
             post(server, "api/suggest", {"client": "z", "text": "I pray "})
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_clear_on_a_full_disk_overwrites_the_text_in_place(server, monkeypatch):
+    """On a full disk the page's Clear answered 409 and the text stayed on disk: deleting rows
+    needs room for the WAL. It overwrites the files in place and deletes them, as the command
+    line's wipe does, and learning is paused on the new, empty cache."""
+    from edge_runtime.cache import CacheError
+
+    assert post(server, "api/commit", {"text": SECRET, "field_kind": "message"}).json()["cached"] is True
+
+    def full(*a, **kw):
+        raise CacheError(f"the text cache at {server.app.cache.path} cannot be used now: database or disk is full")
+
+    monkeypatch.setattr(server.app.cache, "wipe", full)
+    r = post(server, "api/clear", {})
+    assert r.status_code == 200 and r.json()["cache"]["sentences"] == 0 and r.json()["paused"] is True, r.text
+    device = server.app.cache.data_dir
+    leftovers = b"".join(f.read_bytes() for f in device.iterdir() if f.name.startswith(CACHE_DB))
+    assert SECRET.split()[0].encode() not in leftovers
