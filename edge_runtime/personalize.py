@@ -15,6 +15,7 @@ text fine-tunes the copy, the second half is scored.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -75,9 +76,9 @@ def save(data_dir: str | Path, version_id: str, weights: dict[str, np.ndarray], 
     path = weights_path(data_dir, version_id)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
     try:
-        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}, str(tmp),
-                  metadata={"version_id": version_id, "stamp": stamp})
+        save_file(arrays, str(tmp), metadata={"version_id": version_id, "stamp": stamp, "sha256": _digest(arrays)})
     except SafetensorError as e:   # its write failing ("No space left on device") is not an OSError
         tmp.unlink(missing_ok=True)
         raise OSError(f"cannot save the personal model: {str(e)[:200]}") from e
@@ -89,26 +90,45 @@ def save(data_dir: str | Path, version_id: str, weights: dict[str, np.ndarray], 
 
 
 def stamp_of(data_dir: str | Path, version_id: str) -> str | None:
-    """The cache state the stored copy of `version_id` was trained on (None: no usable copy)."""
-    path = weights_path(data_dir, version_id)
-    try:
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
-    except (OSError, SafetensorError):
-        return None
-    return meta.get("stamp") if meta.get("version_id") == version_id else None
+    """The cache state the stored copy of `version_id` was trained on (None: no usable copy, so
+    the next refresh trains one: a damaged copy is not "up to date")."""
+    got = _read(weights_path(data_dir, version_id), quiet=True)
+    return got[1].get("stamp") if got is not None and got[1].get("version_id") == version_id else None
 
 
 def load(data_dir: str | Path, version_id: str) -> dict[str, np.ndarray] | None:
     """The stored copy of `version_id`'s weights, or None (none, or unreadable: the global model)."""
-    path = weights_path(data_dir, version_id)
+    got = _read(weights_path(data_dir, version_id))
+    return None if got is None else got[0]
+
+
+def _read(path: Path, *, quiet: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+    """(weights, metadata) of a stored copy whose checksum holds; None otherwise."""
     if not path.exists():
         return None
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
     except (OSError, SafetensorError) as e:
-        log.warning("personal model unreadable (%s); suggesting with the global model", e.__class__.__name__)
+        if not quiet:
+            log.warning("personal model unreadable (%s); suggesting with the global model", e.__class__.__name__)
         return None
+    if meta.get("sha256") != _digest(weights):   # a flipped bit in a weight reads as a number: checked
+        if not quiet:
+            log.warning("personal model damaged (its checksum differs); suggesting with the global model")
+        return None
+    return weights, meta
+
+
+def _digest(weights: dict[str, np.ndarray]) -> str:
+    """sha256 over the tensors' names, shapes and float32 bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        a = np.ascontiguousarray(weights[k], np.float32)
+        h.update(f"{k}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def forget(data_dir: str | Path) -> None:

@@ -72,6 +72,22 @@ def test_stored_copy_round_trips_replaces_other_versions_and_is_forgotten(tmp_pa
     assert not (tmp_path / PERSONAL_DIR).exists()
 
 
+def test_a_copy_damaged_into_other_numbers_is_refused_and_trained_again(tmp_path: Path):
+    """A flipped bit in a stored weight reads as another number (up to 3e38): the copy was loaded
+    without a check and suggested with until the cache changed."""
+    from safetensors import safe_open
+
+    w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = personalize.save(tmp_path, "v1", w, "10:200")
+    with safe_open(str(path), "np") as f:
+        assert f.metadata()["sha256"]
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x40                                     # the last weight's exponent: still finite
+    path.write_bytes(bytes(data))
+    assert personalize.load(tmp_path, "v1") is None
+    assert personalize.stamp_of(tmp_path, "v1") is None  # so the next refresh trains it again
+
+
 def test_a_full_disk_while_saving_the_copy_is_an_os_error_and_keeps_the_old_one(tmp_path: Path, monkeypatch):
     """safetensors raises its own error on a full disk, past the device's handling of OSError: the
     whole iteration failed, backing off and fine-tuning again each time, and the log never said why."""
