@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from coordinator import canary, queries, rollout, rollout_signing, rounds, selection
+from coordinator.errors import ApiError
 from coordinator.models import Device, utcnow
 from protocol import wire
 
@@ -36,6 +37,8 @@ def checkin(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wir
 def _task(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wire.Task:
     c = coord.config
     with coord.tx() as s:
+        if queries.revoked(s, device_id):   # revoked after this request's authentication
+            raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
         s.get(Device, device_id).last_seen_at = utcnow()
         stable, cand = queries.stable(s), queries.candidate(s)
         if stable is None:

@@ -131,6 +131,9 @@ def check_bind_host(host: str, *, allow_remote: bool = False) -> None:
 
 # --- suggestions ------------------------------------------------------------------------------
 
+_MARK_UNREAD = object()   # KeyboardApp._wipe_mark when the cache could not be read at start
+
+
 class KeyboardApp:
     """The API's logic, independent of HTTP (tests call it directly too)."""
 
@@ -145,9 +148,9 @@ class KeyboardApp:
         self._cache_failing = False   # `_cache_trouble` said once
         self._cache_unusable = False   # `cache_unusable` said once
         try:
-            self._wipe_mark: str | None = cache.wipe_mark()
-        except CacheError as e:   # damaged or locked: suggest without the user's words; a wipe's mark differs
-            self._wipe_mark = None
+            self._wipe_mark: str | None | object = cache.wipe_mark()
+        except CacheError as e:   # damaged or locked: suggest without the user's words for now
+            self._wipe_mark = _MARK_UNREAD   # the first mark read is taken, not seen as a wipe (nothing learned yet)
             self._cache_trouble(e)
         self._wipe_checked = time.monotonic()
 
@@ -176,7 +179,9 @@ class KeyboardApp:
             return
         self._wipe_checked = t
         mark = self.cache.wipe_mark()
-        if mark != self._wipe_mark:
+        if self._wipe_mark is _MARK_UNREAD:   # the cache could not be read at start: nothing learned from it
+            self._wipe_mark = mark
+        elif mark != self._wipe_mark:
             self._wipe_mark = mark
             log.info("keyboard: the text cache was wiped elsewhere; forgetting what was learned from it")
             self._forget()

@@ -43,7 +43,8 @@ class ModelSlot:
         self._loader = loader or functools.partial(load_predictor, block_offensive=block_offensive)
         # The device's versions are signature-checked with the coordinator's key whenever loaded,
         # so tampered weights with a recomputed hash are refused here too.
-        self._store = (VersionStore(data_dir, public_key=coordinator_key(public_key, readable_identity(data_dir)))
+        self._store = (VersionStore(data_dir, public_key=coordinator_key(public_key, readable_identity(data_dir)),
+                                    remember_verified=True)   # asked every 2 s: hashed when its files change
                        if (data_dir is not None and model_dir is None) else None)
         self._dir: Path | None = None
         self._checked = float("-inf")

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime import rollout_guard
 from edge_runtime.errors import EdgeError
-from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, STAGING_PREFIX
+from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, ROLLOUT_STATE_FILE, STAGING_PREFIX
 from protocol import artifact
 from protocol.artifact import (
     GRAPH,
@@ -171,11 +171,12 @@ SETTLED_NS = 2_000_000_000   # files younger than this are hashed again (as git 
 
 
 def _files_stat(d: Path) -> tuple | None:
-    """What identifies the state of a version folder's files: each one's name, inode, size and
-    modification time (None: unreadable)."""
+    """What identifies the state of a version folder's files: each one's name, inode, size,
+    modification and change times (None: unreadable). The change time cannot be set back, so a
+    file rewritten in place with its mtime restored is hashed again."""
     try:
-        return (os.stat(d).st_ino, *sorted((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns)
-                                           for e in os.scandir(d)))
+        return (os.stat(d).st_ino, *sorted((e.name, e.inode(), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                                           for e in os.scandir(d) for st in (e.stat(),)))
     except OSError:
         return None
 
@@ -195,11 +196,14 @@ class VersionStore:
     """The device's model versions. Construct one at start: it cleans up after a crash."""
 
     def __init__(self, data_dir: str | os.PathLike, *,
-                 public_key: Ed25519PublicKey | bytes | str | None = None) -> None:
+                 public_key: Ed25519PublicKey | bytes | str | None = None, remember_verified: bool = False) -> None:
+        """`remember_verified`: hash a version again only when its files' stat changes (the
+        keyboard's store, which asks every 2 s); the device loop's hashes every time, so bit rot
+        is found and the version fetched again."""
         self.root = Path(data_dir) / MODELS_DIR
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_key = None if public_key is None else load_public_key(public_key)
-        self._verified: dict[str, tuple] = {}   # version id -> its files' stat when it last verified
+        self._verified: dict[str, tuple] | None = {} if remember_verified else None   # id -> files' stat
         self._recover()
 
     # -- pointer ---------------------------------------------------------------------------
@@ -233,6 +237,8 @@ class VersionStore:
         last = rollout_guard.last_state(self.root.parent)
         if last is not None:
             return last.version_id if is_safe_id(last.version_id) and self.is_valid(last.version_id) else None
+        if (self.root.parent / ROLLOUT_STATE_FILE).exists():   # statements are kept, this one unreadable: no guess
+            return None
 
         def mtime(v: str) -> float:
             try:
@@ -261,9 +267,10 @@ class VersionStore:
             with contextlib.suppress(OSError):
                 if time.time() - p.stat().st_mtime > 60:
                     p.unlink(missing_ok=True)
-        if self._pointer_lost() and (found := self._fallback()) is not None:
+        if self._pointer_lost() and (found := self._fallback()) is not None and self._pointer_lost():
             # Written again, so the device reports the version it uses: with none reported, the
             # coordinator's move back off a rejected candidate was refused as a downgrade for good.
+            # (Read again after the fallback's hashing: the device loop may have installed meanwhile.)
             with contextlib.suppress(OSError):
                 self._write_pointer(found, None)
                 log.warning("model pointer repaired: %s in use", found)
@@ -285,8 +292,9 @@ class VersionStore:
         return (self.path(version_id) / MANIFEST).is_file()
 
     def installed(self) -> list[str]:
+        """Version folders (a name no version id has, `v1 (copy)`, is someone else's: left alone)."""
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+                      if p.is_dir() and is_safe_id(p.name) and not p.name.startswith(".") and (p / MANIFEST).is_file())
 
     def current(self) -> Path:
         """Directory of the version in use: current, else previous (if current is damaged)."""
@@ -314,17 +322,19 @@ class VersionStore:
         asks every 2 s which version is in use, and hashing its 16 MB each time held the keyboard's
         lock for 18 ms on a desktop core (far more on a Pi), stalling the keystroke it fell on.
         A write, a replacement or a truncation of any file changes the stat, and it is hashed again."""
-        stat = _files_stat(self.path(version_id))
-        if stat is not None and self._verified.get(version_id) == stat:
+        known = self._verified
+        stat = _files_stat(self.path(version_id)) if known is not None else None
+        if stat is not None and known.get(version_id) == stat:
             return True
         try:
             self._verify_dir(self.path(version_id), version_id)
         except (VersionError, ArtifactError, OSError) as e:
-            self._verified.pop(version_id, None)
+            if known is not None:
+                known.pop(version_id, None)
             log.error("model version %s failed verification: %s", version_id, e)
             return False
-        if stat is not None and time.time_ns() - max((f[-1] for f in stat[1:]), default=0) > SETTLED_NS:
-            self._verified[version_id] = stat   # a file changed within a clock tick of its write keeps its mtime
+        if stat is not None and time.time_ns() - max((max(f[-2:]) for f in stat[1:]), default=0) > SETTLED_NS:
+            known[version_id] = stat   # a file changed within a clock tick of its write keeps its times
         return True
 
     def _verify_dir(self, d: Path, version_id: str) -> Manifest:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+import requests
 from sqlalchemy import func, select
 
 from coordinator.errors import ApiError
@@ -130,3 +131,44 @@ def test_a_device_revoked_while_its_update_is_validated_is_not_counted(world, mo
     r = dev.upload(random_delta(0), round_id=rid, base=task.base_version_id, examples=10)
     assert r.status_code == 401, r.text
     assert s.coord.get_round(rid)["accepted"] == 0
+
+
+def test_a_device_revoked_during_its_checkin_takes_no_round_slot(world, monkeypatch):  # noqa: F811
+    """A check-in authenticated before a revocation still gave the device a training task and a
+    selected slot in the open round, which counted toward the round's selection limit."""
+    from sqlalchemy import select as sel
+
+    from coordinator import rounds
+    from coordinator.models import Assignment
+
+    s, devices, _, _ = world
+    rid = s.coord.start_round(goal_count=2, min_count=2, overselect=1.0)
+    dev = devices[0]
+    real = rounds.safe_maintenance
+
+    def revoked_meanwhile(coord):
+        coord.revoke_device(dev.device_id)     # the operator's revoke lands after authentication
+        return real(coord)
+
+    monkeypatch.setattr(rounds, "safe_maintenance", revoked_meanwhile)
+    r = requests.post(s.url + wire.PATH_CHECKIN, headers=dev.headers, timeout=10,
+                      json=wire.CheckinRequest(eligible=True).to_dict())
+    assert r.status_code == 401, r.text
+    with s.coord._sessions() as sess:
+        assert sess.scalars(sel(Assignment).where(Assignment.round_id == rid,
+                                                  Assignment.device_id == dev.device_id)).all() == []
+
+
+def test_a_report_from_a_device_revoked_after_its_authentication_is_refused(world):  # noqa: F811
+    """The report's transaction reads the device row: a revocation committed after the request's
+    authentication had already taken back the device's reports, and this one would count."""
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    task = canaries[0].checkin()
+    assert task.kind == wire.TASK_EVALUATE
+    s.coord.revoke_device(canaries[0].device_id)      # after authentication: the call below skips it
+    report = wire.EvaluationReport(candidate_version_id=cand, results=(
+        _metrics(task.evaluate_version_ids[0], 41), _metrics(task.evaluate_version_ids[1], 40)))
+    with pytest.raises(ApiError) as e:
+        s.coord.report_evaluation(canaries[0].device_id, report)
+    assert e.value.status == 401

@@ -998,3 +998,29 @@ def test_clear_on_a_full_disk_overwrites_the_text_in_place(server, monkeypatch):
     device = server.app.cache.data_dir
     leftovers = b"".join(f.read_bytes() for f in device.iterdir() if f.name.startswith(CACHE_DB))
     assert SECRET.split()[0].encode() not in leftovers
+
+
+def test_a_cache_locked_at_start_is_no_wipe(tmp_path, exported_version, monkeypatch):
+    """A cache that could not be read as the keyboard started (the device loop holding its write
+    lock) left the keyboard with no wipe mark; once the cache read again, the mark differed and
+    the keyboard took it for a wipe run elsewhere: it deleted the user's personal model."""
+    from edge_runtime.cache import CacheError, TextCache
+
+    device = tmp_path / "device"
+    with TextCache(device) as c:
+        c.wipe()                                         # cleared once, long ago: the cache has a mark
+        c.add("I pray you tell me", "message")
+    (device / PERSONAL_DIR).mkdir()
+    (device / PERSONAL_DIR / "marker").write_text("the personal LSTM")
+    real, calls = TextCache.wipe_mark, []
+
+    def locked_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise CacheError("the text cache cannot be used now: database is locked")
+        return real(self)
+
+    monkeypatch.setattr(TextCache, "wipe_mark", locked_once)
+    with start_keyboard(device, model_dir=exported_version) as server:
+        assert requests.get(server.url + "api/status", timeout=10).status_code == 200
+    assert len(calls) >= 2 and (device / PERSONAL_DIR / "marker").exists()

@@ -445,7 +445,7 @@ def test_a_version_is_hashed_again_only_when_its_files_change(tmp_path: Path, se
     the keyboard's lock (18 ms on a desktop core), stalling the keystroke it fell on."""
     from edge_runtime import versions
 
-    store = VersionStore(tmp_path / "dev")
+    store = VersionStore(tmp_path / "dev", remember_verified=True)   # the keyboard's
     store.install("v1", fetch_from(server))
     monkeypatch.setattr(versions, "SETTLED_NS", 0)      # the files count as settled at once
     hashed = []
@@ -455,13 +455,33 @@ def test_a_version_is_hashed_again_only_when_its_files_change(tmp_path: Path, se
         assert store.current() == store.path("v1")
     assert len(hashed) == 1
     weights = store.path("v1") / WEIGHTS
+    mtime = weights.stat().st_mtime_ns
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))                     # one byte, the same size
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with open(weights, "r+b") as f:                      # in place: one byte, the same size and inode,
+        f.write(bytes(data))
+    os.utime(weights, ns=(mtime, mtime))                 # the mtime put back (the change time cannot be)
     with pytest.raises(VersionError):
         store.current()
     assert len(hashed) == 2
+    loop = VersionStore(tmp_path / "dev2")               # the device loop's store hashes every time
+    loop.install("v1", fetch_from(server))
+    n = len(hashed)
+    assert loop.is_valid("v1") and loop.is_valid("v1") and len(hashed) == n + 2
+
+
+def test_a_folder_no_version_id_names_is_left_alone(tmp_path: Path, server: Path):
+    """With the pointer lost, a folder such as `v1 (copy)` holding a manifest made the store fail
+    to open (its name is no version id): the device loop and the keyboard could not start."""
+    import shutil
+
+    store = VersionStore(tmp_path / "dev")
+    store.install("v1", fetch_from(server))
+    shutil.copytree(store.path("v1"), store.root / "v1 (copy)")
+    (store.root / "current.json").unlink()
+    again = VersionStore(tmp_path / "dev")
+    assert again.installed() == ["v1"] and again.current() == again.path("v1")
+    assert (again.root / "v1 (copy)").is_dir()
 
 
 class Crash(BaseException):

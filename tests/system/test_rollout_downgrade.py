@@ -128,3 +128,45 @@ def test_a_device_that_lost_its_pointer_on_a_rejected_candidate_goes_back_to_sta
             assert dev.store.previous_id is None and dev.store.installed() == [v0]
         finally:
             dev.close()
+
+
+def test_a_device_with_no_usable_version_takes_stable_after_a_rejection(tmp_path, exported_version):
+    """With its pointer lost and the candidate it named damaged, a canary device had no version
+    in use and reported none; the coordinator then signed the move back to stable as no rollback,
+    and the device refused it as a downgrade on every check-in."""
+    from edge_runtime.paths import MODELS_DIR
+    from protocol.artifact import WEIGHTS_Q8
+
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
+        v0 = s.coord.import_version(exported_version)
+        dev = enrolled_observer(s, tmp_path / "dev")
+        try:
+            agent.run_once(dev)
+            v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
+            agent.run_once(dev)
+            (tmp_path / "dev" / MODELS_DIR / "current.json").unlink()
+            (dev.store.path(v1) / WEIGHTS_Q8).write_bytes(b"bit rot")
+            assert dev.store.in_use() is None and dev.store.current_id is None
+            s.coord.admin_decide(v1, "reject")
+            agent.run_once(dev)
+            assert dev.store.current_id == v0 and dev.store.in_use() == v0
+        finally:
+            dev.close()
+
+
+def test_a_superseded_candidate_is_no_fallback(tmp_path, exported_version):
+    """A canary device moved from a candidate to the newer one that superseded it (a move the
+    coordinator signs as no rollback) kept the rejected one as its fallback."""
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
+        s.coord.import_version(exported_version)
+        dev = enrolled_observer(s, tmp_path / "dev")
+        try:
+            agent.run_once(dev)
+            v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
+            agent.run_once(dev)
+            assert dev.store.current_id == v1
+            v2 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v2", "tiny-v2"))
+            agent.run_once(dev)
+            assert dev.store.current_id == v2 and dev.store.previous_id is None and v1 not in dev.store.installed()
+        finally:
+            dev.close()
