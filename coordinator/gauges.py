@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import privacy, queries
 from coordinator.models import Decision, Device, Round, Update, Version, utcnow
+from coordinator.models_secagg import SecAggMember
 from coordinator.states import RoundStatus, VersionStatus
 
 ACTIVE_WINDOW = timedelta(hours=24)
@@ -40,6 +41,9 @@ class StateCollector(Collector):
             r = s.scalar(select(Round).where(Round.status == RoundStatus.OPEN).order_by(Round.id.desc()))
             accepted = int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == r.id)) or 0) \
                 if r is not None else 0
+            if r is not None:   # a secure round's inputs are its masked vectors (it stores no update)
+                accepted += int(s.scalar(select(func.count()).select_from(SecAggMember).where(
+                    SecAggMember.round_id == r.id, SecAggMember.masked_sha256.is_not(None))) or 0)
             in_use = (VersionStatus.STABLE, VersionStatus.CANDIDATE)
             versions = list(s.scalars(select(Version).where(Version.status.in_(in_use))))
             enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)

@@ -3,7 +3,7 @@
 A round fails when too few updates arrive by its deadline (or `close-round --force`), when a
 secure phase runs short of devices, when its aggregate is not finite, and when the stable version
 changes under it. Every one of those leaves the same record: status, time and reason on the
-round, the failed-rounds metric, one log line, and, for a secure round, its phase marked failed
+round (which `/metrics` counts from the database), one log line, and, for a secure round, its phase marked failed
 and the shares its devices revealed deleted, as they are after a sum (`coordinator.secagg`)."""
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from coordinator import aggregation, canary, discovery, queries, round_end, sche
 from coordinator.config import round_values_fault
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
-from coordinator.states import RoundStatus
+from coordinator.models_secagg import SecAggRound
+from coordinator.states import RoundStatus, SecAggPhase
 from protocol import artifact, wire
 from protocol.plan import PLAN_FIELD_NAMES, beyond_default_devices, check_plan_values
 
@@ -112,9 +113,13 @@ def maintenance(coord: Coordinator) -> None:
     with coord._sessions() as s:
         rows = s.execute(select(Round.id, Round.deadline, Round.goal_count)
                          .where(Round.status == RoundStatus.OPEN)).all()
-        due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or queries.accepted(s, rid) >= goal]
+        # A secure round whose sum is final is due too: the unmask's own close can fail (a kill,
+        # a full disk), and the round then stayed open until its deadline, blocking the next.
+        summed = set(s.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.SUMMED)))
+        due = [rid for rid, deadline, goal in rows
+               if utcnow() >= deadline or queries.accepted(s, rid) >= goal or rid in summed]
     for rid in due:
-        coord.close_round(rid)
+        coord.close_round(rid, force=rid in summed)   # a final sum of fewer than the goal is fine
     canary.decide_if_asked(coord)
     if not getattr(coord._local, "manual", False):  # round_interval_s > 0: the next round opens itself
         schedule.open_if_due(coord)
@@ -145,7 +150,10 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
             _aggregate(coord, s, r)
             coord.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
         elif past or force:
-            round_end.fail_round(coord, s, r, f"only {n} accepted updates, minimum {r.min_count}")
+            phase = queries.secure_phase(s, r)   # a secure round's updates are counted only once summed
+            by = "its deadline" if past else "a forced close"
+            round_end.fail_round(coord, s, r, f"only {n} accepted updates, minimum {r.min_count}" if phase is None
+                                 else f"secure aggregation: not finished by {by} (at its {phase} step)")
         return views.round_dict(coord, s, r)
 
 

@@ -241,6 +241,10 @@ def _fail(coord: Coordinator, s: Session, r: Round, reason: str) -> None:
     round_end.fail_round(coord, s, r, f"secure aggregation: {reason}")
 
 
+class _CannotFreeze(Exception):
+    """The cohort's ring and scale cannot carry the plan's noise (`ddp.choose_scale`)."""
+
+
 def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
     members = s.scalars(select(SecAggMember).where(SecAggMember.round_id == r.id).order_by(SecAggMember.id)).all()
     n = len(members)
@@ -253,7 +257,10 @@ def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
         dim, clip = discovery.vote_shape(coord, base)
     else:
         dim, clip = artifact.Manifest.from_dict(json.loads(base.manifest_json)).num_params, plan.clip_norm
-    scale = ddp.choose_scale(clip, n, plan.noise_multiplier, dim, n_min)
+    try:
+        scale = ddp.choose_scale(clip, n, plan.noise_multiplier, dim, n_min)
+    except ValueError as e:   # e.g. noise too large for the ring: said once, not a 500 on every roster
+        raise _CannotFreeze(str(e)) from None
     mu = ddp.skellam_mu(plan.noise_multiplier, scale, clip, dim, n_min)
     for i, m in enumerate(members):
         m.idx = i
@@ -279,8 +286,11 @@ def advance(coord: Coordinator, round_id: int) -> None:
         if row.phase == KEYS:
             n = cnt()
             if n >= max(r.goal_count, 2) or (timed_out and n >= max(r.min_count, 2)):   # a sum needs 2
-                _freeze(coord, s, r, row)
-                nxt = SHARES
+                try:
+                    _freeze(coord, s, r, row)
+                    nxt = SHARES
+                except _CannotFreeze as e:
+                    _fail(coord, s, r, f"this plan's noise cannot be carried ({e})")
         elif row.phase == SHARES:
             shared = cnt(SecAggMember.shared.is_(True))
             if shared == p["n"] or timed_out:
@@ -304,8 +314,16 @@ def advance(coord: Coordinator, round_id: int) -> None:
         if nxt is not None:
             row.phase, row.phase_started_at = nxt, utcnow()
     if summing:   # minutes at 500 devices: never inside the request that completed the phase
+        with _SUMMING_LOCK:   # one unmask per round in this process: a sum longer than the phase
+            if round_id in _summing:   # timeout was started again at every timeout, all at once
+                return
+            _summing.add(round_id)
         threading.Thread(target=_sum_logged, args=(coord, round_id), name=f"secagg-sum-{round_id}",
                          daemon=True).start()
+
+
+_SUMMING_LOCK = threading.Lock()
+_summing: set[int] = set()   # rounds this process is unmasking now
 
 
 def _sum_logged(coord: Coordinator, round_id: int) -> None:
@@ -313,6 +331,24 @@ def _sum_logged(coord: Coordinator, round_id: int) -> None:
         _sum(coord, round_id)
     except Exception:  # the phase stays `summing`; advance() retries it after the phase timeout
         log.exception("round %d: unmasking failed; will retry after the phase timeout", round_id)
+    finally:
+        with _SUMMING_LOCK:
+            _summing.discard(round_id)
+
+
+def restart_phase_clocks(coord: Coordinator) -> None:
+    """The service starts: each open secure round's phase gets its whole timeout again, counted
+    from now. Counted from before an outage longer than the timeout, the first request after it
+    closed the phase with whoever got through first, and devices that were retrying all along
+    were dropped (a 10 s outage at a 6 s timeout failed every phase tried). A round that was
+    being unmasked is unmasked again at once: the process that did it is gone."""
+    long_ago = utcnow() - timedelta(seconds=coord.config.secagg_phase_timeout_s + 1)
+    with coord.tx() as s:
+        open_ids = select(Round.id).where(Round.status == RoundStatus.OPEN)
+        for row in s.scalars(select(SecAggRound).where(SecAggRound.round_id.in_(open_ids),
+                                                       SecAggRound.phase.in_((KEYS, SHARES, MASKED, UNMASK,
+                                                                              SUMMING)))):
+            row.phase_started_at = long_ago if row.phase == SUMMING else utcnow()
 
 
 def _recovered(got: list[bytes], t: int, public: bytes | None) -> bytes | None:
@@ -363,6 +399,9 @@ def _sum(coord: Coordinator, round_id: int) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
     with coord._sessions() as s:
         row = s.get(SecAggRound, round_id)
+        r = s.get(Round, round_id)
+        if r is None or row is None or r.status != RoundStatus.OPEN or row.phase != SUMMING:
+            return   # closed meanwhile (forced, its deadline, a stable change): nothing to unmask
         p = _params(row)
         seeds, keys, short, bad = _secrets(s, round_id, p["t"])
         survivors = s.execute(select(SecAggMember.idx, SecAggMember.mask_pk, SecAggMember.masked_sha256).where(
@@ -374,12 +413,19 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
                                   _graph(p), round_id)
     digest = None if short or bad else coord.blobs.put(total.astype("<u4").tobytes())
+    orphan = None
     with coord.tx(decides=True) as s:
         r = s.get(Round, round_id, with_for_update=True)
         row = s.get(SecAggRound, round_id)
         if r.status != RoundStatus.OPEN or row.phase != SUMMING:
-            return
-        if short:
+            # Closed while this ran: the sum it made is kept nowhere (its blob held the survivors'
+            # exact noised mean, or a discovery round's vote histogram, for good). It was computed,
+            # so it counts as seen (`queries.noise_seen`): a failed round that says `summed`.
+            if digest is not None and digest != row.sum_sha256:   # not another worker's sum of the same
+                orphan = digest
+                if row.phase != SUMMED:
+                    row.phase, row.survivors = SUMMED, len(survivors)
+        elif short:
             _fail(coord, s, r, f"too few shares revealed to unmask devices {short[:10]}")
         elif bad:   # the same shares fail the same way at every retry: the round ends now, saying why
             _fail(coord, s, r, f"the revealed shares of devices {bad[:10]} reconstruct no secret "
@@ -390,6 +436,10 @@ def _sum(coord: Coordinator, round_id: int) -> None:
                                          "unmask_cpu_seconds": round(time.process_time() - cpu0, 3),
                                          "dropped_after_sharing": len(keys), "survivors": len(survivors)})
         s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == round_id))
+    if orphan is not None:
+        coord.blobs.discard(orphan)
+        log.warning("round %d: closed while its sum was unmasked: the sum is discarded (counted as seen)", round_id)
+        return
     if not short:
         log.info("round %d: sum of %d masked updates unmasked (%d dropped devices' masks removed)", round_id,
                  len(survivors), len(keys))

@@ -1,0 +1,167 @@
+"""A secure round's life around its unmask: closed while summing, an outage longer than a phase,
+a sum slower than the phase timeout, a sum whose close failed, a plan whose noise no ring
+carries. Found by a probe with real devices; here each is set up in the database directly."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from coordinator import queries
+from coordinator import secagg as coord_secagg
+from coordinator.models import utcnow
+from coordinator.models_secagg import SecAggMember, SecAggRound
+from protocol.artifact import sha256_bytes
+from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version, serve
+
+PARAMS = {"n": 2, "k": 1, "t": 1, "n_min": 2, "seed": "00" * 32, "scale": 1.0, "mu": 1.0, "dropout": 0.0}
+
+
+@pytest.fixture
+def served(tmp_path):
+    with serve(make_config(tmp_path, secagg_phase_timeout_s=5.0)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        yield s
+
+
+def _summing_round(s) -> int:
+    """An open secure round at its summing step: two members' masked vectors stored, of a goal of 3."""
+    rid = s.coord.start_round(secure_aggregation=True, goal_count=3, min_count=2, selection_window_s=0,
+                              noise_multiplier=0.5)
+    ids = _enrolled(s, 2)
+    with s.coord.tx() as db:
+        dim = queries.manifest(queries.stable(db)).num_params
+        db.add(SecAggRound(round_id=rid, phase=coord_secagg.SUMMING, params_json=json.dumps({**PARAMS, "dim": dim})))
+        for i, dev in enumerate(ids):
+            digest = s.coord.blobs.put(np.full(dim, 7 + i, "<u4").tobytes())
+            db.add(SecAggMember(round_id=rid, device_id=dev, idx=i, enc_pk="00", mask_pk="00", shared=True,
+                                masked_sha256=digest))
+    return rid
+
+
+def _enrolled(s, n: int) -> list[str]:
+    key = s.coord.create_enrollment_key()
+    return [FakeDevice(s.url, key).device_id for _ in range(n)]
+
+
+def _no_masks(monkeypatch, during=None) -> None:
+    """The unmask without secrets: the sum is the masked vectors' sum (`during` runs inside it)."""
+    monkeypatch.setattr(coord_secagg, "_secrets", lambda s, rid, t: ({}, {}, [], []))
+
+    def unmask(total, *a, **kw):
+        if during is not None:
+            during()
+        return total
+
+    monkeypatch.setattr(coord_secagg.secagg, "unmask_sum", unmask)
+
+
+def test_a_round_closed_while_its_sum_is_unmasked_keeps_no_sum_and_counts_it_seen(served, monkeypatch):
+    """The unmask's blob (the survivors' exact noised mean, or a discovery round's votes) stayed
+    in the blob store for good, and the round counted in no epsilon."""
+    s = served
+    rid = _summing_round(s)
+    _no_masks(monkeypatch, during=lambda: s.coord.close_round(rid, force=True))
+    coord_secagg._sum(s.coord, rid)
+    r = s.coord.get_round(rid)
+    assert r["status"] == "failed" and "forced close" in r["reason"] and r["secure_phase"] == "summed"
+    with s.coord._sessions() as db:
+        dim = queries.manifest(queries.stable(db)).num_params
+    assert not s.coord.blobs.exists(sha256_bytes(np.full(dim, 15, "<u4").tobytes()))   # 7 + 8, unmasked
+    with s.coord._sessions() as db:
+        assert rid in {i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}
+        assert queries.noise_seen(db) == [0.5]
+    assert s.coord.status()["privacy"]["epsilon_local"] > 0
+
+
+def test_a_sum_slower_than_the_phase_timeout_runs_once(served, monkeypatch):
+    """Each phase timeout started the unmask again beside the one still running (9 at once, a
+    6 s sum took 27 s)."""
+    s = served
+    rid = _summing_round(s)
+    started, release = [], threading.Event()
+
+    def slow(coord, round_id):
+        started.append(round_id)
+        release.wait(10)
+
+    monkeypatch.setattr(coord_secagg, "_sum", slow)
+    with s.coord.tx() as db:
+        db.get(SecAggRound, rid).phase_started_at = utcnow() - timedelta(hours=1)
+    for _ in range(3):
+        coord_secagg.advance(s.coord, rid)
+        with s.coord.tx() as db:
+            db.get(SecAggRound, rid).phase_started_at = utcnow() - timedelta(hours=1)   # timed out again
+    release.set()
+    time.sleep(0.2)
+    assert started == [rid]
+
+
+def test_a_summed_round_whose_close_failed_is_closed_by_the_next_request(served, monkeypatch):
+    """The unmask's own close failed (a kill, a full disk): the round stayed open, summed, until
+    its deadline (30 minutes by default), and no round could start."""
+    s = served
+    rid = _summing_round(s)
+    # and /metrics counts a secure round's inputs, its masked vectors (it read 0 all along)
+    assert "fedkeys_round_accepted_updates 2.0" in s.admin("GET", "/metrics").text
+    _no_masks(monkeypatch)
+    real = s.coord.close_round
+    monkeypatch.setattr(s.coord, "close_round", lambda *a, **kw: None)   # the close after the sum is lost
+    coord_secagg._sum(s.coord, rid)
+    monkeypatch.setattr(s.coord, "close_round", real)
+    assert s.coord.get_round(rid)["status"] == "open"
+    s.coord.maintenance()
+    assert s.coord.get_round(rid)["status"] == "done"
+
+
+def test_a_restart_gives_each_open_phase_its_whole_timeout(tmp_path):
+    """An outage longer than the phase timeout counted against the phase: the first request after
+    the restart closed it with whoever got through first, and the devices that were retrying were
+    dropped. A round being unmasked is unmasked again at once."""
+    from coordinator.app import create_app
+
+    cfg = make_config(tmp_path, secagg_phase_timeout_s=5.0)
+    with serve(cfg) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        rid = s.coord.start_round(secure_aggregation=True, goal_count=4, min_count=3, selection_window_s=0)
+        with s.coord.tx() as db:   # the phase began an hour ago: the coordinator was down
+            db.add(SecAggRound(round_id=rid, phase=coord_secagg.SHARES, phase_started_at=utcnow() - timedelta(hours=1),
+                               params_json=json.dumps({"n": 4, "n_min": 3})))
+    app = create_app(cfg)   # the restart
+    coord = app.extensions["fedkeys"]
+    try:
+        coord_secagg.advance(coord, rid)
+        r = coord.get_round(rid)
+        assert r["status"] == "open" and r["secure_phase"] == "shares", r
+    finally:
+        coord.close()
+
+
+def test_a_plan_whose_noise_no_ring_carries_fails_the_round_once(served, monkeypatch):
+    """The keys step that reached the goal answered 500, and so did every roster request after it,
+    until the round's deadline."""
+    s = served
+    rid = s.coord.start_round(secure_aggregation=True, goal_count=2, min_count=2, selection_window_s=0)
+    ids = _enrolled(s, 2)
+    with s.coord.tx() as db:
+        db.add(SecAggRound(round_id=rid, phase=coord_secagg.KEYS))
+        for dev in ids:
+            db.add(SecAggMember(round_id=rid, device_id=dev, enc_pk="00", mask_pk="00"))
+
+    def too_large(*a, **kw):
+        raise ValueError("the noise is too large for this ring and dimension")
+
+    monkeypatch.setattr(coord_secagg.ddp, "choose_scale", too_large)
+    coord_secagg.advance(s.coord, rid)
+    r = s.coord.get_round(rid)
+    assert r["status"] == "failed" and "too large for this ring" in r["reason"]
+    with s.coord._sessions() as db:
+        assert db.scalar(select(func.count()).select_from(SecAggMember)) == 2
