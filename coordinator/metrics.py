@@ -20,6 +20,8 @@ from coordinator.gauges import StateCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess_dir"]
 
+FROM_DATABASE = frozenset({"fedkeys_rounds", "fedkeys_canary_decisions"})   # counted by `gauges`, once
+
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -44,7 +46,7 @@ class Metrics:
         path = multiprocess_dir()
         if path:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=path)
+            registry.register(_WorkerFiles(path))
         else:
             registry = self.registry
         out = generate_latest(registry)
@@ -53,3 +55,16 @@ class Metrics:
             state.register(self._state)
             out += generate_latest(state)
         return out
+
+
+class _WorkerFiles:
+    """Every worker's counters from the multiprocess files, without the families the database
+    now counts (`gauges`): files an older release's workers left (a `kill -HUP` reload keeps them
+    until a restart) still held `fedkeys_rounds` as a counter of their own, and a scrape then
+    carried the family twice."""
+
+    def __init__(self, path: str) -> None:
+        self._files = multiprocess.MultiProcessCollector(None, path=path)
+
+    def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
+        return (m for m in self._files.collect() if m.name not in FROM_DATABASE)

@@ -71,3 +71,21 @@ def test_metrics_add_up_over_two_gunicorn_workers(tmp_path):
     import json
     lines = [ln for ln in (tmp_path / "gunicorn.log").read_text().splitlines() if ln.strip()]
     assert lines and all(json.loads(ln)["level"] for ln in lines), lines[:5]
+
+
+def test_an_older_workers_counter_files_do_not_double_a_family(served, tmp_path, monkeypatch):
+    """After a `kill -HUP` reload onto this release, the old workers' files still held
+    fedkeys_rounds as a counter of their own, beside the one counted from the database: each
+    scrape carried the family twice."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    files = tmp_path / "prom"
+    files.mkdir()
+    old_worker = ("from prometheus_client import CollectorRegistry, Counter\n"
+                  "Counter('fedkeys_rounds', 'Rounds by event', ['event'], registry=CollectorRegistry())"
+                  ".labels('started').inc()\n")
+    subprocess.run([sys.executable, "-c", old_worker], check=True,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(files)})
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(files))
+    names = [f.name for f in text_string_to_metric_families(served.coord.metrics.render().decode())]
+    assert names.count("fedkeys_rounds") == 1, names
