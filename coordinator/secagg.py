@@ -173,9 +173,13 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
             raise ApiError(422, wire.E_MALFORMED, f"a masked vector is {4 * _params(row)['dim']} bytes")
     digest = coord.blobs.put(body)       # fsynced before the row points to it
     with coord.tx() as s:
+        # The round row locked, as every other step does: on PostgreSQL a phase check without it
+        # could pass while another worker's advance() moved on, and the vector then landed after
+        # the cohort's survivors were fixed, so some neighbours would be told it dropped.
+        r = s.get(Round, round_id, with_for_update=True)
         m = _member(s, round_id, device_id)
         row = s.get(SecAggRound, round_id)
-        if row.phase != MASKED:
+        if r.status != RoundStatus.OPEN or row.phase != MASKED:
             raise ApiError(409, wire.E_LATE, "the masked-input phase closed meanwhile")
         m.masked_sha256 = digest
     advance(coord, round_id)
