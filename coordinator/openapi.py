@@ -180,7 +180,7 @@ def build() -> dict[str, Any]:
                                              params=vid, errors=(400, 401, 404, 429))},
         wire.PATH_VERSION_TOKENIZER: {"get": _op("SentencePiece model", binary_ok=True, security="device_or_admin",
                                                  params=vid, errors=(400, 401, 404, 429))},
-        wire.PATH_HEALTH: {"get": _op("Liveness and database check", errors=())},
+        wire.PATH_HEALTH: {"get": _op("Liveness, database and free-disk check", errors=(503,))},
         wire.PATH_OPENAPI: {"get": _op("This document", errors=())},
         wire.PATH_METRICS: {"get": {"summary": "Prometheus metrics", "responses": {"200": {
             "description": "text exposition format", "content": {"text/plain": {"schema": _STR}}}}}},

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import shutil
+
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 from sqlalchemy import text
 
 from coordinator import openapi
 from coordinator.api.common import coord
+from coordinator.errors import ApiError
 from coordinator.metrics import CONTENT_TYPE_LATEST
 from protocol import wire
 
 bp = Blueprint("public", __name__)
+MIN_FREE_BYTES = 64 * 2**20   # a few updates (5.4 MB each at 1.36M weights) and a version (about 16 MB)
 
 
 @bp.get(wire.PATH_HEALTH)
 def health() -> Response:
     with coord().engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+    # A full disk answered {"ok": true} while every upload and aggregation failed: a load balancer
+    # or monitor asking this endpoint learned nothing. Under MIN_FREE_BYTES it says so, with 503.
+    free = shutil.disk_usage(coord().blobs.root).free
+    if free < MIN_FREE_BYTES:
+        raise ApiError(503, wire.E_INTERNAL, f"the data directory's disk has {free // 2**20} MiB free (under "
+                                             f"{MIN_FREE_BYTES // 2**20} MiB): uploads and new versions would fail",
+                       retry_after=60)
     return jsonify({"ok": True})
 
 

@@ -147,6 +147,20 @@ def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
     assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
 
 
+def test_health_says_a_full_disk(served, monkeypatch):
+    """On a full disk /healthz answered {"ok": true} while every upload and aggregation failed."""
+    import shutil
+    from collections import namedtuple
+
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
+    r = requests.get(served.url + wire.PATH_HEALTH, timeout=5)
+    assert r.status_code == 503 and "1 MiB free" in r.json()["message"] and r.headers["Retry-After"], r.text
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
+
+
 def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys, caplog):
     """An admin command run without the service's --profile, --config or environment used to close
     and open rounds and judge candidates with the defaults (another goal, aggregator, tolerance).
