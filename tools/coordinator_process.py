@@ -69,9 +69,12 @@ def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path | None = None,
         if proc.poll() is not None:
             raise CoordinatorProcessError(f"the coordinator exited (code {proc.returncode})", log_path)
         try:
-            if requests.get(url + wire.PATH_HEALTH, timeout=2).status_code == 200:
+            r = requests.get(url + wire.PATH_HEALTH, timeout=2)
+            if r.status_code == 200:
                 return
-        except requests.RequestException:
+            if r.status_code == 503 and "MiB free" in r.text:   # up, on a disk too full to run rounds
+                raise CoordinatorProcessError(r.json().get("message", r.text), log_path)
+        except (requests.RequestException, ValueError):
             pass
         if time.monotonic() > deadline:
             raise CoordinatorProcessError(f"the coordinator did not come up in {timeout_s:.0f} s", log_path)
