@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete
+from sqlalchemy import delete, event
 from sqlalchemy.orm import Session
 
 from coordinator.models import Round, utcnow
@@ -33,4 +33,9 @@ def fail_round(coord: Coordinator, s: Session, r: Round, reason: str, now: datet
         if row.phase != SecAggPhase.SUMMED:   # a summed round keeps saying it was summed
             row.phase = SecAggPhase.FAILED
         s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == r.id))
+        if (digest := row.sum_sha256) is not None:
+            # A sum no candidate will be made from is not kept (a discovery round's vote histogram
+            # shows, at low noise, one device's rare word): gone once the failure is committed.
+            row.sum_sha256 = None
+            event.listen(s, "after_commit", lambda _session: coord.blobs.discard(digest), once=True)
     log.warning("round %d failed: %s", r.id, reason)

@@ -35,7 +35,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from coordinator import aggregation, discovery, round_end, selection
-from coordinator.errors import ApiError
+from coordinator.errors import ApiError, CoordinatorError
 from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
 from coordinator.states import RoundStatus, SecAggPhase
@@ -245,7 +245,7 @@ def _fail(coord: Coordinator, s: Session, r: Round, reason: str) -> None:
     round_end.fail_round(coord, s, r, f"secure aggregation: {reason}")
 
 
-class _CannotFreeze(Exception):
+class _CannotFreeze(CoordinatorError):
     """The cohort's ring and scale cannot carry the plan's noise (`ddp.choose_scale`)."""
 
 
@@ -318,41 +318,50 @@ def advance(coord: Coordinator, round_id: int) -> None:
         if nxt is not None:
             row.phase, row.phase_started_at = nxt, utcnow()
     if summing:   # minutes at 500 devices: never inside the request that completed the phase
+        key = (id(coord), round_id)
         with _SUMMING_LOCK:   # one unmask per round in this process: a sum longer than the phase
-            if round_id in _summing:   # timeout was started again at every timeout, all at once
+            if key in _summing:   # timeout was started again at every timeout, all at once
                 return
-            _summing.add(round_id)
-        threading.Thread(target=_sum_logged, args=(coord, round_id), name=f"secagg-sum-{round_id}",
-                         daemon=True).start()
+            _summing.add(key)
+        try:
+            threading.Thread(target=_sum_logged, args=(coord, round_id, key), name=f"secagg-sum-{round_id}",
+                             daemon=True).start()
+        except BaseException:   # never started: the next timeout must be free to try again
+            with _SUMMING_LOCK:
+                _summing.discard(key)
+            raise
 
 
 _SUMMING_LOCK = threading.Lock()
-_summing: set[int] = set()   # rounds this process is unmasking now
+_summing: set[tuple[int, int]] = set()   # (coordinator, round) this process is unmasking now
 
 
-def _sum_logged(coord: Coordinator, round_id: int) -> None:
+def _sum_logged(coord: Coordinator, round_id: int, key: tuple[int, int]) -> None:
     try:
         _sum(coord, round_id)
     except Exception:  # the phase stays `summing`; advance() retries it after the phase timeout
         log.exception("round %d: unmasking failed; will retry after the phase timeout", round_id)
     finally:
         with _SUMMING_LOCK:
-            _summing.discard(round_id)
+            _summing.discard(key)
 
 
 def restart_phase_clocks(coord: Coordinator) -> None:
-    """The service starts: each open secure round's phase gets its whole timeout again, counted
-    from now. Counted from before an outage longer than the timeout, the first request after it
-    closed the phase with whoever got through first, and devices that were retrying all along
-    were dropped (a 10 s outage at a 6 s timeout failed every phase tried). A round that was
-    being unmasked is unmasked again at once: the process that did it is gone."""
-    long_ago = utcnow() - timedelta(seconds=coord.config.secagg_phase_timeout_s + 1)
+    """A service process starts: an open secure round whose phase timed out meanwhile gets its
+    whole timeout again, from now. Counted from before an outage longer than the timeout, the
+    first request after it closed the phase with whoever got through first, and devices that were
+    retrying all along were dropped (a 10 s outage at a 6 s timeout failed every phase tried).
+    A phase still within its timeout is left alone: gunicorn starts (and replaces) workers while
+    others serve, and a worker's start must not move another's phase. An unmask (`summing`) is
+    not touched: its timeout already starts it again when the process doing it is gone."""
+    now = utcnow()
+    since = now - timedelta(seconds=coord.config.secagg_phase_timeout_s)
     with coord.tx() as s:
         open_ids = select(Round.id).where(Round.status == RoundStatus.OPEN)
         for row in s.scalars(select(SecAggRound).where(SecAggRound.round_id.in_(open_ids),
-                                                       SecAggRound.phase.in_((KEYS, SHARES, MASKED, UNMASK,
-                                                                              SUMMING)))):
-            row.phase_started_at = long_ago if row.phase == SUMMING else utcnow()
+                                                       SecAggRound.phase.in_((KEYS, SHARES, MASKED, UNMASK)),
+                                                       SecAggRound.phase_started_at <= since)):
+            row.phase_started_at = now
 
 
 def _recovered(got: list[bytes], t: int, public: bytes | None) -> bytes | None:

@@ -295,13 +295,8 @@ def _use_version(dev: Device, task: wire.Task) -> None:
             log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return
     if switching:
-        # The version left is no fallback when the move is a rollback (it was rejected) or it was a
-        # canary's (rejected, superseded by a newer candidate, or cancelled by a pin: any move off
-        # a candidate means the coordinator no longer wants it used).
-        leaving_canary = channel.read_channel(data_dir, dev.store.current_id) == channel.CANARY
-        try:
-            dev.store.install(version_id, dev.client.fetch,
-                              abandon=leaving_canary or (state is not None and state.rollback))
+        try:   # a rollback leaves the version it leaves (a rejected candidate) no place as a fallback
+            dev.store.install(version_id, dev.client.fetch, abandon=state is not None and state.rollback)
         except VersionError as e:
             log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return

@@ -179,8 +179,9 @@ class KeyboardApp:
             return
         self._wipe_checked = t
         mark = self.cache.wipe_mark()
-        if self._wipe_mark is _MARK_UNREAD:   # the cache could not be read at start: nothing learned from it
-            self._wipe_mark = mark
+        if self._wipe_mark is _MARK_UNREAD:   # unread at start: whether a wipe ran since cannot be told,
+            self._wipe_mark = mark            # so what memory holds is read again (the disk is not touched:
+            self._drop_memory()               # a wipe elsewhere deletes the personal model itself)
         elif mark != self._wipe_mark:
             self._wipe_mark = mark
             log.info("keyboard: the text cache was wiped elsewhere; forgetting what was learned from it")
@@ -212,11 +213,16 @@ class KeyboardApp:
         self._cache_unusable = True
 
     def _forget(self) -> None:
-        """Drop everything in memory learned from the cache or typed: after a wipe."""
+        """Drop everything in memory learned from the cache or typed, and the personal LSTM: after a wipe."""
+        with self.slot.lock:
+            self._sessions.clear()
+            self.slot.forget_personal()   # reloads the model on the global weights
+            self._drop_memory()
+
+    def _drop_memory(self) -> None:
         with self.slot.lock:
             self._personal = None
             self._sessions.clear()   # the text being typed, and what prefetch readied from it
-            self.slot.forget_personal()
             if self.slot.predictor is not None:
                 self.slot.predictor.personal = PersonalModel()
                 self.slot.predictor.forget_warm()

@@ -141,6 +141,12 @@ def test_a_restart_gives_each_open_phase_its_whole_timeout(tmp_path):
         coord_secagg.advance(coord, rid)
         r = coord.get_round(rid)
         assert r["status"] == "open" and r["secure_phase"] == "shares", r
+        with coord._sessions() as db:
+            began = db.get(SecAggRound, rid).phase_started_at
+        another = create_app(cfg)   # a second gunicorn worker starts: a phase within its timeout is left alone
+        another.extensions["fedkeys"].close()
+        with coord._sessions() as db:
+            assert db.get(SecAggRound, rid).phase_started_at == began
     finally:
         coord.close()
 
@@ -165,3 +171,50 @@ def test_a_plan_whose_noise_no_ring_carries_fails_the_round_once(served, monkeyp
     assert r["status"] == "failed" and "too large for this ring" in r["reason"]
     with s.coord._sessions() as db:
         assert db.scalar(select(func.count()).select_from(SecAggMember)) == 2
+
+
+def test_a_failed_rounds_sum_is_not_kept(served):
+    """A summed round failed before its close (a pin, a stable change: its close kept failing on a
+    full disk) kept its sum for good: for a discovery round, the vote histogram, which at low noise
+    shows one device's rare word."""
+    from coordinator import round_end
+    from coordinator.models import Round
+
+    s = served
+    rid = _summing_round(s)
+    digest = s.coord.blobs.put(b"\x01\x00\x00\x00" * 8)
+    with s.coord.tx() as db:
+        row = db.get(SecAggRound, rid)
+        row.phase, row.sum_sha256, row.survivors = coord_secagg.SUMMED, digest, 2
+    with s.coord.tx() as db:
+        round_end.fail_round(s.coord, db, db.get(Round, rid), "the stable version changed")
+    assert not s.coord.blobs.exists(digest)
+    with s.coord._sessions() as db:
+        assert db.get(SecAggRound, rid).phase == coord_secagg.SUMMED and rid in {
+            i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}
+
+
+def test_an_unmask_that_could_not_start_is_tried_again(served, monkeypatch):
+    """The round was marked as being unmasked before its thread started; a thread that could not
+    start left the mark, and the round was never unmasked in that process."""
+    s = served
+    rid = _summing_round(s)
+    started = []
+    real_thread = coord_secagg.threading.Thread
+
+    class OnceFailing(real_thread):
+        def start(self):
+            if not started:
+                started.append("refused")
+                raise RuntimeError("can't start new thread")
+            started.append("started")
+
+    monkeypatch.setattr(coord_secagg.threading, "Thread", OnceFailing)
+    with s.coord.tx() as db:
+        db.get(SecAggRound, rid).phase_started_at = utcnow() - timedelta(hours=1)
+    with pytest.raises(RuntimeError):
+        coord_secagg.advance(s.coord, rid)
+    with s.coord.tx() as db:
+        db.get(SecAggRound, rid).phase_started_at = utcnow() - timedelta(hours=1)
+    coord_secagg.advance(s.coord, rid)
+    assert started == ["refused", "started"]

@@ -1024,3 +1024,30 @@ def test_a_cache_locked_at_start_is_no_wipe(tmp_path, exported_version, monkeypa
     with start_keyboard(device, model_dir=exported_version) as server:
         assert requests.get(server.url + "api/status", timeout=10).status_code == 200
     assert len(calls) >= 2 and (device / PERSONAL_DIR / "marker").exists()
+
+
+def test_words_read_before_the_first_mark_are_read_again(tmp_path, exported_version, monkeypatch):
+    """With the cache unreadable at start, the first mark read was taken as it was; but the user's
+    words could be read before it (the idle work at start), and a wipe run in between was then
+    never seen: the wiped words kept being suggested (a review caught this in the fix above)."""
+    from edge_runtime.cache import CacheError, TextCache
+
+    device = tmp_path / "device"
+    with TextCache(device) as c:
+        c.add("Zanzibar quokkas abound", "message")
+    real, calls = TextCache.wipe_mark, []
+
+    def locked_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise CacheError("the text cache cannot be used now: database is locked")
+        return real(self)
+
+    monkeypatch.setattr(TextCache, "wipe_mark", locked_once)
+    with start_keyboard(device, model_dir=exported_version) as server:
+        app = server.app
+        assert app.personal().uni["Zanzibar"] == 1          # read before any mark was
+        with TextCache(device) as other:                    # `python -m edge_runtime wipe` elsewhere
+            other.wipe()
+        app._see_outside_wipe(now=True)
+        assert app.personal().uni["Zanzibar"] == 0

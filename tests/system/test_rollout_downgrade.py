@@ -154,9 +154,10 @@ def test_a_device_with_no_usable_version_takes_stable_after_a_rejection(tmp_path
             dev.close()
 
 
-def test_a_superseded_candidate_is_no_fallback(tmp_path, exported_version):
-    """A canary device moved from a candidate to the newer one that superseded it (a move the
-    coordinator signs as no rollback) kept the rejected one as its fallback."""
+def test_a_promoted_candidate_stays_the_fallback_of_the_next_one(tmp_path, exported_version):
+    """Moving off a canary version is no reason to drop it as the fallback: a candidate promoted
+    to stable and then followed by a new candidate before the device checked in lost its place,
+    and damage to the new one left the device with no model (a review caught that first fix)."""
     with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
         s.coord.import_version(exported_version)
         dev = enrolled_observer(s, tmp_path / "dev")
@@ -165,8 +166,9 @@ def test_a_superseded_candidate_is_no_fallback(tmp_path, exported_version):
             v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
             agent.run_once(dev)
             assert dev.store.current_id == v1
+            s.coord.admin_decide(v1, "promote")
             v2 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v2", "tiny-v2"))
             agent.run_once(dev)
-            assert dev.store.current_id == v2 and dev.store.previous_id is None and v1 not in dev.store.installed()
+            assert (dev.store.current_id, dev.store.previous_id) == (v2, v1) and v1 in dev.store.installed()
         finally:
             dev.close()
