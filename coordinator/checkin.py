@@ -53,7 +53,7 @@ def _task(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wire.
             if task is not None:
                 return replace(task, rollout=state)
         r = queries.open_round(s, for_update=True)
-        if r is not None and req.eligible and utcnow() < r.deadline:
+        if r is not None and req.eligible and req.can_train and utcnow() < r.deadline:
             now = utcnow()
             verdict, wait = selection.select_device(s, r, device_id, now)
             if verdict == selection.TRAIN:  # new, or the same task again after a lost reply

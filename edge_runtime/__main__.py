@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the committed text; omit it (or -) to read it from standard input, which keeps it out of "
                         "the process list and the shell's history")
 
-    cmd("pause", "pause learning: no text is cached until resume (persists across restarts)")
+    cmd("pause", "pause learning: no text is cached, and nothing is trained, evaluated or personalized on the "
+               "cache, until resume (persists across restarts)")
     cmd("resume", "resume learning")
     cmd("wipe", "delete all cached text and the personal model learned from it from this device")
     cmd("status", "print enrollment, model versions, cache counts and eligibility as JSON")

@@ -328,6 +328,24 @@ def _guarded(dev: Device, plan: wire.TrainPlan) -> tuple[PrivacyLedger, str | No
     return ledger, refusal
 
 
+class _Wiped(EdgeError):   # noqa: N818 - an outcome, raised through the upload's retries
+    """The cache was wiped while its text was being learned from: what was learned is not sent."""
+
+
+def _wiped_since(dev: Device, mark: str | None) -> bool:
+    """Whether a wipe ran since `mark` was read (or whether one did can no longer be told: the
+    private answer). A wipe in another process (`python -m edge_runtime wipe`, the page's Clear)
+    while the device trained on, or scored, the text it deletes: before, the update or report
+    learned from that text was still sent, minutes later if the coordinator was down."""
+    try:
+        return dev.cache.wipe_mark() != mark
+    except CacheError:
+        return True
+
+
+WIPED = "discarded (the text was wiped meanwhile)"
+
+
 def _discover(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple[str, dict[str, Any]]:
     """A word-discovery round (protocol.discovery): vote for this device's most typed words of
     the version's word-list tail, only through secure aggregation; charged like a training round."""
@@ -338,11 +356,14 @@ def _discover(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tu
         return f"refused ({refusal})", {"round": plan.round_id}
     base_dir = dev.store.ensure(task.base_version_id, dev.client.fetch)
     words = dictionary((base_dir / TOKENIZER).read_bytes(), read_manifest(base_dir).architecture().model.vocab_size)
+    mark = dev.cache.wipe_mark()
     texts = [r.text for r in dev.cache.training_records()]
     try:
         vector, voted = discovery.vote(texts, words, plan.discover_words)
     finally:
         del texts
+    if _wiped_since(dev, mark):
+        return WIPED, {"round": plan.round_id}
     eps = round(ledger.charge(plan), 4)   # before anything leaves the device, as for an update
     outcome, counts = secagg_client.contribute(dev.client, plan, vector, task.time_limit_s, sleep)
     return outcome, {**counts, "task": "discover", "words_voted": voted, "local_epsilon": eps}
@@ -359,6 +380,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     ledger, refusal = _guarded(dev, plan)
     if refusal:
         return f"refused ({refusal})", {"round": plan.round_id}
+    mark = dev.cache.wipe_mark()
     texts = [r.text for r in dev.cache.training_records()]
     if not texts:
         return "skipped (no training text)", {"round": plan.round_id}
@@ -372,6 +394,8 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         del texts
     counts: dict[str, Any] = {"round": plan.round_id, "steps": res.steps, "examples": res.examples,
                               "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
+    if _wiped_since(dev, mark):
+        return WIPED, counts
     # Charged before anything leaves the device. A secure round is charged at the plan's (central)
     # noise_multiplier: the coordinator sees only the sum, whose Skellam noise has that std once
     # n_min devices survive, and the device refuses to reveal shares below n_min (secagg_client).
@@ -382,10 +406,16 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
+    def upload() -> wire.UpdateReceipt:
+        if _wiped_since(dev, mark):   # before each try: a retry can leave minutes after a wipe
+            raise _Wiped()
+        return dev.client.upload_update(res.update.delta, meta)
+
     try:
-        receipt = _with_retries(lambda: dev.client.upload_update(res.update.delta, meta),
-                                dev.config.upload_attempts, dev.config.backoff_initial_s,
+        receipt = _with_retries(upload, dev.config.upload_attempts, dev.config.backoff_initial_s,
                                 dev.config.backoff_max_s, sleep)
+    except _Wiped:
+        return WIPED, counts
     except RejectedError as e:
         return f"rejected ({e.code or e.status})", counts
     except Stopping:   # as a secure round's device leaves it: the update is not sent, the round goes on
@@ -398,6 +428,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
 def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     if not dev.eligibility.check():
         return "skipped (no longer eligible)", {}
+    mark = dev.cache.wipe_mark()
     texts = [r.text for r in dev.cache.heldout_records()]
     if not texts:
         return "skipped (no held-out text)", {}
@@ -414,6 +445,8 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     assert task.candidate_version_id is not None
     results = tuple(_with_words(m, w) for m, w in zip(metrics, words, strict=True))
     report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=results)
+    if _wiped_since(dev, mark):
+        return WIPED, {}
     try:
         dev.client.report_evaluation(report)
     except RejectedError as e:
@@ -470,16 +503,19 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     a rejected upload or report is an outcome, not an error."""
     try:
         dev.cache.enforce_retention()
-        heldout = dev.cache.stats()["heldout"]
-        cache_usable = True
+        stats = dev.cache.stats()
+        heldout, trainable = stats["heldout"], stats["records"] - stats["heldout"]
+        # Paused, the page's "Pause learning" means it: nothing is cached, and nothing is trained,
+        # evaluated or personalized on what was (before, only caching stopped).
+        learning = not dev.cache.paused
     except CacheError as e:
         # Still check in: a device whose cache fails (damaged, a full disk) must still take new
         # versions and rollbacks. Before, it failed every iteration here and never checked in.
         log.error("checking in without training or evaluating: %s", e)
-        heldout, cache_usable = 0, False
+        heldout, trainable, learning = 0, 0, False
     decision = dev.eligibility.check()
-    req = wire.CheckinRequest(eligible=bool(decision) and cache_usable, current_version_id=dev.store.in_use(),
-                              can_evaluate=heldout > 0)
+    req = wire.CheckinRequest(eligible=bool(decision) and learning, current_version_id=dev.store.in_use(),
+                              can_evaluate=heldout > 0, can_train=trainable > 0)
     task = dev.client.checkin(req)
     _use_version(dev, task)
     _note_channel(dev, task)
@@ -490,7 +526,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     else:
         outcome = "idle" if decision else "idle (" + "; ".join(getattr(decision, "reasons", ())) + ")"
         counts = {}
-    if decision and cache_usable and dev.config.personalize and not dev.stopping.is_set():
+    if decision and learning and dev.config.personalize and not dev.stopping.is_set():
         counts = {**counts, "personal_model": _personalize(dev)}
     result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
                         dev.store.current_id, counts)

@@ -164,10 +164,13 @@ class CheckinRequest:
     current_version_id: str | None = None  # the version the device is using for suggestions
     can_evaluate: bool = True             # has held-out local text for evaluation
     protocol_version: int = PROTOCOL_VERSION
+    can_train: bool = True                # has local text to train on (a device without took a slot
+                                          # it could not fill, and the round waited for it)
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol_version": self.protocol_version, "eligible": self.eligible,
-                "current_version_id": self.current_version_id, "can_evaluate": self.can_evaluate}
+                "current_version_id": self.current_version_id, "can_evaluate": self.can_evaluate,
+                "can_train": self.can_train}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CheckinRequest:
@@ -176,7 +179,7 @@ class CheckinRequest:
         if current is not None and not is_safe_id(current):
             raise WireError("'current_version_id' must be a version id ([A-Za-z0-9._-])")
         return cls(eligible=_bool(d, "eligible"), current_version_id=current,
-                   can_evaluate=_bool(d, "can_evaluate", default=True))
+                   can_evaluate=_bool(d, "can_evaluate", default=True), can_train=_bool(d, "can_train", default=True))
 
 
 @dataclass(frozen=True)

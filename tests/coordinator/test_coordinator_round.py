@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import requests
 
 from protocol import artifact, wire
 from tests.helpers.coordinator_fakes import (
@@ -247,3 +248,15 @@ def test_a_rounds_version_keeps_its_parents_licence_notices_signed(tmp_path):
         assert manifest.parent == "v0000" and manifest.notices == notices
         pub = wire.SigningKey.from_dict(served.admin("GET", wire.PATH_SIGNING_KEY).json()).public_key_hex
         artifact.verify_manifest(manifest, pub)
+
+
+def test_a_device_with_nothing_to_train_on_takes_no_slot(served):
+    """A device whose text is all held out (or none) was selected, answered "no training text",
+    and kept its slot: with the goal at the devices there were, the round waited to its deadline."""
+    _, devices = _setup(served, 2)
+    rid = served.coord.start_round(goal_count=1, min_count=1, overselect=1.0)
+    r = requests.post(served.url + wire.PATH_CHECKIN, headers=devices[0].headers, timeout=10,
+                      json=wire.CheckinRequest(eligible=True, can_train=False).to_dict())
+    assert r.status_code == 200 and r.json()["kind"] == wire.TASK_COME_BACK, r.text
+    assert devices[1].checkin().kind == wire.TASK_TRAIN                 # the slot went to one that can
+    assert served.admin("GET", f"/v1/admin/rounds/{rid}").json()["selected"] == 1

@@ -349,3 +349,59 @@ def test_a_device_stopped_during_word_level_evaluation_reports_nothing(device, m
     res = agent.run_once(device)
     assert res.outcome == "aborted (the device is stopping)", res
     assert scored == ["c2"] and not device.client.reports   # stopped before the candidate's second text
+
+
+@pytest.mark.parametrize("when", ["during training", "between upload tries"])
+def test_an_update_learned_from_text_wiped_meanwhile_is_not_sent(device, fake_train, monkeypatch, when):
+    """`python -m edge_runtime wipe` (or the page's Clear) in another process while the device
+    trained on the text it deletes: the update was still uploaded, minutes later if the
+    coordinator was down (a probe); the personal model already dropped such a copy."""
+    other = TextCache(device.config.data_dir)
+    if when == "during training":
+        real = trainer.train
+
+        def train_then_wipe(*a, **kw):
+            out = real(*a, **kw)
+            other.wipe()
+            return out
+
+        monkeypatch.setattr(trainer, "train", train_then_wipe)
+    else:
+        device.client.upload_errors = [TransientError("503", status=503, retry_after=0.01)]
+    device.client.tasks = [train_task()]
+    res = agent.run_once(device, sleep=lambda s: other.wipe() and None)
+    other.close()
+    assert res.outcome == "discarded (the text was wiped meanwhile)"
+    assert len(device.client.uploads) == (0 if when == "during training" else 1)   # the first try only
+
+
+def test_a_canary_report_on_text_wiped_meanwhile_is_not_sent(device, monkeypatch):
+    other = TextCache(device.config.data_dir)
+
+    def evaluate(dirs, texts, **kw):
+        other.wipe()
+        return [wire.VersionMetrics(v.rsplit("/", 1)[1], 10.0, 2.0, 3.0, 5.0) for v in dirs]
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    device.client.tasks = [wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2",
+                                     candidate_version_id="c2", evaluate_version_ids=("c2", "v1"),
+                                     max_eval_examples=40)]
+    res = agent.run_once(device)
+    other.close()
+    assert res.outcome == "discarded (the text was wiped meanwhile)" and not device.client.reports
+
+
+def test_a_paused_device_learns_nothing_and_one_without_training_text_takes_no_slot(device):
+    """Paused, the device still trained, uploaded and personalized on the cache it had ("Pause
+    learning" on the page); and a device with all its text held out took a training slot it could
+    not fill, and the round waited for it."""
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)] * 2
+    device.cache.set_paused(True)
+    agent.run_once(device)
+    assert device.client.checkins[-1].eligible is False
+    device.cache.set_paused(False)
+    device.cache.wipe()
+    device.cache.add("one text, held out", "message")
+    agent.run_once(device)
+    req = device.client.checkins[-1]
+    assert req.eligible is True and req.can_train is False and req.can_evaluate is True
