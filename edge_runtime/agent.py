@@ -233,7 +233,7 @@ class Device:
         steps: not once the device is stopping, so SIGTERM ends it within a step, not minutes later."""
         if self.stopping.is_set():
             return Decision(False, ("the device is stopping",))
-        return self.eligibility.check()
+        return self.eligibility.check(working=True)
 
 
 # --- one step --------------------------------------------------------------------------------

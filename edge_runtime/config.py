@@ -96,8 +96,9 @@ class EdgeConfig:
             (self.retention_days > 0 and self.max_cache_bytes > 0, "retention_days and max_cache_bytes must be > 0"),
             (0 < self.holdout_fraction < 1, "holdout_fraction must be in (0, 1)"),
             (0 <= self.jitter < 1, "jitter must be in [0, 1)"),
-            (0 < self.min_wait_s <= self.max_wait_s, "need 0 < min_wait_s <= max_wait_s"),
-            (0 < self.backoff_initial_s <= self.backoff_max_s, "need 0 < backoff_initial_s <= backoff_max_s"),
+            (0 < self.min_wait_s <= self.max_wait_s < math.inf, "need 0 < min_wait_s <= max_wait_s, finite"),
+            (0 < self.backoff_initial_s <= self.backoff_max_s < math.inf,
+             "need 0 < backoff_initial_s <= backoff_max_s, finite"),
             (self.upload_attempts >= 1, "upload_attempts must be >= 1"),
             (0 <= self.min_noise_multiplier < math.inf and 0 < self.max_clip_norm < math.inf,
              "need 0 <= min_noise_multiplier and 0 < max_clip_norm, both finite"),
@@ -107,7 +108,7 @@ class EdgeConfig:
             (0 < self.personal_learning_rate < math.inf and self.personal_epochs >= 1
              and self.personal_max_examples >= 1,
              "personal_learning_rate must be > 0, personal_epochs and personal_max_examples >= 1"),
-            (self.http_timeout_s > 0, "http_timeout_s must be > 0"),
+            (0 < self.http_timeout_s < math.inf, "http_timeout_s must be > 0 and finite"),   # inf: every call failed
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
             (bool(self.keyboard_host.strip()), "keyboard_host must not be empty"),
             (0 <= self.keyboard_port <= 65535, "keyboard_port must be in [0, 65535]"),

@@ -19,6 +19,7 @@ treats None as "no".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -223,6 +224,9 @@ class LinuxNetwork:
 
 # --- activity and load -----------------------------------------------------------------------
 
+FUTURE_SLACK_S = 60.0   # a keystroke stamped further ahead than this was stamped by a wrong clock
+
+
 class ActivityClock:
     """Time since the last keystroke.
 
@@ -238,7 +242,8 @@ class ActivityClock:
         self.path = Path(path) if path is not None else None
         self.resolution_s = resolution_s
         self._clock = clock
-        self._last = clock()
+        self._created = clock()
+        self._last: float | None = None   # a keystroke this process noted
         self._written = float("-inf")
         self._failing = False   # said once, until a write succeeds again
 
@@ -258,13 +263,28 @@ class ActivityClock:
                 self._failing = True
 
     def idle_seconds(self) -> float:
-        last = self._last
+        """Since the last keystroke this process or the file knows of; with none known, since this
+        clock was made. (It counted from creation even with the file there, so `status`, a
+        process of a moment, always said "keyboard in use recently".)"""
+        now = self._clock()
+        known = [] if self._last is None else [self._last]
         if self.path is not None:
             try:
-                last = max(last, self.path.stat().st_mtime)
+                stamp = self.path.stat().st_mtime
             except FileNotFoundError:
-                pass
-        return max(0.0, self._clock() - last)
+                stamp = None
+            if stamp is not None and stamp > now + FUTURE_SLACK_S:
+                # Stamped while the clock ran ahead: when is unknown, so now, and the file says so
+                # (else training waited until the clock caught up, days later).
+                stamp = now
+                with contextlib.suppress(OSError):
+                    os.utime(self.path, (now, now))
+            if stamp is not None:
+                known.append(stamp)
+        return max(0.0, now - (max(known) if known else self._created))
+
+
+OWN_LOAD = 1.0   # the load average one busy thread adds: the device's own training or evaluation
 
 
 def load_per_cpu() -> float | None:
@@ -296,11 +316,17 @@ class Eligibility:
         self.load = load
         self.override = override
 
-    def state(self) -> DeviceState:
+    def state(self, *, working: bool = False) -> DeviceState:
+        load = self.load()
+        if working and load is not None:   # the work's own thread is not the load it must yield to
+            load = max(0.0, load - OWN_LOAD / (os.cpu_count() or 1))
         return DeviceState(power=self.power.read(), unmetered=self.network(),
-                           idle_seconds=self.activity.idle_seconds(), load_per_cpu=self.load())
+                           idle_seconds=self.activity.idle_seconds(), load_per_cpu=load)
 
-    def check(self) -> Decision:
+    def check(self, *, working: bool = False) -> Decision:
+        """`working`: asked between the steps of long work (training, evaluation), whose own busy
+        thread adds about 1 to the load average. Counted, it aborted that work after about 40 s
+        on one core at the default max_load_per_cpu of 0.5, so no longer plan could finish."""
         if self.override is not None:
             return Decision(self.override, () if self.override else ("disabled by override",))
-        return decide(self.state(), self.policy)
+        return decide(self.state(working=working), self.policy)

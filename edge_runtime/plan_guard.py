@@ -23,6 +23,7 @@ floor applies to it unchanged; the entry is marked `secure_aggregation`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -125,6 +126,10 @@ class PrivacyLedger:
             if not isinstance(entries, list) or not all(
                     isinstance(e, dict) and isinstance(e.get("noise_multiplier"), (int, float)) for e in entries):
                 raise ValueError("bad entries")
+            # One flipped bit in a σ ("2.0" -> "6.0") kept the file valid JSON and lowered the epsilon
+            # spent (2.25 read as 0.69); a file written before the checksum has none and is read as is.
+            if "sha256" in d and d["sha256"] != _digest(entries):
+                raise ValueError("checksum differs")
             return entries
         except FileNotFoundError:
             return []
@@ -148,7 +153,13 @@ class PrivacyLedger:
         entries.append({"round_id": plan.round_id, "noise_multiplier": plan.noise_multiplier,
                         "clip_norm": plan.clip_norm, "at": round(time.time()),
                         **({"secure_aggregation": True} if plan.secure_aggregation else {})})
-        atomic_write(self.path, json.dumps({"delta": self.delta, "releases": entries}, indent=1).encode())
+        atomic_write(self.path, json.dumps({"delta": self.delta, "releases": entries, "sha256": _digest(entries)},
+                                           indent=1).encode())
         eps = gaussian_epsilon([float(e["noise_multiplier"]) for e in entries], self.delta)
         log.info("privacy ledger: %d releases, local epsilon %.3g of budget %g", len(entries), eps, self.budget)
         return eps
+
+
+def _digest(entries: list[dict[str, Any]]) -> str:
+    """sha256 of the releases' canonical JSON."""
+    return hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -42,6 +42,9 @@ def test_config_file_from_environment(tmp_path):
     ({"flags": {"public_key": "abc"}}, "64 hex"),
     ({"flags": {"holdout_fraction": 1.5}}, "holdout_fraction"),
     ({"flags": {"min_wait_s": 10, "max_wait_s": 5}}, "min_wait_s"),
+    ({"flags": {"http_timeout_s": float("inf")}}, "http_timeout_s must be > 0 and finite"),   # every call failed
+    ({"flags": {"max_wait_s": float("inf")}}, "finite"),
+    ({"flags": {"backoff_max_s": float("inf")}}, "finite"),
 ])
 def test_bad_settings_are_errors(kw, msg):
     kw.setdefault("environ", {})

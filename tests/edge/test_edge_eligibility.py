@@ -173,3 +173,38 @@ def test_full_check_with_fake_providers(tmp_path: Path):
     (tmp_path / "ps" / "AC" / "online").write_text("0\n")
     (tmp_path / "ps" / "BAT0" / "status").write_text("Discharging\n")
     assert not e.check()            # unplugged: lapses immediately
+
+
+def test_a_new_clock_reads_the_keystroke_file_and_a_future_stamp_is_now(tmp_path):
+    """A clock counted idle time from its creation even with the keystroke file there, so
+    `status` (a process of a moment) always said "keyboard in use recently"; and a keystroke
+    stamped while the clock ran days ahead kept training waiting until the clock caught up."""
+    import os
+
+    from edge_runtime.eligibility import ActivityClock
+
+    f = tmp_path / "last_keystroke"
+    f.touch()
+    os.utime(f, (1_000_000.0, 1_000_000.0))
+    now = [1_000_000.0 + 5 * 3600]
+    assert ActivityClock(f, clock=lambda: now[0]).idle_seconds() == 5 * 3600
+    os.utime(f, (now[0] + 3 * 86400, now[0] + 3 * 86400))          # typed while the clock ran ahead
+    clock = ActivityClock(f, clock=lambda: now[0])
+    assert clock.idle_seconds() == 0.0 and f.stat().st_mtime == now[0]   # taken as now, and the file says so
+    now[0] += 600
+    assert clock.idle_seconds() == 600
+    assert ActivityClock(tmp_path / "none", clock=lambda: now[0]).idle_seconds() == 0.0   # none known: from now
+
+
+def test_long_work_does_not_yield_to_its_own_load(monkeypatch):
+    """Training's own thread adds about 1 to the load average: counted, it aborted the training
+    it belonged to after about 40 s on one core at the default max_load_per_cpu of 0.5."""
+    import os
+
+    from edge_runtime.eligibility import ActivityClock, Eligibility, Policy
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    e = Eligibility(Policy(require_power=False, require_unmetered=False, min_idle_s=0, max_load_per_cpu=0.5),
+                    activity=ActivityClock(), load=lambda: 1.3, network=lambda: True)
+    assert not e.check() and "system load high or unknown" in e.check().reasons     # before starting: busy
+    assert e.check(working=True)                                                    # 0.3 besides its own

@@ -204,7 +204,7 @@ def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Pat
     answers = [Decision(True)]
     dev = agent.Device(config=EdgeConfig(data_dir=str(tmp_path)), identity=agent.Identity("d", "t", "http://c"),
                        client=Client(), store=store, cache=cache,
-                       eligibility=type("E", (), {"check": staticmethod(lambda: answers[0])})(),
+                       eligibility=type("E", (), {"check": staticmethod(lambda **kw: answers[0])})(),
                        rng=random.Random(0))
     try:
         assert agent.run_once(dev).counts["personal_model"] == "trained"

@@ -116,3 +116,19 @@ def test_the_coordinator_warns_of_a_round_that_default_devices_refuse(tmp_path, 
     warned = [r.getMessage() for r in caplog.records if r.name == "coordinator.rounds"]
     assert warned == ["round plan: clip_norm 50 is above the 10 a device accepts by default; devices with "
                       "default settings will refuse this round"], warned
+
+
+def test_a_ledger_with_one_flipped_bit_is_damaged_not_a_smaller_epsilon(tmp_path):
+    """A flipped bit in a recorded σ ("2.0" -> "6.0") kept the ledger valid JSON and lowered the
+    epsilon spent (2.25 read as 0.69): the device then released past its budget."""
+    from edge_runtime.plan_guard import LedgerError, PrivacyLedger
+
+    ledger = PrivacyLedger(tmp_path, budget=10.0, delta=1e-5)
+    plan = TrainPlan(round_id=1, epochs=1, batch_size=4, learning_rate=0.5, clip_norm=1.0, noise_multiplier=2.0,
+                     max_examples=50)
+    spent = ledger.charge(plan)
+    assert ledger.spent() == pytest.approx(spent)
+    raw = ledger.path.read_bytes()
+    ledger.path.write_bytes(raw.replace(b'"noise_multiplier": 2.0', b'"noise_multiplier": 6.0'))
+    with pytest.raises(LedgerError, match="damaged"):
+        ledger.spent()

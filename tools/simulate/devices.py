@@ -38,7 +38,7 @@ class _Unplugged:
     def __init__(self, after: int) -> None:
         self.after, self.calls = after, 0
 
-    def check(self) -> Decision:
+    def check(self, *, working: bool = False) -> Decision:
         from edge_runtime.eligibility import Decision
 
         self.calls += 1
