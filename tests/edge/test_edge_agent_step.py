@@ -28,6 +28,11 @@ def train_task(**kw) -> wire.Task:
                      plan=PLAN, time_limit_s=60.0, **kw)
 
 
+def eval_task() -> wire.Task:
+    return wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2", candidate_version_id="c2",
+                     evaluate_version_ids=("c2", "v1"), max_eval_examples=40)
+
+
 @dataclass
 class FakeClient:
     tasks: list = field(default_factory=list)
@@ -177,9 +182,7 @@ def test_evaluate_task_reports_aggregates_of_heldout_text(device, monkeypatch):
         return [wire.VersionMetrics(v.rsplit("/", 1)[1], 10.0, 2.0, 3.0, 5.0) for v in dirs]
 
     monkeypatch.setattr(trainer, "evaluate", evaluate)
-    device.client.tasks = [wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2",
-                                     candidate_version_id="c2", evaluate_version_ids=("c2", "v1"),
-                                     max_eval_examples=40)]
+    device.client.tasks = [eval_task()]
     res = agent.run_once(device)
     assert (res.kind, res.outcome) == ("evaluate", "reported") and device.store.current_id == "c2"
     assert seen["dirs"] == ["/versions/c2", "/versions/v1"] and seen["kw"]["max_examples"] == 40
@@ -383,9 +386,7 @@ def test_a_canary_report_on_text_wiped_meanwhile_is_not_sent(device, monkeypatch
         return [wire.VersionMetrics(v.rsplit("/", 1)[1], 10.0, 2.0, 3.0, 5.0) for v in dirs]
 
     monkeypatch.setattr(trainer, "evaluate", evaluate)
-    device.client.tasks = [wire.Task(kind=wire.TASK_EVALUATE, retry_after=50.0, use_version_id="c2",
-                                     candidate_version_id="c2", evaluate_version_ids=("c2", "v1"),
-                                     max_eval_examples=40)]
+    device.client.tasks = [eval_task()]
     res = agent.run_once(device)
     other.close()
     assert res.outcome == "discarded (the text was wiped meanwhile)" and not device.client.reports

@@ -1000,18 +1000,11 @@ def test_clear_on_a_full_disk_overwrites_the_text_in_place(server, monkeypatch):
     assert SECRET.split()[0].encode() not in leftovers
 
 
-def test_a_cache_locked_at_start_is_no_wipe(tmp_path, exported_version, monkeypatch):
-    """A cache that could not be read as the keyboard started (the device loop holding its write
-    lock) left the keyboard with no wipe mark; once the cache read again, the mark differed and
-    the keyboard took it for a wipe run elsewhere: it deleted the user's personal model."""
+def _mark_locked_once(monkeypatch) -> list[int]:
+    """The cache's wipe mark unreadable once (the device loop holding the write lock at the
+    keyboard's start), then read as usual; the list counts the reads."""
     from edge_runtime.cache import CacheError, TextCache
 
-    device = tmp_path / "device"
-    with TextCache(device) as c:
-        c.wipe()                                         # cleared once, long ago: the cache has a mark
-        c.add("I pray you tell me", "message")
-    (device / PERSONAL_DIR).mkdir()
-    (device / PERSONAL_DIR / "marker").write_text("the personal LSTM")
     real, calls = TextCache.wipe_mark, []
 
     def locked_once(self):
@@ -1021,6 +1014,22 @@ def test_a_cache_locked_at_start_is_no_wipe(tmp_path, exported_version, monkeypa
         return real(self)
 
     monkeypatch.setattr(TextCache, "wipe_mark", locked_once)
+    return calls
+
+
+def test_a_cache_locked_at_start_is_no_wipe(tmp_path, exported_version, monkeypatch):
+    """A cache that could not be read as the keyboard started (the device loop holding its write
+    lock) left the keyboard with no wipe mark; once the cache read again, the mark differed and
+    the keyboard took it for a wipe run elsewhere: it deleted the user's personal model."""
+    from edge_runtime.cache import TextCache
+
+    device = tmp_path / "device"
+    with TextCache(device) as c:
+        c.wipe()                                         # cleared once, long ago: the cache has a mark
+        c.add("I pray you tell me", "message")
+    (device / PERSONAL_DIR).mkdir()
+    (device / PERSONAL_DIR / "marker").write_text("the personal LSTM")
+    calls = _mark_locked_once(monkeypatch)
     with start_keyboard(device, model_dir=exported_version) as server:
         assert requests.get(server.url + "api/status", timeout=10).status_code == 200
     assert len(calls) >= 2 and (device / PERSONAL_DIR / "marker").exists()
@@ -1030,20 +1039,12 @@ def test_words_read_before_the_first_mark_are_read_again(tmp_path, exported_vers
     """With the cache unreadable at start, the first mark read was taken as it was; but the user's
     words could be read before it (the idle work at start), and a wipe run in between was then
     never seen: the wiped words kept being suggested (a review caught this in the fix above)."""
-    from edge_runtime.cache import CacheError, TextCache
+    from edge_runtime.cache import TextCache
 
     device = tmp_path / "device"
     with TextCache(device) as c:
         c.add("Zanzibar quokkas abound", "message")
-    real, calls = TextCache.wipe_mark, []
-
-    def locked_once(self):
-        calls.append(1)
-        if len(calls) == 1:
-            raise CacheError("the text cache cannot be used now: database is locked")
-        return real(self)
-
-    monkeypatch.setattr(TextCache, "wipe_mark", locked_once)
+    assert _mark_locked_once(monkeypatch) == []
     with start_keyboard(device, model_dir=exported_version) as server:
         app = server.app
         assert app.personal().uni["Zanzibar"] == 1          # read before any mark was

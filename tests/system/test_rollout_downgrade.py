@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import replace
 
 from edge_runtime import agent, rollout_guard
@@ -106,13 +107,9 @@ def test_devices_follow_a_coordinator_restored_from_a_backup(tmp_path, exported_
         dev.close()
 
 
-def test_a_device_that_lost_its_pointer_on_a_rejected_candidate_goes_back_to_stable(tmp_path, exported_version):
-    """A canary device whose `current.json` was lost reported no version; the coordinator then
-    signed the move back to stable as no rollback, and the device refused it as a downgrade on
-    every check-in: no model at all until a newer version shipped. And once back, the rejected
-    candidate stayed as the fallback that damage would bring back."""
-    from edge_runtime.paths import MODELS_DIR
-
+@contextmanager
+def _canary_on_a_candidate(tmp_path, exported_version):
+    """A coordinator with v0 stable and candidate v1, and a canary device using v1: (s, dev, v0, v1)."""
     with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
         v0 = s.coord.import_version(exported_version)
         dev = enrolled_observer(s, tmp_path / "dev")
@@ -121,13 +118,24 @@ def test_a_device_that_lost_its_pointer_on_a_rejected_candidate_goes_back_to_sta
             v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
             agent.run_once(dev)
             assert dev.store.current_id == v1
-            (tmp_path / "dev" / MODELS_DIR / "current.json").unlink()
-            s.coord.admin_decide(v1, "reject")
-            agent.run_once(dev)
-            assert dev.store.current_id == v0 and dev.store.in_use() == v0
-            assert dev.store.previous_id is None and dev.store.installed() == [v0]
+            yield s, dev, v0, v1
         finally:
             dev.close()
+
+
+def test_a_device_that_lost_its_pointer_on_a_rejected_candidate_goes_back_to_stable(tmp_path, exported_version):
+    """A canary device whose `current.json` was lost reported no version; the coordinator then
+    signed the move back to stable as no rollback, and the device refused it as a downgrade on
+    every check-in: no model at all until a newer version shipped. And once back, the rejected
+    candidate stayed as the fallback that damage would bring back."""
+    from edge_runtime.paths import MODELS_DIR
+
+    with _canary_on_a_candidate(tmp_path, exported_version) as (s, dev, v0, v1):
+        (tmp_path / "dev" / MODELS_DIR / "current.json").unlink()
+        s.coord.admin_decide(v1, "reject")
+        agent.run_once(dev)
+        assert dev.store.current_id == v0 and dev.store.in_use() == v0
+        assert dev.store.previous_id is None and dev.store.installed() == [v0]
 
 
 def test_a_device_with_no_usable_version_takes_stable_after_a_rejection(tmp_path, exported_version):
@@ -137,38 +145,21 @@ def test_a_device_with_no_usable_version_takes_stable_after_a_rejection(tmp_path
     from edge_runtime.paths import MODELS_DIR
     from protocol.artifact import WEIGHTS_Q8
 
-    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
-        v0 = s.coord.import_version(exported_version)
-        dev = enrolled_observer(s, tmp_path / "dev")
-        try:
-            agent.run_once(dev)
-            v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
-            agent.run_once(dev)
-            (tmp_path / "dev" / MODELS_DIR / "current.json").unlink()
-            (dev.store.path(v1) / WEIGHTS_Q8).write_bytes(b"bit rot")
-            assert dev.store.in_use() is None and dev.store.current_id is None
-            s.coord.admin_decide(v1, "reject")
-            agent.run_once(dev)
-            assert dev.store.current_id == v0 and dev.store.in_use() == v0
-        finally:
-            dev.close()
+    with _canary_on_a_candidate(tmp_path, exported_version) as (s, dev, v0, v1):
+        (tmp_path / "dev" / MODELS_DIR / "current.json").unlink()
+        (dev.store.path(v1) / WEIGHTS_Q8).write_bytes(b"bit rot")
+        assert dev.store.in_use() is None and dev.store.current_id is None
+        s.coord.admin_decide(v1, "reject")
+        agent.run_once(dev)
+        assert dev.store.current_id == v0 and dev.store.in_use() == v0
 
 
 def test_a_promoted_candidate_stays_the_fallback_of_the_next_one(tmp_path, exported_version):
     """Moving off a canary version is no reason to drop it as the fallback: a candidate promoted
     to stable and then followed by a new candidate before the device checked in lost its place,
     and damage to the new one left the device with no model (a review caught that first fix)."""
-    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=50)) as s:
-        s.coord.import_version(exported_version)
-        dev = enrolled_observer(s, tmp_path / "dev")
-        try:
-            agent.run_once(dev)
-            v1 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v1", "tiny-v1"))
-            agent.run_once(dev)
-            assert dev.store.current_id == v1
-            s.coord.admin_decide(v1, "promote")
-            v2 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v2", "tiny-v2"))
-            agent.run_once(dev)
-            assert (dev.store.current_id, dev.store.previous_id) == (v2, v1) and v1 in dev.store.installed()
-        finally:
-            dev.close()
+    with _canary_on_a_candidate(tmp_path, exported_version) as (s, dev, _, v1):
+        s.coord.admin_decide(v1, "promote")
+        v2 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v2", "tiny-v2"))
+        agent.run_once(dev)
+        assert (dev.store.current_id, dev.store.previous_id) == (v2, v1) and v1 in dev.store.installed()
