@@ -250,9 +250,8 @@ def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
     if made:
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
     else:
-        after = ("no room for a new, paused cache yet: the next command that opens the cache makes one, with "
-                 "learning on (run `pause` then if it was paused; a running keyboard or device loop holds "
-                 "the old file's space until it stops)")
+        after = ("no room for a new cache yet: the next command that opens the cache makes one, paused (a running "
+                 "keyboard or device loop holds the old file's space until it stops)")
     print(f"the disk is full or failing ({error}): the text cache's {len(gone)} file(s) were overwritten in place "
           f"and deleted. Text cache and personal model wiped; {after}")
 

@@ -233,6 +233,11 @@ class Device:
         steps: not once the device is stopping, so SIGTERM ends it within a step, not minutes later."""
         if self.stopping.is_set():
             return Decision(False, ("the device is stopping",))
+        try:   # paused while the work runs (the page's toggle): it stops at the next step
+            if self.cache.paused:
+                return Decision(False, ("learning paused",))
+        except CacheError:
+            return Decision(False, ("the text cache cannot be read",))
         return self.eligibility.check(working=True)
 
 
@@ -328,22 +333,25 @@ def _guarded(dev: Device, plan: wire.TrainPlan) -> tuple[PrivacyLedger, str | No
     return ledger, refusal
 
 
-class _Wiped(EdgeError):   # noqa: N818 - an outcome, raised through the upload's retries
-    """The cache was wiped while its text was being learned from: what was learned is not sent."""
+class _Withdrawn(EdgeError):
+    """The user wiped the cache or paused learning while its text was learned from: what was
+    learned is not sent (the message says which)."""
 
 
-def _wiped_since(dev: Device, mark: str | None) -> bool:
-    """Whether a wipe ran since `mark` was read (or whether one did can no longer be told: the
-    private answer). A wipe in another process (`python -m edge_runtime wipe`, the page's Clear)
-    while the device trained on, or scored, the text it deletes: before, the update or report
-    learned from that text was still sent, minutes later if the coordinator was down."""
+def _withdrawn(dev: Device, mark: str | None) -> str | None:
+    """Why what was learned from the cache since `mark` was read must not leave: a wipe ran since
+    (or whether one did can no longer be told: the private answer), or learning was paused. A
+    wipe or pause in another process (`python -m edge_runtime wipe`, the page's Clear or toggle)
+    while the device trained on, or scored, that text: before, the update or report was still
+    sent, minutes later if the coordinator was down, or after a secure round's wait."""
     try:
-        return dev.cache.wipe_mark() != mark
+        if dev.cache.wipe_mark() != mark:
+            return "the text was wiped meanwhile"
+        if dev.cache.paused:
+            return "learning was paused meanwhile"
     except CacheError:
-        return True
-
-
-WIPED = "discarded (the text was wiped meanwhile)"
+        return "the text cache cannot be read"
+    return None
 
 
 def _discover(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple[str, dict[str, Any]]:
@@ -362,10 +370,11 @@ def _discover(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tu
         vector, voted = discovery.vote(texts, words, plan.discover_words)
     finally:
         del texts
-    if _wiped_since(dev, mark):
-        return WIPED, {"round": plan.round_id}
+    if (why := _withdrawn(dev, mark)) is not None:
+        return f"discarded ({why})", {"round": plan.round_id}
     eps = round(ledger.charge(plan), 4)   # before anything leaves the device, as for an update
-    outcome, counts = secagg_client.contribute(dev.client, plan, vector, task.time_limit_s, sleep)
+    outcome, counts = secagg_client.contribute(dev.client, plan, vector, task.time_limit_s, sleep,
+                                               withdrawn=lambda: _withdrawn(dev, mark))
     return outcome, {**counts, "task": "discover", "words_voted": voted, "local_epsilon": eps}
 
 
@@ -394,28 +403,29 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         del texts
     counts: dict[str, Any] = {"round": plan.round_id, "steps": res.steps, "examples": res.examples,
                               "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
-    if _wiped_since(dev, mark):
-        return WIPED, counts
+    if (why := _withdrawn(dev, mark)) is not None:
+        return f"discarded ({why})", counts
     # Charged before anything leaves the device. A secure round is charged at the plan's (central)
     # noise_multiplier: the coordinator sees only the sum, whose Skellam noise has that std once
     # n_min devices survive, and the device refuses to reveal shares below n_min (secagg_client).
     counts["local_epsilon"] = round(ledger.charge(plan), 4)
     if plan.secure_aggregation:   # the float delta never leaves the device: only its masked form
-        outcome, sec_counts = secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep)
+        outcome, sec_counts = secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep,
+                                                       withdrawn=lambda: _withdrawn(dev, mark))
         return outcome, {**sec_counts, "local_epsilon": counts["local_epsilon"]}
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
     def upload() -> wire.UpdateReceipt:
-        if _wiped_since(dev, mark):   # before each try: a retry can leave minutes after a wipe
-            raise _Wiped()
+        if (why := _withdrawn(dev, mark)) is not None:   # before each try: a retry can leave minutes later
+            raise _Withdrawn(why)
         return dev.client.upload_update(res.update.delta, meta)
 
     try:
         receipt = _with_retries(upload, dev.config.upload_attempts, dev.config.backoff_initial_s,
                                 dev.config.backoff_max_s, sleep)
-    except _Wiped:
-        return WIPED, counts
+    except _Withdrawn as e:
+        return f"discarded ({e})", counts
     except RejectedError as e:
         return f"rejected ({e.code or e.status})", counts
     except Stopping:   # as a secure round's device leaves it: the update is not sent, the round goes on
@@ -445,8 +455,8 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     assert task.candidate_version_id is not None
     results = tuple(_with_words(m, w) for m, w in zip(metrics, words, strict=True))
     report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=results)
-    if _wiped_since(dev, mark):
-        return WIPED, {}
+    if (why := _withdrawn(dev, mark)) is not None:
+        return f"discarded ({why})", {}
     try:
         dev.client.report_evaluation(report)
     except RejectedError as e:

@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 REMOVED_KEY = "removed_words"   # the settings row of the words removed from the suggestions
+PAUSE_AFTER_WIPE = ".paused_after_wipe"   # the wipe could not make its new, paused cache: the next one is paused
 COMMITS_KEY = "commit_ids"      # the settings row of the keyboard page's newest commit ids (no text)
 MAX_COMMIT_IDS = 64
 TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
@@ -162,6 +163,8 @@ def wipe_in_place(data_dir: str | os.PathLike) -> tuple[list[Path], bool]:
     try:
         make_paused(data_dir)
     except (CacheError, OSError):
+        with contextlib.suppress(OSError):   # an empty file needs no data block: the next cache made starts paused
+            (Path(data_dir) / PAUSE_AFTER_WIPE).touch()
         return gone, False
     return gone, True
 
@@ -279,7 +282,10 @@ class TextCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA secure_delete=ON")
+            new = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'texts'").fetchone() is None
             db.executescript(_SCHEMA)
+            if new and create:
+                self._born(db)
         except sqlite3.OperationalError as e:   # locked, unreadable, a full disk: not the file's content
             db.close()
             raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
@@ -294,6 +300,18 @@ class TextCache:
             db.close()
             raise
         return db
+
+    def _born(self, db: sqlite3.Connection) -> None:
+        """A cache file made now gets a wipe mark of its own: one made after a wipe that could not
+        make it (a full disk, `wipe_in_place`) had none, the same None as a cache never wiped, so
+        an update trained before that wipe was not seen as learned from wiped text. And after such
+        a wipe it starts paused, as the wipe's own new cache would have (`PAUSE_AFTER_WIPE`)."""
+        db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('wiped', ?)", (os.urandom(8).hex(),))
+        marker = self.data_dir / PAUSE_AFTER_WIPE
+        if marker.exists():
+            db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('paused', '1')")
+            with contextlib.suppress(OSError):
+                marker.unlink()
 
     @contextlib.contextmanager
     def _held(self) -> Iterator[None]:

@@ -463,8 +463,12 @@ class KeyboardApp:
             # A full disk: the rows could not be deleted (the WAL needs room) and the text stayed.
             gone, made = wipe_in_place(self.cache.data_dir)   # as `python -m edge_runtime wipe` does
             log.warning("keyboard: the disk is full: the text cache's %d files were overwritten in place and "
-                        "deleted%s", len(gone), ", and made again, paused" if made else "; no room for a new one yet")
+                        "deleted%s", len(gone), ", and made again, paused" if made else
+                        "; no room for a new one yet (it will start paused)")
             self._wipe_mark = None
+            if not made:   # done, though no cache can say so yet (it answered 503 "gone ... try again")
+                return {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
+                        "cache": {"sentences": 0}, "paused": True}
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             self._forget()
         return self.status()

@@ -174,8 +174,12 @@ def masked_vector(vector: np.ndarray, roster: sw.SecAggRoster, mask_sk: bytes, s
 
 
 def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarray, time_limit_s: float | None,
-               sleep: Callable[[float], Any] = time.sleep) -> tuple[str, dict[str, Any]]:
-    """Run the whole secure-aggregation exchange for one trained update; (outcome, counts)."""
+               sleep: Callable[[float], Any] = time.sleep, *,
+               withdrawn: Callable[[], str | None] | None = None) -> tuple[str, dict[str, Any]]:
+    """Run the whole secure-aggregation exchange for one trained update; (outcome, counts).
+    `withdrawn()` says why the vector must not be sent after all (the user wiped the text or
+    paused learning during the exchange's waits, which last minutes): asked right before the
+    masked vector goes, the device then drops out, as the protocol lets any device do."""
     rid = plan.round_id
     deadline = time.monotonic() + (time_limit_s if time_limit_s is not None else 3600.0)
     ch = _Channel(client, rid, deadline, sleep)
@@ -214,6 +218,9 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
             y = masked_vector(vector, roster, mask_sk, self_seed, {j: nbs[j] for j in held})
         except (OverflowError, ValueError) as e:   # a scale or mu past what a sampler takes (mu 1e30)
             raise Refused(f"the roster's numbers are out of range ({e})") from e
+        if withdrawn is not None and (why := withdrawn()) is not None:
+            log.info("secure aggregation, round %d: left the round before the masked vector: %s", rid, why)
+            return f"discarded ({why})", counts
         ch.post("masked", data=y.astype("<u4").tobytes())
         del y, self_seed, mask_sk
         revealer = Revealer(roster.index, held, roster.n_min)

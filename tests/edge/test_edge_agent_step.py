@@ -354,28 +354,37 @@ def test_a_device_stopped_during_word_level_evaluation_reports_nothing(device, m
     assert scored == ["c2"] and not device.client.reports   # stopped before the candidate's second text
 
 
+@pytest.mark.parametrize("act", ["wiped", "paused"])
 @pytest.mark.parametrize("when", ["during training", "between upload tries"])
-def test_an_update_learned_from_text_wiped_meanwhile_is_not_sent(device, fake_train, monkeypatch, when):
+def test_an_update_learned_from_text_wiped_meanwhile_is_not_sent(device, fake_train, monkeypatch, when, act):
     """`python -m edge_runtime wipe` (or the page's Clear) in another process while the device
     trained on the text it deletes: the update was still uploaded, minutes later if the
-    coordinator was down (a probe); the personal model already dropped such a copy."""
+    coordinator was down (a probe); the personal model already dropped such a copy. Pausing
+    learning meanwhile stopped nothing either."""
     other = TextCache(device.config.data_dir)
+
+    def withdraw() -> None:
+        other.wipe() if act == "wiped" else other.set_paused(True)
+
     if when == "during training":
         real = trainer.train
 
-        def train_then_wipe(*a, **kw):
+        def train_then_withdraw(*a, **kw):
             out = real(*a, **kw)
-            other.wipe()
+            withdraw()
             return out
 
-        monkeypatch.setattr(trainer, "train", train_then_wipe)
+        monkeypatch.setattr(trainer, "train", train_then_withdraw)
     else:
         device.client.upload_errors = [TransientError("503", status=503, retry_after=0.01)]
     device.client.tasks = [train_task()]
-    res = agent.run_once(device, sleep=lambda s: other.wipe() and None)
+    res = agent.run_once(device, sleep=lambda s: withdraw())
     other.close()
-    assert res.outcome == "discarded (the text was wiped meanwhile)"
+    assert res.outcome == "discarded (the text was wiped meanwhile)" if act == "wiped" else \
+        res.outcome == "discarded (learning was paused meanwhile)", res.outcome
     assert len(device.client.uploads) == (0 if when == "during training" else 1)   # the first try only
+    if act == "paused":
+        assert not device.may_work() and device.may_work().reasons == ("learning paused",)   # long work stops
 
 
 def test_a_canary_report_on_text_wiped_meanwhile_is_not_sent(device, monkeypatch):

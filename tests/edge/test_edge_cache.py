@@ -249,6 +249,28 @@ def test_a_cache_held_open_damaged_follows_the_new_file_a_wipe_makes(tmp_path: P
         assert held.stats()["records"] == 0 and held.paused      # and the open cache follows it
 
 
+def test_a_cache_made_after_a_wipe_without_room_is_paused_and_marked(tmp_path: Path, monkeypatch):
+    """With no room for the wipe's new, paused cache, the next command made one unpaused (a user
+    who had paused was cached again) and without a wipe mark, the same None as a cache never
+    wiped: an update trained before the wipe was not seen as learned from wiped text."""
+    from edge_runtime import cache as cache_mod
+
+    d = tmp_path / "d"
+    with TextCache(d) as c:
+        c.add("see you at the station", "message")
+        assert c.wipe_mark() is not None                          # a new cache has a mark of its own
+    monkeypatch.setattr(cache_mod, "make_paused", lambda data_dir: (_ for _ in ()).throw(OSError(28, "full")))
+    gone, made = cache_mod.wipe_in_place(d)
+    assert gone and not made and not (d / CACHE_DB).exists()
+    with TextCache(d) as again:                                   # room again: the next command's
+        assert again.paused and again.wipe_mark() is not None and again.stats()["records"] == 0
+    assert not (d / cache_mod.PAUSE_AFTER_WIPE).exists()
+    with TextCache(d) as later:                                   # the pause is the user's now
+        later.set_paused(False)
+    with TextCache(d) as after:
+        assert not after.paused
+
+
 def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys, monkeypatch):
     """On a full disk the cache could not be opened to delete its rows (SQLite needs room for its
     WAL files): `wipe` failed and the text stayed. It overwrites the files in place instead."""

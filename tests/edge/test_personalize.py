@@ -148,13 +148,16 @@ def test_a_stopping_device_ends_long_work_between_steps(tmp_path: Path):
     from edge_runtime.eligibility import Eligibility, Policy
 
     dev = agent.Device(config=EdgeConfig(data_dir=str(tmp_path)), identity=None, client=None, store=None,
-                       cache=None, eligibility=Eligibility(Policy(), override=True))
-    assert dev.may_work()
-    stop = threading.Event()
-    dev.stopping = stop
-    stop.set()
-    decision = dev.may_work()
-    assert not decision and decision.reasons == ("the device is stopping",)
+                       cache=TextCache(tmp_path), eligibility=Eligibility(Policy(), override=True))
+    try:
+        assert dev.may_work()
+        stop = threading.Event()
+        dev.stopping = stop
+        stop.set()
+        decision = dev.may_work()
+        assert not decision and decision.reasons == ("the device is stopping",)
+    finally:
+        dev.close()
 
 
 def test_model_load_refuses_weights_of_another_shape(exported_version: Path):

@@ -226,6 +226,41 @@ def test_a_device_whose_inbox_is_withheld_uploads_nothing(tmp_path, exported_ver
         assert (rnd["status"], rnd["accepted"]) == ("done", n - 1), rnd
 
 
+def test_a_device_whose_text_is_wiped_during_the_round_sends_no_vector(tmp_path, exported_version, monkeypatch):
+    """A wipe while the device waited in a secure round (its waits last minutes) did not stop it:
+    its masked vector, learned from the wiped text, was summed into the candidate (a probe; a
+    discovery round's vote the same). It now drops out before the masked vector goes."""
+    from edge_runtime.cache import TextCache
+
+    n = 4
+    conf = make_config(tmp_path, goal_count=n, min_count=3, overselect=1.0, secagg_poll_s=1.0,
+                       secagg_phase_timeout_s=8.0, clip_norm=1.0)
+    honest, wiped = coord_secagg.inbox, []
+    with serve(conf) as s:
+        s.coord.import_version(exported_version)
+        cfgs = _devices(s, tmp_path, n)
+        by_id = {_device_id(c): c for c in cfgs}
+
+        def wiping_one(coord, device_id, round_id):
+            answer = honest(coord, device_id, round_id)
+            if answer.get("ready") and not wiped:   # the user wipes while the device waits in the round
+                wiped.append(device_id)
+                with TextCache(by_id[device_id].data_dir) as cache:
+                    cache.wipe()
+            return answer
+
+        monkeypatch.setattr(coord_secagg, "inbox", wiping_one)
+        rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, max_examples=4, secure_aggregation=True)
+        results = {_device_id(c): r for c, r in zip(cfgs, run_once_each(cfgs), strict=True)}
+        assert results[wiped[0]].outcome == "discarded (the text was wiped meanwhile)", results
+        with s.coord._sessions() as db:
+            member = db.scalar(select(SecAggMember).where(SecAggMember.round_id == rid,
+                                                          SecAggMember.device_id == wiped[0]))
+            assert member.masked_sha256 is None   # nothing learned from the wiped text reached the coordinator
+        rnd = wait_closed(s.coord, rid)
+        assert (rnd["status"], rnd["accepted"]) == ("done", n - 1), rnd
+
+
 def test_a_key_no_exchange_can_use_is_refused_at_the_keys_step(tmp_path):
     """One device posting a low-order X25519 key (all zeros) was stored and relayed: every
     neighbour's key agreement then failed and so did the whole round. Refused now, as a device
