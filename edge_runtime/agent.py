@@ -333,6 +333,19 @@ def _guarded(dev: Device, plan: wire.TrainPlan) -> tuple[PrivacyLedger, str | No
     return ledger, refusal
 
 
+def _budget_left(dev: Device) -> bool:
+    """Whether any release still fits the local privacy budget. One spent to the budget can fit
+    none, whatever the plan: such a device was selected, refused the plan, and kept the slot, so
+    the round waited for it, and for it again in every later round. (A damaged ledger: none.)"""
+    ledger = PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
+                           delta=dev.config.local_delta)
+    try:
+        return ledger.spent() < ledger.budget
+    except LedgerError as e:
+        log.error("%s", e)   # "... is damaged; refusing to train": said at every check-in until it is fixed
+        return False
+
+
 class _Withdrawn(EdgeError):
     """The user wiped the cache or paused learning while its text was learned from: what was
     learned is not sent (the message says which)."""
@@ -525,7 +538,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
         heldout, trainable, learning = 0, 0, False
     decision = dev.eligibility.check()
     req = wire.CheckinRequest(eligible=bool(decision) and learning, current_version_id=dev.store.in_use(),
-                              can_evaluate=heldout > 0, can_train=trainable > 0)
+                              can_evaluate=heldout > 0, can_train=trainable > 0 and _budget_left(dev))
     task = dev.client.checkin(req)
     _use_version(dev, task)
     _note_channel(dev, task)

@@ -415,3 +415,17 @@ def test_a_paused_device_learns_nothing_and_one_without_training_text_takes_no_s
     agent.run_once(device)
     req = device.client.checkins[-1]
     assert req.eligible is True and req.can_train is False and req.can_evaluate is True
+
+
+def test_a_device_that_spent_its_budget_takes_no_slot(device):
+    """A device whose local epsilon budget was spent was selected, refused the plan, and kept the
+    slot: the round waited for it, and for it again in every later round (a probe)."""
+    from edge_runtime.plan_guard import PrivacyLedger
+
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)] * 2
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_train is True
+    device.config = device.config.with_overrides({"local_epsilon_budget": 1.0})
+    PrivacyLedger(device.config.data_dir, budget=1.0, delta=device.config.local_delta).charge(PLAN)
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_train is False

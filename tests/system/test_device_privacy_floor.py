@@ -78,7 +78,8 @@ def test_local_epsilon_ledger_stops_training_when_the_budget_is_spent(tmp_path, 
         assert [e["noise_multiplier"] for e in ledger["releases"]] == [sigma]
 
 
-def test_damaged_ledger_stops_training_instead_of_forgetting(tmp_path, exported_version):
+def test_damaged_ledger_stops_training_instead_of_forgetting(tmp_path, exported_version, caplog):
+    """The device checks in as unable to train (it took a slot it would refuse before) and says why."""
     with serve(make_config(tmp_path, goal_count=1, min_count=1, overselect=1.0, noise_multiplier=1.0,
                            clip_norm=1.0)) as s:
         s.coord.import_version(exported_version)
@@ -86,7 +87,8 @@ def test_damaged_ledger_stops_training_instead_of_forgetting(tmp_path, exported_
         (tmp_path / "dev" / LEDGER_FILE).write_text("{not json")
         try:
             rid = s.coord.start_round(epochs=1, batch_size=4, max_examples=50)
-            assert agent.run_loop(dev, once=True) == 1       # logged and reported, not a crash
+            assert agent.run_loop(dev, once=True) == 0       # not a crash, and no slot taken
+            assert "is damaged" in caplog.text and "refusing to train" in caplog.text
         finally:
             dev.close()
         assert s.coord.get_round(rid)["accepted"] == 0
