@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import deployment, queries, rollout, versions
+from coordinator import deployment, enrollment, queries, rollout, versions
 from coordinator.errors import ApiError, bad_request
 from coordinator.models import Evaluation, Setting, Version
 from coordinator.views import _json_safe
@@ -69,8 +69,7 @@ def _check_bounds(coord: Coordinator, cand: Version, report: wire.EvaluationRepo
 
 def report_evaluation(coord: Coordinator, device_id: str, report: wire.EvaluationReport) -> wire.EvaluationReceipt:
     with coord.tx(decides=True) as s:
-        if queries.revoked(s, device_id):
-            raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")   # as authentication says
+        enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
         cand, stable = queries.candidate(s), queries.stable(s)
         if cand is None or cand.id != report.candidate_version_id:
             raise ApiError(409, wire.E_NOT_EVALUATING, f"{report.candidate_version_id} is not in canary")

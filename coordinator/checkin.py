@@ -10,8 +10,7 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from coordinator import canary, queries, rollout, rollout_signing, rounds, selection
-from coordinator.errors import ApiError
+from coordinator import canary, enrollment, queries, rollout, rollout_signing, rounds, selection
 from coordinator.models import Device, utcnow
 from protocol import wire
 
@@ -37,8 +36,7 @@ def checkin(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wir
 def _task(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wire.Task:
     c = coord.config
     with coord.tx() as s:
-        if queries.revoked(s, device_id):   # revoked after this request's authentication
-            raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
+        enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
         s.get(Device, device_id).last_seen_at = utcnow()
         stable, cand = queries.stable(s), queries.candidate(s)
         if stable is None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
-from coordinator import keys, views
+from coordinator import keys, queries, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Assignment, Device, EnrollmentKey, Evaluation, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus, VersionStatus
@@ -72,6 +72,9 @@ def key_of(coord: Coordinator, device_id: str) -> int:
     return key_id
 
 
+UNAUTHORIZED = "unknown device or wrong token"
+
+
 def authenticate(coord: Coordinator, device_id: str | None, token: str | None) -> str:
     """Return the device id if the token is that device's, else 401."""
     if not device_id or not token:
@@ -79,8 +82,15 @@ def authenticate(coord: Coordinator, device_id: str | None, token: str | None) -
     with coord._sessions() as s:
         dev = s.get(Device, device_id[: wire.MAX_ID_LEN])
         if dev is None or dev.revoked or not keys.secret_matches(token, dev.token_hash):
-            raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")
+            raise ApiError(401, wire.E_UNAUTHORIZED, UNAUTHORIZED)
     return device_id
+
+
+def still_authorized(s: Session, device_id: str) -> None:
+    """`authenticate`'s 401, again inside the transaction that stores what the device sent: a
+    revocation committed after the request's authentication (`queries.revoked`)."""
+    if queries.revoked(s, device_id):
+        raise ApiError(401, wire.E_UNAUTHORIZED, UNAUTHORIZED)
 
 
 def list_keys(coord: Coordinator) -> list[dict]:

@@ -115,7 +115,8 @@ def maintenance(coord: Coordinator) -> None:
                          .where(Round.status == RoundStatus.OPEN)).all()
         # A secure round whose sum is final is due too: the unmask's own close can fail (a kill,
         # a full disk), and the round then stayed open until its deadline, blocking the next.
-        summed = set(s.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.SUMMED)))
+        summed = {rid for rid, _, _ in rows
+                  if (row := s.get(SecAggRound, rid)) is not None and row.phase == SecAggPhase.SUMMED}
         due = [rid for rid, deadline, goal in rows
                if utcnow() >= deadline or queries.accepted(s, rid) >= goal or rid in summed]
     for rid in due:

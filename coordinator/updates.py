@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from coordinator import queries, selection
+from coordinator import enrollment, queries, selection
 from coordinator.errors import ApiError
 from coordinator.models import Rejection, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
@@ -94,8 +94,7 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         raise reject(coord, device_id, r.id, e.code, e.message) from e
     digest = coord.blobs.put(body)  # its sha256; fsynced before the row that points to it is committed
     with coord.tx() as s:
-        if queries.revoked(s, device_id):
-            raise ApiError(401, wire.E_UNAUTHORIZED, "unknown device or wrong token")   # as authentication says
+        enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
         r = s.get(Round, meta.round_id, with_for_update=True)
         # A concurrent upload of this device's (a retry sent while the first was still validated)
         # stored its update meanwhile: the same update gets that receipt, whatever the round's state.

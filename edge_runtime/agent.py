@@ -323,10 +323,14 @@ def _note_channel(dev: Device, task: wire.Task) -> None:
         log.warning("cannot record the model channel: %s", e.strerror)
 
 
+def _ledger(dev: Device) -> PrivacyLedger:
+    return PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
+                         delta=dev.config.local_delta)
+
+
 def _guarded(dev: Device, plan: wire.TrainPlan) -> tuple[PrivacyLedger, str | None]:
     """The device's ledger, and why it refuses `plan` (its own floor, its own budget) or None."""
-    ledger = PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
-                           delta=dev.config.local_delta)
+    ledger = _ledger(dev)
     refusal = PlanFloor.from_config(dev.config).refusal(plan) or ledger.refusal(plan)
     if refusal:
         log.warning("refusing the plan of round %d: %s", plan.round_id, refusal)
@@ -337,8 +341,7 @@ def _budget_left(dev: Device) -> bool:
     """Whether any release still fits the local privacy budget. One spent to the budget can fit
     none, whatever the plan: such a device was selected, refused the plan, and kept the slot, so
     the round waited for it, and for it again in every later round. (A damaged ledger: none.)"""
-    ledger = PrivacyLedger(dev.config.require_data_dir(), budget=dev.config.local_epsilon_budget,
-                           delta=dev.config.local_delta)
+    ledger = _ledger(dev)
     try:
         return ledger.spent() < ledger.budget
     except LedgerError as e:

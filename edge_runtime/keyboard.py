@@ -215,7 +215,6 @@ class KeyboardApp:
     def _forget(self) -> None:
         """Drop everything in memory learned from the cache or typed, and the personal LSTM: after a wipe."""
         with self.slot.lock:
-            self._sessions.clear()
             self.slot.forget_personal()   # reloads the model on the global weights
             self._drop_memory()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from edge_runtime import trainer
 from edge_runtime.paths import PERSONAL_DIR
@@ -107,9 +107,9 @@ def _read(path: Path, *, quiet: bool = False) -> tuple[dict[str, np.ndarray], di
     if not path.exists():
         return None
     try:
-        weights = load_file(str(path))
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
+            weights = {k: f.get_tensor(k) for k in f.keys()}   # noqa: SIM118 - safe_open has no iterator
     except (OSError, SafetensorError) as e:
         if not quiet:
             log.warning("personal model unreadable (%s); suggesting with the global model", e.__class__.__name__)

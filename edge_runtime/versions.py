@@ -223,10 +223,11 @@ class VersionStore:
             log.error("model pointer %s unreadable; falling back to the version the coordinator last named", p)
             return {"current": None, "previous": None}
 
-    def _pointer_lost(self) -> bool:
-        """The pointer is unreadable, or missing while versions are installed: damage (it is written
-        before the first version's install returns and never removed)."""
-        return self._read_pointer()["current"] is None and (
+    def _pointer_lost(self, ptr: dict[str, str | None] | None = None) -> bool:
+        """The pointer (`ptr`, read already, or read now) is unreadable, or missing while versions
+        are installed: damage (it is written before the first version's install returns and never
+        removed)."""
+        return (ptr or self._read_pointer())["current"] is None and (
             (self.root / CURRENT_POINTER).exists() or bool(self.installed()))
 
     def _fallback(self) -> str | None:
@@ -302,7 +303,7 @@ class VersionStore:
         for vid in (ptr["current"], ptr["previous"]):
             if vid and self._valid(vid):
                 return self.path(vid)
-        if self._pointer_lost() and (found := self._fallback()) is not None:
+        if self._pointer_lost(ptr) and (found := self._fallback()) is not None:
             return self.path(found)   # before, nothing fell back and the strip stayed empty
         raise VersionError("no usable model version on this device")
 
@@ -442,7 +443,7 @@ class VersionStore:
     def prune(self, keep: Iterable[str] = ()) -> None:
         """Delete versions other than current, previous and `keep`."""
         ptr = self._read_pointer()
-        if self._pointer_lost():   # it names nothing to keep: pruning would delete every version
+        if self._pointer_lost(ptr):   # it names nothing to keep: pruning would delete every version
             log.warning("model pointer lost: nothing pruned")
             return
         wanted = {v for v in (ptr["current"], ptr["previous"], *keep) if v}
