@@ -18,10 +18,12 @@ from coordinator import canary, deployment, keys, secagg
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
 from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_config
-from coordinator.errors import ApiError
+from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import Coordinator
 from protocol import wire
+from protocol.artifact import ArtifactError
+from protocol.cli import file_in_the_way
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,8 @@ _HTTP_CODES = {400: wire.E_BAD_REQUEST, 401: wire.E_UNAUTHORIZED, 403: wire.E_FO
 def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     """Build the app. `config`: a Config, a mapping of overrides on the defaults, or None to
     read file + environment (what gunicorn does)."""
-    if config is None:        # gunicorn: the production path, where a typo must not mint a new coordinator
-        cfg = load_config()
-        if not keys.is_initialised(cfg.data_dir):
-            raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory; create it with "
-                              f"python -m coordinator init --data-dir {cfg.data_dir}")
-        deployment.require_database(cfg)   # and a database init made: a lost URL line must not mint one
+    if config is None:
+        cfg = _production_config()
     elif isinstance(config, Config):
         cfg = config
     else:
@@ -46,26 +44,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.config["FEDKEYS"] = cfg
     app.json.sort_keys = False
-    coordinator = Coordinator(cfg)
-    where = "admin_token" if cfg.admin_token else f"the admin token in {cfg.data_dir}/{keys.ADMIN_TOKEN_FILE}"
-    if len(coordinator.admin_token) < MIN_ADMIN_TOKEN_CHARS:
-        coordinator.close()
-        raise ConfigError(f"{where} must be at least {MIN_ADMIN_TOKEN_CHARS} characters to be served (empty "
-                          f"setting and no file: one is generated)")
-    token = coordinator.admin_token
-    if token != token.strip() or not token.isprintable() or any(ord(ch) > 0xFF for ch in token):
-        # A header carries Latin-1 at most (a browser refuses to send "€", and curl's UTF-8 bytes
-        # never match), and the token presented is trimmed: such a token served and no one could
-        # log in. Latin-1 letters ("ä") reach it from browsers and requests, so they stay.
-        coordinator.close()
-        raise ConfigError(f"{where} must be printable Latin-1 characters without spaces at either end (an HTTP "
-                          "header cannot carry others; plain ASCII works from every client)")
-    if missing := deployment.missing_files(coordinator):
-        coordinator.close()
-        raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "
-                          "that devices are sent: it is older than its database (restored from an earlier "
-                          "backup?); restore both from the same backup (deploy/README.md), or take that version "
-                          "out of service with the admin commands (reject, rollback), which still run")
+    coordinator = _servable(cfg)
     coordinator.serving = True
     deployment.record(coordinator)   # admin commands take the service's settings as their defaults
     canary.ask_at_start(coordinator)  # a candidate pending is judged again with these settings
@@ -86,6 +65,55 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     _register_errors(app)
     _register_metrics(app, coordinator)
     return app
+
+
+def _production_config() -> Config:
+    """File + environment, as gunicorn serves them: a typo must not mint a new coordinator."""
+    cfg = load_config()
+    if not keys.is_initialised(cfg.data_dir):
+        raise ConfigError(f"{cfg.data_dir} is not a coordinator data directory; create it with "
+                          f"python -m coordinator init --data-dir {cfg.data_dir}")
+    deployment.require_database(cfg)   # and a database init made: a lost URL line must not mint one
+    return cfg
+
+
+def _servable(cfg: Config) -> Coordinator:
+    """The coordinator over `cfg`, or ConfigError for a setting it must not be served with."""
+    coordinator = Coordinator(cfg)
+    where = "admin_token" if cfg.admin_token else f"the admin token in {cfg.data_dir}/{keys.ADMIN_TOKEN_FILE}"
+    if len(coordinator.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        coordinator.close()
+        raise ConfigError(f"{where} must be at least {MIN_ADMIN_TOKEN_CHARS} characters to be served (empty "
+                          f"setting and no file: one is generated)")
+    token = coordinator.admin_token
+    if token != token.strip() or not token.isprintable() or any(ord(ch) > 0xFF for ch in token):
+        # A header carries Latin-1 at most (a browser refuses to send "€", and curl's UTF-8 bytes
+        # never match), and the token presented is trimmed: such a token served and no one could
+        # log in. Latin-1 letters ("ä") reach it from browsers and requests, so they stay.
+        coordinator.close()
+        raise ConfigError(f"{where} must be printable Latin-1 characters without spaces at either end (an HTTP "
+                          "header cannot carry others; plain ASCII works from every client)")
+    if missing := deployment.missing_files(coordinator):
+        coordinator.close()
+        raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "
+                          "that devices are sent: it is older than its database (restored from an earlier "
+                          "backup?); restore both from the same backup (deploy/README.md), or take that version "
+                          "out of service with the admin commands (reject, rollback), which still run")
+    return coordinator
+
+
+def preflight() -> str | None:
+    """Why the settings in file + environment cannot be served, in one line, or None.
+
+    gunicorn's master runs this before it forks (deploy/gunicorn.conf.py): a refused setting
+    raised in a worker is printed inside gunicorn's own traceback, once per worker."""
+    try:
+        _servable(_production_config()).close()
+    except (ConfigError, ArtifactError, DatabaseUnavailable) as e:
+        return str(e)
+    except OSError as e:
+        return file_in_the_way(e) or str(e)
+    return None
 
 
 _FORWARDED_FOR = "X-Forwarded-For"   # what a reverse proxy adds (deploy/nginx/fedkeys.conf)

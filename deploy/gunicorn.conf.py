@@ -33,7 +33,19 @@ logconfig_dict = {
 
 
 def on_starting(server):
-    """Counters from a previous run must not be added to this one's."""
+    """Settings the service refuses stop gunicorn here, in one line (a worker would print the
+    reason inside gunicorn's traceback, once per worker); counters from a previous run must not
+    be added to this one's."""
+    from coordinator.app import preflight
+
+    _fresh_metrics_dir()
+    if reason := preflight():
+        server.log.error("refused to start: %s", reason)
+        raise SystemExit(2)
+    _fresh_metrics_dir()   # and none of the check's own
+
+
+def _fresh_metrics_dir():
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir, mode=0o700, exist_ok=True)
 
