@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, help="model version directory")
     t.add_argument("--steps", type=int, default=50, help="timed steps per backend")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    t.add_argument("--repeats", type=int, default=3,
+                   help="runs per backend, interleaved (edge, TensorFlow, edge, ...); medians reported")
     sub.add_parser("aggregation", add_help=False,
                    help="coordinator aggregation: streaming FedAvg vs Flower's aggregate, time and peak memory")
     from tools.bench.load import add_parser as add_load

@@ -18,6 +18,14 @@ import numpy as np
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS in MiB. Linux's VmHWM first: getrusage's ru_maxrss survives fork and
+    exec, so a subprocess started by a parent holding TensorFlow would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0   # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
