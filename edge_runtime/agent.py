@@ -46,7 +46,7 @@ from edge_runtime.client import (
 )
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
-from edge_runtime.errors import EdgeError, Stopping
+from edge_runtime.errors import EdgeError, Stopping, failure
 from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
@@ -306,7 +306,7 @@ def _use_version(dev: Device, task: wire.Task) -> None:
             log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return
         except OSError as e:  # e.g. ENOSPC mid-download: the store keeps the current version intact
-            log.error("cannot install model version %s: %s; keeping %s", version_id, _failure(e),
+            log.error("cannot install model version %s: %s; keeping %s", version_id, failure(e),
                       dev.store.current_id)
             return
     if state is not None:
@@ -521,7 +521,7 @@ def _personalize(dev: Device) -> str:
                                    dev.config.personal_plan, eligible=dev.may_work, loader=dev.loader,
                                    unchanged=lambda: dev.cache.wipe_mark() == mark)
     except (OSError, ArtifactError) as e:   # e.g. a full disk: suggestions keep the model they have
-        return f"failed ({_failure(e)})"
+        return f"failed ({failure(e)})"
 
 
 def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> StepResult:
@@ -562,16 +562,6 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
 
 # --- the loop --------------------------------------------------------------------------------
 
-def _failure(e: BaseException) -> str:
-    """One line about an unexpected error, without its message (it might quote data); the cache's
-    own errors never quote text (`cache._said`) and say what to do."""
-    if isinstance(e, CacheError):
-        return f"{e.__class__.__name__}: {e}"
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.__class__.__name__} ({e.strerror})"
-    return e.__class__.__name__
-
-
 def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = None) -> int:
     """Check in until `stop` is set (or once). Returns a process exit code.
 
@@ -609,7 +599,7 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
         except Exception as e:  # noqa: BLE001  (the loop outlives any one iteration)
             wait = jittered(backoff, dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.error("iteration failed: %s; next check-in in %.0fs", _failure(e), wait)
+            log.error("iteration failed: %s; next check-in in %.0fs", failure(e), wait)
             if once:
                 return 1
         if once:

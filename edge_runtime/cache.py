@@ -85,6 +85,8 @@ TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is sugges
 class CacheError(EdgeError, RuntimeError):
     """The text cache cannot be opened or used."""
 
+    says_no_text = True   # built from `_said`: the path and SQLite's reason, never a row
+
 
 class DamagedCacheError(CacheError):
     """The cache file is not a readable SQLite database (a bad disk, a half-copied file)."""

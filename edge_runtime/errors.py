@@ -7,9 +7,30 @@ base; `except EdgeError` is the boundary that catches them all.
 
 from __future__ import annotations
 
+import traceback
+
 
 class EdgeError(Exception):
     """Root of the device runtime's errors."""
+
+    #: Whether messages of this class are written never to quote the user's text (a log may say them).
+    says_no_text = False
+
+
+def failure(e: BaseException) -> str:
+    """One line about an unexpected error for a log, without its message: the message of any other
+    exception may quote typed text (a KeyError on a word, a ValueError on a sentence)."""
+    if isinstance(e, EdgeError) and e.says_no_text:
+        return f"{e.__class__.__name__}: {e}"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.__class__.__name__} ({e.strerror})"
+    return e.__class__.__name__
+
+
+def frames(e: BaseException) -> str:
+    """Where `e` was raised: the stack's file, line and code, never the exception's message or
+    any value (for a debug log, in place of `log.exception`)."""
+    return "".join(traceback.format_tb(e.__traceback__)).rstrip()
 
 
 class Stopping(EdgeError):

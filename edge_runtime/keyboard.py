@@ -61,7 +61,7 @@ from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, disk_fu
 from edge_runtime.collector import settle
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import EdgeError, failure, frames
 from edge_runtime.idle_worker import IdleWorker
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
 from edge_runtime.paths import ACTIVITY_FILE, KEYBOARD_TOKEN_FILE
@@ -603,8 +603,9 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 503
                 self.close_connection = True
                 self._error(ApiError(503, "cache_unavailable", str(e)))
-            except Exception:
-                log.exception("keyboard: internal error on %s %s", self.command, self._route())
+            except Exception as e:   # the type only: its message may quote the text of the request
+                log.error("keyboard: internal error on %s %s: %s", self.command, self._route(), failure(e))
+                log.debug("keyboard: internal error at\n%s", frames(e))
                 status = 500
                 self.close_connection = True
                 self._error(ApiError(500, "internal", "internal error (see the device log)"))
@@ -714,8 +715,8 @@ class _Server(ThreadingHTTPServer):
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return
-        log.error("keyboard request failed: %s: %s", type(exc).__name__, exc)
-        log.debug("keyboard request failed", exc_info=True)
+        log.error("keyboard request failed: %s", failure(exc))
+        log.debug("keyboard request failed at\n%s", frames(exc))
 
 
 # --- public entry points ----------------------------------------------------------------------

@@ -981,6 +981,21 @@ def test_a_client_gone_mid_answer_is_no_error_in_the_log(server, caplog, monkeyp
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def test_an_internal_error_is_logged_without_its_message(server, caplog, monkeypatch):
+    """An unexpected exception's message may quote the text the page sent (a KeyError on a word):
+    it was logged with `log.exception`, message and all. Now the type and where, not the words."""
+    def broken(body):
+        raise ValueError(f"cannot rank {body['text']!r}")
+
+    monkeypatch.setattr(server.app, "suggest", broken)
+    with caplog.at_level(logging.DEBUG):
+        r = post(server, "api/suggest", {"client": "z", "text": SECRET + " "})
+    assert (r.status_code, r.json()["error"]) == (500, "internal"), r.text
+    assert "internal error on POST /api/suggest: ValueError" in caplog.text, caplog.text
+    assert "in broken" in caplog.text          # where it was raised, at debug
+    assert not any(w in caplog.text for w in SECRET.split()), caplog.text
+
+
 @pytest.mark.parametrize("room", ["for a new cache", "for nothing"])
 def test_clear_on_a_full_disk_overwrites_the_text_in_place(server, monkeypatch, room):
     """On a full disk the page's Clear answered 409 and the text stayed on disk: deleting rows
