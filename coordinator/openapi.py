@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordinator.states import VERSION_ACTIONS
+from protocol import secagg_wire as sw
 from protocol import wire
 from protocol.plan import PLAN_FIELDS, REQUIRED_PLAN_FIELD_NAMES
 
@@ -121,13 +122,9 @@ def _path_param(name: str, kind: str = "string") -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
 
 
-def _version_path(template: str) -> str:
-    return template  # already OpenAPI style: /v1/versions/{version_id}/...
-
-
 def _secagg_paths(rid: list) -> dict[str, Any]:
     """The secure-aggregation steps (protocol.secagg_wire); GETs answer {"ready": false, ...} until ready."""
-    base = "/v1/secagg/{round_id}/"
+    base = sw.PATH_SECAGG.removesuffix("{step}")
     dev = {"security": "device", "params": rid}
     hexes = {"type": "array", "items": _ANY_OBJ}
     return {

@@ -19,6 +19,11 @@ class WireError(ValueError):
     """A message does not have the shape this protocol version defines."""
 
 
+class ProtocolVersionError(WireError):
+    """A message of another protocol version, or of none: the sender must be updated, not retry
+    (the answer's code is `protocol_version`, which a device takes as final)."""
+
+
 # --- Small validators (shared by every from_dict) ---------------------------------------------
 
 def _req(d: Mapping[str, Any], key: str) -> Any:

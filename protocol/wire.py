@@ -32,6 +32,7 @@ from typing import Any
 from protocol.fields import (  # noqa: F401  (re-exported: the wire protocol's public names)
     MAX_ID_LEN,
     MAX_INT,
+    ProtocolVersionError,
     WireError,
     _bool,
     _float,
@@ -111,9 +112,11 @@ RETRYABLE_ERRORS = frozenset({E_RATE_LIMITED, E_INTERNAL})
 
 
 def _check_version(d: Mapping[str, Any]) -> None:
+    if isinstance(d, Mapping) and "protocol_version" not in d:
+        raise ProtocolVersionError("missing field 'protocol_version'")
     v = _req(d, "protocol_version")
     if isinstance(v, bool) or v != PROTOCOL_VERSION:   # `true == 1` in Python: not a version number
-        raise WireError(f"protocol_version {v!r} not supported (this side speaks {PROTOCOL_VERSION})")
+        raise ProtocolVersionError(f"protocol_version {v!r} not supported (this side speaks {PROTOCOL_VERSION})")
 
 
 # --- Messages ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from coordinator.errors import bad_request
 from coordinator.states import VERSION_ACTIONS
 from protocol import wire
 
-bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+bp = Blueprint("admin", __name__, url_prefix=f"{wire.API_PREFIX}/admin")
 
 
 @bp.get("/status")

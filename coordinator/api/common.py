@@ -54,13 +54,19 @@ def _check_strings(obj: Any) -> None:
             raise bad_request(f"body holds a string that {fault}")
 
 
+def bad_message(e: wire.WireError) -> ApiError:
+    """The 400 for a message that does not parse: `protocol_version` (final for a device) when it
+    is of another protocol version, `bad_request` otherwise."""
+    code = wire.E_PROTOCOL_VERSION if isinstance(e, wire.ProtocolVersionError) else wire.E_BAD_REQUEST
+    return ApiError(400, code, str(e))
+
+
 def parse(cls: type, data: dict[str, Any]) -> Any:
-    """wire.X.from_dict with WireError turned into a 400 (or a protocol_version error)."""
+    """wire.X.from_dict with WireError turned into a 400 (`bad_message`)."""
     try:
         return cls.from_dict(data)
     except wire.WireError as e:
-        code = wire.E_PROTOCOL_VERSION if "protocol_version" in str(e) else wire.E_BAD_REQUEST
-        raise ApiError(400, code, str(e)) from e
+        raise bad_message(e) from e
 
 
 def rate_limit(key: str, limiter: str = "fedkeys_ratelimit") -> None:

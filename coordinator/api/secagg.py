@@ -5,13 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, jsonify, request
 
 from coordinator import secagg
-from coordinator.api.common import coord, device_auth, json_body, parse
+from coordinator.api.common import bad_message, coord, device_auth, json_body, parse
 from coordinator.errors import ApiError
 from protocol import secagg_wire as sw
 from protocol import wire
 
 bp = Blueprint("secagg", __name__)
-_BASE = "/v1/secagg/<int:round_id>/"
+_BASE = sw.PATH_SECAGG.removesuffix("{step}").replace("{round_id}", "<int:round_id>")
 
 
 def _json(body: dict) -> Response:
@@ -25,7 +25,7 @@ def _parse(fn, *args):
     try:
         return fn(*args)
     except wire.WireError as e:
-        raise ApiError(400, wire.E_BAD_REQUEST, str(e)) from e
+        raise bad_message(e) from e
 
 
 @bp.post(_BASE + "keys")

@@ -11,12 +11,15 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+import requests
 from sqlalchemy import func, select
 
 from coordinator import queries
 from coordinator import secagg as coord_secagg
 from coordinator.models import utcnow
 from coordinator.models_secagg import SecAggMember, SecAggRound
+from protocol import secagg_wire as sw
+from protocol import wire
 from protocol.artifact import sha256_bytes
 from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version, serve
 
@@ -218,3 +221,15 @@ def test_an_unmask_that_could_not_start_is_tried_again(served, monkeypatch):
         db.get(SecAggRound, rid).phase_started_at = utcnow() - timedelta(hours=1)
     coord_secagg.advance(s.coord, rid)
     assert started == ["refused", "started"]
+
+
+def test_a_secure_step_of_another_protocol_version_is_answered_as_one(served):
+    """A device of another protocol version is told so (final), at the secure steps as elsewhere:
+    the steps parsed in coordinator.secagg answered `bad_request`, which a device retries."""
+    dev = FakeDevice(served.url, served.coord.create_enrollment_key())
+    rid = served.coord.start_round(secure_aggregation=True, goal_count=3, min_count=2, selection_window_s=0,
+                                   noise_multiplier=0.5)
+    for step in ("keys", "shares"):
+        r = requests.post(served.url + sw.secagg_path(rid, step), json={"protocol_version": 99},
+                          headers=dev.headers, timeout=10)
+        assert (r.status_code, r.json()["error"]) == (400, wire.E_PROTOCOL_VERSION), (step, r.text)

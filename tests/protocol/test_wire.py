@@ -85,6 +85,18 @@ def test_malformed_messages_are_rejected_with_a_reason(cls, d, needle):
         cls.from_dict(d)
 
 
+def test_a_message_of_another_protocol_version_says_so_by_its_class():
+    """The coordinator answers `protocol_version`, which a device takes as final, for these alone
+    (it once chose that code by finding "protocol_version" in the message's text)."""
+    for d in ({"enrollment_key": "x"}, {"protocol_version": 2, "enrollment_key": "x"},
+              {"protocol_version": True, "enrollment_key": "x"}):
+        with pytest.raises(w.ProtocolVersionError):
+            w.EnrollRequest.from_dict(d)
+    with pytest.raises(w.WireError) as e:
+        w.EnrollRequest.from_dict({"protocol_version": 1})
+    assert not isinstance(e.value, w.ProtocolVersionError)
+
+
 def test_update_meta_header_errors():
     with pytest.raises(w.WireError, match="missing"):
         w.UpdateMeta.from_header(None)
