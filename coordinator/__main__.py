@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:     # installed as `pip install .` (the device runtime) only
         print(f"error: the coordinator needs {e.name}: pip install 'fedkeys[coordinator]'", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:            # Ctrl-C in an admin command: its transaction is rolled back
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _check_port(host: str, port: int) -> None:

@@ -36,6 +36,21 @@ def test_a_mistyped_data_dir_is_refused_not_created(tmp_path, command):
     assert not typo.exists()      # no new signing key, admin token or database
 
 
+def test_ctrl_c_in_an_admin_command_is_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during an admin command (a long import-version) printed Python's traceback."""
+    import coordinator.__main__ as cli
+
+    d = tmp_path / "coord"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+
+    def interrupted(*_a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_admin", interrupted)
+    assert cli.main(["status", "--data-dir", str(d)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+
+
 def test_init_creates_and_then_every_command_accepts_it(tmp_path):
     d = tmp_path / "coord"
     assert coord("init", "--data-dir", str(d)).returncode == 0
