@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator import privacy_skellam
 from edge_runtime.secagg_client import Revealer, masked_vector
 from protocol import ddp, secagg
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
 from protocol.cli import Parser, add_version
+from tools import privacy_skellam
 from tools.shipped import SHIPPED_V0
 
 # The shipped version 0's size (1,356,048 parameters): the update every device masks.

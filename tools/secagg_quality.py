@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator import privacy_skellam
 from edge_runtime import trainer
 from protocol import artifact, wire
 from protocol.cli import HelpFormatter, add_version
+from tools import privacy_skellam
 from tools._cli import DEFAULT_CORPUS
 from tools.shipped import SHIPPED_V0
 

@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 
 from coordinator.privacy import ORDERS, RoundPrivacy, epsilon
+from protocol import ddp
 
 
 def skellam_rdp(mu: float, d1: float, d2: float, orders: Sequence[int] = ORDERS) -> list[float]:
@@ -54,8 +55,7 @@ def central_epsilon(rounds: int, noise_multiplier: float, delta: float, sampling
 def skellam_vs_gaussian(noise_multiplier: float, scale: float, clip_norm: float, dim: int, rounds: int,
                         delta: float) -> tuple[float, float]:
     """(exact Skellam epsilon, Gaussian epsilon) against the coordinator, same variance."""
-    d2 = scale * clip_norm + math.sqrt(dim)
-    d1 = min(d2 * d2, math.sqrt(dim) * d2)
+    d2, d1 = ddp.sensitivity_l2(scale, clip_norm, dim), ddp.sensitivity_l1(scale, clip_norm, dim)
     mu_sum = (noise_multiplier * d2) ** 2 / 2
     return (central_epsilon_exact(rounds, mu_sum, d1, d2, delta),
             central_epsilon(rounds, noise_multiplier, delta))
