@@ -1,7 +1,7 @@
 """Word-level counts a keyboard user feels, measured on the device for a canary evaluation.
 
-The same definitions as `tools/wordeval.py` (the central evaluation), as integer counts so
-the coordinator can pool them per device:
+The central evaluation (`tools/wordeval.py`) scores each word with the same `score_word`; here
+the counts are integers, so the coordinator can pool them per device:
 
 - next-word top-1 / top-3: after each space, is the next word among the strip's 1 / 3 words;
 - keystroke savings: type each word letter by letter and accept it as soon as it is among
@@ -53,13 +53,21 @@ def word_counts(session: TypingSession, texts: Iterable[str], *, max_words: int,
             target = leading_word(chunk)
             if target:
                 words += 1
-                first = session.suggest("", 3)
-                hit1 += int(first[:1] == [target])
-                hit3 += int(target in first)
-                typed += len(target) + 1
-                for k in range(len(target)):
-                    if target in (first if k == 0 else session.suggest(target[:k], 3)):
-                        saved += len(target) - k
-                        break
+                one = score_word(session, target)
+                hit1, hit3, saved, typed = hit1 + one.top1, hit3 + one.top3, saved + one.saved, typed + one.typed
             session.feed(chunk)
     return WordCounts(words=words, top1=hit1, top3=hit3, saved=saved, typed=typed)
+
+
+def score_word(session: TypingSession, target: str) -> WordCounts:
+    """One target word typed where `session` stands: in the strip's first word / three words
+    after the space, and the letters saved by accepting it as soon as the strip offers it. The
+    one definition the device's canary counts and the central evaluation (`tools.wordeval`) use."""
+    first = session.suggest("", 3)
+    saved = 0
+    for k in range(len(target)):
+        if target in (first if k == 0 else session.suggest(target[:k], 3)):
+            saved = len(target) - k
+            break
+    return WordCounts(words=1, top1=int(first[:1] == [target]), top3=int(target in first), saved=saved,
+                      typed=len(target) + 1)

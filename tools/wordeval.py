@@ -29,6 +29,7 @@ from dataclasses import asdict, astuple, dataclass
 
 from tqdm import tqdm
 
+from edge_runtime.word_metrics import score_word
 from protocol.ngram import leading_word
 
 
@@ -175,20 +176,15 @@ def score_users(new_session: Callable[[], object], users: Mapping[str, Sequence[
                         break
                     t.words += 1
                     scored_one()
-                    first = session.suggest("", 3)
-                    t.hit1 += int(first[:1] == [target])
-                    t.hit3 += int(target in first)
-                    t.typed += len(target) + 1
-                    got = 0
-                    for k in range(len(target)):
-                        if target in (first if k == 0 else session.suggest(target[:k], 3)):
-                            got = len(target) - k
-                            break
-                    t.saved += got
+                    one = score_word(session, target)
+                    t.hit1 += one.top1
+                    t.hit3 += one.top3
+                    t.typed += one.typed
+                    t.saved += one.saved
                     mine[0] += 1
-                    mine[1] += int(target in first)
-                    mine[2] += got
-                    mine[3] += len(target) + 1
+                    mine[1] += one.top3
+                    mine[2] += one.saved
+                    mine[3] += one.typed
                 t.logprob += session.feed(chunk)
                 t.chunks += 1
             if hasattr(session, "learn"):

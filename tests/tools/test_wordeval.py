@@ -156,3 +156,19 @@ def test_one_user_with_scored_words_gets_no_interval_rather_than_one_of_width_ze
     a, b = [[40, 12, 0, 200], [0, 0, 0, 0]], [[40, 8, 0, 200], [0, 0, 0, 0]]   # [words, top-3, saved, typed]
     assert paired_interval(a, b, "top3") == (None, None)
     assert user_mean_difference(a, b, "top3") == (pytest.approx(10.0), None, None)
+
+
+def test_the_canary_counts_on_a_device_and_the_central_evaluation_agree_word_for_word():
+    """Both score a word with `edge_runtime.word_metrics.score_word`: the canary's promote rule and
+    every table of docs/quality.md measure the same thing. Hand-counted for these words: `the`
+    first in the strip, `cat` in it, `dog` completed after one letter, `zebra` never offered."""
+    from edge_runtime.word_metrics import word_counts
+    from tools.wordeval import score_users
+
+    text = "the cat dog zebra"
+    session = Recorder([], ["the", "cat", "sat", "dog"])
+    device = word_counts(session, [text], max_words=100)
+    central = score_users(lambda: Recorder([], ["the", "cat", "sat", "dog"]), {"u": ["", text]}, {"u": 100})
+    assert (device.words, device.top1, device.top3, device.saved, device.typed) == (4, 1, 2, 3 + 3 + 2, 4 + 4 + 4 + 6)
+    assert (central.words, central.hit1, central.hit3, central.saved, central.typed) == (
+        device.words, device.top1, device.top3, device.saved, device.typed)
