@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import agent, keyboard, paths, personalize
-from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, replace_damaged, wipe_in_place
+from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
 from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
@@ -182,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                         personalize.forget(cfg.require_data_dir())
                 print("text cache and personal model wiped")
             except DamagedCacheError as e:
-                _wipe_damaged(cfg, e)
+                _wipe_in_place(cfg, f"the text cache could not be read ({e.__cause__})")
             except CacheError as e:
                 if not disk_full(e):
                     raise
-                _wipe_full_disk(cfg, e)
+                _wipe_in_place(cfg, f"the disk is full or failing ({e})")
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         elif c == "notices":   # the version the keyboard would use: signature-checked as it is
@@ -230,21 +230,12 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _wipe_damaged(cfg: EdgeConfig, error: DamagedCacheError) -> None:
-    """A cache too damaged to open cannot be emptied row by row: overwrite and delete its files.
-    Its pause setting went with it, so the new, empty cache starts paused (the private side) and
-    says how to resume. Its wipe mark is new, so a keyboard running meanwhile, which follows the
-    new file (`TextCache._held`), forgets what it learned from the old one."""
-    gone = replace_damaged(cfg.require_data_dir())
-    print(f"the text cache could not be read ({error.__cause__}): its {len(gone)} file(s) were overwritten and "
-          "deleted. Text cache and personal model wiped; learning is paused until "
-          f"`python -m edge_runtime resume --data-dir {cfg.require_data_dir()}`")
-
-
-def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
-    """A full disk left the text on it: `cache.wipe_in_place`. The new, empty cache starts paused,
-    as after a damaged cache's wipe; if there is no room even for it, the next command that needs
-    the cache makes it."""
+def _wipe_in_place(cfg: EdgeConfig, why: str) -> None:
+    """A cache that cannot be emptied row by row (`why`: damaged, or a full disk): `cache.wipe_in_place`.
+    The new, empty cache starts paused, as the old one's pause went with its file; its wipe mark is
+    new, so a keyboard running meanwhile, which follows the new file (`TextCache._held`), forgets
+    what it learned from the old one. With no room for it, the next command that needs the cache
+    makes it, paused."""
     data_dir = cfg.require_data_dir()
     gone, made = wipe_in_place(data_dir)
     if made:
@@ -252,8 +243,8 @@ def _wipe_full_disk(cfg: EdgeConfig, error: CacheError) -> None:
     else:
         after = ("no room for a new cache yet: the next command that opens the cache makes one, paused (a running "
                  "keyboard or device loop holds the old file's space until it stops)")
-    print(f"the disk is full or failing ({error}): the text cache's {len(gone)} file(s) were overwritten in place "
-          f"and deleted. Text cache and personal model wiped; {after}")
+    print(f"{why}: the text cache's {len(gone)} file(s) were overwritten in place and deleted. Text cache and "
+          f"personal model wiped; {after}")
 
 
 def _holds_device(data_dir: Path) -> bool:

@@ -139,17 +139,6 @@ def _identity_or_none(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def replace_damaged(data_dir: str | os.PathLike) -> list[Path]:
-    """What `wipe` does when the cache is too damaged to open: `destroy_files`, then a new, empty
-    cache in its place, paused (the pause went with the old file) and with a new wipe mark (so a
-    process still holding the old file forgets what it learned from it). The new file is made
-    complete in a private directory and renamed into place, so a process following the path
-    (`TextCache._held`) never sees it unpaused. Returns the files removed."""
-    gone = destroy_files(data_dir)
-    make_paused(data_dir)
-    return gone
-
-
 def disk_full(e: CacheError) -> bool:
     """SQLite on a full disk: "database or disk is full", or "disk I/O error" when it cannot even
     make the WAL files to open the cache."""
@@ -157,10 +146,15 @@ def disk_full(e: CacheError) -> bool:
 
 
 def wipe_in_place(data_dir: str | os.PathLike) -> tuple[list[Path], bool]:
-    """A wipe on a full disk, which left the text on it (deleting rows needs room for the WAL):
-    the files are overwritten in place (no new space) and deleted, the wipe being the privacy
-    action that must not wait for space; then a new, empty cache, paused, if there is room for
-    one. Returns (the files removed, whether the new cache was made)."""
+    """The wipe for a cache that cannot be emptied row by row: too damaged to open, or on a disk
+    too full for SQLite to delete rows (it needs room for the WAL), where the text stayed. The
+    files are overwritten in place (no new space) and deleted, the wipe being the privacy action
+    that must not wait; then a new, empty cache, paused (the user's pause went with the old file)
+    and with a new wipe mark (so a process still holding the old file forgets what it learned
+    from it), if there is room for one; if not, the next cache made starts paused. The new file
+    is made complete in a private directory and renamed into place, so a process following the
+    path (`TextCache._held`) never sees it unpaused. Returns (the files removed, whether the new
+    cache was made)."""
     gone = destroy_files(data_dir)
     try:
         make_paused(data_dir)
@@ -172,7 +166,7 @@ def wipe_in_place(data_dir: str | os.PathLike) -> tuple[list[Path], bool]:
 
 
 def make_paused(data_dir: str | os.PathLike) -> None:
-    """A new, empty, paused cache with a new wipe mark in place of none (`replace_damaged`)."""
+    """A new, empty, paused cache with a new wipe mark in place of none (`wipe_in_place`)."""
     tmp = Path(tempfile.mkdtemp(prefix=".new-cache-", dir=data_dir))
     try:
         with TextCache(tmp) as fresh:

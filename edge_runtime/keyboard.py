@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
 from edge_runtime.agent import open_cache
-from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, disk_full, replace_damaged, wipe_in_place
+from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, disk_full, wipe_in_place
 from edge_runtime.collector import settle
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
@@ -451,23 +451,24 @@ class KeyboardApp:
     def clear(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             self._wipe_mark = self.cache.wipe()   # its own mark: a wipe elsewhere after it is still seen
-        except DamagedCacheError:   # cannot be emptied row by row: its files destroyed, a new one, paused
-            gone = replace_damaged(self.cache.data_dir)
-            log.warning("keyboard: the damaged text cache was destroyed (%d files) and made again, paused", len(gone))
-            self._wipe_mark = self.cache.wipe_mark()   # the new file's (the cache follows it: TextCache._held)
         except CacheError as e:
-            if not disk_full(e):
+            damaged = isinstance(e, DamagedCacheError)
+            if not (damaged or disk_full(e)):
                 self._wipe_mark = getattr(e, "mark", None)   # committed all the same (TextCache.wipe)
                 raise ApiError(409, "wipe_incomplete", str(e)) from e
-            # A full disk: the rows could not be deleted (the WAL needs room) and the text stayed.
-            gone, made = wipe_in_place(self.cache.data_dir)   # as `python -m edge_runtime wipe` does
-            log.warning("keyboard: the disk is full: the text cache's %d files were overwritten in place and "
-                        "deleted%s", len(gone), ", and made again, paused" if made else
-                        "; no room for a new one yet (it will start paused)")
-            self._wipe_mark = None
+            # It cannot be emptied row by row (the rows unreadable, or no room for the WAL to delete
+            # them) and the text stayed: its files overwritten in place, as `python -m edge_runtime
+            # wipe` does, and a new one, paused.
+            gone, made = wipe_in_place(self.cache.data_dir)
+            log.warning("keyboard: the text cache was %s: its %d files were overwritten in place and deleted%s",
+                        "damaged" if damaged else "on a full disk", len(gone), ", and made again, paused" if made
+                        else "; no room for a new one yet (it will start paused)")
             if not made:   # done, though no cache can say so yet (it answered 503 "gone ... try again")
+                self._wipe_mark = None
                 return {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
                         "cache": {"sentences": 0}, "paused": True}
+            # the new file's mark (the cache follows it: TextCache._held); on a full disk not read
+            self._wipe_mark = self.cache.wipe_mark() if damaged else None
         finally:   # whatever the wipe managed, the words in memory and the personal LSTM are forgotten now
             self._forget()
         return self.status()

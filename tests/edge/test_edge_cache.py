@@ -19,7 +19,7 @@ from edge_runtime.cache import (
     destroy_files,
     holdout_count,
     is_sensitive,
-    replace_damaged,
+    wipe_in_place,
 )
 from edge_runtime.paths import CACHE_DB
 
@@ -227,10 +227,32 @@ def test_wipe_deletes_a_cache_too_damaged_to_open_and_leaves_learning_paused(tmp
     assert b"see you at the station" in raw_file_bytes(d)        # still there until the user wipes
     assert cli_main(["wipe", "--data-dir", str(d)]) == 0
     out = capsys.readouterr().out
-    assert "overwritten and deleted" in out and "learning is paused" in out
+    assert "could not be read" in out and "overwritten in place and deleted" in out and "learning is paused" in out
     assert b"see you at the station" not in raw_file_bytes(d)
     with TextCache(d) as fresh:                                  # a new, empty cache, paused: the private side
         assert fresh.stats()["records"] == 0 and fresh.paused
+
+
+def test_a_damaged_cache_on_a_full_disk_is_wiped_and_said_so(tmp_path: Path, capsys, monkeypatch):
+    """A damaged cache with no room for the new, paused one: its text was destroyed, then the
+    new file failed and `wipe` said "error: ..." (exit 1), as if nothing had been wiped. It is now
+    the full disk's wipe: done, and the next cache made starts paused."""
+    from edge_runtime import cache as cache_mod
+    from edge_runtime.__main__ import main as cli_main
+
+    d = tmp_path / "d"
+    with TextCache(d) as c:
+        c.add("see you at the station", "message")
+    db = d / CACHE_DB
+    db.write_bytes(b"\xff" * 16 + db.read_bytes()[16:])
+    monkeypatch.setattr(cache_mod, "make_paused", lambda data_dir: (_ for _ in ()).throw(OSError(28, "full")))
+    assert cli_main(["wipe", "--data-dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "could not be read" in out and "no room for a new cache yet" in out, out
+    assert not db.exists()
+    monkeypatch.undo()
+    with TextCache(d) as fresh:
+        assert fresh.paused and fresh.stats()["records"] == 0
 
 
 def test_a_cache_held_open_damaged_follows_the_new_file_a_wipe_makes(tmp_path: Path):
@@ -244,7 +266,7 @@ def test_a_cache_held_open_damaged_follows_the_new_file_a_wipe_makes(tmp_path: P
     db.write_bytes(b"\xff" * 16 + db.read_bytes()[16:])
     with TextCache(d, damaged_ok=True) as held:
         old = db.stat().st_ino
-        replace_damaged(d)                                       # the held file stays allocated,
+        wipe_in_place(d)                                         # the held file stays allocated,
         assert db.stat().st_ino != old                           # so the new one cannot take its number
         assert held.stats()["records"] == 0 and held.paused      # and the open cache follows it
 
@@ -315,7 +337,7 @@ def test_a_held_cache_follows_its_file_replaced_and_never_makes_one(tmp_path: Pa
         with pytest.raises(DamagedCacheError):
             held.stats()
     (d / CACHE_DB).unlink()
-    replace_damaged(d)
+    wipe_in_place(d)
     assert held.paused and held.stats()["records"] == 0 and held.wipe_mark() not in (None, mark)
     assert not held.add("another text", "message")
     held.set_paused(False)

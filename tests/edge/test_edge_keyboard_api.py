@@ -850,7 +850,7 @@ def test_a_running_keyboard_follows_a_damaged_cache_wipe_run_elsewhere(server, c
         if f.name.startswith(CACHE_DB):
             f.write_bytes(b"\xff" * f.stat().st_size)
     assert device_main(["wipe", "--data-dir", str(data_dir)]) == 0     # another process's wipe
-    assert "overwritten and deleted" in capsys.readouterr().out
+    assert "overwritten in place and deleted" in capsys.readouterr().out
     r = requests.get(server.url + "api/status", timeout=5)
     assert r.status_code == 200 and r.json()["cache"]["sentences"] == 0 and r.json()["paused"] is True
     assert "Quokkaville" not in strip("we met in Quok")
