@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from edge_runtime.predictor import FOLLOW_WEIGHT, SHORTER_FIRST, TEXT_WEIGHT, Predictor
+from edge_runtime.predictor import FOLDED_SHARE, FOLLOW_WEIGHT, SHORTER_FIRST, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
 from protocol.ngram import leading_word
 from protocol.text import BOS_ID, load_tokenizer, plain_quotes, quote_led, tokens, word_being_typed
@@ -332,12 +332,17 @@ def test_the_word_that_followed_a_chunk_earlier_in_the_text_is_suggested_after_i
 def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram):
     """Every word in the strip is a word-list word (the LSTM's or the base n-gram's) or a word the
     user typed before: committed, or earlier in the text being typed; after a typed single quote
-    ("'hel"), such a word with the user's quote before it."""
+    ("'hel"), such a word with the user's quote before it; after a prefix typed with a capital, a
+    list word in the typed case ("Hindi" for "hindi", "USB" for "usb": `FOLDED_SHARE`)."""
     from tests.tiny_version import tiny_texts
 
     p = Predictor(predictor.model, predictor.sp, base=base_ngram)
     allowed = set(p.vocab.index) | set(base_ngram.vocab[:base_ngram.n_words])
-    keys = non_words = quoted = 0
+    keys = non_words = quoted = cased = 0
+
+    def in_case(w: str) -> bool:   # the typed case of a list word: all capitals, or a capital first
+        return (w.isupper() and w.lower() in allowed) or (w[:1].isupper() and w[0].lower() + w[1:] in allowed)
+
     for text in QUOTED_TEXTS + tiny_texts(3000)[1500:]:
         s = p.session()
         for i in range(1, len(text) + 1):
@@ -348,8 +353,10 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
             for w in map(plain_quotes, s.update(text[:i])):
                 known = w in allowed or w in typed_here
                 inner = quote and w[0] == "'" and (w[1:] in allowed or w[1:] in typed_here)
-                non_words += not (known or inner) or not any(ch.isalnum() for ch in w)
+                shown = not known and in_case(w)
+                non_words += not (known or inner or shown) or not any(ch.isalnum() for ch in w)
                 quoted += inner and not known
+                cased += shown
             keys += 1
             if keys >= 10_000:
                 break
@@ -357,7 +364,7 @@ def test_no_suggestion_is_a_non_word_over_10000_keystrokes(predictor, base_ngram
         allowed.update(tokens(text))
         if keys >= 10_000:
             break
-    assert keys == 10_000 and non_words == 0 and quoted > 0
+    assert keys == 10_000 and non_words == 0 and quoted > 0 and cased > 0
 
 
 # Typed with quotes a phone's smart punctuation makes, and with single quotes around speech.
@@ -390,6 +397,32 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     return sorted(scored, key=lambda w: (-scored[w], w))[:k]
 
 
+def reference_folded(p: Predictor, node, prefix: str, m: int) -> dict[str, str]:
+    """After a prefix typed with a capital, the m list words that P_lstm ranks highest among those
+    completing it in lower case, in the typed case: {"Hindi": "hindi"} (all capitals: "USB")."""
+    if not prefix[:1].isupper() or quote_led(prefix):
+        return {}
+    if prefix[1:].isupper():
+        lower, shown = prefix.lower(), str.upper
+    elif prefix[1:] == prefix[1:].lower():
+        lower, shown = prefix[0].lower() + prefix[1:], lambda w: w[0].upper() + w[1:]
+    else:
+        return {}
+    lo, hi = p.prefix_range(lower)
+    ids = np.array([i for i in p.sorted_ids[lo:hi] if p.vocab.words[i] != lower], dtype=p.sorted_ids.dtype)
+    if not len(ids):
+        return {}
+    probs = p.probs_of(node, ids)
+    top = np.argpartition(-probs, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
+    out = {}
+    for j in top:
+        w = p.vocab.words[ids[j]]
+        d = shown(w)
+        if d not in (prefix, w) and d.startswith(prefix) and p.offered(d):
+            out[d] = w
+    return out
+
+
 def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: int,
                      before: Sequence[str], follows: bool, texted: bool = False) -> tuple[dict[str, float], bool]:
     """`reference_suggest`'s candidates for `prefix` and their scores (the text's share mixed in
@@ -414,6 +447,8 @@ def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: 
         cands.update(own)
     typed = [w for w in (leading_word(plain_quotes(b)) for b in before) if w] if prefix else []   # not after a space
     cands.update(w for w in typed if w.startswith(prefix) and w != prefix and p.offered(w))
+    folded = reference_folded(p, node, prefix, m)
+    cands.update(folded)
     share = {w: typed.count(w) / len(typed) for w in cands if w in typed}
     # after a space: the words that followed the last chunk earlier in the text
     after = [leading_word(plain_quotes(b)) for a, b in zip(before, before[1:]) if a == before[-1]] \
@@ -421,12 +456,16 @@ def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: 
     after = [w for w in after if w]
     cands.update(w for w in after if p.offered(w))
 
-    def score(w: str) -> float:
+    def mixed(w: str) -> float:
         sc = wl * p.lstm_prob(node, w) if w in p.vocab.index else 0.0
         if wn:
             sc += wn * p.ngram_prob(w, hist)
         if wp:
             sc += wp * p.personal.prob(w, hist)
+        return sc
+
+    def score(w: str) -> float:
+        sc = max(mixed(w), FOLDED_SHARE * mixed(folded[w])) if w in folded else mixed(w)
         if share or (texted and typed):
             sc = (1 - TEXT_WEIGHT) * sc + TEXT_WEIGHT * share.get(w, 0.0)
         if after:
