@@ -217,3 +217,10 @@ def test_the_keystroke_bench_commits_as_the_page_does():
     # Typing from the middle of a text: what came before the mark is not committed again.
     keys = keystrokes(["One. Two. Three"], 100)[6:]
     assert page_commits(keys, mark=5) == ({3: "Two."}, "Three")
+
+
+def test_shares_that_round_to_one_attacker_count_make_one_row():
+    from tools.bench.poisoning import attacker_counts
+
+    assert attacker_counts([0, 0.1, 0.2, 0.3, 0.4], 5) == [0, 1, 2]
+    assert attacker_counts([0, 0.1, 0.12], 4) == [0]

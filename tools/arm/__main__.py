@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-keystrokes", type=int, default=150, help="incremental keystrokes timed (default 150)")
     k.add_argument("--max-recompute", type=int, default=150,
                    help="recompute keystrokes timed, an even sample of the same keystrokes (default 150: all)")
-    k.add_argument("--model", help="version directory (default: data/models/v0 if there, else the tiny test version)")
+    k.add_argument("--model",
+                   help="version directory (default: the shipped models/v0 if there, else the tiny test version)")
     k.add_argument("--venv", choices=sorted(GUEST_VENVS), action="append", help="default both")
     sub.add_parser("ci", help="build (cached) + test + e2e, timing each step")
     return ap

@@ -349,7 +349,7 @@ class Board:
         self.check_host()
         if not self.built:
             raise BoardError(f"the board in {self.cache_dir} is not built (or out of date): "
-                             f"run `python -m tools.arm build --cache-dir {self.cache_dir}` first")
+                             f"run `python -m tools.arm --cache-dir {self.cache_dir} build` first")
         self.binfmt()
         self.cpuinfo.write_text(cpuinfo_text())
         self.work.mkdir(parents=True, exist_ok=True)

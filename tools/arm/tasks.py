@@ -339,7 +339,7 @@ def _parse_bench(out: str) -> dict[str, tuple[float, float, float]]:
 
 def bench(board: Board, *, venvs: list[str], model: str | None, max_keystrokes: int, max_recompute: int) -> int:
     board.require_built()
-    default_v0 = REPO / "data" / "models" / "v0"
+    default_v0 = REPO / "models" / "v0"   # the shipped version 0
     model_dir = Path(model).resolve() if model else (default_v0 if (default_v0 / "manifest.json").exists()
                                                      else tiny_version(board))
     args = ["-m", "tools.bench", "keystroke", "--model", str(model_dir), "--max-keystrokes", str(max_keystrokes),
