@@ -527,9 +527,10 @@ class Predictor:
         ngram = None
         if wn:  # the n-gram's suggestions and its probabilities in one pass
             words = list(cands)   # offered already: the LSTM's from `offered`, the user's typed
-            top, probs = self._offered_best(m, lambda n: self.base.suggest_scored(hist, n, words, oov=0.0))
+            top, probs = self._offered_best(m, lambda n: self.base.suggest_scored(hist, n, words, oov=0.0),
+                                            self.base_offered)
             known = dict(zip(words, probs))
-            top_probs = [(w, p) for w, p in zip(top, probs[len(words):]) if self.offered(w)][:m]
+            top_probs = [(w, p) for w, p in zip(top, probs[len(words):]) if self.base_offered(w)][:m]
             known.update((w, p) for w, p in top_probs if w not in known)
             words, ngram = list(known), list(known.values())
         else:
@@ -646,16 +647,35 @@ class Predictor:
     def base_top(self, hist: tuple[str, ...], prefix: str, m: int) -> list[str]:
         """The base n-gram's best m offered words for `prefix`: blocked ones are skipped, not
         counted, so a blocked word among its best does not leave the n-gram fewer candidates."""
-        words, _ = self._offered_best(m, lambda n: (self.base.suggest(hist, prefix, n), None))
-        return [w for w in words if self.offered(w)][:m]
+        words, _ = self._offered_best(m, lambda n: (self.base.suggest(hist, prefix, n), None), self.base_offered)
+        return [w for w in words if self.base_offered(w)][:m]
 
-    def _offered_best(self, m: int, ask: Callable[[int], tuple[list[str], _T]]) -> tuple[list[str], _T]:
+    def base_offered(self, word: str) -> bool:
+        """Whether the strip may show the base n-gram's `word`: `offered`, and a word of the word
+        list (in its case, or in lower case, a capital first or all capitals), or one this user
+        typed. The n-gram's proxy text holds glued words and typos seen once ("areyou", "dont't",
+        "It's'", "before1"), which the word list, from the same text's 50,000 most frequent words
+        and a public frequency list, does not."""
+        if not self.offered(word):
+            return False
+        index = self.vocab.index
+        if word in index or word in self.personal.uni:
+            return True
+        lower = word.lower()
+        if word.isupper() or word == _capital_first(lower):   # "USB", "Hindi": the list's "usb", "hindi"
+            return lower in index or _capital_first(lower) in index
+        return word == lower and _capital_first(word) in index   # "london": the list's "London"
+
+    def _offered_best(self, m: int, ask: Callable[[int], tuple[list[str], _T]],
+                      ok: Callable[[str], bool] | None = None) -> tuple[list[str], _T]:
         """`ask(n)` (a part's best n words, and what came with them) for n from m up, growing
-        past blocked words until its words hold m offered ones or it has no more; the last answer."""
+        past words it may not show (`ok`, by default `offered`) until its words hold m it may or
+        it has no more; the last answer."""
+        ok = ok or self.offered
         want = m
         while True:
             words, more = ask(want)
-            kept = sum(map(self.offered, words))
+            kept = sum(map(ok, words))
             if kept >= m or len(words) < want:
                 return words, more
             want = max(want + m - kept, 2 * want)
