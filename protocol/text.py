@@ -193,15 +193,21 @@ def blocked_words() -> frozenset[str]:
     return _blocklist()[0]
 
 
+_STRETCHED = re.compile(r"(.)\1{2,}")   # a letter three times or more: "fuuuck", "shiiit"
+
+
 def _folded(word: str) -> str:
-    """A word as the block list holds it: lower case, typographic apostrophes typed."""
+    """A word as the block list holds it: lower case, typographic apostrophes typed, a letter
+    stretched three times or more written once (no listed word has one; few words do)."""
     w = word.lower()
-    return w.translate(_QUOTES) if "\u2019" in w else w
+    w = w.translate(_QUOTES) if "\u2019" in w else w
+    return _STRETCHED.sub(r"\1", w) if len(w) > 2 else w
 
 
 def _listed(w: str, listed: frozenset[str]) -> bool:
-    """A folded word is on the list, or is a listed word with an ending after an apostrophe."""
-    return w in listed or ("'" in w and w.split("'", 1)[0] in listed)
+    """A folded word is on the list, or is a listed word with an ending after an apostrophe, or
+    a listed word with a plural s ("dickwads")."""
+    return w in listed or ("'" in w and w.split("'", 1)[0] in listed) or (w[-1:] == "s" and w[:-1] in listed)
 
 
 def is_blocked(word: str) -> bool:
