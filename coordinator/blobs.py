@@ -15,7 +15,8 @@ from protocol.artifact import atomic_write, sha256_bytes
 class BlobStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Its own only: devices' updates pass through it (a hand-run `serve` has umask 022).
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):

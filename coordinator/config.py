@@ -95,7 +95,7 @@ class Config:
     min_count: int = 50                      # at the deadline, aggregate only with this many
     round_duration_s: float = 1800.0
     selection_window_s: float = 60.0         # check-ins collected, then a random draw (0: first come)
-    round_interval_s: float = 0.0            # > 0: open the next round this long after the last one closed
+    round_interval_s: float = 0.0            # > 0: next round this long after the last closed (first: start-round)
     epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 0.5
@@ -114,7 +114,7 @@ class Config:
     adam_epsilon: float = 1e-3               # FedAdam's tau (Reddi et al. 2021)
     # Privacy accounting
     privacy_delta: float = 1e-6
-    population_size: int = 0                 # 0: number of enrolled devices
+    population_size: int = 0                 # 0: devices that contributed an update, not revoked
     # Secure aggregation (docs/privacy.md): the round mode, and its protocol's knobs
     secure_aggregation: bool = False         # start-round default (goal_count >= 2); noise_multiplier is then central
     discover_words: int = 0                  # default for start-round: 0 trains; k > 0 votes for new words

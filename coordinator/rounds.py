@@ -150,6 +150,7 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
             t0 = time.perf_counter()
             _aggregate(coord, s, r)
             coord.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
+            round_end.forget_contributions(coord, s, r)   # averaged (or failed): single updates go
         elif past or force:
             phase = queries.secure_phase(s, r)   # a secure round's updates are counted only once summed
             by = "its deadline" if past else "a forced close"

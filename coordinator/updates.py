@@ -111,7 +111,12 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
             s.flush()
             receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
             goal_reached = queries.accepted(s, r.id) >= r.goal_count
-    if duplicate is not None:   # recorded like any refusal (its blob is content-addressed: a later upload may share it)
+    if duplicate is not None or late:   # refused after its bytes were stored: not kept unless a row names them
+        with coord._sessions() as s:
+            named = s.scalar(select(Update.id).where(Update.blob_sha256 == digest).limit(1)) is not None
+        if not named:
+            coord.blobs.discard(digest)
+    if duplicate is not None:   # recorded like any refusal
         raise reject(coord, device_id, meta.round_id, wire.E_DUPLICATE, duplicate)
     if late:
         raise reject(coord, device_id, meta.round_id, wire.E_LATE,

@@ -260,3 +260,40 @@ def test_a_device_with_nothing_to_train_on_takes_no_slot(served):
     assert r.status_code == 200 and r.json()["kind"] == wire.TASK_COME_BACK, r.text
     assert devices[1].checkin().kind == wire.TASK_TRAIN                 # the slot went to one that can
     assert served.admin("GET", f"/v1/admin/rounds/{rid}").json()["selected"] == 1
+
+
+def test_what_single_devices_sent_is_deleted_once_their_round_ends(served):
+    """Each plain update is one device's noised update (at the default noise close to its raw
+    update): kept to be averaged, and then for good, about 2.7 MB per device per round. Once the
+    round is aggregated or failed its files are gone; the rows (norms, counts) and the versions stay."""
+    from sqlalchemy import select
+
+    from coordinator.models import Update
+
+    def files(rid: int) -> list[str]:
+        with served.coord._sessions() as db:
+            return list(db.scalars(select(Update.blob_sha256).where(Update.round_id == rid)))
+
+    _, devices = _setup(served, 3)
+    rid = served.coord.start_round(goal_count=2, min_count=2, noise_multiplier=0.0)
+    other = None
+    for i, d in enumerate(devices[:2]):
+        assert d.checkin().kind == wire.TASK_TRAIN
+        if i == 1:   # the goal's last upload: just before it, the first update's file is still there
+            other = files(rid)
+            assert len(other) == 1 and served.coord.blobs.exists(other[0])
+        assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=5).status_code == 200
+    done = served.admin("GET", f"/v1/admin/rounds/{rid}").json()
+    assert done["status"] == "done" and len(files(rid)) == 2
+    assert not any(served.coord.blobs.exists(d) for d in files(rid))
+    cand = done["result_version_id"]
+    assert devices[2].get(wire.PATH_VERSION_WEIGHTS, cand).status_code == 200   # the candidate stays
+
+    served.admin("POST", f"/v1/admin/versions/{cand}/reject")
+    rid2 = served.coord.start_round(goal_count=3, min_count=2)
+    assert devices[0].checkin().kind == wire.TASK_TRAIN
+    assert devices[0].upload(random_delta(7), round_id=rid2, base="v0000", examples=5).status_code == 200
+    assert served.coord.blobs.exists(files(rid2)[0])
+    _expire(served, rid2)
+    assert served.admin("GET", "/v1/admin/status").json()["latest_round"]["status"] == "failed"
+    assert not served.coord.blobs.exists(files(rid2)[0])

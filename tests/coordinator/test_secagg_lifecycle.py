@@ -189,9 +189,12 @@ def test_a_failed_rounds_sum_is_not_kept(served):
     with s.coord.tx() as db:
         row = db.get(SecAggRound, rid)
         row.phase, row.sum_sha256, row.survivors = coord_secagg.SUMMED, digest, 2
+        masked = list(db.scalars(select(SecAggMember.masked_sha256).where(SecAggMember.round_id == rid)))
+    assert len(masked) == 2 and all(s.coord.blobs.exists(d) for d in masked)
     with s.coord.tx() as db:
         round_end.fail_round(s.coord, db, db.get(Round, rid), "the stable version changed")
     assert not s.coord.blobs.exists(digest)
+    assert not any(s.coord.blobs.exists(d) for d in masked)   # each device's masked vector too
     with s.coord._sessions() as db:
         assert db.get(SecAggRound, rid).phase == coord_secagg.SUMMED and rid in {
             i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}

@@ -70,6 +70,16 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
     conf = make_config(tmp_path, goal_count=n, min_count=7, overselect=1.0, secagg_poll_s=1.0,
                        secagg_phase_timeout_s=15.0, clip_norm=1.0, round_duration_s=600.0)
     with serve(conf) as s:
+        # The masked vectors are deleted when the round ends: what they held is read as they go.
+        discarded: dict[str, bytes] = {}
+        discard = s.coord.blobs.discard
+
+        def read_then_discard(digest: str) -> None:
+            if s.coord.blobs.exists(digest):
+                discarded[digest] = s.coord.blobs.get(digest)
+            discard(digest)
+
+        s.coord.blobs.discard = read_then_discard
         base_id = s.coord.import_version(exported_version)
         cfgs = _devices(s, tmp_path, n)
         rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, noise_multiplier=0.0, max_examples=4,
@@ -157,13 +167,14 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
             for probe in (v[:32].astype("<f4").tobytes(), v[:32].astype("<f2").tobytes(),
                           ddp.encode(v[:32], params["scale"], 0.0, seed=1).astype("<u4").tobytes()[:16]):
                 assert not any(probe in data for data in files.values()), d
-            masked = np.frombuffer(s.coord.blobs.get(members[d].masked_sha256), "<u4").view(np.int32)
+            masked = np.frombuffer(discarded[members[d].masked_sha256], "<u4").view(np.int32)
             unmasked = ddp.encode(v, params["scale"], 0.0, seed=2).view(np.int32)
             assert np.corrcoef(unmasked.astype(float), v)[0, 1] > 0.99          # the control correlates
             assert abs(np.corrcoef(masked.astype(float), v)[0, 1]) < 0.1        # the stored one does not
         masked_digests = {m.masked_sha256 for m in members.values() if m.masked_sha256}
         blob_names = {p.name for p in (data_dir / "blobs").rglob("*") if p.is_file()}
-        assert masked_digests | {sum_digest} <= blob_names
+        assert sum_digest in blob_names and not masked_digests & blob_names   # each device's: gone with the round
+        assert masked_digests <= set(discarded)
         print(f"secure round: {n} devices, {len(killed)} killed after sharing, 1 after masking, sum of "
               f"{len(survivors)} within {np.abs(got - want).max():.2e} of the plain mean (bound {bound:.2e})")
 
