@@ -22,6 +22,8 @@ from protocol.artifact import read_manifest
 from tools._cli import worker_pool
 from tools.simulate.population import Population
 
+_LSTM = "lstm:v2"   # the LSTM alone's cached scores; v2: completions of a capital in lower case
+
 
 @contextmanager
 def stderr_to(path: Path) -> Iterator[None]:
@@ -134,12 +136,15 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
         # v3: the keyboard also suggests from the words of the text being typed (`Predictor.text_weight`,
         # `follow_weight`); v4: its mixture learns nothing from a user's first text (`Predictor.learning`);
         # v5: its weights are kept per kind of history (`PersonalModel.seen`) from a (40, 40, 20) prior;
-        # v6: of two completions about as likely, the shorter first (`predictor.SHORTER_FIRST`)
-        "proxy": f"keyboard:v6:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
-        "proxy_lstm": f"lstm:{_sha(v0 / 'manifest.json')}:{corpus_key}",
+        # v6: of two completions about as likely, the shorter first (`predictor.SHORTER_FIRST`);
+        # v7: a capital's completions in lower case (`FOLDED_SHARE`), the base n-gram's words only
+        # if the word list holds them (`Predictor.base_offered`). The LSTM alone completes through
+        # the same predictor: its scores carry the decoder's version too (`_LSTM`).
+        "proxy": f"keyboard:v7:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
+        "proxy_lstm": f"{_LSTM}:{_sha(v0 / 'manifest.json')}:{corpus_key}",
     }
     if central is not None:
-        wanted["central"] = f"lstm:{_sha(central / 'manifest.json')}:{corpus_key}"
+        wanted["central"] = f"{_LSTM}:{_sha(central / 'manifest.json')}:{corpus_key}"
     train_users = functools.cache(lambda: split_users(read_corpus(corpus), seed=0).train)   # read once
     with ExitStack() as stack:
         for name, key in wanted.items():
