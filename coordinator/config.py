@@ -191,7 +191,10 @@ class Config:
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{Path(self.data_dir).resolve() / 'coordinator.db'}"
+        # Escaped as a URL: a data directory named "q?x" put the database in a file "q" beside it.
+        from sqlalchemy.engine import URL
+
+        return URL.create("sqlite", database=str(Path(self.data_dir).resolve() / "coordinator.db")).render_as_string()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

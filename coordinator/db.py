@@ -32,6 +32,9 @@ def make_engine(url: str) -> Engine:
         backend = make_url(url).get_backend_name()
     except (ArgumentError, ValueError) as e:
         raise DatabaseUrlError(f"database_url is not a database URL ({e}); {example}") from None
+    if backend == "postgres":                   # Heroku's and libpq's spelling; SQLAlchemy knows only the long one
+        raise DatabaseUrlError(f"database_url: write postgresql:// (or postgresql+psycopg://) for {backend}://; "
+                               f"{example}")
     if backend not in SUPPORTED_BACKENDS:       # the migrations and locking are written for these two
         raise DatabaseUrlError(f"database_url names a {backend} database; this coordinator runs on SQLite or "
                                   f"PostgreSQL only, {example}")

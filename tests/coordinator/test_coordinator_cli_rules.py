@@ -51,6 +51,22 @@ def test_ctrl_c_in_an_admin_command_is_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
 
 
+@pytest.mark.parametrize("name", ["q?mark", "pct%41", "hash#1"])
+def test_a_data_dir_name_a_url_would_misread_holds_its_own_database(tmp_path, name):
+    """The SQLite URL was the path pasted in: "q?mark" made the database a file "q" beside the
+    directory (outside its backups), and "pct%41" failed in a directory named "pctA"."""
+    d = tmp_path / name
+    r = coord("init", "--data-dir", str(d))
+    assert r.returncode == 0, r.stderr
+    assert (d / "coordinator.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert coord("status", "--data-dir", str(d)).returncode == 0
+
+
+def test_a_postgres_url_is_told_the_spelling_that_works(tmp_path):
+    r = coord("init", "--data-dir", str(tmp_path / "c"), "--database-url", "postgres://fk@127.0.0.1:1/fedkeys")
+    assert r.returncode == 2 and "write postgresql://" in r.stderr, r.stderr
+
+
 def test_init_creates_and_then_every_command_accepts_it(tmp_path):
     d = tmp_path / "coord"
     assert coord("init", "--data-dir", str(d)).returncode == 0
