@@ -273,7 +273,7 @@ class TextCache:
             raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
         try:
             db.execute("PRAGMA busy_timeout=5000")
-            if create:
+            if create and os.stat(self.path).st_mode & 0o777 != 0o600:
                 os.chmod(self.path, 0o600)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -292,9 +292,9 @@ class TextCache:
         except sqlite3.Error as e:
             db.close()
             raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
-        except OSError:
+        except OSError as e:   # the chmod: a read-only file system (a mounted backup) is said as the cache's
             db.close()
-            raise
+            raise CacheError(f"cannot open text cache at {self.path}: {e.strerror or e}") from e
         return db
 
     def _born(self, db: sqlite3.Connection) -> None:

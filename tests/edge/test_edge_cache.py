@@ -469,3 +469,27 @@ def test_wipe_says_so_when_another_reader_keeps_the_text_on_disk(tmp_path: Path)
     c.wipe()                                                   # the reader let go: the wipe completes
     assert b"zqwipe" not in raw_file_bytes(tmp_path / "d")
     c.close()
+
+
+def test_a_read_only_data_dir_is_a_cache_error_that_status_reports(tmp_path: Path, capsys, monkeypatch):
+    """On a read-only file system (a mounted backup) opening the cache made its file 0600 first, and
+    the chmod's OSError ended `status` with "error: OSError: [Errno 30]" and no status at all."""
+    import errno
+    import os
+
+    from edge_runtime.__main__ import main as cli_main
+
+    d = tmp_path / "d"
+    with TextCache(d) as c:
+        c.add("see you at the station", "message")
+    os.chmod(d / CACHE_DB, 0o644)               # as a copy made with another umask would be
+
+    def read_only(*_a, **_k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "chmod", read_only)
+    with pytest.raises(CacheError, match="Read-only file system"):
+        TextCache(d)
+    assert cli_main(["status", "--data-dir", str(d)]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert "Read-only file system" in said["cache"]["error"]
