@@ -14,6 +14,7 @@ refuses, before any download:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from protocol.rollout_state import RolloutState
 
 CLOCK_SKEW_S = 300.0
 
+log = logging.getLogger(__name__)
+
 
 class RolloutRefused(EdgeError):
     """The statement cannot be followed; the message says why (one line)."""
@@ -38,8 +41,12 @@ def last_state(data_dir: str | os.PathLike) -> RolloutState | None:
         return RolloutState.from_dict(json.loads((Path(data_dir) / ROLLOUT_STATE_FILE).read_text()))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, WireError):
-        return None  # damaged: the signature check still guards; the next statement rewrites it
+    except (OSError, ValueError, WireError) as e:
+        # damaged: the signature check still guards; the next statement rewrites it. Said: until
+        # then the device's memory of the coordinator's last statement (what it may not go back to) is lost.
+        log.warning("%s is unreadable (%s): the last signed rollout statement is forgotten until the next one",
+                    ROLLOUT_STATE_FILE, e.__class__.__name__)
+        return None
 
 
 def check(state: RolloutState | None, *, version_id: str, device_id: str, public_key: str,

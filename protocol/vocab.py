@@ -104,7 +104,8 @@ def _one_word(w: str) -> bool:
 def _check_words(words: Sequence[str]) -> list[str]:
     for w in words:
         if not _one_word(w):
-            raise VocabError(f"{w!r} is not one word (letters, digits and apostrophes, no spaces or punctuation)")
+            shown = repr(w) if len(w) <= 60 else f"{w[:40]!r}... ({len(w):,} characters)"   # a whole file's line
+            raise VocabError(f"{shown} is not one word (letters, digits and apostrophes, no spaces or punctuation)")
     return list(dict.fromkeys(words))   # first occurrence of each, in order
 
 

@@ -62,3 +62,20 @@ def test_the_version_in_use_is_no_move_and_a_fast_clock_is_named(tmp_path):
     fresh = signed(seq=NOW * 1000, expires_at=NOW + 7 * 86400)
     with pytest.raises(RolloutRefused, match="this device's clock reads .* if this device's clock is wrong"):
         ok(fresh, tmp_path, now=NOW + 8 * 86400)
+
+
+def test_a_damaged_rollout_state_is_said_not_silently_forgotten(tmp_path, caplog):
+    """The last signed statement is what the device may not go back from; damaged, it was dropped
+    without a word (a probe)."""
+    import logging
+
+    from edge_runtime import rollout_guard
+    from edge_runtime.paths import ROLLOUT_STATE_FILE
+
+    (tmp_path / ROLLOUT_STATE_FILE).write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        assert rollout_guard.last_state(tmp_path) is None
+    assert ROLLOUT_STATE_FILE in caplog.text and "forgotten" in caplog.text
+    caplog.clear()
+    (tmp_path / ROLLOUT_STATE_FILE).unlink()
+    assert rollout_guard.last_state(tmp_path) is None and not caplog.text   # none yet: nothing to say
