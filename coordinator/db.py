@@ -32,6 +32,9 @@ def make_engine(url: str) -> Engine:
         backend = make_url(url).get_backend_name()
     except (ArgumentError, ValueError) as e:
         raise DatabaseUrlError(f"database_url is not a database URL ({e}); {example}") from None
+    if backend == "sqlite" and make_url(url).database in (None, "", ":memory:"):   # gone when the command exits
+        raise DatabaseUrlError(f"database_url names an in-memory SQLite database, which every command would make "
+                               f"anew and empty; name a file, {example}")
     if backend == "postgres":                   # Heroku's and libpq's spelling; SQLAlchemy knows only the long one
         raise DatabaseUrlError(f"database_url: write postgresql:// (or postgresql+psycopg://) for {backend}://; "
                                f"{example}")

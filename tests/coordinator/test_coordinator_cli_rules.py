@@ -62,9 +62,22 @@ def test_a_data_dir_name_a_url_would_misread_holds_its_own_database(tmp_path, na
     assert coord("status", "--data-dir", str(d)).returncode == 0
 
 
-def test_a_postgres_url_is_told_the_spelling_that_works(tmp_path):
-    r = coord("init", "--data-dir", str(tmp_path / "c"), "--database-url", "postgres://fk@127.0.0.1:1/fedkeys")
-    assert r.returncode == 2 and "write postgresql://" in r.stderr, r.stderr
+@pytest.mark.parametrize("url,says", [("postgres://fk@127.0.0.1:1/fedkeys", "write postgresql://"),
+                                      ("sqlite://", "in-memory"), ("sqlite:///:memory:", "in-memory")])
+def test_a_database_url_that_cannot_work_is_told_why_at_init(tmp_path, url, says):
+    """postgres:// was "a postgres database; this coordinator runs on ... PostgreSQL"; an in-memory
+    SQLite database was initialised, and every later command then said to run init."""
+    r = coord("init", "--data-dir", str(tmp_path / "c"), "--database-url", url)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+
+
+def test_init_names_where_the_admin_token_is(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")} | {
+        "PYTHONPATH": str(ROOT), "FEDKEYS_COORDINATOR_ADMIN_TOKEN": "a-token-of-twenty-chars"}
+    r = subprocess.run([sys.executable, "-m", "coordinator", "init", "--data-dir", str(tmp_path / "c")], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120, check=False)
+    said = json.loads(r.stdout)
+    assert "admin_token_file" not in said and not (tmp_path / "c" / "admin_token").exists(), said
 
 
 def test_init_creates_and_then_every_command_accepts_it(tmp_path):
