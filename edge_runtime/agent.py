@@ -586,26 +586,31 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
                 log.error("the coordinator refuses this device (%s): enroll again if it persists", e.code)
             wait = jittered(backoff, dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            log.warning("task error: %s%s", e, _next(once, wait))
             if once:
                 return 1
         except (ClientError, VersionError, LedgerError) as e:
             retry_after = getattr(e, "retry_after", None) or 0.0
             wait = jittered(max(backoff, retry_after), dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.warning("task error: %s; next check-in in %.0fs", e, wait)
+            log.warning("task error: %s%s", e, _next(once, wait))
             if once:
                 return 1
         except Exception as e:  # noqa: BLE001  (the loop outlives any one iteration)
             wait = jittered(backoff, dev.config, dev.rng)
             backoff = min(backoff * 2, dev.config.backoff_max_s)
-            log.error("iteration failed: %s; next check-in in %.0fs", failure(e), wait)
+            log.error("iteration failed: %s%s", failure(e), _next(once, wait))
             if once:
                 return 1
         if once:
             return 0
         stop.wait(wait)
     return 0
+
+
+def _next(once: bool, wait: float) -> str:
+    """When the loop checks in again: never, for `run --once`, which exits after this one."""
+    return "" if once else f"; next check-in in {wait:.0f}s"
 
 
 @contextlib.contextmanager

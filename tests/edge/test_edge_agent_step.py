@@ -257,9 +257,11 @@ def test_a_stop_during_an_uploads_retry_wait_ends_it_as_a_stop(device, fake_trai
     assert any("the device is stopping" in m for _, m in said) and all(lv < logging.WARNING for lv, _ in said), said
 
 
-def test_loop_once_exit_codes_and_fatal_rejection(device):
+def test_loop_once_exit_codes_and_fatal_rejection(device, caplog):
     device.client.tasks = [TransientError("down")]
-    assert agent.run_loop(device, once=True) == 1
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.agent"):
+        assert agent.run_loop(device, once=True) == 1
+    assert "down" in caplog.text and "next check-in" not in caplog.text   # --once exits: no next check-in
     device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)]
     assert agent.run_loop(device, once=True) == 0
     device.client.tasks = [RejectedError("revoked", status=401, code=wire.E_UNAUTHORIZED)]
