@@ -97,7 +97,10 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
 
     settings, report, final, v0, central = _run_parts(data, args)
     fed = report["federations"][0]
-    corpus, proxy = args.corpus or settings["corpus"], list(settings.get("proxy") or DEFAULT_PROXY)
+    corpus, proxy = args.corpus or settings.get("corpus"), list(settings.get("proxy") or DEFAULT_PROXY)
+    if not corpus or "eval_words" not in settings:   # a report edited by hand, or of another tool
+        raise ValueError(f"{data}: its report.json lacks the run's settings (corpus, eval_words); give --corpus, "
+                         "or score a report tools.simulate or tools.demo wrote")
     pop = load_population(corpus, settings.get("devices"))
     # The run's own row is read from its report; it pairs with a re-scoring only on the same words.
     run_words = list(scored_words(pop.heldout, settings["eval_words"]).values())

@@ -224,3 +224,15 @@ def test_shares_that_round_to_one_attacker_count_make_one_row():
 
     assert attacker_counts([0, 0.1, 0.2, 0.3, 0.4], 5) == [0, 1, 2]
     assert attacker_counts([0, 0.1, 0.12], 4) == [0]
+
+
+def test_ptb_bench_refuses_bad_settings_and_an_empty_split_in_one_line(tmp_path):
+    """An empty ptb.test.txt divided by zero (a traceback); --epochs 0 and --ngram-orders 9 failed
+    inside TensorFlow and numpy after the download."""
+    (tmp_path / "ptb.train.txt").write_text("a b c\n")
+    (tmp_path / "ptb.valid.txt").write_text("a b\n")
+    (tmp_path / "ptb.test.txt").write_text("")
+    for extra, says in ((["--epochs", "0"], "--epochs"), (["--ngram-orders", "9"], "--ngram-orders"),
+                        ([], "ptb.test.txt holds no words")):
+        r = bench("ptb", "--data-dir", str(tmp_path), *extra)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

@@ -97,6 +97,16 @@ def _from_tarball(tgz: Path, data_dir: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.dropout < 1.0:   # as tools.pretrain checks it, before minutes of n-gram fitting
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.epochs < 1 or (args.steps_per_epoch is not None and args.steps_per_epoch < 1):   # before the download
+        raise ValueError("--epochs and --steps-per-epoch must be >= 1")
+    try:
+        orders = [int(o) for o in args.ngram_orders.split(",") if o]
+    except ValueError:
+        orders = []
+    if not orders or not all(2 <= o <= 5 for o in orders):
+        raise ValueError(f"--ngram-orders must list orders from 2 to 5, e.g. 3,4; got {args.ngram_orders!r}")
     from tools._cli import quiet_tensorflow
 
     quiet_tensorflow()
@@ -106,10 +116,11 @@ def main(args: argparse.Namespace) -> int:
     from protocol.ngram import BOS, EOS, KneserNeyLM
     from protocol.text import BOS_ID, EOS_ID, windows
 
-    if not 0.0 <= args.dropout < 1.0:   # as tools.pretrain checks it, before minutes of n-gram fitting
-        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     t0 = time.time()
     data = fetch(args.data_dir, args.url)
+    if empty := [split for split in ("train", "valid", "test") if not any(data[split])]:
+        raise ValueError(f"{args.data_dir}: ptb.{empty[0]}.txt holds no words (a broken download? delete it to fetch "
+                         "it again)")
     freq = Counter(w for s in data["train"] for w in s)
     first = EOS_ID + 1
     ids = {w: first + i for i, (w, _) in enumerate(freq.most_common())}
@@ -122,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
 
     # The project's Kneser-Ney on the same text: PTB words as single-token aliases.
     alias = {w: f"w{i}" for w, i in ids.items()}
-    for order in (int(o) for o in args.ngram_orders.split(",") if o):
+    for order in orders:
         lm = KneserNeyLM.fit([" ".join(alias[w] for w in s) for s in data["train"]], order=order)
         nll, top1, top3, n = 0.0, 0, 0, 0
         for s in data["test"]:
