@@ -137,8 +137,15 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
         raise AgentError(f"--public-key {public_key[:16]}… is not the key {config.coordinator} signs with "
                          f"({served[:16]}…): check it (python -m coordinator public-key on the coordinator); "
                          "not enrolled, the enrollment key is unused")
+    made = not data_dir.exists()
     _check_writable(data_dir)   # a data dir that cannot hold the identity would waste the key's use
-    resp = client.enroll(enrollment_key, platform=device_platform())
+    try:
+        resp = client.enroll(enrollment_key, platform=device_platform())
+    except BaseException:
+        if made:   # refused (a wrong key, the coordinator down): no empty data directory left behind
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
+        raise
     if not public_key:
         public_key = served
         log.warning("no --public-key given: trusting the coordinator's key %s… on first use", public_key[:16])

@@ -55,3 +55,18 @@ def test_enroll_force_replaces_a_damaged_identity(tmp_path, capsys):
         assert device_main(args) == 2 and "enroll again with --force" in capsys.readouterr().err
         assert device_main([*args, "--force"]) == 0
         assert agent.load_identity(tmp_path / "dev").coordinator == s.url
+
+
+def test_a_refused_enrollment_leaves_no_empty_data_dir(tmp_path):
+    """A wrong enrollment key left the data directory it had made, empty (a probe)."""
+    from edge_runtime.client import RejectedError
+
+    with serve(make_config(tmp_path)) as s:
+        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=s.coord.public_key_hex)
+        with pytest.raises(RejectedError):
+            agent.enroll(cfg, "fk-not-a-key")
+        assert not (tmp_path / "dev").exists()
+        (tmp_path / "mine").mkdir()                    # one the user made stays
+        with pytest.raises(RejectedError):
+            agent.enroll(cfg.with_overrides({"data_dir": str(tmp_path / "mine")}), "fk-not-a-key")
+        assert (tmp_path / "mine").is_dir()
