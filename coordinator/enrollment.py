@@ -34,11 +34,13 @@ def create_key(coord: Coordinator, *, label: str = "", uses: int | None = None,
     ttl = coord.config.enrollment_key_ttl_s if expires_in_s is None else expires_in_s
     if not 1 <= uses <= wire.MAX_INT:
         raise bad_request(f"uses must be in [1, {wire.MAX_INT}]")
+    if len(label) > 128 or not label.isprintable():   # one line of the enrollment-keys table
+        raise bad_request("label must be one line of at most 128 printable characters")
     if not (isinstance(ttl, (int, float)) and 0 < ttl <= 3650 * 86400):
         raise bad_request("expires_in_s must be in (0, 10 years]")
     key = keys.new_secret()
     with coord.tx() as s:
-        s.add(EnrollmentKey(key_hash=keys.hash_secret(key), label=label[:128], uses_left=uses, revoked=False,
+        s.add(EnrollmentKey(key_hash=keys.hash_secret(key), label=label, uses_left=uses, revoked=False,
                             expires_at=utcnow() + timedelta(seconds=ttl)))
     return key
 

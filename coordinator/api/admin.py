@@ -23,6 +23,8 @@ def status() -> Response:
 @admin_auth
 def create_enrollment_key() -> Response:
     body = json_body()
+    if unknown := sorted(set(body) - {"label", "uses", "expires_in_s"}):   # as POST /rounds refuses them
+        raise bad_request(f"unknown field(s) {', '.join(unknown)}: label, uses and expires_in_s are known")
     label, uses, ttl = body.get("label", ""), body.get("uses"), body.get("expires_in_s")
     if (not isinstance(label, str) or (uses is not None and (isinstance(uses, bool) or not isinstance(uses, int)))
             or (ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))))):

@@ -31,6 +31,12 @@ def test_default_keys_are_limited_in_uses_and_time(tmp_path):
             _enroll(s, short)
         r = s.admin("POST", "/v1/admin/enrollment-keys", json={"expires_in_s": -1})
         assert r.status_code == 400
+        # A label that breaks the enrollment-keys table, one cut silently, and a misspelt field
+        # (ignored, where POST /rounds refuses it) are refused.
+        for body, says in (({"label": "line\nbreak"}, "one line"), ({"label": "x" * 129}, "at most 128"),
+                           ({"use": 5}, "unknown field(s) use")):
+            r = s.admin("POST", "/v1/admin/enrollment-keys", json=body)
+            assert r.status_code == 400 and says in r.json()["message"], r.text
 
 
 def test_cli_key_defaults_come_from_settings(tmp_path, capsys):
