@@ -7,6 +7,7 @@ to is always complete, and storing the same bytes twice costs nothing.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from protocol.artifact import atomic_write, sha256_bytes
@@ -40,3 +41,39 @@ class BlobStore:
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).exists()
+
+
+class UploadStore:
+    """What single devices send one round (plain updates, secure rounds' masked vectors), under
+    <data_dir>/uploads/<round id>/<sha256>: apart from the content-addressed `BlobStore`, whose
+    files versions share (a device can upload a version's own weights as its update), so that
+    deleting a round's uploads when it ends (`round_end.forget_contributions`) never deletes
+    anything else. An upload stored before this store existed is read from `legacy`."""
+
+    def __init__(self, root: str | os.PathLike, legacy: BlobStore) -> None:
+        self.root, self.legacy = Path(root), legacy
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def path(self, round_id: int, digest: str) -> Path:
+        return self.root / str(int(round_id)) / self.legacy.path(digest).name
+
+    def put(self, round_id: int, data: bytes) -> str:
+        digest = sha256_bytes(data)
+        atomic_write(self.path(round_id, digest), data)
+        return digest
+
+    def get(self, round_id: int, digest: str) -> bytes:
+        try:
+            return self.path(round_id, digest).read_bytes()
+        except FileNotFoundError:
+            return self.legacy.get(digest)
+
+    def discard(self, round_id: int, digest: str) -> None:
+        self.path(round_id, digest).unlink(missing_ok=True)
+
+    def discard_round(self, round_id: int) -> None:
+        shutil.rmtree(self.root / str(int(round_id)), ignore_errors=True)
+
+    def rounds(self) -> list[int]:
+        """The rounds with uploads kept."""
+        return sorted(int(d.name) for d in self.root.iterdir() if d.is_dir() and d.name.isdigit())

@@ -12,6 +12,7 @@ only to be averaged, and then for good."""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, event, select
 from sqlalchemy.orm import Session
 
-from coordinator.models import Round, Update, utcnow
+from coordinator.models import Round, Update, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase
 
@@ -47,23 +48,36 @@ def fail_round(coord: Coordinator, s: Session, r: Round, reason: str, now: datet
 
 
 def forget_contributions(coord: Coordinator, s: Session, r: Round) -> None:
-    """Delete the files of what single devices sent round `r` (plain updates, secure rounds' masked
-    vectors) once the caller's transaction commits; the rows stay (norms, counts, who took part).
-    The store is content-addressed, so bytes that a row of another open round names stay."""
-    mine = set(s.scalars(select(Update.blob_sha256).where(Update.round_id == r.id)))
-    mine |= set(s.scalars(select(SecAggMember.masked_sha256).where(SecAggMember.round_id == r.id,
-                                                                  SecAggMember.masked_sha256.is_not(None))))
-    if not mine:
-        return
-    others = (select(Round.id).where(Round.status == RoundStatus.OPEN, Round.id != r.id)).scalar_subquery()
-    kept = set(s.scalars(select(Update.blob_sha256).where(Update.round_id.in_(others),
-                                                          Update.blob_sha256.in_(mine))))
-    kept |= set(s.scalars(select(SecAggMember.masked_sha256).where(SecAggMember.round_id.in_(others),
-                                                                   SecAggMember.masked_sha256.in_(mine))))
-    gone = sorted(mine - kept)
+    """Delete what single devices sent round `r` (plain updates, secure rounds' masked vectors:
+    `coord.uploads`, a store of their own) once the caller's transaction commits; the rows stay
+    (norms, counts, who took part)."""
+    rid = r.id
+    event.listen(s, "after_commit", lambda _session: coord.uploads.discard_round(rid), once=True)
 
-    def discard(_session: Session) -> None:
-        for digest in gone:
-            coord.blobs.discard(digest)
 
-    event.listen(s, "after_commit", discard, once=True)
+def forget_ended_uploads(coord: Coordinator) -> int:
+    """At service start: the uploads of rounds that ended and are still on disk are deleted, and
+    so are those a release before `coord.uploads` stored among the content-addressed blobs (a
+    file that a version or a sum also names is kept there). A kill between a round's end and
+    its `forget_contributions` leaves them too. Returns the files and round folders deleted."""
+    with coord._sessions() as s:
+        open_ids = set(s.scalars(select(Round.id).where(Round.status == RoundStatus.OPEN)))
+        old = {d for rid, d in s.execute(select(Update.round_id, Update.blob_sha256)) if rid not in open_ids}
+        old |= {d for rid, d in s.execute(select(SecAggMember.round_id, SecAggMember.masked_sha256)
+                                          .where(SecAggMember.masked_sha256.is_not(None))) if rid not in open_ids}
+        keep = {d for rid, d in s.execute(select(Update.round_id, Update.blob_sha256)) if rid in open_ids}
+        keep |= set(s.scalars(select(SecAggRound.sum_sha256).where(SecAggRound.sum_sha256.is_not(None))))
+        for v in s.scalars(select(Version)):
+            keep |= {v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.opt_state_sha256,
+                     json.loads(v.manifest_json).get("weights_q8_sha256")}
+    gone = [d for d in old - keep if coord.blobs.exists(d)]
+    for d in gone:
+        coord.blobs.discard(d)
+    listed = coord.uploads.rounds()   # then their state: a round opened meanwhile (another worker) stays
+    with coord._sessions() as s:
+        ended = list(s.scalars(select(Round.id).where(Round.id.in_(listed), Round.status != RoundStatus.OPEN)))
+    for rid in ended:
+        coord.uploads.discard_round(rid)
+    if gone or ended:
+        log.info("deleted the uploads of rounds that ended: %d files, %d round folders", len(gone), len(ended))
+    return len(gone) + len(ended)

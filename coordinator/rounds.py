@@ -174,7 +174,7 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
 
     def stream() -> Iterator[tuple[np.ndarray, float]]:
         for digest, count in updates:  # one decoded update in memory at a time
-            vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(digest)), tensors)
+            vec = artifact.flatten(artifact.decode_weights(coord.uploads.get(r.id, digest)), tensors)
             yield vec, aggregation.bounded_weight(count, c.max_example_weight)
 
     mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates, stream)

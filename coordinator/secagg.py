@@ -171,7 +171,7 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
             raise ApiError(409, wire.E_LATE, "not accepting a masked vector from this device now")
         if len(body) != 4 * _params(row)["dim"]:
             raise ApiError(422, wire.E_MALFORMED, f"a masked vector is {4 * _params(row)['dim']} bytes")
-    digest = coord.blobs.put(body)       # fsynced before the row points to it
+    digest = coord.uploads.put(round_id, body)       # fsynced before the row points to it
     with coord.tx() as s:
         # The round row locked, as every other step does: on PostgreSQL a phase check without it
         # could pass while another worker's advance() moved on, and the vector then landed after
@@ -179,9 +179,15 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
         r = s.get(Round, round_id, with_for_update=True)
         m = _member(s, round_id, device_id)
         row = s.get(SecAggRound, round_id)
-        if r.status != RoundStatus.OPEN or row.phase != MASKED:
-            raise ApiError(409, wire.E_LATE, "the masked-input phase closed meanwhile")
-        m.masked_sha256 = digest
+        late = r.status != RoundStatus.OPEN or row.phase != MASKED
+        if not late:
+            m.masked_sha256 = digest
+    if late:   # stored for nothing: not kept (the whole round's uploads if it has ended)
+        if r.status != RoundStatus.OPEN:
+            coord.uploads.discard_round(round_id)
+        else:
+            coord.uploads.discard(round_id, digest)
+        raise ApiError(409, wire.E_LATE, "the masked-input phase closed meanwhile")
     advance(coord, round_id)
     return {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}
 
@@ -422,7 +428,13 @@ def _sum(coord: Coordinator, round_id: int) -> None:
     total = np.zeros(p["dim"], np.uint32)
     if not short and not bad:
         for _, _, digest in survivors:
-            total += np.frombuffer(coord.blobs.get(digest), dtype="<u4")
+            try:
+                total += np.frombuffer(coord.uploads.get(round_id, digest), dtype="<u4")
+            except FileNotFoundError:   # the round ended meanwhile and its uploads went with it
+                with coord._sessions() as s:
+                    if s.get(Round, round_id).status != RoundStatus.OPEN:
+                        return
+                raise
         total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
                                   _graph(p), round_id)
     digest = None if short or bad else coord.blobs.put(total.astype("<u4").tobytes())

@@ -37,7 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from coordinator import canary, checkin, deployment, enrollment, keys, rounds, updates, versions, views
-from coordinator.blobs import BlobStore
+from coordinator.blobs import BlobStore, UploadStore
 from coordinator.config import Config
 from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
 from coordinator.metrics import Metrics
@@ -66,6 +66,7 @@ class Coordinator:
             raise
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs")
+        self.uploads = UploadStore(self.data_dir / "uploads", self.blobs)
         self.metrics = Metrics(self._sessions, config.privacy_delta)
         self._lock = threading.RLock()
         self._rng = random.Random()

@@ -92,30 +92,36 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         raise reject(coord, device_id, r.id, wire.E_MALFORMED, str(e)) from e
     except UpdateRejected as e:
         raise reject(coord, device_id, r.id, e.code, e.message) from e
-    digest = coord.blobs.put(body)  # its sha256; fsynced before the row that points to it is committed
+    digest = coord.uploads.put(r.id, body)  # its sha256; fsynced before the row that points to it is committed
     with coord.tx() as s:
         enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
         r = s.get(Round, meta.round_id, with_for_update=True)
         # A concurrent upload of this device's (a retry sent while the first was still validated)
         # stored its update meanwhile: the same update gets that receipt, whatever the round's state.
         existing = s.scalar(select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
-        if existing is not None and (receipt := _retried(existing, meta, digest)) is not None:
-            return receipt
-        duplicate = None if existing is None else _duplicate(existing, meta)
-        late = duplicate is None and (r.status != RoundStatus.OPEN or utcnow() >= r.deadline
-                                      or queries.accepted(s, r.id) >= r.goal_count)   # while we validated
-        if duplicate is None and not late:
+        retried = None if existing is None else _retried(existing, meta, digest)
+        duplicate = None if existing is None or retried is not None else _duplicate(existing, meta)
+        late = retried is None and duplicate is None and (
+            r.status != RoundStatus.OPEN or utcnow() >= r.deadline
+            or queries.accepted(s, r.id) >= r.goal_count)   # while we validated
+        ended = r.status != RoundStatus.OPEN
+        if retried is None and duplicate is None and not late:
             u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
                        blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
             s.add(u)
             s.flush()
             receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
             goal_reached = queries.accepted(s, r.id) >= r.goal_count
-    if duplicate is not None or late:   # refused after its bytes were stored: not kept unless a row names them
+    if ended:   # its uploads were deleted when it ended, and these bytes stored after: gone too
+        coord.uploads.discard_round(meta.round_id)
+    elif duplicate is not None or late:   # refused after its bytes were stored: kept only if a row names them
         with coord._sessions() as s:
-            named = s.scalar(select(Update.id).where(Update.blob_sha256 == digest).limit(1)) is not None
+            named = s.scalar(select(Update.id).where(Update.round_id == meta.round_id,
+                                                     Update.blob_sha256 == digest).limit(1)) is not None
         if not named:
-            coord.blobs.discard(digest)
+            coord.uploads.discard(meta.round_id, digest)
+    if retried is not None:   # a retry of an update stored meanwhile: its receipt, whatever the round's state
+        return retried
     if duplicate is not None:   # recorded like any refusal
         raise reject(coord, device_id, meta.round_id, wire.E_DUPLICATE, duplicate)
     if late:

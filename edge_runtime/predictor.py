@@ -626,10 +626,10 @@ class Predictor:
             lo += 1
         if hi <= lo:
             return {}
-        vw, out = self.vocab.words, {}
+        vw, removed, out = self.vocab.words, self.personal.removed, {}
         for i in self.lstm_top(node, self._per_part(weights, k), (lo, hi)).tolist():
-            w = vw[i]
-            if (d := shown(w)) not in (prefix, w) and d.startswith(prefix) and self.offered(d):
+            w = vw[i]   # a word the user removed stays removed in the case a capital shows it in
+            if (d := shown(w)) not in (prefix, w) and d.startswith(prefix) and w not in removed and self.offered(d):
                 out[d] = w
         return out
 

@@ -270,22 +270,21 @@ def test_what_single_devices_sent_is_deleted_once_their_round_ends(served):
 
     from coordinator.models import Update
 
-    def files(rid: int) -> list[str]:
+    def files(rid: int) -> list:
         with served.coord._sessions() as db:
-            return list(db.scalars(select(Update.blob_sha256).where(Update.round_id == rid)))
+            return [served.coord.uploads.path(rid, d)
+                    for d in db.scalars(select(Update.blob_sha256).where(Update.round_id == rid))]
 
     _, devices = _setup(served, 3)
     rid = served.coord.start_round(goal_count=2, min_count=2, noise_multiplier=0.0)
-    other = None
     for i, d in enumerate(devices[:2]):
         assert d.checkin().kind == wire.TASK_TRAIN
-        if i == 1:   # the goal's last upload: just before it, the first update's file is still there
-            other = files(rid)
-            assert len(other) == 1 and served.coord.blobs.exists(other[0])
+        if i == 1:   # the goal's last upload: just before it, the first update's file is there
+            assert len(files(rid)) == 1 and files(rid)[0].is_file()
         assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=5).status_code == 200
     done = served.admin("GET", f"/v1/admin/rounds/{rid}").json()
     assert done["status"] == "done" and len(files(rid)) == 2
-    assert not any(served.coord.blobs.exists(d) for d in files(rid))
+    assert not any(f.exists() for f in files(rid))
     cand = done["result_version_id"]
     assert devices[2].get(wire.PATH_VERSION_WEIGHTS, cand).status_code == 200   # the candidate stays
 
@@ -293,7 +292,64 @@ def test_what_single_devices_sent_is_deleted_once_their_round_ends(served):
     rid2 = served.coord.start_round(goal_count=3, min_count=2)
     assert devices[0].checkin().kind == wire.TASK_TRAIN
     assert devices[0].upload(random_delta(7), round_id=rid2, base="v0000", examples=5).status_code == 200
-    assert served.coord.blobs.exists(files(rid2)[0])
+    assert files(rid2)[0].is_file()
     _expire(served, rid2)
     assert served.admin("GET", "/v1/admin/status").json()["latest_round"]["status"] == "failed"
-    assert not served.coord.blobs.exists(files(rid2)[0])
+    assert not files(rid2)[0].exists()
+
+
+def test_an_update_equal_to_a_versions_weights_deletes_nothing_of_the_version(served):
+    """A device can download the stable version's weights and upload those very bytes as its
+    update (they pass validation at a norm bound this large): with every upload in the
+    content-addressed store, deleting the round's uploads when it ended deleted the stable
+    version's weights (a review: every download of them a 500, and the service refused to start).
+    Uploads have a store of their own. A revoked device's update goes with its round too."""
+    _, devices = _setup(served, 3)
+    rid = served.coord.start_round(goal_count=2, min_count=2, clip_norm=100.0, noise_multiplier=0.0)
+    for d in devices[:2]:
+        assert d.checkin().kind == wire.TASK_TRAIN
+    stable = devices[0].get(wire.PATH_VERSION_WEIGHTS, "v0000").content
+    assert devices[0].upload({}, round_id=rid, base="v0000", examples=5, body=stable).status_code == 200
+    assert devices[1].upload(random_delta(1), round_id=rid, base="v0000", examples=5).status_code == 200
+    done = served.admin("GET", f"/v1/admin/rounds/{rid}").json()
+    assert done["status"] == "done"
+    served.admin("POST", f"/v1/admin/versions/{done['result_version_id']}/reject")
+    got = devices[2].get(wire.PATH_VERSION_WEIGHTS, "v0000")
+    assert got.status_code == 200 and got.content == stable
+    assert not (served.coord.uploads.root / str(rid)).exists()
+
+    rid2 = served.coord.start_round(goal_count=3, min_count=2, noise_multiplier=0.0)
+    assert devices[2].checkin().kind == wire.TASK_TRAIN
+    assert devices[2].upload(random_delta(3), round_id=rid2, base="v0000", examples=5).status_code == 200
+    served.admin("POST", f"/v1/admin/devices/{devices[2].device_id}/revoke")   # its row goes, not its file
+    _expire(served, rid2)
+    assert served.coord.close_round(rid2, force=True)["status"] == "failed"
+    assert not (served.coord.uploads.root / str(rid2)).exists()
+
+
+def test_at_start_uploads_of_ended_rounds_are_deleted_but_no_version_file(served):
+    """A release before the upload store kept every update among the content-addressed blobs, and
+    a kill between a round's end and its deletion leaves its folder: the service's start deletes
+    both, never a file a version also names, nor an open round's uploads."""
+    from coordinator import round_end
+    from coordinator.models import Update, Version
+
+    _, devices = _setup(served, 2)
+    rid = served.coord.start_round(goal_count=1, min_count=1, noise_multiplier=0.0)
+    assert devices[0].checkin().kind == wire.TASK_TRAIN
+    assert devices[0].upload(random_delta(0), round_id=rid, base="v0000", examples=5).status_code == 200
+    with served.coord.tx() as db:
+        old = db.query(Update).filter(Update.round_id == rid).one().blob_sha256
+        stable = db.get(Version, "v0000").weights_sha256
+        db.add(Update(round_id=rid, device_id=devices[1].device_id, idempotency_key="k", blob_sha256=stable,
+                      example_count=1, encoding="float32", l2_norm=1.0))   # as if it had sent v0's bytes
+    legacy = served.coord.blobs.put(artifact.encode_weights(random_delta(0)))   # where the old release kept it
+    assert legacy == old
+    served.coord.uploads.put(rid, b"left by a kill")
+    served.admin("POST", f"/v1/admin/versions/{served.admin('GET', '/v1/admin/status').json()['candidate_version_id']}"
+                         "/reject")
+    rid2 = served.coord.start_round(goal_count=2, min_count=2, noise_multiplier=0.0)
+    served.coord.uploads.put(rid2, b"an open round's")
+    assert round_end.forget_ended_uploads(served.coord) == 2
+    assert not served.coord.blobs.exists(old) and served.coord.blobs.exists(stable)
+    assert not (served.coord.uploads.root / str(rid)).exists() and (served.coord.uploads.root / str(rid2)).is_dir()

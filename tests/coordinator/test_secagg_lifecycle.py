@@ -43,7 +43,7 @@ def _summing_round(s) -> int:
         dim = queries.manifest(queries.stable(db)).num_params
         db.add(SecAggRound(round_id=rid, phase=coord_secagg.SUMMING, params_json=json.dumps({**PARAMS, "dim": dim})))
         for i, dev in enumerate(ids):
-            digest = s.coord.blobs.put(np.full(dim, 7 + i, "<u4").tobytes())
+            digest = s.coord.uploads.put(rid, np.full(dim, 7 + i, "<u4").tobytes())
             db.add(SecAggMember(round_id=rid, device_id=dev, idx=i, enc_pk="00", mask_pk="00", shared=True,
                                 masked_sha256=digest))
     return rid
@@ -190,11 +190,11 @@ def test_a_failed_rounds_sum_is_not_kept(served):
         row = db.get(SecAggRound, rid)
         row.phase, row.sum_sha256, row.survivors = coord_secagg.SUMMED, digest, 2
         masked = list(db.scalars(select(SecAggMember.masked_sha256).where(SecAggMember.round_id == rid)))
-    assert len(masked) == 2 and all(s.coord.blobs.exists(d) for d in masked)
+    assert len(masked) == 2 and all(s.coord.uploads.path(rid, d).is_file() for d in masked)
     with s.coord.tx() as db:
         round_end.fail_round(s.coord, db, db.get(Round, rid), "the stable version changed")
     assert not s.coord.blobs.exists(digest)
-    assert not any(s.coord.blobs.exists(d) for d in masked)   # each device's masked vector too
+    assert not any(s.coord.uploads.path(rid, d).exists() for d in masked)   # each device's masked vector too
     with s.coord._sessions() as db:
         assert db.get(SecAggRound, rid).phase == coord_secagg.SUMMED and rid in {
             i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}

@@ -95,7 +95,7 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
                 or np.count_nonzero(votes) > 0.9 * votes.size, "an unmasked vote sum is still stored"
         assert len(masked) == n and all(masked)
         # each device's masked vote was needed for the sum only: gone with the round
-        assert not any(s.coord.blobs.exists(digest) for digest in masked)
+        assert not any(s.coord.uploads.path(rid, digest).exists() for digest in masked)
         coordinator_files = b"".join(p.read_bytes() for p in Path(s.config.data_dir).rglob("*") if p.is_file())
         coordinator_files += b"".join(p.read_bytes() for p in tmp_path.glob("coordinator.db*"))
         for i in range(n):          # what a device typed is nowhere on the coordinator

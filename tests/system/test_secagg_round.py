@@ -72,14 +72,14 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
     with serve(conf) as s:
         # The masked vectors are deleted when the round ends: what they held is read as they go.
         discarded: dict[str, bytes] = {}
-        discard = s.coord.blobs.discard
+        discard_round = s.coord.uploads.discard_round
 
-        def read_then_discard(digest: str) -> None:
-            if s.coord.blobs.exists(digest):
-                discarded[digest] = s.coord.blobs.get(digest)
-            discard(digest)
+        def read_then_discard(round_id: int) -> None:
+            folder = s.coord.uploads.root / str(round_id)
+            discarded.update({f.name: f.read_bytes() for f in folder.glob("*") if f.is_file()})
+            discard_round(round_id)
 
-        s.coord.blobs.discard = read_then_discard
+        s.coord.uploads.discard_round = read_then_discard
         base_id = s.coord.import_version(exported_version)
         cfgs = _devices(s, tmp_path, n)
         rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.5, noise_multiplier=0.0, max_examples=4,
@@ -173,7 +173,8 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
             assert abs(np.corrcoef(masked.astype(float), v)[0, 1]) < 0.1        # the stored one does not
         masked_digests = {m.masked_sha256 for m in members.values() if m.masked_sha256}
         blob_names = {p.name for p in (data_dir / "blobs").rglob("*") if p.is_file()}
-        assert sum_digest in blob_names and not masked_digests & blob_names   # each device's: gone with the round
+        upload_names = {p.name for p in (data_dir / "uploads").rglob("*") if p.is_file()}
+        assert sum_digest in blob_names and not masked_digests & (blob_names | upload_names)   # gone with the round
         assert masked_digests <= set(discarded)
         print(f"secure round: {n} devices, {len(killed)} killed after sharing, 1 after masking, sum of "
               f"{len(survivors)} within {np.abs(got - want).max():.2e} of the plain mean (bound {bound:.2e})")
