@@ -636,7 +636,7 @@ def test_a_long_paste_is_learned_in_pieces_and_an_emoji_run_keeps_its_strip(page
         page.wait_for_timeout(100)
     assert " ".join(stored) + " " == sentence * 2000 and len(stored) > 1
     page.locator("#message").fill("")
-    page.keyboard.insert_text("\U0001F600" * 5000 + "x")     # no whitespace to cut after
+    page.keyboard.insert_text("\U0001F600" * 5000 + "t")     # no whitespace to cut after
     assert wait_strip(page)[1] and page.locator("#strip").get_attribute("data-state") == "ready"
 
 
@@ -652,7 +652,7 @@ def test_enter_that_confirms_a_composition_does_not_send(page, device):
 def test_suggestions_are_taken_from_the_keyboard_and_announced_best_first(page):
     """The strip's buttons were out of reach of a keyboard and read second, best, third."""
     page.click("#message")
-    page.keyboard.type("what say")
+    page.keyboard.type("what th")   # a prefix the tiny test version's 800-word list completes three ways
     left, best, right = wait_strip(page)
     assert page.locator("#strip-said").inner_text() == f"Suggestions: {', '.join(w for w in (best, left, right) if w)}"
     order = page.locator("#strip .sugg").evaluate_all("bs => bs.map(b => b.dataset.slot)")
@@ -665,7 +665,7 @@ def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, mon
     """With answers slower than keystrokes the strip stayed on an older text, enabled: a tap put
     its word ("I") after "see you"."""
     page.click("#message")
-    page.keyboard.type("see you tomo")
+    page.keyboard.type("see you th")
     wait_strip(page)
     page.evaluate("() => { const s = document.querySelector('#strip'); delete s.dataset.for; }")  # as mid-keystroke
     word = page.locator('#strip [data-slot="middle"]').inner_text()

@@ -966,3 +966,23 @@ def test_the_base_ngrams_typos_and_glued_words_are_not_offered(predictor):
     assert {"horse", "HORSE"} <= seen, strips           # the list's word, and it in capitals
     p.learn("my horsey")
     assert "horsey" in p.session().update("the hors")    # typed by this user: their word
+
+
+def test_a_removed_word_stays_removed_in_the_case_a_capital_shows_it_in(predictor):
+    """A word removed from the strip ("kitchen", and its sentence-start form) came back in capitals
+    through a capital's lower-case completions: "KIT" offered "KITCHEN" (a review)."""
+    from edge_runtime.keyboard import _hidden
+
+    found = None
+    for w in predictor.vocab.index:
+        if len(w) >= 5 and w.isalpha() and w.islower():
+            if w.upper() in predictor.session().update("And so " + w[:2].upper()):
+                found = w
+                break
+    assert found is not None     # some list word is completed in capitals
+    predictor.personal.removed = _hidden(frozenset([found]))
+    try:
+        assert found.upper() not in predictor.session().update("And so " + found[:2].upper())
+        assert found.capitalize() not in predictor.session().update("And so " + found[:2].capitalize())
+    finally:
+        predictor.personal.removed = frozenset()

@@ -341,7 +341,8 @@ def test_slurs_and_swear_words_are_offered_only_to_people_who_typed_them(exporte
     # a probe's catches: compounds of a stem, plurals, stretched letters, short forms
     assert all(map(is_blocked, ("dogshit", "shitshow", "sonofabitch", "cumshots", "dickwads", "whorehouse",
                                 "fuuuuck", "Shiiit", "wtf", "fcking", "boobs")))
-    assert not any(map(is_blocked, ("dickens", "cocktail", "scunthorpe", "shiitake", "Sooo", "brrr", "book")))
+    assert not any(map(is_blocked, ("dickens", "cocktail", "scunthorpe", "shiitake", "Sooo", "brrr", "book",
+                                    "Matsushita", "Yamashita", "Lifshitz")))   # names that hold "shit"
     sp = load_tokenizer(exported_version / "tokenizer.model")
     shared = [(sp.id_to_piece(i).lstrip("\u2581"), 1e-3) for i in range(10, 60)]
     add_tail_words(exported_version, shared + [("fucking", 1e-3), ("Fuck", 1e-3), ("shit's", 1e-3),
