@@ -288,9 +288,12 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            hint = ("another program holds it? choose another with --port" if e.errno == errno.EADDRINUSE else
-                    "--host must be an address of this machine (127.0.0.1, ::1, 0.0.0.0) or a name of one")
-            raise OSError(f"cannot listen on {url_host(host)}:{port}: {e.strerror or e} ({hint})") from None
+            said = f"cannot listen on {url_host(host)}:{port}: {e.strerror or e}"
+            if e.errno == errno.EADDRINUSE:   # the machine's state: exit 1
+                raise OSError(f"{said} (another program holds it? choose another with --port)") from None
+            # the operator's --host: a user error, exit 2 as the README says
+            raise ConfigError(f"{said} (--host must be an address of this machine (127.0.0.1, ::1, 0.0.0.0) "
+                              "or a name of one)") from None
 
 
 

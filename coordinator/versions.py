@@ -65,9 +65,12 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     every round the stable version holds. A version built on one this coordinator holds carries
     on that one's privacy history.
     """
+    d = Path(directory)
+    if d.is_dir() and (missing := [f for f in (artifact.MANIFEST, artifact.WEIGHTS, artifact.GRAPH,
+                                               artifact.TOKENIZER) if not (d / f).is_file()]):
+        raise artifact.ArtifactError(f"{d} is not a whole version directory: it lacks {', '.join(missing)}")
     manifest, weights = artifact.load_version(directory)
     artifact.checked_architecture(manifest)
-    d = Path(directory)
     if not wire.is_safe_id(manifest.version_id):
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
     with coord._sessions() as s:   # refused before its files are stored

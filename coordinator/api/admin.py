@@ -104,7 +104,12 @@ def get_round(round_id: int) -> Response:
 @bp.post("/rounds/<int:round_id>/close")
 @admin_auth
 def close_round(round_id: int) -> Response:
-    force = request.args.get("force", "0") in ("1", "true", "yes")
+    # ?force=1 (documented), or {"force": true} as the other admin calls take their settings: a
+    # body's force was ignored, and the round stayed open without a word.
+    body = json_body(optional=True)
+    if set(body) - {"force"} or not isinstance(body.get("force", False), bool):
+        raise bad_request('the body may hold {"force": true or false} only')
+    force = request.args.get("force", "0") in ("1", "true", "yes") or body.get("force", False)
     return jsonify(coord().close_round(round_id, force=force))
 
 

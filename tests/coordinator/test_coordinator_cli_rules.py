@@ -71,6 +71,26 @@ def test_a_database_url_that_cannot_work_is_told_why_at_init(tmp_path, url, says
     assert r.returncode == 2 and says in r.stderr, r.stderr
 
 
+def test_a_host_of_no_machine_is_a_user_error(tmp_path):
+    """`serve --host 256.1.1.1` said why in one line but exited 1, as for a failure of the machine."""
+    d = tmp_path / "c"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    r = coord("serve", "--data-dir", str(d), "--host", "256.1.1.1", "--port", "18999")
+    assert r.returncode == 2 and "--host must be an address of this machine" in r.stderr, r.stderr
+
+
+def test_a_version_directory_without_its_tokenizer_is_refused_as_such(tmp_path):
+    """import-version of a folder missing tokenizer.model printed a bare "[Errno 2] ..." and exited 1."""
+    from tests.helpers.coordinator_fakes import make_version
+
+    d = tmp_path / "c"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    make_version(tmp_path / "v0")
+    (tmp_path / "v0" / "tokenizer.model").unlink()
+    r = coord("import-version", "--data-dir", str(d), str(tmp_path / "v0"))
+    assert r.returncode == 2 and "lacks tokenizer.model" in r.stderr, r.stderr
+
+
 def test_init_names_where_the_admin_token_is(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")} | {
         "PYTHONPATH": str(ROOT), "FEDKEYS_COORDINATOR_ADMIN_TOKEN": "a-token-of-twenty-chars"}

@@ -353,3 +353,16 @@ def test_at_start_uploads_of_ended_rounds_are_deleted_but_no_version_file(served
     assert round_end.forget_ended_uploads(served.coord) == 2
     assert not served.coord.blobs.exists(old) and served.coord.blobs.exists(stable)
     assert not (served.coord.uploads.root / str(rid)).exists() and (served.coord.uploads.root / str(rid2)).is_dir()
+
+
+def test_close_takes_force_in_its_body_too(served):
+    """POST /rounds/N/close with {"force": true} was answered 200 with the round left open: only
+    ?force=1 counted (an operator probe)."""
+    _, devices = _setup(served, 1)
+    rid = served.coord.start_round(goal_count=3, min_count=1, noise_multiplier=0.0)
+    assert devices[0].checkin().kind == wire.TASK_TRAIN
+    assert devices[0].upload(random_delta(0), round_id=rid, base="v0000", examples=5).status_code == 200
+    bad = served.admin("POST", f"/v1/admin/rounds/{rid}/close", json={"force": "yes"})
+    assert bad.status_code == 400 and "force" in bad.json()["message"]
+    r = served.admin("POST", f"/v1/admin/rounds/{rid}/close", json={"force": True})
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
