@@ -20,9 +20,7 @@ class BlobStore:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"not a sha256 hex digest: {digest!r}")
-        return self.root / digest[:2] / digest
+        return self.root / digest[:2] / _checked(digest)
 
     def put(self, data: bytes) -> str:
         digest = sha256_bytes(data)
@@ -54,8 +52,10 @@ class UploadStore:
         self.root, self.legacy = Path(root), legacy
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    LEGACY_SWEPT = ".legacy-swept"   # `round_end.forget_ended_uploads` has swept `legacy` once
+
     def path(self, round_id: int, digest: str) -> Path:
-        return self.root / str(int(round_id)) / self.legacy.path(digest).name
+        return self.root / str(int(round_id)) / _checked(digest)
 
     def put(self, round_id: int, data: bytes) -> str:
         digest = sha256_bytes(data)
@@ -77,3 +77,16 @@ class UploadStore:
     def rounds(self) -> list[int]:
         """The rounds with uploads kept."""
         return sorted(int(d.name) for d in self.root.iterdir() if d.is_dir() and d.name.isdigit())
+
+    def legacy_swept(self) -> bool:
+        return (self.root / self.LEGACY_SWEPT).exists()
+
+    def mark_legacy_swept(self) -> None:
+        (self.root / self.LEGACY_SWEPT).touch()
+
+
+def _checked(digest: str) -> str:
+    """`digest`, if it is a sha256 hex digest (it names a file: nothing else may)."""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a sha256 hex digest: {digest!r}")
+    return digest

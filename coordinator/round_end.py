@@ -55,24 +55,44 @@ def forget_contributions(coord: Coordinator, s: Session, r: Round) -> None:
     event.listen(s, "after_commit", lambda _session: coord.uploads.discard_round(rid), once=True)
 
 
-def forget_ended_uploads(coord: Coordinator) -> int:
-    """At service start: the uploads of rounds that ended and are still on disk are deleted, and
-    so are those a release before `coord.uploads` stored among the content-addressed blobs (a
-    file that a version or a sum also names is kept there). A kill between a round's end and
-    its `forget_contributions` leaves them too. Returns the files and round folders deleted."""
+def drop_refused_upload(coord: Coordinator, round_id: int, digest: str) -> None:
+    """Bytes stored for an upload that was then not taken (late, a duplicate, a retry of one
+    stored meanwhile): deleted unless a row of the round names them, and the round's whole
+    folder if it ended meanwhile (its `forget_contributions` ran before these bytes were written)."""
     with coord._sessions() as s:
-        open_ids = set(s.scalars(select(Round.id).where(Round.status == RoundStatus.OPEN)))
-        old = {d for rid, d in s.execute(select(Update.round_id, Update.blob_sha256)) if rid not in open_ids}
-        old |= {d for rid, d in s.execute(select(SecAggMember.round_id, SecAggMember.masked_sha256)
-                                          .where(SecAggMember.masked_sha256.is_not(None))) if rid not in open_ids}
-        keep = {d for rid, d in s.execute(select(Update.round_id, Update.blob_sha256)) if rid in open_ids}
-        keep |= set(s.scalars(select(SecAggRound.sum_sha256).where(SecAggRound.sum_sha256.is_not(None))))
-        for v in s.scalars(select(Version)):
-            keep |= {v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.opt_state_sha256,
-                     json.loads(v.manifest_json).get("weights_q8_sha256")}
-    gone = [d for d in old - keep if coord.blobs.exists(d)]
-    for d in gone:
-        coord.blobs.discard(d)
+        ended = s.get(Round, round_id).status != RoundStatus.OPEN
+        named = s.scalar(select(Update.id).where(Update.round_id == round_id, Update.blob_sha256 == digest)
+                         .limit(1)) is not None or s.scalar(
+            select(SecAggMember.idx).where(SecAggMember.round_id == round_id, SecAggMember.masked_sha256 == digest)
+            .limit(1)) is not None
+    if ended:
+        coord.uploads.discard_round(round_id)
+    elif not named:
+        coord.uploads.discard(round_id, digest)
+
+
+def forget_ended_uploads(coord: Coordinator) -> int:
+    """At service start: the folders of rounds that ended and are still on disk (a kill between a
+    round's end and its `forget_contributions`) are deleted; and, once per data directory
+    (`UploadStore.LEGACY_SWEPT`), the uploads a release before `coord.uploads` stored among the
+    content-addressed blobs, never a file that a version or a sum also names. Returns the files
+    and round folders deleted."""
+    gone: list[str] = []
+    if not coord.uploads.legacy_swept():
+        with coord._sessions() as s:
+            open_ids = set(s.scalars(select(Round.id).where(Round.status == RoundStatus.OPEN)))
+            sent = s.execute(select(Update.round_id, Update.blob_sha256)).all() + s.execute(
+                select(SecAggMember.round_id, SecAggMember.masked_sha256)
+                .where(SecAggMember.masked_sha256.is_not(None))).all()
+            keep = {d for rid, d in sent if rid in open_ids}
+            keep |= set(s.scalars(select(SecAggRound.sum_sha256).where(SecAggRound.sum_sha256.is_not(None))))
+            for v in s.scalars(select(Version)):
+                keep |= {v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.opt_state_sha256,
+                         json.loads(v.manifest_json).get("weights_q8_sha256")}
+        gone = [d for d in {d for rid, d in sent if rid not in open_ids} - keep if coord.blobs.exists(d)]
+        for d in gone:
+            coord.blobs.discard(d)
+        coord.uploads.mark_legacy_swept()
     listed = coord.uploads.rounds()   # then their state: a round opened meanwhile (another worker) stays
     with coord._sessions() as s:
         ended = list(s.scalars(select(Round.id).where(Round.id.in_(listed), Round.status != RoundStatus.OPEN)))

@@ -182,11 +182,8 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
         late = r.status != RoundStatus.OPEN or row.phase != MASKED
         if not late:
             m.masked_sha256 = digest
-    if late:   # stored for nothing: not kept (the whole round's uploads if it has ended)
-        if r.status != RoundStatus.OPEN:
-            coord.uploads.discard_round(round_id)
-        else:
-            coord.uploads.discard(round_id, digest)
+    if late:
+        round_end.drop_refused_upload(coord, round_id, digest)
         raise ApiError(409, wire.E_LATE, "the masked-input phase closed meanwhile")
     advance(coord, round_id)
     return {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from coordinator import enrollment, queries, selection
+from coordinator import enrollment, queries, round_end, selection
 from coordinator.errors import ApiError
 from coordinator.models import Rejection, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
@@ -104,7 +104,6 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         late = retried is None and duplicate is None and (
             r.status != RoundStatus.OPEN or utcnow() >= r.deadline
             or queries.accepted(s, r.id) >= r.goal_count)   # while we validated
-        ended = r.status != RoundStatus.OPEN
         if retried is None and duplicate is None and not late:
             u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
                        blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
@@ -112,14 +111,8 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
             s.flush()
             receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
             goal_reached = queries.accepted(s, r.id) >= r.goal_count
-    if ended:   # its uploads were deleted when it ended, and these bytes stored after: gone too
-        coord.uploads.discard_round(meta.round_id)
-    elif duplicate is not None or late:   # refused after its bytes were stored: kept only if a row names them
-        with coord._sessions() as s:
-            named = s.scalar(select(Update.id).where(Update.round_id == meta.round_id,
-                                                     Update.blob_sha256 == digest).limit(1)) is not None
-        if not named:
-            coord.uploads.discard(meta.round_id, digest)
+    if retried is not None or duplicate is not None or late:   # its bytes were stored for nothing
+        round_end.drop_refused_upload(coord, meta.round_id, digest)
     if retried is not None:   # a retry of an update stored meanwhile: its receipt, whatever the round's state
         return retried
     if duplicate is not None:   # recorded like any refusal

@@ -350,7 +350,9 @@ def test_at_start_uploads_of_ended_rounds_are_deleted_but_no_version_file(served
                          "/reject")
     rid2 = served.coord.start_round(goal_count=2, min_count=2, noise_multiplier=0.0)
     served.coord.uploads.put(rid2, b"an open round's")
+    (served.coord.uploads.root / served.coord.uploads.LEGACY_SWEPT).unlink()   # as an older release's data dir
     assert round_end.forget_ended_uploads(served.coord) == 2
+    assert served.coord.uploads.legacy_swept()   # once: later starts do not read every update row again
     assert not served.coord.blobs.exists(old) and served.coord.blobs.exists(stable)
     assert not (served.coord.uploads.root / str(rid)).exists() and (served.coord.uploads.root / str(rid2)).is_dir()
 
