@@ -503,14 +503,12 @@ class Predictor:
         weights = self.weights(hist=hist)
         if prefix:
             cands = self._candidates(node, hist, prefix, k, weights) | set(self.text_words(text, prefix))
-            if quote_led(prefix):
-                words = list(cands)
-                words, scores = self._quoted(node, hist, prefix, k, weights, text, words,
-                                             self.scores(node, hist, words, weights))
+            scored = self._scored(node, hist, cands, self._folded(node, prefix, k, weights), weights)
+            words, scores = list(scored), list(scored.values())
+            if quote_led(prefix):   # (no folded words: "'Hin" folds inside `_quoted`)
+                words, scores = self._quoted(node, hist, prefix, k, weights, text, words, scores)
             else:
-                scored = self._scored(node, hist, cands, self._folded(node, prefix, k, weights), weights)
-                words = list(scored)
-                scores = self.with_text(list(scored.values()), words, text)
+                scores = self.with_text(scores, words, text)
             return _best(words, _shorter_first(scores, words, len(prefix)), k)
         _, wn, wp = weights
         m = self._per_part(weights, k)

@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     data = fetch(args.data_dir, args.url)
-    if empty := [split for split in ("train", "valid", "test") if not any(data[split])]:
+    if empty := [split for split in SPLITS if not any(data[split])]:
         raise ValueError(f"{args.data_dir}: ptb.{empty[0]}.txt holds no words (a broken download? delete it to fetch "
                          "it again)")
     freq = Counter(w for s in data["train"] for w in s)
