@@ -52,7 +52,7 @@ def _marks() -> str:
 # A word's characters: letters, digits, "_", apostrophes and the marks above.
 WORD_CLASS = rf"[\w'{_marks()}]"
 # Words (with apostrophes) and single punctuation marks. `tokens` applies it after typing's
-# quote normalisation; the base n-gram's `protocol.ngram.words_of_chunk` applies it to raw
+# quote normalisation; the base n-gram's `edge_runtime.ngram.words_of_chunk` applies it to raw
 # text, as the shipped n-gram was fitted (its vocabulary holds the typographic quotes).
 TOKEN_RE = re.compile(rf"{WORD_CLASS}+|[^\w\s]")
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})  # typographic -> typed
@@ -88,10 +88,11 @@ def word_being_typed(chunk: str) -> tuple[str, str] | None:
     would extend, `lead` what comes before it in the chunk ('"' in '"hel', "hello," in
     "hello,wor"); a keyboard completes the prefix after the lead, and replaces only the prefix.
     A chunk of opening marks alone ('"', "(") or none ("") has prefix "": the next word.
-    None when the chunk ends in any other mark ("lord,"): the next word comes after a space."""
+    None when the chunk ends in any other mark ("lord,"): the next word comes after a space; so
+    does a single quote after such a mark ("yes.'", "lord,'"), which closes a quotation there."""
     start = _TRAILING_WORD.search(chunk.translate(_QUOTES)).start()
     lead, prefix = chunk[:start], chunk[start:]
-    if not prefix and not all(c in OPENING_MARKS for c in lead):
+    if not all(c in OPENING_MARKS for c in lead) and not prefix.strip(_SINGLE_QUOTES):
         return None
     return lead, prefix
 

@@ -34,6 +34,11 @@ def test_the_word_being_typed_is_completed_after_what_opens_it():
     assert word_being_typed('"') == ('"', "")                      # the next word, right after the quote
     assert word_being_typed("lord,") is None                       # the next word comes after a space
     assert word_being_typed('said"') is None
+    assert word_being_typed("yes.'") is None                       # a quotation closed, not a word opened
+    assert word_being_typed("lord,’") is None
+    assert word_being_typed("'") == ("", "'")                      # "'tis" or a quotation, being opened
+    assert word_being_typed("\"'") == ("\"", "'")
+    assert word_being_typed("yes.'T") == ("yes.", "'T")            # a letter after it: a word after all
     assert word_being_typed("") == ("", "")                        # after a space
     rng = random.Random(1)
     for _ in range(2000):
