@@ -61,6 +61,10 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
     except UnicodeDecodeError as e:
         gz = "; it looks gzip-compressed: gunzip it first" if p.read_bytes()[:2] == b"\x1f\x8b" else ""
         raise CorpusError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}){gz}") from None
+    if (nul := text.find("\x00")) >= 0:   # valid UTF-8, but no text holds NUL: UTF-16 or a binary file
+        utf16 = text[1::2].count("\x00") > len(text) // 4 or text[::2].count("\x00") > len(text) // 4
+        hint = "; it looks like UTF-16 without a byte-order mark: save it as UTF-8" if utf16 else ": a binary file?"
+        raise CorpusError(f"{p}: not text (a NUL character at character {nul}){hint}")
     lines = text.splitlines()   # plain text: any line end, U+2028 too
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:

@@ -233,3 +233,16 @@ def test_held_out_users_text_is_not_in_the_train_users_text(name):
     for part in ("validation", "test"):
         copied, total = copied_words(split.texts(part), train)
         assert copied <= 0.001 * total, f"{name}: {copied} of {part} users' {total} words are in train users' text"
+
+
+def test_utf16_without_a_byte_order_mark_and_binary_files_are_refused(tmp_path):
+    """Both decode as UTF-8 (NUL is valid UTF-8), and were read as texts of letters and NULs."""
+    p = tmp_path / "notes.txt"
+    p.write_bytes("hello there\nhow are you\n".encode("utf-16-le"))
+    with pytest.raises(CorpusError, match="not text .*UTF-16 without a byte-order mark"):
+        read_corpus(p)
+    p.write_bytes(b"abc\x00\x01\x02def\n")
+    with pytest.raises(CorpusError, match="not text .*binary file"):
+        read_corpus(p)
+    p.write_text('{"user": "a", "text": "a \\u0000 escaped in JSON is the writer\'s choice"}\n')
+    assert read_corpus(p)[0].user == "a"
