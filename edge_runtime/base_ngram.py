@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from edge_runtime.collector import settle
-from protocol.ngram import KneserNeyLM
+from edge_runtime.ngram import KneserNeyLM
 
 log = logging.getLogger(__name__)
 

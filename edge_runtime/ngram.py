@@ -1,8 +1,8 @@
 """Interpolated modified Kneser-Ney word n-gram language model: the next-word baseline.
 
-It lives in `protocol` because two deployables use it: the device queries the shipped base
-n-gram on every keystroke (`edge_runtime.base_ngram`), the tools fit it on proxy text and
-evaluate it (`tools.proxy_ngram`, `tools.evaluate`). Pure numpy, no TensorFlow.
+It lives on the device's side: the device queries the shipped base n-gram on every keystroke
+(`edge_runtime.base_ngram`) and the coordinator never uses it; the tools fit it on proxy text
+and evaluate it from here (`tools.proxy_ngram`, `tools.evaluate`). Pure numpy, no TensorFlow.
 
 The evaluator drives this model and the LSTM through one interface: `lm.session()` gives an
 `NgramSession` that is fed each completed whitespace chunk of a text and asked for top-k

@@ -53,10 +53,10 @@ from typing import TypeVar
 
 import numpy as np
 
+from edge_runtime.ngram import KneserNeyLM, leading_word
 from edge_runtime.personal import BOS, HISTORY_PRIOR, PersonalModel
 from protocol.arch import SIG_INFER, SIG_STEP
 from protocol.interpreter import Model
-from protocol.ngram import KneserNeyLM, leading_word
 from protocol.text import (
     BOS_ID,
     UNK_ID,

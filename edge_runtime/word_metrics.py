@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol.ngram import leading_word  # a target word: what a chunk starts with
+from edge_runtime.ngram import leading_word  # a target word: what a chunk starts with
 
 
 class TypingSession(Protocol):

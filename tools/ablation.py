@@ -29,8 +29,8 @@ from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 from tools.shipped import SHIPPED_V0
 
 if TYPE_CHECKING:
+    from edge_runtime.ngram import KneserNeyLM
     from model.corpus import Split
-    from protocol.ngram import KneserNeyLM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def ngram_bounds(args: argparse.Namespace, split: Split, base: KneserNeyLM, cent
     """The second table of `--ngram-bounds`: upper bounds, without noise, of a federated n-gram.
     `central` and `shared` are the main table's trigrams of all train users (all of their text;
     what 2+ of them typed, None when they share no word)."""
-    from protocol.ngram import KneserNeyLM
+    from edge_runtime.ngram import KneserNeyLM
     from tools.simulate import load_population
     from tools.wordeval import evaluate_words
 
@@ -137,8 +137,8 @@ def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: boo
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from edge_runtime.base_ngram import configured_path, load_base_ngram
+    from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
-    from protocol.ngram import KneserNeyLM
     from tools.bench.keystroke import device_keystrokes, percentiles
     from tools.wordeval import evaluate_words
 

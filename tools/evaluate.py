@@ -96,8 +96,8 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
-    from protocol.ngram import KneserNeyLM
     from tools.wordeval import evaluate_words
 
     if args.max_words < 1:

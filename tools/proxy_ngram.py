@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus
-    from protocol.ngram import KneserNeyLM
 
     out = check_out_file(args.out, args.proxy)
     t0 = time.time()

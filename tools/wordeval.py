@@ -29,8 +29,8 @@ from dataclasses import asdict, astuple, dataclass
 
 from tqdm import tqdm
 
+from edge_runtime.ngram import leading_word
 from edge_runtime.word_metrics import score_word
-from protocol.ngram import leading_word
 
 
 @dataclass

@@ -10,8 +10,8 @@ import stat
 import numpy as np
 import pytest
 
-import protocol.ngram as ngram
-from protocol.ngram import KneserNeyLM, chunks, leading_word, words_of_chunk
+import edge_runtime.ngram as ngram
+from edge_runtime.ngram import KneserNeyLM, chunks, leading_word, words_of_chunk
 
 WORD = re.compile(r"[\w']+")
 

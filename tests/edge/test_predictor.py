@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from edge_runtime.ngram import leading_word
 from edge_runtime.predictor import FOLDED_SHARE, FOLLOW_WEIGHT, SHORTER_FIRST, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
-from protocol.ngram import leading_word
 from protocol.text import BOS_ID, load_tokenizer, plain_quotes, quote_led, tokens, word_being_typed
 
 TEXT = "What say you to my lord, and shall we go to the king"
@@ -244,7 +244,7 @@ PHRASE = "the quick brown horse jumps over the lawful dog"
 
 @pytest.fixture(scope="module")
 def base_ngram():
-    from protocol.ngram import KneserNeyLM
+    from edge_runtime.ngram import KneserNeyLM
     from tests.tiny_version import tiny_texts
 
     texts = tiny_texts(1500) + [PHRASE] * 30
@@ -254,7 +254,7 @@ def base_ngram():
 def test_tokens_that_are_not_words_are_never_offered(predictor):
     """The base n-gram's vocabulary and the text's own chunks hold "____", "cooker''" and "''Tis";
     they reached the strip ("_" gave three runs of underscores)."""
-    from protocol.ngram import KneserNeyLM
+    from edge_runtime.ngram import KneserNeyLM
     from protocol.text import suggestable
 
     junk = KneserNeyLM.fit(["the cooker'' is hot ____ here ''Tis true 'Wuthering' heights"] * 20, order=3)
@@ -954,7 +954,7 @@ def test_the_base_ngrams_typos_and_glued_words_are_not_offered(predictor):
     """The base n-gram's proxy chat holds words seen once that are no words ("It's'" after "It's",
     "dont't", "areyou"): only its words the word list holds, in some case, reach the strip, or
     ones the user typed."""
-    from protocol.ngram import KneserNeyLM
+    from edge_runtime.ngram import KneserNeyLM
 
     assert "horse" in predictor.vocab.index and "horsey" not in predictor.vocab.index
     junk = KneserNeyLM.fit(["the horsey jumps over the horsee and the Horse", "the HORSE and the horse"] * 20,

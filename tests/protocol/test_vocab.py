@@ -331,7 +331,7 @@ def test_slurs_and_swear_words_are_offered_only_to_people_who_typed_them(exporte
     until this user types it; the same word list and n-gram without the block do offer it, so the
     test sees the block and not a missing word. (Here, not in tests/edge: building the version
     needs protobuf, which the boards' slim tflite-runtime environment lacks.)"""
-    from protocol.ngram import KneserNeyLM
+    from edge_runtime.ngram import KneserNeyLM
     from protocol.text import blocked_words, is_blocked
     from protocol.vocab import add_tail_words
     from tests.tiny_version import tiny_texts
@@ -386,7 +386,7 @@ def test_a_blocked_word_with_its_own_softmax_row_is_not_offered_after_a_space(ex
 def test_a_blocked_word_among_the_base_ngrams_best_leaves_it_as_many_candidates(exported_version, tmp_path):
     # With one candidate per part, the n-gram's best after "you are a" is a blocked word: the
     # blocked strip gets the n-gram's next word in its place, which the open strip never proposes.
-    from protocol.ngram import KneserNeyLM
+    from edge_runtime.ngram import KneserNeyLM
     from protocol.vocab import add_tail_words
     from tests.tiny_version import tiny_texts
 

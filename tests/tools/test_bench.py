@@ -153,7 +153,7 @@ def test_ptb_bench_default_ngram_orders_fit_ptbs_ten_thousand_words():
     # overflow at that vocabulary, and the bench stopped before training anything.
     import argparse
 
-    from protocol.ngram import KneserNeyLM
+    from edge_runtime.ngram import KneserNeyLM
     from tools.bench.ptb import add_parser
 
     parser = argparse.ArgumentParser()

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from protocol.ngram import KneserNeyLM
+from edge_runtime.ngram import KneserNeyLM
 from tools.proxy_ngram import main
 
 

@@ -110,10 +110,10 @@ def main(args: argparse.Namespace) -> int:
     from tools._cli import quiet_tensorflow
 
     quiet_tensorflow()
+    from edge_runtime.ngram import BOS, EOS, KneserNeyLM
     from model.lstm import NextWordLSTM
     from model.pretrain import TrainSettings, train_windows
     from protocol.arch import ModelConfig
-    from protocol.ngram import BOS, EOS, KneserNeyLM
     from protocol.text import BOS_ID, EOS_ID, windows
 
     t0 = time.time()

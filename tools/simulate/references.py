@@ -116,8 +116,8 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users.
     The LSTMs are scored in `workers` processes: the caller's `pool`, or one started for the first."""
     from edge_runtime.base_ngram import configured_path
+    from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
-    from protocol.ngram import KneserNeyLM
 
     cache_path = data / "reference.json"
     try:
