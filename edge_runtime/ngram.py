@@ -320,11 +320,13 @@ class KneserNeyLM:
         self._freq = raw_freq
         self._uni = uni  # P_1 over every id but <s>
         self._levels = levels  # n -> (context keys, bounds, gammas, next ids, alphas)
-        self._ctx: dict[int, dict[int, tuple[int, int, float]]] = {}
+        # Each order's contexts stay numpy arrays, looked up by bisection (`_context`): as a dict
+        # of Python ints and tuples the shipped base n-gram's 1.5M contexts took 350 MB of memory.
+        self._ctx: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._next: dict[int, np.ndarray] = {}
         self._alpha: dict[int, np.ndarray] = {}
         for n, (keys, bounds, gammas, nxt, alpha) in levels.items():
-            self._ctx[n] = dict(zip(keys.tolist(), zip(bounds[:-1].tolist(), bounds[1:].tolist(), gammas.tolist())))
+            self._ctx[n] = (keys, bounds, gammas)
             self._next[n] = nxt
             self._alpha[n] = alpha
 
@@ -373,7 +375,7 @@ class KneserNeyLM:
             if n == 2:
                 val = val + float(gammas[c]) * self._uni[ids]
             else:
-                low = self._ctx[2].get(int(keys[c]) % self._base)
+                low = self._context(2, int(keys[c]) % self._base)
                 seg = self._next[2][low[0] : low[1]] if low is not None else nxt[:0]
                 pos = seg.searchsorted(ids)
                 if len(seg) == 0 or pos[-1] >= len(seg) or not np.array_equal(seg[pos], ids):
@@ -390,6 +392,15 @@ class KneserNeyLM:
     def _ids(self, tokens: Sequence[str]) -> list[int]:
         return [self._index.get(t, self._unk) for t in tokens]
 
+    def _context(self, n: int, key: int) -> tuple[int, int, float] | None:
+        """(start, end, gamma) of the order-`n` context with this key (its n-1 tokens), or None
+        when the counts never saw it."""
+        keys, bounds, gammas = self._ctx[n]
+        i = int(keys.searchsorted(key))
+        if i == len(keys) or int(keys[i]) != key:
+            return None
+        return int(bounds[i]), int(bounds[i + 1]), float(gammas[i])
+
     def _levels_for(self, hist: Sequence[int]) -> list[tuple[int, int, int, float]]:
         """(order, start, end, gamma) of each seen context of `hist`, highest order first."""
         out = []
@@ -398,7 +409,7 @@ class KneserNeyLM:
         for t in hist[len(hist) - m :]:
             key = key * self._base + t
         for n in range(m + 1, 1, -1):  # key holds the last n-1 tokens
-            e = self._ctx[n].get(key)
+            e = self._context(n, key)
             if e is not None:
                 out.append((n, *e))
             key %= self._base ** (n - 2)

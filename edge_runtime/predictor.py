@@ -200,12 +200,37 @@ def _chunk_word(chunk: str) -> str | None:
     return leading_word(plain_quotes(chunk))
 
 
-@dataclass
 class _Node:
-    logprobs: np.ndarray  # (V,) next-token log-probabilities after this node
-    h: np.ndarray
-    c: np.ndarray
-    head: np.ndarray | None = None  # exp(logprobs): P of the softmax's words, computed on first suggestion
+    """The LSTM's state after some tokens (h, c) and its next-token log-probabilities.
+
+    A session keeps one per completed chunk so that a backspace or a cursor move rewinds instead
+    of re-running the text. The log-probabilities (40 KB of float32) and `head` (80 KB) are only
+    needed where suggestions are asked, so a node the session has moved past drops them (`cool`)
+    and recomputes them, the same values, from the state before its last token (`pre`) if it
+    becomes the tip again: kept, a 16,000-character text held 400 MB of them."""
+
+    __slots__ = ("_lp", "h", "c", "head", "pre")
+
+    def __init__(self, logprobs: np.ndarray | None, h: np.ndarray, c: np.ndarray,
+                 pre: tuple[Callable[[int, np.ndarray, np.ndarray], np.ndarray], int, np.ndarray, np.ndarray]
+                 | None = None) -> None:
+        self._lp = logprobs
+        self.h, self.c = h, c
+        self.head: np.ndarray | None = None  # exp(logprobs): P of the softmax's words, computed on first suggestion
+        self.pre = pre  # (the step's log-probabilities, last token, h and c before it): to recompute
+
+    @property
+    def logprobs(self) -> np.ndarray:
+        """(V,) next-token log-probabilities after this node."""
+        if self._lp is None:
+            relog, tok, h, c = self.pre
+            self._lp = relog(tok, h, c)
+        return self._lp
+
+    def cool(self) -> None:
+        """Drop what can be recomputed (nothing, for a node made without `pre`: the root)."""
+        if self.pre is not None:
+            self._lp = self.head = None
 
 
 @dataclass
@@ -270,8 +295,13 @@ class Predictor:
         for t in ids:
             token[0] = t
             logprobs, h, c = self._step(token, node.h, node.c)
-            node = _Node(logprobs[0], h, c)
+            node = _Node(logprobs[0], h, c, (self._logprobs_after, t, node.h, node.c))
         return node
+
+    def _logprobs_after(self, tok: int, h: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The step's next-token log-probabilities after `tok` from state (h, c) (`_Node.cool`)."""
+        self._token[0] = tok
+        return self._step(self._token, h, c)[0][0]
 
     def probs_of(self, node: _Node, ids: np.ndarray) -> np.ndarray:
         """P_lstm of word-list ids: the softmax for its own words, its <unk> shared by frequency
@@ -805,6 +835,8 @@ class Session:
     def _append(self, chunk: str, node: _Node, hist: tuple[str, ...]) -> None:
         self.chunks.append(chunk)
         self.words.push(chunk)
+        if len(self.nodes) > 1:   # the tip before: no longer suggested from until a rewind
+            self.nodes[-1].cool()
         self.nodes.append(node)
         self.hists.append(hist)
         self.ahead = []

@@ -138,6 +138,24 @@ def test_backspace_and_edits_rewind_to_the_cached_state(predictor):
     assert s.update("shall we run to the ") == predictor.session().update("shall we run to the ")
 
 
+def test_a_long_text_keeps_the_model_output_of_its_last_chunk_only(predictor):
+    """A session keeps a state per chunk for rewinds; kept with each its 10,000 log-probabilities
+    and their exponentials, a 16,000-character text held 400 MB. Chunks passed drop them and
+    recompute the same values when a backspace makes them the tip again."""
+    s = predictor.session()
+    text = (TEXT + ". ") * 6
+    s.update(text)
+    before = predictor.session()
+    before.update(text[:41])   # the strip after 9 words, from a session that never went past them
+    kept = [n for n in s.nodes[1:-1] if n._lp is not None or n.head is not None]
+    assert len(s.nodes) > 60 and kept == []
+    assert s.nodes[-1]._lp is not None and s.nodes[0]._lp is not None   # the tip, and the shared root
+    fresh = predictor.advance_ids(predictor.root, predictor.vocab.ids(tokens(TEXT[:41])))
+    assert s.update(text[:41]) == before.update(text[:41])
+    np.testing.assert_array_equal(s.nodes[-1].logprobs, fresh.logprobs)
+    assert s.update(text) == predictor.session().update(text)
+
+
 def test_chunkwise_state_equals_feeding_the_whole_text_at_once(predictor):
     s = predictor.session()
     for chunk in TEXT.split():

@@ -91,6 +91,24 @@ def test_train_bench_prints_both_backends_and_edge_memory(exported_version):
     assert r.returncode == 0 and "edge: " in r.stdout, r.stderr[-2000:]
 
 
+def test_memory_bench_prints_each_setup_from_a_process_of_its_own(exported_version, tmp_path):
+    corpus = tmp_path / "held_out.txt"
+    corpus.write_text(CORPUS * 8)
+    r = bench("memory", "--model", str(exported_version), "--corpus", str(corpus), "--chars", "300")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "one session typed 300 characters" in lines[0], lines[0]
+    rows = {ln[:34].strip(): [float(x) for x in ln[34:].split()[:5]] for ln in lines[2:4]}
+    shipped, bare = rows["keyboard as shipped"], rows["keyboard without its base n-gram"]
+    # Loading the shipped base n-gram shows (FEDKEYS_BASE_NGRAM="" reached the second process only)
+    assert shipped[1] > bare[1] + 20, r.stdout
+    share = re.search(r"the base n-gram: (\d+) MiB of the (\d+) MiB loaded", r.stdout)
+    assert share and int(share.group(1)) > 20, r.stdout
+    assert all(imported < loaded <= peak for imported, loaded, _, peak, _ in rows.values()), rows
+    r = bench("memory", "--model", str(tmp_path / "missing"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "no manifest.json" in r.stderr, r.stderr
+
+
 def test_bench_errors_are_one_line(tmp_path):
     r = bench("keystroke", "--model", str(tmp_path / "missing"), "--corpus", str(tmp_path / "none.txt"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr

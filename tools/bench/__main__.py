@@ -1,4 +1,5 @@
-"""`python -m tools.bench {keystroke,train,aggregation,load,poisoning,ptb}`: see the modules of the same names."""
+"""`python -m tools.bench {keystroke,memory,train,aggregation,load,poisoning,ptb}`: see the modules
+of the same names."""
 
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("aggregation", add_help=False,
                    help="coordinator aggregation: streaming FedAvg vs Flower's aggregate, time and peak memory")
     from tools.bench.load import add_parser as add_load
+    from tools.bench.memory import add_parser as add_memory
     from tools.bench.poisoning import add_parser as add_poisoning
     from tools.bench.ptb import add_parser as add_ptb
 
+    add_memory(sub)
     add_load(sub)
     add_poisoning(sub)
     add_ptb(sub)
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keystroke":
         from tools.bench.keystroke import main as keystroke
         return keystroke(args)
+    if args.command == "memory":
+        from tools.bench.memory import main as memory
+        return memory(args)
     if args.command == "train":
         from tools.bench.train import main as train
         return train(args)
