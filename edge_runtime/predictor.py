@@ -798,6 +798,10 @@ class Session:
         self.readied: _Readied | None = None  # `prefetch`'s work for the space after `partial`
         self.firsts: _Firsts | None = None  # `prefetch`'s strips for the first letter after nodes[-1]
         self._lstm_warmed: _Node | None = None  # the node `prefetch` last ran `Predictor.warm_lstm` on
+        # The chunks a rewind took off, with their states, the one next to the tip last: a cursor
+        # moved back (a click, an arrow key) and then to the end again pushes them back unchanged,
+        # and takes their states instead of re-running the text (0.4 s for 8,000 characters).
+        self.undone: list[tuple[str, _Node, tuple[str, ...]]] = []
 
     def feed(self, chunk: str) -> float:
         """Append a completed chunk; returns the natural-log probability the mixture gave its tokens
@@ -807,6 +811,7 @@ class Session:
             lp += math.log(max(self.p.mixture(self.p.component_probs(node, tok, hist), hist), 1e-30))
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
+        self.undone = []
         self._append(chunk, node, hist)
         self.text = None
         return lp
@@ -814,7 +819,12 @@ class Session:
     def _push(self, chunk: str) -> None:
         """Append a completed chunk, feeding only its tokens not already fed ahead; its probability,
         which the keyboard never shows, is not computed (a third of a one-token chunk's cost)."""
-        r = self.readied
+        undone, r = self.undone, self.readied
+        if undone and undone[-1][0] == chunk:   # the cursor back where it was: the same chunk, the same state
+            _, node, hist = undone.pop()
+            self._append(chunk, node, hist)
+            return
+        self.undone = []
         if r is not None and r.fed(self.nodes[-1], chunk):
             node, hist = r.node, r.hist
         else:
@@ -865,6 +875,8 @@ class Session:
         if n_chunks < len(self.chunks):
             for _ in range(len(self.chunks) - n_chunks):
                 self.words.pop()
+            self.undone.extend(reversed(list(zip(self.chunks[n_chunks:], self.nodes[n_chunks + 1:],
+                                                 self.hists[n_chunks + 1:]))))
             del self.chunks[n_chunks:]
             del self.nodes[n_chunks + 1:]
             del self.hists[n_chunks + 1:]
