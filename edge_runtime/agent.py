@@ -347,10 +347,13 @@ def _guarded(dev: Device, plan: wire.TrainPlan) -> tuple[PrivacyLedger, str | No
 def _budget_left(dev: Device) -> bool:
     """Whether any release still fits the local privacy budget. One spent to the budget can fit
     none, whatever the plan: such a device was selected, refused the plan, and kept the slot, so
-    the round waited for it, and for it again in every later round. (A damaged ledger: none.)"""
+    the round waited for it, and for it again in every later round. (A damaged ledger: none.)
+    An unlimited budget always has room, even after a noiseless release spent an infinite
+    epsilon: `PlanGuard` allows any plan then, and inf < inf had left such a device asking for
+    no training ever again, without a word."""
     ledger = _ledger(dev)
     try:
-        return ledger.spent() < ledger.budget
+        return ledger.budget == math.inf or ledger.spent() < ledger.budget
     except LedgerError as e:
         log.error("%s", e)   # "... is damaged; refusing to train": said at every check-in until it is fixed
         return False

@@ -431,3 +431,19 @@ def test_a_device_that_spent_its_budget_takes_no_slot(device):
     PrivacyLedger(device.config.data_dir, budget=1.0, delta=device.config.local_delta).charge(PLAN)
     agent.run_once(device)
     assert device.client.checkins[-1].can_train is False
+
+
+def test_a_noiseless_release_under_an_unlimited_budget_leaves_the_device_training(device):
+    """After one release without noise the ledger's epsilon is infinite; with the default budget,
+    also infinite, `inf < inf` had the device ask for no training ever again, and say nothing
+    (a probe). The plan guard allows any plan under an unlimited budget; so does the check-in."""
+    import dataclasses
+
+    from edge_runtime.plan_guard import PrivacyLedger
+
+    assert device.config.local_epsilon_budget == float("inf")
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)]
+    PrivacyLedger(device.config.data_dir, budget=float("inf"), delta=device.config.local_delta).charge(
+        dataclasses.replace(PLAN, noise_multiplier=0.0))
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_train is True
