@@ -42,13 +42,20 @@ class RoundPrivacy:
             raise ValueError("noise_multiplier must be >= 0")
 
 
+NO_NOISE = 1e-100   # a noise multiplier below this is accounted as no noise at all (`epsilon`)
+
+
 def epsilon(history: Sequence[RoundPrivacy], delta: float) -> float:
-    """Epsilon at `delta` after all rounds in `history` (0 rounds: 0; any sigma=0: inf)."""
+    """Epsilon at `delta` after all rounds in `history` (0 rounds: 0; any sigma=0: inf).
+
+    A sigma under `NO_NOISE` counts as none: dp-accounting's RDP of 1 / sigma**2 overflows near
+    1e-154, and it then answered 0.0 (sampled rounds) or divided by zero, where the truth is an
+    epsilon past any float (1e-100 already gives 1e+200)."""
     if not 0 < delta < 1:
         raise ValueError("delta must be in (0, 1)")
     if not history:
         return 0.0
-    if any(r.noise_multiplier == 0 for r in history):
+    if any(r.noise_multiplier < NO_NOISE for r in history):
         return math.inf
     import dp_accounting  # heavy (scipy): only when a version is actually accounted
     from dp_accounting import rdp

@@ -87,7 +87,7 @@ def gaussian_epsilon(noise_multipliers: Sequence[float], delta: float) -> float:
         raise ValueError("delta must be in (0, 1)")
     if not noise_multipliers:
         return 0.0
-    if any(s <= 0 for s in noise_multipliers):
+    if any(s <= 0 or s * s == 0 for s in noise_multipliers):   # (s * s underflows under 1e-162)
         return math.inf
     mu = math.sqrt(sum(1.0 / (s * s) for s in noise_multipliers))
     if _gdp_delta(0.0, mu) <= delta:

@@ -73,6 +73,17 @@ def test_privacy_accounting():
         privacy.epsilon([r], 0.0)
 
 
+@pytest.mark.parametrize("sigma", [1e-160, 1e-170, 1e-300])
+def test_a_noise_multiplier_too_small_to_account_is_no_noise(sigma):
+    """dp-accounting's RDP of 1 / sigma**2 overflows there: a round at 1e-160 read epsilon 0.0,
+    one at 1e-170 divided by zero (and a manifest with it crashed import-version; a probe)."""
+    for q in (0.5, 1.0):
+        assert privacy.epsilon([privacy.RoundPrivacy(q, sigma)], 1e-6) == math.inf
+    s = privacy.summarize([privacy.RoundPrivacy(0.5, sigma)], 1e-6)
+    assert s["epsilon"] == s["epsilon_local"] == math.inf
+    assert privacy.epsilon([privacy.RoundPrivacy(0.5, 1e-100)], 1e-6) > 1e199   # still accounted
+
+
 def _m(vid: str, top3: float, words: int = 100, count: float = 100.0, loss: float = 200.0) -> wire.VersionMetrics:
     """Metrics whose word-level top-3 is `top3` hits of `words` (next-piece figures alongside)."""
     return wire.VersionMetrics(vid, loss_sum=loss, top1=min(top3, count) / 2, top3=min(top3, count), count=count,
