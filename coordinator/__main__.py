@@ -19,6 +19,7 @@ from protocol.artifact import ArtifactError
 from protocol.cli import (
     EXIT_USER_ERROR,
     HelpFormatter,
+    Parser,
     add_version,
     exit_if_stdout_closed,
     file_in_the_way,
@@ -39,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m coordinator", formatter_class=HelpFormatter, description=(
+    ap = Parser(prog="python -m coordinator", description=(
         "FedKeys coordinator. Settings: defaults < (admin commands) the service's recorded settings < --profile < "
         "--config file < FEDKEYS_COORDINATOR_* env < flags."))
     add_version(ap)

@@ -21,7 +21,14 @@ from edge_runtime.client import ClientError, RejectedError
 from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import read_manifest
-from protocol.cli import EXIT_USER_ERROR, HelpFormatter, add_version, exit_if_stdout_closed, file_in_the_way
+from protocol.cli import (
+    EXIT_USER_ERROR,
+    HelpFormatter,
+    Parser,
+    add_version,
+    exit_if_stdout_closed,
+    file_in_the_way,
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -40,7 +47,7 @@ def _keyboard_flags(p: argparse.ArgumentParser, port_help: str, name: str = "--k
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m edge_runtime", formatter_class=HelpFormatter, description=(
+    ap = Parser(prog="python -m edge_runtime", description=(
         "FedKeys device runtime. Settings: defaults < --config file < FEDKEYS_EDGE_* environment < flags."))
     add_version(ap)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")

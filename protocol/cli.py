@@ -45,6 +45,27 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """Arguments as argparse reads them, refused in one line (exit 2) when one holds bytes that
+        are not UTF-8 (`$'v\\xff'`): Python keeps them as lone surrogates, which reached a database
+        query or a file write and ended in a UnicodeEncodeError traceback (a probe)."""
+        ns, rest = super().parse_known_args(args, namespace)
+        for name, value in vars(ns).items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, str) and not _utf8(v):
+                    shown = v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    self.error(f"{name.replace('_', '-')} '{shown}' holds bytes that are not UTF-8 text: "
+                               "ids, labels and paths here must be UTF-8")
+        return ns, rest
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def _has_default(action: argparse.Action) -> bool:
     """A real default: not None, a store_true's False, SUPPRESS or an empty list. By identity, since

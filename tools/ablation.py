@@ -24,7 +24,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from protocol.artifact import read_manifest
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 from tools.shipped import SHIPPED_V0
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.ablation", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.ablation", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="device corpus (JSONL or plain text)")

@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import run
 
 DEFAULT_MAX_TAIL = 100_000   # docs/quality.md, "Present-day words in the word list"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.add_words", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.add_words", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     add_version(p)
     p.add_argument("--base", required=True, help="the version directory to start from (e.g. the stable one)")

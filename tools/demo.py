@@ -28,7 +28,7 @@ import sys
 import threading
 from pathlib import Path
 
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import DEFAULT_CORPUS, REPO, run
 from tools.shipped import check_version
 
@@ -46,7 +46,7 @@ DEMO_DEFAULTS = {"devices": 16, "rounds": 5, "participation": 0.8, "dropout": 0.
 def build_parser() -> argparse.ArgumentParser:
     from tools.simulate import build_parser as sim_parser
 
-    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--data-dir", default="data", help="everything goes under this directory (default: data)")

@@ -16,12 +16,12 @@ import json
 import sys
 import time
 
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--model", required=True, action="append", help="version directory (repeat to compare)")

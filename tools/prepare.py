@@ -20,14 +20,14 @@ from pathlib import Path
 
 from model.corpus import FORMATS, CorpusError, Record, first_line, read_corpus, sniff_format, split_users
 from protocol.artifact import atomic_write
-from protocol.cli import HelpFormatter, add_version, file_in_the_way
+from protocol.cli import HelpFormatter, Parser, add_version, file_in_the_way
 from tools._cli import check_out_file, run
 
 SIMULATE_DEVICES = 32     # the device count of the federated runs in docs/quality.md (tools.simulate --devices 32)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.prepare", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.prepare", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("inputs", nargs="+", metavar="FILE", help="JSON Lines or plain-text files, combined in order")

@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import quiet_tensorflow, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.pretrain", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--out", required=True, help="version directory to write")

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import check_out_file, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.proxy_ngram", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.proxy_ngram", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--proxy", action="append", required=True, help="proxy corpus (JSONL/text); repeat to combine")

@@ -19,7 +19,7 @@ import json
 from contextlib import ExitStack
 from pathlib import Path
 
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import DEFAULT_PROXY, run, worker_pool
 
 CLAIMS = (  # (label, federated side, reference, metric)
@@ -43,7 +43,7 @@ ROWS = (  # (key, label): every model scored on the N words, in the README's ord
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.rescore", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.rescore", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--data-dir", required=True, help="a finished tools.simulate or tools.demo run (its --data-dir)")

@@ -26,7 +26,7 @@ import numpy as np
 
 from edge_runtime import trainer
 from protocol import artifact, wire
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools import privacy_skellam
 from tools._cli import DEFAULT_CORPUS
 from tools.shipped import SHIPPED_V0
@@ -40,7 +40,7 @@ def heldout_top3(version: Path, weights: dict[str, np.ndarray], data: trainer.Wi
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.secagg_quality", description=__doc__.split("\n")[0],
+    ap = Parser(prog="python -m tools.secagg_quality", description=__doc__.split("\n")[0],
                                  formatter_class=HelpFormatter)
     add_version(ap)
     ap.add_argument("--model", default=str(SHIPPED_V0), help="base version directory")

@@ -9,14 +9,13 @@ docstrings, in effect). --check exits 1 if the file differs (tests/tools/test_se
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import re
 import sys
 from pathlib import Path
 
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import REPO, run
 
 OUT = Path(REPO) / "docs" / "settings.md"
@@ -81,7 +80,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.settings_doc", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tools.settings_doc", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
     p.add_argument("--out", default=str(OUT), help="where to write")

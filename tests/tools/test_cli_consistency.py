@@ -111,3 +111,18 @@ def test_the_deployables_end_quietly_when_the_reader_of_stdout_goes_away(tmp_pat
         proc.stdout.close()                             # before the child prints anything
         err = proc.stderr.read()
         assert proc.wait(timeout=120) == 141 and "Broken pipe" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args", [["coordinator", "pin", b"v\xff", "--data-dir", "{tmp}"],
+                                  ["edge_runtime", "status", "--data-dir", b"{tmp}/d\xff"],
+                                  ["tools.evaluate", "--model", "models/v0", "--corpus", b"c\xff.jsonl"]])
+def test_an_argument_that_is_not_utf8_is_one_line_exit_2(args, tmp_path):
+    """Python keeps such bytes as lone surrogates, which reached a database query or a file write
+    and ended in a UnicodeEncodeError traceback (`pin $'v\\xff'`; a probe)."""
+    argv = [a.replace("{tmp}", str(tmp_path)) if isinstance(a, str) else a.replace(b"{tmp}", os.fsencode(tmp_path))
+            for a in args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_")} | {"PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, capture_output=True, timeout=120,
+                       check=False)
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 2 and "holds bytes that are not UTF-8" in err and "Traceback" not in err, err

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.plan_guard import PlanFloor
-from protocol.cli import HelpFormatter, add_version
+from protocol.cli import HelpFormatter, Parser, add_version
 from protocol.plan import floor_breaches, number
 from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
 from tools.simulate.devices import device_config
@@ -43,7 +43,7 @@ CENTRAL_STEPS_PER_EPOCH = 2000
 
 def build_parser(prog: str = "python -m tools.simulate") -> argparse.ArgumentParser:
     """The simulator's parser (`prog` lets the demo show its own name)."""
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+    p = Parser(prog=prog, description=DESCRIPTION,
                                 formatter_class=HelpFormatter)
     add_version(p)
     add_arguments(p)
