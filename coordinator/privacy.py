@@ -82,4 +82,5 @@ def against_coordinator(noise_multipliers: Sequence[float], delta: float) -> dic
     who took part), however the versions those rounds made fared: the number to quote."""
     eps = epsilon([RoundPrivacy(1.0, z) for z in noise_multipliers], delta)
     return {"epsilon_local": eps, "rounds": len(noise_multipliers), "delta": delta,
-            "basis": "every round whose updates this coordinator received, as if one device took part in all"}
+            "basis": "every round whose updates this coordinator received, and the rounds behind versions imported "
+                     "from another, as if one device took part in all"}

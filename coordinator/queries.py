@@ -59,14 +59,31 @@ def noise_seen(s: Session) -> list[float]:
     computed from their text: a plain update (stored or rejected) or a secure round's sum. A
     device may have taken part in all of them, whichever versions they fed (a rejected candidate,
     a lineage a pin or rollback left), so their composition bounds every device's epsilon against
-    the coordinator; a version's own `epsilon_local` counts only its lineage's rounds."""
+    the coordinator; a version's own `epsilon_local` counts only its lineage's rounds. Then the
+    rounds that versions imported from another coordinator bring (`carried_noise`)."""
     ids = set(s.scalars(select(Update.round_id).distinct()))
     ids |= {i for i in s.scalars(select(Rejection.round_id).distinct()) if i is not None}
     ids |= set(s.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.SUMMED)))
-    if not ids:
-        return []
-    return [float(json.loads(pj).get("noise_multiplier", 0.0))
-            for pj in s.scalars(select(Round.plan_json).where(Round.id.in_(ids)))]
+    here = [float(json.loads(pj).get("noise_multiplier", 0.0))
+            for pj in s.scalars(select(Round.plan_json).where(Round.id.in_(ids)))] if ids else []
+    return here + carried_noise(s)
+
+
+def carried_noise(s: Session) -> list[float]:
+    """The noise multipliers of the rounds behind versions imported from another coordinator
+    (their manifests' histories, `versions.carried_privacy`): the same operator's earlier
+    service received those updates, so after a move to a new data directory the number to quote
+    read epsilon 0 beside a stable version of epsilon 20,000 (a probe). A history that is the
+    start of another one imported (an earlier export of the same lineage) counts once."""
+    held = set(s.scalars(select(Version.id)))
+    histories = [json.loads(pj).get("history") or []
+                 for parent, pj in s.execute(select(Version.parent_id, Version.privacy_json)
+                                             .where(Version.round_id.is_(None)))
+                 if parent is None or parent not in held]
+    histories = [h for h in histories if h]
+    kept = [h for i, h in enumerate(histories)
+            if not any(len(o) > len(h) and o[:len(h)] == h or o == h and j < i for j, o in enumerate(histories))]
+    return [float(z) for h in kept for _, z in h]
 
 
 def population(s: Session, configured: int) -> int:

@@ -265,6 +265,32 @@ def test_an_operators_promote_records_what_the_canary_showed(world):
     assert (shown["candidate_top3_pct"], shown["stable_top3_pct"]) == (pytest.approx(50.0), pytest.approx(36.0))
 
 
+def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(world, tmp_path):
+    """A trained version exported and imported into a new data directory (the operator's service
+    moved): its rounds were received by the same operator, but the number to quote read epsilon 0
+    with 0 rounds beside a stable version of epsilon 10,000 (a probe). An earlier export of the
+    same lineage, imported too, counts once."""
+    import json
+
+    s, devices, _, _ = world
+    first = _candidate_from_round(s, devices, 0.01)
+    s.admin("POST", f"/v1/admin/versions/{first}/promote")
+    second = _candidate_from_round(s, devices, 0.01)
+    s.admin("POST", f"/v1/admin/versions/{second}/promote")
+    theirs = s.coord.status()["privacy"]
+    older = s.coord.export_version(first, tmp_path / "older")
+    newer = s.coord.export_version(second, tmp_path / "newer")
+    with serve(make_config(tmp_path / "moved")) as moved:
+        assert moved.coord.import_version(str(newer)) == second   # stable: the first version here
+        seen = moved.coord.status()["privacy"]
+        assert seen["rounds"] == 2 and seen["epsilon_local"] == pytest.approx(theirs["epsilon_local"])
+        doc = json.loads((older / "manifest.json").read_text())
+        doc.update(version_id="older-lineage", parent="elsewhere")
+        (older / "manifest.json").write_text(json.dumps(doc))
+        moved.coord.import_version(str(older))                    # its one round is the newer's first
+        assert moved.coord.status()["privacy"]["rounds"] == 2
+
+
 def test_an_imported_version_whose_parent_is_not_held_here_keeps_its_privacy_history(world, tmp_path):
     """A version trained elsewhere (exported from another coordinator, its parent not held here)
     was imported with an empty privacy record: epsilon 0 in the database, the dashboard and the
