@@ -161,8 +161,12 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
     elif a == "revoke-device":
         _print(c.revoke_device(args.device_id))
     elif a == "import-version":
-        print(c.import_version(args.directory, as_candidate=False if args.stable else None,
-                               any_parent=args.force))
+        vid = c.import_version(args.directory, as_candidate=False if args.stable else None, any_parent=args.force)
+        print(vid)
+        now = c.status()
+        if now["candidate_version_id"] == vid and (r := now["latest_round"]) and r["status"] == "open":
+            print(f"note: round {r['round_id']} is open; the version it makes replaces candidate {vid} unless the "
+                  "canary decides first or favours it under a pin", file=sys.stderr)
     elif a == "export-version":
         print(c.export_version(args.version_id, args.directory))
     elif a == "start-round":
@@ -170,6 +174,9 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
                 *PLAN_FIELD_NAMES)
         rid = c.start_round(**{k: getattr(args, k) for k in keys})
         _print(c.get_round(rid))
+        if cand := c.status()["candidate_version_id"]:
+            print(f"note: candidate {cand} is still in its canary; the version this round makes replaces it "
+                  "unless the canary decides first or favours it under a pin", file=sys.stderr)
     elif a == "close-round":
         r = c.close_round(args.round_id, force=args.force)
         _print(r)

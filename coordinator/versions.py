@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import canary, deployment, privacy, queries, round_end, views
+from coordinator import canary, deployment, privacy, queries, rollout, round_end, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Decision, Round, Setting, Version, utcnow
 from coordinator.states import VERSION_ACTIONS, RoundStatus, VersionAction, VersionStatus
@@ -175,14 +175,33 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
     manifest.metrics = {"round_id": r.id, **metrics}
     manifest.privacy = {k: views._jf(v) if isinstance(v, float) else v for k, v in priv.items()}
     artifact.sign_manifest(manifest, coord.signing_key)
-    supersede_candidate(s, vid)
-    s.add(Version(id=vid, seq=seq, parent_id=base.id, status=VersionStatus.CANDIDATE,
+    waiting = _favoured_under_pin(coord, s)
+    if waiting is None:
+        supersede_candidate(s, vid)
+    s.add(Version(id=vid, seq=seq, parent_id=base.id,
+                  status=VersionStatus.CANDIDATE if waiting is None else VersionStatus.REJECTED,
                   manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
                   graph_sha256=base.graph_sha256, tokenizer_sha256=manifest.tokenizer_sha256,
                   opt_state_sha256=state_sha, round_id=r.id, epsilon=priv["epsilon"], delta=c.privacy_delta,
                   privacy_json=json.dumps(manifest.privacy)))
+    if waiting is not None:
+        s.flush()
+        s.add(Decision(version_id=vid, action=VersionAction.REJECT, actor="auto", numbers_json="{}",
+                       reason=f"candidate {waiting} waits for unpin with the canary in its favour; this round's "
+                              f"version does not replace it (export-version keeps it)"))
+        log.warning("round %d made %s, set aside: candidate %s waits for unpin with the canary in its favour",
+                    r.id, vid, waiting)
     r.status, r.closed_at, r.result_version_id = RoundStatus.DONE, utcnow(), vid
     return vid, priv
+
+
+def _favoured_under_pin(coord: Coordinator, s: Session) -> str | None:
+    """The pending candidate, when a pin holds it back with the canary in its favour: README
+    promises it waits for `unpin`, and a round closing meanwhile had superseded it (a probe)."""
+    cand, stable = queries.candidate(s), queries.stable(s)
+    if cand is None or stable is None or not queries.pinned(s):
+        return None
+    return cand.id if canary.verdict(coord, s, cand, stable).action == rollout.PROMOTE else None
 
 
 def supersede_candidate(s: Session, new_id: str) -> None:

@@ -184,6 +184,25 @@ def test_unpin_decides_the_candidate_the_pin_held_back_and_cancellations_are_rec
             ] == ["auto"]
 
 
+def test_a_round_closing_under_a_pin_does_not_replace_the_candidate_the_canary_favours(world):
+    """README: while pinned, a candidate the canary favours waits for unpin. A round that closed
+    meanwhile superseded it ("superseded by ... before the canary decided") and put its own,
+    unjudged version in its place (a probe). Now the round's version is set aside, recorded."""
+    s, devices, canaries, _ = world
+    assert s.admin("POST", "/v1/admin/versions/v0000/pin").status_code == 200
+    favoured = _candidate_from_round(s, devices, 0.01)
+    for d in canaries[:2]:
+        assert _report(d, d.checkin(), 50, 40).status_code == 200
+    assert s.admin("GET", "/v1/admin/canary").json()["would"] == "promote"
+    later = _candidate_from_round(s, devices, 0.01)
+    versions = {v["version_id"]: v for v in s.coord.list_versions()}
+    assert s.coord.status()["candidate_version_id"] == favoured
+    assert versions[favoured]["status"] == "candidate" and versions[later]["status"] == "rejected"
+    assert f"candidate {favoured} waits for unpin" in versions[later]["decisions"][-1]["reason"]
+    assert s.admin("POST", "/v1/admin/versions/v0000/unpin").status_code == 200
+    assert s.coord.status()["stable_version_id"] == favoured     # decided on the reports already in
+
+
 def test_epsilon_against_the_coordinator_counts_every_round_it_received_updates_in(world):
     """The stable version's epsilon_local was the number to quote, but it counts only its own
     lineage's rounds: after a pin (or rollback, or a rejected candidate) the coordinator had seen

@@ -296,3 +296,26 @@ def test_a_data_directory_older_than_its_database_is_refused_at_start(tmp_path):
     blob.unlink()   # as if the data directory came from a backup taken before the import
     with pytest.raises(ConfigError, match=f"lacks the files of version\\(s\\) {vid} that devices are sent"):
         create_app(conf)
+
+
+def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
+    """The version a round makes replaces a candidate still in its canary: start-round while one
+    is pending, and import-version while a round is open, gave no word of it (a probe)."""
+    import json as _json
+
+    from tests.helpers.coordinator_fakes import make_version
+
+    d = tmp_path / "c"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    make_version(tmp_path / "v0")
+    assert coord("import-version", "--data-dir", str(d), str(tmp_path / "v0")).returncode == 0
+    for vid in ("v1", "v2"):
+        make_version(tmp_path / vid, vid, seed=1)
+        doc = _json.loads((tmp_path / vid / "manifest.json").read_text())
+        (tmp_path / vid / "manifest.json").write_text(_json.dumps(doc | {"parent": "v0000"}))
+    r = coord("import-version", "--data-dir", str(d), str(tmp_path / "v1"))
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr          # no round open: nothing to say
+    r = coord("start-round", "--data-dir", str(d))
+    assert r.returncode == 0 and "note: candidate v1 is still in its canary" in r.stderr, r.stderr
+    r = coord("import-version", "--data-dir", str(d), str(tmp_path / "v2"))
+    assert r.returncode == 0 and "note: round 1 is open; the version it makes replaces candidate v2" in r.stderr
