@@ -98,8 +98,9 @@ def _servable(cfg: Config) -> Coordinator:
         coordinator.close()
         raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "
                           "that devices are sent: it is older than its database (restored from an earlier "
-                          "backup?); restore both from the same backup (deploy/README.md), or take that version "
-                          "out of service with the admin commands (reject, rollback), which still run")
+                          "backup?); restore both from the same backup (deploy/README.md), put its files back "
+                          "with import-version of the folder it was imported from (or an export of it), or take "
+                          "that version out of service with the admin commands (reject, rollback), which still run")
     return coordinator
 
 

@@ -74,6 +74,10 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     if not wire.is_safe_id(manifest.version_id):
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
     with coord._sessions() as s:   # refused before its files are stored
+        existing = s.get(Version, manifest.version_id)
+        if existing is not None and (restored := _restore_files(coord, s, existing, d, weights)):
+            log.warning("version %s: restored its %s from %s", existing.id, ", ".join(restored), d)
+            return existing.id
         _check_import(s, manifest, d, any_parent)
         held = bool(manifest.parent) and s.get(Version, manifest.parent) is not None
     # A parent held here gives its record; else the manifest's own, checked before anything is stored.
@@ -107,6 +111,43 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     log.info("imported version %s as %s (%d tensors, %d parameters)", manifest.version_id, status, len(weights),
              manifest.num_params)
     return manifest.version_id
+
+
+def _restore_files(coord: Coordinator, s: Session, v: Version, d: Path, weights: dict) -> list[str]:
+    """Put back the files of version `v` that the data directory lost or holds damaged, from a
+    directory holding the same files (the folder it was imported from, or an export); the names
+    of those restored, [] when none was missing. Without it an operator whose only stable
+    version lost a file had no documented way back: `serve` refused, reject and rollback could
+    not act on the one stable version, and importing the folder again was "already imported"."""
+    given = {artifact.WEIGHTS: (d / artifact.WEIGHTS).read_bytes(), artifact.GRAPH: (d / artifact.GRAPH).read_bytes(),
+             artifact.TOKENIZER: (d / artifact.TOKENIZER).read_bytes()}
+    recorded = {artifact.WEIGHTS: v.weights_sha256, artifact.GRAPH: v.graph_sha256,
+                artifact.TOKENIZER: v.tokenizer_sha256}
+    if other := [name for name, data in given.items() if artifact.sha256_bytes(data) != recorded[name]]:
+        raise ApiError(409, wire.E_CONFLICT, f"version {v.id} already imported, with other files than {d}'s "
+                       f"({', '.join(other)})")
+
+    def intact(digest: str) -> bool:
+        return coord.blobs.exists(digest) and artifact.sha256_bytes(coord.blobs.get(digest)) == digest
+
+    restored = []
+    for name, data in given.items():
+        if not intact(recorded[name]):
+            artifact.atomic_write(coord.blobs.path(recorded[name]), data)
+            restored.append(name)
+    q8 = json.loads(v.manifest_json).get("weights_q8_sha256")
+    if q8 and not intact(q8):   # rebuilt as it was made: on no row scales, or on its parent's
+        parent = s.get(Version, v.parent_id) if v.parent_id else None
+        parent_q8 = json.loads(parent.manifest_json).get("weights_q8_sha256") if parent is not None else None
+        bases = [None] + ([coord.blobs.get(parent_q8)] if parent_q8 and intact(parent_q8) else [])
+        form = next((b for b in (artifact.encode_weights_q8(weights, base) for base in bases)
+                     if artifact.sha256_bytes(b) == q8), None)
+        if form is None:
+            raise ApiError(409, wire.E_CONFLICT, f"version {v.id}: its download form (weights_q8) cannot be "
+                           "rebuilt here, its parent's is lost too; restore the data directory from a backup")
+        artifact.atomic_write(coord.blobs.path(q8), form)
+        restored.append("weights_q8")
+    return restored
 
 
 def _check_import(s: Session, manifest: artifact.Manifest, d: Path, any_parent: bool) -> Version | None:

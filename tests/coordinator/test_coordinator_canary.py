@@ -310,6 +310,22 @@ def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(worl
         assert moved.coord.status()["privacy"]["rounds"] == 2
 
 
+def test_a_round_made_version_gets_its_download_form_back_from_an_export(world, tmp_path):
+    """Its int8 download form is built on its parent's row scales: restoring it from an export
+    (`import-version` of the version's own files) rebuilds it the way the round made it."""
+    import json
+
+    from protocol.artifact import sha256_bytes
+
+    s, devices, _, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    d = s.coord.export_version(cand, tmp_path / "export")
+    q8 = json.loads((d / "manifest.json").read_text())["weights_q8_sha256"]
+    s.coord.blobs.path(q8).unlink()
+    assert s.coord.import_version(str(d)) == cand
+    assert sha256_bytes(s.coord.blobs.get(q8)) == q8
+
+
 def test_an_imported_version_whose_parent_is_not_held_here_keeps_its_privacy_history(world, tmp_path):
     """A version trained elsewhere (exported from another coordinator, its parent not held here)
     was imported with an empty privacy record: epsilon 0 in the database, the dashboard and the

@@ -298,6 +298,46 @@ def test_a_data_directory_older_than_its_database_is_refused_at_start(tmp_path):
         create_app(conf)
 
 
+def test_a_version_that_lost_its_files_gets_them_back_from_its_folder(tmp_path):
+    """The only stable version lost a file: serve refused, reject and rollback cannot act on the
+    one stable version, and importing its folder again answered "already imported" (a probe).
+    Importing it again now puts back what was lost or damaged, and serve starts; a folder of the
+    same id with other files is refused, and an intact version is "already imported" as before."""
+    import json as _json
+
+    from coordinator.app import create_app
+    from coordinator.config import ConfigError
+    from coordinator.errors import ApiError
+    from protocol.artifact import TOKENIZER, sha256_bytes, sha256_file
+    from tests.helpers.coordinator_fakes import make_config, make_version, serve
+
+    conf = make_config(tmp_path)
+    with serve(conf) as s:
+        make_version(tmp_path / "v0")
+        vid = s.coord.import_version(tmp_path / "v0")
+        q8 = _json.loads(s.coord.export_version(vid, tmp_path / "out").joinpath("manifest.json").read_text())[
+            "weights_q8_sha256"]
+        tok = s.coord.blobs.path(sha256_file(tmp_path / "v0" / TOKENIZER))
+    tok.unlink()
+    s.coord.blobs.path(q8).write_bytes(b"damaged")
+    with pytest.raises(ConfigError, match="put its files back with import-version"):
+        create_app(conf)
+    from coordinator.service import Coordinator
+    c = Coordinator(conf)
+    try:
+        assert c.import_version(tmp_path / "v0") == vid
+        assert tok.read_bytes() == (tmp_path / "v0" / TOKENIZER).read_bytes()
+        assert sha256_bytes(c.blobs.get(q8)) == q8                  # the download form, rebuilt
+        with pytest.raises(ApiError, match=f"version {vid} already imported"):
+            c.import_version(tmp_path / "v0")
+        make_version(tmp_path / "other", vid, seed=3)
+        with pytest.raises(ApiError, match="with other files"):
+            c.import_version(tmp_path / "other")
+    finally:
+        c.close()
+    create_app(conf)   # serves again
+
+
 def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
     """The version a round makes replaces a candidate still in its canary: start-round while one
     is pending, and import-version while a round is open, gave no word of it (a probe)."""
