@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                               else {"type": f.kind})
         p.add_argument(f"--{f.name.replace('_', '-')}", **kw,
                        help=f"{f.help}; in {f.describe()} (default: setting {f.name}, {getattr(Config, f.name)})")
-    p = cmd("close-round", "close a round now (aggregate if it has enough updates)")
+    p = cmd("close-round", "close a round now (aggregate if it has enough updates); exit 1 if it stays open")
     p.add_argument("round_id", type=round_id)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
     cmd("tick", "close rounds that reached their goal or deadline")
@@ -141,8 +141,8 @@ def round_id(text: str) -> int:
     return value
 
 
-def _admin(c: Any, args: argparse.Namespace) -> None:
-    """Run one admin command against the coordinator state."""
+def _admin(c: Any, args: argparse.Namespace) -> int:
+    """Run one admin command against the coordinator state; its exit code."""
     a = args.command
     if a == "init":
         cfg = c.config
@@ -178,11 +178,15 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
             print(f"note: candidate {cand} is still in its canary; the version this round makes replaces it "
                   "unless the canary decides first or favours it under a pin", file=sys.stderr)
     elif a == "close-round":
+        was = c.get_round(args.round_id)["status"]
         r = c.close_round(args.round_id, force=args.force)
         _print(r)
-        if r["status"] == "open":   # before its deadline without its goal: say why, and what closes it
+        if was != "open":
+            print(f"note: round {args.round_id} was already {was}: nothing to close", file=sys.stderr)
+        elif r["status"] == "open":   # before its deadline without its goal: say why, what closes it, and exit 1
             print(f"round {args.round_id} left open: before its deadline without its goal; --force closes it "
                   "now (aggregating if it has the minimum, else failing it)", file=sys.stderr)
+            return 1
     elif a == "tick":
         c.maintenance()
         _print(c.status())
@@ -204,11 +208,17 @@ def _admin(c: Any, args: argparse.Namespace) -> None:
     elif a == "rejections":
         _print(c.rejections(args.round_id))
     elif a in VERSION_ACTIONS:
+        before = c.status() if a in ("pin", "unpin") else {}
         _print(c.admin_decide(args.version_id, a))
+        if a == "unpin" and not before["pinned"]:
+            print("note: nothing was pinned: nothing changed", file=sys.stderr)
+        elif a == "pin" and before["pinned"] and before["stable_version_id"] == args.version_id:
+            print(f"note: {args.version_id} was pinned already: nothing changed", file=sys.stderr)
     elif a == "public-key":
         print(c.public_key_hex)
     elif a == "admin-token":
         print(c.admin_token)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,10 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         from coordinator.service import Coordinator
         c = Coordinator(cfg)
         try:
-            _admin(c, args)
+            return _admin(c, args)
         finally:
             c.close()
-        return 0
     except ApiError as e:          # a refused admin request (conflict, unknown version, bad value)
         print(f"error: {e.message}", file=sys.stderr)
         return EXIT_USER_ERROR if e.status < 500 else 1  # 4xx: the operator's input was wrong

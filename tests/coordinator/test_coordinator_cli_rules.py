@@ -359,3 +359,28 @@ def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
     assert r.returncode == 0 and "note: candidate v1 is still in its canary" in r.stderr, r.stderr
     r = coord("import-version", "--data-dir", str(d), str(tmp_path / "v2"))
     assert r.returncode == 0 and "note: round 1 is open; the version it makes replaces candidate v2" in r.stderr
+
+
+def test_admin_commands_that_change_nothing_say_so_and_a_round_left_open_exits_1(tmp_path):
+    """close-round before its deadline without its goal exited 0 with the round still open;
+    close-round of a finished round, unpin with nothing pinned and a second pin exited 0 saying
+    nothing (a probe)."""
+    from tests.helpers.coordinator_fakes import make_version
+
+    d = tmp_path / "c"
+    assert coord("init", "--data-dir", str(d)).returncode == 0
+    make_version(tmp_path / "v0")
+    assert coord("import-version", "--data-dir", str(d), str(tmp_path / "v0")).returncode == 0
+    assert coord("start-round", "--data-dir", str(d)).returncode == 0
+    r = coord("close-round", "--data-dir", str(d), "1")
+    assert r.returncode == 1 and "round 1 left open" in r.stderr, r.stderr
+    r = coord("close-round", "--data-dir", str(d), "1", "--force")      # no update: failed, as asked
+    assert r.returncode == 0 and '"status": "failed"' in r.stdout, r.stdout + r.stderr
+    r = coord("close-round", "--data-dir", str(d), "1")
+    assert r.returncode == 0 and "note: round 1 was already failed: nothing to close" in r.stderr, r.stderr
+    r = coord("unpin", "--data-dir", str(d), "v0000")
+    assert r.returncode == 0 and "note: nothing was pinned" in r.stderr, r.stderr
+    r = coord("pin", "--data-dir", str(d), "v0000")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    r = coord("pin", "--data-dir", str(d), "v0000")
+    assert r.returncode == 0 and "note: v0000 was pinned already: nothing changed" in r.stderr, r.stderr
