@@ -174,7 +174,12 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
                 *PLAN_FIELD_NAMES)
         rid = c.start_round(**{k: getattr(args, k) for k in keys})
         _print(c.get_round(rid))
-        if cand := c.status()["candidate_version_id"]:
+        now = c.status()
+        if (cand := now["candidate_version_id"]) and now["pinned"] and c.canary_comparison()["would"] == "promote":
+            print(f"note: candidate {cand} waits for unpin with the canary in its favour: the version this round "
+                  "makes will be set aside, and what its devices send spends their privacy for nothing",
+                  file=sys.stderr)
+        elif cand:
             print(f"note: candidate {cand} is still in its canary; the version this round makes replaces it "
                   "unless the canary decides first or favours it under a pin", file=sys.stderr)
     elif a == "close-round":

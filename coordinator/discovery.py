@@ -84,5 +84,5 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
         metrics={"updates": row.survivors, "discovered_words": len(added.added), "vote_threshold": round(bar, 3)},
         note=note, tokenizer_sha=tok_sha)
     r.reason = f"word discovery: {summary}"
-    log.info("round %d done: %s -> candidate %s (epsilon_local %.3g, sampled eps %.3g at delta %g)", r.id, summary,
+    log.info("round %d done: %s -> version %s (epsilon_local %.3g, sampled eps %.3g at delta %g)", r.id, summary,
              vid, priv["epsilon_local"], priv["epsilon"], coord.config.privacy_delta)

@@ -70,20 +70,24 @@ def noise_seen(s: Session) -> list[float]:
 
 
 def carried_noise(s: Session) -> list[float]:
-    """The noise multipliers of the rounds behind versions imported from another coordinator
-    (their manifests' histories, `versions.carried_privacy`): the same operator's earlier
-    service received those updates, so after a move to a new data directory the number to quote
-    read epsilon 0 beside a stable version of epsilon 20,000 (a probe). A history that is the
-    start of another one imported (an earlier export of the same lineage) counts once."""
-    held = set(s.scalars(select(Version.id)))
-    histories = [json.loads(pj).get("history") or []
-                 for parent, pj in s.execute(select(Version.parent_id, Version.privacy_json)
-                                             .where(Version.round_id.is_(None)))
-                 if parent is None or parent not in held]
-    histories = [h for h in histories if h]
-    kept = [h for i, h in enumerate(histories)
-            if not any(len(o) > len(h) and o[:len(h)] == h or o == h and j < i for j, o in enumerate(histories))]
-    return [float(z) for h in kept for _, z in h]
+    """The noise multipliers of the rounds that versions imported from another coordinator
+    brought (`versions.import_version` keeps a manifest's history when it is longer than the
+    parent's held here): the same operator's earlier service received those updates, so after a
+    move to a new data directory the number to quote read epsilon 0 beside a stable version of
+    epsilon 20,000 (a probe). Each imported version counts the rounds its history holds past its
+    parent's, all of them when the parent is not held or its history is not where it starts.
+    Histories carry no round identities, so two imports of one lineage whose parent link is not
+    held here count their shared rounds twice: an over-count, the safe side of a privacy bound."""
+    rows = s.execute(select(Version.id, Version.parent_id, Version.privacy_json, Version.round_id)).all()
+    history = {vid: json.loads(pj).get("history") or [] for vid, _, pj, _ in rows}
+    out: list[float] = []
+    for vid, parent, _, round_id in rows:
+        if round_id is not None:   # made by a round here: counted with the rounds above
+            continue
+        own, base = history[vid], history.get(parent, []) if parent else []
+        extra = own[len(base):] if own[:len(base)] == base else own
+        out += [float(z) for _, z in extra]
+    return out
 
 
 def population(s: Session, configured: int) -> int:

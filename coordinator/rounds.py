@@ -197,5 +197,5 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
                                          sampling_rate=step.stats["sampling_rate"], metrics=metrics, note=note,
                                          q8_parent=manifest.weights_q8_sha256, state_sha=state_sha)
     r.reason = f"aggregated {len(updates)} updates"
-    log.info("round %d done: %d updates -> candidate %s (epsilon_local %.3g, sampled eps %.3g at delta %g)", r.id,
+    log.info("round %d done: %d updates -> version %s (epsilon_local %.3g, sampled eps %.3g at delta %g)", r.id,
              len(updates), vid, priv["epsilon_local"], priv["epsilon"], c.privacy_delta)

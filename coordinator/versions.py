@@ -63,7 +63,8 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     `any_parent` False (the command line without --force) a later one must build on the stable
     version: otherwise, stable or promoted (the canary compares only the two), it would drop
     every round the stable version holds. A version built on one this coordinator holds carries
-    on that one's privacy history.
+    on that one's privacy history, or its manifest's when that goes on past it (trained further
+    elsewhere).
     """
     d = Path(directory)
     if d.is_dir() and (missing := [f for f in (artifact.MANIFEST, artifact.WEIGHTS, artifact.GRAPH,
@@ -79,9 +80,14 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
             log.warning("version %s: restored its %s from %s", existing.id, ", ".join(restored), d)
             return existing.id
         _check_import(s, manifest, d, any_parent)
-        held = bool(manifest.parent) and s.get(Version, manifest.parent) is not None
-    # A parent held here gives its record; else the manifest's own, checked before anything is stored.
-    carried = None if held else carried_privacy(coord, manifest)
+        parent = s.get(Version, manifest.parent) if manifest.parent else None
+        before = (json.loads(parent.privacy_json).get("history") or []) if parent is not None else None
+    # A parent held here gives its record, unless the manifest's history goes on past the parent's
+    # (rounds another coordinator ran from it, whose updates the operator received); else the
+    # manifest's own. Checked before anything is stored.
+    carried = None if before is not None and not _brings_rounds(manifest, before) else carried_privacy(coord, manifest)
+    if carried is not None and before and carried["history"][:len(before)] != before:
+        carried = None   # another lineage's history under this parent's name: the parent's record
     w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
     manifest.weights_q8_sha256 = put_download_form(coord, weights)
     g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
@@ -94,13 +100,14 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         parent = s.get(Version, manifest.parent) if manifest.parent else None
         # The parent's record as it is (JSON-safe, its secure-aggregation notes kept): an import adds no release.
         # (versions are never deleted: a parent held above is held here, so `carried` is set whenever it is missing)
-        manifest.privacy = json.loads(parent.privacy_json) if parent is not None else carried
+        own = carried is not None or parent is None
+        manifest.privacy = carried if own else json.loads(parent.privacy_json)
         artifact.sign_manifest(manifest, coord.signing_key)
         v = Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
                     manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
                     graph_sha256=g_sha, tokenizer_sha256=t_sha,
-                    epsilon=parent.epsilon if parent else float(manifest.privacy["epsilon"]),
-                    delta=parent.delta if parent else coord.config.privacy_delta,
+                    epsilon=float(manifest.privacy["epsilon"]) if own else parent.epsilon,
+                    delta=coord.config.privacy_delta if own else parent.delta,
                     privacy_json=json.dumps(manifest.privacy))
         s.add(v)
         s.flush()
@@ -111,6 +118,14 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     log.info("imported version %s as %s (%d tensors, %d parameters)", manifest.version_id, status, len(weights),
              manifest.num_params)
     return manifest.version_id
+
+
+def _brings_rounds(manifest: artifact.Manifest, before: list) -> bool:
+    """Whether the manifest's privacy history is longer than `before`, its held parent's: the
+    version was trained further elsewhere (an export of the parent, rounds on another coordinator,
+    imported back), and keeping the parent's record had dropped those rounds."""
+    brought = manifest.privacy.get("history") if isinstance(manifest.privacy, dict) else None
+    return isinstance(brought, list) and len(brought) > len(before)
 
 
 def _restore_files(coord: Coordinator, s: Session, v: Version, d: Path, weights: dict) -> list[str]:
@@ -227,6 +242,7 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
                   privacy_json=json.dumps(manifest.privacy)))
     if waiting is not None:
         s.flush()
+        s.get(Version, vid).decided_at = utcnow()
         s.add(Decision(version_id=vid, action=VersionAction.REJECT, actor="auto", numbers_json="{}",
                        reason=f"candidate {waiting} waits for unpin with the canary in its favour; this round's "
                               f"version does not replace it (export-version keeps it)"))

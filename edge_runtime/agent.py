@@ -353,7 +353,8 @@ def _budget_left(dev: Device) -> bool:
     no training ever again, without a word."""
     ledger = _ledger(dev)
     try:
-        return ledger.budget == math.inf or ledger.spent() < ledger.budget
+        spent = ledger.spent()   # read first: a damaged ledger refuses whatever the budget
+        return ledger.budget == math.inf or spent < ledger.budget
     except LedgerError as e:
         log.error("%s", e)   # "... is damaged; refusing to train": said at every check-in until it is fixed
         return False

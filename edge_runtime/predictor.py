@@ -228,7 +228,8 @@ class _Node:
         return self._lp
 
     def cool(self) -> None:
-        """Drop what can be recomputed (nothing, for a node made without `pre`: the root)."""
+        """Drop what can be recomputed (nothing, for a node made without `pre`; a session never
+        cools its first node, the predictor's root, which every session shares)."""
         if self.pre is not None:
             self._lp = self.head = None
 
@@ -875,6 +876,8 @@ class Session:
         if n_chunks < len(self.chunks):
             for _ in range(len(self.chunks) - n_chunks):
                 self.words.pop()
+            for node in self.nodes[n_chunks + 1:]:   # kept small: the tip's outputs, and a node a
+                node.cool()                           # backspace made the tip, went in with them
             self.undone.extend(reversed(list(zip(self.chunks[n_chunks:], self.nodes[n_chunks + 1:],
                                                  self.hists[n_chunks + 1:]))))
             del self.chunks[n_chunks:]

@@ -285,28 +285,30 @@ def test_an_operators_promote_records_what_the_canary_showed(world):
 
 
 def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(world, tmp_path):
-    """A trained version exported and imported into a new data directory (the operator's service
+    """A trained lineage exported and imported into a new data directory (the operator's service
     moved): its rounds were received by the same operator, but the number to quote read epsilon 0
-    with 0 rounds beside a stable version of epsilon 10,000 (a probe). An earlier export of the
-    same lineage, imported too, counts once."""
-    import json
-
+    with 0 rounds beside a stable version of epsilon 10,000 (a probe). Imported in order, each
+    version's parent was held, and its record was the parent's: the rounds were lost from the
+    versions' own epsilon too. In any order the rounds count; two imports whose link is not held
+    may count shared rounds twice (over, never under)."""
     s, devices, _, _ = world
     first = _candidate_from_round(s, devices, 0.01)
     s.admin("POST", f"/v1/admin/versions/{first}/promote")
     second = _candidate_from_round(s, devices, 0.01)
     s.admin("POST", f"/v1/admin/versions/{second}/promote")
     theirs = s.coord.status()["privacy"]
-    older = s.coord.export_version(first, tmp_path / "older")
-    newer = s.coord.export_version(second, tmp_path / "newer")
-    with serve(make_config(tmp_path / "moved")) as moved:
-        assert moved.coord.import_version(str(newer)) == second   # stable: the first version here
+    dirs = {vid: s.coord.export_version(vid, tmp_path / vid) for vid in ("v0000", first, second)}
+    with serve(make_config(tmp_path / "in-order")) as moved:
+        for vid in ("v0000", first, second):
+            moved.coord.import_version(str(dirs[vid]))
+        mine = {v["version_id"]: v["privacy"]["rounds"] for v in moved.coord.list_versions()}
+        assert mine == {"v0000": 0, first: 1, second: 2}
         seen = moved.coord.status()["privacy"]
         assert seen["rounds"] == 2 and seen["epsilon_local"] == pytest.approx(theirs["epsilon_local"])
-        doc = json.loads((older / "manifest.json").read_text())
-        doc.update(version_id="older-lineage", parent="elsewhere")
-        (older / "manifest.json").write_text(json.dumps(doc))
-        moved.coord.import_version(str(older))                    # its one round is the newer's first
+    with serve(make_config(tmp_path / "newest-first")) as moved:
+        moved.coord.import_version(str(dirs[second]))
+        assert moved.coord.status()["privacy"]["rounds"] == 2
+        moved.coord.import_version(str(dirs[first]))   # now the newest's parent is held: still 2, not 1
         assert moved.coord.status()["privacy"]["rounds"] == 2
 
 

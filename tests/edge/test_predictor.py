@@ -75,6 +75,9 @@ def test_a_cursor_moved_back_and_to_the_end_again_takes_the_states_it_had(predic
     monkeypatch.setattr(type(predictor), "advance_ids", lambda self, node, ids: steps.append(len(ids)) or
                         real(self, node, ids))
     s.update(long_text[:50])                  # the cursor near the start
+    for n in range(len(long_text) // 2, len(long_text) // 2 - 40, -1):   # backspaces, each strip asked
+        s.update(long_text[:n])
+    assert len(s.undone) > 100 and not [n for _, n, _ in s.undone if n._lp is not None or n.head is not None]
     s.update(long_text[:len(long_text) // 2])  # halfway
     got = s.update(long_text)                  # at the end again
     assert sum(steps) <= 2, steps             # a word being typed may be fed ahead; no chunk re-run
