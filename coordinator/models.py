@@ -138,7 +138,7 @@ class Decision(Base):
     __tablename__ = "decisions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[str] = mapped_column(ForeignKey("versions.id"))
-    action: Mapped[str] = mapped_column(String(16))      # promote | reject | pin | unpin | rollback
+    action: Mapped[str] = mapped_column(String(16))      # promote | reject | pin | unpin | rollback | import | retire
     actor: Mapped[str] = mapped_column(String(16))       # auto | admin
     reason: Mapped[str] = mapped_column(Text)
     numbers_json: Mapped[str] = mapped_column(Text, default="{}")

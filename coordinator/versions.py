@@ -1,9 +1,10 @@
 """Model versions: import, the files devices download, and every status change with its decision.
 
-A version's status (`states.VersionStatus`) changes only in `apply_decision`, which also
-records the `Decision` row that says who changed it and why: an operator's action
-(`states.VersionAction`), the canary's automatic promote/reject, or a newer candidate
-superseding an undecided one.
+Every change of a version's status (`states.VersionStatus`) records a `Decision` row that says
+who changed it and why: an operator's action (`states.VersionAction`, `apply_decision`), the
+canary's automatic promote/reject, a newer candidate superseding an undecided one, a stable
+version retiring when another becomes stable ("retire"), an import ("import"), or a round's
+version set aside while a favoured candidate waits.
 """
 
 from __future__ import annotations
@@ -312,6 +313,8 @@ def _become_stable(coord: Coordinator, s: Session, v: Version, now: datetime, *,
     None (the canary's own candidate promoted), the pending candidate is cancelled by `cancels`."""
     for old in s.scalars(select(Version).where(Version.status == VersionStatus.STABLE, Version.id != v.id)):
         old.status, old.decided_at = VersionStatus.RETIRED, now
+        s.add(Decision(version_id=old.id, action="retire", actor=actor, numbers_json="{}", created_at=now,
+                       reason=f"{v.id} became stable"))   # its history says why; before the decision that did it
     v.status = VersionStatus.STABLE
     _fail_round_off(coord, s, v, now)
     if cancels is not None:

@@ -64,6 +64,8 @@ def test_good_candidate_is_promoted_to_everyone(world):
     assert _report(canaries[1], t2, cand_top3=40, stable_top3=40).status_code == 200
     versions = {v["version_id"]: v for v in s.admin("GET", "/v1/admin/versions").json()["versions"]}
     assert versions[cand]["status"] == "stable" and versions["v0000"]["status"] == "retired"
+    retired = versions["v0000"]["decisions"][-1]   # the retired version's history says why (it said "import")
+    assert (retired["action"], retired["actor"], retired["reason"]) == ("retire", "auto", f"{cand} became stable")
     decision = versions[cand]["decisions"][-1]
     assert decision["action"] == "promote" and decision["actor"] == "auto"
     assert decision["numbers"]["candidate"]["word_top3_acc"] == pytest.approx(81 / 200)
