@@ -48,14 +48,13 @@ class Parser(argparse.ArgumentParser):
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         """Arguments as argparse reads them, refused in one line (exit 2) when one holds bytes that
         are not UTF-8 (`$'v\\xff'`): Python keeps them as lone surrogates, which reached a database
-        query or a file write and ended in a UnicodeEncodeError traceback (a probe)."""
+        query or a file write and ended in a UnicodeEncodeError traceback (a probe). The line names
+        the argument, never its value: it may be text the user typed (`edge_runtime type`)."""
         ns, rest = super().parse_known_args(args, namespace)
         for name, value in vars(ns).items():
-            for v in value if isinstance(value, list) else [value]:
-                if isinstance(v, str) and not _utf8(v):
-                    shown = v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                    self.error(f"{name.replace('_', '-')} '{shown}' holds bytes that are not UTF-8 text: "
-                               "ids, labels and paths here must be UTF-8")
+            if any(isinstance(v, str) and not _utf8(v) for v in (value if isinstance(value, list) else [value])):
+                self.exit(2, f"{self.prog}: error: {name.replace('_', '-')} holds bytes that are not UTF-8 text "
+                             "(a terminal in another encoding?): ids, labels, paths and text here must be UTF-8\n")
         return ns, rest
 
 

@@ -359,9 +359,11 @@ def test_text_that_is_not_unicode_is_one_line_and_caches_nothing(tmp_path: Path,
 
     TextCache(tmp_path).close()
     # bytes a terminal in another encoding sends reach argv as lone surrogates
-    assert cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message", "\udcff\udcfe x"]) == 2
+    with pytest.raises(SystemExit) as stop:   # refused by the command line's parser, before anything opens
+        cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message", "\udcff\udcfe secret x"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not valid Unicode" in err[0] and "codec" not in err[0], err
+    assert stop.value.code == 2 and len(err) == 1 and "not UTF-8" in err[0] and "codec" not in err[0], err
+    assert "secret" not in err[0]   # the line names the argument, never the text
     with TextCache(tmp_path) as c:
         assert c.stats()["records"] == 0
 
