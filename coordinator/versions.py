@@ -97,7 +97,7 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         stable = _check_import(s, manifest, d, any_parent)
         status = (VersionStatus.STABLE if stable is None or as_candidate is False else VersionStatus.CANDIDATE)
         if status == VersionStatus.CANDIDATE:
-            supersede_candidate(s, manifest.version_id)
+            supersede_candidate(coord, s, manifest.version_id)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
         # The parent's record as it is (JSON-safe, its secure-aggregation notes kept): an import adds no release.
         # (versions are never deleted: a parent held above is held here, so `carried` is set whenever it is missing)
@@ -234,7 +234,7 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
     artifact.sign_manifest(manifest, coord.signing_key)
     waiting = _favoured_under_pin(coord, s)
     if waiting is None:
-        supersede_candidate(s, vid)
+        supersede_candidate(coord, s, vid)
     s.add(Version(id=vid, seq=seq, parent_id=base.id,
                   status=VersionStatus.CANDIDATE if waiting is None else VersionStatus.REJECTED,
                   manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
@@ -262,14 +262,18 @@ def _favoured_under_pin(coord: Coordinator, s: Session) -> str | None:
     return cand.id if canary.verdict(coord, s, cand, stable).action == rollout.PROMOTE else None
 
 
-def supersede_candidate(s: Session, new_id: str) -> None:
-    """A new candidate rejects the undecided one it replaces (one canary at a time)."""
-    old = queries.candidate(s)
+def supersede_candidate(coord: Coordinator, s: Session, new_id: str) -> None:
+    """A new candidate rejects the undecided one it replaces (one canary at a time), recording
+    what the canary had measured by then (the dashboard showed no figure for a superseded
+    candidate that devices had scored)."""
+    old, stable = queries.candidate(s), queries.stable(s)
     if old is not None:
+        numbers = canary.verdict(coord, s, old, stable).numbers if stable is not None else {}
         old.status = VersionStatus.REJECTED
         old.decided_at = utcnow()
         s.add(Decision(version_id=old.id, action=VersionAction.REJECT, actor="auto",
-                       reason=f"superseded by {new_id} before the canary decided", numbers_json="{}"))
+                       reason=f"superseded by {new_id} before the canary decided",
+                       numbers_json=json.dumps(views._json_safe(numbers))))
 
 
 def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes, str]:

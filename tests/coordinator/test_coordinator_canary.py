@@ -205,6 +205,25 @@ def test_a_round_closing_under_a_pin_does_not_replace_the_candidate_the_canary_f
     assert s.coord.status()["stable_version_id"] == favoured     # decided on the reports already in
 
 
+def test_a_superseded_candidate_keeps_what_the_canary_had_measured(world, tmp_path):
+    """Superseded before the canary decided, a candidate's decision held no numbers: the dashboard
+    showed no top-3 for a candidate that devices had scored (a probe)."""
+    import json
+
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    assert _report(canaries[0], canaries[0].checkin(), 50, 40).status_code == 200   # 1 of 2 reports
+    make_version(tmp_path / "next", "v-next", seed=5)
+    doc = json.loads((tmp_path / "next" / "manifest.json").read_text())
+    (tmp_path / "next" / "manifest.json").write_text(json.dumps(doc | {"parent": "v0000"}))
+    s.coord.import_version(str(tmp_path / "next"))
+    gone = next(v for v in s.coord.list_versions() if v["version_id"] == cand)["decisions"][-1]
+    assert gone["reason"] == "superseded by v-next before the canary decided"
+    assert gone["numbers"]["candidate"]["word_top3_acc"] == pytest.approx(0.5)
+    shown = next(v for v in s.admin("GET", "/v1/admin/dashboard").json()["versions"] if v["version_id"] == cand)
+    assert shown["candidate_top3_pct"] == pytest.approx(50.0)
+
+
 def test_epsilon_against_the_coordinator_counts_every_round_it_received_updates_in(world):
     """The stable version's epsilon_local was the number to quote, but it counts only its own
     lineage's rounds: after a pin (or rollback, or a rejected candidate) the coordinator had seen
