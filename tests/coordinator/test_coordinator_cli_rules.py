@@ -335,7 +335,7 @@ def test_a_version_that_lost_its_files_gets_them_back_from_its_folder(tmp_path):
             c.import_version(tmp_path / "other")
     finally:
         c.close()
-    create_app(conf)   # serves again
+    create_app(conf).extensions["fedkeys"].close()   # serves again
 
 
 def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
