@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                               else {"type": f.kind})
         p.add_argument(f"--{f.name.replace('_', '-')}", **kw,
                        help=f"{f.help}; in {f.describe()} (default: setting {f.name}, {getattr(Config, f.name)})")
-    p = cmd("close-round", "close a round now (aggregate if it has enough updates); exit 1 if it stays open")
+    p = cmd("close-round", "close a round now (aggregate if it has enough updates); exit 3 if it stays open")
     p.add_argument("round_id", type=round_id)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
     cmd("tick", "close rounds that reached their goal or deadline")
@@ -141,6 +141,9 @@ def round_id(text: str) -> int:
     return value
 
 
+EXIT_LEFT_OPEN = 3   # close-round left the round open: not an error (1) nor the operator's input (2)
+
+
 def _admin(c: Any, args: argparse.Namespace) -> int:
     """Run one admin command against the coordinator state; its exit code."""
     a = args.command
@@ -188,10 +191,10 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
         _print(r)
         if was != "open":
             print(f"note: round {args.round_id} was already {was}: nothing to close", file=sys.stderr)
-        elif r["status"] == "open":   # before its deadline without its goal: say why, what closes it, and exit 1
+        elif r["status"] == "open":   # before its deadline without its goal: say why, what closes it, exit 3
             print(f"round {args.round_id} left open: before its deadline without its goal; --force closes it "
                   "now (aggregating if it has the minimum, else failing it)", file=sys.stderr)
-            return 1
+            return EXIT_LEFT_OPEN
     elif a == "tick":
         c.maintenance()
         _print(c.status())

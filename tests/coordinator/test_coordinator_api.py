@@ -246,7 +246,7 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     opened = json.loads(capsys.readouterr().out)
     assert opened["goal_count"] == 4
     rid = opened["round_id"]
-    assert cli_main(["close-round", str(rid), *common]) == 1      # no updates, before its deadline:
+    assert cli_main(["close-round", str(rid), *common]) == 3      # no updates, before its deadline:
     out = capsys.readouterr()                                    # still open, and it says what closes it
     assert json.loads(out.out)["status"] == "open" and "left open" in out.err and "--force" in out.err
     assert cli_main(["status", *common]) == 0

@@ -361,8 +361,9 @@ def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
     assert r.returncode == 0 and "note: round 1 is open; the version it makes replaces candidate v2" in r.stderr
 
 
-def test_admin_commands_that_change_nothing_say_so_and_a_round_left_open_exits_1(tmp_path):
-    """close-round before its deadline without its goal exited 0 with the round still open;
+def test_admin_commands_that_change_nothing_say_so_and_a_round_left_open_exits_3(tmp_path):
+    """close-round before its deadline without its goal exited 0 with the round still open (now 3:
+    1 is an internal error, 2 the operator's input);
     close-round of a finished round, unpin with nothing pinned and a second pin exited 0 saying
     nothing (a probe)."""
     from tests.helpers.coordinator_fakes import make_version
@@ -373,7 +374,7 @@ def test_admin_commands_that_change_nothing_say_so_and_a_round_left_open_exits_1
     assert coord("import-version", "--data-dir", str(d), str(tmp_path / "v0")).returncode == 0
     assert coord("start-round", "--data-dir", str(d)).returncode == 0
     r = coord("close-round", "--data-dir", str(d), "1")
-    assert r.returncode == 1 and "round 1 left open" in r.stderr, r.stderr
+    assert r.returncode == 3 and "round 1 left open" in r.stderr, r.stderr
     r = coord("close-round", "--data-dir", str(d), "1", "--force")      # no update: failed, as asked
     assert r.returncode == 0 and '"status": "failed"' in r.stdout, r.stdout + r.stderr
     r = coord("close-round", "--data-dir", str(d), "1")
