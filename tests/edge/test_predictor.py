@@ -91,6 +91,43 @@ def test_a_cursor_moved_back_and_to_the_end_again_takes_the_states_it_had(predic
     assert not s.undone
 
 
+@pytest.mark.parametrize("parts", ["lstm", "keyboard"])
+def test_typing_backspaces_cursor_moves_and_edits_in_any_order_suggest_as_a_fresh_session(
+        exported_version, base_ngram, parts):
+    """What a session keeps between keystrokes (a state per chunk, the chunks a rewind took off,
+    passed chunks' log-probabilities dropped and recomputed, a token fed ahead, `prefetch`'s work)
+    must never change a strip: each one equals a fresh session's over the text before the cursor.
+    Also with every part of the keyboard: a base n-gram and the user's own words."""
+    import random
+
+    predictor = Predictor(Model.load(exported_version), load_tokenizer(exported_version / "tokenizer.model"),
+                          base=base_ngram if parts == "keyboard" else None)
+    if parts == "keyboard":
+        for text in (TEXT, PHRASE, "and what say you to that, my lord?"):
+            predictor.learn(text)
+    rng = random.Random(7)
+    s = predictor.session()
+    text, cursor, source = "", 0, TEXT + ", and what say you? "
+    for step in range(500):
+        op = rng.random()
+        if op < 0.55:     # type: the next character of the source text, at the cursor
+            ch = source[step % len(source)]
+            text, cursor = text[:cursor] + ch + text[cursor:], cursor + 1
+        elif op < 0.7 and cursor:   # backspace
+            text, cursor = text[:cursor - 1] + text[cursor:], cursor - 1
+        elif op < 0.82:   # a click anywhere
+            cursor = rng.randint(0, len(text))
+        elif op < 0.92:   # back to the end
+            cursor = len(text)
+        else:             # idle between keystrokes
+            while s.prefetch():
+                pass
+        got = s.update(text[:cursor])
+        if step % 2 == 0:
+            assert got == predictor.session().update(text[:cursor]), (step, text[:cursor])
+    assert len(text) > 100
+
+
 def test_a_word_after_an_opening_quote_or_bracket_is_completed_after_it(predictor):
     """'He said "hel' once got no suggestions: the whole chunk '"hel' was taken as the prefix."""
     for lead in ('"', "(", "\u201c"):
