@@ -17,15 +17,25 @@ import time
 import numpy as np
 
 
+def proc_status_kb(key: str, pid: int | str = "self") -> int | None:
+    """A kB field of a process's /proc status (VmRSS, VmHWM), or None where there is none (the
+    process is gone, or not Linux). The benchmarks' one reader of it."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS in MiB. Linux's VmHWM first: getrusage's ru_maxrss survives fork and
     exec, so a subprocess started by a parent holding TensorFlow would report the parent's peak."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0   # kB
-    except OSError:
-        pass
+    kb = proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 

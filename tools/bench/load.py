@@ -28,6 +28,7 @@ import numpy as np
 import requests
 
 from protocol import artifact, wire
+from tools.bench.edge_train import proc_status_kb
 from tools.coordinator_process import CoordinatorProcess, CoordinatorProcessError
 
 ADMIN = "load-bench-admin"
@@ -72,13 +73,7 @@ def write_synthetic_version(directory: Path) -> None:
 
 
 def _rss_kb(pid: int, key: str = "VmRSS") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_status_kb(key, pid) or 0   # a process gone meanwhile holds nothing
 
 
 def _children(pid: int) -> list[int]:

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.bench.edge_train import peak_rss_mb
+from tools.bench.edge_train import peak_rss_mb, proc_status_kb
 
 SETUPS = (("keyboard as shipped", None), ("keyboard without its base n-gram", ""))
 
@@ -41,10 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def rss_mb() -> float:
     """This process's resident memory now, in MiB."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise OSError("no VmRSS in /proc/self/status")
+    kb = proc_status_kb("VmRSS")
+    if kb is None:
+        raise OSError("no VmRSS in /proc/self/status")
+    return kb / 1024.0
 
 
 def child(model: str, corpus: str, chars: int) -> dict[str, float]:
