@@ -320,13 +320,11 @@ class KneserNeyLM:
         self._freq = raw_freq
         self._uni = uni  # P_1 over every id but <s>
         self._levels = levels  # n -> (context keys, bounds, gammas, next ids, alphas)
-        # Each order's contexts stay numpy arrays, looked up by bisection (`_context`): as a dict
-        # of Python ints and tuples the shipped base n-gram's 1.5M contexts took 350 MB of memory.
-        self._ctx: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # Each order's contexts stay in `levels`' numpy arrays, looked up by bisection (`_context`):
+        # as a dict of Python ints and tuples the shipped base n-gram's 1.5M contexts took 350 MB.
         self._next: dict[int, np.ndarray] = {}
         self._alpha: dict[int, np.ndarray] = {}
-        for n, (keys, bounds, gammas, nxt, alpha) in levels.items():
-            self._ctx[n] = (keys, bounds, gammas)
+        for n, (_, _, _, nxt, alpha) in levels.items():
             self._next[n] = nxt
             self._alpha[n] = alpha
 
@@ -395,7 +393,7 @@ class KneserNeyLM:
     def _context(self, n: int, key: int) -> tuple[int, int, float] | None:
         """(start, end, gamma) of the order-`n` context with this key (its n-1 tokens), or None
         when the counts never saw it."""
-        keys, bounds, gammas = self._ctx[n]
+        keys, bounds, gammas, _, _ = self._levels[n]
         i = int(keys.searchsorted(key))
         if i == len(keys) or int(keys[i]) != key:
             return None
