@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase
+from protocol.artifact import sha256_bytes
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -53,6 +54,20 @@ def forget_contributions(coord: Coordinator, s: Session, r: Round) -> None:
     (norms, counts, who took part)."""
     rid = r.id
     event.listen(s, "after_commit", lambda _session: coord.uploads.discard_round(rid), once=True)
+
+
+def store_upload(coord: Coordinator, round_id: int, body: bytes) -> str | None:
+    """Write what one device sent round `round_id` (`coord.uploads`) and return its sha256, or
+    None if the round ended while the bytes were written: its `forget_contributions` deleted the
+    folder under them, and the upload is late (a 409 for the caller, never a 500)."""
+    try:
+        return coord.uploads.put(round_id, body)
+    except FileNotFoundError:
+        with coord._sessions() as s:
+            if s.get(Round, round_id).status == RoundStatus.OPEN:
+                raise
+        drop_refused_upload(coord, round_id, sha256_bytes(body))
+        return None
 
 
 def drop_refused_upload(coord: Coordinator, round_id: int, digest: str) -> None:

@@ -171,7 +171,9 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
             raise ApiError(409, wire.E_LATE, "not accepting a masked vector from this device now")
         if len(body) != 4 * _params(row)["dim"]:
             raise ApiError(422, wire.E_MALFORMED, f"a masked vector is {4 * _params(row)['dim']} bytes")
-    digest = coord.uploads.put(round_id, body)       # fsynced before the row points to it
+    digest = round_end.store_upload(coord, round_id, body)       # fsynced before the row points to it
+    if digest is None:
+        raise ApiError(409, wire.E_LATE, "the round ended meanwhile")
     with coord.tx() as s:
         # The round row locked, as every other step does: on PostgreSQL a phase check without it
         # could pass while another worker's advance() moved on, and the vector then landed after

@@ -92,7 +92,9 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         raise reject(coord, device_id, r.id, wire.E_MALFORMED, str(e)) from e
     except UpdateRejected as e:
         raise reject(coord, device_id, r.id, e.code, e.message) from e
-    digest = coord.uploads.put(r.id, body)  # its sha256; fsynced before the row that points to it is committed
+    digest = round_end.store_upload(coord, r.id, body)  # fsynced before the row that points to it is committed
+    if digest is None:
+        raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} reached its goal or closed meanwhile")
     with coord.tx() as s:
         enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
         r = s.get(Round, meta.round_id, with_for_update=True)

@@ -92,3 +92,28 @@ def test_junk_never_gets_a_5xx(tmp_path):
                                  headers=admin | dev.headers if "admin" not in path else admin, timeout=5)
             assert 400 <= r.status_code < 500, (path, r.text)
         assert 400 in seen
+
+
+def test_upload_written_while_its_round_ends_is_late_not_a_5xx(tmp_path, monkeypatch):
+    """A round that ends while an upload's bytes are being written deletes its folder under them
+    (`forget_contributions`): that upload is late (409), never a 500, and leaves nothing behind."""
+    with serve(make_config(tmp_path, goal_count=2, min_count=1, overselect=1.0, canary_fraction=0.01)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(2)]
+        rid = s.coord.start_round()
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
+        assert devices[0].upload(random_delta(0), round_id=rid, base="v0000", examples=4).status_code == 200
+        real_replace, ended = artifact.os.replace, []
+
+        def replace_after_the_round_ends(src, dst):
+            if not ended and f"uploads/{rid}/" in str(dst):
+                ended.append(s.coord.close_round(rid, force=True))   # deletes uploads/<rid> and the temp file
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(artifact.os, "replace", replace_after_the_round_ends)
+        r = devices[1].upload(random_delta(1), round_id=rid, base="v0000", examples=4)
+        assert ended and s.coord.get_round(rid)["status"] == "done"
+        assert r.status_code == 409 and r.json()["error"] == wire.E_LATE, r.text
+        assert not (tmp_path / "data" / "uploads" / str(rid)).exists()

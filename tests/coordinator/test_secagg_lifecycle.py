@@ -236,3 +236,35 @@ def test_a_secure_step_of_another_protocol_version_is_answered_as_one(served):
         r = requests.post(served.url + sw.secagg_path(rid, step), json={"protocol_version": 99},
                           headers=dev.headers, timeout=10)
         assert (r.status_code, r.json()["error"]) == (400, wire.E_PROTOCOL_VERSION), (step, r.text)
+
+
+def test_a_masked_vector_written_while_its_round_fails_is_late(served, monkeypatch):
+    """A round that fails while a masked vector is being written deletes its folder under the bytes
+    (`forget_contributions`): the device is told it is late (409), never a 500, and nothing stays."""
+    from coordinator import round_end
+    from coordinator.models import Assignment, Round
+    from protocol import artifact
+
+    s = served
+    rid = s.coord.start_round(secure_aggregation=True, goal_count=3, min_count=2, selection_window_s=0,
+                              noise_multiplier=0.5)
+    dev = _enrolled(s, 1)[0]
+    with s.coord.tx() as db:
+        dim = queries.manifest(queries.stable(db)).num_params
+        db.add(SecAggRound(round_id=rid, phase=coord_secagg.MASKED, params_json=json.dumps({**PARAMS, "dim": dim})))
+        db.add(SecAggMember(round_id=rid, device_id=dev, idx=0, enc_pk="00", mask_pk="00", shared=True))
+        db.add(Assignment(round_id=rid, device_id=dev, selected=True))
+    real_replace, failed = artifact.os.replace, []
+
+    def replace_after_the_round_fails(src, dst):
+        if not failed and f"uploads/{rid}/" in str(dst):
+            with s.coord.tx() as db:
+                round_end.fail_round(s.coord, db, db.get(Round, rid), "the stable version changed")
+            failed.append(rid)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(artifact.os, "replace", replace_after_the_round_fails)
+    with pytest.raises(coord_secagg.ApiError) as e:
+        coord_secagg.post_masked(s.coord, dev, rid, np.full(dim, 7, "<u4").tobytes())
+    assert failed and e.value.status == 409 and e.value.code == wire.E_LATE, e.value.message
+    assert not (s.coord.uploads.root / str(rid)).exists()
