@@ -28,6 +28,7 @@ from coordinator.models import Round, Update, Version, utcnow
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase
 from protocol import artifact, wire
+from protocol.artifact import sha256_bytes
 from protocol.plan import PLAN_FIELD_NAMES, beyond_default_devices, check_plan_values
 
 if TYPE_CHECKING:
@@ -159,6 +160,24 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
         return views.round_dict(coord, s, r)
 
 
+def _server_state(coord: Coordinator, base: Version) -> dict[str, np.ndarray]:
+    """The server optimizer's state that `base`'s round left (momentum, Adam's moments), or none.
+    It is not part of a version's export, so nothing can restore it: lost or damaged, the step
+    starts the optimizer afresh (as on an imported version) rather than failing every round."""
+    digest = base.opt_state_sha256
+    if digest is None:
+        return {}
+    try:
+        data = coord.blobs.get(digest)
+        if sha256_bytes(data) != digest:
+            raise artifact.ArtifactError("its sha256 does not match")
+        return artifact.decode_weights(data)
+    except (OSError, artifact.ArtifactError) as e:
+        log.warning("version %s: its server optimizer state is lost or damaged (%s); this round's step "
+                    "starts the optimizer afresh", base.id, e)
+        return {}
+
+
 def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
     """The I/O around aggregation.round_step: read the base and the updates, write the candidate."""
     plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
@@ -179,8 +198,7 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
 
     mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates, stream)
     base_vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(base.weights_sha256)), tensors)
-    opt_state = ({} if base.opt_state_sha256 is None
-                 else artifact.decode_weights(coord.blobs.get(base.opt_state_sha256)))
+    opt_state = _server_state(coord, base)
     step = aggregation.round_step(
         base_vec, mean_delta, opt_state, [cnt for _, cnt in updates], population=r.population,
         optimizer=c.server_optimizer, lr=c.server_learning_rate, momentum=c.server_momentum, beta1=c.adam_beta1,

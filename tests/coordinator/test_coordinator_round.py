@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import requests
 
+from coordinator.models import Version
 from protocol import artifact, wire
 from tests.helpers.coordinator_fakes import (
     SHAPES,
@@ -368,3 +369,33 @@ def test_close_takes_force_in_its_body_too(served):
     assert bad.status_code == 400 and "force" in bad.json()["message"]
     r = served.admin("POST", f"/v1/admin/rounds/{rid}/close", json={"force": True})
     assert r.status_code == 200 and r.json()["status"] == "done", r.text
+
+
+def test_a_lost_or_damaged_server_optimizer_state_restarts_the_optimizer(tmp_path, caplog):
+    """The momentum a version's round left (`opt_state`) is not in an export, so no import can
+    bring it back; a data directory that lost it, or holds it damaged, must not stop every later
+    round from closing. The step starts the optimizer afresh, as after an import, and says so."""
+    with serve(make_config(tmp_path, server_optimizer="fedavgm", server_momentum=0.5, server_learning_rate=1.0,
+                           canary_fraction=0.01)) as served:
+        import_v0(served, tmp_path / "v0")
+        _, devices = _setup(served, 2)
+        for rnd_no, harm in enumerate([None, "lose", "damage"]):
+            rid = served.coord.start_round(goal_count=2, min_count=2)
+            stable = served.coord.status()["stable_version_id"]
+            if harm is not None:
+                with served.coord._sessions() as s:
+                    state = served.coord.blobs.path(s.get(Version, stable).opt_state_sha256)
+                state.unlink() if harm == "lose" else state.write_bytes(b"\x00" * 9)
+            deltas = [random_delta(10 * rnd_no + i) for i in range(2)]
+            for d, delta in zip(devices, deltas, strict=True):
+                assert d.checkin().kind == wire.TASK_TRAIN
+                assert d.upload(delta, round_id=rid, base=stable, examples=3).status_code == 200
+            cand = served.coord.get_round(rid)["result_version_id"]
+            assert cand is not None, served.coord.get_round(rid)
+            base = artifact.decode_weights(served.coord.version_file(stable, "weights")[0])
+            got = artifact.decode_weights(served.coord.version_file(cand, "weights")[0])
+            for k in SHAPES:   # a fresh optimizer's first step: the mean update itself
+                np.testing.assert_allclose(got[k], base[k] + (deltas[0][k] + deltas[1][k]) / 2, rtol=1e-5, atol=1e-6)
+            if harm is not None:
+                assert f"version {stable}: its server optimizer state" in caplog.text
+            assert served.admin("POST", f"/v1/admin/versions/{cand}/promote").status_code == 200
