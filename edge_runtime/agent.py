@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -191,13 +192,13 @@ def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool =
         return cache.add(text, field_kind, private=private)
 
 
-def predictor_session(version_dir: Path) -> TypingSession:
-    """A typing session of the keyboard's predictor on a version (the canary's word metrics).
-    With the default strip (`block_offensive` on) whatever this device's setting, so every
-    canary device measures candidate and stable the same way."""
+def predictor_session(version_dir: Path, *, base_ngram: str = "") -> TypingSession:
+    """A typing session of the keyboard's predictor on a version (the canary's word metrics), with
+    this device's base n-gram (`base_ngram`). With the default strip (`block_offensive` on)
+    whatever this device's setting, so every canary device measures candidate and stable the same way."""
     from edge_runtime.model_slot import load_predictor
 
-    return load_predictor(version_dir).session()
+    return load_predictor(version_dir, base_ngram=base_ngram).session()
 
 
 @dataclass
@@ -230,7 +231,7 @@ class Device:
             log.warning("no coordinator public key configured: model manifests are not signature-checked")
         return cls(config=config, identity=ident, client=client, store=VersionStore(data_dir, public_key=key),
                    cache=open_cache(config, damaged_ok=True), eligibility=make_eligibility(config),
-                   rollout_key=key)
+                   sessions=functools.partial(predictor_session, base_ngram=config.base_ngram), rollout_key=key)
 
     def close(self) -> None:
         self.cache.close()

@@ -6,16 +6,15 @@ text as version 0, it ships with the keyboard app like a dictionary, once, not w
 model version: federated rounds change the LSTM's weights, never this file. It is built by
 `make v0` (`python -m tools.proxy_ngram`) into models/ngram/.
 
-`FEDKEYS_BASE_NGRAM` names another file; an empty value turns the component off. A missing
-or damaged file is not an error: the keyboard then mixes the LSTM with the user's own words
-only, and says so in its log.
+The device's `base_ngram` setting (`EdgeConfig`; the tools' `--base-ngram`) names another file,
+or `off`; empty is the shipped file. A missing or damaged file is not an error: the keyboard then
+mixes the LSTM with the user's own words only, and says so in its log.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 
 from edge_runtime.collector import settle
@@ -25,13 +24,15 @@ log = logging.getLogger(__name__)
 
 FILENAME = "proxy_trigram.npz"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "ngram" / FILENAME
+OFF = "off"
+SETTING_HELP = f"the base n-gram file (default: the shipped {FILENAME}); {OFF}: none"
 
 
-def configured_path() -> Path | None:
-    value = os.environ.get("FEDKEYS_BASE_NGRAM")
-    if value is None:
+def resolve(setting: str = "") -> Path | None:
+    """The file a `base_ngram` setting names: empty is the shipped file, `off` none."""
+    if not setting:
         return DEFAULT_PATH
-    return Path(value) if value else None
+    return None if setting == OFF else Path(setting).expanduser()
 
 
 @functools.lru_cache(maxsize=2)
@@ -48,7 +49,7 @@ def _load(path: Path) -> KneserNeyLM | None:
     return lm
 
 
-def load_base_ngram(path: Path | None = None) -> KneserNeyLM | None:
-    """The base n-gram (loaded once per process), or None when there is none."""
-    path = configured_path() if path is None else path
+def load_base_ngram(setting: str = "") -> KneserNeyLM | None:
+    """The base n-gram a `base_ngram` setting names (loaded once per process), or None when there is none."""
+    path = resolve(setting)
     return None if path is None else _load(path.resolve())

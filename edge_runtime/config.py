@@ -70,6 +70,7 @@ class EdgeConfig:
     personal_max_examples: int = 256     # the newest windows of the cache (20 words each)
     # Suggestions
     block_offensive: bool = True         # slurs, strong swear words and explicit slang only once this user typed them
+    base_ngram: str = ""                 # the base n-gram file; empty: the one shipped with the app; "off": none
     # Pacing: the coordinator says when to come back; we add our own jitter and bounds
     jitter: float = 0.1                  # +- fraction added to every wait (no thundering herd)
     min_wait_s: float = 1.0

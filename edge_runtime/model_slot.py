@@ -37,10 +37,11 @@ class ModelSlot:
 
     def __init__(self, *, data_dir: Path | None, model_dir: Path | None, channel: str | None,
                  loader: Callable[..., Predictor] | None = None, public_key: str | None = None,
-                 block_offensive: bool = True) -> None:
+                 block_offensive: bool = True, base_ngram: str = "") -> None:
         self.data_dir, self.model_dir, self.fixed_channel = data_dir, model_dir, channel
         self.lock = threading.RLock()
-        self._loader = loader or functools.partial(load_predictor, block_offensive=block_offensive)
+        self._loader = loader or functools.partial(load_predictor, block_offensive=block_offensive,
+                                                   base_ngram=base_ngram)
         # The device's versions are signature-checked with the coordinator's key whenever loaded,
         # so tampered weights with a recomputed hash are refused here too.
         self._store = (VersionStore(data_dir, public_key=coordinator_key(public_key, readable_identity(data_dir)),
@@ -134,10 +135,10 @@ class ModelSlot:
 
 
 def load_predictor(version_dir: Path, weights: dict[str, np.ndarray] | None = None, *,
-                   block_offensive: bool = True) -> Predictor:
+                   block_offensive: bool = True, base_ngram: str = "") -> Predictor:
     """The keyboard's predictor on a version (on `weights` of its model, e.g. the user's own copy);
-    `block_offensive` is the device's setting of that name (`EdgeConfig`)."""
+    `block_offensive` and `base_ngram` are the device's settings of those names (`EdgeConfig`)."""
     from edge_runtime.base_ngram import load_base_ngram
 
     return Predictor(Model.load(version_dir, weights=weights), load_tokenizer(Path(version_dir) / TOKENIZER),
-                     base=load_base_ngram(), block_offensive=block_offensive)
+                     base=load_base_ngram(base_ngram), block_offensive=block_offensive)

@@ -29,6 +29,8 @@ DEFAULT_PROXY = tuple(os.path.join(CORPORA, f) for f in ("gutenberg_mix.jsonl", 
 # of Shakespeare's (4,855) and the chat-room corpus's; of the e-mail corpus's 30,257, most of its 70
 # senders get 89 or 90 each, the lightest all of theirs.
 DEFAULT_EVAL_WORDS = 5000
+# `--base-ngram`: the device setting of that name (`EdgeConfig.base_ngram`, `edge_runtime.base_ngram`)
+BASE_NGRAM_HELP = "the keyboard's base n-gram file (default: the shipped one); off: none"
 
 # A path the user gave that cannot be read or written (unreadable, read-only, a file where a
 # directory goes or the other way round) is their error too: the message names the path.

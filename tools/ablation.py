@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from protocol.artifact import read_manifest
 from protocol.cli import HelpFormatter, Parser, add_version
-from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
+from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 from tools.shipped import SHIPPED_V0
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-words", type=int, default=DEFAULT_EVAL_WORDS,
                    help="held-out words scored (past every word, an even share per user)")
     p.add_argument("--max-keystrokes", type=int, default=1500, help="keystrokes timed per row")
+    p.add_argument("--base-ngram", default="", metavar="FILE", help=BASE_NGRAM_HELP)
     p.add_argument("--ngram-bounds", type=int, default=0, metavar="DEVICES",
                    help="also print what an n-gram learned from devices could add at most: the keyboard "
                         "(without its own LSTM copy) with its base n-gram replaced by a trigram of the "
@@ -84,7 +85,7 @@ def ngram_bounds(args: argparse.Namespace, split: Split, base: KneserNeyLM, cent
             print(f"| {label} | – | – | – | {e} |")
             continue
         m = evaluate_words(keyboard_factory(args.model, tail=True, base=True, own_words=True, personal_lstm=False,
-                                            ngram=lm), split.test, max_words=args.max_words)
+                                            ngram=lm, base_ngram=args.base_ngram), split.test, max_words=args.max_words)
         print(f"| {label} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} | {lm.size:,} |", flush=True)
 
 
@@ -101,10 +102,10 @@ def lstm_costs(version_dir: str) -> tuple[int, int]:
 
 
 def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: bool, personal_lstm: bool,
-                     ngram: KneserNeyLM | None = None):
+                     ngram: KneserNeyLM | None = None, base_ngram: str = ""):
     """Sessions of the keyboard's predictor with the chosen parts (tools.evaluate.lstm_factory
     builds the full keyboard; this one switches parts off one by one). `ngram` replaces the
-    shipped base n-gram (`--ngram-bounds`: what an n-gram learned from devices could add)."""
+    base n-gram that `base_ngram` names (`--ngram-bounds`: what an n-gram learned from devices could add)."""
     from edge_runtime.base_ngram import load_base_ngram
     from edge_runtime.predictor import FOLLOW_WEIGHT, TAIL_MASS, TEXT_WEIGHT, Predictor
     from protocol.artifact import TOKENIZER
@@ -113,13 +114,13 @@ def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: boo
     from tools.evaluate import lstm_factory
 
     if own_words and base and tail and ngram is None:
-        return lstm_factory(version_dir, personal_lstm=personal_lstm)
+        return lstm_factory(version_dir, personal_lstm=personal_lstm, base_ngram=base_ngram)
     if personal_lstm:
-        raise ValueError("the user's own LSTM copy runs only in the full keyboard with the shipped base n-gram")
+        raise ValueError("the user's own LSTM copy runs only in the full keyboard with its base n-gram")
     model = Model.load(version_dir)
     sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
     if ngram is None:
-        ngram = load_base_ngram() if base else None
+        ngram = load_base_ngram(base_ngram) if base else None
 
     def new_session():
         # The words of the text being typed count as the user's own words (`Predictor.text_weight`).
@@ -136,7 +137,7 @@ def keyboard_factory(version_dir: str, *, tail: bool, base: bool, own_words: boo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from edge_runtime.base_ngram import configured_path, load_base_ngram
+    from edge_runtime.base_ngram import load_base_ngram, resolve
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
     from tools.bench.keystroke import device_keystrokes, percentiles
@@ -168,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} | {p50:.2f} / {p99:.2f} | {params} | {download} |",
               flush=True)
 
-    base_path = configured_path()
-    base = load_base_ngram(base_path)
+    base_path = resolve(args.base_ngram)
+    base = load_base_ngram(args.base_ngram)
     if base is None:
-        raise ValueError(f"no base n-gram at {base_path}: build it with `make v0`")
+        raise ValueError(f"no base n-gram at {base_path}: build it with `make v0`" if base_path else
+                         "the ablation's rows compare parts of the keyboard: --base-ngram off leaves none to compare")
     base_once = f"{_mb(base_path.stat().st_size)} once"
     print(f"{args.corpus}: {len(users)} held-out users, up to {args.max_words:,} words (the count scored follows "
           f"the table), {args.max_keystrokes} keystrokes timed per row (thread CPU ms per keystroke)\n")
@@ -209,13 +211,15 @@ def main(argv: list[str] | None = None) -> int:
 
     name = os.path.basename(os.path.normpath(args.model))
     for label, kw in parts:
-        row(f"{name}: {label}", keyboard_factory(args.model, **kw), *costs(args.model, kw["base"]))
+        row(f"{name}: {label}", keyboard_factory(args.model, **kw, base_ngram=args.base_ngram),
+            *costs(args.model, kw["base"]))
     if args.central:
         row("central LSTM (collects text): LSTM + tail",
             keyboard_factory(args.central, tail=True, base=False, own_words=False, personal_lstm=False),
             *costs(args.central, False))
         row("central LSTM in the keyboard", keyboard_factory(args.central, tail=True, base=True, own_words=True,
-                                                             personal_lstm=True), *costs(args.central, True))
+                                                             personal_lstm=True, base_ngram=args.base_ngram),
+            *costs(args.central, True))
     counts = " / ".join(f"{w:,}" for w in sorted(scored))
     print(f"\n{'Every row scored the same' if len(scored) == 1 else 'Rows scored'} {counts} words. The user's own "
           "words and own copy of the LSTM are learned on the device: nothing to download.")

@@ -17,7 +17,7 @@ import sys
 import time
 
 from protocol.cli import HelpFormatter, Parser, add_version
-from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
+from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--personalization", action="store_true",
                    help="per held-out user: the keyboard with vs without the user's own words "
                         "(mean gain, share of users who benefit) for the first --model")
+    p.add_argument("--base-ngram", default="", metavar="FILE", help=BASE_NGRAM_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
 
-def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = True, personal_lstm: bool = True):
+def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = True, personal_lstm: bool = True,
+                 base_ngram: str = ""):
     """New-device sessions over one version: the FedKeys keyboard (`personal`: the global LSTM, the
     base n-gram and what it learns on the device: the user's own words and, with `personal_lstm`,
     its own fine-tuned copy of the LSTM, and the words of the text being typed; without `own_words`
-    none of them) or the global LSTM alone.
+    none of them) or the global LSTM alone. `base_ngram` is the device setting of that name.
 
     A keyboard session's `personalize()` is the device's idle-and-charging moment: it fine-tunes
     the user's copy on the text learned so far (`edge_runtime.personalize`, the device's defaults)."""
@@ -59,7 +61,7 @@ def lstm_factory(version_dir: str, *, personal: bool = True, own_words: bool = T
 
     model = Model.load(version_dir)
     sp = load_tokenizer(os.path.join(version_dir, TOKENIZER))
-    base = load_base_ngram() if personal else None
+    base = load_base_ngram(base_ngram) if personal else None
     trainable: list[trainer.SignatureModel] = []   # one training interpreter, reset for every user
 
     def new_session():
@@ -124,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             if not personal and not args.lstm_alone:
                 continue
             t0 = time.time()
-            rows[name] = evaluate_words(lstm_factory(d, personal=personal), texts, max_words=args.max_words,
+            factory = lstm_factory(d, personal=personal, base_ngram=args.base_ngram)
+            rows[name] = evaluate_words(factory, texts, max_words=args.max_words,
                                         progress=progress, desc=name).to_dict()
             rows[name]["seconds"] = round(time.time() - t0, 1)
     if args.personalization:
-        rows["personalization"] = personalization(args.model[0], texts, args.max_words)
+        rows["personalization"] = personalization(args.model[0], texts, args.max_words, base_ngram=args.base_ngram)
     if args.json:
         out = dict(rows[args.model[0]])
         if args.personalization:
@@ -153,15 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def personalization(version_dir: str, users: dict, max_words: int, min_words: int = 20) -> dict:
+def personalization(version_dir: str, users: dict, max_words: int, min_words: int = 20, *,
+                    base_ngram: str = "") -> dict:
     """Per user, the keyboard with what it learns from the user (own words, mixture weights) vs the
     same keyboard without it, on the same words."""
     from tools.wordeval import evaluate_words
 
     with_p: dict[str, list[int]] = {}
     without: dict[str, list[int]] = {}
-    evaluate_words(lstm_factory(version_dir), users, max_words=max_words, per_user=with_p)
-    evaluate_words(lstm_factory(version_dir, own_words=False), users, max_words=max_words, per_user=without)
+    evaluate_words(lstm_factory(version_dir, base_ngram=base_ngram), users, max_words=max_words, per_user=with_p)
+    evaluate_words(lstm_factory(version_dir, own_words=False, base_ngram=base_ngram), users, max_words=max_words,
+                   per_user=without)
     gains3, gainsk = [], []
     for u, (n, h3, sv, ty) in with_p.items():
         n0, h30, sv0, _ = without[u]

@@ -75,6 +75,11 @@ def render() -> str:
         f"Order: defaults < `--config` JSON file (or `{EDGE_ENV}CONFIG`) < environment `{EDGE_ENV}<KEY>` < "
         "flags (`--set KEY=VALUE`). Unknown keys are errors.", "",
         *_table(EdgeConfig, EDGE_ENV), "",
+        "## Every process: the TFLite interpreter", "",
+        "`FEDKEYS_INTERPRETER` (`ai_edge_litert`, `tflite_runtime` or `tensorflow`; unset: the first of them "
+        "installed) picks the library every process that runs a model version loads: the device, the tools, "
+        "the tests. It is not a setting of one deployable but of the Python environment, as the installed "
+        "packages are (`protocol/interpreter.py`).", "",
     ]
     return "\n".join(parts)
 

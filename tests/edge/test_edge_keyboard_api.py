@@ -1071,3 +1071,25 @@ def test_words_read_before_the_first_mark_are_read_again(tmp_path, exported_vers
             other.wipe()
         app._see_outside_wipe(now=True)
         assert app.personal().uni["Zanzibar"] == 0
+
+
+def test_the_device_setting_base_ngram_names_the_keyboards_base_ngram(tmp_path, exported_version, caplog):
+    """`base_ngram` (FEDKEYS_EDGE_BASE_NGRAM) is the one way to point a device at another base
+    n-gram file or turn it off; a file that is missing is not an error, and the log says so."""
+    from edge_runtime.config import load_config
+    from edge_runtime.ngram import KneserNeyLM
+    from tests.tiny_version import tiny_texts
+
+    mine = tmp_path / "mine.npz"
+    KneserNeyLM.fit(tiny_texts(1500) + ["the quick brown horse jumps over the lawful dog"] * 30, order=3).save(mine)
+
+    def strip(setting: str) -> list[str]:
+        cfg = load_config(environ={"FEDKEYS_EDGE_BASE_NGRAM": setting})
+        with start_keyboard(tmp_path / "device", model_dir=exported_version, config=cfg) as s:
+            return post(s, "api/suggest", {"client": "a", "text": "the quick brown "}).json()["suggestions"]
+
+    with_mine, off = strip(str(mine)), strip("off")
+    assert with_mine[0] == "horse" and off != with_mine, (with_mine, off)   # only that n-gram knows the phrase
+    with caplog.at_level(logging.WARNING):
+        assert strip(str(tmp_path / "missing.npz")) == off
+    assert "missing.npz not found" in caplog.text

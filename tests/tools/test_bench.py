@@ -100,7 +100,7 @@ def test_memory_bench_prints_each_setup_from_a_process_of_its_own(exported_versi
     assert "one session typed 300 characters" in lines[0], lines[0]
     rows = {ln[:34].strip(): [float(x) for x in ln[34:].split()[:5]] for ln in lines[2:4]}
     shipped, bare = rows["keyboard as shipped"], rows["keyboard without its base n-gram"]
-    # Loading the shipped base n-gram shows (FEDKEYS_BASE_NGRAM="" reached the second process only)
+    # Loading the shipped base n-gram shows (`base_ngram` off reached the second process only)
     assert shipped[1] > bare[1] + 20, r.stdout
     share = re.search(r"the base n-gram: (\d+) MiB of the (\d+) MiB loaded", r.stdout)
     assert share and int(share.group(1)) > 20, r.stdout

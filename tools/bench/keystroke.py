@@ -208,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
     from edge_runtime.base_ngram import load_base_ngram
 
     sp = load_tokenizer(os.path.join(args.model, TOKENIZER))
-    base = load_base_ngram()
+    base = load_base_ngram(args.base_ngram)
     predictor = Predictor(model, sp, base=base)
     texts, kind = held_out_texts(args.corpus)
     keys = keystrokes(texts, args.warmup + args.max_keystrokes)

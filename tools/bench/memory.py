@@ -8,8 +8,8 @@ interpreter, the word list, the base n-gram), and after typing into one session 
 keystroke, each keystroke one `Session.update` with the whole text before the cursor as the
 keyboard page sends it: `--chars` characters (the page's limit by default) of the held-out texts
 joined, repeated from the first if they hold fewer; and its peak (VmHWM), loading included.
-Setups, side by side: the keyboard as it ships, and without its base n-gram
-(`FEDKEYS_BASE_NGRAM=""`), which shows the n-gram's share.
+Setups, side by side: the keyboard as it ships, and without its base n-gram (the device setting
+`base_ngram` off), which shows the n-gram's share.
 
     python -m tools.bench memory --model models/v0 [--corpus FILE] [--chars 16384]
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from tools.bench.edge_train import peak_rss_mb, proc_status_kb
 
-SETUPS = (("keyboard as shipped", None), ("keyboard without its base n-gram", ""))
+SETUPS = (("keyboard as shipped", ""), ("keyboard without its base n-gram", "off"))   # `base_ngram` settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +46,7 @@ def rss_mb() -> float:
     return kb / 1024.0
 
 
-def child(model: str, corpus: str, chars: int) -> dict[str, float]:
+def child(model: str, corpus: str, chars: int, base_ngram: str) -> dict[str, float]:
     """One setup, in this process: memory after imports, after loading, at the peak of typing."""
     from edge_runtime.model_slot import load_predictor
     from tools.bench.keystroke import held_out_texts
@@ -58,7 +57,7 @@ def child(model: str, corpus: str, chars: int) -> dict[str, float]:
     text = " ".join(texts)   # held-out texts joined into one long message, again from the first if short
     text = " ".join([text] * -(-chars // (len(text) + 1)))[:chars]
     imported = rss_mb()
-    predictor = load_predictor(Path(model))
+    predictor = load_predictor(Path(model), base_ngram=base_ngram)
     loaded = rss_mb()
     session = predictor.session()
     t0 = time.perf_counter()
@@ -80,12 +79,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model}: not a model version directory (no manifest.json)")
     rows = []
     for name, base in SETUPS:
-        env = {k: v for k, v in os.environ.items() if k != "FEDKEYS_BASE_NGRAM"}   # as shipped: the default file
-        if base is not None:
-            env["FEDKEYS_BASE_NGRAM"] = base
         r = subprocess.run([sys.executable, "-m", "tools.bench.memory", "--child", str(Path(args.model).resolve()),
-                            str(Path(corpus).resolve()), str(chars)],
-                           cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                            str(Path(corpus).resolve()), str(chars), base],
+                           cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
                            check=False)   # run in the repository, wherever the command was started
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
@@ -109,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"] and len(sys.argv) == 5:
-        print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    if sys.argv[1:2] == ["--child"] and len(sys.argv) == 6:
+        print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))
     else:
         sys.exit("usage: python -m tools.bench memory --model DIR (this module runs one setup with --child)")

@@ -115,7 +115,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM copy);
     proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users.
     The LSTMs are scored in `workers` processes: the caller's `pool`, or one started for the first."""
-    from edge_runtime.base_ngram import configured_path
+    from edge_runtime.base_ngram import resolve
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
 
@@ -126,8 +126,8 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
         cache = {}
     out: dict[str, dict] = {}
     corpus_key = f"{_file_key(Path(corpus))}:{max_words}:even-share"   # per-user counts, `scored_words` order
-    # The keyboard's score also depends on the base n-gram it mixes in (FEDKEYS_BASE_NGRAM or the shipped file).
-    base = configured_path()
+    # The keyboard's score also depends on the base n-gram it mixes in (the shipped file).
+    base = resolve()
     base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"
     wanted: dict[str, str] = {
         "ngram": f"ngram:{corpus_key}",
