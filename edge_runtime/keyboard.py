@@ -66,7 +66,7 @@ from edge_runtime.idle_worker import IdleWorker
 from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # noqa: F401  (API)
 from edge_runtime.paths import ACTIVITY_FILE, KEYBOARD_TOKEN_FILE
 from edge_runtime.personal import BOS, PersonalModel
-from edge_runtime.predictor import Session
+from edge_runtime.session import Session
 from protocol.artifact import atomic_write
 from protocol.cli import url_host
 from protocol.text import plain_quotes, quote_led, tokens

@@ -816,7 +816,7 @@ class NgramSession:
         return [self._lm.vocab[i] for i in self._lm._suggest_ids(self._hist, prefix, k)]
 
     def update(self, text: str, k: int = 3) -> list[str]:
-        """The keyboard's entry point, as `edge_runtime.predictor.Session.update`: the whole text
+        """The keyboard's entry point, as `edge_runtime.session.Session.update`: the whole text
         before the cursor in, suggestions out; only chunks not fed before are fed (an edit
         before the last chunk starts the text over), so the n-gram's keystroke cost is measured
         on the same path as the LSTM's (`tools.ablation`)."""

@@ -8,7 +8,7 @@ the counts are integers, so the coordinator can pool them per device:
   the three suggestions; `saved` letters not typed out of `typed` = letters + spaces.
 
 Works with any session that has ``feed(chunk) -> logprob``, ``suggest(prefix, k) -> words``
-and ``reset()`` (the keyboard's `edge_runtime.predictor.Session` in production). Only the
+and ``reset()`` (the keyboard's `edge_runtime.session.Session` in production). Only the
 counts leave this module; the text stays where it came from.
 """
 

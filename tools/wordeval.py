@@ -1,7 +1,7 @@
 """Word-level metrics a keyboard user feels, for any model with a typing session.
 
 A *session* has ``feed(chunk) -> logprob`` and ``suggest(prefix, k) -> words`` (the LSTM's
-`edge_runtime.predictor.Session` and the n-gram's `NgramSession` both do), so every model is
+`edge_runtime.session.Session` and the n-gram's `NgramSession` both do), so every model is
 scored by the same loop:
 
 Protocol: each held-out user's texts in order; the first half is typed into the user's device

@@ -105,7 +105,7 @@ def test_the_space_after_a_word_is_readied_between_keystrokes(server):
 def test_after_a_space_the_next_words_first_letters_are_readied(server):
     """After a space the server ranks the next word's likeliest first letters between keystrokes;
     a first letter is then answered from them, with the strip a fresh session gives."""
-    from edge_runtime.predictor import FIRST_LETTERS
+    from edge_runtime.session import FIRST_LETTERS
 
     app = server.app
     post(server, "api/suggest", {"client": "a", "text": "I pray you "})
@@ -124,7 +124,7 @@ def test_idle_work_runs_off_the_connection_and_stops_when_the_user_types(server,
     so the next keystroke on that connection is read at once, takes the lock between two calls,
     and ends the work for the state the user left: here the idle work for a word being typed is
     endless, and ends only that way."""
-    from edge_runtime.predictor import Session
+    from edge_runtime.session import Session
 
     threads, texts = set(), []
     real = Session.prefetch
@@ -151,7 +151,7 @@ def test_idle_work_runs_off_the_connection_and_stops_when_the_user_types(server,
 def test_idle_work_waits_while_a_commits_words_are_counted(server, monkeypatch):
     """Each counted part of a commit changes the strips, so idle work done meanwhile would be
     thrown away part after part: it waits, and the commit submits it once the words are counted."""
-    from edge_runtime.predictor import Session
+    from edge_runtime.session import Session
 
     app = server.app
     done = server._server.idle.done

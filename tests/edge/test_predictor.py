@@ -47,7 +47,7 @@ def test_incremental_typing_equals_a_fresh_session(predictor):
 def test_a_keystroke_at_the_end_of_a_long_text_reads_only_its_last_chunk(predictor, monkeypatch):
     """Typing appends: the session splits only the chunk being typed plus the new characters, not
     the whole text before the cursor, and suggests what a fresh session over the whole text does."""
-    import edge_runtime.predictor as pred
+    import edge_runtime.session as pred
 
     long_text = " ".join([TEXT] * 40)
     s = predictor.session()
@@ -703,7 +703,7 @@ def test_first_letter_strips_are_what_suggest_gives(predictor, base_ngram):
     """After a space, prefetch ranks the likeliest first letters' strips with every candidate
     scored in one pass: each strip is `suggest`'s for that prefix, for any k, with the user's words
     and without, and the letters come likeliest first by the LSTM's mass over the words they begin."""
-    from edge_runtime.predictor import FIRST_LETTERS
+    from edge_runtime.session import FIRST_LETTERS
 
     p = Predictor(predictor.model, predictor.sp, base=base_ngram)
     for learned in (False, True):
@@ -734,7 +734,7 @@ def test_first_letter_strips_are_what_suggest_gives(predictor, base_ngram):
 def test_the_users_own_first_letters_are_readied_too(predictor, base_ngram):
     """The first letters readied follow the mixture: a user who writes in lower case (or starts
     many words with one letter) gets those letters readied, which the LSTM alone would not rank."""
-    from edge_runtime.predictor import FIRST_LETTERS
+    from edge_runtime.session import FIRST_LETTERS
 
     p = Predictor(predictor.model, predictor.sp, base=base_ngram)
     s = p.session()
