@@ -150,6 +150,11 @@ def _forget_in_flight(s: Session, device_ids: Select) -> None:
     in open rounds and their canary reports on the pending candidate. A secure round's sum cannot be
     taken apart: an input already masked into it stays (its noise bounds it, as any device's)."""
     open_rounds = select(Round.id).where(Round.status == RoundStatus.OPEN)
+    # The open rounds' rows locked first, as a close holds its round's: on PostgreSQL a revocation
+    # (another process: `revoke-device`) committed between a close's count and its aggregation's
+    # read of the updates left a candidate averaged from fewer than `min_count` of them. After
+    # the device row (updated above), the order `submit_update` and `checkin` take them in.
+    s.execute(open_rounds.with_for_update()).all()
     pending = select(Version.id).where(Version.status == VersionStatus.CANDIDATE)
     for table, done in ((Update, Update.round_id.in_(open_rounds)), (Assignment, Assignment.round_id.in_(open_rounds)),
                         (Evaluation, Evaluation.candidate_version_id.in_(pending))):

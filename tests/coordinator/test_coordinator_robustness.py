@@ -117,3 +117,43 @@ def test_upload_written_while_its_round_ends_is_late_not_a_5xx(tmp_path, monkeyp
         assert ended and s.coord.get_round(rid)["status"] == "done"
         assert r.status_code == 409 and r.json()["error"] == wire.E_LATE, r.text
         assert not (tmp_path / "data" / "uploads" / str(rid)).exists()
+
+
+def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, monkeypatch):
+    """A revocation deletes the device's updates in open rounds. Committed between the close's
+    count and the aggregation's own read (PostgreSQL: another connection, no round lock), the
+    candidate was averaged from fewer updates than `min_count`. It now waits on the round's lock;
+    on SQLite the write lock serializes them already. Both updates are averaged either way."""
+    import threading
+
+    from coordinator import rounds
+    from coordinator.service import Coordinator
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=2, overselect=1.0, canary_fraction=0.01)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(2)]
+        rid = s.coord.start_round()
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
+        for i, d in enumerate(devices):
+            assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+        real, revoker = rounds._aggregate, []
+        admin = Coordinator(s.config)   # another process's coordinator: `revoke-device` on the command line
+
+        def aggregate_after_a_revocation(coord, session, r):
+            revoker.append(threading.Thread(target=admin.revoke_device, args=(devices[0].device_id,)))
+            revoker[0].start()
+            revoker[0].join(timeout=1.0)   # done within a second unless it waits for this close
+            return real(coord, session, r)
+
+        monkeypatch.setattr(rounds, "_aggregate", aggregate_after_a_revocation)
+        try:
+            rnd = s.coord.close_round(rid, force=True)
+            revoker[0].join(timeout=30)
+            assert not revoker[0].is_alive()
+        finally:
+            admin.close()
+        assert rnd["status"] == "done", rnd
+        manifest = json.loads(s.coord.version_file(rnd["result_version_id"], "manifest")[0])
+        assert manifest["metrics"]["updates"] == 2, manifest["metrics"]
