@@ -70,20 +70,42 @@ def store_upload(coord: Coordinator, round_id: int, body: bytes) -> str | None:
         return None
 
 
+def keep_upload(coord: Coordinator, round_id: int, digest: str, body: bytes) -> None:
+    """In the transaction that makes a row name `digest` (its round's row locked): the bytes are
+    on disk. Equal bytes another upload stored and then dropped (`drop_refused_upload`: two
+    devices' identical updates, one of them refused) are one file, which may have gone since this
+    upload wrote it; a row naming a missing file left its round unable to close."""
+    if not coord.uploads.path(round_id, digest).is_file():
+        coord.uploads.put(round_id, body)
+
+
 def drop_refused_upload(coord: Coordinator, round_id: int, digest: str) -> None:
     """Bytes stored for an upload that was then not taken (late, a duplicate, a retry of one
-    stored meanwhile): deleted unless a row of the round names them, and the round's whole
-    folder if it ended meanwhile (its `forget_contributions` ran before these bytes were written)."""
-    with coord._sessions() as s:
-        ended = s.get(Round, round_id).status != RoundStatus.OPEN
+    stored meanwhile, a request that failed): deleted unless a row of the round names them, and
+    the round's whole folder if it ended meanwhile (its `forget_contributions` ran before these
+    bytes were written). Checked and deleted under the round's lock, which an upload that names
+    equal bytes holds too (`keep_upload`)."""
+    with coord.tx() as s:
+        ended = s.get(Round, round_id, with_for_update=True).status != RoundStatus.OPEN
         named = s.scalar(select(Update.id).where(Update.round_id == round_id, Update.blob_sha256 == digest)
                          .limit(1)) is not None or s.scalar(
             select(SecAggMember.idx).where(SecAggMember.round_id == round_id, SecAggMember.masked_sha256 == digest)
             .limit(1)) is not None
+        if not ended and not named:
+            coord.uploads.discard(round_id, digest)
     if ended:
         coord.uploads.discard_round(round_id)
-    elif not named:
-        coord.uploads.discard(round_id, digest)
+
+
+def drop_after_failure(coord: Coordinator, round_id: int, digest: str) -> None:
+    """`drop_refused_upload` for a request whose last transaction failed (the device revoked
+    meanwhile, the database gone): its bytes must not outlive the round. Best effort: the
+    service's next start deletes an ended round's folder anyway (`forget_ended_uploads`)."""
+    try:
+        drop_refused_upload(coord, round_id, digest)
+    except Exception as e:   # the database that failed the request may fail this too
+        log.warning("round %d: an upload's bytes stay until its round ends or the service restarts (%s)",
+                    round_id, e)
 
 
 def forget_ended_uploads(coord: Coordinator) -> int:

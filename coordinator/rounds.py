@@ -121,7 +121,10 @@ def maintenance(coord: Coordinator) -> None:
         due = [rid for rid, deadline, goal in rows
                if utcnow() >= deadline or queries.accepted(s, rid) >= goal or rid in summed]
     for rid in due:
-        coord.close_round(rid, force=rid in summed)   # a final sum of fewer than the goal is fine
+        try:
+            coord.close_round(rid, force=rid in summed)   # a final sum of fewer than the goal is fine
+        except Exception:   # one round that cannot close must not hold up the canary's decision
+            log.exception("round %d could not be closed; will retry", rid)
     canary.decide_if_asked(coord)
     if not getattr(coord._local, "manual", False):  # round_interval_s > 0: the next round opens itself
         schedule.open_if_due(coord)
@@ -196,7 +199,11 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
             vec = artifact.flatten(artifact.decode_weights(coord.uploads.get(r.id, digest)), tensors)
             yield vec, aggregation.bounded_weight(count, c.max_example_weight)
 
-    mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates, stream)
+    try:
+        mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates, stream)
+    except FileNotFoundError:   # lost from the data directory: no close could ever read it
+        round_end.fail_round(coord, s, r, "an accepted update's file is missing from the data directory")
+        return
     base_vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(base.weights_sha256)), tensors)
     opt_state = _server_state(coord, base)
     step = aggregation.round_step(

@@ -54,6 +54,34 @@ def _duplicate(existing: Update, meta: wire.UpdateMeta) -> str:
     return f"device already contributed update {existing.id} to round {existing.round_id}"
 
 
+def _record(coord: Coordinator, device_id: str, meta: wire.UpdateMeta, digest: str, norm: float, body: bytes
+            ) -> tuple[wire.UpdateReceipt | None, wire.UpdateReceipt | None, str | None, bool, bool]:
+    """The update's row, in one transaction with the round's row locked, unless the round moved on
+    while the update was validated. Returns (receipt, the receipt of a retry stored meanwhile, why
+    it duplicates another, late, goal reached)."""
+    receipt, goal_reached = None, False
+    with coord.tx() as s:
+        enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
+        r = s.get(Round, meta.round_id, with_for_update=True)
+        # A concurrent upload of this device's (a retry sent while the first was still validated)
+        # stored its update meanwhile: the same update gets that receipt, whatever the round's state.
+        existing = s.scalar(select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
+        retried = None if existing is None else _retried(existing, meta, digest)
+        duplicate = None if existing is None or retried is not None else _duplicate(existing, meta)
+        late = retried is None and duplicate is None and (
+            r.status != RoundStatus.OPEN or utcnow() >= r.deadline
+            or queries.accepted(s, r.id) >= r.goal_count)   # while we validated
+        if retried is None and duplicate is None and not late:
+            round_end.keep_upload(coord, r.id, digest, body)
+            u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
+                       blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
+            s.add(u)
+            s.flush()
+            receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
+            goal_reached = queries.accepted(s, r.id) >= r.goal_count
+    return receipt, retried, duplicate, late, goal_reached
+
+
 def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, body: bytes) -> wire.UpdateReceipt:
     try:
         meta = wire.UpdateMeta.from_header(meta_header)
@@ -95,24 +123,11 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     digest = round_end.store_upload(coord, r.id, body)  # fsynced before the row that points to it is committed
     if digest is None:
         raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} reached its goal or closed meanwhile")
-    with coord.tx() as s:
-        enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
-        r = s.get(Round, meta.round_id, with_for_update=True)
-        # A concurrent upload of this device's (a retry sent while the first was still validated)
-        # stored its update meanwhile: the same update gets that receipt, whatever the round's state.
-        existing = s.scalar(select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
-        retried = None if existing is None else _retried(existing, meta, digest)
-        duplicate = None if existing is None or retried is not None else _duplicate(existing, meta)
-        late = retried is None and duplicate is None and (
-            r.status != RoundStatus.OPEN or utcnow() >= r.deadline
-            or queries.accepted(s, r.id) >= r.goal_count)   # while we validated
-        if retried is None and duplicate is None and not late:
-            u = Update(round_id=r.id, device_id=device_id, idempotency_key=meta.idempotency_key,
-                       blob_sha256=digest, example_count=meta.example_count, encoding=meta.encoding, l2_norm=norm)
-            s.add(u)
-            s.flush()
-            receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
-            goal_reached = queries.accepted(s, r.id) >= r.goal_count
+    try:
+        receipt, retried, duplicate, late, goal_reached = _record(coord, device_id, meta, digest, norm, body)
+    except BaseException:   # a rolled-back row names nothing: its bytes go
+        round_end.drop_after_failure(coord, meta.round_id, digest)
+        raise
     if retried is not None or duplicate is not None or late:   # its bytes were stored for nothing
         round_end.drop_refused_upload(coord, meta.round_id, digest)
     if retried is not None:   # a retry of an update stored meanwhile: its receipt, whatever the round's state

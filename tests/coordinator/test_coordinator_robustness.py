@@ -157,3 +157,99 @@ def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, m
         assert rnd["status"] == "done", rnd
         manifest = json.loads(s.coord.version_file(rnd["result_version_id"], "manifest")[0])
         assert manifest["metrics"]["updates"] == 2, manifest["metrics"]
+
+
+def _submit(coord, device_id: str, rid: int, data: bytes):
+    import uuid
+
+    from coordinator.errors import ApiError
+
+    meta = wire.UpdateMeta(round_id=rid, base_version_id="v0000", example_count=4,
+                           idempotency_key=uuid.uuid4().hex, encoding="float32")
+    try:
+        return coord.submit_update(device_id, meta.to_header(), data)
+    except ApiError as e:
+        return e.code
+
+
+def test_equal_bytes_dropped_for_another_upload_are_written_again_before_a_row_names_them(tmp_path, monkeypatch):
+    """Uploads are files named by their sha256, so two devices' equal updates are one file. One
+    device's refused duplicate (equal bytes, its other update stored meanwhile) deleted the file
+    while the other's row was about to name it: that round could never close, and no other opened."""
+    from coordinator import round_end
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=2, overselect=1.0, canary_fraction=0.01)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        a, b, c = (FakeDevice(s.url, key) for _ in range(3))
+        rid = s.coord.start_round()
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in (a, b, c))
+        same = artifact.encode_weights(random_delta(7))
+        real, calls, answers = round_end.store_upload, [], []
+
+        def store(coord, round_id, data):
+            digest = real(coord, round_id, data)
+            calls.append(digest)
+            if len(calls) == 1:     # a's bytes written, its row not yet: b sends the same bytes
+                answers.append(_submit(s.coord, b.device_id, rid, same))
+            elif len(calls) == 2:   # ... while b's first update (other bytes) is stored
+                answers.append(_submit(s.coord, b.device_id, rid, artifact.encode_weights(random_delta(8))))
+            return digest
+
+        monkeypatch.setattr(round_end, "store_upload", store)
+        receipt = _submit(s.coord, a.device_id, rid, same)
+        monkeypatch.setattr(round_end, "store_upload", real)
+        # b's first update is stored (answered first: it ran inside b's second), its second refused
+        assert isinstance(receipt, wire.UpdateReceipt) and isinstance(answers[0], wire.UpdateReceipt), answers
+        assert answers[1] == wire.E_DUPLICATE, answers
+        assert s.coord.uploads.path(rid, calls[0]).is_file()
+        assert c.upload(random_delta(9), round_id=rid, base="v0000", examples=4).status_code == 200
+        rnd = s.coord.get_round(rid)
+        assert rnd["status"] == "done" and rnd["accepted"] == 3, rnd
+
+
+def test_a_round_whose_update_file_is_lost_fails_and_lets_the_next_one_open(tmp_path):
+    """Whatever deleted it (a disk, a hand), an accepted update's missing file failed every close
+    of its round, which then stayed open past its deadline and refused every new round."""
+    with serve(make_config(tmp_path, goal_count=3, min_count=2, overselect=1.0, canary_fraction=0.01)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(2)]
+        rid = s.coord.start_round()
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
+        for i, d in enumerate(devices):
+            assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+        next(s.coord.uploads.path(rid, "0" * 64).parent.iterdir()).unlink()
+        rnd = s.coord.close_round(rid, force=True)
+        assert rnd["status"] == "failed" and "file is missing" in rnd["reason"], rnd
+        assert s.coord.start_round() == rid + 1
+
+
+def test_an_upload_whose_last_step_fails_leaves_no_bytes_behind(tmp_path, monkeypatch):
+    """The round ended before the bytes were written (so the write made its folder again), and
+    the request's last transaction then failed (the device revoked meanwhile: 401): its bytes
+    stayed on disk after the round had ended, until the service's next start."""
+    from coordinator import round_end
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=1, overselect=1.0, canary_fraction=0.01)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        a, b = (FakeDevice(s.url, key) for _ in range(2))
+        rid = s.coord.start_round()
+        assert a.checkin().kind == wire.TASK_TRAIN and b.checkin().kind == wire.TASK_TRAIN
+        assert a.upload(random_delta(0), round_id=rid, base="v0000", examples=4).status_code == 200
+        real = round_end.store_upload
+
+        def store_after_the_end(coord, round_id, data):
+            coord.close_round(rid, force=True)   # another request ends the round: its folder goes
+            coord.revoke_device(b.device_id)     # and an operator revokes b
+            return real(coord, round_id, data)
+
+        monkeypatch.setattr(round_end, "store_upload", store_after_the_end)
+        r = b.upload(random_delta(1), round_id=rid, base="v0000", examples=4)
+        assert r.status_code == 401, r.text
+        assert s.coord.get_round(rid)["status"] == "done"
+        assert not (s.coord.uploads.root / str(rid)).exists()
