@@ -333,6 +333,9 @@ def advance(coord: Coordinator, round_id: int) -> None:
             if key in _summing:   # timeout was started again at every timeout, all at once
                 return
             _summing.add(key)
+        if not coord.serving:   # a command (`tick`, `start-round`): a thread would die when it exits
+            _sum_logged(coord, round_id, key)
+            return
         try:
             threading.Thread(target=_sum_logged, args=(coord, round_id, key), name=f"secagg-sum-{round_id}",
                              daemon=True).start()

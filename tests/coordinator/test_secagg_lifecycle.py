@@ -268,3 +268,24 @@ def test_a_masked_vector_written_while_its_round_fails_is_late(served, monkeypat
         coord_secagg.post_masked(s.coord, dev, rid, np.full(dim, 7, "<u4").tobytes())
     assert failed and e.value.status == 409 and e.value.code == wire.E_LATE, e.value.message
     assert not (s.coord.uploads.root / str(rid)).exists()
+
+
+def test_a_command_that_moves_a_round_to_its_sum_sums_it_before_it_exits(served, monkeypatch):
+    """`tick` and `start-round` run maintenance, which can time out a secure round's unmask: the
+    sum then ran on a daemon thread that died with the command, and the round waited another
+    phase timeout for the service. A process that serves nothing sums in the foreground."""
+    s = served
+    rid = _summing_round(s)
+    threads, summed = [], []
+    monkeypatch.setattr(coord_secagg, "_sum", lambda coord, round_id: summed.append(threading.current_thread()))
+    real_thread = threading.Thread
+    monkeypatch.setattr(coord_secagg.threading, "Thread", lambda *a, **kw: threads.append(kw) or real_thread(*a, **kw))
+    for serving in (True, False):
+        s.coord.serving = serving
+        with s.coord.tx() as db:
+            db.get(SecAggRound, rid).phase_started_at = utcnow() - timedelta(hours=1)   # timed out
+        coord_secagg.advance(s.coord, rid)
+        time.sleep(0.2)
+    s.coord.serving = True
+    assert len(threads) == 1 and len(summed) == 2, (threads, summed)   # the service's on a thread of its own
+    assert summed[1] is threading.current_thread()   # the command's, before `advance` returned
