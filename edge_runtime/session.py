@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from edge_runtime.ngram import leading_word
 from edge_runtime.personal import BOS
-from protocol.text import complete_tokens, plain_quotes, tokens, typed_chunks, word_being_typed
+from protocol.text import complete_tokens, nfc, plain_quotes, tokens, typed_chunks, word_being_typed
 
 if TYPE_CHECKING:
     from edge_runtime.predictor import Predictor, _Node
@@ -141,6 +141,7 @@ class Session:
     def feed(self, chunk: str) -> float:
         """Append a completed chunk; returns the natural-log probability the mixture gave its tokens
         (word-level evaluation needs it; `update` appends without scoring, `_push`)."""
+        chunk = nfc(chunk)
         node, hist, lp = self.nodes[-1], self.hists[-1], 0.0
         for tok in tokens(chunk):
             lp += math.log(max(self.p.mixture(self.p.component_probs(node, tok, hist), hist), 1e-30))
@@ -233,6 +234,7 @@ class Session:
         the same either way: they depend on the completed chunks, and on the chunk being typed
         only through what opens it ('"' in '"hel', `word_being_typed`) and the word's prefix.
         """
+        text = nfc(text)   # as `tokens` reads it: the same word's two spellings are one
         prev, self.text = self.text, None   # set again only once this text is fully fed
         if prev is not None and text.startswith(prev):
             # Typing appended to the last text: only the chunk being typed and what follows it are

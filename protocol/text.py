@@ -59,9 +59,16 @@ _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": 
 WORD_START = "\u2581"  # SentencePiece's word-boundary mark: vocabulary entries are "\u2581" + token
 
 
+def nfc(text: str) -> str:
+    """`text` in Unicode NFC, as the word list spells its words. A keyboard or a paste can send
+    "café" as "cafe" and a combining accent (NFD): the user's own words then held a second "café"
+    that the strip showed beside the list's, and a typed prefix was never completed past its accent."""
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
 def tokens(text: str) -> list[str]:
-    """Words and single punctuation marks of `text`, in order (the model's units)."""
-    return TOKEN_RE.findall(text.translate(_QUOTES))
+    """Words and single punctuation marks of `text` (read in NFC), in order (the model's units)."""
+    return TOKEN_RE.findall(nfc(text).translate(_QUOTES))
 
 
 def plain_quotes(text: str) -> str:

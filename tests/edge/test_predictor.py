@@ -349,6 +349,21 @@ def test_tokens_that_are_not_words_are_never_offered(predictor):
     assert "cooker''" in junk and "____" in junk      # the n-gram does hold them
 
 
+def test_a_word_typed_decomposed_is_one_word_with_its_composed_spelling(predictor):
+    """"café" can arrive as "cafe" and a combining accent (NFD: some keyboards, a paste): the user's
+    words held both spellings, which the strip showed side by side, and a composed prefix never
+    completed the decomposed word. Text is read in NFC, learned and typed alike."""
+    import unicodedata
+
+    p = Predictor(predictor.model, predictor.sp)
+    for form in ("NFD", "NFC", "NFD"):
+        p.learn(unicodedata.normalize(form, "the cafés opened and the cafés closed"))
+    for typed in ("the caf", unicodedata.normalize("NFD", "the café")):
+        got = p.session().update(typed)
+        assert "cafés" in got and all(unicodedata.is_normalized("NFC", w) for w in got), (typed, got)
+        assert len({unicodedata.normalize("NFC", w) for w in got}) == len(got), got
+
+
 def test_a_word_with_combining_marks_is_learned_and_completed_whole(predictor):
     s = predictor.session()
     for _ in range(3):
