@@ -245,6 +245,7 @@ def _wipe_in_place(cfg: EdgeConfig, why: str) -> None:
     makes it, paused."""
     data_dir = cfg.require_data_dir()
     gone, made = wipe_in_place(data_dir)
+    personalize.forget(data_dir)   # and a copy a running loop saved while the old file went
     if made:
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
     else:

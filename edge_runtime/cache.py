@@ -24,6 +24,7 @@ Commits are rare (one per committed text, not per keystroke), so FULL's cost is 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -76,6 +77,21 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 REMOVED_KEY = "removed_words"   # the settings row of the words removed from the suggestions
 PAUSE_AFTER_WIPE = ".paused_after_wipe"   # the wipe could not make its new, paused cache: the next one is paused
+OPEN_LOCK = ".cache.lock"   # opening the cache (shared) and replacing its file (`wipe_in_place`, exclusive)
+
+
+@contextlib.contextmanager
+def _open_lock(data_dir: Path, *, exclusive: bool) -> Iterator[None]:
+    """A process that opened the cache while `wipe_in_place` had deleted the file and not yet
+    renamed the new one in made a new, unpaused file there, whose WAL SQLite then applied to the
+    wipe's paused one: the cache came back unpaused, holding what was typed meanwhile. Opening
+    takes this lock shared, the replacement exclusive (an flock: released if the process dies)."""
+    fd = os.open(data_dir / OPEN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)   # and with it the lock
 COMMITS_KEY = "commit_ids"      # the settings row of the keyboard page's newest commit ids (no text)
 MAX_COMMIT_IDS = 64
 TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
@@ -155,13 +171,17 @@ def wipe_in_place(data_dir: str | os.PathLike) -> tuple[list[Path], bool]:
     is made complete in a private directory and renamed into place, so a process following the
     path (`TextCache._held`) never sees it unpaused. Returns (the files removed, whether the new
     cache was made)."""
-    gone = destroy_files(data_dir)
-    try:
-        make_paused(data_dir)
-    except (CacheError, OSError):
-        with contextlib.suppress(OSError):   # an empty file needs no data block: the next cache made starts paused
-            (Path(data_dir) / PAUSE_AFTER_WIPE).touch()
-        return gone, False
+    marker = Path(data_dir) / PAUSE_AFTER_WIPE
+    with _open_lock(Path(data_dir), exclusive=True):
+        with contextlib.suppress(OSError):   # first: a kill before the new file is in leaves the next one paused
+            marker.touch()                   # (an empty file needs no data block, on a full disk too)
+        gone = destroy_files(data_dir)
+        try:
+            make_paused(data_dir)
+        except (CacheError, OSError):
+            return gone, False
+        with contextlib.suppress(OSError):
+            marker.unlink()
     return gone, True
 
 
@@ -244,22 +264,27 @@ class TextCache:
         self.path = self.data_dir / CACHE_DB
         self._damaged: DamagedCacheError | None = None   # opened damaged (`damaged_ok`), not yet replaced
         self._pin: int | None = None   # the damaged file, held open (`_hold_damaged`)
-        for _ in range(3):   # the file a stat names before and after connecting is the one opened
-            before = _identity_or_none(self.path)
+        with contextlib.ExitStack() as held:
             try:
-                self._db: sqlite3.Connection | None = self._connect(create=True)
-            except DamagedCacheError as e:
-                if not damaged_ok:
-                    raise
-                self._db, self._damaged = None, e
-                self._hold_damaged()
-            self._file = _identity_or_none(self.path)
-            if before is None or before == self._file:
-                break
-            if self._db is not None:
-                self._db.close()
-        else:
-            raise CacheError(f"the text cache at {self.path} is being replaced: try again")
+                held.enter_context(_open_lock(self.data_dir, exclusive=False))
+            except OSError as e:   # a read-only data directory (a mounted backup): open as before, unlocked
+                log.debug("text cache opened without its open lock: %s", e)
+            for _ in range(3):   # the file a stat names before and after connecting is the one opened
+                before = _identity_or_none(self.path)
+                try:
+                    self._db: sqlite3.Connection | None = self._connect(create=True)
+                except DamagedCacheError as e:
+                    if not damaged_ok:
+                        raise
+                    self._db, self._damaged = None, e
+                    self._hold_damaged()
+                self._file = _identity_or_none(self.path)
+                if before is None or before == self._file:
+                    break
+                if self._db is not None:
+                    self._db.close()
+            else:
+                raise CacheError(f"the text cache at {self.path} is being replaced: try again")
 
     def _connect(self, *, create: bool) -> sqlite3.Connection:
         """A connection to the cache file with the module's settings; `create=False` opens only a

@@ -183,9 +183,9 @@ class KeyboardApp:
             self._wipe_mark = mark            # so what memory holds is read again (the disk is not touched:
             self._drop_memory()               # a wipe elsewhere deletes the personal model itself)
         elif mark != self._wipe_mark:
-            self._wipe_mark = mark
             log.info("keyboard: the text cache was wiped elsewhere; forgetting what was learned from it")
             self._forget()
+            self._wipe_mark = mark   # only once forgotten: a reload that failed is tried again
 
     def _cache_trouble(self, e: CacheError) -> None:
         """The cache cannot be read on a keystroke (damaged, its directory gone, locked): the strip
@@ -213,10 +213,11 @@ class KeyboardApp:
         self._cache_unusable = True
 
     def _forget(self) -> None:
-        """Drop everything in memory learned from the cache or typed, and the personal LSTM: after a wipe."""
+        """Drop everything in memory learned from the cache or typed, and the personal LSTM: after a
+        wipe. Memory first: the reload of the global model can fail, and must not leave them."""
         with self.slot.lock:
-            self.slot.forget_personal()   # reloads the model on the global weights
             self._drop_memory()
+            self.slot.forget_personal()   # reloads the model on the global weights
 
     def _drop_memory(self) -> None:
         with self.slot.lock:

@@ -80,22 +80,33 @@ class ModelSlot:
             if self.predictor is not None and now - self._checked < MODEL_CHECK_S:
                 return
             self._checked = now
-            wanted = self._wanted()
-            stamp = self._personal_stamp(wanted)
-            if wanted == self._dir and stamp == self._stamp:
-                return
-            if wanted is None:
-                self.predictor, self.version_id, self._dir, self.personal = None, None, None, False
-            else:
-                t0 = time.monotonic()
-                self.predictor = self._load(wanted, stamp)
-                manifest = self.predictor.model.manifest
-                self.version_id = manifest.version_id if manifest else wanted.name
-                self._dir = wanted
-                log.info("keyboard: model version %s loaded in %.2fs%s", self.version_id, time.monotonic() - t0,
-                         " (the user's own copy)" if self.personal else "")
-            self._stamp = stamp
-            self.generation += 1
+            for last in (False, True):
+                wanted = self._wanted()
+                stamp = self._personal_stamp(wanted)
+                if wanted == self._dir and stamp == self._stamp:
+                    return
+                try:
+                    self._swap(wanted, stamp)
+                    return
+                except (ArtifactError, OSError):
+                    # The device loop switched versions and pruned this one while it loaded (a
+                    # rollback): the version in use now, once; else the error is real.
+                    if last or self._wanted() == wanted:
+                        raise
+
+    def _swap(self, wanted: Path | None, stamp: float | None) -> None:
+        if wanted is None:
+            self.predictor, self.version_id, self._dir, self.personal = None, None, None, False
+        else:
+            t0 = time.monotonic()
+            self.predictor = self._load(wanted, stamp)
+            manifest = self.predictor.model.manifest
+            self.version_id = manifest.version_id if manifest else wanted.name
+            self._dir = wanted
+            log.info("keyboard: model version %s loaded in %.2fs%s", self.version_id, time.monotonic() - t0,
+                     " (the user's own copy)" if self.personal else "")
+        self._stamp = stamp
+        self.generation += 1
 
     def _load(self, version_dir: Path, stamp: float | None) -> Predictor:
         """The version's predictor on the user's own copy of its weights when there is a usable one."""
@@ -112,10 +123,16 @@ class ModelSlot:
         return self._loader(version_dir)
 
     def forget_personal(self) -> None:
-        """Delete the user's own copy and fall back to the global model at once."""
+        """Delete the user's own copy and fall back to the global model at once. The copy's weights
+        were learned from the user's text, so they leave memory first: if the global model cannot
+        be loaded now (its folder pruned mid-load by a rollback, no memory), the strip waits for a
+        later refresh instead of suggesting from them."""
         with self.lock:
             if self.data_dir is not None:
                 personalize.forget(self.data_dir)
+            if self.personal:
+                self.predictor, self.version_id, self._dir, self._stamp, self.personal = None, None, None, None, False
+                self.generation += 1
             self._checked = float("-inf")
         self.refresh()
 

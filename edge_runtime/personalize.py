@@ -152,10 +152,19 @@ def refresh(data_dir: str | Path, version_dir: Path, version_id: str, read_texts
     if weights is None:
         weights_path(data_dir, version_id).unlink(missing_ok=True)
         return "too little text"
-    if unchanged is not None and not unchanged():
+    if unchanged is not None and not _still(unchanged):
         return "discarded (the cache was wiped meanwhile)"
     save(data_dir, version_id, weights, stamp)
-    if unchanged is not None and not unchanged():   # a wipe between the check and the save: undo it
+    if unchanged is not None and not _still(unchanged):   # a wipe between the check and the save: undo it
         weights_path(data_dir, version_id).unlink(missing_ok=True)
         return "discarded (the cache was wiped meanwhile)"
     return "trained"
+
+
+def _still(unchanged: Callable[[], bool]) -> bool:
+    """`unchanged()`, where a cache that cannot answer counts as changed: a wipe in place (a damaged
+    cache, a full disk) leaves no file for a moment, and a copy saved then outlived the wipe."""
+    try:
+        return unchanged()
+    except Exception:
+        return False

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.cache import (
+    OPEN_LOCK,
     CacheError,
     DamagedCacheError,
     TextCache,
@@ -293,6 +294,42 @@ def test_a_cache_made_after_a_wipe_without_room_is_paused_and_marked(tmp_path: P
         assert not after.paused
 
 
+
+def test_a_cache_opened_while_a_wipe_replaces_the_file_waits_for_the_paused_one(tmp_path: Path, monkeypatch):
+    """`wipe_in_place` deletes the file, then renames a new, paused one in. A process that opened
+    the cache between the two (`type`, `pause`, a keyboard starting) made a new unpaused file, and
+    SQLite applied its WAL to the paused one: the cache came back unpaused, with what was typed
+    meanwhile in it. Opening now waits for the replacement (the thread here: another process's)."""
+    import threading
+    import time
+
+    from edge_runtime import cache as cache_mod
+
+    d = tmp_path / "d"
+    with TextCache(d) as c:
+        c.add("see you at the station", "message")
+    real, typed = cache_mod.make_paused, []
+
+    def typing_in_the_gap() -> None:
+        with TextCache(d) as other:
+            typed.append(other.add("typed while the cache was wiped", "message"))
+
+    def make_paused_late(data_dir) -> None:
+        threading.Thread(target=typing_in_the_gap).start()
+        time.sleep(0.3)   # the other process's open, in the gap
+        real(data_dir)
+
+    monkeypatch.setattr(cache_mod, "make_paused", make_paused_late)
+    gone, made = cache_mod.wipe_in_place(d)
+    for _ in range(100):
+        if typed:
+            break
+        time.sleep(0.05)
+    assert made and typed == [False]   # it opened the new file, paused: nothing cached
+    with TextCache(d) as after:
+        assert after.paused and after.stats()["records"] == 0
+    assert not (d / cache_mod.PAUSE_AFTER_WIPE).exists()
+
 def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys, monkeypatch):
     """On a full disk the cache could not be opened to delete its rows (SQLite needs room for its
     WAL files): `wipe` failed and the text stayed. It overwrites the files in place instead."""
@@ -343,7 +380,7 @@ def test_a_held_cache_follows_its_file_replaced_and_never_makes_one(tmp_path: Pa
     held.set_paused(False)
     assert held.add("another text", "message") and all_texts(held) == ["another text"]
     held.close()
-    assert sorted(f.name for f in d.iterdir()) == [CACHE_DB]   # no temporary directory left
+    assert sorted(f.name for f in d.iterdir()) == [OPEN_LOCK, CACHE_DB]   # no temporary directory left
 
 
 def test_text_without_a_word_is_not_cached(tmp_path: Path):

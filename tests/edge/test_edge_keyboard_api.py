@@ -1093,3 +1093,49 @@ def test_the_device_setting_base_ngram_names_the_keyboards_base_ngram(tmp_path, 
     with caplog.at_level(logging.WARNING):
         assert strip(str(tmp_path / "missing.npz")) == off
     assert "missing.npz not found" in caplog.text
+
+
+def test_a_wipe_whose_model_reload_fails_still_forgets_the_users_words(tmp_path, exported_version, monkeypatch):
+    """After `python -m edge_runtime wipe` in another process, the keyboard forgets what it learned
+    and reloads the global model. A rollback that pruned the version in use mid-reload failed that
+    reload, which skipped the forgetting and recorded the wipe as seen: the wiped words were
+    suggested for good. Memory goes first now, the reload takes the version in use, and the user's
+    own copy of the LSTM leaves memory whatever the reload does."""
+    from edge_runtime import personalize
+    from edge_runtime.cache import TextCache
+    from edge_runtime.keyboard import KeyboardApp
+    from protocol.artifact import load_version
+    from tests.helpers.versions import renamed
+
+    monkeypatch.setattr(model_slot, "MODEL_CHECK_S", 0.0)
+    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0)
+    data = tmp_path / "device"
+    store = VersionStore(data)
+    for vid in ("tiny-a", "tiny-b"):
+        store.install(vid, directory_fetch(renamed(exported_version, tmp_path / vid, vid)))
+    personalize.save(data, "tiny-b", load_version(data / "models" / "tiny-b")[1], "1:1:x")
+    with TextCache(data) as cache:
+        slot = ModelSlot(data_dir=data, model_dir=None, channel=None)
+        app = KeyboardApp(cache=cache, slot=slot)
+        for _ in range(2):
+            app.commit({"text": "we met in Quokkaville at dawn", "field_kind": "message"})
+
+        def strip() -> list[str]:
+            return app.suggest({"client": "t", "text": "we met in Quok"})["suggestions"]
+
+        assert strip() == ["Quokkaville"] and slot.personal and slot.version_id == "tiny-b"
+        personalize.forget(data)                 # what `wipe` does, in another process
+        with TextCache(data) as other:
+            other.wipe()
+        real = slot._loader
+
+        def rolled_back_mid_load(version_dir, *weights):
+            if version_dir.name == "tiny-b":     # the device loop's signed rollback lands meanwhile
+                VersionStore(data).activate("tiny-a", abandon=True)
+                VersionStore(data).prune()
+            return real(version_dir, *weights)
+
+        slot._loader = rolled_back_mid_load
+        assert "Quokkaville" not in strip()      # no 500 either: the version in use now is loaded
+        assert slot.version_id == "tiny-a" and not slot.personal
+        assert "Quokkaville" not in strip() and cache.stats()["records"] == 0

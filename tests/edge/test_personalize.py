@@ -140,6 +140,23 @@ def test_a_copy_trained_across_a_wipe_is_not_saved_and_too_little_text_drops_an_
     assert not personalize.weights_path(tmp_path, "v1").exists()
 
 
+
+def test_a_copy_saved_while_the_cache_cannot_answer_is_not_kept(tmp_path: Path, exported_version: Path):
+    """A wipe in place (a damaged cache, a full disk) leaves no cache file for a moment: the check
+    after the save raised instead of answering, and the copy trained on the wiped text stayed (the
+    new cache starts paused, so nothing trained it again, and the keyboard loaded it)."""
+    from edge_runtime.cache import CacheError
+
+    def gone() -> bool:
+        raise CacheError("the text cache file is gone")
+
+    for checks in ([gone], [lambda: True, gone]):   # before the save, and between it and the check after
+        it = iter(checks)
+        assert personalize.refresh(tmp_path, exported_version, "v1", lambda: USER_TEXT, "40:100:m1",
+                                   personalize.PersonalPlan(), unchanged=lambda it=it: next(it)()) \
+            == "discarded (the cache was wiped meanwhile)"
+        assert not personalize.weights_path(tmp_path, "v1").exists()
+
 def test_a_stopping_device_ends_long_work_between_steps(tmp_path: Path):
     """After SIGTERM the loop's training, evaluation and personal copy ran on (minutes) until systemd
     killed the process: they checked only eligibility between steps."""

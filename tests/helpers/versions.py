@@ -22,3 +22,11 @@ def with_notices(src: Path, dst: Path, notices: dict[str, str]) -> Path:
     m = json.loads((dst / MANIFEST).read_text())
     (dst / MANIFEST).write_text(json.dumps({**m, "notices": notices}))
     return dst
+
+
+def renamed(src: Path, dst: Path, version_id: str) -> Path:
+    """A copy of version `src` under another version id (unsigned, as the fixture's is)."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / MANIFEST).read_text())
+    (dst / MANIFEST).write_text(json.dumps({**m, "version_id": version_id}))
+    return dst

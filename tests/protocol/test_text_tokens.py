@@ -55,7 +55,7 @@ def test_combining_marks_and_joiners_stay_in_their_word():
     and suggested; a mark or a zero-width (non-)joiner belongs to the word it marks."""
     cases = {"नमस्ते दुनिया": ["नमस्ते", "दुनिया"],            # Devanagari: virama and vowel signs
              "ที่นี่ ok": ["ที่นี่", "ok"],                      # Thai tone and vowel marks
-             "the cafe\u0301, then": ["the", "caf\u00e9", ",", "then"],   # an accent typed on its own (NFD), read in NFC
+             "the cafe\u0301, then": ["the", "caf\u00e9", ",", "then"],   # an accent on its own (NFD): NFC
              "q\u0301 ok": ["q\u0301", "ok"],                  # a mark with no composed form stays in its word
              "می\u200cخواهم": ["می\u200cخواهم"],               # Persian's zero-width non-joiner
              "don't stop.": ["don't", "stop", "."]}
