@@ -32,3 +32,4 @@ RUN_LOCK = ".run.lock"                # held by the one `run` loop of a data dir
 MODELS_DIR = "models"
 CURRENT_POINTER = "current.json"      # under MODELS_DIR
 STAGING_PREFIX = ".incoming-"         # under MODELS_DIR
+STAGING_LOCK = ".staging.lock"       # under MODELS_DIR: making a staging directory vs a sweep

@@ -27,14 +27,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime import rollout_guard
 from edge_runtime.errors import EdgeError
-from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, ROLLOUT_STATE_FILE, STAGING_PREFIX
+from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, ROLLOUT_STATE_FILE, STAGING_LOCK, STAGING_PREFIX
 from protocol import artifact
 from protocol.artifact import (
     GRAPH,
@@ -126,6 +126,33 @@ def _lock(staging: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
+
+
+@contextlib.contextmanager
+def _staging_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
+    """Held shared while an install makes its staging directory and locks it, exclusive while a
+    recovery sweeps: another process's start between the two deleted a download about to begin
+    (the install failed, and the device tried again at its next check-in)."""
+    try:
+        fd: int | None = os.open(root / STAGING_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:   # a read-only store: nothing is installed or swept there
+        fd = None
+    try:
+        if fd is not None:
+            with contextlib.suppress(OSError):   # no flock (NFS): the age rule of `_in_use` stands
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _recent(p: Path, seconds: float = 60.0) -> bool:
+    """Changed in the last `seconds` (or gone meanwhile): another process's work may be under way."""
+    try:
+        return time.time() - p.stat().st_mtime <= seconds
+    except OSError:
+        return True
 
 
 def _in_use(staging: Path) -> bool:
@@ -256,17 +283,19 @@ class VersionStore:
         """Remove what a killed install left. Not another process's install under way: every
         `VersionStore` recovers, and `status` or the keyboard started during the device loop's
         download deleted its staging directory (the install failed, on every try of a slow link).
-        A download holds a lock on its staging directory; a pointer being written is recent."""
-        for p in self.root.glob(STAGING_PREFIX + "*"):
-            if p.is_dir() and not p.is_symlink():
-                if not _in_use(p):
-                    shutil.rmtree(p, ignore_errors=True)
-            else:   # a file of that name (rmtree ignored it, so it stayed for good)
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        A download holds a lock on its staging directory (made and locked under `_staging_lock`,
+        which the sweep holds too); a pointer being written is recent."""
+        with _staging_lock(self.root, exclusive=True):
+            for p in self.root.glob(STAGING_PREFIX + "*"):
+                if p.is_dir() and not p.is_symlink():
+                    if not _in_use(p):
+                        shutil.rmtree(p, ignore_errors=True)
+                else:   # a file of that name (rmtree ignored it, so it stayed for good)
+                    with contextlib.suppress(OSError):
+                        p.unlink()
         for p in self.root.glob("." + CURRENT_POINTER + ".*"):  # atomic_write temp files left by a kill
-            with contextlib.suppress(OSError):
-                if time.time() - p.stat().st_mtime > 60:
+            if not _recent(p):
+                with contextlib.suppress(OSError):
                     p.unlink(missing_ok=True)
         if self._pointer_lost() and (found := self._fallback()) is not None and self._pointer_lost():
             # Written again, so the device reports the version it uses: with none reported, the
@@ -371,8 +400,9 @@ class VersionStore:
         _check_runnable(manifest)
         wanted = _downloads(manifest)
 
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
-        held = _lock(staging)   # "in use" to every other process's `_recover`
+        with _staging_lock(self.root, exclusive=False):   # no sweep between the two
+            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
+            held = _lock(staging)   # "in use" to every other process's `_recover`
         try:
             for fname, sha in wanted.items():
                 local = self._find_local(fname, sha)

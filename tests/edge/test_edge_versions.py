@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edge_runtime import versions as versions_mod
 from edge_runtime.paths import MODELS_DIR, STAGING_PREFIX
 from edge_runtime.versions import (
     SignatureError,
@@ -149,13 +152,16 @@ def test_files_a_version_shares_are_linked_only_when_the_disk_is_tight(tmp_path:
     assert inode("v1", WEIGHTS) != inode("v2", WEIGHTS)
 
 
-def test_another_process_opening_the_store_leaves_a_download_under_way_alone(tmp_path: Path, server: Path):
+def test_another_process_opening_the_store_leaves_a_download_under_way_alone(tmp_path: Path, server: Path,
+                                                                              monkeypatch):
     """Every VersionStore removed every staging directory: `status` or the keyboard started while
-    the device loop downloaded deleted its download, and the install failed."""
+    the device loop downloaded deleted its download, and the install failed; also when it started
+    between the staging directory's making and its lock."""
     dev = tmp_path / "dev"
     VersionStore(dev)
     left = dev / MODELS_DIR / (STAGING_PREFIX + "killed")    # what a killed install left: removed
     left.mkdir()
+    os.utime(left, (time.time() - 120, time.time() - 120))   # ... once a minute old
     inner = fetch_from(server)
 
     def slow(vid: str, fname: str) -> bytes:
@@ -163,8 +169,20 @@ def test_another_process_opening_the_store_leaves_a_download_under_way_alone(tmp
             VersionStore(dev)                                # `status` in another process, mid-download
         return inner(vid, fname)
 
+    real_mkdtemp, other = versions_mod.tempfile.mkdtemp, []
+
+    def recovered_before_the_lock(*a, **kw) -> str:          # another process's start, between the
+        made = real_mkdtemp(*a, **kw)                         # staging directory and its lock
+        other.append(threading.Thread(target=VersionStore, args=(dev,)))
+        other[0].start()
+        other[0].join(timeout=0.3)                            # it waits for the lock, or sweeps now
+        return made
+
+    monkeypatch.setattr(versions_mod.tempfile, "mkdtemp", recovered_before_the_lock)
     VersionStore(dev).install("v1", slow)
-    assert not left.exists()
+    monkeypatch.undo()
+    other[0].join(timeout=10)
+    assert not left.exists() and not other[0].is_alive()
     assert VersionStore(dev).current() == dev / MODELS_DIR / "v1"
 
 
