@@ -279,13 +279,15 @@ def test_a_command_that_moves_a_round_to_its_sum_sums_it_before_it_exits(served,
     threads, summed = [], []
     monkeypatch.setattr(coord_secagg, "_sum", lambda coord, round_id: summed.append(threading.current_thread()))
     real_thread = threading.Thread
-    monkeypatch.setattr(coord_secagg.threading, "Thread", lambda *a, **kw: threads.append(kw) or real_thread(*a, **kw))
+    monkeypatch.setattr(coord_secagg.threading, "Thread",
+                        lambda *a, **kw: threads.append(real_thread(*a, **kw)) or threads[-1])
     for serving in (True, False):
         s.coord.serving = serving
         with s.coord.tx() as db:
             db.get(SecAggRound, rid).phase_started_at = utcnow() - timedelta(hours=1)   # timed out
         coord_secagg.advance(s.coord, rid)
-        time.sleep(0.2)
+        for t in threads:
+            t.join(timeout=30)
     s.coord.serving = True
     assert len(threads) == 1 and len(summed) == 2, (threads, summed)   # the service's on a thread of its own
     assert summed[1] is threading.current_thread()   # the command's, before `advance` returned
