@@ -154,7 +154,7 @@ def _forget_in_flight(s: Session, device_ids: Select) -> None:
     # (another process: `revoke-device`) committed between a close's count and its aggregation's
     # read of the updates left a candidate averaged from fewer than `min_count` of them. After
     # the device row (updated above), the order `submit_update` and `checkin` take them in.
-    s.execute(open_rounds.with_for_update()).all()
+    s.execute(open_rounds.order_by(Round.id).with_for_update()).all()   # in one order: two revocations at once
     pending = select(Version.id).where(Version.status == VersionStatus.CANDIDATE)
     for table, done in ((Update, Update.round_id.in_(open_rounds)), (Assignment, Assignment.round_id.in_(open_rounds)),
                         (Evaluation, Evaluation.candidate_version_id.in_(pending))):

@@ -120,14 +120,17 @@ def maintenance(coord: Coordinator) -> None:
                   if (row := s.get(SecAggRound, rid)) is not None and row.phase == SecAggPhase.SUMMED}
         due = [rid for rid, deadline, goal in rows
                if utcnow() >= deadline or queries.accepted(s, rid) >= goal or rid in summed]
+    failed: Exception | None = None
     for rid in due:
         try:
             coord.close_round(rid, force=rid in summed)   # a final sum of fewer than the goal is fine
-        except Exception:   # one round that cannot close must not hold up the canary's decision
-            log.exception("round %d could not be closed; will retry", rid)
+        except Exception as e:   # one round that cannot close must not hold up the canary's decision
+            failed = failed or e
     canary.decide_if_asked(coord)
     if not getattr(coord._local, "manual", False):  # round_interval_s > 0: the next round opens itself
         schedule.open_if_due(coord)
+    if failed is not None:   # then said: `tick` fails, a device's request logs it (safe_maintenance)
+        raise failed
 
 
 def safe_maintenance(coord: Coordinator) -> None:

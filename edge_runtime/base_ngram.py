@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from edge_runtime.collector import settle
@@ -28,8 +30,21 @@ OFF = "off"
 SETTING_HELP = f"the base n-gram file (default: the shipped {FILENAME}); {OFF}: none"
 
 
+OLD_VARIABLE = "FEDKEYS_BASE_NGRAM"
+
+
+def refuse_old_variable(environ: Mapping[str, str] | None = None) -> None:
+    """Until the forty-fifth session the file was named by FEDKEYS_BASE_NGRAM, outside the device's
+    settings. Set, it would now be ignored without a word (a unit file's path, or "" for none):
+    refused instead, naming what replaces it."""
+    if OLD_VARIABLE in (os.environ if environ is None else environ):
+        raise ValueError(f"{OLD_VARIABLE} is no longer read: the base n-gram is the device setting base_ngram "
+                         f"now (FEDKEYS_EDGE_BASE_NGRAM=FILE, or off for none; the tools' --base-ngram)")
+
+
 def resolve(setting: str = "") -> Path | None:
     """The file a `base_ngram` setting names: empty is the shipped file, `off` none."""
+    refuse_old_variable()
     if not setting:
         return DEFAULT_PATH
     return None if setting == OFF else Path(setting).expanduser()

@@ -150,5 +150,11 @@ def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | 
                 flags: Mapping[str, Any] | None = None) -> EdgeConfig:
     """defaults < JSON file < FEDKEYS_EDGE_* < flags (None flags ignored); validated once, merged
     (protocol.settings.load_settings)."""
+    from edge_runtime.base_ngram import refuse_old_variable
+
+    try:
+        refuse_old_variable(environ)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return EdgeConfig(**load_settings(EdgeConfig, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file,
                                       environ=environ, flags=flags, toml=False))

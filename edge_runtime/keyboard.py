@@ -69,7 +69,7 @@ from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.session import Session
 from protocol.artifact import atomic_write
 from protocol.cli import url_host
-from protocol.text import plain_quotes, quote_led, tokens
+from protocol.text import nfc, plain_quotes, quote_led, tokens
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class KeyboardApp:
             self._wipe_mark = _MARK_UNREAD   # the first mark read is taken, not seen as a wipe (nothing learned yet)
             self._cache_trouble(e)
         self._wipe_checked = time.monotonic()
+        self._forgotten_for: str | None | object = _MARK_UNREAD   # the wipe elsewhere whose memory is dropped
 
     def personal(self) -> PersonalModel:
         """The user's own words, built from the text cache once, then kept up to date by commits.
@@ -183,8 +184,16 @@ class KeyboardApp:
             self._wipe_mark = mark            # so what memory holds is read again (the disk is not touched:
             self._drop_memory()               # a wipe elsewhere deletes the personal model itself)
         elif mark != self._wipe_mark:
-            log.info("keyboard: the text cache was wiped elsewhere; forgetting what was learned from it")
-            self._forget()
+            if self._forgotten_for != mark:   # once per wipe: a reload tried again keeps the texts typed since
+                log.info("keyboard: the text cache was wiped elsewhere; forgetting what was learned from it")
+                self._drop_memory()
+                self._forgotten_for = mark
+            try:
+                self.slot.forget_personal()   # reloads the model on the global weights
+            except Exception as e:   # what was learned is gone already; the reload is tried again next time
+                log.warning("keyboard: the model could not be reloaded after a wipe elsewhere (%s); trying again",
+                            failure(e))
+                return
             self._wipe_mark = mark   # only once forgotten: a reload that failed is tried again
 
     def _cache_trouble(self, e: CacheError) -> None:
@@ -420,8 +429,9 @@ class KeyboardApp:
         if word != word.strip() or any(c.isspace() for c in word):
             raise ApiError(400, "bad_request", "'word' must be one word, without spaces")
         self._see_outside_wipe(now=True)
-        # As the strip ranks it and `_typed_again` counts it: "don\u2019t" is "don't" typed again.
-        self._change_removed(add=plain_quotes(word))
+        # As the strip ranks it and `_typed_again` counts it: "don\u2019t" is "don't" typed again,
+        # and a decomposed "café" the composed one (text is read in NFC, `protocol.text.nfc`).
+        self._change_removed(add=plain_quotes(nfc(word)))
         return {"removed": word, **self.status()}
 
     def _change_removed(self, *, add: str | None = None, typed: list[str] | None = None) -> None:
@@ -478,7 +488,9 @@ class KeyboardApp:
 def _hidden(removed: frozenset[str]) -> frozenset[str]:
     """What the strip must not show for the words a user removed: each word, and a lowercase
     one's capitalised form too (the same word at a sentence's start: "teh" hides "Teh", "'teh"
-    hides "'Teh"); a capitalised one alone ("May", a name, leaves "may")."""
+    hides "'Teh"); a capitalised one alone ("May", a name, leaves "may"). In NFC, as the strip's
+    words are (one removed in decomposed form before text was read in NFC still hides its word)."""
+    removed = frozenset(nfc(w) for w in removed)
     hidden = set(removed)
     for w in removed:
         i = int(quote_led(w))   # the letter after a leading quote

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from protocol.artifact import atomic_write
-from protocol.text import TOKEN_RE, WORD_CLASS, typed_chunks, word_being_typed
+from protocol.text import TOKEN_RE, WORD_CLASS, nfc, typed_chunks, word_being_typed
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -72,8 +72,9 @@ def words_of_chunk(chunk: str) -> list[str]:
     """Model tokens of a chunk: words (with apostrophes, e.g. "know't") and single punctuation marks.
 
     Unlike `protocol.text.tokens` it keeps typographic quotes as they are (``don’t`` is three
-    tokens): the shipped base n-gram was fitted this way and holds them in its vocabulary."""
-    return TOKEN_RE.findall(chunk)
+    tokens): the shipped base n-gram was fitted this way and holds them in its vocabulary. Read
+    in NFC, as `tokens` reads it (`protocol.text.nfc`)."""
+    return TOKEN_RE.findall(nfc(chunk))
 
 
 def leading_word(chunk: str) -> str | None:
@@ -820,7 +821,7 @@ class NgramSession:
         before the cursor in, suggestions out; only chunks not fed before are fed (an edit
         before the last chunk starts the text over), so the n-gram's keystroke cost is measured
         on the same path as the LSTM's (`tools.ablation`)."""
-        parts, partial = typed_chunks(text)
+        parts, partial = typed_chunks(nfc(text))
         if parts[:len(self._chunks)] != self._chunks:
             self.reset()
         for chunk in parts[len(self._chunks):]:

@@ -5,6 +5,9 @@
         last_keystroke          mtime = the last keystroke, for the idle rule (eligibility.ActivityClock)
         keyboard_token          the keyboard page's key, in the URL it prints (keyboard; 0600)
         text_cache.sqlite3      the typed-text cache, plus its -wal/-shm files (cache)
+        .cache.lock             taken to open the cache (shared) or replace its file (exclusive; cache)
+        .paused_after_wipe      a wipe in place is under way or could not make its new cache:
+                                the next cache made starts paused (cache)
         privacy_ledger.json     every update released and its epsilon (plan_guard)
         rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
         model_channel.json      stable or canary: what the version in use is (channel)
@@ -14,6 +17,7 @@
             current.json        {"current": id, "previous": id | null}
             <version_id>/       one complete version directory
             .incoming-*/        a download in progress
+            .staging.lock       taken to make and lock a download's folder, or sweep them (versions)
 
 The modules that own each file import its name from here; tests and tools do too.
 """
@@ -24,6 +28,8 @@ IDENTITY_FILE = "device.json"
 ACTIVITY_FILE = "last_keystroke"
 KEYBOARD_TOKEN_FILE = "keyboard_token"
 CACHE_DB = "text_cache.sqlite3"
+CACHE_OPEN_LOCK = ".cache.lock"
+PAUSE_AFTER_WIPE = ".paused_after_wipe"
 LEDGER_FILE = "privacy_ledger.json"
 ROLLOUT_STATE_FILE = "rollout_state.json"
 CHANNEL_FILE = "model_channel.json"

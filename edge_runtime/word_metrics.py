@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge_runtime.ngram import leading_word  # a target word: what a chunk starts with
+from protocol.text import nfc
 
 
 class TypingSession(Protocol):
@@ -50,7 +51,7 @@ def word_counts(session: TypingSession, texts: Iterable[str], *, max_words: int,
         for chunk in text.split():
             if words >= max_words:
                 break
-            target = leading_word(chunk)
+            target = leading_word(nfc(chunk))   # as the strip spells it (`protocol.text.nfc`)
             if target:
                 words += 1
                 one = score_word(session, target)

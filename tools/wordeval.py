@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from edge_runtime.ngram import leading_word
 from edge_runtime.word_metrics import score_word
+from protocol.text import nfc
 
 
 @dataclass
@@ -170,7 +171,7 @@ def score_users(new_session: Callable[[], object], users: Mapping[str, Sequence[
                 break
             session.reset()
             for chunk in text.split():
-                target = leading_word(chunk)
+                target = leading_word(nfc(chunk))   # as the strip spells it (`protocol.text.nfc`)
                 if target:
                     if mine[0] >= quota[user]:
                         break

@@ -135,6 +135,7 @@ def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, m
     import threading
 
     from coordinator import rounds
+    from coordinator.models import Device
     from coordinator.service import Coordinator
 
     with _open_round(tmp_path, 2, goal_count=3, min_count=2) as (s, devices, rid):
@@ -159,6 +160,8 @@ def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, m
         assert rnd["status"] == "done", rnd
         manifest = json.loads(s.coord.version_file(rnd["result_version_id"], "manifest")[0])
         assert manifest["metrics"]["updates"] == 2, manifest["metrics"]
+        with s.coord._sessions() as db:   # and the revocation went through, after the close
+            assert db.get(Device, devices[0].device_id).revoked
 
 
 def _submit(coord, device_id: str, rid: int, data: bytes):

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.cache import (
-    OPEN_LOCK,
     CacheError,
     DamagedCacheError,
     TextCache,
@@ -22,7 +21,7 @@ from edge_runtime.cache import (
     is_sensitive,
     wipe_in_place,
 )
-from edge_runtime.paths import CACHE_DB
+from edge_runtime.paths import CACHE_DB, CACHE_OPEN_LOCK, PAUSE_AFTER_WIPE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -287,7 +286,7 @@ def test_a_cache_made_after_a_wipe_without_room_is_paused_and_marked(tmp_path: P
     assert gone and not made and not (d / CACHE_DB).exists()
     with TextCache(d) as again:                                   # room again: the next command's
         assert again.paused and again.wipe_mark() is not None and again.stats()["records"] == 0
-    assert not (d / cache_mod.PAUSE_AFTER_WIPE).exists()
+    assert not (d / PAUSE_AFTER_WIPE).exists()
     with TextCache(d) as later:                                   # the pause is the user's now
         later.set_paused(False)
     with TextCache(d) as after:
@@ -308,27 +307,44 @@ def test_a_cache_opened_while_a_wipe_replaces_the_file_waits_for_the_paused_one(
     d = tmp_path / "d"
     with TextCache(d) as c:
         c.add("see you at the station", "message")
-    real, typed = cache_mod.make_paused, []
+    real, events, typed = cache_mod.make_paused, [], []
 
     def typing_in_the_gap() -> None:
         with TextCache(d) as other:
+            events.append("opened")
             typed.append(other.add("typed while the cache was wiped", "message"))
 
+    other = threading.Thread(target=typing_in_the_gap)
+
     def make_paused_late(data_dir) -> None:
-        threading.Thread(target=typing_in_the_gap).start()
-        time.sleep(0.3)   # the other process's open, in the gap
+        other.start()
+        time.sleep(0.3)   # the other process's open, in the gap (it waits, or gets in now)
         real(data_dir)
+        events.append("renamed")
 
     monkeypatch.setattr(cache_mod, "make_paused", make_paused_late)
     gone, made = cache_mod.wipe_in_place(d)
-    for _ in range(100):
-        if typed:
-            break
-        time.sleep(0.05)
-    assert made and typed == [False]   # it opened the new file, paused: nothing cached
+    other.join(timeout=30)
+    assert made and events == ["renamed", "opened"]   # it opened the new file, not one of its own
+    assert typed == [False]                            # paused: nothing cached
     with TextCache(d) as after:
         assert after.paused and after.stats()["records"] == 0
-    assert not (d / cache_mod.PAUSE_AFTER_WIPE).exists()
+    assert not (d / PAUSE_AFTER_WIPE).exists()
+
+
+def test_a_wipe_that_cannot_take_the_caches_lock_wipes_all_the_same(tmp_path: Path):
+    """The lock file is the cache's, not the wipe's: one that cannot be opened (another user's,
+    made by `sudo ... status`; here a directory in its place) must not keep the text on disk."""
+    d = tmp_path / "d"
+    with TextCache(d) as c:
+        c.add("see you at the station", "message")
+    (d / CACHE_OPEN_LOCK).unlink()
+    (d / CACHE_OPEN_LOCK).mkdir()
+    gone, made = wipe_in_place(d)
+    assert gone and made
+    with TextCache(d) as after:
+        assert after.paused and after.stats()["records"] == 0
+
 
 def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys, monkeypatch):
     """On a full disk the cache could not be opened to delete its rows (SQLite needs room for its
@@ -380,7 +396,7 @@ def test_a_held_cache_follows_its_file_replaced_and_never_makes_one(tmp_path: Pa
     held.set_paused(False)
     assert held.add("another text", "message") and all_texts(held) == ["another text"]
     held.close()
-    assert sorted(f.name for f in d.iterdir()) == [OPEN_LOCK, CACHE_DB]   # no temporary directory left
+    assert sorted(f.name for f in d.iterdir()) == [CACHE_OPEN_LOCK, CACHE_DB]   # no temporary directory left
 
 
 def test_text_without_a_word_is_not_cached(tmp_path: Path):

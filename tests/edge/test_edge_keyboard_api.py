@@ -1093,14 +1093,16 @@ def test_the_device_setting_base_ngram_names_the_keyboards_base_ngram(tmp_path, 
     with caplog.at_level(logging.WARNING):
         assert strip(str(tmp_path / "missing.npz")) == off
     assert "missing.npz not found" in caplog.text
+    # The variable it replaced is refused, not ignored: a unit file's path, or "" for none.
+    from edge_runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="FEDKEYS_EDGE_BASE_NGRAM"):
+        load_config(environ={"FEDKEYS_BASE_NGRAM": ""})
 
 
-def test_a_wipe_whose_model_reload_fails_still_forgets_the_users_words(tmp_path, exported_version, monkeypatch):
-    """After `python -m edge_runtime wipe` in another process, the keyboard forgets what it learned
-    and reloads the global model. A rollback that pruned the version in use mid-reload failed that
-    reload, which skipped the forgetting and recorded the wipe as seen: the wiped words were
-    suggested for good. Memory goes first now, the reload takes the version in use, and the user's
-    own copy of the LSTM leaves memory whatever the reload does."""
+def _personal_keyboard(tmp_path, exported_version, monkeypatch):
+    """A keyboard on version tiny-b (tiny-a installed before it) with the user's own LSTM copy,
+    which learned "Quokkaville"; and its strip after "we met in Quok"."""
     from edge_runtime import personalize
     from edge_runtime.cache import TextCache
     from edge_runtime.keyboard import KeyboardApp
@@ -1114,19 +1116,37 @@ def test_a_wipe_whose_model_reload_fails_still_forgets_the_users_words(tmp_path,
     for vid in ("tiny-a", "tiny-b"):
         store.install(vid, directory_fetch(renamed(exported_version, tmp_path / vid, vid)))
     personalize.save(data, "tiny-b", load_version(data / "models" / "tiny-b")[1], "1:1:x")
-    with TextCache(data) as cache:
-        slot = ModelSlot(data_dir=data, model_dir=None, channel=None)
-        app = KeyboardApp(cache=cache, slot=slot)
-        for _ in range(2):
-            app.commit({"text": "we met in Quokkaville at dawn", "field_kind": "message"})
+    cache = TextCache(data)
+    slot = ModelSlot(data_dir=data, model_dir=None, channel=None)
+    app = KeyboardApp(cache=cache, slot=slot)
+    for _ in range(2):
+        app.commit({"text": "we met in Quokkaville at dawn", "field_kind": "message"})
 
-        def strip() -> list[str]:
-            return app.suggest({"client": "t", "text": "we met in Quok"})["suggestions"]
+    def strip() -> list[str]:
+        return app.suggest({"client": "t", "text": "we met in Quok"})["suggestions"]
 
-        assert strip() == ["Quokkaville"] and slot.personal and slot.version_id == "tiny-b"
-        personalize.forget(data)                 # what `wipe` does, in another process
-        with TextCache(data) as other:
-            other.wipe()
+    assert strip() == ["Quokkaville"] and slot.personal and slot.version_id == "tiny-b"
+    return data, cache, slot, app, strip
+
+
+def _wipe_elsewhere(data) -> None:
+    """What `python -m edge_runtime wipe` does, in another process."""
+    from edge_runtime import personalize
+    from edge_runtime.cache import TextCache
+
+    personalize.forget(data)
+    with TextCache(data) as other:
+        other.wipe()
+
+
+def test_a_wipe_whose_model_reload_fails_still_forgets_the_users_words(tmp_path, exported_version, monkeypatch):
+    """After `python -m edge_runtime wipe` in another process, the keyboard forgets what it learned
+    and reloads the global model. A rollback that pruned the version in use mid-reload failed that
+    reload, which skipped the forgetting and recorded the wipe as seen: the wiped words were
+    suggested for good. The reload now takes the version in use instead."""
+    data, cache, slot, app, strip = _personal_keyboard(tmp_path, exported_version, monkeypatch)
+    with cache:
+        _wipe_elsewhere(data)
         real = slot._loader
 
         def rolled_back_mid_load(version_dir, *weights):
@@ -1139,3 +1159,28 @@ def test_a_wipe_whose_model_reload_fails_still_forgets_the_users_words(tmp_path,
         assert "Quokkaville" not in strip()      # no 500 either: the version in use now is loaded
         assert slot.version_id == "tiny-a" and not slot.personal
         assert "Quokkaville" not in strip() and cache.stats()["records"] == 0
+
+
+def test_a_wipe_elsewhere_forgets_at_once_while_the_model_cannot_be_reloaded(tmp_path, exported_version,
+                                                                            monkeypatch):
+    """A reload that keeps failing (a disk error) must not keep what the wipe deleted: the user's
+    words and own LSTM copy leave memory at once, and the reload is tried again until it works."""
+    from protocol.artifact import ArtifactError
+
+    data, cache, slot, app, strip = _personal_keyboard(tmp_path, exported_version, monkeypatch)
+    with cache:
+        _wipe_elsewhere(data)
+        real, broken = slot._loader, [True]
+
+        def loader(version_dir, *weights):
+            if broken[0]:
+                raise ArtifactError("an I/O error reading the version")
+            return real(version_dir, *weights)
+
+        slot._loader = loader
+        app._see_outside_wipe(now=True)          # said in the log, not raised: commits still cache
+        assert slot.predictor is None and app._personal is None
+        assert app._wipe_mark != cache.wipe_mark()   # not seen yet: tried again
+        broken[0] = False
+        assert "Quokkaville" not in strip()
+        assert app._wipe_mark == cache.wipe_mark() and slot.version_id == "tiny-b" and not slot.personal
