@@ -35,6 +35,7 @@ file gives the next start a new one (do so if the URL was seen by someone else).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import ipaddress
@@ -45,6 +46,7 @@ import re
 import secrets
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -67,7 +69,6 @@ from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # 
 from edge_runtime.paths import ACTIVITY_FILE, KEYBOARD_TOKEN_FILE
 from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.session import Session
-from protocol.artifact import atomic_write
 from protocol.cli import url_host
 from protocol.text import nfc, plain_quotes, quote_led, tokens
 
@@ -822,11 +823,35 @@ def _page_token(data_dir: Path) -> str:
         pass
     token = secrets.token_urlsafe(24)
     try:
-        atomic_write(path, token.encode())
+        return _keep_token(path, token)
     except OSError as e:   # a read-only data directory: a key for this process only
         log.warning("keyboard: cannot keep the page's key in %s (%s): a page left open will need the new "
                     "link after a restart", data_dir, e.strerror or e)
     return token
+
+
+def _keep_token(path: Path, token: str) -> str:
+    """Keep `token` at `path` unless another process kept one there meanwhile (`keyboard` and `run
+    --keyboard-port` started at once each wrote its own, and one page's link broke at the next
+    restart): the key kept. Written whole and linked into place, so a reader never sees half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(token.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)   # only where there is none
+            return token
+        except FileExistsError:
+            kept = path.read_text(encoding="ascii", errors="replace").strip()
+            if re.fullmatch(r"[A-Za-z0-9_-]{32}", kept):
+                return kept
+            os.replace(tmp, path)   # a damaged key: replaced, as before
+            return token
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _url(server: _Server, host: str) -> str:

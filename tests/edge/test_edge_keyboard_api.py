@@ -1184,3 +1184,25 @@ def test_a_wipe_elsewhere_forgets_at_once_while_the_model_cannot_be_reloaded(tmp
         broken[0] = False
         assert "Quokkaville" not in strip()
         assert app._wipe_mark == cache.wipe_mark() and slot.version_id == "tiny-b" and not slot.personal
+
+
+def test_two_keyboards_starting_at_once_keep_one_page_key(tmp_path, monkeypatch):
+    """`keyboard` and `run --keyboard-port` started together each found no key and each wrote its
+    own; the page opened with the one overwritten lost its link at the next restart."""
+    from edge_runtime.paths import KEYBOARD_TOKEN_FILE
+
+    tmp_path.mkdir(exist_ok=True)
+    real, other = keyboard.secrets.token_urlsafe, "o" * 32
+
+    def meanwhile(n: int) -> str:   # the other process writes its key between our read and our write
+        (tmp_path / KEYBOARD_TOKEN_FILE).write_text(other)
+        return real(n)
+
+    monkeypatch.setattr(keyboard.secrets, "token_urlsafe", meanwhile)
+    assert keyboard._page_token(tmp_path) == other
+    monkeypatch.setattr(keyboard.secrets, "token_urlsafe", real)
+    assert keyboard._page_token(tmp_path) == other                    # and it stays
+    (tmp_path / KEYBOARD_TOKEN_FILE).write_text("damaged")
+    mine = keyboard._page_token(tmp_path)
+    assert mine != "damaged" and (tmp_path / KEYBOARD_TOKEN_FILE).read_text() == mine
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEYBOARD_TOKEN_FILE]   # no temporary file left
