@@ -42,6 +42,7 @@ from typing import Self
 
 from edge_runtime.errors import EdgeError
 from edge_runtime.paths import CACHE_DB, CACHE_OPEN_LOCK, PAUSE_AFTER_WIPE
+from protocol.text import nfc
 
 log = logging.getLogger(__name__)
 
@@ -473,10 +474,12 @@ class TextCache:
             return frozenset(removed)
 
     def _removed_locked(self) -> dict[str, list]:
-        """word -> [texts committed with it since its removal, when it was removed] (lock held)."""
+        """word -> [texts committed with it since its removal, when it was removed] (lock held). In
+        NFC, as committed text is counted (a word removed in decomposed form before text was read in
+        NFC counts too)."""
         raw = self._setting(REMOVED_KEY)
         try:
-            return {str(w): [int(n), float(t)] for w, (n, t) in (json.loads(raw) if raw else {}).items()}
+            return {nfc(str(w)): [int(n), float(t)] for w, (n, t) in (json.loads(raw) if raw else {}).items()}
         except (ValueError, TypeError, AttributeError):
             log.warning("the record of words removed from the suggestions is damaged: it starts empty")
             return {}

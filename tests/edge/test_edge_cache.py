@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.cache import (
+    TYPED_TO_RETURN,
     CacheError,
     DamagedCacheError,
     TextCache,
@@ -548,3 +549,17 @@ def test_a_read_only_data_dir_is_a_cache_error_that_status_reports(tmp_path: Pat
     assert cli_main(["status", "--data-dir", str(d)]) == 0
     said = json.loads(capsys.readouterr().out)
     assert "Read-only file system" in said["cache"]["error"]
+
+
+def test_a_word_removed_in_decomposed_form_counts_when_typed_composed(tmp_path: Path):
+    """Text is read in NFC (`protocol.text.nfc`), so a word removed from the strip in decomposed
+    form (before that, or by a client sending it so) is the same word as the one typed again."""
+    import unicodedata
+
+    with TextCache(tmp_path) as c:
+        mark = c.wipe_mark()
+        c.change_removed(mark=mark, add=unicodedata.normalize("NFD", "café"))
+        assert c.removed_words() == {"café"}
+        for _ in range(TYPED_TO_RETURN):
+            c.change_removed(mark=mark, typed=["café"])
+        assert c.removed_words() == frozenset()   # typed again: back in the strip
