@@ -24,7 +24,6 @@ Commits are rare (one per committed text, not per keystroke), so FULL's cost is 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Self
 
 from edge_runtime.errors import EdgeError
+from edge_runtime.file_lock import LockBusy, file_lock
 from edge_runtime.paths import CACHE_DB, CACHE_OPEN_LOCK, PAUSE_AFTER_WIPE
 from protocol.text import nfc
 
@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 REMOVED_KEY = "removed_words"   # the settings row of the words removed from the suggestions
+COMMITS_KEY = "commit_ids"      # the settings row of the keyboard page's newest commit ids (no text)
+MAX_COMMIT_IDS = 64
+TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
+                      # sentence it was removed from while being typed, but a word the user keeps typing
 OPEN_WAIT_S = 30.0   # how long opening the cache waits for a wipe replacing its file
 
 
@@ -85,49 +89,21 @@ def _open_lock(data_dir: Path, *, exclusive: bool) -> Iterator[None]:
     """A process that opened the cache while `wipe_in_place` had deleted the file and not yet
     renamed the new one in made a new, unpaused file there, whose WAL SQLite then applied to the
     wipe's paused one: the cache came back unpaused, holding what was typed meanwhile. Opening
-    takes this lock shared, the replacement exclusive (an flock: released if the process dies).
+    takes this lock shared, the replacement exclusive (`file_lock`: released if the process dies).
     Opening waits OPEN_WAIT_S at most (a wipe stuck on a failing disk), then says to try again.
-    The lock is the cache's, not the wipe's: a wipe that cannot take it (a lock file another
-    user made, no locks on this file system) wipes all the same, unlocked; an open that cannot,
-    opens as before."""
-    try:   # read-only is enough for flock, so a lock file another user made (sudo) still serves
-        fd: int | None = os.open(data_dir / CACHE_OPEN_LOCK, os.O_RDONLY | os.O_CREAT, 0o600)
-    except OSError as e:   # a read-only data directory (a mounted backup) has nothing to race
-        log.log(logging.WARNING if exclusive else logging.DEBUG, "text cache: %s without its lock (%s)",
-                "replaced" if exclusive else "opened", e.strerror or e)
-        fd = None
-    if fd is None:
-        yield
-        return
-    try:
-        if exclusive:
-            _flock(fd, fcntl.LOCK_EX, wait=None)
-        else:
-            _flock(fd, fcntl.LOCK_SH, wait=OPEN_WAIT_S)
-        yield
-    finally:
-        os.close(fd)   # and with it the lock
-
-
-def _flock(fd: int, how: int, *, wait: float | None) -> None:
-    """flock `fd`, waiting `wait` seconds at most (None: as long as it takes); no locks on this
-    file system is not an error (the cache works as it did before it had this lock)."""
-    deadline = None if wait is None else time.monotonic() + wait
-    while True:
+    The lock is the cache's, not the wipe's: a wipe that cannot take it (a lock file it cannot
+    open, no locks on this file system) wipes all the same, unlocked; an open that cannot, opens
+    as before."""
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fd, how | (0 if deadline is None else fcntl.LOCK_NB))
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise CacheError("the text cache is being replaced by a wipe: try again") from None
-            time.sleep(0.05)
-        except OSError as e:   # ENOLCK (NFS without lockd), EINVAL
-            log.warning("text cache: no file lock here (%s); going on without it", e.strerror or e)
-            return
-COMMITS_KEY = "commit_ids"      # the settings row of the keyboard page's newest commit ids (no text)
-MAX_COMMIT_IDS = 64
-TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
-                      # sentence it was removed from while being typed, but a word the user keeps typing
+            held = stack.enter_context(file_lock(data_dir / CACHE_OPEN_LOCK, exclusive=exclusive,
+                                                 wait=None if exclusive else OPEN_WAIT_S))
+        except LockBusy:
+            raise CacheError("the text cache is being replaced by a wipe: try again") from None
+        if not held:   # a read-only data directory (a mounted backup) has nothing to race
+            log.log(logging.WARNING if exclusive else logging.DEBUG, "text cache: %s without its lock",
+                    "replaced" if exclusive else "opened")
+        yield
 
 
 class CacheError(EdgeError, RuntimeError):

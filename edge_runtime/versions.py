@@ -27,13 +27,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime import rollout_guard
 from edge_runtime.errors import EdgeError
+from edge_runtime.file_lock import file_lock
 from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, ROLLOUT_STATE_FILE, STAGING_LOCK, STAGING_PREFIX
 from protocol import artifact
 from protocol.artifact import (
@@ -126,33 +127,6 @@ def _lock(staging: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
-
-
-@contextlib.contextmanager
-def _staging_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
-    """Held shared while an install makes its staging directory and locks it, exclusive while a
-    recovery sweeps: another process's start between the two deleted a download about to begin
-    (the install failed, and the device tried again at its next check-in)."""
-    try:
-        fd: int | None = os.open(root / STAGING_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:   # a read-only store: nothing is installed or swept there
-        fd = None
-    try:
-        if fd is not None:
-            with contextlib.suppress(OSError):   # no flock (NFS): the age rule of `_in_use` stands
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def _recent(p: Path, seconds: float = 60.0) -> bool:
-    """Changed in the last `seconds` (or gone meanwhile): another process's work may be under way."""
-    try:
-        return time.time() - p.stat().st_mtime <= seconds
-    except OSError:
-        return True
 
 
 def _in_use(staging: Path) -> bool:
@@ -283,9 +257,10 @@ class VersionStore:
         """Remove what a killed install left. Not another process's install under way: every
         `VersionStore` recovers, and `status` or the keyboard started during the device loop's
         download deleted its staging directory (the install failed, on every try of a slow link).
-        A download holds a lock on its staging directory (made and locked under `_staging_lock`,
-        which the sweep holds too); a pointer being written is recent."""
-        with _staging_lock(self.root, exclusive=True):
+        A download holds a lock on its staging directory, made and locked under STAGING_LOCK held
+        shared, which the sweep holds exclusive (another start between the two deleted a download
+        about to begin); a pointer being written is recent."""
+        with file_lock(self.root / STAGING_LOCK, exclusive=True):
             for p in self.root.glob(STAGING_PREFIX + "*"):
                 if p.is_dir() and not p.is_symlink():
                     if not _in_use(p):
@@ -294,8 +269,8 @@ class VersionStore:
                     with contextlib.suppress(OSError):
                         p.unlink()
         for p in self.root.glob("." + CURRENT_POINTER + ".*"):  # atomic_write temp files left by a kill
-            if not _recent(p):
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if time.time() - p.stat().st_mtime > 60:
                     p.unlink(missing_ok=True)
         if self._pointer_lost() and (found := self._fallback()) is not None and self._pointer_lost():
             # Written again, so the device reports the version it uses: with none reported, the
@@ -400,7 +375,7 @@ class VersionStore:
         _check_runnable(manifest)
         wanted = _downloads(manifest)
 
-        with _staging_lock(self.root, exclusive=False):   # no sweep between the two
+        with file_lock(self.root / STAGING_LOCK, exclusive=False):   # no sweep between the two
             staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
             held = _lock(staging)   # "in use" to every other process's `_recover`
         try:
