@@ -12,8 +12,10 @@ only to be averaged, and then for good."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -97,15 +99,21 @@ def drop_refused_upload(coord: Coordinator, round_id: int, digest: str) -> None:
         coord.uploads.discard_round(round_id)
 
 
-def drop_after_failure(coord: Coordinator, round_id: int, digest: str) -> None:
-    """`drop_refused_upload` for a request whose last transaction failed (the device revoked
-    meanwhile, the database gone): its bytes must not outlive the round. Best effort: the
-    service's next start deletes an ended round's folder anyway (`forget_ended_uploads`)."""
+@contextlib.contextmanager
+def dropped_on_failure(coord: Coordinator, round_id: int, digest: str) -> Iterator[None]:
+    """Around the transaction that records an upload's row: if it fails (the device revoked
+    meanwhile, the database gone), the rolled-back row names nothing, and the bytes must not
+    outlive the round (`drop_refused_upload`). Best effort: the service's next start deletes an
+    ended round's folder anyway (`forget_ended_uploads`)."""
     try:
-        drop_refused_upload(coord, round_id, digest)
-    except Exception as e:   # the database that failed the request may fail this too
-        log.warning("round %d: an upload's bytes stay until its round ends or the service restarts (%s)",
-                    round_id, e)
+        yield
+    except BaseException:
+        try:
+            drop_refused_upload(coord, round_id, digest)
+        except Exception as e:   # the database that failed the request may fail this too
+            log.warning("round %d: an upload's bytes stay until its round ends or the service restarts (%s)",
+                        round_id, e)
+        raise
 
 
 def forget_ended_uploads(coord: Coordinator) -> int:

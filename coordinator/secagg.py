@@ -174,21 +174,17 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
     digest = round_end.store_upload(coord, round_id, body)       # fsynced before the row points to it
     if digest is None:
         raise ApiError(409, wire.E_LATE, "the round ended meanwhile")
-    try:
-        with coord.tx() as s:
-            # The round row locked, as every other step does: on PostgreSQL a phase check without it
-            # could pass while another worker's advance() moved on, and the vector then landed after
-            # the cohort's survivors were fixed, so some neighbours would be told it dropped.
-            r = s.get(Round, round_id, with_for_update=True)
-            m = _member(s, round_id, device_id)
-            row = s.get(SecAggRound, round_id)
-            late = r.status != RoundStatus.OPEN or row.phase != MASKED
-            if not late:
-                round_end.keep_upload(coord, round_id, digest, body)
-                m.masked_sha256 = digest
-    except BaseException:   # a rolled-back row names nothing: its bytes go
-        round_end.drop_after_failure(coord, round_id, digest)
-        raise
+    with round_end.dropped_on_failure(coord, round_id, digest), coord.tx() as s:
+        # The round row locked, as every other step does: on PostgreSQL a phase check without it
+        # could pass while another worker's advance() moved on, and the vector then landed after
+        # the cohort's survivors were fixed, so some neighbours would be told it dropped.
+        r = s.get(Round, round_id, with_for_update=True)
+        m = _member(s, round_id, device_id)
+        row = s.get(SecAggRound, round_id)
+        late = r.status != RoundStatus.OPEN or row.phase != MASKED
+        if not late:
+            round_end.keep_upload(coord, round_id, digest, body)
+            m.masked_sha256 = digest
     if late:
         round_end.drop_refused_upload(coord, round_id, digest)
         raise ApiError(409, wire.E_LATE, "the masked-input phase closed meanwhile")

@@ -123,11 +123,8 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     digest = round_end.store_upload(coord, r.id, body)  # fsynced before the row that points to it is committed
     if digest is None:
         raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} reached its goal or closed meanwhile")
-    try:
+    with round_end.dropped_on_failure(coord, meta.round_id, digest):
         receipt, retried, duplicate, late, goal_reached = _record(coord, device_id, meta, digest, norm, body)
-    except BaseException:   # a rolled-back row names nothing: its bytes go
-        round_end.drop_after_failure(coord, meta.round_id, digest)
-        raise
     if retried is not None or duplicate is not None or late:   # its bytes were stored for nothing
         round_end.drop_refused_upload(coord, meta.round_id, digest)
     if retried is not None:   # a retry of an update stored meanwhile: its receipt, whatever the round's state
