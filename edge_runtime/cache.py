@@ -440,7 +440,7 @@ class TextCache:
             removed = self._removed_locked()
             before = json.dumps(removed)
             if add is not None:
-                removed[add] = [0, time.time()]
+                removed[nfc(add)] = [0, time.time()]
             for w in set(typed) & removed.keys():
                 removed[w][0] += 1
                 if removed[w][0] >= TYPED_TO_RETURN:
@@ -451,8 +451,8 @@ class TextCache:
 
     def _removed_locked(self) -> dict[str, list]:
         """word -> [texts committed with it since its removal, when it was removed] (lock held). In
-        NFC, as committed text is counted (a word removed in decomposed form before text was read in
-        NFC counts too)."""
+        NFC, as committed text is counted and the strip spells its words (a word removed in
+        decomposed form before text was read in NFC counts, and hides its word, too)."""
         raw = self._setting(REMOVED_KEY)
         try:
             return {nfc(str(w)): [int(n), float(t)] for w, (n, t) in (json.loads(raw) if raw else {}).items()}

@@ -70,7 +70,7 @@ from edge_runtime.paths import ACTIVITY_FILE, KEYBOARD_TOKEN_FILE
 from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.session import Session
 from protocol.cli import url_host
-from protocol.text import nfc, plain_quotes, quote_led, tokens
+from protocol.text import plain_quotes, quote_led, tokens
 
 log = logging.getLogger(__name__)
 
@@ -430,9 +430,9 @@ class KeyboardApp:
         if word != word.strip() or any(c.isspace() for c in word):
             raise ApiError(400, "bad_request", "'word' must be one word, without spaces")
         self._see_outside_wipe(now=True)
-        # As the strip ranks it and `_typed_again` counts it: "don\u2019t" is "don't" typed again,
-        # and a decomposed "café" the composed one (text is read in NFC, `protocol.text.nfc`).
-        self._change_removed(add=plain_quotes(nfc(word)))
+        # As the strip ranks it and `_typed_again` counts it: "don\u2019t" is "don't" typed again
+        # (and a decomposed "café" the composed one: the cache keeps removed words in NFC).
+        self._change_removed(add=plain_quotes(word))
         return {"removed": word, **self.status()}
 
     def _change_removed(self, *, add: str | None = None, typed: list[str] | None = None) -> None:
@@ -489,9 +489,7 @@ class KeyboardApp:
 def _hidden(removed: frozenset[str]) -> frozenset[str]:
     """What the strip must not show for the words a user removed: each word, and a lowercase
     one's capitalised form too (the same word at a sentence's start: "teh" hides "Teh", "'teh"
-    hides "'Teh"); a capitalised one alone ("May", a name, leaves "may"). In NFC, as the strip's
-    words are (one removed in decomposed form before text was read in NFC still hides its word)."""
-    removed = frozenset(nfc(w) for w in removed)
+    hides "'Teh"); a capitalised one alone ("May", a name, leaves "may")."""
     hidden = set(removed)
     for w in removed:
         i = int(quote_led(w))   # the letter after a leading quote
