@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 FILENAME = "proxy_trigram.npz"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "ngram" / FILENAME
 OFF = "off"
-SETTING_HELP = f"the base n-gram file (default: the shipped {FILENAME}); {OFF}: none"
 
 
 OLD_VARIABLE = "FEDKEYS_BASE_NGRAM"

@@ -131,8 +131,7 @@ class ModelSlot:
             if self.data_dir is not None:
                 personalize.forget(self.data_dir)
             if self.personal:
-                self.predictor, self.version_id, self._dir, self._stamp, self.personal = None, None, None, None, False
-                self.generation += 1
+                self._swap(None, None)
             self._checked = float("-inf")
         self.refresh()
 
