@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from coordinator import keys, listing, logs
@@ -141,6 +142,35 @@ def round_id(text: str) -> int:
     return value
 
 
+# Commands that only read: they run on a data directory that cannot be written (a read-only
+# mount, a backup), opening it read-only. Every other command changes it, and is refused there.
+INSPECTIONS = frozenset({"status", "versions", "rounds", "canary", "rejections", "enrollment-keys", "public-key",
+                         "admin-token"})
+
+
+def _read_only(cfg: Any, command: str) -> bool:
+    """Whether `command` runs read-only: an inspection where the data directory (or the SQLite
+    file's folder) cannot be written. Otherwise it would fail on the first file it opens to write
+    (a lock, the database's WAL) with a line that does not say why."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    folders = [Path(cfg.data_dir)]
+    try:
+        url = make_url(cfg.resolved_database_url)
+    except (ArgumentError, ValueError):   # said by the database's own checks, in their words
+        url = None
+    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        folders.append(Path(url.database).resolve().parent)
+    blocked = [f for f in folders if f.is_dir() and not os.access(f, os.W_OK)]
+    if not blocked:
+        return False
+    if command not in INSPECTIONS:
+        raise ConfigError(f"{blocked[0]} cannot be written, and `{command}` changes the coordinator's state; on a "
+                          f"read-only data directory only {', '.join(sorted(INSPECTIONS))} run")
+    return True
+
+
 EXIT_LEFT_OPEN = 3   # close-round left the round open: not an error (1) nor the operator's input (2)
 
 
@@ -225,6 +255,8 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
     elif a == "public-key":
         print(c.public_key_hex)
     elif a == "admin-token":
+        if c.admin_token is None:   # read-only: none is made
+            raise ConfigError(f"{c.data_dir} holds no {keys.ADMIN_TOKEN_FILE}, and cannot be written to make one")
         print(c.admin_token)
     return 0
 
@@ -248,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                               f"check --data-dir, or create one with: python -m coordinator init --data-dir DIR")
         from coordinator import deployment  # here: a device-only install has no SQLAlchemy (said below)
 
+        read_only = _read_only(cfg, args.command)
         if args.command != "init":
-            deployment.require_database(cfg)
+            deployment.require_database(cfg, read_only=read_only)
         if admin:   # the service's settings, under this command's own
-            served = deployment.recorded(cfg.resolved_database_url)
+            served = deployment.recorded(cfg.resolved_database_url, read_only=read_only)
             cfg = load_config(config_file=args.config, flags=_flags(args), served=served)
             deployment.note_differences(cfg, served)
             args.served = bool(served)
@@ -273,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             return 0
         from coordinator.service import Coordinator
-        c = Coordinator(cfg)
+        c = Coordinator(cfg, read_only=read_only)
         try:
             return _admin(c, args)
         finally:

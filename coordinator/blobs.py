@@ -14,10 +14,11 @@ from protocol.artifact import atomic_write, sha256_bytes
 
 
 class BlobStore:
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
         self.root = Path(root)
-        # Its own only: devices' updates pass through it (a hand-run `serve` has umask 022).
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if create:   # not for a read-only inspection
+            # Its own only: devices' updates pass through it (a hand-run `serve` has umask 022).
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / _checked(digest)
@@ -48,9 +49,10 @@ class UploadStore:
     deleting a round's uploads when it ends (`round_end.forget_contributions`) never deletes
     anything else. An upload stored before this store existed is read from `legacy`."""
 
-    def __init__(self, root: str | os.PathLike, legacy: BlobStore) -> None:
+    def __init__(self, root: str | os.PathLike, legacy: BlobStore, *, create: bool = True) -> None:
         self.root, self.legacy = Path(root), legacy
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     LEGACY_SWEPT = ".legacy-swept"   # `round_end.forget_ended_uploads` has swept `legacy` once
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
@@ -18,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.errors import DatabaseUnavailable, DatabaseUrlError
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
@@ -25,8 +30,11 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 PG_CONNECT_TIMEOUT_S = 10
 
 
-def make_engine(url: str) -> Engine:
-    """SQLite gets WAL and a busy timeout so concurrent request threads wait instead of failing."""
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """SQLite gets WAL and a busy timeout so concurrent request threads wait instead of failing.
+
+    `read_only`: an inspection of a data directory that cannot be written (a read-only mount, a
+    backup): nothing is created, locked or written, and the database itself refuses writes."""
     example = "e.g. sqlite:////path/to/db.sqlite3 or postgresql+psycopg://user@host/db"
     try:
         backend = make_url(url).get_backend_name()
@@ -42,7 +50,7 @@ def make_engine(url: str) -> Engine:
         raise DatabaseUrlError(f"database_url names a {backend} database; this coordinator runs on SQLite or "
                                   f"PostgreSQL only, {example}")
     try:
-        return _make_engine(url)
+        return _make_read_only_engine(url) if read_only else _make_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as e:   # e.g. postgresql+nosuchdriver://
         raise DatabaseUrlError(f"database_url is not a database URL this coordinator can use ({e}); "
                                f"{example}") from None
@@ -77,6 +85,52 @@ def _make_engine(url: str) -> Engine:
     libpq = parsed.get_driver_name() in ("psycopg", "psycopg2", "psycopg2cffi")   # the keyword is libpq's
     timeout = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in parsed.query else {}
     return create_engine(url, pool_pre_ping=True, connect_args=timeout)
+
+
+def _make_read_only_engine(url: str) -> Engine:
+    """SQLite opened `immutable` (WAL needs its -shm file, which a read-only directory cannot get,
+    so `mode=ro` fails there; nothing can change a file nobody may write), or PostgreSQL sessions
+    that are read-only from their first transaction."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "").resolve()
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size:
+            log.warning("%s holds commits not yet in %s; read-only, they are not read: the last changes "
+                        "may be missing from what this command shows", wal, path.name)
+        uri = f"file:{quote(str(path))}?immutable=1"
+        engine = create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+    libpq = parsed.get_driver_name() in ("psycopg", "psycopg2", "psycopg2cffi")
+    args = {"options": "-c default_transaction_read_only=on"} if libpq else {}
+    if libpq and "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    return create_engine(url, pool_pre_ping=True, connect_args=args)
+
+
+def require_current_schema(engine: Engine) -> None:
+    """What `migrate` checks for a database it cannot upgrade: that it holds this release's schema."""
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            held = MigrationContext.configure(conn).get_current_revision()
+    except DatabaseError as e:
+        raise _unavailable(engine, e) from None
+    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
+    if held != head:
+        raise DatabaseUnavailable(
+            f"the database {shown} is at schema revision {held!r} and this release reads {head!r}; it cannot be "
+            "upgraded where it cannot be written: inspect it with the release that wrote it, or a writable copy")
 
 
 def _unavailable(engine: Engine, e: DatabaseError) -> DatabaseUnavailable:
@@ -168,10 +222,10 @@ def drop_everything(url: str) -> None:
 
 
 @contextmanager
-def probe(url: str) -> Iterator[Engine]:
+def probe(url: str, *, read_only: bool = False) -> Iterator[Engine]:
     """An engine for one short look at the database at `url` (an admin command's checks before it
     opens the coordinator), disposed after; a database that cannot be opened says so in one line."""
-    engine = make_engine(url)
+    engine = make_engine(url, read_only=read_only)
     try:
         yield engine
     except DatabaseError as e:
@@ -180,13 +234,13 @@ def probe(url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-def holds_schema(url: str) -> bool:
+def holds_schema(url: str, *, read_only: bool = False) -> bool:
     """Whether the database at `url` has this coordinator's schema (alembic's table), looked up
     without creating anything: a SQLite file that does not exist is not made, so a mistyped
     --database-url is refused instead of answering from a new, empty database."""
-    with probe(url) as engine:
+    with probe(url, read_only=read_only) as engine:
         if engine.dialect.name == "sqlite":
-            path = engine.url.database
+            path = make_url(url).database
             if not path or path == ":memory:" or not Path(path).is_file():
                 return False
         return "alembic_version" in table_names(engine)

@@ -37,13 +37,13 @@ def upsert(engine: Engine) -> Any:
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
-def require_database(cfg: Config) -> None:
+def require_database(cfg: Config, *, read_only: bool = False) -> None:
     """Refuse a database this coordinator's `init` never made (missing, or empty): only `init`
     creates one. The CLI checked this and the gunicorn entry point did not, so a
     FEDKEYS_COORDINATOR_DATABASE_URL line lost from coordinator.env (an unquoted `&`) had the
     service create and serve a new, empty SQLite database in the data directory, record the
     data directory's key in it and tell every enrolled device to enroll again."""
-    if not holds_schema(cfg.resolved_database_url):
+    if not holds_schema(cfg.resolved_database_url, read_only=read_only):
         shown = make_url(cfg.resolved_database_url).render_as_string(hide_password=True)
         raise ConfigError(f"no coordinator database at {shown}: check --database-url (init of {cfg.data_dir} "
                           "made its database elsewhere), or create this one with: python -m coordinator init "
@@ -71,17 +71,18 @@ def _held(coord: Any, weights: str, graph: str, tokenizer: str, manifest_json: s
     return all(coord.blobs.exists(d) for d in (weights, graph, tokenizer, q8) if d)
 
 
-def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path) -> None:
+def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path, *, read_only: bool = False) -> None:
     """Refuse a data directory and a database that were not created together. The database's
     versions were signed with one data directory's key and their weights are in its blobs: served
     with another's, every manifest fails devices' signature checks and every download is a 500.
     The first coordinator to open a database records its key (databases from before this check
     take the first data directory that opens them)."""
     with session_factory(engine)() as s, s.begin():
-        s.execute(upsert(engine)(Setting).values(key=SIGNING_KEY, value=public_key_hex)
-                  .on_conflict_do_nothing(index_elements=[Setting.key]))
+        if not read_only:
+            s.execute(upsert(engine)(Setting).values(key=SIGNING_KEY, value=public_key_hex)
+                      .on_conflict_do_nothing(index_elements=[Setting.key]))
         recorded = s.scalar(select(Setting.value).where(Setting.key == SIGNING_KEY))
-    if recorded != public_key_hex:
+    if recorded != public_key_hex and not (read_only and recorded is None):
         raise ConfigError(f"the data directory {data_dir} does not belong to this database: its signing key "
                           f"({public_key_hex[:12]}...) is not the one the database's versions were signed with "
                           f"({str(recorded)[:12]}...); give the --data-dir created with this database, or the "
@@ -99,11 +100,11 @@ def record(coord: Any) -> None:
                   .on_conflict_do_update(index_elements=[Setting.key], set_={"value": value}))
 
 
-def recorded(database_url: str) -> dict[str, Any]:
+def recorded(database_url: str, *, read_only: bool = False) -> dict[str, Any]:
     """The settings the last serving coordinator recorded ({} when none has served this database),
     each coerced to this release's type. One that is not a setting here, or not of its type
     (recorded by another release), is left out with a warning: the command's defaults stand."""
-    with probe(database_url) as engine, session_factory(engine)() as s:
+    with probe(database_url, read_only=read_only) as engine, session_factory(engine)() as s:
         value = s.scalar(select(Setting.value).where(Setting.key == KEY))
     if value is None:
         return {}

@@ -45,6 +45,12 @@ def load_or_create_signing_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey
             _write_secret(path, pem)
         except FileExistsError:
             pass  # another worker won the race; use its key
+    return load_signing_key(data_dir)
+
+
+def load_signing_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey:
+    """The data directory's signing key, which must exist (a read-only inspection creates nothing)."""
+    path = Path(data_dir) / SIGNING_KEY_FILE
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as e:   # damaged, or encrypted with a password
@@ -66,6 +72,16 @@ def load_or_create_admin_token(data_dir: str | os.PathLike) -> str:
             _write_secret(path, new_secret().encode())
         except FileExistsError:
             pass
+    return _read_token(path)
+
+
+def load_admin_token(data_dir: str | os.PathLike) -> str | None:
+    """The admin token file's token, None when there is none (a read-only inspection creates nothing)."""
+    path = Path(data_dir) / ADMIN_TOKEN_FILE
+    return _read_token(path) if path.exists() else None
+
+
+def _read_token(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except UnicodeDecodeError as e:

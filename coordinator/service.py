@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from coordinator import canary, checkin, deployment, enrollment, keys, rounds, updates, versions, views
 from coordinator.blobs import BlobStore, UploadStore
 from coordinator.config import Config
-from coordinator.db import data_dir_lock, make_engine, migrate, session_factory
+from coordinator.db import data_dir_lock, make_engine, migrate, require_current_schema, session_factory
 from coordinator.metrics import Metrics
 from protocol import wire
 
@@ -49,24 +49,33 @@ DECISIONS_LOCK = 7201359   # PostgreSQL advisory lock of `tx(decides=True)` (db.
 class Coordinator:
     """One per process; the Flask app holds it as `app.extensions["fedkeys"]`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, read_only: bool = False) -> None:
+        """`read_only`: for inspecting a data directory that cannot be written (`__main__`'s
+        inspection commands there): nothing is created, locked, migrated or written."""
         self.config = config
         self.data_dir = Path(config.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(config.resolved_database_url)
+        self.read_only = read_only
+        if not read_only:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(config.resolved_database_url, read_only=read_only)
         try:
-            with data_dir_lock(self.data_dir):
-                migrate(self.engine)
-                self.signing_key = keys.load_or_create_signing_key(self.data_dir)
-                self.admin_token = config.admin_token or keys.load_or_create_admin_token(self.data_dir)
+            if read_only:
+                require_current_schema(self.engine)
+                self.signing_key = keys.load_signing_key(self.data_dir)
+                self.admin_token = config.admin_token or keys.load_admin_token(self.data_dir)
+            else:
+                with data_dir_lock(self.data_dir):
+                    migrate(self.engine)
+                    self.signing_key = keys.load_or_create_signing_key(self.data_dir)
+                    self.admin_token = config.admin_token or keys.load_or_create_admin_token(self.data_dir)
             self.public_key_hex = keys.public_key_hex(self.signing_key)
-            deployment.check_pairing(self.engine, self.public_key_hex, self.data_dir)
+            deployment.check_pairing(self.engine, self.public_key_hex, self.data_dir, read_only=read_only)
         except BaseException:
             self.engine.dispose()
             raise
         self._sessions = session_factory(self.engine)
-        self.blobs = BlobStore(self.data_dir / "blobs")
-        self.uploads = UploadStore(self.data_dir / "uploads", self.blobs)
+        self.blobs = BlobStore(self.data_dir / "blobs", create=not read_only)
+        self.uploads = UploadStore(self.data_dir / "uploads", self.blobs, create=not read_only)
         self.metrics = Metrics(self._sessions, config.privacy_delta)
         self._lock = threading.RLock()
         self._rng = random.Random()
