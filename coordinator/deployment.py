@@ -94,10 +94,24 @@ def record(coord: Any) -> None:
 
     An upsert, one statement: gunicorn's workers all start at once, and a read-then-insert would
     let two of them insert the row, failing one worker's boot (and with it the master)."""
-    value = json.dumps(deployment_settings(coord.config), sort_keys=True)
+    own = deployment_settings(coord.config)
+    value = json.dumps(own, sort_keys=True)
     with coord.tx() as s:
+        before = s.scalar(select(Setting.value).where(Setting.key == KEY))
         s.execute(upsert(coord.engine)(Setting).values(key=KEY, value=value)
                   .on_conflict_do_update(index_elements=[Setting.key], set_={"value": value}))
+    _note_replaced(json.loads(before) if before else {}, own)
+
+
+def _note_replaced(before: dict[str, Any], own: dict[str, Any]) -> None:
+    """Say which recorded settings a start replaced. A restart with new settings means it; a second
+    service started on the same database with other ones (another --profile) silently became what
+    admin commands judge with, while the first kept running on its own."""
+    changed = sorted(k for k in own if k in before and before[k] != own[k])
+    if changed:
+        log.warning("this service's settings replace those recorded by the coordinator that served this database "
+                    "before (%s): admin commands take these now; if that one still serves, the two run rounds and "
+                    "judge candidates differently", ", ".join(f"{k}={own[k]!r} (was {before[k]!r})" for k in changed))
 
 
 def recorded(database_url: str, *, read_only: bool = False) -> dict[str, Any]:

@@ -185,7 +185,12 @@ def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys,
     assert cli_main(["canary", "--set", "canary_tolerance=0.1", *common]) == 0   # its own flag wins, and says so
     assert "canary_tolerance 0.1)" in capsys.readouterr().err
     assert "canary_tolerance=0.1 (service: 0.02)" in caplog.text
+    caplog.clear()
     create_app(cfg.with_overrides({"goal_count": 4, "min_count": 1})).extensions["fedkeys"].close()   # restarted
+    assert "replace those recorded" in caplog.text and "goal_count=4 (was 3)" in caplog.text   # said, not silent
+    caplog.clear()
+    create_app(cfg.with_overrides({"goal_count": 4, "min_count": 1})).extensions["fedkeys"].close()   # the same
+    assert "replace those recorded" not in caplog.text
     assert cli_main(["close-round", "2", "--force", *common]) == 0
     capsys.readouterr()
     assert cli_main(["start-round", *common]) == 0
