@@ -149,25 +149,27 @@ INSPECTIONS = frozenset({"status", "versions", "rounds", "canary", "rejections",
 
 
 def _read_only(cfg: Any, command: str) -> bool:
-    """Whether `command` runs read-only: an inspection where the data directory (or the SQLite
-    file's folder) cannot be written. Otherwise it would fail on the first file it opens to write
-    (a lock, the database's WAL) with a line that does not say why."""
+    """Whether `command` runs read-only: an inspection where what commands write cannot be written
+    (the start lock, the blob and upload folders, a SQLite file and its folder). Otherwise it would
+    fail on the first file it opens to write, with a line that does not say why, or a traceback."""
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
 
-    folders = [Path(cfg.data_dir)]
+    data = Path(cfg.data_dir)
+    written = [p if p.exists() else data for p in (data / ".startup.lock", data / "blobs", data / "uploads")]
     try:
         url = make_url(cfg.resolved_database_url)
     except (ArgumentError, ValueError):   # said by the database's own checks, in their words
         url = None
     if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        folders.append(Path(url.database).resolve().parent)
-    blocked = [f for f in folders if f.is_dir() and not os.access(f, os.W_OK)]
+        db = Path(url.database).resolve()
+        written += [db, db.parent]
+    blocked = [p for p in written if p.exists() and not os.access(p, os.W_OK)]
     if not blocked:
         return False
     if command not in INSPECTIONS:
-        raise ConfigError(f"{blocked[0]} cannot be written, and `{command}` changes the coordinator's state; on a "
-                          f"read-only data directory only {', '.join(sorted(INSPECTIONS))} run")
+        raise ConfigError(f"{blocked[0]} cannot be written, and `{command}` changes the coordinator's state; there "
+                          f"only {', '.join(sorted(INSPECTIONS))} run")
     return True
 
 
@@ -203,9 +205,9 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
     elif a == "export-version":
         print(c.export_version(args.version_id, args.directory))
     elif a == "start-round":
-        keys = ("goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
-                *PLAN_FIELD_NAMES)
-        rid = c.start_round(**{k: getattr(args, k) for k in keys})
+        settings = ("goal_count", "min_count", "overselect", "round_duration_s", "selection_window_s",
+                    *PLAN_FIELD_NAMES)
+        rid = c.start_round(**{k: getattr(args, k) for k in settings})
         _print(c.get_round(rid))
         now = c.status()
         if (cand := now["candidate_version_id"]) and now["pinned"] and c.canary_comparison()["would"] == "promote":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
+import shutil
 import sqlite3
+import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.errors import DatabaseUnavailable, DatabaseUrlError
 
-log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
@@ -88,34 +89,52 @@ def _make_engine(url: str) -> Engine:
 
 
 def _make_read_only_engine(url: str) -> Engine:
-    """SQLite opened `immutable` (WAL needs its -shm file, which a read-only directory cannot get,
-    so `mode=ro` fails there; nothing can change a file nobody may write), or PostgreSQL sessions
-    that are read-only from their first transaction."""
+    """SQLite opened `mode=ro` (it reads a live database and its write-ahead log), or, where that
+    cannot open it, a private copy of the file and its log (WAL needs the -shm file beside the
+    database, which a folder nobody may write cannot get: a backup, a crashed service's leftovers);
+    PostgreSQL sessions that are read-only (the URL's own options kept)."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database or "").resolve()
-        wal = path.with_name(path.name + "-wal")
-        if wal.is_file() and wal.stat().st_size:
-            log.warning("%s holds commits not yet in %s; read-only, they are not read: the last changes "
-                        "may be missing from what this command shows", wal, path.name)
-        uri = f"file:{quote(str(path))}?immutable=1"
-        engine = create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+    if parsed.get_backend_name() != "sqlite":
+        libpq = parsed.get_driver_name() in ("psycopg", "psycopg2", "psycopg2cffi")
+        timeout = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in parsed.query else {}
+        return create_engine(url, pool_pre_ping=True, connect_args=timeout,
+                             execution_options={"postgresql_readonly": True})
+    path = Path(parsed.database or "").resolve()
+    target, copy = _readable_in_place(path), None
+    if target is None:
+        copy = Path(tempfile.mkdtemp(prefix="fedkeys-read-only-"))
+        for suffix in ("", "-wal"):
+            if (src := path.with_name(path.name + suffix)).is_file():
+                shutil.copyfile(src, copy / (path.name + suffix))
+        target = f"file:{quote(str(copy / path.name))}?mode=ro"
+    engine = create_engine(url, creator=lambda: sqlite3.connect(target, uri=True, check_same_thread=False))
+    if copy is not None:
+        weakref.finalize(engine, shutil.rmtree, copy, True)
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:
-            dbapi_conn.isolation_level = None
-            dbapi_conn.execute("PRAGMA foreign_keys=ON")
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
-        @event.listens_for(engine, "begin")
-        def _begin(conn) -> None:
-            conn.exec_driver_sql("BEGIN")
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN")
 
-        return engine
-    libpq = parsed.get_driver_name() in ("psycopg", "psycopg2", "psycopg2cffi")
-    args = {"options": "-c default_transaction_read_only=on"} if libpq else {}
-    if libpq and "connect_timeout" not in parsed.query:
-        args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-    return create_engine(url, pool_pre_ping=True, connect_args=args)
+    return engine
+
+
+def _readable_in_place(path: Path) -> str | None:
+    """The `mode=ro` URI of `path` if SQLite can read it there, else None."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return uri
 
 
 def require_current_schema(engine: Engine) -> None:

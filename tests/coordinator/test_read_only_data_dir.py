@@ -2,17 +2,21 @@
 inspection commands open it read-only and change nothing; every other command is refused on
 one line. Before, every command failed with "unable to open database file".
 
-The directory is made read-only the way an operator meets it, by a read-only bind mount in a
-private mount namespace (`unshare`), because file modes do not bind root, which runs CI."""
+The directory is made read-only the way an operator meets it: a read-only bind mount in a
+private mount namespace (`unshare`), or a folder of mode 0555 read by root without the
+capability that overrides file modes (`setpriv`); plain file modes do not bind root, which runs CI."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -88,16 +92,79 @@ def test_a_command_that_changes_state_is_refused_on_one_line(data_dir, command):
     assert snapshot(data_dir) == before
 
 
-def test_commits_left_in_the_write_ahead_log_are_named(tmp_path, data_dir):
-    """A copy taken while the service ran can hold commits in coordinator.db-wal, which a
-    read-only open cannot replay: the command says so rather than show an older state in silence."""
+def test_commits_left_in_the_write_ahead_log_are_read(tmp_path, data_dir):
+    """A copy taken while the service ran holds its last commits in coordinator.db-wal. They are
+    read (from a private copy: WAL needs a -shm file, which the read-only folder cannot get); an
+    immutable open ignored them, and `canary` judged with settings the service never had."""
     d = tmp_path / "copy"
     shutil.copytree(data_dir, d)
-    with sqlite3.connect(d / "coordinator.db") as conn:   # a commit that stays in the log, as mid-service
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("CREATE TABLE scratch (x)")
-        shutil.copy(d / "coordinator.db-wal", tmp_path / "wal")
-    shutil.copy(tmp_path / "wal", d / "coordinator.db-wal")
-    r = read_only(d, "status")
+    backup = tmp_path / "backup"
+    shutil.copytree(data_dir, backup)
+    conn = sqlite3.connect(d / "coordinator.db")
+    try:
+        conn.execute("PRAGMA wal_autocheckpoint=0")    # the commit stays in the log, as mid-service
+        conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('service_settings', ?)",
+                     ('{"canary_min_reports": 7}',))
+        conn.commit()
+        for name in ("coordinator.db", "coordinator.db-wal"):   # the backup, taken now
+            shutil.copyfile(d / name, backup / name)
+    finally:
+        conn.close()
+    r = read_only(backup, "canary")
     assert r.returncode == 0, r.stderr
-    assert "not yet in coordinator.db" in r.stderr
+    assert "judged with the serving coordinator's settings" in r.stderr and "canary_min_reports 7" in r.stderr
+    assert not (backup / "coordinator.db-shm").exists()
+
+
+def test_a_missing_admin_token_is_said_on_one_line(tmp_path, data_dir):
+    d = tmp_path / "copy"
+    shutil.copytree(data_dir, d)
+    (d / "admin_token").unlink()
+    r = read_only(d, "admin-token")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "admin_token" in lines[0], lines
+    assert not (d / "admin_token").exists()
+
+
+def test_a_live_database_is_read_consistently_by_one_who_may_not_write(tmp_path, data_dir):
+    """The service's own directory, read by an operator who may not write it (here root without
+    the capability that overrides file modes, in a folder of mode 0555) while the service commits.
+    Read immutable, most reads failed as "malformed" or with a traceback."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs util-linux's setpriv to drop root's override of file modes")
+    d = tmp_path / "live"
+    shutil.copytree(data_dir, d)
+    stop = threading.Event()
+
+    def commit_on() -> None:   # what a serving coordinator does to the file: commits, in WAL mode
+        conn = sqlite3.connect(d / "coordinator.db", isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint=5")   # the commits reach the database file too
+            i = 0
+            while not stop.is_set():
+                conn.execute("BEGIN IMMEDIATE")
+                for _ in range(20):
+                    i += 1
+                    conn.execute("INSERT INTO enrollment_keys (key_hash, label, uses_left, revoked, created_at) "
+                                 "VALUES (?, ?, 5, 0, '2026-12-06 00:00:00')", (f"{i:064x}", "L" * 100))
+                conn.execute("DELETE FROM enrollment_keys WHERE id % 5 = 0 AND id > 1 AND id < ?", (i - 50,))
+                conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    writer = threading.Thread(target=commit_on)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        d.chmod(0o555)
+        for _ in range(4):
+            r = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m",
+                                "coordinator", "enrollment-keys", "--format", "json", "--data-dir", str(d)],
+                               cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)[0]["label"] == ""   # the key made before, then the writer's
+    finally:
+        stop.set()
+        writer.join()
+        d.chmod(0o755)
