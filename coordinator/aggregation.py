@@ -154,15 +154,15 @@ class RoundStep:
 
 
 def round_step(base: np.ndarray, mean_delta: np.ndarray, state: Mapping[str, np.ndarray],
-               example_counts: Sequence[int], *, population: int, optimizer: str, lr: float, momentum: float = 0.9,
+               example_counts: Sequence[int], *, sampling_rate: float, optimizer: str, lr: float, momentum: float = 0.9,
                beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-3) -> RoundStep:
     """Apply the round's mean update with the server optimizer, refuse a non-finite result, and
-    compute the round's numbers; `population` is what the sampling rate (privacy) assumes."""
+    compute the round's numbers; `sampling_rate` is the round's q for privacy (queries.sampling_rate)."""
     new, new_state = apply_server_optimizer(optimizer, base, mean_delta, state, lr=lr, momentum=momentum,
                                             beta1=beta1, beta2=beta2, eps=eps)
     n = len(example_counts)
     stats = {"updates": n, "examples": int(sum(example_counts)), "mean_delta_norm": float(np.linalg.norm(mean_delta)),
-             "sampling_rate": min(1.0, n / max(population, n, 1))}
+             "sampling_rate": sampling_rate}
     if not np.all(np.isfinite(new)):
         return RoundStep(None, {}, stats)
     return RoundStep(new, new_state, stats)

@@ -114,7 +114,6 @@ class Config:
     adam_epsilon: float = 1e-3               # FedAdam's tau (Reddi et al. 2021)
     # Privacy accounting
     privacy_delta: float = 1e-6
-    population_size: int = 0                 # 0: devices that contributed an update, not revoked
     # Secure aggregation (docs/privacy.md): the round mode, and its protocol's knobs
     secure_aggregation: bool = False         # start-round default (goal_count >= 2); noise_multiplier is then central
     discover_words: int = 0                  # default for start-round: 0 trains; k > 0 votes for new words
@@ -162,7 +161,6 @@ class Config:
             (self.server_optimizer in SERVER_OPTIMIZERS, f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
             (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
-            (self.population_size >= 0, "population_size must be >= 0"),
             (0 <= self.secagg_dropout < 0.5 and 0 < self.secagg_phase_timeout_s <= MAX_ROUND_DURATION_S
              and 0 < self.secagg_poll_s <= 3600,
              "secagg_dropout must be in [0, 0.5), secagg_phase_timeout_s in (0, 30 days], secagg_poll_s in (0, 3600]"),

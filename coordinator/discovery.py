@@ -80,7 +80,7 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
                                "dictionary": len(words), "words_per_device": k}}
     vid, priv = versions.write_candidate(
         coord, s, r, base, manifest, new_weights, plan,
-        sampling_rate=min(1.0, row.survivors / max(r.population, row.survivors, 1)),
+        sampling_rate=queries.sampling_rate(r),
         metrics={"updates": row.survivors, "discovered_words": len(added.added), "vote_threshold": round(bar, 3)},
         note=note, tokenizer_sha=tok_sha)
     r.reason = f"word discovery: {summary}"

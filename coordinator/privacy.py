@@ -1,13 +1,15 @@
 """Differential-privacy accounting with `dp-accounting` (RDP accountant).
 
 Model: every round is a Poisson-sampled Gaussian mechanism: a device takes part with
-probability q = expected participants / population, its delta is clipped to L2 norm C and
-noised on the device with std sigma*C. The RDP accountant composes the rounds of a version's
-whole training history and converts to (epsilon, delta).
+probability q (`queries.sampling_rate`: the round's slots over the devices in its check-in draw,
+1 for a round without a draw), its delta is clipped to L2 norm C and noised on the device with
+std sigma*C. Neighbouring datasets differ by one device's contribution (add/remove). The RDP
+accountant composes the rounds of a version's whole training history and converts to (epsilon, delta).
 
 What the guarantee is, honestly:
-* `epsilon` (sampled) holds against anyone who sees only released model versions, assuming
-  participation is as good as uniformly random (pull-based check-in is not exactly Poisson).
+* `epsilon` (sampled) holds against anyone who sees only released model versions. The draw takes
+  a fixed number of the devices that checked in, accounted as Poisson sampling at that rate (the
+  usual approximation); a device outside the draw takes no part at all.
 * The coordinator itself sees each device's individual noisy update and knows who took part,
   so against the coordinator there is no amplification by sampling: `epsilon_local` (q=1,
   composed over the rounds the device could have joined) is the bound that applies.

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func, select, union
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
-from coordinator.models_secagg import SecAggMember, SecAggRound
+from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
 from protocol import artifact
 
@@ -90,27 +90,25 @@ def carried_noise(s: Session) -> list[float]:
     return out
 
 
-def population(s: Session, configured: int) -> int:
-    """The population the sampled epsilon assumes: the configured size, else the devices that
-    have actually contributed an accepted update, plain or to a summed secure round, and are
-    not revoked (enrolled-but-idle sybils do not count, and nor do revoked ones, which no later
-    round can sample: counted, they made q smaller and the epsilon quoted smaller with it)."""
-    if configured:
-        return configured
-    secure = (select(SecAggMember.device_id)
-              .join(SecAggRound, SecAggRound.round_id == SecAggMember.round_id)
-              .where(SecAggRound.phase == SecAggPhase.SUMMED, SecAggMember.masked_sha256.is_not(None)))
-    contributed = union(select(Update.device_id), secure).subquery()
-    return int(s.scalar(select(func.count()).select_from(contributed)
-                        .join(Device, Device.id == contributed.c.device_id)
-                        .where(Device.revoked.is_(False))) or 0)
+def sampling_rate(r: Round) -> float:
+    """The round's q for the sampled epsilon: a device in its check-in draw is among its
+    `max_selected` slots with probability max_selected / the devices drawn from, and one outside
+    the draw not at all. A round without a draw (window 0: first come, first served) samples
+    nothing at random: q = 1. A draw from fewer devices than slots takes every one of them, and
+    its leftover slots go first come: q = 1 too. Counting a population (every device that ever
+    contributed, or a configured size) made q smaller than any device's chance of taking part."""
+    if r.drawn_at is None or r.population <= r.max_selected:
+        return 1.0
+    return r.max_selected / r.population
 
 
-def population_view(s: Session, configured: int) -> dict[str, Any]:
+SAMPLING_BASIS = ("each round's slots over the devices in its check-in draw (1 for a round without a draw, "
+                  "first come)")
+
+
+def population_view(s: Session) -> dict[str, Any]:
     enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
-    basis = ("configured population_size" if configured
-             else "devices that contributed an accepted update, not revoked (not merely enrolled ones)")
-    return {"enrolled": enrolled, "assumed_by_epsilon": population(s, configured), "basis": basis}
+    return {"enrolled": enrolled, "sampling": SAMPLING_BASIS}
 
 
 def reported_count(s: Session, version_id: str) -> int:

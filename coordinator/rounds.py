@@ -91,7 +91,7 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
                 raise ValueError(f"{stable.id} has no word-list words outside its softmax: nothing to discover")
             r = Round(base_version_id=stable.id, status=RoundStatus.OPEN, plan_json="{}", goal_count=goal,
                       max_selected=max(goal, math.ceil(goal * over)), min_count=min_count,
-                      population=queries.population(s, c.population_size),
+                      population=0,   # the devices in its check-in draw, set at the draw (selection)
                       deadline=utcnow() + timedelta(seconds=duration), reason="",
                       selection_ends_at=utcnow() + timedelta(seconds=window) if window > 0 else None)
             s.add(r)
@@ -210,7 +210,8 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
     base_vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(base.weights_sha256)), tensors)
     opt_state = _server_state(coord, base)
     step = aggregation.round_step(
-        base_vec, mean_delta, opt_state, [cnt for _, cnt in updates], population=r.population,
+        base_vec, mean_delta, opt_state, [cnt for _, cnt in updates],
+        sampling_rate=queries.sampling_rate(r),
         optimizer=c.server_optimizer, lr=c.server_learning_rate, momentum=c.server_momentum, beta1=c.adam_beta1,
         beta2=c.adam_beta2, eps=c.adam_epsilon)
     if step.weights is None:

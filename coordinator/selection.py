@@ -47,6 +47,7 @@ def _draw(s: Session, r: Round, now: datetime) -> None:
     for a in _rng.sample(waiting, k):
         a.selected = True
     r.drawn_at = now
+    r.population = len(waiting)   # what the round's sampling rate is measured against (queries.sampling_rate)
 
 
 def select_device(s: Session, r: Round, device_id: str, now: datetime) -> tuple[str, float | None]:

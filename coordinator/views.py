@@ -100,11 +100,12 @@ def rejections(coord: Coordinator, round_id: int | None = None) -> list[dict[str
 
 
 def status(coord: Coordinator) -> dict[str, Any]:
-    coord.maintenance()
+    if not coord.read_only:   # an inspection shows the state as it is (a due round stays as it was left)
+        coord.maintenance()
     with coord._sessions() as s:
         stable, cand = queries.stable(s), queries.candidate(s)
         r = s.scalar(select(Round).order_by(Round.id.desc()))
-        population = queries.population_view(s, coord.config.population_size)
+        population = queries.population_view(s)
         return {"stable_version_id": stable.id if stable else None,
                 "candidate_version_id": cand.id if cand else None, "pinned": queries.pinned(s),
                 "devices": population["enrolled"], "population": population,

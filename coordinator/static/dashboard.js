@@ -122,7 +122,7 @@
     $("#eps").textContent = fmtEps(d.privacy.epsilon);
     $("#delta").textContent = String(d.privacy.delta);
     const pp = d.privacy.population || {};
-    $("#population").textContent = pp.basis ? `ε assumes a population of ${pp.assumed_by_epsilon} (${pp.basis})` : "";
+    $("#population").textContent = pp.sampling ? `sampled ε: each round's q is ${pp.sampling}` : "";
     renderRound(d.round, d);
     fill($("#decisions tbody"), d.decisions.map((x) =>
       [[when(x.at)], [x.version_id], [x.action, x.action], [x.actor], [x.reason]]));

@@ -30,13 +30,13 @@ def test_enums_are_their_strings():
 
 def test_round_step_is_optimizer_then_finite_check_then_stats():
     base, delta = np.ones(4, np.float32), np.full(4, 0.5, np.float32)
-    step = aggregation.round_step(base, delta, {}, [3, 5], population=10, optimizer="fedavg", lr=1.0)
+    step = aggregation.round_step(base, delta, {}, [3, 5], sampling_rate=0.2, optimizer="fedavg", lr=1.0)
     np.testing.assert_allclose(step.weights, 1.5)
     assert step.state == {} and step.stats == {"updates": 2, "examples": 8, "mean_delta_norm": pytest.approx(1.0),
                                                "sampling_rate": 0.2}
-    m = aggregation.round_step(base, delta, {}, [1], population=0, optimizer="fedavgm", lr=1.0)
+    m = aggregation.round_step(base, delta, {}, [1], sampling_rate=1.0, optimizer="fedavgm", lr=1.0)
     assert set(m.state) == {"momentum"} and m.stats["sampling_rate"] == 1.0
-    bad = aggregation.round_step(base, np.array([np.inf, 0, 0, 0], np.float32), {}, [1], population=1,
+    bad = aggregation.round_step(base, np.array([np.inf, 0, 0, 0], np.float32), {}, [1], sampling_rate=1.0,
                                  optimizer="fedavg", lr=1.0)
     assert bad.weights is None and bad.state == {}
 

@@ -94,8 +94,7 @@ def test_round_with_noise_records_finite_epsilon(served, tmp_path):
     versions = served.admin("GET", "/v1/admin/versions").json()["versions"]
     cand = versions[-1]
     assert cand["status"] == "candidate" and cand["round_id"] == rid
-    # The population is the devices that have contributed (none before this round), not the 3
-    # enrolled: q = 2 / max(0, 2) = 1, sigma = 1, one round.
+    # A round without a check-in draw (first come) samples nothing at random: q = 1, sigma = 1, one round.
     assert cand["privacy"]["history"] == [[1.0, 1.0]]
     assert 0 < cand["epsilon"] <= cand["privacy"]["epsilon_local"] < 100   # equal at q = 1
 

@@ -91,9 +91,8 @@ def test_dashboard_login_live_round_progress_canary_and_decisions(browser, tmp_p
             expect(row).to_contain_text("median per-device word top-3 difference +0.0150")  # issue-12's rule
             expect(page.locator("#versions tbody tr").first).to_contain_text("41.5%")
             expect(page.locator("#eps-local")).not_to_have_text("–")
-            # What the sampled epsilon assumes: the 2 devices that contributed, not the 3 enrolled (issue 12)
-            expect(page.locator("#population")).to_contain_text(
-                "ε assumes a population of 2 (devices that contributed an accepted update")
+            # What the sampled epsilon assumes: each round's draw, not a population (issue 12's enrolled sybils)
+            expect(page.locator("#population")).to_contain_text("sampled ε: each round's q is each round's slots")
             page.wait_for_function("() => Chart.getChart(document.querySelector('#history')) !== undefined")
             axis = page.locator("#history").evaluate(
                 "c => { const ch = Chart.getChart(c); return [ch.options.scales.y.title.text, "

@@ -1,5 +1,5 @@
-"""Enrollment keys have a use count and a lifetime by default; epsilon's population counts the
-devices that took part, not every enrolled (possibly sybil) identity."""
+"""Enrollment keys have a use count and a lifetime by default; the sampled epsilon's q is each
+round's draw, which enrolled identities that never check in (possibly sybils) do not change."""
 
 from __future__ import annotations
 
@@ -49,32 +49,45 @@ def test_cli_key_defaults_come_from_settings(tmp_path, capsys):
     assert "uses must be" in capsys.readouterr().err
 
 
-def test_epsilon_population_is_participants_not_enrolled_sybils(tmp_path):
+def test_the_sampled_epsilon_takes_each_rounds_draw_not_a_population(tmp_path):
+    """q was accepted updates over a population (every device that ever contributed, or a
+    configured size), which only grows, while a device's chance of taking part is its round's:
+    the slots over the devices in the check-in draw, or 1 when the round drew nothing (first come).
+    Enrolled devices that never check in (sybils, idle phones) do not change it."""
+    from datetime import timedelta
+
+    from coordinator.models import Round, utcnow
+
     with serve(make_config(tmp_path, goal_count=2, min_count=2, overselect=1.0, noise_multiplier=1.0,
                            enrollment_key_uses=1000)) as s:
         make_version(tmp_path / "v0")
         s.coord.import_version(tmp_path / "v0")
         key = s.coord.create_enrollment_key()
-        honest = [_enroll(s, key) for _ in range(2)]
-        for _ in range(40):                                       # sybils: enrolled, never contribute
+        devices = [_enroll(s, key) for _ in range(6)]
+        for _ in range(40):                                       # enrolled, never check in
             _enroll(s, key)
-        rid = s.coord.start_round()
-        assert s.coord.get_round(rid)["population"] == 0          # nobody has contributed yet: q = 1
-        for i, d in enumerate(honest):
-            t = d.checkin()
-            assert t.kind == wire.TASK_TRAIN
+        rid = s.coord.start_round()                               # no window: first come, q = 1
+        for i, d in enumerate(devices[:2]):
+            assert d.checkin().kind == wire.TASK_TRAIN
             assert d.upload(random_delta(i, 0.01), round_id=rid, base="v0000", examples=5).status_code == 200
-        cand = s.coord.get_round(rid)["result_version_id"]
-        v = next(v for v in s.coord.list_versions() if v["version_id"] == cand)
-        assert v["privacy"]["history"] == [[1.0, 1.0]]            # q = 2 / max(0, 2), not 2 / 42
+        first = s.coord.get_round(rid)["result_version_id"]
+        s.coord.admin_decide(first, "promote")
+        rid = s.coord.start_round(selection_window_s=60)         # a draw of 2 slots among the 6 that check in
+        assert all(d.checkin().kind != wire.TASK_TRAIN for d in devices)
+        with s.coord.tx() as db:                                  # the window closes
+            db.get(Round, rid).selection_ends_at = utcnow() - timedelta(seconds=1)
+        drawn = [d for d in devices if d.checkin().kind == wire.TASK_TRAIN]
+        assert len(drawn) == 2 and s.coord.get_round(rid)["population"] == 6
+        for i, d in enumerate(drawn):
+            assert d.upload(random_delta(i, 0.01), round_id=rid, base=first, examples=5).status_code == 200
+        second = s.coord.get_round(rid)["result_version_id"]
+        history = {v["version_id"]: v["privacy"]["history"] for v in s.coord.list_versions()}
+        assert history[first] == [[1.0, 1.0]]
+        assert history[second] == [[1.0, 1.0], [pytest.approx(2 / 6), 1.0]]
         status = s.admin("GET", "/v1/admin/status").json()
-        assert status["population"]["enrolled"] == 42 and status["population"]["assumed_by_epsilon"] == 2
-        page = s.admin("GET", "/v1/admin/dashboard").json()   # main replaced /v1/dashboard-data with it
-        assert page["privacy"]["population"]["assumed_by_epsilon"] == 2 and "contributed" in page[
-            "privacy"]["population"]["basis"]
-        s.coord.revoke_device(honest[0].device_id)   # no later round can sample it: it counted still
-        assert s.admin("GET", "/v1/admin/status").json()["population"]["assumed_by_epsilon"] == 1
-        assert s.coord.get_round(s.coord.start_round())["population"] == 1
+        assert status["population"]["enrolled"] == 46 and "check-in draw" in status["population"]["sampling"]
+        page = s.admin("GET", "/v1/admin/dashboard").json()
+        assert "check-in draw" in page["privacy"]["population"]["sampling"]
 
 
 def test_a_leaked_key_is_revoked_and_so_are_its_devices(tmp_path, capsys):

@@ -168,3 +168,16 @@ def test_a_live_database_is_read_consistently_by_one_who_may_not_write(tmp_path,
         stop.set()
         writer.join()
         d.chmod(0o755)
+
+
+def test_status_shows_a_due_round_as_it_was_left(tmp_path, data_dir):
+    """`status` closes rounds past their deadline first; read-only, it cannot, and it failed."""
+    d = tmp_path / "copy"
+    shutil.copytree(data_dir, d)
+    assert coord("start-round", "--data-dir", str(d)).returncode == 0
+    with sqlite3.connect(d / "coordinator.db") as conn:
+        conn.execute("UPDATE rounds SET deadline = '2000-01-01 00:00:00.000000'")
+    conn.close()
+    r = read_only(d, "status")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["latest_round"]["status"] == "open"

@@ -205,11 +205,11 @@ class Rounds:
                                                       pool=self.pool, workers=self.args.workers)
 
 
-def coordinator_settings(args: argparse.Namespace, population_size: int) -> dict[str, object]:
+def coordinator_settings(args: argparse.Namespace) -> dict[str, object]:
     """The coordinator's settings for a simulation: the canary and server optimizer from the
     flags, rate limits out of the way (every device shares one loopback address)."""
     return {"rate_limit_per_minute": "600000", "rate_limit_burst": "10000", "log_level": "INFO",
-            "population_size": population_size, "canary_fraction": args.canary_fraction,
+            "canary_fraction": args.canary_fraction,
             "canary_min_reports": args.canary_min_reports, "canary_tolerance": args.canary_tolerance,
             "server_optimizer": args.server_optimizer, "server_learning_rate": args.server_lr,
             "server_momentum": args.server_momentum, "checkin_interval_s": 60, "max_eval_examples": 200,
@@ -226,7 +226,7 @@ def run_federation(name: str, args: argparse.Namespace, noise_multiplier: float,
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     coord = CoordinatorProcess(run_dir / "coordinator", run_dir / "coordinator.log",
-                               coordinator_settings(args, len(pop.users)))
+                               coordinator_settings(args))
     try:
         coord.cli("init")
         coord.cli("import-version", str(v0))
