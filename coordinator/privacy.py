@@ -76,7 +76,8 @@ def summarize(history: Sequence[RoundPrivacy], delta: float) -> dict:
     return {"epsilon": eps, "epsilon_local": eps_local, "delta": delta, "rounds": len(history),
             "history": [[r.sampling_rate, r.noise_multiplier] for r in history], "accountant": ACCOUNTANT,
             "assumptions": "device-side Gaussian noise, no secure aggregation; epsilon holds against observers of "
-                           "released models with random participation, epsilon_local against the coordinator"}
+                           "released models, each round sampled at its check-in draw's rate (1 without a draw), "
+                           "epsilon_local against the coordinator"}
 
 
 def against_coordinator(noise_multipliers: Sequence[float], delta: float) -> dict:

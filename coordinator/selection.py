@@ -5,9 +5,10 @@ dashboard) take every slot. So for `selection_window_s` after a round opens, eli
 that check in are only registered (an `assignments` row with `selected=False`) and asked
 back when the window closes; the first check-in after that draws `max_selected` of them
 uniformly at random (`secrets.SystemRandom`: unpredictable to devices), under the round's
-row lock so several workers draw once. Devices arriving after the draw take any slots left,
-in order. A window of 0 is the old first-come selection, for drivers that run rounds
-synchronously (simulation, benchmarks, tests).
+row lock so several workers draw once. Devices arriving after a draw that took everyone in
+it take any slots left, in order; after a draw among more devices than slots, nobody outside it
+does (the round's sampling rate counts on it). A window of 0 is the old first-come selection,
+for drivers that run rounds synchronously (simulation, benchmarks, tests).
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ def select_device(s: Session, r: Round, device_id: str, now: datetime) -> tuple[
         return NONE, None
     if row is not None:
         return (TRAIN, None) if row.selected else (NONE, None)
-    if selected_count(s, r.id) < r.max_selected:   # after the draw: leftover slots, in order of arrival
+    if r.drawn_at is not None and r.population > r.max_selected:
+        # The draw filled every slot from more devices than slots: a slot freed since (a revoked
+        # device's) is not given to a device outside the draw, whose chance would then be 1 where
+        # the round's sampling rate says slots / drawn (queries.sampling_rate).
+        return NONE, None
+    if selected_count(s, r.id) < r.max_selected:   # after a draw that took everyone: leftover slots, first come
         s.add(Assignment(round_id=r.id, device_id=device_id, selected=True))
         return TRAIN, None
     return NONE, None

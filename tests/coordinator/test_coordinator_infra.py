@@ -133,10 +133,43 @@ def test_a_database_from_when_secure_aggregation_was_migration_0002_upgrades(tmp
     assert "expires_at" in {c["name"] for c in found.get_columns("enrollment_keys")}
     assert "selection_ends_at" in {c["name"] for c in found.get_columns("rounds")}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         assert conn.execute(text("SELECT survivors FROM secagg_rounds WHERE round_id = 1")).scalar() == 3
         assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
     migrate(engine)   # and a second start has nothing to do
+    engine.dispose()
+
+
+def test_versions_made_before_each_round_took_its_draws_rate_are_accounted_at_q_1(tmp_path):
+    """Rounds before migration 0005 recorded q = accepted / a population that only grew: a
+    version trained from one of those passed the too-small q on. The upgrade takes their q as 1
+    and recomputes their sampled epsilon; a drawn open round's old population reads q = 1 too."""
+    import json
+
+    from sqlalchemy import text
+
+    from coordinator import privacy
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0004")
+    now = "2026-12-01 12:00:00"
+    old = privacy.summarize([privacy.RoundPrivacy(0.01, 1.0)] * 3, 1e-6)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO versions (id, seq, status, manifest_json, weights_sha256, graph_sha256, "
+                          "tokenizer_sha256, epsilon, delta, privacy_json, created_at) VALUES ('v0003', 1, 'stable', "
+                          f"'{{}}', 'w', 'g', 't', :e, 1e-6, :p, '{now}')"),
+                     {"e": old["epsilon"], "p": json.dumps(old)})
+        conn.execute(text("INSERT INTO rounds (id, base_version_id, status, plan_json, goal_count, max_selected, "
+                          "min_count, population, deadline, created_at, reason, drawn_at) VALUES (4, 'v0003', 'open', "
+                          f"'{{}}', 3, 3, 2, 1000000, '{now}', '{now}', '', '{now}')"))
+    migrate(engine)
+    with engine.connect() as conn:
+        raw, eps = conn.execute(text("SELECT privacy_json, epsilon FROM versions")).one()
+        population = conn.execute(text("SELECT population FROM rounds")).scalar()
+    record = json.loads(raw)
+    assert record["history"] == [[1.0, 1.0]] * 3 and population == 0
+    assert eps == record["epsilon"] == record["epsilon_local"] == pytest.approx(old["epsilon_local"])
+    assert eps > 5 * old["epsilon"]
     engine.dispose()
 
 

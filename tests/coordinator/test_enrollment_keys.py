@@ -52,13 +52,23 @@ def test_cli_key_defaults_come_from_settings(tmp_path, capsys):
 def test_the_sampled_epsilon_takes_each_rounds_draw_not_a_population(tmp_path):
     """q was accepted updates over a population (every device that ever contributed, or a
     configured size), which only grows, while a device's chance of taking part is its round's:
-    the slots over the devices in the check-in draw, or 1 when the round drew nothing (first come).
-    Enrolled devices that never check in (sybils, idle phones) do not change it."""
+    the slots over the devices in the check-in draw, or 1 when the round drew nothing (first come)
+    or drew everyone. Enrolled devices that never check in (sybils, idle phones) do not change
+    it, and a slot a revoked device frees is not given to a device outside the draw."""
     from datetime import timedelta
 
     from coordinator.models import Round, utcnow
 
-    with serve(make_config(tmp_path, goal_count=2, min_count=2, overselect=1.0, noise_multiplier=1.0,
+    def close_window(rid: int) -> None:
+        with s.coord.tx() as db:
+            db.get(Round, rid).selection_ends_at = utcnow() - timedelta(seconds=1)
+
+    def train(devices, rid: int, base: str) -> str:
+        for i, d in enumerate(devices):
+            assert d.upload(random_delta(i, 0.01), round_id=rid, base=base, examples=5).status_code == 200
+        return s.coord.get_round(rid)["result_version_id"]
+
+    with serve(make_config(tmp_path, goal_count=2, min_count=2, overselect=1.5, noise_multiplier=1.0,
                            enrollment_key_uses=1000)) as s:
         make_version(tmp_path / "v0")
         s.coord.import_version(tmp_path / "v0")
@@ -67,23 +77,31 @@ def test_the_sampled_epsilon_takes_each_rounds_draw_not_a_population(tmp_path):
         for _ in range(40):                                       # enrolled, never check in
             _enroll(s, key)
         rid = s.coord.start_round()                               # no window: first come, q = 1
-        for i, d in enumerate(devices[:2]):
-            assert d.checkin().kind == wire.TASK_TRAIN
-            assert d.upload(random_delta(i, 0.01), round_id=rid, base="v0000", examples=5).status_code == 200
-        first = s.coord.get_round(rid)["result_version_id"]
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices[:2])
+        first = train(devices[:2], rid, "v0000")
         s.coord.admin_decide(first, "promote")
-        rid = s.coord.start_round(selection_window_s=60)         # a draw of 2 slots among the 6 that check in
+
+        rid = s.coord.start_round(selection_window_s=60)         # 3 slots drawn among the 6 that check in
         assert all(d.checkin().kind != wire.TASK_TRAIN for d in devices)
-        with s.coord.tx() as db:                                  # the window closes
-            db.get(Round, rid).selection_ends_at = utcnow() - timedelta(seconds=1)
+        close_window(rid)
         drawn = [d for d in devices if d.checkin().kind == wire.TASK_TRAIN]
-        assert len(drawn) == 2 and s.coord.get_round(rid)["population"] == 6
-        for i, d in enumerate(drawn):
-            assert d.upload(random_delta(i, 0.01), round_id=rid, base=first, examples=5).status_code == 200
-        second = s.coord.get_round(rid)["result_version_id"]
+        assert len(drawn) == 3 and s.coord.get_round(rid)["population"] == 6
+        s.coord.revoke_device(drawn[0].device_id)                # frees a slot ...
+        late = _enroll(s, key)
+        assert late.checkin().kind != wire.TASK_TRAIN             # ... not for a device outside the draw
+        second = train(drawn[1:], rid, first)
+
+        s.coord.admin_decide(second, "promote")
+        rid = s.coord.start_round(selection_window_s=60)         # 3 slots, 2 devices check in: both taken
+        assert all(d.checkin().kind != wire.TASK_TRAIN for d in drawn[1:])
+        close_window(rid)
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in drawn[1:])
+        third = train(drawn[1:], rid, second)
+
         history = {v["version_id"]: v["privacy"]["history"] for v in s.coord.list_versions()}
         assert history[first] == [[1.0, 1.0]]
-        assert history[second] == [[1.0, 1.0], [pytest.approx(2 / 6), 1.0]]
+        assert history[second] == [[1.0, 1.0], [0.5, 1.0]]      # the 3 slots over the 6 drawn from, not 2 / 6
+        assert history[third] == [[1.0, 1.0], [0.5, 1.0], [1.0, 1.0]]
         status = s.admin("GET", "/v1/admin/status").json()
         assert status["population"]["enrolled"] == 46 and "check-in draw" in status["population"]["sampling"]
         page = s.admin("GET", "/v1/admin/dashboard").json()
