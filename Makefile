@@ -49,7 +49,7 @@ v0: setup            ## rebuild models/v0 reproducibly (about an hour on 2 idle 
 	$(PY) -m tools.pretrain --init models/v0.stage1 $(V0_CHAT_ARGS) --out models/v0.stage2 --no-progress
 	$(PY) -m tools.add_words --base models/v0.stage2 $(TAIL_ARGS) --out models/v0.new --version-id v0
 	rm -rf models/v0 models/v0.stage1 models/v0.stage2 && mv models/v0.new models/v0
-	$(PY) -m tools.proxy_ngram $(NGRAM_ARGS) --out models/ngram/proxy_trigram.npz
+	$(PY) -m tools.proxy_ngram $(NGRAM_ARGS) --out models/ngram/proxy_trigram.npz --force
 	@echo "models/v0 and models/ngram rebuilt; commit them with: git add models"
 
 # Debian's Chromium for the browser tests (Playwright drives it; its own browser download

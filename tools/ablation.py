@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from protocol.artifact import read_manifest
 from protocol.cli import HelpFormatter, Parser, add_version
-from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
+from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, base_ngram_arg, run
 from tools.shipped import SHIPPED_V0
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-words", type=int, default=DEFAULT_EVAL_WORDS,
                    help="held-out words scored (past every word, an even share per user)")
     p.add_argument("--max-keystrokes", type=int, default=1500, help="keystrokes timed per row")
-    p.add_argument("--base-ngram", default="", metavar="FILE", help=BASE_NGRAM_HELP)
+    p.add_argument("--base-ngram", default="", metavar="FILE", type=base_ngram_arg, help=BASE_NGRAM_HELP)
     p.add_argument("--ngram-bounds", type=int, default=0, metavar="DEVICES",
                    help="also print what an n-gram learned from devices could add at most: the keyboard "
                         "(without its own LSTM copy) with its base n-gram replaced by a trigram of the "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0 <= args.keyboard_port < 65536:
         raise ValueError("--keyboard-port must be in [0, 65535]")
+    if args.keyboard_port and not args.no_serve:
+        _check_port_free(args.keyboard_port)
     if args.max_words < 1:      # checked here: the simulator would name its own flag, --eval-words
         raise ValueError("--max-words must be >= 1")
     if (args.with_central or args.rebuild) and not _has_tensorflow():
@@ -140,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     return serve(fed.keyboard_dir, fed.final_version, args.keyboard_port)
 
 
+def _check_port_free(port: int) -> None:
+    """A busy --keyboard-port was found only after the simulation, minutes of it: checked first
+    (the same reuse rule as the page's own socket, so a port in TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise ValueError(f"--keyboard-port {port} cannot be used ({e.strerror or e}): choose another, or 0 "
+                             "for a free one") from None
+
+
 def serve(keyboard_dir: Path, version_id: str, port: int = 0) -> int:
     """The keyboard page on loopback, on the device that holds the freshly promoted version."""
     from edge_runtime.keyboard import KeyboardError, serve_keyboard
@@ -151,8 +166,9 @@ def serve(keyboard_dir: Path, version_id: str, port: int = 0) -> int:
 
     try:
         serve_keyboard(keyboard_dir, port=port, channel="stable", stop=stop, on_ready=ready)
-    except KeyboardError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardError as e:   # the run's results stay: say how to serve its page later
+        print(f"error: {e}\nthe report is written; serve its keyboard page with: python -m edge_runtime keyboard "
+              f"--data-dir {shlex.quote(str(keyboard_dir))} --port PORT", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopped")

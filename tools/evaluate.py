@@ -17,7 +17,7 @@ import sys
 import time
 
 from protocol.cli import HelpFormatter, Parser, add_version
-from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, run
+from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, base_ngram_arg, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--personalization", action="store_true",
                    help="per held-out user: the keyboard with vs without the user's own words "
                         "(mean gain, share of users who benefit) for the first --model")
-    p.add_argument("--base-ngram", default="", metavar="FILE", help=BASE_NGRAM_HELP)
+    p.add_argument("--base-ngram", default="", metavar="FILE", type=base_ngram_arg, help=BASE_NGRAM_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 

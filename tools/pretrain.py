@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the exported model has none)")
     p.add_argument("--patience", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="replace the model version --out holds (without it, one there is refused)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(the tokenizer must come from proxy data)")
     _check_numbers(args)
     out = Path(args.out)
-    _check_out(out)
+    _check_out(out, args.force)
     quiet_tensorflow()
     # Everything is written to a staging directory beside --out and moved into place at the end,
     # so a failed or interrupted run leaves --out as it was (an earlier version stays loadable).
@@ -100,13 +102,18 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
 
 
-def _check_out(out: Path) -> None:
-    """--out is new, empty or a version directory (replaced at the end); never a user's other folder."""
+def _check_out(out: Path, force: bool = False) -> None:
+    """--out is new, empty or, with --force, a version directory (replaced at the end); never a
+    user's other folder. Without --force an existing version is refused: `--out models/v0` had
+    silently replaced the shipped version 0 with whatever the run trained."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the version")
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise ValueError(f"--out {out} holds files but no model version (no manifest.json); "
                          "give a new or empty directory")
+    if (out / "manifest.json").is_file() and not force:
+        raise ValueError(f"--out {out} holds a model version already; give a new directory, or --force to "
+                         "replace it (it is replaced only once the new one is complete)")
 
 
 def _train_and_export(args: argparse.Namespace, out: Path, work: Path) -> int:

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", action="append", required=True, help="proxy corpus (JSONL/text); repeat to combine")
     p.add_argument("--out", required=True, help="where to write the model (.npz)")
     p.add_argument("--order", type=int, default=3, help="n-gram order")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     return p
 
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from model.corpus import read_corpus
 
     out = check_out_file(args.out, args.proxy)
+    if out.exists() and not args.force:   # `--out models/ngram/proxy_trigram.npz` replaced the shipped one silently
+        raise FileExistsError(f"--out {out} exists; give a new file, or --force to replace it")
     t0 = time.time()
     texts = [r.text for p in args.proxy for r in read_corpus(p)]
     lm = KneserNeyLM.fit(texts, order=args.order)

@@ -37,11 +37,13 @@ def test_a_failed_run_leaves_the_version_in_out_as_it_was(exported_version, tmp_
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
+    with pytest.raises(ValueError, match="holds a model version already.*--force"):   # `--out models/v0`
+        main(["--corpus", str(SHAKESPEARE), "--init", str(exported_version), "--out", str(out), "--no-progress"])
     with pytest.raises(Exception, match="empty|no text|no records"):
-        main(["--corpus", str(empty), "--init", str(exported_version), "--out", str(out), "--no-progress"])
+        main(["--corpus", str(empty), "--init", str(exported_version), "--out", str(out), "--force", "--no-progress"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "out"]   # no staging left behind
-    assert main(["--corpus", str(SHAKESPEARE), "--init", str(exported_version), "--out", str(out),
+    assert main(["--corpus", str(SHAKESPEARE), "--init", str(exported_version), "--out", str(out), "--force",
                  "--version-id", "again", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
                  "--no-progress"]) == 0
     manifest, _ = load_version(out, verify=True)

@@ -69,3 +69,21 @@ def test_a_bad_max_words_names_the_demos_own_flag():
     from tools.demo import main
     with pytest.raises(ValueError, match="^--max-words must be >= 1$"):   # not the simulator's --eval-words
         main(["--max-words", "0", "--no-serve"])
+
+
+def test_a_busy_keyboard_port_is_refused_before_the_simulation(tmp_path, monkeypatch):
+    """It was found after the whole simulation (about 4 minutes), with a message naming other
+    commands' flags."""
+    import socket
+
+    import tools.simulate
+    from tools.demo import main
+
+    monkeypatch.setattr(tools.simulate, "simulate", lambda *a: pytest.fail("the simulation ran"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(ValueError, match=f"^--keyboard-port {port} cannot be used"):
+            main(["--keyboard-port", str(port), "--data-dir", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists()

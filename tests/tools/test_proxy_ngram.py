@@ -58,3 +58,15 @@ def test_the_temporary_file_is_never_the_input_nor_the_output(tmp_path):
     assert main(["--proxy", str(corpus), "--out", str(tmp_path / "model.tmp")]) == 0
     assert KneserNeyLM.load(tmp_path / "model.tmp").order == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.npz", "corpus.tmp", "model.tmp", "proxy.jsonl"]
+
+
+def test_an_existing_model_is_replaced_only_with_force(tmp_path):
+    """`--out models/ngram/proxy_trigram.npz` silently replaced the shipped base n-gram."""
+    corpus = _corpus(tmp_path)
+    out = tmp_path / "n.npz"
+    out.write_bytes(b"the shipped one")
+    with pytest.raises(FileExistsError, match="--force"):
+        main(["--proxy", str(corpus), "--out", str(out)])
+    assert out.read_bytes() == b"the shipped one"
+    assert main(["--proxy", str(corpus), "--out", str(out), "--force"]) == 0
+    assert KneserNeyLM.load(out).order == 3

@@ -155,6 +155,21 @@ def test_bad_input_is_one_line(tmp_path):
             r.stderr
 
 
+def test_a_second_simulation_into_the_same_data_dir_is_refused(tmp_path):
+    """It deleted the running one's coordinator, which then failed naming its database."""
+    import fcntl
+
+    corpus = write_corpus(tmp_path / "c.jsonl", users=24, texts_per_user=2, seed=0)
+    d = tmp_path / "d"
+    d.mkdir()
+    with open(d / ".simulate.lock", "a") as running:   # as a first run holds it
+        fcntl.flock(running, fcntl.LOCK_EX)
+        r = simulate("--corpus", str(corpus), "--proxy", str(corpus), "--devices", "2", "--rounds", "1",
+                     "--data-dir", str(d), "--no-central")
+    assert r.returncode == 1 and "another simulation" in r.stderr and str(d) in r.stderr, r.stderr
+    assert sorted(p.name for p in d.iterdir()) == [".simulate.lock"]
+
+
 def test_devices_are_users_who_can_train_and_a_corpus_of_single_texts_is_refused(tmp_path):
     """A device keeps its newest text back to evaluate on, so a user of one text trains nothing:
     e-mail's simulations ran 5 such senders of one long e-mail among their 32 devices."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from protocol.cli import Parser, add_version
-from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, run
+from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, base_ngram_arg, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keystrokes timed on the recompute path (an even sample of the same keystrokes)")
     k.add_argument("--context-words", type=int, default=20, help="context cap of the recompute path")
     k.add_argument("--warmup", type=int, default=20, help="untimed keystrokes first")
-    k.add_argument("--base-ngram", default="", metavar="FILE", help=BASE_NGRAM_HELP)
+    k.add_argument("--base-ngram", default="", metavar="FILE", type=base_ngram_arg, help=BASE_NGRAM_HELP)
     t = sub.add_parser("train", help="tokens/s of the train signature in ai-edge-litert vs TensorFlow, peak RSS",
                        description="Times the same SGD step in the slim interpreter (in a subprocess that "
                                    "imports no TensorFlow, also measuring its peak RSS) and in TensorFlow.")

@@ -6,11 +6,14 @@ defaults, automation reads report.json): add flags, do not rename them."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import math
 import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +162,19 @@ class SimulationResult:
     references: dict[str, dict]
 
 
+@contextmanager
+def _only_run(data: Path) -> Iterator[None]:
+    """One simulation per data directory at a time: a second one started into the same
+    --data-dir deleted the first's coordinator under it, which then failed naming its database."""
+    with open(data / ".simulate.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SimulationError(f"another simulation (tools.simulate or tools.demo) is running in {data}; wait "
+                                  "for it to end, or give another --data-dir") from None
+        yield
+
+
 def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     """The whole simulation (also the demo's core)."""
     from rich.console import Console
@@ -189,29 +205,31 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                       "evaluate on: they train nothing", soft_wrap=True)
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    v0 = ensure_v0(data, args)
-    central = ensure_central(data, v0, args)
-    console.print(f"scoring references on up to {args.eval_words:,} words of the {pop.test_users} held-out users...")
-    (data / "runs").mkdir(exist_ok=True)
-    refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
-                            data / "runs" / "eval.log", workers=args.workers)
-    v0_metrics = refs["proxy"]
-    available = sum(scored_words(pop.heldout).values())
-    if v0_metrics["words"] < available:
-        console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the held-out users' scored "
-                      f"halves are scored, an even share per user; "
-                      f"{getattr(args, 'eval_words_flag', '--eval-words')} {available} scores every one")
-    for old in ("report.md", "report.json", "report.png"):   # they would describe runs/ being replaced
-        (data / old).unlink(missing_ok=True)
-    feds = [run_federation("federated", args, args.noise_multiplier, data, v0, pop, v0_metrics,
-                           refs["proxy_lstm"], console)]
-    if args.compare_dp:
-        feds.append(run_federation("federated-dp", args, args.dp_noise_multiplier, data, v0, pop, v0_metrics,
-                                   refs["proxy_lstm"], console))
-    report = write_report(data, args, command, pop, refs, feds, v0_metrics, time.time() - t0)
-    console.print(report.read_text().split("\n## ")[0])
-    console.print(f"report: {report} and {data / 'report.png'}")
-    return SimulationResult(report, feds, refs)
+    with _only_run(data):
+        v0 = ensure_v0(data, args)
+        central = ensure_central(data, v0, args)
+        console.print(f"scoring references on up to {args.eval_words:,} words of the {pop.test_users} "
+                      "held-out users...")
+        (data / "runs").mkdir(exist_ok=True)
+        refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
+                                data / "runs" / "eval.log", workers=args.workers)
+        v0_metrics = refs["proxy"]
+        available = sum(scored_words(pop.heldout).values())
+        if v0_metrics["words"] < available:
+            console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the held-out users' scored "
+                          f"halves are scored, an even share per user; "
+                          f"{getattr(args, 'eval_words_flag', '--eval-words')} {available} scores every one")
+        for old in ("report.md", "report.json", "report.png"):   # they would describe runs/ being replaced
+            (data / old).unlink(missing_ok=True)
+        feds = [run_federation("federated", args, args.noise_multiplier, data, v0, pop, v0_metrics,
+                               refs["proxy_lstm"], console)]
+        if args.compare_dp:
+            feds.append(run_federation("federated-dp", args, args.dp_noise_multiplier, data, v0, pop, v0_metrics,
+                                       refs["proxy_lstm"], console))
+        report = write_report(data, args, command, pop, refs, feds, v0_metrics, time.time() - t0)
+        console.print(report.read_text().split("\n## ")[0])
+        console.print(f"report: {report} and {data / 'report.png'}")
+        return SimulationResult(report, feds, refs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,7 +109,7 @@ def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
             print(f"reusing version 0: {v0}")
             return v0
         proxy = [a for p in proxy_files(args) for a in ("--proxy", p)]
-        _subprocess_step("version 0 from proxy text", ["tools.pretrain", *proxy, "--out", str(v0),
+        _subprocess_step("version 0 from proxy text", ["tools.pretrain", *proxy, "--out", str(v0), "--force",
                                                        "--epochs", str(args.pretrain_epochs),
                                                        "--steps-per-epoch", str(args.pretrain_steps),
                                                        *_progress_args(args)])
@@ -145,7 +145,7 @@ def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | Non
             return central
         print(f"not reusing the central reference in {central}: {stale}; training it again")
     _subprocess_step("central reference on the corpus's train users",
-                     ["tools.pretrain", "--corpus", args.corpus, "--init", str(v0), "--out", str(central),
+                     ["tools.pretrain", "--corpus", args.corpus, "--init", str(v0), "--out", str(central), "--force",
                       "--epochs", str(args.central_epochs), "--patience", "2", "--lr", "1e-3",
                       *_central_cap(args), *_progress_args(args)])
     return central
