@@ -6,14 +6,13 @@ defaults, automation reads report.json): add flags, do not rename them."""
 from __future__ import annotations
 
 import argparse
-import fcntl
 import math
 import os
 import shlex
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -166,10 +165,12 @@ class SimulationResult:
 def _only_run(data: Path) -> Iterator[None]:
     """One simulation per data directory at a time: a second one started into the same
     --data-dir deleted the first's coordinator under it, which then failed naming its database."""
-    with open(data / ".simulate.lock", "a") as f:
+    from edge_runtime.file_lock import LockBusy, file_lock
+
+    with ExitStack() as held:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            held.enter_context(file_lock(data / ".simulate.lock", exclusive=True, wait=0))
+        except LockBusy:
             raise SimulationError(f"another simulation (tools.simulate or tools.demo) is running in {data}; wait "
                                   "for it to end, or give another --data-dir") from None
         yield
