@@ -755,7 +755,8 @@ class KneserNeyLM:
         short, damaged, another kind of .npz: numpy's own messages would suggest unpickling it)."""
         try:
             return cls._load(path)
-        except (ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+        except (ValueError, KeyError, IndexError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as e:
+            # TypeError / AttributeError: a .npy file (one array, not an archive) has no `with` nor keys
             raise ValueError(f"{path} is not an n-gram model written by tools.proxy_ngram "
                              f"(damaged or cut short: {type(e).__name__})") from e
 

@@ -40,9 +40,13 @@ def base_ngram_arg(value: str) -> str:
     top-3 low for a mistyped path, with a warning scrolled away."""
     if value in ("", "off"):
         return value
-    from edge_runtime.base_ngram import load_base_ngram  # loaded once per process: scoring reuses it
+    from edge_runtime.base_ngram import load_base_ngram, resolve  # loaded once per process: scoring reuses it
 
-    if not os.path.isfile(value):
+    try:
+        path = resolve(value)   # ~ expanded, as the device reads the setting; the old variable refused
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if path is None or not path.is_file():
         raise argparse.ArgumentTypeError(f"{value} not found (a file `tools.proxy_ngram` wrote; off: none)")
     if load_base_ngram(value) is None:
         raise argparse.ArgumentTypeError(f"{value} is not a base n-gram file (missing, or not one "

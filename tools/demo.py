@@ -121,6 +121,7 @@ def _has_tensorflow() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tools.simulate import SimulationError, simulate
+    from tools.simulate.cli import data_dir_lock
 
     if not 0 <= args.keyboard_port < 65536:
         raise ValueError("--keyboard-port must be in [0, 65535]")
@@ -140,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_serve:
         return 0
     fed = result.federations[0]
-    return serve(fed.keyboard_dir, fed.final_version, args.keyboard_port)
+    try:
+        with data_dir_lock(Path(args.data_dir)):   # the page serves from it: no new run replaces it meanwhile
+            return serve(fed.keyboard_dir, fed.final_version, args.keyboard_port)
+    except SimulationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _check_port_free(port: int) -> None:

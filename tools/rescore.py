@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -148,7 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--eval-words must be >= 0 (0: every held-out word)")
     if not 1 <= args.workers <= 64:
         raise ValueError("--workers must be in [1, 64], as tools.simulate's")
-    out = rescore(Path(args.data_dir), args)
+    from tools.simulate import SimulationError
+    from tools.simulate.cli import data_dir_lock
+
+    try:
+        with data_dir_lock(Path(args.data_dir)):   # a simulation started meanwhile would replace what it scores
+            out = rescore(Path(args.data_dir), args)
+    except SimulationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(out, indent=1))
         return 0

@@ -442,3 +442,14 @@ def test_kth_largest_from_a_sample_equals_a_full_partition():
             for k in sorted({1, 3, 8, n}):
                 if k <= n:
                     assert ngram._kth_largest(v, k) == np.sort(v)[::-1][k - 1], (n, k)
+
+
+def test_a_file_that_is_not_an_ngram_is_a_value_error_naming_it(tmp_path):
+    """The keyboard warns and types on without a base n-gram it cannot read; a .npy file (one
+    array, not an archive) raised TypeError instead, past that warning."""
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    (tmp_path / "text.npz").write_text("not a zip")
+    for name in ("one.npy", "other.npz", "text.npz"):
+        with pytest.raises(ValueError, match=f"{name} is not an n-gram model"):
+            KneserNeyLM.load(tmp_path / name)

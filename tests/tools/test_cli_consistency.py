@@ -137,3 +137,17 @@ def test_a_base_ngram_the_user_names_must_be_one(args, tmp_path):
     for bad, says in ((tmp_path / "nope.npz", "not found"), (tmp_path / "notes.txt", "is not a base n-gram")):
         r = _run(*args, "--base-ngram", str(bad))
         assert r.returncode == 2 and says in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_a_base_ngram_under_home_is_read_as_the_device_reads_it(tmp_path, monkeypatch):
+    """`--base-ngram=~/n.npz` (no shell expansion after `=`) was refused as not found; the device's
+    setting expands ~, and so does the tools' check now."""
+    from edge_runtime.ngram import KneserNeyLM
+    from tools._cli import base_ngram_arg
+
+    KneserNeyLM.fit(["the cat sat on the mat"] * 3).save(tmp_path / "n.npz")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert base_ngram_arg("~/n.npz") == "~/n.npz"
+    monkeypatch.setenv("FEDKEYS_BASE_NGRAM", "x")     # the old variable: its own message, not argparse's
+    with pytest.raises(argparse.ArgumentTypeError, match="FEDKEYS_BASE_NGRAM is no longer read"):
+        base_ngram_arg("~/n.npz")

@@ -166,8 +166,41 @@ def test_a_second_simulation_into_the_same_data_dir_is_refused(tmp_path):
         fcntl.flock(running, fcntl.LOCK_EX)
         r = simulate("--corpus", str(corpus), "--proxy", str(corpus), "--devices", "2", "--rounds", "1",
                      "--data-dir", str(d), "--no-central")
-    assert r.returncode == 1 and "another simulation" in r.stderr and str(d) in r.stderr, r.stderr
-    assert sorted(p.name for p in d.iterdir()) == [".simulate.lock"]
+        assert r.returncode == 1 and "another simulation" in r.stderr and str(d) in r.stderr, r.stderr
+        assert sorted(p.name for p in d.iterdir()) == [".simulate.lock"]
+        r = subprocess.run([sys.executable, "-m", "tools.rescore", "--data-dir", str(d)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 1 and "another simulation" in r.stderr, r.stderr   # not scoring a run replaced
+
+
+def test_the_simulation_holds_its_data_dir_for_the_whole_run_and_lets_go_after(tmp_path, monkeypatch):
+    """The lock must cover every step that writes the data directory, and go with any failure."""
+    import fcntl
+    import importlib
+
+    cli = importlib.import_module("tools.simulate.cli")   # the package's `cli` is the console script
+    d = tmp_path / "d"
+    d.mkdir()
+    seen = []
+
+    def probe(*_a, **_k):
+        with open(d / ".simulate.lock", "a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cli, "ensure_v0", probe)
+    corpus = write_corpus(tmp_path / "c.jsonl", users=24, texts_per_user=2, seed=0)
+    args = cli.build_parser().parse_args(["--corpus", str(corpus), "--proxy", str(corpus), "--devices", "2",
+                                          "--rounds", "1", "--data-dir", str(d), "--no-central"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.simulate(args, "test")
+    assert seen == ["held"]
+    with open(d / ".simulate.lock", "a") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released with the failure
 
 
 def test_devices_are_users_who_can_train_and_a_corpus_of_single_texts_is_refused(tmp_path):

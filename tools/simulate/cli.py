@@ -162,17 +162,18 @@ class SimulationResult:
 
 
 @contextmanager
-def _only_run(data: Path) -> Iterator[None]:
-    """One simulation per data directory at a time: a second one started into the same
-    --data-dir deleted the first's coordinator under it, which then failed naming its database."""
+def data_dir_lock(data: Path) -> Iterator[None]:
+    """One tool at a time in a simulation's data directory: a second simulation started into the
+    same --data-dir deleted the first's coordinator under it (which then failed naming its
+    database), the demo's keyboard page under it, or the versions a `tools.rescore` was scoring."""
     from edge_runtime.file_lock import LockBusy, file_lock
 
     with ExitStack() as held:
         try:
             held.enter_context(file_lock(data / ".simulate.lock", exclusive=True, wait=0))
         except LockBusy:
-            raise SimulationError(f"another simulation (tools.simulate or tools.demo) is running in {data}; wait "
-                                  "for it to end, or give another --data-dir") from None
+            raise SimulationError(f"another simulation, demo or rescore is using {data}; wait for it to end, or "
+                                  "give another --data-dir") from None
         yield
 
 
@@ -206,7 +207,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                       "evaluate on: they train nothing", soft_wrap=True)
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    with _only_run(data):
+    with data_dir_lock(data):
         v0 = ensure_v0(data, args)
         central = ensure_central(data, v0, args)
         console.print(f"scoring references on up to {args.eval_words:,} words of the {pop.test_users} "
