@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from protocol.cli import (
     HelpFormatter,
     Parser,
     add_version,
+    bind_error,
     exit_if_stdout_closed,
     file_in_the_way,
     url_host,
@@ -155,8 +155,10 @@ def _read_only(cfg: Any, command: str) -> bool:
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from coordinator.db import STARTUP_LOCK
+
     data = Path(cfg.data_dir)
-    written = [p if p.exists() else data for p in (data / ".startup.lock", data / "blobs", data / "uploads")]
+    written = [p if p.exists() else data for p in (data / STARTUP_LOCK, data / "blobs", data / "uploads")]
     try:
         url = make_url(cfg.resolved_database_url)
     except (ArgumentError, ValueError):   # said by the database's own checks, in their words
@@ -340,20 +342,14 @@ def main(argv: list[str] | None = None) -> int:
 def _check_port(host: str, port: int) -> None:
     """Refuse a port another program holds in one line (werkzeug prints two and exits), before the
     app is served. The same reuse rule as the server's own socket, so a port in TIME_WAIT is free."""
-    if port == 0:
+    if port == 0 or (e := bind_error(host, port)) is None:
         return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            said = f"cannot listen on {url_host(host)}:{port}: {e.strerror or e}"
-            if e.errno == errno.EADDRINUSE:   # the machine's state: exit 1
-                raise OSError(f"{said} (another program holds it? choose another with --port)") from None
-            # the operator's --host: a user error, exit 2 as the README says
-            raise ConfigError(f"{said} (--host must be an address of this machine (127.0.0.1, ::1, 0.0.0.0) "
-                              "or a name of one)") from None
+    said = f"cannot listen on {url_host(host)}:{port}: {e.strerror or e}"
+    if e.errno == errno.EADDRINUSE:   # the machine's state: exit 1
+        raise OSError(f"{said} (another program holds it? choose another with --port)")
+    # the operator's --host: a user error, exit 2 as the README says
+    raise ConfigError(f"{said} (--host must be an address of this machine (127.0.0.1, ::1, 0.0.0.0) "
+                      "or a name of one)")
 
 
 

@@ -35,7 +35,6 @@ file gives the next start a new one (do so if the URL was seen by someone else).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hmac
 import ipaddress
@@ -46,7 +45,6 @@ import re
 import secrets
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -69,6 +67,7 @@ from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor  # 
 from edge_runtime.paths import ACTIVITY_FILE, KEYBOARD_TOKEN_FILE
 from edge_runtime.personal import BOS, PersonalModel
 from edge_runtime.session import Session
+from protocol.artifact import atomic_write
 from protocol.cli import url_host
 from protocol.text import plain_quotes, quote_led, tokens
 
@@ -832,24 +831,15 @@ def _keep_token(path: Path, token: str) -> str:
     """Keep `token` at `path` unless another process kept one there meanwhile (`keyboard` and `run
     --keyboard-port` started at once each wrote its own, and one page's link broke at the next
     restart): the key kept. Written whole and linked into place, so a reader never sees half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(token.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)   # only where there is none
-            return token
-        except FileExistsError:
-            kept = path.read_text(encoding="ascii", errors="replace").strip()
-            if re.fullmatch(r"[A-Za-z0-9_-]{32}", kept):
-                return kept
-            os.replace(tmp, path)   # a damaged key: replaced, as before
-            return token
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        atomic_write(path, token.encode(), replace=False)   # only where there is none
+        return token
+    except FileExistsError:
+        kept = path.read_text(encoding="ascii", errors="replace").strip()
+        if re.fullmatch(r"[A-Za-z0-9_-]{32}", kept):
+            return kept
+    atomic_write(path, token.encode())   # a damaged key: replaced, as before
+    return token
 
 
 def _url(server: _Server, host: str) -> str:

@@ -275,9 +275,10 @@ def check_weights(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], 
 VERSION_FILE_MODE = 0o644   # a version's files are public (what every device downloads)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None, replace: bool = True) -> None:
     """Write, fsync, rename: a crash leaves either the old file or the new one, never half.
-    The file is private (mkstemp's 0600) unless `mode` says otherwise."""
+    The file is private (mkstemp's 0600) unless `mode` says otherwise. `replace=False` links the
+    file into place only where there is none (FileExistsError, nothing changed, where there is)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -288,7 +289,11 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)

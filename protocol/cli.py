@@ -8,6 +8,7 @@ import argparse
 import copy
 import os
 import select
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,19 @@ def exit_if_stdout_closed() -> None:
     if broken:
         os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
         sys.exit(141)
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """What binding `host:port` would fail with now (None: free), with the servers' own reuse rule,
+    so a port in TIME_WAIT is free: a command that serves checks its port before minutes of work
+    or a second line of werkzeug's."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e
+    return None
 
 
 def url_host(host: str) -> str:

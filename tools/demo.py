@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from protocol.cli import HelpFormatter, Parser, add_version
+from protocol.cli import HelpFormatter, Parser, add_version, bind_error
 from tools._cli import DEFAULT_CORPUS, REPO, run
 from tools.shipped import check_version
 
@@ -152,13 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 def _check_port_free(port: int) -> None:
     """A busy --keyboard-port was found only after the simulation, minutes of it: checked first
     (the same reuse rule as the page's own socket, so a port in TIME_WAIT is free)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as e:
-            raise ValueError(f"--keyboard-port {port} cannot be used ({e.strerror or e}): choose another, or 0 "
-                             "for a free one") from None
+    if (e := bind_error("127.0.0.1", port)) is not None:
+        raise ValueError(f"--keyboard-port {port} cannot be used ({e.strerror or e}): choose another, or 0 "
+                         "for a free one")
 
 
 def serve(keyboard_dir: Path, version_id: str, port: int = 0) -> int:
