@@ -29,6 +29,7 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 
 PG_CONNECT_TIMEOUT_S = 10
+STARTUP_LOCK = ".startup.lock"   # in the data directory (data_dir_lock)
 
 
 def make_engine(url: str, *, read_only: bool = False) -> Engine:
@@ -80,12 +81,15 @@ def _make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # A host that accepts the connection and never answers would hang every command and worker
-    # boot without a word; libpq waits forever unless told. The URL's own ?connect_timeout= wins.
+    return create_engine(url, pool_pre_ping=True, connect_args=_pg_timeout(url))
+
+
+def _pg_timeout(url: str) -> dict[str, int]:
+    """A host that accepts the connection and never answers would hang every command and worker
+    boot without a word; libpq waits forever unless told. The URL's own ?connect_timeout= wins."""
     parsed = make_url(url)
     libpq = parsed.get_driver_name() in ("psycopg", "psycopg2", "psycopg2cffi")   # the keyword is libpq's
-    timeout = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in parsed.query else {}
-    return create_engine(url, pool_pre_ping=True, connect_args=timeout)
+    return {"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in parsed.query else {}
 
 
 def _make_read_only_engine(url: str) -> Engine:
@@ -95,9 +99,7 @@ def _make_read_only_engine(url: str) -> Engine:
     PostgreSQL sessions that are read-only (the URL's own options kept)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        libpq = parsed.get_driver_name() in ("psycopg", "psycopg2", "psycopg2cffi")
-        timeout = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in parsed.query else {}
-        return create_engine(url, pool_pre_ping=True, connect_args=timeout,
+        return create_engine(url, pool_pre_ping=True, connect_args=_pg_timeout(url),
                              execution_options={"postgresql_readonly": True})
     path = Path(parsed.database or "").resolve()
     target, copy = _readable_in_place(path), None
@@ -277,7 +279,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def data_dir_lock(data_dir: str | os.PathLike) -> Iterator[None]:
     """Exclusive lock on <data_dir>/.startup.lock: one starting process at a time creates keys
     and migrates (gunicorn starts its workers simultaneously)."""
-    path = Path(data_dir) / ".startup.lock"
+    path = Path(data_dir) / STARTUP_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

@@ -152,8 +152,10 @@ class Coordinator:
         return rounds.start_round(self, **overrides)
 
     def maintenance(self) -> None:
-        """Close rounds that reached their goal or deadline (lazily, on requests and `tick`)."""
-        rounds.maintenance(self)
+        """Close rounds that reached their goal or deadline (lazily, on requests and `tick`). Not
+        when read-only: an inspection shows the state as it is (a due round stays as it was left)."""
+        if not self.read_only:
+            rounds.maintenance(self)
 
     def close_round(self, round_id: int, *, force: bool = False) -> dict[str, Any]:
         """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""

@@ -100,8 +100,7 @@ def rejections(coord: Coordinator, round_id: int | None = None) -> list[dict[str
 
 
 def status(coord: Coordinator) -> dict[str, Any]:
-    if not coord.read_only:   # an inspection shows the state as it is (a due round stays as it was left)
-        coord.maintenance()
+    coord.maintenance()
     with coord._sessions() as s:
         stable, cand = queries.stable(s), queries.candidate(s)
         r = s.scalar(select(Round).order_by(Round.id.desc()))
