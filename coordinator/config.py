@@ -127,6 +127,8 @@ class Config:
     canary_tolerance: float = 0.005          # candidate top-3 may be this much worse (at least one canary word)
     max_eval_examples: int = 500             # evaluate task: held-out windows per version
     max_eval_words: int = 300                # evaluate task: words scored per version (word top-3, KSR)
+    # Storage: older versions' weights are deleted (coordinator.retention); their records stay
+    keep_versions: int = 10                  # files kept of the N last retired (rollback) and N last rejected; 0: all
 
     def __post_init__(self) -> None:
         for f in fields(self):   # inf or nan passes most bounds below and fails later, as a 500 or a traceback
@@ -175,6 +177,7 @@ class Config:
             (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
             (1 <= self.max_eval_examples <= 10**6 and 1 <= self.max_eval_words <= 10**6,
              "max_eval_examples and max_eval_words must be in [1, 1e6]"),
+            (0 <= self.keep_versions <= 10**6, "keep_versions must be in [0, 1e6] (0: keep every version's files)"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -67,6 +67,7 @@ class Version(Base):
     privacy_json: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    files_pruned: Mapped[bool] = mapped_column(Boolean, default=False)   # coordinator.retention deleted them
 
 
 class Round(Base):

@@ -152,6 +152,10 @@ def _restore_files(coord: Coordinator, s: Session, v: Version, d: Path, weights:
             artifact.atomic_write(coord.blobs.path(recorded[name]), data)
             restored.append(name)
     q8 = json.loads(v.manifest_json).get("weights_q8_sha256")
+    if q8 and not intact(q8) and (d / artifact.WEIGHTS_Q8).is_file() \
+            and artifact.sha256_bytes(kept := (d / artifact.WEIGHTS_Q8).read_bytes()) == q8:
+        artifact.atomic_write(coord.blobs.path(q8), kept)   # an export's copy (`export_version`)
+        restored.append("weights_q8")
     if q8 and not intact(q8):   # rebuilt as it was made: on no row scales, or on its parent's
         parent = s.get(Version, v.parent_id) if v.parent_id else None
         parent_q8 = json.loads(parent.manifest_json).get("weights_q8_sha256") if parent is not None else None
@@ -191,9 +195,14 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
         v = s.get(Version, version_id)
         if v is None:
             raise not_found(f"no version {version_id!r}")
+        refuse_pruned(coord, v, "exported")
         files = {artifact.MANIFEST: v.manifest_json.encode(), artifact.WEIGHTS: coord.blobs.get(v.weights_sha256),
                  artifact.GRAPH: coord.blobs.get(v.graph_sha256),
                  artifact.TOKENIZER: coord.blobs.get(v.tokenizer_sha256)}
+        if (q8 := json.loads(v.manifest_json).get("weights_q8_sha256")) and coord.blobs.exists(q8):
+            # Its download form too: a round's version quantizes on its parent's row scales, and
+            # once retention deleted the parent's files, only this copy can put it back.
+            files[artifact.WEIGHTS_Q8] = coord.blobs.get(q8)
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise bad_request(f"{d} exists and is not an empty folder: name a new one")
@@ -284,6 +293,7 @@ def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes,
             raise not_found(f"no version {version_id!r}")
         if kind == "manifest":
             return v.manifest_json.encode(), "application/json"
+        refuse_pruned(coord, v, "downloaded")
         if kind == "weights_q8":
             digest = json.loads(v.manifest_json).get("weights_q8_sha256")
             if not digest:
@@ -291,6 +301,17 @@ def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes,
         else:
             digest = {"weights": v.weights_sha256, "graph": v.graph_sha256, "tokenizer": v.tokenizer_sha256}[kind]
     return coord.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
+
+
+def refuse_pruned(coord: Coordinator, v: Version, doing: str) -> None:
+    """Refuse, saying why, to act on `v` (export, download, make stable) when retention deleted
+    its files: a 404 for a download, else a 409. Only while they are missing: an import of an
+    export made before restores them, and the version then acts as any other."""
+    if v.files_pruned and not deployment.holds_files(coord, v):
+        code, kind = (404, wire.E_NOT_FOUND) if doing == "downloaded" else (409, wire.E_CONFLICT)
+        raise ApiError(code, kind, f"{v.id} cannot be {doing}: its files were deleted when it fell out of the "
+                       f"{coord.config.keep_versions} most recently {v.status} versions (keep_versions); its record "
+                       "stays. import-version of an export made before puts them back")
 
 
 def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAction, actor: str, reason: str,
@@ -320,6 +341,7 @@ def _become_stable(coord: Coordinator, s: Session, v: Version, now: datetime, *,
         s.add(Decision(version_id=old.id, action="retire", actor=actor, numbers_json="{}", created_at=now,
                        reason=f"{v.id} became stable"))   # its history says why; before the decision that did it
     v.status = VersionStatus.STABLE
+    v.files_pruned = False   # its files are back (an import restored them): retention may delete them again
     _fail_round_off(coord, s, v, now)
     if cancels is not None:
         _cancel_candidate(s, v, cancels, actor, now)
@@ -361,6 +383,8 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
         if action not in VERSION_ACTIONS:
             raise bad_request(f"unknown action {action!r}")
         action = VersionAction(action)
+        if action in (VersionAction.PROMOTE, VersionAction.ROLLBACK, VersionAction.PIN):
+            refuse_pruned(coord, v, "made stable")
         if action in (VersionAction.PROMOTE, VersionAction.ROLLBACK, VersionAction.PIN) \
                 and not deployment.holds_files(coord, v):   # else every device's download of it is a 500
             raise ApiError(409, wire.E_CONFLICT, f"the data directory lacks {version_id}'s files (restored from an "

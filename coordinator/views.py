@@ -65,7 +65,8 @@ def version_dict(coord: Coordinator, s: Session, v: Version) -> dict[str, Any]:
     return {"version_id": v.id, "seq": v.seq, "status": v.status, "parent_id": v.parent_id, "round_id": v.round_id,
             "epsilon": _jf(v.epsilon), "delta": v.delta, "privacy": json.loads(v.privacy_json),
             "metrics": json.loads(v.manifest_json).get("metrics", {}), "canary_reports": evals,
-            "decisions": decisions, "created_at": iso(v.created_at), "decided_at": iso(v.decided_at)}
+            "decisions": decisions, "created_at": iso(v.created_at), "decided_at": iso(v.decided_at),
+            "files_pruned": v.files_pruned}
 
 
 def list_versions(coord: Coordinator) -> list[dict[str, Any]]:

@@ -54,7 +54,8 @@ class Coordinator:
                "--database-url", self.db_url]
         for kv in (f"admin_token={ADMIN}", "goal_count=3", "min_count=3", "overselect=1.0",
                    "round_duration_s=600", "canary_fraction=0.01", "clip_norm=10", "rate_limit_per_minute=60000",
-                   "rate_limit_burst=1000", "selection_window_s=0"):
+                   "rate_limit_burst=1000", "selection_window_s=0",
+                   "keep_versions=0"):   # every round's version is read back at the end
             cmd += ["--set", kv]
         if not self.starts:      # only `init` creates a data dir; later starts reuse it
             subprocess.run([sys.executable, "-m", "coordinator", "init", "--data-dir", str(self.data),

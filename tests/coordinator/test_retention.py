@@ -1,0 +1,172 @@
+"""Older versions' files are deleted, their records kept (`coordinator.retention`).
+
+Every round's version (about 6.8 MB) was kept for ever: the README's hand-run pair filled 3.5 GB
+an hour, and a production coordinator its disk. Now only the stable version, the candidate and
+the `keep_versions` most recently retired and rejected versions keep their files."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator import deployment
+from coordinator.errors import ApiError
+from coordinator.service import Coordinator
+from protocol import wire
+from tests.helpers.coordinator_fakes import import_v0, make_config, make_version, serve
+
+
+def _blobs(coord: Coordinator, version: dict) -> list[str]:
+    from coordinator.models import Version
+
+    with coord._sessions() as s:
+        v = s.get(Version, version["version_id"])
+        return [v.weights_sha256, v.graph_sha256, v.tokenizer_sha256]
+
+
+def _world(tmp_path, keep: int) -> Coordinator:
+    """v0000, then v0001..v0005 each imported as stable (five retired, v0005 stable), then
+    c0001..c0004 imported as candidates (each rejects the one before: three rejected)."""
+    coord = Coordinator(make_config(tmp_path, keep_versions=keep))
+    for i in range(6):
+        make_version(tmp_path / f"v{i}", f"v000{i}", seed=i)
+        coord.import_version(tmp_path / f"v{i}", as_candidate=False if i else None)
+    for i in range(1, 5):
+        make_version(tmp_path / f"c{i}", f"c000{i}", seed=10 + i)
+        coord.import_version(tmp_path / f"c{i}", as_candidate=True)
+    return coord
+
+
+def test_old_retired_and_rejected_versions_lose_their_files_and_keep_their_records(tmp_path, capsys):
+    from coordinator.__main__ import main as coordinator_main
+
+    coord = _world(tmp_path, keep=2)
+    try:
+        coord.export_version("v0000", tmp_path / "v0-export")   # an operator's export, made in time
+        before = {v["version_id"]: v for v in coord.list_versions()}
+        assert [v for v in before.values() if v["files_pruned"]] == []
+        coord.maintenance()
+        after = {v["version_id"]: v for v in coord.list_versions()}
+        assert after.keys() == before.keys()                     # every record stays
+        pruned = {vid for vid, v in after.items() if v["files_pruned"]}
+        assert pruned == {"v0000", "v0001", "v0002", "c0001"}   # past the 2 newest retired, the 2 newest rejected
+        assert {vid: v["status"] for vid, v in after.items()} == {vid: v["status"] for vid, v in before.items()}
+        for vid, v in after.items():
+            assert v["epsilon"] == before[vid]["epsilon"] and v["privacy"] == before[vid]["privacy"]
+            assert (v["decisions"][-1]["action"] == "prune") == (vid in pruned)
+        weights, graph, tokenizer = _blobs(coord, after["v0000"])
+        assert not coord.blobs.exists(weights)
+        assert coord.blobs.exists(graph) and coord.blobs.exists(tokenizer)    # shared with the versions kept
+        with coord._sessions() as s:
+            from coordinator.models import Version
+
+            held = {v.id: deployment.holds_files(coord, v) for v in s.query(Version)}
+        assert held == {vid: vid not in pruned for vid in after}
+        assert coord.maintenance() is None and {v["version_id"] for v in coord.list_versions()
+                                                 if v["files_pruned"]} == pruned   # nothing more to do
+
+        # What needs the files is refused in one line; a kept version still rolls back.
+        with pytest.raises(ApiError) as e:
+            coord.admin_decide("v0001", "rollback")
+        assert e.value.status == 409 and "keep_versions" in e.value.message
+        with pytest.raises(ApiError) as e:
+            coord.export_version("v0002", tmp_path / "nope")
+        assert e.value.status == 409 and "keep_versions" in e.value.message
+        with pytest.raises(ApiError) as e:
+            coord.version_file("c0001", "weights_q8")
+        assert e.value.status == 404 and "keep_versions" in e.value.message
+        assert coord.version_file("c0001", "manifest")[0].startswith(b"{")   # the signed manifest stays
+        assert coord.admin_decide("v0004", "rollback")["status"] == "stable"
+    finally:
+        coord.close()
+    data, url = str(tmp_path / "data"), coord.config.database_url
+    assert coordinator_main(["rollback", "v0001", "--data-dir", data, "--database-url", url]) != 0
+    err = capsys.readouterr().err
+    assert "keep_versions" in err and "Traceback" not in err
+
+    # Importing the export puts the files back; rolled back to, the version is whole again.
+    coord = Coordinator(coord.config)    # the same database (make_config would empty PostgreSQL's)
+    try:
+        assert coord.import_version(tmp_path / "v0-export") == "v0000"
+        assert coord.admin_decide("v0000", "rollback")["status"] == "stable"
+        v0 = next(v for v in coord.list_versions() if v["version_id"] == "v0000")
+        assert v0["files_pruned"] is False
+        assert coord.version_file("v0000", "weights_q8")[0]
+    finally:
+        coord.close()
+
+
+def test_keep_versions_0_keeps_every_versions_files(tmp_path):
+    coord = _world(tmp_path, keep=0)
+    try:
+        coord.maintenance()
+        assert not any(v["files_pruned"] for v in coord.list_versions())
+        with coord._sessions() as s:
+            from coordinator.models import Version
+
+            assert all(deployment.holds_files(coord, v) for v in s.query(Version))
+    finally:
+        coord.close()
+
+
+def test_a_pruned_versions_download_is_a_404_over_http(tmp_path):
+    """A device's request runs maintenance (check-in), which prunes; the download of a version
+    pruned is a 404 that says why, not a 500 from a missing file."""
+    with serve(make_config(tmp_path, keep_versions=1)) as s:
+        import_v0(s, tmp_path / "v0")
+        for i in (1, 2):
+            make_version(tmp_path / f"v{i}", f"v000{i}", seed=i)
+            s.coord.import_version(tmp_path / f"v{i}", as_candidate=False)
+        assert s.admin("GET", "/v1/admin/status").status_code == 200    # maintenance, as a check-in runs it
+        pruned = [v["version_id"] for v in s.admin("GET", "/v1/admin/versions").json()["versions"] if v["files_pruned"]]
+        assert pruned == ["v0000"]
+        r = s.admin("GET", wire.version_path(wire.PATH_VERSION_WEIGHTS, "v0000"))
+        assert r.status_code == 404 and "keep_versions" in r.json()["message"], r.text
+        assert s.admin("GET", wire.version_path(wire.PATH_VERSION_WEIGHTS, "v0001")).status_code == 200
+
+
+def test_keep_versions_is_validated():
+    from coordinator.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="keep_versions"):
+        Config(keep_versions=-1)
+
+
+def test_an_export_restores_a_rounds_version_whose_parent_lost_its_files_too(tmp_path):
+    """A round's version quantizes its download form on its parent's row scales: once retention
+    had deleted the parent's files too, the form could not be rebuilt, and importing the export
+    was refused ("its parent's is lost too"). The export now carries the form itself."""
+    from tests.helpers.coordinator_fakes import FakeDevice, random_delta
+
+    with serve(make_config(tmp_path, keep_versions=1, goal_count=2, min_count=2)) as s:
+        import_v0(s, tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(2)]
+
+        def promoted_round(seed: int) -> str:
+            rid = s.coord.start_round()
+            for i, d in enumerate(devices):
+                t = d.checkin()
+                assert t.kind == wire.TASK_TRAIN, t
+                r = d.upload(random_delta(seed + i), round_id=rid, base=t.base_version_id, examples=10)
+                assert r.status_code == 200, r.text
+            vid = s.coord.get_round(rid)["result_version_id"]
+            assert s.coord.admin_decide(vid, "promote")["status"] == "stable"
+            return vid
+
+        first = promoted_round(0)
+        promoted_round(10)                                  # v0000 past the newest retired: pruned
+        s.coord.export_version(first, tmp_path / "first")
+        promoted_round(20)                                  # and now `first`, v0000 still gone
+        s.coord.maintenance()
+        pruned = {v["version_id"] for v in s.coord.list_versions() if v["files_pruned"]}
+        assert pruned == {"v0000", first}
+        assert s.coord.import_version(tmp_path / "first") == first
+        assert s.coord.admin_decide(first, "rollback")["status"] == "stable"
+        manifest = s.coord.version_file(first, "manifest")[0]
+        q8 = devices[0].get(wire.PATH_VERSION_WEIGHTS_Q8, first)
+        assert q8.status_code == 200
+        import json
+
+        from protocol import artifact
+
+        assert artifact.sha256_bytes(q8.content) == json.loads(manifest)["weights_q8_sha256"]
