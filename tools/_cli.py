@@ -34,6 +34,11 @@ DEFAULT_EVAL_WORDS = 5000
 BASE_NGRAM_HELP = "the keyboard's base n-gram file (default: the shipped one); off: none"
 
 
+def count(n: int, word: str) -> str:
+    """"1 device", "32 devices": reports read as sentences."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def base_ngram_arg(value: str) -> str:
     """`--base-ngram`'s type: a file the user names must be an n-gram. The device only warns (it
     keeps typing without one), but a tool that scored without it printed figures 1.3 points of

@@ -21,7 +21,7 @@ from pathlib import Path
 from model.corpus import FORMATS, CorpusError, Record, first_line, read_corpus, sniff_format, split_users
 from protocol.artifact import atomic_write
 from protocol.cli import HelpFormatter, Parser, add_version, file_in_the_way
-from tools._cli import check_out_file, run
+from tools._cli import check_out_file, count, run
 
 SIMULATE_DEVICES = 32     # the device count of the federated runs in docs/quality.md (tools.simulate --devices 32)
 
@@ -56,10 +56,6 @@ def one_writer_hint(corpus: str) -> str:
     return (f"; its text is all one writer's (plain text is one user): deal it into pseudo-users with python -m "
             f"tools.prepare {corpus} --texts-per-user 20 --out data/{Path(corpus).stem}-users.jsonl (add --format "
             "paragraphs for hard-wrapped text)")
-
-
-def _n(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 def _read(path: str, args: argparse.Namespace) -> tuple[list[Record], bool]:
@@ -155,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     _write(out, s["records"])
     split = s["split"]
     kept = "dropped" if args.dedupe else "kept"
-    print(f"{out}: {_n(len(s['records']), 'text')} from {_n(s['users'], 'user')}, {_n(s['words'], 'word')} "
-          f"({_n(s['files'], 'file')}; {_n(s['short'], 'text')} under --min-words dropped, "
-          f"{_n(s['duplicates'], 'repeated text')} {kept})")
+    print(f"{out}: {count(len(s['records']), 'text')} from {count(s['users'], 'user')}, {count(s['words'], 'word')} "
+          f"({count(s['files'], 'file')}; {count(s['short'], 'text')} under --min-words dropped, "
+          f"{count(s['duplicates'], 'repeated text')} {kept})")
     if s["users"] == 1:
         print(f"one user: every tool splits its texts in order, {len(split.texts('train')):,} to train, "
               f"{len(split.texts('validation')):,} to validation and the last {len(split.texts('test')):,} held out")

@@ -51,7 +51,7 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     # fewer train users than --devices: all of them run (once refused), and the report says how many
-    assert "has 5 train user(s), so 5 devices run, not --devices 32" in r.stdout
+    assert "has 5 train users, so 5 devices run, not --devices 32" in r.stdout
 
     md = (data / "report.md").read_text()
     assert "5 simulated devices" in md

@@ -20,7 +20,7 @@ from typing import Any
 from edge_runtime.plan_guard import PlanFloor
 from protocol.cli import HelpFormatter, Parser, add_version
 from protocol.plan import floor_breaches, number
-from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, quiet_tensorflow, run
+from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, count, quiet_tensorflow, run
 from tools.simulate.devices import device_config
 from tools.simulate.errors import SimulationError
 from tools.simulate.federation import FederationResult, run_federation
@@ -193,7 +193,8 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     pop = load_population(args.corpus, args.devices, fewer=True)
     if len(pop.users) < args.devices:   # recorded as run, so tools.rescore finds the same devices
         from tools.prepare import one_writer_hint
-        console.print(f"note: {args.corpus} has {len(pop.users)} train user(s), so {len(pop.users)} devices run, "
+        console.print(f"note: {args.corpus} has {count(len(pop.users), 'train user')}, so "
+                      f"{count(len(pop.users), 'device')} run, "
                       f"not --devices {args.devices}; each device is one user" + one_writer_hint(args.corpus),
                       soft_wrap=True)
         args.devices = len(pop.users)
@@ -203,7 +204,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                               "back to evaluate on, so no device would train; split long texts into several "
                               "(tools.prepare --texts-per-user or --format paragraphs) or use users of 2+ texts")
     if single:
-        console.print(f"note: {single} of the {len(pop.users)} devices hold one text, which they keep back to "
+        console.print(f"note: {single} of the {count(len(pop.users), 'device')} hold one text, which they keep back to "
                       "evaluate on: they train nothing", soft_wrap=True)
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools._cli import worker_pool
+from tools._cli import count, worker_pool
 from tools.coordinator_process import CoordinatorProcess, CoordinatorProcessError
 from tools.simulate.devices import DeviceJob, device_checkin, device_config, setup_device, worker_init
 from tools.simulate.errors import SimulationError
@@ -257,9 +257,10 @@ def _federate(name: str, args: argparse.Namespace, noise_multiplier: float, run_
         t0 = time.time()
         setups = pool_map(pool, setup_device, [(d, coord.url, public_key, key, texts)
                                                for d, (_, texts) in zip(dirs, pop.users, strict=True)],
-                          f"{name}: enrolling {n} devices, typing their history", progress_on)
+                          f"{name}: enrolling {count(n, 'device')}, typing their history", progress_on)
         setup_device(str(keyboard_dir), coord.url, public_key, key, None)
-        console.print(f"{name}: {n} devices enrolled, {sum(s['cached'] for s in setups)} texts cached "
+        cached = count(sum(s["cached"] for s in setups), "text")
+        console.print(f"{name}: {count(n, 'device')} enrolled, {cached} cached "
                       f"({time.time() - t0:.0f} s); coordinator {coord.url}, logs in {run_dir}")
         canary = _canary_cohort(name, args, coord, setups, console)
         observer = agent.Device.open(device_config(str(keyboard_dir), False))
@@ -289,8 +290,8 @@ def _canary_cohort(name: str, args: argparse.Namespace, coord: CoordinatorProces
     if len(canary) < args.canary_min_reports:
         frac = args.canary_fraction if canary else 1.0
         canary = canary or [i for i in range(n) if holdout[i] and in_canary(ids[i], frac)]
-        console.print(f"{name}: only {len(canary)} devices in the canary cohort: "
-                      f"a verdict needs {max(1, len(canary))} reports")
+        console.print(f"{name}: only {count(len(canary), 'device')} in the canary cohort: "
+                      f"a verdict needs {count(max(1, len(canary)), 'report')}")
         coord.restart(canary_fraction=frac, canary_min_reports=max(1, len(canary)))
     return canary
 
