@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from coordinator import canary, deployment, keys, round_end, secagg
+from coordinator import canary, deployment, keys, retention, round_end, secagg
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
 from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_config
@@ -50,6 +50,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     canary.ask_at_start(coordinator)  # a candidate pending is judged again with these settings
     secagg.restart_phase_clocks(coordinator)   # an outage does not count against a secure phase
     round_end.forget_ended_uploads(coordinator)   # a release before the upload store, or a kill, left them
+    retention.sweep(coordinator)   # a kill between a prune's commit and its deletions left files
     app.extensions["fedkeys"] = coordinator
     app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
     # All devices of one enrollment key share one check-in budget: a leaked key's sybils slow together.

@@ -7,20 +7,21 @@ roll back to (the `keep_versions` most recently retired) and the ones an operato
 want to export (the `keep_versions` most recently rejected) keep their files. A version whose
 files are gone keeps its row, manifest, privacy record and decisions, so `versions`, the
 privacy accounting and the audit trail are unchanged; it is marked `files_pruned`, and rollback,
-pin and export refuse it in one line. Importing an export of it restores its files
-(`versions._restore_files`).
+pin and export refuse it in one line. Importing an export of it restores its files and clears
+the mark (`versions._restore_files`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from coordinator.models import Decision, Round, Version
+from coordinator.models import Decision, Round, Update, Version
 from coordinator.states import RoundStatus, VersionStatus
 
 if TYPE_CHECKING:
@@ -32,40 +33,51 @@ PRUNED_STATUSES = (VersionStatus.RETIRED, VersionStatus.REJECTED)
 
 
 def prune(coord: Coordinator) -> list[str]:
-    """Delete the files of the retired and rejected versions past the `keep_versions` most
-    recently decided of each status; the ids pruned. Called by every maintenance: a plain read
-    finds nothing to do almost always, and only then is the decisions' lock taken."""
+    """Mark the retired and rejected versions past the `keep_versions` most recently decided of
+    each status and delete their files; the ids marked. Called by every maintenance: a plain read
+    finds nothing to do almost always, and only then is the decisions' lock taken. The files go
+    after the commit (a download that read the version unmarked then meets a missing file, a
+    404); a rollback or pin waiting on the lock sees the mark and refuses."""
     keep = coord.config.keep_versions
     if not keep:
         return []
     with coord._sessions() as s:
         if not _due(s, keep):
             return []
-    with coord.tx(decides=True) as s:   # serialised with rollback and pin: they check the files after it
+    with coord.tx(decides=True) as s:
         due = _due(s, keep)
         if not due:
             return []
-        kept = _digests(s.scalars(select(Version).where(Version.files_pruned.is_(False),
-                                                        Version.id.not_in([v.id for v in due]))))
-        gone = _digests(due) - kept
-        freed = 0
         for v in due:
             v.files_pruned = True
             s.add(Decision(version_id=v.id, action="prune", actor="auto", numbers_json="{}",
                            reason=f"its files deleted: older than the {keep} most recently {v.status} versions "
                                   f"(keep_versions); its record stays"))
         s.flush()
-        # Deleted inside the transaction, under its lock: a rollback waiting for the lock then
-        # finds the files gone. A failed commit leaves files deleted on unmarked rows, which the
-        # next maintenance marks (and rollback refuses meanwhile, the files being gone).
-        for digest in gone:
-            path = coord.blobs.path(digest)
-            freed += path.stat().st_size if path.exists() else 0
-            coord.blobs.discard(digest)
-        ids = [v.id for v in due]
-    log.info("deleted the files of %d version(s), %.1f MB (keep_versions %d): %s", len(ids), freed / 1e6, keep,
-             ", ".join(ids))
+        gone, ids = _digests(due) - _in_use(s), [v.id for v in due]
+        event.listen(s, "after_commit", lambda _session: _delete(coord, gone, f"{len(ids)} version(s) past "
+                                                                 f"keep_versions {keep}: {', '.join(ids)}"), once=True)
     return ids
+
+
+def sweep(coord: Coordinator) -> int:
+    """At service start: the files of marked versions that are still on disk (a kill between a
+    prune's commit and its deletion) are deleted. Returns the files deleted."""
+    with coord.tx(decides=True) as s:
+        gone = _digests(s.scalars(select(Version).where(Version.files_pruned.is_(True)))) - _in_use(s)
+    return _delete(coord, gone, "versions marked before a restart")
+
+
+def _delete(coord: Coordinator, digests: set[str], what: str) -> int:
+    freed = n = 0
+    for digest in digests:
+        path = coord.blobs.path(digest)
+        if path.exists():
+            freed, n = freed + path.stat().st_size, n + 1
+            coord.blobs.discard(digest)
+    if n:
+        log.info("deleted %d file(s), %.1f MB, of %s", n, freed / 1e6, what)
+    return n
 
 
 def _due(s: Session, keep: int) -> list[Version]:
@@ -80,8 +92,17 @@ def _due(s: Session, keep: int) -> list[Version]:
     return due
 
 
-def _digests(versions) -> set[str]:
-    """Every blob a version's files are (several versions share a graph and a tokenizer)."""
+def _in_use(s: Session) -> set[str]:
+    """Every blob something unmarked may read: the files of every version not marked (several
+    versions share a graph and a tokenizer), and the updates of open rounds, which a release
+    before the upload store kept among the blobs (`UploadStore.legacy`)."""
+    open_ids = select(Round.id).where(Round.status == RoundStatus.OPEN)
+    return (_digests(s.scalars(select(Version).where(Version.files_pruned.is_(False))))
+            | set(s.scalars(select(Update.blob_sha256).where(Update.round_id.in_(open_ids)))))
+
+
+def _digests(versions: Iterable[Version]) -> set[str]:
+    """Every blob a version's files are."""
     out: set[str] = set()
     for v in versions:
         q8 = json.loads(v.manifest_json).get("weights_q8_sha256")

@@ -75,10 +75,17 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     artifact.checked_architecture(manifest)
     if not wire.is_safe_id(manifest.version_id):
         raise bad_request(f"version id {manifest.version_id!r} is not URL-safe")
-    with coord._sessions() as s:   # refused before its files are stored
+    # Refused before its files are stored; a restore under the decisions' lock, which the
+    # retention's deletions hold too (`retention.prune`).
+    with coord.tx(decides=True) as s:
         existing = s.get(Version, manifest.version_id)
-        if existing is not None and (restored := _restore_files(coord, s, existing, d, weights)):
-            log.warning("version %s: restored its %s from %s", existing.id, ", ".join(restored), d)
+        if existing is not None and ((restored := _restore_files(coord, s, existing, d, weights))
+                                     or existing.files_pruned):
+            if existing.files_pruned:   # back, and kept as the most recently decided of its status
+                existing.files_pruned, existing.decided_at = False, utcnow()
+                s.add(Decision(version_id=existing.id, action="restore", actor="admin", numbers_json="{}",
+                               reason=f"its files restored from {d.name}"))
+            log.warning("version %s: restored its %s from %s", existing.id, ", ".join(restored) or "files", d)
             return existing.id
         _check_import(s, manifest, d, any_parent)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
@@ -146,28 +153,25 @@ def _restore_files(coord: Coordinator, s: Session, v: Version, d: Path, weights:
     def intact(digest: str) -> bool:
         return coord.blobs.exists(digest) and artifact.sha256_bytes(coord.blobs.get(digest)) == digest
 
-    restored = []
-    for name, data in given.items():
-        if not intact(recorded[name]):
-            artifact.atomic_write(coord.blobs.path(recorded[name]), data)
-            restored.append(name)
+    put = {name: (recorded[name], data) for name, data in given.items() if not intact(recorded[name])}
     q8 = json.loads(v.manifest_json).get("weights_q8_sha256")
-    if q8 and not intact(q8) and (d / artifact.WEIGHTS_Q8).is_file() \
-            and artifact.sha256_bytes(kept := (d / artifact.WEIGHTS_Q8).read_bytes()) == q8:
-        artifact.atomic_write(coord.blobs.path(q8), kept)   # an export's copy (`export_version`)
-        restored.append("weights_q8")
-    if q8 and not intact(q8):   # rebuilt as it was made: on no row scales, or on its parent's
-        parent = s.get(Version, v.parent_id) if v.parent_id else None
-        parent_q8 = json.loads(parent.manifest_json).get("weights_q8_sha256") if parent is not None else None
-        bases = [None] + ([coord.blobs.get(parent_q8)] if parent_q8 and intact(parent_q8) else [])
-        form = next((b for b in (artifact.encode_weights_q8(weights, base) for base in bases)
-                     if artifact.sha256_bytes(b) == q8), None)
+    if q8 and not intact(q8):   # decided before anything is written: all or nothing
+        exported = d / artifact.WEIGHTS_Q8
+        form = exported.read_bytes() if exported.is_file() else b""   # an export's copy (`export_version`)
+        if artifact.sha256_bytes(form) != q8:   # else rebuilt as it was made: on no row scales, or its parent's
+            parent = s.get(Version, v.parent_id) if v.parent_id else None
+            parent_q8 = json.loads(parent.manifest_json).get("weights_q8_sha256") if parent is not None else None
+            bases = [None] + ([coord.blobs.get(parent_q8)] if parent_q8 and intact(parent_q8) else [])
+            form = next((b for b in (artifact.encode_weights_q8(weights, base) for base in bases)
+                         if artifact.sha256_bytes(b) == q8), None)
         if form is None:
-            raise ApiError(409, wire.E_CONFLICT, f"version {v.id}: its download form (weights_q8) cannot be "
-                           "rebuilt here, its parent's is lost too; restore the data directory from a backup")
-        artifact.atomic_write(coord.blobs.path(q8), form)
-        restored.append("weights_q8")
-    return restored
+            raise ApiError(409, wire.E_CONFLICT, f"version {v.id}: its download form (weights_q8) cannot be rebuilt "
+                           f"here, its parent's is lost too: import an export of {v.id} made by this release (it "
+                           "carries the form), or restore the data directory from a backup")
+        put["weights_q8"] = (q8, form)
+    for digest, data in put.values():
+        artifact.atomic_write(coord.blobs.path(digest), data)
+    return list(put)
 
 
 def _check_import(s: Session, manifest: artifact.Manifest, d: Path, any_parent: bool) -> Version | None:
@@ -196,9 +200,14 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
         if v is None:
             raise not_found(f"no version {version_id!r}")
         refuse_pruned(coord, v, "exported")
-        files = {artifact.MANIFEST: v.manifest_json.encode(), artifact.WEIGHTS: coord.blobs.get(v.weights_sha256),
-                 artifact.GRAPH: coord.blobs.get(v.graph_sha256),
-                 artifact.TOKENIZER: coord.blobs.get(v.tokenizer_sha256)}
+        try:
+            files = {artifact.MANIFEST: v.manifest_json.encode(),
+                     artifact.WEIGHTS: coord.blobs.get(v.weights_sha256),
+                     artifact.GRAPH: coord.blobs.get(v.graph_sha256),
+                     artifact.TOKENIZER: coord.blobs.get(v.tokenizer_sha256)}
+        except FileNotFoundError as e:
+            raise ApiError(409, wire.E_CONFLICT, f"{version_id} cannot be exported: {Path(e.filename).name} is no "
+                           "longer in the data directory (keep_versions deleted it, or it was lost)") from None
         if (q8 := json.loads(v.manifest_json).get("weights_q8_sha256")) and coord.blobs.exists(q8):
             # Its download form too: a round's version quantizes on its parent's row scales, and
             # once retention deleted the parent's files, only this copy can put it back.
@@ -300,14 +309,18 @@ def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes,
                 raise not_found(f"version {version_id} has no quantized weights; fetch its weights")
         else:
             digest = {"weights": v.weights_sha256, "graph": v.graph_sha256, "tokenizer": v.tokenizer_sha256}[kind]
-    return coord.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
+    try:
+        return coord.blobs.get(digest), wire.SAFETENSORS_MEDIA_TYPE
+    except FileNotFoundError:   # pruned between the read above and this one (`retention.prune`)
+        raise not_found(f"{version_id}'s {kind} is no longer in the data directory (keep_versions deleted it, "
+                        "or it was lost)") from None
 
 
 def refuse_pruned(coord: Coordinator, v: Version, doing: str) -> None:
     """Refuse, saying why, to act on `v` (export, download, make stable) when retention deleted
-    its files: a 404 for a download, else a 409. Only while they are missing: an import of an
-    export made before restores them, and the version then acts as any other."""
-    if v.files_pruned and not deployment.holds_files(coord, v):
+    its files (or will, after its commit): a 404 for a download, else a 409. An import of an
+    export made before restores them and clears the mark (`_restore_files`)."""
+    if v.files_pruned:
         code, kind = (404, wire.E_NOT_FOUND) if doing == "downloaded" else (409, wire.E_CONFLICT)
         raise ApiError(code, kind, f"{v.id} cannot be {doing}: its files were deleted when it fell out of the "
                        f"{coord.config.keep_versions} most recently {v.status} versions (keep_versions); its record "

@@ -6,12 +6,15 @@ the `keep_versions` most recently retired and rejected versions keep their files
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from coordinator import deployment
 from coordinator.errors import ApiError
 from coordinator.service import Coordinator
-from protocol import wire
+from protocol import artifact, wire
 from tests.helpers.coordinator_fakes import import_v0, make_config, make_version, serve
 
 
@@ -87,9 +90,11 @@ def test_old_retired_and_rejected_versions_lose_their_files_and_keep_their_recor
     coord = Coordinator(coord.config)    # the same database (make_config would empty PostgreSQL's)
     try:
         assert coord.import_version(tmp_path / "v0-export") == "v0000"
-        assert coord.admin_decide("v0000", "rollback")["status"] == "stable"
         v0 = next(v for v in coord.list_versions() if v["version_id"] == "v0000")
-        assert v0["files_pruned"] is False
+        assert v0["files_pruned"] is False and v0["decisions"][-1]["action"] == "restore"
+        coord.maintenance()      # restored, it is the most recently decided: kept until newer ones come
+        assert not next(v for v in coord.list_versions() if v["version_id"] == "v0000")["files_pruned"]
+        assert coord.admin_decide("v0000", "rollback")["status"] == "stable"
         assert coord.version_file("v0000", "weights_q8")[0]
     finally:
         coord.close()
@@ -156,17 +161,85 @@ def test_an_export_restores_a_rounds_version_whose_parent_lost_its_files_too(tmp
         first = promoted_round(0)
         promoted_round(10)                                  # v0000 past the newest retired: pruned
         s.coord.export_version(first, tmp_path / "first")
+        shutil.copytree(tmp_path / "first", tmp_path / "old-export")
+        (tmp_path / "old-export" / artifact.WEIGHTS_Q8).unlink()     # as a release before this one exported
         promoted_round(20)                                  # and now `first`, v0000 still gone
         s.coord.maintenance()
         pruned = {v["version_id"] for v in s.coord.list_versions() if v["files_pruned"]}
         assert pruned == {"v0000", first}
+        weights_blob = _blobs(s.coord, {"version_id": first})[0]
+        with pytest.raises(ApiError) as e:   # the form cannot be rebuilt: nothing is written
+            s.coord.import_version(tmp_path / "old-export")
+        assert e.value.status == 409 and "made by this release" in e.value.message
+        assert not s.coord.blobs.exists(weights_blob)
         assert s.coord.import_version(tmp_path / "first") == first
         assert s.coord.admin_decide(first, "rollback")["status"] == "stable"
         manifest = s.coord.version_file(first, "manifest")[0]
         q8 = devices[0].get(wire.PATH_VERSION_WEIGHTS_Q8, first)
         assert q8.status_code == 200
-        import json
-
-        from protocol import artifact
-
         assert artifact.sha256_bytes(q8.content) == json.loads(manifest)["weights_q8_sha256"]
+
+
+def test_a_file_gone_between_the_check_and_the_read_is_a_404_and_a_kill_mid_prune_is_swept(tmp_path):
+    """Another worker's prune deletes files after its commit: a download that read the version
+    unmarked met a missing file, a 500. And a kill between that commit and the deletions left
+    the files of marked versions on disk for ever."""
+    from sqlalchemy import update
+
+    from coordinator.models import Version
+
+    with serve(make_config(tmp_path, keep_versions=1)) as s:
+        import_v0(s, tmp_path / "v0")
+        make_version(tmp_path / "v1", "v0001", seed=1)
+        s.coord.import_version(tmp_path / "v1", as_candidate=False)
+        weights = _blobs(s.coord, {"version_id": "v0000"})[0]
+        s.coord.blobs.discard(weights)                      # gone, the row not yet marked
+        r = s.admin("GET", wire.version_path(wire.PATH_VERSION_WEIGHTS, "v0000"))
+        assert r.status_code == 404 and "no longer in the data directory" in r.json()["message"], r.text
+        with pytest.raises(ApiError) as e:
+            s.coord.export_version("v0000", tmp_path / "nope")
+        assert e.value.status == 409 and "no longer in the data directory" in e.value.message
+        cfg = s.config
+
+    coord = Coordinator(cfg)    # the same database (make_config would empty PostgreSQL's)
+    try:
+        make_version(tmp_path / "v2", "v0002", seed=2)
+        coord.import_version(tmp_path / "v2", as_candidate=False)    # v0001 retired, files kept (keep 1)
+        with coord.tx() as db:                               # marked, as a prune's commit does; files left
+            db.execute(update(Version).where(Version.id == "v0001").values(files_pruned=True))
+        kept = _blobs(coord, {"version_id": "v0001"})[0]
+        assert coord.blobs.exists(kept)
+    finally:
+        coord.close()
+    with serve(cfg) as s:                                    # the service's start sweeps them
+        assert not s.coord.blobs.exists(kept)
+        graph = _blobs(s.coord, {"version_id": "v0002"})[1]
+        assert s.coord.blobs.exists(graph)                   # shared with the stable version: kept
+        assert json.loads(s.coord.version_file("v0002", "manifest")[0])["version_id"] == "v0002"
+
+
+def test_the_upgrade_dates_retirements_an_import_as_stable_left_undated(tmp_path):
+    """Until 4 December an import as stable retired the stable version without setting its
+    decided_at: the newest rollback target sorted as the oldest and lost its files first."""
+    from sqlalchemy import text
+
+    from coordinator.db import make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0005")
+    with engine.begin() as conn:
+        for seq, (vid, status, created, decided) in enumerate([
+                ("v1", "retired", "2026-12-01 10:00:00.000000", "2026-12-01 10:05:00.000000"),  # promoted once
+                ("v2", "retired", "2026-12-01 11:00:00.000000", None),   # stable by import, retired by v3's
+                ("v3", "stable", "2026-12-01 12:00:00.000000", None)], start=1):
+            conn.execute(text("INSERT INTO versions (id, seq, status, manifest_json, weights_sha256, graph_sha256, "
+                              "tokenizer_sha256, epsilon, delta, privacy_json, created_at, decided_at) VALUES (:id, "
+                              ":seq, :st, '{}', 'w', 'g', 't', 0, 1e-6, '{}', :c, :d)"),
+                         {"id": vid, "seq": seq, "st": status, "c": created, "d": decided})
+    migrate(engine)
+    with engine.connect() as conn:
+        dated = dict(conn.execute(text("SELECT id, decided_at FROM versions")).all())
+    engine.dispose()
+    assert dated["v1"].startswith("2026-12-01 11:00")   # retired no earlier than v2 existed
+    assert dated["v2"].startswith("2026-12-01 12:00")   # the newest rollback target sorts newest
+    assert dated["v3"] is None
