@@ -50,7 +50,10 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     canary.ask_at_start(coordinator)  # a candidate pending is judged again with these settings
     secagg.restart_phase_clocks(coordinator)   # an outage does not count against a secure phase
     round_end.forget_ended_uploads(coordinator)   # a release before the upload store, or a kill, left them
-    retention.sweep(coordinator)   # a kill between a prune's commit and its deletions left files
+    try:
+        retention.sweep(coordinator)   # a kill between a prune's marks and its deletions left files
+    except Exception:   # the next start sweeps again; a worker must not fail its boot on it
+        log.exception("could not delete the files of versions marked before a restart")
     app.extensions["fedkeys"] = coordinator
     app.extensions["fedkeys_ratelimit"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
     # All devices of one enrollment key share one check-in budget: a leaked key's sybils slow together.

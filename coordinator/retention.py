@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator.models import Decision, Round, Update, Version
@@ -36,8 +36,8 @@ def prune(coord: Coordinator) -> list[str]:
     """Mark the retired and rejected versions past the `keep_versions` most recently decided of
     each status and delete their files; the ids marked. Called by every maintenance: a plain read
     finds nothing to do almost always, and only then is the decisions' lock taken. The files go
-    after the commit (a download that read the version unmarked then meets a missing file, a
-    404); a rollback or pin waiting on the lock sees the mark and refuses."""
+    after the marks' commit (`_delete_unused`): a rollback or pin then sees the mark and refuses,
+    and a download that read the version unmarked meets a missing file, a 404."""
     keep = coord.config.keep_versions
     if not keep:
         return []
@@ -53,28 +53,38 @@ def prune(coord: Coordinator) -> list[str]:
             s.add(Decision(version_id=v.id, action="prune", actor="auto", numbers_json="{}",
                            reason=f"its files deleted: older than the {keep} most recently {v.status} versions "
                                   f"(keep_versions); its record stays"))
-        s.flush()
-        gone, ids = _digests(due) - _in_use(s), [v.id for v in due]
-        event.listen(s, "after_commit", lambda _session: _delete(coord, gone, f"{len(ids)} version(s) past "
-                                                                 f"keep_versions {keep}: {', '.join(ids)}"), once=True)
+        ids = [v.id for v in due]
+    _delete_unused(coord, ids, f"{len(ids)} version(s) past keep_versions {keep}: {', '.join(ids)}")
     return ids
 
 
 def sweep(coord: Coordinator) -> int:
-    """At service start: the files of marked versions that are still on disk (a kill between a
-    prune's commit and its deletion) are deleted. Returns the files deleted."""
-    with coord.tx(decides=True) as s:
-        gone = _digests(s.scalars(select(Version).where(Version.files_pruned.is_(True)))) - _in_use(s)
-    return _delete(coord, gone, "versions marked before a restart")
+    """At service start: the files of marked versions still on disk (a kill between a prune's
+    mark and its deletions) are deleted. Returns the files deleted."""
+    return _delete_unused(coord, None, "versions marked before a restart")
 
 
-def _delete(coord: Coordinator, digests: set[str], what: str) -> int:
+def _delete_unused(coord: Coordinator, ids: list[str] | None, what: str) -> int:
+    """Delete the files of the marked versions `ids` (None: every marked version) that nothing
+    unmarked uses. A transaction of its own, after the marks' commit (a rollback or download then
+    sees the mark), under the decisions' lock that every write of a version's files takes too
+    (`close_round`, `import_version`): a file another version stored meanwhile, found present as
+    equal bytes, is counted as in use here, never deleted under it."""
     freed = n = 0
-    for digest in digests:
-        path = coord.blobs.path(digest)
-        if path.exists():
-            freed, n = freed + path.stat().st_size, n + 1
+    with coord.tx(decides=True) as s:
+        if ids is None:   # the weights go last (below): a marked version whose weights are gone is done
+            ids = [vid for vid, w in s.execute(select(Version.id, Version.weights_sha256)
+                                               .where(Version.files_pruned.is_(True))) if coord.blobs.exists(w)]
+        marked = list(s.scalars(select(Version).where(Version.files_pruned.is_(True), Version.id.in_(ids))))
+        gone = _digests(marked) - _in_use(s)
+        weights = {v.weights_sha256 for v in marked}
+        for digest in sorted(gone, key=lambda d: d in weights):
+            try:
+                size = coord.blobs.path(digest).stat().st_size
+            except FileNotFoundError:
+                continue
             coord.blobs.discard(digest)
+            freed, n = freed + size, n + 1
     if n:
         log.info("deleted %d file(s), %.1f MB, of %s", n, freed / 1e6, what)
     return n

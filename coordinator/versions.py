@@ -96,12 +96,14 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     carried = None if before is not None and not _brings_rounds(manifest, before) else carried_privacy(coord, manifest)
     if carried is not None and before and carried["history"][:len(before)] != before:
         carried = None   # another lineage's history under this parent's name: the parent's record
-    w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
-    manifest.weights_q8_sha256 = put_download_form(coord, weights)
-    g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
-    t_sha = coord.blobs.put((d / artifact.TOKENIZER).read_bytes())
     with coord.tx(decides=True) as s:
         stable = _check_import(s, manifest, d, any_parent)
+        # Stored under the decisions' lock, which retention's deletions take: a file found
+        # present (equal bytes an older version had) is not then deleted as unused.
+        w_sha = coord.blobs.put((d / artifact.WEIGHTS).read_bytes())
+        manifest.weights_q8_sha256 = put_download_form(coord, weights)
+        g_sha = coord.blobs.put((d / artifact.GRAPH).read_bytes())
+        t_sha = coord.blobs.put((d / artifact.TOKENIZER).read_bytes())
         status = (VersionStatus.STABLE if stable is None or as_candidate is False else VersionStatus.CANDIDATE)
         if status == VersionStatus.CANDIDATE:
             supersede_candidate(coord, s, manifest.version_id)

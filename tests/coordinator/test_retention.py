@@ -220,26 +220,63 @@ def test_a_file_gone_between_the_check_and_the_read_is_a_404_and_a_kill_mid_prun
 
 def test_the_upgrade_dates_retirements_an_import_as_stable_left_undated(tmp_path):
     """Until 4 December an import as stable retired the stable version without setting its
-    decided_at: the newest rollback target sorted as the oldest and lost its files first."""
+    decided_at: the newest rollback target sorted as the oldest and lost its files first. A
+    retirement a rollback or pin dated stays as it was (a review: a bound from the next
+    version's creation re-dated those too)."""
     from sqlalchemy import text
 
     from coordinator.db import make_engine, migrate
 
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     migrate(engine, "0005")
+    day = "2026-12-01 {}:00:00.000000"
     with engine.begin() as conn:
-        for seq, (vid, status, created, decided) in enumerate([
-                ("v1", "retired", "2026-12-01 10:00:00.000000", "2026-12-01 10:05:00.000000"),  # promoted once
-                ("v2", "retired", "2026-12-01 11:00:00.000000", None),   # stable by import, retired by v3's
-                ("v3", "stable", "2026-12-01 12:00:00.000000", None)], start=1):
+        for seq, (vid, status, decided) in enumerate([
+                ("v1", "retired", day.format(11)),   # stable by import at 10, retired by v2's promotion at 11
+                ("v2", "retired", day.format(11)),   # promoted at 11; retired by v3's import at 12, undated
+                ("v3", "retired", day.format(14)),   # imported as stable at 12, retired by the rollback at 14
+                ("v4", "retired", day.format(16)),   # rolled back to at 14, retired by the pin of v5 at 16
+                ("v5", "stable", day.format(16))], start=1):
             conn.execute(text("INSERT INTO versions (id, seq, status, manifest_json, weights_sha256, graph_sha256, "
                               "tokenizer_sha256, epsilon, delta, privacy_json, created_at, decided_at) VALUES (:id, "
                               ":seq, :st, '{}', 'w', 'g', 't', 0, 1e-6, '{}', :c, :d)"),
-                         {"id": vid, "seq": seq, "st": status, "c": created, "d": decided})
+                         {"id": vid, "seq": seq, "st": status, "c": day.format(9 + seq), "d": decided})
+        for i, (vid, action, reason, hour) in enumerate([
+                ("v1", "import", "imported from v1 as stable", 10), ("v2", "promote", "canary", 11),
+                ("v3", "import", "imported from v3 as stable", 12), ("v4", "rollback", "admin rollback", 14),
+                ("v5", "pin", "admin pin", 16), ("v5", "import", "imported from v5 as candidate", 15)], start=1):
+            conn.execute(text("INSERT INTO decisions (id, version_id, action, actor, reason, numbers_json, "
+                              "created_at) VALUES (:i, :v, :a, 'admin', :r, '{}', :t)"),
+                         {"i": i, "v": vid, "a": action, "r": reason, "t": day.format(hour)})
     migrate(engine)
     with engine.connect() as conn:
-        dated = dict(conn.execute(text("SELECT id, decided_at FROM versions")).all())
+        dated = {vid: t[11:13] for vid, t in conn.execute(text("SELECT id, decided_at FROM versions")).all()}
     engine.dispose()
-    assert dated["v1"].startswith("2026-12-01 11:00")   # retired no earlier than v2 existed
-    assert dated["v2"].startswith("2026-12-01 12:00")   # the newest rollback target sorts newest
-    assert dated["v3"] is None
+    assert dated == {"v1": "11", "v2": "12", "v3": "14", "v4": "16", "v5": "16"}
+
+
+def test_a_file_stored_again_between_the_mark_and_the_deletion_stays(tmp_path, monkeypatch):
+    """Content addressing: a version stored after a prune marked another with equal bytes finds
+    the file present and does not write it; the deletion that followed then took it from under
+    the new version. The deletions count what is in use when they run, under the same lock."""
+    from coordinator import retention
+
+    coord = Coordinator(make_config(tmp_path, keep_versions=1))
+    try:
+        for i in range(3):                                      # v0000 and v0001 retired, v0002 stable
+            make_version(tmp_path / f"v{i}", f"v000{i}", seed=i)
+            coord.import_version(tmp_path / f"v{i}", as_candidate=False if i else None)
+        make_version(tmp_path / "again", "v0009", seed=0)       # v0000's weights under another id
+        delete = retention._delete_unused
+
+        def meanwhile(*args):
+            coord.import_version(tmp_path / "again", as_candidate=True)   # between the mark and the deletion
+            return delete(*args)
+
+        monkeypatch.setattr(retention, "_delete_unused", meanwhile)
+        assert retention.prune(coord) == ["v0000"]
+        weights = _blobs(coord, {"version_id": "v0009"})[0]
+        assert weights == _blobs(coord, {"version_id": "v0000"})[0] and coord.blobs.exists(weights)
+        assert coord.version_file("v0009", "weights")[0]
+    finally:
+        coord.close()

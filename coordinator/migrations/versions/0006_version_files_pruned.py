@@ -27,27 +27,29 @@ def upgrade() -> None:
 
 def _date_retirements() -> None:
     """Retention keeps the most recently retired versions, by `decided_at`. Until 4 December an
-    import as stable retired the stable version without setting it (it kept its promotion's
-    time, or none), so the newest rollback target could sort as the oldest and lose its files.
-    A retired version's time becomes at least its last decision's and the next version's
-    creation (it retired no earlier than a newer version existed)."""
-    versions = sa.table("versions", sa.column("id", sa.String), sa.column("seq", sa.Integer),
-                        sa.column("status", sa.String), sa.column("decided_at", sa.DateTime),
-                        sa.column("created_at", sa.DateTime))
-    decisions = sa.table("decisions", sa.column("version_id", sa.String), sa.column("created_at", sa.DateTime))
+    import as stable retired the stable version without setting it (it kept the time it became
+    stable), so the newest rollback target could sort as the oldest and lose its files first.
+    A version retires at the first change of the stable version after it became stable: that
+    time, read from the decisions, is given to each retired version dated earlier."""
+    versions = sa.table("versions", sa.column("id", sa.String), sa.column("status", sa.String),
+                        sa.column("decided_at", sa.DateTime))
+    decisions = sa.table("decisions", sa.column("id", sa.Integer), sa.column("version_id", sa.String),
+                         sa.column("action", sa.String), sa.column("reason", sa.Text),
+                         sa.column("created_at", sa.DateTime))
     conn = op.get_bind()
-    rows = conn.execute(sa.select(versions.c.id, versions.c.status, versions.c.decided_at, versions.c.created_at)
-                        .order_by(versions.c.seq.desc())).all()
-    last = dict(conn.execute(sa.select(decisions.c.version_id, sa.func.max(decisions.c.created_at))
-                             .group_by(decisions.c.version_id)).all())
-    newer = None   # the earliest creation among versions of a higher seq
-    for vid, status, decided_at, created_at in rows:
-        if status == "retired":
-            known = [t for t in (decided_at, last.get(vid), newer) if t is not None]
-            if known and max(known) != decided_at:
-                conn.execute(versions.update().where(versions.c.id == vid).values(decided_at=max(known)))
-        if created_at is not None:
-            newer = created_at if newer is None else min(newer, created_at)
+    made_stable = sa.or_(decisions.c.action.in_(("promote", "pin", "rollback")),
+                         sa.and_(decisions.c.action == "import", decisions.c.reason.like("% as stable")))
+    events = conn.execute(sa.select(decisions.c.created_at, decisions.c.version_id).where(made_stable)
+                          .order_by(decisions.c.created_at, decisions.c.id)).all()
+    retired = conn.execute(sa.select(versions.c.id, versions.c.decided_at)
+                           .where(versions.c.status == "retired")).all()
+    for vid, decided_at in retired:
+        became = max((t for t, v in events if v == vid), default=None)
+        if became is None:
+            continue   # no record of it becoming stable: its own date is all there is
+        ended = next((t for t, v in events if v != vid and t >= became), None)
+        if ended is not None and (decided_at is None or decided_at < ended):
+            conn.execute(versions.update().where(versions.c.id == vid).values(decided_at=ended))
 
 
 def downgrade() -> None:
