@@ -139,7 +139,8 @@ class Decision(Base):
     __tablename__ = "decisions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[str] = mapped_column(ForeignKey("versions.id"))
-    action: Mapped[str] = mapped_column(String(16))      # promote | reject | pin | unpin | rollback | import | retire
+    # promote | reject | pin | unpin | rollback | import | retire | prune | restore
+    action: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(16))       # auto | admin
     reason: Mapped[str] = mapped_column(Text)
     numbers_json: Mapped[str] = mapped_column(Text, default="{}")

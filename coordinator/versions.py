@@ -4,11 +4,13 @@ Every change of a version's status (`states.VersionStatus`) records a `Decision`
 who changed it and why: an operator's action (`states.VersionAction`, `apply_decision`), the
 canary's automatic promote/reject, a newer candidate superseding an undecided one, a stable
 version retiring when another becomes stable ("retire"), an import ("import"), or a round's
-version set aside while a favoured candidate waits.
+version set aside while a favoured candidate waits. Retention deleting a version's files
+("prune", `coordinator.retention`) and an import putting them back ("restore") are recorded too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -210,10 +212,11 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
         except FileNotFoundError as e:
             raise ApiError(409, wire.E_CONFLICT, f"{version_id} cannot be exported: {Path(e.filename).name} is no "
                            "longer in the data directory (keep_versions deleted it, or it was lost)") from None
-        if (q8 := json.loads(v.manifest_json).get("weights_q8_sha256")) and coord.blobs.exists(q8):
+        if q8 := json.loads(v.manifest_json).get("weights_q8_sha256"):
             # Its download form too: a round's version quantizes on its parent's row scales, and
             # once retention deleted the parent's files, only this copy can put it back.
-            files[artifact.WEIGHTS_Q8] = coord.blobs.get(q8)
+            with contextlib.suppress(FileNotFoundError):   # lost: the export still holds the rest
+                files[artifact.WEIGHTS_Q8] = coord.blobs.get(q8)
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise bad_request(f"{d} exists and is not an empty folder: name a new one")
@@ -356,7 +359,6 @@ def _become_stable(coord: Coordinator, s: Session, v: Version, now: datetime, *,
         s.add(Decision(version_id=old.id, action="retire", actor=actor, numbers_json="{}", created_at=now,
                        reason=f"{v.id} became stable"))   # its history says why; before the decision that did it
     v.status = VersionStatus.STABLE
-    v.files_pruned = False   # its files are back (an import restored them): retention may delete them again
     _fail_round_off(coord, s, v, now)
     if cancels is not None:
         _cancel_candidate(s, v, cancels, actor, now)
