@@ -58,9 +58,11 @@ def dashboard_data(c: Any) -> dict[str, Any]:
                         "parent_id": v["parent_id"], "created_at": v["created_at"],
                         "epsilon": v["epsilon"], "epsilon_local": v["privacy"].get("epsilon_local", v["epsilon"]),
                         "canary_reports": v["canary_reports"], "candidate_top3_pct": _pct(numbers, "candidate"),
-                        "stable_top3_pct": _pct(numbers, "stable")})
+                        "stable_top3_pct": _pct(numbers, "stable"), "files_pruned": v["files_pruned"]})
+    # Retention's deletions show in the versions table ("files deleted"); in the log they crowded
+    # out the decisions about the versions in use (a third of the rows in an operator's probe).
     decisions = sorted(({"at": d["at"], "version_id": v["version_id"], "action": d["action"], "actor": d["actor"],
-                         "reason": d["reason"]} for v in versions for d in v["decisions"]),
+                         "reason": d["reason"]} for v in versions for d in v["decisions"] if d["action"] != "prune"),
                        key=lambda d: d["at"] or "", reverse=True)[:DECISIONS_SHOWN]
     stable = next((h for h in history if h["status"] == VersionStatus.STABLE), None)
     all_reasons = Counter(x["reason"] for x in c.rejections())

@@ -34,8 +34,9 @@ PRUNED_STATUSES = (VersionStatus.RETIRED, VersionStatus.REJECTED)
 
 def prune(coord: Coordinator) -> list[str]:
     """Mark the retired and rejected versions past the `keep_versions` most recently decided of
-    each status and delete their files; the ids marked. Called by every maintenance: a plain read
-    finds nothing to do almost always, and only then is the decisions' lock taken. The files go
+    each status and delete their files; the ids marked. Called by the service's maintenance only
+    (an admin command's own --set keep_versions must not delete what the service keeps): a plain
+    read finds nothing to do almost always, and only then is the decisions' lock taken. The files go
     after the marks' commit (`_delete_unused`): a rollback or pin then sees the mark and refuses,
     and a download that read the version unmarked meets a missing file, a 404."""
     keep = coord.config.keep_versions

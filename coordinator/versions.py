@@ -87,7 +87,10 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
                 existing.files_pruned, existing.decided_at = False, utcnow()
                 s.add(Decision(version_id=existing.id, action="restore", actor="admin", numbers_json="{}",
                                reason=f"its files restored from {d.name}"))
-            log.warning("version %s: restored its %s from %s", existing.id, ", ".join(restored) or "files", d)
+            log.warning("version %s: restored its %s from %s%s", existing.id, ", ".join(restored) or "files", d,
+                        f"; it is {existing.status}: roll back to it (or pin it) before keep_versions newer "
+                        f"{existing.status} versions come, or the service deletes its files again"
+                        if existing.status in (VersionStatus.RETIRED, VersionStatus.REJECTED) else "")
             return existing.id
         _check_import(s, manifest, d, any_parent)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
@@ -327,8 +330,8 @@ def refuse_pruned(coord: Coordinator, v: Version, doing: str) -> None:
     export made before restores them and clears the mark (`_restore_files`)."""
     if v.files_pruned:
         code, kind = (404, wire.E_NOT_FOUND) if doing == "downloaded" else (409, wire.E_CONFLICT)
-        raise ApiError(code, kind, f"{v.id} cannot be {doing}: its files were deleted when it fell out of the "
-                       f"{coord.config.keep_versions} most recently {v.status} versions (keep_versions); its record "
+        raise ApiError(code, kind, f"{v.id} cannot be {doing}: the service deleted its files when newer versions "
+                       f"were {v.status} (keep_versions; its 'prune' decision says how many), and its record "
                        "stays. import-version of an export made before puts them back")
 
 

@@ -127,7 +127,7 @@
     fill($("#decisions tbody"), d.decisions.map((x) =>
       [[when(x.at)], [x.version_id], [x.action, x.action], [x.actor], [x.reason]]));
     fill($("#versions tbody"), [...d.versions].reverse().map((v) =>
-      [[v.version_id], [v.status, v.status], [v.parent_id], [v.round_id], [v.canary_reports],
+      [[v.version_id], [v.files_pruned ? `${v.status} · files deleted` : v.status, v.status], [v.parent_id], [v.round_id], [v.canary_reports],
         [pct(v.candidate_top3_pct)], [pct(v.stable_top3_pct)], [fmtEps(v.epsilon_local)], [fmtEps(v.epsilon)]]));
     renderChart(d.versions);
     refreshes += 1;

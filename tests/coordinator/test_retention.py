@@ -30,6 +30,7 @@ def _world(tmp_path, keep: int) -> Coordinator:
     """v0000, then v0001..v0005 each imported as stable (five retired, v0005 stable), then
     c0001..c0004 imported as candidates (each rejects the one before: three rejected)."""
     coord = Coordinator(make_config(tmp_path, keep_versions=keep))
+    coord.serving = True     # as `create_app` sets it: only the service prunes
     for i in range(6):
         make_version(tmp_path / f"v{i}", f"v000{i}", seed=i)
         coord.import_version(tmp_path / f"v{i}", as_candidate=False if i else None)
@@ -70,7 +71,7 @@ def test_old_retired_and_rejected_versions_lose_their_files_and_keep_their_recor
         # What needs the files is refused in one line; a kept version still rolls back.
         with pytest.raises(ApiError) as e:
             coord.admin_decide("v0001", "rollback")
-        assert e.value.status == 409 and "keep_versions" in e.value.message
+        assert e.value.status == 409 and "keep_versions" in e.value.message and "'prune' decision" in e.value.message
         with pytest.raises(ApiError) as e:
             coord.export_version("v0002", tmp_path / "nope")
         assert e.value.status == 409 and "keep_versions" in e.value.message
@@ -88,6 +89,7 @@ def test_old_retired_and_rejected_versions_lose_their_files_and_keep_their_recor
 
     # Importing the export puts the files back; rolled back to, the version is whole again.
     coord = Coordinator(coord.config)    # the same database (make_config would empty PostgreSQL's)
+    coord.serving = True
     try:
         assert coord.import_version(tmp_path / "v0-export") == "v0000"
         v0 = next(v for v in coord.list_versions() if v["version_id"] == "v0000")
@@ -127,6 +129,10 @@ def test_a_pruned_versions_download_is_a_404_over_http(tmp_path):
         r = s.admin("GET", wire.version_path(wire.PATH_VERSION_WEIGHTS, "v0000"))
         assert r.status_code == 404 and "keep_versions" in r.json()["message"], r.text
         assert s.admin("GET", wire.version_path(wire.PATH_VERSION_WEIGHTS, "v0001")).status_code == 200
+        board = s.admin("GET", "/v1/admin/dashboard").json()     # the page says which versions lost their files
+        assert {v["version_id"]: v["files_pruned"] for v in board["versions"]} == {
+            "v0000": True, "v0001": False, "v0002": False}
+        assert "prune" not in {d["action"] for d in board["decisions"]}   # kept out of the decision log
 
 
 def test_keep_versions_is_validated():
@@ -278,5 +284,23 @@ def test_a_file_stored_again_between_the_mark_and_the_deletion_stays(tmp_path, m
         weights = _blobs(coord, {"version_id": "v0009"})[0]
         assert weights == _blobs(coord, {"version_id": "v0000"})[0] and coord.blobs.exists(weights)
         assert coord.version_file("v0009", "weights")[0]
+    finally:
+        coord.close()
+
+
+def test_an_admin_command_never_deletes_files_whatever_its_keep_versions(tmp_path, capsys):
+    """`status --set keep_versions=1` (an inspection) deleted files the service would have kept,
+    a version just restored among them (an operator's probe): only the service prunes, with its
+    own setting."""
+    from coordinator.__main__ import main as coordinator_main
+
+    coord = _world(tmp_path, keep=0)
+    coord.close()
+    common = ["--data-dir", str(tmp_path / "data"), "--database-url", coord.config.database_url]
+    for command in (["status"], ["tick"], ["pin", "v0005"]):
+        assert coordinator_main([*command, *common, "--set", "keep_versions=1"]) == 0, capsys.readouterr().err
+    coord = Coordinator(coord.config)
+    try:
+        assert not any(v["files_pruned"] for v in coord.list_versions())
     finally:
         coord.close()
