@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import keys, queries, views
 from coordinator.errors import ApiError, bad_request, not_found
-from coordinator.models import Assignment, Device, EnrollmentKey, Evaluation, Round, Update, Version, utcnow
+from coordinator.models import Assignment, Device, EnrollmentKey, Evaluation, Rejection, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus, VersionStatus
 from protocol import wire
 
@@ -155,6 +155,13 @@ def _forget_in_flight(s: Session, device_ids: Select) -> None:
     # read of the updates left a candidate averaged from fewer than `min_count` of them. After
     # the device row (updated above), the order `submit_update` and `checkin` take them in.
     s.execute(open_rounds.order_by(Round.id).with_for_update()).all()   # in one order: two revocations at once
+    # Recorded as rejections: the coordinator received those updates, so their rounds count in ε
+    # against the coordinator (`queries.noise_seen`) even if nothing else of them stays (a round
+    # that then fails with no other update dropped out of it: a privacy audit).
+    for round_id, device_id in s.execute(select(Update.round_id, Update.device_id).where(
+            Update.device_id.in_(device_ids), Update.round_id.in_(open_rounds))).all():
+        s.add(Rejection(round_id=round_id, device_id=device_id, reason=wire.E_REVOKED,
+                        message="the device was revoked after this update was accepted: it no longer counts"))
     pending = select(Version.id).where(Version.status == VersionStatus.CANDIDATE)
     for table, done in ((Update, Update.round_id.in_(open_rounds)), (Assignment, Assignment.round_id.in_(open_rounds)),
                         (Evaluation, Evaluation.candidate_version_id.in_(pending))):

@@ -203,3 +203,23 @@ def test_revoked_devices_updates_slots_and_canary_reports_stop_counting(tmp_path
         with s.coord._sessions() as ss:                                    # their round slots are free again
             assert ss.query(Assignment).filter(Assignment.device_id.in_(ids)).count() == 0
             assert ss.query(Assignment).filter(Assignment.device_id == honest[0].device_id).count() == 1
+
+
+def test_a_revoked_devices_round_still_counts_against_the_coordinator(tmp_path):
+    """The coordinator received the update of a device revoked afterwards: when its round then
+    failed with no other update, nothing recorded that round, and ε against the coordinator
+    left it out (a privacy audit). The withdrawn update is a rejection with reason `revoked`."""
+    from coordinator import queries
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        device = _enroll(s, s.coord.create_enrollment_key())
+        rid = s.coord.start_round()
+        assert device.checkin().kind == wire.TASK_TRAIN
+        assert device.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code == 200
+        s.coord.revoke_device(device.device_id)
+        assert s.coord.close_round(rid, force=True)["status"] == "failed"
+        assert [(x["round_id"], x["reason"]) for x in s.coord.rejections()] == [(rid, wire.E_REVOKED)]
+        with s.coord._sessions() as ss:
+            assert len(queries.noise_seen(ss)) == 1
