@@ -27,6 +27,9 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+UPDATES_HELP = ("Uploaded updates by result (accepted or reason), counted on arrival: a revoked device's accepted "
+                "update, withdrawn later, stays accepted here (the rejections list it as revoked)")
+
 class Metrics:
     def __init__(self, sessions: Callable[[], Session] | None, privacy_delta: float) -> None:
         self.registry = CollectorRegistry()
@@ -35,8 +38,7 @@ class Metrics:
         self.requests = Counter("fedkeys_http_requests", "HTTP requests", ["endpoint", "method", "status"], registry=r)
         self.request_seconds = Histogram("fedkeys_http_request_seconds", "Request latency", ["endpoint"], registry=r)
         self.checkins = Counter("fedkeys_checkins", "Check-ins by task kind", ["task"], registry=r)
-        self.updates = Counter("fedkeys_updates", "Uploaded updates by result (accepted or reason)", ["result"],
-                               registry=r)
+        self.updates = Counter("fedkeys_updates", UPDATES_HELP, ["result"], registry=r)
         self.aggregation_seconds = Histogram("fedkeys_aggregation_seconds", "Time to aggregate a round", registry=r,
                                              buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
         self.rate_limited = Counter("fedkeys_rate_limited", "Requests refused by the rate limit", registry=r)

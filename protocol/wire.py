@@ -106,10 +106,12 @@ E_MALFORMED = "malformed"              # body not safetensors / names, shapes, d
 E_NORM = "norm_exceeded"               # L2 norm above the plan's bound (clip + noise allowance)
 E_EXAMPLE_COUNT = "bad_example_count"  # example count < 1 or above the plan's max_examples
 E_NOT_EVALUATING = "not_evaluating"    # evaluation report for a version not in canary
-E_REVOKED = "revoked"                  # an accepted update withdrawn: its device was revoked (a rejection's reason)
 E_CONFLICT = "conflict"
 E_INTERNAL = "internal"
 RETRYABLE_ERRORS = frozenset({E_RATE_LIMITED, E_INTERNAL})
+# A rejection's reason that no request answers (the update codes above are the others): an
+# accepted update withdrawn afterwards because its device was revoked.
+E_REVOKED = "revoked"
 
 
 def _check_version(d: Mapping[str, Any]) -> None:

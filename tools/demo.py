@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 
 from protocol.cli import HelpFormatter, Parser, add_version, bind_error
-from tools._cli import DEFAULT_CORPUS, REPO, run
+from tools._cli import DEFAULT_CORPUS, REPO, count, run
 from tools.shipped import check_version
 
 SHIPPED_CENTRAL = Path(REPO) / "models" / "central"
@@ -106,7 +106,7 @@ def default_devices(corpus: str) -> int:
         raise CorpusError(f"{corpus}: no train users (every user hashed to validation or held-out), so no device "
                           "to run; the corpus needs more users" + one_writer_hint(corpus))
     if train < DEMO_DEFAULTS["devices"]:
-        print(f"note: {corpus} has {train} train user(s), so the demo runs {train} device(s)"
+        print(f"note: {corpus} has {count(train, 'train user')}, so the demo runs {count(train, 'device')}"
               + one_writer_hint(corpus))
     return min(DEMO_DEFAULTS["devices"], train)
 

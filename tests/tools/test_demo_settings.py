@@ -35,7 +35,8 @@ def test_a_corpus_with_fewer_train_users_runs_every_one_of_them(tmp_path, capsys
     sim = simulation_args(build_parser().parse_args(["--corpus", str(corpus)]))
     assert sim.devices == train_users
     said = capsys.readouterr().out
-    assert f"has {train_users} train user(s), so the demo runs {train_users} device(s)" in said
+    users, devices = ("train user", "device") if train_users == 1 else ("train users", "devices")
+    assert f"has {train_users} {users}, so the demo runs {train_users} {devices}" in said
     assert "tools.prepare" not in said
 
 

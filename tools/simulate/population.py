@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools._cli import DEFAULT_PROXY, REPO
+from tools._cli import DEFAULT_PROXY, REPO, count
 from tools.shipped import SHIPPED_V0, check_version
 from tools.simulate.errors import SimulationError
 
@@ -46,7 +46,7 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
         raise CorpusError(f"{corpus}: no held-out (test) users to evaluate on; the corpus needs more users")
     if devices is not None and len(split.train) < devices and not (fewer and split.train):
         from tools.prepare import one_writer_hint
-        raise CorpusError(f"{corpus}: only {len(split.train)} train user(s), fewer than --devices {devices}"
+        raise CorpusError(f"{corpus}: only {count(len(split.train), 'train user')}, fewer than --devices {devices}"
                           + one_writer_hint(corpus))
     ranked = sorted(split.train.items(), key=lambda kv: (trains_nothing(kv[1]), -sum(len(t) for t in kv[1]), kv[0]))
     return Population(users=ranked[:devices], heldout=dict(split.test), train_users=len(split.train),
