@@ -38,12 +38,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+# The console scripts pyproject.toml installs, by the command each runs (`python -m ...`).
+CONSOLE_SCRIPTS = {"python -m coordinator": "fedkeys-coordinator", "python -m edge_runtime": "fedkeys-device",
+                   "python -m tools.pretrain": "fedkeys-pretrain", "python -m tools.evaluate": "fedkeys-evaluate",
+                   "python -m tools.simulate": "fedkeys-simulate", "python -m tools.prepare": "fedkeys-prepare"}
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose help shows defaults (`HelpFormatter`), its subcommands' too:
     `add_subparsers` makes each subcommand's parser of its parent's class, so none is missed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        if CONSOLE_SCRIPTS.get(kwargs.get("prog", "")) == Path(sys.argv[0]).name:
+            kwargs["prog"] = Path(sys.argv[0]).name   # run as the installed script: usage and --version name it
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:

@@ -151,3 +151,21 @@ def test_a_base_ngram_under_home_is_read_as_the_device_reads_it(tmp_path, monkey
     monkeypatch.setenv("FEDKEYS_BASE_NGRAM", "x")     # the old variable: its own message, not argparse's
     with pytest.raises(argparse.ArgumentTypeError, match="FEDKEYS_BASE_NGRAM is no longer read"):
         base_ngram_arg("~/n.npz")
+
+
+def test_an_installed_console_script_names_itself(monkeypatch, capsys):
+    """`fedkeys-coordinator --version` printed "python -m coordinator 0.1.0", and its usage lines
+    named a command the user had not typed (a newcomer probe)."""
+    from coordinator.__main__ import build_parser as coordinator_parser
+    from edge_runtime.__main__ import build_parser as device_parser
+
+    monkeypatch.setattr("sys.argv", ["/opt/venv/bin/fedkeys-coordinator", "--version"])
+    with pytest.raises(SystemExit):
+        coordinator_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("fedkeys-coordinator ")
+    with pytest.raises(SystemExit):
+        coordinator_parser().parse_args(["status", "--help"])
+    assert "usage: fedkeys-coordinator status" in capsys.readouterr().out
+    assert device_parser().prog == "python -m edge_runtime"      # another script's parser keeps its name
+    monkeypatch.setattr("sys.argv", ["/x/coordinator/__main__.py"])
+    assert coordinator_parser().prog == "python -m coordinator"
