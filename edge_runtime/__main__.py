@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("run", "run the device loop: check in, swap models, train or evaluate when told and eligible")
     p.add_argument("--coordinator", help="override the URL stored at enrollment")
-    p.add_argument("--once", action="store_true", help="one check-in and its task, then exit (0 = ok)")
+    p.add_argument("--once", action="store_true",
+                   help="one check-in and its task, then exit (0 = ok; 1 = the check-in, its task or the model "
+                        "version it named failed, the current version kept)")
     p.add_argument("--eligibility", choices=ELIGIBILITY_MODES,
                    help="auto: power, idle, load and network checks (default); override:* for emulators")
     _keyboard_flags(p, "also serve the demo keyboard page on this port (default: no page)")

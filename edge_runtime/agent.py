@@ -258,6 +258,7 @@ class StepResult:
     wait_s: float                 # how long to sleep before the next check-in
     version_id: str | None        # the version in use for suggestions afterwards
     counts: dict[str, Any] = field(default_factory=dict)   # numbers only, never text
+    version_failed: bool = False  # the version the coordinator named could not be used (kept the current)
 
     def summary(self) -> str:
         extra = " ".join(f"{k}={v}" for k, v in self.counts.items())
@@ -289,14 +290,15 @@ def _with_retries(fn: Callable[[], Any], attempts: int, first_wait: float, max_w
     raise AssertionError("unreachable")
 
 
-def _use_version(dev: Device, task: wire.Task) -> None:
-    """Switch suggestions to the coordinator's version; a failed download keeps the current one.
+def _use_version(dev: Device, task: wire.Task) -> bool:
+    """Switch suggestions to the coordinator's version; a failed download keeps the current one
+    (False: `run --once` then exits 1, as the loop goes on with the current version).
 
     With the coordinator's key configured, only on a fresh signed rollout statement for this
     device (`rollout_guard`): a replayed or downgrading reply is refused before any download."""
     version_id = task.use_version_id
     if not version_id:
-        return
+        return True
     data_dir = dev.config.require_data_dir()
     state = None
     switching = version_id != dev.store.current_id or not dev.store.is_valid(version_id)  # missing, or damaged
@@ -306,19 +308,20 @@ def _use_version(dev: Device, task: wire.Task) -> None:
                                         public_key=dev.rollout_key, data_dir=data_dir, switching=switching)
         except rollout_guard.RolloutRefused as e:
             log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
-            return
+            return False
     if switching:
         try:   # a rollback leaves the version it leaves (a rejected candidate) no place as a fallback
             dev.store.install(version_id, dev.client.fetch, abandon=state is not None and state.rollback)
         except VersionError as e:
             log.error("cannot use model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
-            return
+            return False
         except OSError as e:  # e.g. ENOSPC mid-download: the store keeps the current version intact
             log.error("cannot install model version %s: %s; keeping %s", version_id, failure(e),
                       dev.store.current_id)
-            return
+            return False
     if state is not None:
         rollout_guard.remember(state, data_dir)
+    return True
 
 
 def _note_channel(dev: Device, task: wire.Task) -> None:
@@ -555,7 +558,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     req = wire.CheckinRequest(eligible=bool(decision) and learning, current_version_id=dev.store.in_use(),
                               can_evaluate=heldout > 0, can_train=trainable > 0 and _budget_left(dev))
     task = dev.client.checkin(req)
-    _use_version(dev, task)
+    version_ok = _use_version(dev, task)
     _note_channel(dev, task)
     if task.kind == wire.TASK_TRAIN:
         outcome, counts = _train(dev, task, sleep)
@@ -567,7 +570,7 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     if decision and learning and dev.config.personalize and not dev.stopping.is_set():
         counts = {**counts, "personal_model": _personalize(dev)}
     result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
-                        dev.store.current_id, counts)
+                        dev.store.current_id, counts, version_failed=not version_ok)
     log.info("%s", result.summary())
     return result
 
@@ -615,7 +618,7 @@ def run_loop(dev: Device, *, once: bool = False, stop: threading.Event | None = 
             if once:
                 return 1
         if once:
-            return 0
+            return 1 if result.version_failed else 0   # only a run_once that returned gets here
         stop.wait(wait)
     return 0
 

@@ -530,7 +530,10 @@ class TextCache:
             )
             if commit_id is not None:
                 self._put_setting(COMMITS_KEY, json.dumps([*self._commit_ids()[1 - MAX_COMMIT_IDS:], commit_id]))
-            self._expire_locked(now)
+            dropped = self._expire_locked(now)
+        if dropped:   # said: a one-off smaller max_cache_bytes emptied a cache without a word (a probe)
+            log.warning("text cache: deleted the %d oldest text(s) to keep within %d days and %d bytes "
+                        "(retention_days, max_cache_bytes)", dropped, self.retention_days, self.max_bytes)
         return True
 
     def has_commit(self, commit_id: str) -> bool:

@@ -115,12 +115,16 @@ _SINGLE_QUOTES = "'\u2018\u2019"
 _ALNUM = re.compile(r"[^\W_]")   # a letter or digit (what `str.isalnum` accepts), found in C
 
 
+MAX_WORD_CHARS = 48   # the word list's longest is 24; a user's 16,000-letter "word" was offered (a probe)
+
+
 def suggestable(word: str) -> bool:
-    """Whether a token may be offered as a word: it holds a letter or digit (not "____" or "'"),
-    and its apostrophes are a word's (``don't``, ``'tis``, ``goin'``), not a run of quotes
-    (``''Tis``, ``cooker''``) or a quotation around it (``'Wuthering'``), which text and the
-    word list hold as tokens."""
-    return (_ALNUM.search(word) is not None and "''" not in word
+    """Whether a token may be offered as a word: at most `MAX_WORD_CHARS` long (a tap must not
+    insert a pasted blob, and the user's words index every prefix of each), it holds a letter or
+    digit (not "____" or "'"), and its apostrophes are a word's (``don't``, ``'tis``, ``goin'``),
+    not a run of quotes (``''Tis``, ``cooker''``) or a quotation around it (``'Wuthering'``),
+    which text and the word list hold as tokens."""
+    return (len(word) <= MAX_WORD_CHARS and _ALNUM.search(word) is not None and "''" not in word
             and not (len(word) > 2 and word[0] == "'" and word[-1] == "'"))
 
 

@@ -152,7 +152,13 @@ def test_disk_full_during_a_download_keeps_the_loop_and_the_current_version(tmp_
     dev = agent.Device(config=cfg, identity=agent.Identity("d-1", "t", "http://x"), client=Client(), store=Store(),
                        cache=agent.open_cache(cfg), eligibility=agent.make_eligibility(cfg))
     try:
-        assert agent.run_loop(dev, once=True) == 0
+        # The current version stays; `run --once` says the named one could not be used (it exited 0:
+        # a probe on a full disk read "0 = ok" in its help).
+        assert agent.run_loop(dev, once=True) == 1
         assert dev.store.current_id == "v1"
+        stop = threading.Event()
+        dev.client.checkin = lambda req: (stop.set(), wire.Task(kind=wire.TASK_COME_BACK, retry_after=0.001,
+                                                               use_version_id="v2"))[1]
+        assert agent.run_loop(dev, stop=stop) == 0          # the loop itself goes on (here: until stopped)
     finally:
         dev.close()

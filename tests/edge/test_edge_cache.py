@@ -563,3 +563,22 @@ def test_a_word_removed_in_decomposed_form_counts_when_typed_composed(tmp_path: 
         for _ in range(TYPED_TO_RETURN):
             c.change_removed(mark=mark, typed=["café"])
         assert c.removed_words() == frozenset()   # typed again: back in the strip
+
+
+def test_texts_a_smaller_cap_deletes_are_said(tmp_path, caplog):
+    """`FEDKEYS_EDGE_MAX_CACHE_BYTES=1000 ... type` (one command) deleted most of the cache and
+    printed only "cached" (a probe). The cap is the user's to set; its deletions are now logged."""
+    import logging
+
+    from edge_runtime.cache import TextCache
+
+    c = TextCache(tmp_path / "c.sqlite3")
+    for i in range(6):
+        assert c.add(f"some text number {i} here", "message")
+    c.close()
+    c = TextCache(tmp_path / "c.sqlite3", max_bytes=40)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.cache"):
+        assert c.add("short one here", "message")
+    c.close()
+    assert "deleted the 5 oldest text(s)" in caplog.text and "max_cache_bytes" in caplog.text
+    assert "text number" not in caplog.text      # counts only, never the text

@@ -175,3 +175,12 @@ def test_first_letters_count_each_typed_word_by_its_first_character():
         assert whole.firsts == implied == parts.firsts
     assert whole.firsts["t"] == 3 * 5 and whole.firsts["'"] == 3 * 2
     assert "-" not in whole.firsts and "," not in whole.firsts
+
+
+def test_a_pasted_blob_is_counted_but_never_offered(pm):
+    """A 16,000-letter "word" (a paste without spaces) topped the strip for its prefix, a tap
+    inserting all of it, and learning it indexed each of its 16,001 prefixes."""
+    blob = "y" * 16000
+    pm.add(tokens(f"{blob} yes yes"))
+    assert pm.uni[blob] == 1 and blob not in pm.words
+    assert pm.candidates((BOS, BOS), "yyy", 3) == [] and pm.candidates((BOS, BOS), "ye", 3) == ["yes"]

@@ -80,3 +80,5 @@ def test_only_words_are_suggestable():
         assert suggestable(word), word
     for token in ("____", "'", "''", "''Tis", "cooker''", "'Wuthering'", "...", "-"):
         assert not suggestable(token), token
+    # A pasted blob without spaces is a token, never a word to tap (a probe: 16,000 "y" offered).
+    assert suggestable("y" * 48) and not suggestable("y" * 49) and not suggestable("y" * 16000)
