@@ -151,6 +151,21 @@ def _said(e: BaseException) -> str:
     return "database or disk is full" if "disk is full" in said else said
 
 
+def _cause(path: Path) -> str:
+    """What the disk says of a failed open, in words: SQLite names only its own symptom ("disk
+    I/O error" for a full disk, "unable to open database file" for a read-only one), which a
+    device-side probe could not act on. Empty when the folder looks fine."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return " (its folder is on a read-only file system)"
+    if st.f_bavail == 0:
+        return " (the disk is full)"
+    return ""
+
+
 def _identity_or_none(path: Path) -> tuple[int, int] | None:
     """Which file `path` names now (device, inode), None when none: a wipe elsewhere that made a
     new one changes it."""
@@ -299,7 +314,7 @@ class TextCache:
             db = sqlite3.connect(self.path if create else self.path.absolute().as_uri() + "?mode=rw",
                                  uri=not create, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
-            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
+            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}{_cause(self.path)}") from e
         try:
             db.execute("PRAGMA busy_timeout=5000")
             if create and os.stat(self.path).st_mode & 0o777 != 0o600:
@@ -313,7 +328,7 @@ class TextCache:
                 self._born(db)
         except sqlite3.OperationalError as e:   # locked, unreadable, a full disk: not the file's content
             db.close()
-            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
+            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}{_cause(self.path)}") from e
         except sqlite3.DatabaseError as e:      # "file is not a database", "disk image is malformed"
             db.close()
             raise DamagedCacheError(f"cannot open text cache at {self.path}: {_said(e)} (the file is damaged; "
@@ -323,7 +338,7 @@ class TextCache:
             raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
         except OSError as e:   # the chmod: a read-only file system (a mounted backup) is said as the cache's
             db.close()
-            raise CacheError(f"cannot open text cache at {self.path}: {e.strerror or e}") from e
+            raise CacheError(f"cannot open text cache at {self.path}: {e.strerror or e}{_cause(self.path)}") from e
         return db
 
     def _born(self, db: sqlite3.Connection) -> None:

@@ -582,3 +582,23 @@ def test_texts_a_smaller_cap_deletes_are_said(tmp_path, caplog):
     c.close()
     assert "deleted the 5 oldest text(s)" in caplog.text and "max_cache_bytes" in caplog.text
     assert "text number" not in caplog.text      # counts only, never the text
+
+
+def test_a_failed_open_says_what_the_disk_says(tmp_path, monkeypatch):
+    """SQLite names only its symptom: "disk I/O error" on a full disk, "unable to open database
+    file" on a read-only one (a device-side probe could not tell what to do). The folder's file
+    system is asked, and its answer is said."""
+    import os
+    from types import SimpleNamespace
+
+    from edge_runtime import cache as cache_mod
+
+    path = tmp_path / "text_cache.sqlite3"
+    assert cache_mod._cause(path) == ""
+    monkeypatch.setattr(cache_mod.os, "statvfs", lambda p: SimpleNamespace(f_flag=0, f_bavail=0))
+    assert cache_mod._cause(path) == " (the disk is full)"
+    monkeypatch.setattr(cache_mod.os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY, f_bavail=9))
+    assert "read-only file system" in cache_mod._cause(path)
+    (tmp_path / "d" / "text_cache.sqlite3").mkdir(parents=True)   # an open that fails in SQLite
+    with pytest.raises(CacheError, match=r"unable to open database file \(its folder is on a read-only"):
+        TextCache(tmp_path / "d")
