@@ -42,6 +42,13 @@ def manifest(v: Version) -> artifact.Manifest:
     return artifact.Manifest.from_dict(json.loads(v.manifest_json))
 
 
+def version_blobs(v: Version) -> set[str]:
+    """Every blob a version's files are: weights, their int8 download form, graph, tokenizer and
+    the server optimizer's state (several versions share a graph and a tokenizer)."""
+    q8 = json.loads(v.manifest_json).get("weights_q8_sha256")
+    return {d for d in (v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.opt_state_sha256, q8) if d}
+
+
 def open_round(s: Session, *, for_update: bool = False) -> Round | None:
     q = select(Round).where(Round.status == RoundStatus.OPEN)
     return s.scalar(q.with_for_update() if for_update else q)

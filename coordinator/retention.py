@@ -13,14 +13,14 @@ the mark (`versions._restore_files`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from coordinator import queries
 from coordinator.models import Decision, Round, Update, Version
 from coordinator.states import RoundStatus, VersionStatus
 
@@ -34,16 +34,17 @@ PRUNED_STATUSES = (VersionStatus.RETIRED, VersionStatus.REJECTED)
 
 def prune(coord: Coordinator) -> list[str]:
     """Mark the retired and rejected versions past the `keep_versions` most recently decided of
-    each status and delete their files; the ids marked. Called by the service's maintenance only
-    (an admin command's own --set keep_versions must not delete what the service keeps): a plain
-    read finds nothing to do almost always, and only then is the decisions' lock taken. The files go
-    after the marks' commit (`_delete_unused`): a rollback or pin then sees the mark and refuses,
-    and a download that read the version unmarked meets a missing file, a 404."""
+    each status and delete their files; the ids marked. Only in the service, from its
+    maintenance (an admin command's own --set keep_versions must not delete what the service
+    keeps): a count finds nothing to do almost always, and only then are rows read and the
+    decisions' lock taken. The files go after the marks' commit (`_delete_unused`): a rollback
+    or pin then sees the mark and refuses, and a download that read the version unmarked meets a
+    missing file, a 404."""
     keep = coord.config.keep_versions
-    if not keep:
+    if not keep or not coord.serving:
         return []
-    with coord._sessions() as s:
-        if not _due(s, keep):
+    with coord._sessions() as s:   # every check-in runs this: a count first, rows and the lock only when due
+        if not _over(s, keep):
             return []
     with coord.tx(decides=True) as s:
         due = _due(s, keep)
@@ -91,6 +92,13 @@ def _delete_unused(coord: Coordinator, ids: list[str] | None, what: str) -> int:
     return n
 
 
+def _over(s: Session, keep: int) -> bool:
+    """Whether a status holds more than `keep` versions with their files (`_due` may then find some)."""
+    counts = s.execute(select(func.count()).where(Version.status.in_(PRUNED_STATUSES), Version.files_pruned.is_(False))
+                       .group_by(Version.status)).scalars()
+    return any(n > keep for n in counts)
+
+
 def _due(s: Session, keep: int) -> list[Version]:
     """Retired and rejected versions with their files, past the `keep` most recently decided of
     their status, never the base of an open round."""
@@ -113,9 +121,4 @@ def _in_use(s: Session) -> set[str]:
 
 
 def _digests(versions: Iterable[Version]) -> set[str]:
-    """Every blob a version's files are."""
-    out: set[str] = set()
-    for v in versions:
-        q8 = json.loads(v.manifest_json).get("weights_q8_sha256")
-        out |= {d for d in (v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.opt_state_sha256, q8) if d}
-    return out
+    return set().union(*(queries.version_blobs(v) for v in versions))

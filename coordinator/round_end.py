@@ -13,7 +13,6 @@ only to be averaged, and then for good."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, event, select
 from sqlalchemy.orm import Session
 
+from coordinator import queries
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase
@@ -132,8 +132,7 @@ def forget_ended_uploads(coord: Coordinator) -> int:
             keep = {d for rid, d in sent if rid in open_ids}
             keep |= set(s.scalars(select(SecAggRound.sum_sha256).where(SecAggRound.sum_sha256.is_not(None))))
             for v in s.scalars(select(Version)):
-                keep |= {v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.opt_state_sha256,
-                         json.loads(v.manifest_json).get("weights_q8_sha256")}
+                keep |= queries.version_blobs(v)
         gone = [d for d in {d for rid, d in sent if rid not in open_ids} - keep if coord.blobs.exists(d)]
         for d in gone:
             coord.blobs.discard(d)

@@ -127,11 +127,10 @@ def maintenance(coord: Coordinator) -> None:
         except Exception as e:   # one round that cannot close must not hold up the canary's decision
             failed = failed or e
     canary.decide_if_asked(coord)
-    if coord.serving:   # the service's own setting: an admin command's --set keep_versions deletes nothing
-        try:
-            retention.prune(coord)   # after the decisions, which retire and reject versions
-        except Exception as e:   # a file it cannot delete must not hold up the next round
-            failed = failed or e
+    try:
+        retention.prune(coord)   # after the decisions, which retire and reject versions; the service's only
+    except Exception as e:   # a file it cannot delete must not hold up the next round
+        failed = failed or e
     if not getattr(coord._local, "manual", False):  # round_interval_s > 0: the next round opens itself
         schedule.open_if_due(coord)
     if failed is not None:   # then said: `tick` fails, a device's request logs it (safe_maintenance)

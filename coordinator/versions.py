@@ -405,10 +405,9 @@ def admin_decide(coord: Coordinator, version_id: str, action: str) -> dict[str, 
         action = VersionAction(action)
         if action in (VersionAction.PROMOTE, VersionAction.ROLLBACK, VersionAction.PIN):
             refuse_pruned(coord, v, "made stable")
-        if action in (VersionAction.PROMOTE, VersionAction.ROLLBACK, VersionAction.PIN) \
-                and not deployment.holds_files(coord, v):   # else every device's download of it is a 500
-            raise ApiError(409, wire.E_CONFLICT, f"the data directory lacks {version_id}'s files (restored from an "
-                                                 "older backup?): it cannot be sent to devices")
+            if not deployment.holds_files(coord, v):   # else every device's download of it is a 500
+                raise ApiError(409, wire.E_CONFLICT, f"the data directory lacks {version_id}'s files (restored from "
+                                                     "an older backup?): it cannot be sent to devices")
         if action == VersionAction.UNPIN and v.status != VersionStatus.STABLE:   # it was recorded on any id
             stable = queries.stable(s)
             raise ApiError(409, wire.E_CONFLICT, f"{version_id} is {v.status}; unpin the stable version"

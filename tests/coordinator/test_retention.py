@@ -268,6 +268,7 @@ def test_a_file_stored_again_between_the_mark_and_the_deletion_stays(tmp_path, m
     from coordinator import retention
 
     coord = Coordinator(make_config(tmp_path, keep_versions=1))
+    coord.serving = True     # as `create_app` sets it: only the service prunes
     try:
         for i in range(3):                                      # v0000 and v0001 retired, v0002 stable
             make_version(tmp_path / f"v{i}", f"v000{i}", seed=i)
