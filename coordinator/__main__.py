@@ -11,22 +11,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coordinator import keys, listing, logs
-from coordinator.config import PROFILES, Config, ConfigError, load_config, process_config
-from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
-from coordinator.states import VERSION_ACTIONS, VersionAction
-from protocol.artifact import ArtifactError
-from protocol.cli import (
-    EXIT_USER_ERROR,
-    HelpFormatter,
-    Parser,
-    add_version,
-    bind_error,
-    exit_if_stdout_closed,
-    file_in_the_way,
-    url_host,
-)
-from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
+from protocol.cli import interrupt_exits
+
+with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
+    from coordinator import keys, listing, logs
+    from coordinator.config import PROFILES, Config, ConfigError, load_config, process_config
+    from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
+    from coordinator.states import VERSION_ACTIONS, VersionAction
+    from protocol.artifact import ArtifactError
+    from protocol.cli import (
+        EXIT_USER_ERROR,
+        HelpFormatter,
+        Parser,
+        add_version,
+        bind_error,
+        exit_if_stdout_closed,
+        file_in_the_way,
+        url_host,
+    )
+    from protocol.plan import PLAN_FIELD_NAMES, PLAN_FIELDS
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -15,20 +15,23 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edge_runtime import agent, keyboard, paths, personalize
-from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
-from edge_runtime.client import ClientError, RejectedError
-from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
-from edge_runtime.versions import VersionError, VersionStore
-from protocol.artifact import read_manifest
-from protocol.cli import (
-    EXIT_USER_ERROR,
-    HelpFormatter,
-    Parser,
-    add_version,
-    exit_if_stdout_closed,
-    file_in_the_way,
-)
+from protocol.cli import interrupt_exits
+
+with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
+    from edge_runtime import agent, keyboard, paths, personalize
+    from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
+    from edge_runtime.client import ClientError, RejectedError
+    from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
+    from edge_runtime.versions import VersionError, VersionStore
+    from protocol.artifact import read_manifest
+    from protocol.cli import (
+        EXIT_USER_ERROR,
+        HelpFormatter,
+        Parser,
+        add_version,
+        exit_if_stdout_closed,
+        file_in_the_way,
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,8 @@ import os
 import select
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,18 @@ class Parser(argparse.ArgumentParser):
                 self.exit(2, f"{self.prog}: error: {name.replace('_', '-')} holds bytes that are not UTF-8 text "
                              "(a terminal in another encoding?): ids, labels, paths and text here must be UTF-8\n")
         return ns, rest
+
+
+@contextmanager
+def interrupt_exits() -> Iterator[None]:
+    """Ctrl-C while a command starts, before its own handler is in place (its imports take a few
+    tenths of a second), ends it as Ctrl-C does later: "interrupted" on stderr and exit 130, not an
+    import's traceback (a probe pressed it at once)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _utf8(text: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from model.corpus import CorpusError
 from protocol.artifact import ArtifactError
-from protocol.cli import exit_if_stdout_closed, file_in_the_way
+from protocol.cli import exit_if_stdout_closed, file_in_the_way, interrupt_exits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPORA = os.path.join(REPO, "corpora")          # vendored with their licences (corpora/README.md)
@@ -147,7 +147,8 @@ def _console(module: str) -> Callable[[], None]:
     """A console script that imports its tool only when run, so a missing extra is one line, exit 2."""
     def cli() -> None:
         try:
-            tool = importlib.import_module(module)
+            with interrupt_exits():
+                tool = importlib.import_module(module)
         except ModuleNotFoundError as e:
             _missing(e)
         tool.cli()

@@ -79,3 +79,23 @@ def test_the_arm_tool_cleans_up_on_sigterm_too(tmp_path):
     rc, out, err = _terminated(script)
     assert rc == 143 and "terminated" in out, (out, err)
     assert marker.read_text() == "yes"
+
+
+@pytest.mark.parametrize("package, module", [("edge_runtime", "edge_runtime.agent"),
+                                             ("coordinator", "coordinator.listing")])
+def test_ctrl_c_while_a_command_loads_is_one_line_not_an_import_traceback(package, module):
+    """A probe pressed Ctrl-C in a device command's first tenths of a second: the imports were
+    still loading, and Python printed their traceback. Here the Ctrl-C lands deterministically, as
+    `module` is imported by `python -m package`."""
+    script = (
+        "import runpy, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name == {module!r}:\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        f"sys.argv = [{package!r}, '--help']\n"
+        f"runpy.run_module({package!r}, run_name='__main__', alter_sys=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr.strip(), done.stdout) == (130, "interrupted", "")
