@@ -38,7 +38,7 @@ V0_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --seed
 # at a lower rate (docs/quality.md: +1 point top-3 for the LSTM on both device corpora).
 V0_CHAT_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --proxy corpora/topical_chat.jsonl \
                 --seed 1 --epochs 2 --steps-per-epoch 1000 --lr 3e-4 --lr-decay-to 0.1 --patience 2 --version-id v0
-# The keyboard's base n-gram, from the proxy text (shipped with the app, not per version).
+# The keyboard's base n-gram, from the proxy text (shipped with the app, in its package, not per version).
 NGRAM_ARGS ?= --proxy corpora/gutenberg_mix.jsonl --proxy corpora/sotu.jsonl --proxy corpora/topical_chat.jsonl
 # Last, the word list's tail takes present-day words from a public frequency list (completion only;
 # the weights do not change; docs/quality.md, "Present-day words in the word list").
@@ -49,8 +49,8 @@ v0: setup            ## rebuild models/v0 reproducibly (about an hour on 2 idle 
 	$(PY) -m tools.pretrain --init models/v0.stage1 $(V0_CHAT_ARGS) --out models/v0.stage2 --no-progress
 	$(PY) -m tools.add_words --base models/v0.stage2 $(TAIL_ARGS) --out models/v0.new --version-id v0
 	rm -rf models/v0 models/v0.stage1 models/v0.stage2 && mv models/v0.new models/v0
-	$(PY) -m tools.proxy_ngram $(NGRAM_ARGS) --out models/ngram/proxy_trigram.npz --force
-	@echo "models/v0 and models/ngram rebuilt; commit them with: git add models"
+	$(PY) -m tools.proxy_ngram $(NGRAM_ARGS) --out edge_runtime/data/proxy_trigram.npz --force
+	@echo "models/v0 and edge_runtime/data/proxy_trigram.npz rebuilt; commit them with: git add models edge_runtime/data"
 
 # Debian's Chromium for the browser tests (Playwright drives it; its own browser download
 # cannot work here) and nginx for the deploy/ test (TLS in front of the coordinator).

@@ -4,7 +4,9 @@ Why: an n-gram and an LSTM make different mistakes, and a mixture of the two bea
 (the issue's measurements, and Gboard's own FST decoder). Fitted on the same public proxy
 text as version 0, it ships with the keyboard app like a dictionary, once, not with every
 model version: federated rounds change the LSTM's weights, never this file. It is built by
-`make v0` (`python -m tools.proxy_ngram`) into models/ngram/.
+`make v0` (`python -m tools.proxy_ngram`) into this package's data folder, so a device installed
+with `pip install ".[edge]"` has it (until the forty-eighth session it lived in the checkout's
+models/ngram/, and an installed device had to be pointed at it; that path is now a link here).
 
 The device's `base_ngram` setting (`EdgeConfig`; the tools' `--base-ngram`) names another file,
 or `off`; empty is the shipped file. A missing or damaged file is not an error: the keyboard then
@@ -25,7 +27,7 @@ from edge_runtime.ngram import KneserNeyLM
 log = logging.getLogger(__name__)
 
 FILENAME = "proxy_trigram.npz"
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "ngram" / FILENAME
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / FILENAME
 OFF = "off"
 
 

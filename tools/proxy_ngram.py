@@ -1,6 +1,6 @@
 """Fit the keyboard's base n-gram on proxy text (no device text) and save it.
 
-    python -m tools.proxy_ngram --proxy FILE [--proxy FILE ...] --out models/ngram/proxy_trigram.npz
+    python -m tools.proxy_ngram --proxy FILE [--proxy FILE ...] --out edge_runtime/data/proxy_trigram.npz
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     from model.corpus import read_corpus
 
     out = check_out_file(args.out, args.proxy)
-    if out.exists() and not args.force:   # `--out models/ngram/proxy_trigram.npz` replaced the shipped one silently
+    if out.exists() and not args.force:   # `--out` naming the shipped file replaced it silently
         raise FileExistsError(f"--out {out} exists; give a new file, or --force to replace it")
     t0 = time.time()
     texts = [r.text for p in args.proxy for r in read_corpus(p)]
     lm = KneserNeyLM.fit(texts, order=args.order)
-    lm.save(out, mode=0o644)   # a public artifact, as the shipped models/ngram is
+    lm.save(out, mode=0o644)   # a public artifact, as the shipped one is
     print(f"{out}: order {args.order}, {len(lm.vocab):,} words from {len(texts):,} proxy texts, "
           f"{out.stat().st_size / 1e6:.1f} MB, {time.time() - t0:.0f} s")
     return 0

@@ -47,9 +47,15 @@ def test_wheel_installs_with_console_scripts_and_a_slim_base(tmp_path):
                      env=env)
         assert where.returncode == 0 and where.stdout.startswith(str(venv)), where.stdout + where.stderr
         installed = Path(where.stdout.strip()).parents[1]
-        for folder in ("edge_runtime/static", "coordinator/static", "protocol/data"):   # page assets, block list
+        # page assets, the base n-gram, the block list
+        for folder in ("edge_runtime/static", "edge_runtime/data", "coordinator/static", "protocol/data"):
             shipped = sorted(p.relative_to(REPO) for p in (REPO / folder).rglob("*") if p.is_file())
             assert shipped and [p for p in shipped if not (installed / p).is_file()] == [], folder
+        # The keyboard's base n-gram is the installed one by default: it was a file of the checkout,
+        # and an installed device suggested without it unless pointed at that file.
+        ng = _run(str(py), "-c", "from edge_runtime.base_ngram import resolve; print(resolve(''))",
+                  cwd=tmp_path, env=env)
+        assert ng.stdout.strip() == str(installed / "edge_runtime/data/proxy_trigram.npz"), ng.stdout + ng.stderr
         b = _run(str(py), "-c", "from protocol.text import is_blocked; print(is_blocked('Fuck'))",
                  cwd=tmp_path, env=env)
         assert b.stdout.strip() == "True", b.stdout + b.stderr

@@ -44,7 +44,7 @@ def test_out_that_is_a_directory_is_refused_and_a_good_run_leaves_only_the_model
     assert main(["--proxy", str(corpus), "--out", str(tmp_path / "ng" / "n.npz")]) == 0
     assert sorted(p.name for p in (tmp_path / "ng").iterdir()) == ["n.npz"]
     assert KneserNeyLM.load(tmp_path / "ng" / "n.npz").order == 3
-    assert stat.S_IMODE((tmp_path / "ng" / "n.npz").stat().st_mode) == 0o644   # public, as models/ngram is
+    assert stat.S_IMODE((tmp_path / "ng" / "n.npz").stat().st_mode) == 0o644   # public, as the shipped one is
 
 
 def test_the_temporary_file_is_never_the_input_nor_the_output(tmp_path):
