@@ -281,7 +281,11 @@ def _freeze(coord: Coordinator, s: Session, r: Round, row: SecAggRound) -> None:
 
 
 def advance(coord: Coordinator, round_id: int) -> None:
-    """Move the round's phase on when everyone expected answered, or at the phase timeout."""
+    """Move the round's phase on when everyone expected answered, or at the phase timeout. A round
+    id no database column can hold is no round: the step that called it answers 404 (a device's
+    `/v1/secagg/2147483648/roster` got a 500 from PostgreSQL's "integer out of range")."""
+    if not 1 <= round_id <= wire.MAX_INT:
+        return
     summing = False
     with coord.tx() as s:
         r = s.get(Round, round_id, with_for_update=True)

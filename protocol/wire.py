@@ -374,6 +374,8 @@ class VersionMetrics:
                 top1=_float(d, "top1", lo=0.0, hi=MAX_INT), top3=_float(d, "top3", lo=0.0, hi=MAX_INT),
                 count=_float(d, "count", lo=0.0, hi=MAX_INT),
                 **{k: _int(d, k, lo=0, default=0) for k in ("words", "word_top1", "word_top3", "saved", "typed")})
+        if 0 < m.count < 1:   # a number of tokens: 1e-296 made the per-token loss overflow the canary's mean
+            raise WireError("'count' is a number of scored tokens: 0 or at least 1")
         if m.top1 > m.count or m.top3 > m.count:
             raise WireError("hit counts cannot exceed 'count'")
         if m.word_top1 > m.words or m.word_top3 > m.words:

@@ -314,12 +314,20 @@ CASES: list[Case] = [
          lambda c: c.post(E.PATH_EVALUATIONS, json=_eval_report("v0000"), headers=c.a.headers)),
     Case("evaluation: more hits than tokens", 400, E.E_BAD_REQUEST,
          lambda c: c.post(E.PATH_EVALUATIONS, json=_eval_report("v0000", hits=9, count=3), headers=c.a.headers)),
+    Case("evaluation: a fraction of a token", 400, E.E_BAD_REQUEST,   # loss_sum / count overflowed the mean: 500
+         lambda c: c.post(E.PATH_EVALUATIONS, json=_eval_report("v0000", hits=0) | {"results": [
+             {"version_id": "v0000", "loss_sum": 1e12, "top1": 0, "top3": 0, "count": 1e-296}]},
+                          headers=c.a.headers)),
     Case("evaluation: results not a list", 400, E.E_BAD_REQUEST,
          lambda c: c.post(E.PATH_EVALUATIONS, json=_eval_report("v0000") | {"results": "all good"},
                           headers=c.a.headers)),
     Case("evaluation: no credentials", 401, E.E_UNAUTHORIZED,
          lambda c: c.post(E.PATH_EVALUATIONS, json=_eval_report("v0000"))),
     # --- admin ----------------------------------------------------------------------------------
+    # --- secure aggregation --------------------------------------------------------------------
+    *(Case(f"secure round: {step} of a round id no column holds", 404, E.E_UNKNOWN_ROUND,   # was a 500
+           lambda c, step=step: c.get(f"/v1/secagg/{2 ** 63}/{step}", headers=c.a.headers))
+      for step in ("roster", "inbox", "unmask")),
     Case("admin: no token", 401, E.E_UNAUTHORIZED, lambda c: c.get("/v1/admin/status")),
     Case("admin: wrong token", 401, E.E_UNAUTHORIZED, lambda c: c.admin("GET", "/v1/admin/status", token="admin")),
     Case("admin: a device's token", 401, E.E_UNAUTHORIZED,
