@@ -22,6 +22,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(d)
 
 
+# Control characters a message must not carry to a terminal or a text log: a line break starts a
+# line the reader takes for the coordinator's own, an escape sequence rewrites the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one line per record: values a device sent (a version id, an idempotency
+    key) reach some messages, and one holding "\n2026-12-06 ... WARNING ..." forged a line of the
+    log and an ESC sequence reached the operator's terminal (a probe). Control characters in the
+    message are written escaped (werkzeug's colour codes are dropped, as in JSON lines); a
+    traceback keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], _ANSI.sub("", record.message))
+        return self._style._fmt % {**record.__dict__, "message": message}
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at emit time (it may be swapped, e.g. by test capture)."""
 
@@ -43,7 +63,7 @@ def setup(level: str = "INFO", *, json_lines: bool | None = None, log_format: st
     if json_lines is None:
         json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     if not any(getattr(h, "_fedkeys", False) for h in root.handlers):
         handler._fedkeys = True  # type: ignore[attr-defined]  # idempotent across repeated setup() calls

@@ -141,3 +141,21 @@ def test_concurrent_retries_of_one_upload_all_get_its_receipt(tmp_path, monkeypa
         assert len({r.json()["update_id"] for r in answers}) == 1
         assert s.coord.get_round(rid)["accepted"] == 1
         assert s.admin("GET", f"/v1/admin/rejections?round_id={rid}").json()["rejections"] == []
+
+
+def test_a_value_a_device_sent_cannot_forge_a_line_of_the_text_log(world, caplog):
+    """The rejection's log line quotes the update's base version id as the device sent it. With a
+    line break and a timestamp in it, the text log (log_format text, the default on a terminal)
+    showed a second line the operator would take for the coordinator's, and an ESC sequence
+    reached the terminal."""
+    from coordinator.logs import TextFormatter
+
+    s, (a, *_), rid = world
+    forged = "v9)\n2026-12-06 06:00:00,000 WARNING coordinator.rounds: round 1 failed\x1b[2K"
+    with caplog.at_level("INFO", logger="coordinator"):
+        _expect(a.upload(_small(), round_id=rid, base=forged, examples=5), 409, wire.E_STALE)
+    (record,) = [r for r in caplog.records if "rejected update" in r.getMessage()]
+    assert "\n2026-12-06" in record.getMessage()   # the device's value reached the message as sent
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line
+    assert "\\n2026-12-06 06:00:00,000 WARNING" in line and "failed\\x1b[2K, round" in line
