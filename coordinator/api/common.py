@@ -21,13 +21,27 @@ def coord() -> Coordinator:
     return current_app.extensions["fedkeys"]
 
 
+def read_body(limit: int, what: str) -> bytes:
+    """The request's body, at most `limit` bytes (413 above it, 400 if it ends before its
+    Content-Length). A chunked body, with no Content-Length, is read up to the limit, never
+    buffered whole; one that reaches the service's own cap (`max_body_bytes`, where the server's
+    stream stops without a word) counts as over it: it was cut there, and the cut body read as a
+    malformed update (a 422 for a 70 MB upload, an adversarial-device probe)."""
+    too_large = ApiError(413, wire.E_TOO_LARGE, f"{what} are limited to {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = request.stream.read(limit + 1)
+    cap = request.max_content_length
+    if len(body) > limit or (request.content_length is None and cap is not None and len(body) >= cap):
+        raise too_large
+    if request.content_length is not None and len(body) < request.content_length:
+        raise ApiError(400, wire.E_BAD_REQUEST, "the body ended before its Content-Length (client hung up?)")
+    return body
+
+
 def json_body(*, optional: bool = False) -> dict[str, Any]:
     """The request's JSON object, or a 4xx saying what is wrong with it (`optional`: no body is {})."""
-    if request.content_length is not None and request.content_length > wire.MAX_JSON_BYTES:
-        raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
-    raw = request.stream.read(wire.MAX_JSON_BYTES + 1)  # a chunked body is cut here, not buffered whole
-    if len(raw) > wire.MAX_JSON_BYTES:
-        raise ApiError(413, wire.E_TOO_LARGE, f"JSON bodies are limited to {wire.MAX_JSON_BYTES} bytes")
+    raw = read_body(wire.MAX_JSON_BYTES, "JSON bodies")
     try:
         data = json.loads(raw or (b"{}" if optional else b"null"))
     except ValueError as e:   # UnicodeDecodeError, JSONDecodeError, an integer of over 4,300 digits

@@ -12,6 +12,7 @@ from coordinator.api.common import (
     json_body,
     parse,
     rate_limit,
+    read_body,
 )
 from coordinator.errors import ApiError
 from protocol import wire
@@ -44,13 +45,7 @@ def checkin() -> Response:
 @bp.post(wire.PATH_UPDATES)
 @device_auth
 def upload_update() -> Response:
-    if request.content_length is not None and request.content_length > wire.MAX_UPDATE_BYTES:
-        raise ApiError(413, wire.E_TOO_LARGE, f"updates are limited to {wire.MAX_UPDATE_BYTES} bytes")
-    body = request.stream.read(wire.MAX_UPDATE_BYTES + 1)  # chunked bodies are cut at the limit too
-    if len(body) > wire.MAX_UPDATE_BYTES:
-        raise ApiError(413, wire.E_TOO_LARGE, f"updates are limited to {wire.MAX_UPDATE_BYTES} bytes")
-    if request.content_length is not None and len(body) < request.content_length:
-        raise ApiError(400, wire.E_BAD_REQUEST, "the body ended before its Content-Length (client hung up?)")
+    body = read_body(wire.MAX_UPDATE_BYTES, "updates")
     if not body:
         raise ApiError(400, wire.E_BAD_REQUEST, "empty body: expected a safetensors update")
     receipt = coord().submit_update(g.device_id, request.headers.get(wire.UPDATE_META_HEADER), body)

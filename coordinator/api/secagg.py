@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 
 from coordinator import secagg
-from coordinator.api.common import bad_message, coord, device_auth, json_body, parse
-from coordinator.errors import ApiError
+from coordinator.api.common import bad_message, coord, device_auth, json_body, parse, read_body
 from protocol import secagg_wire as sw
 from protocol import wire
 
@@ -55,9 +54,7 @@ def inbox(round_id: int) -> Response:
 @bp.post(_BASE + "masked")
 @device_auth
 def masked(round_id: int) -> Response:
-    if request.content_length is not None and request.content_length > wire.MAX_UPDATE_BYTES:
-        raise ApiError(413, wire.E_TOO_LARGE, f"masked vectors are limited to {wire.MAX_UPDATE_BYTES} bytes")
-    return _json(secagg.post_masked(coord(), g.device_id, round_id, request.get_data(cache=False)))
+    return _json(secagg.post_masked(coord(), g.device_id, round_id, read_body(wire.MAX_UPDATE_BYTES, "masked vectors")))
 
 
 @bp.get(_BASE + "unmask")
