@@ -69,9 +69,13 @@ class Revealer:
         return sw.SecAggReveal({j: self.shares[j][0] for j in surv}, {j: self.shares[j][1] for j in drop})
 
 
-# A Skellam share's Poisson mean: a larger one would wrap the ring by itself (numpy's sampler stops
-# near 9.2e18). Honest rosters of small cohorts at moderate noise reach about 3e15.
-MAX_MU = float(ddp.HALF_RING) ** 2
+# A Skellam share's Poisson mean the device samples. Past 2^53 (9e15) numpy's Poisson draws fall on
+# a lattice (every draw a multiple of 16 at 1e17), so the sum's low bits would carry no noise at all:
+# a coordinator that inflates the scale 100-fold got a plan whose ledger charged 0.03 epsilon through
+# every device's checks, with the sum exact mod 16 (a review). At 2^51 a draw's last bit is still
+# random. The coordinator keeps its mu under ddp.MAX_SAMPLED_MU (1e13) since that cap; one from
+# before it sends about 1.5e15, which passes.
+MAX_MU = 2.0 ** 51
 
 
 def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int, sw.Neighbour]:
@@ -91,8 +95,8 @@ def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int
     except OverflowError:
         raise Refused(f"scale {r.scale:g} is out of range") from None
     if not r.mu <= MAX_MU:   # NaN too; past it numpy's Poisson sampler raises (mu 1e30, or scale 1e12)
-        raise Refused(f"Skellam share mu {r.mu:g} is out of range: noise that large would wrap the ring "
-                      f"(at most {MAX_MU:g})")
+        raise Refused(f"Skellam share mu {r.mu:g} is out of range: past {MAX_MU:g} the sampler's draws lose "
+                      "their low bits, and the sum would go out without noise there")
     if r.mu < want_mu * (1 - 1e-9):
         raise Refused(f"Skellam share mu {r.mu:g} is less than the plan's noise needs ({want_mu:g})")
     want = secagg.neighbours(r.n, r.k, r.graph_seed)[r.index]

@@ -189,7 +189,14 @@ def recover_secret(shares: Sequence[bytes], threshold: int) -> bytes:
 # --- SecAgg+ neighbour graph -------------------------------------------------------------------
 
 def _binom_tail(k: int, p: float, at_least: int) -> float:
-    return sum(math.comb(k, m) * p**m * (1 - p) ** (k - m) for m in range(at_least, k + 1))
+    """P[Binomial(k, p) >= at_least], each term in logs: `comb(k, m) * p**m` overflowed a float past
+    k of about 1,030 (a cohort of thousands at design dropout 0.45), and the error stopped the
+    coordinator's maintenance."""
+    if p <= 0:
+        return 1.0 if at_least <= 0 else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    return math.fsum(math.exp(math.lgamma(k + 1) - math.lgamma(m + 1) - math.lgamma(k - m + 1)
+                              + m * log_p + (k - m) * log_q) for m in range(max(at_least, 0), k + 1))
 
 
 def graph_degree(n: int, dropout: float) -> tuple[int, int]:

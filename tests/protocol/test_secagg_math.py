@@ -153,3 +153,13 @@ def test_the_scale_keeps_each_devices_skellam_where_numpy_samples_it_exactly():
     mu = ddp.skellam_mu(2.0, scale, discovery.SENSITIVITY, 140_000, 2)
     noise = ddp.skellam(mu, 140_000, np.random.default_rng(3)).astype(np.float64) / math.sqrt(2 * mu)
     assert abs(noise.std() - 1) < 0.01 and np.count_nonzero(np.abs(noise) > 4.5) < 6   # ~1 expected
+
+
+def test_the_graph_degree_of_a_cohort_of_thousands_is_computed_not_an_overflow():
+    """`comb(k, m) * p**m` overflowed a float past k of about 1,030: a cohort of 2,000 at design
+    dropout 0.45 (a setting Config accepts) raised OverflowError in every request's maintenance."""
+    assert secagg.graph_degree(2000, 0.45) == (1999, 1000)
+    k, t = secagg.graph_degree(20000, 0.4)
+    assert 1000 < k < 19999 and t == k // 2 + 1
+    exact = sum(math.comb(40, m) * 0.3**m * 0.7 ** (40 - m) for m in range(21, 41))   # small k: exact
+    assert secagg._binom_tail(40, 0.3, 21) == pytest.approx(exact, rel=1e-9)
