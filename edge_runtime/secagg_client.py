@@ -83,6 +83,8 @@ def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int
     noise must be what the plan promises: the device recomputes its Skellam share from the plan
     rather than take the coordinator's `mu` (a roster with mu = 0 or n_min = 1 would otherwise
     let the sum, or one device's vector, go out with no noise)."""
+    if r.round_id != plan.round_id:   # masks are derived with the roster's id, shares bound to the plan's
+        raise Refused(f"the roster is for round {r.round_id}, the plan for round {plan.round_id}")
     if r.t != r.k // 2 + 1:
         raise Refused(f"threshold {r.t} of {r.k} is not a majority: shares could be collected both ways")
     if dim != r.dim:

@@ -400,6 +400,7 @@ def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
     for forged, why in [({"mu": 0.0}, "less than the plan's noise"), ({"mu": mu / 2}, "less than the plan's noise"),
                         ({"n_min": 1}, "not a majority"), ({"n_min": 2}, "not a majority"),
                         ({"dim": dim - 1}, "values, the round expects"), ({"scale": 0.0}, "less than the plan's"),
+                        ({"round_id": 2}, "the plan for round 1"),
                         # numbers no sampler takes: they escaped as OverflowError / ValueError, not refusals
                         ({"scale": 1e200}, "out of range"), ({"mu": 1e30}, "lose their low bits"),
                         ({"scale": scale * 1e6, "mu": mu * 1e12}, "lose their low bits"),
