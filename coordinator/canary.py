@@ -84,6 +84,8 @@ def report_evaluation(coord: Coordinator, device_id: str, report: wire.Evaluatio
         by_id = {m.version_id: m for m in report.results}
         if cand.id not in by_id or stable.id not in by_id:
             raise bad_request(f"report must include metrics for {cand.id} and {stable.id}")
+        if len(by_id) != len(report.results) or set(by_id) - {cand.id, stable.id}:   # stored, never read
+            raise bad_request(f"report must hold metrics for {cand.id} and {stable.id} only, once each")
         _check_bounds(coord, cand, report)
         row.report_json = json.dumps(report.to_dict())
         s.flush()

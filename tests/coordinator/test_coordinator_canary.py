@@ -120,6 +120,9 @@ def test_reports_only_for_issued_tasks_within_their_bounds(world):
     assert t.kind == wire.TASK_EVALUATE and t.max_eval_words == s.config.max_eval_words
     assert _report(canaries[0], t, 100, 0, count=1e9).status_code == 400        # more tokens than the task
     assert _report(canaries[0], t, 0, 0, words=s.config.max_eval_words + 1).status_code == 400
+    # metrics of a version the task did not ask for were stored with the report, ids unchecked
+    extra = canaries[0].evaluate(cand, [_metrics(cand, 50), _metrics("v0000", 50), _metrics("v\u202eevil", 50)])
+    assert extra.status_code == 400 and "only, once each" in extra.text
     assert s.admin("GET", "/v1/admin/canary").json()["numbers"]["reports"] == 0
     assert canaries[0].checkin().kind == wire.TASK_EVALUATE                      # still open: re-issued
 
