@@ -188,7 +188,10 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
         cfg = c.config
         token = ({"admin_token": "the admin_token setting (no file is written)"} if cfg.admin_token
                  else {"admin_token_file": f"{cfg.data_dir}/admin_token"})
-        _print({"data_dir": cfg.data_dir, "database": cfg.resolved_database_url.split("@")[-1],
+        from sqlalchemy import make_url  # the whole URL but its password ("/fedkeys?host=..." hid the scheme)
+
+        _print({"data_dir": cfg.data_dir,
+                "database": make_url(cfg.resolved_database_url).render_as_string(hide_password=True),
                 "public_key_hex": c.public_key_hex, **token})
     elif a == "create-enrollment-key":
         print(c.create_enrollment_key(label=args.label, uses=args.uses, expires_in_s=args.expires_in_s))

@@ -28,7 +28,9 @@ logconfig_dict = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "root": {"handlers": ["stderr"], "level": os.environ.get("FEDKEYS_COORDINATOR_LOG_LEVEL", "INFO")},
     "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-                "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
+                "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+                # as coordinator.logs.setup: dp-accounting's convergence chatter, alembic's line per plugin
+                "absl": {"level": "ERROR"}, "alembic": {"level": "WARNING"}},
 }
 
 

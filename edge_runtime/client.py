@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -56,6 +57,16 @@ class ClientError(EdgeError):
         self.status = status
         self.code = code
         self.retry_after = retry_after
+
+
+def tls_failure(e: BaseException, url: str) -> str:
+    """What a failed TLS handshake says, in one line: an operator enrolling against a self-signed
+    certificate read only "cannot connect", even with debug logs (a probe)."""
+    found = re.search(r"certificate verify failed: ([^(')]+)", str(e))
+    if found is None:
+        return f"the TLS handshake with {url} failed ({e.__class__.__name__})"
+    return (f"the TLS certificate of {url} is not trusted ({found.group(1).strip()}); for a self-signed or "
+            "private certificate authority, give its certificate: REQUESTS_CA_BUNDLE=/path/ca.pem")
 
 
 class TransientError(ClientError):
@@ -183,6 +194,8 @@ class CoordinatorClient:
             _read_capped(resp, max_bytes, f"{method} {path}", deadline=deadline, stop=self.stopping)
         except requests.Timeout as e:
             raise TransientError(f"{method} {path}: timed out") from e
+        except requests.exceptions.SSLError as e:   # a ConnectionError too: it read "cannot connect"
+            raise TransientError(f"{method} {path}: {tls_failure(e, self.base_url)}") from e
         except requests.ConnectionError as e:
             raise TransientError(f"{method} {path}: cannot connect to {self.base_url}") from e
         except requests.RequestException as e:

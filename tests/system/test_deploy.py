@@ -35,16 +35,37 @@ def test_systemd_units_verify(tmp_path, unit):
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
 
 
-def test_env_example_names_only_real_settings():
+def _systemd_env(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile reads them: a value in double quotes unquoted."""
     env = {}
-    for line in (DEPLOY / "coordinator.env.example").read_text().splitlines():
+    for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
             k, _, v = line.partition("=")
-            env[k] = v
+            env[k] = v[1:-1] if len(v) > 1 and v[0] == v[-1] == '"' else v
+    return env
+
+
+def test_env_example_names_only_real_settings():
+    env = _systemd_env((DEPLOY / "coordinator.env.example").read_text())
     cfg = load_config(environ={k: v for k, v in env.items() if k.startswith("FEDKEYS_COORDINATOR_")})
     assert cfg.resolved_database_url.startswith("postgresql+psycopg://") and cfg.log_format == "json"
     assert cfg.proxy_hops == 1                                 # nginx's X-Forwarded-For names the client
     assert env["FEDKEYS_BIND"].startswith("127.0.0.1:")       # gunicorn only on loopback, nginx in front
+
+
+def test_env_file_reads_the_same_in_systemd_and_in_the_shell(tmp_path):
+    """deploy/README loads the env file into the shell (`set -a; . FILE`) for admin commands, and
+    systemd reads it for the service. Unquoted, a database URL with a second parameter
+    (`&connect_timeout=5`) ended the shell's line at `&`: the variable was never set, and init
+    quietly made a SQLite database while the service looked for PostgreSQL (an operator probe)."""
+    text = (DEPLOY / "coordinator.env.example").read_text().replace("host=/run/postgresql",
+                                                                    "host=/run/postgresql&connect_timeout=5")
+    (tmp_path / "coordinator.env").write_text(text)
+    shell = subprocess.run(["bash", "-c", f"set -a; . {tmp_path / 'coordinator.env'}; set +a; env -0"],
+                           env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30, check=True)
+    got = dict(item.partition("=")[::2] for item in shell.stdout.split("\0") if item.startswith("FEDKEYS_"))
+    assert got == _systemd_env(text)
+    assert got["FEDKEYS_COORDINATOR_DATABASE_URL"].endswith("&connect_timeout=5")
 
 
 def test_nginx_config_terminates_tls_in_front_of_the_coordinator(tmp_path):
@@ -65,4 +86,12 @@ def test_nginx_config_terminates_tls_in_front_of_the_coordinator(tmp_path):
         assert codes == [401, 401, 429], codes
         plain = requests.get(f"http://127.0.0.1:{front.http_port}/healthz", allow_redirects=False, timeout=5)
         assert plain.status_code == 301 and plain.headers["Location"].startswith("https://")
+        # A device enrolled before it is given the self-signed certificate says so: it read only
+        # "cannot connect", even with debug logs (an operator probe).
+        env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+        enroll = subprocess.run([sys.executable, "-m", "edge_runtime", "enroll", "--data-dir", str(tmp_path / "dev"),
+                                 "--coordinator", url, "--enrollment-key", "k" * 20], capture_output=True, text=True,
+                                timeout=120, env=env | {"PYTHONPATH": str(DEPLOY.parent)}, check=False)
+        assert enroll.returncode == 1 and "is not trusted (self-signed certificate)" in enroll.stderr, enroll.stderr
+        assert "REQUESTS_CA_BUNDLE=/path/ca.pem" in enroll.stderr
     assert os.path.exists(tmp_path / "logs" / "error.log")
