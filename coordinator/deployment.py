@@ -89,6 +89,18 @@ def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path, *, 
                           f"--database-url created with this data directory")
 
 
+def check_unpaired(engine: Engine, data_dir: str | Path) -> None:
+    """`init` of a new data directory for a database another one already signs for: refused
+    before the new directory gets a key and a token (`check_pairing` refused it only after, and
+    left them there: an operator probe)."""
+    with session_factory(engine)() as s:
+        recorded = s.scalar(select(Setting.value).where(Setting.key == SIGNING_KEY))
+    if recorded is not None:
+        raise ConfigError(f"this database belongs to another data directory (its versions were signed with key "
+                          f"{recorded[:12]}...), and {data_dir} holds no signing key: give the --data-dir created "
+                          f"with this database, or a new database for a new coordinator; nothing was written")
+
+
 def record(coord: Any) -> None:
     """Store the serving coordinator's deployment settings (coordinator.config.deployment_settings).
 

@@ -124,6 +124,11 @@ def test_a_data_dir_and_another_coordinators_database_are_refused_together(tmp_p
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert f"the data directory {d} does not belong to this database" in lines[0], lines
     assert coord("status", "--data-dir", str(a)).returncode == 0
+    # A new folder's init for a database that has its own data directory: refused before it
+    # writes a key and a token into the folder (they were left behind)
+    r = coord("init", "--data-dir", str(tmp_path / "new"), "--database-url", f"sqlite:///{a / 'coordinator.db'}")
+    assert r.returncode == 2 and "belongs to another data directory" in r.stderr, r.stderr
+    assert not (tmp_path / "new" / "signing_key.pem").exists() and not (tmp_path / "new" / "admin_token").exists()
 
 
 @pytest.mark.parametrize("damage,needle", [
