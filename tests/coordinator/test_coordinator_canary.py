@@ -491,3 +491,31 @@ def test_a_report_from_a_device_a_smaller_cohort_left_out_says_so(world):
             smaller.report_evaluation(canaries[0].device_id, report)
     finally:
         smaller.close()
+
+
+def test_a_stored_report_this_release_refuses_is_left_out_not_a_500(world, caplog):
+    """An older release stored reports with a token count between 0 and 1, which the wire now
+    refuses: read back, one raised in every verdict (every report after it, the dashboard, the
+    service's start)."""
+    import json
+
+    from sqlalchemy import select, update
+
+    from coordinator import queries
+    from coordinator.models import Evaluation
+
+    s, devices, canaries, _ = world
+    cand = _candidate_from_round(s, devices, 0.01)
+    task = canaries[0].checkin()
+    assert _report(canaries[0], task, 50, 50).status_code == 200
+    with s.coord.tx() as db:   # as the older release stored it
+        rep = json.loads(db.scalar(select(Evaluation.report_json).where(
+            Evaluation.candidate_version_id == cand, Evaluation.report_json != queries.EVALUATION_ISSUED)))
+        rep["results"][0]["count"] = 1e-296
+        db.execute(update(Evaluation).where(Evaluation.candidate_version_id == cand)
+                   .values(report_json=json.dumps(rep)))
+    with caplog.at_level("WARNING", logger="coordinator.canary"):
+        canary = s.admin("GET", "/v1/admin/canary")
+    assert canary.status_code == 200 and canary.json()["numbers"]["reports"] == 0
+    assert "is left out" in caplog.text
+
