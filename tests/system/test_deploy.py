@@ -36,12 +36,13 @@ def test_systemd_units_verify(tmp_path, unit):
 
 
 def _systemd_env(text: str) -> dict[str, str]:
-    """KEY=VALUE lines as systemd's EnvironmentFile reads them: a value in double quotes unquoted."""
+    """KEY=VALUE lines as systemd's EnvironmentFile reads them: quotes removed, nothing expanded
+    (a `$` stays a `$`, in double quotes too)."""
     env = {}
     for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
             k, _, v = line.partition("=")
-            env[k] = v[1:-1] if len(v) > 1 and v[0] == v[-1] == '"' else v
+            env[k] = v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "'\"" else v
     return env
 
 
@@ -60,6 +61,9 @@ def test_env_file_reads_the_same_in_systemd_and_in_the_shell(tmp_path):
     quietly made a SQLite database while the service looked for PostgreSQL (an operator probe)."""
     text = (DEPLOY / "coordinator.env.example").read_text().replace("host=/run/postgresql",
                                                                     "host=/run/postgresql&connect_timeout=5")
+    q = next(v[0] for k, v in (ln.partition("=")[::2] for ln in text.splitlines())   # the example's quote
+             if k == "FEDKEYS_COORDINATOR_DATABASE_URL")
+    text += f"FEDKEYS_COORDINATOR_ADMIN_TOKEN={q}pa$sword & more-than-16{q}\n"   # quoted as the example quotes
     (tmp_path / "coordinator.env").write_text(text)
     shell = subprocess.run(["bash", "-c", f"set -a; . {tmp_path / 'coordinator.env'}; set +a; env -0"],
                            env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30, check=True)
