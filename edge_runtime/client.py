@@ -61,12 +61,21 @@ class ClientError(EdgeError):
 
 def tls_failure(e: BaseException, url: str) -> str:
     """What a failed TLS handshake says, in one line: an operator enrolling against a self-signed
-    certificate read only "cannot connect", even with debug logs (a probe)."""
-    found = re.search(r"certificate verify failed: ([^(')]+)", str(e))
-    if found is None:
-        return f"the TLS handshake with {url} failed ({e.__class__.__name__})"
-    return (f"the TLS certificate of {url} is not trusted ({found.group(1).strip()}); for a self-signed or "
-            "private certificate authority, give its certificate: REQUESTS_CA_BUNDLE=/path/ca.pem")
+    certificate read only "cannot connect", even with debug logs (a probe). An unknown issuer
+    (self-signed, a private authority) names the setting that trusts it; any other refusal (a
+    certificate for another name, an expired one) or a failed handshake names the reason only."""
+    text = str(e).replace("\\'", "'")
+    verify = re.search(r"certificate verify failed: (.+?)(?: \(_ssl\.c:\d+\)|'\)|$)", text)
+    if verify is None:
+        ssl = re.search(r"\[SSL: \w+\] ([^(]+?)(?: \(_ssl\.c:\d+\)|$)", text)
+        said = ssl.group(1).strip() if ssl else e.__class__.__name__
+        plain = "; does it serve plain HTTP (an http:// address)?" if "wrong version number" in said else ""
+        return f"the TLS handshake with {url} failed ({said}){plain}"
+    reason = verify.group(1).strip()
+    if "self-signed" in reason or "issuer" in reason:
+        return (f"the TLS certificate of {url} is not trusted ({reason}); for a self-signed certificate or a "
+                "private certificate authority, give its certificate: REQUESTS_CA_BUNDLE=/path/ca.pem")
+    return f"the TLS certificate of {url} was refused ({reason})"
 
 
 class TransientError(ClientError):

@@ -291,3 +291,24 @@ def test_a_second_signal_ends_the_device_at_once():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("said, expected", [
+    ("certificate verify failed: self-signed certificate (_ssl.c:1006)",
+     "is not trusted (self-signed certificate); for a self-signed"),
+    ("certificate verify failed: IP address mismatch, certificate is not valid for '127.0.0.1'. (_ssl.c:1006)",
+     "was refused (IP address mismatch, certificate is not valid for '127.0.0.1'.)"),
+    ("certificate verify failed: certificate has expired (_ssl.c:1006)", "was refused (certificate has expired)"),
+    ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)",
+     "failed (wrong version number); does it serve plain HTTP"),
+])
+def test_a_failed_tls_handshake_says_why_in_one_line(said, expected):
+    """A self-signed certificate read "cannot connect"; a name mismatch or an expired certificate
+    must not be told to add a CA bundle, which is already there."""
+    from edge_runtime.client import tls_failure
+
+    e = requests.exceptions.SSLError(f"HTTPSConnectionPool(host='h', port=1): Max retries exceeded with url: /x "
+                                     f"(Caused by SSLError(SSLCertVerificationError(1, {said!r})))")
+    line = tls_failure(e, "https://h")
+    assert expected in line and "\n" not in line
+    assert ("REQUESTS_CA_BUNDLE" in line) == ("self-signed" in said)
