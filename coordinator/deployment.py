@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, make_url, select
+from sqlalchemy import Engine, inspect, make_url, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -92,13 +92,17 @@ def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path, *, 
 def check_unpaired(engine: Engine, data_dir: str | Path) -> None:
     """`init` of a new data directory for a database another one already signs for: refused
     before the new directory gets a key and a token (`check_pairing` refused it only after, and
-    left them there: an operator probe)."""
+    left them there: an operator probe), and before that database is migrated under the release
+    that serves it."""
+    if not inspect(engine).has_table(Setting.__tablename__):   # a new database: nobody's yet
+        return
     with session_factory(engine)() as s:
         recorded = s.scalar(select(Setting.value).where(Setting.key == SIGNING_KEY))
     if recorded is not None:
         raise ConfigError(f"this database belongs to another data directory (its versions were signed with key "
                           f"{recorded[:12]}...), and {data_dir} holds no signing key: give the --data-dir created "
-                          f"with this database, or a new database for a new coordinator; nothing was written")
+                          f"with this database, or a new database for a new coordinator; no key, token or "
+                          f"schema change was written")
 
 
 def record(coord: Any) -> None:

@@ -65,9 +65,9 @@ class Coordinator:
                 self.admin_token = config.admin_token or keys.load_admin_token(self.data_dir)
             else:
                 with data_dir_lock(self.data_dir):
+                    if not keys.is_initialised(self.data_dir):   # `init` of a new folder: refused before it
+                        deployment.check_unpaired(self.engine, self.data_dir)   # migrates or writes a key
                     migrate(self.engine)
-                    if not keys.is_initialised(self.data_dir):   # `init` of a new folder: refused before
-                        deployment.check_unpaired(self.engine, self.data_dir)   # it writes a key there
                     self.signing_key = keys.load_or_create_signing_key(self.data_dir)
                     self.admin_token = config.admin_token or keys.load_or_create_admin_token(self.data_dir)
             self.public_key_hex = keys.public_key_hex(self.signing_key)

@@ -27,11 +27,12 @@ def read_body(limit: int, what: str) -> bytes:
     buffered whole; one that reaches the service's own cap (`max_body_bytes`, where the server's
     stream stops without a word) counts as over it: it was cut there, and the cut body read as a
     malformed update (a 422 for a 70 MB upload, an adversarial-device probe)."""
-    too_large = ApiError(413, wire.E_TOO_LARGE, f"{what} are limited to {limit} bytes")
+    cap = request.max_content_length
+    too_large = ApiError(413, wire.E_TOO_LARGE, f"{what} are limited to {min(limit, cap or limit)} bytes"
+                         + (" (chunked: less than that)" if cap is not None and cap <= limit else ""))
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     body = request.stream.read(limit + 1)
-    cap = request.max_content_length
     if len(body) > limit or (request.content_length is None and cap is not None and len(body) >= cap):
         raise too_large
     if request.content_length is not None and len(body) < request.content_length:
