@@ -238,6 +238,9 @@ def post_reveal(coord: Coordinator, device_id: str, round_id: int, body: dict[st
 
 # --- phase machine -----------------------------------------------------------------------------
 
+_STUCK: set[tuple[str, int]] = set()   # (database, secure round) whose advance failed, said once
+
+
 def advance_open(coord: Coordinator) -> None:
     """Advance every open secure round (called from Coordinator.maintenance)."""
     with coord._sessions() as s:
@@ -247,7 +250,10 @@ def advance_open(coord: Coordinator) -> None:
         try:
             advance(coord, rid)
         except Exception:   # one round's fault must not stop the maintenance (deadlines, canary, retention)
-            log.exception("secure round %s: its phase could not be advanced", rid)
+            # said in full once per round and process: the maintenance runs on every request
+            said = (coord.config.resolved_database_url, rid)
+            (log.debug if said in _STUCK else log.exception)("secure round %s: its phase could not be advanced", rid)
+            _STUCK.add(said)
 
 
 def _fail(coord: Coordinator, s: Session, r: Round, reason: str) -> None:
@@ -380,21 +386,26 @@ def restart_phase_clocks(coord: Coordinator) -> None:
             row.phase_started_at = now
 
 
-# Sets of t shares tried per secret. Each is one interpolation (well under a millisecond); with 32,
-# 3 wrong revealers of 9 shares (t = 5) left a quarter of the secrets unfound (a review).
+# Sets of t shares tried per secret: with 32, 3 wrong revealers of 9 shares (t = 5) left a quarter
+# of the secrets unfound (a review). An interpolation costs well under a millisecond at small t
+# and 0.27 s at t = 1,001, so the tries also stop after TRY_SECONDS per secret.
 TRIES = 256
+TRY_SECONDS = 5.0
 
 
 def _recovered(got: list[bytes], t: int, public: bytes | None) -> bytes | None:
     """A secret from its revealed shares: the first t, else other sets of t (each owner has up
-    to k shares, and devices may have revealed wrong ones), at most TRIES tries; None if none
-    reconstructs. A mask key must also be the private key of the public one its owner posted."""
+    to k shares, and devices may have revealed wrong ones), at most TRIES tries or TRY_SECONDS;
+    None if none reconstructs. A mask key must also be the private key of the public one its owner posted."""
     if math.comb(len(got), t) <= TRIES:
         tries = list(itertools.combinations(got, t))
     else:
         rng = random.Random(0)
         tries = [got[:t]] + [rng.sample(got, t) for _ in range(TRIES - 1)]
-    for shares in tries:
+    give_up = time.monotonic() + TRY_SECONDS
+    for n, shares in enumerate(tries):
+        if n and time.monotonic() > give_up:
+            break
         try:
             secret = secagg.recover_secret(shares, t)
         except secagg.SecAggError:

@@ -72,10 +72,11 @@ class Revealer:
 # A Skellam share's Poisson mean the device samples. Past 2^53 (9e15) numpy's Poisson draws fall on
 # a lattice (every draw a multiple of 16 at 1e17), so the sum's low bits would carry no noise at all:
 # a coordinator that inflates the scale 100-fold got a plan whose ledger charged 0.03 epsilon through
-# every device's checks, with the sum exact mod 16 (a review). At 2^51 a draw's last bit is still
-# random. The coordinator keeps its mu under ddp.MAX_SAMPLED_MU (1e13) since that cap; one from
-# before it sends about 1.5e15, which passes.
-MAX_MU = 2.0 ** 51
+# every device's checks, with the sum exact mod 16 (a review). Below 2^53 a double holds every
+# integer, so a draw's last bit is still random at 2^52. The coordinator keeps its mu under
+# ddp.MAX_SAMPLED_MU (1e13) since that cap; one from before it sends up to about 2.6e15 (a cohort
+# of 2 at noise multiplier 4), which passes.
+MAX_MU = 2.0 ** 52
 
 
 def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int, sw.Neighbour]:

@@ -19,6 +19,7 @@ masks of the sum. Everything is pure (no I/O) and deterministic given its inputs
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import random
@@ -205,18 +206,21 @@ def graph_degree(n: int, dropout: float) -> tuple[int, int]:
     t = k // 2 + 1 (a majority: a coordinator cannot collect both kinds of shares of one device
     from two disjoint halves of its neighbours). k is the smallest even degree such that
     n * P[Binomial(k, dropout) > k - t] <= 2^-20, or n - 1 (every other device) if smaller.
+    That probability falls as k grows, so k is found by bisection: stepping through every even k
+    cost O(n^2) terms, 5 s for a cohort of 10,000 at dropout 0.49, inside the round's lock (a
+    review; both give the same k for every cohort of 2 to 3,000 at dropouts 0 to 0.49).
     """
     if n < 2:
         raise SecAggError("secure aggregation needs at least 2 devices")
     if not 0 <= dropout < 0.5:
         raise SecAggError("design dropout must be in [0, 0.5)")
-    k = 2
-    while k < n - 1:
-        t = k // 2 + 1
-        if n * _binom_tail(k, dropout, k - t + 1) <= 2.0**MAX_FAILURE_LOG2:
-            break
-        k += 2
-    k = min(k, n - 1)
+    evens = range(2, n - 1, 2)   # the sparse graphs; past them, the complete one
+
+    def enough(k: int) -> bool:
+        return n * _binom_tail(k, dropout, k - (k // 2 + 1) + 1) <= 2.0**MAX_FAILURE_LOG2
+
+    i = bisect.bisect_left(evens, True, key=enough)
+    k = evens[i] if i < len(evens) else n - 1
     return k, k // 2 + 1
 
 

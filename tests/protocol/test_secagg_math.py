@@ -163,3 +163,17 @@ def test_the_graph_degree_of_a_cohort_of_thousands_is_computed_not_an_overflow()
     assert 1000 < k < 19999 and t == k // 2 + 1
     exact = sum(math.comb(40, m) * 0.3**m * 0.7 ** (40 - m) for m in range(21, 41))   # small k: exact
     assert secagg._binom_tail(40, 0.3, 21) == pytest.approx(exact, rel=1e-9)
+
+
+def test_the_graph_degree_by_bisection_is_the_smallest_degree_that_suffices():
+    """Found by bisection (a step through every even degree took seconds for large cohorts):
+    it must be the first even degree whose failure bound holds, as the step found it."""
+    def first(n: int, dropout: float) -> int:
+        k = 2
+        while k < n - 1 and n * secagg._binom_tail(k, dropout, k - (k // 2 + 1) + 1) > 2.0**secagg.MAX_FAILURE_LOG2:
+            k += 2
+        return min(k, n - 1)
+
+    for n in (2, 3, 10, 57, 200, 1001):
+        for dropout in (0.0, 0.1, 0.3, 0.45, 0.49):
+            assert secagg.graph_degree(n, dropout)[0] == first(n, dropout), (n, dropout)
