@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus
 
-    out = check_out_file(args.out, args.proxy)
+    # through a link, its file (models/ngram/proxy_trigram.npz is one to the shipped n-gram): the
+    # write renames a new file over its target, which replaced the link and left the shipped one as it was
+    out = check_out_file(args.out, args.proxy).resolve()
     if out.exists() and not args.force:   # `--out` naming the shipped file replaced it silently
         raise FileExistsError(f"--out {out} exists; give a new file, or --force to replace it")
     t0 = time.time()

@@ -70,3 +70,14 @@ def test_an_existing_model_is_replaced_only_with_force(tmp_path):
     assert out.read_bytes() == b"the shipped one"
     assert main(["--proxy", str(corpus), "--out", str(out), "--force"]) == 0
     assert KneserNeyLM.load(out).order == 3
+
+
+def test_a_link_given_as_out_is_written_through(tmp_path):
+    """models/ngram/proxy_trigram.npz is a link to the shipped n-gram: --out naming it replaced the
+    link with a new file and left the shipped one as it was."""
+    corpus = _corpus(tmp_path)
+    shipped = tmp_path / "shipped.npz"
+    shipped.write_bytes(b"the shipped one")
+    (tmp_path / "link.npz").symlink_to(shipped)
+    assert main(["--proxy", str(corpus), "--out", str(tmp_path / "link.npz"), "--force"]) == 0
+    assert (tmp_path / "link.npz").is_symlink() and shipped.read_bytes() != b"the shipped one"
