@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +119,8 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
         own = carried is not None or parent is None
         manifest.privacy = carried if own else json.loads(parent.privacy_json)
         artifact.sign_manifest(manifest, coord.signing_key)
-        v = Version(id=manifest.version_id, seq=queries.next_seq(s), parent_id=manifest.parent, status=status,
+        v = Version(id=manifest.version_id, seq=_import_seq(s, manifest.version_id), parent_id=manifest.parent,
+                    status=status,
                     manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
                     graph_sha256=g_sha, tokenizer_sha256=t_sha,
                     epsilon=float(manifest.privacy["epsilon"]) if own else parent.epsilon,
@@ -235,6 +237,15 @@ def put_download_form(coord: Coordinator, weights: dict, parent_sha: str = "") -
     before it is signed."""
     parent = coord.blobs.get(parent_sha) if parent_sha else None
     return coord.blobs.put(artifact.encode_weights_q8(weights, parent))
+
+
+def _import_seq(s: Session, version_id: str) -> int:
+    """An imported round's version keeps its place in the count its id carries ("v0005-..." is 5,
+    if no version here is past it), so this coordinator's next rounds number on from it: a new
+    deployment that imported v0005-5f6c29b3 after a key replacement made its own v0002 to v0005,
+    and listed two v0005s (an operator probe)."""
+    found = re.match(r"v(\d{1,9})-", version_id)
+    return max(queries.next_seq(s), int(found.group(1)) if found else 0)
 
 
 def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, manifest: artifact.Manifest,

@@ -332,6 +332,9 @@ def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(worl
     with serve(make_config(tmp_path / "newest-first")) as moved:
         moved.coord.import_version(str(dirs[second]))
         assert moved.coord.status()["privacy"]["rounds"] == 2
+        # the new deployment's own versions number on from the imported one's id (it made its
+        # own v0002 after importing v0002-..., and listed two of them: an operator probe)
+        assert [v["seq"] for v in moved.coord.list_versions()] == [int(second[1:5])]
         moved.coord.import_version(str(dirs[first]))   # now the newest's parent is held: still 2, not 1
         assert moved.coord.status()["privacy"]["rounds"] == 2
 
