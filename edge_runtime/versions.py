@@ -339,6 +339,9 @@ class VersionStore:
             log.error("model version %s failed verification: %s", version_id, e)
             return False
         if stat is not None and time.time_ns() - max((max(f[-2:]) for f in stat[1:]), default=0) > SETTLED_NS:
+            if version_id not in known:   # a new version: forget those deleted since (a soak's keyboard
+                for gone in [v for v in known if not self.path(v).is_dir()]:   # kept one per version, for good)
+                    del known[gone]
             known[version_id] = stat   # a file changed within a clock tick of its write keeps its times
         return True
 

@@ -482,6 +482,15 @@ def test_a_version_is_hashed_again_only_when_its_files_change(tmp_path: Path, se
     with pytest.raises(VersionError):
         store.current()
     assert len(hashed) == 2
+    # what it remembers goes with the versions deleted (a soak's keyboard kept an entry per version)
+    for i in range(4, 8):
+        make_version(server, f"v{i}", i)
+    kept = VersionStore(tmp_path / "dev3", remember_verified=True)
+    for i in range(1, 8):
+        kept.install(f"v{i}", fetch_from(server))
+        assert kept.current() == kept.path(f"v{i}")
+    # the installed two, and at most the one deleted after the newest was first verified
+    assert {"v6", "v7"} <= set(kept._verified) <= {"v5", "v6", "v7"}
     loop = VersionStore(tmp_path / "dev2")               # the device loop's store hashes every time
     loop.install("v1", fetch_from(server))
     n = len(hashed)
