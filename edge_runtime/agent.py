@@ -45,6 +45,7 @@ from edge_runtime.client import (
     RejectedError,
     TransientError,
 )
+from edge_runtime.collector import release_freed
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
 from edge_runtime.errors import EdgeError, Stopping, failure
@@ -569,6 +570,8 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
         counts = {}
     if decision and learning and dev.config.personalize and not dev.stopping.is_set():
         counts = {**counts, "personal_model": _personalize(dev)}
+    if task.kind in (wire.TASK_TRAIN, wire.TASK_EVALUATE) or "personal_model" in counts:
+        release_freed()   # the models those built are gone; glibc kept their pages
     result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),
                         dev.store.current_id, counts, version_failed=not version_ok)
     log.info("%s", result.summary())

@@ -19,6 +19,7 @@ import numpy as np
 from edge_runtime import channel as channels
 from edge_runtime import personalize
 from edge_runtime.agent import coordinator_key, readable_identity
+from edge_runtime.collector import release_freed
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import TOKENIZER, ArtifactError
@@ -107,6 +108,7 @@ class ModelSlot:
                      " (the user's own copy)" if self.personal else "")
         self._stamp = stamp
         self.generation += 1
+        release_freed()   # the old predictor's interpreter is freed; glibc kept its pages
 
     def _load(self, version_dir: Path, stamp: float | None) -> Predictor:
         """The version's predictor on the user's own copy of its weights when there is a usable one."""
