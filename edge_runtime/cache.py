@@ -314,7 +314,7 @@ class TextCache:
             db = sqlite3.connect(self.path if create else self.path.absolute().as_uri() + "?mode=rw",
                                  uri=not create, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
-            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}{_cause(self.path)}") from e
+            raise self._cannot_open(_said(e)) from e
         try:
             db.execute("PRAGMA busy_timeout=5000")
             if create and os.stat(self.path).st_mode & 0o777 != 0o600:
@@ -328,7 +328,7 @@ class TextCache:
                 self._born(db)
         except sqlite3.OperationalError as e:   # locked, unreadable, a full disk: not the file's content
             db.close()
-            raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}{_cause(self.path)}") from e
+            raise self._cannot_open(_said(e)) from e
         except sqlite3.DatabaseError as e:      # "file is not a database", "disk image is malformed"
             db.close()
             raise DamagedCacheError(f"cannot open text cache at {self.path}: {_said(e)} (the file is damaged; "
@@ -338,8 +338,13 @@ class TextCache:
             raise CacheError(f"cannot open text cache at {self.path}: {_said(e)}") from e
         except OSError as e:   # the chmod: a read-only file system (a mounted backup) is said as the cache's
             db.close()
-            raise CacheError(f"cannot open text cache at {self.path}: {e.strerror or e}{_cause(self.path)}") from e
+            raise self._cannot_open(str(e.strerror or e)) from e
         return db
+
+    def _cannot_open(self, said: str) -> CacheError:
+        """The open failed for a reason the disk may explain: `said`, and what the folder's file
+        system reports (`_cause`: full, or read-only)."""
+        return CacheError(f"cannot open text cache at {self.path}: {said}{_cause(self.path)}")
 
     def _born(self, db: sqlite3.Connection) -> None:
         """A cache file made now gets a wipe mark of its own: one made after a wipe that could not
