@@ -55,6 +55,9 @@ class _StderrHandler(logging.StreamHandler):
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries' loggers held above INFO in every process (`setup`, and gunicorn's deploy/gunicorn.conf.py):
+# dp-accounting's convergence chatter, and alembic's line per plugin on every start.
+QUIET = {"absl": "ERROR", "alembic": "WARNING"}
 
 
 def setup(level: str = "INFO", *, json_lines: bool | None = None, log_format: str = "auto") -> None:
@@ -69,5 +72,5 @@ def setup(level: str = "INFO", *, json_lines: bool | None = None, log_format: st
         handler._fedkeys = True  # type: ignore[attr-defined]  # idempotent across repeated setup() calls
         root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("absl").setLevel(logging.ERROR)      # dp-accounting's convergence chatter
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin on every start
+    for name, level in QUIET.items():
+        logging.getLogger(name).setLevel(level)

@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+from coordinator.logs import QUIET
+
 bind = os.environ.get("FEDKEYS_BIND", "127.0.0.1:8400")       # behind the TLS proxy: loopback only
 workers = int(os.environ.get("FEDKEYS_WORKERS", "2"))
 worker_class = "gthread"
@@ -29,8 +31,7 @@ logconfig_dict = {
     "root": {"handlers": ["stderr"], "level": os.environ.get("FEDKEYS_COORDINATOR_LOG_LEVEL", "INFO")},
     "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
                 "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
-                # as coordinator.logs.setup: dp-accounting's convergence chatter, alembic's line per plugin
-                "absl": {"level": "ERROR"}, "alembic": {"level": "WARNING"}},
+                **{name: {"level": level} for name, level in QUIET.items()}},
 }
 
 
