@@ -280,6 +280,7 @@ class TextCache:
         self.data_dir = Path(data_dir)
         self.retention_days = retention_days
         self.max_bytes = max_bytes
+        self.last_id: int | None = None   # id of the text `add` stored last through this object
         self.holdout_fraction = holdout_fraction
         self._clock = clock
         self._lock = threading.Lock()
@@ -544,10 +545,10 @@ class TextCache:
             # Checked inside the write transaction, so a concurrent pause cannot race it.
             if self._setting("paused") == "1":
                 return False
-            self._db.execute(
+            self.last_id = self._db.execute(
                 "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
                 (now, field_kind.strip().lower(), text, nbytes),
-            )
+            ).lastrowid   # this connection's newest text: the keyboard tells its own from others' (`texts_after`)
             if commit_id is not None:
                 self._put_setting(COMMITS_KEY, json.dumps([*self._commit_ids()[1 - MAX_COMMIT_IDS:], commit_id]))
             dropped = self._expire_locked(now)
@@ -682,6 +683,14 @@ class TextCache:
                         (-1 if b is None else b,)).fetchall()
             finally:
                 self._db.execute("COMMIT")
+        return [CachedText(*r) for r in rows]
+
+    def texts_after(self, text_id: int) -> list[CachedText]:
+        """Texts stored after the one of id `text_id`, oldest first: what another process (`type`)
+        cached while a keyboard was serving."""
+        with self._held():
+            rows = self._db.execute("SELECT id, ts, field_kind, text FROM texts WHERE id > ? ORDER BY id",
+                                    (text_id,)).fetchall()
         return [CachedText(*r) for r in rows]
 
     def training_records(self) -> Iterator[CachedText]:

@@ -145,6 +145,8 @@ class KeyboardApp:
         self._counting = False   # `_learn` is counting a commit's words (idle work waits for it)
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
+        self._seen_id = 0        # the newest cached text the user's words hold (`_see_outside_texts`)
+        self._own_ids: set[int] = set()   # texts this keyboard cached after it: learned by `_learn`
         self._cache_failing = False   # `_cache_trouble` said once
         self._cache_unusable = False   # `cache_unusable` said once
         try:
@@ -162,13 +164,43 @@ class KeyboardApp:
         a build): they are kept, and a full collection walking them would stall whatever
         keystroke it fell on."""
         if self._personal is None:
-            pm = PersonalModel()
+            pm, seen = PersonalModel(), 0
             for rec in (*self.cache.training_records(), *self.cache.heldout_records()):
                 pm.add(tokens(rec.text))
+                seen = max(seen, rec.id)
             pm.removed = _hidden(self.cache.removed_words())
-            self._personal = pm
+            self._personal, self._seen_id = pm, seen
+            self._own_ids = {i for i in self._own_ids if i > seen}
             settle()
         return self._personal
+
+    def _see_outside_texts(self) -> None:
+        """Texts another process cached while this keyboard serves (`python -m edge_runtime type`)
+        join the user's words, which were otherwise built from the cache only at start or after a
+        wipe. Their words only: the mixture weights learn the texts typed here. Not while a commit
+        here is under way (its text is not told from another's until it is stored and noted)."""
+        if not self._commit_ids.acquire(blocking=False):
+            return
+        try:
+            with self.slot.lock:
+                personal, seen = self._personal, self._seen_id
+            if personal is None:   # built from the whole cache when next asked
+                return
+            newer = self.cache.texts_after(seen)
+            if not newer:
+                return
+            with self.slot.lock:
+                if self._personal is not personal or self._seen_id != seen:
+                    return
+                outside = [r for r in newer if r.id not in self._own_ids]
+                for rec in outside:
+                    personal.add(tokens(rec.text))
+                self._seen_id = newer[-1].id
+                self._own_ids = {i for i in self._own_ids if i > self._seen_id}
+            if outside:
+                log.info("keyboard: learned the words of %d text(s) cached by another process", len(outside))
+        finally:
+            self._commit_ids.release()
 
     def _see_outside_wipe(self, *, now: bool = False) -> None:
         """`python -m edge_runtime wipe` run while this process serves emptied the cache, but the
@@ -195,6 +227,7 @@ class KeyboardApp:
                             failure(e))
                 return
             self._wipe_mark = mark   # only once forgotten: a reload that failed is tried again
+        self._see_outside_texts()
 
     def _cache_trouble(self, e: CacheError) -> None:
         """The cache cannot be read on a keystroke (damaged, its directory gone, locked): the strip
@@ -238,7 +271,7 @@ class KeyboardApp:
 
     def status(self) -> dict[str, Any]:
         self._see_outside_wipe(now=True)
-        self.slot.refresh()
+        self.slot.refresh(wait=False)
         answer = {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
                   "cache": {"sentences": self.cache.stats()["records"]},
                   "paused": self.cache.paused}
@@ -249,7 +282,7 @@ class KeyboardApp:
         """The licence notices of the version in use (e.g. CC BY-SA 4.0 for its word list): shown
         where its suggestions are, as that licence asks of whoever shares the list."""
         with self.slot.lock:
-            self.slot.refresh()
+            self.slot.refresh(wait=False)
             return {"version_id": self.slot.version_id,
                     "notices": [{"file": name, "text": text} for name, text in sorted(self.slot.notices.items())]}
 
@@ -263,7 +296,7 @@ class KeyboardApp:
         except CacheError as e:   # whether a wipe ran cannot be told: nothing learned outlives one
             self._cache_trouble(e)
         with self.slot.lock:
-            self.slot.refresh()
+            self.slot.refresh(wait=False)   # a new version loads on a thread; this strip is the old one's
             if self.slot.predictor is None:
                 return {"suggestions": [], "version_id": None}
             try:
@@ -353,6 +386,8 @@ class KeyboardApp:
             with self.slot.lock:   # the user's words as they are before this text is cached
                 personal = self._personal
             cached = self.cache.add(text, kind, commit_id=commit_id)
+            if cached and self.cache.last_id is not None:
+                self._own_ids.add(self.cache.last_id)
             if cached:
                 self._typed_again(text)
             if cached and personal is None:

@@ -20,6 +20,7 @@ from edge_runtime import channel as channels
 from edge_runtime import personalize
 from edge_runtime.agent import coordinator_key, readable_identity
 from edge_runtime.collector import release_freed
+from edge_runtime.errors import failure
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import TOKENIZER, ArtifactError
@@ -55,6 +56,10 @@ class ModelSlot:
         self.generation = 0     # bumps on every swap, so sessions of the old model are dropped
         self._stamp: float | None = None
         self.personal = False   # suggesting with the user's own copy of the LSTM (edge_runtime.personalize)
+        self._changes = 0       # bumps on every swap and every forgetting: a load begun before either is dropped
+        self._loading: threading.Thread | None = None   # `refresh(wait=False)`'s load, off the keystroke path
+        self._load_lock = threading.Lock()   # one load at a time (the store and the loader are not shared)
+        self._failed: tuple[Path | None, float | None] | None = None   # said once per version that fails to load
 
     def _personal_stamp(self, version_dir: Path | None) -> float | None:
         """mtime of the user's own copy of `version_dir`'s model (None: none, or a fixed model dir)."""
@@ -74,55 +79,96 @@ class ModelSlot:
         except VersionError:
             return None
 
-    def refresh(self) -> None:
-        """Load the wanted version if it changed (looked up at most every MODEL_CHECK_S)."""
+    def refresh(self, *, wait: bool = True) -> None:
+        """Load the wanted version if it changed (looked up at most every MODEL_CHECK_S).
+
+        `wait=False` is the keystroke's way: while a predictor is in use, the lookup and the load
+        (0.07-0.4 s on x86, more on a Pi) run on a thread, and the strip is answered from the
+        version in use until the new one is swapped in under `lock`. With no predictor yet there is
+        nothing to answer from, so it loads here as `wait=True` does."""
         with self.lock:
             now = time.monotonic()
             if self.predictor is not None and now - self._checked < MODEL_CHECK_S:
                 return
             self._checked = now
-            for last in (False, True):
-                wanted = self._wanted()
-                stamp = self._personal_stamp(wanted)
-                if wanted == self._dir and stamp == self._stamp:
-                    return
-                try:
-                    self._swap(wanted, stamp)
-                    return
-                except (ArtifactError, OSError):
-                    # The device loop switched versions and pruned this one while it loaded (a
-                    # rollback): the version in use now, once; else the error is real.
-                    if last or self._wanted() == wanted:
-                        raise
+            if not wait and self.predictor is not None:
+                if self._loading is None or not self._loading.is_alive():
+                    self._loading = threading.Thread(target=self._load_behind, args=(self._changes,),
+                                                     name="model-load", daemon=True)
+                    self._loading.start()
+                return
+            with self._load_lock:
+                for last in (False, True):
+                    wanted = self._wanted()
+                    stamp = self._personal_stamp(wanted)
+                    if wanted == self._dir and stamp == self._stamp:
+                        return
+                    try:
+                        self._swap(wanted, stamp)
+                        return
+                    except (ArtifactError, OSError):
+                        # The device loop switched versions and pruned this one while it loaded (a
+                        # rollback): the version in use now, once; else the error is real.
+                        if last or self._wanted() == wanted:
+                            raise
+
+    def _load_behind(self, changes: int) -> None:
+        """`refresh(wait=False)`'s work, on its own thread: look the wanted version up and load it
+        outside `lock`, then swap it in unless the slot changed meanwhile. A wipe that forgot the
+        user's own copy while it loaded counts as a change, so the copy never comes back; the next
+        refresh looks again."""
+        with self._load_lock:
+            wanted = self._wanted()
+            stamp = self._personal_stamp(wanted)
+            if wanted == self._dir and stamp == self._stamp:
+                return
+            t0 = time.monotonic()
+            try:
+                loaded = self._load(wanted, stamp) if wanted is not None else None
+            except Exception as e:   # a version pruned mid-load, a damaged file: the one in use stays
+                if self._failed != (wanted, stamp):
+                    log.warning("keyboard: model version %s could not be loaded (%s); suggesting with %s "
+                                "meanwhile", wanted.name if wanted else None, failure(e), self.version_id)
+                self._failed = (wanted, stamp)
+                return
+        with self.lock:   # not under `_load_lock`: a waiting `refresh()` holds `lock` while it takes that
+            if self._changes == changes:
+                self._install(wanted, stamp, loaded, time.monotonic() - t0)
 
     def _swap(self, wanted: Path | None, stamp: float | None) -> None:
-        if wanted is None:
+        t0 = time.monotonic()
+        loaded = self._load(wanted, stamp) if wanted is not None else None
+        self._install(wanted, stamp, loaded, time.monotonic() - t0)
+
+    def _install(self, wanted: Path | None, stamp: float | None, loaded: tuple[Predictor, bool] | None,
+                 seconds: float) -> None:
+        """Put a loaded version in use (under `lock`)."""
+        if wanted is None or loaded is None:
             self.predictor, self.version_id, self._dir, self.personal = None, None, None, False
         else:
-            t0 = time.monotonic()
-            self.predictor = self._load(wanted, stamp)
+            self.predictor, self.personal = loaded
             manifest = self.predictor.model.manifest
             self.version_id = manifest.version_id if manifest else wanted.name
             self._dir = wanted
-            log.info("keyboard: model version %s loaded in %.2fs%s", self.version_id, time.monotonic() - t0,
+            log.info("keyboard: model version %s loaded in %.2fs%s", self.version_id, seconds,
                      " (the user's own copy)" if self.personal else "")
         self._stamp = stamp
+        self._failed = None
         self.generation += 1
+        self._changes += 1
         release_freed()   # the old predictor's interpreter is freed; glibc kept its pages
 
-    def _load(self, version_dir: Path, stamp: float | None) -> Predictor:
-        """The version's predictor on the user's own copy of its weights when there is a usable one."""
-        self.personal = False
+    def _load(self, version_dir: Path, stamp: float | None) -> tuple[Predictor, bool]:
+        """The version's predictor on the user's own copy of its weights when there is a usable
+        one; and whether it is on that copy."""
         weights = personalize.load(self.data_dir, version_dir.name) if stamp is not None and self.data_dir else None
         if weights is not None:
             try:
-                predictor = self._loader(version_dir, weights)
-                self.personal = True
-                return predictor
+                return self._loader(version_dir, weights), True
             except ArtifactError:
                 log.warning("personal model does not fit version %s; suggesting with the global model",
                             version_dir.name)
-        return self._loader(version_dir)
+        return self._loader(version_dir), False
 
     def forget_personal(self) -> None:
         """Delete the user's own copy and fall back to the global model at once. The copy's weights
@@ -130,6 +176,7 @@ class ModelSlot:
         be loaded now (its folder pruned mid-load by a rollback, no memory), the strip waits for a
         later refresh instead of suggesting from them."""
         with self.lock:
+            self._changes += 1   # a load under way may hold the copy: it is not swapped in
             if self.data_dir is not None:
                 personalize.forget(self.data_dir)
             if self.personal:
