@@ -31,15 +31,30 @@ class TextFormatter(logging.Formatter):
     """The text format, one line per record: values a device sent (a version id, an idempotency
     key) reach some messages, and one holding "\n2026-12-06 ... WARNING ..." forged a line of the
     log and an ESC sequence reached the operator's terminal (a probe). Control characters in the
-    message are written escaped (werkzeug's colour codes are dropped, as in JSON lines); a
-    traceback keeps its lines."""
+    message are written escaped (werkzeug's colour codes are dropped, as in JSON lines). A
+    traceback keeps its lines, each indented, since its exception's message may quote such a
+    value too: no line of it can pass for a record."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], _ANSI.sub("", record.message))
-        return self._style._fmt % {**record.__dict__, "message": message}
+        return self._style._fmt % {**record.__dict__, "message": _escaped(_ANSI.sub("", record.message))}
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # logging's own signature
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _indented(text: str) -> str:
+    """A traceback's lines, control characters escaped within each, two spaces before each."""
+    return "\n".join("  " + _escaped(line) for line in text.splitlines())
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -159,3 +160,23 @@ def test_a_value_a_device_sent_cannot_forge_a_line_of_the_text_log(world, caplog
     line = TextFormatter().format(record)
     assert "\n" not in line and "\x1b" not in line
     assert "\\n2026-12-06 06:00:00,000 WARNING" in line and "failed\\x1b[2K, round" in line
+
+
+def test_a_traceback_quoting_a_sent_value_cannot_forge_a_line_of_the_text_log():
+    """Messages were escaped, tracebacks not: an exception whose message quoted what a device sent
+    wrote its line break and ESC sequence into the text log as they were."""
+    import logging
+
+    from coordinator.logs import TextFormatter
+
+    forged = "v9\n2026-12-06 06:00:00,000 WARNING coordinator.rounds: round 1 failed\x1b[2K"
+    try:
+        raise ValueError(f"no such version {forged}")
+    except ValueError:
+        record = logging.LogRecord("coordinator.api", logging.ERROR, __file__, 1, "request failed", None,
+                                   sys.exc_info(), stack_info="Stack (most recent call last):\n  x\x1b[2K")
+    lines = TextFormatter().format(record).split("\n")
+    assert lines[0].endswith("ERROR coordinator.api: request failed") and len(lines) > 4
+    assert all(line.startswith("  ") for line in lines[1:]) and "\x1b" not in "".join(lines)
+    assert "  2026-12-06 06:00:00,000 WARNING coordinator.rounds: round 1 failed\\x1b[2K" in lines
+    assert any(line.strip() == "Traceback (most recent call last):" for line in lines)
