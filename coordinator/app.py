@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from coordinator import canary, deployment, keys, retention, round_end, secagg
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
 from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_config
+from coordinator.db import unreachable
 from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import Coordinator
@@ -150,19 +150,6 @@ def _refuse_nul() -> None:
         raise ApiError(400, wire.E_BAD_REQUEST, "a NUL character in the request's path, query or headers")
 
 
-def _unreachable(e: OperationalError) -> bool:
-    """Whether a database error means the database cannot be reached now, not that a statement
-    failed: a dropped connection, PostgreSQL's connection and shutdown states (class 08, 57P01-03),
-    a client-side failure to connect (no SQLSTATE), or SQLite busy or unopenable."""
-    if e.connection_invalidated:
-        return True
-    orig = e.orig
-    if isinstance(orig, sqlite3.Error):
-        return any(s in str(orig) for s in ("database is locked", "unable to open database file"))
-    state = getattr(orig, "sqlstate", None)
-    return not state or state.startswith("08") or state in ("57P01", "57P02", "57P03")
-
-
 def _nearby(address: str | None) -> bool:
     """A loopback or private address: where a reverse proxy of this deployment would connect from."""
     try:
@@ -196,7 +183,7 @@ def _register_errors(app: Flask) -> None:
         # A database server down or out of reach, or SQLite locked past its busy timeout: the
         # request may be retried as it is, so 503 with Retry-After and one log line. Any other
         # OperationalError (no such table, a full disk) is a fault: a 500 with its traceback.
-        if not _unreachable(e):
+        if not unreachable(e):
             return _internal(e)
         why = (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
         log.error("database unavailable on %s %s: %s", request.method, request.path, why)

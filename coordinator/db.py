@@ -287,3 +287,16 @@ def data_dir_lock(data_dir: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def unreachable(e: OperationalError) -> bool:
+    """Whether a database error means the database cannot be reached now, not that a statement
+    failed: a dropped connection, PostgreSQL's connection and shutdown states (class 08, 57P01-03),
+    a client-side failure to connect (no SQLSTATE), or SQLite busy or unopenable."""
+    if e.connection_invalidated:
+        return True
+    orig = e.orig
+    if isinstance(orig, sqlite3.Error):
+        return any(s in str(orig) for s in ("database is locked", "unable to open database file"))
+    state = getattr(orig, "sqlstate", None)
+    return not state or state.startswith("08") or state in ("57P01", "57P02", "57P03")

@@ -9,16 +9,22 @@ each app keeps its own registry, so several apps in one test process do not clas
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from coordinator.db import unreachable
 from coordinator.gauges import StateCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess_dir"]
+
+log = logging.getLogger(__name__)
 
 FROM_DATABASE = frozenset({"fedkeys_rounds", "fedkeys_canary_decisions"})   # counted by `gauges`, once
 
@@ -55,8 +61,34 @@ class Metrics:
         if self._state is not None:
             state = CollectorRegistry()
             state.register(self._state)
-            out += generate_latest(state)
+            try:
+                out += generate_latest(state) + _database_up(True)
+            except OperationalError as e:
+                # The counters are this process's and still true: a scrape that failed whole (503)
+                # hid them while the database was down, and the alert had to be read from the scrape
+                # failing. Now it is `fedkeys_database_up 0`. Any other error is a fault (500).
+                if not unreachable(e):
+                    raise
+                log.warning("metrics: the database is unavailable; the scrape has the counters only (%s)",
+                            (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0])
+                out += _database_up(False)
         return out
+
+
+def _database_up(up: bool) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(_Const(GaugeMetricFamily(
+        "fedkeys_database_up", "1 when this scrape read the gauges from the database, 0 when it could not reach it",
+        value=int(up))))
+    return generate_latest(registry)
+
+
+class _Const:
+    def __init__(self, family: GaugeMetricFamily) -> None:
+        self._family = family
+
+    def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
+        yield self._family
 
 
 class _WorkerFiles:

@@ -105,7 +105,7 @@ def test_only_a_database_out_of_reach_is_a_503_other_database_errors_are_faults(
 
     from sqlalchemy.exc import OperationalError
 
-    from coordinator.app import _unreachable
+    from coordinator.db import unreachable as _unreachable
 
     class PgError(Exception):
         def __init__(self, sqlstate):
@@ -132,19 +132,28 @@ def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
     c = served.coord
     real = c.engine, c._sessions
     c.engine = create_engine("postgresql+psycopg://u@127.0.0.1:1/db", connect_args={"connect_timeout": 5})
-    c._sessions = session_factory(c.engine)
+    c._sessions = c.metrics._state._sessions = session_factory(c.engine)
     try:
         for path, headers in ((wire.PATH_HEALTH, {}),
                               ("/v1/admin/status", {wire.AUTH_HEADER: f"Bearer {served.config.admin_token}"})):
             r = requests.get(served.url + path, headers=headers, timeout=30)
             assert r.status_code == 503, (path, r.text)
             assert r.json()["message"] == "the database is unavailable; retry later" and r.headers["Retry-After"]
+        # The scrape keeps the counters and says the database is down (it was a 503 and said nothing).
+        r = requests.get(served.url + wire.PATH_METRICS, timeout=30)
+        assert r.status_code == 200 and "fedkeys_database_up 0.0" in r.text, r.text
+        assert 'fedkeys_http_requests_total{endpoint="/v1/admin/status",method="GET",status="503"} 1.0' in r.text
     finally:
         c.engine.dispose()
         c.engine, c._sessions = real
+        c.metrics._state._sessions = real[1]
     said = [r for r in caplog.records if "database unavailable" in r.getMessage()]
     assert said and not any(r.exc_info for r in said)
+    (said,) = [r for r in caplog.records if r.name == "coordinator.metrics"]
+    assert said.getMessage().startswith("metrics: the database is unavailable; the scrape has the counters only (")
+    assert "port 1" in said.getMessage() and not said.exc_info
     assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
+    assert "fedkeys_database_up 1.0" in requests.get(served.url + wire.PATH_METRICS, timeout=5).text
 
 
 def test_health_says_a_full_disk(served, monkeypatch):
