@@ -41,8 +41,8 @@ def _devices(c: Any) -> dict[str, int]:
 def dashboard_data(c: Any) -> dict[str, Any]:
     """`c`: the Coordinator. Everything the page renders, computed per refresh."""
     status = c.status()
-    versions = c.list_versions()
-    rounds = c.list_rounds()
+    versions = c.version_summaries()   # not list_versions: every record's privacy history, the rounds squared
+    rounds = c.round_counts()
     canary = c.canary_comparison()
     rnd = status["latest_round"]
     if rnd is not None:
@@ -56,7 +56,7 @@ def dashboard_data(c: Any) -> dict[str, Any]:
                                                        else None)
         history.append({"version_id": v["version_id"], "status": v["status"], "round_id": v["round_id"],
                         "parent_id": v["parent_id"], "created_at": v["created_at"],
-                        "epsilon": v["epsilon"], "epsilon_local": v["privacy"].get("epsilon_local", v["epsilon"]),
+                        "epsilon": v["epsilon"], "epsilon_local": v["epsilon_local"],
                         "canary_reports": v["canary_reports"], "candidate_top3_pct": _pct(numbers, "candidate"),
                         "stable_top3_pct": _pct(numbers, "stable"), "files_pruned": v["files_pruned"]})
     # Retention's deletions show in the versions table ("files deleted"); in the log they crowded
@@ -65,16 +65,15 @@ def dashboard_data(c: Any) -> dict[str, Any]:
                          "reason": d["reason"]} for v in versions for d in v["decisions"] if d["action"] != "prune"),
                        key=lambda d: d["at"] or "", reverse=True)[:DECISIONS_SHOWN]
     stable = next((h for h in history if h["status"] == VersionStatus.STABLE), None)
-    all_reasons = Counter(x["reason"] for x in c.rejections())
     return {"stable_version_id": status["stable_version_id"], "candidate_version_id": status["candidate_version_id"],
             "pinned": status["pinned"], "devices": _devices(c), "round": rnd,
-            "rounds": {"total": len(rounds), "done": sum(r["status"] == RoundStatus.DONE for r in rounds),
-                       "failed": sum(r["status"] == RoundStatus.FAILED for r in rounds)},
+            "rounds": {"total": sum(rounds.values()), "done": rounds.get(RoundStatus.DONE, 0),
+                       "failed": rounds.get(RoundStatus.FAILED, 0)},
             "canary": canary, "privacy": {"epsilon": stable["epsilon"] if stable else None,
                                           "epsilon_local": status["privacy"]["epsilon_local"],
                                           "rounds": status["privacy"]["rounds"],
                                           "delta": c.config.privacy_delta,
                                           "population": {k: v for k, v in status["population"].items()
                                                          if k != "enrolled"}},
-            "rejections_total": dict(all_reasons), "decisions": decisions, "versions": history,
+            "rejections_total": c.rejection_counts(), "decisions": decisions, "versions": history,
             "server_time": utcnow().isoformat() + "Z"}

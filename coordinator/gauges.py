@@ -8,7 +8,6 @@ workers (counters and histograms use prometheus-client's multiprocess mode; coor
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -80,8 +79,7 @@ class StateCollector(Collector):
         for v in versions:
             info.add_metric([v.status, v.id], 1)
             eps.add_metric([v.status, v.id], _finite(v.epsilon))
-            local = json.loads(v.privacy_json or "{}").get("epsilon_local", v.epsilon)
-            eps_local.add_metric([v.status, v.id], _finite(float(local)))
+            eps_local.add_metric([v.status, v.id], _finite(v.epsilon if v.epsilon_local is None else v.epsilon_local))
         yield from (info, eps, eps_local)
         seen = privacy.against_coordinator(noise_seen, self._delta)
         yield GaugeMetricFamily("fedkeys_epsilon_against_coordinator", "epsilon against the coordinator over "

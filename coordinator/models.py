@@ -63,8 +63,9 @@ class Version(Base):
     opt_state_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # server optimizer state
     round_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
+    epsilon_local: Mapped[float | None] = mapped_column(Float, nullable=True)   # privacy_json's, for listing
     delta: Mapped[float] = mapped_column(Float, default=0.0)
-    privacy_json: Mapped[str] = mapped_column(Text, default="{}")
+    privacy_json: Mapped[str] = mapped_column(Text, default="{}")   # the lineage's whole per-round history
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     files_pruned: Mapped[bool] = mapped_column(Boolean, default=False)   # coordinator.retention deleted them

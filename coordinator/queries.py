@@ -85,12 +85,17 @@ def carried_noise(s: Session) -> list[float]:
     parent's, all of them when the parent is not held or its history is not where it starts.
     Histories carry no round identities, so two imports of one lineage whose parent link is not
     held here count their shared rounds twice: an over-count, the safe side of a privacy bound."""
-    rows = s.execute(select(Version.id, Version.parent_id, Version.privacy_json, Version.round_id)).all()
-    history = {vid: json.loads(pj).get("history") or [] for vid, _, pj, _ in rows}
+    # Only imported versions and their parents are read: every version's record holds its lineage's
+    # whole history, so reading them all cost the rounds squared on every scrape and dashboard view.
+    imported = s.execute(select(Version.id, Version.parent_id, Version.privacy_json)
+                         .where(Version.round_id.is_(None))).all()
+    history = {vid: json.loads(pj).get("history") or [] for vid, _, pj in imported}
+    parents = {p for _, p, _ in imported if p and p not in history}
+    if parents:
+        history |= {vid: json.loads(pj).get("history") or [] for vid, pj in s.execute(
+            select(Version.id, Version.privacy_json).where(Version.id.in_(parents)))}
     out: list[float] = []
-    for vid, parent, _, round_id in rows:
-        if round_id is not None:   # made by a round here: counted with the rounds above
-            continue
+    for vid, parent, _ in imported:
         own, base = history[vid], history.get(parent, []) if parent else []
         extra = own[len(base):] if own[:len(base)] == base else own
         out += [float(z) for _, z in extra]

@@ -192,8 +192,17 @@ class Coordinator:
     def list_versions(self) -> list[dict[str, Any]]:
         return views.list_versions(self)
 
+    def version_summaries(self) -> list[dict[str, Any]]:
+        return views.version_summaries(self)
+
     def list_rounds(self) -> list[dict[str, Any]]:
         return views.list_rounds(self)
+
+    def round_counts(self) -> dict[str, int]:
+        return views.round_counts(self)
+
+    def rejection_counts(self) -> dict[str, int]:
+        return views.rejection_counts(self)
 
     def get_round(self, round_id: int) -> dict[str, Any]:
         return views.get_round(self, round_id)

@@ -124,6 +124,7 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
                     manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
                     graph_sha256=g_sha, tokenizer_sha256=t_sha,
                     epsilon=float(manifest.privacy["epsilon"]) if own else parent.epsilon,
+                    epsilon_local=float(manifest.privacy["epsilon_local"]) if own else parent.epsilon_local,
                     delta=coord.config.privacy_delta if own else parent.delta,
                     privacy_json=json.dumps(manifest.privacy))
         s.add(v)
@@ -276,7 +277,8 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
                   status=VersionStatus.CANDIDATE if waiting is None else VersionStatus.REJECTED,
                   manifest_json=artifact.canonical_json(manifest.to_dict()).decode(), weights_sha256=w_sha,
                   graph_sha256=base.graph_sha256, tokenizer_sha256=manifest.tokenizer_sha256,
-                  opt_state_sha256=state_sha, round_id=r.id, epsilon=priv["epsilon"], delta=c.privacy_delta,
+                  opt_state_sha256=state_sha, round_id=r.id, epsilon=priv["epsilon"],
+                  epsilon_local=priv["epsilon_local"], delta=c.privacy_delta,
                   privacy_json=json.dumps(manifest.privacy)))
     if waiting is not None:
         s.flush()

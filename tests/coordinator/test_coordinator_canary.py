@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import requests
 
@@ -73,8 +75,18 @@ def test_good_candidate_is_promoted_to_everyone(world):
     assert decision["numbers"]["word_top3_diff"] == pytest.approx(0.005)
     for d in (others[0], canaries[0]):
         assert d.checkin().use_version_id == cand
+    # The dashboard's and the table's summaries say what the full records say, without the privacy
+    # history and manifest metrics (whose parsing cost the rounds squared on every refresh).
+    full, summaries = s.coord.list_versions(), s.coord.version_summaries()
+    assert [v["version_id"] for v in summaries] == [v["version_id"] for v in full] and len(full) == 2
+    for whole, summary in zip(full, summaries, strict=True):
+        assert summary.pop("epsilon_local") == whole["privacy"].get("epsilon_local", whole["epsilon"])
+        assert summary == {k: v for k, v in whole.items() if k not in ("privacy", "metrics")}
+    assert versions[cand]["canary_reports"] == 2 and versions[cand]["privacy"]["epsilon_local"] > 0
     page = s.admin("GET", "/v1/admin/dashboard").json()
     assert any(v["version_id"] == cand and v["candidate_top3_pct"] == pytest.approx(40.5) for v in page["versions"])
+    assert page["rounds"] == {"total": 1, "done": 1, "failed": 0}
+    assert page["rejections_total"] == dict(Counter(x["reason"] for x in s.coord.rejections()))
     assert page["decisions"][0]["action"] == "promote" and page["decisions"][0]["actor"] == "auto"
     assert requests.get(s.url + "/v1/admin/dashboard", timeout=5).status_code == 401     # no token, no data
     assert 'id="login"' in requests.get(s.url + "/dashboard", timeout=5).text

@@ -133,7 +133,7 @@ def test_a_database_from_when_secure_aggregation_was_migration_0002_upgrades(tmp
     assert "expires_at" in {c["name"] for c in found.get_columns("enrollment_keys")}
     assert "selection_ends_at" in {c["name"] for c in found.get_columns("rounds")}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
         assert conn.execute(text("SELECT survivors FROM secagg_rounds WHERE round_id = 1")).scalar() == 3
         assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
     migrate(engine)   # and a second start has nothing to do
@@ -167,7 +167,9 @@ def test_versions_made_before_each_round_took_its_draws_rate_are_accounted_at_q_
         raw, eps = conn.execute(text("SELECT privacy_json, epsilon FROM versions")).one()
         population = conn.execute(text("SELECT population FROM rounds")).scalar()
         assert conn.execute(text("SELECT files_pruned FROM versions")).scalar() in (0, False)   # 0006: files kept
+        local = conn.execute(text("SELECT epsilon_local FROM versions")).scalar()   # 0007: from the record
     record = json.loads(raw)
+    assert local == pytest.approx(record["epsilon_local"])
     assert record["history"] == [[1.0, 1.0]] * 3 and population == 0
     assert eps == record["epsilon"] == record["epsilon_local"] == pytest.approx(old["epsilon_local"])
     assert eps > 5 * old["epsilon"]
