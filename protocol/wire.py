@@ -118,7 +118,7 @@ def _check_version(d: Mapping[str, Any]) -> None:
     if isinstance(d, Mapping) and "protocol_version" not in d:
         raise ProtocolVersionError("missing field 'protocol_version'")
     v = _req(d, "protocol_version")
-    if isinstance(v, bool) or v != PROTOCOL_VERSION:   # `true == 1` in Python: not a version number
+    if type(v) is not int or v != PROTOCOL_VERSION:   # `true == 1.0 == 1` in Python: not the version number
         raise ProtocolVersionError(f"protocol_version {v!r} not supported (this side speaks {PROTOCOL_VERSION})")
 
 

@@ -63,6 +63,7 @@ def test_metrics_must_be_finite_bounded_and_consistent(bad):
     (w.EnrollRequest, {"protocol_version": 99, "enrollment_key": "x"}, "not supported"),
     (w.CheckinRequest, {"protocol_version": 1, "eligible": "yes"}, "eligible"),
     (w.CheckinRequest, {"protocol_version": True, "eligible": True}, "not supported"),        # true == 1
+    (w.CheckinRequest, {"protocol_version": 1.0, "eligible": True}, "not supported"),         # 1.0 == 1
     (w.CheckinRequest, {"protocol_version": 1, "eligible": True, "current_version_id": "../../etc"},
      "current_version_id"),
     (w.UpdateMeta, {"protocol_version": 1, "round_id": 0, "base_version_id": "v", "example_count": 1,
