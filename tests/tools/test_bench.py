@@ -109,6 +109,20 @@ def test_memory_bench_prints_each_setup_from_a_process_of_its_own(exported_versi
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "no manifest.json" in r.stderr, r.stderr
 
 
+def test_swap_bench_types_through_new_versions_both_ways(exported_version, tmp_path):
+    r = bench("swap", "--model", str(exported_version), "--versions", "1", "--interval", "0.5")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("1 new versions, one every 0.5 s") and "p99 ms" in lines[1], r.stdout
+    rows = {ln[:34].strip(): ln[34:].split() for ln in lines[2:4]}
+    assert set(rows) == {"load on the keystroke (before)", "load on a thread (ships)"}, r.stdout
+    for keystrokes, versions, p50, p99, slowest, _ in rows.values():
+        assert int(keystrokes) > 50 and versions == "2" and 0 < float(p50) <= float(p99) <= float(slowest)
+    assert lines[4].startswith("ratio before/ships, slowest keystroke: ") and lines[4].endswith("x")
+    r = bench("swap", "--model", str(exported_version), "--versions", "0")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "--versions" in r.stderr, r.stderr
+
+
 def test_bench_errors_are_one_line(tmp_path):
     r = bench("keystroke", "--model", str(tmp_path / "missing"), "--corpus", str(tmp_path / "none.txt"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,4 +1,4 @@
-"""`python -m tools.bench {keystroke,memory,train,aggregation,load,poisoning,ptb}`: see the modules
+"""`python -m tools.bench {keystroke,swap,memory,train,aggregation,load,poisoning,ptb}`: see the modules
 of the same names."""
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tools.bench.memory import add_parser as add_memory
     from tools.bench.poisoning import add_parser as add_poisoning
     from tools.bench.ptb import add_parser as add_ptb
+    from tools.bench.swap import add_parser as add_swap
 
+    add_swap(sub)
     add_memory(sub)
     add_load(sub)
     add_poisoning(sub)
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keystroke":
         from tools.bench.keystroke import main as keystroke
         return keystroke(args)
+    if args.command == "swap":
+        from tools.bench.swap import main as swap
+        return swap(args)
     if args.command == "memory":
         from tools.bench.memory import main as memory
         return memory(args)
