@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         elif c == "type":
             if args.text == "-":   # argv is readable by every local user (/proc/PID/cmdline): stdin is not
                 args.text = sys.stdin.read().rstrip("\n")
+            # One commit, as the keyboard page's: a running keyboard learns it at once, under its lock.
+            if len(args.text) > keyboard.MAX_TEXT:
+                raise ValueError(f"the text is {len(args.text):,} characters; a commit holds at most "
+                                 f"{keyboard.MAX_TEXT:,}, as the keyboard's: type it in parts")
             if agent.type_text(cfg, args.text, args.field_kind, private=args.private):
                 print("cached")
             else:

@@ -437,6 +437,25 @@ def test_type_reads_the_text_from_stdin_out_of_the_process_list(tmp_path: Path, 
         assert all_texts(c) == ["my bank pin hint is a secret"]
 
 
+def test_type_refuses_more_than_one_commit_holds_and_caches_nothing(tmp_path: Path, capsys, monkeypatch):
+    """`type` took 2 MB from stdin as one text, which a running keyboard then learned under the lock
+    every strip takes; the keyboard page's commits hold at most its MAX_TEXT characters."""
+    import io
+
+    from edge_runtime.__main__ import main as cli_main
+    from edge_runtime.keyboard import MAX_TEXT
+
+    TextCache(tmp_path).close()
+    monkeypatch.setattr("sys.stdin", io.StringIO("word " * (MAX_TEXT // 5 + 1)))
+    assert cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the text is 16,385 characters; a commit holds at most 16,384") and "parts" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("w" * MAX_TEXT))
+    assert cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message"]) == 0
+    with TextCache(tmp_path) as c:
+        assert [len(t) for t in all_texts(c)] == [MAX_TEXT]
+
+
 @pytest.mark.parametrize(("n", "k"), [(0, 0), (1, 1), (5, 1), (10, 1), (11, 2), (20, 2), (100, 10)])
 def test_holdout_count(n, k):
     assert holdout_count(n, 0.1) == k
