@@ -8,6 +8,7 @@ workers (counters and histograms use prometheus-client's multiprocess mode; coor
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -79,7 +80,9 @@ class StateCollector(Collector):
         for v in versions:
             info.add_metric([v.status, v.id], 1)
             eps.add_metric([v.status, v.id], _finite(v.epsilon))
-            eps_local.add_metric([v.status, v.id], _finite(v.epsilon if v.epsilon_local is None else v.epsilon_local))
+            local = (v.epsilon_local if v.epsilon_local is not None   # unset: a release before 0007 wrote it
+                     else float(json.loads(v.privacy_json or "{}").get("epsilon_local", v.epsilon)))
+            eps_local.add_metric([v.status, v.id], _finite(local))
         yield from (info, eps, eps_local)
         seen = privacy.against_coordinator(noise_seen, self._delta)
         yield GaugeMetricFamily("fedkeys_epsilon_against_coordinator", "epsilon against the coordinator over "

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import requests
+from sqlalchemy import text
 
 from coordinator import rollout
 from protocol import wire
@@ -83,6 +84,12 @@ def test_good_candidate_is_promoted_to_everyone(world):
         assert summary.pop("epsilon_local") == whole["privacy"].get("epsilon_local", whole["epsilon"])
         assert summary == {k: v for k, v in whole.items() if k not in ("privacy", "metrics")}
     assert versions[cand]["canary_reports"] == 2 and versions[cand]["privacy"]["epsilon_local"] > 0
+    with s.coord.engine.begin() as conn:   # a row a release before migration 0007 wrote after it ran
+        conn.execute(text("UPDATE versions SET epsilon_local = NULL, epsilon = 0.5 WHERE id = :v"), {"v": cand})
+    (again,) = [v for v in s.coord.version_summaries() if v["version_id"] == cand]
+    assert again["epsilon_local"] == versions[cand]["privacy"]["epsilon_local"] and again["epsilon"] == 0.5
+    assert f'fedkeys_epsilon_local{{role="stable",version="{cand}"}} ' \
+           f'{float(versions[cand]["privacy"]["epsilon_local"])}' in s.admin("GET", "/metrics").text
     page = s.admin("GET", "/v1/admin/dashboard").json()
     assert any(v["version_id"] == cand and v["candidate_top3_pct"] == pytest.approx(40.5) for v in page["versions"])
     assert page["rounds"] == {"total": 1, "done": 1, "failed": 0}

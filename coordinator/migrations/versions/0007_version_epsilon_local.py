@@ -27,8 +27,10 @@ def upgrade() -> None:
     versions = sa.table("versions", sa.column("id", sa.String), sa.column("epsilon", sa.Float),
                         sa.column("privacy_json", sa.Text), sa.column("epsilon_local", sa.Float))
     conn = op.get_bind()
-    for vid, epsilon, privacy_json in conn.execute(sa.select(versions.c.id, versions.c.epsilon,
-                                                             versions.c.privacy_json)).all():
+    # One record at a time: together they hold the rounds squared (about 1 GB after 10,000 rounds).
+    for vid in conn.execute(sa.select(versions.c.id)).scalars().all():
+        epsilon, privacy_json = conn.execute(sa.select(versions.c.epsilon, versions.c.privacy_json)
+                                             .where(versions.c.id == vid)).one()
         conn.execute(versions.update().where(versions.c.id == vid)
                      .values(epsilon_local=epsilon_local(privacy_json, epsilon)))
 
