@@ -55,6 +55,7 @@ from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import discovery, wire
 from protocol.artifact import TOKENIZER, ArtifactError, atomic_write, read_manifest
+from protocol.text import tokens
 from protocol.vocab import dictionary
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,10 @@ def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool =
     """What the keyboard does on commit: note the keystroke, cache the text if the rules allow."""
     ActivityClock(config.require_data_dir() / ACTIVITY_FILE).note_keystroke()
     with open_cache(config) as cache:
-        return cache.add(text, field_kind, private=private)
+        cached = cache.add(text, field_kind, private=private)
+        if cached and cache.removed_words():   # a removed word typed again counts towards its return,
+            cache.change_removed(mark=cache.wipe_mark(), typed=tokens(text))   # as a keyboard commit's does
+        return cached
 
 
 def predictor_session(version_dir: Path, *, base_ngram: str = "") -> TypingSession:

@@ -165,12 +165,13 @@ class KeyboardApp:
         keystroke it fell on."""
         if self._personal is None:
             pm, seen = PersonalModel(), 0
-            for rec in (*self.cache.training_records(), *self.cache.heldout_records()):
+            for rec in self.cache.texts_after(0):   # one read: `type` may add a text meanwhile
                 pm.add(tokens(rec.text))
-                seen = max(seen, rec.id)
+                seen = rec.id
             pm.removed = _hidden(self.cache.removed_words())
-            self._personal, self._seen_id = pm, seen
-            self._own_ids = {i for i in self._own_ids if i > seen}
+            # The ids of texts learned here were learned into the words this replaces (and a
+            # wipe starts the ids again from 1): none is this keyboard's own any more.
+            self._personal, self._seen_id, self._own_ids = pm, seen, set()
             settle()
         return self._personal
 
@@ -189,16 +190,21 @@ class KeyboardApp:
             newer = self.cache.texts_after(seen)
             if not newer:
                 return
+            outside = 0
             with self.slot.lock:
                 if self._personal is not personal or self._seen_id != seen:
                     return
-                outside = [r for r in newer if r.id not in self._own_ids]
-                for rec in outside:
-                    personal.add(tokens(rec.text))
-                self._seen_id = newer[-1].id
-                self._own_ids = {i for i in self._own_ids if i > self._seen_id}
+                for rec in newer:
+                    if rec.id in self._own_ids:
+                        self._own_ids.discard(rec.id)
+                    else:
+                        personal.add(tokens(rec.text))
+                        outside += 1
+                    self._seen_id = rec.id   # each as it is counted: none twice if one fails
+                if outside:   # `type` counted removed words typed again in the cache (`agent.type_text`)
+                    personal.removed = _hidden(self.cache.removed_words())
             if outside:
-                log.info("keyboard: learned the words of %d text(s) cached by another process", len(outside))
+                log.info("keyboard: learned the words of %d text(s) cached by another process", outside)
         finally:
             self._commit_ids.release()
 
@@ -386,8 +392,7 @@ class KeyboardApp:
             with self.slot.lock:   # the user's words as they are before this text is cached
                 personal = self._personal
             cached = self.cache.add(text, kind, commit_id=commit_id)
-            if cached and self.cache.last_id is not None:
-                self._own_ids.add(self.cache.last_id)
+            text_id = self.cache.last_id
             if cached:
                 self._typed_again(text)
             if cached and personal is None:
@@ -402,6 +407,9 @@ class KeyboardApp:
                     with self.slot.lock:
                         if self._personal is personal:
                             self._personal = None
+                with self.slot.lock:   # learned into the words in use: `_see_outside_texts` skips it
+                    if self._personal is personal and text_id is not None:
+                        self._own_ids.add(text_id)
             reason = None if cached else self.cache.why_not(text, kind)
         return cached, reason
 

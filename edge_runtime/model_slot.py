@@ -30,6 +30,7 @@ from protocol.text import load_tokenizer
 log = logging.getLogger(__name__)
 
 MODEL_CHECK_S = 2.0           # how often the device's current version is looked up
+RETRY_FAILED_S = 30           # how long a version that failed to load on the thread is left before another try
 
 
 class ModelSlot:
@@ -59,7 +60,8 @@ class ModelSlot:
         self._changes = 0       # bumps on every swap and every forgetting: a load begun before either is dropped
         self._loading: threading.Thread | None = None   # `refresh(wait=False)`'s load, off the keystroke path
         self._load_lock = threading.Lock()   # one load at a time (the store and the loader are not shared)
-        self._failed: tuple[Path | None, float | None] | None = None   # said once per version that fails to load
+        # The version that failed to load on the thread, its copy's stamp, and when to try it again.
+        self._failed: tuple[Path | None, float | None, float] | None = None
 
     def _personal_stamp(self, version_dir: Path | None) -> float | None:
         """mtime of the user's own copy of `version_dir`'s model (None: none, or a fixed model dir)."""
@@ -122,22 +124,31 @@ class ModelSlot:
             stamp = self._personal_stamp(wanted)
             if wanted == self._dir and stamp == self._stamp:
                 return
+            failed = self._failed
+            if failed is not None and failed[:2] == (wanted, stamp) and time.monotonic() < failed[2]:
+                return   # it failed a moment ago: a full load per look-up would cost a Pi a second each time
             t0 = time.monotonic()
             try:
                 loaded = self._load(wanted, stamp) if wanted is not None else None
             except Exception as e:   # a version pruned mid-load, a damaged file: the one in use stays
-                if self._failed != (wanted, stamp):
+                if failed is None or failed[:2] != (wanted, stamp):
                     log.warning("keyboard: model version %s could not be loaded (%s); suggesting with %s "
-                                "meanwhile", wanted.name if wanted else None, failure(e), self.version_id)
-                self._failed = (wanted, stamp)
+                                "meanwhile, trying again every %d s", wanted.name if wanted else None,
+                                failure(e), self.version_id, RETRY_FAILED_S)
+                self._failed = (wanted, stamp, time.monotonic() + RETRY_FAILED_S)
                 return
         with self.lock:   # not under `_load_lock`: a waiting `refresh()` holds `lock` while it takes that
-            if self._changes == changes:
+            # A wipe in another process deletes the user's own copy before this process sees the
+            # wipe (and before `_changes` moves): a copy read before that is not put in use.
+            if self._changes == changes and self._personal_stamp(wanted) == stamp:
                 self._install(wanted, stamp, loaded, time.monotonic() - t0)
 
     def _swap(self, wanted: Path | None, stamp: float | None) -> None:
         t0 = time.monotonic()
         loaded = self._load(wanted, stamp) if wanted is not None else None
+        if loaded is not None and loaded[1] and self._personal_stamp(wanted) != stamp:
+            stamp = self._personal_stamp(wanted)   # the copy went (a wipe elsewhere) or changed as it loaded
+            loaded = self._load(wanted, stamp)
         self._install(wanted, stamp, loaded, time.monotonic() - t0)
 
     def _install(self, wanted: Path | None, stamp: float | None, loaded: tuple[Predictor, bool] | None,
