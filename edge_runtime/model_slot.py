@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,11 @@ class ModelSlot:
         self._changes = 0       # bumps on every swap and every forgetting: a load begun before either is dropped
         self._loading: threading.Thread | None = None   # `refresh(wait=False)`'s load, off the keystroke path
         self._load_lock = threading.Lock()   # one load at a time (the store and the loader are not shared)
+        # The thread's hooks (the keyboard's): `warm(predictor)` before a loaded version goes in,
+        # outside `lock` (the predictor is the thread's alone), and `on_swap(what warm returned)`
+        # under `lock` once it is in.
+        self.warm: Callable[[Predictor], Any] | None = None
+        self.on_swap: Callable[[Any], None] | None = None
         # The version that failed to load on the thread, its copy's stamp, and when to try it again.
         self._failed: tuple[Path | None, float | None, float] | None = None
 
@@ -137,11 +143,20 @@ class ModelSlot:
                                 failure(e), self.version_id, RETRY_FAILED_S)
                 self._failed = (wanted, stamp, time.monotonic() + RETRY_FAILED_S)
                 return
+        warmed = None   # outside both locks: `warm` takes `lock` to read the texts, and a waiting
+        if loaded is not None and self.warm is not None:   # `refresh()` holds `lock` while it takes `_load_lock`
+            try:
+                warmed = self.warm(loaded[0])
+            except Exception as e:   # the type only: what it fed is the text being typed
+                log.warning("keyboard: the text being typed could not be fed through version %s ahead "
+                            "(%s); the next keystroke feeds it", wanted.name if wanted else None, type(e).__name__)
         with self.lock:   # not under `_load_lock`: a waiting `refresh()` holds `lock` while it takes that
             # A wipe in another process deletes the user's own copy before this process sees the
             # wipe (and before `_changes` moves): a copy read before that is not put in use.
             if self._changes == changes and self._personal_stamp(wanted) == stamp:
                 self._install(wanted, stamp, loaded, time.monotonic() - t0)
+                if warmed is not None and self.on_swap is not None:
+                    self.on_swap(warmed)
 
     def _swap(self, wanted: Path | None, stamp: float | None) -> None:
         t0 = time.monotonic()

@@ -205,6 +205,19 @@ class Session:
             else:
                 self.ahead.append((tok, self.p.advance_ids(node, self.p.vocab.ids([tok])), (hist[-1], tok)))
 
+    def catch_up(self, chunks: Sequence[str]) -> bool:
+        """Feed the first of `chunks` (a text's completed chunks, `typed_chunks`) that this session
+        has not fed, when those it has are their start: one chunk per call, so that idle time can
+        build a new session on a long text a call at a time (a new model version comes in while
+        the user types). False once there is nothing more to feed this way; `update` then feeds
+        only what is being typed."""
+        n = len(self.chunks)
+        if n >= len(chunks) or (n and self.chunks[-1] != chunks[n - 1]):
+            return False
+        self.text = None   # `update` compares chunk by chunk from here
+        self._push(chunks[n])
+        return n + 1 < len(chunks)
+
     def rewind(self, n_chunks: int) -> None:
         """Back to the state after the first `n_chunks` chunks (backspace, cursor moves)."""
         self.text = None
