@@ -683,10 +683,7 @@ def test_a_keystroke_does_not_wait_for_a_new_version_to_load(tmp_path, exported_
         t.start()
         t.join(5)
         assert answers and answers[0]["version_id"] == "tiny-a"   # answered while tiny-b loads
-        for _ in range(200):   # the thread reaches the loader (busy machines take a while)
-            if len(loads) == 2:
-                break
-            time.sleep(0.05)
+        _until(lambda: len(loads) == 2)   # the thread reaches the loader (busy machines take a while)
         assert loads[-1] == ("tiny-b", False) and app.status()["model"]["version_id"] == "tiny-a"
     finally:
         gate.set()
@@ -705,10 +702,7 @@ def test_a_wipe_during_a_load_keeps_the_users_copy_out(tmp_path, exported_versio
     personalize.save(data, "tiny-a", load_version(data / "models" / "tiny-a")[1], "1:1:x")
     try:
         app.suggest({"client": "t", "text": "the c"})   # sees the copy: loads it on a thread
-        for _ in range(100):
-            if len(loads) == 2:
-                break
-            time.sleep(0.05)
+        _until(lambda: len(loads) == 2)   # the thread reaches the loader
         assert loads[-1] == ("tiny-a", True)
         wipe = threading.Thread(target=slot.forget_personal)   # waits for the load under way
         wipe.start()
@@ -766,10 +760,7 @@ def test_a_users_copy_deleted_by_a_wipe_elsewhere_during_a_load_is_not_put_in_us
     personalize.save(data, "tiny-a", load_version(data / "models" / "tiny-a")[1], "1:1:x")
     try:
         app.suggest({"client": "t", "text": "the c"})   # sees the copy: loads it on a thread
-        for _ in range(100):
-            if len(loads) == 2:
-                break
-            time.sleep(0.05)
+        _until(lambda: len(loads) == 2)   # the thread reaches the loader
         assert loads[-1] == ("tiny-a", True)
         personalize.forget(data)   # the wipe elsewhere, not noticed here yet
     finally:
