@@ -190,11 +190,8 @@ def make_eligibility(config: EdgeConfig) -> Eligibility:
 def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool = False) -> bool:
     """What the keyboard does on commit: note the keystroke, cache the text if the rules allow."""
     ActivityClock(config.require_data_dir() / ACTIVITY_FILE).note_keystroke()
-    with open_cache(config) as cache:
-        cached = cache.add(text, field_kind, private=private)
-        if cached and cache.removed_words():   # a removed word typed again counts towards its return,
-            cache.change_removed(mark=cache.wipe_mark(), typed=tokens(text))   # as a keyboard commit's does
-        return cached
+    with open_cache(config) as cache:   # a removed word typed again counts towards its return, as on the page
+        return cache.add(text, field_kind, private=private, typed=tokens(text))
 
 
 def predictor_session(version_dir: Path, *, base_ngram: str = "") -> TypingSession:

@@ -458,17 +458,24 @@ class TextCache:
         with self._held(), self._transaction():
             if self._setting("wiped") != mark:
                 return None
-            removed = self._removed_locked()
-            before = json.dumps(removed)
             if add is not None:
+                removed = self._removed_locked()
                 removed[nfc(add)] = [0, time.time()]
-            for w in set(typed) & removed.keys():
-                removed[w][0] += 1
-                if removed[w][0] >= TYPED_TO_RETURN:
-                    del removed[w]
-            if json.dumps(removed) != before:
                 self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
-            return frozenset(removed)
+            return self._count_typed_locked(typed)
+
+    def _count_typed_locked(self, typed: Iterable[str]) -> frozenset[str]:
+        """Count the removed words among `typed` (a committed text's), bringing back one committed
+        in TYPED_TO_RETURN texts since its removal (lock and transaction held); the removed words after."""
+        removed = self._removed_locked()
+        back = set(typed) & removed.keys()
+        for w in back:
+            removed[w][0] += 1
+            if removed[w][0] >= TYPED_TO_RETURN:
+                del removed[w]
+        if back:
+            self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
+        return frozenset(removed)
 
     def _removed_locked(self) -> dict[str, list]:
         """word -> [texts committed with it since its removal, when it was removed] (lock held). In
@@ -527,10 +534,12 @@ class TextCache:
         return "learning paused" if self.paused else "not stored"
 
     def add(self, text: str, field_kind: str, *, private: bool = False, ts: float | None = None,
-            commit_id: str | None = None) -> bool:
+            commit_id: str | None = None, typed: Iterable[str] = ()) -> bool:
         """Store committed text; returns False (and stores nothing) when the rules forbid it.
         `commit_id` (the keyboard page's id of this commit) is kept with it, in the same
-        transaction, so a resend after a restart of the device process is known (`has_commit`)."""
+        transaction, so a resend after a restart of the device process is known (`has_commit`);
+        and `typed` (its words) counted towards the removed words' return (`change_removed`), so
+        a keyboard that reads the text sees the count too."""
         if self._refused(text, field_kind, private) is not None:
             return False   # nothing to learn from, or a field never cached
         now = self._clock() if ts is None else ts
@@ -551,6 +560,7 @@ class TextCache:
             ).lastrowid   # this connection's newest text: the keyboard tells its own from others' (`texts_after`)
             if commit_id is not None:
                 self._put_setting(COMMITS_KEY, json.dumps([*self._commit_ids()[1 - MAX_COMMIT_IDS:], commit_id]))
+            self._count_typed_locked(typed)
             dropped = self._expire_locked(now)
         if dropped:   # said: a one-off smaller max_cache_bytes emptied a cache without a word (a probe)
             log.warning("text cache: deleted the %d oldest text(s) to keep within %d days and %d bytes "

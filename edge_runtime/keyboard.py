@@ -85,6 +85,7 @@ API_GET = frozenset({"/api/status", "/api/notices"})
 API_POST = frozenset({"/api/suggest", "/api/commit", "/api/pause", "/api/clear", "/api/remove-word"})
 MAX_BODY = 64 * 1024          # bytes; a request body larger than this is refused (413)
 MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
+WARM_CLIENTS = 4              # clients whose text a new version is fed before it goes in (`_warm`)
 MAX_WORD = 100               # characters of a word removed from the suggestions
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
@@ -140,7 +141,7 @@ class KeyboardApp:
 
     def __init__(self, *, cache: TextCache, slot: ModelSlot, activity: ActivityClock | None = None) -> None:
         self.cache, self.slot, self.activity = cache, slot, activity
-        slot.warm, slot.on_swap = self._warm, self._swapped   # a new version: the text being typed goes along
+        slot.follow(self._warm, self._swapped)   # a new version: the text being typed goes along
         self._sessions: OrderedDict[str, tuple[int, Session]] = OrderedDict()
         self._personal: PersonalModel | None = None
         self._learning = threading.Lock()   # commits learn one at a time (`_learn`)
@@ -273,6 +274,7 @@ class KeyboardApp:
         with self.slot.lock:
             self._personal = None
             self._sessions.clear()   # the text being typed, and what prefetch readied from it
+            self.slot.invalidate()   # and a load under way, which fed that text through its version
             if self.slot.predictor is not None:
                 self.slot.predictor.personal = PersonalModel()
                 self.slot.predictor.forget_warm()
@@ -366,8 +368,9 @@ class KeyboardApp:
         each client's text being typed, fed through it into a new session. Its interpreter is
         this thread's alone until then, so no keystroke waits; without this the first keystroke
         on the new version fed the whole text (0.85 s for the page's 16,384 characters on x86)."""
-        with self.slot.lock:
-            texts = {client: session.text for client, (_, session) in self._sessions.items() if session.text}
+        with self.slot.lock:   # the clients that typed last (a page left open elsewhere stays a client)
+            texts = {client: session.text for client, (_, session) in list(self._sessions.items())[-WARM_CLIENTS:]
+                     if session.text}
         warmed = {}
         for client, text in texts.items():
             session, (chunks, _) = predictor.session(), typed_chunks(text)

@@ -11,6 +11,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,25 @@ class ModelSlot:
         self._changes = 0       # bumps on every swap and every forgetting: a load begun before either is dropped
         self._loading: threading.Thread | None = None   # `refresh(wait=False)`'s load, off the keystroke path
         self._load_lock = threading.Lock()   # one load at a time (the store and the loader are not shared)
-        # The thread's hooks (the keyboard's): `warm(predictor)` before a loaded version goes in,
-        # outside `lock` (the predictor is the thread's alone), and `on_swap(what warm returned)`
-        # under `lock` once it is in.
-        self.warm: Callable[[Predictor], Any] | None = None
-        self.on_swap: Callable[[Any], None] | None = None
+        # The thread's hooks (`follow`): warm(predictor) before a loaded version goes in, outside
+        # `lock` (the predictor is the thread's alone), and on_swap(what warm returned) under `lock`
+        # once it is in. Weak: the keyboard holds the slot, and a cycle back to it kept a stopped
+        # keyboard and its interpreter alive (`collector.settle` freezes what is live).
+        self._warm: weakref.WeakMethod | None = None
+        self._on_swap: weakref.WeakMethod | None = None
         # The version that failed to load on the thread, its copy's stamp, and when to try it again.
         self._failed: tuple[Path | None, float | None, float] | None = None
+
+    def follow(self, warm: Callable[[Predictor], Any], on_swap: Callable[[Any], None]) -> None:
+        """Have the thread that loads a version call `warm(predictor)` before it goes in and
+        `on_swap(what warm returned)` under `lock` once it is in (bound methods, held weakly)."""
+        self._warm, self._on_swap = weakref.WeakMethod(warm), weakref.WeakMethod(on_swap)
+
+    def invalidate(self) -> None:
+        """A load under way is not swapped in: what its `warm` built came from what the caller
+        has just dropped (the text being typed, after a wipe). The next refresh loads again."""
+        with self.lock:
+            self._changes += 1
 
     def _personal_stamp(self, version_dir: Path | None) -> float | None:
         """mtime of the user's own copy of `version_dir`'s model (None: none, or a fixed model dir)."""
@@ -144,19 +157,25 @@ class ModelSlot:
                 self._failed = (wanted, stamp, time.monotonic() + RETRY_FAILED_S)
                 return
         warmed = None   # outside both locks: `warm` takes `lock` to read the texts, and a waiting
-        if loaded is not None and self.warm is not None:   # `refresh()` holds `lock` while it takes `_load_lock`
+        warm = self._warm() if self._warm is not None else None   # `refresh()` holds `lock` as it takes `_load_lock`
+        if loaded is not None and warm is not None:
             try:
-                warmed = self.warm(loaded[0])
+                warmed = warm(loaded[0])
             except Exception as e:   # the type only: what it fed is the text being typed
                 log.warning("keyboard: the text being typed could not be fed through version %s ahead "
                             "(%s); the next keystroke feeds it", wanted.name if wanted else None, type(e).__name__)
         with self.lock:   # not under `_load_lock`: a waiting `refresh()` holds `lock` while it takes that
             # A wipe in another process deletes the user's own copy before this process sees the
             # wipe (and before `_changes` moves): a copy read before that is not put in use.
-            if self._changes == changes and self._personal_stamp(wanted) == stamp:
+            swapped = self._changes == changes and self._personal_stamp(wanted) == stamp
+            if swapped:
                 self._install(wanted, stamp, loaded, time.monotonic() - t0)
-                if warmed is not None and self.on_swap is not None:
-                    self.on_swap(warmed)
+                on_swap = self._on_swap() if self._on_swap is not None else None
+                if warmed is not None and on_swap is not None:
+                    on_swap(warmed)
+        del loaded, warmed
+        if swapped:
+            release_freed()   # the old predictor's interpreter (and the old sessions) are freed; glibc kept its pages
 
     def _swap(self, wanted: Path | None, stamp: float | None) -> None:
         t0 = time.monotonic()
@@ -165,6 +184,8 @@ class ModelSlot:
             stamp = self._personal_stamp(wanted)   # the copy went (a wipe elsewhere) or changed as it loaded
             loaded = self._load(wanted, stamp)
         self._install(wanted, stamp, loaded, time.monotonic() - t0)
+        del loaded
+        release_freed()   # the old predictor's interpreter is freed; glibc kept its pages
 
     def _install(self, wanted: Path | None, stamp: float | None, loaded: tuple[Predictor, bool] | None,
                  seconds: float) -> None:
@@ -182,7 +203,6 @@ class ModelSlot:
         self._failed = None
         self.generation += 1
         self._changes += 1
-        release_freed()   # the old predictor's interpreter is freed; glibc kept its pages
 
     def _load(self, version_dir: Path, stamp: float | None) -> tuple[Predictor, bool]:
         """The version's predictor on the user's own copy of its weights when there is a usable

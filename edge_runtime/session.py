@@ -207,10 +207,10 @@ class Session:
 
     def catch_up(self, chunks: Sequence[str]) -> bool:
         """Feed the first of `chunks` (a text's completed chunks, `typed_chunks`) that this session
-        has not fed, when those it has are their start: one chunk per call, so that idle time can
-        build a new session on a long text a call at a time (a new model version comes in while
-        the user types). False once there is nothing more to feed this way; `update` then feeds
-        only what is being typed."""
+        has not fed: one chunk per call, to build a new session on a text a call at a time (a new
+        model version comes in while the user types). For a new session, or one only this has fed
+        (only its last chunk is compared). False once there is nothing more to feed this way;
+        `update` then feeds only what is being typed."""
         n = len(self.chunks)
         if n >= len(chunks) or (n and self.chunks[-1] != chunks[n - 1]):
             return False

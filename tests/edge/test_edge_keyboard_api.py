@@ -769,6 +769,42 @@ def test_a_users_copy_deleted_by_a_wipe_elsewhere_during_a_load_is_not_put_in_us
     assert not slot.personal
 
 
+def test_text_the_keyboard_dropped_does_not_come_back_with_a_new_version(tmp_path, exported_version, monkeypatch):
+    """The thread feeds the text being typed through a new version before the swap: text the
+    keyboard dropped meanwhile (a wipe elsewhere; the cache unreadable at start) came back in the
+    swapped-in sessions (a review). Dropping it now drops the load under way too."""
+    from tests.helpers.versions import renamed
+
+    data, gate, loads, slot, app = _gated_keyboard(tmp_path, exported_version, monkeypatch)
+    gate.set()
+    app.suggest({"client": "c", "text": "my bank password is hunter2 and my pin "})
+
+    class DroppedMeanwhile:
+        dropped = False
+
+        def warm(self, predictor):
+            out = app._warm(predictor)
+            if not self.dropped:
+                self.dropped = True
+                app._drop_memory()
+                app.suggest({"client": "c", "text": ""})   # the emptied field's keystroke
+            return out
+
+        def swapped(self, warmed):
+            app._swapped(warmed)
+
+    hooks = DroppedMeanwhile()
+    slot.follow(hooks.warm, hooks.swapped)
+    VersionStore(data).install("tiny-b", directory_fetch(renamed(exported_version, tmp_path / "tiny-b", "tiny-b")))
+    app.suggest({"client": "x", "text": "hi"})
+    slot._loading.join(30)
+    _, session = app._sessions["c"]
+    assert "hunter2" not in session.chunks and not session.undone
+    app.suggest({"client": "x", "text": "hi"})   # the next look-up loads it again
+    slot._loading.join(30)
+    assert slot.version_id == "tiny-b"
+
+
 def test_a_version_that_fails_to_load_is_not_loaded_again_at_every_look_up(tmp_path, exported_version, monkeypatch,
                                                                          caplog):
     """A version whose load failed on the thread was loaded again at every look-up (every 2 s; a
@@ -1027,6 +1063,55 @@ def test_a_removed_word_typed_from_the_command_line_comes_back_as_one_committed_
         assert device_main(["type", "--data-dir", str(server.app.cache.data_dir), "--field-kind", "message",
                             "back to Quokkaville"]) == 0
     assert strip("we met in Quok")[0] == "Quokkaville"
+
+
+def test_a_removed_word_brought_back_by_type_is_seen_by_a_keystroke_between_its_store_and_its_count(server,
+                                                                                                  monkeypatch):
+    """`type` stored its text and counted the removed words in it in two transactions: a keyboard
+    that learned the text between them read the removed words before the count, and hid the word
+    the cache had brought back until its next commit (a review). One transaction now."""
+    from edge_runtime import keyboard
+    from edge_runtime.__main__ import main as device_main
+    from edge_runtime.cache import TYPED_TO_RETURN, TextCache
+
+    strip = learned_a_name(server)
+    app = server.app
+    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    assert post(server, "api/remove-word", {"word": "Quokkaville"}).status_code == 200
+    data_dir = str(app.cache.data_dir)
+    for _ in range(TYPED_TO_RETURN - 1):
+        assert device_main(["type", "--data-dir", data_dir, "--field-kind", "message", "back to Quokkaville"]) == 0
+        strip("we")
+    real_add, real_change = TextCache.add, TextCache.change_removed
+
+    def keystroke_lands_after(self, *a, **kw):   # a keystroke looks as soon as `type` has stored
+        out = real_add(self, *a, **kw)
+        if self is not app.cache:
+            strip("we")
+        return out
+
+    monkeypatch.setattr(TextCache, "add", keystroke_lands_after)
+    monkeypatch.setattr(TextCache, "change_removed", lambda self, **kw: (strip("we"), real_change(self, **kw))[1])
+    assert device_main(["type", "--data-dir", data_dir, "--field-kind", "message", "back to Quokkaville"]) == 0
+    monkeypatch.setattr(TextCache, "add", real_add)
+    assert "Quokkaville" not in app.cache.removed_words()
+    assert "Quokkaville" in strip("we met in Quok")
+
+
+def test_a_stopped_keyboard_is_freed_with_its_model(tmp_path, exported_version):
+    """The slot held the keyboard's hooks and the keyboard the slot: a cycle, which the freeze that
+    follows building the user's words (`collector.settle`) kept, so a stopped keyboard kept its
+    interpreter (a review)."""
+    import gc
+    import weakref
+
+    with start_keyboard(tmp_path / "device", model_dir=exported_version) as s:
+        assert post(s, "api/suggest", {"client": "c", "text": "the "}).status_code == 200   # builds the words
+        assert s._server.idle.wait()
+        app, predictor = weakref.ref(s.app), weakref.ref(s.app.slot.predictor)
+    del s
+    gc.collect()
+    assert predictor() is None and app() is None
 
 
 def test_a_text_typed_after_a_wipe_that_met_a_commit_is_still_learned(server, monkeypatch):
