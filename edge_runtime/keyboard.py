@@ -352,6 +352,8 @@ class KeyboardApp:
                 client = next(reversed(self._sessions))
             gen, session = self._sessions.get(client, (None, None))
             text = session.text if session is not None else None
+        if text is None:   # no session, or one a new version's thread built: the next keystroke places it
+            return
         while True:
             if self._counting:   # a commit's words are being counted in parts, each changing the
                 return           # strips: ready after it (`commit` submits idle work when done)

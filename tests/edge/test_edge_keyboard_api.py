@@ -739,6 +739,10 @@ def test_the_text_being_typed_is_fed_through_a_new_version_before_it_goes_in(tmp
         slot = s.app.slot
         slot._loading.join(30)
         assert slot.version_id == "tiny-b"
+        assert s._server.idle.wait()
+        s.app.prefetch("long")   # idle work readies nothing on it: where the user types is not known yet
+        warmed = s.app._sessions["long"][1]
+        assert warmed.text is None and warmed.readied is None and warmed.firsts is None
         steps = []
         real = slot.predictor.advance_ids
         monkeypatch.setattr(slot.predictor, "advance_ids", lambda *a: steps.append(1) or real(*a))
