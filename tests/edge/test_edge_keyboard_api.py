@@ -669,6 +669,22 @@ def _gated_keyboard(tmp_path, exported_version, monkeypatch):
     return data, gate, loads, slot, app
 
 
+def _loading_the_users_copy(tmp_path, exported_version, monkeypatch):
+    """`_gated_keyboard` with a copy of tiny-a's weights as the user's own, which a keystroke has
+    begun to load on the slot's thread (held at the gate, which the caller opens)."""
+    from edge_runtime import personalize
+    from protocol.artifact import load_version
+
+    data, gate, loads, slot, app = _gated_keyboard(tmp_path, exported_version, monkeypatch)
+    personalize.save(data, "tiny-a", load_version(data / "models" / "tiny-a")[1], "1:1:x")
+    app.suggest({"client": "t", "text": "the c"})   # sees the copy: loads it on a thread
+    _until(lambda: len(loads) == 2)   # the thread reaches the loader
+    if loads[-1] != ("tiny-a", True):
+        gate.set()
+        raise AssertionError(loads)
+    return data, gate, slot, app
+
+
 def test_a_keystroke_does_not_wait_for_a_new_version_to_load(tmp_path, exported_version, monkeypatch):
     """The keystroke that first saw a new version loaded it under the slot's lock: every strip
     waited 0.07-0.4 s on x86 (0.2-1 s in a soak), more on a Pi. It now loads on a thread, and
@@ -695,15 +711,8 @@ def test_a_keystroke_does_not_wait_for_a_new_version_to_load(tmp_path, exported_
 def test_a_wipe_during_a_load_keeps_the_users_copy_out(tmp_path, exported_version, monkeypatch):
     """A load on the keystroke's thread may be reading the user's own LSTM copy when a wipe deletes
     it: what it loaded must not be swapped in after the wipe."""
-    from edge_runtime import personalize
-    from protocol.artifact import load_version
-
-    data, gate, loads, slot, app = _gated_keyboard(tmp_path, exported_version, monkeypatch)
-    personalize.save(data, "tiny-a", load_version(data / "models" / "tiny-a")[1], "1:1:x")
+    data, gate, slot, app = _loading_the_users_copy(tmp_path, exported_version, monkeypatch)
     try:
-        app.suggest({"client": "t", "text": "the c"})   # sees the copy: loads it on a thread
-        _until(lambda: len(loads) == 2)   # the thread reaches the loader
-        assert loads[-1] == ("tiny-a", True)
         wipe = threading.Thread(target=slot.forget_personal)   # waits for the load under way
         wipe.start()
         time.sleep(0.2)
@@ -758,14 +767,9 @@ def test_a_users_copy_deleted_by_a_wipe_elsewhere_during_a_load_is_not_put_in_us
     this process notices the wipe: a load that read the copy before was swapped in and suggested
     from the wiped text's weights until then (a review)."""
     from edge_runtime import personalize
-    from protocol.artifact import load_version
 
-    data, gate, loads, slot, app = _gated_keyboard(tmp_path, exported_version, monkeypatch)
-    personalize.save(data, "tiny-a", load_version(data / "models" / "tiny-a")[1], "1:1:x")
+    data, gate, slot, app = _loading_the_users_copy(tmp_path, exported_version, monkeypatch)
     try:
-        app.suggest({"client": "t", "text": "the c"})   # sees the copy: loads it on a thread
-        _until(lambda: len(loads) == 2)   # the thread reaches the loader
-        assert loads[-1] == ("tiny-a", True)
         personalize.forget(data)   # the wipe elsewhere, not noticed here yet
     finally:
         gate.set()
