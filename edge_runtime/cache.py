@@ -42,7 +42,7 @@ from typing import Self
 from edge_runtime.errors import EdgeError
 from edge_runtime.file_lock import LockBusy, file_lock
 from edge_runtime.paths import CACHE_DB, CACHE_OPEN_LOCK, PAUSE_AFTER_WIPE
-from protocol.text import nfc
+from protocol.text import nfc, quote_led
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,13 @@ class CachedText:
     ts: float
     field_kind: str
     text: str
+
+
+def capitalised(word: str) -> str | None:
+    """A lowercase word as at a sentence's start ("teh" -> "Teh", "'teh" -> "'Teh"); None for one
+    that is not lowercase ("May", a name). A removed word hides this form too (`keyboard._hidden`)."""
+    i = int(quote_led(word))   # the letter after a leading quote
+    return word[:i] + word[i].upper() + word[i + 1:] if word[i:i + 1].islower() else None
 
 
 def normalize_kind(kind: str) -> str:
@@ -466,9 +473,12 @@ class TextCache:
 
     def _count_typed_locked(self, typed: Iterable[str]) -> frozenset[str]:
         """Count the removed words among `typed` (a committed text's), bringing back one committed
-        in TYPED_TO_RETURN texts since its removal (lock and transaction held); the removed words after."""
+        in TYPED_TO_RETURN texts since its removal (lock and transaction held); the removed words
+        after. A lowercase word counts in its capitalised form too, which it hides: typed at a
+        sentence's start ("Wobblesnatch parade today") it did not count, and stayed hidden."""
         removed = self._removed_locked()
-        back = set(typed) & removed.keys()
+        typed = set(typed)
+        back = {w for w in removed if w in typed or capitalised(w) in typed}
         for w in back:
             removed[w][0] += 1
             if removed[w][0] >= TYPED_TO_RETURN:

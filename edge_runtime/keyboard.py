@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
 from edge_runtime.agent import open_cache
-from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, disk_full, wipe_in_place
+from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, capitalised, disk_full, wipe_in_place
 from edge_runtime.collector import settle
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock
@@ -70,7 +70,7 @@ from edge_runtime.predictor import Predictor
 from edge_runtime.session import Session
 from protocol.artifact import atomic_write
 from protocol.cli import url_host
-from protocol.text import plain_quotes, quote_led, tokens, typed_chunks
+from protocol.text import plain_quotes, tokens, typed_chunks
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ class KeyboardApp:
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
         self._seen_id = 0        # the newest cached text the user's words hold (`_see_outside_texts`)
+        self._texts_checked = float("-inf")   # when `_see_outside_texts` last looked
         self._own_ids: set[int] = set()   # texts this keyboard cached after it: learned by `_learn`
         self._cache_failing = False   # `_cache_trouble` said once
         self._cache_unusable = False   # `cache_unusable` said once
@@ -181,31 +182,36 @@ class KeyboardApp:
     def _see_outside_texts(self) -> None:
         """Texts another process cached while this keyboard serves (`python -m edge_runtime type`)
         join the user's words, which were otherwise built from the cache only at start or after a
-        wipe. Their words only: the mixture weights learn the texts typed here. Not while a commit
-        here is under way (its text is not told from another's until it is stored and noted)."""
-        if not self._commit_ids.acquire(blocking=False):
+        wipe; and words another process removed or brought back are read again. Their words only:
+        the mixture weights learn the texts typed here. On the idle thread (`prefetch`), at most
+        every WIPE_CHECK_S, one text per hold of the lock: 63 texts `type` stored at once held
+        every keystroke for 1.4 s when they were learned in one. Not while a commit here is under
+        way (its text is not told from another's until it is stored and noted)."""
+        t = time.monotonic()
+        if t - self._texts_checked < WIPE_CHECK_S or not self._commit_ids.acquire(blocking=False):
             return
+        self._texts_checked = t
         try:
             with self.slot.lock:
                 personal, seen = self._personal, self._seen_id
             if personal is None:   # built from the whole cache when next asked
                 return
-            newer = self.cache.texts_after(seen)
-            if not newer:
-                return
             outside = 0
-            with self.slot.lock:
-                if self._personal is not personal or self._seen_id != seen:
-                    return
-                for rec in newer:
+            for rec in self.cache.texts_after(seen):
+                time.sleep(0)   # let a waiting keystroke take the lock between two texts
+                with self.slot.lock:
+                    if self._personal is not personal:
+                        return
                     if rec.id in self._own_ids:
                         self._own_ids.discard(rec.id)
                     else:
                         personal.add(tokens(rec.text))
                         outside += 1
                     self._seen_id = rec.id   # each as it is counted: none twice if one fails
-                if outside:   # `type` counted removed words typed again in the cache (`agent.type_text`)
-                    personal.removed = _hidden(self.cache.removed_words())
+            removed = _hidden(self.cache.removed_words())   # `type` counts them in the cache, and so
+            with self.slot.lock:                           # does another keyboard on this data directory
+                if self._personal is personal and personal.removed != removed:
+                    personal.removed = removed
             if outside:
                 log.info("keyboard: learned the words of %d text(s) cached by another process", outside)
         finally:
@@ -236,7 +242,6 @@ class KeyboardApp:
                             failure(e))
                 return
             self._wipe_mark = mark   # only once forgotten: a reload that failed is tried again
-        self._see_outside_texts()
 
     def _cache_trouble(self, e: CacheError) -> None:
         """The cache cannot be read on a keystroke (damaged, its directory gone, locked): the strip
@@ -282,6 +287,7 @@ class KeyboardApp:
     def status(self) -> dict[str, Any]:
         self._see_outside_wipe(now=True)
         self.slot.refresh(wait=False)
+        self.slot.settle()   # a new version's load under way: answered as it will be in a moment
         answer = {"model": {"version_id": self.slot.version_id, "channel": self.slot.channel},
                   "cache": {"sentences": self.cache.stats()["records"]},
                   "paused": self.cache.paused}
@@ -346,6 +352,12 @@ class KeyboardApp:
             except CacheError as e:   # said once by `_cache_trouble`, not on every idle call
                 self._cache_trouble(e)
                 return
+        try:
+            self._see_outside_texts()
+        except CacheError as e:
+            self._cache_trouble(e)
+            return
+        with self.slot.lock:
             if client is None or client not in self._sessions:
                 if not self._sessions:
                     return
@@ -561,12 +573,7 @@ def _hidden(removed: frozenset[str]) -> frozenset[str]:
     """What the strip must not show for the words a user removed: each word, and a lowercase
     one's capitalised form too (the same word at a sentence's start: "teh" hides "Teh", "'teh"
     hides "'Teh"); a capitalised one alone ("May", a name, leaves "may")."""
-    hidden = set(removed)
-    for w in removed:
-        i = int(quote_led(w))   # the letter after a leading quote
-        if w[i:i + 1].islower():
-            hidden.add(w[:i] + w[i].upper() + w[i + 1:])
-    return frozenset(hidden)
+    return frozenset(removed) | {c for w in removed if (c := capitalised(w)) is not None}
 
 
 def _str_field(body: dict[str, Any], name: str, *, max_len: int, allow_empty: bool = False) -> str:
@@ -723,6 +730,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 200
         if path == "/api/status":
             self._json(200, self.server.app.status())
+            idle = self.server.idle   # the page polls it: texts `type` stored are learned while nobody types
+            self._after = lambda: idle.submit(None)
             return 200
         if path == "/api/notices":
             self._json(200, self.server.app.notices())

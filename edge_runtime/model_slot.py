@@ -76,6 +76,14 @@ class ModelSlot:
         `on_swap(what warm returned)` under `lock` once it is in (bound methods, held weakly)."""
         self._warm, self._on_swap = weakref.WeakMethod(warm), weakref.WeakMethod(on_swap)
 
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait, without holding `lock`, for a load the thread has under way: what the version in
+        use is and its channel read then as the device has them (the page's status badge read "not
+        checked in" for the seconds a new version loaded). Keystrokes go on meanwhile."""
+        loading = self._loading
+        if loading is not None and loading.is_alive():
+            loading.join(timeout)
+
     def invalidate(self) -> None:
         """A load under way is not swapped in: what its `warm` built came from what the caller
         has just dropped (the text being typed, after a wipe). The next refresh loads again."""

@@ -437,6 +437,20 @@ def test_type_reads_the_text_from_stdin_out_of_the_process_list(tmp_path: Path, 
         assert all_texts(c) == ["my bank pin hint is a secret"]
 
 
+def test_a_removed_word_typed_capitalised_counts_towards_its_return(tmp_path: Path):
+    """A removed lowercase word hides its capitalised form too, but typed at a sentence's start
+    ("Wobblesnatch parade today") it did not count towards its return, and stayed hidden (a probe)."""
+    from edge_runtime.cache import TYPED_TO_RETURN
+
+    with TextCache(tmp_path) as c:
+        c.change_removed(mark=c.wipe_mark(), add="wobblesnatch")
+        c.change_removed(mark=c.wipe_mark(), add="May")
+        for n in range(TYPED_TO_RETURN):
+            assert "wobblesnatch" in c.removed_words(), n
+            assert c.add("Wobblesnatch parade in may", "message", typed=["Wobblesnatch", "parade", "in", "may"])
+        assert c.removed_words() == {"May"}   # a capitalised one counts as typed only: "may" is another word
+
+
 def test_type_refuses_more_than_one_commit_holds_and_caches_nothing(tmp_path: Path, capsys, monkeypatch):
     """`type` took 2 MB from stdin as one text, which a running keyboard then learned under the lock
     every strip takes; the keyboard page's commits hold at most its MAX_TEXT characters."""
