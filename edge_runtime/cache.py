@@ -235,6 +235,20 @@ def capitalised(word: str) -> str | None:
     return word[:i] + word[i].upper() + word[i + 1:] if word[i:i + 1].islower() else None
 
 
+def _count_typed(removed: dict[str, list], typed: Iterable[str]) -> bool:
+    """Count the removed words among `typed` (a committed text's) in `removed` (`_removed_locked`),
+    bringing back one committed in TYPED_TO_RETURN texts since its removal; whether any counted.
+    A lowercase word counts in its capitalised form too, which it hides: typed at a sentence's
+    start ("Wobblesnatch parade today") it did not count, and stayed hidden."""
+    typed = set(typed)
+    back = [w for w in removed if w in typed or capitalised(w) in typed]
+    for w in back:
+        removed[w][0] += 1
+        if removed[w][0] >= TYPED_TO_RETURN:
+            del removed[w]
+    return bool(back)
+
+
 def normalize_kind(kind: str) -> str:
     """camelCase, kebab-case and spaces to snake_case; Android's variation prefix dropped."""
     spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", kind.strip())
@@ -465,27 +479,12 @@ class TextCache:
         with self._held(), self._transaction():
             if self._setting("wiped") != mark:
                 return None
+            removed = self._removed_locked()
             if add is not None:
-                removed = self._removed_locked()
                 removed[nfc(add)] = [0, time.time()]
+            if _count_typed(removed, typed) or add is not None:
                 self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
-            return self._count_typed_locked(typed)
-
-    def _count_typed_locked(self, typed: Iterable[str]) -> frozenset[str]:
-        """Count the removed words among `typed` (a committed text's), bringing back one committed
-        in TYPED_TO_RETURN texts since its removal (lock and transaction held); the removed words
-        after. A lowercase word counts in its capitalised form too, which it hides: typed at a
-        sentence's start ("Wobblesnatch parade today") it did not count, and stayed hidden."""
-        removed = self._removed_locked()
-        typed = set(typed)
-        back = {w for w in removed if w in typed or capitalised(w) in typed}
-        for w in back:
-            removed[w][0] += 1
-            if removed[w][0] >= TYPED_TO_RETURN:
-                del removed[w]
-        if back:
-            self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
-        return frozenset(removed)
+            return frozenset(removed)
 
     def _removed_locked(self) -> dict[str, list]:
         """word -> [texts committed with it since its removal, when it was removed] (lock held). In
@@ -570,7 +569,8 @@ class TextCache:
             ).lastrowid   # this connection's newest text: the keyboard tells its own from others' (`texts_after`)
             if commit_id is not None:
                 self._put_setting(COMMITS_KEY, json.dumps([*self._commit_ids()[1 - MAX_COMMIT_IDS:], commit_id]))
-            self._count_typed_locked(typed)
+            if typed and _count_typed(removed := self._removed_locked(), typed):
+                self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
             dropped = self._expire_locked(now)
         if dropped:   # said: a one-off smaller max_cache_bytes emptied a cache without a word (a probe)
             log.warning("text cache: deleted the %d oldest text(s) to keep within %d days and %d bytes "

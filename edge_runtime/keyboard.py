@@ -387,10 +387,8 @@ class KeyboardApp:
                      if session.text}
         warmed = {}
         for client, text in texts.items():
-            session, (chunks, _) = predictor.session(), typed_chunks(text)
-            while session.catch_up(chunks):
-                pass
-            warmed[client] = session
+            warmed[client] = session = predictor.session()
+            session.feed_chunks(typed_chunks(text)[0])
         return warmed
 
     def _swapped(self, warmed: dict[str, Session]) -> None:

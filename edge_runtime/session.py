@@ -205,18 +205,14 @@ class Session:
             else:
                 self.ahead.append((tok, self.p.advance_ids(node, self.p.vocab.ids([tok])), (hist[-1], tok)))
 
-    def catch_up(self, chunks: Sequence[str]) -> bool:
-        """Feed the first of `chunks` (a text's completed chunks, `typed_chunks`) that this session
-        has not fed: one chunk per call, to build a new session on a text a call at a time (a new
-        model version comes in while the user types). For a new session, or one only this has fed
-        (only its last chunk is compared). False once there is nothing more to feed this way;
-        `update` then feeds only what is being typed."""
-        n = len(self.chunks)
-        if n >= len(chunks) or (n and self.chunks[-1] != chunks[n - 1]):
-            return False
+    def feed_chunks(self, chunks: Sequence[str]) -> None:
+        """Append completed chunks (`typed_chunks`) through the model alone, ranking nothing: no
+        user words or n-gram are read, so a thread that holds a predictor no keystroke uses yet can
+        build a session on the text being typed (a new version, `keyboard._warm`). `update` then
+        feeds only what differs."""
+        for chunk in chunks:
+            self._push(chunk)
         self.text = None   # `update` compares chunk by chunk from here
-        self._push(chunks[n])
-        return n + 1 < len(chunks)
 
     def rewind(self, n_chunks: int) -> None:
         """Back to the state after the first `n_chunks` chunks (backspace, cursor moves)."""
