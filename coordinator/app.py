@@ -17,7 +17,7 @@ from coordinator import canary, deployment, keys, retention, round_end, secagg
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
 from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_config
-from coordinator.db import unreachable
+from coordinator.db import first_line, unreachable
 from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import Coordinator
@@ -185,8 +185,7 @@ def _register_errors(app: Flask) -> None:
         # OperationalError (no such table, a full disk) is a fault: a 500 with its traceback.
         if not unreachable(e):
             return _internal(e)
-        why = (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
-        log.error("database unavailable on %s %s: %s", request.method, request.path, why)
+        log.error("database unavailable on %s %s: %s", request.method, request.path, first_line(e))
         return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the database is unavailable; retry later").to_dict(),
                       retry_after=5)
 

@@ -289,6 +289,11 @@ def data_dir_lock(data_dir: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def first_line(e: OperationalError) -> str:
+    """What a database error says, in one line (the driver's message, without the statement)."""
+    return (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def unreachable(e: OperationalError) -> bool:
     """Whether a database error means the database cannot be reached now, not that a statement
     failed: a dropped connection, PostgreSQL's connection and shutdown states (class 08, 57P01-03),

@@ -8,7 +8,6 @@ workers (counters and histograms use prometheus-client's multiprocess mode; coor
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -80,8 +79,8 @@ class StateCollector(Collector):
         for v in versions:
             info.add_metric([v.status, v.id], 1)
             eps.add_metric([v.status, v.id], _finite(v.epsilon))
-            local = (v.epsilon_local if v.epsilon_local is not None   # unset: a release before 0007 wrote it
-                     else float(json.loads(v.privacy_json or "{}").get("epsilon_local", v.epsilon)))
+            local = (v.epsilon_local if v.epsilon_local is not None
+                     else queries.recorded_epsilon_local(v.privacy_json, v.epsilon))
             eps_local.add_metric([v.status, v.id], _finite(local))
         yield from (info, eps, eps_local)
         seen = privacy.against_coordinator(noise_seen, self._delta)

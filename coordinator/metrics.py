@@ -19,7 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from coordinator.db import unreachable
+from coordinator.db import first_line, unreachable
 from coordinator.gauges import StateCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess_dir"]
@@ -70,7 +70,7 @@ class Metrics:
                 if not unreachable(e):
                     raise
                 log.warning("metrics: the database is unavailable; the scrape has the counters only (%s)",
-                            (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0])
+                            first_line(e))
                 out += _database_up(False)
         return out
 

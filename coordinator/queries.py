@@ -123,10 +123,25 @@ def population_view(s: Session) -> dict[str, Any]:
     return {"enrolled": enrolled, "sampling": SAMPLING_BASIS}
 
 
+_REPORTED = Evaluation.report_json != EVALUATION_ISSUED
+
+
 def reported_count(s: Session, version_id: str) -> int:
     """Canary devices that have reported on this candidate."""
     return int(s.scalar(select(func.count()).select_from(Evaluation).where(
-        Evaluation.candidate_version_id == version_id, Evaluation.report_json != EVALUATION_ISSUED)) or 0)
+        Evaluation.candidate_version_id == version_id, _REPORTED)) or 0)
+
+
+def reported_counts(s: Session) -> dict[str, int]:
+    """`reported_count` of every candidate that has reports, in one query."""
+    return {vid: int(n) for vid, n in s.execute(select(Evaluation.candidate_version_id, func.count())
+                                                 .where(_REPORTED).group_by(Evaluation.candidate_version_id))}
+
+
+def recorded_epsilon_local(privacy_json: str | None, epsilon: float) -> float:
+    """A version's epsilon_local as its privacy record has it (else its epsilon): for a row without
+    the column's value, which a release before migration 0007 wrote after another migrated."""
+    return float(json.loads(privacy_json or "{}").get("epsilon_local", epsilon))
 
 
 def secure_phase(s: Session, r: Round, plan: dict[str, Any] | None = None) -> str | None:

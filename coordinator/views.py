@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import privacy, queries, selection
 from coordinator.errors import not_found
-from coordinator.models import Decision, Evaluation, Rejection, Round, Version
+from coordinator.models import Decision, Rejection, Round, Version
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -90,16 +90,12 @@ def version_summaries(coord: Coordinator) -> list[dict[str, Any]]:
         decisions: dict[str, list[dict[str, Any]]] = {}
         for d in s.scalars(select(Decision).order_by(Decision.id)):
             decisions.setdefault(d.version_id, []).append(_decision(d))
-        reports = dict(s.execute(select(Evaluation.candidate_version_id, func.count())
-                                 .where(Evaluation.report_json != queries.EVALUATION_ISSUED)
-                                 .group_by(Evaluation.candidate_version_id)).all())
-        # A row without the column's value (written by a release before migration 0007 that was
-        # still serving when another migrated) is read from its record, as before.
-        unset = {vid: float(json.loads(pj or "{}").get("epsilon_local", eps)) for vid, eps, pj in s.execute(
+        reports = queries.reported_counts(s)
+        unset = {vid: queries.recorded_epsilon_local(pj, eps) for vid, eps, pj in s.execute(
             select(Version.id, Version.epsilon, Version.privacy_json).where(Version.epsilon_local.is_(None)))}
     return [{"version_id": v.id, "seq": v.seq, "status": v.status, "parent_id": v.parent_id, "round_id": v.round_id,
              "epsilon": _jf(v.epsilon), "epsilon_local": _jf(unset.get(v.id, v.epsilon_local)),
-             "delta": v.delta, "canary_reports": int(reports.get(v.id, 0)), "decisions": decisions.get(v.id, []),
+             "delta": v.delta, "canary_reports": reports.get(v.id, 0), "decisions": decisions.get(v.id, []),
              "created_at": iso(v.created_at), "decided_at": iso(v.decided_at), "files_pruned": v.files_pruned}
             for v in rows]
 
