@@ -444,7 +444,7 @@ class Predictor:
         weights = self.weights(hist=hist)
         if prefix:
             cands = self._candidates(node, hist, prefix, k, weights) | set(self.text_words(text, prefix))
-            scored = self._scored(node, hist, cands, self._folded(node, prefix, k, weights), weights)
+            scored = self._scored(node, hist, cands, self._folded(node, hist, prefix, k, weights), weights)
             words, scores = list(scored), list(scored.values())
             if quote_led(prefix):   # (no folded words: "'Hin" folds inside `_quoted`)
                 words, scores = self._quoted(node, hist, prefix, k, weights, text, words, scores)
@@ -493,7 +493,7 @@ class Predictor:
         lists alike, so the two compare."""
         quote, inner = prefix[0], prefix[1:]
         scored = self._scored(node, hist, self._candidates(node, hist, inner, k, weights) | set(
-            self.text_words(text, inner)), self._folded(node, inner, k, weights), weights)
+            self.text_words(text, inner)), self._folded(node, hist, inner, k, weights), weights)
         iw = list(scored)
         both = text is not None and any(w in text.counts for w in (*words, *iw))   # one in either: both
         scores = self.with_text(scores, words, text, always=both)
@@ -547,10 +547,12 @@ class Predictor:
             cands.update(self.base_top(hist, prefix, m))   # the n-gram never offers the prefix itself
         return cands - self.personal.removed if self.personal.removed else cands
 
-    def _folded(self, node: _Node, prefix: str, k: int, weights: tuple[float, float, float]) -> dict[str, str]:
-        """For a prefix typed with a capital, P_lstm's best m list words that complete it in lower
-        case, as {the word in the typed case: the list word} ("Hin": {"Hindi": "hindi", ...}; "US":
-        {"USB": "usb", ...}); {} for other prefixes (`FOLDED_SHARE`)."""
+    def _folded(self, node: _Node, hist: tuple[str, ...], prefix: str, k: int,
+                weights: tuple[float, float, float]) -> dict[str, str]:
+        """For a prefix typed with a capital, the best m words that complete it in lower case of
+        P_lstm's word list and of the user's own words, as {the word in the typed case: the
+        lower-case word} ("Hin": {"Hindi": "hindi", ...}; "US": {"USB": "usb", ...}; a user who
+        typed "quixote" gets "Quixote" for "Qui"); {} for other prefixes (`FOLDED_SHARE`)."""
         if not prefix[:1].isupper() or quote_led(prefix):
             return {}
         rest = prefix[1:]
@@ -558,16 +560,18 @@ class Predictor:
             lower, shown = prefix.lower(), str.upper
         elif rest == rest.lower():              # "Hin", "H": a capital first
             lower, shown = prefix[0].lower() + rest, _capital_first
-        else:                                   # "McD": the list's own casing only
+        else:                                   # "McD": the words' own casing only
             return {}
+        m = self._per_part(weights, k)
         lo, hi = self.prefix_range(lower)
         if lo < hi and self.sorted_words[lo] == lower:
             lo += 1
-        if hi <= lo:
-            return {}
-        vw, removed, out = self.vocab.words, self.personal.removed, {}
-        for i in self.lstm_top(node, self._per_part(weights, k), (lo, hi)).tolist():
-            w = vw[i]   # a word the user removed stays removed in the case a capital shows it in
+        vw = self.vocab.words
+        words = [vw[i] for i in self.lstm_top(node, m, (lo, hi)).tolist()] if hi > lo else []
+        if weights[2]:
+            words += self.personal.candidates(hist, lower, m)
+        removed, out = self.personal.removed, {}
+        for w in words:   # a word the user removed stays removed in the case a capital shows it in
             if (d := shown(w)) not in (prefix, w) and d.startswith(prefix) and w not in removed and self.offered(d):
                 out[d] = w
         return out
@@ -654,7 +658,7 @@ class Predictor:
             return {c: [] for c in firsts}
         weights = self.weights(hist=hist)
         per = {c: self._candidates(node, hist, c, k, weights) | set(self.text_words(text, c)) for c in firsts}
-        folded = {c: self._folded(node, c, k, weights) for c in firsts}
+        folded = {c: self._folded(node, hist, c, k, weights) for c in firsts}
         score = self._scored(node, hist, set().union(*per.values()), {d: w for f in folded.values()
                                                                         for d, w in f.items()}, weights)
         strips = {}

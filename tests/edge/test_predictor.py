@@ -503,9 +503,10 @@ def reference_suggest(p: Predictor, node, hist: tuple[str, ...], prefix: str, k:
     return sorted(scored, key=lambda w: (-scored[w], w))[:k]
 
 
-def reference_folded(p: Predictor, node, prefix: str, m: int) -> dict[str, str]:
+def reference_folded(p: Predictor, node, hist: tuple[str, ...], prefix: str, m: int) -> dict[str, str]:
     """After a prefix typed with a capital, the m list words that P_lstm ranks highest among those
-    completing it in lower case, in the typed case: {"Hindi": "hindi"} (all capitals: "USB")."""
+    completing it in lower case, and the user's own words that do (when the user's part is mixed
+    in), in the typed case: {"Hindi": "hindi"} (all capitals: "USB")."""
     if not prefix[:1].isupper() or quote_led(prefix):
         return {}
     if prefix[1:].isupper():
@@ -516,13 +517,15 @@ def reference_folded(p: Predictor, node, prefix: str, m: int) -> dict[str, str]:
         return {}
     lo, hi = p.prefix_range(lower)
     ids = np.array([i for i in p.sorted_ids[lo:hi] if p.vocab.words[i] != lower], dtype=p.sorted_ids.dtype)
-    if not len(ids):
-        return {}
-    probs = p.probs_of(node, ids)
-    top = np.argpartition(-probs, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
+    words = []
+    if len(ids):
+        probs = p.probs_of(node, ids)
+        top = np.argpartition(-probs, min(m, len(ids)) - 1)[:m] if len(ids) > m else np.arange(len(ids))
+        words = [p.vocab.words[ids[j]] for j in top]
+    if p.weights(hist=hist)[2]:
+        words += p.personal.candidates(hist, lower, m)
     out = {}
-    for j in top:
-        w = p.vocab.words[ids[j]]
+    for w in words:
         d = shown(w)
         if d not in (prefix, w) and d.startswith(prefix) and p.offered(d):
             out[d] = w
@@ -553,7 +556,7 @@ def reference_scores(p: Predictor, node, hist: tuple[str, ...], prefix: str, k: 
         cands.update(own)
     typed = [w for w in (leading_word(plain_quotes(b)) for b in before) if w] if prefix else []   # not after a space
     cands.update(w for w in typed if w.startswith(prefix) and w != prefix and p.offered(w))
-    folded = reference_folded(p, node, prefix, m)
+    folded = reference_folded(p, node, hist, prefix, m)
     cands.update(folded)
     share = {w: typed.count(w) / len(typed) for w in cands if w in typed}
     # after a space: the words that followed the last chunk earlier in the text
@@ -1084,6 +1087,25 @@ def test_a_removed_word_stays_removed_in_the_case_a_capital_shows_it_in(predicto
         assert found.capitalize() not in predictor.session().update("And so " + found[:2].capitalize())
     finally:
         predictor.personal.removed = frozenset()
+
+
+def test_the_users_own_words_are_completed_from_a_capital(predictor):
+    """A word the user typed in lower case ("quixotrandel", in no word list) is completed when a
+    sentence starts with it ("Quixotr" -> "Quixotrandel", "QUIXOTR" -> "QUIXOTRANDEL"), as the
+    word list's lower-case words are; it gave nothing before (a probe). Removed, it stays removed."""
+    from edge_runtime.keyboard import _hidden
+
+    p = Predictor(predictor.model, predictor.sp)
+    word = "quixotrandel"
+    assert word not in p.vocab.index
+    for _ in range(3):
+        p.learn(f"we met {word} at the fair and {word} said hello")
+    assert word in p.session().update("then quixotr")
+    assert "Quixotrandel" in p.session().update("Hello. Quixotr")
+    assert "QUIXOTRANDEL" in p.session().update("Hello. QUIXOTR")
+    p.personal.removed = _hidden(frozenset([word]))
+    shown = p.session().update("Hello. Quixotr") + p.session().update("Hello. QUIXOTR")
+    assert not {"Quixotrandel", "QUIXOTRANDEL"} & set(shown), shown
 
 
 def test_a_dropped_predictor_frees_its_interpreter_without_a_full_collection(exported_version):
