@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -17,7 +18,7 @@ from coordinator import canary, deployment, keys, retention, round_end, secagg
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
 from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_config
-from coordinator.db import first_line, unreachable
+from coordinator.db import busy, first_line, unreachable
 from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import Coordinator
@@ -185,8 +186,18 @@ def _register_errors(app: Flask) -> None:
         # OperationalError (no such table, a full disk) is a fault: a 500 with its traceback.
         if not unreachable(e):
             return _internal(e)
-        log.error("database unavailable on %s %s: %s", request.method, request.path, first_line(e))
-        return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the database is unavailable; retry later").to_dict(),
+        said = "busy" if busy(e) else "unavailable"
+        log.error("database %s on %s %s: %s", said, request.method, request.path, first_line(e))
+        return _error(503, wire.ErrorBody(wire.E_INTERNAL, f"the database is {said}; retry later").to_dict(),
+                      retry_after=5)
+
+    @app.errorhandler(PoolTimeout)
+    def _database_busy(e: PoolTimeout) -> Response:
+        # Every pooled connection in use past the pool's timeout (a burst of uploads): the request
+        # may be retried as it is, like a locked SQLite. It was a 500 with a traceback.
+        log.error("database busy on %s %s: no connection free (%s)", request.method, request.path,
+                  str(e).splitlines()[0])
+        return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the database is busy; retry later").to_dict(),
                       retry_after=5)
 
     @app.errorhandler(Exception)

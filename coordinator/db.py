@@ -294,6 +294,11 @@ def first_line(e: OperationalError) -> str:
     return (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def busy(e: OperationalError) -> bool:
+    """Whether a database error is SQLite's lock held past the busy timeout: reachable, in use."""
+    return isinstance(e.orig, sqlite3.Error) and "database is locked" in str(e.orig)
+
+
 def unreachable(e: OperationalError) -> bool:
     """Whether a database error means the database cannot be reached now, not that a statement
     failed: a dropped connection, PostgreSQL's connection and shutdown states (class 08, 57P01-03),

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from coordinator.db import first_line, unreachable
@@ -72,13 +73,18 @@ class Metrics:
                 log.warning("metrics: the database is unavailable; the scrape has the counters only (%s)",
                             first_line(e))
                 out += _database_up(False)
+            except PoolTimeout as e:   # every pooled connection in use: the gauges wait for the next scrape
+                log.warning("metrics: no database connection free; the scrape has the counters only (%s)",
+                            str(e).splitlines()[0])
+                out += _database_up(False)
         return out
 
 
 def _database_up(up: bool) -> bytes:
     registry = CollectorRegistry()
     registry.register(_Const(GaugeMetricFamily(
-        "fedkeys_database_up", "1 when this scrape read the gauges from the database, 0 when it could not reach it",
+        "fedkeys_database_up",
+        "1 when this scrape read the gauges from the database, 0 when it could not (down, or no connection free)",
         value=int(up))))
     return generate_latest(registry)
 

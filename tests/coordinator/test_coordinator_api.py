@@ -105,6 +105,7 @@ def test_only_a_database_out_of_reach_is_a_503_other_database_errors_are_faults(
 
     from sqlalchemy.exc import OperationalError
 
+    from coordinator.db import busy
     from coordinator.db import unreachable as _unreachable
 
     class PgError(Exception):
@@ -121,6 +122,10 @@ def test_only_a_database_out_of_reach_is_a_503_other_database_errors_are_faults(
     assert _unreachable(op(PgError("42P01"), invalidated=True))
     for orig in (sqlite3.OperationalError("no such table: rounds"), PgError("42P01"), PgError("53100")):
         assert not _unreachable(op(orig)), orig
+    # SQLite locked past its busy timeout is reachable and in use: said "busy", not "unavailable"
+    assert busy(op(sqlite3.OperationalError("database is locked")))
+    assert not any(busy(op(orig)) for orig in (sqlite3.OperationalError("unable to open database file"),
+                                               PgError("08006"), PgError(None)))
 
 
 def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
@@ -154,6 +159,34 @@ def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
     assert "port 1" in said.getMessage() and not said.exc_info
     assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
     assert "fedkeys_database_up 1.0" in requests.get(served.url + wire.PATH_METRICS, timeout=5).text
+
+
+def test_a_database_with_no_connection_free_is_a_503_to_retry(served, caplog):
+    """Every pooled connection in use past the pool's timeout was a 500 with a traceback; it is
+    "busy": 503 with Retry-After, and the scrape keeps its counters with `fedkeys_database_up 0`."""
+    from sqlalchemy import create_engine
+
+    from coordinator.db import session_factory
+    c = served.coord
+    real = c.engine, c._sessions
+    c.engine = create_engine(real[0].url, pool_size=1, max_overflow=0, pool_timeout=0.2,
+                             connect_args={"check_same_thread": False})
+    c._sessions = c.metrics._state._sessions = session_factory(c.engine)
+    held = c.engine.connect()
+    try:
+        r = requests.get(served.url + wire.PATH_HEALTH, timeout=30)
+        assert r.status_code == 503 and r.headers["Retry-After"], r.text
+        assert r.json()["message"] == "the database is busy; retry later"
+        r = requests.get(served.url + wire.PATH_METRICS, timeout=30)
+        assert r.status_code == 200 and "fedkeys_database_up 0.0" in r.text, r.text
+    finally:
+        held.close()
+        c.engine.dispose()
+        c.engine, c._sessions = real
+        c.metrics._state._sessions = real[1]
+    said = [r for r in caplog.records if "connection free" in r.getMessage()]
+    assert len(said) == 2 and not any(r.exc_info for r in said)
+    assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
 
 
 def test_health_says_a_full_disk(served, monkeypatch):
