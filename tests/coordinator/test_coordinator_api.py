@@ -189,6 +189,34 @@ def test_a_database_with_no_connection_free_is_a_503_to_retry(served, caplog):
     assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
 
 
+def test_a_scrape_answers_before_its_timeout_when_the_database_host_is_silent(served):
+    """A PostgreSQL host that accepts connections and never answers: the scrape waited the 10 s
+    connect timeout, which is Prometheus's default scrape timeout, so the scrape failed whole. It
+    now gives up on the host at 5 s and answers with the counters and `fedkeys_database_up 0`."""
+    import socket
+    import time
+
+    from coordinator.db import make_engine, session_factory
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)   # the kernel completes connections; nothing ever reads or answers them
+    c = served.coord
+    real = c.engine, c._sessions
+    c.engine = make_engine(f"postgresql+psycopg://u@127.0.0.1:{silent.getsockname()[1]}/db")
+    c._sessions = c.metrics._state._sessions = session_factory(c.engine)
+    try:
+        t0 = time.monotonic()
+        r = requests.get(served.url + wire.PATH_METRICS, timeout=30)
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and "fedkeys_database_up 0.0" in r.text, r.text
+        assert took < 9, took
+    finally:
+        c.engine.dispose()
+        c.engine, c._sessions = real
+        c.metrics._state._sessions = real[1]
+        silent.close()
+
+
 def test_health_says_a_full_disk(served, monkeypatch):
     """On a full disk /healthz answered {"ok": true} while every upload and aggregation failed."""
     import shutil
