@@ -163,3 +163,12 @@ def load_module(version_dir: str | Path) -> tuple[NextWordLSTM, artifact.Manifes
     for n, v in m.vars.items():
         v.assign(weights[n])
     return m, manifest
+
+
+if __name__ == "__main__":   # `python -m model.export --help` printed nothing: this is a library
+    import sys
+
+    print("model.export is a library; its command is python -m tools.pretrain "
+          "(see --help; python -m tools lists all)",
+          file=sys.stderr)
+    sys.exit(2)

@@ -146,3 +146,12 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
         for v, w in zip(variables, best_weights):
             v.assign(w)
     return hist
+
+
+if __name__ == "__main__":   # `python -m model.pretrain --help` printed nothing: this is a library
+    import sys
+
+    print("model.pretrain is a library; its command is python -m tools.pretrain "
+          "(see --help; python -m tools lists all)",
+          file=sys.stderr)
+    sys.exit(2)

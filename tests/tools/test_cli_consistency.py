@@ -169,3 +169,18 @@ def test_an_installed_console_script_names_itself(monkeypatch, capsys):
     assert device_parser().prog == "python -m edge_runtime"      # another script's parser keeps its name
     monkeypatch.setattr("sys.argv", ["/x/coordinator/__main__.py"])
     assert coordinator_parser().prog == "python -m coordinator"
+
+
+def test_python_m_tools_lists_every_command():
+    """`python -m tools` was "No module named tools.__main__": it lists the commands, each one a
+    module that runs (every `tools.X` in COMMANDS is there), and a sub-command typed after a space
+    is refused with the form that works. A library module run as a command says where it is."""
+    listed = _run("tools")
+    assert listed.returncode == 0, listed.stderr
+    names = {line.split()[0] for line in listed.stdout.splitlines() if line.startswith("  ")}
+    assert {m.removeprefix("tools.") for m in COMMANDS if m.startswith("tools.")} <= names, names
+    assert not names & {"_cli", "shipped", "wordeval", "coordinator_process"}, names   # libraries
+    wrong = _run("tools", "simulate")
+    assert wrong.returncode == 2 and "python -m tools.simulate" in wrong.stderr, wrong.stderr
+    lib = _run("model.export", "--help")
+    assert lib.returncode == 2 and "python -m tools.pretrain" in lib.stderr and "Traceback" not in lib.stderr
