@@ -21,7 +21,7 @@ with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from edge_runtime import agent, keyboard, paths, personalize
     from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
     from edge_runtime.client import ClientError, RejectedError
-    from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config
+    from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
     from edge_runtime.versions import VersionError, VersionStore
     from protocol.artifact import read_manifest
     from protocol.cli import (
@@ -147,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
                               f"{paths.CACHE_DB} in it); create one with "
                               f"python -m edge_runtime enroll --data-dir {data_dir} ... (or keyboard)")
         if c == "enroll":
+            _warn_plain_http(cfg.coordinator)
             ident = agent.enroll(cfg, args.enrollment_key, force=args.force)
             print(json.dumps({"device_id": ident.device_id, "coordinator": ident.coordinator,
                               "public_key_hex": ident.public_key}))
         elif c == "run":
             with agent.run_lock(cfg.require_data_dir()):
                 dev = agent.Device.open(cfg)
+                _warn_plain_http(cfg.coordinator or dev.identity.coordinator)
                 stop = _stop_on_signals()
                 page = None
                 try:
@@ -228,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _warn_plain_http(url: str) -> None:
+    if url and (warning := plain_http_warning(url)):
+        print(warning, file=sys.stderr, flush=True)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -50,7 +50,7 @@ from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
 from edge_runtime.errors import EdgeError, Stopping, failure
 from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE, RUN_LOCK
-from edge_runtime.plan_guard import LedgerError, PlanFloor, PrivacyLedger
+from edge_runtime.plan_guard import EvaluationRecord, LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import discovery, wire
@@ -405,10 +405,10 @@ def _discover(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tu
         del texts
     if (why := _withdrawn(dev, mark)) is not None:
         return f"discarded ({why})", {"round": plan.round_id}
-    eps = round(ledger.charge(plan), 4)   # before anything leaves the device, as for an update
     outcome, counts = secagg_client.contribute(dev.client, plan, vector, task.time_limit_s, sleep,
-                                               withdrawn=lambda: _withdrawn(dev, mark))
-    return outcome, {**counts, "task": "discover", "words_voted": voted, "local_epsilon": eps}
+                                               withdrawn=lambda: _withdrawn(dev, mark),
+                                               charge=lambda: round(ledger.charge(plan), 4))
+    return outcome, {**counts, "task": "discover", "words_voted": voted}
 
 
 def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple[str, dict[str, Any]]:
@@ -438,14 +438,15 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
                               "encoding": res.update.encoding, "kB": round(len(res.update.delta) / 1024, 1)}
     if (why := _withdrawn(dev, mark)) is not None:
         return f"discarded ({why})", counts
-    # Charged before anything leaves the device. A secure round is charged at the plan's (central)
-    # noise_multiplier: the coordinator sees only the sum, whose Skellam noise has that std once
-    # n_min devices survive, and the device refuses to reveal shares below n_min (secagg_client).
-    counts["local_epsilon"] = round(ledger.charge(plan), 4)
+    # Charged before anything that depends on the text leaves the device. A secure round is
+    # charged at the plan's (central) noise_multiplier: the coordinator sees only the sum, whose
+    # Skellam noise has that std once n_min devices survive, and the device refuses to reveal
+    # shares below n_min (secagg_client); it is charged right before its masked vector goes.
     if plan.secure_aggregation:   # the float delta never leaves the device: only its masked form
-        outcome, sec_counts = secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep,
-                                                       withdrawn=lambda: _withdrawn(dev, mark))
-        return outcome, {**sec_counts, "local_epsilon": counts["local_epsilon"]}
+        return secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep,
+                                        withdrawn=lambda: _withdrawn(dev, mark),
+                                        charge=lambda: round(ledger.charge(plan), 4))
+    counts["local_epsilon"] = round(ledger.charge(plan), 4)
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
@@ -471,6 +472,14 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
 def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     if not dev.eligibility.check():
         return "skipped (no longer eligible)", {}
+    evaluated = EvaluationRecord(dev.config.require_data_dir(), per_day=dev.config.max_evaluations_per_day)
+    try:
+        refusal = evaluated.refusal(task)
+    except LedgerError as e:   # it cannot tell what it answered: it answers nothing
+        refusal = str(e)
+    if refusal is not None:
+        log.warning("evaluation of %s refused: %s", task.candidate_version_id, refusal)
+        return f"refused ({refusal})", {}
     mark = dev.cache.wipe_mark()
     texts = [r.text for r in dev.cache.heldout_records()]
     if not texts:
@@ -490,6 +499,7 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=results)
     if (why := _withdrawn(dev, mark)) is not None:
         return f"discarded ({why})", {}
+    evaluated.record(task.candidate_version_id)   # before the report goes: a lost reply buys no second answer
     try:
         dev.client.report_evaluation(report)
     except RejectedError as e:

@@ -8,6 +8,7 @@ variables are ``FEDKEYS_EDGE_<KEY>`` (upper case); the file is JSON, named by ``
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -41,6 +42,25 @@ def _http_url(url: str) -> bool:
         return False
 
 
+def plain_http_warning(url: str) -> str | None:
+    """A warning when `url` is plain http to another machine, else None. Plans, rosters and the
+    device's token are not signed or sealed above TLS (only versions are signed), so on such a
+    link anyone on the network can act as the coordinator, up to unmasking secure rounds (a
+    privacy audit). A warning, not a refusal: a lab network or an emulator's host is a choice."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"warning: {url} is plain HTTP to another machine: the device's token, its updates and secure "
+            "rounds' keys travel in clear, and anyone on the network can act as the coordinator; "
+            "use https:// (deploy/README.md)")
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     data_dir: str = ""                   # the device's directory: identity, text cache, models
@@ -63,6 +83,7 @@ class EdgeConfig:
     max_train_examples: int = 5000
     local_epsilon_budget: float = math.inf  # total epsilon this device spends against the coordinator
     local_delta: float = 1e-6
+    max_evaluations_per_day: float = 48.0  # canary candidates evaluated in 24 h (each once; plan_guard)
     # The user's own copy of the LSTM, fine-tuned on the cache when eligible, never uploaded (personalize)
     personalize: bool = True             # fine-tune a personal copy when eligible; false: the global model only
     personal_learning_rate: float = 0.2  # SGD rate (0.5, the federated rate, overfits one user's text)
@@ -106,6 +127,7 @@ class EdgeConfig:
             (self.max_epochs >= 1 and self.max_train_examples >= 1, "max_epochs and max_train_examples must be >= 1"),
             (self.local_epsilon_budget > 0 and 0 < self.local_delta < 1,
              "local_epsilon_budget must be > 0 (inf: unlimited) and local_delta in (0, 1)"),
+            (self.max_evaluations_per_day >= 0, "max_evaluations_per_day must be >= 0 (inf: unlimited, 0: none)"),
             (0 < self.personal_learning_rate < math.inf and self.personal_epochs >= 1
              and self.personal_max_examples >= 1,
              "personal_learning_rate must be > 0, personal_epochs and personal_max_examples >= 1"),

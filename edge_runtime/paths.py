@@ -9,6 +9,7 @@
         .paused_after_wipe      a wipe in place is under way or could not make its new cache:
                                 the next cache made starts paused (cache)
         privacy_ledger.json     every update released and its epsilon (plan_guard)
+        evaluations.json        the canary candidates this device evaluated, and when (plan_guard)
         rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
         model_channel.json      stable or canary: what the version in use is (channel)
         personal/               the user's own copy of the LSTM, never uploaded (personalize)
@@ -31,6 +32,7 @@ CACHE_DB = "text_cache.sqlite3"
 CACHE_OPEN_LOCK = ".cache.lock"
 PAUSE_AFTER_WIPE = ".paused_after_wipe"
 LEDGER_FILE = "privacy_ledger.json"
+EVALUATIONS_FILE = "evaluations.json"
 ROLLOUT_STATE_FILE = "rollout_state.json"
 CHANNEL_FILE = "model_channel.json"
 PERSONAL_DIR = "personal"

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeError
-from edge_runtime.paths import LEDGER_FILE
+from edge_runtime.paths import EVALUATIONS_FILE, LEDGER_FILE
 from protocol.artifact import atomic_write
 from protocol.plan import DEVICE_DEFAULT_FLOOR, TrainPlan, floor_breaches, number
+from protocol.wire import Task
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +164,57 @@ class PrivacyLedger:
 def _digest(entries: list[dict[str, Any]]) -> str:
     """sha256 of the releases' canonical JSON."""
     return hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+DAY_S = 86_400.0
+KEPT_EVALUATIONS = 1000   # the record's newest entries; older ones are past every day's count
+
+
+class EvaluationRecord:
+    """The canary candidates this device evaluated, in `<data_dir>/evaluations.json`.
+
+    A canary report is exact counts over the device's held-out text, outside the ε ledger
+    (docs/privacy.md, "Canary evaluations are not noised"): a version can be built to ask a
+    question of that text. The coordinator issues one evaluation per candidate and device, but
+    the device took its word for it; a privacy audit had one device answer the same questions
+    again, and four crafted versions per task. So the device answers each candidate once (recorded
+    before its report goes, so a lost reply cannot buy a second answer), for the candidate and one
+    other version at most, and at most `per_day` candidates in 24 hours. Entries hold version ids
+    and times: never text."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, per_day: float) -> None:
+        self.path = Path(data_dir) / EVALUATIONS_FILE
+        self.per_day = per_day
+
+    def entries(self) -> list[dict[str, Any]]:
+        try:
+            entries = json.loads(self.path.read_text())["evaluated"]
+            if not isinstance(entries, list) or not all(
+                    isinstance(e, dict) and isinstance(e.get("candidate"), str)
+                    and isinstance(e.get("at"), (int, float)) for e in entries):
+                raise ValueError("bad entries")
+            return entries
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LedgerError(f"{self.path} is damaged ({e.__class__.__name__}); refusing to evaluate") from e
+
+    def refusal(self, task: Task, now: float | None = None) -> str | None:
+        """Why the device does not answer this evaluate task, or None."""
+        cand, ids = task.candidate_version_id, task.evaluate_version_ids
+        if cand not in ids or len(ids) > 2 or len(set(ids)) != len(ids):
+            return (f"an evaluation names the candidate and at most one other version, once each; this one names "
+                    f"{len(ids)}")
+        entries = self.entries()
+        if any(e["candidate"] == cand for e in entries):
+            return f"{cand} was evaluated on this device already"
+        now = time.time() if now is None else now
+        recent = sum(now - DAY_S < e["at"] <= now for e in entries)
+        if recent >= self.per_day:
+            return f"{recent} evaluations in the last 24 hours, the most this device answers (max_evaluations_per_day)"
+        return None
+
+    def record(self, candidate: str, now: float | None = None) -> None:
+        entries = self.entries()[-(KEPT_EVALUATIONS - 1):]
+        entries.append({"candidate": candidate, "at": round(time.time() if now is None else now, 3)})
+        atomic_write(self.path, json.dumps({"evaluated": entries}, indent=1).encode())

@@ -86,6 +86,9 @@ def check_roster(r: sw.SecAggRoster, plan: wire.TrainPlan, dim: int) -> dict[int
     let the sum, or one device's vector, go out with no noise)."""
     if r.round_id != plan.round_id:   # masks are derived with the roster's id, shares bound to the plan's
         raise Refused(f"the roster is for round {r.round_id}, the plan for round {plan.round_id}")
+    if r.k < secagg.degree_floor(r.n):   # t of the coordinator's own devices beside this one unmask it
+        raise Refused(f"{r.k} neighbours in a cohort of {r.n} is under the floor of {secagg.degree_floor(r.n)}: "
+                      "too few devices would be needed to unmask this one")
     if r.t != r.k // 2 + 1:
         raise Refused(f"threshold {r.t} of {r.k} is not a majority: shares could be collected both ways")
     if dim != r.dim:
@@ -182,11 +185,16 @@ def masked_vector(vector: np.ndarray, roster: sw.SecAggRoster, mask_sk: bytes, s
 
 def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarray, time_limit_s: float | None,
                sleep: Callable[[float], Any] = time.sleep, *,
-               withdrawn: Callable[[], str | None] | None = None) -> tuple[str, dict[str, Any]]:
+               withdrawn: Callable[[], str | None] | None = None,
+               charge: Callable[[], float] | None = None) -> tuple[str, dict[str, Any]]:
     """Run the whole secure-aggregation exchange for one trained update; (outcome, counts).
     `withdrawn()` says why the vector must not be sent after all (the user wiped the text or
     paused learning during the exchange's waits, which last minutes): asked right before the
-    masked vector goes, the device then drops out, as the protocol lets any device do."""
+    masked vector goes, the device then drops out, as the protocol lets any device do.
+    `charge()` records the release in the device's privacy ledger (its ε so far, in counts as
+    `local_epsilon`), right before the masked vector goes and after every check: nothing that
+    depends on the device's data leaves it earlier, and a roster refused, a late arrival or a
+    timeout charged ε for nothing (a privacy audit; a hostile coordinator could drain a budget)."""
     rid = plan.round_id
     deadline = time.monotonic() + (time_limit_s if time_limit_s is not None else 3600.0)
     ch = _Channel(client, rid, deadline, sleep)
@@ -228,6 +236,8 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
         if withdrawn is not None and (why := withdrawn()) is not None:
             log.info("secure aggregation, round %d: left the round before the masked vector: %s", rid, why)
             return f"discarded ({why})", counts
+        if charge is not None:
+            counts["local_epsilon"] = charge()
         ch.post("masked", data=y.astype("<u4").tobytes())
         del y, self_seed, mask_sk
         revealer = Revealer(roster.index, held, roster.n_min)

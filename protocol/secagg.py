@@ -41,6 +41,11 @@ SHARE_BYTES = 2 + 66                     # x-coordinate (uint16) + a point of GF
 PLAINTEXT_BYTES = 2 * SHARE_BYTES        # a self-mask share and a mask-key share, same x
 CIPHERTEXT_BYTES = 12 + PLAINTEXT_BYTES + 16
 MAX_FAILURE_LOG2 = -20                   # design bound on P(some device has too few neighbours left)
+# The fewest neighbours a device masks with (all the others in a smaller cohort). A coordinator that
+# also enrolls devices of its own needs t = k // 2 + 1 of them beside a device to unmask it; at a
+# design dropout of 0 the failure bound alone gave k = 2, so 2 were enough whatever the cohort (a
+# privacy audit). Devices refuse a roster under it (edge_runtime.secagg_client.check_roster).
+MIN_DEGREE = 16
 
 
 class SecAggError(ValueError):
@@ -208,7 +213,8 @@ def graph_degree(n: int, dropout: float) -> tuple[int, int]:
     n * P[Binomial(k, dropout) > k - t] <= 2^-20, or n - 1 (every other device) if smaller.
     That probability falls as k grows, so k is found by bisection: stepping through every even k
     cost O(n^2) terms, 5 s for a cohort of 10,000 at dropout 0.49, inside the round's lock (a
-    review; both give the same k for every cohort of 2 to 3,000 at dropouts 0 to 0.49).
+    review; both give the same k for every cohort of 2 to 3,000 at dropouts 0 to 0.49). Never
+    under `degree_floor(n)`: at a low design dropout the bound alone allows k = 2.
     """
     if n < 2:
         raise SecAggError("secure aggregation needs at least 2 devices")
@@ -220,8 +226,14 @@ def graph_degree(n: int, dropout: float) -> tuple[int, int]:
         return n * _binom_tail(k, dropout, k - (k // 2 + 1) + 1) <= 2.0**MAX_FAILURE_LOG2
 
     i = bisect.bisect_left(evens, True, key=enough)
-    k = evens[i] if i < len(evens) else n - 1
+    k = max(evens[i] if i < len(evens) else n - 1, degree_floor(n))
     return k, k // 2 + 1
+
+
+def degree_floor(n: int) -> int:
+    """The least degree a cohort of n may use: MIN_DEGREE (even, so a Harary graph), or every other
+    device when the cohort is smaller."""
+    return min(MIN_DEGREE, n - 1)
 
 
 def neighbours(n: int, k: int, seed: bytes) -> list[list[int]]:

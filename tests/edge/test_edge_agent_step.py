@@ -447,3 +447,91 @@ def test_a_noiseless_release_under_an_unlimited_budget_leaves_the_device_trainin
         dataclasses.replace(PLAN, noise_multiplier=0.0))
     agent.run_once(device)
     assert device.client.checkins[-1].can_train is True
+
+
+def test_a_device_answers_each_canary_candidate_once_and_a_few_a_day(device, monkeypatch):
+    """A canary report is exact counts over the held-out text, a question a crafted version can
+    ask. The device answered the same candidate again and four versions per task, taking the
+    coordinator's word for its one-per-candidate rule (a privacy audit): now it answers each
+    candidate once, for it and one other version, and at most `max_evaluations_per_day`."""
+    import json
+
+    from edge_runtime.paths import EVALUATIONS_FILE
+
+    monkeypatch.setattr(trainer, "evaluate", lambda dirs, texts, **kw: [
+        wire.VersionMetrics(v.rsplit("/", 1)[1], 1.0, 0.0, 0.0, 5.0) for v in dirs])
+    device.sessions = lambda vdir: FixedSession(["my", "secret"])
+
+    def task(cand, *others):
+        return wire.Task(kind=wire.TASK_EVALUATE, retry_after=5.0, use_version_id=None, candidate_version_id=cand,
+                         evaluate_version_ids=(cand, *others), max_eval_words=50)
+
+    device.client.tasks = [task("c2", "v1"), task("c2", "v1"), task("c3", "p1", "p2", "p3"), task("c4", "c4"),
+                           task("c5", "v1"), task("c6", "v1")]
+    device.config = device.config.with_overrides({"max_evaluations_per_day": 2})
+    outcomes = [agent.run_once(device).outcome for _ in range(6)]
+    assert outcomes[0] == "reported" and outcomes[4] == "reported", outcomes
+    assert "c2 was evaluated on this device already" in outcomes[1]
+    assert "at most one other version" in outcomes[2] and "at most one other version" in outcomes[3]
+    assert "2 evaluations in the last 24 hours" in outcomes[5], outcomes
+    assert [r.candidate_version_id for r in device.client.reports] == ["c2", "c5"]
+    record = json.loads((device.config.require_data_dir() / EVALUATIONS_FILE).read_text())["evaluated"]
+    assert [e["candidate"] for e in record] == ["c2", "c5"] and SECRET not in json.dumps(record)
+    # a damaged record answers nothing: the device cannot tell what it has answered
+    (device.config.require_data_dir() / EVALUATIONS_FILE).write_text("{not json")
+    device.config = device.config.with_overrides({"max_evaluations_per_day": float("inf")})
+    device.client.tasks = [task("c7", "v1")]
+    res = agent.run_once(device)
+    assert res.outcome.startswith("refused (") and "is damaged" in res.outcome and len(device.client.reports) == 2
+
+
+class _RefusedRoster:
+    """A coordinator's side of a secure round whose roster every device refuses (its noise mu 0)."""
+
+    def __init__(self, base):
+        self.base, self.paths = base, []
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def _request(self, method, path, json_body=None, data=None, headers=None, **kw):
+        import json
+        import types
+
+        from protocol import secagg_wire as sw
+        self.paths.append(path)
+        body = {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}
+        if path.endswith("/roster"):
+            body = sw.SecAggRoster(9, 0, 3, 2, 2, 2, bytes(32), 10, 1000.0, 0.0,
+                                   (sw.Neighbour(1, b"\x09" * 32, b"\x09" * 32),
+                                    sw.Neighbour(2, b"\x09" * 32, b"\x09" * 32))).to_dict()
+        return types.SimpleNamespace(request=types.SimpleNamespace(body=b""), content=json.dumps(body).encode(),
+                                     json=lambda: body)
+
+    @staticmethod
+    def _json(resp):
+        return resp.json()
+
+
+def test_a_secure_round_refused_before_the_masked_vector_charges_no_epsilon(device, monkeypatch):
+    """The ledger was charged before the exchange began, so a roster the device refused, a late
+    arrival or a timeout each cost epsilon with nothing released (a privacy audit: three refused
+    rosters, three entries). It is charged right before the masked vector goes."""
+    import dataclasses
+
+    import numpy as np
+
+    from edge_runtime.paths import LEDGER_FILE
+    up = Update(delta=b"", example_count=5, base_version_id="v1", encoding="float16", rel_error=0.0,
+                norm_before_clip=1.0, clipped=False, vector=np.zeros(10, np.float32))
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: trainer.TrainResult(up, 3, 5, 4.0, 3.0, 0.1))
+    device.client = _RefusedRoster(device.client)
+    plan = dataclasses.replace(PLAN, round_id=9, noise_multiplier=1.0, secure_aggregation=True)
+    device.client.base.tasks = [wire.Task(kind=wire.TASK_TRAIN, retry_after=1.0, use_version_id=None,
+                                          base_version_id="v1", plan=plan, time_limit_s=60.0)] * 2
+    for _ in range(2):
+        res = agent.run_once(device)
+        assert res.outcome.startswith("refused (Skellam share mu 0"), res.outcome
+        assert "local_epsilon" not in res.counts
+    assert not any(p.endswith("/masked") for p in device.client.paths)
+    assert not (device.config.require_data_dir() / LEDGER_FILE).exists()

@@ -110,3 +110,27 @@ def test_device_commands_leave_a_directory_that_holds_no_device_alone(tmp_path, 
     assert len(err) == 1 and "not a device data directory" in err[0], err
     assert (tmp_path / "personal" / "thesis.txt").read_text() == "years of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["personal"]
+
+
+def test_plain_http_to_another_machine_is_warned_about(monkeypatch, tmp_path, capsys):
+    """Plans, rosters and the device's token are not signed or sealed above TLS: over plain http
+    to another machine anyone on the network can act as the coordinator (a privacy audit). Enroll
+    and run say so on stderr; loopback and https say nothing."""
+    from edge_runtime import __main__ as cli
+    from edge_runtime import agent
+    from edge_runtime.config import plain_http_warning
+
+    for quiet in ("http://127.0.0.1:8400", "http://localhost:8400", "http://[::1]:8400", "https://10.0.0.2:8400",
+                  "http://127.9.9.9"):
+        assert plain_http_warning(quiet) is None, quiet
+    for loud in ("http://10.0.0.2:8400", "http://coord.example", "http://[fd00::1]:8400"):
+        assert "plain HTTP to another machine" in plain_http_warning(loud), loud
+
+    def refused(cfg, key, force=False):
+        raise agent.AgentError("the coordinator is out of reach")
+
+    monkeypatch.setattr(agent, "enroll", refused)
+    rc = cli.main(["enroll", "--data-dir", str(tmp_path / "d"), "--coordinator", "http://10.0.0.2:8400",
+                   "--enrollment-key", "k" * 20])
+    err = capsys.readouterr().err
+    assert rc != 0 and "warning: http://10.0.0.2:8400 is plain HTTP" in err and "out of reach" in err, err

@@ -172,8 +172,18 @@ def test_the_graph_degree_by_bisection_is_the_smallest_degree_that_suffices():
         k = 2
         while k < n - 1 and n * secagg._binom_tail(k, dropout, k - (k // 2 + 1) + 1) > 2.0**secagg.MAX_FAILURE_LOG2:
             k += 2
-        return min(k, n - 1)
+        return max(min(k, n - 1), min(secagg.MIN_DEGREE, n - 1))
 
-    for n in (2, 3, 10, 57, 200, 1001):
-        for dropout in (0.0, 0.1, 0.3, 0.45, 0.49):
+    for n in (2, 3, 10, 17, 18, 57, 200, 1001):
+        for dropout in (0.0, 0.01, 0.1, 0.3, 0.45, 0.49):
             assert secagg.graph_degree(n, dropout)[0] == first(n, dropout), (n, dropout)
+
+
+def test_a_design_dropout_of_zero_keeps_the_degree_floor():
+    """At design dropout 0 the failure bound alone gave k = 2 in any cohort: two devices of the
+    coordinator's own beside a device could unmask it (a privacy audit). The floor holds, an even
+    degree (a Harary graph), or every other device in a cohort smaller than it."""
+    assert secagg.graph_degree(200, 0.0) == (secagg.MIN_DEGREE, secagg.MIN_DEGREE // 2 + 1)
+    assert secagg.MIN_DEGREE % 2 == 0
+    assert secagg.graph_degree(10, 0.0) == (9, 5)
+    assert secagg.graph_degree(200, 0.3)[0] > secagg.MIN_DEGREE   # the failure bound wins where larger

@@ -401,6 +401,8 @@ def test_devices_recompute_their_noise_instead_of_taking_the_rosters_word():
                         ({"n_min": 1}, "not a majority"), ({"n_min": 2}, "not a majority"),
                         ({"dim": dim - 1}, "values, the round expects"), ({"scale": 0.0}, "less than the plan's"),
                         ({"round_id": 2}, "the plan for round 1"),
+                        # 2 neighbours of 40: two devices of the coordinator's own would unmask it
+                        ({"n": 40, "n_min": 30, "k": 2, "t": 2}, "under the floor of 16"),
                         # numbers no sampler takes: they escaped as OverflowError / ValueError, not refusals
                         ({"scale": 1e200}, "out of range"), ({"mu": 1e30}, "lose their low bits"),
                         ({"scale": scale * 1e6, "mu": mu * 1e12}, "lose their low bits"),

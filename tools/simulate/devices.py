@@ -8,6 +8,7 @@ installed versions, exactly as on a phone."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -66,7 +67,8 @@ def device_config(data_dir: str, eligible: bool, coordinator: str = "", public_k
     return EdgeConfig(data_dir=data_dir, coordinator=coordinator, public_key=public_key,
                       eligibility="override:eligible" if eligible else "override:ineligible",
                       min_wait_s=0.1, backoff_initial_s=0.5, backoff_max_s=2.0, upload_attempts=3,
-                      http_timeout_s=120.0, personalize=False, min_noise_multiplier=0.0)
+                      http_timeout_s=120.0, personalize=False, min_noise_multiplier=0.0,
+                      max_evaluations_per_day=math.inf)
 
 
 def setup_device(data_dir: str, coordinator: str, public_key: str, enrollment_key: str,
