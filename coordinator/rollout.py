@@ -49,6 +49,20 @@ def _rates(metrics: Sequence[VersionMetrics]) -> dict[str, float]:
             "top3_acc": mean([m.top3 / m.count for m in piece]), "loss": mean([m.loss_sum / m.count for m in piece])}
 
 
+# A candidate whose next-token loss on the canaries' held-out text is this many times the stable
+# version's (median over devices) is broken, whatever its strip's words measured: the keyboard's
+# n-gram and the user's own words keep a random-weights LSTM's strip within one word of the
+# stable one's over a canary's ~10 words, and such a candidate was promoted (an operator probe:
+# loss 50.1 against 3.4, word top-3 6.7% against 19.2%). A round's honest candidate moves the
+# loss by a few percent.
+BROKEN_LOSS_RATIO = 1.5
+
+
+def loss_ratio(cand: VersionMetrics, stable: VersionMetrics) -> float:
+    """One canary device's next-token loss per token, candidate over stable."""
+    return (cand.loss_sum / cand.count) / (stable.loss_sum / stable.count)
+
+
 def trimmed_mean(values: Sequence[float], trim: float = 0.2) -> float:
     """Mean after dropping the `trim` share of values at each end (at least one kept)."""
     v = sorted(values)
@@ -60,14 +74,15 @@ def decide(reports: Sequence[tuple[VersionMetrics, VersionMetrics]], *, min_repo
            tolerance: float) -> CanaryDecision:
     """Given (candidate, stable) metrics per canary device, promote, reject or wait.
 
-    Each device contributes one number, its word-level top-3 difference, and the decision
-    reads their median: no device outweighs another by claiming a large count, and fewer than
-    half of the canaries cannot move the verdict past what the honest ones measured. Wait for
-    `min_reports` devices that scored words, then promote iff median >= -bar, where the bar is
-    `tolerance` but never less than one word of a canary's own text (the median over canaries
-    of 1 / words scored): a device cannot tell a candidate one word worse from one that is
-    equal, and with a 0.5-point tolerance over ~150 words a single flipped word rejected
-    candidates held-out users saw as better (docs/quality.md).
+    A candidate whose median next-token loss is past `BROKEN_LOSS_RATIO` times the stable's is
+    rejected first. Otherwise each device contributes one number, its word-level top-3
+    difference, and the decision reads their median: no device outweighs another by claiming a
+    large count, and fewer than half of the canaries cannot move the verdict past what the
+    honest ones measured. Wait for `min_reports` devices that scored words, then promote iff
+    median >= -bar, where the bar is `tolerance` but never less than one word of a canary's own
+    text (the median over canaries of 1 / words scored): a device cannot tell a candidate one
+    word worse from one that is equal, and with a 0.5-point tolerance over ~150 words a single
+    flipped word rejected candidates held-out users saw as better (docs/quality.md).
     (Non-finite values never get here: the wire refuses them.)
     """
     if min_reports < 1 or tolerance < 0:
@@ -79,6 +94,13 @@ def decide(reports: Sequence[tuple[VersionMetrics, VersionMetrics]], *, min_repo
                      "stable": _rates([r[1] for r in reports])}
     if len(diffs) < min_reports:
         return CanaryDecision(WAIT, f"{len(diffs)} of {min_reports} canary devices scored words", numbers)
+    losses = [loss_ratio(c, s) for c, s in scored if c.count > 0 and s.count > 0 and s.loss_sum > 0]
+    if losses:
+        numbers["loss_ratio"] = statistics.median(losses)
+        if numbers["loss_ratio"] > BROKEN_LOSS_RATIO:
+            return CanaryDecision(REJECT, f"median per-device next-token loss {numbers['loss_ratio']:.2f} times the "
+                                          f"stable version's (> {BROKEN_LOSS_RATIO:g}) over {len(losses)} devices: "
+                                          "the model is broken", numbers)
     med = statistics.median(diffs)
     one_word = statistics.median(1 / min(c.words, s.words) for c, s in scored)
     bar = max(tolerance, one_word)

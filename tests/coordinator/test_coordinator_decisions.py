@@ -135,3 +135,27 @@ def test_canary_decision_is_per_device_and_robust_to_a_minority():
     assert rollout.decide(better + [(_m("c", 0), _m("s", 100))] * 2, min_reports=5,
                           tolerance=0.01).action == rollout.PROMOTE
     assert rollout.trimmed_mean([0, 1, 2, 3, 4, 5, 6, 7, 8, 1000]) == pytest.approx(4.5)
+
+
+def test_a_candidate_with_a_broken_lstm_is_rejected_whatever_its_strip_measured():
+    """A random-weights candidate was promoted (an operator probe): on a canary's ~10 words the
+    keyboard's n-gram and the user's own words keep its strip within one word of the stable one's,
+    and the bar is never finer than a word. Its next-token loss (50.1 against 3.4) says it is
+    broken: past BROKEN_LOSS_RATIO times the stable's, the median device rejects it first."""
+    def m(vid, word_top3, loss_per_token, count=30.0, words=10):
+        return wire.VersionMetrics(vid, loss_sum=loss_per_token * count, top1=0.0, top3=0.0, count=count,
+                                   words=words, word_top1=0, word_top3=word_top3, saved=0, typed=50)
+
+    broken = [(m("c", 1, 50.1), m("s", 2, 3.4))] * 3
+    assert rollout.decide([(m("c", 1, 3.4), m("s", 2, 3.4))] * 3, min_reports=3, tolerance=0.005).action \
+        == rollout.PROMOTE                                   # one word of ten worse: passes, as before
+    d = rollout.decide(broken, min_reports=3, tolerance=0.005)
+    assert d.action == rollout.REJECT and "next-token loss 14.74 times" in d.reason, d.reason
+    # an honest round's few percent pass; one liar of three cannot sink a good candidate
+    assert rollout.decide([(m("c", 2, 3.5), m("s", 2, 3.4))] * 3, min_reports=3, tolerance=0.005).action \
+        == rollout.PROMOTE
+    assert rollout.decide(broken[:1] + [(m("c", 2, 3.3), m("s", 2, 3.4))] * 2, min_reports=3,
+                          tolerance=0.005).action == rollout.PROMOTE
+    # a device that measured no next-token loss has no vote on it
+    assert rollout.decide([(m("c", 1, 0.0, count=0.0), m("s", 2, 0.0, count=0.0))] * 3, min_reports=3,
+                          tolerance=0.005).action == rollout.PROMOTE
