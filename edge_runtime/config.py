@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -173,10 +174,15 @@ def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | 
     """defaults < JSON file < FEDKEYS_EDGE_* < flags (None flags ignored); validated once, merged
     (protocol.settings.load_settings)."""
     from edge_runtime.base_ngram import refuse_old_variable
+    from protocol.interpreter import backend_refusal
 
     try:
         refuse_old_variable(environ)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    # read where the interpreter is made, deep in a task: a typo there was logged only as
+    # "iteration failed: ValueError" (its message withheld, as any might quote text; a probe)
+    if (why := backend_refusal((os.environ if environ is None else environ).get("FEDKEYS_INTERPRETER"))):
+        raise ConfigError(why)
     return EdgeConfig(**load_settings(EdgeConfig, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file,
                                       environ=environ, flags=flags, toml=False))

@@ -27,13 +27,21 @@ _BACKENDS = (("ai_edge_litert", "ai_edge_litert.interpreter"),
              ("tensorflow", "tensorflow.lite"))
 
 
+def backend_refusal(prefer: str | None) -> str | None:
+    """Why `prefer` (FEDKEYS_INTERPRETER) names no backend, or None: for a device's settings check,
+    whose log may not quote an exception's message (edge_runtime.errors.failure)."""
+    if not prefer or any(name == prefer for name, _ in _BACKENDS):
+        return None
+    return (f"unknown interpreter backend {prefer!r} (FEDKEYS_INTERPRETER): use one of "
+            + ", ".join(name for name, _ in _BACKENDS))
+
+
 def _interpreter_class(prefer: str | None = None) -> tuple[str, Any]:
     order = _BACKENDS
     if prefer:
+        if (why := backend_refusal(prefer)) is not None:
+            raise ValueError(why)
         order = tuple(b for b in _BACKENDS if b[0] == prefer)
-        if not order:
-            raise ValueError(f"unknown interpreter backend {prefer!r} (FEDKEYS_INTERPRETER): use one of "
-                             + ", ".join(name for name, _ in _BACKENDS))
     for name, module in order:
         try:
             mod = importlib.import_module(module)

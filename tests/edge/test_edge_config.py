@@ -134,3 +134,15 @@ def test_plain_http_to_another_machine_is_warned_about(monkeypatch, tmp_path, ca
                    "--enrollment-key", "k" * 20])
     err = capsys.readouterr().err
     assert rc != 0 and "warning: http://10.0.0.2:8400 is plain HTTP" in err and "out of reach" in err, err
+
+
+def test_an_unknown_interpreter_backend_is_a_settings_error_naming_the_choices():
+    """FEDKEYS_INTERPRETER=bogus was read only where a task made an interpreter, and logged as
+    "iteration failed: ValueError" (its message withheld; an operator probe): it is refused with
+    the settings, in one line naming the backends."""
+    from edge_runtime.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="unknown interpreter backend 'bogus'.*ai_edge_litert"):
+        load_config(environ={"FEDKEYS_INTERPRETER": "bogus"})
+    for ok in ("ai_edge_litert", "tflite_runtime", "tensorflow", ""):
+        load_config(environ={"FEDKEYS_INTERPRETER": ok})
