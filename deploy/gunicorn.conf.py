@@ -9,14 +9,43 @@ worker exits. Logs are JSON lines, the coordinator's one format, gunicorn's own 
 
 import os
 import shutil
+import sys
 import tempfile
 
 from coordinator.logs import QUIET
 
-bind = os.environ.get("FEDKEYS_BIND", "127.0.0.1:8400")       # behind the TLS proxy: loopback only
-workers = int(os.environ.get("FEDKEYS_WORKERS", "2"))
+
+def _refuse(reason):
+    """One line and exit 2, as the service's own settings are refused: a bad value here was a
+    traceback ("Failed to read config file"), a port past 65535 an OverflowError, and 0 workers
+    a server that answered nothing, saying nothing (an operator probe)."""
+    print(f"refused to start: {reason}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _whole(name, default, lo, hi):
+    raw = os.environ.get(name, default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        _refuse(f"{name}={raw!r} must be a whole number from {lo} to {hi}")
+    return value
+
+
+def _bind(raw):
+    if not raw.startswith(("unix:", "fd://")):
+        host, _, port = raw.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            _refuse(f"FEDKEYS_BIND={raw!r} must be HOST:PORT with a port from 0 to 65535 (or unix:PATH)")
+    return raw
+
+
+bind = _bind(os.environ.get("FEDKEYS_BIND", "127.0.0.1:8400"))       # behind the TLS proxy: loopback only
+workers = _whole("FEDKEYS_WORKERS", "2", 1, 256)
 worker_class = "gthread"
-threads = int(os.environ.get("FEDKEYS_THREADS", "4"))
+threads = _whole("FEDKEYS_THREADS", "4", 1, 1024)
 timeout = 120
 forwarded_allow_ips = "127.0.0.1"
 

@@ -22,3 +22,18 @@ def test_a_refused_setting_stops_gunicorn_in_one_line(tmp_path):
     assert "admin_token must be at least 16 characters" in out, out
     assert out.count("admin_token must be") == 1, out      # once, from the master: no worker started
     assert "Traceback" not in out and "Booting worker" not in out, out
+
+
+def test_a_bad_gunicorn_variable_stops_it_in_one_line(tmp_path):
+    """FEDKEYS_WORKERS=abc was gunicorn's "Failed to read config file" traceback, a port past 65535
+    an OverflowError traceback, and FEDKEYS_WORKERS=0 a server that answered nothing and said
+    nothing (an operator probe): each is one "refused to start" line, exit 2."""
+    for name, value in (("FEDKEYS_WORKERS", "abc"), ("FEDKEYS_WORKERS", "0"), ("FEDKEYS_THREADS", "-1"),
+                        ("FEDKEYS_BIND", "127.0.0.1:99999"), ("FEDKEYS_BIND", "nohost")):
+        env = gunicorn_env(tmp_path, free_port()) | {name: value}
+        done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py"),
+                               "--check-config", "coordinator.app:create_app()"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        out = done.stdout + done.stderr
+        assert done.returncode == 2 and f"refused to start: {name}={value!r}" in out, (name, value, out)
+        assert "Traceback" not in out, out
