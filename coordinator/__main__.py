@@ -208,9 +208,13 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
     elif a == "revoke-device":
         _print(c.revoke_device(args.device_id))
     elif a == "import-version":
+        before = c.status()["candidate_version_id"]
         vid = c.import_version(args.directory, as_candidate=False if args.stable else None, any_parent=args.force)
         print(vid)
         now = c.status()
+        if before and before != vid and now["candidate_version_id"] != before:   # it said nothing (a probe)
+            print(f"note: candidate {before}, still in its canary, was set aside for {vid}; what its round's "
+                  "devices sent has spent their privacy", file=sys.stderr)
         if now["candidate_version_id"] == vid and (r := now["latest_round"]) and r["status"] == "open":
             print(f"note: round {r['round_id']} is open; the version it makes replaces candidate {vid} unless the "
                   "canary decides first or favours it under a pin", file=sys.stderr)

@@ -345,7 +345,8 @@ def test_a_version_that_lost_its_files_gets_them_back_from_its_folder(tmp_path):
 
 def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
     """The version a round makes replaces a candidate still in its canary: start-round while one
-    is pending, and import-version while a round is open, gave no word of it (a probe)."""
+    is pending, and import-version while a round is open, gave no word of it (a probe); nor did
+    import-version of the candidate it set aside."""
     import json as _json
 
     from tests.helpers.coordinator_fakes import make_version
@@ -364,6 +365,8 @@ def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
     assert r.returncode == 0 and "note: candidate v1 is still in its canary" in r.stderr, r.stderr
     r = coord("import-version", "--data-dir", str(d), str(tmp_path / "v2"))
     assert r.returncode == 0 and "note: round 1 is open; the version it makes replaces candidate v2" in r.stderr
+    # the candidate it replaced was set aside without a word (an operator probe)
+    assert "note: candidate v1, still in its canary, was set aside for v2" in r.stderr, r.stderr
 
 
 def test_admin_commands_that_change_nothing_say_so_and_a_round_left_open_exits_3(tmp_path):
