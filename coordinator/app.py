@@ -99,11 +99,12 @@ def _servable(cfg: Config) -> Coordinator:
         coordinator.close()
         raise ConfigError(f"{where} must be printable Latin-1 characters without spaces at either end (an HTTP "
                           "header cannot carry others; plain ASCII works from every client)")
-    if missing := deployment.missing_files(coordinator):
+    if missing := deployment.missing_files(coordinator, check_digests=True):
         coordinator.close()
         raise ConfigError(f"the data directory {cfg.data_dir} lacks the files of version(s) {', '.join(missing)} "
-                          "that devices are sent: it is older than its database (restored from an earlier "
-                          "backup?); restore both from the same backup (deploy/README.md), put its files back "
+                          "that devices are sent, or holds them damaged (their sha256 differs): it is older than "
+                          "its database (restored from an earlier backup?) or its disk failed; restore both "
+                          "from the same backup (deploy/README.md), put its files back "
                           "with import-version of the folder it was imported from (or an export of it), or take "
                           "that version out of service with the admin commands (reject, rollback), which still run")
     return coordinator

@@ -6,6 +6,7 @@ to is always complete, and storing the same bytes twice costs nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -40,6 +41,18 @@ class BlobStore:
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).exists()
+
+    def intact(self, digest: str) -> bool:
+        """Whether the blob exists and its bytes still hash to its name (a disk error or a hand
+        edit is otherwise found by every device's download, one by one)."""
+        h = hashlib.sha256()
+        try:
+            with open(self.path(digest), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except FileNotFoundError:
+            return False
+        return h.hexdigest() == digest
 
 
 class UploadStore:

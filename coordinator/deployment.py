@@ -50,15 +50,17 @@ def require_database(cfg: Config, *, read_only: bool = False) -> None:
                           "--data-dir DIR --database-url URL")
 
 
-def missing_files(coord: Any) -> list[str]:
-    """The versions devices are sent (stable, candidate) whose files the data directory lacks. A
-    data directory older than its database (restored from an earlier backup) holds the signing
-    key, so it passes `check_pairing`, and answered every download of a newer version with a 500."""
+def missing_files(coord: Any, *, check_digests: bool = False) -> list[str]:
+    """The versions devices are sent (stable, candidate) whose files the data directory lacks, or,
+    with `check_digests`, holds damaged. A data directory older than its database (restored from
+    an earlier backup) holds the signing key, so it passes `check_pairing`, and answered every
+    download of a newer version with a 500; a truncated file was served, and every device refused
+    it on its own (an operator probe: the service logged nothing)."""
     with coord._sessions() as s:
         rows = s.execute(select(Version.id, Version.weights_sha256, Version.graph_sha256, Version.tokenizer_sha256,
                                 Version.manifest_json)
                          .where(Version.status.in_([VersionStatus.STABLE, VersionStatus.CANDIDATE]))).all()
-    return [vid for vid, *digests, manifest in rows if not _held(coord, *digests, manifest)]
+    return [vid for vid, *digests, manifest in rows if not _held(coord, *digests, manifest, check_digests)]
 
 
 def holds_files(coord: Any, v: Version) -> bool:
@@ -66,9 +68,11 @@ def holds_files(coord: Any, v: Version) -> bool:
     return _held(coord, v.weights_sha256, v.graph_sha256, v.tokenizer_sha256, v.manifest_json)
 
 
-def _held(coord: Any, weights: str, graph: str, tokenizer: str, manifest_json: str) -> bool:
+def _held(coord: Any, weights: str, graph: str, tokenizer: str, manifest_json: str,
+          check_digests: bool = False) -> bool:
     q8 = json.loads(manifest_json).get("weights_q8_sha256")
-    return all(coord.blobs.exists(d) for d in (weights, graph, tokenizer, q8) if d)
+    held = coord.blobs.intact if check_digests else coord.blobs.exists
+    return all(held(d) for d in (weights, graph, tokenizer, q8) if d)
 
 
 def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path, *, read_only: bool = False) -> None:

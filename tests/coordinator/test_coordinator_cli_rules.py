@@ -286,7 +286,9 @@ def test_gunicorn_entry_point_refuses_a_database_init_never_made(tmp_path, monke
 
 def test_a_data_directory_older_than_its_database_is_refused_at_start(tmp_path):
     """Restored from an earlier backup than the database, the data directory holds the right key
-    but not the newer versions' files: the service started and answered each download with a 500."""
+    but not the newer versions' files: the service started and answered each download with a 500.
+    A damaged file (truncated) is refused the same way: it was served, and every device refused it
+    while the service logged nothing (an operator probe)."""
     from coordinator.app import create_app
     from coordinator.config import ConfigError
     from tests.helpers.coordinator_fakes import make_config, make_version, serve
@@ -298,9 +300,16 @@ def test_a_data_directory_older_than_its_database_is_refused_at_start(tmp_path):
         from protocol.artifact import GRAPH, sha256_file
 
         blob = s.coord.blobs.path(sha256_file(tmp_path / "v0" / GRAPH))
+    data = blob.read_bytes()
+    blob.write_bytes(data[: len(data) // 2])   # truncated (a disk error): served, and refused by every device
+    with pytest.raises(ConfigError, match=f"lacks the files of version\\(s\\) {vid} that devices are sent, "
+                                          "or holds them damaged"):
+        create_app(conf)
     blob.unlink()   # as if the data directory came from a backup taken before the import
     with pytest.raises(ConfigError, match=f"lacks the files of version\\(s\\) {vid} that devices are sent"):
         create_app(conf)
+    blob.write_bytes(data)
+    create_app(conf).extensions["fedkeys"].close()   # serves again
 
 
 def test_a_version_that_lost_its_files_gets_them_back_from_its_folder(tmp_path):
