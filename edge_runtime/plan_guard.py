@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -121,8 +121,7 @@ class PrivacyLedger:
         self.budget, self.delta = budget, delta
 
     def entries(self) -> list[dict[str, Any]]:
-        try:
-            d = json.loads(self.path.read_text())
+        def check(d: dict[str, Any]) -> list[dict[str, Any]]:
             entries = d["releases"]
             if not isinstance(entries, list) or not all(
                     isinstance(e, dict) and isinstance(e.get("noise_multiplier"), (int, float)) for e in entries):
@@ -132,10 +131,8 @@ class PrivacyLedger:
             if "sha256" in d and d["sha256"] != _digest(entries):
                 raise ValueError("checksum differs")
             return entries
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LedgerError(f"{self.path} is damaged ({e.__class__.__name__}); refusing to train") from e
+
+        return _read_entries(self.path, check, "refusing to train")
 
     def spent(self) -> float:
         return gaussian_epsilon([float(e["noise_multiplier"]) for e in self.entries()], self.delta)
@@ -159,6 +156,19 @@ class PrivacyLedger:
         eps = gaussian_epsilon([float(e["noise_multiplier"]) for e in entries], self.delta)
         log.info("privacy ledger: %d releases, local epsilon %.3g of budget %g", len(entries), eps, self.budget)
         return eps
+
+
+def _read_entries(path: Path, check: Callable[[dict[str, Any]], list[dict[str, Any]]],
+                  refusing: str) -> list[dict[str, Any]]:
+    """`check` of the JSON object in `path` (its entries, or ValueError/KeyError/TypeError), []
+    when there is no file; an unreadable or damaged file is a LedgerError: the device cannot know
+    what it released or answered, so it does no more of it."""
+    try:
+        return check(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LedgerError(f"{path} is damaged ({e.__class__.__name__}); {refusing}") from e
 
 
 def _digest(entries: list[dict[str, Any]]) -> str:
@@ -187,17 +197,15 @@ class EvaluationRecord:
         self.per_day = per_day
 
     def entries(self) -> list[dict[str, Any]]:
-        try:
-            entries = json.loads(self.path.read_text())["evaluated"]
+        def check(d: dict[str, Any]) -> list[dict[str, Any]]:
+            entries = d["evaluated"]
             if not isinstance(entries, list) or not all(
                     isinstance(e, dict) and isinstance(e.get("candidate"), str)
                     and isinstance(e.get("at"), (int, float)) for e in entries):
                 raise ValueError("bad entries")
             return entries
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LedgerError(f"{self.path} is damaged ({e.__class__.__name__}); refusing to evaluate") from e
+
+        return _read_entries(self.path, check, "refusing to evaluate")
 
     def refusal(self, task: Task, now: float | None = None) -> str | None:
         """Why the device does not answer this evaluate task, or None."""
