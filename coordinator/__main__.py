@@ -174,12 +174,29 @@ def _read_only(cfg: Any, command: str) -> bool:
         db = Path(url.database).resolve()
         written += [db, db.parent]
     blocked = [p for p in written if p.exists() and not os.access(p, os.W_OK)]
+    if not blocked and _disk_full(data):
+        # SQLite cannot open a database in WAL mode without room for its -shm and log, so `status`
+        # answered only "disk I/O error" while the service failed for the same reason (a probe).
+        if command not in INSPECTIONS:
+            raise ConfigError(f"the disk of {data} is full, and `{command}` changes the coordinator's state: free "
+                              f"space first; meanwhile {', '.join(sorted(INSPECTIONS))} run")
+        print(f"note: the disk of {data} is full: reading it read-only", file=sys.stderr)
+        return True
     if not blocked:
         return False
     if command not in INSPECTIONS:
         raise ConfigError(f"{blocked[0]} cannot be written, and `{command}` changes the coordinator's state; there "
                           f"only {', '.join(sorted(INSPECTIONS))} run")
     return True
+
+
+def _disk_full(data: Path) -> bool:
+    """Whether the data directory's disk has no room left (under 1 MiB for this user)."""
+    try:
+        st = os.statvfs(data if data.exists() else data.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 2**20
 
 
 EXIT_LEFT_OPEN = 3   # close-round left the round open: not an error (1) nor the operator's input (2)

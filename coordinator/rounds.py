@@ -9,6 +9,7 @@ signed candidate version.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -137,12 +138,34 @@ def maintenance(coord: Coordinator) -> None:
         raise failed
 
 
+FULL_DISK_SAID_EVERY_S = 60.0
+_full_disk_said = [-math.inf]
+
+
 def safe_maintenance(coord: Coordinator) -> None:
-    """Maintenance on a device's request must never turn into that device's error."""
+    """Maintenance on a device's request must never turn into that device's error. A full disk is
+    said in one line a minute, naming the data directory: its traceback came on every check-in,
+    50 a minute, and did not say what to do (an operator probe)."""
     try:
         coord.maintenance()
-    except Exception:
-        log.exception("round maintenance failed; will retry on the next request")
+    except Exception as e:
+        if not _disk_full(e):
+            log.exception("round maintenance failed; will retry on the next request")
+        elif time.monotonic() - _full_disk_said[0] >= FULL_DISK_SAID_EVERY_S:
+            _full_disk_said[0] = time.monotonic()
+            log.error("round maintenance failed: the disk is full (%s; data directory %s); free space, and it "
+                      "goes on where it stopped", e.__class__.__name__, coord.config.data_dir)
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether `e` (or what it wraps) is the disk out of space: ENOSPC, or SQLite's "database or
+    disk is full"."""
+    for _ in range(8):   # the chain of causes, a few deep
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "database or disk is full" in str(e):
+            return True
+        if (e := e.__cause__ or e.__context__) is None:
+            return False
+    return False
 
 
 def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> dict[str, Any]:

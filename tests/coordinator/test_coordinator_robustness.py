@@ -240,3 +240,42 @@ def test_an_upload_whose_last_step_fails_leaves_no_bytes_behind(tmp_path, monkey
         assert r.status_code == 401, r.text
         assert s.coord.get_round(rid)["status"] == "done"
         assert not (s.coord.uploads.root / str(rid)).exists()
+
+
+def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(monkeypatch, caplog):
+    """A full data disk logged "round maintenance failed" with a traceback on every check-in (50 a
+    minute) without saying why (an operator probe): one line a minute now names the disk and the
+    data directory. Any other failure keeps its traceback, every time."""
+    import errno
+    import logging
+    import sqlite3
+    import types
+
+    from sqlalchemy.exc import OperationalError
+
+    from coordinator import rounds
+
+    errors = [OSError(errno.ENOSPC, "No space left on device"),
+              OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))]
+    coord = types.SimpleNamespace(config=types.SimpleNamespace(data_dir="/srv/coord"), maintenance=None)
+    clock = [1000.0]
+    monkeypatch.setattr(rounds.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(rounds, "_full_disk_said", [-float("inf")])
+    caplog.set_level(logging.ERROR, logger="coordinator.rounds")
+    for i in range(6):
+        def full(e=errors[i % 2]):
+            raise e
+        coord.maintenance = full
+        rounds.safe_maintenance(coord)
+        clock[0] += 15.0
+    said = [r for r in caplog.records if "maintenance failed" in r.getMessage()]
+    assert len(said) == 2 and all("the disk is full" in r.getMessage() and "/srv/coord" in r.getMessage()
+                                  and not r.exc_info for r in said), [r.getMessage() for r in said]
+    caplog.clear()
+
+    def other():
+        raise ValueError("a bug")
+    coord.maintenance = other
+    rounds.safe_maintenance(coord)
+    rounds.safe_maintenance(coord)
+    assert len([r for r in caplog.records if r.exc_info]) == 2

@@ -181,3 +181,26 @@ def test_status_shows_a_due_round_as_it_was_left(tmp_path, data_dir):
     r = read_only(d, "status")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["latest_round"]["status"] == "open"
+
+
+def test_a_full_disk_is_inspected_read_only_and_changes_are_refused_in_one_line(data_dir, tmp_path):
+    """On a full disk SQLite cannot open a database in WAL mode (no room for its -shm and log):
+    `status` answered only "disk I/O error" while the service failed for the same reason (an
+    operator probe). Inspections now read it read-only, saying why, and a change is refused on one
+    line naming the disk. A real full disk: a small tmpfs in a private mount namespace."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    script = (f'mount -t tmpfs -o size=16m tmpfs "{mnt}" && cp -a "{data_dir}" "{mnt}/c" && '
+              f'(dd if=/dev/zero of="{mnt}/fill" bs=64k 2>/dev/null; true) && '
+              f'"{sys.executable}" -m coordinator status --data-dir "{mnt}/c"; echo "rc=$?"; '
+              f'"{sys.executable}" -m coordinator start-round --data-dir "{mnt}/c"; echo "rc=$?"')
+    r = subprocess.run([*unshare, "sh", "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=120, check=False)
+    if "rc=" not in r.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:200]}")
+    assert r.stdout.count("rc=0") == 1 and "rc=2" in r.stdout, r.stdout + r.stderr
+    assert '"stable_version_id": "v0000"' in r.stdout, r.stdout
+    assert "note: the disk of" in r.stderr and "is full: reading it read-only" in r.stderr, r.stderr
+    assert "is full, and `start-round` changes the coordinator's state: free space first" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "disk I/O error" not in r.stderr, r.stderr
