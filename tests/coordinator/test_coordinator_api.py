@@ -169,8 +169,9 @@ def test_a_database_with_no_connection_free_is_a_503_to_retry(served, caplog):
     from coordinator.db import session_factory
     c = served.coord
     real = c.engine, c._sessions
+    sqlite = real[0].dialect.name == "sqlite"
     c.engine = create_engine(real[0].url, pool_size=1, max_overflow=0, pool_timeout=0.2,
-                             connect_args={"check_same_thread": False})
+                             connect_args={"check_same_thread": False} if sqlite else {})
     c._sessions = c.metrics._state._sessions = session_factory(c.engine)
     held = c.engine.connect()
     try:
