@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,9 @@ def _read_only(cfg: Any, command: str) -> bool:
 def _disk_full(data: Path) -> bool:
     """Whether the data directory's disk has no room left (under 1 MiB for this user)."""
     try:
-        st = os.statvfs(data if data.exists() else data.parent)
+        return shutil.disk_usage(data if data.exists() else data.parent).free < 2**20
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < 2**20
 
 
 EXIT_LEFT_OPEN = 3   # close-round left the round open: not an error (1) nor the operator's input (2)

@@ -18,7 +18,7 @@ from coordinator import canary, deployment, keys, retention, round_end, secagg
 from coordinator.api import admin, devices, public
 from coordinator.api import secagg as secagg_api
 from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_config
-from coordinator.db import busy, first_line, unreachable
+from coordinator.db import retryable
 from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import Coordinator
@@ -181,24 +181,18 @@ def _register_errors(app: Flask) -> None:
         return _error(status, wire.ErrorBody(code, e.description or e.name).to_dict())
 
     @app.errorhandler(OperationalError)
-    def _database_down(e: OperationalError) -> Response:
-        # A database server down or out of reach, or SQLite locked past its busy timeout: the
-        # request may be retried as it is, so 503 with Retry-After and one log line. Any other
-        # OperationalError (no such table, a full disk) is a fault: a 500 with its traceback.
-        if not unreachable(e):
-            return _internal(e)
-        said = "busy" if busy(e) else "unavailable"
-        log.error("database %s on %s %s: %s", said, request.method, request.path, first_line(e))
-        return _error(503, wire.ErrorBody(wire.E_INTERNAL, f"the database is {said}; retry later").to_dict(),
-                      retry_after=5)
-
     @app.errorhandler(PoolTimeout)
-    def _database_busy(e: PoolTimeout) -> Response:
-        # Every pooled connection in use past the pool's timeout (a burst of uploads): the request
-        # may be retried as it is, like a locked SQLite. It was a 500 with a traceback.
-        log.error("database busy on %s %s: no connection free (%s)", request.method, request.path,
-                  str(e).splitlines()[0])
-        return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the database is busy; retry later").to_dict(),
+    def _database_down(e: OperationalError | PoolTimeout) -> Response:
+        # A database server down or out of reach, SQLite locked past its busy timeout, or every
+        # pooled connection in use past the pool's timeout (a burst of uploads; it was a 500 with
+        # a traceback): the request may be retried as it is, so 503 with Retry-After and one log
+        # line. Any other OperationalError (no such table, a full disk) is a fault: a 500 with its
+        # traceback.
+        if (trouble := retryable(e)) is None:
+            return _internal(e)
+        said, line = trouble
+        log.error("database %s on %s %s: %s", said, request.method, request.path, line)
+        return _error(503, wire.ErrorBody(wire.E_INTERNAL, f"the database is {said}; retry later").to_dict(),
                       retry_after=5)
 
     @app.errorhandler(Exception)

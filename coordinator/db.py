@@ -20,6 +20,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.errors import DatabaseUnavailable, DatabaseUrlError
@@ -294,6 +295,17 @@ def data_dir_lock(data_dir: str | os.PathLike) -> Iterator[None]:
 def first_line(e: OperationalError) -> str:
     """What a database error says, in one line (the driver's message, without the statement)."""
     return (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def retryable(e: Exception) -> tuple[str, str] | None:
+    """For a database error a request may be retried after as it is: ("busy" or "unavailable", a
+    line saying it) — no pooled connection free, SQLite locked, or the database out of reach
+    (`unreachable`); None for any other error, a fault. The 503 handler and the scrape share it."""
+    if isinstance(e, PoolTimeout):
+        return "busy", f"no connection free ({(str(e).splitlines() or [type(e).__name__])[0]})"
+    if isinstance(e, OperationalError) and unreachable(e):
+        return ("busy" if busy(e) else "unavailable"), first_line(e)
+    return None
 
 
 def busy(e: OperationalError) -> bool:

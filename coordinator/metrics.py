@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from coordinator.db import first_line, unreachable
+from coordinator.db import retryable
 from coordinator.gauges import StateCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess_dir"]
@@ -64,18 +64,13 @@ class Metrics:
             state.register(self._state)
             try:
                 out += generate_latest(state) + _database_up(True)
-            except OperationalError as e:
+            except (OperationalError, PoolTimeout) as e:
                 # The counters are this process's and still true: a scrape that failed whole (503)
                 # hid them while the database was down, and the alert had to be read from the scrape
                 # failing. Now it is `fedkeys_database_up 0`. Any other error is a fault (500).
-                if not unreachable(e):
+                if (trouble := retryable(e)) is None:
                     raise
-                log.warning("metrics: the database is unavailable; the scrape has the counters only (%s)",
-                            first_line(e))
-                out += _database_up(False)
-            except PoolTimeout as e:   # every pooled connection in use: the gauges wait for the next scrape
-                log.warning("metrics: no database connection free; the scrape has the counters only (%s)",
-                            str(e).splitlines()[0])
+                log.warning("metrics: the database is %s; the scrape has the counters only (%s)", *trouble)
                 out += _database_up(False)
         return out
 
