@@ -41,7 +41,7 @@ def _devices(c: Any) -> dict[str, int]:
 def dashboard_data(c: Any) -> dict[str, Any]:
     """`c`: the Coordinator. Everything the page renders, computed per refresh."""
     status = c.status()
-    versions = c.version_summaries()   # not list_versions: every record's privacy history, the rounds squared
+    versions = c.version_summaries()   # not list_versions: every record and manifest whole
     rounds = c.round_counts()
     canary = c.canary_comparison()
     rnd = status["latest_round"]

@@ -65,7 +65,7 @@ class Version(Base):
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
     epsilon_local: Mapped[float | None] = mapped_column(Float, nullable=True)   # privacy_json's, for listing
     delta: Mapped[float] = mapped_column(Float, default=0.0)
-    privacy_json: Mapped[str] = mapped_column(Text, default="{}")   # the lineage's whole per-round history
+    privacy_json: Mapped[str] = mapped_column(Text, default="{}")   # the lineage's history, counted (privacy.entries)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     files_pruned: Mapped[bool] = mapped_column(Boolean, default=False)   # coordinator.retention deleted them

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 ACCOUNTANT = "RDP (dp_accounting.rdp.RdpAccountant, integer orders 2-256), Poisson-sampled Gaussian per round"
@@ -44,10 +44,51 @@ class RoundPrivacy:
             raise ValueError("noise_multiplier must be >= 0")
 
 
+History = Sequence[RoundPrivacy] | Counter[RoundPrivacy]   # rounds in order, or counted
+
+
+def counted(entries: object) -> Counter[RoundPrivacy]:
+    """A record's `history` read back: entries `[q, sigma, rounds]`, or `[q, sigma]` (one round)
+    as records written before the 2026-12-06 release hold them. Raises ValueError (or TypeError)
+    on anything else, for the caller to say whose record it was."""
+    if entries is None:
+        return Counter()
+    if not isinstance(entries, list):
+        raise ValueError("the history is not a list")
+    out: Counter[RoundPrivacy] = Counter()
+    for e in entries:
+        if not isinstance(e, list) or len(e) not in (2, 3) or any(isinstance(x, bool) for x in e):
+            raise ValueError(f"{e!r} is not [sampling rate, noise multiplier, rounds]")
+        n = e[2] if len(e) == 3 else 1
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"{e!r}: its round count is not a positive integer")
+        out[RoundPrivacy(float(e[0]), float(e[1]))] += n
+    return out
+
+
+def entries(history: History) -> list[list]:
+    """The history as a record holds it: one `[q, sigma, rounds]` per distinct release, sorted.
+    The accountant composes rounds in any order, so the record grows with the distinct
+    (q, sigma) a lineage met, not with its rounds: every version's record holds its lineage's
+    whole history, and one entry a round made the database grow with the rounds squared."""
+    c = Counter(history)
+    return [[r.sampling_rate, r.noise_multiplier, n]
+            for r, n in sorted(c.items(), key=lambda rn: (rn[0].sampling_rate, rn[0].noise_multiplier))]
+
+
+def rounds(history: History) -> int:
+    return sum(Counter(history).values())
+
+
+def noise_multipliers(history: History) -> list[float]:
+    """One sigma per round (what `against_coordinator` composes)."""
+    return [r.noise_multiplier for r, n in Counter(history).items() for _ in range(n)]
+
+
 NO_NOISE = 1e-100   # a noise multiplier below this is accounted as no noise at all (`epsilon`)
 
 
-def epsilon(history: Sequence[RoundPrivacy], delta: float) -> float:
+def epsilon(history: History, delta: float) -> float:
     """Epsilon at `delta` after all rounds in `history` (0 rounds: 0; any sigma=0: inf).
 
     A sigma under `NO_NOISE` counts as none: dp-accounting's RDP of 1 / sigma**2 overflows near
@@ -69,21 +110,29 @@ def epsilon(history: Sequence[RoundPrivacy], delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
-def summarize(history: Sequence[RoundPrivacy], delta: float) -> dict:
-    """What a version records: both epsilons, delta, the history and the assumptions."""
+def summarize(history: History, delta: float) -> dict:
+    """What a version records: both epsilons, delta, the history (`entries`) and the assumptions."""
     eps = epsilon(history, delta)
-    eps_local = epsilon([RoundPrivacy(1.0, r.noise_multiplier) for r in history], delta)
-    return {"epsilon": eps, "epsilon_local": eps_local, "delta": delta, "rounds": len(history),
-            "history": [[r.sampling_rate, r.noise_multiplier] for r in history], "accountant": ACCOUNTANT,
+    eps_local = epsilon(_local(history), delta)
+    return {"epsilon": eps, "epsilon_local": eps_local, "delta": delta, "rounds": rounds(history),
+            "history": entries(history), "accountant": ACCOUNTANT,
             "assumptions": "device-side Gaussian noise, no secure aggregation; epsilon holds against observers of "
                            "released models, each round sampled at its check-in draw's rate (1 without a draw), "
                            "epsilon_local against the coordinator"}
 
 
-def against_coordinator(noise_multipliers: Sequence[float], delta: float) -> dict:
+def _local(history: History) -> Counter[RoundPrivacy]:
+    out: Counter[RoundPrivacy] = Counter()
+    for r, n in Counter(history).items():
+        out[RoundPrivacy(1.0, r.noise_multiplier)] += n
+    return out
+
+
+def against_coordinator(noise_multipliers: Iterable[float], delta: float) -> dict:
     """Epsilon against the coordinator over every round it received updates in (q = 1: it sees
     who took part), however the versions those rounds made fared: the number to quote."""
-    eps = epsilon([RoundPrivacy(1.0, z) for z in noise_multipliers], delta)
-    return {"epsilon_local": eps, "rounds": len(noise_multipliers), "delta": delta,
+    history = Counter(RoundPrivacy(1.0, z) for z in noise_multipliers)
+    eps = epsilon(history, delta)
+    return {"epsilon_local": eps, "rounds": rounds(history), "delta": delta,
             "basis": "every round whose updates this coordinator received, and the rounds behind versions imported "
                      "from another, as if one device took part in all"}

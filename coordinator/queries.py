@@ -7,11 +7,13 @@ locks); none writes.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from coordinator import privacy
 from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
@@ -82,23 +84,22 @@ def carried_noise(s: Session) -> list[float]:
     parent's held here): the same operator's earlier service received those updates, so after a
     move to a new data directory the number to quote read epsilon 0 beside a stable version of
     epsilon 20,000 (a probe). Each imported version counts the rounds its history holds past its
-    parent's, all of them when the parent is not held or its history is not where it starts.
+    parent's, all of them when the parent is not held or its history is not within the version's.
     Histories carry no round identities, so two imports of one lineage whose parent link is not
     held here count their shared rounds twice: an over-count, the safe side of a privacy bound."""
     # Only imported versions and their parents are read: every version's record holds its lineage's
-    # whole history, so reading them all cost the rounds squared on every scrape and dashboard view.
+    # whole history, so reading them all cost a record per version on every scrape and dashboard view.
     imported = s.execute(select(Version.id, Version.parent_id, Version.privacy_json)
                          .where(Version.round_id.is_(None))).all()
-    history = {vid: json.loads(pj).get("history") or [] for vid, _, pj in imported}
+    history = {vid: privacy.counted(json.loads(pj).get("history")) for vid, _, pj in imported}
     parents = {p for _, p, _ in imported if p and p not in history}
     if parents:
-        history |= {vid: json.loads(pj).get("history") or [] for vid, pj in s.execute(
+        history |= {vid: privacy.counted(json.loads(pj).get("history")) for vid, pj in s.execute(
             select(Version.id, Version.privacy_json).where(Version.id.in_(parents)))}
     out: list[float] = []
     for vid, parent, _ in imported:
-        own, base = history[vid], history.get(parent, []) if parent else []
-        extra = own[len(base):] if own[:len(base)] == base else own
-        out += [float(z) for _, z in extra]
+        own, base = history[vid], history.get(parent, Counter()) if parent else Counter()
+        out += privacy.noise_multipliers(own - base if base <= own else own)
     return out
 
 

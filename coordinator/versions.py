@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,15 +42,15 @@ def carried_privacy(coord: Coordinator, manifest: artifact.Manifest) -> dict[str
     read epsilon 0 in the database, the dashboard and the manifest devices download."""
     brought = manifest.privacy if isinstance(manifest.privacy, dict) else {}
     try:
-        history = [privacy.RoundPrivacy(float(q), float(z)) for q, z in brought.get("history") or []]
+        history = privacy.counted(brought.get("history"))
         if not all(math.isfinite(r.noise_multiplier) for r in history):
             raise ValueError("a noise multiplier is not finite")
     except (TypeError, ValueError) as e:
         raise bad_request(f"{manifest.version_id}: the privacy history in its manifest is not readable ({e})") from e
     rounds = brought.get("rounds")
-    if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds != len(history):
+    if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds != privacy.rounds(history):
         raise bad_request(f"{manifest.version_id}: its manifest says {brought['rounds']} rounds but holds "
-                          f"a history of {len(history)}")
+                          f"a history of {privacy.rounds(history)}")
     # Numbers accounted here; what the record says besides them (a secure round's assumptions and
     # note) kept, as write_candidate keeps a round's note over summarize's defaults.
     fresh = privacy.summarize(history, coord.config.privacy_delta)
@@ -95,12 +96,12 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
             return existing.id
         _check_import(s, manifest, d, any_parent)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
-        before = (json.loads(parent.privacy_json).get("history") or []) if parent is not None else None
+        before = _history(parent) if parent is not None else None
     # A parent held here gives its record, unless the manifest's history goes on past the parent's
     # (rounds another coordinator ran from it, whose updates the operator received); else the
     # manifest's own. Checked before anything is stored.
     carried = None if before is not None and not _brings_rounds(manifest, before) else carried_privacy(coord, manifest)
-    if carried is not None and before and carried["history"][:len(before)] != before:
+    if carried is not None and before and not before <= privacy.counted(carried["history"]):
         carried = None   # another lineage's history under this parent's name: the parent's record
     with coord.tx(decides=True) as s:
         stable = _check_import(s, manifest, d, any_parent)
@@ -138,12 +139,23 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     return manifest.version_id
 
 
-def _brings_rounds(manifest: artifact.Manifest, before: list) -> bool:
-    """Whether the manifest's privacy history is longer than `before`, its held parent's: the
-    version was trained further elsewhere (an export of the parent, rounds on another coordinator,
-    imported back), and keeping the parent's record had dropped those rounds."""
+def _history(v: Version) -> Counter[privacy.RoundPrivacy]:
+    """A held version's privacy history (its record was written here, so it reads)."""
+    return privacy.counted(json.loads(v.privacy_json).get("history"))
+
+
+def _brings_rounds(manifest: artifact.Manifest, before: Counter[privacy.RoundPrivacy]) -> bool:
+    """Whether the manifest's privacy history holds more rounds than `before`, its held parent's:
+    the version was trained further elsewhere (an export of the parent, rounds on another
+    coordinator, imported back), and keeping the parent's record had dropped those rounds. One
+    that does not read is taken as bringing rounds, for `carried_privacy` to refuse it."""
     brought = manifest.privacy.get("history") if isinstance(manifest.privacy, dict) else None
-    return isinstance(brought, list) and len(brought) > len(before)
+    if not isinstance(brought, list):
+        return False
+    try:
+        return privacy.rounds(privacy.counted(brought)) > privacy.rounds(before)
+    except (TypeError, ValueError):
+        return True
 
 
 def _restore_files(coord: Coordinator, s: Session, v: Version, d: Path, weights: dict) -> list[str]:
@@ -261,8 +273,8 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
     manifest.weights_q8_sha256 = put_download_form(coord, weights, q8_parent)
     seq = queries.next_seq(s)
     vid = f"v{seq:04d}-{w_sha[:8]}"
-    history = [privacy.RoundPrivacy(*h) for h in json.loads(base.privacy_json).get("history", [])]
-    history.append(privacy.RoundPrivacy(sampling_rate, plan.noise_multiplier))
+    history = _history(base)
+    history[privacy.RoundPrivacy(sampling_rate, plan.noise_multiplier)] += 1
     priv = privacy.summarize(history, c.privacy_delta) | (note or {})
     manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha
     manifest.tokenizer_sha256 = tokenizer_sha or base.tokenizer_sha256

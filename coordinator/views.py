@@ -81,8 +81,9 @@ def list_versions(coord: Coordinator) -> list[dict[str, Any]]:
 def version_summaries(coord: Coordinator) -> list[dict[str, Any]]:
     """Every version as the dashboard and the `versions` table show it: `version_dict` without the
     privacy record and the manifest's metrics, in three queries. Each version's record holds its
-    lineage's whole per-round history, so `list_versions` parses the rounds squared (2.7 s at 2,000
-    versions, on every 5-second refresh of the dashboard); this reads `epsilon_local` from its column."""
+    lineage's whole history (one entry a round until migration 0008), so `list_versions` parsed the
+    rounds squared (2.7 s at 2,000 versions, on every 5-second refresh of the dashboard); this reads
+    `epsilon_local` from its column."""
     cols = (Version.id, Version.seq, Version.status, Version.parent_id, Version.round_id, Version.epsilon,
             Version.epsilon_local, Version.delta, Version.created_at, Version.decided_at, Version.files_pruned)
     with coord._sessions() as s:

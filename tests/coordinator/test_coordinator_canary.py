@@ -327,13 +327,17 @@ def test_an_operators_promote_records_what_the_canary_showed(world):
     assert (shown["candidate_top3_pct"], shown["stable_top3_pct"]) == (pytest.approx(50.0), pytest.approx(36.0))
 
 
-def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(world, tmp_path):
+@pytest.mark.parametrize("exported_by", ["this release", "a release before counted histories"])
+def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(world, tmp_path, exported_by):
     """A trained lineage exported and imported into a new data directory (the operator's service
     moved): its rounds were received by the same operator, but the number to quote read epsilon 0
     with 0 rounds beside a stable version of epsilon 10,000 (a probe). Imported in order, each
     version's parent was held, and its record was the parent's: the rounds were lost from the
     versions' own epsilon too. In any order the rounds count; two imports whose link is not held
-    may count shared rounds twice (over, never under)."""
+    may count shared rounds twice (over, never under). Exports made before histories were
+    counted hold one [q, sigma] a round, and count the same."""
+    import json
+
     s, devices, _, _ = world
     first = _candidate_from_round(s, devices, 0.01)
     s.admin("POST", f"/v1/admin/versions/{first}/promote")
@@ -341,6 +345,13 @@ def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(worl
     s.admin("POST", f"/v1/admin/versions/{second}/promote")
     theirs = s.coord.status()["privacy"]
     dirs = {vid: s.coord.export_version(vid, tmp_path / vid) for vid in ("v0000", first, second)}
+    assert json.loads((dirs[second] / "manifest.json").read_text())["privacy"]["history"] == [[1.0, 0.01, 2]]
+    if exported_by != "this release":
+        for d in dirs.values():
+            doc = json.loads((d / "manifest.json").read_text())
+            if "history" in doc["privacy"]:
+                doc["privacy"]["history"] = [[q, z] for q, z, n in doc["privacy"]["history"] for _ in range(n)]
+                (d / "manifest.json").write_text(json.dumps(doc))
     with serve(make_config(tmp_path / "in-order")) as moved:
         for vid in ("v0000", first, second):
             moved.coord.import_version(str(dirs[vid]))

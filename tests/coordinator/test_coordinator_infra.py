@@ -133,7 +133,7 @@ def test_a_database_from_when_secure_aggregation_was_migration_0002_upgrades(tmp
     assert "expires_at" in {c["name"] for c in found.get_columns("enrollment_keys")}
     assert "selection_ends_at" in {c["name"] for c in found.get_columns("rounds")}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
         assert conn.execute(text("SELECT survivors FROM secagg_rounds WHERE round_id = 1")).scalar() == 3
         assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
     migrate(engine)   # and a second start has nothing to do
@@ -153,7 +153,7 @@ def test_versions_made_before_each_round_took_its_draws_rate_are_accounted_at_q_
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     migrate(engine, "0004")
     now = "2026-12-01 12:00:00"
-    old = privacy.summarize([privacy.RoundPrivacy(0.01, 1.0)] * 3, 1e-6)
+    old = privacy.summarize([privacy.RoundPrivacy(0.01, 1.0)] * 3, 1e-6) | {"history": [[0.01, 1.0]] * 3}   # as then
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO versions (id, seq, status, manifest_json, weights_sha256, graph_sha256, "
                           "tokenizer_sha256, epsilon, delta, privacy_json, created_at) VALUES ('v0003', 1, 'stable', "
@@ -170,9 +170,41 @@ def test_versions_made_before_each_round_took_its_draws_rate_are_accounted_at_q_
         local = conn.execute(text("SELECT epsilon_local FROM versions")).scalar()   # 0007: from the record
     record = json.loads(raw)
     assert local == pytest.approx(record["epsilon_local"])
-    assert record["history"] == [[1.0, 1.0]] * 3 and population == 0
+    assert record["history"] == [[1.0, 1.0, 3]] and population == 0   # 0008: counted
     assert eps == record["epsilon"] == record["epsilon_local"] == pytest.approx(old["epsilon_local"])
     assert eps > 5 * old["epsilon"]
+    engine.dispose()
+
+
+def test_privacy_histories_are_counted_so_records_do_not_grow_with_the_rounds_squared(tmp_path):
+    """Every version's record holds its lineage's whole history, one [q, sigma] a round: the
+    database grew with the rounds squared (about 1 GB after 10,000 rounds). Migration 0008 counts
+    each distinct release once, with the same epsilons; its downgrade writes the rounds out again."""
+    from sqlalchemy import text
+
+    from coordinator import privacy
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0007")
+    rounds = [privacy.RoundPrivacy(0.5, 1.0)] * 600 + [privacy.RoundPrivacy(0.25, 1.0)] * 400
+    old = privacy.summarize(rounds, 1e-6) | {"history": [[r.sampling_rate, r.noise_multiplier] for r in rounds]}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO versions (id, seq, status, manifest_json, weights_sha256, graph_sha256, "
+                          "tokenizer_sha256, epsilon, delta, privacy_json, created_at) VALUES ('v1000', 1, 'stable', "
+                          "'{}', 'w', 'g', 't', :e, 1e-6, :p, '2026-12-01 12:00:00')"),
+                     {"e": old["epsilon"], "p": json.dumps(old)})
+    migrate(engine)
+    with engine.connect() as conn:
+        raw = conn.execute(text("SELECT privacy_json FROM versions")).scalar()
+    record = json.loads(raw)
+    assert record["history"] == [[0.25, 1.0, 400], [0.5, 1.0, 600]] and len(raw) < len(json.dumps(old)) / 20
+    assert privacy.epsilon(privacy.counted(record["history"]), 1e-6) == pytest.approx(old["epsilon"])
+    assert record["epsilon"] == old["epsilon"] and record["rounds"] == 1000
+    migrate(engine)   # a second start has nothing to do
+    downgrade(engine, "0007")
+    with engine.connect() as conn:
+        back = json.loads(conn.execute(text("SELECT privacy_json FROM versions")).scalar())
+    assert sorted(back["history"]) == sorted(old["history"])   # what the release before reads
     engine.dispose()
 
 

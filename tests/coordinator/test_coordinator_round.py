@@ -95,7 +95,7 @@ def test_round_with_noise_records_finite_epsilon(served, tmp_path):
     cand = versions[-1]
     assert cand["status"] == "candidate" and cand["round_id"] == rid
     # A round without a check-in draw (first come) samples nothing at random: q = 1, sigma = 1, one round.
-    assert cand["privacy"]["history"] == [[1.0, 1.0]]
+    assert cand["privacy"]["history"] == [[1.0, 1.0, 1]]
     assert 0 < cand["epsilon"] <= cand["privacy"]["epsilon_local"] < 100   # equal at q = 1
 
 

@@ -99,9 +99,9 @@ def test_the_sampled_epsilon_takes_each_rounds_draw_not_a_population(tmp_path):
         third = train(drawn[1:], rid, second)
 
         history = {v["version_id"]: v["privacy"]["history"] for v in s.coord.list_versions()}
-        assert history[first] == [[1.0, 1.0]]
-        assert history[second] == [[1.0, 1.0], [0.5, 1.0]]      # the 3 slots over the 6 drawn from, not 2 / 6
-        assert history[third] == [[1.0, 1.0], [0.5, 1.0], [1.0, 1.0]]
+        assert history[first] == [[1.0, 1.0, 1]]
+        assert history[second] == [[0.5, 1.0, 1], [1.0, 1.0, 1]]   # the 3 slots over the 6 drawn from, not 2 / 6
+        assert history[third] == [[0.5, 1.0, 1], [1.0, 1.0, 2]]    # counted per distinct release
         status = s.admin("GET", "/v1/admin/status").json()
         assert status["population"]["enrolled"] == 46 and "check-in draw" in status["population"]["sampling"]
         page = s.admin("GET", "/v1/admin/dashboard").json()

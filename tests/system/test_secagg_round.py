@@ -517,7 +517,7 @@ def test_secure_round_survives_a_coordinator_restart_mid_round(tmp_path, exporte
                 (rid, 0.5, True)]
         # ... and the candidate's record holds the central epsilon against the coordinator and how it was made
         priv = next(v for v in coord.list_versions() if v.get("round_id") == rid)["privacy"]
-        assert priv["history"] == [[1.0, 0.5]] and priv["epsilon_local"] == pytest.approx(
+        assert priv["history"] == [[1.0, 0.5, 1]] and priv["epsilon_local"] == pytest.approx(
             privacy.summarize([privacy.RoundPrivacy(1.0, 0.5)], priv["delta"])["epsilon_local"])
         assert priv["secure_aggregation"]["survivors"] == n and priv["secure_aggregation"]["skellam_mu_per_device"] > 0
     finally:

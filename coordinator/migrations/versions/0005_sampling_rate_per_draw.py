@@ -32,10 +32,10 @@ def upgrade() -> None:
     rows = conn.execute(sa.text("SELECT id, privacy_json, delta FROM versions")).all()
     for vid, raw, delta in rows:
         record = json.loads(raw or "{}")
-        history = record.get("history")
-        if not history or all(q == 1.0 for q, _ in history):
+        history = privacy.counted(record.get("history"))   # [q, z] here; counted, as 0008 writes, read too
+        if not history or all(r.sampling_rate == 1.0 for r in history):
             continue
-        rounds = [privacy.RoundPrivacy(1.0, float(z)) for _, z in history]
+        rounds = [privacy.RoundPrivacy(1.0, r.noise_multiplier) for r, n in history.items() for _ in range(n)]
         record.update(privacy.summarize(rounds, float(delta)))
         conn.execute(sa.text("UPDATE versions SET privacy_json = :p, epsilon = :e WHERE id = :id"),
                      {"p": json.dumps({k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
