@@ -474,9 +474,22 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
         return "skipped (no longer eligible)", {}
     evaluated = EvaluationRecord(dev.config.require_data_dir(), per_day=dev.config.max_evaluations_per_day)
     try:
-        refusal = evaluated.refusal(task)
+        pending = evaluated.pending(task)
+        refusal = None if pending is not None else evaluated.refusal(task)
     except LedgerError as e:   # it cannot tell what it answered: it answers nothing
-        refusal = str(e)
+        pending, refusal = None, str(e)
+    if pending is not None:   # its report was lost in transit: the same counts again, nothing new
+        kept, scored_under = pending
+        try:
+            report = wire.EvaluationReport.from_dict(kept)
+        except wire.WireError as e:
+            evaluated.delivered(task.candidate_version_id)
+            return f"refused (its kept report of {task.candidate_version_id} does not read: {e})", {}
+        if (why := _withdrawn(dev, scored_under)) is not None:   # scored on text wiped since: never sent
+            evaluated.delivered(task.candidate_version_id)
+            return f"discarded ({why})", {}
+        log.info("sending the report on %s again: the coordinator asks for it again", task.candidate_version_id)
+        return _send_report(dev, evaluated, report)
     if refusal is not None:
         log.warning("evaluation of %s refused: %s", task.candidate_version_id, refusal)
         return f"refused ({refusal})", {}
@@ -499,12 +512,26 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
     report = wire.EvaluationReport(candidate_version_id=task.candidate_version_id, results=results)
     if (why := _withdrawn(dev, mark)) is not None:
         return f"discarded ({why})", {}
-    evaluated.record(task.candidate_version_id)   # before the report goes: a lost reply buys no second answer
+    # recorded before the report goes: a lost reply buys no second answer, only this one again
+    evaluated.record(task.candidate_version_id, report=report.to_dict(), wipe_mark=mark)
+    return _send_report(dev, evaluated, report)
+
+
+def _send_report(dev: Device, evaluated: EvaluationRecord, report: wire.EvaluationReport) -> tuple[str, dict[str, Any]]:
+    """Post a canary report; kept for the next ask unless the coordinator took or refused it (a
+    transport failure propagates, as every check-in step's does)."""
+    cand = report.candidate_version_id
     try:
         dev.client.report_evaluation(report)
     except RejectedError as e:
+        evaluated.delivered(cand)
+        if e.code == wire.E_DUPLICATE:   # the report arrived, its reply did not
+            return "reported (received before)", {}
         return f"rejected ({e.code or e.status})", {}
-    counts = {m.version_id: f"word_top3={m.word_top3 / m.words:.3f}" if m.words else "n=0" for m in results}
+    evaluated.delivered(cand)
+    results = report.results
+    counts: dict[str, Any] = {m.version_id: f"word_top3={m.word_top3 / m.words:.3f}" if m.words else "n=0"
+                              for m in results}
     counts["tokens"] = int(results[0].count) if results else 0
     counts["words"] = results[0].words if results else 0
     return "reported", counts

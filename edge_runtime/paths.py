@@ -9,7 +9,8 @@
         .paused_after_wipe      a wipe in place is under way or could not make its new cache:
                                 the next cache made starts paused (cache)
         privacy_ledger.json     every update released and its epsilon (plan_guard)
-        evaluations.json        the canary candidates this device evaluated, and when (plan_guard)
+        evaluations.json        the canary candidates this device evaluated, when, and a report
+                                not yet delivered (counts; plan_guard)
         rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
         model_channel.json      stable or canary: what the version in use is (channel)
         personal/               the user's own copy of the LSTM, never uploaded (personalize)

@@ -189,8 +189,10 @@ class EvaluationRecord:
     the device took its word for it; a privacy audit had one device answer the same questions
     again, and four crafted versions per task. So the device answers each candidate once (recorded
     before its report goes, so a lost reply cannot buy a second answer), for the candidate and one
-    other version at most, and at most `per_day` candidates in 24 hours. Entries hold version ids
-    and times: never text."""
+    other version at most, and at most `per_day` candidates in 24 hours. The report itself is kept
+    until the coordinator takes it (`pending`, `delivered`): asked again after a report lost in
+    transit, the device sends the same counts again, which tell nothing new, instead of leaving the
+    canary a report short. Entries hold version ids, times and those counts: never text."""
 
     def __init__(self, data_dir: str | os.PathLike, *, per_day: float) -> None:
         self.path = Path(data_dir) / EVALUATIONS_FILE
@@ -222,7 +224,39 @@ class EvaluationRecord:
             return f"{recent} evaluations in the last 24 hours, the most this device answers (max_evaluations_per_day)"
         return None
 
-    def record(self, candidate: str, now: float | None = None) -> None:
+    def record(self, candidate: str, now: float | None = None, report: dict[str, Any] | None = None,
+               wipe_mark: str | None = None) -> None:
+        """`candidate` answered (before its `report` goes; the report kept until `delivered`, with
+        the text cache's `wipe_mark` it was scored under)."""
         entries = self.entries()[-(KEPT_EVALUATIONS - 1):]
-        entries.append({"candidate": candidate, "at": round(time.time() if now is None else now, 3)})
+        entry: dict[str, Any] = {"candidate": candidate, "at": round(time.time() if now is None else now, 3)}
+        if report is not None:
+            entry |= {"report": report, "wipe_mark": wipe_mark}
+        entries.append(entry)
+        self._write(entries)
+
+    def pending(self, task: Task) -> tuple[dict[str, Any], str | None] | None:
+        """The report this device made for `task`'s candidate and did not see delivered, and the
+        wipe mark it was scored under, when the task names the same versions: the answer to send
+        again. None otherwise (a damaged entry too: then `refusal` says the candidate was answered)."""
+        for e in self.entries():
+            report = e.get("report")
+            if e["candidate"] != task.candidate_version_id or not isinstance(report, dict):
+                continue
+            results = report.get("results")
+            ids = [r.get("version_id") for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+            mark = e.get("wipe_mark")
+            if sorted(ids) != sorted(task.evaluate_version_ids) or not (mark is None or isinstance(mark, str)):
+                return None
+            return report, mark
+        return None
+
+    def delivered(self, candidate: str) -> None:
+        """The coordinator has `candidate`'s report (or refused it for good): not kept."""
+        entries = self.entries()
+        if any("report" in e for e in entries if e["candidate"] == candidate):
+            self._write([{k: v for k, v in e.items() if k != "report" or e["candidate"] != candidate}
+                         for e in entries])
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
         atomic_write(self.path, json.dumps({"evaluated": entries}, indent=1).encode())

@@ -39,6 +39,7 @@ class FakeClient:
     uploads: list = field(default_factory=list)
     upload_errors: list = field(default_factory=list)
     reports: list = field(default_factory=list)
+    report_errors: list = field(default_factory=list)
     checkins: list = field(default_factory=list)
 
     def checkin(self, req):
@@ -56,6 +57,8 @@ class FakeClient:
 
     def report_evaluation(self, report):
         self.reports.append(report)
+        if self.report_errors:
+            raise self.report_errors.pop(0)
         return wire.EvaluationReceipt(report.candidate_version_id)
 
     def fetch(self, version_id, filename):
@@ -483,6 +486,61 @@ def test_a_device_answers_each_canary_candidate_once_and_a_few_a_day(device, mon
     device.client.tasks = [task("c7", "v1")]
     res = agent.run_once(device)
     assert res.outcome.startswith("refused (") and "is damaged" in res.outcome and len(device.client.reports) == 2
+
+
+def test_a_canary_report_lost_in_transit_is_sent_again_as_it_was(device, monkeypatch):
+    """The device records a candidate as answered before its report goes, so a report lost in
+    transit was never sent again: the coordinator asked again and was refused, and a flaky
+    network cost the canary that report. The same counts now go again (nothing new is told), once
+    the coordinator asks; a duplicate answer means it had arrived; a wipe since, that it never goes."""
+    import json
+
+    from edge_runtime.client import RejectedError, TransientError
+    from edge_runtime.paths import EVALUATIONS_FILE
+
+    scored = []
+
+    def evaluate(dirs, texts, **kw):
+        scored.append(len(texts))
+        return [wire.VersionMetrics(v.rsplit("/", 1)[1], 1.0 + len(scored), 0.0, 0.0, 5.0) for v in dirs]
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    device.sessions = lambda vdir: FixedSession(["my", "secret"])
+
+    def task(cand, *others):
+        return wire.Task(kind=wire.TASK_EVALUATE, retry_after=5.0, use_version_id=None, candidate_version_id=cand,
+                         evaluate_version_ids=(cand, *others), max_eval_words=50)
+
+    record = device.config.require_data_dir() / EVALUATIONS_FILE
+    device.client.report_errors = [TransientError("connection reset")]
+    device.client.tasks = [task("c2", "v1")]
+    with pytest.raises(TransientError):
+        agent.run_once(device)
+    assert SECRET not in record.read_text() and "report" in json.loads(record.read_text())["evaluated"][0]
+    device.client.tasks = [task("c2", "v2"), task("c2", "v1"), task("c2", "v1")]
+    outcomes = [agent.run_once(device).outcome for _ in range(3)]
+    assert "c2 was evaluated on this device already" in outcomes[0]   # another comparison: a second answer
+    assert outcomes[1:] == ["reported", "refused (c2 was evaluated on this device already)"], outcomes
+    assert len(scored) == 1 and device.client.reports[1] == device.client.reports[0]   # the same, not scored again
+    assert "report" not in json.loads(record.read_text())["evaluated"][0]
+    # the report arrived and its reply did not: the coordinator says duplicate, and it is delivered
+    device.client.report_errors = [TransientError("timed out"), RejectedError("already", status=409,
+                                                                              code=wire.E_DUPLICATE)]
+    device.client.tasks = [task("c3", "v1"), task("c3", "v1")]
+    with pytest.raises(TransientError):
+        agent.run_once(device)
+    assert agent.run_once(device).outcome == "reported (received before)"
+    assert "report" not in json.dumps(json.loads(record.read_text())["evaluated"])
+    # scored on text wiped since: never sent
+    device.client.report_errors = [TransientError("connection reset")]
+    device.client.tasks = [task("c4", "v1"), task("c4", "v1")]
+    with pytest.raises(TransientError):
+        agent.run_once(device)
+    sent = len(device.client.reports)
+    device.cache.wipe()
+    device.cache.add("a text after the wipe", "message")
+    assert agent.run_once(device).outcome == "discarded (the text was wiped meanwhile)"
+    assert len(device.client.reports) == sent and len(scored) == 3
 
 
 class _RefusedRoster:
