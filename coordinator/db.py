@@ -9,7 +9,7 @@ import sqlite3
 import tempfile
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote
 
@@ -62,6 +62,21 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     except ImportError as e:                    # a driver the URL names is not installed here
         raise DatabaseUnavailable(f"database_url needs a database driver this machine lacks ({e}); "
                                   f"{example}") from None
+
+
+def create_private(url: str) -> None:
+    """A new SQLite database file made readable by its owner only (SQLite gives its -wal and -shm
+    the same mode): it holds every device's canary reports and token hashes, and the process umask
+    (022) made it world-readable beside the 0600 keys and 0700 blobs."""
+    if make_url(url).get_backend_name() != "sqlite":
+        return
+    name = make_url(url).database
+    if not name or name.startswith("file:") or make_url(url).query.get("mode"):
+        return
+    path = Path(name)
+    if path.parent.is_dir() and not path.exists():
+        with suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _make_engine(url: str) -> Engine:
@@ -182,6 +197,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     hosts); SQLite starters on one host are serialized by the caller's data-dir lock.
     """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    if engine.dialect.name == "sqlite":   # only init and a start make the database: its owner's only
+        create_private(engine.url.render_as_string(hide_password=False))
     try:
         conn = engine.connect()
     except DatabaseError as e:
@@ -283,7 +300,7 @@ def data_dir_lock(data_dir: str | os.PathLike) -> Iterator[None]:
     """Exclusive lock on <data_dir>/.startup.lock: one starting process at a time creates keys
     and migrates (gunicorn starts its workers simultaneously)."""
     path = Path(data_dir) / STARTUP_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from coordinator import canary, checkin, deployment, enrollment, keys, rounds, updates, versions, views
 from coordinator.blobs import BlobStore, UploadStore
 from coordinator.config import Config
-from coordinator.db import data_dir_lock, make_engine, migrate, require_current_schema, session_factory
+from coordinator.db import create_private, data_dir_lock, make_engine, migrate, require_current_schema, session_factory
 from coordinator.metrics import Metrics
 from protocol import wire
 
@@ -56,7 +56,7 @@ class Coordinator:
         self.data_dir = Path(config.data_dir)
         self.read_only = read_only
         if not read_only:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)   # a new one: its owner's only
         self.engine = make_engine(config.resolved_database_url, read_only=read_only)
         try:
             if read_only:
@@ -65,6 +65,7 @@ class Coordinator:
                 self.admin_token = config.admin_token or keys.load_admin_token(self.data_dir)
             else:
                 with data_dir_lock(self.data_dir):
+                    create_private(config.resolved_database_url)   # a new SQLite file: its owner's only
                     if not keys.is_initialised(self.data_dir):   # `init` of a new folder: refused before it
                         deployment.check_unpaired(self.engine, self.data_dir)   # migrates or writes a key
                     migrate(self.engine)

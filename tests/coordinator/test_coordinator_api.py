@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import make_url
 
 from coordinator.__main__ import main as cli_main
 from coordinator.app import create_app
@@ -48,6 +49,13 @@ def test_signing_key_persists_and_cli_prints_it(tmp_path, capsys):
     assert cli_main(["public-key", *args]) == 0
     assert capsys.readouterr().out.strip() == pub
     assert (Path(cfg.data_dir) / "signing_key.pem").stat().st_mode & 0o077 == 0   # private key is 0600
+    # A new data directory and SQLite database are their owner's only: the database holds every
+    # device's canary reports and token hashes, and the umask made it 0644 (an operator probe).
+    assert Path(cfg.data_dir).stat().st_mode & 0o077 == 0
+    if cfg.resolved_database_url.startswith("sqlite"):
+        db = Path(make_url(cfg.resolved_database_url).database)
+        assert db.stat().st_mode & 0o077 == 0 and all(
+            f.stat().st_mode & 0o077 == 0 for f in db.parent.glob(db.name + "-*"))   # its -wal and -shm
 
 
 def test_openapi_describes_every_route_exactly(served):
