@@ -24,7 +24,7 @@ from itertools import islice
 
 import numpy as np
 
-from protocol.text import suggestable
+from protocol.text import learnable
 
 BOS = "<s>"
 MIX_PRIOR = (40.0, 40.0, 20.0)  # pseudo-tokens: start at 0.4 / 0.4 / 0.2, then follow the user
@@ -48,13 +48,13 @@ class PersonalModel:
         # middle of whatever keystroke it fell on.
         self.follow: dict[tuple[str, ...], dict[str, int]] = {}
         self.follow_total: Counter[tuple[str, ...]] = Counter()  # history -> tokens seen after it
-        # history -> its suggestable followers, most frequent first (first seen first among equals):
+        # history -> its learnable followers, most frequent first (first seen first among equals):
         # ranked once after the texts that counted them (`ranked`), so `candidates` reads the top
         # instead of ranking every follower of "the" or "," on the keystroke after a space.
         self._ranked: dict[tuple[str, ...], list[str]] = {}
         self._unranked: set[tuple[str, ...]] = set()  # histories `add` counted since they were ranked
-        self.words: list[str] = []  # suggestable tokens the user typed, sorted (for prefix ranges)
-        self.firsts: Counter[str] = Counter()  # first character of each suggestable token typed (per use)
+        self.words: list[str] = []  # learnable tokens the user typed, sorted (for prefix ranges)
+        self.firsts: Counter[str] = Counter()  # first character of each learnable token typed (per use)
         # Evidence for the keyboard's mixture weights (lstm, ngram, personal; edge_runtime.predictor):
         # a Dirichlet prior, then one posterior responsibility per typed token. It belongs to the
         # user, not to a model version.
@@ -88,7 +88,7 @@ class PersonalModel:
         touched: set[tuple[str, ...]] = set()
         counted: set[str] = set()
         for t in toks:
-            if suggestable(t):
+            if learnable(t):
                 if t not in self.uni:
                     insort(self.words, t)
                 self.firsts[t[0]] += 1
@@ -110,7 +110,7 @@ class PersonalModel:
         # k for a prefix and was not counted cannot have joined them.
         by_prefix: dict[str, list[str]] = defaultdict(list)
         for w in counted:
-            if suggestable(w):
+            if learnable(w):
                 for i in range(len(w) + 1):
                     by_prefix[w[:i]].append(w)
         for prefix, ws in by_prefix.items():
@@ -128,14 +128,15 @@ class PersonalModel:
         return 1 if hist and self.follow_total.get((hist[-1],), 0) > 0 else 0
 
     def ranked(self, h: tuple[str, ...]) -> list[str] | None:
-        """History `h`'s suggestable followers, most frequent first (first seen first among equals);
+        """History `h`'s learnable followers (`protocol.text.learnable`), most frequent first
+        (first seen first among equals);
         None if the user never typed it. A history the last texts counted is ranked again here,
         once: a commit's `add` touches dozens ("the", "," and the like have thousands of
         followers), most of which the user does not type after before the next commit."""
         if h in self._unranked:
             self._unranked.discard(h)
             f = self.follow[h]
-            self._ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if suggestable(w)]
+            self._ranked[h] = [w for w in sorted(f, key=f.__getitem__, reverse=True) if learnable(w)]
             self._by_word.pop(h, None)
         return self._ranked.get(h)
 

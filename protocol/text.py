@@ -128,6 +128,20 @@ def suggestable(word: str) -> bool:
             and not (len(word) > 2 and word[0] == "'" and word[-1] == "'"))
 
 
+_DIGIT = re.compile(r"\d")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def learnable(word: str) -> bool:
+    """Whether a token the user typed may come back as one of their words: `suggestable`, and no
+    digit in it. Door codes, card and phone numbers and passwords (`80417`, `77qz3x9w`) typed in a
+    message field were offered back to whoever used the device next (a probe of the keyboard
+    page); a field's kind cannot tell them, so no token with a digit is learned as a word (the
+    word list's own, `2nd` or `1990`, are still offered)."""
+    digits = len(_DIGIT.findall(word))
+    return suggestable(word) and digits < 4 and not (digits >= 2 and _LETTER.search(word) is not None)
+
+
 def complete_tokens(chunk: str) -> list[str]:
     """The tokens of a chunk still being typed that no character typed after it can change:
     `tokens(chunk)` but a word token at its end, which the next letter would extend (a

@@ -184,3 +184,21 @@ def test_a_pasted_blob_is_counted_but_never_offered(pm):
     pm.add(tokens(f"{blob} yes yes"))
     assert pm.uni[blob] == 1 and blob not in pm.words
     assert pm.candidates((BOS, BOS), "yyy", 3) == [] and pm.candidates((BOS, BOS), "ye", 3) == ["yes"]
+
+
+def test_codes_card_numbers_and_passwords_typed_in_a_message_are_never_offered_back(pm):
+    """A door code, a card number and a password typed in a message field (then deleted, the
+    message never sent) were offered back to whoever used the device next: `my card is 45`
+    completed to the whole number (a probe of the keyboard page). A field's kind cannot tell
+    them; no token with four digits, or with two and a letter, is learned as a word."""
+    text = "my door code is 80417 and my card is 4556737586899855 and the wifi password is 77qz3x9w ."
+    for _ in range(3):
+        pm.add(tokens(text))
+    for secret in ("80417", "4556737586899855", "77qz3x9w"):
+        assert secret not in pm.words and pm.uni[secret] == 3   # counted (probabilities), never offered
+        for prefix in ("", secret[:1], secret[:2], secret[:-1]):
+            for hist in (("card", "is"), ("code", "is"), ("password", "is"), (BOS, BOS)):
+                assert secret not in pm.candidates(hist, prefix, 10), (secret, prefix, hist)
+    assert set(pm.candidates(("the", "wifi"), "pa", 3)) == {"password"}   # the words around them are learned
+    pm.add(tokens("call me at 5 on the 2nd , 10 mins"))   # short numbers and ordinals still are
+    assert {"5", "2nd", "10"} <= set(pm.words)
