@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -21,6 +21,7 @@ from coordinator.config import MIN_ADMIN_TOKEN_CHARS, Config, ConfigError, load_
 from coordinator.db import retryable
 from coordinator.errors import ApiError, DatabaseUnavailable
 from coordinator.ratelimit import RateLimiter
+from coordinator.rounds import disk_full, say_disk_full
 from coordinator.service import Coordinator
 from protocol import wire
 from protocol.artifact import ArtifactError
@@ -124,6 +125,7 @@ def preflight() -> str | None:
     return None
 
 
+DISK_FULL_RETRY_S = 60   # a full disk does not clear in seconds; devices back off for a minute
 _FORWARDED_FOR = "X-Forwarded-For"   # what a reverse proxy adds (deploy/nginx/fedkeys.conf)
 
 
@@ -182,14 +184,14 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(PoolTimeout)
-    def _database_down(e: OperationalError | PoolTimeout) -> Response:
+    def _database_down(e: DBAPIError | PoolTimeout) -> Response:
         # A database server down or out of reach, SQLite locked past its busy timeout, or every
         # pooled connection in use past the pool's timeout (a burst of uploads; it was a 500 with
         # a traceback): the request may be retried as it is, so 503 with Retry-After and one log
         # line. Any other OperationalError (no such table, a full disk) is a fault: a 500 with its
         # traceback.
         if (trouble := retryable(e)) is None:
-            return _internal(e)
+            return _internal(e)   # a full disk there too
         said, line = trouble
         log.error("database %s on %s %s: %s", said, request.method, request.path, line)
         return _error(503, wire.ErrorBody(wire.E_INTERNAL, f"the database is {said}; retry later").to_dict(),
@@ -197,6 +199,12 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:
+        if isinstance(e, DBAPIError) and retryable(e) is not None:   # PostgreSQL read-only: an InternalError
+            return _database_down(e)
+        if disk_full(e):   # not a fault of the request: 503, and one log line a minute (an operator probe)
+            say_disk_full(f"{request.method} {request.path}", e, app.extensions["fedkeys"].config.data_dir)
+            return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the coordinator's disk is full; retry later")
+                          .to_dict(), retry_after=DISK_FULL_RETRY_S)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error(500, wire.ErrorBody(wire.E_INTERNAL, "internal error").to_dict(), retry_after=5)
 

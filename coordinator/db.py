@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -315,14 +315,20 @@ def first_line(e: OperationalError) -> str:
 
 
 def retryable(e: Exception) -> tuple[str, str] | None:
-    """For a database error a request may be retried after as it is: ("busy" or "unavailable", a
-    line saying it) — no pooled connection free, SQLite locked, or the database out of reach
-    (`unreachable`); None for any other error, a fault. The 503 handler and the scrape share it."""
+    """For a database error a request may be retried after as it is: ("busy", "unavailable" or "read-only", a
+    line saying it) — no pooled connection free, SQLite locked, the database out of reach
+    (`unreachable`), or PostgreSQL refusing writes (a demoted primary); None for any other error,
+    a fault. The 503 handler and the scrape share it."""
     if isinstance(e, PoolTimeout):
         return "busy", f"no connection free ({(str(e).splitlines() or [type(e).__name__])[0]})"
     if isinstance(e, OperationalError) and unreachable(e):
         return ("busy" if busy(e) else "unavailable"), first_line(e)
+    if isinstance(e, DBAPIError) and getattr(e.orig, "sqlstate", None) == READ_ONLY_SQLSTATE:
+        return "read-only", first_line(e)   # a primary demoted to standby, or default_transaction_read_only
     return None
+
+
+READ_ONLY_SQLSTATE = "25006"   # PostgreSQL's read_only_sql_transaction: an InternalError, not Operational
 
 
 def busy(e: OperationalError) -> bool:

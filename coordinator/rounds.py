@@ -149,19 +149,27 @@ def safe_maintenance(coord: Coordinator) -> None:
     try:
         coord.maintenance()
     except Exception as e:
-        if not _disk_full(e):
+        if not disk_full(e):
             log.exception("round maintenance failed; will retry on the next request")
-        elif time.monotonic() - _full_disk_said[0] >= FULL_DISK_SAID_EVERY_S:
-            _full_disk_said[0] = time.monotonic()
-            log.error("round maintenance failed: the disk is full (%s; data directory %s); free space, and it "
-                      "goes on where it stopped", e.__class__.__name__, coord.config.data_dir)
+        else:
+            say_disk_full("round maintenance failed", e, coord.config.data_dir)
 
 
-def _disk_full(e: BaseException) -> bool:
-    """Whether `e` (or what it wraps) is the disk out of space: ENOSPC, or SQLite's "database or
-    disk is full"."""
+def say_disk_full(what: str, e: BaseException, data_dir: str) -> None:
+    """Log `what` failed on a full disk, once a minute per process whatever fails (maintenance,
+    a check-in, an upload): a traceback a request flooded the log with 600 lines in 30 s."""
+    if time.monotonic() - _full_disk_said[0] >= FULL_DISK_SAID_EVERY_S:
+        _full_disk_said[0] = time.monotonic()
+        log.error("%s: the disk is full (%s; data directory %s); free space, and it goes on where it stopped",
+                  what, e.__class__.__name__, data_dir)
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` (or what it wraps) is the disk out of space: ENOSPC, SQLite's "database or
+    disk is full", or PostgreSQL's disk_full (53100)."""
     for _ in range(8):   # the chain of causes, a few deep
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "database or disk is full" in str(e):
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC or "database or disk is full" in str(e)
+                or getattr(getattr(e, "orig", None), "sqlstate", None) == "53100"):
             return True
         if (e := e.__cause__ or e.__context__) is None:
             return False

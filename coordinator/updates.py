@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from coordinator import enrollment, queries, round_end, selection
+from coordinator import enrollment, queries, round_end, rounds, selection
 from coordinator.errors import ApiError
 from coordinator.models import Rejection, Round, Update, Version, utcnow
 from coordinator.states import RoundStatus
@@ -138,6 +138,9 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     if goal_reached:
         try:
             coord.close_round(receipt.round_id)
-        except Exception:  # the update is safe; maintenance will retry the aggregation
-            log.exception("aggregation of round %d failed; will retry", receipt.round_id)
+        except Exception as e:  # the update is safe; maintenance will retry the aggregation
+            if rounds.disk_full(e):   # said once a minute, not a traceback per upload
+                rounds.say_disk_full(f"aggregation of round {receipt.round_id}", e, coord.config.data_dir)
+            else:
+                log.exception("aggregation of round %d failed; will retry", receipt.round_id)
     return receipt

@@ -279,3 +279,88 @@ def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(mo
     rounds.safe_maintenance(coord)
     rounds.safe_maintenance(coord)
     assert len([r for r in caplog.records if r.exc_info]) == 2
+
+
+def test_a_full_disk_on_the_running_service_answers_503_and_its_status_still_reads(tmp_path, monkeypatch, caplog):
+    """With the data disk full, the running service answered 500 with a traceback on its status,
+    dashboard, check-ins and uploads (600 log lines in 30 s from 3 devices; an operator probe):
+    the status re-raised the round's failed aggregation, and a full disk was taken for a fault.
+    Now a request the disk stops is a 503 with a minute's Retry-After and one log line a minute,
+    and the status and dashboard answer while the round waits for space."""
+    import errno
+    import logging
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from coordinator import checkin, round_end, rounds, versions
+
+    monkeypatch.setattr(rounds, "_full_disk_said", [-float("inf")])
+    caplog.set_level(logging.ERROR)
+    with serve(make_config(tmp_path, goal_count=2, min_count=2)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        a, b = FakeDevice(s.url, key), FakeDevice(s.url, key)
+        rid = s.coord.start_round(goal_count=2, min_count=2)
+        assert a.checkin().kind == wire.TASK_TRAIN and b.checkin().kind == wire.TASK_TRAIN
+
+        def no_space(*args, **kw):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        with monkeypatch.context() as m:   # the upload's own file
+            m.setattr(round_end, "store_upload", no_space)
+            r = a.upload(random_delta(0), round_id=rid, base="v0000", examples=4)
+        assert r.status_code == 503 and r.headers[wire.RETRY_AFTER_HEADER] == "60", r.text
+        assert "disk is full" in r.json()["message"]
+        with monkeypatch.context() as m:   # both stored; the candidate's files do not fit
+            m.setattr(versions, "write_candidate", no_space)
+            for i, d in enumerate((a, b)):
+                assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+            for path in ("/v1/admin/status", "/v1/admin/dashboard"):
+                assert s.admin("GET", path).status_code == 200, path
+            assert s.coord.get_round(rid)["status"] == "open"
+        with monkeypatch.context() as m:   # the database's own file
+            def db_full(*args, **kw):
+                raise OperationalError("UPDATE devices", {}, sqlite3.OperationalError("database or disk is full"))
+            m.setattr(checkin, "checkin", db_full)
+            r = requests.post(s.url + wire.PATH_CHECKIN, json=wire.CheckinRequest(eligible=True).to_dict(),
+                              headers=a.headers, timeout=10)
+        assert r.status_code == 503 and r.headers[wire.RETRY_AFTER_HEADER] == "60", r.text
+        assert s.admin("GET", "/v1/admin/status").json()["candidate_version_id"] is not None   # space back: it goes on
+        assert s.coord.get_round(rid)["status"] == "done"
+    full = [r for r in caplog.records if "the disk is full" in r.getMessage()]
+    assert len(full) == 1 and not full[0].exc_info, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+def test_a_database_that_turned_read_only_is_a_503_to_retry(tmp_path, monkeypatch, caplog):
+    """PostgreSQL turned read-only (a primary demoted after a failover) raises SQLSTATE 25006, an
+    InternalError, not an OperationalError: every write route answered 500 with a traceback (two
+    per check-in; an operator probe). It is a 503 with Retry-After and one line, as a database
+    out of reach is; the service goes on by itself when writes come back."""
+    import logging
+
+    from sqlalchemy.exc import InternalError
+
+    from coordinator import checkin
+
+    class ReadOnlySqlTransaction(Exception):   # psycopg's, as SQLAlchemy wraps it
+        sqlstate = "25006"
+
+    def read_only(*args, **kw):
+        raise InternalError("UPDATE devices SET last_seen_at", {},
+                            ReadOnlySqlTransaction("cannot execute UPDATE in a read-only transaction"))
+    caplog.set_level(logging.ERROR)
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        a = FakeDevice(s.url, s.coord.create_enrollment_key())
+        with monkeypatch.context() as m:
+            m.setattr(checkin, "checkin", read_only)
+            r = requests.post(s.url + wire.PATH_CHECKIN, json=wire.CheckinRequest(eligible=True).to_dict(),
+                              headers=a.headers, timeout=10)
+        assert r.status_code == 503 and wire.RETRY_AFTER_HEADER in r.headers, r.text
+        assert "read-only" in r.json()["message"]
+        assert a.checkin().kind is not None   # writes back: it goes on
+    assert not [x for x in caplog.records if x.exc_info], [x.getMessage() for x in caplog.records]
+    assert any("read-only" in x.getMessage() for x in caplog.records)
