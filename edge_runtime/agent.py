@@ -203,6 +203,20 @@ def predictor_session(version_dir: Path, *, base_ngram: str = "") -> TypingSessi
     return load_predictor(version_dir, base_ngram=base_ngram).session()
 
 
+@dataclass(frozen=True)
+class _Unsent:
+    """A charged update whose upload did not go through (the coordinator's disk full, a long
+    outage): asked for the same round again, the device sends these bytes again under the same
+    idempotency key. Training again released the same text once more under fresh noise, three
+    times in two minutes in an operator probe. Kept in memory only: after a restart the round is
+    refused instead (`_released_before`)."""
+
+    meta: wire.UpdateMeta
+    delta: bytes
+    wipe_mark: str | None
+    counts: dict[str, Any]
+
+
 @dataclass
 class Device:
     """Everything `run_once` works with; tests build one with fakes for any part."""
@@ -218,6 +232,7 @@ class Device:
     sessions: Callable[[Path], TypingSession] = predictor_session   # canary word metrics
     rollout_key: str | None = None      # coordinator's key (hex): version switches need its signed state
     stopping: threading.Event = field(default_factory=threading.Event)   # the loop's stop event (run_loop)
+    unsent: _Unsent | None = None   # an update charged and not delivered: sent again, never trained again
 
     @classmethod
     def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
@@ -419,7 +434,13 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         return "skipped (no longer eligible)", {"round": plan.round_id}
     if plan.discover_words:
         return _discover(dev, task, sleep)
+    kept, dev.unsent = dev.unsent, None
+    if kept is not None and (kept.meta.round_id, kept.meta.base_version_id) == (plan.round_id, task.base_version_id):
+        log.info("sending round %d's update again: its upload did not go through", plan.round_id)
+        return _upload(dev, kept, sleep)
     ledger, refusal = _guarded(dev, plan)
+    if refusal is None and not plan.secure_aggregation and (when := _released_before(ledger, plan)):
+        refusal = f"round {plan.round_id} had this device's update at {when}; a second one would release its text again"
     if refusal:
         return f"refused ({refusal})", {"round": plan.round_id}
     mark = dev.cache.wipe_mark()
@@ -450,10 +471,17 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
+    return _upload(dev, _Unsent(meta, res.update.delta, mark, counts), sleep)
+
+
+def _upload(dev: Device, u: _Unsent, sleep: Callable[[float], Any] = time.sleep) -> tuple[str, dict[str, Any]]:
+    """Send a charged update, with retries; kept in `dev.unsent` when they run out."""
+    counts = dict(u.counts)
+
     def upload() -> wire.UpdateReceipt:
-        if (why := _withdrawn(dev, mark)) is not None:   # before each try: a retry can leave minutes later
+        if (why := _withdrawn(dev, u.wipe_mark)) is not None:   # before each try: a retry can leave minutes later
             raise _Withdrawn(why)
-        return dev.client.upload_update(res.update.delta, meta)
+        return dev.client.upload_update(u.delta, u.meta)
 
     try:
         receipt = _with_retries(upload, dev.config.upload_attempts, dev.config.backoff_initial_s,
@@ -463,10 +491,19 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     except RejectedError as e:
         return f"rejected ({e.code or e.status})", counts
     except Stopping:   # as a secure round's device leaves it: the update is not sent, the round goes on
-        log.info("left round %d before the upload went through: the device is stopping", plan.round_id)
+        log.info("left round %d before the upload went through: the device is stopping", u.meta.round_id)
         return "stopped (the device is stopping)", counts
+    except ClientError:   # out of tries (a transient failure): the same bytes at the next ask
+        dev.unsent = u
+        raise
     counts["update_id"] = receipt.update_id
     return "uploaded", counts
+
+
+def _released_before(ledger: PrivacyLedger, plan: wire.TrainPlan) -> str | None:
+    """When this device's ledger charged an update for `plan`'s round already (its time), else None."""
+    return next((time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(e.get("at", 0))) for e in ledger.entries()
+                 if e.get("round_id") == plan.round_id and not e.get("secure_aggregation")), None)
 
 
 def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:

@@ -153,6 +153,43 @@ def test_upload_retries_transient_errors_with_the_same_idempotency_key(device, f
     assert len({m.idempotency_key for _, m in device.client.uploads}) == 1
 
 
+def test_an_update_whose_upload_failed_is_sent_again_never_trained_again(device, fake_train):
+    """An upload that failed past its retries (the coordinator's disk full, a long outage) left the
+    round asking this device again, and it trained again and released the same text once more
+    under fresh noise: three times in two minutes in an operator probe, each charged. The same
+    bytes now go again under the same key; after a restart, which forgets them, the round is
+    refused rather than trained a second time."""
+    import dataclasses
+    import json
+
+    from edge_runtime.paths import LEDGER_FILE
+
+    down = [TransientError("disk full", status=503, retry_after=0.01)] * device.config.upload_attempts
+    device.client.tasks = [train_task(), train_task(), train_task()]
+    device.client.upload_errors = list(down)
+    with pytest.raises(TransientError):
+        agent.run_once(device, sleep=lambda s: None)
+    assert len(fake_train) == 1 and device.unsent is not None
+    res = agent.run_once(device, sleep=lambda s: None)
+    assert res.outcome == "uploaded" and len(fake_train) == 1 and device.unsent is None
+    assert len({m.idempotency_key for _, m in device.client.uploads}) == 1
+    assert {d for d, _ in device.client.uploads} == {b"delta-bytes"}
+    releases = json.loads((device.config.require_data_dir() / LEDGER_FILE).read_text())["releases"]
+    assert [e["round_id"] for e in releases] == [PLAN.round_id]   # one release, charged once
+    assert agent.run_once(device, sleep=lambda s: None).outcome.startswith("refused (")   # asked once more
+    # the next round: a restart forgets the bytes, and the round is refused, not trained again
+    nxt = wire.Task(kind=wire.TASK_TRAIN, retry_after=100.0, use_version_id="v1", base_version_id="v1",
+                    plan=dataclasses.replace(PLAN, round_id=PLAN.round_id + 1), time_limit_s=60.0)
+    device.client.tasks = [nxt, nxt]
+    device.client.upload_errors = list(down)
+    with pytest.raises(TransientError):
+        agent.run_once(device, sleep=lambda s: None)
+    device.unsent = None
+    res = agent.run_once(device, sleep=lambda s: None)
+    assert res.outcome.startswith(f"refused (round {PLAN.round_id + 1} had this device's update at"), res
+    assert len(fake_train) == 2
+
+
 def test_rejected_upload_is_an_outcome_not_an_error(device, fake_train):
     device.client.tasks = [train_task()]
     device.client.upload_errors = [RejectedError("late", status=409, code=wire.E_LATE)]
