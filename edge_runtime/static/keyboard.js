@@ -32,15 +32,21 @@
 
   async function api(path, body, timeoutMs) {
     if (body !== undefined && path !== "/api/suggest") epoch++;
+    // Text is sent well-formed: half an emoji (a lone surrogate) was refused as "not valid
+    // Unicode", which emptied the strip and lost the sentence's save for good.
+    const wellFormed = (k, v) => (typeof v === "string" && v.toWellFormed ? v.toWellFormed() : v);
     const opts = body === undefined ? {} : {
       method: "POST", headers: { "Content-Type": "application/json", "X-Keyboard-Token": token },
-      body: JSON.stringify(body),
+      body: JSON.stringify(body, wellFormed),
     };
     const ctl = timeoutMs ? new AbortController() : null;   // an answer that never comes is an error
     const timer = ctl && setTimeout(() => ctl.abort(), timeoutMs);
     let resp;
     try {
       resp = await fetch(path, ctl ? { ...opts, signal: ctl.signal } : opts);
+    } catch (err) {   // the browser's "Failed to fetch" said nothing a user can act on
+      throw Object.assign(new Error(err.name === "AbortError" ? "the keyboard service did not answer"
+        : "the keyboard service cannot be reached (is it running?)"), { away: true, aborted: err.name === "AbortError" });
     } finally {
       clearTimeout(timer);
     }
@@ -190,7 +196,7 @@
       const stale = again && textBeforeCursor() !== text;
       if (mine > shownSeq && active === message && !stale) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
-      if (e instanceof TypeError) setOffline(true);   // fetch itself failed: nobody is listening
+      if (e.away && !e.aborted) setOffline(true);   // fetch itself failed: nobody is listening
       else if (e.status === 403 && active === message) noToken();
       else if (active === message) renderSuggestions([]);
     } finally {
@@ -222,11 +228,14 @@
     if (OPENING.test(lead) && sentenceStart(before.slice(0, before.length - chunk.length))) word = capitalise(word);
     // The whole word goes, also the part after a cursor inside it ("hel|o" -> "help", not "help o");
     // no second space where one follows already, and none before a closing mark ('"help"').
+    // A caret at a word's start ("when you |get home") puts the word in front of it: the rest of
+    // that word was replaced only from inside it, and a tap there deleted "get".
     const start = pos - partial.length;
-    const end = message.selectionEnd + message.value.slice(message.selectionEnd).match(WORD_HEAD)[0].length;
+    const inside = partial.length > 0 && message.selectionStart === message.selectionEnd;
+    const end = message.selectionEnd + (inside ? message.value.slice(message.selectionEnd).match(WORD_HEAD)[0].length : 0);
     const next = message.value[end];
     const space = next === " " || (next !== undefined && CLOSING.test(next)) ? "" : " ";
-    message.setRangeText(word + space, start, end, "end");
+    replaceUndoably(message, word + space, start, end);
     const after = start + word.length + (space || next === " " ? 1 : 0);   // past the word's space, new or already there
     message.setSelectionRange(after, after);
     autoSpace = { value: message.value, at: message.selectionStart };
@@ -234,18 +243,29 @@
     afterEdit(message);
   }
 
+  // `field`'s text [start, end) replaced by `str` as typing does, so Ctrl+Z takes a tapped word
+  // back (setRangeText is not on the browser's undo stack); setRangeText where that is refused.
+  function replaceUndoably(field, str, start, end) {
+    field.focus();
+    field.setSelectionRange(start, end);
+    let done = false;
+    try { done = document.execCommand("insertText", false, str); } catch (e) { done = false; }
+    if (!done || field.value.slice(start, start + str.length) !== str) field.setRangeText(str, start, end, "end");
+  }
+
   // A tapped suggestion brings its own space; punctuation typed right after it goes before that
-  // space ("word. ", not "word ."), as on a phone keyboard.
+  // space ("word. ", not "word ."), as on a phone keyboard, and a space typed then is that space
+  // (it made two).
   let autoSpace = null;
   const PUNCT = /^[.,!?;:]$/;
   function punctuate(field, str) {
     const a = autoSpace;
     autoSpace = null;
-    if (field !== message || !PUNCT.test(str) || !a || a.value !== field.value
+    if (field !== message || !(PUNCT.test(str) || str === " ") || !a || a.value !== field.value
         || field.selectionStart !== a.at || field.selectionEnd !== a.at || field.value[a.at - 1] !== " ") {
       return false;
     }
-    field.setRangeText(str + " ", a.at - 1, a.at, "end");
+    if (str !== " ") field.setRangeText(str + " ", a.at - 1, a.at, "end");
     afterEdit(field);
     return true;
   }
@@ -321,7 +341,7 @@
       toast(res.cached ? "Learned on this device" : "Not learned: " + (res.reason || "refused"));
       return true;
     } catch (e) {
-      const away = e instanceof TypeError || e.name === "AbortError" || e.status >= 500;
+      const away = e.away || e.status >= 500;
       toast((away ? "Not saved yet, sent again when the device answers: " : "Could not save: ") + e.message);
       return !away;
     }
@@ -434,13 +454,27 @@
     afterEdit(field);
   }
 
+  // The page's ⌫ takes one character as the user sees it: an emoji (two UTF-16 units, or seven for
+  // a family's joined ones) or a letter with its accents; one unit left half an emoji behind.
+  const graphemes = typeof Intl !== "undefined" && Intl.Segmenter ? new Intl.Segmenter(undefined, { granularity: "grapheme" }) : null;
+  function charBefore(text, pos) {
+    if (graphemes) {
+      const from = Math.max(0, pos - 64);   // no character is longer; the text may be long
+      let last = from;
+      for (const seg of graphemes.segment(text.slice(from, pos))) last = from + seg.index;
+      return last;
+    }
+    const low = text.charCodeAt(pos - 1);
+    return pos - (pos >= 2 && low >= 0xDC00 && low <= 0xDFFF ? 2 : 1);
+  }
   function backspace(field) {
     field.focus();
+    autoSpace = null;
     let start = field.selectionStart;
     const end = field.selectionEnd;
     if (start === end) {
       if (start === 0) return;
-      start -= 1;
+      start = charBefore(field.value, start);
     }
     field.setRangeText("", start, end, "end");
     afterEdit(field);
@@ -597,6 +631,7 @@
       renderStatus(st);
       toast(st.paused ? "Learning paused: nothing new is saved" : "Learning resumed");
     } catch (err) {
+      e.target.checked = !e.target.checked;   // as it was: a switch left on did not pause anything
       toast("Could not change: " + err.message);
       refreshStatus();
     }

@@ -672,3 +672,45 @@ def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, mon
     page.locator("#message").evaluate("m => { m.value = 'see you '; m.setSelectionRange(8, 8); }")
     page.click('#strip [data-slot="middle"]')
     assert page.locator("#message").input_value() == "see you ", word
+
+
+def test_taps_at_a_words_start_undo_emoji_and_spaces_as_a_user_expects(page, device):
+    """A keyboard-page probe: a tap with the caret at a word's start deleted that word ("when you
+    |get home" -> "when you tomorrow home"); Ctrl+Z could not take a tapped word back; the page's
+    ⌫ left half an emoji behind, after which every suggestion and the sentence's save were
+    refused as "not valid Unicode"; a space typed after a tapped word made two; and "Pause
+    learning" tapped while the device was away stayed on, pausing nothing."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("call me when you get home")
+    msg.evaluate("m => m.setSelectionRange(17, 17)")       # "when you |get home"
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f"call me when you {best} get home"   # in front of it, nothing deleted
+    page.keyboard.press("Control+z")                                   # and taken back
+    assert msg.input_value() == "call me when you get home"
+    # a space typed right after a tapped word is its space
+    msg.fill("")
+    page.keyboard.type("good mor")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    page.keyboard.type(" ")
+    tap_keys(page, " ")
+    assert msg.input_value() == f"good {best}  "   # the first absorbed; one typed after it is the user's
+    # the page's ⌫ takes a whole emoji, the text stays valid, the strip and the save go on
+    msg.fill("")
+    page.keyboard.type("see you 👍👨‍👩‍👧")
+    for _ in range(2):
+        page.click('#keyboard [data-key="backspace"]')
+    assert msg.input_value() == "see you "
+    page.keyboard.type("soon. Bye")
+    wait_strip(page)
+    expect_count(page, 1)
+    assert rows(device["dir"]) == ["see you soon."]
+    # a pause the device never heard of is not shown as on
+    page.route("**/api/pause", lambda route: route.abort())
+    page.click(".toggle")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('cannot be reached')")
+    assert not page.locator("#pause-toggle").is_checked() and status(device["url"])["paused"] is False
