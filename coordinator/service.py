@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from coordinator import canary, checkin, deployment, enrollment, keys, rounds, updates, versions, views
+from coordinator import canary, checkin, deployment, enrollment, keys, rollout_signing, rounds, updates, versions, views
 from coordinator.blobs import BlobStore, UploadStore
 from coordinator.config import Config
 from coordinator.db import create_private, data_dir_lock, make_engine, migrate, require_current_schema, session_factory
@@ -81,6 +81,7 @@ class Coordinator:
         self.uploads = UploadStore(self.data_dir / "uploads", self.blobs, create=not read_only)
         self.metrics = Metrics(self._sessions, config.privacy_delta)
         self._lock = threading.RLock()
+        self.rollout_seq = rollout_signing.SequenceClock()   # the signed rollout statements' numbers
         self._rng = random.Random()
         self._key_of: dict[str, int] = {}
         self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)

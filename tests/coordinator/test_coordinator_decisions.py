@@ -159,3 +159,40 @@ def test_a_candidate_with_a_broken_lstm_is_rejected_whatever_its_strip_measured(
     # a device that measured no next-token loss has no vote on it
     assert rollout.decide([(m("c", 1, 0.0, count=0.0), m("s", 2, 0.0, count=0.0))] * 3, min_reports=3,
                           tolerance=0.005).action == rollout.PROMOTE
+
+
+def test_rollout_statements_go_on_increasing_when_the_clock_is_set_back(tmp_path, monkeypatch, caplog):
+    """The statements' numbers were the signing time: a service run an hour fast, then right,
+    signed numbers below those devices had seen, and every device refused every switch, a
+    rollback too, for that hour, with nothing said on the coordinator (an operator probe). A
+    lease in the database carries the numbers over the step back, across a restart too."""
+    import logging
+    import time as real_time
+
+    from coordinator import rollout_signing
+    from tests.helpers.coordinator_fakes import FakeDevice, make_config, make_version, serve
+
+    cfg = make_config(tmp_path)
+    ahead = real_time.time() + 3600
+    clock = {"t": ahead}
+    monkeypatch.setattr(rollout_signing.time, "time", lambda: clock["t"])
+    seen = []
+    with serve(cfg) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        d = FakeDevice(s.url, s.coord.create_enrollment_key())
+        for _ in range(3):
+            seen.append(d.checkin().rollout.seq)
+            clock["t"] += 1.0
+        clock["t"] = ahead - 3600   # set right while it runs
+        seen.append(d.checkin().rollout.seq)
+    caplog.set_level(logging.WARNING, logger="coordinator.rollout_signing")
+    with serve(cfg) as s:           # and after a restart on the right clock
+        d2 = FakeDevice.__new__(FakeDevice)
+        d2.__dict__.update(d.__dict__, url=s.url)
+        for _ in range(2):
+            clock["t"] += 1.0
+            seen.append(d2.checkin().rollout.seq)
+    assert seen == sorted(seen) and len(set(seen)) == len(seen), seen
+    assert seen[3] > seen[2] >= int(ahead * 1000) and seen[-1] - seen[0] < 600_000   # not a jump ahead
+    assert any("behind the rollout statements" in r.getMessage() for r in caplog.records)
