@@ -45,6 +45,7 @@ class RoundPrivacy:
 
 
 History = Sequence[RoundPrivacy] | Counter[RoundPrivacy]   # rounds in order, or counted
+MAX_ROUNDS = 1_000_000   # a round a minute for two years: more is no record a coordinator made
 
 
 def counted(entries: object) -> Counter[RoundPrivacy]:
@@ -63,6 +64,8 @@ def counted(entries: object) -> Counter[RoundPrivacy]:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"{e!r}: its round count is not a positive integer")
         out[RoundPrivacy(float(e[0]), float(e[1]))] += n
+    if sum(out.values()) > MAX_ROUNDS:   # an imported manifest's: `noise_multipliers` lists them one by one
+        raise ValueError(f"it counts more than {MAX_ROUNDS:,} rounds")
     return out
 
 
