@@ -96,9 +96,13 @@ def word_being_typed(chunk: str) -> tuple[str, str] | None:
     "hello,wor"); a keyboard completes the prefix after the lead, and replaces only the prefix.
     A chunk of opening marks alone ('"', "(") or none ("") has prefix "": the next word.
     None when the chunk ends in any other mark ("lord,"): the next word comes after a space; so
-    does a single quote after such a mark ("yes.'", "lord,'"), which closes a quotation there."""
+    does a single quote after such a mark ("yes.'", "lord,'"), which closes a quotation there.
+    None inside an e-mail address or a web address too ("bob@exa", "https://exa"): a word
+    completed there ("bob@exactly", a probe of the keyboard page) is never what is typed."""
     start = _TRAILING_WORD.search(chunk.translate(_QUOTES)).start()
     lead, prefix = chunk[:start], chunk[start:]
+    if "@" in lead or "://" in lead:
+        return None
     if not all(c in OPENING_MARKS for c in lead) and not prefix.strip(_SINGLE_QUOTES):
         return None
     return lead, prefix

@@ -126,7 +126,11 @@ def test_slowloris_nginx_keeps_answering_gunicorn_direct_does_not(tmp_path, coor
     assert _probe(direct)[0] == 200
     attack = Slowloris(int(direct.rsplit(":", 1)[1]), SLOW)
     try:
-        time.sleep(1.0)
+        # Until the workers have taken the held connections (1 s on an idle machine; a probe still
+        # answered after 1 s on a loaded one), then every probe must go unanswered.
+        saturated = time.monotonic() + 15
+        while time.monotonic() < saturated and _probe(direct)[0] == 200:
+            time.sleep(0.5)
         direct_probes = [_probe(direct) for _ in range(CHECKS)]
         held = attack.held
     finally:

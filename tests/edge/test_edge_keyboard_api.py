@@ -211,7 +211,8 @@ def test_a_commit_readies_the_session_being_typed_in_again(server):
 
     app = server.app
     predictor = app.slot.predictor
-    first_words = [f"w{i:03d}" for i in range(_SCAN + 8)]   # more first words than are scanned
+    # more first words than are scanned (letters: a token of digits and letters is never offered)
+    first_words = ["w" + chr(97 + i // 26) + chr(97 + i % 26) for i in range(_SCAN + 8)]
     for w in first_words:
         app.commit({"text": f"{w} came first.", "field_kind": "message"})
     post(server, "api/suggest", {"client": "a", "text": "I pray yo"})

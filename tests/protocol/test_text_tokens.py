@@ -36,6 +36,9 @@ def test_the_word_being_typed_is_completed_after_what_opens_it():
     assert word_being_typed('said"') is None
     assert word_being_typed("yes.'") is None                       # a quotation closed, not a word opened
     assert word_being_typed("lord,’") is None
+    # inside an e-mail or web address no word is completed ("bob@exa" offered "bob@exactly")
+    assert word_being_typed("bob@exa") is None and word_being_typed("https://exa") is None
+    assert word_being_typed("bob@") is None and word_being_typed("and/or") == ("and/", "or")
     assert word_being_typed("'") == ("", "'")                      # "'tis" or a quotation, being opened
     assert word_being_typed("\"'") == ("\"", "'")
     assert word_being_typed("yes.'T") == ("yes.", "'T")            # a letter after it: a word after all
