@@ -364,3 +364,31 @@ def test_a_database_that_turned_read_only_is_a_503_to_retry(tmp_path, monkeypatc
         assert a.checkin().kind is not None   # writes back: it goes on
     assert not [x for x in caplog.records if x.exc_info], [x.getMessage() for x in caplog.records]
     assert any("read-only" in x.getMessage() for x in caplog.records)
+
+
+def test_an_idle_devices_check_ins_write_its_last_seen_time_once_in_a_while(tmp_path, monkeypatch):
+    """Every check-in wrote the device's last_seen_at: a write per device per minute for a
+    population that only asks, and on a full disk no check-in could answer, so no device heard of
+    a rollback (an operator probe). It is written once in `LAST_SEEN_EVERY`, which "active"
+    (seen within a day) does not notice."""
+    from datetime import timedelta
+
+    from coordinator import checkin
+    from coordinator.models import Device, utcnow
+
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        d = FakeDevice(s.url, s.coord.create_enrollment_key())
+
+        def seen():
+            with s.coord._sessions() as ss:
+                return ss.get(Device, d.device_id).last_seen_at
+
+        d.checkin()
+        first = seen()
+        assert first is not None and d.checkin() and seen() == first   # a minute later: not written
+        with s.coord.tx() as ss:
+            ss.get(Device, d.device_id).last_seen_at = utcnow() - checkin.LAST_SEEN_EVERY - timedelta(seconds=1)
+        d.checkin()
+        assert utcnow() - seen() < timedelta(minutes=1)   # written again
