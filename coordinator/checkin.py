@@ -7,11 +7,13 @@ devices do not return all at once, sooner while an open round is short of device
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from coordinator import canary, enrollment, queries, rollout, rollout_signing, rounds, selection
+from coordinator.db import retryable
 from coordinator.models import Device, utcnow
 from protocol import wire
 
@@ -32,13 +34,30 @@ def retry_after(coord: Coordinator, base: float | None = None) -> float:
 # on a full disk too (an operator probe: none could hear of a rollback there), and a population
 # checking in every minute costs the database a write per device per minute less.
 LAST_SEEN_EVERY = timedelta(minutes=5)
+log = logging.getLogger(__name__)
 
 
 def checkin(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wire.Task:
     rounds.safe_maintenance(coord)
+    if coord.rollout_seq.due():   # before the check-in's transaction: a write of its own
+        _renew_rollout_lease(coord)
     task = _task(coord, device_id, req)
     coord.metrics.checkins.labels(task.kind).inc()
     return task
+
+
+def _renew_rollout_lease(coord: Coordinator) -> None:
+    """A lease that cannot be written now (a full disk, a database gone read-only) leaves the
+    numbers on the clock and the last lease; the check-in goes on, and it is tried again."""
+    try:
+        coord.rollout_seq.renew(coord)
+    except Exception as e:
+        if rounds.disk_full(e):
+            rounds.say_disk_full("renewing the rollout statements' lease", e, coord.config.data_dir)
+        elif retryable(e) is None:
+            raise
+        else:
+            log.warning("could not renew the rollout statements' lease: the database is %s", retryable(e)[0])
 
 
 def _task(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wire.Task:

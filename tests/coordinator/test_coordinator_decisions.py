@@ -196,3 +196,41 @@ def test_rollout_statements_go_on_increasing_when_the_clock_is_set_back(tmp_path
     assert seen == sorted(seen) and len(set(seen)) == len(seen), seen
     assert seen[3] > seen[2] >= int(ahead * 1000) and seen[-1] - seen[0] < 600_000   # not a jump ahead
     assert any("behind the rollout statements" in r.getMessage() for r in caplog.records)
+
+
+def test_rollout_numbers_of_two_workers_stay_above_each_others_after_a_step_back(tmp_path, monkeypatch):
+    """Two processes on one database (gunicorn's workers): one that last renewed before the other
+    signed later, then saw the clock go back 40 s, signed below the other's numbers (a review).
+    Each process notices its host's step against the monotonic clock and goes on from the lease
+    the database holds, which no number signed reaches."""
+    import types
+
+    from coordinator import rollout_signing
+    from coordinator.rollout_signing import SequenceClock
+    from tests.helpers.coordinator_fakes import make_config, serve
+
+    wall, mono = {"t": 1_000_000.0}, {"t": 50.0}
+    monkeypatch.setattr(rollout_signing, "time", types.SimpleNamespace(time=lambda: wall["t"],
+                                                                       monotonic=lambda: mono["t"]))
+
+    def tick(seconds):
+        wall["t"] += seconds
+        mono["t"] += seconds
+
+    def sign(clock):
+        if clock.due():
+            clock.renew(s.coord)
+        return clock.next()
+
+    with serve(make_config(tmp_path)) as s:
+        a, c = SequenceClock(), SequenceClock()
+        seen = [sign(c)]
+        for _ in range(11):   # a signs for 55 s; c signs nothing meanwhile
+            tick(5.0)
+            seen.append(sign(a))
+        wall["t"] -= 40.0     # the host's clock set back 40 s
+        seen += [sign(c), sign(a)]
+        tick(1.0)
+        seen += [sign(c), sign(a)]
+    assert seen == sorted(seen), str([x - seen[0] for x in seen])   # devices refuse lower, not equal
+    assert seen[-1] - seen[0] < 80_000   # carried over the step, not thrown far ahead
