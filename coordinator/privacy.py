@@ -45,13 +45,14 @@ class RoundPrivacy:
 
 
 History = Sequence[RoundPrivacy] | Counter[RoundPrivacy]   # rounds in order, or counted
-MAX_ROUNDS = 1_000_000   # a round a minute for two years: more is no record a coordinator made
+MAX_IMPORTED_ROUNDS = 1_000_000_000   # a round a second for 30 years: more is no record a coordinator made
 
 
-def counted(entries: object) -> Counter[RoundPrivacy]:
+def counted(entries: object, *, limit: int | None = None) -> Counter[RoundPrivacy]:
     """A record's `history` read back: entries `[q, sigma, rounds]`, or `[q, sigma]` (one round)
     as records written before the 2026-12-06 release hold them. Raises ValueError (or TypeError)
-    on anything else, for the caller to say whose record it was."""
+    on anything else, for the caller to say whose record it was, and past `limit` rounds (an
+    imported manifest's, `MAX_IMPORTED_ROUNDS`; a record this coordinator wrote has none)."""
     if entries is None:
         return Counter()
     if not isinstance(entries, list):
@@ -64,8 +65,8 @@ def counted(entries: object) -> Counter[RoundPrivacy]:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"{e!r}: its round count is not a positive integer")
         out[RoundPrivacy(float(e[0]), float(e[1]))] += n
-    if sum(out.values()) > MAX_ROUNDS:   # an imported manifest's: `noise_multipliers` lists them one by one
-        raise ValueError(f"it counts more than {MAX_ROUNDS:,} rounds")
+    if limit is not None and sum(out.values()) > limit:
+        raise ValueError(f"it counts more than {limit:,} rounds")
     return out
 
 
@@ -83,9 +84,12 @@ def rounds(history: History) -> int:
     return sum(Counter(history).values())
 
 
-def noise_multipliers(history: History) -> list[float]:
-    """One sigma per round (what `against_coordinator` composes)."""
-    return [r.noise_multiplier for r, n in Counter(history).items() for _ in range(n)]
+def noise_counts(history: History) -> Counter[float]:
+    """Rounds per sigma (what `against_coordinator` composes)."""
+    out: Counter[float] = Counter()
+    for r, n in Counter(history).items():
+        out[r.noise_multiplier] += n
+    return out
 
 
 NO_NOISE = 1e-100   # a noise multiplier below this is accounted as no noise at all (`epsilon`)
@@ -131,10 +135,12 @@ def _local(history: History) -> Counter[RoundPrivacy]:
     return out
 
 
-def against_coordinator(noise_multipliers: Iterable[float], delta: float) -> dict:
+def against_coordinator(noise_multipliers: Iterable[float] | Counter[float], delta: float) -> dict:
     """Epsilon against the coordinator over every round it received updates in (q = 1: it sees
-    who took part), however the versions those rounds made fared: the number to quote."""
-    history = Counter(RoundPrivacy(1.0, z) for z in noise_multipliers)
+    who took part), however the versions those rounds made fared: the number to quote. One
+    sigma a round, or a Counter of rounds per sigma."""
+    counts = noise_multipliers if isinstance(noise_multipliers, Counter) else Counter(noise_multipliers)
+    history = Counter({RoundPrivacy(1.0, z): n for z, n in counts.items()})
     eps = epsilon(history, delta)
     return {"epsilon_local": eps, "rounds": rounds(history), "delta": delta,
             "basis": "every round whose updates this coordinator received, and the rounds behind versions imported "

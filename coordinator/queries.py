@@ -63,7 +63,7 @@ def accepted(s: Session, round_id: int) -> int:
     return plain + (summed.survivors if summed is not None and summed.phase == SecAggPhase.SUMMED else 0)
 
 
-def noise_seen(s: Session) -> list[float]:
+def noise_seen(s: Session) -> Counter[float]:
     """The noise multiplier of every round in which this coordinator received what devices
     computed from their text: a plain update (stored or rejected) or a secure round's sum. A
     device may have taken part in all of them, whichever versions they fed (a rejected candidate,
@@ -73,12 +73,12 @@ def noise_seen(s: Session) -> list[float]:
     ids = set(s.scalars(select(Update.round_id).distinct()))
     ids |= {i for i in s.scalars(select(Rejection.round_id).distinct()) if i is not None}
     ids |= set(s.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.SUMMED)))
-    here = [float(json.loads(pj).get("noise_multiplier", 0.0))
-            for pj in s.scalars(select(Round.plan_json).where(Round.id.in_(ids)))] if ids else []
+    here = Counter(float(json.loads(pj).get("noise_multiplier", 0.0))
+                   for pj in s.scalars(select(Round.plan_json).where(Round.id.in_(ids)))) if ids else Counter()
     return here + carried_noise(s)
 
 
-def carried_noise(s: Session) -> list[float]:
+def carried_noise(s: Session) -> Counter[float]:
     """The noise multipliers of the rounds that versions imported from another coordinator
     brought (`versions.import_version` keeps a manifest's history when it is longer than the
     parent's held here): the same operator's earlier service received those updates, so after a
@@ -96,10 +96,10 @@ def carried_noise(s: Session) -> list[float]:
     if parents:
         history |= {vid: privacy.counted(json.loads(pj).get("history")) for vid, pj in s.execute(
             select(Version.id, Version.privacy_json).where(Version.id.in_(parents)))}
-    out: list[float] = []
+    out: Counter[float] = Counter()
     for vid, parent, _ in imported:
         own, base = history[vid], history.get(parent, Counter()) if parent else Counter()
-        out += privacy.noise_multipliers(own - base if base <= own else own)
+        out += privacy.noise_counts(own - base if base <= own else own)
     return out
 
 

@@ -42,7 +42,7 @@ def carried_privacy(coord: Coordinator, manifest: artifact.Manifest) -> dict[str
     read epsilon 0 in the database, the dashboard and the manifest devices download."""
     brought = manifest.privacy if isinstance(manifest.privacy, dict) else {}
     try:
-        history = privacy.counted(brought.get("history"))
+        history = privacy.counted(brought.get("history"), limit=privacy.MAX_IMPORTED_ROUNDS)
         if not all(math.isfinite(r.noise_multiplier) for r in history):
             raise ValueError("a noise multiplier is not finite")
     except (TypeError, ValueError) as e:

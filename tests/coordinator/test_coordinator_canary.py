@@ -419,7 +419,7 @@ def test_an_imported_version_whose_parent_is_not_held_here_keeps_its_privacy_his
     assert "foreign-2" not in {v["version_id"] for v in s.coord.list_versions()}
     doc["privacy"] |= {"rounds": 10**18, "history": [[1.0, 0.01, 10**18]]}   # counted: a count is bounded
     (d / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(ApiError, match="not readable .it counts more than 1,000,000 rounds"):
+    with pytest.raises(ApiError, match="not readable .it counts more than 1,000,000,000 rounds"):
         s.coord.import_version(str(d))
     # a parent that is no version id (markup, terminal escapes) reached tables and logs as it was
     doc.update(version_id="foreign-3", parent='<script>x</script>\x1b[31mRED')

@@ -80,7 +80,7 @@ def test_a_round_closed_while_its_sum_is_unmasked_keeps_no_sum_and_counts_it_see
     assert not s.coord.blobs.exists(sha256_bytes(np.full(dim, 15, "<u4").tobytes()))   # 7 + 8, unmasked
     with s.coord._sessions() as db:
         assert rid in {i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}
-        assert queries.noise_seen(db) == [0.5]
+        assert queries.noise_seen(db) == {0.5: 1}   # one round at 0.5
     assert s.coord.status()["privacy"]["epsilon_local"] > 0
 
 
