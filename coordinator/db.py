@@ -323,12 +323,18 @@ def retryable(e: Exception) -> tuple[str, str] | None:
         return "busy", f"no connection free ({(str(e).splitlines() or [type(e).__name__])[0]})"
     if isinstance(e, OperationalError) and unreachable(e):
         return ("busy" if busy(e) else "unavailable"), first_line(e)
-    if isinstance(e, DBAPIError) and getattr(e.orig, "sqlstate", None) == READ_ONLY_SQLSTATE:
+    if isinstance(e, DBAPIError) and sqlstate(e) == READ_ONLY_SQLSTATE:
         return "read-only", first_line(e)   # a primary demoted to standby, or default_transaction_read_only
     return None
 
 
 READ_ONLY_SQLSTATE = "25006"   # PostgreSQL's read_only_sql_transaction: an InternalError, not Operational
+
+
+def sqlstate(e: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a driver error: psycopg 3 says `sqlstate`, psycopg2 `pgcode`."""
+    orig = getattr(e, "orig", e)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
 def busy(e: OperationalError) -> bool:
@@ -345,5 +351,5 @@ def unreachable(e: OperationalError) -> bool:
     orig = e.orig
     if isinstance(orig, sqlite3.Error):
         return any(s in str(orig) for s in ("database is locked", "unable to open database file"))
-    state = getattr(orig, "sqlstate", None)
+    state = sqlstate(e)
     return not state or state.startswith("08") or state in ("57P01", "57P02", "57P03")

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import aggregation, canary, discovery, queries, retention, round_end, schedule, secagg, versions, views
 from coordinator.config import round_values_fault
+from coordinator.db import sqlstate
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.models_secagg import SecAggRound
@@ -169,7 +170,7 @@ def disk_full(e: BaseException) -> bool:
     disk is full", or PostgreSQL's disk_full (53100)."""
     for _ in range(8):   # the chain of causes, a few deep
         if (isinstance(e, OSError) and e.errno == errno.ENOSPC or "database or disk is full" in str(e)
-                or getattr(getattr(e, "orig", None), "sqlstate", None) == "53100"):
+                or sqlstate(e) == "53100"):
             return True
         if (e := e.__cause__ or e.__context__) is None:
             return False

@@ -439,7 +439,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         log.info("sending round %d's update again: its upload did not go through", plan.round_id)
         return _upload(dev, kept, sleep)
     ledger, refusal = _guarded(dev, plan)
-    if refusal is None and not plan.secure_aggregation and (when := _released_before(ledger, plan)):
+    if refusal is None and not plan.secure_aggregation and (when := _released_before(ledger, task)):
         refusal = f"round {plan.round_id} had this device's update at {when}; a second one would release its text again"
     if refusal:
         return f"refused ({refusal})", {"round": plan.round_id}
@@ -467,7 +467,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
         return secagg_client.contribute(dev.client, plan, res.update.vector, task.time_limit_s, sleep,
                                         withdrawn=lambda: _withdrawn(dev, mark),
                                         charge=lambda: round(ledger.charge(plan), 4))
-    counts["local_epsilon"] = round(ledger.charge(plan), 4)
+    counts["local_epsilon"] = round(ledger.charge(plan, base_version_id=task.base_version_id), 4)
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
@@ -500,10 +500,14 @@ def _upload(dev: Device, u: _Unsent, sleep: Callable[[float], Any] = time.sleep)
     return "uploaded", counts
 
 
-def _released_before(ledger: PrivacyLedger, plan: wire.TrainPlan) -> str | None:
-    """When this device's ledger charged an update for `plan`'s round already (its time), else None."""
+def _released_before(ledger: PrivacyLedger, task: wire.Task) -> str | None:
+    """When this device's ledger charged an update for the task's round already, from the same
+    base version (entries from before 6 December 2026 name none), else None. The base tells a
+    round apart from a later one of the same id (a coordinator restored from a backup)."""
+    assert task.plan is not None
     return next((time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(e.get("at", 0))) for e in ledger.entries()
-                 if e.get("round_id") == plan.round_id and not e.get("secure_aggregation")), None)
+                 if e.get("round_id") == task.plan.round_id and not e.get("secure_aggregation")
+                 and e.get("base_version_id", task.base_version_id) == task.base_version_id), None)
 
 
 def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:

@@ -145,11 +145,14 @@ class PrivacyLedger:
             return f"local privacy budget: epsilon would reach {after:.3g} > {self.budget:g} (delta {self.delta:g})"
         return None
 
-    def charge(self, plan: TrainPlan) -> float:
-        """Record one release under `plan`; returns ε spent so far, including it."""
+    def charge(self, plan: TrainPlan, *, base_version_id: str | None = None) -> float:
+        """Record one release under `plan` (trained from `base_version_id`, when given: a round id
+        alone repeats after the coordinator is restored from a backup); returns ε spent so far,
+        including it."""
         entries = self.entries()
         entries.append({"round_id": plan.round_id, "noise_multiplier": plan.noise_multiplier,
                         "clip_norm": plan.clip_norm, "at": round(time.time()),
+                        **({"base_version_id": base_version_id} if base_version_id else {}),
                         **({"secure_aggregation": True} if plan.secure_aggregation else {})})
         atomic_write(self.path, json.dumps({"delta": self.delta, "releases": entries, "sha256": _digest(entries)},
                                            indent=1).encode())

@@ -140,8 +140,10 @@ def learnable(word: str) -> bool:
     """Whether a token the user typed may come back as one of their words: `suggestable`, and no
     digit in it. Door codes, card and phone numbers and passwords (`80417`, `77qz3x9w`) typed in a
     message field were offered back to whoever used the device next (a probe of the keyboard
-    page); a field's kind cannot tell them, so no token with a digit is learned as a word (the
-    word list's own, `2nd` or `1990`, are still offered)."""
+    page); a field's kind cannot tell them, so no token with four digits or more, or with two
+    and a letter, is learned as a word. Shorter numbers and one-digit words (`555`, `2nd`,
+    `hunter2`) still are: e-mail senders type ports and versions again, and a rule against every
+    digit cost 0.18 of top-3 there (docs/quality.md). The word list's own are offered as before."""
     digits = len(_DIGIT.findall(word))
     return suggestable(word) and digits < 4 and not (digits >= 2 and _LETTER.search(word) is not None)
 

@@ -41,8 +41,14 @@ def test_manifest_signature_verifies_and_tampering_is_detected(served):
 
 
 def test_signing_key_persists_and_cli_prints_it(tmp_path, capsys):
+    import os
+
     cfg = make_config(tmp_path)
-    app = create_app(cfg)
+    umask = os.umask(0o022)   # the usual one, whatever the runner's: the modes below must not come from it
+    try:
+        app = create_app(cfg)
+    finally:
+        os.umask(umask)
     pub = app.extensions["fedkeys"].public_key_hex
     app.extensions["fedkeys"].close()
     args = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
@@ -130,6 +136,12 @@ def test_only_a_database_out_of_reach_is_a_503_other_database_errors_are_faults(
     assert _unreachable(op(PgError("42P01"), invalidated=True))
     for orig in (sqlite3.OperationalError("no such table: rounds"), PgError("42P01"), PgError("53100")):
         assert not _unreachable(op(orig)), orig
+
+    class Psycopg2Error(Exception):   # psycopg2 names the SQLSTATE `pgcode`: read it, not "no SQLSTATE"
+        def __init__(self, pgcode):
+            super().__init__(pgcode)
+            self.pgcode = pgcode
+    assert _unreachable(op(Psycopg2Error("08006"))) and not _unreachable(op(Psycopg2Error("42P01")))
     # SQLite locked past its busy timeout is reachable and in use: said "busy", not "unavailable"
     assert busy(op(sqlite3.OperationalError("database is locked")))
     assert not any(busy(op(orig)) for orig in (sqlite3.OperationalError("unable to open database file"),

@@ -188,6 +188,10 @@ def test_an_update_whose_upload_failed_is_sent_again_never_trained_again(device,
     res = agent.run_once(device, sleep=lambda s: None)
     assert res.outcome.startswith(f"refused (round {PLAN.round_id + 1} had this device's update at"), res
     assert len(fake_train) == 2
+    # the same round id from another base: a coordinator restored from a backup numbers on anew
+    device.client.tasks = [dataclasses.replace(nxt, base_version_id="v0")]
+    device.client.upload_errors = []
+    assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 3
 
 
 def test_rejected_upload_is_an_outcome_not_an_error(device, fake_train):

@@ -52,9 +52,13 @@ def downgrade() -> None:
     conn = op.get_bind()
     for vid in conn.execute(sa.select(versions.c.id)).scalars().all():
         raw = conn.execute(sa.select(versions.c.privacy_json).where(versions.c.id == vid)).scalar()
-        record = json.loads(raw or "{}")
-        history = record.get("history") if isinstance(record, dict) else None
-        if not isinstance(history, list) or not any(isinstance(e, list) and len(e) == 3 for e in history):
+        try:
+            record = json.loads(raw or "{}")
+            history = record.get("history") if isinstance(record, dict) else None
+            if not isinstance(history, list) or not any(isinstance(e, list) and len(e) == 3 for e in history):
+                continue
+            record["history"] = [[e[0], e[1]] for e in history for _ in range(e[2] if len(e) == 3 else 1)]
+        except (TypeError, ValueError) as e:   # kept as it is, as upgrade() keeps one
+            log.warning("version %s: its privacy record is not readable (%s); left as it is", vid, e)
             continue
-        record["history"] = [[e[0], e[1]] for e in history for _ in range(e[2] if len(e) == 3 else 1)]
         conn.execute(versions.update().where(versions.c.id == vid).values(privacy_json=json.dumps(record)))
