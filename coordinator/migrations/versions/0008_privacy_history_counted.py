@@ -14,6 +14,7 @@ Create Date: 2026-12-06
 
 import json
 import logging
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from alembic import op
@@ -29,25 +30,20 @@ log = logging.getLogger(__name__)
 def upgrade() -> None:
     from coordinator import privacy
 
-    versions = sa.table("versions", sa.column("id", sa.String), sa.column("privacy_json", sa.Text))
-    conn = op.get_bind()
-    # One record at a time: together they may hold the rounds squared.
-    for vid in conn.execute(sa.select(versions.c.id)).scalars().all():
-        raw = conn.execute(sa.select(versions.c.privacy_json).where(versions.c.id == vid)).scalar()
-        try:
-            record = json.loads(raw or "{}")
-            history = record.get("history") if isinstance(record, dict) else None
-            if not isinstance(history, list) or all(isinstance(e, list) and len(e) == 3 for e in history):
-                continue
-            record["history"] = privacy.entries(privacy.counted(history))
-        except (TypeError, ValueError) as e:   # kept as it is: the code that reads it says so
-            log.warning("version %s: its privacy record is not readable (%s); left as it is", vid, e)
-            continue
-        conn.execute(versions.update().where(versions.c.id == vid).values(privacy_json=json.dumps(record)))
+    _rewrite(lambda history: None if all(isinstance(e, list) and len(e) == 3 for e in history)
+             else privacy.entries(privacy.counted(history)))
 
 
 def downgrade() -> None:
     """Counted entries written out one round each again, as the releases before read them."""
+    _rewrite(lambda history: None if not any(isinstance(e, list) and len(e) == 3 for e in history)
+             else [[e[0], e[1]] for e in history for _ in range(e[2] if len(e) == 3 else 1)])
+
+
+def _rewrite(change: Callable[[list], list | None]) -> None:
+    """Every version's record with its history changed by `change` (None: left as it is), one
+    record at a time: together they may hold the rounds squared. An unreadable record is left as
+    it is, and the code that reads it says so."""
     versions = sa.table("versions", sa.column("id", sa.String), sa.column("privacy_json", sa.Text))
     conn = op.get_bind()
     for vid in conn.execute(sa.select(versions.c.id)).scalars().all():
@@ -55,10 +51,10 @@ def downgrade() -> None:
         try:
             record = json.loads(raw or "{}")
             history = record.get("history") if isinstance(record, dict) else None
-            if not isinstance(history, list) or not any(isinstance(e, list) and len(e) == 3 for e in history):
+            if not isinstance(history, list) or (changed := change(history)) is None:
                 continue
-            record["history"] = [[e[0], e[1]] for e in history for _ in range(e[2] if len(e) == 3 else 1)]
-        except (TypeError, ValueError) as e:   # kept as it is, as upgrade() keeps one
+            record["history"] = changed
+        except (TypeError, ValueError) as e:
             log.warning("version %s: its privacy record is not readable (%s); left as it is", vid, e)
             continue
         conn.execute(versions.update().where(versions.c.id == vid).values(privacy_json=json.dumps(record)))
