@@ -601,15 +601,25 @@
   });
   message.addEventListener("input", () => afterEdit(message));
   message.addEventListener("focus", () => setActive(message));
-  // Alt+1, Alt+2, Alt+3 take the best, second and third suggestion (the strip's buttons stay out
-  // of the tab order so a tap never moves the caret out of the message).
+  // Alt+1, Alt+2, Alt+3 (Control on a Mac) take the best, second and third suggestion (the strip's
+  // buttons stay out of the tab order so a tap never moves the caret out of the message).
   const SHORTCUT = { Digit1: "middle", Digit2: "left", Digit3: "right" };
+  const MAC = /Mac|iPhone|iPad/.test(navigator.platform || "");
+  if (MAC) {   // what a screen reader announces says the keys that work here
+    $("#strip").setAttribute("aria-label", "Suggestions (Control+1, Control+2, Control+3)");
+    for (const b of document.querySelectorAll("#strip [aria-keyshortcuts]")) {
+      b.setAttribute("aria-keyshortcuts", b.getAttribute("aria-keyshortcuts").replace("Alt", "Control"));
+    }
+  }
   message.addEventListener("keydown", (e) => {
     // Enter that confirms an input method's composition (Japanese, Chinese) is not "send".
     if (e.isComposing || e.keyCode === 229) return;
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); return; }
-    // Only where Alt+digit types nothing: on a Mac, Option+3 is "#" on some layouts (e.key says so).
-    const slot = e.altKey && !e.ctrlKey && !e.metaKey && /^[123]$/.test(e.key) && SHORTCUT[e.code];
+    // Only where Alt+digit types nothing: on a Mac, Option+3 is "#" on some layouts (e.key says so),
+    // and Option+1 "¡", so there Control+1, 2, 3 (which type nothing and switch no tab) take them.
+    const alt = e.altKey && !e.ctrlKey && !e.metaKey && /^[123]$/.test(e.key);
+    const macCtrl = MAC && e.ctrlKey && !e.altKey && !e.metaKey && !e.shiftKey;
+    const slot = (alt || macCtrl) && SHORTCUT[e.code];
     if (slot) {
       e.preventDefault();
       if (!slots[slot].disabled) accept(slots[slot]);

@@ -661,6 +661,19 @@ def test_suggestions_are_taken_from_the_keyboard_and_announced_best_first(page):
     assert page.locator("#message").input_value() == f"what {left} "
 
 
+def test_on_a_mac_control_and_a_digit_take_a_suggestion(page):
+    """On a Mac Option+1 types "¡", so a keyboard-only user could take no suggestion there (a
+    probe): Control+1, 2, 3 take them, and the strip says so to a screen reader."""
+    page.add_init_script("Object.defineProperty(Navigator.prototype, 'platform', {get: () => 'MacIntel'})")
+    page.reload()
+    assert "Control+1" in page.locator("#strip").get_attribute("aria-label")
+    page.click("#message")
+    page.keyboard.type("what th")
+    left, best, right = wait_strip(page)
+    page.keyboard.press("Control+1")
+    assert page.locator("#message").input_value() == f"what {best} "
+
+
 def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, monkeypatch):
     """With answers slower than keystrokes the strip stayed on an older text, enabled: a tap put
     its word ("I") after "see you"."""
