@@ -151,6 +151,8 @@ def _records(p: Path, objects: Iterable[tuple[str, object]], uf: str, tf: str) -
         missing = [k for k in (uf, tf) if k not in obj]
         if missing:
             raise CorpusError(f"{p}:{no}: missing field(s) {', '.join(repr(m) for m in missing)}")
+        if obj[tf] is None:   # chat exports write null for an attachment's text: no text, as "" is
+            continue
         if not isinstance(obj[tf], str):
             raise CorpusError(f"{p}:{no}: field {tf!r} must be a string")
         if isinstance(obj[uf], bool) or not isinstance(obj[uf], (str, int)):   # null, {}: not a name

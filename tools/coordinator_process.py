@@ -92,7 +92,8 @@ class CoordinatorProcess:
     def __init__(self, data_dir: Path, log_path: Path, settings: Mapping[str, object] | None = None, *,
                  admin_token: str | None = None, python: str = sys.executable, inherit_settings: bool = True,
                  admin_timeout_s: float = 120.0) -> None:
-        self.data_dir, self.log_path, self.python = Path(data_dir), Path(log_path), python
+        # Absolute: the caller's relative --data-dir, whatever directory the process runs in.
+        self.data_dir, self.log_path, self.python = Path(data_dir).resolve(), Path(log_path), python
         self.admin_token = admin_token or os.urandom(24).hex()
         self.settings: dict[str, str] = {"admin_token": self.admin_token,
                                          **{k: str(v) for k, v in (settings or {}).items()}}
@@ -113,7 +114,7 @@ class CoordinatorProcess:
     def cli(self, *args: str, timeout_s: float = 300.0) -> str:
         """`python -m coordinator ARGS` on this data directory (init, import-version, ...); its stdout."""
         r = subprocess.run([self.python, "-m", "coordinator", *args, "--data-dir", str(self.data_dir), *self._flags()],
-                           cwd=REPO, env=self.env(), capture_output=True, text=True, timeout=timeout_s, check=False)
+                           env=self.env(), capture_output=True, text=True, timeout=timeout_s, check=False)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
             raise CoordinatorProcessError(f"coordinator {args[0]} failed: {last}")
@@ -144,7 +145,7 @@ class CoordinatorProcess:
         port = port or free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:     # the child keeps its own descriptor
-            self.proc = subprocess.Popen(argv_for(port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv_for(port), env=env, stdout=log, stderr=subprocess.STDOUT)
         self.url = f"http://{HOST}:{port}"
         try:
             wait_healthy(self.url, self.proc, self.log_path, timeout_s)

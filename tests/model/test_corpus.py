@@ -246,3 +246,12 @@ def test_utf16_without_a_byte_order_mark_and_binary_files_are_refused(tmp_path):
         read_corpus(p)
     p.write_text('{"user": "a", "text": "a \\u0000 escaped in JSON is the writer\'s choice"}\n')
     assert read_corpus(p)[0].user == "a"
+
+
+def test_a_null_text_is_no_text_as_an_empty_one_is(tmp_path):
+    """Chat exports write null for an attachment's text: one such line refused the whole corpus
+    (a probe of tools.simulate); it is skipped, as an empty text is."""
+    p = write(tmp_path, "chat.jsonl", [json.dumps({"user": "ann", "text": "hi there"}),
+                                       json.dumps({"user": "ann", "text": None}),
+                                       json.dumps({"user": "bo", "text": ""})])
+    assert [(r.user, r.text) for r in read_corpus(p)] == [("ann", "hi there")]

@@ -373,3 +373,31 @@ def test_cached_reference_scores_follow_the_corpus_content_not_its_size_and_time
     assert p.stat().st_size == st.st_size and _file_key(p) != before
     p.write_text('{"user": "a", "text": "the cat"}\n')
     assert _file_key(p) == before
+
+
+def test_one_document_per_user_run_from_another_directory_with_relative_paths(tmp_path, exported_version):
+    """Two ways the evaluator's command failed on a legitimate corpus (a probe): a corpus of one
+    long document per user was refused, pointing at tools.prepare options that refuse JSON Lines;
+    and run outside the checkout, the central reference's training looked for the relative
+    --corpus and --data-dir in the checkout. Each document is now typed as its paragraphs or runs
+    of sentences, and child tools run where the simulation was started."""
+    import random
+
+    rng = random.Random(3)
+    rows = [{"user": f"author{i}",
+             "text": "\n\n".join(" ".join(f"{' '.join(rng.choice(WORDS) for _ in range(9))}." for _ in range(3))
+                                 for _ in range(6))} for i in range(12)]
+    (tmp_path / "essays.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                           + json.dumps({"user": "author0", "text": None}) + "\n")   # a null: no text
+    r = subprocess.run([sys.executable, "-m", "tools.simulate", "--corpus", "essays.jsonl", "--devices", "4",
+                        "--rounds", "1", "--data-dir", "sim", "--v0", str(exported_version),
+                        "--central-epochs", "1", "--central-steps-per-epoch", "2", "--participation", "1.0",
+                        "--dropout", "0", "--max-examples", "16", "--batch-size", "4", "--eval-words", "40",
+                        "--canary-fraction", "1.0", "--canary-min-reports", "1", "--no-progress"],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "each device's text is typed as its paragraphs" in r.stdout
+    report = json.loads((tmp_path / "sim" / "report.json").read_text())
+    assert {"ngram", "proxy", "central"} <= set(report["references"])
+    assert (tmp_path / "sim" / "models" / "central" / "manifest.json").is_file()
+    assert not (ROOT / "sim").exists()

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,14 @@ from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, 
 from tools.simulate.devices import device_config
 from tools.simulate.errors import SimulationError
 from tools.simulate.federation import FederationResult, run_federation
-from tools.simulate.population import ensure_central, ensure_v0, load_population, proxy_files, trains_nothing
+from tools.simulate.population import (
+    ensure_central,
+    ensure_v0,
+    load_population,
+    proxy_files,
+    split_document,
+    trains_nothing,
+)
 from tools.simulate.references import reference_scores
 from tools.simulate.report import write_report
 from tools.wordeval import scored_words
@@ -199,10 +206,14 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                       soft_wrap=True)
         args.devices = len(pop.users)
     single = sum(trains_nothing(texts) for _, texts in pop.users)
+    if pop.users and single == len(pop.users):   # one document per user (essays, reviews): its parts
+        pop = replace(pop, users=[(u, split_document(texts[0])) for u, texts in pop.users])
+        console.print("note: every device's user has one text, and a device keeps its newest text back to evaluate "
+                      "on: each device's text is typed as its paragraphs, or runs of its sentences", soft_wrap=True)
+        single = sum(trains_nothing(texts) for _, texts in pop.users)
     if pop.users and single == len(pop.users):
-        raise CorpusError(f"{args.corpus}: every device's user has one text, and a device keeps its newest text "
-                              "back to evaluate on, so no device would train; split long texts into several "
-                              "(tools.prepare --texts-per-user or --format paragraphs) or use users of 2+ texts")
+        raise CorpusError(f"{args.corpus}: every device's user has one text of one sentence, and a device keeps "
+                          "its newest text back to evaluate on, so no device would train; use users of 2+ texts")
     if single:
         console.print(f"note: {single} of the {count(len(pop.users), 'device')} hold one text, which they keep back to "
                       "evaluate on: they train nothing", soft_wrap=True)

@@ -8,7 +8,9 @@ own process never loads TensorFlow (its memory would be copied into every device
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -53,6 +55,18 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
                       test_users=len(split.test))
 
 
+def split_document(text: str, most: int = 20) -> list[str]:
+    """One long text as several, in order: its paragraphs when it has some, else runs of its
+    sentences (at most `most` pieces). A corpus of one document per user (essays, reviews) trains
+    nothing as it is (`trains_nothing`); split, each device keeps its last piece to evaluate on."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if len(paragraphs) >= 2:
+        return paragraphs
+    sentences = [x for x in re.split(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]]))\s+", text.strip()) if x]
+    per = max(1, math.ceil(len(sentences) / most))
+    return [" ".join(sentences[i:i + per]) for i in range(0, len(sentences), per)]
+
+
 def trains_nothing(texts: list[str]) -> bool:
     """A device keeps its newest texts back to evaluate on (`edge_runtime.cache.holdout_count`):
     a user of one text trains nothing, however long it is."""
@@ -78,7 +92,9 @@ def _subprocess_step(title: str, module_args: list[str]) -> None:
     print(f"\n== {title}\n$ python -m {' '.join(module_args)}", flush=True)
     t0 = time.time()
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run([sys.executable, "-m", *module_args], cwd=REPO, env=env)
+    # In the caller's directory: the paths it was given (--corpus, --data-dir) are relative to it.
+    # (cwd=REPO read them from the checkout instead, so a run outside it lost its corpus.)
+    res = subprocess.run([sys.executable, "-m", *module_args], env=env)
     if res.returncode != 0:
         raise SimulationError(f"step '{title}' failed (exit {res.returncode})")
     print(f"   done in {time.time() - t0:.0f} s", flush=True)
