@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -182,16 +182,17 @@ def _register_errors(app: Flask) -> None:
         code = _HTTP_CODES.get(status, wire.E_BAD_REQUEST if status < 500 else wire.E_INTERNAL)
         return _error(status, wire.ErrorBody(code, e.description or e.name).to_dict())
 
-    @app.errorhandler(OperationalError)
+    @app.errorhandler(DBAPIError)
     @app.errorhandler(PoolTimeout)
     def _database_down(e: DBAPIError | PoolTimeout) -> Response:
-        # A database server down or out of reach, SQLite locked past its busy timeout, or every
-        # pooled connection in use past the pool's timeout (a burst of uploads; it was a 500 with
-        # a traceback): the request may be retried as it is, so 503 with Retry-After and one log
-        # line. Any other OperationalError (no such table, a full disk) is a fault: a 500 with its
-        # traceback.
+        # A database server down or out of reach, SQLite locked past its busy timeout, PostgreSQL
+        # turned read-only (an InternalError, not an OperationalError), or every pooled connection
+        # in use past the pool's timeout (a burst of uploads; it was a 500 with a traceback): the
+        # request may be retried as it is, so 503 with Retry-After and one log line. Any other
+        # database error goes on as any exception does: a full disk is a 503 too, the rest (no
+        # such table) a fault, a 500 with its traceback.
         if (trouble := retryable(e)) is None:
-            return _internal(e)   # a full disk there too
+            return _internal(e)
         said, line = trouble
         log.error("database %s on %s %s: %s", said, request.method, request.path, line)
         return _error(503, wire.ErrorBody(wire.E_INTERNAL, f"the database is {said}; retry later").to_dict(),
@@ -199,8 +200,6 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:
-        if isinstance(e, DBAPIError) and retryable(e) is not None:   # PostgreSQL read-only: an InternalError
-            return _database_down(e)
         if disk_full(e):   # not a fault of the request: 503, and one log line a minute (an operator probe)
             say_disk_full(f"{request.method} {request.path}", e, app.extensions["fedkeys"].config.data_dir)
             return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the coordinator's disk is full; retry later")

@@ -6,12 +6,11 @@ to is always complete, and storing the same bytes twice costs nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
-from protocol.artifact import atomic_write, sha256_bytes
+from protocol.artifact import atomic_write, sha256_bytes, sha256_file
 
 
 class BlobStore:
@@ -45,14 +44,10 @@ class BlobStore:
     def intact(self, digest: str) -> bool:
         """Whether the blob exists and its bytes still hash to its name (a disk error or a hand
         edit is otherwise found by every device's download, one by one)."""
-        h = hashlib.sha256()
         try:
-            with open(self.path(digest), "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            return sha256_file(self.path(digest)) == digest
         except FileNotFoundError:
             return False
-        return h.hexdigest() == digest
 
 
 class UploadStore:

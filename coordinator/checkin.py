@@ -54,10 +54,10 @@ def _renew_rollout_lease(coord: Coordinator) -> None:
     except Exception as e:
         if rounds.disk_full(e):
             rounds.say_disk_full("renewing the rollout statements' lease", e, coord.config.data_dir)
-        elif retryable(e) is None:
+        elif (trouble := retryable(e)) is None:
             raise
         else:
-            log.warning("could not renew the rollout statements' lease: the database is %s", retryable(e)[0])
+            log.warning("could not renew the rollout statements' lease: the database is %s", trouble[0])
 
 
 def _task(coord: Coordinator, device_id: str, req: wire.CheckinRequest) -> wire.Task:

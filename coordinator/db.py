@@ -68,10 +68,9 @@ def create_private(url: str) -> None:
     """A new SQLite database file made readable by its owner only (SQLite gives its -wal and -shm
     the same mode): it holds every device's canary reports and token hashes, and the process umask
     (022) made it world-readable beside the 0600 keys and 0700 blobs."""
-    if make_url(url).get_backend_name() != "sqlite":
-        return
-    name = make_url(url).database
-    if not name or name.startswith("file:") or make_url(url).query.get("mode"):
+    u = make_url(url)
+    name = u.database
+    if u.get_backend_name() != "sqlite" or not name or name.startswith("file:") or u.query.get("mode"):
         return
     path = Path(name)
     if path.parent.is_dir() and not path.exists():

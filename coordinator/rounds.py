@@ -150,10 +150,16 @@ def safe_maintenance(coord: Coordinator) -> None:
     try:
         coord.maintenance()
     except Exception as e:
-        if not disk_full(e):
-            log.exception("round maintenance failed; will retry on the next request")
-        else:
-            say_disk_full("round maintenance failed", e, coord.config.data_dir)
+        note_failure("round maintenance failed", e, coord.config.data_dir, "will retry on the next request")
+
+
+def note_failure(what: str, e: BaseException, data_dir: str, then: str, logger: logging.Logger = log) -> None:
+    """Log, from inside its `except`, that `what` failed with `e` and what happens `then`: a full
+    disk in one line a minute (`say_disk_full`), anything else with its traceback."""
+    if disk_full(e):
+        say_disk_full(what, e, data_dir)
+    else:
+        logger.exception("%s; %s", what, then)
 
 
 def say_disk_full(what: str, e: BaseException, data_dir: str) -> None:

@@ -139,8 +139,6 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         try:
             coord.close_round(receipt.round_id)
         except Exception as e:  # the update is safe; maintenance will retry the aggregation
-            if rounds.disk_full(e):   # said once a minute, not a traceback per upload
-                rounds.say_disk_full(f"aggregation of round {receipt.round_id}", e, coord.config.data_dir)
-            else:
-                log.exception("aggregation of round %d failed; will retry", receipt.round_id)
+            rounds.note_failure(f"aggregation of round {receipt.round_id} failed", e, coord.config.data_dir,
+                                "will retry", log)
     return receipt
