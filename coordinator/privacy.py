@@ -120,7 +120,7 @@ def epsilon(history: History, delta: float) -> float:
 def summarize(history: History, delta: float) -> dict:
     """What a version records: both epsilons, delta, the history (`entries`) and the assumptions."""
     eps = epsilon(history, delta)
-    eps_local = epsilon(_local(history), delta)
+    eps_local = epsilon(_at_q1(noise_counts(history)), delta)
     return {"epsilon": eps, "epsilon_local": eps_local, "delta": delta, "rounds": rounds(history),
             "history": entries(history), "accountant": ACCOUNTANT,
             "assumptions": "device-side Gaussian noise, no secure aggregation; epsilon holds against observers of "
@@ -128,19 +128,17 @@ def summarize(history: History, delta: float) -> dict:
                            "epsilon_local against the coordinator"}
 
 
-def _local(history: History) -> Counter[RoundPrivacy]:
-    out: Counter[RoundPrivacy] = Counter()
-    for r, n in Counter(history).items():
-        out[RoundPrivacy(1.0, r.noise_multiplier)] += n
-    return out
+def _at_q1(counts: Counter[float]) -> Counter[RoundPrivacy]:
+    """Rounds per sigma as rounds without sampling (q = 1): what the coordinator, who sees who
+    took part, composes."""
+    return Counter({RoundPrivacy(1.0, z): n for z, n in counts.items()})
 
 
 def against_coordinator(noise_multipliers: Iterable[float] | Counter[float], delta: float) -> dict:
     """Epsilon against the coordinator over every round it received updates in (q = 1: it sees
     who took part), however the versions those rounds made fared: the number to quote. One
     sigma a round, or a Counter of rounds per sigma."""
-    counts = noise_multipliers if isinstance(noise_multipliers, Counter) else Counter(noise_multipliers)
-    history = Counter({RoundPrivacy(1.0, z): n for z, n in counts.items()})
+    history = _at_q1(noise_multipliers if isinstance(noise_multipliers, Counter) else Counter(noise_multipliers))
     eps = epsilon(history, delta)
     return {"epsilon_local": eps, "rounds": rounds(history), "delta": delta,
             "basis": "every round whose updates this coordinator received, and the rounds behind versions imported "

@@ -78,8 +78,7 @@ def read_corpus(path: str | Path, *, fmt: str = "auto", user_field: str = "user"
             raise CorpusError(f"{p}: not one JSON array of objects with {user_field!r} and {text_field!r}")
         return _records(p, ((f"record {i}", obj) for i, obj in enumerate(array, start=1)), user_field, text_field)
     if fmt == "paragraphs":
-        blocks = "\n".join(ln.strip() for ln in lines).split("\n\n")
-        return [Record("default", " ".join(b.split())) for b in blocks if b.strip()]
+        return [Record("default", b) for b in paragraphs(text)]
     if fmt == "lines":
         return [Record("default", ln.strip()) for ln in lines if ln.strip()]
     return _records(p, _json_lines(p, _LINE_BREAK.split(text), first if sniffed else None), user_field, text_field)
@@ -139,6 +138,13 @@ def _plain(e: Exception) -> str:
     if isinstance(e, RecursionError):
         return "nested too deeply"
     return "a number too long to read" if "digits" in str(e) else str(e).split(";")[0][:120]
+
+
+def paragraphs(text: str) -> list[str]:
+    """The blocks of `text` between blank lines (any line end), each on one line with single
+    spaces (a book's hard-wrapped paragraphs; `tools.simulate`'s parts of one long document)."""
+    blocks = "\n".join(ln.strip() for ln in text.splitlines()).split("\n\n")
+    return [" ".join(b.split()) for b in blocks if b.strip()]
 
 
 def _records(p: Path, objects: Iterable[tuple[str, object]], uf: str, tf: str) -> list[Record]:

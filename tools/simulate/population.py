@@ -59,9 +59,10 @@ def split_document(text: str, most: int = 20) -> list[str]:
     """One long text as several, in order: its paragraphs when it has some, else runs of its
     sentences (at most `most` pieces). A corpus of one document per user (essays, reviews) trains
     nothing as it is (`trains_nothing`); split, each device keeps its last piece to evaluate on."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    if len(paragraphs) >= 2:
-        return paragraphs
+    from model.corpus import paragraphs
+
+    if len(parts := paragraphs(text)) >= 2:
+        return parts
     sentences = [x for x in re.split(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]]))\s+", text.strip()) if x]
     per = max(1, math.ceil(len(sentences) / most))
     return [" ".join(sentences[i:i + per]) for i in range(0, len(sentences), per)]
