@@ -245,11 +245,14 @@
 
   // `field`'s text [start, end) replaced by `str` as typing does, so Ctrl+Z takes a tapped word
   // back (setRangeText is not on the browser's undo stack); setRangeText where that is refused.
+  // Its "input" event is not an edit of the user's: the caller finishes the edit (afterEdit) once.
+  let replacing = false;
   function replaceUndoably(field, str, start, end) {
     field.focus();
     field.setSelectionRange(start, end);
     let done = false;
-    try { done = document.execCommand("insertText", false, str); } catch (e) { done = false; }
+    replacing = true;
+    try { done = document.execCommand("insertText", false, str); } catch (e) { done = false; } finally { replacing = false; }
     if (!done || field.value.slice(start, start + str.length) !== str) field.setRangeText(str, start, end, "end");
   }
 
@@ -599,7 +602,7 @@
     if (e.inputType === "insertText" && e.data && punctuate(message, e.data)) e.preventDefault();
     else if (e.inputType !== "insertText" || !PUNCT.test(e.data || "")) autoSpace = null;
   });
-  message.addEventListener("input", () => afterEdit(message));
+  message.addEventListener("input", () => { if (!replacing) afterEdit(message); });
   message.addEventListener("focus", () => setActive(message));
   // Alt+1, Alt+2, Alt+3 (Control on a Mac) take the best, second and third suggestion (the strip's
   // buttons stay out of the tab order so a tap never moves the caret out of the message).
