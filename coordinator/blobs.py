@@ -6,6 +6,7 @@ to is always complete, and storing the same bytes twice costs nothing.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -71,6 +72,19 @@ class UploadStore:
         digest = sha256_bytes(data)
         atomic_write(self.path(round_id, digest), data)
         return digest
+
+    ROOM_MARGIN = 2**20   # the database's rows and the log also need a little
+
+    def room_for(self, n: int) -> None:
+        """Raise ENOSPC if `n` more bytes would not fit on this store's disk: an upload on a full
+        disk was read whole before its write failed (megabytes per device per retry, an SRE
+        probe), so the route asks before it reads the body."""
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:   # cannot tell: the write says
+            return
+        if free < n + self.ROOM_MARGIN:
+            raise OSError(errno.ENOSPC, f"No space left on device: {free} bytes free for an upload of {n}")
 
     def get(self, round_id: int, digest: str) -> bytes:
         try:

@@ -45,6 +45,8 @@ def checkin() -> Response:
 @bp.post(wire.PATH_UPDATES)
 @device_auth
 def upload_update() -> Response:
+    if request.content_length and request.content_length <= wire.MAX_UPDATE_BYTES:
+        coord().uploads.room_for(request.content_length)   # a full disk: 503 before the body is read
     body = read_body(wire.MAX_UPDATE_BYTES, "updates")
     if not body:
         raise ApiError(400, wire.E_BAD_REQUEST, "empty body: expected a safetensors update")

@@ -289,6 +289,7 @@ def test_a_full_disk_on_the_running_service_answers_503_and_its_status_still_rea
     and the status and dashboard answer while the round waits for space."""
     import errno
     import logging
+    import shutil
     import sqlite3
 
     from sqlalchemy.exc import OperationalError
@@ -307,6 +308,15 @@ def test_a_full_disk_on_the_running_service_answers_503_and_its_status_still_rea
 
         def no_space(*args, **kw):
             raise OSError(errno.ENOSPC, "No space left on device")
+        with monkeypatch.context() as m:   # no room for the upload: refused before its body is read
+            from coordinator import blobs
+            from coordinator.api import devices
+            read = []
+            m.setattr(devices, "read_body", lambda *a, **kw: read.append(a) or b"")
+            usage = shutil.disk_usage
+            m.setattr(blobs.shutil, "disk_usage", lambda p: usage(p)._replace(free=2**20))
+            r = a.upload(random_delta(0), round_id=rid, base="v0000", examples=4)
+        assert r.status_code == 503 and r.headers[wire.RETRY_AFTER_HEADER] == "60" and not read, r.text
         with monkeypatch.context() as m:   # the upload's own file
             m.setattr(round_end, "store_upload", no_space)
             r = a.upload(random_delta(0), round_id=rid, base="v0000", examples=4)
