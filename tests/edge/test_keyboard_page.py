@@ -727,3 +727,24 @@ def test_taps_at_a_words_start_undo_emoji_and_spaces_as_a_user_expects(page, dev
     page.click(".toggle")
     page.wait_for_function("() => document.querySelector('#toast').textContent.includes('cannot be reached')")
     assert not page.locator("#pause-toggle").is_checked() and status(device["url"])["paused"] is False
+
+
+def test_on_a_phone_screen_nothing_scrolls_and_suggestions_are_thumb_sized(browser, device):
+    """At 360x640 the frame's margins scrolled the keyboard 48 px off the screen, and each
+    suggestion was a 28 px target in a 42 px strip (a keyboard-page probe)."""
+    ctx = browser.new_context(viewport={"width": 360, "height": 640}, device_scale_factor=2, has_touch=True)
+    try:
+        pg = ctx.new_page()
+        pg.goto(device["page_url"])
+        pg.wait_for_function("() => !['', '…'].includes(document.querySelector('#model-version').textContent)")
+        size = pg.evaluate("() => [document.documentElement.scrollHeight, document.documentElement.scrollWidth]")
+        assert size[0] <= 640 and size[1] <= 360, size
+        strip = pg.locator("#strip").bounding_box()
+        for slot in ("left", "middle", "right"):
+            box = pg.locator(f'#strip [data-slot="{slot}"]').bounding_box()
+            assert box["height"] >= strip["height"] - 2 >= 40, (slot, box, strip)
+        keys = pg.locator("#keyboard [data-key]")
+        assert keys.count() > 26 and all(keys.nth(i).bounding_box()["height"] >= 40 for i in range(keys.count()))
+        assert pg.locator("#keyboard").bounding_box()["y"] + pg.locator("#keyboard").bounding_box()["height"] <= 640
+    finally:
+        ctx.close()
