@@ -223,3 +223,33 @@ def test_a_revoked_devices_round_still_counts_against_the_coordinator(tmp_path):
         assert [(x["round_id"], x["reason"]) for x in s.coord.rejections()] == [(rid, wire.E_REVOKED)]
         with s.coord._sessions() as ss:
             assert sum(queries.noise_seen(ss).values()) == 1
+
+
+def test_posts_from_devices_a_round_never_drew_do_not_count_against_the_coordinator(tmp_path):
+    """Any enrolled device could post bytes to any round: each post was a rejection with its round
+    id, and every round so posted to counted in epsilon against the coordinator, so one device
+    could raise the number the operator quotes at will (a security probe). A post counts only
+    from a device the round drew; a drawn device's refused update still counts."""
+    from coordinator import queries
+
+    def rounds_seen() -> int:
+        with s.coord._sessions() as ss:
+            return sum(queries.noise_seen(ss).values())
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        drawn, stranger = _enroll(s, key), _enroll(s, key)
+        empty = s.coord.start_round()
+        assert s.coord.close_round(empty, force=True)["status"] == "failed"
+        for rid in (empty, empty + 1000):
+            assert stranger.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code in (
+                403, 404)
+        rid = s.coord.start_round()
+        assert drawn.checkin().kind == wire.TASK_TRAIN
+        assert stranger.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code == 403
+        assert {x["reason"] for x in s.coord.rejections()} == {wire.E_NOT_SELECTED, wire.E_UNKNOWN_ROUND}
+        assert rounds_seen() == 0
+        assert drawn.upload({}, body=b"not an update", round_id=rid, base="v0000", examples=5).status_code == 422
+        assert rounds_seen() == 1
