@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -98,7 +99,7 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
                       selection_ends_at=utcnow() + timedelta(seconds=window) if window > 0 else None)
             s.add(r)
             s.flush()
-            plan = wire.TrainPlan(round_id=r.id, **plan_values)
+            plan = wire.TrainPlan(round_id=r.id, round_key=secrets.token_hex(8), **plan_values)
             r.plan_json = json.dumps(plan.to_dict())
             rid = r.id
     except (ValueError, TypeError, OverflowError) as e:   # OverflowError: int(1e999)

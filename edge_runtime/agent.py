@@ -501,13 +501,22 @@ def _upload(dev: Device, u: _Unsent, sleep: Callable[[float], Any] = time.sleep)
 
 
 def _released_before(ledger: PrivacyLedger, task: wire.Task) -> str | None:
-    """When this device's ledger charged an update for the task's round already, from the same
-    base version (entries from before 6 December 2026 name none), else None. The base tells a
-    round apart from a later one of the same id (a coordinator restored from a backup)."""
-    assert task.plan is not None
-    return next((time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(e.get("at", 0))) for e in ledger.entries()
-                 if e.get("round_id") == task.plan.round_id and not e.get("secure_aggregation")
-                 and e.get("base_version_id", task.base_version_id) == task.base_version_id), None)
+    """When this device's ledger charged an update for the task's round already, else None. A
+    round id repeats after the coordinator is restored from a backup, so the round's random key
+    tells the rounds apart; where the entry or the plan has none (either from before 7 December
+    2026), the base version does, as far as it can (entries from before 6 December name none)."""
+    plan = task.plan
+    assert plan is not None
+
+    def same_round(e: dict) -> bool:
+        if e.get("round_id") != plan.round_id or e.get("secure_aggregation"):
+            return False
+        if e.get("round_key") and plan.round_key:
+            return e["round_key"] == plan.round_key
+        return e.get("base_version_id", task.base_version_id) == task.base_version_id
+
+    return next((time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(e.get("at", 0)))
+                 for e in ledger.entries() if same_round(e)), None)
 
 
 def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:

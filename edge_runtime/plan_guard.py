@@ -146,13 +146,14 @@ class PrivacyLedger:
         return None
 
     def charge(self, plan: TrainPlan, *, base_version_id: str | None = None) -> float:
-        """Record one release under `plan` (trained from `base_version_id`, when given: a round id
-        alone repeats after the coordinator is restored from a backup); returns ε spent so far,
-        including it."""
+        """Record one release under `plan` (trained from `base_version_id`, when given, and its
+        `round_key`: a round id alone repeats after the coordinator is restored from a backup);
+        returns ε spent so far, including it."""
         entries = self.entries()
         entries.append({"round_id": plan.round_id, "noise_multiplier": plan.noise_multiplier,
                         "clip_norm": plan.clip_norm, "at": round(time.time()),
                         **({"base_version_id": base_version_id} if base_version_id else {}),
+                        **({"round_key": plan.round_key} if plan.round_key else {}),
                         **({"secure_aggregation": True} if plan.secure_aggregation else {})})
         atomic_write(self.path, json.dumps({"delta": self.delta, "releases": entries, "sha256": _digest(entries)},
                                            indent=1).encode())

@@ -10,6 +10,7 @@ device's training fails. The device applies its own, stricter floor on top
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -135,18 +136,28 @@ class TrainPlan:
     max_examples: int
     secure_aggregation: bool = False      # protocol.secagg_wire; noise_multiplier is then central
     discover_words: int = 0               # > 0: vote for words instead of training (protocol.discovery)
+    # Random, minted when the round opens (not an operator's setting): a coordinator restored from
+    # a backup numbers its rounds again from the backup's, and a device that took part in the lost
+    # round of the same id, from the same version, refused the new one as a second release of its
+    # text, and held its slot until the deadline (an operator probe). None: a round from before.
+    round_key: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.round_id, bool) or not isinstance(self.round_id, int) or not 1 <= self.round_id <= MAX_INT:
             raise WireError(f"'round_id' must be an integer in [1, {MAX_INT}]")
+        if self.round_key is not None and not (isinstance(self.round_key, str) and ROUND_KEY.fullmatch(self.round_key)):
+            raise WireError("'round_key' must be 8 to 64 lower-case hex digits")
         for k, v in check_plan_values({f.name: getattr(self, f.name) for f in PLAN_FIELDS}).items():
             object.__setattr__(self, k, v)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, **{f.name: v for f in PLAN_FIELDS
-                                              if (v := getattr(self, f.name)) != f.default or f.default is None}}
+        return {"round_id": self.round_id, **({"round_key": self.round_key} if self.round_key is not None else {}),
+                **{f.name: v for f in PLAN_FIELDS if (v := getattr(self, f.name)) != f.default or f.default is None}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
-        return cls(round_id=_int(d, "round_id", lo=1),
+        return cls(round_id=_int(d, "round_id", lo=1), round_key=d.get("round_key"),
                    **{f.name: _req(d, f.name) if f.default is None else d.get(f.name, f.default) for f in PLAN_FIELDS})
+
+
+ROUND_KEY = re.compile(r"[0-9a-f]{8,64}")

@@ -40,6 +40,8 @@ def test_full_round_aggregate_equals_numpy_weighted_average(served, tmp_path):
     # A device asking again before uploading gets the same task back (its first answer may have been lost).
     again = devices[0].checkin()
     assert again.kind == wire.TASK_TRAIN and again.plan == t0.plan
+    # Each round has its own random key: a restored coordinator's round ids repeat, its keys do not.
+    assert all(t.plan.round_key == t0.plan.round_key for t in tasks[:5]) and len(t0.plan.round_key) == 16
 
     counts = [10, 30, 2500]            # the last one is capped at max_example_weight=1000
     deltas = [random_delta(i) for i in range(3)]

@@ -194,6 +194,24 @@ def test_an_update_whose_upload_failed_is_sent_again_never_trained_again(device,
     assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 3
 
 
+def test_a_round_of_a_restored_coordinator_with_a_lost_rounds_id_is_trained(device, fake_train):
+    """A coordinator restored from a backup numbers its rounds again from the backup's, on the same
+    stable version as a rule: a device that took part in the lost round 7 refused the new round 7
+    as a second release, and held its slot until the deadline (an operator probe). The round's
+    random key tells the two apart; the same key is still refused."""
+    import dataclasses
+
+    def task(key: str) -> wire.Task:
+        return dataclasses.replace(train_task(), plan=dataclasses.replace(PLAN, round_key=key))
+
+    device.client.tasks = [task("aa" * 8), task("aa" * 8), task("bb" * 8)]
+    assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded"
+    assert agent.run_once(device, sleep=lambda s: None).outcome.startswith(f"refused (round {PLAN.round_id} had")
+    assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 2
+    with pytest.raises(wire.WireError):
+        dataclasses.replace(PLAN, round_key="not hex")
+
+
 def test_rejected_upload_is_an_outcome_not_an_error(device, fake_train):
     device.client.tasks = [train_task()]
     device.client.upload_errors = [RejectedError("late", status=409, code=wire.E_LATE)]
