@@ -301,6 +301,7 @@ class TextCache:
         self.data_dir = Path(data_dir)
         self.retention_days = retention_days
         self.max_bytes = max_bytes
+        self._said_dropped = False   # `add` warned of texts deleted to make room
         self.last_id: int | None = None   # id of the text `add` stored last through this object
         self.holdout_fraction = holdout_fraction
         self._clock = clock
@@ -344,6 +345,11 @@ class TextCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA secure_delete=ON")
+            # The log of a 4 MiB cache grew to 4 MB whatever max_cache_bytes said, and filled a
+            # small disk after a few dozen texts (a probe): checkpointed every 64 pages, and cut
+            # back to 256 KiB after each checkpoint.
+            db.execute("PRAGMA wal_autocheckpoint=64")
+            db.execute("PRAGMA journal_size_limit=262144")
             new = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'texts'").fetchone() is None
             db.executescript(_SCHEMA)
             if new and create:
@@ -559,22 +565,29 @@ class TextCache:
                              "encoding?): nothing cached") from None
         if nbytes > self.max_bytes:
             return False  # one record larger than the whole cache: not typing, skip it
-        with self._held(), self._transaction():
-            # Checked inside the write transaction, so a concurrent pause cannot race it.
-            if self._setting("paused") == "1":
-                return False
-            self.last_id = self._db.execute(
-                "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
-                (now, field_kind.strip().lower(), text, nbytes),
-            ).lastrowid   # this connection's newest text: the keyboard tells its own from others' (`texts_after`)
-            if commit_id is not None:
-                self._put_setting(COMMITS_KEY, json.dumps([*self._commit_ids()[1 - MAX_COMMIT_IDS:], commit_id]))
-            if typed and _count_typed(removed := self._removed_locked(), typed):
-                self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
-            dropped = self._expire_locked(now)
-        if dropped:   # said: a one-off smaller max_cache_bytes emptied a cache without a word (a probe)
-            log.warning("text cache: deleted the %d oldest text(s) to keep within %d days and %d bytes "
-                        "(retention_days, max_cache_bytes)", dropped, self.retention_days, self.max_bytes)
+        with self._held():
+            with self._transaction():
+                # Checked inside the write transaction, so a concurrent pause cannot race it.
+                if self._setting("paused") == "1":
+                    return False
+                self.last_id = self._db.execute(
+                    "INSERT INTO texts (ts, field_kind, text, nbytes) VALUES (?, ?, ?, ?)",
+                    (now, field_kind.strip().lower(), text, nbytes),
+                ).lastrowid   # this connection's newest text: the keyboard tells its own from others' (`texts_after`)
+                if commit_id is not None:
+                    self._put_setting(COMMITS_KEY, json.dumps([*self._commit_ids()[1 - MAX_COMMIT_IDS:], commit_id]))
+                if typed and _count_typed(removed := self._removed_locked(), typed):
+                    self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
+                dropped = self._expire_locked(now)
+            if dropped:
+                self._flush_deleted()
+        if dropped:   # said: a one-off smaller max_cache_bytes emptied a cache without a word (a probe);
+            # once a process: a full cache deletes its oldest text at every commit, and a warning
+            # each time filled the log (1,076 in 2,000 commits, a probe of a long-lived device)
+            log.log(logging.DEBUG if self._said_dropped else logging.WARNING,
+                    "text cache: deleted the %d oldest text(s) to keep within %d days and %d bytes "
+                    "(retention_days, max_cache_bytes)", dropped, self.retention_days, self.max_bytes)
+            self._said_dropped = True
         return True
 
     def has_commit(self, commit_id: str) -> bool:
@@ -593,11 +606,24 @@ class TextCache:
 
     def enforce_retention(self) -> int:
         """Drop text older than the retention period and the oldest text over the size cap."""
-        with self._held(), self._transaction():
-            n = self._expire_locked(self._clock())
+        with self._held():
+            with self._transaction():
+                n = self._expire_locked(self._clock())
+            if n:
+                self._flush_deleted()
         if n:
             log.info("text cache: expired %d records", n)
         return n
+
+    def _flush_deleted(self) -> None:
+        """After texts were deleted (the lock held, no transaction): their pages are zeroed in
+        the database (secure_delete), but the write-ahead log kept them readable for hundreds of
+        commits (a probe). A checkpoint empties it, unless a reader holds an older snapshot:
+        then a later one does. Best effort: nothing depends on it."""
+        try:
+            self._checkpoint()
+        except sqlite3.Error:
+            pass
 
     def _expire_locked(self, now: float) -> int:
         # A text stamped before CLOCK_UNSET_BEFORE was typed while the clock was not set (a board
@@ -704,6 +730,12 @@ class TextCache:
             finally:
                 self._db.execute("COMMIT")
         return [CachedText(*r) for r in rows]
+
+    def oldest_id(self) -> int:
+        """The id of the oldest text kept (0 when there is none): a reader that counted texts
+        from an older one holds some the cache deleted since."""
+        with self._held():
+            return int(self._db.execute("SELECT COALESCE(MIN(id), 0) FROM texts").fetchone()[0])
 
     def texts_after(self, text_id: int) -> list[CachedText]:
         """Texts stored after the one of id `text_id`, oldest first: what another process (`type`)

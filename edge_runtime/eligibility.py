@@ -250,7 +250,9 @@ class ActivityClock:
     def note_keystroke(self) -> None:
         now = self._clock()
         self._last = now
-        if self.path is not None and now - self._written >= self.resolution_s:
+        # Also when the clock went back (now before the last write): the file then kept its
+        # future time, and typing went unseen, so training ran while the user typed (a probe).
+        if self.path is not None and not 0 <= now - self._written < self.resolution_s:
             self._written = now
             try:
                 self.path.touch()

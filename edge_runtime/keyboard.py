@@ -90,6 +90,7 @@ MAX_WORD = 100               # characters of a word removed from the suggestions
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
 WIPE_CHECK_S = 1.0            # how often keystrokes look for a wipe run by another process
+REBUILD_EVERY_S = 300.0       # at most this often, the user's words are counted again once texts left the cache
 TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -149,6 +150,9 @@ class KeyboardApp:
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
         self._seen_id = 0        # the newest cached text the user's words hold (`_see_outside_texts`)
+        self._floor = 1          # the oldest cached text when they were counted (`_recount_if_expired`)
+        self._recounted_at = time.monotonic()
+        self._drops = 0          # times the user's words were dropped (a wipe): a count read before is stale
         self._texts_checked = float("-inf")   # when `_see_outside_texts` last looked
         self._own_ids: set[int] = set()   # texts this keyboard cached after it: learned by `_learn`
         self._cache_failing = False   # `_cache_trouble` said once
@@ -168,16 +172,58 @@ class KeyboardApp:
         a build): they are kept, and a full collection walking them would stall whatever
         keystroke it fell on."""
         if self._personal is None:
-            pm, seen = PersonalModel(), 0
-            for rec in self.cache.texts_after(0):   # one read: `type` may add a text meanwhile
-                pm.add(tokens(rec.text))
-                seen = rec.id
-            pm.removed = _hidden(self.cache.removed_words())
-            # The ids of texts learned here were learned into the words this replaces (and a
-            # wipe starts the ids again from 1): none is this keyboard's own any more.
-            self._personal, self._seen_id, self._own_ids = pm, seen, set()
+            self._install(*self._count_cache())
             settle()
         return self._personal
+
+    def _count_cache(self) -> tuple[PersonalModel, int, int]:
+        """The user's words counted from every cached text: (words, the newest text's id, the
+        oldest's). One read: `type` may add a text meanwhile."""
+        pm, seen, floor = PersonalModel(), 0, 0
+        for rec in self.cache.texts_after(0):
+            pm.add(tokens(rec.text))
+            seen, floor = rec.id, floor or rec.id
+        pm.removed = _hidden(self.cache.removed_words())
+        return pm, seen, floor or seen + 1
+
+    def _install(self, pm: PersonalModel, seen: int, floor: int) -> None:
+        """Under the slot's lock: `pm` becomes the user's words. The ids of texts learned here were
+        learned into the words this replaces (and a wipe starts the ids again from 1): none is
+        this keyboard's own any more."""
+        self._personal, self._seen_id, self._own_ids, self._floor = pm, seen, set(), floor
+        self._recounted_at = time.monotonic()
+
+    def _recount_if_expired(self) -> None:
+        """Texts the cache deleted (60 days old, or the oldest over its size cap) stayed in the
+        user's words of a keyboard that ran on: it offered a word of a sentence gone from the
+        cache, and its memory grew with every text ever typed (3 MB per 1,000 texts; a probe of
+        a device running for months). Once the cache's oldest text is newer than the words'
+        oldest, they are counted again, at most every REBUILD_EVERY_S, on the idle thread and
+        off the slot's lock (seconds for a full cache): keystrokes go on with the old words
+        meanwhile. The mixture's evidence is the user's, not the texts': it carries over."""
+        if time.monotonic() - self._recounted_at < REBUILD_EVERY_S:
+            return
+        with self.slot.lock:
+            old, floor, drops = self._personal, self._floor, self._drops
+        oldest = self.cache.oldest_id()
+        if old is None or (oldest <= floor if oldest else not old.total):   # (0: none left)
+            return
+        self._recounted_at = time.monotonic()
+        mark = self.cache.wipe_mark()
+        pm, seen, floor = self._count_cache()
+        with self.slot.lock:
+            if self._personal is not old or self._drops != drops or self.cache.wipe_mark() != mark:
+                return   # dropped or rebuilt meanwhile (a wipe): this count is not the cache's any more
+            for rec in self.cache.texts_after(seen):   # cached meanwhile (commits learned into `old`)
+                pm.add(tokens(rec.text))
+                seen = rec.id
+            pm.mix, pm.mix_by_seen = old.mix, old.mix_by_seen
+            self._install(pm, seen, floor)
+            if self.slot.predictor is not None and self.slot.predictor.personal is old:
+                self.slot.predictor.personal = pm
+                self.slot.predictor.forget_warm()   # strips readied from the old words
+        log.info("keyboard: the user's words counted again without the texts the cache deleted")
+        settle()
 
     def _see_outside_texts(self) -> None:
         """Texts another process cached while this keyboard serves (`python -m edge_runtime type`)
@@ -254,6 +300,7 @@ class KeyboardApp:
         self._cache_failing = True
         with self.slot.lock:
             self._personal = None
+            self._drops += 1
             if self.slot.predictor is not None:
                 self.slot.predictor.personal = PersonalModel()
                 self.slot.predictor.forget_warm()
@@ -278,6 +325,7 @@ class KeyboardApp:
     def _drop_memory(self) -> None:
         with self.slot.lock:
             self._personal = None
+            self._drops += 1
             self._sessions.clear()   # the text being typed, and what prefetch readied from it
             self.slot.invalidate()   # and a load under way, which fed that text through its version
             if self.slot.predictor is not None:
@@ -354,6 +402,7 @@ class KeyboardApp:
                 return
         try:
             self._see_outside_texts()
+            self._recount_if_expired()
         except CacheError as e:
             self._cache_trouble(e)
             return
@@ -609,7 +658,10 @@ class _Handler(BaseHTTPRequestHandler):
         return path if known else "<other>"
 
     def _log_access(self, status: int, t0: float) -> None:
-        log.info("keyboard: %s %s %d %.1fms", self.command, self._route(), status, (time.monotonic() - t0) * 1e3)
+        """One line a request, at DEBUG for an answer: at INFO the default log held a line a
+        keystroke with its time, the typing's rhythm, 6.8 MB in 15 minutes (a probe)."""
+        log.log(logging.DEBUG if status < 400 else logging.INFO, "keyboard: %s %s %d %.1fms", self.command,
+                self._route(), status, (time.monotonic() - t0) * 1e3)
 
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -612,8 +612,11 @@ def test_texts_a_smaller_cap_deletes_are_said(tmp_path, caplog):
     c = TextCache(tmp_path / "c.sqlite3", max_bytes=40)
     with caplog.at_level(logging.WARNING, logger="edge_runtime.cache"):
         assert c.add("short one here", "message")
+        for i in range(20):   # a full cache deletes its oldest at every commit: said once, not each time
+            assert c.add(f"another text {i}", "message")
     c.close()
     assert "deleted the 5 oldest text(s)" in caplog.text and "max_cache_bytes" in caplog.text
+    assert caplog.text.count("oldest text(s)") == 1
     assert "text number" not in caplog.text      # counts only, never the text
 
 
@@ -635,3 +638,24 @@ def test_a_failed_open_says_what_the_disk_says(tmp_path, monkeypatch):
     (tmp_path / "d" / "text_cache.sqlite3").mkdir(parents=True)   # an open that fails in SQLite
     with pytest.raises(CacheError, match=r"unable to open database file \(its folder is on a read-only"):
         TextCache(tmp_path / "d")
+
+
+def test_a_text_the_cache_deleted_is_not_left_readable_in_its_log(tmp_path):
+    """Texts deleted by the size cap or the retention were zeroed in the database but stayed
+    readable in its write-ahead log for hundreds of commits, and the log grew to 4 MB whatever the
+    cap (a probe of a long-lived device). A deletion is followed by a checkpoint, and the log is
+    checkpointed and cut back often."""
+    from edge_runtime.cache import TextCache
+
+    c = TextCache(tmp_path / "c.sqlite3", max_bytes=400)
+    assert c.add("my bank pin is zorbuliant", "message")
+    for i in range(30):
+        assert c.add(f"an ordinary message about the weather, number {i}", "message")
+    assert not any("zorbuliant" in r.text for r in c.texts_after(0))
+    files = [p for p in c.path.parent.iterdir() if p.name.startswith(c.path.name)]
+    assert files and not any(b"zorbuliant" in p.read_bytes() for p in files), [p.name for p in files]
+    for i in range(300):
+        c.add(f"more text to fill the log {i} " * 4, "message")
+    wal = c.path.parent / (c.path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size <= 512 * 1024, wal.stat().st_size
+    c.close()

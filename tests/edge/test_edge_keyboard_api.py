@@ -601,6 +601,8 @@ def test_log_lines_carry_no_typed_text(server, caplog, capfd, monkeypatch):
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("edge_runtime")]  # the server's
     out = capfd.readouterr()
     assert any("POST /api/suggest 200" in m for m in lines) and any("POST /api/suggest 400" in m for m in lines)
+    # a line a keystroke, with its time, is the typing's rhythm: not in the default (INFO) log
+    assert not [r for r in caplog.records if "/api/suggest 200" in r.getMessage() and r.levelno >= logging.INFO]
     assert any("GET <other> 404" in m for m in lines)
     for word in SECRET.split():
         assert not any(word in m for m in lines), "typed text in a log line"
@@ -1092,6 +1094,38 @@ def test_text_typed_from_the_command_line_is_learned_by_the_running_keyboard(ser
     assert post(server, "api/commit", {"text": "Quokkaville again", "field_kind": "message"}).json()["cached"]
     looked_again(server)
     assert words.uni["Quokkaville"] == 3 and words is server.app.personal()
+
+
+def test_texts_the_cache_deleted_leave_the_running_keyboards_words(server, monkeypatch):
+    """A keyboard running for months kept every text ever typed in its user's words: a sentence
+    the cache had deleted (over its size cap, or 60 days old) was still offered from memory, and
+    memory grew with every text (a probe of a long-lived device). Once the cache's oldest text is
+    newer than what the words counted, they are counted again from the cache; the mixture's
+    evidence stays."""
+    from edge_runtime import keyboard
+
+    strip = learned_a_name(server)
+    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    looked_again(server)
+    assert strip("we met in Quok")[0] == "Quokkaville"   # nothing deleted: nothing counted again
+    before = server.app.personal()
+    monkeypatch.setattr(server.app.cache, "max_bytes", 100)
+    for _ in range(3):
+        assert post(server, "api/commit", {"text": "see you at the station tonight",
+                                           "field_kind": "message"}).json()["cached"] is True
+    assert not [t for t in db_rows(server) if "Quokkaville" in t] and db_rows(server)
+    looked_again(server)
+    assert server.app.personal() is before   # at most every REBUILD_EVERY_S
+    monkeypatch.setattr(keyboard, "REBUILD_EVERY_S", 0.0, raising=False)
+    looked_again(server)
+    words = server.app.personal()
+    assert words is not before and words.uni["Quokkaville"] == 0 and words.uni["station"] == len(db_rows(server))
+    assert words.mix == before.mix and words.mix_by_seen == before.mix_by_seen
+    assert "Quokkaville" not in strip("we met in Quok")
+    monkeypatch.setattr(server.app.cache, "max_bytes", 10_000)   # nothing deleted: its own commit counted once
+    assert post(server, "api/commit", {"text": "the station again", "field_kind": "message"}).json()["cached"]
+    looked_again(server)
+    assert server.app.personal() is words and words.uni["station"] == len(db_rows(server))
 
 
 def test_a_removed_word_typed_from_the_command_line_comes_back_as_one_committed_on_the_page(server, monkeypatch):
