@@ -658,6 +658,10 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
         counts = {}
     if decision and learning and dev.config.personalize and not dev.stopping.is_set():
         counts = {**counts, "personal_model": _personalize(dev)}
+    try:   # only the copy of the version in use, and none when personalize is off
+        personalize.keep_only(dev.config.require_data_dir(), dev.store.current_id if dev.config.personalize else None)
+    except OSError as e:
+        log.warning("cannot delete an unused personal model (%s)", failure(e))
     if task.kind in (wire.TASK_TRAIN, wire.TASK_EVALUATE) or "personal_model" in counts:
         release_freed()   # the models those built are gone; glibc kept their pages
     result = StepResult(task.kind, outcome, jittered(task.retry_after, dev.config, dev.rng),

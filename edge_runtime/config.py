@@ -86,7 +86,7 @@ class EdgeConfig:
     local_delta: float = 1e-6
     max_evaluations_per_day: float = 48.0  # canary candidates evaluated in 24 h (each once; plan_guard)
     # The user's own copy of the LSTM, fine-tuned on the cache when eligible, never uploaded (personalize)
-    personalize: bool = True             # fine-tune a personal copy when eligible; false: the global model only
+    personalize: bool = True             # fine-tune a personal copy when eligible; false: global model, copy deleted
     personal_learning_rate: float = 0.2  # SGD rate (0.5, the federated rate, overfits one user's text)
     personal_epochs: int = 1
     personal_max_examples: int = 256     # the newest windows of the cache (20 words each)

@@ -914,7 +914,7 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
     try:
         slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel,
                          public_key=config.public_key or None, block_offensive=config.block_offensive,
-                         base_ngram=config.base_ngram)
+                         base_ngram=config.base_ngram, personalize=config.personalize)
         slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
         if slot.predictor is None:   # else every strip is empty with nothing saying why
             log.warning("keyboard: no model version in %s yet: the strip stays empty until the device loop "

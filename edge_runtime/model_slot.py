@@ -42,8 +42,9 @@ class ModelSlot:
 
     def __init__(self, *, data_dir: Path | None, model_dir: Path | None, channel: str | None,
                  loader: Callable[..., Predictor] | None = None, public_key: str | None = None,
-                 block_offensive: bool = True, base_ngram: str = "") -> None:
+                 block_offensive: bool = True, base_ngram: str = "", personalize: bool = True) -> None:
         self.data_dir, self.model_dir, self.fixed_channel = data_dir, model_dir, channel
+        self.use_personal = personalize   # the device setting: false, the global model only
         self.lock = threading.RLock()
         self._loader = loader or functools.partial(load_predictor, block_offensive=block_offensive,
                                                    base_ngram=base_ngram)
@@ -92,7 +93,7 @@ class ModelSlot:
 
     def _personal_stamp(self, version_dir: Path | None) -> float | None:
         """mtime of the user's own copy of `version_dir`'s model (None: none, or a fixed model dir)."""
-        if version_dir is None or self.data_dir is None or self.model_dir is not None:
+        if version_dir is None or self.data_dir is None or self.model_dir is not None or not self.use_personal:
             return None
         try:
             return personalize.weights_path(self.data_dir, version_dir.name).stat().st_mtime_ns

@@ -131,6 +131,19 @@ def _digest(weights: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def keep_only(data_dir: str | Path, version_id: str | None) -> None:
+    """Delete the copies of other versions than `version_id` (every copy: None). A copy stayed
+    for a version the device no longer runs, and with `personalize` turned off, trained on text
+    the cache has since deleted (a probe of a long-lived device)."""
+    folder = Path(data_dir) / PERSONAL_DIR
+    if not folder.is_dir():
+        return
+    keep = None if version_id is None else weights_path(data_dir, version_id)
+    for old in folder.iterdir():
+        if old != keep and old.suffix == ".safetensors":
+            old.unlink(missing_ok=True)
+
+
 def forget(data_dir: str | Path) -> None:
     """Delete every personal copy (the user cleared what the keyboard learned)."""
     shutil.rmtree(Path(data_dir) / PERSONAL_DIR, ignore_errors=True)

@@ -202,6 +202,11 @@ def test_keyboard_suggests_with_the_copy_and_falls_back_when_it_is_forgotten(tmp
     slot.forget_personal()
     assert not slot.personal and not (tmp_path / PERSONAL_DIR).exists()
     assert np.allclose(slot.predictor.session().nodes[-1].logprobs, global_probs)
+    # `personalize = false` means the global model only: a keyboard with it ignored a copy on disk
+    personalize.save(tmp_path, vid, weights, "40:100")
+    off = ModelSlot(data_dir=tmp_path, model_dir=None, channel=None, personalize=False)
+    off.refresh()
+    assert off.version_id == vid and not off.personal
 
 
 def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Path, exported_version: Path):
@@ -233,7 +238,16 @@ def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Pat
         answers[0] = Decision(False, ("charging",))
         assert "personal_model" not in agent.run_once(dev).counts    # not eligible: not even looked at
         assert dev.config.personalize and not EdgeConfig(data_dir=str(tmp_path), personalize=False).personalize
+        # a copy of a version no longer in use, trained on text since deleted, is deleted; with
+        # personalize turned off, every copy (both stayed: a probe of a long-lived device)
+        (tmp_path / PERSONAL_DIR / "v-old.safetensors").write_bytes((tmp_path / PERSONAL_DIR / f"{vid}.safetensors")
+                                                                     .read_bytes())
+        agent.run_once(dev)
+        assert [p.name for p in (tmp_path / PERSONAL_DIR).iterdir()] == [f"{vid}.safetensors"]
+        dev.config = dev.config.with_overrides({"personalize": False})
+        agent.run_once(dev)
+        assert not list((tmp_path / PERSONAL_DIR).iterdir())
     finally:
         dev.close()
     assert all("purple" not in repr(r) for r in sent)
-    assert [p.name for p in tmp_path.rglob("*.safetensors") if PERSONAL_DIR in p.parts] == [f"{vid}.safetensors"]
+    assert not [p.name for p in tmp_path.rglob("*.safetensors") if PERSONAL_DIR in p.parts]
