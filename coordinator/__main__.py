@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device_id")
     p = cmd("import-version", "import a model version directory (first one becomes stable)")
     p.add_argument("directory")
-    p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate")
+    p.add_argument("--stable", action="store_true", help="make it stable at once instead of a canary candidate "
+                   "(a version held here, its files restored: as rollback or pin would)")
     p.add_argument("--force", action="store_true",
                    help="import it although it does not build on the stable version (the rounds since are dropped)")
     p = cmd("export-version", "write a version's files to a new folder (e.g. the stable one, to add words to)")

@@ -83,17 +83,29 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
     # retention's deletions hold too (`retention.prune`).
     with coord.tx(decides=True) as s:
         existing = s.get(Version, manifest.version_id)
-        if existing is not None and ((restored := _restore_files(coord, s, existing, d, weights))
-                                     or existing.files_pruned):
+        held = existing is not None and ((restored := _restore_files(coord, s, existing, d, weights))
+                                         or existing.files_pruned)
+        if held:
             if existing.files_pruned:   # back, and kept as the most recently decided of its status
                 existing.files_pruned, existing.decided_at = False, utcnow()
                 s.add(Decision(version_id=existing.id, action="restore", actor="admin", numbers_json="{}",
                                reason=f"its files restored from {d.name}"))
+            status = existing.status
             log.warning("version %s: restored its %s from %s%s", existing.id, ", ".join(restored) or "files", d,
-                        f"; it is {existing.status}: roll back to it (or pin it) before keep_versions newer "
-                        f"{existing.status} versions come, or the service deletes its files again"
-                        if existing.status in (VersionStatus.RETIRED, VersionStatus.REJECTED) else "")
-            return existing.id
+                        f"; it is {status}: roll back to it (or pin it) before keep_versions newer "
+                        f"{status} versions come, or the service deletes its files again"
+                        if status in (VersionStatus.RETIRED, VersionStatus.REJECTED) and as_candidate is not False
+                        else "")
+    if held:
+        if as_candidate is False and status != VersionStatus.STABLE:
+            # `import-version --stable` of a version held here restored its files, exited 0 and left
+            # it retired while the operator read "it is stable now" (an operator probe): it is made
+            # stable as the decision for its status does it.
+            action = {VersionStatus.RETIRED: "rollback", VersionStatus.CANDIDATE: "promote"}.get(status, "pin")
+            log.warning("version %s: made stable (%s), as --stable asks", manifest.version_id, action)
+            admin_decide(coord, manifest.version_id, action)
+        return manifest.version_id
+    with coord.tx(decides=True) as s:
         _check_import(s, manifest, d, any_parent)
         parent = s.get(Version, manifest.parent) if manifest.parent else None
         before = _history(parent) if parent is not None else None

@@ -102,6 +102,26 @@ def test_old_retired_and_rejected_versions_lose_their_files_and_keep_their_recor
         coord.close()
 
 
+def test_import_as_stable_of_a_pruned_version_makes_it_stable(tmp_path):
+    """`import-version --stable` of the export of a version held here restored its files, printed
+    its id and exited 0, and left it retired: in an emergency the operator read "it is stable now"
+    (an operator probe). It is made stable, as `rollback` (retired) or `pin` (rejected) do."""
+    coord = _world(tmp_path, keep=2)
+    try:
+        coord.export_version("v0000", tmp_path / "v0-export")
+        coord.export_version("c0001", tmp_path / "c1-export")
+        coord.maintenance()
+        held = {v["version_id"]: v for v in coord.list_versions()}
+        assert held["v0000"]["files_pruned"] and held["v0000"]["status"] == "retired"
+        assert coord.import_version(tmp_path / "v0-export", as_candidate=False) == "v0000"
+        v0 = next(v for v in coord.list_versions() if v["version_id"] == "v0000")
+        assert v0["status"] == "stable" and [d["action"] for d in v0["decisions"][-2:]] == ["restore", "rollback"]
+        assert coord.import_version(tmp_path / "c1-export", as_candidate=False) == "c0001"
+        assert coord.status()["stable_version_id"] == "c0001"
+    finally:
+        coord.close()
+
+
 def test_keep_versions_0_keeps_every_versions_files(tmp_path):
     coord = _world(tmp_path, keep=0)
     try:
