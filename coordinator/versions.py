@@ -14,7 +14,10 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -250,9 +253,18 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise bad_request(f"{d} exists and is not an empty folder: name a new one")
-    d.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        artifact.atomic_write(d / name, data, mode=artifact.VERSION_FILE_MODE)
+    # Written beside it and renamed whole: an export a full disk or Ctrl-C stopped left a partial
+    # folder, which the next export then refused as not empty (an operator probe).
+    d.parent.mkdir(parents=True, exist_ok=True)
+    partial = d.parent / f".{d.name}.{uuid.uuid4().hex[:12]}.partial"
+    partial.mkdir()
+    try:
+        for name, data in files.items():
+            artifact.atomic_write(partial / name, data, mode=artifact.VERSION_FILE_MODE)
+        os.replace(partial, d)   # onto an empty folder of that name, too
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return d
 
 

@@ -122,6 +122,33 @@ def test_import_as_stable_of_a_pruned_version_makes_it_stable(tmp_path):
         coord.close()
 
 
+def test_an_export_that_fails_midway_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """An export a full disk (or Ctrl-C) stopped left a folder with some of the files, which the
+    next export refused as not empty, and which an operator could mistake for a whole version."""
+    from coordinator import versions
+
+    coord = _world(tmp_path, keep=0)
+    try:
+        write, written = versions.artifact.atomic_write, []
+
+        def full_after_two(path, data, **kw):
+            if len(written) == 2:
+                raise OSError(28, "No space left on device")
+            written.append(path)
+            write(path, data, **kw)
+
+        monkeypatch.setattr(versions.artifact, "atomic_write", full_after_two)
+        with pytest.raises(OSError):
+            coord.export_version("v0005", tmp_path / "exports" / "v5")
+        assert not (tmp_path / "exports" / "v5").exists() and not list((tmp_path / "exports").iterdir())
+        monkeypatch.setattr(versions.artifact, "atomic_write", write)
+        (tmp_path / "exports" / "v5").mkdir()   # an empty folder of that name is filled, as before
+        assert coord.export_version("v0005", tmp_path / "exports" / "v5") == tmp_path / "exports" / "v5"
+        assert versions.artifact.load_version(tmp_path / "exports" / "v5")[0].version_id == "v0005"   # whole
+    finally:
+        coord.close()
+
+
 def test_keep_versions_0_keeps_every_versions_files(tmp_path):
     coord = _world(tmp_path, keep=0)
     try:
