@@ -329,6 +329,36 @@ def test_the_users_words_are_built_when_the_server_starts_not_on_the_first_keyst
         assert s.app._personal is not None and s.app._personal is not words and not s.app._personal.uni
 
 
+def test_a_keystroke_does_not_wait_for_a_large_cache_to_be_counted(tmp_path, exported_version, monkeypatch):
+    """The idle thread counted the user's words under the slot's lock: at the default 4 MiB cap
+    (22,000 texts) the first keystroke after a start waited 5 s on x86 (a probe). They are counted
+    off the lock; keystrokes meanwhile go without them, and the texts cached meanwhile join them."""
+    from edge_runtime import keyboard
+
+    with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
+        for i in range(3):
+            assert post(s, "api/commit", {"text": f"numbat number {i} was here", "field_kind": "message"}).ok
+    release, counting = threading.Event(), threading.Event()
+    count = keyboard.KeyboardApp._count_cache
+
+    def slow_count(app):
+        counting.set()
+        assert release.wait(30)
+        return count(app)
+
+    monkeypatch.setattr(keyboard.KeyboardApp, "_count_cache", slow_count)
+    monkeypatch.setattr(keyboard, "BUILD_WAIT_S", 0.05, raising=False)
+    with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
+        assert counting.wait(10)
+        r = post(s, "api/suggest", {"client": "a", "text": "numb"})   # not held by the count (10 s)
+        assert r.ok and "numbat" not in r.json()["suggestions"]
+        assert post(s, "api/commit", {"text": "a numbat again", "field_kind": "message"}).ok
+        release.set()
+        assert _until(lambda: s.app._personal is not None)
+        assert s.app._personal.uni["numbat"] == 4   # the three counted, and the one cached meanwhile
+        assert post(s, "api/suggest", {"client": "a", "text": "numb"}).json()["suggestions"][0] == "numbat"
+
+
 def test_a_commit_never_learns_text_twice_or_after_a_wipe(server, caplog):
     """The user's words are read before the text is cached: if they are built from the cache
     around the write (with the text or without it), they are built again, so the text counts once;
