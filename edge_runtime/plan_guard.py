@@ -181,7 +181,10 @@ def _digest(entries: list[dict[str, Any]]) -> str:
 
 
 DAY_S = 86_400.0
-KEPT_EVALUATIONS = 1000   # the record's newest entries; older ones are past every day's count
+# Entries kept: a candidate is answered once however long ago (the newest 1,000 only, and a
+# candidate answered 21 days before at the default 48 a day could be asked and answered again: a
+# probe). 100,000 entries of a version id and a time are about 6 MB: 5.7 years at 48 a day.
+KEPT_EVALUATIONS = 100_000
 
 
 class EvaluationRecord:

@@ -547,6 +547,20 @@ def test_a_device_answers_each_canary_candidate_once_and_a_few_a_day(device, mon
     assert res.outcome.startswith("refused (") and "is damaged" in res.outcome and len(device.client.reports) == 2
 
 
+def test_a_candidate_answered_long_ago_is_not_answered_again(tmp_path):
+    """The record kept its newest 1,000 entries: at the default 48 a day, a candidate answered
+    21 days before was forgotten and would be answered again (a probe of a long-lived device)."""
+    from edge_runtime.plan_guard import EvaluationRecord
+
+    record = EvaluationRecord(tmp_path, per_day=48)
+    for i in range(1500):
+        record.record(f"c{i}", now=1_800_000_000 + i * 1800.0)   # 48 a day, for a month
+    task = wire.Task(kind=wire.TASK_EVALUATE, retry_after=5.0, use_version_id=None, candidate_version_id="c0",
+                     evaluate_version_ids=("c0", "v1"), max_eval_words=50)
+    assert record.refusal(task, now=1_800_000_000 + 1500 * 1800.0 + 2 * 86400) == \
+        "c0 was evaluated on this device already"
+
+
 def test_a_canary_report_lost_in_transit_is_sent_again_as_it_was(device, monkeypatch):
     """The device records a candidate as answered before its report goes, so a report lost in
     transit was never sent again: the coordinator asked again and was refused, and a flaky
