@@ -14,7 +14,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from coordinator import privacy
-from coordinator.models import Assignment, Device, Evaluation, Rejection, Round, Setting, Update, Version
+from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
 from protocol import artifact, wire
@@ -65,20 +65,22 @@ def accepted(s: Session, round_id: int) -> int:
 
 def noise_seen(s: Session) -> Counter[float]:
     """The noise multiplier of every round in which this coordinator received what devices
-    computed from their text: a plain update (stored, or rejected from a device the round drew) or
-    a secure round's sum. A
+    computed from their text: a plain update (stored, or refused after its round's draw was checked)
+    or a secure round's sum. A
     device may have taken part in all of them, whichever versions they fed (a rejected candidate,
     a lineage a pin or rollback left), so their composition bounds every device's epsilon against
     the coordinator; a version's own `epsilon_local` counts only its lineage's rounds. Then the
     rounds that versions imported from another coordinator bring (`carried_noise`)."""
     ids = set(s.scalars(select(Update.round_id).distinct()))
-    # A rejection counts if a device the round drew sent it (or its accepted update was withdrawn
-    # by a revocation, which deletes the draw): any enrolled device could post bytes to any round,
-    # and each post of one never drawn raised every device's quoted epsilon (a security probe).
-    drawn = select(Assignment.id).where(Assignment.round_id == Rejection.round_id,
-                                        Assignment.device_id == Rejection.device_id, Assignment.selected.is_(True))
+    # A refused post counts unless it was refused as from a device the round never drew: any
+    # enrolled device could post bytes to any round, and each such post raised every device's
+    # quoted epsilon (a security probe). Every other refusal comes after the draw was checked, so it
+    # is decided by the reason written then (a revocation deletes the draw afterwards); a drawn
+    # device revoked between its request's authentication and that check is refused as not drawn,
+    # and still counts.
+    revoked = select(Device.id).where(Device.id == Rejection.device_id, Device.revoked.is_(True))
     ids |= set(s.scalars(select(Rejection.round_id).distinct().where(
-        Rejection.round_id.is_not(None), or_(Rejection.reason == wire.E_REVOKED, drawn.exists()))))
+        Rejection.round_id.is_not(None), or_(Rejection.reason != wire.E_NOT_SELECTED, revoked.exists()))))
     ids |= set(s.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.SUMMED)))
     here = Counter(float(json.loads(pj).get("noise_multiplier", 0.0))
                    for pj in s.scalars(select(Round.plan_json).where(Round.id.in_(ids)))) if ids else Counter()

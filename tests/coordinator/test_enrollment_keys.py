@@ -253,3 +253,5 @@ def test_posts_from_devices_a_round_never_drew_do_not_count_against_the_coordina
         assert rounds_seen() == 0
         assert drawn.upload({}, body=b"not an update", round_id=rid, base="v0000", examples=5).status_code == 422
         assert rounds_seen() == 1
+        s.coord.revoke_device(drawn.device_id)   # which deletes its draw: the refused post still counts
+        assert s.coord.close_round(rid, force=True)["status"] == "failed" and rounds_seen() == 1
