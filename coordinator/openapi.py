@@ -40,7 +40,7 @@ SCHEMAS: dict[str, Any] = {
                             "current_version_id": {"type": "string", "nullable": True}, "can_evaluate": _BOOL,
                             "can_train": _BOOL},
                            ["protocol_version", "eligible"]),
-    "TrainPlan": _obj({"round_id": _INT, "round_key": {"type": "string", "pattern": "^[0-9a-f]{8,64}$"},
+    "TrainPlan": _obj({"round_id": _INT, "round_key": {"type": "string", "pattern": "^[!-~]{1,64}$"},
                        **{f.name: f.json_schema() for f in PLAN_FIELDS}},
                       ["round_id", *REQUIRED_PLAN_FIELD_NAMES]),
     "Task": _obj({"protocol_version": _INT, "kind": {"type": "string", "enum": list(wire.TASK_KINDS)},

@@ -215,6 +215,8 @@ class _Unsent:
     delta: bytes
     wipe_mark: str | None
     counts: dict[str, Any]
+    plan: wire.TrainPlan   # sent again only for this very plan: a restored coordinator's round of the
+    # same id, on the same version, is another round (its `round_key`), maybe of another noise
 
 
 @dataclass
@@ -435,7 +437,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     if plan.discover_words:
         return _discover(dev, task, sleep)
     kept, dev.unsent = dev.unsent, None
-    if kept is not None and (kept.meta.round_id, kept.meta.base_version_id) == (plan.round_id, task.base_version_id):
+    if kept is not None and kept.plan == plan and kept.meta.base_version_id == task.base_version_id:
         log.info("sending round %d's update again: its upload did not go through", plan.round_id)
         return _upload(dev, kept, sleep)
     ledger, refusal = _guarded(dev, plan)
@@ -471,7 +473,7 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
-    return _upload(dev, _Unsent(meta, res.update.delta, mark, counts), sleep)
+    return _upload(dev, _Unsent(meta, res.update.delta, mark, counts, plan), sleep)
 
 
 def _upload(dev: Device, u: _Unsent, sleep: Callable[[float], Any] = time.sleep) -> tuple[str, dict[str, Any]]:

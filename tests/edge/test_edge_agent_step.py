@@ -208,6 +208,17 @@ def test_a_round_of_a_restored_coordinator_with_a_lost_rounds_id_is_trained(devi
     assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded"
     assert agent.run_once(device, sleep=lambda s: None).outcome.startswith(f"refused (round {PLAN.round_id} had")
     assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 2
+    # an update of the lost round whose upload never went through is not sent to the new round
+    # of the same id (noised under the lost round's plan, accounted under the new one's: a review)
+    down = [TransientError("down", status=503, retry_after=0.01)] * device.config.upload_attempts
+    lost = dataclasses.replace(train_task(), plan=dataclasses.replace(PLAN, round_id=8, round_key="cc" * 8))
+    new = dataclasses.replace(lost, plan=dataclasses.replace(lost.plan, round_key="dd" * 8, noise_multiplier=2.0))
+    device.client.tasks, device.client.upload_errors = [lost, new], list(down)
+    with pytest.raises(TransientError):
+        agent.run_once(device, sleep=lambda s: None)
+    sent = len(device.client.uploads)
+    assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 4
+    assert fake_train[-1][2].noise_multiplier == 2.0 and len(device.client.uploads) == sent + 1
     with pytest.raises(wire.WireError):
         dataclasses.replace(PLAN, round_key="not hex")
 
