@@ -253,15 +253,27 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise bad_request(f"{d} exists and is not an empty folder: name a new one")
-    # Written beside it and renamed whole: an export a full disk or Ctrl-C stopped left a partial
-    # folder, which the next export then refused as not empty (an operator probe).
+    # An export a full disk or Ctrl-C stopped left a partial folder, which the next export then
+    # refused as not empty (an operator probe). A new folder is written beside its name and renamed
+    # whole; an empty one named (a mount point, a link, ".") is filled, and emptied again on failure.
+    if d.is_dir():
+        written: list[Path] = []
+        try:
+            for name, data in files.items():
+                written.append(d / name)
+                artifact.atomic_write(d / name, data, mode=artifact.VERSION_FILE_MODE)
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
+        return d
     d.parent.mkdir(parents=True, exist_ok=True)
     partial = d.parent / f".{d.name}.{uuid.uuid4().hex[:12]}.partial"
     partial.mkdir()
     try:
         for name, data in files.items():
             artifact.atomic_write(partial / name, data, mode=artifact.VERSION_FILE_MODE)
-        os.replace(partial, d)   # onto an empty folder of that name, too
+        os.rename(partial, d)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

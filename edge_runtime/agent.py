@@ -660,8 +660,12 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
         counts = {}
     if decision and learning and dev.config.personalize and not dev.stopping.is_set():
         counts = {**counts, "personal_model": _personalize(dev)}
-    try:   # only the copy of the version in use, and none when personalize is off
-        personalize.keep_only(dev.config.require_data_dir(), dev.store.current_id if dev.config.personalize else None)
+    try:   # only the copy of the version in use (when one is: a store that cannot tell deletes nothing),
+        # and none when personalize is off
+        if not dev.config.personalize:
+            personalize.keep_only(dev.config.require_data_dir(), None)
+        elif (in_use := dev.store.in_use()) is not None:
+            personalize.keep_only(dev.config.require_data_dir(), in_use)
     except OSError as e:
         log.warning("cannot delete an unused personal model (%s)", failure(e))
     if task.kind in (wire.TASK_TRAIN, wire.TASK_EVALUATE) or "personal_model" in counts:

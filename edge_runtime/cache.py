@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 REMOVED_KEY = "removed_words"   # the settings row of the words removed from the suggestions
 COMMITS_KEY = "commit_ids"      # the settings row of the keyboard page's newest commit ids (no text)
+DELETIONS_KEY = "deletions"      # texts deleted for their age and over the size cap, counted (`deletions`)
 MAX_COMMIT_IDS = 64
 TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
                       # sentence it was removed from while being typed, but a word the user keeps typing
@@ -620,8 +621,12 @@ class TextCache:
         the database (secure_delete), but the write-ahead log kept them readable for hundreds of
         commits (a probe). A checkpoint empties it, unless a reader holds an older snapshot:
         then a later one does. Best effort: nothing depends on it."""
-        try:
-            self._checkpoint()
+        try:   # without waiting for a reader (the busy timeout held the lock up to 5 s: a review)
+            self._db.execute("PRAGMA busy_timeout=0")
+            try:
+                self._checkpoint()
+            finally:
+                self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error:
             pass
 
@@ -630,11 +635,11 @@ class TextCache:
         # without a real-time clock boots in 1970): its time is unknown, not old. It is stamped
         # with the first set clock, and kept until then: before, it looked 56 years old once the
         # clock was set, and the next retention check deleted it with all that was typed offline.
-        n = 0
+        n = aged = 0
         if now >= CLOCK_UNSET_BEFORE:   # the size cap below holds whatever the clock says
             self._db.execute("UPDATE texts SET ts = ? WHERE ts < ?", (now, CLOCK_UNSET_BEFORE))
             cutoff = now - self.retention_days * 86400.0
-            n = self._db.execute("DELETE FROM texts WHERE ts < ?", (cutoff,)).rowcount
+            n = aged = self._db.execute("DELETE FROM texts WHERE ts < ?", (cutoff,)).rowcount
             removed = self._removed_locked()   # words of the user's text: kept no longer than the text
             if any(t < cutoff for _, t in removed.values()):   # (one removed while the clock was unset: now)
                 kept = {w: [v[0], now if v[1] < CLOCK_UNSET_BEFORE else v[1]] for w, v in removed.items()}
@@ -650,6 +655,9 @@ class TextCache:
                 if excess <= 0:
                     break
             n += self._db.execute("DELETE FROM texts WHERE id <= ?", (last_id,)).rowcount
+        if n:
+            was = self._deletions()
+            self._put_setting(DELETIONS_KEY, json.dumps([was[0] + aged, was[1] + n - aged]))
         return n
 
     def wipe(self, *, wait_s: float = 2.0) -> str:
@@ -731,11 +739,25 @@ class TextCache:
                 self._db.execute("COMMIT")
         return [CachedText(*r) for r in rows]
 
-    def oldest_id(self) -> int:
-        """The id of the oldest text kept (0 when there is none): a reader that counted texts
-        from an older one holds some the cache deleted since."""
+    def count(self) -> int:
+        """How many texts are kept."""
         with self._held():
-            return int(self._db.execute("SELECT COALESCE(MIN(id), 0) FROM texts").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0])
+
+    def deletions(self) -> tuple[int, int]:
+        """(texts deleted for their age, texts deleted to keep within the size cap), counted since
+        the cache was made (a wipe does not count): a reader that keeps what it counted from the texts (the
+        keyboard's user's words) compares them to see texts go, whatever their ids (one typed
+        while the clock ran behind is deleted before older ids)."""
+        with self._held():
+            return self._deletions()
+
+    def _deletions(self) -> tuple[int, int]:
+        try:
+            aged, capped = json.loads(self._setting(DELETIONS_KEY) or "[0, 0]")
+            return int(aged), int(capped)
+        except (ValueError, TypeError):
+            return 0, 0
 
     def texts_after(self, text_id: int) -> list[CachedText]:
         """Texts stored after the one of id `text_id`, oldest first: what another process (`type`)

@@ -90,7 +90,8 @@ MAX_WORD = 100               # characters of a word removed from the suggestions
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
 WIPE_CHECK_S = 1.0            # how often keystrokes look for a wipe run by another process
-BUILD_WAIT_S = 0.25           # a keystroke waits this long for the user's words being counted
+BUILD_WAIT_S = 0.25           # a count of the user's words just begun is waited for this long
+SYNC_COUNT_TEXTS = 500        # a cache of more texts is never counted on a keystroke (`_words_for_keystroke`)
 REBUILD_EVERY_S = 300.0       # at most this often, the user's words are counted again once texts left the cache
 TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -151,10 +152,11 @@ class KeyboardApp:
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
         self._seen_id = 0        # the newest cached text the user's words hold (`_see_outside_texts`)
-        self._floor = 1          # the oldest cached text when they were counted (`_recount_if_expired`)
+        self._deleted = (0, 0)   # the cache's deletions when they were counted (`_recount_if_expired`)
         self._recounted_at = time.monotonic()
         self._drops = 0          # times the user's words were dropped (a wipe): a count read before is stale
         self._building = False   # the idle thread counts the user's words off the lock (`_build_words`)
+        self._build_started = 0.0
         self._built = threading.Event()
         self._texts_checked = float("-inf")   # when `_see_outside_texts` last looked
         self._own_ids: set[int] = set()   # texts this keyboard cached after it: learned by `_learn`
@@ -179,6 +181,15 @@ class KeyboardApp:
             settle()
         return self._personal
 
+    def _words_for_keystroke(self) -> PersonalModel:
+        """Under the slot's lock: the user's words for a strip. A large cache is never counted on
+        a keystroke (5 s for 22,000 texts on x86, after a start, a drop or a cache that failed to
+        read): the strip goes without them, and the idle thread, submitted after each answer,
+        counts them off the lock (`_build_words`). A small one is counted here, as it always was."""
+        if self._personal is None and (self._building or self.cache.count() > SYNC_COUNT_TEXTS):
+            return PersonalModel()   # not kept: the idle thread installs its own
+        return self.personal()
+
     def _build_words(self) -> None:
         """On the idle thread: the user's words when they are not built (at start, after a wipe),
         counted off the slot's lock. Counted under it, a full cache (4 MiB, 22,000 texts) held
@@ -188,18 +199,18 @@ class KeyboardApp:
         with self.slot.lock:
             if self._personal is not None or self._building:
                 return
-            self._building, drops = True, self._drops
+            self._building, drops, self._build_started = True, self._drops, time.monotonic()
             self._built.clear()
         built = False
         try:
             mark = self.cache.wipe_mark()
-            pm, seen, floor = self._count_cache()
+            pm, seen, deleted = self._count_cache()
             with self.slot.lock:
                 if self._personal is None and self._drops == drops and self.cache.wipe_mark() == mark:
                     for rec in self.cache.texts_after(seen):
                         pm.add(tokens(rec.text))
                         seen = rec.id
-                    self._install(pm, seen, floor)
+                    self._install(pm, seen, deleted)
                     built = True
         finally:
             with self.slot.lock:
@@ -208,41 +219,48 @@ class KeyboardApp:
         if built:
             settle()
 
-    def _count_cache(self) -> tuple[PersonalModel, int, int]:
+    def _count_cache(self) -> tuple[PersonalModel, int, tuple[int, int]]:
         """The user's words counted from every cached text: (words, the newest text's id, the
-        oldest's). One read: `type` may add a text meanwhile."""
-        pm, seen, floor = PersonalModel(), 0, 0
+        cache's deletions before the read). One read: `type` may add a text meanwhile."""
+        deleted = self.cache.deletions()
+        pm, seen = PersonalModel(), 0
         for rec in self.cache.texts_after(0):
             pm.add(tokens(rec.text))
-            seen, floor = rec.id, floor or rec.id
+            seen = rec.id
         pm.removed = _hidden(self.cache.removed_words())
-        return pm, seen, floor or seen + 1
+        return pm, seen, deleted
 
-    def _install(self, pm: PersonalModel, seen: int, floor: int) -> None:
+    def _install(self, pm: PersonalModel, seen: int, deleted: tuple[int, int]) -> None:
         """Under the slot's lock: `pm` becomes the user's words. The ids of texts learned here were
         learned into the words this replaces (and a wipe starts the ids again from 1): none is
         this keyboard's own any more."""
-        self._personal, self._seen_id, self._own_ids, self._floor = pm, seen, set(), floor
-        self._recounted_at = time.monotonic()
+        self._personal, self._seen_id, self._own_ids = pm, seen, set()
+        self._deleted, self._recounted_at = deleted, time.monotonic()
 
     def _recount_if_expired(self) -> None:
         """Texts the cache deleted (60 days old, or the oldest over its size cap) stayed in the
         user's words of a keyboard that ran on: it offered a word of a sentence gone from the
         cache, and its memory grew with every text ever typed (3 MB per 1,000 texts; a probe of
-        a device running for months). Once the cache's oldest text is newer than the words'
-        oldest, they are counted again, at most every REBUILD_EVERY_S, on the idle thread and
-        off the slot's lock (seconds for a full cache): keystrokes go on with the old words
-        meanwhile. The mixture's evidence is the user's, not the texts': it carries over."""
+        a device running for months). Once the cache deleted texts since they were counted (its
+        `deletions`, whatever the texts' ids), they are counted again, at most every
+        REBUILD_EVERY_S, on the idle thread and off the slot's lock (seconds for a full cache):
+        keystrokes go on with the old words meanwhile. The mixture's evidence is the user's, not
+        the texts': it carries over."""
         if time.monotonic() - self._recounted_at < REBUILD_EVERY_S:
             return
         with self.slot.lock:
-            old, floor, drops = self._personal, self._floor, self._drops
-        oldest = self.cache.oldest_id()
-        if old is None or (oldest <= floor if oldest else not old.total):   # (0: none left)
+            old, (aged, capped), drops = self._personal, self._deleted, self._drops
+        if old is None:
+            return
+        now_aged, now_capped = self.cache.deletions()
+        # Texts past the retention period, at once; those the size cap pushed out, once they are a
+        # tenth of what the cache holds: a full cache deletes one at every commit, and a count of
+        # 22,000 texts every few minutes would cost seconds of the idle thread while the user types.
+        if now_aged == aged and now_capped - capped < max(1, self.cache.count() // 10):
             return
         self._recounted_at = time.monotonic()
         mark = self.cache.wipe_mark()
-        pm, seen, floor = self._count_cache()
+        pm, seen, deleted = self._count_cache()
         with self.slot.lock:
             if self._personal is not old or self._drops != drops or self.cache.wipe_mark() != mark:
                 return   # dropped or rebuilt meanwhile (a wipe): this count is not the cache's any more
@@ -250,7 +268,7 @@ class KeyboardApp:
                 pm.add(tokens(rec.text))
                 seen = rec.id
             pm.mix, pm.mix_by_seen = old.mix, old.mix_by_seen
-            self._install(pm, seen, floor)
+            self._install(pm, seen, deleted)
             if self.slot.predictor is not None and self.slot.predictor.personal is old:
                 self.slot.predictor.personal = pm
                 self.slot.predictor.forget_warm()   # strips readied from the old words
@@ -391,16 +409,16 @@ class KeyboardApp:
             self._see_outside_wipe()
         except CacheError as e:   # whether a wipe ran cannot be told: nothing learned outlives one
             self._cache_trouble(e)
-        if self._building:   # a small cache is counted in moments: its words are in this strip
-            self._built.wait(BUILD_WAIT_S)
+        # The first keystrokes of a count just begun wait for it a moment (a small cache is counted
+        # in moments: its words are in this strip); later ones do not.
+        if self._building and (left := BUILD_WAIT_S - (time.monotonic() - self._build_started)) > 0:
+            self._built.wait(left)
         with self.slot.lock:
             self.slot.refresh(wait=False)   # a new version loads on a thread; this strip is the old one's
             if self.slot.predictor is None:
                 return {"suggestions": [], "version_id": None}
             try:
-                # While the idle thread counts a large cache, without them (not stored: it installs its own)
-                self.slot.predictor.personal = (PersonalModel() if self._personal is None and self._building
-                                                else self.personal())
+                self.slot.predictor.personal = self._words_for_keystroke()
                 self._cache_failing = False
             except CacheError as e:   # the strip goes on without the user's words (`_cache_trouble`)
                 self._cache_trouble(e)

@@ -141,8 +141,12 @@ def test_an_export_that_fails_midway_leaves_no_partial_folder(tmp_path, monkeypa
         with pytest.raises(OSError):
             coord.export_version("v0005", tmp_path / "exports" / "v5")
         assert not (tmp_path / "exports" / "v5").exists() and not list((tmp_path / "exports").iterdir())
-        monkeypatch.setattr(versions.artifact, "atomic_write", write)
-        (tmp_path / "exports" / "v5").mkdir()   # an empty folder of that name is filled, as before
+        (tmp_path / "exports" / "v5").mkdir()   # an empty folder of that name (a mount point) is emptied again
+        written.clear()
+        with pytest.raises(OSError):
+            coord.export_version("v0005", tmp_path / "exports" / "v5")
+        assert not list((tmp_path / "exports" / "v5").iterdir())
+        monkeypatch.setattr(versions.artifact, "atomic_write", write)   # and filled, as before
         assert coord.export_version("v0005", tmp_path / "exports" / "v5") == tmp_path / "exports" / "v5"
         assert versions.artifact.load_version(tmp_path / "exports" / "v5")[0].version_id == "v0005"   # whole
     finally:
