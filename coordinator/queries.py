@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator import privacy
@@ -74,13 +74,11 @@ def noise_seen(s: Session) -> Counter[float]:
     ids = set(s.scalars(select(Update.round_id).distinct()))
     # A refused post counts unless it was refused as from a device the round never drew: any
     # enrolled device could post bytes to any round, and each such post raised every device's
-    # quoted epsilon (a security probe). Every other refusal comes after the draw was checked, so it
-    # is decided by the reason written then (a revocation deletes the draw afterwards); a drawn
-    # device revoked between its request's authentication and that check is refused as not drawn,
-    # and still counts.
-    revoked = select(Device.id).where(Device.id == Rejection.device_id, Device.revoked.is_(True))
+    # quoted epsilon (a security probe). It is decided by the reason written when the post was
+    # refused, not by rows a later revocation changes (it deletes the device's draws): a device
+    # revoked while its post was under way is refused as revoked (`updates.refused_as_revoked`).
     ids |= set(s.scalars(select(Rejection.round_id).distinct().where(
-        Rejection.round_id.is_not(None), or_(Rejection.reason != wire.E_NOT_SELECTED, revoked.exists()))))
+        Rejection.round_id.is_not(None), Rejection.reason != wire.E_NOT_SELECTED)))
     ids |= set(s.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.SUMMED)))
     here = Counter(float(json.loads(pj).get("noise_multiplier", 0.0))
                    for pj in s.scalars(select(Round.plan_json).where(Round.id.in_(ids)))) if ids else Counter()

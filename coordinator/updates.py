@@ -38,6 +38,17 @@ def reject(coord: Coordinator, device_id: str, round_id: int | None, code: str, 
     return ApiError(REJECTION_STATUS[code], code, message)
 
 
+def refused_as_revoked(coord: Coordinator, device_id: str, round_id: int) -> ApiError:
+    """A drawn device revoked while its post was under way (its draw deleted, or found revoked as
+    its update was stored): authentication's 401, and a rejection that counts its round in epsilon
+    against the coordinator (`queries.noise_seen`), since its bytes were received (a review)."""
+    with coord.tx() as s:
+        s.add(Rejection(round_id=round_id, device_id=device_id, reason=wire.E_REVOKED,
+                        message="the device was revoked while this update was received: it does not count"))
+    log.info("refused the update of %s for round %s: the device was revoked meanwhile", device_id, round_id)
+    return ApiError(401, wire.E_UNAUTHORIZED, enrollment.UNAUTHORIZED)
+
+
 def _retried(existing: Update, meta: wire.UpdateMeta, digest: str) -> wire.UpdateReceipt | None:
     """The stored update's receipt when this upload is a retry of it (the same idempotency key and
     the same update), else None. A key names one update: the same key with other bytes or counts
@@ -92,6 +103,9 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         existing = None if r is None else s.scalar(
             select(Update).where(Update.round_id == r.id, Update.device_id == device_id))
         assigned = None if r is None or not selection.is_selected(s, r.id, device_id) else True
+        # not drawn, and revoked since this request's authentication: a revocation deletes the
+        # draws, so it may have been drawn; its refusal counts (one that was never drawn does not)
+        revoked = assigned is None and r is not None and queries.revoked(s, device_id)
         if existing is not None and (receipt := _retried(existing, meta, sha256_bytes(body))) is not None:
             return receipt
         round_state = None if r is None else (r.status, r.deadline, r.base_version_id, r.plan_json)
@@ -100,6 +114,8 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
         raise reject(coord, device_id, None, wire.E_UNKNOWN_ROUND, f"no round {meta.round_id}")
     if duplicate is not None:
         raise reject(coord, device_id, r.id, wire.E_DUPLICATE, duplicate)
+    if revoked:
+        raise refused_as_revoked(coord, device_id, r.id)
     if assigned is None:
         raise reject(coord, device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
     status, deadline, base_id, plan_json = round_state
@@ -124,7 +140,12 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     if digest is None:
         raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} reached its goal or closed meanwhile")
     with round_end.dropped_on_failure(coord, meta.round_id, digest):
-        receipt, retried, duplicate, late, goal_reached = _record(coord, device_id, meta, digest, norm, body)
+        try:
+            receipt, retried, duplicate, late, goal_reached = _record(coord, device_id, meta, digest, norm, body)
+        except ApiError as e:
+            if e.status == 401:   # revoked while its update was validated (`still_authorized`)
+                raise refused_as_revoked(coord, device_id, meta.round_id) from None
+            raise
     if retried is not None or duplicate is not None or late:   # its bytes were stored for nothing
         round_end.drop_refused_upload(coord, meta.round_id, digest)
     if retried is not None:   # a retry of an update stored meanwhile: its receipt, whatever the round's state

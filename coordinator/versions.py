@@ -257,13 +257,11 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
     # refused as not empty (an operator probe). A new folder is written beside its name and renamed
     # whole; an empty one named (a mount point, a link, ".") is filled, and emptied again on failure.
     if d.is_dir():
-        written: list[Path] = []
         try:
             for name, data in files.items():
-                written.append(d / name)
                 artifact.atomic_write(d / name, data, mode=artifact.VERSION_FILE_MODE)
         except BaseException:
-            for p in written:
+            for p in d.iterdir():   # it was empty: whatever is in it now, this export wrote
                 p.unlink(missing_ok=True)
             raise
         return d

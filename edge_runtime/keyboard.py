@@ -91,8 +91,11 @@ MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), le
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
 WIPE_CHECK_S = 1.0            # how often keystrokes look for a wipe run by another process
 BUILD_WAIT_S = 0.25           # a count of the user's words just begun is waited for this long
-SYNC_COUNT_TEXTS = 500        # a cache of more texts is never counted on a keystroke (`_words_for_keystroke`)
-REBUILD_EVERY_S = 300.0       # at most this often, the user's words are counted again once texts left the cache
+SYNC_COUNT_BYTES = 64 * 1024  # a larger cache is never counted on a keystroke (`_words_for_keystroke`)
+# At most this often, the user's words are counted again once texts left the cache: a cache older
+# than the retention period loses texts at almost every commit, and a count of a full one is
+# seconds of the idle thread (words of a text past its 60 days stay at most an hour longer).
+REBUILD_EVERY_S = 3600.0
 TOKEN_HEADER = "X-Keyboard-Token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -183,10 +186,11 @@ class KeyboardApp:
 
     def _words_for_keystroke(self) -> PersonalModel:
         """Under the slot's lock: the user's words for a strip. A large cache is never counted on
-        a keystroke (5 s for 22,000 texts on x86, after a start, a drop or a cache that failed to
-        read): the strip goes without them, and the idle thread, submitted after each answer,
-        counts them off the lock (`_build_words`). A small one is counted here, as it always was."""
-        if self._personal is None and (self._building or self.cache.count() > SYNC_COUNT_TEXTS):
+        a keystroke (5 s for 4 MiB on x86, 22,000 short texts or 500 e-mails; after a start, a
+        drop, or a cache that failed to read): the strip goes without them, and the idle thread,
+        submitted after each answer, counts them off the lock (`_build_words`). A small one is
+        counted here, as it always was."""
+        if self._personal is None and (self._building or self.cache.stats()["bytes"] > SYNC_COUNT_BYTES):
             return PersonalModel()   # not kept: the idle thread installs its own
         return self.personal()
 

@@ -282,10 +282,10 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    if mode is not None:
-        os.fchmod(fd, mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:   # inside: a file system that refuses it (vfat) left the temporary file
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -254,4 +254,31 @@ def test_posts_from_devices_a_round_never_drew_do_not_count_against_the_coordina
         assert drawn.upload({}, body=b"not an update", round_id=rid, base="v0000", examples=5).status_code == 422
         assert rounds_seen() == 1
         s.coord.revoke_device(drawn.device_id)   # which deletes its draw: the refused post still counts
+        s.coord.revoke_device(stranger.device_id)   # and a stranger's posts do not start to
         assert s.coord.close_round(rid, force=True)["status"] == "failed" and rounds_seen() == 1
+
+
+def test_an_update_received_from_a_device_revoked_meanwhile_counts_against_the_coordinator(tmp_path, monkeypatch):
+    """A drawn device revoked while its update was validated got a 401 and left no trace: the
+    revocation found no update to withdraw, so a round whose bytes were received counted in no
+    epsilon (a review). Its refusal is now a rejection with reason `revoked`, which counts."""
+    from coordinator import queries, updates
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        device = _enroll(s, s.coord.create_enrollment_key())
+        rid = s.coord.start_round()
+        assert device.checkin().kind == wire.TASK_TRAIN
+        validate = updates.validate_update
+
+        def revoked_meanwhile(*a, **kw):
+            s.coord.revoke_device(device.device_id)
+            return validate(*a, **kw)
+
+        monkeypatch.setattr(updates, "validate_update", revoked_meanwhile)
+        assert device.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code == 401
+        assert s.coord.close_round(rid, force=True)["status"] == "failed"
+        assert [(x["round_id"], x["reason"]) for x in s.coord.rejections()] == [(rid, wire.E_REVOKED)]
+        with s.coord._sessions() as ss:
+            assert sum(queries.noise_seen(ss).values()) == 1

@@ -146,6 +146,12 @@ def test_an_export_that_fails_midway_leaves_no_partial_folder(tmp_path, monkeypa
         with pytest.raises(OSError):
             coord.export_version("v0005", tmp_path / "exports" / "v5")
         assert not list((tmp_path / "exports" / "v5").iterdir())
+        with monkeypatch.context() as m:   # a file system that refuses the files' mode (vfat): no temporary left
+            m.setattr(versions.artifact, "atomic_write", write)
+            m.setattr(versions.artifact.os, "fchmod", lambda *a: (_ for _ in ()).throw(PermissionError(1, "EPERM")))
+            with pytest.raises(PermissionError):
+                coord.export_version("v0005", tmp_path / "exports" / "v5")
+        assert not list((tmp_path / "exports" / "v5").iterdir())
         monkeypatch.setattr(versions.artifact, "atomic_write", write)   # and filled, as before
         assert coord.export_version("v0005", tmp_path / "exports" / "v5") == tmp_path / "exports" / "v5"
         assert versions.artifact.load_version(tmp_path / "exports" / "v5")[0].version_id == "v0005"   # whole

@@ -368,7 +368,7 @@ def test_a_keystroke_does_not_wait_for_a_large_cache_to_be_counted(tmp_path, exp
         assert post(s, "api/suggest", {"client": "a", "text": "numb"}).json()["suggestions"][0] == "numbat"
         # dropped again (a cache that failed to read): a large cache is counted on the idle thread,
         # never on a keystroke
-        monkeypatch.setattr(keyboard, "SYNC_COUNT_TEXTS", 2, raising=False)
+        monkeypatch.setattr(keyboard, "SYNC_COUNT_BYTES", 20, raising=False)
         release.clear()
         counting.clear()
         with s.app.slot.lock:
