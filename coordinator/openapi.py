@@ -49,7 +49,9 @@ SCHEMAS: dict[str, Any] = {
                   "base_version_id": _STR, "plan": {"$ref": "#/components/schemas/TrainPlan"},
                   "time_limit_s": _NUM, "candidate_version_id": _STR,
                   "evaluate_version_ids": {"type": "array", "items": _STR}, "max_eval_examples": _INT,
-                  "max_eval_words": _INT, "rollout": {"$ref": "#/components/schemas/RolloutState"}},
+                  "max_eval_words": _INT,
+                  # null before the coordinator holds a version (a strict generated client refused it)
+                  "rollout": {"allOf": [{"$ref": "#/components/schemas/RolloutState"}], "nullable": True}},
                  ["protocol_version", "kind", "retry_after"]),
     "RolloutState": _obj({"device_id": _STR, "version_id": _STR, "channel": _CHANNEL,
                           "seq": _INT, "version_seq": _INT, "rollback": _BOOL, "expires_at": _INT, "signature": _STR},

@@ -6,6 +6,7 @@ exactly as an on-device keyboard would. API (JSON in, JSON out; POSTs need
 ``Content-Type: application/json``)::
 
     GET  /api/status   -> {"model": {"version_id", "channel"}, "cache": {"sentences"}, "paused"}
+                       (channel: "stable", "canary", or "unknown" before the device's first check-in)
     GET  /api/notices  -> {"version_id", "notices": [{"file", "text"}]}: the version's licence notices
     POST /api/suggest  {"client": id, "text": text before the cursor}
                        -> {"suggestions": [best, second, third], "version_id": ...}
@@ -14,14 +15,17 @@ exactly as an on-device keyboard would. API (JSON in, JSON out; POSTs need
                        -> {"cached": bool, "reason": ..., ...status}
     POST /api/pause    {"paused": bool} -> status
     POST /api/clear    {} -> status (all cached text wiped)
+    POST /api/remove-word {"word": ...} -> {"removed": word, ...status}: never suggested again until
+                       typed again (a long press on a suggestion)
 
 Errors are ``{"error": code, "message": ...}`` with a 4xx/5xx status. Suggestions come
 best-first; the page puts the best one in the middle of its strip.
 
 Privacy: typed text lives only in request bodies and in the text cache (whose own rules
 refuse sensitive or private fields and anything while learning is paused). The page never
-sends its private field's text anywhere. Log lines carry method, route, status and timing,
-never a body, query string or unknown path. The server binds to loopback unless told
+sends its private field's text anywhere. Log lines carry method, route, status and timing
+(answers at DEBUG: a line a keystroke is the typing's rhythm), never a body, query string or
+unknown path. The server binds to loopback unless told
 otherwise explicitly. On every bind it refuses requests whose Host is a name other than its
 own (DNS rebinding), cross-origin POSTs, and POSTs without the page's key
 (``X-Keyboard-Token``) that only the printed page URL carries (``#token=...``), so neither a

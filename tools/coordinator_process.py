@@ -52,6 +52,9 @@ def free_port(host: str = HOST) -> int:
 
 def repo_env(*, inherit_settings: bool = True, **extra: str) -> dict[str, str]:
     """The environment a repository module runs in: this checkout on PYTHONPATH, TensorFlow quiet.
+    Modules are started with `python -P`, which keeps the working directory (the caller's, where
+    its relative paths are) off the path: a `protocol.py` or `model/` of the caller's own project
+    there shadowed this one's packages (a developer's probe).
 
     `inherit_settings=False` drops inherited FEDKEYS_COORDINATOR_* variables, for runs whose
     results must not depend on the caller's shell."""
@@ -113,8 +116,9 @@ class CoordinatorProcess:
 
     def cli(self, *args: str, timeout_s: float = 300.0) -> str:
         """`python -m coordinator ARGS` on this data directory (init, import-version, ...); its stdout."""
-        r = subprocess.run([self.python, "-m", "coordinator", *args, "--data-dir", str(self.data_dir), *self._flags()],
-                           env=self.env(), capture_output=True, text=True, timeout=timeout_s, check=False)
+        r = subprocess.run([self.python, "-P", "-m", "coordinator", *args, "--data-dir", str(self.data_dir),
+                            *self._flags()], env=self.env(), capture_output=True, text=True, timeout=timeout_s,
+                           check=False)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
             raise CoordinatorProcessError(f"coordinator {args[0]} failed: {last}")
@@ -122,7 +126,7 @@ class CoordinatorProcess:
 
     def start(self, port: int | None = None, *, timeout_s: float = HEALTH_TIMEOUT_S) -> str:
         """`coordinator serve` on `port` (default: a free one); its URL once healthy."""
-        return self._launch(port, lambda p: [self.python, "-m", "coordinator", "serve", "--data-dir",
+        return self._launch(port, lambda p: [self.python, "-P", "-m", "coordinator", "serve", "--data-dir",
                                              str(self.data_dir), "--host", HOST, "--port", str(p), *self._flags()],
                             self.env(), timeout_s)
 

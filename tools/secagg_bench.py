@@ -22,6 +22,7 @@ each noise multiplier, with the epsilon of that one release against the coordina
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -41,8 +42,14 @@ from protocol.cli import Parser, add_version
 from tools import privacy_skellam
 from tools.shipped import SHIPPED_V0
 
-# The shipped version 0's size (1,356,048 parameters): the update every device masks.
-FULL_DIM = read_manifest(SHIPPED_V0).num_params
+
+@functools.cache
+def full_dim() -> int:
+    """The shipped version 0's size (1,356,048 parameters): the update every device masks. Read
+    when a measurement needs it, not at import: `--help` of an installed copy, which ships no
+    version 0, ended in a traceback (a developer's probe)."""
+    return read_manifest(SHIPPED_V0).num_params
+
 DESIGN_DROPOUT = 0.3
 
 
@@ -141,12 +148,13 @@ def simulate(n: int, dropout: float, dim: int, seed: int = 0, noise_multiplier: 
                      float(np.mean([down[i] for i in survivors])), shamir_s, expansions, unmask_s, peak)
 
 
-def coordinator_full_dim(c: RoundCost, dim: int = FULL_DIM) -> tuple[float, float]:
+def coordinator_full_dim(c: RoundCost, dim: int | None = None) -> tuple[float, float]:
     """(seconds, peak MiB) of the coordinator's sum + unmask at `dim`, measured: a masked vector
     added once per survivor, real mask expansions (as many as the simulated round needed). The
     masked vector is made before the clock starts: drawing it (os.urandom) is the device's work,
     and inside the clock it doubled the 0%-dropout rows. Each add here is from memory; the service
     reads each survivor's blob from disk first (about 1 ms more per device at this size)."""
+    dim = full_dim() if dim is None else dim
     arriving = np.frombuffer(os.urandom(4 * dim), "<u4")
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -161,8 +169,9 @@ def coordinator_full_dim(c: RoundCost, dim: int = FULL_DIM) -> tuple[float, floa
     return secs, peak
 
 
-def per_add_seconds(dim: int = FULL_DIM, reps: int = 20) -> float:
+def per_add_seconds(dim: int | None = None, reps: int = 20) -> float:
     """One masked vector added into the accumulator (what each survivor costs the coordinator)."""
+    dim = full_dim() if dim is None else dim
     acc, arriving = np.zeros(dim, np.uint32), np.frombuffer(os.urandom(4 * dim), "<u4")
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -170,7 +179,8 @@ def per_add_seconds(dim: int = FULL_DIM, reps: int = 20) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def per_expansion_seconds(dim: int = FULL_DIM, reps: int = 10) -> float:
+def per_expansion_seconds(dim: int | None = None, reps: int = 10) -> float:
+    dim = full_dim() if dim is None else dim
     acc = np.zeros(dim, np.uint32)
     t0 = time.perf_counter()
     for e in range(reps):
@@ -179,25 +189,25 @@ def per_expansion_seconds(dim: int = FULL_DIM, reps: int = 10) -> float:
 
 
 def costs(devices: list[int], dropouts: list[float], full_dim_max: int, sim_dim: int) -> str:
-    plain = 2 * FULL_DIM + 400            # float16 safetensors body + header
+    plain = 2 * full_dim() + 400            # float16 safetensors body + header
     per, add = per_expansion_seconds(), per_add_seconds()
     rows = ["| devices | dropout | k / t | up per device | vs float16 | down | Shamir s | mask expansions | "
-            f"coordinator unmask s ({FULL_DIM / 1e6:.2f} M) | peak MiB | how |",
+            f"coordinator unmask s ({full_dim() / 1e6:.2f} M) | peak MiB | how |",
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for n in devices:
         for p in dropouts:
             c = simulate(n, p, sim_dim)
-            up_full = c.up - 4 * sim_dim + 4 * FULL_DIM
+            up_full = c.up - 4 * sim_dim + 4 * full_dim()
             if n <= full_dim_max:
                 secs, peak = coordinator_full_dim(c)
                 how = "measured"
             else:
                 secs = c.shamir_s + c.expansions * per + (n - c.dropped) * add
-                peak, how = 3 * 4 * FULL_DIM / 2**20 + c.peak_mb, "extrapolated"
+                peak, how = 3 * 4 * full_dim() / 2**20 + c.peak_mb, "extrapolated"
             rows.append(f"| {n} | {p:.0%} | {c.k} / {c.t} | {up_full / 2**20:.2f} MiB | {up_full / plain:.2f}x | "
                         f"{c.down / 1024:.1f} KiB | {c.shamir_s:.2f} | {c.expansions} | {secs:.1f} | {peak:.0f} | "
                         f"{how} |")
-    rows.append(f"\nOne mask expansion at {FULL_DIM:,} parameters: {per * 1e3:.1f} ms (ChaCha20 + uint32 add); "
+    rows.append(f"\nOne mask expansion at {full_dim():,} parameters: {per * 1e3:.1f} ms (ChaCha20 + uint32 add); "
                 f"one masked vector added: {add * 1e3:.1f} ms. "
                 f"Protocol run (bytes, Shamir, correctness) at dimension {sim_dim}; sum verified exactly.")
     return "\n".join(rows)
@@ -228,8 +238,8 @@ def coordinator_epsilon(n: int, rounds: int, delta: float, noise_on_mean: float)
     """(exact Skellam, Gaussian at the same variance) epsilon against the coordinator of `rounds`
     secure rounds of n devices at z = noise_on_mean * n, at the model's full size."""
     z = noise_on_mean * n
-    s = ddp.choose_scale(1.0, n, z, FULL_DIM, max(2, math.ceil(0.7 * n)))
-    return privacy_skellam.skellam_vs_gaussian(z, s, 1.0, FULL_DIM, rounds, delta)
+    s = ddp.choose_scale(1.0, n, z, full_dim(), max(2, math.ceil(0.7 * n)))
+    return privacy_skellam.skellam_vs_gaussian(z, s, 1.0, full_dim(), rounds, delta)
 
 
 def devices_for(target: float, rounds: int, delta: float, noise_on_mean: float = 0.01) -> int | None:
@@ -286,14 +296,15 @@ def paillier(slice_len: int, n_devices: int = 100) -> str:
     per_ct = 2047 // slot_bits                      # coordinates packed per ciphertext
     lines = ["| variant | ciphertexts per device | upload per device | vs float16 | device encrypt | "
              f"coordinator add ({n_devices} devices) | decrypt |", "|---|---:|---:|---:|---:|---:|---:|"]
-    variants = (("one coordinate per ciphertext", FULL_DIM), (f"{per_ct} coordinates packed", -(-FULL_DIM // per_ct)))
+    dim = full_dim()
+    variants = (("one coordinate per ciphertext", dim), (f"{per_ct} coordinates packed", -(-dim // per_ct)))
     for name, m in variants:
         up = m * ct_bytes
-        lines.append(f"| {name} | {m:,} | {up / 2**20:.0f} MiB | {up / (2 * FULL_DIM):.0f}x | {m * enc / 3600:.1f} h | "
+        lines.append(f"| {name} | {m:,} | {up / 2**20:.0f} MiB | {up / (2 * dim):.0f}x | {m * enc / 3600:.1f} h | "
                      f"{m * add * n_devices / 60:.1f} min | {m * dec:.0f} s |")
     lines.append(f"\nMeasured on {slice_len} values (2048-bit modulus): key generation "
                  f"{keygen:.1f} s, encrypt {enc * 1e3:.0f} ms, homomorphic add {add * 1e6:.0f} us, decrypt "
-                 f"{dec * 1e3:.0f} ms per ciphertext; extrapolated linearly to {FULL_DIM:,} parameters.")
+                 f"{dec * 1e3:.0f} ms per ciphertext; extrapolated linearly to {full_dim():,} parameters.")
     return "\n".join(lines)
 
 

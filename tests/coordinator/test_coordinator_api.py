@@ -102,6 +102,10 @@ def test_openapi_schemas_match_wire_messages(served):
         d = msg.to_dict()
         assert set(d) <= set(schemas[name]["properties"]), name
         assert set(schemas[name].get("required", [])) <= set(d), name
+        # a field sent as null is declared nullable (a task's `rollout` before any version was
+        # not, and a strict generated client refused the answer: a developer's probe)
+        for field, value in d.items():
+            assert value is not None or schemas[name]["properties"][field].get("nullable"), (name, field)
 
 
 def test_metrics_and_health(served):

@@ -47,6 +47,9 @@ def test_wheel_installs_with_console_scripts_and_a_slim_base(tmp_path):
                      env=env)
         assert where.returncode == 0 and where.stdout.startswith(str(venv)), where.stdout + where.stderr
         installed = Path(where.stdout.strip()).parents[1]
+        # the annotations are the package's (py.typed), and models/ (the shipped version) is no package
+        assert all((installed / p / "py.typed").is_file() for p in ("protocol", "edge_runtime", "coordinator"))
+        assert not (installed / "models").exists()
         # page assets, the base n-gram, the block list
         for folder in ("edge_runtime/static", "edge_runtime/data", "coordinator/static", "protocol/data"):
             shipped = sorted(p.relative_to(REPO) for p in (REPO / folder).rglob("*") if p.is_file())

@@ -14,8 +14,8 @@ def test_simulated_round_recovers_the_sum_and_counts_bytes():
     c = secagg_bench.simulate(10, 0.3, 256)          # raises if the unmasked sum is wrong
     assert (c.k, c.t, c.dropped) == (9, 5, 3)
     assert c.expansions == 7 + 3 * 7                 # survivors' self masks + dropped x surviving neighbours
-    up_full = c.up - 4 * 256 + 4 * secagg_bench.FULL_DIM
-    assert 1.95 < up_full / (2 * secagg_bench.FULL_DIM) < 2.1
+    up_full = c.up - 4 * 256 + 4 * secagg_bench.full_dim()
+    assert 1.95 < up_full / (2 * secagg_bench.full_dim()) < 2.1
 
 
 def test_epsilon_table_and_cli(capsys):
@@ -123,3 +123,23 @@ def test_numbers_no_table_can_be_built_from_are_refused_before_any_work(argv, sa
     with pytest.raises(ValueError) as e:
         secagg_bench.main(argv)
     assert says in str(e.value)
+
+
+def test_help_needs_no_version_0(monkeypatch, capsys):
+    """An installed copy ships no version 0, and `--help` read its manifest at import: a traceback
+    (a developer's probe). The size is read when a measurement needs it."""
+    import importlib
+
+    import pytest
+
+    from tools import shipped
+
+    monkeypatch.setattr(shipped, "SHIPPED_V0", shipped.SHIPPED_V0.parent / "no-such-version")
+    bench = importlib.reload(secagg_bench)
+    try:
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--help"])
+        assert e.value.code == 0 and "usage" in capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        importlib.reload(secagg_bench)

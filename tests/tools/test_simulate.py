@@ -401,3 +401,18 @@ def test_one_document_per_user_run_from_another_directory_with_relative_paths(tm
     assert {"ngram", "proxy", "central"} <= set(report["references"])
     assert (tmp_path / "sim" / "models" / "central" / "manifest.json").is_file()
     assert not (ROOT / "sim").exists()
+
+
+def test_the_callers_own_packages_do_not_shadow_the_coordinators(tmp_path, monkeypatch):
+    """The simulator starts the coordinator in the caller's directory (its relative paths are
+    there), and a `protocol.py` of the caller's own project there was imported in place of this
+    one's package: "No module named 'protocol.cli'" (a developer's probe)."""
+    from tools.coordinator_process import CoordinatorProcess
+
+    project = tmp_path / "project"
+    (project / "model").mkdir(parents=True)
+    (project / "protocol.py").write_text('"""the caller\'s own module"""\n')
+    (project / "model" / "__init__.py").write_text("")
+    monkeypatch.chdir(project)
+    proc = CoordinatorProcess(tmp_path / "coord", tmp_path / "coord.log")
+    assert proc.cli("init")   # prints where it put the data directory

@@ -95,7 +95,7 @@ def _subprocess_step(title: str, module_args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # In the caller's directory: the paths it was given (--corpus, --data-dir) are relative to it.
     # (cwd=REPO read them from the checkout instead, so a run outside it lost its corpus.)
-    res = subprocess.run([sys.executable, "-m", *module_args], env=env)
+    res = subprocess.run([sys.executable, "-P", "-m", *module_args], env=env)   # -P: `repo_env`
     if res.returncode != 0:
         raise SimulationError(f"step '{title}' failed (exit {res.returncode})")
     print(f"   done in {time.time() - t0:.0f} s", flush=True)
