@@ -32,6 +32,10 @@ def commands() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--version"]:   # every command has it (a probe found this one did not)
+        from protocol import __version__
+        print(f"python -m tools {__version__}")
+        return 0
     listing = commands()
     width = max(map(len, listing))
     print("usage: python -m tools.NAME [--help]   (installed: fedkeys-prepare, -pretrain, -evaluate, -simulate)\n")

@@ -14,11 +14,13 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from protocol import wire
 from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import quiet_tensorflow, run
 
@@ -70,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")
     _check_numbers(args)
-    out = Path(args.out)
+    if args.version_id is not None and not wire.is_safe_id(args.version_id):
+        raise ValueError(f"--version-id {args.version_id!r} must be letters, digits, '.', '_' or '-' (a "
+                         "coordinator refuses any other id at import, after the whole run)")
+    out = Path(args.out).resolve()   # "." had no name to stage beside, and the run was lost at its end
     _check_out(out, args.force)
     quiet_tensorflow()
     # Everything is written to a staging directory beside --out and moved into place at the end,
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+MAX_SEQ_LEN, MAX_DIM, MAX_WORDS = 512, 4096, 1_000_000   # bounds far past a device's budget (a probe)
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse settings that would train nothing, or NaN, before any work (one line each)."""
     for name in ("epochs", "batch_size", "embed_dim", "hidden_dim", "patience"):
@@ -90,10 +98,15 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         raise ValueError(f"--steps-per-epoch must be >= 1 (or left out for a full pass), got {args.steps_per_epoch}")
-    if args.seq_len < 2:
-        raise ValueError(f"--seq-len must be >= 2 (a window predicts its next tokens), got {args.seq_len}")
+    if not 2 <= args.seq_len <= MAX_SEQ_LEN:
+        raise ValueError(f"--seq-len must be in [2, {MAX_SEQ_LEN}] (a window predicts its next tokens; the graph "
+                         f"unrolls it), got {args.seq_len}")
     if args.vocab_size < 16 or args.word_list_size < 16:
         raise ValueError("--vocab-size and --word-list-size must be >= 16")
+    for name, hi in (("embed_dim", MAX_DIM), ("hidden_dim", MAX_DIM), ("vocab_size", MAX_WORDS),
+                     ("word_list_size", MAX_WORDS)):
+        if getattr(args, name) > hi:   # far past any device's budget: memory ran away, or a traceback
+            raise ValueError(f"--{name.replace('_', '-')} must be <= {hi:,}, got {getattr(args, name):,}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     if not (math.isfinite(args.lr_decay_to) and 0 < args.lr_decay_to <= 1):
@@ -169,6 +182,7 @@ def _train_and_export(args: argparse.Namespace, out: Path, work: Path) -> int:
     print("exporting to TFLite (builtin ops only) and linting in the slim interpreter...")
     manifest = export_version(m, tok_path, work, version_id=version_id, parent=parent, metrics=metrics,
                               notices=notices)
+    os.chmod(work, 0o755)   # mkdtemp's 0700: the service's user imports it (deploy/), as its files are 0644
     _replace(work, out)
     print(json.dumps({"version": manifest.version_id, "dir": str(out), "params": manifest.num_params,
                       "val_loss": hist.val_loss, "seconds": round(time.time() - t0, 1)}))

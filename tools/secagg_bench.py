@@ -363,7 +363,9 @@ def _check(a: argparse.Namespace) -> None:
     elif a.cmd == "epsilon":
         checks = [(all(1 <= r <= 10**6 for r in a.rounds), "--rounds must be in [1, 1e6]"),
                   (0 < a.delta < 1, "--delta must be in (0, 1)"), (a.population >= 1, "--population must be >= 1"),
-                  (fin(a.noise_on_mean) and a.noise_on_mean > 0, "--noise-on-mean must be a number > 0")]
+                  (fin(a.noise_on_mean) and a.noise_on_mean > 0, "--noise-on-mean must be a number > 0"),
+                  (all(fin(e) and e > 0 for e in a.for_epsilon or ()),   # NaN read 1,000,000 devices
+                   "--for-epsilon must be numbers > 0")]
     elif a.cmd == "paillier":
         checks = [(1 <= a.slice <= 4096, "--slice must be in [1, 4096]")]
     elif a.cmd == "discovery":

@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+from protocol.artifact import atomic_write
 from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import REPO, run
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     add_version(p)
     p.add_argument("--out", default=str(OUT), help="where to write")
     p.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+    p.add_argument("--force", action="store_true", help="replace an existing file that is not a settings reference")
     args = p.parse_args(argv)
     text = render()
     out = Path(args.out)
@@ -98,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{out} is out of date: run python -m tools.settings_doc", file=sys.stderr)
             return 1
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the file to write")
+    # `--out README.md` replaced the README without a word (a probe): only a file this tool wrote
+    # is replaced unasked.
+    if out.exists() and not args.force and not out.read_bytes().startswith(text.split("\n", 1)[0].encode()):
+        raise ValueError(f"{out} exists and is not a settings reference: name another file, or --force")
+    atomic_write(out, text.encode(), mode=0o644)
     print(out)
     return 0
 

@@ -21,9 +21,11 @@ def test_a_version_trained_from_another_keeps_its_word_lists_notice(exported_ver
                  "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--no-progress"]) == 0
     out = read_manifest(tmp_path / "out")
     assert out.parent == m["version_id"] and out.notices == notices
+    # the folder as its files: readable by the service's user that imports it (it was mkdtemp's 0700)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
 
 
-def test_a_failed_run_leaves_the_version_in_out_as_it_was(exported_version, tmp_path, capsys):
+def test_a_failed_run_leaves_the_version_in_out_as_it_was(exported_version, tmp_path, capsys, monkeypatch):
     """--out is written in a staging directory and moved into place at the end: a run that fails
     (here: a corpus with no text) leaves the earlier version loadable, and a run that succeeds
     replaces it whole."""
@@ -43,7 +45,8 @@ def test_a_failed_run_leaves_the_version_in_out_as_it_was(exported_version, tmp_
         main(["--corpus", str(empty), "--init", str(exported_version), "--out", str(out), "--force", "--no-progress"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "out"]   # no staging left behind
-    assert main(["--corpus", str(SHAKESPEARE), "--init", str(exported_version), "--out", str(out), "--force",
+    monkeypatch.chdir(out)   # `--out .`: it had no name to stage beside, and the run was lost at its end
+    assert main(["--corpus", str(SHAKESPEARE), "--init", str(exported_version), "--out", ".", "--force",
                  "--version-id", "again", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
                  "--no-progress"]) == 0
     manifest, _ = load_version(out, verify=True)
@@ -59,7 +62,10 @@ def test_settings_that_would_train_nothing_and_folders_that_are_not_versions_are
     for bad, match in ((["--batch-size", "0"], "--batch-size must be >= 1"),
                        (["--epochs", "-1"], "--epochs must be >= 1"),
                        (["--steps-per-epoch", "-2"], "--steps-per-epoch must be >= 1"),
-                       (["--seq-len", "0"], "--seq-len must be >= 2"),
+                       (["--seq-len", "0"], r"--seq-len must be in \[2, 512\]"),
+                       (["--seq-len", "100000"], r"--seq-len must be in \[2, 512\]"),   # memory ran away
+                       (["--hidden-dim", "200000"], "--hidden-dim must be <= 4,096"),   # a traceback
+                       (["--version-id", "my model/v1"], "--version-id 'my model/v1' must be letters"),
                        (["--lr", "nan"], "--lr must be a positive number"),
                        (["--lr", "-1"], "--lr must be a positive number"),
                        (["--lr-decay-to", "nan"], r"--lr-decay-to must be in \(0, 1\]"),

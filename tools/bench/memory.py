@@ -85,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
                            check=False)   # run in the repository, wherever the command was started
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            if any(e in last for e in ("CorpusError", "ArtifactError")):   # the input's fault: one line, exit 2
+                raise ValueError(f"the {name!r} process refused its input: {last.split(': ', 1)[-1]}")
             raise RuntimeError(f"the {name!r} process failed: {last}")
         rows.append((name, json.loads(r.stdout.strip().splitlines()[-1])))
     first = rows[0][1]

@@ -113,8 +113,8 @@ def run_way(model: Path, work: Path, *, in_place: bool, versions: int, interval:
 def main(args: argparse.Namespace) -> int:
     from protocol.artifact import read_manifest
 
-    if args.versions < 1 or not args.interval > 0 or args.chars < 2:
-        raise ValueError("--versions must be at least 1, --chars at least 2 and --interval above 0")
+    if args.versions < 1 or not 0 < args.interval <= 3600 or args.chars < 2:   # (inf hung after a traceback)
+        raise ValueError("--versions must be at least 1, --chars at least 2 and --interval in (0, 3600]")
     model = Path(args.model)
     read_manifest(model)   # a missing or broken version says so before anything runs
     with tempfile.TemporaryDirectory(prefix="fedkeys-bench-swap-") as tmp:
