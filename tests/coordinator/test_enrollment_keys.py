@@ -205,6 +205,16 @@ def test_revoked_devices_updates_slots_and_canary_reports_stop_counting(tmp_path
             assert ss.query(Assignment).filter(Assignment.device_id == honest[0].device_id).count() == 1
 
 
+def _drawn_device(s, tmp_path):
+    """One device on a coordinator holding a version, drawn for the round just opened: (it, round id)."""
+    make_version(tmp_path / "v0")
+    s.coord.import_version(tmp_path / "v0")
+    device = _enroll(s, s.coord.create_enrollment_key())
+    rid = s.coord.start_round()
+    assert device.checkin().kind == wire.TASK_TRAIN
+    return device, rid
+
+
 def test_a_revoked_devices_round_still_counts_against_the_coordinator(tmp_path):
     """The coordinator received the update of a device revoked afterwards: when its round then
     failed with no other update, nothing recorded that round, and ε against the coordinator
@@ -212,11 +222,7 @@ def test_a_revoked_devices_round_still_counts_against_the_coordinator(tmp_path):
     from coordinator import queries
 
     with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:
-        make_version(tmp_path / "v0")
-        s.coord.import_version(tmp_path / "v0")
-        device = _enroll(s, s.coord.create_enrollment_key())
-        rid = s.coord.start_round()
-        assert device.checkin().kind == wire.TASK_TRAIN
+        device, rid = _drawn_device(s, tmp_path)
         assert device.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code == 200
         s.coord.revoke_device(device.device_id)
         assert s.coord.close_round(rid, force=True)["status"] == "failed"
@@ -265,11 +271,7 @@ def test_an_update_received_from_a_device_revoked_meanwhile_counts_against_the_c
     from coordinator import queries, updates
 
     with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:
-        make_version(tmp_path / "v0")
-        s.coord.import_version(tmp_path / "v0")
-        device = _enroll(s, s.coord.create_enrollment_key())
-        rid = s.coord.start_round()
-        assert device.checkin().kind == wire.TASK_TRAIN
+        device, rid = _drawn_device(s, tmp_path)
         validate = updates.validate_update
 
         def revoked_meanwhile(*a, **kw):
