@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 REMOVED_KEY = "removed_words"   # the settings row of the words removed from the suggestions
 COMMITS_KEY = "commit_ids"      # the settings row of the keyboard page's newest commit ids (no text)
+BUSY_TIMEOUT_MS = 5000          # how long a connection waits for another's lock
 DELETIONS_KEY = "deletions"      # texts deleted for their age and over the size cap, counted (`deletions`)
 MAX_COMMIT_IDS = 64
 TYPED_TO_RETURN = 2   # texts a removed word is committed in before it is suggested again: not the
@@ -340,7 +341,7 @@ class TextCache:
         except sqlite3.Error as e:
             raise self._cannot_open(_said(e)) from e
         try:
-            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if create and os.stat(self.path).st_mode & 0o777 != 0o600:
                 os.chmod(self.path, 0o600)
             db.execute("PRAGMA journal_mode=WAL")
@@ -622,13 +623,20 @@ class TextCache:
         commits (a probe). A checkpoint empties it, unless a reader holds an older snapshot:
         then a later one does. Best effort: nothing depends on it."""
         try:   # without waiting for a reader (the busy timeout held the lock up to 5 s: a review)
-            self._db.execute("PRAGMA busy_timeout=0")
-            try:
+            with self._waiting(0.0):
                 self._checkpoint()
-            finally:
-                self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error:
             pass
+
+    @contextlib.contextmanager
+    def _waiting(self, seconds: float) -> Iterator[None]:
+        """This connection waits at most `seconds` for another's lock (the lock held), then the
+        usual BUSY_TIMEOUT_MS again."""
+        self._db.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+        try:
+            yield
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _expire_locked(self, now: float) -> int:
         # A text stamped before CLOCK_UNSET_BEFORE was typed while the clock was not set (a board
@@ -675,8 +683,7 @@ class TextCache:
                 self._db.execute("DELETE FROM settings WHERE key = ?", (REMOVED_KEY,))   # words of the user's text
                 self._db.execute("DELETE FROM settings WHERE key = ?", (COMMITS_KEY,))
                 self._put_setting("wiped", mark)
-            self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
-            try:
+            with self._waiting(wait_s):
                 done = self._checkpoint()
                 if done:
                     try:
@@ -684,8 +691,6 @@ class TextCache:
                     except sqlite3.OperationalError:
                         done = False
                     done = done and self._checkpoint()
-            finally:
-                self._db.execute("PRAGMA busy_timeout=5000")
         if not done:
             log.warning("text cache emptied, but another reader keeps old pages on disk")
             err = CacheError("the cached text is deleted, but another process still has the cache open, so it "
@@ -738,11 +743,6 @@ class TextCache:
             finally:
                 self._db.execute("COMMIT")
         return [CachedText(*r) for r in rows]
-
-    def count(self) -> int:
-        """How many texts are kept."""
-        with self._held():
-            return int(self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0])
 
     def deletions(self) -> tuple[int, int]:
         """(texts deleted for their age, texts deleted to keep within the size cap), counted since

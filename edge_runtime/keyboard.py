@@ -264,7 +264,7 @@ class KeyboardApp:
         # Texts past the retention period, at once; those the size cap pushed out, once they are a
         # tenth of what the cache holds: a full cache deletes one at every commit, and a count of
         # 22,000 texts every few minutes would cost seconds of the idle thread while the user types.
-        if now_aged == aged and now_capped - capped < max(1, self.cache.count() // 10):
+        if now_aged == aged and now_capped - capped < max(1, self.cache.stats()["records"] // 10):
             return
         self._recounted_at = time.monotonic()
         mark = self.cache.wipe_mark()
