@@ -202,30 +202,41 @@ class KeyboardApp:
         """On the idle thread: the user's words when they are not built (at start, after a wipe),
         counted off the slot's lock. Counted under it, a full cache (4 MiB, 22,000 texts) held
         the first keystroke after a start for 5 s on x86 (a probe); keystrokes meanwhile are
-        answered without the user's words (`suggest`). A wipe or drop during the count discards
-        it; texts cached meanwhile are added under the lock."""
+        answered without the user's words (`suggest`); `_count_and_install` does the count."""
         with self.slot.lock:
             if self._personal is not None or self._building:
                 return
             self._building, drops, self._build_started = True, self._drops, time.monotonic()
             self._built.clear()
-        built = False
         try:
-            mark = self.cache.wipe_mark()
-            pm, seen, deleted = self._count_cache()
-            with self.slot.lock:
-                if self._personal is None and self._drops == drops and self.cache.wipe_mark() == mark:
-                    for rec in self.cache.texts_after(seen):
-                        pm.add(tokens(rec.text))
-                        seen = rec.id
-                    self._install(pm, seen, deleted)
-                    built = True
+            built = self._count_and_install(None, drops)
         finally:
             with self.slot.lock:
                 self._building = False
             self._built.set()
         if built:
             settle()
+
+    def _count_and_install(self, current: PersonalModel | None, drops: int) -> bool:
+        """Count the user's words off the slot's lock, then install them under it unless they are
+        no longer `current` (None: not built), a drop (`_drops` past `drops`) or a wipe came
+        meanwhile: that count is not the cache's any more. Texts cached meanwhile are added; the
+        mixture's evidence is the user's, not the texts', and carries over. Whether installed."""
+        mark = self.cache.wipe_mark()
+        pm, seen, deleted = self._count_cache()
+        with self.slot.lock:
+            if self._personal is not current or self._drops != drops or self.cache.wipe_mark() != mark:
+                return False
+            for rec in self.cache.texts_after(seen):   # cached meanwhile (commits learned into `current`)
+                pm.add(tokens(rec.text))
+                seen = rec.id
+            if current is not None:
+                pm.mix, pm.mix_by_seen = current.mix, current.mix_by_seen
+            self._install(pm, seen, deleted)
+            if current is not None and self.slot.predictor is not None and self.slot.predictor.personal is current:
+                self.slot.predictor.personal = pm
+                self.slot.predictor.forget_warm()   # strips readied from the old words
+        return True
 
     def _count_cache(self) -> tuple[PersonalModel, int, tuple[int, int]]:
         """The user's words counted from every cached text: (words, the newest text's id, the
@@ -252,8 +263,7 @@ class KeyboardApp:
         a device running for months). Once the cache deleted texts since they were counted (its
         `deletions`, whatever the texts' ids), they are counted again, at most every
         REBUILD_EVERY_S, on the idle thread and off the slot's lock (seconds for a full cache):
-        keystrokes go on with the old words meanwhile. The mixture's evidence is the user's, not
-        the texts': it carries over."""
+        keystrokes go on with the old words meanwhile (`_count_and_install`)."""
         if time.monotonic() - self._recounted_at < REBUILD_EVERY_S:
             return
         with self.slot.lock:
@@ -267,21 +277,9 @@ class KeyboardApp:
         if now_aged == aged and now_capped - capped < max(1, self.cache.stats()["records"] // 10):
             return
         self._recounted_at = time.monotonic()
-        mark = self.cache.wipe_mark()
-        pm, seen, deleted = self._count_cache()
-        with self.slot.lock:
-            if self._personal is not old or self._drops != drops or self.cache.wipe_mark() != mark:
-                return   # dropped or rebuilt meanwhile (a wipe): this count is not the cache's any more
-            for rec in self.cache.texts_after(seen):   # cached meanwhile (commits learned into `old`)
-                pm.add(tokens(rec.text))
-                seen = rec.id
-            pm.mix, pm.mix_by_seen = old.mix, old.mix_by_seen
-            self._install(pm, seen, deleted)
-            if self.slot.predictor is not None and self.slot.predictor.personal is old:
-                self.slot.predictor.personal = pm
-                self.slot.predictor.forget_warm()   # strips readied from the old words
-        log.info("keyboard: the user's words counted again without the texts the cache deleted")
-        settle()
+        if self._count_and_install(old, drops):
+            log.info("keyboard: the user's words counted again without the texts the cache deleted")
+            settle()
 
     def _see_outside_texts(self) -> None:
         """Texts another process cached while this keyboard serves (`python -m edge_runtime type`)
