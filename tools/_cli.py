@@ -51,6 +51,9 @@ def base_ngram_arg(value: str) -> str:
         path = resolve(value)   # ~ expanded, as the device reads the setting; the old variable refused
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    if path is not None and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a folder: name the n-gram file in it "
+                                         "(`tools.proxy_ngram` writes one file)")
     if path is None or not path.is_file():
         raise argparse.ArgumentTypeError(f"{value} not found (a file `tools.proxy_ngram` wrote; off: none)")
     if load_base_ngram(value) is None:

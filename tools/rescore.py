@@ -113,18 +113,25 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
     quiet.parent.mkdir(parents=True, exist_ok=True)
     run_side = {**report["references"], "keyboard": fed["final_metrics"], "global": fed["global_metrics"]}
     words = args.eval_words or total
+
+    def say(line: str) -> None:   # progress on stderr: --json's stdout stays one object
+        print(line, file=sys.stderr, flush=True)
     with ExitStack() as stack:   # one pool of `--workers` processes scores every LSTM, as the simulation does
         pool = None   # its processes start at the first job, under stderr_to: their output goes to the log
         if args.workers > 1:
             pool = stack.enter_context(worker_pool(args.workers))
         if central is not None and "central" not in run_side:     # the run had none: score it on the run's words
+            say(f"scoring the central reference on the run's {settings['eval_words']:,} words...")
             run_side["central"] = reference_scores(data, pop, corpus, proxy, v0, central, settings["eval_words"],
-                                                   quiet, args.workers, pool)["central"]
-        more = reference_scores(data, pop, corpus, proxy, v0, central, words, quiet, args.workers, pool)
-        with stderr_to(quiet):
-            for key, personal in (("keyboard", True), ("global", False)):
+                                                   quiet, args.workers, pool, say)["central"]
+        say(f"scoring the references on {min(words, total):,} words of {pop.test_users} held-out users "
+            f"(cached in {data / 'reference.json'})...")
+        more = reference_scores(data, pop, corpus, proxy, v0, central, words, quiet, args.workers, pool, say)
+        for key, personal in (("keyboard", True), ("global", False)):
+            with stderr_to(quiet):
                 more[key] = score_version(final, pop.heldout, words, personal=personal, pool=pool,
                                           workers=args.workers)
+            say(f"  {key} (the run's final version): top-3 {more[key]['top3']:.1%}")
     out: dict = {"heldout_users": pop.test_users, "heldout_words": total}
     for weighting, got in (("run", run_side), ("every_word", more), ("every_user", more)):
         got["shippable"] = max((got["ngram_proxy"], got["proxy_lstm"]), key=lambda m: m["top3"])

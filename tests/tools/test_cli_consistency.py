@@ -134,7 +134,8 @@ def test_a_base_ngram_the_user_names_must_be_one(args, tmp_path):
     """A mistyped --base-ngram was a warning, and the tool scored without one: figures 1.3 points of
     top-3 low. The device itself keeps typing without a base n-gram; a tool refuses."""
     (tmp_path / "notes.txt").write_text("not an n-gram")
-    for bad, says in ((tmp_path / "nope.npz", "not found"), (tmp_path / "notes.txt", "is not a base n-gram")):
+    for bad, says in ((tmp_path / "nope.npz", "not found"), (tmp_path / "notes.txt", "is not a base n-gram"),
+                      (tmp_path, "is a folder")):
         r = _run(*args, "--base-ngram", str(bad))
         assert r.returncode == 2 and says in r.stderr.strip().splitlines()[-1], r.stderr
 

@@ -66,3 +66,24 @@ def test_a_report_from_before_per_user_counts_is_refused_before_any_scoring(tmp_
     for workers in ("0", "65"):
         with pytest.raises(ValueError, match=r"--workers must be in \[1, 64\]"):
             main(["--data-dir", str(data), "--workers", workers])
+
+
+def test_each_reference_is_cached_as_soon_as_it_is_scored(tmp_path, monkeypatch):
+    """On every held-out word a reference takes minutes: a run stopped at the LSTMs keeps the n-grams."""
+    from tests.tools.test_simulate import write_corpus
+    from tools.simulate import references
+    from tools.simulate.population import load_population
+
+    corpus = write_corpus(tmp_path / "c.jsonl", users=8, texts_per_user=6, seed=1)
+    said: list[str] = []
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(references, "score_version", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        references.reference_scores(tmp_path, load_population(str(corpus), None), str(corpus), [str(corpus)],
+                                    _version(tmp_path / "v0"), None, 40, tmp_path / "log", say=said.append)
+    cached = json.loads((tmp_path / "reference.json").read_text())
+    assert len(cached) == 3 and all(key.startswith("ngram:") for key in cached), list(cached)
+    assert [line.split(":")[0].strip() for line in said] == ["ngram", "ngram_shared", "ngram_proxy"]

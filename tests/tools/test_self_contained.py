@@ -114,20 +114,36 @@ def test_shipped_version_that_does_not_match_its_manifest_is_refused(tmp_path, e
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not match its manifest" in lines[0] and "sha256 mismatch" in lines[0], lines
-    assert "make v0" in lines[0]
+    assert "write it again" in lines[0] and "git checkout" not in lines[0]   # the user's folder, not models/v0
     assert not (tmp_path / "sim" / "runs").exists()        # refused before any coordinator started
 
 
-def test_missing_shipped_version_says_how_to_make_it(tmp_path):
+def test_missing_shipped_version_says_how_to_make_it(tmp_path, monkeypatch):
     from protocol.artifact import ArtifactError
-    from tools.shipped import check_version
+    from tools import shipped
 
+    monkeypatch.setattr(shipped, "SHIPPED_V0", tmp_path / "models" / "v0")   # the checkout's folder, gone
     try:
-        check_version(tmp_path / "nothing")
+        shipped.check_version(tmp_path / "models" / "v0")
     except ArtifactError as e:
         assert "make v0" in str(e) and "missing" in str(e)
     else:
         raise AssertionError("a missing version 0 was accepted")
+
+
+def test_a_broken_version_of_the_users_own_is_not_sent_to_git(tmp_path):
+    """`--v0 DIR` names the user's folder: restoring models/v0 from git would not mend it."""
+    from protocol.artifact import ArtifactError
+    from tools.shipped import check_version
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "manifest.json").write_text("{}")
+    try:
+        check_version(tmp_path / "mine")
+    except ArtifactError as e:
+        assert "git checkout" not in str(e) and "make v0" not in str(e) and "write it again" in str(e), e
+    else:
+        raise AssertionError("a broken version was accepted")
 
 
 def test_pretrain_without_a_corpus_refuses_instead_of_a_long_default_run(tmp_path):

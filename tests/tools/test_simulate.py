@@ -91,6 +91,7 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     r = subprocess.run([sys.executable, "-m", "tools.rescore", "--data-dir", str(data), "--json"], cwd=ROOT,
                        env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "ngram: top-3" in r.stderr and "keyboard (the run's final version): top-3" in r.stderr   # progress
     again = json.loads(r.stdout)
     total = sum(scored_words(heldout).values())
     assert again["heldout_words"] == total and again["every_word"]["words"] == total

@@ -226,7 +226,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                       "held-out users...")
         (data / "runs").mkdir(exist_ok=True)
         refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
-                                data / "runs" / "eval.log", workers=args.workers)
+                                data / "runs" / "eval.log", workers=args.workers, say=console.print)
         v0_metrics = refs["proxy"]
         available = sum(scored_words(pop.heldout).values())
         if v0_metrics["words"] < available:

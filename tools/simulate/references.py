@@ -13,12 +13,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from protocol.artifact import read_manifest
+from protocol.artifact import atomic_write, read_manifest
 from tools._cli import worker_pool
 from tools.simulate.population import Population
 
@@ -104,7 +104,7 @@ def _sha(path: Path) -> str:
 
 def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str], v0: Path, central: Path | None,
                      max_words: int, quiet_log: Path, workers: int = 1,
-                     pool: Executor | None = None) -> dict[str, dict]:
+                     pool: Executor | None = None, say: Callable[[str], None] | None = None) -> dict[str, dict]:
     """References on the held-out users, cached in DIR/reference.json:
 
     ngram: Kneser-Ney trigram fitted centrally on the corpus's train users (collects their text);
@@ -114,7 +114,9 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     ngram_proxy: the same trigram fitted on the proxy text only (shippable without users' text);
     proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM copy);
     proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users.
-    The LSTMs are scored in `workers` processes: the caller's `pool`, or one started for the first."""
+    The LSTMs are scored in `workers` processes: the caller's `pool`, or one started for the first.
+    Each reference is cached as soon as it is scored (a run stopped midway keeps what it scored), and
+    `say` hears of it: on every held-out word one reference takes minutes."""
     from edge_runtime.base_ngram import resolve
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
@@ -172,7 +174,10 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
                                               personal=name == "proxy", pool=pool, workers=workers)
             out[name]["seconds"] = round(time.time() - t0, 1)
             cache[key] = out[name]
-    cache_path.write_text(json.dumps(cache, indent=1))
+            atomic_write(cache_path, json.dumps(cache, indent=1).encode())
+            if say is not None:
+                say(f"  {name}: top-3 {out[name]['top3']:.1%} on {out[name]['words']:,} words "
+                    f"({out[name]['seconds']:.0f} s)")
     if "central" in out:   # how much of the train users' text the reference saw per epoch (the report says)
         trained = read_manifest(central).metrics.get("pretrain", {})
         if "windows_per_epoch" in trained:
