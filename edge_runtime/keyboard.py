@@ -496,7 +496,9 @@ class KeyboardApp:
         warmed = {}
         for client, text in texts.items():
             warmed[client] = session = predictor.session()
-            session.feed_chunks(typed_chunks(text)[0])
+            chunks, partial = typed_chunks(text)
+            session.feed_chunks(chunks)
+            session.feed_partial(partial)
         return warmed
 
     def _swapped(self, warmed: dict[str, Session]) -> None:

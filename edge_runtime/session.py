@@ -167,16 +167,31 @@ class Session:
             node, hist = self._fed(tokens(chunk))
         self._append(chunk, node, hist)
 
-    def _fed(self, toks: list[str]) -> tuple[_Node, tuple[str, ...]]:
-        """State and history after `toks` from nodes[-1], starting from the fed-ahead states."""
+    def _fed(self, toks: list[str], *, keep: bool = False) -> tuple[_Node, tuple[str, ...]]:
+        """State and history after `toks` from nodes[-1], starting from the fed-ahead states. With
+        `keep`, the states of those of `toks` that are complete tokens of the chunk being typed
+        join the fed-ahead ones: a chunk without spaces (a pasted paragraph of Chinese, whose words
+        no space ends) was fed whole again on every keystroke after it, 1,000 model steps each."""
         node, hist = self.nodes[-1], self.hists[-1]
         j = _common(self.ahead, toks)
         if j:
             _, node, hist = self.ahead[j - 1]
-        for tok in toks[j:]:
+        kept = j + _shared_prefix(toks[j:], complete_tokens(self.partial)[j:]) if keep else j
+        if kept > j:
+            del self.ahead[j:]   # for another version of the chunk (a cursor moved back into it)
+        for i, tok in enumerate(toks[j:], j):
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
+            if i < kept:
+                self.ahead.append((tok, node, hist))
         return node, hist
+
+    def feed_partial(self, partial: str) -> None:
+        """Feed the complete tokens of the chunk being typed (`complete_tokens`), after `feed_chunks`:
+        a new version warmed on a thread (`keyboard._warm`) then has them ready, as it has the
+        completed chunks, instead of a keystroke feeding a long chunk without spaces."""
+        self.partial = partial
+        self._fed(complete_tokens(partial), keep=True)
 
     def _append(self, chunk: str, node: _Node, hist: tuple[str, ...]) -> None:
         self.chunks.append(chunk)
@@ -273,7 +288,7 @@ class Session:
             return []
         lead, prefix = split
         if lead:   # '"hel': "hel" completed after the quote, fed ahead already as a rule
-            node, hist = self._fed(tokens(lead))
+            node, hist = self._fed(tokens(lead), keep=True)
             return self.p.suggest(node, hist, prefix, k, self.words, None)
         return self.suggest(prefix, k)
 
@@ -301,7 +316,7 @@ class Session:
             toks, node, hist = r.toks, r.node, r.hist
         else:     # the model step in one call, the ranking in the next: each holds the keyboard less
             toks = tokens(partial)
-            node, hist = self._fed(toks)
+            node, hist = self._fed(toks, keep=True)
             self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), None)
             return True
         strip = self.p.suggest(node, hist, "", k, follows=self.words.after(partial))

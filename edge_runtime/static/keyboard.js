@@ -171,10 +171,11 @@
     const cut = (Math.floor(text.length / TAIL) - 1) * TAIL;
     const ws = text.slice(cut).search(/\s/);
     if (ws >= 0) return text.slice(cut + ws + 1);
-    // No whitespace to cut after: never between the two halves of an emoji (a lone half is not
+    // No whitespace to cut after (Chinese, Japanese): at the same step, or the part sent would
+    // start one character later on every keystroke, and the device fed all of it again each time
+    // (a probe: 141 ms a keystroke). Never between the two halves of an emoji (a lone half is not
     // text, the device refused the request, and every other strip went empty).
-    const at = text.length - TAIL;
-    return text.slice(/[\uDC00-\uDFFF]/.test(text[at]) ? at - 1 : at);
+    return text.slice(/[\uDC00-\uDFFF]/.test(text[cut]) ? cut - 1 : cut);
   }
 
   async function suggest() {

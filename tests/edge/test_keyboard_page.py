@@ -7,6 +7,7 @@ keys and on-screen keys. A missing /usr/bin/chromium is a failure, not a skip (C
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -638,6 +639,23 @@ def test_a_long_paste_is_learned_in_pieces_and_an_emoji_run_keeps_its_strip(page
     page.locator("#message").fill("")
     page.keyboard.insert_text("\U0001F600" * 5000 + "t")     # no whitespace to cut after
     assert wait_strip(page)[1] and page.locator("#strip").get_attribute("data-state") == "ready"
+
+
+def test_a_long_text_without_spaces_is_sent_from_the_same_start_keystroke_after_keystroke(page, device):
+    """Past the page's tail, text without whitespace (Chinese) was sent from one character later
+    on every keystroke, so the device fed all of it again each time (141 ms a keystroke)."""
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)["text"]) if r.url.endswith("/api/suggest")
+            else None)
+    page.click("#message")
+    page.keyboard.insert_text("我今天去了商店买了东西，" * 800)   # 9,600 characters, no whitespace
+    wait_strip(page)
+    for ch in "我今天":
+        page.keyboard.insert_text(ch)
+        wait_strip(page)
+    tail = [t for t in sent if len(t) > 1000][-3:]
+    assert len(tail) == 3 and all(t.startswith(tail[0][:50]) for t in tail), [t[:20] for t in tail]
+    assert all(len(t) <= 8192 for t in tail) and tail[-1].endswith("我今天")
 
 
 def test_enter_that_confirms_a_composition_does_not_send(page, device):

@@ -10,7 +10,7 @@ import pytest
 from edge_runtime.ngram import leading_word
 from edge_runtime.predictor import FOLDED_SHARE, FOLLOW_WEIGHT, SHORTER_FIRST, TEXT_WEIGHT, Predictor
 from protocol.interpreter import Model
-from protocol.text import BOS_ID, load_tokenizer, plain_quotes, quote_led, tokens, word_being_typed
+from protocol.text import BOS_ID, load_tokenizer, plain_quotes, quote_led, tokens, typed_chunks, word_being_typed
 
 TEXT = "What say you to my lord, and shall we go to the king"
 
@@ -89,6 +89,36 @@ def test_a_cursor_moved_back_and_to_the_end_again_takes_the_states_it_had(predic
     assert s.update(edited[:20]) == predictor.session().update(edited[:20])
     assert s.update(edited) == predictor.session().update(edited)
     assert not s.undone
+
+
+def test_a_long_chunk_without_spaces_is_fed_once_not_on_every_keystroke(predictor, monkeypatch):
+    """Chinese has no spaces: after a pasted paragraph every keystroke fed all of its tokens again,
+    twice (the word being typed's lead, then `prefetch`), and a new version's first keystroke too."""
+    pasted = "我今天去了商店，" * 200
+    s = predictor.session()
+    s.update(pasted)
+    while s.prefetch():
+        pass
+    steps: list[int] = []
+    real = type(predictor).advance_ids
+    monkeypatch.setattr(type(predictor), "advance_ids", lambda self, node, ids: steps.append(len(ids)) or
+                        real(self, node, ids))
+    text = pasted
+    for ch in "我今天":
+        text += ch
+        steps.clear()
+        got = s.update(text)
+        while s.prefetch():
+            pass
+        assert sum(steps) <= 2, steps
+    warmed = predictor.session()          # as `keyboard._warm` readies a new version on its thread
+    chunks, partial = typed_chunks(text)
+    warmed.feed_chunks(chunks)
+    warmed.feed_partial(partial)
+    steps.clear()
+    assert warmed.update(text) == got and sum(steps) <= 1, steps
+    monkeypatch.setattr(type(predictor), "advance_ids", real)
+    assert got == predictor.session().update(text)
 
 
 @pytest.mark.parametrize("parts", ["lstm", "keyboard"])
