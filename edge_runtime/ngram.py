@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from protocol.artifact import atomic_write
-from protocol.text import TOKEN_RE, WORD_CLASS, nfc, typed_chunks, word_being_typed
+from protocol.text import TOKEN_RE, WORD_CLASS, nfc, typed_chunks, unformatted, word_being_typed
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -73,8 +73,9 @@ def words_of_chunk(chunk: str) -> list[str]:
 
     Unlike `protocol.text.tokens` it keeps typographic quotes as they are (``don’t`` is three
     tokens): the shipped base n-gram was fitted this way and holds them in its vocabulary. Read
-    in NFC, as `tokens` reads it (`protocol.text.nfc`)."""
-    return TOKEN_RE.findall(nfc(chunk))
+    in NFC and without invisible format characters, as `tokens` reads it (`protocol.text.nfc`,
+    `unformatted`)."""
+    return TOKEN_RE.findall(unformatted(nfc(chunk)))
 
 
 def leading_word(chunk: str) -> str | None:

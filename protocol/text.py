@@ -66,9 +66,30 @@ def nfc(text: str) -> str:
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
+# Invisible format characters that a paste brings (a web page, a PDF, a messenger). A soft hyphen,
+# a word joiner and a zero-width no-break space never separate words; a zero-width space does (Thai,
+# Khmer and Burmese mark word boundaries with it); a zero-width (non-)joiner touching a Latin letter
+# joins nothing (Persian and Indic scripts keep theirs). Read as text, they made "Zimbab" and "we" of
+# "Zimbab\u00adwe", and a "wor\u200dld" that looks like "world" and, tapped, put an invisible
+# character into what the user wrote (a probe): the user's words learned and offered all three.
+_FORMAT = re.compile("[\u00ad\u2060\ufeff\u200b\u200c\u200d]")
+_INVISIBLE = str.maketrans({"\u00ad": None, "\u2060": None, "\ufeff": None, "\u200b": " "})
+_LATIN = "A-Za-z\u00c0-\u024f"
+_LATIN_JOINER = re.compile(f"(?<=[{_LATIN}])[\u200c\u200d]+|[\u200c\u200d]+(?=[{_LATIN}])")
+
+
+def unformatted(text: str) -> str:
+    """`text` with the invisible format characters above read as what they mean: dropped, or a
+    space for a zero-width space. Not character for character: positions move."""
+    if _FORMAT.search(text) is None:   # the rule: a keystroke pays one search
+        return text
+    return _LATIN_JOINER.sub("", text.translate(_INVISIBLE))
+
+
 def tokens(text: str) -> list[str]:
-    """Words and single punctuation marks of `text` (read in NFC), in order (the model's units)."""
-    return TOKEN_RE.findall(nfc(text).translate(_QUOTES))
+    """Words and single punctuation marks of `text` (read in NFC, `unformatted`), in order (the
+    model's units)."""
+    return TOKEN_RE.findall(unformatted(nfc(text)).translate(_QUOTES))
 
 
 def plain_quotes(text: str) -> str:
@@ -156,8 +177,8 @@ def complete_tokens(chunk: str) -> list[str]:
     `tokens(chunk)` but a word token at its end, which the next letter would extend (a
     punctuation mark is one token, so "lord," has both of its tokens complete). A keyboard can
     feed them before the space."""
-    toks = tokens(chunk)
-    if toks and _WORD_CHAR.fullmatch(chunk[-1].translate(_QUOTES)):
+    toks, read = tokens(chunk), unformatted(chunk)
+    if toks and read and _WORD_CHAR.fullmatch(read[-1].translate(_QUOTES)):
         toks.pop()
     return toks
 

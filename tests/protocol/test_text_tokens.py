@@ -15,7 +15,7 @@ def test_complete_tokens_are_those_no_later_character_can_change():
     assert complete_tokens("\u201cNay") == ['"']
     assert complete_tokens("") == []
     rng = random.Random(0)
-    alphabet = "ab'\u2019\u2018\u201c\u201d,.-()_1é\u0301"
+    alphabet = "ab'\u2019\u2018\u201c\u201d,.-()_1é\u0301\u00ad\u200b\u200d\u0915"
     for _ in range(3000):
         chunk = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
         done = complete_tokens(chunk)
@@ -70,6 +70,20 @@ def test_the_word_at_a_chunks_end_is_the_same_as_the_plain_search_found():
         assert split is None or split == (chunk[:start], chunk[start:]), chunk
     assert word_being_typed("x" * 16_000 + ".") is None
     assert word_being_typed("漢字" * 3000 + "。漢") == ("漢字" * 3000 + "。", "漢")
+
+
+def test_invisible_format_characters_a_paste_brings_do_not_make_words():
+    """A soft hyphen split "Zimbabwe" into "Zimbab" and "we", and a zero-width joiner made a
+    "world" that is not the word: the user's words learned and offered them (a probe)."""
+    assert tokens("Zimbab\u00adwe") == ["Zimbabwe"] and tokens("re\u2060port\ufeff") == ["report"]
+    assert tokens("the wor\u200dld") == ["the", "world"] and tokens("wor\u200cld") == ["world"]
+    assert tokens("ภาษา\u200bไทย") == ["ภาษา", "ไทย"]            # a zero-width space parts words
+    assert tokens("می\u200cخواهم") == ["می\u200cخواهم"]          # Persian keeps its non-joiner
+    assert tokens("क्\u200dष") == ["क्\u200dष"]                  # and Devanagari its joiner
+    assert complete_tokens("wor\u200d") == [] and complete_tokens("head\u200b") == ["head"]
+    from edge_runtime.ngram import words_of_chunk
+
+    assert words_of_chunk("Zimbab\u00adwe,") == ["Zimbabwe", ","]   # the base n-gram reads it the same
 
 
 def test_combining_marks_and_joiners_stay_in_their_word():
