@@ -33,6 +33,7 @@ class SecAggMember(Base):
     mask_pk: Mapped[str] = mapped_column(String(64))
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
     masked_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)   # its self-mask seed's commitment
     revealed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 

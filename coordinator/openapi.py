@@ -136,8 +136,9 @@ def _secagg_paths(rid: list) -> dict[str, Any]:
             errors=(400, 403, 404, 409, 413), **dev)},
         base + "roster": {"get": _op("Secure round: this device's index, parameters and neighbours' keys",
                                      errors=(403, 404, 409), **dev)},
-        base + "shares": {"post": _op("Secure round: encrypted seed shares, one per neighbour", body=_obj(
-            {"protocol_version": _INT, "shares": hexes}, ["protocol_version", "shares"]),
+        base + "shares": {"post": _op("Secure round: encrypted seed shares, one per neighbour, and the sha256 "
+                                      "of the self-mask seed (optional)", body=_obj(
+            {"protocol_version": _INT, "shares": hexes, "seed_sha256": _STR}, ["protocol_version", "shares"]),
             errors=(400, 403, 404, 409, 413), **dev)},
         base + "inbox": {"get": _op("Secure round: the shares neighbours encrypted to this device",
                                     errors=(403, 404, 409), **dev)},

@@ -18,6 +18,7 @@ coordinator cannot open, masked vectors, revealed shares (deleted after the sum)
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -143,6 +144,7 @@ def post_shares(coord: Coordinator, device_id: str, round_id: int, body: dict[st
         for j, ct in msg.shares.items():
             s.add(SecAggShare(round_id=round_id, sender=m.idx, recipient=j, ciphertext=ct.hex()))
         m.shared = True
+        m.seed_sha256 = msg.seed_sha256.hex() if msg.seed_sha256 is not None else None
     advance(coord, round_id)
     return {"protocol_version": wire.PROTOCOL_VERSION, "accepted": True}
 
@@ -181,10 +183,17 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
         r = s.get(Round, round_id, with_for_update=True)
         m = _member(s, round_id, device_id)
         row = s.get(SecAggRound, round_id)
+        # Posted twice at once, both passed the check above: the second is a duplicate here too (a
+        # probe had three of six answered 200, and only the last one's vector summed).
+        earlier = m.masked_sha256
         late = r.status != RoundStatus.OPEN or row.phase != MASKED
-        if not late:
+        if earlier is None and not late:
             round_end.keep_upload(coord, round_id, digest, body)
             m.masked_sha256 = digest
+    if earlier is not None:
+        if earlier != digest:   # the same bytes are the same file, which the member's row names
+            round_end.drop_refused_upload(coord, round_id, digest)
+        raise ApiError(409, wire.E_DUPLICATE, "masked vector already received")
     if late:
         round_end.drop_refused_upload(coord, round_id, digest)
         raise ApiError(409, wire.E_LATE, "the masked-input phase closed meanwhile")
@@ -393,10 +402,11 @@ TRIES = 256
 TRY_SECONDS = 5.0
 
 
-def _recovered(got: list[bytes], t: int, public: bytes | None) -> bytes | None:
+def _recovered(got: list[bytes], t: int, fits: Callable[[bytes], bool] | None) -> bytes | None:
     """A secret from its revealed shares: the first t, else other sets of t (each owner has up
     to k shares, and devices may have revealed wrong ones), at most TRIES tries or TRY_SECONDS;
-    None if none reconstructs. A mask key must also be the private key of the public one its owner posted."""
+    None if none reconstructs. It must also `fit` what its owner posted: a mask key the public
+    key, a self-mask seed its sha256 (a forged share otherwise recovered another seed)."""
     if math.comb(len(got), t) <= TRIES:
         tries = list(itertools.combinations(got, t))
     else:
@@ -410,9 +420,21 @@ def _recovered(got: list[bytes], t: int, public: bytes | None) -> bytes | None:
             secret = secagg.recover_secret(shares, t)
         except secagg.SecAggError:
             continue
-        if public is None or secagg.public_key(secret) == public:
+        if fits is None or fits(secret):
             return secret
     return None
+
+
+def _fits(m: SecAggMember, kind: str) -> Callable[[bytes], bool] | None:
+    """What `m`'s recovered secret of `kind` must match, None for a seed a device from before
+    this check did not commit to (taken unchecked, as it was)."""
+    if kind == "key":
+        public = bytes.fromhex(m.mask_pk)
+        return lambda secret: secagg.public_key(secret) == public
+    if m.seed_sha256 is None:
+        return None
+    digest = bytes.fromhex(m.seed_sha256)
+    return lambda secret: hashlib.sha256(secret).digest() == digest
 
 
 def _secrets(s: Session, round_id: int, t: int) -> tuple[dict[int, bytes], dict[int, bytes], list[int], list[int]]:
@@ -431,7 +453,7 @@ def _secrets(s: Session, round_id: int, t: int) -> tuple[dict[int, bytes], dict[
         if len(got) < t:
             short.append(m.idx)
             continue
-        secret = _recovered(got, t, None if kind == "self" else bytes.fromhex(m.mask_pk))
+        secret = _recovered(got, t, _fits(m, kind))
         if secret is None:
             bad.append(m.idx)
         else:

@@ -10,13 +10,15 @@ The honest device's rules at the unmask step (`Revealer`): it refuses to reveal,
 neighbour, both the self-mask share (asked when that neighbour survived) and the mask-key share
 (asked when it dropped) — together they would unmask that neighbour's individual update —
 within one request or across requests; it refuses when the coordinator claims it dropped
-although it uploaded, when fewer than n_min devices survived (the noise would be short), and for
-devices that are not neighbours that shared with it.
+although it uploaded, when fewer than n_min devices survived (the noise would be short; the
+coordinator's count must agree with the survivors it lists, and in a complete graph the list is
+the count), and for devices that are not neighbours that shared with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -46,8 +48,11 @@ def local_plan(plan: wire.TrainPlan) -> wire.TrainPlan:
 class Revealer:
     """Answers unmask requests, never revealing both kinds of share of one neighbour."""
 
-    def __init__(self, index: int, shares: dict[int, tuple[bytes, bytes]], n_min: int) -> None:
-        self.index, self.shares, self.n_min = index, shares, n_min
+    def __init__(self, index: int, shares: dict[int, tuple[bytes, bytes]], n_min: int, *,
+                 complete: bool = False) -> None:
+        """`complete`: every other device of the cohort is a neighbour (k = n - 1, every cohort
+        up to 17), so the survivors a request lists are all of them but this one."""
+        self.index, self.shares, self.n_min, self.complete = index, shares, n_min, complete
         self.revealed: dict[int, str] = {}          # neighbour -> "self" | "key", across requests
 
     def answer(self, req: sw.SecAggUnmaskRequest) -> sw.SecAggReveal:
@@ -60,8 +65,14 @@ class Revealer:
         unknown = (surv | drop) - set(self.shares)
         if unknown:
             raise Refused(f"asked for shares of devices {sorted(unknown)[:5]} that did not share with this device")
-        if req.survivor_count < self.n_min:
-            raise Refused(f"only {req.survivor_count} survivors, fewer than the {self.n_min} the noise needs")
+        # The count is the coordinator's word; the lists must not contradict it, and where they are
+        # the whole cohort they are the count: a probe listed one other survivor with a count of 7,
+        # and a sum of two updates, with 2/7 of the noise charged, would have been unmasked.
+        if len(surv) + 1 > req.survivor_count:
+            raise Refused(f"{len(surv) + 1} survivors listed, but a survivor count of {req.survivor_count}")
+        listed = len(surv) + 1 if self.complete else req.survivor_count
+        if listed < self.n_min:
+            raise Refused(f"only {listed} survivors, fewer than the {self.n_min} the noise needs")
         flips = [j for j in surv if self.revealed.get(j) == "key"] + [j for j in drop if self.revealed.get(j) == "self"]
         if flips:
             raise Refused(f"devices {sorted(flips)} were already reported the other way: that would unmask them")
@@ -212,7 +223,7 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
         for (j, nb), a, b in zip(sorted(nbs.items()), seed_shares, key_shares, strict=True):
             key = secagg.agree(enc_sk, nb.enc_pk, b"enc", rid, roster.index, j)
             cts[j] = secagg.encrypt_share(key, rid, roster.index, j, a + b)
-        ch.post("shares", sw.SecAggShares(cts).to_dict())
+        ch.post("shares", sw.SecAggShares(cts, hashlib.sha256(self_seed).digest()).to_dict())
         inbox = sw.SecAggInbox.from_dict(ch.poll("inbox"), secagg.CIPHERTEXT_BYTES)
         if not set(inbox.shares) <= set(nbs):
             raise Refused("the inbox holds shares from devices that are not neighbours")
@@ -240,7 +251,7 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
             counts["local_epsilon"] = charge()
         ch.post("masked", data=y.astype("<u4").tobytes())
         del y, self_seed, mask_sk
-        revealer = Revealer(roster.index, held, roster.n_min)
+        revealer = Revealer(roster.index, held, roster.n_min, complete=roster.k == roster.n - 1)
         req = sw.SecAggUnmaskRequest.from_dict(ch.poll("unmask"))
         ch.post("unmask", revealer.answer(req).to_dict())
         counts.update(cohort=roster.n, neighbours=roster.k, kB_up=round(ch.up / 1024, 1),

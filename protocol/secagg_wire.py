@@ -155,13 +155,18 @@ class SecAggRoster:
 
 @dataclass(frozen=True)
 class SecAggShares:
-    """Sender -> coordinator: one ciphertext per neighbour (recipient index -> bytes)."""
+    """Sender -> coordinator: one ciphertext per neighbour (recipient index -> bytes), and sha256 of
+    the sender's self-mask seed, which a recovered seed must match: without it a survivor's forged
+    share recovered another seed, and the round summed to noise under "done". A sha256 of 32
+    random bytes tells nothing of them. Optional: devices from before send none."""
 
     shares: dict[int, bytes]
+    seed_sha256: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol_version": PROTOCOL_VERSION,
-                "shares": [{"to": j, "ct": ct.hex()} for j, ct in sorted(self.shares.items())]}
+                "shares": [{"to": j, "ct": ct.hex()} for j, ct in sorted(self.shares.items())],
+                **({"seed_sha256": self.seed_sha256.hex()} if self.seed_sha256 is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], ct_bytes: int) -> SecAggShares:
@@ -172,7 +177,7 @@ class SecAggShares:
             if j in out:
                 raise WireError("two shares for one recipient")
             out[j] = _hex(x, "ct", ct_bytes)
-        return cls(out)
+        return cls(out, _hex(d, "seed_sha256", 32) if d.get("seed_sha256") is not None else None)
 
 
 @dataclass(frozen=True)

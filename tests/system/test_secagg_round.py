@@ -126,6 +126,7 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
             members = {m.device_id: m for m in db.scalars(select(SecAggMember).where(SecAggMember.round_id == rid))}
             row = db.get(SecAggRound, rid)
             assert all(members[d].shared and members[d].masked_sha256 is None for d in killed), "dropped too late"
+            assert all(m.seed_sha256 and len(m.seed_sha256) == 64 for m in members.values())   # seeds committed
             assert mute is not None and members[mute].masked_sha256 and not members[mute].revealed
             assert row.survivors == n - n_drop and rnd["accepted"] == n - n_drop
             assert db.scalar(select(func.count()).select_from(Update)) == 0             # no plain update rows
@@ -325,6 +326,92 @@ def test_one_device_revealing_wrong_shares_does_not_sink_the_round(tmp_path, exp
         assert all(r is not None and r.outcome == "uploaded" for r in run_once_each(cfgs))
         rnd = wait_closed(s.coord, rid)
         assert (rnd["status"], rnd["accepted"]) == ("done", n), rnd
+
+
+def test_a_forged_self_mask_share_is_caught_by_the_seeds_commitment():
+    """A survivor's share crafted so that it and one honest share interpolate to seed + 1: nothing
+    checked a recovered self seed, and the round closed "done" on a random sum (a probe). The
+    device now posts sha256 of its seed, and a set of shares that misses it is passed over."""
+    import hashlib
+    import struct
+
+    seed = os.urandom(secagg.SEED_BYTES)
+    shares = secagg.share_secret(seed, 2, 3)              # k = 3 neighbours, t = 2
+    xa, ya = struct.unpack("<H", shares[0][:2])[0], int.from_bytes(shares[0][2:], "little")
+    xt = struct.unpack("<H", shares[1][:2])[0]
+    p = secagg.SHAMIR_PRIME
+    lam = xt * pow(xt - xa, -1, p) % p                     # the forger's Lagrange weight beside share 1
+    forged = struct.pack("<H", xa) + ((ya + pow(lam, -1, p)) % p).to_bytes(66, "little")
+    revealed = [forged, shares[1], shares[2]]              # the forger revealed first
+    wrong = coord_secagg._recovered(revealed, 2, None)     # a device from before the commitment
+    assert wrong is not None and wrong != seed
+    member = SecAggMember(mask_pk="00" * 32, seed_sha256=hashlib.sha256(seed).hexdigest())
+    assert coord_secagg._recovered(revealed, 2, coord_secagg._fits(member, "self")) == seed
+    assert coord_secagg._recovered(revealed[:2], 2, coord_secagg._fits(member, "self")) is None
+    body = sw.SecAggShares({1: b"x" * secagg.CIPHERTEXT_BYTES}, hashlib.sha256(seed).digest()).to_dict()
+    assert sw.SecAggShares.from_dict(body, secagg.CIPHERTEXT_BYTES).seed_sha256 == hashlib.sha256(seed).digest()
+    del body["seed_sha256"]                                # a device from before: no commitment
+    assert sw.SecAggShares.from_dict(body, secagg.CIPHERTEXT_BYTES).seed_sha256 is None
+
+
+def test_a_masked_vector_posted_twice_at_once_is_a_duplicate_the_second_time(tmp_path, monkeypatch):
+    """Both posts passed the first check before either was written: a probe had three of six
+    concurrent posts of one device answered 200, and only the last one's vector summed."""
+    from coordinator import round_end
+    from coordinator.errors import ApiError
+    from tests.helpers.coordinator_fakes import import_v0
+    from tests.helpers.secure_rounds import ScriptedDevice
+
+    conf = make_config(tmp_path, goal_count=3, min_count=2, overselect=1.0, secagg_poll_s=0.5,
+                       secagg_phase_timeout_s=30.0, clip_norm=1.0, noise_multiplier=0.0)
+    with serve(conf) as s:
+        weights = import_v0(s, tmp_path / "v0")
+        dim = sum(w.size for w in weights.values())
+        key = s.coord.create_enrollment_key()
+        devs = [ScriptedDevice(s, key) for _ in range(3)]
+        rid = s.coord.start_round(secure_aggregation=True, selection_window_s=0)
+        for d in devs:
+            d.checkin()
+        for d in devs:
+            d.keys()
+        for d in devs:
+            d.roster_and_shares(dim)
+        assert all(d.inbox_ready() for d in devs)
+        first, second = (np.full(dim, v, "<u4").tobytes() for v in (1, 2))
+        store, inner = round_end.store_upload, []
+
+        def racing(coord, round_id, body):   # the second post lands while the first is being stored
+            digest = store(coord, round_id, body)
+            if body == first:
+                inner.append(coord_secagg.post_masked(coord, devs[0].device_id, round_id, second))
+            return digest
+
+        monkeypatch.setattr(round_end, "store_upload", racing)
+        with pytest.raises(ApiError) as refused:
+            coord_secagg.post_masked(s.coord, devs[0].device_id, rid, first)
+        assert refused.value.status == 409 and refused.value.code == wire.E_DUPLICATE
+        assert inner and inner[0]["accepted"]
+        with s.coord._sessions() as db:
+            kept = db.scalar(select(SecAggMember.masked_sha256).where(SecAggMember.device_id == devs[0].device_id))
+        import hashlib
+
+        assert kept == hashlib.sha256(second).hexdigest()
+        uploads = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.stat().st_size == 4 * dim]
+        assert len(uploads) == 1, uploads                  # the refused vector is not left on disk
+
+
+def test_revealer_checks_the_survivor_count_against_the_survivors_listed():
+    """The count is the coordinator's word: a complete graph's lists showing one other survivor
+    with a count of 7 had the device reveal, and a sum of two updates, with 2/7 of the noise the
+    device charged, could be unmasked (a probe)."""
+    shares = {j: (bytes([j]) * 34, bytes([j + 100]) * 34) for j in range(1, 10)}
+    lie = sw.SecAggUnmaskRequest((1,), tuple(range(2, 10)), 7)
+    with pytest.raises(secagg_client.Refused, match="only 2 survivors"):
+        secagg_client.Revealer(0, shares, 7, complete=True).answer(lie)
+    with pytest.raises(secagg_client.Refused, match="survivor count of 2"):
+        secagg_client.Revealer(0, shares, 2).answer(sw.SecAggUnmaskRequest((1, 2, 3), (), 2))
+    honest = sw.SecAggUnmaskRequest(tuple(range(1, 8)), (8, 9), 8)
+    assert len(secagg_client.Revealer(0, shares, 7, complete=True).answer(honest).self_shares) == 7
 
 
 @pytest.mark.parametrize("flip", ["self-then-key", "key-then-self"])
