@@ -208,6 +208,11 @@ def _register_errors(app: Flask) -> None:
         return _error(500, wire.ErrorBody(wire.E_INTERNAL, "internal error").to_dict(), retry_after=5)
 
 
+# The request counter's `method` label: a client's own method name ("FOO") was a new series each,
+# so anyone who could reach the service grew Prometheus's storage without limit (a probe).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
 def _register_metrics(app: Flask, coordinator: Coordinator) -> None:
     @app.before_request
     def _start() -> None:
@@ -216,7 +221,8 @@ def _register_metrics(app: Flask, coordinator: Coordinator) -> None:
     @app.after_request
     def _count(resp: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        coordinator.metrics.requests.labels(endpoint, request.method, str(resp.status_code)).inc()
+        method = request.method if request.method in HTTP_METHODS else "other"
+        coordinator.metrics.requests.labels(endpoint, method, str(resp.status_code)).inc()
         elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
         coordinator.metrics.request_seconds.labels(endpoint).observe(elapsed)
         return resp

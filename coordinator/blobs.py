@@ -13,6 +13,18 @@ from pathlib import Path
 
 from protocol.artifact import atomic_write, sha256_bytes, sha256_file
 
+# Under this, the data directory's disk is said to be short (/healthz 503, the dashboard's banner):
+# a few updates (5.4 MB each at 1.36M weights) and a version (about 16 MB).
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on `path`'s file system, None if it cannot be told."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
 
 class BlobStore:
     def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:

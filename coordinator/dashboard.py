@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from coordinator.blobs import MIN_FREE_BYTES, free_bytes
 from coordinator.models import Device, utcnow
 from coordinator.states import RoundStatus, VersionStatus
 
@@ -36,6 +37,16 @@ def _devices(c: Any) -> dict[str, int]:
         active = s.scalar(select(func.count()).select_from(Device).where(
             live, Device.last_seen_at >= utcnow() - ACTIVE_WINDOW)) or 0
     return {"enrolled": int(enrolled), "active_24h": int(active)}
+
+
+def _trouble(c: Any) -> list[str]:
+    """What the page shows above everything: a full disk refused every upload while the page
+    showed a round waiting for devices (an operator's probe)."""
+    free = free_bytes(c.data_dir)
+    if free is not None and free < MIN_FREE_BYTES:
+        return [f"the data directory's disk has {free // 2**20} MiB free (under {MIN_FREE_BYTES // 2**20} MiB): "
+                "uploads and new versions fail until there is room"]
+    return []
 
 
 def dashboard_data(c: Any) -> dict[str, Any]:
@@ -76,4 +87,5 @@ def dashboard_data(c: Any) -> dict[str, Any]:
                                           "population": {k: v for k, v in status["population"].items()
                                                          if k != "enrolled"}},
             "rejections_total": c.rejection_counts(), "decisions": decisions, "versions": history,
+            "trouble": _trouble(c),
             "server_time": utcnow().isoformat() + "Z"}

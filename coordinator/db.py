@@ -101,6 +101,44 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args=_pg_timeout(url))
 
 
+# What a health check or a scrape waits for the database, under Prometheus's default 10 s scrape
+# timeout: with the request engine's 30 s (SQLite's busy timeout, PostgreSQL's pool timeout) a
+# locked database made /metrics and /healthz answer after 30 s, the scrape failed whole, and the
+# documented alert on `fedkeys_database_up 0` could never fire (an operator's probe).
+MONITOR_WAIT_S = 2
+
+
+def make_monitor_engine(url: str) -> Engine:
+    """Read-only sessions for /healthz and the scrape's gauges that wait at most MONITOR_WAIT_S:
+    SQLite with a deferred BEGIN (in WAL mode a read needs no lock a writer holds) and its busy
+    timeout; PostgreSQL from a pool of its own, which a burst of uploads cannot take, with a
+    statement timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": MONITOR_WAIT_S, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA query_only=ON")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+    engine = create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=1, pool_timeout=MONITOR_WAIT_S,
+                           connect_args={k: min(v, MONITOR_WAIT_S) for k, v in _pg_timeout(url).items()},
+                           execution_options={"postgresql_readonly": True})
+
+    @event.listens_for(engine, "connect")
+    def _statement_timeout(dbapi_conn, _record) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {MONITOR_WAIT_S * 1000}")
+        dbapi_conn.commit()
+
+    return engine
+
+
 def _pg_timeout(url: str) -> dict[str, int]:
     """A host that accepts the connection and never answers would hang every command and worker
     boot without a word; libpq waits forever unless told. The URL's own ?connect_timeout= wins."""
@@ -324,10 +362,13 @@ def retryable(e: Exception) -> tuple[str, str] | None:
         return ("busy" if busy(e) else "unavailable"), first_line(e)
     if isinstance(e, DBAPIError) and sqlstate(e) == READ_ONLY_SQLSTATE:
         return "read-only", first_line(e)   # a primary demoted to standby, or default_transaction_read_only
+    if isinstance(e, DBAPIError) and sqlstate(e) == QUERY_CANCELED_SQLSTATE:
+        return "busy", first_line(e)        # a statement timeout (the monitor's): a lock held past it
     return None
 
 
 READ_ONLY_SQLSTATE = "25006"   # PostgreSQL's read_only_sql_transaction: an InternalError, not Operational
+QUERY_CANCELED_SQLSTATE = "57014"
 
 
 def sqlstate(e: BaseException) -> str | None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
+from coordinator.blobs import free_bytes
 from coordinator.db import retryable
 from coordinator.gauges import StateCollector
 
@@ -38,8 +39,10 @@ UPDATES_HELP = ("Uploaded updates by result (accepted or reason), counted on arr
                 "update, withdrawn later, stays accepted here (the rejections list it as revoked)")
 
 class Metrics:
-    def __init__(self, sessions: Callable[[], Session] | None, privacy_delta: float) -> None:
+    def __init__(self, sessions: Callable[[], Session] | None, privacy_delta: float,
+                 data_dir: str | os.PathLike | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._data_dir = data_dir
         self._state = StateCollector(sessions, privacy_delta) if sessions is not None else None
         r = self.registry
         self.requests = Counter("fedkeys_http_requests", "HTTP requests", ["endpoint", "method", "status"], registry=r)
@@ -59,6 +62,8 @@ class Metrics:
         else:
             registry = self.registry
         out = generate_latest(registry)
+        if self._data_dir is not None:
+            out += _free_bytes(self._data_dir)
         if self._state is not None:
             state = CollectorRegistry()
             state.register(self._state)
@@ -73,6 +78,18 @@ class Metrics:
                 log.warning("metrics: the database is %s; the scrape has the counters only (%s)", *trouble)
                 out += _database_up(False)
         return out
+
+
+def _free_bytes(data_dir: str | os.PathLike) -> bytes:
+    """`fedkeys_data_dir_free_bytes`: a full disk refused every upload with 503 while no gauge
+    moved, and the dashboard showed a round waiting for devices (an operator's probe)."""
+    if (free := free_bytes(data_dir)) is None:
+        return b""
+    registry = CollectorRegistry()
+    registry.register(_Const(GaugeMetricFamily(
+        "fedkeys_data_dir_free_bytes", "free bytes on the data directory's file system (uploads and new versions "
+        "fail under 64 MiB; /healthz says so)", value=free)))
+    return generate_latest(registry)
 
 
 def _database_up(up: bool) -> bytes:

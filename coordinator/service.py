@@ -39,7 +39,15 @@ from sqlalchemy.orm import Session
 from coordinator import canary, checkin, deployment, enrollment, keys, rollout_signing, rounds, updates, versions, views
 from coordinator.blobs import BlobStore, UploadStore
 from coordinator.config import Config
-from coordinator.db import create_private, data_dir_lock, make_engine, migrate, require_current_schema, session_factory
+from coordinator.db import (
+    create_private,
+    data_dir_lock,
+    make_engine,
+    make_monitor_engine,
+    migrate,
+    require_current_schema,
+    session_factory,
+)
 from coordinator.metrics import Metrics
 from protocol import wire
 
@@ -79,7 +87,9 @@ class Coordinator:
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs", create=not read_only)
         self.uploads = UploadStore(self.data_dir / "uploads", self.blobs, create=not read_only)
-        self.metrics = Metrics(self._sessions, config.privacy_delta)
+        # /healthz and the scrape read through an engine of their own that waits seconds, not 30.
+        self.monitor = self.engine if read_only else make_monitor_engine(config.resolved_database_url)
+        self.metrics = Metrics(session_factory(self.monitor), config.privacy_delta, self.data_dir)
         self._lock = threading.RLock()
         self.rollout_seq = rollout_signing.SequenceClock()   # the signed rollout statements' numbers
         self._rng = random.Random()
@@ -91,6 +101,7 @@ class Coordinator:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.monitor.dispose()
 
     @contextmanager
     def tx(self, *, decides: bool = False) -> Iterator[Session]:

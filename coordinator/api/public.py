@@ -9,17 +9,17 @@ from sqlalchemy import text
 
 from coordinator import openapi
 from coordinator.api.common import coord
+from coordinator.blobs import MIN_FREE_BYTES
 from coordinator.errors import ApiError
 from coordinator.metrics import CONTENT_TYPE_LATEST
 from protocol import wire
 
 bp = Blueprint("public", __name__)
-MIN_FREE_BYTES = 64 * 2**20   # a few updates (5.4 MB each at 1.36M weights) and a version (about 16 MB)
 
 
 @bp.get(wire.PATH_HEALTH)
 def health() -> Response:
-    with coord().engine.connect() as conn:
+    with coord().monitor.connect() as conn:   # waits seconds for a locked database, not 30
         conn.execute(text("SELECT 1"))
     # A full disk answered {"ok": true} while every upload and aggregation failed: a load balancer
     # or monitor asking this endpoint learned nothing. Under MIN_FREE_BYTES it says so, with 503.

@@ -38,7 +38,10 @@
       throw Object.assign(new Error((body.message || "too many requests") + (wait ? `; try again in ${wait} s` : "")),
                           { limited: true });
     }
-    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    if (!resp.ok) {   // the coordinator answered: its message says what is wrong (a database, a disk)
+      const body = await resp.json().catch(() => ({}));
+      throw Object.assign(new Error(body.message || "HTTP " + resp.status), { answered: true });
+    }
     return resp.json();
   }
 
@@ -110,7 +113,18 @@
     }
   }
 
+  // Above everything: what stops the service (a full disk), or why the figures below stopped
+  // refreshing. An answer of 503 read "coordinator unreachable" in small print, beside panels
+  // that went on showing the last figures, a countdown included (an operator's probe).
+  function showTrouble(lines, stale) {
+    const t = $("#trouble");
+    t.textContent = lines.join(" · ");
+    t.hidden = lines.length === 0;
+    $("#panels").classList.toggle("stale", Boolean(stale));
+  }
+
   function render(d) {
+    showTrouble(d.trouble || [], false);
     $("#stable").textContent = d.stable_version_id || "none";
     $("#pinned").textContent = d.pinned ? "pinned: automatic promotion off" : "automatic promotion on";
     $("#candidate").textContent = d.candidate_version_id || "none";
@@ -153,7 +167,10 @@
     } catch (e) {
       if (sessionStorage.getItem(KEY) !== token) return;   // an answer for a session since ended
       if (e.auth) showLogin(e.message);
-      else $("#updated").textContent = (e.limited ? e.message : "coordinator unreachable: " + e.message) + " (retrying)";
+      else if (e.limited) $("#updated").textContent = e.message + " (retrying)";
+      else showTrouble([(e.answered ? "the coordinator says: " : "coordinator unreachable: ") + e.message +
+                        " — the figures below are from " + ($("#updated").textContent.replace(/^updated /, "")
+                        .split(" · ")[0] || "no refresh yet") + " (retrying)"], true);
     } finally {
       inFlight = false;
       if (again) { again = false; refresh(); }   // e.g. a login while an old refresh was on its way

@@ -159,8 +159,8 @@ def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
 
     from coordinator.db import session_factory
     c = served.coord
-    real = c.engine, c._sessions
-    c.engine = create_engine("postgresql+psycopg://u@127.0.0.1:1/db", connect_args={"connect_timeout": 5})
+    real = c.engine, c._sessions, c.monitor
+    c.engine = c.monitor = create_engine("postgresql+psycopg://u@127.0.0.1:1/db", connect_args={"connect_timeout": 5})
     c._sessions = c.metrics._state._sessions = session_factory(c.engine)
     try:
         for path, headers in ((wire.PATH_HEALTH, {}),
@@ -174,8 +174,8 @@ def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
         assert 'fedkeys_http_requests_total{endpoint="/v1/admin/status",method="GET",status="503"} 1.0' in r.text
     finally:
         c.engine.dispose()
-        c.engine, c._sessions = real
-        c.metrics._state._sessions = real[1]
+        c.engine, c._sessions, c.monitor = real
+        c.metrics._state._sessions = session_factory(c.monitor)
     said = [r for r in caplog.records if "database unavailable" in r.getMessage()]
     assert said and not any(r.exc_info for r in said)
     (said,) = [r for r in caplog.records if r.name == "coordinator.metrics"]
@@ -187,7 +187,8 @@ def test_a_database_out_of_reach_is_a_503_to_retry(served, caplog):
 
 def test_a_database_with_no_connection_free_is_a_503_to_retry(served, caplog):
     """Every pooled connection in use past the pool's timeout was a 500 with a traceback; it is
-    "busy": 503 with Retry-After, and the scrape keeps its counters with `fedkeys_database_up 0`."""
+    "busy": 503 with Retry-After. Health checks and the scrape read from a pool of their own, which
+    a burst of requests cannot take: they still answer, and the scrape counts the 503s."""
     from sqlalchemy import create_engine
 
     from coordinator.db import session_factory
@@ -196,22 +197,53 @@ def test_a_database_with_no_connection_free_is_a_503_to_retry(served, caplog):
     sqlite = real[0].dialect.name == "sqlite"
     c.engine = create_engine(real[0].url, pool_size=1, max_overflow=0, pool_timeout=0.2,
                              connect_args={"check_same_thread": False} if sqlite else {})
-    c._sessions = c.metrics._state._sessions = session_factory(c.engine)
+    c._sessions = session_factory(c.engine)
     held = c.engine.connect()
     try:
-        r = requests.get(served.url + wire.PATH_HEALTH, timeout=30)
+        r = requests.get(served.url + "/v1/admin/status", timeout=30,
+                         headers={wire.AUTH_HEADER: f"Bearer {served.config.admin_token}"})
         assert r.status_code == 503 and r.headers["Retry-After"], r.text
         assert r.json()["message"] == "the database is busy; retry later"
+        assert requests.get(served.url + wire.PATH_HEALTH, timeout=30).json() == {"ok": True}
         r = requests.get(served.url + wire.PATH_METRICS, timeout=30)
-        assert r.status_code == 200 and "fedkeys_database_up 0.0" in r.text, r.text
+        assert r.status_code == 200 and "fedkeys_database_up 1.0" in r.text, r.text
+        assert 'fedkeys_http_requests_total{endpoint="/v1/admin/status",method="GET",status="503"} 1.0' in r.text
     finally:
         held.close()
         c.engine.dispose()
         c.engine, c._sessions = real
-        c.metrics._state._sessions = real[1]
     said = [r for r in caplog.records if "connection free" in r.getMessage()]
-    assert len(said) == 2 and not any(r.exc_info for r in said)
-    assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
+    assert len(said) == 1 and not any(r.exc_info for r in said)
+
+
+def test_a_locked_database_is_seen_by_health_checks_and_the_scrape_within_its_timeout(served):
+    """With SQLite locked by another program (an operator's `sqlite3` shell in a transaction),
+    /healthz and /metrics waited the requests' 30 s busy timeout, past Prometheus's 10 s: the scrape
+    failed whole, and the documented alert on `fedkeys_database_up` could never fire (a probe).
+    They read through an engine of their own that waits 2 s at most. On SQLite in WAL mode a read
+    needs no lock the writer holds, so they answer with the gauges; on PostgreSQL a table locked
+    against reads is a scrape with the counters and `fedkeys_database_up 0`."""
+    import sqlite3
+
+    c = served.coord
+    sqlite = c.engine.dialect.name == "sqlite"
+    if sqlite:
+        locker = sqlite3.connect(c.engine.url.database, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+    else:
+        locker = c.engine.connect()
+        locker.exec_driver_sql("LOCK TABLE rounds IN ACCESS EXCLUSIVE MODE")
+    try:
+        assert requests.get(served.url + wire.PATH_HEALTH, timeout=10).json() == {"ok": True}
+        r = requests.get(served.url + wire.PATH_METRICS, timeout=10)   # Prometheus's default scrape timeout
+        assert r.status_code == 200 and "fedkeys_http_requests_total" in r.text, r.text
+        assert f"fedkeys_database_up {1.0 if sqlite else 0.0}" in r.text
+    finally:
+        if sqlite:
+            locker.execute("ROLLBACK")
+        else:
+            locker.rollback()
+        locker.close()
 
 
 def test_a_scrape_answers_before_its_timeout_when_the_database_host_is_silent(served):
@@ -221,14 +253,13 @@ def test_a_scrape_answers_before_its_timeout_when_the_database_host_is_silent(se
     import socket
     import time
 
-    from coordinator.db import make_engine, session_factory
+    from coordinator.db import make_monitor_engine, session_factory
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)   # the kernel completes connections; nothing ever reads or answers them
     c = served.coord
-    real = c.engine, c._sessions
-    c.engine = make_engine(f"postgresql+psycopg://u@127.0.0.1:{silent.getsockname()[1]}/db")
-    c._sessions = c.metrics._state._sessions = session_factory(c.engine)
+    monitor = make_monitor_engine(f"postgresql+psycopg://u@127.0.0.1:{silent.getsockname()[1]}/db")
+    c.metrics._state._sessions = session_factory(monitor)
     try:
         t0 = time.monotonic()
         r = requests.get(served.url + wire.PATH_METRICS, timeout=30)
@@ -236,10 +267,17 @@ def test_a_scrape_answers_before_its_timeout_when_the_database_host_is_silent(se
         assert r.status_code == 200 and "fedkeys_database_up 0.0" in r.text, r.text
         assert took < 9, took
     finally:
-        c.engine.dispose()
-        c.engine, c._sessions = real
-        c.metrics._state._sessions = real[1]
+        monitor.dispose()
+        c.metrics._state._sessions = session_factory(c.monitor)
         silent.close()
+
+
+def test_a_clients_own_method_names_are_one_series(served):
+    """Each made-up HTTP method was a series of its own: unbounded label values from anyone."""
+    for i in range(5):
+        requests.request(f"X{i}", served.url + wire.PATH_HEALTH, timeout=5)
+    text = requests.get(served.url + wire.PATH_METRICS, timeout=5).text
+    assert 'method="other"' in text and 'method="X' not in text
 
 
 def test_health_says_a_full_disk(served, monkeypatch):
@@ -252,6 +290,8 @@ def test_health_says_a_full_disk(served, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
     r = requests.get(served.url + wire.PATH_HEALTH, timeout=5)
     assert r.status_code == 503 and "1 MiB free" in r.json()["message"] and r.headers["Retry-After"], r.text
+    # and a gauge to alert on (no metric moved but a 503 counter)
+    assert "fedkeys_data_dir_free_bytes 1.048576e+06" in requests.get(served.url + wire.PATH_METRICS, timeout=5).text
     monkeypatch.setattr(shutil, "disk_usage", real)
     assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
 

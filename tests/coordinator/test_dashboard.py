@@ -195,3 +195,42 @@ def test_logging_out_during_a_refresh_shows_nothing_and_the_refresh_is_capped(br
             expect(page.locator("#login")).to_be_visible()
         finally:
             ctx.close()
+
+
+def test_dashboard_says_what_stops_the_service_above_everything(browser, tmp_path, monkeypatch):
+    """A full disk refused every upload while the page showed a round waiting for devices; an
+    answer of 503 (the database busy) read "coordinator unreachable" in small print, beside panels
+    that went on showing their last figures (an operator's probe)."""
+    from playwright.sync_api import expect
+
+    from coordinator import blobs, dashboard
+    from coordinator.api import admin
+    from coordinator.errors import ApiError
+
+    with serve(make_config(tmp_path)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        page = browser.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            page.goto(s.url + "/dashboard?refresh_ms=500")
+            page.fill("#token", s.config.admin_token)
+            page.click("#login button[type=submit]")
+            expect(page.locator("#panels")).to_be_visible()
+            expect(page.locator("#trouble")).to_be_hidden()
+            monkeypatch.setattr(dashboard, "free_bytes", lambda path: 3 * 2**20)
+            expect(page.locator("#trouble")).to_contain_text("disk has 3 MiB free")
+            monkeypatch.setattr(dashboard, "free_bytes", blobs.free_bytes)
+            expect(page.locator("#trouble")).to_be_hidden()
+
+            def busy(c):
+                raise ApiError(503, wire.E_INTERNAL, "the database is busy; retry later", retry_after=5)
+
+            monkeypatch.setattr(admin, "dashboard_data", busy)
+            expect(page.locator("#trouble")).to_contain_text("the coordinator says: the database is busy")
+            expect(page.locator("#panels")).to_have_class(re.compile("stale"))
+            monkeypatch.undo()
+            expect(page.locator("#trouble")).to_be_hidden()
+            expect(page.locator("#panels")).not_to_have_class(re.compile("stale"))
+        finally:
+            page.close()
