@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from coordinator.blobs import free_bytes
 from coordinator.db import retryable
 from coordinator.gauges import StateCollector
+from protocol import wire
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess_dir"]
 
@@ -52,6 +53,14 @@ class Metrics:
         self.aggregation_seconds = Histogram("fedkeys_aggregation_seconds", "Time to aggregate a round", registry=r,
                                              buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
         self.rate_limited = Counter("fedkeys_rate_limited", "Requests refused by the rate limit", registry=r)
+        self.maintenance_failures = Counter(
+            "fedkeys_maintenance_failures", "Round maintenance that raised (closing a due round, the canary, "
+            "retention, the schedule); the log and the open round's reason say why", registry=r)
+        # Series an alert reads exist from the start at 0: an alert on `rate(fedkeys_checkins_total[1h])
+        # == 0` never fired on a coordinator no device reached, since the series did not exist yet.
+        for kind in wire.TASK_KINDS:
+            self.checkins.labels(kind)
+        self.updates.labels("accepted")
 
     def render(self) -> bytes:
         """One scrape: every worker's counters (multiprocess mode) or this process's, plus the gauges."""

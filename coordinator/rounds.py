@@ -129,6 +129,7 @@ def maintenance(coord: Coordinator) -> None:
             coord.close_round(rid, force=rid in summed)   # a final sum of fewer than the goal is fine
         except Exception as e:   # one round that cannot close must not hold up the canary's decision
             failed = failed or e
+            _say_close_failed(coord, rid, e)
     canary.decide_if_asked(coord)
     try:
         retention.prune(coord)   # after the decisions, which retire and reject versions; the service's only
@@ -140,18 +141,63 @@ def maintenance(coord: Coordinator) -> None:
         raise failed
 
 
+def _say_close_failed(coord: Coordinator, rid: int, e: Exception) -> None:
+    """The open round's reason says that closing it failed, and why (a close sets its own reason
+    when it succeeds). A round whose base version's files were gone stayed "open" with no reason
+    in `status` and on the dashboard, and overdue for ever (an operator's probe). Best effort: the
+    database may be what fails."""
+    if disk_full(e):
+        line = "closing failed: the data directory's disk is full; retried on every request"
+    else:
+        line = f"closing failed, retried on every request: {_one_line(e)}"
+    try:
+        with coord.tx() as s:
+            r = s.get(Round, rid)
+            if r is not None and r.status == RoundStatus.OPEN and r.reason != line:
+                r.reason = line
+    except Exception:   # noqa: BLE001 - the first failure is raised and logged by the caller
+        pass
+
+
+def _one_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}"[:300]
+
+
 FULL_DISK_SAID_EVERY_S = 60.0
 _full_disk_said = [-math.inf]
+# The same maintenance failure again is one line this often: a close that failed on every
+# request wrote its traceback each time, 931 lines for 30 check-ins (an operator's probe).
+FAILURE_SAID_EVERY_S = 600.0
 
 
 def safe_maintenance(coord: Coordinator) -> None:
     """Maintenance on a device's request must never turn into that device's error. A full disk is
     said in one line a minute, naming the data directory: its traceback came on every check-in,
-    50 a minute, and did not say what to do (an operator probe)."""
+    50 a minute, and did not say what to do (an operator probe). Another failure is said with its
+    traceback once, then in one line every FAILURE_SAID_EVERY_S while it repeats, and counted
+    (`fedkeys_maintenance_failures_total`)."""
+    said = coord.maintenance_failing
     try:
         coord.maintenance()
     except Exception as e:
-        note_failure("round maintenance failed", e, coord.config.data_dir, "will retry on the next request")
+        coord.metrics.maintenance_failures.inc()
+        if disk_full(e):
+            say_disk_full("round maintenance failed", e, coord.config.data_dir)
+            return
+        what, now = _one_line(e), time.monotonic()
+        said["times"] += 1
+        if what != said["what"]:
+            said.update(what=what, at=now, times=1)
+            log.exception("round maintenance failed; will retry on the next request")
+        elif now - said["at"] >= FAILURE_SAID_EVERY_S:
+            said["at"] = now
+            log.error("round maintenance still failing (%d times since it was logged with its traceback): %s; "
+                      "will retry on the next request", said["times"], what)
+    else:
+        if said["what"] is not None:
+            log.info("round maintenance works again after %d failures", said["times"])
+            said.update(what=None, at=-math.inf, times=0)
 
 
 def note_failure(what: str, e: BaseException, data_dir: str, then: str, logger: logging.Logger = log) -> None:

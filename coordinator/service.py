@@ -26,6 +26,7 @@ happens next.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Iterator
@@ -98,6 +99,8 @@ class Coordinator:
         # True in the HTTP service (create_app): the canary's decisions need the service's settings,
         # which an admin command started with other ones (another --profile) does not have.
         self.serving = False
+        # What `rounds.safe_maintenance` last said of a failure that repeats: {what, at, times}.
+        self.maintenance_failing: dict[str, Any] = {"what": None, "at": -math.inf, "times": 0}
 
     def close(self) -> None:
         self.engine.dispose()

@@ -36,8 +36,9 @@ OLD_VARIABLE = "FEDKEYS_BASE_NGRAM"
 
 def refuse_old_variable(environ: Mapping[str, str] | None = None) -> None:
     """Until the forty-fifth session the file was named by FEDKEYS_BASE_NGRAM, outside the device's
-    settings. Set, it would now be ignored without a word (a unit file's path, or "" for none):
-    refused instead, naming what replaces it."""
+    settings. A tool refuses it, naming what replaces it (its --base-ngram); a device reads it as
+    its setting, with a warning (`edge_runtime.config.load_config`): the unit file shipped until
+    5 December sets it, and a refusal restarted every upgraded device every 30 s (a probe)."""
     if OLD_VARIABLE in (os.environ if environ is None else environ):
         raise ValueError(f"{OLD_VARIABLE} is no longer read: the base n-gram is the device setting base_ngram "
                          f"now (FEDKEYS_EDGE_BASE_NGRAM=FILE, or off for none; the tools' --base-ngram)")
@@ -45,7 +46,6 @@ def refuse_old_variable(environ: Mapping[str, str] | None = None) -> None:
 
 def resolve(setting: str = "") -> Path | None:
     """The file a `base_ngram` setting names: empty is the shipped file, `off` none."""
-    refuse_old_variable()
     if not setting:
         return DEFAULT_PATH
     return None if setting == OFF else Path(setting).expanduser()

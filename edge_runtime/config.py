@@ -9,6 +9,7 @@ variables are ``FEDKEYS_EDGE_<KEY>`` (upper case); the file is JSON, named by ``
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from protocol.settings import LOG_LEVELS, coerce_settings, load_settings
 if TYPE_CHECKING:
     from edge_runtime.personalize import PersonalPlan
 
+log = logging.getLogger(__name__)
 ENV_PREFIX = "FEDKEYS_EDGE_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 ELIGIBILITY_MODES = ("auto", "override:eligible", "override:ineligible")
@@ -169,17 +171,32 @@ def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return coerce_settings(EdgeConfig, values, source, ConfigError)
 
 
+def _old_base_ngram(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """`environ` with FEDKEYS_BASE_NGRAM (read until the forty-fifth session; "" was none) read as
+    the `base_ngram` setting, with a warning. The device unit shipped until 5 December sets it: a
+    refusal, as before, had systemd restart every upgraded device every 30 s (an upgrade probe)."""
+    from edge_runtime.base_ngram import OFF, OLD_VARIABLE
+
+    if OLD_VARIABLE not in environ:
+        return environ
+    env = dict(environ)
+    value, setting = env.pop(OLD_VARIABLE) or OFF, ENV_PREFIX + "BASE_NGRAM"
+    if env.get(setting, value) != value:
+        raise ConfigError(f"{OLD_VARIABLE}={value!r} and {setting}={env[setting]!r} disagree: remove {OLD_VARIABLE}, "
+                          "which the base_ngram setting replaced")
+    env[setting] = value
+    log.warning("%s is read as the base_ngram setting (%s); it will not be for ever: remove the line, or set %s "
+                "(the shipped file is the default)", OLD_VARIABLE, value, setting)
+    return env
+
+
 def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
                 flags: Mapping[str, Any] | None = None) -> EdgeConfig:
     """defaults < JSON file < FEDKEYS_EDGE_* < flags (None flags ignored); validated once, merged
     (protocol.settings.load_settings)."""
-    from edge_runtime.base_ngram import refuse_old_variable
     from protocol.interpreter import backend_refusal
 
-    try:
-        refuse_old_variable(environ)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    environ = _old_base_ngram(os.environ if environ is None else environ)
     # read where the interpreter is made, deep in a task: a typo there was logged only as
     # "iteration failed: ValueError" (its message withheld, as any might quote text; a probe)
     if (why := backend_refusal((os.environ if environ is None else environ).get("FEDKEYS_INTERPRETER"))):

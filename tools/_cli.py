@@ -45,9 +45,10 @@ def base_ngram_arg(value: str) -> str:
     top-3 low for a mistyped path, with a warning scrolled away."""
     if value in ("", "off"):
         return value
-    from edge_runtime.base_ngram import load_base_ngram, resolve  # loaded once per process: scoring reuses it
+    from edge_runtime.base_ngram import load_base_ngram, refuse_old_variable, resolve  # loaded once per process
 
     try:
+        refuse_old_variable()
         path = resolve(value)   # ~ expanded, as the device reads the setting; the old variable refused
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None

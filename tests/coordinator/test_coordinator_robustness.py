@@ -220,6 +220,37 @@ def test_a_round_whose_update_file_is_lost_fails_and_lets_the_next_one_open(tmp_
         assert s.coord.start_round() == rid + 1
 
 
+def test_a_round_that_cannot_close_says_why_where_an_operator_looks(tmp_path, monkeypatch):
+    """A round whose close failed on every request (its base version's files deleted) stayed
+    "open" with no reason in `status` and on the dashboard, overdue for ever, and nothing counted
+    it (an operator's probe). Its reason says why now, it is overdue in every view, and the
+    failures are counted."""
+    from datetime import timedelta
+
+    from coordinator import rounds
+    from coordinator.models import Round
+
+    with _open_round(tmp_path, 2, goal_count=3, min_count=1) as (s, devices, rid):
+        with s.coord.tx() as db:
+            db.get(Round, rid).deadline -= timedelta(hours=1)
+
+        def lost(*a, **k):
+            raise FileNotFoundError(2, "No such file or directory", "/srv/blobs/ab/abcdef")
+
+        monkeypatch.setattr(s.coord, "close_round", lost)
+        for _ in range(3):
+            rounds.safe_maintenance(s.coord)
+        rnd = s.coord.get_round(rid)
+        assert rnd["status"] == "open" and rnd["overdue"], rnd
+        assert rnd["reason"].startswith("closing failed, retried on every request: FileNotFoundError"), rnd
+        metrics = requests.get(s.url + wire.PATH_METRICS, timeout=5).text
+        assert "fedkeys_maintenance_failures_total 3.0" in metrics and "fedkeys_round_overdue 1.0" in metrics
+        monkeypatch.undo()
+        rounds.safe_maintenance(s.coord)                   # the files back: it closes, with its own reason
+        rnd = s.coord.get_round(rid)
+        assert rnd["status"] == "failed" and not rnd["overdue"] and "closing failed" not in rnd["reason"], rnd
+
+
 def test_an_upload_whose_last_step_fails_leaves_no_bytes_behind(tmp_path, monkeypatch):
     """The round ended before the bytes were written (so the write made its folder again), and
     the request's last transaction then failed (the device revoked meanwhile: 401): its bytes
@@ -257,7 +288,11 @@ def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(mo
 
     errors = [OSError(errno.ENOSPC, "No space left on device"),
               OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))]
-    coord = types.SimpleNamespace(config=types.SimpleNamespace(data_dir="/srv/coord"), maintenance=None)
+    from coordinator.metrics import Metrics
+
+    coord = types.SimpleNamespace(config=types.SimpleNamespace(data_dir="/srv/coord"), maintenance=None,
+                                  metrics=Metrics(None, 1e-5),
+                                  maintenance_failing={"what": None, "at": -float("inf"), "times": 0})
     clock = [1000.0]
     monkeypatch.setattr(rounds.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(rounds, "_full_disk_said", [-float("inf")])
@@ -273,12 +308,27 @@ def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(mo
                                   and not r.exc_info for r in said), [r.getMessage() for r in said]
     caplog.clear()
 
+    # Any other failure: its traceback once, then one line every 10 minutes while it repeats (a close
+    # that failed on every request wrote 931 lines for 30 check-ins), all of them counted.
     def other():
         raise ValueError("a bug")
     coord.maintenance = other
+    for _ in range(30):
+        rounds.safe_maintenance(coord)
+        clock[0] += 15.0
+    said = [r for r in caplog.records if "maintenance" in r.getMessage()]
+    assert [bool(r.exc_info) for r in said] == [True] and "a bug" not in said[0].getMessage()
+    clock[0] += rounds.FAILURE_SAID_EVERY_S
     rounds.safe_maintenance(coord)
+    assert caplog.records[-1].getMessage().startswith("round maintenance still failing (31 times")
+    assert "ValueError: a bug" in caplog.records[-1].getMessage() and not caplog.records[-1].exc_info
+
+    def another():
+        raise KeyError("another bug")
+    coord.maintenance = another
     rounds.safe_maintenance(coord)
-    assert len([r for r in caplog.records if r.exc_info]) == 2
+    assert caplog.records[-1].exc_info                     # a new failure: its traceback
+    assert coord.metrics.maintenance_failures._value.get() == 6 + 32
 
 
 def test_a_full_disk_on_the_running_service_answers_503_and_its_status_still_reads(tmp_path, monkeypatch, caplog):

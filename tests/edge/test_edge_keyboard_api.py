@@ -1602,11 +1602,17 @@ def test_the_device_setting_base_ngram_names_the_keyboards_base_ngram(tmp_path, 
     with caplog.at_level(logging.WARNING):
         assert strip(str(tmp_path / "missing.npz")) == off
     assert "missing.npz not found" in caplog.text
-    # The variable it replaced is refused, not ignored: a unit file's path, or "" for none.
+    # The variable it replaced is read as the setting, with a warning: the device unit shipped until
+    # 5 December sets it, and a refusal restarted every upgraded device every 30 s (an upgrade probe).
     from edge_runtime.config import ConfigError
 
-    with pytest.raises(ConfigError, match="FEDKEYS_EDGE_BASE_NGRAM"):
-        load_config(environ={"FEDKEYS_BASE_NGRAM": ""})
+    with caplog.at_level(logging.WARNING):
+        assert load_config(environ={"FEDKEYS_BASE_NGRAM": ""}).base_ngram == "off"   # "" was none
+        assert load_config(environ={"FEDKEYS_BASE_NGRAM": str(mine)}).base_ngram == str(mine)
+    assert "FEDKEYS_BASE_NGRAM is read as the base_ngram setting" in caplog.text
+    assert load_config(environ={"FEDKEYS_BASE_NGRAM": "off", "FEDKEYS_EDGE_BASE_NGRAM": "off"}).base_ngram == "off"
+    with pytest.raises(ConfigError, match="disagree"):
+        load_config(environ={"FEDKEYS_BASE_NGRAM": str(mine), "FEDKEYS_EDGE_BASE_NGRAM": "off"})
 
 
 def _personal_keyboard(tmp_path, exported_version, monkeypatch):
