@@ -146,18 +146,49 @@ def verdict(coord: Coordinator, s: Session, cand: Version, stable: Version) -> r
                           tolerance=coord.config.canary_tolerance)
 
 
+def never_decides(coord: Coordinator, s: Session, d: rollout.CanaryDecision) -> str | None:
+    """Why a waiting canary can never decide, or None. With a cohort smaller than
+    `canary_min_reports` the candidate waited for ever, the scheduler opened no round meanwhile,
+    and the dashboard's "2 of 5 canary devices scored words" read as progress (an operator's
+    probe)."""
+    if d.action != rollout.WAIT:
+        return None
+    cohort, needed = queries.cohort_devices(s, coord.config.canary_fraction), coord.config.canary_min_reports
+    if cohort >= needed:
+        return None
+    return (f"can never decide: the canary cohort has {cohort} enrolled devices (canary_fraction "
+            f"{coord.config.canary_fraction:g}), fewer than canary_min_reports {needed}; lower it, raise "
+            "canary_fraction, enroll devices, or promote or reject the candidate by hand")
+
+
+_SAID_NEVER: set[str] = set()   # candidates whose stuck canary this process has logged
+
+
+def _say_stuck(candidate_id: str, why: str) -> None:
+    if candidate_id not in _SAID_NEVER:
+        _SAID_NEVER.add(candidate_id)
+        log.warning("candidate %s: %s", candidate_id, why)
+
+
 def canary_comparison(coord: Coordinator) -> dict[str, Any]:
     with coord._sessions() as s:
         cand, stable = queries.candidate(s), queries.stable(s)
         if cand is None or stable is None:
             return {"candidate_version_id": None, "stable_version_id": stable.id if stable else None}
         d = verdict(coord, s, cand, stable)
+        if (stuck := never_decides(coord, s, d)) is not None:
+            _say_stuck(cand.id, stuck)
         return {"candidate_version_id": cand.id, "stable_version_id": stable.id, "would": d.action,
-                "reason": d.reason, "numbers": _json_safe(d.numbers), "pinned": queries.pinned(s)}
+                "reason": f"{d.reason}; {stuck}" if stuck else d.reason, "never_decides": stuck is not None,
+                "numbers": _json_safe(d.numbers), "pinned": queries.pinned(s)}
 
 
 def auto_decide(coord: Coordinator, s: Session, cand: Version, stable: Version) -> None:
     d = verdict(coord, s, cand, stable)
-    if d.action == rollout.WAIT or (d.action == rollout.PROMOTE and queries.pinned(s)):
+    if d.action == rollout.WAIT:
+        if cand.id not in _SAID_NEVER and (stuck := never_decides(coord, s, d)) is not None:
+            _say_stuck(cand.id, stuck)
+        return
+    if d.action == rollout.PROMOTE and queries.pinned(s):
         return
     versions.apply_decision(coord, s, cand, d.action, "auto", d.reason, d.numbers)

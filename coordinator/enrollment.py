@@ -141,11 +141,14 @@ def revoke_device(coord: Coordinator, device_id: str) -> dict:
         if dev is None:
             raise not_found(f"no device {device_id}")
         dev.revoked = True
-        _forget_in_flight(s, select(Device.id).where(Device.id == device_id))
+        withdrawn = _forget_in_flight(s, select(Device.id).where(Device.id == device_id))
+    # An operator's action that withdraws accepted work: in the service's log (it left no trace).
+    log.warning("device %s revoked: %d accepted updates in open rounds and %d canary evaluations withdrawn",
+                device_id, *withdrawn)
     return {"device_id": device_id, "revoked": True}
 
 
-def _forget_in_flight(s: Session, device_ids: Select) -> None:
+def _forget_in_flight(s: Session, device_ids: Select) -> tuple[int, int]:
     """What revoked devices put into work not yet done stops counting: their updates and round slots
     in open rounds and their canary reports on the pending candidate. A secure round's sum cannot be
     taken apart: an input already masked into it stays (its noise bounds it, as any device's)."""
@@ -163,7 +166,9 @@ def _forget_in_flight(s: Session, device_ids: Select) -> None:
         s.add(Rejection(round_id=round_id, device_id=device_id, reason=wire.E_REVOKED,
                         message="the device was revoked after this update was accepted: it no longer counts"))
     pending = select(Version.id).where(Version.status == VersionStatus.CANDIDATE)
+    gone = {}
     for table, done in ((Update, Update.round_id.in_(open_rounds)), (Assignment, Assignment.round_id.in_(open_rounds)),
                         (Evaluation, Evaluation.candidate_version_id.in_(pending))):
-        s.execute(delete(table).where(table.device_id.in_(device_ids), done)
-                  .execution_options(synchronize_session=False))
+        gone[table] = s.execute(delete(table).where(table.device_id.in_(device_ids), done)
+                                .execution_options(synchronize_session=False)).rowcount or 0
+    return gone[Update], gone[Evaluation]

@@ -32,8 +32,10 @@ def _finite(x: float) -> float:
 class StateCollector(Collector):
     """fedkeys_* gauges from one read-only session per scrape."""
 
-    def __init__(self, sessions: Callable[[], Session], privacy_delta: float) -> None:
-        self._sessions, self._delta = sessions, privacy_delta
+    def __init__(self, sessions: Callable[[], Session], privacy_delta: float,
+                 canary: tuple[float, int] | None = None) -> None:
+        """`canary`: the service's (canary_fraction, canary_min_reports)."""
+        self._sessions, self._delta, self._canary = sessions, privacy_delta, canary
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._sessions() as s:
@@ -53,6 +55,9 @@ class StateCollector(Collector):
             by_status = dict(s.execute(select(Round.status, func.count()).group_by(Round.status)).all())
             auto = dict(s.execute(select(Decision.action, func.count()).where(Decision.actor == "auto")
                                   .group_by(Decision.action)).all())
+            cand = next((v for v in versions if v.status == VersionStatus.CANDIDATE), None)
+            reports = queries.reported_count(s, cand.id) if cand is not None else 0
+            cohort = queries.cohort_devices(s, self._canary[0]) if self._canary is not None else None
         # Past its deadline a round is over, whether or not a request has closed it yet (maintenance
         # runs on requests, not on scrapes, which must not wait for an aggregation): with every
         # device away the gauge said "open" for as long as nobody opened the dashboard.
@@ -96,10 +101,19 @@ class StateCollector(Collector):
         for status in (RoundStatus.DONE, RoundStatus.FAILED):
             rounds.add_metric([status.value], by_status.get(status, 0))
         yield rounds
-        decisions = CounterMetricFamily("fedkeys_canary_decisions", "Automatic decisions on candidates (the "
-                                        "canary's, and a candidate superseded by a newer one)", labels=["action"])
+        decisions = CounterMetricFamily("fedkeys_canary_decisions", "The canary's decisions on candidates (a "
+                                        "candidate a newer round's version replaced is not one)", labels=["action"])
         for action in ("promote", "reject"):
             decisions.add_metric([action], auto.get(action, 0))
         yield decisions
+        yield GaugeMetricFamily("fedkeys_canary_reports", "canary reports on the pending candidate (0: none)",
+                                value=reports)
+        if cohort is not None:
+            yield GaugeMetricFamily("fedkeys_canary_cohort_devices", "enrolled devices in the canary cohort: the most "
+                                    "reports a candidate can get", value=cohort)
+            # A cohort under canary_min_reports never decides, and no round opens meanwhile: alert on 0.
+            yield GaugeMetricFamily("fedkeys_canary_can_decide", "0 while a candidate waits on a canary cohort smaller "
+                                    "than canary_min_reports (it can never decide); 1 otherwise",
+                                    value=int(cand is None or cohort >= self._canary[1]))
         yield GaugeMetricFamily("fedkeys_devices_enrolled", "enrolled, not revoked devices", value=enrolled)
         yield GaugeMetricFamily("fedkeys_devices_active", "devices seen in the last 24 hours", value=active)

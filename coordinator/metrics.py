@@ -41,10 +41,10 @@ UPDATES_HELP = ("Uploaded updates by result (accepted or reason), counted on arr
 
 class Metrics:
     def __init__(self, sessions: Callable[[], Session] | None, privacy_delta: float,
-                 data_dir: str | os.PathLike | None = None) -> None:
+                 data_dir: str | os.PathLike | None = None, canary: tuple[float, int] | None = None) -> None:
         self.registry = CollectorRegistry()
         self._data_dir = data_dir
-        self._state = StateCollector(sessions, privacy_delta) if sessions is not None else None
+        self._state = StateCollector(sessions, privacy_delta, canary) if sessions is not None else None
         r = self.registry
         self.requests = Counter("fedkeys_http_requests", "HTTP requests", ["endpoint", "method", "status"], registry=r)
         self.request_seconds = Histogram("fedkeys_http_request_seconds", "Request latency", ["endpoint"], registry=r)

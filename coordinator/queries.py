@@ -134,6 +134,13 @@ def population_view(s: Session) -> dict[str, Any]:
 _REPORTED = Evaluation.report_json != EVALUATION_ISSUED
 
 
+def cohort_devices(s: Session, fraction: float) -> int:
+    """Enrolled, not revoked devices in the canary cohort: the most reports a candidate can get."""
+    from coordinator.rollout import in_canary
+
+    return sum(in_canary(i, fraction) for i in s.scalars(select(Device.id).where(Device.revoked.is_(False))))
+
+
 def reported_count(s: Session, version_id: str) -> int:
     """Canary devices that have reported on this candidate."""
     return int(s.scalar(select(func.count()).select_from(Evaluation).where(

@@ -230,6 +230,18 @@ def disk_full(e: BaseException) -> bool:
     return False
 
 
+LATE_SAID_S = 300.0
+
+
+def _late_by(r: Round) -> str:
+    """How late a failing round is closed, when it is late enough to matter: a clock stepped an
+    hour forward failed the open round as "only 1 accepted updates", and the operator blamed the
+    devices (an operator's probe). Rounds close on requests, so minutes late is no clock."""
+    late = (utcnow() - r.deadline).total_seconds()
+    return f" (closed {late / 60:.0f} minutes after its deadline: no request came, or the clock stepped)" \
+        if late >= LATE_SAID_S else ""
+
+
 def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> dict[str, Any]:
     """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
     if not 1 <= round_id <= wire.MAX_INT:
@@ -250,8 +262,9 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
         elif past or force:
             phase = queries.secure_phase(s, r)   # a secure round's updates are counted only once summed
             by = "its deadline" if past else "a forced close"
-            round_end.fail_round(coord, s, r, f"only {n} accepted updates, minimum {r.min_count}" if phase is None
-                                 else f"secure aggregation: not finished by {by} (at its {phase} step)")
+            round_end.fail_round(coord, s, r, (f"only {n} accepted updates, minimum {r.min_count}" if phase is None
+                                               else f"secure aggregation: not finished by {by} (at its {phase} step)")
+                                 + _late_by(r))
         return views.round_dict(coord, s, r)
 
 

@@ -119,9 +119,9 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     if assigned is None:
         raise reject(coord, device_id, r.id, wire.E_NOT_SELECTED, f"device was not selected for round {r.id}")
     status, deadline, base_id, plan_json = round_state
-    if status != RoundStatus.OPEN or utcnow() >= deadline:
-        raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} is closed ({status}, deadline "
-                                                         f"{iso(deadline)})")
+    if status != RoundStatus.OPEN or utcnow() >= deadline:   # "closed (open, ...)" read as a contradiction
+        said = f"is closed ({status})" if status != RoundStatus.OPEN else "is past its deadline"
+        raise reject(coord, device_id, r.id, wire.E_LATE, f"round {r.id} {said} (deadline {iso(deadline)})")
     if meta.base_version_id != base_id:
         raise reject(coord, device_id, r.id, wire.E_STALE,
                            f"update is based on {meta.base_version_id}, round {r.id} trains {base_id}")

@@ -329,7 +329,7 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
     if waiting is not None:
         s.flush()
         s.get(Version, vid).decided_at = utcnow()
-        s.add(Decision(version_id=vid, action=VersionAction.REJECT, actor="auto", numbers_json="{}",
+        s.add(Decision(version_id=vid, action=VersionAction.REJECT, actor=NEWER_ACTOR, numbers_json="{}",
                        reason=f"candidate {waiting} waits for unpin with the canary in its favour; this round's "
                               f"version does not replace it (export-version keeps it)"))
         log.warning("round %d made %s, set aside: candidate %s waits for unpin with the canary in its favour",
@@ -347,6 +347,10 @@ def _favoured_under_pin(coord: Coordinator, s: Session) -> str | None:
     return cand.id if canary.verdict(coord, s, cand, stable).action == rollout.PROMOTE else None
 
 
+# A decision a newer version made (a candidate replaced, or a round's version set aside), not the canary.
+NEWER_ACTOR = "newer version"
+
+
 def supersede_candidate(coord: Coordinator, s: Session, new_id: str) -> None:
     """A new candidate rejects the undecided one it replaces (one canary at a time), recording
     what the canary had measured by then (the dashboard showed no figure for a superseded
@@ -356,9 +360,12 @@ def supersede_candidate(coord: Coordinator, s: Session, new_id: str) -> None:
         numbers = canary.verdict(coord, s, old, stable).numbers if stable is not None else {}
         old.status = VersionStatus.REJECTED
         old.decided_at = utcnow()
-        s.add(Decision(version_id=old.id, action=VersionAction.REJECT, actor="auto",
+        # By the round, not the canary: counted with the canary's vetoes (actor "auto"), a routine
+        # replacement fired an alert on rejections, and went unlogged (an operator's probe).
+        s.add(Decision(version_id=old.id, action=VersionAction.REJECT, actor=NEWER_ACTOR,
                        reason=f"superseded by {new_id} before the canary decided",
                        numbers_json=json.dumps(views._json_safe(numbers))))
+        log.info("version %s: superseded by %s before the canary decided", old.id, new_id)
 
 
 def version_file(coord: Coordinator, version_id: str, kind: str) -> tuple[bytes, str]:
@@ -408,7 +415,9 @@ def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAc
     v.decided_at = now
     s.add(Decision(version_id=v.id, action=action, actor=actor, reason=reason,
                    numbers_json=json.dumps(views._json_safe(numbers))))
-    log.info("version %s: %s by %s (%s)", v.id, action, actor, reason)
+    # a canary's veto is what an operator looks into: a WARNING, where INFO was filtered out
+    level = logging.WARNING if (actor, action) == ("auto", VersionAction.REJECT) else logging.INFO
+    log.log(level, "version %s: %s by %s (%s)", v.id, action, actor, reason)
 
 
 def _become_stable(coord: Coordinator, s: Session, v: Version, now: datetime, *, cancels: str | None,

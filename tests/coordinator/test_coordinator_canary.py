@@ -241,6 +241,10 @@ def test_a_superseded_candidate_keeps_what_the_canary_had_measured(world, tmp_pa
     s.coord.import_version(str(tmp_path / "next"))
     gone = next(v for v in s.coord.list_versions() if v["version_id"] == cand)["decisions"][-1]
     assert gone["reason"] == "superseded by v-next before the canary decided"
+    # not the canary's veto: an alert on the canary's rejections fired on routine replacements
+    assert gone["actor"] == "newer version"
+    assert 'fedkeys_canary_decisions_total{action="reject"} 0.0' in requests.get(s.url + wire.PATH_METRICS,
+                                                                               timeout=5).text
     assert gone["numbers"]["candidate"]["word_top3_acc"] == pytest.approx(0.5)
     shown = next(v for v in s.admin("GET", "/v1/admin/dashboard").json()["versions"] if v["version_id"] == cand)
     assert shown["candidate_top3_pct"] == pytest.approx(50.0)
@@ -475,9 +479,13 @@ def test_a_stable_change_fails_the_round_open_on_the_old_one(world):
     assert s.coord.get_round(rid2)["status"] == "open"
 
 
-def test_a_restart_with_fewer_reports_needed_decides_the_pending_candidate(tmp_path):
+def test_a_restart_with_fewer_reports_needed_decides_the_pending_candidate(tmp_path, caplog):
     """Restarted with a lower canary_min_reports after its canaries had reported, the service
-    left the candidate pending for good: decisions came only with a new report or an unpin."""
+    left the candidate pending for good: decisions came only with a new report or an unpin.
+    Before it, a cohort of 3 under canary_min_reports 5 can never decide, and no round opens
+    meanwhile: the comparison, the log and a gauge say so (it read as progress, "2 of 5")."""
+    import logging
+
     cfg = make_config(tmp_path, canary_fraction=1.0, canary_min_reports=5, canary_tolerance=0.01)
     with serve(cfg) as s:
         make_version(tmp_path / "v0")
@@ -485,9 +493,17 @@ def test_a_restart_with_fewer_reports_needed_decides_the_pending_candidate(tmp_p
         key = s.coord.create_enrollment_key()
         devices = [FakeDevice(s.url, key) for _ in range(3)]
         cand = _candidate_from_round(s, devices, 0.01)
-        for d in devices[:2]:
-            assert _report(d, d.checkin(), 41, 40).status_code == 200
+        with caplog.at_level(logging.WARNING, logger="coordinator.canary"):
+            for d in devices[:2]:
+                assert _report(d, d.checkin(), 41, 40).status_code == 200
         assert s.coord.status()["candidate_version_id"] == cand                 # 2 of 5 reports: waits
+        said = s.coord.canary_comparison()
+        assert said["never_decides"] and "cohort has 3 enrolled devices" in said["reason"], said
+        stuck = [r for r in caplog.records if r.getMessage().startswith(f"candidate {cand}: can never decide")]
+        assert len(stuck) == 1 and stuck[0].levelno == logging.WARNING      # once, however many reports
+        metrics = requests.get(s.url + wire.PATH_METRICS, timeout=5).text
+        assert "fedkeys_canary_can_decide 0.0" in metrics and "fedkeys_canary_reports 2.0" in metrics
+        assert "fedkeys_canary_cohort_devices 3.0" in metrics
     with serve(cfg.with_overrides({"canary_min_reports": 2})) as s:
         status = s.coord.status()                                              # its first request decides
         assert status["stable_version_id"] == cand and status["candidate_version_id"] is None

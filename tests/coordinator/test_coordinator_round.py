@@ -110,6 +110,34 @@ def _expire(served, round_id: int) -> None:
         s.get(Round, round_id).deadline = utcnow() - timedelta(seconds=1)
 
 
+def test_a_revocation_that_withdraws_accepted_updates_is_in_the_log(served, caplog):
+    """An operator's revocation withdraws the device's accepted work and left no trace in the log."""
+    import logging
+
+    _, devices = _setup(served, 2)
+    rid = served.coord.start_round(goal_count=2, min_count=1)
+    assert devices[0].checkin().kind == wire.TASK_TRAIN
+    assert devices[0].upload(random_delta(0), round_id=rid, base="v0000", examples=5).status_code == 200
+    with caplog.at_level(logging.WARNING, logger="coordinator.enrollment"):
+        served.coord.revoke_device(devices[0].device_id)
+    assert f"device {devices[0].device_id} revoked: 1 accepted updates in open rounds" in caplog.text
+
+
+def test_a_round_failed_long_after_its_deadline_says_how_late(served):
+    """A clock stepped an hour forward failed the open round as "only 1 accepted updates", and the
+    operator blamed the devices: the reason says how late it was closed."""
+    from datetime import timedelta
+
+    from coordinator.models import Round, utcnow
+
+    _setup(served, 1)
+    rid = served.coord.start_round(goal_count=2, min_count=1)
+    with served.coord.tx() as s:
+        s.get(Round, rid).deadline = utcnow() - timedelta(minutes=70)
+    reason = served.coord.close_round(rid)["reason"]
+    assert reason.startswith("only 0 accepted updates, minimum 1 (closed 70 minutes after its deadline"), reason
+
+
 def test_round_deadline_with_minimum_aggregates_and_without_fails(served, tmp_path):
     _, devices = _setup(served, 3)
     rid = served.coord.start_round(goal_count=3, min_count=2)
@@ -120,6 +148,7 @@ def test_round_deadline_with_minimum_aggregates_and_without_fails(served, tmp_pa
     _expire(served, rid)
     late = devices[2].upload(random_delta(2), round_id=rid, base="v0000", examples=5)
     assert late.status_code == 409 and late.json()["error"] == wire.E_LATE
+    assert late.json()["message"].startswith(f"round {rid} is past its deadline")   # not "closed (open, ...)"
     assert served.admin("GET", f"/v1/admin/rounds/{rid}").json()["status"] == "open"   # closed lazily ...
     status = served.admin("GET", "/v1/admin/status").json()                              # ... on the next status
     assert status["latest_round"]["status"] == "done" and status["latest_round"]["accepted"] == 2
