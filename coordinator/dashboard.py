@@ -57,7 +57,8 @@ def dashboard_data(c: Any) -> dict[str, Any]:
     canary = c.canary_comparison()
     rnd = status["latest_round"]
     if rnd is not None:
-        rnd = {**rnd, "uploaded": rnd["accepted"] + rnd["rejected"]}
+        # a secure round's masked vectors are uploads before its sum makes them accepted updates
+        rnd = {**rnd, "uploaded": max(rnd["accepted"], rnd["masked"]) + rnd["rejected"]}
         rnd["rejection_reasons"] = dict(Counter(x["reason"] for x in c.rejections(rnd["round_id"])))
     history = []
     for v in versions:

@@ -18,8 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator import privacy, queries
-from coordinator.models import Decision, Device, Round, Update, Version, utcnow
-from coordinator.models_secagg import SecAggMember
+from coordinator.models import Decision, Device, Round, Version, utcnow
 from coordinator.states import RoundStatus, VersionStatus
 
 ACTIVE_WINDOW = timedelta(hours=24)
@@ -40,11 +39,9 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._sessions() as s:
             r = s.scalar(select(Round).where(Round.status == RoundStatus.OPEN).order_by(Round.id.desc()))
-            accepted = int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == r.id)) or 0) \
-                if r is not None else 0
-            if r is not None:   # a secure round's inputs are its masked vectors (it stores no update)
-                accepted += int(s.scalar(select(func.count()).select_from(SecAggMember).where(
-                    SecAggMember.round_id == r.id, SecAggMember.masked_sha256.is_not(None))) or 0)
+            # as every view counts them; a secure round's masked vectors apart, until its sum
+            accepted = queries.accepted(s, r.id) if r is not None else 0
+            masked = queries.masked_inputs(s, r.id) if r is not None else 0
             in_use = (VersionStatus.STABLE, VersionStatus.CANDIDATE)
             versions = list(s.scalars(select(Version).where(Version.status.in_(in_use))))
             enrolled = int(s.scalar(select(func.count()).select_from(Device).where(Device.revoked.is_(False))) or 0)
@@ -67,7 +64,10 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("fedkeys_round_overdue", "1 while the open round's deadline has passed and no "
                                 "request has closed it yet", value=int(due))
         yield GaugeMetricFamily("fedkeys_round_id", "id of the open round (0: none)", value=r.id if r else 0)
-        yield GaugeMetricFamily("fedkeys_round_accepted_updates", "accepted updates in the open round", value=accepted)
+        yield GaugeMetricFamily("fedkeys_round_accepted_updates", "accepted updates in the open round (a secure "
+                                "round's once summed, as `status` and the dashboard count them)", value=accepted)
+        yield GaugeMetricFamily("fedkeys_round_masked_inputs", "masked vectors the open secure round has received "
+                                "(its updates before the sum)", value=masked)
         yield GaugeMetricFamily("fedkeys_round_goal_updates", "updates the open round waits for",
                                 value=r.goal_count if r else 0)
         secure = GaugeMetricFamily("fedkeys_round_secure_phase", "1 for the step the open secure round is at (keys, "

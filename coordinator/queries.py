@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import privacy
 from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
-from coordinator.models_secagg import SecAggRound
+from coordinator.models_secagg import SecAggMember, SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
 from protocol import artifact, wire
 
@@ -61,6 +61,13 @@ def accepted(s: Session, round_id: int) -> int:
     plain = int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0)
     summed = s.get(SecAggRound, round_id)
     return plain + (summed.survivors if summed is not None and summed.phase == SecAggPhase.SUMMED else 0)
+
+
+def masked_inputs(s: Session, round_id: int) -> int:
+    """A secure round's masked vectors received so far (its updates count in `accepted` only once
+    summed): the gauge counted them as accepted while every view said 0 (an operator's probe)."""
+    return int(s.scalar(select(func.count()).select_from(SecAggMember).where(
+        SecAggMember.round_id == round_id, SecAggMember.masked_sha256.is_not(None))) or 0)
 
 
 def noise_seen(s: Session) -> Counter[float]:

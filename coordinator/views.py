@@ -57,7 +57,7 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
             "result_version_id": r.result_version_id, "reason": r.reason,
             # as `fedkeys_round_overdue` says it: open past its deadline, not closed by any request yet
             "overdue": r.status == RoundStatus.OPEN and r.deadline is not None and r.deadline <= utcnow(),
-            "secure_phase": queries.secure_phase(s, r, plan)}
+            "secure_phase": queries.secure_phase(s, r, plan), "masked": queries.masked_inputs(s, r.id)}
 
 
 def _decision(d: Decision) -> dict[str, Any]:

@@ -72,7 +72,8 @@
       $("#t-" + name).textContent = text;
     };
     set("selected", r.selected, r.max_selected, `${r.selected} of up to ${r.max_selected}`);
-    set("uploaded", r.uploaded, r.goal_count, `${r.uploaded} (${r.rejected} rejected)`);
+    set("uploaded", r.uploaded, r.goal_count, `${r.uploaded} (${r.rejected} rejected` +
+        (r.masked > r.accepted ? `; ${r.masked} masked, accepted once summed)` : ")"));
     set("accepted", r.accepted, r.goal_count, `${r.accepted} of goal ${r.goal_count} (min ${r.min_count})`);
     const left = (Date.parse(r.deadline) - Date.parse(d.server_time)) / 1000;
     $("#round-deadline").textContent = r.status === "open"

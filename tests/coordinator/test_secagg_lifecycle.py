@@ -112,8 +112,13 @@ def test_a_summed_round_whose_close_failed_is_closed_by_the_next_request(served,
     its deadline (30 minutes by default), and no round could start."""
     s = served
     rid = _summing_round(s)
-    # and /metrics counts a secure round's inputs, its masked vectors (it read 0 all along)
-    assert "fedkeys_round_accepted_updates 2.0" in s.admin("GET", "/metrics").text
+    # and /metrics counts a secure round's inputs, its masked vectors (it read 0 all along), apart
+    # from its accepted updates, which every view counts once summed (the gauge said 2, they said 0)
+    metrics = s.admin("GET", "/metrics").text
+    assert "fedkeys_round_masked_inputs 2.0" in metrics and "fedkeys_round_accepted_updates 0.0" in metrics
+    rnd = s.coord.get_round(rid)
+    assert (rnd["masked"], rnd["accepted"]) == (2, 0)
+    assert s.admin("GET", "/v1/admin/dashboard").json()["round"]["uploaded"] == 2
     _no_masks(monkeypatch)
     real = s.coord.close_round
     monkeypatch.setattr(s.coord, "close_round", lambda *a, **kw: None)   # the close after the sum is lost
