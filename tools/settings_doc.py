@@ -1,6 +1,6 @@
 """Writes docs/settings.md from the settings classes themselves, so the reference cannot drift.
 
-    python -m tools.settings_doc [--out docs/settings.md] [--check]
+    python -m tools.settings_doc [--out docs/settings.md | -] [--check]
 
 Every field of coordinator.config.Config and edge_runtime.config.EdgeConfig: its key, type,
 default and environment variable, and the comment beside it in the source (the fields'
@@ -20,6 +20,13 @@ from protocol.cli import HelpFormatter, Parser, add_version
 from tools._cli import REPO, run
 
 OUT = Path(REPO) / "docs" / "settings.md"
+STDOUT = "-"
+
+
+def default_out() -> str:
+    """The checkout's docs/settings.md; in an installed copy (no docs/ beside the packages), the
+    standard output: it wrote a docs/ folder into site-packages (a developer's probe)."""
+    return str(OUT) if OUT.parent.is_dir() else STDOUT
 _FIELD = re.compile(r"^\s+(\w+):\s*[^=]+=\s*(.+?)(?:\s+#\s*(.*))?$")
 
 
@@ -89,11 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m tools.settings_doc", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_version(p)
-    p.add_argument("--out", default=str(OUT), help="where to write")
+    p.add_argument("--out", default=default_out(), help="where to write (- for the standard output; the default "
+                   "is the checkout's docs/settings.md, or - in an installed copy)")
     p.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
     p.add_argument("--force", action="store_true", help="replace an existing file that is not a settings reference")
     args = p.parse_args(argv)
     text = render()
+    if args.out == STDOUT:
+        if args.check:
+            raise ValueError("--check compares a file: name it with --out")
+        sys.stdout.write(text)
+        return 0
     out = Path(args.out)
     if args.check:
         if not out.exists() or out.read_text() != text:

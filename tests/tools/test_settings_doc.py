@@ -31,3 +31,15 @@ def test_settings_reference_is_current_and_complete(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tools.settings_doc", "--check", "--out", str(stale)], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 1 and "out of date" in r.stderr
+
+
+def test_an_installed_copy_prints_the_reference_instead_of_writing_into_its_packages(tmp_path, monkeypatch, capsys):
+    """Run from an installed copy (no docs/ beside the packages) it wrote docs/settings.md into
+    site-packages (a developer's probe): there it prints the reference."""
+    from tools import settings_doc
+
+    monkeypatch.setattr(settings_doc, "OUT", tmp_path / "site-packages" / "docs" / "settings.md")
+    assert settings_doc.default_out() == "-"
+    assert settings_doc.main(["--out", "-"]) == 0
+    assert "| `noise_multiplier` |" in capsys.readouterr().out
+    assert not (tmp_path / "site-packages").exists()
