@@ -153,8 +153,8 @@ def never_decides(coord: Coordinator, s: Session, d: rollout.CanaryDecision) -> 
     probe)."""
     if d.action != rollout.WAIT:
         return None
-    cohort, needed = queries.cohort_devices(s, coord.config.canary_fraction), coord.config.canary_min_reports
-    if cohort >= needed:
+    needed = coord.config.canary_min_reports
+    if (cohort := queries.short_cohort(s, coord.config.canary_fraction, needed)) is None:
         return None
     return (f"can never decide: the canary cohort has {cohort} enrolled devices (canary_fraction "
             f"{coord.config.canary_fraction:g}), fewer than canary_min_reports {needed}; lower it, raise "

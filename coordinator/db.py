@@ -109,24 +109,25 @@ MONITOR_WAIT_S = 2
 
 
 def make_monitor_engine(url: str) -> Engine:
-    """Read-only sessions for /healthz and the scrape's gauges that wait at most MONITOR_WAIT_S:
-    SQLite with a deferred BEGIN (in WAL mode a read needs no lock a writer holds) and its busy
-    timeout; PostgreSQL from a pool of its own, which a burst of uploads cannot take, with a
-    statement timeout."""
+    """Sessions for /healthz and the scrape's gauges, which only read, that wait at most
+    MONITOR_WAIT_S: SQLite with a deferred BEGIN (in WAL mode a read needs no lock a writer holds)
+    and its busy timeout; PostgreSQL read-only, from a pool of its own, which a burst of uploads
+    cannot take, with a statement timeout. (Not SQLite's query_only: `write_lock_free` takes the
+    write lock on it, and rolls back.)"""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": MONITOR_WAIT_S, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": MONITOR_WAIT_S, "check_same_thread": False},
+                               pool_timeout=MONITOR_WAIT_S)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:
             dbapi_conn.isolation_level = None
-            dbapi_conn.execute("PRAGMA query_only=ON")
 
         @event.listens_for(engine, "begin")
         def _begin(conn) -> None:
             conn.exec_driver_sql("BEGIN")
 
         return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=1, pool_timeout=MONITOR_WAIT_S,
+    engine = create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=4, pool_timeout=MONITOR_WAIT_S,
                            connect_args={k: min(v, MONITOR_WAIT_S) for k, v in _pg_timeout(url).items()},
                            execution_options={"postgresql_readonly": True})
 
@@ -137,6 +138,28 @@ def make_monitor_engine(url: str) -> Engine:
         dbapi_conn.commit()
 
     return engine
+
+
+def write_lock_free(engine: Engine) -> tuple[str, str] | None:
+    """None if a write could start within MONITOR_WAIT_S, else ("busy", why). SQLite only: in WAL
+    mode the monitor's reads pass a lock another program holds (an operator's `sqlite3` shell in a
+    transaction), while every request that writes waits 30 s and answers 503 (a review); a
+    PostgreSQL lock shows in the reads' statement timeout."""
+    if engine.dialect.name != "sqlite":
+        return None
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        try:
+            conn.execute("BEGIN IMMEDIATE")   # takes the write lock (and writes nothing): free, or not
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            if "database is locked" not in str(e):
+                raise
+            return "busy", f"another connection holds the write lock ({e})"
+    finally:
+        raw.close()
+    return None
 
 
 def _pg_timeout(url: str) -> dict[str, int]:

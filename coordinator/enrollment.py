@@ -128,9 +128,11 @@ def revoke_key(coord: Coordinator, *, key_id: int | None = None, key: str | None
             for dev in s.scalars(select(Device).where(Device.enrollment_key_id == ek.id, ~Device.revoked)):
                 dev.revoked = True
                 n += 1
-            _forget_in_flight(s, select(Device.id).where(Device.enrollment_key_id == ek.id))
+            updates, evaluations = _forget_in_flight(s, select(Device.id).where(Device.enrollment_key_id == ek.id))
         out = {"id": ek.id, "label": ek.label, "revoked": True, "devices_revoked": n}
-    log.warning("revoked enrollment key %d%s", out["id"], f" and the {n} devices it minted" if devices else "")
+    log.warning("revoked enrollment key %d%s", out["id"],
+                f" and the {n} devices it minted ({updates} accepted updates in open rounds and {evaluations} canary "
+                "evaluations withdrawn)" if devices else "")
     return out
 
 

@@ -54,7 +54,9 @@ class StateCollector(Collector):
                                   .group_by(Decision.action)).all())
             cand = next((v for v in versions if v.status == VersionStatus.CANDIDATE), None)
             reports = queries.reported_count(s, cand.id) if cand is not None else 0
-            cohort = queries.cohort_devices(s, self._canary[0]) if self._canary is not None else None
+            # a candidate waiting on a cohort too small to decide it: no round opens meanwhile
+            stuck = (self._canary is not None and cand is not None and reports < self._canary[1]
+                     and queries.short_cohort(s, *self._canary) is not None)
         # Past its deadline a round is over, whether or not a request has closed it yet (maintenance
         # runs on requests, not on scrapes, which must not wait for an aggregation): with every
         # device away the gauge said "open" for as long as nobody opened the dashboard.
@@ -108,12 +110,7 @@ class StateCollector(Collector):
         yield decisions
         yield GaugeMetricFamily("fedkeys_canary_reports", "canary reports on the pending candidate (0: none)",
                                 value=reports)
-        if cohort is not None:
-            yield GaugeMetricFamily("fedkeys_canary_cohort_devices", "enrolled devices in the canary cohort: the most "
-                                    "reports a candidate can get", value=cohort)
-            # A cohort under canary_min_reports never decides, and no round opens meanwhile: alert on 0.
-            yield GaugeMetricFamily("fedkeys_canary_can_decide", "0 while a candidate waits on a canary cohort smaller "
-                                    "than canary_min_reports (it can never decide); 1 otherwise",
-                                    value=int(cand is None or cohort >= self._canary[1]))
+        yield GaugeMetricFamily("fedkeys_canary_can_decide", "0 while a candidate waits on a canary cohort smaller "
+                                "than canary_min_reports (it can never decide); 1 otherwise", value=int(not stuck))
         yield GaugeMetricFamily("fedkeys_devices_enrolled", "enrolled, not revoked devices", value=enrolled)
         yield GaugeMetricFamily("fedkeys_devices_active", "devices seen in the last 24 hours", value=active)

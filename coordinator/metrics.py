@@ -16,12 +16,13 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from coordinator.blobs import free_bytes
-from coordinator.db import retryable
+from coordinator.db import retryable, write_lock_free
 from coordinator.gauges import StateCollector
 from protocol import wire
 
@@ -41,8 +42,11 @@ UPDATES_HELP = ("Uploaded updates by result (accepted or reason), counted on arr
 
 class Metrics:
     def __init__(self, sessions: Callable[[], Session] | None, privacy_delta: float,
-                 data_dir: str | os.PathLike | None = None, canary: tuple[float, int] | None = None) -> None:
+                 data_dir: str | os.PathLike | None = None, canary: tuple[float, int] | None = None,
+                 engine: Engine | None = None) -> None:
+        """`engine`: the monitor's, whose SQLite write lock the scrape checks is free."""
         self.registry = CollectorRegistry()
+        self._engine = engine
         self._data_dir = data_dir
         self._state = StateCollector(sessions, privacy_delta, canary) if sessions is not None else None
         r = self.registry
@@ -77,7 +81,11 @@ class Metrics:
             state = CollectorRegistry()
             state.register(self._state)
             try:
-                out += generate_latest(state) + _database_up(True)
+                out += generate_latest(state)
+                locked = write_lock_free(self._engine) if self._engine is not None else None
+                if locked is not None:
+                    log.warning("metrics: the database is %s; requests that write wait for it (%s)", *locked)
+                out += _database_up(locked is None)
             except (OperationalError, PoolTimeout) as e:
                 # The counters are this process's and still true: a scrape that failed whole (503)
                 # hid them while the database was down, and the alert had to be read from the scrape

@@ -141,11 +141,19 @@ def population_view(s: Session) -> dict[str, Any]:
 _REPORTED = Evaluation.report_json != EVALUATION_ISSUED
 
 
-def cohort_devices(s: Session, fraction: float) -> int:
-    """Enrolled, not revoked devices in the canary cohort: the most reports a candidate can get."""
+def short_cohort(s: Session, fraction: float, needed: int) -> int | None:
+    """The enrolled, not revoked devices in the canary cohort (the most reports a candidate can
+    get) when they may be fewer than `needed`; None when they surely are not. Counting them hashes
+    every id, which every scrape and dashboard refresh would pay: with n * fraction >= 4 * needed
+    + 50 expected, fewer than `needed` has a chance under e^-14 (Chernoff), and is not counted."""
     from coordinator.rollout import in_canary
 
-    return sum(in_canary(i, fraction) for i in s.scalars(select(Device.id).where(Device.revoked.is_(False))))
+    live = Device.revoked.is_(False)
+    n = int(s.scalar(select(func.count()).select_from(Device).where(live)) or 0)
+    if n * fraction >= 4 * needed + 50:
+        return None
+    cohort = sum(in_canary(i, fraction) for i in s.scalars(select(Device.id).where(live)))
+    return cohort if cohort < needed else None
 
 
 def reported_count(s: Session, version_id: str) -> int:

@@ -20,12 +20,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from coordinator import aggregation, canary, discovery, queries, retention, round_end, schedule, secagg, versions, views
 from coordinator.config import round_values_fault
-from coordinator.db import sqlstate
+from coordinator.db import retryable, sqlstate
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Round, Update, Version, utcnow
 from coordinator.models_secagg import SecAggRound
@@ -146,15 +146,16 @@ def _say_close_failed(coord: Coordinator, rid: int, e: Exception) -> None:
     when it succeeds). A round whose base version's files were gone stayed "open" with no reason
     in `status` and on the dashboard, and overdue for ever (an operator's probe). Best effort: the
     database may be what fails."""
+    if retryable(e) is not None:   # the database busy or away: writing would wait as long again
+        return
     if disk_full(e):
         line = "closing failed: the data directory's disk is full; retried on every request"
     else:
         line = f"closing failed, retried on every request: {_one_line(e)}"
     try:
-        with coord.tx() as s:
-            r = s.get(Round, rid)
-            if r is not None and r.status == RoundStatus.OPEN and r.reason != line:
-                r.reason = line
+        with coord.tx() as s:   # only while open: another worker may have closed it meanwhile
+            s.execute(update(Round).where(Round.id == rid, Round.status == RoundStatus.OPEN, Round.reason != line)
+                      .values(reason=line))
     except Exception:   # noqa: BLE001 - the first failure is raised and logged by the caller
         pass
 

@@ -91,7 +91,8 @@ class Coordinator:
         # /healthz and the scrape read through an engine of their own that waits seconds, not 30.
         self.monitor = self.engine if read_only else make_monitor_engine(config.resolved_database_url)
         self.metrics = Metrics(session_factory(self.monitor), config.privacy_delta, self.data_dir,
-                               (config.canary_fraction, config.canary_min_reports))
+                               (config.canary_fraction, config.canary_min_reports),
+                               None if read_only else self.monitor)
         self._lock = threading.RLock()
         self.rollout_seq = rollout_signing.SequenceClock()   # the signed rollout statements' numbers
         self._rng = random.Random()

@@ -832,6 +832,7 @@ class NgramSession:
         if split is None:   # "lord,": the next word comes after a space
             return []
         lead, prefix = split
+        prefix = unformatted(prefix)   # as the keyboard's session reads it
         if not lead:
             return self.suggest(prefix, k)
         lm = self._lm   # '"hel': "hel" completed after the quote

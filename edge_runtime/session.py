@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from edge_runtime.ngram import leading_word
 from edge_runtime.personal import BOS
-from protocol.text import complete_tokens, nfc, plain_quotes, tokens, typed_chunks, word_being_typed
+from protocol.text import complete_tokens, nfc, plain_quotes, tokens, typed_chunks, unformatted, word_being_typed
 
 if TYPE_CHECKING:
     from edge_runtime.predictor import Predictor, _Node
@@ -180,6 +180,8 @@ class Session:
         if kept > j:
             del self.ahead[j:]   # for another version of the chunk (a cursor moved back into it)
         for i, tok in enumerate(toks[j:], j):
+            if i < kept and self.ahead:   # kept for its h and c: its 40 KB of log-probabilities go
+                self.ahead[-1][1].cool()   # (kept, a pasted line of "a,b," held 321 MB; a review)
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
             if i < kept:
@@ -214,6 +216,8 @@ class Session:
         if j < len(toks):
             node, hist = (self.ahead[-1][1], self.ahead[-1][2]) if self.ahead else (self.nodes[-1], self.hists[-1])
             tok = toks[j]
+            if self.ahead:     # only the newest fed-ahead state is suggested from
+                self.ahead[-1][1].cool()
             r = self.readied   # "lord" readied for a space, then a comma: its state is the one to feed ahead
             if r is not None and r.base is self.nodes[-1] and r.toks == toks[:j + 1]:
                 self.ahead.append((tok, r.node, r.hist))
@@ -287,6 +291,7 @@ class Session:
         if split is None:   # "lord,": the next word comes after a space
             return []
         lead, prefix = split
+        prefix = unformatted(prefix)   # "Zimbab\u00adwe" completes as "Zimbabwe"
         if lead:   # '"hel': "hel" completed after the quote, fed ahead already as a rule
             node, hist = self._fed(tokens(lead), keep=True)
             return self.p.suggest(node, hist, prefix, k, self.words, None)

@@ -114,6 +114,12 @@ _LEADING_WORD = re.compile(rf"{WORD_CLASS}*")
 OPENING_MARKS = frozenset('"([{\u201c')   # marks a word follows with no space between
 
 
+# What `word_being_typed` reads as a word's characters beyond WORD_CLASS: the invisible ones that
+# `unformatted` drops inside a word (a soft hyphen, a word joiner), so "Zimbab\u00adwe" is one word
+# being typed, completed (through `unformatted`) and replaced whole, not "we" after "Zimbab".
+_TYPED = {**_QUOTES, 0xAD: "x", 0x2060: "x", 0xFEFF: "x"}
+
+
 def word_being_typed(chunk: str) -> tuple[str, str] | None:
     """The chunk being typed as (lead, prefix): `prefix` the word at its end that the next letter
     would extend, `lead` what comes before it in the chunk ('"' in '"hel', "hello," in
@@ -123,7 +129,7 @@ def word_being_typed(chunk: str) -> tuple[str, str] | None:
     does a single quote after such a mark ("yes.'", "lord,'"), which closes a quotation there.
     None inside an e-mail address or a web address too ("bob@exa", "https://exa"): a word
     completed there ("bob@exactly", a probe of the keyboard page) is never what is typed."""
-    start = len(chunk) - _LEADING_WORD.match(chunk.translate(_QUOTES)[::-1]).end()
+    start = len(chunk) - _LEADING_WORD.match(chunk.translate(_TYPED)[::-1]).end()
     lead, prefix = chunk[:start], chunk[start:]
     if "@" in lead or "://" in lead:
         return None

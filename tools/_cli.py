@@ -43,12 +43,12 @@ def base_ngram_arg(value: str) -> str:
     """`--base-ngram`'s type: a file the user names must be an n-gram. The device only warns (it
     keeps typing without one), but a tool that scored without it printed figures 1.3 points of
     top-3 low for a mistyped path, with a warning scrolled away."""
-    if value in ("", "off"):
-        return value
     from edge_runtime.base_ngram import load_base_ngram, refuse_old_variable, resolve  # loaded once per process
 
     try:
-        refuse_old_variable()
+        refuse_old_variable()   # before the default "": scored with another n-gram than it names, silently
+        if value in ("", "off"):
+            return value
         path = resolve(value)   # ~ expanded, as the device reads the setting; the old variable refused
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
@@ -94,6 +94,9 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     logging.basicConfig(level=os.environ.get("FEDKEYS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     raise_on_sigterm()
     try:
+        from edge_runtime.base_ngram import refuse_old_variable
+
+        refuse_old_variable()   # every tool that scores reads the base n-gram: the old variable is refused
         code = main(argv)
     except USER_ERRORS as e:
         print(f"error: {file_in_the_way(e) or e}", file=sys.stderr)

@@ -39,13 +39,14 @@
                           { limited: true });
     }
     if (!resp.ok) {   // the coordinator answered: its message says what is wrong (a database, a disk)
-      const body = await resp.json().catch(() => ({}));
-      throw Object.assign(new Error(body.message || "HTTP " + resp.status), { answered: true });
+      const body = await resp.json().catch(() => ({}));   // a proxy's 502 page is not the coordinator's word
+      throw Object.assign(new Error(body.message || "HTTP " + resp.status), { answered: Boolean(body.message) });
     }
     return resp.json();
   }
 
   function showLogin(message) {
+    showTrouble([], false);   // the banner was about the session that ends here
     clearInterval(timer);
     timer = null;
     sessionStorage.removeItem(KEY);

@@ -214,8 +214,8 @@
   // ('"hel' completes "hel", after the quote), as `protocol.text.word_being_typed` splits it.
   // (‘ and ’ are apostrophes there, as the device reads them: `protocol.text._QUOTES`; a
   // combining mark or a zero-width joiner is part of its word, an emoji's variation selector is
-  // not: `protocol.text.WORD_CLASS`.)
-  const WORD_CHAR = "(?:(?![\\uFE00-\\uFE0F])[\\p{L}\\p{N}\\p{Mn}\\p{Mc}_'‘’\\u200c\\u200d])";
+  // not: `protocol.text.WORD_CLASS`; nor does a soft hyphen or a word joiner end it: `_TYPED`.)
+  const WORD_CHAR = "(?:(?![\\uFE00-\\uFE0F])[\\p{L}\\p{N}\\p{Mn}\\p{Mc}_'‘’\\u200c\\u200d\\u00ad\\u2060\\ufeff])";
   const WORD_TAIL = new RegExp(WORD_CHAR + "*$", "u"), WORD_HEAD = new RegExp("^" + WORD_CHAR + "*", "u");
   const OPENING = /^["(\[{“]*$/, CLOSING = /[.,!?;:"')\]}”’]/;
 

@@ -45,7 +45,8 @@ def test_the_word_being_typed_is_completed_after_what_opens_it():
     assert word_being_typed("") == ("", "")                        # after a space
     rng = random.Random(1)
     for _ in range(2000):
-        chunk = "".join(rng.choice("ab'\u2019\u201c\u201d\",.(1_") for _ in range(rng.randint(1, 6)))
+        chunk = "".join(rng.choice("ab'\u2019\u201c\u201d\",.(1_\u00ad\u2060\u200b\u200d")
+                        for _ in range(rng.randint(1, 6)))
         split = word_being_typed(chunk)
         if split is not None:
             lead, prefix = split
@@ -81,6 +82,9 @@ def test_invisible_format_characters_a_paste_brings_do_not_make_words():
     assert tokens("می\u200cخواهم") == ["می\u200cخواهم"]          # Persian keeps its non-joiner
     assert tokens("क्\u200dष") == ["क्\u200dष"]                  # and Devanagari its joiner
     assert complete_tokens("wor\u200d") == [] and complete_tokens("head\u200b") == ["head"]
+    # one word being typed, too: completed as "Zimbabwe" and replaced whole, not "we" after "Zimbab"
+    assert word_being_typed("Zimbab\u00adwe") == ("", "Zimbab\u00adwe")
+    assert word_being_typed("in\u2060for") == ("", "in\u2060for")
     from edge_runtime.ngram import words_of_chunk
 
     assert words_of_chunk("Zimbab\u00adwe,") == ["Zimbabwe", ","]   # the base n-gram reads it the same
