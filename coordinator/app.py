@@ -69,6 +69,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     for bp in (devices.bp, admin.bp, public.bp, secagg_api.bp):
         app.register_blueprint(bp)
     app.before_request(_refuse_nul)
+    _watch_schema(app, coordinator)
     _register_errors(app)
     _register_metrics(app, coordinator)
     return app
@@ -143,6 +144,42 @@ def _warn_unconfigured_proxy(app: Flask) -> None:
         log.warning("requests with %s arrive from %s and proxy_hops is 0: if a proxy is in front, every client "
                     "counts as its address in the per-address limits; set proxy_hops to the number of proxies "
                     "(nginx: 1)", _FORWARDED_FOR, request.remote_addr)
+
+
+SCHEMA_CHECK_S = 30.0
+
+
+def _watch_schema(app: Flask, coordinator: Coordinator) -> None:
+    """Refuse requests, with 503, once another release has migrated the database under this
+    service: an old service left running through an upgrade went on answering devices and
+    promoting candidates on the new schema while every aggregation failed (an upgrade probe).
+    The revision is read every SCHEMA_CHECK_S per process, a row of alembic_version."""
+    if coordinator.read_only:
+        return
+    from sqlalchemy import text
+
+    from coordinator.db import head_revision
+
+    mine = head_revision()
+    seen = {"at": time.monotonic(), "held": mine}   # the service migrated it, or checked it, as it started
+
+    @app.before_request
+    def _schema() -> None:
+        if time.monotonic() - seen["at"] >= SCHEMA_CHECK_S:
+            seen["at"] = time.monotonic()
+            try:
+                with coordinator.monitor.connect() as conn:
+                    held = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except (DBAPIError, PoolTimeout):   # the database away: the request says so, and the scrape
+                return
+            if held != mine and seen["held"] != held:
+                log.error("the database is at schema revision %s, and this service reads %s: another release "
+                          "migrated it; restart this service with that release", held, mine)
+            seen["held"] = held
+        if seen["held"] != mine:
+            raise ApiError(503, wire.E_INTERNAL, f"the database was migrated (schema revision {seen['held']}) by "
+                                                 f"another release; this service reads {mine} and must be restarted",
+                           retry_after=60)
 
 
 def _refuse_nul() -> None:

@@ -217,6 +217,11 @@ def _readable_in_place(path: Path) -> str | None:
     return uri
 
 
+def head_revision() -> str:
+    """The schema revision this release reads (its newest migration)."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
 def require_current_schema(engine: Engine) -> None:
     """What `migrate` checks for a database it cannot upgrade: that it holds this release's schema."""
     shown = engine.url.render_as_string(hide_password=True)

@@ -492,3 +492,29 @@ def test_import_refuses_a_version_not_built_on_stable_and_export_gives_one_to_bu
     (child / "manifest.json").write_text(json.dumps(doc))
     assert cli_main(["import-version", str(child), *common]) == 0
     assert cli_main(["import-version", str(tmp_path / "other"), "--force", *common]) == 0
+
+
+def test_a_service_whose_database_another_release_migrated_refuses_requests(served, monkeypatch, caplog):
+    """An old service left running through an upgrade went on answering devices and promoting
+    candidates on the new schema, while every aggregation failed (an upgrade probe)."""
+    import logging
+
+    from sqlalchemy import text
+
+    from coordinator import app as app_module
+
+    assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
+    with served.coord.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    monkeypatch.setattr(app_module, "SCHEMA_CHECK_S", 0.0)
+    with caplog.at_level(logging.ERROR, logger="coordinator.app"):
+        r = requests.get(served.url + wire.PATH_HEALTH, timeout=5)
+        assert r.status_code == 503 and "migrated (schema revision 9999)" in r.json()["message"], r.text
+        assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).status_code == 503
+    said = [rec for rec in caplog.records if "another release migrated it" in rec.getMessage()]
+    assert len(said) == 1                                  # once, not on every request
+    from coordinator.db import head_revision
+
+    with served.coord.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head_revision()})
+    assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
