@@ -141,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
     from tools.bench.keystroke import device_keystrokes, percentiles
-    from tools.wordeval import evaluate_words
+    from tools.wordeval import evaluate_words, typed_in_pieces
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
     split = split_users(read_corpus(args.corpus), seed=0)
-    users = split.test
+    users, pieces = typed_in_pieces(split.test)
+    if pieces:
+        print(f"note: {pieces} of the {len(users)} held-out users hold one text, typed as its paragraphs (or runs "
+              "of its sentences): the first half before the second half is scored", file=sys.stderr)
     if not users:
         raise ValueError(f"{args.corpus}: no held-out (test) users; the corpus needs more users")
     if not split.train:   # the central trigram is fitted on them

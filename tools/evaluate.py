@@ -100,12 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
-    from tools.wordeval import evaluate_words
+    from tools.wordeval import evaluate_words, typed_in_pieces
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
     split = split_users(read_corpus(args.corpus), seed=args.seed)
-    texts = split.part(args.split)
+    texts, pieces = typed_in_pieces(split.part(args.split))
+    if pieces:
+        print(f"note: {pieces} of the {len(texts)} users hold one text, typed as its paragraphs (or runs of its "
+              "sentences): the first half before the second half is scored", file=sys.stderr)
     if not texts:
         raise ValueError(f"the {args.split} split of {args.corpus} has no users; try --split train")
     train = split.texts("train") if args.baseline else []

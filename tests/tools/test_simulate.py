@@ -398,6 +398,8 @@ def test_one_document_per_user_run_from_another_directory_with_relative_paths(tm
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "each device's text is typed as its paragraphs" in r.stdout
+    # and the held-out users' too: their first paragraphs are typed before the rest is scored
+    assert re.search(r"note: \d+ of the \d+ held-out users hold one text", r.stdout), r.stdout[-2000:]
     report = json.loads((tmp_path / "sim" / "report.json").read_text())
     assert {"ngram", "proxy", "central"} <= set(report["references"])
     assert (tmp_path / "sim" / "models" / "central" / "manifest.json").is_file()

@@ -172,3 +172,16 @@ def test_the_canary_counts_on_a_device_and_the_central_evaluation_agree_word_for
     assert (device.words, device.top1, device.top3, device.saved, device.typed) == (4, 1, 2, 3 + 3 + 2, 4 + 4 + 4 + 6)
     assert (central.words, central.hit1, central.hit3, central.saved, central.typed) == (
         device.words, device.top1, device.top3, device.saved, device.typed)
+
+
+def test_held_out_users_of_one_document_are_typed_in_pieces_when_most_are():
+    """A user's first half is typed before the second is scored: of one text, nothing was typed, and
+    on a corpus of one document per user the keyboard's claims flipped sign (a researcher's probe)."""
+    from tools.wordeval import typed_in_pieces
+
+    essay = "\n\n".join(f"Paragraph {i} says a thing. And another one." for i in range(6))
+    users, split = typed_in_pieces({"a": [essay], "b": [essay], "c": ["one", "two"]})
+    assert split == 2 and len(users["a"]) == 6 and users["c"] == ["one", "two"]
+    assert halves(users["a"])[0]                              # something typed before scoring
+    same, split = typed_in_pieces({"a": [essay], "b": ["x", "y"], "c": ["x", "y"]})   # most hold several
+    assert split == 0 and same["a"] == [essay]                # the shipped corpora are scored as they were

@@ -8,9 +8,7 @@ own process never loads TensorFlow (its memory would be copied into every device
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 from tools._cli import DEFAULT_PROXY, REPO, count
 from tools.shipped import SHIPPED_V0, check_version
 from tools.simulate.errors import SimulationError
+from tools.wordeval import typed_in_pieces
 
 
 def proxy_files(args: argparse.Namespace) -> list[str]:
@@ -33,7 +32,7 @@ class Population:
     heldout: dict[str, list[str]]          # test users' texts in order (tools.wordeval: first half typed)
     train_users: int
     test_users: int
-
+    heldout_split: int = 0                 # held-out users whose one document is typed in pieces
 
 def load_population(corpus: str, devices: int | None, *, fewer: bool = False) -> Population:
     """The `devices` train users with the most text (each device is one user; None: all of them;
@@ -51,21 +50,9 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
         raise CorpusError(f"{corpus}: only {count(len(split.train), 'train user')}, fewer than --devices {devices}"
                           + one_writer_hint(corpus))
     ranked = sorted(split.train.items(), key=lambda kv: (trains_nothing(kv[1]), -sum(len(t) for t in kv[1]), kv[0]))
-    return Population(users=ranked[:devices], heldout=dict(split.test), train_users=len(split.train),
-                      test_users=len(split.test))
-
-
-def split_document(text: str, most: int = 20) -> list[str]:
-    """One long text as several, in order: its paragraphs when it has some, else runs of its
-    sentences (at most `most` pieces). A corpus of one document per user (essays, reviews) trains
-    nothing as it is (`trains_nothing`); split, each device keeps its last piece to evaluate on."""
-    from model.corpus import paragraphs
-
-    if len(parts := paragraphs(text)) >= 2:
-        return parts
-    sentences = [x for x in re.split(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]]))\s+", text.strip()) if x]
-    per = max(1, math.ceil(len(sentences) / most))
-    return [" ".join(sentences[i:i + per]) for i in range(0, len(sentences), per)]
+    heldout, pieces = typed_in_pieces(split.test)   # one document per user: its first paragraphs typed first
+    return Population(users=ranked[:devices], heldout=heldout, train_users=len(split.train),
+                      test_users=len(split.test), heldout_split=pieces)
 
 
 def trains_nothing(texts: list[str]) -> bool:

@@ -128,6 +128,8 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
         cache = {}
     out: dict[str, dict] = {}
     corpus_key = f"{_file_key(Path(corpus))}:{max_words}:even-share"   # per-user counts, `scored_words` order
+    if pop.heldout_split:   # held-out documents typed in pieces (`typed_in_pieces`): other words scored
+        corpus_key += ":pieces"
     # The keyboard's score also depends on the base n-gram it mixes in (the shipped file).
     base = resolve()
     base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"
