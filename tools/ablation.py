@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 from typing import TYPE_CHECKING
 
@@ -145,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
+    if args.central:   # another corpus's reference, or one trained on these held-out users, read as a bound
+        from tools.simulate.population import central_is_stale
+
+        if (stale := central_is_stale(pathlib.Path(args.central), None, args.corpus)) is not None:
+            raise ValueError(f"--central {args.central} does not fit {args.corpus}: {stale}")
     split = split_users(read_corpus(args.corpus), seed=0)
     users, pieces = typed_in_pieces(split.test)
     if pieces:

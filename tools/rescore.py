@@ -102,6 +102,11 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
     if not corpus or "eval_words" not in settings:   # a report edited by hand, or of another tool
         raise ValueError(f"{data}: its report.json lacks the run's settings (corpus, eval_words); give --corpus, "
                          "or score a report tools.simulate or tools.demo wrote")
+    if central is not None:   # another corpus's reference given by hand moved a claim by 2 points (a probe)
+        from tools.simulate.population import central_is_stale
+
+        if (stale := central_is_stale(central, v0, corpus)) is not None:
+            raise ValueError(f"{central}: the central reference does not fit this run: {stale}")
     pop = load_population(corpus, settings.get("devices"))
     # The run's own row is read from its report; it pairs with a re-scoring only on the same words.
     run_words = list(scored_words(pop.heldout, settings["eval_words"]).values())

@@ -18,9 +18,13 @@ def test_a_version_trained_from_another_keeps_its_word_lists_notice(exported_ver
     notices = {"tokenizer.model": "CC BY-SA 4.0: words from Someone (2022)"}
     (base / MANIFEST).write_text(json.dumps({**m, "notices": notices}))
     assert main(["--corpus", str(SHAKESPEARE), "--init", str(base), "--out", str(tmp_path / "out"),
-                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--no-progress"]) == 0
+                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--seed", "1", "--no-progress"]) == 0
     out = read_manifest(tmp_path / "out")
     assert out.parent == m["version_id"] and out.notices == notices
+    # --seed 1 trained on 18 of the 24 held-out users when it also split them (a researcher's probe):
+    # a device corpus is split as every tool splits it, and the manifest says so
+    assert out.metrics["split_seed"] == 0
+    assert "24 test users" in capsys.readouterr().out
     # the folder as its files: readable by the service's user that imports it (it was mkdtemp's 0700)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
 

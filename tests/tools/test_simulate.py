@@ -359,6 +359,22 @@ def test_a_central_reference_left_by_a_run_on_other_text_or_another_version_0_is
     m["metrics"]["init_weights_sha256"] = "0" * 64
     (central / "manifest.json").write_text(json.dumps(m))
     assert "another version 0" in population.central_is_stale(central, exported_version, str(one))
+    # trained on another split of the users (tools.pretrain --seed 1 before it kept the split): held-out
+    # users among its training text
+    m["metrics"]["init_weights_sha256"] = v0_weights
+    m["metrics"]["split_seed"] = 1
+    (central / "manifest.json").write_text(json.dumps(m))
+    assert "another split of the users" in population.central_is_stale(central, exported_version, str(one))
+    # and one given by hand is checked too (another corpus's reference moved a claim by 2 points)
+    del m["metrics"]["split_seed"]
+    (central / "manifest.json").write_text(json.dumps(m))
+    given = lambda corpus: argparse.Namespace(**{**vars(args(corpus)), "central": str(central)})  # noqa: E731
+    assert population.ensure_central(tmp_path, exported_version, given(one)) == central
+    from model.corpus import CorpusError
+
+    with pytest.raises(CorpusError, match="does not fit this run: it was trained on other text"):
+        population.ensure_central(tmp_path, exported_version, given(two))
+    assert len(calls) == 1                                                    # nothing trained meanwhile
 
 
 def test_cached_reference_scores_follow_the_corpus_content_not_its_size_and_time(tmp_path):

@@ -121,7 +121,7 @@ def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
     return check_version(v0, f"version 0 ({v0})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
 
 
-def central_is_stale(central: Path, v0: Path, corpus: str) -> str | None:
+def central_is_stale(central: Path, v0: Path | None, corpus: str) -> str | None:
     """Why a central reference left in a --data-dir does not fit this run (None: it does). Another
     --corpus or version 0 in the same directory must not be compared against it."""
     from protocol.artifact import read_manifest
@@ -132,15 +132,26 @@ def central_is_stale(central: Path, v0: Path, corpus: str) -> str | None:
         return f"it was trained on other text ({made.get('source', '?')})"
     if "source_sha256" not in made and made.get("source") != Path(corpus).name:
         return f"it was trained on {made.get('source', 'unknown text')}"
-    if "init_weights_sha256" in made and made["init_weights_sha256"] != read_manifest(v0).weights_sha256:
+    if v0 is not None and made.get("init_weights_sha256", read_manifest(v0).weights_sha256) != \
+            read_manifest(v0).weights_sha256:
         return "it continues another version 0"
+    if made.get("split_seed", 0) != 0:
+        return f"it was trained on another split of the users (seed {made['split_seed']}): held-out users among them"
     return None
 
 
 def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | None:
     """The central reference (v0 trained further on all train users), or None with --no-central."""
     central = central_dir(data, args)
-    if central is None or args.central:
+    if central is None:
+        return None
+    if args.central:   # given by hand, it is checked too: another corpus's reference moved a claim by 2 points
+        from model.corpus import CorpusError
+
+        check_version(central, f"the central reference ({central})")
+        if (stale := central_is_stale(central, v0, args.corpus)) is not None:
+            raise CorpusError(f"--central {central} does not fit this run: {stale}; train one on {args.corpus} "
+                              f"(tools.pretrain --corpus {args.corpus} --init {v0}), or leave out --central")
         return central
     if (central / "manifest.json").exists() and not getattr(args, "rebuild", False):
         stale = central_is_stale(central, v0, args.corpus)
