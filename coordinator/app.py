@@ -170,8 +170,8 @@ def _watch_schema(app: Flask, coordinator: Coordinator) -> None:
             try:
                 with coordinator.monitor.connect() as conn:
                     held = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            except (DBAPIError, PoolTimeout):   # the database away: the request says so, and the scrape
-                return
+            except (DBAPIError, PoolTimeout):   # the database away: the request says so, and the scrape;
+                held = seen["held"]             # a service already refusing goes on refusing (a review)
             if held != mine and seen["held"] != held:
                 log.error("the database is at schema revision %s, and this service reads %s: another release "
                           "migrated it; restart this service with that release", held, mine)

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def ngram_bounds(args: argparse.Namespace, split: Split, base: KneserNeyLM, central: KneserNeyLM,
+def ngram_bounds(args: argparse.Namespace, split: Split, users: dict[str, list[str]], base: KneserNeyLM,
+                 central: KneserNeyLM,
                  shared: KneserNeyLM | None) -> None:
     """The second table of `--ngram-bounds`: upper bounds, without noise, of a federated n-gram.
     `central` and `shared` are the main table's trigrams of all train users (all of their text;
@@ -86,7 +87,7 @@ def ngram_bounds(args: argparse.Namespace, split: Split, base: KneserNeyLM, cent
             print(f"| {label} | – | – | – | {e} |")
             continue
         m = evaluate_words(keyboard_factory(args.model, tail=True, base=True, own_words=True, personal_lstm=False,
-                                            ngram=lm, base_ngram=args.base_ngram), split.test, max_words=args.max_words)
+                                            ngram=lm, base_ngram=args.base_ngram), users, max_words=args.max_words)
         print(f"| {label} | {m.top1:.1%} | {m.top3:.1%} | {m.ksr:.1%} | {lm.size:,} |", flush=True)
 
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
     from tools.bench.keystroke import device_keystrokes, percentiles
-    from tools.wordeval import evaluate_words, typed_in_pieces
+    from tools.wordeval import evaluate_words, one_document_corpus, typed_in_pieces
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
@@ -151,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if (stale := central_is_stale(pathlib.Path(args.central), None, args.corpus)) is not None:
             raise ValueError(f"--central {args.central} does not fit {args.corpus}: {stale}")
-    split = split_users(read_corpus(args.corpus), seed=0)
-    users, pieces = typed_in_pieces(split.test)
+    records = read_corpus(args.corpus)
+    split = split_users(records, seed=0)
+    users, pieces = typed_in_pieces(split.test, one_document_corpus(records))
     if pieces:
         print(f"note: {pieces} of the {len(users)} held-out users hold one text, typed as its paragraphs (or runs "
               "of its sentences): the first half before the second half is scored", file=sys.stderr)
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'Every row scored the same' if len(scored) == 1 else 'Rows scored'} {counts} words. The user's own "
           "words and own copy of the LSTM are learned on the device: nothing to download.")
     if args.ngram_bounds:
-        ngram_bounds(args, split, base, central_ngram, shared)
+        ngram_bounds(args, split, users, base, central_ngram, shared)   # the main table's users, as it typed them
     return 0
 
 

@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
-    from tools.wordeval import evaluate_words, typed_in_pieces
+    from tools.wordeval import evaluate_words, one_document_corpus, typed_in_pieces
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
-    split = split_users(read_corpus(args.corpus), seed=args.seed)
-    texts, pieces = typed_in_pieces(split.part(args.split))
+    records = read_corpus(args.corpus)
+    split = split_users(records, seed=args.seed)
+    texts, pieces = typed_in_pieces(split.part(args.split), one_document_corpus(records))
     if pieces:
         print(f"note: {pieces} of the {len(texts)} users hold one text, typed as its paragraphs (or runs of its "
               "sentences): the first half before the second half is scored", file=sys.stderr)

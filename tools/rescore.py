@@ -108,6 +108,10 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
         if (stale := central_is_stale(central, v0, corpus)) is not None:
             raise ValueError(f"{central}: the central reference does not fit this run: {stale}")
     pop = load_population(corpus, settings.get("devices"))
+    if pop.heldout_split != settings.get("heldout_pieces", 0):   # other words, which counts alone may not show
+        raise ValueError(f"{corpus}: the run typed its held-out users' documents "
+                         f"{'in pieces' if settings.get('heldout_pieces') else 'whole'}, and this release types them "
+                         f"{'in pieces' if pop.heldout_split else 'whole'}: run the simulation again")
     # The run's own row is read from its report; it pairs with a re-scoring only on the same words.
     run_words = list(scored_words(pop.heldout, settings["eval_words"]).values())
     if run_words != [c[0] for c in fed["final_metrics"]["per_user"]]:

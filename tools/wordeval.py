@@ -24,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass
+from typing import Any
 
 from tqdm import tqdm
 
@@ -64,17 +66,27 @@ def split_document(text: str, most: int = 20) -> list[str]:
     return [" ".join(sentences[i:i + per]) for i in range(0, len(sentences), per)]
 
 
-def typed_in_pieces(users: Mapping[str, Sequence[str]]) -> tuple[dict[str, list[str]], int]:
-    """Held-out users with their single documents split (`split_document`) when most of them hold
-    one: (users, how many were split). A user's first half is typed before the second is scored
-    (`halves`), and a user of one text had nothing typed: on a corpus of one document per user the
+ONE_DOCUMENT_SHARE = 0.8   # of a corpus's users holding one text: a corpus of one document per user
+
+
+def one_document_corpus(records: Sequence[Any]) -> bool:
+    """Whether most of a corpus's users (`ONE_DOCUMENT_SHARE`, over all of them: the same answer
+    for every split and seed) hold one text each: essays, reviews. The shipped corpora are far
+    from it (Shakespeare 17%, e-mail 52%)."""
+    counts = Counter(r.user for r in records)
+    return bool(counts) and sum(n == 1 for n in counts.values()) >= ONE_DOCUMENT_SHARE * len(counts)
+
+
+def typed_in_pieces(users: Mapping[str, Sequence[str]], one_document: bool) -> tuple[dict[str, list[str]], int]:
+    """Users with their single documents split (`split_document`) in a corpus of one document per
+    user (`one_document_corpus`): (users, how many were split). A user's first half is typed before
+    the second is scored (`halves`), and a user of one text had nothing typed: on such a corpus the
     keyboard's own parts learned nothing and its claims flipped sign (-11.3 top-3 against the
-    central trigram, +3.0 split; a researcher's probe). Corpora where most users hold several texts
-    (the shipped ones) are scored as they are."""
-    single = [u for u, texts in users.items() if len(texts) == 1]
-    if 2 * len(single) <= len(users):
+    central trigram, +3.0 split; a researcher's probe). Other corpora are scored as they are."""
+    if not one_document:
         return {u: list(t) for u, t in users.items()}, 0
-    return {u: (split_document(t[0]) if len(t) == 1 else list(t)) for u, t in users.items()}, len(single)
+    single = sum(len(t) == 1 for t in users.values())
+    return {u: (split_document(t[0]) if len(t) == 1 else list(t)) for u, t in users.items()}, single
 
 
 def halves(texts: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:

@@ -513,6 +513,20 @@ def test_a_service_whose_database_another_release_migrated_refuses_requests(serv
         assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).status_code == 503
     said = [rec for rec in caplog.records if "another release migrated it" in rec.getMessage()]
     assert len(said) == 1                                  # once, not on every request
+    # a read of the revision that fails does not let a request through (a review)
+    real = served.coord.monitor
+
+    class Away:
+        def connect(self):
+            from sqlalchemy.exc import OperationalError
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    served.coord.monitor = Away()
+    try:
+        r = requests.get(served.url + wire.PATH_OPENAPI, timeout=5)
+        assert r.status_code == 503 and "migrated" in r.json()["message"], r.text
+    finally:
+        served.coord.monitor = real
     from coordinator.db import head_revision
 
     with served.coord.engine.begin() as conn:

@@ -4,6 +4,8 @@ is scored text by text and committed after it is scored."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tools.wordeval import (
@@ -177,11 +179,15 @@ def test_the_canary_counts_on_a_device_and_the_central_evaluation_agree_word_for
 def test_held_out_users_of_one_document_are_typed_in_pieces_when_most_are():
     """A user's first half is typed before the second is scored: of one text, nothing was typed, and
     on a corpus of one document per user the keyboard's claims flipped sign (a researcher's probe)."""
-    from tools.wordeval import typed_in_pieces
+    from model.corpus import read_corpus
+    from tools.wordeval import one_document_corpus, typed_in_pieces
 
     essay = "\n\n".join(f"Paragraph {i} says a thing. And another one." for i in range(6))
-    users, split = typed_in_pieces({"a": [essay], "b": [essay], "c": ["one", "two"]})
+    users, split = typed_in_pieces({"a": [essay], "b": [essay], "c": ["one", "two"]}, one_document=True)
     assert split == 2 and len(users["a"]) == 6 and users["c"] == ["one", "two"]
     assert halves(users["a"])[0]                              # something typed before scoring
-    same, split = typed_in_pieces({"a": [essay], "b": ["x", "y"], "c": ["x", "y"]})   # most hold several
-    assert split == 0 and same["a"] == [essay]                # the shipped corpora are scored as they were
+    same, split = typed_in_pieces({"a": [essay], "b": ["x", "y"]}, one_document=False)
+    assert split == 0 and same["a"] == [essay]
+    # decided over the whole corpus, the same for every split and seed: the shipped ones are not
+    for corpus in ("shakespeare", "spamassassin_ham"):
+        assert not one_document_corpus(read_corpus(Path(__file__).resolve().parents[2] / "corpora" / f"{corpus}.jsonl"))

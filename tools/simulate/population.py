@@ -18,7 +18,7 @@ from pathlib import Path
 from tools._cli import DEFAULT_PROXY, REPO, count
 from tools.shipped import SHIPPED_V0, check_version
 from tools.simulate.errors import SimulationError
-from tools.wordeval import typed_in_pieces
+from tools.wordeval import one_document_corpus, typed_in_pieces
 
 
 def proxy_files(args: argparse.Namespace) -> list[str]:
@@ -42,7 +42,8 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
     The users are split with seed 0, as tools.pretrain and tools.evaluate do, so the central
     reference never trained on the held-out users."""
     from model.corpus import CorpusError, read_corpus, split_users
-    split = split_users(read_corpus(corpus), seed=0)
+    records = read_corpus(corpus)
+    split = split_users(records, seed=0)
     if not split.test:
         raise CorpusError(f"{corpus}: no held-out (test) users to evaluate on; the corpus needs more users")
     if devices is not None and len(split.train) < devices and not (fewer and split.train):
@@ -50,7 +51,7 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
         raise CorpusError(f"{corpus}: only {count(len(split.train), 'train user')}, fewer than --devices {devices}"
                           + one_writer_hint(corpus))
     ranked = sorted(split.train.items(), key=lambda kv: (trains_nothing(kv[1]), -sum(len(t) for t in kv[1]), kv[0]))
-    heldout, pieces = typed_in_pieces(split.test)   # one document per user: its first paragraphs typed first
+    heldout, pieces = typed_in_pieces(split.test, one_document_corpus(records))   # its first paragraphs typed first
     return Population(users=ranked[:devices], heldout=heldout, train_users=len(split.train),
                       test_users=len(split.test), heldout_split=pieces)
 
@@ -151,7 +152,7 @@ def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | Non
         check_version(central, f"the central reference ({central})")
         if (stale := central_is_stale(central, v0, args.corpus)) is not None:
             raise CorpusError(f"--central {central} does not fit this run: {stale}; train one on {args.corpus} "
-                              f"(tools.pretrain --corpus {args.corpus} --init {v0}), or leave out --central")
+                              f"(tools.pretrain --corpus {args.corpus} --init {v0} --out DIR), or leave out --central")
         return central
     if (central / "manifest.json").exists() and not getattr(args, "rebuild", False):
         stale = central_is_stale(central, v0, args.corpus)

@@ -197,7 +197,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
               "round for a useful ε at this accuracy."]
     (data / "report.md").write_text("\n".join(lines) + "\n")
     write_plot(data / "report.png", refs, feds, v0_metrics)
-    payload = {"command": command, "settings": {k: v for k, v in vars(args).items()},
+    # heldout_pieces: held-out documents typed in pieces (`typed_in_pieces`); tools.rescore pairs by it
+    payload = {"command": command, "settings": {**vars(args), "heldout_pieces": pop.heldout_split},
                "headline": [{"model": label, **m} for label, m in rows], "references": refs,
                "federations": [{"name": f.name, "noise_multiplier": f.noise_multiplier,
                                 "final_version": f.final_version, "final_metrics": f.final_metrics,
