@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING
 
 from edge_runtime.ngram import leading_word
 from edge_runtime.personal import BOS
-from protocol.text import complete_tokens, nfc, plain_quotes, tokens, typed_chunks, unformatted, word_being_typed
+from protocol.text import (
+    complete_count,
+    complete_tokens,
+    nfc,
+    plain_quotes,
+    tokens,
+    typed_chunks,
+    unformatted,
+    word_being_typed,
+)
 
 if TYPE_CHECKING:
     from edge_runtime.predictor import Predictor, _Node
@@ -167,16 +176,16 @@ class Session:
             node, hist = self._fed(tokens(chunk))
         self._append(chunk, node, hist)
 
-    def _fed(self, toks: list[str], *, keep: bool = False) -> tuple[_Node, tuple[str, ...]]:
-        """State and history after `toks` from nodes[-1], starting from the fed-ahead states. With
-        `keep`, the states of those of `toks` that are complete tokens of the chunk being typed
-        join the fed-ahead ones: a chunk without spaces (a pasted paragraph of Chinese, whose words
-        no space ends) was fed whole again on every keystroke after it, 1,000 model steps each."""
+    def _fed(self, toks: list[str], *, keep: int = 0) -> tuple[_Node, tuple[str, ...]]:
+        """State and history after `toks` from nodes[-1], starting from the fed-ahead states. The
+        states of the first `keep` of `toks`, complete tokens of the chunk being typed, join the
+        fed-ahead ones: a chunk without spaces (a pasted paragraph of Chinese, whose words no space
+        ends) was fed whole again on every keystroke after it, 1,000 model steps each."""
         node, hist = self.nodes[-1], self.hists[-1]
         j = _common(self.ahead, toks)
         if j:
             _, node, hist = self.ahead[j - 1]
-        kept = j + _shared_prefix(toks[j:], complete_tokens(self.partial)[j:]) if keep else j
+        kept = max(j, keep)
         if kept > j:
             del self.ahead[j:]   # for another version of the chunk (a cursor moved back into it)
         for i, tok in enumerate(toks[j:], j):
@@ -193,7 +202,8 @@ class Session:
         a new version warmed on a thread (`keyboard._warm`) then has them ready, as it has the
         completed chunks, instead of a keystroke feeding a long chunk without spaces."""
         self.partial = partial
-        self._fed(complete_tokens(partial), keep=True)
+        toks = complete_tokens(partial)
+        self._fed(toks, keep=len(toks))
 
     def _append(self, chunk: str, node: _Node, hist: tuple[str, ...]) -> None:
         self.chunks.append(chunk)
@@ -293,7 +303,8 @@ class Session:
         lead, prefix = split
         prefix = unformatted(prefix)   # "Zimbab\u00adwe" completes as "Zimbabwe"
         if lead:   # '"hel': "hel" completed after the quote, fed ahead already as a rule
-            node, hist = self._fed(tokens(lead), keep=True)
+            toks = tokens(lead)   # complete, all of them: the word being typed comes after
+            node, hist = self._fed(toks, keep=len(toks))
             return self.p.suggest(node, hist, prefix, k, self.words, None)
         return self.suggest(prefix, k)
 
@@ -321,7 +332,7 @@ class Session:
             toks, node, hist = r.toks, r.node, r.hist
         else:     # the model step in one call, the ranking in the next: each holds the keyboard less
             toks = tokens(partial)
-            node, hist = self._fed(toks, keep=True)
+            node, hist = self._fed(toks, keep=complete_count(partial, toks))
             self.readied = _Readied(partial, toks, self.nodes[-1], node, hist, k, self.p.strip_key(), None)
             return True
         strip = self.p.suggest(node, hist, "", k, follows=self.words.after(partial))

@@ -183,10 +183,15 @@ def complete_tokens(chunk: str) -> list[str]:
     `tokens(chunk)` but a word token at its end, which the next letter would extend (a
     punctuation mark is one token, so "lord," has both of its tokens complete). A keyboard can
     feed them before the space."""
-    toks, read = tokens(chunk), unformatted(chunk)
-    if toks and read and _WORD_CHAR.fullmatch(read[-1].translate(_QUOTES)):
-        toks.pop()
-    return toks
+    toks = tokens(chunk)
+    return toks[:complete_count(chunk, toks)]
+
+
+def complete_count(chunk: str, toks: list[str]) -> int:
+    """How many of `toks`, the tokens of `chunk`, are complete (`complete_tokens`), without
+    tokenizing it again: all but a word token at its end."""
+    read = unformatted(chunk)
+    return len(toks) - (1 if toks and read and _WORD_CHAR.fullmatch(read[-1].translate(_QUOTES)) else 0)
 
 
 def load_tokenizer(path: str | os.PathLike):
