@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.central:   # another corpus's reference, or one trained on these held-out users, read as a bound
         from tools.simulate.population import central_is_stale
 
-        if (stale := central_is_stale(pathlib.Path(args.central), None, args.corpus)) is not None:
+        if (stale := central_is_stale(pathlib.Path(args.central), None, args.corpus, unrecorded_fits=True)) is not None:
             raise ValueError(f"--central {args.central} does not fit {args.corpus}: {stale}")
     records = read_corpus(args.corpus)
     split = split_users(records, seed=0)

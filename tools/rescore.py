@@ -105,7 +105,7 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
     if central is not None:   # another corpus's reference given by hand moved a claim by 2 points (a probe)
         from tools.simulate.population import central_is_stale
 
-        if (stale := central_is_stale(central, v0, corpus)) is not None:
+        if (stale := central_is_stale(central, v0, corpus, unrecorded_fits=True)) is not None:
             raise ValueError(f"{central}: the central reference does not fit this run: {stale}")
     pop = load_population(corpus, settings.get("devices"))
     if pop.heldout_split != settings.get("heldout_pieces", 0):   # other words, which counts alone may not show

@@ -122,16 +122,19 @@ def ensure_v0(data: Path, args: argparse.Namespace) -> Path:
     return check_version(v0, f"version 0 ({v0})" if args.v0 else "the shipped version 0 (models/v0)").resolve()
 
 
-def central_is_stale(central: Path, v0: Path | None, corpus: str) -> str | None:
+def central_is_stale(central: Path, v0: Path | None, corpus: str, *, unrecorded_fits: bool = False) -> str | None:
     """Why a central reference left in a --data-dir does not fit this run (None: it does). Another
-    --corpus or version 0 in the same directory must not be compared against it."""
+    --corpus or version 0 in the same directory must not be compared against it. `unrecorded_fits`:
+    for one given by hand, a manifest that records no source (an older release's, a test's) is
+    taken at the user's word; one that records another is refused."""
     from protocol.artifact import read_manifest
     from tools.pretrain import sources_sha256
 
     made = read_manifest(central).metrics
     if "source_sha256" in made and made["source_sha256"] != sources_sha256([corpus]):
         return f"it was trained on other text ({made.get('source', '?')})"
-    if "source_sha256" not in made and made.get("source") != Path(corpus).name:
+    if "source_sha256" not in made and made.get("source") != Path(corpus).name and not (
+            unrecorded_fits and "source" not in made):   # given by hand, one that says nothing is taken
         return f"it was trained on {made.get('source', 'unknown text')}"
     if v0 is not None and made.get("init_weights_sha256", read_manifest(v0).weights_sha256) != \
             read_manifest(v0).weights_sha256:
@@ -150,7 +153,7 @@ def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | Non
         from model.corpus import CorpusError
 
         check_version(central, f"the central reference ({central})")
-        if (stale := central_is_stale(central, v0, args.corpus)) is not None:
+        if (stale := central_is_stale(central, v0, args.corpus, unrecorded_fits=True)) is not None:
             raise CorpusError(f"--central {central} does not fit this run: {stale}; train one on {args.corpus} "
                               f"(tools.pretrain --corpus {args.corpus} --init {v0} --out DIR), or leave out --central")
         return central
