@@ -153,12 +153,10 @@ def _watch_schema(app: Flask, coordinator: Coordinator) -> None:
     """Refuse requests, with 503, once another release has migrated the database under this
     service: an old service left running through an upgrade went on answering devices and
     promoting candidates on the new schema while every aggregation failed (an upgrade probe).
-    The revision is read every SCHEMA_CHECK_S per process, a row of alembic_version."""
+    The revision is read every SCHEMA_CHECK_S per process (`db.held_revision`)."""
     if coordinator.read_only:
         return
-    from sqlalchemy import text
-
-    from coordinator.db import head_revision
+    from coordinator.db import head_revision, held_revision
 
     mine = head_revision()
     seen = {"at": time.monotonic(), "held": mine}   # the service migrated it, or checked it, as it started
@@ -169,7 +167,7 @@ def _watch_schema(app: Flask, coordinator: Coordinator) -> None:
             seen["at"] = time.monotonic()
             try:
                 with coordinator.monitor.connect() as conn:
-                    held = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                    held = held_revision(conn)
             except (DBAPIError, PoolTimeout):   # the database away: the request says so, and the scrape;
                 held = seen["held"]             # a service already refusing goes on refusing (a review)
             if held != mine and seen["held"] != held:

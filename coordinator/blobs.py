@@ -26,6 +26,14 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
+def disk_short(free: int | None) -> str | None:
+    """What /healthz and the dashboard say of a disk with `free` bytes under MIN_FREE_BYTES, else None."""
+    if free is None or free >= MIN_FREE_BYTES:
+        return None
+    return (f"the data directory's disk has {free // 2**20} MiB free (under {MIN_FREE_BYTES // 2**20} MiB): "
+            "uploads and new versions fail until there is room")
+
+
 class BlobStore:
     def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
         self.root = Path(root)
@@ -91,9 +99,7 @@ class UploadStore:
         """Raise ENOSPC if `n` more bytes would not fit on this store's disk: an upload on a full
         disk was read whole before its write failed (megabytes per device per retry, an SRE
         probe), so the route asks before it reads the body."""
-        try:
-            free = shutil.disk_usage(self.root).free
-        except OSError:   # cannot tell: the write says
+        if (free := free_bytes(self.root)) is None:   # cannot tell: the write says
             return
         if free < n + self.ROOM_MARGIN:
             raise OSError(errno.ENOSPC, f"No space left on device: {free} bytes free for an upload of {n}")

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator.blobs import MIN_FREE_BYTES, free_bytes
+from coordinator.blobs import disk_short, free_bytes
 from coordinator.models import Device, utcnow
 from coordinator.states import RoundStatus, VersionStatus
 
@@ -42,11 +42,7 @@ def _devices(c: Any) -> dict[str, int]:
 def _trouble(c: Any) -> list[str]:
     """What the page shows above everything: a full disk refused every upload while the page
     showed a round waiting for devices (an operator's probe)."""
-    free = free_bytes(c.data_dir)
-    if free is not None and free < MIN_FREE_BYTES:
-        return [f"the data directory's disk has {free // 2**20} MiB free (under {MIN_FREE_BYTES // 2**20} MiB): "
-                "uploads and new versions fail until there is room"]
-    return []
+    return [short] if (short := disk_short(free_bytes(c.data_dir))) is not None else []
 
 
 def dashboard_data(c: Any) -> dict[str, Any]:

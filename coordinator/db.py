@@ -222,16 +222,20 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
+def held_revision(conn) -> str | None:
+    """The schema revision the database behind `conn` holds (None: none yet)."""
+    return MigrationContext.configure(conn).get_current_revision()
+
+
 def require_current_schema(engine: Engine) -> None:
     """What `migrate` checks for a database it cannot upgrade: that it holds this release's schema."""
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as conn:
-            held = MigrationContext.configure(conn).get_current_revision()
+            held = held_revision(conn)
     except DatabaseError as e:
         raise _unavailable(engine, e) from None
-    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
-    if held != head:
+    if held != (head := head_revision()):
         raise DatabaseUnavailable(
             f"the database {shown} is at schema revision {held!r} and this release reads {head!r}; it cannot be "
             "upgraded where it cannot be written: inspect it with the release that wrote it, or a writable copy")
@@ -282,7 +286,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         except CommandError as e:   # a revision this release lacks: a newer release upgraded the database
             if "Can't locate revision" not in str(e):
                 raise
-            held = MigrationContext.configure(conn).get_current_revision()
+            held = held_revision(conn)
             shown = engine.url.render_as_string(hide_password=True)
             raise DatabaseUnavailable(
                 f"the database {shown} is at schema revision {held!r}, which this release does not know: a newer "

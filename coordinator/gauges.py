@@ -60,7 +60,7 @@ class StateCollector(Collector):
         # Past its deadline a round is over, whether or not a request has closed it yet (maintenance
         # runs on requests, not on scrapes, which must not wait for an aggregation): with every
         # device away the gauge said "open" for as long as nobody opened the dashboard.
-        due = r is not None and r.deadline is not None and r.deadline <= utcnow()
+        due = r is not None and queries.overdue(r)
         yield GaugeMetricFamily("fedkeys_round_open", "1 while a training round is open and before its deadline",
                                 value=int(r is not None and not due))
         yield GaugeMetricFamily("fedkeys_round_overdue", "1 while the open round's deadline has passed and no "

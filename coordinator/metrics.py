@@ -102,19 +102,19 @@ def _free_bytes(data_dir: str | os.PathLike) -> bytes:
     moved, and the dashboard showed a round waiting for devices (an operator's probe)."""
     if (free := free_bytes(data_dir)) is None:
         return b""
-    registry = CollectorRegistry()
-    registry.register(_Const(GaugeMetricFamily(
-        "fedkeys_data_dir_free_bytes", "free bytes on the data directory's file system (uploads and new versions "
-        "fail under 64 MiB; /healthz says so)", value=free)))
-    return generate_latest(registry)
+    return _gauge("fedkeys_data_dir_free_bytes", "free bytes on the data directory's file system (uploads and new "
+                  "versions fail under 64 MiB; /healthz says so)", free)
 
 
 def _database_up(up: bool) -> bytes:
+    return _gauge("fedkeys_database_up", "1 when this scrape read the gauges from the database, 0 when it could "
+                  "not (down, or no connection free)", int(up))
+
+
+def _gauge(name: str, documentation: str, value: float) -> bytes:
+    """One gauge, in the exposition format, outside any registry's collectors."""
     registry = CollectorRegistry()
-    registry.register(_Const(GaugeMetricFamily(
-        "fedkeys_database_up",
-        "1 when this scrape read the gauges from the database, 0 when it could not (down, or no connection free)",
-        value=int(up))))
+    registry.register(_Const(GaugeMetricFamily(name, documentation, value=value)))
     return generate_latest(registry)
 
 

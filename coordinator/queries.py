@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator import privacy
-from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version
+from coordinator.models import Device, Evaluation, Rejection, Round, Setting, Update, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
 from protocol import artifact, wire
@@ -61,6 +61,11 @@ def accepted(s: Session, round_id: int) -> int:
     plain = int(s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id)) or 0)
     summed = s.get(SecAggRound, round_id)
     return plain + (summed.survivors if summed is not None and summed.phase == SecAggPhase.SUMMED else 0)
+
+
+def overdue(r: Round) -> bool:
+    """An open round past its deadline, not closed by any request yet (maintenance runs on requests)."""
+    return r.status == RoundStatus.OPEN and r.deadline is not None and r.deadline <= utcnow()
 
 
 def masked_inputs(s: Session, round_id: int) -> int:

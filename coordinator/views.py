@@ -16,8 +16,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import privacy, queries, selection
 from coordinator.errors import not_found
-from coordinator.models import Decision, Rejection, Round, Version, utcnow
-from coordinator.states import RoundStatus
+from coordinator.models import Decision, Rejection, Round, Version
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -55,8 +54,7 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
             "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": iso(r.deadline),
             "created_at": iso(r.created_at), "closed_at": iso(r.closed_at),
             "result_version_id": r.result_version_id, "reason": r.reason,
-            # as `fedkeys_round_overdue` says it: open past its deadline, not closed by any request yet
-            "overdue": r.status == RoundStatus.OPEN and r.deadline is not None and r.deadline <= utcnow(),
+            "overdue": queries.overdue(r),   # as `fedkeys_round_overdue` says it
             "secure_phase": queries.secure_phase(s, r, plan), "masked": queries.masked_inputs(s, r.id)}
 
 

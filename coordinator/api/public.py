@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from coordinator import openapi
 from coordinator.api.common import coord
-from coordinator.blobs import MIN_FREE_BYTES
+from coordinator.blobs import disk_short
 from coordinator.errors import ApiError
 from coordinator.metrics import CONTENT_TYPE_LATEST
 from protocol import wire
@@ -22,12 +22,9 @@ def health() -> Response:
     with coord().monitor.connect() as conn:   # waits seconds for a locked database, not 30
         conn.execute(text("SELECT 1"))
     # A full disk answered {"ok": true} while every upload and aggregation failed: a load balancer
-    # or monitor asking this endpoint learned nothing. Under MIN_FREE_BYTES it says so, with 503.
-    free = shutil.disk_usage(coord().blobs.root).free
-    if free < MIN_FREE_BYTES:
-        raise ApiError(503, wire.E_INTERNAL, f"the data directory's disk has {free // 2**20} MiB free (under "
-                                             f"{MIN_FREE_BYTES // 2**20} MiB): uploads and new versions would fail",
-                       retry_after=60)
+    # or monitor asking this endpoint learned nothing. Under MIN_FREE_BYTES it says so (`blobs.disk_short`), with 503.
+    if (short := disk_short(shutil.disk_usage(coord().blobs.root).free)) is not None:
+        raise ApiError(503, wire.E_INTERNAL, short, retry_after=60)
     return jsonify({"ok": True})
 
 
