@@ -189,13 +189,19 @@ class Session:
         if kept > j:
             del self.ahead[j:]   # for another version of the chunk (a cursor moved back into it)
         for i, tok in enumerate(toks[j:], j):
-            if i < kept and self.ahead:   # kept for its h and c: its 40 KB of log-probabilities go
-                self.ahead[-1][1].cool()   # (kept, a pasted line of "a,b," held 321 MB; a review)
             node = self.p.advance_ids(node, self.p.vocab.ids([tok]))
             hist = (hist[-1], tok)
             if i < kept:
-                self.ahead.append((tok, node, hist))
+                self._keep_ahead(tok, node, hist)
         return node, hist
+
+    def _keep_ahead(self, tok: str, node: _Node, hist: tuple[str, ...]) -> None:
+        """Keep the state after `tok` as the newest fed-ahead one. Only the newest is suggested
+        from: the one before keeps its h and c, and its 40 KB of log-probabilities go (kept, a
+        pasted line of "a,b," held 321 MB; a review)."""
+        if self.ahead:
+            self.ahead[-1][1].cool()
+        self.ahead.append((tok, node, hist))
 
     def feed_partial(self, partial: str) -> None:
         """Feed the complete tokens of the chunk being typed (`complete_tokens`), after `feed_chunks`:
@@ -226,13 +232,11 @@ class Session:
         if j < len(toks):
             node, hist = (self.ahead[-1][1], self.ahead[-1][2]) if self.ahead else (self.nodes[-1], self.hists[-1])
             tok = toks[j]
-            if self.ahead:     # only the newest fed-ahead state is suggested from
-                self.ahead[-1][1].cool()
             r = self.readied   # "lord" readied for a space, then a comma: its state is the one to feed ahead
             if r is not None and r.base is self.nodes[-1] and r.toks == toks[:j + 1]:
-                self.ahead.append((tok, r.node, r.hist))
+                self._keep_ahead(tok, r.node, r.hist)
             else:
-                self.ahead.append((tok, self.p.advance_ids(node, self.p.vocab.ids([tok])), (hist[-1], tok)))
+                self._keep_ahead(tok, self.p.advance_ids(node, self.p.vocab.ids([tok])), (hist[-1], tok))
 
     def feed_chunks(self, chunks: Sequence[str]) -> None:
         """Append completed chunks (`typed_chunks`) through the model alone, ranking nothing: no
