@@ -143,21 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
     from tools.bench.keystroke import device_keystrokes, percentiles
-    from tools.wordeval import evaluate_words, one_document_corpus, typed_in_pieces
+    from tools.wordeval import evaluate_words, one_document_corpus, pieces_note, typed_in_pieces
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
     if args.central:   # another corpus's reference, or one trained on these held-out users, read as a bound
-        from tools.simulate.population import central_is_stale
+        from tools.simulate.population import refuse_unfit_central
 
-        if (stale := central_is_stale(pathlib.Path(args.central), None, args.corpus, unrecorded_fits=True)) is not None:
-            raise ValueError(f"--central {args.central} does not fit {args.corpus}: {stale}")
+        refuse_unfit_central(pathlib.Path(args.central), None, args.corpus)
     records = read_corpus(args.corpus)
     split = split_users(records, seed=0)
     users, pieces = typed_in_pieces(split.test, one_document_corpus(records))
     if pieces:
-        print(f"note: {pieces} of the {len(users)} held-out users hold one text, typed as its paragraphs (or runs "
-              "of its sentences): the first half before the second half is scored", file=sys.stderr)
+        print(pieces_note(pieces, len(users)), file=sys.stderr)
     if not users:
         raise ValueError(f"{args.corpus}: no held-out (test) users; the corpus needs more users")
     if not split.train:   # the central trigram is fitted on them

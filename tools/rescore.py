@@ -102,11 +102,10 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
     if not corpus or "eval_words" not in settings:   # a report edited by hand, or of another tool
         raise ValueError(f"{data}: its report.json lacks the run's settings (corpus, eval_words); give --corpus, "
                          "or score a report tools.simulate or tools.demo wrote")
-    if central is not None:   # another corpus's reference given by hand moved a claim by 2 points (a probe)
-        from tools.simulate.population import central_is_stale
+    if central is not None:
+        from tools.simulate.population import refuse_unfit_central
 
-        if (stale := central_is_stale(central, v0, corpus, unrecorded_fits=True)) is not None:
-            raise ValueError(f"{central}: the central reference does not fit this run: {stale}")
+        refuse_unfit_central(central, v0, corpus)
     pop = load_population(corpus, settings.get("devices"))
     if pop.heldout_split != settings.get("heldout_pieces", 0):   # other words, which counts alone may not show
         raise ValueError(f"{corpus}: the run typed its held-out users' documents "

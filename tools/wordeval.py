@@ -89,6 +89,12 @@ def typed_in_pieces(users: Mapping[str, Sequence[str]], one_document: bool) -> t
     return {u: (split_document(t[0]) if len(t) == 1 else list(t)) for u, t in users.items()}, single
 
 
+def pieces_note(pieces: int, users: int, who: str = "held-out users") -> str:
+    """What the tools say when `typed_in_pieces` split `pieces` of `users` users' documents."""
+    return (f"note: {pieces} of the {users} {who} hold one text, typed as its paragraphs (or runs of its "
+            "sentences): the first half before the second half is scored")
+
+
 def halves(texts: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:
     """A user's texts in order: the first half is typed before scoring, the second half is scored."""
     cut = len(texts) // 2

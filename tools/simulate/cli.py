@@ -33,7 +33,7 @@ from tools.simulate.population import (
 )
 from tools.simulate.references import reference_scores
 from tools.simulate.report import write_report
-from tools.wordeval import scored_words, split_document
+from tools.wordeval import pieces_note, scored_words, split_document
 
 DESCRIPTION = "Simulate a population of keyboard devices federating against a real coordinator."
 # DP on by default, as in the coordinator's config: the largest noise at which the demo's
@@ -214,9 +214,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
         raise CorpusError(f"{args.corpus}: every device's user has one text of one sentence, and a device keeps "
                           "its newest text back to evaluate on, so no device would train; use users of 2+ texts")
     if pop.heldout_split:
-        console.print(f"note: {pop.heldout_split} of the {count(pop.test_users, 'held-out user')} hold one text: "
-                      "each is typed as its paragraphs, or runs of its sentences, the first half before the second "
-                      "half is scored", soft_wrap=True)
+        console.print(pieces_note(pop.heldout_split, pop.test_users), soft_wrap=True)
     if single:
         console.print(f"note: {single} of the {count(len(pop.users), 'device')} hold one text, which they keep back to "
                       "evaluate on: they train nothing", soft_wrap=True)

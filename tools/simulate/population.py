@@ -136,7 +136,7 @@ def central_is_stale(central: Path, v0: Path | None, corpus: str, *, unrecorded_
     if "source_sha256" not in made and made.get("source") != Path(corpus).name and not (
             unrecorded_fits and "source" not in made):   # given by hand, one that says nothing is taken
         return f"it was trained on {made.get('source', 'unknown text')}"
-    if v0 is not None and made.get("init_weights_sha256", read_manifest(v0).weights_sha256) != \
+    if v0 is not None and "init_weights_sha256" in made and made["init_weights_sha256"] != \
             read_manifest(v0).weights_sha256:
         return "it continues another version 0"
     if made.get("split_seed", 0) != 0:
@@ -144,18 +144,25 @@ def central_is_stale(central: Path, v0: Path | None, corpus: str, *, unrecorded_
     return None
 
 
+def refuse_unfit_central(central: Path, v0: Path | None, corpus: str) -> None:
+    """A central reference given by hand (`--central DIR`) must fit the run: another corpus's
+    reference moved a claim by 2 points (a researcher's probe). CorpusError (exit 2) if not."""
+    from model.corpus import CorpusError
+
+    if (stale := central_is_stale(central, v0, corpus, unrecorded_fits=True)) is not None:
+        raise CorpusError(f"--central {central} does not fit this run: {stale}; train one on {corpus} "
+                          f"(tools.pretrain --corpus {corpus} --init {v0 or 'models/v0'} --out DIR), or leave out "
+                          "--central")
+
+
 def ensure_central(data: Path, v0: Path, args: argparse.Namespace) -> Path | None:
     """The central reference (v0 trained further on all train users), or None with --no-central."""
     central = central_dir(data, args)
     if central is None:
         return None
-    if args.central:   # given by hand, it is checked too: another corpus's reference moved a claim by 2 points
-        from model.corpus import CorpusError
-
+    if args.central:   # given by hand, it is checked too
         check_version(central, f"the central reference ({central})")
-        if (stale := central_is_stale(central, v0, args.corpus, unrecorded_fits=True)) is not None:
-            raise CorpusError(f"--central {central} does not fit this run: {stale}; train one on {args.corpus} "
-                              f"(tools.pretrain --corpus {args.corpus} --init {v0} --out DIR), or leave out --central")
+        refuse_unfit_central(central, v0, args.corpus)
         return central
     if (central / "manifest.json").exists() and not getattr(args, "rebuild", False):
         stale = central_is_stale(central, v0, args.corpus)
