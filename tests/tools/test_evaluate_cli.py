@@ -62,6 +62,21 @@ def test_personalization_compares_each_user_with_and_without_their_own_words(exp
     assert pers["share_top3_gain"] > 0.5 >= pers["share_top3_loss"]
 
 
+def test_personalization_with_too_few_words_keeps_the_rows_it_scored(exported_version, fresh_corpus):
+    """A --max-words too small for any user's 20 words exited 2 and dropped every row already scored."""
+    res = run("--model", str(exported_version), "--corpus", str(fresh_corpus), "--max-words", "12",
+              "--personalization", "--baseline")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "n-gram" in res.stdout or "ngram" in res.stdout, res.stdout
+    assert "personalization: no held-out user has 20 or more scored words" in res.stdout, res.stdout
+    res = run("--model", str(exported_version), "--corpus", str(fresh_corpus), "--max-words", "12",
+              "--personalization", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert 0 < out["words"] <= 12 and out["personalization"]["users"] == 0 and "--max-words" in \
+        out["personalization"]["note"]
+
+
 @pytest.mark.parametrize("content,needle", [
     (None, "no such file"),
     ("", "file is empty"),
