@@ -221,6 +221,14 @@ class Split:
     def texts(self, name: str) -> list[str]:
         return [t for texts in self.part(name).values() for t in texts]
 
+    def leaked(self, name: str = "test") -> tuple[int, int]:
+        """The texts of part `name` that a train user also has, verbatim, and their words: the
+        central references train on them and read high on those users (quoted replies, forwarded
+        mail, boilerplate)."""
+        train = set(self.texts("train"))
+        hits = [t for t in self.texts(name) if t in train]
+        return len(hits), sum(len(t.split()) for t in hits)
+
 
 def split_users(records: list[Record], *, seed: int = 0, validation: float = 0.1, test: float = 0.1) -> Split:
     """Deterministic split by user: each user lands in one part by a seeded hash of its name.

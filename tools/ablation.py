@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
     from tools.bench.keystroke import device_keystrokes, percentiles
-    from tools.wordeval import evaluate_words, one_document_corpus, pieces_note, typed_in_pieces
+    from tools.wordeval import evaluate_words, leak_note, one_document_corpus, pieces_note, typed_in_pieces
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     users, pieces = typed_in_pieces(split.test, one_document_corpus(records))
     if pieces:
         print(pieces_note(pieces, len(users)), file=sys.stderr)
+    if leak := leak_note(split):
+        print(leak, file=sys.stderr)
     if not users:
         raise ValueError(f"{args.corpus}: no held-out (test) users; the corpus needs more users")
     if not split.train:   # the central trigram is fitted on them

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from edge_runtime.ngram import KneserNeyLM
     from model.corpus import read_corpus, split_users
-    from tools.wordeval import evaluate_words, one_document_corpus, pieces_note, typed_in_pieces
+    from tools.wordeval import evaluate_words, leak_note, one_document_corpus, pieces_note, typed_in_pieces
 
     if args.max_words < 1:
         raise ValueError("--max-words must be >= 1")
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     texts, pieces = typed_in_pieces(split.part(args.split), one_document_corpus(records))
     if pieces:
         print(pieces_note(pieces, len(texts), f"{args.split} users"), file=sys.stderr)
+    if args.split != "train" and (leak := leak_note(split, args.split, f"{args.split} users")):
+        print(leak, file=sys.stderr)
     if not texts:
         raise ValueError(f"the {args.split} split of {args.corpus} has no users; try --split train")
     train = split.texts("train") if args.baseline else []

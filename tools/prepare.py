@@ -128,10 +128,8 @@ def prepare(args: argparse.Namespace) -> dict:
     if args.texts_per_user and not stats["plain_files"]:
         raise CorpusError("--texts-per-user deals plain-text files into pseudo-users; every input here is JSON Lines")
     split = split_users(records, seed=0)
-    train_texts = {t for texts in split.train.values() for t in texts}
     stats.update(records=records, split=split, words=sum(len(r.text.split()) for r in records),
-                 users=len({r.user for r in records}),
-                 leaked=sum(t in train_texts for texts in split.test.values() for t in texts))
+                 users=len({r.user for r in records}), leaked=split.leaked("test")[0])
     return stats
 
 

@@ -77,6 +77,18 @@ def test_personalization_with_too_few_words_keeps_the_rows_it_scored(exported_ve
         out["personalization"]["note"]
 
 
+def test_held_out_text_a_train_user_also_has_is_warned_about(exported_version, tmp_path):
+    own = [json.dumps({"user": f"person {u}", "text": f"person {u} says the king {r} rides at dawn"})
+           for u in range(40) for r in range(4)]
+    reply = [json.dumps({"user": f"person {u}", "text": "thanks I will look at it on monday and tell you what broke"})
+             for u in range(40)]
+    for lines, warned in ((own, False), (own + reply, True)):
+        corpus = tmp_path / "corpus.jsonl"
+        corpus.write_text("\n".join(lines) + "\n")
+        res = run("--model", str(exported_version), "--corpus", str(corpus), "--max-words", "20", "--json")
+        assert res.returncode == 0 and ("a train user also has" in res.stderr) == warned, res.stderr
+
+
 @pytest.mark.parametrize("content,needle", [
     (None, "no such file"),
     ("", "file is empty"),

@@ -191,3 +191,26 @@ def test_held_out_users_of_one_document_are_typed_in_pieces_when_most_are():
     # decided over the whole corpus, the same for every split and seed: the shipped ones are not
     for corpus in ("shakespeare", "spamassassin_ham"):
         assert not one_document_corpus(read_corpus(Path(__file__).resolve().parents[2] / "corpora" / f"{corpus}.jsonl"))
+
+
+def test_held_out_text_that_train_users_also_have_is_warned_about_past_two_percent():
+    """Quoted replies and forwarded mail put held-out text word for word in train users' text, where
+    the central references learn it; only tools.prepare said so, not the tools a checker runs."""
+    from model.corpus import Record, read_corpus, split_users
+    from tools.wordeval import leak_note
+
+    users = [f"person {i}" for i in range(60)]
+    held = [u for u in users if split_users([Record(u, "x") for u in users]).part("test").get(u)]
+    quoted = "Thanks for the patch, I will look at it on Monday and tell you what broke."
+    records = [Record(u, f"{u} writes text number {k} of their own today.") for u in users for k in range(6)]
+    clean = split_users(records)
+    assert clean.leaked() == (0, 0) and leak_note(clean) == ""
+    forwarded = records + [Record(u, quoted) for u in users]      # every user, held-out ones too, has it
+    split = split_users(forwarded)
+    assert split.leaked() == (len(held), len(held) * len(quoted.split()))
+    note = leak_note(split)
+    assert note.startswith("warning: ") and "%" in note and f"{len(held)} texts" in note and "--dedupe" in note
+    # the shipped corpora repeat a few short lines ("Amen.", "Do you like sports?"): no warning
+    for corpus in ("shakespeare", "spamassassin_ham", "topical_chat"):
+        s = split_users(read_corpus(Path(__file__).resolve().parents[2] / "corpora" / f"{corpus}.jsonl"))
+        assert leak_note(s) == "", corpus

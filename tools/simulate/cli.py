@@ -215,6 +215,8 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
                           "its newest text back to evaluate on, so no device would train; use users of 2+ texts")
     if pop.heldout_split:
         console.print(pieces_note(pop.heldout_split, pop.test_users), soft_wrap=True)
+    if pop.leak:
+        console.print(pop.leak, soft_wrap=True)
     if single:
         console.print(f"note: {single} of the {count(len(pop.users), 'device')} hold one text, which they keep back to "
                       "evaluate on: they train nothing", soft_wrap=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from tools._cli import DEFAULT_PROXY, REPO, count
 from tools.shipped import SHIPPED_V0, check_version
 from tools.simulate.errors import SimulationError
-from tools.wordeval import one_document_corpus, typed_in_pieces
+from tools.wordeval import leak_note, one_document_corpus, typed_in_pieces
 
 
 def proxy_files(args: argparse.Namespace) -> list[str]:
@@ -33,6 +33,7 @@ class Population:
     train_users: int
     test_users: int
     heldout_split: int = 0                 # held-out users whose one document is typed in pieces
+    leak: str = ""                         # tools.wordeval.leak_note: held-out text train users also have
 
 def load_population(corpus: str, devices: int | None, *, fewer: bool = False) -> Population:
     """The `devices` train users with the most text (each device is one user; None: all of them;
@@ -53,7 +54,7 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False) ->
     ranked = sorted(split.train.items(), key=lambda kv: (trains_nothing(kv[1]), -sum(len(t) for t in kv[1]), kv[0]))
     heldout, pieces = typed_in_pieces(split.test, one_document_corpus(records))   # its first paragraphs typed first
     return Population(users=ranked[:devices], heldout=heldout, train_users=len(split.train),
-                      test_users=len(split.test), heldout_split=pieces)
+                      test_users=len(split.test), heldout_split=pieces, leak=leak_note(split))
 
 
 def trains_nothing(texts: list[str]) -> bool:
