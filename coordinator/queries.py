@@ -131,11 +131,11 @@ def sampling_rate(r: Round) -> float:
     contributed, or a configured size) made q smaller than any device's chance of taking part."""
     if r.drawn_at is None or r.population <= r.max_selected:
         return 1.0
-    return r.max_selected / r.population
+    return privacy.rate_bound(r.max_selected / r.population)
 
 
-SAMPLING_BASIS = ("each round's slots over the devices in its check-in draw (1 for a round without a draw, "
-                  "first come)")
+SAMPLING_BASIS = ("each round's slots over the devices in its check-in draw, rounded up to 2 significant digits "
+                  "(1 for a round without a draw, first come)")
 
 
 def population_view(s: Session) -> dict[str, Any]:

@@ -92,3 +92,29 @@ def test_robust_aggregators_bound_what_a_minority_at_the_norm_bound_can_do():
     np.testing.assert_allclose(trimmed, srt.mean(axis=0), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError):
         agg.aggregate("krum", iter(ups))
+
+
+def test_robust_aggregators_hold_float16_updates_as_they_came_and_work_in_slices(monkeypatch):
+    """Stacked whole in float32 they took three copies of every update: 1.6 GB for 100 updates of
+    the default model, 7.4 GiB in a worker at 450, still 2.3 GiB after (a scale probe)."""
+    import tracemalloc
+
+    import scipy.stats  # noqa: F401  (imported before memory is traced)
+
+    monkeypatch.setattr(agg, "SLICE", 8192)              # the default model's ratio of slice to model
+    rng = np.random.default_rng(2)
+    d, n = 200_003, 24                                   # 25 slices and a ragged last one
+    halves = [rng.normal(0.0, 0.01, size=d).astype(np.float16) for _ in range(n)]   # the wire form
+    exact = np.stack([h.astype(np.float32) for h in halves])
+    for name, whole in (("median", np.median(exact, axis=0)),
+                        ("trimmed_mean", np.sort(exact, axis=0)[2:n - 2].mean(axis=0))):
+        tracemalloc.start()
+        got = agg.aggregate(name, ((h.astype(np.float32), 1.0) for h in halves), trim=2 / n)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-8)
+        assert peak < 0.7 * exact.nbytes, (name, peak, exact.nbytes)   # 2 bytes a weight, not 12
+    odd = np.full(d, 1 / 3, np.float32)                  # not a float16: kept exactly
+    assert agg.aggregate("median", iter([(odd, 1.0)] * 3))[5] == np.float32(1 / 3)
+    with pytest.raises(ValueError, match="size"):
+        agg.aggregate("median", iter([(odd, 1.0), (odd[:5], 1.0)]))

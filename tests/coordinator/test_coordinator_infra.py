@@ -225,3 +225,28 @@ def test_a_database_a_newer_release_upgraded_is_refused_in_one_line(tmp_path, ca
     assert coordinator_main(["status", "--data-dir", str(tmp_path / "data"), "--database-url", url]) == 1
     err = capsys.readouterr().err
     assert "schema revision '0999'" in err and "newer FedKeys release" in err and "Traceback" not in err
+
+
+def test_a_rounds_sampling_rate_is_accounted_rounded_up_so_records_stay_short():
+    """Each draw of a fleet had its own rate, so a lineage's record held one entry a round and its
+    epsilon, recomposed at every close inside the lock, cost 25 ms an entry (a scale probe)."""
+    import random
+    from collections import Counter
+    from datetime import datetime
+
+    from coordinator import privacy
+    from coordinator.models import Round
+    from coordinator.queries import sampling_rate
+
+    assert [privacy.rate_bound(q) for q in (0.25, 0.2563, 1 / 3, 0.01234, 0.999, 1.0)] == \
+        [0.25, 0.26, 0.34, 0.013, 1.0, 1.0]
+    rng = random.Random(0)
+    exact, accounted = Counter(), Counter()
+    for _ in range(300):     # 300 rounds of 100 slots, each over its own draw of 300 to 500 devices
+        r = Round(max_selected=100, population=rng.randint(300, 500), drawn_at=datetime(2026, 12, 1))
+        q = sampling_rate(r)
+        assert 100 / r.population <= q <= 1.1 * 100 / r.population   # an upper bound, at most 10% over
+        exact[privacy.RoundPrivacy(100 / r.population, 1.0)] += 1
+        accounted[privacy.RoundPrivacy(q, 1.0)] += 1
+    assert len(privacy.entries(accounted)) <= 15 and len(exact) > 100
+    assert privacy.epsilon(exact, 1e-6) <= privacy.epsilon(accounted, 1e-6) <= 1.1 * privacy.epsilon(exact, 1e-6)
