@@ -104,7 +104,7 @@ class Config:
     max_examples: int = 1000
     # Aggregation
     max_example_weight: int = 1000           # per-update weight cap: no device dominates the mean
-    aggregator: str = "mean"                 # mean (streamed) | trimmed_mean | median (coordinate-wise: holds every update, 2.7 MB each)
+    aggregator: str = "mean"                 # mean (streamed) | trimmed_mean | median (hold every update)
     trim_fraction: float = 0.1               # trimmed_mean: share cut at each end per coordinate
     server_optimizer: str = "fedavg"         # fedavg | fedavgm | fedadam
     server_learning_rate: float = 1.0

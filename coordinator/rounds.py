@@ -15,7 +15,6 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +22,23 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, canary, discovery, queries, retention, round_end, schedule, secagg, versions, views
+from coordinator import (
+    aggregation,
+    canary,
+    discovery,
+    queries,
+    retention,
+    round_end,
+    round_mean,
+    schedule,
+    secagg,
+    versions,
+    views,
+)
 from coordinator.config import round_values_fault
 from coordinator.db import retryable, sqlstate
 from coordinator.errors import ApiError, bad_request, not_found
-from coordinator.models import Round, Update, Version, utcnow
+from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase
 from protocol import artifact, wire
@@ -126,7 +137,8 @@ def maintenance(coord: Coordinator) -> None:
     failed: Exception | None = None
     for rid in due:
         try:
-            coord.close_round(rid, force=rid in summed)   # a final sum of fewer than the goal is fine
+            # a final sum of fewer than the goal is fine; a close under way elsewhere is left to it
+            coord.close_round(rid, force=rid in summed, wait=False)
         except Exception as e:   # one round that cannot close must not hold up the canary's decision
             failed = failed or e
             _say_close_failed(coord, rid, e)
@@ -243,10 +255,21 @@ def _late_by(r: Round) -> str:
         if late >= LATE_SAID_S else ""
 
 
-def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> dict[str, Any]:
-    """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
+def close_round(coord: Coordinator, round_id: int, *, force: bool = False, wait: bool = True) -> dict[str, Any] | None:
+    """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it.
+    The mean is computed before the close's locks (`round_mean`), by one close at a time: another
+    waits for it, or with `wait` False (maintenance on every request) answers None at once."""
     if not 1 <= round_id <= wire.MAX_INT:
         raise not_found(f"no round {round_id}")
+    t0 = time.perf_counter()
+    with round_mean.claim(coord, round_id, wait=wait) as mine:
+        if not mine:
+            return None
+        return _close(coord, round_id, force, round_mean.early_mean(coord, round_id, force=force), t0)
+
+
+def _close(coord: Coordinator, round_id: int, force: bool, early: round_mean.EarlyMean | None,
+           t0: float) -> dict[str, Any]:
     with coord.tx(decides=True) as s:
         r = s.get(Round, round_id, with_for_update=True)
         if r is None:
@@ -256,8 +279,7 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False) -> di
         n = queries.accepted(s, r.id)
         past = utcnow() >= r.deadline
         if n >= r.goal_count or ((past or force) and n >= r.min_count):
-            t0 = time.perf_counter()
-            _aggregate(coord, s, r)
+            _aggregate(coord, s, r, early)
             coord.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
             round_end.forget_contributions(coord, s, r)   # averaged (or failed): single updates go
         elif past or force:
@@ -287,8 +309,9 @@ def _server_state(coord: Coordinator, base: Version) -> dict[str, np.ndarray]:
         return {}
 
 
-def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
-    """The I/O around aggregation.round_step: read the base and the updates, write the candidate."""
+def _aggregate(coord: Coordinator, s: Session, r: Round, early: round_mean.EarlyMean | None = None) -> None:
+    """The I/O around aggregation.round_step: read the base and the updates, write the candidate.
+    `early`: the mean computed before the lock (`round_mean`), used if the round's updates are the same."""
     plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
     if plan.discover_words:   # a vote, not a training round: no update to average
         discovery.close(coord, s, r, plan)
@@ -297,19 +320,17 @@ def _aggregate(coord: Coordinator, s: Session, r: Round) -> None:
     base = s.get(Version, r.base_version_id)
     manifest = queries.manifest(base)
     tensors = manifest.tensors
-    updates = s.execute(select(Update.blob_sha256, Update.example_count).where(Update.round_id == r.id)
-                        .order_by(Update.id)).all()
-
-    def stream() -> Iterator[tuple[np.ndarray, float]]:
-        for digest, count in updates:  # one decoded update in memory at a time
-            vec = artifact.flatten(artifact.decode_weights(coord.uploads.get(r.id, digest)), tensors)
-            yield vec, aggregation.bounded_weight(count, c.max_example_weight)
-
-    try:
-        mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates, stream)
-    except FileNotFoundError:   # lost from the data directory: no close could ever read it
-        round_end.fail_round(coord, s, r, "an accepted update's file is missing from the data directory")
-        return
+    rows = round_mean.update_rows(s, r.id)
+    updates = [(digest, count) for _, digest, count in rows]
+    if early is not None and not plan.secure_aggregation and early.update_ids == tuple(i for i, _, _ in rows):
+        mean_delta, note = early.mean, {}
+    else:
+        try:
+            mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates,
+                                                          lambda: round_mean.stream(coord, r.id, updates, tensors))
+        except FileNotFoundError:   # lost from the data directory: no close could ever read it
+            round_end.fail_round(coord, s, r, "an accepted update's file is missing from the data directory")
+            return
     base_vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(base.weights_sha256)), tensors)
     opt_state = _server_state(coord, base)
     step = aggregation.round_step(

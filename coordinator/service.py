@@ -177,9 +177,10 @@ class Coordinator:
         if not self.read_only:
             rounds.maintenance(self)
 
-    def close_round(self, round_id: int, *, force: bool = False) -> dict[str, Any]:
-        """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it."""
-        return rounds.close_round(self, round_id, force=force)
+    def close_round(self, round_id: int, *, force: bool = False, wait: bool = True) -> dict[str, Any] | None:
+        """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it.
+        `wait` False: None at once if another close of it is under way (maintenance on requests)."""
+        return rounds.close_round(self, round_id, force=force, wait=wait)
 
     # --- versions (coordinator.versions, .canary) --------------------------------------------
 

@@ -144,11 +144,11 @@ def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, m
         real, revoker = rounds._aggregate, []
         admin = Coordinator(s.config)   # another process's coordinator: `revoke-device` on the command line
 
-        def aggregate_after_a_revocation(coord, session, r):
+        def aggregate_after_a_revocation(coord, session, r, *early):
             revoker.append(threading.Thread(target=admin.revoke_device, args=(devices[0].device_id,)))
             revoker[0].start()
             revoker[0].join(timeout=1.0)   # done within a second unless it waits for this close
-            return real(coord, session, r)
+            return real(coord, session, r, *early)
 
         monkeypatch.setattr(rounds, "_aggregate", aggregate_after_a_revocation)
         try:
@@ -162,6 +162,56 @@ def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, m
         assert manifest["metrics"]["updates"] == 2, manifest["metrics"]
         with s.coord._sessions() as db:   # and the revocation went through, after the close
             assert db.get(Device, devices[0].device_id).revoked
+
+
+def test_the_service_answers_while_a_round_is_averaged_and_averages_it_once(tmp_path, monkeypatch):
+    """Averaging 1,000 updates took 16 s inside the close's transaction, and every request of the
+    service waited on its locks, /healthz too (a scale probe). The mean is now computed before
+    them: a check-in answers meanwhile, the maintenance of other requests leaves that close to
+    itself, and the mean is not computed again inside."""
+    import threading
+
+    from coordinator import aggregation, round_mean
+
+    with _open_round(tmp_path, 3, goal_count=3, min_count=2) as (s, devices, rid):
+        for i, d in enumerate(devices[:2]):
+            assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+        real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
+
+        def slow_aggregate(*args, **kwargs):
+            calls.append(threading.current_thread().name)
+            started.set()
+            assert release.wait(60)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        closed: list = []
+        closer = threading.Thread(target=lambda: closed.append(s.coord.close_round(rid, force=True)), name="closer")
+        closer.start()
+        try:
+            assert started.wait(30)
+            answers: list = []
+            asker = threading.Thread(target=lambda: answers.append(devices[2].checkin().kind))
+            asker.start()
+            asker.join(timeout=20)
+            assert answers, "a check-in waited for the round's mean"
+            assert s.coord.close_round(rid, force=True, wait=False) is None   # maintenance leaves it be
+            if s.coord.engine.dialect.name == "postgresql":   # and so does another process's
+                from coordinator.service import Coordinator
+
+                other = Coordinator(s.config)
+                try:
+                    assert other.close_round(rid, force=True, wait=False) is None
+                finally:
+                    other.close()
+            assert s.admin("GET", "/healthz").status_code == 200
+        finally:
+            release.set()
+            closer.join(timeout=60)
+        assert closed and closed[0]["status"] == "done" and calls == ["closer"], (closed, calls)
+        manifest = json.loads(s.coord.version_file(closed[0]["result_version_id"], "manifest")[0])
+        assert manifest["metrics"]["updates"] == 2
+        assert not round_mean._claimed
 
 
 def _submit(coord, device_id: str, rid: int, data: bytes):

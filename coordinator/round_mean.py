@@ -1,0 +1,118 @@
+"""The mean of a plain round's updates, computed before its close takes the locks.
+
+Averaging a round's updates took 16 s at 1,000 of them, 34 s with the median at 450 (a scale
+probe of 5,000 devices). Inside the close's transaction that held the process's lock, the
+decisions' advisory lock and the round's row, so every other request of the service waited,
+`/healthz` and the scrapes too, and check-ins ran past the devices' 30 s timeout. The updates of a
+round that is due no longer change (an upload past its goal or deadline is refused), so their
+mean is computed first, holding no lock, and the close uses it when the round still holds the same
+updates; otherwise (an upload came in between, a forced close) it averages them again inside, as
+it always did. One close computes it at a time: per round, per process and, on PostgreSQL, across
+the service's processes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import select, text
+
+from coordinator import aggregation, queries
+from coordinator.models import Round, Update, Version, utcnow
+from coordinator.states import RoundStatus
+from protocol import artifact, wire
+
+if TYPE_CHECKING:
+    from coordinator.service import Coordinator
+
+CLOSING_LOCKS = 7201360   # PostgreSQL advisory lock namespace: (CLOSING_LOCKS, round id) while its mean is computed
+_claimed: set[tuple[int, int]] = set()   # (id of the Coordinator, round id) being closed in this process
+_released = threading.Condition()
+
+
+@dataclass(frozen=True)
+class EarlyMean:
+    """A round's mean update over the updates `update_ids`, computed before its close."""
+    update_ids: tuple[int, ...]
+    mean: np.ndarray
+
+
+def stream(coord: Coordinator, round_id: int, rows: Sequence[tuple[str, int]],
+           tensors: list[artifact.TensorSpec]) -> Iterator[tuple[np.ndarray, float]]:
+    """(flat update, bounded weight) for each (blob sha256, example count), one decoded at a time."""
+    for digest, count in rows:
+        vec = artifact.flatten(artifact.decode_weights(coord.uploads.get(round_id, digest)), tensors)
+        yield vec, aggregation.bounded_weight(count, coord.config.max_example_weight)
+
+
+def update_rows(s, round_id: int) -> list[tuple[int, str, int]]:
+    """(id, blob sha256, example count) of a round's stored updates, in the order they came."""
+    return [tuple(row) for row in s.execute(select(Update.id, Update.blob_sha256, Update.example_count)
+                                            .where(Update.round_id == round_id).order_by(Update.id)).all()]
+
+
+@contextmanager
+def claim(coord: Coordinator, round_id: int, *, wait: bool) -> Iterator[bool]:
+    """Hold the right to close `round_id`: no other thread of this process and, on PostgreSQL, no
+    other process closes it meanwhile. `wait`: until the close under way ends; else False at once."""
+    key = (id(coord), round_id)
+    with _released:
+        while wait and key in _claimed:
+            _released.wait()
+        mine = key not in _claimed
+        _claimed.add(key)
+    if not mine:
+        yield False
+        return
+    try:
+        if coord.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with coord.engine.connect() as conn:   # a session-level lock, held to the end of the close
+            args = {"ns": CLOSING_LOCKS, "id": round_id}
+            if wait:
+                conn.execute(text("SELECT pg_advisory_lock(:ns, :id)"), args)
+            got = wait or bool(conn.execute(text("SELECT pg_try_advisory_lock(:ns, :id)"), args).scalar())
+            conn.commit()   # no transaction stays open while the mean is computed
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:ns, :id)"), args)
+                    conn.commit()
+    finally:
+        with _released:
+            _claimed.discard(key)
+            _released.notify_all()
+
+
+def early_mean(coord: Coordinator, round_id: int, *, force: bool) -> EarlyMean | None:
+    """The mean of a plain round that is due to aggregate, computed holding no lock; None for any
+    other round (open, secure, a vote, closed) or when its updates cannot be read now (the close
+    that decides says why)."""
+    from coordinator import privacy  # noqa: F401  the accountant's first import (2 s), outside the lock too
+
+    with coord._sessions() as s:
+        r = s.get(Round, round_id)
+        if r is None or r.status != RoundStatus.OPEN:
+            return None
+        plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
+        n = queries.accepted(s, r.id)
+        due = n >= r.goal_count or ((force or utcnow() >= r.deadline) and n >= r.min_count)
+        if plan.discover_words or plan.secure_aggregation or not due:
+            return None
+        rows = update_rows(s, r.id)
+        tensors = queries.manifest(s.get(Version, r.base_version_id)).tensors
+    c = coord.config
+    try:
+        mean = aggregation.aggregate(c.aggregator, stream(coord, round_id, [(d, k) for _, d, k in rows], tensors),
+                                     trim=c.trim_fraction)
+    except Exception:   # deleted by another process's close meanwhile, or unreadable: the close inside decides
+        return None
+    return EarlyMean(tuple(i for i, _, _ in rows), mean)
