@@ -50,7 +50,9 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
     return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
             "plan": plan, "goal_count": r.goal_count, "max_selected": r.max_selected,
             "min_count": r.min_count, "population": r.population, "selected": selected,
-            "waiting_for_draw": selection.waiting_count(s, r.id), "selection_ends_at": iso(r.selection_ends_at),
+            # after the draw, its losers wait for nothing: "714 waiting" read after a draw (a scale probe)
+            "waiting_for_draw": 0 if r.drawn_at is not None else selection.waiting_count(s, r.id),
+            "selection_ends_at": iso(r.selection_ends_at),
             "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": iso(r.deadline),
             "created_at": iso(r.created_at), "closed_at": iso(r.closed_at),
             "result_version_id": r.result_version_id, "reason": r.reason,

@@ -39,7 +39,8 @@ def test_window_then_random_draw_not_first_come(tmp_path):
             assert rnd["selected"] == 0 and rnd["waiting_for_draw"] == 8
             _close_window(s, rid)
             got = [d for d in fast + slow if d.checkin().kind == wire.TASK_TRAIN]
-            assert len(got) == 2 and s.coord.get_round(rid)["selected"] == 2
+            after = s.coord.get_round(rid)
+            assert len(got) == 2 and after["selected"] == 2 and after["waiting_for_draw"] == 0   # 6 lost the draw
             assert [d for d in got if d.checkin().kind == wire.TASK_TRAIN] == got   # the same task again
             honest_wins += sum(d in slow for d in got)
             late = FakeDevice(s.url, key)                      # after the draw: the slots are gone
