@@ -19,6 +19,7 @@ with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from coordinator.config import PROFILES, Config, ConfigError, load_config, process_config
     from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
     from coordinator.states import VERSION_ACTIONS, VersionAction
+    from coordinator.views import REJECTIONS_SHOWN
     from protocol.artifact import ArtifactError
     from protocol.cli import (
         EXIT_USER_ERROR,
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("canary", "show the canary comparison of candidate vs stable")
     p = cmd("rejections", "list rejected updates with their reasons")
     p.add_argument("--round-id", type=round_id)
+    p.add_argument("--limit", type=count, default=REJECTIONS_SHOWN, help="the newest N")
     for action in VersionAction:
         p = cmd(action.value, action.help)   # the plain name: an enum member would print as its repr in usage errors
         p.add_argument("version_id")
@@ -141,6 +143,14 @@ def _print_list(command: str, rows: list[dict[str, Any]], fmt: str) -> None:
         print(listing.table(rows, listing.COLUMNS[command]))
     else:
         _print(rows)
+
+
+def count(text: str) -> int:
+    """A positive count (argparse says which is wrong)."""
+    value = int(text)
+    if not 1 <= value < 2**63:
+        raise ValueError(text)
+    return value
 
 
 def round_id(text: str) -> int:
@@ -284,7 +294,11 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
                   "settings in this database; give it the server's --profile, --config or --set to see its decision",
                   file=sys.stderr)
     elif a == "rejections":
-        _print(c.rejections(args.round_id))
+        got = c.rejections(args.round_id, args.limit)
+        _print(got["rejections"])
+        if got["total"] > len(got["rejections"]):
+            print(f"the newest {len(got['rejections']):,} of {got['total']:,} rejections; --limit N shows more",
+                  file=sys.stderr)
     elif a in VERSION_ACTIONS:
         before = c.status() if a in ("pin", "unpin") else {}
         _print(c.admin_decide(args.version_id, a))

@@ -9,7 +9,6 @@ canary scored words show next-piece top-3.
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -55,7 +54,7 @@ def dashboard_data(c: Any) -> dict[str, Any]:
     if rnd is not None:
         # a secure round's masked vectors are uploads before its sum makes them accepted updates
         rnd = {**rnd, "uploaded": max(rnd["accepted"], rnd["masked"]) + rnd["rejected"]}
-        rnd["rejection_reasons"] = dict(Counter(x["reason"] for x in c.rejections(rnd["round_id"])))
+        rnd["rejection_reasons"] = c.rejection_counts(rnd["round_id"])
     history = []
     for v in versions:
         verdict = next((d for d in reversed(v["decisions"]) if d["numbers"].get("candidate")), None)

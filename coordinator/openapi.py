@@ -225,8 +225,11 @@ def build() -> dict[str, Any]:
             "Close a round now (aggregate if it has the minimum; ?force=1 before the deadline)", ok=_ref("Round"),
             security="admin", errors=(404,),
             params=[*rid, {"name": "force", "in": "query", "required": False, "schema": _STR}])},
-        "/v1/admin/rejections": {"get": _op("Rejected updates with reasons", security="admin", errors=(400, 404),
+        "/v1/admin/rejections": {"get": _op("The newest `limit` (default 1000) rejected updates with reasons, "
+                                            "oldest first, and their `total`", security="admin", errors=(400, 404),
                                             params=[{"name": "round_id", "in": "query", "required": False,
+                                                     "schema": _INT},
+                                                    {"name": "limit", "in": "query", "required": False,
                                                      "schema": _INT}])},
     }
     paths |= _secagg_paths(rid)

@@ -220,14 +220,15 @@ class Coordinator:
     def round_counts(self) -> dict[str, int]:
         return views.round_counts(self)
 
-    def rejection_counts(self) -> dict[str, int]:
-        return views.rejection_counts(self)
+    def rejection_counts(self, round_id: int | None = None) -> dict[str, int]:
+        return views.rejection_counts(self, round_id)
 
     def get_round(self, round_id: int) -> dict[str, Any]:
         return views.get_round(self, round_id)
 
-    def rejections(self, round_id: int | None = None) -> list[dict[str, Any]]:
-        return views.rejections(self, round_id)
+    def rejections(self, round_id: int | None = None, limit: int = views.REJECTIONS_SHOWN) -> dict[str, Any]:
+        """{"rejections": the newest `limit`, oldest first; "total": how many there are}."""
+        return views.rejections(self, round_id, limit)
 
     def status(self) -> dict[str, Any]:
         return views.status(self)

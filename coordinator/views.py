@@ -110,10 +110,11 @@ def round_counts(coord: Coordinator) -> dict[str, int]:
         return {status: int(n) for status, n in s.execute(select(Round.status, func.count()).group_by(Round.status))}
 
 
-def rejection_counts(coord: Coordinator) -> dict[str, int]:
-    """Rejected updates by reason, over every round."""
+def rejection_counts(coord: Coordinator, round_id: int | None = None) -> dict[str, int]:
+    """Rejected updates by reason, over every round or one."""
+    where = [] if round_id is None else [Rejection.round_id == round_id]
     with coord._sessions() as s:
-        return {reason: int(n) for reason, n in s.execute(select(Rejection.reason, func.count())
+        return {reason: int(n) for reason, n in s.execute(select(Rejection.reason, func.count()).where(*where)
                                                            .group_by(Rejection.reason))}
 
 
@@ -132,15 +133,23 @@ def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
         return round_dict(coord, s, r)
 
 
-def rejections(coord: Coordinator, round_id: int | None = None) -> list[dict[str, Any]]:
+REJECTIONS_SHOWN = 1000   # the newest rejections a listing holds unless asked for more
+
+
+def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJECTIONS_SHOWN) -> dict[str, Any]:
+    """The newest `limit` rejections (of one round, or of all), oldest first, and how many there are.
+    Every rejection ever came back at once: with a goal of 1,000 a round adds 300 late uploads."""
     with coord._sessions() as s:
-        q = select(Rejection).order_by(Rejection.id)
+        where = []
         if round_id is not None:
             if s.get(Round, round_id) is None:   # not an empty list: a mistyped id would read "none"
                 raise not_found(f"no round {round_id}")
-            q = q.where(Rejection.round_id == round_id)
-        return [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason, "message": x.message,
-                 "at": iso(x.created_at)} for x in s.scalars(q)]
+            where.append(Rejection.round_id == round_id)
+        total = int(s.scalar(select(func.count()).select_from(Rejection).where(*where)) or 0)
+        newest = list(s.scalars(select(Rejection).where(*where).order_by(Rejection.id.desc()).limit(limit)))
+        return {"rejections": [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason,
+                                "message": x.message, "at": iso(x.created_at)} for x in reversed(newest)],
+                "total": total}
 
 
 def status(coord: Coordinator) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from coordinator.api.common import admin_auth, coord, json_body
 from coordinator.dashboard import dashboard_data
 from coordinator.errors import bad_request
 from coordinator.states import VERSION_ACTIONS
+from coordinator.views import REJECTIONS_SHOWN
 from protocol import wire
 
 bp = Blueprint("admin", __name__, url_prefix=f"{wire.API_PREFIX}/admin")
@@ -119,4 +120,7 @@ def rejections() -> Response:
     rid = request.args.get("round_id")
     if rid is not None and not (rid.isascii() and rid.isdigit() and 1 <= int(rid) <= wire.MAX_INT):
         raise bad_request("round_id must be a positive integer")
-    return jsonify({"rejections": coord().rejections(int(rid) if rid else None)})
+    limit = request.args.get("limit", str(REJECTIONS_SHOWN))
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= wire.MAX_INT):
+        raise bad_request("limit must be a positive integer")
+    return jsonify(coord().rejections(int(rid) if rid else None, int(limit)))

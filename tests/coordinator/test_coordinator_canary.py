@@ -93,7 +93,7 @@ def test_good_candidate_is_promoted_to_everyone(world):
     page = s.admin("GET", "/v1/admin/dashboard").json()
     assert any(v["version_id"] == cand and v["candidate_top3_pct"] == pytest.approx(40.5) for v in page["versions"])
     assert page["rounds"] == {"total": 1, "done": 1, "failed": 0}
-    assert page["rejections_total"] == dict(Counter(x["reason"] for x in s.coord.rejections()))
+    assert page["rejections_total"] == dict(Counter(x["reason"] for x in s.coord.rejections()["rejections"]))
     assert page["decisions"][0]["action"] == "promote" and page["decisions"][0]["actor"] == "auto"
     assert requests.get(s.url + "/v1/admin/dashboard", timeout=5).status_code == 401     # no token, no data
     assert 'id="login"' in requests.get(s.url + "/dashboard", timeout=5).text

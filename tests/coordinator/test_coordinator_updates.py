@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -92,6 +93,13 @@ def test_each_bad_update_kind_is_rejected_with_its_reason(world):
                  wire.E_DUPLICATE, wire.E_LATE):
         assert code in reasons
     _expect(s.admin("GET", f"/v1/admin/rejections?round_id={rid + 100}"), 404, wire.E_NOT_FOUND)
+    # a listing holds the newest, and says how many there are (all came at once: 300 a round at scale)
+    every = s.admin("GET", "/v1/admin/rejections").json()
+    newest = s.admin("GET", "/v1/admin/rejections?limit=2").json()
+    assert every["total"] == len(every["rejections"]) > 2 and newest["total"] == every["total"]
+    assert newest["rejections"] == every["rejections"][-2:]
+    _expect(s.admin("GET", "/v1/admin/rejections?limit=0"), 400, wire.E_BAD_REQUEST)
+    assert s.coord.rejection_counts(rid) == dict(Counter(reasons)) != s.coord.rejection_counts()
     rnd = s.admin("GET", f"/v1/admin/rounds/{rid}").json()
     assert rnd["accepted"] == 2 and rnd["status"] == "done"
     assert "fedkeys_updates_total{result=\"norm_exceeded\"} 1.0" in s.admin("GET", "/metrics").text

@@ -226,7 +226,7 @@ def test_a_revoked_devices_round_still_counts_against_the_coordinator(tmp_path):
         assert device.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code == 200
         s.coord.revoke_device(device.device_id)
         assert s.coord.close_round(rid, force=True)["status"] == "failed"
-        assert [(x["round_id"], x["reason"]) for x in s.coord.rejections()] == [(rid, wire.E_REVOKED)]
+        assert [(x["round_id"], x["reason"]) for x in s.coord.rejections()["rejections"]] == [(rid, wire.E_REVOKED)]
         with s.coord._sessions() as ss:
             assert sum(queries.noise_seen(ss).values()) == 1
 
@@ -255,7 +255,7 @@ def test_posts_from_devices_a_round_never_drew_do_not_count_against_the_coordina
         rid = s.coord.start_round()
         assert drawn.checkin().kind == wire.TASK_TRAIN
         assert stranger.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code == 403
-        assert {x["reason"] for x in s.coord.rejections()} == {wire.E_NOT_SELECTED, wire.E_UNKNOWN_ROUND}
+        assert {x["reason"] for x in s.coord.rejections()["rejections"]} == {wire.E_NOT_SELECTED, wire.E_UNKNOWN_ROUND}
         assert rounds_seen() == 0
         assert drawn.upload({}, body=b"not an update", round_id=rid, base="v0000", examples=5).status_code == 422
         assert rounds_seen() == 1
@@ -281,6 +281,6 @@ def test_an_update_received_from_a_device_revoked_meanwhile_counts_against_the_c
         monkeypatch.setattr(updates, "validate_update", revoked_meanwhile)
         assert device.upload(random_delta(0, 0.01), round_id=rid, base="v0000", examples=5).status_code == 401
         assert s.coord.close_round(rid, force=True)["status"] == "failed"
-        assert [(x["round_id"], x["reason"]) for x in s.coord.rejections()] == [(rid, wire.E_REVOKED)]
+        assert [(x["round_id"], x["reason"]) for x in s.coord.rejections()["rejections"]] == [(rid, wire.E_REVOKED)]
         with s.coord._sessions() as ss:
             assert sum(queries.noise_seen(ss).values()) == 1
