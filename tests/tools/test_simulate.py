@@ -84,7 +84,11 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
         assert x["canary_reports"] >= 2 and x["candidate_metrics"]["words"] > 0
     assert report["federations"][0]["final_version"]
     # Read by automation: the references and both views of the federated result.
-    assert {"ngram", "ngram_shared", "ngram_proxy", "proxy", "proxy_lstm"} <= set(report["references"])
+    refs = report["references"]
+    assert {"ngram", "ngram_shared", "ngram_proxy", "proxy", "proxy_lstm", "keyboard_v0"} <= set(refs)
+    # issue 10's fields: `proxy` is version 0's LSTM alone (shippable without users' text), as it was
+    # filed; it held the keyboard on version 0 until 7 December, and a checker read it as the proxy LSTM
+    assert refs["proxy"] == refs["proxy_lstm"] != refs["keyboard_v0"]
     for key in ("final_metrics", "global_metrics"):
         assert {"top1", "top3", "ksr"} <= set(report["federations"][0][key]), key
     # tools.rescore: the same run's claims on every held-out word and with every user the same
@@ -100,7 +104,7 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     assert on_run == pytest.approx((report["federations"][0]["final_metrics"]["top3"]
                                     - report["references"]["ngram"]["top3"]) * 100)
     rows = again["rows"]   # every model's rates on those words: the claims are their differences
-    assert "central" not in rows and {"ngram", "proxy", "keyboard", "global"} <= set(rows)
+    assert "central" not in rows and {"ngram", "keyboard_v0", "keyboard", "global"} <= set(rows)
     assert again["every_word"]["claims"]["keyboard vs central trigram, KSR"][0] == pytest.approx(
         (rows["keyboard"]["ksr"] - rows["ngram"]["ksr"]) * 100)
     for w in ("run", "every_word", "every_user"):
@@ -291,7 +295,7 @@ def test_report_names_the_central_trigrams_shared_part_when_there_is_one(tmp_pat
         return {"top1": top3 / 2, "top3": top3, "ksr": top3 * 2, "words": 100}
 
     refs = {"ngram": m(0.24), "ngram_shared": m(0.20), "ngram_proxy": m(0.20), "proxy_lstm": m(0.21),
-            "proxy": m(0.22)}
+            "keyboard_v0": m(0.22)}
     fed = FederationResult("federated", 0.0, [], "v1", m(0.22), m(0.21), tmp_path, tmp_path)
     labels = [label for label, _ in headline_rows(refs, [fed], 8)]
     assert labels[1].startswith("the same trigram, only the words and n-grams at least 2 train users typed")

@@ -230,7 +230,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
         (data / "runs").mkdir(exist_ok=True)
         refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
                                 data / "runs" / "eval.log", workers=args.workers, say=console.print)
-        v0_metrics = refs["proxy"]
+        v0_metrics = refs["keyboard_v0"]
         available = sum(scored_words(pop.heldout).values())
         if v0_metrics["words"] < available:
             console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the held-out users' scored "

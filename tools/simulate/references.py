@@ -112,8 +112,8 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     (what a release protecting each user could hold at most: how much of the central trigram's lead
     rests on what one user typed);
     ngram_proxy: the same trigram fitted on the proxy text only (shippable without users' text);
-    proxy: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM copy);
-    proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users.
+    keyboard_v0: the FedKeys keyboard on version 0 (proxy LSTM + base n-gram + the user's own words and own LSTM
+    copy); proxy_lstm: version 0's LSTM alone; central: the LSTM trained centrally on all train users.
     The LSTMs are scored in `workers` processes: the caller's `pool`, or one started for the first.
     Each reference is cached as soon as it is scored (a run stopped midway keeps what it scored), and
     `say` hears of it: on every held-out word one reference takes minutes."""
@@ -144,7 +144,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
         # v7: a capital's completions in lower case (`FOLDED_SHARE`), the base n-gram's words only
         # if the word list holds them (`Predictor.base_offered`). The LSTM alone completes through
         # the same predictor: its scores carry the decoder's version too (`_LSTM`).
-        "proxy": f"keyboard:v7:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
+        "keyboard_v0": f"keyboard:v7:{_sha(v0 / 'manifest.json')}:{base_key}:{corpus_key}",
         "proxy_lstm": f"{_LSTM}:{_sha(v0 / 'manifest.json')}:{corpus_key}",
     }
     if central is not None:
@@ -173,7 +173,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
                     if pool is None and workers > 1:
                         pool = stack.enter_context(worker_pool(workers))
                     out[name] = score_version(central if name == "central" else v0, pop.heldout, max_words,
-                                              personal=name == "proxy", pool=pool, workers=workers)
+                                              personal=name == "keyboard_v0", pool=pool, workers=workers)
             out[name]["seconds"] = round(time.time() - t0, 1)
             cache[key] = out[name]
             atomic_write(cache_path, json.dumps(cache, indent=1).encode())

@@ -1,9 +1,13 @@
 """The simulation's four renderers: the per-round line on the console, report.md, report.png and
 report.json.
 
-report.json is read by automation: keep `references.{ngram,ngram_proxy,proxy,proxy_lstm}` (and
-`ngram_shared`, `central` when present), `federations[].final_metrics`,
-`federations[].global_metrics` and the round fields as they are."""
+report.json is read by automation: keep `references.{ngram,ngram_proxy,proxy,central}` with the
+meanings issue 10 gave them (the central trigram, the proxy trigram, version 0's LSTM alone, the
+central LSTM: `proxy` and `ngram_proxy` are what ships without users' text), `proxy_lstm` (the same as
+`proxy`), `keyboard_v0` (the keyboard on version 0), `ngram_shared`, `federations[].final_metrics`,
+`federations[].global_metrics` and the round fields as they are. From the first session to the
+fifty-third, `proxy` held the keyboard on version 0, and a reader of the issue's fields took it for
+the proxy-only LSTM (a checker's probe)."""
 
 from __future__ import annotations
 
@@ -57,7 +61,8 @@ def headline_rows(refs: dict[str, dict], feds: list[FederationResult], rounds: i
     rows = [("Kneser-Ney trigram, central on the train users' text (collects text)", refs["ngram"]), *shared,
             ("Kneser-Ney trigram, proxy text only", refs["ngram_proxy"]),
             ("LSTM, proxy text only (version 0)", refs["proxy_lstm"]),
-            ("FedKeys keyboard on version 0 (proxy LSTM + base n-gram + what it learns on the device)", refs["proxy"])]
+            ("FedKeys keyboard on version 0 (proxy LSTM + base n-gram + what it learns on the device)",
+             refs["keyboard_v0"])]
     for f in feds:
         dp = "" if f.noise_multiplier == 0 else (f" with DP noise (σ={f.noise_multiplier:g}, "
                                                  f"ε={_fmt_eps(f.rounds[-1].epsilon)}, ε against the coordinator "
@@ -122,7 +127,7 @@ def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"ngram": ("central trigram (collects text)", "tab:gray", ":"),
-              "proxy": ("keyboard on version 0 (proxy only)", "tab:red", "--"),
+              "keyboard_v0": ("keyboard on version 0 (proxy only)", "tab:red", "--"),
               "central": ("central LSTM (upper bound)", "tab:green", "--")}
     for ax, key, title in ((axes[0], "top3", "next-word top-3 accuracy"), (axes[1], "ksr", "keystroke savings")):
         for name, (label, color, ls) in styles.items():
@@ -152,9 +157,9 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
                  feds: list[FederationResult], v0_metrics: dict, seconds: float) -> Path:
     """report.md, report.png and report.json under `data`; the path of report.md."""
     rows = headline_rows(refs, feds, args.rounds)
-    words = refs["proxy"]["words"]
+    words = refs["keyboard_v0"]["words"]
     available = scored_words(pop.heldout)
-    reached = sum(1 for counts in refs["proxy"]["per_user"] if counts[0])
+    reached = sum(1 for counts in refs["keyboard_v0"]["per_user"] if counts[0])
     proxy_names = " + ".join(f"`{Path(p).name}`" for p in proxy_files(args))
     lines = [
         "# FedKeys simulation report", "",
@@ -199,7 +204,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
     write_plot(data / "report.png", refs, feds, v0_metrics)
     # heldout_pieces: held-out documents typed in pieces (`typed_in_pieces`); tools.rescore pairs by it
     payload = {"command": command, "settings": {**vars(args), "heldout_pieces": pop.heldout_split},
-               "headline": [{"model": label, **m} for label, m in rows], "references": refs,
+               "headline": [{"model": label, **m} for label, m in rows],
+               "references": {**refs, "proxy": refs["proxy_lstm"]},   # issue 10's `proxy`: the proxy LSTM
                "federations": [{"name": f.name, "noise_multiplier": f.noise_multiplier,
                                 "final_version": f.final_version, "final_metrics": f.final_metrics,
                                 "global_metrics": f.global_metrics,
