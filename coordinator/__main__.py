@@ -272,7 +272,7 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
                   "now (aggregating if it has the minimum, else failing it)", file=sys.stderr)
             return EXIT_LEFT_OPEN
     elif a == "tick":
-        c.maintenance()
+        c.maintenance(wait=True)
         _print(c.status())
     elif a == "status":
         _print(c.status())

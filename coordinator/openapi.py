@@ -226,7 +226,8 @@ def build() -> dict[str, Any]:
             security="admin", errors=(404,),
             params=[*rid, {"name": "force", "in": "query", "required": False, "schema": _STR}])},
         "/v1/admin/rejections": {"get": _op("The newest `limit` (default 1000) rejected updates with reasons, "
-                                            "oldest first, and their `total`", security="admin", errors=(400, 404),
+                                            "oldest first, their `total` and `by_reason`", security="admin",
+                                            errors=(400, 404),
                                             params=[{"name": "round_id", "in": "query", "required": False,
                                                      "schema": _INT},
                                                     {"name": "limit", "in": "query", "required": False,

@@ -57,7 +57,8 @@ def rate_bound(q: float) -> float:
     if not 0 < q < 1:
         return min(max(q, 0.0), 1.0) if math.isfinite(q) else 1.0
     step = 10.0 ** (math.floor(math.log10(q)) - RATE_DIGITS + 1)
-    return min(1.0, round(math.ceil(round(q / step, 6)) * step, 12))
+    bound = round(math.ceil(round(q / step, 6)) * step, 12)   # 0.25 / 0.01 is 25.000000000000004
+    return min(1.0, bound if bound >= q else bound + step)
 MAX_IMPORTED_ROUNDS = 1_000_000_000   # a round a second for 30 years: more is no record a coordinator made
 
 
@@ -80,6 +81,16 @@ def counted(entries: object, *, limit: int | None = None) -> Counter[RoundPrivac
         out[RoundPrivacy(float(e[0]), float(e[1]))] += n
     if limit is not None and sum(out.values()) > limit:
         raise ValueError(f"it counts more than {limit:,} rounds")
+    return out
+
+
+def bounded(history: History) -> Counter[RoundPrivacy]:
+    """`history` with every rate at its `rate_bound`: a lineage recorded before the rates were
+    rounded held one entry a round, and every later close recomposed them all. Rounding up only
+    raises epsilon."""
+    out: Counter[RoundPrivacy] = Counter()
+    for r, n in Counter(history).items():
+        out[RoundPrivacy(rate_bound(r.sampling_rate), r.noise_multiplier)] += n
     return out
 
 

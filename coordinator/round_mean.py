@@ -13,11 +13,13 @@ the service's processes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,14 +34,17 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 CLOSING_LOCKS = 7201360   # PostgreSQL advisory lock namespace: (CLOSING_LOCKS, round id) while its mean is computed
+CLOSING_LOCK_FILE = ".closing.lock"   # SQLite: the data directory's file locked for the same
 _claimed: set[tuple[int, int]] = set()   # (id of the Coordinator, round id) being closed in this process
 _released = threading.Condition()
 
 
 @dataclass(frozen=True)
 class EarlyMean:
-    """A round's mean update over the updates `update_ids`, computed before its close."""
-    update_ids: tuple[int, ...]
+    """A round's mean update over the updates `rows` (`update_rows`), computed before its close.
+    Whole rows, not ids: SQLite gives a deleted update's id to the next one (a review found a
+    revoked device's update averaged in and its successor's left out, on matching ids)."""
+    rows: tuple[tuple[int, str, int], ...]
     mean: np.ndarray
 
 
@@ -59,8 +64,9 @@ def update_rows(s, round_id: int) -> list[tuple[int, str, int]]:
 
 @contextmanager
 def claim(coord: Coordinator, round_id: int, *, wait: bool) -> Iterator[bool]:
-    """Hold the right to close `round_id`: no other thread of this process and, on PostgreSQL, no
-    other process closes it meanwhile. `wait`: until the close under way ends; else False at once."""
+    """Hold the right to close `round_id`: no other thread of this process, and no other process
+    (PostgreSQL: an advisory lock; SQLite: a lock on a file of the data directory), closes it
+    meanwhile. `wait`: until the close under way ends; else False at once."""
     key = (id(coord), round_id)
     with _released:
         while wait and key in _claimed:
@@ -71,32 +77,57 @@ def claim(coord: Coordinator, round_id: int, *, wait: bool) -> Iterator[bool]:
         yield False
         return
     try:
-        if coord.engine.dialect.name != "postgresql":
-            yield True
-            return
-        with coord.engine.connect() as conn:   # a session-level lock, held to the end of the close
-            args = {"ns": CLOSING_LOCKS, "id": round_id}
-            if wait:
-                conn.execute(text("SELECT pg_advisory_lock(:ns, :id)"), args)
-            got = wait or bool(conn.execute(text("SELECT pg_try_advisory_lock(:ns, :id)"), args).scalar())
-            conn.commit()   # no transaction stays open while the mean is computed
-            try:
-                yield got
-            finally:
-                if got:
-                    conn.execute(text("SELECT pg_advisory_unlock(:ns, :id)"), args)
-                    conn.commit()
+        across = _advisory_lock if coord.engine.dialect.name == "postgresql" else _file_lock
+        with across(coord, round_id, wait) as got:
+            yield got
     finally:
         with _released:
             _claimed.discard(key)
             _released.notify_all()
 
 
+@contextmanager
+def _advisory_lock(coord: Coordinator, round_id: int, wait: bool) -> Iterator[bool]:
+    with coord.engine.connect() as conn:   # a session-level lock, held to the end of the close
+        args = {"ns": CLOSING_LOCKS, "id": round_id}
+        if wait:
+            conn.execute(text("SELECT pg_advisory_lock(:ns, :id)"), args)
+        got = wait or bool(conn.execute(text("SELECT pg_try_advisory_lock(:ns, :id)"), args).scalar())
+        conn.commit()   # no transaction stays open while the mean is computed
+        try:
+            yield got
+        finally:
+            if got:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:ns, :id)"), args)
+                    conn.commit()
+                except Exception:
+                    conn.invalidate()   # closed, so the session's lock goes with it, not back to the pool
+                    raise
+
+
+@contextmanager
+def _file_lock(coord: Coordinator, round_id: int, wait: bool) -> Iterator[bool]:
+    """SQLite under several gunicorn workers: each computed its own mean (a review). One file for
+    every round: one round is open at a time."""
+    path = Path(coord.config.data_dir) / CLOSING_LOCK_FILE
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def early_mean(coord: Coordinator, round_id: int, *, force: bool) -> EarlyMean | None:
     """The mean of a plain round that is due to aggregate, computed holding no lock; None for any
     other round (open, secure, a vote, closed) or when its updates cannot be read now (the close
     that decides says why)."""
-    from coordinator import privacy  # noqa: F401  the accountant's first import (2 s), outside the lock too
+    import dp_accounting.rdp  # noqa: F401  the accountant's first import (1-2 s), outside the lock too
 
     with coord._sessions() as s:
         r = s.get(Round, round_id)
@@ -115,4 +146,4 @@ def early_mean(coord: Coordinator, round_id: int, *, force: bool) -> EarlyMean |
                                      trim=c.trim_fraction)
     except Exception:   # deleted by another process's close meanwhile, or unreadable: the close inside decides
         return None
-    return EarlyMean(tuple(i for i, _, _ in rows), mean)
+    return EarlyMean(tuple(rows), mean)

@@ -75,7 +75,7 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
     # the next one until some device happens to check in.
     coord._local.manual = True
     try:
-        safe_maintenance(coord)
+        safe_maintenance(coord, wait=True)   # a round being averaged: its close ends before this one opens
     finally:
         coord._local.manual = False
     o = {k: getattr(c, k) for k in ROUND_SETTINGS} | {k: v for k, v in overrides.items() if v is not None}
@@ -122,8 +122,9 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
     return rid
 
 
-def maintenance(coord: Coordinator) -> None:
-    """Close rounds that reached their goal or deadline (lazily, on requests and `tick`)."""
+def maintenance(coord: Coordinator, *, wait: bool = False) -> None:
+    """Close rounds that reached their goal or deadline (lazily, on requests and `tick`). `wait`
+    (an operator's command): for a close under way elsewhere, which a device's request leaves be."""
     secagg.advance_open(coord)
     with coord._sessions() as s:
         rows = s.execute(select(Round.id, Round.deadline, Round.goal_count)
@@ -138,7 +139,7 @@ def maintenance(coord: Coordinator) -> None:
     for rid in due:
         try:
             # a final sum of fewer than the goal is fine; a close under way elsewhere is left to it
-            coord.close_round(rid, force=rid in summed, wait=False)
+            coord.close_round(rid, force=rid in summed, wait=wait)
         except Exception as e:   # one round that cannot close must not hold up the canary's decision
             failed = failed or e
             _say_close_failed(coord, rid, e)
@@ -184,7 +185,7 @@ _full_disk_said = [-math.inf]
 FAILURE_SAID_EVERY_S = 600.0
 
 
-def safe_maintenance(coord: Coordinator) -> None:
+def safe_maintenance(coord: Coordinator, *, wait: bool = False) -> None:
     """Maintenance on a device's request must never turn into that device's error. A full disk is
     said in one line a minute, naming the data directory: its traceback came on every check-in,
     50 a minute, and did not say what to do (an operator probe). Another failure is said with its
@@ -192,7 +193,7 @@ def safe_maintenance(coord: Coordinator) -> None:
     (`fedkeys_maintenance_failures_total`)."""
     said = coord.maintenance_failing
     try:
-        coord.maintenance()
+        coord.maintenance(wait=wait)
     except Exception as e:
         coord.metrics.maintenance_failures.inc()
         if disk_full(e):
@@ -322,7 +323,7 @@ def _aggregate(coord: Coordinator, s: Session, r: Round, early: round_mean.Early
     tensors = manifest.tensors
     rows = round_mean.update_rows(s, r.id)
     updates = [(digest, count) for _, digest, count in rows]
-    if early is not None and not plan.secure_aggregation and early.update_ids == tuple(i for i, _, _ in rows):
+    if early is not None and not plan.secure_aggregation and early.rows == tuple(rows):
         mean_delta, note = early.mean, {}
     else:
         try:

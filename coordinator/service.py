@@ -171,11 +171,12 @@ class Coordinator:
         round_duration_s, selection_window_s and any TrainPlan field."""
         return rounds.start_round(self, **overrides)
 
-    def maintenance(self) -> None:
+    def maintenance(self, *, wait: bool = False) -> None:
         """Close rounds that reached their goal or deadline (lazily, on requests and `tick`). Not
-        when read-only: an inspection shows the state as it is (a due round stays as it was left)."""
+        when read-only: an inspection shows the state as it is (a due round stays as it was left).
+        `wait`: for a close under way elsewhere (an operator's command), not leaving it to that close."""
         if not self.read_only:
-            rounds.maintenance(self)
+            rounds.maintenance(self, wait=wait)
 
     def close_round(self, round_id: int, *, force: bool = False, wait: bool = True) -> dict[str, Any] | None:
         """Aggregate if the round has enough updates (goal, or min at/after the deadline), or fail it.

@@ -307,7 +307,7 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
     manifest.weights_q8_sha256 = put_download_form(coord, weights, q8_parent)
     seq = queries.next_seq(s)
     vid = f"v{seq:04d}-{w_sha[:8]}"
-    history = _history(base)
+    history = privacy.bounded(_history(base))   # a lineage's rounds before rates were rounded: one entry each
     history[privacy.RoundPrivacy(sampling_rate, plan.noise_multiplier)] += 1
     priv = privacy.summarize(history, c.privacy_delta) | (note or {})
     manifest.version_id, manifest.parent, manifest.weights_sha256 = vid, base.id, w_sha

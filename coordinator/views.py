@@ -112,10 +112,7 @@ def round_counts(coord: Coordinator) -> dict[str, int]:
 
 def rejection_counts(coord: Coordinator, round_id: int | None = None) -> dict[str, int]:
     """Rejected updates by reason, over every round or one."""
-    where = [] if round_id is None else [Rejection.round_id == round_id]
-    with coord._sessions() as s:
-        return {reason: int(n) for reason, n in s.execute(select(Rejection.reason, func.count()).where(*where)
-                                                           .group_by(Rejection.reason))}
+    return rejections(coord, round_id, limit=0)["by_reason"]
 
 
 def list_rounds(coord: Coordinator) -> list[dict[str, Any]]:
@@ -137,8 +134,9 @@ REJECTIONS_SHOWN = 1000   # the newest rejections a listing holds unless asked f
 
 
 def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJECTIONS_SHOWN) -> dict[str, Any]:
-    """The newest `limit` rejections (of one round, or of all), oldest first, and how many there are.
-    Every rejection ever came back at once: with a goal of 1,000 a round adds 300 late uploads."""
+    """The newest `limit` rejections (of one round, or of all), oldest first, how many there are and
+    how many of each reason. Every rejection ever came back at once: with a goal of 1,000 a round adds
+    300 late uploads (a scale probe)."""
     with coord._sessions() as s:
         where = []
         if round_id is not None:
@@ -147,9 +145,11 @@ def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJ
             where.append(Rejection.round_id == round_id)
         total = int(s.scalar(select(func.count()).select_from(Rejection).where(*where)) or 0)
         newest = list(s.scalars(select(Rejection).where(*where).order_by(Rejection.id.desc()).limit(limit)))
+        by_reason = {reason: int(n) for reason, n in s.execute(select(Rejection.reason, func.count())
+                                                                .where(*where).group_by(Rejection.reason))}
         return {"rejections": [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason,
                                 "message": x.message, "at": iso(x.created_at)} for x in reversed(newest)],
-                "total": total}
+                "total": total, "by_reason": by_reason}
 
 
 def status(coord: Coordinator) -> dict[str, Any]:

@@ -249,4 +249,9 @@ def test_a_rounds_sampling_rate_is_accounted_rounded_up_so_records_stay_short():
         exact[privacy.RoundPrivacy(100 / r.population, 1.0)] += 1
         accounted[privacy.RoundPrivacy(q, 1.0)] += 1
     assert len(privacy.entries(accounted)) <= 15 and len(exact) > 100
+    # a bound even a hair above a two-digit rate (populations of millions; a review), and for a lineage
+    # recorded before the rounding, whose per-round entries are folded at its next close
+    for m, n in ((44307, 4027909), (3474802, 3509901)):
+        assert privacy.rate_bound(m / n) >= m / n
+    assert privacy.bounded(exact) == accounted
     assert privacy.epsilon(exact, 1e-6) <= privacy.epsilon(accounted, 1e-6) <= 1.1 * privacy.epsilon(exact, 1e-6)

@@ -348,7 +348,7 @@ def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(mo
     monkeypatch.setattr(rounds, "_full_disk_said", [-float("inf")])
     caplog.set_level(logging.ERROR, logger="coordinator.rounds")
     for i in range(6):
-        def full(e=errors[i % 2]):
+        def full(e=errors[i % 2], wait=False):
             raise e
         coord.maintenance = full
         rounds.safe_maintenance(coord)
@@ -360,7 +360,7 @@ def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(mo
 
     # Any other failure: its traceback once, then one line every 10 minutes while it repeats (a close
     # that failed on every request wrote 931 lines for 30 check-ins), all of them counted.
-    def other():
+    def other(wait=False):
         raise ValueError("a bug")
     coord.maintenance = other
     for _ in range(30):
@@ -373,7 +373,7 @@ def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(mo
     assert caplog.records[-1].getMessage().startswith("round maintenance still failing (31 times")
     assert "ValueError: a bug" in caplog.records[-1].getMessage() and not caplog.records[-1].exc_info
 
-    def another():
+    def another(wait=False):
         raise KeyError("another bug")
     coord.maintenance = another
     rounds.safe_maintenance(coord)

@@ -100,6 +100,7 @@ def test_each_bad_update_kind_is_rejected_with_its_reason(world):
     assert newest["rejections"] == every["rejections"][-2:]
     _expect(s.admin("GET", "/v1/admin/rejections?limit=0"), 400, wire.E_BAD_REQUEST)
     assert s.coord.rejection_counts(rid) == dict(Counter(reasons)) != s.coord.rejection_counts()
+    assert newest["by_reason"] == every["by_reason"] == s.coord.rejection_counts()
     rnd = s.admin("GET", f"/v1/admin/rounds/{rid}").json()
     assert rnd["accepted"] == 2 and rnd["status"] == "done"
     assert "fedkeys_updates_total{result=\"norm_exceeded\"} 1.0" in s.admin("GET", "/metrics").text

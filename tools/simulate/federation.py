@@ -169,9 +169,8 @@ class Rounds:
         if info["status"] == "open":
             info = self.coord.admin("POST", f"/v1/admin/rounds/{round_id}/close?force=1")
         res.status, res.accepted, res.candidate = info["status"], info["accepted"], info["result_version_id"]
-        rejections = self.coord.admin("GET", f"/v1/admin/rejections?round_id={round_id}")["rejections"]
-        res.rejected = len(rejections)
-        res.rejection_reasons = dict(Counter(r["reason"] for r in rejections))
+        res.rejected = info["rejected"]   # every one: a listing holds the newest 1,000
+        res.rejection_reasons = self.coord.admin("GET", f"/v1/admin/rejections?round_id={round_id}")["by_reason"]
         for o in outcomes:   # device-side refusals that never reached the coordinator
             if o["kind"] == "error":
                 res.rejection_reasons["device error"] = res.rejection_reasons.get("device error", 0) + 1

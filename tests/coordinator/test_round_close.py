@@ -1,0 +1,189 @@
+"""A round's close computes its mean before it takes the locks (coordinator.round_mean): the cases a
+review of that change staged, each of which the first version got wrong or that had to stay right."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+from sqlalchemy import select
+
+from protocol import artifact, wire
+from tests.helpers.coordinator_fakes import SHAPES, FakeDevice, make_config, make_version, random_delta, serve
+
+
+@contextmanager
+def _open_round(tmp_path, n_devices: int, **settings):
+    with serve(make_config(tmp_path, canary_fraction=0.01, **settings)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(n_devices)]
+        rid = s.coord.start_round()
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
+        yield s, devices, rid
+
+
+def test_an_update_revoked_during_the_mean_and_one_stored_under_its_id_are_told_apart(tmp_path, monkeypatch):
+    """SQLite gives a deleted update's id to the next one: matched on ids, the early mean of a close
+    held a revoked device's update and left out the one stored after it."""
+    from coordinator import aggregation
+    from coordinator.models import Update
+
+    with _open_round(tmp_path, 4, goal_count=3, min_count=2, overselect=1.34) as (s, devices, rid):
+        base = artifact.decode_weights(s.coord.version_file("v0000", "weights")[0])
+        deltas = [random_delta(i) for i in range(4)]
+        for i in range(2):
+            assert devices[i].upload(deltas[i], round_id=rid, base="v0000", examples=4).status_code == 200
+        real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
+
+        def slow_aggregate(*a, **kw):
+            calls.append(threading.current_thread().name)
+            if len(calls) == 1:
+                started.set()
+                assert release.wait(60)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        results = {}
+        t2 = threading.Thread(target=lambda: results.__setitem__(2, devices[2].upload(
+            deltas[2], round_id=rid, base="v0000", examples=4)))
+        t2.start()                      # reaches the goal: its request closes the round (early mean first)
+        assert started.wait(30)
+        with s.coord._sessions() as db:
+            before = db.execute(select(Update.id, Update.device_id).order_by(Update.id)).all()
+        s.coord.revoke_device(devices[2].device_id)   # its update is withdrawn: the round is below its goal
+        t3 = threading.Thread(target=lambda: results.__setitem__(3, devices[3].upload(
+            deltas[3], round_id=rid, base="v0000", examples=4)))
+        t3.start()
+        # wait until device 3's row is committed (its request then waits for the close under way)
+        for _ in range(200):
+            with s.coord._sessions() as db:
+                after = db.execute(select(Update.id, Update.device_id).order_by(Update.id)).all()
+            if len(after) == 3:
+                break
+            threading.Event().wait(0.05)
+        assert len(after) == 3 and after != before
+        release.set()
+        t2.join(30)
+        t3.join(30)
+        r = s.coord.get_round(rid)
+        assert r["status"] == "done" and len(calls) == 2, (r, calls)   # averaged again, inside
+        w = artifact.decode_weights(s.coord.version_file(r["result_version_id"], "weights")[0])
+        used_revoked = all(np.allclose(w[k], base[k] + np.mean([deltas[i][k] for i in (0, 1, 2)], axis=0),
+                                       atol=1e-5) for k in SHAPES)
+        used_new = all(np.allclose(w[k], base[k] + np.mean([deltas[i][k] for i in (0, 1, 3)], axis=0),
+                                   atol=1e-5) for k in SHAPES)
+        assert used_new and not used_revoked, "the revoked device's update is in the candidate"
+
+
+def test_another_process_leaves_a_close_under_way_to_it(tmp_path, monkeypatch):
+    """Two gunicorn workers on SQLite each computed the mean (the lock across processes was
+    PostgreSQL's only): a file of the data directory is locked for it there."""
+    from coordinator import aggregation
+    from coordinator.service import Coordinator
+
+    with _open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
+        for i in range(2):
+            assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+        real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
+
+        def slow_aggregate(*a, **kw):
+            calls.append(threading.current_thread().name)
+            if threading.current_thread().name == "closer":
+                started.set()
+                assert release.wait(60)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        closer = threading.Thread(target=lambda: s.coord.close_round(rid, force=True), name="closer")
+        closer.start()
+        assert started.wait(30)
+        other = Coordinator(s.config)   # a second gunicorn worker on the same SQLite database
+        try:
+            got = other.close_round(rid, force=True, wait=False)
+        finally:
+            other.close()
+        release.set()
+        closer.join(30)
+        assert got is None and calls == ["closer"], (got, calls)
+        assert s.coord.get_round(rid)["status"] == "done"
+
+
+def test_an_operators_start_round_waits_for_the_close_under_way(tmp_path, monkeypatch):
+    """Maintenance on an operator's command left the close under way to itself, as a device's
+    request does, and start_round answered 409 "a round is already open"."""
+    from coordinator import aggregation
+
+    with _open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
+        for i in range(2):
+            assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+        real, started, release = aggregation.aggregate, threading.Event(), threading.Event()
+
+        def slow_aggregate(*a, **kw):
+            started.set()
+            assert release.wait(60)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        t = threading.Thread(target=lambda: devices[2].upload(random_delta(2), round_id=rid, base="v0000",
+                                                               examples=4))
+        t.start()   # the goal: its request closes the round
+        assert started.wait(30)
+        threading.Timer(1.0, release.set).start()
+        try:
+            new = s.coord.start_round()
+            assert new == rid + 1 and s.coord.get_round(rid)["status"] == "done"
+        finally:
+            release.set()
+            t.join(30)
+
+
+def test_a_close_that_fails_frees_the_one_waiting_for_it(tmp_path, monkeypatch):
+    from coordinator import aggregation, round_mean, rounds
+    from coordinator.service import Coordinator
+
+    with _open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
+        for i in range(2):
+            assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+        real_agg, real_close = aggregation.aggregate, rounds._close
+        started, release, errors, results = threading.Event(), threading.Event(), [], []
+
+        def slow(*a, **kw):
+            started.set()
+            assert release.wait(60)
+            return real_agg(*a, **kw)
+
+        def failing_close(coord, rid_, force, early, t0):
+            if threading.current_thread().name == "owner":
+                raise OSError(28, "No space left on device")
+            return real_close(coord, rid_, force, early, t0)
+
+        monkeypatch.setattr(aggregation, "aggregate", slow)
+        monkeypatch.setattr(rounds, "_close", failing_close)
+
+        def owner():
+            try:
+                s.coord.close_round(rid, force=True)
+            except OSError as e:
+                errors.append(e)
+
+        o = threading.Thread(target=owner, name="owner")
+        o.start()
+        assert started.wait(30)
+        w = threading.Thread(target=lambda: results.append(s.coord.close_round(rid, force=True)), name="waiter")
+        w.start()
+        threading.Event().wait(0.5)
+        assert not results   # waits for the owner
+        release.set()
+        o.join(30)
+        w.join(30)
+        assert errors and results and results[0]["status"] == "done" and not round_mean._claimed
+        if s.coord.engine.dialect.name == "postgresql":
+            other = Coordinator(s.config)
+            try:
+                with round_mean.claim(other, rid, wait=False) as mine:
+                    assert mine
+            finally:
+                other.close()
