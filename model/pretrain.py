@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -36,6 +37,17 @@ def batches(x: np.ndarray, y: np.ndarray, m: np.ndarray, batch: int, *, rng: np.
             by = np.concatenate([by, np.zeros((pad, x.shape[1]), np.int32)])
             bm = np.concatenate([bm, np.zeros((pad, x.shape[1]), np.float32)])
         yield bx, by, bm
+
+
+QUIET_PROGRESS_S = 60.0   # without a bar (a log file), a line this often: an epoch of a large corpus is 10+ minutes
+
+
+def quiet_progress(epoch: int, epochs: int, done: int, steps: int, loss: float, elapsed: float) -> str:
+    """The line said in place of a bar: a simulation logged 26 minutes of central training in
+    silence (a checker's probe)."""
+    left = elapsed / done * (steps - done)
+    return (f"epoch {epoch + 1}/{epochs}: step {done:,}/{steps:,} ({done / steps:.0%}), loss {loss:.3f}, "
+            f"{elapsed / 60:.1f} min in, about {left / 60:.0f} min left in this epoch")
 
 
 @dataclass
@@ -118,6 +130,7 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
     for epoch in range(s.epochs):
         losses = []
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=not s.progress, leave=False)
+        t0 = said = time.monotonic()
         for i, (bx, by, bm) in enumerate(batches(x, y, mask, s.batch_size, rng=rng, fixed=False)):
             if i >= steps:
                 break
@@ -126,6 +139,9 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
             bar.update(1)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if not s.progress and time.monotonic() - said >= QUIET_PROGRESS_S:
+                said = time.monotonic()
+                tqdm.write(quiet_progress(epoch, s.epochs, i + 1, steps, float(np.mean(losses[-20:])), said - t0))
         bar.close()
         val = validation_loss(m, vx, vy, vm) if len(vx) else float(np.mean(losses))
         hist.train_loss.append(float(np.mean(losses)))

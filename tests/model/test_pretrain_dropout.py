@@ -58,3 +58,17 @@ def test_an_epoch_cap_takes_a_share_of_the_windows_and_the_history_records_it(ca
                          TrainSettings(epochs=1, steps_per_epoch=10, batch_size=16, progress=False, patience=3))
     assert (full.windows, full.windows_per_epoch) == (64, 64)
     assert "capped" not in capsys.readouterr().out
+
+
+def test_without_a_bar_an_epoch_says_how_far_it_is_every_minute(capsys, monkeypatch):
+    """Under a log file (no bar) a simulation's central training said nothing for 26 minutes."""
+    import model.pretrain as pretrain
+
+    data = _windows(64)
+    monkeypatch.setattr(pretrain, "QUIET_PROGRESS_S", 0.0)    # a minute, compressed
+    train_windows(NextWordLSTM(CFG, seed=0), data, data, TrainSettings(epochs=1, batch_size=16, progress=False))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch 1/1: step")]
+    assert len(lines) == 4 and lines[-1].startswith("epoch 1/1: step 4/4 (100%), loss ") and "min left" in lines[0]
+    monkeypatch.setattr(pretrain, "QUIET_PROGRESS_S", 3600.0)
+    train_windows(NextWordLSTM(CFG, seed=0), data, data, TrainSettings(epochs=1, batch_size=16, progress=False))
+    assert "epoch 1/1: step" not in capsys.readouterr().out    # not on every step of a short one

@@ -225,8 +225,9 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     with data_dir_lock(data):
         v0 = ensure_v0(data, args)
         central = ensure_central(data, v0, args)
-        console.print(f"scoring references on up to {args.eval_words:,} words of the {pop.test_users} "
-                      "held-out users...")
+        scored = sum(1 for n in scored_words(pop.heldout, args.eval_words).values() if n)   # a sample past 100
+        of = f"the {pop.test_users}" if scored == pop.test_users else f"{scored} of the {pop.test_users}"
+        console.print(f"scoring references on up to {args.eval_words:,} words of {of} held-out users...")
         (data / "runs").mkdir(exist_ok=True)
         refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
                                 data / "runs" / "eval.log", workers=args.workers, say=console.print)
