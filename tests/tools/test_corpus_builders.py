@@ -123,3 +123,37 @@ def test_the_vendored_corpora_builders_never_empty_a_corpus_on_a_wrong_source(tm
         assert out.read_text() == '{"user": "a", "text": "kept"}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.jsonl" for n in
                                                                  ("spamassassin_ham", "gutenberg_mix", "topical_chat"))
+
+
+def test_build_git_commits_keeps_each_authors_messages_without_trailers(tmp_path: Path) -> None:
+    """The fifth genre (commit messages, not vendored): one user per author, oldest first, merges,
+    trailers, issue-reference lines and e-mail addresses out, everything else as typed."""
+    repo = tmp_path / "repo"
+    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_SYSTEM": "/dev/null", "HOME": str(tmp_path)}
+
+    def git(*args: str, who: str = "Ada", when: int = 0) -> None:
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                       env={**env, "GIT_AUTHOR_NAME": who, "GIT_AUTHOR_EMAIL": f"{who}@x.org",
+                            "GIT_COMMITTER_NAME": who, "GIT_COMMITTER_EMAIL": f"{who}@x.org",
+                            "GIT_AUTHOR_DATE": f"{1_600_000_000 + when} +0000",
+                            "GIT_COMMITTER_DATE": f"{1_600_000_000 + when} +0000", "PATH": "/usr/bin:/bin"})
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env={**env, "PATH": "/usr/bin:/bin"})
+    git("commit", "-q", "--allow-empty", "-m", "BUG: fix dtype of ufunc\n\nAsk ada@x.org.\n\nCloses #12\n"
+        "Signed-off-by: Ada <ada@x.org>", who="Ada", when=1)
+    git("commit", "-q", "--allow-empty", "-m", "DOC: typo", who="Bob", when=2)
+    git("checkout", "-q", "-b", "side")
+    git("commit", "-q", "--allow-empty", "-m", "ENH: side work", who="Bob", when=3)
+    git("checkout", "-q", "main")
+    git("merge", "-q", "--no-ff", "-m", "Merge pull request #3 from bob/side", "side", who="Cy", when=4)
+    out = tmp_path / "commits.jsonl"
+    res = subprocess.run([sys.executable, str(ROOT / "corpora" / "build_git_commits.py"), str(repo / ".git"),
+                          str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"user": "Ada", "text": "BUG: fix dtype of ufunc\n\nAsk ."}, {"user": "Bob", "text": "DOC: typo"},
+        {"user": "Bob", "text": "ENH: side work"}]
+    assert "3 commits, 2 authors" in res.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "corpora" / "build_git_commits.py"), str(tmp_path / "none"),
+                          str(tmp_path / "x.jsonl")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "cannot read the commits" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x.jsonl").exists()
