@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import requests
@@ -16,6 +15,7 @@ from tests.helpers.coordinator_fakes import (
     FakeDevice,
     make_config,
     make_version,
+    open_round,
     random_delta,
     serve,
 )
@@ -95,23 +95,10 @@ def test_junk_never_gets_a_5xx(tmp_path):
         assert 400 in seen
 
 
-@contextmanager
-def _open_round(tmp_path, n_devices: int, **settings):
-    """A served coordinator on version 0 with one round open, which selected all `n_devices`."""
-    with serve(make_config(tmp_path, overselect=1.0, canary_fraction=0.01, **settings)) as s:
-        make_version(tmp_path / "v0")
-        s.coord.import_version(tmp_path / "v0")
-        key = s.coord.create_enrollment_key()
-        devices = [FakeDevice(s.url, key) for _ in range(n_devices)]
-        rid = s.coord.start_round()
-        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
-        yield s, devices, rid
-
-
 def test_upload_written_while_its_round_ends_is_late_not_a_5xx(tmp_path, monkeypatch):
     """A round that ends while an upload's bytes are being written deletes its folder under them
     (`forget_contributions`): that upload is late (409), never a 500, and leaves nothing behind."""
-    with _open_round(tmp_path, 2, goal_count=2, min_count=1) as (s, devices, rid):
+    with open_round(tmp_path, 2, goal_count=2, min_count=1) as (s, devices, rid):
         assert devices[0].upload(random_delta(0), round_id=rid, base="v0000", examples=4).status_code == 200
         real_replace, ended = artifact.os.replace, []
 
@@ -138,7 +125,7 @@ def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, m
     from coordinator.models import Device
     from coordinator.service import Coordinator
 
-    with _open_round(tmp_path, 2, goal_count=3, min_count=2) as (s, devices, rid):
+    with open_round(tmp_path, 2, goal_count=3, min_count=2) as (s, devices, rid):
         for i, d in enumerate(devices):
             assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
         real, revoker = rounds._aggregate, []
@@ -173,7 +160,7 @@ def test_the_service_answers_while_a_round_is_averaged_and_averages_it_once(tmp_
 
     from coordinator import aggregation, round_mean
 
-    with _open_round(tmp_path, 3, goal_count=3, min_count=2) as (s, devices, rid):
+    with open_round(tmp_path, 3, goal_count=3, min_count=2) as (s, devices, rid):
         for i, d in enumerate(devices[:2]):
             assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
         real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
@@ -233,7 +220,7 @@ def test_equal_bytes_dropped_for_another_upload_are_written_again_before_a_row_n
     while the other's row was about to name it: that round could never close, and no other opened."""
     from coordinator import round_end
 
-    with _open_round(tmp_path, 3, goal_count=3, min_count=2) as (s, (a, b, c), rid):
+    with open_round(tmp_path, 3, goal_count=3, min_count=2) as (s, (a, b, c), rid):
         same = artifact.encode_weights(random_delta(7))
         real, calls, answers = round_end.store_upload, [], []
 
@@ -261,7 +248,7 @@ def test_equal_bytes_dropped_for_another_upload_are_written_again_before_a_row_n
 def test_a_round_whose_update_file_is_lost_fails_and_lets_the_next_one_open(tmp_path):
     """Whatever deleted it (a disk, a hand), an accepted update's missing file failed every close
     of its round, which then stayed open past its deadline and refused every new round."""
-    with _open_round(tmp_path, 2, goal_count=3, min_count=2) as (s, devices, rid):
+    with open_round(tmp_path, 2, goal_count=3, min_count=2) as (s, devices, rid):
         for i, d in enumerate(devices):
             assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
         next(s.coord.uploads.path(rid, "0" * 64).parent.iterdir()).unlink()
@@ -280,7 +267,7 @@ def test_a_round_that_cannot_close_says_why_where_an_operator_looks(tmp_path, mo
     from coordinator import rounds
     from coordinator.models import Round
 
-    with _open_round(tmp_path, 2, goal_count=3, min_count=1) as (s, devices, rid):
+    with open_round(tmp_path, 2, goal_count=3, min_count=1) as (s, devices, rid):
         with s.coord.tx() as db:
             db.get(Round, rid).deadline -= timedelta(hours=1)
 
@@ -307,7 +294,7 @@ def test_an_upload_whose_last_step_fails_leaves_no_bytes_behind(tmp_path, monkey
     stayed on disk after the round had ended, until the service's next start."""
     from coordinator import round_end
 
-    with _open_round(tmp_path, 2, goal_count=3, min_count=1) as (s, (a, b), rid):
+    with open_round(tmp_path, 2, goal_count=3, min_count=1) as (s, (a, b), rid):
         assert a.upload(random_delta(0), round_id=rid, base="v0000", examples=4).status_code == 200
         real = round_end.store_upload
 

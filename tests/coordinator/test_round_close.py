@@ -4,25 +4,12 @@ review of that change staged, each of which the first version got wrong or that 
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 from sqlalchemy import select
 
-from protocol import artifact, wire
-from tests.helpers.coordinator_fakes import SHAPES, FakeDevice, make_config, make_version, random_delta, serve
-
-
-@contextmanager
-def _open_round(tmp_path, n_devices: int, **settings):
-    with serve(make_config(tmp_path, canary_fraction=0.01, **settings)) as s:
-        make_version(tmp_path / "v0")
-        s.coord.import_version(tmp_path / "v0")
-        key = s.coord.create_enrollment_key()
-        devices = [FakeDevice(s.url, key) for _ in range(n_devices)]
-        rid = s.coord.start_round()
-        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
-        yield s, devices, rid
+from protocol import artifact
+from tests.helpers.coordinator_fakes import SHAPES, open_round, random_delta
 
 
 def test_an_update_revoked_during_the_mean_and_one_stored_under_its_id_are_told_apart(tmp_path, monkeypatch):
@@ -31,7 +18,7 @@ def test_an_update_revoked_during_the_mean_and_one_stored_under_its_id_are_told_
     from coordinator import aggregation
     from coordinator.models import Update
 
-    with _open_round(tmp_path, 4, goal_count=3, min_count=2, overselect=1.34) as (s, devices, rid):
+    with open_round(tmp_path, 4, goal_count=3, min_count=2, overselect=1.34) as (s, devices, rid):
         base = artifact.decode_weights(s.coord.version_file("v0000", "weights")[0])
         deltas = [random_delta(i) for i in range(4)]
         for i in range(2):
@@ -84,7 +71,7 @@ def test_another_process_leaves_a_close_under_way_to_it(tmp_path, monkeypatch):
     from coordinator import aggregation
     from coordinator.service import Coordinator
 
-    with _open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
+    with open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
         real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
@@ -116,7 +103,7 @@ def test_an_operators_start_round_waits_for_the_close_under_way(tmp_path, monkey
     request does, and start_round answered 409 "a round is already open"."""
     from coordinator import aggregation
 
-    with _open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
+    with open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
         real, started, release = aggregation.aggregate, threading.Event(), threading.Event()
@@ -144,7 +131,7 @@ def test_a_close_that_fails_frees_the_one_waiting_for_it(tmp_path, monkeypatch):
     from coordinator import aggregation, round_mean, rounds
     from coordinator.service import Coordinator
 
-    with _open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
+    with open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
         real_agg, real_close = aggregation.aggregate, rounds._close

@@ -168,3 +168,17 @@ def enrolled_observer(s: Served, data_dir: Path):
                      eligibility="override:ineligible", min_wait_s=0.1)
     agent.enroll(cfg, s.coord.create_enrollment_key())
     return agent.Device.open(cfg)
+
+
+@contextmanager
+def open_round(tmp_path: Path, n_devices: int, **settings) -> Iterator[tuple[Served, list[FakeDevice], int]]:
+    """A served coordinator on version 0 with one round open, which selected all `n_devices`
+    (`overselect` 1 and a tiny canary cohort unless `settings` say otherwise)."""
+    with serve(make_config(tmp_path, **{"overselect": 1.0, "canary_fraction": 0.01, **settings})) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(n_devices)]
+        rid = s.coord.start_round()
+        assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
+        yield s, devices, rid
