@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 
-from jsonl_build import run, write_jsonl
+from jsonl_build import run, write_records
 
 MAX_WORDS = 1_500_000
 TRAILER = re.compile(
@@ -70,10 +70,7 @@ def build(src: str, out: str) -> tuple[int, int]:
         if words > MAX_WORDS:
             break
         rows.append({"user": author, "text": text})
-    if not rows:
-        sys.exit(f"{src}: no commit messages found")
-    write_jsonl(rows, out)
-    return len(rows), len({r["user"] for r in rows})
+    return write_records(rows, out, f"{src}: no commit messages found")
 
 
 def main() -> None:

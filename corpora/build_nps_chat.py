@@ -23,7 +23,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-from jsonl_build import run, write_jsonl
+from jsonl_build import run, write_records
 
 
 def build(src: str, out: str) -> tuple[int, int]:
@@ -41,10 +41,7 @@ def build(src: str, out: str) -> tuple[int, int]:
             user, text = post.get("user"), (post.text or "").strip()
             if post.get("class") != "System" and user and text:
                 records.append({"user": user, "text": text})
-    if not records:
-        sys.exit(f"{src}: no posts found")
-    write_jsonl(records, out)
-    return len(records), len({r["user"] for r in records})
+    return write_records(records, out, f"{src}: no posts found")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""What the check-corpus builders (`build_nps_chat.py`, `build_cornell_movies.py`) share: their
-command line of two optional paths and its summary, and a JSONL write that leaves either the
-whole file or none.
+"""What the check-corpus builders (`build_nps_chat.py`, `build_cornell_movies.py`,
+`build_git_commits.py`) share: their command line of two optional paths and its summary, and a
+JSONL write that leaves either the whole file or none.
 Standard library only; the builders import it as their sibling when run by path."""
 import contextlib
 import json
@@ -63,3 +63,12 @@ def write_jsonl(records: Iterable[dict], out: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         sys.exit(f"cannot write {out}: {e}")
+
+
+def write_records(records: list[dict], out: str, none_found: str) -> tuple[int, int]:
+    """`records` ({"user", "text"}) written to `out` (`write_jsonl`), or exit with `none_found`
+    before anything is written; (records, users) for `run`'s summary."""
+    if not records:
+        sys.exit(none_found)
+    write_jsonl(records, out)
+    return len(records), len({r["user"] for r in records})
