@@ -63,6 +63,13 @@ def accepted(s: Session, round_id: int) -> int:
     return plain + (summed.survivors if summed is not None and summed.phase == SecAggPhase.SUMMED else 0)
 
 
+def averages_now(r: Round, accepted_now: int, *, force: bool = False) -> bool:
+    """Whether a close now averages the round: its goal reached, or its minimum at or after its
+    deadline (or at a forced close). Else a close past its deadline (or forced) fails it."""
+    past = r.deadline is not None and utcnow() >= r.deadline
+    return accepted_now >= r.goal_count or ((past or force) and accepted_now >= r.min_count)
+
+
 def overdue(r: Round) -> bool:
     """An open round past its deadline, not closed by any request yet (maintenance runs on requests)."""
     return r.status == RoundStatus.OPEN and r.deadline is not None and r.deadline <= utcnow()

@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy import select, text
 
 from coordinator import aggregation, queries
-from coordinator.models import Round, Update, Version, utcnow
+from coordinator.models import Round, Update, Version
 from coordinator.states import RoundStatus
 from protocol import artifact, wire
 
@@ -54,6 +54,13 @@ def stream(coord: Coordinator, round_id: int, rows: Sequence[tuple[str, int]],
     for digest, count in rows:
         vec = artifact.flatten(artifact.decode_weights(coord.uploads.get(round_id, digest)), tensors)
         yield vec, aggregation.bounded_weight(count, coord.config.max_example_weight)
+
+
+def plain_mean(coord: Coordinator, round_id: int, rows: Sequence[tuple[str, int]],
+               tensors: list[artifact.TensorSpec]) -> np.ndarray:
+    """The configured aggregator (mean, trimmed_mean, median) over a plain round's stored updates."""
+    c = coord.config
+    return aggregation.aggregate(c.aggregator, stream(coord, round_id, rows, tensors), trim=c.trim_fraction)
 
 
 def update_rows(s, round_id: int) -> list[tuple[int, str, int]]:
@@ -134,16 +141,13 @@ def early_mean(coord: Coordinator, round_id: int, *, force: bool) -> EarlyMean |
         if r is None or r.status != RoundStatus.OPEN:
             return None
         plan = wire.TrainPlan.from_dict(json.loads(r.plan_json))
-        n = queries.accepted(s, r.id)
-        due = n >= r.goal_count or ((force or utcnow() >= r.deadline) and n >= r.min_count)
-        if plan.discover_words or plan.secure_aggregation or not due:
+        if plan.discover_words or plan.secure_aggregation or not queries.averages_now(
+                r, queries.accepted(s, r.id), force=force):
             return None
         rows = update_rows(s, r.id)
         tensors = queries.manifest(s.get(Version, r.base_version_id)).tensors
-    c = coord.config
     try:
-        mean = aggregation.aggregate(c.aggregator, stream(coord, round_id, [(d, k) for _, d, k in rows], tensors),
-                                     trim=c.trim_fraction)
+        mean = plain_mean(coord, round_id, [(d, k) for _, d, k in rows], tensors)
     except Exception:   # deleted by another process's close meanwhile, or unreadable: the close inside decides
         return None
     return EarlyMean(tuple(rows), mean)

@@ -279,7 +279,7 @@ def _close(coord: Coordinator, round_id: int, force: bool, early: round_mean.Ear
             return views.round_dict(coord, s, r)
         n = queries.accepted(s, r.id)
         past = utcnow() >= r.deadline
-        if n >= r.goal_count or ((past or force) and n >= r.min_count):
+        if queries.averages_now(r, n, force=force):
             _aggregate(coord, s, r, early)
             coord.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
             round_end.forget_contributions(coord, s, r)   # averaged (or failed): single updates go
@@ -328,7 +328,7 @@ def _aggregate(coord: Coordinator, s: Session, r: Round, early: round_mean.Early
     else:
         try:
             mean_delta, updates, note = secagg.round_mean(coord, s, r, plan, updates,
-                                                          lambda: round_mean.stream(coord, r.id, updates, tensors))
+                                                          lambda: round_mean.plain_mean(coord, r.id, updates, tensors))
         except FileNotFoundError:   # lost from the data directory: no close could ever read it
             round_end.fail_round(coord, s, r, "an accepted update's file is missing from the data directory")
             return

@@ -27,7 +27,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from coordinator import aggregation, discovery, round_end, selection
+from coordinator import discovery, round_end, selection
 from coordinator.errors import ApiError, CoordinatorError
 from coordinator.models import Round, Version, utcnow
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound, SecAggShare
@@ -520,7 +520,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
 
 
 def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, updates: list,
-               stream: Callable[[], Iterator[tuple[np.ndarray, float]]]) -> tuple[np.ndarray, list, dict]:
+               plain_mean: Callable[[], np.ndarray]) -> tuple[np.ndarray, list, dict]:
     """For rounds._aggregate: (mean update, update rows, privacy notes for the version).
 
     Plain rounds: the configured aggregator (mean, trimmed_mean, median) over the stored
@@ -528,8 +528,7 @@ def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, u
     counts are not revealed in secure mode; no robust aggregator, as no update is seen alone),
     with stand-ins (no digest, 0 examples) for the update rows."""
     if not plan.secure_aggregation:
-        c = coord.config
-        return aggregation.aggregate(c.aggregator, stream(), trim=c.trim_fraction), updates, {}
+        return plain_mean(), updates, {}
     row = s.get(SecAggRound, r.id)
     p = _params(row)
     ring_sum = np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4")

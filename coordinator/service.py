@@ -228,7 +228,7 @@ class Coordinator:
         return views.get_round(self, round_id)
 
     def rejections(self, round_id: int | None = None, limit: int = views.REJECTIONS_SHOWN) -> dict[str, Any]:
-        """{"rejections": the newest `limit`, oldest first; "total": how many there are}."""
+        """{"rejections": the newest `limit`, oldest first; "total": how many; "by_reason": of each reason}."""
         return views.rejections(self, round_id, limit)
 
     def status(self) -> dict[str, Any]:

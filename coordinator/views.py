@@ -112,7 +112,22 @@ def round_counts(coord: Coordinator) -> dict[str, int]:
 
 def rejection_counts(coord: Coordinator, round_id: int | None = None) -> dict[str, int]:
     """Rejected updates by reason, over every round or one."""
-    return rejections(coord, round_id, limit=0)["by_reason"]
+    with coord._sessions() as s:
+        return _by_reason(s, _of_round(s, round_id))
+
+
+def _of_round(s: Session, round_id: int | None) -> list:
+    """The rejections' filter for `round_id` (None: every round); 404 for a round that never was."""
+    if round_id is None:
+        return []
+    if s.get(Round, round_id) is None:   # not an empty list: a mistyped id would read "none"
+        raise not_found(f"no round {round_id}")
+    return [Rejection.round_id == round_id]
+
+
+def _by_reason(s: Session, where: list) -> dict[str, int]:
+    return {reason: int(n) for reason, n in s.execute(select(Rejection.reason, func.count()).where(*where)
+                                                       .group_by(Rejection.reason))}
 
 
 def list_rounds(coord: Coordinator) -> list[dict[str, Any]]:
@@ -138,18 +153,12 @@ def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJ
     how many of each reason. Every rejection ever came back at once: with a goal of 1,000 a round adds
     300 late uploads (a scale probe)."""
     with coord._sessions() as s:
-        where = []
-        if round_id is not None:
-            if s.get(Round, round_id) is None:   # not an empty list: a mistyped id would read "none"
-                raise not_found(f"no round {round_id}")
-            where.append(Rejection.round_id == round_id)
-        total = int(s.scalar(select(func.count()).select_from(Rejection).where(*where)) or 0)
+        where = _of_round(s, round_id)
         newest = list(s.scalars(select(Rejection).where(*where).order_by(Rejection.id.desc()).limit(limit)))
-        by_reason = {reason: int(n) for reason, n in s.execute(select(Rejection.reason, func.count())
-                                                                .where(*where).group_by(Rejection.reason))}
+        by_reason = _by_reason(s, where)
         return {"rejections": [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason,
                                 "message": x.message, "at": iso(x.created_at)} for x in reversed(newest)],
-                "total": total, "by_reason": by_reason}
+                "total": sum(by_reason.values()), "by_reason": by_reason}
 
 
 def status(coord: Coordinator) -> dict[str, Any]:
