@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator import deployment, enrollment, queries, rollout, versions
 from coordinator.errors import ApiError, bad_request
-from coordinator.models import Evaluation, Setting, Version
+from coordinator.models import Evaluation, Setting, Version, utcnow
 from coordinator.views import _json_safe
 from protocol import artifact, wire
 
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ISSUED = queries.EVALUATION_ISSUED
 DECIDE_PENDING = "decide_pending"   # Setting: an unpin asked the service to decide the pending candidate
+# Tasks out at once per report the decision waits for, and how long an unreported one holds its
+# place. The whole cohort used to be handed tasks: at 5,000 devices ~250 canaries evaluated two
+# versions on their text for a decision taken on the first 5 reports (a scale probe).
+TASKS_PER_REPORT = 2
+TASK_LEASE = timedelta(minutes=10)
 
 
 def _issued(s: Session, cand_id: str, device_id: str) -> Evaluation | None:
@@ -38,9 +44,12 @@ def _issued(s: Session, cand_id: str, device_id: str) -> Evaluation | None:
 def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version, stable: Version,
                   retry_after: float) -> wire.Task | None:
     """The evaluate task for a canary device, issuing it (once per candidate) if needed; None
-    once the device has reported."""
+    once the device has reported, or while `TASKS_PER_REPORT` x `canary_min_reports` others
+    are out."""
     row = _issued(s, cand.id, device_id)
     if row is None:
+        if _outstanding(s, cand.id) >= TASKS_PER_REPORT * coord.config.canary_min_reports:
+            return None   # enough canaries are at it; this one is asked if they fall short
         s.add(Evaluation(candidate_version_id=cand.id, device_id=device_id, report_json=ISSUED))
     elif row.report_json != ISSUED:
         return None
@@ -49,6 +58,15 @@ def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version,
                      use_channel=wire.Channel.CANARY, candidate_version_id=cand.id,
                      evaluate_version_ids=(cand.id, stable.id),
                      max_eval_examples=c.max_eval_examples, max_eval_words=c.max_eval_words)
+
+
+def _outstanding(s: Session, cand_id: str) -> int:
+    """Tasks of `cand_id` issued within `TASK_LEASE` and not reported yet. One that is never
+    reported (the device left) stops counting after the lease, so the canary cannot stall on it;
+    two check-ins at the same moment may both take the last place (a soft cap)."""
+    return int(s.scalar(select(func.count()).select_from(Evaluation).where(
+        Evaluation.candidate_version_id == cand_id, Evaluation.report_json == ISSUED,
+        Evaluation.created_at >= utcnow() - TASK_LEASE)) or 0)
 
 
 def _seq_len(v: Version) -> int:

@@ -123,7 +123,7 @@ class Config:
     # Canary rollout
     canary_fraction: float = 0.1
     rollout_state_ttl_s: float = 7 * 86400.0  # a signed check-in reply is usable this long
-    canary_min_reports: int = 5
+    canary_min_reports: int = 5              # canaries that scored words decide; twice as many tasks are out at once
     canary_tolerance: float = 0.005          # candidate top-3 may be this much worse (at least one canary word)
     max_eval_examples: int = 500             # evaluate task: held-out windows per version
     max_eval_words: int = 300                # evaluate task: words scored per version (word top-3, KSR)

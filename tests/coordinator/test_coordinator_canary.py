@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 import requests
@@ -571,3 +572,37 @@ def test_a_stored_report_this_release_refuses_is_left_out_not_a_500(world, caplo
     assert canary.status_code == 200 and canary.json()["numbers"]["reports"] == 0
     assert "is left out" in caplog.text
 
+
+
+def test_evaluate_tasks_go_out_a_few_at_a_time_not_to_the_whole_cohort(tmp_path):
+    """Failed on the old code: every canary that checked in was handed a task (a scale probe saw
+    ~250 devices evaluate for a decision taken on 5 reports)."""
+    from coordinator import canary
+    from coordinator.models import utcnow
+
+    with serve(make_config(tmp_path, canary_fraction=1.0, canary_min_reports=2)) as s:
+        make_version(tmp_path / "v0")
+        s.coord.import_version(tmp_path / "v0")
+        key = s.coord.create_enrollment_key()
+        devices = [FakeDevice(s.url, key) for _ in range(7)]
+        cand = _candidate_from_round(s, devices, 0.01)
+        cap = canary.TASKS_PER_REPORT * 2
+        tasks = [d.checkin() for d in devices]
+        asked = [d for d, t in zip(devices, tasks) if t.kind == wire.TASK_EVALUATE]
+        assert len(asked) == cap and all(t.use_version_id == cand for t in tasks)
+        late = next(d for d, t in zip(devices, tasks) if t.kind != wire.TASK_EVALUATE)
+        assert asked[0].checkin().kind == wire.TASK_EVALUATE   # its own task again, after a lost reply
+        # A report that scored no words frees a place; the decision still waits for 2 that did.
+        t0 = asked[0].checkin()
+        assert _report(asked[0], t0, 0, 0, words=0).status_code == 200
+        assert late.checkin().kind == wire.TASK_EVALUATE
+        others = [d for d in devices if d not in asked and d is not late]
+        assert all(d.checkin().kind != wire.TASK_EVALUATE for d in others)
+        # A task never reported stops holding its place after the lease.
+        long_ago = utcnow() - canary.TASK_LEASE - timedelta(seconds=5)
+        with s.coord.engine.begin() as c:
+            c.execute(text("UPDATE evaluations SET created_at = :t WHERE report_json = ''"), {"t": long_ago})
+        assert others[0].checkin().kind == wire.TASK_EVALUATE
+        for d in asked[1:3]:
+            assert _report(d, d.checkin(), 41, 40).status_code == 200
+        assert {v["version_id"]: v["status"] for v in s.coord.list_versions()}[cand] == "stable"
