@@ -19,7 +19,7 @@ with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from coordinator.config import PROFILES, Config, ConfigError, load_config, process_config
     from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
     from coordinator.states import VERSION_ACTIONS, VersionAction
-    from coordinator.views import REJECTIONS_SHOWN
+    from coordinator.views import REJECTIONS_SHOWN, ROUNDS_SHOWN
     from protocol.artifact import ArtifactError
     from protocol.cli import (
         EXIT_USER_ERROR,
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("tick", "close rounds that reached their goal or deadline")
     cmd("status", "print stable/candidate versions and the latest round")
     _listing(cmd("versions", "list versions with status, epsilon and decisions"))
-    _listing(cmd("rounds", "list rounds with their counts"))
+    p = _listing(cmd("rounds", "list the newest rounds with their counts"))
+    p.add_argument("--limit", type=count, default=ROUNDS_SHOWN, help="the newest N")
     cmd("canary", "show the canary comparison of candidate vs stable")
     p = cmd("rejections", "list rejected updates with their reasons")
     p.add_argument("--round-id", type=round_id)
@@ -128,10 +129,11 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-def _listing(p: argparse.ArgumentParser) -> None:
+def _listing(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("auto", "table", "json"), default="auto",
                    help="table: the columns an operator reads; json: every field; auto: table on a terminal, "
                         "json when piped")
+    return p
 
 
 def _as_table(fmt: str) -> bool:
@@ -278,7 +280,10 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
         _print(c.status())
     elif a in ("versions", "rounds"):
         if a == "rounds":
-            rows = c.list_rounds()
+            got = c.list_rounds(args.limit)
+            rows = got["rounds"]
+            if got["total"] > len(rows):
+                print(f"the newest {len(rows):,} of {got['total']:,} rounds; --limit N shows more", file=sys.stderr)
         else:   # the table's columns need no privacy history: summaries, which do not parse them all
             rows = c.version_summaries() if _as_table(args.format) else c.list_versions()
         _print_list(a, rows, args.format)

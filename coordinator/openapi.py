@@ -215,8 +215,9 @@ def build() -> dict[str, Any]:
             errors=(400, 404, 409))},
         "/v1/admin/canary": {"get": _op("Canary comparison of candidate vs stable", security="admin", errors=())},
         "/v1/admin/rounds": {
-            "get": _op("List rounds", security="admin", errors=(),
-                       ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}})),
+            "get": _op("The newest `limit` (default 100) rounds, oldest first, and their `total`", security="admin",
+                       errors=(400,), ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}, "total": _INT}),
+                       params=[{"name": "limit", "in": "query", "required": False, "schema": _INT}]),
             "post": _op("Start a round on the stable version", ok=_ref("Round"), ok_status="201", security="admin",
                         errors=(400, 409, 413), body=_obj(_ROUND_BODY))},
         "/v1/admin/rounds/{round_id}": {"get": _op("One round", ok=_ref("Round"), security="admin", params=rid,

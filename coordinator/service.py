@@ -215,8 +215,9 @@ class Coordinator:
     def version_summaries(self) -> list[dict[str, Any]]:
         return views.version_summaries(self)
 
-    def list_rounds(self) -> list[dict[str, Any]]:
-        return views.list_rounds(self)
+    def list_rounds(self, limit: int = views.ROUNDS_SHOWN) -> dict[str, Any]:
+        """{"rounds": the newest `limit`, oldest first; "total": how many}."""
+        return views.list_rounds(self, limit)
 
     def round_counts(self) -> dict[str, int]:
         return views.round_counts(self)

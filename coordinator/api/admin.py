@@ -8,7 +8,7 @@ from coordinator.api.common import admin_auth, coord, json_body
 from coordinator.dashboard import dashboard_data
 from coordinator.errors import bad_request
 from coordinator.states import VERSION_ACTIONS
-from coordinator.views import REJECTIONS_SHOWN
+from coordinator.views import REJECTIONS_SHOWN, ROUNDS_SHOWN
 from protocol import wire
 
 bp = Blueprint("admin", __name__, url_prefix=f"{wire.API_PREFIX}/admin")
@@ -84,7 +84,7 @@ def canary() -> Response:
 @bp.get("/rounds")
 @admin_auth
 def rounds() -> Response:
-    return jsonify({"rounds": coord().list_rounds()})
+    return jsonify(coord().list_rounds(_limit(ROUNDS_SHOWN)))
 
 
 @bp.post("/rounds")
@@ -120,7 +120,12 @@ def rejections() -> Response:
     rid = request.args.get("round_id")
     if rid is not None and not (rid.isascii() and rid.isdigit() and 1 <= int(rid) <= wire.MAX_INT):
         raise bad_request("round_id must be a positive integer")
-    limit = request.args.get("limit", str(REJECTIONS_SHOWN))
+    return jsonify(coord().rejections(int(rid) if rid else None, _limit(REJECTIONS_SHOWN)))
+
+
+def _limit(default: int) -> int:
+    """A listing's `?limit=`: the newest N."""
+    limit = request.args.get("limit", str(default))
     if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= wire.MAX_INT):
         raise bad_request("limit must be a positive integer")
-    return jsonify(coord().rejections(int(rid) if rid else None, int(limit)))
+    return int(limit)

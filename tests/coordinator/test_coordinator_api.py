@@ -532,3 +532,22 @@ def test_a_service_whose_database_another_release_migrated_refuses_requests(serv
     with served.coord.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head_revision()})
     assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).json() == {"ok": True}
+
+
+def test_the_rounds_listing_holds_the_newest_and_says_how_many(served, capsys):
+    """Every round ever came back, at six queries a round (a scale probe): months of rounds every
+    few minutes made one listing tens of thousands of queries."""
+    for _ in range(3):
+        rid = served.coord.start_round(goal_count=1, min_count=1)
+        served.coord.close_round(rid, force=True)   # no update: failed, and the next may open
+    every = served.admin("GET", "/v1/admin/rounds").json()
+    newest = served.admin("GET", "/v1/admin/rounds?limit=2").json()
+    assert every["total"] == newest["total"] == len(every["rounds"]) == 3
+    assert [r["round_id"] for r in newest["rounds"]] == [r["round_id"] for r in every["rounds"]][-2:]
+    assert served.admin("GET", "/v1/admin/rounds?limit=0").status_code == 400
+    cfg = served.config
+    assert cli_main(["rounds", "--limit", "1", "--format", "json", "--data-dir", cfg.data_dir,
+                     "--database-url", cfg.resolved_database_url]) == 0
+    out = capsys.readouterr()
+    assert [r["round_id"] for r in json.loads(out.out)] == [every["rounds"][-1]["round_id"]]
+    assert "the newest 1 of 3 rounds; --limit N shows more" in out.err

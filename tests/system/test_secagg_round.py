@@ -537,7 +537,7 @@ def test_secure_round_is_an_operator_choice_and_refuses_plain_uploads(tmp_path, 
     assert cli_main(["start-round", "--secure-aggregation", "--goal-count", "2", "--min-count", "2",
                      "--selection-window-s", "0", *common]) == 0     # issue-12's draw window: none here
     with serve(cfg) as s:
-        rnd = s.coord.list_rounds()[-1]
+        rnd = s.coord.list_rounds()["rounds"][-1]
         assert rnd["plan"]["secure_aggregation"] is True
         dev = FakeDevice(s.url, s.coord.create_enrollment_key())
         task = dev.checkin()
