@@ -409,7 +409,7 @@ def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAc
     if action in (VersionAction.PROMOTE, VersionAction.PIN, VersionAction.ROLLBACK):
         # a manual stable change cancels the pending canary; a promotion is that canary
         _become_stable(coord, s, v, now, cancels=None if action == VersionAction.PROMOTE else f"the {action} of {v.id}",
-                       actor=actor)
+                       actor=actor, by=action)
     elif action == VersionAction.REJECT:
         v.status = VersionStatus.REJECTED
     v.decided_at = now
@@ -421,14 +421,17 @@ def apply_decision(coord: Coordinator, s: Session, v: Version, action: VersionAc
 
 
 def _become_stable(coord: Coordinator, s: Session, v: Version, now: datetime, *, cancels: str | None,
-                   actor: str) -> None:
+                   actor: str, by: str = VersionAction.PROMOTE) -> None:
     """Every stable change (a promotion, a pin, a rollback, an import as stable): the version it
     replaces retires, the round open on another fails (`_fail_round_off`) and, unless `cancels` is
-    None (the canary's own candidate promoted), the pending candidate is cancelled by `cancels`."""
+    None (the canary's own candidate promoted), the pending candidate is cancelled by `cancels`.
+    A version rolled back from is retired too, and its history says so (it read as if a newer
+    version had simply replaced it)."""
+    why = f"rolled back: {v.id} became stable" if by == VersionAction.ROLLBACK else f"{v.id} became stable"
     for old in s.scalars(select(Version).where(Version.status == VersionStatus.STABLE, Version.id != v.id)):
         old.status, old.decided_at = VersionStatus.RETIRED, now
         s.add(Decision(version_id=old.id, action="retire", actor=actor, numbers_json="{}", created_at=now,
-                       reason=f"{v.id} became stable"))   # its history says why; before the decision that did it
+                       reason=why))   # its history says why; before the decision that did it
     v.status = VersionStatus.STABLE
     _fail_round_off(coord, s, v, now)
     if cancels is not None:

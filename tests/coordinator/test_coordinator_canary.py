@@ -160,6 +160,8 @@ def test_admin_pin_promote_rollback(world):
     assert s.coord.status()["stable_version_id"] == "v0000"
     assert s.admin("POST", f"/v1/admin/versions/{cand2}/promote").json()["status"] == "stable"
     assert s.admin("POST", "/v1/admin/versions/v0000/rollback").json()["status"] == "stable"
+    rolled = next(v for v in s.coord.list_versions() if v["version_id"] == cand2)   # its history says why it left
+    assert rolled["status"] == "retired" and rolled["decisions"][-1]["reason"] == "rolled back: v0000 became stable"
     # A rejected candidate (here: cancelled by the pin) was never stable: no rollback to it.
     r = s.admin("POST", f"/v1/admin/versions/{cand}/rollback")
     assert r.status_code == 409 and "never stable" in r.json()["message"], r.text
