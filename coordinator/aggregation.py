@@ -87,6 +87,9 @@ def fedadam(weights: np.ndarray, delta: np.ndarray, m: np.ndarray | None, v: np.
     return (weights + lr * m / (np.sqrt(v) + eps)).astype(np.float32), m, v
 
 
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")   # the settings' choices (coordinator.config)
+
+
 def apply_server_optimizer(name: str, weights: np.ndarray, delta: np.ndarray, state: Mapping[str, np.ndarray], *,
                            lr: float, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
                            eps: float = 1e-3) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from coordinator.aggregation import AGGREGATORS, SERVER_OPTIMIZERS
 from coordinator.errors import CoordinatorError
 from protocol.fields import WireError
 from protocol.plan import PLAN_FIELDS
@@ -21,8 +22,6 @@ from protocol.settings import LOG_LEVELS, coerce_settings, load_settings
 
 ENV_PREFIX = "FEDKEYS_COORDINATOR_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
-SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
-AGGREGATORS = ("mean", "trimmed_mean", "median")     # coordinator.aggregation.AGGREGATORS
 # Named presets applied under file, environment and flags (`profile = "small"` or --profile small).
 PROFILES: dict[str, dict[str, Any]] = {
     # One person trying the loop by hand: one device fills a round, one report decides the canary,
@@ -161,7 +160,11 @@ class Config:
             (self.aggregator in AGGREGATORS and 0 <= self.trim_fraction < 0.5,
              f"aggregator must be one of {AGGREGATORS}, trim_fraction in [0, 0.5)"),
             (self.server_optimizer in SERVER_OPTIMIZERS, f"server_optimizer must be one of {SERVER_OPTIMIZERS}"),
-            (self.server_learning_rate > 0 and 0 <= self.server_momentum < 1, "bad server optimizer settings"),
+            (self.server_learning_rate > 0, "server_learning_rate must be > 0"),
+            (0 <= self.server_momentum < 1, "server_momentum must be in [0, 1)"),
+            # FedAdam's: an epsilon of 0 failed every round as "not finite", after the devices trained
+            (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1 and adam_beta2 must be in [0, 1)"),
+            (self.adam_epsilon > 0, "adam_epsilon must be > 0"),
             (0 < self.privacy_delta < 1, "privacy_delta must be in (0, 1)"),
             (0 <= self.secagg_dropout < 0.5 and 0 < self.secagg_phase_timeout_s <= MAX_ROUND_DURATION_S
              and 0 < self.secagg_poll_s <= 3600,
@@ -174,7 +177,8 @@ class Config:
              "discover_words needs secure_aggregation: the coordinator must see only the sum of votes"),
             (0 < self.canary_fraction <= 1, "canary_fraction must be in (0, 1]"),
             (60 <= self.rollout_state_ttl_s <= 365 * 86400, "rollout_state_ttl_s must be in [60 s, 365 days]"),
-            (self.canary_min_reports >= 1 and self.canary_tolerance >= 0, "bad canary settings"),
+            (self.canary_min_reports >= 1, "canary_min_reports must be >= 1"),
+            (self.canary_tolerance >= 0, "canary_tolerance must be >= 0"),
             (1 <= self.max_eval_examples <= 10**6 and 1 <= self.max_eval_words <= 10**6,
              "max_eval_examples and max_eval_words must be in [1, 1e6]"),
             (0 <= self.keep_versions <= 10**6, "keep_versions must be in [0, 1e6] (0: keep every version's files)"),

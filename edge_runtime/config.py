@@ -199,7 +199,7 @@ def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | 
     environ = _old_base_ngram(os.environ if environ is None else environ)
     # read where the interpreter is made, deep in a task: a typo there was logged only as
     # "iteration failed: ValueError" (its message withheld, as any might quote text; a probe)
-    if (why := backend_refusal((os.environ if environ is None else environ).get("FEDKEYS_INTERPRETER"))):
+    if (why := backend_refusal(environ.get("FEDKEYS_INTERPRETER"))):
         raise ConfigError(why)
     return EdgeConfig(**load_settings(EdgeConfig, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file,
                                       environ=environ, flags=flags, toml=False))

@@ -92,6 +92,10 @@ MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed
 WARM_CLIENTS = 4              # clients whose text a new version is fed before it goes in (`_warm`)
 MAX_WORD = 100               # characters of a word removed from the suggestions
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
+# The strip's words. One name for the keystroke's and the prefetch's: a session reuses what
+# `prefetch` readied only for the same k, so two literals that drifted apart would recompute every
+# readied strip on the keystroke, silently (a contributor's probe).
+STRIP_WORDS = 3
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
 WIPE_CHECK_S = 1.0            # how often keystrokes look for a wipe run by another process
 BUILD_WAIT_S = 0.25           # a count of the user's words just begun is waited for this long
@@ -434,7 +438,7 @@ class KeyboardApp:
             self._sessions[client] = (self.slot.generation, session)
             while len(self._sessions) > MAX_CLIENTS:
                 self._sessions.popitem(last=False)
-            words = session.update(text, k=3)
+            words = session.update(text, k=STRIP_WORDS)
         return {"suggestions": words, "version_id": self.slot.version_id}
 
     def prefetch(self, client: str | None = None) -> None:
@@ -481,7 +485,7 @@ class KeyboardApp:
                 if (session is None or gen != self.slot.generation or self.slot.predictor is None
                         or self._sessions.get(client, (None, None))[1] is not session or session.text != text):
                     return
-                if not session.prefetch(k=3):
+                if not session.prefetch(k=STRIP_WORDS):
                     return
             time.sleep(0)   # let a waiting keystroke take the lock between two calls
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -227,6 +228,19 @@ def test_small_profile_sits_under_file_env_and_flags(tmp_path):
     with pytest.raises(ConfigError, match="unknown profile"):
         load_config(environ={}, flags={"profile": "huge"})
     assert load_config(environ={}).round_interval_s == 0.0          # no schedule unless configured
+
+
+@pytest.mark.parametrize("setting, value, says", [
+    ("adam_epsilon", "0", "adam_epsilon must be > 0"),          # was taken: every FedAdam round failed "not finite"
+    ("adam_beta2", "-1", "adam_beta1 and adam_beta2 must be in [0, 1)"),
+    ("server_momentum", "1", "server_momentum must be in [0, 1)"),   # was "bad server optimizer settings"
+    ("server_learning_rate", "0", "server_learning_rate must be > 0"),
+    ("canary_tolerance", "-0.1", "canary_tolerance must be >= 0"),   # was "bad canary settings"
+    ("canary_min_reports", "0", "canary_min_reports must be >= 1"),
+])
+def test_a_bad_setting_is_refused_by_its_name(setting, value, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(environ={f"FEDKEYS_COORDINATOR_{setting.upper()}": value})
 
 
 def test_next_round_schedule():

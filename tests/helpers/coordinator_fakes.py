@@ -173,8 +173,9 @@ def enrolled_observer(s: Served, data_dir: Path):
 @contextmanager
 def open_round(tmp_path: Path, n_devices: int, **settings) -> Iterator[tuple[Served, list[FakeDevice], int]]:
     """A served coordinator on version 0 with one round open, which selected all `n_devices`
-    (`overselect` 1 and a tiny canary cohort unless `settings` say otherwise)."""
-    with serve(make_config(tmp_path, **{"overselect": 1.0, "canary_fraction": 0.01, **settings})) as s:
+    (a goal of `n_devices`, `overselect` 1 and a tiny canary cohort unless `settings` say otherwise)."""
+    defaults = {"goal_count": n_devices, "min_count": min(2, n_devices), "overselect": 1.0, "canary_fraction": 0.01}
+    with serve(make_config(tmp_path, **(defaults | settings))) as s:
         make_version(tmp_path / "v0")
         s.coord.import_version(tmp_path / "v0")
         key = s.coord.create_enrollment_key()
