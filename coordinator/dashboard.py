@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from coordinator.blobs import disk_short, free_bytes
 from coordinator.models import Device, utcnow
@@ -30,7 +29,7 @@ def _pct(numbers: dict | None, side: str) -> float | None:
 
 
 def _devices(c: Any) -> dict[str, int]:
-    with Session(c.engine) as s:
+    with c._sessions() as s:
         live = Device.revoked.is_(False)
         enrolled = s.scalar(select(func.count()).select_from(Device).where(live)) or 0
         active = s.scalar(select(func.count()).select_from(Device).where(

@@ -46,6 +46,7 @@ from coordinator.db import (
     make_engine,
     make_monitor_engine,
     migrate,
+    reading,
     require_current_schema,
     session_factory,
 )
@@ -85,7 +86,7 @@ class Coordinator:
         except BaseException:
             self.engine.dispose()
             raise
-        self._sessions = session_factory(self.engine)
+        self._sessions = session_factory(reading(self.engine))   # reads; `tx` binds its own to `engine`
         self.blobs = BlobStore(self.data_dir / "blobs", create=not read_only)
         self.uploads = UploadStore(self.data_dir / "uploads", self.blobs, create=not read_only)
         # /healthz and the scrape read through an engine of their own that waits seconds, not 30.
@@ -118,7 +119,7 @@ class Coordinator:
         change: two stable versions, two open rounds, a canary's last two reports neither of which
         decided. Such transactions take one advisory lock first (READ COMMITTED: every statement
         after it sees what the one before it committed)."""
-        with self._lock, self._sessions() as s, s.begin():
+        with self._lock, self._sessions(bind=self.engine) as s, s.begin():
             if decides and s.get_bind().dialect.name == "postgresql":
                 s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DECISIONS_LOCK})   # released at commit
             yield s
