@@ -302,7 +302,8 @@ def _with_retries(fn: Callable[[], Any], attempts: int, first_wait: float, max_w
             if i == attempts - 1:
                 raise
             delay = min(max(wait, e.retry_after or 0.0), max_wait)
-            log.info("transient error (%s); retry %d/%d in %.0fs", e.code or "network", i + 1, attempts - 1, delay)
+            log.info("transient error (%s: %s); retry %d/%d in %.0fs", e.code or "network", e, i + 1, attempts - 1,
+                     delay)
             if sleep(delay):      # the agent's stop event: the device is stopping, no more attempts
                 raise Stopping("the device is stopping during an upload") from e
             wait = min(wait * 2, max_wait)
@@ -337,6 +338,11 @@ def _use_version(dev: Device, task: wire.Task) -> bool:
         except OSError as e:  # e.g. ENOSPC mid-download: the store keeps the current version intact
             log.error("cannot install model version %s: %s; keeping %s", version_id, failure(e),
                       dev.store.current_id)
+            return False
+        except ClientError as e:   # a download cut off: it dropped the check-in's task (a network probe)
+            if dev.stopping.is_set():
+                raise
+            log.error("cannot download model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
             return False
     if state is not None:
         rollout_guard.remember(state, data_dir)

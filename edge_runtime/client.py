@@ -1,7 +1,8 @@
 """HTTP client for the coordinator, built on protocol.wire (the one module that knows the protocol).
 
 Errors: everything this client raises is a `ClientError`. Transport failures (DNS,
-connection, timeout) are translated once, in `_request`, into `TransientError`; HTTP error
+connection, timeout, an answer cut off, an answer that is not JSON at all: a captive portal's
+page) are translated once, in `_request` and `_json`, into `TransientError`; HTTP error
 answers become `TransientError` when retrying can help (429, 5xx, `rate_limited`,
 `internal`; with the server's Retry-After) and `RejectedError` otherwise (stale, late,
 duplicate, unauthorized ...). `retryable` on the exception tells the caller which is which.
@@ -35,7 +36,11 @@ from protocol.artifact import GRAPH, MANIFEST, TOKENIZER, WEIGHTS, WEIGHTS_Q8
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (5.0, 30.0)          # (connect, read) seconds for JSON calls
-DOWNLOAD_TIMEOUT = (5.0, 120.0)        # weights and graph are megabytes on slow links
+# A download's read timeout is per read, not the whole file (that is DOWNLOAD_DEADLINE_S): a link
+# that stalls 30 s is dead. At 120 s a stop (SIGTERM) during a stalled download took 93 s, past
+# systemd's 90 s (a network probe). An upload's answer comes after the coordinator checked it.
+DOWNLOAD_TIMEOUT = (5.0, 30.0)
+UPLOAD_TIMEOUT = (5.0, 120.0)
 DOWNLOAD_DEADLINE_S = 1800.0           # a whole download (at most 64 MiB; 1.4 MB a version today)
 _VERSION_PATHS = {
     MANIFEST: wire.PATH_VERSION_MANIFEST,
@@ -76,6 +81,15 @@ def tls_failure(e: BaseException, url: str) -> str:
         return (f"the TLS certificate of {url} is not trusted ({reason}); for a self-signed certificate or a "
                 "private certificate authority, give its certificate: REQUESTS_CA_BUNDLE=/path/ca.pem")
     return f"the TLS certificate of {url} was refused ({reason})"
+
+
+def _connection_failure(e: requests.ConnectionError, url: str) -> str:
+    """What went wrong with the connection. "cannot connect" was said of a reply lost after the
+    request arrived too, and a user who then enrolled again made a second device (a probe)."""
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    if isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
+        return f"cannot connect to {url}"
+    return f"the connection to {url} broke before its answer came (the request may have arrived)"
 
 
 class TransientError(ClientError):
@@ -206,7 +220,10 @@ class CoordinatorClient:
         except requests.exceptions.SSLError as e:   # a ConnectionError too: it read "cannot connect"
             raise TransientError(f"{method} {path}: {tls_failure(e, self.base_url)}") from e
         except requests.ConnectionError as e:
-            raise TransientError(f"{method} {path}: cannot connect to {self.base_url}") from e
+            raise TransientError(f"{method} {path}: {_connection_failure(e, self.base_url)}") from e
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
+            # a reply cut mid-body was a permanent error: a secure round lost the device (a network probe)
+            raise TransientError(f"{method} {path}: the answer from {self.base_url} was cut off") from e
         except requests.RequestException as e:
             raise ClientError(f"{method} {path}: {e.__class__.__name__}") from e
         if resp.status_code >= 400:
@@ -234,8 +251,12 @@ class CoordinatorClient:
     def _json(resp: requests.Response) -> Mapping[str, Any]:
         try:
             d = resp.json()
-        except (ValueError, RecursionError) as e:  # RecursionError: hostile nesting depth
+        except RecursionError as e:  # hostile nesting depth
             raise ProtocolError(f"{resp.request.method} {resp.request.path_url}: answer is not usable JSON") from e
+        except ValueError as e:   # cut in its headers, or not the coordinator's: worth another try later
+            raise TransientError(f"{resp.request.method} {resp.request.path_url}: the answer is not JSON (cut off, "
+                                 "or from something between the device and its coordinator: a captive portal, a "
+                                 "proxy's error page)") from e
         if not isinstance(d, dict):
             raise ProtocolError("answer is not a JSON object")
         return d
@@ -263,7 +284,7 @@ class CoordinatorClient:
         """Send an update; safe to repeat with the same meta (idempotency key) after a lost answer."""
         if len(delta) > wire.MAX_UPDATE_BYTES:
             raise ClientError(f"update of {len(delta)} bytes exceeds the protocol limit")
-        resp = self._request("POST", wire.PATH_UPDATES, data=delta, timeout=DOWNLOAD_TIMEOUT,
+        resp = self._request("POST", wire.PATH_UPDATES, data=delta, timeout=UPLOAD_TIMEOUT,
                              deadline_s=DOWNLOAD_DEADLINE_S,
                              headers={"Content-Type": wire.SAFETENSORS_MEDIA_TYPE,
                                       wire.UPDATE_META_HEADER: meta.to_header()})

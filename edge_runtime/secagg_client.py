@@ -137,11 +137,14 @@ class _Channel:
         self.client, self.round_id, self.deadline, self.sleep = client, round_id, deadline, sleep
         self.up = self.down = 0
 
-    def _call(self, method: str, step: str, **kw: Any) -> Any:
+    def _call(self, method: str, step: str, *, answer_json: bool = False, **kw: Any) -> Any:
+        """The answer (its JSON object with `answer_json`: one that is not JSON, cut off in its
+        headers, is retried like any other transient failure)."""
         wait, retried = 1.0, False
         while True:
             try:
                 resp = self.client._request(method, sw.secagg_path(self.round_id, step), **kw)
+                out = self.client._json(resp) if answer_json else resp
                 break
             except TransientError as e:
                 left = self.deadline - time.monotonic()
@@ -156,7 +159,7 @@ class _Channel:
                 raise
         self.up += len(resp.request.body or b"")
         self.down += len(resp.content)
-        return resp
+        return out
 
     def _wait(self, seconds: float) -> None:
         """Sleep between calls; the agent's sleep is its stop event's `wait`, true once the device
@@ -166,7 +169,7 @@ class _Channel:
             raise Stopping(f"the device is stopping during round {self.round_id}")
 
     def get(self, step: str) -> dict[str, Any]:
-        return dict(self.client._json(self._call("GET", step)))
+        return dict(self._call("GET", step, answer_json=True))
 
     def post(self, step: str, body: dict[str, Any] | None = None, data: bytes | None = None) -> None:
         headers = {"Content-Type": sw.MASKED_MEDIA_TYPE} if data is not None else None

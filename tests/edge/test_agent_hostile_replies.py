@@ -14,7 +14,7 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from edge_runtime import agent
-from edge_runtime.client import CoordinatorClient, ProtocolError
+from edge_runtime.client import CoordinatorClient, ProtocolError, TransientError
 from edge_runtime.config import EdgeConfig
 from edge_runtime.versions import VersionError
 from protocol import wire
@@ -131,12 +131,17 @@ def test_oversized_replies_are_refused_without_reading_them_whole(hostile):
         c.checkin(wire.CheckinRequest(eligible=True))
 
 
-def test_disk_full_during_a_download_keeps_the_loop_and_the_current_version(tmp_path):
+@pytest.mark.parametrize("failure", ["disk_full", "cut_off"])
+def test_a_failed_download_keeps_the_loop_and_the_current_version(tmp_path, caplog, failure):
+    """A full disk mid-download; or a download cut off, which escaped as a ClientError and dropped
+    the check-in's task (a network probe)."""
     class Store:
         current_id = "v1"
 
         def install(self, vid, fetch, abandon=False):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            if failure == "disk_full":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            fetch(vid, "weights.safetensors")
 
         def is_valid(self, vid):
             return vid == self.current_id
@@ -152,7 +157,7 @@ def test_disk_full_during_a_download_keeps_the_loop_and_the_current_version(tmp_
             return wire.Task(kind=wire.TASK_COME_BACK, retry_after=0.001, use_version_id="v2")
 
         def fetch(self, version_id, filename):
-            return b"x"
+            raise TransientError(f"GET /v1/versions/{version_id}/weights: the answer from http://x was cut off")
 
     cfg = EdgeConfig(data_dir=str(tmp_path), eligibility="override:eligible", min_wait_s=0.0001)
     dev = agent.Device(config=cfg, identity=agent.Identity("d-1", "t", "http://x"), client=Client(), store=Store(),
@@ -162,6 +167,9 @@ def test_disk_full_during_a_download_keeps_the_loop_and_the_current_version(tmp_
         # a probe on a full disk read "0 = ok" in its help).
         assert agent.run_loop(dev, once=True) == 1
         assert dev.store.current_id == "v1"
+        if failure == "cut_off":
+            assert "cannot download model version v2: GET /v1/versions/v2/weights: the answer from http://x was " \
+                   "cut off; keeping v1" in caplog.text
         stop = threading.Event()
         dev.client.checkin = lambda req: (stop.set(), wire.Task(kind=wire.TASK_COME_BACK, retry_after=0.001,
                                                                use_version_id="v2"))[1]

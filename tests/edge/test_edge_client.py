@@ -153,12 +153,70 @@ def test_transport_errors_are_translated_once_and_retryable(exc):
     assert e.value.retryable and e.value.__cause__ is exc
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", json.dumps({"protocol_version": 99}).encode()])
+@pytest.mark.parametrize("body", [b"[1, 2]", json.dumps({"protocol_version": 99}).encode()])
 def test_malformed_answers_are_protocol_errors(body):
     c, _ = client_with(lambda req: (200, {}, body))
     with pytest.raises(ProtocolError) as e:
         c.checkin(wire.CheckinRequest(eligible=True))
     assert not e.value.retryable
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>Sign in to the hotel's Wi-Fi</html>"])
+def test_an_answer_that_is_not_json_at_all_is_tried_again(body):
+    """A captive portal's page, or an answer cut in its headers (read as an empty body), was a
+    permanent error: a secure round's device dropped out over one such answer (a network probe)."""
+    c, _ = client_with(lambda req: (200, {}, body))
+    with pytest.raises(TransientError, match="not JSON .cut off, or from something between"):
+        c.checkin(wire.CheckinRequest(eligible=True))
+
+
+@contextlib.contextmanager
+def cutting_server(answer: bytes, cut_after: int):
+    """A loopback server that answers each request with the first `cut_after` bytes of `answer`,
+    then closes the connection."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer[:cut_after])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        srv.close()
+
+
+def test_an_answer_cut_off_is_tried_again_and_said_as_such():
+    """A reply cut mid-body (`ChunkedEncodingError`) was a plain, permanent ClientError; a reply
+    lost after the request arrived read "cannot connect", and a user who enrolled again made a
+    second device (a network probe)."""
+    body = json.dumps(wire.Task(kind="come_back", retry_after=30).to_dict()).encode()
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" \
+              + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    with cutting_server(chunked, len(chunked) - 20) as url:   # cut inside the body
+        with pytest.raises(TransientError, match="was cut off"):
+            CoordinatorClient(url).checkin(wire.CheckinRequest(eligible=True))
+    with cutting_server(chunked, 0) as url:   # the connection closed before any byte of the answer
+        with pytest.raises(TransientError, match="broke before its answer came .the request may have arrived"):
+            CoordinatorClient(url).checkin(wire.CheckinRequest(eligible=True))
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()   # nothing listens there
+    with pytest.raises(TransientError, match="cannot connect to"):
+        CoordinatorClient(f"http://127.0.0.1:{port}").checkin(wire.CheckinRequest(eligible=True))
 
 
 def test_oversized_update_is_refused_locally():
@@ -270,6 +328,19 @@ def test_secure_aggregation_polls_no_faster_than_the_protocol_allows(retry_after
     with pytest.raises(Exception, match="stopping"):
         channel.poll("roster")
     assert len(slept) == 5 and all(wire.MIN_RETRY_AFTER_S <= s <= sw.MAX_POLL_S for s in slept), slept
+
+
+def test_a_secure_rounds_answer_cut_in_its_headers_is_asked_again():
+    """An empty 200 (a reply cut in its headers) failed `_json` outside the channel's retries: the
+    device left the secure round over one such answer (a network probe)."""
+    from edge_runtime.secagg_client import _Channel
+
+    ready = sw.wait("keys", 1.0)
+    answers = [b"", json.dumps(ready).encode()]
+    c, t = client_with(lambda req: (200, {"Content-Type": "application/json"}, answers.pop(0)),
+                       device_id="d", token="t")
+    channel = _Channel(c, 7, time.monotonic() + 3600, lambda s: False)
+    assert channel.get("roster") == ready and len(t.sent) == 2
 
 
 def test_a_second_signal_ends_the_device_at_once():
