@@ -46,18 +46,33 @@ def create_key(coord: Coordinator, *, label: str = "", uses: int | None = None,
 
 
 def enroll(coord: Coordinator, req: wire.EnrollRequest) -> wire.EnrollResponse:
+    """A new device for the key; or, for a retry of an enrollment whose answer was lost (the same
+    `request_id`), the device it made, with a new token (the first never arrived), using no more
+    of the key. Only until that device first checks in: then its token did arrive, and a replay of
+    the request must not take the device over."""
+    token = keys.new_secret()
+    request_hash = keys.hash_secret(req.request_id) if req.request_id else None
     with coord.tx() as s:
         ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key))
                       .with_for_update())   # a revocation (or another enrollment) waits, and sees this device
-        if (ek is None or ek.revoked or (ek.uses_left is not None and ek.uses_left <= 0)
-                or (ek.expires_at is not None and utcnow() >= ek.expires_at)):
+        if ek is None or ek.revoked or (ek.expires_at is not None and utcnow() >= ek.expires_at):
+            raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked, expired or used up")
+        made = None if request_hash is None else s.scalar(select(Device).where(
+            Device.enroll_request_hash == request_hash))
+        if made is not None:
+            if made.enrollment_key_id != ek.id or made.revoked or made.last_seen_at is not None:
+                raise ApiError(409, wire.E_CONFLICT, "this enrollment request already made a device that is in "
+                                                     "use; a new enrollment needs a new request_id")
+            made.token_hash = keys.hash_secret(token)
+            log.info("enrolled device %s again (a retry of its enrollment)", made.id)
+            return wire.EnrollResponse(device_id=made.id, token=token)
+        if ek.uses_left is not None and ek.uses_left <= 0:
             raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked, expired or used up")
         if ek.uses_left is not None:
             ek.uses_left -= 1
         device_id = "d-" + keys.new_secret()[:22].replace("_", "x").replace("-", "y")
-        token = keys.new_secret()
         s.add(Device(id=device_id, token_hash=keys.hash_secret(token), enrollment_key_id=ek.id,
-                     platform=req.platform, revoked=False))
+                     platform=req.platform, revoked=False, enroll_request_hash=request_hash))
     log.info("enrolled device %s", device_id)
     return wire.EnrollResponse(device_id=device_id, token=token)
 

@@ -48,6 +48,8 @@ class Device(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # sha256 of the device's own id for the enrollment that made it (`EnrollRequest.request_id`)
+    enroll_request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True, index=True)
 
 
 class Version(Base):

@@ -32,7 +32,8 @@ _ROUND_BODY = {**{k: _INT for k in ("goal_count", "min_count")},
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _STR, "message": _STR, "retry_after": _NUM, "details": _ANY_OBJ}, ["error", "message"]),
-    "EnrollRequest": _obj({"protocol_version": _INT, "enrollment_key": _STR, "platform": _STR},
+    "EnrollRequest": _obj({"protocol_version": _INT, "enrollment_key": _STR, "platform": _STR,
+                           "request_id": {"type": "string", "pattern": "^[0-9a-f]{32,64}$"}},
                           ["protocol_version", "enrollment_key"]),
     "EnrollResponse": _obj({"protocol_version": _INT, "device_id": _STR, "token": _STR},
                            ["protocol_version", "device_id", "token"]),
@@ -160,7 +161,7 @@ def build() -> dict[str, Any]:
                    "description": "UpdateMeta as compact JSON", "schema": {"type": "string"}}
     paths: dict[str, Any] = {
         wire.PATH_ENROLL: {"post": _op("Enroll a device with an enrollment key", ok=_ref("EnrollResponse"),
-                                       body=_ref("EnrollRequest"), errors=(400, 401, 413, 429))},
+                                       body=_ref("EnrollRequest"), errors=(400, 401, 409, 413, 429))},
         wire.PATH_CHECKIN: {"post": _op("Check in; get a task (train, evaluate, come back)", ok=_ref("Task"),
                                         body=_ref("CheckinRequest"), security="device", errors=(400, 413))},
         wire.PATH_UPDATES: {"post": _op("Upload a training update (safetensors delta)", ok=_ref("UpdateReceipt"),

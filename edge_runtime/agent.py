@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import math
 import os
 import platform
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -49,7 +51,7 @@ from edge_runtime.collector import release_freed
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
 from edge_runtime.errors import EdgeError, Stopping, failure
-from edge_runtime.paths import ACTIVITY_FILE, IDENTITY_FILE, RUN_LOCK
+from edge_runtime.paths import ACTIVITY_FILE, ENROLL_REQUEST_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import EvaluationRecord, LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
@@ -142,10 +144,16 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
                          "not enrolled, the enrollment key is unused")
     made = not data_dir.exists()
     _check_writable(data_dir)   # a data dir that cannot hold the identity would waste the key's use
+    request_id = _enroll_request(data_dir, config.coordinator, enrollment_key)
     try:
-        resp = client.enroll(enrollment_key, platform=device_platform())
+        resp = _with_retries(lambda: client.enroll(enrollment_key, platform=device_platform(), request_id=request_id),
+                             attempts=ENROLL_ATTEMPTS, first_wait=1.0, max_wait=8.0, sleep=time.sleep)
+    except TransientError as e:   # the coordinator may have made the device: a new `enroll` asks for it again
+        raise AgentError(f"{e}; enrolling again is safe: it asks for the same device, using no more of the key") from e
     except BaseException:
-        if made:   # refused (a wrong key, the coordinator down): no empty data directory left behind
+        with contextlib.suppress(OSError):
+            (data_dir / ENROLL_REQUEST_FILE).unlink()
+        if made:   # refused (a wrong key): no empty data directory left behind
             with contextlib.suppress(OSError):
                 data_dir.rmdir()
         raise
@@ -154,8 +162,35 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
         log.warning("no --public-key given: trusting the coordinator's key %s… on first use", public_key[:16])
     ident = Identity(resp.device_id, resp.token, config.coordinator.rstrip("/"), public_key)
     save_identity(data_dir, ident)
+    with contextlib.suppress(OSError):
+        (data_dir / ENROLL_REQUEST_FILE).unlink()
     log.info("enrolled as device %s with %s", ident.device_id, ident.coordinator)
     return ident
+
+
+ENROLL_ATTEMPTS = 3
+
+
+def _enroll_request(data_dir: Path, coordinator: str, enrollment_key: str) -> str:
+    """This enrollment's own random id, kept in the data directory until it is answered: a retry
+    whose first answer was lost (a reply cut off, a timeout after the coordinator committed) gets
+    the same device and uses no more of the key. It made a second device before, and with a
+    single-use key none at all (a network probe). Another coordinator or key: a new id."""
+    path = data_dir / ENROLL_REQUEST_FILE
+    which = {"coordinator": coordinator.rstrip("/"),
+             "key_sha256": hashlib.sha256(enrollment_key.encode()).hexdigest()}
+    try:
+        kept = json.loads(path.read_text())
+        if {k: kept.get(k) for k in which} == which and wire.EnrollRequest.from_dict(
+                {"protocol_version": wire.PROTOCOL_VERSION, "enrollment_key": enrollment_key,
+                 "request_id": kept.get("request_id")}).request_id:
+            return str(kept["request_id"])
+    except (OSError, ValueError, TypeError, AttributeError):   # none yet, or damaged: a new one
+        pass
+    request_id = secrets.token_hex(16)
+    atomic_write(path, json.dumps(which | {"request_id": request_id}).encode())
+    os.chmod(path, 0o600)   # with the key, it could take the device over before its first check-in
+    return request_id
 
 
 def _check_writable(data_dir: Path) -> None:

@@ -269,10 +269,11 @@ class CoordinatorClient:
 
     # -- protocol calls ----------------------------------------------------------------------
 
-    def enroll(self, enrollment_key: str, platform: str = "") -> wire.EnrollResponse:
-        """Trade the enrollment key for an identity; the client then uses it."""
+    def enroll(self, enrollment_key: str, platform: str = "", request_id: str = "") -> wire.EnrollResponse:
+        """Trade the enrollment key for an identity; the client then uses it. The same `request_id`
+        on a retry gets the same device (`wire.EnrollRequest`)."""
         resp = self._request("POST", wire.PATH_ENROLL,
-                             json_body=wire.EnrollRequest(enrollment_key, platform).to_dict())
+                             json_body=wire.EnrollRequest(enrollment_key, platform, request_id).to_dict())
         out = self._message(wire.EnrollResponse, resp)
         self.device_id, self.token = out.device_id, out.token
         return out

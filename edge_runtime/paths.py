@@ -27,6 +27,7 @@ The modules that own each file import its name from here; tests and tools do too
 from __future__ import annotations
 
 IDENTITY_FILE = "device.json"
+ENROLL_REQUEST_FILE = ".enroll_request.json"   # an enrollment not yet answered: its retries reuse its id
 ACTIVITY_FILE = "last_keystroke"
 KEYBOARD_TOKEN_FILE = "keyboard_token"
 CACHE_DB = "text_cache.sqlite3"

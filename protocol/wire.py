@@ -24,6 +24,7 @@ Conventions
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -124,17 +125,25 @@ def _check_version(d: Mapping[str, Any]) -> None:
 
 # --- Messages ----------------------------------------------------------------------------------
 
+_ENROLL_REQUEST = re.compile(r"[0-9a-f]{32,64}")
+
+
 @dataclass(frozen=True)
 class EnrollRequest:
     """Device -> coordinator: trade a shared enrollment key for an identity."""
 
     enrollment_key: str
     platform: str = ""                    # free text, e.g. "linux-aarch64"; never user data
+    # The device's own random id for this enrollment, the same on every retry of it: a retry whose
+    # first answer was lost gets the same device (a new token) and uses no more of the key. "":
+    # a device from before, each request a new device.
+    request_id: str = ""
     protocol_version: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {"protocol_version": self.protocol_version, "enrollment_key": self.enrollment_key,
-                "platform": self.platform}
+        d = {"protocol_version": self.protocol_version, "enrollment_key": self.enrollment_key,
+             "platform": self.platform}
+        return d | {"request_id": self.request_id} if self.request_id else d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EnrollRequest:
@@ -142,7 +151,10 @@ class EnrollRequest:
         platform = d.get("platform", "")
         if not isinstance(platform, str) or len(platform) > MAX_ID_LEN:
             raise WireError("'platform' must be a string of at most 128 characters")
-        return cls(enrollment_key=_str(d, "enrollment_key", max_len=256), platform=platform)
+        request_id = d.get("request_id", "")
+        if not (isinstance(request_id, str) and (request_id == "" or _ENROLL_REQUEST.fullmatch(request_id))):
+            raise WireError("'request_id' must be 32 to 64 lower-case hex digits")
+        return cls(enrollment_key=_str(d, "enrollment_key", max_len=256), platform=platform, request_id=request_id)
 
 
 @dataclass(frozen=True)

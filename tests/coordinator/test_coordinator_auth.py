@@ -38,6 +38,36 @@ def test_enrollment_keys(served):
         assert dev.token_hash != resp.token and resp.token not in dev.token_hash
 
 
+def test_a_retried_enrollment_gets_the_same_device_until_it_checks_in(served):
+    """A device whose enrollment answer was lost enrolled again as a second device, and with a
+    single-use key could not enroll at all (a network probe). The same request id now gets the
+    same device with a new token, and uses no more of the key, until that device checks in."""
+    key = served.coord.create_enrollment_key(uses=1)
+    rid = "ab" * 16
+
+    def enroll(request_id: str) -> requests.Response:
+        return requests.post(served.url + wire.PATH_ENROLL, timeout=5,
+                             json=wire.EnrollRequest(key, request_id=request_id).to_dict())
+
+    first, again = (wire.EnrollResponse.from_dict(enroll(rid).json()) for _ in range(2))
+    assert again.device_id == first.device_id and again.token != first.token
+    assert served.coord.status()["devices"] == 1
+    body = wire.CheckinRequest(eligible=True).to_dict()
+
+    def checkin(token: str) -> requests.Response:
+        return requests.post(served.url + wire.PATH_CHECKIN, json=body, timeout=5,
+                             headers=wire.device_headers(first.device_id, token))
+
+    _err(checkin(first.token), 401, wire.E_UNAUTHORIZED)   # the lost answer's token is no longer good
+    assert checkin(again.token).status_code == 200
+    _err(enroll(rid), 409, wire.E_CONFLICT)                # in use: a replay cannot take the device over
+    _err(enroll("cd" * 16), 401, wire.E_UNAUTHORIZED)      # another request: the key's one use is gone
+    _err(requests.post(served.url + wire.PATH_ENROLL, timeout=5, json={**wire.EnrollRequest(key).to_dict(),
+                                                                      "request_id": "not hex"}),
+         400, wire.E_BAD_REQUEST)
+    assert checkin(again.token).status_code == 200
+
+
 def test_an_enrollment_key_is_listed_and_revoked_over_the_admin_api(served):
     key = served.coord.create_enrollment_key(label="leaked")
     dev = FakeDevice(served.url, key)

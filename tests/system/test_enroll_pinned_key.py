@@ -70,3 +70,41 @@ def test_a_refused_enrollment_leaves_no_empty_data_dir(tmp_path):
         with pytest.raises(RejectedError):
             agent.enroll(cfg.with_overrides({"data_dir": str(tmp_path / "mine")}), "fk-not-a-key")
         assert (tmp_path / "mine").is_dir()
+
+
+def test_an_enrollment_whose_answers_were_lost_gets_its_device_on_a_retry(tmp_path):
+    """The coordinator made the device and its answer was lost: `enroll` said "cannot connect",
+    a second `enroll` made a second device, and with a single-use key none (a network probe).
+    The device's own retries, and a later `enroll`, now ask for the same device."""
+    import requests
+
+    from edge_runtime.paths import ENROLL_REQUEST_FILE
+    from protocol import wire
+
+    class LosesAnswers(requests.Session):
+        def __init__(self, lose: int) -> None:
+            super().__init__()
+            self.lose = lose
+
+        def send(self, request, **kw):
+            resp = super().send(request, **kw)   # the coordinator has answered: the device exists
+            if request.path_url == wire.PATH_ENROLL and self.lose > 0:
+                self.lose -= 1
+                raise requests.ConnectionError("the answer was lost on the way")
+            return resp
+
+    with serve(make_config(tmp_path)) as s:
+        key = s.coord.create_enrollment_key(uses=1)
+        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=s.coord.public_key_hex)
+        ident = agent.enroll(cfg, key, session=LosesAnswers(1))   # retried within the command
+        assert s.coord.status()["devices"] == 1 and not (tmp_path / "dev" / ENROLL_REQUEST_FILE).exists()
+
+        key = s.coord.create_enrollment_key(uses=1)
+        cfg = cfg.with_overrides({"data_dir": str(tmp_path / "dev2")})
+        with pytest.raises(agent.AgentError, match="enrolling again is safe"):
+            agent.enroll(cfg, key, session=LosesAnswers(agent.ENROLL_ATTEMPTS))
+        assert s.coord.status()["devices"] == 2   # it was made; its answers never arrived
+        again = agent.enroll(cfg, key)            # a second `enroll`: the same device, no second use of the key
+        assert s.coord.status()["devices"] == 2 and again.device_id != ident.device_id
+        assert requests.post(s.url + wire.PATH_CHECKIN, json=wire.CheckinRequest(eligible=True).to_dict(), timeout=5,
+                             headers=wire.device_headers(again.device_id, again.token)).status_code == 200
