@@ -69,6 +69,12 @@ def update_rows(s, round_id: int) -> list[tuple[int, str, int]]:
                                             .where(Update.round_id == round_id).order_by(Update.id)).all()]
 
 
+def under_way(coord: Coordinator, round_id: int) -> bool:
+    """Whether a thread of this process is closing `round_id` now."""
+    with _released:
+        return (id(coord), round_id) in _claimed
+
+
 @contextmanager
 def claim(coord: Coordinator, round_id: int, *, wait: bool) -> Iterator[bool]:
     """Hold the right to close `round_id`: no other thread of this process, and no other process

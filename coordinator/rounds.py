@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -133,12 +134,14 @@ def maintenance(coord: Coordinator, *, wait: bool = False) -> None:
         # a full disk), and the round then stayed open until its deadline, blocking the next.
         summed = {rid for rid, _, _ in rows
                   if (row := s.get(SecAggRound, rid)) is not None and row.phase == SecAggPhase.SUMMED}
-        due = [rid for rid, deadline, goal in rows
-               if utcnow() >= deadline or queries.accepted(s, rid) >= goal or rid in summed]
+        counts = {rid: queries.accepted(s, rid) for rid, _, _ in rows}
+        due = [rid for rid, deadline, goal in rows if utcnow() >= deadline or counts[rid] >= goal or rid in summed]
     failed: Exception | None = None
     for rid in due:
         try:
             # a final sum of fewer than the goal is fine; a close under way elsewhere is left to it
+            if not wait and rid not in summed and close_off_request(coord, rid, counts[rid]):
+                continue
             coord.close_round(rid, force=rid in summed, wait=wait)
         except Exception as e:   # one round that cannot close must not hold up the canary's decision
             failed = failed or e
@@ -183,6 +186,32 @@ _full_disk_said = [-math.inf]
 # The same maintenance failure again is one line this often: a close that failed on every
 # request wrote its traceback each time, 931 lines for 30 check-ins (an operator's probe).
 FAILURE_SAID_EVERY_S = 600.0
+
+
+OFF_REQUEST_AT = 50   # accepted updates from which a device's request closes a round on a thread of its own
+
+
+def close_off_request(coord: Coordinator, round_id: int, accepted: int) -> bool:
+    """Close `round_id` on a thread of its own when a device's request would carry a long close,
+    and say whether it did. The request that started a close carried its mean: the upload that
+    reached a goal of 1,000 got its receipt after 24 s, and a check-in after the deadline could
+    pass the devices' 30 s timeout (a scale probe). A small round (under `OFF_REQUEST_AT`
+    updates: well under a second) still closes in the request, and a command's (not serving:
+    a thread would die with it) always does. A worker stopped mid-close leaves the round open,
+    due, for the next request's maintenance."""
+    if not coord.serving or accepted < OFF_REQUEST_AT:
+        return False
+    if not round_mean.under_way(coord, round_id):   # else one more thread would find it claimed
+        threading.Thread(target=_close_logged, args=(coord, round_id), name=f"close-{round_id}", daemon=True).start()
+    return True
+
+
+def _close_logged(coord: Coordinator, round_id: int) -> None:
+    try:
+        coord.close_round(round_id, wait=False)
+    except Exception as e:   # the updates are safe; the next request's maintenance tries again
+        coord.metrics.maintenance_failures.inc()
+        note_failure(f"closing round {round_id}", e, coord.config.data_dir, "will retry on the next request", log)
 
 
 def safe_maintenance(coord: Coordinator, *, wait: bool = False) -> None:

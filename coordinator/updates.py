@@ -66,11 +66,11 @@ def _duplicate(existing: Update, meta: wire.UpdateMeta) -> str:
 
 
 def _record(coord: Coordinator, device_id: str, meta: wire.UpdateMeta, digest: str, norm: float, body: bytes
-            ) -> tuple[wire.UpdateReceipt | None, wire.UpdateReceipt | None, str | None, bool, bool]:
+            ) -> tuple[wire.UpdateReceipt | None, wire.UpdateReceipt | None, str | None, bool, int]:
     """The update's row, in one transaction with the round's row locked, unless the round moved on
     while the update was validated. Returns (receipt, the receipt of a retry stored meanwhile, why
-    it duplicates another, late, goal reached)."""
-    receipt, goal_reached = None, False
+    it duplicates another, late, the round's accepted updates if this one reached its goal else 0)."""
+    receipt, goal_reached = None, 0
     with coord.tx() as s:
         enrollment.still_authorized(s, device_id)   # revoked after this request's authentication
         r = s.get(Round, meta.round_id, with_for_update=True)
@@ -89,7 +89,8 @@ def _record(coord: Coordinator, device_id: str, meta: wire.UpdateMeta, digest: s
             s.add(u)
             s.flush()
             receipt = wire.UpdateReceipt(update_id=u.id, round_id=r.id)
-            goal_reached = queries.accepted(s, r.id) >= r.goal_count
+            n = queries.accepted(s, r.id)
+            goal_reached = n if n >= r.goal_count else 0
     return receipt, retried, duplicate, late, goal_reached
 
 
@@ -158,7 +159,8 @@ def submit_update(coord: Coordinator, device_id: str, meta_header: str | None, b
     coord.metrics.updates.labels("accepted").inc()
     if goal_reached:
         try:
-            coord.close_round(receipt.round_id)
+            if not rounds.close_off_request(coord, receipt.round_id, goal_reached):
+                coord.close_round(receipt.round_id)
         except Exception as e:  # the update is safe; maintenance will retry the aggregation
             rounds.note_failure(f"aggregation of round {receipt.round_id} failed", e, coord.config.data_dir,
                                 "will retry", log)

@@ -50,7 +50,8 @@ class Phase:
         n = len(self.latencies) + sum(self.errors.values())
         return {"phase": self.name, "requests": n, "errors": sum(self.errors.values()), "error_kinds": self.errors,
                 "seconds": round(self.elapsed, 2), "req_per_s": round(n / self.elapsed, 1) if self.elapsed else 0.0,
-                "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+                "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                "max_ms": round(float(lat.max()), 1)}   # uploads: the one reaching the goal, if it carried the close
 
 
 def write_synthetic_version(directory: Path) -> None:
@@ -267,15 +268,16 @@ def _drive(url: str, key: str, stable: str, tensors: list[artifact.TensorSpec], 
 
     _run_phase(upload, [upload_one(i, d) for i, d in enumerate(selected[:uploaders])], upload_concurrency, t_end)
     log(f"{len(upload.latencies)} uploads in {upload.elapsed:.1f}s")
-    rnd = {}
+    rnd, uploaded = {}, time.monotonic()
     while time.monotonic() < t_end:
         rnd = requests.get(url + f"/v1/admin/rounds/{rid}", headers=admin, timeout=60).json()
         if rnd.get("status") != "open":
             break
         time.sleep(0.2)
+    close_s = round(time.monotonic() - uploaded, 1)   # about 0 when the last upload's request carried the close
     phases = [enroll.row(), checkin.row(), upload.row()]
     return {"phases": phases, "errors": sum(p["errors"] for p in phases), "selected": len(selected),
-            "round_status": rnd.get("status"), "round_accepted": rnd.get("accepted"),
+            "round_status": rnd.get("status"), "round_accepted": rnd.get("accepted"), "close_s": close_s,
             "round_reason": rnd.get("reason")}
 
 
@@ -283,11 +285,13 @@ def format_report(res: dict) -> str:
     lines = [f"coordinator under gunicorn ({res['gunicorn_workers']} workers x {res['threads_per_worker']} threads), "
              f"{res['database']}; {res['devices']} devices, {res['uploaders']} uploads of "
              f"{res['model_params']:,} params ({res['update_bytes'] / 1e6:.2f} MB float16)",
-             f"{'phase':<8} {'requests':>8} {'errors':>6} {'seconds':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"]
+             f"{'phase':<8} {'requests':>8} {'errors':>6} {'seconds':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'max ms':>8}"]
     for p in res["phases"]:
         lines.append(f"{p['phase']:<8} {p['requests']:>8} {p['errors']:>6} {p['seconds']:>8.2f} {p['req_per_s']:>8.1f} "
-                     f"{p['p50_ms']:>8.1f} {p['p99_ms']:>8.1f}")
-    lines.append(f"round: {res['round_status']} with {res['round_accepted']} updates ({res['round_reason']})")
+                     f"{p['p50_ms']:>8.1f} {p['p99_ms']:>8.1f} {p['max_ms']:>8.1f}")
+    lines.append(f"round: {res['round_status']} with {res['round_accepted']} updates ({res['round_reason']}), "
+                 f"{res['close_s']} s after the last upload's receipt")
     lines.append(f"errors: {res['errors']}; coordinator peak RSS: {res['peak_rss_mb_total']} MiB total "
                  f"(largest process {res['peak_rss_mb_largest_process']} MiB)")
     return "\n".join(lines)
