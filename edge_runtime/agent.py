@@ -149,7 +149,8 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
         resp = _with_retries(lambda: client.enroll(enrollment_key, platform=device_platform(), request_id=request_id),
                              attempts=ENROLL_ATTEMPTS, first_wait=1.0, max_wait=8.0, sleep=time.sleep)
     except TransientError as e:   # the coordinator may have made the device: a new `enroll` asks for it again
-        raise AgentError(f"{e}; enrolling again is safe: it asks for the same device, using no more of the key") from e
+        raise TransientError(f"{e}; enrolling again is safe: it asks for the same device, using no more of the key",
+                             status=e.status, code=e.code, retry_after=e.retry_after) from e
     except BaseException:
         with contextlib.suppress(OSError):
             (data_dir / ENROLL_REQUEST_FILE).unlink()
