@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -224,21 +225,28 @@ def test_a_locked_database_is_seen_by_health_checks_and_the_scrape_within_its_ti
     database is not up: on SQLite (whose reads in WAL mode pass the lock) because the write lock
     that every request needs cannot be taken within 2 s; on PostgreSQL because a table locked
     against reads times the scrape's statement out."""
-    import sqlite3
-
-    c = served.coord
-    sqlite = c.engine.dialect.name == "sqlite"
-    if sqlite:
-        locker = sqlite3.connect(c.engine.url.database, isolation_level=None)
-        locker.execute("BEGIN EXCLUSIVE")
-    else:
-        locker = c.engine.connect()
-        locker.exec_driver_sql("LOCK TABLE rounds IN ACCESS EXCLUSIVE MODE")
-    try:
+    with _locked(served.coord, "BEGIN EXCLUSIVE", "LOCK TABLE rounds IN ACCESS EXCLUSIVE MODE"):
         assert requests.get(served.url + wire.PATH_HEALTH, timeout=10).json() == {"ok": True}
         r = requests.get(served.url + wire.PATH_METRICS, timeout=10)   # Prometheus's default scrape timeout
         assert r.status_code == 200 and "fedkeys_http_requests_total" in r.text, r.text
         assert "fedkeys_database_up 0.0" in r.text
+
+
+@contextlib.contextmanager
+def _locked(c, sqlite_sql: str, postgresql_sql: str):
+    """The coordinator's database locked by another program while the block runs (an operator's
+    `sqlite3` shell in a transaction; a PostgreSQL session)."""
+    import sqlite3
+
+    sqlite = c.engine.dialect.name == "sqlite"
+    if sqlite:
+        locker = sqlite3.connect(c.engine.url.database, isolation_level=None)
+        locker.execute(sqlite_sql)
+    else:
+        locker = c.engine.connect()
+        locker.exec_driver_sql(postgresql_sql)
+    try:
+        yield
     finally:
         if sqlite:
             locker.execute("ROLLBACK")
@@ -253,29 +261,16 @@ def test_reads_pass_a_write_lock_held_elsewhere(served):
     14k requests at 2,500 devices, a scale probe), and behind a lock another program holds for
     the 30 s busy timeout, then a 503. Reads now begin deferred (WAL: no lock); on PostgreSQL a
     table locked against writes never held reads."""
-    import sqlite3
     import time
 
     c = served.coord
-    sqlite = c.engine.dialect.name == "sqlite"
-    if sqlite:
-        locker = sqlite3.connect(c.engine.url.database, isolation_level=None)
-        locker.execute("BEGIN IMMEDIATE")   # the write lock, as a writer in another process holds it
-    else:
-        locker = c.engine.connect()
-        locker.exec_driver_sql("LOCK TABLE rounds, versions, devices IN EXCLUSIVE MODE")   # writes wait, reads pass
-    try:
+    # the write lock, as a writer in another process holds it; on PostgreSQL writes wait, reads pass
+    with _locked(c, "BEGIN IMMEDIATE", "LOCK TABLE rounds, versions, devices IN EXCLUSIVE MODE"):
         t0 = time.monotonic()
         assert served.admin("GET", "/v1/admin/rounds").json()["total"] == 0
         assert [v["version_id"] for v in served.admin("GET", "/v1/admin/versions").json()["versions"]] == ["v0000"]
         assert c.version_file("v0000", "weights")[0] == artifact.encode_weights(served.v0_weights)
         assert time.monotonic() - t0 < 5
-    finally:
-        if sqlite:
-            locker.execute("ROLLBACK")
-        else:
-            locker.rollback()
-        locker.close()
 
 
 def test_a_scrape_answers_before_its_timeout_when_the_database_host_is_silent(served):

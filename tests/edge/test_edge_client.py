@@ -171,13 +171,24 @@ def test_an_answer_that_is_not_json_at_all_is_tried_again(body):
 
 
 @contextlib.contextmanager
+def loopback_server(serve: Callable[[socket.socket, threading.Event], None]):
+    """A loopback server that runs `serve(listening socket, done)` on a thread; yields its URL."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+    thread = threading.Thread(target=serve, args=(srv, done), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        srv.close()
+
+
 def cutting_server(answer: bytes, cut_after: int):
     """A loopback server that answers each request with the first `cut_after` bytes of `answer`,
     then closes the connection."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    done = threading.Event()
-
-    def serve() -> None:
+    def serve(srv: socket.socket, done: threading.Event) -> None:
         srv.settimeout(0.2)
         while not done.is_set():
             try:
@@ -188,14 +199,7 @@ def cutting_server(answer: bytes, cut_after: int):
                 conn.recv(65536)
                 conn.sendall(answer[:cut_after])
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        srv.close()
+    return loopback_server(serve)
 
 
 def test_an_answer_cut_off_is_tried_again_and_said_as_such():
@@ -239,15 +243,11 @@ def test_a_redirect_is_not_followed_to_another_host():
     assert len(t.sent) == 1 and elsewhere.sent == []
 
 
-@contextlib.contextmanager
 def trickling_server(interval_s: float, whole: bytes | None = None):
     """A loopback server that answers every request with headers promising 1,000 bytes, then
     sends one byte every `interval_s`: a read timeout never trips. With `whole`, it sends that
     answer at once instead."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    done = threading.Event()
-
-    def serve() -> None:
+    def serve(srv: socket.socket, done: threading.Event) -> None:
         conn, _ = srv.accept()
         with conn:
             conn.recv(65536)
@@ -263,14 +263,7 @@ def trickling_server(interval_s: float, whole: bytes | None = None):
                 except OSError:   # the client gave up: what the test wants
                     return
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        srv.close()
+    return loopback_server(serve)
 
 
 def test_an_answer_that_trickles_in_ends_at_its_deadline():
