@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coordinator import keys, queries, views
@@ -45,13 +46,26 @@ def create_key(coord: Coordinator, *, label: str = "", uses: int | None = None,
     return key
 
 
+RETRY_WINDOW = timedelta(hours=1)   # a retried enrollment gets its device this long after it was made
+
+
 def enroll(coord: Coordinator, req: wire.EnrollRequest) -> wire.EnrollResponse:
     """A new device for the key; or, for a retry of an enrollment whose answer was lost (the same
     `request_id`), the device it made, with a new token (the first never arrived), using no more
-    of the key. Only until that device first checks in: then its token did arrive, and a replay of
-    the request must not take the device over."""
+    of the key. Only until that device first checks in (then its token did arrive, and a replay of
+    the request must not take the device over) and within `RETRY_WINDOW`."""
     token = keys.new_secret()
     request_hash = keys.hash_secret(req.request_id) if req.request_id else None
+    try:
+        return _enroll(coord, req, token, request_hash)
+    except IntegrityError:
+        if request_hash is None:
+            raise
+        # the same request id at once under another key, in another worker: the index holds one
+        raise ApiError(409, wire.E_CONFLICT, "this enrollment request is being answered already") from None
+
+
+def _enroll(coord: Coordinator, req: wire.EnrollRequest, token: str, request_hash: str | None) -> wire.EnrollResponse:
     with coord.tx() as s:
         ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key))
                       .with_for_update())   # a revocation (or another enrollment) waits, and sees this device
@@ -60,7 +74,8 @@ def enroll(coord: Coordinator, req: wire.EnrollRequest) -> wire.EnrollResponse:
         made = None if request_hash is None else s.scalar(select(Device).where(
             Device.enroll_request_hash == request_hash))
         if made is not None:
-            if made.enrollment_key_id != ek.id or made.revoked or made.last_seen_at is not None:
+            if (made.enrollment_key_id != ek.id or made.revoked or made.last_seen_at is not None
+                    or utcnow() - made.created_at > RETRY_WINDOW):
                 raise ApiError(409, wire.E_CONFLICT, "this enrollment request already made a device that is in "
                                                      "use; a new enrollment needs a new request_id")
             made.token_hash = keys.hash_secret(token)

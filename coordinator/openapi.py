@@ -74,7 +74,8 @@ SCHEMAS: dict[str, Any] = {
                              ["protocol_version", "candidate_version_id", "results"]),
     "EvaluationReceipt": _obj({"protocol_version": _INT, "candidate_version_id": _STR, "recorded": _BOOL},
                               ["protocol_version", "candidate_version_id", "recorded"]),
-    "SigningKey": _obj({"protocol_version": _INT, "algorithm": _STR, "public_key_hex": _STR},
+    "SigningKey": _obj({"protocol_version": _INT, "algorithm": _STR, "public_key_hex": _STR,
+                        "enroll_request_ids": _BOOL},
                        ["protocol_version", "algorithm", "public_key_hex"]),
     "Round": _ANY_OBJ | {"description": "round state: status, plan, goal/min/selected/accepted/rejected counts, "
                                         "deadline, result_version_id, reason"},

@@ -201,17 +201,44 @@ def close_off_request(coord: Coordinator, round_id: int, accepted: int) -> bool:
     due, for the next request's maintenance."""
     if not coord.serving or accepted < OFF_REQUEST_AT:
         return False
-    if not round_mean.under_way(coord, round_id):   # else one more thread would find it claimed
+    key = (id(coord), round_id)
+    # else one more thread would find it claimed: here, or (for a few seconds) in another worker
+    if not round_mean.under_way(coord, round_id) and time.monotonic() >= _elsewhere.get(key, -math.inf):
         threading.Thread(target=_close_logged, args=(coord, round_id), name=f"close-{round_id}", daemon=True).start()
     return True
 
 
+ELSEWHERE_S = 5.0   # a close found under way in another process is not tried again from here for this long
+_elsewhere: dict[tuple[int, int], float] = {}
+
+
 def _close_logged(coord: Coordinator, round_id: int) -> None:
+    """A close off the request, failing as maintenance fails: the round's reason says why, and a
+    repeated failure is logged with its traceback once (`say_maintenance_failed`)."""
     try:
-        coord.close_round(round_id, wait=False)
+        if coord.close_round(round_id, wait=False) is None:   # another worker is closing it
+            _elsewhere[(id(coord), round_id)] = time.monotonic() + ELSEWHERE_S
     except Exception as e:   # the updates are safe; the next request's maintenance tries again
-        coord.metrics.maintenance_failures.inc()
-        note_failure(f"closing round {round_id}", e, coord.config.data_dir, "will retry on the next request", log)
+        _say_close_failed(coord, round_id, e)
+        say_maintenance_failed(coord, e)
+
+
+def say_maintenance_failed(coord: Coordinator, e: Exception) -> None:
+    """Count and log a failure of maintenance (inside its `except`), as `safe_maintenance` says."""
+    said = coord.maintenance_failing
+    coord.metrics.maintenance_failures.inc()
+    if disk_full(e):
+        say_disk_full("round maintenance failed", e, coord.config.data_dir)
+        return
+    what, now = _one_line(e), time.monotonic()
+    said["times"] += 1
+    if what != said["what"]:
+        said.update(what=what, at=now, times=1)
+        log.exception("round maintenance failed; will retry on the next request")
+    elif now - said["at"] >= FAILURE_SAID_EVERY_S:
+        said["at"] = now
+        log.error("round maintenance still failing (%d times since it was logged with its traceback): %s; "
+                  "will retry on the next request", said["times"], what)
 
 
 def safe_maintenance(coord: Coordinator, *, wait: bool = False) -> None:
@@ -224,19 +251,7 @@ def safe_maintenance(coord: Coordinator, *, wait: bool = False) -> None:
     try:
         coord.maintenance(wait=wait)
     except Exception as e:
-        coord.metrics.maintenance_failures.inc()
-        if disk_full(e):
-            say_disk_full("round maintenance failed", e, coord.config.data_dir)
-            return
-        what, now = _one_line(e), time.monotonic()
-        said["times"] += 1
-        if what != said["what"]:
-            said.update(what=what, at=now, times=1)
-            log.exception("round maintenance failed; will retry on the next request")
-        elif now - said["at"] >= FAILURE_SAID_EVERY_S:
-            said["at"] = now
-            log.error("round maintenance still failing (%d times since it was logged with its traceback): %s; "
-                      "will retry on the next request", said["times"], what)
+        say_maintenance_failed(coord, e)
     else:
         if said["what"] is not None:
             log.info("round maintenance works again after %d failures", said["times"])

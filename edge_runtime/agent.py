@@ -134,7 +134,8 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
     if existing is not None:
         raise AgentError(f"already enrolled as {existing.device_id}; pass --force to enroll again")
     client = CoordinatorClient(config.coordinator, session=session, timeout=(5.0, config.http_timeout_s))
-    served = client.signing_key().public_key_hex.lower()
+    signing = client.signing_key()
+    served = signing.public_key_hex.lower()
     public_key = config.public_key.lower()
     if public_key and public_key != served:   # both 64 hex characters (EdgeConfig checks the configured one)
         # A mistyped key would enroll (using up a use of the enrollment key) and then refuse every
@@ -144,20 +145,30 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
                          "not enrolled, the enrollment key is unused")
     made = not data_dir.exists()
     _check_writable(data_dir)   # a data dir that cannot hold the identity would waste the key's use
-    request_id = _enroll_request(data_dir, config.coordinator, enrollment_key)
+    # A coordinator from before takes no request id: there each try may make a device, so one try.
+    retries = signing.enroll_request_ids
+    request_id = _enroll_request(data_dir, config.coordinator, enrollment_key) if retries else ""
     try:
         resp = _with_retries(lambda: client.enroll(enrollment_key, platform=device_platform(), request_id=request_id),
-                             attempts=ENROLL_ATTEMPTS, first_wait=1.0, max_wait=8.0, sleep=time.sleep)
-    except TransientError as e:   # the coordinator may have made the device: a new `enroll` asks for it again
-        raise TransientError(f"{e}; enrolling again is safe: it asks for the same device, using no more of the key",
-                             status=e.status, code=e.code, retry_after=e.retry_after) from e
-    except BaseException:
+                             attempts=ENROLL_ATTEMPTS if retries else 1, first_wait=1.0, max_wait=8.0,
+                             sleep=time.sleep)
+    except RejectedError:   # refused: the coordinator made no device; a new enrollment starts afresh
         with contextlib.suppress(OSError):
             (data_dir / ENROLL_REQUEST_FILE).unlink()
-        if made:   # refused (a wrong key): no empty data directory left behind
+        if made:   # a wrong key: no empty data directory left behind
             with contextlib.suppress(OSError):
                 data_dir.rmdir()
         raise
+    except TransientError as e:   # the coordinator may have made the device: a new `enroll` asks for it again
+        if retries:
+            raise TransientError(f"{e}; enrolling again is safe: it asks for the same device, using no more of "
+                                 "the key", status=e.status, code=e.code, retry_after=e.retry_after) from e
+        if made:
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
+        raise
+    # Anything else (Ctrl-C, an answer this release cannot read) keeps the request id: the device may
+    # exist, and a new `enroll` asks for it.
     if not public_key:
         public_key = served
         log.warning("no --public-key given: trusting the coordinator's key %s… on first use", public_key[:16])
@@ -375,7 +386,7 @@ def _use_version(dev: Device, task: wire.Task) -> bool:
             log.error("cannot install model version %s: %s; keeping %s", version_id, failure(e),
                       dev.store.current_id)
             return False
-        except ClientError as e:   # a download cut off: it dropped the check-in's task (a network probe)
+        except TransientError as e:   # a download cut off: it dropped the check-in's task (a network probe)
             if dev.stopping.is_set():
                 raise
             log.error("cannot download model version %s: %s; keeping %s", version_id, e, dev.store.current_id)

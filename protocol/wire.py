@@ -450,11 +450,15 @@ class SigningKey:
 
     public_key_hex: str
     algorithm: str = "ed25519"
+    # The coordinator answers a repeated `EnrollRequest.request_id` with the same device, so a device
+    # may retry an enrollment whose answer was lost; one from before says nothing (False): each retry
+    # there makes another device.
+    enroll_request_ids: bool = False
     protocol_version: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol_version": self.protocol_version, "algorithm": self.algorithm,
-                "public_key_hex": self.public_key_hex}
+                "public_key_hex": self.public_key_hex, "enroll_request_ids": self.enroll_request_ids}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SigningKey:
@@ -465,7 +469,7 @@ class SigningKey:
         alg = _str(d, "algorithm")
         if alg != "ed25519":
             raise WireError(f"unsupported signing algorithm {alg!r}")
-        return cls(public_key_hex=key, algorithm=alg)
+        return cls(public_key_hex=key, algorithm=alg, enroll_request_ids=_bool(d, "enroll_request_ids", default=False))
 
 
 @dataclass(frozen=True)

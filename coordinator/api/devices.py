@@ -63,7 +63,7 @@ def report_evaluation() -> Response:
 
 @bp.get(wire.PATH_SIGNING_KEY)
 def signing_key() -> Response:
-    return jsonify(wire.SigningKey(public_key_hex=coord().public_key_hex).to_dict())
+    return jsonify(wire.SigningKey(public_key_hex=coord().public_key_hex, enroll_request_ids=True).to_dict())
 
 
 def _file(version_id: str, kind: str) -> Response:

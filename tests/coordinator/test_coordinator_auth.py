@@ -52,6 +52,21 @@ def test_a_retried_enrollment_gets_the_same_device_until_it_checks_in(served):
     first, again = (wire.EnrollResponse.from_dict(enroll(rid).json()) for _ in range(2))
     assert again.device_id == first.device_id and again.token != first.token
     assert served.coord.status()["devices"] == 1
+    assert requests.get(served.url + wire.PATH_SIGNING_KEY, timeout=5).json()["enroll_request_ids"] is True
+    # ... and only within an hour of the first try (a review: a device powered on weeks later)
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from coordinator.enrollment import RETRY_WINDOW
+    from coordinator.models import utcnow
+
+    later = wire.EnrollRequest(served.coord.create_enrollment_key(), request_id="ef" * 16).to_dict()
+    assert requests.post(served.url + wire.PATH_ENROLL, timeout=5, json=later).status_code == 200
+    with served.coord.engine.begin() as c:
+        c.execute(text("UPDATE devices SET created_at = :t WHERE id != :id"),
+                  {"t": utcnow() - RETRY_WINDOW - timedelta(seconds=5), "id": first.device_id})
+    _err(requests.post(served.url + wire.PATH_ENROLL, timeout=5, json=later), 409, wire.E_CONFLICT)
     body = wire.CheckinRequest(eligible=True).to_dict()
 
     def checkin(token: str) -> requests.Response:

@@ -176,29 +176,36 @@ def test_a_close_that_fails_frees_the_one_waiting_for_it(tmp_path, monkeypatch):
                 other.close()
 
 
-def test_a_long_close_runs_off_the_request_that_starts_it(tmp_path, monkeypatch):
+def test_a_long_close_runs_off_the_request_that_starts_it(tmp_path, monkeypatch, caplog):
     """The upload that reached a goal of 1,000 waited 24 s for the mean, and a check-in after the
     deadline could pass the devices' 30 s timeout (a scale probe). Past `OFF_REQUEST_AT` updates
-    the close runs on a thread of its own; a close that fails there is tried again by the next
-    request."""
-    from coordinator import aggregation, rounds
+    the close runs on a thread of its own; a close that fails there says so in the round's reason,
+    is logged with its traceback once, and is tried again by the next request."""
+    from coordinator import aggregation, rounds, versions
     from protocol import wire
 
     monkeypatch.setattr(rounds, "OFF_REQUEST_AT", 3)
     with open_round(tmp_path, 4, goal_count=3, min_count=2, overselect=1.34) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
-        real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
+        real_aggregate, real_write = aggregation.aggregate, versions.write_candidate
+        started, release, means, writes = threading.Event(), threading.Event(), [], []
 
         def slow_aggregate(*a, **kw):
-            calls.append(threading.current_thread().name)
-            if len(calls) == 1:   # the first close fails after a while: the next request tries again
+            means.append(threading.current_thread().name)
+            if len(means) == 1:
                 started.set()
                 assert release.wait(60)
+            return real_aggregate(*a, **kw)
+
+        def failing_once(*a, **kw):   # the first close fails after its mean
+            writes.append(threading.current_thread().name)
+            if len(writes) == 1:
                 raise OSError("the first close fails")
-            return real(*a, **kw)
+            return real_write(*a, **kw)
 
         monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        monkeypatch.setattr(versions, "write_candidate", failing_once)
         got = {}
         t = threading.Thread(target=lambda: got.setdefault("r", devices[2].upload(
             random_delta(2), round_id=rid, base="v0000", examples=4)))
@@ -206,14 +213,23 @@ def test_a_long_close_runs_off_the_request_that_starts_it(tmp_path, monkeypatch)
         assert started.wait(30)
         t.join(10)   # answered while its round's mean is still being computed
         assert not t.is_alive() and got["r"].status_code == 200, got
-        assert calls[0].startswith("close-")
+        assert means[0].startswith("close-")
         assert devices[3].checkin().kind in (wire.TASK_COME_BACK, wire.TASK_TRAIN)   # not kept waiting either
-        assert s.coord.get_round(rid)["status"] == "open" and len(calls) == 1   # one close at a time
+        assert s.coord.get_round(rid)["status"] == "open" and len(means) == 1   # one close at a time
         release.set()
-        for _ in range(200):   # the failed close is logged; a request after it starts another
-            devices[3].checkin()
-            if s.coord.get_round(rid)["status"] == "done":
+        said = "closing failed, retried on every request: OSError: the first close fails"
+        for _ in range(400):   # the failure is said in the round's reason (no request meanwhile)
+            if s.coord.get_round(rid)["reason"] == said:
                 break
             threading.Event().wait(0.05)
-        r = s.coord.get_round(rid)
-        assert r["status"] == "done" and r["accepted"] == 3 and len(calls) >= 2, (r, calls)
+        assert s.coord.get_round(rid)["reason"] == said
+        for _ in range(200):   # a request after it starts another close
+            r = s.coord.get_round(rid)
+            if r["status"] == "done":
+                break
+            devices[3].checkin()
+            threading.Event().wait(0.05)
+        assert r["status"] == "done" and r["accepted"] == 3, (r, writes)
+        assert len(writes) == 2 and all(w.startswith("close-") for w in writes), writes
+        assert caplog.text.count("round maintenance failed; will retry on the next request") == 1
+        assert "the first close fails" in caplog.text

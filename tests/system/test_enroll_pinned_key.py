@@ -76,21 +76,29 @@ def test_an_enrollment_whose_answers_were_lost_gets_its_device_on_a_retry(tmp_pa
     """The coordinator made the device and its answer was lost: `enroll` said "cannot connect",
     a second `enroll` made a second device, and with a single-use key none (a network probe).
     The device's own retries, and a later `enroll`, now ask for the same device."""
+    import json
+
     import requests
 
+    from edge_runtime.client import TransientError
     from edge_runtime.paths import ENROLL_REQUEST_FILE
     from protocol import wire
 
     class LosesAnswers(requests.Session):
-        def __init__(self, lose: int) -> None:
+        def __init__(self, lose: int, how: type[BaseException] = requests.ConnectionError, old: bool = False) -> None:
             super().__init__()
-            self.lose = lose
+            self.lose, self.how, self.old = lose, how, old
 
         def send(self, request, **kw):
             resp = super().send(request, **kw)   # the coordinator has answered: the device exists
+            if request.path_url == wire.PATH_SIGNING_KEY and self.old:   # a coordinator from before
+                body = json.loads(resp.raw.read())
+                resp.close()
+                resp._content = json.dumps({k: v for k, v in body.items() if k != "enroll_request_ids"}).encode()
             if request.path_url == wire.PATH_ENROLL and self.lose > 0:
                 self.lose -= 1
-                raise requests.ConnectionError("the answer was lost on the way")
+                resp.close()
+                raise self.how("the answer was lost on the way")
             return resp
 
     with serve(make_config(tmp_path)) as s:
@@ -101,8 +109,6 @@ def test_an_enrollment_whose_answers_were_lost_gets_its_device_on_a_retry(tmp_pa
 
         key = s.coord.create_enrollment_key(uses=1)
         cfg = cfg.with_overrides({"data_dir": str(tmp_path / "dev2")})
-        from edge_runtime.client import TransientError
-
         with pytest.raises(TransientError, match="enrolling again is safe"):   # the network's: exit 1, not 2
             agent.enroll(cfg, key, session=LosesAnswers(agent.ENROLL_ATTEMPTS))
         assert s.coord.status()["devices"] == 2   # it was made; its answers never arrived
@@ -110,3 +116,20 @@ def test_an_enrollment_whose_answers_were_lost_gets_its_device_on_a_retry(tmp_pa
         assert s.coord.status()["devices"] == 2 and again.device_id != ident.device_id
         assert requests.post(s.url + wire.PATH_CHECKIN, json=wire.CheckinRequest(eligible=True).to_dict(), timeout=5,
                              headers=wire.device_headers(again.device_id, again.token)).status_code == 200
+
+        # Ctrl-C after the coordinator made the device keeps the request id (a review: it was deleted)
+        key = s.coord.create_enrollment_key(uses=1)
+        cfg = cfg.with_overrides({"data_dir": str(tmp_path / "dev3")})
+        with pytest.raises(KeyboardInterrupt):
+            agent.enroll(cfg, key, session=LosesAnswers(1, KeyboardInterrupt))
+        assert (tmp_path / "dev3" / ENROLL_REQUEST_FILE).exists() and s.coord.status()["devices"] == 3
+        agent.enroll(cfg, key)
+        assert s.coord.status()["devices"] == 3
+
+        # A coordinator from before takes no request id: one try, for each try may make a device
+        key = s.coord.create_enrollment_key(uses=5)
+        cfg = cfg.with_overrides({"data_dir": str(tmp_path / "dev4")})
+        with pytest.raises(TransientError) as e:
+            agent.enroll(cfg, key, session=LosesAnswers(1, old=True))
+        assert "enrolling again is safe" not in str(e.value) and s.coord.status()["devices"] == 4
+        assert not (tmp_path / "dev4").exists()

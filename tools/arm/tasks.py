@@ -259,6 +259,10 @@ def e2e(board: Board, *, native: int = 3, venvs: list[str] | None = None, keep: 
                        d.device_id)
             _check(rows == [(1,)], f"{d.name}: its update is accepted into round {round_id}")
         rnd = coord.admin("GET", f"/v1/admin/rounds/{round_id}")
+        deadline = time.monotonic() + 120   # a round of 50 updates or more closes on a thread of its own
+        while rnd["status"] == "open" and rnd["accepted"] == total and time.monotonic() < deadline:
+            time.sleep(0.5)
+            rnd = coord.admin("GET", f"/v1/admin/rounds/{round_id}")
         _check(rnd["status"] == "done" and rnd["accepted"] == total,
                f"round {round_id} done with {rnd['accepted']}/{total} accepted updates")
         _check(coord.admin("GET", "/v1/admin/rejections")["rejections"] == [], "no update rejected")
