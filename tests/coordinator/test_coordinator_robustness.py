@@ -13,6 +13,7 @@ from protocol import artifact, wire
 from tests.helpers.coordinator_fakes import (
     SHAPES,
     FakeDevice,
+    hold_the_mean,
     make_config,
     make_version,
     open_round,
@@ -158,20 +159,13 @@ def test_the_service_answers_while_a_round_is_averaged_and_averages_it_once(tmp_
     itself, and the mean is not computed again inside."""
     import threading
 
-    from coordinator import aggregation, round_mean
+    from coordinator import round_mean
 
     with open_round(tmp_path, 3, goal_count=3, min_count=2) as (s, devices, rid):
         for i, d in enumerate(devices[:2]):
             assert d.upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
-        real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
-
-        def slow_aggregate(*args, **kwargs):
-            calls.append(threading.current_thread().name)
-            started.set()
-            assert release.wait(60)
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        held = hold_the_mean(monkeypatch)
+        started, release, calls = held.started, held.release, held.calls
         closed: list = []
         closer = threading.Thread(target=lambda: closed.append(s.coord.close_round(rid, force=True)), name="closer")
         closer.start()

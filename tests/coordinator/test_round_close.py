@@ -9,13 +9,12 @@ import numpy as np
 from sqlalchemy import select
 
 from protocol import artifact
-from tests.helpers.coordinator_fakes import SHAPES, open_round, random_delta
+from tests.helpers.coordinator_fakes import SHAPES, hold_the_mean, open_round, random_delta
 
 
 def test_an_update_revoked_during_the_mean_and_one_stored_under_its_id_are_told_apart(tmp_path, monkeypatch):
     """SQLite gives a deleted update's id to the next one: matched on ids, the early mean of a close
     held a revoked device's update and left out the one stored after it."""
-    from coordinator import aggregation
     from coordinator.models import Update
 
     with open_round(tmp_path, 4, goal_count=3, min_count=2, overselect=1.34) as (s, devices, rid):
@@ -23,16 +22,8 @@ def test_an_update_revoked_during_the_mean_and_one_stored_under_its_id_are_told_
         deltas = [random_delta(i) for i in range(4)]
         for i in range(2):
             assert devices[i].upload(deltas[i], round_id=rid, base="v0000", examples=4).status_code == 200
-        real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
-
-        def slow_aggregate(*a, **kw):
-            calls.append(threading.current_thread().name)
-            if len(calls) == 1:
-                started.set()
-                assert release.wait(60)
-            return real(*a, **kw)
-
-        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        held = hold_the_mean(monkeypatch, lambda n, thread: n == 1)
+        started, release, calls = held.started, held.release, held.calls
         results = {}
         t2 = threading.Thread(target=lambda: results.__setitem__(2, devices[2].upload(
             deltas[2], round_id=rid, base="v0000", examples=4)))
@@ -68,22 +59,13 @@ def test_an_update_revoked_during_the_mean_and_one_stored_under_its_id_are_told_
 def test_another_process_leaves_a_close_under_way_to_it(tmp_path, monkeypatch):
     """Two gunicorn workers on SQLite each computed the mean (the lock across processes was
     PostgreSQL's only): a file of the data directory is locked for it there."""
-    from coordinator import aggregation
     from coordinator.service import Coordinator
 
     with open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
-        real, started, release, calls = aggregation.aggregate, threading.Event(), threading.Event(), []
-
-        def slow_aggregate(*a, **kw):
-            calls.append(threading.current_thread().name)
-            if threading.current_thread().name == "closer":
-                started.set()
-                assert release.wait(60)
-            return real(*a, **kw)
-
-        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        held = hold_the_mean(monkeypatch, lambda n, thread: thread == "closer")
+        started, release, calls = held.started, held.release, held.calls
         closer = threading.Thread(target=lambda: s.coord.close_round(rid, force=True), name="closer")
         closer.start()
         assert started.wait(30)
@@ -101,19 +83,12 @@ def test_another_process_leaves_a_close_under_way_to_it(tmp_path, monkeypatch):
 def test_an_operators_start_round_waits_for_the_close_under_way(tmp_path, monkeypatch):
     """Maintenance on an operator's command left the close under way to itself, as a device's
     request does, and start_round answered 409 "a round is already open"."""
-    from coordinator import aggregation
 
     with open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
-        real, started, release = aggregation.aggregate, threading.Event(), threading.Event()
-
-        def slow_aggregate(*a, **kw):
-            started.set()
-            assert release.wait(60)
-            return real(*a, **kw)
-
-        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+        held = hold_the_mean(monkeypatch)
+        started, release = held.started, held.release
         t = threading.Thread(target=lambda: devices[2].upload(random_delta(2), round_id=rid, base="v0000",
                                                                examples=4))
         t.start()   # the goal: its request closes the round
@@ -128,26 +103,20 @@ def test_an_operators_start_round_waits_for_the_close_under_way(tmp_path, monkey
 
 
 def test_a_close_that_fails_frees_the_one_waiting_for_it(tmp_path, monkeypatch):
-    from coordinator import aggregation, round_mean, rounds
+    from coordinator import round_mean, rounds
     from coordinator.service import Coordinator
 
     with open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
-        real_agg, real_close = aggregation.aggregate, rounds._close
-        started, release, errors, results = threading.Event(), threading.Event(), [], []
-
-        def slow(*a, **kw):
-            started.set()
-            assert release.wait(60)
-            return real_agg(*a, **kw)
+        real_close, held = rounds._close, hold_the_mean(monkeypatch)
+        started, release, errors, results = held.started, held.release, [], []
 
         def failing_close(coord, rid_, force, early, t0):
             if threading.current_thread().name == "owner":
                 raise OSError(28, "No space left on device")
             return real_close(coord, rid_, force, early, t0)
 
-        monkeypatch.setattr(aggregation, "aggregate", slow)
         monkeypatch.setattr(rounds, "_close", failing_close)
 
         def owner():
@@ -181,22 +150,15 @@ def test_a_long_close_runs_off_the_request_that_starts_it(tmp_path, monkeypatch,
     deadline could pass the devices' 30 s timeout (a scale probe). Past `OFF_REQUEST_AT` updates
     the close runs on a thread of its own; a close that fails there says so in the round's reason,
     is logged with its traceback once, and is tried again by the next request."""
-    from coordinator import aggregation, rounds, versions
+    from coordinator import rounds, versions
     from protocol import wire
 
     monkeypatch.setattr(rounds, "OFF_REQUEST_AT", 3)
     with open_round(tmp_path, 4, goal_count=3, min_count=2, overselect=1.34) as (s, devices, rid):
         for i in range(2):
             assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
-        real_aggregate, real_write = aggregation.aggregate, versions.write_candidate
-        started, release, means, writes = threading.Event(), threading.Event(), [], []
-
-        def slow_aggregate(*a, **kw):
-            means.append(threading.current_thread().name)
-            if len(means) == 1:
-                started.set()
-                assert release.wait(60)
-            return real_aggregate(*a, **kw)
+        real_write, held = versions.write_candidate, hold_the_mean(monkeypatch, lambda n, thread: n == 1)
+        started, release, means, writes = held.started, held.release, held.calls, []
 
         def failing_once(*a, **kw):   # the first close fails after its mean
             writes.append(threading.current_thread().name)
@@ -204,7 +166,6 @@ def test_a_long_close_runs_off_the_request_that_starts_it(tmp_path, monkeypatch,
                 raise OSError("the first close fails")
             return real_write(*a, **kw)
 
-        monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
         monkeypatch.setattr(versions, "write_candidate", failing_once)
         got = {}
         t = threading.Thread(target=lambda: got.setdefault("r", devices[2].upload(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,3 +183,30 @@ def open_round(tmp_path: Path, n_devices: int, **settings) -> Iterator[tuple[Ser
         rid = s.coord.start_round()
         assert all(d.checkin().kind == wire.TASK_TRAIN for d in devices)
         yield s, devices, rid
+
+
+@dataclass
+class HeldMean:
+    """What `hold_the_mean` patched in: `started` is set when a held call begins, which then waits
+    for `release`; `calls` names the threads that called, in order."""
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    calls: list[str] = field(default_factory=list)
+
+
+def hold_the_mean(monkeypatch, holds: Callable[[int, str], bool] = lambda n, thread: True) -> HeldMean:
+    """A round's close held in the middle of its mean: `coordinator.aggregation.aggregate` patched so
+    a call that `holds(its number from 1, its thread's name)` picks waits for `release`."""
+    from coordinator import aggregation
+
+    real, held = aggregation.aggregate, HeldMean()
+
+    def slow_aggregate(*a, **kw):
+        held.calls.append(threading.current_thread().name)
+        if holds(len(held.calls), held.calls[-1]):
+            held.started.set()
+            assert held.release.wait(60)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(aggregation, "aggregate", slow_aggregate)
+    return held
