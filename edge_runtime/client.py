@@ -42,6 +42,10 @@ DEFAULT_TIMEOUT = (5.0, 30.0)          # (connect, read) seconds for JSON calls
 DOWNLOAD_TIMEOUT = (5.0, 30.0)
 UPLOAD_TIMEOUT = (5.0, 120.0)
 DOWNLOAD_DEADLINE_S = 1800.0           # a whole download (at most 64 MiB; 1.4 MB a version today)
+# A download cut off asks for the rest of its file (HTTP Range, If-Range on the file's ETag) this many
+# times: on a link that dropped every few MB the 11 MB graph started again from 0 each time, and a
+# first install might never finish (a network probe).
+MAX_RESUMES = 20
 _VERSION_PATHS = {
     MANIFEST: wire.PATH_VERSION_MANIFEST,
     WEIGHTS: wire.PATH_VERSION_WEIGHTS,
@@ -55,6 +59,9 @@ class ClientError(EdgeError):
     """Root of every error from talking to the coordinator."""
 
     retryable = False
+    partial: bytes = b""        # what arrived of an answer's body before it was cut off
+    etag: str | None = None     # that answer's ETag: a range asked for the rest must be of the same file
+    range_start: int | None = None   # where that answer began in its file (a 206's Content-Range)
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
                  retry_after: float | None = None) -> None:
@@ -156,6 +163,18 @@ def _read_capped(resp: requests.Response, max_bytes: int, what: str, *, deadline
         raise ProtocolError(f"{what}: answer of {declared} bytes is larger than {max_bytes}")
     buf = bytearray()
     whole = int(declared) if declared.isdigit() else None
+    try:
+        _read_into(resp, buf, max_bytes, what, whole, deadline, stop)
+    except BaseException as e:
+        e.partial = bytes(buf)   # type: ignore[attr-defined]   (a download asks for the rest)
+        raise
+    resp._content = bytes(buf)
+    resp._content_consumed = True
+    resp.close()
+
+
+def _read_into(resp: requests.Response, buf: bytearray, max_bytes: int, what: str, whole: int | None,
+               deadline: float, stop: threading.Event | None) -> None:
     for chunk in _arriving(resp):
         buf += chunk
         if len(buf) > max_bytes:
@@ -169,9 +188,12 @@ def _read_capped(resp: requests.Response, max_bytes: int, what: str, *, deadline
         if time.monotonic() > deadline:
             resp.close()
             raise TransientError(f"{what}: the answer is too slow (it did not end within its deadline)")
-    resp._content = bytes(buf)
-    resp._content_consumed = True
-    resp.close()
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of `bytes START-END/TOTAL`, or None."""
+    m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (content_range or "").strip())
+    return int(m.group(1)) if m else None
 
 
 class CoordinatorClient:
@@ -210,28 +232,38 @@ class CoordinatorClient:
                 raise ClientError(f"request body {len(body)} bytes exceeds the protocol limit")
             h["Content-Type"] = "application/json"
         timeout = timeout or self.timeout
+        resp = None
         try:
             resp = self.session.request(method, self.base_url + path, data=body, headers=h,
                                         timeout=timeout, stream=True, allow_redirects=False)
             deadline = time.monotonic() + (deadline_s if deadline_s is not None else 2 * timeout[1])
             _read_capped(resp, max_bytes, f"{method} {path}", deadline=deadline, stop=self.stopping)
-        except requests.Timeout as e:
-            raise TransientError(f"{method} {path}: timed out") from e
-        except requests.exceptions.SSLError as e:   # a ConnectionError too: it read "cannot connect"
-            raise TransientError(f"{method} {path}: {tls_failure(e, self.base_url)}") from e
-        except requests.ConnectionError as e:
-            raise TransientError(f"{method} {path}: {_connection_failure(e, self.base_url)}") from e
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
-            # a reply cut mid-body was a permanent error: a secure round lost the device (a network probe)
-            raise TransientError(f"{method} {path}: the answer from {self.base_url} was cut off") from e
         except requests.RequestException as e:
-            raise ClientError(f"{method} {path}: {e.__class__.__name__}") from e
+            err = self._transport_error(f"{method} {path}", e)
+            if resp is not None and resp.status_code in (200, 206):   # what came of a good answer, and whose
+                err.partial, err.status, err.etag = getattr(e, "partial", b""), resp.status_code, resp.headers.get(
+                    "ETag")
+                err.range_start = _range_start(resp.headers.get("Content-Range")) if resp.status_code == 206 else 0
+            raise err from e
         if resp.status_code >= 400:
             raise self._error(method, path, resp)
         if resp.status_code >= 300:   # a device's token, id and updates go to its coordinator only
             raise ProtocolError(f"{method} {path}: HTTP {resp.status_code}, a redirect "
                                 f"(to {resp.headers.get('Location', '?')[:100]}), which a device does not follow")
         return resp
+
+    def _transport_error(self, what: str, e: requests.RequestException) -> ClientError:
+        """The one translation of transport failures (the module's docstring)."""
+        if isinstance(e, requests.Timeout):
+            return TransientError(f"{what}: timed out")
+        if isinstance(e, requests.exceptions.SSLError):   # a ConnectionError too: it read "cannot connect"
+            return TransientError(f"{what}: {tls_failure(e, self.base_url)}")
+        if isinstance(e, requests.ConnectionError):
+            return TransientError(f"{what}: {_connection_failure(e, self.base_url)}")
+        if isinstance(e, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+            # a reply cut mid-body was a permanent error: a secure round lost the device (a network probe)
+            return TransientError(f"{what}: the answer from {self.base_url} was cut off")
+        return ClientError(f"{what}: {e.__class__.__name__}")
 
     @staticmethod
     def _error(method: str, path: str, resp: requests.Response) -> ClientError:
@@ -307,5 +339,21 @@ class CoordinatorClient:
             raise ClientError(f"no such version file {filename!r}") from e
         except wire.WireError as e:
             raise ClientError(str(e)) from e
-        return self._request("GET", path, timeout=DOWNLOAD_TIMEOUT, deadline_s=DOWNLOAD_DEADLINE_S,
-                             max_bytes=wire.MAX_VERSION_FILE_BYTES).content
+        have, etag = b"", None
+        for _ in range(MAX_RESUMES + 1):
+            ask = {"Range": f"bytes={len(have)}-", "If-Range": etag} if have and etag else None
+            try:
+                resp = self._request("GET", path, headers=ask, timeout=DOWNLOAD_TIMEOUT,
+                                     deadline_s=DOWNLOAD_DEADLINE_S, max_bytes=wire.MAX_VERSION_FILE_BYTES)
+            except TransientError as e:   # cut off: ask for the rest of the same file, from where it stopped
+                if not (e.partial and e.etag) or (e.status == 206 and (e.etag != etag or e.range_start != len(have))):
+                    raise
+                have, etag = (have if e.status == 206 else b"") + e.partial, e.etag
+                log.info("%s: cut off after %d bytes; asking for the rest", path, len(have))
+                continue
+            if ask is None or resp.status_code == 200:   # the whole file (the file changed, or no ranges)
+                return resp.content
+            if resp.headers.get("ETag") == etag and _range_start(resp.headers.get("Content-Range")) == len(have):
+                return have + resp.content
+            have, etag = b"", None   # a range this download did not ask for: start again
+        raise TransientError(f"GET {path}: cut off {MAX_RESUMES + 1} times; the next check-in tries again")

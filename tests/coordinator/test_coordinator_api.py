@@ -41,6 +41,24 @@ def test_manifest_signature_verifies_and_tampering_is_detected(served):
         artifact.verify_manifest(manifest, "11" * 32)          # someone else's key
 
 
+def test_a_download_cut_off_can_ask_for_the_rest_of_its_file(served):
+    """A device's download cut off started again from the first byte (a network probe): version
+    files answer Range with If-Range on their ETag (the file's sha256)."""
+    dev = FakeDevice(served.url, served.coord.create_enrollment_key())
+    path = wire.version_path(wire.PATH_VERSION_GRAPH, "v0000")
+    whole = requests.get(served.url + path, headers=dev.headers, timeout=5)
+    etag = whole.headers["ETag"]
+    assert whole.headers["Accept-Ranges"] == "bytes" and etag == f'"{artifact.sha256_bytes(whole.content)}"'
+    n = len(whole.content)
+    rest = requests.get(served.url + path, timeout=5, headers=dev.headers | {"Range": f"bytes={n // 2}-",
+                                                                            "If-Range": etag})
+    assert rest.status_code == 206 and rest.content == whole.content[n // 2:]
+    assert rest.headers["Content-Range"] == f"bytes {n // 2}-{n - 1}/{n}"
+    other = requests.get(served.url + path, timeout=5, headers=dev.headers | {"Range": f"bytes={n // 2}-",
+                                                                             "If-Range": '"another file"'})
+    assert other.status_code == 200 and other.content == whole.content   # not the same file: all of it
+
+
 def test_signing_key_persists_and_cli_prints_it(tmp_path, capsys):
     import os
 

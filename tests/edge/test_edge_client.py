@@ -323,6 +323,51 @@ def test_secure_aggregation_polls_no_faster_than_the_protocol_allows(retry_after
     assert len(slept) == 5 and all(wire.MIN_RETRY_AFTER_S <= s <= sw.MAX_POLL_S for s in slept), slept
 
 
+def ranged_server(data: bytes, cut_every: int, *, ranges: bool = True):
+    """A loopback server of one file (ETag "f") that honours Range with If-Range, as the coordinator
+    does, and cuts every answer's body after `cut_every` bytes; its `asked` lists each Range header."""
+    asked: list[str | None] = []
+
+    def serve(srv: socket.socket, done: threading.Event) -> None:
+        srv.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                head = conn.recv(65536).decode()
+                rng = next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                            if line.lower().startswith("range:")), None)
+                asked.append(rng)
+                start = int(rng.removeprefix("bytes=").rstrip("-")) if rng and ranges else 0
+                body = data[start:]
+                status = b"206 Partial Content" if start else b"200 OK"
+                extra = b"Content-Range: bytes %d-%d/%d\r\n" % (start, len(data) - 1, len(data)) if start else b""
+                conn.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/octet-stream\r\nETag: \"f\"\r\n%s"
+                             b"Content-Length: %d\r\n\r\n%s" % (status, extra, len(body), body[:cut_every]))
+
+    server = loopback_server(serve)
+    server.asked = asked   # type: ignore[attr-defined]
+    return server
+
+
+def test_a_download_cut_off_asks_for_the_rest_of_its_file(monkeypatch):
+    """On a link that dropped every few MB the 11 MB graph started again from its first byte at each
+    try, and a first install might never finish (a network probe). A cut download now asks for the
+    rest of the same file (Range, If-Range); a server that ignores ranges is read whole or not at all."""
+    from edge_runtime import client as client_module
+
+    data = bytes(range(256)) * 40   # 10,240 bytes, cut every 3,000
+    with (server := ranged_server(data, 3000)) as url:
+        assert CoordinatorClient(url, device_id="d", token="t").fetch("v0001", GRAPH) == data
+    assert server.asked == [None, "bytes=3000-", "bytes=6000-", "bytes=9000-"], server.asked
+    monkeypatch.setattr(client_module, "MAX_RESUMES", 3)
+    with (server := ranged_server(data, 3000, ranges=False)) as url:   # always the whole file, always cut
+        with pytest.raises(TransientError, match="cut off 4 times"):
+            CoordinatorClient(url, device_id="d", token="t").fetch("v0001", GRAPH)
+
+
 def test_a_secure_rounds_answer_cut_in_its_headers_is_asked_again():
     """An empty 200 (a reply cut in its headers) failed `_json` outside the channel's retries: the
     device left the secure round over one such answer (a network probe)."""
