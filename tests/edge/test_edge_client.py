@@ -185,9 +185,9 @@ def loopback_server(serve: Callable[[socket.socket, threading.Event], None]):
         srv.close()
 
 
-def cutting_server(answer: bytes, cut_after: int):
-    """A loopback server that answers each request with the first `cut_after` bytes of `answer`,
-    then closes the connection."""
+def answering_server(answer: Callable[[str], bytes]):
+    """A loopback server that reads each request's head, sends back `answer(head)` as it is (a
+    whole answer, or one cut short) and closes the connection."""
     def serve(srv: socket.socket, done: threading.Event) -> None:
         srv.settimeout(0.2)
         while not done.is_set():
@@ -196,10 +196,15 @@ def cutting_server(answer: bytes, cut_after: int):
             except OSError:
                 continue
             with conn:
-                conn.recv(65536)
-                conn.sendall(answer[:cut_after])
+                conn.sendall(answer(conn.recv(65536).decode()))
 
     return loopback_server(serve)
+
+
+def cutting_server(answer: bytes, cut_after: int):
+    """A loopback server that answers each request with the first `cut_after` bytes of `answer`,
+    then closes the connection."""
+    return answering_server(lambda head: answer[:cut_after])
 
 
 def test_an_answer_cut_off_is_tried_again_and_said_as_such():
@@ -328,26 +333,18 @@ def ranged_server(data: bytes, cut_every: int, *, ranges: bool = True):
     does, and cuts every answer's body after `cut_every` bytes; its `asked` lists each Range header."""
     asked: list[str | None] = []
 
-    def serve(srv: socket.socket, done: threading.Event) -> None:
-        srv.settimeout(0.2)
-        while not done.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            with conn:
-                head = conn.recv(65536).decode()
-                rng = next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
-                            if line.lower().startswith("range:")), None)
-                asked.append(rng)
-                start = int(rng.removeprefix("bytes=").rstrip("-")) if rng and ranges else 0
-                body = data[start:]
-                status = b"206 Partial Content" if start else b"200 OK"
-                extra = b"Content-Range: bytes %d-%d/%d\r\n" % (start, len(data) - 1, len(data)) if start else b""
-                conn.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/octet-stream\r\nETag: \"f\"\r\n%s"
-                             b"Content-Length: %d\r\n\r\n%s" % (status, extra, len(body), body[:cut_every]))
+    def answer(head: str) -> bytes:
+        rng = next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                    if line.lower().startswith("range:")), None)
+        asked.append(rng)
+        start = int(rng.removeprefix("bytes=").rstrip("-")) if rng and ranges else 0
+        body = data[start:]
+        status = b"206 Partial Content" if start else b"200 OK"
+        extra = b"Content-Range: bytes %d-%d/%d\r\n" % (start, len(data) - 1, len(data)) if start else b""
+        return (b"HTTP/1.1 %s\r\nContent-Type: application/octet-stream\r\nETag: \"f\"\r\n%s"
+                b"Content-Length: %d\r\n\r\n%s" % (status, extra, len(body), body[:cut_every]))
 
-    server = loopback_server(serve)
+    server = answering_server(answer)
     server.asked = asked   # type: ignore[attr-defined]
     return server
 
