@@ -46,6 +46,7 @@ def create_key(coord: Coordinator, *, label: str = "", uses: int | None = None,
     return key
 
 
+KEY_REFUSED = "enrollment key unknown, revoked, expired or used up"   # one answer: which is not said
 RETRY_WINDOW = timedelta(hours=1)   # a retried enrollment gets its device this long after it was made
 
 
@@ -70,7 +71,7 @@ def _enroll(coord: Coordinator, req: wire.EnrollRequest, token: str, request_has
         ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key))
                       .with_for_update())   # a revocation (or another enrollment) waits, and sees this device
         if ek is None or ek.revoked or (ek.expires_at is not None and utcnow() >= ek.expires_at):
-            raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked, expired or used up")
+            raise ApiError(401, wire.E_UNAUTHORIZED, KEY_REFUSED)
         made = None if request_hash is None else s.scalar(select(Device).where(
             Device.enroll_request_hash == request_hash))
         if made is not None:
@@ -82,7 +83,7 @@ def _enroll(coord: Coordinator, req: wire.EnrollRequest, token: str, request_has
             log.info("enrolled device %s again (a retry of its enrollment)", made.id)
             return wire.EnrollResponse(device_id=made.id, token=token)
         if ek.uses_left is not None and ek.uses_left <= 0:
-            raise ApiError(401, wire.E_UNAUTHORIZED, "enrollment key unknown, revoked, expired or used up")
+            raise ApiError(401, wire.E_UNAUTHORIZED, KEY_REFUSED)
         if ek.uses_left is not None:
             ek.uses_left -= 1
         device_id = "d-" + keys.new_secret()[:22].replace("_", "x").replace("-", "y")

@@ -152,17 +152,14 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
         resp = _with_retries(lambda: client.enroll(enrollment_key, platform=device_platform(), request_id=request_id),
                              attempts=ENROLL_ATTEMPTS if retries else 1, first_wait=1.0, max_wait=8.0,
                              sleep=time.sleep)
-    except RejectedError:   # refused: the coordinator made no device; a new enrollment starts afresh
-        with contextlib.suppress(OSError):
-            (data_dir / ENROLL_REQUEST_FILE).unlink()
-        if made:   # a wrong key: no empty data directory left behind
-            with contextlib.suppress(OSError):
-                data_dir.rmdir()
-        raise
-    except TransientError as e:   # the coordinator may have made the device: a new `enroll` asks for it again
-        if retries:
+    except (RejectedError, TransientError) as e:
+        if retries and isinstance(e, TransientError):   # the device may exist: a new `enroll` asks for it again
             raise TransientError(f"{e}; enrolling again is safe: it asks for the same device, using no more of "
                                  "the key", status=e.status, code=e.code, retry_after=e.retry_after) from e
+        # refused (the coordinator made no device), or one try to a coordinator from before: the
+        # next enrollment starts afresh, and no empty data directory is left behind
+        with contextlib.suppress(OSError):
+            (data_dir / ENROLL_REQUEST_FILE).unlink()
         if made:
             with contextlib.suppress(OSError):
                 data_dir.rmdir()
