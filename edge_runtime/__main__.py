@@ -18,7 +18,7 @@ from typing import Any
 from protocol.cli import interrupt_exits
 
 with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
-    from edge_runtime import agent, keyboard, paths, personalize
+    from edge_runtime import agent, keyboard, paths, personalize, unsent
     from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
     from edge_runtime.client import ClientError, RejectedError
     from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print("learning paused" if c == "pause" else "learning resumed")
         elif c == "wipe":
             personalize.forget(cfg.require_data_dir())   # the personal LSTM was learned from the text
+            unsent.discard(cfg.require_data_dir())        # and so was an update not yet delivered
             try:
                 with agent.open_cache(cfg) as cache:
                     try:
@@ -262,6 +263,7 @@ def _wipe_in_place(cfg: EdgeConfig, why: str) -> None:
     data_dir = cfg.require_data_dir()
     gone, made = wipe_in_place(data_dir)
     personalize.forget(data_dir)   # and a copy a running loop saved while the old file went
+    unsent.discard(data_dir)
     if made:
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
     else:

@@ -39,7 +39,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import channel, personalize, rollout_guard, secagg_client, trainer
+from edge_runtime import channel, personalize, rollout_guard, secagg_client, trainer, unsent
 from edge_runtime.cache import CacheError, TextCache
 from edge_runtime.client import (
     ClientError,
@@ -53,6 +53,7 @@ from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Polic
 from edge_runtime.errors import EdgeError, Stopping, failure
 from edge_runtime.paths import ACTIVITY_FILE, ENROLL_REQUEST_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import EvaluationRecord, LedgerError, PlanFloor, PrivacyLedger
+from edge_runtime.unsent import Unsent
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import discovery, wire
@@ -247,22 +248,6 @@ def predictor_session(version_dir: Path, *, base_ngram: str = "") -> TypingSessi
     return load_predictor(version_dir, base_ngram=base_ngram).session()
 
 
-@dataclass(frozen=True)
-class _Unsent:
-    """A charged update whose upload did not go through (the coordinator's disk full, a long
-    outage): asked for the same round again, the device sends these bytes again under the same
-    idempotency key. Training again released the same text once more under fresh noise, three
-    times in two minutes in an operator probe. Kept in memory only: after a restart the round is
-    refused instead (`_released_before`)."""
-
-    meta: wire.UpdateMeta
-    delta: bytes
-    wipe_mark: str | None
-    counts: dict[str, Any]
-    plan: wire.TrainPlan   # sent again only for this very plan: a restored coordinator's round of the
-    # same id, on the same version, is another round (its `round_key`), maybe of another noise
-
-
 @dataclass
 class Device:
     """Everything `run_once` works with; tests build one with fakes for any part."""
@@ -278,7 +263,7 @@ class Device:
     sessions: Callable[[Path], TypingSession] = predictor_session   # canary word metrics
     rollout_key: str | None = None      # coordinator's key (hex): version switches need its signed state
     stopping: threading.Event = field(default_factory=threading.Event)   # the loop's stop event (run_loop)
-    unsent: _Unsent | None = None   # an update charged and not delivered: sent again, never trained again
+    unsent: Unsent | None = None   # an update charged and not delivered: sent again, never trained again
 
     @classmethod
     def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
@@ -292,9 +277,15 @@ class Device:
         key = coordinator_key(config.public_key, ident)
         if key is None:
             log.warning("no coordinator public key configured: model manifests are not signature-checked")
+        cache = open_cache(config, damaged_ok=True)
+        kept = unsent.load(data_dir, ident.device_id)   # an earlier run's charged update, for its round
+        if kept is not None and _withdrawn_since(cache, kept.wipe_mark) is not None:
+            unsent.discard(data_dir)
+            kept = None
         return cls(config=config, identity=ident, client=client, store=VersionStore(data_dir, public_key=key),
-                   cache=open_cache(config, damaged_ok=True), eligibility=make_eligibility(config),
-                   sessions=functools.partial(predictor_session, base_ngram=config.base_ngram), rollout_key=key)
+                   cache=cache, eligibility=make_eligibility(config),
+                   sessions=functools.partial(predictor_session, base_ngram=config.base_ngram), rollout_key=key,
+                   unsent=kept)
 
     def close(self) -> None:
         self.cache.close()
@@ -444,10 +435,14 @@ def _withdrawn(dev: Device, mark: str | None) -> str | None:
     wipe or pause in another process (`python -m edge_runtime wipe`, the page's Clear or toggle)
     while the device trained on, or scored, that text: before, the update or report was still
     sent, minutes later if the coordinator was down, or after a secure round's wait."""
+    return _withdrawn_since(dev.cache, mark)
+
+
+def _withdrawn_since(cache: TextCache, mark: str | None) -> str | None:
     try:
-        if dev.cache.wipe_mark() != mark:
+        if cache.wipe_mark() != mark:
             return "the text was wiped meanwhile"
-        if dev.cache.paused:
+        if cache.paused:
             return "learning was paused meanwhile"
     except CacheError:
         return "the text cache cannot be read"
@@ -490,6 +485,8 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     if kept is not None and kept.plan == plan and kept.meta.base_version_id == task.base_version_id:
         log.info("sending round %d's update again: its upload did not go through", plan.round_id)
         return _upload(dev, kept, sleep)
+    if kept is not None:   # its round asks no more: the coordinator closed it, or was restored without it
+        unsent.discard(dev.config.require_data_dir())
     ledger, refusal = _guarded(dev, plan)
     if refusal is None and not plan.secure_aggregation and (when := _released_before(ledger, task)):
         refusal = f"round {plan.round_id} had this device's update at {when}; a second one would release its text again"
@@ -523,12 +520,16 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
-    return _upload(dev, _Unsent(meta, res.update.delta, mark, counts, plan), sleep)
+    u = Unsent(meta, res.update.delta, mark, counts, plan, dev.identity.device_id)
+    unsent.save(dev.config.require_data_dir(), u)   # charged: from now on only these bytes go for this round
+    return _upload(dev, u, sleep)
 
 
-def _upload(dev: Device, u: _Unsent, sleep: Callable[[float], Any] = time.sleep) -> tuple[str, dict[str, Any]]:
-    """Send a charged update, with retries; kept in `dev.unsent` when they run out."""
+def _upload(dev: Device, u: Unsent, sleep: Callable[[float], Any] = time.sleep) -> tuple[str, dict[str, Any]]:
+    """Send a charged update, with retries. Out of tries it stays in `dev.unsent` (and on disk,
+    `unsent`) for its round's next ask; once answered, refused or withdrawn it is deleted."""
     counts = dict(u.counts)
+    data_dir = dev.config.require_data_dir()
 
     def upload() -> wire.UpdateReceipt:
         if (why := _withdrawn(dev, u.wipe_mark)) is not None:   # before each try: a retry can leave minutes later
@@ -539,15 +540,18 @@ def _upload(dev: Device, u: _Unsent, sleep: Callable[[float], Any] = time.sleep)
         receipt = _with_retries(upload, dev.config.upload_attempts, dev.config.backoff_initial_s,
                                 dev.config.backoff_max_s, sleep)
     except _Withdrawn as e:
+        unsent.discard(data_dir)
         return f"discarded ({e})", counts
     except RejectedError as e:
+        unsent.discard(data_dir)
         return f"rejected ({e.code or e.status})", counts
-    except Stopping:   # as a secure round's device leaves it: the update is not sent, the round goes on
+    except Stopping:   # kept on disk: the next start sends it if its round asks again
         log.info("left round %d before the upload went through: the device is stopping", u.meta.round_id)
         return "stopped (the device is stopping)", counts
     except ClientError:   # out of tries (a transient failure): the same bytes at the next ask
         dev.unsent = u
         raise
+    unsent.discard(data_dir)
     counts["update_id"] = receipt.update_id
     return "uploaded", counts
 
@@ -817,4 +821,5 @@ def status(config: EdgeConfig) -> dict[str, Any]:
         "learning_paused": paused,
         "eligible": bool(decision),
         "ineligible_because": list(decision.reasons),
+        "update_waiting_for_round": unsent.waiting_round(data_dir),   # charged, not yet delivered
     }

@@ -60,6 +60,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
+from edge_runtime import unsent
 from edge_runtime.agent import open_cache
 from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, capitalised, disk_full, wipe_in_place
 from edge_runtime.collector import settle
@@ -380,6 +381,7 @@ class KeyboardApp:
         wipe. Memory first: the reload of the global model can fail, and must not leave them."""
         with self.slot.lock:
             self._drop_memory()
+            unsent.discard(self.cache.data_dir)   # an update learned from the text and not yet delivered
             self.slot.forget_personal()   # reloads the model on the global weights
 
     def _drop_memory(self) -> None:

@@ -9,6 +9,8 @@
         .paused_after_wipe      a wipe in place is under way or could not make its new cache:
                                 the next cache made starts paused (cache)
         privacy_ledger.json     every update released and its epsilon (plan_guard)
+        unsent_update.json      an update charged to the ledger and not yet delivered: its
+        unsent_update.safetensors   round, plan and digest, and its bytes (unsent; 0600)
         evaluations.json        the canary candidates this device evaluated, when, and a report
                                 not yet delivered (counts; plan_guard)
         rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
@@ -34,6 +36,8 @@ CACHE_DB = "text_cache.sqlite3"
 CACHE_OPEN_LOCK = ".cache.lock"
 PAUSE_AFTER_WIPE = ".paused_after_wipe"
 LEDGER_FILE = "privacy_ledger.json"
+UNSENT_META = "unsent_update.json"    # written after UNSENT_DELTA, deleted before it
+UNSENT_DELTA = "unsent_update.safetensors"
 EVALUATIONS_FILE = "evaluations.json"
 ROLLOUT_STATE_FILE = "rollout_state.json"
 CHANNEL_FILE = "model_channel.json"

@@ -156,10 +156,7 @@ def test_upload_retries_transient_errors_with_the_same_idempotency_key(device, f
 def test_an_update_whose_upload_failed_is_sent_again_never_trained_again(device, fake_train):
     """An upload that failed past its retries (the coordinator's disk full, a long outage) left the
     round asking this device again, and it trained again and released the same text once more
-    under fresh noise: three times in two minutes in an operator probe, each charged. The same
-    bytes now go again under the same key; after a restart, which forgets them, the round is
-    refused rather than trained a second time."""
-    import dataclasses
+    under fresh noise, each time charged. The same bytes now go again under the same key."""
     import json
 
     from edge_runtime.paths import LEDGER_FILE
@@ -177,21 +174,87 @@ def test_an_update_whose_upload_failed_is_sent_again_never_trained_again(device,
     releases = json.loads((device.config.require_data_dir() / LEDGER_FILE).read_text())["releases"]
     assert [e["round_id"] for e in releases] == [PLAN.round_id]   # one release, charged once
     assert agent.run_once(device, sleep=lambda s: None).outcome.startswith("refused (")   # asked once more
-    # the next round: a restart forgets the bytes, and the round is refused, not trained again
-    nxt = wire.Task(kind=wire.TASK_TRAIN, retry_after=100.0, use_version_id="v1", base_version_id="v1",
-                    plan=dataclasses.replace(PLAN, round_id=PLAN.round_id + 1), time_limit_s=60.0)
-    device.client.tasks = [nxt, nxt]
+    assert not list(device.config.require_data_dir().glob("unsent_update*"))   # delivered: nothing kept
+
+
+def reopened(device: agent.Device) -> agent.Device:
+    """The same data directory opened as a restarted device would (`Device.open`), with the fakes."""
+    import dataclasses
+
+    data_dir = device.config.require_data_dir()
+    agent.save_identity(data_dir, device.identity)
+    opened = agent.Device.open(device.config)
+    opened.close()
+    device.cache.close()
+    return dataclasses.replace(device, cache=TextCache(data_dir), unsent=opened.unsent)
+
+
+def test_a_charged_update_outlives_a_restart_and_goes_to_its_round(device, fake_train):
+    """A device stopped, or restarted, between charging an update and its delivery forgot the bytes:
+    the round then refused it as a second release and its slot stayed taken until the deadline.
+    The bytes are kept on disk until answered, and the restarted device sends them, not a new
+    update; any other round's ask deletes them."""
+    import dataclasses
+
+    down = [TransientError("disk full", status=503, retry_after=0.01)] * device.config.upload_attempts
+    device.client.tasks = [train_task()]
     device.client.upload_errors = list(down)
     with pytest.raises(TransientError):
         agent.run_once(device, sleep=lambda s: None)
-    device.unsent = None
-    res = agent.run_once(device, sleep=lambda s: None)
-    assert res.outcome.startswith(f"refused (round {PLAN.round_id + 1} had this device's update at"), res
-    assert len(fake_train) == 2
-    # the same round id from another base: a coordinator restored from a backup numbers on anew
-    device.client.tasks = [dataclasses.replace(nxt, base_version_id="v0")]
-    device.client.upload_errors = []
-    assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 3
+    sent = device.client.uploads[-1][1]
+    dev = reopened(device)
+    assert dev.unsent is not None and dev.unsent.meta == sent and dev.unsent.plan == PLAN
+    dev.client.tasks = [train_task()]
+    dev.client.upload_errors = []
+    res = agent.run_once(dev, sleep=lambda s: None)
+    assert res.outcome == "uploaded" and len(fake_train) == 1
+    assert dev.client.uploads[-1] == (b"delta-bytes", sent)   # the same bytes under the same key
+    data_dir = dev.config.require_data_dir()
+    assert not list(data_dir.glob("unsent_update*"))
+    dev = reopened(dev)
+    assert dev.unsent is None
+    # stopped mid-upload (systemd's stop): kept for the next start; then its round is gone
+    nxt = dataclasses.replace(PLAN, round_id=PLAN.round_id + 1)
+    dev.client.tasks = [wire.Task(kind=wire.TASK_TRAIN, retry_after=100.0, use_version_id="v1",
+                                  base_version_id="v1", plan=nxt, time_limit_s=60.0)]
+    dev.client.upload_errors = [TransientError("timeout")]
+    assert agent.run_once(dev, sleep=lambda s: True).outcome.startswith("stopped")   # the stop event, set
+    assert agent.status(dev.config)["update_waiting_for_round"] == nxt.round_id
+    dev = reopened(dev)
+    assert dev.unsent is not None and dev.unsent.plan == nxt
+    third = dataclasses.replace(PLAN, round_id=PLAN.round_id + 2)
+    dev.client.tasks = [wire.Task(kind=wire.TASK_TRAIN, retry_after=100.0, use_version_id="v1",
+                                  base_version_id="v1", plan=third, time_limit_s=60.0)]
+    assert agent.run_once(dev, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 3
+    assert not list(data_dir.glob("unsent_update*")) and agent.status(dev.config)["update_waiting_for_round"] is None
+
+
+def test_a_kept_update_is_deleted_by_a_wipe_and_never_sent(device, fake_train):
+    """The kept bytes were learned from the text: `wipe` deletes them with it, and a copy from
+    before a wipe (or a damaged one, or another enrollment's) is never sent."""
+    from edge_runtime import unsent
+    from edge_runtime.__main__ import main
+
+    device.client.tasks = [train_task()]
+    device.client.upload_errors = [TransientError("down", status=503, retry_after=0.01)] * device.config.upload_attempts
+    with pytest.raises(TransientError):
+        agent.run_once(device, sleep=lambda s: None)
+    data_dir = device.config.require_data_dir()
+    kept = sorted(p.name for p in data_dir.glob("unsent_update*"))
+    assert kept == ["unsent_update.json", "unsent_update.safetensors"]
+    u = unsent.load(data_dir, "dev-1")
+    assert u is not None and unsent.load(data_dir, "another-device") is None   # and deleted
+    assert not list(data_dir.glob("unsent_update*"))
+    unsent.save(data_dir, u)
+    (data_dir / "unsent_update.safetensors").write_bytes(b"delta-bytez")   # damaged: not sent
+    assert unsent.load(data_dir, "dev-1") is None and not list(data_dir.glob("unsent_update*"))
+    unsent.save(data_dir, u)
+    device.cache.close()
+    assert main(["wipe", "--data-dir", str(data_dir)]) == 0
+    assert not list(data_dir.glob("unsent_update*"))
+    unsent.save(data_dir, u)   # as a loop would have kept it before the wipe: its mark is old now
+    device.cache = TextCache(data_dir)
+    assert reopened(device).unsent is None and not list(data_dir.glob("unsent_update*"))
 
 
 def test_a_round_of_a_restored_coordinator_with_a_lost_rounds_id_is_trained(device, fake_train):

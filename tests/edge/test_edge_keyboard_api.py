@@ -20,7 +20,7 @@ import requests
 from edge_runtime import channel, keyboard, model_slot
 from edge_runtime.__main__ import main as cli_main
 from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
-from edge_runtime.paths import CACHE_DB, PERSONAL_DIR
+from edge_runtime.paths import CACHE_DB, PERSONAL_DIR, UNSENT_DELTA, UNSENT_META
 from edge_runtime.personal import PersonalModel
 from edge_runtime.versions import VersionStore, directory_fetch
 from protocol import wire
@@ -502,8 +502,11 @@ def test_commit_pause_and_clear(server):
     assert r["cached"] is False and r["reason"] == "learning paused" and r["cache"]["sentences"] == 1
     assert post(server, "api/pause", {"paused": False}).json()["paused"] is False
     assert db_rows(server) == ["Good morrow to you."]
+    kept = [server.app.cache.data_dir / name for name in (UNSENT_META, UNSENT_DELTA)]   # a device loop's
+    for path in kept:
+        path.write_bytes(b"{}")
     assert post(server, "api/clear", {}).json()["cache"]["sentences"] == 0
-    assert db_rows(server) == []
+    assert db_rows(server) == [] and not any(p.exists() for p in kept)   # learned from the text: wiped too
 
 
 def test_a_commit_sent_again_with_its_id_is_stored_once(server, monkeypatch):

@@ -1,0 +1,105 @@
+"""An update charged to the privacy ledger and not yet delivered, kept until it is.
+
+The ledger is charged before an update leaves the device (`agent._train`). From then on, training
+again for the same round would release the same text a second time under fresh noise, so the
+round is refused instead (`agent._released_before`). The charged bytes therefore wait here, on
+disk, until the coordinator has answered them, and the same round asking again gets the same bytes
+under the same idempotency key, after a failed upload or after the device restarted.
+
+They were learned from the user's text, so every wipe deletes them (`discard`), and a wipe or pause
+since they were made keeps them from leaving (`agent._withdrawn`). A file that cannot be read back
+whole, or that another enrollment made, is deleted rather than sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.paths import UNSENT_DELTA, UNSENT_META
+from protocol import wire
+from protocol.artifact import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """What `agent._upload` sends, and what it is sent again for."""
+
+    meta: wire.UpdateMeta
+    delta: bytes
+    wipe_mark: str | None
+    counts: dict[str, Any]
+    plan: wire.TrainPlan   # sent again only for this very plan: a restored coordinator's round of the
+    # same id, on the same version, is another round (its `round_key`), maybe of another noise
+    device_id: str
+
+
+def save(data_dir: str | os.PathLike, u: Unsent) -> bool:
+    """Keep `u` on disk (private files); False when it cannot be written (the device keeps it in
+    memory only, as a read-only or full disk allows)."""
+    folder = Path(data_dir)
+    meta = {"meta": u.meta.to_dict(), "plan": u.plan.to_dict(), "wipe_mark": u.wipe_mark, "counts": u.counts,
+            "device_id": u.device_id, "sha256": hashlib.sha256(u.delta).hexdigest()}
+    try:   # the bytes first: a meta file always names a whole delta
+        atomic_write(folder / UNSENT_DELTA, u.delta)
+        atomic_write(folder / UNSENT_META, json.dumps(meta).encode())
+    except OSError as e:
+        log.warning("the charged update of round %d is kept in memory only: %s", u.meta.round_id, e.strerror or e)
+        discard(folder)
+        return False
+    return True
+
+
+def load(data_dir: str | os.PathLike, device_id: str) -> Unsent | None:
+    """The update left undelivered by an earlier run of this device, or None. A file this release
+    cannot read whole, or one another enrollment left, is deleted: it must never be sent, and
+    the round it was for refuses this device anyway (`agent._released_before`)."""
+    folder = Path(data_dir)
+    try:
+        raw = (folder / UNSENT_META).read_bytes()
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            (folder / UNSENT_DELTA).unlink(missing_ok=True)   # a save cut short before its meta file
+        return None
+    except OSError as e:
+        log.warning("the undelivered update cannot be read (%s); it is not sent", e.strerror or e)
+        return None
+    try:
+        d = json.loads(raw)
+        delta = (folder / UNSENT_DELTA).read_bytes()
+        if hashlib.sha256(delta).hexdigest() != d["sha256"]:
+            raise ValueError("its bytes do not match their digest")
+        u = Unsent(meta=wire.UpdateMeta.from_dict(d["meta"]), delta=delta, wipe_mark=d["wipe_mark"],
+                   counts=dict(d["counts"]), plan=wire.TrainPlan.from_dict(d["plan"]), device_id=str(d["device_id"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:   # WireError is a ValueError
+        log.warning("the undelivered update left by an earlier run is damaged (%s); deleted, not sent", e)
+        discard(folder)
+        return None
+    if u.device_id != device_id:
+        log.info("an undelivered update of device %s, enrolled before this one, was deleted", u.device_id)
+        discard(folder)
+        return None
+    return u
+
+
+def waiting_round(data_dir: str | os.PathLike) -> int | None:
+    """The round a kept update waits for (`status`), without reading or checking its bytes."""
+    try:
+        return int(json.loads((Path(data_dir) / UNSENT_META).read_bytes())["meta"]["round_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def discard(data_dir: str | os.PathLike) -> None:
+    """Delete the kept update, if any: delivered, refused, withdrawn, or wiped with the text."""
+    for name in (UNSENT_META, UNSENT_DELTA):   # the meta first: without it the bytes are never sent
+        with contextlib.suppress(FileNotFoundError):
+            (Path(data_dir) / name).unlink()
