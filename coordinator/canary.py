@@ -47,12 +47,17 @@ def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version,
     once the device has reported, or while `TASKS_PER_REPORT` x `canary_min_reports` others
     are out."""
     row = _issued(s, cand.id, device_id)
+    cap = TASKS_PER_REPORT * coord.config.canary_min_reports
     if row is None:
-        if _outstanding(s, cand.id) >= TASKS_PER_REPORT * coord.config.canary_min_reports:
+        if _outstanding(s, cand.id) >= cap:
             return None   # enough canaries are at it; this one is asked if they fall short
         s.add(Evaluation(candidate_version_id=cand.id, device_id=device_id, report_json=ISSUED))
     elif row.report_json != ISSUED:
         return None
+    elif row.created_at < utcnow() - TASK_LEASE:   # its place lapsed: taken again only if one is free,
+        if _outstanding(s, cand.id) >= cap:        # or every lapsed task would come back on top of the cap
+            return None   # (a report it still sends counts: the row stays issued)
+        row.created_at = utcnow()
     c = coord.config
     return wire.Task(kind=wire.TaskKind.EVALUATE, retry_after=retry_after, use_version_id=cand.id,
                      use_channel=wire.Channel.CANARY, candidate_version_id=cand.id,
