@@ -99,7 +99,7 @@ class Manifest:
     format: str = MANIFEST_FORMAT
     # Keys this code does not know (a newer writer's), kept as read: they are written back and
     # signed with the rest, so a newer field never breaks an older reader's signature check.
-    # (Readers before the twenty-second session dropped them, so they refuse manifests with
+    # (Readers from releases before 2 December 2026 drop them, so they refuse manifests with
     # `notices`: update devices before the coordinator signs such versions.)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -58,8 +58,8 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         """Arguments as argparse reads them, refused in one line (exit 2) when one holds bytes that
-        are not UTF-8 (`$'v\\xff'`): Python keeps them as lone surrogates, which reached a database
-        query or a file write and ended in a UnicodeEncodeError traceback (a probe). The line names
+        are not UTF-8 (`$'v\\xff'`): Python keeps them as lone surrogates, which would reach a database
+        query or a file write and end in a UnicodeEncodeError traceback. The line names
         the argument, never its value: it may be text the user typed (`edge_runtime type`)."""
         ns, rest = super().parse_known_args(args, namespace)
         for name, value in vars(ns).items():
@@ -73,7 +73,7 @@ class Parser(argparse.ArgumentParser):
 def interrupt_exits() -> Iterator[None]:
     """Ctrl-C while a command starts, before its own handler is in place (its imports take a few
     tenths of a second), ends it as Ctrl-C does later: "interrupted" on stderr and exit 130, not an
-    import's traceback (a probe pressed it at once)."""
+    import's traceback."""
     try:
         yield
     except KeyboardInterrupt:

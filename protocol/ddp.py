@@ -44,9 +44,9 @@ def sensitivity_l1(scale: float, clip_norm: float, d: int) -> float:
 
 
 # numpy's Poisson sampler is exact to here and drifts past it (std 4% high and tails 20 times
-# too heavy at 3e14-1e15, measured on 400,000 draws), where a few devices with noise made the
-# per-device Skellam parameter that large: a discovery round of 2 devices "found" 57 words no
-# device voted for. `choose_scale` keeps mu under this; a smaller scale costs only rounding
+# too heavy at 3e14-1e15, measured on 400,000 draws), where a few devices with noise make the
+# per-device Skellam parameter that large: a discovery round of 2 devices then "finds" words no
+# device voted for (57 in one run). `choose_scale` keeps mu under this; a smaller scale costs only rounding
 # (1/s per coordinate: 3e-7 at the smallest scale this gives).
 MAX_SAMPLED_MU = 1e13
 

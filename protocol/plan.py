@@ -138,8 +138,9 @@ class TrainPlan:
     discover_words: int = 0               # > 0: vote for words instead of training (protocol.discovery)
     # Random, minted when the round opens (not an operator's setting): a coordinator restored from
     # a backup numbers its rounds again from the backup's, and a device that took part in the lost
-    # round of the same id, from the same version, refused the new one as a second release of its
-    # text, and held its slot until the deadline (an operator probe). None: a round from before.
+    # round of the same id, from the same version, would refuse the new one as a second release of
+    # its text, and hold its slot until the deadline. None: a round opened by a release before
+    # 6 December 2026, which minted no key.
     round_key: str | None = None
 
     def __post_init__(self) -> None:

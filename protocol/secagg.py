@@ -43,8 +43,8 @@ CIPHERTEXT_BYTES = 12 + PLAINTEXT_BYTES + 16
 MAX_FAILURE_LOG2 = -20                   # design bound on P(some device has too few neighbours left)
 # The fewest neighbours a device masks with (all the others in a smaller cohort). A coordinator that
 # also enrolls devices of its own needs t = k // 2 + 1 of them beside a device to unmask it; at a
-# design dropout of 0 the failure bound alone gave k = 2, so 2 were enough whatever the cohort (a
-# privacy audit). Devices refuse a roster under it (edge_runtime.secagg_client.check_roster).
+# design dropout of 0 the failure bound alone gives k = 2, so without this floor 2 would be enough
+# whatever the cohort. Devices refuse a roster under it (edge_runtime.secagg_client.check_roster).
 MIN_DEGREE = 16
 
 
@@ -146,9 +146,9 @@ _Y_BYTES = 66
 def share_secret(secret: bytes, threshold: int, count: int) -> list[bytes]:
     """`count` shares (points x = 1..count) of a 32-byte secret, any `threshold` of which recover it.
 
-    Hand-written over GF(M521) rather than `pycryptodome`'s Shamir (GF(2^128), the well-kept
-    library we tried first): its field arithmetic is pure Python and each share costs a field
-    inversion of ~254 multiplications, so recovering the 30 seeds of a 30-device round took
+    Hand-written over GF(M521) rather than `pycryptodome`'s Shamir (GF(2^128), a well-kept
+    library): its field arithmetic is pure Python and each share costs a field
+    inversion of ~254 multiplications, so recovering the 30 seeds of a 30-device round takes
     8.5 s and a 500-device round would take hours. Python's own big integers (C) with
     pow(x, -1, p) make the same Lagrange interpolation ~1000x faster. The code is the textbook
     scheme: a random polynomial of degree threshold-1 with the secret as constant term.
@@ -212,8 +212,8 @@ def graph_degree(n: int, dropout: float) -> tuple[int, int]:
     from two disjoint halves of its neighbours). k is the smallest even degree such that
     n * P[Binomial(k, dropout) > k - t] <= 2^-20, or n - 1 (every other device) if smaller.
     That probability falls as k grows, so k is found by bisection: stepping through every even k
-    cost O(n^2) terms, 5 s for a cohort of 10,000 at dropout 0.49, inside the round's lock (a
-    review; both give the same k for every cohort of 2 to 3,000 at dropouts 0 to 0.49). Never
+    costs O(n^2) terms, 5 s for a cohort of 10,000 at dropout 0.49, inside the round's lock
+    (both give the same k for every cohort of 2 to 3,000 at dropouts 0 to 0.49). Never
     under `degree_floor(n)`: at a low design dropout the bound alone allows k = 2.
     """
     if n < 2:

@@ -76,8 +76,8 @@ MAX_POLL_S = 60.0   # the longest wait between a device's polls, whatever either
 
 def poll_wait(retry_after: Any) -> float:
     """Seconds between polls: `retry_after` within [MIN_RETRY_AFTER_S, MAX_POLL_S]. The
-    coordinator sends it so; a device takes it so, since 0 (or a negative or NaN) once had it poll
-    in a tight loop until the round's deadline, up to an hour."""
+    coordinator sends it so; a device takes it so, since 0 (or a negative or NaN) would have it
+    poll in a tight loop until the round's deadline, up to an hour."""
     try:
         wait = float(retry_after)
     except (TypeError, ValueError, OverflowError):
@@ -158,7 +158,7 @@ class SecAggShares:
     """Sender -> coordinator: one ciphertext per neighbour (recipient index -> bytes), and sha256 of
     the sender's self-mask seed, which a recovered seed must match: without it a survivor's forged
     share recovered another seed, and the round summed to noise under "done". A sha256 of 32
-    random bytes tells nothing of them. Optional: devices from before send none."""
+    random bytes tells nothing of them. Optional: devices of releases before 6 December 2026 send none."""
 
     shares: dict[int, bytes]
     seed_sha256: bytes | None = None

@@ -69,9 +69,9 @@ def nfc(text: str) -> str:
 # Invisible format characters that a paste brings (a web page, a PDF, a messenger). A soft hyphen,
 # a word joiner and a zero-width no-break space never separate words; a zero-width space does (Thai,
 # Khmer and Burmese mark word boundaries with it); a zero-width (non-)joiner touching a Latin letter
-# joins nothing (Persian and Indic scripts keep theirs). Read as text, they made "Zimbab" and "we" of
-# "Zimbab\u00adwe", and a "wor\u200dld" that looks like "world" and, tapped, put an invisible
-# character into what the user wrote (a probe): the user's words learned and offered all three.
+# joins nothing (Persian and Indic scripts keep theirs). Read as text, they would make "Zimbab" and "we"
+# of "Zimbab\u00adwe", and a "wor\u200dld" that looks like "world" and, tapped, puts an invisible
+# character into what the user wrote: the user's words would learn and offer all three.
 _FORMAT = re.compile("[\u00ad\u2060\ufeff\u200b\u200c\u200d]")
 _INVISIBLE = str.maketrans({"\u00ad": None, "\u2060": None, "\ufeff": None, "\u200b": " "})
 _LATIN = "A-Za-z\u00c0-\u024f"
@@ -108,8 +108,8 @@ def typed_chunks(text: str) -> tuple[list[str], str]:
 
 _WORD_CHAR = re.compile(WORD_CLASS)
 # The word at a chunk's end, found on the chunk reversed: `WORD_CLASS*\Z` searched forwards tries
-# every start in a run of word characters followed by a mark, and "x" * 16,000 + "." took 1.4 s
-# on every keystroke after it (a probe pasted a key, then typed a full stop).
+# every start in a run of word characters followed by a mark, and "x" * 16,000 + "." (a pasted key, then a
+# full stop) would take 1.4 s on every keystroke after it.
 _LEADING_WORD = re.compile(rf"{WORD_CLASS}*")
 OPENING_MARKS = frozenset('"([{\u201c')   # marks a word follows with no space between
 
@@ -128,7 +128,7 @@ def word_being_typed(chunk: str) -> tuple[str, str] | None:
     None when the chunk ends in any other mark ("lord,"): the next word comes after a space; so
     does a single quote after such a mark ("yes.'", "lord,'"), which closes a quotation there.
     None inside an e-mail address or a web address too ("bob@exa", "https://exa"): a word
-    completed there ("bob@exactly", a probe of the keyboard page) is never what is typed."""
+    completed there ("bob@exactly") is never what is typed."""
     start = len(chunk) - _LEADING_WORD.match(chunk.translate(_TYPED)[::-1]).end()
     lead, prefix = chunk[:start], chunk[start:]
     if "@" in lead or "://" in lead:
@@ -149,7 +149,7 @@ _SINGLE_QUOTES = "'\u2018\u2019"
 _ALNUM = re.compile(r"[^\W_]")   # a letter or digit (what `str.isalnum` accepts), found in C
 
 
-MAX_WORD_CHARS = 48   # the word list's longest is 24; a user's 16,000-letter "word" was offered (a probe)
+MAX_WORD_CHARS = 48   # the word list's longest is 24; uncapped, a user's 16,000-letter "word" is offered
 
 
 def suggestable(word: str) -> bool:
@@ -169,11 +169,11 @@ _LETTER = re.compile(r"[^\W\d_]")
 def learnable(word: str) -> bool:
     """Whether a token the user typed may come back as one of their words: `suggestable`, and no
     digit in it. Door codes, card and phone numbers and passwords (`80417`, `77qz3x9w`) typed in a
-    message field were offered back to whoever used the device next (a probe of the keyboard
-    page); a field's kind cannot tell them, so no token with four digits or more, or with two
+    message field would be offered back to whoever uses the device next; a field's kind cannot
+    tell them, so no token with four digits or more, or with two
     and a letter, is learned as a word. Shorter numbers and one-digit words (`555`, `2nd`,
     `hunter2`) still are: e-mail senders type ports and versions again, and a rule against every
-    digit cost 0.18 of top-3 there (docs/quality.md). The word list's own are offered as before."""
+    digit cost 0.18 of top-3 there (docs/quality.md). The word list's own words are not affected."""
     digits = len(_DIGIT.findall(word))
     return suggestable(word) and digits < 4 and not (digits >= 2 and _LETTER.search(word) is not None)
 

@@ -136,7 +136,7 @@ class EnrollRequest:
     platform: str = ""                    # free text, e.g. "linux-aarch64"; never user data
     # The device's own random id for this enrollment, the same on every retry of it: a retry whose
     # first answer was lost gets the same device (a new token) and uses no more of the key. "":
-    # a device from before, each request a new device.
+    # a device of a release before 7 December 2026, each request a new device.
     request_id: str = ""
     protocol_version: int = PROTOCOL_VERSION
 
@@ -451,7 +451,7 @@ class SigningKey:
     public_key_hex: str
     algorithm: str = "ed25519"
     # The coordinator answers a repeated `EnrollRequest.request_id` with the same device, so a device
-    # may retry an enrollment whose answer was lost; one from before says nothing (False): each retry
+    # may retry an enrollment whose answer was lost; one of an older release says nothing (False): each retry
     # there makes another device.
     enroll_request_ids: bool = False
     protocol_version: int = PROTOCOL_VERSION
