@@ -43,8 +43,8 @@ QUIET_PROGRESS_S = 60.0   # without a bar (a log file), a line this often: an ep
 
 
 def quiet_progress(epoch: int, epochs: int, done: int, steps: int, loss: float, elapsed: float) -> str:
-    """The line said in place of a bar: a simulation logged 26 minutes of central training in
-    silence (a checker's probe)."""
+    """The line said in place of a bar: without it, a simulation's log holds nothing through
+    central training that can last 26 minutes or more."""
     left = elapsed / done * (steps - done)
     return (f"epoch {epoch + 1}/{epochs}: step {done:,}/{steps:,} ({done / steps:.0%}), loss {loss:.3f}, "
             f"{elapsed / 60:.1f} min in, about {left / 60:.0f} min left in this epoch")
