@@ -190,7 +190,7 @@ def _read_only(cfg: Any, command: str) -> bool:
     blocked = [p for p in written if p.exists() and not os.access(p, os.W_OK)]
     if not blocked and _disk_full(data):
         # SQLite cannot open a database in WAL mode without room for its -shm and log, so `status`
-        # answered only "disk I/O error" while the service failed for the same reason (a probe).
+        # would answer only "disk I/O error" while the service fails for the same reason.
         if command not in INSPECTIONS:
             raise ConfigError(f"the disk of {data} is full, and `{command}` changes the coordinator's state: free "
                               f"space first; meanwhile {', '.join(sorted(INSPECTIONS))} run")
@@ -242,7 +242,7 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
         vid = c.import_version(args.directory, as_candidate=False if args.stable else None, any_parent=args.force)
         print(vid)
         now = c.status()
-        if before and before != vid and now["candidate_version_id"] != before:   # it said nothing (a probe)
+        if before and before != vid and now["candidate_version_id"] != before:   # never set aside silently
             print(f"note: candidate {before}, still in its canary, was set aside for {vid}; what its round's "
                   "devices sent has spent their privacy", file=sys.stderr)
         if now["candidate_version_id"] == vid and (r := now["latest_round"]) and r["status"] == "open":

@@ -113,8 +113,8 @@ def apply_server_optimizer(name: str, weights: np.ndarray, delta: np.ndarray, st
 # Robust Distributed Learning") bound what a minority can do per coordinate. They need every
 # update at once: each is held as the float16 it arrived as (2 bytes a weight: 100 updates of
 # the default model's 1.36M weights are 272 MB) and the statistic is taken over slices of
-# `SLICE` coordinates. Stacked whole in float32 they took 3 copies, 1.6 GB for 100 (a scale
-# probe). They weigh devices equally (example counts are ignored: an inflated count buys nothing).
+# `SLICE` coordinates. Stacked whole in float32 they would take 3 copies, 1.6 GB for 100.
+# They weigh devices equally (example counts are ignored: an inflated count buys nothing).
 
 AGGREGATORS = ("mean", "trimmed_mean", "median")
 SLICE = 1 << 16   # coordinates a robust statistic is taken over at a time

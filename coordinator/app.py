@@ -151,8 +151,8 @@ SCHEMA_CHECK_S = 30.0
 
 def _watch_schema(app: Flask, coordinator: Coordinator) -> None:
     """Refuse requests, with 503, once another release has migrated the database under this
-    service: an old service left running through an upgrade went on answering devices and
-    promoting candidates on the new schema while every aggregation failed (an upgrade probe).
+    service: an old service left running through an upgrade would go on answering devices and
+    promoting candidates on the new schema while every aggregation fails.
     The revision is read every SCHEMA_CHECK_S per process (`db.held_revision`)."""
     if coordinator.read_only:
         return
@@ -169,7 +169,7 @@ def _watch_schema(app: Flask, coordinator: Coordinator) -> None:
                 with coordinator.monitor.connect() as conn:
                     held = held_revision(conn)
             except (DBAPIError, PoolTimeout):   # the database away: the request says so, and the scrape;
-                held = seen["held"]             # a service already refusing goes on refusing (a review)
+                held = seen["held"]             # a service already refusing goes on refusing
             if held != mine and seen["held"] != held:
                 log.error("the database is at schema revision %s, and this service reads %s: another release "
                           "migrated it; restart this service with that release", held, mine)
@@ -235,7 +235,7 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:
-        if disk_full(e):   # not a fault of the request: 503, and one log line a minute (an operator probe)
+        if disk_full(e):   # not a fault of the request: 503, and one log line a minute
             say_disk_full(f"{request.method} {request.path}", e, app.extensions["fedkeys"].config.data_dir)
             return _error(503, wire.ErrorBody(wire.E_INTERNAL, "the coordinator's disk is full; retry later")
                           .to_dict(), retry_after=DISK_FULL_RETRY_S)
@@ -243,8 +243,8 @@ def _register_errors(app: Flask) -> None:
         return _error(500, wire.ErrorBody(wire.E_INTERNAL, "internal error").to_dict(), retry_after=5)
 
 
-# The request counter's `method` label: a client's own method name ("FOO") was a new series each,
-# so anyone who could reach the service grew Prometheus's storage without limit (a probe).
+# The request counter's `method` label: a client's own method name ("FOO") would be a new series
+# each, so anyone who could reach the service could grow Prometheus's storage without limit.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 

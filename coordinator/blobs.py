@@ -97,8 +97,8 @@ class UploadStore:
 
     def room_for(self, n: int) -> None:
         """Raise ENOSPC if `n` more bytes would not fit on this store's disk: an upload on a full
-        disk was read whole before its write failed (megabytes per device per retry, an SRE
-        probe), so the route asks before it reads the body."""
+        disk would be read whole before its write failed (megabytes per device per retry), so
+        the route asks before it reads the body."""
         if (free := free_bytes(self.root)) is None:   # cannot tell: the write says
             return
         if free < n + self.ROOM_MARGIN:

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 ISSUED = queries.EVALUATION_ISSUED
 DECIDE_PENDING = "decide_pending"   # Setting: an unpin asked the service to decide the pending candidate
 # Tasks out at once per report the decision waits for, and how long an unreported one holds its
-# place. The whole cohort used to be handed tasks: at 5,000 devices ~250 canaries evaluated two
-# versions on their text for a decision taken on the first 5 reports (a scale probe).
+# place. Handing tasks to the whole cohort wastes devices: at 5,000 devices ~250 canaries would
+# evaluate two versions on their text for a decision taken on the first 5 reports.
 TASKS_PER_REPORT = 2
 TASK_LEASE = timedelta(minutes=10)
 
@@ -171,9 +171,8 @@ def verdict(coord: Coordinator, s: Session, cand: Version, stable: Version) -> r
 
 def never_decides(coord: Coordinator, s: Session, d: rollout.CanaryDecision) -> str | None:
     """Why a waiting canary can never decide, or None. With a cohort smaller than
-    `canary_min_reports` the candidate waited for ever, the scheduler opened no round meanwhile,
-    and the dashboard's "2 of 5 canary devices scored words" read as progress (an operator's
-    probe)."""
+    `canary_min_reports` the candidate waits for ever, the scheduler opens no round meanwhile,
+    and the dashboard's "2 of 5 canary devices scored words" reads as progress."""
     if d.action != rollout.WAIT:
         return None
     needed = coord.config.canary_min_reports

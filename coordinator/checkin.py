@@ -31,7 +31,7 @@ def retry_after(coord: Coordinator, base: float | None = None) -> float:
 
 # "Active" is seen within a day (dashboard, gauges): the time a check-in was seen is written once in
 # this span, not on every check-in. An idle device's check-in then writes nothing, so it answers
-# on a full disk too (an operator probe: none could hear of a rollback there), and a population
+# on a full disk too (otherwise no device could hear of a rollback there), and a population
 # checking in every minute costs the database a write per device per minute less.
 LAST_SEEN_EVERY = timedelta(minutes=5)
 log = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ def _devices(c: Any) -> dict[str, int]:
 
 
 def _trouble(c: Any) -> list[str]:
-    """What the page shows above everything: a full disk refused every upload while the page
-    showed a round waiting for devices (an operator's probe)."""
+    """What the page shows above everything: a full disk refuses every upload while the page
+    would otherwise show a round waiting for devices."""
     return [short] if (short := disk_short(free_bytes(c.data_dir))) is not None else []
 
 
@@ -65,8 +65,8 @@ def dashboard_data(c: Any) -> dict[str, Any]:
                         "epsilon": v["epsilon"], "epsilon_local": v["epsilon_local"],
                         "canary_reports": v["canary_reports"], "candidate_top3_pct": _pct(numbers, "candidate"),
                         "stable_top3_pct": _pct(numbers, "stable"), "files_pruned": v["files_pruned"]})
-    # Retention's deletions show in the versions table ("files deleted"); in the log they crowded
-    # out the decisions about the versions in use (a third of the rows in an operator's probe).
+    # Retention's deletions show in the versions table ("files deleted"); in the log they would crowd
+    # out the decisions about the versions in use (a third of the rows or more).
     decisions = sorted(({"at": d["at"], "version_id": v["version_id"], "action": d["action"], "actor": d["actor"],
                          "reason": d["reason"]} for v in versions for d in v["decisions"] if d["action"] != "prune"),
                        key=lambda d: d["at"] or "", reverse=True)[:DECISIONS_SHOWN]

@@ -104,8 +104,8 @@ def _make_engine(url: str) -> Engine:
 
 # What a health check or a scrape waits for the database, under Prometheus's default 10 s scrape
 # timeout: with the request engine's 30 s (SQLite's busy timeout, PostgreSQL's pool timeout) a
-# locked database made /metrics and /healthz answer after 30 s, the scrape failed whole, and the
-# documented alert on `fedkeys_database_up 0` could never fire (an operator's probe).
+# locked database would make /metrics and /healthz answer after 30 s, the scrape would fail whole,
+# and the documented alert on `fedkeys_database_up 0` could never fire.
 MONITOR_WAIT_S = 2
 
 
@@ -144,7 +144,7 @@ def make_monitor_engine(url: str) -> Engine:
 def write_lock_free(engine: Engine) -> tuple[str, str] | None:
     """None if a write could start within MONITOR_WAIT_S, else ("busy", why). SQLite only: in WAL
     mode the monitor's reads pass a lock another program holds (an operator's `sqlite3` shell in a
-    transaction), while every request that writes waits 30 s and answers 503 (a review); a
+    transaction), while every request that writes waits 30 s and answers 503; a
     PostgreSQL lock shows in the reads' statement timeout."""
     if engine.dialect.name != "sqlite":
         return None
@@ -365,10 +365,10 @@ _READS_ONLY = "fedkeys_reads_only"
 
 
 def reading(engine: Engine) -> Engine:
-    """`engine` (the same pool) for sessions that only read. On SQLite every transaction took the
+    """`engine` (the same pool) for sessions that only read. On SQLite every transaction would take the
     write lock at BEGIN, reads too: a check-in's maintenance reads, every authentication and every
-    version download (held while its files were read) queued behind each other and behind every
-    write, 598 s of lock waiting over 14k requests at 2,500 devices (a scale probe). A write in
+    version download (held while its files are read) would queue behind each other and behind every
+    write, 598 s of lock waiting over 14k requests at 2,500 devices. A write in
     such a session would be rolled back with it anyway: they never commit."""
     return engine.execution_options(**{_READS_ONLY: True})
 

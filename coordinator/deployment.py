@@ -53,9 +53,9 @@ def require_database(cfg: Config, *, read_only: bool = False) -> None:
 def missing_files(coord: Any, *, check_digests: bool = False) -> list[str]:
     """The versions devices are sent (stable, candidate) whose files the data directory lacks, or,
     with `check_digests`, holds damaged. A data directory older than its database (restored from
-    an earlier backup) holds the signing key, so it passes `check_pairing`, and answered every
-    download of a newer version with a 500; a truncated file was served, and every device refused
-    it on its own (an operator probe: the service logged nothing)."""
+    an earlier backup) holds the signing key, so it passes `check_pairing`, and would answer every
+    download of a newer version with a 500; a truncated file would be served, and every device
+    refuse it on its own, with nothing in the service's log."""
     with coord._sessions() as s:
         rows = s.execute(select(Version.id, Version.weights_sha256, Version.graph_sha256, Version.tokenizer_sha256,
                                 Version.manifest_json)
@@ -95,8 +95,8 @@ def check_pairing(engine: Engine, public_key_hex: str, data_dir: str | Path, *, 
 
 def check_unpaired(engine: Engine, data_dir: str | Path) -> None:
     """`init` of a new data directory for a database another one already signs for: refused
-    before the new directory gets a key and a token (`check_pairing` refused it only after, and
-    left them there: an operator probe), and before that database is migrated under the release
+    before the new directory gets a key and a token (`check_pairing` refuses it only after, and
+    would leave them there), and before that database is migrated under the release
     that serves it."""
     if not inspect(engine).has_table(Setting.__tablename__):   # a new database: nobody's yet
         return

@@ -193,7 +193,7 @@ def _forget_in_flight(s: Session, device_ids: Select) -> tuple[int, int]:
     s.execute(open_rounds.order_by(Round.id).with_for_update()).all()   # in one order: two revocations at once
     # Recorded as rejections: the coordinator received those updates, so their rounds count in ε
     # against the coordinator (`queries.noise_seen`) even if nothing else of them stays (a round
-    # that then fails with no other update dropped out of it: a privacy audit).
+    # that then fails with no other update dropped out of it).
     for round_id, device_id in s.execute(select(Update.round_id, Update.device_id).where(
             Update.device_id.in_(device_ids), Update.round_id.in_(open_rounds))).all():
         s.add(Rejection(round_id=round_id, device_id=device_id, reason=wire.E_REVOKED,

@@ -29,8 +29,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 class TextFormatter(logging.Formatter):
     """The text format, one line per record: values a device sent (a version id, an idempotency
-    key) reach some messages, and one holding "\n2026-12-06 ... WARNING ..." forged a line of the
-    log and an ESC sequence reached the operator's terminal (a probe). Control characters in the
+    key) reach some messages, and one holding "\n2026-12-06 ... WARNING ..." would forge a line of
+    the log and an ESC sequence reach the operator's terminal. Control characters in the
     message are written escaped (werkzeug's colour codes are dropped, as in JSON lines). A
     traceback keeps its lines, each indented, since its exception's message may quote such a
     value too: no line of it can pass for a record."""

@@ -88,8 +88,9 @@ class Metrics:
                 out += _database_up(locked is None)
             except (OperationalError, PoolTimeout) as e:
                 # The counters are this process's and still true: a scrape that failed whole (503)
-                # hid them while the database was down, and the alert had to be read from the scrape
-                # failing. Now it is `fedkeys_database_up 0`. Any other error is a fault (500).
+                # would hide them while the database is down, and the alert would have to be read
+                # from the scrape failing; instead it is `fedkeys_database_up 0`. Any other error
+                # is a fault (500).
                 if (trouble := retryable(e)) is None:
                     raise
                 log.warning("metrics: the database is %s; the scrape has the counters only (%s)", *trouble)
@@ -98,8 +99,8 @@ class Metrics:
 
 
 def _free_bytes(data_dir: str | os.PathLike) -> bytes:
-    """`fedkeys_data_dir_free_bytes`: a full disk refused every upload with 503 while no gauge
-    moved, and the dashboard showed a round waiting for devices (an operator's probe)."""
+    """`fedkeys_data_dir_free_bytes`: a full disk refuses every upload with 503, and without
+    this gauge nothing moves while the dashboard shows a round waiting for devices."""
     if (free := free_bytes(data_dir)) is None:
         return b""
     return _gauge("fedkeys_data_dir_free_bytes", "free bytes on the data directory's file system (uploads and new "

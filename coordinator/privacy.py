@@ -52,7 +52,7 @@ def rate_bound(q: float) -> float:
     """`q` rounded up to `RATE_DIGITS` significant digits (0.2563 -> 0.26, at most 10% higher):
     epsilon grows with q, so the bound still holds. Each round of a fleet's draws had its own
     rate, so a lineage's record held one entry a round, and composing it at every close cost
-    25 ms an entry, inside the lock every request waits on (5 s after 200 rounds; a scale probe).
+    25 ms an entry, inside the lock every request waits on (5 s after 200 rounds).
     Rounded, a record holds about 90 rates a decade at most."""
     if not 0 < q < 1:
         return min(max(q, 0.0), 1.0) if math.isfinite(q) else 1.0

@@ -77,7 +77,7 @@ def overdue(r: Round) -> bool:
 
 def masked_inputs(s: Session, round_id: int) -> int:
     """A secure round's masked vectors received so far (its updates count in `accepted` only once
-    summed): the gauge counted them as accepted while every view said 0 (an operator's probe)."""
+    summed): counted as accepted, the gauge would disagree with every view, which says 0."""
     return int(s.scalar(select(func.count()).select_from(SecAggMember).where(
         SecAggMember.round_id == round_id, SecAggMember.masked_sha256.is_not(None))) or 0)
 
@@ -92,8 +92,8 @@ def noise_seen(s: Session) -> Counter[float]:
     rounds that versions imported from another coordinator bring (`carried_noise`)."""
     ids = set(s.scalars(select(Update.round_id).distinct()))
     # A refused post counts unless it was refused as from a device the round never drew: any
-    # enrolled device could post bytes to any round, and each such post raised every device's
-    # quoted epsilon (a security probe). It is decided by the reason written when the post was
+    # enrolled device could post bytes to any round, and each such post would raise every device's
+    # quoted epsilon. It is decided by the reason written when the post was
     # refused, not by rows a later revocation changes (it deletes the device's draws): a device
     # revoked while its post was under way is refused as revoked (`updates.refused_as_revoked`).
     ids |= set(s.scalars(select(Rejection.round_id).distinct().where(
@@ -107,9 +107,9 @@ def noise_seen(s: Session) -> Counter[float]:
 def carried_noise(s: Session) -> Counter[float]:
     """The noise multipliers of the rounds that versions imported from another coordinator
     brought (`versions.import_version` keeps a manifest's history when it is longer than the
-    parent's held here): the same operator's earlier service received those updates, so after a
-    move to a new data directory the number to quote read epsilon 0 beside a stable version of
-    epsilon 20,000 (a probe). Each imported version counts the rounds its history holds past its
+    parent's held here): the same operator's earlier service received those updates, so uncounted,
+    after a move to a new data directory the number to quote would read epsilon 0 beside a stable
+    version of epsilon 20,000. Each imported version counts the rounds its history holds past its
     parent's, all of them when the parent is not held or its history is not within the version's.
     Histories carry no round identities, so two imports of one lineage whose parent link is not
     held here count their shared rounds twice: an over-count, the safe side of a privacy bound."""

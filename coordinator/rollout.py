@@ -52,7 +52,7 @@ def _rates(metrics: Sequence[VersionMetrics]) -> dict[str, float]:
 # A candidate whose next-token loss on the canaries' held-out text is this many times the stable
 # version's (median over devices) is broken, whatever its strip's words measured: the keyboard's
 # n-gram and the user's own words keep a random-weights LSTM's strip within one word of the
-# stable one's over a canary's ~10 words, and such a candidate was promoted (an operator probe:
+# stable one's over a canary's ~10 words, and such a candidate would be promoted (measured:
 # loss 50.1 against 3.4, word top-3 6.7% against 19.2%). A round's honest candidate moves the
 # loss by a few percent.
 BROKEN_LOSS_RATIO = 1.5

@@ -6,8 +6,8 @@ any number of workers, without a counter of its own, and a replayed one is older
 backup, every device that had checked in since refused the restored coordinator's statements as
 replays and stayed on a version that coordinator no longer knew.
 
-A clock stepped back did the same, for as long as it had been ahead: an operator probe ran the
-service an hour fast, then right, and every device refused every switch (a rollback too) for
+A clock stepped back would do the same, for as long as it had been ahead: a service run an
+hour fast, then set right, would have every device refuse every switch (a rollback too) for
 that hour, with nothing said on the coordinator. So the numbers are the clock plus an offset
 (`SequenceClock`): the database keeps a lease, a number at least as high as any statement
 signed (renewed every few seconds, in a transaction of its own), and a clock found behind it

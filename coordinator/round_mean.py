@@ -1,13 +1,13 @@
 """The mean of a plain round's updates, computed before its close takes the locks.
 
-Averaging a round's updates took 16 s at 1,000 of them, 34 s with the median at 450 (a scale
-probe of 5,000 devices). Inside the close's transaction that held the process's lock, the
-decisions' advisory lock and the round's row, so every other request of the service waited,
-`/healthz` and the scrapes too, and check-ins ran past the devices' 30 s timeout. The updates of a
-round that is due no longer change (an upload past its goal or deadline is refused), so their
-mean is computed first, holding no lock, and the close uses it when the round still holds the same
-updates; otherwise (an upload came in between, a forced close) it averages them again inside, as
-it always did. One close computes it at a time: per round, per process and, on PostgreSQL, across
+Averaging a round's updates takes 16 s at 1,000 of them, 34 s with the median at 450 (in a
+population of 5,000 devices). Inside the close's transaction, which holds the process's lock, the
+decisions' advisory lock and the round's row, every other request of the service would wait,
+`/healthz` and the scrapes too, and check-ins would run past the devices' 30 s timeout. The
+updates of a round that is due no longer change (an upload past its goal or deadline is refused),
+so their mean is computed first, holding no lock, and the close uses it when the round still holds
+the same updates; otherwise (an upload came in between, a forced close) it averages them again
+inside. One close computes it at a time: per round, per process and, on PostgreSQL, across
 the service's processes.
 """
 
@@ -42,8 +42,8 @@ _released = threading.Condition()
 @dataclass(frozen=True)
 class EarlyMean:
     """A round's mean update over the updates `rows` (`update_rows`), computed before its close.
-    Whole rows, not ids: SQLite gives a deleted update's id to the next one (a review found a
-    revoked device's update averaged in and its successor's left out, on matching ids)."""
+    Whole rows, not ids: SQLite gives a deleted update's id to the next one (on matching ids a
+    revoked device's update would be averaged in and its successor's left out)."""
     rows: tuple[tuple[int, str, int], ...]
     mean: np.ndarray
 
@@ -121,8 +121,8 @@ def _advisory_lock(coord: Coordinator, round_id: int, wait: bool) -> Iterator[bo
 
 @contextmanager
 def _file_lock(coord: Coordinator, round_id: int, wait: bool) -> Iterator[bool]:
-    """SQLite under several gunicorn workers: each computed its own mean (a review). One file for
-    every round: one round is open at a time."""
+    """SQLite under several gunicorn workers: without it each would compute its own mean. One file
+    for every round: one round is open at a time."""
     path = Path(coord.config.data_dir) / CLOSING_LOCK_FILE
     with open(path, "a") as f:
         try:

@@ -159,8 +159,8 @@ def maintenance(coord: Coordinator, *, wait: bool = False) -> None:
 
 def _say_close_failed(coord: Coordinator, rid: int, e: Exception) -> None:
     """The open round's reason says that closing it failed, and why (a close sets its own reason
-    when it succeeds). A round whose base version's files were gone stayed "open" with no reason
-    in `status` and on the dashboard, and overdue for ever (an operator's probe). Best effort: the
+    when it succeeds). Otherwise a round whose base version's files are gone stays "open" with no
+    reason in `status` and on the dashboard, and overdue for ever. Best effort: the
     database may be what fails."""
     if retryable(e) is not None:   # the database busy or away: writing would wait as long again
         return
@@ -183,8 +183,8 @@ def _one_line(e: BaseException) -> str:
 
 FULL_DISK_SAID_EVERY_S = 60.0
 _full_disk_said = [-math.inf]
-# The same maintenance failure again is one line this often: a close that failed on every
-# request wrote its traceback each time, 931 lines for 30 check-ins (an operator's probe).
+# The same maintenance failure again is one line this often: a close that fails on every
+# request would write its traceback each time, 931 lines for 30 check-ins.
 FAILURE_SAID_EVERY_S = 600.0
 
 
@@ -193,9 +193,9 @@ OFF_REQUEST_AT = 50   # accepted updates from which a device's request closes a 
 
 def close_off_request(coord: Coordinator, round_id: int, accepted: int) -> bool:
     """Close `round_id` on a thread of its own when a device's request would carry a long close,
-    and say whether it did. The request that started a close carried its mean: the upload that
-    reached a goal of 1,000 got its receipt after 24 s, and a check-in after the deadline could
-    pass the devices' 30 s timeout (a scale probe). A small round (under `OFF_REQUEST_AT`
+    and say whether it did. A request that started a close would carry its mean: the upload that
+    reached a goal of 1,000 would get its receipt after 24 s, and a check-in after the deadline
+    could pass the devices' 30 s timeout. A small round (under `OFF_REQUEST_AT`
     updates: well under a second) still closes in the request, and a command's (not serving:
     a thread would die with it) always does. A worker stopped mid-close leaves the round open,
     due, for the next request's maintenance."""
@@ -243,8 +243,8 @@ def say_maintenance_failed(coord: Coordinator, e: Exception) -> None:
 
 def safe_maintenance(coord: Coordinator, *, wait: bool = False) -> None:
     """Maintenance on a device's request must never turn into that device's error. A full disk is
-    said in one line a minute, naming the data directory: its traceback came on every check-in,
-    50 a minute, and did not say what to do (an operator probe). Another failure is said with its
+    said in one line a minute, naming the data directory: its traceback would come on every check-in,
+    50 a minute, and not say what to do. Another failure is said with its
     traceback once, then in one line every FAILURE_SAID_EVERY_S while it repeats, and counted
     (`fedkeys_maintenance_failures_total`)."""
     said = coord.maintenance_failing
@@ -293,8 +293,8 @@ LATE_SAID_S = 300.0
 
 def _late_by(r: Round) -> str:
     """How late a failing round is closed, when it is late enough to matter: a clock stepped an
-    hour forward failed the open round as "only 1 accepted updates", and the operator blamed the
-    devices (an operator's probe). Rounds close on requests, so minutes late is no clock."""
+    hour forward fails the open round as "only 1 accepted updates", which reads as the devices'
+    fault. Rounds close on requests, so minutes late is no clock."""
     late = (utcnow() - r.deadline).total_seconds()
     return f" (closed {late / 60:.0f} minutes after its deadline: no request came, or the clock stepped)" \
         if late >= LATE_SAID_S else ""

@@ -183,8 +183,8 @@ def post_masked(coord: Coordinator, device_id: str, round_id: int, body: bytes) 
         r = s.get(Round, round_id, with_for_update=True)
         m = _member(s, round_id, device_id)
         row = s.get(SecAggRound, round_id)
-        # Posted twice at once, both passed the check above: the second is a duplicate here too (a
-        # probe had three of six answered 200, and only the last one's vector summed).
+        # Posted twice at once, both passed the check above: the second is a duplicate here too
+        # (otherwise three of six such posts could be answered 200, and only the last one's vector summed).
         earlier = m.masked_sha256
         late = r.status != RoundStatus.OPEN or row.phase != MASKED
         if earlier is None and not late:
@@ -395,8 +395,8 @@ def restart_phase_clocks(coord: Coordinator) -> None:
             row.phase_started_at = now
 
 
-# Sets of t shares tried per secret: with 32, 3 wrong revealers of 9 shares (t = 5) left a quarter
-# of the secrets unfound (a review). An interpolation costs well under a millisecond at small t
+# Sets of t shares tried per secret: with 32, 3 wrong revealers of 9 shares (t = 5) leave a quarter
+# of the secrets unfound. An interpolation costs well under a millisecond at small t
 # and 0.27 s at t = 1,001, so the tries also stop after TRY_SECONDS per secret.
 TRIES = 256
 TRY_SECONDS = 5.0

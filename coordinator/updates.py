@@ -41,7 +41,7 @@ def reject(coord: Coordinator, device_id: str, round_id: int | None, code: str, 
 def refused_as_revoked(coord: Coordinator, device_id: str, round_id: int) -> ApiError:
     """A drawn device revoked while its post was under way (its draw deleted, or found revoked as
     its update was stored): authentication's 401, and a rejection that counts its round in epsilon
-    against the coordinator (`queries.noise_seen`), since its bytes were received (a review)."""
+    against the coordinator (`queries.noise_seen`), since its bytes were received."""
     with coord.tx() as s:
         s.add(Rejection(round_id=round_id, device_id=device_id, reason=wire.E_REVOKED,
                         message="the device was revoked while this update was received: it does not count"))

@@ -101,9 +101,9 @@ def import_version(coord: Coordinator, directory: str | Path, *, as_candidate: b
                         else "")
     if held:
         if as_candidate is False and status != VersionStatus.STABLE:
-            # `import-version --stable` of a version held here restored its files, exited 0 and left
-            # it retired while the operator read "it is stable now" (an operator probe): it is made
-            # stable as the decision for its status does it.
+            # `import-version --stable` of a version held here makes it stable, as the decision for
+            # its status does: restoring its files alone would exit 0 and leave it retired while
+            # the operator reads "it is stable now".
             action = {VersionStatus.RETIRED: "rollback", VersionStatus.CANDIDATE: "promote"}.get(status, "pin")
             log.warning("version %s: made stable (%s), as --stable asks", manifest.version_id, action)
             admin_decide(coord, manifest.version_id, action)
@@ -253,8 +253,8 @@ def export_version(coord: Coordinator, version_id: str, directory: str | Path) -
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise bad_request(f"{d} exists and is not an empty folder: name a new one")
-    # An export a full disk or Ctrl-C stopped left a partial folder, which the next export then
-    # refused as not empty (an operator probe). A new folder is written beside its name and renamed
+    # An export a full disk or Ctrl-C stops would leave a partial folder, which the next export
+    # would refuse as not empty. A new folder is written beside its name and renamed
     # whole; an empty one named (a mount point, a link, ".") is filled, and emptied again on failure.
     if d.is_dir():
         try:
@@ -288,9 +288,9 @@ def put_download_form(coord: Coordinator, weights: dict, parent_sha: str = "") -
 
 def _import_seq(s: Session, version_id: str) -> int:
     """An imported round's version keeps its place in the count its id carries ("v0005-..." is 5,
-    if no version here is past it), so this coordinator's next rounds number on from it: a new
-    deployment that imported v0005-5f6c29b3 after a key replacement made its own v0002 to v0005,
-    and listed two v0005s (an operator probe)."""
+    if no version here is past it), so this coordinator's next rounds number on from it: otherwise a
+    new deployment that imported v0005-5f6c29b3 after a key replacement would make its own v0002
+    to v0005, and list two v0005s."""
     found = re.match(r"v(\d{1,9})-", version_id)
     return max(queries.next_seq(s), int(found.group(1)) if found else 0)
 
@@ -340,7 +340,7 @@ def write_candidate(coord: Coordinator, s: Session, r: Round, base: Version, man
 
 def _favoured_under_pin(coord: Coordinator, s: Session) -> str | None:
     """The pending candidate, when a pin holds it back with the canary in its favour: README
-    promises it waits for `unpin`, and a round closing meanwhile had superseded it (a probe)."""
+    promises it waits for `unpin`, so a round closing meanwhile must not supersede it."""
     cand, stable = queries.candidate(s), queries.stable(s)
     if cand is None or stable is None or not queries.pinned(s):
         return None
@@ -361,7 +361,7 @@ def supersede_candidate(coord: Coordinator, s: Session, new_id: str) -> None:
         old.status = VersionStatus.REJECTED
         old.decided_at = utcnow()
         # By the round, not the canary: counted with the canary's vetoes (actor "auto"), a routine
-        # replacement fired an alert on rejections, and went unlogged (an operator's probe).
+        # replacement would fire an alert on rejections, and go unlogged.
         s.add(Decision(version_id=old.id, action=VersionAction.REJECT, actor=NEWER_ACTOR,
                        reason=f"superseded by {new_id} before the canary decided",
                        numbers_json=json.dumps(views._json_safe(numbers))))

@@ -50,7 +50,7 @@ def round_dict(coord: Coordinator, s: Session, r: Round) -> dict[str, Any]:
     return {"round_id": r.id, "status": r.status, "base_version_id": r.base_version_id,
             "plan": plan, "goal_count": r.goal_count, "max_selected": r.max_selected,
             "min_count": r.min_count, "population": r.population, "selected": selected,
-            # after the draw, its losers wait for nothing: "714 waiting" read after a draw (a scale probe)
+            # after the draw, its losers wait for nothing: 0, not the hundreds the draw left out
             "waiting_for_draw": 0 if r.drawn_at is not None else selection.waiting_count(s, r.id),
             "selection_ends_at": iso(r.selection_ends_at),
             "accepted": queries.accepted(s, r.id), "rejected": rejected, "deadline": iso(r.deadline),
@@ -134,9 +134,9 @@ ROUNDS_SHOWN = 100   # the newest rounds a listing holds unless asked for more
 
 
 def list_rounds(coord: Coordinator, limit: int = ROUNDS_SHOWN) -> dict[str, Any]:
-    """{"rounds": the newest `limit`, oldest first, "total": how many}. Every round ever came back,
-    at six queries each: a coordinator that opens a round every few minutes holds tens of
-    thousands within months (a scale probe)."""
+    """{"rounds": the newest `limit`, oldest first, "total": how many}. Bounded, since every round ever,
+    at six queries each, grows without limit: a coordinator that opens a round every few minutes
+    holds tens of thousands within months."""
     with coord._sessions() as s:
         newest = list(s.scalars(select(Round).order_by(Round.id.desc()).limit(limit)))
         total = int(s.scalar(select(func.count()).select_from(Round)) or 0)
@@ -158,8 +158,8 @@ REJECTIONS_SHOWN = 1000   # the newest rejections a listing holds unless asked f
 
 def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJECTIONS_SHOWN) -> dict[str, Any]:
     """The newest `limit` rejections (of one round, or of all), oldest first, how many there are and
-    how many of each reason. Every rejection ever came back at once: with a goal of 1,000 a round adds
-    300 late uploads (a scale probe)."""
+    how many of each reason. Bounded, since every rejection ever grows fast: with a goal of 1,000 a
+    round adds 300 late uploads."""
     with coord._sessions() as s:
         where = _of_round(s, round_id)
         newest = list(s.scalars(select(Rejection).where(*where).order_by(Rejection.id.desc()).limit(limit)))

@@ -25,8 +25,8 @@ def read_body(limit: int, what: str) -> bytes:
     """The request's body, at most `limit` bytes (413 above it, 400 if it ends before its
     Content-Length). A chunked body, with no Content-Length, is read up to the limit, never
     buffered whole; one that reaches the service's own cap (`max_body_bytes`, where the server's
-    stream stops without a word) counts as over it: it was cut there, and the cut body read as a
-    malformed update (a 422 for a 70 MB upload, an adversarial-device probe)."""
+    stream stops without a word) counts as over it: it was cut there, and the cut body would read as a
+    malformed update (a 422 for a 70 MB upload)."""
     cap = request.max_content_length
     too_large = ApiError(413, wire.E_TOO_LARGE, f"{what} are limited to {min(limit, cap or limit)} bytes"
                          + (" (chunked: less than that)" if cap is not None and cap <= limit else ""))

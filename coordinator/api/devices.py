@@ -74,8 +74,8 @@ def _file(version_id: str, kind: str) -> Response:
     data, mimetype = coord().version_file(version_id, kind)
     resp = Response(data, mimetype=mimetype)
     resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"  # versions never change
-    # A download cut off asks for the rest (Range, If-Range on this ETag): on a link that dropped every
-    # few MB the 11 MB graph started again from its first byte each time (a network probe).
+    # A download cut off asks for the rest (Range, If-Range on this ETag): on a link that drops every
+    # few MB the 11 MB graph would otherwise start again from its first byte each time.
     resp.set_etag(hashlib.sha256(data).hexdigest())
     return resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
 

@@ -1,4 +1,4 @@
-"""Sampling rates from before each round's own draw, taken as 1 (the forty-sixth session).
+"""Sampling rates from before each round's own draw, taken as 1.
 
 Until this revision a round's sampling rate q was its accepted updates over every device that
 had ever contributed (or a configured population_size), smaller than a device's real chance of

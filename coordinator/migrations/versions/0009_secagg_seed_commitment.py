@@ -1,8 +1,8 @@
 """A secure round's self-mask seed commitment, per member.
 
 A survivor could reveal a forged share of a neighbour's self-mask seed: with one honest share it
-interpolated to another seed, nothing checked it, and the round closed "done" on a random sum (a
-probe). Devices now send sha256 of their seed with their shares, and the coordinator keeps only a
+interpolated to another seed, nothing checked it, and the round closed "done" on a random sum.
+Devices now send sha256 of their seed with their shares, and the coordinator keeps only a
 recovered seed that matches it (`coordinator.secagg._recovered`), as it checks a mask key against
 its public key. NULL for a device from before: its seed is taken unchecked, as it was.
 

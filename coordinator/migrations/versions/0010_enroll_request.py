@@ -2,7 +2,7 @@
 
 A device whose enrollment answer was lost (a reply cut off, a timeout after the coordinator
 committed) enrolled again as a second device, using a second use of the key; with a single-use
-key it could never enroll without an operator (a network probe). Devices now send a random id of
+key it could never enroll without an operator. Devices now send a random id of
 their own for an enrollment, the same on every retry; the coordinator keeps its sha256. NULL for
 devices from before, and for devices that send none.
 
