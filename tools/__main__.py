@@ -1,6 +1,7 @@
 """`python -m tools`: the commands this package holds, each run as `python -m tools.NAME`.
 
-`python -m tools` answered "No module named tools.__main__" (a newcomer's first try). The list is
+`python -m tools` is what a newcomer tries first, so it lists the commands rather than fail with
+"No module named tools.__main__". The list is
 read from the files themselves (the modules that run as a command, and each one's docstring), so
 it cannot drift from them, and nothing is imported: TensorFlow stays unloaded.
 """
@@ -32,7 +33,7 @@ def commands() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--version"]:   # every command has it (a probe found this one did not)
+    if args[:1] == ["--version"]:   # every command has it, this one too
         from protocol import __version__
         print(f"python -m tools {__version__}")
         return 0

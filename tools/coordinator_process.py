@@ -54,7 +54,7 @@ def repo_env(*, inherit_settings: bool = True, **extra: str) -> dict[str, str]:
     """The environment a repository module runs in: this checkout on PYTHONPATH, TensorFlow quiet.
     Modules are started with `python -P`, which keeps the working directory (the caller's, where
     its relative paths are) off the path: a `protocol.py` or `model/` of the caller's own project
-    there shadowed this one's packages (a developer's probe).
+    there would shadow this one's packages.
 
     `inherit_settings=False` drops inherited FEDKEYS_COORDINATOR_* variables, for runs whose
     results must not depend on the caller's shell."""

@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-MAX_SEQ_LEN, MAX_DIM, MAX_WORDS = 512, 4096, 1_000_000   # bounds far past a device's budget (a probe)
+# Bounds far past a device's budget: beyond them (--seq-len 100000, --hidden-dim 200000) memory runs
+# away or training ends in a traceback.
+MAX_SEQ_LEN, MAX_DIM, MAX_WORDS = 512, 4096, 1_000_000
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -146,7 +148,7 @@ def _train_and_export(args: argparse.Namespace, out: Path, work: Path) -> int:
     sources = [args.corpus] if args.corpus else args.proxy
     source = " + ".join(Path(s).name for s in sources)
     # A device corpus is split as every tool splits it (seed 0): with --seed 1 the central reference
-    # trained on 18 of Shakespeare's 24 held-out users, and scored better on them (a researcher's probe).
+    # would train on 18 of Shakespeare's 24 held-out users, and score better on them.
     split_seed = CORPUS_SPLIT_SEED if args.corpus else args.seed
     split = split_users([r for s in sources for r in read_corpus(s)], seed=split_seed)
     train_texts, val_texts = split.texts("train"), split.texts("validation")

@@ -47,7 +47,7 @@ from tools.shipped import SHIPPED_V0
 def full_dim() -> int:
     """The shipped version 0's size (1,356,048 parameters): the update every device masks. Read
     when a measurement needs it, not at import: `--help` of an installed copy, which ships no
-    version 0, ended in a traceback (a developer's probe)."""
+    version 0, would end in a traceback."""
     return read_manifest(SHIPPED_V0).num_params
 
 DESIGN_DROPOUT = 0.3

@@ -25,7 +25,7 @@ STDOUT = "-"
 
 def default_out() -> str:
     """The checkout's docs/settings.md; in an installed copy (no docs/ beside the packages), the
-    standard output: it wrote a docs/ folder into site-packages (a developer's probe)."""
+    standard output, not a docs/ folder written into site-packages."""
     return str(OUT) if OUT.parent.is_dir() else STDOUT
 _FIELD = re.compile(r"^\s+(\w+):\s*[^=]+=\s*(.+?)(?:\s+#\s*(.*))?$")
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: name the file to write")
-    # `--out README.md` replaced the README without a word (a probe): only a file this tool wrote
+    # `--out README.md` must not replace the README without a word: only a file this tool wrote
     # is replaced unasked.
     if out.exists() and not args.force and not out.read_bytes().startswith(text.split("\n", 1)[0].encode()):
         raise ValueError(f"{out} exists and is not a settings reference: name another file, or --force")

@@ -81,9 +81,9 @@ def one_document_corpus(records: Sequence[Any]) -> bool:
 def typed_in_pieces(users: Mapping[str, Sequence[str]], one_document: bool) -> tuple[dict[str, list[str]], int]:
     """Users with their single documents split (`split_document`) in a corpus of one document per
     user (`one_document_corpus`): (users, how many were split). A user's first half is typed before
-    the second is scored (`halves`), and a user of one text had nothing typed: on such a corpus the
-    keyboard's own parts learned nothing and its claims flipped sign (-11.3 top-3 against the
-    central trigram, +3.0 split; a researcher's probe). Other corpora are scored as they are."""
+    the second is scored (`halves`), and a user of one text would have nothing typed: on such a corpus the
+    keyboard's own parts would learn nothing and its claims flip sign (-11.3 top-3 against the
+    central trigram, +3.0 split). Other corpora are scored as they are."""
     if not one_document:
         return {u: list(t) for u, t in users.items()}, 0
     single = sum(len(t) == 1 for t in users.values())

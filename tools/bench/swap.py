@@ -1,9 +1,9 @@
 """`python -m tools.bench swap`: keystroke latency while new model versions arrive.
 
-The device loop installs a new version after every promoted round. The keyboard used to load it
-on the first keystroke that saw it, under the lock every strip takes, so that keystroke waited
-for the whole load (the soak of the forty-eighth session saw 0.2-1 s spikes). It now loads on a
-thread (`ModelSlot.refresh(wait=False)`) and answers from the version in use meanwhile. Both
+The device loop installs a new version after every promoted round. Loaded on the first keystroke
+that sees it, under the lock every strip takes, it makes that keystroke wait for the whole load
+(0.2-1 s spikes in a soak), as keyboards of releases before 6 December 2026 did. The keyboard loads
+it on a thread (`ModelSlot.refresh(wait=False)`) and answers from the version in use meanwhile. Both
 ways run here side by side, in turn, in one process: a keyboard (`KeyboardApp`, as the server
 runs it, with its idle thread) on a data directory, typed into at a steady pace, a message that
 grows from half of `--chars` characters to all of them and starts again, while `--versions` copies of the model are
@@ -64,7 +64,7 @@ def run_way(model: Path, work: Path, *, in_place: bool, versions: int, interval:
     from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor
     from edge_runtime.versions import VersionStore, directory_fetch
 
-    class LoadInPlace(ModelSlot):   # the keystroke's way before the forty-ninth session
+    class LoadInPlace(ModelSlot):   # the load on the keystroke, as before 6 December 2026
         def refresh(self, *, wait: bool = True) -> None:
             super().refresh(wait=True)
 

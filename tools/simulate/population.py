@@ -147,7 +147,7 @@ def central_is_stale(central: Path, v0: Path | None, corpus: str, *, unrecorded_
 
 def refuse_unfit_central(central: Path, v0: Path | None, corpus: str) -> None:
     """A central reference given by hand (`--central DIR`) must fit the run: another corpus's
-    reference moved a claim by 2 points (a researcher's probe). CorpusError (exit 2) if not."""
+    reference can move a claim by 2 points. CorpusError (exit 2) if not."""
     from model.corpus import CorpusError
 
     if (stale := central_is_stale(central, v0, corpus, unrecorded_fits=True)) is not None:

@@ -5,9 +5,9 @@ report.json is read by automation: keep `references.{ngram,ngram_proxy,proxy,cen
 meanings issue 10 gave them (the central trigram, the proxy trigram, version 0's LSTM alone, the
 central LSTM: `proxy` and `ngram_proxy` are what ships without users' text), `proxy_lstm` (the same as
 `proxy`), `keyboard_v0` (the keyboard on version 0), `ngram_shared`, `federations[].final_metrics`,
-`federations[].global_metrics` and the round fields as they are. From the first session to the
-fifty-third, `proxy` held the keyboard on version 0, and a reader of the issue's fields took it for
-the proxy-only LSTM (a checker's probe)."""
+`federations[].global_metrics` and the round fields as they are. Reports written before
+7 December 2026 hold the keyboard on version 0 under `proxy`, which a reader of the issue's fields
+takes for the proxy-only LSTM."""
 
 from __future__ import annotations
 
