@@ -306,10 +306,10 @@ def close_round(coord: Coordinator, round_id: int, *, force: bool = False, wait:
     waits for it, or with `wait` False (maintenance on every request) answers None at once."""
     if not 1 <= round_id <= wire.MAX_INT:
         raise not_found(f"no round {round_id}")
-    t0 = time.perf_counter()
     with round_mean.claim(coord, round_id, wait=wait) as mine:
         if not mine:
             return None
+        t0 = time.perf_counter()   # after the claim: waiting for another worker's close is not aggregating
         return _close(coord, round_id, force, round_mean.early_mean(coord, round_id, force=force), t0)
 
 

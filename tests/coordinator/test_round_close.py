@@ -194,3 +194,24 @@ def test_a_long_close_runs_off_the_request_that_starts_it(tmp_path, monkeypatch,
         assert len(writes) == 2 and all(w.startswith("close-") for w in writes), writes
         assert caplog.text.count("round maintenance failed; will retry on the next request") == 1
         assert "the first close fails" in caplog.text
+
+
+def test_aggregation_seconds_counts_the_close_not_the_wait_for_another(tmp_path):
+    """A close that waited for another one under way observed the wait as aggregation time."""
+    from coordinator import round_mean
+
+    with open_round(tmp_path, 3, goal_count=3, min_count=2, overselect=1.0) as (s, devices, rid):
+        for i in range(2):
+            assert devices[i].upload(random_delta(i), round_id=rid, base="v0000", examples=4).status_code == 200
+        results = []
+        with round_mean.claim(s.coord, rid, wait=True) as mine:   # another close under way
+            assert mine
+            t = threading.Thread(target=lambda: results.append(s.coord.close_round(rid, force=True)))
+            t.start()
+            threading.Event().wait(1.5)
+            assert not results
+        t.join(30)
+        assert results and results[0]["status"] == "done"
+        samples = {m.name: m.value for m in s.coord.metrics.aggregation_seconds.collect()[0].samples}
+        assert samples["fedkeys_aggregation_seconds_count"] == 1
+        assert samples["fedkeys_aggregation_seconds_sum"] < 1.0, samples
