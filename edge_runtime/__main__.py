@@ -19,9 +19,11 @@ from protocol.cli import interrupt_exits
 
 with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from edge_runtime import agent, keyboard, paths, personalize, unsent
+    from edge_runtime import cache as text_cache
     from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
     from edge_runtime.client import ClientError, RejectedError
     from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
+    from edge_runtime.identity import IdentityError, coordinator_key, readable_identity
     from edge_runtime.versions import VersionError, VersionStore
     from protocol.artifact import read_manifest
     from protocol.cli import (
@@ -184,17 +186,17 @@ def main(argv: list[str] | None = None) -> int:
             if agent.type_text(cfg, args.text, args.field_kind, private=args.private):
                 print("cached")
             else:
-                with agent.open_cache(cfg) as cache:
+                with text_cache.open_cache(cfg) as cache:
                     print(f"not cached: {cache.why_not(args.text, args.field_kind, private=args.private)}")
         elif c in ("pause", "resume"):
-            with agent.open_cache(cfg) as cache:
+            with text_cache.open_cache(cfg) as cache:
                 cache.set_paused(c == "pause")
             print("learning paused" if c == "pause" else "learning resumed")
         elif c == "wipe":
             personalize.forget(cfg.require_data_dir())   # the personal LSTM was learned from the text
             unsent.discard(cfg.require_data_dir())        # and so was an update not yet delivered
             try:
-                with agent.open_cache(cfg) as cache:
+                with text_cache.open_cache(cfg) as cache:
                     try:
                         cache.wipe()
                     finally:   # and one a running loop saved meanwhile (also when the wipe says another has it open)
@@ -209,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         elif c == "status":
             print(json.dumps(agent.status(cfg), indent=2))
         elif c == "notices":   # the version the keyboard would use: signature-checked as it is
-            key = agent.coordinator_key(cfg.public_key, agent.readable_identity(data_dir))
+            key = coordinator_key(cfg.public_key, readable_identity(data_dir))
             print(_notices(VersionStore(data_dir, public_key=key).current()))
         return 0
-    except (ConfigError, agent.AgentError, RejectedError, keyboard.KeyboardError) as e:
+    except (ConfigError, agent.AgentError, IdentityError, RejectedError, keyboard.KeyboardError) as e:
         print(f"error: {e}", file=sys.stderr)      # the user's input or setting: exit 2, as argparse does
         return EXIT_USER_ERROR
     except (ClientError, VersionError, CacheError) as e:

@@ -33,14 +33,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from edge_runtime import channel, personalize, rollout_guard, secagg_client, trainer, unsent
-from edge_runtime.cache import CacheError, TextCache
+from edge_runtime.cache import CacheError, TextCache, open_cache
 from edge_runtime.client import (
     ClientError,
     CoordinatorClient,
@@ -51,6 +51,7 @@ from edge_runtime.collector import release_freed
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
 from edge_runtime.errors import EdgeError, Stopping, failure
+from edge_runtime.identity import Identity, coordinator_key, load_identity, save_identity
 from edge_runtime.paths import ACTIVITY_FILE, ENROLL_REQUEST_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import EvaluationRecord, LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.unsent import Unsent
@@ -71,52 +72,7 @@ class AgentError(EdgeError, RuntimeError):
     """The agent cannot go on (not enrolled, revoked, bad setup); the message says why."""
 
 
-# --- identity --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Identity:
-    device_id: str
-    token: str
-    coordinator: str
-    public_key: str = ""          # hex; empty: manifests are checked by sha256 only
-
-    def __repr__(self) -> str:   # never print the token by accident
-        return f"Identity(device_id={self.device_id!r}, coordinator={self.coordinator!r})"
-
-
-def save_identity(data_dir: Path, ident: Identity) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = data_dir / IDENTITY_FILE
-    atomic_write(path, json.dumps(asdict(ident), indent=1).encode())
-    os.chmod(path, 0o600)
-
-
-def load_identity(data_dir: Path) -> Identity | None:
-    path = data_dir / IDENTITY_FILE
-    try:
-        d = json.loads(path.read_text())
-        return Identity(device_id=str(d["device_id"]), token=str(d["token"]),
-                        coordinator=str(d["coordinator"]), public_key=str(d.get("public_key") or ""))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise AgentError(f"{path} is damaged ({e.__class__.__name__}); enroll again with --force") from e
-
-
-def readable_identity(data_dir: Path) -> Identity | None:
-    """`load_identity`, with None for a damaged file too: the keyboard and `notices` still run
-    (unsigned), where enrolling and the device loop need the identity whole."""
-    try:
-        return load_identity(Path(data_dir))
-    except AgentError:
-        return None
-
-
-def coordinator_key(configured: str | None, ident: Identity | None) -> str | None:
-    """The coordinator key that manifests and rollout states are checked with: the configured one,
-    else the one the device enrolled with; None when there is neither (checked by sha256 only)."""
-    return configured or (ident.public_key if ident is not None else "") or None
-
+# --- enrollment ------------------------------------------------------------------------------
 
 def device_platform() -> str:
     """Free text the coordinator may see: OS and CPU, nothing about the user."""
@@ -215,15 +171,6 @@ def _check_writable(data_dir: Path) -> None:
 
 
 # --- the device's parts ----------------------------------------------------------------------
-
-def open_cache(config: EdgeConfig, *, damaged_ok: bool = False) -> TextCache:
-    """The device's text cache. `damaged_ok` for the long-running parts (the device loop, the
-    keyboard): a cache too damaged to open must not stop them checking in or suggesting; every
-    call on it fails as on a cache damaged past its header, until a wipe makes a new one."""
-    return TextCache(config.require_data_dir(), retention_days=config.retention_days,
-                     max_bytes=config.max_cache_bytes, holdout_fraction=config.holdout_fraction,
-                     damaged_ok=damaged_ok)
-
 
 def make_eligibility(config: EdgeConfig) -> Eligibility:
     policy = Policy(min_idle_s=config.min_idle_s, max_load_per_cpu=config.max_load_per_cpu,

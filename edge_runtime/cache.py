@@ -37,12 +37,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from edge_runtime.errors import EdgeError
 from edge_runtime.file_lock import LockBusy, file_lock
 from edge_runtime.paths import CACHE_DB, CACHE_OPEN_LOCK, PAUSE_AFTER_WIPE
 from protocol.text import nfc, quote_led
+
+if TYPE_CHECKING:   # settings only name the cache's own parameters: no import at run time
+    from edge_runtime.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -774,3 +777,13 @@ class TextCache:
     def heldout_records(self) -> Iterator[CachedText]:
         """The newest part of the cache, used only for local evaluation."""
         return iter(self._select(train=False))
+
+
+def open_cache(config: EdgeConfig, *, damaged_ok: bool = False) -> TextCache:
+    """The device's text cache, opened with its settings (the device loop's, the keyboard's and
+    the command line's). `damaged_ok` for the long-running parts (the device loop, the
+    keyboard): a cache too damaged to open must not stop them checking in or suggesting; every
+    call on it fails as on a cache damaged past its header, until a wipe makes a new one."""
+    return TextCache(config.require_data_dir(), retention_days=config.retention_days,
+                     max_bytes=config.max_cache_bytes, holdout_fraction=config.holdout_fraction,
+                     damaged_ok=damaged_ok)

@@ -61,8 +61,15 @@ from urllib.parse import urlsplit
 
 from edge_runtime import channel as channels
 from edge_runtime import unsent
-from edge_runtime.agent import open_cache
-from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, capitalised, disk_full, wipe_in_place
+from edge_runtime.cache import (
+    CacheError,
+    DamagedCacheError,
+    TextCache,
+    capitalised,
+    disk_full,
+    open_cache,
+    wipe_in_place,
+)
 from edge_runtime.collector import settle
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import ActivityClock

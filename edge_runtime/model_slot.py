@@ -20,9 +20,9 @@ import numpy as np
 
 from edge_runtime import channel as channels
 from edge_runtime import personalize
-from edge_runtime.agent import coordinator_key, readable_identity
 from edge_runtime.collector import release_freed
 from edge_runtime.errors import failure
+from edge_runtime.identity import coordinator_key, readable_identity
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionError, VersionStore
 from protocol.artifact import TOKENIZER, ArtifactError

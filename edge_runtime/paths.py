@@ -1,7 +1,7 @@
 """The names of the files in a device's data directory, in one place.
 
     <data_dir>/
-        device.json             identity: device id, token, coordinator URL and key (agent; 0600)
+        device.json             identity: device id, token, coordinator URL and key (identity; 0600)
         last_keystroke          mtime = the last keystroke, for the idle rule (eligibility.ActivityClock)
         keyboard_token          the keyboard page's key, in the URL it prints (keyboard; 0600)
         text_cache.sqlite3      the typed-text cache, plus its -wal/-shm files (cache)

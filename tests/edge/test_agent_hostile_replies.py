@@ -14,8 +14,10 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from edge_runtime import agent
+from edge_runtime.cache import open_cache
 from edge_runtime.client import CoordinatorClient, ProtocolError, TransientError
 from edge_runtime.config import EdgeConfig
+from edge_runtime.identity import Identity, save_identity
 from edge_runtime.versions import VersionError
 from protocol import wire
 from tests.helpers.http_fakes import JsonReplyHandler
@@ -97,7 +99,7 @@ def test_agent_survives_1000_hostile_replies(tmp_path, hostile, caplog):
     cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=hostile, eligibility="override:eligible",
                      min_wait_s=0.0001, max_wait_s=0.001, backoff_initial_s=0.0001, backoff_max_s=0.0002,
                      jitter=0.0, http_timeout_s=5.0)
-    agent.save_identity(tmp_path / "dev", agent.Identity("d-1", "tok", hostile, "ab" * 32))
+    save_identity(tmp_path / "dev", Identity("d-1", "tok", hostile, "ab" * 32))
     dev = agent.Device.open(cfg)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -160,8 +162,8 @@ def test_a_failed_download_keeps_the_loop_and_the_current_version(tmp_path, capl
             raise TransientError(f"GET /v1/versions/{version_id}/weights: the answer from http://x was cut off")
 
     cfg = EdgeConfig(data_dir=str(tmp_path), eligibility="override:eligible", min_wait_s=0.0001)
-    dev = agent.Device(config=cfg, identity=agent.Identity("d-1", "t", "http://x"), client=Client(), store=Store(),
-                       cache=agent.open_cache(cfg), eligibility=agent.make_eligibility(cfg))
+    dev = agent.Device(config=cfg, identity=Identity("d-1", "t", "http://x"), client=Client(), store=Store(),
+                       cache=open_cache(cfg), eligibility=agent.make_eligibility(cfg))
     try:
         # The current version stays; `run --once` says the named one could not be used (it exited 0:
         # a probe on a full disk read "0 = ok" in its help).

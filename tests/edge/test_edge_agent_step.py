@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from edge_runtime import agent, trainer
-from edge_runtime.cache import TextCache
+from edge_runtime.cache import TextCache, open_cache
 from edge_runtime.client import RejectedError, TransientError
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import Decision
+from edge_runtime.identity import Identity, IdentityError, load_identity, save_identity
 from edge_runtime.update import Update
 from edge_runtime.versions import VersionError
 from protocol import wire
@@ -105,7 +106,7 @@ def device(tmp_path):
     cache = TextCache(tmp_path)
     for i in range(10):
         cache.add(f"{SECRET} number {i}", "message")
-    dev = agent.Device(config=cfg, identity=agent.Identity("dev-1", "tok", "http://c"), client=FakeClient(),
+    dev = agent.Device(config=cfg, identity=Identity("dev-1", "tok", "http://c"), client=FakeClient(),
                        store=FakeStore(), cache=cache, eligibility=FakeEligibility([Decision(True)]),
                        rng=random.Random(0))
     yield dev
@@ -406,25 +407,25 @@ def test_loop_once_exit_codes_and_fatal_rejection(device, caplog):
 
 
 def test_identity_round_trip_is_private(tmp_path):
-    ident = agent.Identity("d1", "secret-token", "http://c", "ab" * 32)
-    agent.save_identity(tmp_path, ident)
-    assert agent.load_identity(tmp_path) == ident
+    ident = Identity("d1", "secret-token", "http://c", "ab" * 32)
+    save_identity(tmp_path, ident)
+    assert load_identity(tmp_path) == ident
     assert (tmp_path / agent.IDENTITY_FILE).stat().st_mode & 0o077 == 0
     assert "secret-token" not in repr(ident)
     (tmp_path / agent.IDENTITY_FILE).write_text("{")
-    with pytest.raises(agent.AgentError, match="damaged"):
-        agent.load_identity(tmp_path)
+    with pytest.raises(IdentityError, match="damaged"):
+        load_identity(tmp_path)
 
 
 def test_type_text_respects_sensitive_fields_and_pause(tmp_path):
     cfg = EdgeConfig(data_dir=str(tmp_path))
     assert agent.type_text(cfg, "hello there", "message")
     assert not agent.type_text(cfg, "hunter2", "password")
-    with agent.open_cache(cfg) as c:
+    with open_cache(cfg) as c:
         c.set_paused(True)
     assert not agent.type_text(cfg, "while paused", "message")
     assert (tmp_path / agent.ACTIVITY_FILE).exists()
-    with agent.open_cache(cfg) as c:   # what `type` and the page say instead of "one of three reasons"
+    with open_cache(cfg) as c:   # what `type` and the page say instead of "one of three reasons"
         assert c.why_not("while paused", "message") == "learning paused"
         assert c.why_not("hunter2", "Password") == "sensitive field (password)"
         assert c.why_not("hunter2", "message", private=True) == "private field"

@@ -350,7 +350,7 @@ def test_a_wipe_that_cannot_take_the_caches_lock_wipes_all_the_same(tmp_path: Pa
 def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys, monkeypatch):
     """On a full disk the cache could not be opened to delete its rows (SQLite needs room for its
     WAL files): `wipe` failed and the text stayed. It overwrites the files in place instead."""
-    from edge_runtime import agent
+    from edge_runtime import cache as cache_mod
     from edge_runtime.__main__ import main as cli_main
 
     d = tmp_path / "d"
@@ -360,7 +360,7 @@ def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys
     def full(cfg):
         raise CacheError(f"cannot open text cache at {d / CACHE_DB}: disk I/O error")
 
-    monkeypatch.setattr(agent, "open_cache", full)
+    monkeypatch.setattr(cache_mod, "open_cache", full)
     assert cli_main(["wipe", "--data-dir", str(d)]) == 0
     out = capsys.readouterr().out
     assert "the disk is full or failing" in out and "overwritten in place" in out
@@ -368,7 +368,7 @@ def test_wipe_on_a_full_disk_overwrites_the_text_in_place(tmp_path: Path, capsys
     monkeypatch.undo()
     with TextCache(d) as fresh:
         assert fresh.stats()["records"] == 0 and fresh.paused
-    monkeypatch.setattr(agent, "open_cache", lambda cfg: (_ for _ in ()).throw(CacheError("database is locked")))
+    monkeypatch.setattr(cache_mod, "open_cache", lambda cfg: (_ for _ in ()).throw(CacheError("database is locked")))
     assert cli_main(["wipe", "--data-dir", str(d)]) == 1         # not a full disk: said, nothing destroyed
     assert (d / CACHE_DB).exists()
 

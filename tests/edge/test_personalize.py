@@ -15,6 +15,7 @@ from edge_runtime import agent, model_slot, personalize, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import Decision
+from edge_runtime.identity import Identity
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.paths import PERSONAL_DIR
 from edge_runtime.versions import VersionStore, directory_fetch
@@ -227,7 +228,7 @@ def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Pat
             raise AssertionError("nothing to download")
 
     answers = [Decision(True)]
-    dev = agent.Device(config=EdgeConfig(data_dir=str(tmp_path)), identity=agent.Identity("d", "t", "http://c"),
+    dev = agent.Device(config=EdgeConfig(data_dir=str(tmp_path)), identity=Identity("d", "t", "http://c"),
                        client=Client(), store=store, cache=cache,
                        eligibility=type("E", (), {"check": staticmethod(lambda **kw: answers[0])})(),
                        rng=random.Random(0))

@@ -26,8 +26,10 @@ import requests
 from flask import request
 
 from edge_runtime import agent
+from edge_runtime.cache import open_cache
 from edge_runtime.client import CoordinatorClient
 from edge_runtime.config import EdgeConfig
+from edge_runtime.identity import load_identity
 from edge_runtime.paths import CACHE_DB
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionStore
@@ -114,7 +116,7 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 def _cache_snapshot(cfg: EdgeConfig) -> tuple[list[str], list[str]]:
-    with agent.open_cache(cfg) as cache:
+    with open_cache(cfg) as cache:
         snap = ([r.text for r in cache.training_records()], [r.text for r in cache.heldout_records()])
     for p in Path(cfg.data_dir).glob("text_cache*.sqlite3"):
         with sqlite3.connect(p) as db:
@@ -201,7 +203,7 @@ def test_kill_during_training_or_upload_then_restart(world, tmp_path, where):
     s, gate, stable, key = world
     # the training case needs training that outlasts the kill's delay even on an idle machine: 200 windows
     cfg = _device(tmp_path, s, key, where, copies=10 if where == "training" else 1)
-    dev_id = agent.load_identity(Path(cfg.data_dir)).device_id
+    dev_id = load_identity(Path(cfg.data_dir)).device_id
     _finish(_edge_run(Path(cfg.data_dir)))                 # install the model first (no round yet)
     before = _cache_snapshot(cfg)
     rid = s.coord.start_round(epochs=100 if where == "training" else 1, batch_size=1, max_examples=200)

@@ -8,6 +8,7 @@ import pytest
 
 from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
+from edge_runtime.identity import load_identity
 from edge_runtime.paths import IDENTITY_FILE
 from tests.helpers.coordinator_fakes import make_config, serve
 
@@ -54,7 +55,7 @@ def test_enroll_force_replaces_a_damaged_identity(tmp_path, capsys):
                 "--public-key", s.coord.public_key_hex]
         assert device_main(args) == 2 and "enroll again with --force" in capsys.readouterr().err
         assert device_main([*args, "--force"]) == 0
-        assert agent.load_identity(tmp_path / "dev").coordinator == s.url
+        assert load_identity(tmp_path / "dev").coordinator == s.url
 
 
 def test_a_refused_enrollment_leaves_no_empty_data_dir(tmp_path):

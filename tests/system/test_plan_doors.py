@@ -12,6 +12,7 @@ import pytest
 from coordinator.__main__ import main as coordinator_main
 from edge_runtime import agent
 from edge_runtime.config import EdgeConfig
+from edge_runtime.identity import Identity, save_identity
 from protocol import wire
 from tests.helpers.coordinator_fakes import make_config, serve
 from tests.helpers.http_fakes import JsonReplyHandler
@@ -55,7 +56,7 @@ def test_device_refuses_a_clip_norm_zero_task_and_keeps_running(tmp_path):
         url = f"http://127.0.0.1:{server.server_port}"
         cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=url, eligibility="override:eligible",
                          min_wait_s=0.01, backoff_initial_s=0.01, backoff_max_s=0.02, jitter=0.0)
-        agent.save_identity(tmp_path / "dev", agent.Identity("d-1", "tok", url))
+        save_identity(tmp_path / "dev", Identity("d-1", "tok", url))
         dev = agent.Device.open(cfg)
         stop = threading.Event()
         t = threading.Thread(target=lambda: agent.run_loop(dev, stop=stop), daemon=True)

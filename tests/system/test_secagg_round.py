@@ -28,7 +28,9 @@ from coordinator import secagg as coord_secagg
 from coordinator.models import Update
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
 from edge_runtime import agent, paths, secagg_client, trainer
+from edge_runtime.cache import open_cache
 from edge_runtime.config import EdgeConfig
+from edge_runtime.identity import load_identity
 from protocol import artifact, ddp, secagg, wire
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
@@ -54,7 +56,7 @@ def _devices(s, tmp_path: Path, n: int) -> list[EdgeConfig]:
 
 def _plain_update(cfg: EdgeConfig, version: Path, plan: wire.TrainPlan) -> np.ndarray:
     """What this device's clipped float update is: same text, same plan (one batch: order-free)."""
-    with agent.open_cache(cfg) as cache:
+    with open_cache(cfg) as cache:
         texts = [r.text for r in cache.training_records()]
     windows = trainer.text_windows(version, texts, read_manifest(version))
     assert len(windows) <= plan.max_examples  # one deterministic batch
@@ -62,7 +64,7 @@ def _plain_update(cfg: EdgeConfig, version: Path, plan: wire.TrainPlan) -> np.nd
 
 
 def _device_id(cfg: EdgeConfig) -> str:
-    return agent.load_identity(Path(cfg.data_dir)).device_id
+    return load_identity(Path(cfg.data_dir)).device_id
 
 
 def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_version):

@@ -75,13 +75,14 @@ def setup_device(data_dir: str, coordinator: str, public_key: str, enrollment_ke
                  texts: list[str] | None) -> dict[str, Any]:
     """Enroll one device and type its user's history into its text cache (as the keyboard does)."""
     from edge_runtime import agent
+    from edge_runtime.cache import open_cache
     from edge_runtime.eligibility import ActivityClock
 
     cfg = device_config(data_dir, False, coordinator, public_key)
     ident = agent.enroll(cfg, enrollment_key)
     cached = 0
     if texts:
-        with agent.open_cache(cfg) as cache:
+        with open_cache(cfg) as cache:
             for text in texts:
                 cached += cache.add(text, FIELD_KIND)
             stats = cache.stats()
