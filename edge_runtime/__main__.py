@@ -18,7 +18,7 @@ from typing import Any
 from protocol.cli import interrupt_exits
 
 with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
-    from edge_runtime import agent, keyboard, paths, personalize, unsent
+    from edge_runtime import agent, keyboard, paths, personal_copy, unsent
     from edge_runtime import cache as text_cache
     from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
     from edge_runtime.client import ClientError, RejectedError
@@ -193,14 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                 cache.set_paused(c == "pause")
             print("learning paused" if c == "pause" else "learning resumed")
         elif c == "wipe":
-            personalize.forget(cfg.require_data_dir())   # the personal LSTM was learned from the text
+            personal_copy.forget(cfg.require_data_dir())   # the personal LSTM was learned from the text
             unsent.discard(cfg.require_data_dir())        # and so was an update not yet delivered
             try:
                 with text_cache.open_cache(cfg) as cache:
                     try:
                         cache.wipe()
                     finally:   # and one a running loop saved meanwhile (also when the wipe says another has it open)
-                        personalize.forget(cfg.require_data_dir())
+                        personal_copy.forget(cfg.require_data_dir())
                 print("text cache and personal model wiped")
             except DamagedCacheError as e:
                 _wipe_in_place(cfg, f"the text cache could not be read ({e.__cause__})")
@@ -264,7 +264,7 @@ def _wipe_in_place(cfg: EdgeConfig, why: str) -> None:
     makes it, paused."""
     data_dir = cfg.require_data_dir()
     gone, made = wipe_in_place(data_dir)
-    personalize.forget(data_dir)   # and a copy a running loop saved while the old file went
+    personal_copy.forget(data_dir)   # and a copy a running loop saved while the old file went
     unsent.discard(data_dir)
     if made:
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"

@@ -39,7 +39,7 @@ from typing import Any
 
 import requests
 
-from edge_runtime import channel, personalize, rollout_guard, secagg_client, trainer, unsent
+from edge_runtime import channel, personal_copy, personalize, rollout_guard, secagg_client, trainer, unsent
 from edge_runtime.cache import CacheError, TextCache, open_cache
 from edge_runtime.client import (
     ClientError,
@@ -664,9 +664,9 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
     try:   # only the copy of the version in use (when one is: a store that cannot tell deletes nothing),
         # and none when personalize is off
         if not dev.config.personalize:
-            personalize.keep_only(dev.config.require_data_dir(), None)
+            personal_copy.keep_only(dev.config.require_data_dir(), None)
         elif (in_use := dev.store.in_use()) is not None:
-            personalize.keep_only(dev.config.require_data_dir(), in_use)
+            personal_copy.keep_only(dev.config.require_data_dir(), in_use)
     except OSError as e:
         log.warning("cannot delete an unused personal model (%s)", failure(e))
     if task.kind in (wire.TASK_TRAIN, wire.TASK_EVALUATE) or "personal_model" in counts:

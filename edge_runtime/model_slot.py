@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import channel as channels
-from edge_runtime import personalize
+from edge_runtime import personal_copy
 from edge_runtime.collector import release_freed
 from edge_runtime.errors import failure
 from edge_runtime.identity import coordinator_key, readable_identity
@@ -96,7 +96,7 @@ class ModelSlot:
         if version_dir is None or self.data_dir is None or self.model_dir is not None or not self.use_personal:
             return None
         try:
-            return personalize.weights_path(self.data_dir, version_dir.name).stat().st_mtime_ns
+            return personal_copy.weights_path(self.data_dir, version_dir.name).stat().st_mtime_ns
         except OSError:
             return None
 
@@ -216,7 +216,7 @@ class ModelSlot:
     def _load(self, version_dir: Path, stamp: float | None) -> tuple[Predictor, bool]:
         """The version's predictor on the user's own copy of its weights when there is a usable
         one; and whether it is on that copy."""
-        weights = personalize.load(self.data_dir, version_dir.name) if stamp is not None and self.data_dir else None
+        weights = personal_copy.load(self.data_dir, version_dir.name) if stamp is not None and self.data_dir else None
         if weights is not None:
             try:
                 return self._loader(version_dir, weights), True
@@ -233,7 +233,7 @@ class ModelSlot:
         with self.lock:
             self._changes += 1   # a load under way may hold the copy: it is not swapped in
             if self.data_dir is not None:
-                personalize.forget(self.data_dir)
+                personal_copy.forget(self.data_dir)
             if self.personal:
                 self._swap(None, None)
             self._checked = float("-inf")

@@ -15,7 +15,7 @@
                                 not yet delivered (counts; plan_guard)
         rollout_state.json      the newest signed rollout statement accepted (rollout_guard)
         model_channel.json      stable or canary: what the version in use is (channel)
-        personal/               the user's own copy of the LSTM, never uploaded (personalize)
+        personal/               the user's own copy of the LSTM, never uploaded (personal_copy; personalize trains it)
             <version_id>.safetensors
         models/                 verified model versions (versions)
             current.json        {"current": id, "previous": id | null}

@@ -727,11 +727,11 @@ def _gated_keyboard(tmp_path, exported_version, monkeypatch):
 def _loading_the_users_copy(tmp_path, exported_version, monkeypatch):
     """`_gated_keyboard` with a copy of tiny-a's weights as the user's own, which a keystroke has
     begun to load on the slot's thread (held at the gate, which the caller opens)."""
-    from edge_runtime import personalize
+    from edge_runtime import personal_copy
     from protocol.artifact import load_version
 
     data, gate, loads, slot, app = _gated_keyboard(tmp_path, exported_version, monkeypatch)
-    personalize.save(data, "tiny-a", load_version(data / "models" / "tiny-a")[1], "1:1:x")
+    personal_copy.save(data, "tiny-a", load_version(data / "models" / "tiny-a")[1], "1:1:x")
     app.suggest({"client": "t", "text": "the c"})   # sees the copy: loads it on a thread
     _until(lambda: len(loads) == 2)   # the thread reaches the loader
     if loads[-1] != ("tiny-a", True):
@@ -849,11 +849,11 @@ def test_a_users_copy_deleted_by_a_wipe_elsewhere_during_a_load_is_not_put_in_us
     """`python -m edge_runtime wipe` in another process deletes the user's own LSTM copy before
     this process notices the wipe: a load that read the copy before was swapped in and suggested
     from the wiped text's weights until then (a review)."""
-    from edge_runtime import personalize
+    from edge_runtime import personal_copy
 
     data, gate, slot, app = _loading_the_users_copy(tmp_path, exported_version, monkeypatch)
     try:
-        personalize.forget(data)   # the wipe elsewhere, not noticed here yet
+        personal_copy.forget(data)   # the wipe elsewhere, not noticed here yet
     finally:
         gate.set()
     slot._loading.join(30)
@@ -1621,7 +1621,7 @@ def test_the_device_setting_base_ngram_names_the_keyboards_base_ngram(tmp_path, 
 def _personal_keyboard(tmp_path, exported_version, monkeypatch):
     """A keyboard on version tiny-b (tiny-a installed before it) with the user's own LSTM copy,
     which learned "Quokkaville"; and its strip after "we met in Quok"."""
-    from edge_runtime import personalize
+    from edge_runtime import personal_copy
     from edge_runtime.cache import TextCache
     from edge_runtime.keyboard import KeyboardApp
     from protocol.artifact import load_version
@@ -1633,7 +1633,7 @@ def _personal_keyboard(tmp_path, exported_version, monkeypatch):
     store = VersionStore(data)
     for vid in ("tiny-a", "tiny-b"):
         store.install(vid, directory_fetch(renamed(exported_version, tmp_path / vid, vid)))
-    personalize.save(data, "tiny-b", load_version(data / "models" / "tiny-b")[1], "1:1:x")
+    personal_copy.save(data, "tiny-b", load_version(data / "models" / "tiny-b")[1], "1:1:x")
     cache = TextCache(data)
     slot = ModelSlot(data_dir=data, model_dir=None, channel=None)
     app = KeyboardApp(cache=cache, slot=slot)
@@ -1654,10 +1654,10 @@ def _personal_keyboard(tmp_path, exported_version, monkeypatch):
 
 def _wipe_elsewhere(data) -> None:
     """What `python -m edge_runtime wipe` does, in another process."""
-    from edge_runtime import personalize
+    from edge_runtime import personal_copy
     from edge_runtime.cache import TextCache
 
-    personalize.forget(data)
+    personal_copy.forget(data)
     with TextCache(data) as other:
         other.wipe()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime import agent, model_slot, personalize, trainer
+from edge_runtime import agent, model_slot, personal_copy, personalize, trainer
 from edge_runtime.cache import TextCache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import Decision
@@ -59,17 +59,17 @@ def test_too_little_text_keeps_the_global_model(exported_version: Path):
 
 def test_stored_copy_round_trips_replaces_other_versions_and_is_forgotten(tmp_path: Path):
     w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    personalize.save(tmp_path, "v1", w, "10:200")
-    assert personalize.stamp_of(tmp_path, "v1") == "10:200" and personalize.stamp_of(tmp_path, "v2") is None
-    assert np.array_equal(personalize.load(tmp_path, "v1")["a"], w["a"])
-    left = personalize.weights_path(tmp_path, "v1").with_suffix(".tmp")
+    personal_copy.save(tmp_path, "v1", w, "10:200")
+    assert personal_copy.stamp_of(tmp_path, "v1") == "10:200" and personal_copy.stamp_of(tmp_path, "v2") is None
+    assert np.array_equal(personal_copy.load(tmp_path, "v1")["a"], w["a"])
+    left = personal_copy.weights_path(tmp_path, "v1").with_suffix(".tmp")
     left.write_bytes(b"half a copy")                     # a kill mid-save: 5.4 MB that stayed until a wipe
-    personalize.save(tmp_path, "v2", w, "11:210")
-    assert personalize.load(tmp_path, "v1") is None and personalize.stamp_of(tmp_path, "v2") == "11:210"
+    personal_copy.save(tmp_path, "v2", w, "11:210")
+    assert personal_copy.load(tmp_path, "v1") is None and personal_copy.stamp_of(tmp_path, "v2") == "11:210"
     assert not left.exists()
-    personalize.weights_path(tmp_path, "v2").write_bytes(b"not a safetensors file")
-    assert personalize.load(tmp_path, "v2") is None and personalize.stamp_of(tmp_path, "v2") is None
-    personalize.forget(tmp_path)
+    personal_copy.weights_path(tmp_path, "v2").write_bytes(b"not a safetensors file")
+    assert personal_copy.load(tmp_path, "v2") is None and personal_copy.stamp_of(tmp_path, "v2") is None
+    personal_copy.forget(tmp_path)
     assert not (tmp_path / PERSONAL_DIR).exists()
 
 
@@ -79,14 +79,14 @@ def test_a_copy_damaged_into_other_numbers_is_refused_and_trained_again(tmp_path
     from safetensors import safe_open
 
     w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    path = personalize.save(tmp_path, "v1", w, "10:200")
+    path = personal_copy.save(tmp_path, "v1", w, "10:200")
     with safe_open(str(path), "np") as f:
         assert f.metadata()["sha256"]
     data = bytearray(path.read_bytes())
     data[-2] ^= 0x40                                     # the last weight's exponent: still finite
     path.write_bytes(bytes(data))
-    assert personalize.load(tmp_path, "v1") is None
-    assert personalize.stamp_of(tmp_path, "v1") is None  # so the next refresh trains it again
+    assert personal_copy.load(tmp_path, "v1") is None
+    assert personal_copy.stamp_of(tmp_path, "v1") is None  # so the next refresh trains it again
 
 
 def test_a_full_disk_while_saving_the_copy_is_an_os_error_and_keeps_the_old_one(tmp_path: Path, monkeypatch):
@@ -95,17 +95,17 @@ def test_a_full_disk_while_saving_the_copy_is_an_os_error_and_keeps_the_old_one(
     from safetensors import SafetensorError
 
     w = {"a": np.ones((2, 3), np.float32)}
-    personalize.save(tmp_path, "v1", w, "1:1")
+    personal_copy.save(tmp_path, "v1", w, "1:1")
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"half")
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
                               "message: \"No space left on device\" })")
 
-    monkeypatch.setattr(personalize, "save_file", full)
+    monkeypatch.setattr(personal_copy, "save_file", full)
     with pytest.raises(OSError, match="cannot save the personal model: .*No space left on device"):
-        personalize.save(tmp_path, "v2", w, "2:2")
-    assert personalize.stamp_of(tmp_path, "v1") == "1:1"
+        personal_copy.save(tmp_path, "v2", w, "2:2")
+    assert personal_copy.stamp_of(tmp_path, "v1") == "1:1"
     assert [p.name for p in (tmp_path / PERSONAL_DIR).iterdir()] == ["v1.safetensors"]
 
 
@@ -114,13 +114,13 @@ def test_refresh_trains_once_per_cache_state_and_stops_when_ineligible(tmp_path:
     read: list[int] = []
     args = (tmp_path, exported_version, "v1", lambda: read.append(1) or USER_TEXT)
     assert personalize.refresh(*args, "40:100", plan) == "trained"
-    mtime = personalize.weights_path(tmp_path, "v1").stat().st_mtime_ns
+    mtime = personal_copy.weights_path(tmp_path, "v1").stat().st_mtime_ns
     assert personalize.refresh(*args, "40:100", plan) == "up to date"
     assert len(read) == 1                                      # an up-to-date copy reads no text
-    assert personalize.weights_path(tmp_path, "v1").stat().st_mtime_ns == mtime
+    assert personal_copy.weights_path(tmp_path, "v1").stat().st_mtime_ns == mtime
     assert personalize.refresh(*args, "41:120", plan, eligible=lambda: Decision(False, ("typing",))) \
         == "aborted (typing)"
-    assert personalize.stamp_of(tmp_path, "v1") == "40:100"   # the old copy stays until a new one is complete
+    assert personal_copy.stamp_of(tmp_path, "v1") == "40:100"   # the old copy stays until a new one is complete
 
 
 def test_a_copy_trained_across_a_wipe_is_not_saved_and_too_little_text_drops_an_old_one(
@@ -131,14 +131,14 @@ def test_a_copy_trained_across_a_wipe_is_not_saved_and_too_little_text_drops_an_
     args = (tmp_path, exported_version, "v1", lambda: USER_TEXT)
     assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: False) \
         == "discarded (the cache was wiped meanwhile)"
-    assert not personalize.weights_path(tmp_path, "v1").exists()
+    assert not personal_copy.weights_path(tmp_path, "v1").exists()
     marks = iter([True, False])            # a wipe between the check and the save
     assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: next(marks)) \
         == "discarded (the cache was wiped meanwhile)"
-    assert not personalize.weights_path(tmp_path, "v1").exists()
+    assert not personal_copy.weights_path(tmp_path, "v1").exists()
     assert personalize.refresh(*args, "40:100:m1", plan, unchanged=lambda: True) == "trained"
     assert personalize.refresh(tmp_path, exported_version, "v1", lambda: [], "0:0:m2", plan) == "too little text"
-    assert not personalize.weights_path(tmp_path, "v1").exists()
+    assert not personal_copy.weights_path(tmp_path, "v1").exists()
 
 
 
@@ -156,7 +156,7 @@ def test_a_copy_saved_while_the_cache_cannot_answer_is_not_kept(tmp_path: Path, 
         assert personalize.refresh(tmp_path, exported_version, "v1", lambda: USER_TEXT, "40:100:m1",
                                    personalize.PersonalPlan(), unchanged=lambda it=it: next(it)()) \
             == "discarded (the cache was wiped meanwhile)"
-        assert not personalize.weights_path(tmp_path, "v1").exists()
+        assert not personal_copy.weights_path(tmp_path, "v1").exists()
 
 def test_a_stopping_device_ends_long_work_between_steps(tmp_path: Path):
     """After SIGTERM the loop's training, evaluation and personal copy ran on (minutes) until systemd
@@ -196,7 +196,7 @@ def test_keyboard_suggests_with_the_copy_and_falls_back_when_it_is_forgotten(tmp
     global_probs = slot.predictor.session().nodes[-1].logprobs.copy()
     generation = slot.generation
     weights = personalize.fine_tune(exported_version, USER_TEXT, personalize.PersonalPlan(epochs=3))
-    personalize.save(tmp_path, vid, weights, "40:100")
+    personal_copy.save(tmp_path, vid, weights, "40:100")
     slot.refresh()
     assert slot.personal and slot.generation == generation + 1
     assert not np.allclose(slot.predictor.session().nodes[-1].logprobs, global_probs)
@@ -204,7 +204,7 @@ def test_keyboard_suggests_with_the_copy_and_falls_back_when_it_is_forgotten(tmp
     assert not slot.personal and not (tmp_path / PERSONAL_DIR).exists()
     assert np.allclose(slot.predictor.session().nodes[-1].logprobs, global_probs)
     # `personalize = false` means the global model only: a keyboard with it ignored a copy on disk
-    personalize.save(tmp_path, vid, weights, "40:100")
+    personal_copy.save(tmp_path, vid, weights, "40:100")
     off = ModelSlot(data_dir=tmp_path, model_dir=None, channel=None, personalize=False)
     off.refresh()
     assert off.version_id == vid and not off.personal
@@ -234,7 +234,7 @@ def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Pat
                        rng=random.Random(0))
     try:
         assert agent.run_once(dev).counts["personal_model"] == "trained"
-        assert personalize.load(tmp_path, vid) is not None
+        assert personal_copy.load(tmp_path, vid) is not None
         assert agent.run_once(dev).counts["personal_model"] == "up to date"
         answers[0] = Decision(False, ("charging",))
         assert "personal_model" not in agent.run_once(dev).counts    # not eligible: not even looked at
