@@ -24,6 +24,7 @@ with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from edge_runtime.client import ClientError, RejectedError
     from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
     from edge_runtime.identity import IdentityError, coordinator_key, readable_identity
+    from edge_runtime.keyboard_app import MAX_TEXT
     from edge_runtime.versions import VersionError, VersionStore
     from protocol.artifact import read_manifest
     from protocol.cli import (
@@ -180,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.text == "-":   # argv is readable by every local user (/proc/PID/cmdline): stdin is not
                 args.text = sys.stdin.read().rstrip("\n")
             # One commit, as the keyboard page's: a running keyboard learns it at once, under its lock.
-            if len(args.text) > keyboard.MAX_TEXT:
+            if len(args.text) > MAX_TEXT:
                 raise ValueError(f"the text is {len(args.text):,} characters; a commit holds at most "
-                                 f"{keyboard.MAX_TEXT:,}, as the keyboard's: type it in parts")
+                                 f"{MAX_TEXT:,}, as the keyboard's: type it in parts")
             if agent.type_text(cfg, args.text, args.field_kind, private=args.private):
                 print("cached")
             else:

@@ -235,7 +235,7 @@ class CachedText:
 
 def capitalised(word: str) -> str | None:
     """A lowercase word as at a sentence's start ("teh" -> "Teh", "'teh" -> "'Teh"); None for one
-    that is not lowercase ("May", a name). A removed word hides this form too (`keyboard._hidden`)."""
+    that is not lowercase ("May", a name). A removed word hides this form too (`user_words._hidden`)."""
     i = int(quote_led(word))   # the letter after a leading quote
     return word[:i] + word[i].upper() + word[i + 1:] if word[i:i + 1].islower() else None
 

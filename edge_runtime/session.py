@@ -205,7 +205,7 @@ class Session:
 
     def feed_partial(self, partial: str) -> None:
         """Feed the complete tokens of the chunk being typed (`complete_tokens`), after `feed_chunks`:
-        a new version warmed on a thread (`keyboard._warm`) then has them ready, as it has the
+        a new version warmed on a thread (`KeyboardApp._warm`) then has them ready, as it has the
         completed chunks, instead of a keystroke feeding a long chunk without spaces."""
         self.partial = partial
         toks = complete_tokens(partial)
@@ -241,7 +241,7 @@ class Session:
     def feed_chunks(self, chunks: Sequence[str]) -> None:
         """Append completed chunks (`typed_chunks`) through the model alone, ranking nothing: no
         user words or n-gram are read, so a thread that holds a predictor no keystroke uses yet can
-        build a session on the text being typed (a new version, `keyboard._warm`). `update` then
+        build a session on the text being typed (a new version, `KeyboardApp._warm`). `update` then
         feeds only what differs."""
         for chunk in chunks:
             self._push(chunk)

@@ -164,7 +164,7 @@
   // A strip needs only the text's recent part. Past 2 * TAIL characters the page sends what
   // follows a whitespace after a cut that moves in steps of TAIL, so the device refeeds the
   // context once a step, not on every keystroke, and the request stays under its limit
-  // (`MAX_TEXT` in edge_runtime/keyboard.py: a longer one was refused, and the strip went empty).
+  // (`MAX_TEXT` in edge_runtime/keyboard_app.py: a longer one was refused, and the strip went empty).
   const TAIL = 4096;
   function recentPart(text) {
     if (text.length <= 2 * TAIL) return text;

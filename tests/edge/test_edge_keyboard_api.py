@@ -17,9 +17,10 @@ import time
 import pytest
 import requests
 
-from edge_runtime import channel, keyboard, model_slot
+from edge_runtime import channel, keyboard, keyboard_app, keyboard_http, model_slot, user_words
 from edge_runtime.__main__ import main as cli_main
-from edge_runtime.keyboard import KeyboardError, ModelSlot, check_bind_host, start_keyboard
+from edge_runtime.keyboard import KeyboardError, check_bind_host, start_keyboard
+from edge_runtime.model_slot import ModelSlot
 from edge_runtime.paths import CACHE_DB, PERSONAL_DIR, UNSENT_DELTA, UNSENT_META
 from edge_runtime.personal import PersonalModel
 from edge_runtime.versions import VersionStore, directory_fetch
@@ -174,13 +175,13 @@ def test_answers_are_not_held_back_by_nagles_algorithm(server, monkeypatch):
     """Headers and body are two writes: with Nagle's algorithm on, an answer could wait ~40 ms for
     the page's delayed ACK. The server's sockets have TCP_NODELAY set."""
     seen = []
-    real = keyboard._Handler.setup
+    real = keyboard_http.KeyboardHandler.setup
 
     def setup(self):
         real(self)
         seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(keyboard._Handler, "setup", setup)
+    monkeypatch.setattr(keyboard_http.KeyboardHandler, "setup", setup)
     assert post(server, "api/suggest", {"client": "a", "text": "I pray"}).status_code == 200
     assert seen and all(seen)
 
@@ -333,13 +334,12 @@ def test_a_keystroke_does_not_wait_for_a_large_cache_to_be_counted(tmp_path, exp
     """The idle thread counted the user's words under the slot's lock: at the default 4 MiB cap
     (22,000 texts) the first keystroke after a start waited 5 s on x86 (a probe). They are counted
     off the lock; keystrokes meanwhile go without them, and the texts cached meanwhile join them."""
-    from edge_runtime import keyboard
 
     with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
         for i in range(3):
             assert post(s, "api/commit", {"text": f"numbat number {i} was here", "field_kind": "message"}).ok
     release, counting = threading.Event(), threading.Event()
-    count = keyboard.KeyboardApp._count_cache
+    count = keyboard_app.KeyboardApp._count_cache
 
     def slow_count(app):
         counting.set()
@@ -353,14 +353,14 @@ def test_a_keystroke_does_not_wait_for_a_large_cache_to_be_counted(tmp_path, exp
             self.seen.append(timeout)
             return super().wait(timeout)
 
-    monkeypatch.setattr(keyboard.KeyboardApp, "_count_cache", slow_count)
+    monkeypatch.setattr(keyboard_app.KeyboardApp, "_count_cache", slow_count)
     with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
         assert counting.wait(10)
         s.app._built = Waits()
         for _ in range(5):
             r = post(s, "api/suggest", {"client": "a", "text": "numb"})   # not held by the count (10 s)
             assert r.ok and "numbat" not in r.json()["suggestions"]
-        assert sum(Waits.seen) <= keyboard.BUILD_WAIT_S, Waits.seen   # a moment, once: not each keystroke
+        assert sum(Waits.seen) <= user_words.BUILD_WAIT_S, Waits.seen   # a moment, once: not each keystroke
         assert post(s, "api/commit", {"text": "a numbat again", "field_kind": "message"}).ok
         release.set()
         assert _until(lambda: s.app._personal is not None)
@@ -368,7 +368,7 @@ def test_a_keystroke_does_not_wait_for_a_large_cache_to_be_counted(tmp_path, exp
         assert post(s, "api/suggest", {"client": "a", "text": "numb"}).json()["suggestions"][0] == "numbat"
         # dropped again (a cache that failed to read): a large cache is counted on the idle thread,
         # never on a keystroke
-        monkeypatch.setattr(keyboard, "SYNC_COUNT_BYTES", 20, raising=False)
+        monkeypatch.setattr(user_words, "SYNC_COUNT_BYTES", 20, raising=False)
         release.clear()
         counting.clear()
         with s.app.slot.lock:
@@ -512,7 +512,7 @@ def test_commit_pause_and_clear(server):
 def test_a_commit_sent_again_with_its_id_is_stored_once(server, monkeypatch):
     """The page sends a commit again when its answer was lost; stored before the answer failed, it
     was stored twice."""
-    from edge_runtime.keyboard import KeyboardApp
+    from edge_runtime.keyboard_app import KeyboardApp
 
     real, calls = KeyboardApp.status, []
 
@@ -557,7 +557,7 @@ def test_a_commit_resent_after_a_restart_is_stored_once(tmp_path, exported_versi
     ({"client": "a"}, 400, "bad_request"),
     ({"client": "", "text": "x"}, 400, "bad_request"),
     ({"client": "a", "text": 5}, 400, "bad_request"),
-    ({"client": "a", "text": "x" * (keyboard.MAX_TEXT + 1)}, 413, "too_large"),
+    ({"client": "a", "text": "x" * (keyboard_app.MAX_TEXT + 1)}, 413, "too_large"),
 ])
 def test_bad_suggest_requests_get_json_errors(server, body, status, code):
     r = post(server, "api/suggest", body)
@@ -578,7 +578,7 @@ def test_other_refusals_are_json_too(server):
     check(requests.get(server.url + "api/suggest", timeout=5), 405, "method_not_allowed")
     check(requests.delete(server.url + "api/clear", timeout=5), 405, "method_not_allowed")
     check(requests.get(server.url + "nope", timeout=5), 404, "not_found")
-    check(post(server, "api/suggest", b"x" * (keyboard.MAX_BODY + 1)), 413, "too_large")
+    check(post(server, "api/suggest", b"x" * (keyboard_http.MAX_BODY + 1)), 413, "too_large")
     # The server is still fine afterwards.
     assert requests.get(server.url + "api/status", timeout=5).status_code == 200
 
@@ -689,7 +689,7 @@ def test_follows_the_device_current_version_and_its_channel(tmp_path, exported_v
     vid = read_manifest(exported_version).version_id
     loads = []
     slot = ModelSlot(data_dir=tmp_path, model_dir=None, channel=None,
-                     loader=lambda d: loads.append(d) or keyboard.load_predictor(d))
+                     loader=lambda d: loads.append(d) or model_slot.load_predictor(d))
     slot.refresh()
     assert slot.predictor is None and slot.version_id is None
     VersionStore(tmp_path).install(vid, directory_fetch(exported_version))
@@ -705,7 +705,7 @@ def test_follows_the_device_current_version_and_its_channel(tmp_path, exported_v
 def _gated_keyboard(tmp_path, exported_version, monkeypatch):
     """A keyboard on version tiny-a whose loader waits for `gate` whenever it loads anything after it."""
     from edge_runtime.cache import TextCache
-    from edge_runtime.keyboard import KeyboardApp
+    from edge_runtime.keyboard_app import KeyboardApp
     from tests.helpers.versions import renamed
 
     monkeypatch.setattr(model_slot, "MODEL_CHECK_S", 0.0)
@@ -716,7 +716,7 @@ def _gated_keyboard(tmp_path, exported_version, monkeypatch):
         loads.append((version_dir.name, bool(weights)))
         if len(loads) > 1:
             assert gate.wait(30)
-        return keyboard.load_predictor(version_dir, *weights)
+        return model_slot.load_predictor(version_dir, *weights)
 
     slot = ModelSlot(data_dir=data, model_dir=None, channel=None, loader=loader)
     app = KeyboardApp(cache=TextCache(data), slot=slot)
@@ -1102,13 +1102,12 @@ def learned_a_name(server):
 def test_a_wipe_from_the_command_line_is_seen_by_the_running_keyboard(server, monkeypatch):
     """`python -m edge_runtime wipe` while the keyboard served said "wiped", and the keyboard went
     on suggesting the user's words from memory (only the page's own clear forgot them)."""
-    from edge_runtime import keyboard
     from edge_runtime.__main__ import main as device_main
 
     strip = learned_a_name(server)
     assert device_main(["wipe", "--data-dir", str(server.app.cache.data_dir)]) == 0     # another process's wipe
     assert db_rows(server) == []
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)   # keystrokes look at once, not in 1 s
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)   # keystrokes look at once, not in 1 s
     assert "Quokkaville" not in strip("we met in Quok")
     assert server.app.personal().uni["Quokkaville"] == 0
     # A commit after it learns into fresh words; the page's own clear is not mistaken for another's.
@@ -1130,11 +1129,10 @@ def test_text_typed_from_the_command_line_is_learned_by_the_running_keyboard(ser
     """`python -m edge_runtime type` while the keyboard served cached the text, but the keyboard
     built the user's words from the cache only at start: the word was not suggested until a
     restart. Its own commits are not counted twice."""
-    from edge_runtime import keyboard
     from edge_runtime.__main__ import main as device_main
 
     strip = learned_a_name(server)
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)   # keystrokes look at once, not in 1 s
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)   # keystrokes look at once, not in 1 s
     data_dir = str(server.app.cache.data_dir)
     for _ in range(2):   # another process: its own connection to the cache
         assert device_main(["type", "--data-dir", data_dir, "--field-kind", "message",
@@ -1154,10 +1152,9 @@ def test_texts_the_cache_deleted_leave_the_running_keyboards_words(server, monke
     memory grew with every text (a probe of a long-lived device). Once the cache's oldest text is
     newer than what the words counted, they are counted again from the cache; the mixture's
     evidence stays."""
-    from edge_runtime import keyboard
 
     strip = learned_a_name(server)
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
     looked_again(server)
     assert strip("we met in Quok")[0] == "Quokkaville"   # nothing deleted: nothing counted again
     before = server.app.personal()
@@ -1168,7 +1165,7 @@ def test_texts_the_cache_deleted_leave_the_running_keyboards_words(server, monke
     assert not [t for t in db_rows(server) if "Quokkaville" in t] and db_rows(server)
     looked_again(server)
     assert server.app.personal() is before   # at most every REBUILD_EVERY_S
-    monkeypatch.setattr(keyboard, "REBUILD_EVERY_S", 0.0, raising=False)
+    monkeypatch.setattr(user_words, "REBUILD_EVERY_S", 0.0, raising=False)
     looked_again(server)
     words = server.app.personal()
     assert words is not before and words.uni["Quokkaville"] == 0 and words.uni["station"] == len(db_rows(server))
@@ -1190,12 +1187,11 @@ def test_texts_the_cache_deleted_leave_the_running_keyboards_words(server, monke
 
 def test_a_removed_word_typed_from_the_command_line_comes_back_as_one_committed_on_the_page(server, monkeypatch):
     """A removed word returns once committed in TYPED_TO_RETURN texts; `type` did not count them."""
-    from edge_runtime import keyboard
     from edge_runtime.__main__ import main as device_main
     from edge_runtime.cache import TYPED_TO_RETURN
 
     strip = learned_a_name(server)
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
     assert post(server, "api/remove-word", {"word": "Quokkaville"}).status_code == 200
     assert "Quokkaville" not in strip("we met in Quok")
     for n in range(TYPED_TO_RETURN):
@@ -1210,11 +1206,10 @@ def test_a_word_another_keyboard_on_the_device_removed_is_hidden_here_too(server
     """Two keyboards on one data directory (`run --keyboard-port` and `keyboard`): a word removed
     in one was still suggested by the other, which read the removed words only at its own
     changes (a probe)."""
-    from edge_runtime import keyboard
     from edge_runtime.cache import TextCache
 
     strip = learned_a_name(server)
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
     with TextCache(server.app.cache.data_dir) as other:   # the other keyboard's own connection
         assert other.change_removed(mark=other.wipe_mark(), add="Quokkaville") is not None
     looked_again(server)
@@ -1226,13 +1221,12 @@ def test_a_removed_word_brought_back_by_type_is_seen_by_a_keystroke_between_its_
     """`type` stored its text and counted the removed words in it in two transactions: a keyboard
     that learned the text between them read the removed words before the count, and hid the word
     the cache had brought back until its next commit (a review). One transaction now."""
-    from edge_runtime import keyboard
     from edge_runtime.__main__ import main as device_main
     from edge_runtime.cache import TYPED_TO_RETURN, TextCache
 
     strip = learned_a_name(server)
     app = server.app
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
     assert post(server, "api/remove-word", {"word": "Quokkaville"}).status_code == 200
     data_dir = str(app.cache.data_dir)
     for _ in range(TYPED_TO_RETURN - 1):
@@ -1273,7 +1267,6 @@ def test_a_text_typed_after_a_wipe_that_met_a_commit_is_still_learned(server, mo
     """A wipe starts the cache's ids again from 1. The id of a commit that a wipe elsewhere met
     stayed marked as this keyboard's own, and the text `type` later stored under that id was taken
     for it and never learned (a review)."""
-    from edge_runtime import keyboard
     from edge_runtime.__main__ import main as device_main
 
     strip = learned_a_name(server)
@@ -1288,7 +1281,7 @@ def test_a_text_typed_after_a_wipe_that_met_a_commit_is_still_learned(server, mo
     monkeypatch.setattr(app, "_typed_again", wipe_lands_now)
     assert post(server, "api/commit", {"text": "one more line", "field_kind": "message"}).json()["cached"]
     monkeypatch.setattr(app, "_typed_again", real)
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
     strip("we")
     for _ in range(3):
         assert device_main(["type", "--data-dir", data_dir, "--field-kind", "message",
@@ -1301,10 +1294,9 @@ def test_the_users_words_are_built_from_one_read_of_the_cache(server, monkeypatc
     """They were built from two reads (the training part, then the held-out part): a text `type`
     stored between them moved the boundary, and the text that crossed it was in neither read and,
     older than the newest one read, never learned (a review)."""
-    from edge_runtime import keyboard
     from edge_runtime.cache import TextCache
 
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
     app, cache = server.app, server.app.cache
     for i in range(11):
         assert cache.add("Wombatshire is where we live" if i == 9 else f"plain filler line {i}", "message")
@@ -1329,7 +1321,6 @@ def test_a_commit_whose_words_were_rebuilt_before_it_was_stored_is_learned(serve
     """The user's words rebuilt from the cache just before a commit's text is stored lack it, and
     the commit's learn skips words it did not start with: the text was then learned by neither,
     and its id, marked as this keyboard's own, kept the look for other processes' texts off it."""
-    from edge_runtime import keyboard
 
     app, cache = server.app, server.app.cache
     learned_a_name(server)
@@ -1344,7 +1335,7 @@ def test_a_commit_whose_words_were_rebuilt_before_it_was_stored_is_learned(serve
     monkeypatch.setattr(cache, "add", rebuilt_meanwhile)
     assert post(server, "api/commit", {"text": "Wombatshire is lovely", "field_kind": "message"}).json()["cached"]
     monkeypatch.setattr(cache, "add", real)
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0, raising=False)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
     looked_again(server)
     assert app.personal().uni["Wombatshire"] == 1
 
@@ -1463,7 +1454,7 @@ def test_a_data_directory_gone_leaves_the_strip_working(server, caplog):
     server.app.activity._written = float("-inf")         # the next keystroke writes the time
     r = post(server, "api/suggest", {"client": "g", "text": "I pray you, "})
     assert r.status_code == 200 and len(r.json()["suggestions"]) == 3, r.text
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.keyboard"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.keyboard_app"):
         for _ in range(3):
             r = requests.get(server.url + "api/status", timeout=10)
             assert r.status_code == 503 and r.json()["error"] == "cache_unavailable" and "gone" in r.json()["message"]
@@ -1486,7 +1477,7 @@ def test_a_client_gone_mid_answer_is_no_error_in_the_log(server, caplog, monkeyp
     def gone(*_a, **_k):
         raise ConnectionResetError(104, "Connection reset by peer")
 
-    monkeypatch.setattr(keyboard._Handler, "_json", gone)
+    monkeypatch.setattr(keyboard_http.KeyboardHandler, "_json", gone)
     with caplog.at_level(logging.INFO):
         with pytest.raises(requests.RequestException):
             post(server, "api/suggest", {"client": "z", "text": "I pray "})
@@ -1623,12 +1614,12 @@ def _personal_keyboard(tmp_path, exported_version, monkeypatch):
     which learned "Quokkaville"; and its strip after "we met in Quok"."""
     from edge_runtime import personal_copy
     from edge_runtime.cache import TextCache
-    from edge_runtime.keyboard import KeyboardApp
+    from edge_runtime.keyboard_app import KeyboardApp
     from protocol.artifact import load_version
     from tests.helpers.versions import renamed
 
     monkeypatch.setattr(model_slot, "MODEL_CHECK_S", 0.0)
-    monkeypatch.setattr(keyboard, "WIPE_CHECK_S", 0.0)
+    monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0)
     data = tmp_path / "device"
     store = VersionStore(data)
     for vid in ("tiny-a", "tiny-b"):

@@ -98,7 +98,7 @@ def first_commit_answered_late(monkeypatch) -> list[str]:
     texts of the commits it received, in order."""
     import time
 
-    from edge_runtime.keyboard import KeyboardApp
+    from edge_runtime.keyboard_app import KeyboardApp
 
     original, answered = KeyboardApp.commit, []
 
@@ -536,7 +536,7 @@ def test_a_word_after_a_single_quote_is_completed_with_the_quote(page):
 def test_a_text_longer_than_the_device_reads_still_gets_suggestions(page, device):
     """Past the server's 16,384 characters every keystroke was refused (413) and the strip went
     empty; the page now sends the text's recent part."""
-    from edge_runtime.keyboard import MAX_TEXT
+    from edge_runtime.keyboard_app import MAX_TEXT
 
     msg = page.locator("#message")
     msg.fill(("what say you to my good lord and " * 700)[: MAX_TEXT + 4000])

@@ -113,7 +113,7 @@ def test_a_long_chunk_without_spaces_is_fed_once_not_on_every_keystroke(predicto
         while s.prefetch():
             pass
         assert sum(steps) <= 2, steps
-    warmed = predictor.session()          # as `keyboard._warm` readies a new version on its thread
+    warmed = predictor.session()          # as `KeyboardApp._warm` readies a new version on its thread
     chunks, partial = typed_chunks(text)
     warmed.feed_chunks(chunks)
     warmed.feed_partial(partial)
@@ -180,7 +180,7 @@ def test_a_word_after_a_single_quote_is_completed_with_the_quote(predictor):
     apostrophe with its word ("'tis"), so the quote was part of the prefix. Now the word inside the
     quote is completed too, in the user's quote; a removed quoted word, and its sentence-start
     form, stay out, and the word without the quote is not hidden by it."""
-    from edge_runtime.keyboard import _hidden
+    from edge_runtime.user_words import _hidden
 
     plain = predictor.session().update("What say you to th")
     for quote in ("'", "\u2018"):
@@ -1104,7 +1104,7 @@ def test_the_base_ngrams_typos_and_glued_words_are_not_offered(predictor):
 def test_a_removed_word_stays_removed_in_the_case_a_capital_shows_it_in(predictor):
     """A word removed from the strip ("kitchen", and its sentence-start form) came back in capitals
     through a capital's lower-case completions: "KIT" offered "KITCHEN" (a review)."""
-    from edge_runtime.keyboard import _hidden
+    from edge_runtime.user_words import _hidden
 
     found = None
     for w in predictor.vocab.index:
@@ -1125,7 +1125,7 @@ def test_the_users_own_words_are_completed_from_a_capital(predictor):
     """A word the user typed in lower case ("quixotrandel", in no word list) is completed when a
     sentence starts with it ("Quixotr" -> "Quixotrandel", "QUIXOTR" -> "QUIXOTRANDEL"), as the
     word list's lower-case words are; it gave nothing before (a probe). Removed, it stays removed."""
-    from edge_runtime.keyboard import _hidden
+    from edge_runtime.user_words import _hidden
 
     p = Predictor(predictor.model, predictor.sp)
     word = "quixotrandel"

@@ -60,7 +60,7 @@ def run_way(model: Path, work: Path, *, in_place: bool, versions: int, interval:
     loads the first version in place either way, as the server does before it listens)."""
     from edge_runtime.cache import TextCache
     from edge_runtime.idle_worker import IdleWorker
-    from edge_runtime.keyboard import KeyboardApp
+    from edge_runtime.keyboard_app import KeyboardApp
     from edge_runtime.model_slot import MODEL_CHECK_S, ModelSlot, load_predictor
     from edge_runtime.versions import VersionStore, directory_fetch
 
