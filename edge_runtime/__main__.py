@@ -18,10 +18,9 @@ from typing import Any
 from protocol.cli import interrupt_exits
 
 with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
-    from edge_runtime import agent, keyboard, paths, personal_copy, unsent
     from edge_runtime import cache as text_cache
+    from edge_runtime import keyboard, paths, personal_copy, unsent
     from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
-    from edge_runtime.client import ClientError, RejectedError
     from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
     from edge_runtime.identity import IdentityError, coordinator_key, readable_identity
     from edge_runtime.keyboard_app import MAX_TEXT
@@ -149,12 +148,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{data_dir} is not a device data directory (no {paths.IDENTITY_FILE} or "
                               f"{paths.CACHE_DB} in it); create one with "
                               f"python -m edge_runtime enroll --data-dir {data_dir} ... (or keyboard)")
+        # The device loop (`agent`: the coordinator client, the trainer, secure aggregation) is
+        # imported by the commands that use it only: `keyboard` runs without it (`_loaded`).
         if c == "enroll":
+            from edge_runtime import agent
+
             _warn_plain_http(cfg.coordinator)
             ident = agent.enroll(cfg, args.enrollment_key, force=args.force)
             print(json.dumps({"device_id": ident.device_id, "coordinator": ident.coordinator,
                               "public_key_hex": ident.public_key}))
         elif c == "run":
+            from edge_runtime import agent
+
             with agent.run_lock(cfg.require_data_dir()):
                 dev = agent.Device.open(cfg)
                 _warn_plain_http(cfg.coordinator or dev.identity.coordinator)
@@ -184,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             if len(args.text) > MAX_TEXT:
                 raise ValueError(f"the text is {len(args.text):,} characters; a commit holds at most "
                                  f"{MAX_TEXT:,}, as the keyboard's: type it in parts")
+            from edge_runtime import agent
+
             if agent.type_text(cfg, args.text, args.field_kind, private=args.private):
                 print("cached")
             else:
@@ -210,15 +217,18 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 _wipe_in_place(cfg, f"the disk is full or failing ({e})")
         elif c == "status":
+            from edge_runtime import agent
+
             print(json.dumps(agent.status(cfg), indent=2))
         elif c == "notices":   # the version the keyboard would use: signature-checked as it is
             key = coordinator_key(cfg.public_key, readable_identity(data_dir))
             print(_notices(VersionStore(data_dir, public_key=key).current()))
         return 0
-    except (ConfigError, agent.AgentError, IdentityError, RejectedError, keyboard.KeyboardError) as e:
+    except (ConfigError, IdentityError, keyboard.KeyboardError, *_loaded("edge_runtime.agent", "AgentError"),
+            *_loaded("edge_runtime.client", "RejectedError")) as e:
         print(f"error: {e}", file=sys.stderr)      # the user's input or setting: exit 2, as argparse does
         return EXIT_USER_ERROR
-    except (ClientError, VersionError, CacheError) as e:
+    except (VersionError, CacheError, *_loaded("edge_runtime.client", "ClientError")) as e:
         print(f"error: {e}", file=sys.stderr)      # the network, the coordinator or the disk
         return 1
     except ValueError as e:
@@ -234,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _loaded(module: str, *names: str) -> tuple[type[BaseException], ...]:
+    """`names`, error classes of `module`, if this process imported it (one it did not import
+    raised none): the commands import the device loop (`agent`) and its network client only
+    where they need them, so `keyboard` runs without `requests`, the trainer or secure
+    aggregation."""
+    mod = sys.modules.get(module)
+    return () if mod is None else tuple(getattr(mod, name) for name in names)
 
 
 def _warn_plain_http(url: str) -> None:
