@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from edge_runtime import agent, trainer
+from edge_runtime import agent, identity, trainer
 from edge_runtime.cache import TextCache, open_cache
 from edge_runtime.client import RejectedError, TransientError
 from edge_runtime.config import EdgeConfig
@@ -183,7 +183,7 @@ def reopened(device: agent.Device) -> agent.Device:
     import dataclasses
 
     data_dir = device.config.require_data_dir()
-    agent.save_identity(data_dir, device.identity)
+    identity.save_identity(data_dir, device.identity)
     opened = agent.Device.open(device.config)
     opened.close()
     device.cache.close()
