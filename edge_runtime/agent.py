@@ -85,8 +85,8 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
     data_dir = config.require_data_dir()
     if not config.coordinator:
         raise AgentError("no coordinator URL: pass --coordinator")
-    # With --force a damaged identity file is replaced, as its error message says (it was read first
-    # and its damage refused the very command that repairs it).
+    # With --force a damaged identity file is replaced, as its error message says (it is not read first:
+    # its damage would refuse the very command that repairs it).
     existing = load_identity(data_dir) if (data_dir / IDENTITY_FILE).exists() and not force else None
     if existing is not None:
         raise AgentError(f"already enrolled as {existing.device_id}; pass --force to enroll again")
@@ -140,8 +140,8 @@ ENROLL_ATTEMPTS = 3
 def _enroll_request(data_dir: Path, coordinator: str, enrollment_key: str) -> str:
     """This enrollment's own random id, kept in the data directory until it is answered: a retry
     whose first answer was lost (a reply cut off, a timeout after the coordinator committed) gets
-    the same device and uses no more of the key. It made a second device before, and with a
-    single-use key none at all (a network probe). Another coordinator or key: a new id."""
+    the same device and uses no more of the key. Without it such a retry would make a second device, and
+    with a single-use key none at all. Another coordinator or key: a new id."""
     path = data_dir / ENROLL_REQUEST_FILE
     which = {"coordinator": coordinator.rstrip("/"),
              "key_sha256": hashlib.sha256(enrollment_key.encode()).hexdigest()}
@@ -321,7 +321,7 @@ def _use_version(dev: Device, task: wire.Task) -> bool:
             log.error("cannot install model version %s: %s; keeping %s", version_id, failure(e),
                       dev.store.current_id)
             return False
-        except TransientError as e:   # a download cut off: it dropped the check-in's task (a network probe)
+        except TransientError as e:   # a download cut off: caught, or the check-in's task would be dropped
             if dev.stopping.is_set():
                 raise
             log.error("cannot download model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
@@ -380,7 +380,7 @@ def _withdrawn(dev: Device, mark: str | None) -> str | None:
     """Why what was learned from the cache since `mark` was read must not leave: a wipe ran since
     (or whether one did can no longer be told: the private answer), or learning was paused. A
     wipe or pause in another process (`python -m edge_runtime wipe`, the page's Clear or toggle)
-    while the device trained on, or scored, that text: before, the update or report was still
+    while the device trained on, or scored, that text: otherwise the update or report would still be
     sent, minutes later if the coordinator was down, or after a secure round's wait."""
     return _withdrawn_since(dev.cache, mark)
 
@@ -639,11 +639,11 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
         stats = dev.cache.stats()
         heldout, trainable = stats["heldout"], stats["records"] - stats["heldout"]
         # Paused, the page's "Pause learning" means it: nothing is cached, and nothing is trained,
-        # evaluated or personalized on what was (before, only caching stopped).
+        # evaluated or personalized on what was (not only caching stops).
         learning = not dev.cache.paused
     except CacheError as e:
         # Still check in: a device whose cache fails (damaged, a full disk) must still take new
-        # versions and rollbacks. Before, it failed every iteration here and never checked in.
+        # versions and rollbacks, not fail every iteration here and never check in.
         log.error("checking in without training or evaluating: %s", e)
         heldout, trainable, learning = 0, 0, False
     decision = dev.eligibility.check()

@@ -5,7 +5,7 @@ Why: an n-gram and an LSTM make different mistakes, and a mixture of the two bea
 text as version 0, it ships with the keyboard app like a dictionary, once, not with every
 model version: federated rounds change the LSTM's weights, never this file. It is built by
 `make v0` (`python -m tools.proxy_ngram`) into this package's data folder, so a device installed
-with `pip install ".[edge]"` has it (until the forty-eighth session it lived in the checkout's
+with `pip install ".[edge]"` has it (releases before 6 December 2026 kept it in the checkout's
 models/ngram/, and an installed device had to be pointed at it; that path is now a link here).
 
 The device's `base_ngram` setting (`EdgeConfig`; the tools' `--base-ngram`) names another file,
@@ -35,10 +35,10 @@ OLD_VARIABLE = "FEDKEYS_BASE_NGRAM"
 
 
 def refuse_old_variable(environ: Mapping[str, str] | None = None) -> None:
-    """Until the forty-fifth session the file was named by FEDKEYS_BASE_NGRAM, outside the device's
+    """Releases up to 5 December 2026 named the file by FEDKEYS_BASE_NGRAM, outside the device's
     settings. A tool refuses it, naming what replaces it (its --base-ngram); a device reads it as
-    its setting, with a warning (`edge_runtime.config.load_config`): the unit file shipped until
-    5 December sets it, and a refusal restarted every upgraded device every 30 s (a probe)."""
+    its setting, with a warning (`edge_runtime.config.load_config`): the unit file those releases
+    shipped sets it, and a refusal would have systemd restart every upgraded device every 30 s."""
     if OLD_VARIABLE in (os.environ if environ is None else environ):
         raise ValueError(f"{OLD_VARIABLE} is no longer read: the base n-gram is the device setting base_ngram "
                          f"now (FEDKEYS_EDGE_BASE_NGRAM=FILE, or off for none; the tools' --base-ngram)")

@@ -158,8 +158,8 @@ def _said(e: BaseException) -> str:
 
 def _cause(path: Path) -> str:
     """What the disk says of a failed open, in words: SQLite names only its own symptom ("disk
-    I/O error" for a full disk, "unable to open database file" for a read-only one), which a
-    device-side probe could not act on. Empty when the folder looks fine."""
+    I/O error" for a full disk, "unable to open database file" for a read-only one), which the
+    device's owner cannot act on. Empty when the folder looks fine."""
     try:
         st = os.statvfs(path.parent)
     except OSError:
@@ -350,8 +350,8 @@ class TextCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA secure_delete=ON")
-            # The log of a 4 MiB cache grew to 4 MB whatever max_cache_bytes said, and filled a
-            # small disk after a few dozen texts (a probe): checkpointed every 64 pages, and cut
+            # Left alone, the log of a 4 MiB cache grows to 4 MB whatever max_cache_bytes says, and
+            # fills a small disk after a few dozen texts: checkpointed every 64 pages, and cut
             # back to 256 KiB after each checkpoint.
             db.execute("PRAGMA wal_autocheckpoint=64")
             db.execute("PRAGMA journal_size_limit=262144")
@@ -525,8 +525,8 @@ class TextCache:
             yield
             self._db.execute("COMMIT")
         except BaseException:
-            # SQLite has already rolled back after a full disk: a second ROLLBACK failed with "no
-            # transaction is active", and that message replaced "database or disk is full".
+            # SQLite has already rolled back after a full disk: a second ROLLBACK would fail with
+            # "no transaction is active", and that message replace "database or disk is full".
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
@@ -586,9 +586,9 @@ class TextCache:
                 dropped = self._expire_locked(now)
             if dropped:
                 self._flush_deleted()
-        if dropped:   # said: a one-off smaller max_cache_bytes emptied a cache without a word (a probe);
+        if dropped:   # said: a one-off smaller max_cache_bytes must not empty a cache without a word;
             # once a process: a full cache deletes its oldest text at every commit, and a warning
-            # each time filled the log (1,076 in 2,000 commits, a probe of a long-lived device)
+            # each time would fill the log (1,076 in 2,000 commits on a long-lived device)
             log.log(logging.DEBUG if self._said_dropped else logging.WARNING,
                     "text cache: deleted the %d oldest text(s) to keep within %d days and %d bytes "
                     "(retention_days, max_cache_bytes)", dropped, self.retention_days, self.max_bytes)
@@ -597,8 +597,8 @@ class TextCache:
 
     def has_commit(self, commit_id: str) -> bool:
         """Whether text of this keyboard commit is stored: the page resends a commit whose answer
-        it lost, and one stored just before the device process was killed was stored twice (the
-        ids the keyboard remembered died with it)."""
+        it lost, and one stored just before the device process was killed would be stored twice
+        (the ids the keyboard remembers die with it)."""
         with self._held():
             return commit_id in self._commit_ids()
 
@@ -622,10 +622,10 @@ class TextCache:
 
     def _flush_deleted(self) -> None:
         """After texts were deleted (the lock held, no transaction): their pages are zeroed in
-        the database (secure_delete), but the write-ahead log kept them readable for hundreds of
-        commits (a probe). A checkpoint empties it, unless a reader holds an older snapshot:
+        the database (secure_delete), but the write-ahead log keeps them readable for hundreds of
+        commits. A checkpoint empties it, unless a reader holds an older snapshot:
         then a later one does. Best effort: nothing depends on it."""
-        try:   # without waiting for a reader (the busy timeout held the lock up to 5 s: a review)
+        try:   # without waiting for a reader (the busy timeout would hold the lock up to 5 s)
             with self._waiting(0.0):
                 self._checkpoint()
         except sqlite3.Error:
@@ -644,8 +644,8 @@ class TextCache:
     def _expire_locked(self, now: float) -> int:
         # A text stamped before CLOCK_UNSET_BEFORE was typed while the clock was not set (a board
         # without a real-time clock boots in 1970): its time is unknown, not old. It is stamped
-        # with the first set clock, and kept until then: before, it looked 56 years old once the
-        # clock was set, and the next retention check deleted it with all that was typed offline.
+        # with the first set clock, and kept until then: stamped in 1970, it would look 56 years old once
+        # the clock is set, and the next retention check would delete it with all that was typed offline.
         n = aged = 0
         if now >= CLOCK_UNSET_BEFORE:   # the size cap below holds whatever the clock says
             self._db.execute("UPDATE texts SET ts = ? WHERE ts < ?", (now, CLOCK_UNSET_BEFORE))

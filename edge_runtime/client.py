@@ -37,14 +37,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (5.0, 30.0)          # (connect, read) seconds for JSON calls
 # A download's read timeout is per read, not the whole file (that is DOWNLOAD_DEADLINE_S): a link
-# that stalls 30 s is dead. At 120 s a stop (SIGTERM) during a stalled download took 93 s, past
-# systemd's 90 s (a network probe). An upload's answer comes after the coordinator checked it.
+# that stalls 30 s is dead. At 120 s a stop (SIGTERM) during a stalled download would take 93 s,
+# past systemd's 90 s. An upload's answer comes after the coordinator checked it.
 DOWNLOAD_TIMEOUT = (5.0, 30.0)
 UPLOAD_TIMEOUT = (5.0, 120.0)
 DOWNLOAD_DEADLINE_S = 1800.0           # a whole download (at most 64 MiB; 1.4 MB a version today)
 # A download cut off asks for the rest of its file (HTTP Range, If-Range on the file's ETag) this many
-# times: on a link that dropped every few MB the 11 MB graph started again from 0 each time, and a
-# first install might never finish (a network probe).
+# times: on a link that drops every few MB the 11 MB graph would otherwise start again from 0 each
+# time, and a first install might never finish.
 MAX_RESUMES = 20
 _VERSION_PATHS = {
     MANIFEST: wire.PATH_VERSION_MANIFEST,
@@ -73,7 +73,7 @@ class ClientError(EdgeError):
 
 def tls_failure(e: BaseException, url: str) -> str:
     """What a failed TLS handshake says, in one line: an operator enrolling against a self-signed
-    certificate read only "cannot connect", even with debug logs (a probe). An unknown issuer
+    certificate would otherwise read only "cannot connect", even with debug logs. An unknown issuer
     (self-signed, a private authority) names the setting that trusts it; any other refusal (a
     certificate for another name, an expired one) or a failed handshake names the reason only."""
     text = str(e).replace("\\'", "'")
@@ -91,8 +91,8 @@ def tls_failure(e: BaseException, url: str) -> str:
 
 
 def _connection_failure(e: requests.ConnectionError, url: str) -> str:
-    """What went wrong with the connection. "cannot connect" was said of a reply lost after the
-    request arrived too, and a user who then enrolled again made a second device (a probe)."""
+    """What went wrong with the connection. A reply lost after the request arrived is not "cannot
+    connect": told that, a user enrolls again and makes a second device."""
     reason = getattr(e.args[0], "reason", None) if e.args else None
     if isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
         return f"cannot connect to {url}"
@@ -256,12 +256,12 @@ class CoordinatorClient:
         """The one translation of transport failures (the module's docstring)."""
         if isinstance(e, requests.Timeout):
             return TransientError(f"{what}: timed out")
-        if isinstance(e, requests.exceptions.SSLError):   # a ConnectionError too: it read "cannot connect"
+        if isinstance(e, requests.exceptions.SSLError):   # a ConnectionError too, not "cannot connect"
             return TransientError(f"{what}: {tls_failure(e, self.base_url)}")
         if isinstance(e, requests.ConnectionError):
             return TransientError(f"{what}: {_connection_failure(e, self.base_url)}")
         if isinstance(e, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
-            # a reply cut mid-body was a permanent error: a secure round lost the device (a network probe)
+            # a reply cut mid-body is retried: as a permanent error, a secure round would lose the device
             return TransientError(f"{what}: the answer from {self.base_url} was cut off")
         return ClientError(f"{what}: {e.__class__.__name__}")
 

@@ -30,9 +30,9 @@ def settle() -> None:
 def release_freed() -> None:
     """Hand the heap's freed memory back to the system (glibc's `malloc_trim`); nothing on a C
     library without it. A version's interpreter and its tensors are freed when a predictor or a
-    training model is dropped, but glibc keeps the pages for reuse: a device that swapped versions
-    and ran canary evaluations for half an hour held 200 to 300 MB it no longer used (a soak: one
-    trim took it from 683 to 484 MB). Called after the device loop's training or evaluation and
+    training model is dropped, but glibc keeps the pages for reuse: a device that swaps versions
+    and runs canary evaluations for half an hour holds 200 to 300 MB it no longer uses (one trim
+    took such a process from 683 to 484 MB). Called after the device loop's training or evaluation and
     after the keyboard swaps its model; a trim takes about 10 ms."""
     trim = _malloc_trim()
     if trim is not None:

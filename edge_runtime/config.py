@@ -48,8 +48,8 @@ def _http_url(url: str) -> bool:
 def plain_http_warning(url: str) -> str | None:
     """A warning when `url` is plain http to another machine, else None. Plans, rosters and the
     device's token are not signed or sealed above TLS (only versions are signed), so on such a
-    link anyone on the network can act as the coordinator, up to unmasking secure rounds (a
-    privacy audit). A warning, not a refusal: a lab network or an emulator's host is a choice."""
+    link anyone on the network can act as the coordinator, up to unmasking secure rounds.
+    A warning, not a refusal: a lab network or an emulator's host is a choice."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme != "http" or host == "localhost":
@@ -134,7 +134,7 @@ class EdgeConfig:
             (0 < self.personal_learning_rate < math.inf and self.personal_epochs >= 1
              and self.personal_max_examples >= 1,
              "personal_learning_rate must be > 0, personal_epochs and personal_max_examples >= 1"),
-            (0 < self.http_timeout_s < math.inf, "http_timeout_s must be > 0 and finite"),   # inf: every call failed
+            (0 < self.http_timeout_s < math.inf, "http_timeout_s must be > 0 and finite"),   # inf: every call fails
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
             (bool(self.keyboard_host.strip()), "keyboard_host must not be empty"),
             (0 <= self.keyboard_port <= 65535, "keyboard_port must be in [0, 65535]"),
@@ -172,9 +172,9 @@ def _coerce_all(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def _old_base_ngram(environ: Mapping[str, str]) -> Mapping[str, str]:
-    """`environ` with FEDKEYS_BASE_NGRAM (read until the forty-fifth session; "" was none) read as
-    the `base_ngram` setting, with a warning. The device unit shipped until 5 December sets it: a
-    refusal, as before, had systemd restart every upgraded device every 30 s (an upgrade probe)."""
+    """`environ` with FEDKEYS_BASE_NGRAM (read by releases up to 5 December 2026; "" was none) read
+    as the `base_ngram` setting, with a warning. The device unit those releases shipped sets it: a
+    refusal would have systemd restart every upgraded device every 30 s."""
     from edge_runtime.base_ngram import OFF, OLD_VARIABLE
 
     if OLD_VARIABLE not in environ:
@@ -197,8 +197,8 @@ def load_config(*, config_file: str | None = None, environ: Mapping[str, str] | 
     from protocol.interpreter import backend_refusal
 
     environ = _old_base_ngram(os.environ if environ is None else environ)
-    # read where the interpreter is made, deep in a task: a typo there was logged only as
-    # "iteration failed: ValueError" (its message withheld, as any might quote text; a probe)
+    # checked at start: read where the interpreter is made, deep in a task, a typo would be logged
+    # only as "iteration failed: ValueError" (its message withheld, as any might quote text)
     if (why := backend_refusal(environ.get("FEDKEYS_INTERPRETER"))):
         raise ConfigError(why)
     return EdgeConfig(**load_settings(EdgeConfig, ConfigError, env_prefix=ENV_PREFIX, config_file=config_file,

@@ -250,8 +250,8 @@ class ActivityClock:
     def note_keystroke(self) -> None:
         now = self._clock()
         self._last = now
-        # Also when the clock went back (now before the last write): the file then kept its
-        # future time, and typing went unseen, so training ran while the user typed (a probe).
+        # Also when the clock went back (now before the last write): the file would otherwise keep
+        # its future time, and typing would go unseen, so training would run while the user types.
         if self.path is not None and not 0 <= now - self._written < self.resolution_s:
             self._written = now
             try:
@@ -266,8 +266,8 @@ class ActivityClock:
 
     def idle_seconds(self) -> float:
         """Since the last keystroke this process or the file knows of; with none known, since this
-        clock was made. (It counted from creation even with the file there, so `status`, a
-        process of a moment, always said "keyboard in use recently".)"""
+        clock was made. (Counted from creation even with the file there, `status`, a
+        process of a moment, would always say "keyboard in use recently".)"""
         now = self._clock()
         known = [] if self._last is None else [self._last]
         if self.path is not None:
@@ -277,7 +277,7 @@ class ActivityClock:
                 stamp = None
             if stamp is not None and stamp > now + FUTURE_SLACK_S:
                 # Stamped while the clock ran ahead: when is unknown, so now, and the file says so
-                # (else training waited until the clock caught up, days later).
+                # (else training would wait until the clock catches up, days later).
                 stamp = now
                 with contextlib.suppress(OSError):
                     os.utime(self.path, (now, now))

@@ -157,8 +157,8 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
 def _page_token(data_dir: Path) -> str:
     """The page's key, kept in the data directory (0600) so that a page left open across a restart
     of the device process still reaches it: with a new key per process every call of that page
-    was refused, and the sentences it had queued while the process was down were dropped. The
-    key guards against other local processes and other sites, as before; it holds no text."""
+    would be refused, and the sentences it queued while the process was down dropped. The key
+    still guards against other local processes and other sites; it holds no text."""
     path = data_dir / KEYBOARD_TOKEN_FILE
     try:
         kept = path.read_text(encoding="ascii").strip()
@@ -177,8 +177,8 @@ def _page_token(data_dir: Path) -> str:
 
 def _keep_token(path: Path, token: str) -> str:
     """Keep `token` at `path` unless another process kept one there meanwhile (`keyboard` and `run
-    --keyboard-port` started at once each wrote its own, and one page's link broke at the next
-    restart): the key kept. Written whole and linked into place, so a reader never sees half."""
+    --keyboard-port` started at once would each write its own, and one page's link would break at
+    the next restart): the key kept. Written whole and linked into place, so a reader never sees half."""
     try:
         atomic_write(path, token.encode(), replace=False)   # only where there is none
         return token

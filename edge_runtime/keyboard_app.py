@@ -36,7 +36,7 @@ MAX_WORD = 100               # characters of a word removed from the suggestions
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped
 # The strip's words. One name for the keystroke's and the prefetch's: a session reuses what
 # `prefetch` readied only for the same k, so two literals that drifted apart would recompute every
-# readied strip on the keystroke, silently (a contributor's probe).
+# readied strip on the keystroke, silently.
 STRIP_WORDS = 3
 MAX_COMMIT_IDS = 256          # commits remembered by id, so a page's retry is not stored twice
 WIPE_CHECK_S = 1.0            # how often keystrokes look for a wipe run by another process

@@ -67,7 +67,7 @@ class KeyboardHandler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle's algorithm on, the body of an answer to a
-    # request that came in while the last one's was unacknowledged waited for the page's delayed
+    # request that comes in while the last one's is unacknowledged waits for the page's delayed
     # ACK: about 40 ms on a keystroke (measured in Chromium: 47 ms against 5 ms round trips).
     disable_nagle_algorithm = True
 
@@ -85,8 +85,8 @@ class KeyboardHandler(BaseHTTPRequestHandler):
         return path if known else "<other>"
 
     def _log_access(self, status: int, t0: float) -> None:
-        """One line a request, at DEBUG for an answer: at INFO the default log held a line a
-        keystroke with its time, the typing's rhythm, 6.8 MB in 15 minutes (a probe)."""
+        """One line a request, at DEBUG for an answer: at INFO the default log would hold a line
+        a keystroke with its time, the typing's rhythm, 6.8 MB in 15 minutes."""
         log.log(logging.DEBUG if status < 400 else logging.INFO, "keyboard: %s %s %d %.1fms", self.command,
                 self._route(), status, (time.monotonic() - t0) * 1e3)
 
@@ -148,7 +148,7 @@ class KeyboardHandler(BaseHTTPRequestHandler):
         self._body_read = False
         # A body this handler will not read (a GET's, a chunked one, or a request refused before
         # reading it: a wrong token, too large, a wrong route) must not be parsed as the next
-        # request on this connection: it was (the page's next keystroke got "501 Unsupported
+        # request on this connection (the page's next keystroke would get "501 Unsupported
         # method ('{\"client\":...POST')"). Such a connection is closed after the answer.
         body = (self.headers.get("Content-Length", "0").strip() not in ("", "0")
                 or "Transfer-Encoding" in self.headers)

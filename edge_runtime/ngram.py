@@ -323,7 +323,7 @@ class KneserNeyLM:
         self._uni = uni  # P_1 over every id but <s>
         self._levels = levels  # n -> (context keys, bounds, gammas, next ids, alphas)
         # Each order's contexts stay in `levels`' numpy arrays, looked up by bisection (`_context`):
-        # as a dict of Python ints and tuples the shipped base n-gram's 1.5M contexts took 350 MB.
+        # as a dict of Python ints and tuples the shipped base n-gram's 1.5M contexts would take 350 MB.
         self._next: dict[int, np.ndarray] = {}
         self._alpha: dict[int, np.ndarray] = {}
         for n, (_, _, _, nxt, alpha) in levels.items():
@@ -363,7 +363,7 @@ class KneserNeyLM:
         At order 2 (the lowest) that is alpha_2(w) + gamma * P_1(w), w's whole score up to the
         higher orders' back-off weight; above it, alpha_n(w). A context of order > 2 whose followers
         are not all followers of its last token (never, for fitted counts) gets no entry: its
-        suggestions are ranked in full, as before."""
+        suggestions are ranked in full, as without this table."""
         keys, bounds, gammas, nxt, alpha = self._levels[n]
         count = np.concatenate([[0], np.cumsum(nxt < self.n_words)])
         n_sugg = count[bounds[1:]] - count[bounds[:-1]]  # followers are sorted by id: words first

@@ -44,7 +44,7 @@ class PersonalModel:
         self.total = 0
         # history -> next-token counts. Plain dicts of str -> int, not Counters: the cyclic garbage
         # collector does not track such a dict, and a Counter per history (hundreds of thousands for
-        # a mailbox) made every full collection walk them all, ~30 ms for 1,000 e-mails, in the
+        # a mailbox) would make every full collection walk them all, ~30 ms for 1,000 e-mails, in the
         # middle of whatever keystroke it fell on.
         self.follow: dict[tuple[str, ...], dict[str, int]] = {}
         self.follow_total: Counter[tuple[str, ...]] = Counter()  # history -> tokens seen after it

@@ -87,9 +87,9 @@ def _digest(weights: dict[str, np.ndarray]) -> str:
 
 
 def keep_only(data_dir: str | Path, version_id: str | None) -> None:
-    """Delete the copies of other versions than `version_id` (every copy: None). A copy stayed
-    for a version the device no longer runs, and with `personalize` turned off, trained on text
-    the cache has since deleted (a probe of a long-lived device)."""
+    """Delete the copies of other versions than `version_id` (every copy: None). Otherwise a
+    long-lived device keeps a copy for a version it no longer runs and, with `personalize` turned
+    off, one trained on text the cache has since deleted."""
     folder = Path(data_dir) / PERSONAL_DIR
     if not folder.is_dir():
         return

@@ -181,9 +181,9 @@ def _digest(entries: list[dict[str, Any]]) -> str:
 
 
 DAY_S = 86_400.0
-# Entries kept: a candidate is answered once however long ago (the newest 1,000 only, and a
-# candidate answered 21 days before at the default 48 a day could be asked and answered again: a
-# probe). 100,000 entries of a version id and a time are about 6 MB: 5.7 years at 48 a day.
+# Entries kept: a candidate is answered once however long ago (with the newest 1,000 only, a
+# candidate answered 21 days before at the default 48 a day could be asked and answered again).
+# 100,000 entries of a version id and a time are about 6 MB: 5.7 years at 48 a day.
 KEPT_EVALUATIONS = 100_000
 
 
@@ -193,8 +193,8 @@ class EvaluationRecord:
     A canary report is exact counts over the device's held-out text, outside the ε ledger
     (docs/privacy.md, "Canary evaluations are not noised"): a version can be built to ask a
     question of that text. The coordinator issues one evaluation per candidate and device, but
-    the device took its word for it; a privacy audit had one device answer the same questions
-    again, and four crafted versions per task. So the device answers each candidate once (recorded
+    a device that took its word for it could be made to answer the same questions again, and for
+    four crafted versions per task. So the device answers each candidate once (recorded
     before its report goes, so a lost reply cannot buy a second answer), for the candidate and one
     other version at most, and at most `per_day` candidates in 24 hours. The report itself is kept
     until the coordinator takes it (`pending`, `delivered`): asked again after a report lost in

@@ -76,8 +76,8 @@ _SMALL_RANGE = 256
 # steps runs with cold caches (measured alone in the bench's flow: 64 tokens up to ~2 ms, 16 ~1 ms).
 LEARN_PART = 16
 # The user's own words weigh in by how much of them there is: their mixture weight is scaled by
-# n / (n + PERSONAL_EVIDENCE) for n tokens typed. One committed "Hello." made the personal
-# unigram 50% "Hello" after any history it never saw, and "Hello" topped every strip. Validation
+# n / (n + PERSONAL_EVIDENCE) for n tokens typed. Unscaled, one committed "Hello." would make
+# the personal unigram 50% "Hello" after any history it never saw, and "Hello" top every strip. Validation
 # users, version 0 (their first halves typed first, so n is large): Shakespeare 19.04% / 44.18%
 # against 19.06% / 44.20% without, e-mail 24.68% / 46.35% against 24.62% / 46.32%.
 PERSONAL_EVIDENCE = 50.0
@@ -129,9 +129,9 @@ class _Node:
         self.h, self.c = h, c
         self.head: np.ndarray | None = None  # exp(logprobs): P of the softmax's words, computed on first suggestion
         # (the model's step, the last token, h and c before it): to recompute. The step, not a method
-        # of the predictor: the predictor holds its root node, and a node holding the predictor made
-        # a cycle that only Python's rare full collection freed, with the predictor's interpreter
-        # (58 MB): a device process grew to 2.2 GB over 200 rounds of canary evaluations (a soak).
+        # of the predictor: the predictor holds its root node, and a node holding the predictor would
+        # make a cycle that only Python's rare full collection frees, with the predictor's interpreter
+        # (58 MB): a device process would grow to 2.2 GB over 200 rounds of canary evaluations.
         self.pre = pre
 
     @property

@@ -66,8 +66,8 @@ class Revealer:
         if unknown:
             raise Refused(f"asked for shares of devices {sorted(unknown)[:5]} that did not share with this device")
         # The count is the coordinator's word; the lists must not contradict it, and where they are
-        # the whole cohort they are the count: a probe listed one other survivor with a count of 7,
-        # and a sum of two updates, with 2/7 of the noise charged, would have been unmasked.
+        # the whole cohort they are the count: a list of one other survivor with a count of 7 would
+        # unmask a sum of two updates, with 2/7 of the noise charged.
         if len(surv) + 1 > req.survivor_count:
             raise Refused(f"{len(surv) + 1} survivors listed, but a survivor count of {req.survivor_count}")
         listed = len(surv) + 1 if self.complete else req.survivor_count
@@ -82,8 +82,8 @@ class Revealer:
 
 # A Skellam share's Poisson mean the device samples. Past 2^53 (9e15) numpy's Poisson draws fall on
 # a lattice (every draw a multiple of 16 at 1e17), so the sum's low bits would carry no noise at all:
-# a coordinator that inflates the scale 100-fold got a plan whose ledger charged 0.03 epsilon through
-# every device's checks, with the sum exact mod 16 (a review). Below 2^53 a double holds every
+# a coordinator that inflates the scale 100-fold would get a plan whose ledger charges 0.03 epsilon
+# through every device's checks, with the sum exact mod 16. Below 2^53 a double holds every
 # integer, so a draw's last bit is still random at 2^52. The coordinator keeps its mu under
 # ddp.MAX_SAMPLED_MU (1e13) since that cap; one from before it sends up to about 2.6e15 (a cohort
 # of 2 at noise multiplier 4), which passes.
@@ -163,7 +163,7 @@ class _Channel:
 
     def _wait(self, seconds: float) -> None:
         """Sleep between calls; the agent's sleep is its stop event's `wait`, true once the device
-        is stopping, and then no call follows (it used to return at once, and the device polled
+        is stopping, and then no call follows (returning at once instead, the device would poll
         the coordinator in a tight loop until the round's deadline)."""
         if self.sleep(seconds):
             raise Stopping(f"the device is stopping during round {self.round_id}")
@@ -208,7 +208,8 @@ def contribute(client: CoordinatorClient, plan: wire.TrainPlan, vector: np.ndarr
     `charge()` records the release in the device's privacy ledger (its ε so far, in counts as
     `local_epsilon`), right before the masked vector goes and after every check: nothing that
     depends on the device's data leaves it earlier, and a roster refused, a late arrival or a
-    timeout charged ε for nothing (a privacy audit; a hostile coordinator could drain a budget)."""
+    timeout charges no ε (charged earlier, they would spend it for nothing, and a hostile
+    coordinator could drain a budget)."""
     rid = plan.round_id
     deadline = time.monotonic() + (time_limit_s if time_limit_s is not None else 3600.0)
     ch = _Channel(client, rid, deadline, sleep)

@@ -198,7 +198,7 @@ class Session:
     def _keep_ahead(self, tok: str, node: _Node, hist: tuple[str, ...]) -> None:
         """Keep the state after `tok` as the newest fed-ahead one. Only the newest is suggested
         from: the one before keeps its h and c, and its 40 KB of log-probabilities go (kept, a
-        pasted line of "a,b," held 321 MB; a review)."""
+        pasted line of "a,b," would hold 321 MB)."""
         if self.ahead:
             self.ahead[-1][1].cool()
         self.ahead.append((tok, node, hist))

@@ -81,8 +81,8 @@ class UserWords:
 
     def _build_words(self) -> None:
         """On the idle thread: the user's words when they are not built (at start, after a wipe),
-        counted off the slot's lock. Counted under it, a full cache (4 MiB, 22,000 texts) held
-        the first keystroke after a start for 5 s on x86 (a probe); keystrokes meanwhile are
+        counted off the slot's lock. Counted under it, a full cache (4 MiB, 22,000 texts) would
+        hold the first keystroke after a start for 5 s on x86; keystrokes meanwhile are
         answered without the user's words (`suggest`); `_count_and_install` does the count."""
         with self.slot.lock:
             if self._personal is not None or self._building:
@@ -138,10 +138,10 @@ class UserWords:
         self._deleted, self._recounted_at = deleted, time.monotonic()
 
     def _recount_if_expired(self) -> None:
-        """Texts the cache deleted (60 days old, or the oldest over its size cap) stayed in the
-        user's words of a keyboard that ran on: it offered a word of a sentence gone from the
-        cache, and its memory grew with every text ever typed (3 MB per 1,000 texts; a probe of
-        a device running for months). Once the cache deleted texts since they were counted (its
+        """Texts the cache deleted (60 days old, or the oldest over its size cap) would otherwise
+        stay in the user's words of a keyboard that runs on: it would offer a word of a sentence
+        gone from the cache, and its memory would grow with every text ever typed (3 MB per 1,000
+        texts on a device running for months). Once the cache deleted texts since they were counted (its
         `deletions`, whatever the texts' ids), they are counted again, at most every
         REBUILD_EVERY_S, on the idle thread and off the slot's lock (seconds for a full cache):
         keystrokes go on with the old words meanwhile (`_count_and_install`)."""

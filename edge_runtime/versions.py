@@ -274,7 +274,7 @@ class VersionStore:
                     p.unlink(missing_ok=True)
         if self._pointer_lost() and (found := self._fallback()) is not None and self._pointer_lost():
             # Written again, so the device reports the version it uses: with none reported, the
-            # coordinator's move back off a rejected candidate was refused as a downgrade for good.
+            # coordinator's move back off a rejected candidate would be refused as a downgrade for good.
             # (Read again after the fallback's hashing: the device loop may have installed meanwhile.)
             with contextlib.suppress(OSError):
                 self._write_pointer(found, None)
@@ -308,7 +308,7 @@ class VersionStore:
             if vid and self._valid(vid):
                 return self.path(vid)
         if self._pointer_lost(ptr) and (found := self._fallback()) is not None:
-            return self.path(found)   # before, nothing fell back and the strip stayed empty
+            return self.path(found)   # else nothing falls back and the strip stays empty
         raise VersionError("no usable model version on this device")
 
     def in_use(self) -> str | None:
@@ -339,8 +339,8 @@ class VersionStore:
             log.error("model version %s failed verification: %s", version_id, e)
             return False
         if stat is not None and time.time_ns() - max((max(f[-2:]) for f in stat[1:]), default=0) > SETTLED_NS:
-            if version_id not in known:   # a new version: forget those deleted since (a soak's keyboard
-                for gone in [v for v in known if not self.path(v).is_dir()]:   # kept one per version, for good)
+            if version_id not in known:   # a new version: forget those deleted since (else a keyboard that runs
+                for gone in [v for v in known if not self.path(v).is_dir()]:   # on keeps one per version, for good)
                     del known[gone]
             known[version_id] = stat   # a file changed within a clock tick of its write keeps its times
         return True

@@ -112,7 +112,7 @@
   }
 
   // Opened without the printed link's #token (or with a key since replaced): every call is refused,
-  // and the first sign of it used to be "Could not save" at the end of a sentence.
+  // so the strip says so at once, not "Could not save" at the end of a sentence.
   function noToken() {
     stripSays("no-token", "Open the link the device printed: it carries this page's key");
   }
@@ -172,9 +172,9 @@
     const ws = text.slice(cut).search(/\s/);
     if (ws >= 0) return text.slice(cut + ws + 1);
     // No whitespace to cut after (Chinese, Japanese): at the same step, or the part sent would
-    // start one character later on every keystroke, and the device fed all of it again each time
-    // (a probe: 141 ms a keystroke). Never between the two halves of an emoji (a lone half is not
-    // text, the device refused the request, and every other strip went empty).
+    // start one character later on every keystroke, and the device would feed all of it again each time
+    // (141 ms a keystroke). Never between the two halves of an emoji (a lone half is not text:
+    // the device would refuse the request, and every other strip go empty).
     return text.slice(/[\uDC00-\uDFFF]/.test(text[cut]) ? cut - 1 : cut);
   }
 
@@ -396,8 +396,8 @@
   }
 
   // A long paste is committed in pieces of whole sentences (a word at most cut where one
-  // sentence alone is longer): as one commit, 100 KB was refused whole (the device takes 16,384
-  // characters a commit) and nothing of it was learned.
+  // sentence alone is longer): as one commit, 100 KB would be refused whole (the device takes
+  // 16,384 characters a commit) and nothing of it learned.
   const PIECE = 8000;
   function pieces(text) {
     const out = [];
@@ -645,7 +645,7 @@
       renderStatus(st);
       toast(st.paused ? "Learning paused: nothing new is saved" : "Learning resumed");
     } catch (err) {
-      e.target.checked = !e.target.checked;   // as it was: a switch left on did not pause anything
+      e.target.checked = !e.target.checked;   // back as it was: left as clicked, it would show a change that did not happen
       toast("Could not change: " + err.message);
       refreshStatus();
     }
