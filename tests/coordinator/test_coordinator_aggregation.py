@@ -96,7 +96,7 @@ def test_robust_aggregators_bound_what_a_minority_at_the_norm_bound_can_do():
 
 def test_robust_aggregators_hold_float16_updates_as_they_came_and_work_in_slices(monkeypatch):
     """Stacked whole in float32 they took three copies of every update: 1.6 GB for 100 updates of
-    the default model, 7.4 GiB in a worker at 450, still 2.3 GiB after (a scale probe)."""
+    the default model, 7.4 GiB in a worker at 450, still 2.3 GiB after."""
     import tracemalloc
 
     import scipy.stats  # noqa: F401  (imported before memory is traced)

@@ -42,7 +42,7 @@ def test_manifest_signature_verifies_and_tampering_is_detected(served):
 
 
 def test_a_download_cut_off_can_ask_for_the_rest_of_its_file(served):
-    """A device's download cut off started again from the first byte (a network probe): version
+    """A device's download cut off started again from the first byte: version
     files answer Range with If-Range on their ETag (the file's sha256)."""
     dev = FakeDevice(served.url, served.coord.create_enrollment_key())
     path = wire.version_path(wire.PATH_VERSION_GRAPH, "v0000")
@@ -75,7 +75,7 @@ def test_signing_key_persists_and_cli_prints_it(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == pub
     assert (Path(cfg.data_dir) / "signing_key.pem").stat().st_mode & 0o077 == 0   # private key is 0600
     # A new data directory and SQLite database are their owner's only: the database holds every
-    # device's canary reports and token hashes, and the umask made it 0644 (an operator probe).
+    # device's canary reports and token hashes, and the umask made it 0644.
     assert Path(cfg.data_dir).stat().st_mode & 0o077 == 0
     if cfg.resolved_database_url.startswith("sqlite"):
         db = Path(make_url(cfg.resolved_database_url).database)
@@ -122,7 +122,7 @@ def test_openapi_schemas_match_wire_messages(served):
         assert set(d) <= set(schemas[name]["properties"]), name
         assert set(schemas[name].get("required", [])) <= set(d), name
         # a field sent as null is declared nullable (a task's `rollout` before any version was
-        # not, and a strict generated client refused the answer: a developer's probe)
+        # not, and a strict generated client refused the answer)
         for field, value in d.items():
             assert value is not None or schemas[name]["properties"][field].get("nullable"), (name, field)
 
@@ -238,7 +238,7 @@ def test_a_database_with_no_connection_free_is_a_503_to_retry(served, caplog):
 def test_a_locked_database_is_seen_by_health_checks_and_the_scrape_within_its_timeout(served):
     """With SQLite locked by another program (an operator's `sqlite3` shell in a transaction),
     /healthz and /metrics waited the requests' 30 s busy timeout, past Prometheus's 10 s: the scrape
-    failed whole, and the documented alert on `fedkeys_database_up` could never fire (a probe).
+    failed whole, and the documented alert on `fedkeys_database_up` could never fire.
     They read through an engine of their own that waits 2 s at most, and the scrape says the
     database is not up: on SQLite (whose reads in WAL mode pass the lock) because the write lock
     that every request needs cannot be taken within 2 s; on PostgreSQL because a table locked
@@ -276,7 +276,7 @@ def _locked(c, sqlite_sql: str, postgresql_sql: str):
 def test_reads_pass_a_write_lock_held_elsewhere(served):
     """On SQLite every transaction, reads too, began by taking the write lock: a listing, an
     authentication or a version download waited behind every write (598 s of lock waiting over
-    14k requests at 2,500 devices, a scale probe), and behind a lock another program holds for
+    14k requests at 2,500 devices), and behind a lock another program holds for
     the 30 s busy timeout, then a 503. Reads now begin deferred (WAL: no lock); on PostgreSQL a
     table locked against writes never held reads."""
     import time
@@ -342,8 +342,8 @@ def test_health_says_a_full_disk(served, monkeypatch):
 
 
 def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys, caplog):
-    """An admin command run without the service's --profile, --config or environment used to close
-    and open rounds and judge candidates with the defaults (another goal, aggregator, tolerance).
+    """An admin command run without the service's --profile, --config or environment closed
+    and opened rounds and judge candidates with the defaults (another goal, aggregator, tolerance).
     The service records its settings when it starts; admin commands take them as defaults, under
     their own flags, and log where theirs differ."""
     cfg = make_config(tmp_path, goal_count=3, min_count=2, server_optimizer="fedadam", canary_tolerance=0.02)
@@ -540,7 +540,7 @@ def test_import_refuses_a_version_not_built_on_stable_and_export_gives_one_to_bu
 
 def test_a_service_whose_database_another_release_migrated_refuses_requests(served, monkeypatch, caplog):
     """An old service left running through an upgrade went on answering devices and promoting
-    candidates on the new schema, while every aggregation failed (an upgrade probe)."""
+    candidates on the new schema, while every aggregation failed."""
     import logging
 
     from sqlalchemy import text
@@ -557,7 +557,7 @@ def test_a_service_whose_database_another_release_migrated_refuses_requests(serv
         assert requests.get(served.url + wire.PATH_HEALTH, timeout=5).status_code == 503
     said = [rec for rec in caplog.records if "another release migrated it" in rec.getMessage()]
     assert len(said) == 1                                  # once, not on every request
-    # a read of the revision that fails does not let a request through (a review)
+    # a read of the revision that fails does not let a request through
     real = served.coord.monitor
 
     class Away:
@@ -579,7 +579,7 @@ def test_a_service_whose_database_another_release_migrated_refuses_requests(serv
 
 
 def test_the_rounds_listing_holds_the_newest_and_says_how_many(served, capsys):
-    """Every round ever came back, at six queries a round (a scale probe): months of rounds every
+    """Every round ever came back, at six queries a round: months of rounds every
     few minutes made one listing tens of thousands of queries."""
     for _ in range(3):
         rid = served.coord.start_round(goal_count=1, min_count=1)

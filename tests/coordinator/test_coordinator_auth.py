@@ -40,7 +40,7 @@ def test_enrollment_keys(served):
 
 def test_a_retried_enrollment_gets_the_same_device_until_it_checks_in(served):
     """A device whose enrollment answer was lost enrolled again as a second device, and with a
-    single-use key could not enroll at all (a network probe). The same request id now gets the
+    single-use key could not enroll at all. The same request id now gets the
     same device with a new token, and uses no more of the key, until that device checks in."""
     key = served.coord.create_enrollment_key(uses=1)
     rid = "ab" * 16
@@ -53,7 +53,7 @@ def test_a_retried_enrollment_gets_the_same_device_until_it_checks_in(served):
     assert again.device_id == first.device_id and again.token != first.token
     assert served.coord.status()["devices"] == 1
     assert requests.get(served.url + wire.PATH_SIGNING_KEY, timeout=5).json()["enroll_request_ids"] is True
-    # ... and only within an hour of the first try (a review: a device powered on weeks later)
+    # ... and only within an hour of the first try (not for a device powered on weeks later)
     from datetime import timedelta
 
     from sqlalchemy import text

@@ -214,7 +214,7 @@ def test_unpin_decides_the_candidate_the_pin_held_back_and_cancellations_are_rec
 def test_a_round_closing_under_a_pin_does_not_replace_the_candidate_the_canary_favours(world):
     """README: while pinned, a candidate the canary favours waits for unpin. A round that closed
     meanwhile superseded it ("superseded by ... before the canary decided") and put its own,
-    unjudged version in its place (a probe). Now the round's version is set aside, recorded."""
+    unjudged version in its place. Now the round's version is set aside, recorded."""
     s, devices, canaries, _ = world
     assert s.admin("POST", "/v1/admin/versions/v0000/pin").status_code == 200
     favoured = _candidate_from_round(s, devices, 0.01)
@@ -232,7 +232,7 @@ def test_a_round_closing_under_a_pin_does_not_replace_the_candidate_the_canary_f
 
 def test_a_superseded_candidate_keeps_what_the_canary_had_measured(world, tmp_path):
     """Superseded before the canary decided, a candidate's decision held no numbers: the dashboard
-    showed no top-3 for a candidate that devices had scored (a probe)."""
+    showed no top-3 for a candidate that devices had scored."""
     import json
 
     s, devices, canaries, _ = world
@@ -338,7 +338,7 @@ def test_an_operators_promote_records_what_the_canary_showed(world):
 def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(world, tmp_path, exported_by):
     """A trained lineage exported and imported into a new data directory (the operator's service
     moved): its rounds were received by the same operator, but the number to quote read epsilon 0
-    with 0 rounds beside a stable version of epsilon 10,000 (a probe). Imported in order, each
+    with 0 rounds beside a stable version of epsilon 10,000. Imported in order, each
     version's parent was held, and its record was the parent's: the rounds were lost from the
     versions' own epsilon too. In any order the rounds count; two imports whose link is not held
     may count shared rounds twice (over, never under). Exports made before histories were
@@ -370,7 +370,7 @@ def test_epsilon_against_the_coordinator_counts_the_rounds_an_import_brings(worl
         moved.coord.import_version(str(dirs[second]))
         assert moved.coord.status()["privacy"]["rounds"] == 2
         # the new deployment's own versions number on from the imported one's id (it made its
-        # own v0002 after importing v0002-..., and listed two of them: an operator probe)
+        # own v0002 after importing v0002-..., and listed two of them)
         assert [v["seq"] for v in moved.coord.list_versions()] == [int(second[1:5])]
         moved.coord.import_version(str(dirs[first]))   # now the newest's parent is held: still 2, not 1
         assert moved.coord.status()["privacy"]["rounds"] == 2
@@ -577,8 +577,8 @@ def test_a_stored_report_this_release_refuses_is_left_out_not_a_500(world, caplo
 
 
 def test_evaluate_tasks_go_out_a_few_at_a_time_not_to_the_whole_cohort(tmp_path):
-    """Failed on the old code: every canary that checked in was handed a task (a scale probe saw
-    ~250 devices evaluate for a decision taken on 5 reports)."""
+    """Failed on the old code: every canary that checked in was handed a task (~250
+    devices evaluated for a decision taken on 5 reports)."""
     from coordinator import canary
     from coordinator.models import utcnow
 

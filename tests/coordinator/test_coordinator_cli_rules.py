@@ -302,7 +302,7 @@ def test_a_data_directory_older_than_its_database_is_refused_at_start(tmp_path):
     """Restored from an earlier backup than the database, the data directory holds the right key
     but not the newer versions' files: the service started and answered each download with a 500.
     A damaged file (truncated) is refused the same way: it was served, and every device refused it
-    while the service logged nothing (an operator probe)."""
+    while the service logged nothing."""
     from coordinator.app import create_app
     from coordinator.config import ConfigError
     from tests.helpers.coordinator_fakes import make_config, make_version, serve
@@ -328,7 +328,7 @@ def test_a_data_directory_older_than_its_database_is_refused_at_start(tmp_path):
 
 def test_a_version_that_lost_its_files_gets_them_back_from_its_folder(tmp_path):
     """The only stable version lost a file: serve refused, reject and rollback cannot act on the
-    one stable version, and importing its folder again answered "already imported" (a probe).
+    one stable version, and importing its folder again answered "already imported".
     Importing it again now puts back what was lost or damaged, and serve starts; a folder of the
     same id with other files is refused, and an intact version is "already imported" as before."""
     import json as _json
@@ -368,7 +368,7 @@ def test_a_version_that_lost_its_files_gets_them_back_from_its_folder(tmp_path):
 
 def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
     """The version a round makes replaces a candidate still in its canary: start-round while one
-    is pending, and import-version while a round is open, gave no word of it (a probe); nor did
+    is pending, and import-version while a round is open, gave no word of it; nor did
     import-version of the candidate it set aside."""
     import json as _json
 
@@ -388,7 +388,7 @@ def test_a_round_and_a_pending_candidate_that_will_meet_are_named(tmp_path):
     assert r.returncode == 0 and "note: candidate v1 is still in its canary" in r.stderr, r.stderr
     r = coord("import-version", "--data-dir", str(d), str(tmp_path / "v2"))
     assert r.returncode == 0 and "note: round 1 is open; the version it makes replaces candidate v2" in r.stderr
-    # the candidate it replaced was set aside without a word (an operator probe)
+    # the candidate it replaced was set aside without a word
     assert "note: candidate v1, still in its canary, was set aside for v2" in r.stderr, r.stderr
 
 
@@ -396,7 +396,7 @@ def test_admin_commands_that_change_nothing_say_so_and_a_round_left_open_exits_3
     """close-round before its deadline without its goal exited 0 with the round still open (now 3:
     1 is an internal error, 2 the operator's input);
     close-round of a finished round, unpin with nothing pinned and a second pin exited 0 saying
-    nothing (a probe)."""
+    nothing."""
     from tests.helpers.coordinator_fakes import make_version
 
     d = tmp_path / "c"

@@ -209,7 +209,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_update(tmp_path):
 
 def test_a_full_round_left_open_by_a_crash_does_not_block_the_next(tmp_path, monkeypatch):
     """Regression: the goal-reaching upload commits, then the process dies before aggregating.
-    Starting the next round used to answer 409 until some device checked in."""
+    Starting the next round answered 409 until some device checked in."""
     from coordinator.service import Coordinator as Service
     from tests.helpers.coordinator_fakes import FakeDevice, make_config, serve
 

@@ -76,7 +76,7 @@ def test_privacy_accounting():
 @pytest.mark.parametrize("sigma", [1e-160, 1e-170, 1e-300])
 def test_a_noise_multiplier_too_small_to_account_is_no_noise(sigma):
     """dp-accounting's RDP of 1 / sigma**2 overflows there: a round at 1e-160 read epsilon 0.0,
-    one at 1e-170 divided by zero (and a manifest with it crashed import-version; a probe)."""
+    one at 1e-170 divided by zero (and a manifest with it crashed import-version)."""
     for q in (0.5, 1.0):
         assert privacy.epsilon([privacy.RoundPrivacy(q, sigma)], 1e-6) == math.inf
     s = privacy.summarize([privacy.RoundPrivacy(0.5, sigma)], 1e-6)
@@ -138,7 +138,7 @@ def test_canary_decision_is_per_device_and_robust_to_a_minority():
 
 
 def test_a_candidate_with_a_broken_lstm_is_rejected_whatever_its_strip_measured():
-    """A random-weights candidate was promoted (an operator probe): on a canary's ~10 words the
+    """A random-weights candidate was promoted: on a canary's ~10 words the
     keyboard's n-gram and the user's own words keep its strip within one word of the stable one's,
     and the bar is never finer than a word. Its next-token loss (50.1 against 3.4) says it is
     broken: past BROKEN_LOSS_RATIO times the stable's, the median device rejects it first."""
@@ -164,7 +164,7 @@ def test_a_candidate_with_a_broken_lstm_is_rejected_whatever_its_strip_measured(
 def test_rollout_statements_go_on_increasing_when_the_clock_is_set_back(tmp_path, monkeypatch, caplog):
     """The statements' numbers were the signing time: a service run an hour fast, then right,
     signed numbers below those devices had seen, and every device refused every switch, a
-    rollback too, for that hour, with nothing said on the coordinator (an operator probe). A
+    rollback too, for that hour, with nothing said on the coordinator. A
     lease in the database carries the numbers over the step back, across a restart too."""
     import logging
     import time as real_time
@@ -200,7 +200,7 @@ def test_rollout_statements_go_on_increasing_when_the_clock_is_set_back(tmp_path
 
 def test_rollout_numbers_of_two_workers_stay_above_each_others_after_a_step_back(tmp_path, monkeypatch):
     """Two processes on one database (gunicorn's workers): one that last renewed before the other
-    signed later, then saw the clock go back 40 s, signed below the other's numbers (a review).
+    signed later, then saw the clock go back 40 s, signed below the other's numbers.
     Each process notices its host's step against the monotonic clock and goes on from the lease
     the database holds, which no number signed reaches."""
     import types

@@ -229,7 +229,7 @@ def test_a_database_a_newer_release_upgraded_is_refused_in_one_line(tmp_path, ca
 
 def test_a_rounds_sampling_rate_is_accounted_rounded_up_so_records_stay_short():
     """Each draw of a fleet had its own rate, so a lineage's record held one entry a round and its
-    epsilon, recomposed at every close inside the lock, cost 25 ms an entry (a scale probe)."""
+    epsilon, recomposed at every close inside the lock, cost 25 ms an entry."""
     import random
     from collections import Counter
     from datetime import datetime
@@ -249,7 +249,7 @@ def test_a_rounds_sampling_rate_is_accounted_rounded_up_so_records_stay_short():
         exact[privacy.RoundPrivacy(100 / r.population, 1.0)] += 1
         accounted[privacy.RoundPrivacy(q, 1.0)] += 1
     assert len(privacy.entries(accounted)) <= 15 and len(exact) > 100
-    # a bound even a hair above a two-digit rate (populations of millions; a review), and for a lineage
+    # a bound even a hair above a two-digit rate (populations of millions), and for a lineage
     # recorded before the rounding, whose per-round entries are folded at its next close
     for m, n in ((44307, 4027909), (3474802, 3509901)):
         assert privacy.rate_bound(m / n) >= m / n

@@ -154,7 +154,7 @@ def test_a_device_revoked_while_its_round_closes_waits_for_the_close(tmp_path, m
 
 def test_the_service_answers_while_a_round_is_averaged_and_averages_it_once(tmp_path, monkeypatch):
     """Averaging 1,000 updates took 16 s inside the close's transaction, and every request of the
-    service waited on its locks, /healthz too (a scale probe). The mean is now computed before
+    service waited on its locks, /healthz too. The mean is now computed before
     them: a check-in answers meanwhile, the maintenance of other requests leaves that close to
     itself, and the mean is not computed again inside."""
     import threading
@@ -254,7 +254,7 @@ def test_a_round_whose_update_file_is_lost_fails_and_lets_the_next_one_open(tmp_
 def test_a_round_that_cannot_close_says_why_where_an_operator_looks(tmp_path, monkeypatch):
     """A round whose close failed on every request (its base version's files deleted) stayed
     "open" with no reason in `status` and on the dashboard, overdue for ever, and nothing counted
-    it (an operator's probe). Its reason says why now, it is overdue in every view, and the
+    it. Its reason says why now, it is overdue in every view, and the
     failures are counted."""
     from datetime import timedelta
 
@@ -306,7 +306,7 @@ def test_an_upload_whose_last_step_fails_leaves_no_bytes_behind(tmp_path, monkey
 
 def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(monkeypatch, caplog):
     """A full data disk logged "round maintenance failed" with a traceback on every check-in (50 a
-    minute) without saying why (an operator probe): one line a minute now names the disk and the
+    minute) without saying why: one line a minute now names the disk and the
     data directory. Any other failure keeps its traceback, every time."""
     import errno
     import logging
@@ -364,7 +364,7 @@ def test_maintenance_on_a_full_disk_says_so_once_a_minute_without_a_traceback(mo
 
 def test_a_full_disk_on_the_running_service_answers_503_and_its_status_still_reads(tmp_path, monkeypatch, caplog):
     """With the data disk full, the running service answered 500 with a traceback on its status,
-    dashboard, check-ins and uploads (600 log lines in 30 s from 3 devices; an operator probe):
+    dashboard, check-ins and uploads (600 log lines in 30 s from 3 devices):
     the status re-raised the round's failed aggregation, and a full disk was taken for a fault.
     Now a request the disk stops is a 503 with a minute's Retry-After and one log line a minute,
     and the status and dashboard answer while the round waits for space."""
@@ -427,7 +427,7 @@ def test_a_full_disk_on_the_running_service_answers_503_and_its_status_still_rea
 def test_a_database_that_turned_read_only_is_a_503_to_retry(tmp_path, monkeypatch, caplog):
     """PostgreSQL turned read-only (a primary demoted after a failover) raises SQLSTATE 25006, an
     InternalError, not an OperationalError: every write route answered 500 with a traceback (two
-    per check-in; an operator probe). It is a 503 with Retry-After and one line, as a database
+    per check-in). It is a 503 with Retry-After and one line, as a database
     out of reach is; the service goes on by itself when writes come back."""
     import logging
 
@@ -460,7 +460,7 @@ def test_a_database_that_turned_read_only_is_a_503_to_retry(tmp_path, monkeypatc
 def test_an_idle_devices_check_ins_write_its_last_seen_time_once_in_a_while(tmp_path, monkeypatch):
     """Every check-in wrote the device's last_seen_at: a write per device per minute for a
     population that only asks, and on a full disk no check-in could answer, so no device heard of
-    a rollback (an operator probe). It is written once in `LAST_SEEN_EVERY`, which "active"
+    a rollback. It is written once in `LAST_SEEN_EVERY`, which "active"
     (seen within a day) does not notice."""
     from datetime import timedelta
 

@@ -333,7 +333,7 @@ def test_an_update_equal_to_a_versions_weights_deletes_nothing_of_the_version(se
     """A device can download the stable version's weights and upload those very bytes as its
     update (they pass validation at a norm bound this large): with every upload in the
     content-addressed store, deleting the round's uploads when it ended deleted the stable
-    version's weights (a review: every download of them a 500, and the service refused to start).
+    version's weights (every download of them a 500, and the service refused to start).
     Uploads have a store of their own. A revoked device's update goes with its round too."""
     _, devices = _setup(served, 3)
     rid = served.coord.start_round(goal_count=2, min_count=2, clip_norm=100.0, noise_multiplier=0.0)
@@ -390,7 +390,7 @@ def test_at_start_uploads_of_ended_rounds_are_deleted_but_no_version_file(served
 
 def test_close_takes_force_in_its_body_too(served):
     """POST /rounds/N/close with {"force": true} was answered 200 with the round left open: only
-    ?force=1 counted (an operator probe)."""
+    ?force=1 counted."""
     _, devices = _setup(served, 1)
     rid = served.coord.start_round(goal_count=3, min_count=1, noise_multiplier=0.0)
     assert devices[0].checkin().kind == wire.TASK_TRAIN

@@ -2,7 +2,7 @@
 
 gunicorn runs several workers, and admin commands run as processes of their own. On SQLite
 every write transaction already waits for the others (BEGIN IMMEDIATE); on PostgreSQL nothing
-ordered two processes' decisions, and a probe with two workers got two stable versions at once,
+ordered two processes' decisions, and two workers got two stable versions at once,
 a canary that never decided and two rounds open together. Each test runs two `Coordinator`s
 (two workers' worth of state: each its own in-process lock) on the test database, PostgreSQL in
 CI (FEDKEYS_TEST_DATABASE_URL)."""
@@ -112,7 +112,7 @@ def test_the_last_two_canary_reports_at_once_decide_the_candidate(world, attempt
 
 def test_a_device_revoked_while_its_update_is_validated_is_not_counted(world, monkeypatch):  # noqa: F811
     """Revoking a device takes back its updates in the open round, but an upload authenticated
-    before the revocation and stored after it was counted all the same (a probe: 3 of 5 tries)."""
+    before the revocation and stored after it was counted all the same (3 of 5 tries)."""
     from coordinator import updates
     from tests.helpers.coordinator_fakes import random_delta
 

@@ -200,7 +200,7 @@ def test_logging_out_during_a_refresh_shows_nothing_and_the_refresh_is_capped(br
 def test_dashboard_says_what_stops_the_service_above_everything(browser, tmp_path, monkeypatch):
     """A full disk refused every upload while the page showed a round waiting for devices; an
     answer of 503 (the database busy) read "coordinator unreachable" in small print, beside panels
-    that went on showing their last figures (an operator's probe)."""
+    that went on showing their last figures."""
     from playwright.sync_api import expect
 
     from coordinator import blobs, dashboard

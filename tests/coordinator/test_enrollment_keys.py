@@ -218,7 +218,7 @@ def _drawn_device(s, tmp_path):
 def test_a_revoked_devices_round_still_counts_against_the_coordinator(tmp_path):
     """The coordinator received the update of a device revoked afterwards: when its round then
     failed with no other update, nothing recorded that round, and ε against the coordinator
-    left it out (a privacy audit). The withdrawn update is a rejection with reason `revoked`."""
+    left it out. The withdrawn update is a rejection with reason `revoked`."""
     from coordinator import queries
 
     with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:
@@ -234,7 +234,7 @@ def test_a_revoked_devices_round_still_counts_against_the_coordinator(tmp_path):
 def test_posts_from_devices_a_round_never_drew_do_not_count_against_the_coordinator(tmp_path):
     """Any enrolled device could post bytes to any round: each post was a rejection with its round
     id, and every round so posted to counted in epsilon against the coordinator, so one device
-    could raise the number the operator quotes at will (a security probe). A post counts only
+    could raise the number the operator quotes at will. A post counts only
     from a device the round drew; a drawn device's refused update still counts."""
     from coordinator import queries
 
@@ -267,7 +267,7 @@ def test_posts_from_devices_a_round_never_drew_do_not_count_against_the_coordina
 def test_an_update_received_from_a_device_revoked_meanwhile_counts_against_the_coordinator(tmp_path, monkeypatch):
     """A drawn device revoked while its update was validated got a 401 and left no trace: the
     revocation found no update to withdraw, so a round whose bytes were received counted in no
-    epsilon (a review). Its refusal is now a rejection with reason `revoked`, which counts."""
+    epsilon. Its refusal is now a rejection with reason `revoked`, which counts."""
     from coordinator import queries, updates
 
     with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:

@@ -27,7 +27,7 @@ def test_a_refused_setting_stops_gunicorn_in_one_line(tmp_path):
 def test_a_bad_gunicorn_variable_stops_it_in_one_line(tmp_path):
     """FEDKEYS_WORKERS=abc was gunicorn's "Failed to read config file" traceback, a port past 65535
     an OverflowError traceback, and FEDKEYS_WORKERS=0 a server that answered nothing and said
-    nothing (an operator probe): each is one "refused to start" line, exit 2."""
+    nothing: each is one "refused to start" line, exit 2."""
     for name, value in (("FEDKEYS_WORKERS", "abc"), ("FEDKEYS_WORKERS", "0"), ("FEDKEYS_THREADS", "-1"),
                         ("FEDKEYS_BIND", "127.0.0.1:99999"), ("FEDKEYS_BIND", "nohost")):
         env = gunicorn_env(tmp_path, free_port()) | {name: value}

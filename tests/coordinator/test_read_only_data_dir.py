@@ -185,8 +185,8 @@ def test_status_shows_a_due_round_as_it_was_left(tmp_path, data_dir):
 
 def test_a_full_disk_is_inspected_read_only_and_changes_are_refused_in_one_line(data_dir, tmp_path):
     """On a full disk SQLite cannot open a database in WAL mode (no room for its -shm and log):
-    `status` answered only "disk I/O error" while the service failed for the same reason (an
-    operator probe). Inspections now read it read-only, saying why, and a change is refused on one
+    `status` answered only "disk I/O error" while the service failed for the same reason.
+    Inspections now read it read-only, saying why, and a change is refused on one
     line naming the disk. A real full disk: a small tmpfs in a private mount namespace."""
     mnt = tmp_path / "full"
     mnt.mkdir()

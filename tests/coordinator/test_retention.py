@@ -104,8 +104,8 @@ def test_old_retired_and_rejected_versions_lose_their_files_and_keep_their_recor
 
 def test_import_as_stable_of_a_pruned_version_makes_it_stable(tmp_path):
     """`import-version --stable` of the export of a version held here restored its files, printed
-    its id and exited 0, and left it retired: in an emergency the operator read "it is stable now"
-    (an operator probe). It is made stable, as `rollback` (retired) or `pin` (rejected) do."""
+    its id and exited 0, and left it retired: in an emergency the operator read "it is stable now".
+    It is made stable, as `rollback` (retired) or `pin` (rejected) do."""
     coord = _world(tmp_path, keep=2)
     try:
         coord.export_version("v0000", tmp_path / "v0-export")
@@ -284,7 +284,7 @@ def test_a_file_gone_between_the_check_and_the_read_is_a_404_and_a_kill_mid_prun
 def test_the_upgrade_dates_retirements_an_import_as_stable_left_undated(tmp_path):
     """Until 4 December an import as stable retired the stable version without setting its
     decided_at: the newest rollback target sorted as the oldest and lost its files first. A
-    retirement a rollback or pin dated stays as it was (a review: a bound from the next
+    retirement a rollback or pin dated stays as it was (a bound from the next
     version's creation re-dated those too)."""
     from sqlalchemy import text
 
@@ -348,7 +348,7 @@ def test_a_file_stored_again_between_the_mark_and_the_deletion_stays(tmp_path, m
 
 def test_an_admin_command_never_deletes_files_whatever_its_keep_versions(tmp_path, capsys):
     """`status --set keep_versions=1` (an inspection) deleted files the service would have kept,
-    a version just restored among them (an operator's probe): only the service prunes, with its
+    a version just restored among them: only the service prunes, with its
     own setting."""
     from coordinator.__main__ import main as coordinator_main
 

@@ -147,7 +147,7 @@ def test_a_close_that_fails_frees_the_one_waiting_for_it(tmp_path, monkeypatch):
 
 def test_a_long_close_runs_off_the_request_that_starts_it(tmp_path, monkeypatch, caplog):
     """The upload that reached a goal of 1,000 waited 24 s for the mean, and a check-in after the
-    deadline could pass the devices' 30 s timeout (a scale probe). Past `OFF_REQUEST_AT` updates
+    deadline could pass the devices' 30 s timeout. Past `OFF_REQUEST_AT` updates
     the close runs on a thread of its own; a close that fails there says so in the round's reason,
     is logged with its traceback once, and is tried again by the next request."""
     from coordinator import rounds, versions

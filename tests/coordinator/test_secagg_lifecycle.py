@@ -1,6 +1,6 @@
 """A secure round's life around its unmask: closed while summing, an outage longer than a phase,
 a sum slower than the phase timeout, a sum whose close failed, a plan whose noise no ring
-carries. Found by a probe with real devices; here each is set up in the database directly."""
+carries. Each happens with real devices; here each is set up in the database directly."""
 
 from __future__ import annotations
 
@@ -299,7 +299,7 @@ def test_a_command_that_moves_a_round_to_its_sum_sums_it_before_it_exits(served,
 
 
 def test_a_secure_round_whose_phase_cannot_advance_does_not_stop_the_maintenance(served, monkeypatch, caplog):
-    """An error advancing one secure round (graph_degree's overflow, found by a review) escaped
+    """An error advancing one secure round (graph_degree's overflow) escaped
     `maintenance`, which every request runs first: no due round closed, and no canary decision,
     retention or schedule ran until the round was closed by hand."""
     s = served
@@ -319,7 +319,7 @@ def test_a_secure_round_whose_phase_cannot_advance_does_not_stop_the_maintenance
 
 def test_a_secret_is_recovered_past_several_wrong_reveals():
     """32 sets of t were tried per secret: with 3 wrong revealers among 9 shares (t = 5), a
-    quarter of the secrets were not found and the round failed (a review). Every set is tried
+    quarter of the secrets were not found and the round failed. Every set is tried
     while there are at most `TRIES`."""
     import os
 

@@ -136,7 +136,7 @@ def test_oversized_replies_are_refused_without_reading_them_whole(hostile):
 @pytest.mark.parametrize("failure", ["disk_full", "cut_off"])
 def test_a_failed_download_keeps_the_loop_and_the_current_version(tmp_path, caplog, failure):
     """A full disk mid-download; or a download cut off, which escaped as a ClientError and dropped
-    the check-in's task (a network probe)."""
+    the check-in's task."""
     class Store:
         current_id = "v1"
 
@@ -165,8 +165,8 @@ def test_a_failed_download_keeps_the_loop_and_the_current_version(tmp_path, capl
     dev = agent.Device(config=cfg, identity=Identity("d-1", "t", "http://x"), client=Client(), store=Store(),
                        cache=open_cache(cfg), eligibility=agent.make_eligibility(cfg))
     try:
-        # The current version stays; `run --once` says the named one could not be used (it exited 0:
-        # a probe on a full disk read "0 = ok" in its help).
+        # The current version stays; `run --once` says the named one could not be used (it exited 0
+        # on a full disk, which its help reads as "0 = ok").
         assert agent.run_loop(dev, once=True) == 1
         assert dev.store.current_id == "v1"
         if failure == "cut_off":

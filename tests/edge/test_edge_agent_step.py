@@ -261,7 +261,7 @@ def test_a_kept_update_is_deleted_by_a_wipe_and_never_sent(device, fake_train):
 def test_a_round_of_a_restored_coordinator_with_a_lost_rounds_id_is_trained(device, fake_train):
     """A coordinator restored from a backup numbers its rounds again from the backup's, on the same
     stable version as a rule: a device that took part in the lost round 7 refused the new round 7
-    as a second release, and held its slot until the deadline (an operator probe). The round's
+    as a second release, and held its slot until the deadline. The round's
     random key tells the two apart; the same key is still refused."""
     import dataclasses
 
@@ -273,7 +273,7 @@ def test_a_round_of_a_restored_coordinator_with_a_lost_rounds_id_is_trained(devi
     assert agent.run_once(device, sleep=lambda s: None).outcome.startswith(f"refused (round {PLAN.round_id} had")
     assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded" and len(fake_train) == 2
     # an update of the lost round whose upload never went through is not sent to the new round
-    # of the same id (noised under the lost round's plan, accounted under the new one's: a review)
+    # of the same id (noised under the lost round's plan, accounted under the new one's)
     down = [TransientError("down", status=503, retry_after=0.01)] * device.config.upload_attempts
     lost = dataclasses.replace(train_task(), plan=dataclasses.replace(PLAN, round_id=8, round_key="cc" * 8))
     new = dataclasses.replace(lost, plan=dataclasses.replace(lost.plan, round_key="dd" * 8, noise_multiplier=2.0))
@@ -498,7 +498,7 @@ def test_a_device_stopped_during_word_level_evaluation_reports_nothing(device, m
 def test_an_update_learned_from_text_wiped_meanwhile_is_not_sent(device, fake_train, monkeypatch, when, act):
     """`python -m edge_runtime wipe` (or the page's Clear) in another process while the device
     trained on the text it deletes: the update was still uploaded, minutes later if the
-    coordinator was down (a probe); the personal model already dropped such a copy. Pausing
+    coordinator was down; the personal model already dropped such a copy. Pausing
     learning meanwhile stopped nothing either."""
     other = TextCache(device.config.data_dir)
 
@@ -558,7 +558,7 @@ def test_a_paused_device_learns_nothing_and_one_without_training_text_takes_no_s
 
 def test_a_device_that_spent_its_budget_takes_no_slot(device):
     """A device whose local epsilon budget was spent was selected, refused the plan, and kept the
-    slot: the round waited for it, and for it again in every later round (a probe)."""
+    slot: the round waited for it, and for it again in every later round."""
     from edge_runtime.plan_guard import PrivacyLedger
 
     device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)] * 2
@@ -572,8 +572,8 @@ def test_a_device_that_spent_its_budget_takes_no_slot(device):
 
 def test_a_noiseless_release_under_an_unlimited_budget_leaves_the_device_training(device):
     """After one release without noise the ledger's epsilon is infinite; with the default budget,
-    also infinite, `inf < inf` had the device ask for no training ever again, and say nothing
-    (a probe). The plan guard allows any plan under an unlimited budget; so does the check-in."""
+    also infinite, `inf < inf` had the device ask for no training ever again, and say nothing.
+    The plan guard allows any plan under an unlimited budget; so does the check-in."""
     import dataclasses
 
     from edge_runtime.plan_guard import PrivacyLedger
@@ -589,7 +589,7 @@ def test_a_noiseless_release_under_an_unlimited_budget_leaves_the_device_trainin
 def test_a_device_answers_each_canary_candidate_once_and_a_few_a_day(device, monkeypatch):
     """A canary report is exact counts over the held-out text, a question a crafted version can
     ask. The device answered the same candidate again and four versions per task, taking the
-    coordinator's word for its one-per-candidate rule (a privacy audit): now it answers each
+    coordinator's word for its one-per-candidate rule: now it answers each
     candidate once, for it and one other version, and at most `max_evaluations_per_day`."""
     import json
 
@@ -624,7 +624,7 @@ def test_a_device_answers_each_canary_candidate_once_and_a_few_a_day(device, mon
 
 def test_a_candidate_answered_long_ago_is_not_answered_again(tmp_path):
     """The record kept its newest 1,000 entries: at the default 48 a day, a candidate answered
-    21 days before was forgotten and would be answered again (a probe of a long-lived device)."""
+    21 days before was forgotten and would be answered again."""
     from edge_runtime.plan_guard import EvaluationRecord
 
     record = EvaluationRecord(tmp_path, per_day=48)
@@ -721,7 +721,7 @@ class _RefusedRoster:
 
 def test_a_secure_round_refused_before_the_masked_vector_charges_no_epsilon(device, monkeypatch):
     """The ledger was charged before the exchange began, so a roster the device refused, a late
-    arrival or a timeout each cost epsilon with nothing released (a privacy audit: three refused
+    arrival or a timeout each cost epsilon with nothing released (three refused
     rosters, three entries). It is charged right before the masked vector goes."""
     import dataclasses
 

@@ -259,7 +259,7 @@ def test_a_damaged_cache_on_a_full_disk_is_wiped_and_said_so(tmp_path: Path, cap
 def test_a_cache_held_open_damaged_follows_the_new_file_a_wipe_makes(tmp_path: Path):
     """A replacement is seen by the inode the path names; with nothing holding the damaged file,
     a wipe's unlink freed its inode and the new file could take the same number: the cache stayed
-    damaged after the wipe (4 times in 10 on ext4, in a review)."""
+    damaged after the wipe (4 times in 10 on ext4)."""
     d = tmp_path / "d"
     with TextCache(d) as c:
         c.add("see you at the station", "message")
@@ -439,7 +439,7 @@ def test_type_reads_the_text_from_stdin_out_of_the_process_list(tmp_path: Path, 
 
 def test_a_removed_word_typed_capitalised_counts_towards_its_return(tmp_path: Path):
     """A removed lowercase word hides its capitalised form too, but typed at a sentence's start
-    ("Wobblesnatch parade today") it did not count towards its return, and stayed hidden (a probe)."""
+    ("Wobblesnatch parade today") it did not count towards its return, and stayed hidden."""
     from edge_runtime.cache import TYPED_TO_RETURN
 
     with TextCache(tmp_path) as c:
@@ -600,7 +600,7 @@ def test_a_word_removed_in_decomposed_form_counts_when_typed_composed(tmp_path: 
 
 def test_texts_a_smaller_cap_deletes_are_said(tmp_path, caplog):
     """`FEDKEYS_EDGE_MAX_CACHE_BYTES=1000 ... type` (one command) deleted most of the cache and
-    printed only "cached" (a probe). The cap is the user's to set; its deletions are now logged."""
+    printed only "cached". The cap is the user's to set; its deletions are now logged."""
     import logging
 
     from edge_runtime.cache import TextCache
@@ -622,7 +622,7 @@ def test_texts_a_smaller_cap_deletes_are_said(tmp_path, caplog):
 
 def test_a_failed_open_says_what_the_disk_says(tmp_path, monkeypatch):
     """SQLite names only its symptom: "disk I/O error" on a full disk, "unable to open database
-    file" on a read-only one (a device-side probe could not tell what to do). The folder's file
+    file" on a read-only one (neither tells the device's owner what to do). The folder's file
     system is asked, and its answer is said."""
     import os
     from types import SimpleNamespace
@@ -643,7 +643,7 @@ def test_a_failed_open_says_what_the_disk_says(tmp_path, monkeypatch):
 def test_a_text_the_cache_deleted_is_not_left_readable_in_its_log(tmp_path):
     """Texts deleted by the size cap or the retention were zeroed in the database but stayed
     readable in its write-ahead log for hundreds of commits, and the log grew to 4 MB whatever the
-    cap (a probe of a long-lived device). A deletion is followed by a checkpoint, and the log is
+    cap on a long-lived device. A deletion is followed by a checkpoint, and the log is
     checkpointed and cut back often."""
     from edge_runtime.cache import TextCache
 

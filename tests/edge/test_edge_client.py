@@ -164,7 +164,7 @@ def test_malformed_answers_are_protocol_errors(body):
 @pytest.mark.parametrize("body", [b"", b"<html>Sign in to the hotel's Wi-Fi</html>"])
 def test_an_answer_that_is_not_json_at_all_is_tried_again(body):
     """A captive portal's page, or an answer cut in its headers (read as an empty body), was a
-    permanent error: a secure round's device dropped out over one such answer (a network probe)."""
+    permanent error: a secure round's device dropped out over one such answer."""
     c, _ = client_with(lambda req: (200, {}, body))
     with pytest.raises(TransientError, match="not JSON .cut off, or from something between"):
         c.checkin(wire.CheckinRequest(eligible=True))
@@ -210,7 +210,7 @@ def cutting_server(answer: bytes, cut_after: int):
 def test_an_answer_cut_off_is_tried_again_and_said_as_such():
     """A reply cut mid-body (`ChunkedEncodingError`) was a plain, permanent ClientError; a reply
     lost after the request arrived read "cannot connect", and a user who enrolled again made a
-    second device (a network probe)."""
+    second device."""
     body = json.dumps(wire.Task(kind="come_back", retry_after=30).to_dict()).encode()
     chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" \
               + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
@@ -351,7 +351,7 @@ def ranged_server(data: bytes, cut_every: int, *, ranges: bool = True):
 
 def test_a_download_cut_off_asks_for_the_rest_of_its_file(monkeypatch):
     """On a link that dropped every few MB the 11 MB graph started again from its first byte at each
-    try, and a first install might never finish (a network probe). A cut download now asks for the
+    try, and a first install might never finish. A cut download now asks for the
     rest of the same file (Range, If-Range); a server that ignores ranges is read whole or not at all."""
     from edge_runtime import client as client_module
 
@@ -367,7 +367,7 @@ def test_a_download_cut_off_asks_for_the_rest_of_its_file(monkeypatch):
 
 def test_a_secure_rounds_answer_cut_in_its_headers_is_asked_again():
     """An empty 200 (a reply cut in its headers) failed `_json` outside the channel's retries: the
-    device left the secure round over one such answer (a network probe)."""
+    device left the secure round over one such answer."""
     from edge_runtime.secagg_client import _Channel
 
     ready = sw.wait("keys", 1.0)

@@ -114,7 +114,7 @@ def test_device_commands_leave_a_directory_that_holds_no_device_alone(tmp_path, 
 
 def test_plain_http_to_another_machine_is_warned_about(monkeypatch, tmp_path, capsys):
     """Plans, rosters and the device's token are not signed or sealed above TLS: over plain http
-    to another machine anyone on the network can act as the coordinator (a privacy audit). Enroll
+    to another machine anyone on the network can act as the coordinator. Enroll
     and run say so on stderr; loopback and https say nothing."""
     from edge_runtime import __main__ as cli
     from edge_runtime import agent
@@ -138,7 +138,7 @@ def test_plain_http_to_another_machine_is_warned_about(monkeypatch, tmp_path, ca
 
 def test_an_unknown_interpreter_backend_is_a_settings_error_naming_the_choices():
     """FEDKEYS_INTERPRETER=bogus was read only where a task made an interpreter, and logged as
-    "iteration failed: ValueError" (its message withheld; an operator probe): it is refused with
+    "iteration failed: ValueError" (its message withheld): it is refused with
     the settings, in one line naming the backends."""
     from edge_runtime.config import ConfigError, load_config
 

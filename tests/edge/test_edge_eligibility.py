@@ -149,7 +149,7 @@ def test_activity_clock_across_processes(tmp_path: Path):
     t[0] = 2160.0
     assert trainer.idle_seconds() == pytest.approx(60.0)   # sees the keyboard's keystroke via the file
     t[0] = 2160.0 - 3600   # the clock set back an hour: the file kept the future time, and typing
-    trainer.idle_seconds()  # went unseen, so training ran while the user typed (a probe)
+    trainer.idle_seconds()  # went unseen, so training ran while the user typed
     for _ in range(30):
         keyboard.note_keystroke()
         t[0] += 30

@@ -332,7 +332,7 @@ def test_the_users_words_are_built_when_the_server_starts_not_on_the_first_keyst
 
 def test_a_keystroke_does_not_wait_for_a_large_cache_to_be_counted(tmp_path, exported_version, monkeypatch):
     """The idle thread counted the user's words under the slot's lock: at the default 4 MiB cap
-    (22,000 texts) the first keystroke after a start waited 5 s on x86 (a probe). They are counted
+    (22,000 texts) the first keystroke after a start waited 5 s on x86. They are counted
     off the lock; keystrokes meanwhile go without them, and the texts cached meanwhile join them."""
 
     with start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary") as s:
@@ -742,7 +742,7 @@ def _loading_the_users_copy(tmp_path, exported_version, monkeypatch):
 
 def test_a_keystroke_does_not_wait_for_a_new_version_to_load(tmp_path, exported_version, monkeypatch):
     """The keystroke that first saw a new version loaded it under the slot's lock: every strip
-    waited 0.07-0.4 s on x86 (0.2-1 s in a soak), more on a Pi. It now loads on a thread, and
+    waited 0.07-0.4 s on x86 (0.2-1 s over a long run), more on a Pi. It now loads on a thread, and
     the strip comes from the version in use until the new one is in."""
     from tests.helpers.versions import renamed
 
@@ -820,7 +820,7 @@ def test_status_answers_the_version_a_load_under_way_brings_with_its_channel(tmp
                                                                             monkeypatch):
     """With the load on a thread, status answered the old version at once while the device's
     channel record already named the new one: the page's badge read "not checked in" for the
-    seconds each new version loaded (a probe: a quarter of the time). Status waits for the load,
+    seconds each new version loaded (a quarter of the time). Status waits for the load,
     outside the lock, so keystrokes go on."""
     from tests.helpers.versions import renamed
 
@@ -848,7 +848,7 @@ def test_a_users_copy_deleted_by_a_wipe_elsewhere_during_a_load_is_not_put_in_us
                                                                                   monkeypatch):
     """`python -m edge_runtime wipe` in another process deletes the user's own LSTM copy before
     this process notices the wipe: a load that read the copy before was swapped in and suggested
-    from the wiped text's weights until then (a review)."""
+    from the wiped text's weights until then."""
     from edge_runtime import personal_copy
 
     data, gate, slot, app = _loading_the_users_copy(tmp_path, exported_version, monkeypatch)
@@ -863,7 +863,7 @@ def test_a_users_copy_deleted_by_a_wipe_elsewhere_during_a_load_is_not_put_in_us
 def test_text_the_keyboard_dropped_does_not_come_back_with_a_new_version(tmp_path, exported_version, monkeypatch):
     """The thread feeds the text being typed through a new version before the swap: text the
     keyboard dropped meanwhile (a wipe elsewhere; the cache unreadable at start) came back in the
-    swapped-in sessions (a review). Dropping it now drops the load under way too."""
+    swapped-in sessions. Dropping it now drops the load under way too."""
     from tests.helpers.versions import renamed
 
     data, gate, loads, slot, app = _gated_keyboard(tmp_path, exported_version, monkeypatch)
@@ -1149,7 +1149,7 @@ def test_text_typed_from_the_command_line_is_learned_by_the_running_keyboard(ser
 def test_texts_the_cache_deleted_leave_the_running_keyboards_words(server, monkeypatch):
     """A keyboard running for months kept every text ever typed in its user's words: a sentence
     the cache had deleted (over its size cap, or 60 days old) was still offered from memory, and
-    memory grew with every text (a probe of a long-lived device). Once the cache's oldest text is
+    memory grew with every text. Once the cache's oldest text is
     newer than what the words counted, they are counted again from the cache; the mixture's
     evidence stays."""
 
@@ -1205,7 +1205,7 @@ def test_a_removed_word_typed_from_the_command_line_comes_back_as_one_committed_
 def test_a_word_another_keyboard_on_the_device_removed_is_hidden_here_too(server, monkeypatch):
     """Two keyboards on one data directory (`run --keyboard-port` and `keyboard`): a word removed
     in one was still suggested by the other, which read the removed words only at its own
-    changes (a probe)."""
+    changes."""
     from edge_runtime.cache import TextCache
 
     strip = learned_a_name(server)
@@ -1220,7 +1220,7 @@ def test_a_removed_word_brought_back_by_type_is_seen_by_a_keystroke_between_its_
                                                                                                   monkeypatch):
     """`type` stored its text and counted the removed words in it in two transactions: a keyboard
     that learned the text between them read the removed words before the count, and hid the word
-    the cache had brought back until its next commit (a review). One transaction now."""
+    the cache had brought back until its next commit. One transaction now."""
     from edge_runtime.__main__ import main as device_main
     from edge_runtime.cache import TYPED_TO_RETURN, TextCache
 
@@ -1250,7 +1250,7 @@ def test_a_removed_word_brought_back_by_type_is_seen_by_a_keystroke_between_its_
 def test_a_stopped_keyboard_is_freed_with_its_model(tmp_path, exported_version):
     """The slot held the keyboard's hooks and the keyboard the slot: a cycle, which the freeze that
     follows building the user's words (`collector.settle`) kept, so a stopped keyboard kept its
-    interpreter (a review)."""
+    interpreter."""
     import gc
     import weakref
 
@@ -1266,7 +1266,7 @@ def test_a_stopped_keyboard_is_freed_with_its_model(tmp_path, exported_version):
 def test_a_text_typed_after_a_wipe_that_met_a_commit_is_still_learned(server, monkeypatch):
     """A wipe starts the cache's ids again from 1. The id of a commit that a wipe elsewhere met
     stayed marked as this keyboard's own, and the text `type` later stored under that id was taken
-    for it and never learned (a review)."""
+    for it and never learned."""
     from edge_runtime.__main__ import main as device_main
 
     strip = learned_a_name(server)
@@ -1293,7 +1293,7 @@ def test_a_text_typed_after_a_wipe_that_met_a_commit_is_still_learned(server, mo
 def test_the_users_words_are_built_from_one_read_of_the_cache(server, monkeypatch):
     """They were built from two reads (the training part, then the held-out part): a text `type`
     stored between them moved the boundary, and the text that crossed it was in neither read and,
-    older than the newest one read, never learned (a review)."""
+    older than the newest one read, never learned."""
     from edge_runtime.cache import TextCache
 
     monkeypatch.setattr(keyboard_app, "WIPE_CHECK_S", 0.0, raising=False)
@@ -1560,7 +1560,7 @@ def test_a_cache_locked_at_start_is_no_wipe(tmp_path, exported_version, monkeypa
 def test_words_read_before_the_first_mark_are_read_again(tmp_path, exported_version, monkeypatch):
     """With the cache unreadable at start, the first mark read was taken as it was; but the user's
     words could be read before it (the idle work at start), and a wipe run in between was then
-    never seen: the wiped words kept being suggested (a review caught this in the fix above)."""
+    never seen: the wiped words kept being suggested (a gap left by the fix above)."""
     from edge_runtime.cache import TextCache
 
     device = tmp_path / "device"
@@ -1596,8 +1596,8 @@ def test_the_device_setting_base_ngram_names_the_keyboards_base_ngram(tmp_path, 
     with caplog.at_level(logging.WARNING):
         assert strip(str(tmp_path / "missing.npz")) == off
     assert "missing.npz not found" in caplog.text
-    # The variable it replaced is read as the setting, with a warning: the device unit shipped until
-    # 5 December sets it, and a refusal restarted every upgraded device every 30 s (an upgrade probe).
+    # The variable it replaced is read as the setting, with a warning: the device unit shipped up to
+    # 5 December 2026 sets it, and a refusal restarted every upgraded device every 30 s.
     from edge_runtime.config import ConfigError
 
     with caplog.at_level(logging.WARNING):

@@ -66,7 +66,7 @@ def test_the_version_in_use_is_no_move_and_a_fast_clock_is_named(tmp_path):
 
 def test_a_damaged_rollout_state_is_said_not_silently_forgotten(tmp_path, caplog):
     """The last signed statement is what the device may not go back from; damaged, it was dropped
-    without a word (a probe)."""
+    without a word."""
     import logging
 
     from edge_runtime import rollout_guard

@@ -482,7 +482,7 @@ def test_a_version_is_hashed_again_only_when_its_files_change(tmp_path: Path, se
     with pytest.raises(VersionError):
         store.current()
     assert len(hashed) == 2
-    # what it remembers goes with the versions deleted (a soak's keyboard kept an entry per version)
+    # what it remembers goes with the versions deleted (a long-running keyboard kept an entry per version)
     for i in range(4, 8):
         make_version(server, f"v{i}", i)
     kept = VersionStore(tmp_path / "dev3", remember_verified=True)

@@ -548,7 +548,7 @@ def test_a_text_longer_than_the_device_reads_still_gets_suggestions(page, device
 
 
 def test_a_sentence_the_device_did_not_answer_is_saved_when_it_does(page, device):
-    """A commit that failed (the device's process away) used to be dropped while the page's
+    """A commit that failed (the device's process away) was dropped while the page's
     marker moved past it: the sentence was never learned. It is kept and sent again."""
     failed: list[str] = []
 
@@ -680,8 +680,8 @@ def test_suggestions_are_taken_from_the_keyboard_and_announced_best_first(page):
 
 
 def test_on_a_mac_control_and_a_digit_take_a_suggestion(page):
-    """On a Mac Option+1 types "¡", so a keyboard-only user could take no suggestion there (a
-    probe): Control+1, 2, 3 take them, and the strip says so to a screen reader."""
+    """On a Mac Option+1 types "¡", so a keyboard-only user could take no suggestion there:
+    Control+1, 2, 3 take them, and the strip says so to a screen reader."""
     page.add_init_script("Object.defineProperty(Navigator.prototype, 'platform', {get: () => 'MacIntel'})")
     page.reload()
     assert "Control+1" in page.locator("#strip").get_attribute("aria-label")
@@ -706,7 +706,7 @@ def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, mon
 
 
 def test_taps_at_a_words_start_undo_emoji_and_spaces_as_a_user_expects(page, device):
-    """A keyboard-page probe: a tap with the caret at a word's start deleted that word ("when you
+    """A tap with the caret at a word's start deleted that word ("when you
     |get home" -> "when you tomorrow home"); Ctrl+Z could not take a tapped word back; the page's
     ⌫ left half an emoji behind, after which every suggestion and the sentence's save were
     refused as "not valid Unicode"; a space typed after a tapped word made two; and "Pause
@@ -749,7 +749,7 @@ def test_taps_at_a_words_start_undo_emoji_and_spaces_as_a_user_expects(page, dev
 
 def test_on_a_phone_screen_nothing_scrolls_and_suggestions_are_thumb_sized(browser, device):
     """At 360x640 the frame's margins scrolled the keyboard 48 px off the screen, and each
-    suggestion was a 28 px target in a 42 px strip (a keyboard-page probe)."""
+    suggestion was a 28 px target in a 42 px strip."""
     ctx = browser.new_context(viewport={"width": 360, "height": 640}, device_scale_factor=2, has_touch=True)
     try:
         pg = ctx.new_page()

@@ -189,7 +189,7 @@ def test_a_pasted_blob_is_counted_but_never_offered(pm):
 def test_codes_card_numbers_and_passwords_typed_in_a_message_are_never_offered_back(pm):
     """A door code, a card number and a password typed in a message field (then deleted, the
     message never sent) were offered back to whoever used the device next: `my card is 45`
-    completed to the whole number (a probe of the keyboard page). A field's kind cannot tell
+    completed to the whole number on the keyboard page. A field's kind cannot tell
     them; no token with four digits, or with two and a letter, is learned as a word."""
     text = "my door code is 80417 and my card is 4556737586899855 and the wifi password is 77qz3x9w ."
     for _ in range(3):

@@ -240,7 +240,7 @@ def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Pat
         assert "personal_model" not in agent.run_once(dev).counts    # not eligible: not even looked at
         assert dev.config.personalize and not EdgeConfig(data_dir=str(tmp_path), personalize=False).personalize
         # a copy of a version no longer in use, trained on text since deleted, is deleted; with
-        # personalize turned off, every copy (both stayed: a probe of a long-lived device)
+        # personalize turned off, every copy (both stayed)
         (tmp_path / PERSONAL_DIR / "v-old.safetensors").write_bytes((tmp_path / PERSONAL_DIR / f"{vid}.safetensors")
                                                                      .read_bytes())
         agent.run_once(dev)

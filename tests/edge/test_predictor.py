@@ -1103,7 +1103,7 @@ def test_the_base_ngrams_typos_and_glued_words_are_not_offered(predictor):
 
 def test_a_removed_word_stays_removed_in_the_case_a_capital_shows_it_in(predictor):
     """A word removed from the strip ("kitchen", and its sentence-start form) came back in capitals
-    through a capital's lower-case completions: "KIT" offered "KITCHEN" (a review)."""
+    through a capital's lower-case completions: "KIT" offered "KITCHEN"."""
     from edge_runtime.user_words import _hidden
 
     found = None
@@ -1124,7 +1124,7 @@ def test_a_removed_word_stays_removed_in_the_case_a_capital_shows_it_in(predicto
 def test_the_users_own_words_are_completed_from_a_capital(predictor):
     """A word the user typed in lower case ("quixotrandel", in no word list) is completed when a
     sentence starts with it ("Quixotr" -> "Quixotrandel", "QUIXOTR" -> "QUIXOTRANDEL"), as the
-    word list's lower-case words are; it gave nothing before (a probe). Removed, it stays removed."""
+    word list's lower-case words are; it gave nothing before. Removed, it stays removed."""
     from edge_runtime.user_words import _hidden
 
     p = Predictor(predictor.model, predictor.sp)
@@ -1144,7 +1144,7 @@ def test_a_dropped_predictor_frees_its_interpreter_without_a_full_collection(exp
     """A node recomputes its log-probabilities with the model's step: holding the predictor's own
     method instead made predictor -> root node -> predictor a cycle, freed only by Python's rare
     full collection (frozen away by `collector.settle`). A device building predictors for each
-    canary evaluation and model swap grew to 2.2 GB over 200 rounds (a soak)."""
+    canary evaluation and model swap grew to 2.2 GB over 200 rounds."""
     import gc
     import weakref
 
@@ -1165,7 +1165,7 @@ def test_a_dropped_predictor_frees_its_interpreter_without_a_full_collection(exp
 
 
 def test_memory_a_dropped_model_freed_goes_back_to_the_system():
-    """glibc keeps the pages of freed memory: a soak's devices held 200-300 MB they no longer
+    """glibc keeps the pages of freed memory: long-running devices held 200-300 MB they no longer
     used after version swaps and canary evaluations. `release_freed` (after a swap, a training or
     an evaluation) hands them back. Measured in a child process, where nothing else allocates."""
     import subprocess
@@ -1190,7 +1190,7 @@ def test_memory_a_dropped_model_freed_goes_back_to_the_system():
 
 
 def test_a_soft_hyphen_inside_the_word_being_typed_completes_the_whole_word(predictor):
-    """Pasted "Zimbab\u00adwe" was completed as "we" after a fed "Zimbab" (a review): it is one word
+    """Pasted "Zimbab\u00adwe" was completed as "we" after a fed "Zimbab": it is one word
     being typed, suggested as if typed without the invisible character."""
     for text, plain in (("I live in Zimbab\u00adwe", "I live in Zimbabwe"), ("the in\u2060for", "the infor"),
                         ("the wor\u200dl", "the worl")):

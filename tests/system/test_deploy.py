@@ -58,7 +58,7 @@ def test_env_file_reads_the_same_in_systemd_and_in_the_shell(tmp_path):
     """deploy/README loads the env file into the shell (`set -a; . FILE`) for admin commands, and
     systemd reads it for the service. Unquoted, a database URL with a second parameter
     (`&connect_timeout=5`) ended the shell's line at `&`: the variable was never set, and init
-    quietly made a SQLite database while the service looked for PostgreSQL (an operator probe)."""
+    quietly made a SQLite database while the service looked for PostgreSQL."""
     text = (DEPLOY / "coordinator.env.example").read_text().replace("host=/run/postgresql",
                                                                     "host=/run/postgresql&connect_timeout=5")
     q = next(v[0] for k, v in (ln.partition("=")[::2] for ln in text.splitlines())   # the example's quote
@@ -91,7 +91,7 @@ def test_nginx_config_terminates_tls_in_front_of_the_coordinator(tmp_path):
         plain = requests.get(f"http://127.0.0.1:{front.http_port}/healthz", allow_redirects=False, timeout=5)
         assert plain.status_code == 301 and plain.headers["Location"].startswith("https://")
         # A device enrolled before it is given the self-signed certificate says so: it read only
-        # "cannot connect", even with debug logs (an operator probe).
+        # "cannot connect", even with debug logs.
         env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
         enroll = subprocess.run([sys.executable, "-m", "edge_runtime", "enroll", "--data-dir", str(tmp_path / "dev"),
                                  "--coordinator", url, "--enrollment-key", "k" * 20], capture_output=True, text=True,

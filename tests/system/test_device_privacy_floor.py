@@ -96,7 +96,7 @@ def test_damaged_ledger_stops_training_instead_of_forgetting(tmp_path, exported_
 
 def test_a_noise_multiplier_whose_square_underflows_spends_an_infinite_epsilon():
     """1 / sigma**2 divided by zero for sigma under 1e-162: the device's check of such a plan
-    raised instead of refusing it (a probe of the coordinator's accounting found the same)."""
+    raised instead of refusing it (the coordinator's accounting did the same)."""
     for sigma in (1e-170, 5e-324):
         assert gaussian_epsilon([sigma], 1e-6) == float("inf")
         assert gaussian_epsilon([1.0, sigma], 1e-6) == float("inf")

@@ -59,7 +59,7 @@ def test_enroll_force_replaces_a_damaged_identity(tmp_path, capsys):
 
 
 def test_a_refused_enrollment_leaves_no_empty_data_dir(tmp_path):
-    """A wrong enrollment key left the data directory it had made, empty (a probe)."""
+    """A wrong enrollment key left the data directory it had made, empty."""
     from edge_runtime.client import RejectedError
 
     with serve(make_config(tmp_path)) as s:
@@ -75,7 +75,7 @@ def test_a_refused_enrollment_leaves_no_empty_data_dir(tmp_path):
 
 def test_an_enrollment_whose_answers_were_lost_gets_its_device_on_a_retry(tmp_path):
     """The coordinator made the device and its answer was lost: `enroll` said "cannot connect",
-    a second `enroll` made a second device, and with a single-use key none (a network probe).
+    a second `enroll` made a second device, and with a single-use key none.
     The device's own retries, and a later `enroll`, now ask for the same device."""
     import json
 
@@ -118,7 +118,7 @@ def test_an_enrollment_whose_answers_were_lost_gets_its_device_on_a_retry(tmp_pa
         assert requests.post(s.url + wire.PATH_CHECKIN, json=wire.CheckinRequest(eligible=True).to_dict(), timeout=5,
                              headers=wire.device_headers(again.device_id, again.token)).status_code == 200
 
-        # Ctrl-C after the coordinator made the device keeps the request id (a review: it was deleted)
+        # Ctrl-C after the coordinator made the device keeps the request id (it was deleted)
         key = s.coord.create_enrollment_key(uses=1)
         cfg = cfg.with_overrides({"data_dir": str(tmp_path / "dev3")})
         with pytest.raises(KeyboardInterrupt):

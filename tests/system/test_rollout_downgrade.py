@@ -157,7 +157,7 @@ def test_a_device_with_no_usable_version_takes_stable_after_a_rejection(tmp_path
 def test_a_promoted_candidate_stays_the_fallback_of_the_next_one(tmp_path, exported_version):
     """Moving off a canary version is no reason to drop it as the fallback: a candidate promoted
     to stable and then followed by a new candidate before the device checked in lost its place,
-    and damage to the new one left the device with no model (a review caught that first fix)."""
+    and damage to the new one left the device with no model (a gap in the first fix)."""
     with _canary_on_a_candidate(tmp_path, exported_version) as (s, dev, _, v1):
         s.coord.admin_decide(v1, "promote")
         v2 = s.coord.import_version(_copy_version(exported_version, tmp_path / "v2", "tiny-v2"))

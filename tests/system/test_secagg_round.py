@@ -241,7 +241,7 @@ def test_a_device_whose_inbox_is_withheld_uploads_nothing(tmp_path, exported_ver
 
 def test_a_device_whose_text_is_wiped_during_the_round_sends_no_vector(tmp_path, exported_version, monkeypatch):
     """A wipe while the device waited in a secure round (its waits last minutes) did not stop it:
-    its masked vector, learned from the wiped text, was summed into the candidate (a probe; a
+    its masked vector, learned from the wiped text, was summed into the candidate (a
     discovery round's vote the same). It now drops out before the masked vector goes."""
     from edge_runtime.cache import TextCache
 
@@ -332,7 +332,7 @@ def test_one_device_revealing_wrong_shares_does_not_sink_the_round(tmp_path, exp
 
 def test_a_forged_self_mask_share_is_caught_by_the_seeds_commitment():
     """A survivor's share crafted so that it and one honest share interpolate to seed + 1: nothing
-    checked a recovered self seed, and the round closed "done" on a random sum (a probe). The
+    checked a recovered self seed, and the round closed "done" on a random sum. The
     device now posts sha256 of its seed, and a set of shares that misses it is passed over."""
     import hashlib
     import struct
@@ -357,8 +357,8 @@ def test_a_forged_self_mask_share_is_caught_by_the_seeds_commitment():
 
 
 def test_a_masked_vector_posted_twice_at_once_is_a_duplicate_the_second_time(tmp_path, monkeypatch):
-    """Both posts passed the first check before either was written: a probe had three of six
-    concurrent posts of one device answered 200, and only the last one's vector summed."""
+    """Both posts passed the first check before either was written: three of six
+    concurrent posts of one device were answered 200, and only the last one's vector summed."""
     from coordinator import round_end
     from coordinator.errors import ApiError
     from tests.helpers.coordinator_fakes import import_v0
@@ -405,7 +405,7 @@ def test_a_masked_vector_posted_twice_at_once_is_a_duplicate_the_second_time(tmp
 def test_revealer_checks_the_survivor_count_against_the_survivors_listed():
     """The count is the coordinator's word: a complete graph's lists showing one other survivor
     with a count of 7 had the device reveal, and a sum of two updates, with 2/7 of the noise the
-    device charged, could be unmasked (a probe)."""
+    device charged, could be unmasked."""
     shares = {j: (bytes([j]) * 34, bytes([j + 100]) * 34) for j in range(1, 10)}
     lie = sw.SecAggUnmaskRequest((1,), tuple(range(2, 10)), 7)
     with pytest.raises(secagg_client.Refused, match="only 2 survivors"):
