@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 with text_cache.open_cache(cfg) as cache:
                     try:
                         cache.wipe()
-                    finally:   # and one a running loop saved meanwhile (also when the wipe says another has it open)
+                    finally:   # and what a running loop saved meanwhile (also when the wipe says another has it open)
                         personal_copy.forget(cfg.require_data_dir())
+                        unsent.discard(cfg.require_data_dir())
                 print("text cache and personal model wiped")
             except DamagedCacheError as e:
                 _wipe_in_place(cfg, f"the text cache could not be read ({e.__cause__})")

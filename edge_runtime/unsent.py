@@ -6,9 +6,11 @@ round is refused instead (`agent._released_before`). The charged bytes therefore
 disk, until the coordinator has answered them, and the same round asking again gets the same bytes
 under the same idempotency key, after a failed upload or after the device restarted.
 
-They were learned from the user's text, so every wipe deletes them (`discard`), and a wipe or pause
-since they were made keeps them from leaving (`agent._withdrawn`). A file that cannot be read back
-whole, or that another enrollment made, is deleted rather than sent.
+They were learned from the user's text, so every wipe deletes them (`discard`); a wipe since they
+were made, or learning paused when they would leave, keeps them from leaving (`agent._withdrawn`).
+They are deleted once their round's deadline has passed (the coordinator takes nothing later, and
+may have taken them already: a reply lost to a kill), and a file that cannot be read back whole,
+or that another enrollment made, is deleted rather than sent.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,10 @@ class Unsent:
     plan: wire.TrainPlan   # sent again only for this very plan: a restored coordinator's round of the
     # same id, on the same version, is another round (its `round_key`), maybe of another noise
     device_id: str
+    expires_at: float   # time.time() at the round's deadline, as its task said (`time_limit_s`)
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.expires_at
 
 
 def save(data_dir: str | os.PathLike, u: Unsent) -> bool:
@@ -47,7 +54,7 @@ def save(data_dir: str | os.PathLike, u: Unsent) -> bool:
     memory only, as a read-only or full disk allows)."""
     folder = Path(data_dir)
     meta = {"meta": u.meta.to_dict(), "plan": u.plan.to_dict(), "wipe_mark": u.wipe_mark, "counts": u.counts,
-            "device_id": u.device_id, "sha256": hashlib.sha256(u.delta).hexdigest()}
+            "device_id": u.device_id, "expires_at": u.expires_at, "sha256": hashlib.sha256(u.delta).hexdigest()}
     try:   # the bytes first: a meta file always names a whole delta
         atomic_write(folder / UNSENT_DELTA, u.delta)
         atomic_write(folder / UNSENT_META, json.dumps(meta).encode())
@@ -78,7 +85,8 @@ def load(data_dir: str | os.PathLike, device_id: str) -> Unsent | None:
         if hashlib.sha256(delta).hexdigest() != d["sha256"]:
             raise ValueError("its bytes do not match their digest")
         u = Unsent(meta=wire.UpdateMeta.from_dict(d["meta"]), delta=delta, wipe_mark=d["wipe_mark"],
-                   counts=dict(d["counts"]), plan=wire.TrainPlan.from_dict(d["plan"]), device_id=str(d["device_id"]))
+                   counts=dict(d["counts"]), plan=wire.TrainPlan.from_dict(d["plan"]), device_id=str(d["device_id"]),
+                   expires_at=float(d["expires_at"]))
     except (OSError, ValueError, KeyError, TypeError) as e:   # WireError is a ValueError
         log.warning("the undelivered update left by an earlier run is damaged (%s); deleted, not sent", e)
         discard(folder)
@@ -87,19 +95,33 @@ def load(data_dir: str | os.PathLike, device_id: str) -> Unsent | None:
         log.info("an undelivered update of device %s, enrolled before this one, was deleted", u.device_id)
         discard(folder)
         return None
+    if u.expired():
+        log.info("the undelivered update of round %d was deleted: the round's deadline has passed", u.meta.round_id)
+        discard(folder)
+        return None
     return u
 
 
 def waiting_round(data_dir: str | os.PathLike) -> int | None:
-    """The round a kept update waits for (`status`), without reading or checking its bytes."""
+    """The round a kept update waits for until its deadline (`status`), without reading its bytes."""
     try:
-        return int(json.loads((Path(data_dir) / UNSENT_META).read_bytes())["meta"]["round_id"])
+        d = json.loads((Path(data_dir) / UNSENT_META).read_bytes())
+        return int(d["meta"]["round_id"]) if time.time() < float(d["expires_at"]) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def discard(data_dir: str | os.PathLike) -> None:
-    """Delete the kept update, if any: delivered, refused, withdrawn, or wiped with the text."""
+def discard(data_dir: str | os.PathLike) -> bool:
+    """Delete the kept update, if any: delivered, refused, withdrawn, expired, or wiped with the
+    text. False (logged) when a file could not be deleted (a disk gone read-only): the callers go
+    on, since a wipe's other steps, and an answered upload's outcome, must not depend on it."""
+    gone = True
     for name in (UNSENT_META, UNSENT_DELTA):   # the meta first: without it the bytes are never sent
-        with contextlib.suppress(FileNotFoundError):
+        try:
             (Path(data_dir) / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("could not delete %s: %s", name, e.strerror or e)
+            gone = False
+    return gone

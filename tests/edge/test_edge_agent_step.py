@@ -741,3 +741,85 @@ def test_a_secure_round_refused_before_the_masked_vector_charges_no_epsilon(devi
         assert "local_epsilon" not in res.counts
     assert not any(p.endswith("/masked") for p in device.client.paths)
     assert not (device.config.require_data_dir() / LEDGER_FILE).exists()
+
+
+def kept_after_a_failed_upload(device: agent.Device, plan: wire.TrainPlan = PLAN, **task) -> tuple:
+    """A charged update whose upload ran out of tries: kept in memory and on disk."""
+    from edge_runtime import unsent
+
+    device.client.tasks = [wire.Task(kind=wire.TASK_TRAIN, retry_after=100.0, use_version_id="v1",
+                                     base_version_id="v1", plan=plan, **{"time_limit_s": 60.0, **task})]
+    device.client.upload_errors = [TransientError("down", status=503, retry_after=0.01)] * device.config.upload_attempts
+    with pytest.raises(TransientError):
+        agent.run_once(device, sleep=lambda s: None)
+    data_dir = device.config.require_data_dir()
+    u = unsent.load(data_dir, device.identity.device_id)
+    assert u is not None and device.unsent is not None
+    return data_dir, u
+
+
+def test_a_kept_update_goes_once_its_rounds_deadline_has_passed(device, fake_train):
+    """A round whose reply was lost to a kill (the coordinator committed the update) or that closed
+    never asks again: the kept bytes, learned from the text, stayed on disk for good and `status`
+    said they waited. They go at the round's deadline, as the task's time limit gave it."""
+    import time
+
+    data_dir, _ = kept_after_a_failed_upload(device, time_limit_s=0.3)
+    assert agent.status(device.config)["update_waiting_for_round"] == PLAN.round_id
+    time.sleep(0.4)
+    assert agent.status(device.config)["update_waiting_for_round"] is None
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=100.0)]
+    agent.run_once(device, sleep=lambda s: None)
+    assert device.unsent is None and not list(data_dir.glob("unsent_update*"))
+    import dataclasses
+
+    later = dataclasses.replace(PLAN, round_id=PLAN.round_id + 1)
+    data_dir, u = kept_after_a_failed_upload(device, later, time_limit_s=0.3)   # and at a restart after it
+    time.sleep(0.4)
+    assert reopened(device).unsent is None and not list(data_dir.glob("unsent_update*"))
+
+
+def test_wipe_deletes_an_update_the_loop_kept_while_it_ran(device, fake_train, monkeypatch):
+    """`wipe` deleted the kept update before the cache's wipe only: one a running loop saved
+    meanwhile stayed on disk after "wiped"."""
+    from edge_runtime import unsent
+    from edge_runtime.__main__ import main
+
+    data_dir, u = kept_after_a_failed_upload(device)
+    unsent.discard(data_dir)
+    device.cache.close()
+    real_wipe = TextCache.wipe
+
+    def wipe_while_the_loop_saves(self, **kw):
+        unsent.save(data_dir, u)
+        return real_wipe(self, **kw)
+
+    monkeypatch.setattr(TextCache, "wipe", wipe_while_the_loop_saves)
+    assert main(["wipe", "--data-dir", str(data_dir)]) == 0
+    assert not list(data_dir.glob("unsent_update*"))
+
+
+def test_a_disk_gone_read_only_still_lets_the_charged_update_go(device, fake_train, monkeypatch):
+    """On a disk remounted read-only after an I/O error, deleting a file that is not there is
+    EROFS, not ENOENT: `save`'s clean-up raised past the charge, and the update was neither sent
+    nor kept. It is now kept in memory and sent; a failed delete is logged, not raised."""
+    import errno
+    from pathlib import Path
+
+    from edge_runtime import unsent
+
+    def failing_write(path, data, **kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    real_unlink = Path.unlink
+
+    def read_only_unlink(self, missing_ok=False):
+        if self.name.startswith("unsent_update"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(unsent, "atomic_write", failing_write)
+    monkeypatch.setattr(Path, "unlink", read_only_unlink)
+    device.client.tasks = [train_task()]
+    assert agent.run_once(device, sleep=lambda s: None).outcome == "uploaded"
+    assert unsent.discard(device.config.require_data_dir()) is False
