@@ -47,16 +47,16 @@ def evaluate_task(coord: Coordinator, s: Session, device_id: str, cand: Version,
     once the device has reported, or while `TASKS_PER_REPORT` x `canary_min_reports` others
     are out."""
     row = _issued(s, cand.id, device_id)
-    cap = TASKS_PER_REPORT * coord.config.canary_min_reports
     if row is None:
-        if _outstanding(s, cand.id) >= cap:
+        if _outstanding(s, cand.id) >= TASKS_PER_REPORT * coord.config.canary_min_reports:
             return None   # enough canaries are at it; this one is asked if they fall short
         s.add(Evaluation(candidate_version_id=cand.id, device_id=device_id, report_json=ISSUED))
     elif row.report_json != ISSUED:
         return None
-    elif row.created_at < utcnow() - TASK_LEASE:   # its place lapsed: taken again only if one is free,
-        if _outstanding(s, cand.id) >= cap:        # or every lapsed task would come back on top of the cap
-            return None   # (a report it still sends counts: the row stays issued)
+    elif row.created_at < utcnow() - TASK_LEASE:
+        # Its place lapsed: the device is asked again (it may hold a report it could not deliver,
+        # which it sends only when asked), and its lease starts anew, so it counts against the cap
+        # again; uncounted, every lapsed task could come back on top of the cap.
         row.created_at = utcnow()
     c = coord.config
     return wire.Task(kind=wire.TaskKind.EVALUATE, retry_after=retry_after, use_version_id=cand.id,
