@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(args.text) > MAX_TEXT:
                 raise ValueError(f"the text is {len(args.text):,} characters; a commit holds at most "
                                  f"{MAX_TEXT:,}, as the keyboard's: type it in parts")
-            from edge_runtime import agent
-
-            if agent.type_text(cfg, args.text, args.field_kind, private=args.private):
+            if text_cache.type_text(cfg, args.text, args.field_kind, private=args.private):
                 print("cached")
             else:
                 with text_cache.open_cache(cfg) as cache:

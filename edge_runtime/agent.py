@@ -59,7 +59,6 @@ from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import discovery, wire
 from protocol.artifact import TOKENIZER, ArtifactError, atomic_write, read_manifest
-from protocol.text import tokens
 from protocol.vocab import dictionary
 
 log = logging.getLogger(__name__)
@@ -177,13 +176,6 @@ def make_eligibility(config: EdgeConfig) -> Eligibility:
                     require_power=config.require_power, require_unmetered=config.require_unmetered)
     activity = ActivityClock(config.require_data_dir() / ACTIVITY_FILE)
     return Eligibility(policy, activity=activity, override=config.override)
-
-
-def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool = False) -> bool:
-    """What the keyboard does on commit: note the keystroke, cache the text if the rules allow."""
-    ActivityClock(config.require_data_dir() / ACTIVITY_FILE).note_keystroke()
-    with open_cache(config) as cache:   # a removed word typed again counts towards its return, as on the page
-        return cache.add(text, field_kind, private=private, typed=tokens(text))
 
 
 def predictor_session(version_dir: Path, *, base_ngram: str = "") -> TypingSession:

@@ -39,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from edge_runtime.eligibility import ActivityClock
 from edge_runtime.errors import EdgeError
 from edge_runtime.file_lock import LockBusy, file_lock
-from edge_runtime.paths import CACHE_DB, CACHE_OPEN_LOCK, PAUSE_AFTER_WIPE
-from protocol.text import nfc, quote_led
+from edge_runtime.paths import ACTIVITY_FILE, CACHE_DB, CACHE_OPEN_LOCK, PAUSE_AFTER_WIPE
+from protocol.text import nfc, quote_led, tokens
 
 if TYPE_CHECKING:   # settings only name the cache's own parameters: no import at run time
     from edge_runtime.config import EdgeConfig
@@ -787,3 +788,11 @@ def open_cache(config: EdgeConfig, *, damaged_ok: bool = False) -> TextCache:
     return TextCache(config.require_data_dir(), retention_days=config.retention_days,
                      max_bytes=config.max_cache_bytes, holdout_fraction=config.holdout_fraction,
                      damaged_ok=damaged_ok)
+
+
+def type_text(config: EdgeConfig, text: str, field_kind: str, *, private: bool = False) -> bool:
+    """What the keyboard does on commit (`python -m edge_runtime type`): note the keystroke, for the
+    idle rule, and cache the text if the rules allow."""
+    ActivityClock(config.require_data_dir() / ACTIVITY_FILE).note_keystroke()
+    with open_cache(config) as cache:   # a removed word typed again counts towards its return, as on the page
+        return cache.add(text, field_kind, private=private, typed=tokens(text))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from edge_runtime import agent, identity, trainer
-from edge_runtime.cache import TextCache, open_cache
+from edge_runtime.cache import TextCache, open_cache, type_text
 from edge_runtime.client import RejectedError, TransientError
 from edge_runtime.config import EdgeConfig
 from edge_runtime.eligibility import Decision
@@ -419,11 +419,11 @@ def test_identity_round_trip_is_private(tmp_path):
 
 def test_type_text_respects_sensitive_fields_and_pause(tmp_path):
     cfg = EdgeConfig(data_dir=str(tmp_path))
-    assert agent.type_text(cfg, "hello there", "message")
-    assert not agent.type_text(cfg, "hunter2", "password")
+    assert type_text(cfg, "hello there", "message")
+    assert not type_text(cfg, "hunter2", "password")
     with open_cache(cfg) as c:
         c.set_paused(True)
-    assert not agent.type_text(cfg, "while paused", "message")
+    assert not type_text(cfg, "while paused", "message")
     assert (tmp_path / agent.ACTIVITY_FILE).exists()
     with open_cache(cfg) as c:   # what `type` and the page say instead of "one of three reasons"
         assert c.why_not("while paused", "message") == "learning paused"

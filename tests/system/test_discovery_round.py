@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from coordinator.models import Update
 from coordinator.models_secagg import SecAggMember, SecAggRound
 from edge_runtime import agent, paths
+from edge_runtime.cache import type_text
 from edge_runtime.config import EdgeConfig
 from protocol import artifact
 from protocol.artifact import TOKENIZER
@@ -46,7 +47,7 @@ def test_devices_vote_and_the_coordinator_finds_the_shared_words_from_the_sum_on
             agent.enroll(cfg, key)
             for t in (f"so {shared[0]} and {shared[1]} again", f"{own[i]} {own[i]} {own[i]} said {shared[0]}",
                       f"then {shared[1]} {own[i]}"):
-                assert agent.type_text(cfg, t, "message")
+                assert type_text(cfg, t, "message")
             cfgs.append(cfg)
         rid = s.coord.start_round(noise_multiplier=0.0, secure_aggregation=True, discover_words=3)
         # The first close fails writing the candidate (a full disk): it rolls back, and the retry

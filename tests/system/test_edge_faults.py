@@ -26,7 +26,7 @@ import requests
 from flask import request
 
 from edge_runtime import agent
-from edge_runtime.cache import open_cache
+from edge_runtime.cache import open_cache, type_text
 from edge_runtime.client import CoordinatorClient
 from edge_runtime.config import EdgeConfig
 from edge_runtime.identity import load_identity
@@ -162,7 +162,7 @@ def _device(tmp_path: Path, s, key: str, name: str, copies: int = 1) -> EdgeConf
     agent.enroll(cfg, key)
     for i in range(copies):
         for text in SENTENCES:
-            assert agent.type_text(cfg, text if i == 0 else f"{text} {i}", "message")
+            assert type_text(cfg, text if i == 0 else f"{text} {i}", "message")
     return cfg
 
 

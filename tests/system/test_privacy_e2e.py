@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 
 from coordinator.config import Config
 from edge_runtime import agent
+from edge_runtime.cache import type_text
 from edge_runtime.config import EdgeConfig
 from protocol import wire
 from tests.helpers.coordinator_fakes import make_config, serve
@@ -90,7 +91,7 @@ def test_no_sentence_or_4gram_from_any_cache_leaves_the_device(tmp_path, exporte
                 agent.enroll(cfg, key, session=session)
                 texts = COMMON + canary_sentences(i)
                 for t in texts:
-                    assert agent.type_text(cfg, t, "message")
+                    assert type_text(cfg, t, "message")
                 cfgs.append(cfg)
                 caches.append(texts)
             rid = s.coord.start_round(epochs=1, batch_size=4, learning_rate=0.1, noise_multiplier=0.01,
