@@ -101,3 +101,18 @@ def test_edge_requirements_are_slim():
     names = {line.split("=")[0].split(">")[0].split("<")[0].strip()
              for line in reqs.splitlines() if line.strip() and not line.startswith("#")}
     assert not names & (FORBIDDEN | {"tensorflow-cpu", "flask-sqlalchemy", "tflite-model-maker"}), names
+
+
+def test_the_keyboard_does_not_load_the_device_loop():
+    """The keyboard process (`python -m edge_runtime keyboard`) suggests and caches only: the device
+    loop, its HTTP client and the trainer cost it 12 MiB of imports for nothing (README, memory)."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import edge_runtime.keyboard, edge_runtime.__main__
+        loop = {{"requests", "edge_runtime.agent", "edge_runtime.client", "edge_runtime.trainer",
+                "edge_runtime.secagg_client", "edge_runtime.personalize"}}
+        print(sorted(loop & set(sys.modules)))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
