@@ -21,7 +21,7 @@ def test_a_version_trained_from_another_keeps_its_word_lists_notice(exported_ver
                  "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--seed", "1", "--no-progress"]) == 0
     out = read_manifest(tmp_path / "out")
     assert out.parent == m["version_id"] and out.notices == notices
-    # --seed 1 trained on 18 of the 24 held-out users when it also split them (a researcher's probe):
+    # --seed 1 trained on 18 of the 24 held-out users when it also split them:
     # a device corpus is split as every tool splits it, and the manifest says so
     assert out.metrics["split_seed"] == 0
     assert "24 test users" in capsys.readouterr().out

@@ -75,7 +75,7 @@ def test_the_word_at_a_chunks_end_is_the_same_as_the_plain_search_found():
 
 def test_invisible_format_characters_a_paste_brings_do_not_make_words():
     """A soft hyphen split "Zimbabwe" into "Zimbab" and "we", and a zero-width joiner made a
-    "world" that is not the word: the user's words learned and offered them (a probe)."""
+    "world" that is not the word: the user's words learned and offered them."""
     assert tokens("Zimbab\u00adwe") == ["Zimbabwe"] and tokens("re\u2060port\ufeff") == ["report"]
     assert tokens("the wor\u200dld") == ["the", "world"] and tokens("wor\u200cld") == ["world"]
     assert tokens("ภาษา\u200bไทย") == ["ภาษา", "ไทย"]            # a zero-width space parts words

@@ -156,7 +156,7 @@ def test_a_base_ngram_under_home_is_read_as_the_device_reads_it(tmp_path, monkey
 
 def test_an_installed_console_script_names_itself(monkeypatch, capsys):
     """`fedkeys-coordinator --version` printed "python -m coordinator 0.1.0", and its usage lines
-    named a command the user had not typed (a newcomer probe)."""
+    named a command the user had not typed."""
     from coordinator.__main__ import build_parser as coordinator_parser
     from edge_runtime.__main__ import build_parser as device_parser
 

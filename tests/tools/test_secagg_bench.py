@@ -126,8 +126,8 @@ def test_numbers_no_table_can_be_built_from_are_refused_before_any_work(argv, sa
 
 
 def test_help_needs_no_version_0(monkeypatch, capsys):
-    """An installed copy ships no version 0, and `--help` read its manifest at import: a traceback
-    (a developer's probe). The size is read when a measurement needs it."""
+    """An installed copy ships no version 0, and `--help` read its manifest at import: a traceback.
+    The size is read when a measurement needs it."""
     import importlib
 
     import pytest

@@ -35,7 +35,7 @@ def test_settings_reference_is_current_and_complete(tmp_path):
 
 def test_an_installed_copy_prints_the_reference_instead_of_writing_into_its_packages(tmp_path, monkeypatch, capsys):
     """Run from an installed copy (no docs/ beside the packages) it wrote docs/settings.md into
-    site-packages (a developer's probe): there it prints the reference."""
+    site-packages: there it prints the reference."""
     from tools import settings_doc
 
     monkeypatch.setattr(settings_doc, "OUT", tmp_path / "site-packages" / "docs" / "settings.md")

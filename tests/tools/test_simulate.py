@@ -397,7 +397,7 @@ def test_cached_reference_scores_follow_the_corpus_content_not_its_size_and_time
 
 
 def test_one_document_per_user_run_from_another_directory_with_relative_paths(tmp_path, exported_version):
-    """Two ways the evaluator's command failed on a legitimate corpus (a probe): a corpus of one
+    """Two ways the evaluator's command failed on a legitimate corpus: a corpus of one
     long document per user was refused, pointing at tools.prepare options that refuse JSON Lines;
     and run outside the checkout, the central reference's training looked for the relative
     --corpus and --data-dir in the checkout. Each document is now typed as its paragraphs or runs
@@ -429,7 +429,7 @@ def test_one_document_per_user_run_from_another_directory_with_relative_paths(tm
 def test_the_callers_own_packages_do_not_shadow_the_coordinators(tmp_path, monkeypatch):
     """The simulator starts the coordinator in the caller's directory (its relative paths are
     there), and a `protocol.py` of the caller's own project there was imported in place of this
-    one's package: "No module named 'protocol.cli'" (a developer's probe)."""
+    one's package: "No module named 'protocol.cli'"."""
     from tools.coordinator_process import CoordinatorProcess
 
     project = tmp_path / "project"

@@ -178,7 +178,7 @@ def test_the_canary_counts_on_a_device_and_the_central_evaluation_agree_word_for
 
 def test_held_out_users_of_one_document_are_typed_in_pieces_when_most_are():
     """A user's first half is typed before the second is scored: of one text, nothing was typed, and
-    on a corpus of one document per user the keyboard's claims flipped sign (a researcher's probe)."""
+    on a corpus of one document per user the keyboard's claims flipped sign."""
     from model.corpus import read_corpus
     from tools.wordeval import one_document_corpus, typed_in_pieces
 
