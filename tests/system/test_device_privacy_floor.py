@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime import agent
+from edge_runtime import cache as text_cache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.paths import LEDGER_FILE
 from edge_runtime.plan_guard import gaussian_epsilon
@@ -24,7 +25,7 @@ def _device(s, tmp_path: Path, name: str, **floor) -> agent.Device:
                      public_key=s.coord.public_key_hex, min_wait_s=0.1, **floor)
     agent.enroll(cfg, s.coord.create_enrollment_key())
     for t in TEXTS:
-        assert agent.type_text(cfg, t, "message")
+        assert text_cache.type_text(cfg, t, "message")
     return agent.Device.open(cfg)
 
 

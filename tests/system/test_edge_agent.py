@@ -23,6 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from edge_runtime import agent
+from edge_runtime import cache as text_cache
 from edge_runtime.config import EdgeConfig
 from protocol import wire
 from tools.arm.scenario import SENTENCES
@@ -101,8 +102,8 @@ def device_config(data_dir: Path, **kw: object) -> EdgeConfig:
 
 def _type_corpus(cfg: EdgeConfig, i: int) -> None:
     for j, s in enumerate(SENTENCES):
-        assert agent.type_text(cfg, f"{s} {canary(i)}" if j % 3 == 0 else s, "message")
-    assert not agent.type_text(cfg, f"hunter2 {canary(i)}pw", "password")
+        assert text_cache.type_text(cfg, f"{s} {canary(i)}" if j % 3 == 0 else s, "message")
+    assert not text_cache.type_text(cfg, f"hunter2 {canary(i)}pw", "password")
 
 
 def _files_containing(root: Path, needles: list[bytes]) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_runtime import agent
+from edge_runtime import cache as text_cache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.predictor import Predictor
 from protocol.artifact import TOKENIZER
@@ -33,7 +34,7 @@ def test_a_version_with_new_words_goes_through_the_canary_to_the_device(tmp_path
                          public_key=s.coord.public_key_hex, min_wait_s=0.1)
         agent.enroll(cfg, s.coord.create_enrollment_key())
         for t in TEXTS:
-            assert agent.type_text(cfg, t, "message")
+            assert text_cache.type_text(cfg, t, "message")
         dev = agent.Device.open(cfg)
         try:
             first = agent.run_once(dev)

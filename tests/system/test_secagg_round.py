@@ -28,6 +28,7 @@ from coordinator import secagg as coord_secagg
 from coordinator.models import Update
 from coordinator.models_secagg import SecAggMember, SecAggReveal, SecAggRound
 from edge_runtime import agent, paths, secagg_client, trainer
+from edge_runtime import cache as text_cache
 from edge_runtime.cache import open_cache
 from edge_runtime.config import EdgeConfig
 from edge_runtime.identity import load_identity
@@ -49,7 +50,7 @@ def _devices(s, tmp_path: Path, n: int) -> list[EdgeConfig]:
                          public_key=s.coord.public_key_hex, min_wait_s=0.1)
         agent.enroll(cfg, key)
         for t in (TEXTS[i % 4], TEXTS[(i + 1) % 4], f"device {i} says hello"):
-            assert agent.type_text(cfg, t, "message")
+            assert text_cache.type_text(cfg, t, "message")
         cfgs.append(cfg)
     return cfgs
 

@@ -81,11 +81,15 @@ def test_the_arm_tool_cleans_up_on_sigterm_too(tmp_path):
     assert marker.read_text() == "yes"
 
 
-@pytest.mark.parametrize("package, module", [("edge_runtime", "edge_runtime.agent"),
-                                             ("coordinator", "coordinator.listing")])
-def test_ctrl_c_while_a_command_loads_is_one_line_not_an_import_traceback(package, module):
-    """A probe pressed Ctrl-C in a device command's first tenths of a second: the imports were
-    still loading, and Python printed their traceback. Here the Ctrl-C lands deterministically, as
+@pytest.mark.parametrize("package, module, argv", [
+    ("edge_runtime", "edge_runtime.keyboard", ["--help"]),
+    # the device loop, imported by the commands that use it only, once their arguments are read
+    ("edge_runtime", "edge_runtime.agent", ["enroll", "--data-dir", "{tmp}", "--coordinator", "http://127.0.0.1:9",
+                                            "--enrollment-key", "k"]),
+    ("coordinator", "coordinator.listing", ["--help"])])
+def test_ctrl_c_while_a_command_loads_is_one_line_not_an_import_traceback(package, module, argv, tmp_path):
+    """Ctrl-C pressed in a command's first tenths of a second, while its imports were still
+    loading, printed their traceback. Here the Ctrl-C lands deterministically, as
     `module` is imported by `python -m package`."""
     script = (
         "import runpy, sys\n"
@@ -94,7 +98,7 @@ def test_ctrl_c_while_a_command_loads_is_one_line_not_an_import_traceback(packag
         f"        if name == {module!r}:\n"
         "            raise KeyboardInterrupt\n"
         "sys.meta_path.insert(0, Interrupt())\n"
-        f"sys.argv = [{package!r}, '--help']\n"
+        f"sys.argv = {[package, *(a.format(tmp=tmp_path / 'dev') for a in argv)]!r}\n"
         f"runpy.run_module({package!r}, run_name='__main__', alter_sys=True)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)

@@ -32,13 +32,13 @@ def marker(i: int) -> str:
 
 
 def type_corpus(data_dir: str, index: int) -> int:
-    from edge_runtime import agent
+    from edge_runtime import cache as text_cache
     from edge_runtime.config import load_config
 
     cfg = load_config(flags={"data_dir": data_dir})
-    stored = sum(agent.type_text(cfg, f"{s} {marker(index)}" if j % 3 == 0 else s, "message")
+    stored = sum(text_cache.type_text(cfg, f"{s} {marker(index)}" if j % 3 == 0 else s, "message")
                  for j, s in enumerate(SENTENCES))
-    assert not agent.type_text(cfg, f"hunter2 {marker(index)}", "password")   # never cached
+    assert not text_cache.type_text(cfg, f"hunter2 {marker(index)}", "password")   # never cached
     return stored
 
 
