@@ -221,12 +221,12 @@ class Split:
     def texts(self, name: str) -> list[str]:
         return [t for texts in self.part(name).values() for t in texts]
 
-    def leaked(self, name: str = "test") -> tuple[int, int]:
-        """The texts of part `name` that a train user also has, verbatim, and their words: the
-        central references train on them and read high on those users (quoted replies, forwarded
-        mail, boilerplate)."""
+    def leaked(self, name: str = "test", min_words: int = 1) -> tuple[int, int]:
+        """The texts of part `name` of at least `min_words` words that a train user also has,
+        verbatim, and their words: the central references train on them and read high on those
+        users (quoted replies, forwarded mail, boilerplate)."""
         train = set(self.texts("train"))
-        hits = [t for t in self.texts(name) if t in train]
+        hits = [t for t in self.texts(name) if t in train and len(t.split()) >= min_words]
         return len(hits), sum(len(t.split()) for t in hits)
 
 

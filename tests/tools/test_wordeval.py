@@ -210,6 +210,10 @@ def test_held_out_text_that_train_users_also_have_is_warned_about_past_two_perce
     assert split.leaked() == (len(held), len(held) * len(quoted.split()))
     note = leak_note(split)
     assert note.startswith("warning: ") and "%" in note and f"{len(held)} texts" in note and "--dedupe" in note
+    # a conversation's backchannels, said by every speaker, are not copied text: no warning
+    talk = records + [Record(u, line) for u in users for line in ("Uh-huh.", "Yeah.", "Oh, I see.") * 20]
+    assert split_users(talk).leaked()[1] > 0.02 * sum(len(t.split()) for t in split_users(talk).texts("test"))
+    assert leak_note(split_users(talk)) == ""
     # the shipped corpora repeat a few short lines ("Amen.", "Do you like sports?"): no warning
     for corpus in ("shakespeare", "spamassassin_ham", "topical_chat"):
         s = split_users(read_corpus(Path(__file__).resolve().parents[2] / "corpora" / f"{corpus}.jsonl"))
