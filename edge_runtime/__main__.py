@@ -19,9 +19,10 @@ from protocol.cli import interrupt_exits
 
 with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from edge_runtime import cache as text_cache
-    from edge_runtime import keyboard, paths, personal_copy, unsent
+    from edge_runtime import keyboard, paths
     from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
     from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
+    from edge_runtime.forget import forget_learned
     from edge_runtime.identity import IdentityError, coordinator_key, readable_identity
     from edge_runtime.keyboard_app import MAX_TEXT
     from edge_runtime.versions import VersionError, VersionStore
@@ -199,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
                 cache.set_paused(c == "pause")
             print("learning paused" if c == "pause" else "learning resumed")
         elif c == "wipe":
-            _forget_learned(cfg.require_data_dir())
+            forget_learned(cfg.require_data_dir())
             try:
                 with text_cache.open_cache(cfg) as cache:
                     try:
                         cache.wipe()
                     finally:   # and what a running loop saved meanwhile (also when the wipe says another has it open)
-                        _forget_learned(cfg.require_data_dir())
+                        forget_learned(cfg.require_data_dir())
                 print("text cache and personal model wiped")
             except DamagedCacheError as e:
                 _wipe_in_place(cfg, f"the text cache could not be read ({e.__cause__})")
@@ -273,13 +274,6 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _forget_learned(data_dir: Path) -> None:
-    """Delete what was learned from the text and kept on disk: the personal LSTM and an update not
-    yet delivered. Every wipe path calls it, before and after the cache's own wipe."""
-    personal_copy.forget(data_dir)
-    unsent.discard(data_dir)
-
-
 def _wipe_in_place(cfg: EdgeConfig, why: str) -> None:
     """A cache that cannot be emptied row by row (`why`: damaged, or a full disk): `cache.wipe_in_place`.
     The new, empty cache starts paused, as the old one's pause went with its file; its wipe mark is
@@ -288,7 +282,7 @@ def _wipe_in_place(cfg: EdgeConfig, why: str) -> None:
     makes it, paused."""
     data_dir = cfg.require_data_dir()
     gone, made = wipe_in_place(data_dir)
-    _forget_learned(data_dir)   # and what a running loop saved while the old file went
+    forget_learned(data_dir)   # and what a running loop saved while the old file went
     if made:
         after = f"learning is paused until `python -m edge_runtime resume --data-dir {data_dir}`"
     else:

@@ -17,7 +17,6 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from edge_runtime import unsent
 from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, disk_full, wipe_in_place
 from edge_runtime.eligibility import ActivityClock
 from edge_runtime.errors import EdgeError, failure
@@ -169,8 +168,7 @@ class KeyboardApp(UserWords):
         wipe. Memory first: the reload of the global model can fail, and must not leave them."""
         with self.slot.lock:
             self._drop_memory()
-            unsent.discard(self.cache.data_dir)   # an update learned from the text and not yet delivered
-            self.slot.forget_personal()   # reloads the model on the global weights
+            self.slot.forget_personal()   # and the update not yet delivered; reloads the model on the global weights
 
     def _drop_memory(self) -> None:
         with self.slot.lock:

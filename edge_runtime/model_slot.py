@@ -22,6 +22,7 @@ from edge_runtime import channel as channels
 from edge_runtime import personal_copy
 from edge_runtime.collector import release_freed
 from edge_runtime.errors import failure
+from edge_runtime.forget import forget_learned
 from edge_runtime.identity import coordinator_key, readable_identity
 from edge_runtime.predictor import Predictor
 from edge_runtime.versions import VersionError, VersionStore
@@ -226,14 +227,15 @@ class ModelSlot:
         return self._loader(version_dir), False
 
     def forget_personal(self) -> None:
-        """Delete the user's own copy and fall back to the global model at once. The copy's weights
-        were learned from the user's text, so they leave memory first: if the global model cannot
-        be loaded now (its folder pruned mid-load by a rollback, no memory), the strip waits for a
-        later refresh instead of suggesting from them."""
+        """Delete the user's own copy, and all else learned from the text (`forget_learned`), and
+        fall back to the global model at once. The copy's weights were learned from the user's
+        text, so they leave memory first: if the global model cannot be loaded now (its folder
+        pruned mid-load by a rollback, no memory), the strip waits for a later refresh instead of
+        suggesting from them."""
         with self.lock:
             self._changes += 1   # a load under way may hold the copy: it is not swapped in
             if self.data_dir is not None:
-                personal_copy.forget(self.data_dir)
+                forget_learned(self.data_dir)
             if self.personal:
                 self._swap(None, None)
             self._checked = float("-inf")

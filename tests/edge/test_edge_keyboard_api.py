@@ -1675,6 +1675,20 @@ def test_a_wipe_whose_model_reload_fails_still_forgets_the_users_words(tmp_path,
         assert "Quokkaville" not in strip() and cache.stats()["records"] == 0
 
 
+def test_a_keyboard_seeing_a_wipe_elsewhere_deletes_an_update_kept_after_it(tmp_path, exported_version, monkeypatch):
+    """A device loop that charged an update before `wipe` ran elsewhere can save it after the wipe
+    deleted the kept files. The keyboard noticing the wipe deleted only the personal copy, so the
+    update learned from the wiped text stayed on disk until the loop restarted."""
+    data, cache, slot, app, strip = _personal_keyboard(tmp_path, exported_version, monkeypatch)
+    with cache:
+        _wipe_elsewhere(data)
+        kept = [data / name for name in (UNSENT_META, UNSENT_DELTA)]   # the loop's save, after the wipe
+        for path in kept:
+            path.write_bytes(b"{}")
+        assert "Quokkaville" not in strip()   # the keyboard sees the wipe
+        assert not any(p.exists() for p in kept)
+
+
 def test_a_wipe_elsewhere_forgets_at_once_while_the_model_cannot_be_reloaded(tmp_path, exported_version,
                                                                             monkeypatch):
     """A reload that keeps failing (a disk error) must not keep what the wipe deleted: the user's
