@@ -42,12 +42,18 @@ def batches(x: np.ndarray, y: np.ndarray, m: np.ndarray, batch: int, *, rng: np.
 QUIET_PROGRESS_S = 60.0   # without a bar (a log file), a line this often: an epoch of a large corpus is 10+ minutes
 
 
-def quiet_progress(epoch: int, epochs: int, done: int, steps: int, loss: float, elapsed: float) -> str:
+def quiet_progress(epoch: int, epochs: int, done: int, steps: int, loss: float, elapsed: float,
+                   stage_elapsed: float) -> str:
     """The line said in place of a bar: without it, a simulation's log holds nothing through
-    central training that can last 26 minutes or more."""
+    central training that can last 26 minutes or more. It says what is left of the whole stage
+    too (`stage_elapsed`: since the first step, validation passes included), as the bar does: an
+    epoch's ETA alone left the reader to multiply by the epochs to come."""
     left = elapsed / done * (steps - done)
+    stage_done = epoch * steps + done
+    stage_left = stage_elapsed / stage_done * (epochs * steps - stage_done)
     return (f"epoch {epoch + 1}/{epochs}: step {done:,}/{steps:,} ({done / steps:.0%}), loss {loss:.3f}, "
-            f"{elapsed / 60:.1f} min in, about {left / 60:.0f} min left in this epoch")
+            f"{elapsed / 60:.1f} min in, about {left / 60:.0f} min left in this epoch, "
+            f"{stage_left / 60:.0f} min left in all {epochs} epochs")
 
 
 @dataclass
@@ -109,7 +115,7 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
         vx, vy, vm = vx[keep], vy[keep], vm[keep]
     full = math.ceil(len(x) / s.batch_size)
     steps = min(full, s.steps_per_epoch) if s.steps_per_epoch else full
-    tqdm.write(f"{len(x):,} training windows: {steps:,} steps of {s.batch_size} per epoch"
+    tqdm.write(f"{len(x):,} training windows: {steps:,} steps of {s.batch_size} per epoch, {s.epochs} epochs"
                + (f" (capped: each epoch a fresh random {steps / full:.0%} of them)" if steps < full else ""))
     rate = s.learning_rate
     if s.lr_decay_to < 1.0:  # a decayed end settles what a constant rate leaves noisy (v0: see docs/quality.md)
@@ -127,9 +133,12 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
 
     hist = History(windows=len(x), windows_per_epoch=min(len(x), steps * s.batch_size))
     best, best_weights, bad = math.inf, None, 0
+    # One bar over every epoch's steps: its ETA is the whole stage's (early stopping can end it sooner).
+    bar = tqdm(total=s.epochs * steps, unit="step", disable=not s.progress, leave=False)
+    start = time.monotonic()
     for epoch in range(s.epochs):
         losses = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step", disable=not s.progress, leave=False)
+        bar.set_description(f"epoch {epoch + 1}/{s.epochs}")
         t0 = said = time.monotonic()
         for i, (bx, by, bm) in enumerate(batches(x, y, mask, s.batch_size, rng=rng, fixed=False)):
             if i >= steps:
@@ -141,8 +150,8 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if not s.progress and time.monotonic() - said >= QUIET_PROGRESS_S:
                 said = time.monotonic()
-                tqdm.write(quiet_progress(epoch, s.epochs, i + 1, steps, float(np.mean(losses[-20:])), said - t0))
-        bar.close()
+                tqdm.write(quiet_progress(epoch, s.epochs, i + 1, steps, float(np.mean(losses[-20:])), said - t0,
+                                          said - start))
         val = validation_loss(m, vx, vy, vm) if len(vx) else float(np.mean(losses))
         hist.train_loss.append(float(np.mean(losses)))
         hist.val_loss.append(val)
@@ -158,6 +167,7 @@ def train_windows(m: NextWordLSTM, train_xym: tuple[np.ndarray, np.ndarray, np.n
             if bad > s.patience - 1 and s.patience >= 0:
                 tqdm.write(f"early stop: no {'validation' if len(vx) else 'train loss'} improvement for {bad} epoch(s)")
                 break
+    bar.close()
     if best_weights is not None:
         for v, w in zip(variables, best_weights):
             v.assign(w)

@@ -72,3 +72,25 @@ def test_without_a_bar_an_epoch_says_how_far_it_is_every_minute(capsys, monkeypa
     monkeypatch.setattr(pretrain, "QUIET_PROGRESS_S", 3600.0)
     train_windows(NextWordLSTM(CFG, seed=0), data, data, TrainSettings(epochs=1, batch_size=16, progress=False))
     assert "epoch 1/1: step" not in capsys.readouterr().out    # not on every step of a short one
+
+
+def test_progress_says_what_is_left_of_every_epoch_not_only_this_one(capsys, monkeypatch):
+    """A simulation's central reference trains 4 epochs for 35 minutes: its lines and its bar said
+    only what was left of the epoch at hand, so nobody could tell when the stage would end."""
+    import model.pretrain as pretrain
+
+    # halfway through epoch 2 of 4 of 10 steps: 15 steps in 3 min (validation included), 12 s a step
+    line = pretrain.quiet_progress(1, 4, 5, 10, 3.5, 60.0, 180.0)
+    assert line.endswith("about 1 min left in this epoch, 5 min left in all 4 epochs"), line
+    data = _windows(64)
+    monkeypatch.setattr(pretrain, "QUIET_PROGRESS_S", 0.0)
+    train_windows(NextWordLSTM(CFG, seed=0), data, data,
+                  TrainSettings(epochs=2, batch_size=16, progress=False, patience=3))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": step " in ln]
+    assert len(lines) == 8 and all(ln.endswith("left in all 2 epochs") for ln in lines), lines
+    assert lines[-1].endswith(" 0 min left in all 2 epochs")
+    # the bar counts every epoch's steps (4 a epoch here), so its ETA is the whole stage's
+    train_windows(NextWordLSTM(CFG, seed=0), data, data,
+                  TrainSettings(epochs=2, batch_size=16, progress=True, patience=3))
+    bar = capsys.readouterr().err
+    assert "epoch 2/2" in bar and "8/8" in bar and "/4 " not in bar, bar[-500:]
