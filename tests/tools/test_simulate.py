@@ -83,6 +83,9 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
         assert x["verdict"] in ("promote", "reject"), x
         assert x["canary_reports"] >= 2 and x["candidate_metrics"]["words"] > 0
     assert report["federations"][0]["final_version"]
+    final = Path(report["federations"][0]["final_version_dir"])   # where a user takes the final model from
+    assert final.name == report["federations"][0]["final_version"] and (final / "manifest.json").is_file()
+    assert f"final model, federated: {final} (python -m tools.evaluate --model DIR)" in r.stdout
     # Read by automation: the references and both views of the federated result.
     refs = report["references"]
     assert {"ngram", "ngram_shared", "ngram_proxy", "proxy", "proxy_lstm", "keyboard_v0"} <= set(refs)
@@ -439,3 +442,33 @@ def test_the_callers_own_packages_do_not_shadow_the_coordinators(tmp_path, monke
     monkeypatch.chdir(project)
     proc = CoordinatorProcess(tmp_path / "coord", tmp_path / "coord.log")
     assert proc.cli("init")   # prints where it put the data directory
+
+
+def test_the_report_says_where_the_final_version_is_and_keeps_the_keys_automation_reads(tmp_path):
+    """The final federated version was found only by looking under runs/<name>/keyboard/models/:
+    report.md, report.json (a key added, none renamed) and the console's last lines say where."""
+    from tools.simulate.cli import build_parser
+    from tools.simulate.federation import FederationResult, RoundResult
+    from tools.simulate.population import Population
+    from tools.simulate.report import final_dir_note, write_report
+
+    def m(top3: float) -> dict:
+        return {"top1": top3 / 2, "top3": top3, "ksr": top3 * 2, "words": 100, "per_user": [[100, 10, 20, 30]]}
+
+    refs = {"ngram": m(0.24), "ngram_proxy": m(0.20), "proxy_lstm": m(0.21), "keyboard_v0": m(0.22),
+            "central": m(0.25)}
+    keyboard = tmp_path / "runs" / "federated" / "keyboard"
+    rounds = [RoundResult(round=1, status="done", verdict="promote", verdict_reason="ok", stable="v0002-ab")]
+    fed = FederationResult("federated", 0.0, rounds, "v0002-ab", m(0.23), m(0.22), keyboard, tmp_path / "c")
+    assert fed.final_dir == keyboard / "models" / "v0002-ab"
+    args = build_parser().parse_args(["--corpus", "c.jsonl"])
+    pop = Population(users=[("u", ["a b c", "d e f"])], heldout={"h": ["a b c d", "e f g h"]}, train_users=1,
+                     test_users=1)
+    md = write_report(tmp_path, args, "python -m tools.simulate", pop, refs, [fed], refs["keyboard_v0"], 60.0)
+    assert f"Final deployed version: `v0002-ab`, in `{fed.final_dir}`" in md.read_text()
+    assert "python -m tools.evaluate --model DIR" in final_dir_note(fed)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {"ngram", "proxy", "central", "ngram_proxy"} <= set(report["references"])
+    f = report["federations"][0]
+    assert f["final_version_dir"] == str(fed.final_dir) and f["final_version"] == "v0002-ab"
+    assert {"final_metrics", "global_metrics", "rounds", "name", "noise_multiplier"} <= set(f)

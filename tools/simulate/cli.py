@@ -247,6 +247,9 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
         report = write_report(data, args, command, pop, refs, feds, v0_metrics, time.time() - t0)
         console.print(report.read_text().split("\n## ")[0])
         console.print(f"report: {report} and {data / 'report.png'}")
+        for f in feds:   # the report's first part, printed above, does not say where the model is
+            console.print(f"final model, {f.name}: {f.final_dir} (python -m tools.evaluate --model DIR)",
+                          soft_wrap=True)
         return SimulationResult(report, feds, refs)
 
 

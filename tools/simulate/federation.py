@@ -72,6 +72,14 @@ class FederationResult:
     keyboard_dir: Path               # an enrolled, never-training device holding the final stable version
     coordinator_dir: Path
 
+    @property
+    def final_dir(self) -> Path:
+        """The final version's directory on the keyboard device: a complete, verified version a user
+        can take (`tools.evaluate --model DIR`)."""
+        from edge_runtime.paths import MODELS_DIR
+
+        return self.keyboard_dir / MODELS_DIR / self.final_version
+
 
 def progress(enabled: bool) -> Progress:
     """A transient rich progress bar (disabled: a no-op, e.g. when stdout is a log file)."""

@@ -5,7 +5,8 @@ report.json is read by automation: keep `references.{ngram,ngram_proxy,proxy,cen
 meanings issue 10 gave them (the central trigram, the proxy trigram, version 0's LSTM alone, the
 central LSTM: `proxy` and `ngram_proxy` are what ships without users' text), `proxy_lstm` (the same as
 `proxy`), `keyboard_v0` (the keyboard on version 0), `ngram_shared`, `federations[].final_metrics`,
-`federations[].global_metrics` and the round fields as they are. Reports written before
+`federations[].global_metrics` and the round fields as they are (add keys, never rename:
+`federations[].final_version_dir` is the final version's directory). Reports written before
 7 December 2026 hold the keyboard on version 0 under `proxy`, which a reader of the issue's fields
 takes for the proxy-only LSTM."""
 
@@ -118,6 +119,12 @@ def verdict_lines(refs: dict[str, dict], fed: FederationResult) -> list[str]:
     return lines
 
 
+def final_dir_note(fed: FederationResult) -> str:
+    """Where the final version's directory is, and what it is good for (report.md and the console)."""
+    return (f"in `{fed.final_dir}` (a version directory: `python -m tools.evaluate --model DIR`; the next run "
+            "into this --data-dir replaces it, so copy it to keep it)")
+
+
 def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], v0_metrics: dict) -> None:
     """report.png: top-3 and keystroke savings of the deployed version by round, references as lines."""
     import matplotlib
@@ -192,7 +199,7 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
                          f"{f' ({r.canary_reports} reports)' if r.canary_reports else ''} | "
                          f"{_pct(r.candidate_metrics, 'top3')} | {_pct(r.stable_metrics, 'top3')} | "
                          f"{_pct(r.stable_metrics, 'ksr')} | {_fmt_eps(r.epsilon)} | {_fmt_eps(r.epsilon_local)} |")
-        lines += ["", f"Final deployed version: `{f.final_version}`. Canary verdicts: "
+        lines += ["", f"Final deployed version: `{f.final_version}`, {final_dir_note(f)}. Canary verdicts: "
                   + "; ".join(f"round {r.round}: {r.verdict_reason}" for r in f.rounds if r.verdict_reason), ""]
     lines += ["Notes: top-1/top-3 are next-word accuracy of the suggestion strip after each space; KSR is the "
               "share of keystrokes saved by tapping a suggestion as soon as it shows. ε is (ε, δ=1e-6)-DP from the "
@@ -207,7 +214,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
                "headline": [{"model": label, **m} for label, m in rows],
                "references": {**refs, "proxy": refs["proxy_lstm"]},   # issue 10's `proxy`: the proxy LSTM
                "federations": [{"name": f.name, "noise_multiplier": f.noise_multiplier,
-                                "final_version": f.final_version, "final_metrics": f.final_metrics,
+                                "final_version": f.final_version, "final_version_dir": str(f.final_dir),
+                                "final_metrics": f.final_metrics,
                                 "global_metrics": f.global_metrics,
                                 "rounds": [asdict(r) for r in f.rounds]} for f in feds]}
     (data / "report.json").write_text(json.dumps(payload, indent=1, default=str))
