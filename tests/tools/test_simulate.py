@@ -86,6 +86,9 @@ def test_simulation_end_to_end_on_a_small_corpus(tmp_path, exported_version):
     final = Path(report["federations"][0]["final_version_dir"])   # where a user takes the final model from
     assert final.name == report["federations"][0]["final_version"] and (final / "manifest.json").is_file()
     assert f"final model, federated: {final} (python -m tools.evaluate --model DIR)" in r.stdout
+    # the disk the devices' versions take: said before they enroll, measured in the report
+    assert "federated: each device keeps 2 versions of " in r.stdout
+    assert report["federations"][0]["devices_bytes"] > 0 and "for the 5 simulated devices (" in md
     # Read by automation: the references and both views of the federated result.
     refs = report["references"]
     assert {"ngram", "ngram_shared", "ngram_proxy", "proxy", "proxy_lstm", "keyboard_v0"} <= set(refs)
@@ -459,7 +462,8 @@ def test_the_report_says_where_the_final_version_is_and_keeps_the_keys_automatio
             "central": m(0.25)}
     keyboard = tmp_path / "runs" / "federated" / "keyboard"
     rounds = [RoundResult(round=1, status="done", verdict="promote", verdict_reason="ok", stable="v0002-ab")]
-    fed = FederationResult("federated", 0.0, rounds, "v0002-ab", m(0.23), m(0.22), keyboard, tmp_path / "c")
+    fed = FederationResult("federated", 0.0, rounds, "v0002-ab", m(0.23), m(0.22), keyboard, tmp_path / "c",
+                           devices_bytes=1_010_000_000)
     assert fed.final_dir == keyboard / "models" / "v0002-ab"
     args = build_parser().parse_args(["--corpus", "c.jsonl"])
     pop = Population(users=[("u", ["a b c", "d e f"])], heldout={"h": ["a b c d", "e f g h"]}, train_users=1,
@@ -467,8 +471,29 @@ def test_the_report_says_where_the_final_version_is_and_keeps_the_keys_automatio
     md = write_report(tmp_path, args, "python -m tools.simulate", pop, refs, [fed], refs["keyboard_v0"], 60.0)
     assert f"Final deployed version: `v0002-ab`, in `{fed.final_dir}`" in md.read_text()
     assert "python -m tools.evaluate --model DIR" in final_dir_note(fed)
+    assert f"Disk: 1.01 GB for the 1 simulated device (`{keyboard.parent / 'devices'}`)" in md.read_text()
     report = json.loads((tmp_path / "report.json").read_text())
     assert {"ngram", "proxy", "central", "ngram_proxy"} <= set(report["references"])
     f = report["federations"][0]
     assert f["final_version_dir"] == str(fed.final_dir) and f["final_version"] == "v0002-ab"
+    assert f["devices_bytes"] == 1_010_000_000
     assert {"final_metrics", "global_metrics", "rounds", "name", "noise_multiplier"} <= set(f)
+
+
+def test_the_disk_the_devices_versions_take_is_said_up_front_and_measured(tmp_path):
+    """32 devices keeping two 16 MB versions each (as a phone keeps one for rollback) filled 1.1 GB
+    of a user's disk, which only `du` told them."""
+    from tools.simulate.disk import bytes_on_disk, disk_note, version_bytes
+
+    v0 = ROOT / "models" / "v0"
+    per_version = version_bytes(v0)
+    graph_and_words = (v0 / "model.tflite").stat().st_size + (v0 / "tokenizer.model").stat().st_size
+    assert graph_and_words < per_version < graph_and_words + (v0 / "weights.safetensors").stat().st_size / 2
+    note = disk_note("federated", 32, 15_792_478, tmp_path / "devices")
+    assert note == ("federated: each device keeps 2 versions of 15.8 MB (the one in use and the previous one, as "
+                    f"a phone keeps it for rollback): up to 1.01 GB under {tmp_path / 'devices'}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"x" * 1000)
+    (tmp_path / "b").write_bytes(b"y" * 10)
+    os.link(tmp_path / "a" / "f", tmp_path / "a" / "g")   # a file linked twice takes its bytes once
+    assert bytes_on_disk(tmp_path) == 1010

@@ -31,6 +31,7 @@ The package, one job per module:
     devices.py     what runs in the device worker processes (enroll, type, check in)
     federation.py  one federation: coordinator process, devices, the rounds (`Rounds`)
     report.py      the round table, report.md, report.png, report.json
+    disk.py        the disk the devices' versions take, said up front and measured at the end
     errors.py      SimulationError
 
 The coordinator process itself is tools.coordinator_process, shared with tools.arm, tools.bench

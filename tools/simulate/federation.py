@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tools._cli import count, worker_pool
 from tools.coordinator_process import CoordinatorProcess, CoordinatorProcessError
 from tools.simulate.devices import DeviceJob, device_checkin, device_config, setup_device, worker_init
+from tools.simulate.disk import bytes_on_disk, disk_note, version_bytes
 from tools.simulate.errors import SimulationError
 from tools.simulate.population import Population
 from tools.simulate.references import score_version, stderr_to
@@ -71,6 +72,7 @@ class FederationResult:
     global_metrics: dict[str, float]  # the final version's federated global LSTM alone
     keyboard_dir: Path               # an enrolled, never-training device holding the final stable version
     coordinator_dir: Path
+    devices_bytes: int = 0           # the simulated devices' data directories at the end (report.json)
 
     @property
     def final_dir(self) -> Path:
@@ -232,6 +234,7 @@ def run_federation(name: str, args: argparse.Namespace, noise_multiplier: float,
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    console.print(disk_note(name, len(pop.users), version_bytes(v0), run_dir / "devices"), soft_wrap=True)
     coord = CoordinatorProcess(run_dir / "coordinator", run_dir / "coordinator.log",
                                coordinator_settings(args))
     try:
@@ -279,7 +282,7 @@ def _federate(name: str, args: argparse.Namespace, noise_multiplier: float, run_
         finally:
             observer.close()
     return FederationResult(name, noise_multiplier, results, stable, stable_metrics, global_metrics, keyboard_dir,
-                            run_dir / "coordinator")
+                            run_dir / "coordinator", bytes_on_disk(run_dir / "devices"))
 
 
 def _canary_cohort(name: str, args: argparse.Namespace, coord: CoordinatorProcess, setups: list[dict[str, Any]],

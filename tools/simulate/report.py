@@ -19,6 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tools._cli import count
+from tools.simulate.disk import size
 from tools.simulate.population import Population, proxy_files
 from tools.wordeval import paired_interval, scored_words
 
@@ -201,6 +203,10 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
                          f"{_pct(r.stable_metrics, 'ksr')} | {_fmt_eps(r.epsilon)} | {_fmt_eps(r.epsilon_local)} |")
         lines += ["", f"Final deployed version: `{f.final_version}`, {final_dir_note(f)}. Canary verdicts: "
                   + "; ".join(f"round {r.round}: {r.verdict_reason}" for r in f.rounds if r.verdict_reason), ""]
+        if f.devices_bytes:
+            lines += [f"Disk: {size(f.devices_bytes)} for the {count(len(pop.users), 'simulated device')} "
+                      f"(`{f.keyboard_dir.parent / 'devices'}`): each keeps the version in use and the previous "
+                      "one, as a phone does for rollback; deleting the run's directory gives it back.", ""]
     lines += ["Notes: top-1/top-3 are next-word accuracy of the suggestion strip after each space; KSR is the "
               "share of keystrokes saved by tapping a suggestion as soon as it shows. ε is (ε, δ=1e-6)-DP from the "
               "coordinator's RDP accountant (∞ without noise); against the coordinator itself, which sees each "
@@ -216,7 +222,7 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
                "federations": [{"name": f.name, "noise_multiplier": f.noise_multiplier,
                                 "final_version": f.final_version, "final_version_dir": str(f.final_dir),
                                 "final_metrics": f.final_metrics,
-                                "global_metrics": f.global_metrics,
+                                "global_metrics": f.global_metrics, "devices_bytes": f.devices_bytes,
                                 "rounds": [asdict(r) for r in f.rounds]} for f in feds]}
     (data / "report.json").write_text(json.dumps(payload, indent=1, default=str))
     return data / "report.md"
