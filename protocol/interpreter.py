@@ -24,7 +24,7 @@ from protocol.arch import SIG_GET_WEIGHTS, SIG_SET_WEIGHTS, InferPatches
 
 _BACKENDS = (("ai_edge_litert", "ai_edge_litert.interpreter"),
              ("tflite_runtime", "tflite_runtime.interpreter"),
-             ("tensorflow", "tensorflow.lite"))
+             ("tensorflow", "tensorflow.lite.python.interpreter"))   # `tensorflow.lite` itself lacks it in 2.21
 
 
 def backend_refusal(prefer: str | None) -> str | None:
@@ -44,10 +44,9 @@ def _interpreter_class(prefer: str | None = None) -> tuple[str, Any]:
         order = tuple(b for b in _BACKENDS if b[0] == prefer)
     for name, module in order:
         try:
-            mod = importlib.import_module(module)
-        except ImportError:
+            return name, importlib.import_module(module).Interpreter
+        except (ImportError, AttributeError):   # not installed, or a build without the interpreter
             continue
-        return name, mod.Interpreter
     raise ImportError("no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime on ARM)")
 
 

@@ -27,7 +27,8 @@ _LSTM = "lstm:v2"   # the LSTM alone's cached scores; v2: completions of a capit
 
 @contextmanager
 def stderr_to(path: Path) -> Iterator[None]:
-    """Send fd 2 to `path` meanwhile (LiteRT prints its delegate banner on every model load)."""
+    """Send fd 2 to `path` meanwhile: device workers and scorers print the runtime's delegate banner
+    (once per process) and TensorFlow's start-up lines, which belong in the run's logs, not its console."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "ab") as f:
