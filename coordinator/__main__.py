@@ -101,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     _listing(cmd("versions", "list versions with status, epsilon and decisions"))
     p = _listing(cmd("rounds", "list the newest rounds with their counts"))
     p.add_argument("--limit", type=count, default=ROUNDS_SHOWN, help="the newest N")
+    p.add_argument("--before", type=row_id, help="only rounds older than this id (the page before)")
     cmd("canary", "show the canary comparison of candidate vs stable")
     p = cmd("rejections", "list rejected updates with their reasons")
     p.add_argument("--round-id", type=round_id)
     p.add_argument("--limit", type=count, default=REJECTIONS_SHOWN, help="the newest N")
+    p.add_argument("--before", type=row_id, help="only rejections older than this id (the page before)")
     for action in VersionAction:
         p = cmd(action.value, action.help)   # the plain name: an enum member would print as its repr in usage errors
         p.add_argument("version_id")
@@ -161,6 +163,11 @@ def round_id(text: str) -> int:
     if not 1 <= value < 2**63:
         raise ValueError(text)
     return value
+
+
+def row_id(text: str) -> int:
+    """A listing's `--before`: the id of a round or a rejection, as `round_id` checks one."""
+    return round_id(text)
 
 
 # Commands that only read: they run on a data directory that cannot be written (a read-only
@@ -280,10 +287,11 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
         _print(c.status())
     elif a in ("versions", "rounds"):
         if a == "rounds":
-            got = c.list_rounds(args.limit)
+            got = c.list_rounds(args.limit, args.before)
             rows = got["rounds"]
-            if got["total"] > len(rows):
-                print(f"the newest {len(rows):,} of {got['total']:,} rounds; --limit N shows more", file=sys.stderr)
+            if got["next_before"] is not None:
+                print(f"{len(rows):,} of {got['total']:,} rounds; older ones: --before {got['next_before']}",
+                      file=sys.stderr)
         else:   # the table's columns need no privacy history: summaries, which do not parse them all
             rows = c.version_summaries() if _as_table(args.format) else c.list_versions()
         _print_list(a, rows, args.format)
@@ -299,11 +307,11 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
                   "settings in this database; give it the server's --profile, --config or --set to see its decision",
                   file=sys.stderr)
     elif a == "rejections":
-        got = c.rejections(args.round_id, args.limit)
+        got = c.rejections(args.round_id, args.limit, args.before)
         _print(got["rejections"])
-        if got["total"] > len(got["rejections"]):
-            print(f"the newest {len(got['rejections']):,} of {got['total']:,} rejections; --limit N shows more",
-                  file=sys.stderr)
+        if got["next_before"] is not None:
+            print(f"{len(got['rejections']):,} of {got['total']:,} rejections; older ones: --before "
+                  f"{got['next_before']}", file=sys.stderr)
     elif a in VERSION_ACTIONS:
         before = c.status() if a in ("pin", "unpin") else {}
         _print(c.admin_decide(args.version_id, a))

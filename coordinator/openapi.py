@@ -16,6 +16,9 @@ _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _COUNT = {"type": "number", "minimum": 0}  # finite: a non-finite metric is refused, not a verdict
 _ANY_OBJ = {"type": "object", "additionalProperties": True}
+_NULL_INT = {"type": "integer", "nullable": True}
+_PAGE = [{"name": "limit", "in": "query", "required": False, "schema": _INT},    # a listing's page
+         {"name": "before", "in": "query", "required": False, "schema": _INT}]
 _CHANNEL = {"type": "string", "enum": list(wire.USE_CHANNELS)}   # stable | canary
 
 
@@ -217,9 +220,12 @@ def build() -> dict[str, Any]:
             errors=(400, 404, 409))},
         "/v1/admin/canary": {"get": _op("Canary comparison of candidate vs stable", security="admin", errors=())},
         "/v1/admin/rounds": {
-            "get": _op("The newest `limit` (default 100) rounds, oldest first, and their `total`", security="admin",
-                       errors=(400,), ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}, "total": _INT}),
-                       params=[{"name": "limit", "in": "query", "required": False, "schema": _INT}]),
+            "get": _op("The newest `limit` (default 100, at most 1000) rounds below round `before`, oldest first, "
+                       "their `total`, and `next_before`, the `before` of the page older than this (null at the "
+                       "oldest)", security="admin", errors=(400,),
+                       ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}, "total": _INT,
+                                "next_before": _NULL_INT}),
+                       params=_PAGE),
             "post": _op("Start a round on the stable version", ok=_ref("Round"), ok_status="201", security="admin",
                         errors=(400, 409, 413), body=_obj(_ROUND_BODY))},
         "/v1/admin/rounds/{round_id}": {"get": _op("One round", ok=_ref("Round"), security="admin", params=rid,
@@ -228,13 +234,12 @@ def build() -> dict[str, Any]:
             "Close a round now (aggregate if it has the minimum; ?force=1 before the deadline)", ok=_ref("Round"),
             security="admin", errors=(404,),
             params=[*rid, {"name": "force", "in": "query", "required": False, "schema": _STR}])},
-        "/v1/admin/rejections": {"get": _op("The newest `limit` (default 1000) rejected updates with reasons, "
-                                            "oldest first, their `total` and `by_reason`", security="admin",
-                                            errors=(400, 404),
+        "/v1/admin/rejections": {"get": _op("The newest `limit` (default 1000, at most 10000) rejected updates "
+                                            "with an id below `before`, with reasons, oldest first; their `total`, "
+                                            "`by_reason`, and `next_before`, the `before` of the page older than "
+                                            "this (null at the oldest)", security="admin", errors=(400, 404),
                                             params=[{"name": "round_id", "in": "query", "required": False,
-                                                     "schema": _INT},
-                                                    {"name": "limit", "in": "query", "required": False,
-                                                     "schema": _INT}])},
+                                                     "schema": _INT}, *_PAGE])},
     }
     paths |= _secagg_paths(rid)
     return {

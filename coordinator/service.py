@@ -216,9 +216,9 @@ class Coordinator:
     def version_summaries(self) -> list[dict[str, Any]]:
         return views.version_summaries(self)
 
-    def list_rounds(self, limit: int = views.ROUNDS_SHOWN) -> dict[str, Any]:
-        """{"rounds": the newest `limit`, oldest first; "total": how many}."""
-        return views.list_rounds(self, limit)
+    def list_rounds(self, limit: int = views.ROUNDS_SHOWN, before: int | None = None) -> dict[str, Any]:
+        """{"rounds": the newest `limit` below round `before`, oldest first; "total"; "next_before"}."""
+        return views.list_rounds(self, limit, before)
 
     def round_counts(self) -> dict[str, int]:
         return views.round_counts(self)
@@ -229,9 +229,11 @@ class Coordinator:
     def get_round(self, round_id: int) -> dict[str, Any]:
         return views.get_round(self, round_id)
 
-    def rejections(self, round_id: int | None = None, limit: int = views.REJECTIONS_SHOWN) -> dict[str, Any]:
-        """{"rejections": the newest `limit`, oldest first; "total": how many; "by_reason": of each reason}."""
-        return views.rejections(self, round_id, limit)
+    def rejections(self, round_id: int | None = None, limit: int = views.REJECTIONS_SHOWN,
+                   before: int | None = None) -> dict[str, Any]:
+        """{"rejections": the newest `limit` below id `before`, oldest first; "total"; "by_reason": of
+        each reason; "next_before"}."""
+        return views.rejections(self, round_id, limit, before)
 
     def status(self) -> dict[str, Any]:
         return views.status(self)

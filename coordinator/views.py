@@ -131,16 +131,26 @@ def _by_reason(s: Session, where: list) -> dict[str, int]:
 
 
 ROUNDS_SHOWN = 100   # the newest rounds a listing holds unless asked for more
+ROUNDS_MOST = 1000   # at most this many a page (six queries a round): older ones by `before`
 
 
-def list_rounds(coord: Coordinator, limit: int = ROUNDS_SHOWN) -> dict[str, Any]:
-    """{"rounds": the newest `limit`, oldest first, "total": how many}. Bounded, since every round ever,
-    at six queries each, grows without limit: a coordinator that opens a round every few minutes
-    holds tens of thousands within months."""
+def _page(newest: list, limit: int, older: bool) -> int | None:
+    """The `before` that shows the page older than this one (its oldest id), or None: no more."""
+    return newest[-1].id if newest and older else None
+
+
+def list_rounds(coord: Coordinator, limit: int = ROUNDS_SHOWN, before: int | None = None) -> dict[str, Any]:
+    """{"rounds": the newest `limit` (with an id below `before`), oldest first; "total": how many in
+    all; "next_before": the `before` of the page older than this, None at the oldest}. Bounded,
+    since every round ever, at six queries each, grows without limit: a coordinator that opens a
+    round every few minutes holds tens of thousands within months."""
+    where = [] if before is None else [Round.id < before]
     with coord._sessions() as s:
-        newest = list(s.scalars(select(Round).order_by(Round.id.desc()).limit(limit)))
+        got = list(s.scalars(select(Round).where(*where).order_by(Round.id.desc()).limit(limit + 1)))
+        newest = got[:limit]
         total = int(s.scalar(select(func.count()).select_from(Round)) or 0)
-        return {"rounds": [round_dict(coord, s, r) for r in reversed(newest)], "total": total}
+        return {"rounds": [round_dict(coord, s, r) for r in reversed(newest)], "total": total,
+                "next_before": _page(newest, limit, len(got) > limit)}
 
 
 def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
@@ -154,19 +164,25 @@ def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
 
 
 REJECTIONS_SHOWN = 1000   # the newest rejections a listing holds unless asked for more
+REJECTIONS_MOST = 10_000   # at most this many a page: older ones by `before`
 
 
-def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJECTIONS_SHOWN) -> dict[str, Any]:
-    """The newest `limit` rejections (of one round, or of all), oldest first, how many there are and
-    how many of each reason. Bounded, since every rejection ever grows fast: with a goal of 1,000 a
-    round adds 300 late uploads."""
+def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJECTIONS_SHOWN,
+               before: int | None = None) -> dict[str, Any]:
+    """The newest `limit` rejections (of one round, or of all; with an id below `before`), oldest
+    first; how many there are and how many of each reason; and `next_before`, the `before` of the
+    page older than this (None at the oldest). Bounded, since every rejection ever grows fast: with
+    a goal of 1,000 a round adds 300 late uploads."""
     with coord._sessions() as s:
         where = _of_round(s, round_id)
-        newest = list(s.scalars(select(Rejection).where(*where).order_by(Rejection.id.desc()).limit(limit)))
+        page = where if before is None else [*where, Rejection.id < before]
+        got = list(s.scalars(select(Rejection).where(*page).order_by(Rejection.id.desc()).limit(limit + 1)))
+        newest = got[:limit]
         by_reason = _by_reason(s, where)
-        return {"rejections": [{"round_id": x.round_id, "device_id": x.device_id, "reason": x.reason,
+        return {"rejections": [{"id": x.id, "round_id": x.round_id, "device_id": x.device_id, "reason": x.reason,
                                 "message": x.message, "at": iso(x.created_at)} for x in reversed(newest)],
-                "total": sum(by_reason.values()), "by_reason": by_reason}
+                "total": sum(by_reason.values()), "by_reason": by_reason,
+                "next_before": _page(newest, limit, len(got) > limit)}
 
 
 def status(coord: Coordinator) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from coordinator.api.common import admin_auth, coord, json_body
 from coordinator.dashboard import dashboard_data
 from coordinator.errors import bad_request
 from coordinator.states import VERSION_ACTIONS
-from coordinator.views import REJECTIONS_SHOWN, ROUNDS_SHOWN
+from coordinator.views import REJECTIONS_MOST, REJECTIONS_SHOWN, ROUNDS_MOST, ROUNDS_SHOWN
 from protocol import wire
 
 bp = Blueprint("admin", __name__, url_prefix=f"{wire.API_PREFIX}/admin")
@@ -84,7 +84,7 @@ def canary() -> Response:
 @bp.get("/rounds")
 @admin_auth
 def rounds() -> Response:
-    return jsonify(coord().list_rounds(_limit(ROUNDS_SHOWN)))
+    return jsonify(coord().list_rounds(_limit(ROUNDS_SHOWN, ROUNDS_MOST), _before()))
 
 
 @bp.post("/rounds")
@@ -120,12 +120,24 @@ def rejections() -> Response:
     rid = request.args.get("round_id")
     if rid is not None and not (rid.isascii() and rid.isdigit() and 1 <= int(rid) <= wire.MAX_INT):
         raise bad_request("round_id must be a positive integer")
-    return jsonify(coord().rejections(int(rid) if rid else None, _limit(REJECTIONS_SHOWN)))
+    return jsonify(coord().rejections(int(rid) if rid else None, _limit(REJECTIONS_SHOWN, REJECTIONS_MOST), _before()))
 
 
-def _limit(default: int) -> int:
-    """A listing's `?limit=`: the newest N."""
+def _limit(default: int, most: int) -> int:
+    """A listing's `?limit=`: the newest N, at most `most` a page (a larger one read every row
+    ever in one request); older pages by `?before=`."""
     limit = request.args.get("limit", str(default))
-    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= wire.MAX_INT):
-        raise bad_request("limit must be a positive integer")
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= most):
+        raise bad_request(f"limit must be an integer from 1 to {most:,}; older pages: ?before= the answer's "
+                          "next_before")
     return int(limit)
+
+
+def _before() -> int | None:
+    """A listing's `?before=`: only ids below it (the answer's `next_before` is the next page's)."""
+    before = request.args.get("before")
+    if before is None:
+        return None
+    if not (before.isascii() and before.isdigit() and 1 <= int(before) <= wire.MAX_INT):
+        raise bad_request("before must be a positive integer (an answer's next_before)")
+    return int(before)

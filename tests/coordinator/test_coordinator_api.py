@@ -594,4 +594,41 @@ def test_the_rounds_listing_holds_the_newest_and_says_how_many(served, capsys):
                      "--database-url", cfg.resolved_database_url]) == 0
     out = capsys.readouterr()
     assert [r["round_id"] for r in json.loads(out.out)] == [every["rounds"][-1]["round_id"]]
-    assert "the newest 1 of 3 rounds; --limit N shows more" in out.err
+    assert f"1 of 3 rounds; older ones: --before {every['rounds'][-1]['round_id']}" in out.err
+
+
+def test_the_rounds_and_rejections_listings_page_back_to_the_oldest(served, capsys):
+    """Only the newest N could be listed: the rounds or rejections before them were out of reach but
+    by a larger ?limit=, and any limit was taken, so one request could read every row ever."""
+    ids = []
+    for _ in range(5):
+        ids.append(served.coord.start_round(goal_count=1, min_count=1))
+        served.coord.close_round(ids[-1], force=True)
+    seen, before = [], None
+    while True:
+        page = served.admin("GET", "/v1/admin/rounds?limit=2" + (f"&before={before}" if before else "")).json()
+        seen = [r["round_id"] for r in page["rounds"]] + seen
+        assert page["total"] == 5 and len(page["rounds"]) <= 2
+        before = page["next_before"]
+        if before is None:
+            break
+    assert seen == ids
+    for bad in ("limit=1001", "before=0", "before=x"):
+        r = served.admin("GET", f"/v1/admin/rounds?{bad}")
+        assert r.status_code == 400 and ("limit" if "limit" in bad else "before") in r.json()["message"]
+    from coordinator.updates import reject
+
+    for i in range(3):   # uploads to a round that is closed: each a row
+        reject(served.coord, f"dev-{i}", ids[-1], wire.E_LATE, "the round is closed")
+    every = served.admin("GET", "/v1/admin/rejections").json()
+    assert every["total"] == 3 and every["next_before"] is None
+    first = served.admin("GET", "/v1/admin/rejections?limit=2").json()
+    older = served.admin("GET", f"/v1/admin/rejections?limit=2&before={first['next_before']}").json()
+    assert [x["device_id"] for x in older["rejections"] + first["rejections"]] == ["dev-0", "dev-1", "dev-2"]
+    assert older["next_before"] is None and older["total"] == 3
+    assert served.admin("GET", "/v1/admin/rejections?limit=10001").status_code == 400
+    cfg = served.config
+    common = ["--format", "json", "--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    assert cli_main(["rounds", "--limit", "2", "--before", str(ids[2]), *common]) == 0
+    out = capsys.readouterr()
+    assert [r["round_id"] for r in json.loads(out.out)] == ids[:2] and "older ones" not in out.err

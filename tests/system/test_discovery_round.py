@@ -115,4 +115,4 @@ def test_a_discovery_round_needs_a_version_with_a_word_list_to_vote_over(tmp_pat
         s.coord.import_version(tmp_path / "v0")
         r = s.admin("POST", "/v1/admin/rounds", json={"discover_words": 8, "secure_aggregation": True})
         assert r.status_code == 400 and r.json()["message"].startswith("invalid round settings: "), r.text
-        assert s.coord.list_rounds() == {"rounds": [], "total": 0}
+        assert s.coord.list_rounds() == {"rounds": [], "total": 0, "next_before": None}

@@ -25,7 +25,7 @@ def test_admin_api_refuses_a_bad_plan(tmp_path, exported_version, body, named):
         s.coord.import_version(exported_version)
         r = s.admin("POST", "/v1/admin/rounds", json=body)
         assert r.status_code == 400 and named in r.json()["message"], r.text
-        assert s.coord.list_rounds() == {"rounds": [], "total": 0}
+        assert s.coord.list_rounds() == {"rounds": [], "total": 0, "next_before": None}
 
 
 def test_cli_refuses_clip_norm_zero_with_exit_2(tmp_path, capsys):
