@@ -19,12 +19,11 @@ from protocol.cli import interrupt_exits
 
 with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from edge_runtime import cache as text_cache
-    from edge_runtime import keyboard, paths
-    from edge_runtime.cache import CacheError, DamagedCacheError, disk_full, wipe_in_place
+    from edge_runtime import paths
+    from edge_runtime.cache import MAX_TEXT, CacheError, DamagedCacheError, disk_full, wipe_in_place
     from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
     from edge_runtime.forget import forget_learned
     from edge_runtime.identity import IdentityError, coordinator_key, readable_identity
-    from edge_runtime.keyboard_app import MAX_TEXT
     from edge_runtime.versions import VersionError, VersionStore
     from protocol.artifact import read_manifest
     from protocol.cli import (
@@ -168,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 page = None
                 try:
                     if cfg.keyboard_port:
+                        from edge_runtime import keyboard
+
                         page = keyboard.start_keyboard(cfg.data_dir, host=cfg.keyboard_host,
                                                        port=cfg.keyboard_port, config=cfg, cache=dev.cache,
                                                        allow_remote=args.keyboard_host is not None)
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                         page.stop()
                     dev.close()
         elif c == "keyboard":
+            from edge_runtime import keyboard
+
             stop = _stop_on_signals()
             keyboard.serve_keyboard(cfg.data_dir, model_dir=args.model, host=cfg.keyboard_host,
                                     port=cfg.keyboard_port, config=cfg, channel=args.channel,
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             key = coordinator_key(cfg.public_key, readable_identity(data_dir))
             print(_notices(VersionStore(data_dir, public_key=key).current()))
         return 0
-    except (ConfigError, IdentityError, keyboard.KeyboardError, *_loaded("edge_runtime.agent", "AgentError"),
+    except (ConfigError, IdentityError, *_loaded("edge_runtime.keyboard", "KeyboardError"),
+            *_loaded("edge_runtime.agent", "AgentError"),
             *_loaded("edge_runtime.client", "RejectedError")) as e:
         print(f"error: {e}", file=sys.stderr)      # the user's input or setting: exit 2, as argparse does
         return EXIT_USER_ERROR
@@ -246,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _loaded(module: str, *names: str) -> tuple[type[BaseException], ...]:
     """`names`, error classes of `module`, if this process imported it (one it did not import
-    raised none): the commands import the device loop (`agent`) and its network client only
-    where they need them, so `keyboard` runs without `requests`, the trainer or secure
-    aggregation."""
+    raised none): the commands import the device loop (`agent`), its network client and the
+    keyboard only where they need them, so `keyboard` runs without `requests`, the trainer or
+    secure aggregation, and `pause`, `wipe` and `type` without the keyboard's predictor."""
     mod = sys.modules.get(module)
     return () if mod is None else tuple(getattr(mod, name) for name in names)
 

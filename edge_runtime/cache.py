@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RETENTION_DAYS = 60.0
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024   # ~ months of typing; caps disk use and training time
 DEFAULT_HOLDOUT_FRACTION = 0.1
+MAX_TEXT = 16 * 1024   # characters of one commit (the page's and `type`'s) and of the text before the cursor
 
 # Field kinds whose text may be learned: an allow-list, so anything else (passwords, one-time
 # codes, card numbers, phone numbers, addresses, names, IBANs, kinds nobody anticipated, a

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from edge_runtime.cache import CacheError, DamagedCacheError, TextCache, disk_full, wipe_in_place
+from edge_runtime.cache import MAX_TEXT, CacheError, DamagedCacheError, TextCache, disk_full, wipe_in_place
 from edge_runtime.eligibility import ActivityClock
 from edge_runtime.errors import EdgeError, failure
 from edge_runtime.model_slot import ModelSlot
@@ -29,7 +29,6 @@ from protocol.text import plain_quotes, tokens, typed_chunks
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT = 16 * 1024          # characters of text before the cursor / committed text
 WARM_CLIENTS = 4              # clients whose text a new version is fed before it goes in (`_warm`)
 MAX_WORD = 100               # characters of a word removed from the suggestions
 MAX_CLIENTS = 32              # suggestion sessions kept (one per open page), least recent dropped

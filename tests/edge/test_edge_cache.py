@@ -457,7 +457,7 @@ def test_type_refuses_more_than_one_commit_holds_and_caches_nothing(tmp_path: Pa
     import io
 
     from edge_runtime.__main__ import main as cli_main
-    from edge_runtime.keyboard_app import MAX_TEXT
+    from edge_runtime.cache import MAX_TEXT
 
     TextCache(tmp_path).close()
     monkeypatch.setattr("sys.stdin", io.StringIO("word " * (MAX_TEXT // 5 + 1)))

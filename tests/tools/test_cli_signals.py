@@ -82,8 +82,10 @@ def test_the_arm_tool_cleans_up_on_sigterm_too(tmp_path):
 
 
 @pytest.mark.parametrize("package, module, argv", [
-    ("edge_runtime", "edge_runtime.keyboard", ["--help"]),
-    # the device loop, imported by the commands that use it only, once their arguments are read
+    ("edge_runtime", "edge_runtime.cache", ["--help"]),
+    # the keyboard and the device loop, imported by the commands that use them only, once their
+    # arguments are read
+    ("edge_runtime", "edge_runtime.keyboard", ["keyboard", "--data-dir", "{tmp}"]),
     ("edge_runtime", "edge_runtime.agent", ["enroll", "--data-dir", "{tmp}", "--coordinator", "http://127.0.0.1:9",
                                             "--enrollment-key", "k"]),
     ("coordinator", "coordinator.listing", ["--help"])])

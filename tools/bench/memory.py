@@ -68,7 +68,7 @@ def child(model: str, corpus: str, chars: int, base_ngram: str) -> dict[str, flo
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge_runtime.keyboard_app import MAX_TEXT
+    from edge_runtime.cache import MAX_TEXT
     from tools._cli import DEFAULT_CORPUS
 
     corpus = args.corpus or DEFAULT_CORPUS
