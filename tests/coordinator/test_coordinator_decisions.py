@@ -115,8 +115,12 @@ def test_canary_decision():
     # a 0.5-point tolerance, two words do not.
     assert rollout.decide([(_m("c", 39, words=150), _m("s", 40, words=150))] * 3, min_reports=3,
                           tolerance=0.005).action == rollout.PROMOTE
-    assert rollout.decide([(_m("c", 38, words=150), _m("s", 40, words=150))] * 3, min_reports=3,
-                          tolerance=0.005).action == rollout.REJECT
+    worse = rollout.decide([(_m("c", 38, words=150), _m("s", 40, words=150))] * 3, min_reports=3, tolerance=0.005)
+    assert worse.action == rollout.REJECT
+    # and the verdict says why its bar is not the tolerance (a report read "< -0.0067" under a
+    # tolerance of 0.005 with nothing saying why)
+    assert "-0.0067 (one word of a canary's 150 scored words, above the tolerance 0.005)" in worse.reason
+    assert "one word" not in d.reason   # a bar that is the tolerance needs no word
     # Devices that scored no words have no vote.
     assert rollout.decide([(_m("c", 0, 0), _m("s", 0, 0))] * 3, min_reports=2, tolerance=0).action == rollout.WAIT
     with pytest.raises(ValueError):
