@@ -118,19 +118,20 @@ def close_round(round_id: int) -> Response:
 @admin_auth
 def rejections() -> Response:
     rid = request.args.get("round_id")
-    if rid is not None and not (rid.isascii() and rid.isdigit() and 1 <= int(rid) <= wire.MAX_INT):
+    round_id = None if rid is None else _number(rid, wire.MAX_INT)
+    if rid is not None and round_id is None:
         raise bad_request("round_id must be a positive integer")
-    return jsonify(coord().rejections(int(rid) if rid else None, _limit(REJECTIONS_SHOWN, REJECTIONS_MOST), _before()))
+    return jsonify(coord().rejections(round_id, _limit(REJECTIONS_SHOWN, REJECTIONS_MOST), _before()))
 
 
 def _limit(default: int, most: int) -> int:
     """A listing's `?limit=`: the newest N, at most `most` a page (a larger one read every row
     ever in one request); older pages by `?before=`."""
-    limit = request.args.get("limit", str(default))
-    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= most):
+    limit = _number(request.args.get("limit", str(default)), most)
+    if limit is None:
         raise bad_request(f"limit must be an integer from 1 to {most:,}; older pages: ?before= the answer's "
                           "next_before")
-    return int(limit)
+    return limit
 
 
 def _before() -> int | None:
@@ -138,6 +139,16 @@ def _before() -> int | None:
     before = request.args.get("before")
     if before is None:
         return None
-    if not (before.isascii() and before.isdigit() and 1 <= int(before) <= wire.MAX_INT):
+    number = _number(before, wire.MAX_INT)
+    if number is None:
         raise bad_request("before must be a positive integer (an answer's next_before)")
-    return int(before)
+    return number
+
+
+def _number(text: str, most: int) -> int | None:
+    """A query's integer from 1 to `most`, or None. Its length first: past 4,300 digits int()
+    raises ValueError (Python's int_max_str_digits), which was answered 500, not 400."""
+    digits = text.lstrip("0")   # "007" was taken as 7, and still is
+    if not (text.isascii() and text.isdigit() and len(digits) <= len(str(most))):
+        return None
+    return int(digits) if 1 <= int(digits or "0") <= most else None

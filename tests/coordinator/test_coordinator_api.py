@@ -632,3 +632,14 @@ def test_the_rounds_and_rejections_listings_page_back_to_the_oldest(served, caps
     assert cli_main(["rounds", "--limit", "2", "--before", str(ids[2]), *common]) == 0
     out = capsys.readouterr()
     assert [r["round_id"] for r in json.loads(out.out)] == ids[:2] and "older ones" not in out.err
+
+
+@pytest.mark.parametrize("query", ["rounds?before=" + "9" * 5000, "rounds?limit=" + "1" * 5000,
+                                   "rejections?before=" + "9" * 5000, "rejections?round_id=" + "9" * 5000,
+                                   "rounds?limit=" + "0" * 5000 + "1"])
+def test_a_listings_number_too_long_for_int_is_a_400_not_a_500(served, query):
+    """`before`, `limit` and `round_id` were checked with str.isdigit() and then int(): past 4,300
+    digits int() raises ValueError (Python's int_max_str_digits), which the app answered 500.
+    Leading zeros are still taken ("007" is 7), however many."""
+    r = served.admin("GET", f"/v1/admin/{query}")
+    assert r.status_code == (200 if "limit=000" in query else 400), r.text
