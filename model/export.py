@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -92,51 +88,10 @@ def find_patches(tflite: bytes, cfg: ModelConfig) -> InferPatches:
     return patches
 
 
-BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
-
-
-@contextmanager
-def _without_banner() -> Iterator[None]:
-    """Keep the slim runtime's BANNER off fd 2 meanwhile; anything else written there comes back.
-
-    The runtime's C++ logger prints it once per process at the first invoke, past
-    TF_CPP_MIN_LOG_LEVEL, and no interpreter option sets its level (the one that silences it
-    drops XNNPACK itself). From the lint it reached the console of every `tools.pretrain` and
-    `tools.simulate` run. The lint runs on one thread of a command-line tool, so fd 2 can go to
-    a temporary file meanwhile; the devices' processes, which load models on several threads,
-    are left alone."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):   # no fd 2 to keep clean
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            try:
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            out = held.read().replace(BANNER, b"", 1)
-            while out:
-                out = out[os.write(2, out):]
-
-
 def lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray],
          patches: InferPatches | None = None) -> Counter:
     """Refuse Flex/custom ops; run one train step and one step in the slim interpreter, and check
     that `infer` with patched constants gives what `step` gives."""
-    with _without_banner():
-        return _lint(tflite, cfg, weights, patches)
-
-
-def _lint(tflite: bytes, cfg: ModelConfig, weights: dict[str, np.ndarray], patches: InferPatches | None) -> Counter:
     ops = list_ops(tflite)
     bad = sorted(op for op in ops if op.startswith("Flex") or not op.isupper())
     if bad:

@@ -44,9 +44,11 @@ def _interpreter_class(prefer: str | None = None) -> tuple[str, Any]:
         order = tuple(b for b in _BACKENDS if b[0] == prefer)
     for name, module in order:
         try:
-            return name, importlib.import_module(module).Interpreter
-        except (ImportError, AttributeError):   # not installed, or a build without the interpreter
+            mod = importlib.import_module(module)
+        except ImportError:
             continue
+        if (cls := getattr(mod, "Interpreter", None)) is not None:   # a build without it counts as none
+            return name, cls
     raise ImportError("no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime on ARM)")
 
 

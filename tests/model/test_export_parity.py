@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -133,34 +131,6 @@ def test_manifest_hashes_and_weight_order(exported_version, tmp_path):
     (tampered / artifact.WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(artifact.ArtifactError, match="sha256"):
         artifact.load_version(tampered)
-
-
-def test_the_lint_prints_no_delegate_banner(exported_version):
-    """"INFO: Created TensorFlow Lite XNNPACK delegate for CPU." reached the console of every
-    `tools.pretrain` and `tools.simulate` run from the lint, with TF_CPP_MIN_LOG_LEVEL=3 set. A
-    fresh process: the runtime prints it once per process."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    code = ("import sys\nfrom pathlib import Path\nfrom model.export import lint\nfrom protocol import artifact\n"
-            "d = Path(sys.argv[1])\nmanifest, weights = artifact.load_version(d)\n"
-            "lint((d / artifact.GRAPH).read_bytes(), manifest.architecture().model, weights)\n"
-            "print('linted', file=sys.stderr)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(exported_version)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300,
-                       check=False)
-    assert r.returncode == 0 and "linted" in r.stderr, r.stderr[-2000:]
-    assert "XNNPACK" not in r.stderr, r.stderr
-
-
-def test_what_else_the_lint_writes_to_stderr_still_comes_out(capfd):
-    from model import export
-
-    with export._without_banner():
-        os.write(2, b"before\n" + export.BANNER + b"after\n")
-    assert capfd.readouterr().err == "before\nafter\n"
 
 
 def test_the_tensorflow_interpreter_runs_a_version_as_the_slim_one_does(pair, exported_version):
