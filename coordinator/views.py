@@ -134,7 +134,7 @@ ROUNDS_SHOWN = 100   # the newest rounds a listing holds unless asked for more
 ROUNDS_MOST = 1000   # at most this many a page (six queries a round): older ones by `before`
 
 
-def _page(newest: list, limit: int, older: bool) -> int | None:
+def _page(newest: list, older: bool) -> int | None:
     """The `before` that shows the page older than this one (its oldest id), or None: no more."""
     return newest[-1].id if newest and older else None
 
@@ -150,7 +150,7 @@ def list_rounds(coord: Coordinator, limit: int = ROUNDS_SHOWN, before: int | Non
         newest = got[:limit]
         total = int(s.scalar(select(func.count()).select_from(Round)) or 0)
         return {"rounds": [round_dict(coord, s, r) for r in reversed(newest)], "total": total,
-                "next_before": _page(newest, limit, len(got) > limit)}
+                "next_before": _page(newest, len(got) > limit)}
 
 
 def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJ
         return {"rejections": [{"id": x.id, "round_id": x.round_id, "device_id": x.device_id, "reason": x.reason,
                                 "message": x.message, "at": iso(x.created_at)} for x in reversed(newest)],
                 "total": sum(by_reason.values()), "by_reason": by_reason,
-                "next_before": _page(newest, limit, len(got) > limit)}
+                "next_before": _page(newest, len(got) > limit)}
 
 
 def status(coord: Coordinator) -> dict[str, Any]:

@@ -497,3 +497,17 @@ def test_the_disk_the_devices_versions_take_is_said_up_front_and_measured(tmp_pa
     (tmp_path / "b").write_bytes(b"y" * 10)
     os.link(tmp_path / "a" / "f", tmp_path / "a" / "g")   # a file linked twice takes its bytes once
     assert bytes_on_disk(tmp_path) == 1010
+
+
+def test_a_version_inside_the_runs_it_would_delete_is_refused(tmp_path, exported_version):
+    """The report names the final version's directory under DIR/runs/ for reuse; given back as
+    --v0 with the same --data-dir, the run deleted it (rmtree of DIR/runs/<name>) before it
+    started. Refused, with how to keep it, and left where it is."""
+    kept = tmp_path / "sim" / "runs" / "federated" / "keyboard" / "models" / "v0009"
+    shutil.copytree(exported_version, kept)
+    r = subprocess.run([sys.executable, "-m", "tools.simulate", "--corpus", str(ROOT / "corpora" / "shakespeare.jsonl"),
+                        "--devices", "2", "--rounds", "1", "--data-dir", str(tmp_path / "sim"), "--v0", str(kept),
+                        "--no-central", "--no-progress"],
+                       env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 2 and "which this run deletes before it starts: copy the version out" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and (kept / "manifest.json").is_file()

@@ -151,9 +151,13 @@ def check_args(args: argparse.Namespace) -> None:
         name, value, side, limit = breaches[0]
         raise ValueError(f"--{name.replace('_', '-')} {number(value)} is {side} what a device accepts "
                          f"({number(limit)}, its default limit): every device would refuse the rounds")
+    runs = (Path(args.data_dir) / "runs").resolve()
     for flag, path in (("--v0", args.v0), ("--central", args.central)):
         if path and not (Path(path) / "manifest.json").is_file():
             raise ValueError(f"{flag} {path}: not a model version directory (no manifest.json)")
+        if path and runs in Path(path).resolve().parents:   # the report points at the final version there
+            raise ValueError(f"{flag} {path} is inside {runs}, which this run deletes before it starts: copy the "
+                             "version out (cp -r) and give the copy")
 
 
 # --- entry points -------------------------------------------------------------------------------
