@@ -157,12 +157,11 @@ def _read_capped(resp: requests.Response, max_bytes: int, what: str, *, deadline
         if len(resp.content) > max_bytes:
             raise ProtocolError(f"{what}: answer larger than {max_bytes} bytes")
         return
-    declared = resp.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    whole = _declared_length(resp)
+    if whole is not None and whole > max_bytes:
         resp.close()
-        raise ProtocolError(f"{what}: answer of {declared} bytes is larger than {max_bytes}")
+        raise ProtocolError(f"{what}: answer of {whole:,} bytes is larger than {max_bytes:,}")
     buf = bytearray()
-    whole = int(declared) if declared.isdigit() else None
     try:
         _read_into(resp, buf, max_bytes, what, whole, deadline, stop)
     except BaseException as e:
@@ -188,6 +187,17 @@ def _read_into(resp: requests.Response, buf: bytearray, max_bytes: int, what: st
         if time.monotonic() > deadline:
             resp.close()
             raise TransientError(f"{what}: the answer is too slow (it did not end within its deadline)")
+
+
+def _declared_length(resp: requests.Response) -> int | None:
+    """The reply's Content-Length, or None when it gives none that reads as a number. A hostile
+    one of 5,000 digits made int() raise ValueError (Python's int_max_str_digits), and one of
+    Latin-1 digits such as "²" passed isdigit() and failed int(): a crash, not a refusal. Past 18
+    digits it is larger than any body the device takes."""
+    text = resp.headers.get("Content-Length", "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 18 else 10 ** 18
 
 
 def _range_start(content_range: str | None) -> int | None:
