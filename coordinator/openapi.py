@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordinator.states import VERSION_ACTIONS
+from coordinator.views import REJECTIONS_MOST, ROUNDS_MOST
 from protocol import secagg_wire as sw
 from protocol import wire
 from protocol.plan import PLAN_FIELDS, REQUIRED_PLAN_FIELD_NAMES
@@ -17,9 +18,15 @@ _BOOL = {"type": "boolean"}
 _COUNT = {"type": "number", "minimum": 0}  # finite: a non-finite metric is refused, not a verdict
 _ANY_OBJ = {"type": "object", "additionalProperties": True}
 _NULL_INT = {"type": "integer", "nullable": True}
-_PAGE = [{"name": "limit", "in": "query", "required": False, "schema": _INT},    # a listing's page
-         {"name": "before", "in": "query", "required": False, "schema": _INT}]
 _CHANNEL = {"type": "string", "enum": list(wire.USE_CHANNELS)}   # stable | canary
+
+
+def _page(most: int) -> list[dict[str, Any]]:
+    """A listing's page parameters: `limit` up to `most`, `before` an id (the answer's next_before)."""
+    return [{"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": most}},
+            {"name": "before", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": wire.MAX_INT}}]
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -225,7 +232,7 @@ def build() -> dict[str, Any]:
                        "oldest)", security="admin", errors=(400,),
                        ok=_obj({"rounds": {"type": "array", "items": _ref("Round")}, "total": _INT,
                                 "next_before": _NULL_INT}),
-                       params=_PAGE),
+                       params=_page(ROUNDS_MOST)),
             "post": _op("Start a round on the stable version", ok=_ref("Round"), ok_status="201", security="admin",
                         errors=(400, 409, 413), body=_obj(_ROUND_BODY))},
         "/v1/admin/rounds/{round_id}": {"get": _op("One round", ok=_ref("Round"), security="admin", params=rid,
@@ -239,7 +246,7 @@ def build() -> dict[str, Any]:
                                             "`by_reason`, and `next_before`, the `before` of the page older than "
                                             "this (null at the oldest)", security="admin", errors=(400, 404),
                                             params=[{"name": "round_id", "in": "query", "required": False,
-                                                     "schema": _INT}, *_PAGE])},
+                                                     "schema": _INT}, *_page(REJECTIONS_MOST)])},
     }
     paths |= _secagg_paths(rid)
     return {

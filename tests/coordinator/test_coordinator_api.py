@@ -627,6 +627,10 @@ def test_the_rounds_and_rejections_listings_page_back_to_the_oldest(served, caps
     assert [x["device_id"] for x in older["rejections"] + first["rejections"]] == ["dev-0", "dev-1", "dev-2"]
     assert older["next_before"] is None and older["total"] == 3
     assert served.admin("GET", "/v1/admin/rejections?limit=10001").status_code == 400
+    doc = requests.get(served.url + wire.PATH_OPENAPI, timeout=5).json()   # and the document says the bounds
+    for path, most in (("/v1/admin/rounds", 1000), ("/v1/admin/rejections", 10_000)):
+        params = {p["name"]: p["schema"] for p in doc["paths"][path]["get"]["parameters"]}
+        assert params["limit"]["maximum"] == most and params["before"]["minimum"] == 1
     cfg = served.config
     common = ["--format", "json", "--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
     assert cli_main(["rounds", "--limit", "2", "--before", str(ids[2]), *common]) == 0
