@@ -228,6 +228,20 @@ def test_an_answer_cut_off_is_tried_again_and_said_as_such():
         CoordinatorClient(f"http://127.0.0.1:{port}").checkin(wire.CheckinRequest(eligible=True))
 
 
+@pytest.mark.parametrize("length", [b"9" * 5000, "\u00b2".encode("latin-1")])
+def test_a_content_length_int_cannot_read_is_refused_not_a_crash(length):
+    """A Content-Length of 5,000 digits made the device's int() raise ValueError (Python's limit of
+    4,300 digits), and one of a Latin-1 digit ("²") passed isdigit() and failed int(): an
+    exception no caller expects from a reply, instead of the client's own refusal."""
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + length
+              + b"\r\nConnection: close\r\n\r\n{}")
+    with answering_server(lambda head: answer) as url:
+        with pytest.raises(ClientError) as got:
+            CoordinatorClient(url).checkin(wire.CheckinRequest(eligible=True))
+    if len(length) > 1:
+        assert got.type is ProtocolError and "larger than" in str(got.value)
+
+
 def test_oversized_update_is_refused_locally():
     c, t = client_with(lambda req: (200, {}, b"{}"))
     meta = wire.UpdateMeta(round_id=1, base_version_id="v1", example_count=1, idempotency_key="k")
