@@ -9,6 +9,7 @@ in which the forbidden packages cannot be imported at all).
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 import textwrap
@@ -103,32 +104,31 @@ def test_edge_requirements_are_slim():
     assert not names & (FORBIDDEN | {"tensorflow-cpu", "flask-sqlalchemy", "tflite-model-maker"}), names
 
 
+def _loaded_by(imports: str, modules: set[str]) -> list[str]:
+    """Which of `modules` a fresh interpreter holds after `import {imports}`."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import {imports}
+        print(json.dumps(sorted(set({sorted(modules)!r}) & set(sys.modules))))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def test_the_keyboard_does_not_load_the_device_loop():
     """The keyboard process (`python -m edge_runtime keyboard`) suggests and caches only: the device
     loop, its HTTP client and the trainer cost it 12 MiB of imports for nothing (README, memory)."""
-    code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        import edge_runtime.keyboard, edge_runtime.__main__
-        loop = {{"requests", "edge_runtime.agent", "edge_runtime.client", "edge_runtime.trainer",
-                "edge_runtime.secagg_client", "edge_runtime.personalize"}}
-        print(sorted(loop & set(sys.modules)))
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+    loop = {"requests", "edge_runtime.agent", "edge_runtime.client", "edge_runtime.trainer",
+            "edge_runtime.secagg_client", "edge_runtime.personalize"}
+    assert _loaded_by("edge_runtime.keyboard, edge_runtime.__main__", loop) == []
 
 
 def test_the_cache_commands_do_not_load_the_keyboard():
     """`pause`, `resume`, `wipe` and `type` read and write the cache only: the keyboard's predictor,
     model slot and server were imported for them too, about 150 ms of a 420 ms start on a desktop
     core (several times that on a Pi)."""
-    code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        import edge_runtime.__main__
-        keyboard = {{"edge_runtime.keyboard", "edge_runtime.keyboard_app", "edge_runtime.model_slot",
-                    "edge_runtime.predictor", "edge_runtime.session"}}
-        print(sorted(keyboard & set(sys.modules)))
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+    keyboard = {"edge_runtime.keyboard", "edge_runtime.keyboard_app", "edge_runtime.model_slot",
+                "edge_runtime.predictor", "edge_runtime.session"}
+    assert _loaded_by("edge_runtime.__main__", keyboard) == []
