@@ -134,9 +134,11 @@ ROUNDS_SHOWN = 100   # the newest rounds a listing holds unless asked for more
 ROUNDS_MOST = 1000   # at most this many a page (six queries a round): older ones by `before`
 
 
-def _page(newest: list, older: bool) -> int | None:
-    """The `before` that shows the page older than this one (its oldest id), or None: no more."""
-    return newest[-1].id if newest and older else None
+def _newest(s: Session, query: Any, limit: int) -> tuple[list, int | None]:
+    """The first `limit` rows of `query` (newest first) and the `before` that shows the page older
+    than them (their oldest id), or None when there are no more: one row past the page tells."""
+    got = list(s.scalars(query.limit(limit + 1)))
+    return got[:limit], (got[limit - 1].id if len(got) > limit else None)
 
 
 def list_rounds(coord: Coordinator, limit: int = ROUNDS_SHOWN, before: int | None = None) -> dict[str, Any]:
@@ -146,11 +148,10 @@ def list_rounds(coord: Coordinator, limit: int = ROUNDS_SHOWN, before: int | Non
     round every few minutes holds tens of thousands within months."""
     where = [] if before is None else [Round.id < before]
     with coord._sessions() as s:
-        got = list(s.scalars(select(Round).where(*where).order_by(Round.id.desc()).limit(limit + 1)))
-        newest = got[:limit]
+        newest, older = _newest(s, select(Round).where(*where).order_by(Round.id.desc()), limit)
         total = int(s.scalar(select(func.count()).select_from(Round)) or 0)
         return {"rounds": [round_dict(coord, s, r) for r in reversed(newest)], "total": total,
-                "next_before": _page(newest, len(got) > limit)}
+                "next_before": older}
 
 
 def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
@@ -176,13 +177,12 @@ def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJ
     with coord._sessions() as s:
         where = _of_round(s, round_id)
         page = where if before is None else [*where, Rejection.id < before]
-        got = list(s.scalars(select(Rejection).where(*page).order_by(Rejection.id.desc()).limit(limit + 1)))
-        newest = got[:limit]
+        newest, older = _newest(s, select(Rejection).where(*page).order_by(Rejection.id.desc()), limit)
         by_reason = _by_reason(s, where)
         return {"rejections": [{"id": x.id, "round_id": x.round_id, "device_id": x.device_id, "reason": x.reason,
                                 "message": x.message, "at": iso(x.created_at)} for x in reversed(newest)],
                 "total": sum(by_reason.values()), "by_reason": by_reason,
-                "next_before": _page(newest, len(got) > limit)}
+                "next_before": older}
 
 
 def status(coord: Coordinator) -> dict[str, Any]:
