@@ -492,6 +492,11 @@ def test_the_disk_the_devices_versions_take_is_said_up_front_and_measured(tmp_pa
     note = disk_note("federated", 32, 15_792_478, tmp_path / "devices")
     assert note == ("federated: each device keeps 2 versions of 15.8 MB (the one in use and the previous one, as "
                     f"a phone keeps it for rollback): up to 1.01 GB under {tmp_path / 'devices'}")
+    # two worker processes: two devices at once may hold a third version (installing, or a canary evaluating)
+    with_workers = disk_note("federated", 32, 15_792_478, tmp_path / "devices", 2)
+    assert "one at a time per worker process (2) also holds a third" in with_workers
+    assert with_workers.endswith(f"up to 1.04 GB under {tmp_path / 'devices'}")   # 66 x 15.8 MB
+    assert "up to 47.4 MB" in disk_note("federated", 1, 15_792_478, tmp_path, 2)   # never more than the devices
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "f").write_bytes(b"x" * 1000)
     (tmp_path / "b").write_bytes(b"y" * 10)
@@ -511,3 +516,4 @@ def test_a_version_inside_the_runs_it_would_delete_is_refused(tmp_path, exported
                        env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 2 and "which this run deletes before it starts: copy the version out" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and (kept / "manifest.json").is_file()
+

@@ -43,8 +43,14 @@ def size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def disk_note(name: str, devices: int, per_version: int, where: Path) -> str:
-    """The line said before the devices enroll: how much disk their versions will take at most."""
+def disk_note(name: str, devices: int, per_version: int, where: Path, workers: int = 0) -> str:
+    """The line said before the devices enroll: how much disk their versions will take at most.
+    A device also holds a third version for a moment, while it installs a new one (before the
+    oldest is pruned) or evaluates a canary candidate; the devices run in `workers` processes, so
+    at most that many at once."""
+    peak = devices * KEPT_VERSIONS + min(workers, devices)
+    moment = (f"; one at a time per worker process ({workers}) also holds a third while it installs a version "
+              "or evaluates a candidate" if workers else "")
     return (f"{name}: each device keeps {KEPT_VERSIONS} versions of {size(per_version)} (the one in use and the "
-            f"previous one, as a phone keeps it for rollback): up to {size(devices * KEPT_VERSIONS * per_version)} "
+            f"previous one, as a phone keeps it for rollback{moment}): up to {size(peak * per_version)} "
             f"under {where}")

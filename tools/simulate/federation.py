@@ -234,7 +234,8 @@ def run_federation(name: str, args: argparse.Namespace, noise_multiplier: float,
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    console.print(disk_note(name, len(pop.users), version_bytes(v0), run_dir / "devices"), soft_wrap=True)
+    console.print(disk_note(name, len(pop.users), version_bytes(v0), run_dir / "devices", args.workers),
+                  soft_wrap=True)
     coord = CoordinatorProcess(run_dir / "coordinator", run_dir / "coordinator.log",
                                coordinator_settings(args))
     try:
