@@ -517,3 +517,17 @@ def test_a_version_inside_the_runs_it_would_delete_is_refused(tmp_path, exported
     assert r.returncode == 2 and "which this run deletes before it starts: copy the version out" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and (kept / "manifest.json").is_file()
 
+
+def test_a_log_that_cannot_open_leaves_stderr_and_the_open_files_as_they_were(tmp_path):
+    """`stderr_to` used to copy fd 2 before opening the log: a log that could not open leaked the copy."""
+    from tools.simulate.references import stderr_to
+
+    fds = sorted(os.listdir("/proc/self/fd"))
+    stat = os.fstat(2)
+    with pytest.raises(FileNotFoundError), stderr_to(tmp_path / "missing" / "eval.log"):
+        pass
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert (os.fstat(2).st_ino, os.fstat(2).st_dev) == (stat.st_ino, stat.st_dev)
+    with stderr_to(tmp_path / "eval.log"):   # and one that opens takes fd 2 meanwhile, then gives it back
+        os.write(2, b"banner\n")
+    assert (tmp_path / "eval.log").read_bytes() == b"banner\n" and sorted(os.listdir("/proc/self/fd")) == fds

@@ -30,8 +30,8 @@ def stderr_to(path: Path) -> Iterator[None]:
     """Send fd 2 to `path` meanwhile: device workers and scorers print the runtime's delegate banner
     (once per process) and TensorFlow's start-up lines, which belong in the run's logs, not its console."""
     sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as f:
+    with open(path, "ab") as f:   # opened first: a log that cannot open leaves fd 2 as it was, nothing leaked
+        saved = os.dup(2)
         os.dup2(f.fileno(), 2)
     try:
         yield
