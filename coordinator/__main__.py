@@ -158,9 +158,11 @@ def count(text: str) -> int:
 
 
 def round_id(text: str) -> int:
-    """A round id as the database holds one (a positive 63-bit integer); argparse says which is wrong."""
+    """A round id as the wire and the API bound one (`protocol.fields.MAX_INT`); argparse says which is wrong."""
+    from protocol.fields import MAX_INT
+
     value = int(text)
-    if not 1 <= value < 2**63:
+    if not 1 <= value <= MAX_INT:
         raise ValueError(text)
     return value
 

@@ -486,6 +486,9 @@ def test_cli_help_and_admin_commands(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["rejections", "--round-id", "99999999999999999999999", *common])
     assert e.value.code == 2 and "invalid round_id value" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:   # past the wire's bound, as the API refuses it, not only past SQL's
+        cli_main(["rounds", "--before", str(2**31), *common])
+    assert e.value.code == 2 and "invalid row_id value" in capsys.readouterr().err
     assert cli_main(["rejections", "--round-id", "12345", *common]) == 2     # no such round: not "[]"
     assert capsys.readouterr().err.strip() == "error: no round 12345"
     with pytest.raises(SystemExit) as e:              # the commands by name, not as enum reprs
