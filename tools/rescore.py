@@ -106,7 +106,7 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
         from tools.simulate.population import refuse_unfit_central
 
         refuse_unfit_central(central, v0, corpus)
-    pop = load_population(corpus, settings.get("devices"))
+    pop = load_population(corpus, settings.get("devices"), scored=settings.get("split", "test"))
     if pop.heldout_split != settings.get("heldout_pieces", 0):   # other words, which counts alone may not show
         raise ValueError(f"{corpus}: the run typed its held-out users' documents "
                          f"{'in pieces' if settings.get('heldout_pieces') else 'whole'}, and this release types them "
@@ -142,7 +142,7 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
                 more[key] = score_version(final, pop.heldout, words, personal=personal, pool=pool,
                                           workers=args.workers)
             say(f"  {key} (the run's final version): top-3 {more[key]['top3']:.1%}")
-    out: dict = {"heldout_users": pop.test_users, "heldout_words": total}
+    out: dict = {"heldout_users": pop.test_users, "heldout_words": total, "split": pop.scored}
     for weighting, got in (("run", run_side), ("every_word", more), ("every_user", more)):
         got["shippable"] = max((got["ngram_proxy"], got["proxy_lstm"]), key=lambda m: m["top3"])
         rows = {}
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=1))
         return 0
     heads = {"run": "the run's words", "every_word": "every word the same", "every_user": "every user the same"}
-    print(f"{out['heldout_users']} held-out users, {out['heldout_words']:,} scorable words; differences in points "
+    print(f"{out['heldout_users']} {'held-out' if out['split'] == 'test' else out['split']} users, "
+          f"{out['heldout_words']:,} scorable words; differences in points "
           "(95% interval over users)")
     for w, head in heads.items():
         print(f"\n{head}: {out[w]['words']:,} words of {out[w]['users']} users")

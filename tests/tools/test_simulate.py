@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -478,6 +479,11 @@ def test_the_report_says_where_the_final_version_is_and_keeps_the_keys_automatio
     assert f["final_version_dir"] == str(fed.final_dir) and f["final_version"] == "v0002-ab"
     assert f["devices_bytes"] == 1_010_000_000
     assert {"final_metrics", "global_metrics", "rounds", "name", "noise_multiplier"} <= set(f)
+    assert "validation users" not in md.read_text()
+    val = replace(pop, scored="validation")   # `--split validation`: the report says whose words these are
+    text = write_report(tmp_path, args, "python -m tools.simulate", val, refs, [fed], refs["keyboard_v0"], 60.0
+                        ).read_text()
+    assert "of the 1 validation users" in text and "Scored on the corpus's validation users" in text
 
 
 def test_the_disk_the_devices_versions_take_is_said_up_front_and_measured(tmp_path):
@@ -531,3 +537,26 @@ def test_a_log_that_cannot_open_leaves_stderr_and_the_open_files_as_they_were(tm
     with stderr_to(tmp_path / "eval.log"):   # and one that opens takes fd 2 meanwhile, then gives it back
         os.write(2, b"banner\n")
     assert (tmp_path / "eval.log").read_bytes() == b"banner\n" and sorted(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_recipe_is_tuned_on_validation_users_without_scoring_a_test_user(tmp_path):
+    """Tuning the recipe's defaults on the test users' scores wears out the held-out claim; the
+    simulator scored only them. `--split validation` scores the validation users instead, caches
+    their references apart, and the report says so."""
+    from tools.simulate.cli import build_parser
+    from tools.simulate.population import load_population
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 60, 4, seed=3)
+    split = split_users(read_corpus(str(corpus)), seed=0)
+    test, val = load_population(str(corpus), 4), load_population(str(corpus), 4, scored="validation")
+    assert set(test.heldout) == set(split.test) and set(val.heldout) == set(split.validation)
+    assert not set(val.heldout) & set(split.test) and val.test_users == len(split.validation)
+    assert val.who == "validation"
+    assert val.users == test.users   # the same devices train
+    from tools.simulate.references import words_key
+    assert words_key(corpus, 5000, val) != words_key(corpus, 5000, test)   # their references are cached apart
+    assert words_key(corpus, 5000, test) == f"{words_key(corpus, 5000, test).split(':')[0]}:5000:even-share"
+    args = build_parser().parse_args(["--corpus", str(corpus), "--split", "validation"])
+    assert args.split == "validation" and build_parser().parse_args(["--corpus", "c"]).split == "test"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--corpus", "c", "--split", "train"])   # trained on: nothing to learn from it

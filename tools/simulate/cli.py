@@ -95,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
     g.add_argument("--eval-words", type=int, default=DEFAULT_EVAL_WORDS,
                    help="held-out words scored per model: every word of the held-out users' scored halves up to this "
                         "many, past it an even share per user")
+    g.add_argument("--split", default="test", choices=["test", "validation"],
+                   help="the users scored, never trained on: test (the held-out users every claim is on) or "
+                        "validation (to tune a recipe without looking at the test users)")
     g.add_argument("--compare-dp", action="store_true",
                    help="also run the same federation with DP noise (--dp-noise-multiplier)")
     g.add_argument("--dp-noise-multiplier", type=float, default=0.005)
@@ -200,7 +203,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
     t0 = time.time()
     for path in (args.corpus, *proxy_files(args)):
         read_corpus(path)      # fail fast, with a clear message, before minutes of training
-    pop = load_population(args.corpus, args.devices, fewer=True)
+    pop = load_population(args.corpus, args.devices, fewer=True, scored=args.split)
     if len(pop.users) < args.devices:   # recorded as run, so tools.rescore finds the same devices
         from tools.prepare import one_writer_hint
         console.print(f"note: {args.corpus} has {count(len(pop.users), 'train user')}, so "
@@ -218,7 +221,7 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
         raise CorpusError(f"{args.corpus}: every device's user has one text of one sentence, and a device keeps "
                           "its newest text back to evaluate on, so no device would train; use users of 2+ texts")
     if pop.heldout_split:
-        console.print(pieces_note(pop.heldout_split, pop.test_users), soft_wrap=True)
+        console.print(pieces_note(pop.heldout_split, pop.test_users, f"{pop.who} users"), soft_wrap=True)
     if pop.leak:
         console.print(pop.leak, soft_wrap=True)
     if single:
@@ -231,14 +234,14 @@ def simulate(args: argparse.Namespace, command: str) -> SimulationResult:
         central = ensure_central(data, v0, args)
         scored = sum(1 for n in scored_words(pop.heldout, args.eval_words).values() if n)   # a sample past 100
         of = f"the {pop.test_users}" if scored == pop.test_users else f"{scored} of the {pop.test_users}"
-        console.print(f"scoring references on up to {args.eval_words:,} words of {of} held-out users...")
+        console.print(f"scoring references on up to {args.eval_words:,} words of {of} {pop.who} users...")
         (data / "runs").mkdir(exist_ok=True)
         refs = reference_scores(data, pop, args.corpus, proxy_files(args), v0, central, args.eval_words,
                                 data / "runs" / "eval.log", workers=args.workers, say=console.print)
         v0_metrics = refs["keyboard_v0"]
         available = sum(scored_words(pop.heldout).values())
         if v0_metrics["words"] < available:
-            console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the held-out users' scored "
+            console.print(f"note: {v0_metrics['words']:,} of the {available:,} words in the {pop.who} users' scored "
                           f"halves are scored, an even share per user; "
                           f"{getattr(args, 'eval_words_flag', '--eval-words')} {available} scores every one")
         for old in ("report.md", "report.json", "report.png"):   # they would describe runs/ being replaced

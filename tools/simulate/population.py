@@ -34,27 +34,37 @@ class Population:
     test_users: int
     heldout_split: int = 0                 # held-out users whose one document is typed in pieces
     leak: str = ""                         # tools.wordeval.leak_note: held-out text train users also have
+    scored: str = "test"                   # the part scored: test, or validation to tune without the test users
 
-def load_population(corpus: str, devices: int | None, *, fewer: bool = False) -> Population:
+    @property
+    def who(self) -> str:
+        """How reports name the scored users."""
+        return "held-out" if self.scored == "test" else "validation"
+
+def load_population(corpus: str, devices: int | None, *, fewer: bool = False, scored: str = "test") -> Population:
     """The `devices` train users with the most text (each device is one user; None: all of them;
     users of one text last, since they train nothing), and the held-out texts. A corpus with
     fewer train users is refused, or with `fewer` gives them all (the simulator says so).
 
     The users are split with seed 0, as tools.pretrain and tools.evaluate do, so the central
-    reference never trained on the held-out users."""
+    reference never trained on the held-out users. `scored` "validation" scores the validation
+    users instead: also never trained on, and tuning a recipe on them leaves the test users unseen."""
     from model.corpus import CorpusError, read_corpus, split_users
     records = read_corpus(corpus)
     split = split_users(records, seed=0)
-    if not split.test:
-        raise CorpusError(f"{corpus}: no held-out (test) users to evaluate on; the corpus needs more users")
+    if not split.part(scored):
+        raise CorpusError(f"{corpus}: no held-out ({scored}) users to evaluate on; the corpus needs more users")
     if devices is not None and len(split.train) < devices and not (fewer and split.train):
         from tools.prepare import one_writer_hint
         raise CorpusError(f"{corpus}: only {count(len(split.train), 'train user')}, fewer than --devices {devices}"
                           + one_writer_hint(corpus))
     ranked = sorted(split.train.items(), key=lambda kv: (trains_nothing(kv[1]), -sum(len(t) for t in kv[1]), kv[0]))
-    heldout, pieces = typed_in_pieces(split.test, one_document_corpus(records))   # its first paragraphs typed first
+    # a document typed in pieces: its first paragraphs typed first
+    heldout, pieces = typed_in_pieces(split.part(scored), one_document_corpus(records))
     return Population(users=ranked[:devices], heldout=heldout, train_users=len(split.train),
-                      test_users=len(split.test), heldout_split=pieces, leak=leak_note(split))
+                      test_users=len(split.part(scored)), heldout_split=pieces,
+                      leak=leak_note(split, scored, "held-out users" if scored == "test" else "validation users"),
+                      scored=scored)
 
 
 def trains_nothing(texts: list[str]) -> bool:

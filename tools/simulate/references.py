@@ -103,6 +103,17 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def words_key(corpus: Path, max_words: int, pop: Population) -> str:
+    """What the scored words depend on, in a cached score's key: the corpus's content, the budget
+    (per-user counts in `scored_words` order), how held-out documents are typed, and whose words."""
+    key = f"{_file_key(corpus)}:{max_words}:even-share"
+    if pop.heldout_split:   # held-out documents typed in pieces (`typed_in_pieces`): other words scored
+        key += ":pieces"
+    if pop.scored != "test":   # other users (the test users' keys stay as they were)
+        key += f":{pop.scored}"
+    return key
+
+
 def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str], v0: Path, central: Path | None,
                      max_words: int, quiet_log: Path, workers: int = 1,
                      pool: Executor | None = None, say: Callable[[str], None] | None = None) -> dict[str, dict]:
@@ -128,9 +139,7 @@ def reference_scores(data: Path, pop: Population, corpus: str, proxy: list[str],
     except (OSError, ValueError):
         cache = {}
     out: dict[str, dict] = {}
-    corpus_key = f"{_file_key(Path(corpus))}:{max_words}:even-share"   # per-user counts, `scored_words` order
-    if pop.heldout_split:   # held-out documents typed in pieces (`typed_in_pieces`): other words scored
-        corpus_key += ":pieces"
+    corpus_key = words_key(Path(corpus), max_words, pop)
     # The keyboard's score also depends on the base n-gram it mixes in (the shipped file).
     base = resolve()
     base_key = _file_key(base) if base is not None and base.is_file() else "no-base-ngram"

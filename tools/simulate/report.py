@@ -175,8 +175,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
         f"Command: `{command}`", "",
         f"Device corpus `{Path(args.corpus).name}`: {len(pop.users)} simulated devices (the {len(pop.users)} train "
         f"users with the most text of those with 2+ texts, of {pop.train_users}), evaluated on {words:,} words of "
-        f"{reached} of the "
-        f"{pop.test_users} held-out users ({'every word' if words == sum(available.values()) else 'an even share each'}"
+        f"{reached} of the {pop.test_users} {pop.who} users "
+        f"({'every word' if words == sum(available.values()) else 'an even share each'}"
         f"; the scored halves of all {pop.test_users} hold {sum(available.values()):,} words); proxy corpus "
         f"{proxy_names}. "
         f"{args.rounds} rounds, participation "
@@ -185,6 +185,8 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
         f"device; server {args.server_optimizer} (lr {args.server_lr}"
         f"{f', momentum {args.server_momentum}' if args.server_optimizer == 'fedavgm' else ''}). "
         f"Total {seconds / 60:.1f} min.", "",
+        *([f"Scored on the corpus's validation users (`--split {pop.scored}`), to tune a recipe on: issue "
+           "claims are made on the test users, the default.", ""] if pop.scored != "test" else []),
         "| model | top-1 | top-3 | KSR |", "|---|---:|---:|---:|",
     ]
     lines += [f"| {label} | {m['top1']:.1%} | {m['top3']:.1%} | {m['ksr']:.1%} |" for label, m in rows]
