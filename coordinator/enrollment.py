@@ -54,7 +54,9 @@ def enroll(coord: Coordinator, req: wire.EnrollRequest) -> wire.EnrollResponse:
     """A new device for the key; or, for a retry of an enrollment whose answer was lost (the same
     `request_id`), the device it made, with a new token (the first never arrived), using no more
     of the key. Only until that device first checks in (then its token did arrive, and a replay of
-    the request must not take the device over) and within `RETRY_WINDOW`."""
+    the request must not take the device over) and within `RETRY_WINDOW`. A key revoked or expired
+    since the first try still answers the retry: that device was enrolled already, and devices
+    enrolled keep working unless their key is revoked with them (`revoke_key(devices=True)`)."""
     token = keys.new_secret()
     request_hash = keys.hash_secret(req.request_id) if req.request_id else None
     try:
@@ -70,10 +72,12 @@ def _enroll(coord: Coordinator, req: wire.EnrollRequest, token: str, request_has
     with coord.tx() as s:
         ek = s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == keys.hash_secret(req.enrollment_key))
                       .with_for_update())   # a revocation (or another enrollment) waits, and sees this device
-        if ek is None or ek.revoked or (ek.expires_at is not None and utcnow() >= ek.expires_at):
+        if ek is None:
             raise ApiError(401, wire.E_UNAUTHORIZED, KEY_REFUSED)
         made = None if request_hash is None else s.scalar(select(Device).where(
             Device.enroll_request_hash == request_hash))
+        if made is None and (ek.revoked or (ek.expires_at is not None and utcnow() >= ek.expires_at)):
+            raise ApiError(401, wire.E_UNAUTHORIZED, KEY_REFUSED)
         if made is not None:
             if (made.enrollment_key_id != ek.id or made.revoked or made.last_seen_at is not None
                     or utcnow() - made.created_at > RETRY_WINDOW):

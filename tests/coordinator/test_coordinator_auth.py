@@ -83,6 +83,42 @@ def test_a_retried_enrollment_gets_the_same_device_until_it_checks_in(served):
     assert checkin(again.token).status_code == 200
 
 
+def test_a_retried_enrollment_gets_its_device_after_its_key_is_revoked_or_expires(served):
+    """A key revoked (or expired) between an enrollment and its retry left the device it made on
+    the coordinator, never to be reached, and the device without an enrollment: the retry was
+    refused as a new enrollment. The device was enrolled already, and a revoked key's devices keep
+    working; only a key revoked with its devices refuses it. A new request is still refused."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from coordinator.keys import hash_secret
+    from coordinator.models import utcnow
+
+    def enroll(key: str, request_id: str) -> requests.Response:
+        return requests.post(served.url + wire.PATH_ENROLL, timeout=5,
+                             json=wire.EnrollRequest(key, request_id=request_id).to_dict())
+
+    revoked, expired, with_devices = (served.coord.create_enrollment_key() for _ in range(3))
+    first = [wire.EnrollResponse.from_dict(enroll(k, rid).json())
+             for k, rid in ((revoked, "a1" * 16), (expired, "b2" * 16), (with_devices, "c3" * 16))]
+    served.coord.revoke_enrollment_key(key=revoked)
+    with served.coord.engine.begin() as c:
+        c.execute(text("UPDATE enrollment_keys SET expires_at = :t WHERE key_hash = :h"),
+                  {"t": utcnow() - timedelta(seconds=1), "h": hash_secret(expired)})
+    served.coord.revoke_enrollment_key(key=with_devices, devices=True)
+    for key, rid, made in ((revoked, "a1" * 16, first[0]), (expired, "b2" * 16, first[1])):
+        again = wire.EnrollResponse.from_dict(enroll(key, rid).json())
+        assert again.device_id == made.device_id and again.token != made.token
+        body = wire.CheckinRequest(eligible=True).to_dict()
+        assert requests.post(served.url + wire.PATH_CHECKIN, json=body, timeout=5,
+                             headers=wire.device_headers(again.device_id, again.token)).status_code == 200
+        _err(enroll(key, "d4" * 16), 401, wire.E_UNAUTHORIZED)   # no new device under it
+    _err(enroll(with_devices, "c3" * 16), 409, wire.E_CONFLICT)  # its devices were revoked with it
+    with served.coord.engine.begin() as c:   # no device made but the three first tries'
+        assert c.execute(text("SELECT count(*) FROM devices")).scalar() == 3
+
+
 def test_an_enrollment_key_is_listed_and_revoked_over_the_admin_api(served):
     key = served.coord.create_enrollment_key(label="leaked")
     dev = FakeDevice(served.url, key)
