@@ -269,7 +269,7 @@
         || field.selectionStart !== a.at || field.selectionEnd !== a.at || field.value[a.at - 1] !== " ") {
       return false;
     }
-    if (str !== " ") field.setRangeText(str + " ", a.at - 1, a.at, "end");
+    if (str !== " ") replaceUndoably(field, str + " ", a.at - 1, a.at);
     afterEdit(field);
     return true;
   }
@@ -454,7 +454,10 @@
     field.focus();
     if (punctuate(field, str)) return;
     autoSpace = null;
-    field.setRangeText(str, field.selectionStart, field.selectionEnd, "end");
+    // On the browser's undo stack, as typing is: set with setRangeText, the page's keys were not,
+    // and Ctrl+Z after them undid an older edit around them ("hey" tapped after a deleted text
+    // brought it back as "Heysee you…"), or nothing at all after "word. ".
+    replaceUndoably(field, str, field.selectionStart, field.selectionEnd);
     afterEdit(field);
   }
 
@@ -480,7 +483,7 @@
       if (start === 0) return;
       start = charBefore(field.value, start);
     }
-    field.setRangeText("", start, end, "end");
+    replaceUndoably(field, "", start, end);
     afterEdit(field);
   }
 
@@ -523,11 +526,26 @@
     }
     // Keep the caret in the text field: keys must not take focus.
     kb.addEventListener("mousedown", (e) => e.preventDefault());
+    // A held ⌫ repeats, as a phone's does: after HOLD_MS, a character every REPEAT_MS until it is
+    // let go (held, it took one character, and emptying a sentence took a tap a character).
+    kb.addEventListener("pointerdown", (e) => {
+      stopRepeat();
+      heldRepeated = false;
+      if (!e.target.closest('.key[data-key="backspace"]')) return;
+      repeatTimer = setTimeout(function tick() {
+        heldRepeated = true;
+        backspace(active);
+        repeatTimer = setTimeout(tick, REPEAT_MS);
+      }, HOLD_MS);
+    });
+    for (const ev of ["pointerup", "pointercancel", "pointerleave", "lostpointercapture"]) kb.addEventListener(ev, stopRepeat);
+    kb.addEventListener("contextmenu", (e) => e.preventDefault());   // a long press is a held key, not a menu
     kb.addEventListener("click", (e) => {
       const b = e.target.closest(".key");
       if (!b) return;
       const k = b.dataset.key;
       if (k === "shift") { setShift(!shift); return; }
+      if (k === "backspace" && heldRepeated) { heldRepeated = false; return; }   // the release of a held ⌫
       if (k === "backspace") backspace(active);
       else if (k === "enter") enter(active);
       else if (k === "space") insertText(active, " ");
@@ -538,6 +556,10 @@
       }
     });
   }
+
+  const HOLD_MS = 450, REPEAT_MS = 70;
+  let repeatTimer = null, heldRepeated = false;
+  function stopRepeat() { clearTimeout(repeatTimer); repeatTimer = null; }
 
   function setShift(on) {
     shift = on;

@@ -766,3 +766,37 @@ def test_on_a_phone_screen_nothing_scrolls_and_suggestions_are_thumb_sized(brows
         assert pg.locator("#keyboard").bounding_box()["y"] + pg.locator("#keyboard").bounding_box()["height"] <= 640
     finally:
         ctx.close()
+
+
+def test_the_pages_keys_are_undone_by_ctrl_z_and_a_held_backspace_repeats(page):
+    """The page's keys and the punctuation put before a tapped word's space were set with
+    setRangeText, off the browser's undo stack: Ctrl+Z after "hey" on the page's keys brought back
+    a text deleted before it, around them ("Heysee you…", then learned as a word), and after a
+    tapped "word. " did nothing at all. And a held ⌫ took one character."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("see you soon")
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Backspace")
+    tap_keys(page, "Hey")
+    page.keyboard.press("Control+z")
+    assert msg.input_value() in ("", "H", "He")            # the page's keys undone, not the deletion
+    msg.fill("")
+    page.keyboard.type("good mor")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    page.keyboard.type(".")
+    assert msg.input_value() == f"good {best}. "
+    page.keyboard.press("Control+z")
+    assert msg.input_value() == f"good {best} "
+    msg.fill("")
+    page.keyboard.type("one two three")
+    wait_strip(page)
+    page.hover('#keyboard [data-key="backspace"]')
+    page.mouse.down()
+    page.wait_for_timeout(1_000)
+    page.mouse.up()
+    assert len(msg.input_value()) <= len("one two three") - 3, msg.input_value()
+    held = msg.input_value()
+    page.wait_for_timeout(300)
+    assert msg.input_value() == held                        # stops when let go, no extra on release
