@@ -76,10 +76,17 @@
   // A poll answered after a change (pause, commit, clear) may describe the state before it:
   // every change bumps `epoch`, and a poll that saw the epoch move is dropped.
   let epoch = 0;
+  // A service that stopped answering (hung, or its machine suspended) left the last strip on
+  // show, dimmed, with nothing said: status polls and strips wait this long, then the strip says
+  // so, and a later answer brings it back. Long enough for a slow board's first strip of a long text.
+  const ANSWER_TIMEOUT_MS = 10000;
+  let polling = false;       // one status poll at a time: hung ones piled up in the browser's connections
   async function refreshStatus() {
+    if (polling) return;
+    polling = true;
     const mine = epoch;
     try {
-      const st = await api("/api/status");
+      const st = await api("/api/status", undefined, ANSWER_TIMEOUT_MS);
       setOffline(false);
       cacheTrouble = "";
       if (mine === epoch) renderStatus(st);
@@ -92,20 +99,25 @@
         $("#cached-count").textContent = "?";   // until it reads again, or Clear my history deletes it
         $("#cached-label").textContent = "sentences (unreadable: Clear my history deletes them)";
       } else {
-        setOffline(true);      // the next poll retries
+        setOffline(true, e.aborted);      // the next poll retries
       }
+    } finally {
+      polling = false;
     }
   }
   let cacheTrouble = "";     // said once per message, not on every poll
 
-  // When the device's process is gone, say so in the strip instead of emptying it silently.
-  let offline = false;
-  function setOffline(on) {
-    if (on === offline) return;
+  // When the device's process is gone, or does not answer, say so in the strip instead of emptying
+  // it silently (or leaving the last one on show).
+  let offline = false, offlineText = "";
+  function setOffline(on, hung = false) {
+    const text = hung ? "Keyboard service not answering: no suggestions" : "Keyboard service not running: no suggestions";
+    if (on === offline && (!on || text === offlineText)) return;
     offline = on;
     document.body.classList.toggle("offline", on);
     if (on) {
-      stripSays("offline", "Keyboard service not running: no suggestions");
+      offlineText = text;
+      stripSays("offline", text);
     } else if (active === message) {
       suggest();
     }
@@ -121,6 +133,8 @@
   function stripSays(state, text) {
     for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
     slots.middle.textContent = text;
+    // said to a screen reader too: it heard the last suggestions, and then nothing
+    if (text !== announced) { announced = text; $("#strip-said").textContent = text; }
     strip.dataset.state = state;
     delete strip.dataset.for;
   }
@@ -188,7 +202,7 @@
     const mine = ++seq;
     try {
       const text = textBeforeCursor();
-      const res = await api("/api/suggest", { client: clientId, text: recentPart(text) });
+      const res = await api("/api/suggest", { client: clientId, text: recentPart(text) }, ANSWER_TIMEOUT_MS);
       setOffline(false);
       // Focus may have moved to the private field meanwhile: a late answer must not replace its strip.
       // Nor is an answer shown for a text the cursor has left while a newer keystroke waits: its
@@ -197,7 +211,7 @@
       const stale = again && textBeforeCursor() !== text;
       if (mine > shownSeq && active === message && !stale) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
-      if (e.away && !e.aborted) setOffline(true);   // fetch itself failed: nobody is listening
+      if (e.away) setOffline(true, e.aborted);   // fetch itself failed (nobody is listening), or no answer came
       else if (e.status === 403 && active === message) noToken();
       else if (active === message) renderSuggestions([]);
     } finally {
@@ -261,7 +275,9 @@
   // space ("word. ", not "word ."), as on a phone keyboard, and a space typed then is that space
   // (it made two).
   let autoSpace = null;
-  const PUNCT = /^[.,!?;:]$/;
+  // A closing bracket too: "(see you tomorrow) ", not "(see you tomorrow )". Not a quote, which
+  // may as well open the next word.
+  const PUNCT = /^[.,!?;:)\]}]$/;
   function punctuate(field, str) {
     const a = autoSpace;
     autoSpace = null;
