@@ -264,11 +264,30 @@
   let replacing = false;
   function replaceUndoably(field, str, start, end) {
     field.focus();
+    if (start !== end && field.selectionStart === field.selectionEnd) {
+      undone.push({ field, start, end, value: field.value });
+      if (undone.length > 20) undone.shift();
+    }
     field.setSelectionRange(start, end);
     let done = false;
     replacing = true;
     try { done = document.execCommand("insertText", false, str); } catch (e) { done = false; } finally { replacing = false; }
     if (!done || field.value.slice(start, start + str.length) !== str) field.setRangeText(str, start, end, "end");
+  }
+
+  // The browser's undo gives back the range it replaced selected, as it was for the replacement:
+  // where the user had a caret (a tapped word's typed letters, a character the page's ⌫ took),
+  // the next key then erased it ("see you tomor", tap, Ctrl+Z, "r" gave "see you r"). After such
+  // an undo the caret goes to the range's end instead.
+  const undone = [];
+  function caretAfterUndo(field) {
+    const i = undone.findIndex((u) => u.field === field && u.value === field.value
+      && u.start === field.selectionStart && u.end === field.selectionEnd);
+    if (i >= 0) field.setSelectionRange(undone[i].end, undone[i].end);
+    if (i >= 0) undone.splice(i, 1);
+  }
+  for (const f of [message, privateField]) {
+    f.addEventListener("input", (e) => { if (e.inputType === "historyUndo") caretAfterUndo(f); });
   }
 
   // A tapped suggestion brings its own space; punctuation typed right after it goes before that

@@ -834,6 +834,32 @@ def test_the_pages_keys_are_undone_by_ctrl_z_and_a_held_backspace_repeats(page):
     assert msg.input_value() == held                        # stops when let go, no extra on release
 
 
+
+def test_an_undone_tap_or_page_backspace_leaves_a_caret_not_a_selection(page):
+    """Undoing a tapped word gave back its typed letters selected (as they were for the
+    replacement), so the next key erased them: "see you tomor", tap, Ctrl+Z, "r" gave "see you r".
+    The page's ⌫ undone gave back its character selected the same way."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("see you tomor")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')
+    page.keyboard.press("Control+z")
+    assert msg.input_value() == "see you tomor"
+    assert msg.evaluate("m => [m.selectionStart, m.selectionEnd]") == [13, 13]
+    page.keyboard.type("r")
+    assert msg.input_value() == "see you tomorr"
+    page.click('#keyboard [data-key="backspace"]')
+    assert msg.input_value() == "see you tomor"
+    page.keyboard.press("Control+z")
+    assert msg.input_value() == "see you tomorr"
+    assert msg.evaluate("m => [m.selectionStart, m.selectionEnd]") == [14, 14]
+    page.keyboard.press("Control+a")                          # a selection of the user's own is left as it was
+    page.keyboard.type("x")
+    page.keyboard.press("Control+z")
+    assert msg.evaluate("m => [m.selectionStart, m.selectionEnd]") == [0, 14]
+
+
 def test_a_service_that_stops_answering_is_said_in_the_strip_and_it_comes_back(page, device, monkeypatch):
     """A keyboard process that hung (stopped, its machine suspended) left the last strip on show,
     dimmed, with nothing said, for as long as it hung: strips and status polls waited forever.
