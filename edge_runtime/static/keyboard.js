@@ -265,7 +265,7 @@
   function replaceUndoably(field, str, start, end) {
     field.focus();
     if (start !== end && field.selectionStart === field.selectionEnd) {
-      undone.push({ field, start, end, value: field.value });
+      undone.push({ field, start, end, value: field.value, caret: field.selectionStart });
       if (undone.length > 20) undone.shift();
     }
     field.setSelectionRange(start, end);
@@ -278,12 +278,13 @@
   // The browser's undo gives back the range it replaced selected, as it was for the replacement:
   // where the user had a caret (a tapped word's typed letters, a character the page's ⌫ took),
   // the next key then erased it ("see you tomor", tap, Ctrl+Z, "r" gave "see you r"). After such
-  // an undo the caret goes to the range's end instead.
+  // an undo the caret goes back where it was (inside a word a tap replaced whole: "tomor|ow", not
+  // its end).
   const undone = [];
   function caretAfterUndo(field) {
     const i = undone.findIndex((u) => u.field === field && u.value === field.value
       && u.start === field.selectionStart && u.end === field.selectionEnd);
-    if (i >= 0) field.setSelectionRange(undone[i].end, undone[i].end);
+    if (i >= 0) field.setSelectionRange(undone[i].caret, undone[i].caret);
     if (i >= 0) undone.splice(i, 1);
   }
   for (const f of [message, privateField]) {
@@ -472,6 +473,7 @@
   function submitPrivate() {
     if (!privateField.value) return;
     privateField.value = "";
+    for (let i = undone.length - 1; i >= 0; i--) if (undone[i].field === privateField) undone.splice(i, 1);   // its text too
     toast("Private text cleared: never learned");
   }
 
@@ -566,7 +568,12 @@
     kb.addEventListener("pointerdown", (e) => {
       stopRepeat();
       heldRepeated = false;
-      if (!e.target.closest('.key[data-key="backspace"]')) return;
+      const key = e.target.closest('.key[data-key="backspace"]');
+      if (!key || e.button !== 0) return;
+      // Slid off the key it stops, as a pressed button is let go (the keyboard's own pointerleave
+      // let it delete on over the other keys); a touch pointer is captured by the key, and a move
+      // there is a pan the browser cancels (pointercancel).
+      key.addEventListener("pointerleave", stopRepeat, { once: true });
       repeatTimer = setTimeout(function tick() {
         heldRepeated = true;
         backspace(active);
@@ -574,6 +581,10 @@
       }, HOLD_MS);
     });
     for (const ev of ["pointerup", "pointercancel", "pointerleave", "lostpointercapture"]) kb.addEventListener(ev, stopRepeat);
+    // A release this page never hears (the window left with the button down: Alt+Tab, a system
+    // dialog) deleted on to the start of the message.
+    window.addEventListener("blur", stopRepeat);
+    document.addEventListener("visibilitychange", stopRepeat);
     kb.addEventListener("contextmenu", (e) => e.preventDefault());   // a long press is a held key, not a menu
     kb.addEventListener("click", (e) => {
       const b = e.target.closest(".key");

@@ -894,3 +894,49 @@ def test_a_service_that_stops_answering_is_said_in_the_strip_and_it_comes_back(p
         assert wait_strip(page)[1] and "not answering" not in page.locator("#strip-said").inner_text()
     finally:
         answer.set()
+
+
+def test_a_held_backspace_slid_off_its_key_stops_and_an_undone_tap_inside_a_word_keeps_its_caret(page):
+    """A held ⌫ stopped only when the pointer left the whole keyboard: slid onto "m" it deleted on.
+    And an undone tap on a word whose caret was inside it ("tomor|ow") put the caret at the word's
+    end, so the next letter went after "tomorow"."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("one two three four five")
+    wait_strip(page)
+    bs = page.locator('#keyboard [data-key="backspace"]').bounding_box()
+    m = page.locator('#keyboard [data-key="m"]').bounding_box()
+    page.mouse.move(bs["x"] + 5, bs["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(m["x"] + 5, m["y"] + 5, steps=3)
+    page.wait_for_timeout(1_200)
+    page.mouse.up()
+    assert msg.input_value() == "one two three four five"
+    msg.fill("")
+    page.keyboard.type("see you tomorow")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() != "see you tomorow"
+    page.keyboard.press("Control+z")
+    assert msg.input_value() == "see you tomorow"
+    assert msg.evaluate("m => [m.selectionStart, m.selectionEnd]") == [13, 13]
+
+
+def test_on_a_short_screen_a_toast_leaves_the_strip_in_view(browser, device):
+    """At 640x360 the toast (130 px from the phone's top) covered the strip's best word for 1.8 s
+    each time a sentence was learned, as the next word was being typed."""
+    ctx = browser.new_context(viewport={"width": 640, "height": 360})
+    try:
+        pg = ctx.new_page()
+        pg.goto(device["page_url"])
+        pg.locator("#message").focus()
+        pg.keyboard.type("Hello there. I will see you tomor")
+        wait_strip(pg)
+        pg.wait_for_function("() => document.querySelector('#toast').classList.contains('show')")
+        t, s = pg.locator("#toast").bounding_box(), pg.locator("#strip").bounding_box()
+        assert t["y"] + t["height"] <= s["y"] or t["y"] >= s["y"] + s["height"], (t, s)
+        assert 0 <= t["y"] and t["y"] + t["height"] <= 360
+    finally:
+        ctx.close()
