@@ -484,6 +484,7 @@ def test_the_report_says_where_the_final_version_is_and_keeps_the_keys_automatio
     text = write_report(tmp_path, args, "python -m tools.simulate", val, refs, [fed], refs["keyboard_v0"], 60.0
                         ).read_text()
     assert "of the 1 validation users" in text and "Scored on the corpus's validation users" in text
+    assert "stops early on them" in text   # the central reference chose its epoch on these users
 
 
 def test_the_disk_the_devices_versions_take_is_said_up_front_and_measured(tmp_path):

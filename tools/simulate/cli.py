@@ -97,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
                         "many, past it an even share per user")
     g.add_argument("--split", default="test", choices=["test", "validation"],
                    help="the users scored, never trained on: test (the held-out users every claim is on) or "
-                        "validation (to tune a recipe without looking at the test users)")
+                        "validation (to tune a recipe without looking at the test users; the central "
+                        "reference stopped early on them, so it reads a little high there)")
     g.add_argument("--compare-dp", action="store_true",
                    help="also run the same federation with DP noise (--dp-noise-multiplier)")
     g.add_argument("--dp-noise-multiplier", type=float, default=0.005)
