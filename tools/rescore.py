@@ -134,7 +134,7 @@ def rescore(data: Path, args: argparse.Namespace) -> dict:
             say(f"scoring the central reference on the run's {settings['eval_words']:,} words...")
             run_side["central"] = reference_scores(data, pop, corpus, proxy, v0, central, settings["eval_words"],
                                                    quiet, args.workers, pool, say)["central"]
-        say(f"scoring the references on {min(words, total):,} words of {pop.test_users} held-out users "
+        say(f"scoring the references on {min(words, total):,} words of {pop.test_users} {pop.who} users "
             f"(cached in {data / 'reference.json'})...")
         more = reference_scores(data, pop, corpus, proxy, v0, central, words, quiet, args.workers, pool, say)
         for key, personal in (("keyboard", True), ("global", False)):

@@ -127,7 +127,8 @@ def final_dir_note(fed: FederationResult) -> str:
             "into this --data-dir replaces it, so copy it to keep it)")
 
 
-def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], v0_metrics: dict) -> None:
+def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], v0_metrics: dict,
+               who: str = "held-out") -> None:
     """report.png: top-3 and keystroke savings of the deployed version by round, references as lines."""
     import matplotlib
 
@@ -156,7 +157,7 @@ def write_plot(path: Path, refs: dict[str, dict], feds: list[FederationResult], 
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle("FedKeys simulation: held-out users (x: candidate the canary did not promote)", fontsize=10)
+    fig.suptitle(f"FedKeys simulation: {who} users (x: candidate the canary did not promote)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -218,7 +219,7 @@ def write_report(data: Path, args: argparse.Namespace, command: str, pop: Popula
               "A handful of simulated devices cannot afford much noise: DP-FedAvg needs thousands of devices per "
               "round for a useful ε at this accuracy."]
     (data / "report.md").write_text("\n".join(lines) + "\n")
-    write_plot(data / "report.png", refs, feds, v0_metrics)
+    write_plot(data / "report.png", refs, feds, v0_metrics, pop.who)
     # heldout_pieces: held-out documents typed in pieces (`typed_in_pieces`); tools.rescore pairs by it
     payload = {"command": command, "settings": {**vars(args), "heldout_pieces": pop.heldout_split},
                "headline": [{"model": label, **m} for label, m in rows],
