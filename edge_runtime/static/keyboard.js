@@ -41,16 +41,17 @@
     };
     const ctl = timeoutMs ? new AbortController() : null;   // an answer that never comes is an error
     const timer = ctl && setTimeout(() => ctl.abort(), timeoutMs);
-    let resp;
+    let resp, data;
     try {
       resp = await fetch(path, ctl ? { ...opts, signal: ctl.signal } : opts);
+      // the body inside the timeout too: one that never finished left a poll (or a strip) waiting for good
+      data = await resp.json().catch((err) => { if (err.name === "AbortError") throw err; return {}; });
     } catch (err) {   // the browser's "Failed to fetch" said nothing a user can act on
       throw Object.assign(new Error(err.name === "AbortError" ? "the keyboard service did not answer"
         : "the keyboard service cannot be reached (is it running?)"), { away: true, aborted: err.name === "AbortError" });
     } finally {
       clearTimeout(timer);
     }
-    const data = await resp.json().catch(() => ({}));
     if (!resp.ok) throw Object.assign(new Error(data.message || ("HTTP " + resp.status)), { status: resp.status });
     return data;
   }
@@ -269,10 +270,13 @@
       if (undone.length > 20) undone.shift();
     }
     field.setSelectionRange(start, end);
+    const before = field.value;
     let done = false;
     replacing = true;
     try { done = document.execCommand("insertText", false, str); } catch (e) { done = false; } finally { replacing = false; }
-    if (!done || field.value.slice(start, start + str.length) !== str) field.setRangeText(str, start, end, "end");
+    // a deletion ("") is checked by the text changing: the slice test below always passes for it
+    const missed = str === "" ? field.value === before : field.value.slice(start, start + str.length) !== str;
+    if (!done || missed) field.setRangeText(str, start, end, "end");
   }
 
   // The browser's undo gives back the range it replaced selected, as it was for the replacement:
