@@ -152,6 +152,7 @@
   // --- suggestions ----------------------------------------------------------------------------
 
   let inFlight = false, again = false, seq = 0, shownSeq = 0;
+  let askedFor = null;       // the text before the cursor the strip in flight is for
 
   function textBeforeCursor() {
     return message.value.slice(0, message.selectionStart);
@@ -203,6 +204,7 @@
     const mine = ++seq;
     try {
       const text = textBeforeCursor();
+      askedFor = text;
       const res = await api("/api/suggest", { client: clientId, text: recentPart(text) }, ANSWER_TIMEOUT_MS);
       setOffline(false);
       // Focus may have moved to the private field meanwhile: a late answer must not replace its strip.
@@ -701,8 +703,13 @@
       if (!slots[slot].disabled) accept(slots[slot]);
     }
   });
-  // Cursor moves change the text before the cursor too.
-  message.addEventListener("keyup", (e) => { if (e.key.startsWith("Arrow") || e.key === "Home" || e.key === "End") suggest(); });
+  // Cursor moves change the text before the cursor too: any key that left the strip computed for
+  // another text (arrows, Home, End, and also Page Up/Down, Ctrl+A, Ctrl+Home, which it missed, so
+  // the first tap on a suggestion after them only refreshed the strip). A typed key has its own
+  // strip on the way already: asked for, or on show.
+  message.addEventListener("keyup", () => {
+    if (textBeforeCursor() !== (inFlight ? askedFor : strip.dataset.for)) suggest();
+  });
   message.addEventListener("click", () => suggest());
 
   privateField.addEventListener("focus", () => setActive(privateField));

@@ -940,3 +940,17 @@ def test_on_a_short_screen_a_toast_leaves_the_strip_in_view(browser, device):
         assert 0 <= t["y"] and t["y"] + t["height"] <= 360
     finally:
         ctx.close()
+
+
+def test_a_caret_moved_by_any_key_gets_its_strip_before_a_tap(page):
+    """Page Up, Ctrl+Home and Ctrl+A moved the caret without a new strip: the strip stayed on the
+    old text (dimmed), and the first tap on a suggestion only refreshed it."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("see you tomor")
+    wait_strip(page)
+    for keys in ("Control+Home", "PageDown", "Control+a"):
+        page.keyboard.press(keys)
+        page.wait_for_function("() => { const m = document.querySelector('#message'); "
+                               "return document.querySelector('#strip').dataset.for === "
+                               "m.value.slice(0, m.selectionStart); }", timeout=5_000)
