@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--central", help="the central reference's version directory (optional)")
     p.add_argument("--max-words", type=int, default=DEFAULT_EVAL_WORDS,
                    help="held-out words scored (past every word, an even share per user)")
+    p.add_argument("--split", default="test", choices=["test", "validation"],
+                   help="the users scored, never trained on: test (the held-out users every claim is on) or "
+                        "validation (to choose between rows without looking at the test users)")
     p.add_argument("--max-keystrokes", type=int, default=1500, help="keystrokes timed per row")
     p.add_argument("--base-ngram", default="", metavar="FILE", type=base_ngram_arg, help=BASE_NGRAM_HELP)
     p.add_argument("--ngram-bounds", type=int, default=0, metavar="DEVICES",
@@ -153,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         refuse_unfit_central(pathlib.Path(args.central), None, args.corpus)
     records = read_corpus(args.corpus)
     split = split_users(records, seed=0)
-    users, pieces = typed_in_pieces(split.test, one_document_corpus(records))
+    who = "held-out users" if args.split == "test" else "validation users"
+    users, pieces = typed_in_pieces(split.part(args.split), one_document_corpus(records))
     if pieces:
-        print(pieces_note(pieces, len(users)), file=sys.stderr)
-    if leak := leak_note(split):
+        print(pieces_note(pieces, len(users), who), file=sys.stderr)
+    if leak := leak_note(split, args.split, who):
         print(leak, file=sys.stderr)
     if not users:
-        raise ValueError(f"{args.corpus}: no held-out (test) users; the corpus needs more users")
+        raise ValueError(f"{args.corpus}: no held-out ({args.split}) users; the corpus needs more users")
     if not split.train:   # the central trigram is fitted on them
         raise ValueError(f"{args.corpus}: no train users for the central references; the corpus needs more users")
 
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--ngram-bounds must be >= 0")
     if args.ngram_bounds > len(split.train):
         raise ValueError(f"--ngram-bounds {args.ngram_bounds}: {args.corpus} has only {len(split.train)} train users")
-    texts = [t for t in split.texts("test") if t.strip()]
+    texts = [t for t in split.texts(args.split) if t.strip()]
 
     scored: set[int] = set()
 
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"no base n-gram at {base_path}: build it with `make v0`" if base_path else
                          "the ablation's rows compare parts of the keyboard: --base-ngram off leaves none to compare")
     base_once = f"{_mb(base_path.stat().st_size)} once"
-    print(f"{args.corpus}: {len(users)} held-out users, up to {args.max_words:,} words (the count scored follows "
+    print(f"{args.corpus}: {len(users)} {who}, up to {args.max_words:,} words (the count scored follows "
           f"the table), {args.max_keystrokes} keystrokes timed per row (thread CPU ms per keystroke)\n")
     print("| model | top-1 | top-3 | KSR | keystroke p50 / p99 ms | parameters | download |\n"
           "|---|---:|---:|---:|---:|---:|---|")
