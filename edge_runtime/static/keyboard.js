@@ -706,11 +706,12 @@
   // Cursor moves change the text before the cursor too: any key that left the strip computed for
   // another text (arrows, Home, End, and also Page Up/Down, Ctrl+A, Ctrl+Home, which it missed, so
   // the first tap on a suggestion after them only refreshed the strip). A typed key has its own
-  // strip on the way already: asked for, or on show.
+  // strip on the way already: asked for, or on show. The on-screen Shift follows the caret too (at
+  // a sentence's start it is on), as it follows typing.
   message.addEventListener("keyup", () => {
-    if (textBeforeCursor() !== (inFlight ? askedFor : strip.dataset.for)) suggest();
+    if (textBeforeCursor() !== (inFlight ? askedFor : strip.dataset.for)) { autoShift(); suggest(); }
   });
-  message.addEventListener("click", () => suggest());
+  message.addEventListener("click", () => { autoShift(); suggest(); });
 
   privateField.addEventListener("focus", () => setActive(privateField));
   privateField.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); submitPrivate(); } });

@@ -943,13 +943,15 @@ def test_on_a_short_screen_a_toast_leaves_the_strip_in_view(browser, device):
 
 def test_a_caret_moved_by_any_key_gets_its_strip_before_a_tap(page):
     """Page Up, Ctrl+Home and Ctrl+A moved the caret without a new strip: the strip stayed on the
-    old text (dimmed), and the first tap on a suggestion only refreshed it."""
+    old text (dimmed), and the first tap on a suggestion only refreshed it. Nor did the on-screen
+    Shift follow the caret to the text's start."""
     msg = page.locator("#message")
     msg.focus()
     page.keyboard.type("what say you to m")
     wait_strip(page)
-    for keys in ("Control+Home", "PageDown", "Control+a"):
+    for keys, shift in (("Control+Home", True), ("PageDown", False), ("Control+a", True)):
         page.keyboard.press(keys)
         page.wait_for_function("() => { const m = document.querySelector('#message'); "
                                "return document.querySelector('#strip').dataset.for === "
                                "m.value.slice(0, m.selectionStart); }", timeout=5_000)
+        assert shifted(page) is shift, keys   # the on-screen Shift follows the caret: on at the text's start
