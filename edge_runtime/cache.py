@@ -483,19 +483,21 @@ class TextCache:
         with self._held():
             return frozenset(self._removed_locked())
 
-    def change_removed(self, *, mark: str | None, add: str | None = None,
+    def change_removed(self, *, mark: str | None, add: str | None = None, back: str | None = None,
                        typed: Iterable[str] = ()) -> frozenset[str] | None:
-        """Remove `add` from the suggestions and count the removed words among `typed` (a committed
-        text's), bringing back one committed in TYPED_TO_RETURN texts since its removal: in one
-        transaction, and only if no wipe ran since `mark` (the caller's `wipe_mark`): a removal
-        racing a wipe must not write the words back. The removed words after it, or None after a wipe."""
+        """Remove `add` from the suggestions, bring `back` back (a removal undone), and count the
+        removed words among `typed` (a committed text's), bringing back one committed in
+        TYPED_TO_RETURN texts since its removal: in one transaction, and only if no wipe ran since
+        `mark` (the caller's `wipe_mark`): a removal racing a wipe must not write the words back.
+        The removed words after it, or None after a wipe."""
         with self._held(), self._transaction():
             if self._setting("wiped") != mark:
                 return None
             removed = self._removed_locked()
             if add is not None:
                 removed[nfc(add)] = [0, time.time()]
-            if _count_typed(removed, typed) or add is not None:
+            returned = back is not None and removed.pop(nfc(back), None) is not None
+            if _count_typed(removed, typed) or add is not None or returned:
                 self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
             return frozenset(removed)
 

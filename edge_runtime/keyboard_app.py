@@ -353,20 +353,28 @@ class KeyboardApp(UserWords):
     def remove_word(self, body: dict[str, Any]) -> dict[str, Any]:
         """Stop suggesting a word (a typo the keyboard learned, a name): whichever part proposes it,
         until the user commits it in `cache.TYPED_TO_RETURN` texts. Kept in the cache's settings, so
-        a restart keeps it; a wipe that races it wins (409)."""
+        a restart keeps it; a wipe that races it wins (409). With `"undo": true`, a removal taken
+        back (the page's Undo: a long press is easy to make by mistake)."""
         word = _str_field(body, "word", max_len=MAX_WORD)
         if word != word.strip() or any(c.isspace() for c in word):
             raise ApiError(400, "bad_request", "'word' must be one word, without spaces")
+        undo = body.get("undo", False)
+        if not isinstance(undo, bool):
+            raise ApiError(400, "bad_request", "'undo' must be true or false")
         self._see_outside_wipe(now=True)
         # As the strip ranks it and `_typed_again` counts it: "don\u2019t" is "don't" typed again
         # (and a decomposed "café" the composed one: the cache keeps removed words in NFC).
+        if undo:
+            self._change_removed(back=plain_quotes(word))
+            return {"restored": word, **self.status()}
         self._change_removed(add=plain_quotes(word))
         return {"removed": word, **self.status()}
 
-    def _change_removed(self, *, add: str | None = None, typed: list[str] | None = None) -> None:
+    def _change_removed(self, *, add: str | None = None, back: str | None = None,
+                        typed: list[str] | None = None) -> None:
         """One change of the removed words, in the cache first (atomically, unless a wipe came in
         since this process last looked), then in the user's words in memory."""
-        removed = self.cache.change_removed(mark=self._wipe_mark, add=add, typed=typed or ())
+        removed = self.cache.change_removed(mark=self._wipe_mark, add=add, back=back, typed=typed or ())
         if removed is None:   # wiped meanwhile: forget as after any wipe; nothing was written
             self._see_outside_wipe(now=True)
             if add is not None:

@@ -141,12 +141,23 @@
   }
 
   let toastTimer = null;
-  function toast(text) {
+  // `undo`, if given, is a function the toast offers as an Undo button, shown longer (5 s).
+  function toast(text, undo) {
     const t = $("#toast");
     t.textContent = text;
+    t.classList.toggle("actionable", !!undo);
+    if (undo) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "toast-undo";
+      b.textContent = "Undo";
+      b.addEventListener("mousedown", (e) => e.preventDefault());   // the caret stays in the text
+      b.addEventListener("click", () => { t.classList.remove("show", "actionable"); undo(); }, { once: true });
+      t.append(" ", b);
+    }
     t.classList.add("show");
     clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => t.classList.remove("show"), 1800);
+    toastTimer = setTimeout(() => t.classList.remove("show", "actionable"), undo ? 5000 : 1800);
   }
 
   // --- suggestions ----------------------------------------------------------------------------
@@ -648,11 +659,22 @@
     removing = word;
     try {
       await api("/api/remove-word", { word });
-      toast(`"${word}" is no longer suggested, until you type it again`);
+      // A long press is easy to make by mistake, and the word would stay away until typed in two
+      // more texts: the toast offers to take it back.
+      toast(`"${word}" is no longer suggested, until you type it again`, () => restoreWord(word));
     } catch (err) {
       toast("Could not remove it: " + err.message);
     } finally {
       removing = "";
+    }
+    if (active === message) suggest();
+  }
+  async function restoreWord(word) {
+    try {
+      await api("/api/remove-word", { word, undo: true });
+      toast(`"${word}" is suggested again`);
+    } catch (err) {
+      toast("Could not bring it back: " + err.message);
     }
     if (active === message) suggest();
   }

@@ -1034,8 +1034,14 @@ def test_a_removed_word_is_not_suggested_until_typed_again_and_a_restart_keeps_i
         for text in ("I saw te", "I saw teh cat and te", "I saw "):   # the text's own words too
             assert "teh" not in strip(s, text) and listed not in strip(s, text), text
         assert listed not in strip(s, "I saw th", client="t2")
-        for body in ({"word": "two words"}, {"word": ""}, {"word": " teh"}, {}):
+        for body in ({"word": "two words"}, {"word": ""}, {"word": " teh"}, {}, {"word": "teh", "undo": "yes"}):
             assert post(s, "api/remove-word", body).status_code == 400, body
+        # the page's Undo takes a removal back, at once
+        other = strip(s, "I saw th")[0]
+        assert post(s, "api/remove-word", {"word": other}).status_code == 200 and other not in strip(s, "I saw th")
+        r = post(s, "api/remove-word", {"word": other, "undo": True})
+        assert r.status_code == 200 and r.json()["restored"] == other and other in strip(s, "I saw th")
+        assert post(s, "api/remove-word", {"word": other, "undo": True}).status_code == 200   # twice: no-op
     with start_keyboard(device, model_dir=exported_version) as s:     # a restart keeps the removal
         assert "teh" not in strip(s, "I saw te") and "Teh" not in strip(s, "Te")   # its sentence-start form too
         # The sentence it was removed from, finished and committed, does not bring it back ...
@@ -1069,6 +1075,8 @@ def test_removed_words_race_no_wipe_and_expire_with_the_text(tmp_path, monkeypat
     monkeypatch.undo()
     c.enforce_retention()
     assert c.removed_words() == {"quokka"}                            # kept no longer than the text
+    assert c.change_removed(mark=new_mark, back="quokka") == frozenset() == c.removed_words()   # undone
+    assert c.change_removed(mark=mark, back="teh") is None            # an undo racing a wipe writes nothing
     c._db.execute("UPDATE settings SET value = 'not json' WHERE key = ?", (cache_mod.REMOVED_KEY,))
     assert c.removed_words() == frozenset()                           # a damaged record: empty, no error
     c.close()

@@ -186,6 +186,33 @@ def test_a_long_press_on_a_suggestion_stops_suggesting_that_word(page, device):
     assert strip[1] not in wait_strip(page)
 
 
+def test_a_word_removed_by_mistake_comes_back_with_the_toasts_undo(page, device):
+    """A long press is easy to make by mistake, and a removed word stayed away until it was typed
+    in two more texts: the toast offers Undo, which brings it back, in the strip and on disk."""
+    from edge_runtime.cache import REMOVED_KEY
+
+    def removed() -> str:
+        with sqlite3.connect(f"file:{device['dir'] / CACHE_DB}?mode=ro", uri=True) as db:
+            return db.execute("SELECT value FROM settings WHERE key = ?", (REMOVED_KEY,)).fetchone()[0]
+
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("teh cat sat on teh mat. ")
+    expect_count(page, 1)
+    page.keyboard.type("I saw te")
+    strip = wait_strip(page)
+    page.click(f'#strip [data-slot="{("left", "middle", "right")[strip.index("teh")]}"]', button="right")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
+    assert '"teh"' in removed()
+    page.click("#toast .toast-undo")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('suggested again')")
+    assert '"teh"' not in removed()
+    assert "teh" in wait_strip(page)
+    assert msg.input_value() == "teh cat sat on teh mat. I saw te"   # Undo typed nothing, and the caret stayed
+    page.keyboard.type("x")
+    assert msg.input_value().endswith("tex")
+
+
 def test_commit_grows_the_cache(page, device):
     msg = page.locator("#message")
     msg.focus()
