@@ -30,6 +30,15 @@ DEFAULT_PROXY = tuple(os.path.join(CORPORA, f) for f in ("gutenberg_mix.jsonl", 
 # of Shakespeare's (4,855) and the chat-room corpus's; of the e-mail corpus's 30,257, most of its 70
 # senders get 89 or 90 each, the lightest all of theirs.
 DEFAULT_EVAL_WORDS = 5000
+# `--split` of the tools that score users (tools.simulate, tools.ablation): users no model trained on
+SCORED_SPLITS = ("test", "validation")
+
+
+def scored_name(split: str) -> str:
+    """How the tools name the users of part `split` they score: the test users are the held-out ones."""
+    return "held-out" if split == "test" else split
+
+
 # `--base-ngram`: the device setting of that name (`EdgeConfig.base_ngram`, `edge_runtime.base_ngram`)
 BASE_NGRAM_HELP = "the keyboard's base n-gram file (default: the shipped one); off: none"
 

@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING
 
 from protocol.artifact import read_manifest
 from protocol.cli import HelpFormatter, Parser, add_version
-from tools._cli import BASE_NGRAM_HELP, DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, base_ngram_arg, run
+from tools._cli import (
+    BASE_NGRAM_HELP,
+    DEFAULT_CORPUS,
+    DEFAULT_EVAL_WORDS,
+    SCORED_SPLITS,
+    base_ngram_arg,
+    run,
+    scored_name,
+)
 from tools.shipped import SHIPPED_V0
 
 if TYPE_CHECKING:
@@ -43,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--central", help="the central reference's version directory (optional)")
     p.add_argument("--max-words", type=int, default=DEFAULT_EVAL_WORDS,
                    help="held-out words scored (past every word, an even share per user)")
-    p.add_argument("--split", default="test", choices=["test", "validation"],
+    p.add_argument("--split", default="test", choices=SCORED_SPLITS,
                    help="the users scored, never trained on: test (the held-out users every claim is on) or "
                         "validation (to choose between rows without looking at the test users)")
     p.add_argument("--max-keystrokes", type=int, default=1500, help="keystrokes timed per row")
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_unfit_central(pathlib.Path(args.central), None, args.corpus)
     records = read_corpus(args.corpus)
     split = split_users(records, seed=0)
-    who = "held-out users" if args.split == "test" else "validation users"
+    who = f"{scored_name(args.split)} users"
     users, pieces = typed_in_pieces(split.part(args.split), one_document_corpus(records))
     if pieces:
         print(pieces_note(pieces, len(users), who), file=sys.stderr)

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from protocol.cli import HelpFormatter, Parser, add_version
-from tools._cli import DEFAULT_PROXY, run, worker_pool
+from tools._cli import DEFAULT_PROXY, run, scored_name, worker_pool
 
 CLAIMS = (  # (label, federated side, reference, metric)
     ("keyboard vs central trigram, top-3", "keyboard", "ngram", "top3"),
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=1))
         return 0
     heads = {"run": "the run's words", "every_word": "every word the same", "every_user": "every user the same"}
-    print(f"{out['heldout_users']} {'held-out' if out['split'] == 'test' else out['split']} users, "
+    print(f"{out['heldout_users']} {scored_name(out['split'])} users, "
           f"{out['heldout_words']:,} scorable words; differences in points "
           "(95% interval over users)")
     for w, head in heads.items():

@@ -20,7 +20,16 @@ from typing import Any
 from edge_runtime.plan_guard import PlanFloor
 from protocol.cli import HelpFormatter, Parser, add_version
 from protocol.plan import floor_breaches, number
-from tools._cli import DEFAULT_CORPUS, DEFAULT_EVAL_WORDS, DEFAULT_PROXY, REPO, count, quiet_tensorflow, run
+from tools._cli import (
+    DEFAULT_CORPUS,
+    DEFAULT_EVAL_WORDS,
+    DEFAULT_PROXY,
+    REPO,
+    SCORED_SPLITS,
+    count,
+    quiet_tensorflow,
+    run,
+)
 from tools.simulate.devices import device_config
 from tools.simulate.errors import SimulationError
 from tools.simulate.federation import FederationResult, run_federation
@@ -95,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser, *, defaults: dict[str, Any] | None
     g.add_argument("--eval-words", type=int, default=DEFAULT_EVAL_WORDS,
                    help="held-out words scored per model: every word of the held-out users' scored halves up to this "
                         "many, past it an even share per user")
-    g.add_argument("--split", default="test", choices=["test", "validation"],
+    g.add_argument("--split", default="test", choices=SCORED_SPLITS,
                    help="the users scored, never trained on: test (the held-out users every claim is on) or "
                         "validation (to tune a recipe without looking at the test users; the central "
                         "reference stopped early on them, so it reads a little high there)")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools._cli import DEFAULT_PROXY, REPO, count
+from tools._cli import DEFAULT_PROXY, REPO, count, scored_name
 from tools.shipped import SHIPPED_V0, check_version
 from tools.simulate.errors import SimulationError
 from tools.wordeval import leak_note, one_document_corpus, typed_in_pieces
@@ -39,7 +39,7 @@ class Population:
     @property
     def who(self) -> str:
         """How reports name the scored users."""
-        return "held-out" if self.scored == "test" else "validation"
+        return scored_name(self.scored)
 
 def load_population(corpus: str, devices: int | None, *, fewer: bool = False, scored: str = "test") -> Population:
     """The `devices` train users with the most text (each device is one user; None: all of them;
@@ -63,7 +63,7 @@ def load_population(corpus: str, devices: int | None, *, fewer: bool = False, sc
     heldout, pieces = typed_in_pieces(split.part(scored), one_document_corpus(records))
     return Population(users=ranked[:devices], heldout=heldout, train_users=len(split.train),
                       test_users=len(split.part(scored)), heldout_split=pieces,
-                      leak=leak_note(split, scored, "held-out users" if scored == "test" else "validation users"),
+                      leak=leak_note(split, scored, f"{scored_name(scored)} users"),
                       scored=scored)
 
 
