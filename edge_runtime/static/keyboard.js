@@ -301,8 +301,9 @@
   function caretAfterUndo(field) {
     const i = undone.findIndex((u) => u.field === field && u.value === field.value
       && u.start === field.selectionStart && u.end === field.selectionEnd);
-    if (i >= 0) field.setSelectionRange(undone[i].caret, undone[i].caret);
-    if (i >= 0) undone.splice(i, 1);
+    if (i < 0) return;
+    field.setSelectionRange(undone[i].caret, undone[i].caret);
+    undone.splice(i, 1);
   }
   for (const f of [message, privateField]) {
     f.addEventListener("input", (e) => { if (e.inputType === "historyUndo") caretAfterUndo(f); });
