@@ -399,6 +399,15 @@ def test_punctuation_after_a_tapped_suggestion_goes_before_its_space(page, devic
     page.click('#strip [data-slot="middle"]')
     page.keyboard.type(")")
     assert page.locator("#message").input_value() == f"(what say you to {best}) "
+    # the space a mark moved stays the word's: a second mark goes before it too ("word.) ", not
+    # "word. )"), from the page's keys as from a physical one
+    page.locator("#message").fill("")
+    page.keyboard.type("(what say you to m")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    tap_keys(page, ".")
+    page.keyboard.type(")")
+    assert page.locator("#message").input_value() == f"(what say you to {best}.) "
 
 
 def test_auto_capitalisation_at_sentence_starts(page):
