@@ -10,6 +10,8 @@ exactly as an on-device keyboard would. API (JSON in, JSON out; POSTs need
     GET  /api/notices  -> {"version_id", "notices": [{"file", "text"}]}: the version's licence notices
     POST /api/suggest  {"client": id, "text": text before the cursor}
                        -> {"suggestions": [best, second, third], "version_id": ...}
+                       (or {"suggestions": [], "superseded": true, ...}: a newer one from the same
+                       client came in while this one waited for the model, which answers that one)
     POST /api/commit   {"text": ..., "field_kind": "message", "private": false, "client": id (optional),
                         "commit_id": id (optional: a commit sent again with the same id is not stored twice)}
                        -> {"cached": bool, "reason": ..., ...status}

@@ -58,6 +58,11 @@ class KeyboardApp(UserWords):
         self.cache, self.slot, self.activity = cache, slot, activity
         slot.follow(self._warm, self._swapped)   # a new version: the text being typed goes along
         self._sessions: OrderedDict[str, tuple[int, Session]] = OrderedDict()
+        # client -> the number of its newest keystroke (`suggest`): an older one still waiting for
+        # the model is answered without it
+        self._asked: OrderedDict[str, int] = OrderedDict()
+        self._asks = 0
+        self._asked_lock = threading.Lock()
         self._init_words()
         self._committed: OrderedDict[str, tuple[bool, str | None]] = OrderedDict()   # id -> (cached, reason)
         self._commit_ids = threading.Lock()   # commits one at a time, so an id is looked up after its first try
@@ -202,12 +207,15 @@ class KeyboardApp(UserWords):
         text = _str_field(body, "text", max_len=MAX_TEXT, allow_empty=True)
         if self.activity is not None:
             self.activity.note_keystroke()
+        mine = self._ask(client)
         try:
             self._see_outside_wipe()
         except CacheError as e:   # whether a wipe ran cannot be told: nothing learned outlives one
             self._cache_trouble(e)
         self._wait_for_count()
         with self.slot.lock:
+            if self._asked.get(client) != mine:   # a newer keystroke of this client waits behind it
+                return {"suggestions": [], "version_id": self.slot.version_id, "superseded": True}
             self.slot.refresh(wait=False)   # a new version loads on a thread; this strip is the old one's
             if self.slot.predictor is None:
                 return {"suggestions": [], "version_id": None}
@@ -224,6 +232,18 @@ class KeyboardApp(UserWords):
                 self._sessions.popitem(last=False)
             words = session.update(text, k=STRIP_WORDS)
         return {"suggestions": words, "version_id": self.slot.version_id}
+
+    def _ask(self, client: str) -> int:
+        """Number this keystroke of `client`'s as its newest. A page waits for one strip before it
+        asks the next, but gives up on one after 10 s: on a device that slow, the keystrokes it
+        gave up on would each still run the model, and the new one would wait behind them all."""
+        with self._asked_lock:
+            self._asks += 1
+            self._asked[client] = self._asks
+            self._asked.move_to_end(client)
+            while len(self._asked) > 4 * MAX_CLIENTS:
+                self._asked.popitem(last=False)
+            return self._asks
 
     def prefetch(self, client: str | None = None) -> None:
         """After the strip is sent, before the next keystroke: ready this client's session for a

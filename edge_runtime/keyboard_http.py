@@ -253,7 +253,8 @@ class KeyboardHandler(BaseHTTPRequestHandler):
         result = handler(body)
         self._json(200, result)
         idle = self.server.idle   # the idle work runs on its own thread: this one reads the next request
-        if path == "/api/suggest":   # once the strip is on the wire: use the time until the next keystroke
+        # once the strip is on the wire: use the time until the next keystroke
+        if path == "/api/suggest" and not result.get("superseded"):
             self._after = lambda: idle.submit(body["client"])
         elif path == "/api/commit" and result["cached"]:   # the user's words changed: ready again
             self._after = lambda: idle.submit(body.get("client"))

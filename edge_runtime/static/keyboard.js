@@ -223,7 +223,7 @@
       // strip comes next, and this one (the cursor stepped from "hel" to "he" and back) would
       // flash the words of a prefix no longer there.
       const stale = again && textBeforeCursor() !== text;
-      if (mine > shownSeq && active === message && !stale) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
+      if (mine > shownSeq && active === message && !stale && !res.superseded) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
     } catch (e) {
       if (e.away) setOffline(true, e.aborted);   // fetch itself failed (nobody is listening), or no answer came
       else if (e.status === 403 && active === message) noToken();

@@ -83,6 +83,41 @@ def test_suggest_is_incremental_per_client_and_best_first(server):
     assert a1["suggestions"] == direct   # the predictor's best-first order, unchanged
 
 
+def test_a_keystroke_waiting_behind_a_newer_one_of_its_client_is_not_run(server):
+    """A page gives up on a strip after 10 s and asks for the next: the keystroke it gave up on,
+    still waiting for the model, is answered without it, and the newer one gets the strip."""
+    app, answers = server.app, {}
+
+    def ask(name: str, text: str) -> None:
+        answers[name] = post(server, "api/suggest", {"client": "a", "text": text}).json()
+
+    def asked(n: int) -> None:   # the request has been numbered (it waits for the lock next)
+        deadline = time.monotonic() + 10
+        while app._asks < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert app._asks >= n
+
+    start = app._asks
+    with app.slot.lock:   # the model busy with something else (a slow board's keystroke)
+        old = threading.Thread(target=ask, args=("old", "I pray yo"))
+        old.start()
+        asked(start + 1)
+        new = threading.Thread(target=ask, args=("new", "I pray you, t"))
+        new.start()
+        asked(start + 2)
+        other = threading.Thread(target=lambda: answers.update(
+            b=post(server, "api/suggest", {"client": "b", "text": "I pray yo"}).json()))
+        other.start()   # another client's keystroke is its own newest
+        asked(start + 3)
+    for t in (old, new, other):
+        t.join(10)
+    assert answers["old"]["suggestions"] == [] and answers["old"]["superseded"] is True
+    assert "superseded" not in answers["new"] and "superseded" not in answers["b"]
+    with app.slot.lock:
+        assert answers["new"]["suggestions"] == app.slot.predictor.session().update("I pray you, t")
+        assert answers["b"]["suggestions"] == app.slot.predictor.session().update("I pray yo")
+
+
 def test_the_space_after_a_word_is_readied_between_keystrokes(server):
     """After answering a keystroke the server readies the session for a space (`Session.prefetch`);
     the answer to that space is the strip a fresh session gives."""
