@@ -435,6 +435,30 @@ def test_auto_capitalisation_at_sentence_starts(page):
     assert page.locator("#message").input_value().endswith("Yes. 'No")
 
 
+def test_the_pronoun_typed_in_lower_case_is_written_I(page):
+    """"i", "i'm", "i'll" typed in lower case become "I", "I'm", "I'll" at the space or mark typed
+    after them, from a physical key or the page's own, and a tapped "i'm" goes in as "I'm"; other
+    words, "i.e." and a private field's text are left as typed, and Ctrl+Z takes it back."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("so i think i'm sure, i'll go (i) hi pi i.e. ok")
+    assert msg.input_value() == "so I think I'm sure, I'll go (I) hi pi i.e. ok"
+    tap_keys(page, " and i ")
+    assert msg.input_value().endswith(" ok and I ")
+    page.keyboard.press("Control+z")                      # the correction is one undoable edit
+    assert msg.input_value().endswith(" ok and i")
+    # a tapped suggestion in the pronoun's lower case (the device's word list has chat's "i'm")
+    page.route("**/api/suggest", lambda route: route.fulfill(
+        json={"suggestions": ["i'm", "in", "it"], "version_id": "v"}))
+    page.keyboard.type(" we i")
+    page.wait_for_function("() => document.querySelector('#strip [data-slot=\"middle\"]').dataset.word === \"i'm\"")
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value().endswith(" we I'm ")
+    page.locator("#private-field").focus()
+    page.keyboard.type("i think ")
+    assert page.locator("#private-field").input_value() == "i think "
+
+
 def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
     data_dir = tmp_path / "fresh"
     vid = read_manifest(exported_version).version_id
