@@ -313,8 +313,7 @@
 
   // A tapped suggestion brings its own space; punctuation typed right after it goes before that
   // space ("word. ", not "word ."), as on a phone keyboard, and a space typed then is that space
-  // (it made two). The space a mark moved is still the word's: a second mark goes before it too
-  // ("word.) ", "word?! ", not "word. )"), but a space typed after a mark is the user's own.
+  // (it made two).
   let autoSpace = null;
   // A closing bracket too: "(see you tomorrow) ", not "(see you tomorrow )". Not a quote, which
   // may as well open the next word.
@@ -322,13 +321,15 @@
   function punctuate(field, str) {
     const a = autoSpace;
     autoSpace = null;
-    if (field !== message || !(PUNCT.test(str) || (str === " " && !a?.moved)) || !a || a.value !== field.value
+    if (field !== message || !(PUNCT.test(str) || str === " ") || !a || a.value !== field.value
         || field.selectionStart !== a.at || field.selectionEnd !== a.at || field.value[a.at - 1] !== " ") {
       return false;
     }
     if (str !== " ") {
       replaceUndoably(field, str + " ", a.at - 1, a.at);
-      autoSpace = { value: field.value, at: field.selectionStart, moved: true };
+      // Still the tapped word's space, now after the mark: a space typed next is that space too
+      // ("word.  Next" had two), and a second mark goes before it ("word... ", "(word.) ").
+      autoSpace = { value: field.value, at: field.selectionStart };
     }
     afterEdit(field);
     return true;

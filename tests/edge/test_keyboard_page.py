@@ -390,8 +390,8 @@ def test_punctuation_after_a_tapped_suggestion_goes_before_its_space(page, devic
     word = page.locator("#message").input_value().split()[-1]
     page.keyboard.type(",")
     assert page.locator("#message").input_value().endswith(f"I pray you {word}, ")
-    page.keyboard.type(" .")
-    assert page.locator("#message").input_value().endswith(f"{word},  .")
+    page.keyboard.type(" .")    # the space typed after the comma is the one already there
+    assert page.locator("#message").input_value().endswith(f"{word}, .")
     # a closing bracket closes the word, not the space after it ("(see you tomorrow )")
     page.locator("#message").fill("")
     page.keyboard.type("(what say you to m")
@@ -408,6 +408,33 @@ def test_punctuation_after_a_tapped_suggestion_goes_before_its_space(page, devic
     tap_keys(page, ".")
     page.keyboard.type(")")
     assert page.locator("#message").input_value() == f"(what say you to {best}.) "
+
+
+def test_a_space_typed_after_punctuation_that_follows_a_tapped_word_is_its_space(page, device):
+    """The tapped word's space moves after a "." typed next ("word. "); a space typed then, as
+    everyone types after a full stop, made two ("word.  Next"), on the page's keys and on a
+    physical keyboard alike; and a second mark went after the space ("word. .", "word. )")."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("what say you to m")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    tap_keys(page, ". ")                                  # on-screen keys
+    assert msg.input_value() == f"what say you to {best}. "
+    page.keyboard.type("I pray you ")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')
+    word = msg.input_value().split()[-1]
+    page.keyboard.type("? ok")                            # a physical keyboard
+    assert msg.input_value().endswith(f"I pray you {word}? ok")
+    page.keyboard.type(" then ")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')
+    word = msg.input_value().split()[-1]
+    page.keyboard.type("...)")                            # an ellipsis, a bracket: before the space
+    assert msg.input_value().endswith(f" then {word}...) ")
+    expect_count(page, 3)
+    assert rows(device["dir"])[0] == f"what say you to {best}."
 
 
 def test_auto_capitalisation_at_sentence_starts(page):
