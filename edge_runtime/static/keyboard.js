@@ -601,7 +601,9 @@
         b.className = "key" + (k in LABELS ? " fn fn-" + k : "");
         b.dataset.key = k;
         b.textContent = LABELS[k] || k;
-        b.setAttribute("aria-label", ARIA[k] || k);
+        // A letter's name is its text, which Shift changes ("Q"); Shift says whether it is on.
+        if (k in ARIA) b.setAttribute("aria-label", ARIA[k]);
+        if (k === "shift") b.setAttribute("aria-pressed", "false");
         r.appendChild(b);
       }
       kb.appendChild(r);
@@ -656,6 +658,7 @@
     shift = on;
     const kb = $("#keyboard");
     kb.classList.toggle("shifted", on);
+    kb.querySelector('[data-key="shift"]')?.setAttribute("aria-pressed", String(on));
     for (const b of kb.querySelectorAll(".key:not(.fn)")) {
       b.textContent = on ? b.dataset.key.toUpperCase() : b.dataset.key;
     }

@@ -773,6 +773,25 @@ def test_suggestions_are_taken_from_the_keyboard_and_announced_best_first(page):
     assert page.locator("#message").input_value() == f"what {left} "
 
 
+def test_a_screen_reader_hears_the_on_screen_shift_and_the_letters_it_types(page):
+    """The letter keys' names stayed lower case while Shift showed them upper case ("q" read
+    for a key that types "Q"), Shift said nothing of being on or off, and the keyboard's own
+    name was on an element without a role, so no screen reader had it."""
+    from playwright.sync_api import expect
+
+    page.click("#message")
+    kb = page.get_by_role("group", name="On-screen keyboard")
+    shift = kb.get_by_role("button", name="Shift")
+    expect(shift).to_have_attribute("aria-pressed", "true")          # the message's start: on
+    expect(kb.get_by_role("button", name="Q", exact=True)).to_have_count(1)
+    page.click('#keyboard [data-key="q"]')
+    expect(shift).to_have_attribute("aria-pressed", "false")
+    expect(kb.get_by_role("button", name="q", exact=True)).to_have_count(1)
+    expect(kb.get_by_role("button", name="Q", exact=True)).to_have_count(0)
+    assert kb.get_by_role("button", name="Space", exact=True).count() == 1
+    assert page.locator("#message").input_value() == "Q"
+
+
 def test_on_a_mac_control_and_a_digit_take_a_suggestion(page):
     """On a Mac Option+1 types "¡", so a keyboard-only user could take no suggestion there:
     Control+1, 2, 3 take them, and the strip says so to a screen reader."""
