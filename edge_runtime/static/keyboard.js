@@ -389,6 +389,12 @@
   const COMMIT_TIMEOUT_MS = 15000;
   let unsaved = [], saving = Promise.resolve(), generation = 0;
   const serially = (work) => { saving = saving.then(work, work); };
+  // Leaving the page (a reload, a closed tab) loses that text: the browser asks first while
+  // some is not saved yet (waiting its turn, unanswered, or kept to send again).
+  let waiting = 0;
+  window.addEventListener("beforeunload", (e) => {
+    if (waiting || unsaved.length) { e.preventDefault(); e.returnValue = true; }   // returnValue: older browsers
+  });
 
   function retryUnsaved() {
     serially(async () => {
@@ -405,10 +411,15 @@
     text = text.trim();
     if (!text) return;
     const item = { field, text, id: newId(), generation };
+    waiting++;
     serially(async () => {
-      if (item.generation !== generation) return;                    // cleared while it waited its turn
-      if (unsaved.length || !await save(item)) {
-        if (item.generation === generation) unsaved.push(item);       // behind the older ones
+      try {
+        if (item.generation !== generation) return;                    // cleared while it waited its turn
+        if (unsaved.length || !await save(item)) {
+          if (item.generation === generation) unsaved.push(item);       // behind the older ones
+        }
+      } finally {
+        waiting--;
       }
     });
   }

@@ -662,6 +662,26 @@ def test_a_sentence_the_device_did_not_answer_is_saved_when_it_does(page, device
     assert rows(device["dir"]) == ["While you were away.", "And after that."]
 
 
+def test_leaving_the_page_with_a_sentence_not_yet_saved_asks_first(page, device):
+    """A sentence the device did not answer is kept in this page's memory alone, and the toast
+    promises to send it again: a reload or a closed tab lost it without a word. Leaving then
+    asks first; once it is saved, nothing asks."""
+    asked: list[str] = []
+    page.on("dialog", lambda d: (asked.append(d.type), d.dismiss()))   # dismissed: the page stays
+    page.route("**/api/commit", lambda route: route.abort())
+    page.click("#message")
+    page.keyboard.type("While you were away. ")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('Not saved yet')")
+    page.close(run_before_unload=True)
+    page.wait_for_timeout(500)
+    assert asked == ["beforeunload"] and not page.is_closed()
+    page.unroute("**/api/commit")
+    expect_count(page, 1, timeout=15_000)             # sent again after the next status poll (5 s)
+    page.close(run_before_unload=True)
+    page.wait_for_event("close")
+    assert asked == ["beforeunload"]
+
+
 def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, monkeypatch):
     """Commits go one at a time; one waiting behind a slow commit was sent after a clear and
     stored again, though the clear promised to forget what was not yet sent."""
