@@ -357,8 +357,10 @@
   // Auto-capitalisation: the first letter of the message and of every sentence after ". ", "! ", "? ",
   // also after an opening quote or bracket there ('"Hi', "'Hi", "(Hi").
   const sentenceStart = (before) => /(^\s*|[.!?]["')\]’”]*\s+)["'(\[{‘“]*$/.test(before);
-  // "'hello" -> "'Hello": a single quote typed before the word stays in front of it.
+  // "'hello" -> "'Hello": a single quote typed before the word stays in front of it. A word
+  // with its own capitals after a small first letter ("iPhone", "eBay") is typed as shown.
   const capitalise = (w) => {
+    if (/^['‘’]?\p{Ll}+\p{Lu}/u.test(w)) return w;
     const i = /^['‘’]/.test(w) ? 1 : 0;
     return w.slice(0, i) + w.charAt(i).toUpperCase() + w.slice(i + 1);
   };

@@ -486,6 +486,25 @@ def test_the_pronoun_typed_in_lower_case_is_written_I(page):
     assert page.locator("#private-field").input_value() == "i think "
 
 
+def test_a_tapped_word_cased_inside_keeps_its_case_at_a_sentence_start(page, device):
+    """At a sentence's start the strip showed the user's "iPhone", and its tap typed "IPhone":
+    a word with its own capitals inside is typed as it is shown; a plain one is still capitalised."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("I love my iPhone. It is my iPhone. ")
+    expect_count(page, 2)
+    msg.fill("")
+    page.keyboard.type("iP")
+    strip = wait_strip(page)
+    assert "iPhone" in strip, strip
+    page.click(f'#strip [data-slot="{("left", "middle", "right")[strip.index("iPhone")]}"]')
+    assert msg.input_value() == "iPhone "
+    page.keyboard.type("and. ")
+    best = wait_strip(page)[1]
+    page.click('#strip [data-slot="middle"]')
+    assert msg.input_value() == f"iPhone and. {best[:1].upper()}{best[1:]} "
+
+
 def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
     data_dir = tmp_path / "fresh"
     vid = read_manifest(exported_version).version_id
