@@ -1100,3 +1100,29 @@ def test_a_caret_moved_by_any_key_gets_its_strip_before_a_tap(page):
                                "return document.querySelector('#strip').dataset.for === "
                                "m.value.slice(0, m.selectionStart); }", timeout=5_000)
         assert shifted(page) is shift, keys   # the on-screen Shift follows the caret: on at the text's start
+
+
+@pytest.mark.parametrize("size", [(320, 568), (360, 740)])
+def test_on_a_phone_the_removal_toast_and_its_undo_are_on_the_screen(browser, device, size):
+    """The toast did not wrap: on a phone the one a long press raises ('"restaurant" is no
+    longer suggested, until you type it again  Undo') ran past both edges of the screen, and
+    its Undo, the way back from a long press made by mistake, could not be reached."""
+    ctx = browser.new_context(viewport={"width": size[0], "height": size[1]}, has_touch=True)
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(device["page_url"])
+        pg.locator("#message").focus()
+        pg.keyboard.type("We met at the restaurant. Then the restaur")
+        word = wait_strip(pg)[1]
+        assert len(word) >= 8, word
+        pg.click('#strip [data-slot="middle"]', button="right")     # what a long press sends on a phone
+        pg.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
+        pg.wait_for_timeout(300)                                     # its slide in
+        for sel in ("#toast", "#toast .toast-undo"):
+            box = pg.locator(sel).bounding_box()
+            assert 0 <= box["x"] and box["x"] + box["width"] <= size[0], (sel, box)
+        pg.tap("#toast .toast-undo")
+        pg.wait_for_function("() => document.querySelector('#toast').textContent.includes('suggested again')")
+    finally:
+        ctx.close()
