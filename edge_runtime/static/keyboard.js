@@ -157,7 +157,9 @@
     }
     t.classList.add("show");
     clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => t.classList.remove("show", "actionable"), undo ? 5000 : 1800);
+    // Faded, its Undo goes too: out of sight, Tab still reached it (and Enter took a removal back).
+    toastTimer = setTimeout(() => { t.classList.remove("show", "actionable"); t.querySelector(".toast-undo")?.remove(); },
+      undo ? 5000 : 1800);
   }
 
   // --- suggestions ----------------------------------------------------------------------------

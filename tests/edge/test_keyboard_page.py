@@ -213,6 +213,29 @@ def test_a_word_removed_by_mistake_comes_back_with_the_toasts_undo(page, device)
     assert msg.input_value().endswith("tex")
 
 
+def test_a_faded_toasts_undo_is_out_of_reach_of_tab(page, device):
+    """The toast fades, but its Undo stayed in the page, out of sight: Tab from the private field
+    went to it, and Enter there brought back a word removed long before."""
+    from edge_runtime.cache import REMOVED_KEY
+
+    page.click("#message")
+    page.keyboard.type("teh cat sat on teh mat. ")
+    expect_count(page, 1)
+    page.keyboard.type("I saw te")
+    strip = wait_strip(page)
+    page.click(f'#strip [data-slot="{("left", "middle", "right")[strip.index("teh")]}"]', button="right")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
+    page.wait_for_function("() => !document.querySelector('#toast').classList.contains('show')", timeout=8_000)
+    page.focus("#private-field")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.className") != "toast-undo"
+    assert page.locator("#toast .toast-undo").count() == 0
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+    with sqlite3.connect(f"file:{device['dir'] / CACHE_DB}?mode=ro", uri=True) as db:
+        assert '"teh"' in db.execute("SELECT value FROM settings WHERE key = ?", (REMOVED_KEY,)).fetchone()[0]
+
+
 def test_commit_grows_the_cache(page, device):
     msg = page.locator("#message")
     msg.focus()
