@@ -788,16 +788,24 @@
   $("#send").addEventListener("mousedown", (e) => e.preventDefault());
   $("#send").addEventListener("click", () => { setActive(message); send(); message.focus(); });
 
-  $("#pause-toggle").addEventListener("change", async (e) => {
-    try {
-      const st = await api("/api/pause", { paused: e.target.checked });
-      renderStatus(st);
-      toast(st.paused ? "Learning paused: nothing new is saved" : "Learning resumed");
-    } catch (err) {
-      e.target.checked = !e.target.checked;   // back as it was: left as clicked, it would show a change that did not happen
-      toast("Could not change: " + err.message);
-      refreshStatus();
-    }
+  // One tap's change at a time, in the order tapped: two quick taps sent at once could be applied
+  // in either order, and learning stayed paused though the last tap resumed it.
+  let pausing = Promise.resolve(), pauseTaps = 0;
+  $("#pause-toggle").addEventListener("change", (e) => {
+    const paused = e.target.checked, mine = ++pauseTaps;
+    pausing = pausing.then(async () => {
+      try {
+        const st = await api("/api/pause", { paused });
+        if (mine !== pauseTaps) return;          // a later tap's answer says how it ends
+        renderStatus(st);
+        toast(st.paused ? "Learning paused: nothing new is saved" : "Learning resumed");
+      } catch (err) {
+        // back as it was: left as clicked, it would show a change that did not happen
+        if (mine === pauseTaps) e.target.checked = !paused;
+        toast("Could not change: " + err.message);
+        refreshStatus();
+      }
+    });
   });
 
   const clearBtn = $("#clear-history");

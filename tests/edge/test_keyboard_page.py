@@ -343,6 +343,33 @@ def test_pause_stops_caching(page, device):
     assert rows(device["dir"]) == ["Before the pause.", "After the pause."]
 
 
+def test_two_quick_taps_on_pause_leave_learning_as_the_last_tap_says(page, device, monkeypatch):
+    """Each tap on the switch sent its state at once: two quick taps (on, off) raced, the device
+    could apply "off" before "on", and learning stayed paused though the last tap resumed it
+    (1 double tap in 20 on a real device). They are sent one after another, in order."""
+    import time
+
+    from edge_runtime.keyboard_app import KeyboardApp
+
+    original, asked = KeyboardApp.pause, []
+
+    def first_late(self, body):
+        asked.append(body["paused"])
+        if len(asked) == 1:
+            time.sleep(0.8)                 # the first tap's request is the slower one
+        return original(self, body)
+
+    monkeypatch.setattr(KeyboardApp, "pause", first_late)
+    page.click(".toggle")
+    page.click(".toggle")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('resumed')")
+    page.wait_for_timeout(1200)             # the first answer too, however late
+    assert asked == [True, False]
+    assert status(device["url"])["paused"] is False
+    assert not page.locator("#pause-toggle").is_checked()
+    assert not page.evaluate("() => document.body.classList.contains('paused')")
+
+
 def test_clear_history_and_screenshot(page, device):
     page.click("#message")
     page.keyboard.type("Thou art welcome. I pray you tell me. ")
