@@ -519,6 +519,7 @@
     for (const piece of pieces(text.slice(newTextStart(text)))) commit(message, piece);
     const bubble = document.createElement("p");
     bubble.className = "bubble";
+    bubble.dir = "auto";          // as the field: Arabic or Hebrew reads right to left here too
     bubble.textContent = text.trim();
     const thread = $("#thread");
     thread.querySelector(".hint")?.remove();

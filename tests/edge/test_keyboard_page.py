@@ -320,6 +320,21 @@ def test_private_field_text_is_never_sent_nor_cached(page, device):
     assert bodies, "the public commit should have been seen"
 
 
+def test_a_sent_right_to_left_message_reads_as_it_was_typed(page):
+    """The field takes its direction from its text (dir=auto), the sent bubble did not: an
+    Arabic message typed with its "!" at the left end was shown with it at the right, its start."""
+    page.click("#message")
+    page.keyboard.insert_text("مرحبا بك يا صديقي!")
+    assert page.evaluate("() => document.querySelector('#message').matches(':dir(rtl)')")
+    page.keyboard.press("Enter")
+    bubble = page.locator("#thread .bubble").last
+    assert bubble.inner_text() == "مرحبا بك يا صديقي!"
+    assert bubble.evaluate("b => b.matches(':dir(rtl)')")
+    page.keyboard.insert_text("see you soon!")       # each message its own direction
+    page.keyboard.press("Enter")
+    assert page.locator("#thread .bubble").last.evaluate("b => b.matches(':dir(ltr)')")
+
+
 def test_pause_stops_caching(page, device):
     page.click("#message")
     page.keyboard.type("Before the pause. ")
