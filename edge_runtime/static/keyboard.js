@@ -132,7 +132,7 @@
 
   // A strip without suggestions that says why, in its middle slot; `state` is what tests wait on.
   function stripSays(state, text) {
-    for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; }
+    for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; s.style.fontSize = ""; }
     slots.middle.textContent = text;
     // said to a screen reader too: it heard the last suggestions, and then nothing
     if (text !== announced) { announced = text; $("#strip-said").textContent = text; }
@@ -182,6 +182,7 @@
       // A narrow screen cut "unfortunately" and "unfortunate" to the same "unfortuna…".
       slots[slot].classList.toggle("long", !!word && word.length > 10);
       slots[slot].classList.toggle("longer", !!word && word.length > 14);
+      fit(slots[slot]);
     }
     // For a screen reader, what the strip offers, best first, said when it changes.
     const said = words.length ? "Suggestions: " + words.slice(0, 3).join(", ") : "";
@@ -189,6 +190,17 @@
     strip.dataset.state = words.length ? "ready" : "empty";
     strip.dataset.for = forText === undefined ? "" : forText;   // what they were computed for (tests wait on it)
   }
+
+  // A word still too wide for its slot is shown whole in smaller type (down to 10 px), not cut:
+  // at 320 px the best slot cut words of ten letters ("governme…"), and which word a tap would
+  // type could not be read. Again when the window's width changes.
+  function fit(el) {
+    el.style.fontSize = "";
+    if (!el.textContent || !el.clientWidth) return;
+    let px = parseFloat(getComputedStyle(el).fontSize);
+    while (el.scrollWidth > el.clientWidth && px > 10) el.style.fontSize = --px + "px";
+  }
+  window.addEventListener("resize", () => { if (strip.dataset.state === "ready") Object.values(slots).forEach(fit); });
 
   // A strip needs only the text's recent part. Past 2 * TAIL characters the page sends what
   // follows a whitespace after a cut that moves in steps of TAIL, so the device refeeds the

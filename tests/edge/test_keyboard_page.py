@@ -1191,3 +1191,27 @@ def test_on_a_phone_the_removal_toast_and_its_undo_are_on_the_screen(browser, de
         pg.wait_for_function("() => document.querySelector('#toast').textContent.includes('suggested again')")
     finally:
         ctx.close()
+
+
+def test_on_a_narrow_phone_the_strip_shows_every_word_whole(browser, device):
+    """At 320 px (an iPhone SE) the best slot cut words of ten letters ("departme…",
+    "governme…", "restauran…"), and at 360 px "government": which word a tap would type could
+    not be read. A word that does not fit is shown in smaller type, whole."""
+    ctx = browser.new_context(viewport={"width": 320, "height": 568}, has_touch=True)
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(device["page_url"])
+        pg.locator("#message").focus()
+        for prefix in ("I work for the governm", " at the restaur", " in the depart", " congratul", " responsib"):
+            pg.keyboard.type(prefix)
+            strip = wait_strip(pg)
+            assert max(len(w) for w in strip) >= 10, strip
+            cut = pg.locator("#strip .sugg").evaluate_all(
+                "bs => bs.filter(b => b.scrollWidth > b.clientWidth).map(b => b.textContent)")
+            assert cut == [], (prefix, strip)
+        pg.set_viewport_size({"width": 300, "height": 568})        # narrower still: fitted again
+        pg.wait_for_function("""() => [...document.querySelectorAll('#strip .sugg')]
+            .every(b => b.scrollWidth <= b.clientWidth)""", timeout=3_000)
+    finally:
+        ctx.close()
