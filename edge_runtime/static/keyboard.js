@@ -790,9 +790,13 @@
   // the first tap on a suggestion after them only refreshed the strip). A typed key has its own
   // strip on the way already: asked for, or on show. The on-screen Shift follows the caret too (at
   // a sentence's start it is on), as it follows typing.
-  message.addEventListener("keyup", () => {
+  function caretMoved() {
     if (textBeforeCursor() !== (inFlight ? askedFor : strip.dataset.for)) { autoShift(); suggest(); }
-  });
+  }
+  message.addEventListener("keyup", caretMoved);
+  // Nor a key nor a click moves it on a phone's caret handle, a long press selecting a word, or a
+  // screen reader's cursor: the strip stayed on the old text, and a tap there only refreshed it.
+  message.addEventListener("selectionchange", () => { if (active === message) caretMoved(); });
   message.addEventListener("click", () => { autoShift(); suggest(); });
 
   privateField.addEventListener("focus", () => setActive(privateField));

@@ -917,6 +917,7 @@ def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, mon
     wait_strip(page)
     page.evaluate("() => { const s = document.querySelector('#strip'); delete s.dataset.for; }")  # as mid-keystroke
     word = page.locator('#strip [data-slot="middle"]').inner_text()
+    page.route("**/api/suggest", lambda route: None)   # the caret's move asks again: no answer yet
     page.locator("#message").evaluate("m => { m.value = 'see you '; m.setSelectionRange(8, 8); }")
     page.click('#strip [data-slot="middle"]')
     assert page.locator("#message").input_value() == "see you ", word
@@ -1165,6 +1166,24 @@ def test_a_caret_moved_by_any_key_gets_its_strip_before_a_tap(page):
                                "return document.querySelector('#strip').dataset.for === "
                                "m.value.slice(0, m.selectionStart); }", timeout=5_000)
         assert shifted(page) is shift, keys   # the on-screen Shift follows the caret: on at the text's start
+
+
+def test_a_caret_moved_without_a_key_or_a_click_gets_its_strip_before_a_tap(page):
+    """A phone's caret handle (or a long press selecting a word, a screen reader's cursor) moves
+    the caret with no key and no click: the strip stayed on the old text, and the first tap on a
+    suggestion only refreshed it."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("see you tomorrow at noon")
+    wait_strip(page)
+    page.evaluate("() => document.querySelector('#message').setSelectionRange(8, 8)")   # "see you |tomorrow"
+    page.wait_for_function("() => document.querySelector('#strip').dataset.for === 'see you '", timeout=5_000)
+    word = page.locator('#strip [data-slot="middle"]').inner_text()
+    page.click('#strip [data-slot="middle"]')                       # one tap types the word
+    assert msg.input_value() == f"see you {word} tomorrow at noon"
+    page.evaluate("() => document.querySelector('#message').setSelectionRange(0, 0)")
+    page.wait_for_function("() => document.querySelector('#strip').dataset.for === ''", timeout=5_000)
+    assert shifted(page)                                            # and Shift follows it
 
 
 @pytest.mark.parametrize("size", [(320, 568), (360, 740)])
