@@ -370,7 +370,12 @@
 
   // Auto-capitalisation: the first letter of the message and of every sentence after ". ", "! ", "? ",
   // also after an opening quote or bracket there ('"Hi', "'Hi", "(Hi").
-  const sentenceStart = (before) => /(^\s*|[.!?]["')\]’”]*\s+)["'(\[{‘“]*$/.test(before);
+  // Not after a title, "e.g." or an initial ("Mr. Smith", "e.g. this", "J. Smith"), where a full
+  // stop ends no sentence: the text was cut there ("I met Mr." learned apart from "Smith ...")
+  // and Shift came on.
+  const ABBREVIATION = /(?:^|[\s"'(\[{“‘])(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|vs|cf|e\.g|i\.e|\p{Lu})\.$/u;
+  const sentenceStart = (before) => /(^\s*|[.!?]["')\]’”]*\s+)["'(\[{‘“]*$/.test(before)
+    && !ABBREVIATION.test(before.trimEnd());
   // "'hello" -> "'Hello": a single quote typed before the word stays in front of it. A word
   // with its own capitals after a small first letter ("iPhone", "eBay") is typed as shown.
   const capitalise = (w) => {
@@ -495,7 +500,9 @@
     const rest = text.slice(from);
     const re = /[.!?]+["')\]]*\s/g;
     let end = -1, m;
-    while ((m = re.exec(rest)) !== null) end = m.index + m[0].length;
+    while ((m = re.exec(rest)) !== null) {
+      if (!ABBREVIATION.test(rest.slice(0, m.index + m[0].trimEnd().length))) end = m.index + m[0].length;
+    }
     if (end > 0) {
       committedPrefix = text.slice(0, from + end);
       for (const piece of pieces(rest.slice(0, end))) commit(message, piece);

@@ -570,6 +570,24 @@ def test_a_tapped_word_cased_inside_keeps_its_case_at_a_sentence_start(page, dev
     assert msg.input_value() == f"iPhone and. {best[:1].upper()}{best[1:]} "
 
 
+def test_a_title_or_an_initial_ends_no_sentence(page, device):
+    """"I met Mr. Smith" was saved as "I met Mr." and "Smith ..." apart, learned so, and Shift came
+    on after "Mr. " and "e.g. ": a full stop after a title, "e.g.", "i.e." or an initial ends no
+    sentence."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("I met Mr. ")
+    assert not shifted(page)
+    page.keyboard.type("Smith and Dr. Who, e.g. ")
+    assert not shifted(page)
+    page.keyboard.type("the J. R. Tolkien talk. ")
+    assert shifted(page)
+    expect_count(page, 1)
+    page.keyboard.type("Then we left! ")
+    expect_count(page, 2)
+    assert rows(device["dir"]) == ["I met Mr. Smith and Dr. Who, e.g. the J. R. Tolkien talk.", "Then we left!"]
+
+
 def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
     data_dir = tmp_path / "fresh"
     vid = read_manifest(exported_version).version_id
