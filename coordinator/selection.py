@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coordinator.models import Assignment, Round, Update
-from coordinator.models_secagg import SecAggMember
+from coordinator.models_secagg import SecAggMember, SecAggRound
+from coordinator.states import SecAggPhase
 
 TRAIN, WAIT, NONE = "train", "wait", "none"
 _rng = secrets.SystemRandom()
@@ -67,6 +68,11 @@ def select_device(s: Session, r: Round, device_id: str, now: datetime) -> tuple[
     uploaded = s.scalar(select(Update.id).where(Update.round_id == r.id, Update.device_id == device_id)) \
         or s.scalar(select(SecAggMember.id).where(SecAggMember.round_id == r.id, SecAggMember.device_id == device_id))
     if uploaded is not None:   # contributed already (a plain update, or joined the secure round's cohort)
+        return NONE, None
+    phase = s.scalar(select(SecAggRound.phase).where(SecAggRound.round_id == r.id))
+    if phase is not None and phase != SecAggPhase.KEYS:
+        # A secure round's cohort is fixed: a device outside it would train only to have its keys
+        # refused as late, and be handed the task again at its next check-in.
         return NONE, None
     if row is not None:
         return (TRAIN, None) if row.selected else (NONE, None)

@@ -335,3 +335,22 @@ def test_a_secret_is_recovered_past_several_wrong_reveals():
         order = [shares[i] for i in rng.permutation(9)]
         found += coord_secagg._recovered(order, 5, None) == secret
     assert found == 20
+
+
+def test_a_secure_round_whose_cohort_is_fixed_trains_no_more_devices(served):
+    """A secure round overselects like a plain one; a selected device that checked in after its
+    cohort was fixed was handed the train task at every check-in, trained, and was refused its
+    keys as late, until the round ended (an operator probe: one device trained twice for nothing)."""
+    s = served
+    rid = s.coord.start_round(secure_aggregation=True, goal_count=2, min_count=2, overselect=1.5,
+                              selection_window_s=0, noise_multiplier=0.5)
+    key = s.coord.create_enrollment_key()
+    devices = [FakeDevice(s.url, key) for _ in range(3)]
+    assert [d.checkin().kind for d in devices[:2]] == [wire.TaskKind.TRAIN] * 2
+    with s.coord.tx() as db:   # the first two joined, and the cohort was fixed at the goal
+        dim = queries.manifest(queries.stable(db)).num_params
+        db.add(SecAggRound(round_id=rid, phase=coord_secagg.SHARES, params_json=json.dumps({**PARAMS, "dim": dim})))
+        for i, dev in enumerate(devices[:2]):
+            db.add(SecAggMember(round_id=rid, device_id=dev.device_id, idx=i, enc_pk="00", mask_pk="00"))
+    task = devices[2].checkin()
+    assert task.kind == wire.TaskKind.COME_BACK and task.plan is None
