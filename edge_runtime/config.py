@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "FEDKEYS_EDGE_"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 ELIGIBILITY_MODES = ("auto", "override:eligible", "override:ineligible")
+# The longest wait, backoff or HTTP timeout a setting may ask for: a socket refuses a timeout of
+# 1e10 s and a thread's wait one past threading.TIMEOUT_MAX (OverflowError), so a larger one
+# failed every call or ended the device loop with a traceback.
+MAX_SECONDS = 365 * 86400.0
 
 
 class ConfigError(EdgeError, ValueError):
@@ -121,9 +125,10 @@ class EdgeConfig:
             (self.retention_days > 0 and self.max_cache_bytes > 0, "retention_days and max_cache_bytes must be > 0"),
             (0 < self.holdout_fraction < 1, "holdout_fraction must be in (0, 1)"),
             (0 <= self.jitter < 1, "jitter must be in [0, 1)"),
-            (0 < self.min_wait_s <= self.max_wait_s < math.inf, "need 0 < min_wait_s <= max_wait_s, finite"),
-            (0 < self.backoff_initial_s <= self.backoff_max_s < math.inf,
-             "need 0 < backoff_initial_s <= backoff_max_s, finite"),
+            (0 < self.min_wait_s <= self.max_wait_s <= MAX_SECONDS,
+             "need 0 < min_wait_s <= max_wait_s, finite, at most a year"),
+            (0 < self.backoff_initial_s <= self.backoff_max_s <= MAX_SECONDS,
+             "need 0 < backoff_initial_s <= backoff_max_s, finite, at most a year"),
             (self.upload_attempts >= 1, "upload_attempts must be >= 1"),
             (0 <= self.min_noise_multiplier < math.inf and 0 < self.max_clip_norm < math.inf,
              "need 0 <= min_noise_multiplier and 0 < max_clip_norm, both finite"),
@@ -134,7 +139,8 @@ class EdgeConfig:
             (0 < self.personal_learning_rate < math.inf and self.personal_epochs >= 1
              and self.personal_max_examples >= 1,
              "personal_learning_rate must be > 0, personal_epochs and personal_max_examples >= 1"),
-            (0 < self.http_timeout_s < math.inf, "http_timeout_s must be > 0 and finite"),   # inf: every call fails
+            (0 < self.http_timeout_s <= MAX_SECONDS,   # inf, or 1e10 s: every call fails (a socket's limit)
+             "http_timeout_s must be > 0 and finite, at most a year"),
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {list(LOG_LEVELS)}"),
             (bool(self.keyboard_host.strip()), "keyboard_host must not be empty"),
             (0 <= self.keyboard_port <= 65535, "keyboard_port must be in [0, 65535]"),

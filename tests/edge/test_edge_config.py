@@ -45,6 +45,11 @@ def test_config_file_from_environment(tmp_path):
     ({"flags": {"http_timeout_s": float("inf")}}, "http_timeout_s must be > 0 and finite"),   # every call failed
     ({"flags": {"max_wait_s": float("inf")}}, "finite"),
     ({"flags": {"backoff_max_s": float("inf")}}, "finite"),
+    # finite but past what a socket or a wait takes: every iteration failed, or the loop died of
+    # an OverflowError traceback at its first backoff
+    ({"flags": {"http_timeout_s": 1e300}}, "http_timeout_s must be > 0 and finite, at most a year"),
+    ({"flags": {"max_wait_s": 1e10}}, "at most a year"),
+    ({"flags": {"backoff_max_s": 1e10}}, "at most a year"),
 ])
 def test_bad_settings_are_errors(kw, msg):
     kw.setdefault("environ", {})
