@@ -647,8 +647,10 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
         log.error("checking in without training or evaluating: %s", e)
         heldout, trainable, learning = 0, 0, False
     decision = dev.eligibility.check()
+    answers = heldout > 0 and EvaluationRecord(dev.config.require_data_dir(),
+                                               per_day=dev.config.max_evaluations_per_day).can_answer()
     req = wire.CheckinRequest(eligible=bool(decision) and learning, current_version_id=dev.store.in_use(),
-                              can_evaluate=heldout > 0, can_train=trainable > 0 and _budget_left(dev))
+                              can_evaluate=answers, can_train=trainable > 0 and _budget_left(dev))
     task = dev.client.checkin(req)
     version_ok = _use_version(dev, task)
     _note_channel(dev, task)

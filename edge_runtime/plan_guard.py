@@ -231,6 +231,19 @@ class EvaluationRecord:
             return f"{recent} evaluations in the last 24 hours, the most this device answers (max_evaluations_per_day)"
         return None
 
+    def can_answer(self, now: float | None = None) -> bool:
+        """Whether an evaluate task could get an answer now: a report kept for its resend, or a
+        candidate under today's cap. The check-in says so (`can_evaluate`): at the cap the
+        coordinator handed this device the candidate's task at every check-in, which it refused."""
+        try:
+            entries = self.entries()
+        except LedgerError:   # it cannot tell what it answered: it answers nothing
+            return False
+        if any(isinstance(e.get("report"), dict) for e in entries):
+            return True
+        now = time.time() if now is None else now
+        return sum(now - DAY_S < e["at"] <= now for e in entries) < self.per_day
+
     def record(self, candidate: str, now: float | None = None, report: dict[str, Any] | None = None,
                wipe_mark: str | None = None) -> None:
         """`candidate` answered (before its `report` goes; the report kept until `delivered`, with

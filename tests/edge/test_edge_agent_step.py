@@ -622,6 +622,27 @@ def test_a_device_answers_each_canary_candidate_once_and_a_few_a_day(device, mon
     assert res.outcome.startswith("refused (") and "is damaged" in res.outcome and len(device.client.reports) == 2
 
 
+def test_a_device_at_its_daily_evaluation_cap_says_so_at_check_in(device):
+    """A canary device that had answered `max_evaluations_per_day` candidates still checked in as
+    able to evaluate: the coordinator handed it the next candidate's task at every check-in (and so
+    no training task), the device refused it with a warning every few seconds, and the candidate
+    waited with no report (an operator probe: README's by-hand pair stopped after 48 versions)."""
+    from edge_runtime.plan_guard import EvaluationRecord
+
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)] * 3
+    device.config = device.config.with_overrides({"max_evaluations_per_day": 2})
+    record = EvaluationRecord(device.config.require_data_dir(), per_day=2)
+    record.record("c1")
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_evaluate is True   # one more answer left today
+    record.record("c2", report={"kept": "until the coordinator has it"})
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_evaluate is True   # its lost report goes again when asked
+    record.delivered("c2")
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_evaluate is False
+
+
 def test_a_candidate_answered_long_ago_is_not_answered_again(tmp_path):
     """The record kept its newest 1,000 entries: at the default 48 a day, a candidate answered
     21 days before was forgotten and would be answered again."""
