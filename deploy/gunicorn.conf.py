@@ -77,6 +77,18 @@ def on_starting(server):
     _fresh_metrics_dir()   # and none of the check's own
 
 
+def on_reload(server):
+    """A reload (SIGHUP, `systemctl reload`: a new admin token) checks the settings as a start does.
+    Without it each new worker died printing gunicorn's traceback around the reason, and gunicorn
+    stopped saying "Worker failed to boot"; now the master stops in one line."""
+    from gunicorn.errors import HaltServer
+
+    from coordinator.app import preflight
+
+    if reason := preflight():
+        raise HaltServer(f"refused to reload: {reason}", 2)
+
+
 def _fresh_metrics_dir():
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir, mode=0o700, exist_ok=True)

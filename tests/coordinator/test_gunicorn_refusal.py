@@ -37,3 +37,44 @@ def test_a_bad_gunicorn_variable_stops_it_in_one_line(tmp_path):
         out = done.stdout + done.stderr
         assert done.returncode == 2 and f"refused to start: {name}={value!r}" in out, (name, value, out)
         assert "Traceback" not in out, out
+
+
+def test_a_token_refused_at_a_reload_stops_gunicorn_in_one_line(tmp_path):
+    """`systemctl reload` (SIGHUP) after a too-short token was written into the data directory: the
+    master reloaded, each new worker died printing gunicorn's traceback around the reason, and
+    gunicorn stopped with "Worker failed to boot". The master now checks first and stops in one line."""
+    import signal
+    import time
+
+    import requests
+
+    port = free_port()
+    env = gunicorn_env(tmp_path, port)
+    del env["FEDKEYS_COORDINATOR_ADMIN_TOKEN"]   # the generated token file, which the operator replaces
+    assert subprocess.run([sys.executable, "-m", "coordinator", "init"], env=env, cwd=ROOT,
+                          capture_output=True, timeout=120).returncode == 0
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py"),
+                                 "coordinator.app:create_app()"], env=env, cwd=ROOT, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.3)
+        (tmp_path / "coord" / "admin_token").write_text("short")
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode != 0, text
+    assert text.count("must be at least 16 characters") == 1 and "refused to reload" in text, text
+    assert "Traceback" not in text and "Worker failed to boot" not in text, text
