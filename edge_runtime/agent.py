@@ -80,7 +80,17 @@ def device_platform() -> str:
 
 def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
            session: requests.Session | None = None) -> Identity:
-    """Trade the enrollment key for an identity and store it in the data directory."""
+    """Trade the enrollment key for an identity and store it in the data directory.
+
+    Enrolling again (`force`) takes the device loop's lock: a `run` reads its identity once, so
+    beside a running one the new identity (and a use of the key) would wait unused while the loop
+    went on as the old device, which stayed enrolled."""
+    with run_lock(config.require_data_dir()) if force else contextlib.nullcontext():
+        return _enroll(config, enrollment_key, force=force, session=session)
+
+
+def _enroll(config: EdgeConfig, enrollment_key: str, *, force: bool,
+            session: requests.Session | None) -> Identity:
     data_dir = config.require_data_dir()
     if not config.coordinator:
         raise AgentError("no coordinator URL: pass --coordinator")

@@ -134,3 +134,18 @@ def test_an_enrollment_whose_answers_were_lost_gets_its_device_on_a_retry(tmp_pa
             agent.enroll(cfg, key, session=LosesAnswers(1, old=True))
         assert "enrolling again is safe" not in str(e.value) and s.coord.status()["devices"] == 4
         assert not (tmp_path / "dev4").exists()
+
+
+def test_enrolling_again_under_a_running_device_loop_is_refused(tmp_path):
+    """`enroll --force` beside a running `run` wrote a new identity and used a use of the key, while
+    the loop went on checking in, training and uploading as the old device (its identity is read
+    at start): the coordinator then held two devices for one data directory, the new one unused
+    until a restart and the old one enrolled for good. It is refused while a loop runs."""
+    with serve(make_config(tmp_path)) as s:
+        key = s.coord.create_enrollment_key(uses=2)
+        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=s.coord.public_key_hex)
+        first = agent.enroll(cfg, key)
+        with agent.run_lock(tmp_path / "dev"), pytest.raises(agent.AgentError, match="another `run` is using"):
+            agent.enroll(cfg, key, force=True)
+        assert load_identity(tmp_path / "dev") == first and s.coord.status()["devices"] == 1
+        assert agent.enroll(cfg, key, force=True).device_id != first.device_id   # once the loop stops
