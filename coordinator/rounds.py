@@ -102,6 +102,15 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
                 raise ApiError(409, wire.E_CONFLICT, "no stable version: import one first")
             if queries.open_round(s) is not None:
                 raise ApiError(409, wire.E_CONFLICT, "a round is already open")
+            # An upload is at least 2 bytes a parameter (float16; a secure round's masked vector 4):
+            # under the body limit every selected device would train, charge its privacy ledger and
+            # be refused (413), with the round at 0 accepted until its deadline.
+            secure = bool(plan_values["secure_aggregation"])
+            smallest = (4 if secure else 2) * queries.manifest(stable).num_params
+            if c.max_body_bytes < smallest:
+                raise ValueError(f"max_body_bytes {c.max_body_bytes:,} is under the smallest update of {stable.id} "
+                                 f"({smallest:,} bytes, {'a masked vector' if secure else 'float16'}): every device "
+                                 "would spend its privacy on an upload refused as too large; raise max_body_bytes")
             if plan_values.get("discover_words") and not discovery.dictionary(coord, stable):
                 raise ValueError(f"{stable.id} has no word-list words outside its softmax: nothing to discover")
             r = Round(base_version_id=stable.id, status=RoundStatus.OPEN, plan_json="{}", goal_count=goal,

@@ -429,3 +429,27 @@ def test_a_lost_or_damaged_server_optimizer_state_restarts_the_optimizer(tmp_pat
             if harm is not None:
                 assert f"version {stable}: its server optimizer state" in caplog.text
             assert served.admin("POST", f"/v1/admin/versions/{cand}/promote").status_code == 200
+
+
+def test_a_body_limit_no_update_fits_under_opens_no_round(tmp_path):
+    """`max_body_bytes` under the stable version's update (an operator's 1 MB for a 2.7 MB float16
+    update): every selected device trained, charged its privacy ledger and was refused (413) with
+    nothing in the coordinator's log or rejections; the round sat at 0 accepted until its deadline."""
+    import pytest
+
+    from coordinator.errors import ApiError
+    from tests.helpers.coordinator_fakes import make_config, serve
+    from tests.helpers.versions import SHAPES
+
+    params = sum(int(np.prod(s)) for s in SHAPES.values())
+    with serve(make_config(tmp_path, max_body_bytes=2 * params - 1)) as s:
+        import_v0(s, tmp_path / "v0")
+        with pytest.raises(ApiError, match="max_body_bytes .* under .* update") as e:
+            s.coord.start_round()
+        assert e.value.status == 400
+        assert s.coord.status()["latest_round"] is None
+    with serve(make_config(tmp_path / "big", max_body_bytes=4 * params - 1)) as s:   # float16 fits, a masked vector not
+        import_v0(s, tmp_path / "big" / "v0")
+        with pytest.raises(ApiError, match="max_body_bytes"):
+            s.coord.start_round(secure_aggregation=True)
+        assert s.coord.start_round() == 1
