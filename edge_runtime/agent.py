@@ -85,8 +85,9 @@ def enroll(config: EdgeConfig, enrollment_key: str, *, force: bool = False,
     Enrolling again (`force`) takes the device loop's lock: a `run` reads its identity once, so
     beside a running one the new identity (and a use of the key) would wait unused while the loop
     went on as the old device, which stayed enrolled."""
+    key = enrollment_key.strip()   # pasted with a space or newline around it; a key holds none
     with run_lock(config.require_data_dir()) if force else contextlib.nullcontext():
-        return _enroll(config, enrollment_key, force=force, session=session)
+        return _enroll(config, key, force=force, session=session)
 
 
 def _enroll(config: EdgeConfig, enrollment_key: str, *, force: bool,

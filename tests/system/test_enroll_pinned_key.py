@@ -149,3 +149,13 @@ def test_enrolling_again_under_a_running_device_loop_is_refused(tmp_path):
             agent.enroll(cfg, key, force=True)
         assert load_identity(tmp_path / "dev") == first and s.coord.status()["devices"] == 1
         assert agent.enroll(cfg, key, force=True).device_id != first.device_id   # once the loop stops
+
+
+def test_a_pasted_key_with_spaces_around_it_enrolls(tmp_path):
+    """A key pasted with a space or a newline around it (a terminal selection) was refused as
+    "enrollment key unknown, revoked, expired or used up", and each try counted against the
+    address's budget of wrong keys. Keys hold no whitespace: it is dropped."""
+    with serve(make_config(tmp_path)) as s:
+        key = s.coord.create_enrollment_key(uses=1)
+        cfg = EdgeConfig(data_dir=str(tmp_path / "dev"), coordinator=s.url, public_key=s.coord.public_key_hex)
+        assert agent.enroll(cfg, f" {key}\n").device_id
