@@ -134,12 +134,8 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
         slot = ModelSlot(data_dir=data_dir, model_dir=Path(model_dir) if model_dir else None, channel=channel,
                          public_key=config.public_key or None, block_offensive=config.block_offensive,
                          base_ngram=config.base_ngram, personalize=config.personalize)
-        slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
-        if slot.predictor is None:   # else every strip is empty with nothing saying why
-            log.warning("keyboard: no model version in %s yet: the strip stays empty until the device loop "
-                        "(`run`) installs one, or pass --model DIR; typed text is still cached", data_dir)
         app = KeyboardApp(cache=cache, slot=slot, activity=ActivityClock(data_dir / ACTIVITY_FILE))
-        try:
+        try:   # bound before the model loads: a port in use is said at once, not after seconds of loading
             server = KeyboardHTTPServer((host, port), app, _page_token(data_dir))
         except OSError as e:   # one line, the user's choice to change (was "OSError: [Errno 98] ...", exit 1)
             if e.errno == errno.EADDRINUSE:
@@ -149,6 +145,15 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
                 raise KeyboardError(f"cannot serve the keyboard on {host!r}: {e.strerror or e} (--keyboard-host "
                                     "must be an address or name of this machine, e.g. 127.0.0.1)") from None
             raise
+        try:
+            slot.refresh()   # load now: the first keystroke should not wait for it, and errors show at start
+        except BaseException:
+            server.idle.stop()
+            server.server_close()
+            raise
+        if slot.predictor is None:   # else every strip is empty with nothing saying why
+            log.warning("keyboard: no model version in %s yet: the strip stays empty until the device loop "
+                        "(`run`) installs one, or pass --model DIR; typed text is still cached", data_dir)
     except BaseException:
         if owned is not None:
             owned.close()

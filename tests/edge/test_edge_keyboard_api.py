@@ -654,10 +654,13 @@ def test_cli_keyboard_serves_until_stopped(tmp_path, exported_version, monkeypat
     assert rc == 0 and started["url"].startswith("http://127.0.0.1:")
 
 
-def test_a_port_another_program_holds_is_one_line(tmp_path, exported_version, capsys):
-    """It was "error: OSError: [Errno 98] Address already in use", exit 1."""
+def test_a_port_another_program_holds_is_one_line(tmp_path, exported_version, capsys, monkeypatch):
+    """It was "error: OSError: [Errno 98] Address already in use", exit 1; and it is said before
+    the model loads (seconds on a board), not after."""
     import socket
 
+    loads = []
+    monkeypatch.setattr(model_slot.ModelSlot, "refresh", lambda self, **kw: loads.append(kw))
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -666,6 +669,7 @@ def test_a_port_another_program_holds_is_one_line(tmp_path, exported_version, ca
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err == (f"error: port {port} on 127.0.0.1 is in use by another program: choose another "
                                "(--port for `keyboard`, --keyboard-port for `run`)"), err
+    assert loads == []
 
 
 # --- logs ---------------------------------------------------------------------------------------
