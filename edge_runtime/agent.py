@@ -58,7 +58,7 @@ from edge_runtime.unsent import Unsent
 from edge_runtime.versions import VersionError, VersionStore
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import discovery, wire
-from protocol.artifact import TOKENIZER, ArtifactError, atomic_write, read_manifest
+from protocol.artifact import TOKENIZER, ArtifactError, atomic_write, load_public_key, read_manifest
 from protocol.vocab import dictionary
 
 log = logging.getLogger(__name__)
@@ -771,11 +771,18 @@ def status(config: EdgeConfig) -> dict[str, Any]:
     except CacheError as e:   # the rest of the status still says what the device runs and why it waits
         stats, paused = {"error": str(e)}, None
     decision = make_eligibility(config).check()
+    key, key_error = coordinator_key(config.public_key, ident), None
+    if key is not None:   # `run` and `notices` refuse a key that is not one: not "checked" here either
+        try:
+            load_public_key(key)
+        except ValueError as e:
+            key_error = f"the coordinator key cannot be read ({e}): `run` refuses every version until it is fixed"
     return {
         "enrolled": ident is not None,
         "device_id": ident.device_id if ident else None,
         "coordinator": (config.coordinator or (ident.coordinator if ident else "")) or None,
-        "signature_checked": coordinator_key(config.public_key, ident) is not None,
+        "signature_checked": key is not None and key_error is None,
+        **({"signature_key_error": key_error} if key_error else {}),
         "model": {"current": store.current_id, "previous": store.previous_id, "installed": store.installed()},
         "cache": stats,
         "learning_paused": paused,

@@ -33,9 +33,17 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime import rollout_guard
+from edge_runtime.config import ConfigError
 from edge_runtime.errors import EdgeError
 from edge_runtime.file_lock import file_lock
-from edge_runtime.paths import CURRENT_POINTER, MODELS_DIR, ROLLOUT_STATE_FILE, STAGING_LOCK, STAGING_PREFIX
+from edge_runtime.paths import (
+    CURRENT_POINTER,
+    IDENTITY_FILE,
+    MODELS_DIR,
+    ROLLOUT_STATE_FILE,
+    STAGING_LOCK,
+    STAGING_PREFIX,
+)
 from protocol import artifact
 from protocol.artifact import (
     GRAPH,
@@ -203,7 +211,12 @@ class VersionStore:
         is found and the version fetched again."""
         self.root = Path(data_dir) / MODELS_DIR
         self.root.mkdir(parents=True, exist_ok=True)
-        self.public_key = None if public_key is None else load_public_key(public_key)
+        try:
+            self.public_key = None if public_key is None else load_public_key(public_key)
+        except ValueError as e:   # "Non-hexadecimal digit found" named neither the key nor a fix
+            raise ConfigError(f"the coordinator's public key (the public_key setting, else the one in "
+                               f"{IDENTITY_FILE} from enrollment) cannot be read: {e}; set the right one, or "
+                               "enroll again") from None
         self._verified: dict[str, tuple] | None = {} if remember_verified else None   # id -> files' stat
         self._recover()
 

@@ -623,3 +623,24 @@ def test_a_signed_quantized_form_is_what_is_downloaded_and_it_loads(tmp_path: Pa
 
     with pytest.raises(VersionError, match="sha256"):
         store2.install("v1", evil)
+
+
+def test_a_coordinator_key_that_cannot_be_read_is_said_not_checked(tmp_path, capsys):
+    """A device.json whose coordinator key is not hex: `status` said "signature_checked": true, and
+    `run` ended on "error: Non-hexadecimal digit found", naming neither the key nor a fix."""
+    from edge_runtime.__main__ import main as cli_main
+    from edge_runtime.identity import Identity, save_identity
+
+    d = tmp_path / "d"
+    save_identity(d, Identity("dev1", "t" * 40, "http://127.0.0.1:9", public_key="zz" * 32))
+    assert cli_main(["status", "--data-dir", str(d)]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["signature_checked"] is False and "cannot be read" in said["signature_key_error"]
+    assert cli_main(["run", "--data-dir", str(d), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "coordinator's public key" in err and "device.json" in err and "enroll again" in err
+    good = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    save_identity(d, Identity("dev1", "t" * 40, "http://127.0.0.1:9", public_key=good))
+    assert cli_main(["status", "--data-dir", str(d)]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["signature_checked"] is True and "signature_key_error" not in said
