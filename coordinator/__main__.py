@@ -65,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("create-enrollment-key", "create an enrollment key and print it")
     p.add_argument("--label", default="")
     p.add_argument("--uses", type=int, default=None,
-                   help="how many devices may enroll with it (default: setting enrollment_key_uses, 100)")
+                   help="how many devices may enroll with it (default: setting enrollment_key_uses, as the "
+                        "service recorded it; built in: 100)")
     p.add_argument("--expires-in-s", type=float, default=None,
-                   help="lifetime in seconds (default: setting enrollment_key_ttl_s, 7 days)")
+                   help="lifetime in seconds (default: setting enrollment_key_ttl_s, as the service recorded "
+                        "it; built in: 7 days)")
     _listing(cmd("enrollment-keys", "list enrollment keys (never their secrets) and the devices each minted"))
     p = cmd("revoke-enrollment-key", "stop an enrollment key enrolling devices (a leaked one)")
     p.add_argument("key", help="the key's id (from enrollment-keys) or the key itself")
@@ -86,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("start-round", "open a training round on the stable version")
     for k, t in (("goal-count", int), ("min-count", int), ("overselect", float), ("round-duration-s", float),
                  ("selection-window-s", float)):
-        p.add_argument(f"--{k}", type=t, help=f"(default: setting {k.replace('-', '_')}, "
-                                              f"{getattr(Config, k.replace('-', '_'))})")
+        p.add_argument(f"--{k}", type=t, help=f"(default: setting {k.replace('-', '_')}, as the service "
+                                              f"recorded it; built in: {getattr(Config, k.replace('-', '_'))})")
     for f in PLAN_FIELDS:   # protocol.plan: the one declaration of a plan's fields and bounds
         kw: dict[str, Any] = ({"action": argparse.BooleanOptionalAction, "default": None} if f.kind is bool
                               else {"type": f.kind})
         p.add_argument(f"--{f.name.replace('_', '-')}", **kw,
-                       help=f"{f.help}; in {f.describe()} (default: setting {f.name}, {getattr(Config, f.name)})")
+                       help=f"{f.help}; in {f.describe()} (default: setting {f.name}, as the service recorded it; "
+                            f"built in: {getattr(Config, f.name)})")
     p = cmd("close-round", "close a round now (aggregate if it has enough updates); exit 3 if it stays open")
     p.add_argument("round_id", type=round_id)
     p.add_argument("--force", action="store_true", help="close before the deadline with the minimum count")
