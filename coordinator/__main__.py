@@ -217,11 +217,13 @@ def _read_only(cfg: Any, command: str) -> bool:
 
 
 def _disk_full(data: Path) -> bool:
-    """Whether the data directory's disk has no room left (under 1 MiB for this user)."""
+    """Whether the data directory's disk has no room left (under 1 MiB for this user). A file
+    system of no size (/proc, /sys) is no disk: not "full", whatever fails there next says why."""
     try:
-        return shutil.disk_usage(data if data.exists() else data.parent).free < 2**20
+        usage = shutil.disk_usage(data if data.exists() else data.parent)
     except OSError:
         return False
+    return usage.total > 0 and usage.free < 2**20
 
 
 EXIT_LEFT_OPEN = 3   # close-round left the round open: not an error (1) nor the operator's input (2)

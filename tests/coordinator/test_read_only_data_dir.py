@@ -204,3 +204,12 @@ def test_a_full_disk_is_inspected_read_only_and_changes_are_refused_in_one_line(
     assert "note: the disk of" in r.stderr and "is full: reading it read-only" in r.stderr, r.stderr
     assert "is full, and `start-round` changes the coordinator's state: free space first" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "disk I/O error" not in r.stderr, r.stderr
+
+
+def test_a_file_system_of_no_size_is_not_a_full_disk(tmp_path):
+    """`init --data-dir /proc/x` said "the disk of /proc/x is full": /proc and /sys report no
+    free space because they have no size. What fails there says why instead."""
+    r = subprocess.run([sys.executable, "-m", "coordinator", "init", "--data-dir", "/proc/fedkeys-x"], cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode != 0 and "is full" not in r.stderr and "/proc/fedkeys-x" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
