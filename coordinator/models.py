@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -120,6 +121,8 @@ class Rejection(Base):
     """Every rejected update, with its reason: the audit trail for "why was mine refused"."""
 
     __tablename__ = "rejections"
+    # A round's selection asks whether a device's upload was refused (`selection.select_device`)
+    __table_args__ = (Index("ix_rejections_round_device", "round_id", "device_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     round_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     device_id: Mapped[str] = mapped_column(String(64))

@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator.models import Assignment, Round, Update
+from coordinator.models import Assignment, Rejection, Round, Update
 from coordinator.models_secagg import SecAggMember, SecAggRound
 from coordinator.states import SecAggPhase
 
@@ -70,6 +70,11 @@ def select_device(s: Session, r: Round, device_id: str, now: datetime) -> tuple[
     if uploaded is not None:   # contributed already (a plain update, or joined the secure round's cohort)
         return NONE, None
     phase = s.scalar(select(SecAggRound.phase).where(SecAggRound.round_id == r.id))
+    if phase is None and s.scalar(select(Rejection.id).where(Rejection.round_id == r.id,
+                                                             Rejection.device_id == device_id).limit(1)) is not None:
+        # Its upload was refused: a device never trains a round twice (its text would be released
+        # again), so it refused the task at every check-in until the deadline.
+        return NONE, None
     if phase is not None and phase != SecAggPhase.KEYS:
         # A secure round's cohort is fixed: a device outside it would train only to have its keys
         # refused as late, and be handed the task again at its next check-in.

@@ -133,7 +133,7 @@ def test_a_database_from_when_secure_aggregation_was_migration_0002_upgrades(tmp
     assert "expires_at" in {c["name"] for c in found.get_columns("enrollment_keys")}
     assert "selection_ends_at" in {c["name"] for c in found.get_columns("rounds")}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0010"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0011"
         assert conn.execute(text("SELECT survivors FROM secagg_rounds WHERE round_id = 1")).scalar() == 3
         assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
     migrate(engine)   # and a second start has nothing to do

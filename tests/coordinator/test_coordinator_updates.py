@@ -189,3 +189,13 @@ def test_a_traceback_quoting_a_sent_value_cannot_forge_a_line_of_the_text_log():
     assert all(line.startswith("  ") for line in lines[1:]) and "\x1b" not in "".join(lines)
     assert "  2026-12-06 06:00:00,000 WARNING coordinator.rounds: round 1 failed\\x1b[2K" in lines
     assert any(line.strip() == "Traceback (most recent call last):" for line in lines)
+
+
+def test_a_device_whose_upload_was_refused_is_not_handed_the_round_again(world):
+    """A device never trains a round twice (its text would be released again): one whose upload
+    was refused was handed the round's train task at every check-in until the deadline, and
+    refused it each time. Now it is told to come back; the others still train."""
+    s, (a, b, c, outsider), rid = world
+    _expect(a.upload(random_delta(0, scale=5.0), round_id=rid, base="v0000", examples=5), 422, wire.E_NORM)
+    assert a.checkin().kind == wire.TASK_COME_BACK
+    assert b.checkin().kind == wire.TASK_TRAIN
