@@ -532,7 +532,8 @@
   }
 
   function send() {
-    const text = message.value;
+    // the pronoun last typed is written "I" on Enter too ("see you then, i" is sent as "…, I")
+    const text = message.value.replace(/(^|[\s"(\[{“‘])i((?:['’](?:m|ll|ve|d))?)$/u, "$1I$2");
     if (!text.trim()) return;
     alignCommitted(text);
     for (const piece of pieces(text.slice(newTextStart(text)))) commit(message, piece);

@@ -546,6 +546,12 @@ def test_the_pronoun_typed_in_lower_case_is_written_I(page):
     page.wait_for_function("() => document.querySelector('#strip [data-slot=\"middle\"]').dataset.word === \"i'm\"")
     page.click('#strip [data-slot="middle"]')
     assert msg.input_value().endswith(" we I'm ")
+    page.unroute("**/api/suggest")
+    msg.fill("")
+    page.keyboard.type("see you then, i")
+    page.keyboard.press("Enter")                          # sent: the last word too
+    page.wait_for_function(
+        "() => document.querySelector('#thread .bubble:last-child')?.textContent === 'see you then, I'")
     page.locator("#private-field").focus()
     page.keyboard.type("i think ")
     assert page.locator("#private-field").input_value() == "i think "
