@@ -534,6 +534,7 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
         return "skipped (no longer eligible)", {}
     evaluated = EvaluationRecord(dev.config.require_data_dir(), per_day=dev.config.max_evaluations_per_day)
     try:
+        evaluated.asked_about(task.candidate_version_id)
         pending = evaluated.pending(task)
         refusal = None if pending is not None else evaluated.refusal(task)
     except LedgerError as e:   # it cannot tell what it answered: it answers nothing
@@ -776,7 +777,7 @@ def status(config: EdgeConfig) -> dict[str, Any]:
         try:
             load_public_key(key)
         except ValueError as e:
-            key_error = f"the coordinator key cannot be read ({e}): `run` refuses every version until it is fixed"
+            key_error = f"the coordinator key cannot be read ({e}): `run` and `keyboard` stop at start until fixed"
     return {
         "enrolled": ident is not None,
         "device_id": ident.device_id if ident else None,

@@ -278,5 +278,15 @@ class EvaluationRecord:
             self._write([{k: v for k, v in e.items() if k != "report" or e["candidate"] != candidate}
                          for e in entries])
 
+    def asked_about(self, candidate: str) -> None:
+        """The coordinator asks about `candidate`, and it asks only about the candidate it is
+        deciding: a report kept for another one will not be asked for again, so it is not kept.
+        Kept, it said at the daily cap that the device could answer (`can_answer`), and the
+        device was handed tasks it refused at every check-in."""
+        entries = self.entries()
+        if any("report" in e for e in entries if e["candidate"] != candidate):
+            self._write([{k: v for k, v in e.items() if k != "report" or e["candidate"] == candidate}
+                         for e in entries])
+
     def _write(self, entries: list[dict[str, Any]]) -> None:
         atomic_write(self.path, json.dumps({"evaluated": entries}, indent=1).encode())

@@ -641,6 +641,18 @@ def test_a_device_at_its_daily_evaluation_cap_says_so_at_check_in(device):
     record.delivered("c2")
     agent.run_once(device)
     assert device.client.checkins[-1].can_evaluate is False
+    # A report kept for a candidate the coordinator decided meanwhile is never asked for again: once
+    # it asks about another candidate (refused at the cap), the kept one no longer holds the door open.
+    record.record("c3", report={"kept": "c3 decided before it went"})
+    device.client.tasks = [wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0),
+                           wire.Task(kind=wire.TASK_EVALUATE, retry_after=5.0, use_version_id=None,
+                                     candidate_version_id="c4", evaluate_version_ids=("c4", "v1"), max_eval_words=50),
+                           wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0)]
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_evaluate is True
+    assert "evaluations in the last 24 hours" in agent.run_once(device).outcome
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_evaluate is False
 
 
 def test_a_candidate_answered_long_ago_is_not_answered_again(tmp_path):
