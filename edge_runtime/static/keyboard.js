@@ -372,8 +372,8 @@
   // also after an opening quote or bracket there ('"Hi', "'Hi", "(Hi").
   // Not after a title, "e.g." or an initial ("Mr. Smith", "e.g. this", "J. Smith"), where a full
   // stop ends no sentence: the text was cut there ("I met Mr." learned apart from "Smith ...")
-  // and Shift came on.
-  const ABBREVIATION = /(?:^|[\s"'(\[{“‘])(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|vs|cf|e\.g|i\.e|\p{Lu})\.$/u;
+  // and Shift came on. "I." is the pronoun ("so do I. Then"), not an initial.
+  const ABBREVIATION = /(?:^|[\s"'(\[{“‘])(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|vs|cf|e\.g|i\.e|(?!I)\p{Lu})\.$/u;
   const sentenceStart = (before) => /(^\s*|[.!?]["')\]’”]*\s+)["'(\[{‘“]*$/.test(before)
     && !ABBREVIATION.test(before.trimEnd());
   // "'hello" -> "'Hello": a single quote typed before the word stays in front of it. A word

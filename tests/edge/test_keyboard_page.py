@@ -589,9 +589,11 @@ def test_a_title_or_an_initial_ends_no_sentence(page, device):
     page.keyboard.type("the J. R. Tolkien talk. ")
     assert shifted(page)
     expect_count(page, 1)
-    page.keyboard.type("Then we left! ")
-    expect_count(page, 2)
-    assert rows(device["dir"]) == ["I met Mr. Smith and Dr. Who, e.g. the J. R. Tolkien talk.", "Then we left!"]
+    page.keyboard.type("Then we left! So did I. ")
+    assert shifted(page)                                  # the pronoun, not an initial
+    expect_count(page, 3)
+    assert rows(device["dir"]) == ["I met Mr. Smith and Dr. Who, e.g. the J. R. Tolkien talk.", "Then we left!",
+                                   "So did I."]
 
 
 def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
