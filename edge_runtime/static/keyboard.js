@@ -355,15 +355,31 @@
   // too (chat text), and offering "I" for "i" in the strip cost 0.04 to 0.08 KSR on every corpus.
   const PRONOUN = /(?:^|[\s"(\[{“‘])(i(?:['’](?:m|ll|ve|d))?)$/u;
   const isPronoun = (w) => /^i(?:['’](?:m|ll|ve|d))?$/u.test(w);
+  // A ⌫ right after the correction takes it back, as on a phone ("i" in Swedish is "in"), and the
+  // same "i" is then left as typed.
+  let corrected = null, declined = null;
   function pronoun(field, str) {
     // not before a "." ("i.e.")
     if (field !== message || !(str === " " || (PUNCT.test(str) && str !== ".")) || field.selectionStart !== field.selectionEnd) {
       return false;
     }
     const pos = field.selectionStart;
+    if (declined && declined.value === field.value && declined.at === pos) return false;
     const m = field.value.slice(Math.max(0, pos - 8), pos).match(PRONOUN);   // no form is longer than 4
     if (!m) return false;
-    replaceUndoably(field, "I" + m[1].slice(1) + str, pos - m[1].length, pos);
+    const start = pos - m[1].length;
+    replaceUndoably(field, "I" + m[1].slice(1) + str, start, pos);
+    corrected = { value: field.value, at: field.selectionStart, start, typed: m[1] };
+    afterEdit(field);
+    return true;
+  }
+  function uncorrect(field) {
+    const c = corrected;
+    corrected = null;
+    if (field !== message || !c || c.value !== field.value || field.selectionStart !== c.at
+        || field.selectionEnd !== c.at) return false;
+    replaceUndoably(field, c.typed, c.start, c.at);
+    declined = { value: field.value, at: field.selectionStart };
     afterEdit(field);
     return true;
   }
@@ -533,7 +549,8 @@
 
   function send() {
     // the pronoun last typed is written "I" on Enter too ("see you then, i" is sent as "…, I")
-    const text = message.value.replace(/(^|[\s"(\[{“‘])i((?:['’](?:m|ll|ve|d))?)$/u, "$1I$2");
+    const kept = declined && declined.value === message.value;   // taken back with ⌫: sent as typed
+    const text = kept ? message.value : message.value.replace(/(^|[\s"(\[{“‘])i((?:['’](?:m|ll|ve|d))?)$/u, "$1I$2");
     if (!text.trim()) return;
     alignCommitted(text);
     for (const piece of pieces(text.slice(newTextStart(text)))) commit(message, piece);
@@ -569,6 +586,7 @@
 
   function insertText(field, str) {
     field.focus();
+    corrected = null;
     if (punctuate(field, str)) return;
     autoSpace = null;
     if (pronoun(field, str)) return;
@@ -595,6 +613,7 @@
   function backspace(field) {
     field.focus();
     autoSpace = null;
+    if (uncorrect(field)) return;
     let start = field.selectionStart;
     const end = field.selectionEnd;
     if (start === end) {
@@ -765,9 +784,10 @@
   message.addEventListener("beforeinput", (e) => {
     if (e.inputType === "insertText" && e.data && punctuate(message, e.data)) e.preventDefault();
     else if (e.inputType === "insertText" && e.data && pronoun(message, e.data)) { autoSpace = null; e.preventDefault(); }
+    else if (e.inputType === "deleteContentBackward" && uncorrect(message)) e.preventDefault();
     else if (e.inputType !== "insertText" || !PUNCT.test(e.data || "")) autoSpace = null;
   });
-  message.addEventListener("input", () => { if (!replacing) afterEdit(message); });
+  message.addEventListener("input", () => { if (!replacing) { corrected = null; afterEdit(message); } });
   message.addEventListener("focus", () => setActive(message));
   // Alt+1, Alt+2, Alt+3 (Control on a Mac) take the best, second and third suggestion (the strip's
   // buttons stay out of the tab order so a tap never moves the caret out of the message).

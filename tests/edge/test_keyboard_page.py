@@ -539,6 +539,18 @@ def test_the_pronoun_typed_in_lower_case_is_written_I(page):
     assert msg.input_value().endswith(" ok and I ")
     page.keyboard.press("Control+z")                      # the correction is one undoable edit
     assert msg.input_value().endswith(" ok and i")
+    # a ⌫ right after it takes it back ("i" is "in" in Swedish), and that "i" stays as typed
+    page.keyboard.type(" jag bor i ")
+    assert msg.input_value().endswith(" jag bor I ")
+    page.keyboard.press("Backspace")
+    assert msg.input_value().endswith(" jag bor i")
+    page.keyboard.type(" stockholm ")
+    assert msg.input_value().endswith(" jag bor i stockholm ")
+    tap_keys(page, "i ")                                  # the page's keys alike
+    assert msg.input_value().endswith(" stockholm I ")
+    page.click('#keyboard [data-key="backspace"]')
+    tap_keys(page, " ")
+    assert msg.input_value().endswith(" stockholm i ")
     # a tapped suggestion in the pronoun's lower case (the device's word list has chat's "i'm")
     page.route("**/api/suggest", lambda route: route.fulfill(
         json={"suggestions": ["i'm", "in", "it"], "version_id": "v"}))
