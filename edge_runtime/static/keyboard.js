@@ -56,6 +56,7 @@
     return data;
   }
 
+  let reportedPaused = null;   // whether learning is paused, as the device last said
   function renderStatus(st) {
     if (!st || !st.model) return;
     const chip = $("#model-chip");
@@ -69,7 +70,7 @@
     $("#cached-count").textContent = String(n);
     $("#cached-label").textContent = n === 1 ? "sentence" : "sentences";
     const toggle = $("#pause-toggle");
-    toggle.checked = !!st.paused;
+    toggle.checked = reportedPaused = !!st.paused;
     document.body.classList.toggle("paused", !!st.paused);
     $(".toggle-label").textContent = st.paused ? "Learning paused" : "Pause learning";
   }
@@ -835,18 +836,20 @@
 
   // One tap's change at a time, in the order tapped: two quick taps sent at once could be applied
   // in either order, and learning stayed paused though the last tap resumed it.
-  let pausing = Promise.resolve(), pauseTaps = 0;
+  let pausing = Promise.resolve(), pauseTaps = 0;   // (reportedPaused: renderStatus's, above)
   $("#pause-toggle").addEventListener("change", (e) => {
     const paused = e.target.checked, mine = ++pauseTaps;
     pausing = pausing.then(async () => {
       try {
-        const st = await api("/api/pause", { paused });
+        // within the strip's wait: a hung answer held every later tap behind it, unsaid
+        const st = await api("/api/pause", { paused }, ANSWER_TIMEOUT_MS);
         if (mine !== pauseTaps) return;          // a later tap's answer says how it ends
         renderStatus(st);
         toast(st.paused ? "Learning paused: nothing new is saved" : "Learning resumed");
       } catch (err) {
-        // back as it was: left as clicked, it would show a change that did not happen
-        if (mine === pauseTaps) e.target.checked = !paused;
+        // back as the device last said it was: left as clicked, it would show a change that did not
+        // happen (after two taps that both failed, "the tap before" was a state it never had)
+        if (mine === pauseTaps) e.target.checked = reportedPaused ?? !paused;
         toast("Could not change: " + err.message);
         refreshStatus();
       }
