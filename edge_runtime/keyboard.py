@@ -151,6 +151,7 @@ def _build(data_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None, 
             server.idle.stop()
             server.server_close()
             raise
+        server.idle.submit(None)   # builds the user's words now, before the first keystroke
         if slot.predictor is None:   # else every strip is empty with nothing saying why
             log.warning("keyboard: no model version in %s yet: the strip stays empty until the device loop "
                         "(`run`) installs one, or pass --model DIR; typed text is still cached", data_dir)

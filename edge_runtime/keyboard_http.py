@@ -274,8 +274,7 @@ class KeyboardHTTPServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(addr, KeyboardHandler)
         self.app = app
-        self.idle = IdleWorker(app.prefetch)
-        self.idle.submit(None)   # builds the user's words now, before the first keystroke
+        self.idle = IdleWorker(app.prefetch)   # its first work, the user's words, once the model is in (`keyboard`)
         self.bind_name = addr[0].strip("[]").lower()
         self.token = token   # shown only in the printed URL
 
