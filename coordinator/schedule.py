@@ -9,6 +9,8 @@ the next round trains on).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 log = logging.getLogger(__name__)
+REFUSAL_SAID_S = 600.0   # a scheduled round's lasting refusal is logged once in this many seconds
+_refused_said: dict[str, float] = {}   # the last refusal said, and when (time.monotonic)
 
 
 def next_round_due(now: datetime, *, interval_s: float, last_closed_at: datetime | None, round_open: bool,
@@ -46,7 +50,14 @@ def open_if_due(coord: Coordinator) -> None:
         return
     try:
         rid = coord.start_round()
-    except ApiError as e:     # another worker opened it first, or the stable version just changed
-        log.info("scheduled round not opened: %s", e.message)
+    except ApiError as e:   # another worker opened it first, the stable version changed, or the settings refuse it
+        # Maintenance runs on every check-in: a refusal that lasts (a body limit no update fits in)
+        # is said once a while, not on every pass.
+        now = time.monotonic()
+        if _refused_said.get(e.message, -math.inf) <= now - REFUSAL_SAID_S:
+            _refused_said.clear()
+            _refused_said[e.message] = now
+            log.info("scheduled round not opened: %s", e.message)
         return
+    _refused_said.clear()
     log.info("round %d opened on schedule (round_interval_s %g)", rid, coord.config.round_interval_s)

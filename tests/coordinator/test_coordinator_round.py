@@ -453,3 +453,31 @@ def test_a_body_limit_no_update_fits_under_opens_no_round(tmp_path):
         with pytest.raises(ApiError, match="max_body_bytes"):
             s.coord.start_round(secure_aggregation=True)
         assert s.coord.start_round() == 1
+
+
+def test_a_lasting_refusal_of_a_scheduled_round_is_logged_once_a_while(tmp_path, monkeypatch, caplog):
+    """Maintenance runs on every check-in: a scheduled round the settings refuse for good (a body
+    limit no update fits in) logged "scheduled round not opened" on every pass."""
+    import logging
+
+    from coordinator import schedule
+    from coordinator.errors import ApiError
+    from protocol import wire
+    from tests.helpers.coordinator_fakes import make_config, serve
+
+    with serve(make_config(tmp_path, round_interval_s=5.0)) as s:
+        said = ["max_body_bytes 10 is under the smallest update"]
+
+        def refused() -> int:
+            raise ApiError(400, wire.E_BAD_REQUEST, said[0])
+
+        monkeypatch.setattr(schedule, "next_round_due", lambda *a, **kw: True)
+        monkeypatch.setattr(s.coord, "start_round", refused)
+        with caplog.at_level(logging.INFO, logger="coordinator.schedule"):
+            for _ in range(5):
+                schedule.open_if_due(s.coord)
+            said[0] = "a round is already open"   # another reason is said at once
+            schedule.open_if_due(s.coord)
+        lines = [r.getMessage() for r in caplog.records if "scheduled round not opened" in r.getMessage()]
+        assert lines == ["scheduled round not opened: max_body_bytes 10 is under the smallest update",
+                         "scheduled round not opened: a round is already open"], lines
