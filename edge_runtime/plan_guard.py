@@ -225,8 +225,7 @@ class EvaluationRecord:
         entries = self.entries()
         if any(e["candidate"] == cand for e in entries):
             return f"{cand} was evaluated on this device already"
-        now = time.time() if now is None else now
-        recent = sum(now - DAY_S < e["at"] <= now for e in entries)
+        recent = _answered_today(entries, now)
         if recent >= self.per_day:
             return f"{recent} evaluations in the last 24 hours, the most this device answers (max_evaluations_per_day)"
         return None
@@ -241,8 +240,7 @@ class EvaluationRecord:
             return False
         if any(isinstance(e.get("report"), dict) for e in entries):
             return True
-        now = time.time() if now is None else now
-        return sum(now - DAY_S < e["at"] <= now for e in entries) < self.per_day
+        return _answered_today(entries, now) < self.per_day
 
     def record(self, candidate: str, now: float | None = None, report: dict[str, Any] | None = None,
                wipe_mark: str | None = None) -> None:
@@ -290,3 +288,9 @@ class EvaluationRecord:
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
         atomic_write(self.path, json.dumps({"evaluated": entries}, indent=1).encode())
+
+
+def _answered_today(entries: list[dict[str, Any]], now: float | None) -> int:
+    """How many of an `EvaluationRecord`'s entries were answered in the 24 hours before `now`."""
+    now = time.time() if now is None else now
+    return sum(now - DAY_S < e["at"] <= now for e in entries)
