@@ -355,7 +355,9 @@
   // "i'm" goes in as "I'm". Only the text typed: the device's word list holds these in lower case
   // too (chat text), and offering "I" for "i" in the strip cost 0.04 to 0.08 KSR on every corpus.
   const PRONOUN = /(?:^|[\s"(\[{“‘])(i(?:['’](?:m|ll|ve|d))?)$/u;
-  const isPronoun = (w) => /^i(?:['’](?:m|ll|ve|d))?$/u.test(w);
+  // The pronoun's lower-case form that ends `text` ("i'm" for "so i'm"), or null.
+  const pronounAtEnd = (text) => text.slice(-8).match(PRONOUN)?.[1] ?? null;   // no form is longer than 4
+  const isPronoun = (w) => pronounAtEnd(w) === w;
   // A ⌫ right after the correction takes it back, as on a phone ("i" in Swedish is "in"), and the
   // same "i" is then left as typed.
   let corrected = null, declined = null;
@@ -366,11 +368,11 @@
     }
     const pos = field.selectionStart;
     if (declined && declined.value === field.value && declined.at === pos) return false;
-    const m = field.value.slice(Math.max(0, pos - 8), pos).match(PRONOUN);   // no form is longer than 4
-    if (!m) return false;
-    const start = pos - m[1].length;
-    replaceUndoably(field, "I" + m[1].slice(1) + str, start, pos);
-    corrected = { value: field.value, at: field.selectionStart, start, typed: m[1] };
+    const typed = pronounAtEnd(field.value.slice(Math.max(0, pos - 8), pos));
+    if (!typed) return false;
+    const start = pos - typed.length;
+    replaceUndoably(field, capitalise(typed) + str, start, pos);
+    corrected = { value: field.value, at: field.selectionStart, start, typed };
     afterEdit(field);
     return true;
   }
@@ -551,7 +553,8 @@
   function send() {
     // the pronoun last typed is written "I" on Enter too ("see you then, i" is sent as "…, I")
     const kept = declined && declined.value === message.value;   // taken back with ⌫: sent as typed
-    const text = kept ? message.value : message.value.replace(/(^|[\s"(\[{“‘])i((?:['’](?:m|ll|ve|d))?)$/u, "$1I$2");
+    const typed = !kept && pronounAtEnd(message.value);
+    const text = typed ? message.value.slice(0, -typed.length) + capitalise(typed) : message.value;
     if (!text.trim()) return;
     alignCommitted(text);
     for (const piece of pieces(text.slice(newTextStart(text)))) commit(message, piece);
