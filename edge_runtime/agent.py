@@ -48,17 +48,17 @@ from edge_runtime.client import (
     TransientError,
 )
 from edge_runtime.collector import release_freed
-from edge_runtime.config import EdgeConfig
+from edge_runtime.config import ConfigError, EdgeConfig
 from edge_runtime.eligibility import ActivityClock, Decision, Eligibility, Policy
 from edge_runtime.errors import EdgeError, Stopping, failure
 from edge_runtime.identity import Identity, coordinator_key, load_identity, save_identity
 from edge_runtime.paths import ACTIVITY_FILE, ENROLL_REQUEST_FILE, IDENTITY_FILE, RUN_LOCK
 from edge_runtime.plan_guard import EvaluationRecord, LedgerError, PlanFloor, PrivacyLedger
 from edge_runtime.unsent import Unsent
-from edge_runtime.versions import VersionError, VersionStore
+from edge_runtime.versions import VersionError, VersionStore, coordinator_public_key
 from edge_runtime.word_metrics import TypingSession, WordCounts, word_counts
 from protocol import discovery, wire
-from protocol.artifact import TOKENIZER, ArtifactError, atomic_write, load_public_key, read_manifest
+from protocol.artifact import TOKENIZER, ArtifactError, atomic_write, read_manifest
 from protocol.vocab import dictionary
 
 log = logging.getLogger(__name__)
@@ -775,9 +775,9 @@ def status(config: EdgeConfig) -> dict[str, Any]:
     key, key_error = coordinator_key(config.public_key, ident), None
     if key is not None:   # `run` and `notices` refuse a key that is not one: not "checked" here either
         try:
-            load_public_key(key)
-        except ValueError as e:
-            key_error = f"the coordinator key cannot be read ({e}): `run` and `keyboard` stop at start until fixed"
+            coordinator_public_key(key)
+        except ConfigError as e:
+            key_error = f"{e} (`run` and `keyboard` stop at start until then)"
     return {
         "enrolled": ident is not None,
         "device_id": ident.device_id if ident else None,

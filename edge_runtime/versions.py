@@ -201,6 +201,17 @@ def _check_runnable(manifest: Manifest) -> None:
         raise VersionError(f"version {manifest.version_id} cannot run here: {e}"[:500]) from e
 
 
+def coordinator_public_key(key: Ed25519PublicKey | bytes | str) -> Ed25519PublicKey:
+    """The coordinator's key that versions are checked with; `ConfigError` naming the key, where it
+    comes from and the fix when it is not one ("Non-hexadecimal digit found" said none of that)."""
+    try:
+        return load_public_key(key)
+    except ValueError as e:
+        raise ConfigError(f"the coordinator's public key (the public_key setting, else the one in "
+                          f"{IDENTITY_FILE} from enrollment) cannot be read: {e}; set the right one, or "
+                          "enroll again") from None
+
+
 class VersionStore:
     """The device's model versions. Construct one at start: it cleans up after a crash."""
 
@@ -211,12 +222,7 @@ class VersionStore:
         is found and the version fetched again."""
         self.root = Path(data_dir) / MODELS_DIR
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            self.public_key = None if public_key is None else load_public_key(public_key)
-        except ValueError as e:   # "Non-hexadecimal digit found" named neither the key nor a fix
-            raise ConfigError(f"the coordinator's public key (the public_key setting, else the one in "
-                               f"{IDENTITY_FILE} from enrollment) cannot be read: {e}; set the right one, or "
-                               "enroll again") from None
+        self.public_key = None if public_key is None else coordinator_public_key(public_key)
         self._verified: dict[str, tuple] | None = {} if remember_verified else None   # id -> files' stat
         self._recover()
 
