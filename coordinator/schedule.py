@@ -9,7 +9,6 @@ the next round trains on).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 REFUSAL_SAID_S = 600.0   # a scheduled round's lasting refusal is logged once in this many seconds
-_refused_said: dict[str, float] = {}   # the last refusal said, and when (time.monotonic)
+_refused_said: tuple[str, float] | None = None   # the last refusal said, and when (time.monotonic)
 
 
 def next_round_due(now: datetime, *, interval_s: float, last_closed_at: datetime | None, round_open: bool,
@@ -38,6 +37,7 @@ def next_round_due(now: datetime, *, interval_s: float, last_closed_at: datetime
 
 def open_if_due(coord: Coordinator) -> None:
     """Open the next round on `coord` if `next_round_due` says so (called from maintenance)."""
+    global _refused_said
     if coord.config.round_interval_s <= 0:
         return
     with coord._sessions() as s:
@@ -54,10 +54,9 @@ def open_if_due(coord: Coordinator) -> None:
         # Maintenance runs on every check-in: a refusal that lasts (a body limit no update fits in)
         # is said once a while, not on every pass.
         now = time.monotonic()
-        if _refused_said.get(e.message, -math.inf) <= now - REFUSAL_SAID_S:
-            _refused_said.clear()
-            _refused_said[e.message] = now
+        if _refused_said is None or _refused_said[0] != e.message or _refused_said[1] <= now - REFUSAL_SAID_S:
+            _refused_said = (e.message, now)
             log.info("scheduled round not opened: %s", e.message)
         return
-    _refused_said.clear()
+    _refused_said = None
     log.info("round %d opened on schedule (round_interval_s %g)", rid, coord.config.round_interval_s)
