@@ -234,6 +234,7 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
     a = args.command
     if a == "init":
         cfg = c.config
+        c.ensure_admin_token()
         token = ({"admin_token": "the admin_token setting (no file is written)"} if cfg.admin_token
                  else {"admin_token_file": f"{cfg.data_dir}/admin_token"})
         from sqlalchemy import make_url  # the whole URL but its password ("/fedkeys?host=..." hid the scheme)
@@ -329,10 +330,29 @@ def _admin(c: Any, args: argparse.Namespace) -> int:
     elif a == "public-key":
         print(c.public_key_hex)
     elif a == "admin-token":
-        if c.admin_token is None:   # read-only: none is made
-            raise ConfigError(f"{c.data_dir} holds no {keys.ADMIN_TOKEN_FILE}, and cannot be written to make one")
-        print(c.admin_token)
+        print(_admin_token(c))
     return 0
+
+
+def _admin_token(c: Any) -> str:
+    """The token to log in with, checked against the one the service last started with: an admin
+    command run without the service's FEDKEYS_COORDINATOR_ADMIN_TOKEN printed a token of a file it
+    made, which the service refused."""
+    served = keys.served_token(c.data_dir)
+    if c.admin_token is None:
+        if served is not None and served["from"] == "setting":
+            raise ConfigError("the service takes its admin token from its admin_token setting "
+                              "(FEDKEYS_COORDINATOR_ADMIN_TOKEN or its config file), which this command was not given: "
+                              "run it with the service's environment (deploy/README.md)")
+        if c.read_only:   # none is made
+            raise ConfigError(f"{c.data_dir} holds no {keys.ADMIN_TOKEN_FILE}, and cannot be written to make one")
+    token = c.ensure_admin_token()
+    if served is not None and not keys.secret_matches(token, served["sha256"]):
+        was = ("its admin_token setting" if served["from"] == "setting"
+               else f"another token in {keys.ADMIN_TOKEN_FILE}")
+        print(f"note: the service last started (or reloaded) with {was}, and refuses this one until it restarts "
+              "with it (a reload, for a new file)", file=sys.stderr)
+    return token
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,7 +89,7 @@ def _servable(cfg: Config) -> Coordinator:
     """The coordinator over `cfg`, or ConfigError for a setting it must not be served with."""
     coordinator = Coordinator(cfg)
     where = "admin_token" if cfg.admin_token else f"the admin token in {cfg.data_dir}/{keys.ADMIN_TOKEN_FILE}"
-    if len(coordinator.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+    if len(coordinator.ensure_admin_token()) < MIN_ADMIN_TOKEN_CHARS:
         coordinator.close()
         raise ConfigError(f"{where} must be at least {MIN_ADMIN_TOKEN_CHARS} characters to be served (empty "
                           f"setting and no file: one is generated)")
@@ -109,6 +109,7 @@ def _servable(cfg: Config) -> Coordinator:
                           "from the same backup (deploy/README.md), put its files back "
                           "with import-version of the folder it was imported from (or an export of it), or take "
                           "that version out of service with the admin commands (reject, rollback), which still run")
+    keys.record_served_token(cfg.data_dir, token, from_setting=bool(cfg.admin_token))   # what `admin-token` checks
     return coordinator
 
 

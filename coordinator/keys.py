@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from pathlib import Path
@@ -19,6 +20,9 @@ from coordinator.config import ConfigError
 
 SIGNING_KEY_FILE = "signing_key.pem"
 ADMIN_TOKEN_FILE = "admin_token"
+# Where the serving coordinator's admin token came from and its sha256 (never the token), for
+# `admin-token` to check what it prints against what the service accepts.
+SERVED_TOKEN_FILE = "admin_token.served"
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -73,6 +77,29 @@ def load_or_create_admin_token(data_dir: str | os.PathLike) -> str:
         except FileExistsError:
             pass
     return _read_token(path)
+
+
+def record_served_token(data_dir: str | os.PathLike, token: str, *, from_setting: bool) -> None:
+    """Record the token a starting (or reloading) service accepts. Without it, `admin-token` run
+    without the service's FEDKEYS_COORDINATOR_ADMIN_TOKEN made an admin_token file and printed a
+    token the service refused."""
+    path = Path(data_dir) / SERVED_TOKEN_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")   # gunicorn's workers start at once
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"from": "setting" if from_setting else "file", "sha256": hash_secret(token)}, f)
+    os.replace(tmp, path)
+
+
+def served_token(data_dir: str | os.PathLike) -> dict[str, str] | None:
+    """What `record_served_token` recorded ({"from": "setting" or "file", "sha256": ...}), or None
+    when no service has started here since (or the record is unreadable: it only informs)."""
+    try:
+        got = json.loads((Path(data_dir) / SERVED_TOKEN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(got, dict) and got.get("from") in ("setting", "file") and isinstance(got.get("sha256"), str)
+    return got if ok else None
 
 
 def load_admin_token(data_dir: str | os.PathLike) -> str | None:

@@ -72,7 +72,6 @@ class Coordinator:
             if read_only:
                 require_current_schema(self.engine)
                 self.signing_key = keys.load_signing_key(self.data_dir)
-                self.admin_token = config.admin_token or keys.load_admin_token(self.data_dir)
             else:
                 with data_dir_lock(self.data_dir):
                     create_private(config.resolved_database_url)   # a new SQLite file: its owner's only
@@ -80,7 +79,10 @@ class Coordinator:
                         deployment.check_unpaired(self.engine, self.data_dir)   # migrates or writes a key
                     migrate(self.engine)
                     self.signing_key = keys.load_or_create_signing_key(self.data_dir)
-                    self.admin_token = config.admin_token or keys.load_or_create_admin_token(self.data_dir)
+            # The token file is made by `init` and by serving (`ensure_admin_token`), not by every
+            # admin command: one run without the service's token setting would make a file of a
+            # token the service refuses.
+            self.admin_token: str | None = config.admin_token or keys.load_admin_token(self.data_dir)
             self.public_key_hex = keys.public_key_hex(self.signing_key)
             deployment.check_pairing(self.engine, self.public_key_hex, self.data_dir, read_only=read_only)
         except BaseException:
@@ -108,6 +110,12 @@ class Coordinator:
     def close(self) -> None:
         self.engine.dispose()
         self.monitor.dispose()
+
+    def ensure_admin_token(self) -> str:
+        """The admin token: the setting's, else the data directory's file, made if there is none."""
+        if self.admin_token is None:
+            self.admin_token = keys.load_or_create_admin_token(self.data_dir)
+        return self.admin_token
 
     @contextmanager
     def tx(self, *, decides: bool = False) -> Iterator[Session]:

@@ -385,6 +385,42 @@ def test_admin_commands_take_the_serving_coordinators_settings(tmp_path, capsys,
     assert json.loads(capsys.readouterr().out)["goal_count"] == 4
 
 
+def test_admin_token_prints_the_token_the_service_accepts(tmp_path, monkeypatch, capsys):
+    """On a deployment whose token is its admin_token setting (FEDKEYS_COORDINATOR_ADMIN_TOKEN in
+    the service's environment), `admin-token` run without that variable made an admin_token file
+    and printed its token, which the service refused. Now it says where the token is and makes no
+    file; a token other than the one the service started with is printed with a note."""
+    cfg = make_config(tmp_path)
+    common = ["--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]
+    file = Path(cfg.data_dir) / "admin_token"
+    monkeypatch.setenv("FEDKEYS_COORDINATOR_ADMIN_TOKEN", cfg.admin_token)   # the service's environment
+    assert cli_main(["init", *common]) == 0
+    create_app(cfg).extensions["fedkeys"].close()                            # the service starts on it
+    capsys.readouterr()
+    monkeypatch.delenv("FEDKEYS_COORDINATOR_ADMIN_TOKEN")                    # an operator's own shell
+    assert cli_main(["admin-token", *common]) == 2
+    said = capsys.readouterr()
+    assert not said.out and "FEDKEYS_COORDINATOR_ADMIN_TOKEN" in said.err and not file.exists()
+    monkeypatch.setenv("FEDKEYS_COORDINATOR_ADMIN_TOKEN", cfg.admin_token)
+    assert cli_main(["admin-token", *common]) == 0
+    said = capsys.readouterr()
+    assert said.out.strip() == cfg.admin_token and "refuses" not in said.err
+    monkeypatch.setenv("FEDKEYS_COORDINATOR_ADMIN_TOKEN", "a-new-token-not-served-yet")   # before the restart
+    assert cli_main(["admin-token", *common]) == 0
+    said = capsys.readouterr()
+    assert said.out.strip() == "a-new-token-not-served-yet" and "refuses this one" in said.err
+    # The token in the file: the service starts on it; a rotated file is said until the reload.
+    monkeypatch.delenv("FEDKEYS_COORDINATOR_ADMIN_TOKEN")
+    create_app(cfg.with_overrides({"admin_token": ""})).extensions["fedkeys"].close()
+    assert cli_main(["admin-token", *common]) == 0
+    said = capsys.readouterr()
+    assert said.out.strip() == file.read_text().strip() and "refuses" not in said.err
+    file.write_text("a-rotated-admin-token\n")
+    assert cli_main(["admin-token", *common]) == 0
+    said = capsys.readouterr()
+    assert said.out.strip() == "a-rotated-admin-token" and "refuses this one" in said.err
+
+
 def test_recorded_settings_hold_no_secret_and_a_bad_one_is_left_out(tmp_path, capsys, caplog):
     """The record keeps no admin token or database URL. A command's flag that is valid only with the
     service's settings (discover_words with its secure_aggregation) is not refused before they are
