@@ -386,6 +386,29 @@ def test_two_quick_taps_on_pause_leave_learning_as_the_last_tap_says(page, devic
     assert not page.evaluate("() => document.body.classList.contains('paused')")
 
 
+def test_two_taps_on_pause_that_both_fail_leave_the_switch_as_the_device_is(page, device):
+    """Two quick taps (pause, resume) while the device did not answer: the last tap's failure set
+    the switch back to the state before it, paused, which the device never had, and with the
+    device out of reach no status poll corrected it. It shows what the device last said."""
+    page.wait_for_function("() => document.querySelector('#model-chip').textContent.length > 0")
+    held = []
+    page.route("**/api/pause", lambda route: held.append(route))   # answered below, in order
+    page.route("**/api/status", lambda route: route.abort())  # the device out of reach
+    page.click(".toggle")
+    page.click(".toggle")
+    for n in (1, 2):                                          # taps are sent one after another
+        for _ in range(100):
+            if len(held) == n:
+                break
+            page.wait_for_timeout(50)
+        assert len(held) == n
+        held[n - 1].abort()
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('Could not change')")
+    page.wait_for_timeout(300)
+    assert not page.locator("#pause-toggle").is_checked()
+    assert status(device["url"])["paused"] is False
+
+
 def test_clear_history_and_screenshot(page, device):
     page.click("#message")
     page.keyboard.type("Thou art welcome. I pray you tell me. ")
