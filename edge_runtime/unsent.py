@@ -116,12 +116,16 @@ def discard(data_dir: str | os.PathLike) -> bool:
     text. False (logged) when a file could not be deleted (a disk gone read-only): the callers go
     on, since a wipe's other steps, and an answered upload's outcome, must not depend on it."""
     gone = True
+    folder = Path(data_dir)
     for name in (UNSENT_META, UNSENT_DELTA):   # the meta first: without it the bytes are never sent
-        try:
-            (Path(data_dir) / name).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.error("could not delete %s: %s", name, e.strerror or e)
-            gone = False
+        # and the temporary file `atomic_write` renames into place, which a kill or a power cut
+        # during `save` leaves beside it: the same bytes, never read, never deleted otherwise
+        for path in (folder / name, *folder.glob(f".{name}.*")):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.error("could not delete %s: %s", path.name, e.strerror or e)
+                gone = False
     return gone

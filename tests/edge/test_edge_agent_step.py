@@ -832,6 +832,28 @@ def test_wipe_deletes_an_update_the_loop_kept_while_it_ran(device, fake_train, m
     assert not list(data_dir.glob("unsent_update*"))
 
 
+def test_wipe_deletes_the_half_saved_update_a_kill_left(device, fake_train):
+    """`unsent.save` writes each file to a temporary one beside it (`atomic_write`) and renames it;
+    a kill or a power cut in between (a Pi unplugged while it saves 2.6 MB) left that temporary
+    file, the update's bytes learned from the text, in the data directory for good: `wipe` did
+    not delete it, nor did the next save or discard."""
+    import tempfile
+
+    from edge_runtime import unsent
+    from edge_runtime.__main__ import main
+
+    data_dir, u = kept_after_a_failed_upload(device)
+    unsent.discard(data_dir)
+    for name, data in (("unsent_update.safetensors", u.delta), ("unsent_update.json", b"{")):   # as a kill
+        fd, _ = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.")                           # mid-write leaves
+        with open(fd, "wb") as f:
+            f.write(data)
+    device.cache.close()
+    assert main(["wipe", "--data-dir", str(data_dir)]) == 0
+    assert not [p.name for p in data_dir.iterdir() if p.is_file() and u.delta in p.read_bytes()]
+    assert not list(data_dir.glob("*unsent_update*"))
+
+
 def test_a_disk_gone_read_only_still_lets_the_charged_update_go(device, fake_train, monkeypatch):
     """On a disk remounted read-only after an I/O error, deleting a file that is not there is
     EROFS, not ENOENT: `save`'s clean-up raised past the charge, and the update was neither sent
