@@ -130,7 +130,11 @@ def _setup_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    if extra:   # argparse's own line quotes them: after `type`, the words of a text not quoted as one argument
+        ap.error("unrecognized arguments: " + (f"{len(extra)}, not named here (give the text as one quoted argument "
+                                               "that does not start with '-', or on standard input)"
+                                               if args.command == "type" else " ".join(extra)))
     if not args.command:
         ap.print_help()
         return 2

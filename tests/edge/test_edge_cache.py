@@ -422,6 +422,25 @@ def test_text_that_is_not_unicode_is_one_line_and_caches_nothing(tmp_path: Path,
         assert c.stats()["records"] == 0
 
 
+def test_a_text_typed_unquoted_is_refused_without_its_words(tmp_path: Path, capsys):
+    """`type ... see you at six`, the text not quoted as one argument: argparse's own line was
+    "unrecognized arguments: you at six", the user's words on stderr (a service's goes to the
+    journal). It says how many, never which."""
+    from edge_runtime.__main__ import main as cli_main
+
+    TextCache(tmp_path).close()
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message", "meet", "qqsecret", "--qqflag"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "unrecognized arguments" in err, err
+    assert "qqsecret" not in err and "qqflag" not in err and "meet" not in err, err
+    with TextCache(tmp_path) as c:
+        assert c.stats()["records"] == 0
+    with pytest.raises(SystemExit) as stop:   # other commands still name what they did not take
+        cli_main(["status", "--data-dir", str(tmp_path), "--qqflag"])
+    assert stop.value.code == 2 and "--qqflag" in capsys.readouterr().err
+
+
 def test_type_reads_the_text_from_stdin_out_of_the_process_list(tmp_path: Path, capsys, monkeypatch):
     """The text was a positional argument only: readable by every local user in /proc/PID/cmdline
     and kept in the shell's history."""
