@@ -22,6 +22,7 @@ with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from edge_runtime import paths
     from edge_runtime.cache import MAX_TEXT, CacheError, DamagedCacheError, disk_full, wipe_in_place
     from edge_runtime.config import ELIGIBILITY_MODES, ConfigError, EdgeConfig, load_config, plain_http_warning
+    from edge_runtime.errors import no_core_dumps
     from edge_runtime.forget import forget_learned
     from edge_runtime.identity import IdentityError, coordinator_key, readable_identity
     from edge_runtime.versions import VersionError, VersionStore
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 2
     try:
+        no_core_dumps()   # a crash must not write the text this process holds to a core file
         cfg = load_config(config_file=args.config, flags=_flags(args))
         _setup_logging(cfg.log_level)
         c = args.command

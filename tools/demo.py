@@ -158,8 +158,10 @@ def _check_port_free(port: int) -> None:
 
 def serve(keyboard_dir: Path, version_id: str, port: int = 0) -> int:
     """The keyboard page on loopback, on the device that holds the freshly promoted version."""
+    from edge_runtime.errors import no_core_dumps
     from edge_runtime.keyboard import KeyboardError, serve_keyboard
 
+    no_core_dumps()   # the page's text is in this process from now on: a crash writes no core file
     stop = threading.Event()
 
     def ready(url: str) -> None:

@@ -193,3 +193,50 @@ def test_keyboard_page_binds_to_loopback_by_default(tmp_path, exported_version):
     addrs = _serve_and_look([sys.executable, "-m", "edge_runtime", "keyboard", "--data-dir", str(data),
                              "--port", str(port), *extra], port, tmp_path)
     assert addrs == [LOOPBACK_V4], addrs
+
+
+def test_a_crashed_keyboard_writes_no_core_file_with_the_text(tmp_path, exported_version):
+    """The keyboard's memory holds the text cache's pages, the user's words and the text being
+    typed. A crash (a native fault in the interpreter) under a core size limit that allows dumps
+    (systemd-coredump's services, `ulimit -c unlimited`) wrote all of it to a core file outside the
+    data directory: a `core` of 165 MB in the working directory held a committed sentence and the
+    half-typed one. The device's commands now run with a core limit of 0 and, on Linux, not dumpable."""
+    import resource
+    import signal
+
+    port = free_port()
+    data = tmp_path / "dev"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+
+    def allow_core_dumps() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDKEYS_EDGE_")} | {"PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "keyboard", "--data-dir", str(data),
+                                 "--port", str(port), "--model", str(exported_version), "--set", "base_ngram=off"],
+                                cwd=cwd, env=env, stdout=log, stderr=log, preexec_fn=allow_core_dumps)
+    try:
+        deadline = time.monotonic() + 90
+        while not _listening(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/api/"
+        headers = {"X-Keyboard-Token": (data / "keyboard_token").read_text().strip()}
+        r = requests.post(url + "commit", json={"text": "qqcore meet me at the qqcoreplace", "field_kind": "message"},
+                      headers=headers, timeout=30)
+        assert r.status_code == 200 and r.json()["cached"], r.text
+        assert requests.post(url + "suggest", json={"client": "c", "text": "qqcoretyped half a sen"}, headers=headers,
+                         timeout=30).status_code == 200
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        core_limit = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+        proc.send_signal(signal.SIGSEGV)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(20)
+    assert core_limit.split()[4] == "0", core_limit   # the soft limit, which a crash is held to
+    dumped = [p for p in cwd.iterdir() if b"qqcore" in p.read_bytes()]
+    assert not dumped, dumped
