@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from coordinator import (
@@ -132,9 +132,43 @@ def start_round(coord: Coordinator, /, **overrides: Any) -> int:
     return rid
 
 
+CLOCK_AHEAD_S = 60.0   # a round's time further ahead of the clock than this was stamped by a clock that ran fast
+
+
+def restamp_ahead(coord: Coordinator) -> None:
+    """Move back the times a clock that ran ahead stamped on rounds, once it is set right (NTP
+    after a boot or a virtual machine's resume). Left, the open round's check-in window and
+    deadline came the clock's lead late (a device checking in during the window was told to come
+    back in 5 hours, for a clock 5 hours fast), a secure round's step did not time out, and no
+    scheduled round opened until the clock caught up with the last one's close. The open round
+    keeps the time it had left; the next scheduled one waits its interval from now."""
+    now = utcnow()
+    ahead = now + timedelta(seconds=CLOCK_AHEAD_S)
+    stamped = or_(and_(Round.status == RoundStatus.OPEN, Round.created_at > ahead), Round.closed_at > ahead)
+    with coord._sessions() as s:   # read first: maintenance runs on every request, and this is rare
+        if s.scalar(select(Round.id).where(stamped).limit(1)) is None:
+            return
+    with coord.tx() as s:
+        for r in s.scalars(select(Round).where(stamped).with_for_update()):
+            if r.closed_at is not None and r.closed_at > ahead:
+                log.warning("round %d was closed by a clock %.0f s ahead of this one: the next scheduled round "
+                            "waits its interval from now", r.id, (r.closed_at - now).total_seconds())
+                r.closed_at = now
+            if r.status == RoundStatus.OPEN and r.created_at > ahead:
+                lead = r.created_at - now
+                log.warning("round %d was opened by a clock %.0f s ahead of this one: its check-in window and "
+                            "deadline move back as much", r.id, lead.total_seconds())
+                r.created_at, r.deadline = now, r.deadline - lead
+                if r.selection_ends_at is not None:
+                    r.selection_ends_at -= lead
+                if (row := s.get(SecAggRound, r.id)) is not None and row.phase_started_at > ahead:
+                    row.phase_started_at = now
+
+
 def maintenance(coord: Coordinator, *, wait: bool = False) -> None:
     """Close rounds that reached their goal or deadline (lazily, on requests and `tick`). `wait`
     (an operator's command): for a close under way elsewhere, which a device's request leaves be."""
+    restamp_ahead(coord)
     secagg.advance_open(coord)
     with coord._sessions() as s:
         rows = s.execute(select(Round.id, Round.deadline, Round.goal_count)

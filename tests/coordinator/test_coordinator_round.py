@@ -481,3 +481,36 @@ def test_a_lasting_refusal_of_a_scheduled_round_is_logged_once_a_while(tmp_path,
         lines = [r.getMessage() for r in caplog.records if "scheduled round not opened" in r.getMessage()]
         assert lines == ["scheduled round not opened: max_body_bytes 10 is under the smallest update",
                          "scheduled round not opened: a round is already open"], lines
+
+
+def test_a_clock_that_ran_ahead_holds_no_round_up_once_it_is_set_right(tmp_path):
+    """A coordinator whose clock ran 5 hours fast, then was set right: the open round's check-in
+    window told every device checking in to come back in 5 hours, and no scheduled round opened
+    until the clock caught up with the close of the last one, 5 hours later."""
+    import time
+    from datetime import timedelta
+
+    from coordinator.models import Round, utcnow
+
+    lead = timedelta(hours=5)
+    with serve(make_config(tmp_path, round_interval_s=1.0, selection_window_s=30.0, goal_count=1,
+                           min_count=1)) as s:
+        import_v0(s, tmp_path / "v0")
+        device = FakeDevice(s.url, s.coord.create_enrollment_key())
+        rid = s.coord.start_round()
+        with s.coord.tx() as t:   # as the fast clock stamped it
+            r = t.get(Round, rid)
+            r.created_at, r.deadline, r.selection_ends_at = (r.created_at + lead, r.deadline + lead,
+                                                             r.selection_ends_at + lead)
+        task = device.checkin()
+        assert task.kind == wire.TASK_COME_BACK and task.retry_after <= 40, task.retry_after   # the window's 30 s
+        with s.coord.tx() as t:
+            r = t.get(Round, rid)
+            assert timedelta(seconds=590) <= r.deadline - utcnow() <= timedelta(seconds=600)   # its time left
+        s.coord.close_round(rid, force=True)
+        with s.coord.tx() as t:
+            t.get(Round, rid).closed_at = utcnow() + lead
+        s.coord.maintenance()
+        time.sleep(1.1)   # round_interval_s after the clock was set right
+        s.coord.maintenance()
+        assert s.coord.status()["latest_round"]["round_id"] == rid + 1
