@@ -269,6 +269,13 @@ class ActivityClock:
         clock was made. (Counted from creation even with the file there, `status`, a
         process of a moment, would always say "keyboard in use recently".)"""
         now = self._clock()
+        # This process's own times, read while the clock ran ahead, are unknown as the file's are:
+        # now. Kept, a clock set back (5 hours, or from 2035) left no idle time until it caught up,
+        # so a device that had started or typed meanwhile did not train until it was restarted.
+        if self._last is not None and self._last > now + FUTURE_SLACK_S:
+            self._last = now
+        if self._created > now + FUTURE_SLACK_S:
+            self._created = now
         known = [] if self._last is None else [self._last]
         if self.path is not None:
             try:

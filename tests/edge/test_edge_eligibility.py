@@ -202,6 +202,23 @@ def test_a_new_clock_reads_the_keystroke_file_and_a_future_stamp_is_now(tmp_path
     assert ActivityClock(tmp_path / "none", clock=lambda: now[0]).idle_seconds() == 0.0   # none known: from now
 
 
+def test_times_this_process_read_while_its_clock_ran_ahead_are_now_once_it_is_set_right(tmp_path):
+    """A device loop started, or a keystroke noted, while the clock ran 5 hours ahead: set right,
+    the clock counted idle time from that future moment, so the device was never idle (and never
+    trained) until the clock caught up, years for one that read 2035, or the process restarted."""
+    now = [1_700_000_000.0 + 5 * 3600]
+    started = ActivityClock(tmp_path / "none", clock=lambda: now[0])     # no keystroke known
+    typed = ActivityClock(tmp_path / "last_keystroke", clock=lambda: now[0])
+    typed.note_keystroke()
+    now[0] = 1_700_000_000.0                                             # set right
+    assert started.idle_seconds() == 0.0 and typed.idle_seconds() == 0.0
+    now[0] += 600
+    assert started.idle_seconds() == 600 and typed.idle_seconds() == 600   # the full idle period from then
+    typed.note_keystroke()
+    now[0] += 30
+    assert typed.idle_seconds() == 30
+
+
 def test_long_work_does_not_yield_to_its_own_load(monkeypatch):
     """Training's own thread adds about 1 to the load average: counted, it aborted the training
     it belonged to after about 40 s on one core at the default max_load_per_cpu of 0.5."""
