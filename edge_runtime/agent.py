@@ -214,6 +214,7 @@ class Device:
     rollout_key: str | None = None      # coordinator's key (hex): version switches need its signed state
     stopping: threading.Event = field(default_factory=threading.Event)   # the loop's stop event (run_loop)
     unsent: Unsent | None = None   # an update charged and not delivered: sent again, never trained again
+    asked_again: str | None = None   # a candidate this device answered that the coordinator asked of it again
 
     @classmethod
     def open(cls, config: EdgeConfig, *, session: requests.Session | None = None) -> Device:
@@ -553,6 +554,8 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
         return _send_report(dev, evaluated, report)
     if refusal is not None:
         log.warning("evaluation of %s refused: %s", task.candidate_version_id, refusal)
+        if evaluated.answered(task.candidate_version_id):   # the coordinator has no report of it: see run_once
+            dev.asked_again = task.candidate_version_id
         return f"refused ({refusal})", {}
     mark = dev.cache.wipe_mark()
     texts = [r.text for r in dev.cache.heldout_records()]
@@ -659,11 +662,17 @@ def run_once(dev: Device, *, sleep: Callable[[float], Any] = time.sleep) -> Step
         log.error("checking in without training or evaluating: %s", e)
         heldout, trainable, learning = 0, 0, False
     decision = dev.eligibility.check()
-    answers = heldout > 0 and EvaluationRecord(dev.config.require_data_dir(),
-                                               per_day=dev.config.max_evaluations_per_day).can_answer()
+    # Not while the coordinator names a candidate this device answered and was asked for again: it
+    # has no report of it (the device enrolled again after a wipe, the coordinator was restored from
+    # a backup) and handed it that task at every check-in, refused each time, and no training task,
+    # until the canary decided. A reply naming another version (a new candidate) ends that.
+    answers = heldout > 0 and dev.asked_again is None and EvaluationRecord(
+        dev.config.require_data_dir(), per_day=dev.config.max_evaluations_per_day).can_answer()
     req = wire.CheckinRequest(eligible=bool(decision) and learning, current_version_id=dev.store.in_use(),
                               can_evaluate=answers, can_train=trainable > 0 and _budget_left(dev))
     task = dev.client.checkin(req)
+    if task.use_version_id != dev.asked_again:
+        dev.asked_again = None
     version_ok = _use_version(dev, task)
     _note_channel(dev, task)
     if task.kind == wire.TASK_TRAIN:

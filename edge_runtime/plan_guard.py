@@ -242,6 +242,13 @@ class EvaluationRecord:
             return True
         return _answered_today(entries, now) < self.per_day
 
+    def answered(self, candidate: str) -> bool:
+        """Whether this device answered `candidate` (False when it cannot tell)."""
+        try:
+            return any(e["candidate"] == candidate for e in self.entries())
+        except LedgerError:
+            return False
+
     def record(self, candidate: str, now: float | None = None, report: dict[str, Any] | None = None,
                wipe_mark: str | None = None) -> None:
         """`candidate` answered (before its `report` goes; the report kept until `delivered`, with

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -653,6 +653,32 @@ def test_a_device_at_its_daily_evaluation_cap_says_so_at_check_in(device):
     assert "evaluations in the last 24 hours" in agent.run_once(device).outcome
     agent.run_once(device)
     assert device.client.checkins[-1].can_evaluate is False
+
+
+def test_a_device_asked_again_for_a_candidate_it_answered_says_so_at_check_in(device):
+    """Enrolled again after a wipe (or checking in with a coordinator restored from a backup), a
+    canary device that had answered the pending candidate under its old identity was handed that
+    candidate's task at every check-in, refused it ("evaluated on this device already") and was
+    handed no training task until the canary decided, holding one of its places meanwhile. (Also
+    when the candidate's download fails, so the device stays on another version.)"""
+    from edge_runtime.plan_guard import EvaluationRecord
+
+    def cut_off(vid, fetch, abandon=False):
+        raise VersionError(f"{vid}: download cut off")
+
+    EvaluationRecord(device.config.require_data_dir(), per_day=48).record("c2")   # answered as "dev-0"
+    device.store.install = cut_off
+    come_back = wire.Task(kind=wire.TASK_COME_BACK, retry_after=5.0, use_version_id="c2",
+                          use_channel=wire.Channel.CANARY)
+    device.client.tasks = [eval_task(), come_back, replace(come_back, use_version_id="c3"), come_back]
+    assert "evaluated on this device already" in agent.run_once(device).outcome
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_evaluate is False   # c2 still: a train task can come
+    agent.run_once(device)                                   # still c2: a new candidate, c3, comes next
+    assert device.client.checkins[-1].can_evaluate is False
+    agent.run_once(device)
+    assert device.client.checkins[-1].can_evaluate is True    # c3 is one to answer
+    assert [c.can_evaluate for c in device.client.checkins] == [True, False, False, True]
 
 
 def test_a_candidate_answered_long_ago_is_not_answered_again(tmp_path):
