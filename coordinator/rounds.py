@@ -39,7 +39,7 @@ from coordinator import (
 from coordinator.config import round_values_fault
 from coordinator.db import retryable, sqlstate
 from coordinator.errors import ApiError, bad_request, not_found
-from coordinator.models import Round, Version, utcnow
+from coordinator.models import Evaluation, Round, Version, utcnow
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase
 from protocol import artifact, wire
@@ -136,33 +136,41 @@ CLOCK_AHEAD_S = 60.0   # a round's time further ahead of the clock than this was
 
 
 def restamp_ahead(coord: Coordinator) -> None:
-    """Move back the times a clock that ran ahead stamped on rounds, once it is set right (NTP
-    after a boot or a virtual machine's resume). Left, the open round's check-in window and
-    deadline came the clock's lead late (a device checking in during the window was told to come
-    back in 5 hours, for a clock 5 hours fast), a secure round's step did not time out, and no
-    scheduled round opened until the clock caught up with the last one's close. The open round
-    keeps the time it had left; the next scheduled one waits its interval from now."""
+    """Move back the times a clock that ran ahead stamped, once it is set right (NTP after a boot
+    or a virtual machine's resume). Left, the open round's check-in window and deadline came the
+    clock's lead late (a device checking in during the window was told to come back in 5 hours,
+    for a clock 5 hours fast), a secure round's step did not time out, no scheduled round opened
+    until the clock caught up with the last one's close, versions retired or rejected meanwhile
+    sorted as the most recently decided (`retention` deleted the files of every one decided
+    after the correction, the stable version just retired too, which then could not be rolled
+    back to), and canary tasks held their places as long. The open round keeps the time it had
+    left; the other times become now."""
     now = utcnow()
     ahead = now + timedelta(seconds=CLOCK_AHEAD_S)
-    stamped = or_(and_(Round.status == RoundStatus.OPEN, Round.created_at > ahead), Round.closed_at > ahead)
+    opened = and_(Round.status == RoundStatus.OPEN, Round.created_at > ahead)
+    issued = and_(Evaluation.report_json == queries.EVALUATION_ISSUED, Evaluation.created_at > ahead)
     with coord._sessions() as s:   # read first: maintenance runs on every request, and this is rare
-        if s.scalar(select(Round.id).where(stamped).limit(1)) is None:
+        if s.execute(select(Round.id).where(or_(opened, Round.closed_at > ahead))
+                     .union_all(select(Version.seq).where(Version.decided_at > ahead),
+                                select(SecAggRound.round_id).where(SecAggRound.phase_started_at > ahead),
+                                select(Evaluation.id).where(issued)).limit(1)).first() is None:
             return
     with coord.tx() as s:
-        for r in s.scalars(select(Round).where(stamped).with_for_update()):
-            if r.closed_at is not None and r.closed_at > ahead:
-                log.warning("round %d was closed by a clock %.0f s ahead of this one: the next scheduled round "
-                            "waits its interval from now", r.id, (r.closed_at - now).total_seconds())
-                r.closed_at = now
-            if r.status == RoundStatus.OPEN and r.created_at > ahead:
-                lead = r.created_at - now
-                log.warning("round %d was opened by a clock %.0f s ahead of this one: its check-in window and "
-                            "deadline move back as much", r.id, lead.total_seconds())
-                r.created_at, r.deadline = now, r.deadline - lead
-                if r.selection_ends_at is not None:
-                    r.selection_ends_at -= lead
-                if (row := s.get(SecAggRound, r.id)) is not None and row.phase_started_at > ahead:
-                    row.phase_started_at = now
+        for r in s.scalars(select(Round).where(opened).with_for_update()):
+            lead = r.created_at - now
+            log.warning("round %d was opened by a clock %.0f s ahead of this one: its check-in window and "
+                        "deadline move back as much", r.id, lead.total_seconds())
+            r.created_at, r.deadline = now, r.deadline - lead
+            if r.selection_ends_at is not None:
+                r.selection_ends_at -= lead
+        n = (s.execute(update(Round).where(Round.closed_at > ahead).values(closed_at=now)).rowcount
+             + s.execute(update(SecAggRound).where(SecAggRound.phase_started_at > ahead)
+                         .values(phase_started_at=now)).rowcount
+             + s.execute(update(Version).where(Version.decided_at > ahead).values(decided_at=now)).rowcount
+             + s.execute(update(Evaluation).where(issued).values(created_at=now)).rowcount)
+        if n:
+            log.warning("%d round closes, secure-round steps, version decisions and canary tasks were stamped by a "
+                        "clock ahead of this one: stamped now", n)
 
 
 def maintenance(coord: Coordinator, *, wait: bool = False) -> None:

@@ -514,3 +514,52 @@ def test_a_clock_that_ran_ahead_holds_no_round_up_once_it_is_set_right(tmp_path)
         time.sleep(1.1)   # round_interval_s after the clock was set right
         s.coord.maintenance()
         assert s.coord.status()["latest_round"]["round_id"] == rid + 1
+
+
+def test_versions_decided_and_canary_tasks_issued_by_a_clock_that_ran_ahead_are_stamped_now(tmp_path):
+    """Retired while the clock ran 5 hours fast, v0000 sorted as the most recently decided for 5
+    hours once the clock was set right: with keep_versions 1 the next retired stable version,
+    v0001, lost its files at once and could not be rolled back to. And a canary task issued then
+    held its place for 5 hours and 10 minutes."""
+    from datetime import timedelta
+
+    from coordinator.models import Evaluation, Version, utcnow
+
+    lead = timedelta(hours=5)
+    with serve(make_config(tmp_path, keep_versions=1)) as s:
+        import_v0(s, tmp_path / "v0")
+        device = FakeDevice(s.url, s.coord.create_enrollment_key())
+        make_version(tmp_path / "v1", "v0001", seed=1)
+        s.coord.import_version(tmp_path / "v1", as_candidate=False)   # v0000 retired
+        with s.coord.tx() as t:   # as the fast clock stamped them
+            t.get(Version, "v0000").decided_at = utcnow() + lead
+            t.add(Evaluation(candidate_version_id="v0001", device_id=device.device_id, report_json="",
+                             created_at=utcnow() + lead))
+        s.coord.maintenance()
+        make_version(tmp_path / "v2", "v0002", seed=2)
+        s.coord.import_version(tmp_path / "v2", as_candidate=False)   # v0001 retired after the correction
+        s.coord.maintenance()
+        with s.coord.tx() as t:
+            assert not t.get(Version, "v0001").files_pruned and t.get(Version, "v0000").files_pruned
+            assert all(e.created_at <= utcnow() for e in t.query(Evaluation))
+        assert s.admin("POST", "/v1/admin/versions/v0001/rollback").json()["status"] == "stable"
+
+
+def test_a_secure_rounds_step_a_clock_that_ran_ahead_started_times_out_from_now(tmp_path):
+    """A secure round's step started while the clock ran 5 hours fast did not time out for 5 hours
+    once the clock was set right, even in a round opened before the clock ran ahead."""
+    from datetime import timedelta
+
+    from coordinator.models import utcnow
+    from coordinator.models_secagg import SecAggRound
+    from coordinator.states import SecAggPhase
+
+    with serve(make_config(tmp_path, goal_count=3, min_count=2)) as s:
+        import_v0(s, tmp_path / "v0")
+        rid = s.coord.start_round(secure_aggregation=True)
+        with s.coord.tx() as t:   # its first device's keys, as the fast clock stamped them
+            t.add(SecAggRound(round_id=rid, phase=SecAggPhase.KEYS, phase_started_at=utcnow() + timedelta(hours=5),
+                              params_json="{}", survivors=0, stats_json="{}"))
+        s.coord.maintenance()
+        with s.coord.tx() as t:
+            assert t.get(SecAggRound, rid).phase_started_at <= utcnow()
