@@ -144,12 +144,18 @@ def restamp_ahead(coord: Coordinator) -> None:
     sorted as the most recently decided (`retention` deleted the files of every one decided
     after the correction, the stable version just retired too, which then could not be rolled
     back to), and canary tasks held their places as long. The open round keeps the time it had
-    left; the other times become now."""
+    left; the other times become now. Looked for once a process, and again when this host's
+    clock stepped back (fell behind the monotonic one): not a read on every request."""
+    skew = time.time() - time.monotonic()
+    if coord.clock_skew is not None and skew >= coord.clock_skew - 1.0:
+        coord.clock_skew = max(coord.clock_skew, skew)   # a step forward, then back, is a step back
+        return
+    coord.clock_skew = skew
     now = utcnow()
     ahead = now + timedelta(seconds=CLOCK_AHEAD_S)
     opened = and_(Round.status == RoundStatus.OPEN, Round.created_at > ahead)
     issued = and_(Evaluation.report_json == queries.EVALUATION_ISSUED, Evaluation.created_at > ahead)
-    with coord._sessions() as s:   # read first: maintenance runs on every request, and this is rare
+    with coord._sessions() as s:   # read first: rare
         if s.execute(select(Round.id).where(or_(opened, Round.closed_at > ahead))
                      .union_all(select(Version.seq).where(Version.decided_at > ahead),
                                 select(SecAggRound.round_id).where(SecAggRound.phase_started_at > ahead),

@@ -98,6 +98,7 @@ class Coordinator:
                                None if read_only else self.monitor)
         self._lock = threading.RLock()
         self.rollout_seq = rollout_signing.SequenceClock()   # the signed rollout statements' numbers
+        self.clock_skew: float | None = None   # time.time() - time.monotonic() high mark (rounds.restamp_ahead)
         self._rng = random.Random()
         self._key_of: dict[str, int] = {}
         self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)

@@ -483,6 +483,14 @@ def test_a_lasting_refusal_of_a_scheduled_round_is_logged_once_a_while(tmp_path,
                          "scheduled round not opened: a round is already open"], lines
 
 
+def _set_right(coord, lead) -> None:
+    """This process saw the clock `lead` ahead before it was set right (the stamps below are what
+    the fast clock wrote)."""
+    import time
+
+    coord.clock_skew = time.time() - time.monotonic() + lead.total_seconds()
+
+
 def test_a_clock_that_ran_ahead_holds_no_round_up_once_it_is_set_right(tmp_path):
     """A coordinator whose clock ran 5 hours fast, then was set right: the open round's check-in
     window told every device checking in to come back in 5 hours, and no scheduled round opened
@@ -502,6 +510,7 @@ def test_a_clock_that_ran_ahead_holds_no_round_up_once_it_is_set_right(tmp_path)
             r = t.get(Round, rid)
             r.created_at, r.deadline, r.selection_ends_at = (r.created_at + lead, r.deadline + lead,
                                                              r.selection_ends_at + lead)
+        _set_right(s.coord, lead)
         task = device.checkin()
         assert task.kind == wire.TASK_COME_BACK and task.retry_after <= 40, task.retry_after   # the window's 30 s
         with s.coord.tx() as t:
@@ -510,6 +519,7 @@ def test_a_clock_that_ran_ahead_holds_no_round_up_once_it_is_set_right(tmp_path)
         s.coord.close_round(rid, force=True)
         with s.coord.tx() as t:
             t.get(Round, rid).closed_at = utcnow() + lead
+        _set_right(s.coord, lead)
         s.coord.maintenance()
         time.sleep(1.1)   # round_interval_s after the clock was set right
         s.coord.maintenance()
@@ -535,6 +545,7 @@ def test_versions_decided_and_canary_tasks_issued_by_a_clock_that_ran_ahead_are_
             t.get(Version, "v0000").decided_at = utcnow() + lead
             t.add(Evaluation(candidate_version_id="v0001", device_id=device.device_id, report_json="",
                              created_at=utcnow() + lead))
+        _set_right(s.coord, lead)
         s.coord.maintenance()
         make_version(tmp_path / "v2", "v0002", seed=2)
         s.coord.import_version(tmp_path / "v2", as_candidate=False)   # v0001 retired after the correction
@@ -560,6 +571,39 @@ def test_a_secure_rounds_step_a_clock_that_ran_ahead_started_times_out_from_now(
         with s.coord.tx() as t:   # its first device's keys, as the fast clock stamped them
             t.add(SecAggRound(round_id=rid, phase=SecAggPhase.KEYS, phase_started_at=utcnow() + timedelta(hours=5),
                               params_json="{}", survivors=0, stats_json="{}"))
+        _set_right(s.coord, timedelta(hours=5))
         s.coord.maintenance()
         with s.coord.tx() as t:
             assert t.get(SecAggRound, rid).phase_started_at <= utcnow()
+
+
+def test_stamps_ahead_are_looked_for_at_start_and_when_the_clock_steps_back(tmp_path, monkeypatch):
+    """Not a read on every request: once a process, and after this host's wall clock fell behind
+    its monotonic one, a step forward and back again too."""
+    import time
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from coordinator import rounds
+    from coordinator.models import Round, utcnow
+
+    offset = [0.0]
+    monkeypatch.setattr(rounds, "time", SimpleNamespace(**vars(time) | {"time": lambda: time.time() + offset[0]}))
+    with serve(make_config(tmp_path, goal_count=1, min_count=1)) as s:
+        import_v0(s, tmp_path / "v0")
+        rid = s.coord.start_round()
+        s.coord.close_round(rid, force=True)
+
+        def ahead() -> bool:
+            with s.coord.tx() as t:
+                return t.get(Round, rid).closed_at > utcnow() + timedelta(minutes=1)
+
+        offset[0] = 3600.0                 # stepped forward: nothing it stamps needs moving yet
+        s.coord.maintenance()
+        with s.coord.tx() as t:            # what it stamped meanwhile
+            t.get(Round, rid).closed_at = utcnow() + timedelta(hours=1)
+        s.coord.maintenance()
+        assert ahead()                     # no step back seen: not looked for
+        offset[0] = 0.0                    # set right
+        s.coord.maintenance()
+        assert not ahead()
