@@ -87,7 +87,8 @@ def _digest(weights: dict[str, np.ndarray]) -> str:
 
 
 def keep_only(data_dir: str | Path, version_id: str | None) -> None:
-    """Delete the copies of other versions than `version_id` (every copy: None). Otherwise a
+    """Delete the copies of other versions than `version_id` (every copy: None), and a copy a
+    kill left half written (`save`'s .tmp, which only the next save deleted). Otherwise a
     long-lived device keeps a copy for a version it no longer runs and, with `personalize` turned
     off, one trained on text the cache has since deleted."""
     folder = Path(data_dir) / PERSONAL_DIR
@@ -95,7 +96,7 @@ def keep_only(data_dir: str | Path, version_id: str | None) -> None:
         return
     keep = None if version_id is None else weights_path(data_dir, version_id)
     for old in folder.iterdir():
-        if old != keep and old.suffix == ".safetensors":
+        if old != keep and old.suffix in (".safetensors", ".tmp"):
             old.unlink(missing_ok=True)
 
 

@@ -240,9 +240,11 @@ def test_agent_personalizes_when_eligible_and_never_sends_the_copy(tmp_path: Pat
         assert "personal_model" not in agent.run_once(dev).counts    # not eligible: not even looked at
         assert dev.config.personalize and not EdgeConfig(data_dir=str(tmp_path), personalize=False).personalize
         # a copy of a version no longer in use, trained on text since deleted, is deleted; with
-        # personalize turned off, every copy (both stayed)
+        # personalize turned off, every copy (both stayed); and one a kill left half written (it
+        # stayed for good once no copy was saved again)
         (tmp_path / PERSONAL_DIR / "v-old.safetensors").write_bytes((tmp_path / PERSONAL_DIR / f"{vid}.safetensors")
                                                                      .read_bytes())
+        (tmp_path / PERSONAL_DIR / "v-old.tmp").write_bytes(b"half of a copy")
         agent.run_once(dev)
         assert [p.name for p in (tmp_path / PERSONAL_DIR).iterdir()] == [f"{vid}.safetensors"]
         dev.config = dev.config.with_overrides({"personalize": False})
