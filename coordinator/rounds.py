@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from coordinator import (
@@ -39,7 +39,7 @@ from coordinator import (
 from coordinator.config import round_values_fault
 from coordinator.db import retryable, sqlstate
 from coordinator.errors import ApiError, bad_request, not_found
-from coordinator.models import Evaluation, Round, Version, utcnow
+from coordinator.models import Device, EnrollmentKey, Evaluation, Round, Version, utcnow
 from coordinator.models_secagg import SecAggRound
 from coordinator.states import RoundStatus, SecAggPhase
 from protocol import artifact, wire
@@ -143,8 +143,10 @@ def restamp_ahead(coord: Coordinator) -> None:
     until the clock caught up with the last one's close, versions retired or rejected meanwhile
     sorted as the most recently decided (`retention` deleted the files of every one decided
     after the correction, the stable version just retired too, which then could not be rolled
-    back to), and canary tasks held their places as long. The open round keeps the time it had
-    left; the other times become now. Looked for once a process, and again when this host's
+    back to), canary tasks held their places as long, enrollment keys made then enrolled devices
+    as much past their expiry, and devices seen then counted as active (and were not seen again)
+    as long. The open round keeps the time it had left, an enrollment key its lifetime; the other
+    times become now. Looked for once a process, and again when this host's
     clock stepped back (fell behind the monotonic one): not a read on every request."""
     skew = time.time() - time.monotonic()
     if coord.clock_skew is not None and skew >= coord.clock_skew - 1.0:
@@ -155,11 +157,10 @@ def restamp_ahead(coord: Coordinator) -> None:
     ahead = now + timedelta(seconds=CLOCK_AHEAD_S)
     opened = and_(Round.status == RoundStatus.OPEN, Round.created_at > ahead)
     issued = and_(Evaluation.report_json == queries.EVALUATION_ISSUED, Evaluation.created_at > ahead)
+    stamped = (opened, Round.closed_at > ahead, SecAggRound.phase_started_at > ahead, Version.decided_at > ahead,
+               issued, EnrollmentKey.created_at > ahead, Device.last_seen_at > ahead)
     with coord._sessions() as s:   # read first: rare
-        if s.execute(select(Round.id).where(or_(opened, Round.closed_at > ahead))
-                     .union_all(select(Version.seq).where(Version.decided_at > ahead),
-                                select(SecAggRound.round_id).where(SecAggRound.phase_started_at > ahead),
-                                select(Evaluation.id).where(issued)).limit(1)).first() is None:
+        if not s.scalar(select(or_(*(exists().where(c) for c in stamped)))):
             return
     with coord.tx() as s:
         for r in s.scalars(select(Round).where(opened).with_for_update()):
@@ -169,14 +170,19 @@ def restamp_ahead(coord: Coordinator) -> None:
             r.created_at, r.deadline = now, r.deadline - lead
             if r.selection_ends_at is not None:
                 r.selection_ends_at -= lead
+        for k in s.scalars(select(EnrollmentKey).where(EnrollmentKey.created_at > ahead).with_for_update()):
+            if k.expires_at is not None:   # its lifetime from now (enrolling for the clock's lead longer)
+                k.expires_at -= k.created_at - now
+            k.created_at = now
         n = (s.execute(update(Round).where(Round.closed_at > ahead).values(closed_at=now)).rowcount
              + s.execute(update(SecAggRound).where(SecAggRound.phase_started_at > ahead)
                          .values(phase_started_at=now)).rowcount
              + s.execute(update(Version).where(Version.decided_at > ahead).values(decided_at=now)).rowcount
-             + s.execute(update(Evaluation).where(issued).values(created_at=now)).rowcount)
+             + s.execute(update(Evaluation).where(issued).values(created_at=now)).rowcount
+             + s.execute(update(Device).where(Device.last_seen_at > ahead).values(last_seen_at=now)).rowcount)
         if n:
-            log.warning("%d round closes, secure-round steps, version decisions and canary tasks were stamped by a "
-                        "clock ahead of this one: stamped now", n)
+            log.warning("%d round closes, secure-round steps, version decisions, canary tasks and device check-ins "
+                        "were stamped by a clock ahead of this one: stamped now", n)
 
 
 def maintenance(coord: Coordinator, *, wait: bool = False) -> None:

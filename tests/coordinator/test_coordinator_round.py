@@ -529,11 +529,12 @@ def test_a_clock_that_ran_ahead_holds_no_round_up_once_it_is_set_right(tmp_path)
 def test_versions_decided_and_canary_tasks_issued_by_a_clock_that_ran_ahead_are_stamped_now(tmp_path):
     """Retired while the clock ran 5 hours fast, v0000 sorted as the most recently decided for 5
     hours once the clock was set right: with keep_versions 1 the next retired stable version,
-    v0001, lost its files at once and could not be rolled back to. And a canary task issued then
-    held its place for 5 hours and 10 minutes."""
+    v0001, lost its files at once and could not be rolled back to. A canary task issued then held
+    its place for 5 hours and 10 minutes, an enrollment key made then enrolled devices 5 hours past
+    its expiry, and a device seen then counted as active 5 hours longer."""
     from datetime import timedelta
 
-    from coordinator.models import Evaluation, Version, utcnow
+    from coordinator.models import Device, EnrollmentKey, Evaluation, Version, utcnow
 
     lead = timedelta(hours=5)
     with serve(make_config(tmp_path, keep_versions=1)) as s:
@@ -545,6 +546,9 @@ def test_versions_decided_and_canary_tasks_issued_by_a_clock_that_ran_ahead_are_
             t.get(Version, "v0000").decided_at = utcnow() + lead
             t.add(Evaluation(candidate_version_id="v0001", device_id=device.device_id, report_json="",
                              created_at=utcnow() + lead))
+            t.get(Device, device.device_id).last_seen_at = utcnow() + lead
+            for k in t.query(EnrollmentKey):
+                k.created_at, k.expires_at = k.created_at + lead, k.expires_at + lead
         _set_right(s.coord, lead)
         s.coord.maintenance()
         make_version(tmp_path / "v2", "v0002", seed=2)
@@ -553,6 +557,9 @@ def test_versions_decided_and_canary_tasks_issued_by_a_clock_that_ran_ahead_are_
         with s.coord.tx() as t:
             assert not t.get(Version, "v0001").files_pruned and t.get(Version, "v0000").files_pruned
             assert all(e.created_at <= utcnow() for e in t.query(Evaluation))
+            assert t.get(Device, device.device_id).last_seen_at <= utcnow()
+            week = timedelta(seconds=s.config.enrollment_key_ttl_s)
+            assert all(week - timedelta(minutes=1) <= k.expires_at - utcnow() <= week for k in t.query(EnrollmentKey))
         assert s.admin("POST", "/v1/admin/versions/v0001/rollback").json()["status"] == "stable"
 
 
