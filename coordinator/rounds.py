@@ -146,11 +146,16 @@ def restamp_ahead(coord: Coordinator) -> None:
     back to), canary tasks held their places as long, enrollment keys made then enrolled devices
     as much past their expiry, and devices seen then counted as active (and were not seen again)
     as long. The open round keeps the time it had left, an enrollment key its lifetime; the other
-    times become now. Looked for once a process, and again when this host's
-    clock stepped back (fell behind the monotonic one): not a read on every request."""
+    times become now. Only once this process saw its host's clock step back (fall behind the
+    monotonic one by over a second from the highest difference seen): that step set it right
+    (time synchronisation steps a clock only towards its reference). Times ahead found at a
+    start are left: which clock was wrong cannot be told then (a host started before its time is
+    synchronised reads behind, and moving them back would end the open round early once it is);
+    nor is this a read on every request."""
     skew = time.time() - time.monotonic()
-    if coord.clock_skew is not None and skew >= coord.clock_skew - 1.0:
-        coord.clock_skew = max(coord.clock_skew, skew)   # a step forward, then back, is a step back
+    if coord.clock_skew is None or skew >= coord.clock_skew - 1.0:
+        # a step forward, then back, is a step back
+        coord.clock_skew = skew if coord.clock_skew is None else max(coord.clock_skew, skew)
         return
     coord.clock_skew = skew
     now = utcnow()
