@@ -359,6 +359,30 @@ def test_pause_stops_caching(page, device):
     assert rows(device["dir"]) == ["Before the pause.", "After the pause."]
 
 
+def test_in_forced_colours_the_pause_switch_and_its_state_are_drawn(page, device):
+    """In Windows' contrast themes (forced colours) every background is Canvas: the switch's track
+    and thumb were both painted it, with no border and no shadow, so the switch was an empty gap
+    beside its label, on or off."""
+    page.emulate_media(forced_colors="active")
+
+    def look() -> dict:
+        return page.locator(".track").evaluate("""t => {
+            const s = getComputedStyle(t), th = getComputedStyle(t.querySelector('.thumb'));
+            return {track: s.backgroundColor, thumb: th.backgroundColor, border: s.borderTopStyle,
+                    edge: s.borderTopColor, panel: getComputedStyle(t.closest('.panel')).backgroundColor};
+        }""")
+
+    off = look()
+    assert off["thumb"] != off["track"], off                            # the thumb shows on its track
+    assert off["border"] != "none" and off["edge"] != off["panel"], off  # and the track on the panel
+    page.click(".toggle")
+    page.wait_for_function("() => document.body.classList.contains('paused')")
+    page.wait_for_timeout(300)                                          # past the transitions
+    on = look()
+    assert on["thumb"] != on["track"], on
+    assert (on["track"], on["thumb"]) != (off["track"], off["thumb"]), (off, on)   # on is not off
+
+
 def test_two_quick_taps_on_pause_leave_learning_as_the_last_tap_says(page, device, monkeypatch):
     """Each tap on the switch sent its state at once: two quick taps (on, off) raced, the device
     could apply "off" before "on", and learning stayed paused though the last tap resumed it
