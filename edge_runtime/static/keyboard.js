@@ -141,10 +141,13 @@
     delete strip.dataset.for;
   }
 
-  let toastTimer = null;
+  let toastTimer = null, heldToast = null;
   // `undo`, if given, is a function the toast offers as an Undo button, shown longer (5 s).
+  // A toast without one waits while one with an Undo shows, and comes after it: a sentence ended
+  // within the 5 s ("Learned on this device") took the Undo of a word removed by mistake away.
   function toast(text, undo) {
     const t = $("#toast");
+    if (!undo && t.classList.contains("actionable")) { heldToast = text; return; }
     t.textContent = text;
     t.classList.toggle("actionable", !!undo);
     if (undo) {
@@ -153,14 +156,23 @@
       b.className = "toast-undo";
       b.textContent = "Undo";
       b.addEventListener("mousedown", (e) => e.preventDefault());   // the caret stays in the text
-      b.addEventListener("click", () => { t.classList.remove("show", "actionable"); undo(); }, { once: true });
+      b.addEventListener("click", () => { endToast(); undo(); }, { once: true });
       t.append(" ", b);
     }
     t.classList.add("show");
     clearTimeout(toastTimer);
-    // Faded, its Undo goes too: out of sight, Tab still reached it (and Enter took a removal back).
-    toastTimer = setTimeout(() => { t.classList.remove("show", "actionable"); t.querySelector(".toast-undo")?.remove(); },
-      undo ? 5000 : 1800);
+    toastTimer = setTimeout(endToast, undo ? 5000 : 1800);
+  }
+  // Faded, its Undo goes too: out of sight, Tab still reached it (and Enter took a removal back).
+  // Then the toast that waited for it, if any.
+  function endToast() {
+    const t = $("#toast");
+    clearTimeout(toastTimer);
+    t.classList.remove("show", "actionable");
+    t.querySelector(".toast-undo")?.remove();
+    const next = heldToast;
+    heldToast = null;
+    if (next !== null) toast(next);
   }
 
   // --- suggestions ----------------------------------------------------------------------------

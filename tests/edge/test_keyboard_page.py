@@ -237,6 +237,30 @@ def test_a_faded_toasts_undo_is_out_of_reach_of_tab(page, device):
         assert '"teh"' in db.execute("SELECT value FROM settings WHERE key = ?", (REMOVED_KEY,)).fetchone()[0]
 
 
+def test_a_sentence_ended_while_the_removal_toast_shows_keeps_its_undo(page, device):
+    """The toast with the Undo of a removed word was replaced by the next toast: a sentence ended
+    within its 5 s ("Learned on this device") took the Undo away with it. That toast now comes
+    after the Undo's."""
+    page.evaluate("""() => { window.toasts = []; const t = document.querySelector('#toast');
+        new MutationObserver(() => window.toasts.push(t.textContent)).observe(t, {childList: true}); }""")
+    page.route("**/api/suggest", lambda route: route.fulfill(
+        json={"suggestions": ["teh", "the", "tea"], "version_id": "v"}))
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("I saw te")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]', button="right")        # removed by mistake
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
+    page.keyboard.type("a. ")                                        # a sentence ends meanwhile
+    expect_count(page, 1)
+    page.wait_for_timeout(300)                                       # its answer's toast, if any, is in
+    assert page.locator("#toast .toast-undo").count() == 1, page.locator("#toast").inner_text()
+    page.click("#toast .toast-undo")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('suggested again')")
+    assert "Learned on this device" in page.evaluate("() => window.toasts")   # said all the same
+    assert msg.input_value() == "I saw tea. "
+
+
 def test_commit_grows_the_cache(page, device):
     msg = page.locator("#message")
     msg.focus()
