@@ -461,7 +461,9 @@
   function commit(field, text) {
     if (isPrivate(field)) return;                 // private text is never sent to the cache
     text = text.trim();
-    if (!text) return;
+    // Nothing of a word in it: the device refuses it ("no words in it"), and that toast, after a
+    // learned sentence's "." was retyped as "?", said the sentence was not learned.
+    if (!/[\p{L}\p{N}]/u.test(text)) return;
     const item = { field, text, id: newId(), generation };
     waiting++;
     serially(async () => {

@@ -360,6 +360,23 @@ def test_a_sent_right_to_left_message_reads_as_it_was_typed(page):
     assert page.locator("#thread .bubble").last.evaluate("b => b.matches(':dir(ltr)')")
 
 
+def test_a_learned_sentences_mark_retyped_is_not_said_to_be_not_learned(page, device):
+    """A learned sentence's "." retyped as "?" sent the "?" alone as new text: the device refused
+    it, and the toast said "Not learned: no words in it" of a sentence that was learned."""
+    page.evaluate("""() => { window.toasts = []; const t = document.querySelector('#toast');
+        new MutationObserver(() => window.toasts.push(t.textContent)).observe(t, {childList: true}); }""")
+    page.click("#message")
+    page.keyboard.type("Are you coming. ")
+    expect_count(page, 1)
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.keyboard.type("? Say so. ")
+    expect_count(page, 2)
+    assert rows(device["dir"]) == ["Are you coming.", "Say so."]
+    toasts = page.evaluate("() => window.toasts")
+    assert not [t for t in toasts if "Not learned" in t], toasts
+
+
 def test_pause_stops_caching(page, device):
     page.click("#message")
     page.keyboard.type("Before the pause. ")
