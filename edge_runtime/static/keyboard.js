@@ -511,7 +511,20 @@
       const boundary = b > oldEnd ? text.length - s + (b - oldEnd) : Math.min(p, b);
       committedPrefix = text.slice(0, Math.min(boundary, text.length));
     }
+    // The boundary goes back with an undo, and the redo that brings the same text back is not new
+    // text: a sentence whose tapped words were undone and redone was learned again from its first
+    // undone word ("morning more." after "good morning more."). Text that starts with what was
+    // learned of this message is learned as far as that.
+    for (const p of learnedPrefixes) {
+      if (p.length > committedPrefix.length && text.startsWith(p)) committedPrefix = p;
+    }
     lastText = text;
+  }
+  let learnedPrefixes = [];       // committedPrefix after each commit of this message (the last 20)
+  function learnedUpTo(prefix) {
+    committedPrefix = prefix;
+    learnedPrefixes.push(prefix);
+    if (learnedPrefixes.length > 20) learnedPrefixes.shift();
   }
 
   // Where new text starts: the boundary, or the start of the word it cuts. A learned sentence
@@ -537,7 +550,7 @@
       if (!ABBREVIATION.test(rest.slice(0, m.index + m[0].trimEnd().length))) end = m.index + m[0].length;
     }
     if (end > 0) {
-      committedPrefix = text.slice(0, from + end);
+      learnedUpTo(text.slice(0, from + end));
       for (const piece of pieces(rest.slice(0, end))) commit(message, piece);
     }
   }
@@ -582,6 +595,7 @@
     thread.scrollTop = thread.scrollHeight;
     message.value = "";
     committedPrefix = lastText = "";
+    learnedPrefixes = [];          // the next message is new text, even if the same
     afterEdit(message);
   }
 

@@ -907,6 +907,32 @@ def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, m
     assert answered == ["One thing."] and rows(device["dir"]) == []
 
 
+def test_a_learned_sentence_undone_and_redone_is_not_learned_again(page, device):
+    """Undo took the learned part back with the text, and the redo that brought the same sentence
+    back learned it again from its first undone word: "good morning more." and "morning more."."""
+    page.route("**/api/suggest", lambda route: route.fulfill(
+        json={"suggestions": ["morning", "more", "most"], "version_id": "v"}))
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("good mor")
+    wait_strip(page)
+    page.click('#strip [data-slot="middle"]')
+    wait_strip(page)
+    page.click('#strip [data-slot="left"]')
+    page.keyboard.type(".")
+    assert msg.input_value() == "good morning more. "
+    expect_count(page, 1)
+    for _ in range(3):
+        page.keyboard.press("Control+z")
+    assert msg.input_value() == "good mor"
+    for _ in range(3):
+        page.keyboard.press("Control+Shift+z")
+    assert msg.input_value() == "good morning more. "
+    page.keyboard.type("Bye. ")
+    expect_count(page, 2)
+    assert rows(device["dir"]) == ["good morning more.", "Bye."]
+
+
 def test_fixing_the_last_word_of_a_learned_sentence_learns_the_word_whole(page, device):
     """Backspacing into the last word of a learned sentence and finishing it anew stored "ing out."
     (the new text from the middle of a word), and "ing" was then suggested."""
