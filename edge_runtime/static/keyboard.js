@@ -164,12 +164,14 @@
     toastTimer = setTimeout(endToast, undo ? 5000 : 1800);
   }
   // Faded, its Undo goes too: out of sight, Tab still reached it (and Enter took a removal back).
-  // Then the toast that waited for it, if any.
+  // Focus on it goes back to the message, whose strip it is about (it went to the page's body:
+  // typed keys went nowhere, and Tab started again at the top). Then the toast that waited, if any.
   function endToast() {
-    const t = $("#toast");
+    const t = $("#toast"), b = t.querySelector(".toast-undo");
     clearTimeout(toastTimer);
     t.classList.remove("show", "actionable");
-    t.querySelector(".toast-undo")?.remove();
+    if (b && document.activeElement === b) message.focus();
+    b?.remove();
     const next = heldToast;
     heldToast = null;
     if (next !== null) toast(next);

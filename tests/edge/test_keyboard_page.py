@@ -261,6 +261,32 @@ def test_a_sentence_ended_while_the_removal_toast_shows_keeps_its_undo(page, dev
     assert msg.input_value() == "I saw tea. "
 
 
+def test_the_toasts_undo_taken_from_the_keyboard_gives_the_focus_back_to_the_message(page, device):
+    """A keyboard user who tabbed to the toast's Undo and pressed Enter (or let it fade) was left
+    with the focus nowhere: the button went, the letters typed next went to the page's body."""
+    page.route("**/api/suggest", lambda route: route.fulfill(
+        json={"suggestions": ["teh", "the", "tea"], "version_id": "v"}))
+    msg = page.locator("#message")
+    msg.focus()
+    for fade in (False, True):
+        msg.fill("")
+        page.keyboard.type("I saw te")
+        wait_strip(page)
+        page.click('#strip [data-slot="middle"]', button="right")
+        page.wait_for_function("() => document.querySelector('#toast .toast-undo')")
+        page.focus("#private-field")
+        page.keyboard.press("Tab")                                   # the Undo, next in the tab order
+        assert page.evaluate("() => document.activeElement.className") == "toast-undo"
+        if fade:
+            page.wait_for_function("() => !document.querySelector('#toast .toast-undo')", timeout=8_000)
+        else:
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => document.querySelector('#toast').textContent.includes('suggested again')")
+        assert page.evaluate("() => document.activeElement.id") == "message", fade
+        page.keyboard.type("a")
+        assert msg.input_value() == "I saw tea", fade
+
+
 def test_commit_grows_the_cache(page, device):
     msg = page.locator("#message")
     msg.focus()
