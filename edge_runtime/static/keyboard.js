@@ -807,6 +807,9 @@
   strip.addEventListener("pointerdown", (e) => {
     const b = e.target.closest(".sugg");
     clearTimeout(pressTimer);
+    // A new press: the last long press's release, which may never come as a click (a finger that
+    // slid off cancels it), is not waited for any more; it swallowed the next tap on that slot.
+    longPressed = null;
     if (e.pointerType !== "touch" || !b || b.disabled) return;
     pressTimer = setTimeout(() => { longPressed = b; removeWord(b.dataset.word); }, LONG_PRESS_MS);
   });

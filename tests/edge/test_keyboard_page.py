@@ -197,6 +197,27 @@ def test_a_long_press_on_a_suggestion_stops_suggesting_that_word(page, device):
     assert strip[1] not in wait_strip(page)
 
 
+def test_a_long_press_whose_release_is_no_click_does_not_swallow_the_next_tap(page, device):
+    """A held touch removes the word, and the click of its release is ignored; a release that
+    was no click (the finger slid off: pointercancel) left that click awaited, and the next tap on
+    the slot, on whatever word it showed, inserted nothing."""
+    page.route("**/api/suggest", lambda route: route.fulfill(
+        json={"suggestions": ["teh", "the", "tea"], "version_id": "v"}))
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("I saw te")
+    wait_strip(page)
+    held = '#strip [data-slot="middle"]'
+    page.dispatch_event(held, "pointerdown", {"pointerType": "touch", "bubbles": True})
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
+    page.dispatch_event(held, "pointercancel", {"pointerType": "touch", "bubbles": True})
+    page.keyboard.type("x")
+    page.keyboard.press("Backspace")
+    wait_strip(page)
+    page.click(held)
+    assert msg.input_value() == "I saw teh "
+
+
 def test_a_word_removed_by_mistake_comes_back_with_the_toasts_undo(page, device):
     """A long press is easy to make by mistake, and a removed word stayed away until it was typed
     in two more texts: the toast offers Undo, which brings it back, in the strip and on disk."""
