@@ -546,7 +546,9 @@
     alignCommitted(text);
     const from = newTextStart(text);
     const rest = text.slice(from);
-    const re = /[.!?]+["')\]]*\s/g;
+    // The closing marks as `sentenceStart` reads them: a typographic quote too (a phone's smart
+    // punctuation, a paste), after which Shift came on but the sentence was not learned.
+    const re = /[.!?]+["')\]’”]*\s/g;
     let end = -1, m;
     while ((m = re.exec(rest)) !== null) {
       if (!ABBREVIATION.test(rest.slice(0, m.index + m[0].trimEnd().length))) end = m.index + m[0].length;
@@ -564,7 +566,7 @@
   function pieces(text) {
     const out = [];
     let cur = "";
-    for (const s of text.match(/[^.!?]*[.!?]+["')\]]*\s*|[^.!?]+$/g) || [text]) {
+    for (const s of text.match(/[^.!?]*[.!?]+["')\]’”]*\s*|[^.!?]+$/g) || [text]) {
       if (cur && cur.length + s.length > PIECE) { out.push(cur); cur = ""; }
       cur += s;
       while (cur.length > PIECE) {

@@ -638,6 +638,21 @@ def test_a_space_typed_after_punctuation_that_follows_a_tapped_word_is_its_space
     assert rows(device["dir"])[0] == f"what say you to {best}."
 
 
+def test_a_sentence_closed_by_a_typographic_quote_is_learned_when_it_ends(page, device):
+    """After 'She said “see you soon.” ' (a phone's smart punctuation, or a paste) Shift came on
+    for the next sentence, but the sentence was not learned: the page read only typed quotes as
+    closing it, and it went with whatever sentence ended next."""
+    from playwright.sync_api import expect
+
+    page.click("#message")
+    page.keyboard.insert_text("She said “see you soon.” ")
+    expect_count(page, 1)
+    expect(page.locator("#keyboard")).to_have_class("keyboard shifted")
+    page.keyboard.insert_text("He wrote ‘fine.’ ")
+    expect_count(page, 2)
+    assert rows(device["dir"]) == ["She said “see you soon.”", "He wrote ‘fine.’"]
+
+
 def test_auto_capitalisation_at_sentence_starts(page):
     page.click("#message")
     assert shifted(page)                                  # an empty message starts a sentence
