@@ -1201,11 +1201,13 @@ def test_on_a_phone_screen_nothing_scrolls_and_suggestions_are_thumb_sized(brows
         ctx.close()
 
 
-@pytest.mark.parametrize("size", [(640, 360), (320, 480)])
+@pytest.mark.parametrize("size", [(640, 360), (320, 480), (1280, 600), (1366, 657)])
 def test_on_a_short_screen_the_field_strip_and_keyboard_are_in_view_and_the_panel_a_scroll_away(browser, device, size):
     """At 640x360 (a laptop at 200% zoom, a phone held sideways) the phone's 640 px put the strip
     and the keyboard below the fold while the field was in view: the strip could not be seen
-    while typing. The learning panel's controls stay reachable by scrolling."""
+    while typing. So did a laptop's window (1280x600, 1366x657) the framed phone (688 px with its
+    margins) did not fit: the keyboard's last row, Enter with it, was below the fold. The
+    learning panel's controls stay reachable by scrolling."""
     width, height = size
     ctx = browser.new_context(viewport={"width": width, "height": height})
     try:
