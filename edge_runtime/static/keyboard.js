@@ -181,6 +181,7 @@
 
   let inFlight = false, again = false, seq = 0, shownSeq = 0;
   let askedFor = null;       // the text before the cursor the strip in flight is for
+  let pendingTap = null;     // a tap on a strip for another text: waits for this one's (`accept`)
 
   function textBeforeCursor() {
     return message.value.slice(0, message.selectionStart);
@@ -252,8 +253,13 @@
       // strip comes next, and this one (the cursor stepped from "hel" to "he" and back) would
       // flash the words of a prefix no longer there.
       const stale = again && textBeforeCursor() !== text;
-      if (mine > shownSeq && active === message && !stale && !res.superseded) { shownSeq = mine; renderSuggestions(res.suggestions || [], text); }
+      if (mine > shownSeq && active === message && !stale && !res.superseded) {
+        shownSeq = mine;
+        renderSuggestions(res.suggestions || [], text);
+        takePendingTap(text, res.suggestions || []);
+      }
     } catch (e) {
+      pendingTap = null;
       if (e.away) setOffline(true, e.aborted);   // fetch itself failed (nobody is listening), or no answer came
       else if (e.status === 403 && active === message) noToken();
       else if (active === message) renderSuggestions([]);
@@ -666,6 +672,7 @@
 
   function setActive(field) {
     active = field;
+    pendingTap = null;
     if (isPrivate(field)) { privateStrip(); setShift(false); } else { autoShift(); suggest(); }
   }
 
@@ -765,10 +772,20 @@
   });
 
   // A strip computed for another text (answers slower than keystrokes) is not applied: its words
-  // were for a word no longer there (the CSS dims it until the answer for this text comes).
+  // were for a word no longer there (the CSS dims it until the answer for this text comes). The
+  // tap waits for that answer, and takes the word tapped if the answer offers it too: a quick
+  // typist's tap on a word that was there all along ("more" after "mo", then "r") was lost.
   function accept(b) {
-    if (strip.dataset.for !== textBeforeCursor()) { suggest(); return; }
+    const text = textBeforeCursor();
+    if (strip.dataset.for !== text) { pendingTap = { word: b.dataset.word, text }; suggest(); return; }
+    pendingTap = null;
     applySuggestion(b.dataset.word);
+  }
+  // After a strip for `text` is shown: the tap that waited for it, if its word is there.
+  function takePendingTap(text, words) {
+    const tap = pendingTap;
+    pendingTap = null;
+    if (tap && tap.text === text && textBeforeCursor() === text && words.includes(tap.word)) applySuggestion(tap.word);
   }
 
   // A long press on a suggestion (the context menu: a right click with a mouse, a long press on

@@ -1138,6 +1138,41 @@ def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, mon
     assert page.locator("#message").input_value() == "see you ", word
 
 
+def test_a_tap_on_a_strip_still_on_its_way_takes_the_word_if_the_new_strip_has_it(page, device):
+    """A tap while the strip for the last keystroke was still on its way only asked again: the
+    word tapped ("morning", offered after "mo" and again after "mor") went in only with a second
+    tap. It now waits for that strip, and goes in if the strip offers it too; a word the new strip
+    does not offer still does not."""
+    held: list = []                     # answers kept on their way while `hold`
+
+    def answer(route):
+        if hold:
+            held.append(route)
+        else:
+            route.fulfill(json={"suggestions": ["more", "morning", "most"], "version_id": "v"})
+
+    hold = False
+    page.route("**/api/suggest", answer)
+    msg = page.locator("#message")
+    msg.focus()
+    for tapped, slot, expected in (("morning", "left", "good morning "), ("most", "right", "good mor")):
+        msg.fill("")
+        page.keyboard.type("good mo")
+        assert wait_strip(page) == ("morning", "more", "most")
+        hold = True
+        page.keyboard.type("r")
+        page.wait_for_function("() => !('for' in document.querySelector('#strip').dataset)")
+        page.click(f'#strip [data-slot="{slot}"]')
+        assert msg.input_value() == "good mor"                              # not yet
+        page.wait_for_timeout(100)
+        hold = False
+        while held:
+            held.pop(0).fulfill(json={"suggestions": ["more", "morning", "mortal"], "version_id": "v"})
+        page.wait_for_function("(t) => document.querySelector('#message').value === t", arg=expected, timeout=5_000)
+        wait_strip(page)
+        assert msg.input_value() == expected, tapped
+
+
 def test_taps_at_a_words_start_undo_emoji_and_spaces_as_a_user_expects(page, device):
     """A tap with the caret at a word's start deleted that word ("when you
     |get home" -> "when you tomorrow home"); Ctrl+Z could not take a tapped word back; the page's
