@@ -518,6 +518,7 @@
       const oldEnd = lastText.length - s, b = committedPrefix.length;
       const boundary = b > oldEnd ? text.length - s + (b - oldEnd) : Math.min(p, b);
       committedPrefix = text.slice(0, Math.min(boundary, text.length));
+      fresh = freshAfterEdit(fresh, p, oldEnd, text.length - s, b, text);
     }
     // The boundary goes back with an undo, and the redo that brings the same text back is not new
     // text: a sentence whose tapped words were undone and redone was learned again from its first
@@ -527,6 +528,25 @@
       if (p.length > committedPrefix.length && text.startsWith(p)) committedPrefix = p;
     }
     lastText = text;
+  }
+  // A sentence typed between learned ones (the caret taken back to where one starts) is new text
+  // inside the learned part, where it was kept learned with the rest and never learned, sent or
+  // not: `fresh` is its span [start, end) of the message, learned as its sentences end. (Words
+  // left unfinished there, "And " put before a learned "Then lunch.", are an edit of what follows.)
+  let fresh = null;
+  // `fresh` after the edit that made lastText[p, oldEnd) text[p, newEnd), before the learned part's
+  // end `b`: moved with it, grown or cut by an edit touching it, or begun by text inserted where a
+  // sentence starts: one span at a time, the last begun (an older one left unfinished is an edit).
+  function freshAfterEdit(f, p, oldEnd, newEnd, b, text) {
+    const delta = newEnd - oldEnd;
+    if (f && p <= f.end && oldEnd >= f.start) {   // touching it
+      const g = { start: Math.min(f.start, p), end: Math.max(f.end + delta, newEnd) };
+      return g.start < g.end ? g : null;
+    }
+    const atSentenceStart = /(?:^|[.!?]["')\]’”]*)\s*$/.test(text.slice(0, p));
+    if (oldEnd === p && newEnd > p && p < b && atSentenceStart) return { start: p, end: newEnd };
+    if (f && oldEnd < f.start) return { start: f.start + delta, end: f.end + delta };
+    return f;
   }
   let learnedPrefixes = [];       // committedPrefix after each commit of this message (the last 20)
   function learnedUpTo(prefix) {
@@ -552,6 +572,30 @@
     alignCommitted(text);
     const from = newTextStart(text);
     const rest = text.slice(from);
+    const end = finishedUpTo(rest);
+    if (end > 0) {
+      learnedUpTo(text.slice(0, from + end));
+      for (const piece of pieces(rest.slice(0, end))) commit(message, piece);
+    }
+    if (fresh) {
+      // a space after it ends its sentence too ("noon.| Then": " It rained." typed there)
+      const part = freshText(text, from), after = fresh && /\s/.test(text[fresh.end] || "") ? text[fresh.end] : "";
+      const done = Math.min(finishedUpTo(part + after), part.length);
+      if (done > 0) {
+        for (const piece of pieces(part.slice(0, done))) commit(message, piece);
+        fresh.start += done;
+        if (fresh.start >= fresh.end) fresh = null;
+      }
+    }
+  }
+  // The fresh span's text; past where new text starts it is new text anyway (learned from there).
+  function freshText(text, from) {
+    fresh.end = Math.min(fresh.end, from);
+    if (fresh.start >= fresh.end) { fresh = null; return ""; }
+    return text.slice(fresh.start, fresh.end);
+  }
+  // How much of `rest` is finished sentences (-1: none).
+  function finishedUpTo(rest) {
     // The closing marks as `sentenceStart` reads them: a typographic quote too (a phone's smart
     // punctuation, a paste), after which Shift came on but the sentence was not learned.
     const re = /[.!?]+["')\]’”]*\s/g;
@@ -559,10 +603,7 @@
     while ((m = re.exec(rest)) !== null) {
       if (!ABBREVIATION.test(rest.slice(0, m.index + m[0].trimEnd().length))) end = m.index + m[0].length;
     }
-    if (end > 0) {
-      learnedUpTo(text.slice(0, from + end));
-      for (const piece of pieces(rest.slice(0, end))) commit(message, piece);
-    }
+    return end;
   }
 
   // A long paste is committed in pieces of whole sentences (a word at most cut where one
@@ -606,6 +647,7 @@
     message.value = "";
     committedPrefix = lastText = "";
     learnedPrefixes = [];          // the next message is new text, even if the same
+    fresh = null;
     afterEdit(message);
   }
 

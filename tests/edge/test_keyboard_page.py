@@ -969,6 +969,41 @@ def test_clear_history_forgets_a_sentence_still_waiting_its_turn(page, device, m
     assert answered == ["One thing."] and rows(device["dir"]) == []
 
 
+def test_a_sentence_added_between_learned_ones_is_learned(page, device):
+    """Text inserted inside the learned part was kept learned with it: a sentence added between
+    two learned ones (or before them) was never learned, finished or sent. A word added inside a
+    learned sentence, or before one, is still an edit of it, not learned again."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("We met at noon. Then lunch. ")
+    expect_count(page, 2)
+
+    def caret_at(i: int) -> None:
+        msg.evaluate("(m, i) => m.setSelectionRange(i, i)", i)
+
+    caret_at(len("We met at noon. "))
+    page.keyboard.type("It rained all day. ")
+    expect_count(page, 3)
+    caret_at(len("We met at noon."))                      # before the space: that space ends it
+    page.keyboard.type(" We ate")
+    page.keyboard.type(".")
+    expect_count(page, 4)
+    caret_at(len("We "))
+    page.keyboard.type("all ")                            # an edit of a learned sentence
+    caret_at(msg.input_value().index("Then"))
+    page.keyboard.type("So ")                             # and of the one it is put before
+    caret_at(0)
+    page.keyboard.type("Hi Bob. ")                        # before the first
+    page.keyboard.press("Control+End")
+    page.keyboard.type("See you")
+    page.keyboard.press("Enter")
+    expect_count(page, 6)
+    assert rows(device["dir"]) == ["We met at noon.", "Then lunch.", "It rained all day.", "We ate.", "Hi Bob.",
+                                   "See you"]
+    assert page.locator("#thread .bubble").inner_text() == (
+        "Hi Bob. We all met at noon. We ate. It rained all day. So Then lunch. See you")
+
+
 def test_a_learned_sentence_undone_and_redone_is_not_learned_again(page, device):
     """Undo took the learned part back with the text, and the redo that brought the same sentence
     back learned it again from its first undone word: "good morning more." and "morning more."."""
