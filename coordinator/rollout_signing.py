@@ -108,7 +108,25 @@ def signed_state(coord: Coordinator, s: Session, device_id: str, use: Version, c
     # none (a device whose pointer was lost): the move is allowed whatever its place, or the device
     # would keep a model no one can reject, or refuse stable after a rejected candidate for good.
     rollback = current.seq > use.seq if current is not None else True
+    if current is None and current_version_id:
+        _say_unknown(current_version_id[:128])
     now = time.time()
     state = RolloutState(device_id=device_id, version_id=use.id, channel=channel, seq=coord.rollout_seq.next(),
                          version_seq=use.seq, rollback=rollback, expires_at=int(now + coord.config.rollout_state_ttl_s))
     return RolloutState(**{**state.to_dict(), "signature": coord.signing_key.sign(state.signing_bytes()).hex()})
+
+
+_UNKNOWN_SAID: set[str] = set()   # versions devices ran that this process has said it does not hold
+
+
+def _say_unknown(version_id: str) -> None:
+    """Say once per version (and process) that a device runs a version this coordinator does not
+    hold. That is how a restore from a backup shows: the devices are moved to its stable version,
+    and the rounds held after the backup are missing from the ε against the coordinator it
+    reports (a probe: the devices' ledgers held 11 releases, the restored coordinator said 10)."""
+    if version_id in _UNKNOWN_SAID or len(_UNKNOWN_SAID) >= 1000:
+        return
+    _UNKNOWN_SAID.add(version_id)
+    log.warning("a device runs version %r, which this coordinator does not hold: was it restored from a backup "
+                "older than that version? Devices are moved to its versions; the rounds after the backup are "
+                "missing from the epsilon it reports (fedkeys_epsilon_against_coordinator)", version_id)

@@ -42,6 +42,21 @@ def test_manifest_signature_verifies_and_tampering_is_detected(served):
         artifact.verify_manifest(manifest, "11" * 32)          # someone else's key
 
 
+def test_a_device_on_a_version_the_coordinator_does_not_hold_is_said_once(served, caplog):
+    """A coordinator restored from a backup older than its devices' version moved them back in
+    silence, and its ε against the coordinator lacked the rounds after the backup: nothing said
+    why. A version a device runs that it does not hold is logged, once."""
+    dev = FakeDevice(served.url, served.coord.create_enrollment_key())
+    caplog.clear()
+    for _ in range(3):
+        assert dev.checkin(current="v0042").use_version_id == "v0000"
+    said = [r.getMessage() for r in caplog.records if "does not hold" in r.getMessage()]
+    assert len(said) == 1 and "'v0042'" in said[0] and "backup" in said[0]
+    dev.checkin(current="v0000")
+    dev.checkin(current=None)                     # a new device: nothing to say
+    assert len([r for r in caplog.records if "does not hold" in r.getMessage()]) == 1
+
+
 def test_a_download_cut_off_can_ask_for_the_rest_of_its_file(served):
     """A device's download cut off started again from the first byte: version
     files answer Range with If-Range on their ETag (the file's sha256)."""
