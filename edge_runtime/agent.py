@@ -313,7 +313,10 @@ def _use_version(dev: Device, task: wire.Task) -> bool:
             state = rollout_guard.check(task.rollout, version_id=version_id, device_id=dev.identity.device_id,
                                         public_key=dev.rollout_key, data_dir=data_dir, switching=switching)
         except rollout_guard.RolloutRefused as e:
-            log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+            if switching:
+                log.error("not switching to model version %s: %s; keeping %s", version_id, e, dev.store.current_id)
+            else:   # the version in use: nothing is switched, only its statement is not taken
+                log.error("model version %s, in use, stays: its rollout statement is refused: %s", version_id, e)
             return False
     if switching:
         try:   # a rollback leaves the version it leaves (a rejected candidate) no place as a fallback

@@ -65,11 +65,14 @@ def check(state: RolloutState | None, *, version_id: str, device_id: str, public
         raise RolloutRefused("the rollout state's signature does not verify") from e
     now = time.time() if now is None else now
     if state.expires_at + CLOCK_SKEW_S < now:
-        signed = state.seq / 1000   # the coordinator's clock when it signed, a moment ago for a live reply
-        hint = (f"; this device's clock reads {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}, the "
-                f"coordinator signed it at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(signed))}: if this "
-                "device's clock is wrong, set it") if now - signed > 3600 else ""
-        raise RolloutRefused(f"the rollout state expired at {state.expires_at}{hint}")
+        # A live reply's statement expires days after it is signed: one expired an hour or more is
+        # a replay, or one of the two clocks is wrong. (Not judged from `seq`, which a coordinator
+        # whose clock went back keeps numbering past its last statement: a coordinator days behind
+        # made every device refuse every statement, and its log named no clock.)
+        hint = (f"; this device's clock reads {_utc(now)}, {(now - state.expires_at) / 3600:,.0f} h past it: if the "
+                "reply is fresh, a clock is wrong: if this device's clock is wrong, set it; if it is right, the "
+                "coordinator's is behind") if now - state.expires_at > 3600 else ""
+        raise RolloutRefused(f"the rollout state expired at {state.expires_at} ({_utc(state.expires_at)}){hint}")
     last = last_state(data_dir)
     if last is not None:
         if state.seq < last.seq:
@@ -84,3 +87,7 @@ def remember(state: RolloutState, data_dir: str | os.PathLike) -> None:
     last = last_state(data_dir)
     if last is None or state.seq >= last.seq:
         atomic_write(Path(data_dir) / ROLLOUT_STATE_FILE, json.dumps(state.to_dict()).encode())
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))

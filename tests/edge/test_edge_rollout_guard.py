@@ -64,6 +64,15 @@ def test_the_version_in_use_is_no_move_and_a_fast_clock_is_named(tmp_path):
         ok(fresh, tmp_path, now=NOW + 8 * 86400)
 
 
+def test_a_coordinator_clock_days_behind_is_named(tmp_path):
+    """A coordinator whose clock went days back numbers its statements past its last one (their
+    `seq` ahead of its clock), and signs them expired: the device's refusal said nothing of a
+    clock, since the hint was judged from `seq`."""
+    behind = signed(seq=NOW * 1000 + 10 * 86400 * 1000, expires_at=NOW - 3 * 86400)   # signed 10 days "ago"
+    with pytest.raises(RolloutRefused, match="72 h past it: .* the coordinator's is behind"):
+        ok(behind, tmp_path, now=NOW)
+
+
 def test_a_damaged_rollout_state_is_said_not_silently_forgotten(tmp_path, caplog):
     """The last signed statement is what the device may not go back from; damaged, it was dropped
     without a word."""
