@@ -929,6 +929,13 @@
   privateField.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); submitPrivate(); } });
 
   $("#send").addEventListener("mousedown", (e) => e.preventDefault());
+  // Nor does a click on Clear or on the Pause switch take the focus from the text: left on them,
+  // the next keys typed went nowhere, and a space within 4 s of a first click on Clear was its
+  // second tap, which cleared the history. (Tab still reaches both, for Space and Enter.)
+  $("#clear-history").addEventListener("mousedown", (e) => e.preventDefault());
+  // (the switch's label hands its click to the checkbox, which takes the focus: given back after
+  // a pointer's click, whose `detail` counts clicks; Space on the focused switch has none)
+  $(".toggle").addEventListener("click", (e) => { if (e.detail > 0) setTimeout(() => active.focus()); });
   $("#send").addEventListener("click", () => { setActive(message); send(); message.focus(); });
 
   // One tap's change at a time, in the order tapped: two quick taps sent at once could be applied

@@ -521,6 +521,24 @@ def test_two_taps_on_pause_that_both_fail_leave_the_switch_as_the_device_is(page
     assert status(device["url"])["paused"] is False
 
 
+def test_a_click_on_clear_or_pause_leaves_the_keys_typed_next_in_the_message(page, device):
+    """A mouse click on Clear or on the Pause switch left the focus on it: the next keys typed went
+    nowhere, and a space typed within 4 s of a first click on Clear was its second tap, which
+    cleared the history (on the switch, it toggled learning)."""
+    page.click("#message")
+    page.keyboard.type("Thou art welcome. ")
+    expect_count(page, 1)
+    page.click("#clear-history")                   # armed: a second tap clears
+    page.keyboard.type("so ")
+    page.click(".toggle")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('paused')")
+    page.keyboard.type("we")
+    assert page.input_value("#message") == "Thou art welcome. so we"
+    page.wait_for_timeout(300)
+    assert status(device["url"])["cache"]["sentences"] == 1
+    assert page.locator("#pause-toggle").is_checked()
+
+
 def test_clear_history_and_screenshot(page, device):
     page.click("#message")
     page.keyboard.type("Thou art welcome. I pray you tell me. ")
