@@ -16,7 +16,7 @@ import math
 import secrets
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -145,49 +145,59 @@ def restamp_ahead(coord: Coordinator) -> None:
     after the correction, the stable version just retired too, which then could not be rolled
     back to), canary tasks held their places as long, enrollment keys made then enrolled devices
     as much past their expiry, and devices seen then counted as active (and were not seen again)
-    as long. The open round keeps the time it had left, an enrollment key its lifetime; the other
-    times become now. Only once this process saw its host's clock step back (fall behind the
-    monotonic one by over a second from the highest difference seen): that step set it right
-    (time synchronisation steps a clock only towards its reference). Times ahead found at a
+    as long. The open round, an enrollment key and a version decision move back by the step (the
+    round keeps the time it had left, a key its lifetime, versions their order); the other times
+    become now. Only once this process saw its host's clock step back since it started (fall
+    behind the monotonic one by over a second from the highest difference seen): that step set it
+    right (time synchronisation steps a clock only towards its reference). Times ahead found at a
     start are left: which clock was wrong cannot be told then (a host started before its time is
     synchronised reads behind, and moving them back would end the open round early once it is);
-    nor is this a read on every request."""
+    nor is this a read on every request. A round opened by the fast clock longer ago than its lead
+    no longer reads ahead, and keeps its late deadline (docs/reliability.md)."""
     skew = time.time() - time.monotonic()
-    if coord.clock_skew is None or skew >= coord.clock_skew - 1.0:
-        # a step forward, then back, is a step back
-        coord.clock_skew = skew if coord.clock_skew is None else max(coord.clock_skew, skew)
+    if skew >= coord.clock_skew - 1.0:
+        coord.clock_skew = max(coord.clock_skew, skew)   # a step forward (a resume too) raises the mark
         return
-    coord.clock_skew = skew
+    step = timedelta(seconds=coord.clock_skew - skew)   # how far ahead the clock read before the step
     now = utcnow()
     ahead = now + timedelta(seconds=CLOCK_AHEAD_S)
     opened = and_(Round.status == RoundStatus.OPEN, Round.created_at > ahead)
     issued = and_(Evaluation.report_json == queries.EVALUATION_ISSUED, Evaluation.created_at > ahead)
     stamped = (opened, Round.closed_at > ahead, SecAggRound.phase_started_at > ahead, Version.decided_at > ahead,
                issued, EnrollmentKey.created_at > ahead, Device.last_seen_at > ahead)
+
+    def back(t: datetime) -> timedelta:
+        """How far a time stamped ahead moves back: the step (a time stamped before it, by this
+        host's clock), or to now at least (one stamped by a clock further ahead)."""
+        return max(step, t - now)
+
     with coord._sessions() as s:   # read first: rare
-        if not s.scalar(select(or_(*(exists().where(c) for c in stamped)))):
-            return
-    with coord.tx() as s:
-        for r in s.scalars(select(Round).where(opened).with_for_update()):
-            lead = r.created_at - now
-            log.warning("round %d was opened by a clock %.0f s ahead of this one: its check-in window and "
-                        "deadline move back as much", r.id, lead.total_seconds())
-            r.created_at, r.deadline = now, r.deadline - lead
-            if r.selection_ends_at is not None:
-                r.selection_ends_at -= lead
-        for k in s.scalars(select(EnrollmentKey).where(EnrollmentKey.created_at > ahead).with_for_update()):
-            if k.expires_at is not None:   # its lifetime from now (enrolling for the clock's lead longer)
-                k.expires_at -= k.created_at - now
-            k.created_at = now
-        n = (s.execute(update(Round).where(Round.closed_at > ahead).values(closed_at=now)).rowcount
-             + s.execute(update(SecAggRound).where(SecAggRound.phase_started_at > ahead)
-                         .values(phase_started_at=now)).rowcount
-             + s.execute(update(Version).where(Version.decided_at > ahead).values(decided_at=now)).rowcount
-             + s.execute(update(Evaluation).where(issued).values(created_at=now)).rowcount
-             + s.execute(update(Device).where(Device.last_seen_at > ahead).values(last_seen_at=now)).rowcount)
-        if n:
-            log.warning("%d round closes, secure-round steps, version decisions, canary tasks and device check-ins "
-                        "were stamped by a clock ahead of this one: stamped now", n)
+        found = s.scalar(select(or_(*(exists().where(c) for c in stamped))))
+    if found:
+        with coord.tx() as s:
+            for r in s.scalars(select(Round).where(opened).with_for_update()):
+                lead = back(r.created_at)
+                log.warning("round %d was opened by a clock %.0f s ahead of this one: its check-in window and "
+                            "deadline move back as much", r.id, lead.total_seconds())
+                r.created_at, r.deadline = r.created_at - lead, r.deadline - lead
+                if r.selection_ends_at is not None:
+                    r.selection_ends_at -= lead
+            for k in s.scalars(select(EnrollmentKey).where(EnrollmentKey.created_at > ahead).with_for_update()):
+                lead = back(k.created_at)   # its lifetime as made (enrolling for the clock's lead longer)
+                k.created_at -= lead
+                if k.expires_at is not None:
+                    k.expires_at -= lead
+            for v in s.scalars(select(Version).where(Version.decided_at > ahead).with_for_update()):
+                v.decided_at -= back(v.decided_at)   # each by its own lead: their order is what retention keeps
+            n = (s.execute(update(Round).where(Round.closed_at > ahead).values(closed_at=now)).rowcount
+                 + s.execute(update(SecAggRound).where(SecAggRound.phase_started_at > ahead)
+                             .values(phase_started_at=now)).rowcount
+                 + s.execute(update(Evaluation).where(issued).values(created_at=now)).rowcount
+                 + s.execute(update(Device).where(Device.last_seen_at > ahead).values(last_seen_at=now)).rowcount)
+            if n:
+                log.warning("%d round closes, secure-round steps, canary tasks and device check-ins were stamped by a "
+                            "clock ahead of this one: stamped now", n)
+    coord.clock_skew = skew   # only once done: a database out of reach now leaves the step to the next request
 
 
 def maintenance(coord: Coordinator, *, wait: bool = False) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,7 +99,7 @@ class Coordinator:
                                None if read_only else self.monitor)
         self._lock = threading.RLock()
         self.rollout_seq = rollout_signing.SequenceClock()   # the signed rollout statements' numbers
-        self.clock_skew: float | None = None   # time.time() - time.monotonic() high mark (rounds.restamp_ahead)
+        self.clock_skew = time.time() - time.monotonic()   # its high mark since this start (rounds.restamp_ahead)
         self._rng = random.Random()
         self._key_of: dict[str, int] = {}
         self._local = threading.local()      # .manual: inside an operator's start_round (no auto round then)

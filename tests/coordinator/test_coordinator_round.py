@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import requests
 
 from coordinator.models import Version
@@ -526,6 +527,41 @@ def test_a_clock_that_ran_ahead_holds_no_round_up_once_it_is_set_right(tmp_path)
         assert s.coord.status()["latest_round"]["round_id"] == rid + 1
 
 
+def test_a_round_a_fast_clock_opened_keeps_the_time_it_had_left(tmp_path):
+    """Opened 5 minutes before a clock 5 hours fast was set right, a 600 s round was given its 600 s
+    again from the correction, not the 300 s it had left. And a database out of reach at the
+    correction left the stamps ahead for good: the step was forgotten before they were moved."""
+    from datetime import timedelta
+
+    from sqlalchemy.exc import OperationalError
+
+    from coordinator import rounds
+    from coordinator.models import Round, utcnow
+
+    lead = timedelta(hours=5)
+    with serve(make_config(tmp_path, goal_count=1, min_count=1)) as s:
+        import_v0(s, tmp_path / "v0")
+        rid = s.coord.start_round()
+        with s.coord.tx() as t:   # opened 5 minutes ago, as the fast clock stamped it
+            r = t.get(Round, rid)
+            shift = lead - timedelta(minutes=5)
+            r.created_at, r.deadline = r.created_at + shift, r.deadline + shift
+        _set_right(s.coord, lead)
+        sessions = s.coord._sessions
+
+        def out_of_reach():
+            raise OperationalError("SELECT 1", {}, Exception("could not connect"))
+
+        s.coord._sessions = out_of_reach
+        with pytest.raises(OperationalError):
+            rounds.restamp_ahead(s.coord)
+        s.coord._sessions = sessions
+        rounds.restamp_ahead(s.coord)      # the next request
+        with s.coord.tx() as t:
+            left = t.get(Round, rid).deadline - utcnow()
+        assert timedelta(seconds=290) <= left <= timedelta(seconds=300), left
+
+
 def test_versions_decided_and_canary_tasks_issued_by_a_clock_that_ran_ahead_are_stamped_now(tmp_path):
     """Retired while the clock ran 5 hours fast, v0000 sorted as the most recently decided for 5
     hours once the clock was set right: with keep_versions 1 the next retired stable version,
@@ -616,6 +652,6 @@ def test_stamps_ahead_are_looked_for_when_the_clock_steps_back_not_at_start(tmp_
         assert not ahead()
         with s.coord.tx() as t:
             t.get(Round, rid).closed_at = utcnow() + timedelta(hours=1)
-        s.coord.clock_skew = None          # as a process that starts now
+        s.coord.clock_skew = time.time() - time.monotonic()   # as a process that starts now
         s.coord.maintenance()
         assert ahead()
