@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.config import ConfigError
 
 SIGNING_KEY_FILE = "signing_key.pem"
+log = logging.getLogger(__name__)
+
 ADMIN_TOKEN_FILE = "admin_token"
 # Where the serving coordinator's admin token came from and its sha256 (never the token), for
 # `admin-token` to check what it prints against what the service accepts.
@@ -85,10 +88,15 @@ def record_served_token(data_dir: str | os.PathLike, token: str, *, from_setting
     token the service refused."""
     path = Path(data_dir) / SERVED_TOKEN_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}")   # gunicorn's workers start at once
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"from": "setting" if from_setting else "file", "sha256": hash_secret(token)}, f)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"from": "setting" if from_setting else "file", "sha256": hash_secret(token)}, f)
+        os.replace(tmp, path)
+    except OSError as e:   # it only informs: a full disk must not stop a worker's boot (the service answers there)
+        tmp.unlink(missing_ok=True)
+        log.warning("could not record which admin token the service takes in %s (%s): admin-token cannot "
+                    "check what it prints", path, e.strerror or e)
 
 
 def served_token(data_dir: str | os.PathLike) -> dict[str, str] | None:

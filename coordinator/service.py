@@ -116,7 +116,8 @@ class Coordinator:
     def ensure_admin_token(self) -> str:
         """The admin token: the setting's, else the data directory's file, made if there is none."""
         if self.admin_token is None:
-            self.admin_token = keys.load_or_create_admin_token(self.data_dir)
+            with data_dir_lock(self.data_dir):   # another worker's file is read whole, not as it is written
+                self.admin_token = keys.load_or_create_admin_token(self.data_dir)
         return self.admin_token
 
     @contextmanager

@@ -436,6 +436,17 @@ def test_admin_token_prints_the_token_the_service_accepts(tmp_path, monkeypatch,
     assert said.out.strip() == "a-rotated-admin-token" and "refuses this one" in said.err
 
 
+def test_a_record_of_the_token_that_cannot_be_written_stops_no_start(tmp_path, caplog):
+    """Which token the service takes is written at every worker's boot: a full disk there (where
+    the service answers on) failed the boot, and gunicorn stops when a worker cannot boot."""
+    cfg = make_config(tmp_path)
+    assert cli_main(["init", "--data-dir", cfg.data_dir, "--database-url", cfg.resolved_database_url]) == 0
+    (Path(cfg.data_dir) / "admin_token.served" / "x").mkdir(parents=True)   # os.replace onto it fails
+    create_app(cfg).extensions["fedkeys"].close()
+    assert "could not record which admin token" in caplog.text
+    assert [p.name for p in Path(cfg.data_dir).glob(".admin_token.served.*")] == []
+
+
 def test_recorded_settings_hold_no_secret_and_a_bad_one_is_left_out(tmp_path, capsys, caplog):
     """The record keeps no admin token or database URL. A command's flag that is valid only with the
     service's settings (discover_words with its secure_aggregation) is not refused before they are
