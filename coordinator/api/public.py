@@ -10,7 +10,6 @@ from sqlalchemy import text
 from coordinator import openapi
 from coordinator.api.common import coord
 from coordinator.blobs import disk_short
-from coordinator.db import write_lock_free
 from coordinator.errors import ApiError
 from coordinator.metrics import CONTENT_TYPE_LATEST
 from protocol import wire
@@ -22,10 +21,6 @@ bp = Blueprint("public", __name__)
 def health() -> Response:
     with coord().monitor.connect() as conn:   # waits seconds for a locked database, not 30
         conn.execute(text("SELECT 1"))
-    # SQLite's reads pass a write lock another program holds (an operator's `sqlite3` shell in a
-    # transaction), so the SELECT said {"ok": true} while every check-in waited 30 s for a 503.
-    if (locked := write_lock_free(coord().monitor)) is not None:
-        raise ApiError(503, wire.E_INTERNAL, f"the database is {locked[0]}: {locked[1]}", retry_after=5)
     # A full disk answered {"ok": true} while every upload and aggregation failed: a load balancer
     # or monitor asking this endpoint learned nothing. Under MIN_FREE_BYTES it says so (`blobs.disk_short`), with 503.
     if (short := disk_short(shutil.disk_usage(coord().blobs.root).free)) is not None:
