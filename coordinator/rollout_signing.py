@@ -124,8 +124,10 @@ def _say_unknown(version_id: str) -> None:
     hold. That is how a restore from a backup shows: the devices are moved to its stable version,
     and the rounds held after the backup are missing from the ε against the coordinator it
     reports (a probe: the devices' ledgers held 11 releases, the restored coordinator said 10)."""
-    if version_id in _UNKNOWN_SAID or len(_UNKNOWN_SAID) >= 1000:
+    if version_id in _UNKNOWN_SAID:
         return
+    if len(_UNKNOWN_SAID) >= 1000:   # bounded, and not full for good: a device naming made-up versions
+        _UNKNOWN_SAID.clear()         # would otherwise silence a real restore's line
     _UNKNOWN_SAID.add(version_id)
     log.warning("a device runs version %r, which this coordinator does not hold: was it restored from a backup "
                 "older than that version? Devices are moved to its versions; the rounds after the backup are "
