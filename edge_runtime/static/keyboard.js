@@ -575,6 +575,7 @@
     const end = finishedUpTo(rest);
     if (end > 0) {
       learnedUpTo(text.slice(0, from + end));
+      for (const s of sentencesOf(rest.slice(0, end))) learnedSentences.add(s);
       for (const piece of pieces(rest.slice(0, end))) commit(message, piece);
     }
     if (fresh) {
@@ -582,11 +583,28 @@
       const part = freshText(text, from), after = fresh && /\s/.test(text[fresh.end] || "") ? text[fresh.end] : "";
       const done = Math.min(finishedUpTo(part + after), part.length);
       if (done > 0) {
-        for (const piece of pieces(part.slice(0, done))) commit(message, piece);
+        // Not a sentence of this message learned already: an inserted one undone and redone, or a
+        // learned one cut and pasted between others, was learned twice.
+        const todo = sentencesOf(part.slice(0, done)).filter((s) => !learnedSentences.has(s));
+        for (const s of todo) learnedSentences.add(s);
+        if (todo.length) for (const piece of pieces(todo.join(" ") + " ")) commit(message, piece);
         fresh.start += done;
         if (fresh.start >= fresh.end) fresh = null;
       }
     }
+  }
+  let learnedSentences = new Set();   // this message's sentences learned, as `sentencesOf` cuts them
+  // `text`'s sentences, trimmed, cut where `finishedUpTo` ends one (not after "Mr." or "e.g.").
+  function sentencesOf(text) {
+    const out = [], re = /[.!?]+["')\]’”]*(?:\s|$)/g;
+    let start = 0, m;
+    while ((m = re.exec(text)) !== null) {
+      if (ABBREVIATION.test(text.slice(0, m.index + m[0].trimEnd().length))) continue;
+      out.push(text.slice(start, m.index + m[0].length).trim());
+      start = m.index + m[0].length;
+    }
+    out.push(text.slice(start).trim());
+    return out.filter(Boolean);
   }
   // The fresh span's text; past where new text starts it is new text anyway (learned from there).
   function freshText(text, from) {
@@ -647,6 +665,7 @@
     message.value = "";
     committedPrefix = lastText = "";
     learnedPrefixes = [];          // the next message is new text, even if the same
+    learnedSentences = new Set();
     fresh = null;
     afterEdit(message);
   }
@@ -827,7 +846,12 @@
   function takePendingTap(text, words) {
     const tap = pendingTap;
     pendingTap = null;
-    if (tap && tap.text === text && textBeforeCursor() === text && words.includes(tap.word)) applySuggestion(tap.word);
+    // not once the focus went to another control meanwhile (Tab to Send or Clear): the word would
+    // go in, and the focus come back to the message, seconds after the user moved on
+    const elsewhere = document.activeElement && document.activeElement !== document.body && document.activeElement !== active;
+    if (tap && !elsewhere && tap.text === text && textBeforeCursor() === text && words.includes(tap.word)) {
+      applySuggestion(tap.word);
+    }
   }
 
   // A long press on a suggestion (the context menu: a right click with a mouse, a long press on

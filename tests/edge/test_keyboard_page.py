@@ -1022,6 +1022,37 @@ def test_a_sentence_added_between_learned_ones_is_learned(page, device):
         "Hi Bob. We all met at noon. We ate. It rained all day. So Then lunch. See you")
 
 
+def test_a_sentence_inserted_then_undone_and_redone_or_moved_is_learned_once(page, device):
+    """A sentence inserted between learned ones was learned again when undone and redone, and a
+    learned one cut and pasted between others was learned a second time."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("Good morning. See you. ")
+    expect_count(page, 2)
+    msg.evaluate("(m, i) => m.setSelectionRange(i, i)", len("Good morning. "))
+    page.keyboard.type("It rained. ")
+    expect_count(page, 3)
+    for keys, until in (("Control+z", "Good morning. See you. "),                 # as many undo steps as
+                        ("Control+Shift+z", "Good morning. It rained. See you. ")):   # the typing made
+        for _ in range(20):
+            if msg.input_value() == until:
+                break
+            page.keyboard.press(keys)
+        assert msg.input_value() == until
+    start = len("Good morning. It rained. ")             # cut "See you. ", paste it first
+    msg.evaluate("(m, i) => m.setSelectionRange(i, m.value.length)", start)
+    page.keyboard.press("Control+x")
+    msg.evaluate("(m) => m.setSelectionRange(0, 0)")
+    page.keyboard.press("Control+v")
+    assert msg.input_value() == "See you. Good morning. It rained. "
+    page.keyboard.press("Control+End")
+    page.keyboard.type("Bye")
+    page.keyboard.press("Enter")
+    expect_count(page, 4)
+    page.wait_for_timeout(300)
+    assert rows(device["dir"]) == ["Good morning.", "See you.", "It rained.", "Bye"]
+
+
 def test_a_learned_sentence_undone_and_redone_is_not_learned_again(page, device):
     """Undo took the learned part back with the text, and the redo that brought the same sentence
     back learned it again from its first undone word: "good morning more." and "morning more."."""
@@ -1224,6 +1255,22 @@ def test_a_tap_on_a_strip_still_on_its_way_takes_the_word_if_the_new_strip_has_i
         page.wait_for_function("(t) => document.querySelector('#message').value === t", arg=expected, timeout=5_000)
         wait_strip(page)
         assert msg.input_value() == expected, tapped
+    # A tap waiting while the focus goes to another control is dropped: it went in when the strip
+    # came, and took the focus back to the message.
+    msg.fill("")
+    page.keyboard.type("good mo")
+    wait_strip(page)
+    hold = True
+    page.keyboard.type("r")
+    page.wait_for_function("() => !('for' in document.querySelector('#strip').dataset)")
+    page.click('#strip [data-slot="left"]')
+    page.focus("#clear-history")
+    hold = False
+    while held:
+        held.pop(0).fulfill(json={"suggestions": ["more", "morning", "mortal"], "version_id": "v"})
+    page.wait_for_timeout(300)
+    assert msg.input_value() == "good mor"
+    assert page.evaluate("() => document.activeElement.id") == "clear-history"
 
 
 def test_taps_at_a_words_start_undo_emoji_and_spaces_as_a_user_expects(page, device):
