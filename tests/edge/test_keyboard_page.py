@@ -130,6 +130,17 @@ def remove_teh(pg) -> None:
     pg.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
 
 
+def typed_with_strip(pg, words: list[str], typed: str):
+    """The message focused, every strip served as `words` whatever the model (the first in the
+    middle slot), and `typed` typed into it, its strip shown: the message's locator."""
+    pg.route("**/api/suggest", lambda route: route.fulfill(json={"suggestions": words, "version_id": "v"}))
+    msg = pg.locator("#message")
+    msg.focus()
+    pg.keyboard.type(typed)
+    wait_strip(pg)
+    return msg
+
+
 def test_page_shows_model_version_and_channel(page, device):
     assert page.locator("#model-version").inner_text() == device["version"]
     assert page.locator("#model-channel").inner_text().lower() == "stable"
@@ -201,12 +212,7 @@ def test_a_long_press_whose_release_is_no_click_does_not_swallow_the_next_tap(pa
     """A held touch removes the word, and the click of its release is ignored; a release that
     was no click (the finger slid off: pointercancel) left that click awaited, and the next tap on
     the slot, on whatever word it showed, inserted nothing."""
-    page.route("**/api/suggest", lambda route: route.fulfill(
-        json={"suggestions": ["teh", "the", "tea"], "version_id": "v"}))
-    msg = page.locator("#message")
-    msg.focus()
-    page.keyboard.type("I saw te")
-    wait_strip(page)
+    msg = typed_with_strip(page, ["teh", "the", "tea"], "I saw te")
     held = '#strip [data-slot="middle"]'
     page.dispatch_event(held, "pointerdown", {"pointerType": "touch", "bubbles": True})
     page.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
@@ -264,12 +270,7 @@ def test_a_sentence_ended_while_the_removal_toast_shows_keeps_its_undo(page, dev
     after the Undo's."""
     page.evaluate("""() => { window.toasts = []; const t = document.querySelector('#toast');
         new MutationObserver(() => window.toasts.push(t.textContent)).observe(t, {childList: true}); }""")
-    page.route("**/api/suggest", lambda route: route.fulfill(
-        json={"suggestions": ["teh", "the", "tea"], "version_id": "v"}))
-    msg = page.locator("#message")
-    msg.focus()
-    page.keyboard.type("I saw te")
-    wait_strip(page)
+    msg = typed_with_strip(page, ["teh", "the", "tea"], "I saw te")
     page.click('#strip [data-slot="middle"]', button="right")        # removed by mistake
     page.wait_for_function("() => document.querySelector('#toast').textContent.includes('no longer suggested')")
     page.keyboard.type("a. ")                                        # a sentence ends meanwhile
@@ -1056,12 +1057,7 @@ def test_a_sentence_inserted_then_undone_and_redone_or_moved_is_learned_once(pag
 def test_a_learned_sentence_undone_and_redone_is_not_learned_again(page, device):
     """Undo took the learned part back with the text, and the redo that brought the same sentence
     back learned it again from its first undone word: "good morning more." and "morning more."."""
-    page.route("**/api/suggest", lambda route: route.fulfill(
-        json={"suggestions": ["morning", "more", "most"], "version_id": "v"}))
-    msg = page.locator("#message")
-    msg.focus()
-    page.keyboard.type("good mor")
-    wait_strip(page)
+    msg = typed_with_strip(page, ["morning", "more", "most"], "good mor")
     page.click('#strip [data-slot="middle"]')
     wait_strip(page)
     page.click('#strip [data-slot="left"]')
