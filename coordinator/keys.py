@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.config import ConfigError
+from protocol.artifact import atomic_write
 
-SIGNING_KEY_FILE = "signing_key.pem"
 log = logging.getLogger(__name__)
 
+SIGNING_KEY_FILE = "signing_key.pem"
 ADMIN_TOKEN_FILE = "admin_token"
 # Where the serving coordinator's admin token came from and its sha256 (never the token), for
 # `admin-token` to check what it prints against what the service accepts.
@@ -87,14 +88,10 @@ def record_served_token(data_dir: str | os.PathLike, token: str, *, from_setting
     without the service's FEDKEYS_COORDINATOR_ADMIN_TOKEN made an admin_token file and printed a
     token the service refused."""
     path = Path(data_dir) / SERVED_TOKEN_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")   # gunicorn's workers start at once
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"from": "setting" if from_setting else "file", "sha256": hash_secret(token)}, f)
-        os.replace(tmp, path)
+    record = {"from": "setting" if from_setting else "file", "sha256": hash_secret(token)}
+    try:   # private, and whole: gunicorn's workers write it at once
+        atomic_write(path, json.dumps(record).encode())
     except OSError as e:   # it only informs: a full disk must not stop a worker's boot (the service answers there)
-        tmp.unlink(missing_ok=True)
         log.warning("could not record which admin token the service takes in %s (%s): admin-token cannot "
                     "check what it prints", path, e.strerror or e)
 
