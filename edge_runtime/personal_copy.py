@@ -38,9 +38,7 @@ def save(data_dir: str | Path, version_id: str, weights: dict[str, np.ndarray], 
         tmp.unlink(missing_ok=True)
         raise OSError(f"cannot save the personal model: {str(e)[:200]}") from e
     tmp.replace(path)
-    for old in path.parent.iterdir():   # other versions' copies, and a copy a kill left half written
-        if old != path and old.suffix in (".safetensors", ".tmp"):
-            old.unlink(missing_ok=True)
+    keep_only(data_dir, version_id)   # other versions' copies, and a copy a kill left half written
     return path
 
 
