@@ -223,7 +223,7 @@ class EvaluationRecord:
             return (f"an evaluation names the candidate and at most one other version, once each; this one names "
                     f"{len(ids)}")
         entries = self.entries()
-        if any(e["candidate"] == cand for e in entries):
+        if _answered(entries, cand):
             return f"{cand} was evaluated on this device already"
         recent = _answered_today(entries, now)
         if recent >= self.per_day:
@@ -245,7 +245,7 @@ class EvaluationRecord:
     def answered(self, candidate: str) -> bool:
         """Whether this device answered `candidate` (False when it cannot tell)."""
         try:
-            return any(e["candidate"] == candidate for e in self.entries())
+            return _answered(self.entries(), candidate)
         except LedgerError:
             return False
 
@@ -295,6 +295,11 @@ class EvaluationRecord:
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
         atomic_write(self.path, json.dumps({"evaluated": entries}, indent=1).encode())
+
+
+def _answered(entries: list[dict[str, Any]], candidate: str) -> bool:
+    """Whether an `EvaluationRecord`'s entries hold `candidate` (answered once, never again)."""
+    return any(e["candidate"] == candidate for e in entries)
 
 
 def _answered_today(entries: list[dict[str, Any]], now: float | None) -> int:
