@@ -594,14 +594,13 @@
     }
   }
   let learnedSentences = new Set();   // this message's sentences learned, as `sentencesOf` cuts them
-  // `text`'s sentences, trimmed, cut where `finishedUpTo` ends one (not after "Mr." or "e.g.").
+  // `text`'s sentences, trimmed, cut where `sentenceEnds` says.
   function sentencesOf(text) {
-    const out = [], re = /[.!?]+["')\]’”]*(?:\s|$)/g;
-    let start = 0, m;
-    while ((m = re.exec(text)) !== null) {
-      if (ABBREVIATION.test(text.slice(0, m.index + m[0].trimEnd().length))) continue;
-      out.push(text.slice(start, m.index + m[0].length).trim());
-      start = m.index + m[0].length;
+    const out = [];
+    let start = 0;
+    for (const end of sentenceEnds(text)) {
+      out.push(text.slice(start, end).trim());
+      start = end;
     }
     out.push(text.slice(start).trim());
     return out.filter(Boolean);
@@ -612,16 +611,22 @@
     if (fresh.start >= fresh.end) { fresh = null; return ""; }
     return text.slice(fresh.start, fresh.end);
   }
-  // How much of `rest` is finished sentences (-1: none).
+  // How much of `rest` is finished sentences (-1: none): up to the last end a space follows.
   function finishedUpTo(rest) {
-    // The closing marks as `sentenceStart` reads them: a typographic quote too (a phone's smart
-    // punctuation, a paste), after which Shift came on but the sentence was not learned.
-    const re = /[.!?]+["')\]’”]*\s/g;
-    let end = -1, m;
-    while ((m = re.exec(rest)) !== null) {
-      if (!ABBREVIATION.test(rest.slice(0, m.index + m[0].trimEnd().length))) end = m.index + m[0].length;
+    const ends = sentenceEnds(rest).filter((end) => /\s/.test(rest[end - 1]));
+    return ends.length ? ends[ends.length - 1] : -1;
+  }
+  // Where `text`'s sentences end: past a closing mark, its closing quotes and brackets and one
+  // space, or at the text's end; not after "Mr." or "e.g.". The closing marks as `sentenceStart`
+  // reads them: a typographic quote too (a phone's smart punctuation, a paste), after which Shift
+  // came on but the sentence was not learned.
+  function sentenceEnds(text) {
+    const ends = [], re = /[.!?]+["')\]’”]*(?:\s|$)/g;
+    let m;
+    while ((m = re.exec(text)) !== null) {
+      if (!ABBREVIATION.test(text.slice(0, m.index + m[0].trimEnd().length))) ends.push(m.index + m[0].length);
     }
-    return end;
+    return ends;
   }
 
   // A long paste is committed in pieces of whole sentences (a word at most cut where one
