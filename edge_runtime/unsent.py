@@ -27,7 +27,7 @@ from typing import Any
 
 from edge_runtime.paths import UNSENT_DELTA, UNSENT_META
 from protocol import wire
-from protocol.artifact import atomic_write
+from protocol.artifact import atomic_write, write_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def discard(data_dir: str | os.PathLike) -> bool:
     for name in (UNSENT_META, UNSENT_DELTA):   # the meta first: without it the bytes are never sent
         # and the temporary file `atomic_write` renames into place, which a kill or a power cut
         # during `save` leaves beside it: the same bytes, never read, never deleted otherwise
-        for path in (folder / name, *folder.glob(f".{name}.*")):
+        for path in (folder / name, *write_leftovers(folder / name)):
             try:
                 path.unlink()
             except FileNotFoundError:

@@ -61,6 +61,7 @@ from protocol.artifact import (
     sha256_bytes,
     sha256_file,
     verify_manifest,
+    write_leftovers,
 )
 from protocol.wire import is_safe_id
 
@@ -287,7 +288,7 @@ class VersionStore:
                 else:   # a file of that name (rmtree ignored it, so it stayed for good)
                     with contextlib.suppress(OSError):
                         p.unlink()
-        for p in self.root.glob("." + CURRENT_POINTER + ".*"):  # atomic_write temp files left by a kill
+        for p in write_leftovers(self.root / CURRENT_POINTER):  # left by a kill during a write
             with contextlib.suppress(OSError):
                 if time.time() - p.stat().st_mtime > 60:
                     p.unlink(missing_ok=True)

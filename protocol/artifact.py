@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -275,13 +276,23 @@ def check_weights(weights: Mapping[str, np.ndarray], tensors: list[TensorSpec], 
 VERSION_FILE_MODE = 0o644   # a version's files are public (what every device downloads)
 
 
+_TEMP_PREFIX = ".{}."
+
+
+def write_leftovers(path: str | os.PathLike) -> list[Path]:
+    """The temporary files `atomic_write(path, ...)` leaves beside `path` when killed before its
+    rename: callers that delete `path` for privacy or space delete these too."""
+    path = Path(path)
+    return sorted(path.parent.glob(glob.escape(_TEMP_PREFIX.format(path.name)) + "*"))
+
+
 def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None, replace: bool = True) -> None:
     """Write, fsync, rename: a crash leaves either the old file or the new one, never half.
     The file is private (mkstemp's 0600) unless `mode` says otherwise. `replace=False` links the
     file into place only where there is none (FileExistsError, nothing changed, where there is)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX.format(path.name))
     try:
         with os.fdopen(fd, "wb") as f:
             if mode is not None:   # inside: a file system that refuses it (vfat) left the temporary file

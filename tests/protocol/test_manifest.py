@@ -131,3 +131,24 @@ def test_a_newer_writers_fields_are_kept_and_signed_so_older_readers_still_verif
 def test_malformed_notices_are_an_artifact_error(notices):
     with pytest.raises(artifact.ArtifactError, match="notices must map file names to texts"):
         artifact.Manifest.from_dict({**manifest(Arch(CFG).to_dict()).to_dict(), "notices": notices})
+
+
+def test_write_leftovers_names_what_a_kill_during_atomic_write_leaves(tmp_path):
+    """A process killed between writing and renaming leaves a temporary file beside the target;
+    `write_leftovers` is how deleters (a wipe, the pointer sweep) find it, glob characters and all."""
+    import os
+    import subprocess
+    import sys
+    target = tmp_path / "unsent[1].json"
+    (tmp_path / "unsent[1].json.keep").write_bytes(b"not a leftover")
+    script = ("import os, signal, sys\nfrom protocol import artifact\n"
+              "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "artifact.atomic_write(sys.argv[1], b'learned from the text')\n")
+    from pathlib import Path
+    env = {**os.environ, "PYTHONPATH": str(Path(artifact.__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", script, str(target)], env=env)
+    assert done.returncode == -9
+    left = artifact.write_leftovers(target)
+    assert [p.read_bytes() for p in left] == [b"learned from the text"]
+    assert not target.exists()
+    assert artifact.write_leftovers(tmp_path / "other.json") == []
