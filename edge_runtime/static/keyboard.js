@@ -575,25 +575,39 @@
     const end = finishedUpTo(rest);
     if (end > 0) {
       learnedUpTo(text.slice(0, from + end));
-      for (const s of sentencesOf(rest.slice(0, end))) learnedSentences.add(s);
-      for (const piece of pieces(rest.slice(0, end))) commit(message, piece);
+      commitNew(rest.slice(0, end), text.slice(0, from) + rest.slice(end));
     }
     if (fresh) {
       // a space after it ends its sentence too ("noon.| Then": " It rained." typed there)
       const part = freshText(text, from), after = fresh && /\s/.test(text[fresh.end] || "") ? text[fresh.end] : "";
       const done = Math.min(finishedUpTo(part + after), part.length);
       if (done > 0) {
-        // Not a sentence of this message learned already: an inserted one undone and redone, or a
-        // learned one cut and pasted between others, was learned twice.
-        const todo = sentencesOf(part.slice(0, done)).filter((s) => !learnedSentences.has(s));
-        for (const s of todo) learnedSentences.add(s);
-        if (todo.length) for (const piece of pieces(todo.join(" ") + " ")) commit(message, piece);
+        commitNew(part.slice(0, done), text.slice(0, fresh.start) + text.slice(fresh.start + done));
         fresh.start += done;
         if (fresh.start >= fresh.end) fresh = null;
       }
     }
   }
-  let learnedSentences = new Set();   // this message's sentences learned, as `sentencesOf` cuts them
+  // This message's sentences learned, as `sentencesOf` cuts them, and how many times each.
+  let learnedSentences = new Map();
+  // `done`'s sentences committed, but not those of this message learned already that moved there:
+  // an inserted one undone and redone, or a learned one cut and pasted between others or after
+  // them (or sent there unfinished), was learned twice. One is moved when it was learned more
+  // times than the rest of the message (`elsewhere`) holds it; typed again, it is learned again.
+  function commitNew(done, elsewhere) {
+    const there = new Map();
+    for (const s of sentencesOf(elsewhere)) there.set(s, (there.get(s) || 0) + 1);
+    const all = sentencesOf(done), todo = all.filter((s) => {
+      const learned = learnedSentences.get(s) || 0, kept = there.get(s) || 0;
+      there.set(s, kept + 1);                      // in the message now, learned either way
+      if (learned > kept) return false;
+      learnedSentences.set(s, learned + 1);
+      return true;
+    });
+    // as written where nothing moved (its line breaks, a long paste's pieces); else what is new
+    const text = todo.length === all.length ? done : todo.join(" ") + " ";
+    if (todo.length) for (const piece of pieces(text)) commit(message, piece);
+  }
   // `text`'s sentences, trimmed, cut where `sentenceEnds` says.
   function sentencesOf(text) {
     const out = [];
@@ -658,7 +672,8 @@
     const text = typed ? message.value.slice(0, -typed.length) + capitalise(typed) : message.value;
     if (!text.trim()) return;
     alignCommitted(text);
-    for (const piece of pieces(text.slice(newTextStart(text)))) commit(message, piece);
+    const from = newTextStart(text);
+    commitNew(text.slice(from), text.slice(0, from));
     const bubble = document.createElement("p");
     bubble.className = "bubble";
     bubble.dir = "auto";          // as the field: Arabic or Hebrew reads right to left here too
@@ -670,7 +685,7 @@
     message.value = "";
     committedPrefix = lastText = "";
     learnedPrefixes = [];          // the next message is new text, even if the same
-    learnedSentences = new Set();
+    learnedSentences = new Map();
     fresh = null;
     afterEdit(message);
   }

@@ -1054,6 +1054,32 @@ def test_a_sentence_inserted_then_undone_and_redone_or_moved_is_learned_once(pag
     assert rows(device["dir"]) == ["Good morning.", "See you.", "It rained.", "Bye"]
 
 
+def test_a_learned_sentence_cut_and_pasted_at_the_end_is_not_learned_again(page, device):
+    """A learned sentence cut and pasted back after the others (the order of a message changed)
+    was new text there, and learned a second time; so was one pasted and sent unfinished. The same
+    sentence typed again in the message is learned again."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("Good morning. See you. ")
+    expect_count(page, 2)
+    msg.evaluate("(m) => m.setSelectionRange(0, 'Good morning. '.length)")
+    page.keyboard.press("Control+x")
+    page.keyboard.press("Control+End")
+    page.keyboard.press("Control+v")
+    assert msg.input_value() == "See you. Good morning. "
+    page.keyboard.type("See you. ")                       # typed again: a second time in the message
+    expect_count(page, 3)
+    msg.evaluate("(m) => m.setSelectionRange(0, 'See you. '.length)")
+    page.keyboard.press("Control+x")
+    page.keyboard.press("Control+End")
+    page.keyboard.press("Control+v")
+    page.keyboard.press("Backspace")                      # unfinished, sent so
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#thread .bubble').length === 1")
+    page.wait_for_timeout(500)
+    assert rows(device["dir"]) == ["Good morning.", "See you.", "See you."]
+
+
 def test_a_learned_sentence_undone_and_redone_is_not_learned_again(page, device):
     """Undo took the learned part back with the text, and the redo that brought the same sentence
     back learned it again from its first undone word: "good morning more." and "morning more."."""
