@@ -413,8 +413,9 @@
   // stop ends no sentence: the text was cut there ("I met Mr." learned apart from "Smith ...")
   // and Shift came on. "I." is the pronoun ("so do I. Then"), not an initial.
   const ABBREVIATION = /(?:^|[\s"'(\[{“‘])(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|vs|cf|e\.g|i\.e|(?!I)\p{Lu})\.$/u;
-  const sentenceStart = (before) => /(^\s*|[.!?]["')\]’”]*\s+)["'(\[{‘“]*$/.test(before)
-    && !ABBREVIATION.test(before.trimEnd());
+  // A line's start is a sentence's too (Shift+Enter's paragraph break), also after "Mr.".
+  const sentenceStart = (before) => /(?:^|\n)\s*["'(\[{‘“]*$/.test(before)
+    || (/[.!?]["')\]’”]*\s+["'(\[{‘“]*$/.test(before) && !ABBREVIATION.test(before.trimEnd()));
   // "'hello" -> "'Hello": a single quote typed before the word stays in front of it. A word
   // with its own capitals after a small first letter ("iPhone", "eBay") is typed as shown.
   const capitalise = (w) => {
@@ -543,7 +544,7 @@
       const g = { start: Math.min(f.start, p), end: Math.max(f.end + delta, newEnd) };
       return g.start < g.end ? g : null;
     }
-    const atSentenceStart = /(?:^|[.!?]["')\]’”]*)\s*$/.test(text.slice(0, p));
+    const atSentenceStart = /(?:^|[.!?]["')\]’”]*|\n)\s*$/.test(text.slice(0, p));
     if (oldEnd === p && newEnd > p && p < b && atSentenceStart) return { start: p, end: newEnd };
     if (f && oldEnd < f.start) return { start: f.start + delta, end: f.end + delta };
     return f;
@@ -633,12 +634,15 @@
   // Where `text`'s sentences end: past a closing mark, its closing quotes and brackets and one
   // space, or at the text's end; not after "Mr." or "e.g.". The closing marks as `sentenceStart`
   // reads them: a typographic quote too (a phone's smart punctuation, a paste), after which Shift
-  // came on but the sentence was not learned.
+  // came on but the sentence was not learned. A line break ends one too, marked or not (a
+  // paragraph, a list's line): a text's lines were learned as one run of words.
   function sentenceEnds(text) {
-    const ends = [], re = /[.!?]+["')\]’”]*(?:\s|$)/g;
+    const ends = [], re = /[.!?]+["')\]’”]*(?:\s|$)|\n/g;
     let m;
     while ((m = re.exec(text)) !== null) {
-      if (!ABBREVIATION.test(text.slice(0, m.index + m[0].trimEnd().length))) ends.push(m.index + m[0].length);
+      if (m[0].endsWith("\n") || !ABBREVIATION.test(text.slice(0, m.index + m[0].trimEnd().length))) {
+        ends.push(m.index + m[0].length);
+      }
     }
     return ends;
   }

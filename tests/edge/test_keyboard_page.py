@@ -778,6 +778,27 @@ def test_a_title_or_an_initial_ends_no_sentence(page, device):
                                    "So did I."]
 
 
+def test_a_line_break_ends_a_sentence_for_learning_and_for_shift(page, device):
+    """A paragraph break (Shift+Enter) ended no sentence: "Milk", "Eggs" and "Call mum" on lines of
+    their own were learned as one text at Send, the words of one line followed by the next's, and
+    Shift stayed off at the start of each line."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("Milk")
+    page.keyboard.press("Shift+Enter")
+    expect_count(page, 1)
+    assert shifted(page)
+    page.keyboard.type("Eggs.")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.press("Shift+Enter")                   # a blank line: nothing more to learn
+    assert shifted(page)
+    page.keyboard.type("Call mum")
+    page.keyboard.press("Enter")
+    expect_count(page, 3)
+    assert rows(device["dir"]) == ["Milk", "Eggs.", "Call mum"]
+    assert page.locator("#thread .bubble").inner_text() == "Milk\nEggs.\n\nCall mum"
+
+
 def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
     data_dir = tmp_path / "fresh"
     vid = read_manifest(exported_version).version_id
