@@ -352,7 +352,7 @@
   let autoSpace = null;
   // A closing bracket too: "(see you tomorrow) ", not "(see you tomorrow )". Not a quote, which
   // may as well open the next word.
-  const PUNCT = /^[.,!?;:)\]}]$/;
+  const PUNCT = /^[.,!?;:)\]}…]$/;
   function punctuate(field, str) {
     const a = autoSpace;
     autoSpace = null;
@@ -415,7 +415,7 @@
   const ABBREVIATION = /(?:^|[\s"'(\[{“‘])(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|vs|cf|e\.g|i\.e|(?!I)\p{Lu})\.$/u;
   // A line's start is a sentence's too (Shift+Enter's paragraph break), also after "Mr.".
   const sentenceStart = (before) => /(?:^|\n)\s*["'(\[{‘“]*$/.test(before)
-    || (/[.!?]["')\]’”]*\s+["'(\[{‘“]*$/.test(before) && !ABBREVIATION.test(before.trimEnd()));
+    || (/[.!?…]["')\]’”]*\s+["'(\[{‘“]*$/.test(before) && !ABBREVIATION.test(before.trimEnd()));
   // "'hello" -> "'Hello": a single quote typed before the word stays in front of it. A word
   // with its own capitals after a small first letter ("iPhone", "eBay") is typed as shown.
   const capitalise = (w) => {
@@ -505,7 +505,7 @@
     }
   }
 
-  // A sentence is finished when . ! or ? is followed by a space (or a newline).
+  // A sentence is finished when . ! ? or … is followed by a space, 。！？ by anything, or at a line break.
   // An edit inside text already learned (a word fixed in a finished sentence) keeps that text
   // learned: the boundary moves with what survives of it, so the sentence is not learned again,
   // one fragment per keystroke. Text that replaces all of it (select all, type) is new text.
@@ -544,7 +544,7 @@
       const g = { start: Math.min(f.start, p), end: Math.max(f.end + delta, newEnd) };
       return g.start < g.end ? g : null;
     }
-    const atSentenceStart = /(?:^|[.!?]["')\]’”]*|\n)\s*$/.test(text.slice(0, p));
+    const atSentenceStart = /(?:^|[.!?…。！？]["')\]’”」』）]*|\n)\s*$/.test(text.slice(0, p));
     if (oldEnd === p && newEnd > p && p < b && atSentenceStart) return { start: p, end: newEnd };
     if (f && oldEnd < f.start) return { start: f.start + delta, end: f.end + delta };
     return f;
@@ -579,8 +579,9 @@
       commitNew(rest.slice(0, end), text.slice(0, from) + rest.slice(end));
     }
     if (fresh) {
-      // a space after it ends its sentence too ("noon.| Then": " It rained." typed there)
-      const part = freshText(text, from), after = fresh && /\s/.test(text[fresh.end] || "") ? text[fresh.end] : "";
+      // a space after it ends its sentence too ("noon.| Then": " It rained." typed there), and any
+      // character after a Chinese or Japanese mark ("。|我")
+      const part = freshText(text, from), after = fresh ? text[fresh.end] || "" : "";
       const done = Math.min(finishedUpTo(part + after), part.length);
       if (done > 0) {
         commitNew(part.slice(0, done), text.slice(0, fresh.start) + text.slice(fresh.start + done));
@@ -626,18 +627,20 @@
     if (fresh.start >= fresh.end) { fresh = null; return ""; }
     return text.slice(fresh.start, fresh.end);
   }
-  // How much of `rest` is finished sentences (-1: none): up to the last end a space follows.
+  // How much of `rest` is finished sentences (-1: none): up to the last end something follows.
   function finishedUpTo(rest) {
-    const ends = sentenceEnds(rest).filter((end) => /\s/.test(rest[end - 1]));
+    const ends = sentenceEnds(rest).filter((end) => end < rest.length || /\s/.test(rest[end - 1]));
     return ends.length ? ends[ends.length - 1] : -1;
   }
   // Where `text`'s sentences end: past a closing mark, its closing quotes and brackets and one
   // space, or at the text's end; not after "Mr." or "e.g.". The closing marks as `sentenceStart`
   // reads them: a typographic quote too (a phone's smart punctuation, a paste), after which Shift
   // came on but the sentence was not learned. A line break ends one too, marked or not (a
-  // paragraph, a list's line): a text's lines were learned as one run of words.
+  // paragraph, a list's line): a text's lines were learned as one run of words. So does "…", as
+  // "..." does, and a Chinese or Japanese 。！？, which no space follows: where the next one starts
+  // (a text of them was learned only at Send, as one).
   function sentenceEnds(text) {
-    const ends = [], re = /[.!?]+["')\]’”]*(?:\s|$)|\n/g;
+    const ends = [], re = /[.!?…]+["')\]’”]*(?:\s|$)|[。！？]+["')\]’”」』）]*\s?|\n/g;
     let m;
     while ((m = re.exec(text)) !== null) {
       if (m[0].endsWith("\n") || !ABBREVIATION.test(text.slice(0, m.index + m[0].trimEnd().length))) {
@@ -654,7 +657,7 @@
   function pieces(text) {
     const out = [];
     let cur = "";
-    for (const s of text.match(/[^.!?]*[.!?]+["')\]’”]*\s*|[^.!?]+$/g) || [text]) {
+    for (const s of text.match(/[^.!?…。！？]*[.!?…。！？]+["')\]’”」』）]*\s*|[^.!?…。！？]+$/g) || [text]) {
       if (cur && cur.length + s.length > PIECE) { out.push(cur); cur = ""; }
       cur += s;
       while (cur.length > PIECE) {

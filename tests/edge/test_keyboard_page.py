@@ -799,6 +799,36 @@ def test_a_line_break_ends_a_sentence_for_learning_and_for_shift(page, device):
     assert page.locator("#thread .bubble").inner_text() == "Milk\nEggs.\n\nCall mum"
 
 
+def test_an_ellipsis_and_a_chinese_or_japanese_full_stop_end_a_sentence(page, device):
+    """"..." ended a sentence and its one-character form "…" (a phone's, or a paste's) did not; nor
+    did "。", "！" or "？", which no space follows: a Chinese or Japanese text was learned only at
+    Send, as one, and a long one pasted was cut inside a sentence."""
+    msg = page.locator("#message")
+    msg.focus()
+    page.keyboard.type("Well… ")
+    expect_count(page, 1)
+    assert shifted(page)
+    page.keyboard.insert_text("今天天气很好。")                    # its end: when the next one starts
+    page.keyboard.insert_text("我们去公园吧！")
+    expect_count(page, 2)
+    page.keyboard.insert_text("「はい。」")
+    page.keyboard.insert_text("行こう？")
+    expect_count(page, 4)
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#thread .bubble').length === 1")
+    page.wait_for_timeout(300)
+    assert rows(device["dir"]) == ["Well…", "今天天气很好。", "我们去公园吧！", "「はい。」", "行こう？"]
+    msg.focus()
+    page.keyboard.insert_text("我今天去了商店买了东西。" * 800)     # 9,600 characters: two pieces or more
+    page.keyboard.insert_text("好")
+    for _ in range(100):
+        stored = rows(device["dir"])[5:]
+        if len("".join(stored)) >= 9600:
+            break
+        page.wait_for_timeout(100)
+    assert len(stored) > 1 and all(s.endswith("。") for s in stored), [s[-5:] for s in stored]
+
+
 def test_badge_before_the_first_check_in_says_so(browser, tmp_path, exported_version):
     data_dir = tmp_path / "fresh"
     vid = read_manifest(exported_version).version_id
