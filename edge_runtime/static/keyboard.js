@@ -706,9 +706,16 @@
 
   // --- typing ---------------------------------------------------------------------------------
 
+  // An input method's composition (Japanese, Chinese) is in the text as its reading until it is
+  // converted ("きょうははれ。あした" for "今日は晴れ。明日は"): the sentence there was learned as read,
+  // then again as converted. Nothing is learned while a composition is under way; its end is an edit.
+  let composing = false;
+  message.addEventListener("compositionstart", () => { composing = true; });
+  message.addEventListener("compositionend", () => { composing = false; afterEdit(message); });
+
   function afterEdit(field) {
     if (field === message) {
-      commitFinishedSentences();
+      if (!composing) commitFinishedSentences();
       autoShift();
       suggest();
     }
@@ -936,7 +943,10 @@
     else if (e.inputType === "deleteContentBackward" && uncorrect(message)) e.preventDefault();
     else if (e.inputType !== "insertText" || !PUNCT.test(e.data || "")) autoSpace = null;
   });
-  message.addEventListener("input", () => { if (!replacing) { corrected = null; afterEdit(message); } });
+  message.addEventListener("input", (e) => {
+    if (!e.isComposing) composing = false;   // a composition whose end was never said is over
+    if (!replacing) { corrected = null; afterEdit(message); }
+  });
   message.addEventListener("focus", () => setActive(message));
   // Alt+1, Alt+2, Alt+3 (Control on a Mac) take the best, second and third suggestion (the strip's
   // buttons stay out of the tab order so a tap never moves the caret out of the message).

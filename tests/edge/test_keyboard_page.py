@@ -1237,6 +1237,22 @@ def test_enter_that_confirms_a_composition_does_not_send(page, device):
     assert page.locator("#message").input_value() == "I am in " and rows(device["dir"]) == []
 
 
+def test_an_input_methods_reading_is_not_learned_before_it_is_converted(page, device):
+    """A Japanese input method's composition holds the reading ("きょうははれ。あした") until it is
+    converted: the page learned the sentence there as it stood, its reading, and then the
+    converted "今日は晴れ。" too. Text is learned once the composition ends."""
+    page.click("#message")
+    cdp = page.context.new_cdp_session(page)
+    for reading in ("きょう", "きょうははれ", "きょうははれ。", "きょうははれ。あした"):
+        cdp.send("Input.imeSetComposition", {"text": reading, "selectionStart": len(reading),
+                                             "selectionEnd": len(reading)})
+    assert page.locator("#message").input_value() == "きょうははれ。あした"
+    cdp.send("Input.insertText", {"text": "今日は晴れ。明日は"})        # converted, and committed
+    expect_count(page, 1)
+    page.wait_for_timeout(300)
+    assert rows(device["dir"]) == ["今日は晴れ。"]
+
+
 def test_suggestions_are_taken_from_the_keyboard_and_announced_best_first(page):
     """The strip's buttons were out of reach of a keyboard and read second, best, third."""
     page.click("#message")
