@@ -952,10 +952,11 @@
   // buttons stay out of the tab order so a tap never moves the caret out of the message).
   const SHORTCUT = { Digit1: "middle", Digit2: "left", Digit3: "right" };
   const MAC = /Mac|iPhone|iPad/.test(navigator.platform || "");
-  if (MAC) {   // what a screen reader announces says the keys that work here
-    $("#strip").setAttribute("aria-label", "Suggestions (Control+1, Control+2, Control+3)");
-    for (const b of document.querySelectorAll("#strip [aria-keyshortcuts]")) {
-      b.setAttribute("aria-keyshortcuts", b.getAttribute("aria-keyshortcuts").replace("Alt", "Control"));
+  if (MAC) {   // what a screen reader announces (and a word's tooltip) says the keys that work here
+    for (const el of [strip, ...strip.querySelectorAll(".sugg")]) {
+      for (const a of ["aria-label", "aria-keyshortcuts", "title"]) {
+        if (el.hasAttribute(a)) el.setAttribute(a, el.getAttribute(a).replaceAll("Alt+", "Control+"));
+      }
     }
   }
   message.addEventListener("keydown", (e) => {
@@ -964,12 +965,19 @@
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); return; }
     // Only where Alt+digit types nothing: on a Mac, Option+3 is "#" on some layouts (e.key says so),
     // and Option+1 "¡", so there Control+1, 2, 3 (which type nothing and switch no tab) take them.
-    const alt = e.altKey && !e.ctrlKey && !e.metaKey && /^[123]$/.test(e.key);
+    const alt = e.altKey && !e.ctrlKey && !e.metaKey && !e.shiftKey && /^[123]$/.test(e.key);
     const macCtrl = MAC && e.ctrlKey && !e.altKey && !e.metaKey && !e.shiftKey;
     const slot = (alt || macCtrl) && SHORTCUT[e.code];
     if (slot) {
       e.preventDefault();
       if (!slots[slot].disabled) accept(slots[slot]);
+    }
+    // With Shift they stop suggesting that word, as a long press does: without a mouse or a touch
+    // screen a word (a typo the keyboard learned) could not be taken out of the strip.
+    const gone = e.shiftKey && !e.metaKey && (MAC ? e.ctrlKey && !e.altKey : e.altKey && !e.ctrlKey) && SHORTCUT[e.code];
+    if (gone) {
+      e.preventDefault();
+      if (!slots[gone].disabled && active === message) removeWord(slots[gone].dataset.word);
     }
   });
   // Cursor moves change the text before the cursor too: any key that left the strip computed for

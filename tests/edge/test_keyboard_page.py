@@ -1297,6 +1297,27 @@ def test_on_a_mac_control_and_a_digit_take_a_suggestion(page):
     assert page.locator("#message").input_value() == f"what {best} "
 
 
+@pytest.mark.parametrize("platform", ["Linux x86_64", "MacIntel"])
+def test_a_suggestion_is_removed_from_the_keyboard_alone(page, device, platform):
+    """Only a right click or a long press stopped a word being suggested: a keyboard-only user
+    could not take a typo the keyboard had learned out of the strip. Alt+Shift+1, 2, 3 (Control
+    on a Mac) do, the strip and its words say so, and the caret stays in the message."""
+    page.add_init_script(f"Object.defineProperty(Navigator.prototype, 'platform', {{get: () => '{platform}'}})")
+    page.reload()
+    mod = "Control" if platform == "MacIntel" else "Alt"
+    assert f"{mod}+Shift+1" in page.locator("#strip").get_attribute("aria-label")
+    assert f"{mod}+Shift+2" in page.locator('#strip [data-slot="left"]').get_attribute("title")
+    msg = typed_with_strip(page, ["teh", "the", "tea"], "I saw te")
+    page.keyboard.press(f"{mod}+Shift+1")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('\"teh\" is no longer')")
+    page.keyboard.press(f"{mod}+Shift+3")
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('\"tea\" is no longer')")
+    assert msg.input_value() == "I saw te"
+    assert page.evaluate("() => document.activeElement.id") == "message"
+    page.keyboard.type("x")
+    assert msg.input_value() == "I saw tex"
+
+
 def test_a_strip_for_a_text_the_cursor_has_left_is_not_applied(page, device, monkeypatch):
     """With answers slower than keystrokes the strip stayed on an older text, enabled: a tap put
     its word ("I") after "see you"."""
