@@ -148,7 +148,11 @@
   function toast(text, undo) {
     const t = $("#toast");
     if (!undo && t.classList.contains("actionable")) { heldToast = text; return; }
+    // An Undo replaced by the next one's (a second word removed, answered late) took the focus
+    // away with it, to the page's body: it goes back to the message, as when the toast ends.
+    const hadFocus = !!t.querySelector(".toast-undo") && t.contains(document.activeElement);
     t.textContent = text;
+    if (hadFocus) message.focus();
     t.classList.toggle("actionable", !!undo);
     if (undo) {
       const b = document.createElement("button");

@@ -309,6 +309,36 @@ def test_the_toasts_undo_taken_from_the_keyboard_gives_the_focus_back_to_the_mes
         assert msg.input_value() == "I saw tea", fade
 
 
+def test_an_undo_toast_replaced_by_another_leaves_the_focus_in_the_message(page, device, monkeypatch):
+    """A second word removed, its answer come while the focus was on the first one's Undo (a slow
+    device), replaced the toast, and its button with the focus: the focus went to the page's body,
+    and the keys typed next went nowhere."""
+    import time
+
+    from edge_runtime.keyboard_app import KeyboardApp
+
+    original, calls = KeyboardApp.remove_word, []
+
+    def second_answer_late(self, body):
+        calls.append(body["word"])
+        if len(calls) == 2:
+            time.sleep(2)
+        return original(self, body)
+
+    monkeypatch.setattr(KeyboardApp, "remove_word", second_answer_late)
+    msg = typed_with_strip(page, ["teh", "the", "tea"], "I saw te")
+    page.keyboard.press("Alt+Shift+1")
+    page.wait_for_function("() => document.querySelector('#toast .toast-undo')")
+    page.keyboard.press("Alt+Shift+3")                               # answered late
+    page.focus("#private-field")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.className") == "toast-undo"
+    page.wait_for_function("() => document.querySelector('#toast').textContent.includes('\"tea\" is no longer')")
+    assert page.evaluate("() => document.activeElement.id") == "message"
+    page.keyboard.type("a")
+    assert msg.input_value() == "I saw tea"
+
+
 def test_commit_grows_the_cache(page, device):
     msg = page.locator("#message")
     msg.focus()
