@@ -133,7 +133,9 @@
 
   // A strip without suggestions that says why, in its middle slot; `state` is what tests wait on.
   function stripSays(state, text) {
-    for (const s of Object.values(slots)) { s.textContent = ""; s.disabled = true; s.dataset.word = ""; s.style.fontSize = ""; }
+    for (const s of Object.values(slots)) {
+      s.textContent = ""; s.disabled = true; s.dataset.word = ""; s.style.fontSize = ""; s.classList.remove("wrap");
+    }
     slots.middle.textContent = text;
     // said to a screen reader too: it heard the last suggestions, and then nothing
     if (text !== announced) { announced = text; $("#strip-said").textContent = text; }
@@ -214,11 +216,19 @@
   // A word still too wide for its slot is shown whole in smaller type (down to 10 px), not cut:
   // at 320 px the best slot cut words of ten letters ("governme…"), and which word a tap would
   // type could not be read. Again when the window's width changes.
+  // One too wide for a line even so ("internationalization" at 320 px, cut to "internationaliz…")
+  // goes over two lines, whole, in type as large as fits the strip's height.
   function fit(el) {
     el.style.fontSize = "";
+    el.classList.remove("wrap");
     if (!el.textContent || !el.clientWidth) return;
     let px = parseFloat(getComputedStyle(el).fontSize);
     while (el.scrollWidth > el.clientWidth && px > 10) el.style.fontSize = --px + "px";
+    if (el.scrollWidth <= el.clientWidth) return;
+    el.classList.add("wrap");
+    el.style.fontSize = "";
+    px = parseFloat(getComputedStyle(el).fontSize);
+    while ((el.scrollHeight > el.clientHeight || el.scrollWidth > el.clientWidth) && px > 8) el.style.fontSize = --px + "px";
   }
   window.addEventListener("resize", () => { if (strip.dataset.state === "ready") Object.values(slots).forEach(fit); });
 

@@ -1736,3 +1736,28 @@ def test_on_a_narrow_phone_the_strip_shows_every_word_whole(browser, device):
             .every(b => b.scrollWidth <= b.clientWidth)""", timeout=3_000)
     finally:
         ctx.close()
+
+
+def test_a_word_too_long_for_its_slot_even_in_small_type_is_shown_whole(browser, device):
+    """Shrunk down to 10 px, "internationalization", "incomprehensibilities" and longer words
+    were still cut ("internationaliz…") at 320 px: which word a tap would type could not be read.
+    Such a word is shown on two lines, whole."""
+    ctx = browser.new_context(viewport={"width": 320, "height": 568}, has_touch=True)
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(device["page_url"])
+        words = ["internationalization", "antidisestablishmentarianism", "incomprehensibilities"]
+        typed_with_strip(pg, words, "the inter")
+        cut = pg.locator("#strip .sugg").evaluate_all("""bs => bs.filter(b => b.scrollWidth > b.clientWidth
+            || b.scrollHeight > b.clientHeight).map(b => b.textContent)""")
+        assert cut == []
+        boxes = [pg.locator(f'#strip [data-slot="{s}"]').bounding_box() for s in ("left", "middle", "right")]
+        strip = pg.locator("#strip").bounding_box()
+        assert all(strip["y"] <= b["y"] and b["y"] + b["height"] <= strip["y"] + strip["height"] + 0.5 for b in boxes)
+        pg.keyboard.type("n")                                            # a short word: one line again
+        pg.unroute("**/api/suggest")
+        typed_with_strip(pg, ["international", "internal", "interne"], "a")
+        assert pg.locator('#strip [data-slot="right"]').evaluate("b => getComputedStyle(b).whiteSpace") == "nowrap"
+    finally:
+        ctx.close()
