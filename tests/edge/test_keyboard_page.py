@@ -1761,3 +1761,23 @@ def test_a_word_too_long_for_its_slot_even_in_small_type_is_shown_whole(browser,
         assert pg.locator('#strip [data-slot="right"]').evaluate("b => getComputedStyle(b).whiteSpace") == "nowrap"
     finally:
         ctx.close()
+
+
+def test_with_reduced_motion_asked_for_nothing_slides(browser, device):
+    """The toast slid in and the Pause switch's thumb slid across whatever the system asked:
+    with "reduce motion" on, the toast only fades and the switch changes at once."""
+    ctx = browser.new_context(reduced_motion="reduce")
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(15_000)
+        pg.goto(device["page_url"])
+        styles = pg.evaluate("""() => ['#toast', '.thumb', '.track'].map(s => {
+            const c = getComputedStyle(document.querySelector(s));
+            return [s, c.transitionProperty, c.transitionDuration, c.transform]; })""")
+        for sel, props, durations, _ in styles:
+            moving = [p for p, d in zip(props.split(", "), durations.split(", "))
+                      if d != "0s" and p in ("all", "transform")]
+            assert moving == [], (sel, props, durations)
+        assert styles[0][3] in ("none", "matrix(1, 0, 0, 1, 0, 0)") or styles[0][3].endswith(", 0)"), styles[0]
+    finally:
+        ctx.close()
