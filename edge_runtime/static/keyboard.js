@@ -1097,6 +1097,18 @@
   });
   $("#close-licences").addEventListener("click", () => licences.close());
 
+  // On a touch screen (a phone, a tablet) a tap in a field brought up the system's own keyboard,
+  // over this one and its strip: the suggestions under test were hidden, and the words typed
+  // were the system keyboard's. There the fields ask for none; a physical keyboard still types.
+  const touchFirst = window.matchMedia ? matchMedia("(pointer: coarse)") : null;
+  function systemKeyboard() {
+    for (const f of [message, privateField]) {
+      if (touchFirst?.matches) f.inputMode = "none"; else f.removeAttribute("inputmode");
+    }
+  }
+  systemKeyboard();
+  touchFirst?.addEventListener?.("change", systemKeyboard);
+
   buildKeyboard();
   renderSuggestions([]);
   refreshStatus().then(() => suggest());

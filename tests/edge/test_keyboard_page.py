@@ -1781,3 +1781,25 @@ def test_with_reduced_motion_asked_for_nothing_slides(browser, device):
         assert styles[0][3] in ("none", "matrix(1, 0, 0, 1, 0, 0)") or styles[0][3].endswith(", 0)"), styles[0]
     finally:
         ctx.close()
+
+
+def test_on_a_touch_screen_the_systems_keyboard_does_not_cover_the_pages(browser, device):
+    """On a phone or a tablet a tap in the message brought up the system's own keyboard, over
+    the page's keyboard and its strip: the suggestions under test could not be seen, and those
+    typed were the system's. There the fields ask for no system keyboard (inputmode="none"),
+    and the page's keys type; with a mouse the fields are as they were."""
+    for touch in (True, False):
+        ctx = browser.new_context(viewport={"width": 390, "height": 800}, has_touch=touch, is_mobile=touch)
+        try:
+            pg = ctx.new_page()
+            pg.set_default_timeout(15_000)
+            pg.goto(device["page_url"])
+            modes = pg.evaluate("() => ['#message', '#private-field'].map(s => document.querySelector(s).inputMode)")
+            assert modes == (["none", "none"] if touch else ["", ""]), (touch, modes)
+            if touch:
+                pg.tap("#message")
+                for key in "hi":
+                    pg.tap(f'#keyboard [data-key="{key}"]')
+                assert pg.locator("#message").input_value() == "Hi"
+        finally:
+            ctx.close()
