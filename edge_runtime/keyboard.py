@@ -99,6 +99,7 @@ class KeyboardServer:
 
     def stop(self) -> None:
         """Stop serving and release what `start_keyboard` opened. Safe to call twice."""
+        self._server.stopping = True   # before the cache closes: see KeyboardHTTPServer.stopping
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join(timeout=10)

@@ -156,6 +156,9 @@ class KeyboardHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         try:
             try:
+                if self.server.stopping:
+                    self.close_connection = True
+                    raise ApiError(503, "stopping", "the keyboard is stopping")
                 self._check_host()
                 status = fn() or 200
             except ApiError as e:
@@ -167,10 +170,13 @@ class KeyboardHandler(BaseHTTPRequestHandler):
                 status = 499                                   # (nginx's code): logged as such, not as an error
                 self.close_connection = True
             except CacheError as e:   # the disk, a damaged file, the data directory gone: said, retried later
-                self.server.app.cache_unusable(e)
                 status = 503
                 self.close_connection = True
-                self._error(ApiError(503, "cache_unavailable", str(e)))
+                if self.server.stopping:   # closed under this call by `stop`: nothing is wrong with it
+                    self._error(ApiError(503, "stopping", "the keyboard is stopping"))
+                else:
+                    self.server.app.cache_unusable(e)
+                    self._error(ApiError(503, "cache_unavailable", str(e)))
             except Exception as e:   # the type only: its message may quote the text of the request
                 log.error("keyboard: internal error on %s %s: %s", self.command, self._route(), failure(e))
                 log.debug("keyboard: internal error at\n%s", frames(e))
@@ -277,6 +283,10 @@ class KeyboardHTTPServer(ThreadingHTTPServer):
         self.idle = IdleWorker(app.prefetch)   # its first work, the user's words, once the model is in (`keyboard`)
         self.bind_name = addr[0].strip("[]").lower()
         self.token = token   # shown only in the printed URL
+        # Set by `KeyboardServer.stop` before it closes the cache: a page's keep-alive connection
+        # outlives `shutdown`, and its next call found the cache closed, which the page and the
+        # device log called damaged, with `wipe` as the cure.
+        self.stopping = False
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A browser gone mid-request (a tab closed, a reset keep-alive connection) is not an

@@ -52,7 +52,7 @@
     } finally {
       clearTimeout(timer);
     }
-    if (!resp.ok) throw Object.assign(new Error(data.message || ("HTTP " + resp.status)), { status: resp.status });
+    if (!resp.ok) throw Object.assign(new Error(data.message || ("HTTP " + resp.status)), { status: resp.status, code: data.error });
     return data;
   }
 
@@ -94,7 +94,9 @@
       if (mine === epoch) renderStatus(st);
       if (unsaved.length) retryUnsaved();
     } catch (e) {
-      if (e.status === 503) {   // the service runs; its text cache cannot be read (damaged, gone)
+      // the service runs; its text cache cannot be read (damaged, gone). Not a service stopping,
+      // which closed it under the call: that is a service gone, as the next poll will find.
+      if (e.status === 503 && e.code !== "stopping") {
         setOffline(false);
         if (e.message !== cacheTrouble) toast("Saved text cannot be read: " + e.message);
         cacheTrouble = e.message;

@@ -1781,3 +1781,23 @@ def test_two_keyboards_starting_at_once_keep_one_page_key(tmp_path, monkeypatch)
     mine = keyboard._page_token(tmp_path)
     assert mine != "damaged" and (tmp_path / KEYBOARD_TOKEN_FILE).read_text() == mine
     assert sorted(p.name for p in tmp_path.iterdir()) == [KEYBOARD_TOKEN_FILE]   # no temporary file left
+
+
+def test_a_connection_left_open_by_a_stopped_keyboard_is_not_told_of_damage(tmp_path, exported_version, caplog):
+    """A page's keep-alive connection outlives `stop`: its next call found the cache closed, and
+    the answer and the device log called the cache damaged, with `wipe` (which deletes the text)
+    as the cure. It is told the keyboard is stopping, and the connection is closed."""
+    s = start_keyboard(tmp_path / "device", model_dir=exported_version, channel="canary")
+    pageish = requests.Session()
+    headers = {"Content-Type": "application/json", "X-Keyboard-Token": s.token}
+    assert pageish.post(s.url + "api/commit", data=json.dumps({"text": "numbat at noon.", "field_kind": "message"}),
+                        headers=headers, timeout=10).ok
+    s.stop()
+    caplog.clear()
+    r = pageish.get(s.url + "api/status", timeout=10)
+    assert (r.status_code, r.json()["error"]) == (503, "stopping")
+    assert r.headers.get("Connection", "").lower() == "close"
+    assert "damaged" not in caplog.text and "wipe" not in caplog.text
+    with pytest.raises(requests.ConnectionError):   # that connection closed, and nothing listens
+        pageish.get(s.url + "api/status", timeout=10)
+    assert db_rows(s) == ["numbat at noon."]

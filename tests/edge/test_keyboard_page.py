@@ -1563,6 +1563,19 @@ def test_an_undone_tap_or_page_backspace_leaves_a_caret_not_a_selection(page):
     assert msg.evaluate("m => [m.selectionStart, m.selectionEnd]") == [0, 18]
 
 
+def test_a_service_stopping_is_not_said_to_be_unreadable_saved_text(page, device):
+    """The last answers of a keyboard being stopped (503 "stopping") were read as a cache that
+    cannot be read: "Saved text cannot be read", and "Clear my history deletes them" under the
+    count. They are a service gone, said as such."""
+    page.wait_for_function("() => document.querySelector('#cached-count').textContent === '0'")
+    page.route("**/api/status", lambda route: route.fulfill(
+        status=503, json={"error": "stopping", "message": "the keyboard is stopping"}))
+    page.wait_for_function("() => document.body.classList.contains('offline')", timeout=25_000)
+    assert page.locator("#cached-count").inner_text() == "0"
+    assert "unreadable" not in page.locator("#cached-label").inner_text()
+    assert "cannot be read" not in page.locator("#toast").inner_text()
+
+
 def test_a_service_that_stops_answering_is_said_in_the_strip_and_it_comes_back(page, device, monkeypatch):
     """A keyboard process that hung (stopped, its machine suspended) left the last strip on show,
     dimmed, with nothing said, for as long as it hung: strips and status polls waited forever.
