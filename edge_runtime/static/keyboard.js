@@ -276,8 +276,11 @@
       }
     } catch (e) {
       pendingTap = null;
-      if (e.away) setOffline(true, e.aborted);   // fetch itself failed (nobody is listening), or no answer came
+      if (e.away || e.code === "stopping") setOffline(true, e.aborted);   // nobody listening, no answer, or leaving
       else if (e.status === 403 && active === message) noToken();
+      // An error of the service's own (a 500) emptied the strip with nothing said: said, as an
+      // error, until a keystroke's strip comes back.
+      else if (e.status >= 500 && active === message) stripSays("failed", "No suggestions: the keyboard service failed (see its log)");
       else if (active === message) renderSuggestions([]);
     } finally {
       inFlight = false;

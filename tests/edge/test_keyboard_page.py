@@ -1576,6 +1576,25 @@ def test_a_service_stopping_is_not_said_to_be_unreadable_saved_text(page, device
     assert "cannot be read" not in page.locator("#toast").inner_text()
 
 
+def test_a_suggestion_that_fails_on_the_service_is_said_in_the_strip(page, device):
+    """A 500 from /api/suggest (an internal error on the device) emptied the strip with nothing
+    said, to the eye or to a screen reader; the next keystroke answered brings suggestions back."""
+    page.click("#message")
+    page.keyboard.type("what say")
+    assert wait_strip(page)[1]
+    page.route("**/api/suggest", lambda route: route.fulfill(
+        status=500, json={"error": "internal", "message": "internal error (see the device log)"}))
+    page.keyboard.type(" y")
+    page.wait_for_function("() => document.querySelector('#strip').dataset.state === 'failed'")
+    assert "failed" in page.locator('#strip [data-slot="middle"]').inner_text()
+    assert "failed" in page.locator("#strip-said").inner_text()
+    assert not page.evaluate("() => document.body.classList.contains('offline')")
+    page.unroute("**/api/suggest")
+    page.keyboard.type("o")
+    page.wait_for_function("() => document.querySelector('#strip').dataset.state === 'ready'")
+    assert wait_strip(page)[1]
+
+
 def test_a_service_that_stops_answering_is_said_in_the_strip_and_it_comes_back(page, device, monkeypatch):
     """A keyboard process that hung (stopped, its machine suspended) left the last strip on show,
     dimmed, with nothing said, for as long as it hung: strips and status polls waited forever.
