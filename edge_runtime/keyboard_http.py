@@ -33,6 +33,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {  # route -> (file, content type); nothing else is ever served from disk
     "/": ("keyboard.html", "text/html; charset=utf-8"),
     "/keyboard.html": ("keyboard.html", "text/html; charset=utf-8"),
+    "/static/sentences.js": ("sentences.js", "text/javascript; charset=utf-8"),
     "/static/keyboard.js": ("keyboard.js", "text/javascript; charset=utf-8"),
     "/static/keyboard.css": ("keyboard.css", "text/css; charset=utf-8"),
 }

@@ -21,6 +21,9 @@
   let committedPrefix = "";      // the part of the message already committed to the cache
   let clearArmed = null;         // timer while "clear my history" waits for its confirming tap
 
+  // Where sentences start and end (sentences.js, loaded first).
+  const { sentenceStart, startsAfter, capitalise, sentencesOf, finishedUpTo, pieces } = globalThis.FedKeysSentences;
+
   const isPrivate = (field) => field.type === "password" || field.hasAttribute("data-private");
 
   // --- API -----------------------------------------------------------------------------------
@@ -426,22 +429,6 @@
     return true;
   }
 
-  // Auto-capitalisation: the first letter of the message and of every sentence after ". ", "! ", "? ",
-  // also after an opening quote or bracket there ('"Hi', "'Hi", "(Hi").
-  // Not after a title, "e.g." or an initial ("Mr. Smith", "e.g. this", "J. Smith"), where a full
-  // stop ends no sentence: the text was cut there ("I met Mr." learned apart from "Smith ...")
-  // and Shift came on. "I." is the pronoun ("so do I. Then"), not an initial.
-  const ABBREVIATION = /(?:^|[\s"'(\[{“‘])(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|vs|cf|e\.g|i\.e|(?!I)\p{Lu})\.$/u;
-  // A line's start is a sentence's too (Shift+Enter's paragraph break), also after "Mr.".
-  const sentenceStart = (before) => /(?:^|\n)\s*["'(\[{‘“]*$/.test(before)
-    || (/[.!?…]["')\]’”]*\s+["'(\[{‘“]*$/.test(before) && !ABBREVIATION.test(before.trimEnd()));
-  // "'hello" -> "'Hello": a single quote typed before the word stays in front of it. A word
-  // with its own capitals after a small first letter ("iPhone", "eBay") is typed as shown.
-  const capitalise = (w) => {
-    if (/^['‘’]?\p{Ll}+\p{Lu}/u.test(w)) return w;
-    const i = /^['‘’]/.test(w) ? 1 : 0;
-    return w.slice(0, i) + w.charAt(i).toUpperCase() + w.slice(i + 1);
-  };
   function autoShift() {
     if (active !== message) return;
     const before = textBeforeCursor();
@@ -563,8 +550,7 @@
       const g = { start: Math.min(f.start, p), end: Math.max(f.end + delta, newEnd) };
       return g.start < g.end ? g : null;
     }
-    const atSentenceStart = /(?:^|[.!?…。！？]["')\]’”」』）]*|\n)\s*$/.test(text.slice(0, p));
-    if (oldEnd === p && newEnd > p && p < b && atSentenceStart) return { start: p, end: newEnd };
+    if (oldEnd === p && newEnd > p && p < b && startsAfter(text.slice(0, p))) return { start: p, end: newEnd };
     if (f && oldEnd < f.start) return { start: f.start + delta, end: f.end + delta };
     return f;
   }
@@ -629,67 +615,13 @@
     const text = todo.length === all.length ? done : todo.join(" ") + " ";
     if (todo.length) for (const piece of pieces(text)) commit(message, piece);
   }
-  // `text`'s sentences, trimmed, cut where `sentenceEnds` says.
-  function sentencesOf(text) {
-    const out = [];
-    let start = 0;
-    for (const end of sentenceEnds(text)) {
-      out.push(text.slice(start, end).trim());
-      start = end;
-    }
-    out.push(text.slice(start).trim());
-    return out.filter(Boolean);
-  }
   // The fresh span's text; past where new text starts it is new text anyway (learned from there).
   function freshText(text, from) {
     fresh.end = Math.min(fresh.end, from);
     if (fresh.start >= fresh.end) { fresh = null; return ""; }
     return text.slice(fresh.start, fresh.end);
   }
-  // How much of `rest` is finished sentences (-1: none): up to the last end something follows.
-  function finishedUpTo(rest) {
-    const ends = sentenceEnds(rest).filter((end) => end < rest.length || /\s/.test(rest[end - 1]));
-    return ends.length ? ends[ends.length - 1] : -1;
-  }
-  // Where `text`'s sentences end: past a closing mark, its closing quotes and brackets and one
-  // space, or at the text's end; not after "Mr." or "e.g.". The closing marks as `sentenceStart`
-  // reads them: a typographic quote too (a phone's smart punctuation, a paste), after which Shift
-  // came on but the sentence was not learned. A line break ends one too, marked or not (a
-  // paragraph, a list's line): a text's lines were learned as one run of words. So does "…", as
-  // "..." does, and a Chinese or Japanese 。！？, which no space follows: where the next one starts
-  // (a text of them was learned only at Send, as one).
-  function sentenceEnds(text) {
-    const ends = [], re = /[.!?…]+["')\]’”]*(?:\s|$)|[。！？]+["')\]’”」』）]*\s?|\n/g;
-    let m;
-    while ((m = re.exec(text)) !== null) {
-      if (m[0].endsWith("\n") || !ABBREVIATION.test(text.slice(0, m.index + m[0].trimEnd().length))) {
-        ends.push(m.index + m[0].length);
-      }
-    }
-    return ends;
-  }
 
-  // A long paste is committed in pieces of whole sentences (a word at most cut where one
-  // sentence alone is longer): as one commit, 100 KB would be refused whole (the device takes
-  // 16,384 characters a commit) and nothing of it learned.
-  const PIECE = 8000;
-  function pieces(text) {
-    const out = [];
-    let cur = "";
-    for (const s of text.match(/[^.!?…。！？]*[.!?…。！？]+["')\]’”」』）]*\s*|[^.!?…。！？]+$/g) || [text]) {
-      if (cur && cur.length + s.length > PIECE) { out.push(cur); cur = ""; }
-      cur += s;
-      while (cur.length > PIECE) {
-        let at = cur.lastIndexOf(" ", PIECE);
-        if (at <= 0) at = PIECE;
-        if (/[\uD800-\uDBFF]/.test(cur[at - 1])) at--;   // not between an emoji's halves
-        out.push(cur.slice(0, at));
-        cur = cur.slice(at);
-      }
-    }
-    if (cur.trim()) out.push(cur);
-    return out;
-  }
 
   function send() {
     // the pronoun last typed is written "I" on Enter too ("see you then, i" is sent as "…, I")

@@ -64,7 +64,8 @@ def test_static_page_and_assets_are_served_with_a_strict_policy(server):
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
     assert 'id="strip"' in r.text and "data-private" in r.text and "http" not in r.text.split("<body>")[1]
-    for asset, ctype in (("static/keyboard.js", "text/javascript"), ("static/keyboard.css", "text/css")):
+    for asset, ctype in (("static/sentences.js", "text/javascript"), ("static/keyboard.js", "text/javascript"),
+                         ("static/keyboard.css", "text/css")):
         r = requests.get(server.url + asset, timeout=5)
         assert r.status_code == 200 and r.headers["Content-Type"].startswith(ctype)
     assert requests.get(server.url + "static/../keyboard.py", timeout=5).status_code == 404

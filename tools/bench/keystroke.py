@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-# The page's sentence end (keyboard.js, commitFinishedSentences): . ! or ? (closing quotes and
+# The page's sentence end (sentences.js, sentenceEnds), simplified: . ! or ? (closing quotes and
 # brackets allowed) followed by a space or a newline.
 SENTENCE_END = re.compile(r"""[.!?]+["')\]]*\s""")
 
