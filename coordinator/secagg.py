@@ -474,6 +474,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         survivors = s.execute(select(SecAggMember.idx, SecAggMember.mask_pk, SecAggMember.masked_sha256).where(
             SecAggMember.round_id == round_id, SecAggMember.masked_sha256.is_not(None))).all()
     total = np.zeros(p["dim"], np.uint32)
+    lost = False   # a survivor's masked vector gone from the data directory: no unmask can ever read it
     if not short and not bad:
         for _, _, digest in survivors:
             try:
@@ -482,10 +483,12 @@ def _sum(coord: Coordinator, round_id: int) -> None:
                 with coord._sessions() as s:
                     if s.get(Round, round_id).status != RoundStatus.OPEN:
                         return
-                raise
-        total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
-                                  _graph(p), round_id)
-    digest = None if short or bad else coord.blobs.put(total.astype("<u4").tobytes())
+                lost = True
+                break
+        if not lost:
+            total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
+                                      _graph(p), round_id)
+    digest = None if short or bad or lost else coord.blobs.put(total.astype("<u4").tobytes())
     orphan = None
     with coord.tx(decides=True) as s:
         r = s.get(Round, round_id, with_for_update=True)
@@ -500,6 +503,8 @@ def _sum(coord: Coordinator, round_id: int) -> None:
                     row.phase, row.survivors = SUMMED, len(survivors)
         elif short:
             _fail(coord, s, r, f"too few shares revealed to unmask devices {short[:10]}")
+        elif lost:   # as a plain round's missing update: it would fail at every retry until the deadline
+            _fail(coord, s, r, "a masked vector's file is missing from the data directory")
         elif bad:   # the same shares fail the same way at every retry: the round ends now, saying why
             _fail(coord, s, r, f"the revealed shares of devices {bad[:10]} reconstruct no secret "
                                "(devices revealed wrong shares, or those devices dealt inconsistent ones)")
@@ -513,7 +518,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         coord.blobs.discard(orphan)
         log.warning("round %d: closed while its sum was unmasked: the sum is discarded (counted as seen)", round_id)
         return
-    if not short:
+    if not short and not lost:
         log.info("round %d: sum of %d masked updates unmasked (%d dropped devices' masks removed)", round_id,
                  len(survivors), len(keys))
         coord.close_round(round_id, force=True)   # the sum is final: fewer than the goal is fine

@@ -354,3 +354,23 @@ def test_a_secure_round_whose_cohort_is_fixed_trains_no_more_devices(served):
             db.add(SecAggMember(round_id=rid, device_id=dev.device_id, idx=i, enc_pk="00", mask_pk="00"))
     task = devices[2].checkin()
     assert task.kind == wire.TaskKind.COME_BACK and task.plan is None
+
+
+def test_a_summing_round_whose_masked_vector_is_lost_fails_at_once_saying_why(served, monkeypatch, caplog):
+    """A survivor's masked vector missing from the data directory: no unmask can ever read it. The
+    unmask raised FileNotFoundError, logged a traceback and was started again at every phase
+    timeout until the round's deadline, which then failed it as "not finished (at its summing
+    step)". A plain round's missing update fails its round at once, saying so; so does this."""
+    s = served
+    rid = _summing_round(s)
+    _no_masks(monkeypatch)
+    with s.coord._sessions() as db:
+        lost = db.scalars(select(SecAggMember.masked_sha256).where(SecAggMember.round_id == rid)).first()
+    s.coord.uploads.path(rid, lost).unlink()
+    with caplog.at_level("WARNING"):
+        coord_secagg._sum(s.coord, rid)
+    r = s.coord.get_round(rid)
+    assert r["status"] == "failed" and "masked vector's file is missing" in r["reason"], r
+    assert "Traceback" not in caplog.text
+    with s.coord._sessions() as db:
+        assert queries.noise_seen(db) == {}   # nothing was unmasked
