@@ -518,7 +518,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         coord.blobs.discard(orphan)
         log.warning("round %d: closed while its sum was unmasked: the sum is discarded (counted as seen)", round_id)
         return
-    if not short and not lost:
+    if not short and not bad and not lost:   # failed above: no sum was made, nothing to close
         log.info("round %d: sum of %d masked updates unmasked (%d dropped devices' masks removed)", round_id,
                  len(survivors), len(keys))
         coord.close_round(round_id, force=True)   # the sum is final: fewer than the goal is fine

@@ -374,3 +374,16 @@ def test_a_summing_round_whose_masked_vector_is_lost_fails_at_once_saying_why(se
     assert "Traceback" not in caplog.text
     with s.coord._sessions() as db:
         assert queries.noise_seen(db) == {}   # nothing was unmasked
+
+
+def test_a_round_whose_shares_reconstruct_nothing_is_not_logged_as_unmasked(served, monkeypatch, caplog):
+    """Shares that reconstruct no secret fail the round; the log then also said "sum of 2 masked
+    updates unmasked", for a sum that was never computed."""
+    s = served
+    rid = _summing_round(s)
+    monkeypatch.setattr(coord_secagg, "_secrets", lambda db, round_id, t: ({}, {}, [], [1]))
+    with caplog.at_level("INFO", logger="coordinator"):
+        coord_secagg._sum(s.coord, rid)
+    r = s.coord.get_round(rid)
+    assert r["status"] == "failed" and "reconstruct no secret" in r["reason"], r
+    assert "unmasked" not in caplog.text, caplog.text
