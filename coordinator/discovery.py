@@ -17,7 +17,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from coordinator import queries, round_end, versions
@@ -54,11 +53,12 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
     words = vocab.dictionary(tokenizer, V)
     k = plan.discover_words
     digest = row.sum_sha256
-    if digest is None or not coord.blobs.exists(digest):   # never expected: say so rather than crash every tick
+    if digest is None or not (coord.uploads.path(r.id, digest).exists() or coord.blobs.exists(digest)):
+        # never expected: say so rather than crash every tick (a release before this one kept it in blobs)
         round_end.fail_round(coord, s, r, "word discovery: the vote sum is gone")
         log.error("round %d failed: %s", r.id, r.reason)
         return
-    vote_sum = ddp.decode_sum(np.frombuffer(coord.blobs.get(digest), dtype="<u4"), p["scale"], 1)
+    vote_sum = ddp.decode_sum(np.frombuffer(coord.uploads.get(r.id, digest), dtype="<u4"), p["scale"], 1)
     std = discovery.count_std(k, p["mu"], row.survivors, p["scale"])
     chosen, bar = discovery.found(vote_sum, words, k, std, int(vocab.MAX_SHARE * V))
     # The whole histogram is not kept: below the bar it counts words that one or two devices
@@ -67,7 +67,7 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
     # file goes once the row no longer names it is committed: a close that fails after this
     # point (a full disk writing the candidate) rolls back and is retried with its sum.
     row.sum_sha256 = None
-    event.listen(s, "after_commit", lambda _session: coord.blobs.discard(digest), once=True)
+    round_end.discard_sum(coord, s, r.id, digest)
     summary = f"{len(chosen)} of {len(words)} words reached {bar:.1f} votes of {row.survivors} devices"
     if not chosen:
         r.status, r.closed_at, r.reason = RoundStatus.DONE, utcnow(), f"word discovery: {summary}; no new version"

@@ -45,9 +45,18 @@ def fail_round(coord: Coordinator, s: Session, r: Round, reason: str, now: datet
             # A sum no candidate will be made from is not kept (a discovery round's vote histogram
             # shows, at low noise, one device's rare word): gone once the failure is committed.
             row.sum_sha256 = None
-            event.listen(s, "after_commit", lambda _session: coord.blobs.discard(digest), once=True)
+            discard_sum(coord, s, r.id, digest)
     forget_contributions(coord, s, r)
     log.warning("round %d failed: %s", r.id, reason)
+
+
+def discard_sum(coord: Coordinator, s: Session, round_id: int, digest: str) -> None:
+    """Delete a secure round's unmasked sum once the caller's transaction commits: kept with the
+    round's uploads, or among the blobs by a release before 8 December 2026."""
+    def gone(_session: Session) -> None:
+        coord.uploads.discard(round_id, digest)
+        coord.blobs.discard(digest)
+    event.listen(s, "after_commit", gone, once=True)
 
 
 def forget_contributions(coord: Coordinator, s: Session, r: Round) -> None:

@@ -488,7 +488,9 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         if not lost:
             total = secagg.unmask_sum(total, seeds, keys, {i: bytes.fromhex(pk) for i, pk, _ in survivors},
                                       _graph(p), round_id)
-    digest = None if short or bad or lost else coord.blobs.put(total.astype("<u4").tobytes())
+    # With the round's uploads, not among the blobs: a kill before the row below names it, and the
+    # round then closed, left the survivors' noised sum (a discovery round's votes) for good.
+    digest = None if short or bad or lost else coord.uploads.put(round_id, total.astype("<u4").tobytes())
     orphan = None
     with coord.tx(decides=True) as s:
         r = s.get(Round, round_id, with_for_update=True)
@@ -515,7 +517,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
                                          "dropped_after_sharing": len(keys), "survivors": len(survivors)})
         s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == round_id))
     if orphan is not None:
-        coord.blobs.discard(orphan)
+        coord.uploads.discard(round_id, orphan)
         log.warning("round %d: closed while its sum was unmasked: the sum is discarded (counted as seen)", round_id)
         return
     if not short and not bad and not lost:   # failed above: no sum was made, nothing to close
@@ -536,7 +538,7 @@ def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, u
         return plain_mean(), updates, {}
     row = s.get(SecAggRound, r.id)
     p = _params(row)
-    ring_sum = np.frombuffer(coord.blobs.get(row.sum_sha256), dtype="<u4")
+    ring_sum = np.frombuffer(coord.uploads.get(r.id, row.sum_sha256), dtype="<u4")
     mean = ddp.decode_sum(ring_sum, p["scale"], row.survivors)
     note = {"secure_aggregation": {"survivors": row.survivors, "cohort": p["n"], "k": p["k"], "t": p["t"],
                                    "n_min": p["n_min"], "scale": p["scale"], "skellam_mu_per_device": p["mu"],

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +83,40 @@ def test_a_round_closed_while_its_sum_is_unmasked_keeps_no_sum_and_counts_it_see
         assert rid in {i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}
         assert queries.noise_seen(db) == {0.5: 1}   # one round at 0.5
     assert s.coord.status()["privacy"]["epsilon_local"] > 0
+
+
+def test_a_sum_left_by_a_kill_before_it_was_recorded_goes_with_the_round(served, monkeypatch):
+    """A kill between writing the unmasked sum and recording it in the round's row, and then the
+    round closed (its deadline, a forced close): nothing named the file, which held the survivors'
+    noised sum (a discovery round's votes) for good. It is kept with the round's uploads, which go
+    when the round ends."""
+    from coordinator import round_end
+    from coordinator.models import Round
+
+    s = served
+    rid = _summing_round(s)
+    _no_masks(monkeypatch)
+    real_tx = s.coord.tx
+
+    def killed(*a, **kw):
+        if kw.get("decides"):
+            raise SystemExit("killed")
+        return real_tx(*a, **kw)
+
+    monkeypatch.setattr(s.coord, "tx", killed)
+    with pytest.raises(SystemExit):
+        coord_secagg._sum(s.coord, rid)
+    monkeypatch.setattr(s.coord, "tx", real_tx)
+    with s.coord._sessions() as db:
+        dim = queries.manifest(queries.stable(db)).num_params
+        assert db.get(SecAggRound, rid).sum_sha256 is None
+    unmasked = np.full(dim, 15, "<u4").tobytes()   # 7 + 8
+    data = Path(s.config.data_dir)
+    assert any(p.read_bytes() == unmasked for p in data.rglob("*") if p.is_file() and p.stat().st_size == len(unmasked))
+    with s.coord.tx() as db:
+        round_end.fail_round(s.coord, db, db.get(Round, rid), "not finished by its deadline")
+    assert not any(p.read_bytes() == unmasked for p in data.rglob("*")
+                   if p.is_file() and p.stat().st_size == len(unmasked))
 
 
 def test_a_sum_slower_than_the_phase_timeout_runs_once(served, monkeypatch):

@@ -176,7 +176,7 @@ def test_secure_round_real_device_processes_30pct_dropout(tmp_path, exported_ver
         masked_digests = {m.masked_sha256 for m in members.values() if m.masked_sha256}
         blob_names = {p.name for p in (data_dir / "blobs").rglob("*") if p.is_file()}
         upload_names = {p.name for p in (data_dir / "uploads").rglob("*") if p.is_file()}
-        assert sum_digest in blob_names and not masked_digests & (blob_names | upload_names)   # gone with the round
+        assert not ({sum_digest} | masked_digests) & (blob_names | upload_names)   # gone with the round
         assert masked_digests <= set(discarded)
         print(f"secure round: {n} devices, {len(killed)} killed after sharing, 1 after masking, sum of "
               f"{len(survivors)} within {np.abs(got - want).max():.2e} of the plain mean (bound {bound:.2e})")
