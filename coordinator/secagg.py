@@ -516,8 +516,8 @@ def _sum(coord: Coordinator, round_id: int) -> None:
                                          "unmask_cpu_seconds": round(time.process_time() - cpu0, 3),
                                          "dropped_after_sharing": len(keys), "survivors": len(survivors)})
         s.execute(delete(SecAggReveal).where(SecAggReveal.round_id == round_id))
-    if orphan is not None:
-        coord.uploads.discard(round_id, orphan)
+    if orphan is not None:   # the close deleted the round's folder before this put made it again
+        coord.uploads.discard_round(round_id)
         log.warning("round %d: closed while its sum was unmasked: the sum is discarded (counted as seen)", round_id)
         return
     if not short and not bad and not lost:   # failed above: no sum was made, nothing to close

@@ -79,6 +79,7 @@ def test_a_round_closed_while_its_sum_is_unmasked_keeps_no_sum_and_counts_it_see
     with s.coord._sessions() as db:
         dim = queries.manifest(queries.stable(db)).num_params
     assert not s.coord.blobs.exists(sha256_bytes(np.full(dim, 15, "<u4").tobytes()))   # 7 + 8, unmasked
+    assert rid not in s.coord.uploads.rounds()   # nor the round's folder, made again by the sum
     with s.coord._sessions() as db:
         assert rid in {i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}
         assert queries.noise_seen(db) == {0.5: 1}   # one round at 0.5
