@@ -454,6 +454,9 @@ def _aggregate(coord: Coordinator, s: Session, r: Round, early: round_mean.Early
         except FileNotFoundError:   # lost from the data directory: no close could ever read it
             round_end.fail_round(coord, s, r, "an accepted update's file is missing from the data directory")
             return
+        except secagg.MalformedSum as e:   # the same sum at every retry: the round ends, saying why
+            round_end.fail_round(coord, s, r, f"secure aggregation: {e}")
+            return
     base_vec = artifact.flatten(artifact.decode_weights(coord.blobs.get(base.weights_sha256)), tensors)
     opt_state = _server_state(coord, base)
     step = aggregation.round_step(

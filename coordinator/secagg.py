@@ -526,6 +526,10 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         coord.close_round(round_id, force=True)   # the sum is final: fewer than the goal is fine
 
 
+class MalformedSum(ValueError):
+    """A secure round's sum that honest devices' vectors cannot make (`round_mean`)."""
+
+
 def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, updates: list,
                plain_mean: Callable[[], np.ndarray]) -> tuple[np.ndarray, list, dict]:
     """For rounds._aggregate: (mean update, update rows, privacy notes for the version).
@@ -540,6 +544,12 @@ def round_mean(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan, u
     p = _params(row)
     ring_sum = np.frombuffer(coord.uploads.get(r.id, row.sum_sha256), dtype="<u4")
     mean = ddp.decode_sum(ring_sum, p["scale"], row.survivors)
+    # A masked vector of the right length not made by `encode` (random bytes, NaN floats) was
+    # summed into a random mean, written as the candidate: no vector is seen alone, the mean is.
+    bound = ddp.mean_norm_bound(plan.clip_norm, p["scale"], p["mu"], row.survivors, p["dim"])
+    if not (norm := float(np.linalg.norm(mean.astype(np.float64)))) <= bound:
+        raise MalformedSum(f"the unmasked mean's norm {norm:.3g} is beyond what {row.survivors} clipped, noised "
+                           f"updates reach ({bound:.3g}): a device sent a masked vector not made as the protocol says")
     note = {"secure_aggregation": {"survivors": row.survivors, "cohort": p["n"], "k": p["k"], "t": p["t"],
                                    "n_min": p["n_min"], "scale": p["scale"], "skellam_mu_per_device": p["mu"],
                                    "quantization_bound": ddp.mean_error_bound(p["scale"])},

@@ -127,3 +127,19 @@ def mean_error_bound(scale: float) -> float:
     """Worst case |decoded mean - true mean| per coordinate without noise: each device's
     rounding moves a coordinate by < 1/scale, so their average does too."""
     return 1.0 / scale
+
+
+def mean_norm_bound(clip_norm: float, scale: float, mu: float, count: int, d: int) -> float:
+    """An L2 norm the decoded mean of `count` honest devices' vectors stays under: each vector is
+    clipped to `clip_norm` and rounded (< 1/scale per coordinate), and the sum's Skellam noise
+    (variance 2 mu count per coordinate, scaled) has a norm that concentrates near its root mean
+    square; twice that, plus six of one coordinate's deviations, leaves honest rounds far inside
+    (tests/protocol/test_secagg_math.py). A masked vector of the right length but not made by
+    `encode` (random bytes, NaN floats) reads as about 2^31 / (scale count) per coordinate, which
+    `choose_scale`'s filling of the ring makes (count + 10 z) / count clip norms against the
+    noise's z / count: several times outside, which the coordinator, seeing no vector alone, can
+    still tell. It is no defence against a device that scales a well-formed vector to just inside."""
+    if count < 1:
+        raise ValueError("no devices in the sum")
+    noise_coord = math.sqrt(2.0 * mu * count) / (scale * count)
+    return clip_norm + math.sqrt(d) / scale + 2.0 * math.sqrt(d) * noise_coord + 6.0 * noise_coord

@@ -44,7 +44,7 @@ def _summing_round(s) -> int:
         dim = queries.manifest(queries.stable(db)).num_params
         db.add(SecAggRound(round_id=rid, phase=coord_secagg.SUMMING, params_json=json.dumps({**PARAMS, "dim": dim})))
         for i, dev in enumerate(ids):
-            digest = s.coord.uploads.put(rid, np.full(dim, 7 + i, "<u4").tobytes())
+            digest = s.coord.uploads.put(rid, np.full(dim, 1 + i, "<u4").tobytes())
             db.add(SecAggMember(round_id=rid, device_id=dev, idx=i, enc_pk="00", mask_pk="00", shared=True,
                                 masked_sha256=digest))
     return rid
@@ -78,7 +78,7 @@ def test_a_round_closed_while_its_sum_is_unmasked_keeps_no_sum_and_counts_it_see
     assert r["status"] == "failed" and "forced close" in r["reason"] and r["secure_phase"] == "summed"
     with s.coord._sessions() as db:
         dim = queries.manifest(queries.stable(db)).num_params
-    assert not s.coord.blobs.exists(sha256_bytes(np.full(dim, 15, "<u4").tobytes()))   # 7 + 8, unmasked
+    assert not s.coord.blobs.exists(sha256_bytes(np.full(dim, 3, "<u4").tobytes()))   # 1 + 2, unmasked
     assert rid not in s.coord.uploads.rounds()   # nor the round's folder, made again by the sum
     with s.coord._sessions() as db:
         assert rid in {i for i in db.scalars(select(SecAggRound.round_id).where(SecAggRound.phase == "summed"))}
@@ -111,7 +111,7 @@ def test_a_sum_left_by_a_kill_before_it_was_recorded_goes_with_the_round(served,
     with s.coord._sessions() as db:
         dim = queries.manifest(queries.stable(db)).num_params
         assert db.get(SecAggRound, rid).sum_sha256 is None
-    unmasked = np.full(dim, 15, "<u4").tobytes()   # 7 + 8
+    unmasked = np.full(dim, 3, "<u4").tobytes()   # 1 + 2
     data = Path(s.config.data_dir)
     assert any(p.read_bytes() == unmasked for p in data.rglob("*") if p.is_file() and p.stat().st_size == len(unmasked))
     with s.coord.tx() as db:
@@ -163,6 +163,26 @@ def test_a_summed_round_whose_close_failed_is_closed_by_the_next_request(served,
     assert s.coord.get_round(rid)["status"] == "open"
     s.coord.maintenance()
     assert s.coord.get_round(rid)["status"] == "done"
+
+
+def test_a_masked_vector_of_random_bytes_fails_the_round_instead_of_making_a_candidate(served, monkeypatch):
+    """A device that sent a masked vector of the right length but not made by `encode` (random
+    bytes, NaN floats) made the round finish "done" with a random mean written as the candidate,
+    which went out to the canary cohort. The mean's norm gives it away; the round fails, saying so."""
+    s = served
+    rid = _summing_round(s)
+    with s.coord.tx() as db:
+        dim = queries.manifest(queries.stable(db)).num_params
+        member = db.scalars(select(SecAggMember).where(SecAggMember.round_id == rid, SecAggMember.idx == 1)).one()
+        member.masked_sha256 = s.coord.uploads.put(
+            rid, np.random.default_rng(0).integers(0, 2**32, size=dim, dtype=np.uint32).astype("<u4").tobytes())
+    versions_before = len(s.coord.list_versions())
+    _no_masks(monkeypatch)
+    coord_secagg._sum(s.coord, rid)
+    r = s.coord.get_round(rid)
+    assert r["status"] == "failed" and "not made as the protocol says" in r["reason"], r["reason"]
+    assert r["result_version_id"] is None and len(s.coord.list_versions()) == versions_before
+    assert rid not in s.coord.uploads.rounds()
 
 
 def test_a_restart_gives_each_open_phase_its_whole_timeout(tmp_path):

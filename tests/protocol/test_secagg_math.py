@@ -187,3 +187,31 @@ def test_a_design_dropout_of_zero_keeps_the_degree_floor():
     assert secagg.MIN_DEGREE % 2 == 0
     assert secagg.graph_degree(10, 0.0) == (9, 5)
     assert secagg.graph_degree(200, 0.3)[0] > secagg.MIN_DEGREE   # the failure bound wins where larger
+
+
+@pytest.mark.parametrize(("d", "n", "z"), [(1, 2, 1.0), (40, 3, 0.0), (5000, 8, 0.5), (5000, 20, 2.0)])
+def test_honest_means_stay_inside_the_norm_bound_and_a_random_vector_does_not(d, n, z):
+    """`mean_norm_bound` is what the coordinator checks a secure round's mean against: every honest
+    sum, clipped updates at the clip norm with their Skellam shares, stays inside it, and one
+    device's masked vector of random bytes (right length, not made by `encode`) lands outside: the
+    scale fills the ring, so random bytes read as about (n + 10 z) / n clip norms per coordinate,
+    against the noise's z / n."""
+    rng = np.random.default_rng(d + n)
+    clip = 3.0
+    scale = ddp.choose_scale(clip, n, z, d, n)
+    mu = ddp.skellam_mu(z, scale, clip, d, n) if z > 0 else 0.0
+    bound = ddp.mean_norm_bound(clip, scale, mu, n, d)
+    worst = 0.0
+    for trial in range(30):
+        xs = [rng.normal(size=d) for _ in range(n)]
+        xs = [x * clip / np.linalg.norm(x) for x in xs]            # every update at the clip norm
+        xs[0] = xs[1] = xs[0] * 0 + xs[1]                          # two alike: the mean's norm is largest
+        encoded = [ddp.encode(x, scale, mu, seed=1000 * trial + i) for i, x in enumerate(xs)]
+        honest = ddp.decode_sum(np.sum(encoded, axis=0, dtype=np.uint32), scale, n)
+        worst = max(worst, float(np.linalg.norm(honest.astype(np.float64))))
+        encoded[0] = rng.integers(0, 2**32, size=d, dtype=np.uint32)
+        forged = ddp.decode_sum(np.sum(encoded, axis=0, dtype=np.uint32), scale, n)
+        if d > 1:   # one coordinate of random bytes may fall anywhere; forty of them do not
+            assert np.linalg.norm(forged.astype(np.float64)) > 3 * bound
+    assert worst <= bound
+    assert worst > 0.3 * clip   # a bound that honest sums come near: not vacuous at this noise
