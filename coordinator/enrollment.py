@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from coordinator import keys, queries, views
 from coordinator.errors import ApiError, bad_request, not_found
 from coordinator.models import Assignment, Device, EnrollmentKey, Evaluation, Rejection, Round, Update, Version, utcnow
-from coordinator.states import RoundStatus, VersionStatus
+from coordinator.models_secagg import SecAggMember, SecAggRound
+from coordinator.states import RoundStatus, SecAggPhase, VersionStatus
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -202,6 +203,13 @@ def _forget_in_flight(s: Session, device_ids: Select) -> tuple[int, int]:
             Update.device_id.in_(device_ids), Update.round_id.in_(open_rounds))).all():
         s.add(Rejection(round_id=round_id, device_id=device_id, reason=wire.E_REVOKED,
                         message="the device was revoked after this update was accepted: it no longer counts"))
+    # A secure round's keys posted before its cohort is fixed: a place in it, which a revoked
+    # device would fill and then only drop out of. After the fix the graph holds its place.
+    s.execute(delete(SecAggMember).where(
+        SecAggMember.device_id.in_(device_ids), SecAggMember.round_id.in_(
+            select(SecAggRound.round_id).where(SecAggRound.phase == SecAggPhase.KEYS,
+                                               SecAggRound.round_id.in_(open_rounds))))
+        .execution_options(synchronize_session=False))
     pending = select(Version.id).where(Version.status == VersionStatus.CANDIDATE)
     gone = {}
     for table, done in ((Update, Update.round_id.in_(open_rounds)), (Assignment, Assignment.round_id.in_(open_rounds)),

@@ -412,6 +412,30 @@ def test_a_secure_round_whose_cohort_is_fixed_trains_no_more_devices(served):
     assert task.kind == wire.TaskKind.COME_BACK and task.plan is None
 
 
+def test_a_device_revoked_before_the_cohort_is_fixed_takes_no_place_in_it(served):
+    """Revoking deleted the device's slot in the round but not the keys it had posted, so it could
+    take a place in the cohort when it was fixed and then only count as a dropout (it can no
+    longer post). Its keys go with its slot; after the cohort is fixed its place stays."""
+    s = served
+    rid = s.coord.start_round(secure_aggregation=True, goal_count=2, min_count=2, selection_window_s=0,
+                              noise_multiplier=0.5)
+    key = s.coord.create_enrollment_key()
+    devices = [FakeDevice(s.url, key) for _ in range(3)]
+    with s.coord.tx() as db:
+        db.add(SecAggRound(round_id=rid, phase=coord_secagg.KEYS, params_json="{}"))
+        for i, dev in enumerate(devices[:2]):
+            db.add(SecAggMember(round_id=rid, device_id=dev.device_id, idx=i, enc_pk="00", mask_pk="00"))
+    s.coord.revoke_device(devices[0].device_id)
+    with s.coord._sessions() as db:
+        left = db.scalars(select(SecAggMember.device_id).where(SecAggMember.round_id == rid)).all()
+    assert left == [devices[1].device_id]
+    with s.coord.tx() as db:   # the cohort fixed: a revoked member stays in the graph, as a dropout
+        db.get(SecAggRound, rid).phase = coord_secagg.SHARES
+    s.coord.revoke_device(devices[1].device_id)
+    with s.coord._sessions() as db:
+        assert db.scalars(select(SecAggMember.device_id).where(SecAggMember.round_id == rid)).all() == left
+
+
 def test_a_summing_round_whose_masked_vector_is_lost_fails_at_once_saying_why(served, monkeypatch, caplog):
     """A survivor's masked vector missing from the data directory: no unmask can ever read it. The
     unmask raised FileNotFoundError, logged a traceback and was started again at every phase
