@@ -56,7 +56,8 @@ def load(data_dir: str | Path, version_id: str) -> dict[str, np.ndarray] | None:
 
 
 def _read(path: Path, *, quiet: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
-    """(weights, metadata) of a stored copy whose checksum holds; None otherwise."""
+    """(weights, metadata) of a stored copy whose checksum holds (or an older release's, without one,
+    whose weights are finite); None otherwise."""
     if not path.exists():
         return None
     try:
@@ -67,7 +68,15 @@ def _read(path: Path, *, quiet: bool = False) -> tuple[dict[str, np.ndarray], di
         if not quiet:
             log.warning("personal model unreadable (%s); suggesting with the global model", e.__class__.__name__)
         return None
-    if meta.get("sha256") != _digest(weights):   # a flipped bit in a weight reads as a number: checked
+    if "sha256" not in meta:   # saved by a release before 5 December 2026, which wrote no checksum:
+        # kept (called damaged, it was dropped at the upgrade until the next idle, charging retrain),
+        # unless a weight is not a finite number; its next save carries the checksum
+        if all(np.isfinite(w).all() for w in weights.values()):
+            return weights, meta
+        if not quiet:
+            log.warning("personal model damaged (a weight is not a number); suggesting with the global model")
+        return None
+    if meta["sha256"] != _digest(weights):   # a flipped bit in a weight reads as a number: checked
         if not quiet:
             log.warning("personal model damaged (its checksum differs); suggesting with the global model")
         return None

@@ -89,6 +89,25 @@ def test_a_copy_damaged_into_other_numbers_is_refused_and_trained_again(tmp_path
     assert personal_copy.stamp_of(tmp_path, "v1") is None  # so the next refresh trains it again
 
 
+def test_a_copy_saved_before_checksums_is_kept_after_the_upgrade(tmp_path: Path, caplog):
+    """Releases before 5 December 2026 saved the copy with its version and stamp only: the upgraded
+    keyboard called it damaged and suggested with the global model until the device next trained
+    one, idle and charging. Its stamp still says which cache state it was trained on."""
+    from safetensors.numpy import save_file
+
+    w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = personal_copy.weights_path(tmp_path, "v1")
+    path.parent.mkdir()
+    save_file(w, str(path), metadata={"version_id": "v1", "stamp": "10:436:None"})   # as those releases did
+    with caplog.at_level("WARNING", logger="edge_runtime.personal_copy"):
+        got = personal_copy.load(tmp_path, "v1")
+        assert got is not None and np.array_equal(got["a"], w["a"])
+        assert personal_copy.stamp_of(tmp_path, "v1") == "10:436:None"
+    assert not caplog.records
+    save_file({"a": np.full((2, 3), np.nan, np.float32)}, str(path), metadata={"version_id": "v1", "stamp": "1"})
+    assert personal_copy.load(tmp_path, "v1") is None and personal_copy.stamp_of(tmp_path, "v1") is None
+
+
 def test_a_full_disk_while_saving_the_copy_is_an_os_error_and_keeps_the_old_one(tmp_path: Path, monkeypatch):
     """safetensors raises its own error on a full disk, past the device's handling of OSError: the
     whole iteration failed, backing off and fine-tuning again each time, and the log never said why."""
