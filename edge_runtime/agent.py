@@ -474,13 +474,10 @@ def _train(dev: Device, task: wire.Task, sleep: Callable[[float], Any]) -> tuple
     meta = wire.UpdateMeta(round_id=plan.round_id, base_version_id=res.update.base_version_id,
                            example_count=res.examples, idempotency_key=uuid.uuid4().hex,
                            encoding=res.update.encoding)
-    until = time.time() + (task.time_limit_s if task.time_limit_s is not None else UNSENT_TTL_S)
+    until = time.time() + (task.time_limit_s if task.time_limit_s is not None else unsent.TTL_S)
     u = Unsent(meta, res.update.delta, mark, counts, plan, dev.identity.device_id, until)
     unsent.save(dev.config.require_data_dir(), u)   # charged: from now on only these bytes go for this round
     return _upload(dev, u, sleep)
-
-
-UNSENT_TTL_S = 86400.0   # a train task without a time limit (none is sent): its update is kept this long
 
 
 def _upload(dev: Device, u: Unsent, sleep: Callable[[float], Any] = time.sleep) -> tuple[str, dict[str, Any]]:

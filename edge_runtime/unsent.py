@@ -32,6 +32,11 @@ from protocol.artifact import atomic_write, write_leftovers
 log = logging.getLogger(__name__)
 
 
+# How long a charged update is kept for a train task without a time limit, and for one kept by a
+# release that recorded no deadline (`load`).
+TTL_S = 86400.0
+
+
 @dataclass(frozen=True)
 class Unsent:
     """What `agent._upload` sends, and what it is sent again for."""
@@ -86,7 +91,7 @@ def load(data_dir: str | os.PathLike, device_id: str) -> Unsent | None:
             raise ValueError("its bytes do not match their digest")
         u = Unsent(meta=wire.UpdateMeta.from_dict(d["meta"]), delta=delta, wipe_mark=d["wipe_mark"],
                    counts=dict(d["counts"]), plan=wire.TrainPlan.from_dict(d["plan"]), device_id=str(d["device_id"]),
-                   expires_at=float(d["expires_at"]))
+                   expires_at=_expires_at(folder, d))
     except (OSError, ValueError, KeyError, TypeError) as e:   # WireError is a ValueError
         log.warning("the undelivered update left by an earlier run is damaged (%s); deleted, not sent", e)
         discard(folder)
@@ -106,9 +111,19 @@ def waiting_round(data_dir: str | os.PathLike) -> int | None:
     """The round a kept update waits for until its deadline (`status`), without reading its bytes."""
     try:
         d = json.loads((Path(data_dir) / UNSENT_META).read_bytes())
-        return int(d["meta"]["round_id"]) if time.time() < float(d["expires_at"]) else None
+        return int(d["meta"]["round_id"]) if time.time() < _expires_at(Path(data_dir), d) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _expires_at(folder: Path, d: dict[str, Any]) -> float:
+    """The kept update's deadline. The release that first kept updates (7 December 2026, before
+    its deadlines) wrote none: its file read as damaged, so the charged update was deleted unsent
+    and `status` said none waited. It is kept `TTL_S` from when it was saved, the most any deadline
+    gives (its round refuses it later anyway)."""
+    if "expires_at" not in d:
+        return (folder / UNSENT_META).stat().st_mtime + TTL_S
+    return float(d["expires_at"])
 
 
 def discard(data_dir: str | os.PathLike) -> bool:

@@ -838,6 +838,33 @@ def test_a_kept_update_goes_once_its_rounds_deadline_has_passed(device, fake_tra
     assert reopened(device).unsent is None and not list(data_dir.glob("unsent_update*"))
 
 
+def test_an_update_kept_by_the_release_before_deadlines_is_kept_after_the_upgrade(device, fake_train, caplog):
+    """The first release that kept a charged update (7 December 2026, 04:49) wrote no deadline: the
+    upgraded device read its file as damaged (KeyError 'expires_at'), deleted the update its
+    ledger had charged without sending it, and `status` said none waited. It is kept a day from
+    when it was saved, as a task without a time limit keeps one, and goes when its round asks."""
+    import json
+    import os
+    import time
+
+    from edge_runtime import unsent
+    from edge_runtime.paths import UNSENT_META
+
+    data_dir, u = kept_after_a_failed_upload(device)
+    meta = json.loads((data_dir / UNSENT_META).read_text())
+    del meta["expires_at"]   # as that release saved it
+    (data_dir / UNSENT_META).write_text(json.dumps(meta))
+    assert agent.status(device.config)["update_waiting_for_round"] == PLAN.round_id
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.unsent"):
+        dev = reopened(device)
+    assert not [r for r in caplog.records if r.name == "edge_runtime.unsent"], caplog.text
+    assert dev.unsent is not None and dev.unsent.meta == u.meta and dev.unsent.delta == u.delta
+    day_ago = time.time() - unsent.TTL_S - 60
+    os.utime(data_dir / UNSENT_META, (day_ago, day_ago))
+    assert agent.status(device.config)["update_waiting_for_round"] is None
+    assert reopened(device).unsent is None and not list(data_dir.glob("unsent_update*"))
+
+
 def test_wipe_deletes_an_update_the_loop_kept_while_it_ran(device, fake_train, monkeypatch):
     """`wipe` deleted the kept update before the cache's wipe only: one a running loop saved
     meanwhile stayed on disk after "wiped"."""
