@@ -507,7 +507,11 @@ class TextCache:
         decomposed form before text was read in NFC counts, and hides its word, too)."""
         raw = self._setting(REMOVED_KEY)
         try:
-            return {nfc(str(w)): [int(n), float(t)] for w, (n, t) in (json.loads(raw) if raw else {}).items()}
+            record = json.loads(raw) if raw else {}
+            if isinstance(record, list):   # a release of 4 December 2026 kept the words alone: read as
+                # damaged, they all came back; each is removed as of now, typed in no text since
+                record = {w: [0, time.time()] for w in record if isinstance(w, str)}
+            return {nfc(str(w)): [int(n), float(t)] for w, (n, t) in record.items()}
         except (ValueError, TypeError, AttributeError):
             log.warning("the record of words removed from the suggestions is damaged: it starts empty")
             return {}

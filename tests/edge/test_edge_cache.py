@@ -470,6 +470,28 @@ def test_a_removed_word_typed_capitalised_counts_towards_its_return(tmp_path: Pa
         assert c.removed_words() == {"May"}   # a capitalised one counts as typed only: "may" is another word
 
 
+def test_words_removed_under_the_release_that_kept_them_as_a_list_stay_removed(tmp_path: Path, caplog):
+    """The first release with removed words (4 December 2026) kept them as a JSON list of words; the
+    next kept [texts typed since, when removed] per word and read that list as a damaged record
+    ("it starts empty"), so every word the user had removed was suggested again after the upgrade."""
+    import sqlite3
+
+    from edge_runtime.cache import REMOVED_KEY, TYPED_TO_RETURN
+
+    with TextCache(tmp_path) as c:
+        c.add("see you at the station", "message")
+    db = sqlite3.connect(tmp_path / "text_cache.sqlite3")
+    with db:
+        db.execute("INSERT INTO settings (key, value) VALUES (?, ?)", (REMOVED_KEY, '["station", "Smith"]'))
+    db.close()
+    with caplog.at_level("WARNING", logger="edge_runtime.cache"), TextCache(tmp_path) as c:
+        assert c.removed_words() == {"station", "Smith"}
+        for _ in range(TYPED_TO_RETURN):   # and they come back as any removed word does
+            c.add("the station again", "message", typed=["the", "station", "again"])
+        assert c.removed_words() == {"Smith"}
+    assert "damaged" not in caplog.text
+
+
 def test_type_refuses_more_than_one_commit_holds_and_caches_nothing(tmp_path: Path, capsys, monkeypatch):
     """`type` took 2 MB from stdin as one text, which a running keyboard then learned under the lock
     every strip takes; the keyboard page's commits hold at most its MAX_TEXT characters."""
