@@ -545,12 +545,13 @@ def _evaluate(dev: Device, task: wire.Task) -> tuple[str, dict[str, Any]]:
         try:
             report = wire.EvaluationReport.from_dict(kept)
         except wire.WireError as e:
-            evaluated.delivered(task.candidate_version_id)
+            evaluated.drop(task.candidate_version_id)
             return f"refused (its kept report of {task.candidate_version_id} does not read: {e})", {}
         if (why := _withdrawn(dev, scored_under)) is not None:   # scored on text wiped since: never sent
-            evaluated.delivered(task.candidate_version_id)
+            evaluated.drop(task.candidate_version_id)
             return f"discarded ({why})", {}
-        log.info("sending the report on %s again: the coordinator asks for it again", task.candidate_version_id)
+        log.info("sending the report on %s again: the coordinator asks for it again (a report lost in transit, "
+                 "or a coordinator restored from a backup)", task.candidate_version_id)
         return _send_report(dev, evaluated, report)
     if refusal is not None:
         log.warning("evaluation of %s refused: %s", task.candidate_version_id, refusal)
@@ -588,9 +589,10 @@ def _send_report(dev: Device, evaluated: EvaluationRecord, report: wire.Evaluati
     try:
         dev.client.report_evaluation(report)
     except RejectedError as e:
-        evaluated.delivered(cand)
         if e.code == wire.E_DUPLICATE:   # the report arrived, its reply did not
+            evaluated.delivered(cand)
             return "reported (received before)", {}
+        evaluated.drop(cand)
         return f"rejected ({e.code or e.status})", {}
     evaluated.delivered(cand)
     results = report.results

@@ -197,9 +197,12 @@ class EvaluationRecord:
     four crafted versions per task. So the device answers each candidate once (recorded
     before its report goes, so a lost reply cannot buy a second answer), for the candidate and one
     other version at most, and at most `per_day` candidates in 24 hours. The report itself is kept
-    until the coordinator takes it (`pending`, `delivered`): asked again after a report lost in
-    transit, the device sends the same counts again, which tell nothing new, instead of leaving the
-    canary a report short. Entries hold version ids, times and those counts: never text."""
+    until the coordinator asks about another candidate (`pending`, `asked_about`), also once
+    delivered: asked again after a report lost in transit, or by a coordinator restored from a
+    backup taken before it arrived, the device sends the same counts again, which tell nothing
+    new, instead of leaving the canary a report short (after a restore, one short for each such
+    device, and a small cohort's candidate never decided). Refused for good, or scored on text
+    wiped since, it goes (`drop`). Entries hold version ids, times and those counts: never text."""
 
     def __init__(self, data_dir: str | os.PathLike, *, per_day: float) -> None:
         self.path = Path(data_dir) / EVALUATIONS_FILE
@@ -238,7 +241,7 @@ class EvaluationRecord:
             entries = self.entries()
         except LedgerError:   # it cannot tell what it answered: it answers nothing
             return False
-        if any(isinstance(e.get("report"), dict) for e in entries):
+        if any(isinstance(e.get("report"), dict) and not e.get("delivered") for e in entries):
             return True
         return _answered_today(entries, now) < self.per_day
 
@@ -277,10 +280,19 @@ class EvaluationRecord:
         return None
 
     def delivered(self, candidate: str) -> None:
-        """The coordinator has `candidate`'s report (or refused it for good): not kept."""
+        """The coordinator has `candidate`'s report: kept for a coordinator that asks again (one
+        restored from a backup), but no reason to say at the daily cap that it can answer."""
+        entries = self.entries()
+        if any("report" in e and not e.get("delivered") for e in entries if e["candidate"] == candidate):
+            self._write([e | {"delivered": True} if e["candidate"] == candidate and "report" in e else e
+                         for e in entries])
+
+    def drop(self, candidate: str) -> None:
+        """`candidate`'s report is never to be sent (refused for good, unreadable, or scored on
+        text wiped since): not kept."""
         entries = self.entries()
         if any("report" in e for e in entries if e["candidate"] == candidate):
-            self._write([{k: v for k, v in e.items() if k != "report" or e["candidate"] != candidate}
+            self._write([{k: v for k, v in e.items() if k not in ("report", "delivered") or e["candidate"] != candidate}
                          for e in entries])
 
     def asked_about(self, candidate: str) -> None:
@@ -290,7 +302,7 @@ class EvaluationRecord:
         device was handed tasks it refused at every check-in."""
         entries = self.entries()
         if any("report" in e for e in entries if e["candidate"] != candidate):
-            self._write([{k: v for k, v in e.items() if k != "report" or e["candidate"] == candidate}
+            self._write([{k: v for k, v in e.items() if k not in ("report", "delivered") or e["candidate"] == candidate}
                          for e in entries])
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
