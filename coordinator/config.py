@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from coordinator.aggregation import AGGREGATORS, SERVER_OPTIMIZERS
 from coordinator.errors import CoordinatorError
@@ -128,6 +128,11 @@ class Config:
     max_eval_words: int = 300                # evaluate task: words scored per version (word top-3, KSR)
     # Storage: older versions' weights are deleted (coordinator.retention); their records stay
     keep_versions: int = 10                  # files kept of the N last retired (rollback) and N last rejected; 0: all
+
+    # Not settings: those a release removed, and what `protocol.settings` says of one still named
+    # (an environment file kept across an upgrade stopped the service as if it held a typo).
+    REMOVED_SETTINGS: ClassVar[dict[str, str]] = {
+        "population_size": "removed on 6 December 2026 (each round's sampled epsilon takes its own draw's rate)"}
 
     def __post_init__(self) -> None:
         for f in fields(self):   # inf or nan passes most bounds below and fails later, as a 500 or a traceback

@@ -77,7 +77,11 @@ def coerce_settings(config_cls: type, values: Mapping[str, Any], source: str,
     known = {f.name: f for f in fields(config_cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise error(f"{source}: unknown setting(s) {unknown}")
+        # A setting a release removed, left in an operator's environment file: said as such, not as
+        # a typo (`REMOVED_SETTINGS` on the config class: name -> when and why).
+        removed = getattr(config_cls, "REMOVED_SETTINGS", {})
+        why = "; ".join(f"{n}: {removed[n]}, delete it" for n in unknown if n in removed)
+        raise error(f"{source}: unknown setting(s) {unknown}" + (f" ({why})" if why else ""))
     return {name: _coerce(name, value, type(known[name].default), source, error) for name, value in values.items()}
 
 

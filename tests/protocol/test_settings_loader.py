@@ -65,3 +65,13 @@ def test_both_deployables_load_through_it(tmp_path):
     assert load_edge_config(config_file=str(e), environ={"FEDKEYS_EDGE_JITTER": "0.2"}).jitter == 0.2
     with pytest.raises(EdgeConfigError, match="unknown setting"):
         load_edge_config(environ={"FEDKEYS_EDGE_NOPE": "1"})
+
+
+def test_a_setting_a_release_removed_is_said_to_be_removed_not_unknown():
+    """An upgrade probe: FEDKEYS_COORDINATOR_POPULATION_SIZE, left in an environment file from a
+    release that read it, stopped the service with "unknown setting(s) ['population_size']", as if
+    it were a typo, with no word that it had been removed or what to do."""
+    with pytest.raises(ConfigError, match=r"population_size: removed on 6 December 2026 .*, delete it"):
+        load_config(environ={"FEDKEYS_COORDINATOR_POPULATION_SIZE": "1000"})
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['colour'\]$"):
+        load_config(environ={"FEDKEYS_COORDINATOR_COLOUR": "blue"})
