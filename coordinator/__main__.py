@@ -18,8 +18,8 @@ with interrupt_exits():   # Ctrl-C while these load: "interrupted", exit 130
     from coordinator import keys, listing, logs
     from coordinator.config import PROFILES, Config, ConfigError, load_config, process_config
     from coordinator.errors import ApiError, DatabaseUnavailable, DatabaseUrlError
+    from coordinator.listing import REJECTIONS_SHOWN, ROUNDS_SHOWN
     from coordinator.states import VERSION_ACTIONS, VersionAction
-    from coordinator.views import REJECTIONS_SHOWN, ROUNDS_SHOWN
     from protocol.artifact import ArtifactError
     from protocol.cli import (
         EXIT_USER_ERROR,

@@ -13,6 +13,13 @@ from typing import Any
 
 Column = tuple[str, Callable[[Mapping[str, Any]], Any]]
 
+# The listings' page sizes, here rather than in `views` (SQLAlchemy): the command line's defaults
+# need them before it knows whether the coordinator's extra is installed.
+ROUNDS_SHOWN = 100   # the newest rounds a listing holds unless asked for more
+ROUNDS_MOST = 1000   # at most this many a page (six queries a round): older ones by `before`
+REJECTIONS_SHOWN = 1000   # the newest rejections a listing holds unless asked for more
+REJECTIONS_MOST = 10_000   # at most this many a page: older ones by `before`
+
 
 def _when(key: str) -> Callable[[Mapping[str, Any]], str]:
     """An ISO time to the minute (UTC): enough to tell rows apart at a glance."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinator.listing import REJECTIONS_MOST, ROUNDS_MOST
 from coordinator.states import VERSION_ACTIONS
-from coordinator.views import REJECTIONS_MOST, ROUNDS_MOST
 from protocol import secagg_wire as sw
 from protocol import wire
 from protocol.plan import PLAN_FIELDS, REQUIRED_PLAN_FIELD_NAMES

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import privacy, queries, selection
 from coordinator.errors import not_found
+from coordinator.listing import REJECTIONS_SHOWN, ROUNDS_SHOWN
 from coordinator.models import Decision, Rejection, Round, Version
 from protocol import wire
 
@@ -130,8 +131,6 @@ def _by_reason(s: Session, where: list) -> dict[str, int]:
                                                        .group_by(Rejection.reason))}
 
 
-ROUNDS_SHOWN = 100   # the newest rounds a listing holds unless asked for more
-ROUNDS_MOST = 1000   # at most this many a page (six queries a round): older ones by `before`
 
 
 def _newest(s: Session, query: Any, limit: int) -> tuple[list, int | None]:
@@ -164,8 +163,6 @@ def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
         return round_dict(coord, s, r)
 
 
-REJECTIONS_SHOWN = 1000   # the newest rejections a listing holds unless asked for more
-REJECTIONS_MOST = 10_000   # at most this many a page: older ones by `before`
 
 
 def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJECTIONS_SHOWN,

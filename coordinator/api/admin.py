@@ -7,8 +7,8 @@ from flask import Blueprint, Response, jsonify, request
 from coordinator.api.common import admin_auth, coord, json_body
 from coordinator.dashboard import dashboard_data
 from coordinator.errors import bad_request
+from coordinator.listing import REJECTIONS_MOST, REJECTIONS_SHOWN, ROUNDS_MOST, ROUNDS_SHOWN
 from coordinator.states import VERSION_ACTIONS
-from coordinator.views import REJECTIONS_MOST, REJECTIONS_SHOWN, ROUNDS_MOST, ROUNDS_SHOWN
 from protocol import wire
 
 bp = Blueprint("admin", __name__, url_prefix=f"{wire.API_PREFIX}/admin")

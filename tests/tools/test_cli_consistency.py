@@ -97,6 +97,39 @@ def test_console_scripts_on_the_slim_install_say_which_install_they_need(script,
     assert "pip install 'fedkeys[full]'" in r.stderr and not (tmp_path / "out").exists()
 
 
+COORDINATOR_EXTRA = {"flask", "werkzeug", "sqlalchemy", "alembic", "gunicorn", "prometheus_client", "psycopg",
+                     "dp_accounting"}
+BLOCK_COORDINATOR = f"""
+import importlib.abc, runpy, sys
+class Slim(importlib.abc.MetaPathFinder):   # `pip install fedkeys`: the device runtime, without [coordinator]
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {sorted(COORDINATOR_EXTRA)!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name.split(".")[0])
+sys.meta_path.insert(0, Slim())
+sys.argv = ["fedkeys-coordinator", *sys.argv[1:]]
+runpy.run_module("coordinator", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_coordinator_on_the_slim_install_says_which_install_it_needs(tmp_path):
+    """`fedkeys-coordinator status` (and even `--version`) from `pip install fedkeys` ended in a
+    ModuleNotFoundError traceback for sqlalchemy, raised as the command line module loaded, before
+    the handler that names `pip install 'fedkeys[coordinator]'` could run."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", BLOCK_COORDINATOR, *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120, check=False, env=os.environ | {"PYTHONPATH": str(REPO)})
+
+    v = run("--version")
+    assert v.returncode == 0 and v.stdout.strip().endswith(__version__), v.stdout + v.stderr
+    h = run("--help")
+    assert h.returncode == 0 and "usage:" in h.stdout, h.stderr
+    assert _run("coordinator", "init", "--data-dir", str(tmp_path / "made")).returncode == 0   # the full install
+    for args in (["status", "--data-dir", str(tmp_path / "made")], ["init", "--data-dir", str(tmp_path / "new")]):
+        r = run(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and "pip install 'fedkeys[coordinator]'" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("module", ["coordinator", "edge_runtime"])
 def test_the_deployables_end_quietly_when_the_reader_of_stdout_goes_away(tmp_path, module):
     """`python -m coordinator status | head -1` once printed 'error: [Errno 32] Broken pipe'."""
