@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("cached")
             else:
                 with text_cache.open_cache(cfg) as cache:
-                    print(f"not cached: {cache.why_not(args.text, args.field_kind, private=args.private)}")
+                    why = cache.why_not(args.text, args.field_kind, private=args.private)
+                if not args.private and text_cache.is_sensitive(args.field_kind):   # a typo reads as one too
+                    why += f"; text is learned only from {', '.join(sorted(text_cache.LEARNABLE_FIELD_KINDS))}"
+                print(f"not cached: {why}")
         elif c in ("pause", "resume"):
             with text_cache.open_cache(cfg) as cache:
                 cache.set_paused(c == "pause")

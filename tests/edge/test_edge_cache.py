@@ -700,3 +700,21 @@ def test_a_text_the_cache_deleted_is_not_left_readable_in_its_log(tmp_path):
     wal = c.path.parent / (c.path.name + "-wal")
     assert not wal.exists() or wal.stat().st_size <= 512 * 1024, wal.stat().st_size
     c.close()
+
+
+def test_type_with_a_field_kind_it_does_not_learn_from_names_the_ones_it_does(tmp_path: Path, capsys):
+    """`type --field-kind mesage` (a typo) said "not cached: sensitive field (mesage)", and exit 0:
+    nothing told the user that the kind, not the text, was the trouble, nor which kinds are learned."""
+    from edge_runtime.__main__ import main as cli_main
+    from edge_runtime.cache import LEARNABLE_FIELD_KINDS
+
+    TextCache(tmp_path).close()
+    for kind in ("mesage", "password"):
+        assert cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", kind, "see you at six"]) == 0
+        out = capsys.readouterr().out.strip()
+        assert out.startswith(f"not cached: sensitive field ({kind})") and "\n" not in out, out
+        assert all(k in out for k in LEARNABLE_FIELD_KINDS), out
+    assert cli_main(["type", "--data-dir", str(tmp_path), "--field-kind", "message", "--private", "hi there"]) == 0
+    assert capsys.readouterr().out.strip() == "not cached: private field"
+    with TextCache(tmp_path) as c:
+        assert all_texts(c) == []
