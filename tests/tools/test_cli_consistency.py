@@ -218,3 +218,12 @@ def test_python_m_tools_lists_every_command():
     assert wrong.returncode == 2 and "python -m tools.simulate" in wrong.stderr, wrong.stderr
     lib = _run("model.export", "--help")
     assert lib.returncode == 2 and "python -m tools.pretrain" in lib.stderr and "Traceback" not in lib.stderr
+
+
+def test_bench_poisoning_names_the_corpus_it_reads_by_default():
+    """Its --help said "(default: the shared Shakespeare corpus)": a clone has no shared folder (it
+    reads the repository's corpora/shakespeare.jsonl), and it said JSONL where plain text reads too."""
+    h = _run("tools.bench", "poisoning", "--help")
+    text = " ".join(h.stdout.split())
+    assert h.returncode == 0 and "shared" not in text, text
+    assert "JSONL or plain-text corpus (default: the repository's corpora/shakespeare.jsonl)" in text, text

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("poisoning", help="top-3 after one round vs attacker share, per aggregator",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="base version directory (e.g. python -m tests.tiny_version DIR)")
-    p.add_argument("--corpus", help="JSONL corpus (default: the shared Shakespeare corpus)")
+    p.add_argument("--corpus", help="JSONL or plain-text corpus (default: the repository's corpora/shakespeare.jsonl)")
     p.add_argument("--devices", type=int, default=10, help="devices per round (honest + attackers)")
     p.add_argument("--shares", default="0,0.1,0.2,0.3,0.4", help="attacker shares to try")
     p.add_argument("--sigmas", default="0,0.1,0.5", help="device noise multipliers to try")
