@@ -45,6 +45,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override any setting (docs/settings.md lists them)")
 
 
+_VERSION_ARGUMENT = {   # which version each version command takes (`versions` lists them)
+    VersionAction.PROMOTE: "the candidate",
+    VersionAction.REJECT: "the candidate",
+    VersionAction.PIN: "any version whose files are kept",
+    VersionAction.UNPIN: "the stable version (the one pinned)",
+    VersionAction.ROLLBACK: "a retired version whose files are kept",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="python -m coordinator", description=(
         "FedKeys coordinator. Settings: defaults < (admin commands) the service's recorded settings < --profile < "
@@ -112,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--before", type=row_id, help="only rejections older than this id (the page before)")
     for action in VersionAction:
         p = cmd(action.value, action.help)   # the plain name: an enum member would print as its repr in usage errors
-        p.add_argument("version_id")
+        p.add_argument("version_id", help=_VERSION_ARGUMENT[action])
     cmd("public-key", "print the Ed25519 public key (hex) devices must be configured with")
     cmd("admin-token", "print the admin token")
     return ap

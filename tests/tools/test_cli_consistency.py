@@ -227,3 +227,13 @@ def test_bench_poisoning_names_the_corpus_it_reads_by_default():
     text = " ".join(h.stdout.split())
     assert h.returncode == 0 and "shared" not in text, text
     assert "JSONL or plain-text corpus (default: the repository's corpora/shakespeare.jsonl)" in text, text
+
+
+def test_the_version_commands_say_which_version_they_take():
+    """`coordinator unpin` demanded a version_id that its help never explained (it is the pinned
+    stable version: another is refused); each version command now says what its argument is."""
+    for action, says in (("promote", "the candidate"), ("reject", "the candidate"), ("pin", "any version"),
+                         ("unpin", "the stable version"), ("rollback", "a retired version")):
+        h = _run("coordinator", action, "--help")
+        text = " ".join(h.stdout.split())
+        assert h.returncode == 0 and f"version_id {says}" in text, (action, text)
