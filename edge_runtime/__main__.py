@@ -45,8 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: INFO)")
 
 
-def _keyboard_flags(p: argparse.ArgumentParser, port_help: str, name: str = "--keyboard-port") -> None:
-    p.add_argument(name, dest="keyboard_port", type=int, metavar="PORT", help=port_help)
+def _keyboard_flags(p: argparse.ArgumentParser, port_help: str, *names: str) -> None:
+    p.add_argument(*names, "--keyboard-port", dest="keyboard_port", type=int, metavar="PORT", help=port_help)
     p.add_argument("--keyboard-host", metavar="HOST",
                    help="address for the keyboard page (default 127.0.0.1); typed text crosses this socket, "
                         "so a non-loopback address is only accepted from this flag")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a model version directory to use (default: the device's current version)")
     p.add_argument("--channel", choices=("stable", "canary"),
                    help="label the model as stable or canary (default: what the device loop last recorded)")
-    _keyboard_flags(p, "port to serve on (default: any free port)", name="--port")
+    _keyboard_flags(p, "port to serve on (default: any free port)", "--port")   # --keyboard-port too, as `run`
 
     p = cmd("type", "commit text into the local cache as the keyboard would (never printed)")
     p.add_argument("--field-kind", required=True,

@@ -151,3 +151,14 @@ def test_an_unknown_interpreter_backend_is_a_settings_error_naming_the_choices()
         load_config(environ={"FEDKEYS_INTERPRETER": "bogus"})
     for ok in ("ai_edge_litert", "tflite_runtime", "tensorflow", ""):
         load_config(environ={"FEDKEYS_INTERPRETER": ok})
+
+
+def test_keyboard_takes_the_port_flag_run_takes_too():
+    """`keyboard` took --keyboard-host, as `run` does, but only --port for the port: `keyboard
+    --keyboard-port 8760`, as docs/settings.md and `run` name it, was "unrecognized arguments"."""
+    from edge_runtime.__main__ import build_parser
+
+    for flag in ("--port", "--keyboard-port"):
+        args = build_parser().parse_args(["keyboard", flag, "8760", "--keyboard-host", "127.0.0.1"])
+        assert args.keyboard_port == 8760 and args.keyboard_host == "127.0.0.1", flag
+    assert build_parser().parse_args(["run", "--keyboard-port", "8760"]).keyboard_port == 8760
