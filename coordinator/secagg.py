@@ -526,7 +526,7 @@ def _sum(coord: Coordinator, round_id: int) -> None:
         coord.close_round(round_id, force=True)   # the sum is final: fewer than the goal is fine
 
 
-class MalformedSum(ValueError):
+class MalformedSum(CoordinatorError):
     """A secure round's sum that honest devices' vectors cannot make (`round_mean`)."""
 
 
