@@ -277,11 +277,14 @@ def _listed(w: str, listed: frozenset[str]) -> bool:
     return w in listed or ("'" in w and w.split("'", 1)[0] in listed) or (w[-1:] == "s" and w[:-1] in listed)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def is_blocked(word: str) -> bool:
     """Whether a keyboard should not offer `word` to someone who has not typed it: a slur, strong
     profanity or explicit slang (`protocol/data/blocked_en.txt`), in any casing, with any ending
     after an apostrophe (`bitch's`), or holding one of the list's stems (`clusterfuck`). The
-    words stay in the word list, so the model still reads them in a context; they are not shown."""
+    words stay in the word list, so the model still reads them in a context; they are not shown.
+    Cached: a strip asks it of each candidate of every part, the same few thousand words over and
+    over (a quarter of a keystroke's time at its p99, tools.bench keystroke)."""
     listed, stems = _blocklist()
     w = _folded(word)
     return _listed(w, listed) or (stems is not None and stems.search(w) is not None)
