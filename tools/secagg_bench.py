@@ -38,7 +38,7 @@ from edge_runtime.secagg_client import Revealer, masked_vector
 from protocol import ddp, secagg
 from protocol import secagg_wire as sw
 from protocol.artifact import read_manifest
-from protocol.cli import Parser, add_version
+from protocol.cli import EXIT_USER_ERROR, Parser, add_version
 from tools import privacy_skellam
 from tools.shipped import SHIPPED_V0
 
@@ -379,22 +379,22 @@ def _check(a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="python -m tools.secagg_bench", description=__doc__.split("\n")[0])
     add_version(ap)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("costs")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")   # none: the help, as tools.bench gives it
+    c = sub.add_parser("costs", help="client and server cost of a secure round by cohort and dropout")
     c.add_argument("--devices", type=int, nargs="+", default=[10, 100, 500])
     c.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     c.add_argument("--full-dim-max", type=int, default=100, help="measure at full size up to this many devices")
     c.add_argument("--sim-dim", type=int, default=1024)
-    e = sub.add_parser("epsilon")
+    e = sub.add_parser("epsilon", help="epsilon against the coordinator by rounds (or the devices an epsilon needs)")
     e.add_argument("--rounds", type=int, nargs="+", default=[8, 100, 1000])
     e.add_argument("--delta", type=float, default=1e-6)
     e.add_argument("--population", type=int, default=1_000_000)
     e.add_argument("--noise-on-mean", type=float, default=0.01, help="z C / n, in units of C")
     e.add_argument("--for-epsilon", type=float, nargs="+", metavar="EPS",
                    help="instead: the fewest devices per round for epsilon vs the coordinator at or under each")
-    p = sub.add_parser("paillier")
+    p = sub.add_parser("paillier", help="the Paillier alternative's costs, for comparison")
     p.add_argument("--slice", type=int, default=16)
-    d = sub.add_parser("discovery")
+    d = sub.add_parser("discovery", help="what a private word discovery finds among a corpus's users")
     d.add_argument("--corpus", required=True, help="JSON Lines or plain text; its train users are the devices")
     d.add_argument("--model", default=str(SHIPPED_V0), help="version whose word-list tail is the dictionary")
     d.add_argument("--k", type=int, default=8, help="words each device votes for")
@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--devices", type=int, nargs="+", default=[32, 0], help="devices (0: every train user)")
     d.add_argument("--words-out", metavar="DIR", help="write each list found to DIR (input for tools.add_words)")
     a = ap.parse_args(argv)
+    if a.cmd is None:
+        ap.print_help()
+        return EXIT_USER_ERROR
     _check(a)
     if a.cmd == "costs":
         print(costs(a.devices, a.dropout, a.full_dim_max, a.sim_dim))

@@ -237,3 +237,12 @@ def test_the_version_commands_say_which_version_they_take():
         h = _run("coordinator", action, "--help")
         text = " ".join(h.stdout.split())
         assert h.returncode == 0 and f"version_id {says}" in text, (action, text)
+
+
+@pytest.mark.parametrize("module", ["coordinator", "edge_runtime", "tools.bench", "tools.arm", "tools.secagg_bench"])
+def test_a_command_line_of_commands_given_none_lists_them(module):
+    """Run with no command, a tool made of commands lists them, exit 2 (a probe: tools.secagg_bench
+    said only "the following arguments are required: cmd", naming neither the word nor the choices)."""
+    r = _run(module)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "COMMAND" in out and " cmd" not in out and "Traceback" not in out, out
