@@ -38,3 +38,17 @@ def test_numbers_no_run_can_use_are_refused(capsys):
     assert _exit(secagg_bench.main, ["epsilon", "--rounds", "8", "--for-epsilon", "nan"]) == 2   # "1,000,000"
     assert "--for-epsilon must be numbers > 0" in capsys.readouterr().err
     assert tools_main.main(["--version"]) == 0 and "python -m tools " in capsys.readouterr().out
+
+
+def test_pretrain_refuses_a_missing_init_before_reading_the_corpus(tmp_path, capsys, monkeypatch):
+    """`--corpus F --init nothere` read (and split) the whole corpus, minutes for a large one, before
+    saying --init was not a version. It says so first, in one line, exit 2."""
+    from model import corpus
+    from tools import pretrain
+
+    read = []
+    monkeypatch.setattr(corpus, "read_corpus", lambda *a, **k: read.append(a) or [])
+    out = tmp_path / "out"
+    assert _exit(pretrain.main, ["--corpus", "corpora/shakespeare.jsonl", "--init", str(tmp_path / "nothere"),
+                                 "--out", str(out)]) == 2
+    assert "is not a model version directory" in capsys.readouterr().err and read == [] and not out.exists()
