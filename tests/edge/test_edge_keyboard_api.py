@@ -1110,7 +1110,7 @@ def test_removed_words_race_no_wipe_and_expire_with_the_text(tmp_path, monkeypat
     assert c.change_removed(mark=mark, add="quokka") is None and c.removed_words() == frozenset()
     assert c.change_removed(mark=new_mark, add="quokka") == {"quokka"}
     long_ago = cache_mod.time.time() - 3 * 86400
-    monkeypatch.setattr(c, "_clock", lambda: long_ago)                # removed long ago (a clock that was set)
+    monkeypatch.setattr(cache_mod.time, "time", lambda: long_ago)     # removed long ago (a clock that was set)
     c.change_removed(mark=new_mark, add="old")
     monkeypatch.undo()
     c.enforce_retention()
