@@ -144,7 +144,6 @@ def destroy_files(data_dir: str | os.PathLike) -> list[Path]:
 
 
 CLOCK_UNSET_BEFORE = 1_600_000_000.0   # September 2020: a device clock before it was never set
-CLOCK_AHEAD_S = 300.0   # a stamp further ahead of the clock than this was made by a clock since set back
 
 
 def _said(e: BaseException) -> str:
@@ -496,7 +495,7 @@ class TextCache:
                 return None
             removed = self._removed_locked()
             if add is not None:
-                removed[nfc(add)] = [0, self._clock()]
+                removed[nfc(add)] = [0, time.time()]
             returned = back is not None and removed.pop(nfc(back), None) is not None
             if _count_typed(removed, typed) or add is not None or returned:
                 self._put_setting(REMOVED_KEY, json.dumps(removed, ensure_ascii=False))
@@ -655,20 +654,14 @@ class TextCache:
         # without a real-time clock boots in 1970): its time is unknown, not old. It is stamped
         # with the first set clock, and kept until then: stamped in 1970, it would look 56 years old once
         # the clock is set, and the next retention check would delete it with all that was typed offline.
-        # So is a text stamped ahead of the clock, by a clock that ran fast and was set back: kept
-        # from its stamp, one stamped in 2099 stayed until 2099 plus the retention period. It is
-        # stamped now, and goes a retention period after the clock was set right.
         n = aged = 0
         if now >= CLOCK_UNSET_BEFORE:   # the size cap below holds whatever the clock says
-            self._db.execute("UPDATE texts SET ts = ? WHERE ts < ? OR ts > ?", (now, CLOCK_UNSET_BEFORE,
-                                                                                now + CLOCK_AHEAD_S))
+            self._db.execute("UPDATE texts SET ts = ? WHERE ts < ?", (now, CLOCK_UNSET_BEFORE))
             cutoff = now - self.retention_days * 86400.0
             n = aged = self._db.execute("DELETE FROM texts WHERE ts < ?", (cutoff,)).rowcount
             removed = self._removed_locked()   # words of the user's text: kept no longer than the text
-            if any(t < cutoff or t > now + CLOCK_AHEAD_S for _, t in removed.values()):   # (one removed while
-                # the clock was unset, or ahead: now)
-                kept = {w: [v[0], now if not CLOCK_UNSET_BEFORE <= v[1] <= now + CLOCK_AHEAD_S else v[1]]
-                        for w, v in removed.items()}
+            if any(t < cutoff for _, t in removed.values()):   # (one removed while the clock was unset: now)
+                kept = {w: [v[0], now if v[1] < CLOCK_UNSET_BEFORE else v[1]] for w, v in removed.items()}
                 self._put_setting(REMOVED_KEY, json.dumps({w: v for w, v in kept.items() if v[1] >= cutoff},
                                                           ensure_ascii=False))
         total = self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM texts").fetchone()[0]
