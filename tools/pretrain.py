@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--corpus trains on device text and needs --init DIR "
                          "(the tokenizer must come from proxy data)")
     _check_numbers(args)
-    if args.init and not (Path(args.init) / "manifest.json").is_file():   # before minutes of reading the corpus
-        raise ValueError(f"--init {args.init} is not a model version directory (no manifest.json)")
     if args.version_id is not None and not wire.is_safe_id(args.version_id):
         raise ValueError(f"--version-id {args.version_id!r} must be letters, digits, '.', '_' or '-' (a "
                          "coordinator refuses any other id at import, after the whole run)")
     out = Path(args.out).resolve()   # "." had no name to stage beside, and the run was lost at its end
     _check_out(out, args.force)
+    if args.init and not (Path(args.init) / "manifest.json").is_file():   # before minutes of reading the corpus
+        raise ValueError(f"--init {args.init} is not a model version directory (no manifest.json)")
     quiet_tensorflow()
     # Everything is written to a staging directory beside --out and moved into place at the end,
     # so a failed or interrupted run leaves --out as it was (an earlier version stays loadable).
