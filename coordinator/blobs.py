@@ -110,6 +110,10 @@ class UploadStore:
         except FileNotFoundError:
             return self.legacy.get(digest)
 
+    def exists(self, round_id: int, digest: str) -> bool:
+        """Whether `get` finds it: in the round's folder, or among `legacy`'s blobs."""
+        return self.path(round_id, digest).exists() or self.legacy.exists(digest)
+
     def discard(self, round_id: int, digest: str) -> None:
         self.path(round_id, digest).unlink(missing_ok=True)
 

@@ -53,8 +53,7 @@ def close(coord: Coordinator, s: Session, r: Round, plan: wire.TrainPlan) -> Non
     words = vocab.dictionary(tokenizer, V)
     k = plan.discover_words
     digest = row.sum_sha256
-    if digest is None or not (coord.uploads.path(r.id, digest).exists() or coord.blobs.exists(digest)):
-        # never expected: say so rather than crash every tick (a release before this one kept it in blobs)
+    if digest is None or not coord.uploads.exists(r.id, digest):   # never expected: say so rather than crash every tick
         round_end.fail_round(coord, s, r, "word discovery: the vote sum is gone")
         log.error("round %d failed: %s", r.id, r.reason)
         return
