@@ -290,19 +290,21 @@ class EvaluationRecord:
     def drop(self, candidate: str) -> None:
         """`candidate`'s report is never to be sent (refused for good, unreadable, or scored on
         text wiped since): not kept."""
-        entries = self.entries()
-        if any("report" in e for e in entries if e["candidate"] == candidate):
-            self._write([{k: v for k, v in e.items() if k not in ("report", "delivered") or e["candidate"] != candidate}
-                         for e in entries])
+        self._drop_reports(lambda e: e["candidate"] == candidate)
 
     def asked_about(self, candidate: str) -> None:
         """The coordinator asks about `candidate`, and it asks only about the candidate it is
         deciding: a report kept for another one will not be asked for again, so it is not kept.
         Kept, it said at the daily cap that the device could answer (`can_answer`), and the
         device was handed tasks it refused at every check-in."""
+        self._drop_reports(lambda e: e["candidate"] != candidate)
+
+    def _drop_reports(self, which: Callable[[dict[str, Any]], bool]) -> None:
+        """Remove the kept report (and its delivered mark) of each entry `which` selects; the file
+        is written only if one had a report."""
         entries = self.entries()
-        if any("report" in e for e in entries if e["candidate"] != candidate):
-            self._write([{k: v for k, v in e.items() if k not in ("report", "delivered") or e["candidate"] == candidate}
+        if any("report" in e for e in entries if which(e)):
+            self._write([{k: v for k, v in e.items() if k not in ("report", "delivered")} if which(e) else e
                          for e in entries])
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
