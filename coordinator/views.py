@@ -131,8 +131,6 @@ def _by_reason(s: Session, where: list) -> dict[str, int]:
                                                        .group_by(Rejection.reason))}
 
 
-
-
 def _newest(s: Session, query: Any, limit: int) -> tuple[list, int | None]:
     """The first `limit` rows of `query` (newest first) and the `before` that shows the page older
     than them (their oldest id), or None when there are no more: one row past the page tells."""
@@ -161,8 +159,6 @@ def get_round(coord: Coordinator, round_id: int) -> dict[str, Any]:
         if r is None:
             raise not_found(f"no round {round_id}")
         return round_dict(coord, s, r)
-
-
 
 
 def rejections(coord: Coordinator, round_id: int | None = None, limit: int = REJECTIONS_SHOWN,
